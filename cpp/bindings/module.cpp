@@ -1,0 +1,172 @@
+// The pybind11 module llmscratch_core: the Tensor type, dtypes and devices, the generic op call,
+// autograd, the generator, DLPack and the backend registry. The Python package builds its API
+// (functional, nn, optim) on these.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/autograd.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/philox.h"
+#include "ops/ops.h"
+
+namespace py = pybind11;
+using namespace ls;
+
+void bind_tensor(py::module_& m);
+void bind_dlpack(py::module_& m);
+void bind_ops(py::module_& m);
+void bind_layers(py::module_& m);
+
+// Python value -> op attribute.
+AttrValue to_attr(const std::string& key, const py::handle& v) {
+  if (py::isinstance<py::bool_>(v)) return v.cast<bool>();
+  if (py::isinstance<py::int_>(v)) return v.cast<int64_t>();
+  if (py::isinstance<py::float_>(v)) return v.cast<double>();
+  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  if (py::isinstance<DType>(v)) return int64_t(v.cast<DType>());
+  if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {
+    std::vector<int64_t> out;
+    for (auto item : v) {
+      if (!py::isinstance<py::int_>(item))
+        throw TypeError(cat("argument '", key, "' must be a list of integers"));
+      out.push_back(item.cast<int64_t>());
+    }
+    return out;
+  }
+  throw TypeError(cat("argument '", key, "' has an unsupported type ",
+                      std::string(py::str(v.get_type().attr("__name__")))));
+}
+
+Attrs to_attrs(const py::dict& d) {
+  Attrs a;
+  for (auto kv : d) {
+    if (kv.second.is_none()) continue;
+    std::string k = kv.first.cast<std::string>();
+    a.set(k, to_attr(k, kv.second));
+  }
+  return a;
+}
+
+Tensors to_tensors(const py::sequence& seq) {
+  Tensors out;
+  for (auto item : seq) out.push_back(item.is_none() ? Tensor() : item.cast<Tensor>());
+  return out;
+}
+
+PYBIND11_MODULE(llmscratch_core, m) {
+  m.doc() = "llmscratch C++ core: tensors, op registry, autograd tape, CPU and CUDA kernels";
+
+  py::register_exception<ValueError>(m, "ValueError", PyExc_ValueError);
+  py::register_exception<TypeError>(m, "TypeError", PyExc_TypeError);
+  py::register_exception<IndexError>(m, "IndexError", PyExc_IndexError);
+  py::register_exception<NotImplementedError>(m, "NotImplementedError", PyExc_NotImplementedError);
+  py::register_exception<RuntimeError>(m, "RuntimeError", PyExc_RuntimeError);
+
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::Float32)
+      .value("float64", DType::Float64)
+      .value("bfloat16", DType::BFloat16)
+      .value("float16", DType::Float16)
+      .value("int32", DType::Int32)
+      .value("int64", DType::Int64)
+      .value("bool", DType::Bool)
+      .value("uint8", DType::UInt8)
+      .def_property_readonly("itemsize", [](DType d) { return itemsize(d); })
+      .def_property_readonly("is_floating_point", [](DType d) { return is_floating(d); })
+      .def("__repr__", [](DType d) { return std::string("llmscratch.") + dtype_name(d); })
+      .def("__str__", [](DType d) { return std::string("llmscratch.") + dtype_name(d); });
+  m.def("promote_types", &promote_types);
+
+  py::class_<Device>(m, "Device")
+      .def(py::init([](const std::string& s) { return Device::parse(s); }))
+      .def_property_readonly("type", [](const Device& d) { return d.is_cpu() ? "cpu" : "cuda"; })
+      .def_property_readonly("index", [](const Device& d) { return d.index; })
+      .def("__str__", &Device::str)
+      .def("__repr__", [](const Device& d) { return "device('" + d.str() + "')"; })
+      .def("__eq__", [](const Device& a, const Device& b) { return a == b; })
+      .def("__eq__", [](const Device& a, const std::string& b) { return a.str() == b || (b == "cuda" && a == Device::parse(b)); })
+      .def("__hash__", [](const Device& d) { return std::hash<std::string>()(d.str()); });
+  py::implicitly_convertible<std::string, Device>();
+
+  bind_tensor(m);
+  bind_dlpack(m);
+  bind_ops(m);
+  bind_layers(m);
+
+  m.def("call", [](const std::string& op, const py::sequence& inputs, const py::dict& attrs) {
+    return call(op, to_tensors(inputs), to_attrs(attrs));
+  }, py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(),
+     "Run a registered op by name: call('softmax', [x], {'dim': -1}) -> list of outputs");
+  m.def("op_names", &op_names);
+  m.def("has_op", &has_op);
+  m.def("op_backends", &op_backends);
+  m.def("current_backend", &current_backend);
+  m.def("set_backend", &set_backend);
+  m.def("backend_report", &backend_report, py::arg("reset") = false);
+  m.def("declare_op", [](const std::string& name, py::object backward) {
+    OpSchema s;
+    if (!backward.is_none()) {
+      s.save_outputs = true;
+      s.backward = [backward](const BackwardCtx& c, const Tensors& grads) {
+        py::gil_scoped_acquire gil;
+        py::object r = backward(c.inputs, c.outputs, grads, c.needs_grad);
+        return to_tensors(r);
+      };
+    }
+    declare_op(name, s);
+  }, py::arg("name"), py::arg("backward") = py::none(),
+     "Declare an op from Python; backward(inputs, outputs, grads, needs_grad) -> input grads");
+  m.def("register_kernel", [](const std::string& op, const std::string& backend, py::function fn,
+                               std::vector<DType> dtypes) {
+    register_kernel(op, backend, [fn](const Tensors& in, const Attrs& a) {
+      py::gil_scoped_acquire gil;
+      py::dict kw;
+      for (auto& kv : a.items) std::visit([&](auto&& v) { kw[py::str(kv.first)] = v; }, kv.second);
+      py::object r = fn(in, kw);
+      return to_tensors(r);
+    }, std::move(dtypes));
+  }, py::arg("op"), py::arg("backend"), py::arg("fn"), py::arg("dtypes") = std::vector<DType>{},
+     "Register a Python implementation fn(inputs, attrs) -> outputs for (op, backend)");
+
+  // autograd
+  m.def("is_grad_enabled", &grad_enabled);
+  m.def("set_grad_enabled", &set_grad_enabled);
+  m.def("backward", [](const py::sequence& roots, const py::sequence& grads) {
+    py::gil_scoped_release nogil;  // hooks and Python backward functions re-acquire it
+    Tensors r, g;
+    {
+      py::gil_scoped_acquire gil;
+      r = to_tensors(roots);
+      g = to_tensors(grads);
+    }
+    run_backward(r, g);
+  });
+  m.def("record_function", [](const std::string& name, const py::sequence& inputs,
+                              const py::sequence& outputs, py::function backward) {
+    record_node(name, to_tensors(inputs), to_tensors(outputs), [backward](const Tensors& grads) {
+      py::gil_scoped_acquire gil;
+      return to_tensors(backward(grads));
+    });
+  }, "Record a Python-defined differentiable function on the tape");
+
+  // generator and threads
+  m.def("manual_seed", [](uint64_t s) { manual_seed(s); });
+  m.def("get_rng_state", [] { auto s = generator_state(); return py::make_tuple(s.seed, s.offset); });
+  m.def("set_rng_state", [](uint64_t seed, uint64_t offset) { set_generator_state({seed, offset}); });
+  m.def("philox4x32_10", [](uint64_t counter, uint64_t seed) {
+    auto r = philox4x32_10(counter, seed);
+    return std::vector<uint32_t>{r.v[0], r.v[1], r.v[2], r.v[3]};
+  });
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads);
+
+  // CUDA
+  m.def("cuda_available", &cuda_available);
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_compiled", [] { return cuda_hooks() != nullptr; });
+  m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
+        py::arg("device") = 0);
+}

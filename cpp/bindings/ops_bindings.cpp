@@ -1,0 +1,55 @@
+// Typed bindings of the C++ op wrappers (cpp/ops/ops.h) as llmscratch_core.ops. Ops without a
+// C++ wrapper are reached through llmscratch_core.call(name, inputs, attrs).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "ops/ops.h"
+
+namespace py = pybind11;
+using namespace ls;
+
+void bind_ops(py::module_& root) {
+  py::module_ m = root.def_submodule("ops", "C++ op wrappers");
+  using namespace ls::ops;
+  m.def("full", &full, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
+  m.def("arange", &arange);
+  m.def("rand", &ops::rand);
+  m.def("randn", &randn);
+  m.def("randint", &randint);
+  m.def("contiguous", &contiguous);
+  m.def("contiguous_copy", &contiguous_copy);
+  m.def("to_dtype", &to_dtype);
+  m.def("to_device", &to_device);
+  m.def("copy_", &copy_);
+  m.def("fill_", &fill_);
+  m.def("reshape", &reshape);
+  m.def("view", &view);
+  m.def("transpose", &transpose);
+  m.def("permute", &permute);
+  m.def("expand", &expand);
+  m.def("slice", &slice);
+  m.def("select", &ops::select);
+  m.def("squeeze", &squeeze, py::arg("x"), py::arg("dim") = py::none());
+  m.def("unsqueeze", &unsqueeze);
+  m.def("add", &add);
+  m.def("sub", &sub);
+  m.def("mul", &mul);
+  m.def("div", &ops::div);
+  m.def("pow", &ops::pow);
+  m.def("maximum", &maximum);
+  m.def("minimum", &minimum);
+  m.def("compare", &compare);
+  m.def("unary", &unary);
+  m.def("clamp", &clamp);
+  m.def("where", &where);
+  m.def("masked_fill", &masked_fill);
+  m.def("sum", &sum, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("keepdim") = false);
+  m.def("mean", &mean, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("keepdim") = false);
+  m.def("var", &var, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("correction") = 1,
+        py::arg("keepdim") = false);
+  m.def("max", &ops::max);
+  m.def("amax", &amax);
+  m.def("argmax", &argmax);
+  m.def("matmul", &matmul);
+  m.def("sum_to", &sum_to);
+}

@@ -1,0 +1,176 @@
+#include "autograd.h"
+
+#include <queue>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "error.h"
+#include "ops/ops.h"
+
+namespace ls {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+uint64_t g_next_sequence = 0;
+
+Edge edge_for(const Tensor& t) {
+  Edge e;
+  if (!t.defined() || !t.requires_grad()) return e;
+  if (t.grad_fn()) {
+    e.node = t.grad_fn();
+    e.input_nr = t.autograd_meta().output_nr;
+  } else {
+    e.leaf = t.impl();
+  }
+  return e;
+}
+
+// grad += g for a leaf, out of place so that no two .grad tensors ever alias.
+void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
+  Tensor t(leaf);
+  for (auto& hook : t.autograd_meta().hooks) {
+    Tensor r = hook(g);
+    if (r.defined()) g = r;
+  }
+  if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());
+  Tensor old = t.grad();
+  t.autograd_meta().grad = (old.defined() ? ops::add(old, g) : ops::contiguous_copy(g)).impl();
+}
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+void set_grad_enabled(bool on) { g_grad_enabled = on; }
+
+bool needs_recording(const std::vector<Tensor>& inputs) {
+  if (!g_grad_enabled) return false;
+  for (auto& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+void record_node(const std::string& name, const std::vector<Tensor>& inputs,
+                 const std::vector<Tensor>& outputs,
+                 std::function<std::vector<Tensor>(const std::vector<Tensor>&)> backward) {
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->sequence = g_next_sequence++;
+  for (auto& t : inputs) node->next.push_back(edge_for(t));
+  node->output_hooks.resize(outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& o = outputs[i];
+    node->outputs.push_back({o.shape(), o.dtype(), o.device()});
+    if (!is_floating(o.dtype())) continue;
+    auto& meta = o.autograd_meta();
+    meta.requires_grad = true;
+    meta.grad_fn = node;
+    meta.output_nr = int(i);
+  }
+  node->apply = std::move(backward);
+}
+
+void register_hook(const Tensor& t, GradHook hook) {
+  LS_CHECK(t.requires_grad(), RuntimeError,
+           "register_hook: cannot register a hook on a tensor that does not require grad");
+  if (t.is_leaf()) {
+    t.autograd_meta().hooks.push_back(std::move(hook));
+  } else {
+    t.grad_fn()->output_hooks[t.autograd_meta().output_nr].push_back(std::move(hook));
+  }
+}
+
+void retain_grad(const Tensor& t) {
+  if (t.is_leaf()) return;  // leaves keep their grad anyway
+  std::weak_ptr<TensorImpl> weak = t.impl();
+  register_hook(t, [weak](const Tensor& g) {
+    if (auto impl = weak.lock()) {
+      Tensor self(impl);
+      Tensor old = self.grad();
+      self.autograd_meta().grad = (old.defined() ? ops::add(old, g) : ops::contiguous_copy(g)).impl();
+    }
+    return Tensor();
+  });
+}
+
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) {
+  NoGradGuard no_grad;  // backward formulas are not themselves recorded
+  std::unordered_map<Node*, std::vector<Tensor>> buffers;
+  std::unordered_map<Node*, int> dependencies;
+  std::unordered_map<Node*, std::shared_ptr<Node>> keep;
+
+  // Count, for every reachable node, how many edges point at it.
+  std::vector<Node*> stack;
+  std::unordered_set<Node*> seen;
+  for (auto& r : roots)
+    if (r.grad_fn() && seen.insert(r.grad_fn().get()).second) stack.push_back(r.grad_fn().get());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (auto& e : n->next) {
+      if (!e.node) continue;
+      dependencies[e.node.get()]++;
+      if (seen.insert(e.node.get()).second) stack.push_back(e.node.get());
+    }
+  }
+
+  auto cmp = [](Node* a, Node* b) { return a->sequence < b->sequence; };
+  std::priority_queue<Node*, std::vector<Node*>, decltype(cmp)> ready(cmp);
+  auto add_grad = [&](const std::shared_ptr<Node>& node, int nr, const Tensor& g) {
+    auto& buf = buffers[node.get()];
+    if (buf.empty()) buf.resize(node->outputs.size());
+    buf[nr] = buf[nr].defined() ? ops::add(buf[nr], g) : g;
+    keep[node.get()] = node;
+  };
+
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Tensor& r = roots[i];
+    LS_CHECK(r.requires_grad(), RuntimeError,
+             "backward: tensor does not require grad and has no grad_fn");
+    Tensor g = i < grads.size() ? grads[i] : Tensor();
+    if (!g.defined()) {
+      LS_CHECK(r.numel() == 1, RuntimeError, "backward: grad can be implicitly created only for "
+               "scalar outputs, got shape ", shape_str(r.shape()));
+      g = ops::full(r.shape(), 1.0, r.dtype(), r.device());
+    }
+    LS_CHECK(g.shape() == r.shape(), ValueError, "backward: gradient has shape ",
+             shape_str(g.shape()), " but the tensor has shape ", shape_str(r.shape()));
+    if (r.is_leaf()) {
+      accumulate_into_leaf(r.impl(), g);
+    } else {
+      add_grad(r.grad_fn(), r.autograd_meta().output_nr, g);
+    }
+  }
+  for (auto& kv : keep)
+    if (dependencies[kv.first] == 0) ready.push(kv.first);
+
+  while (!ready.empty()) {
+    Node* n = ready.top();
+    ready.pop();
+    std::vector<Tensor> g = std::move(buffers[n]);
+    g.resize(n->outputs.size());
+    for (size_t i = 0; i < g.size(); ++i) {
+      const OutputInfo& info = n->outputs[i];
+      if (!g[i].defined() && is_floating(info.dtype))
+        g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);
+      for (auto& hook : n->output_hooks[i]) {
+        Tensor r = hook(g[i]);
+        if (r.defined()) g[i] = r;
+      }
+    }
+    std::vector<Tensor> in_grads = n->apply(g);
+    for (size_t i = 0; i < n->next.size(); ++i) {
+      const Edge& e = n->next[i];
+      if (!e.valid()) continue;
+      Tensor gi = i < in_grads.size() ? in_grads[i] : Tensor();
+      if (e.leaf) {
+        if (gi.defined()) accumulate_into_leaf(e.leaf, gi);
+        continue;
+      }
+      if (gi.defined()) add_grad(e.node, e.input_nr, gi);
+      keep[e.node.get()] = e.node;
+      if (--dependencies[e.node.get()] == 0) ready.push(e.node.get());
+    }
+    buffers.erase(n);
+  }
+}
+
+}  // namespace ls

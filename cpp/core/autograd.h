@@ -1,0 +1,58 @@
+// The autograd tape. A differentiable call records a Node holding its backward and one Edge per
+// input (to the producing node, or to the leaf tensor whose .grad accumulates). backward() counts
+// dependencies over the reachable graph and runs each node once all its consumers have been run,
+// i.e. in reverse topological order.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor.h"
+
+namespace ls {
+
+struct Edge {
+  std::shared_ptr<Node> node;        // producer of this input, or
+  std::shared_ptr<TensorImpl> leaf;  // the leaf that accumulates the gradient
+  int input_nr = 0;                  // which output of `node`
+  bool valid() const { return node || leaf; }
+};
+
+struct OutputInfo {
+  Shape shape;
+  DType dtype;
+  Device device;
+};
+
+struct Node {
+  std::string name;
+  std::vector<Edge> next;  // one per op input
+  std::vector<OutputInfo> outputs;
+  std::vector<std::vector<GradHook>> output_hooks;  // hooks on non-leaf outputs
+  std::function<std::vector<Tensor>(const std::vector<Tensor>& grad_outputs)> apply;
+  uint64_t sequence = 0;  // creation order; later nodes run first among ready ones
+};
+
+bool grad_enabled();
+void set_grad_enabled(bool on);
+struct NoGradGuard {
+  bool prev;
+  NoGradGuard() : prev(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(prev); }
+};
+
+// Whether a call on these inputs must be recorded.
+bool needs_recording(const std::vector<Tensor>& inputs);
+// Attach a node computing `backward` to `outputs` (floating outputs only get a grad_fn).
+void record_node(const std::string& name, const std::vector<Tensor>& inputs,
+                 const std::vector<Tensor>& outputs,
+                 std::function<std::vector<Tensor>(const std::vector<Tensor>&)> backward);
+
+// Seed `roots` with `grads` (undefined: ones for a scalar root) and run the tape.
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads);
+
+void register_hook(const Tensor& t, GradHook hook);
+void retain_grad(const Tensor& t);
+
+}  // namespace ls

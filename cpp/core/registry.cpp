@@ -1,0 +1,221 @@
+#include "registry.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
+
+#include "autograd.h"
+#include "error.h"
+
+namespace ls {
+
+// ---- Attrs ----
+const AttrValue* Attrs::find(const std::string& k) const {
+  for (auto& kv : items)
+    if (kv.first == k) return &kv.second;
+  return nullptr;
+}
+Attrs& Attrs::set(const std::string& k, AttrValue v) {
+  for (auto& kv : items)
+    if (kv.first == k) { kv.second = std::move(v); return *this; }
+  items.emplace_back(k, std::move(v));
+  return *this;
+}
+int64_t Attrs::i(const std::string& k, int64_t def) const {
+  const AttrValue* v = find(k);
+  if (!v) return def;
+  if (auto p = std::get_if<int64_t>(v)) return *p;
+  if (auto p = std::get_if<bool>(v)) return *p;
+  throw TypeError(cat("argument '", k, "' must be an integer"));
+}
+int64_t Attrs::i(const std::string& k) const {
+  LS_CHECK(has(k), TypeError, "missing integer argument '", k, "'");
+  return i(k, 0);
+}
+double Attrs::f(const std::string& k, double def) const {
+  const AttrValue* v = find(k);
+  if (!v) return def;
+  if (auto p = std::get_if<double>(v)) return *p;
+  if (auto p = std::get_if<int64_t>(v)) return double(*p);
+  if (auto p = std::get_if<bool>(v)) return *p;
+  throw TypeError(cat("argument '", k, "' must be a number"));
+}
+bool Attrs::b(const std::string& k, bool def) const {
+  const AttrValue* v = find(k);
+  if (!v) return def;
+  if (auto p = std::get_if<bool>(v)) return *p;
+  if (auto p = std::get_if<int64_t>(v)) return *p != 0;
+  throw TypeError(cat("argument '", k, "' must be a bool"));
+}
+std::vector<int64_t> Attrs::ints(const std::string& k, const std::vector<int64_t>& def) const {
+  const AttrValue* v = find(k);
+  if (!v) return def;
+  if (auto p = std::get_if<std::vector<int64_t>>(v)) return *p;
+  if (auto p = std::get_if<int64_t>(v)) return {*p};
+  throw TypeError(cat("argument '", k, "' must be a list of integers"));
+}
+std::vector<int64_t> Attrs::ints(const std::string& k) const {
+  LS_CHECK(has(k), TypeError, "missing argument '", k, "' (a list of integers)");
+  return ints(k, {});
+}
+std::string Attrs::s(const std::string& k, const std::string& def) const {
+  const AttrValue* v = find(k);
+  if (!v) return def;
+  if (auto p = std::get_if<std::string>(v)) return *p;
+  throw TypeError(cat("argument '", k, "' must be a string"));
+}
+
+// ---- registry ----
+namespace {
+struct Impl {
+  std::string backend;
+  Kernel kernel;
+  std::vector<DType> dtypes;
+  bool serves(DType d) const {
+    return dtypes.empty() || std::find(dtypes.begin(), dtypes.end(), d) != dtypes.end();
+  }
+};
+struct OpEntry {
+  bool declared = false;
+  OpSchema schema;
+  std::vector<Impl> impls;
+};
+
+std::unordered_map<std::string, OpEntry>& table() {
+  static std::unordered_map<std::string, OpEntry> t;
+  return t;
+}
+
+std::string initial_backend() {
+  const char* env = std::getenv("LLMSCRATCH_BACKEND");
+  return env ? std::string(env) : std::string();
+}
+std::string& backend_ref() {
+  static std::string b = initial_backend();
+  return b;
+}
+std::mutex g_report_mutex;
+std::map<std::string, std::string> g_report;
+
+const Impl* pick(const std::string& op, OpEntry& e, Device dev, DType dt) {
+  const std::string native = dev.is_cpu() ? "cpu" : "cuda";
+  const std::string& chosen = backend_ref();
+  const std::string order[3] = {chosen.empty() ? native : chosen, native, "any"};
+  for (auto& b : order)
+    for (auto& impl : e.impls)
+      if (impl.backend == b && impl.serves(dt)) return &impl;
+  std::string have;
+  for (auto& impl : e.impls) have += (have.empty() ? "" : ", ") + impl.backend;
+  throw NotImplementedError(cat("op '", op, "' has no implementation for device ", dev.str(),
+                                ", dtype ", dtype_name(dt), ", backend ",
+                                chosen.empty() ? native : chosen,
+                                " (implemented for: ", have.empty() ? "none" : have, ")"));
+}
+}  // namespace
+
+void declare_op(const std::string& name, OpSchema schema) {
+  OpEntry& e = table()[name];
+  e.declared = true;
+  e.schema = std::move(schema);
+}
+
+void register_kernel(const std::string& op, const std::string& backend, Kernel kernel,
+                     std::vector<DType> dtypes) {
+  auto& impls = table()[op].impls;
+  impls.erase(std::remove_if(impls.begin(), impls.end(),
+                             [&](const Impl& i) { return i.backend == backend; }),
+              impls.end());
+  impls.push_back({backend, std::move(kernel), std::move(dtypes)});
+}
+
+bool has_op(const std::string& op) {
+  auto it = table().find(op);
+  return it != table().end() && it->second.declared;
+}
+
+std::vector<std::string> op_names() {
+  std::vector<std::string> names;
+  for (auto& kv : table())
+    if (kv.second.declared) names.push_back(kv.first);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> op_backends(const std::string& op) {
+  std::vector<std::string> out;
+  auto it = table().find(op);
+  if (it != table().end())
+    for (auto& impl : it->second.impls) out.push_back(impl.backend);
+  return out;
+}
+
+const std::string& current_backend() { return backend_ref(); }
+void set_backend(const std::string& name) {
+  static const char* known[] = {"", "default", "cpu", "cuda", "triton"};
+  bool ok = std::any_of(std::begin(known), std::end(known), [&](const char* k) { return name == k; });
+  LS_CHECK(ok, ValueError, "unknown backend '", name, "': expected cpu, cuda, triton or default");
+  backend_ref() = name == "default" ? "" : name;
+}
+
+std::map<std::string, std::string> backend_report(bool reset) {
+  std::lock_guard<std::mutex> lock(g_report_mutex);
+  auto r = g_report;
+  if (reset) g_report.clear();
+  return r;
+}
+
+Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
+  auto it = table().find(op);
+  LS_CHECK(it != table().end() && it->second.declared, NotImplementedError, "unknown op '", op, "'");
+  OpEntry& e = it->second;
+
+  // All tensor inputs must live on one device; the first one decides device and dtype.
+  const Tensor* first = nullptr;
+  for (auto& t : inputs) {
+    if (!t.defined()) continue;
+    if (!first) { first = &t; continue; }
+    LS_CHECK(t.device() == first->device(), ValueError, op, ": expected all tensors on one device, got ",
+             first->device().str(), " and ", t.device().str());
+  }
+  // Factories (full, rand, ...) have no tensor input: device and dtype come from the attrs.
+  Device device = first ? first->device() : Device::parse(attrs.s("device", "cpu"));
+  DType dtype = first ? first->dtype() : DType(attrs.i("dtype", int64_t(DType::Float32)));
+  const Impl* impl = pick(op, e, device, dtype);
+  {
+    std::lock_guard<std::mutex> lock(g_report_mutex);
+    g_report[op] = impl->backend;
+  }
+
+  Tensors outputs;
+  bool record = e.schema.backward && needs_recording(inputs);
+  if (record) {
+    NoGradGuard inner;  // an implementation that calls other ops is one node, not many
+    outputs = impl->kernel(inputs, attrs);
+  } else {
+    outputs = impl->kernel(inputs, attrs);
+  }
+  // A kernel may hand back an input unchanged (contiguous() of a contiguous tensor); give it a
+  // fresh TensorImpl so recording never rewrites an input's own history.
+  for (auto& o : outputs)
+    for (auto& in : inputs)
+      if (o.same(in)) o = o.detach();
+  if (!record) return outputs;
+
+  auto ctx = std::make_shared<BackwardCtx>();
+  ctx->attrs = attrs;
+  ctx->device = device;
+  for (auto& t : inputs) {
+    ctx->input_shapes.push_back(t.defined() ? t.shape() : Shape{});
+    ctx->input_dtypes.push_back(t.defined() ? t.dtype() : DType::Float32);
+    ctx->needs_grad.push_back(t.defined() && t.requires_grad());
+    ctx->inputs.push_back(e.schema.save_inputs && t.defined() ? t.detach() : Tensor());
+  }
+  if (e.schema.save_outputs)
+    for (auto& t : outputs) ctx->outputs.push_back(t.detach());
+  BackwardFn bw = e.schema.backward;
+  record_node(op, inputs, outputs, [ctx, bw](const Tensors& grads) { return bw(*ctx, grads); });
+  return outputs;
+}
+
+}  // namespace ls

@@ -1,0 +1,184 @@
+// Elementwise binary ops with numpy broadcasting: add, sub, mul, div, pow, maximum, minimum and
+// the comparisons (eq ne lt le gt ge, giving bool). Inputs of different dtypes are promoted
+// (promote_types) before the kernel runs. Gradients are reduced back to each input's shape.
+#include <cmath>
+
+#include "core/autograd.h"
+#include "cpu_loops.h"
+#include "ops.h"
+
+namespace ls::ops {
+
+namespace {
+
+const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::Int32,
+                                     DType::Int64,   DType::UInt8,   DType::Bool};
+
+template <typename T, typename F>
+void binary_loop(const Tensor& out, const Tensor& a, const Tensor& b, F f) {
+  using O = decltype(f(T(), T()));
+  const Shape& shape = out.shape();
+  std::array<Shape, 3> st{out.strides(), cpu::broadcast_strides(a, shape), cpu::broadcast_strides(b, shape)};
+  O* o = out.data<O>();
+  const T* pa = a.data<T>();
+  const T* pb = b.data<T>();
+  cpu::for_each_run(shape, st, [&](auto off, auto in, int64_t n) {
+    O* po = o + off[0];
+    const T* xa = pa + off[1];
+    const T* xb = pb + off[2];
+    if (in[0] == 1 && in[1] == 1 && in[2] == 1) {
+      for (int64_t k = 0; k < n; ++k) po[k] = f(xa[k], xb[k]);
+    } else if (in[0] == 1 && in[1] == 1 && in[2] == 0) {
+      const T vb = *xb;
+      for (int64_t k = 0; k < n; ++k) po[k] = f(xa[k], vb);
+    } else if (in[0] == 1 && in[1] == 0 && in[2] == 1) {
+      const T va = *xa;
+      for (int64_t k = 0; k < n; ++k) po[k] = f(va, xb[k]);
+    } else {
+      for (int64_t k = 0; k < n; ++k) po[k * in[0]] = f(xa[k * in[1]], xb[k * in[2]]);
+    }
+  });
+}
+
+Kernel arith_kernel(const std::string& op) {
+  return [op](const Tensors& in, const Attrs&) {
+    const Tensor& a = in[0];
+    const Tensor& b = in[1];
+    Shape shape = broadcast_shapes(a.shape(), b.shape(), op.c_str());
+    Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+    DISPATCH_NUMERIC(a.dtype(), op.c_str(), {
+      using T = scalar_t;
+      if (op == "add") binary_loop<T>(out, a, b, [](T x, T y) { return T(x + y); });
+      else if (op == "sub") binary_loop<T>(out, a, b, [](T x, T y) { return T(x - y); });
+      else if (op == "mul") binary_loop<T>(out, a, b, [](T x, T y) { return T(x * y); });
+      else if (op == "div") {
+        if constexpr (std::is_floating_point_v<T>) {
+          binary_loop<T>(out, a, b, [](T x, T y) { return T(x / y); });
+        } else {  // ops::div promotes integers to float first; this is only a direct call
+          throw TypeError("div: integer operands must be cast to a floating dtype first");
+        }
+      } else if (op == "pow") binary_loop<T>(out, a, b, [](T x, T y) { return T(std::pow(x, y)); });
+      else if (op == "maximum") binary_loop<T>(out, a, b, [](T x, T y) { return x > y || x != x ? x : y; });
+      else if (op == "minimum") binary_loop<T>(out, a, b, [](T x, T y) { return x < y || x != x ? x : y; });
+    });
+    return Tensors{out};
+  };
+}
+
+Kernel compare_kernel(const std::string& how) {
+  return [how](const Tensors& in, const Attrs&) {
+    const Tensor& a = in[0];
+    const Tensor& b = in[1];
+    Shape shape = broadcast_shapes(a.shape(), b.shape(), how.c_str());
+    Tensor out = Tensor::empty(shape, DType::Bool, a.device());
+    DISPATCH_NUMERIC(a.dtype(), how.c_str(), {
+      using T = scalar_t;
+      if (how == "eq") binary_loop<T>(out, a, b, [](T x, T y) { return x == y; });
+      else if (how == "ne") binary_loop<T>(out, a, b, [](T x, T y) { return x != y; });
+      else if (how == "lt") binary_loop<T>(out, a, b, [](T x, T y) { return x < y; });
+      else if (how == "le") binary_loop<T>(out, a, b, [](T x, T y) { return x <= y; });
+      else if (how == "gt") binary_loop<T>(out, a, b, [](T x, T y) { return x > y; });
+      else if (how == "ge") binary_loop<T>(out, a, b, [](T x, T y) { return x >= y; });
+    });
+    return Tensors{out};
+  };
+}
+
+// Promote both operands to one dtype before dispatch.
+Tensors promoted(const Tensor& a, const Tensor& b) {
+  DType d = promote_types(a.dtype(), b.dtype());
+  return {to_dtype(a, d), to_dtype(b, d)};
+}
+
+Tensor binary(const std::string& op, const Tensor& a, const Tensor& b) {
+  return call1(op, promoted(a, b));
+}
+
+Tensor grad_if(const BackwardCtx& c, int i, const Tensor& g) {
+  return c.needs_grad[i] ? sum_to(g, c.input_shapes[i]) : Tensor();
+}
+
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) { return binary("add", a, b); }
+Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", a, b); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b); }
+Tensor div(const Tensor& a, const Tensor& b) {
+  DType d = promote_types(a.dtype(), b.dtype());
+  if (!is_floating(d)) d = DType::Float32;  // true division, as in Python 3
+  return call1("div", {to_dtype(a, d), to_dtype(b, d)});
+}
+Tensor pow(const Tensor& a, const Tensor& b) { return binary("pow", a, b); }
+Tensor maximum(const Tensor& a, const Tensor& b) { return binary("maximum", a, b); }
+Tensor minimum(const Tensor& a, const Tensor& b) { return binary("minimum", a, b); }
+Tensor compare(const Tensor& a, const Tensor& b, const std::string& how) {
+  return call1(how, promoted(a, b));
+}
+Tensor scalar_like(double v, const Tensor& like) { return full({}, v, like.dtype(), like.device()); }
+Tensor mul_scalar(const Tensor& a, double s) { return mul(a, scalar_like(s, a)); }
+Tensor add_scalar(const Tensor& a, double s) { return add(a, scalar_like(s, a)); }
+
+Tensor sum_to(const Tensor& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  int64_t lead = g.dim() - int64_t(shape.size());
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < g.dim(); ++i)
+    if (i < lead || (shape[i - lead] == 1 && g.shape()[i] != 1)) dims.push_back(i);
+  Tensor s = dims.empty() ? g : sum(g, dims, true);
+  return reshape(s, shape);
+}
+
+LS_REGISTER(binary) {
+  declare_op("add", {[](const BackwardCtx& c, const Tensors& g) {
+                       return Tensors{grad_if(c, 0, g[0]), grad_if(c, 1, g[0])};
+                     }, false});
+  declare_op("sub", {[](const BackwardCtx& c, const Tensors& g) {
+                       return Tensors{grad_if(c, 0, g[0]),
+                                      c.needs_grad[1] ? grad_if(c, 1, unary("neg", g[0])) : Tensor()};
+                     }, false});
+  declare_op("mul", {[](const BackwardCtx& c, const Tensors& g) {
+                       return Tensors{c.needs_grad[0] ? grad_if(c, 0, mul(g[0], c.inputs[1])) : Tensor(),
+                                      c.needs_grad[1] ? grad_if(c, 1, mul(g[0], c.inputs[0])) : Tensor()};
+                     }});
+  declare_op("div", {[](const BackwardCtx& c, const Tensors& g) {
+                       const Tensor& a = c.inputs[0];
+                       const Tensor& b = c.inputs[1];
+                       Tensor ga, gb;
+                       if (c.needs_grad[0]) ga = grad_if(c, 0, div(g[0], b));
+                       if (c.needs_grad[1])
+                         gb = grad_if(c, 1, unary("neg", div(mul(g[0], a), mul(b, b))));
+                       return Tensors{ga, gb};
+                     }});
+  declare_op("pow", {[](const BackwardCtx& c, const Tensors& g) {
+                       const Tensor& a = c.inputs[0];
+                       const Tensor& b = c.inputs[1];
+                       const Tensor& out = c.outputs[0];
+                       Tensor ga, gb;
+                       if (c.needs_grad[0])  // b * a^(b-1)
+                         ga = grad_if(c, 0, mul(g[0], mul(b, pow(a, add_scalar(b, -1.0)))));
+                       if (c.needs_grad[1])  // a^b * ln a
+                         gb = grad_if(c, 1, mul(g[0], mul(out, unary("log", a))));
+                       return Tensors{ga, gb};
+                     }, true, true});
+  // maximum/minimum: the gradient goes to the selected input (to a on ties).
+  auto select_grad = [](const char* pick_a) {
+    std::string how = pick_a;
+    return [how](const BackwardCtx& c, const Tensors& g) {
+      Tensor take_a = to_dtype(compare(c.inputs[0], c.inputs[1], how), g[0].dtype());
+      Tensor ga, gb;
+      if (c.needs_grad[0]) ga = grad_if(c, 0, mul(g[0], take_a));
+      if (c.needs_grad[1]) gb = grad_if(c, 1, mul(g[0], add_scalar(unary("neg", take_a), 1.0)));
+      return Tensors{ga, gb};
+    };
+  };
+  declare_op("maximum", {select_grad("ge")});
+  declare_op("minimum", {select_grad("le")});
+  for (const char* op : {"add", "sub", "mul", "div", "pow", "maximum", "minimum"})
+    register_kernel(op, "cpu", arith_kernel(op), kNumeric);
+  for (const char* how : {"eq", "ne", "lt", "le", "gt", "ge"}) {
+    declare_op(how, {});
+    register_kernel(how, "cpu", compare_kernel(how), kNumeric);
+  }
+}
+
+}  // namespace ls::ops

@@ -1,0 +1,146 @@
+// Copies: contiguous (strided -> dense), cast between dtypes, moves between devices, and the
+// in-place copy_/fill_ that optimizers and loaders use. contiguous/cast/to_device are
+// differentiable (their gradients are the inverse copy); copy_ and fill_ are not.
+#include <cstring>
+
+#include "core/autograd.h"
+#include "cpu_loops.h"
+#include "ops.h"
+
+namespace ls::ops {
+
+namespace {
+
+// dst[...] = cast(src[...]) with src broadcast to dst's shape; both strided, any dtypes.
+void copy_strided_cpu(const Tensor& dst, const Tensor& src) {
+  const Shape& shape = dst.shape();
+  if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous() &&
+      src.shape() == shape) {
+    std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
+    return;
+  }
+  std::array<Shape, 2> st{cpu::broadcast_strides(dst, shape), cpu::broadcast_strides(src, shape)};
+  DISPATCH_ALL(dst.dtype(), "copy", {
+    using dst_t = scalar_t;
+    dst_t* d = dst.data<dst_t>();
+    DISPATCH_ALL(src.dtype(), "copy", {
+      const scalar_t* s = src.data<scalar_t>();
+      cpu::for_each_run(shape, st, [&](auto off, auto inner, int64_t n) {
+        dst_t* dp = d + off[0];
+        const scalar_t* sp = s + off[1];
+        if constexpr (std::is_same_v<dst_t, scalar_t>) {
+          for (int64_t k = 0; k < n; ++k) dp[k * inner[0]] = sp[k * inner[1]];
+        } else {
+          for (int64_t k = 0; k < n; ++k)
+            dp[k * inner[0]] = from_double<dst_t>(to_double(sp[k * inner[1]]));
+        }
+      });
+    });
+  });
+}
+
+Tensors contiguous_cpu(const Tensors& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  if (x.is_contiguous() && !a.b("force_copy", false)) return {x};
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  copy_strided_cpu(out, x);
+  return {out};
+}
+
+Tensors cast_cpu(const Tensors& in, const Attrs& a) {
+  Tensor out = Tensor::empty(in[0].shape(), DType(a.i("dtype")), in[0].device());
+  copy_strided_cpu(out, in[0]);
+  return {out};
+}
+
+// Moves go through contiguous memory on the source device, then one memcpy.
+Tensors to_device_any(const Tensors& in, const Attrs& a) {
+  Device to = Device::parse(a.s("device", "cpu"));
+  Tensor src = contiguous(in[0]);
+  if (src.device() == to) return {src};
+  Tensor out = Tensor::empty(src.shape(), src.dtype(), to);
+  if (src.nbytes() == 0) return {out};
+  const CudaHooks& cuda = require_cuda("to");
+  if (src.device().is_cpu()) {
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 0, to.index);
+  } else if (to.is_cpu()) {
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 1, src.device().index);
+  } else {
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 2, src.device().index);
+  }
+  return {out};
+}
+
+Tensors copy_inplace_cpu(const Tensors& in, const Attrs&) {
+  Tensor src = in[1];
+  if (src.device() != in[0].device()) src = to_device(src, in[0].device());
+  copy_strided_cpu(in[0], src);
+  return {};
+}
+
+Tensors fill_inplace_cpu(const Tensors& in, const Attrs& a) {
+  const Tensor& d = in[0];
+  double v = a.f("value", 0.0);
+  Tensor src = full({}, v, d.dtype(), d.device());
+  copy_strided_cpu(d, src);
+  return {};
+}
+
+void check_inplace(const Tensor& t, const char* op) {
+  LS_CHECK(!(grad_enabled() && t.requires_grad()), RuntimeError, op,
+           ": a tensor that requires grad cannot be modified in place while grad mode is on "
+           "(use no_grad() or detach())");
+}
+
+}  // namespace
+
+Tensor contiguous(const Tensor& x) { return call1("contiguous", {x}); }
+Tensor contiguous_copy(const Tensor& x) { return call1("contiguous", {x}, {{"force_copy", true}}); }
+
+Tensor to_dtype(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  return call1("cast", {x}, {{"dtype", int64_t(dtype)}});
+}
+
+Tensor to_device(const Tensor& x, Device device) {
+  if (x.device() == device) return x;
+  return call1("to_device", {x}, {{"device", device.str()}});
+}
+
+void copy_(const Tensor& dst, const Tensor& src) {
+  check_inplace(dst, "copy_");
+  broadcast_shapes(dst.shape(), src.shape(), "copy_");
+  LS_CHECK(broadcast_shapes(dst.shape(), src.shape(), "copy_") == dst.shape(), ValueError,
+           "copy_: source of shape ", shape_str(src.shape()), " cannot be broadcast to ",
+           shape_str(dst.shape()));
+  // The source may live elsewhere; it is moved to the destination's device first.
+  Tensor s = src.device() == dst.device() ? src : to_device(src, dst.device());
+  call("copy_", {dst, s});
+  dst.bump_version();
+}
+
+void fill_(const Tensor& dst, double value) {
+  check_inplace(dst, "fill_");
+  call("fill_", {dst}, {{"value", value}});
+  dst.bump_version();
+}
+
+LS_REGISTER(copy) {
+  auto identity = [](const BackwardCtx&, const Tensors& g) { return Tensors{g[0]}; };
+  declare_op("contiguous", {identity, false});
+  declare_op("cast", {[](const BackwardCtx& c, const Tensors& g) {
+                        return Tensors{to_dtype(g[0], c.input_dtypes[0])};
+                      }, false});
+  declare_op("to_device", {[](const BackwardCtx& c, const Tensors& g) {
+                             return Tensors{to_device(g[0], c.device)};
+                           }, false});
+  declare_op("copy_", {});
+  declare_op("fill_", {});
+  register_kernel("contiguous", "cpu", contiguous_cpu);
+  register_kernel("cast", "cpu", cast_cpu);
+  register_kernel("to_device", "any", to_device_any);
+  register_kernel("copy_", "cpu", copy_inplace_cpu);
+  register_kernel("fill_", "cpu", fill_inplace_cpu);
+}
+
+}  // namespace ls::ops

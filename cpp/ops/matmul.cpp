@@ -1,0 +1,125 @@
+// matmul with torch semantics: 1-D operands are promoted to a row/column and squeezed back;
+// batch dims broadcast; A (..., M, K) @ B (..., K, N) -> (..., M, N).
+// The kernel hands each matrix to the packed GEMM with its own row/column strides, so transposed
+// views (the backward's A^T and B^T) are never copied. A 2-D B against a batched A is one GEMM
+// over the folded rows. Backward: dA = g B^T, dB = A^T g, each summed back to its input's shape.
+#include "core/error.h"
+#include "cpu_loops.h"
+#include "gemm_cpu.h"
+#include "ops.h"
+
+namespace ls::ops {
+
+namespace {
+
+// Fold all leading dims of x (..., R, C) into rows when they are uniformly strided.
+bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
+  int64_t nd = x.dim();
+  rows = x.shape()[nd - 2];
+  row_stride = x.strides()[nd - 2];
+  for (int64_t d = nd - 3; d >= 0; --d) {
+    if (x.shape()[d] == 1) continue;
+    if (x.strides()[d] != rows * row_stride && rows != 1) return false;
+    if (rows == 1) row_stride = x.strides()[d];
+    rows *= x.shape()[d];
+  }
+  return true;
+}
+
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
+          int64_t rsb, int64_t csb, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    cpu::sgemm(M, N, K, 1.f, A, rsa, csa, B, rsb, csb, 0.f, C, ldc);
+  else
+    cpu::dgemm(M, N, K, 1.0, A, rsa, csa, B, rsb, csb, 0.0, C, ldc);
+}
+
+Tensors matmul_cpu(const Tensors& in, const Attrs&) {
+  const Tensor& a = in[0];
+  const Tensor& b = in[1];
+  int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
+                                 Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  int64_t nbatch = shape_numel(batch);
+
+  DISPATCH_FLOAT(a.dtype(), "matmul", {
+    using T = scalar_t;
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* pc = out.data<T>();
+    int64_t rows, rs;
+    if (b.dim() == 2 && fold_rows(a, rows, rs)) {  // (..., M, K) @ (K, N): one GEMM
+      gemm<T>(rows, N, K, pa, rs, a.strides().back(), pb, b.strides()[0], b.strides()[1], pc, N);
+      return Tensors{out};
+    }
+    Shape sa = cpu::broadcast_strides(a, out_shape), sb = cpu::broadcast_strides(b, out_shape);
+    int64_t nb = int64_t(batch.size());
+    auto run = [&](int64_t i) {
+      int64_t oa = 0, ob = 0, rem = i;
+      for (int64_t d = nb - 1; d >= 0; --d) {
+        int64_t idx = rem % batch[d];
+        rem /= batch[d];
+        oa += idx * sa[d];
+        ob += idx * sb[d];
+      }
+      gemm<T>(M, N, K, pa + oa, a.strides()[a.dim() - 2], a.strides()[a.dim() - 1], pb + ob,
+              b.strides()[b.dim() - 2], b.strides()[b.dim() - 1], pc + i * M * N, N);
+    };
+    // Many small matrices: one per thread. Few large ones: the GEMM parallelises inside.
+    if (nbatch >= num_threads() && M * N * K < (int64_t(1) << 24)) {
+      parallel_for(0, nbatch, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) run(i);
+      });
+    } else {
+      for (int64_t i = 0; i < nbatch; ++i) run(i);
+    }
+  });
+  return {out};
+}
+
+Tensor mT(const Tensor& x) { return transpose(x, -1, -2); }
+
+Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
+  const Tensor& a = c.inputs[0];
+  const Tensor& b = c.inputs[1];
+  Tensor ga, gb;
+  if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(b)}), a.shape());
+  if (c.needs_grad[1]) {
+    if (b.dim() == 2 && a.dim() > 2) {  // weight gradient: fold the batch into one GEMM
+      int64_t K = a.size(-1), N = g[0].size(-1);
+      gb = call1("matmul", {mT(reshape(a, {-1, K})), reshape(g[0], {-1, N})});
+    } else {
+      gb = sum_to(call1("matmul", {mT(a), g[0]}), b.shape());
+    }
+  }
+  return {ga, gb};
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  LS_CHECK(a.dim() >= 1 && b.dim() >= 1, ValueError, "matmul: both operands need at least one "
+           "dimension, got shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()));
+  LS_CHECK(a.dtype() == b.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a.dtype()),
+           " and ", dtype_name(b.dtype()));
+  Tensor A = a.dim() == 1 ? unsqueeze(a, 0) : a;
+  Tensor B = b.dim() == 1 ? unsqueeze(b, -1) : b;
+  LS_CHECK(A.size(-1) == B.size(-2), ValueError, "matmul: shapes ", shape_str(a.shape()), " and ",
+           shape_str(b.shape()), " cannot be multiplied (", A.size(-1), " != ", B.size(-2), ")");
+  Tensor out = call1("matmul", {A, B});
+  if (a.dim() == 1) out = squeeze(out, -2);
+  if (b.dim() == 1) out = squeeze(out, -1);
+  return out;
+}
+
+LS_REGISTER(matmul) {
+  declare_op("matmul", {matmul_backward});
+  register_kernel("matmul", "cpu", matmul_cpu, {DType::Float32, DType::Float64});
+}
+
+}  // namespace ls::ops

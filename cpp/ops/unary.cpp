@@ -1,0 +1,172 @@
+// Elementwise unary ops (neg exp log sqrt rsqrt tanh sigmoid abs sign relu sin cos), clamp, and
+// the selections where(cond, a, b) and masked_fill(x, mask, value).
+// Gradients: d exp = out, d log = 1/x, d sqrt = 1/(2 out), d rsqrt = -out^3/2, d tanh = 1 - out^2,
+// d sigmoid = out (1 - out), d abs = sign x, d relu = [x > 0]; clamp passes g where lo <= x <= hi.
+#include <cmath>
+
+#include "cpu_loops.h"
+#include "ops.h"
+
+namespace ls::ops {
+
+namespace {
+
+const std::vector<DType> kFloat = {DType::Float32, DType::Float64};
+
+template <typename T, typename F>
+void unary_loop(const Tensor& out, const Tensor& x, F f) {
+  std::array<Shape, 2> st{out.strides(), x.strides()};
+  T* o = out.data<T>();
+  const T* px = x.data<T>();
+  cpu::for_each_run(out.shape(), st, [&](auto off, auto in, int64_t n) {
+    T* po = o + off[0];
+    const T* xi = px + off[1];
+    if (in[0] == 1 && in[1] == 1) {
+      for (int64_t k = 0; k < n; ++k) po[k] = f(xi[k]);
+    } else {
+      for (int64_t k = 0; k < n; ++k) po[k * in[0]] = f(xi[k * in[1]]);
+    }
+  });
+}
+
+template <typename T>
+void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
+  if (op == "neg") unary_loop<T>(out, x, [](T v) { return T(-v); });
+  else if (op == "exp") unary_loop<T>(out, x, [](T v) { return std::exp(v); });
+  else if (op == "log") unary_loop<T>(out, x, [](T v) { return std::log(v); });
+  else if (op == "sqrt") unary_loop<T>(out, x, [](T v) { return std::sqrt(v); });
+  else if (op == "rsqrt") unary_loop<T>(out, x, [](T v) { return T(1) / std::sqrt(v); });
+  else if (op == "tanh") unary_loop<T>(out, x, [](T v) { return std::tanh(v); });
+  else if (op == "sigmoid") unary_loop<T>(out, x, [](T v) { return T(1) / (T(1) + std::exp(-v)); });
+  else if (op == "abs") unary_loop<T>(out, x, [](T v) { return std::abs(v); });
+  else if (op == "sign") unary_loop<T>(out, x, [](T v) { return T((v > T(0)) - (v < T(0))); });
+  else if (op == "relu") unary_loop<T>(out, x, [](T v) { return v > T(0) ? v : T(0); });
+  else if (op == "sin") unary_loop<T>(out, x, [](T v) { return std::sin(v); });
+  else if (op == "cos") unary_loop<T>(out, x, [](T v) { return std::cos(v); });
+  else throw NotImplementedError(cat("unknown unary op '", op, "'"));
+}
+
+Kernel unary_kernel(const std::string& op) {
+  return [op](const Tensors& in, const Attrs&) {
+    Tensor out = Tensor::empty(in[0].shape(), in[0].dtype(), in[0].device());
+    DISPATCH_FLOAT(in[0].dtype(), op.c_str(), run_unary<scalar_t>(op, out, in[0]));
+    return Tensors{out};
+  };
+}
+
+Tensors clamp_cpu(const Tensors& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  double lo = a.f("min", -INFINITY), hi = a.f("max", INFINITY);
+  DISPATCH_FLOAT(x.dtype(), "clamp", {
+    scalar_t l = scalar_t(lo), h = scalar_t(hi);
+    unary_loop<scalar_t>(out, x, [=](scalar_t v) { return v < l ? l : (v > h ? h : v); });
+  });
+  return {out};
+}
+
+Tensors where_cpu(const Tensors& in, const Attrs&) {
+  const Tensor& cond = in[0];
+  const Tensor& a = in[1];
+  const Tensor& b = in[2];
+  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  std::array<Shape, 4> st{out.strides(), cpu::broadcast_strides(cond, shape),
+                          cpu::broadcast_strides(a, shape), cpu::broadcast_strides(b, shape)};
+  const bool* pc = cond.data<bool>();
+  DISPATCH_ALL(a.dtype(), "where", {
+    scalar_t* o = out.data<scalar_t>();
+    const scalar_t* pa = a.data<scalar_t>();
+    const scalar_t* pb = b.data<scalar_t>();
+    cpu::for_each_run(shape, st, [&](auto off, auto s, int64_t n) {
+      for (int64_t k = 0; k < n; ++k)
+        o[off[0] + k * s[0]] = pc[off[1] + k * s[1]] ? pa[off[2] + k * s[2]] : pb[off[3] + k * s[3]];
+    });
+  });
+  return {out};
+}
+
+Tensor as_bool_mask(const Tensor& m, const char* op) {
+  LS_CHECK(m.dtype() == DType::Bool || !is_floating(m.dtype()), TypeError, op,
+           ": the condition/mask must be a bool tensor, got ", dtype_name(m.dtype()));
+  return to_dtype(m, DType::Bool);
+}
+
+}  // namespace
+
+Tensor unary(const std::string& op, const Tensor& x) { return call1(op, {x}); }
+
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  Attrs a;
+  if (lo) a.set("min", *lo);
+  if (hi) a.set("max", *hi);
+  return call1("clamp", {x}, a);
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  DType d = promote_types(a.dtype(), b.dtype());
+  return call1("where", {as_bool_mask(cond, "where"), to_dtype(a, d), to_dtype(b, d)});
+}
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  Tensor m = as_bool_mask(mask, "masked_fill");
+  LS_CHECK(broadcast_shapes(x.shape(), m.shape(), "masked_fill") == x.shape(), ValueError,
+           "masked_fill: mask of shape ", shape_str(m.shape()), " does not broadcast to ",
+           shape_str(x.shape()));
+  return where(m, scalar_like(value, x), x);
+}
+
+LS_REGISTER(unary) {
+  using G = const Tensors&;
+  using C = const BackwardCtx&;
+  auto out_based = [](auto f) { return OpSchema{[f](C c, G g) { return Tensors{f(c.outputs[0], g[0])}; }, false, true}; };
+  auto in_based = [](auto f) { return OpSchema{[f](C c, G g) { return Tensors{f(c.inputs[0], g[0])}; }, true, false}; };
+  declare_op("neg", {[](C, G g) { return Tensors{unary("neg", g[0])}; }, false});
+  declare_op("exp", out_based([](const Tensor& o, const Tensor& g) { return mul(g, o); }));
+  declare_op("log", in_based([](const Tensor& x, const Tensor& g) { return div(g, x); }));
+  declare_op("sqrt", out_based([](const Tensor& o, const Tensor& g) { return div(g, mul_scalar(o, 2.0)); }));
+  declare_op("rsqrt", out_based([](const Tensor& o, const Tensor& g) {
+               return mul(g, mul_scalar(mul(o, mul(o, o)), -0.5));
+             }));
+  declare_op("tanh", out_based([](const Tensor& o, const Tensor& g) {
+               return mul(g, add_scalar(unary("neg", mul(o, o)), 1.0));
+             }));
+  declare_op("sigmoid", out_based([](const Tensor& o, const Tensor& g) {
+               return mul(g, mul(o, add_scalar(unary("neg", o), 1.0)));
+             }));
+  declare_op("abs", in_based([](const Tensor& x, const Tensor& g) { return mul(g, unary("sign", x)); }));
+  declare_op("sign", {});
+  declare_op("relu", out_based([](const Tensor& o, const Tensor& g) {
+               return mul(g, to_dtype(compare(o, scalar_like(0.0, o), "gt"), g.dtype()));
+             }));
+  declare_op("sin", in_based([](const Tensor& x, const Tensor& g) { return mul(g, unary("cos", x)); }));
+  declare_op("cos", in_based([](const Tensor& x, const Tensor& g) {
+               return mul(g, unary("neg", unary("sin", x)));
+             }));
+  for (const char* op : {"neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "abs", "sign",
+                         "relu", "sin", "cos"})
+    register_kernel(op, "cpu", unary_kernel(op), kFloat);
+
+  declare_op("clamp", {[](C c, G g) {
+                         const Tensor& x = c.inputs[0];
+                         Tensor keep = full_like(x, 1.0);
+                         if (c.attrs.has("min"))
+                           keep = mul(keep, to_dtype(compare(x, scalar_like(c.attrs.f("min", 0), x), "ge"), x.dtype()));
+                         if (c.attrs.has("max"))
+                           keep = mul(keep, to_dtype(compare(x, scalar_like(c.attrs.f("max", 0), x), "le"), x.dtype()));
+                         return Tensors{mul(g[0], keep)};
+                       }});
+  register_kernel("clamp", "cpu", clamp_cpu, kFloat);
+
+  declare_op("where", {[](C c, G g) {
+                         const Tensor& cond = c.inputs[0];
+                         Tensor zero = scalar_like(0.0, g[0]);
+                         Tensor ga, gb;
+                         if (c.needs_grad[1]) ga = sum_to(where(cond, g[0], zero), c.input_shapes[1]);
+                         if (c.needs_grad[2]) gb = sum_to(where(cond, zero, g[0]), c.input_shapes[2]);
+                         return Tensors{Tensor(), ga, gb};
+                       }});
+  register_kernel("where", "cpu", where_cpu);
+}
+
+}  // namespace ls::ops
