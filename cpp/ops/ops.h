@@ -68,4 +68,59 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 // matmul.cpp
 Tensor matmul(const Tensor& a, const Tensor& b);
 
+// softmax.cpp (along `dim`, fp32/fp64, fused row kernels)
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+
+// layer_norm.cpp: over the last dim; registry op "layer_norm" returns {y, mean, rstd}, each
+// statistic of shape x.shape[:-1]; its backward is op "layer_norm_backward".
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+// rms_norm.cpp: y = x * rsqrt(mean(x^2) + eps) * weight; op "rms_norm" returns {y, rstd}.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+
+// gelu.cpp (approximate: "none" = erf, "tanh"), silu.cpp, swiglu.cpp: silu(a) * b
+Tensor gelu(const Tensor& x, const std::string& approximate = "none");
+Tensor silu(const Tensor& x);
+Tensor swiglu(const Tensor& a, const Tensor& b);
+
+// embedding.cpp: weight (V, C), ids int32/int64 of any shape -> ids.shape + (C,)
+Tensor embedding(const Tensor& weight, const Tensor& ids);
+
+// cross_entropy.cpp: logits (N, V), targets (N,) int -> loss; reduction "mean" | "sum" | "none".
+// Mean is over targets != ignore_index. Fused log-softmax + NLL; op returns {loss, lse}.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100,
+                     const std::string& reduction = "mean", double label_smoothing = 0.0);
+
+// dropout.cpp: Philox mask recomputed in the backward (nothing stored); scales kept by 1/(1-p).
+Tensor dropout(const Tensor& x, double p, bool training = true);
+
+// rope.cpp: x (B, T, NH, HS); cos, sin (T, HS/2). interleaved: pairs (2i, 2i+1) (GPT-J/Meta);
+// otherwise half-split: pairs (i, i + HS/2) (GPT-NeoX/Hugging Face LLaMA).
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved = false);
+
+// attention.cpp: q (B, NH, T, HS), k and v (B, NKV, S, HS) with NH % NKV == 0 (GQA shares each
+// kv head among NH / NKV query heads). mask: optional bool (T, S) (true = attend) or float
+// additive, broadcastable to (B, NH, T, S). Causal masks key s > query t + (S - T).
+// Op "attention" returns {out (B, NH, T, HS), lse (B, NH, T)}; backward "attention_backward".
+Tensors attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                  bool causal, std::optional<double> scale = std::nullopt);
+
+// concat.cpp
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);
+
+// index.cpp (indices int32 or int64; out-of-range indices raise IndexError)
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor one_hot(const Tensor& index, int64_t num_classes);  // int64 output
+
+// topk.cpp, sort.cpp, cumsum.cpp
+Tensors topk(const Tensor& x, int64_t k, int64_t dim = -1, bool largest = true);  // values, int64 indices
+Tensors sort(const Tensor& x, int64_t dim = -1, bool descending = false);        // stable
+Tensor argsort(const Tensor& x, int64_t dim = -1, bool descending = false);
+Tensor cumsum(const Tensor& x, int64_t dim);
+
 }  // namespace ls::ops
