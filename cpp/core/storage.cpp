@@ -1,6 +1,8 @@
 #include "storage.h"
 
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "error.h"
@@ -10,7 +12,30 @@ namespace ls {
 namespace {
 const CudaHooks* g_cuda = nullptr;
 constexpr size_t kCpuAlignment = 64;  // a cache line, and enough for any SIMD load
+constexpr size_t kGuard = 64;
+constexpr unsigned char kGuardByte = 0xA5;
+std::atomic<bool> g_guard{false};
+std::atomic<int64_t> g_violations{0};
+
+std::shared_ptr<Storage> allocate_guarded(size_t nbytes, Device device) {
+  size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
+  auto* base = static_cast<unsigned char*>(std::aligned_alloc(kCpuAlignment, rounded + 2 * kGuard));
+  if (!base) throw std::bad_alloc();
+  std::memset(base, kGuardByte, kGuard);
+  std::memset(base + kGuard + nbytes, kGuardByte, rounded + kGuard - nbytes);
+  return std::make_shared<Storage>(base + kGuard, nbytes, device, [=](void* q) {
+    auto* p = static_cast<unsigned char*>(q) - kGuard;
+    for (size_t i = 0; i < kGuard; ++i)
+      if (p[i] != kGuardByte) { ++g_violations; break; }
+    for (size_t i = kGuard + nbytes; i < rounded + 2 * kGuard; ++i)
+      if (p[i] != kGuardByte) { ++g_violations; break; }
+    std::free(p);
+  });
+}
 }  // namespace
+
+void set_cpu_guard_bytes(bool on) { g_guard = on; }
+int64_t guard_violations() { return g_violations; }
 
 const CudaHooks* cuda_hooks() { return g_cuda; }
 void set_cuda_hooks(const CudaHooks* h) { g_cuda = h; }
@@ -25,6 +50,7 @@ const CudaHooks& require_cuda(const char* what) {
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   if (device.is_cpu()) {
+    if (g_guard) return allocate_guarded(nbytes, device);
     size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
     void* p = std::aligned_alloc(kCpuAlignment, rounded ? rounded : kCpuAlignment);
     if (!p) throw std::bad_alloc();

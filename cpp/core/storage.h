@@ -24,6 +24,11 @@ struct Storage {
 // nbytes of fresh, uninitialised memory on `device` (64-byte aligned on the CPU).
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device);
 
+// Test aid: while enabled, every CPU allocation is surrounded by guard bytes that are checked
+// when it is freed; a kernel writing out of bounds shows up in guard_violations().
+void set_cpu_guard_bytes(bool on);
+int64_t guard_violations();
+
 // What the CUDA part of the build provides. Set by cuda/runtime.cu at load time when CUDA is
 // compiled in; a null table means "built without CUDA".
 struct CudaHooks {

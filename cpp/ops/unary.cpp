@@ -43,7 +43,7 @@ void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
   else if (op == "relu") unary_loop<T>(out, x, [](T v) { return v > T(0) ? v : T(0); });
   else if (op == "sin") unary_loop<T>(out, x, [](T v) { return std::sin(v); });
   else if (op == "cos") unary_loop<T>(out, x, [](T v) { return std::cos(v); });
-  else throw NotImplementedError(cat("unknown unary op '", op, "'"));
+  else throw NotImplementedError(::ls::cat("unknown unary op '", op, "'"));
 }
 
 Kernel unary_kernel(const std::string& op) {
