@@ -133,6 +133,20 @@ template <typename T> inline T row_dot(const T* x, const T* y, int64_t n) {
   return s;
 }
 
+// sum of (x[i] - mu)^2: the second pass of a two-pass variance (no cancellation, unlike
+// sum(x^2) - n mu^2).
+template <typename T> inline T row_sum_sq_dev(const T* x, int64_t n, T mu) {
+  constexpr int L = kLanes<T>;
+  T acc[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int j = 0; j < L; ++j) acc[j] += (x[i + j] - mu) * (x[i + j] - mu);
+  T s = 0;
+  for (; i < n; ++i) s += (x[i] - mu) * (x[i] - mu);
+  for (int j = 0; j < L; ++j) s += acc[j];
+  return s;
+}
+
 // sum of exp(x[i] - shift) over the row, without writing the exponentials out: they go through a
 // small buffer so the exp loop and the sum loop each vectorise.
 template <typename T> inline T row_sum_exp(const T* x, int64_t n, T shift) {
