@@ -151,6 +151,8 @@ Tensor prepare_mask(const Tensor& mask, DType dt) {
 }
 
 Tensors attention_forward(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 3 || in.size() == 4, ValueError,
+           "attention: expected the inputs (q, k, v) or (q, k, v, mask)");
   const Tensor mask_in = in.size() > 3 ? in[3] : Tensor();
   check_attention(in[0], in[1], in[2], mask_in, "attention");
   Tensor q = contiguous(in[0]), k = contiguous(in[1]), v = contiguous(in[2]);
@@ -198,6 +200,9 @@ Tensors attention_forward(const Tensors& in, const Attrs& a) {
 
 // Inputs {q, k, v, mask, out, lse, dout, dlse}: mask and dlse may be undefined.
 Tensors attention_backward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK((in.size() == 7 || in.size() == 8) && in[4].defined() && in[5].defined() &&
+               in[6].defined(),
+           ValueError, "attention_backward: expected the inputs (q, k, v, mask, out, lse, dout[, dlse])");
   check_attention(in[0], in[1], in[2], in[3], "attention_backward");
   Tensor q = contiguous(in[0]), k = contiguous(in[1]), v = contiguous(in[2]);
   Tensor mask = prepare_mask(in[3], q.dtype());
@@ -209,6 +214,9 @@ Tensors attention_backward_cpu(const Tensors& in, const Attrs& a) {
            ValueError, "attention_backward: out and dout must be ", shape_str(q.shape()),
            " and lse (B, NH, T); got ", shape_str(o.shape()), ", ", shape_str(dout.shape()), ", ",
            shape_str(lse.shape()));
+  for (const Tensor* t : {&o, &lse, &dout, &dlse})
+    LS_CHECK(!t->defined() || t->dtype() == q.dtype(), TypeError,
+             "attention_backward: out, lse, dout and dlse must have q's dtype ", dtype_name(q.dtype()));
   LS_CHECK(!dlse.defined() || dlse.shape() == lse.shape(), ValueError,
            "attention_backward: dlse must have lse's shape ", shape_str(lse.shape()));
   Tensor dq = Tensor::empty(q.shape(), q.dtype(), q.device());

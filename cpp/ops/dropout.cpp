@@ -22,6 +22,7 @@ void check_p(double p, const char* op) {
 }
 
 Tensors dropout_forward(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), ValueError, "dropout: expected one input tensor");
   const double p = a.f("p", 0.5);
   check_p(p, "dropout");
   const uint64_t seed = uint64_t(a.i("seed")), offset = uint64_t(a.i("offset"));

@@ -50,6 +50,7 @@ struct PairLayout {
 };
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
+  LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
   check_rope(in[0], in[1], in[2], "rope");
   Tensor x = contiguous(in[0]), cs = contiguous(in[1]), sn = contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false);
@@ -84,10 +85,14 @@ Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
 
 // Inputs {g, x}: the gradients of cos and sin, each (T, HS/2).
 Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
+           "rope_cos_sin_backward: expected the inputs (grad, x)");
   Tensor g = contiguous(in[0]), x = contiguous(in[1]);
   LS_CHECK(g.shape() == x.shape() && x.dim() >= 3, ValueError,
            "rope_cos_sin_backward: grad shape ", shape_str(g.shape()), " must equal x shape ",
            shape_str(x.shape()));
+  LS_CHECK(g.dtype() == x.dtype(), TypeError, "rope_cos_sin_backward: grad and x dtypes differ: ",
+           dtype_name(g.dtype()), " and ", dtype_name(x.dtype()));
   const bool inverse = attrs.b("inverse", false);
   const int64_t T = x.size(-3), NH = x.size(-2), HS = x.size(-1);
   const PairLayout L{HS / 2, attrs.b("interleaved", false)};
