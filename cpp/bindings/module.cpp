@@ -75,9 +75,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
       .value("bool", DType::Bool)
       .value("uint8", DType::UInt8)
       .def_property_readonly("itemsize", [](DType d) { return itemsize(d); })
-      .def_property_readonly("is_floating_point", [](DType d) { return is_floating(d); })
-      .def("__repr__", [](DType d) { return std::string("llmscratch.") + dtype_name(d); })
-      .def("__str__", [](DType d) { return std::string("llmscratch.") + dtype_name(d); });
+      .def_property_readonly("is_floating_point", [](DType d) { return is_floating(d); });
   m.def("promote_types", &promote_types);
 
   py::class_<Device>(m, "Device")

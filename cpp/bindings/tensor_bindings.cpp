@@ -86,6 +86,9 @@ py::object item(const Tensor& t) {
 
 void bind_tensor(py::module_& m) {
   py::class_<Tensor>(m, "Tensor", py::dynamic_attr())
+      // Tensor(other): a new handle on the same tensor (lets Python subclasses such as
+      // nn.Parameter wrap an existing tensor without copying).
+      .def(py::init([](const Tensor& other) { return other; }))
       .def_property_readonly("shape", [](const Tensor& t) { return to_tuple(t.shape()); })
       .def("size", [](const Tensor& t, std::optional<int64_t> d) -> py::object {
         if (d) return py::int_(t.size(*d));

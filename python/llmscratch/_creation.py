@@ -1,0 +1,162 @@
+"""Factories: tensor(), zeros/ones/full/empty/arange, the Philox random draws, and the numpy /
+DLPack bridges."""
+import builtins
+import numbers
+
+import numpy as np
+
+import llmscratch_core as _core
+
+from ._dtype import as_device, as_dtype, bool_, float32, int64
+
+Tensor = _core.Tensor
+
+
+def _shape(args) -> list:
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = args[0]
+    shape = []
+    for s in args:
+        if not isinstance(s, numbers.Integral) or isinstance(s, builtins.bool):
+            raise TypeError(f"shape entries must be integers, got {args!r}")
+        if s < 0:
+            raise ValueError(f"negative dimension in shape {tuple(args)}")
+        shape.append(int(s))
+    return shape
+
+
+def _finish(t, requires_grad):
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def _infer_dtype(arr: np.ndarray):
+    if arr.dtype == np.bool_:
+        return bool_
+    if np.issubdtype(arr.dtype, np.integer):
+        return int64
+    return float32
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new tensor holding a copy of ``data`` (nested lists, scalars, numpy arrays, tensors).
+    Python floats become float32, ints int64, bools bool; numpy arrays keep their dtype."""
+    dtype = as_dtype(dtype)
+    if isinstance(data, Tensor):
+        t = data.detach().to(dtype=dtype or data.dtype).clone()
+    else:
+        from_numpy_array = isinstance(data, np.ndarray)
+        arr = np.asarray(data)
+        if arr.dtype == object:
+            raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
+        if not from_numpy_array or arr.dtype.kind not in "fiub" or arr.dtype == np.uint64:
+            arr = arr.astype({bool_: np.bool_, int64: np.int64}.get(_infer_dtype(arr), np.float32))
+        if arr.dtype.kind == "u" and arr.dtype != np.uint8:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind == "i" and arr.dtype not in (np.int32, np.int64):
+            arr = arr.astype(np.int64)
+        t = _core.from_numpy(arr, dtype)
+    t = t.to(device=as_device(device))
+    return _finish(t, requires_grad)
+
+
+def from_numpy(arr: np.ndarray):
+    """A tensor sharing ``arr``'s memory (through DLPack); read-only arrays are copied."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(arr).__name__}")
+    try:
+        return from_dlpack(arr)
+    except (BufferError, TypeError):
+        return _core.from_numpy(arr)
+
+
+def from_dlpack(obj):
+    """A tensor sharing the memory of any DLPack producer (numpy, torch, ...), no copy."""
+    if isinstance(obj, Tensor):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        dev_type, _ = obj.__dlpack_device__()
+        capsule = obj.__dlpack__(stream=None) if dev_type == 2 else obj.__dlpack__()
+    else:
+        capsule = obj  # already a capsule
+    return _core.from_dlpack_capsule(capsule)
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
+    if dtype is None:
+        dtype = bool_ if isinstance(fill_value, builtins.bool) else (
+            int64 if isinstance(fill_value, numbers.Integral) else float32)
+    t = _core.ops.full(_shape([shape]), float(fill_value), as_dtype(dtype), as_device(device))
+    return _finish(t, requires_grad)
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad=False):
+    return full(_shape(shape), 0.0, dtype or float32, device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad=False):
+    return full(_shape(shape), 1.0, dtype or float32, device, requires_grad)
+
+
+def empty(*shape, dtype=None, device=None, requires_grad=False):
+    # Filled with NaN-free zeros: uninitialised memory would make results depend on the allocator.
+    return zeros(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        ints = builtins.all(isinstance(v, numbers.Integral) for v in (start, end, step))
+        dtype = int64 if ints else float32
+    t = _core.ops.arange(float(start), float(end), float(step), as_dtype(dtype), as_device(device))
+    return _finish(t, requires_grad)
+
+
+def rand(*shape, dtype=None, device=None, requires_grad=False):
+    """Uniform [0, 1) from the Philox stream (see core/philox.h)."""
+    t = _core.ops.rand(_shape(shape), as_dtype(dtype, float32), as_device(device))
+    return _finish(t, requires_grad)
+
+
+def randn(*shape, dtype=None, device=None, requires_grad=False):
+    """Standard normal from the Philox stream (Box-Muller, see core/philox.h)."""
+    t = _core.ops.randn(_shape(shape), as_dtype(dtype, float32), as_device(device))
+    return _finish(t, requires_grad)
+
+
+def randint(low, high=None, size=(), dtype=None, device=None):
+    if high is None:
+        low, high = 0, low
+    return _core.ops.randint(int(low), int(high), _shape([size]), as_dtype(dtype, int64),
+                             as_device(device))
+
+
+def _like(fn, t, dtype, device, requires_grad, *extra):
+    return fn(t.shape, *extra, dtype=dtype or t.dtype, device=device or t.device,
+              requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, device=None, requires_grad=False):
+    return _like(zeros, t, dtype, device, requires_grad)
+
+
+def ones_like(t, dtype=None, device=None, requires_grad=False):
+    return _like(ones, t, dtype, device, requires_grad)
+
+
+def empty_like(t, dtype=None, device=None, requires_grad=False):
+    return _like(empty, t, dtype, device, requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, device=None, requires_grad=False):
+    return full(t.shape, fill_value, dtype or t.dtype, device or t.device, requires_grad)
+
+
+def rand_like(t, dtype=None, device=None, requires_grad=False):
+    return _like(rand, t, dtype, device, requires_grad)
+
+
+def randn_like(t, dtype=None, device=None, requires_grad=False):
+    return _like(randn, t, dtype, device, requires_grad)

@@ -1,0 +1,415 @@
+"""Python operators and methods of Tensor: arithmetic with numpy broadcasting and scalar
+promotion, comparisons, indexing, conversions, printing and DLPack. Every computation goes
+through the op registry (llmscratch_core.call / llmscratch_core.ops)."""
+import builtins
+import numbers
+
+import numpy as np
+
+import llmscratch_core as _core
+
+from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64
+
+Tensor = _core.Tensor
+_ops = _core.ops
+
+
+# ---- scalars and promotion ---------------------------------------------------------------------
+
+def _scalar_dtype(value, like: Tensor):
+    """Dtype for a Python scalar combined with a tensor (torch rules: the tensor's dtype wins
+    within a category; a float scalar with an integer tensor gives float32)."""
+    if isinstance(value, builtins.bool):
+        return like.dtype
+    if isinstance(value, numbers.Integral):
+        return like.dtype if like.dtype != bool_ else int64
+    if like.dtype.is_floating_point:
+        return like.dtype
+    return float32
+
+
+def as_tensor_like(value, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (numbers.Number, np.number, np.bool_)):
+        return _ops.full([], float(value), _scalar_dtype(value, like), like.device)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        from ._creation import tensor
+        return tensor(value, device=like.device)
+    raise TypeError(f"unsupported operand type {type(value).__name__} for a Tensor operation")
+
+
+def _binary(fn):
+    def op(self, other):
+        other_t = as_tensor_like(other, self)
+        if not isinstance(other, Tensor) and other_t.dtype != self.dtype:
+            return fn(self.to(dtype=other_t.dtype), other_t)
+        return fn(self, other_t)
+    return op
+
+
+def _rbinary(fn):
+    def op(self, other):
+        other_t = as_tensor_like(other, self)
+        if other_t.dtype != self.dtype:
+            return fn(other_t, self.to(dtype=other_t.dtype))
+        return fn(other_t, self)
+    return op
+
+
+def _compare(how):
+    def op(self, other):
+        if other is None:
+            return NotImplemented
+        return _ops.compare(self, as_tensor_like(other, self), how)
+    return op
+
+
+T = Tensor
+T.__add__ = _binary(_ops.add)
+T.__radd__ = _rbinary(_ops.add)
+T.__sub__ = _binary(_ops.sub)
+T.__rsub__ = _rbinary(_ops.sub)
+T.__mul__ = _binary(_ops.mul)
+T.__rmul__ = _rbinary(_ops.mul)
+T.__truediv__ = _binary(_ops.div)
+T.__rtruediv__ = _rbinary(_ops.div)
+T.__pow__ = _binary(_ops.pow)
+T.__rpow__ = _rbinary(_ops.pow)
+T.__matmul__ = lambda self, other: _ops.matmul(self, other)
+T.__rmatmul__ = lambda self, other: _ops.matmul(as_tensor_like(other, self), self)
+T.__neg__ = lambda self: _ops.unary("neg", self)
+T.__pos__ = lambda self: self
+T.__abs__ = lambda self: _ops.unary("abs", self)
+for _name, _how in [("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge")]:
+    setattr(T, f"__{_name}__", _compare(_how))
+T.__hash__ = object.__hash__
+
+
+def _inplace(fn):
+    """x op= y writes the result into x's memory (so views and parameters see it)."""
+    def op(self, other):
+        _ops.copy_(self, fn(self, other))
+        return self
+    return op
+
+
+T.__iadd__ = _inplace(T.__add__)
+T.__isub__ = _inplace(T.__sub__)
+T.__imul__ = _inplace(T.__mul__)
+T.__itruediv__ = _inplace(T.__truediv__)
+T.add_ = lambda self, other, alpha=1: _inplace(T.__add__)(self, other if alpha == 1 else other * alpha)
+T.sub_ = _inplace(T.__sub__)
+T.mul_ = _inplace(T.__mul__)
+T.div_ = _inplace(T.__truediv__)
+
+
+def _copy_(self, src):
+    _ops.copy_(self, as_tensor_like(src, self))
+    return self
+
+
+def _fill_(self, value):
+    _ops.fill_(self, float(value))
+    return self
+
+
+T.copy_ = _copy_
+T.fill_ = _fill_
+T.zero_ = lambda self: _fill_(self, 0.0)
+
+
+# ---- math methods ------------------------------------------------------------------------------
+
+for _u in ["exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "abs", "sign", "relu", "sin", "cos", "neg"]:
+    setattr(T, _u, (lambda name: lambda self: _ops.unary(name, self))(_u))
+T.add = lambda self, other: self + other
+T.sub = lambda self, other: self - other
+T.mul = lambda self, other: self * other
+T.div = lambda self, other: self / other
+T.pow = lambda self, other: self ** other
+T.matmul = lambda self, other: _ops.matmul(self, other)
+T.clamp = lambda self, min=None, max=None: _ops.clamp(self, min, max)
+T.clip = T.clamp
+T.masked_fill = lambda self, mask, value: _ops.masked_fill(self, mask, float(value))
+T.maximum = lambda self, other: _ops.maximum(self, as_tensor_like(other, self))
+T.minimum = lambda self, other: _ops.minimum(self, as_tensor_like(other, self))
+
+
+def _dims(dim):
+    if dim is None:
+        return []
+    return [dim] if isinstance(dim, numbers.Integral) else list(dim)
+
+
+T.sum = lambda self, dim=None, keepdim=False: _ops.sum(self, _dims(dim), keepdim)
+T.mean = lambda self, dim=None, keepdim=False: _ops.mean(self, _dims(dim), keepdim)
+T.var = lambda self, dim=None, correction=1, keepdim=False, unbiased=None: _ops.var(
+    self, _dims(dim), correction if unbiased is None else int(unbiased), keepdim)
+T.std = lambda self, dim=None, correction=1, keepdim=False: T.var(self, dim, correction, keepdim).sqrt()
+
+
+def _max(self, dim=None, keepdim=False):
+    """max() of all elements, or (values, indices) along dim."""
+    if dim is None:
+        return _ops.amax(self)
+    return tuple(_ops.max(self, dim, keepdim))
+
+
+def _min(self, dim=None, keepdim=False):
+    if dim is None:
+        return -_ops.amax(-self)
+    values, indices = _ops.max(-self, dim, keepdim)
+    return (-values, indices)
+
+
+T.max = _max
+T.min = _min
+T.amax = lambda self: _ops.amax(self)
+T.argmax = lambda self, dim=None, keepdim=False: (
+    _ops.argmax(self.reshape(-1), 0, False) if dim is None else _ops.argmax(self, dim, keepdim))
+T.argmin = lambda self, dim=None, keepdim=False: T.argmax(-self, dim, keepdim)
+
+
+# ---- shape methods -----------------------------------------------------------------------------
+
+def _shape_args(args):
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return list(args[0])
+    return list(args)
+
+
+T.reshape = lambda self, *shape: _ops.reshape(self, _shape_args(shape))
+T.view = lambda self, *shape: _ops.view(self, _shape_args(shape))
+T.permute = lambda self, *dims: _ops.permute(self, _shape_args(dims))
+T.transpose = lambda self, d0, d1: _ops.transpose(self, d0, d1)
+T.expand = lambda self, *shape: _ops.expand(self, _shape_args(shape))
+T.expand_as = lambda self, other: _ops.expand(self, list(other.shape))
+T.unsqueeze = lambda self, dim: _ops.unsqueeze(self, dim)
+T.squeeze = lambda self, dim=None: _ops.squeeze(self, dim)
+T.contiguous = lambda self: _ops.contiguous(self)
+T.clone = lambda self: _ops.contiguous_copy(self)
+T.T = property(lambda self: _ops.permute(self, list(range(self.ndim))[::-1]))
+T.mT = property(lambda self: _ops.transpose(self, -2, -1))
+
+
+def _flatten(self, start_dim=0, end_dim=-1):
+    if self.ndim == 0:
+        return self.reshape(1)
+    s = start_dim % self.ndim
+    e = end_dim % self.ndim
+    shape = list(self.shape)
+    return self.reshape(shape[:s] + [-1 if self.numel() else 0] + shape[e + 1:]) if s <= e else self
+
+
+T.flatten = _flatten
+
+
+# ---- indexing ----------------------------------------------------------------------------------
+
+def _index(self, key):
+    """Basic indexing (ints, slices, None, Ellipsis) gives a view; one integer tensor or list
+    index selects along its dimension (a copy, like numpy's advanced indexing)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    n_real = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
+    if n_real > self.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
+    out, dim, tensor_index = self, 0, None
+    for k in key:
+        if k is Ellipsis:
+            dim += self.ndim - n_real
+        elif k is None:
+            out = _ops.unsqueeze(out, dim)
+            dim += 1
+        elif isinstance(k, (numbers.Integral, np.integer)) and not isinstance(k, builtins.bool):
+            size = out.shape[dim]
+            if not -size <= int(k) < size:
+                raise IndexError(f"index {int(k)} is out of bounds for dimension {dim} with size {size}")
+            out = _ops.select(out, dim, int(k))
+        elif isinstance(k, slice):
+            if k.step is not None and k.step <= 0:
+                raise ValueError("slice step must be positive")
+            size = out.shape[dim]
+            start = 0 if k.start is None else int(k.start)
+            stop = size if k.stop is None else int(k.stop)
+            out = _ops.slice(out, dim, start, stop, 1 if k.step is None else int(k.step))
+            dim += 1
+        elif isinstance(k, (Tensor, list, np.ndarray)):
+            if tensor_index is not None:
+                raise NotImplementedError("indexing with more than one tensor index is not supported")
+            idx = k if isinstance(k, Tensor) else as_tensor_like(k, self)
+            if idx.dtype == bool_:
+                raise NotImplementedError("boolean mask indexing is not supported; use masked_fill or where")
+            tensor_index = (dim, idx)
+            dim += 1
+        else:
+            raise TypeError(f"unsupported index type {type(k).__name__}")
+    if tensor_index is not None:
+        from . import functional as F
+        d, idx = tensor_index
+        flat = idx.reshape(-1)
+        out = F.index_select(out, d, flat)
+        if idx.ndim != 1:
+            shape = list(out.shape)
+            out = out.reshape(shape[:d] + list(idx.shape) + shape[d + 1:])
+    return out
+
+
+def _setitem(self, key, value):
+    target = _index(self, key)
+    if not target.storage_offset() >= 0 or not _shares_memory(target, self):
+        raise NotImplementedError("assignment through a tensor index is not supported")
+    _ops.copy_(target, as_tensor_like(value, self))
+
+
+def _shares_memory(a, b):
+    return a.numel() == 0 or (a.device == b.device and a.dtype == b.dtype and _base_ptr(a) == _base_ptr(b))
+
+
+def _base_ptr(t):
+    return t.data_ptr() - t.storage_offset() * t.dtype.itemsize
+
+
+T.__getitem__ = _index
+T.__setitem__ = _setitem
+
+
+def _iter(self):
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return (self[i] for i in range(self.shape[0]))
+
+
+T.__iter__ = _iter
+
+
+# ---- conversions -------------------------------------------------------------------------------
+
+def _to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
+    """to(device), to(dtype), to(device, dtype), to(other_tensor), or keywords."""
+    for a in args:
+        if isinstance(a, _core.DType):
+            dtype = a
+        elif isinstance(a, (str, _core.Device)):
+            device = a
+        elif isinstance(a, Tensor):
+            dtype, device = a.dtype, a.device
+        else:
+            raise TypeError(f"to(): unexpected argument {a!r}")
+    out = self
+    if device is not None:
+        out = _ops.to_device(out, as_device(device))
+    if dtype is not None:
+        out = _ops.to_dtype(out, as_dtype(dtype))
+    if copy and out._same(self):
+        out = out.clone()
+    return out
+
+
+T.to = _to
+T.cpu = lambda self: _to(self, device="cpu")
+T.cuda = lambda self, device=0: _to(self, device=f"cuda:{device}" if isinstance(device, int) else device)
+T.float = lambda self: _to(self, dtype=float32)
+T.double = lambda self: _to(self, dtype=float64)
+T.half = lambda self: _to(self, dtype=float16)
+T.bfloat16 = lambda self: _to(self, dtype=bfloat16)
+T.long = lambda self: _to(self, dtype=int64)
+T.int = lambda self: _to(self, dtype=int32)
+T.bool = lambda self: _to(self, dtype=bool_)
+T.type_as = lambda self, other: _to(self, dtype=other.dtype)
+T.is_floating_point = lambda self: self.dtype.is_floating_point
+T.element_size = lambda self: self.dtype.itemsize
+
+
+def _numpy_host(self):
+    t = self.cpu()
+    if t.dtype == bfloat16:
+        t = t.to(dtype=float32)
+    return t.numpy()
+
+
+T.tolist = lambda self: _numpy_host(self).tolist()
+T.__array__ = lambda self, dtype=None, copy=None: (
+    np.asarray(_numpy_host(self), dtype=dtype))
+T.__float__ = lambda self: float(self.item())
+T.__int__ = lambda self: int(self.item())
+T.__index__ = lambda self: int(self.item()) if not self.dtype.is_floating_point else (_ for _ in ()).throw(
+    TypeError("only integer tensors can be used as an index"))
+
+
+def _bool(self):
+    if self.numel() != 1:
+        raise RuntimeError(f"the truth value of a tensor with {self.numel()} elements is ambiguous")
+    return builtins.bool(self.item())
+
+
+T.__bool__ = _bool
+
+
+def _dlpack(self, stream=None, max_version=None, dl_device=None, copy=None):
+    """Export without a copy. On CUDA the data is produced on the default stream, which the
+    consumer's stream argument may follow; we synchronise nothing here."""
+    if copy:
+        return _core.to_dlpack(self.clone())
+    return _core.to_dlpack(self)
+
+
+T.__dlpack__ = _dlpack
+T.__dlpack_device__ = lambda self: tuple(_core.dlpack_device(self))
+
+
+# ---- autograd ----------------------------------------------------------------------------------
+
+def _backward(self, gradient=None, retain_graph=None):
+    _core.backward([self], [gradient])
+
+
+T.backward = _backward
+
+
+
+# ---- printing ----------------------------------------------------------------------------------
+
+def _repr(self):
+    arr = _numpy_host(self.detach())
+    body = np.array2string(arr, separator=", ", prefix="tensor(", precision=4,
+                           threshold=1000, edgeitems=3, floatmode="maxprec_equal")
+    extras = []
+    if self.dtype not in (float32, int64, bool_):
+        extras.append(f"dtype={self.dtype}")
+    if str(self.device) != "cpu":
+        extras.append(f"device='{self.device}'")
+    if self.grad_fn is not None:
+        extras.append(f"grad_fn=<{self.grad_fn}>")
+    elif self.requires_grad:
+        extras.append("requires_grad=True")
+    return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+
+T.__repr__ = _repr
+T.__str__ = _repr
+
+
+# ---- module-level helpers that read like torch -------------------------------------------------
+
+def matmul(a, b):
+    return _ops.matmul(a, b)
+
+
+def where(condition, a, b):
+    if not isinstance(a, Tensor):
+        a = as_tensor_like(a, b)
+    if not isinstance(b, Tensor):
+        b = as_tensor_like(b, a)
+    return _ops.where(condition, a, b)
+
+
+def cat(tensors, dim=0):
+    from . import functional as F
+    return F.cat(tensors, dim)
+
+
+def stack(tensors, dim=0):
+    from . import functional as F
+    return F.stack(tensors, dim)

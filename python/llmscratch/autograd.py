@@ -1,0 +1,160 @@
+"""Autograd from Python: grad-mode switches, ``backward``, the ``Function`` API for
+differentiable functions written in Python (recorded on the same C++ tape as built-in ops, and
+used by the Triton backend), and ``gradcheck`` by finite differences in float64."""
+import contextlib
+import functools
+
+import numpy as np
+
+import llmscratch_core as _core
+
+Tensor = _core.Tensor
+is_grad_enabled = _core.is_grad_enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Turn recording on or off; usable as a call, a context manager or a decorator."""
+
+    def __init__(self, mode: bool):
+        self.prev = _core.is_grad_enabled()
+        self.mode = bool(mode)
+        _core.set_grad_enabled(self.mode)
+
+    def __enter__(self):
+        _core.set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self.prev)
+        return False
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Ops inside record nothing on the tape (inference, optimizer updates)."""
+
+    def __enter__(self):
+        self.prev = _core.is_grad_enabled()
+        _core.set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self.prev)
+        return False
+
+
+class enable_grad(no_grad):
+    def __enter__(self):
+        self.prev = _core.is_grad_enabled()
+        _core.set_grad_enabled(True)
+        return self
+
+
+def backward(tensors, grad_tensors=None):
+    """Accumulate d(tensors)/d(leaf) into every leaf's .grad (grad_tensors default to ones for
+    scalar outputs)."""
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    if grad_tensors is None:
+        grad_tensors = [None] * len(tensors)
+    elif isinstance(grad_tensors, Tensor):
+        grad_tensors = [grad_tensors]
+    _core.backward(list(tensors), list(grad_tensors))
+
+
+class FunctionCtx:
+    """What forward leaves for backward. Saved tensors are stored detached, so the saved state
+    never holds the graph alive in a reference cycle."""
+
+    def __init__(self):
+        self.saved_tensors = ()
+        self.needs_input_grad = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tuple(t.detach() if isinstance(t, Tensor) else t for t in tensors)
+
+
+class Function:
+    """Subclass with ``forward(ctx, *args)`` and ``backward(ctx, *grad_outputs)`` static
+    methods; call ``MyFunction.apply(*args)``. backward returns one gradient (or None) per
+    forward argument."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args):
+        ctx = FunctionCtx()
+        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        with no_grad():
+            result = cls.forward(ctx, *args)
+        single = not isinstance(result, tuple)
+        outputs = [result] if single else list(result)
+        inputs = [a for a in args if isinstance(a, Tensor)]
+        # An output that is an input object would have its history rewritten: hand out a view.
+        outputs = [o.detach() if any(o._same(i) for i in inputs) else o for o in outputs]
+        if is_grad_enabled() and any(ctx.needs_input_grad):
+            is_tensor = [isinstance(a, Tensor) for a in args]
+
+            def run_backward(grads):
+                res = cls.backward(ctx, *grads)
+                res = res if isinstance(res, tuple) else (res,)
+                if len(res) != len(args):
+                    raise RuntimeError(f"{cls.__name__}.backward returned {len(res)} gradients "
+                                       f"for {len(args)} forward arguments")
+                return [g for g, t in zip(res, is_tensor) if t]
+
+            _core.record_function(cls.__name__, inputs, outputs, run_backward)
+        return outputs[0] if single else tuple(outputs)
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
+    """Compare the gradients of ``sum(fn(*inputs) * w)`` (w a fixed random weighting) with
+    central finite differences. Inputs that require grad must be float64 CPU tensors."""
+    from ._creation import from_numpy
+    inputs = list(inputs)
+    checked = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input requires grad")
+    for t in checked:
+        if t.dtype != _core.DType.float64 or str(t.device) != "cpu":
+            raise TypeError("gradcheck: inputs that require grad must be float64 CPU tensors")
+
+    def outputs_of(vals):
+        out = fn(*vals)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    rng = np.random.default_rng(0)
+    outs = outputs_of(inputs)
+    weights = [from_numpy(rng.standard_normal(o.shape)) for o in outs]
+
+    def weighted(vals):
+        return functools.reduce(lambda a, b: a + b, [(o * w).sum() for o, w in zip(outputs_of(vals), weights)])
+
+    for t in checked:
+        t.grad = None
+    weighted(inputs).backward()
+    for t in checked:
+        analytic = np.zeros(t.shape) if t.grad is None else t.grad.numpy().copy()
+        base = t.detach().numpy().copy()
+        numeric = np.zeros_like(base)
+        with no_grad():
+            for i in np.ndindex(base.shape):
+                vals = []
+                for sign in (1, -1):
+                    pert = base.copy()
+                    pert[i] += sign * eps
+                    probe = from_numpy(pert)
+                    vals.append(weighted([probe if x is t else x for x in inputs]).item())
+                numeric[i] = (vals[0] - vals[1]) / (2 * eps)
+        if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
+            if raise_exception:
+                err = np.abs(analytic - numeric).max()
+                raise AssertionError(f"gradcheck failed for input of shape {tuple(t.shape)}: "
+                                     f"max abs error {err:.3e}\nanalytic={analytic}\nnumeric={numeric}")
+            return False
+    return True
