@@ -69,16 +69,17 @@ def topk(input, k, dim=-1, largest=True, sorted=True):  # noqa: A002
     return topk_result(values, indices)
 
 
-def sort(input, dim=-1, descending=False, stable=True):  # noqa: A002
-    """Sorted values along ``dim`` and their int64 indices. Always stable; NaN sorts as largest."""
+def sort(input, dim=-1, descending=False, *, stable=False):  # noqa: A002
+    """Sorted values along ``dim`` and their int64 indices. Always stable (``stable`` is accepted
+    for torch compatibility); NaN sorts as the largest value."""
     _tensor(input, "input", "sort")
     values, indices = _core.call("sort", [input], {"dim": _int(dim, "dim", "sort"),
                                                    "descending": builtins.bool(descending)})
     return sort_result(values, indices)
 
 
-def argsort(input, dim=-1, descending=False, stable=True):  # noqa: A002
-    """The indices that sort ``input`` along ``dim`` (stable)."""
+def argsort(input, dim=-1, descending=False, stable=False):  # noqa: A002
+    """The indices that sort ``input`` along ``dim`` (always stable)."""
     return sort(input, dim, descending).indices
 
 
