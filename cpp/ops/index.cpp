@@ -19,10 +19,11 @@
 //
 // Kernels: index_select and its backward view dense tensors as (outer, N, inner) and move whole
 // rows of `inner` elements (bit copies, so every dtype is served by one code path per item size).
-// gather and scatter_add walk index's positions with the gathered/scattered dimension moved last,
-// so that each run of cpu::for_each_run is one line along `dim`; different runs touch different
-// output lines, which lets scatter_add run its runs in parallel without atomics and in a fixed
-// order (the sums are deterministic).
+// gather walks index's positions in memory order, rows in parallel. scatter_add must never let
+// two workers add into one output element: with dim last it runs rows in parallel (rows differ
+// in a coordinate other than dim); otherwise workers own blocks of the last dimension's columns.
+// Either way each output element receives its additions in a fixed order: the sums are
+// deterministic, and no atomics are needed.
 #include <algorithm>
 
 #include "cpu_loops.h"
@@ -39,20 +40,15 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
            ": index must be int32 or int64, got ", dtype_name(index.dtype()));
   Tensor idx = contiguous(to_dtype(index, DType::Int64));
   const int64_t* p = idx.data<int64_t>();
-  for (int64_t i = 0; i < idx.numel(); ++i)
-    LS_CHECK(p[i] >= 0 && p[i] < size, IndexError, op, ": index ", p[i],
-             " is out of range for dimension ", dim, " of size ", size);
+  const int64_t n = idx.numel();
+  // One branch-free pass finds whether anything is out of range; only then look for which.
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= uint64_t(p[i]) >= uint64_t(size);
+  if (bad)
+    for (int64_t i = 0; i < n; ++i)
+      LS_CHECK(p[i] >= 0 && p[i] < size, IndexError, op, ": index ", p[i],
+               " is out of range for dimension ", dim, " of size ", size);
   return idx;
-}
-
-// A shape or strides vector with entry `dim` moved to the end (0-d stays 0-d).
-Shape dim_last(const Shape& v, int64_t dim) {
-  if (v.empty()) return v;
-  Shape r;
-  for (int64_t d = 0; d < int64_t(v.size()); ++d)
-    if (d != dim) r.push_back(v[d]);
-  r.push_back(v[dim]);
-  return r;
 }
 
 // Unsigned integer type of a given byte size: the element type of bit copies.
@@ -90,13 +86,20 @@ Tensors index_select_forward_cpu(const Tensors& in, const Attrs& a) {
   LS_DISPATCH_BITS(itemsize(x.dtype()), {
     const bits_t* px = x.data<bits_t>();
     bits_t* po = out.data<bits_t>();
-    cpu::parallel_rows(outer * m, inner, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t o = r / m, j = r % m;
-        const bits_t* src = px + (o * n + ip[j]) * inner;  // src points at x[o, index[j], :]
-        std::copy(src, src + inner, po + r * inner);
-      }
-    });
+    if (inner == 1) {  // dim is last: a gather within each row
+      cpu::parallel_rows(outer, m, [&](int64_t r0, int64_t r1) {
+        for (int64_t o = r0; o < r1; ++o)
+          for (int64_t j = 0; j < m; ++j) po[o * m + j] = px[o * n + ip[j]];
+      });
+    } else {
+      cpu::parallel_rows(outer * m, inner, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t o = r / m, j = r % m;
+          const bits_t* src = px + (o * n + ip[j]) * inner;  // src points at x[o, index[j], :]
+          std::copy(src, src + inner, po + r * inner);
+        }
+      });
+    }
   });
   if (x0.dim() == 0) out = reshape(out, {});
   return {out};
@@ -171,18 +174,21 @@ Tensors gather_forward_cpu(const Tensors& in, const Attrs& a) {
   int64_t dim = wrap_dim(a.i("dim"), x.dim(), "gather");
   Tensor idx = checked_scatter_index("gather", x, dim, in[1], nullptr);
   Tensor out = Tensor::empty(idx.shape(), x.dtype(), x.device());
+  // Walk index's positions in memory order; x's stride along dim is zeroed because that
+  // coordinate comes from the index value instead.
   const int64_t xs_dim = x.dim() ? x.strides()[dim] : 0;
-  Shape shape = dim_last(idx.shape(), dim);
-  std::array<Shape, 3> st{dim_last(out.strides(), dim), dim_last(idx.strides(), dim),
-                          dim_last(x.strides(), dim)};
+  Shape xst = x.strides();
+  if (x.dim()) xst[dim] = 0;
+  std::array<Shape, 3> st{out.strides(), idx.strides(), xst};  // out and idx are dense
   const int64_t* pi = idx.data<int64_t>();
   LS_DISPATCH_BITS(itemsize(x.dtype()), {
     const bits_t* px = x.data<bits_t>();
     bits_t* po = out.data<bits_t>();
-    // One run = one line along dim: off[2] points at x[i..., 0, ...], the index picks the row.
-    cpu::for_each_run(shape, st, [&](auto off, auto s, int64_t len) {
-      for (int64_t k = 0; k < len; ++k)
-        po[off[0] + k * s[0]] = px[off[2] + pi[off[1] + k * s[1]] * xs_dim];
+    cpu::for_each_run(idx.shape(), st, [&](auto off, auto s, int64_t len) {
+      bits_t* o = po + off[0];            // o points at out[i..., 0]
+      const int64_t* ir = pi + off[1];    // ir points at index[i..., 0]
+      const bits_t* xr = px + off[2];     // xr points at x[i... with i_dim = 0, 0]
+      for (int64_t k = 0; k < len; ++k) o[k] = xr[k * s[2] + ir[k] * xs_dim];
     });
   });
   return {out};
@@ -198,21 +204,54 @@ Tensors scatter_add_forward_cpu(const Tensors& in, const Attrs& a) {
   int64_t dim = wrap_dim(a.i("dim"), x.dim(), "scatter_add");
   Tensor idx = checked_scatter_index("scatter_add", x, dim, in[1], &src);
   Tensor out = contiguous_copy(x);
+  if (idx.numel() == 0) return {out};
   const int64_t os_dim = out.dim() ? out.strides()[dim] : 0;
-  Shape shape = dim_last(idx.shape(), dim);
-  std::array<Shape, 3> st{dim_last(out.strides(), dim), dim_last(idx.strides(), dim),
-                          dim_last(src.strides(), dim)};
+  Shape ost = out.strides();
+  if (out.dim()) ost[dim] = 0;  // that coordinate comes from the index value
+  const Shape& shape = idx.shape();
+  const int64_t nd = int64_t(shape.size());
   const int64_t* pi = idx.data<int64_t>();
   DISPATCH_NUMERIC(x.dtype(), "scatter_add", {
     const scalar_t* ps = src.data<scalar_t>();
     scalar_t* po = out.data<scalar_t>();
-    // One run = one line along dim; distinct runs write distinct output lines.
-    cpu::for_each_run(shape, st, [&](auto off, auto s, int64_t len) {
-      for (int64_t k = 0; k < len; ++k) {
-        scalar_t& o = po[off[0] + pi[off[1] + k * s[1]] * os_dim];
-        o = scalar_t(o + ps[off[2] + k * s[2]]);
-      }
-    });
+    if (nd == 0 || dim == nd - 1) {
+      // Runs go along dim; different runs have different other coordinates, so they write
+      // different output lines and can run in parallel.
+      std::array<Shape, 3> st{ost, idx.strides(), src.strides()};
+      cpu::for_each_run(shape, st, [&](auto off, auto s, int64_t len) {
+        scalar_t* o = po + off[0];  // o points at out[i..., 0]
+        for (int64_t k = 0; k < len; ++k) {
+          scalar_t& d = o[pi[off[1] + k * s[1]] * os_dim];
+          d = scalar_t(d + ps[off[2] + k * s[2]]);
+        }
+      });
+    } else {
+      // dim is not last: rows that differ only along dim may hit the same output, but different
+      // columns of the last dimension never do. Each worker owns a block of columns and walks
+      // every row in order (so the sums are deterministic and memory is read row by row).
+      const int64_t cols = shape[nd - 1], rows = idx.numel() / cols;
+      const int64_t block = std::max<int64_t>(16, (cols + 2 * num_threads() - 1) / (2 * num_threads()));
+      const int64_t os_c = ost[nd - 1], is_c = idx.strides()[nd - 1], ss_c = src.strides()[nd - 1];
+      parallel_for(0, (cols + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          int64_t c0 = b * block, c1 = std::min(cols, c0 + block);
+          for (int64_t r = 0; r < rows; ++r) {
+            int64_t oo = 0, io = 0, so = 0, rem = r;  // offsets of row r's first element
+            for (int64_t d = nd - 2; d >= 0; --d) {
+              int64_t i = rem % shape[d];
+              rem /= shape[d];
+              oo += i * ost[d];
+              io += i * idx.strides()[d];
+              so += i * src.strides()[d];
+            }
+            for (int64_t c = c0; c < c1; ++c) {
+              scalar_t& d = po[oo + c * os_c + pi[io + c * is_c] * os_dim];
+              d = scalar_t(d + ps[so + c * ss_c]);
+            }
+          }
+        }
+      });
+    }
   });
   return {out};
 }
