@@ -146,6 +146,8 @@ Tensors stack_backward(const BackwardCtx& c, const Tensors& g) {
 }
 
 Tensors split_forward_any(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "split: expected one input tensor, got ",
+           in.size());
   const Tensor& x = in[0];
   LS_CHECK(x.dim() > 0, ValueError, "split: cannot split a zero-dimensional tensor");
   int64_t dim = wrap_dim(a.i("dim", 0), x.dim(), "split");

@@ -3,7 +3,8 @@
 //   x (A..., N, B...) -> out of the same shape
 //   out[a, i, b] = sum_{j <= i} x[a, j, b]          (reverse=true: sum_{j >= i})
 //   Integer and bool inputs give int64, floats keep their dtype (float32 accumulates in float64,
-//   as torch does on the CPU, so long rows do not drift).
+//   as torch does on the CPU, so long rows do not drift; bfloat16/float16 are summed the same
+//   way and only the outputs are rounded, never the running sum).
 //   d x = reverse cumsum of g: dx[a, j, b] = sum_{i >= j} g[a, i, b], i.e. the same kernel with
 //   reverse flipped (no flip op, no extra copies).
 //
@@ -68,7 +69,11 @@ void cumsum_columns(const T* px, O* po, int64_t outer, int64_t n, int64_t inner,
 }
 
 Tensors cumsum_forward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "cumsum: expected one input tensor, got ",
+           in.size());
   const Tensor& x0 = in[0];
+  if (x0.dtype() == DType::BFloat16 || x0.dtype() == DType::Float16)  // the float32 path, rounded back
+    return {to_dtype(cumsum_forward_cpu({to_dtype(x0, DType::Float32)}, a)[0], x0.dtype())};
   int64_t dim = wrap_dim(a.i("dim"), x0.dim(), "cumsum");
   bool reverse = a.b("reverse", false);
   Tensor x = contiguous(x0.dim() ? x0 : reshape(x0, {1}));
@@ -103,7 +108,8 @@ LS_REGISTER(cumsum) {
                           return Tensors{call1("cumsum", {g[0]}, a)};
                         }, false});
   register_kernel("cumsum", "cpu", cumsum_forward_cpu,
-                  {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8, DType::Bool});
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16, DType::Int32,
+                   DType::Int64, DType::UInt8, DType::Bool});
 }
 
 }  // namespace ls::ops

@@ -13,6 +13,8 @@
 //                 src is larger than index.
 //   one_hot:      index (any shape, integer) -> int64 (index.shape..., C), out[i..., index[i...]] = 1
 //
+// Data of every dtype; the additions (scatter_add, index_select's backward) of bfloat16/float16
+// run in float32 and round once per output element.
 // Indices are int32 or int64, each in [0, size): a negative or too large one raises IndexError
 // naming the op, the value and the dimension. They are checked in one pass before any data moves,
 // so nothing is half written and the workers never throw.
@@ -108,10 +110,20 @@ Tensors index_select_forward_cpu(const Tensors& in, const Attrs& a) {
 // dx (outer, N, inner) = 0; dx[o, index[j], :] += g[o, j, :]. Work is split over (o, column
 // block) pairs: each owns its output columns, and j runs in order, so the sums are deterministic.
 Tensors index_select_backward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), TypeError,
+           "index_select_backward: expected (grad, index)");
+  if (in[0].dtype() == DType::BFloat16 || in[0].dtype() == DType::Float16)  // sums in float32
+    return {to_dtype(index_select_backward_cpu({to_dtype(in[0], DType::Float32), in[1]}, a)[0],
+                     in[0].dtype())};
   Shape shape = a.ints("shape");
   Tensor g = contiguous(in[0]);
   int64_t dim = wrap_dim(a.i("dim"), int64_t(shape.size()), "index_select");
   Tensor idx = checked_index(in[1], shape.empty() ? 1 : shape[dim], "index_select", dim);
+  Shape gshape = shape;
+  if (!shape.empty()) gshape[dim] = idx.numel();
+  LS_CHECK(in[1].dim() <= 1 && g.shape() == gshape, ValueError, "index_select_backward: grad of "
+           "shape ", shape_str(g.shape()), " does not match ", shape_str(gshape), " (input shape ",
+           shape_str(shape), ", ", idx.numel(), " indices along dimension ", dim, ")");
   Tensor dx = full(shape, 0.0, g.dtype(), g.device());
   if (shape.empty()) {  // 0-d x: the single gradient is g itself
     copy_(dx, g);
@@ -169,7 +181,8 @@ Tensor checked_scatter_index(const char* op, const Tensor& x, int64_t dim, const
 }
 
 Tensors gather_forward_cpu(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 2 && in[0].defined(), TypeError, "gather: expected (x, index)");
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), TypeError,
+           "gather: expected (x, index)");
   const Tensor& x = in[0];
   int64_t dim = wrap_dim(a.i("dim"), x.dim(), "gather");
   Tensor idx = checked_scatter_index("gather", x, dim, in[1], nullptr);
@@ -195,12 +208,17 @@ Tensors gather_forward_cpu(const Tensors& in, const Attrs& a) {
 }
 
 Tensors scatter_add_forward_cpu(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 3 && in[0].defined() && in[2].defined(), TypeError,
+  LS_CHECK(in.size() == 3 && in[0].defined() && in[1].defined() && in[2].defined(), TypeError,
            "scatter_add: expected (x, index, src)");
   const Tensor& x = in[0];
   const Tensor& src = in[2];
   LS_CHECK(src.dtype() == x.dtype(), TypeError, "scatter_add: src dtype ", dtype_name(src.dtype()),
            " does not match the input dtype ", dtype_name(x.dtype()));
+  if (x.dtype() == DType::BFloat16 || x.dtype() == DType::Float16) {
+    // Sums in float32, rounded once per output element.
+    Tensor r = scatter_add_forward_cpu({to_dtype(x, DType::Float32), in[1], to_dtype(src, DType::Float32)}, a)[0];
+    return {to_dtype(r, x.dtype())};
+  }
   int64_t dim = wrap_dim(a.i("dim"), x.dim(), "scatter_add");
   Tensor idx = checked_scatter_index("scatter_add", x, dim, in[1], &src);
   Tensor out = contiguous_copy(x);
@@ -285,6 +303,8 @@ Tensors scatter_add_backward(const BackwardCtx& c, const Tensors& g) {
 // ---- one_hot ------------------------------------------------------------------------------
 
 Tensors one_hot_forward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "one_hot: expected one index tensor, got ",
+           in.size());
   const Tensor& index = in[0];
   LS_CHECK(index.dtype() == DType::Int32 || index.dtype() == DType::Int64, TypeError,
            "one_hot: index must be int32 or int64, got ", dtype_name(index.dtype()));
@@ -327,8 +347,8 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
 }
 
 LS_REGISTER(index) {
-  const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::Int32, DType::Int64,
-                                       DType::UInt8, DType::Bool};
+  const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16,
+                                       DType::Int32, DType::Int64, DType::UInt8, DType::Bool};
   declare_op("index_select", {[](const BackwardCtx& c, const Tensors& g) {
                                 if (!c.needs_grad[0]) return Tensors{Tensor(), Tensor()};
                                 Attrs a{{"dim", c.attrs.i("dim")}, {"shape", c.input_shapes[0]}};
@@ -345,7 +365,7 @@ LS_REGISTER(index) {
   declare_op("one_hot", {});
   register_kernel("index_select", "cpu", index_select_forward_cpu);
   register_kernel("index_select_backward", "cpu", index_select_backward_cpu,
-                  {DType::Float32, DType::Float64});
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16});
   register_kernel("gather", "cpu", gather_forward_cpu);
   register_kernel("scatter_add", "cpu", scatter_add_forward_cpu, kNumeric);
   register_kernel("one_hot", "cpu", one_hot_forward_cpu);

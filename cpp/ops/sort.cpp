@@ -4,6 +4,7 @@
 //   values[a, j, b] = x[a, indices[a, j, b], b], ascending (descending when descending=true);
 //   equal values keep their original order (stable) in both directions. NaN counts as larger
 //   than every number (torch's order): NaNs go last ascending, first descending.
+//   bfloat16/float16 are ordered through float32 (exact).
 //   d x = g scattered back through the permutation: scatter_add(zeros_like(x), dim, indices, g).
 //
 // Kernel: x is made dense with `dim` last; each row sorts (value, position) pairs under the
@@ -32,7 +33,14 @@ template <typename T> bool before(T a, T b, bool descending) {
 }
 
 Tensors sort_forward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "sort: expected one input tensor, got ",
+           in.size());
   const Tensor& x = in[0];
+  if (x.dtype() == DType::BFloat16 || x.dtype() == DType::Float16) {
+    // 16-bit floats are ordered through float32, which holds their values exactly.
+    Tensors r = sort_forward_cpu({to_dtype(x, DType::Float32)}, a);
+    return {to_dtype(r[0], x.dtype()), r[1]};
+  }
   bool descending = a.b("descending", false);
   int64_t dim = wrap_dim(a.i("dim", -1), x.dim(), "sort");
   const int64_t last = std::max<int64_t>(x.dim(), 1) - 1;
@@ -85,7 +93,8 @@ Tensor argsort(const Tensor& x, int64_t dim, bool descending) { return sort(x, d
 LS_REGISTER(sort) {
   declare_op("sort", {sort_backward, false, true});
   register_kernel("sort", "cpu", sort_forward_cpu,
-                  {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8, DType::Bool});
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16, DType::Int32,
+                   DType::Int64, DType::UInt8, DType::Bool});
 }
 
 }  // namespace ls::ops

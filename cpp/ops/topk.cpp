@@ -4,7 +4,7 @@
 //   values[a, j, b] = x[a, indices[a, j, b], b], in order: largest first (smallest first when
 //   largest=false). Ties go to the lower index first, so the result is fully determined.
 //   NaN counts as larger than every number (torch's order): it comes first when largest, last
-//   otherwise.
+//   otherwise. bfloat16/float16 are ordered through float32 (exact).
 //   d x = zeros_like(x) with g scattered to the selected positions: scatter_add(0, dim, indices, g)
 //   (the indices along a line are distinct, so nothing actually adds).
 //
@@ -35,7 +35,14 @@ template <typename T> bool before(T a, T b, bool largest) {
 }
 
 Tensors topk_forward_cpu(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "topk: expected one input tensor, got ",
+           in.size());
   const Tensor& x = in[0];
+  if (x.dtype() == DType::BFloat16 || x.dtype() == DType::Float16) {
+    // 16-bit floats are ordered through float32, which holds their values exactly.
+    Tensors r = topk_forward_cpu({to_dtype(x, DType::Float32)}, a);
+    return {to_dtype(r[0], x.dtype()), r[1]};
+  }
   int64_t k = a.i("k");
   bool largest = a.b("largest", true);
   int64_t dim = wrap_dim(a.i("dim", -1), x.dim(), "topk");
@@ -95,7 +102,8 @@ Tensors topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
 LS_REGISTER(topk) {
   declare_op("topk", {topk_backward, false, true});
   register_kernel("topk", "cpu", topk_forward_cpu,
-                  {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8, DType::Bool});
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16, DType::Int32,
+                   DType::Int64, DType::UInt8, DType::Bool});
 }
 
 }  // namespace ls::ops

@@ -73,7 +73,18 @@ TEST_F(Cumsum, Gradients) {
 
 TEST_F(Cumsum, Errors) {
   EXPECT_THROW(ops::cumsum(random({3, 4}), 2), IndexError);
-  EXPECT_THROW(ops::cumsum(random({3}, DType::BFloat16), 0), NotImplementedError);
+}
+
+TEST_F(Cumsum, SixteenBitFloatsRoundOnlyTheOutputs) {
+  for (DType dt : {DType::BFloat16, DType::Float16}) {
+    Tensor x = random({3, 40}, dt);
+    Tensor out = ops::cumsum(x, 1);
+    EXPECT_EQ(out.dtype(), dt);
+    // Each output is the float64 running sum converted to the 16-bit type (the running sum
+    // itself is never rounded to 16 bits).
+    Tensor ref = ops::to_dtype(ops::to_dtype(make(naive_cumsum(values(x), {3, 40}, 1), {3, 40}), dt), DType::Float64);
+    expect_close(values(out), values(ref), 0);
+  }
 }
 
 }  // namespace ls::test

@@ -151,6 +151,25 @@ TEST_F(Index, ScatterAddMatchesNaive) {
   expect_close(values(x), before, 0);
 }
 
+TEST_F(Index, SixteenBitFloatsSumInFloat32) {
+  for (DType dt : {DType::BFloat16, DType::Float16}) {
+    Tensor x = random({3, 4}, dt), src = random({3, 9}, dt);
+    Tensor idx = random_index({3, 9}, 4);
+    Tensor out = ops::scatter_add(x, 1, idx, src);
+    EXPECT_EQ(out.dtype(), dt);
+    Tensor ref = ops::scatter_add(ops::to_dtype(x, DType::Float32), 1, idx, ops::to_dtype(src, DType::Float32));
+    expect_close(values(out), values(ops::to_dtype(ref, dt)), 0);
+    // index_select's backward accumulates repeats the same way.
+    Tensor xs = random({5, 3}, dt);
+    xs.set_requires_grad(true);
+    Tensor rep = make({1, 1, 1, 4}, {4}, DType::Int64);
+    Tensor y = ops::index_select(xs, 0, rep);
+    run_backward({y}, {ops::full(y.shape(), 1.0, dt, Device{})});
+    EXPECT_EQ(xs.grad().dtype(), dt);
+    expect_close(values(xs.grad()), {0, 0, 0, 3, 3, 3, 0, 0, 0, 0, 0, 0, 1, 1, 1}, 0);
+  }
+}
+
 TEST_F(Index, ScatterAddGradients) {
   Tensor idx = random_index({3, 2, 4}, 5);
   gradcheck([&](const std::vector<Tensor>& in) { return ops::scatter_add(in[0], 1, idx, in[1]); },

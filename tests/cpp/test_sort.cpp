@@ -76,6 +76,15 @@ TEST_F(Sort, Gradients) {
             {random({5, 3})});
 }
 
+TEST_F(Sort, SixteenBitFloats) {
+  for (DType dt : {DType::BFloat16, DType::Float16}) {
+    Tensor x = random({3, 17}, dt);  // 16-bit rounding makes some ties
+    check_sort(x, 1, false);
+    check_sort(x, 0, true);
+    EXPECT_EQ(ops::sort(x, 1, false)[0].dtype(), dt);
+  }
+}
+
 TEST_F(Sort, Errors) {
   EXPECT_THROW(ops::sort(random({3, 4}), 2, false), IndexError);
   EXPECT_THROW(ops::argsort(random({3, 4}), -3, false), IndexError);

@@ -84,7 +84,17 @@ TEST_F(TopK, Errors) {
   EXPECT_THROW(ops::topk(random({3, 4}), 5, 1, true), IndexError);
   EXPECT_THROW(ops::topk(random({3, 4}), -1, 1, true), IndexError);
   EXPECT_THROW(ops::topk(random({3, 4}), 1, 2, true), IndexError);
-  EXPECT_THROW(ops::topk(random({3, 4}, DType::BFloat16), 1, 1, true), NotImplementedError);
+}
+
+TEST_F(TopK, SixteenBitFloats) {
+  for (DType dt : {DType::BFloat16, DType::Float16}) {
+    Tensor x = random({4, 9}, dt);
+    auto r = ops::topk(x, 3, 1, false);
+    auto ref = ops::topk(ops::to_dtype(x, DType::Float32), 3, 1, false);
+    EXPECT_EQ(r[0].dtype(), dt);
+    expect_close(values(r[0]), values(ref[0]), 0);
+    expect_close(values(r[1]), values(ref[1]), 0);
+  }
 }
 
 }  // namespace ls::test

@@ -52,3 +52,15 @@ def test_errors():
         F.cumsum(ls.zeros(3, 4), 2)
     with pytest.raises(TypeError, match="cumsum: dim must be an integer"):
         F.cumsum(ls.zeros(3, 4), None)
+
+
+def test_cumsum_float16():
+    a = rng.standard_normal((3, 60)).astype(np.float16)
+    x = ls.tensor(a, requires_grad=True)
+    out = F.cumsum(x, 1)
+    assert out.dtype == ls.float16
+    # Each output is the float64 running sum, rounded to float16 through float32 (as the core's
+    # dtype conversions do).
+    ref = np.cumsum(a.astype(np.float64), 1).astype(np.float32).astype(np.float16)
+    np.testing.assert_array_equal(out.numpy(), ref)
+    np.testing.assert_allclose(out.numpy(), torch.cumsum(torch.tensor(a), 1).numpy(), rtol=2e-3, atol=2e-3)

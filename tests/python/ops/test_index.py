@@ -121,6 +121,17 @@ def test_scatter_add_integers():
     np.testing.assert_array_equal(out.numpy(), ref.numpy())
 
 
+def test_scatter_add_float16():
+    x = rng.standard_normal((3, 4)).astype(np.float16)
+    src = rng.standard_normal((3, 9)).astype(np.float16)
+    i = rng.integers(0, 4, (3, 9))
+    out = F.scatter_add(ls.tensor(x), 1, ls.tensor(i), ls.tensor(src))
+    assert out.dtype == ls.float16
+    # Sums in float32, rounded once.
+    ref = torch.scatter_add(torch.tensor(x).float(), 1, torch.tensor(i), torch.tensor(src).float()).half()
+    np.testing.assert_array_equal(out.numpy(), ref.numpy())
+
+
 @pytest.mark.parametrize("num_classes", [-1, 7])
 def test_one_hot(num_classes):
     a = rng.integers(0, 6, (3, 5))

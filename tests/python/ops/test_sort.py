@@ -58,3 +58,12 @@ def test_errors():
         F.sort(ls.zeros(3, 4), 2)
     with pytest.raises(TypeError, match="sort: input must be a Tensor"):
         F.sort(np.zeros(3))
+
+
+def test_sort_float16():
+    a = rng.standard_normal((3, 50)).astype(np.float16)  # 16-bit rounding gives ties
+    out = F.sort(ls.tensor(a), 1, True)
+    ref = torch.sort(torch.tensor(a), dim=1, descending=True, stable=True)
+    assert out.values.dtype == ls.float16
+    np.testing.assert_array_equal(out.values.numpy(), ref.values.numpy())
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices.numpy())

@@ -70,3 +70,12 @@ def test_errors():
         F.topk(x, 1, dim=2)
     with pytest.raises(TypeError, match="topk: k must be an integer"):
         F.topk(x, 1.5)
+
+
+def test_topk_float16():
+    a = rng.standard_normal((3, 50)).astype(np.float16)
+    out = F.topk(ls.tensor(a), 7, 1)
+    ref = torch.sort(torch.tensor(a), dim=1, descending=True, stable=True)
+    assert out.values.dtype == ls.float16
+    np.testing.assert_array_equal(out.values.numpy(), ref.values[:, :7].numpy())
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices[:, :7].numpy())
