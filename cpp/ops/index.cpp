@@ -43,9 +43,11 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
   Tensor idx = contiguous(to_dtype(index, DType::Int64));
   const int64_t* p = idx.data<int64_t>();
   const int64_t n = idx.numel();
-  // One branch-free pass finds whether anything is out of range; only then look for which.
+  // One branch-free pass finds whether anything is out of range (negative values wrap to huge
+  // unsigned ones); only then look for which.
+  const uint64_t limit = size > 0 ? uint64_t(size) : 0;
   bool bad = false;
-  for (int64_t i = 0; i < n; ++i) bad |= uint64_t(p[i]) >= uint64_t(size);
+  for (int64_t i = 0; i < n; ++i) bad |= uint64_t(p[i]) >= limit;
   if (bad)
     for (int64_t i = 0; i < n; ++i)
       LS_CHECK(p[i] >= 0 && p[i] < size, IndexError, op, ": index ", p[i],
@@ -315,7 +317,7 @@ Tensors one_hot_forward_cpu(const Tensors& in, const Attrs& a) {
   if (classes == -1) {
     LS_CHECK(idx.numel() > 0, ValueError,
              "one_hot: cannot infer num_classes from an empty index; pass num_classes");
-    classes = *std::max_element(p, p + idx.numel()) + 1;
+    classes = std::max<int64_t>(*std::max_element(p, p + idx.numel()), -1) + 1;  // negatives fail below
   }
   checked_index(idx, classes, "one_hot", index.dim());
   Shape shape = index.shape();
@@ -370,5 +372,7 @@ LS_REGISTER(index) {
   register_kernel("scatter_add", "cpu", scatter_add_forward_cpu, kNumeric);
   register_kernel("one_hot", "cpu", one_hot_forward_cpu);
 }
+
+#undef LS_DISPATCH_BITS
 
 }  // namespace ls::ops

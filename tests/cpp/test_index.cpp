@@ -202,6 +202,7 @@ TEST_F(Index, OneHot) {
   EXPECT_EQ(ops::one_hot(make({}, {0}, DType::Int64), 3).shape(), (Shape{0, 3}));
   EXPECT_THROW(ops::one_hot(idx, 3), IndexError);
   EXPECT_THROW(ops::one_hot(make({-1}, {1}, DType::Int64), 3), IndexError);
+  EXPECT_THROW(ops::one_hot(make({-3, -2}, {2}, DType::Int64), -1), IndexError);
   EXPECT_THROW(ops::one_hot(make({}, {0}, DType::Int64), -1), ValueError);
   EXPECT_THROW(ops::one_hot(make({1}, {1}, DType::Float32), 3), TypeError);
 }
