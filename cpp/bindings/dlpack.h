@@ -1,4 +1,4 @@
-// The DLPack v0.8 ABI (https://dmlc.github.io/dlpack/latest/c_api.html): the structs exchanged in
+// The DLPack ABI (v0.8 unversioned and v1.x versioned) (https://dmlc.github.io/dlpack/latest/c_api.html): the structs exchanged in
 // a "dltensor" PyCapsule for zero-copy tensor sharing with numpy, torch and others.
 #pragma once
 #include <cstdint>
@@ -30,5 +30,18 @@ struct DLManagedTensor {
   DLTensor dl_tensor;
   void* manager_ctx;
   void (*deleter)(DLManagedTensor* self);
+};
+// DLPack >= 1.0: "dltensor_versioned" capsules carry a version and flags (read-only, copied).
+struct DLPackVersion {
+  uint32_t major;
+  uint32_t minor;
+};
+constexpr uint64_t kDLFlagReadOnly = 1ull << 0;
+struct DLManagedTensorVersioned {
+  DLPackVersion version;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensorVersioned* self);
+  uint64_t flags;
+  DLTensor dl_tensor;
 };
 }

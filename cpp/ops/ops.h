@@ -123,4 +123,9 @@ Tensors sort(const Tensor& x, int64_t dim = -1, bool descending = false);       
 Tensor argsort(const Tensor& x, int64_t dim = -1, bool descending = false);
 Tensor cumsum(const Tensor& x, int64_t dim);
 
+// optim/adamw.cpp: fused multi-tensor AdamW (in place) and the global L2 norm (0-d float32)
+void adamw_step(const Tensors& params, const Tensors& grads, const Tensors& exp_avg,
+                const Tensors& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                double weight_decay, int64_t step, const Tensor& grad_scale = Tensor());
+Tensor global_norm(const Tensors& tensors);
 }  // namespace ls::ops

@@ -31,6 +31,14 @@ void unary_loop(const Tensor& out, const Tensor& x, F f) {
 
 template <typename T>
 void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
+  if constexpr (!std::is_floating_point_v<T>) {  // integers: the sign-only ops
+    if (op == "neg") unary_loop<T>(out, x, [](T v) { return T(-v); });
+    else if (op == "abs") unary_loop<T>(out, x, [](T v) { return v < 0 ? T(-v) : v; });
+    else if (op == "sign") unary_loop<T>(out, x, [](T v) { return T((v > 0) - (v < 0)); });
+    else if (op == "relu") unary_loop<T>(out, x, [](T v) { return v > 0 ? v : T(0); });
+    else throw TypeError(::ls::cat(op, ": integer tensors are not supported; cast to a float dtype"));
+    return;
+  }
   if (op == "neg") unary_loop<T>(out, x, [](T v) { return T(-v); });
   else if (op == "exp") unary_loop<T>(out, x, [](T v) { return std::exp(v); });
   else if (op == "log") unary_loop<T>(out, x, [](T v) { return std::log(v); });
@@ -49,7 +57,13 @@ void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
 Kernel unary_kernel(const std::string& op) {
   return [op](const Tensors& in, const Attrs&) {
     Tensor out = Tensor::empty(in[0].shape(), in[0].dtype(), in[0].device());
-    DISPATCH_FLOAT(in[0].dtype(), op.c_str(), run_unary<scalar_t>(op, out, in[0]));
+    switch (in[0].dtype()) {
+      case DType::Float32: run_unary<float>(op, out, in[0]); break;
+      case DType::Float64: run_unary<double>(op, out, in[0]); break;
+      case DType::Int32: run_unary<int32_t>(op, out, in[0]); break;
+      case DType::Int64: run_unary<int64_t>(op, out, in[0]); break;
+      default: throw_dtype_error(op.c_str(), in[0].dtype());
+    }
     return Tensors{out};
   };
 }
@@ -146,6 +160,8 @@ LS_REGISTER(unary) {
   for (const char* op : {"neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "abs", "sign",
                          "relu", "sin", "cos"})
     register_kernel(op, "cpu", unary_kernel(op), kFloat);
+  for (const char* op : {"neg", "abs", "sign", "relu"})
+    register_kernel(op, "cpu", unary_kernel(op), {DType::Float32, DType::Float64, DType::Int32, DType::Int64});
 
   declare_op("clamp", {[](C c, G g) {
                          const Tensor& x = c.inputs[0];

@@ -46,7 +46,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     if isinstance(data, Tensor):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
-        from_numpy_array = isinstance(data, np.ndarray)
+        from_numpy_array = isinstance(data, (np.ndarray, np.generic))
         arr = np.asarray(data)
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
@@ -76,8 +76,11 @@ def from_dlpack(obj):
     if isinstance(obj, Tensor):
         return obj
     if hasattr(obj, "__dlpack__"):
-        dev_type, _ = obj.__dlpack_device__()
-        capsule = obj.__dlpack__(stream=None) if dev_type == 2 else obj.__dlpack__()
+        kwargs = {"stream": None} if obj.__dlpack_device__()[0] == 2 else {}
+        try:  # DLPack 1.0 capsules carry a read-only flag; ask for them first
+            capsule = obj.__dlpack__(max_version=(1, 0), **kwargs)
+        except TypeError:
+            capsule = obj.__dlpack__(**kwargs)
     else:
         capsule = obj  # already a capsule
     return _core.from_dlpack_capsule(capsule)

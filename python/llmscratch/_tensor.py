@@ -350,9 +350,8 @@ T.__bool__ = _bool
 def _dlpack(self, stream=None, max_version=None, dl_device=None, copy=None):
     """Export without a copy. On CUDA the data is produced on the default stream, which the
     consumer's stream argument may follow; we synchronise nothing here."""
-    if copy:
-        return _core.to_dlpack(self.clone())
-    return _core.to_dlpack(self)
+    versioned = max_version is not None and tuple(max_version) >= (1, 0)
+    return _core.to_dlpack(self.clone() if copy else self, versioned)
 
 
 T.__dlpack__ = _dlpack

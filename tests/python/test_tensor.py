@@ -1,0 +1,184 @@
+"""Tensor basics: factories, dtypes, views without copies, conversions, printing, indexing."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+from conftest import randn, to_np, torch
+
+
+def test_tensor_infers_dtypes_like_torch():
+    assert ls.tensor([1.0, 2.0]).dtype == ls.float32
+    assert ls.tensor([1, 2]).dtype == ls.int64
+    assert ls.tensor([True, False]).dtype == ls.bool
+    assert ls.tensor(np.zeros(3)).dtype == ls.float64
+    assert ls.tensor(np.zeros(3, np.int32)).dtype == ls.int32
+    assert ls.tensor(3.5).shape == ()
+    assert ls.tensor([[1, 2], [3, 4]], dtype=ls.float64).dtype == ls.float64
+
+
+def test_factories():
+    assert ls.zeros(2, 3).tolist() == [[0.0] * 3] * 2
+    assert ls.ones((2,), dtype=ls.int32).tolist() == [1, 1]
+    assert ls.full((2, 2), 7).dtype == ls.int64
+    np.testing.assert_allclose(to_np(ls.arange(0, 1, 0.25)), [0, 0.25, 0.5, 0.75])
+    assert ls.arange(5).tolist() == [0, 1, 2, 3, 4]
+    assert ls.arange(10, 0, -3).tolist() == [10, 7, 4, 1]
+    x = ls.zeros(3, 4, requires_grad=True)
+    assert x.requires_grad and x.is_leaf
+    assert ls.zeros_like(x).shape == (3, 4)
+    assert ls.full_like(x, 2.5).tolist()[0][0] == 2.5
+    r = ls.randint(3, 9, (1000,))
+    assert r.dtype == ls.int64 and r.min().item() >= 3 and r.max().item() <= 8
+
+
+def test_random_is_reproducible_and_well_distributed():
+    ls.manual_seed(123)
+    a = ls.randn(10000)
+    ls.manual_seed(123)
+    b = ls.randn(10000)
+    assert np.array_equal(to_np(a), to_np(b))
+    c = ls.randn(10000)
+    assert not np.array_equal(to_np(a), to_np(c))
+    assert abs(to_np(a).mean()) < 0.05 and abs(to_np(a).std() - 1) < 0.05
+    u = to_np(ls.rand(10000))
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+    state = ls.get_rng_state()
+    d = ls.rand(5)
+    ls.set_rng_state(state)
+    assert np.array_equal(to_np(ls.rand(5)), to_np(d))
+
+
+def test_philox_known_answer():
+    # Random123's published known-answer vector for Philox4x32-10, counter 0 and key 0.
+    import llmscratch_core as core
+    assert core.philox4x32_10(0, 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("shape,perm", [((3, 5, 7), (2, 0, 1)), ((1, 4), (1, 0)), ((2, 3, 4, 5), (0, 2, 1, 3))])
+def test_views_share_memory_and_match_numpy(shape, perm):
+    a = randn(*shape)
+    t = ls.tensor(a)
+    p = t.permute(*perm)
+    np.testing.assert_array_equal(to_np(p), a.transpose(perm))
+    base = t.data_ptr()
+    assert p.data_ptr() == base
+    assert t.reshape(-1).data_ptr() == base
+    assert t.transpose(0, -1).data_ptr() == base
+    assert t.unsqueeze(1).squeeze(1).data_ptr() == base
+    np.testing.assert_array_equal(to_np(t.reshape(-1)), a.reshape(-1))
+    np.testing.assert_array_equal(to_np(t.transpose(0, -1)), np.swapaxes(a, 0, -1))
+
+
+def test_slicing_matches_numpy_and_is_a_view():
+    a = randn(5, 6, 7)
+    t = ls.tensor(a)
+    for key in [(1,), (slice(1, 4),), (slice(None), 2), (Ellipsis, 3), (slice(0, 5, 2), slice(1, None, 3), -1),
+                (None, 2), (1, None, slice(2, 5)), (-1, -2, -3), (slice(-3, None),), (slice(10, 20),)]:
+        np.testing.assert_array_equal(to_np(t[key]), a[key], err_msg=str(key))
+    v = t[1:3, ::2]
+    assert v.data_ptr() == t.data_ptr() + (1 * 6 * 7) * 8
+    assert not v.is_contiguous()
+    c = v.contiguous()
+    assert c.is_contiguous() and c.data_ptr() != t.data_ptr()
+    np.testing.assert_array_equal(to_np(c), a[1:3, ::2])
+
+
+def test_integer_tensor_index():
+    a = randn(6, 4)
+    t = ls.tensor(a)
+    np.testing.assert_array_equal(to_np(t[[4, 0, 4]]), a[[4, 0, 4]])
+    np.testing.assert_array_equal(to_np(t[:, ls.tensor([3, 1])]), a[:, [3, 1]])
+
+
+def test_setitem_writes_through_views():
+    t = ls.zeros(3, 4)
+    t[1] = 5.0
+    t[:, 2] = ls.tensor([1.0, 2.0, 3.0])
+    t[0, 0] = 9
+    expected = np.zeros((3, 4), np.float32)
+    expected[1] = 5
+    expected[:, 2] = [1, 2, 3]
+    expected[0, 0] = 9
+    np.testing.assert_array_equal(to_np(t), expected)
+
+
+def test_reshape_copies_only_when_needed():
+    t = ls.tensor(randn(4, 6))
+    tt = t.transpose(0, 1)
+    with pytest.raises(ValueError, match="view"):
+        tt.view(24)
+    r = tt.reshape(24)
+    np.testing.assert_array_equal(to_np(r), to_np(tt).reshape(24))
+    assert t.reshape(2, -1).shape == (2, 12)
+    with pytest.raises(ValueError, match="invalid"):
+        t.reshape(5, -1)
+
+
+def test_expand_broadcasts_with_zero_strides():
+    t = ls.tensor([[1.0], [2.0]])
+    e = t.expand(2, 3)
+    assert e.stride() == (1, 0)
+    assert e.tolist() == [[1, 1, 1], [2, 2, 2]]
+    assert t.expand(4, 2, 3).shape == (4, 2, 3)
+    with pytest.raises(ValueError, match="expand"):
+        t.expand(3, 3)
+
+
+@pytest.mark.parametrize("dtype,tdtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_half_precision_casts_round_like_torch(dtype, tdtype):
+    a = np.concatenate([randn(1000, dtype=np.float32) * 100, [0.0, -0.0, 65504.0, 1e-7, 3e-5, 1e5,
+                                                               np.inf, -np.inf]]).astype(np.float32)
+    ours = ls.tensor(a).to(dtype=getattr(ls, dtype)).to(dtype=ls.float32)
+    ref = torch.tensor(a).to(tdtype).float().numpy()
+    np.testing.assert_array_equal(to_np(ours), ref)
+
+
+def test_conversions_and_item():
+    t = ls.tensor([[1.5, 2.5]])
+    assert t.to(ls.int64).tolist() == [[1, 2]]
+    assert t.double().dtype == ls.float64
+    assert t.sum().item() == 4.0
+    assert isinstance(ls.tensor([3]).item(), int)
+    assert float(ls.tensor(2.0)) == 2.0
+    with pytest.raises(ValueError, match="one-element"):
+        t.item()
+    assert np.asarray(t).shape == (1, 2)
+
+
+def test_repr_shows_values_and_autograd_state():
+    t = ls.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    assert repr(t) == "tensor([[1., 2.],\n        [3., 4.]], requires_grad=True)"
+    assert "grad_fn=<mul>" in repr(t * 2)
+    assert repr(ls.tensor([1, 2], dtype=ls.int32)) == "tensor([1, 2], dtype=llmscratch.int32)"
+    assert repr(ls.tensor(3.0)) == "tensor(3.)"
+
+
+def test_operators_broadcast_like_numpy():
+    a, b = randn(3, 1, 5), randn(4, 1)
+    ta, tb = ls.tensor(a), ls.tensor(b)
+    for op in ["__add__", "__sub__", "__mul__", "__truediv__"]:
+        np.testing.assert_allclose(to_np(getattr(ta, op)(tb)), getattr(a, op)(b), rtol=1e-12)
+    np.testing.assert_allclose(to_np(ta ** 2), a ** 2)
+    np.testing.assert_allclose(to_np(2 - ta), 2 - a)
+    np.testing.assert_allclose(to_np(1 / (ta + 10)), 1 / (a + 10))
+    np.testing.assert_array_equal(to_np(ta > tb), a > b)
+    np.testing.assert_array_equal(to_np(ta == ta), np.ones_like(a, bool))
+    np.testing.assert_allclose(to_np(-ta), -a)
+    assert (ls.tensor([1, 2]) * 1.5).dtype == ls.float32  # int tensor with a float scalar
+    assert (ls.tensor([1, 2]) / ls.tensor([2, 2])).tolist() == [0.5, 1.0]  # true division
+    with pytest.raises(ValueError, match=r"\(3, 1, 5\).*\(2, 3\)"):
+        ta + ls.tensor(randn(2, 3))
+
+
+def test_inplace_ops_write_memory():
+    t = ls.ones(3)
+    ptr = t.data_ptr()
+    t += 2
+    t *= ls.tensor([1.0, 2.0, 3.0])
+    assert t.data_ptr() == ptr and t.tolist() == [3.0, 6.0, 9.0]
+    w = ls.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in place"):
+        w.add_(1.0)
+    with ls.no_grad():
+        w.add_(1.0)
+    assert w.tolist() == [2.0, 2.0]
