@@ -96,7 +96,8 @@ Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
   const bool inverse = attrs.b("inverse", false);
   const int64_t T = x.size(-3), NH = x.size(-2), HS = x.size(-1);
   const PairLayout L{HS / 2, attrs.b("interleaved", false)};
-  const int64_t lead = (T * NH * HS) ? x.numel() / (T * NH * HS) : 0;
+  const int64_t per_lead = T * NH * HS;
+  const int64_t lead = per_lead != 0 ? x.numel() / per_lead : 0;
   Tensor dcos = Tensor::empty({T, L.half}, x.dtype(), x.device());
   Tensor dsin = Tensor::empty({T, L.half}, x.dtype(), x.device());
   DISPATCH_FLOAT(x.dtype(), "rope_cos_sin_backward", {
