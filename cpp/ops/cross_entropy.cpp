@@ -1,0 +1,197 @@
+// cross_entropy: fused log-softmax + negative log-likelihood, forward and backward, float32 and
+// float64 logits, int32 or int64 targets.
+//
+//   lse[n]  = m + log sum_v exp(logits[n, v] - m),  m = max_v logits[n, v]
+//   nll[n]  = lse[n] - logits[n, t[n]]
+//   loss[n] = (1 - eps) nll[n] + eps (lse[n] - mean_v logits[n, v])       (label smoothing eps:
+//             the second term is mean_v(-log p[n, v]), torch's definition)
+//   loss[n] = 0 where t[n] == ignore_index;  reduction: "none" -> loss (N,), "sum" -> sum_n loss,
+//             "mean" -> sum_n loss / #{n : t[n] != ignore_index}  (0/0 = NaN when all are ignored)
+//   backward, with p = exp(logits - lse) and k[n] the incoming gradient of loss[n] (g, g/count
+//   or g[n]; 0 for ignored rows) plus h[n] that of the lse output:
+//     dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
+//
+// Shapes: logits (N, V) (N = B*T rows, V vocab), targets (N,), lse (N,).
+// Registry ops: "cross_entropy" {logits, targets} attrs ignore_index, reduction, label_smoothing
+// -> {loss, lse}; "cross_entropy_backward" {g_loss, logits, targets, lse, g_lse} same attrs
+// -> {dlogits}.
+//
+// Kernels: rows in parallel. Forward reads a row twice (max, then sum of exp; a third read for the
+// mean only with label smoothing) and writes one float: log_softmax is never materialised.
+// Backward writes dlogits in one pass from the saved lse. Targets are checked before any work:
+// a target outside [0, V) that is not ignore_index raises IndexError.
+#include <cmath>
+
+#include "cpu_loops.h"
+#include "cpu_math.h"
+#include "kernel_checks.h"
+#include "ops.h"
+
+namespace ls::ops {
+
+namespace {
+
+enum class Reduction { None, Sum, Mean };
+
+Reduction parse_reduction(const std::string& r, const char* op) {
+  if (r == "mean") return Reduction::Mean;
+  if (r == "sum") return Reduction::Sum;
+  if (r == "none") return Reduction::None;
+  throw ValueError(::ls::cat(op, ": reduction must be 'mean', 'sum' or 'none', got '", r, "'"));
+}
+
+// Targets as int64 (a copy only for int32), after checking every one is a class or ignored.
+std::vector<int64_t> checked_targets(const Tensor& targets, int64_t V, int64_t ignore_index,
+                                     const char* op) {
+  Tensor t = contiguous(targets);
+  std::vector<int64_t> out(t.numel());
+  auto read = [&](auto* p) {
+    for (int64_t n = 0; n < t.numel(); ++n) {
+      int64_t v = int64_t(p[n]);
+      LS_CHECK(v == ignore_index || (v >= 0 && v < V), IndexError, op, ": target ", v,
+               " at position ", n, " is out of range for ", V, " classes (ignore_index is ",
+               ignore_index, ")");
+      out[n] = v;
+    }
+  };
+  if (t.dtype() == DType::Int64) read(t.data<int64_t>());
+  else if (t.dtype() == DType::Int32) read(t.data<int32_t>());
+  else throw TypeError(::ls::cat(op, ": targets must be int32 or int64, got ", dtype_name(t.dtype())));
+  return out;
+}
+
+// Validation shared by the typed wrapper and the kernel (which call() can reach directly).
+void check_args(const Tensor& logits, const Tensor& targets, const std::string& reduction,
+                double label_smoothing) {
+  LS_CHECK(logits.defined() && targets.defined(), ValueError,
+           "cross_entropy: logits and targets must not be None");
+  LS_CHECK(is_floating(logits.dtype()), TypeError,
+           "cross_entropy: logits must be floating-point, got ", dtype_name(logits.dtype()));
+  LS_CHECK(targets.dtype() == DType::Int32 || targets.dtype() == DType::Int64, TypeError,
+           "cross_entropy: targets must be int32 or int64, got ", dtype_name(targets.dtype()));
+  LS_CHECK(logits.dim() == 2 && targets.dim() == 1 && logits.size(0) == targets.size(0), ValueError,
+           "cross_entropy: expected logits (N, V) and targets (N,), got ",
+           shape_str(logits.shape()), " and ", shape_str(targets.shape()));
+  LS_CHECK(logits.size(1) > 0 || logits.size(0) == 0, ValueError,
+           "cross_entropy: logits of shape ", shape_str(logits.shape()), " have no classes");
+  parse_reduction(reduction, "cross_entropy");
+  LS_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
+           "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+}
+
+Tensors cross_entropy_forward(const Tensors& in, const Attrs& a) {
+  cpu::expect_inputs(in, 2, 2, "cross_entropy");
+  check_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  Tensor logits = contiguous(in[0]);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  const int64_t ignore = a.i("ignore_index", -100);
+  const Reduction red = parse_reduction(a.s("reduction", "mean"), "cross_entropy");
+  const double eps = a.f("label_smoothing", 0.0);
+  std::vector<int64_t> t = checked_targets(in[1], V, ignore, "cross_entropy");
+
+  Tensor lse = Tensor::empty({N}, logits.dtype(), logits.device());
+  Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, logits.dtype(), logits.device());
+  std::vector<double> row_loss(N);
+  DISPATCH_FLOAT(logits.dtype(), "cross_entropy", {
+    using T = scalar_t;
+    const T* x = logits.data<T>();
+    T* plse = lse.data<T>();
+    cpu::parallel_rows(N, 2 * V, [&](int64_t r0, int64_t r1) {
+      for (int64_t n = r0; n < r1; ++n) {
+        const T* xr = x + n * V;  // xr points at logits[n, :]
+        T m = cpu::row_max(xr, V);
+        T l = m + std::log(cpu::row_sum_exp(xr, V, m));
+        plse[n] = l;
+        if (t[n] == ignore) {
+          row_loss[n] = 0.0;
+          continue;
+        }
+        double nll = double(l) - double(xr[t[n]]);
+        double smooth = eps > 0 ? double(l) - double(cpu::row_sum(xr, V)) / double(V) : 0.0;
+        row_loss[n] = (1.0 - eps) * nll + eps * smooth;
+      }
+    });
+    T* pl = loss.data<T>();
+    if (red == Reduction::None) {
+      for (int64_t n = 0; n < N; ++n) pl[n] = T(row_loss[n]);
+    } else {
+      double total = 0;
+      int64_t count = 0;
+      for (int64_t n = 0; n < N; ++n) total += row_loss[n], count += t[n] != ignore;
+      // 0/0 gives NaN when every target is ignored, as torch does.
+      pl[0] = T(red == Reduction::Sum ? total : total / double(count));
+    }
+  });
+  return {loss, lse};
+}
+
+Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
+  const char* op = "cross_entropy_backward";
+  cpu::expect_inputs(in, 5, 5, op);
+  for (int i : {0, 3, 4}) cpu::expect_same_dtype(in[1], in[i], op, i == 3 ? "lse" : "gradient");
+  check_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  Tensor g = contiguous(in[0]), logits = contiguous(in[1]);
+  Tensor lse = contiguous(in[3]), g_lse = contiguous(in[4]);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  const int64_t ignore = a.i("ignore_index", -100);
+  const Reduction red = parse_reduction(a.s("reduction", "mean"), "cross_entropy_backward");
+  const double eps = a.f("label_smoothing", 0.0);
+  std::vector<int64_t> t = checked_targets(in[2], V, ignore, "cross_entropy_backward");
+  LS_CHECK(g.numel() == (red == Reduction::None ? N : 1) && g_lse.numel() == N && lse.numel() == N,
+           ValueError,
+           "cross_entropy_backward: gradients of shapes ", shape_str(g.shape()), " and ",
+           shape_str(g_lse.shape()), " do not match N = ", N);
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; ++n) count += t[n] != ignore;
+
+  Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  DISPATCH_FLOAT(logits.dtype(), "cross_entropy_backward", {
+    using T = scalar_t;
+    const T* x = logits.data<T>();
+    const T* pg = g.data<T>();
+    const T* plse = lse.data<T>();
+    const T* pgl = g_lse.data<T>();
+    T* dx = dlogits.data<T>();
+    // Gradient of the summed loss reaching one row's loss; count == 0 leaves every row ignored.
+    const double scale = red == Reduction::None ? 0.0
+                         : red == Reduction::Sum ? double(pg[0])
+                                                 : double(pg[0]) / double(count);
+    cpu::parallel_rows(N, V, [&](int64_t r0, int64_t r1) {
+      for (int64_t n = r0; n < r1; ++n) {
+        const T* xr = x + n * V;  // xr, dr point at row n
+        T* dr = dx + n * V;
+        const bool ignored = t[n] == ignore;
+        const T k = ignored ? T(0) : red == Reduction::None ? pg[n] : T(scale);
+        const T kp = k + pgl[n], l = plse[n], off = k * T(eps / double(V));
+        for (int64_t v = 0; v < V; ++v) dr[v] = kp * cpu::exp_(xr[v] - l) - off;
+        if (!ignored) dr[t[n]] -= k * T(1.0 - eps);
+      }
+    });
+  });
+  return {dlogits};
+}
+
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                     const std::string& reduction, double label_smoothing) {
+  check_args(logits, targets, reduction, label_smoothing);
+  return call("cross_entropy", {logits, targets},
+              {{"ignore_index", ignore_index}, {"reduction", reduction},
+               {"label_smoothing", label_smoothing}})[0];
+}
+
+LS_REGISTER(cross_entropy) {
+  const std::vector<DType> kFloat = {DType::Float32, DType::Float64};
+  declare_op("cross_entropy", {[](const BackwardCtx& c, const Tensors& g) {
+                                 Tensor dl = call1("cross_entropy_backward",
+                                                   {g[0], c.inputs[0], c.inputs[1], c.outputs[1], g[1]},
+                                                   c.attrs);
+                                 return Tensors{dl, Tensor()};
+                               }, true, true});
+  declare_op("cross_entropy_backward", {});
+  register_kernel("cross_entropy", "cpu", cross_entropy_forward, kFloat);
+  register_kernel("cross_entropy_backward", "cpu", cross_entropy_backward, kFloat);
+}
+
+}  // namespace ls::ops

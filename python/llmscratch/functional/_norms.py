@@ -1,0 +1,67 @@
+"""layer_norm and rms_norm over the trailing dims (cpp/ops/layer_norm.cpp, cpp/ops/rms_norm.cpp).
+
+The kernels normalise over the last dim; a normalized_shape of several dims is handled by viewing
+those dims as one (a reshape, which autograd sees)."""
+import math
+import numbers
+
+import numpy as np
+
+import llmscratch_core as _core
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _as_shape(op, normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        return (int(normalized_shape),)
+    try:
+        if isinstance(normalized_shape, (str, bytes)):
+            raise TypeError
+        return tuple(int(s) for s in normalized_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
+                        f"got {normalized_shape!r}") from None
+
+
+def _flatten(op, x, normalized_shape, params):
+    """Checks shapes and returns x, params viewed with the normalized dims folded into one."""
+    if not isinstance(x, _core.Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{op}: needs a floating-point input, got {x.dtype}")
+    shape = _as_shape(op, normalized_shape)
+    k = len(shape)
+    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != shape:
+        raise ValueError(f"{op}: normalized_shape {shape} does not match the trailing dims of "
+                         f"input shape {tuple(x.shape)}")
+    for name, p in params.items():
+        if p is None:
+            continue
+        if not isinstance(p, _core.Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor or None, got {type(p).__name__}")
+        if tuple(p.shape) != shape:
+            raise ValueError(f"{op}: {name} of shape {tuple(p.shape)} does not match "
+                             f"normalized_shape {shape}")
+    if k == 1:
+        return x, params
+    C = math.prod(shape)
+    flat = {n: (None if p is None else p.reshape(C)) for n, p in params.items()}
+    return x.reshape(list(x.shape[:x.dim() - k]) + [C]), flat
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing normalized_shape dims."""
+    xf, p = _flatten("layer_norm", x, normalized_shape, {"weight": weight, "bias": bias})
+    y = _core.call("layer_norm", [xf, p["weight"], p["bias"]], {"eps": float(eps)})[0]
+    return y if xf is x else y.reshape(list(x.shape))
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight over the trailing normalized_shape dims.
+    eps=None uses the machine epsilon of x's dtype, as torch does."""
+    xf, p = _flatten("rms_norm", x, normalized_shape, {"weight": weight})
+    if eps is None:
+        eps = float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
+    y = _core.call("rms_norm", [xf, p["weight"]], {"eps": float(eps)})[0]
+    return y if xf is x else y.reshape(list(x.shape))
