@@ -56,6 +56,7 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
   node->sequence = g_next_sequence++;
   for (auto& t : inputs) node->next.push_back(edge_for(t));
   node->output_hooks.resize(outputs.size());
+  node->retain_hooks.resize(outputs.size());
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& o = outputs[i];
     node->outputs.push_back({o.shape(), o.dtype(), o.device()});
@@ -79,9 +80,11 @@ void register_hook(const Tensor& t, GradHook hook) {
 }
 
 void retain_grad(const Tensor& t) {
+  LS_CHECK(t.requires_grad(), RuntimeError, "retain_grad: the tensor does not require grad");
   if (t.is_leaf()) return;  // leaves keep their grad anyway
-  std::weak_ptr<TensorImpl> weak = t.impl();
-  register_hook(t, [weak](const Tensor& g) {
+  std::weak_ptr<TensorImpl> weak = t.impl();  // weak: the node must not keep its output alive
+  auto& hooks = t.grad_fn()->retain_hooks[t.autograd_meta().output_nr];
+  hooks.push_back([weak](const Tensor& g) {
     if (auto impl = weak.lock()) {
       Tensor self(impl);
       Tensor old = self.grad();
@@ -155,6 +158,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
         Tensor r = hook(g[i]);
         if (r.defined()) g[i] = r;
       }
+      for (auto& hook : n->retain_hooks[i]) hook(g[i]);
     }
     std::vector<Tensor> in_grads = n->apply(g);
     for (size_t i = 0; i < n->next.size(); ++i) {

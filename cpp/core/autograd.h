@@ -30,6 +30,7 @@ struct Node {
   std::vector<Edge> next;  // one per op input
   std::vector<OutputInfo> outputs;
   std::vector<std::vector<GradHook>> output_hooks;  // hooks on non-leaf outputs
+  std::vector<std::vector<GradHook>> retain_hooks;  // retain_grad(): run after output_hooks
   std::function<std::vector<Tensor>(const std::vector<Tensor>& grad_outputs)> apply;
   uint64_t sequence = 0;  // creation order; later nodes run first among ready ones
 };

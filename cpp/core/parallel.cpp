@@ -22,7 +22,9 @@ class Pool {
   void resize(int n) {
     stop();
     done_ = false;
-    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // New workers must not mistake the last finished job for a fresh one.
+    const uint64_t gen = generation_;
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
   // Runs job(worker) for worker in [0, size()); worker 0 is the caller.
@@ -48,8 +50,7 @@ class Pool {
   }
 
  private:
-  void loop(int i) {
-    uint64_t seen = 0;
+  void loop(int i, uint64_t seen) {
     for (;;) {
       std::unique_lock<std::mutex> lock(m_);
       cv_.wait(lock, [&] { return done_ || generation_ != seen; });

@@ -181,6 +181,11 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   // Factories (full, rand, ...) have no tensor input: device and dtype come from the attrs.
   Device device = first ? first->device() : Device::parse(attrs.s("device", "cpu"));
   DType dtype = first ? first->dtype() : DType(attrs.i("dtype", int64_t(DType::Float32)));
+  if (device.is_cuda()) {
+    const CudaHooks& cuda = require_cuda(op.c_str());
+    LS_CHECK(device.index < cuda.device_count(), ValueError, op, ": device ", device.str(),
+             " does not exist (", cuda.device_count(), " CUDA devices)");
+  }
   const Impl* impl = pick(op, e, device, dtype);
   {
     std::lock_guard<std::mutex> lock(g_report_mutex);

@@ -50,7 +50,12 @@ Kernel arith_kernel(const std::string& op) {
       using T = scalar_t;
       if (op == "add") binary_loop<T>(out, a, b, [](T x, T y) { return T(x + y); });
       else if (op == "sub") binary_loop<T>(out, a, b, [](T x, T y) { return T(x - y); });
-      else if (op == "mul") binary_loop<T>(out, a, b, [](T x, T y) { return T(x * y); });
+      else if (op == "mul") {
+        if constexpr (std::is_same_v<T, bool>)
+          binary_loop<T>(out, a, b, [](T x, T y) { return x && y; });
+        else
+          binary_loop<T>(out, a, b, [](T x, T y) { return T(x * y); });
+      }
       else if (op == "div") {
         if constexpr (std::is_floating_point_v<T>) {
           binary_loop<T>(out, a, b, [](T x, T y) { return T(x / y); });

@@ -94,7 +94,10 @@ void check_inplace(const Tensor& t, const char* op) {
 
 }  // namespace
 
-Tensor contiguous(const Tensor& x) { return call1("contiguous", {x}); }
+Tensor contiguous(const Tensor& x) {
+  if (x.is_contiguous()) return x;  // nothing to do, on any device
+  return call1("contiguous", {x});
+}
 Tensor contiguous_copy(const Tensor& x) { return call1("contiguous", {x}, {{"force_copy", true}}); }
 
 Tensor to_dtype(const Tensor& x, DType dtype) {

@@ -46,7 +46,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     if isinstance(data, Tensor):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
-        from_numpy_array = isinstance(data, np.ndarray)
+        from_numpy_array = isinstance(data, (np.ndarray, np.generic))
         arr = np.asarray(data)
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")

@@ -34,6 +34,8 @@ def torch_tensor(arr, requires_grad=False):
 def to_np(t):
     if isinstance(t, torch.Tensor):
         return t.detach().cpu().numpy()
+    if isinstance(t, np.ndarray):
+        return t
     return np.asarray(t.detach())
 
 

@@ -1,70 +1,78 @@
-"""The standard layers. Parameters are created in the constructor with torch's default
-initialisation; forward calls the registered ops."""
+"""The standard layers. Linear, Embedding, LayerNorm and RMSNorm are backed by the C++ layers
+(cpp/layers/), which own the parameter tensors; the module registers the same tensors as its
+Parameters, so optimizers, state_dict and the C++ forward all see one set of weights."""
+import llmscratch_core as _core
+
 from .. import functional as F
-from .._creation import empty, ones, zeros
-from . import init
+from .._dtype import as_device, as_dtype, float32
 from .module import Module, Parameter
 
 
-class Linear(Module):
-    """y = x W^T + b with W (out_features, in_features)."""
+class _CppLayer(Module):
+    """Registers the C++ layer's parameters under the same names."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype=None, device=None):
+    def __init__(self, impl):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        bound = init.linear_bound(in_features)
-        self.weight = Parameter(init.uniform_(empty(out_features, in_features, dtype=dtype, device=device), -bound, bound))
-        if bias:
-            self.bias = Parameter(init.uniform_(empty(out_features, dtype=dtype, device=device), -bound, bound))
-        else:
-            self.register_parameter("bias", None)
+        object.__setattr__(self, "_impl", impl)
+        for name, t in impl.named_parameters():
+            setattr(self, name, Parameter(t))
+        for name in ("weight", "bias"):
+            if hasattr(impl, name) and getattr(impl, name) is None:
+                self.register_parameter(name, None)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return self._impl.forward(x)
+
+
+def _dd(dtype, device):
+    return as_dtype(dtype, float32), as_device(device)
+
+
+class Linear(_CppLayer):
+    """y = x W^T + b with W (out_features, in_features), as torch.nn.Linear."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=None, device=None):
+        super().__init__(_core.layers.Linear(in_features, out_features, bias, *_dd(dtype, device)))
+        self.in_features, self.out_features = in_features, out_features
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class Embedding(Module):
+class Embedding(_CppLayer):
     """Rows of a (num_embeddings, embedding_dim) table, initialised N(0, 1)."""
 
     def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
-        super().__init__()
+        super().__init__(_core.layers.Embedding(num_embeddings, embedding_dim, *_dd(dtype, device)))
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(init.normal_(empty(num_embeddings, embedding_dim, dtype=dtype, device=device)))
-
-    def forward(self, ids):
-        return F.embedding(ids, self.weight)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-class LayerNorm(Module):
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None, device=None):
-        super().__init__()
-        n = normalized_shape if isinstance(normalized_shape, int) else normalized_shape[-1]
-        self.normalized_shape, self.eps = (n,), eps
-        self.weight = Parameter(ones(n, dtype=dtype, device=device)) if elementwise_affine else None
-        self.bias = Parameter(zeros(n, dtype=dtype, device=device)) if elementwise_affine and bias else None
+def _last_dim(normalized_shape):
+    if isinstance(normalized_shape, int):
+        return normalized_shape
+    if len(normalized_shape) != 1:
+        raise ValueError(f"normalized_shape must be the last dimension only, got {tuple(normalized_shape)}")
+    return normalized_shape[0]
 
-    def forward(self, x):
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+class LayerNorm(_CppLayer):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None, device=None):
+        n = _last_dim(normalized_shape)
+        super().__init__(_core.layers.LayerNorm(n, eps, elementwise_affine, bias, *_dd(dtype, device)))
+        self.normalized_shape, self.eps = (n,), eps
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
-class RMSNorm(Module):
+class RMSNorm(_CppLayer):
     def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True, dtype=None, device=None):
-        super().__init__()
-        n = normalized_shape if isinstance(normalized_shape, int) else normalized_shape[-1]
+        n = _last_dim(normalized_shape)
+        super().__init__(_core.layers.RMSNorm(n, eps, elementwise_affine, *_dd(dtype, device)))
         self.normalized_shape, self.eps = (n,), eps
-        self.weight = Parameter(ones(n, dtype=dtype, device=device)) if elementwise_affine else None
-
-    def forward(self, x):
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"

@@ -43,6 +43,10 @@ class Module:
             d.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
+            # A module backed by a C++ layer (self._impl) keeps the layer's tensor in step.
+            impl = self.__dict__.get("_impl")
+            if impl is not None and hasattr(impl, name):
+                setattr(impl, name, value)
         elif isinstance(value, Module):
             self._modules[name] = value
         else:

@@ -1,0 +1,183 @@
+"""Race llmscratch ops against PyTorch on the same inputs and report time, throughput, the
+ratio to torch, and correctness against a float64 reference.
+
+    python bench/compare_backends.py                 # every op, CPU
+    python bench/compare_backends.py --ops matmul softmax --quick
+    python bench/compare_backends.py --out bench/results/cpu.md
+
+CPU timing: the median of repeated calls after a warm-up, with torch limited to the same number
+of threads as llmscratch. Inputs are fresh random numbers (never zeros). Throughput: FLOP/s for
+matmul, bytes moved (read inputs + write outputs, once) per second for the row kernels.
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+import llmscratch as ls
+import llmscratch.functional as F
+
+
+def median_time(fn, min_time=0.3, warmup=2, max_reps=50):
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def rel_err(ours, ref64):
+    a = np.asarray(ours.detach(), dtype=np.float64) if not isinstance(ours, np.ndarray) else ours
+    if np.isnan(a).any():
+        return float("nan")
+    b = ref64.detach().numpy()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def case_matmul(n, quick):
+    a, b = np.random.randn(n, n).astype(np.float32), np.random.randn(n, n).astype(np.float32)
+    la, lb, ta, tb = ls.tensor(a), ls.tensor(b), torch.tensor(a), torch.tensor(b)
+    ref = torch.tensor(a, dtype=torch.float64) @ torch.tensor(b, dtype=torch.float64)
+    return dict(op="matmul", shape=f"{n}x{n}x{n}", work=2 * n ** 3, unit="GFLOP/s",
+                ours=lambda: la @ lb, torch=lambda: ta @ tb, err=lambda: rel_err(la @ lb, ref))
+
+
+def case_rows(op, rows, cols, quick):
+    x = np.random.randn(rows, cols).astype(np.float32)
+    lx, tx, x64 = ls.tensor(x), torch.tensor(x), torch.tensor(x, dtype=torch.float64)
+    w = np.random.randn(cols).astype(np.float32)
+    lw, tw, w64 = ls.tensor(w), torch.tensor(w), torch.tensor(w, dtype=torch.float64)
+    if op == "softmax":
+        ours, theirs, ref = (lambda: F.softmax(lx, -1)), (lambda: torch.softmax(tx, -1)), torch.softmax(x64, -1)
+        nbytes = 2 * x.nbytes
+    elif op == "layer_norm":
+        ours = lambda: F.layer_norm(lx, (cols,), lw, lw)
+        theirs = lambda: torch.nn.functional.layer_norm(tx, (cols,), tw, tw)
+        ref = torch.nn.functional.layer_norm(x64, (cols,), w64, w64)
+        nbytes = 2 * x.nbytes
+    elif op == "rms_norm":
+        ours = lambda: F.rms_norm(lx, (cols,), lw)
+        theirs = lambda: torch.nn.functional.rms_norm(tx, (cols,), tw)
+        ref = torch.nn.functional.rms_norm(x64, (cols,), w64)
+        nbytes = 2 * x.nbytes
+    elif op == "cross_entropy":
+        t = np.random.randint(0, cols, rows)
+        lt, tt = ls.tensor(t), torch.tensor(t)
+        ours = lambda: F.cross_entropy(lx, lt)
+        theirs = lambda: torch.nn.functional.cross_entropy(tx, tt)
+        ref = torch.nn.functional.cross_entropy(x64, tt)
+        nbytes = x.nbytes
+    else:
+        raise ValueError(op)
+    return dict(op=op, shape=f"{rows}x{cols}", work=nbytes, unit="GB/s", ours=ours, torch=theirs,
+                err=lambda: rel_err(ours(), ref))
+
+
+def case_rows_fwd_bwd(op, rows, cols, quick):
+    """Forward + backward of the fused row ops (what a training step runs)."""
+    x = np.random.randn(rows, cols).astype(np.float32)
+    t = np.random.randint(0, cols, rows)
+    lx = ls.tensor(x, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    lt, tt = ls.tensor(t), torch.tensor(t)
+    if op == "cross_entropy":
+        def ours():
+            F.cross_entropy(lx, lt).backward()
+        def theirs():
+            torch.nn.functional.cross_entropy(tx, tt).backward()
+    else:
+        def ours():
+            F.softmax(lx, -1).sum().backward()
+        def theirs():
+            torch.softmax(tx, -1).sum().backward()
+    return dict(op=f"{op} fwd+bwd", shape=f"{rows}x{cols}", work=3 * x.nbytes, unit="GB/s",
+                ours=ours, torch=theirs, err=None)
+
+
+def cases(selected, quick):
+    mm = [256, 512] if quick else [1024, 2048]
+    rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
+    ce = [(512, 4096)] if quick else [(2048, 4096), (2048, 32768)]
+    out = []
+    if "matmul" in selected:
+        out += [lambda n=n: case_matmul(n, quick) for n in mm]
+    for op in ("softmax", "layer_norm", "rms_norm"):
+        if op in selected:
+            out += [lambda op=op, r=r, c=c: case_rows(op, r, c, quick) for r, c in rows]
+    if "cross_entropy" in selected:
+        out += [lambda r=r, c=c: case_rows("cross_entropy", r, c, quick) for r, c in ce]
+        out += [lambda r=r, c=c: case_rows_fwd_bwd("cross_entropy", r, c, quick) for r, c in ce]
+    return out
+
+
+def git_commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+    except Exception:
+        return "unknown"
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ops", nargs="*", default=["matmul", "softmax", "layer_norm", "rms_norm", "cross_entropy"])
+    ap.add_argument("--quick", action="store_true", help="small shapes, about a minute on 2 cores")
+    ap.add_argument("--out", help="write a Markdown report here")
+    args = ap.parse_args()
+
+    threads = ls.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    header = f"{'op':<24}{'shape':<16}{'llmscratch':>12}{'torch':>12}{'ratio':>8}{'ours':>12}{'rel err':>10}"
+    print(header)
+    for make in cases(set(args.ops), args.quick):
+        c = make()
+        t_ours, t_torch = median_time(c["ours"]), median_time(c["torch"])
+        scale = 1e9
+        rate = c["work"] / t_ours / scale
+        err = c["err"]() if c["err"] else float("nan")
+        row = dict(op=c["op"], shape=c["shape"], ours_ms=t_ours * 1e3, torch_ms=t_torch * 1e3,
+                   ratio=t_ours / t_torch, rate=rate, unit=c["unit"], err=err)
+        rows.append(row)
+        print(f"{row['op']:<24}{row['shape']:<16}{row['ours_ms']:>10.3f}ms{row['torch_ms']:>10.3f}ms"
+              f"{row['ratio']:>7.2f}x{rate:>8.1f} {c['unit']:<8}{err:>9.1e}")
+
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(f"# CPU: {cpu_name()}, {threads} threads\n\n")
+            f.write(f"- date: {datetime.date.today()}\n- commit: {git_commit()}\n")
+            f.write(f"- torch {torch.__version__} on the CPU with the same thread count\n")
+            f.write(f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`\n\n")
+            f.write("ratio = llmscratch time / torch time (below 1 is faster than torch). "
+                    "rel err = ||ours - ref|| / ||ref|| against float64.\n\n")
+            f.write("| op | shape | llmscratch ms | torch ms | ratio | llmscratch rate | rel err |\n")
+            f.write("|---|---|---:|---:|---:|---:|---:|\n")
+            for r in rows:
+                f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
+                        f"{r['ratio']:.2f} | {r['rate']:.1f} {r['unit']} | {r['err']:.1e} |\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""scaled_dot_product_attention forward, lse and the q/k/v gradients against torch SDPA."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import llmscratch as ls
+import llmscratch.functional as F
+
+DTYPES = [(ls.float64, torch.float64, 1e-10), (ls.float32, torch.float32, 2e-5)]
+# (B, NH, NKV, T, S, HS): odd sizes, GQA, multi-query, kv longer than queries, several 64-row blocks
+SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 3, 5, 5, 7), (2, 4, 2, 7, 7, 5), (1, 6, 1, 9, 9, 3),
+          (2, 2, 1, 5, 11, 4), (1, 2, 2, 67, 70, 8)]
+
+
+def causal_mask(T, S):
+    """Bottom-right aligned: query t sees keys s <= t + (S - T)."""
+    return torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+
+
+def torch_sdpa(q, k, v, mask, causal, scale):
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    T, S = q.shape[2], k.shape[2]
+    if causal:
+        cm = causal_mask(T, S)
+        if mask is None:
+            mask = cm
+        elif mask.dtype == torch.bool:
+            mask = mask & cm
+        else:
+            mask = mask.masked_fill(~cm, -math.inf)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    x = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        x = x.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else x + mask
+    return out, torch.logsumexp(x, dim=-1)
+
+
+def run_both(shape, dt, tdt, causal, mask_np=None, scale=None):
+    rng = np.random.default_rng()
+    B, NH, NKV, T, S, HS = shape
+    arrs = [rng.standard_normal(s) for s in ((B, NH, T, HS), (B, NKV, S, HS), (B, NKV, S, HS))]
+    g_out, g_lse = rng.standard_normal((B, NH, T, HS)), rng.standard_normal((B, NH, T))
+
+    q, k, v = (ls.tensor(a, dtype=dt, requires_grad=True) for a in arrs)
+    mask = None
+    if mask_np is not None:
+        mask = ls.from_numpy(mask_np) if mask_np.dtype == np.bool_ else ls.tensor(mask_np, dtype=dt)
+    out, lse = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                              return_lse=True)
+    loss = (out * ls.tensor(g_out, dtype=dt)).sum() + (lse * ls.tensor(g_lse, dtype=dt)).sum()
+    loss.backward()
+
+    tq, tk, tv = (torch.tensor(a, dtype=tdt, requires_grad=True) for a in arrs)
+    tmask = None if mask_np is None else torch.tensor(mask_np, dtype=torch.bool if mask_np.dtype == np.bool_ else tdt)
+    tout, tlse = torch_sdpa(tq, tk, tv, tmask, causal, scale)
+    tloss = (tout * torch.tensor(g_out, dtype=tdt)).sum() + (tlse * torch.tensor(g_lse, dtype=tdt)).sum()
+    tloss.backward()
+    return (out, lse, q, k, v), (tout, tlse, tq, tk, tv)
+
+
+def check(ours, ref, tol):
+    out, lse, q, k, v = ours
+    tout, tlse, tq, tk, tv = ref
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(lse.numpy(), tlse.detach().numpy(), rtol=tol, atol=tol)
+    for a, b in ((q, tq), (k, tk), (v, tv)):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dt,tdt,tol", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_torch(dt, tdt, tol, causal, shape):
+    check(*run_both(shape, dt, tdt, causal), tol)
+
+
+@pytest.mark.parametrize("dt,tdt,tol", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_bool_mask_broadcast(dt, tdt, tol, causal):
+    B, NH, NKV, T, S, HS = shape = (2, 4, 2, 6, 6, 5)
+    mask = np.random.default_rng().random((1, NH, T, S)) < 0.7
+    mask[..., 0] = True  # key 0 is visible to every query: no row is fully masked (torch gives NaN)
+    check(*run_both(shape, dt, tdt, causal, mask_np=mask), tol)
+
+
+@pytest.mark.parametrize("dt,tdt,tol", DTYPES)
+def test_float_mask_and_scale(dt, tdt, tol):
+    B, NH, NKV, T, S, HS = shape = (2, 3, 1, 4, 7, 6)
+    mask = np.random.default_rng().standard_normal((B, 1, 1, S))  # additive, padding-style
+    check(*run_both(shape, dt, tdt, False, mask_np=mask, scale=0.3), tol)
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    q = ls.tensor(np.random.standard_normal((1, 2, 5, 4)), dtype=ls.float64, requires_grad=True)
+    k = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
+    v = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
+    out, lse = F.scaled_dot_product_attention(q, k, v, is_causal=True, return_lse=True)  # T > S
+    o, l = out.numpy(), lse.numpy()
+    assert np.all(o[:, :, :2] == 0) and np.all(np.isneginf(l[:, :, :2]))
+    assert np.all(np.isfinite(o)) and np.all(np.isfinite(l[:, :, 2:]))
+    out.sum().backward()
+    assert np.all(q.grad.numpy()[:, :, :2] == 0) and np.all(np.isfinite(k.grad.numpy()))
+
+
+def test_bad_inputs():
+    def t(*shape, dt=ls.float32):
+        return ls.tensor(np.random.standard_normal(shape), dtype=dt)
+
+    q, k = t(1, 3, 4, 5), t(1, 2, 4, 5)
+    with pytest.raises(ValueError, match=r"attention: the number of query heads \(3\) must be a multiple"):
+        F.scaled_dot_product_attention(q, k, k)
+    with pytest.raises(ValueError, match=r"mask of shape \(3, 4\) does not broadcast"):
+        F.scaled_dot_product_attention(q, t(1, 1, 3, 5), t(1, 1, 3, 5), attn_mask=t(3, 4))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        F.scaled_dot_product_attention(q, t(1, 1, 4, 5, dt=ls.float64), t(1, 1, 4, 5, dt=ls.float64))
+    with pytest.raises(ValueError, match=r"q must be \(B, NH, T, HS\)"):
+        F.scaled_dot_product_attention(t(3, 4, 5), t(1, 1, 4, 5), t(1, 1, 4, 5))
+    with pytest.raises(ValueError, match="k and v shapes differ"):
+        F.scaled_dot_product_attention(q, t(1, 1, 4, 5), t(1, 1, 3, 5))
+    with pytest.raises(TypeError, match="mask must be bool or float"):
+        F.scaled_dot_product_attention(q, t(1, 1, 4, 5), t(1, 1, 4, 5), attn_mask=ls.tensor([[1, 0, 1, 1]]))
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        F.scaled_dot_product_attention(np.zeros((1, 1, 1, 1)), k, k)

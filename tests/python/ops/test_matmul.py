@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+import llmscratch as ls
+from conftest import randn, to_np, torch
+from harness import check
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sa,sb", [((1, 1), (1, 1)), ((3, 5), (5, 7)), ((127, 33), (33, 65)),
+                                   ((5,), (5, 3)), ((4, 5), (5,)), ((6,), (6,)),
+                                   ((2, 3, 4, 5), (3, 5, 6)), ((2, 17, 9), (9, 13)), ((1, 4, 6), (5, 6, 2))])
+def test_matmul(sa, sb, dtype):
+    check(lambda a, b: a @ b, lambda a, b: a @ b, [sa, sb], dtype, tol=1e-5 if dtype == np.float32 else None)
+
+
+def test_transposed_operands_are_not_copied_and_correct():
+    a, b = randn(40, 30), randn(50, 40)
+    out = ls.tensor(a).T @ ls.tensor(b).T
+    np.testing.assert_allclose(to_np(out), a.T @ b.T, rtol=1e-12)
+
+
+def test_large_float32_against_numpy():
+    a, b = randn(300, 257, dtype=np.float32), randn(257, 199, dtype=np.float32)
+    out = to_np(ls.tensor(a) @ ls.tensor(b))
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-6
+
+
+def test_linear_matches_torch():
+    check(lambda x, w, b: ls.functional.linear(x, w, b), torch.nn.functional.linear, [(2, 5, 7), (3, 7), (3,)])

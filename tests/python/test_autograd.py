@@ -1,0 +1,160 @@
+"""Autograd semantics: accumulation, no_grad, shared subexpressions, diamonds, hooks, detach,
+the Python Function API and the gradcheck helper."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+from conftest import assert_close, randn, to_np, torch
+
+
+def test_gradient_accumulates_across_backward_calls():
+    x = ls.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    (x * x).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(to_np(x.grad), 2 * np.array([1, 2, 3]) + 3)
+    x.grad = None
+    (x * 3).sum().backward()
+    assert x.grad.tolist() == [3, 3, 3]
+
+
+def test_no_grad_records_nothing():
+    x = ls.ones(3, requires_grad=True)
+    with ls.no_grad():
+        y = x * 2
+    assert not y.requires_grad and y.grad_fn is None
+    assert ls.is_grad_enabled()
+
+    @ls.no_grad()
+    def f(t):
+        return t * 2
+    assert not f(x).requires_grad
+    with ls.no_grad():
+        with ls.enable_grad():
+            assert (x * 2).requires_grad
+
+
+def test_shared_subexpression_and_diamond_match_torch():
+    a = randn(4, 5)
+    x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+
+    def f(m, t):
+        h = m.tanh(t) if False else t.tanh()  # shared: h feeds both branches
+        left = h * h
+        right = h.exp() * t
+        return (left + right).sum() + h.sum()
+    f(ls, x).backward()
+    f(torch, tx).backward()
+    assert_close(x.grad, tx.grad)
+
+
+def test_deep_chain_and_reuse():
+    a = randn(3, 3)
+    x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    y, ty = x, tx
+    for _ in range(20):
+        y = y * 0.9 + x.sigmoid() * 0.1
+        ty = ty * 0.9 + tx.sigmoid() * 0.1
+    y.sum().backward()
+    ty.sum().backward()
+    assert_close(x.grad, tx.grad)
+
+
+def test_backward_with_explicit_gradient_and_errors():
+    x = ls.tensor(randn(2, 3), requires_grad=True)
+    y = x * 2
+    g = ls.tensor(randn(2, 3))
+    y.backward(g)
+    assert_close(x.grad, to_np(g) * 2)
+    with pytest.raises(RuntimeError, match="scalar outputs"):
+        (x * 2).backward()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        ls.ones(2).sum().backward()
+    with pytest.raises(ValueError, match="gradient has shape"):
+        (x * 2).backward(ls.ones(3))
+
+
+def test_detach_stops_gradients_and_shares_memory():
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    d = x.detach()
+    assert not d.requires_grad and d.data_ptr() == x.data_ptr()
+    (x * d).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0]
+
+
+def test_hooks_and_retain_grad():
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    x.register_hook(lambda g: seen.append(g.tolist()) or g * 10)
+    h = x * 3
+    h.retain_grad()
+    h.register_hook(lambda g: g * 2)
+    (h * h).sum().backward()
+    # dL/dh = 2h = [6, 12], doubled by the hook before flowing on; retain_grad sees it after.
+    assert h.grad.tolist() == [12.0, 24.0]
+    assert seen == [[36.0, 72.0]]
+    assert x.grad.tolist() == [360.0, 720.0]
+
+
+def test_views_and_slices_carry_gradients():
+    a = randn(4, 6)
+    x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    for m, t in ((ls, x), (torch, tx)):
+        y = t[1:3].transpose(0, 1).reshape(-1) * 2 + t[:, 2].sum() + t.unsqueeze(0).expand(3, 4, 6).sum()
+        y.sum().backward()
+    assert_close(x.grad, tx.grad)
+
+
+def test_int_outputs_do_not_require_grad():
+    x = ls.tensor(randn(3, 4), requires_grad=True)
+    values, idx = x.max(1)
+    assert values.requires_grad and not idx.requires_grad
+    assert not (x > 0).requires_grad
+
+
+class Cube(ls.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.save_for_backward(x)
+        ctx.k = k
+        return x * x * x * k
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 * x * x * ctx.k, None
+
+
+def test_python_function_records_on_the_tape():
+    a = randn(5)
+    x = ls.tensor(a, requires_grad=True)
+    y = Cube.apply(x, 2.0)
+    assert y.grad_fn == "Cube"
+    (y.sin()).sum().backward()
+    assert_close(x.grad, np.cos(2 * a ** 3) * 6 * a ** 2)
+    assert ls.autograd.gradcheck(lambda t: Cube.apply(t, 0.5), [ls.tensor(randn(3), requires_grad=True)])
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    class Wrong(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # should be 2 x g
+
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        ls.autograd.gradcheck(Wrong.apply, [ls.tensor(randn(3), requires_grad=True)])
+
+
+def test_graph_is_freed():
+    import gc
+    import weakref
+    x = ls.tensor(randn(100), requires_grad=True)
+    y = Cube.apply(x, 1.0) * 2
+    r = weakref.ref(y)
+    y.sum().backward()
+    del y
+    gc.collect()
+    assert r() is None

@@ -1,0 +1,177 @@
+"""nn modules and optimizers: parameters, state_dict, moves, AdamW/SGD/clipping against torch,
+and a small MLP that learns."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+import llmscratch.nn as nn
+from conftest import assert_close, randn, to_np, torch
+
+
+def test_module_registers_parameters_and_submodules():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2, bias=False))
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["0.weight", "0.bias", "2.weight"]
+    assert m.num_parameters() == 3 * 4 + 4 + 4 * 2
+    assert all(p.requires_grad for p in m.parameters())
+    assert m[2].bias is None
+    assert "Linear(in_features=3, out_features=4, bias=True)" in repr(m)
+
+
+def test_layer_parameters_are_the_cpp_layers_tensors():
+    lin = nn.Linear(5, 3)
+    assert lin.weight.data_ptr() == lin._impl.weight.data_ptr()
+    with ls.no_grad():
+        lin.weight.fill_(0.5)
+        lin.bias.zero_()
+    out = lin(ls.ones(2, 5))
+    assert out.tolist() == [[2.5] * 3] * 2
+
+
+def test_shared_parameters_are_listed_once():
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied
+    model = nn.ModuleList([emb, head])
+    assert len(list(model.parameters())) == 1
+    assert set(model.state_dict()) == {"0.weight", "1.weight"}
+
+
+def test_state_dict_round_trip_copies_in_place():
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    ptr = b.weight.data_ptr()
+    b.load_state_dict(a.state_dict())
+    assert b.weight.data_ptr() == ptr
+    np.testing.assert_array_equal(to_np(a.weight), to_np(b.weight))
+    with pytest.raises(KeyError, match="missing keys"):
+        b.load_state_dict({"weight": a.weight})
+    with pytest.raises(ValueError, match="shape"):
+        b.load_state_dict({"weight": ls.zeros(2, 2), "bias": ls.zeros(3)})
+
+
+def test_to_dtype_moves_parameters_and_cpp_layer_together():
+    m = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    m.to(dtype=ls.float64)
+    assert all(p.dtype == ls.float64 for p in m.parameters())
+    assert m[0]._impl.weight.dtype == ls.float64
+    assert m(ls.ones(1, 3, dtype=ls.float64)).dtype == ls.float64
+
+
+def test_train_eval_and_dropout():
+    m = nn.Sequential(nn.Dropout(0.5))
+    x = ls.ones(1000)
+    assert (to_np(m(x)) == 0).mean() > 0.3
+    m.eval()
+    assert not m[0].training
+    assert to_np(m(x)).tolist() == to_np(x).tolist()
+
+
+def test_layers_match_torch():
+    x = randn(3, 5, 8)
+    for ours, ref in [(nn.Linear(8, 6), torch.nn.Linear(8, 6)),
+                      (nn.LayerNorm(8), torch.nn.LayerNorm(8)),
+                      (nn.RMSNorm(8, eps=1e-6), torch.nn.RMSNorm(8, eps=1e-6))]:
+        ours.to(dtype=ls.float64)
+        ref.double()
+        ref.load_state_dict({k: torch.from_dlpack(v) for k, v in ours.state_dict().items()})
+        assert_close(ours(ls.tensor(x)), ref(torch.tensor(x)))
+    emb, temb = nn.Embedding(11, 4), torch.nn.Embedding(11, 4)
+    temb.load_state_dict({"weight": torch.from_dlpack(emb.weight.detach())})
+    ids = np.array([[1, 10, 3], [0, 0, 7]])
+    assert_close(emb(ls.tensor(ids)), temb(torch.tensor(ids)))
+
+
+def _twin_models():
+    ours = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
+    ours.to(dtype=ls.float64)
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3)).double()
+    ref.load_state_dict({k: torch.from_dlpack(v).clone() for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+@pytest.mark.parametrize("make", [
+    (lambda p: ls.optim.AdamW(p, lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1),
+     lambda p: torch.optim.AdamW(p, lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1)),
+    (lambda p: ls.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (lambda p: ls.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+])
+def test_optimizers_and_clipping_match_torch(make):
+    ours, ref = _twin_models()
+    opt, topt = make[0](ours.parameters()), make[1](ref.parameters())
+    x, y = randn(10, 6), np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0])
+    for _ in range(5):
+        opt.zero_grad()
+        topt.zero_grad()
+        loss = ls.functional.cross_entropy(ours(ls.tensor(x)), ls.tensor(y))
+        tloss = torch.nn.functional.cross_entropy(ref(torch.tensor(x)), torch.tensor(y))
+        loss.backward()
+        tloss.backward()
+        norm = nn.utils.clip_grad_norm_(ours.parameters(), 0.5)
+        tnorm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        assert abs(norm.item() - tnorm.item()) < 1e-6 * (1 + tnorm.item())
+        opt.step()
+        topt.step()
+    for (name, p), tp in zip(ours.named_parameters(), ref.parameters()):
+        assert_close(p, tp, tol=1e-9)
+
+
+def test_optimizer_state_dict_resumes_exactly():
+    def run(steps, resume_at=None):
+        ls.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = ls.optim.AdamW(model.parameters(), lr=0.1)
+        x = ls.randn(8, 4)
+        for i in range(steps):
+            if i == resume_at:
+                msd, osd = model.state_dict(), opt.state_dict()
+                msd = {k: v.clone() for k, v in msd.items()}
+                model = nn.Linear(4, 2)
+                opt = ls.optim.AdamW(model.parameters(), lr=0.1)
+                model.load_state_dict(msd)
+                opt.load_state_dict(osd)
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        return to_np(model.weight)
+    np.testing.assert_array_equal(run(6), run(6, resume_at=3))
+
+
+def test_mlp_learns_xor():
+    ls.manual_seed(1)
+    x = ls.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = ls.tensor([0, 1, 1, 0])
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = ls.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.0)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = ls.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    assert model(x).argmax(1).tolist() == [0, 1, 1, 0]
+
+
+def test_regression_converges():
+    ls.manual_seed(2)
+    x = ls.randn(64, 3)
+    w_true = ls.tensor([[1.5], [-2.0], [0.5]])
+    y = x @ w_true + 0.3
+    model = nn.Linear(3, 1)
+    opt = ls.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    np.testing.assert_allclose(to_np(model.weight).ravel(), [1.5, -2.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(model.bias.item(), 0.3, atol=1e-3)
+
+
+def test_optimizer_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        ls.optim.AdamW([])
+    with pytest.raises(ValueError, match="learning rate"):
+        ls.optim.AdamW(nn.Linear(2, 2).parameters(), lr=-1)
+    with pytest.raises(ValueError, match="does not require grad"):
+        ls.optim.SGD([ls.zeros(2)])
