@@ -58,6 +58,29 @@ inline float exp_f32(float x) {
   return blend(x > hi, INFINITY, y);
 }
 
+// exp(x) for x <= 0 (a little above 0 from rounding is fine), the case of every softmax and
+// cross-entropy exponential (x - max, x - logsumexp). Same polynomial as exp_f32 but no overflow
+// handling and results below FLT_MIN (x < -87.3) flushed to 0: a third fewer instructions, and
+// the flushed probabilities are < 1e-38 of the row's total. -inf gives 0 and NaN stays NaN;
+// x > 88 is out of contract.
+inline float exp_nonpos_f32(float x) {
+  const float lo = -87.3365447f;  // ln(FLT_MIN)
+  float xc = blend(x < lo, lo, x);
+  float t = xc * 1.44269504088896341f + 12582912.0f;
+  float n = t - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  float y = p * as_float(int32_t(uint32_t(as_int(t)) << 23) + 0x3f800000);  // p 2^n, n >= -126
+  return blend(x < lo, 0.0f, y);
+}
+
 // erfc(x) for float32 with relative error about 1.2e-7 for x >= 0 (Numerical Recipes' erfcc,
 // a Chebyshev fit of erfc(z) e^{z^2}); erfc(-z) = 2 - erfc(z). Relative accuracy on the positive
 // side is what keeps gelu(x) = x erfc(-x/sqrt2)/2 accurate for large negative x, where an erf
@@ -82,6 +105,10 @@ inline float erfc_f32(float x) {
 // The dispatch used by the kernels: fast float32 versions, libm for float64.
 template <typename T> inline T exp_(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_f32(x);
+  else return std::exp(x);
+}
+template <typename T> inline T exp_nonpos_(T x) {
+  if constexpr (std::is_same_v<T, float>) return exp_nonpos_f32(x);
   else return std::exp(x);
 }
 template <typename T> inline T erfc_(T x) {
@@ -147,15 +174,15 @@ template <typename T> inline T row_sum_sq_dev(const T* x, int64_t n, T mu) {
   return s;
 }
 
-// sum of exp(x[i] - shift) over the row, without writing the exponentials out: they go through a
-// small buffer so the exp loop and the sum loop each vectorise.
+// sum of exp(x[i] - shift) over the row, shift >= max(x), without writing the exponentials out:
+// they go through a small buffer so the exp loop and the sum loop each vectorise.
 template <typename T> inline T row_sum_exp(const T* x, int64_t n, T shift) {
   constexpr int64_t B = 512;
   T buf[B];
   T s = 0;
   for (int64_t i0 = 0; i0 < n; i0 += B) {
     int64_t m = n - i0 < B ? n - i0 : B;
-    for (int64_t i = 0; i < m; ++i) buf[i] = exp_(x[i0 + i] - shift);
+    for (int64_t i = 0; i < m; ++i) buf[i] = exp_nonpos_(x[i0 + i] - shift);
     s += row_sum(buf, m);
   }
   return s;

@@ -163,7 +163,7 @@ Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
         const bool ignored = t[n] == ignore;
         const T k = ignored ? T(0) : red == Reduction::None ? pg[n] : T(scale);
         const T kp = k + pgl[n], l = plse[n], off = k * T(eps / double(V));
-        for (int64_t v = 0; v < V; ++v) dr[v] = kp * cpu::exp_(xr[v] - l) - off;
+        for (int64_t v = 0; v < V; ++v) dr[v] = kp * cpu::exp_nonpos_(xr[v] - l) - off;
         if (!ignored) dr[t[n]] -= k * T(1.0 - eps);
       }
     });

@@ -15,7 +15,8 @@
 // rows in parallel. With I > 1 a row is strided by I; rather than transposing, the column kernel
 // takes a block of up to kBlock adjacent rows and walks n outer, i inner, so every load is
 // contiguous and the running max/sum of the block vectorise across rows.
-// Subtracting the max keeps exp from overflowing; a row of all -inf gives NaN, as in torch.
+// Subtracting the max keeps every exponent <= 0 (exp_nonpos_ of cpu_math.h: no overflow to
+// handle); a row of all -inf gives NaN, as in torch. log_softmax's backward takes exp(y), y <= 0.
 #include <cmath>
 
 #include "cpu_loops.h"
@@ -55,7 +56,7 @@ void softmax_rows(const T* x, T* y, int64_t R, int64_t N) {
         T lse = m + std::log(cpu::row_sum_exp(xr, N, m));
         for (int64_t n = 0; n < N; ++n) yr[n] = xr[n] - lse;
       } else {
-        for (int64_t n = 0; n < N; ++n) yr[n] = cpu::exp_(xr[n] - m);
+        for (int64_t n = 0; n < N; ++n) yr[n] = cpu::exp_nonpos_(xr[n] - m);
         T inv = T(1) / cpu::row_sum(yr, N);
         for (int64_t n = 0; n < N; ++n) yr[n] *= inv;
       }
@@ -90,7 +91,7 @@ void softmax_cols(const T* x, T* y, const Layout& l) {
       const T* xr = x + base + n * I;
       T* yr = y + base + n * I;
       for (int64_t b = 0; b < w; ++b) {
-        T e = cpu::exp_(xr[b] - m[b]);
+        T e = cpu::exp_nonpos_(xr[b] - m[b]);
         s[b] += e;
         if constexpr (!Log) yr[b] = e;
       }
@@ -133,7 +134,7 @@ void softmax_backward_rows(const T* y, const T* g, T* dx, int64_t R, int64_t N) 
       T* dxr = dx + r * N;
       if constexpr (Log) {
         T sg = cpu::row_sum(gr, N);
-        for (int64_t n = 0; n < N; ++n) dxr[n] = gr[n] - cpu::exp_(yr[n]) * sg;
+        for (int64_t n = 0; n < N; ++n) dxr[n] = gr[n] - cpu::exp_nonpos_(yr[n]) * sg;
       } else {
         T dot = cpu::row_dot(gr, yr, N);
         for (int64_t n = 0; n < N; ++n) dxr[n] = yr[n] * (gr[n] - dot);
@@ -158,7 +159,7 @@ void softmax_backward_cols(const T* y, const T* g, T* dx, const Layout& l) {
       const T* gr = g + base + n * I;
       T* dxr = dx + base + n * I;
       for (int64_t b = 0; b < w; ++b) {
-        if constexpr (Log) dxr[b] = gr[b] - cpu::exp_(yr[b]) * s[b];
+        if constexpr (Log) dxr[b] = gr[b] - cpu::exp_nonpos_(yr[b]) * s[b];
         else dxr[b] = yr[b] * (gr[b] - s[b]);
       }
     }
