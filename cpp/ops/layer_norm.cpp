@@ -208,14 +208,14 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 LS_REGISTER(layer_norm) {
   const std::vector<DType> kFloat = {DType::Float32, DType::Float64};
   declare_op("layer_norm", {[](const BackwardCtx& c, const Tensors& g) {
-                              const Tensor& w = c.inputs[1];
+                              // weight and bias may have been left out of the call entirely.
+                              auto needs = [&](size_t i) { return i < c.needs_grad.size() && c.needs_grad[i]; };
+                              Tensor w = cpu::optional_input(c.inputs, 1);
                               Tensors r = call("layer_norm_backward",
                                                {g[0], c.inputs[0], w, c.outputs[1], c.outputs[2]},
-                                               {{"dweight", bool(c.needs_grad[1])},
-                                                {"dbias", bool(c.needs_grad[2])}});
-                              return Tensors{c.needs_grad[0] ? r[0] : Tensor(),
-                                             c.needs_grad[1] ? r[1] : Tensor(),
-                                             c.needs_grad[2] ? r[2] : Tensor()};
+                                               {{"dweight", needs(1)}, {"dbias", needs(2)}});
+                              return Tensors{needs(0) ? r[0] : Tensor(), needs(1) ? r[1] : Tensor(),
+                                             needs(2) ? r[2] : Tensor()};
                             }, true, true});
   declare_op("layer_norm_backward", {});
   register_kernel("layer_norm", "cpu", layer_norm_forward, kFloat);

@@ -159,11 +159,12 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 LS_REGISTER(rms_norm) {
   const std::vector<DType> kFloat = {DType::Float32, DType::Float64};
   declare_op("rms_norm", {[](const BackwardCtx& c, const Tensors& g) {
+                            // the weight may have been left out of the call entirely.
+                            bool need_w = c.needs_grad.size() > 1 && c.needs_grad[1];
                             Tensors r = call("rms_norm_backward",
-                                             {g[0], c.inputs[0], c.inputs[1], c.outputs[1]},
-                                             {{"dweight", bool(c.needs_grad[1])}});
-                            return Tensors{c.needs_grad[0] ? r[0] : Tensor(),
-                                           c.needs_grad[1] ? r[1] : Tensor()};
+                                             {g[0], c.inputs[0], cpu::optional_input(c.inputs, 1), c.outputs[1]},
+                                             {{"dweight", need_w}});
+                            return Tensors{c.needs_grad[0] ? r[0] : Tensor(), need_w ? r[1] : Tensor()};
                           }, true, true});
   declare_op("rms_norm_backward", {});
   register_kernel("rms_norm", "cpu", rms_norm_forward, kFloat);

@@ -101,6 +101,14 @@ TEST_F(LayerNorm, ParameterGradientsOverManyRows) {
   EXPECT_FALSE(x.grad().defined());
 }
 
+TEST_F(LayerNorm, OptionalInputsLeftOutOfTheCall) {
+  // call() with {x} or {x, w} (no trailing Nones) works forward and backward.
+  gradcheck([](const std::vector<Tensor>& in) { return call("layer_norm", {in[0]}, {{"eps", 1e-5}})[0]; },
+            {random({3, 5})});
+  gradcheck([](const std::vector<Tensor>& in) { return call("layer_norm", {in[0], in[1]}, {{"eps", 1e-5}})[0]; },
+            {random({3, 5}), random({5})});
+}
+
 TEST_F(LayerNorm, Errors) {
   expect_error<ValueError>([] { ops::layer_norm(random({2, 3}), random({4}), Tensor(), 1e-5); },
                            "layer_norm: weight of shape (4,)");

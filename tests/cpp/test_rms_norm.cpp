@@ -59,6 +59,11 @@ TEST_F(RmsNorm, Gradients) {
   expect_float32_matches_float64(f, {random({333, 37}), random({37})}, 1e-4);
 }
 
+TEST_F(RmsNorm, WeightLeftOutOfTheCall) {
+  gradcheck([](const std::vector<Tensor>& in) { return call("rms_norm", {in[0]}, {{"eps", 1e-6}})[0]; },
+            {random({3, 5})});
+}
+
 TEST_F(RmsNorm, Errors) {
   expect_error<ValueError>([] { ops::rms_norm(random({2, 3}), random({4}), 1e-6); }, "rms_norm: weight of shape (4,)");
   expect_error<TypeError>([] { ops::rms_norm(random({2, 3}), random({3}, DType::Float32), 1e-6); }, "rms_norm");
