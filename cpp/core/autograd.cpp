@@ -59,6 +59,10 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
   node->retain_hooks.resize(outputs.size());
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& o = outputs[i];
+    if (!o.defined()) {  // an absent optional output never receives a gradient
+      node->outputs.push_back({{}, DType::Bool, Device{}});
+      continue;
+    }
     node->outputs.push_back({o.shape(), o.dtype(), o.device()});
     if (!is_floating(o.dtype())) continue;
     auto& meta = o.autograd_meta();

@@ -204,7 +204,7 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   // fresh TensorImpl so recording never rewrites an input's own history.
   for (auto& o : outputs)
     for (auto& in : inputs)
-      if (o.same(in)) o = o.detach();
+      if (o.defined() && o.same(in)) o = o.detach();
   if (!record) return outputs;
 
   auto ctx = std::make_shared<BackwardCtx>();

@@ -3,7 +3,7 @@ import pytest
 
 import llmscratch as ls
 from conftest import randn, to_np, torch
-from harness import check
+from op_check import check
 
 SHAPES = [((3, 5), (3, 5)), ((127, 1), (1, 33)), ((2, 1, 7), (7,)), ((1,), (4, 3, 1)), ((), (5,))]
 

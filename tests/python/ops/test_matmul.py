@@ -3,7 +3,7 @@ import pytest
 
 import llmscratch as ls
 from conftest import randn, to_np, torch
-from harness import check
+from op_check import check
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
