@@ -120,6 +120,10 @@ def cases(selected, quick):
     return out
 
 
+def _fmt_err(err):
+    return "-" if err is None else f"{err:.1e}"
+
+
 def git_commit():
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
@@ -155,12 +159,12 @@ def main():
         t_ours, t_torch = median_time(c["ours"]), median_time(c["torch"])
         scale = 1e9
         rate = c["work"] / t_ours / scale
-        err = c["err"]() if c["err"] else float("nan")
+        err = c["err"]() if c["err"] else None  # None: not measured (a timing-only row)
         row = dict(op=c["op"], shape=c["shape"], ours_ms=t_ours * 1e3, torch_ms=t_torch * 1e3,
                    ratio=t_ours / t_torch, rate=rate, unit=c["unit"], err=err)
         rows.append(row)
         print(f"{row['op']:<24}{row['shape']:<16}{row['ours_ms']:>10.3f}ms{row['torch_ms']:>10.3f}ms"
-              f"{row['ratio']:>7.2f}x{rate:>8.1f} {c['unit']:<8}{err:>9.1e}")
+              f"{row['ratio']:>7.2f}x{rate:>8.1f} {c['unit']:<8}{_fmt_err(err):>9}")
 
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -175,7 +179,7 @@ def main():
             f.write("|---|---|---:|---:|---:|---:|---:|\n")
             for r in rows:
                 f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
-                        f"{r['ratio']:.2f} | {r['rate']:.1f} {r['unit']} | {r['err']:.1e} |\n")
+                        f"{r['ratio']:.2f} | {r['rate']:.1f} {r['unit']} | {_fmt_err(r['err'])} |\n")
         print(f"wrote {args.out}")
 
 
