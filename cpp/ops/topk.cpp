@@ -17,22 +17,11 @@
 
 #include "cpu_loops.h"
 #include "ops.h"
+#include "ordering.h"
 
 namespace ls::ops {
 
 namespace {
-
-template <typename T> bool is_nan(T v) {
-  if constexpr (std::is_floating_point_v<T>) return std::isnan(v);
-  else return false;
-}
-
-// Strict "a comes before b" for the value part of the order (NaN is the largest value).
-template <typename T> bool before(T a, T b, bool largest) {
-  bool na = is_nan(a), nb = is_nan(b);
-  if (na || nb) return largest ? (na && !nb) : (nb && !na);
-  return largest ? a > b : a < b;
-}
 
 Tensors topk_forward_cpu(const Tensors& in, const Attrs& a) {
   LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "topk: expected one input tensor, got ",

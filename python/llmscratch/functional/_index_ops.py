@@ -10,6 +10,8 @@ import numbers
 
 import llmscratch_core as _core
 
+from ._checks import require_int as _int, require_tensor as _tensor
+
 from .._dtype import as_dtype
 
 Tensor = _core.Tensor
@@ -18,18 +20,6 @@ __all__ = ["index_select", "gather", "scatter_add", "one_hot", "topk", "sort", "
 
 topk_result = collections.namedtuple("topk", ["values", "indices"])
 sort_result = collections.namedtuple("sort", ["values", "indices"])
-
-
-def _int(value, name, op):
-    if not isinstance(value, numbers.Integral) or isinstance(value, builtins.bool):
-        raise TypeError(f"{op}: {name} must be an integer, got {type(value).__name__}")
-    return int(value)
-
-
-def _tensor(value, name, op):
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(value).__name__}")
-    return value
 
 
 def index_select(input, dim, index):  # noqa: A002

@@ -8,21 +8,11 @@ import numbers
 
 import llmscratch_core as _core
 
+from ._checks import require_int as _int, require_tensor as _tensor
+
 Tensor = _core.Tensor
 
 __all__ = ["cat", "concat", "concatenate", "stack", "split", "chunk"]
-
-
-def _int(value, name, op):
-    if not isinstance(value, numbers.Integral) or isinstance(value, builtins.bool):
-        raise TypeError(f"{op}: {name} must be an integer, got {type(value).__name__}")
-    return int(value)
-
-
-def _tensor(value, name, op):
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(value).__name__}")
-    return value
 
 
 def _tensor_list(tensors, op):
