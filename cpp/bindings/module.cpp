@@ -158,6 +158,8 @@ PYBIND11_MODULE(llmscratch_core, m) {
     auto r = philox4x32_10(counter, seed);
     return std::vector<uint32_t>{r.v[0], r.v[1], r.v[2], r.v[3]};
   });
+  m.def("cpu_empty_cache", &cpu_empty_cache, "Return cached CPU blocks to the system");
+  m.def("cpu_cached_bytes", &cpu_cached_bytes);
   m.def("get_num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads);
 

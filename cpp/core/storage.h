@@ -24,6 +24,10 @@ struct Storage {
 // nbytes of fresh, uninitialised memory on `device` (64-byte aligned on the CPU).
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device);
 
+// The CPU allocator caches large blocks for reuse; this returns them to the system.
+void cpu_empty_cache();
+size_t cpu_cached_bytes();
+
 // Test aid: while enabled, every CPU allocation is surrounded by guard bytes that are checked
 // when it is freed; a kernel writing out of bounds shows up in guard_violations().
 void set_cpu_guard_bytes(bool on);

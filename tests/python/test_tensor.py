@@ -182,3 +182,16 @@ def test_inplace_ops_write_memory():
     with ls.no_grad():
         w.add_(1.0)
     assert w.tolist() == [2.0, 2.0]
+
+
+def test_cpu_allocator_reuses_large_blocks():
+    import llmscratch_core as core
+    a = ls.randn(1 << 20)
+    ptr = a.data_ptr()
+    del a
+    b = ls.zeros(1 << 20)  # same size bin: the cached block comes back, freshly written
+    assert b.data_ptr() == ptr and b.sum().item() == 0
+    del b
+    assert core.cpu_cached_bytes() >= 4 << 20
+    core.cpu_empty_cache()
+    assert core.cpu_cached_bytes() == 0
