@@ -167,6 +167,18 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("cuda_available", &cuda_available);
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_compiled", [] { return cuda_hooks() != nullptr; });
+  m.def("cuda_memory_stats", [](int device) {
+    int64_t s[5];
+    require_cuda("memory_stats").memory_stats(device, s);
+    py::dict d;
+    d["allocated_bytes"] = s[0];
+    d["reserved_bytes"] = s[1];
+    d["peak_allocated_bytes"] = s[2];
+    d["num_cuda_malloc"] = s[3];
+    d["num_cuda_free"] = s[4];
+    return d;
+  }, py::arg("device") = 0);
+  m.def("cuda_empty_cache", [] { if (cuda_hooks()) cuda_hooks()->empty_cache(); });
   m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
         py::arg("device") = 0);
 }

@@ -42,6 +42,9 @@ struct CudaHooks {
   // kind: 0 host->device, 1 device->host, 2 device->device
   void (*memcpy)(void* dst, const void* src, size_t nbytes, int kind, int device);
   void (*synchronize)(int device);
+  // Caching allocator: {allocated, reserved, peak allocated, cudaMalloc calls, cudaFree calls}
+  void (*memory_stats)(int device, int64_t out[5]);
+  void (*empty_cache)();
 };
 const CudaHooks* cuda_hooks();          // nullptr without CUDA
 void set_cuda_hooks(const CudaHooks* h);

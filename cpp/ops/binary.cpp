@@ -14,6 +14,9 @@ namespace {
 const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::Int32,
                                      DType::Int64,   DType::UInt8,   DType::Bool};
 
+template <typename T> T times(T x, T y) { return T(x * y); }
+template <> bool times(bool x, bool y) { return x && y; }  // bool * bool is logical and
+
 template <typename T, typename F>
 void binary_loop(const Tensor& out, const Tensor& a, const Tensor& b, F f) {
   using O = decltype(f(T(), T()));
@@ -50,12 +53,7 @@ Kernel arith_kernel(const std::string& op) {
       using T = scalar_t;
       if (op == "add") binary_loop<T>(out, a, b, [](T x, T y) { return T(x + y); });
       else if (op == "sub") binary_loop<T>(out, a, b, [](T x, T y) { return T(x - y); });
-      else if (op == "mul") {
-        if constexpr (std::is_same_v<T, bool>)
-          binary_loop<T>(out, a, b, [](T x, T y) { return x && y; });
-        else
-          binary_loop<T>(out, a, b, [](T x, T y) { return T(x * y); });
-      }
+      else if (op == "mul") binary_loop<T>(out, a, b, [](T x, T y) { return times(x, y); });
       else if (op == "div") {
         if constexpr (std::is_floating_point_v<T>) {
           binary_loop<T>(out, a, b, [](T x, T y) { return T(x / y); });

@@ -17,3 +17,14 @@ def device_count() -> int:
 
 def synchronize(device: int = 0) -> None:
     _core.cuda_synchronize(device)
+
+
+def memory_stats(device: int = 0) -> dict:
+    """The caching allocator's counters: allocated_bytes, reserved_bytes, peak_allocated_bytes,
+    num_cuda_malloc, num_cuda_free."""
+    return dict(_core.cuda_memory_stats(device))
+
+
+def empty_cache() -> None:
+    """Return every cached, unused block to the driver."""
+    _core.cuda_empty_cache()

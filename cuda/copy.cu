@@ -1,0 +1,72 @@
+// Copies on the GPU: contiguous (strided -> dense), cast (any dtype to any dtype), copy_
+// (broadcast a source into a strided destination, casting) and fill_. One kernel does all of
+// them: out[i] = convert(in[offset(i)]) over the output's elements, both sides strided.
+#include "core/registry.h"
+#include "elementwise.cuh"
+#include "ops/ops.h"
+
+namespace ls::cuda {
+
+namespace {
+
+template <typename To, typename From>
+__global__ void copy_kernel(To* out, const From* in, int64_t n, Indexer<2> ix) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[2];
+    ix.offsets(i, off);
+    out[off[0]] = convert<To>(in[off[1]]);
+  }
+}
+
+// dst[...] = convert(src[...]), src broadcast to dst's shape.
+void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
+  int64_t n = dst.numel();
+  if (n == 0) return;
+  set_device(dst, op);
+  Indexer<2> ix = make_indexer<2>(dst.shape(), {&dst, &src}, op);
+  CUDA_DISPATCH_ALL(dst.dtype(), op, {
+    using To = scalar_t;
+    CUDA_DISPATCH_ALL(src.dtype(), op, {
+      copy_kernel<To, scalar_t><<<grid_for(n), kThreads>>>(static_cast<To*>(dst.raw_data()),
+                                                           static_cast<const scalar_t*>(src.raw_data()), n, ix);
+    });
+  });
+  check_launch(op);
+}
+
+Tensors contiguous_cuda(const Tensors& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  if (x.is_contiguous() && !a.b("force_copy", false)) return {x};
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  copy_strided(out, x, "contiguous");
+  return {out};
+}
+
+Tensors cast_cuda(const Tensors& in, const Attrs& a) {
+  Tensor out = Tensor::empty(in[0].shape(), DType(a.i("dtype")), in[0].device());
+  copy_strided(out, in[0], "cast");
+  return {out};
+}
+
+Tensors copy_inplace_cuda(const Tensors& in, const Attrs&) {
+  copy_strided(in[0], in[1], "copy_");
+  return {};
+}
+
+Tensors fill_inplace_cuda(const Tensors& in, const Attrs& a) {
+  Tensor v = ops::full({}, a.f("value", 0.0), in[0].dtype(), in[0].device());
+  copy_strided(in[0], v, "fill_");
+  return {};
+}
+
+}  // namespace
+
+LS_REGISTER(copy_cuda) {
+  register_kernel("contiguous", "cuda", contiguous_cuda);
+  register_kernel("cast", "cuda", cast_cuda);
+  register_kernel("copy_", "cuda", copy_inplace_cuda);
+  register_kernel("fill_", "cuda", fill_inplace_cuda);
+}
+
+}  // namespace ls::cuda

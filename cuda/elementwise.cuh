@@ -1,0 +1,124 @@
+// Shared machinery of the elementwise CUDA kernels (copy, cast, binary, unary, where):
+//   - device element types for every DType and their float/double compute types;
+//   - an Indexer that turns a flat output index into the element offsets of up to 4 strided,
+//     broadcast operands (dims collapsed on the host, at most kMaxDims after collapsing);
+//   - launch helpers: one thread per output element, grid-stride loop.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <array>
+
+#include "core/tensor.h"
+#include "cuda_check.cuh"
+
+namespace ls::cuda {
+
+// ---- element types ----
+template <typename T> struct Acc { using type = T; };
+template <> struct Acc<__nv_bfloat16> { using type = float; };
+template <> struct Acc<__half> { using type = float; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+template <typename To, typename From> __device__ __forceinline__ To convert(From v) {
+  if constexpr (std::is_same_v<From, __nv_bfloat16> || std::is_same_v<From, __half>) {
+    return convert<To>(float(v));
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return __float2bfloat16_rn(float(v));
+  } else if constexpr (std::is_same_v<To, __half>) {
+    return __float2half_rn(float(v));
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return v != From(0);
+  } else {
+    return To(v);
+  }
+}
+
+#define LS_CUDA_CASE(enum_v, type, ...) \
+  case ::ls::DType::enum_v: { using scalar_t = type; __VA_ARGS__; break; }
+#define CUDA_DISPATCH_ALL(dt, op, ...)                         \
+  switch (dt) {                                                \
+    LS_CUDA_CASE(Float32, float, __VA_ARGS__)                  \
+    LS_CUDA_CASE(Float64, double, __VA_ARGS__)                 \
+    LS_CUDA_CASE(BFloat16, __nv_bfloat16, __VA_ARGS__)         \
+    LS_CUDA_CASE(Float16, __half, __VA_ARGS__)                 \
+    LS_CUDA_CASE(Int32, int32_t, __VA_ARGS__)                  \
+    LS_CUDA_CASE(Int64, int64_t, __VA_ARGS__)                  \
+    LS_CUDA_CASE(Bool, bool, __VA_ARGS__)                      \
+    LS_CUDA_CASE(UInt8, uint8_t, __VA_ARGS__)                  \
+  }
+#define CUDA_DISPATCH_FLOAT(dt, op, ...)                       \
+  switch (dt) {                                                \
+    LS_CUDA_CASE(Float32, float, __VA_ARGS__)                  \
+    LS_CUDA_CASE(Float64, double, __VA_ARGS__)                 \
+    LS_CUDA_CASE(BFloat16, __nv_bfloat16, __VA_ARGS__)         \
+    LS_CUDA_CASE(Float16, __half, __VA_ARGS__)                 \
+    default: ::ls::throw_dtype_error(op, dt);                  \
+  }
+
+// ---- indexing ----
+constexpr int kMaxDims = 8;
+
+template <int N>
+struct Indexer {
+  int nd;
+  int64_t size[kMaxDims];
+  int64_t stride[N][kMaxDims];  // in elements; 0 where broadcast
+
+  __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[N]) const {
+#pragma unroll
+    for (int k = 0; k < N; ++k) off[k] = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      int64_t idx = i % size[d];
+      i /= size[d];
+#pragma unroll
+      for (int k = 0; k < N; ++k) off[k] += idx * stride[k][d];
+    }
+  }
+};
+
+// Indexer over `shape` for operands viewed (with broadcasting) as that shape. Adjacent dims
+// that are contiguous in every operand are merged, so most calls index a single dimension.
+template <int N>
+Indexer<N> make_indexer(const Shape& shape, const std::array<const Tensor*, N>& ops,
+                        const char* op) {
+  int nd = int(shape.size());
+  std::vector<std::array<int64_t, N>> st(nd);
+  for (int k = 0; k < N; ++k) {
+    const Tensor& t = *ops[k];
+    int lead = nd - int(t.dim());
+    for (int d = 0; d < nd; ++d)
+      st[d][k] = d < lead || t.shape()[d - lead] == 1 ? 0 : t.strides()[d - lead];
+  }
+  std::vector<int64_t> sizes(shape.begin(), shape.end());
+  // merge d into d+1 (row-major) when stride[d] == stride[d+1] * size[d+1] for every operand
+  for (int d = nd - 2; d >= 0; --d) {
+    bool merge = true;
+    for (int k = 0; k < N; ++k) merge &= st[d][k] == st[d + 1][k] * sizes[d + 1];
+    if (merge) {
+      sizes[d + 1] *= sizes[d];
+      sizes.erase(sizes.begin() + d);
+      st.erase(st.begin() + d);
+    }
+  }
+  LS_CHECK(sizes.size() <= size_t(kMaxDims), ValueError, op, ": more than ", kMaxDims,
+           " non-mergeable dimensions");
+  Indexer<N> ix{};
+  ix.nd = int(sizes.size());
+  for (int d = 0; d < ix.nd; ++d) {
+    ix.size[d] = sizes[d];
+    for (int k = 0; k < N; ++k) ix.stride[k][d] = st[d][k];
+  }
+  return ix;
+}
+
+constexpr int kThreads = 256;
+
+inline unsigned grid_for(int64_t n) {
+  int64_t blocks = (n + kThreads - 1) / kThreads;
+  return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
+}
+
+inline void set_device(const Tensor& t, const char* op) { check(cudaSetDevice(t.device().index), op); }
+
+}  // namespace ls::cuda

@@ -1,0 +1,261 @@
+"""`llmscratch train`, `llmscratch sample` and `llmscratch eval`.
+
+With no arguments, `train` trains the `tiny` preset on the built-in `stdlib` corpus on the CPU:
+the tokenizer is trained and the corpus encoded on first use and cached under
+$LLMSCRATCH_CACHE (default ~/.cache/llmscratch), then the run writes its config, log, loss plot,
+checkpoints and samples under runs/<name>/."""
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import llmscratch_core as _core
+
+DEFAULT_PROMPT = "def "
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLMSCRATCH_CACHE", Path.home() / ".cache" / "llmscratch"))
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool = False):
+    """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
+    The cache folder is made under a temporary name and renamed when complete."""
+    from ..data import tokenize_cmd
+    src = source if source == "stdlib" else os.path.abspath(source)
+    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}".encode()).hexdigest()[:12]
+    folder = cache_root() / f"data-{key}"
+    if not (folder / "done").exists():
+        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        common = dict(source=source, val_fraction=val_fraction, threads=0, quiet=quiet)
+        tokenize_cmd.train(argparse.Namespace(**common, vocab_size=vocab_size, pattern="cl100k",
+                                              special=None, out=str(tmp / "tokenizer")))
+        tokenize_cmd.encode(argparse.Namespace(**common, tokenizer=str(tmp / "tokenizer"),
+                                               out=str(tmp / "tokens"), shard_size=100_000_000))
+        (tmp / "done").write_text(src + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(tmp, folder)
+    return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
+
+
+def unigram_entropy(shard_glob: str) -> float:
+    """Cross-entropy (nats/token) of predicting every token by its overall frequency."""
+    from ..data.loader import _expand
+    from ..data.shards import read_shard
+    counts = None
+    for path in _expand(shard_glob):
+        c = np.bincount(read_shard(path))
+        counts = c if counts is None else np.pad(counts, (0, max(0, len(c) - len(counts)))) + \
+            np.pad(c, (0, max(0, len(counts) - len(c))))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ---- train -----------------------------------------------------------------------------------
+
+def add_parsers(sub):
+    from . import TrainConfig
+    d = TrainConfig()
+    t = sub.add_parser("train", help="train a model (default: tiny preset on the stdlib corpus, CPU)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--preset", default="tiny", help="model preset (tiny, gpt2-124m, gpt2-350m, llama-style-124m)")
+    t.add_argument("--config", help="model config TOML (overrides --preset)")
+    t.add_argument("--data", default="stdlib", help="'stdlib', a text file, directory, glob or file.jsonl[:field]")
+    t.add_argument("--vocab-size", type=int, help="tokenizer size (default: the model config's)")
+    t.add_argument("--val-fraction", type=float, default=0.02)
+    t.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    t.add_argument("--backend", default="default", help="cpu, cuda, triton or default")
+    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--seq-len", type=int, default=128)
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--min-lr", type=float, default=d.min_lr)
+    t.add_argument("--warmup", type=int, default=d.warmup)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--eval-every", type=int, default=50)
+    t.add_argument("--ckpt-every", type=int, default=100)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--out", default="runs", help="parent folder of the run")
+    t.add_argument("--name", help="run name (default: <preset>-<data>)")
+    t.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    t.add_argument("--skip-nan", action="store_true", help="skip a batch with a non-finite loss instead of stopping")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=train_command)
+
+    s = sub.add_parser("sample", help="generate text from a trained run")
+    s.add_argument("--ckpt", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
+    s.add_argument("--prompt", default=DEFAULT_PROMPT)
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=sample_command)
+
+    e = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
+    e.add_argument("--ckpt", required=True, help="a run folder or a checkpoint folder")
+    e.add_argument("--data", help="source to evaluate (default: the run's validation split)")
+    e.add_argument("--batches", type=int, default=20)
+    e.set_defaults(func=eval_command)
+
+
+def _model_config(args, vocab_size=None):
+    from ..models import get_preset, load_config
+    cfg = load_config(args.config) if args.config else get_preset(args.preset)
+    if vocab_size:
+        cfg = cfg.replace(vocab_size=vocab_size)
+    return cfg
+
+
+def _check_device(device: str) -> str:
+    dev = _core.Device(device)
+    if dev.type == "cuda" and not _core.cuda_available():
+        raise ValueError(f"device {device} is not available (llmscratch sees "
+                         f"{_core.cuda_device_count()} CUDA devices)")
+    return str(dev)
+
+
+def train_command(args) -> int:
+    import llmscratch as ls
+    from ..data import DataLoader
+    from ..models import build_model
+    from ..sampling import generate
+    from ..tokenizer import Tokenizer
+    from . import TrainConfig, Trainer
+
+    device = _check_device(args.device)
+    ls.set_backend(args.backend)
+    name = args.name or f"{args.preset if not args.config else Path(args.config).stem}-" \
+                        f"{Path(args.data).name if args.data != 'stdlib' else 'stdlib'}"
+    run_dir = Path(args.out) / name
+    if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
+        raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it or --name for a new one")
+    model_cfg = _model_config(args)
+    vocab = args.vocab_size or model_cfg.vocab_size
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    t0 = time.time()
+    tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
+    tok = Tokenizer.load(tok_prefix)
+    model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
+    if args.seq_len > model_cfg.block_size:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                      grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
+                      weight_decay=args.weight_decay, eval_every=args.eval_every,
+                      ckpt_every=args.ckpt_every, seed=args.seed,
+                      on_nan="skip" if args.skip_nan else "stop", out=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in (".tiktoken", ".json"):
+        shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
+    run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": args.data,
+                  "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
+                  "backend": args.backend}
+    (run_dir / "config.json").write_text(json.dumps(run_config, indent=1))
+
+    ls.manual_seed(args.seed)
+    model = build_model(model_cfg, device=device)
+    train = DataLoader(train_glob, cfg.batch_size, cfg.seq_len, seed=args.seed, device=device, prefetch=0)
+    val = DataLoader(val_glob, cfg.batch_size, cfg.seq_len, seed=args.seed + 1, device=device, prefetch=0)
+    baseline = unigram_entropy(train_glob)
+    say(f"model {model_cfg.n_layer}x{model_cfg.n_embd}, {model.num_parameters() / 1e6:.2f}M parameters, "
+        f"vocab {tok.n_vocab}; {train.num_windows * cfg.seq_len / 1e6:.1f}M training tokens; "
+        f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
+    trainer = Trainer(model, cfg, train.batch, val.batch, run_config=run_config, log=say)
+    if args.resume and trainer.resume():
+        say(f"resumed at step {trainer.step}")
+    trainer.fit()
+    val_loss = trainer.evaluate()
+    say(f"final validation loss {val_loss:.3f} nats/token (unigram baseline {baseline:.3f}); "
+        f"run in {run_dir}")
+    if trainer.step >= cfg.steps:
+        ls.manual_seed(args.seed)
+        prompt = np.array([tok.encode(DEFAULT_PROMPT)], dtype=np.int64)
+        out = generate(model, prompt, 120, temperature=0.8, top_k=50, block_size=model_cfg.block_size)
+        text = tok.decode(out[0].tolist())
+        (run_dir / "samples.txt").write_text(text + "\n")
+        say("sample:\n" + text)
+    return 0
+
+
+# ---- sample / eval ---------------------------------------------------------------------------
+
+def _load_run(ckpt: str):
+    """(model, tokenizer, run config) from a run folder or one of its checkpoint folders."""
+    from ..models import build_model, config_from_dict
+    from ..tokenizer import Tokenizer
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    path = Path(ckpt)
+    if (path / "checkpoints").is_dir():
+        folder = latest_checkpoint(str(path / "checkpoints"))
+        run_dir = path
+    else:
+        folder, run_dir = str(path), path.parent.parent
+    if folder is None or not Path(folder, "trainer.json").exists():
+        raise ValueError(f"{ckpt}: no checkpoint found (expected a run folder or a checkpoint folder)")
+    run_config = json.loads((run_dir / "config.json").read_text())
+    model = build_model(config_from_dict(run_config["model"]), device=run_config.get("device", "cpu"))
+    load_checkpoint(folder, model)
+    return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, run_dir
+
+
+def sample_command(args) -> int:
+    import llmscratch as ls
+    from ..sampling import generate
+    model, tok, cfg, _ = _load_run(args.ckpt)
+    ls.manual_seed(args.seed)
+    prompt = tok.encode(args.prompt) or [tok.eot_token or 0]
+    ids = np.array([prompt] * args.num_samples, dtype=np.int64)
+    out = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                   block_size=model.config.block_size)
+    for row in out:
+        print(tok.decode(row.tolist()))
+        print("-" * 40)
+    return 0
+
+
+def eval_command(args) -> int:
+    from ..autograd import no_grad
+    from ..data import DataLoader
+    model, tok, cfg, _ = _load_run(args.ckpt)
+    train_cfg = cfg["train"]
+    if args.data:  # another source, encoded with this run's tokenizer
+        from ..data.sources import split_documents
+        docs = split_documents(args.data, "all")
+        ids = np.concatenate([np.asarray([tok.eot_token or 0] + tok.encode(d.read(), disallowed_special=()),
+                                         dtype=np.int64) for d in docs])
+        val_glob = None
+    else:
+        _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
+    import llmscratch as ls
+    B, T = train_cfg["batch_size"], train_cfg["seq_len"]
+    if val_glob is not None:
+        loader = DataLoader(val_glob, B, T, shuffle=False, prefetch=0)
+        batches = (loader.batch(i) for i in range(min(args.batches, max(1, loader.num_windows // B))))
+    else:
+        n = (len(ids) - 1) // T
+        if n == 0:
+            raise ValueError(f"{args.data}: fewer than {T + 1} tokens")
+        windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)])
+        batches = (ls.tensor(windows[i:i + B]) for i in range(0, min(n, args.batches * B), B))
+    model.eval()
+    losses = []
+    with no_grad():
+        for b in batches:
+            losses.append(model(b[:, :-1], b[:, 1:])[1].item())
+    loss = sum(losses) / len(losses)
+    print(f"loss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f} over {len(losses)} batches")
+    return 0

@@ -1,0 +1,112 @@
+"""CUDA kernels against the CPU implementation (the reference) on the same inputs: copies and
+casts, elementwise binary and unary ops with broadcasting and strided views, where/clamp, sum,
+and gradients of composite expressions. Also the caching allocator. Skipped without a GPU."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+from conftest import randn, rel_err, to_np
+
+pytestmark = pytest.mark.cuda
+
+DTYPES = {ls.float32: 1e-6, ls.float64: 1e-13, ls.bfloat16: 1e-2, ls.float16: 2e-3}
+
+
+def both(a, dtype):
+    """The same values on the CPU (float32/float64 reference) and on the GPU in dtype."""
+    cpu = ls.tensor(a).to(dtype=dtype)
+    ref_dtype = ls.float64 if dtype == ls.float64 else ls.float32
+    return cpu.to(dtype=ref_dtype), cpu.cuda()
+
+
+def close(gpu, cpu, tol):
+    g = to_np(gpu.cpu().float() if gpu.dtype in (ls.bfloat16, ls.float16) else gpu.cpu())
+    err = rel_err(g, to_np(cpu))
+    assert err < tol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_copy_cast_and_strided_views(dtype):
+    a = randn(7, 33, 5)
+    cpu, gpu = both(a, dtype)
+    for view in (lambda t: t.transpose(0, 2), lambda t: t[1:, ::3], lambda t: t.permute(2, 0, 1)[:, 2]):
+        close(view(gpu).contiguous(), view(cpu), 0)
+    for to in (ls.float32, ls.float64, ls.int64, ls.bfloat16):
+        assert np.array_equal(to_np(gpu.to(dtype=to).cpu().float()), to_np(cpu.to(dtype=dtype).to(dtype=to).float()))
+    dst = ls.zeros(5, 33, device="cuda", dtype=dtype)
+    dst[1:3] = gpu[0, :, 0]  # broadcast a row into a slice
+    assert np.array_equal(to_np(dst[2].cpu().float()), to_np(cpu[0, :, 0].to(dtype=dtype).float()))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum", "minimum"])
+def test_binary_broadcast(op, dtype):
+    ca, ga = both(randn(3, 1, 129), dtype)
+    cb, gb = both(randn(17, 1) + 3, dtype)
+    f = getattr(ls.functional, op)
+    close(f(ga, gb), f(ca.to(dtype=dtype).to(dtype=ca.dtype), cb.to(dtype=dtype).to(dtype=cb.dtype)), DTYPES[dtype] * 4)
+    close(f(ga.transpose(0, 2), 2.0 if op != "maximum" else ga.transpose(0, 2)),
+          f(ca.transpose(0, 2), 2.0 if op != "maximum" else ca.transpose(0, 2)), DTYPES[dtype] * 4)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", ["neg", "exp", "tanh", "sigmoid", "abs", "relu", "sin", "cos", "log", "sqrt", "rsqrt"])
+def test_unary(op, dtype):
+    a = randn(5, 127)
+    if op in ("log", "sqrt", "rsqrt"):
+        a = np.abs(a) + 0.5
+    cpu, gpu = both(a, dtype)
+    f = getattr(ls.functional, op)
+    close(f(gpu), f(cpu), DTYPES[dtype] * 4)
+    close(f(gpu[:, ::2]), f(cpu[:, ::2]), DTYPES[dtype] * 4)
+
+
+def test_compare_where_clamp_integers():
+    a, b = randn(4, 9), randn(9)
+    ca, ga = both(a, ls.float32)
+    cb, gb = both(b, ls.float32)
+    assert np.array_equal(to_np((ga > gb).cpu()), a.astype(np.float32) > b.astype(np.float32))
+    close(ls.where(ga > 0, ga, gb), ls.where(ca > 0, ca, cb), 0)
+    close(ga.clamp(-0.5, 0.5), ca.clamp(-0.5, 0.5), 0)
+    i = ls.tensor([[1, -2, 3]]).cuda()
+    assert (i + i).cpu().tolist() == [[2, -4, 6]] and (-i).abs().cpu().tolist() == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape,dims", [((1000,), None), ((7, 300), [1]), ((7, 300), [0]), ((3, 4, 5), [0, 2]), ((4, 1), [1])])
+def test_sum(shape, dims, dtype):
+    cpu, gpu = both(randn(*shape), dtype)
+    close(gpu.sum(dims, keepdim=True), cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum(dims, keepdim=True), DTYPES[dtype] * 10)
+    assert ls.tensor([[1, 2], [3, 4]]).cuda().sum(0).cpu().tolist() == [4, 6]
+
+
+def test_gradients_of_a_composite_expression():
+    a, b = randn(6, 1, 31), randn(5, 31)
+    results = []
+    for device in ("cpu", "cuda"):
+        x = ls.tensor(a).to(device=device).requires_grad_()
+        y = ls.tensor(b).to(device=device).requires_grad_()
+        z = ((x * y).tanh() + x.exp() / (y * y + 1) - ls.maximum(x, y)).sum()
+        z.backward()
+        results.append((z.item(), to_np(x.grad.cpu()), to_np(y.grad.cpu())))
+    (zc, xc, yc), (zg, xg, yg) = results
+    assert abs(zc - zg) < 1e-9 * abs(zc)
+    assert rel_err(xg, xc) < 1e-12 and rel_err(yg, yc) < 1e-12
+
+
+def test_caching_allocator_reuses_blocks():
+    ls.cuda.empty_cache()
+    x = ls.randn(1 << 20, device="cuda")
+    for _ in range(3):  # warm up: every size the loop needs is now cached
+        y = (x * 2 + 1).exp()
+        del y
+    before = ls.cuda.memory_stats()
+    for _ in range(20):
+        y = (x * 2 + 1).exp()
+        del y
+    after = ls.cuda.memory_stats()
+    assert after["num_cuda_malloc"] == before["num_cuda_malloc"]
+    assert after["allocated_bytes"] == before["allocated_bytes"]
+    assert after["peak_allocated_bytes"] >= 3 * (4 << 20)
+    ls.cuda.empty_cache()
+    assert ls.cuda.memory_stats()["reserved_bytes"] == ls.cuda.memory_stats()["allocated_bytes"]
