@@ -369,8 +369,13 @@ def _hf_models():
                                      rope_theta=1000.0, initializer_range=0.2,
                                      tie_word_embeddings=False, bos_token_id=None,
                                      eos_token_id=None)
+    qwen3 = transformers.Qwen3Config(vocab_size=101, hidden_size=32, intermediate_size=48,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, head_dim=8, max_position_embeddings=24,
+                                     initializer_range=0.2, tie_word_embeddings=True)
     return {"gpt2": (transformers.GPT2LMHeadModel, gpt2),
-            "llama": (transformers.LlamaForCausalLM, llama)}
+            "llama": (transformers.LlamaForCausalLM, llama),
+            "qwen3": (transformers.Qwen3ForCausalLM, qwen3)}
 
 
 def _randomise_torch(model):
@@ -379,7 +384,7 @@ def _randomise_torch(model):
             p.add_(torch.randn_like(p) * 0.2)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
 def test_hf_round_trip(family, tmp_path):
     cls, hf_config = _hf_models()[family]
     torch.manual_seed(0)
@@ -392,6 +397,7 @@ def test_hf_round_trip(family, tmp_path):
     ours = M.from_pretrained(tmp_path / "theirs")
     assert not ours.training
     assert ours.config.pos == ("learned" if family == "gpt2" else "rope")
+    assert ours.config.qk_norm == (family == "qwen3")
     with ls.no_grad():
         got = to_np(ours(ls.tensor(ids)))
     assert rel_err(got, expected) < 1e-4
@@ -423,11 +429,16 @@ def test_hf_llama_with_rope_scaling_and_bfloat16(tmp_path):
     assert ours.config.rope_scaling == {"type": "linear", "factor": 2.0}
     assert ours.config.tie_embeddings
     assert rel_err(to_np(ours(ls.tensor(ids))), expected) < 1e-4
+    ours.save_pretrained(tmp_path / "ours")   # float32, rope_scaling written back
+    back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert back.config.tie_word_embeddings
+    assert rel_err(_hf_logits(back, ids), expected) < 1e-4
 
 
 def test_save_pretrained_rejects_what_hf_cannot_hold(tmp_path):
     for config in (CONFIGS["llama_qknorm_softcap_linear_rope"],
-                   CONFIGS["mixed_mqa_interleaved_llama3"]):
+                   CONFIGS["mixed_mqa_interleaved_llama3"], _gpt2(qk_norm=True),
+                   _llama(qk_norm=True, bias=True)):
         with pytest.raises(ValueError, match="save_pretrained"):
             M.Transformer(config).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):

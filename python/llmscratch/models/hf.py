@@ -1,5 +1,5 @@
 """Hugging Face folders: config.json + model.safetensors (or sharded model-*.safetensors with
-model.safetensors.index.json) for the `gpt2` and `llama` model types.
+model.safetensors.index.json) for the `gpt2`, `llama` and `qwen3` model types.
 
 Name and layout mapping (ours <- theirs):
   gpt2   wte, wpe, ln_f -> norm_f, h.N.ln_1/ln_2 -> blocks.N.norm1/norm2,
@@ -10,6 +10,8 @@ Name and layout mapping (ours <- theirs):
          post_attention_layernorm -> norm1 / norm2, self_attn.{q,k,v}_proj stacked row-wise ->
          attn.qkv, o_proj -> attn.proj, mlp.{gate,up}_proj stacked -> mlp.fc ([gate; up]),
          down_proj -> mlp.proj, lm_head. Rotary layout: half-split (our rope_interleaved=False).
+  qwen3  llama's names plus self_attn.q_norm / k_norm -> attn.q_norm / k_norm (QK-norm), no
+         biases.
 Tensors go through the safetensors package's numpy API; bfloat16 files (which numpy cannot
 represent) are read by a small reader of the format and widened to float32.
 """
@@ -36,8 +38,8 @@ _INDEX = "model.safetensors.index.json"
 # ---- configs ----------------------------------------------------------------------------------
 
 def hf_config_to_model_config(hf: dict) -> ModelConfig:
-    """ModelConfig for a Hugging Face config.json dict of model type gpt2 or llama; a feature we
-    cannot represent exactly is a ValueError naming it."""
+    """ModelConfig for a Hugging Face config.json dict of model type gpt2, llama or qwen3; a
+    feature we cannot represent exactly is a ValueError naming it."""
     mt = hf.get("model_type")
     if mt == "gpt2":
         act = hf.get("activation_function", "gelu_new")
@@ -56,19 +58,23 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             dropout=float(hf.get("resid_pdrop", 0.0)),
             init_std=hf.get("initializer_range", 0.02))
-    if mt == "llama":
+    if mt in ("llama", "qwen3"):
         act = hf.get("hidden_act", "silu")
         if act != "silu":
-            raise ValueError(f"llama config: hidden_act {act!r} is not supported (only silu)")
+            raise ValueError(f"{mt} config: hidden_act {act!r} is not supported (only silu)")
         C, NH = hf["hidden_size"], hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or C // NH
         if head_dim * NH != C:
-            raise ValueError(f"llama config: head_dim {head_dim} x {NH} heads != hidden_size {C} "
+            raise ValueError(f"{mt} config: head_dim {head_dim} x {NH} heads != hidden_size {C} "
                              "is not supported")
-        attn_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        attn_bias = hf.get("attention_bias", False)
+        mlp_bias = hf.get("mlp_bias", False) if mt == "llama" else False
         if attn_bias != mlp_bias:
-            raise ValueError("llama config: attention_bias and mlp_bias must be equal here "
-                             f"(got {attn_bias} and {mlp_bias})")
+            raise ValueError(f"{mt} config: biases in attention but not in the MLP (or the "
+                             f"reverse) are not supported (attention_bias={attn_bias}, "
+                             f"mlp_bias={mlp_bias})")
+        if hf.get("use_sliding_window", False):
+            raise ValueError(f"{mt} config: sliding-window attention is not supported")
         theta, scaling = _hf_rope(hf)
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
@@ -76,9 +82,10 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
             block_size=hf.get("max_position_embeddings", 2048), norm="rmsnorm", mlp="swiglu",
             intermediate_size=hf["intermediate_size"], bias=bool(attn_bias),
             tie_embeddings=hf.get("tie_word_embeddings", False), pos="rope", rope_theta=theta,
-            rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=mt == "qwen3",
             init_std=hf.get("initializer_range", 0.02))
-    raise ValueError(f"unsupported Hugging Face model_type {mt!r} (supported: 'gpt2', 'llama')")
+    raise ValueError(f"unsupported Hugging Face model_type {mt!r} (supported: 'gpt2', 'llama', "
+                     "'qwen3')")
 
 
 def _hf_rope(hf: dict):
@@ -108,19 +115,21 @@ def _family(c: ModelConfig) -> str:
     if (c.pos, c.norm, c.mlp) == ("rope", "rmsnorm", "swiglu") and not c.rope_interleaved:
         return "llama"
     raise ValueError("save_pretrained: this architecture matches neither the gpt2 (learned "
-                     "positions, layernorm, gelu, no GQA) nor the llama (rope half-split, rmsnorm, "
-                     f"swiglu) model type: pos={c.pos}, norm={c.norm}, mlp={c.mlp}, "
+                     "positions, layernorm, gelu, no GQA) nor the llama/qwen3 (rope half-split, "
+                     f"rmsnorm, swiglu) model types: pos={c.pos}, norm={c.norm}, mlp={c.mlp}, "
                      f"n_kv_head={c.n_kv_head}, rope_interleaved={c.rope_interleaved}")
 
 
 def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> dict:
-    if c.qk_norm or c.logit_softcap is not None:
-        raise ValueError("save_pretrained: QK-norm and logit soft-capping have no field in the "
-                         "gpt2 or llama model types")
+    """config.json for c: model type gpt2, llama, or qwen3 (llama with QK-norm, no biases)."""
+    if c.logit_softcap is not None:
+        raise ValueError("save_pretrained: logit soft-capping has no field in the gpt2, llama or "
+                         "qwen3 model types")
     family = _family(c)
+    if c.qk_norm and (family != "llama" or c.bias):
+        raise ValueError("save_pretrained: QK-norm is only expressible as a qwen3 model "
+                         "(llama-style, no biases)")
     if family == "gpt2":
-        if c.norm_eps <= 0:
-            raise ValueError("bad norm_eps")
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                 "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
                 "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.intermediate_size,
@@ -129,7 +138,9 @@ def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> di
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
                 "bos_token_id": None, "eos_token_id": None, "dtype": dtype_name}
-    out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    qwen3 = c.qk_norm
+    out = {"architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+           "model_type": "qwen3" if qwen3 else "llama",
            "vocab_size": c.vocab_size, "hidden_size": c.n_embd,
            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
@@ -139,10 +150,12 @@ def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> di
            "attention_dropout": 0.0, "initializer_range": c.init_std,
            "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
            "dtype": dtype_name}
+    if qwen3:
+        del out["mlp_bias"]
+        out["use_sliding_window"] = False
     if c.rope_scaling is not None:
-        rs = dict(c.rope_scaling)
-        kind = rs.pop("type", None) or rs.pop("rope_type")
-        rs.pop("rope_type", None)
+        rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
+        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
         out["rope_scaling"] = {"rope_type": kind, **rs}
     return out
 
@@ -195,6 +208,9 @@ def _llama_from_hf(t: dict, c: ModelConfig) -> dict:
         h, b = f"model.layers.{i}.", f"blocks.{i}."
         out[b + "norm1.weight"] = t[h + "input_layernorm.weight"]
         out[b + "norm2.weight"] = t[h + "post_attention_layernorm.weight"]
+        if c.qk_norm:
+            out[b + "attn.q_norm.weight"] = t[h + "self_attn.q_norm.weight"]
+            out[b + "attn.k_norm.weight"] = t[h + "self_attn.k_norm.weight"]
         for k in kinds:
             out[b + "attn.qkv." + k] = np.concatenate(
                 [t[h + f"self_attn.{p}_proj.{k}"] for p in "qkv"], axis=0)
@@ -215,6 +231,9 @@ def _llama_to_hf(s: dict, c: ModelConfig) -> dict:
         h, b = f"model.layers.{i}.", f"blocks.{i}."
         out[h + "input_layernorm.weight"] = s[b + "norm1.weight"]
         out[h + "post_attention_layernorm.weight"] = s[b + "norm2.weight"]
+        if c.qk_norm:
+            out[h + "self_attn.q_norm.weight"] = s[b + "attn.q_norm.weight"]
+            out[h + "self_attn.k_norm.weight"] = s[b + "attn.k_norm.weight"]
         for k in kinds:
             qkv = s[b + "attn.qkv." + k]
             for name, part in zip("qkv", np.split(qkv, [q, q + kv], axis=0)):
@@ -285,7 +304,7 @@ def _load_tensors(folder: Path) -> dict:
 # ---- public entry points ----------------------------------------------------------------------
 
 def from_pretrained(path, dtype=None, device=None) -> Transformer:
-    """A Transformer from a Hugging Face folder (gpt2 or llama model type), in eval mode as
+    """A Transformer from a Hugging Face folder (gpt2, llama or qwen3), in eval mode as
     transformers returns it. dtype defaults to float32."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -295,7 +314,7 @@ def from_pretrained(path, dtype=None, device=None) -> Transformer:
     config = hf_config_to_model_config(hf)
     tensors = {k: v for k, v in _load_tensors(folder).items()
                if not k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))}
-    convert = _gpt2_from_hf if hf["model_type"] == "gpt2" else _llama_from_hf
+    convert = _gpt2_from_hf if hf["model_type"] == "gpt2" else _llama_from_hf  # llama, qwen3
     try:
         ours = convert(tensors, config)
     except KeyError as e:
@@ -320,8 +339,8 @@ def _np_dtype_name(dtype) -> tuple:
 
 def save_pretrained(model: Transformer, path, dtype=None) -> None:
     """Write model as a Hugging Face folder that transformers' from_pretrained loads: the gpt2
-    model type for GPT-2-style configs, llama for LLaMA-style ones (an architecture that is
-    neither is a ValueError). dtype: float32 (default), float64 or float16."""
+    model type for GPT-2-style configs, llama for LLaMA-style ones, qwen3 for LLaMA-style ones
+    with QK-norm (an architecture that is none of these is a ValueError). dtype: float32 (default), float64 or float16."""
     from safetensors.numpy import save_file
     np_dtype, name = _np_dtype_name(dtype)
     c = model.config
