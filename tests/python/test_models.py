@@ -443,3 +443,21 @@ def test_save_pretrained_rejects_what_hf_cannot_hold(tmp_path):
             M.Transformer(config).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         M.from_pretrained(tmp_path / "nothing")
+
+
+def test_from_pretrained_rejects_missing_and_unused_tensors(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    model = M.Transformer(_gpt2())
+    model.save_pretrained(tmp_path)
+    again = M.from_pretrained(tmp_path)   # our own folder reads back without transformers
+    for (n, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
+        np.testing.assert_array_equal(to_np(p), to_np(q), err_msg=n)
+    weights = tmp_path / "model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({**tensors, "transformer.h.0.attn.rotary.weight": np.zeros(4, np.float32)}, str(weights))
+    with pytest.raises(ValueError, match=r"does not use: \['transformer.h.0.attn.rotary.weight'\]"):
+        M.from_pretrained(tmp_path)
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match="lacks tensor 'h.1.mlp.c_fc.bias'"):
+        M.from_pretrained(tmp_path)

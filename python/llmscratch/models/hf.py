@@ -314,11 +314,20 @@ def from_pretrained(path, dtype=None, device=None) -> Transformer:
     config = hf_config_to_model_config(hf)
     tensors = {k: v for k, v in _load_tensors(folder).items()
                if not k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))}
-    convert = _gpt2_from_hf if hf["model_type"] == "gpt2" else _llama_from_hf  # llama, qwen3
+    gpt2 = hf["model_type"] == "gpt2"
+    convert, back = (_gpt2_from_hf, _gpt2_to_hf) if gpt2 else (_llama_from_hf, _llama_to_hf)
     try:
         ours = convert(tensors, config)
     except KeyError as e:
         raise ValueError(f"from_pretrained: {folder} lacks tensor {e.args[0]!r}") from None
+    # Every tensor of the file must have been used: a leftover means a feature we would ignore.
+    def plain(name):
+        return name[len("transformer."):] if gpt2 and name.startswith("transformer.") else name
+    used = {plain(k) for k in back(ours, config)} | {"lm_head.weight"}
+    unused = sorted(k for k in tensors if plain(k) not in used)
+    if unused:
+        raise ValueError(f"from_pretrained: {folder} holds tensors this architecture does not use: "
+                         f"{unused[:8]}{' ...' if len(unused) > 8 else ''}")
     dtype = dtype or ls.float32
     model = Transformer(config, dtype=dtype, device=device)
     state = {k: ls.tensor(np.ascontiguousarray(v), dtype=dtype, device=device)
