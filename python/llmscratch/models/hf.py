@@ -249,8 +249,17 @@ def _llama_to_hf(s: dict, c: ModelConfig) -> dict:
 
 # ---- safetensors files ------------------------------------------------------------------------
 
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError("Hugging Face folders need the safetensors package "
+                          "(pip install safetensors)") from None
+    return safetensors.numpy
+
+
 def _read_safetensors(path: Path) -> dict:
-    from safetensors.numpy import load_file
+    load_file = _safetensors_numpy().load_file
     try:
         return load_file(str(path))
     except Exception as first_error:  # numpy has no bfloat16: read those files ourselves
@@ -350,7 +359,7 @@ def save_pretrained(model: Transformer, path, dtype=None) -> None:
     """Write model as a Hugging Face folder that transformers' from_pretrained loads: the gpt2
     model type for GPT-2-style configs, llama for LLaMA-style ones, qwen3 for LLaMA-style ones
     with QK-norm (an architecture that is none of these is a ValueError). dtype: float32 (default), float64 or float16."""
-    from safetensors.numpy import save_file
+    save_file = _safetensors_numpy().save_file
     np_dtype, name = _np_dtype_name(dtype)
     c = model.config
     hf = model_config_to_hf_config(c, name)
