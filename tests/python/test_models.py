@@ -462,3 +462,46 @@ def test_from_pretrained_rejects_missing_and_unused_tensors(tmp_path):
     save_file(tensors, str(weights))
     with pytest.raises(ValueError, match="lacks tensor 'h.1.mlp.c_fc.bias'"):
         M.from_pretrained(tmp_path)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+def test_sample_next_rules():
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]))
+    np.testing.assert_array_equal(M.sample_next(logits, temperature=0), [3, 0])
+    np.testing.assert_array_equal(M.sample_next(logits, top_k=1), [3, 0])
+    np.testing.assert_array_equal(M.sample_next(logits, top_p=0.3), [3, 0])
+    # inverse cdf: u = 0.25 falls in id 1 of [0.1, 0.3, 0.6, 1.0]
+    np.testing.assert_array_equal(M.sample_next(logits, uniform=np.array([0.25, 0.25])), [1, 0])
+    # top_k=2 keeps ids 2, 3 (0.3, 0.4 -> 3/7, 4/7): u = 0.5 picks id 3
+    np.testing.assert_array_equal(M.sample_next(logits, top_k=2, uniform=np.array([0.5, 0.999])), [3, 1])
+    # top_p=0.6 keeps 0.4 and 0.3 (0.4 alone is short of 0.6)
+    np.testing.assert_array_equal(M.sample_next(logits, top_p=0.6, uniform=np.array([0.0, 0.9999])), [2, 1])
+    draws = np.stack([M.sample_next(logits) for _ in range(400)])
+    assert set(draws[:, 0]) == {0, 1, 2, 3} and abs((draws[:, 0] == 3).mean() - 0.4) < 0.1
+    for bad, message in ((dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"),
+                         (dict(top_p=0.0), "top_p")):
+        with pytest.raises(ValueError, match=message):
+            M.sample_next(logits, **bad)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_qknorm_softcap_linear_rope"])
+def test_generate_with_cache_gives_the_tokens_of_full_recomputation(name):
+    config = CONFIGS[name]
+    model = M.Transformer(config)
+    _randomise(model)
+    prompt = ls.tensor(_rng.integers(0, config.vocab_size, size=(2, 4)))
+    runs = []
+    for use_cache in (True, False):
+        ls.manual_seed(1234)
+        runs.append(to_np(model.generate(prompt, 12, temperature=1.0, top_k=40, top_p=0.95,
+                                         use_cache=use_cache)))
+    assert runs[0].shape == (2, 16)
+    np.testing.assert_array_equal(runs[0][:, :4], to_np(prompt))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    greedy = to_np(model.generate(prompt, 12, temperature=0))
+    with ls.no_grad():   # greedy: each new id is the argmax of the full forward at its position
+        logits = to_np(model(ls.tensor(greedy[:, :-1])))
+    np.testing.assert_array_equal(greedy[:, 4:], logits[:, 3:].argmax(-1))
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model.generate(prompt, config.block_size)

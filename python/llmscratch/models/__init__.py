@@ -3,9 +3,11 @@ folder import/export."""
 from .config import PRESETS, ModelConfig, config_from_dict, get_preset, load_config
 from .transformer import KVCache, Transformer
 from .hf import from_pretrained, save_pretrained
+from .generate import generate, sample_next
 
 __all__ = ["ModelConfig", "PRESETS", "get_preset", "load_config", "config_from_dict",
-           "Transformer", "KVCache", "from_pretrained", "save_pretrained", "build_model"]
+           "Transformer", "KVCache", "from_pretrained", "save_pretrained", "build_model", "generate",
+           "sample_next"]
 
 
 def build_model(config, dtype=None, device=None) -> Transformer:
