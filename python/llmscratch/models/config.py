@@ -131,7 +131,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig: rope_scaling {k} must be a positive number, got {rs[k]!r}")
 
     def replace(self, **changes) -> "ModelConfig":
-        """A copy with some fields changed (validated)."""
+        """A copy with some fields changed (validated). Values that were derived (n_kv_head,
+        intermediate_size) are kept as they are; pass them too when changing n_head or n_embd."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
