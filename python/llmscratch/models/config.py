@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -205,6 +204,14 @@ def load_config(path) -> ModelConfig:
     """ModelConfig from a TOML file: the keys of ModelConfig at the top level or in a [model]
     table (so one file can also carry other sections), optionally starting from
     preset = "<name>"."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ImportError("reading TOML configs on Python < 3.11 needs the tomli package "
+                              "(pip install tomli)") from None
     path = Path(path)
     try:
         with open(path, "rb") as f:
