@@ -505,3 +505,22 @@ def test_generate_with_cache_gives_the_tokens_of_full_recomputation(name):
     np.testing.assert_array_equal(greedy[:, 4:], logits[:, 3:].argmax(-1))
     with pytest.raises(ValueError, match="exceeds block_size"):
         model.generate(prompt, config.block_size)
+
+
+def test_from_pretrained_reads_the_original_gpt2_layout(tmp_path):
+    """The published gpt2 files have no 'transformer.' prefix and carry the causal-mask buffers
+    h.N.attn.bias / h.N.attn.masked_bias."""
+    st = pytest.importorskip("safetensors.numpy")
+    model = M.Transformer(_gpt2())
+    _randomise(model)
+    model.save_pretrained(tmp_path)
+    weights = str(tmp_path / "model.safetensors")
+    tensors = {k[len("transformer."):]: v for k, v in st.load_file(weights).items()}
+    for i in range(2):
+        tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), np.float32))
+        tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    st.save_file(tensors, weights)
+    ids = ls.randint(0, 97, (1, 16))
+    loaded = M.from_pretrained(tmp_path)
+    with ls.no_grad():
+        np.testing.assert_array_equal(to_np(loaded(ids)), to_np(model(ids)))
