@@ -524,3 +524,22 @@ def test_from_pretrained_reads_the_original_gpt2_layout(tmp_path):
     loaded = M.from_pretrained(tmp_path)
     with ls.no_grad():
         np.testing.assert_array_equal(to_np(loaded(ids)), to_np(model(ids)))
+
+
+def test_from_pretrained_reads_sharded_folders(tmp_path):
+    import json
+    st = pytest.importorskip("safetensors.numpy")
+    model = M.Transformer(_llama())
+    model.save_pretrained(tmp_path)
+    tensors = st.load_file(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        st.save_file({k: tensors[k] for k in keys}, str(tmp_path / file))
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    loaded = M.from_pretrained(tmp_path)
+    for (n, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        np.testing.assert_array_equal(to_np(p), to_np(q), err_msg=n)
