@@ -1,0 +1,17 @@
+"""Decoder-only Transformer models: configuration (presets, TOML), the model, and Hugging Face
+folder import/export."""
+from .config import PRESETS, ModelConfig, config_from_dict, get_preset, load_config
+from .transformer import KVCache, Transformer
+from .hf import from_pretrained, save_pretrained
+from .generate import generate, sample_next
+
+__all__ = ["ModelConfig", "PRESETS", "get_preset", "load_config", "config_from_dict",
+           "Transformer", "KVCache", "from_pretrained", "save_pretrained", "build_model", "generate",
+           "sample_next"]
+
+
+def build_model(config, dtype=None, device=None) -> Transformer:
+    """A freshly initialised Transformer from a ModelConfig, a preset name or a TOML path."""
+    if isinstance(config, str):
+        config = get_preset(config) if config in PRESETS else load_config(config)
+    return Transformer(config, dtype=dtype, device=device)
