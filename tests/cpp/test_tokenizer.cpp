@@ -80,12 +80,18 @@ TEST(TokenizerSplit, InvalidBytesAreOther) {
 TEST(TokenizerBPE, TrainEncodeDecode) {
   std::vector<std::string> texts = {"the cat sat on the mat. the cat ate the rat.", "that thing there"};
   TrainOptions opt;
-  opt.vocab_size = 280;
+  opt.vocab_size = 270;
   auto vocab = train_bpe(texts, {}, opt);
-  ASSERT_EQ(vocab.size(), 280u);
-  EXPECT_EQ(vocab[256], "th");  // most frequent pair (count 9); ties broken by smallest ids
+  ASSERT_EQ(vocab.size(), 270u);
+  // "at" and "th" both occur 7 times: the tie goes to the smaller (left, right) = ('a', 't')
+  EXPECT_EQ(vocab[256], "at");
+  EXPECT_EQ(vocab[257], "th");
+  EXPECT_EQ(vocab[258], " th");
+  opt.vocab_size = 1000;
+  EXPECT_EQ(train_bpe(texts, {}, opt).size(), 279u);  // stops when no pair is left
+  opt.vocab_size = 270;
   EXPECT_EQ(train_bpe(texts, {}, opt), vocab);  // deterministic
-  BPE bpe(vocab, {{"<|eot|>", 280}}, Pattern::CL100K);
+  BPE bpe(vocab, {{"<|eot|>", 280}}, Pattern::CL100K);  // ids may leave a gap
   std::string s = "the cat sat on the mat, then \xE6\x97\xA5\xF0\x9F\x98\x80!";
   auto ids = bpe.encode_ordinary(s);
   EXPECT_LT(ids.size(), s.size());
