@@ -16,6 +16,7 @@ namespace {
 constexpr uint32_t kNoRank = std::numeric_limits<uint32_t>::max();
 inline uint64_t key(uint32_t a, uint32_t b) { return uint64_t(a) << 32 | b; }
 constexpr size_t kParallelChunk = 1 << 20;  // bytes per task when a long text is split
+constexpr size_t kLongPiece = 128;          // longer pieces merge through a heap
 }  // namespace
 
 BPE::BPE(std::vector<std::string> tokens, std::vector<std::pair<std::string, uint32_t>> specials,
@@ -65,6 +66,10 @@ void BPE::encode_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) c
     out.push_back(whole->second);
     return;
   }
+  if (n > kLongPiece) {
+    encode_long_piece(p, n, out);
+    return;
+  }
   // parts[i]: current token ids; pr[i]: rank of merging parts[i] with parts[i+1].
   thread_local std::vector<uint32_t> parts, pr;
   parts.resize(n);
@@ -93,6 +98,46 @@ void BPE::encode_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) c
     if (at > 0) pr[at - 1] = pair_rank(parts[at - 1], parts[at]);
   }
   out.insert(out.end(), parts.begin(), parts.begin() + m);
+}
+
+// The same merges for a long piece (a long word, a run of spaces) in O(n log n): a doubly linked
+// list of parts and a min-heap of (rank, position) over adjacent pairs; entries made stale by an
+// earlier merge are skipped when popped. Positions grow along the list, so the smallest
+// (rank, position) is the leftmost lowest-ranked pair, as in the quadratic scan.
+void BPE::encode_long_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) const {
+  struct Cand {
+    uint32_t rank, pos, left, right;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::vector<uint32_t> tok(n), next(n), prev(n);
+  std::vector<Cand> heap;
+  heap.reserve(n);
+  for (size_t i = 0; i < n; ++i) tok[i] = byte_rank_[p[i]], next[i] = uint32_t(i + 1), prev[i] = uint32_t(i - 1);
+  const uint32_t end = uint32_t(n);
+  auto push = [&](uint32_t i) {
+    if (i == end || next[i] == end) return;
+    auto it = merge_.find(key(tok[i], tok[next[i]]));
+    if (it == merge_.end()) return;
+    heap.push_back({it->second, i, tok[i], tok[next[i]]});
+    std::push_heap(heap.begin(), heap.end(), std::greater<Cand>());
+  };
+  std::vector<bool> alive(n, true);
+  for (uint32_t i = 0; i + 1 < n; ++i) push(i);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Cand>());
+    Cand c = heap.back();
+    heap.pop_back();
+    uint32_t i = c.pos;
+    if (!alive[i] || next[i] == end || tok[i] != c.left || tok[next[i]] != c.right) continue;
+    uint32_t j = next[i];
+    tok[i] = c.rank;
+    alive[j] = false;
+    next[i] = next[j];
+    if (next[j] != end) prev[next[j]] = i;
+    push(i);
+    if (i != 0) push(prev[i]);
+  }
+  for (uint32_t i = 0; i != end; i = next[i]) out.push_back(tok[i]);
 }
 
 void BPE::encode_range(const uint8_t* s, size_t n, size_t b, size_t e,

@@ -5,7 +5,8 @@
 // one token per byte and repeatedly merge the adjacent pair whose concatenation has the lowest
 // rank (the leftmost one on ties) until no adjacent concatenation is a token. A merge table
 // (left id, right id) -> id lists every way a token splits into two tokens, so a pair lookup is
-// one hash probe instead of hashing concatenated bytes.
+// one hash probe instead of hashing concatenated bytes. Pieces longer than 128 bytes use a heap
+// (O(n log n)) instead of the quadratic scan; both give the same tokens.
 //
 // Training (train_bpe): pre-tokenize, count distinct pieces (threads over documents), then
 // merge: take the most frequent adjacent pair, ties broken by the smallest (left id, right id);
@@ -51,6 +52,7 @@ class BPE {
   void encode_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) const;
 
  private:
+  void encode_long_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) const;
   void encode_range(const uint8_t* s, size_t n, size_t b, size_t e, std::vector<uint32_t>& out) const;
 
   Pattern pattern_;
