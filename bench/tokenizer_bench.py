@@ -48,7 +48,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--train-mb", type=float, default=10.0)
     ap.add_argument("--encode-mb", type=float, default=4.0)
-    ap.add_argument("--pattern", default="cl100k", choices=["gpt2", "cl100k"])
+    ap.add_argument("--pattern", default="cl100k", choices=["gpt2", "cl100k", "cl100k_original"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", help="append a markdown report to this file")
     args = ap.parse_args()

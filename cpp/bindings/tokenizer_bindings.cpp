@@ -125,7 +125,7 @@ void bind_tokenizer(py::module_& m) {
     tok::for_each_piece(p, s, v.size(), 0, v.size(),
                         [&](size_t b, size_t e) { out.emplace_back(v.data() + b, e - b); });
     return out;
-  }, "The pre-token pieces of text (as UTF-8 bytes) under the 'gpt2' or 'cl100k' pattern");
+  }, "The pre-token pieces of text (as UTF-8 bytes) under a pattern ('gpt2', 'cl100k', 'cl100k_original')");
 
   m.def("write_shard", [](const std::string& path,
                           py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens,

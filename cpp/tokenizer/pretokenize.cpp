@@ -8,15 +8,23 @@ namespace ls::tok {
 const char* const kGpt2PatStr =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 const char* const kCl100kPatStr =
+    R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s)";
+const char* const kCl100kOriginalPatStr =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 Pattern parse_pattern(const std::string& name) {
   if (name == "gpt2") return Pattern::GPT2;
   if (name == "cl100k") return Pattern::CL100K;
-  throw ValueError(cat("tokenizer: unknown pattern '", name, "' (expected 'gpt2' or 'cl100k')"));
+  if (name == "cl100k_original") return Pattern::CL100K_ORIGINAL;
+  throw ValueError(cat("tokenizer: unknown pattern '", name,
+                       "' (expected 'gpt2', 'cl100k' or 'cl100k_original')"));
 }
-const char* pattern_name(Pattern p) { return p == Pattern::GPT2 ? "gpt2" : "cl100k"; }
-const char* pattern_regex(Pattern p) { return p == Pattern::GPT2 ? kGpt2PatStr : kCl100kPatStr; }
+const char* pattern_name(Pattern p) {
+  return p == Pattern::GPT2 ? "gpt2" : p == Pattern::CL100K ? "cl100k" : "cl100k_original";
+}
+const char* pattern_regex(Pattern p) {
+  return p == Pattern::GPT2 ? kGpt2PatStr : p == Pattern::CL100K ? kCl100kPatStr : kCl100kOriginalPatStr;
+}
 
 namespace {
 
@@ -41,8 +49,9 @@ inline size_t run_of(const uint8_t* s, size_t n, size_t i, CharClass k) {
   return i;
 }
 
-// \s+(?!\S)|\s+ at i (s[i] is white space); for cl100k first \s*[\r\n]+.
-inline size_t whitespace(const uint8_t* s, size_t n, size_t i, bool newline_rule) {
+// \s+(?!\S)|\s+ at i (s[i] is white space); for cl100k first \s*[\r\n]+, and before that
+// (tiktoken's current cl100k) \s++$: a run that reaches the end of the text is one piece.
+inline size_t whitespace(const uint8_t* s, size_t n, size_t i, bool newline_rule, bool end_rule) {
   size_t k = i, last = i, after_newline = 0;
   while (k < n) {
     Ch c = at(s, n, k);
@@ -51,6 +60,7 @@ inline size_t whitespace(const uint8_t* s, size_t n, size_t i, bool newline_rule
     last = k;
     k += c.len;
   }
+  if (end_rule && k == n) return n;
   // \s*[\r\n]+ : \s* backs off to the last newline of the run, [\r\n]+ takes it.
   if (newline_rule && after_newline) return after_newline;
   if (k == n) return n;           // \s+(?!\S) at the end of the text
@@ -80,10 +90,10 @@ size_t gpt2_next(const uint8_t* s, size_t n, size_t i) {
     if (d.cls != kSpace) return run_of(s, n, i + 1 + d.len, d.cls);
   }
   if (c.cls != kSpace) return run_of(s, n, i + c.len, c.cls);
-  return whitespace(s, n, i, false);
+  return whitespace(s, n, i, false, false);
 }
 
-size_t cl100k_next(const uint8_t* s, size_t n, size_t i) {
+size_t cl100k_next(const uint8_t* s, size_t n, size_t i, bool end_rule) {
   Ch c = at(s, n, i);
   if (c.cp == '\'' && i + 1 < n) {  // (?i:'s|'t|'re|'ve|'m|'ll|'d)
     Ch a = at(s, n, i + 1);
@@ -129,13 +139,13 @@ size_t cl100k_next(const uint8_t* s, size_t n, size_t i) {
     while (j < n && (s[j] == '\r' || s[j] == '\n')) ++j;
     return j;
   }
-  return whitespace(s, n, i, true);
+  return whitespace(s, n, i, true, end_rule);
 }
 
 }  // namespace
 
 size_t next_piece(Pattern p, const uint8_t* s, size_t n, size_t i) {
-  return p == Pattern::GPT2 ? gpt2_next(s, n, i) : cl100k_next(s, n, i);
+  return p == Pattern::GPT2 ? gpt2_next(s, n, i) : cl100k_next(s, n, i, p == Pattern::CL100K);
 }
 
 size_t safe_cut(const uint8_t* s, size_t n, size_t pos) {

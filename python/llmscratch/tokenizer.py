@@ -5,8 +5,10 @@ applies the same ranks with the same pattern. ``save(prefix)`` writes ``prefix.t
 ``base64(token bytes) rank`` line per token, tiktoken's format) and ``prefix.json`` (pattern and
 special tokens); ``to_tiktoken()`` builds the equivalent ``tiktoken.Encoding``.
 
-Patterns: ``"gpt2"`` and ``"cl100k"`` (GPT-4), pre-tokenizers written by hand in C++ with full
-Unicode letter/number classes. Training is deterministic: the most frequent adjacent pair is
+Patterns: ``"gpt2"``, ``"cl100k"`` (GPT-4's cl100k_base as tiktoken ships it) and
+``"cl100k_original"`` (its first published regex; it differs only on a white-space run with a
+newline at the very end of a text), pre-tokenizers written by hand in C++ with full Unicode
+letter/number classes. Training is deterministic: the most frequent adjacent pair is
 merged first, ties go to the smallest (left id, right id); bytes 0..255 are ranks 0..255.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-PATTERNS = ("gpt2", "cl100k")
+PATTERNS = ("gpt2", "cl100k", "cl100k_original")
 
 
 def _clean(text: str) -> str:

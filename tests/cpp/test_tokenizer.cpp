@@ -69,6 +69,10 @@ TEST(TokenizerSplit, Cl100k) {
   EXPECT_EQ(pieces(Pattern::CL100K, "we'LL \xC5\xBF'\xC5\xBF"), (V{"we", "'LL", " \xC5\xBF", "'\xC5\xBF"}));
   EXPECT_EQ(pieces(Pattern::CL100K, "x \n \n  y"), (V{"x", " \n \n", " ", " y"}));
   EXPECT_EQ(pieces(Pattern::CL100K, " !"), (V{" !"}));
+  // the current cl100k keeps a trailing run with a newline whole (\s++$); the original cuts it
+  EXPECT_EQ(pieces(Pattern::CL100K, "x \n "), (V{"x", " \n "}));
+  EXPECT_EQ(pieces(Pattern::CL100K_ORIGINAL, "x \n "), (V{"x", " \n", " "}));
+  EXPECT_EQ(pieces(Pattern::CL100K_ORIGINAL, "we'LL x \n \n  y"), (V{"we", "'LL", " x", " \n \n", " ", " y"}));
 }
 
 TEST(TokenizerSplit, InvalidBytesAreOther) {

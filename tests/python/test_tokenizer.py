@@ -13,7 +13,9 @@ import pytest
 import llmscratch_core as core
 from llmscratch.tokenizer import Tokenizer, load_tiktoken_ranks
 
-PATTERNS = ["gpt2", "cl100k"]
+PATTERNS = ["gpt2", "cl100k", "cl100k_original"]
+# tiktoken's current spelling of the GPT-2 pattern (possessive quantifiers, \s++$): same pieces
+GPT2_POSSESSIVE = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 # Characters that exercise every branch of both patterns: contractions in both cases (and the
 # long s that case-folds to s), letters, numbers of all kinds, marks, emoji, all White_Space
@@ -27,7 +29,7 @@ FIXED = [
     "日本語のテキスト 😀👍🏽 e\u0301 café naïve Ελληνικά русский",
     "def f(x):\n    return x**2  # comment\r\n\r\n\n   ",
     "   ", "\n", "a\n\nb", " !!! ?? \n\n!x", "١٢٣٤ ⅫⅫ ½¾ 1234567 3.14159e+10",
-    "", "x", "if (a && b) { return c[i]; }\t\t\n\t}\n",
+    "", "x", "if (a && b) { return c[i]; }\t\t\n\t}\n", "x \n ", "end\n\n", "a \r\n\t",
 ]
 
 
@@ -56,6 +58,17 @@ def test_pretokenize_matches_regex(pattern):
     r = regex.compile(core.pattern_regex(pattern))
     for s in FIXED + random_texts(3000, seed=1):
         assert core.pretokenize(s, pattern) == [m.encode() for m in r.findall(s)], repr(s)
+    if pattern == "gpt2":
+        r2 = regex.compile(GPT2_POSSESSIVE)
+        for s in FIXED + random_texts(1000, seed=7):
+            assert core.pretokenize(s, pattern) == [m.encode() for m in r2.findall(s)], repr(s)
+
+
+def test_cl100k_forms_differ_only_at_the_end():
+    assert core.pretokenize("x \n ", "cl100k") == [b"x", b" \n "]
+    assert core.pretokenize("x \n ", "cl100k_original") == [b"x", b" \n", b" "]
+    for s in random_texts(500, seed=8):
+        assert core.pretokenize(s + "z", "cl100k") == core.pretokenize(s + "z", "cl100k_original")
 
 
 def test_vocab_and_determinism(corpus):

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> None:
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     t = sub.add_parser("train", parents=[common], help="train a tokenizer on the train split")
     t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--pattern", choices=["gpt2", "cl100k"], default="cl100k")
+    t.add_argument("--pattern", choices=["gpt2", "cl100k", "cl100k_original"], default="cl100k")
     t.add_argument("--special", action="append", default=None,
                    help=f"special token (repeatable; default {EOT})")
     t.add_argument("--out", required=True, help="output prefix: writes OUT.tiktoken and OUT.json")
