@@ -21,7 +21,9 @@ GPT2_POSSESSIVE = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]
 # long s that case-folds to s), letters, numbers of all kinds, marks, emoji, all White_Space
 # kinds, \x1c (space to str.isspace but not White_Space), punctuation.
 ALPHABET = (list(" \t\n\r\x0b\x0c\x85\xa0\u2000\u3000\u2028'sStTrReEvVlLmMdD0123456789") +
-            list("½Ⅻ١²aZé\u0301日本語😀👍🏽!?.,-_\"#\u200b\x1c\u017fαβγ") + ["  ", "\n\n", "'ll", "'RE"])
+            list("½Ⅻ١²aZé\u0301日本語😀👍🏽!?.,-_\"#\u200b\x1c\u017fαβγ") +
+            # a Unicode 16 letter, a Unicode 15 CJK letter, a Unicode 16 digit (newer than Python's tables)
+            ["\u1c89", "\U00031350", "\U00010d40"] + ["  ", "\n\n", "'ll", "'RE"])
 
 FIXED = [
     "Hello world, it's   a test!\n\n  foo\tbar 123456 x",
@@ -69,6 +71,26 @@ def test_cl100k_forms_differ_only_at_the_end():
     assert core.pretokenize("x \n ", "cl100k_original") == [b"x", b" \n", b" "]
     for s in random_texts(500, seed=8):
         assert core.pretokenize(s + "z", "cl100k") == core.pretokenize(s + "z", "cl100k_original")
+
+
+def test_unicode_classes_match_tiktoken():
+    """Letter/number classes as tiktoken's regex engine sees them, including code points newer
+    than Python's unicodedata: "a"+X is one piece iff X is a letter, "1"+X iff X is a number."""
+    tiktoken = pytest.importorskip("tiktoken")
+    rng = random.Random(9)
+    cps = [rng.randrange(0x80, 0x32400) for _ in range(4000)] + list(range(0x10D40, 0x10D4A)) + [0x1C89, 0x31350, 0x88F]
+    cps = [cp for cp in cps if not 0xD800 <= cp <= 0xDFFF]
+    ranks = {bytes([i]): i for i in range(256)}
+    for cp in cps:
+        for lead in "a1":
+            b = (lead + chr(cp)).encode()
+            for k in range(2, len(b) + 1):
+                ranks.setdefault(b[:k], len(ranks))
+    enc = tiktoken.Encoding("probe", pat_str=core.pattern_regex("gpt2"), mergeable_ranks=ranks, special_tokens={})
+    for cp in cps:
+        for lead in "a1":
+            s = lead + chr(cp)
+            assert (len(enc.encode_ordinary(s)) == 1) == (len(core.pretokenize(s, "gpt2")) == 1), hex(cp)
 
 
 def test_vocab_and_determinism(corpus):
