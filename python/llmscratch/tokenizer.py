@@ -151,17 +151,26 @@ class Tokenizer:
         return ranks_path, meta_path
 
     @classmethod
-    def load(cls, prefix) -> "Tokenizer":
-        """Load what ``save(prefix)`` wrote (``prefix`` may also name either file)."""
+    def load(cls, prefix, pattern: str | None = None,
+             special_tokens: dict[str, int] | None = None) -> "Tokenizer":
+        """Load what ``save(prefix)`` wrote (``prefix`` may also name either file). A ranks file
+        without its JSON (e.g. a ranks file of tiktoken's) needs ``pattern`` (and the special
+        tokens, if any); given arguments override the JSON."""
         p = str(prefix)
         for suffix in (".tiktoken", ".json"):
             if p.endswith(suffix):
                 p = p[: -len(suffix)]
         meta_path, ranks_path = Path(p + ".json"), Path(p + ".tiktoken")
+        if not ranks_path.exists() and Path(str(prefix)).is_file():
+            ranks_path = Path(str(prefix))  # a ranks file under another name
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        pattern = meta.get("pattern", "cl100k")
-        return cls(load_tiktoken_ranks(ranks_path), pattern,
-                   {k: int(v) for k, v in meta.get("special_tokens", {}).items()})
+        if pattern is None and "pattern" not in meta:
+            raise ValueError(f"Tokenizer.load: {meta_path} is missing; pass pattern= "
+                             f"(one of {PATTERNS}) for a bare ranks file")
+        pattern = pattern or meta["pattern"]
+        if special_tokens is None:
+            special_tokens = {k: int(v) for k, v in meta.get("special_tokens", {}).items()}
+        return cls(load_tiktoken_ranks(ranks_path), pattern, special_tokens)
 
     def to_tiktoken(self, name: str = "llmscratch"):
         """The equivalent ``tiktoken.Encoding`` (needs the tiktoken package)."""

@@ -191,6 +191,11 @@ def test_save_load(tok, tmp_path):
     assert back.mergeable_ranks == tok.mergeable_ranks
     s = "Hello, wörld! 123 <|pad|>"
     assert back.encode(s, allowed_special="all") == tok.encode(s, allowed_special="all")
+    meta_path.unlink()  # a bare ranks file needs the pattern
+    with pytest.raises(ValueError, match="pass pattern"):
+        Tokenizer.load(ranks_path)
+    bare = Tokenizer.load(ranks_path, pattern=tok.pattern, special_tokens=tok.special_tokens)
+    assert bare.encode(s, allowed_special="all") == tok.encode(s, allowed_special="all")
     tiktoken = pytest.importorskip("tiktoken")
     from tiktoken.load import load_tiktoken_bpe
     assert load_tiktoken_bpe(str(ranks_path)) == tok.mergeable_ranks
