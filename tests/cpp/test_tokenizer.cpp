@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "data/shard.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/pretokenize.h"
@@ -105,6 +106,26 @@ TEST(TokenizerBPE, TrainEncodeDecode) {
   EXPECT_EQ(with[1], 280u);
   uint32_t bad = 999;
   EXPECT_THROW(bpe.decode_bytes(&bad, 1), ValueError);
+}
+
+TEST(TokenizerBPE, SameVocabulary1And2Threads) {
+  // long documents are cut at safe points and counted on several threads; the merges must not
+  // depend on the thread count nor on how documents are grouped
+  std::string doc;
+  for (int i = 0; i < 70000; ++i) doc += cat("line ", i % 97, ": the value of x", i % 13, " is ", i * 7, "\n");
+  ASSERT_GT(doc.size(), size_t(2) << 20);
+  TrainOptions opt;
+  opt.vocab_size = 600;
+  const int before = num_threads();
+  set_num_threads(1);
+  auto one = train_bpe({doc}, {}, opt);
+  set_num_threads(2);
+  auto two = train_bpe({doc}, {}, opt);
+  set_num_threads(before);
+  EXPECT_EQ(one, two);
+  BPE bpe(one, {}, Pattern::CL100K);
+  auto par = bpe.encode_ordinary(doc, true), seq = bpe.encode_ordinary(doc, false);
+  EXPECT_EQ(par, seq);
 }
 
 TEST(TokenizerBPE, RejectsBadVocab) {
