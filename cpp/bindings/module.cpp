@@ -19,6 +19,7 @@ void bind_tensor(py::module_& m);
 void bind_dlpack(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_layers(py::module_& m);
+void bind_tokenizer(py::module_& m);
 
 // Python value -> op attribute.
 AttrValue to_attr(const std::string& key, const py::handle& v) {
@@ -93,6 +94,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
   bind_dlpack(m);
   bind_ops(m);
   bind_layers(m);
+  bind_tokenizer(m);
 
   m.def("call", [](const std::string& op, const py::sequence& inputs, const py::dict& attrs) {
     return call(op, to_tensors(inputs), to_attrs(attrs));

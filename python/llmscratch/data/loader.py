@@ -1,0 +1,181 @@
+"""DataLoader: (B, T+1) windows of tokens from memory-mapped llm.c shards.
+
+The shards are cut into windows of T+1 tokens starting every T tokens (consecutive windows share
+one token, as llm.c's loader reads them; inputs are ``batch[:, :-1]``, targets ``batch[:, 1:]``).
+Window g of the global stream (g = 0, 1, 2, ...) is window ``order_e[g % N]`` of epoch
+``e = g // N``, where N is the number of windows and ``order_e`` is the identity (sequential)
+or a permutation drawn from numpy's PCG64 seeded with (seed, e).
+
+Step s of a run with ``world_size`` ranks takes global windows ``[s*W*B, (s+1)*W*B)`` and rank r
+gets the r-th block of B of them. So a batch is a pure function of (seed, step, rank,
+world_size): a run resumed at step s sees exactly the batches it would have seen, and the W
+ranks of a data-parallel run together see the batches of a one-rank run with batch W*B.
+
+A background thread prefetches the next batches in order.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .shards import read_shard
+
+
+def _expand(shards) -> list[str]:
+    if isinstance(shards, (str, os.PathLike)):
+        s = os.fspath(shards)
+        if os.path.isdir(s):
+            found = sorted(glob.glob(os.path.join(s, "*.bin")))
+        elif any(c in s for c in "*?["):
+            found = sorted(glob.glob(s))
+        else:
+            found = [s]
+    else:
+        found = [os.fspath(p) for p in shards]
+    if not found:
+        raise ValueError(f"DataLoader: no shards found for {shards!r}")
+    return found
+
+
+class DataLoader:
+    def __init__(self, shards, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1, device="cpu", start_step: int = 0,
+                 prefetch: int = 2, as_numpy: bool = False):
+        for name, v, lo in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1),
+                            ("world_size", world_size, 1), ("start_step", start_step, 0),
+                            ("seed", seed, 0), ("prefetch", prefetch, 0)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"DataLoader: rank must be in [0, {world_size}), got {rank!r}")
+        self.paths = _expand(shards)
+        self.B, self.T = batch_size, seq_len
+        self.seed, self.shuffle = seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.device, self.as_numpy = device, as_numpy
+        self.step = start_step
+        self.prefetch = prefetch
+        self._data = [read_shard(p) for p in self.paths]
+        counts = np.array([max(0, (len(d) - 1) // seq_len) for d in self._data], dtype=np.int64)
+        self.num_windows = int(counts.sum())
+        if self.num_windows == 0:
+            raise ValueError(f"DataLoader: the shards hold fewer than seq_len+1 = {seq_len + 1} tokens "
+                             f"each ({[len(d) for d in self._data]})")
+        self._cum = np.concatenate([[0], np.cumsum(counts)])
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        self._thread = None
+        self._queue = None
+        self._stop = threading.Event()
+
+    # ---------------------------------------------------------------- pure batch function
+    def _order(self, epoch: int) -> np.ndarray | None:
+        if not self.shuffle:
+            return None
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._order_cache = (epoch, rng.permutation(self.num_windows))
+        return self._order_cache[1]
+
+    def windows(self, step: int) -> np.ndarray:
+        """Global window indices (into the unshuffled window list) of this rank's batch at step."""
+        first = (step * self.world_size + self.rank) * self.B
+        g = np.arange(first, first + self.B, dtype=np.int64)
+        epoch, pos = g // self.num_windows, g % self.num_windows
+        out = pos.copy()
+        for e in np.unique(epoch):
+            order = self._order(int(e))
+            if order is not None:
+                sel = epoch == e
+                out[sel] = order[pos[sel]]
+        return out
+
+    def batch_numpy(self, step: int) -> np.ndarray:
+        """This rank's batch at ``step`` as an int64 array of shape (B, T+1)."""
+        out = np.empty((self.B, self.T + 1), dtype=np.int64)
+        for i, w in enumerate(self.windows(step)):
+            k = int(np.searchsorted(self._cum, w, side="right") - 1)
+            start = int(w - self._cum[k]) * self.T
+            out[i] = self._data[k][start:start + self.T + 1]
+        return out
+
+    def batch(self, step: int):
+        arr = self.batch_numpy(step)
+        if self.as_numpy:
+            return arr
+        import llmscratch
+        t = llmscratch.from_numpy(arr)
+        return t if str(self.device) == "cpu" else t.to(self.device)
+
+    # ---------------------------------------------------------------- iteration + prefetch
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "step": self.step, "shuffle": self.shuffle,
+                "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._stop_thread()
+        self.seed, self.step = int(state["seed"]), int(state["step"])
+        self._order_cache = None
+
+    def _worker(self, start: int, q: queue.Queue, stop: threading.Event):
+        step = start
+        while not stop.is_set():
+            try:
+                item = (step, self.batch_numpy(step), None)
+            except BaseException as e:  # handed to the consumer
+                item = (step, None, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if item[2] is not None:
+                return
+            step += 1
+
+    def _stop_thread(self):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread, self._queue = None, None
+            self._stop = threading.Event()
+
+    def next_batch(self):
+        """The batch at the current step; advances the step."""
+        if self.prefetch == 0:
+            arr = self.batch_numpy(self.step)
+        else:
+            if self._thread is None:
+                self._queue = queue.Queue(maxsize=self.prefetch)
+                self._thread = threading.Thread(target=self._worker, daemon=True,
+                                                args=(self.step, self._queue, self._stop))
+                self._thread.start()
+            step, arr, err = self._queue.get()
+            assert step == self.step
+            if err is not None:
+                self._thread = None
+                raise err
+        self.step += 1
+        if self.as_numpy:
+            return arr
+        import llmscratch
+        t = llmscratch.from_numpy(arr)
+        return t if str(self.device) == "cpu" else t.to(self.device)
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def close(self):
+        self._stop_thread()
+
+    def __del__(self):
+        try:
+            self._stop_thread()
+        except Exception:
+            pass

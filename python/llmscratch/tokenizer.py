@@ -1,0 +1,212 @@
+"""Byte-level BPE tokenizer (C++ core, tiktoken-compatible).
+
+``Tokenizer.train(...)`` learns a vocabulary; ``encode``/``decode`` apply it exactly as tiktoken
+applies the same ranks with the same pattern. ``save(prefix)`` writes ``prefix.tiktoken`` (one
+``base64(token bytes) rank`` line per token, tiktoken's format) and ``prefix.json`` (pattern and
+special tokens); ``to_tiktoken()`` builds the equivalent ``tiktoken.Encoding``.
+
+Patterns: ``"gpt2"``, ``"cl100k"`` (GPT-4's cl100k_base as tiktoken ships it) and
+``"cl100k_original"`` (its first published regex; it differs only on a white-space run with a
+newline at the very end of a text), pre-tokenizers written by hand in C++ with full Unicode
+letter/number classes. Training is deterministic: the most frequent adjacent pair is
+merged first, ties go to the smallest (left id, right id); bytes 0..255 are ranks 0..255.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+import llmscratch_core as _core
+
+PATTERNS = ("gpt2", "cl100k", "cl100k_original")
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates cannot be UTF-8 encoded; like tiktoken, replace them by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class Tokenizer:
+    def __init__(self, ranks: Sequence[bytes], pattern: str = "cl100k",
+                 special_tokens: dict[str, int] | None = None):
+        if pattern not in PATTERNS:
+            raise ValueError(f"Tokenizer: pattern must be one of {PATTERNS}, got {pattern!r}")
+        self.special_tokens = dict(special_tokens or {})
+        self._bpe = _core.BPE(list(ranks), sorted(self.special_tokens.items(), key=lambda kv: kv[1]),
+                              pattern)
+        self.pattern = pattern
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, texts_or_paths: Iterable, vocab_size: int, pattern: str = "cl100k",
+              special_tokens: Sequence[str] = ()) -> "Tokenizer":
+        """Learn a vocabulary of ``vocab_size`` ids (256 bytes + merges + special tokens).
+        ``str`` items are texts; ``pathlib.Path`` items (or a single Path) are files read as
+        bytes; pieces are counted on all threads."""
+        if isinstance(texts_or_paths, (str, os.PathLike)):
+            texts_or_paths = [texts_or_paths]
+        texts, paths = [], []
+        for item in texts_or_paths:
+            if isinstance(item, os.PathLike):
+                paths.append(os.fspath(item))
+            elif isinstance(item, str):
+                texts.append(_clean(item))
+            elif isinstance(item, bytes):
+                texts.append(item.decode("utf-8", "replace"))
+            else:
+                raise TypeError(f"Tokenizer.train: expected str texts or Path files, got {type(item).__name__}")
+        specials = list(dict.fromkeys(special_tokens))
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+            raise ValueError(f"Tokenizer.train: vocab_size must be an int >= 256 + number of special "
+                             f"tokens ({256 + len(specials)}), got {vocab_size!r}")
+        n_ordinary = vocab_size - len(specials)
+        ranks = _core.train_bpe(texts, paths, n_ordinary, pattern)
+        base = len(ranks)
+        return cls(ranks, pattern, {s: base + i for i, s in enumerate(specials)})
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def n_vocab(self) -> int:
+        return self._bpe.vocab_size
+
+    vocab_size = n_vocab
+
+    @property
+    def eot_token(self) -> int | None:
+        return self.special_tokens.get("<|endoftext|>")
+
+    def _allowed(self, text: str, allowed_special, disallowed_special) -> list[str]:
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+        else:
+            allowed = set(allowed_special)
+            unknown = allowed - set(self.special_tokens)
+            if unknown:
+                raise ValueError(f"encode: {sorted(unknown)} are not special tokens of this tokenizer")
+        if disallowed_special == "all":
+            disallowed = set(self.special_tokens) - allowed
+        else:
+            disallowed = set(disallowed_special)
+        for s in disallowed:
+            if s in text:
+                raise ValueError(f"encode: the text contains the special token {s!r}; pass "
+                                 f"allowed_special={{{s!r}}} to encode it as a special token, or "
+                                 f"disallowed_special=() to encode it as ordinary text")
+        return sorted(allowed)
+
+    def encode_to_numpy(self, text: str, allowed_special=(), disallowed_special="all") -> np.ndarray:
+        """Token ids as a numpy uint32 array (no Python list; long texts use all threads)."""
+        text = _clean(text)
+        return self._bpe.encode(text, self._allowed(text, allowed_special, disallowed_special))
+
+    def encode(self, text: str, allowed_special=(), disallowed_special="all") -> list[int]:
+        return self.encode_to_numpy(text, allowed_special, disallowed_special).tolist()
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._bpe.encode(_clean(text)).tolist()
+
+    def encode_batch(self, texts: Sequence[str], allowed_special=(), disallowed_special="all") -> list[list[int]]:
+        texts = [_clean(t) for t in texts]
+        allowed = set()
+        for t in texts:
+            allowed.update(self._allowed(t, allowed_special, disallowed_special))
+        return self._bpe.encode_batch(texts, sorted(allowed))
+
+    def decode_bytes(self, ids) -> bytes:
+        return self._bpe.decode_bytes(np.asarray(ids, dtype=np.int64).reshape(-1))
+
+    def decode(self, ids, errors: str = "replace") -> str:
+        """Text of the ids; invalid UTF-8 (a multi-byte character cut between tokens) becomes
+        U+FFFD with the default errors="replace"."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def token_bytes(self, id: int) -> bytes:
+        return self._bpe.token_bytes(int(id))
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        return {t: i for i, t in enumerate(self._bpe.tokens())}
+
+    # ------------------------------------------------------------------ files
+    def save(self, prefix) -> tuple[Path, Path]:
+        """Write ``prefix.tiktoken`` (tiktoken's ranks format) and ``prefix.json``."""
+        prefix = Path(prefix)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        ranks_path, meta_path = Path(f"{prefix}.tiktoken"), Path(f"{prefix}.json")
+        lines = [base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(self._bpe.tokens())]
+        _atomic_write(ranks_path, b"\n".join(lines) + b"\n")
+        meta = {"format": "llmscratch-bpe", "version": 1, "pattern": self.pattern,
+                "pat_str": _core.pattern_regex(self.pattern), "special_tokens": self.special_tokens,
+                "ranks": ranks_path.name}
+        _atomic_write(meta_path, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+        return ranks_path, meta_path
+
+    @classmethod
+    def load(cls, prefix, pattern: str | None = None,
+             special_tokens: dict[str, int] | None = None) -> "Tokenizer":
+        """Load what ``save(prefix)`` wrote (``prefix`` may also name either file). A ranks file
+        without its JSON (e.g. a ranks file of tiktoken's) needs ``pattern`` (and the special
+        tokens, if any); given arguments override the JSON."""
+        p = str(prefix)
+        for suffix in (".tiktoken", ".json"):
+            if p.endswith(suffix):
+                p = p[: -len(suffix)]
+        meta_path, ranks_path = Path(p + ".json"), Path(p + ".tiktoken")
+        if not ranks_path.exists() and Path(str(prefix)).is_file():
+            ranks_path = Path(str(prefix))  # a ranks file under another name
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        if pattern is None and "pattern" not in meta:
+            raise ValueError(f"Tokenizer.load: {meta_path} is missing; pass pattern= "
+                             f"(one of {PATTERNS}) for a bare ranks file")
+        pattern = pattern or meta["pattern"]
+        if special_tokens is None:
+            special_tokens = {k: int(v) for k, v in meta.get("special_tokens", {}).items()}
+        return cls(load_tiktoken_ranks(ranks_path), pattern, special_tokens)
+
+    def to_tiktoken(self, name: str = "llmscratch"):
+        """The equivalent ``tiktoken.Encoding`` (needs the tiktoken package)."""
+        import tiktoken
+        return tiktoken.Encoding(name, pat_str=_core.pattern_regex(self.pattern),
+                                 mergeable_ranks=self.mergeable_ranks,
+                                 special_tokens=dict(self.special_tokens))
+
+    def __repr__(self):
+        return (f"Tokenizer(pattern={self.pattern!r}, n_vocab={self.n_vocab}, "
+                f"special_tokens={len(self.special_tokens)})")
+
+
+def load_tiktoken_ranks(path) -> list[bytes]:
+    """Token bytes by rank from a tiktoken ranks file; ranks must be 0..n-1 (any line order)."""
+    by_rank = {}
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                tok, rank = line.split()
+                by_rank[int(rank)] = base64.b64decode(tok, validate=True)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: not a 'base64 rank' line ({e})") from None
+    n = len(by_rank)
+    if sorted(by_rank) != list(range(n)):
+        raise ValueError(f"{path}: ranks must be 0..{n - 1} without gaps")
+    return [by_rank[i] for i in range(n)]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

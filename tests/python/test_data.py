@@ -1,0 +1,210 @@
+"""Data pipeline: llm.c shards (round trip, corrupted files rejected), sources and the
+deterministic split, the DataLoader (determinism across restarts and world sizes), and the
+`llmscratch tokenize` command end to end on a small source."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import llmscratch
+from llmscratch.data import (DataLoader, documents, in_validation, read_shard, shard_info,
+                             split_documents, stdlib_files, write_shard)
+
+
+# ----------------------------------------------------------------------------- shards
+@pytest.mark.parametrize("width,top", [(2, 65535), (4, 1 << 20)])
+def test_shard_round_trip(tmp_path, width, top):
+    rng = np.random.default_rng(width)
+    toks = rng.integers(0, top + 1, size=1001)
+    p = tmp_path / "s.bin"
+    assert write_shard(p, toks) == 1001
+    assert shard_info(p) == (1001, width)
+    back = read_shard(p)
+    assert back.dtype == (np.uint16 if width == 2 else np.uint32)
+    assert np.array_equal(back, toks)
+    header = np.fromfile(p, dtype=np.int32, count=256)
+    assert list(header[:3]) == ([20240520, 1, 1001] if width == 2 else [20240801, 7, 1001])
+    assert not header[3:].any()
+    assert [f.name for f in tmp_path.iterdir()] == ["s.bin"]  # no temp file left
+
+
+def test_shard_reads_llmc_layout(tmp_path):
+    # a shard written the way llm.c's data_common.write_datafile does
+    toks = np.arange(500, dtype=np.uint16)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, 1, len(toks)]
+    p = tmp_path / "llmc.bin"
+    with open(p, "wb") as f:
+        f.write(header.tobytes())
+        f.write(toks.tobytes())
+    assert np.array_equal(read_shard(p), toks)
+
+
+def test_corrupted_shards(tmp_path):
+    p = tmp_path / "c.bin"
+    write_shard(p, np.arange(100))
+    good = p.read_bytes()
+    p.write_bytes(good[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_shard(p)
+    p.write_bytes(b"\x01" + good[1:])
+    with pytest.raises(ValueError, match="bad magic"):
+        read_shard(p)
+    p.write_bytes(good[:10])
+    with pytest.raises(ValueError, match="truncated header"):
+        shard_info(p)
+    bad_version = bytearray(good)
+    bad_version[4] = 9
+    p.write_bytes(bytes(bad_version))
+    with pytest.raises(ValueError, match="version 9"):
+        read_shard(p)
+    with pytest.raises(ValueError, match="cannot open"):
+        read_shard(tmp_path / "missing.bin")
+    with pytest.raises(ValueError, match="does not fit uint16"):
+        write_shard(p, [70000], token_bytes=2)
+    with pytest.raises(ValueError, match="out of range"):
+        write_shard(p, [-1])
+
+
+# ----------------------------------------------------------------------------- sources
+def test_stdlib_source():
+    files = stdlib_files()
+    assert len(files) > 300
+    ids = [i for i, _ in files]
+    assert ids == sorted(ids) and "os.py" in ids
+    assert not any(i.startswith(("test/", "idlelib/idle_test/")) or "/test_" in i for i in ids)
+    assert sum(os.path.getsize(p) for _, p in files) > 5_000_000
+
+
+def test_split_is_deterministic_and_disjoint():
+    train = split_documents("stdlib", "train", 0.05)
+    val = split_documents("stdlib", "val", 0.05)
+    alls = split_documents("stdlib", "all")
+    t, v = {d.id for d in train}, {d.id for d in val}
+    assert not (t & v) and t | v == {d.id for d in alls}
+    assert 0.01 < len(v) / len(alls) < 0.12
+    assert all(in_validation(i, 0.05) for i in v)
+    assert {d.id for d in split_documents("stdlib", "val", 0.05)} == v
+
+
+def test_file_dir_glob_jsonl_sources(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("alpha")
+    (tmp_path / "d" / "b.md").write_text("beta")
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\0")
+    assert [d.read() for d in documents(str(tmp_path / "d"))] == ["alpha", "beta"]
+    assert [d.id for d in documents(str(tmp_path / "d" / "*.txt"))] == ["a.txt"]
+    assert [d.read() for d in documents(str(tmp_path / "d" / "a.txt"))] == ["alpha"]
+    j = tmp_path / "x.jsonl"
+    j.write_text(json.dumps({"text": "one", "body": "uno"}) + "\n\n" + json.dumps({"text": "two", "body": "dos"}) + "\n")
+    assert [d.read() for d in documents(str(j))] == ["one", "two"]
+    assert [d.read() for d in documents(f"{j}:body")] == ["uno", "dos"]
+    assert [d.id for d in documents(str(j))] == ["x.jsonl#1", "x.jsonl#3"]
+    with pytest.raises(ValueError, match="no field"):
+        list(documents(f"{j}:nope"))
+    with pytest.raises(ValueError, match="not 'stdlib'"):
+        list(documents(str(tmp_path / "nothing")))
+
+
+# ----------------------------------------------------------------------------- loader
+@pytest.fixture()
+def shards(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, n in enumerate([1000, 577, 1500]):
+        p = tmp_path / f"s_train_{i:06d}.bin"
+        write_shard(p, rng.integers(0, 5000, size=n))
+        paths.append(p)
+    return tmp_path
+
+
+def test_loader_batches_are_windows(shards):
+    dl = DataLoader(shards, 4, 16, seed=1, as_numpy=True)
+    data = [read_shard(p) for p in sorted(shards.glob("*.bin"))]
+    assert dl.num_windows == sum((len(d) - 1) // 16 for d in data)
+    b = dl.next_batch()
+    assert b.shape == (4, 17) and b.dtype == np.int64
+    streams = [np.asarray(d, dtype=np.int64) for d in data]
+    for row in b:  # every row is a window of some shard starting at a multiple of T
+        assert any(any(np.array_equal(s[j * 16:j * 16 + 17], row) for j in range((len(s) - 1) // 16))
+                   for s in streams)
+    dl.close()
+
+
+def test_loader_tensor_output(shards):
+    dl = DataLoader(shards, 2, 8, seed=0)
+    t = dl.next_batch()
+    assert isinstance(t, llmscratch.Tensor) and t.dtype == llmscratch.int64 and tuple(t.shape) == (2, 9)
+    assert np.array_equal(t.numpy(), dl.batch_numpy(0))
+    dl.close()
+
+
+def test_loader_resume_and_epochs(shards):
+    a = DataLoader(shards, 8, 16, seed=7, as_numpy=True)
+    run = [a.next_batch() for _ in range(40)]  # several epochs (~190 windows)
+    state = {"seed": 7, "step": 25}
+    b = DataLoader(shards, 8, 16, seed=0, as_numpy=True)
+    b.load_state_dict(state)
+    for s in range(25, 40):
+        assert np.array_equal(b.next_batch(), run[s])
+    c = DataLoader(shards, 8, 16, seed=7, start_step=30, prefetch=0, as_numpy=True)
+    assert np.array_equal(c.next_batch(), run[30])
+    d = DataLoader(shards, 8, 16, seed=8, as_numpy=True)
+    assert not np.array_equal(d.next_batch(), run[0])
+    # each epoch visits every window exactly once
+    n = a.num_windows
+    seen = np.concatenate([a.windows(s) for s in range(n // 8)])
+    assert len(set(seen.tolist())) == len(seen)
+    for x in (a, b, c, d):
+        x.close()
+
+
+def test_loader_sequential(shards):
+    dl = DataLoader(shards, 3, 10, shuffle=False, as_numpy=True, prefetch=0)
+    first = read_shard(sorted(shards.glob("*.bin"))[0])
+    b = dl.next_batch()
+    assert np.array_equal(b[0], first[:11]) and np.array_equal(b[1], first[10:21])
+
+
+def test_loader_world_sizes(shards):
+    one = DataLoader(shards, 6, 16, seed=3, as_numpy=True, prefetch=0)
+    ranks = [DataLoader(shards, 2, 16, seed=3, rank=r, world_size=3, as_numpy=True) for r in range(3)]
+    for step in range(12):
+        whole = one.next_batch()
+        parts = np.concatenate([r.next_batch() for r in ranks])
+        assert np.array_equal(whole, parts)
+    for r in ranks:
+        r.close()
+    with pytest.raises(ValueError, match="rank"):
+        DataLoader(shards, 2, 16, rank=3, world_size=3)
+    with pytest.raises(ValueError, match="fewer than"):
+        DataLoader(shards, 2, 5000)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_tokenize_cli(tmp_path, capsys):
+    from llmscratch.cli import main
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i} + 'héllo wörld {i}'\n" * 20)
+    out = tmp_path / "tok" / "t"
+    assert main(["tokenize", "train", "--source", str(src), "--vocab-size", "300", "--out", str(out),
+                 "--val-fraction", "0.2", "--quiet"]) == 0
+    assert (tmp_path / "tok" / "t.tiktoken").exists()
+    assert main(["tokenize", "encode", "--source", str(src), "--tokenizer", str(out),
+                 "--out", str(tmp_path / "sh" / "src"), "--val-fraction", "0.2",
+                 "--shard-size", "5000", "--quiet"]) == 0
+    train = sorted((tmp_path / "sh").glob("src_train_*.bin"))
+    val = sorted((tmp_path / "sh").glob("src_val_*.bin"))
+    assert len(train) >= 2 and len(val) >= 1
+    from llmscratch.tokenizer import Tokenizer
+    tok = Tokenizer.load(out)
+    toks = np.concatenate([read_shard(p) for p in val])
+    assert toks[0] == tok.eot_token
+    docs = [d.read() for d in split_documents(str(src), "val", 0.2)]
+    assert tok.decode(toks) == "".join("<|endoftext|>" + d for d in docs)
+    assert main(["tokenize", "encode", "--source", str(tmp_path / "none"), "--tokenizer", str(out),
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "error" in capsys.readouterr().err
