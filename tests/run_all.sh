@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: sets up a virtual environment (unless one is active),
 # installs llmscratch with its test extras, builds and runs the googletest suite through ctest,
-# then runs pytest. Works on a fresh machine with Python 3.9+, a C++17 compiler and PyPI.
+# then runs pytest. Works on a fresh machine with Python 3.11+, a C++17 compiler and PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}

@@ -133,7 +133,6 @@ def train_command(args) -> int:
     import llmscratch as ls
     from ..data import DataLoader
     from ..models import build_model
-    from ..sampling import generate
     from ..tokenizer import Tokenizer
     from . import TrainConfig, Trainer
 
@@ -144,13 +143,9 @@ def train_command(args) -> int:
     run_dir = Path(args.out) / name
     if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it or --name for a new one")
+    # Every setting is checked before the (possibly slow) data preparation starts.
     model_cfg = _model_config(args)
     vocab = args.vocab_size or model_cfg.vocab_size
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    t0 = time.time()
-    tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
-    tok = Tokenizer.load(tok_prefix)
-    model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
     if args.seq_len > model_cfg.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -158,6 +153,11 @@ def train_command(args) -> int:
                       weight_decay=args.weight_decay, eval_every=args.eval_every,
                       ckpt_every=args.ckpt_every, seed=args.seed,
                       on_nan="skip" if args.skip_nan else "stop", out=str(run_dir))
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    t0 = time.time()
+    tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
+    tok = Tokenizer.load(tok_prefix)
+    model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
     run_dir.mkdir(parents=True, exist_ok=True)
     for suffix in (".tiktoken", ".json"):
         shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
@@ -184,8 +184,8 @@ def train_command(args) -> int:
     if trainer.step >= cfg.steps:
         ls.manual_seed(args.seed)
         prompt = np.array([tok.encode(DEFAULT_PROMPT)], dtype=np.int64)
-        out = generate(model, prompt, 120, temperature=0.8, top_k=50, block_size=model_cfg.block_size)
-        text = tok.decode(out[0].tolist())
+        n = min(120, model_cfg.block_size - prompt.shape[1])
+        text = tok.decode(model.generate(prompt, n, temperature=0.8, top_k=50)[0].tolist())
         (run_dir / "samples.txt").write_text(text + "\n")
         say("sample:\n" + text)
     return 0
@@ -214,13 +214,11 @@ def _load_run(ckpt: str):
 
 def sample_command(args) -> int:
     import llmscratch as ls
-    from ..sampling import generate
     model, tok, cfg, _ = _load_run(args.ckpt)
     ls.manual_seed(args.seed)
     prompt = tok.encode(args.prompt) or [tok.eot_token or 0]
     ids = np.array([prompt] * args.num_samples, dtype=np.int64)
-    out = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                   block_size=model.config.block_size)
+    out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     for row in out:
         print(tok.decode(row.tolist()))
         print("-" * 40)

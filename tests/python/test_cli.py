@@ -1,0 +1,54 @@
+"""The llmscratch command end to end on a small budget: train (tokenizer and shards built and
+cached on first use), resume, sample, eval, and one-line errors."""
+import json
+import os
+
+import pytest
+
+from llmscratch.cli import main
+
+TEXT = "".join(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    for k in range(4):
+        (tmp_path / "data" / f"part{k}.py").write_text(TEXT)
+    return str(tmp_path / "data")
+
+
+def train(tmp_path, corpus, *extra):
+    return main(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
+                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                 "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", *extra])
+
+
+def test_train_resume_sample_eval(tmp_path, corpus, capsys):
+    assert train(tmp_path, corpus, "--steps", "6") == 0
+    run = tmp_path / "runs" / "t"
+    for f in ("config.json", "log.jsonl", "loss.png", "samples.txt", "tokenizer.tiktoken", "tokenizer.json"):
+        assert (run / f).exists(), f
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    # a second run with the same name refuses to overwrite; --resume continues it
+    assert train(tmp_path, corpus, "--steps", "6") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train(tmp_path, corpus, "--steps", "8", "--resume") == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-2:] == [7, 8]
+    assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--max-new-tokens", "10"]) == 0
+    assert main(["eval", "--ckpt", str(run), "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "def " in out and "perplexity" in out
+
+
+def test_errors_are_one_line(tmp_path, corpus, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert main(["train", "--data", corpus, "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert main(["train", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert "unknown model preset 'huge'" in err[2]
