@@ -22,7 +22,7 @@ def both(a, dtype):
 def close(gpu, cpu, tol):
     g = to_np(gpu.cpu().float() if gpu.dtype in (ls.bfloat16, ls.float16) else gpu.cpu())
     err = rel_err(g, to_np(cpu))
-    assert err < tol, f"relative error {err:.2e}"
+    assert err <= tol, f"relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -86,7 +86,7 @@ def test_gradients_of_a_composite_expression():
     for device in ("cpu", "cuda"):
         x = ls.tensor(a).to(device=device).requires_grad_()
         y = ls.tensor(b).to(device=device).requires_grad_()
-        z = ((x * y).tanh() + x.exp() / (y * y + 1) - ls.maximum(x, y)).sum()
+        z = ((x * y).tanh() + x.exp() / (y * y + 1) - ls.functional.maximum(x, y)).sum()
         z.backward()
         results.append((z.item(), to_np(x.grad.cpu()), to_np(y.grad.cpu())))
     (zc, xc, yc), (zg, xg, yg) = results
