@@ -104,6 +104,52 @@ def case_rows_fwd_bwd(op, rows, cols, quick):
                 ours=ours, torch=theirs, err=None)
 
 
+def cuda_time(fn, reps=20):
+    """Median milliseconds of fn on the GPU, by CUDA events around each call after a warm-up.
+    llmscratch and torch both launch on the default stream, so torch's events time either."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def cuda_rows(quick):
+    """Memory-bound kernels at 256 MB+ per operand (1 GiB of float32 elements, so nothing sits in
+    L2) against torch on the same tensors, and against the device copy bandwidth (torch clone)."""
+    n = (1 << 24) if quick else (1 << 26)
+    rows = []
+    for dtype, tdtype in ((ls.float32, torch.float32), (ls.bfloat16, torch.bfloat16)):
+        a = ls.randn(n, device="cuda").to(dtype=dtype)
+        b = ls.randn(n, device="cuda").to(dtype=dtype)
+        ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
+        size = n * ta.element_size()
+        copy_ms = cuda_time(lambda: ta.clone())
+        copy_bw = 2 * size / copy_ms / 1e6
+        for name, ours, theirs, nbytes in [
+                ("add", lambda: a + b, lambda: ta + tb, 3 * size),
+                ("mul", lambda: a * b, lambda: ta * tb, 3 * size),
+                ("exp", lambda: a.exp(), lambda: ta.exp(), 2 * size),
+                ("cast to fp32" if dtype == ls.bfloat16 else "cast to bf16",
+                 lambda: a.to(dtype=ls.float32 if dtype == ls.bfloat16 else ls.bfloat16),
+                 lambda: ta.to(torch.float32 if tdtype == torch.bfloat16 else torch.bfloat16),
+                 size + n * (4 if dtype == ls.bfloat16 else 2)),
+                ("sum", lambda: a.sum(), lambda: ta.sum(), size)]:
+            t_ours, t_torch = cuda_time(ours), cuda_time(theirs)
+            bw = nbytes / t_ours / 1e6
+            rows.append(dict(op=f"{name} {str(dtype).split('.')[-1]}", shape=f"{n}", ours_ms=t_ours,
+                             torch_ms=t_torch, ratio=t_ours / t_torch, rate=bw, unit="GB/s",
+                             err=None, pct=100 * bw / copy_bw))
+    return rows, copy_bw
+
+
 def cases(selected, quick):
     mm = [256, 512] if quick else [1024, 2048]
     rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
@@ -147,7 +193,10 @@ def main():
     ap.add_argument("--ops", nargs="*", default=["matmul", "softmax", "layer_norm", "rms_norm", "cross_entropy"])
     ap.add_argument("--quick", action="store_true", help="small shapes, about a minute on 2 cores")
     ap.add_argument("--out", help="write a Markdown report here")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    if args.device == "cuda":
+        return main_cuda(args)
 
     threads = ls.get_num_threads()
     torch.set_num_threads(threads)
@@ -180,6 +229,32 @@ def main():
             for r in rows:
                 f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
                         f"{r['ratio']:.2f} | {r['rate']:.1f} {r['unit']} | {_fmt_err(r['err'])} |\n")
+        print(f"wrote {args.out}")
+
+
+def main_cuda(args):
+    if not (ls.cuda.is_available() and torch.cuda.is_available()):
+        print("skipped: no CUDA device visible to llmscratch and torch")
+        return
+    rows, copy_bw = cuda_rows(args.quick)
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
+    for r in rows:
+        print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
+              f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(f"# {gpu}: CUDA kernels against torch {torch.__version__}\n\n")
+            f.write(f"- date: {datetime.date.today()}\n- commit: {os.environ.get('COMMIT') or git_commit()}\n")
+            f.write(f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`\n")
+            f.write(f"- device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s\n\n")
+            f.write("Times are CUDA-event medians; GB/s counts each operand read or written once.\n\n")
+            f.write("| op | elements | llmscratch ms | torch ms | ratio | GB/s | % of copy |\n")
+            f.write("|---|---:|---:|---:|---:|---:|---:|\n")
+            for r in rows:
+                f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
+                        f"{r['ratio']:.2f} | {r['rate']:.0f} | {r['pct']:.0f}% |\n")
         print(f"wrote {args.out}")
 
 
