@@ -33,15 +33,31 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {
 }
 
 template <typename O, typename T>
-__global__ void binary_kernel(Bin op, O* out, const T* a, const T* b, int64_t n, Indexer<3> ix,
-                              bool dense) {
+__global__ void binary_kernel(Bin op, O* __restrict__ out, const T* __restrict__ a,
+                              const T* __restrict__ b, int64_t n, Indexer<3> ix, bool dense) {
   using A = acc_t<T>;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t off[3] = {i, i, i};
-    if (!dense) ix.offsets(i, off);
-    A r = apply<A>(op, convert<A>(a[off[1]]), convert<A>(b[off[2]]));
-    out[off[0]] = convert<O>(r);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (dense) {
+    for (int64_t base = tid; base < n; base += kUnroll * stride) {
+      A va[kUnroll], vb[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) { va[u] = convert<A>(a[i]); vb[u] = convert<A>(b[i]); }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) out[i] = convert<O>(apply<A>(op, va[u], vb[u]));
+      }
+    }
+    return;
+  }
+  for (int64_t i = tid; i < n; i += stride) {
+    int64_t off[3];
+    ix.offsets(i, off);
+    out[off[0]] = convert<O>(apply<A>(op, convert<A>(a[off[1]]), convert<A>(b[off[2]])));
   }
 }
 
@@ -58,7 +74,7 @@ Kernel binary_entry(Bin op, const char* name) {
     if (n == 0) return Tensors{out};
     set_device(out, name);
     Indexer<3> ix = make_indexer<3>(shape, {&out, &a, &b}, name);
-    bool dense = ix.nd == 1 && ix.stride[1][0] == 1 && ix.stride[2][0] == 1;
+    bool dense = is_dense(ix);
     CUDA_DISPATCH_ALL(a.dtype(), name, {
       const scalar_t* pa = static_cast<const scalar_t*>(a.raw_data());
       const scalar_t* pb = static_cast<const scalar_t*>(b.raw_data());

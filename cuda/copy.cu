@@ -10,9 +10,27 @@ namespace ls::cuda {
 namespace {
 
 template <typename To, typename From>
-__global__ void copy_kernel(To* out, const From* in, int64_t n, Indexer<2> ix) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
+__global__ void copy_kernel(To* __restrict__ out, const From* __restrict__ in, int64_t n,
+                            Indexer<2> ix, bool dense) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (dense) {
+    for (int64_t base = tid; base < n; base += kUnroll * stride) {
+      From v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) v[u] = in[i];
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) out[i] = convert<To>(v[u]);
+      }
+    }
+    return;
+  }
+  for (int64_t i = tid; i < n; i += stride) {
     int64_t off[2];
     ix.offsets(i, off);
     out[off[0]] = convert<To>(in[off[1]]);
@@ -25,11 +43,12 @@ void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
   if (n == 0) return;
   set_device(dst, op);
   Indexer<2> ix = make_indexer<2>(dst.shape(), {&dst, &src}, op);
+  bool dense = is_dense(ix);
   CUDA_DISPATCH_ALL(dst.dtype(), op, {
     using To = scalar_t;
     CUDA_DISPATCH_ALL(src.dtype(), op, {
       copy_kernel<To, scalar_t><<<grid_for(n), kThreads>>>(static_cast<To*>(dst.raw_data()),
-                                                           static_cast<const scalar_t*>(src.raw_data()), n, ix);
+                                                           static_cast<const scalar_t*>(src.raw_data()), n, ix, dense);
     });
   });
   check_launch(op);

@@ -113,10 +113,22 @@ Indexer<N> make_indexer(const Shape& shape, const std::array<const Tensor*, N>& 
 }
 
 constexpr int kThreads = 256;
+// Dense operands: each thread loads kUnroll elements (a grid-stride apart, so every load stays
+// coalesced) before it computes and stores any, which keeps several loads in flight per thread.
+constexpr int kUnroll = 4;
 
 inline unsigned grid_for(int64_t n) {
-  int64_t blocks = (n + kThreads - 1) / kThreads;
+  int64_t blocks = (n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
   return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
+}
+
+// True when every operand of the indexer walks the output's order with stride 1.
+template <int N>
+bool is_dense(const Indexer<N>& ix) {
+  if (ix.nd != 1) return false;
+  for (int k = 0; k < N; ++k)
+    if (ix.stride[k][0] != 1) return false;
+  return true;
 }
 
 inline void set_device(const Tensor& t, const char* op) { check(cudaSetDevice(t.device().index), op); }

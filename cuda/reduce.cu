@@ -1,6 +1,9 @@
 // Sum over any set of dims on the GPU. The reduced dims are moved last and made dense (a CUDA
 // copy when needed), so every output element reduces one contiguous row of C elements:
 // one block of 256 threads per row, each thread striding over the row, then a shared-memory tree.
+// Few long rows (the sum of a whole tensor) would leave most of the GPU idle, so then each row is
+// first cut into chunks of kChunk elements reduced by their own blocks, and a second launch sums
+// the per-chunk partials (a fixed order, so the result does not depend on timing).
 // Accumulation is in float64 for float64 input, float32 otherwise (16-bit inputs included);
 // integer inputs accumulate and return int64, as on the CPU.
 #include <algorithm>
@@ -14,19 +17,29 @@ namespace ls::cuda {
 
 namespace {
 
-template <typename T, typename A, typename O>
-__global__ void row_sum_kernel(O* out, const T* x, int64_t cols) {
+constexpr int64_t kChunk = 1 << 15;
+
+template <typename A>
+__device__ A block_sum(A acc) {
   __shared__ A partial[kThreads];
-  const T* row = x + int64_t(blockIdx.x) * cols;
-  A acc = A(0);
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) acc += convert<A>(row[c]);
   partial[threadIdx.x] = acc;
   __syncthreads();
   for (int s = blockDim.x / 2; s > 0; s >>= 1) {
     if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = convert<O>(partial[0]);
+  return partial[0];
+}
+
+// out[row] = sum of x[row, begin:end) where block (chunk, row) covers chunk * len ... + len.
+template <typename T, typename A, typename O>
+__global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
+  const T* row = x + int64_t(blockIdx.y) * cols;
+  int64_t begin = int64_t(blockIdx.x) * len, end = min(cols, begin + len);
+  A acc = A(0);
+  for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) acc += convert<A>(row[c]);
+  A total = block_sum(acc);
+  if (threadIdx.x == 0) out[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = convert<O>(total);
 }
 
 // Accumulator and output types per input type (see the header).
@@ -70,8 +83,23 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
   CUDA_DISPATCH_ALL(x.dtype(), "sum", {
     using T = scalar_t;
     using O = typename SumTypes<T>::out;
-    row_sum_kernel<T, typename SumTypes<T>::acc, O><<<unsigned(rows), kThreads>>>(
-        static_cast<O*>(out.raw_data()), static_cast<const T*>(xr.raw_data()), cols);
+    using A = typename SumTypes<T>::acc;
+    const T* px = static_cast<const T*>(xr.raw_data());
+    O* po = static_cast<O*>(out.raw_data());
+    int64_t chunks = (cols + kChunk - 1) / kChunk;
+    if (rows < 512 && chunks > 1) {
+      DType acc_dtype = std::is_same_v<A, double> ? DType::Float64
+                        : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
+      Tensor partial = Tensor::empty({rows, chunks}, acc_dtype, x.device());
+      A* pp = static_cast<A*>(partial.raw_data());
+      row_sum_kernel<T, A, A><<<dim3(unsigned(chunks), unsigned(rows)), kThreads>>>(pp, px, cols, kChunk);
+      row_sum_kernel<A, A, O><<<dim3(1, unsigned(rows)), kThreads>>>(po, pp, chunks, chunks);
+    } else {
+      for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // grid.y holds at most 65535 rows
+        unsigned nr = unsigned(std::min<int64_t>(65535, rows - r0));
+        row_sum_kernel<T, A, O><<<dim3(1, nr), kThreads>>>(po + r0, px + r0 * cols, cols, cols);
+      }
+    }
   });
   check_launch("sum");
   return {out};

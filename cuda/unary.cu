@@ -40,12 +40,30 @@ __device__ __forceinline__ A apply(Un op, A v) {
 }
 
 template <typename T>
-__global__ void unary_kernel(Un op, T* out, const T* x, int64_t n, Indexer<2> ix, bool dense) {
+__global__ void unary_kernel(Un op, T* __restrict__ out, const T* __restrict__ x, int64_t n,
+                             Indexer<2> ix, bool dense) {
   using A = acc_t<T>;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t off[2] = {i, i};
-    if (!dense) ix.offsets(i, off);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (dense) {
+    for (int64_t base = tid; base < n; base += kUnroll * stride) {
+      A v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) v[u] = convert<A>(x[i]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int64_t i = base + u * stride;
+        if (i < n) out[i] = convert<T>(apply<A>(op, v[u]));
+      }
+    }
+    return;
+  }
+  for (int64_t i = tid; i < n; i += stride) {
+    int64_t off[2];
+    ix.offsets(i, off);
     out[off[0]] = convert<T>(apply<A>(op, convert<A>(x[off[1]])));
   }
 }
@@ -80,7 +98,7 @@ Kernel unary_entry(Un op, const char* name) {
     if (n == 0) return Tensors{out};
     set_device(out, name);
     Indexer<2> ix = make_indexer<2>(x.shape(), {&out, &x}, name);
-    bool dense = ix.nd == 1 && ix.stride[1][0] == 1;
+    bool dense = is_dense(ix);
     auto launch = [&](auto* o, const auto* p) {
       unary_kernel<<<grid_for(n), kThreads>>>(op, o, p, n, ix, dense);
     };

@@ -73,7 +73,8 @@ def test_compare_where_clamp_integers():
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("shape,dims", [((1000,), None), ((7, 300), [1]), ((7, 300), [0]), ((3, 4, 5), [0, 2]), ((4, 1), [1])])
+@pytest.mark.parametrize("shape,dims", [((1000,), None), ((7, 300), [1]), ((7, 300), [0]), ((3, 4, 5), [0, 2]),
+                                        ((4, 1), [1]), ((3, 100003), [1]), ((70000, 3), [1]), ((300001,), None)])
 def test_sum(shape, dims, dtype):
     cpu, gpu = both(randn(*shape), dtype)
     close(gpu.sum(dims, keepdim=True), cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum(dims, keepdim=True), DTYPES[dtype] * 10)
