@@ -32,32 +32,20 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {
   }
 }
 
+template <typename A> struct Pair { A x, y; };
+
 template <typename O, typename T>
 __global__ void binary_kernel(Bin op, O* __restrict__ out, const T* __restrict__ a,
                               const T* __restrict__ b, int64_t n, Indexer<3> ix, bool dense) {
   using A = acc_t<T>;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (dense) {
-    for (int64_t base = tid; base < n; base += kUnroll * stride) {
-      A va[kUnroll], vb[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) { va[u] = convert<A>(a[i]); vb[u] = convert<A>(b[i]); }
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) out[i] = convert<O>(apply<A>(op, va[u], vb[u]));
-      }
-    }
-    return;
-  }
-  for (int64_t i = tid; i < n; i += stride) {
-    int64_t off[3];
-    ix.offsets(i, off);
-    out[off[0]] = convert<O>(apply<A>(op, convert<A>(a[off[1]]), convert<A>(b[off[2]])));
+    for_each_dense<Pair<A>>(
+        n, [&](int64_t i) { return Pair<A>{convert<A>(a[i]), convert<A>(b[i])}; },
+        [&](int64_t i, Pair<A> v) { out[i] = convert<O>(apply<A>(op, v.x, v.y)); });
+  } else {
+    for_each_strided(n, ix, [&](const int64_t (&off)[3]) {
+      out[off[0]] = convert<O>(apply<A>(op, convert<A>(a[off[1]]), convert<A>(b[off[2]])));
+    });
   }
 }
 

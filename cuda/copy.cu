@@ -12,28 +12,11 @@ namespace {
 template <typename To, typename From>
 __global__ void copy_kernel(To* __restrict__ out, const From* __restrict__ in, int64_t n,
                             Indexer<2> ix, bool dense) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (dense) {
-    for (int64_t base = tid; base < n; base += kUnroll * stride) {
-      From v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) v[u] = in[i];
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) out[i] = convert<To>(v[u]);
-      }
-    }
-    return;
-  }
-  for (int64_t i = tid; i < n; i += stride) {
-    int64_t off[2];
-    ix.offsets(i, off);
-    out[off[0]] = convert<To>(in[off[1]]);
+    for_each_dense<From>(n, [&](int64_t i) { return in[i]; },
+                         [&](int64_t i, From v) { out[i] = convert<To>(v); });
+  } else {
+    for_each_strided(n, ix, [&](const int64_t (&off)[2]) { out[off[0]] = convert<To>(in[off[1]]); });
   }
 }
 

@@ -122,6 +122,37 @@ inline unsigned grid_for(int64_t n) {
   return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
 }
 
+// Dense loop: v = load(i) for kUnroll indices first, then store(i, v) for each.
+template <typename V, typename Load, typename Store>
+__device__ __forceinline__ void for_each_dense(int64_t n, Load load, Store store) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; base < n;
+       base += kUnroll * stride) {
+    V v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      int64_t i = base + u * stride;
+      if (i < n) v[u] = load(i);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      int64_t i = base + u * stride;
+      if (i < n) store(i, v[u]);
+    }
+  }
+}
+
+// Strided loop: body(off) with off[k] the element offset of operand k (0 is the output).
+template <int N, typename Body>
+__device__ __forceinline__ void for_each_strided(int64_t n, const Indexer<N>& ix, Body body) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[N];
+    ix.offsets(i, off);
+    body(off);
+  }
+}
+
 // True when every operand of the indexer walks the output's order with stride 1.
 template <int N>
 bool is_dense(const Indexer<N>& ix) {

@@ -43,51 +43,28 @@ template <typename T>
 __global__ void unary_kernel(Un op, T* __restrict__ out, const T* __restrict__ x, int64_t n,
                              Indexer<2> ix, bool dense) {
   using A = acc_t<T>;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (dense) {
-    for (int64_t base = tid; base < n; base += kUnroll * stride) {
-      A v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) v[u] = convert<A>(x[i]);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        int64_t i = base + u * stride;
-        if (i < n) out[i] = convert<T>(apply<A>(op, v[u]));
-      }
-    }
-    return;
-  }
-  for (int64_t i = tid; i < n; i += stride) {
-    int64_t off[2];
-    ix.offsets(i, off);
-    out[off[0]] = convert<T>(apply<A>(op, convert<A>(x[off[1]])));
+    for_each_dense<A>(n, [&](int64_t i) { return convert<A>(x[i]); },
+                      [&](int64_t i, A v) { out[i] = convert<T>(apply<A>(op, v)); });
+  } else {
+    for_each_strided(n, ix, [&](const int64_t (&off)[2]) {
+      out[off[0]] = convert<T>(apply<A>(op, convert<A>(x[off[1]])));
+    });
   }
 }
 
 template <typename T>
 __global__ void clamp_kernel(T* out, const T* x, int64_t n, Indexer<2> ix, double lo, double hi) {
   using A = acc_t<T>;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t off[2];
-    ix.offsets(i, off);
+  for_each_strided(n, ix, [&](const int64_t (&off)[2]) {
     A v = convert<A>(x[off[1]]);
     out[off[0]] = convert<T>(v < A(lo) ? A(lo) : (v > A(hi) ? A(hi) : v));
-  }
+  });
 }
 
 template <typename T>
 __global__ void where_kernel(T* out, const bool* c, const T* a, const T* b, int64_t n, Indexer<4> ix) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t off[4];
-    ix.offsets(i, off);
-    out[off[0]] = c[off[1]] ? a[off[2]] : b[off[3]];
-  }
+  for_each_strided(n, ix, [&](const int64_t (&off)[4]) { out[off[0]] = c[off[1]] ? a[off[2]] : b[off[3]]; });
 }
 
 Kernel unary_entry(Un op, const char* name) {
