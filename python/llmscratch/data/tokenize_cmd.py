@@ -17,36 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._progress import Progress
 from .shards import write_shard
 from .sources import split_documents
 
 EOT = "<|endoftext|>"
-
-
-class Progress:
-    """A one-line progress bar on stderr (only redrawn a few times a second)."""
-
-    def __init__(self, total: int, what: str, enabled: bool = True):
-        self.total, self.what, self.n, self.nbytes = max(total, 1), what, 0, 0
-        self.t0 = self.last = time.time()
-        self.enabled = enabled and total > 0
-
-    def update(self, n: int = 1, nbytes: int = 0):
-        self.n += n
-        self.nbytes += nbytes
-        now = time.time()
-        if self.enabled and (now - self.last > 0.2 or self.n >= self.total):
-            self.last = now
-            frac = min(self.n / self.total, 1.0)
-            bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-            rate = self.nbytes / 1e6 / max(now - self.t0, 1e-9)
-            sys.stderr.write(f"\r{self.what} [{bar}] {100 * frac:5.1f}% {self.n}/{self.total} "
-                             f"{rate:6.2f} MB/s")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def add_parser(subparsers) -> None:

@@ -174,7 +174,8 @@ def train_command(args) -> int:
     say(f"model {model_cfg.n_layer}x{model_cfg.n_embd}, {model.num_parameters() / 1e6:.2f}M parameters, "
         f"vocab {tok.n_vocab}; {train.num_windows * cfg.seq_len / 1e6:.1f}M training tokens; "
         f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
-    trainer = Trainer(model, cfg, train.batch, val.batch, run_config=run_config, log=say)
+    trainer = Trainer(model, cfg, train.batch, val.batch, run_config=run_config, log=say,
+                      progress=not args.quiet and sys.stderr.isatty())
     if args.resume and trainer.resume():
         say(f"resumed at step {trainer.step}")
     trainer.fit()

@@ -19,6 +19,7 @@ import time
 import llmscratch_core as _core
 
 from .. import nn
+from .._progress import Progress
 from ..autograd import no_grad
 from ..optim import AdamW
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -81,10 +82,11 @@ def param_groups(model, weight_decay):
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, train_source, val_source=None, run_config=None,
-                 log=print):
+                 log=print, progress=False):
         self.model, self.cfg, self.train_source, self.val_source = model, cfg, train_source, val_source
         self.run_config = run_config or {}
         self.log = log
+        self.progress = progress  # a bar with an ETA on stderr
         self.optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.step = 0
@@ -173,8 +175,10 @@ class Trainer:
         try:
             with open(log_path, "a") as logf:
                 t_last, tokens = time.perf_counter(), 0
+                bar = Progress(end, "train", self.progress, start=self.step)
                 while self.step < end and not interrupted:
                     loss, norm, lr = self.train_step()
+                    bar.update(1, note=f"loss {loss:.3f}")
                     tokens += cfg.tokens_per_step
                     rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
                     last = self.step == end
@@ -186,12 +190,14 @@ class Trainer:
                         val = self.evaluate()
                         if val is not None:
                             rec["val_loss"] = val
+                        bar.clear()
                         self.log(self._line(rec))
                         t_last, tokens = time.perf_counter(), 0
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
                     if self.step % cfg.ckpt_every == 0 or last:
                         self._checkpoint(rec.get("val_loss"))
+                bar.close()
                 if interrupted:
                     self.log(f"interrupted at step {self.step}: saving a checkpoint")
                     self._checkpoint(None)
