@@ -49,6 +49,7 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["train", "--data", corpus, "--steps", "0", "--out", str(tmp_path)]) == 2
     assert main(["train", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
+    assert main(["train", "--data", corpus, "--tokens-per-step", "1000", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert len(err) == 5 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
     assert "unknown model preset 'huge'" in err[2]

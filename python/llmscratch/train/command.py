@@ -80,7 +80,9 @@ def add_parsers(sub):
     t.add_argument("--steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--seq-len", type=int, default=128)
-    t.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    t.add_argument("--tokens-per-step", type=int,
+                   help="accumulate micro-batches up to this many tokens per step (sets --grad-accum)")
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--min-lr", type=float, default=d.min_lr)
     t.add_argument("--warmup", type=int, default=d.warmup)
@@ -148,6 +150,12 @@ def train_command(args) -> int:
     vocab = args.vocab_size or model_cfg.vocab_size
     if args.seq_len > model_cfg.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
+    if args.tokens_per_step:
+        micro = args.batch_size * args.seq_len
+        if args.tokens_per_step % micro:
+            raise ValueError(f"--tokens-per-step {args.tokens_per_step} is not a multiple of "
+                             f"batch_size * seq_len = {micro}")
+        args.grad_accum = args.tokens_per_step // micro
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                       grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, eval_every=args.eval_every,
