@@ -30,27 +30,32 @@ inline float blend(bool c, float a, float b) {
   return as_float((as_int(a) & m) | (as_int(b) & ~m));
 }
 
-// exp(x) for float32, max error 1.4 ulp over the whole range, denormal results included;
-// exp(-inf) = 0, exp(+inf) = inf, NaN stays NaN.
-// Method (Cephes expf): x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial, and
-// 2^n built in the exponent bits. 2^n is applied as two factors 2^(n/2) 2^(n - n/2) so that
-// n from -150 (denormals) to 128 (near FLT_MAX) needs no special case.
-inline float exp_f32(float x) {
-  const float lo = -103.972084f, hi = 88.7228391f;  // exp(lo) rounds to 0, exp(hi) ~ FLT_MAX
-  float xc = blend(x < lo, lo, x);
-  xc = blend(xc > hi, hi, xc);
-  // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
-  float t = xc * 1.44269504088896341f + 12582912.0f;
+// The shared core of both exps (Cephes expf): x = n ln2 + r with |r| <= ln2/2, exp(r) by a
+// degree-6 polynomial. Returns exp(r); t holds n in its low mantissa bits (t = x / ln2 + 1.5 2^23).
+inline float exp_reduced(float x, float& t) {
+  t = x * 1.44269504088896341f + 12582912.0f;
   float n = t - 12582912.0f;
-  float r = xc - n * 0.693359375f;  // ln2 split in a high part exact in float ...
-  r = r + n * 2.12194440e-4f;       // ... and the remainder, so r keeps its low bits
+  float r = x - n * 0.693359375f;  // ln2 split in a high part exact in float ...
+  r = r + n * 2.12194440e-4f;      // ... and the remainder, so r keeps its low bits
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  return p * r * r + r + 1.0f;
+}
+
+// exp(x) for float32, max error 1.4 ulp over the whole range, denormal results included;
+// exp(-inf) = 0, exp(+inf) = inf, NaN stays NaN. 2^n is built in the exponent bits and applied
+// as two factors 2^(n/2) 2^(n - n/2) so that n from -150 (denormals) to 128 (near FLT_MAX)
+// needs no special case.
+inline float exp_f32(float x) {
+  const float lo = -103.972084f, hi = 88.7228391f;  // exp(lo) rounds to 0, exp(hi) ~ FLT_MAX
+  float xc = blend(x < lo, lo, x);
+  xc = blend(xc > hi, hi, xc);
+  float t;
+  float p = exp_reduced(xc, t);
   int32_t ni = int32_t(uint32_t(as_int(t)) << 23) >> 23;  // the low 9 bits, sign-extended
   int32_t n1 = ni >> 1, n2 = ni - n1;
   float y = p * as_float((n1 + 127) << 23) * as_float((n2 + 127) << 23);
@@ -65,18 +70,8 @@ inline float exp_f32(float x) {
 // x > 88 is out of contract.
 inline float exp_nonpos_f32(float x) {
   const float lo = -87.3365447f;  // ln(FLT_MIN)
-  float xc = blend(x < lo, lo, x);
-  float t = xc * 1.44269504088896341f + 12582912.0f;
-  float n = t - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  float t;
+  float p = exp_reduced(blend(x < lo, lo, x), t);
   float y = p * as_float(int32_t(uint32_t(as_int(t)) << 23) + 0x3f800000);  // p 2^n, n >= -126
   return blend(x < lo, 0.0f, y);
 }
