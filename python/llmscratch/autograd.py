@@ -158,3 +158,35 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
                                      f"max abs error {err:.3e}\nanalytic={analytic}\nnumeric={numeric}")
             return False
     return True
+
+
+class _Checkpoint(Function):
+    @staticmethod
+    def forward(ctx, fn, *args):
+        ctx.fn, ctx.args = fn, args
+        ctx.rng = _core.get_rng_state()  # dropout inside fn must draw the same numbers again
+        return fn(*args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        resume = _core.get_rng_state()
+        _core.set_rng_state(*ctx.rng)
+        inputs = [a.detach().requires_grad_() if isinstance(a, Tensor) and a.requires_grad else a
+                  for a in ctx.args]
+        try:
+            with enable_grad():
+                backward([ctx.fn(*inputs)], [grad])  # parameters inside fn accumulate here
+        finally:
+            _core.set_rng_state(*resume)
+        return (None,) + tuple(a.grad if isinstance(a, Tensor) and a.requires_grad else None
+                               for a in inputs)
+
+
+def checkpoint(fn, *args):
+    """fn(*args) without keeping its intermediate activations (activation recomputation): the
+    forward runs unrecorded, and the backward runs fn again, with the same random numbers, to
+    backpropagate through it. Trades one extra forward of fn for the memory of its activations.
+    fn returns one tensor; gradients reach tensor arguments and the parameters fn uses."""
+    if not is_grad_enabled() or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return fn(*args)
+    return _Checkpoint.apply(fn, *args)

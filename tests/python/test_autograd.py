@@ -158,3 +158,25 @@ def test_graph_is_freed():
     del y
     gc.collect()
     assert r() is None
+
+
+def test_checkpoint_recomputes_with_the_same_gradients_and_random_numbers():
+    import llmscratch.nn as nn
+    from llmscratch.autograd import checkpoint
+    block = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Dropout(0.3), nn.Linear(16, 6))
+    block.to(dtype=ls.float64)
+    a = randn(5, 6)
+    grads = []
+    for recompute in (False, True):
+        ls.manual_seed(3)
+        x = ls.tensor(a, requires_grad=True)
+        y = checkpoint(block, x) if recompute else block(x)
+        if recompute:
+            assert y.grad_fn == "_Checkpoint"
+        (y * y).sum().backward()
+        grads.append([x.grad.numpy().copy()] + [p.grad.numpy().copy() for p in block.parameters()])
+        block.zero_grad()
+        after = ls.get_rng_state()
+    for g0, g1 in zip(*grads):
+        assert np.array_equal(g0, g1)
+    assert ls.get_rng_state() == after  # the replay does not disturb the generator

@@ -543,3 +543,24 @@ def test_from_pretrained_reads_sharded_folders(tmp_path):
     loaded = M.from_pretrained(tmp_path)
     for (n, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
         np.testing.assert_array_equal(to_np(p), to_np(q), err_msg=n)
+
+
+def test_recompute_gives_the_same_gradients(monkeypatch):
+    import llmscratch.models.transformer as transformer
+    calls = []
+    original = transformer.checkpoint
+    monkeypatch.setattr(transformer, "checkpoint", lambda *a: calls.append(1) or original(*a))
+    config = M.get_preset("tiny", vocab_size=64, n_layer=2, n_embd=32, n_head=2, block_size=16, dropout=0.1)
+    ids = ls.tensor(np.random.default_rng(0).integers(0, 64, size=(2, 16)))
+    grads = []
+    for recompute in (False, True):
+        ls.manual_seed(0)
+        model = M.Transformer(config)
+        model.recompute = recompute
+        ls.manual_seed(1)
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        grads.append({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+    assert len(calls) == config.n_layer  # one checkpointed block per layer, only when asked
+    for name in grads[0]:
+        assert np.array_equal(grads[0][name], grads[1][name]), name

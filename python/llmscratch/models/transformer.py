@@ -22,7 +22,7 @@ import numpy as np
 import llmscratch as ls
 from .. import functional as F
 from .. import nn
-from ..autograd import no_grad
+from ..autograd import checkpoint, no_grad
 from ..nn import init
 from .config import ModelConfig
 
@@ -169,6 +169,7 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self._rope_cache = {}
+        self.recompute = False  # per-block activation recomputation while training
         self.reset_parameters()
 
     # ---- initialisation ----
@@ -248,6 +249,9 @@ class Transformer(nn.Module):
         x = self.drop(x)
         rope = self._rope(start_pos, T, x.dtype, x.device) if c.pos == "rope" else None
         for i, block in enumerate(self.blocks):
+            if kv_cache is None and self.recompute and self.training:
+                x = checkpoint(block, x, rope)  # activations of the block rebuilt in the backward
+                continue
             cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             x = block(x, rope, cache, start_pos)
         logits = self.lm_head(self.norm_f(x))

@@ -93,6 +93,8 @@ def add_parsers(sub):
     t.add_argument("--out", default="runs", help="parent folder of the run")
     t.add_argument("--name", help="run name (default: <preset>-<data>)")
     t.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    t.add_argument("--recompute", action="store_true",
+                   help="recompute each block's activations in the backward (less memory, one more forward)")
     t.add_argument("--skip-nan", action="store_true", help="skip a batch with a non-finite loss instead of stopping")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=train_command)
@@ -160,7 +162,8 @@ def train_command(args) -> int:
                       grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, eval_every=args.eval_every,
                       ckpt_every=args.ckpt_every, seed=args.seed,
-                      on_nan="skip" if args.skip_nan else "stop", out=str(run_dir))
+                      on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
+                      out=str(run_dir))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)

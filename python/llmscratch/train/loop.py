@@ -46,6 +46,7 @@ class TrainConfig:
     keep_last: int = 2
     seed: int = 1337
     on_nan: str = "stop"            # stop | skip (skip the step, keep going)
+    recompute: bool = False         # recompute each block's activations in the backward
     out: str = "runs/default"
 
     def __post_init__(self):
@@ -84,6 +85,10 @@ class Trainer:
     def __init__(self, model, cfg: TrainConfig, train_source, val_source=None, run_config=None,
                  log=print, progress=False):
         self.model, self.cfg, self.train_source, self.val_source = model, cfg, train_source, val_source
+        if cfg.recompute:
+            if not hasattr(model, "recompute"):
+                raise ValueError(f"{type(model).__name__} has no activation recomputation")
+            model.recompute = True
         self.run_config = run_config or {}
         self.log = log
         self.progress = progress  # a bar with an ETA on stderr
