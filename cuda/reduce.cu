@@ -36,9 +36,16 @@ template <typename T, typename A, typename O>
 __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
   const T* row = x + int64_t(blockIdx.y) * cols;
   int64_t begin = int64_t(blockIdx.x) * len, end = min(cols, begin + len);
-  A acc = A(0);
-  for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) acc += convert<A>(row[c]);
-  A total = block_sum(acc);
+  // Four independent accumulators keep four loads in flight per thread.
+  A acc[4] = {A(0), A(0), A(0), A(0)};
+  const int64_t bd = blockDim.x;
+  int64_t c = begin + threadIdx.x;
+  for (; c + 3 * bd < end; c += 4 * bd) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[u] += convert<A>(row[c + u * bd]);
+  }
+  for (; c < end; c += bd) acc[0] += convert<A>(row[c]);
+  A total = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   if (threadIdx.x == 0) out[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = convert<O>(total);
 }
 
