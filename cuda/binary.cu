@@ -39,7 +39,7 @@ __global__ void binary_kernel(Bin op, O* __restrict__ out, const T* __restrict__
                               const T* __restrict__ b, int64_t n, Indexer<3> ix, bool dense) {
   using A = acc_t<T>;
   if (dense) {
-    for_each_dense<Pair<A>, unroll_for<T>()>(
+    for_each_dense<Pair<A>>(
         n, [&](int64_t i) { return Pair<A>{convert<A>(a[i]), convert<A>(b[i])}; },
         [&](int64_t i, Pair<A> v) { out[i] = convert<O>(apply<A>(op, v.x, v.y)); });
   } else {

@@ -13,7 +13,7 @@ template <typename To, typename From>
 __global__ void copy_kernel(To* __restrict__ out, const From* __restrict__ in, int64_t n,
                             Indexer<2> ix, bool dense) {
   if (dense) {
-    for_each_dense<From, unroll_for<From>()>(n, [&](int64_t i) { return in[i]; },
+    for_each_dense<From>(n, [&](int64_t i) { return in[i]; },
                          [&](int64_t i, From v) { out[i] = convert<To>(v); });
   } else {
     for_each_strided(n, ix, [&](const int64_t (&off)[2]) { out[off[0]] = convert<To>(in[off[1]]); });

@@ -122,27 +122,25 @@ inline unsigned grid_for(int64_t n) {
   return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
 }
 
-// Dense loop: v = load(i) for U indices first, then store(i, v) for each. Elements of 2 bytes
-// or less take twice the unroll, so the bytes in flight per thread stay about the same.
-template <typename V, int U = kUnroll, typename Load, typename Store>
+// Dense loop: v = load(i) for kUnroll indices first, then store(i, v) for each.
+template <typename V, typename Load, typename Store>
 __device__ __forceinline__ void for_each_dense(int64_t n, Load load, Store store) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; base < n; base += U * stride) {
-    V v[U];
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; base < n;
+       base += kUnroll * stride) {
+    V v[kUnroll];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       int64_t i = base + u * stride;
       if (i < n) v[u] = load(i);
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       int64_t i = base + u * stride;
       if (i < n) store(i, v[u]);
     }
   }
 }
-
-template <typename T> __host__ __device__ constexpr int unroll_for() { return sizeof(T) <= 2 ? 2 * kUnroll : kUnroll; }
 
 // Strided loop: body(off) with off[k] the element offset of operand k (0 is the output).
 template <int N, typename Body>

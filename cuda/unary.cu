@@ -44,7 +44,7 @@ __global__ void unary_kernel(Un op, T* __restrict__ out, const T* __restrict__ x
                              Indexer<2> ix, bool dense) {
   using A = acc_t<T>;
   if (dense) {
-    for_each_dense<A, unroll_for<T>()>(n, [&](int64_t i) { return convert<A>(x[i]); },
+    for_each_dense<A>(n, [&](int64_t i) { return convert<A>(x[i]); },
                       [&](int64_t i, A v) { out[i] = convert<T>(apply<A>(op, v)); });
   } else {
     for_each_strided(n, ix, [&](const int64_t (&off)[2]) {
