@@ -166,6 +166,21 @@ def cases(selected, quick):
     return out
 
 
+def write_report(path, title, facts, note, header, cells):
+    """A Markdown report: title, date, commit, command, facts, a note and a table (the first two
+    columns left-aligned, the rest right-aligned)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lines = [f"# {title}", "", f"- date: {datetime.date.today()}",
+             f"- commit: {os.environ.get('COMMIT') or git_commit()}",
+             f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`"]
+    lines += [f"- {fact}" for fact in facts] + ["", note, ""]
+    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def _fmt_err(err):
     return "-" if err is None else f"{err:.1e}"
 
@@ -216,20 +231,13 @@ def main():
               f"{row['ratio']:>7.2f}x{rate:>8.1f} {c['unit']:<8}{_fmt_err(err):>9}")
 
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(f"# CPU: {cpu_name()}, {threads} threads\n\n")
-            f.write(f"- date: {datetime.date.today()}\n- commit: {git_commit()}\n")
-            f.write(f"- torch {torch.__version__} on the CPU with the same thread count\n")
-            f.write(f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`\n\n")
-            f.write("ratio = llmscratch time / torch time (below 1 is faster than torch). "
-                    "rel err = ||ours - ref|| / ||ref|| against float64.\n\n")
-            f.write("| op | shape | llmscratch ms | torch ms | ratio | llmscratch rate | rel err |\n")
-            f.write("|---|---|---:|---:|---:|---:|---:|\n")
-            for r in rows:
-                f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
-                        f"{r['ratio']:.2f} | {r['rate']:.1f} {r['unit']} | {_fmt_err(r['err'])} |\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, f"CPU: {cpu_name()}, {threads} threads",
+                     [f"torch {torch.__version__} on the CPU with the same thread count"],
+                     "ratio = llmscratch time / torch time (below 1 is faster than torch). "
+                     "rel err = ||ours - ref|| / ||ref|| against float64.",
+                     ["op", "shape", "llmscratch ms", "torch ms", "ratio", "llmscratch rate", "rel err"],
+                     [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
+                       f"{r['rate']:.1f} {r['unit']}", _fmt_err(r["err"])] for r in rows])
 
 
 def main_cuda(args):
@@ -243,19 +251,12 @@ def main_cuda(args):
         print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
               f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(f"# {gpu}: CUDA kernels against torch {torch.__version__}\n\n")
-            f.write(f"- date: {datetime.date.today()}\n- commit: {os.environ.get('COMMIT') or git_commit()}\n")
-            f.write(f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`\n")
-            f.write(f"- device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s\n\n")
-            f.write("Times are CUDA-event medians; GB/s counts each operand read or written once.\n\n")
-            f.write("| op | elements | llmscratch ms | torch ms | ratio | GB/s | % of copy |\n")
-            f.write("|---|---:|---:|---:|---:|---:|---:|\n")
-            for r in rows:
-                f.write(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
-                        f"{r['ratio']:.2f} | {r['rate']:.0f} | {r['pct']:.0f}% |\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}",
+                     [f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s"],
+                     "Times are CUDA-event medians; GB/s counts each operand read or written once.",
+                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "GB/s", "% of copy"],
+                     [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
+                       f"{r['rate']:.0f}", f"{r['pct']:.0f}%"] for r in rows])
 
 
 if __name__ == "__main__":
