@@ -11,6 +11,7 @@
 // pool is returned to the driver and the allocation retried once.
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -73,6 +74,12 @@ class CachingAllocator {
     pool.live.erase(it);
   }
 
+  void reset_peak(int device) {
+    std::lock_guard<std::mutex> lock(m_);
+    Pool& pool = pool_for(device);
+    pool.peak = pool.allocated;
+  }
+
   void stats(int device, int64_t out[5]) {
     std::lock_guard<std::mutex> lock(m_);
     Pool& pool = pool_for(device);
@@ -132,6 +139,13 @@ void* malloc_on(size_t nbytes, int device) { return allocator().allocate(nbytes,
 void free_on(void* p, int device) { allocator().free(p, device); }
 void memory_stats(int device, int64_t out[5]) { allocator().stats(device, out); }
 void empty_cache() { allocator().empty_cache(); }
+void reset_peak(int device) { allocator().reset_peak(device); }
+
+void device_name(int device, char* out, int size) {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  snprintf(out, size, "%s", prop.name);
+}
 
 void memcpy_on(void* dst, const void* src, size_t nbytes, int kind, int device) {
   static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
@@ -146,7 +160,7 @@ void synchronize_on(int device) {
 }
 
 const CudaHooks kHooks{device_count, malloc_on, free_on, memcpy_on, synchronize_on, memory_stats,
-                       empty_cache};
+                       empty_cache, reset_peak, device_name};
 
 struct Install {
   Install() { set_cuda_hooks(&kHooks); }

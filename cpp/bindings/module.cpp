@@ -181,6 +181,14 @@ PYBIND11_MODULE(llmscratch_core, m) {
     return d;
   }, py::arg("device") = 0);
   m.def("cuda_empty_cache", [] { if (cuda_hooks()) cuda_hooks()->empty_cache(); });
+  m.def("cuda_reset_peak_memory_stats", [](int device) {
+    require_cuda("reset_peak_memory_stats").reset_peak(device);
+  }, py::arg("device") = 0);
+  m.def("cuda_device_name", [](int device) {
+    char name[256];
+    require_cuda("get_device_name").device_name(device, name, sizeof(name));
+    return std::string(name);
+  }, py::arg("device") = 0);
   m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
         py::arg("device") = 0);
 }

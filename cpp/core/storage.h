@@ -45,6 +45,8 @@ struct CudaHooks {
   // Caching allocator: {allocated, reserved, peak allocated, cudaMalloc calls, cudaFree calls}
   void (*memory_stats)(int device, int64_t out[5]);
   void (*empty_cache)();
+  void (*reset_peak)(int device);                       // peak allocated := allocated now
+  void (*device_name)(int device, char* out, int size);  // e.g. "NVIDIA H100 80GB HBM3"
 };
 const CudaHooks* cuda_hooks();          // nullptr without CUDA
 void set_cuda_hooks(const CudaHooks* h);

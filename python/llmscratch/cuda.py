@@ -28,3 +28,34 @@ def memory_stats(device: int = 0) -> dict:
 def empty_cache() -> None:
     """Return every cached, unused block to the driver."""
     _core.cuda_empty_cache()
+
+
+def reset_peak_memory_stats(device: int = 0) -> None:
+    """Restart peak_allocated_bytes from the bytes allocated now."""
+    _core.cuda_reset_peak_memory_stats(device)
+
+
+def get_device_name(device: int = 0) -> str:
+    return _core.cuda_device_name(device)
+
+
+# Dense peak FLOP/s from the vendors' data sheets (no sparsity): (16-bit tensor core, fp32 SIMT).
+_PEAK_FLOPS = [
+    ("H200", 989.4e12, 66.9e12),
+    ("H100 PCIe", 756.0e12, 51.2e12),
+    ("H100", 989.4e12, 66.9e12),  # SXM (HBM3)
+    ("A100", 312.0e12, 19.5e12),
+    ("L40S", 362.0e12, 91.6e12),
+    ("RTX 4090", 165.2e12, 82.6e12),
+]
+
+
+def peak_flops(dtype="bfloat16", device: int = 0):
+    """The device's peak FLOP/s for matmuls in dtype (bf16/fp16 tensor cores, or fp32), used as the
+    denominator of MFU; None for a GPU not in the table."""
+    name = get_device_name(device)
+    sixteen = str(dtype).split(".")[-1] in ("bfloat16", "float16")
+    for key, tc, fp32 in _PEAK_FLOPS:
+        if key in name:
+            return tc if sixteen else fp32
+    return None

@@ -77,6 +77,8 @@ def add_parsers(sub):
     t.add_argument("--val-fraction", type=float, default=0.02)
     t.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     t.add_argument("--backend", default="default", help="cpu, cuda, triton or default")
+    t.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="training precision (auto: bfloat16 with fp32 master weights on a GPU, float32 on the CPU)")
     t.add_argument("--steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--seq-len", type=int, default=128)
@@ -133,6 +135,12 @@ def _check_device(device: str) -> str:
     return str(dev)
 
 
+def _train_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
 def train_command(args) -> int:
     import llmscratch as ls
     from ..data import DataLoader
@@ -163,7 +171,7 @@ def train_command(args) -> int:
                       weight_decay=args.weight_decay, eval_every=args.eval_every,
                       ckpt_every=args.ckpt_every, seed=args.seed,
                       on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
-                      out=str(run_dir))
+                      dtype=_train_dtype(args.dtype, device), out=str(run_dir))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)

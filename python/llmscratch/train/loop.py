@@ -47,6 +47,8 @@ class TrainConfig:
     seed: int = 1337
     on_nan: str = "stop"            # stop | skip (skip the step, keep going)
     recompute: bool = False         # recompute each block's activations in the backward
+    dtype: str = "float32"          # float32 | bfloat16 (GPU: bf16 weights and activations,
+                                    # fp32 master weights and optimizer state)
     out: str = "runs/default"
 
     def __post_init__(self):
@@ -56,6 +58,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr} min_lr={self.min_lr}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got '{self.dtype}'")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"on_nan must be 'stop' or 'skip', got '{self.on_nan}'")
         learning_rate(0, 1.0, 1, kind=self.schedule)  # validates the schedule name
@@ -89,6 +93,12 @@ class Trainer:
             if not hasattr(model, "recompute"):
                 raise ValueError(f"{type(model).__name__} has no activation recomputation")
             model.recompute = True
+        self.device = next(iter(model.parameters())).device
+        if cfg.dtype == "bfloat16":
+            if self.device.type != "cuda":
+                raise ValueError("dtype bfloat16 trains on a GPU only (the CPU kernels are float32/float64)")
+            # The model computes in bf16; AdamW keeps an fp32 master copy of every 16-bit weight.
+            model.to(dtype=_core.DType.bfloat16)
         self.run_config = run_config or {}
         self.log = log
         self.progress = progress  # a bar with an ETA on stderr
@@ -192,6 +202,7 @@ class Trainer:
                         now = time.perf_counter()
                         rec["tokens_per_s"] = tokens / (now - t_last)
                         rec["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                        rec.update(self._gpu_figures(rec["tokens_per_s"]))
                         val = self.evaluate()
                         if val is not None:
                             rec["val_loss"] = val
@@ -211,6 +222,17 @@ class Trainer:
             self.plot()
         return self.history
 
+    def _gpu_figures(self, tokens_per_s):
+        """MFU (model FLOPs per token x tokens/s over the GPU's peak) and the allocator's peak."""
+        if self.device.type != "cuda":
+            return {}
+        from .. import cuda
+        out = {"gpu_peak_mb": cuda.memory_stats(self.device.index)["peak_allocated_bytes"] / 2**20}
+        peak = cuda.peak_flops(self.cfg.dtype, self.device.index)
+        if peak and hasattr(self.model, "flops_per_token"):
+            out["mfu"] = self.model.flops_per_token(self.cfg.seq_len) * tokens_per_s / peak
+        return out
+
     def _checkpoint(self, val):
         if val is not None and val < self.best_val:
             self.best_val = val
@@ -225,6 +247,10 @@ class Trainer:
         parts += [f"lr {rec['lr']:.2e}", f"|g| {rec['grad_norm']:.2f}"]
         if "tokens_per_s" in rec:
             parts.append(f"{rec['tokens_per_s']:.0f} tok/s")
+        if "mfu" in rec:
+            parts.append(f"MFU {100 * rec['mfu']:.1f}%")
+        if "gpu_peak_mb" in rec:
+            parts.append(f"GPU peak {rec['gpu_peak_mb']:.0f} MiB")
         return "  ".join(parts)
 
     def plot(self):
