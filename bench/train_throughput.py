@@ -3,10 +3,14 @@ GPT-2-style model, from the same initial weights on the same batches, in one pro
 
     python bench/train_throughput.py                  # tiny preset, CPU, B=16 T=128
     python bench/train_throughput.py --steps 20 --out bench/results/cpu-2core-train.md
+    python bench/train_throughput.py --device cuda --preset gpt2-124m --seq-len 1024 --dtype bfloat16
 
 Each step is forward + backward + AdamW. Tokens/s is the median over the timed steps (after
-warm-up steps); both sides use the same thread count. The loss after the last step shows the
-two runs train the same model (they differ only by float32 rounding)."""
+warm-up steps); on the CPU both sides use the same thread count. On a GPU with bfloat16, ours
+keeps bf16 weights with fp32 master weights in AdamW, and torch runs fp32 weights under bf16
+autocast with its fused AdamW (eager, and torch.compile unless --no-compile). The loss after the
+last step shows the runs train the same model (they differ only by rounding). MFU uses the
+model's FLOPs per token (6N + 12 L C T) and the GPU's peak from llmscratch.cuda.peak_flops."""
 import argparse
 import datetime
 import math
@@ -55,7 +59,7 @@ class TorchGPT(tnn.Module):
         self.lm_head.weight = self.wte.weight
 
     def forward(self, ids, targets):
-        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
         for b in self.blocks:
             x = b(x)
         logits = self.lm_head(self.norm_f(x))
@@ -69,6 +73,7 @@ def decay_groups(named, wd):
 
 
 def run(step_fn, steps, warmup):
+    """Median seconds per step; each step_fn returns the loss as a float (a device sync)."""
     times, loss = [], None
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -78,6 +83,10 @@ def run(step_fn, steps, warmup):
     return statistics.median(times), loss
 
 
+def torch_peak_mb(device):
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny")
@@ -85,8 +94,15 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--backends", default="default", help="comma list of llmscratch backends to run")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row on a GPU")
     ap.add_argument("--out")
     args = ap.parse_args()
+    dev = args.device
+    if args.dtype == "bfloat16" and dev != "cuda":
+        raise SystemExit("--dtype bfloat16 needs --device cuda")
     threads = ls.get_num_threads()
     torch.set_num_threads(threads)
     cfg = M.get_preset(args.preset)
@@ -94,52 +110,88 @@ def main():
         raise SystemExit("the PyTorch twin here covers the GPT-2 family only")
     B, T = args.batch_size, args.seq_len
     ls.manual_seed(0)
-    model = M.Transformer(cfg)
-    tmodel = TorchGPT(cfg)
-    tmodel.load_state_dict({k: torch.from_dlpack(v).clone() for k, v in model.state_dict().items()})
+    init = M.Transformer(cfg)  # fp32 CPU weights shared by every run
+    init_sd = {k: torch.from_dlpack(v).clone() for k, v in init.state_dict().items()}
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, cfg.vocab_size, size=(B, T + 1)) for _ in range(args.warmup + args.steps)]
+    bf16 = args.dtype == "bfloat16"
+    rows = []
 
-    opt = ls.optim.AdamW(decay_groups(list(model.named_parameters()), 0.1), lr=1e-3, betas=(0.9, 0.95))
-    topt = torch.optim.AdamW(decay_groups(list(tmodel.named_parameters()), 0.1), lr=1e-3, betas=(0.9, 0.95))
+    def add_row(name, t, loss, peak_mb):
+        rows.append((name, B * T / t, t * 1e3, loss, peak_mb))
 
-    def ours(i):
-        b = ls.tensor(batches[i])
-        _, loss = model(b[:, :-1], b[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+    for backend in args.backends.split(","):
+        ls.set_backend(backend)
+        model = M.Transformer(cfg)
+        model.load_state_dict(init.state_dict())
+        model.to(device=dev, dtype=ls.bfloat16 if bf16 else None)
+        opt = ls.optim.AdamW(decay_groups(list(model.named_parameters()), 0.1), lr=1e-3, betas=(0.9, 0.95))
+        dev_batches = [ls.tensor(b, device=dev) for b in batches]
+        if dev == "cuda":
+            ls.cuda.reset_peak_memory_stats()
 
-    def theirs(i):
-        b = torch.from_numpy(batches[i])
-        _, loss = tmodel(b[:, :-1], b[:, 1:])
-        topt.zero_grad()
-        loss.backward()
-        topt.step()
-        return loss.item()
+        def ours(i):
+            b = dev_batches[i]
+            _, loss = model(b[:, :-1], b[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
 
-    t_ours, loss_ours = run(ours, args.steps, args.warmup)
-    t_torch, loss_torch = run(theirs, args.steps, args.warmup)
-    tok = B * T
-    rows = [("llmscratch", tok / t_ours, t_ours * 1e3, loss_ours),
-            (f"torch {torch.__version__} eager", tok / t_torch, t_torch * 1e3, loss_torch)]
-    print(f"{args.preset}: {model.num_parameters() / 1e6:.2f}M parameters, B={B} T={T}, {threads} threads")
-    for name, tps, ms, loss in rows:
-        print(f"{name:<28}{tps:>9.0f} tokens/s {ms:>9.1f} ms/step   loss after {args.warmup + args.steps} steps {loss:.4f}")
-    print(f"llmscratch / torch: {t_torch / t_ours:.2f}x the throughput")
+        t, loss = run(ours, args.steps, args.warmup)
+        peak = ls.cuda.memory_stats()["peak_allocated_bytes"] / 2**20 if dev == "cuda" else float("nan")
+        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, loss, peak)
+        del model, opt, dev_batches
+    ls.set_backend("default")
+
+    t_batches = [torch.from_numpy(b).to(dev) for b in batches]
+    for compiled in ([False, True] if dev == "cuda" and not args.no_compile else [False]):
+        tmodel = TorchGPT(cfg).to(dev)
+        tmodel.load_state_dict(init_sd)
+        fwd = torch.compile(tmodel) if compiled else tmodel
+        topt = torch.optim.AdamW(decay_groups(list(tmodel.named_parameters()), 0.1), lr=1e-3,
+                                 betas=(0.9, 0.95), fused=dev == "cuda")
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+        def theirs(i):
+            b = t_batches[i]
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+                _, loss = fwd(b[:, :-1], b[:, 1:])
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        t, loss = run(theirs, args.steps, args.warmup + (5 if compiled else 0))
+        add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, loss, torch_peak_mb(dev))
+        del tmodel, topt, fwd
+
+    flops = init.flops_per_token(T)
+    peak = ls.cuda.peak_flops(args.dtype) if dev == "cuda" else None
+    where = ls.cuda.get_device_name() if dev == "cuda" else f"CPU ({threads} threads)"
+    head = (f"{args.preset}: {init.num_parameters() / 1e6:.2f}M parameters, B={B} T={T}, {args.dtype}, "
+            f"{where}")
+    print(head)
+    table = ["| implementation | tokens/s | ms/step | MFU | peak memory (MiB) | loss after the run |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, tps, ms, loss, pmb in rows:
+        mfu = f"{100 * flops * tps / peak:.1f}%" if peak else "-"
+        mem = "-" if math.isnan(pmb) else f"{pmb:.0f}"
+        table.append(f"| {name} | {tps:.0f} | {ms:.1f} | {mfu} | {mem} | {loss:.4f} |")
+    ratio = rows[0][1] / next(r[1] for r in rows if r[0].endswith("eager"))
+    summary = f"{rows[0][0]} runs at {ratio:.2f}x torch eager's throughput."
+    print("\n".join(table))
+    print(summary)
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         with open(args.out, "w") as f:
-            f.write(f"# Training throughput, {args.preset}, CPU ({threads} threads)\n\n")
+            f.write(f"# Training throughput, {args.preset}, {where}\n\n")
             f.write(f"- date: {datetime.date.today()}\n- commit: {commit}\n")
             f.write(f"- command: `python bench/train_throughput.py {' '.join(sys.argv[1:])}`\n")
-            f.write(f"- B={B}, T={T}, forward + backward + AdamW, median of {args.steps} steps after {args.warmup}\n\n")
-            f.write("| implementation | tokens/s | ms/step | loss after the run |\n|---|---:|---:|---:|\n")
-            for name, tps, ms, loss in rows:
-                f.write(f"| {name} | {tps:.0f} | {ms:.1f} | {loss:.4f} |\n")
-            f.write(f"\nllmscratch runs at {t_torch / t_ours:.2f}x torch's throughput.\n")
+            f.write(f"- {head}; forward + backward + AdamW, median of {args.steps} steps after {args.warmup}\n\n")
+            f.write("\n".join(table) + "\n\n" + summary + "\n")
 
 
 if __name__ == "__main__":
