@@ -1,18 +1,28 @@
-"""Race llmscratch ops against PyTorch on the same inputs and report time, throughput, the
-ratio to torch, and correctness against a float64 reference.
+"""Race every op across llmscratch's backends against PyTorch and the hardware limit.
 
-    python bench/compare_backends.py                 # every op, CPU
-    python bench/compare_backends.py --ops matmul softmax --quick
-    python bench/compare_backends.py --out bench/results/cpu.md
+    python bench/compare_backends.py                         # every op, CPU
+    python bench/compare_backends.py --quick                 # the CI smoke sweep (about a minute)
+    python bench/compare_backends.py --device cuda           # cuda and triton backends vs torch eager
+    python bench/compare_backends.py --device cuda --ops matmul attention --dtypes bfloat16
 
-CPU timing: the median of repeated calls after a warm-up, with torch limited to the same number
-of threads as llmscratch. Inputs are fresh random numbers (never zeros). Throughput: FLOP/s for
-matmul, bytes moved (read inputs + write outputs, once) per second for the row kernels.
+For each op, pass (fwd, bwd, fwd+bwd), shape, dtype and backend: correctness (relative error
+against a float64 reference computed by torch on the same inputs, NaN check), the median time
+(CUDA events on the GPU; inputs of 256 MB and more for the bandwidth rows, so they do not sit in
+L2), achieved GB/s or TFLOP/s, % of the ceiling measured at start-up in the same run (device
+copy bandwidth and cuBLAS bf16 GEMM through torch on the GPU; memcpy bandwidth and torch's sgemm
+on the CPU) and the speed ratio to torch (torch time / ours: above 1 is faster than torch).
+A backend that does not implement an op shows as skipped with the backend that served it.
+
+Output: a table on the terminal and, in --out-dir (default bench/results/<device-name>/),
+report.md, results.csv, pct_of_roofline.png (per op, bars of % of the ceiling per backend) and
+roofline.png (achieved rate against arithmetic intensity).
 """
 import argparse
+import csv
 import datetime
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -22,10 +32,16 @@ import numpy as np
 import torch
 
 import llmscratch as ls
-import llmscratch.functional as F
+import llmscratch_core as _core
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cases import all_cases  # noqa: E402
+
+# ---- timing ------------------------------------------------------------------------------------
 
 
-def median_time(fn, min_time=0.3, warmup=2, max_reps=50):
+def cpu_time(fn, min_time=0.3, warmup=2, max_reps=50):
+    """Median seconds of fn after a warm-up."""
     for _ in range(warmup):
         fn()
     times, start = [], time.perf_counter()
@@ -36,78 +52,10 @@ def median_time(fn, min_time=0.3, warmup=2, max_reps=50):
     return statistics.median(times)
 
 
-def rel_err(ours, ref64):
-    a = np.asarray(ours.detach(), dtype=np.float64) if not isinstance(ours, np.ndarray) else ours
-    if np.isnan(a).any():
-        return float("nan")
-    b = ref64.detach().numpy()
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def case_matmul(n, quick):
-    a, b = np.random.randn(n, n).astype(np.float32), np.random.randn(n, n).astype(np.float32)
-    la, lb, ta, tb = ls.tensor(a), ls.tensor(b), torch.tensor(a), torch.tensor(b)
-    ref = torch.tensor(a, dtype=torch.float64) @ torch.tensor(b, dtype=torch.float64)
-    return dict(op="matmul", shape=f"{n}x{n}x{n}", work=2 * n ** 3, unit="GFLOP/s",
-                ours=lambda: la @ lb, torch=lambda: ta @ tb, err=lambda: rel_err(la @ lb, ref))
-
-
-def case_rows(op, rows, cols, quick):
-    x = np.random.randn(rows, cols).astype(np.float32)
-    lx, tx, x64 = ls.tensor(x), torch.tensor(x), torch.tensor(x, dtype=torch.float64)
-    w = np.random.randn(cols).astype(np.float32)
-    lw, tw, w64 = ls.tensor(w), torch.tensor(w), torch.tensor(w, dtype=torch.float64)
-    if op == "softmax":
-        ours, theirs, ref = (lambda: F.softmax(lx, -1)), (lambda: torch.softmax(tx, -1)), torch.softmax(x64, -1)
-        nbytes = 2 * x.nbytes
-    elif op == "layer_norm":
-        ours = lambda: F.layer_norm(lx, (cols,), lw, lw)
-        theirs = lambda: torch.nn.functional.layer_norm(tx, (cols,), tw, tw)
-        ref = torch.nn.functional.layer_norm(x64, (cols,), w64, w64)
-        nbytes = 2 * x.nbytes
-    elif op == "rms_norm":
-        ours = lambda: F.rms_norm(lx, (cols,), lw)
-        theirs = lambda: torch.nn.functional.rms_norm(tx, (cols,), tw)
-        ref = torch.nn.functional.rms_norm(x64, (cols,), w64)
-        nbytes = 2 * x.nbytes
-    elif op == "cross_entropy":
-        t = np.random.randint(0, cols, rows)
-        lt, tt = ls.tensor(t), torch.tensor(t)
-        ours = lambda: F.cross_entropy(lx, lt)
-        theirs = lambda: torch.nn.functional.cross_entropy(tx, tt)
-        ref = torch.nn.functional.cross_entropy(x64, tt)
-        nbytes = x.nbytes
-    else:
-        raise ValueError(op)
-    return dict(op=op, shape=f"{rows}x{cols}", work=nbytes, unit="GB/s", ours=ours, torch=theirs,
-                err=lambda: rel_err(ours(), ref))
-
-
-def case_rows_fwd_bwd(op, rows, cols, quick):
-    """Forward + backward of the fused row ops (what a training step runs)."""
-    x = np.random.randn(rows, cols).astype(np.float32)
-    t = np.random.randint(0, cols, rows)
-    lx = ls.tensor(x, requires_grad=True)
-    tx = torch.tensor(x, requires_grad=True)
-    lt, tt = ls.tensor(t), torch.tensor(t)
-    if op == "cross_entropy":
-        def ours():
-            F.cross_entropy(lx, lt).backward()
-        def theirs():
-            torch.nn.functional.cross_entropy(tx, tt).backward()
-    else:
-        def ours():
-            F.softmax(lx, -1).sum().backward()
-        def theirs():
-            torch.softmax(tx, -1).sum().backward()
-    return dict(op=f"{op} fwd+bwd", shape=f"{rows}x{cols}", work=3 * x.nbytes, unit="GB/s",
-                ours=ours, torch=theirs, err=None)
-
-
-def cuda_time(fn, reps=20):
-    """Median milliseconds of fn on the GPU, by CUDA events around each call after a warm-up.
-    llmscratch and torch both launch on the default stream, so torch's events time either."""
-    for _ in range(3):
+def cuda_time(fn, reps=15, warmup=3):
+    """Median seconds of fn on the GPU by CUDA events around each call. llmscratch, Triton and
+    torch all launch on the default stream, so torch's events time any of them."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
@@ -117,78 +65,82 @@ def cuda_time(fn, reps=20):
         fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)
 
 
-def cuda_rows(quick):
-    """Memory-bound kernels at 256 MB+ per operand (1 GiB of float32 elements, so nothing sits in
-    L2) against torch on the same tensors, and against the device copy bandwidth (torch clone)."""
-    n = (1 << 24) if quick else (1 << 26)
+# ---- ceilings ----------------------------------------------------------------------------------
+
+
+def ceilings(device, timer):
+    """{'GB/s': memory bandwidth, 'TFLOP/s': matmul rate} measured now, through torch."""
+    if device == "cuda":
+        x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").normal_()  # 1 GiB
+        bw = 2 * x.nbytes / timer(lambda: x.clone()) / 1e9
+        a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+        flops = 2 * 4096 ** 3 / timer(lambda: a @ a) / 1e12
+        return {"GB/s": bw, "TFLOP/s": flops}, f"device copy {bw:.0f} GB/s, cuBLAS bf16 GEMM 4096^3 {flops:.0f} TFLOP/s"
+    x = np.random.rand(1 << 25).astype(np.float32)  # 128 MiB
+    y = np.empty_like(x)
+    bw = 2 * x.nbytes / timer(lambda: np.copyto(y, x)) / 1e9
+    a = torch.randn(2048, 2048)
+    flops = 2 * 2048 ** 3 / timer(lambda: a @ a) / 1e12
+    return {"GB/s": bw, "TFLOP/s": flops}, f"memcpy {bw:.1f} GB/s, torch sgemm 2048^3 {flops * 1e3:.0f} GFLOP/s"
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+
+def served_by(op, backend, fn):
+    """Run fn once under backend and return which implementation served op ('' if op did not run)."""
+    _core.backend_report(True)
+    with ls.backend(backend):
+        fn()
+    return _core.backend_report(False).get(op, "")
+
+
+def measure(case, backends, timer, roof):
+    """One row per implementation of the case: torch first, then each backend."""
     rows = []
-    for dtype, tdtype in ((ls.float32, torch.float32), (ls.bfloat16, torch.bfloat16)):
-        a = ls.randn(n, device="cuda").to(dtype=dtype)
-        b = ls.randn(n, device="cuda").to(dtype=dtype)
-        ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
-        size = n * ta.element_size()
-        copy_ms = cuda_time(lambda: ta.clone())
-        copy_bw = 2 * size / copy_ms / 1e6
-        for name, ours, theirs, nbytes in [
-                ("add", lambda: a + b, lambda: ta + tb, 3 * size),
-                ("mul", lambda: a * b, lambda: ta * tb, 3 * size),
-                ("exp", lambda: a.exp(), lambda: ta.exp(), 2 * size),
-                ("cast to fp32" if dtype == ls.bfloat16 else "cast to bf16",
-                 lambda: a.to(dtype=ls.float32 if dtype == ls.bfloat16 else ls.bfloat16),
-                 lambda: ta.to(torch.float32 if tdtype == torch.bfloat16 else torch.bfloat16),
-                 size + n * (4 if dtype == ls.bfloat16 else 2)),
-                ("sum", lambda: a.sum(), lambda: ta.sum(), size)]:
-            t_ours, t_torch = cuda_time(ours), cuda_time(theirs)
-            bw = nbytes / t_ours / 1e6
-            rows.append(dict(op=f"{name} {str(dtype).split('.')[-1]}", shape=f"{n}", ours_ms=t_ours,
-                             torch_ms=t_torch, ratio=t_ours / t_torch, rate=bw, unit="GB/s",
-                             err=None, pct=100 * bw / copy_bw))
-    return rows, copy_bw
+    t_torch = timer(case.torch)
+    base = dict(op=case.op, pass_=case.pass_, shape=case.shape, dtype=case.dtype, unit=case.unit,
+                intensity=case.intensity)
+    rate = case.work / t_torch / (1e9 if case.unit == "GB/s" else 1e12)
+    rows.append(dict(base, impl="torch", ms=t_torch * 1e3, rate=rate, pct=100 * rate / roof[case.unit],
+                     speedup=1.0, err=case.error(case.torch), note=""))
+    for b in backends:
+        who = served_by(case.registry_op, b, case.ours)
+        if who != b:
+            rows.append(dict(base, impl=b, ms=None, rate=None, pct=None, speedup=None, err=None,
+                             note=f"skipped: served by {who or 'nothing'}"))
+            continue
+        with ls.backend(b):
+            t = timer(case.ours)
+            err = case.error(case.ours)
+        rate = case.work / t / (1e9 if case.unit == "GB/s" else 1e12)
+        rows.append(dict(base, impl=b, ms=t * 1e3, rate=rate, pct=100 * rate / roof[case.unit],
+                         speedup=t_torch / t, err=err, note=""))
+    return rows
 
 
-def cases(selected, quick):
-    mm = [256, 512] if quick else [1024, 2048]
-    rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
-    ce = [(512, 4096)] if quick else [(2048, 4096), (2048, 32768)]
-    out = []
-    if "matmul" in selected:
-        out += [lambda n=n: case_matmul(n, quick) for n in mm]
-    for op in ("softmax", "layer_norm", "rms_norm"):
-        if op in selected:
-            out += [lambda op=op, r=r, c=c: case_rows(op, r, c, quick) for r, c in rows]
-    if "cross_entropy" in selected:
-        out += [lambda r=r, c=c: case_rows("cross_entropy", r, c, quick) for r, c in ce]
-        out += [lambda r=r, c=c: case_rows_fwd_bwd("cross_entropy", r, c, quick) for r, c in ce]
-    return out
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
 
 
-def write_report(path, title, facts, note, header, cells):
-    """A Markdown report: title, date, commit, command, facts, a note and a table (the first two
-    columns left-aligned, the rest right-aligned)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    lines = [f"# {title}", "", f"- date: {datetime.date.today()}",
-             f"- commit: {os.environ.get('COMMIT') or git_commit()}",
-             f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`"]
-    lines += [f"- {fact}" for fact in facts] + ["", note, ""]
-    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+def print_row(r):
+    print(f"{r['op']:<14}{r['pass_']:<8}{r['shape']:<22}{r['dtype']:<9}{r['impl']:<8}"
+          f"{fmt(r['ms'], '10.3f')}ms{fmt(r['rate'], '9.1f')} {r['unit']:<8}{fmt(r['pct'], '6.0f')}%"
+          f"{fmt(r['speedup'], '7.2f')}x {fmt(r['err'], '9.1e')} {r['note']}", flush=True)
 
 
-def _fmt_err(err):
-    return "-" if err is None else f"{err:.1e}"
+# ---- output ------------------------------------------------------------------------------------
 
 
 def git_commit():
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+        return os.environ.get("COMMIT") or subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).strip()
     except Exception:
         return "unknown"
 
@@ -203,61 +155,132 @@ def cpu_name():
     return platform.processor() or "cpu"
 
 
+COLUMNS = ["op", "pass_", "shape", "dtype", "impl", "ms", "rate", "unit", "pct", "speedup", "err", "note",
+           "intensity"]
+
+
+def write_outputs(out_dir, title, facts, rows, roof):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"# {title}", "", f"- date: {datetime.date.today()}", f"- commit: {git_commit()}",
+             f"- command: `python bench/compare_backends.py {' '.join(sys.argv[1:])}`"]
+    lines += [f"- {fact}" for fact in facts]
+    lines += ["", "speedup = torch time / our time (above 1: faster than torch); % = share of the ceiling "
+              "measured at start-up (bandwidth for GB/s rows, cuBLAS/torch GEMM for TFLOP/s rows); "
+              "err = ||ours - ref|| / ||ref|| against float64.", "",
+              "| op | pass | shape | dtype | impl | ms | rate | % of ceiling | speedup | rel err |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rate = "-" if r["rate"] is None else f"{r['rate']:.1f} {r['unit']}"
+        lines.append(f"| {r['op']} | {r['pass_']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
+                     f"{fmt(r['ms'], '.3f')} | {rate} | {fmt(r['pct'], '.0f')} | "
+                     f"{fmt(r['speedup'], '.2f')} | {fmt(r['err'], '.1e')} {r['note']} |")
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(out_dir, rows, roof)
+    print(f"wrote {out_dir}/report.md, results.csv and the plots")
+
+
+def plot(out_dir, rows, roof=None):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    done = [r for r in rows if r["pct"] is not None]
+    impls = sorted({r["impl"] for r in done}, key=lambda s: (s != "torch", s))
+    # Per op: the best % of ceiling each implementation reaches over the op's rows.
+    keys = sorted({(r["op"], r["pass_"]) for r in done})
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(keys) * len(impls)), 4))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        vals = [max([r["pct"] for r in done if (r["op"], r["pass_"]) == k and r["impl"] == impl] or [0])
+                for k in keys]
+        ax.bar([i + j * width for i in range(len(keys))], vals, width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+    ax.set_xticklabels([f"{o}\n{p}" for o, p in keys], fontsize=7)
+    ax.set_ylabel("% of ceiling (best shape)")
+    ax.legend()
+    fig.savefig(os.path.join(out_dir, "pct_of_roofline.png"), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for impl in impls:
+        sel = [r for r in done if r["impl"] == impl and r["intensity"]]
+        ax.scatter([r["intensity"] for r in sel], [achieved_gflops(r) for r in sel], label=impl, s=12)
+    if roof:  # the roofline: min(peak FLOP/s, bandwidth x intensity)
+        xs = np.logspace(-2, 4, 200)
+        ax.plot(xs, np.minimum(roof["TFLOP/s"] * 1e3, roof["GB/s"] * xs), "k--", lw=1, label="roofline")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("achieved GFLOP/s")
+    ax.legend()
+    fig.savefig(os.path.join(out_dir, "roofline.png"), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def achieved_gflops(r):
+    """FLOP/s of a row: TFLOP/s rows directly, bandwidth rows through their intensity."""
+    return r["rate"] * 1e3 if r["unit"] == "TFLOP/s" else r["rate"] * r["intensity"]
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ops", nargs="*", default=["matmul", "softmax", "layer_norm", "rms_norm", "cross_entropy"])
-    ap.add_argument("--quick", action="store_true", help="small shapes, about a minute on 2 cores")
-    ap.add_argument("--out", help="write a Markdown report here")
+    ap.add_argument("--ops", nargs="*", help="ops to run (default: all)")
+    ap.add_argument("--backends", nargs="*", help="backends to run (default: cpu on the CPU, cuda and triton on a GPU)")
+    ap.add_argument("--dtypes", nargs="*", help="dtypes (default: float32 on the CPU, float32 and bfloat16 on a GPU)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="small shapes: about a minute on 2 cores")
+    ap.add_argument("--out-dir", help="folder for report.md, results.csv and plots "
+                                      "(default bench/results/<device-name>/; '-' writes none)")
     args = ap.parse_args()
-    if args.device == "cuda":
-        return main_cuda(args)
-
+    dev = args.device
+    if dev == "cuda" and not (ls.cuda.is_available() and torch.cuda.is_available()):
+        print("skipped: no CUDA device visible to llmscratch and torch")
+        return 0
     threads = ls.get_num_threads()
     torch.set_num_threads(threads)
+    backends = args.backends or (["cpu"] if dev == "cpu" else ["cuda", "triton"])
+    if "triton" in backends:
+        try:
+            ls.set_backend("triton")
+            ls.set_backend("default")
+        except Exception as e:  # no torch/triton, or no GPU for it: reported, never fatal
+            print(f"backend triton skipped: {e}")
+            backends = [b for b in backends if b != "triton"]
+    dtypes = args.dtypes or (["float32"] if dev == "cpu" else ["float32", "bfloat16"])
+    timer = cuda_time if dev == "cuda" else cpu_time
+    roof, roof_text = ceilings(dev, timer)
+    name = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {threads} threads"
+    print(f"{name}: {roof_text}")
     rows = []
-    header = f"{'op':<24}{'shape':<16}{'llmscratch':>12}{'torch':>12}{'ratio':>8}{'ours':>12}{'rel err':>10}"
-    print(header)
-    for make in cases(set(args.ops), args.quick):
-        c = make()
-        t_ours, t_torch = median_time(c["ours"]), median_time(c["torch"])
-        scale = 1e9
-        rate = c["work"] / t_ours / scale
-        err = c["err"]() if c["err"] else None  # None: not measured (a timing-only row)
-        row = dict(op=c["op"], shape=c["shape"], ours_ms=t_ours * 1e3, torch_ms=t_torch * 1e3,
-                   ratio=t_ours / t_torch, rate=rate, unit=c["unit"], err=err)
-        rows.append(row)
-        print(f"{row['op']:<24}{row['shape']:<16}{row['ours_ms']:>10.3f}ms{row['torch_ms']:>10.3f}ms"
-              f"{row['ratio']:>7.2f}x{rate:>8.1f} {c['unit']:<8}{_fmt_err(err):>9}")
-
-    if args.out:
-        write_report(args.out, f"CPU: {cpu_name()}, {threads} threads",
-                     [f"torch {torch.__version__} on the CPU with the same thread count"],
-                     "ratio = llmscratch time / torch time (below 1 is faster than torch). "
-                     "rel err = ||ours - ref|| / ||ref|| against float64.",
-                     ["op", "shape", "llmscratch ms", "torch ms", "ratio", "llmscratch rate", "rel err"],
-                     [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['rate']:.1f} {r['unit']}", _fmt_err(r["err"])] for r in rows])
-
-
-def main_cuda(args):
-    if not (ls.cuda.is_available() and torch.cuda.is_available()):
-        print("skipped: no CUDA device visible to llmscratch and torch")
-        return
-    rows, copy_bw = cuda_rows(args.quick)
-    gpu = torch.cuda.get_device_name()
-    print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
-    for r in rows:
-        print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
-              f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
-    if args.out:
-        write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}",
-                     [f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s"],
-                     "Times are CUDA-event medians; GB/s counts each operand read or written once.",
-                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "GB/s", "% of copy"],
-                     [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['rate']:.0f}", f"{r['pct']:.0f}%"] for r in rows])
+    for case in all_cases(dev, dtypes, args.quick, set(args.ops) if args.ops else None):
+        try:
+            got = measure(case, backends, timer, roof)
+        except Exception as e:  # one broken cell must not hide the others
+            got = [dict(op=case.op, pass_=case.pass_, shape=case.shape, dtype=case.dtype, impl="-",
+                        ms=None, rate=None, unit=case.unit, pct=None, speedup=None, err=None,
+                        intensity=case.intensity, note=f"error: {type(e).__name__}: {str(e)[:120]}")]
+        for r in got:
+            print_row(r)
+        rows += got
+        case.release()
+    if args.out_dir != "-":
+        slug = re.sub(r"[^a-z0-9]+", "-", (torch.cuda.get_device_name() if dev == "cuda" else "cpu").lower()).strip("-")
+        out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
+        write_outputs(out_dir, f"{name}: llmscratch backends against torch {torch.__version__}",
+                      [f"ceilings: {roof_text}", f"backends: {', '.join(backends)}"], rows, roof)
+    bad = [r for r in rows if r["err"] is not None and not np.isfinite(r["err"])]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

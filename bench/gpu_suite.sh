@@ -1,39 +1,54 @@
 #!/usr/bin/env bash
-# On a GPU machine: build llmscratch, run the whole pytest suite (the CUDA tests included), run
-# the CUDA tests under compute-sanitizer (memcheck), and write summary.md with the date, GPU,
-# commit and pass counts into OUTDIR.
+# On a GPU machine: build llmscratch, run the whole pytest suite (the CUDA and Triton GPU tests
+# included), run the CUDA tests under compute-sanitizer (memcheck, and racecheck over the kernels
+# that share memory between threads), then the benchmarks, and write summary.md with the date,
+# GPU, commit, pass counts and figures into OUTDIR.
 #   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh OUTDIR
+# STEPS picks the parts (default: all of "test memcheck racecheck bench train").
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR}
+steps=${STEPS:-test memcheck racecheck bench train}
 mkdir -p "$out"
 here=$(pwd)
+has() { [[ " $steps " == *" $1 "* ]]; }
 
 python3 -m pip install --no-build-isolation -q . >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+summary=("# GPU run" "" "- date: $(date -u +%Y-%m-%d)" "- GPU: $gpu" "- commit: ${COMMIT:-unknown}"
+  "- torch: $(python3 -c 'import torch; print(torch.__version__)'), triton: $(python3 -c 'import triton; print(triton.__version__)' 2>/dev/null), nvcc: $(nvcc --version | tail -1)"
+  "- command: \`STEPS=\"$steps\" bash bench/gpu_suite.sh OUTDIR\`" "")
 
 cd "$here/tests/python"
-python3 -m pytest -q -p no:cacheprovider -rs >"$out/pytest.log" 2>&1
-pytest_rc=$?
-# The allocator-counter test is left out here: under memcheck our allocator's counters showed blocks
-# never returned (not seen in plain runs); memory safety is what this pass checks.
-compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf \
-  test_cuda.py test_cuda_ops.py -k "not caching_allocator" \
-  >"$out/sanitizer.log" 2>&1
-sanitizer_rc=$?
+cuda_tests="test_cuda.py test_cuda_ops.py cuda"
+if has test; then
+  python3 -m pytest -q -p no:cacheprovider -rs >"$out/pytest.log" 2>&1
+  summary+=("pytest (whole suite, CUDA and Triton GPU tests included): \`$(tail -1 "$out/pytest.log")\` (exit $?)" "")
+fi
+if has memcheck; then
+  # The allocator-counter test is left out: under memcheck the counters showed blocks never
+  # returned (not seen in plain runs); memory safety is what this pass checks.
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf \
+    $cuda_tests -k "not caching_allocator" >"$out/memcheck.log" 2>&1
+  rc=$?
+  summary+=("compute-sanitizer memcheck on $cuda_tests: \`$(grep -h 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/memcheck.log" | tail -1)\` (exit $rc)" "")
+fi
+if has racecheck; then
+  race_tests=$(ls cuda/test_{softmax,layer_norm,rms_norm,cross_entropy,matmul,attention,embedding,adamw,topk,sort,cumsum}.py 2>/dev/null)
+  compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf -x \
+    $race_tests >"$out/racecheck.log" 2>&1
+  rc=$?
+  summary+=("compute-sanitizer racecheck on $(echo $race_tests | wc -w) kernel test files: \`$(grep -h 'RACECHECK SUMMARY\|ERROR SUMMARY' "$out/racecheck.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/racecheck.log" | tail -1)\` (exit $rc)" "")
+fi
 cd "$here"
-
-{
-  echo "# GPU test run"
-  echo
-  echo "- date: $(date -u +%Y-%m-%d)"
-  echo "- GPU: $gpu"
-  echo "- commit: ${COMMIT:-unknown}"
-  echo "- torch: $(python3 -c 'import torch; print(torch.__version__)'), nvcc: $(nvcc --version | tail -1)"
-  echo "- command: \`bash bench/gpu_suite.sh OUTDIR\`"
-  echo
-  echo "pytest (whole suite, CUDA tests included): \`$(tail -1 "$out/pytest.log")\` (exit $pytest_rc)"
-  echo
-  echo "compute-sanitizer memcheck on tests/python/test_cuda.py and test_cuda_ops.py: \`$(grep -h 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/sanitizer.log" | tail -1)\` (exit $sanitizer_rc)"
-} >"$out/summary.md"
+if has bench; then
+  python3 bench/compare_backends.py --device cuda --out "$out/compare.md" >"$out/compare.log" 2>&1
+  summary+=("compare_backends --device cuda: exit $?, report in compare.md" "")
+fi
+if has train; then
+  python3 bench/train_throughput.py --device cuda --preset gpt2-124m --seq-len 1024 --batch-size 16 \
+    --dtype bfloat16 --steps 10 --warmup 3 --out "$out/train.md" >"$out/train.log" 2>&1
+  summary+=("train_throughput gpt2-124m bf16: exit $?" "" "$(sed -n '/^|/p' "$out/train.md" 2>/dev/null)" "")
+fi
+printf '%s\n' "${summary[@]}" >"$out/summary.md"
 cat "$out/summary.md"
-grep -E "^(FAILED|ERROR)" "$out/pytest.log" | head -20
+grep -hE "^(FAILED|ERROR)" "$out"/pytest.log 2>/dev/null | head -40

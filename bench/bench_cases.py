@@ -1,0 +1,361 @@
+"""The cases compare_backends.py races: for each op and pass, inputs made once, our call (run
+under whichever backend is selected), the torch eager call on the same memory (DLPack views),
+the float64 reference, the work (bytes moved or FLOPs) and the arithmetic intensity.
+
+Bytes count every operand read or written once; FLOPs follow the usual conventions (matmul
+2MNK; attention 4 B T^2 NH HS, halved when causal, backward 2.5x the forward)."""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as tF
+
+import llmscratch as ls
+import llmscratch.functional as F
+import llmscratch_core as _core
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Case:
+    def __init__(self, op, pass_, shape, dtype, work, unit, ours, torch_fn, ref=None, out=None,
+                 registry_op=None, flops=None, keep=()):
+        self.op, self.pass_, self.shape, self.dtype, self.unit = op, pass_, shape, dtype, unit
+        self.work, self.ours, self.torch = work, ours, torch_fn
+        self.registry_op = registry_op or op
+        self._ref, self._out = ref, out or (lambda r: r)
+        nbytes = work if unit == "GB/s" else None
+        # FLOP per byte; bandwidth rows pass the FLOPs they do, matmul-like rows their bytes.
+        self.intensity = (flops / nbytes if flops and nbytes else
+                          (work / flops if unit == "TFLOP/s" and flops else None))
+        self._keep = list(keep)
+
+    def error(self, fn):
+        """||out - ref|| / ||ref|| over every output (NaN when an output holds a NaN); None when the
+        case has no reference (timing-only)."""
+        if self._ref is None:
+            return None
+        outs = self._out(fn())
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        refs = self._ref if isinstance(self._ref, (list, tuple)) else [self._ref]
+        num = den = 0.0
+        for o, r in zip(outs, refs):
+            t = (o if isinstance(o, torch.Tensor) else torch.from_dlpack(o)).double()
+            if torch.isnan(t).any():
+                return float("nan")
+            num += float(torch.linalg.vector_norm(t - r)) ** 2
+            den += float(torch.linalg.vector_norm(r)) ** 2
+        return math.sqrt(num / max(den, 1e-300))
+
+    def release(self):
+        self._keep.clear()
+        self.ours = self.torch = self._ref = None
+
+
+def _pair(shape, dtype, device, scale=1.0, requires_grad=False):
+    """An llmscratch tensor of fresh random values, the torch view of its memory and a float64 copy."""
+    x = (ls.randn(*shape, device=device) * scale).to(dtype=getattr(ls, dtype))
+    t = torch.from_dlpack(x)
+    t64 = t.double()
+    if requires_grad:
+        x.requires_grad_(True)
+        t = t.detach().requires_grad_(True)
+    return x, t, t64
+
+
+def _es(dtype):
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+
+
+# ---- ops -----------------------------------------------------------------------------------------
+
+
+def matmul(device, dtype, M, N, K):
+    a, ta, a64 = _pair((M, K), dtype, device)
+    b, tb, b64 = _pair((K, N), dtype, device)
+    g, tg, g64 = _pair((M, N), dtype, device)
+    shape, es = f"{M}x{N}x{K}", _es(dtype)
+    flops = 2 * M * N * K
+    byts = es * (M * K + K * N + M * N)
+    yield Case("matmul", "fwd", shape, dtype, flops, "TFLOP/s", lambda: a @ b, lambda: ta @ tb,
+               ref=a64 @ b64, flops=byts, keep=(a, b))
+    # backward: dA = g B^T, dB = A^T g, both read through transposed views
+    yield Case("matmul", "bwd", shape, dtype, 2 * flops, "TFLOP/s",
+               lambda: (g @ b.transpose(0, 1), a.transpose(0, 1) @ g),
+               lambda: (tg @ tb.T, ta.T @ tg), ref=[g64 @ b64.T, a64.T @ g64], flops=3 * byts, keep=(g,))
+
+
+def softmax(device, dtype, R, C):
+    x, tx, x64 = _pair((R, C), dtype, device)
+    size = R * C * _es(dtype)
+    y, ty = F.softmax(x, -1), torch.softmax(tx, -1)
+    g, tg, g64 = _pair((R, C), dtype, device)
+    y64 = torch.softmax(x64, -1)
+    shape = f"{R}x{C}"
+    yield Case("softmax", "fwd", shape, dtype, 2 * size, "GB/s", lambda: F.softmax(x, -1),
+               lambda: torch.softmax(tx, -1), ref=y64, flops=4 * R * C, keep=(x,))
+    ref_bwd = y64 * (g64 - (g64 * y64).sum(-1, keepdim=True))
+    yield Case("softmax", "bwd", shape, dtype, 3 * size, "GB/s",
+               lambda: _core.call("softmax_backward", [y, g], {"dim": -1})[0],
+               lambda: torch._softmax_backward_data(tg, ty, -1, tx.dtype),
+               ref=ref_bwd, registry_op="softmax_backward", flops=4 * R * C, keep=(y, g))
+    yield Case("log_softmax", "fwd", shape, dtype, 2 * size, "GB/s", lambda: F.log_softmax(x, -1),
+               lambda: torch.log_softmax(tx, -1), ref=torch.log_softmax(x64, -1), flops=4 * R * C)
+
+
+def _norm_case(name, device, dtype, R, C):
+    x, tx, x64 = _pair((R, C), dtype, device)
+    w, tw, w64 = _pair((C,), dtype, device)
+    bias, tb, b64 = _pair((C,), dtype, device)
+    g, tg, g64 = _pair((R, C), dtype, device)
+    size, shape = R * C * _es(dtype), f"{R}x{C}"
+    if name == "layer_norm":
+        ours = lambda: F.layer_norm(x, (C,), w, bias)
+        theirs = lambda: tF.layer_norm(tx, (C,), tw, tb)
+        ref = lambda xx, ww, bb: tF.layer_norm(xx, (C,), ww, bb)
+        _, mean, rstd = _core.call("layer_norm", [x, w, bias], {"eps": 1e-5})
+        ours_bwd = lambda: _core.call("layer_norm_backward", [g, x, w, mean, rstd],
+                                      {"dweight": True, "dbias": True, "eps": 1e-5})
+        params = (tw, tb)
+    else:
+        ours = lambda: F.rms_norm(x, (C,), w)
+        theirs = lambda: tF.rms_norm(tx, (C,), tw, eps=1e-6)
+        ref = lambda xx, ww, bb: tF.rms_norm(xx, (C,), ww, eps=1e-6)
+        _, rstd = _core.call("rms_norm", [x, w], {"eps": 1e-6})
+        ours_bwd = lambda: _core.call("rms_norm_backward", [g, x, w, rstd], {"dweight": True, "eps": 1e-6})
+        params = (tw,)
+    yield Case(name, "fwd", shape, dtype, 2 * size, "GB/s", ours, theirs, ref=ref(x64, w64, b64),
+               flops=8 * R * C, keep=(x, w, bias))
+    # backward: torch's autograd through a graph built once (retain_graph), ours through the op
+    xr, wr, br = (x64.clone().requires_grad_(True), w64.clone().requires_grad_(True),
+                  b64.clone().requires_grad_(True))
+    leaves = (xr, wr, br) if name == "layer_norm" else (xr, wr)
+    refs = torch.autograd.grad(ref(xr, wr, br), leaves, g64)
+    txg = tx.detach().requires_grad_(True)
+    pg = [p.detach().requires_grad_(True) for p in params]
+    ty = tF.layer_norm(txg, (C,), *pg) if name == "layer_norm" else tF.rms_norm(txg, (C,), pg[0], eps=1e-6)
+    yield Case(name, "bwd", shape, dtype, 3 * size, "GB/s", ours_bwd,
+               lambda: torch.autograd.grad(ty, [txg] + pg, tg, retain_graph=True),
+               ref=list(refs), registry_op=f"{name}_backward", flops=12 * R * C, keep=(g,))
+
+
+def layer_norm(device, dtype, R, C):
+    return _norm_case("layer_norm", device, dtype, R, C)
+
+
+def rms_norm(device, dtype, R, C):
+    return _norm_case("rms_norm", device, dtype, R, C)
+
+
+def cross_entropy(device, dtype, N, V):
+    x, tx, x64 = _pair((N, V), dtype, device, scale=2.0)
+    t = ls.randint(0, V, (N,), device=device)
+    tt = torch.from_dlpack(t)
+    size, shape = N * V * _es(dtype), f"{N}x{V}"
+    yield Case("cross_entropy", "fwd", shape, dtype, size, "GB/s", lambda: F.cross_entropy(x, t),
+               lambda: tF.cross_entropy(tx, tt), ref=tF.cross_entropy(x64, tt), flops=3 * N * V, keep=(x, t))
+    xg = x.detach().requires_grad_(True)
+    txg = tx.detach().requires_grad_(True)
+    x64g = x64.clone().requires_grad_(True)
+    ref = torch.autograd.grad(tF.cross_entropy(x64g, tt), x64g)[0]
+
+    def ours():
+        xg.grad = None
+        F.cross_entropy(xg, t).backward()
+        return xg.grad
+
+    def theirs():
+        txg.grad = None
+        tF.cross_entropy(txg, tt).backward()
+        return txg.grad
+    # fwd+bwd: one read for the forward, one read and one write for the gradient
+    yield Case("cross_entropy", "fwd+bwd", shape, dtype, 3 * size, "GB/s", ours, theirs, ref=ref,
+               flops=8 * N * V)
+
+
+def _pointwise(name, device, dtype, R, C):
+    x, tx, x64 = _pair((R, C), dtype, device)
+    g, tg, g64 = _pair((R, C), dtype, device)
+    size, shape = R * C * _es(dtype), f"{R}x{C}"
+    if name == "swiglu":
+        b, tb, b64 = _pair((R, C), dtype, device)
+        fwd = (lambda: F.swiglu(x, b)), (lambda: tF.silu(tx) * tb)
+        ref_f = lambda a, bb: tF.silu(a) * bb
+        inputs, leaves64 = (x, b), (x64, b64)
+        bwd_ours = lambda: _core.call("swiglu_backward", [g, x, b], {})
+        tleaves = [tx.detach().requires_grad_(True), tb.detach().requires_grad_(True)]
+        ty = tF.silu(tleaves[0]) * tleaves[1]
+        reads = 3
+    else:
+        tfn = {"gelu": lambda a: tF.gelu(a, approximate="tanh"), "silu": tF.silu}[name]
+        ofn = {"gelu": lambda a: F.gelu(a, approximate="tanh"), "silu": F.silu}[name]
+        attrs = {"approximate": "tanh"} if name == "gelu" else {}
+        fwd = (lambda: ofn(x)), (lambda: tfn(tx))
+        ref_f = tfn
+        inputs, leaves64 = (x,), (x64,)
+        bwd_ours = lambda: _core.call(f"{name}_backward", [g, x], attrs)
+        tleaves = [tx.detach().requires_grad_(True)]
+        ty = tfn(tleaves[0])
+        reads = 2
+    yield Case(name, "fwd", shape, dtype, reads * size, "GB/s", fwd[0], fwd[1], ref=ref_f(*leaves64),
+               flops=10 * R * C, keep=inputs)
+    l64 = [t.clone().requires_grad_(True) for t in leaves64]
+    ref_b = torch.autograd.grad(ref_f(*l64), l64, g64)
+    yield Case(name, "bwd", shape, dtype, (reads + len(inputs)) * size, "GB/s", bwd_ours,
+               lambda: torch.autograd.grad(ty, tleaves, tg, retain_graph=True), ref=list(ref_b),
+               registry_op=f"{name}_backward", flops=14 * R * C, keep=(g,))
+
+
+def gelu(device, dtype, R, C):
+    return _pointwise("gelu", device, dtype, R, C)
+
+
+def silu(device, dtype, R, C):
+    return _pointwise("silu", device, dtype, R, C)
+
+
+def swiglu(device, dtype, R, C):
+    return _pointwise("swiglu", device, dtype, R, C)
+
+
+def rope(device, dtype, B, T, NH, HS):
+    x, tx, x64 = _pair((B, T, NH, HS), dtype, device)
+    cos64, sin64 = F.rope_cache(T, HS, dtype=ls.float64)
+    cos, sin = cos64.to(device=device, dtype=getattr(ls, dtype)), sin64.to(device=device, dtype=getattr(ls, dtype))
+    tc, ts = torch.from_dlpack(cos)[:, None, :], torch.from_dlpack(sin)[:, None, :]
+    c64, s64 = tc.double(), ts.double()
+
+    def torch_rope(t, c, s):  # pairs (i, i + HS/2), the Hugging Face LLaMA layout
+        a, b = t[..., : HS // 2], t[..., HS // 2:]
+        return torch.cat([a * c - b * s, a * s + b * c], -1)
+    size = x.numel() * _es(dtype)
+    yield Case("rope", "fwd", f"{B}x{T}x{NH}x{HS}", dtype, 2 * size, "GB/s", lambda: F.rope(x, cos, sin),
+               lambda: torch_rope(tx, tc, ts), ref=torch_rope(x64, c64, s64), flops=3 * x.numel(),
+               keep=(x, cos, sin))
+
+
+def embedding(device, dtype, V, C, N):
+    w, tw, w64 = _pair((V, C), dtype, device)
+    ids = ls.randint(0, V, (N,), device=device)
+    tids = torch.from_dlpack(ids)
+    g, tg, g64 = _pair((N, C), dtype, device)
+    rows = N * C * _es(dtype)
+    shape = f"V{V} C{C} N{N}"
+    yield Case("embedding", "fwd", shape, dtype, 2 * rows, "GB/s", lambda: F.embedding(ids, w),
+               lambda: tF.embedding(tids, tw), ref=tF.embedding(tids, w64), flops=0, keep=(w, ids))
+    ref = torch.zeros(V, C, dtype=torch.float64, device=g64.device).index_add_(0, tids, g64)
+    twg = tw.detach().requires_grad_(True)
+    ty = tF.embedding(tids, twg)
+    # reads the gradient rows, writes the whole (V, C) table
+    yield Case("embedding", "bwd", shape, dtype, rows + V * C * _es(dtype), "GB/s",
+               lambda: _core.call("embedding_backward", [g, ids], {"num_weights": V})[0],
+               lambda: torch.autograd.grad(ty, twg, tg, retain_graph=True)[0], ref=ref,
+               registry_op="embedding_backward", flops=N * C, keep=(g,))
+
+
+def attention(device, dtype, B, NH, T, HS):
+    q, tq, q64 = _pair((B, NH, T, HS), dtype, device)
+    k, tk, k64 = _pair((B, NH, T, HS), dtype, device)
+    v, tv, v64 = _pair((B, NH, T, HS), dtype, device)
+    do, tdo, do64 = _pair((B, NH, T, HS), dtype, device)
+    flops = 4 * B * T * T * NH * HS // 2  # causal
+    byts = 4 * q.numel() * _es(dtype)
+    shape = f"B{B} NH{NH} T{T} HS{HS}"
+    on_gpu = device != "cpu"
+    ref = tF.scaled_dot_product_attention(q64, k64, v64, is_causal=True) if not on_gpu or T <= 2048 else None
+    yield Case("attention", "fwd", shape, dtype, flops, "TFLOP/s",
+               lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+               lambda: tF.scaled_dot_product_attention(tq, tk, tv, is_causal=True), ref=ref, flops=byts,
+               keep=(q, k, v))
+    out, lse = F.scaled_dot_product_attention(q, k, v, is_causal=True, return_lse=True)
+    leaves = [t.detach().requires_grad_(True) for t in (tq, tk, tv)]
+    ty = tF.scaled_dot_product_attention(*leaves, is_causal=True)
+    yield Case("attention", "bwd", shape, dtype, flops * 5 // 2, "TFLOP/s",
+               lambda: _core.call("attention_backward", [q, k, v, None, out, lse, do], {"causal": True}),
+               lambda: torch.autograd.grad(ty, leaves, tdo, retain_graph=True), ref=None,
+               registry_op="attention_backward", flops=2 * byts, keep=(out, lse, do))
+
+
+def adamw(device, dtype, n_params, n_tensors):
+    """One fused AdamW step over n_params float32 parameters in n_tensors tensors (timing only:
+    its correctness is tested in the test suite)."""
+    sizes = [n_params // n_tensors] * n_tensors
+    ps = [ls.randn(s, device=device) for s in sizes]
+    gs = [ls.randn(s, device=device) for s in sizes]
+    ms = [ls.zeros(s, device=device) for s in sizes]
+    vs = [ls.zeros(s, device=device) for s in sizes]
+    tps = [torch.nn.Parameter(torch.from_dlpack(p).clone()) for p in ps]
+    for tp, g in zip(tps, gs):
+        tp.grad = torch.from_dlpack(g).clone()
+    opt = torch.optim.AdamW(tps, lr=1e-4, fused=device != "cpu", foreach=None if device != "cpu" else True)
+    step = [0]
+
+    def ours():
+        step[0] += 1
+        _core.ops.adamw_step(ps, gs, ms, vs, 1e-4, 0.9, 0.95, 1e-8, 0.1, step[0], None)
+    # reads p, g, m, v and writes p, m, v: 7 float32 per parameter
+    yield Case("adamw", "step", f"{n_params // 10**6}M params / {n_tensors}", "float32", 7 * 4 * n_params,
+               "GB/s", ours, opt.step, registry_op="adamw_step", flops=12 * n_params, keep=(ps, gs, ms, vs))
+
+
+def elementwise(device, dtype, n):
+    a, ta, a64 = _pair((n,), dtype, device)
+    b, tb, b64 = _pair((n,), dtype, device)
+    size = n * _es(dtype)
+    yield Case("add", "fwd", f"{n}", dtype, 3 * size, "GB/s", lambda: a + b, lambda: ta + tb, ref=a64 + b64,
+               flops=n, keep=(a, b))
+    yield Case("mul", "fwd", f"{n}", dtype, 3 * size, "GB/s", lambda: a * b, lambda: ta * tb, ref=a64 * b64, flops=n)
+    yield Case("exp", "fwd", f"{n}", dtype, 2 * size, "GB/s", lambda: a.exp(), lambda: ta.exp(), ref=a64.exp(),
+               flops=n)
+    yield Case("sum", "fwd", f"{n}", dtype, size, "GB/s", lambda: a.sum(), lambda: ta.sum(), ref=a64.sum(), flops=n)
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+
+
+def sweep(device, dtype, quick):
+    """(op, builder, args) of every case; rows of 256 MB and more on the GPU."""
+    gpu = device != "cpu"
+    big = 4 if dtype == "float32" else 2
+    if not gpu:
+        rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
+        return [
+            ("matmul", matmul, [(n, n, n) for n in ([256, 512] if quick else [1024, 2048])]),
+            *[(op, fn, rows) for op, fn in (("softmax", softmax), ("layer_norm", layer_norm),
+                                            ("rms_norm", rms_norm), ("gelu", gelu), ("silu", silu),
+                                            ("swiglu", swiglu))],
+            ("cross_entropy", cross_entropy, [(512, 4096)] if quick else [(2048, 32768)]),
+            ("rope", rope, [(2, 128, 4, 64)] if quick else [(8, 512, 12, 64)]),
+            ("embedding", embedding, [(4096, 256, 2048)] if quick else [(32768, 768, 8192)]),
+            ("attention", attention, [(1, 4, 128, 64)] if quick else [(2, 8, 512, 64)]),
+            ("adamw", adamw, [(1 << 20, 8)] if quick else [(1 << 24, 50)]),
+            ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 25)]),
+        ]
+    r = 16384 * 4 // big  # 256 MB at C = 4096
+    rows = [(1024, 1024)] if quick else [(16384, 768), (r, 4096)]
+    return [
+        ("matmul", matmul, [(1024, 1024, 1024)] if quick else
+         ([(4096, 4096, 4096), (8192, 8192, 8192), (16384, 3072, 768)] if dtype != "float32" else [(4096, 4096, 4096)])),
+        *[(op, fn, rows) for op, fn in (("softmax", softmax), ("layer_norm", layer_norm), ("rms_norm", rms_norm),
+                                        ("gelu", gelu), ("silu", silu), ("swiglu", swiglu))],
+        ("cross_entropy", cross_entropy, [(1024, 32768)] if quick else [(16384, 50304), (8192, 128256)]),
+        ("rope", rope, [(2, 128, 4, 64)] if quick else [(16, 4096, 16, 128)]),
+        ("embedding", embedding, [(4096, 256, 2048)] if quick else [(50304, 768, 16384)]),
+        ("attention", attention, [] if dtype == "float32" else
+         ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64)])),
+        ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),
+        ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 26)]),
+    ]
+
+
+def all_cases(device, dtypes, quick, ops=None):
+    """Every case, built lazily (one op's tensors live only while it is measured)."""
+    for dtype in dtypes:
+        for op, fn, shapes in sweep(device, dtype, quick):
+            if ops and op not in ops and not (op == "elementwise" and ops & {"add", "mul", "exp", "sum"}):
+                continue
+            if op == "adamw" and dtype != "float32":
+                continue  # the master weights and moments are float32 whatever the model's dtype
+            for shape in shapes:
+                args = shape if isinstance(shape, tuple) else (shape,)
+                yield from fn(device, dtype, *args)
