@@ -4,10 +4,13 @@ ratio to torch, and correctness against a float64 reference.
     python bench/compare_backends.py                 # every op, CPU
     python bench/compare_backends.py --ops matmul softmax --quick
     python bench/compare_backends.py --out bench/results/cpu.md
+    python bench/compare_backends.py --device cuda --ops matmul elementwise --out bench/results/h200.md
 
 CPU timing: the median of repeated calls after a warm-up, with torch limited to the same number
 of threads as llmscratch. Inputs are fresh random numbers (never zeros). Throughput: FLOP/s for
 matmul, bytes moved (read inputs + write outputs, once) per second for the row kernels.
+CUDA: memory-bound kernels (elementwise) against the device copy bandwidth, bf16/fp16 matmul in
+TFLOP/s against torch (cuBLAS) on the same tensors in the same run.
 """
 import argparse
 import datetime
@@ -146,8 +149,37 @@ def cuda_rows(quick):
             bw = nbytes / t_ours / 1e6
             rows.append(dict(op=f"{name} {str(dtype).split('.')[-1]}", shape=f"{n}", ours_ms=t_ours,
                              torch_ms=t_torch, ratio=t_ours / t_torch, rate=bw, unit="GB/s",
-                             err=None, pct=100 * bw / copy_bw))
+                             err=None, pct=100 * bw / copy_bw, base="copy"))
     return rows, copy_bw
+
+
+def cuda_matmul(quick):
+    """bf16/fp16 GEMMs (M, K, N) against torch.matmul (cuBLAS) on the same tensors: square sizes,
+    a GPT-2 MLP projection (16384 tokens, 768 -> 3072), and the transposed operands a backward
+    pass hands over (dB = A^T g, dA = g B^T). Error against float64 on the GPU."""
+    shapes = [(1024, 1024, 1024), (2048, 2048, 2048)] if quick else \
+        [(4096, 4096, 4096), (8192, 8192, 8192), (16384, 768, 3072)]
+    rows = []
+    for dtype, tdtype in ((ls.bfloat16, torch.bfloat16), (ls.float16, torch.float16)):
+        for (m, k, n), layout in [(s, "") for s in shapes] + [(shapes[0], "A^T"), (shapes[0], "B^T")]:
+            if layout and dtype != ls.bfloat16:
+                continue
+            # A^T: A is the transpose of a contiguous (K, M) tensor; B^T likewise.
+            a = ls.randn(*((k, m) if layout == "A^T" else (m, k)), device="cuda").to(dtype=dtype)
+            b = ls.randn(*((n, k) if layout == "B^T" else (k, n)), device="cuda").to(dtype=dtype)
+            a = a.transpose(0, 1) if layout == "A^T" else a
+            b = b.transpose(0, 1) if layout == "B^T" else b
+            ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
+            t_ours, t_torch = cuda_time(lambda: a @ b), cuda_time(lambda: ta @ tb)
+            ref = ta.double() @ tb.double()
+            err = float((torch.from_dlpack(a @ b).double() - ref).norm() / ref.norm())
+            tflops = 2 * m * n * k / t_ours / 1e9
+            rows.append(dict(op=f"matmul {str(dtype).split('.')[-1]} {layout}".strip(),
+                             shape=f"{m}x{k}x{n}", ours_ms=t_ours, torch_ms=t_torch,
+                             ratio=t_ours / t_torch, rate=tflops, unit="TFLOP/s", err=err,
+                             pct=100 * t_torch / t_ours, base="torch"))
+            del a, b, ta, tb, ref
+    return rows
 
 
 def cases(selected, quick):
@@ -205,7 +237,9 @@ def cpu_name():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ops", nargs="*", default=["matmul", "softmax", "layer_norm", "rms_norm", "cross_entropy"])
+    ap.add_argument("--ops", nargs="*", default=["matmul", "softmax", "layer_norm", "rms_norm", "cross_entropy",
+                                                 "elementwise"],
+                    help="elementwise: the memory-bound rows of --device cuda")
     ap.add_argument("--quick", action="store_true", help="small shapes, about a minute on 2 cores")
     ap.add_argument("--out", help="write a Markdown report here")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -244,19 +278,26 @@ def main_cuda(args):
     if not (ls.cuda.is_available() and torch.cuda.is_available()):
         print("skipped: no CUDA device visible to llmscratch and torch")
         return
-    rows, copy_bw = cuda_rows(args.quick)
     gpu = torch.cuda.get_device_name()
-    print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
+    rows, facts = [], []
+    if "elementwise" in args.ops:
+        rows, copy_bw = cuda_rows(args.quick)
+        print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
+        facts.append(f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s")
+    if "matmul" in args.ops:
+        rows += cuda_matmul(args.quick)
     for r in rows:
-        print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
-              f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
+        print(f"{r['op']:<20}{r['shape']:<16}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
+              f"{r['rate']:>8.0f} {r['unit']:<8}{r['pct']:>6.0f}% of {r['base']}{_fmt_err(r['err']):>9}")
     if args.out:
-        write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}",
-                     [f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s"],
-                     "Times are CUDA-event medians; GB/s counts each operand read or written once.",
-                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "GB/s", "% of copy"],
+        write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}", facts,
+                     "Times are CUDA-event medians; GB/s counts each operand read or written once; "
+                     "matmul TFLOP/s counts 2*M*N*K, shapes are MxKxN, and its baseline is torch "
+                     "(cuBLAS) on the same tensors. rel err = ||ours - ref|| / ||ref|| against float64.",
+                     ["op", "shape", "llmscratch ms", "torch ms", "ratio", "rate", "% of baseline", "rel err"],
                      [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['rate']:.0f}", f"{r['pct']:.0f}%"] for r in rows])
+                       f"{r['rate']:.0f} {r['unit']}", f"{r['pct']:.0f}% of {r['base']}", _fmt_err(r["err"])]
+                      for r in rows])
 
 
 if __name__ == "__main__":
