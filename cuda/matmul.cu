@@ -8,11 +8,13 @@
 // bf16 / fp16: a tensor-core GEMM with fp32 accumulation, output rounded to the input dtype.
 //   - Block tile 128 (M) x 256 (N) x 32 (K), 8 warps as 2 x 4, each warp owns 64 x 64 of C:
 //     4 x 8 mma.sync.m16n8k16 per 16-wide K step, fed by ldmatrix.x4 (ldmatrix.trans for an
-//     operand whose rows, not K, are contiguous in memory).
-//   - Shared memory is filled by 16-byte cp.async in a 4-stage ring (96 KB per block), so three
-//     tiles are in flight while the warps multiply the fourth. Each tile is stored in 16-byte
-//     chunks with an XOR swizzle of the chunk index, so the 8 row addresses of one ldmatrix
-//     phase, and the 8 chunks one cp.async phase writes, fall in 8 distinct bank groups.
+//     operand whose rows, not K, are contiguous in memory). When that tile would leave SMs idle
+//     (fewer tiles than SMs), a 128 x 128 tile (warps of 64 x 32, two blocks per SM) runs instead.
+//   - Shared memory is filled by 16-byte cp.async in a 4-stage ring (96 KB per block, 64 KB for
+//     the small tile), so three k-tiles are in flight while the warps multiply the fourth. Each
+//     tile is stored in 16-byte chunks with an XOR swizzle of the chunk index, so the 8 row
+//     addresses of one ldmatrix phase, and the 8 chunks one cp.async phase writes, fall in 8
+//     distinct bank groups.
 //   - Both layouts of each operand are template parameters: A with K contiguous (row-major) or
 //     M contiguous (a transposed view), B with N contiguous (row-major) or K contiguous.
 //     cp.async needs 16-byte aligned sources, so an operand whose other stride is not a multiple
@@ -81,11 +83,26 @@ struct GemmArgs {
 
 // ---- tensor-core kernel (bf16, fp16) ----
 
-constexpr int kBM = 128, kBN = 256, kBK = 32, kStages = 4;
-constexpr int kWarpsM = 2, kWarpsN = 4, kTCThreads = 32 * kWarpsM * kWarpsN;
-constexpr int kWM = kBM / kWarpsM, kWN = kBN / kWarpsN;  // 64 x 64 per warp
-constexpr int kMI = kWM / 16, kNI = kWN / 8;             // m16 and n8 fragments per warp
-constexpr int kGroupM = 8;                               // tile rows per L2 group
+constexpr int kBK = 32;     // k-tile depth: 64-byte rows for K-contiguous tiles
+constexpr int kGroupM = 8;  // tile rows per L2 group
+
+// The block tile: BM x BN of C per block of WARPS_M x WARPS_N warps, STAGES k-tiles in flight,
+// MIN_BLOCKS blocks per SM asked of the register allocator.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int MIN_BLOCKS>
+struct TileConfig {
+  static constexpr int kBM = BM, kBN = BN, kWarpsN = WARPS_N;
+  static constexpr int kStages = STAGES, kMinBlocks = MIN_BLOCKS;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kWM = BM / WARPS_M, kWN = BN / WARPS_N;  // C per warp
+  static constexpr int kMI = kWM / 16, kNI = kWN / 8;            // m16 and n8 fragments per warp
+  static constexpr int kSmemBytes = STAGES * (BM + BN) * kBK * 2;
+  static_assert(kMI * 16 == kWM && kNI * 8 == kWN && kNI % 2 == 0, "warp tile must be 16 x 16k");
+};
+// Large problems: 64 x 64 per warp, the most mma per byte of shared memory read; 96 KB.
+using BigTile = TileConfig<128, 256, 2, 4, 4, 1>;
+// Problems with fewer big tiles than SMs (weight gradients such as 768 x 3072 over many tokens):
+// half the tile, two blocks per SM; 64 KB.
+using SmallTile = TileConfig<128, 128, 2, 4, 4, 2>;
 
 // A ROWS x COLS tile of 16-bit elements in shared memory, COLS contiguous, made of 16-byte
 // chunks (8 elements). Chunk c of row r is stored at chunk c ^ swizzle(r): 8 consecutive rows
@@ -94,7 +111,7 @@ template <int ROWS, int COLS>
 struct SmemTile {
   static constexpr int kChunks = COLS / 8;  // per row
   static constexpr int kElems = ROWS * COLS;
-  static_assert(kChunks == 4 || kChunks % 8 == 0, "swizzle written for 64-byte or 128k-byte rows");
+  static_assert(kChunks == 4 || kChunks % 8 == 0, "swizzle written for rows of 4 or 8n chunks");
   __device__ __forceinline__ static int offset(int r, int c) {
     // 64-byte rows: two rows share 128 bytes, so rows r and r + 2 collide unless permuted.
     int sw = kChunks >= 8 ? (r & 7) : ((r >> 1) & 3);
@@ -145,11 +162,11 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 // element (r, k) at src[r * ld + k] when KMAJOR (K contiguous), else at src[k * ld + r]. In
 // shared memory a KMAJOR tile is stored [R_TILE][kBK], the other [kBK][R_TILE]: always as in
 // global memory, so every 16-byte chunk copies straight across.
-template <typename T, bool KMAJOR, int R_TILE>
+template <typename T, bool KMAJOR, int R_TILE, int THREADS>
 struct TileLoader {
   using Tile = std::conditional_t<KMAJOR, SmemTile<R_TILE, kBK>, SmemTile<kBK, R_TILE>>;
-  static constexpr int kPer = Tile::kElems / 8 / kTCThreads;  // chunks per thread per k-tile
-  static_assert(kPer * 8 * kTCThreads == Tile::kElems, "tile must split evenly over threads");
+  static constexpr int kPer = Tile::kElems / 8 / THREADS;  // chunks per thread per k-tile
+  static_assert(kPer * 8 * THREADS == Tile::kElems, "tile must split evenly over threads");
 
   const T* base;
   const T* ptr[kPer];  // the chunk's source at k-tile 0
@@ -163,7 +180,7 @@ struct TileLoader {
       : base(src), kstep(KMAJOR ? kBK : kBK * ld), K(K_) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
-      int q = tid + i * kTCThreads;
+      int q = tid + i * THREADS;
       int row = q / Tile::kChunks, chunk = q % Tile::kChunks;
       soff[i] = Tile::offset(row, chunk);
       if constexpr (KMAJOR) {  // row = r within the tile, chunk = 8 k's
@@ -195,25 +212,25 @@ struct TileLoader {
 // Shared-memory offset (elements) of this lane's ldmatrix row for A's fragment (mi, kk): the
 // 16 x 16 block at rows wm*kWM + mi*16, k = kk*16. Matrices 0..3 of the x4 are (rows 0-7, k 0-7),
 // (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15): a0..a3 of mma.m16n8k16.
-template <bool KMAJOR>
+template <typename C, bool KMAJOR>
 __device__ __forceinline__ int a_frag_offset(int lane, int wm, int mi, int kk) {
-  int j = lane >> 3, m = wm * kWM + mi * 16;
+  int j = lane >> 3, m = wm * C::kWM + mi * 16;
   if constexpr (KMAJOR) {  // [kBM][kBK]: lane gives row m + (lane & 15), chunk kk*2 + lane/16
-    return SmemTile<kBM, kBK>::offset(m + (lane & 15), kk * 2 + (lane >> 4));
+    return SmemTile<C::kBM, kBK>::offset(m + (lane & 15), kk * 2 + (lane >> 4));
   } else {  // [kBK][kBM], read transposed: lane gives k row, chunk of 8 m's
-    return SmemTile<kBK, kBM>::offset(kk * 16 + (j >> 1) * 8 + (lane & 7), (m + (j & 1) * 8) >> 3);
+    return SmemTile<kBK, C::kBM>::offset(kk * 16 + (j >> 1) * 8 + (lane & 7), (m + (j & 1) * 8) >> 3);
   }
 }
 
 // The same for B's n8 fragment pair (2np, 2np+1) at k = kk*16: matrices 0..3 are b0, b1 of
 // n-tile 2np and b0, b1 of n-tile 2np+1.
-template <bool KMAJOR>
+template <typename C, bool KMAJOR>
 __device__ __forceinline__ int b_frag_offset(int lane, int wn, int np, int kk) {
-  int j = lane >> 3, n = wn * kWN + np * 16 + (j >> 1) * 8;
+  int j = lane >> 3, n = wn * C::kWN + np * 16 + (j >> 1) * 8;
   if constexpr (KMAJOR) {  // [kBN][kBK]: lane gives row n + lane%8, chunk of 8 k's
-    return SmemTile<kBN, kBK>::offset(n + (lane & 7), kk * 2 + (j & 1));
+    return SmemTile<C::kBN, kBK>::offset(n + (lane & 7), kk * 2 + (j & 1));
   } else {  // [kBK][kBN], read transposed
-    return SmemTile<kBK, kBN>::offset(kk * 16 + (j & 1) * 8 + (lane & 7), n >> 3);
+    return SmemTile<kBK, C::kBN>::offset(kk * 16 + (j & 1) * 8 + (lane & 7), n >> 3);
   }
 }
 
@@ -241,13 +258,12 @@ __device__ __forceinline__ void store_pair(T* c, int64_t ldc, int M, int N, int 
   }
 }
 
-constexpr int kTCSmemBytes =
-    kStages * (SmemTile<kBM, kBK>::kElems + SmemTile<kBN, kBK>::kElems) * 2;
-
-template <typename T, bool A_KMAJOR, bool B_KMAJOR>
-__global__ void __launch_bounds__(kTCThreads, 1) mma_gemm_kernel(GemmArgs<T> p) {
+template <typename T, typename C, bool A_KMAJOR, bool B_KMAJOR>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) mma_gemm_kernel(GemmArgs<T> p) {
+  constexpr int kBM = C::kBM, kBN = C::kBN, kStages = C::kStages;
+  constexpr int kWM = C::kWM, kWN = C::kWN, kMI = C::kMI, kNI = C::kNI;
   extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int kAElems = SmemTile<kBM, kBK>::kElems, kBElems = SmemTile<kBN, kBK>::kElems;
+  constexpr int kAElems = kBM * kBK, kBElems = kBN * kBK;
   const uint32_t sA = smem_addr(smem), sB = sA + kStages * kAElems * 2;
 
   // Tile order: groups of kGroupM tile rows, column by column inside a group.
@@ -262,9 +278,9 @@ __global__ void __launch_bounds__(kTCThreads, 1) mma_gemm_kernel(GemmArgs<T> p) 
   T* c = p.c + z * p.c_batch;  // c points at C[z, 0, 0]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp / kWarpsN, wn = warp % kWarpsN;
-  TileLoader<T, A_KMAJOR, kBM> la(p.a + oa, A_KMAJOR ? p.a_rs : p.a_ks, p.M, p.K, m0, tid);
-  TileLoader<T, B_KMAJOR, kBN> lb(p.b + ob, B_KMAJOR ? p.b_ns : p.b_ks, p.N, p.K, n0, tid);
+  const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
+  TileLoader<T, A_KMAJOR, kBM, C::kThreads> la(p.a + oa, A_KMAJOR ? p.a_rs : p.a_ks, p.M, p.K, m0, tid);
+  TileLoader<T, B_KMAJOR, kBN, C::kThreads> lb(p.b + ob, B_KMAJOR ? p.b_ns : p.b_ks, p.N, p.K, n0, tid);
 
   float acc[kMI][kNI][4];
 #pragma unroll
@@ -301,11 +317,11 @@ __global__ void __launch_bounds__(kTCThreads, 1) mma_gemm_kernel(GemmArgs<T> p) 
       uint32_t af[kMI][4], bf[kNI][2];
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
-        ldmatrix_x4<!A_KMAJOR>(af[mi], a_st + a_frag_offset<A_KMAJOR>(lane, wm, mi, kk) * 2);
+        ldmatrix_x4<!A_KMAJOR>(af[mi], a_st + a_frag_offset<C, A_KMAJOR>(lane, wm, mi, kk) * 2);
 #pragma unroll
       for (int np = 0; np < kNI / 2; ++np) {
         uint32_t r[4];
-        ldmatrix_x4<!B_KMAJOR>(r, b_st + b_frag_offset<B_KMAJOR>(lane, wn, np, kk) * 2);
+        ldmatrix_x4<!B_KMAJOR>(r, b_st + b_frag_offset<C, B_KMAJOR>(lane, wn, np, kk) * 2);
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
         bf[2 * np + 1][0] = r[2];
@@ -405,26 +421,48 @@ __global__ void __launch_bounds__(kSThreads) simt_gemm_kernel(GemmArgs<T> p) {
 
 constexpr int64_t kMaxGridZ = 65535;
 
-template <typename T, bool A_KMAJOR, bool B_KMAJOR>
-void launch_mma(GemmArgs<T> p, int64_t nbatch) {
-  auto kernel = mma_gemm_kernel<T, A_KMAJOR, B_KMAJOR>;
+// Per device: multiprocessor count, read once.
+int sm_count(int dev) {
+  static std::atomic<int> counts[64];
+  int n = counts[dev & 63].load();
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "matmul");
+    counts[dev & 63].store(n);
+  }
+  return n;
+}
+
+template <typename T, typename C, bool A_KMAJOR, bool B_KMAJOR>
+void launch_mma(GemmArgs<T> p, int64_t nbatch, int dev) {
+  auto kernel = mma_gemm_kernel<T, C, A_KMAJOR, B_KMAJOR>;
   // More than 48 KB of dynamic shared memory must be allowed per device, once.
   static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  check(cudaGetDevice(&dev), "matmul");
   uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTCSmemBytes),
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
           "matmul");
     configured.fetch_or(bit);
   }
-  int64_t tiles = int64_t((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
+  int64_t tiles = int64_t((p.M + C::kBM - 1) / C::kBM) * ((p.N + C::kBN - 1) / C::kBN);
   for (int64_t z0 = 0; z0 < nbatch; z0 += kMaxGridZ) {
     p.z0 = z0;
     dim3 grid(unsigned(tiles), 1, unsigned(std::min(kMaxGridZ, nbatch - z0)));
-    kernel<<<grid, kTCThreads, kTCSmemBytes>>>(p);
+    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(p);
     check_launch("matmul");
   }
+}
+
+// The big tile unless it leaves SMs idle: then the small one, two blocks per SM.
+template <typename T, bool A_KMAJOR, bool B_KMAJOR>
+void launch_mma(GemmArgs<T> p, int64_t nbatch) {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "matmul");
+  int64_t big = nbatch * ((p.M + BigTile::kBM - 1) / BigTile::kBM) *
+                ((p.N + BigTile::kBN - 1) / BigTile::kBN);
+  if (big >= sm_count(dev))
+    launch_mma<T, BigTile, A_KMAJOR, B_KMAJOR>(p, nbatch, dev);
+  else
+    launch_mma<T, SmallTile, A_KMAJOR, B_KMAJOR>(p, nbatch, dev);
 }
 
 template <typename T>
@@ -560,7 +598,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
     ops::fill_(out, 0.0);
     return {out};
   }
-  const int64_t kMaxDim = (int64_t(1) << 31) - kBN;
+  const int64_t kMaxDim = (int64_t(1) << 31) - BigTile::kBN;
   LS_CHECK(M < kMaxDim && N < kMaxDim && K < kMaxDim, ValueError, "matmul: the CUDA kernel "
            "takes M, N, K below 2^31, got ", M, ", ", N, ", ", K);
 
