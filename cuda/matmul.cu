@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(kSThreads) simt_gemm_kernel(GemmArgs<T> p) {
   __shared__ T As[kSK][kSM + 1];
   __shared__ T Bs[kSK][kSN + 1];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const int m0 = blockIdx.y * kSM, n0 = blockIdx.x * kSN;
+  const int m0 = blockIdx.x * kSM, n0 = blockIdx.y * kSN;  // M on x: folded batches make M long
   int64_t z = p.z0 + blockIdx.z, oa, ob;
   p.batch.offsets(z, oa, ob);
   const T* a = p.a + oa;  // a points at A[z, 0, 0]
@@ -467,9 +467,11 @@ void launch_mma(GemmArgs<T> p, int64_t nbatch) {
 
 template <typename T>
 void launch_simt(GemmArgs<T> p, int64_t nbatch) {
+  LS_CHECK((p.N + kSN - 1) / kSN <= 65535, ValueError, "matmul: the float32/float64 CUDA kernel "
+           "takes N up to ", 65535 * kSN, ", got ", p.N);
   for (int64_t z0 = 0; z0 < nbatch; z0 += kMaxGridZ) {
     p.z0 = z0;
-    dim3 grid(unsigned((p.N + kSN - 1) / kSN), unsigned((p.M + kSM - 1) / kSM),
+    dim3 grid(unsigned((p.M + kSM - 1) / kSM), unsigned((p.N + kSN - 1) / kSN),
               unsigned(std::min(kMaxGridZ, nbatch - z0)));
     simt_gemm_kernel<T><<<grid, kSThreads>>>(p);
     check_launch("matmul");
