@@ -150,6 +150,44 @@ def cuda_rows(quick):
     return rows, copy_bw
 
 
+def cuda_attention_rows(quick):
+    """Causal bf16 attention, T = 4096, NH * HS = 2048, against torch SDPA on the same tensors.
+    FLOPs by the FlashAttention convention: 4 B T^2 NH HS halved for causal, backward 2.5x that.
+    The backward rows time the backward alone (ours: the attention_backward op; torch: autograd
+    through a saved SDPA graph). % column: percent of torch's TFLOP/s."""
+    import llmscratch_core as _core
+    B, T = (1, 1024) if quick else (4, 4096)
+    rows = []
+    for HS in (64, 128):
+        NH = 2048 // HS
+        tq, tk, tv, tdo = (torch.randn(B, NH, T, HS, device="cuda", dtype=torch.bfloat16)
+                           for _ in range(4))
+        q, k, v, do = (ls.from_dlpack(t) for t in (tq, tk, tv, tdo))
+        attrs = {"causal": True}
+        flops = 4 * B * T * T * NH * HS / 2
+        out, lse = _core.call("attention", [q, k, v, None], attrs)
+        ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        err = float((torch.from_dlpack(out).float() - ref.float()).norm() / ref.float().norm())
+        print(f"attention HS={HS}: forward rel err against torch SDPA (both bf16) {err:.1e}")
+        fwd_ours = cuda_time(lambda: _core.call("attention", [q, k, v, None], attrs))
+        fwd_torch = cuda_time(lambda: torch.nn.functional.scaled_dot_product_attention(
+            tq, tk, tv, is_causal=True))
+        bwd_ours = cuda_time(lambda: _core.call("attention_backward",
+                                                [q, k, v, None, out, lse, do, None], attrs))
+        gq, gk, gv = (t.detach().requires_grad_() for t in (tq, tk, tv))
+        tout = torch.nn.functional.scaled_dot_product_attention(gq, gk, gv, is_causal=True)
+        bwd_torch = cuda_time(lambda: torch.autograd.grad(tout, (gq, gk, gv), tdo,
+                                                          retain_graph=True))
+        for name, t_ours, t_torch, work in (("fwd", fwd_ours, fwd_torch, flops),
+                                            ("bwd", bwd_ours, bwd_torch, 2.5 * flops)):
+            rate = work / t_ours / 1e9
+            rows.append(dict(op=f"attention causal bf16 HS={HS} {name}",
+                             shape=f"B={B} NH={NH} T={T}", ours_ms=t_ours, torch_ms=t_torch,
+                             ratio=t_ours / t_torch, rate=rate, unit="TFLOP/s", err=err,
+                             pct=100 * t_torch / t_ours))
+    return rows
+
+
 def cases(selected, quick):
     mm = [256, 512] if quick else [1024, 2048]
     rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
@@ -245,18 +283,20 @@ def main_cuda(args):
         print("skipped: no CUDA device visible to llmscratch and torch")
         return
     rows, copy_bw = cuda_rows(args.quick)
+    rows += cuda_attention_rows(args.quick)
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
     for r in rows:
         print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
-              f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
+              f"{r['rate']:>8.0f} {r['unit']}{r['pct']:>6.0f}% of {'torch' if r['unit'] == 'TFLOP/s' else 'copy'}")
     if args.out:
         write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}",
                      [f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s"],
-                     "Times are CUDA-event medians; GB/s counts each operand read or written once.",
-                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "GB/s", "% of copy"],
+                     "Times are CUDA-event medians; GB/s counts each operand read or written once. "
+                     "%: of the copy bandwidth for GB/s rows, of torch's rate for TFLOP/s rows.",
+                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "rate", "%"],
                      [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['rate']:.0f}", f"{r['pct']:.0f}%"] for r in rows])
+                       f"{r['rate']:.0f} {r['unit']}", f"{r['pct']:.0f}%"] for r in rows])
 
 
 if __name__ == "__main__":
