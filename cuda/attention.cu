@@ -14,7 +14,8 @@
 //    cores (mma.sync m16n8k16, fp32 accumulation; fragments loaded with ldmatrix from shared
 //    memory tiles whose 16-byte chunks are XOR-swizzled by row so ldmatrix is bank-conflict free;
 //    tiles streamed with cp.async, double buffered). The (T, S) score matrix never exists.
-//    Forward: one CTA per (b, h, 128 query rows), 8 warps of 16 rows each; 64-key K/V tiles; the
+//    Forward: one CTA per (b, h, 128 query rows), 4 warps of two 16-row m-tiles each (every K/V
+//    fragment read from shared memory feeds two mma); 64-key K/V tiles; the
 //    online softmax runs in fp32 registers in the log2 domain (scale * log2(e) folded into one
 //    multiply, exp2). Under the causal mask a CTA stops at its last visible key and masks only
 //    the tiles that cross the diagonal; CTAs start heaviest first.
@@ -146,23 +147,32 @@ __device__ __forceinline__ uint32_t bk_addr(uint32_t tile, int k0, int np, int l
 
 // ================================ forward, tensor cores ================================
 
-constexpr int kFwdWarps = 8;  // 128 query rows per CTA
-constexpr int kFwdBN = 64;    // keys per K/V tile
+// Forward tiling: NW warps, each owning MT m-tiles of 16 query rows, so every K and V fragment
+// read from shared memory feeds MT mma (shared-memory bandwidth, not the tensor cores, bounds
+// a 16-row warp). BN keys per K/V tile.
+template <int HS> struct FwdCfg {
+  static constexpr int NW = 4, MT = 2, BN = 64, BM = 16 * NW * MT;
+};
+// HS 128: 64-key tiles would need more than 255 registers (the O accumulators alone take 128).
+template <> struct FwdCfg<128> {
+  static constexpr int NW = 4, MT = 2, BN = 32, BM = 16 * NW * MT;
+};
 
-template <int HS, int NW>
-constexpr int fwd_smem_bytes() {
-  return (16 * NW * HS + 4 * kFwdBN * HS) * 2;  // Q tile + double-buffered K and V tiles
+template <int HS>
+constexpr int fwd_smem_bytes() {  // Q tile + double-buffered K and V tiles
+  return (FwdCfg<HS>::BM * HS + 4 * FwdCfg<HS>::BN * HS) * 2;
 }
 
-// grid (ceil(T / BM), NH, B), block NW * 32 threads. Warp w owns query rows t0 + 16w .. +15;
-// a thread holds rows g = lane / 4 and g + 8 of them, columns 2 (lane % 4) + {0, 1} of each
-// 8-wide n-tile (the mma accumulator layout).
-template <typename T, int HS, int NW>
-__global__ void __launch_bounds__(NW * 32, 1)
+// grid (ceil(T / BM), NH, B), block NW * 32 threads. Warp w owns the query rows
+// t0 + 16 (w + NW m) .. +15 for m < MT; in each such m-tile a thread holds rows g = lane / 4 and
+// g + 8, columns 2 (lane % 4) + {0, 1} of each 8-wide n-tile (the mma accumulator layout).
+template <typename T, int HS>
+__global__ void __launch_bounds__(FwdCfg<HS>::NW * 32, 1)
     flash_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                      T* __restrict__ out, float* __restrict__ lse, int NH, int NKV, int T_, int S,
                      float scale, bool causal) {
-  constexpr int BM = 16 * NW, BN = kFwdBN, NT = NW * 32;
+  constexpr int NW = FwdCfg<HS>::NW, MT = FwdCfg<HS>::MT, BN = FwdCfg<HS>::BN;
+  constexpr int BM = FwdCfg<HS>::BM, NT = NW * 32;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t sQ = smem_addr(smem);
   const uint32_t sK = sQ + BM * HS * 2;   // 2 buffers of BN x HS
@@ -188,12 +198,15 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
   const float sl2 = scale * kLog2e;
   const int g = lane / 4, c2 = 2 * (lane % 4);
-  const int row[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
-  float o[HS / 8][4];
+  float o[MT][HS / 8][4];
+  float m[MT][2], l[MT][2];  // running max of the log2-domain scores; this thread's row sums
 #pragma unroll
-  for (int i = 0; i < HS / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY};  // running max of the log2-domain scores
-  float l[2] = {0.f, 0.f};              // this thread's part of the running row sums
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < HS / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
 
   for (int j = 0; j < nblocks; ++j) {
     cp_async_wait_all();
@@ -207,95 +220,117 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const uint32_t kt = sK + (j & 1) * BN * HS * 2, vt = sV + (j & 1) * BN * HS * 2;
     const int n0 = j * BN;
 
-    // s = Q K^T for this warp's 16 rows and the tile's 64 keys
-    float s[BN / 8][4];
+    // s = Q K^T for this warp's MT x 16 rows and the tile's BN keys
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < HS / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_x4(a_addr<HS>(sQ, warp * 16, kk, lane), a);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) ldsm_x4(a_addr<HS>(sQ, (warp + NW * mt) * 16, kk, lane), a[mt]);
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t bb[4];
         ldsm_x4(bn_addr<HS>(kt, np * 16, kk, lane), bb);
-        mma16816<T>(s[2 * np], a, bb[0], bb[1]);
-        mma16816<T>(s[2 * np + 1], a, bb[2], bb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(s[mt][2 * np], a[mt], bb[0], bb[1]);
+          mma16816<T>(s[mt][2 * np + 1], a[mt], bb[2], bb[3]);
+        }
       }
     }
     // log2 domain; keys past S and (causal) past a row's diagonal become -inf
     const bool edge = n0 + BN > S || (causal && n0 + BN - 1 > t0 + shift);
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[i][e] * sl2;
-        if (edge) {
-          const int key = n0 + i * 8 + c2 + (e & 1);
-          if (key >= S || (causal && key > row[e >> 1] + shift)) x = -INFINITY;
+      for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][i][e] * sl2;
+          if (edge) {
+            const int key = n0 + i * 8 + c2 + (e & 1);
+            const int row = t0 + (warp + NW * mt) * 16 + g + (e >> 1) * 8;
+            if (key >= S || (causal && key > row + shift)) x = -INFINITY;
+          }
+          s[mt][i][e] = x;
         }
-        s[i][e] = x;
-      }
     // online softmax: new max, rescale the running sum and accumulator, P = exp2(x - max)
 #pragma unroll
-    for (int rh = 0; rh < 2; ++rh) {
-      float mx = m[rh];
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < BN / 8; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * rh], s[i][2 * rh + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float base = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet: P = 0
-      const float corr = exp2f(m[rh] - base);
-      m[rh] = mx;
-      float sum = 0.f;
+      for (int rh = 0; rh < 2; ++rh) {
+        float mx = m[mt][rh];
 #pragma unroll
-      for (int i = 0; i < BN / 8; ++i) {
-        s[i][2 * rh] = exp2f(s[i][2 * rh] - base);
-        s[i][2 * rh + 1] = exp2f(s[i][2 * rh + 1] - base);
-        sum += s[i][2 * rh] + s[i][2 * rh + 1];
+        for (int i = 0; i < BN / 8; ++i)
+          mx = fmaxf(mx, fmaxf(s[mt][i][2 * rh], s[mt][i][2 * rh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet: P = 0
+        const float corr = exp2f(m[mt][rh] - base);
+        m[mt][rh] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < BN / 8; ++i) {
+          s[mt][i][2 * rh] = exp2f(s[mt][i][2 * rh] - base);
+          s[mt][i][2 * rh + 1] = exp2f(s[mt][i][2 * rh + 1] - base);
+          sum += s[mt][i][2 * rh] + s[mt][i][2 * rh + 1];
+        }
+        l[mt][rh] = l[mt][rh] * corr + sum;
+#pragma unroll
+        for (int i = 0; i < HS / 8; ++i) {
+          o[mt][i][2 * rh] *= corr;
+          o[mt][i][2 * rh + 1] *= corr;
+        }
       }
-      l[rh] = l[rh] * corr + sum;
-#pragma unroll
-      for (int i = 0; i < HS / 8; ++i) {
-        o[i][2 * rh] *= corr;
-        o[i][2 * rh + 1] *= corr;
-      }
-    }
     // O += P V: the accumulators of n-tiles 2kt, 2kt+1 are the A fragment of key block kt
 #pragma unroll
     for (int kt2 = 0; kt2 < BN / 16; ++kt2) {
-      uint32_t a[4];
-      a[0] = pack2<T>(s[2 * kt2][0], s[2 * kt2][1]);
-      a[1] = pack2<T>(s[2 * kt2][2], s[2 * kt2][3]);
-      a[2] = pack2<T>(s[2 * kt2 + 1][0], s[2 * kt2 + 1][1]);
-      a[3] = pack2<T>(s[2 * kt2 + 1][2], s[2 * kt2 + 1][3]);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = pack2<T>(s[mt][2 * kt2][0], s[mt][2 * kt2][1]);
+        a[mt][1] = pack2<T>(s[mt][2 * kt2][2], s[mt][2 * kt2][3]);
+        a[mt][2] = pack2<T>(s[mt][2 * kt2 + 1][0], s[mt][2 * kt2 + 1][1]);
+        a[mt][3] = pack2<T>(s[mt][2 * kt2 + 1][2], s[mt][2 * kt2 + 1][3]);
+      }
 #pragma unroll
       for (int np = 0; np < HS / 16; ++np) {
         uint32_t bb[4];
         ldsm_x4_t(bk_addr<HS>(vt, kt2 * 16, np, lane), bb);
-        mma16816<T>(o[2 * np], a, bb[0], bb[1]);
-        mma16816<T>(o[2 * np + 1], a, bb[2], bb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(o[mt][2 * np], a[mt], bb[0], bb[1]);
+          mma16816<T>(o[mt][2 * np + 1], a[mt], bb[2], bb[3]);
+        }
       }
     }
   }
+  cp_async_wait_all();  // nothing in flight at exit (the Q tile when no key is visible)
 
   // normalise and store; rows past T are padding
 #pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    float sum = l[rh];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (row[rh] >= T_) continue;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    T* orow = out + (int64_t(b * NH + h) * T_ + row[rh]) * HS;  // out[b, h, row, :]
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int i = 0; i < HS / 8; ++i)
-      *reinterpret_cast<uint32_t*>(orow + i * 8 + c2) =
-          pack2<T>(o[i][2 * rh] * inv, o[i][2 * rh + 1] * inv);
-    if (lane % 4 == 0)  // natural log: (max + log2 sum) * ln 2
-      lse[int64_t(b * NH + h) * T_ + row[rh]] =
-          sum > 0.f ? (m[rh] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
-  }
+    for (int rh = 0; rh < 2; ++rh) {
+      float sum = l[mt][rh];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int row = t0 + (warp + NW * mt) * 16 + g + rh * 8;
+      if (row >= T_) continue;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      T* orow = out + (int64_t(b * NH + h) * T_ + row) * HS;  // out[b, h, row, :]
+#pragma unroll
+      for (int i = 0; i < HS / 8; ++i)
+        *reinterpret_cast<uint32_t*>(orow + i * 8 + c2) =
+            pack2<T>(o[mt][i][2 * rh] * inv, o[mt][i][2 * rh + 1] * inv);
+      if (lane % 4 == 0)  // natural log: (max + log2 sum) * ln 2
+        lse[int64_t(b * NH + h) * T_ + row] =
+            sum > 0.f ? (m[mt][rh] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+    }
 }
 
 // ================================ backward, tensor cores ================================
@@ -539,6 +574,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
     }
   }
 
+  cp_async_wait_all();  // nothing in flight at exit
+
   // store dK (scaled) and dV; keys past S are padding
   const int64_t kvbase = int64_t(b * NKV + kvh) * S * HS;
 #pragma unroll
@@ -752,13 +789,13 @@ __global__ void attn_bwd_dkv_simple_kernel(const T* __restrict__ q, const T* __r
 template <typename T, int HS>
 void launch_flash_fwd(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& n,
                       float scale, bool causal) {
-  constexpr int NW = kFwdWarps, BM = 16 * NW, smem = fwd_smem_bytes<HS, NW>();
-  auto kern = flash_fwd_kernel<T, HS, NW>;
+  constexpr int BM = FwdCfg<HS>::BM, smem = fwd_smem_bytes<HS>();
+  auto kern = flash_fwd_kernel<T, HS>;
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "attention");
   const dim3 grid(unsigned((n.T + BM - 1) / BM), unsigned(n.NH), unsigned(n.B));
-  kern<<<grid, NW * 32, smem>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T), int(n.S),
-                                scale, causal);
+  kern<<<grid, FwdCfg<HS>::NW * 32, smem>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T),
+                                            int(n.S), scale, causal);
   check_launch("attention");
 }
 
