@@ -34,17 +34,21 @@ std::vector<int64_t> read_ids(const Tensor& ids_in, int64_t V, const char* op) {
   return out;
 }
 
-void check_weight(const Tensor& weight, const char* op) {
+// cpu_kernel: the CPU kernels' dtypes (float32/float64); other backends also take 16-bit floats.
+void check_weight(const Tensor& weight, const char* op, bool cpu_kernel) {
   LS_CHECK(weight.dim() == 2, ValueError, op, ": weight must be 2-D (V, C), got shape ",
            shape_str(weight.shape()));
-  LS_CHECK(weight.dtype() == DType::Float32 || weight.dtype() == DType::Float64, TypeError, op,
-           ": weight must be float32 or float64, got ", dtype_name(weight.dtype()));
+  LS_CHECK(is_floating(weight.dtype()), TypeError, op, ": weight must be floating-point, got ",
+           dtype_name(weight.dtype()));
+  LS_CHECK(!cpu_kernel || weight.dtype() == DType::Float32 || weight.dtype() == DType::Float64,
+           TypeError, op, ": weight must be float32 or float64 on the CPU, got ",
+           dtype_name(weight.dtype()));
 }
 
 Tensors embedding_forward(const Tensors& in, const Attrs&) {
   LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
            "embedding: expected the inputs (weight, ids)");
-  check_weight(in[0], "embedding");
+  check_weight(in[0], "embedding", true);
   Tensor weight = contiguous(in[0]);
   const int64_t V = weight.size(0), C = weight.size(1);
   std::vector<int64_t> ids = read_ids(in[1], V, "embedding");
@@ -112,7 +116,7 @@ Tensors embedding_backward_cpu(const Tensors& in, const Attrs& a) {
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   LS_CHECK(weight.defined() && ids.defined(), ValueError, "embedding: weight and ids are required");
-  check_weight(weight, "embedding");
+  check_weight(weight, "embedding", false);
   LS_CHECK(ids.dtype() == DType::Int32 || ids.dtype() == DType::Int64, TypeError,
            "embedding: ids must be int32 or int64, got ", dtype_name(ids.dtype()));
   LS_CHECK(ids.device() == weight.device(), ValueError, "embedding: weight is on ",

@@ -20,13 +20,17 @@ namespace ls::ops {
 
 namespace {
 
-void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
+// cpu_kernel: the CPU kernels' dtypes (float32/float64); other backends also take 16-bit floats.
+void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,
+                bool cpu_kernel) {
   LS_CHECK(x.defined() && cos.defined() && sin.defined(), ValueError, op,
            ": x, cos and sin are required");
   LS_CHECK(x.dim() >= 3, ValueError, op, ": x must be (..., T, NH, HS), got shape ",
            shape_str(x.shape()));
-  LS_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64, TypeError, op,
-           ": x must be float32 or float64, got ", dtype_name(x.dtype()));
+  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": x must be floating-point, got ",
+           dtype_name(x.dtype()));
+  LS_CHECK(!cpu_kernel || x.dtype() == DType::Float32 || x.dtype() == DType::Float64, TypeError,
+           op, ": x must be float32 or float64 on the CPU, got ", dtype_name(x.dtype()));
   LS_CHECK(cos.dtype() == x.dtype() && sin.dtype() == x.dtype(), TypeError, op,
            ": cos and sin must have x's dtype ", dtype_name(x.dtype()), ", got ",
            dtype_name(cos.dtype()), " and ", dtype_name(sin.dtype()));
@@ -51,7 +55,7 @@ struct PairLayout {
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
   LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
-  check_rope(in[0], in[1], in[2], "rope");
+  check_rope(in[0], in[1], in[2], "rope", true);
   Tensor x = contiguous(in[0]), cs = contiguous(in[1]), sn = contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false);
   const int64_t T = x.size(-3), NH = x.size(-2), HS = x.size(-1);
@@ -154,7 +158,7 @@ Tensors rope_backward(const BackwardCtx& c, const Tensors& g) {
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved) {
-  check_rope(x, cos, sin, "rope");
+  check_rope(x, cos, sin, "rope", false);
   return call1("rope", {x, cos, sin}, {{"interleaved", interleaved}});
 }
 

@@ -56,9 +56,13 @@ def test_dlpack_with_torch_cuda_shares_memory():
 
 
 def test_missing_kernels_and_devices_are_clear_errors():
+    import llmscratch_core as core
+    if not core.has_op("cpu_only_test_op"):  # an op with a CPU kernel alone
+        core.declare_op("cpu_only_test_op")
+        core.register_kernel("cpu_only_test_op", "cpu", lambda inputs, attrs: [inputs[0]])
     t = ls.ones(3, device="cuda")
-    with pytest.raises(NotImplementedError, match="op 'softmax' has no implementation for device cuda:0"):
-        ls.functional.softmax(t, -1)
+    with pytest.raises(NotImplementedError, match="op 'cpu_only_test_op' has no implementation for device cuda:0"):
+        core.call("cpu_only_test_op", [t])
     with pytest.raises(ValueError, match="does not exist"):
         ls.ones(3, device=f"cuda:{ls.cuda.device_count()}")
     with pytest.raises(ValueError, match="one device"):
