@@ -150,6 +150,67 @@ def cuda_rows(quick):
     return rows, copy_bw
 
 
+def cuda_fused_rows(quick, copy_bw):
+    """Activations (forward and backward), dropout, rope, the fused AdamW step and global_norm at
+    256 MB+ per operand, against torch on the same tensors; GB/s counts each operand once."""
+    import llmscratch_core as _core
+    n = (1 << 24) if quick else (1 << 26)
+    tF = torch.nn.functional
+    rows = []
+
+    def row(name, dtype, ours, theirs, nbytes):
+        t_ours, t_torch = cuda_time(ours), cuda_time(theirs)
+        bw = nbytes / t_ours / 1e6
+        rows.append(dict(op=f"{name} {str(dtype).split('.')[-1]}", shape=f"{n}", ours_ms=t_ours,
+                         torch_ms=t_torch, ratio=t_ours / t_torch, rate=bw, unit="GB/s", err=None,
+                         pct=100 * bw / copy_bw))
+
+    for dtype in (ls.float32, ls.bfloat16):
+        a, b, g = (ls.randn(n, device="cuda").to(dtype=dtype) for _ in range(3))
+        ta, tb, tg = (torch.from_dlpack(t) for t in (a, b, g))
+        size = n * ta.element_size()
+        tanh = {"approximate": "tanh"}
+        row("gelu tanh", dtype, lambda: F.gelu(a, "tanh"), lambda: tF.gelu(ta, approximate="tanh"), 2 * size)
+        row("gelu tanh bwd", dtype, lambda: _core.call("gelu_backward", [g, a], tanh),
+            lambda: torch.ops.aten.gelu_backward(tg, ta, approximate="tanh"), 3 * size)
+        row("silu", dtype, lambda: F.silu(a), lambda: tF.silu(ta), 2 * size)
+        row("swiglu", dtype, lambda: F.swiglu(a, b), lambda: tF.silu(ta) * tb, 3 * size)
+        row("swiglu bwd", dtype, lambda: _core.call("swiglu_backward", [g, a, b], {}),
+            lambda: (tg * tb * torch.sigmoid(ta) * (1 + ta * (1 - torch.sigmoid(ta))), tg * tF.silu(ta)), 5 * size)
+        row("dropout 0.1", dtype, lambda: F.dropout(a, 0.1), lambda: tF.dropout(ta, 0.1), 2 * size)
+        T, NH, HS = 1024, 16, 64  # x (n / (T NH HS), T, NH, HS)
+        x = a.reshape(n // (T * NH * HS), T, NH, HS)
+        cos, sin = F.rope_cache(T, HS, dtype=dtype, device="cuda")
+        tx, tc, ts = (torch.from_dlpack(t) for t in (x, cos, sin))
+
+        def torch_rope():
+            x1, x2 = tx[..., : HS // 2], tx[..., HS // 2:]
+            c, s = tc[:, None, :], ts[:, None, :]
+            return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)
+        row("rope", dtype, lambda: F.rope(x, cos, sin), torch_rope, 2 * size)
+    # AdamW over 64 tensors of n / 64 float32 elements (params, grads, moments)
+    k = 64
+    ps = [ls.randn(n // k, device="cuda") for _ in range(k)]
+    gs = [ls.randn(n // k, device="cuda") for _ in range(k)]
+    ms = [ls.zeros(n // k, device="cuda") for _ in range(k)]
+    vs = [ls.zeros(n // k, device="cuda") for _ in range(k)]
+    tps = [torch.nn.Parameter(torch.from_dlpack(p).clone()) for p in ps]
+    for tp, g in zip(tps, gs):
+        tp.grad = torch.from_dlpack(g).clone()
+    topt = torch.optim.AdamW(tps, lr=1e-3, fused=True)
+    row("adamw_step", ls.float32, lambda: _core.ops.adamw_step(ps, gs, ms, vs, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1),
+        topt.step, 7 * 4 * n)
+    gb = [g.to(dtype=ls.bfloat16) for g in gs]
+    copies = [p.to(dtype=ls.bfloat16) for p in ps]
+    row("adamw_step bf16 grads+copy", ls.float32,
+        lambda: _core.ops.adamw_step(ps, gb, ms, vs, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1, model_copies=copies),
+        topt.step, (6 * 4 + 2 * 2) * n)
+    tgs = [tp.grad for tp in tps]
+    row("global_norm", ls.float32, lambda: _core.ops.global_norm(gs),
+        lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tgs))), 4 * n)
+    return rows
+
+
 def cases(selected, quick):
     mm = [256, 512] if quick else [1024, 2048]
     rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
@@ -245,6 +306,7 @@ def main_cuda(args):
         print("skipped: no CUDA device visible to llmscratch and torch")
         return
     rows, copy_bw = cuda_rows(args.quick)
+    rows += cuda_fused_rows(args.quick, copy_bw)
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
     for r in rows:

@@ -33,7 +33,9 @@ namespace {
 constexpr int kMaxTensors = 320;
 constexpr int kStepThreads = 256;
 constexpr int kStepUnroll = 2;
-constexpr int64_t kStepChunk = int64_t(kStepThreads) * 4 * kStepUnroll;  // elements per block
+// elements per block: four rounds of the unrolled loop, so a block's setup (finding its tensor,
+// reading the table) is spread over enough work
+constexpr int64_t kStepChunk = int64_t(kStepThreads) * 4 * kStepUnroll * 4;
 
 struct NoCopy {};  // the copy type when there are no model copies
 
@@ -186,15 +188,13 @@ Tensors adamw_cuda(const Tensors& in, const Attrs& a) {
   if (has_scale) scale = ops::contiguous(ops::to_dtype(in.back(), DType::Float64));
   const double* scale_ptr = has_scale ? scale.data<double>() : nullptr;
 
-  StepTable tab;
+  StepTable tab{};  // count 0, first_block[0] 0
   auto launch = [&]() {
     if (tab.count == 0) return;
     adamw_kernel<<<unsigned(tab.first_block[tab.count]), kStepThreads>>>(tab, h, scale_ptr);
     check_launch("adamw_step");
     tab.count = 0;
   };
-  tab.count = 0;
-  tab.first_block[0] = 0;
   for (size_t k = 0; k < n; ++k) {
     const Tensor &p = in[k], &g = in[n + k], &m = in[2 * n + k], &v = in[3 * n + k];
     const int64_t numel = p.numel();
@@ -349,7 +349,7 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
   }
   Tensor partial = Tensor::empty({blocks}, DType::Float64, dev);
   double* pp = partial.data<double>();
-  NormTable tab;
+  NormTable tab{};
   int64_t done = 0;  // partials written by earlier launches
   auto launch = [&]() {
     if (tab.count == 0) return;
@@ -358,8 +358,6 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
     done += tab.first_block[tab.count];
     tab.count = 0;
   };
-  tab.count = 0;
-  tab.first_block[0] = 0;
   for (const Tensor& x : xs) {
     const int c = tab.count;
     tab.x[c] = x.raw_data();

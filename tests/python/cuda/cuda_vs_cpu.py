@@ -51,7 +51,7 @@ def check(fn, arrays, dtype, torch_fn=None, tol=None, grad=True):
     dtype-rounded inputs, forward and every gradient."""
     tol = tol or TOL[dtype]
     arrays = [rounded(a, dtype) if a.dtype.kind == "f" else a for a in arrays]
-    out0, _ = run(fn, arrays, dtype, "cpu")  # only for the output shape
+    out0, _ = run(fn, arrays, ref_dtype(dtype), "cpu")  # only for the output shape
     w = rounded(np.random.default_rng().standard_normal(out0.shape), dtype) if grad else None
     gpu = run(fn, arrays, dtype, "cuda", w)
     cpu = run(fn, arrays, ref_dtype(dtype), "cpu", w)
