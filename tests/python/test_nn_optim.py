@@ -244,3 +244,29 @@ def test_global_norm_of_16bit_gradients():
     got = _core.ops.global_norm([ta, tb, ls.tensor(b, dtype=ls.float32)])
     want = np.sqrt(want ** 2 + (b.astype(np.float32).astype(np.float64) ** 2).sum())
     assert abs(got.item() - want) < 1e-6 * want
+
+
+@pytest.mark.parametrize("dtype", [ls.bfloat16, ls.float16])
+def test_adamw_trains_16bit_parameters_through_float32_masters(dtype):
+    """A 16-bit parameter steps through a float32 master in the optimizer state: the master
+    follows a float32 run from the same rounded start bit for bit, and the parameter holds the
+    master rounded; float32 parameters of the same group step as before."""
+    w16 = ls.tensor(randn(6, 5)).to(dtype=dtype).requires_grad_()
+    w32 = w16.detach().to(dtype=ls.float32).requires_grad_()
+    other, other_ref = (ls.tensor(randn(3), dtype=ls.float32).requires_grad_() for _ in range(2))
+    with ls.no_grad():
+        other_ref.copy_(other)
+    opt = ls.optim.AdamW([w16, other], lr=1e-2, weight_decay=0.1)
+    ref = ls.optim.AdamW([w32, other_ref], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        g = ls.tensor(randn(6, 5)).to(dtype=dtype)
+        go = ls.tensor(randn(3), dtype=ls.float32)
+        w16.grad, other.grad = g, go
+        w32.grad, other_ref.grad = g.to(dtype=ls.float32), go.clone()
+        opt.step()
+        ref.step()
+    master = opt.state_dict()["state"][0]["master"]
+    assert master.dtype == ls.float32 and w16.dtype == dtype
+    np.testing.assert_array_equal(to_np(master), to_np(w32))
+    np.testing.assert_array_equal(to_np(w16.float()), to_np(w32.to(dtype=dtype).float()))
+    np.testing.assert_array_equal(to_np(other), to_np(other_ref))
