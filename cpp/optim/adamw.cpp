@@ -46,7 +46,7 @@ size_t check_adamw_inputs(const Tensors& in, bool has_copy, bool has_scale, cons
     const Tensor& p = in[k];
     LS_CHECK(p.defined() && (p.dtype() == DType::Float32 || p.dtype() == DType::Float64), TypeError,
              op, ": parameter ", k, " must be float32 or float64",
-             p.defined() ? cat(", got ", dtype_name(p.dtype())) : std::string());
+             p.defined() ? ::ls::cat(", got ", dtype_name(p.dtype())) : std::string());
     for (size_t grp = 1; grp < groups; ++grp) {
       const Tensor& t = in[grp * n + k];
       static const char* names[] = {"param", "grad", "exp_avg", "exp_avg_sq", "model copy"};

@@ -25,10 +25,23 @@ def rounded(a, dtype):
     return host(ls.tensor(np.ascontiguousarray(a, dtype=np.float64)).to(dtype=dtype))
 
 
-def run(fn, arrays, dtype, device, w=None):
+ITEMSIZE = {ls.float32: 4, ls.float64: 8, ls.bfloat16: 2, ls.float16: 2}
+
+
+def poison_next_allocation(nbytes):
+    """Leave one cached GPU block of nbytes filled with all-ones bits (NaN as float32, float64,
+    bfloat16 and float16) as the only free block, so the caching allocator hands it to the next
+    output of that size: an element the kernel fails to write then reads as NaN."""
+    ls.cuda.empty_cache()
+    block = ls.full(max(nbytes // 4, 1), -1, dtype=ls.int32, device="cuda")
+    del block
+
+
+def run(fn, arrays, dtype, device, w=None, out_bytes=0):
     """fn(*tensors): floating arrays become dtype tensors on device (requiring grad when w is
     given), integer arrays int tensors. Returns (out, grads) as float64 arrays; with w, grads are
-    those of sum(out * w) for the floating inputs (None where no gradient flowed)."""
+    those of sum(out * w) for the floating inputs (None where no gradient flowed). On the GPU
+    with out_bytes, the output's memory is poisoned first (poison_next_allocation)."""
     ts = []
     for a in arrays:
         t = ls.tensor(np.ascontiguousarray(a))
@@ -38,6 +51,8 @@ def run(fn, arrays, dtype, device, w=None):
         if a.dtype.kind == "f" and w is not None:
             t.requires_grad_()
         ts.append(t)
+    if device == "cuda" and out_bytes:
+        poison_next_allocation(out_bytes)
     out = fn(*ts)
     grads = []
     if w is not None:
@@ -53,7 +68,7 @@ def check(fn, arrays, dtype, torch_fn=None, tol=None, grad=True):
     arrays = [rounded(a, dtype) if a.dtype.kind == "f" else a for a in arrays]
     out0, _ = run(fn, arrays, ref_dtype(dtype), "cpu")  # only for the output shape
     w = rounded(np.random.default_rng().standard_normal(out0.shape), dtype) if grad else None
-    gpu = run(fn, arrays, dtype, "cuda", w)
+    gpu = run(fn, arrays, dtype, "cuda", w, out_bytes=out0.size * ITEMSIZE[dtype])
     cpu = run(fn, arrays, ref_dtype(dtype), "cpu", w)
     refs = [("cpu", cpu)]
     if torch_fn is not None:
