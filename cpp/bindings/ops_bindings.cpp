@@ -54,10 +54,11 @@ void bind_ops(py::module_& root) {
   m.def("sum_to", &sum_to);
   m.def("adamw_step", [](const Tensors& p, const Tensors& g, const Tensors& m1, const Tensors& m2,
                          double lr, double b1, double b2, double eps, double wd, int64_t step,
-                         std::optional<Tensor> scale) {
-    adamw_step(p, g, m1, m2, lr, b1, b2, eps, wd, step, scale ? *scale : Tensor());
+                         std::optional<Tensor> scale, const Tensors& model_copies) {
+    adamw_step(p, g, m1, m2, lr, b1, b2, eps, wd, step, scale ? *scale : Tensor(), model_copies);
   }, py::arg("params"), py::arg("grads"), py::arg("exp_avg"),
         py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale") = py::none());
+        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale") = py::none(),
+        py::arg("model_copies") = Tensors{});
   m.def("global_norm", &global_norm);
 }

@@ -123,9 +123,15 @@ Tensors sort(const Tensor& x, int64_t dim = -1, bool descending = false);       
 Tensor argsort(const Tensor& x, int64_t dim = -1, bool descending = false);
 Tensor cumsum(const Tensor& x, int64_t dim);
 
-// optim/adamw.cpp: fused multi-tensor AdamW (in place) and the global L2 norm (0-d float32)
+// optim/adamw.cpp: fused multi-tensor AdamW (in place) and the global L2 norm (0-d float32).
+// grads may be bfloat16/float16 for float32 params; model_copies (empty, or one bfloat16/float16
+// tensor per param) receive the updated weights rounded, in the same pass.
 void adamw_step(const Tensors& params, const Tensors& grads, const Tensors& exp_avg,
                 const Tensors& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                double weight_decay, int64_t step, const Tensor& grad_scale = Tensor());
+                double weight_decay, int64_t step, const Tensor& grad_scale = Tensor(),
+                const Tensors& model_copies = {});
 Tensor global_norm(const Tensors& tensors);
+// The input checks of the "adamw_step" kernels (CPU and CUDA): P tensors per group, the dtype
+// rules, one shape per parameter, contiguous memory. Returns P.
+size_t check_adamw_inputs(const Tensors& in, bool has_model_copy, bool has_grad_scale, const char* op);
 }  // namespace ls::ops

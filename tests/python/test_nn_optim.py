@@ -175,3 +175,98 @@ def test_optimizer_rejects_bad_input():
         ls.optim.AdamW(nn.Linear(2, 2).parameters(), lr=-1)
     with pytest.raises(ValueError, match="does not require grad"):
         ls.optim.SGD([ls.zeros(2)])
+
+
+def _adamw_reference(p, g, m, v, lr, b1, b2, eps, wd, step, scale=1.0):
+    """One AdamW step in float64 numpy (the formula of cpp/optim/adamw.cpp)."""
+    g = g * scale
+    p = p - lr * wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    p = p - lr * (m / (1 - b1 ** step)) / (np.sqrt(v / (1 - b2 ** step)) + eps)
+    return p, m, v
+
+
+@pytest.mark.parametrize("grad_dtype", [ls.float32, ls.bfloat16, ls.float16])
+@pytest.mark.parametrize("copy_dtype", [None, ls.bfloat16, ls.float16])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_adamw_mixed_precision_grads_and_model_copies(grad_dtype, copy_dtype, with_scale):
+    """float32 master weights and moments, 16-bit gradients (read widened), and 16-bit model
+    copies that receive the rounded new weights in the same call; odd sizes, three steps."""
+    import llmscratch_core as _core
+    shapes = [(3, 5), (127,), (1,), (64, 33)]
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
+    params = [ls.tensor(randn(*s), dtype=ls.float32) for s in shapes]
+    m = [ls.zeros(*s) for s in shapes]
+    v = [ls.zeros(*s) for s in shapes]
+    copies = [ls.zeros(*s, dtype=copy_dtype) for s in shapes] if copy_dtype else []
+    ref = [(to_np(p).astype(np.float64), np.zeros(s), np.zeros(s)) for p, s in zip(params, shapes)]
+    for step in (1, 2, 3):
+        grads = [ls.tensor(randn(*s)).to(dtype=grad_dtype) for s in shapes]
+        scale = ls.tensor(0.75) if with_scale else None
+        _core.ops.adamw_step(params, grads, m, v, lr, b1, b2, eps, wd, step, scale,
+                             model_copies=copies)
+        ref = [_adamw_reference(rp, to_np(g.float()).astype(np.float64), rm, rv, lr, b1, b2, eps, wd,
+                                step, 0.75 if with_scale else 1.0)
+               for (rp, rm, rv), g in zip(ref, grads)]
+    # float32 rounding per element, with an absolute floor: m sums gradients of both signs
+    for k in range(len(shapes)):
+        for ours, want, atol in ((params[k], ref[k][0], 1e-7), (m[k], ref[k][1], 1e-7), (v[k], ref[k][2], 1e-9)):
+            np.testing.assert_allclose(to_np(ours), want, rtol=1e-6, atol=atol)
+        if copy_dtype:
+            assert copies[k].dtype == copy_dtype
+            np.testing.assert_array_equal(to_np(copies[k].float()), to_np(params[k].to(dtype=copy_dtype).float()))
+
+
+def test_adamw_mixed_precision_rejects_bad_dtypes():
+    import llmscratch_core as _core
+    p, g16 = ls.randn(4), ls.randn(4).to(dtype=ls.bfloat16)
+    args = (1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(TypeError, match="grad 0 has dtype bfloat16 for a float64 parameter"):
+        _core.ops.adamw_step([p.double()], [g16], [ls.zeros(4).double()], [ls.zeros(4).double()], *args)
+    with pytest.raises(TypeError, match="exp_avg 0 has dtype bfloat16"):
+        _core.ops.adamw_step([p], [g16], [ls.zeros(4, dtype=ls.bfloat16)], [ls.zeros(4)], *args)
+    with pytest.raises(TypeError, match="model copy 0 has dtype float32"):
+        _core.ops.adamw_step([p], [g16], [ls.zeros(4)], [ls.zeros(4)], *args, model_copies=[ls.zeros(4)])
+    with pytest.raises(ValueError, match="expected 1 model copies"):
+        _core.ops.adamw_step([p], [g16], [ls.zeros(4)], [ls.zeros(4)], *args,
+                             model_copies=[ls.zeros(4, dtype=ls.bfloat16)] * 2)
+    with pytest.raises(ValueError, match="does not match its parameter"):
+        _core.ops.adamw_step([p], [g16], [ls.zeros(4)], [ls.zeros(4)], *args,
+                             model_copies=[ls.zeros(5, dtype=ls.bfloat16)])
+
+
+def test_global_norm_of_16bit_gradients():
+    import llmscratch_core as _core
+    a, b = randn(37), randn(5, 3)
+    ta, tb = ls.tensor(a).to(dtype=ls.bfloat16), ls.tensor(b).to(dtype=ls.float16)
+    want = np.sqrt((to_np(ta.float()).astype(np.float64) ** 2).sum() + (to_np(tb.float()).astype(np.float64) ** 2).sum())
+    got = _core.ops.global_norm([ta, tb, ls.tensor(b, dtype=ls.float32)])
+    want = np.sqrt(want ** 2 + (b.astype(np.float32).astype(np.float64) ** 2).sum())
+    assert abs(got.item() - want) < 1e-6 * want
+
+
+@pytest.mark.parametrize("dtype", [ls.bfloat16, ls.float16])
+def test_adamw_trains_16bit_parameters_through_float32_masters(dtype):
+    """A 16-bit parameter steps through a float32 master in the optimizer state: the master
+    follows a float32 run from the same rounded start bit for bit, and the parameter holds the
+    master rounded; float32 parameters of the same group step as before."""
+    w16 = ls.tensor(randn(6, 5)).to(dtype=dtype).requires_grad_()
+    w32 = w16.detach().to(dtype=ls.float32).requires_grad_()
+    other, other_ref = (ls.tensor(randn(3), dtype=ls.float32).requires_grad_() for _ in range(2))
+    with ls.no_grad():
+        other_ref.copy_(other)
+    opt = ls.optim.AdamW([w16, other], lr=1e-2, weight_decay=0.1)
+    ref = ls.optim.AdamW([w32, other_ref], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        g = ls.tensor(randn(6, 5)).to(dtype=dtype)
+        go = ls.tensor(randn(3), dtype=ls.float32)
+        w16.grad, other.grad = g, go
+        w32.grad, other_ref.grad = g.to(dtype=ls.float32), go.clone()
+        opt.step()
+        ref.step()
+    master = opt.state_dict()["state"][0]["master"]
+    assert master.dtype == ls.float32 and w16.dtype == dtype
+    np.testing.assert_array_equal(to_np(master), to_np(w32))
+    np.testing.assert_array_equal(to_np(w16.float()), to_np(w32.to(dtype=dtype).float()))
+    np.testing.assert_array_equal(to_np(other), to_np(other_ref))

@@ -8,7 +8,8 @@ __all__ = ["embedding"]
 def embedding(ids, weight):
     """weight[ids]: ids int32/int64 of any shape, weight (V, C) -> ids.shape + (C,).
 
-    Argument order as in torch.nn.functional.embedding. Ids outside [0, V) raise IndexError.
+    Argument order as in torch.nn.functional.embedding. Ids outside [0, V) raise IndexError on
+    the CPU; on a GPU checking them would cost a host round trip, so their rows come out NaN.
     """
     if not isinstance(ids, _core.Tensor) or not isinstance(weight, _core.Tensor):
         raise TypeError(f"embedding: ids and weight must be Tensors, got {type(ids).__name__} "

@@ -1,0 +1,222 @@
+// Embedding lookup on the GPU and its deterministic backward; float32, float64, bfloat16,
+// float16 weights, int32/int64 ids. The math of the CPU reference cpp/ops/embedding.cpp:
+//   forward  "embedding" {weight (V, C), ids (N..)} -> out (N.., C),  out[n, :] = weight[ids[n], :]
+//   backward "embedding_backward" {grad (N.., C), ids} attr num_weights = V -> dweight (V, C),
+//            dweight[v, :] = sum over n with ids[n] == v of grad[n, :], in increasing n
+// Forward: a gather; each thread copies one 16-byte pack of a row (scalar elements when C or a
+// pointer does not allow packs), so rows stream at copy bandwidth.
+// Backward without float atomics, so two runs give identical bits:
+//   1. keys[n] = ids[n] (V for an id out of range), vals[n] = n;
+//   2. a stable radix sort of (key, n) pairs (cub::DeviceRadixSort over the bits V needs) groups
+//      the token positions by id, each group in increasing n;
+//   3. start[v] = first sorted position with key >= v (a binary search per v);
+//   4. one block per vocabulary row v sums grad[n, :] over its group in order, accumulating in
+//      float32 (float64 for float64), and writes the whole row (zeros for unused ids).
+// All on the device, no host synchronisation; the sort's scratch comes from the caching allocator.
+// Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip, so the
+// forward writes a row of NaN for them (the loss turns NaN, which training reports) and the
+// backward ignores them; the CPU op raises IndexError.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "core/registry.h"
+#include "ops/ops.h"
+#include "vec_map.cuh"
+
+namespace ls::cuda {
+
+namespace {
+
+// out[n, :] = weight[ids[n], :], W-element packs; cp = packs per row.
+template <int W, typename T, typename I>
+__global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* __restrict__ ids,
+                                         T* __restrict__ out, int64_t N, int64_t cp, int64_t V) {
+  using P = Pack<T, W>;
+  const int64_t total = N * cp;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / cp, c = idx - n * cp;
+    const int64_t id = int64_t(ids[n]);
+    P v;
+    if (id >= 0 && id < V) {
+      v = reinterpret_cast<const P*>(weight)[id * cp + c];  // weight[id, c*W : c*W+W]
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) v.v[j] = convert<T>(acc_t<T>(NAN));
+    }
+    reinterpret_cast<P*>(out)[idx] = v;  // out[n, c*W : c*W+W]
+  }
+}
+
+template <typename I>
+__global__ void make_keys_kernel(const I* __restrict__ ids, int32_t* keys, int32_t* vals, int64_t N,
+                                 int64_t V) {
+  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
+       n += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t id = int64_t(ids[n]);
+    keys[n] = id >= 0 && id < V ? int32_t(id) : int32_t(V);
+    vals[n] = int32_t(n);
+  }
+}
+
+// start[v] = lower_bound(sorted keys, v) for v in 0..V.
+__global__ void group_starts_kernel(const int32_t* __restrict__ keys, int64_t N, int64_t V,
+                                    int32_t* start) {
+  for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v <= V;
+       v += int64_t(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = N;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (keys[mid] < v) lo = mid + 1;
+      else hi = mid;
+    }
+    start[v] = int32_t(lo);
+  }
+}
+
+// Block v: dweight[v, :] = sum over k in [start[v], start[v+1]) of grad[order[k], :].
+template <int W, typename T>
+__global__ void embedding_backward_kernel(const T* __restrict__ grad, const int32_t* __restrict__ order,
+                                          const int32_t* __restrict__ start, T* __restrict__ dweight,
+                                          int64_t cp) {
+  using A = acc_t<T>;
+  using P = Pack<T, W>;
+  const int64_t v = blockIdx.x;
+  const int32_t k0 = start[v], k1 = start[v + 1];
+  for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
+    A acc[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) acc[j] = A(0);
+    for (int32_t k = k0; k < k1; ++k) {
+      const P g = reinterpret_cast<const P*>(grad)[int64_t(order[k]) * cp + c];  // grad[n, c*W:]
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc[j] += convert<A>(g.v[j]);
+    }
+    P out;
+#pragma unroll
+    for (int j = 0; j < W; ++j) out.v[j] = convert<T>(acc[j]);
+    reinterpret_cast<P*>(dweight)[v * cp + c] = out;  // dweight[v, c*W:]
+  }
+}
+
+unsigned grid_1d(int64_t n) {
+  return unsigned(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), int64_t(1) << 20));
+}
+
+// Elements per pack: 16 bytes when the row length and every pointer allow it, else 1.
+template <typename T>
+int pack_width(int64_t C, std::initializer_list<const void*> ptrs) {
+  constexpr int W = 16 / sizeof(T);
+  if (C % W != 0) return 1;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  return W;
+}
+
+void check_ids(const Tensor& ids, const char* op) {
+  LS_CHECK(ids.dtype() == DType::Int32 || ids.dtype() == DType::Int64, TypeError, op,
+           ": ids must be int32 or int64, got ", dtype_name(ids.dtype()));
+  LS_CHECK(ids.numel() < (int64_t(1) << 31), ValueError, op, ": at most 2^31 - 1 ids, got ", ids.numel());
+}
+
+Tensors embedding_forward(const Tensors& in, const Attrs&) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
+           "embedding: expected the inputs (weight, ids)");
+  LS_CHECK(in[0].dim() == 2, ValueError, "embedding: weight must be 2-D (V, C), got shape ",
+           shape_str(in[0].shape()));
+  check_ids(in[1], "embedding");
+  Tensor weight = ops::contiguous(in[0]), ids = ops::contiguous(in[1]);
+  const int64_t V = weight.size(0), C = weight.size(1), N = ids.numel();
+  Shape out_shape = ids.shape();
+  out_shape.push_back(C);
+  Tensor out = Tensor::empty(out_shape, weight.dtype(), weight.device());
+  if (N == 0 || C == 0) return {out};
+  set_device(weight, "embedding");
+  CUDA_DISPATCH_FLOAT(weight.dtype(), "embedding", {
+    using T = scalar_t;
+    const int W = pack_width<T>(C, {weight.raw_data(), out.raw_data()});
+    const int64_t cp = C / W;
+    auto launch = [&](auto* pid) {
+      if (W == 1)
+        embedding_forward_kernel<1><<<grid_1d(N * cp), kThreads>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+      else
+        embedding_forward_kernel<16 / sizeof(T)><<<grid_1d(N * cp), kThreads>>>(cptr<T>(weight), pid,
+                                                                                  mptr<T>(out), N, cp, V);
+    };
+    if (ids.dtype() == DType::Int32) launch(ids.data<int32_t>());
+    else launch(ids.data<int64_t>());
+  });
+  check_launch("embedding");
+  return {out};
+}
+
+Tensors embedding_backward(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
+           "embedding_backward: expected the inputs (grad, ids)");
+  const int64_t V = a.i("num_weights");
+  LS_CHECK(V >= 0 && V < (int64_t(1) << 31) - 1, ValueError,
+           "embedding_backward: num_weights must be in [0, 2^31 - 1), got ", V);
+  check_ids(in[1], "embedding_backward");
+  LS_CHECK(in[0].dim() >= 1, ValueError, "embedding_backward: grad must have a channel dim");
+  Tensor grad = ops::contiguous(in[0]), ids = ops::contiguous(in[1]);
+  const int64_t C = grad.size(-1), N = ids.numel();
+  LS_CHECK(grad.numel() == N * C, ValueError, "embedding_backward: grad of shape ",
+           shape_str(grad.shape()), " does not match ids of shape ", shape_str(ids.shape()),
+           " plus C = ", C);
+  Tensor dweight = Tensor::empty({V, C}, grad.dtype(), grad.device());
+  if (V == 0 || C == 0) return {dweight};
+  if (N == 0) {
+    ops::fill_(dweight, 0.0);
+    return {dweight};
+  }
+  set_device(grad, "embedding_backward");
+  const Device dev = grad.device();
+  // 1. keys and positions
+  Tensor keys = Tensor::empty({N}, DType::Int32, dev), vals = Tensor::empty({N}, DType::Int32, dev);
+  Tensor sorted_keys = Tensor::empty({N}, DType::Int32, dev), order = Tensor::empty({N}, DType::Int32, dev);
+  if (ids.dtype() == DType::Int32)
+    make_keys_kernel<<<grid_1d(N), kThreads>>>(ids.data<int32_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
+  else
+    make_keys_kernel<<<grid_1d(N), kThreads>>>(ids.data<int64_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
+  check_launch("embedding_backward");
+  // 2. stable sort by key over the bits that hold 0..V
+  int end_bit = 1;
+  while ((int64_t(1) << end_bit) <= V) ++end_bit;
+  size_t scratch_bytes = 0;
+  check(cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(),
+                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit),
+        "embedding_backward");
+  Tensor scratch = Tensor::empty({int64_t(std::max<size_t>(scratch_bytes, 1))}, DType::UInt8, dev);
+  check(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys.data<int32_t>(),
+                                        sorted_keys.data<int32_t>(), vals.data<int32_t>(),
+                                        order.data<int32_t>(), int(N), 0, end_bit),
+        "embedding_backward");
+  // 3. group boundaries
+  Tensor start = Tensor::empty({V + 1}, DType::Int32, dev);
+  group_starts_kernel<<<grid_1d(V + 1), kThreads>>>(sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
+  check_launch("embedding_backward");
+  // 4. one block per row, threads over the row's packs
+  CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
+    using T = scalar_t;
+    const int W = pack_width<T>(C, {grad.raw_data(), dweight.raw_data()});
+    const int64_t cp = C / W;
+    const int threads = int(std::min<int64_t>(128, (cp + 31) / 32 * 32));
+    if (W == 1)
+      embedding_backward_kernel<1><<<unsigned(V), threads>>>(cptr<T>(grad), order.data<int32_t>(),
+                                                             start.data<int32_t>(), mptr<T>(dweight), cp);
+    else
+      embedding_backward_kernel<16 / sizeof(T)><<<unsigned(V), threads>>>(
+          cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), mptr<T>(dweight), cp);
+  });
+  check_launch("embedding_backward");
+  return {dweight};
+}
+
+}  // namespace
+
+LS_REGISTER(embedding_cuda) {
+  const std::vector<DType> kFloat = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
+  register_kernel("embedding", "cuda", embedding_forward, kFloat);
+  register_kernel("embedding_backward", "cuda", embedding_backward, kFloat);
+}
+
+}  // namespace ls::cuda

@@ -1,0 +1,86 @@
+"""CUDA embedding (cuda/embedding.cu) against the CPU op and torch float64: the lookup (exact),
+the weight gradient with many repeated ids (deterministic: two runs give the same bits), int32
+and int64 ids, odd sizes, ids out of range, and autograd through the lookup."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+import llmscratch_core as _core
+import llmscratch.functional as F
+from conftest import randn, rel_err, torch
+from cuda_vs_cpu import FLOATS, TOL, check, host, ref_dtype, rounded
+
+pytestmark = pytest.mark.cuda
+
+CASES = [(1, 1, (1,)), (3, 5, (7,)), (10, 127, (4, 33)), (257, 768, (2, 64)), (5000, 96, (20000,)),
+         (50304, 3, (3, 1023))]
+
+
+def ids_for(V, shape, dtype=np.int64):
+    ids = np.random.default_rng().integers(0, V, size=shape)
+    ids.flat[: min(ids.size, 8)] = 0  # a repeated id, whatever V
+    return ids.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("V,C,shape", CASES)
+def test_lookup_and_gradient_match_cpu_and_torch(V, C, shape, dtype):
+    ids = ids_for(V, shape)
+    check(lambda w, i: F.embedding(i, w), [randn(V, C), ids], dtype,
+          lambda w, i: torch.nn.functional.embedding(i, w))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+def test_backward_with_repeated_ids_is_deterministic(id_dtype, dtype):
+    V, C, N = 37, 129, 40_000  # about a thousand tokens per id
+    ids = ls.tensor(ids_for(V, (N,), id_dtype)).cuda()
+    grad = ls.tensor(randn(N, C)).to(dtype=dtype).cuda()
+    attrs = {"num_weights": V}
+    a = _core.call("embedding_backward", [grad, ids], attrs)[0]
+    b = _core.call("embedding_backward", [grad, ids], attrs)[0]
+    assert tuple(a.shape) == (V, C) and a.dtype == dtype
+    np.testing.assert_array_equal(host(a), host(b))
+    ref = _core.call("embedding_backward", [grad.cpu().to(dtype=ref_dtype(dtype)), ids.cpu()], attrs)[0]
+    # 16-bit: float32 accumulation, one rounding at the end
+    assert rel_err(host(a), host(ref)) <= TOL[dtype]
+
+
+def test_unused_rows_are_zero_and_empty_ids():
+    V, C = 11, 6
+    ids = ls.tensor(np.array([[3, 3], [7, 3]])).cuda()
+    grad = ls.tensor(randn(2, 2, C)).cuda()
+    dw = host(_core.call("embedding_backward", [grad, ids], {"num_weights": V})[0])
+    g = host(grad)
+    np.testing.assert_allclose(dw[3], g[0, 0] + g[0, 1] + g[1, 1], rtol=1e-14)
+    np.testing.assert_array_equal(dw[7], g[1, 0])
+    assert (dw[[0, 1, 2, 4, 5, 6, 8, 9, 10]] == 0).all()
+    empty = _core.call("embedding_backward", [ls.zeros(0, C, device="cuda"),
+                                              ls.tensor(np.zeros(0, np.int64)).cuda()], {"num_weights": V})[0]
+    assert tuple(empty.shape) == (V, C) and (host(empty) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_lookup_of_a_strided_weight_is_exact(dtype):
+    w = rounded(randn(40, 24), dtype)
+    ids = ids_for(20, (3, 17))
+    table = ls.tensor(w).to(dtype=dtype).cuda()[::2, 1:]  # a non-contiguous (20, 23) view
+    got = host(F.embedding(ls.tensor(ids).cuda(), table))
+    np.testing.assert_array_equal(got, w[::2, 1:][ids])
+
+
+def test_ids_out_of_range_give_nan_rows_forward_and_are_ignored_backward():
+    V, C = 5, 8
+    ids = ls.tensor(np.array([1, 5, -1, 2])).cuda()
+    out = host(F.embedding(ids, ls.randn(V, C, device="cuda")))
+    assert np.isnan(out[[1, 2]]).all() and np.isfinite(out[[0, 3]]).all()
+    dw = host(_core.call("embedding_backward", [ls.ones(4, C, device="cuda"), ids], {"num_weights": V})[0])
+    assert dw.sum() == 2 * C and dw[1].sum() == C and dw[2].sum() == C
+
+
+def test_served_by_cuda():
+    _core.backend_report(True)
+    w = ls.randn(9, 4, device="cuda").requires_grad_()
+    F.embedding(ls.tensor(np.array([1, 1, 8])).cuda(), w).sum().backward()
+    report = _core.backend_report(True)
+    assert report["embedding"] == "cuda" and report["embedding_backward"] == "cuda"
