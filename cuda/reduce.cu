@@ -1,11 +1,22 @@
-// Sum over any set of dims on the GPU. The reduced dims are moved last and made dense (a CUDA
-// copy when needed), so every output element reduces one contiguous row of C elements:
+// Reductions on the GPU: sum over any set of dims, and max along one dim (values and int64
+// indices, the registry op behind max/amax/argmax; cpp/ops/reduce.cpp).
+//
+// sum: the reduced dims are moved last and made dense (a CUDA copy when needed), so every output
+// element reduces one contiguous row of C elements:
 // one block of 256 threads per row, each thread striding over the row, then a shared-memory tree.
 // Few long rows (the sum of a whole tensor) would leave most of the GPU idle, so then each row is
 // first cut into chunks of kChunk elements reduced by their own blocks, and a second launch sums
 // the per-chunk partials (a fixed order, so the result does not depend on timing).
 // Accumulation is in float64 for float64 input, float32 otherwise (16-bit inputs included);
 // integer inputs accumulate and return int64, as on the CPU.
+//
+// max: the same layout (dim moved last, dense), rows of C. A row takes one warp (C <= 1024) or a
+// block of 256 threads; each thread keeps the best (value, index) of its stride, then a shuffle
+// tree (and, for a block, one more over the warps' winners) picks the row's. "Best" is the CPU's:
+// NaN beats every number, and among equal values (or NaNs) the lower index wins, so the result
+// does not depend on the reduction order. 16-bit floats compare in float32 (exact); the value
+// written is the input element itself. Limit: a few very long rows (amax of a whole tensor) use
+// only a few blocks; unlike sum there is no split of a row over blocks.
 #include <algorithm>
 #include <numeric>
 
@@ -112,8 +123,115 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
   return {out};
 }
 
+// Is (v, i) better than the current best (bv, bi)? bi < 0: nothing yet.
+template <typename A>
+__device__ __forceinline__ bool better(A v, int64_t i, A bv, int64_t bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  const bool nv = v != v, nb = bv != bv;  // NaN (never true for integers)
+  if (nv || nb) return nv && (!nb || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+
+template <typename A>
+__device__ __forceinline__ void warp_best(A& bv, int64_t& bi) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    A ov = __shfl_xor_sync(0xffffffffu, bv, off);
+    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+
+// values[row], indices[row] = max and its first index over x[row, :cols]; kGroup threads a row
+// (32 or kThreads), kThreads / kGroup rows a block.
+template <typename T, int kGroup>
+__global__ void row_max_kernel(T* __restrict__ values, int64_t* __restrict__ indices,
+                               const T* __restrict__ x, int64_t rows, int64_t cols) {
+  using A = acc_t<T>;
+  const int g = threadIdx.x / kGroup, t = threadIdx.x % kGroup;
+  const int64_t row = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
+  A bv = A(0);
+  int64_t bi = -1;
+  if (row < rows) {
+    const T* xr = x + row * cols;  // xr points at x[row, :]
+    for (int64_t c = t; c < cols; c += kGroup) {
+      A v = convert<A>(xr[c]);
+      if (better(v, c, bv, bi)) {
+        bv = v;
+        bi = c;
+      }
+    }
+  }
+  warp_best(bv, bi);
+  if constexpr (kGroup > 32) {
+    __shared__ A wv[kThreads / 32];
+    __shared__ int64_t wi[kThreads / 32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+      wv[warp] = bv;
+      wi[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      bv = lane < kGroup / 32 ? wv[lane] : A(0);
+      bi = lane < kGroup / 32 ? wi[lane] : -1;
+      warp_best(bv, bi);
+    }
+  }
+  if (t == 0 && row < rows) {
+    values[row] = x[row * cols + bi];  // the element itself
+    indices[row] = bi;
+  }
+}
+
+Tensors max_cuda(const Tensors& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  int64_t dim = wrap_dim(a.i("dim"), x.dim(), "max");
+  bool keepdim = a.b("keepdim", false);
+  LS_CHECK(x.dim() == 0 || x.shape()[dim] > 0, IndexError, "max: cannot reduce an empty dimension ",
+           dim, " of shape ", shape_str(x.shape()));
+  Shape out_shape;
+  std::vector<int64_t> perm;
+  for (int64_t i = 0; i < x.dim(); ++i) {
+    if (i == dim) {
+      if (keepdim) out_shape.push_back(1);
+    } else {
+      out_shape.push_back(x.shape()[i]);
+      perm.push_back(i);
+    }
+  }
+  if (x.dim()) perm.push_back(dim);
+  Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor indices = Tensor::empty(out_shape, DType::Int64, x.device());
+  const int64_t rows = values.numel(), cols = x.dim() ? x.shape()[dim] : 1;
+  if (rows == 0) return {values, indices};
+  Tensor xr = ops::contiguous(x.dim() ? ops::permute(x, perm) : x);
+  set_device(values, "max");
+  CUDA_DISPATCH_ALL(x.dtype(), "max", {
+    using T = scalar_t;
+    T* pv = static_cast<T*>(values.raw_data());
+    const T* px = static_cast<const T*>(xr.raw_data());
+    if (cols <= 1024)
+      row_max_kernel<T, 32><<<unsigned((rows + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+          pv, indices.data<int64_t>(), px, rows, cols);
+    else
+      row_max_kernel<T, kThreads><<<unsigned(rows), kThreads>>>(pv, indices.data<int64_t>(), px, rows, cols);
+  });
+  check_launch("max");
+  return {values, indices};
+}
+
 }  // namespace
 
-LS_REGISTER(reduce_cuda) { register_kernel("sum", "cuda", sum_cuda); }
+LS_REGISTER(reduce_cuda) {
+  register_kernel("sum", "cuda", sum_cuda);
+  register_kernel("max", "cuda", max_cuda,
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16, DType::Int32,
+                   DType::Int64, DType::UInt8});
+}
 
 }  // namespace ls::cuda
