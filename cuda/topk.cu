@@ -40,9 +40,9 @@ __device__ __forceinline__ Item<K> shfl_xor_item(Item<K> v, int mask) {
 template <typename K>
 __device__ __forceinline__ void insert(Item<K> (&best)[kMaxSmallK], const Item<K>& it) {
 #pragma unroll
-  for (int s = kMaxSmallK - 1; s >= 0; --s) {
-    if (item_less(it, best[s])) best[s] = (s > 0 && item_less(it, best[s - 1])) ? best[s - 1] : it;
-  }
+  for (int s = kMaxSmallK - 1; s > 0; --s)
+    if (item_less(it, best[s])) best[s] = item_less(it, best[s - 1]) ? best[s - 1] : it;
+  if (item_less(it, best[0])) best[0] = it;
 }
 
 // k rounds over the warp: each round the smallest head among the lanes wins, is handed to
