@@ -15,8 +15,8 @@
 // tree (and, for a block, one more over the warps' winners) picks the row's. "Best" is the CPU's:
 // NaN beats every number, and among equal values (or NaNs) the lower index wins, so the result
 // does not depend on the reduction order. 16-bit floats compare in float32 (exact); the value
-// written is the input element itself. Limit: a few very long rows (amax of a whole tensor) use
-// only a few blocks; unlike sum there is no split of a row over blocks.
+// written is the input element itself. Few long rows (amax of a whole tensor) are cut into
+// kChunk pieces as for sum, and a second launch picks each row's winner among its pieces'.
 #include <algorithm>
 #include <numeric>
 
@@ -146,46 +146,63 @@ __device__ __forceinline__ void warp_best(A& bv, int64_t& bi) {
   }
 }
 
-// values[row], indices[row] = max and its first index over x[row, :cols]; kGroup threads a row
-// (32 or kThreads), kThreads / kGroup rows a block.
+// Segment s = (row, chunk) of x (rows, cols): [chunk * len, min(cols, chunk * len + len)) of row
+// `row` (chunks segments a row). values[s], indices[s] = its max and the index of its
+// first position p: p itself, or xi[row, p] when xi holds the indices of x's entries (the second
+// pass over per-chunk winners; those indices grow with p, so comparing positions is comparing
+// indices). kGroup threads a segment (32 or kThreads), kThreads / kGroup segments a block.
 template <typename T, int kGroup>
 __global__ void row_max_kernel(T* __restrict__ values, int64_t* __restrict__ indices,
-                               const T* __restrict__ x, int64_t rows, int64_t cols) {
+                               const T* __restrict__ x, const int64_t* __restrict__ xi,
+                               int64_t segments, int64_t chunks, int64_t cols, int64_t len) {
   using A = acc_t<T>;
   const int g = threadIdx.x / kGroup, t = threadIdx.x % kGroup;
-  const int64_t row = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
+  const int64_t seg = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
+  const int64_t row = seg / chunks, begin = (seg % chunks) * len, end = min(cols, begin + len);
   A bv = A(0);
-  int64_t bi = -1;
-  if (row < rows) {
+  int64_t bp = -1;
+  if (seg < segments) {
     const T* xr = x + row * cols;  // xr points at x[row, :]
-    for (int64_t c = t; c < cols; c += kGroup) {
+    for (int64_t c = begin + t; c < end; c += kGroup) {
       A v = convert<A>(xr[c]);
-      if (better(v, c, bv, bi)) {
+      if (better(v, c, bv, bp)) {
         bv = v;
-        bi = c;
+        bp = c;
       }
     }
   }
-  warp_best(bv, bi);
+  warp_best(bv, bp);
   if constexpr (kGroup > 32) {
     __shared__ A wv[kThreads / 32];
-    __shared__ int64_t wi[kThreads / 32];
+    __shared__ int64_t wp[kThreads / 32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) {
       wv[warp] = bv;
-      wi[warp] = bi;
+      wp[warp] = bp;
     }
     __syncthreads();
     if (warp == 0) {
       bv = lane < kGroup / 32 ? wv[lane] : A(0);
-      bi = lane < kGroup / 32 ? wi[lane] : -1;
-      warp_best(bv, bi);
+      bp = lane < kGroup / 32 ? wp[lane] : -1;
+      warp_best(bv, bp);
     }
   }
-  if (t == 0 && row < rows) {
-    values[row] = x[row * cols + bi];  // the element itself
-    indices[row] = bi;
+  if (t == 0 && seg < segments) {
+    values[seg] = x[row * cols + bp];  // the element itself
+    indices[seg] = xi ? xi[row * cols + bp] : bp;
   }
+}
+
+template <typename T>
+void launch_row_max(T* values, int64_t* indices, const T* x, const int64_t* xi, int64_t rows,
+                    int64_t cols, int64_t len) {
+  const int64_t chunks = (cols + len - 1) / len, segments = rows * chunks;
+  if (len <= 1024)
+    row_max_kernel<T, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+        values, indices, x, xi, segments, chunks, cols, len);
+  else
+    row_max_kernel<T, kThreads><<<unsigned(segments), kThreads>>>(values, indices, x, xi, segments,
+                                                                  chunks, cols, len);
 }
 
 Tensors max_cuda(const Tensors& in, const Attrs& a) {
@@ -215,11 +232,16 @@ Tensors max_cuda(const Tensors& in, const Attrs& a) {
     using T = scalar_t;
     T* pv = static_cast<T*>(values.raw_data());
     const T* px = static_cast<const T*>(xr.raw_data());
-    if (cols <= 1024)
-      row_max_kernel<T, 32><<<unsigned((rows + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
-          pv, indices.data<int64_t>(), px, rows, cols);
-    else
-      row_max_kernel<T, kThreads><<<unsigned(rows), kThreads>>>(pv, indices.data<int64_t>(), px, rows, cols);
+    const int64_t chunks = (cols + kChunk - 1) / kChunk;
+    if (rows < 512 && chunks > 1) {  // few long rows: winners per chunk, then per row
+      Tensor part_v = Tensor::empty({rows, chunks}, x.dtype(), x.device());
+      Tensor part_i = Tensor::empty({rows, chunks}, DType::Int64, x.device());
+      T* ppv = static_cast<T*>(part_v.raw_data());
+      launch_row_max<T>(ppv, part_i.data<int64_t>(), px, nullptr, rows, cols, kChunk);
+      launch_row_max<T>(pv, indices.data<int64_t>(), ppv, part_i.data<int64_t>(), rows, chunks, chunks);
+    } else {
+      launch_row_max<T>(pv, indices.data<int64_t>(), px, nullptr, rows, cols, cols);
+    }
   });
   check_launch("max");
   return {values, indices};

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.cuda
 
 DTYPES = FLOATS + [ls.int32, ls.int64, ls.uint8]
 SHAPES = [((1,), 0), ((3,), 0), ((7, 1023), 1), ((7, 1023), 0), ((5, 3001), -1), ((4, 1, 5), 1),
-          ((2, 3, 129), 0), ((130, 33), 1)]
+          ((2, 3, 129), 0), ((130, 33), 1), ((2, 70000), 1)]  # the last: rows cut into chunks
 
 
 def cpu_ref(a, dtype):
