@@ -10,9 +10,11 @@
 // block of 256 threads and walks its tiles of 4 values a thread in order (from the end when
 // reverse): each thread scans its 4 values, a shuffle scan gives the warp's prefixes, the warps'
 // totals in shared memory the block's, and a carry takes the running total to the next tile.
-// The additions run in a fixed order, so results are deterministic (they differ from the CPU's
-// sequential sums only by float64 rounding). Limit: a few very long rows (the cumsum of one
-// long vector) keep one block each busy; a row is not split over blocks.
+// Few long rows (the cumsum of one long vector) would keep only a few blocks busy, so then rows
+// are cut into pieces of kSegment: one launch sums each piece, a second scans those sums per
+// row, a third scans each piece starting from the sum of the pieces before it. The additions run
+// in a fixed order, so results are deterministic (they differ from the CPU's sequential sums
+// only by float64 rounding).
 #include <algorithm>
 
 #include "core/registry.h"
@@ -23,7 +25,8 @@ namespace ls::cuda {
 
 namespace {
 
-constexpr int kItems = 4;  // values per thread per tile
+constexpr int kItems = 4;           // values per thread per tile
+constexpr int64_t kSegment = 16384;  // piece of a long row scanned by one block (few-row case)
 
 template <typename T>
 using scan_acc_t = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
@@ -38,26 +41,34 @@ __device__ __forceinline__ A warp_inclusive_scan(A v, int lane) {
   return v;
 }
 
-// kGroup threads (32 or kThreads) scan one row of n; kThreads / kGroup rows a block.
+// Segment s = (row, piece) is the scan positions [piece * len, min(n, piece * len + len)) of row
+// `row` of x (rows, n), pieces segments a row. It writes its running sums to out (when given),
+// starting from carry_in[s - 1] (when given and piece > 0: the sum of the row's earlier pieces),
+// and its total to totals[s] (when given). kGroup threads (32 or kThreads) a segment,
+// kThreads / kGroup segments a block.
 template <typename T, typename O, int kGroup>
-__global__ void cumsum_kernel(O* __restrict__ out, const T* __restrict__ x, int64_t rows,
-                              int64_t n, bool reverse) {
+__global__ void cumsum_kernel(O* __restrict__ out, const T* __restrict__ x,
+                              const scan_acc_t<T>* __restrict__ carry_in,
+                              scan_acc_t<T>* __restrict__ totals, int64_t segments, int64_t pieces,
+                              int64_t n, int64_t len, bool reverse) {
   using A = scan_acc_t<T>;
   constexpr int kTile = kGroup * kItems, kWarps = kThreads / 32, kGroupWarps = kGroup / 32;
   __shared__ A warp_total[kWarps];
   const int g = threadIdx.x / kGroup, t = threadIdx.x % kGroup;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
-  const bool live = row < rows;
-  const T* xr = x + (live ? row * n : 0);  // xr points at x[row, :]
-  O* orow = out + (live ? row * n : 0);
-  A carry = A(0);
-  for (int64_t base = 0; base < n; base += kTile) {  // every row of the block has n: same trips
+  const int64_t seg = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
+  const bool live = seg < segments;
+  const int64_t row = live ? seg / pieces : 0, piece = live ? seg % pieces : 0;
+  const int64_t begin = piece * len, end = min(n, begin + len);
+  const T* xr = x + row * n;  // xr points at x[row, :]
+  O* orow = out ? out + row * n : nullptr;
+  A carry = carry_in && live && piece > 0 ? carry_in[seg - 1] : A(0), total = A(0);
+  for (int64_t base = begin; base < begin + len; base += kTile) {  // same trips for every group
     A v[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       int64_t p = base + int64_t(t) * kItems + i;  // position in scan order
-      v[i] = live && p < n ? convert<A>(xr[reverse ? n - 1 - p : p]) : A(0);
+      v[i] = live && p < end ? convert<A>(xr[reverse ? n - 1 - p : p]) : A(0);
     }
 #pragma unroll
     for (int i = 1; i < kItems; ++i) v[i] += v[i - 1];
@@ -78,15 +89,29 @@ __global__ void cumsum_kernel(O* __restrict__ out, const T* __restrict__ x, int6
       before += prefix;
       __syncthreads();  // warp_total is rewritten by the next tile
     }
-    if (live) {
+    if (live && orow) {
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         int64_t p = base + int64_t(t) * kItems + i;
-        if (p < n) orow[reverse ? n - 1 - p : p] = convert<O>(carry + before + v[i]);
+        if (p < end) orow[reverse ? n - 1 - p : p] = convert<O>(carry + before + v[i]);
       }
     }
     carry += tile_total;
+    total += tile_total;
   }
+  if (totals && live && t == 0) totals[seg] = total;
+}
+
+template <typename T, typename O>
+void launch_cumsum(O* out, const T* x, const scan_acc_t<T>* carry_in, scan_acc_t<T>* totals,
+                   int64_t rows, int64_t n, int64_t len, bool reverse) {
+  const int64_t pieces = (n + len - 1) / len, segments = rows * pieces;
+  if (len <= 32 * kItems)
+    cumsum_kernel<T, O, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+        out, x, carry_in, totals, segments, pieces, n, len, reverse);
+  else
+    cumsum_kernel<T, O, kThreads><<<unsigned(segments), kThreads>>>(out, x, carry_in, totals,
+                                                                    segments, pieces, n, len, reverse);
 }
 
 Tensors cumsum_cuda(const Tensors& in, const Attrs& a) {
@@ -105,13 +130,24 @@ Tensors cumsum_cuda(const Tensors& in, const Attrs& a) {
     CUDA_DISPATCH_ALL(x.dtype(), "cumsum", {
       using T = scalar_t;
       using O = std::conditional_t<std::is_integral_v<T>, int64_t, T>;  // out_dtype
+      using A = scan_acc_t<T>;
       const T* px = static_cast<const T*>(xt.raw_data());
       O* po = static_cast<O*>(out.raw_data());
-      if (n <= 32 * kItems)
-        cumsum_kernel<T, O, 32><<<unsigned((rows + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
-            po, px, rows, n, reverse);
-      else
-        cumsum_kernel<T, O, kThreads><<<unsigned(rows), kThreads>>>(po, px, rows, n, reverse);
+      if (rows < 256 && n > 2 * kSegment) {
+        // Few long rows: the pieces' totals, their running sums (a scan of rows x pieces), then
+        // each piece's running sums from the sum of the pieces before it.
+        const int64_t pieces = (n + kSegment - 1) / kSegment;
+        const DType acc_dtype = std::is_same_v<A, double> ? DType::Float64 : DType::Int64;
+        Tensor totals = Tensor::empty({rows, pieces}, acc_dtype, x.device());
+        Tensor before = Tensor::empty({rows, pieces}, acc_dtype, x.device());
+        A* pt = static_cast<A*>(totals.raw_data());
+        A* pb = static_cast<A*>(before.raw_data());
+        launch_cumsum<T, O>(nullptr, px, nullptr, pt, rows, n, kSegment, reverse);
+        launch_cumsum<A, A>(pb, pt, nullptr, nullptr, rows, pieces, pieces, false);
+        launch_cumsum<T, O>(po, px, pb, nullptr, rows, n, kSegment, reverse);
+      } else {
+        launch_cumsum<T, O>(po, px, nullptr, nullptr, rows, n, n, reverse);
+      }
     });
     check_launch("cumsum");
   }

@@ -31,6 +31,7 @@ namespace ls::cuda {
 namespace {
 
 constexpr int64_t kTileBytes = 32768;
+constexpr int kMaxTileThreads = 1024;
 
 template <typename K> constexpr int64_t tile_items() { return kTileBytes / int64_t(sizeof(Item<K>)); }
 
@@ -56,10 +57,10 @@ __device__ __forceinline__ void compare_exchange(Item<K>& a, Item<K>& b, bool up
 // k / 2, down to stride 1. kFromX: build the Items from x; else read the scratch. kToOut: write
 // the first k_out of each row to values/indices; else write the scratch back.
 template <typename T, typename K, bool kFromX, bool kToOut>
-__global__ void bitonic_tile_kernel(const T* __restrict__ x, Item<K>* items, T* values,
-                                    int64_t* indices, int64_t n, int64_t P, int64_t total,
-                                    int64_t k_out, int tile, int64_t k_first, int64_t k_last,
-                                    int64_t j_first, bool descending) {
+__global__ void __launch_bounds__(kMaxTileThreads)
+bitonic_tile_kernel(const T* __restrict__ x, Item<K>* items, T* values, int64_t* indices,
+                    int64_t n, int64_t P, int64_t total, int64_t k_out, int tile, int64_t k_first,
+                    int64_t k_last, int64_t j_first, bool descending) {
   extern __shared__ unsigned char smem_raw[];
   Item<K>* s = reinterpret_cast<Item<K>*>(smem_raw);
   const int64_t base = int64_t(blockIdx.x) * tile;
@@ -124,7 +125,7 @@ void sort_rows_typed(const Tensor& x, int64_t rows, int64_t n, int64_t k_out, bo
   T* pv = static_cast<T*>(values.raw_data());
   int64_t* pi = indices.data<int64_t>();
   const int64_t P = pow2_ceil(n), S = tile_items<K>(), total = rows * P;
-  auto threads_for = [](int64_t tile) { return int(std::clamp<int64_t>(tile / 2, 32, 1024)); };
+  auto threads_for = [](int64_t tile) { return int(std::clamp<int64_t>(tile / 2, 32, kMaxTileThreads)); };
   if (P <= S) {  // whole rows in one tile: one launch
     int64_t tile = std::min(S, pow2_ceil(total));
     size_t smem = size_t(tile) * sizeof(Item<K>);

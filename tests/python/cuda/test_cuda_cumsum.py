@@ -26,7 +26,8 @@ def check(g, c, dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS + INTS)
 @pytest.mark.parametrize("shape,dim", [((1,), 0), ((127,), 0), ((129,), 0), ((3, 1023), 1), ((3, 1023), 0),
-                                       ((5, 4097), -1), ((2, 3, 5), 1), ((300, 7), 1)])
+                                       ((5, 4097), -1), ((2, 3, 5), 1), ((300, 7), 1),
+                                       ((2, 50001), 1), ((100003,), 0)])  # the last two: rows cut into pieces
 @pytest.mark.parametrize("reverse", [False, True])
 def test_cumsum_matches_cpu(shape, dim, reverse, dtype):
     a = normal_values(shape, dtype)
