@@ -15,7 +15,7 @@ INTS = [ls.int32, ls.int64, ls.uint8, ls.bool_]
 
 def make(a, dtype, device, requires_grad=False):
     """Array a as a dtype tensor on device (a leaf that requires grad when asked)."""
-    t = ls.tensor(np.ascontiguousarray(a)).to(dtype=dtype).to(device=device)
+    t = ls.tensor(np.array(a, order="C")).to(dtype=dtype).to(device=device)  # keeps 0-d arrays 0-d
     if requires_grad:
         t.requires_grad_()
     return t
