@@ -321,7 +321,8 @@ Tensors scatter_add_cuda(const Tensors& in, const Attrs& a) {
   Tensor sv = src.as_strided(idx.shape(), src.strides(), src.offset());
   Indexer<3> ix = make_indexer<3>(idx.shape(), {&idx, &ov, &sv}, "scatter_add");
   const int64_t m = idx.dim() ? idx.shape()[dim] : 1;
-  const int64_t is_dim = idx.dim() ? std::max<int64_t>(idx.strides()[dim], 1) : 1;
+  int64_t is_dim = 1;  // the dense index's stride along dim
+  for (int64_t d = dim + 1; d < idx.dim(); ++d) is_dim *= idx.shape()[d];
   const int64_t os_dim = out.dim() ? out.strides()[dim] : 0;
   const int64_t ss_dim = src.dim() ? src.strides()[dim] : 0;
   auto launch = [&](auto* po, const auto* ps) {
