@@ -125,6 +125,8 @@ Tensors topk_cuda(const Tensors& in, const Attrs& a) {
     const int64_t rows = xt.numel() / n;
     set_device(x, "topk");
     if (k <= kMaxSmallK) {
+      LS_CHECK(n < int64_t(0xFFFFFFFFu), NotImplementedError, "topk: rows of ", n,
+               " elements are not supported on CUDA (at most 2^32 - 2)");
       CUDA_DISPATCH_ALL(x.dtype(), "topk", {
         const scalar_t* px = static_cast<const scalar_t*>(xt.raw_data());
         scalar_t* pv = static_cast<scalar_t*>(values.raw_data());
