@@ -1,11 +1,22 @@
-// Sum over any set of dims on the GPU. The reduced dims are moved last and made dense (a CUDA
-// copy when needed), so every output element reduces one contiguous row of C elements:
+// Reductions on the GPU: sum over any set of dims, and max along one dim (values and int64
+// indices, the registry op behind max/amax/argmax; cpp/ops/reduce.cpp).
+//
+// sum: the reduced dims are moved last and made dense (a CUDA copy when needed), so every output
+// element reduces one contiguous row of C elements:
 // one block of 256 threads per row, each thread striding over the row, then a shared-memory tree.
 // Few long rows (the sum of a whole tensor) would leave most of the GPU idle, so then each row is
 // first cut into chunks of kChunk elements reduced by their own blocks, and a second launch sums
 // the per-chunk partials (a fixed order, so the result does not depend on timing).
 // Accumulation is in float64 for float64 input, float32 otherwise (16-bit inputs included);
 // integer inputs accumulate and return int64, as on the CPU.
+//
+// max: the same layout (dim moved last, dense), rows of C. A row takes one warp (C <= 1024) or a
+// block of 256 threads; each thread keeps the best (value, index) of its stride, then a shuffle
+// tree (and, for a block, one more over the warps' winners) picks the row's. "Best" is the CPU's:
+// NaN beats every number, and among equal values (or NaNs) the lower index wins, so the result
+// does not depend on the reduction order. 16-bit floats compare in float32 (exact); the value
+// written is the input element itself. Few long rows (amax of a whole tensor) are cut into
+// kChunk pieces as for sum, and a second launch picks each row's winner among its pieces'.
 #include <algorithm>
 #include <numeric>
 
@@ -112,8 +123,137 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
   return {out};
 }
 
+// Is (v, i) better than the current best (bv, bi)? bi < 0: nothing yet.
+template <typename A>
+__device__ __forceinline__ bool better(A v, int64_t i, A bv, int64_t bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  const bool nv = v != v, nb = bv != bv;  // NaN (never true for integers)
+  if (nv || nb) return nv && (!nb || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+
+template <typename A>
+__device__ __forceinline__ void warp_best(A& bv, int64_t& bi) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    A ov = __shfl_xor_sync(0xffffffffu, bv, off);
+    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+
+// Segment s = (row, chunk) of x (rows, cols): [chunk * len, min(cols, chunk * len + len)) of row
+// `row` (chunks segments a row). values[s], indices[s] = its max and the index of its
+// first position p: p itself, or xi[row, p] when xi holds the indices of x's entries (the second
+// pass over per-chunk winners; those indices grow with p, so comparing positions is comparing
+// indices). kGroup threads a segment (32 or kThreads), kThreads / kGroup segments a block.
+template <typename T, int kGroup>
+__global__ void row_max_kernel(T* __restrict__ values, int64_t* __restrict__ indices,
+                               const T* __restrict__ x, const int64_t* __restrict__ xi,
+                               int64_t segments, int64_t chunks, int64_t cols, int64_t len) {
+  using A = acc_t<T>;
+  const int g = threadIdx.x / kGroup, t = threadIdx.x % kGroup;
+  const int64_t seg = int64_t(blockIdx.x) * (kThreads / kGroup) + g;
+  const int64_t row = seg / chunks, begin = (seg % chunks) * len, end = min(cols, begin + len);
+  A bv = A(0);
+  int64_t bp = -1;
+  if (seg < segments) {
+    const T* xr = x + row * cols;  // xr points at x[row, :]
+    for (int64_t c = begin + t; c < end; c += kGroup) {
+      A v = convert<A>(xr[c]);
+      if (better(v, c, bv, bp)) {
+        bv = v;
+        bp = c;
+      }
+    }
+  }
+  warp_best(bv, bp);
+  if constexpr (kGroup > 32) {
+    __shared__ A wv[kThreads / 32];
+    __shared__ int64_t wp[kThreads / 32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+      wv[warp] = bv;
+      wp[warp] = bp;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      bv = lane < kGroup / 32 ? wv[lane] : A(0);
+      bp = lane < kGroup / 32 ? wp[lane] : -1;
+      warp_best(bv, bp);
+    }
+  }
+  if (t == 0 && seg < segments) {
+    values[seg] = x[row * cols + bp];  // the element itself
+    indices[seg] = xi ? xi[row * cols + bp] : bp;
+  }
+}
+
+template <typename T>
+void launch_row_max(T* values, int64_t* indices, const T* x, const int64_t* xi, int64_t rows,
+                    int64_t cols, int64_t len) {
+  const int64_t chunks = (cols + len - 1) / len, segments = rows * chunks;
+  if (len <= 1024)
+    row_max_kernel<T, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+        values, indices, x, xi, segments, chunks, cols, len);
+  else
+    row_max_kernel<T, kThreads><<<unsigned(segments), kThreads>>>(values, indices, x, xi, segments,
+                                                                  chunks, cols, len);
+}
+
+Tensors max_cuda(const Tensors& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  int64_t dim = wrap_dim(a.i("dim"), x.dim(), "max");
+  bool keepdim = a.b("keepdim", false);
+  LS_CHECK(x.dim() == 0 || x.shape()[dim] > 0, IndexError, "max: cannot reduce an empty dimension ",
+           dim, " of shape ", shape_str(x.shape()));
+  Shape out_shape;
+  std::vector<int64_t> perm;
+  for (int64_t i = 0; i < x.dim(); ++i) {
+    if (i == dim) {
+      if (keepdim) out_shape.push_back(1);
+    } else {
+      out_shape.push_back(x.shape()[i]);
+      perm.push_back(i);
+    }
+  }
+  if (x.dim()) perm.push_back(dim);
+  Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor indices = Tensor::empty(out_shape, DType::Int64, x.device());
+  const int64_t rows = values.numel(), cols = x.dim() ? x.shape()[dim] : 1;
+  if (rows == 0) return {values, indices};
+  Tensor xr = ops::contiguous(x.dim() ? ops::permute(x, perm) : x);
+  set_device(values, "max");
+  CUDA_DISPATCH_ALL(x.dtype(), "max", {
+    using T = scalar_t;
+    T* pv = static_cast<T*>(values.raw_data());
+    const T* px = static_cast<const T*>(xr.raw_data());
+    const int64_t chunks = (cols + kChunk - 1) / kChunk;
+    if (rows < 512 && chunks > 1) {  // few long rows: winners per chunk, then per row
+      Tensor part_v = Tensor::empty({rows, chunks}, x.dtype(), x.device());
+      Tensor part_i = Tensor::empty({rows, chunks}, DType::Int64, x.device());
+      T* ppv = static_cast<T*>(part_v.raw_data());
+      launch_row_max<T>(ppv, part_i.data<int64_t>(), px, nullptr, rows, cols, kChunk);
+      launch_row_max<T>(pv, indices.data<int64_t>(), ppv, part_i.data<int64_t>(), rows, chunks, chunks);
+    } else {
+      launch_row_max<T>(pv, indices.data<int64_t>(), px, nullptr, rows, cols, cols);
+    }
+  });
+  check_launch("max");
+  return {values, indices};
+}
+
 }  // namespace
 
-LS_REGISTER(reduce_cuda) { register_kernel("sum", "cuda", sum_cuda); }
+LS_REGISTER(reduce_cuda) {
+  register_kernel("sum", "cuda", sum_cuda);
+  register_kernel("max", "cuda", max_cuda,
+                  {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16, DType::Int32,
+                   DType::Int64, DType::UInt8});
+}
 
 }  // namespace ls::cuda

@@ -23,10 +23,9 @@
 namespace ls::ops {
 
 namespace {
-
 bool legacy_empty(const Tensor& t) { return t.dim() == 1 && t.shape()[0] == 0; }
+}  // namespace
 
-// Validates the inputs of cat and returns the output shape; `dim` comes back normalised.
 Shape cat_shape(const Tensors& xs, int64_t& dim) {
   LS_CHECK(!xs.empty(), ValueError, "cat: expected a non-empty list of tensors");
   const Tensor* ref = nullptr;
@@ -65,6 +64,8 @@ Shape cat_shape(const Tensors& xs, int64_t& dim) {
   }
   return out;
 }
+
+namespace {
 
 Tensors cat_forward_cpu(const Tensors& xs, const Attrs& a) {
   int64_t dim = a.i("dim", 0);

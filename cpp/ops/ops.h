@@ -107,6 +107,9 @@ Tensors attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 
 // concat.cpp
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
+// Validates cat's inputs (every backend's kernel calls it) and returns the output shape; `dim`
+// comes back normalised.
+Shape cat_shape(const std::vector<Tensor>& xs, int64_t& dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);
