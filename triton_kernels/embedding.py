@@ -30,8 +30,8 @@ def _embedding_fwd(W, IDS, OUT, V, C, BLOCK: tl.constexpr):
     mask = cols < C
     v = tl.load(IDS + n).to(tl.int64)
     ok = (v >= 0) & (v < V)
-    row = tl.load(W + v * C + cols, mask=mask & ok, other=0.0)  # weight[ids[n], :]
-    tl.store(OUT + n * C + cols, row, mask=mask)
+    row = tl.load(W + tl.where(ok, v, 0) * C + cols, mask=mask, other=0.0)  # weight[ids[n], :]
+    tl.store(OUT + n * C + cols, tl.where(ok, row, 0.0).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -26,11 +26,14 @@ def _gelu_parts(x, TANH: tl.constexpr):
         u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         s = 1.0 / (1.0 + tl.exp(-2.0 * u))
         du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-        return x * s, s + 2.0 * x * s * (1.0 - s) * du
+        y = x * s
+        dy = s + 2.0 * x * s * (1.0 - s) * du
     else:
-        phi_cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
         pdf = 0.3989422804014327 * tl.exp(-0.5 * x * x)
-        return x * phi_cdf, phi_cdf + x * pdf
+        y = x * cdf
+        dy = cdf + x * pdf
+    return y, dy
 
 
 @triton.jit

@@ -66,7 +66,10 @@ def _layer_norm_bwd(G, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C,
         mean = tl.load(MEAN + row).to(tl.float32)
         rstd = tl.load(RSTD + row).to(tl.float32)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-        dxhat = g * w if HAS_W else g
+        if HAS_W:
+            dxhat = g * w
+        else:
+            dxhat = g
         m1 = tl.sum(dxhat, axis=0) / C
         m2 = tl.sum(dxhat * xhat, axis=0) / C
         dx = rstd * (dxhat - m1 - xhat * m2)

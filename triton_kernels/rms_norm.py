@@ -52,7 +52,10 @@ def _rms_norm_bwd(G, X, W, RSTD, DX, DW_PART, R, C,
         g = tl.load(G + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + row).to(tl.float32)
         xhat = x * rstd
-        dxhat = g * w if HAS_W else g
+        if HAS_W:
+            dxhat = g * w
+        else:
+            dxhat = g
         dx = rstd * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / C))
         tl.store(DX + row * C + cols, dx.to(DX.dtype.element_ty), mask=mask)
         if WANT_DW:

@@ -23,9 +23,12 @@ import triton.language as tl
 @triton.jit
 def _pair_offsets(i, HALF, INTERLEAVED: tl.constexpr):
     if INTERLEAVED:
-        return 2 * i, 2 * i + 1
+        ia = 2 * i
+        ib = 2 * i + 1
     else:
-        return i, i + HALF
+        ia = i
+        ib = i + HALF
+    return ia, ib
 
 
 @triton.jit
