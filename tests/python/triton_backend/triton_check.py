@@ -100,11 +100,11 @@ def compare(op, got, ref, dtype, tol_scale=1.0, outputs=None, floor=0.0):
         assert err < TOL[dtype] * tol_scale, f"{op} output {i}: relative error {err:.2e}"
 
 
-def check(op, arrays, attrs, device, dtype, tol_scale=1.0, outputs=None):
+def check(op, arrays, attrs, device, dtype, tol_scale=1.0, outputs=None, floor=0.0):
     """Triton on `device`/`dtype` vs the float64 CPU op, both on the inputs rounded to dtype.
     Returns (triton outputs, reference outputs) as llmscratch tensors."""
     arrays = [rounded(a, dtype) if a is not None and a.dtype.kind == "f" else a for a in arrays]
     got = triton_call(op, [to_ls(a, device, dtype) for a in arrays], attrs)
     ref = cpu_call(op, as64(arrays), attrs)
-    compare(op, got, ref, dtype, tol_scale, outputs)
+    compare(op, got, ref, dtype, tol_scale, outputs, floor)
     return got, ref
