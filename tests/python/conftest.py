@@ -1,11 +1,25 @@
 """Shared test helpers: torch as the float64 reference, conversions, error measures."""
+import os
+
 import numpy as np
 import pytest
 
 import llmscratch as ls
 
+# Without a GPU the Triton kernels (tests/python/triton_backend) run in triton's CPU interpreter.
+# It is chosen when triton.jit runs, so the variable is set here, before anything imports triton
+# (a conftest.py in that folder would shadow this one for the `from conftest import` of others).
+if not ls.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    # The interpreter also evaluates masked-off lanes (exp(-inf - -inf), discarded by tl.where);
+    # numpy's warnings about them say nothing about the results.
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
 def pytest_collection_modifyitems(config, items):
