@@ -1,5 +1,99 @@
 """Triton kernels for llmscratch, installed as ``llmscratch.triton_kernels``.
 
-One module per op stem (the same stems as ``cpp/ops`` and ``cuda/``); each registers its
-forward and backward into the op registry as backend ``triton`` for CUDA tensors.
+Registration convention (every kernel module follows it)
+--------------------------------------------------------
+* One module per op stem, the same stems as ``cpp/ops`` and ``cuda/`` (``layer_norm.py``,
+  ``matmul.py``, ...), forward and backward side by side, a module docstring with the math, the
+  shapes (B, T, C, V, NH, HS, E) and references.
+* A kernel module defines a module-level dict ``KERNELS = {"op_name": fn, ...}``. ``fn(inputs,
+  attrs) -> list`` takes the op's inputs as **torch tensors** (zero-copy views of the llmscratch
+  tensors; ``None`` where an optional input is absent) and the attrs dict, and returns the outputs
+  as torch tensors (allocated by torch; they go back zero-copy). Inputs, attrs and outputs match
+  the op's registry signature in ``cpp/ops/<stem>.cpp`` exactly, backward ops included.
+* Optional ``DTYPES = {"op_name": ("float32", ...)}`` narrows or widens the dtypes an op serves
+  (keyed on the dtype of its first tensor input); the default is ``FLOAT_DTYPES``. A dtype not
+  served falls through to the device's native backend.
+* Modules whose names start with ``_`` hold shared helpers and are not scanned. Nothing else has
+  to be edited to add a module: ``register_all`` finds every public module of this package.
+
+How it runs
+-----------
+``register_all()`` is called by ``llmscratch.set_backend("triton")`` (and ``with
+llmscratch.backend("triton")``, and at import when LLMSCRATCH_BACKEND=triton); it imports torch
+and triton only then, so both stay optional. Each ``fn`` is wrapped and registered with
+``llmscratch_core.register_kernel(op, "triton", wrapper, dtypes)``. The wrapper
+
+* serves CUDA tensors; CPU tensors only when the Triton interpreter is on (``TRITON_INTERPRET=1``,
+  how the kernels are tested without a GPU). The registry's implementations are not per device,
+  so for a tensor the wrapper cannot serve it re-dispatches the op to the device's native backend;
+  ``llmscratch.backend_report()`` then shows that backend (``cpu``), not ``triton``;
+* exchanges memory through DLPack both ways without copies: the output capsule keeps the torch
+  tensor alive for as long as the llmscratch tensor lives;
+* launches on torch's current stream, which is the default stream that the llmscratch CUDA
+  kernels also use, so no synchronisation is needed between the two.
 """
+import importlib
+import os
+import pkgutil
+
+import llmscratch_core as _core
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+_registered = False
+
+
+def interpreted() -> bool:
+    """True when triton runs kernels in its numpy interpreter (decided when triton.jit runs)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _wrap(op, fn, served_device):
+    import torch
+
+    def run(inputs, attrs):
+        dev = next((t.device for t in inputs if t is not None), None)
+        if dev is None or dev.type != served_device:
+            # Not ours to serve (a CPU tensor without the interpreter): the native backend runs it.
+            native = "cpu" if dev is None or dev.type == "cpu" else "cuda"
+            prev = _core.current_backend()
+            _core.set_backend(native)
+            try:
+                return _core.call(op, inputs, attrs)
+            finally:
+                _core.set_backend(prev)
+        tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
+        if dev.type == "cuda":
+            with torch.cuda.device(dev.index):
+                outs = fn(tin, attrs)
+        else:
+            outs = fn(tin, attrs)
+        return [None if o is None else _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(o))
+                for o in outs]
+
+    run.__name__ = f"triton_{op}"
+    return run
+
+
+def kernel_modules():
+    """The public kernel modules of this package, imported."""
+    mods = []
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            mods.append(importlib.import_module(f"{__name__}.{info.name}"))
+    return mods
+
+
+def register_all() -> None:
+    """Register every module's KERNELS as backend "triton" (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    served = "cpu" if interpreted() else "cuda"
+    for mod in kernel_modules():
+        dtypes = getattr(mod, "DTYPES", {})
+        for op, fn in getattr(mod, "KERNELS", {}).items():
+            names = dtypes.get(op, FLOAT_DTYPES)
+            _core.register_kernel(op, "triton", _wrap(op, fn, served),
+                                  [getattr(_core.DType, n) for n in names])
+    _registered = True
