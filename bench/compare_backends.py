@@ -150,6 +150,64 @@ def cuda_rows(quick):
     return rows, copy_bw
 
 
+def triton_mm_attention_rows(quick):
+    """Triton matmul (bf16, TFLOP/s against cuBLAS through torch) and flash attention (causal bf16,
+    forward and backward against torch SDPA, FLOPs by the FlashAttention convention: 4*B*T^2*NH*HS,
+    halved when causal, backward 2.5x forward). The Triton functions run on torch tensors, so the
+    times are the kernels' own (autotuning happens in the warm-up calls)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("triton rows skipped: triton is not installed")
+        return []
+    from llmscratch import _backend
+    _backend._triton_kernels()
+    from llmscratch.triton_kernels import attention as tk_attn, matmul as tk_mm
+
+    rows = []
+    for n in ([4096] if quick else [4096, 8192]):
+        a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        t_ours, t_torch = cuda_time(lambda: tk_mm.matmul_forward(a, b)), cuda_time(lambda: a @ b)
+        ref = a.double() @ b.double()
+        err = ((tk_mm.matmul_forward(a, b).double() - ref).norm() / ref.norm()).item()
+        tflops = 2 * n ** 3 / t_ours / 1e9
+        rows.append(dict(op="triton matmul bf16", shape=f"{n}x{n}x{n}", ours_ms=t_ours, torch_ms=t_torch,
+                         ratio=t_ours / t_torch, rate=tflops, unit="TFLOP/s", err=err,
+                         pct=100 * t_torch / t_ours, vs="cuBLAS"))
+    B, T = (2, 2048) if quick else (4, 4096)
+    for HS in (64, 128):
+        NH = 2048 // HS
+        q, k, v = (torch.randn(B, NH, T, HS, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        flops = 4 * B * T * T * NH * HS / 2
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        ours = lambda: tk_attn.attention_forward(q.detach(), k.detach(), v.detach(), None, True)
+        t_ours, t_torch = cuda_time(ours), cuda_time(sdpa)
+        rows.append(dict(op=f"triton attention fwd HS={HS}", shape=f"B{B} NH{NH} T{T} causal",
+                         ours_ms=t_ours, torch_ms=t_torch, ratio=t_ours / t_torch,
+                         rate=flops / t_ours / 1e9, unit="TFLOP/s", err=None,
+                         pct=100 * t_torch / t_ours, vs="SDPA"))
+        out, lse = ours()
+        dout = torch.randn_like(out)
+        ours_bwd = lambda: tk_attn.attention_backward(q.detach(), k.detach(), v.detach(), None, out, lse,
+                                                      dout, None, True)
+        t_out = sdpa()
+        torch_bwd = lambda: torch.autograd.grad(t_out, (q, k, v), dout, retain_graph=True)
+        t_ours, t_torch = cuda_time(ours_bwd), cuda_time(torch_bwd)
+        rows.append(dict(op=f"triton attention bwd HS={HS}", shape=f"B{B} NH{NH} T{T} causal",
+                         ours_ms=t_ours, torch_ms=t_torch, ratio=t_ours / t_torch,
+                         rate=2.5 * flops / t_ours / 1e9, unit="TFLOP/s", err=None,
+                         pct=100 * t_torch / t_ours, vs="SDPA"))
+    return rows
+
+
+# More CUDA row sets: fn(quick) -> rows like cuda_rows' (rate/unit, pct of the baseline named by
+# "vs"); one registration line each, below the function.
+CUDA_SECTIONS = []
+CUDA_SECTIONS.append(triton_mm_attention_rows)
+
+
 def cases(selected, quick):
     mm = [256, 512] if quick else [1024, 2048]
     rows = [(1024, 768)] if quick else [(4096, 768), (4096, 4096)]
@@ -245,19 +303,23 @@ def main_cuda(args):
         print("skipped: no CUDA device visible to llmscratch and torch")
         return
     rows, copy_bw = cuda_rows(args.quick)
+    for section in CUDA_SECTIONS:
+        rows += section(args.quick)
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}: device copy (read + write) {copy_bw:.0f} GB/s")
     for r in rows:
-        print(f"{r['op']:<20}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
-              f"{r['rate']:>8.0f} GB/s{r['pct']:>6.0f}% of copy")
+        print(f"{r['op']:<28}{r['ours_ms']:>9.3f}ms{r['torch_ms']:>9.3f}ms{r['ratio']:>7.2f}x"
+              f"{r['rate']:>8.0f} {r['unit']:<8}{r['pct']:>6.0f}% of {r.get('vs', 'copy')}")
     if args.out:
         write_report(args.out, f"{gpu}: CUDA kernels against torch {torch.__version__}",
                      [f"device copy bandwidth (torch clone, read + write): {copy_bw:.0f} GB/s"],
-                     "Times are CUDA-event medians; GB/s counts each operand read or written once.",
-                     ["op", "elements", "llmscratch ms", "torch ms", "ratio", "GB/s", "% of copy"],
+                     "Times are CUDA-event medians; GB/s counts each operand read or written once. "
+                     "% of: the rate against the device copy bandwidth, or against torch's time for "
+                     "the same work (cuBLAS, SDPA).",
+                     ["op", "shape", "llmscratch ms", "torch ms", "ratio", "rate", "% of", "rel err"],
                      [[r["op"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['rate']:.0f}", f"{r['pct']:.0f}%"] for r in rows])
-
+                       f"{r['rate']:.0f} {r['unit']}", f"{r['pct']:.0f}% of {r.get('vs', 'copy')}",
+                       _fmt_err(r.get("err"))] for r in rows])
 
 if __name__ == "__main__":
     main()

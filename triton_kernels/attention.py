@@ -393,3 +393,24 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
                               NH, NH // NKV, T, S, HS, sc, sc * _LOG2E,
                               HSP=HSP, CAUSAL=causal, FP32=fp32)
     return dq, dk, dv
+
+
+def _attention_op(inputs, attrs):
+    """Registry op "attention": inputs {q, k, v, mask}, attrs {causal, scale}, outputs {out, lse}."""
+    q, k, v = inputs[:3]
+    mask = inputs[3] if len(inputs) > 3 else None
+    return list(attention_forward(q, k, v, mask, attrs.get("causal", False), attrs.get("scale")))
+
+
+def _attention_backward_op(inputs, attrs):
+    """Registry op "attention_backward": inputs {q, k, v, mask, out, lse, dout, dlse},
+    attrs {causal, scale}, outputs {dq, dk, dv}."""
+    if len(inputs) not in (7, 8):
+        raise ValueError("attention_backward: expected the inputs (q, k, v, mask, out, lse, dout[, dlse])")
+    q, k, v, mask, out, lse, dout = inputs[:7]
+    dlse = inputs[7] if len(inputs) > 7 else None
+    return list(attention_backward(q, k, v, mask, out, lse, dout, dlse,
+                                   attrs.get("causal", False), attrs.get("scale")))
+
+
+KERNELS = {"attention": _attention_op, "attention_backward": _attention_backward_op}

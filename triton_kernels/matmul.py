@@ -176,3 +176,11 @@ def matmul_forward(a, b):
     if b.dim() == 1:
         out = out.squeeze(-1)
     return out
+
+
+def _matmul_op(inputs, attrs):
+    """Registry op "matmul": inputs {a, b} (at least 2-D each), no attrs, outputs {a @ b}."""
+    return [matmul_forward(inputs[0], inputs[1])]
+
+
+KERNELS = {"matmul": _matmul_op}
