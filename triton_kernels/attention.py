@@ -55,7 +55,7 @@ def _bwd_configs():
 
 @triton.jit
 def _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m, offs_d,
-               n_lo, n_hi, S, T, qk_scale, HS,
+               n_lo, n_hi, S, T, qk_scale, HS: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                FP32: tl.constexpr):
     """Key blocks [n_lo, n_hi) into the running (acc, m_i, l_i); MASKED applies s < S and causal."""
@@ -101,7 +101,7 @@ def _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m, off
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                      sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                      sob, soh, sot, sod,
-                     NH, GROUP, T, S, HS, qk_scale,
+                     NH, GROUP, T, S, qk_scale, HS: tl.constexpr,
                      HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -146,7 +146,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
 
 @triton.jit
 def _bwd_preprocess_kernel(o_ptr, do_ptr, dlse_ptr, d_ptr, sob, soh, sot, sod,
-                           sdb, sdh, sdt, sdd, NH, T, HS,
+                           sdb, sdh, sdt, sdd, NH, T, HS: tl.constexpr,
                            HAS_DLSE: tl.constexpr, HSP: tl.constexpr, BLOCK_M: tl.constexpr):
     """D[b, h, t] = sum_d dO * O - dlse, float32, rows of one (b, h) per program."""
     pid_m = tl.program_id(0)
@@ -171,7 +171,7 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, dlse_ptr, d_ptr, sob, soh, sot, sod,
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
                           sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                           sdb, sdh, sdt, sdd,
-                          NH, NKV, GROUP, T, S, HS, scale, qk_scale,
+                          NH, NKV, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                           HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -244,7 +244,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, d
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
                         sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                         sdb, sdh, sdt, sdd,
-                        NH, GROUP, T, S, HS, scale, qk_scale,
+                        NH, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                         HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -351,7 +351,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     sc = _scale(scale, HS)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
     _attn_fwd_kernel[grid](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                           NH, NH // NKV, T, S, HS, sc * _LOG2E,
+                           NH, NH // NKV, T, S, sc * _LOG2E, HS,
                            HSP=_hsp(HS), CAUSAL=bool(causal), FP32=q.dtype == torch.float32)
     return out, lse
 
@@ -386,11 +386,11 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     grid = lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * NKV)
     _attn_bwd_dkdv_kernel[grid](q, k, v, dout, lse, D, dk, dv, *strides,
-                                NH, NKV, NH // NKV, T, S, HS, sc, sc * _LOG2E,
+                                NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS,
                                 HSP=HSP, CAUSAL=causal, FP32=fp32)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
     _attn_bwd_dq_kernel[grid](q, k, v, dout, lse, D, dq, *strides,
-                              NH, NH // NKV, T, S, HS, sc, sc * _LOG2E,
+                              NH, NH // NKV, T, S, sc, sc * _LOG2E, HS,
                               HSP=HSP, CAUSAL=causal, FP32=fp32)
     return dq, dk, dv
 
