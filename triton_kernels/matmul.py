@@ -7,7 +7,7 @@ here makes the function usable on its own). bfloat16, float16 and float32; float
 in IEEE precision (no TF32) so results match the CPU reference to float32 rounding.
 
 The kernel: each program walks a strided list of output tiles (BLOCK_M x BLOCK_N) over all
-batches (persistent: as many programs as the GPU has SMs), loading A and B tiles through their
+batches (persistent: one or two programs per SM, by tile size), loading A and B tiles through their
 own row/column/batch strides, so transposed or strided views (the backward's A^T and B^T) are
 read in place and never copied. Tiles are visited in groups of GROUP_M row tiles so that
 neighbouring programs share A and B tiles in L2. The K loop accumulates in fp32 registers and
@@ -35,6 +35,7 @@ def _configs():
                               num_warps=1, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
@@ -48,7 +49,7 @@ def _configs():
 @triton.jit
 def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
                    sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-                   NUM_PROGS: tl.constexpr, FP32: tl.constexpr,
+                   FP32: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -57,7 +58,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
     total = per_batch * NBATCH
     group_size = GROUP_M * tiles_n
     rk = tl.arange(0, BLOCK_K)
-    for tile in range(tl.program_id(0), total, NUM_PROGS):
+    for tile in range(tl.program_id(0), total, tl.num_programs(0)):
         batch = tile // per_batch
         t = tile % per_batch
         # grouped order: GROUP_M row tiles sweep the column tiles together (L2 reuse)
@@ -91,9 +92,9 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
 
 
 @functools.lru_cache(maxsize=None)
-def _num_programs(device_index):
+def _num_sms(device_index):
     if _INTERPRET:
-        return 4
+        return 2
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -120,11 +121,16 @@ def _launch(a, b, c):
     if K == 0:
         c.zero_()
         return
-    device = a.device.index if a.is_cuda else 0
-    progs = _num_programs(device)
-    grid = lambda meta: (min(progs, NB * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+    sms = _num_sms(a.device.index if a.is_cuda else 0)
+
+    def grid(meta):
+        # tiles up to 128 x 128 leave shared memory for two programs per SM: one stores its tile
+        # while the other's loads run
+        per_sm = 2 if meta["BLOCK_M"] * meta["BLOCK_N"] <= 128 * 128 else 1
+        tiles = NB * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(sms * per_sm, tiles),)
     _matmul_kernel[grid](a, b, c, M, N, K, NB, *a.stride(), *b.stride(), *c.stride(),
-                         NUM_PROGS=progs, FP32=a.dtype == torch.float32)
+                         FP32=a.dtype == torch.float32)
 
 
 def _batched(a, b, c):
