@@ -152,14 +152,25 @@ def test_user_mask_is_not_implemented():
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+CUDA_SHAPES = SHAPES + [(2, 8, 2, 257, 300, 128), (1, 4, 4, 1023, 1023, 64), (2, 4, 1, 128, 1000, 80),
+                       (1, 2, 2, 300, 100, 128)]
+
+
 @pytest.mark.cuda
 @compiled_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 8, 2, 257, 300, 128), (1, 4, 4, 1023, 1023, 64),
-                                            (2, 4, 1, 128, 1000, 80), (1, 2, 2, 300, 100, 128)])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_kernels_cuda(shape, causal, dtype):
     check_kernels(shape, causal, dtype, "cuda")
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], CUDA_SHAPES[-4], CUDA_SHAPES[-1]])
+def test_kernels_float32_cuda(shape, causal):
+    check_kernels(shape, causal, torch.float32, "cuda")
 
 
 @pytest.mark.cuda
