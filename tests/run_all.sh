@@ -15,7 +15,8 @@ python -m pip install -q --upgrade pip
 # torch is only the reference in tests. Pin the CPU build: an unpinned torch resolves to a CUDA
 # build of several GB.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q ".[test]"
+# triton: its kernels are tested in triton's CPU interpreter when there is no GPU.
+python -m pip install -q ".[test,triton]"
 
 # googletest for the C++ suite comes from the OS packages when missing.
 if [ ! -e /usr/include/gtest/gtest.h ] && [ ! -e /usr/local/include/gtest/gtest.h ]; then

@@ -57,6 +57,19 @@ Tensors to_tensors(const py::sequence& seq) {
   return out;
 }
 
+// A Python callable stored in the op registry. The registry is a C++ static, destroyed at process
+// exit after the interpreter has finalized: releasing a Python object then aborts the process, so
+// the reference is dropped only while the interpreter lives (under the GIL), and leaked after.
+template <typename Obj>
+std::shared_ptr<Obj> hold(Obj obj) {
+  return std::shared_ptr<Obj>(new Obj(std::move(obj)), [](Obj* p) {
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      delete p;
+    }
+  });
+}
+
 PYBIND11_MODULE(llmscratch_core, m) {
   m.doc() = "llmscratch C++ core: tensors, op registry, autograd tape, CPU and CUDA kernels";
 
@@ -110,9 +123,10 @@ PYBIND11_MODULE(llmscratch_core, m) {
     OpSchema s;
     if (!backward.is_none()) {
       s.save_outputs = true;
-      s.backward = [backward](const BackwardCtx& c, const Tensors& grads) {
+      auto held = hold(std::move(backward));
+      s.backward = [held](const BackwardCtx& c, const Tensors& grads) {
         py::gil_scoped_acquire gil;
-        py::object r = backward(c.inputs, c.outputs, grads, c.needs_grad);
+        py::object r = (*held)(c.inputs, c.outputs, grads, c.needs_grad);
         return to_tensors(r);
       };
     }
@@ -121,15 +135,19 @@ PYBIND11_MODULE(llmscratch_core, m) {
      "Declare an op from Python; backward(inputs, outputs, grads, needs_grad) -> input grads");
   m.def("register_kernel", [](const std::string& op, const std::string& backend, py::function fn,
                                std::vector<DType> dtypes) {
-    register_kernel(op, backend, [fn](const Tensors& in, const Attrs& a) {
+    auto held = hold(std::move(fn));
+    register_kernel(op, backend, [held](const Tensors& in, const Attrs& a) {
       py::gil_scoped_acquire gil;
       py::dict kw;
       for (auto& kv : a.items) std::visit([&](auto&& v) { kw[py::str(kv.first)] = v; }, kv.second);
-      py::object r = fn(in, kw);
+      py::list args;  // an absent optional input (undefined tensor) arrives as None
+      for (auto& t : in) args.append(t.defined() ? py::cast(t) : py::none());
+      py::object r = (*held)(args, kw);
       return to_tensors(r);
     }, std::move(dtypes));
   }, py::arg("op"), py::arg("backend"), py::arg("fn"), py::arg("dtypes") = std::vector<DType>{},
-     "Register a Python implementation fn(inputs, attrs) -> outputs for (op, backend)");
+     "Register a Python implementation fn(inputs, attrs) -> outputs for (op, backend); absent "
+     "optional inputs arrive as None");
 
   // autograd
   m.def("is_grad_enabled", &grad_enabled);

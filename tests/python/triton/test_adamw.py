@@ -1,0 +1,42 @@
+"""adamw_step (in place, many tensors per launch) and global_norm through the triton backend."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
+
+# several tensors of odd sizes, one over a 1024-element block, and an empty one
+SHAPES = [(3,), (7, 5), (1, 1), (1100,), (0,)]
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("grad_scale", [None, 0.5])
+def test_adamw_step(device, dtype, grad_scale):
+    r = rng()
+    arrays = [rounded(r.standard_normal(s), dtype) for s in SHAPES]  # params
+    arrays += [rounded(r.standard_normal(s), dtype) for s in SHAPES]  # grads
+    arrays += [rounded(r.standard_normal(s) * 0.1, dtype) for s in SHAPES]  # exp_avg
+    arrays += [rounded(np.abs(r.standard_normal(s)) * 0.01, dtype) for s in SHAPES]  # exp_avg_sq
+    attrs = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1, "step": 3}
+    ours = [to_ls(a, device, dtype) for a in arrays]
+    ref = as64(arrays)
+    if grad_scale is not None:
+        attrs["has_grad_scale"] = True
+        ours.append(to_ls(np.array(grad_scale), device, "float32"))
+        ref.append(ls.tensor(np.array(grad_scale)))
+    assert triton_call("adamw_step", ours, attrs) == []
+    cpu_call("adamw_step", ref, attrs)
+    n = len(SHAPES)
+    for role in (0, 2, 3):  # params, exp_avg, exp_avg_sq were updated in place
+        compare("adamw_step", ours[role * n:(role + 1) * n], ref[role * n:(role + 1) * n], dtype,
+                tol_scale=2)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_global_norm(device, dtype):
+    r = rng()
+    arrays = [rounded(r.standard_normal(s), dtype) for s in SHAPES]
+    (norm,) = triton_call("global_norm", [to_ls(a, device, dtype) for a in arrays], {})
+    assert tuple(norm.shape) == () and norm.dtype == ls.float32 and str(norm.device).startswith(device)
+    want = np.sqrt(sum((a.astype(np.float64) ** 2).sum() for a in arrays))
+    assert abs(float(norm.to("cpu").item()) - want) <= 1e-5 * want

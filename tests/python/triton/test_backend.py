@@ -1,0 +1,70 @@
+"""The triton backend as a whole: autograd through the registry, the fallback for what it does
+not serve (visible in backend_report), and the message when torch or triton is missing."""
+import sys
+
+import numpy as np
+import pytest
+
+import llmscratch as ls
+import llmscratch.functional as F
+from triton_check import CASES, rng, to_ls, to_np
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_model_fragment_forward_backward_runs_on_triton(device, dtype):
+    """layer_norm -> gelu -> cross_entropy with autograd: the forward and backward ops are served
+    by triton, and the gradients match the CPU backend's."""
+    r = rng()
+    x0, w0 = r.standard_normal((6, 33)), r.standard_normal(33)
+    targets = r.integers(0, 33, 6)
+
+    def run(backend, device, dtype):
+        x = to_ls(x0, device, dtype).detach().requires_grad_()
+        w = to_ls(w0, device, dtype).detach().requires_grad_()
+        with ls.backend(backend):
+            ls.backend_report(reset=True)
+            h = F.gelu(F.layer_norm(x, (33,), weight=w), approximate="tanh")
+            loss = F.cross_entropy(h, to_ls(targets, device, dtype))
+            loss.backward()
+            report = ls.backend_report()
+        return to_np(loss), to_np(x.grad), to_np(w.grad), report
+
+    loss, dx, dw, report = run("triton", device, dtype)
+    for op in ("layer_norm", "layer_norm_backward", "gelu", "gelu_backward", "cross_entropy",
+               "cross_entropy_backward"):
+        assert report[op] == "triton", (op, report)
+    ref_loss, ref_dx, ref_dw, _ = run("cpu", "cpu", "float32")
+    tol = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}[dtype]
+    assert abs(loss - ref_loss) <= tol * abs(ref_loss)
+    assert np.linalg.norm(dx - ref_dx) <= tol * np.linalg.norm(ref_dx)
+    assert np.linalg.norm(dw - ref_dw) <= tol * np.linalg.norm(ref_dw)
+
+
+FLOAT32_CASES = [c for c in CASES if "float32" in (c if isinstance(c, tuple) else c.values)]
+
+
+@pytest.mark.parametrize("device,dtype", FLOAT32_CASES)  # the CPU backend has no 16-bit add
+def test_unserved_ops_fall_back_and_say_so(device, dtype):
+    a = to_ls(rng().standard_normal((3, 4)), device, dtype)
+    with ls.backend("triton"):
+        ls.backend_report(reset=True)
+        F.silu(a + a)  # add has no triton implementation
+        report = ls.backend_report()
+    assert report["silu"] == "triton"
+    assert report["add"] == device
+
+
+def test_float64_falls_back_to_cpu():
+    x = ls.tensor(rng().standard_normal((2, 5)))
+    with ls.backend("triton"):
+        ls.backend_report(reset=True)
+        y = F.softmax(x, -1)
+        assert ls.backend_report()["softmax"] == "cpu"
+    assert np.allclose(to_np(y).sum(-1), 1)
+
+
+def test_missing_triton_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install \.\[triton\]"):
+        ls.set_backend("triton")
+    assert ls.get_backend() == "default"

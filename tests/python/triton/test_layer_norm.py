@@ -1,0 +1,30 @@
+import pytest
+
+from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
+
+SHAPES = [(1, 1), (3, 7), (2, 5, 127), (4, 1023)]
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_forward_backward(device, dtype, shape, affine):
+    r = rng()
+    C = shape[-1]
+    x = rounded(r.standard_normal(shape) * 2 + 0.5, dtype)
+    w = rounded(r.standard_normal(C), dtype) if affine else None
+    b = rounded(r.standard_normal(C), dtype) if affine else None
+    g = rounded(r.standard_normal(shape), dtype)
+    xs, ws, bs, gs = (to_ls(a, device, dtype) for a in (x, w, b, g))
+    x64, w64, b64, g64 = as64([x, w, b, g])
+
+    fwd = triton_call("layer_norm", [xs, ws, bs], {"eps": 1e-5})
+    ref = cpu_call("layer_norm", [x64, w64, b64], {"eps": 1e-5})
+    compare("layer_norm", fwd, ref, dtype)
+    attrs = {"dweight": affine, "dbias": affine}
+    bwd = triton_call("layer_norm_backward", [gs, xs, ws, fwd[1], fwd[2]], attrs)
+    ref_bwd = cpu_call("layer_norm_backward", [g64, x64, w64, ref[1], ref[2]], attrs)
+    compare("layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4,
+            floor=1e-2)
+    if not affine:
+        assert tuple(bwd[1].shape) == (0,) and tuple(bwd[2].shape) == (0,)

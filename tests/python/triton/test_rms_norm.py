@@ -1,0 +1,28 @@
+import pytest
+
+from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
+
+SHAPES = [(1, 1), (3, 7), (2, 5, 127), (4, 1023)]
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm_forward_backward(device, dtype, shape, weighted):
+    r = rng()
+    x = rounded(r.standard_normal(shape) + 0.3, dtype)
+    w = rounded(r.standard_normal(shape[-1]), dtype) if weighted else None
+    g = rounded(r.standard_normal(shape), dtype)
+    xs, ws, gs = (to_ls(a, device, dtype) for a in (x, w, g))
+    x64, w64, g64 = as64([x, w, g])
+
+    fwd = triton_call("rms_norm", [xs, ws], {"eps": 1e-6})
+    ref = cpu_call("rms_norm", [x64, w64], {"eps": 1e-6})
+    compare("rms_norm", fwd, ref, dtype)
+    attrs = {"dweight": weighted}
+    bwd = triton_call("rms_norm_backward", [gs, xs, ws, fwd[1]], attrs)
+    ref_bwd = cpu_call("rms_norm_backward", [g64, x64, w64, ref[1]], attrs)
+    compare("rms_norm_backward", bwd, ref_bwd, dtype, tol_scale=4,
+            floor=1e-2)
+    if not weighted:
+        assert tuple(bwd[1].shape) == (0,)

@@ -1,0 +1,150 @@
+"""Multi-tensor AdamW step and global gradient norm (cpp/optim/adamw.cpp).
+
+adamw_step (Loshchilov & Hutter 2019, decoupled weight decay), in place on every tensor k:
+    p -= lr wd p
+    m = b1 m + (1 - b1) g s;   v = b2 v + (1 - b2) (g s)^2           (s: optional grad scale)
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+global_norm: sqrt(sum over all tensors and elements of x^2) -> 0-d float32 on the device.
+
+Registry ops: "adamw_step" {params (P), grads (P), exp_avg (P), exp_avg_sq (P), grad_scale?}
+attrs lr, beta1, beta2, eps, weight_decay, step, has_grad_scale -> {} (updates in place);
+"global_norm" {tensors...} -> {norm}.
+
+Kernels: one launch per dtype group over all its tensors, through pointer tables: the tensors'
+addresses (int64, cast to pointers in the kernel) and a block table giving each program its
+tensor and the first element of its 1024-element block, so a huge embedding matrix and many
+small biases share one grid. The tables are built on the host and cached by the tensors'
+addresses and sizes (parameters do not move between steps), so a steady-state step copies
+nothing to the device. Arithmetic is float32. global_norm writes one float32 partial sum of
+squares per block; torch adds the partials in float64 in a fixed order (deterministic; the CPU
+op sums every element in float64). The grad scale stays on the device (no synchronisation).
+"""
+import collections
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 1024
+_TABLES = collections.OrderedDict()  # (device, addresses, sizes) -> tables, most recent last
+_MAX_TABLES = 16
+
+
+def _tables(groups, device):
+    """Device tables for tensors `groups` (lists of tensors of equal sizes, one list per role):
+    a (roles, K) int64 address table, sizes (K,), and per block its tensor (int32) and start."""
+    numels = tuple(t.numel() for t in groups[0])
+    key = (str(device), tuple(tuple(t.data_ptr() for t in g) for g in groups), numels)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    blk_tensor, blk_start = [], []
+    for k, n in enumerate(numels):
+        for start in range(0, n, _BLOCK):
+            blk_tensor.append(k)
+            blk_start.append(start)
+    tables = (torch.tensor([[t.data_ptr() for t in g] for g in groups], dtype=torch.int64,
+                           device=device),
+              torch.tensor(numels, dtype=torch.int64, device=device),
+              torch.tensor(blk_tensor, dtype=torch.int32, device=device),
+              torch.tensor(blk_start, dtype=torch.int64, device=device))
+    _TABLES[key] = tables
+    if len(_TABLES) > _MAX_TABLES:
+        _TABLES.popitem(last=False)
+    return tables
+
+
+@triton.jit
+def _adamw(ADDR, K, NUMEL, BLK_TENSOR, BLK_START, SCALE, ELEM, lr, beta1, beta2, eps, wd,
+           bc1, bc2, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    k = tl.load(BLK_TENSOR + pid)
+    offs = tl.load(BLK_START + pid) + tl.arange(0, BLOCK)
+    mask = offs < tl.load(NUMEL + k)
+    ptr_ty = tl.pointer_type(ELEM.dtype.element_ty)
+    P = tl.load(ADDR + k).to(ptr_ty)  # tensor k of each role
+    G = tl.load(ADDR + K + k).to(ptr_ty)
+    M = tl.load(ADDR + 2 * K + k).to(ptr_ty)
+    V = tl.load(ADDR + 3 * K + k).to(ptr_ty)
+    p = tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(M + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        g = g * tl.load(SCALE).to(tl.float32)
+    p -= lr * wd * p
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p -= lr * (m / bc1) / (tl.sqrt(v / bc2) + eps)
+    tl.store(P + offs, p.to(ELEM.dtype.element_ty), mask=mask)
+    tl.store(M + offs, m.to(ELEM.dtype.element_ty), mask=mask)
+    tl.store(V + offs, v.to(ELEM.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sum_squares(ADDR, NUMEL, BLK_TENSOR, BLK_START, PARTIAL, ELEM, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    k = tl.load(BLK_TENSOR + pid)
+    offs = tl.load(BLK_START + pid) + tl.arange(0, BLOCK)
+    X = tl.load(ADDR + k).to(tl.pointer_type(ELEM.dtype.element_ty))
+    x = tl.load(X + offs, mask=offs < tl.load(NUMEL + k), other=0.0).to(tl.float32)
+    tl.store(PARTIAL + pid, tl.sum(x * x, axis=0))
+
+
+def _by_dtype(indices, tensors):
+    groups = collections.defaultdict(list)
+    for i in indices:
+        groups[tensors[i].dtype].append(i)
+    return groups.values()
+
+
+def adamw_step(inputs, attrs):
+    has_scale = bool(attrs.get("has_grad_scale", False))
+    scale = inputs[-1] if has_scale else None
+    tensors = inputs[:-1] if has_scale else inputs
+    if len(tensors) % 4:
+        raise ValueError(f"adamw_step: expected 4 groups of equally many tensors, got {len(tensors)}")
+    n = len(tensors) // 4
+    step = int(attrs["step"])
+    if step < 1:
+        raise ValueError(f"adamw_step: step must be >= 1, got {step}")
+    b1, b2 = float(attrs.get("beta1", 0.9)), float(attrs.get("beta2", 0.999))
+    for k in range(n):
+        for role in range(1, 4):
+            t = tensors[role * n + k]
+            if t.shape != tensors[k].shape or t.dtype != tensors[k].dtype or not t.is_contiguous():
+                raise ValueError(f"adamw_step: tensor {k} of a group does not match its "
+                                 f"contiguous parameter {tuple(tensors[k].shape)}")
+    for idx in _by_dtype([k for k in range(n) if tensors[k].numel()], tensors):
+        groups = [[tensors[role * n + k] for k in idx] for role in range(4)]
+        addr, numel, blk_tensor, blk_start = _tables(groups, tensors[0].device)
+        _adamw[(blk_tensor.numel(),)](
+            addr, len(idx), numel, blk_tensor, blk_start,
+            scale if scale is not None else numel, groups[0][0],
+            float(attrs.get("lr", 1e-3)), b1, b2, float(attrs.get("eps", 1e-8)),
+            float(attrs.get("weight_decay", 0.0)), 1.0 - math.pow(b1, step),
+            1.0 - math.pow(b2, step), HAS_SCALE=scale is not None, BLOCK=_BLOCK)
+    return []
+
+
+def global_norm(inputs, attrs):
+    if not inputs:
+        raise ValueError("global_norm: no tensors given")
+    tensors = [t.contiguous() for t in inputs]
+    device = tensors[0].device
+    partials = []
+    for idx in _by_dtype([i for i, t in enumerate(tensors) if t.numel()], tensors):
+        group = [tensors[i] for i in idx]
+        addr, numel, blk_tensor, blk_start = _tables([group], device)
+        part = torch.empty(blk_tensor.numel(), dtype=torch.float32, device=device)
+        _sum_squares[(blk_tensor.numel(),)](addr, numel, blk_tensor, blk_start, part, group[0],
+                                            BLOCK=_BLOCK)
+        partials.append(part)
+    if not partials:
+        return [torch.zeros((), dtype=torch.float32, device=device)]
+    return [torch.cat(partials).double().sum().sqrt().float()]
+
+
+KERNELS = {"adamw_step": adamw_step, "global_norm": global_norm}

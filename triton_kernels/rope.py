@@ -1,0 +1,117 @@
+"""Rotary position embedding (RoPE, Su et al. 2021), forward and backward.
+
+    x (..., T, NH, HS) (any number of leading dims, including none), cos, sin (T, HS/2) with
+    cos[t, i] = cos(t theta_i). Pair i of a head's channels (a, b) rotates by angle t theta_i:
+        out_a = a cos - b sin,    out_b = a sin + b cos
+    interleaved: pairs (2i, 2i+1) (GPT-J, Meta LLaMA); else pairs (i, i + HS/2) (GPT-NeoX, HF).
+    attr inverse rotates by -angle. The rotation is orthogonal, so dx is the same op with inverse
+    flipped (cpp/ops/rope.cpp's backward calls "rope" again). Gradients of cos and sin, summed
+    over the leading dims and the heads:
+        dcos[t, i] = sum g_a a + g_b b,    dsin[t, i] = sum g_b a - g_a b   (negated if inverse)
+
+Registry ops: "rope" {x, cos, sin} attrs interleaved, inverse -> {out};
+"rope_cos_sin_backward" {g, x} attrs interleaved, inverse -> {dcos, dsin}.
+Kernels: forward, one program per (leading..., t, head) row of HS channels. cos/sin gradient, one
+program per position t summing its (leading, head) rows in a fixed order in float32 registers,
+so the result is deterministic.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pair_offsets(i, HALF, INTERLEAVED: tl.constexpr):
+    if INTERLEAVED:
+        ia = 2 * i
+        ib = 2 * i + 1
+    else:
+        ia = i
+        ib = i + HALF
+    return ia, ib
+
+
+@triton.jit
+def _rope_fwd(X, COS, SIN, OUT, T, NH, HALF, SGN, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # row of x viewed as (rows, HS)
+    t = (row // NH) % T
+    i = tl.arange(0, BLOCK)
+    mask = i < HALF
+    ia, ib = _pair_offsets(i, HALF, INTERLEAVED)
+    x_row = X + row * 2 * HALF  # points at x[..., t, h, :]
+    o_row = OUT + row * 2 * HALF
+    a = tl.load(x_row + ia, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(x_row + ib, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(COS + t * HALF + i, mask=mask, other=0.0).to(tl.float32)
+    s = SGN * tl.load(SIN + t * HALF + i, mask=mask, other=0.0).to(tl.float32)
+    tl.store(o_row + ia, (a * c - b * s).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(o_row + ib, (a * s + b * c).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_cos_sin_bwd(G, X, DCOS, DSIN, T, NH, HALF, LEAD, SGN,
+                      INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    mask = i < HALF
+    ia, ib = _pair_offsets(i, HALF, INTERLEAVED)
+    acc_c = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in tl.range(0, LEAD * NH):
+        lead = k // NH
+        h = k % NH
+        off = ((lead * T + t) * NH + h) * 2 * HALF  # x[lead, t, h, :]
+        a = tl.load(X + off + ia, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(X + off + ib, mask=mask, other=0.0).to(tl.float32)
+        ga = tl.load(G + off + ia, mask=mask, other=0.0).to(tl.float32)
+        gb = tl.load(G + off + ib, mask=mask, other=0.0).to(tl.float32)
+        acc_c += ga * a + gb * b
+        acc_s += gb * a - ga * b
+    tl.store(DCOS + t * HALF + i, acc_c.to(DCOS.dtype.element_ty), mask=mask)
+    tl.store(DSIN + t * HALF + i, (SGN * acc_s).to(DSIN.dtype.element_ty), mask=mask)
+
+
+def _layout(x, op):
+    if x.dim() < 3:
+        raise ValueError(f"{op}: x must be (..., T, NH, HS), got shape {tuple(x.shape)}")
+    T, NH, HS = x.shape[-3:]
+    if HS % 2:
+        raise ValueError(f"{op}: head size HS must be even, got {HS}")
+    return T, NH, HS // 2
+
+
+def rope_forward(inputs, attrs):
+    x, cos, sin = (t.contiguous() for t in inputs)
+    T, NH, half = _layout(x, "rope")
+    if cos.shape != (T, half) or sin.shape != (T, half):
+        raise ValueError(f"rope: cos and sin must be (T, HS/2) = {(T, half)}, got "
+                         f"{tuple(cos.shape)} and {tuple(sin.shape)}")
+    out = torch.empty_like(x)
+    rows = x.numel() // (2 * half) if half else 0
+    if rows:
+        _rope_fwd[(rows,)](x, cos, sin, out, T, NH, half,
+                           -1.0 if attrs.get("inverse", False) else 1.0,
+                           INTERLEAVED=bool(attrs.get("interleaved", False)),
+                           BLOCK=triton.next_power_of_2(half))
+    return [out]
+
+
+def rope_cos_sin_backward(inputs, attrs):
+    g, x = inputs[0].contiguous(), inputs[1].contiguous()
+    T, NH, half = _layout(x, "rope_cos_sin_backward")
+    if g.shape != x.shape:
+        raise ValueError(f"rope_cos_sin_backward: grad shape {tuple(g.shape)} must equal x shape "
+                         f"{tuple(x.shape)}")
+    dcos = torch.empty((T, half), dtype=x.dtype, device=x.device)
+    dsin = torch.empty_like(dcos)
+    per_lead = T * NH * 2 * half
+    lead = x.numel() // per_lead if per_lead else 0
+    if T and half:
+        _rope_cos_sin_bwd[(T,)](g, x, dcos, dsin, T, NH, half, lead,
+                                -1.0 if attrs.get("inverse", False) else 1.0,
+                                INTERLEAVED=bool(attrs.get("interleaved", False)),
+                                BLOCK=triton.next_power_of_2(half))
+    return [dcos, dsin]
+
+
+KERNELS = {"rope": rope_forward, "rope_cos_sin_backward": rope_cos_sin_backward}
