@@ -4,8 +4,8 @@ and S < T (rows that see no key: out 0, lse -inf), head sizes that are not power
 strided q/k/v views, and the registry ops "attention" / "attention_backward" with backend
 "triton".
 
-Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set
-here before triton is imported; float32 and float16 only). On a GPU the cuda-marked tests run
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set by
+this folder's conftest before triton is imported; float32 and float16 only). On a GPU the cuda-marked tests run
 the compiled kernels on bigger shapes in float32, float16 and bfloat16.
 (The file name differs from tests/python/ops/test_attention.py so pytest can collect both.)
 """
@@ -16,8 +16,6 @@ import os
 import pytest
 
 torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import llmscratch as ls  # noqa: E402

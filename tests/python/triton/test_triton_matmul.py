@@ -2,20 +2,17 @@
 promotion, broadcast batch dims), transposed and strided operands read in place, odd shapes,
 and the registry op "matmul" with backend "triton", forward and both gradients.
 
-Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set
-here before triton is imported; float32 and float16: the interpreter does not do bfloat16). On a
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set by
+this folder's conftest before triton is imported; float32 and float16: the interpreter does not do bfloat16). On a
 GPU the cuda-marked tests run the compiled kernels on bigger shapes in all three dtypes.
 (The file name differs from tests/python/ops/test_matmul.py so pytest can collect both.)
 """
 import importlib
 import os
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import llmscratch as ls  # noqa: E402
