@@ -24,8 +24,12 @@ and no extra sum, and the result is deterministic); a dQ kernel runs one program
 
 Operands are read through their strides (no copies of transposed or strided views). HS of any
 size is padded to the next power of two (at least 16) inside the kernel, with masked loads.
-Limits: no user mask (attn_mask raises NotImplementedError naming the op, and the registry
-reports it); float32, float16, bfloat16; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
+ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
+small tile. Limits: no user mask (attn_mask raises NotImplementedError naming the op, which the
+registry passes on to the caller: masked attention needs the cpu or cuda backend); float32,
+float16, bfloat16; the tile configs are sized for HS <= 128; CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1.
 """
 import math
 import os
@@ -34,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
 
 
