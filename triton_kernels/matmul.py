@@ -12,7 +12,9 @@ own row/column/batch strides, so transposed or strided views (the backward's A^T
 read in place and never copied. Tiles are visited in groups of GROUP_M row tiles so that
 neighbouring programs share A and B tiles in L2. The K loop accumulates in fp32 registers and
 the tile is stored once, in the output dtype. Tile sizes are autotuned per (M, N, K) on the GPU
-from a short list; under TRITON_INTERPRET=1 (CPU tensors) one small tile keeps tests fast.
+from a short list for 16-bit problems over 512 x 512 outputs; smaller ones and float32 use one
+config each (fewer compiled variants); under TRITON_INTERPRET=1 (CPU tensors) one small tile
+keeps tests fast.
 
 Batching: broadcast batch dims are expanded as views (stride 0). If their strides fold into one
 uniform batch stride per operand the whole problem is one launch; otherwise the outermost batch
