@@ -13,7 +13,9 @@ Forward kernel: one program per (BLOCK_M query rows, b, h). Q stays in registers
 stream through in order with an online softmax in base 2 (running max m, running sum l, the
 output accumulator rescaled when m grows), so the (T, S) scores never reach memory. Blocks
 entirely left of the causal diagonal run without masks; the diagonal blocks and the ragged
-end of S are masked; blocks right of the diagonal are never loaded. lse is saved for the
+end of S are masked; blocks right of the diagonal are never loaded. The grid is (B * NH, row
+blocks) with the last row blocks (the most keys under a causal mask) launched first, so the
+short blocks fill the tail of the launch. lse is saved for the
 backward (float32 for 16-bit inputs: a bf16 lse would put a ~1% error on every recomputed P).
 
 Backward: a preprocess kernel computes D (float32, dlse folded in); a dK/dV kernel runs one
@@ -122,8 +124,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                      NH, GROUP, T, S, qk_scale, HS: tl.constexpr,
                      HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last rows (most keys) first
     b = bh // NH
     h = bh % NH
     g = h // GROUP
@@ -167,8 +169,8 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, dlse_ptr, d_ptr, sob, soh, sot, sod,
                            sdb, sdh, sdt, sdd, NH, T, HS: tl.constexpr,
                            HAS_DLSE: tl.constexpr, HSP: tl.constexpr, BLOCK_M: tl.constexpr):
     """D[b, h, t] = sum_d dO * O - dlse, float32, rows of one (b, h) per program."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = bh // NH
     h = bh % NH
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -193,8 +195,8 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, d
                           NH, NKV, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                           HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    bg = tl.program_id(1)
+    bg = tl.program_id(0)
+    pid_n = tl.program_id(1)  # first keys (seen by most rows) first
     b = bg // NKV
     g = bg % NKV
     n0 = pid_n * BLOCK_N
@@ -267,8 +269,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
                         NH, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                         HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last rows (most keys) first
     b = bh // NH
     h = bh % NH
     g = h // GROUP
@@ -369,7 +371,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
         lse.fill_(float("-inf"))
         return out, lse
     sc = _scale(scale, HS)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
+    grid = lambda meta: (B * NH, triton.cdiv(T, meta["BLOCK_M"]))
     _attn_fwd_kernel[grid](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                            NH, NH // NKV, T, S, sc * _LOG2E, HS,
                            HSP=_hsp(HS), CAUSAL=bool(causal), FP32=q.dtype == torch.float32)
@@ -400,15 +402,15 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
     sc = _scale(scale, HS)
     HSP, fp32, causal = _hsp(HS), q.dtype == torch.float32, bool(causal)
     D = torch.empty((B, NH, T), dtype=torch.float32, device=q.device)
-    _bwd_preprocess_kernel[(triton.cdiv(T, 64), B * NH)](
+    _bwd_preprocess_kernel[(B * NH, triton.cdiv(T, 64))](
         out, dout, dlse if dlse is not None else D, D, *out.stride(), *dout.stride(), NH, T, HS,
         HAS_DLSE=dlse is not None, HSP=HSP, BLOCK_M=64)
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
-    grid = lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * NKV)
+    grid = lambda meta: (B * NKV, triton.cdiv(S, meta["BLOCK_N"]))
     _attn_bwd_dkdv_kernel[grid](q, k, v, dout, lse, D, dk, dv, *strides,
                                 NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS,
                                 HSP=HSP, CAUSAL=causal, FP32=fp32)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
+    grid = lambda meta: (B * NH, triton.cdiv(T, meta["BLOCK_M"]))
     _attn_bwd_dq_kernel[grid](q, k, v, dout, lse, D, dq, *strides,
                               NH, NH // NKV, T, S, sc, sc * _LOG2E, HS,
                               HSP=HSP, CAUSAL=causal, FP32=fp32)
