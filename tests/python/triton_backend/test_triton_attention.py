@@ -1,0 +1,185 @@
+"""Triton attention (triton_kernels/attention.py) against torch float64: out, lse and the q, k, v
+gradients (the lse gradient included), GQA, causal masks aligned to the bottom right with S > T
+and S < T (rows that see no key: out 0, lse -inf), head sizes that are not powers of two,
+strided q/k/v views, and the registry ops "attention" / "attention_backward" with backend
+"triton".
+
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set by
+the root conftest before triton is imported; float32 and float16 only). On a GPU the cuda-marked tests run
+the compiled kernels on bigger shapes in float32, float16 and bfloat16.
+(The file name differs from tests/python/ops/test_attention.py so pytest can collect both.)
+"""
+import importlib
+import math
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import llmscratch as ls  # noqa: E402
+import llmscratch.functional as F  # noqa: E402
+from llmscratch import _backend  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
+compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
+
+_backend._triton_kernels()
+attn = importlib.import_module("llmscratch.triton_kernels.attention")
+
+# out / lse tolerance; gradients get twice as much
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def reference(q, k, v, causal, scale):
+    """float64 out, lse (natural log) with GQA by repeating kv heads; rows with no key: 0, -inf."""
+    B, NH, T, HS = q.shape
+    S, group = k.shape[2], NH // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    x = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(HS))
+    if causal:
+        x = x.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T), -math.inf)
+    lse = torch.logsumexp(x, -1)
+    p = torch.exp(x - lse[..., None]).nan_to_num(nan=0.0)
+    return p @ v, lse
+
+
+def rel(ours, ref):
+    """||ours - ref|| / ||ref|| over the finite entries of ref; the infinities must match."""
+    ours, ref = ours.detach().cpu().double(), ref.detach().cpu().double()
+    assert not torch.isnan(ours).any(), "result contains NaN"
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(ours), fin) and torch.equal(ours[~fin], ref[~fin])
+    return ((ours[fin] - ref[fin]).norm() / max(ref[fin].norm().item(), 1e-300)).item()
+
+
+def inputs(shape, device, strided=False):
+    B, NH, NKV, T, S, HS = shape
+    if strided:  # (B, T, NH, HS) storage seen as (B, NH, T, HS), as a fused qkv projection gives
+        mk = lambda n, L: torch.randn(B, L, n, HS, dtype=torch.float64, device=device).transpose(1, 2)
+    else:
+        mk = lambda n, L: torch.randn(B, n, L, HS, dtype=torch.float64, device=device)
+    return mk(NH, T), mk(NKV, S), mk(NKV, S)
+
+
+def check_kernels(shape, causal, dtype, device, scale=None, strided=False):
+    """attention_forward / attention_backward on dtype inputs against float64 autograd."""
+    q, k, v = (t.to(dtype).double().requires_grad_() for t in inputs(shape, device, strided))
+    out, lse = reference(q, k, v, causal, scale)
+    gout, glse = torch.randn_like(out), torch.randn_like(lse)
+    finite = torch.isfinite(lse)
+    ((out * gout).sum() + (torch.where(finite, lse, 0) * torch.where(finite, glse, 0)).sum()).backward()
+
+    tq, tk, tv = (t.detach().to(dtype) for t in (q, k, v))
+    if strided:
+        tq, tk, tv = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (tq, tk, tv))
+    o, l = attn.attention_forward(tq, tk, tv, None, causal, scale)
+    assert o.dtype == dtype and l.dtype == torch.float32
+    assert rel(o, out) < TOL[dtype] and rel(l, lse) < TOL[dtype]
+    dq, dk, dv = attn.attention_backward(tq, tk, tv, None, o, l, gout.to(dtype), glse.float(),
+                                         causal, scale)
+    for ours, ref in ((dq, q.grad), (dk, k.grad), (dv, v.grad)):
+        assert ours.dtype == dtype
+        assert rel(ours, ref) < 2 * TOL[dtype]
+
+
+# (B, NH, NKV, T, S, HS): one element, odd sizes, GQA, multi-query, S > T, S < T (rows with no
+# visible key when causal), several blocks, non-power-of-two head sizes
+SHAPES = [(1, 1, 1, 1, 1, 1), (2, 4, 2, 7, 7, 5), (1, 6, 1, 9, 9, 3), (2, 2, 1, 5, 11, 16),
+          (1, 2, 1, 37, 40, 24), (1, 2, 1, 20, 9, 32), (1, 2, 2, 33, 18, 64)]
+
+
+@interpreter_only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernels_float32_interpreter(shape, causal):
+    check_kernels(shape, causal, torch.float32, "cpu")
+
+
+@interpreter_only
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[4], SHAPES[5]])
+def test_kernels_float16_interpreter(shape):
+    check_kernels(shape, True, torch.float16, "cpu")
+
+
+@interpreter_only
+def test_strided_and_scale_interpreter():
+    check_kernels((1, 4, 2, 19, 23, 8), True, torch.float32, "cpu", scale=0.3, strided=True)
+
+
+def registry_run(shape, causal, device, scale=None):
+    """F.scaled_dot_product_attention with backend "triton" (float32), backward through the
+    registry's attention_backward, against the float64 reference."""
+    q, k, v = (t.float().double().requires_grad_() for t in inputs(shape, "cpu"))
+    out, lse = reference(q, k, v, causal, scale)
+    gout, glse = torch.randn_like(out), torch.randn_like(lse)
+    finite = torch.isfinite(lse)
+    ((out * gout).sum() + (torch.where(finite, lse, 0) * torch.where(finite, glse, 0)).sum()).backward()
+
+    lq, lk, lv = (ls.tensor(t.detach().float().numpy(), device=device, requires_grad=True) for t in (q, k, v))
+    ls.backend_report(reset=True)
+    with ls.backend("triton"):
+        o, l = F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal, scale=scale, return_lse=True)
+        # rows that see no key have lse = -inf: they are filled with 0 so the loss stays finite
+        hidden = ls.tensor((~finite).numpy(), device=device)
+        loss = (o * ls.tensor(gout.float().numpy(), device=device)).sum() + \
+            (l.masked_fill(hidden, 0.0) * ls.tensor(glse.float().numpy(), device=device)).sum()
+        loss.backward()
+    served = ls.backend_report()
+    assert served["attention"] == "triton" and served["attention_backward"] == "triton", served
+    to_t = lambda t: torch.from_dlpack(t.detach())
+    assert rel(to_t(o), out) < 2e-5 and rel(to_t(l), lse) < 2e-5
+    for ours, ref in ((lq, q), (lk, k), (lv, v)):
+        assert rel(to_t(ours.grad), ref.grad) < 4e-5
+
+
+@interpreter_only
+@pytest.mark.parametrize("shape,causal", [((2, 4, 2, 7, 7, 5), False), ((1, 4, 1, 21, 35, 16), True)])
+def test_registry_interpreter(shape, causal):
+    registry_run(shape, causal, "cpu")
+
+
+@interpreter_only
+def test_user_mask_is_not_implemented():
+    q, k, v = (ls.tensor(t.float().numpy()) for t in inputs((1, 2, 2, 4, 4, 8), "cpu"))
+    mask = ls.tensor(torch.ones(4, 4, dtype=torch.bool).numpy())
+    with ls.backend("triton"):
+        with pytest.raises(NotImplementedError, match="attention"):
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+CUDA_SHAPES = SHAPES + [(2, 8, 2, 257, 300, 128), (1, 4, 4, 1023, 1023, 64), (2, 4, 1, 128, 1000, 80),
+                       (1, 2, 2, 300, 100, 128)]
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_kernels_cuda(shape, causal, dtype):
+    check_kernels(shape, causal, dtype, "cuda")
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], CUDA_SHAPES[-4], CUDA_SHAPES[-1]])
+def test_kernels_float32_cuda(shape, causal):
+    check_kernels(shape, causal, torch.float32, "cuda")
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_and_scale_cuda(dtype):
+    check_kernels((2, 8, 4, 190, 230, 64), True, dtype, "cuda", scale=0.1, strided=True)
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("shape,causal", [((2, 4, 2, 70, 70, 64), False), ((1, 4, 1, 130, 200, 128), True)])
+def test_registry_cuda(shape, causal):
+    registry_run(shape, causal, "cuda")

@@ -1,0 +1,143 @@
+"""Triton matmul (triton_kernels/matmul.py) against torch float64: torch.matmul semantics (1-D
+promotion, broadcast batch dims), transposed and strided operands read in place, odd shapes,
+and the registry op "matmul" with backend "triton", forward and both gradients.
+
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set by
+the root conftest before triton is imported; float32 and float16: the interpreter does not do bfloat16). On a
+GPU the cuda-marked tests run the compiled kernels on bigger shapes in all three dtypes.
+(The file name differs from tests/python/ops/test_matmul.py so pytest can collect both.)
+"""
+import importlib
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import llmscratch as ls  # noqa: E402
+from llmscratch import _backend  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
+compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
+
+_backend._triton_kernels()
+mm = importlib.import_module("llmscratch.triton_kernels.matmul")
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def rel(ours, ref):
+    ours, ref = ours.detach().cpu().double(), ref.detach().cpu().double()
+    assert not torch.isnan(ours).any(), "result contains NaN"
+    return ((ours - ref).norm() / max(ref.norm().item(), 1e-300)).item()
+
+
+def check(a, b, dtype):
+    """matmul_forward on a, b (already in dtype, any layout) against float64 torch.matmul."""
+    out = mm.matmul_forward(a, b)
+    ref = torch.matmul(a.double(), b.double())
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert rel(out, ref) < TOL[dtype]
+
+
+# (shape of a, shape of b): 1-D promotion, batch broadcast, a 2-D weight under a batched input
+SHAPES = [((1, 1), (1, 1)), ((5, 7), (7, 3)), ((37,), (37, 19)), ((19, 37), (37,)), ((6,), (6,)),
+          ((2, 3, 17, 33), (33, 20)), ((2, 1, 9, 8), (3, 8, 5)), ((3, 5, 6), (6,)),
+          ((4,), (2, 4, 3)), ((40, 50), (50, 70)), ((3, 0, 4), (4, 5)), ((3, 4), (4, 0))]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("sa,sb", SHAPES)
+def test_shapes_interpreter(sa, sb, dtype):
+    check(torch.randn(sa, dtype=dtype), torch.randn(sb, dtype=dtype), dtype)
+
+
+def strided_cases(device, dtype, big):
+    """Views the kernel must read through their strides: transposes, steps, broadcast batches,
+    batch strides that do not fold into one (a permuted batch)."""
+    n = 2 if not big else 5
+    r = lambda *s: torch.randn(*s, device=device, dtype=dtype)
+    M, K, N = (19, 21, 17) if not big else (263, 517, 389)
+    return [
+        (r(K, M).t(), r(N, K).t()),                                # both transposed
+        (r(M, 2 * K)[:, ::2], r(K, 3 * N)[:, 1::3]),               # column steps
+        (r(n, K, M).transpose(1, 2), r(n, K, N)),                  # batched A^T
+        (r(M, n, K).transpose(0, 1), r(N, K).t()),                 # batch stride not outermost
+        (r(2, n, M, K).permute(1, 0, 2, 3), r(n, 2, K, N)),        # batch strides do not fold
+        (r(1, M, K).expand(n, M, K), r(n, K, N)),                  # stride-0 batch
+        (r(n, M, K)[:, ::2], r(K, N)),                             # rows that do not fold
+    ]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_strided_interpreter(dtype):
+    for a, b in strided_cases("cpu", dtype, big=False):
+        check(a, b, dtype)
+
+
+@interpreter_only
+def test_errors_name_the_op():
+    with pytest.raises(ValueError, match="matmul"):
+        mm.matmul_forward(torch.randn(3, 4), torch.randn(5, 6))
+    with pytest.raises(TypeError, match="matmul"):
+        mm.matmul_forward(torch.randn(3, 4), torch.randn(4, 6, dtype=torch.float16))
+
+
+def registry_matmul_grads(sa, sb, device, tol):
+    """a @ b through llmscratch with backend "triton", forward and both gradients, against torch
+    float64 on the same float32 inputs; the backward's matmuls (g B^T, A^T g) also run in Triton."""
+    a64, b64 = torch.randn(sa, dtype=torch.float64), torch.randn(sb, dtype=torch.float64)
+    w = torch.randn(torch.matmul(a64, b64).shape, dtype=torch.float64)
+    la = ls.tensor(a64.float().numpy(), requires_grad=True, device=device)
+    lb = ls.tensor(b64.float().numpy(), requires_grad=True, device=device)
+    ls.backend_report(reset=True)
+    with ls.backend("triton"):
+        out = la @ lb
+        (out * ls.tensor(w.float().numpy(), device=device)).sum().backward()
+    served = ls.backend_report()
+    assert served["matmul"] == "triton", served
+    ta = a64.float().double().requires_grad_()
+    tb = b64.float().double().requires_grad_()
+    ref = torch.matmul(ta, tb)
+    (ref * w).sum().backward()
+    to_t = lambda t: torch.from_dlpack(t.detach())
+    assert rel(to_t(out), ref) < tol
+    assert rel(to_t(la.grad), ta.grad) < tol
+    assert rel(to_t(lb.grad), tb.grad) < tol
+
+
+@interpreter_only
+@pytest.mark.parametrize("sa,sb", [((5, 7), (7, 3)), ((2, 3, 17, 33), (33, 20)),
+                                   ((2, 1, 9, 8), (3, 8, 5)), ((37,), (37, 19)), ((3, 5, 6), (6,))])
+def test_registry_forward_and_gradients_interpreter(sa, sb):
+    registry_matmul_grads(sa, sb, "cpu", 1e-5)
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sa,sb", SHAPES + [((1023, 1), (1, 127)), ((127, 1023), (1023, 255)),
+                                            ((4, 3, 300, 129), (4, 1, 129, 257)),
+                                            ((8, 512, 768), (768, 3072)), ((1024, 1024), (1024, 1024))])
+def test_shapes_cuda(sa, sb, dtype):
+    check(torch.randn(sa, dtype=dtype, device="cuda"), torch.randn(sb, dtype=dtype, device="cuda"), dtype)
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_strided_cuda(dtype):
+    for a, b in strided_cases("cuda", dtype, big=True):
+        check(a, b, dtype)
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("sa,sb", [((65, 129), (129, 33)), ((2, 3, 170, 65), (65, 200)),
+                                   ((3, 1, 90, 64), (2, 64, 31)), ((257,), (257, 3))])
+def test_registry_forward_and_gradients_cuda(sa, sb):
+    registry_matmul_grads(sa, sb, "cuda", 1e-5)

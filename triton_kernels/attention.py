@@ -1,0 +1,438 @@
+"""Scaled dot-product attention in Triton, FlashAttention-2 style, forward and backward.
+
+Math (the semantics of cpp/ops/attention.cpp), per batch b and query head h:
+    q (B, NH, T, HS), k and v (B, NKV, S, HS), NH % NKV == 0; query head h reads kv head
+    h // (NH // NKV) (GQA / multi-query).
+    X = scale * Q K^T (T, S), scale defaults to 1/sqrt(HS); causal hides key s > t + (S - T)
+    (bottom-right aligned). lse[t] = log sum_s exp(X[t, s]) (natural log), P = exp(X - lse),
+    out = P V. A row that sees no key gives out = 0 and lse = -inf.
+    Backward, with D[t] = sum_d dO[t, d] O[t, d] - dlse[t]:
+    dV = P^T dO, dP = dO V^T, dX = P * (dP - D), dQ = scale dX K, dK = scale dX^T Q.
+
+Forward kernel: one program per (BLOCK_M query rows, b, h). Q stays in registers; K, V blocks
+stream through in order with an online softmax in base 2 (running max m, running sum l, the
+output accumulator rescaled when m grows), so the (T, S) scores never reach memory. Blocks
+entirely left of the causal diagonal run without masks; the diagonal blocks and the ragged
+end of S are masked; blocks right of the diagonal are never loaded. The grid is (B * NH, row
+blocks) with the last row blocks (the most keys under a causal mask) launched first, so the
+short blocks fill the tail of the launch. lse is saved for the
+backward (float32 for 16-bit inputs: a bf16 lse would put a ~1% error on every recomputed P).
+
+Backward: a preprocess kernel computes D (float32, dlse folded in); a dK/dV kernel runs one
+program per (BLOCK_N keys, b, kv head) that loops over every query head of its group and every
+query block that can see its keys, accumulating dK, dV in registers (so GQA needs no atomics
+and no extra sum, and the result is deterministic); a dQ kernel runs one program per
+(BLOCK_M query rows, b, h) over the visible key blocks. P is recomputed from q, k and lse.
+
+Operands are read through their strides (no copies of transposed or strided views). HS of any
+size is padded to the next power of two (at least 16) inside the kernel, with masked loads.
+Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
+ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
+small tile. Limits: no user mask (attn_mask raises NotImplementedError naming the op, which the
+registry passes on to the caller: masked attention needs the cpu or cuda backend); float32,
+float16, bfloat16; the tile configs are sized for HS <= 128; CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1.
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_LOG2E = 1.4426950408889634
+
+
+def _fwd_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3),
+                                 (64, 64, 4, 3), (128, 32, 4, 4))]
+
+
+def _bwd_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in ((64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 3))]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune only where it pays: float32 (a test dtype) and problems under 512 x 512 scores per
+    head get one config, so a test suite of many shapes compiles few variants."""
+    args = {**named_args, **kwargs}
+    if len(configs) == 1:
+        return configs
+    if args["FP32"]:  # small blocks: fp32 tiles take twice the registers and shared memory
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=1)]
+    if args["T"] * args["S"] < 512 * 512:
+        return configs[:1]
+    return configs
+
+
+@triton.jit
+def _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m, offs_d,
+               n_lo, n_hi, S, T, qk_scale, HS: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               FP32: tl.constexpr):
+    """Key blocks [n_lo, n_hi) into the running (acc, m_i, l_i); MASKED applies s < S and causal."""
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        # kt points at K[b, g, n0 + j, d] laid out (HS, BLOCK_N); v at V[b, g, n0 + j, d]
+        kt_ptr = k_base + offs_n[None, :].to(tl.int64) * sks + offs_d[:, None] * skd
+        v_ptr = v_base + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :] * svd
+        dmask = offs_d < HS
+        if MASKED:
+            kt = tl.load(kt_ptr, mask=dmask[:, None] & (offs_n[None, :] < S), other=0.0)
+        else:
+            kt = tl.load(kt_ptr, mask=dmask[:, None], other=0.0)
+        if FP32:
+            x = tl.dot(q, kt, input_precision="ieee")
+        else:
+            x = tl.dot(q, kt)
+        x = x * qk_scale  # base-2 scores
+        if MASKED:
+            ok = offs_n[None, :] < S
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + (S - T))
+            x = tl.where(ok, x, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(x, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no NaN
+        p = tl.math.exp2(x - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptr, mask=dmask[None, :] & (offs_n[:, None] < S), other=0.0)
+        else:
+            v = tl.load(v_ptr, mask=dmask[None, :], other=0.0)
+        if FP32:
+            acc = tl.dot(p, v, acc * alpha[:, None], input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.autotune(configs=_fwd_configs(), key=["T", "S", "HSP", "CAUSAL", "FP32"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+                     sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
+                     sob, soh, sot, sod,
+                     NH, GROUP, T, S, qk_scale, HS: tl.constexpr,
+                     HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last rows (most keys) first
+    b = bh // NH
+    h = bh % NH
+    g = h // GROUP
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HSP)
+    dmask = offs_d < HS
+    # q points at Q[b, h, m0 + i, d]
+    q_ptrs = (q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+              + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :] * sqd)
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < T) & dmask[None, :], other=0.0)
+    k_base = k_ptr + b.to(tl.int64) * skb + g.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + g.to(tl.int64) * svh
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HSP), tl.float32)
+    # keys [0, full_end) need no mask for any row of the block; [full_end, end) are masked
+    if CAUSAL:
+        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
+        full_end = tl.minimum(tl.maximum(m0 + 1 + S - T, 0), S) // BLOCK_N * BLOCK_N
+    else:
+        end = S
+        full_end = S // BLOCK_N * BLOCK_N
+    acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m,
+                               offs_d, 0, full_end, S, T, qk_scale, HS, False, CAUSAL, BLOCK_N, FP32)
+    acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m,
+                               offs_d, full_end, end, S, T, qk_scale, HS, True, CAUSAL, BLOCK_N, FP32)
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634,
+                   float("-inf"))
+    o_ptrs = (o_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+              + offs_m[:, None].to(tl.int64) * sot + offs_d[None, :] * sod)
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < T) & dmask[None, :])
+    tl.store(lse_ptr + bh.to(tl.int64) * T + offs_m, lse, mask=offs_m < T)
+
+
+@triton.jit
+def _bwd_preprocess_kernel(o_ptr, do_ptr, dlse_ptr, d_ptr, sob, soh, sot, sod,
+                           sdb, sdh, sdt, sdd, NH, T, HS: tl.constexpr,
+                           HAS_DLSE: tl.constexpr, HSP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """D[b, h, t] = sum_d dO * O - dlse, float32, rows of one (b, h) per program."""
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    b = bh // NH
+    h = bh % NH
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HSP)
+    mask = (offs_m[:, None] < T) & (offs_d[None, :] < HS)
+    o = tl.load(o_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+                + offs_m[:, None].to(tl.int64) * sot + offs_d[None, :] * sod, mask=mask, other=0.0)
+    do = tl.load(do_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+                 + offs_m[:, None].to(tl.int64) * sdt + offs_d[None, :] * sdd, mask=mask, other=0.0)
+    d = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        d -= tl.load(dlse_ptr + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0).to(tl.float32)
+    tl.store(d_ptr + bh.to(tl.int64) * T + offs_m, d, mask=offs_m < T)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["T", "S", "HSP", "CAUSAL", "FP32"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
+                          sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
+                          sdb, sdh, sdt, sdd,
+                          NH, NKV, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
+                          HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bg = tl.program_id(0)
+    pid_n = tl.program_id(1)  # first keys (seen by most rows) first
+    b = bg // NKV
+    g = bg % NKV
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HSP)
+    dmask = offs_d < HS
+    kv_mask = (offs_n[:, None] < S) & dmask[None, :]
+    # k, v: K[b, g, n0 + j, d], (BLOCK_N, HSP)
+    k = tl.load(k_ptr + b.to(tl.int64) * skb + g.to(tl.int64) * skh
+                + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b.to(tl.int64) * svb + g.to(tl.int64) * svh
+                + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+    dk = tl.zeros((BLOCK_N, HSP), tl.float32)
+    dv = tl.zeros((BLOCK_N, HSP), tl.float32)
+    # the first query row that sees key n0 is t = n0 - (S - T); earlier blocks are skipped
+    if CAUSAL:
+        m_lo = tl.maximum(n0 - (S - T), 0) // BLOCK_M * BLOCK_M
+    else:
+        m_lo = 0
+    for hh in range(0, GROUP):
+        h = g * GROUP + hh
+        bh = b * NH + h
+        q_base = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = do_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+        for m0 in range(m_lo, T, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < T
+            # qt: Q[b, h, m0 + i, d] laid out (HSP, BLOCK_M); do: dO[b, h, m0 + i, d] (BLOCK_M, HSP)
+            qt = tl.load(q_base + offs_m[None, :].to(tl.int64) * sqt + offs_d[:, None] * sqd,
+                         mask=row_ok[None, :] & dmask[:, None], other=0.0)
+            do = tl.load(do_base + offs_m[:, None].to(tl.int64) * sdt + offs_d[None, :] * sdd,
+                         mask=row_ok[:, None] & dmask[None, :], other=0.0)
+            lse = tl.load(lse_ptr + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+            Di = tl.load(d_ptr + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+            # a row that sees no key (lse = -inf) or lies past T contributes nothing
+            lse2 = tl.where(row_ok & (lse != float("-inf")), lse * 1.4426950408889634, float("inf"))
+            if FP32:
+                xt = tl.dot(k, qt, input_precision="ieee")
+            else:
+                xt = tl.dot(k, qt)
+            pt = tl.math.exp2(xt * qk_scale - lse2[None, :])  # P^T (BLOCK_N, BLOCK_M)
+            ok = offs_n[:, None] < S
+            if CAUSAL:
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + (S - T))
+            pt = tl.where(ok, pt, 0.0)
+            if FP32:
+                dv = tl.dot(pt, do, dv, input_precision="ieee")
+                dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
+            else:
+                dv = tl.dot(pt.to(do.dtype), do, dv)
+                dpt = tl.dot(v, tl.trans(do))
+            dst = pt * (dpt - Di[None, :])
+            if FP32:
+                dk = tl.dot(dst, tl.trans(qt), dk, input_precision="ieee")
+            else:
+                dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
+    # dk_ptr, dv_ptr: contiguous (B, NKV, S, HS)
+    out = dk_ptr + bg.to(tl.int64) * S * HS + offs_n[:, None].to(tl.int64) * HS + offs_d[None, :]
+    tl.store(out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    out = dv_ptr + bg.to(tl.int64) * S * HS + offs_n[:, None].to(tl.int64) * HS + offs_d[None, :]
+    tl.store(out, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["T", "S", "HSP", "CAUSAL", "FP32"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
+                        sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
+                        sdb, sdh, sdt, sdd,
+                        NH, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
+                        HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last rows (most keys) first
+    b = bh // NH
+    h = bh % NH
+    g = h // GROUP
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HSP)
+    dmask = offs_d < HS
+    row_ok = offs_m < T
+    qmask = row_ok[:, None] & dmask[None, :]
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+                + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :] * sqd, mask=qmask, other=0.0)
+    do = tl.load(do_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+                 + offs_m[:, None].to(tl.int64) * sdt + offs_d[None, :] * sdd, mask=qmask, other=0.0)
+    lse = tl.load(lse_ptr + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    Di = tl.load(d_ptr + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    lse2 = tl.where(row_ok & (lse != float("-inf")), lse * 1.4426950408889634, float("inf"))
+    k_base = k_ptr + b.to(tl.int64) * skb + g.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + g.to(tl.int64) * svh
+    dq = tl.zeros((BLOCK_M, HSP), tl.float32)
+    if CAUSAL:
+        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
+    else:
+        end = S
+    for n0 in range(0, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[None, :] < S) & dmask[:, None]
+        # kt, vt: K[b, g, n0 + j, d], V[...] laid out (HSP, BLOCK_N)
+        kt = tl.load(k_base + offs_n[None, :].to(tl.int64) * sks + offs_d[:, None] * skd,
+                     mask=kv_mask, other=0.0)
+        vt = tl.load(v_base + offs_n[None, :].to(tl.int64) * svs + offs_d[:, None] * svd,
+                     mask=kv_mask, other=0.0)
+        if FP32:
+            x = tl.dot(q, kt, input_precision="ieee")
+            dp = tl.dot(do, vt, input_precision="ieee")
+        else:
+            x = tl.dot(q, kt)
+            dp = tl.dot(do, vt)
+        p = tl.math.exp2(x * qk_scale - lse2[:, None])
+        ok = offs_n[None, :] < S
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + (S - T))
+        ds = tl.where(ok, p * (dp - Di[:, None]), 0.0)
+        if FP32:
+            dq = tl.dot(ds, tl.trans(kt), dq, input_precision="ieee")
+        else:
+            dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    # dq_ptr: contiguous (B, NH, T, HS)
+    out = dq_ptr + bh.to(tl.int64) * T * HS + offs_m[:, None].to(tl.int64) * HS + offs_d[None, :]
+    tl.store(out, (dq * scale).to(dq_ptr.dtype.element_ty), mask=qmask)
+
+
+def _check(q, k, v, op):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{op}: q must be (B, NH, T, HS) and k, v (B, NKV, S, HS); got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{op}: the triton backend supports float32, float16 and bfloat16, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"{op}: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v shapes differ: {tuple(k.shape)} and {tuple(v.shape)}")
+    B, NH, T, HS = q.shape
+    NKV = k.shape[1]
+    if k.shape[0] != B or k.shape[3] != HS:
+        raise ValueError(f"{op}: k and v must be (B, NKV, S, HS) with q's B and HS; q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}")
+    if (NKV == 0 and NH != 0) or (NKV > 0 and NH % NKV != 0):
+        raise ValueError(f"{op}: the number of query heads ({NH}) must be a multiple of the "
+                         f"number of kv heads ({NKV})")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"{op}: q, k, v must be on one device")
+
+
+def _hsp(HS):
+    return max(16, triton.next_power_of_2(HS))
+
+
+def _scale(scale, HS):
+    return float(scale) if scale is not None else (1.0 / math.sqrt(HS) if HS > 0 else 1.0)
+
+
+def attention_forward(q, k, v, mask=None, causal=False, scale=None):
+    """(out (B, NH, T, HS) in q's dtype, lse (B, NH, T) natural log, float32 for 16-bit inputs)."""
+    if mask is not None:
+        raise NotImplementedError("attention: the triton backend does not take a user mask "
+                                  "(attn_mask); use the cpu or cuda backend for masked attention")
+    _check(q, k, v, "attention")
+    B, NH, T, HS = q.shape
+    NKV, S = k.shape[1], k.shape[2]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse_dtype = torch.float32 if q.dtype != torch.float32 else q.dtype
+    lse = torch.empty((B, NH, T), dtype=lse_dtype, device=q.device)
+    if out.numel() == 0 or lse.numel() == 0:
+        lse.fill_(float("-inf"))
+        return out, lse
+    if S == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    sc = _scale(scale, HS)
+    grid = lambda meta: (B * NH, triton.cdiv(T, meta["BLOCK_M"]))
+    _attn_fwd_kernel[grid](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                           NH, NH // NKV, T, S, sc * _LOG2E, HS,
+                           HSP=_hsp(HS), CAUSAL=bool(causal), FP32=q.dtype == torch.float32)
+    return out, lse
+
+
+def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, scale=None):
+    """(dq, dk, dv) in q's dtype for the forward's (out, lse) and the gradients (dout, dlse)."""
+    if mask is not None:
+        raise NotImplementedError("attention_backward: the triton backend does not take a user "
+                                  "mask (attn_mask); use the cpu or cuda backend for masked attention")
+    _check(q, k, v, "attention_backward")
+    B, NH, T, HS = q.shape
+    NKV, S = k.shape[1], k.shape[2]
+    if out.shape != q.shape or dout.shape != q.shape or lse.shape != (B, NH, T):
+        raise ValueError(f"attention_backward: out and dout must be {tuple(q.shape)} and lse "
+                         f"(B, NH, T); got {tuple(out.shape)}, {tuple(dout.shape)}, {tuple(lse.shape)}")
+    if dlse is not None and dlse.shape != lse.shape:
+        raise ValueError(f"attention_backward: dlse must have lse's shape {tuple(lse.shape)}")
+    dq = torch.empty((B, NH, T, HS), dtype=q.dtype, device=q.device)
+    dk = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
+    dv = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    lse = lse.contiguous()  # (B, NH, T): tiny
+    if dlse is not None:
+        dlse = dlse.contiguous()
+    sc = _scale(scale, HS)
+    HSP, fp32, causal = _hsp(HS), q.dtype == torch.float32, bool(causal)
+    D = torch.empty((B, NH, T), dtype=torch.float32, device=q.device)
+    _bwd_preprocess_kernel[(B * NH, triton.cdiv(T, 64))](
+        out, dout, dlse if dlse is not None else D, D, *out.stride(), *dout.stride(), NH, T, HS,
+        HAS_DLSE=dlse is not None, HSP=HSP, BLOCK_M=64)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+    grid = lambda meta: (B * NKV, triton.cdiv(S, meta["BLOCK_N"]))
+    _attn_bwd_dkdv_kernel[grid](q, k, v, dout, lse, D, dk, dv, *strides,
+                                NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS,
+                                HSP=HSP, CAUSAL=causal, FP32=fp32)
+    grid = lambda meta: (B * NH, triton.cdiv(T, meta["BLOCK_M"]))
+    _attn_bwd_dq_kernel[grid](q, k, v, dout, lse, D, dq, *strides,
+                              NH, NH // NKV, T, S, sc, sc * _LOG2E, HS,
+                              HSP=HSP, CAUSAL=causal, FP32=fp32)
+    return dq, dk, dv
+
+
+def _attention_op(inputs, attrs):
+    """Registry op "attention": inputs {q, k, v, mask}, attrs {causal, scale}, outputs {out, lse}."""
+    q, k, v = inputs[:3]
+    mask = inputs[3] if len(inputs) > 3 else None
+    return list(attention_forward(q, k, v, mask, attrs.get("causal", False), attrs.get("scale")))
+
+
+def _attention_backward_op(inputs, attrs):
+    """Registry op "attention_backward": inputs {q, k, v, mask, out, lse, dout, dlse},
+    attrs {causal, scale}, outputs {dq, dk, dv}."""
+    if len(inputs) not in (7, 8):
+        raise ValueError("attention_backward: expected the inputs (q, k, v, mask, out, lse, dout[, dlse])")
+    q, k, v, mask, out, lse, dout = inputs[:7]
+    dlse = inputs[7] if len(inputs) > 7 else None
+    return list(attention_backward(q, k, v, mask, out, lse, dout, dlse,
+                                   attrs.get("causal", False), attrs.get("scale")))
+
+
+KERNELS = {"attention": _attention_op, "attention_backward": _attention_backward_op}

@@ -1,0 +1,208 @@
+"""matmul with torch semantics in Triton: a persistent, tiled GEMM with fp32 accumulation.
+
+Math: C[b] = A[b] @ B[b], A (..., M, K), B (..., K, N) -> C (..., M, N); the batch dims
+broadcast, a 1-D A is a row (1, K) and a 1-D B a column (K, 1), squeezed back from the result
+(the registry op "matmul" already receives both operands with at least two dims; the promotion
+here makes the function usable on its own). bfloat16, float16 and float32; float32 multiplies
+in IEEE precision (no TF32) so results match the CPU reference to float32 rounding.
+
+The kernel: each program walks a strided list of output tiles (BLOCK_M x BLOCK_N) over all
+batches (persistent: one or two programs per SM, by tile size), loading A and B tiles through their
+own row/column/batch strides, so transposed or strided views (the backward's A^T and B^T) are
+read in place and never copied. Tiles are visited in groups of GROUP_M row tiles so that
+neighbouring programs share A and B tiles in L2. The K loop accumulates in fp32 registers and
+the tile is stored once, in the output dtype. Tile sizes are autotuned per (M, N, K) on the GPU
+from a short list for 16-bit problems over 512 x 512 outputs; smaller ones and float32 use one
+config each (fewer compiled variants); under TRITON_INTERPRET=1 (CPU tensors) one small tile
+keeps tests fast.
+
+Batching: broadcast batch dims are expanded as views (stride 0). If their strides fold into one
+uniform batch stride per operand the whole problem is one launch; otherwise the outermost batch
+dim is split into separate launches on views. A 2-D B against a batched A with foldable rows is
+one (rows, K) @ (K, N) GEMM, like a Linear layer. Limits: inputs must share a dtype and device.
+"""
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2},
+                              num_warps=1, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune only where it pays: float32 (IEEE products on the FMA units, a test dtype) and
+    small problems get one config, so a test suite of many shapes compiles few variants."""
+    args = {**named_args, **kwargs}
+    if len(configs) == 1:
+        return configs
+    if args["FP32"]:
+        return [c for c in configs if c.kwargs["BLOCK_K"] == 32]
+    if args["M"] * args["N"] * args["NBATCH"] <= 512 * 512:
+        return [c for c in configs if c.kwargs["BLOCK_N"] == 64][-1:]
+    return configs
+
+
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "FP32"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
+                   sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
+                   FP32: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_batch = tiles_m * tiles_n
+    total = per_batch * NBATCH
+    group_size = GROUP_M * tiles_n
+    rk = tl.arange(0, BLOCK_K)
+    for tile in range(tl.program_id(0), total, tl.num_programs(0)):
+        batch = tile // per_batch
+        t = tile % per_batch
+        # grouped order: GROUP_M row tiles sweep the column tiles together (L2 reuse)
+        first_m = (t // group_size) * GROUP_M
+        rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (t % group_size) % rows_in_group
+        pid_n = (t % group_size) // rows_in_group
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = rm < M
+        mask_n = rn < N
+        # a points at A[batch, rm, k0 + rk], b at B[batch, k0 + rk, rn]
+        a = a_ptr + batch.to(tl.int64) * sab + rm[:, None].to(tl.int64) * sam + rk[None, :] * sak
+        b = b_ptr + batch.to(tl.int64) * sbb + rk[:, None] * sbk + rn[None, :].to(tl.int64) * sbn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                x = tl.load(a, mask=mask_m[:, None], other=0.0)
+                y = tl.load(b, mask=mask_n[None, :], other=0.0)
+            else:
+                x = tl.load(a, mask=mask_m[:, None] & (rk[None, :] < K - k0), other=0.0)
+                y = tl.load(b, mask=(rk[:, None] < K - k0) & mask_n[None, :], other=0.0)
+            if FP32:
+                acc = tl.dot(x, y, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, y, acc)
+            a += BLOCK_K * sak
+            b += BLOCK_K * sbk
+        c = c_ptr + batch.to(tl.int64) * scb + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn
+        tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index):
+    if _INTERPRET:
+        return 2
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _fold(shape, strides):
+    """One stride that walks the dims (shape, strides) in row-major order, or None."""
+    stride, count = 0, 1
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n == 1:
+            continue
+        if count == 1:
+            stride = s
+        elif s != stride * count:
+            return None
+        count *= n
+    return stride
+
+
+def _launch(a, b, c):
+    """c (NB, M, N) = a (NB, M, K) @ b (NB, K, N) on 3-D views, any strides."""
+    NB, M, K = a.shape
+    N = b.shape[2]
+    if c.numel() == 0:
+        return
+    if K == 0:
+        c.zero_()
+        return
+    sms = _num_sms(a.device.index if a.is_cuda else 0)
+
+    def grid(meta):
+        # tiles up to 128 x 128 leave shared memory for two programs per SM: one stores its tile
+        # while the other's loads run
+        per_sm = 2 if meta["BLOCK_M"] * meta["BLOCK_N"] <= 128 * 128 else 1
+        tiles = NB * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(sms * per_sm, tiles),)
+    _matmul_kernel[grid](a, b, c, M, N, K, NB, *a.stride(), *b.stride(), *c.stride(),
+                         FP32=a.dtype == torch.float32)
+
+
+def _batched(a, b, c):
+    """c (*batch, M, N) = a @ b with a, b already expanded to c's batch dims (views)."""
+    nb = c.dim() - 2
+    batch = list(c.shape[:nb])
+    sa = _fold(batch, a.stride()[:nb])
+    sb = _fold(batch, b.stride()[:nb])
+    sc = _fold(batch, c.stride()[:nb])
+    if sa is not None and sb is not None and sc is not None:
+        NB = 1
+        for n in batch:
+            NB *= n
+        view3 = lambda x, s: x.as_strided((NB, x.shape[-2], x.shape[-1]), (s, x.stride(-2), x.stride(-1)))
+        _launch(view3(a, sa), view3(b, sb), view3(c, sc))
+        return
+    for i in range(batch[0]):  # strides that do not fold: split the outermost dim
+        _batched(a[i], b[i], c[i])
+
+
+def matmul_forward(a, b):
+    """a @ b on torch tensors (cuda, or cpu under TRITON_INTERPRET=1), torch.matmul semantics."""
+    if a.dim() == 0 or b.dim() == 0:
+        raise ValueError("matmul: both operands need at least one dimension, got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: dtypes differ: {a.dtype} and {b.dtype}")
+    if a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"matmul: the triton backend supports float32, float16 and bfloat16, got {a.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"matmul: operands are on {a.device} and {b.device}")
+    A = a.unsqueeze(0) if a.dim() == 1 else a
+    B = b.unsqueeze(-1) if b.dim() == 1 else b
+    M, K, N = A.shape[-2], A.shape[-1], B.shape[-1]
+    if B.shape[-2] != K:
+        raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+                         f"multiplied ({K} != {B.shape[-2]})")
+    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
+    rows = _fold(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
+    if rows is not None and A.dim() > 2:  # (..., M, K) @ (K, N): one GEMM over the folded rows
+        R = A.shape[:-1].numel()
+        _launch(A.as_strided((1, R, K), (0, rows, A.stride(-1))), B.unsqueeze(0),
+                out.view(1, R, N))
+    else:
+        _batched(A.expand(*batch, M, K), B.expand(*batch, K, N), out)
+    if a.dim() == 1:
+        out = out.squeeze(-2)
+    if b.dim() == 1:
+        out = out.squeeze(-1)
+    return out
+
+
+def _matmul_op(inputs, attrs):
+    """Registry op "matmul": inputs {a, b} (at least 2-D each), no attrs, outputs {a @ b}."""
+    return [matmul_forward(inputs[0], inputs[1])]
+
+
+KERNELS = {"matmul": _matmul_op}
