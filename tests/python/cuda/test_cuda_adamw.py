@@ -75,7 +75,7 @@ def test_adamw_many_tensors_and_an_unaligned_view():
     gpu, cpu, _ = step_both(shapes, ls.float32, ls.bfloat16, None, True, steps=2)
     assert_states_close(gpu, cpu, ls.float32)
     # parameters that start one element into their storage take the element-by-element path
-    base = [ls.tensor(randn(1 + n)).cuda() for n in (5, 4096 + 3)]
+    base = [ls.tensor(randn(1 + n), dtype=ls.float32).cuda() for n in (5, 4096 + 3)]
     p = [b[1:] for b in base]
     g = [ls.tensor(randn(*t.shape)).to(dtype=ls.bfloat16).cuda() for t in p]
     m, v = [ls.zeros(*t.shape, device="cuda") for t in p], [ls.zeros(*t.shape, device="cuda") for t in p]
