@@ -1,0 +1,346 @@
+// cross_entropy on the GPU: fused log-softmax + negative log-likelihood, forward and backward;
+// logits float32, float64, bfloat16 or float16 (16-bit logits compute in float32), targets int32
+// or int64.
+//
+//   lse[n]  = m + log sum_v exp(logits[n, v] - m),  m = max_v logits[n, v]
+//   loss[n] = (1 - eps) (lse[n] - logits[n, t[n]]) + eps (lse[n] - mean_v logits[n, v])
+//   loss[n] = 0 where t[n] == ignore_index; reduction "none" -> (N,), "sum", "mean" (over the
+//             rows not ignored; 0/0 = NaN when all are)
+//   dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
+//             p = exp(logits - lse), k[n] the gradient reaching loss[n], h[n] that of lse[n]
+//
+// Shapes: logits (N, V) (N = B*T rows, V vocab), targets (N,), lse (N,).
+// Registry ops as cpp/ops/cross_entropy.cpp: "cross_entropy" {logits, targets} attrs
+// ignore_index, reduction, label_smoothing -> {loss, lse}; "cross_entropy_backward" {g_loss,
+// logits, targets, lse, g_lse} same attrs -> {dlogits}. One difference: lse is float32 for 16-bit
+// logits (float64 for float64), since the backward recomputes p from it and a bf16 lse would put
+// an error of |lse| 2^-9 into every probability; the backward accepts lse and g_lse in either
+// dtype. loss has the logits' dtype, as in torch.
+//
+// Kernels. A target check first: one block reads every target, finds the first one that is
+// neither a class nor ignore_index, and counts the rows not ignored (the count stays on the GPU
+// for the mean). Its result is the one host synchronisation of these ops: 8 bytes are copied
+// back so that a bad target raises IndexError as on the CPU instead of reading out of bounds.
+// (Forward and backward each check, since either can be called directly.)
+// Forward: one row lane per row (rows.cuh; 1024 threads for a vocabulary of 50k, each striding
+// over the row), one read of the row with a running (max, sum) (online softmax), plus the row sum
+// for label smoothing; per-row losses stay in float32/64 and one block adds them in a fixed order
+// and divides by the device-side count: no host sync for the mean. log_softmax is never
+// materialised. Backward: one read of the logits and one write of dlogits, from the saved lse.
+#include "core/registry.h"
+#include "ops/kernel_checks.h"
+#include "ops/ops.h"
+#include "rows.cuh"
+
+namespace ls::cuda {
+
+namespace {
+
+using namespace rows;
+
+enum class Reduction { None, Sum, Mean };
+
+Reduction parse_reduction(const std::string& r, const char* op) {
+  if (r == "mean") return Reduction::Mean;
+  if (r == "sum") return Reduction::Sum;
+  if (r == "none") return Reduction::None;
+  throw ValueError(::ls::cat(op, ": reduction must be 'mean', 'sum' or 'none', got '", r, "'"));
+}
+
+void check_args(const Tensor& logits, const Tensor& targets, const std::string& reduction,
+                double label_smoothing) {
+  LS_CHECK(logits.defined() && targets.defined(), ValueError,
+           "cross_entropy: logits and targets must not be None");
+  LS_CHECK(is_floating(logits.dtype()), TypeError,
+           "cross_entropy: logits must be floating-point, got ", dtype_name(logits.dtype()));
+  LS_CHECK(targets.dtype() == DType::Int32 || targets.dtype() == DType::Int64, TypeError,
+           "cross_entropy: targets must be int32 or int64, got ", dtype_name(targets.dtype()));
+  LS_CHECK(logits.dim() == 2 && targets.dim() == 1 && logits.size(0) == targets.size(0), ValueError,
+           "cross_entropy: expected logits (N, V) and targets (N,), got ",
+           shape_str(logits.shape()), " and ", shape_str(targets.shape()));
+  LS_CHECK(logits.size(1) > 0 || logits.size(0) == 0, ValueError,
+           "cross_entropy: logits of shape ", shape_str(logits.shape()), " have no classes");
+  parse_reduction(reduction, "cross_entropy");
+  LS_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
+           "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+}
+
+// ---- target check ----
+
+constexpr int kCheckThreads = 1024;
+
+// info[0] = first position whose target is neither in [0, V) nor ignore_index (N when none),
+// info[1] = number of targets that are not ignore_index. One block.
+template <typename I>
+__global__ void check_targets_kernel(int64_t* __restrict__ info, const I* __restrict__ t, int64_t N,
+                                     int64_t V, int64_t ignore) {
+  __shared__ int64_t s_first[32], s_count[32];
+  int64_t first = N, count = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
+    const int64_t v = int64_t(t[n]);
+    if (v == ignore) continue;
+    ++count;
+    if ((v < 0 || v >= V) && n < first) first = n;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const int64_t f = __shfl_xor_sync(0xffffffffu, first, o);
+    first = f < first ? f : first;
+    count += __shfl_xor_sync(0xffffffffu, count, o);
+  }
+  if (threadIdx.x % 32 == 0) {
+    s_first[threadIdx.x / 32] = first;
+    s_count[threadIdx.x / 32] = count;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x / 32); ++w) {
+      first = s_first[w] < first ? s_first[w] : first;
+      count += s_count[w];
+    }
+    info[0] = first;
+    info[1] = count;
+  }
+}
+
+// Checks targets on the device; returns info (int64 (2,)), info[1] the count of rows not ignored.
+// The only host synchronisation: the position of the first bad target (8 bytes).
+Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const char* op) {
+  const int64_t N = targets.numel();
+  Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
+  int64_t* pi = info.data<int64_t>();
+  if (targets.dtype() == DType::Int64)
+    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int64_t>(), N, V, ignore);
+  else
+    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int32_t>(), N, V, ignore);
+  check_launch(op);
+  if (N == 0) return info;  // nothing to check: no sync
+  int64_t first = N;
+  check(cudaMemcpy(&first, pi, sizeof first, cudaMemcpyDeviceToHost), op);
+  if (first < N) {
+    int64_t v = 0;
+    if (targets.dtype() == DType::Int64) {
+      check(cudaMemcpy(&v, targets.data<int64_t>() + first, sizeof v, cudaMemcpyDeviceToHost), op);
+    } else {
+      int32_t v32 = 0;
+      check(cudaMemcpy(&v32, targets.data<int32_t>() + first, sizeof v32, cudaMemcpyDeviceToHost), op);
+      v = v32;
+    }
+    throw IndexError(::ls::cat(op, ": target ", v, " at position ", first, " is out of range for ", V,
+                               " classes (ignore_index is ", ignore, ")"));
+  }
+  return info;
+}
+
+// ---- forward ----
+
+// One row lane per row: lse[n], and the row's loss into row_loss (A, for the reductions) or
+// loss_out (T, reduction "none"); the other pointer is null.
+template <typename T, int W, typename I>
+__global__ void cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, T* __restrict__ loss_out,
+                                     acc_t<T>* __restrict__ lse, const T* __restrict__ logits,
+                                     const I* __restrict__ targets, int64_t N, int64_t V, int64_t ignore,
+                                     acc_t<T> eps) {
+  using A = acc_t<T>;
+  __shared__ A red[kMaxLanes * 32];
+  const int64_t nvec = V / W;
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const int64_t n = r < N ? nvec : 0;  // a lane past the last row joins the reductions only
+    const T* xr = logits + (r < N ? r : 0) * V;  // xr points at logits[r, :]
+    const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
+    Vec<T, W> c[1][kCache];  // one pass: the cache is never read back
+    A m = neg_inf<A>(), s = 0, sx = 0;  // running max, sum exp(x - m), sum x
+    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
+      A a[W];
+      A vm = m;
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        a[i] = convert<A>(v[0].v[i]);
+        vm = a[i] > vm ? a[i] : vm;
+        sx += a[i];
+      }
+      A acc = vm == m ? s : s * ex(m - vm);
+#pragma unroll
+      for (int i = 0; i < W; ++i) acc += ex(a[i] - vm);
+      m = vm;
+      s = acc;
+    });
+    const A M = row_reduce(m, Max{}, red);
+    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex(m - M), Sum{}, red);
+    const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
+    if (r < N && threadIdx.x == 0) {
+      const A l = M + lg(S);
+      lse[r] = l;
+      const int64_t t = int64_t(targets[r]);
+      A loss = A(0);
+      if (t != ignore) {
+        loss = (A(1) - eps) * (l - convert<A>(xr[t]));
+        if (eps > A(0)) loss += eps * (l - SX / A(V));
+      }
+      if (row_loss) row_loss[r] = loss;
+      else loss_out[r] = convert<T>(loss);
+    }
+  }
+}
+
+// loss[0] = sum_n row_loss[n] (sum) or that over the count of rows not ignored (mean). One block;
+// each thread adds a fixed stride of rows, then a fixed tree: the same order every run.
+template <typename T>
+__global__ void reduce_loss_kernel(T* __restrict__ loss, const acc_t<T>* __restrict__ row_loss,
+                                   const int64_t* __restrict__ info, int64_t N, bool mean) {
+  using A = acc_t<T>;
+  __shared__ A part[kCheckThreads / 32];
+  A s = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) s += row_loss[n];
+  s = warp_reduce(s, Sum{});
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    A total = part[0];
+    for (int w = 1; w < int(blockDim.x / 32); ++w) total += part[w];
+    // 0/0 gives NaN when every target is ignored (or N == 0), as torch does.
+    loss[0] = convert<T>(mean ? total / A(info[1]) : total);
+  }
+}
+
+template <typename F>
+void dispatch_targets(const Tensor& t, F&& f) {
+  if (t.dtype() == DType::Int64) f(t.data<int64_t>());
+  else f(t.data<int32_t>());
+}
+
+Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
+  const char* op = "cross_entropy";
+  cpu::expect_inputs(in, 2, 2, op);
+  check_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  Tensor logits = ops::contiguous(in[0]), targets = ops::contiguous(in[1]);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  const int64_t ignore = a.i("ignore_index", -100);
+  const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
+  const double eps = a.f("label_smoothing", 0.0);
+  const DType ad = acc_dtype(logits.dtype());
+  Tensor lse = Tensor::empty({N}, ad, logits.device());
+  Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, logits.dtype(), logits.device());
+  set_device(logits, op);
+  Tensor info = check_targets(targets, V, ignore, op);
+  Tensor row_loss = Tensor::empty({red == Reduction::None ? 0 : N}, ad, logits.device());
+  CUDA_DISPATCH_FLOAT(logits.dtype(), op, {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    A* prl = red == Reduction::None ? nullptr : row_loss.data<A>();
+    T* pout = red == Reduction::None ? loss.data<T>() : nullptr;
+    if (N > 0) {
+      dispatch_targets(targets, [&](auto* pt) {
+        using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
+        if (vectorizable<T>(V, {logits.raw_data()})) {
+          const Launch L = row_launch(N, V / kVec<T>);
+          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(),
+                                                                  pt, N, V, ignore, A(eps));
+        } else {
+          const Launch L = row_launch(N, V);
+          cross_entropy_kernel<T, 1, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
+                                                            N, V, ignore, A(eps));
+        }
+      });
+      check_launch(op);
+    }
+    if (red != Reduction::None) {
+      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<T>(), prl, info.data<int64_t>(), N,
+                                                  red == Reduction::Mean);
+      check_launch(op);
+    }
+  });
+  return {loss, lse};
+}
+
+// ---- backward ----
+
+// One row lane per row, one pass: dlogits[r, :] from logits[r, :] and the row's scalars.
+// g is g_loss: (N,) for "none", else a scalar scaled by 1 (sum) or 1 / count (mean).
+template <typename T, int W, typename I>
+__global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* __restrict__ logits,
+                                              const I* __restrict__ targets, const T* __restrict__ g,
+                                              const acc_t<T>* __restrict__ lse,
+                                              const acc_t<T>* __restrict__ g_lse,
+                                              const int64_t* __restrict__ info, int64_t N, int64_t V,
+                                              int64_t ignore, acc_t<T> eps, int reduction) {
+  using A = acc_t<T>;
+  const int64_t nvec = V / W;
+  const A scale = reduction == int(Reduction::None) ? A(0)
+                  : reduction == int(Reduction::Sum) ? convert<A>(g[0])
+                                                     : convert<A>(g[0]) / A(info[1]);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    if (r >= N) continue;  // no reductions here: an idle lane can skip the row
+    const int64_t off = r * V;  // logits + off points at logits[r, :]
+    const Vec<T, W>* src[1] = {as_vec<T, W>(logits + off)};
+    Vec<T, W>* dst = as_vec<T, W>(dlogits + off);
+    const int64_t t = int64_t(targets[r]);
+    const bool ignored = t == ignore;
+    const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
+    const A kp = k + g_lse[r], l = lse[r], shift = k * eps / A(V), hit = k * (A(1) - eps);
+    Vec<T, W> c[1][kCache];  // one pass: the cache is never read back
+    row_pass<true>(src, nvec, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+      Vec<T, W> out;
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        A d = kp * ex(convert<A>(v[0].v[i]) - l) - shift;
+        if (j * W + i == t) d -= hit;  // never true for an ignored row: t is not a class then
+        out.v[i] = convert<T>(d);
+      }
+      dst[j] = out;
+    });
+  }
+}
+
+Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
+  const char* op = "cross_entropy_backward";
+  cpu::expect_inputs(in, 5, 5, op);
+  cpu::expect_same_dtype(in[1], in[0], op, "gradient");
+  for (int i : {3, 4})
+    LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ", i == 3 ? "lse" : "lse gradient",
+             " must be floating-point, got ", dtype_name(in[i].dtype()));
+  check_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
+  Tensor g = ops::contiguous(in[0]), logits = ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  LS_CHECK(g.numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
+           ValueError, op, ": gradients of shapes ", shape_str(g.shape()), " and ",
+           shape_str(in[4].shape()), " do not match N = ", N);
+  const DType ad = acc_dtype(logits.dtype());
+  Tensor lse = ops::contiguous(in[3].dtype() == ad ? in[3] : ops::to_dtype(in[3], ad));
+  Tensor g_lse = ops::contiguous(in[4].dtype() == ad ? in[4] : ops::to_dtype(in[4], ad));
+  const int64_t ignore = a.i("ignore_index", -100);
+  const double eps = a.f("label_smoothing", 0.0);
+  Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  if (N == 0) return {dlogits};
+  set_device(logits, op);
+  Tensor info = check_targets(targets, V, ignore, op);
+  CUDA_DISPATCH_FLOAT(logits.dtype(), op, {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    dispatch_targets(targets, [&](auto* pt) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
+      auto args = [&](auto kernel, const Launch& L) {
+        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<T>(), lse.data<A>(),
+                                    g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
+      };
+      if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
+        args(cross_entropy_backward_kernel<T, kVec<T>, I>, row_launch(N, V / kVec<T>));
+      else
+        args(cross_entropy_backward_kernel<T, 1, I>, row_launch(N, V));
+    });
+  });
+  check_launch(op);
+  return {dlogits};
+}
+
+}  // namespace
+
+LS_REGISTER(cross_entropy_cuda) {
+  const std::vector<DType> kFloat = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
+  register_kernel("cross_entropy", "cuda", cross_entropy_forward_cuda, kFloat);
+  register_kernel("cross_entropy_backward", "cuda", cross_entropy_backward_cuda, kFloat);
+}
+
+}  // namespace ls::cuda

@@ -1,0 +1,242 @@
+// Shared machinery of the row kernels (softmax, layer_norm, rms_norm, cross_entropy): every one
+// of them reduces a contiguous row of C elements (x viewed as (R, C)) and then writes it back.
+//
+// Layout: a block is (tx, ty) threads; each of its ty row lanes (threadIdx.y) works on one row at
+// a time with tx threads (a multiple of 32, so a row lane is whole warps), and the block walks its
+// rows grid-stride. A row is read as nvec = C / V vectors of V elements: V = 16 bytes / sizeof(T)
+// when C is a multiple of that and every row start is 16-byte aligned (then each load is one
+// 128-bit transaction), else V = 1. Thread x owns vectors x, x + tx, x + 2 tx, ...; its first
+// kCache vectors stay in registers between the passes of a kernel, so a row of up to
+// tx * kCache * V elements (16k float32 or 32k bf16 with 1024 threads) is read from memory once.
+// Longer rows re-read the rest in the later passes, mostly from L2.
+//
+// Reductions over a row lane: a warp butterfly (every lane ends with bitwise the same value:
+// a + b == b + a), then, with several warps per row, a fixed-order sum of the warp results in
+// shared memory. Nothing depends on timing, so results are reproducible run to run.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "elementwise.cuh"
+
+namespace ls::cuda::rows {
+
+constexpr int kCache = 4;        // vectors per thread kept in registers between passes
+constexpr int kMaxLanes = 32;    // ty <= 1024 / 32
+constexpr int kLaneThreads = 256;  // tx * ty for short rows
+
+template <typename T> constexpr int kVec = 16 / int(sizeof(T));
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+// ---- math in the accumulation type (float for 16-bit and float32, double for float64) ----
+__device__ __forceinline__ float ex(float v) { return expf(v); }
+__device__ __forceinline__ double ex(double v) { return ::exp(v); }
+__device__ __forceinline__ float lg(float v) { return logf(v); }
+__device__ __forceinline__ double lg(double v) { return ::log(v); }
+__device__ __forceinline__ float rsq(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsq(double v) { return ::rsqrt(v); }
+
+template <typename A> __device__ __forceinline__ A neg_inf() { return -INFINITY; }
+
+struct Sum {
+  template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+};
+struct Max {
+  template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a > b ? a : b; }
+};
+
+template <typename A, typename Op>
+__device__ __forceinline__ A warp_reduce(A v, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// v reduced over the tx threads of this row lane; every thread of the lane gets the result.
+// red: shared scratch of kMaxLanes * 32 elements. Every thread of the block must call it (it
+// synchronises the block when a row spans several warps).
+template <typename A, typename Op>
+__device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
+  v = warp_reduce(v, op);
+  if (blockDim.x == 32) return v;
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  A* mine = red + threadIdx.y * 32;
+  if (lane == 0) mine[w] = v;
+  __syncthreads();
+  A r = mine[0];
+  for (int i = 1; i < nw; ++i) r = op(r, mine[i]);
+  __syncthreads();  // red is reused by the next reduction
+  return r;
+}
+
+// One pass over this thread's vectors of N rows read together (x, or y and g, ...):
+// f(j, v) with v[a] = rows[a][j]. First = true loads the cached vectors into c, later passes
+// read them from c; vectors past the cache are loaded every pass.
+template <bool First, int N, typename T, int V, typename F>
+__device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
+                                         Vec<T, V> (&c)[N][kCache], F&& f) {
+  const int64_t tx = blockDim.x;
+#pragma unroll
+  for (int k = 0; k < kCache; ++k) {
+    const int64_t j = threadIdx.x + k * tx;
+    if (j < nvec) {
+      Vec<T, V> v[N];
+#pragma unroll
+      for (int a = 0; a < N; ++a) {
+        if (First) c[a][k] = rows[a][j];
+        v[a] = c[a][k];
+      }
+      f(j, v);
+    }
+  }
+  for (int64_t j = threadIdx.x + kCache * tx; j < nvec; j += tx) {
+    Vec<T, V> v[N];
+#pragma unroll
+    for (int a = 0; a < N; ++a) v[a] = rows[a][j];
+    f(j, v);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ const Vec<T, V>* as_vec(const T* p) {
+  return reinterpret_cast<const Vec<T, V>*>(p);
+}
+template <typename T, int V>
+__device__ __forceinline__ Vec<T, V>* as_vec(T* p) {
+  return reinterpret_cast<Vec<T, V>*>(p);
+}
+
+// ---- host side ----
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether rows of C elements of T can be read as 16-byte vectors from every pointer given.
+template <typename T>
+bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
+  if (C % kVec<T> != 0) return false;
+  for (const void* p : ptrs)
+    if (p && !aligned16(p)) return false;
+  return true;
+}
+
+struct Launch {
+  dim3 block;
+  unsigned grid;
+};
+
+// Threads per row: enough that per_thread vectors each cover the row, 32 to 1024, a power of
+// two; short rows share a block of kLaneThreads. grid: one row lane per row, at most max_grid
+// blocks.
+inline Launch row_launch(int64_t R, int64_t nvec, int64_t max_grid = int64_t(1) << 30,
+                         int per_thread = kCache) {
+  const int64_t want = (nvec + per_thread - 1) / per_thread;
+  int tx = 32;
+  while (tx < want && tx < 1024) tx *= 2;
+  const int ty = tx >= kLaneThreads ? 1 : kLaneThreads / tx;
+  const int64_t groups = (R + ty - 1) / ty;
+  return {dim3(unsigned(tx), unsigned(ty)), unsigned(std::clamp<int64_t>(groups, 1, max_grid))};
+}
+
+inline int device_attr(cudaDeviceAttr attr, int device) {
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, attr, device), "cudaDeviceGetAttribute");
+  return n;
+}
+
+// Statistics and partial sums are kept in the accumulation type: float64 for float64 inputs,
+// float32 for everything else (a bf16 rstd would carry a 2^-9 relative error into every
+// gradient).
+inline DType acc_dtype(DType t) { return t == DType::Float64 ? DType::Float64 : DType::Float32; }
+
+// ---- deterministic parameter gradients (layer_norm, rms_norm backward) ----
+//
+// Stage 1 (inside the backward row kernel): every block owns a partial row of width floats per
+// row lane (in shared memory, or in a global scratch when C is too large for it); a thread only
+// ever touches the elements of the vectors it owns, so no atomics are needed. At the end the
+// block adds its lanes in lane order into partial[blockIdx.x, :]. The grid is a fixed function
+// of the device, so the rows every block sees do not depend on timing.
+// Stage 2 (column_sum_kernel): out[c] = sum over blocks of partial[b, c] in block order.
+
+// Zeroes this thread's owned elements of the row-lane accumulator acc (width = parts * C).
+template <int V, typename A>
+__device__ __forceinline__ void zero_owned(A* acc, int parts, int64_t C) {
+  for (int64_t j = threadIdx.x; j < C / V; j += blockDim.x)
+    for (int p = 0; p < parts; ++p)
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[p * C + j * V + i] = A(0);
+}
+
+// After the row loop: partial[blockIdx.x, c] = sum over lanes of acc_block[lane, c].
+template <typename A>
+__device__ __forceinline__ void store_block_partial(const A* acc_block, A* partial, int64_t width) {
+  __syncthreads();
+  const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int64_t c = tid; c < width; c += nthreads) {
+    A s = A(0);
+    for (int l = 0; l < int(blockDim.y); ++l) s += acc_block[l * width + c];
+    partial[blockIdx.x * width + c] = s;
+  }
+}
+
+// out[c] = sum_b partial[b * stride + c] for c < cols. Block (32, kSumLanes): 32 adjacent
+// columns (coalesced reads), lane y adds the partial rows b = y, y + kSumLanes, ...; lane sums
+// are then added in lane order: a fixed order, with enough blocks to spread over the device.
+constexpr int kSumLanes = 8;
+
+template <typename T, typename A>
+__global__ void column_sum_kernel(T* __restrict__ out, const A* __restrict__ partial, int64_t blocks,
+                                  int64_t stride, int64_t cols) {
+  __shared__ A lane_sum[kSumLanes][32];
+  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  A s = A(0);
+  if (c < cols)
+    for (int64_t b = threadIdx.y; b < blocks; b += kSumLanes) s += partial[b * stride + c];
+  lane_sum[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int l = 1; l < kSumLanes; ++l) s += lane_sum[l][threadIdx.x];
+    out[c] = convert<T>(s);
+  }
+}
+
+template <typename T, typename A>
+void launch_column_sum(T* out, const A* partial, int64_t blocks, int64_t stride, int64_t cols) {
+  column_sum_kernel<T, A><<<blocks_for(cols, 32), dim3(32, kSumLanes)>>>(out, partial, blocks, stride, cols);
+}
+
+// Where a backward kernel keeps its per-lane accumulators.
+struct AccPlan {
+  Launch launch;
+  size_t smem = 0;       // dynamic shared memory bytes (0: the accumulators are in scratch)
+  bool in_smem = false;
+};
+
+// Launch for a backward row kernel accumulating width = parts * C values per row lane: up to
+// two vectors per thread (wider row lanes, fewer of them, less shared memory per block) and a
+// grid of 1024 threads per SM (enough loads in flight; every block writes a partial row, so more
+// blocks would cost more partial traffic). The accumulators go to shared memory when they fit.
+inline AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t static_smem,
+                        int device) {
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount, device);
+  Launch L = row_launch(R, nvec, 1, 2);
+  const int threads = int(L.block.x * L.block.y);
+  L = row_launch(R, nvec, int64_t(sms) * std::max(1, 1024 / threads), 2);
+  AccPlan plan{L};
+  if (width == 0) return plan;
+  const size_t need = size_t(L.block.y) * size_t(width) * acc_size;
+  const size_t limit = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (need + static_smem <= limit) {
+    plan.smem = need;
+    plan.in_smem = true;
+  }
+  return plan;
+}
+
+}  // namespace ls::cuda::rows

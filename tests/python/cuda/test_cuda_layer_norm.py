@@ -1,0 +1,85 @@
+"""CUDA layer_norm (cuda/layer_norm.cu) against the CPU op and torch float64: every float dtype,
+odd shapes, with and without weight and bias, forward and the gradients of x, weight and bias;
+the saved statistics; bitwise-reproducible parameter gradients; rows too long for the
+shared-memory accumulators; many rows over a capped grid."""
+import numpy as np
+import pytest
+
+import llmscratch as ls
+import llmscratch.functional as F
+import llmscratch_core as core
+from conftest import randn, rel_err, torch
+from rows_vs_cpu import DTYPES, SHAPES, TOL, check, host, rounded
+
+pytestmark = pytest.mark.cuda
+
+PARAMS = {"weight+bias": (True, True), "weight": (True, False), "none": (False, False)}
+
+
+def inputs(shape, weight, bias):
+    C = shape[-1]
+    # A mean offset and a scale away from 1 so that centring and normalising both matter.
+    return [randn(*shape, scale=2.0) + 0.5, randn(C) if weight else None, randn(C) if bias else None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4096, 64), (3, 40000)])
+@pytest.mark.parametrize("params", list(PARAMS))
+def test_forward_and_gradients(params, shape, dtype):
+    C = shape[-1]
+    check(lambda x, w, b: F.layer_norm(x, C, w, b, eps=1e-5),
+          lambda x, w, b: torch.nn.functional.layer_norm(x, (C,), w, b, eps=1e-5),
+          inputs(shape, *PARAMS[params]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_input(dtype):
+    C = 96
+    check(lambda x, w, b: F.layer_norm(x.transpose(0, 1), C, w, b),
+          lambda x, w, b: torch.nn.functional.layer_norm(x.transpose(0, 1), (C,), w, b),
+          [randn(C, 37), randn(C), randn(C)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_saved_statistics(dtype):
+    x = rounded(randn(5, 300) + 1.0, dtype)
+    y, mean, rstd = core.call("layer_norm", [ls.tensor(x).to(dtype=dtype).cuda(), None, None], {"eps": 1e-5})
+    assert mean.dtype == rstd.dtype == (ls.float64 if dtype == ls.float64 else ls.float32)
+    assert tuple(mean.shape) == tuple(rstd.shape) == (5,)
+    tol = 1e-12 if dtype == ls.float64 else 1e-6  # statistics are computed in float32 or wider
+    assert rel_err(host(mean), x.mean(-1)) < tol
+    assert rel_err(host(rstd), 1 / np.sqrt(x.var(-1) + 1e-5)) < tol
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_parameter_gradients_are_reproducible(dtype):
+    x, w, b = (ls.tensor(a).to(dtype=dtype).cuda() for a in (randn(3000, 257), randn(257), randn(257)))
+    g = ls.tensor(randn(3000, 257)).to(dtype=dtype).cuda()
+    _, mean, rstd = core.call("layer_norm", [x, w, b], {"eps": 1e-5})
+    runs = [core.call("layer_norm_backward", [g, x, w, mean, rstd], {"dweight": True, "dbias": True})
+            for _ in range(3)]
+    for r in runs[1:]:
+        for a, b_ in zip(r, runs[0]):
+            assert np.array_equal(host(a), host(b_))
+
+
+def test_backward_accepts_statistics_in_the_input_dtype():
+    x, w = (ls.tensor(a).to(dtype=ls.bfloat16).cuda() for a in (randn(7, 130), randn(130)))
+    g = ls.tensor(randn(7, 130)).to(dtype=ls.bfloat16).cuda()
+    _, mean, rstd = core.call("layer_norm", [x, w, None], {"eps": 1e-5})
+    a = core.call("layer_norm_backward", [g, x, w, mean, rstd], {"dweight": True, "dbias": False})
+    b = core.call("layer_norm_backward", [g, x, w, mean.to(dtype=ls.bfloat16), rstd.to(dtype=ls.bfloat16)],
+                  {"dweight": True, "dbias": False})
+    assert tuple(a[2].shape) == (0,) and tuple(b[2].shape) == (0,)
+    for u, v in zip(a[:2], b[:2]):
+        assert rel_err(host(v), host(u)) < TOL[ls.bfloat16]
+
+
+def test_empty_rows():
+    x = ls.zeros(0, 8, device="cuda")
+    w = ls.ones(8, device="cuda", requires_grad=True)
+    x.requires_grad_()
+    y = F.layer_norm(x, 8, w)
+    assert tuple(y.shape) == (0, 8)
+    y.sum().backward()
+    assert np.array_equal(host(w.grad), np.zeros(8))
