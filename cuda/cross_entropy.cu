@@ -136,7 +136,7 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
 // One row lane per row: lse[n], and the row's loss into row_loss (A, for the reductions) or
 // loss_out (T, reduction "none"); the other pointer is null.
 template <typename T, int W, typename I>
-__global__ void cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, T* __restrict__ loss_out,
+__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, T* __restrict__ loss_out,
                                      acc_t<T>* __restrict__ lse, const T* __restrict__ logits,
                                      const I* __restrict__ targets, int64_t N, int64_t V, int64_t ignore,
                                      acc_t<T> eps) {
@@ -148,7 +148,7 @@ __global__ void cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, T* __restr
     const int64_t n = r < N ? nvec : 0;  // a lane past the last row joins the reductions only
     const T* xr = logits + (r < N ? r : 0) * V;  // xr points at logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
-    Vec<T, W> c[1][kCache];  // one pass: the cache is never read back
+    Vec<T, W> c[1][1];  // one pass: nothing to keep
     A m = neg_inf<A>(), s = 0, sx = 0;  // running max, sum exp(x - m), sum x
     row_pass<true>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
       A a[W];
@@ -233,11 +233,11 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
       dispatch_targets(targets, [&](auto* pt) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
         if (vectorizable<T>(V, {logits.raw_data()})) {
-          const Launch L = row_launch(N, V / kVec<T>);
+          const Launch L = row_launch<T>(N, V / kVec<T>);
           cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(),
                                                                   pt, N, V, ignore, A(eps));
         } else {
-          const Launch L = row_launch(N, V);
+          const Launch L = row_launch<T>(N, V);
           cross_entropy_kernel<T, 1, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
                                                             N, V, ignore, A(eps));
         }
@@ -258,7 +258,7 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
 // One row lane per row, one pass: dlogits[r, :] from logits[r, :] and the row's scalars.
 // g is g_loss: (N,) for "none", else a scalar scaled by 1 (sum) or 1 / count (mean).
 template <typename T, int W, typename I>
-__global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* __restrict__ logits,
+__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* __restrict__ logits,
                                               const I* __restrict__ targets, const T* __restrict__ g,
                                               const acc_t<T>* __restrict__ lse,
                                               const acc_t<T>* __restrict__ g_lse,
@@ -279,7 +279,7 @@ __global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* 
     const bool ignored = t == ignore;
     const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
     const A kp = k + g_lse[r], l = lse[r], shift = k * eps / A(V), hit = k * (A(1) - eps);
-    Vec<T, W> c[1][kCache];  // one pass: the cache is never read back
+    Vec<T, W> c[1][1];  // one pass: nothing to keep
     row_pass<true>(src, nvec, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
       Vec<T, W> out;
 #pragma unroll
@@ -326,9 +326,9 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
-        args(cross_entropy_backward_kernel<T, kVec<T>, I>, row_launch(N, V / kVec<T>));
+        args(cross_entropy_backward_kernel<T, kVec<T>, I>, row_launch<T>(N, V / kVec<T>));
       else
-        args(cross_entropy_backward_kernel<T, 1, I>, row_launch(N, V));
+        args(cross_entropy_backward_kernel<T, 1, I>, row_launch<T>(N, V));
     });
   });
   check_launch(op);

@@ -32,7 +32,7 @@ namespace {
 using namespace rows;
 
 template <typename T, int V, bool HasW, bool HasB>
-__global__ void layer_norm_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
+__global__ void __launch_bounds__(kMaxThreads<T>) layer_norm_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
                                   const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ b, int64_t R, int64_t C, acc_t<T> eps) {
   using A = acc_t<T>;
@@ -101,7 +101,7 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, doubl
 template <typename T, int V>
 void launch_forward(T* y, acc_t<T>* mean, acc_t<T>* rstd, const T* x, const T* w, const T* b,
                     int64_t R, int64_t C, double eps) {
-  const Launch L = row_launch(R, C / V);
+  const Launch L = row_launch<T>(R, C / V);
   const acc_t<T> e = acc_t<T>(eps);
   if (w && b) layer_norm_kernel<T, V, true, true><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
   else if (w) layer_norm_kernel<T, V, true, false><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
@@ -145,7 +145,7 @@ Tensors layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 // acc: this block's accumulators, blockDim.y lanes of 2C (dw then db), or null when neither
 // parameter gradient is wanted; partial: (gridDim.x, 2C).
 template <typename T, int V, bool HasW>
-__global__ void layer_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
+__global__ void __launch_bounds__(kMaxThreads<T>) layer_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
                                            const T* __restrict__ g, const T* __restrict__ x,
                                            const T* __restrict__ w, const acc_t<T>* __restrict__ mean,
                                            const acc_t<T>* __restrict__ rstd, int64_t R, int64_t C,
@@ -166,7 +166,7 @@ __global__ void layer_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_glo
     const Vec<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
     Vec<T, V>* dst = as_vec<T, V>(dx + off);
     const A mu = r < R ? mean[r] : A(0), rs = r < R ? rstd[r] : A(0);
-    Vec<T, V> c[2][kCache];
+    Vec<T, V> c[2][kCache2];
     A s1 = 0, s2 = 0;  // sum dxhat, sum dxhat xhat
     row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
       Vec<T, V> wj;
@@ -245,7 +245,7 @@ Tensors layer_norm_backward_cuda(const Tensors& in, const Attrs& a) {
     const T* pw = w.defined() ? w.data<T>() : nullptr;
     const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw});
     const int V = vec ? kVec<T> : 1;
-    const AccPlan plan = acc_plan(R, C / V, accumulate ? 2 * C : 0, sizeof(A),
+    const AccPlan plan = acc_plan<T>(R, C / V, accumulate ? 2 * C : 0, sizeof(A),
                                   kMaxLanes * 32 * sizeof(A), x.device().index);
     const int64_t blocks = R > 0 ? plan.launch.grid : 0;
     Tensor partial = Tensor::empty({accumulate ? blocks * 2 * C : 0}, sd, x.device());

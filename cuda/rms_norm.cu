@@ -25,7 +25,7 @@ namespace {
 using namespace rows;
 
 template <typename T, int V, bool HasW>
-__global__ void rms_norm_kernel(T* __restrict__ y, acc_t<T>* __restrict__ rstd, const T* __restrict__ x,
+__global__ void __launch_bounds__(kMaxThreads<T>) rms_norm_kernel(T* __restrict__ y, acc_t<T>* __restrict__ rstd, const T* __restrict__ x,
                                 const T* __restrict__ w, int64_t R, int64_t C, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
@@ -99,7 +99,7 @@ Tensors rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
     const A e = A(eps);
     auto run = [&](auto vec_tag) {
       constexpr int V = decltype(vec_tag)::value;
-      const Launch L = row_launch(R, C / V);
+      const Launch L = row_launch<T>(R, C / V);
       if (pw) rms_norm_kernel<T, V, true><<<L.grid, L.block>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
       else rms_norm_kernel<T, V, false><<<L.grid, L.block>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
     };
@@ -115,7 +115,7 @@ Tensors rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 // acc: this block's accumulators, blockDim.y lanes of C (dw), used when accumulate;
 // partial: (gridDim.x, C).
 template <typename T, int V, bool HasW>
-__global__ void rms_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
+__global__ void __launch_bounds__(kMaxThreads<T>) rms_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
                                          const T* __restrict__ g, const T* __restrict__ x,
                                          const T* __restrict__ w, const acc_t<T>* __restrict__ rstd,
                                          int64_t R, int64_t C, bool accumulate, bool acc_in_smem) {
@@ -135,7 +135,7 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, acc_t<T>* acc_globa
     const Vec<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
     Vec<T, V>* dst = as_vec<T, V>(dx + off);
     const A rs = r < R ? rstd[r] : A(0);
-    Vec<T, V> c[2][kCache];
+    Vec<T, V> c[2][kCache2];
     A s = 0;  // sum dxhat x
     row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
       Vec<T, V> wj;
@@ -192,7 +192,7 @@ Tensors rms_norm_backward_cuda(const Tensors& in, const Attrs& a) {
     const T* pw = w.defined() ? w.data<T>() : nullptr;
     const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw});
     const int V = vec ? kVec<T> : 1;
-    const AccPlan plan = acc_plan(R, C / V, accumulate ? C : 0, sizeof(A), kMaxLanes * 32 * sizeof(A),
+    const AccPlan plan = acc_plan<T>(R, C / V, accumulate ? C : 0, sizeof(A), kMaxLanes * 32 * sizeof(A),
                                   x.device().index);
     const int64_t blocks = R > 0 ? plan.launch.grid : 0;
     Tensor partial = Tensor::empty({accumulate ? blocks * C : 0}, sd, x.device());

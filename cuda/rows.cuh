@@ -7,7 +7,10 @@
 // when C is a multiple of that and every row start is 16-byte aligned (then each load is one
 // 128-bit transaction), else V = 1. Thread x owns vectors x, x + tx, x + 2 tx, ...; its first
 // kCache vectors stay in registers between the passes of a kernel, so a row of up to
-// tx * kCache * V elements (16k float32 or 32k bf16 with 1024 threads) is read from memory once.
+// tx * kCache * V elements (16k float32 or 32k bf16 with 1024 threads; half that for kernels
+// with two inputs) is read from memory once. The kernels are compiled for blocks of
+// kMaxThreads (__launch_bounds__), which caps them at 64 registers per thread for 1024: the
+// cache sizes fit that.
 // Longer rows re-read the rest in the later passes, mostly from L2.
 //
 // Reductions over a row lane: a warp butterfly (every lane ends with bitwise the same value:
@@ -24,7 +27,11 @@
 
 namespace ls::cuda::rows {
 
-constexpr int kCache = 4;        // vectors per thread kept in registers between passes
+constexpr int kCache = 4;        // vectors per thread kept in registers by one-input kernels
+constexpr int kCache2 = 2;       // by kernels that read two inputs (y and g, g and x)
+// Largest block of a row kernel: 1024 threads (64 registers each); 256 for float64, whose exp
+// and log need more registers than that.
+template <typename T> constexpr int kMaxThreads = sizeof(T) == 8 ? 256 : 1024;
 constexpr int kMaxLanes = 32;    // ty <= 1024 / 32
 constexpr int kLaneThreads = 256;  // tx * ty for short rows
 
@@ -77,14 +84,14 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
 }
 
 // One pass over this thread's vectors of N rows read together (x, or y and g, ...):
-// f(j, v) with v[a] = rows[a][j]. First = true loads the cached vectors into c, later passes
-// read them from c; vectors past the cache are loaded every pass.
-template <bool First, int N, typename T, int V, typename F>
+// f(j, v) with v[a] = rows[a][j]. First = true loads the first K vectors into the cache c, later
+// passes read them from c; vectors past the cache are loaded every pass.
+template <bool First, int N, int K, typename T, int V, typename F>
 __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
-                                         Vec<T, V> (&c)[N][kCache], F&& f) {
+                                         Vec<T, V> (&c)[N][K], F&& f) {
   const int64_t tx = blockDim.x;
 #pragma unroll
-  for (int k = 0; k < kCache; ++k) {
+  for (int k = 0; k < K; ++k) {
     const int64_t j = threadIdx.x + k * tx;
     if (j < nvec) {
       Vec<T, V> v[N];
@@ -96,7 +103,7 @@ __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int6
       f(j, v);
     }
   }
-  for (int64_t j = threadIdx.x + kCache * tx; j < nvec; j += tx) {
+  for (int64_t j = threadIdx.x + K * tx; j < nvec; j += tx) {
     Vec<T, V> v[N];
 #pragma unroll
     for (int a = 0; a < N; ++a) v[a] = rows[a][j];
@@ -131,14 +138,14 @@ struct Launch {
   unsigned grid;
 };
 
-// Threads per row: enough that per_thread vectors each cover the row, 32 to 1024, a power of
-// two; short rows share a block of kLaneThreads. grid: one row lane per row, at most max_grid
-// blocks.
-inline Launch row_launch(int64_t R, int64_t nvec, int64_t max_grid = int64_t(1) << 30,
-                         int per_thread = kCache) {
+// Threads per row: enough that per_thread vectors each cover the row, 32 to kMaxThreads<T>, a
+// power of two; short rows share a block of kLaneThreads. grid: one row lane per row, at most
+// max_grid blocks.
+template <typename T>
+Launch row_launch(int64_t R, int64_t nvec, int64_t max_grid = int64_t(1) << 30, int per_thread = kCache) {
   const int64_t want = (nvec + per_thread - 1) / per_thread;
   int tx = 32;
-  while (tx < want && tx < 1024) tx *= 2;
+  while (tx < want && tx < kMaxThreads<T>) tx *= 2;
   const int ty = tx >= kLaneThreads ? 1 : kLaneThreads / tx;
   const int64_t groups = (R + ty - 1) / ty;
   return {dim3(unsigned(tx), unsigned(ty)), unsigned(std::clamp<int64_t>(groups, 1, max_grid))};
@@ -218,16 +225,17 @@ struct AccPlan {
   bool in_smem = false;
 };
 
-// Launch for a backward row kernel accumulating width = parts * C values per row lane: up to
-// two vectors per thread (wider row lanes, fewer of them, less shared memory per block) and a
+// Launch for a backward row kernel accumulating width = parts * C values per row lane: kCache2
+// vectors per thread (wider row lanes, fewer of them, less shared memory per block) and a
 // grid of 1024 threads per SM (enough loads in flight; every block writes a partial row, so more
 // blocks would cost more partial traffic). The accumulators go to shared memory when they fit.
-inline AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t static_smem,
+template <typename T>
+AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t static_smem,
                         int device) {
   const int sms = device_attr(cudaDevAttrMultiProcessorCount, device);
-  Launch L = row_launch(R, nvec, 1, 2);
+  Launch L = row_launch<T>(R, nvec, 1, kCache2);
   const int threads = int(L.block.x * L.block.y);
-  L = row_launch(R, nvec, int64_t(sms) * std::max(1, 1024 / threads), 2);
+  L = row_launch<T>(R, nvec, int64_t(sms) * std::max(1, 1024 / threads), kCache2);
   AccPlan plan{L};
   if (width == 0) return plan;
   const size_t need = size_t(L.block.y) * size_t(width) * acc_size;

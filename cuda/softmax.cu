@@ -74,7 +74,7 @@ __device__ __forceinline__ void to_acc(const Vec<T, V>& v, A (&out)[V]) {
 // ---- forward ----
 
 template <typename T, int V, bool Log>
-__global__ void softmax_rows_kernel(T* __restrict__ y, const T* __restrict__ x, int64_t R, int64_t C) {
+__global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restrict__ y, const T* __restrict__ x, int64_t R, int64_t C) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   const int64_t nvec = C / V;
@@ -142,10 +142,10 @@ Tensors softmax_forward_cuda(const Tensors& in, const Attrs& a) {
     if (l.I == 1) {
       const int64_t R = l.O, C = l.N;
       if (vectorizable<T>(C, {px, py})) {
-        Launch L = row_launch(R, C / kVec<T>);
+        Launch L = row_launch<T>(R, C / kVec<T>);
         softmax_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block>>>(py, px, R, C);
       } else {
-        Launch L = row_launch(R, C);
+        Launch L = row_launch<T>(R, C);
         softmax_rows_kernel<T, 1, Log><<<L.grid, L.block>>>(py, px, R, C);
       }
     } else {
@@ -165,7 +165,7 @@ template <typename A, bool Log>
 __device__ __forceinline__ A backward_dx(A y, A g, A s) { return Log ? g - ex(y) * s : y * (g - s); }
 
 template <typename T, int V, bool Log>
-__global__ void softmax_backward_rows_kernel(T* __restrict__ dx, const T* __restrict__ y,
+__global__ void __launch_bounds__(kMaxThreads<T>) softmax_backward_rows_kernel(T* __restrict__ dx, const T* __restrict__ y,
                                              const T* __restrict__ g, int64_t R, int64_t C) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
@@ -176,7 +176,7 @@ __global__ void softmax_backward_rows_kernel(T* __restrict__ dx, const T* __rest
     const int64_t off = (r < R ? r : 0) * C;  // y + off points at y[r, :]
     const Vec<T, V>* src[2] = {as_vec<T, V>(y + off), as_vec<T, V>(g + off)};
     Vec<T, V>* dst = as_vec<T, V>(dx + off);
-    Vec<T, V> c[2][kCache];
+    Vec<T, V> c[2][kCache2];
     A part = 0;
     row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[2]) {
 #pragma unroll
@@ -231,10 +231,10 @@ Tensors softmax_backward_cuda(const Tensors& in, const Attrs& a) {
     if (l.I == 1) {
       const int64_t R = l.O, C = l.N;
       if (vectorizable<T>(C, {py, pg, pd})) {
-        Launch L = row_launch(R, C / kVec<T>);
+        Launch L = row_launch<T>(R, C / kVec<T>, int64_t(1) << 30, kCache2);
         softmax_backward_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block>>>(pd, py, pg, R, C);
       } else {
-        Launch L = row_launch(R, C);
+        Launch L = row_launch<T>(R, C, int64_t(1) << 30, kCache2);
         softmax_backward_rows_kernel<T, 1, Log><<<L.grid, L.block>>>(pd, py, pg, R, C);
       }
     } else {
