@@ -131,6 +131,10 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
   return info;
 }
 
+// Vectors per thread loaded together on the one-pass row loops (rows.cuh row_pass); float64
+// keeps 1, its exp needs the registers.
+template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
+
 // ---- forward ----
 
 // One row lane per row: lse[n], and the row's loss into row_loss (A, for the reductions) or
@@ -150,7 +154,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
     const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
     Vec<T, W> c[1][1];  // one pass: nothing to keep
     A m = neg_inf<A>(), s = 0, sx = 0;  // running max, sum exp(x - m), sum x
-    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kStream<T>>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
       A a[W];
       A vm = m;
 #pragma unroll
@@ -280,7 +284,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
     const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
     const A kp = k + g_lse[r], l = lse[r], shift = k * eps / A(V), hit = k * (A(1) - eps);
     Vec<T, W> c[1][1];  // one pass: nothing to keep
-    row_pass<true>(src, nvec, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kStream<T>>(src, nvec, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
       Vec<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) {

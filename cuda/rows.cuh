@@ -85,8 +85,11 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
 
 // One pass over this thread's vectors of N rows read together (x, or y and g, ...):
 // f(j, v) with v[a] = rows[a][j]. First = true loads the first K vectors into the cache c, later
-// passes read them from c; vectors past the cache are loaded every pass.
-template <bool First, int N, int K, typename T, int V, typename F>
+// passes read them from c; vectors past the cache are loaded every pass, in batches of U
+// vectors per input that are all loaded before any is used (several 16-byte loads in flight per
+// thread on long rows, for the one-pass kernels that cache nothing; the caching kernels keep
+// U = 1, as a batch next to the cache would spill registers).
+template <bool First, int U = 1, int N, int K, typename T, int V, typename F>
 __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
                                          Vec<T, V> (&c)[N][K], F&& f) {
   const int64_t tx = blockDim.x;
@@ -103,7 +106,17 @@ __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int6
       f(j, v);
     }
   }
-  for (int64_t j = threadIdx.x + K * tx; j < nvec; j += tx) {
+  int64_t j = threadIdx.x + K * tx;
+  for (; j + (U - 1) * tx < nvec; j += U * tx) {
+    Vec<T, V> v[U][N];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int a = 0; a < N; ++a) v[u][a] = rows[a][j + u * tx];
+#pragma unroll
+    for (int u = 0; u < U; ++u) f(j + u * tx, v[u]);
+  }
+  for (; j < nvec; j += tx) {
     Vec<T, V> v[N];
 #pragma unroll
     for (int a = 0; a < N; ++a) v[a] = rows[a][j];
