@@ -210,35 +210,18 @@ def _imbalanced(routing, E=8, k=2, C=16, N=256, rate=1e-3):
 
 
 def test_bias_balances_without_aux_loss():
-    moe, x = _imbalanced("sigmoid_bias", rate=0.02)
+    moe, x = _imbalanced("sigmoid_bias", rate=0.005)
     moe.train()
-    moe(x)
-    start = moe.metrics()["max_mean_load"]
-    assert start > 2.5
-    for _ in range(150):
+    loads = []
+    for _ in range(200):
         moe(x)
+        loads.append(moe.metrics()["max_mean_load"])
         moe.update_bias()
-    end = moe.metrics()["max_mean_load"]
-    assert end < 1.3, (start, end)
+    # A sign step of fixed size settles into a small cycle around balance, not onto it.
+    assert loads[0] > 2.5
+    assert max(loads[-20:]) < 1.4, (loads[0], loads[-20:])
     # The router weights never moved: the bias alone did it, and it is a saved buffer.
     assert "expert_bias" in moe.state_dict()
-
-
-def test_aux_loss_balances():
-    moe, x = _imbalanced("softmax_topk")
-    moe.train()
-    opt = ls.optim.SGD([moe.router.weight], lr=2.0)
-    moe(x)
-    start = moe.metrics()["max_mean_load"]
-    assert start > 2.5
-    for _ in range(60):
-        moe(x)
-        moe.aux_loss.backward()
-        opt.step()
-        opt.zero_grad()
-    moe(x)
-    end = moe.metrics()["max_mean_load"]
-    assert end < 1.5, (start, end)
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -331,23 +314,31 @@ def test_train_logs_metrics_updates_bias_and_resumes(tmp_path):
         np.testing.assert_array_equal(to_np(p), to_np(q), err_msg=n)
 
 
-def test_moe_tiny_trains_with_bounded_load(tmp_path):
-    """A few steps of moe-tiny (shortened) on random tokens: the loss falls and the aux loss
-    keeps every layer's max/mean load bounded."""
+def _train_moe_tiny(tmp_path, aux_loss_coef):
     from llmscratch.train.loop import Trainer, TrainConfig
-    c = M.get_preset("moe-tiny", vocab_size=256, n_layer=2, block_size=32)
+    c = M.get_preset("moe-tiny", vocab_size=256, n_layer=2, block_size=32,
+                     aux_loss_coef=aux_loss_coef)
     ls.manual_seed(0)
     model = M.Transformer(c)
-    data = _rng.integers(0, 256, (8, 33)) % 17  # a small alphabet: something to learn fast
-    cfg = TrainConfig(steps=12, batch_size=8, seq_len=32, lr=3e-3, warmup=2, eval_every=100,
-                      ckpt_every=100, out=str(tmp_path))
-    tr = Trainer(model, cfg, lambda i: ls.tensor(data), log=lambda *a: None)
-    hist = tr.fit()
-    assert hist[-1]["loss"] < hist[0]["loss"]
-    for rec in hist:
-        for m in rec["moe"].values():
-            assert m["max_mean_load"] < 3.0
-            assert m["dropped_fraction"] == 0.0
+    data = np.random.default_rng(0).integers(0, 17, (8, 33))  # small alphabet: fast to learn
+    cfg = TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup=2, eval_every=100,
+                      ckpt_every=100, out=str(tmp_path / f"aux{aux_loss_coef}"))
+    return Trainer(model, cfg, lambda i: ls.tensor(data), log=lambda *a: None).fit()
+
+
+def test_moe_tiny_aux_loss_bounds_the_load(tmp_path):
+    """20 steps of a shortened moe-tiny (fixed seed and data): the loss falls; without the aux
+    loss the routers collapse onto few experts (max/mean load about 3 of at most 4), with it
+    (coefficient 0.1) the load stays near balance."""
+    def late_load(hist):
+        return np.mean([max(m["max_mean_load"] for m in r["moe"].values()) for r in hist[-5:]])
+
+    with_aux = _train_moe_tiny(tmp_path, 0.1)
+    without = _train_moe_tiny(tmp_path, 0.0)
+    assert with_aux[-1]["loss"] < 0.5 * with_aux[0]["loss"]
+    assert all(m["dropped_fraction"] == 0.0 for r in with_aux for m in r["moe"].values())
+    assert late_load(with_aux) < 2.0
+    assert late_load(with_aux) < late_load(without) - 0.5
 
 
 # ---- Hugging Face mixtral --------------------------------------------------------------------
@@ -374,6 +365,18 @@ def test_hf_mixtral_round_trip(tmp_path):
     with ls.no_grad():
         got = to_np(ours(ls.tensor(ids)))
     assert rel_err(got, expected) < 1e-4
+
+    # transformers 5 holds the experts fused in memory (mlp.experts.gate_up_proj, down_proj) but
+    # writes the per-expert layout; a file holding the fused names loads too.
+    import shutil
+    from safetensors.numpy import save_file
+    (tmp_path / "fused").mkdir()
+    shutil.copy(tmp_path / "theirs" / "config.json", tmp_path / "fused" / "config.json")
+    save_file({k: v.numpy() for k, v in hf_model.state_dict().items()},
+              str(tmp_path / "fused" / "model.safetensors"))
+    fused = M.from_pretrained(tmp_path / "fused")
+    with ls.no_grad():
+        assert rel_err(to_np(fused(ls.tensor(ids))), expected) < 1e-4
 
     ours.save_pretrained(tmp_path / "ours")
     back = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "ours").eval()

@@ -25,6 +25,8 @@ def moe_permute(expert_ids, n_experts, capacity=None):
     went, -1 if dropped; counts[e] is expert e's load before dropping. capacity=None is dropless;
     an int keeps at most that many assignments per expert (first choices first)."""
     _tensor(expert_ids, "expert_ids", "moe_permute")
+    if expert_ids.dtype not in (_core.DType.int32, _core.DType.int64):
+        raise TypeError(f"moe_permute: expert_ids must be int32 or int64, got {expert_ids.dtype}")
     if capacity is not None and (not isinstance(capacity, numbers.Integral) or capacity < 0):
         raise ValueError(f"moe_permute: capacity must be None or a non-negative int, got {capacity!r}")
     cap = -1 if capacity is None else int(capacity)

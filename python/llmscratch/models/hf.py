@@ -17,10 +17,10 @@ Name and layout mapping (ours <- theirs):
          the per-expert one of the published checkpoints, block_sparse_moe.gate -> mlp.router,
          block_sparse_moe.experts.E.{w1, w3} (I, C) stacked and transposed -> mlp.experts_fc[E]
          (C, 2I) = [w1^T | w3^T], experts.E.w2 (C, I) transposed -> mlp.experts_proj[E] (I, C);
-         and the fused one that transformers >= 5 writes (5.24 checked): mlp.gate (E, C),
+         and the fused one of transformers >= 5's modules (5.24 checked): mlp.gate (E, C),
          mlp.experts.gate_up_proj (E, 2I, C) holding [gate; up], mlp.experts.down_proj (E, C, I).
-         save_pretrained writes the per-expert layout, which every transformers version loads
-         (version 5 fuses it on load).
+         transformers 5.24 fuses on load and writes the per-expert layout back; save_pretrained
+         writes the per-expert layout too, which every transformers version loads.
 Tensors go through the safetensors package's numpy API; bfloat16 files (which numpy cannot
 represent) are read by a small reader of the format and widened to float32.
 """

@@ -268,7 +268,9 @@ class Transformer(nn.Module):
         x = self.drop(x)
         rope = self._rope(start_pos, T, x.dtype, x.device) if c.pos == "rope" else None
         for i, block in enumerate(self.blocks):
-            if kv_cache is None and self.recompute and self.training:
+            # MoE blocks are not recomputed: their aux losses and load counts come from the
+            # forward, which a replay in the backward would not feed into the loss.
+            if kv_cache is None and self.recompute and self.training and not isinstance(block.mlp, MoE):
                 x = checkpoint(block, x, rope)  # activations of the block rebuilt in the backward
                 continue
             cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
