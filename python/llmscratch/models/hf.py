@@ -21,6 +21,8 @@ Name and layout mapping (ours <- theirs):
          mlp.experts.gate_up_proj (E, 2I, C) holding [gate; up], mlp.experts.down_proj (E, C, I).
          transformers 5.24 fuses on load and writes the per-expert layout back; save_pretrained
          writes the per-expert layout too, which every transformers version loads.
+         router_aux_loss_coef maps to aux_loss_coef as is; transformers' balancing loss is
+         top_k times ours (it sums f over the k slots, ours normalises f by N*k).
 Tensors go through the safetensors package's numpy API; bfloat16 files (which numpy cannot
 represent) are read by a small reader of the format and widened to float32.
 """
