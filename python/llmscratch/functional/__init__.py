@@ -11,8 +11,9 @@ from ._rope import *  # noqa: F401,F403
 from ._attention import *  # noqa: F401,F403
 from ._shape_ops import *  # noqa: F401,F403
 from ._index_ops import *  # noqa: F401,F403
+from ._moe import *  # noqa: F401,F403
 from . import (_activations, _attention, _dropout, _elementwise, _embedding, _index_ops, _losses,
-               _norms, _rope, _shape_ops, _softmax)
+               _moe, _norms, _rope, _shape_ops, _softmax)
 
 __all__ = [name for m in (_elementwise, _activations, _softmax, _norms, _losses, _embedding,
-                          _dropout, _rope, _attention, _shape_ops, _index_ops) for name in m.__all__]
+                          _dropout, _rope, _attention, _shape_ops, _index_ops, _moe) for name in m.__all__]

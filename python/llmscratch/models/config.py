@@ -44,6 +44,18 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0              # on embeddings and residual branches
     init_std: float = 0.02
+    # Mixture of Experts (models/moe.py); n_experts = 0 keeps every MLP dense.
+    n_experts: int = 0
+    top_k: int = 2
+    n_shared_experts: int = 0         # experts every token uses, besides the routed ones
+    moe_layers: str | list = "all"    # 'all' | 'every_other' (layers 1, 3, ...) | list of layer indices
+    routing: str = "softmax_topk"     # 'softmax_topk' (Mixtral) | 'topk_softmax' | 'sigmoid_bias' (DeepSeek-V3)
+    aux_loss_coef: float = 0.01       # Switch load-balancing loss E * sum f_i P_i
+    z_loss_coef: float = 0.0          # router z-loss mean(logsumexp(logits)^2)
+    capacity_factor: float | None = None  # None: dropless; else each expert takes ceil(cf N k / E)
+    bias_update_rate: float = 1e-3    # sigmoid_bias: bias step per optimizer step
+    moe_activation: str | None = None  # None: the config's mlp
+    moe_intermediate_size: int | None = None  # hidden size of one expert; None: intermediate_size
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -55,6 +67,12 @@ class ModelConfig:
                 self.intermediate_size = 4 * self.n_embd
         if self.rope_scaling is not None and isinstance(self.rope_scaling, dict):
             self.rope_scaling = dict(self.rope_scaling)
+        if self.moe_activation is None:
+            self.moe_activation = self.mlp
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
+        if isinstance(self.moe_layers, tuple):
+            self.moe_layers = list(self.moe_layers)
         self.validate()
 
     @property
@@ -100,7 +118,53 @@ class ModelConfig:
             raise ValueError("ModelConfig: logit_softcap must be a positive number or None, got "
                              f"{self.logit_softcap!r}")
         self._validate_rope_scaling()
+        self._validate_moe()
         return self
+
+    def _validate_moe(self):
+        if not isinstance(self.n_experts, numbers.Integral) or isinstance(self.n_experts, bool) \
+                or self.n_experts < 0:
+            raise ValueError(f"ModelConfig: n_experts must be a non-negative integer, got {self.n_experts!r}")
+        if not self.n_experts:
+            return
+        for name in ("top_k", "moe_intermediate_size"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"ModelConfig: {name} must be a positive integer, got {v!r}")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"ModelConfig: top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
+        if not isinstance(self.n_shared_experts, numbers.Integral) or self.n_shared_experts < 0:
+            raise ValueError("ModelConfig: n_shared_experts must be a non-negative integer, got "
+                             f"{self.n_shared_experts!r}")
+        from .moe import ROUTINGS
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"ModelConfig: routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.moe_activation not in _MLPS:
+            raise ValueError(f"ModelConfig: moe_activation must be one of {_MLPS}, got "
+                             f"{self.moe_activation!r}")
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
+            v = getattr(self, name)
+            if not _is_real(v) or v < 0:
+                raise ValueError(f"ModelConfig: {name} must be a non-negative number, got {v!r}")
+        cf = self.capacity_factor
+        if cf is not None and (not _is_real(cf) or cf <= 0):
+            raise ValueError(f"ModelConfig: capacity_factor must be a positive number or None, got {cf!r}")
+        self.moe_layer_indices()  # validates moe_layers
+
+    def moe_layer_indices(self) -> list[int]:
+        """Indices of the blocks whose MLP is a MoE (empty when n_experts is 0)."""
+        if not self.n_experts:
+            return []
+        ml = self.moe_layers
+        if ml == "all":
+            return list(range(self.n_layer))
+        if ml == "every_other":
+            return list(range(1, self.n_layer, 2))
+        if isinstance(ml, list) and all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                        and 0 <= i < self.n_layer for i in ml):
+            return sorted(set(int(i) for i in ml))
+        raise ValueError(f"ModelConfig: moe_layers must be 'all', 'every_other' or a list of layer "
+                         f"indices in [0, {self.n_layer}), got {ml!r}")
 
     def _validate_rope_scaling(self):
         rs = self.rope_scaling
@@ -152,6 +216,11 @@ class ModelConfig:
         else:
             mlp = 3 * C * I + b * (2 * I + C)
         n = L * (attn + mlp + 2 * norm) + norm + V * C
+        if self.n_experts:  # MoE layers swap the dense MLP for a router, experts, shared experts
+            H, E = self.moe_intermediate_size, self.n_experts
+            per_expert = C * H * (3 if self.moe_activation == "swiglu" else 2)
+            moe = E * C + E * per_expert + self.n_shared_experts * per_expert
+            n += len(self.moe_layer_indices()) * (moe - mlp)
         if self.pos == "learned":
             n += self.block_size * C
         if not self.tie_embeddings:
@@ -173,6 +242,12 @@ PRESETS: dict[str, dict] = {
                              block_size=1024, norm="rmsnorm", mlp="swiglu", intermediate_size=2048,
                              bias=False, tie_embeddings=False, pos="rope", rope_theta=10000.0,
                              norm_eps=1e-6),
+    # MoE at the CPU scale: 8 GELU experts of hidden 256, top-2, in every layer.
+    "moe-tiny": dict(vocab_size=4096, n_layer=4, n_head=4, n_embd=128, block_size=256,
+                     n_experts=8, top_k=2, intermediate_size=512, moe_intermediate_size=256),
+    # GPT-2 124M with every MLP replaced by 8 experts of the same size, top-2 (GPU).
+    "moe-124m-8e": dict(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024,
+                        n_experts=8, top_k=2),
 }
 
 

@@ -12,6 +12,17 @@ Name and layout mapping (ours <- theirs):
          down_proj -> mlp.proj, lm_head. Rotary layout: half-split (our rope_interleaved=False).
   qwen3  llama's names plus self_attn.q_norm / k_norm -> attn.q_norm / k_norm (QK-norm), no
          biases.
+  mixtral llama's attention and norms; every MLP is a MoE (softmax-then-top-k routing with
+         renormalised gates, SwiGLU experts, no biases). Two layouts are read:
+         the per-expert one of the published checkpoints, block_sparse_moe.gate -> mlp.router,
+         block_sparse_moe.experts.E.{w1, w3} (I, C) stacked and transposed -> mlp.experts_fc[E]
+         (C, 2I) = [w1^T | w3^T], experts.E.w2 (C, I) transposed -> mlp.experts_proj[E] (I, C);
+         and the fused one of transformers >= 5's modules (5.24 checked): mlp.gate (E, C),
+         mlp.experts.gate_up_proj (E, 2I, C) holding [gate; up], mlp.experts.down_proj (E, C, I).
+         transformers 5.24 fuses on load and writes the per-expert layout back; save_pretrained
+         writes the per-expert layout too, which every transformers version loads.
+         router_aux_loss_coef maps to aux_loss_coef as is; transformers' balancing loss is
+         top_k times ours (it sums f over the k slots, ours normalises f by N*k).
 Tensors go through the safetensors package's numpy API; bfloat16 files (which numpy cannot
 represent) are read by a small reader of the format and widened to float32.
 """
@@ -84,8 +95,31 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
             tie_embeddings=hf.get("tie_word_embeddings", False), pos="rope", rope_theta=theta,
             rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=mt == "qwen3",
             init_std=hf.get("initializer_range", 0.02))
+    if mt == "mixtral":
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"mixtral config: hidden_act {act!r} is not supported (only silu)")
+        if hf.get("sliding_window") is not None:
+            raise ValueError("mixtral config: sliding-window attention is not supported")
+        C, NH = hf["hidden_size"], hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or C // NH
+        if head_dim * NH != C:
+            raise ValueError(f"mixtral config: head_dim {head_dim} x {NH} heads != hidden_size {C} "
+                             "is not supported")
+        theta, scaling = _hf_rope(hf)
+        I = hf["intermediate_size"]
+        return ModelConfig(
+            vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
+            n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C,
+            block_size=hf.get("max_position_embeddings", 4096), norm="rmsnorm", mlp="swiglu",
+            intermediate_size=I, bias=False, tie_embeddings=hf.get("tie_word_embeddings", False),
+            pos="rope", rope_theta=theta, rope_scaling=scaling,
+            norm_eps=hf.get("rms_norm_eps", 1e-5), init_std=hf.get("initializer_range", 0.02),
+            n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"],
+            moe_layers="all", routing="softmax_topk", moe_activation="swiglu",
+            moe_intermediate_size=I, aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.01)))
     raise ValueError(f"unsupported Hugging Face model_type {mt!r} (supported: 'gpt2', 'llama', "
-                     "'qwen3')")
+                     "'qwen3', 'mixtral')")
 
 
 def _hf_rope(hf: dict):
@@ -120,11 +154,40 @@ def _family(c: ModelConfig) -> str:
                      f"n_kv_head={c.n_kv_head}, rope_interleaved={c.rope_interleaved}")
 
 
+def _mixtral_config(c: ModelConfig, dtype_name: str) -> dict:
+    if (c.pos, c.norm, c.moe_activation, c.routing) != ("rope", "rmsnorm", "swiglu", "softmax_topk") \
+            or c.rope_interleaved or c.bias or c.qk_norm or c.n_shared_experts \
+            or c.capacity_factor is not None \
+            or c.moe_layer_indices() != list(range(c.n_layer)):
+        raise ValueError("save_pretrained: a MoE model is expressible as mixtral only with rope "
+                         "(half-split), rmsnorm, SwiGLU experts in every layer, softmax_topk "
+                         "routing, no biases, no QK-norm, no shared experts and dropless dispatch")
+    out = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+           "vocab_size": c.vocab_size, "hidden_size": c.n_embd,
+           "intermediate_size": c.moe_intermediate_size, "num_hidden_layers": c.n_layer,
+           "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
+           "head_dim": c.head_size, "hidden_act": "silu", "max_position_embeddings": c.block_size,
+           "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "sliding_window": None,
+           "num_local_experts": c.n_experts, "num_experts_per_tok": c.top_k,
+           "router_aux_loss_coef": c.aux_loss_coef, "router_jitter_noise": 0.0,
+           "attention_dropout": 0.0, "initializer_range": c.init_std,
+           "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
+           "dtype": dtype_name}
+    if c.rope_scaling is not None:
+        rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
+        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
+        out["rope_scaling"] = {"rope_type": kind, **rs}
+    return out
+
+
 def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> dict:
-    """config.json for c: model type gpt2, llama, or qwen3 (llama with QK-norm, no biases)."""
+    """config.json for c: model type gpt2, llama, qwen3 (llama with QK-norm, no biases), or
+    mixtral (MoE)."""
     if c.logit_softcap is not None:
         raise ValueError("save_pretrained: logit soft-capping has no field in the gpt2, llama or "
                          "qwen3 model types")
+    if c.n_experts:
+        return _mixtral_config(c, dtype_name)
     family = _family(c)
     if c.qk_norm and (family != "llama" or c.bias):
         raise ValueError("save_pretrained: QK-norm is only expressible as a qwen3 model "
@@ -215,9 +278,20 @@ def _llama_from_hf(t: dict, c: ModelConfig) -> dict:
             out[b + "attn.qkv." + k] = np.concatenate(
                 [t[h + f"self_attn.{p}_proj.{k}"] for p in "qkv"], axis=0)
             out[b + "attn.proj." + k] = t[h + "self_attn.o_proj." + k]
+            if c.n_experts:
+                continue
             out[b + "mlp.fc." + k] = np.concatenate(
                 [t[h + "mlp.gate_proj." + k], t[h + "mlp.up_proj." + k]], axis=0)
             out[b + "mlp.proj." + k] = t[h + "mlp.down_proj." + k]
+        if c.n_experts:
+            m = h + "block_sparse_moe."
+            E = c.n_experts
+            out[b + "mlp.router.weight"] = t[m + "gate.weight"]
+            out[b + "mlp.experts_fc"] = np.stack([np.concatenate(
+                [t[m + f"experts.{e}.w1.weight"], t[m + f"experts.{e}.w3.weight"]], axis=0).T
+                for e in range(E)])
+            out[b + "mlp.experts_proj"] = np.stack([t[m + f"experts.{e}.w2.weight"].T
+                                                    for e in range(E)])
     out["lm_head.weight"] = (t["model.embed_tokens.weight"] if c.tie_embeddings
                              else t["lm_head.weight"])
     return out
@@ -239,11 +313,44 @@ def _llama_to_hf(s: dict, c: ModelConfig) -> dict:
             for name, part in zip("qkv", np.split(qkv, [q, q + kv], axis=0)):
                 out[h + f"self_attn.{name}_proj.{k}"] = part
             out[h + "self_attn.o_proj." + k] = s[b + "attn.proj." + k]
+            if c.n_experts:
+                continue
             gate, up = np.split(s[b + "mlp.fc." + k], [hidden], axis=0)
             out[h + "mlp.gate_proj." + k], out[h + "mlp.up_proj." + k] = gate, up
             out[h + "mlp.down_proj." + k] = s[b + "mlp.proj." + k]
+        if c.n_experts:
+            m, H = h + "block_sparse_moe.", c.moe_intermediate_size
+            out[m + "gate.weight"] = s[b + "mlp.router.weight"]
+            for e, (fc, proj) in enumerate(zip(s[b + "mlp.experts_fc"], s[b + "mlp.experts_proj"])):
+                out[m + f"experts.{e}.w1.weight"] = fc[:, :H].T
+                out[m + f"experts.{e}.w3.weight"] = fc[:, H:].T
+                out[m + f"experts.{e}.w2.weight"] = proj.T
     if not c.tie_embeddings:
         out["lm_head.weight"] = s["lm_head.weight"]
+    return out
+
+
+def _unfuse_mixtral_experts(t: dict) -> dict:
+    """The fused expert layout of transformers >= 5 (mlp.gate, mlp.experts.gate_up_proj
+    (E, 2I, C) = [gate; up], mlp.experts.down_proj (E, C, I)) renamed to the per-expert one."""
+    out = {}
+    for name, v in t.items():
+        head, sep, tail = name.partition(".mlp.")
+        if not sep or not head.startswith("model.layers."):
+            out[name] = v
+            continue
+        m = head + ".block_sparse_moe."
+        if tail == "gate.weight":
+            out[m + "gate.weight"] = v
+        elif tail == "experts.gate_up_proj":
+            gate, up = np.split(v, 2, axis=1)
+            for e in range(v.shape[0]):
+                out[m + f"experts.{e}.w1.weight"], out[m + f"experts.{e}.w3.weight"] = gate[e], up[e]
+        elif tail == "experts.down_proj":
+            for e in range(v.shape[0]):
+                out[m + f"experts.{e}.w2.weight"] = v[e]
+        else:
+            out[name] = v
     return out
 
 
@@ -313,7 +420,7 @@ def _load_tensors(folder: Path) -> dict:
 # ---- public entry points ----------------------------------------------------------------------
 
 def from_pretrained(path, dtype=None, device=None) -> Transformer:
-    """A Transformer from a Hugging Face folder (gpt2, llama or qwen3), in eval mode as
+    """A Transformer from a Hugging Face folder (gpt2, llama, qwen3 or mixtral), in eval mode as
     transformers returns it. dtype defaults to float32."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -323,6 +430,8 @@ def from_pretrained(path, dtype=None, device=None) -> Transformer:
     config = hf_config_to_model_config(hf)
     tensors = {k: v for k, v in _load_tensors(folder).items()
                if not k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))}
+    if hf["model_type"] == "mixtral":
+        tensors = _unfuse_mixtral_experts(tensors)
     gpt2 = hf["model_type"] == "gpt2"
     convert, back = (_gpt2_from_hf, _gpt2_to_hf) if gpt2 else (_llama_from_hf, _llama_to_hf)
     try:

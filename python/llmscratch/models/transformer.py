@@ -25,6 +25,7 @@ from .. import nn
 from ..autograd import checkpoint, no_grad
 from ..nn import init
 from .config import ModelConfig
+from .moe import MoE
 
 __all__ = ["Transformer", "KVCache", "rope_tables"]
 
@@ -129,13 +130,20 @@ def _norm(config: ModelConfig, dtype, device):
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype, device=device)
 
 
+def _moe(config: ModelConfig, dtype, device):
+    c = config
+    return MoE(c.n_embd, c.moe_intermediate_size, c.n_experts, c.top_k, c.moe_activation,
+               c.n_shared_experts, c.routing, c.capacity_factor, c.bias_update_rate,
+               dtype=dtype, device=device)
+
+
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, dtype=None, device=None):
+    def __init__(self, config: ModelConfig, dtype=None, device=None, moe=False):
         super().__init__()
         self.norm1 = _norm(config, dtype, device)
         self.attn = Attention(config, dtype, device)
         self.norm2 = _norm(config, dtype, device)
-        self.mlp = MLP(config, dtype, device)
+        self.mlp = _moe(config, dtype, device) if moe else MLP(config, dtype, device)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, start_pos=0):
@@ -149,7 +157,10 @@ class Transformer(nn.Module):
     forward(ids (B, T) int) -> logits (B, T, V); forward(ids, targets) -> (logits, mean
     cross-entropy over targets != -100). Parameters: wte, wpe (learned positions),
     blocks.N.{norm1, attn.qkv, attn.q_norm, attn.k_norm, attn.proj, norm2, mlp.fc, mlp.proj},
-    norm_f, lm_head (the same tensor as wte when tied).
+    norm_f, lm_head (the same tensor as wte when tied). In MoE layers (config.n_experts > 0)
+    blocks.N.mlp is a models.moe.MoE: mlp.router, mlp.experts_fc, mlp.experts_proj,
+    mlp.shared.{fc, proj}, buffer mlp.expert_bias (sigmoid_bias routing); while training, the
+    loss with targets adds aux_loss_coef * aux_loss + z_loss_coef * z_loss of every MoE layer.
     """
 
     def __init__(self, config: ModelConfig, dtype=None, device=None):
@@ -163,7 +174,9 @@ class Transformer(nn.Module):
         if c.pos == "learned":
             self.wpe = nn.Embedding(c.block_size, c.n_embd, dtype=dtype, device=device)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList([Block(c, dtype, device) for _ in range(c.n_layer)])
+        moe_layers = set(c.moe_layer_indices())
+        self.blocks = nn.ModuleList([Block(c, dtype, device, moe=i in moe_layers)
+                                     for i in range(c.n_layer)])
         self.norm_f = _norm(c, dtype, device)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, dtype=dtype, device=device)
         if c.tie_embeddings:
@@ -184,7 +197,8 @@ class Transformer(nn.Module):
                     init.zeros_(p)
                 elif p.ndim == 1:
                     init.ones_(p)
-                elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                elif name.endswith(("attn.proj.weight", "mlp.proj.weight", "shared.proj.weight",
+                                    "mlp.experts_proj")):
                     init.normal_(p, 0.0, resid_std)
                 else:
                     init.normal_(p, 0.0, std)
@@ -204,10 +218,15 @@ class Transformer(nn.Module):
     def flops_per_token(self, T: int | None = None) -> int:
         """Training FLOPs per token at sequence length T (default block_size): 6 N for the
         matmuls of the parameters (forward 2N, backward 4N; N without lookup-only tables) plus
-        12 L C T for the attention scores and weighted sum, as in the PaLM paper and llm.c."""
+        12 L C T for the attention scores and weighted sum, as in the PaLM paper and llm.c. In MoE
+        layers only the k experts a token uses count (active parameters)."""
         T = self.config.block_size if T is None else T
         c = self.config
-        return 6 * self.num_parameters(exclude_embeddings=True) + 12 * c.n_layer * c.n_embd * T
+        n = self.num_parameters(exclude_embeddings=True)
+        for moe in self.moe_modules():
+            n -= (moe.n_experts - moe.top_k) * (moe.experts_fc.numel() + moe.experts_proj.numel()) \
+                // moe.n_experts
+        return 6 * n + 12 * c.n_layer * c.n_embd * T
 
     # ---- forward ----
     def _rope(self, start_pos, T, dtype, device):
@@ -249,7 +268,9 @@ class Transformer(nn.Module):
         x = self.drop(x)
         rope = self._rope(start_pos, T, x.dtype, x.device) if c.pos == "rope" else None
         for i, block in enumerate(self.blocks):
-            if kv_cache is None and self.recompute and self.training:
+            # MoE blocks are not recomputed: their aux losses and load counts come from the
+            # forward, which a replay in the backward would not feed into the loss.
+            if kv_cache is None and self.recompute and self.training and not isinstance(block.mlp, MoE):
                 x = checkpoint(block, x, rope)  # activations of the block rebuilt in the backward
                 continue
             cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
@@ -264,7 +285,26 @@ class Transformer(nn.Module):
             raise ValueError(f"Transformer: targets must have the shape of ids {(B, T)}, got "
                              f"{tuple(targets.shape)}")
         loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), targets.reshape(B * T))
+        if self.training:
+            for moe in self.moe_modules():
+                if c.aux_loss_coef:
+                    loss = loss + moe.aux_loss * float(c.aux_loss_coef)
+                if c.z_loss_coef:
+                    loss = loss + moe.z_loss * float(c.z_loss_coef)
         return logits, loss
+
+    # ---- mixture of experts ----
+    def moe_modules(self) -> list:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+
+    def moe_update_bias(self):
+        """After each optimizer step: the auxiliary-loss-free bias update of every MoE layer."""
+        for moe in self.moe_modules():
+            moe.update_bias()
+
+    def moe_metrics(self) -> dict:
+        """Routing metrics of the last forward, by block index (see MoE.metrics)."""
+        return {str(i): b.mlp.metrics() for i, b in enumerate(self.blocks) if isinstance(b.mlp, MoE)}
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.wte.weight

@@ -70,7 +70,7 @@ def add_parsers(sub):
     d = TrainConfig()
     t = sub.add_parser("train", help="train a model (default: tiny preset on the stdlib corpus, CPU)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--preset", default="tiny", help="model preset (tiny, gpt2-124m, gpt2-350m, llama-style-124m)")
+    t.add_argument("--preset", default="tiny", help="model preset (tiny, gpt2-124m, gpt2-350m, llama-style-124m, moe-tiny, moe-124m-8e)")
     t.add_argument("--config", help="model config TOML (overrides --preset)")
     t.add_argument("--data", default="stdlib", help="'stdlib', a text file, directory, glob or file.jsonl[:field]")
     t.add_argument("--vocab-size", type=int, help="tokenizer size (default: the model config's)")

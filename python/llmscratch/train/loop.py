@@ -168,6 +168,8 @@ class Trainer:
             return total, norm, lr
         self.optimizer.step()
         self.optimizer.zero_grad()
+        if hasattr(self.model, "moe_update_bias"):
+            self.model.moe_update_bias()  # MoE auxiliary-loss-free balancing, outside autograd
         self.step += 1
         return total, norm, lr
 
@@ -196,6 +198,9 @@ class Trainer:
                     bar.update(1, note=f"loss {loss:.3f}")
                     tokens += cfg.tokens_per_step
                     rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
+                    moe = self._moe_metrics()
+                    if moe:
+                        rec["moe"] = moe
                     last = self.step == end
                     self.history.append(rec)
                     if self.step % cfg.eval_every == 0 or last:
@@ -233,6 +238,12 @@ class Trainer:
             out["mfu"] = self.model.flops_per_token(self.cfg.seq_len) * tokens_per_s / peak
         return out
 
+    def _moe_metrics(self):
+        """Routing metrics of the last micro-batch's MoE layers, by block index (empty for a
+        dense model)."""
+        fn = getattr(self.model, "moe_metrics", None)
+        return fn() if fn is not None else {}
+
     def _checkpoint(self, val):
         if val is not None and val < self.best_val:
             self.best_val = val
@@ -251,6 +262,9 @@ class Trainer:
             parts.append(f"MFU {100 * rec['mfu']:.1f}%")
         if "gpu_peak_mb" in rec:
             parts.append(f"GPU peak {rec['gpu_peak_mb']:.0f} MiB")
+        if rec.get("moe"):
+            layers = rec["moe"].values()
+            parts.append(f"moe max/mean load {max(m['max_mean_load'] for m in layers):.2f}")
         return "  ".join(parts)
 
     def plot(self):
