@@ -28,7 +28,7 @@
 //   128 x 128 tiles, cp.async ring, ldmatrix, mma.sync, fp32 accumulation). The rows are split
 //   into E + 1 segments (the experts, then the dropped rows past offsets[E]); the grid covers the
 //   worst case of (ceil(M / BM) + E) tile rows x ceil(N / BN) tile columns, and each block walks
-//   the offsets to find which segment and which tile of it it owns (blocks past the last tile
+//   the offsets (first staged in shared memory) to find which segment and which tile of it it owns (blocks past the last tile
 //   return). The dropped segment runs with K = 0, which stores zeros. An operand whose row length
 //   is not a multiple of 8 elements is copied to a padded buffer first (cp.async needs 16-byte
 //   aligned rows); the weights of the backward are read transposed in place (ldmatrix.trans).
@@ -248,8 +248,7 @@ struct Segment {
 // The segment owning tile row `tile` when each of the E + 1 segments is cut into BM-row tiles
 // in order. Offsets are clamped into [previous end, M], so bad values stay inside the rows.
 template <int BM>
-__device__ __forceinline__ Segment find_segment(const int64_t* __restrict__ off, int E, int64_t M,
-                                                int tile) {
+__device__ __forceinline__ Segment find_segment(const int64_t* off, int E, int64_t M, int tile) {
   int first = 0;  // first tile of segment e
   int64_t start = 0;
   for (int e = 0; e <= E; ++e) {
@@ -284,7 +283,16 @@ grouped_mma_kernel(const T* x, int64_t ldx, const T* w, int64_t w_e, int64_t ldw
   const int tiles_n = (N + C::kBN - 1) / C::kBN;
   int tm, tn;
   grouped_tile_order(blockIdx.x, tiles_m, tiles_n, tm, tn);
-  const Segment s = find_segment<C::kBM>(offsets, E, M, tm);
+  // The offsets go to shared memory in one parallel load first: the search would otherwise wait
+  // for E dependent global loads before the first tile load is issued.
+  int64_t* s_off = reinterpret_cast<int64_t*>(smem);
+  const bool staged = E + 1 <= C::kSmemBytes / 8;  // the same for the whole block
+  if (staged) {
+    for (int i = threadIdx.x; i <= E; i += C::kThreads) s_off[i] = offsets[i];
+    __syncthreads();
+  }
+  const Segment s = find_segment<C::kBM>(staged ? s_off : offsets, E, M, tm);
+  __syncthreads();  // everyone has searched before the tile loads overwrite the shared memory
   if (s.e < 0) return;
   const bool dropped = s.e == E;  // K = 0: the tile stores zeros
   // x + r0 * ldx points at x[r0, :], y + r0 * N at y[r0, :], w + e * w_e at w[e]
@@ -650,8 +658,8 @@ Tensors moe_combine_backward_cuda(const Tensors& in, const Attrs& at) {
   const int64_t N = gates.shape()[0], k = gates.shape()[1], R = y.shape()[0], H = y.shape()[1];
   LS_CHECK(g.dim() == 2 && g.shape()[0] == N && g.shape()[1] == H, ValueError, op,
            ": g must have shape (", N, ", ", H, "), got ", shape_str(g.shape()));
-  LS_CHECK(R < (int64_t(1) << 31) && N * k < (int64_t(1) << 40), ValueError, op,
-           ": the CUDA kernel takes R below 2^31, got ", R);
+  LS_CHECK(R < (int64_t(1) << 31) && N * k < (int64_t(1) << 31), ValueError, op,
+           ": the CUDA kernel takes R and N*k below 2^31, got ", R, " and ", N * k);
   const bool want_dy = at.b("dy", true), want_dg = at.b("dgates", true);
   Tensor dy = Tensor::empty(want_dy ? Shape{R, H} : Shape{0}, y.dtype(), y.device());
   Tensor dg = Tensor::empty(want_dg ? Shape{N, k} : Shape{0}, y.dtype(), y.device());

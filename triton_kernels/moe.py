@@ -26,7 +26,7 @@ reported without a host sync; such an assignment is dropped (row -1) and counted
 
 grouped_matmul: one launch over (tile row, tile column) work items. The rows are E + 1
 segments (the experts, then the dropped rows); the grid has the worst-case ceil(M / BM) + E tile
-rows and each program walks the offsets to find its segment and the tile of it it owns (programs
+rows and each program loads the offsets to find its segment and the tile of it it owns (programs
 past the last tile store nothing; the dropped segment stores zeros). fp32 accumulation (tl.dot;
 ieee precision for float32 inputs, so no TF32). weight_grad: grid (tiles of P x Q, E); program
 (tile, e) reduces over the rows of segment e: each dw element written once, deterministic.
@@ -165,30 +165,26 @@ def _gemm_blocks(dtype):
 
 @triton.jit
 def _grouped_mm_kernel(X, W, OFF, Y, M, N, K, E, sxm, sxk, swe, swk, swn,
-                       FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       FP32: tl.constexpr, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    # Find the segment (0..E-1 experts, E the dropped rows) whose tiles include tile row pid_m.
-    first = tl.full((), 0, tl.int64)   # first tile row of segment e
-    start = tl.full((), 0, tl.int64)   # first row of segment e
-    seg = tl.full((), -1, tl.int64)
-    r0 = tl.full((), 0, tl.int64)
-    rows = tl.full((), 0, tl.int64)
-    m0 = tl.full((), 0, tl.int64)
-    for e in range(0, E + 1):
-        nxt = tl.load(OFF + tl.minimum(e + 1, E)).to(tl.int64)
-        end = tl.where(e < E, tl.minimum(tl.maximum(nxt, start), M), M)
-        nt = (end - start + BLOCK_M - 1) // BLOCK_M
-        hit = (pid_m >= first) & (pid_m < first + nt)
-        seg = tl.where(hit, e, seg)
-        r0 = tl.where(hit, start, r0)
-        rows = tl.where(hit, end - start, rows)
-        m0 = tl.where(hit, (pid_m - first) * BLOCK_M, m0)
-        first += nt
-        start = end
-    active = (seg >= 0) & (seg < E)  # an expert's tile: multiply; else zeros (or nothing)
-    we = tl.maximum(tl.minimum(seg, E - 1), 0)
+    # Find the segment (0..E-1 experts, E the dropped rows) whose tiles include tile row pid_m:
+    # all offsets in one load, tiles per segment, their running sum, then a count.
+    idx = tl.arange(0, E_POW2)
+    starts = tl.load(OFF + idx, mask=idx <= E, other=0)
+    starts = tl.where(idx <= E, tl.minimum(tl.maximum(starts, 0), M), M)
+    ends = tl.load(OFF + idx + 1, mask=idx < E, other=M)  # segment E ends at M
+    ends = tl.minimum(tl.maximum(ends, starts), M)
+    nt = (ends - starts + BLOCK_M - 1) // BLOCK_M
+    cum = tl.cumsum(nt, axis=0)  # one past each segment's last tile row
+    seg = tl.sum((cum <= pid_m).to(tl.int32), axis=0)  # > E: past the last tile
+    sel = idx == seg
+    r0 = tl.sum(tl.where(sel, starts, 0), axis=0)
+    rows = tl.sum(tl.where(sel, ends - starts, 0), axis=0)
+    m0 = (pid_m - tl.sum(tl.where(sel, cum - nt, 0), axis=0)) * BLOCK_M
+    active = seg < E  # an expert's tile: multiply; else zeros (or nothing)
+    we = tl.minimum(seg, E - 1).to(tl.int64)
     k_end = tl.where(active, K, 0)
 
     rm = m0 + tl.arange(0, BLOCK_M)      # rows within the segment
@@ -238,7 +234,8 @@ def grouped_matmul(inputs, attrs):
     bm, bn, bk, warps, stages = _gemm_blocks(x.dtype)
     grid = (triton.cdiv(M, bm) + E, triton.cdiv(N, bn))
     _grouped_mm_kernel[grid](x, w, off, y, M, N, K, E, x.stride(0), x.stride(1), w.stride(0),
-                             swk, swn, FP32=x.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn,
+                             swk, swn, FP32=x.dtype == torch.float32,
+                             E_POW2=triton.next_power_of_2(E + 1), BLOCK_M=bm, BLOCK_N=bn,
                              BLOCK_K=bk, num_warps=warps, num_stages=stages)
     return [y]
 

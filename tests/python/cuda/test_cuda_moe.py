@@ -86,7 +86,7 @@ GEMM_SHAPES = [(1, 1, 1, 1, 0, 0), (7, 3, 5, 3, 0, 1), (67, 33, 17, 4, 5, 1), (8
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("M,K,N,E,dropped,empty", GEMM_SHAPES)
+@pytest.mark.parametrize("M,K,N,E,dropped,empty", GEMM_SHAPES + [(4100, 72, 2100, 8, 100, 1)])  # big tile
 @pytest.mark.parametrize("transpose_w", [False, True])
 def test_grouped_matmul_matches_cpu(M, K, N, E, dropped, empty, transpose_w, dtype):
     off = offsets_for(M, E, dropped, empty)
@@ -96,7 +96,7 @@ def test_grouped_matmul_matches_cpu(M, K, N, E, dropped, empty, transpose_w, dty
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("M,P,Q,E,dropped,empty", GEMM_SHAPES)
+@pytest.mark.parametrize("M,P,Q,E,dropped,empty", GEMM_SHAPES + [(600, 520, 1030, 8, 10, 1)])  # big tile
 def test_grouped_matmul_weight_grad_matches_cpu(M, P, Q, E, dropped, empty, dtype):
     off = offsets_for(M, E, dropped, empty)
     a, b = rounded(randn(M, P), dtype), rounded(randn(M, Q), dtype)
