@@ -65,7 +65,7 @@ def test_permute_empty_and_errors():
     np.testing.assert_array_equal(np.asarray(got[3].cpu()), np.zeros(4))
     with pytest.raises(ValueError, match="moe_permute: expert_ids must have shape"):
         _core.call("moe_permute", [ls.tensor(np.array([0, 1])).cuda()], {"n_experts": 2})
-    with pytest.raises(TypeError, match="moe_permute"):
+    with pytest.raises((TypeError, NotImplementedError), match="moe_permute"):  # float ids
         _core.call("moe_permute", [ls.zeros(2, 2, device="cuda")], {"n_experts": 2})
 
 
