@@ -310,6 +310,115 @@ def elementwise(device, dtype, n):
     yield Case("sum", "fwd", f"{n}", dtype, size, "GB/s", lambda: a.sum(), lambda: ta.sum(), ref=a64.sum(), flops=n)
 
 
+def _experts_ref(x64, w64, offsets, transpose=False):
+    """Float64 reference of grouped_matmul: a loop over the experts (reference only)."""
+    out = x64.new_zeros(x64.shape[0], w64.shape[1] if transpose else w64.shape[2])
+    for e in range(len(offsets) - 1):
+        r0, r1 = offsets[e], offsets[e + 1]
+        out[r0:r1] = x64[r0:r1] @ (w64[e].T if transpose else w64[e])
+    return out
+
+
+def moe(device, dtype, T, C, H, E, k):
+    """MoE layer pieces: T tokens routed to k of E SwiGLU experts (C -> 2H -> C). The grouped GEMMs
+    race a torch dense matmul of the same FLOPs (the T*k rows through one weight); permute and
+    combine race their torch gather/sort equivalents; the whole layer (permute, gather, up,
+    SwiGLU, down, combine; forward and backward) races a dense torch SwiGLU MLP of the same
+    active parameters (C -> 2kH -> C). The torch rows of the GEMM and layer cases compute a
+    different (dense) product, so their err column says nothing; ours are checked against a
+    float64 loop over the experts."""
+    dev = "cuda" if device != "cpu" else "cpu"
+    A = T * k
+    ids_t = torch.rand(T, E, device=dev).topk(k, -1).indices  # distinct experts per token
+    ids = ls.from_dlpack(ids_t)
+    token, row, off, _ = F.moe_permute(ids, E)
+    offsets = torch.from_dlpack(off).tolist()
+    trow = torch.from_dlpack(row)
+    x, tx, x64 = _pair((T, C), dtype, device)
+    xs = F.index_select(x, 0, token)  # (A, C): the rows in expert order
+    txs = torch.from_dlpack(xs)
+    xs64 = txs.double()
+    w1, tw1, w1_64 = _pair((E, C, 2 * H), dtype, device, scale=C ** -0.5)
+    w2, tw2, w2_64 = _pair((E, H, C), dtype, device, scale=H ** -0.5)
+    es, shape = _es(dtype), f"{T}x{C}x{H} E{E}k{k}"  # tokens x C x H, experts, top-k
+
+    # moe_permute against a stable torch sort + per-expert counts; compared on token
+    flat = ids_t.reshape(-1)
+    ones = torch.ones_like(flat)
+    tok_ref = (torch.argsort(flat, stable=True) // k).double()
+    yield Case("moe_permute", "fwd", shape, dtype, 8 * A * 4, "GB/s", lambda: F.moe_permute(ids, E),
+               lambda: (torch.argsort(flat, stable=True) // k,
+                        torch.zeros(E, dtype=flat.dtype, device=dev).index_add_(0, flat, ones)),
+               ref=tok_ref, out=lambda r: r[0], flops=A, keep=(ids,))
+
+    # up projection x -> 2H, then down H -> C; the dense baselines use expert 0's weight
+    f_up, f_down = 2 * A * C * 2 * H, 2 * A * H * C
+    d1, d2 = tw1[0], tw2[0]
+    h1 = F.grouped_matmul(xs, w1, off)
+    yield Case("grouped_matmul", "fwd", shape + ":up", dtype, f_up, "TFLOP/s",
+               lambda: F.grouped_matmul(xs, w1, off), lambda: txs @ d1,
+               ref=_experts_ref(xs64, w1_64, offsets), flops=es * (A * C + E * C * 2 * H + A * 2 * H),
+               keep=(xs, w1, off))
+    hs = F.swiglu(*F.split(h1, [H, H], dim=-1))
+    ths = torch.from_dlpack(hs)
+    yield Case("grouped_matmul", "fwd", shape + ":down", dtype, f_down, "TFLOP/s",
+               lambda: F.grouped_matmul(hs, w2, off), lambda: ths @ d2,
+               ref=_experts_ref(ths.double(), w2_64, offsets), flops=es * (A * H + E * H * C + A * C),
+               keep=(hs, w2))
+    del h1
+    # backward of the up projection: dx = g w1^T (grouped, weights read transposed), dw1 = x^T g
+    g1, tg1, g1_64 = _pair((A, 2 * H), dtype, device)
+    yield Case("grouped_matmul", "bwd", shape + ":up", dtype, 2 * f_up, "TFLOP/s",
+               lambda: (F.grouped_matmul(g1, w1, off, transpose_w=True),
+                        _core.call("grouped_matmul_weight_grad", [xs, g1, off], {})[0]),
+               lambda: (tg1 @ d1.T, txs.T @ tg1),
+               ref=None, flops=2 * es * (A * C + E * C * 2 * H + A * 2 * H), keep=(g1,))
+    del g1, tg1, g1_64
+
+    # combine: out[n] = sum_s gates[n, s] y[row[n, s]], and its backward
+    y, ty, y64 = _pair((A, C), dtype, device)
+    gates, tgates, gates64 = _pair((T, k), dtype, device)
+    g, tg, g64 = _pair((T, C), dtype, device)
+    yield Case("moe_combine", "fwd", shape, dtype, es * (A * C + T * C), "GB/s",
+               lambda: F.moe_combine(y, gates, row), lambda: (ty[trow] * tgates.unsqueeze(-1)).sum(1),
+               ref=(y64[trow] * gates64.unsqueeze(-1)).sum(1), flops=2 * A * C, keep=(y, gates, row, g))
+    dy64 = torch.zeros_like(y64)
+    dy64[trow.reshape(-1)] = (gates64.unsqueeze(-1) * g64.unsqueeze(1)).reshape(A, C)
+
+    def torch_combine_bwd():
+        dy = torch.zeros_like(ty)
+        dy[trow.reshape(-1)] = (tgates.unsqueeze(-1) * tg.unsqueeze(1)).reshape(A, C)
+        return dy, (tg.unsqueeze(1) * ty[trow]).sum(-1)
+    yield Case("moe_combine", "bwd", shape, dtype, es * (2 * A * C + T * C), "GB/s",
+               lambda: _core.call("moe_combine_backward", [g, y, gates, row], {}), torch_combine_bwd,
+               ref=[dy64, (g64.unsqueeze(1) * y64[trow]).sum(-1)], registry_op="moe_combine_backward",
+               flops=4 * A * C)
+    del y, ty, y64, dy64
+
+    # the layer, forward + backward, against a dense SwiGLU MLP with the same active parameters
+    for t in (x, w1, w2, gates):
+        t.requires_grad_(True)
+
+    def ours():
+        tk, rw, of, _ = F.moe_permute(ids, E)
+        h = F.grouped_matmul(F.index_select(x, 0, tk), w1, of)
+        out = F.moe_combine(F.grouped_matmul(F.swiglu(*F.split(h, [H, H], dim=-1)), w2, of), gates, rw)
+        out.backward(g)
+        return out
+
+    _, td1, _ = _pair((C, 2 * k * H), dtype, device, scale=C ** -0.5, requires_grad=True)
+    _, td2, _ = _pair((k * H, C), dtype, device, scale=(k * H) ** -0.5, requires_grad=True)
+    txg = tx.detach().requires_grad_(True)
+
+    def theirs():
+        a, b = (txg @ td1).split(k * H, dim=-1)
+        out = (tF.silu(a) * b) @ td2
+        out.backward(tg)
+        return out
+    yield Case("moe_layer", "fwd+bwd", shape, dtype, 3 * (f_up + f_down), "TFLOP/s", ours, theirs,
+               registry_op="grouped_matmul", keep=(td1, td2))
+
+
 # ---- the sweep -----------------------------------------------------------------------------------
 
 
@@ -330,6 +439,7 @@ def sweep(device, dtype, quick):
             ("attention", attention, [(1, 4, 128, 64)] if quick else [(2, 8, 512, 64)]),
             ("adamw", adamw, [(1 << 20, 8)] if quick else [(1 << 24, 50)]),
             ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 25)]),
+            ("moe", moe, [(256, 64, 128, 8, 2)] if quick else [(2048, 256, 512, 8, 2)]),
         ]
     r = 16384 * 4 // big  # 256 MB at C = 4096
     rows = [(1024, 1024)] if quick else [(16384, 768), (r, 4096)]
@@ -345,6 +455,8 @@ def sweep(device, dtype, quick):
          ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64)])),
         ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),
         ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 26)]),
+        ("moe", moe, [] if dtype == "float32" else
+         ([(2048, 512, 1024, 8, 2)] if quick else [(16384, 1024, 4096, 8, 2)])),
     ]
 
 
