@@ -163,7 +163,8 @@ def main():
             topt.step()
             return loss.item()
 
-        t, loss = run(theirs, args.steps, args.warmup + (5 if compiled else 0))
+        # torch.compile compiles in the first (warm-up) step; every run sees the same batches
+        t, loss = run(theirs, args.steps, args.warmup)
         add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, loss, torch_peak_mb(dev))
         del tmodel, topt, fwd
 
