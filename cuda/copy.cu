@@ -20,6 +20,30 @@ __global__ void copy_kernel(To* __restrict__ out, const From* __restrict__ in, i
   }
 }
 
+// A same-dtype copy whose innermost dim is contiguous on both sides (a permute that keeps the
+// last dim, e.g. (B, T, NH, HS) -> (B, NH, T, HS), or a slice) moves 16-byte vectors: the
+// indexer is rescaled to count vectors, so its division runs once per 16 bytes. Returns false
+// when the layout or alignment does not allow it.
+bool copy_vectors(const Tensor& dst, const Tensor& src, Indexer<2> ix) {
+  const int64_t es = int64_t(itemsize(dst.dtype())), w = 16 / es;
+  const int d = ix.nd - 1;
+  if (d < 0 || dst.dtype() != src.dtype() || w <= 1 || ix.stride[0][d] != 1 || ix.stride[1][d] != 1 ||
+      ix.size[d] % w != 0 || (reinterpret_cast<uintptr_t>(dst.raw_data()) % 16) != 0 ||
+      (reinterpret_cast<uintptr_t>(src.raw_data()) % 16) != 0)
+    return false;
+  for (int k = 0; k < 2; ++k)
+    for (int e = 0; e < d; ++e)
+      if (ix.stride[k][e] % w != 0) return false;
+  ix.size[d] /= w;
+  for (int k = 0; k < 2; ++k)
+    for (int e = 0; e < d; ++e) ix.stride[k][e] /= w;
+  const int64_t n = dst.numel() / w;
+  copy_kernel<uint4, uint4><<<grid_for(n), kThreads>>>(static_cast<uint4*>(dst.raw_data()),
+                                                       static_cast<const uint4*>(src.raw_data()), n,
+                                                       ix, is_dense(ix));
+  return true;
+}
+
 // dst[...] = convert(src[...]), src broadcast to dst's shape.
 void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
   int64_t n = dst.numel();
@@ -27,6 +51,10 @@ void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
   set_device(dst, op);
   Indexer<2> ix = make_indexer<2>(dst.shape(), {&dst, &src}, op);
   bool dense = is_dense(ix);
+  if (!dense && copy_vectors(dst, src, ix)) {
+    check_launch(op);
+    return;
+  }
   CUDA_DISPATCH_ALL(dst.dtype(), op, {
     using To = scalar_t;
     CUDA_DISPATCH_ALL(src.dtype(), op, {

@@ -62,12 +62,27 @@ constexpr int kMaxDims = 8;
 template <int N>
 struct Indexer {
   int nd;
+  bool small;  // every index and offset fits in 32 bits: the cheap division path
   int64_t size[kMaxDims];
   int64_t stride[N][kMaxDims];  // in elements; 0 where broadcast
 
   __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[N]) const {
 #pragma unroll
     for (int k = 0; k < N; ++k) off[k] = 0;
+    if (small) {  // 64-bit division costs several times the 32-bit one on the GPU
+      uint32_t j = uint32_t(i);
+      int32_t o[N] = {};
+      for (int d = nd - 1; d >= 0; --d) {
+        const uint32_t sz = uint32_t(size[d]);
+        const uint32_t idx = j % sz;
+        j /= sz;
+#pragma unroll
+        for (int k = 0; k < N; ++k) o[k] += int32_t(idx) * int32_t(stride[k][d]);
+      }
+#pragma unroll
+      for (int k = 0; k < N; ++k) off[k] = o[k];
+      return;
+    }
     for (int d = nd - 1; d >= 0; --d) {
       int64_t idx = i % size[d];
       i /= size[d];
@@ -105,10 +120,18 @@ Indexer<N> make_indexer(const Shape& shape, const std::array<const Tensor*, N>& 
            " non-mergeable dimensions");
   Indexer<N> ix{};
   ix.nd = int(sizes.size());
+  const int64_t lim = int64_t(1) << 31;
+  int64_t n = 1, reach[N] = {};
   for (int d = 0; d < ix.nd; ++d) {
     ix.size[d] = sizes[d];
-    for (int k = 0; k < N; ++k) ix.stride[k][d] = st[d][k];
+    n *= sizes[d];
+    for (int k = 0; k < N; ++k) {
+      ix.stride[k][d] = st[d][k];
+      reach[k] += (sizes[d] - 1) * (st[d][k] < 0 ? -st[d][k] : st[d][k]);
+    }
   }
+  ix.small = n < lim;
+  for (int k = 0; k < N; ++k) ix.small &= reach[k] < lim;
   return ix;
 }
 

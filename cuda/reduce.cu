@@ -1,8 +1,9 @@
 // Reductions on the GPU: sum over any set of dims, and max along one dim (values and int64
 // indices, the registry op behind max/amax/argmax; cpp/ops/reduce.cpp).
 //
-// sum: the reduced dims are moved last and made dense (a CUDA copy when needed), so every output
-// element reduces one contiguous row of C elements:
+// sum: reducing the leading dims of a contiguous tensor (bias gradients) sums columns in place
+// (col_sum_kernel). Otherwise the reduced dims are moved last and made dense (a CUDA copy when
+// needed), so every output element reduces one contiguous row of C elements:
 // one block of 256 threads per row, each thread striding over the row, then a shared-memory tree.
 // Few long rows (the sum of a whole tensor) would leave most of the GPU idle, so then each row is
 // first cut into chunks of kChunk elements reduced by their own blocks, and a second launch sums
@@ -60,6 +61,37 @@ __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
   if (threadIdx.x == 0) out[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = convert<O>(total);
 }
 
+// Column sums for a reduction over leading dims of a contiguous x viewed as (R, C) (bias
+// gradients: sum over B*T rows): out[s, c] = sum of x[r, c] over split s of the rows. A block
+// is 32 columns x kColY row lanes, so each warp reads 32 adjacent elements of a row (no
+// transposing copy); the lanes' partials are added in lane order, and splits (for parallelism
+// when C is small) are added by a second launch in split order: the result never depends on
+// timing.
+constexpr int kColX = 32, kColY = 16;
+
+template <typename T, typename A, typename O>
+__global__ void col_sum_kernel(O* out, const T* x, int64_t R, int64_t C, int64_t rows_per) {
+  __shared__ A part[kColY][kColX + 1];
+  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * rows_per, r1 = min(R, r0 + rows_per);
+  A acc[4] = {A(0), A(0), A(0), A(0)};
+  if (c < C) {
+    int64_t r = r0 + threadIdx.y;
+    for (; r + 3 * kColY < r1; r += 4 * kColY) {  // four loads in flight per thread
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += convert<A>(x[(r + u * kColY) * C + c]);
+    }
+    for (; r < r1; r += kColY) acc[0] += convert<A>(x[r * C + c]);
+  }
+  part[threadIdx.y][threadIdx.x] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    A t = part[0][threadIdx.x];
+    for (int y = 1; y < kColY; ++y) t += part[y][threadIdx.x];
+    out[int64_t(blockIdx.y) * C + c] = convert<O>(t);
+  }
+}
+
 // Accumulator and output types per input type (see the header).
 template <typename T> struct SumTypes { using acc = float; using out = T; };
 template <> struct SumTypes<double> { using acc = double; using out = double; };
@@ -96,8 +128,36 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
     ops::fill_(out, 0.0);
     return {out};
   }
-  Tensor xr = ops::contiguous(ops::permute(x, perm));
   set_device(out, "sum");
+  // Reduced dims leading and x contiguous: column sums in place.
+  bool leading = x.is_contiguous() && int64_t(dims.size()) < x.dim();
+  for (size_t i = 0; i < dims.size(); ++i) leading &= dims[i] == int64_t(i);
+  if (leading) {
+    CUDA_DISPATCH_ALL(x.dtype(), "sum", {
+      using T = scalar_t;
+      using O = typename SumTypes<T>::out;
+      using A = typename SumTypes<T>::acc;
+      const int64_t R = cols, C = rows, bx = (C + kColX - 1) / kColX;
+      const int64_t splits = std::clamp<int64_t>((528 + bx - 1) / bx, 1, std::max<int64_t>(1, R / 256));
+      const int64_t rows_per = (R + splits - 1) / splits;
+      const T* px = static_cast<const T*>(x.raw_data());
+      O* po = static_cast<O*>(out.raw_data());
+      const dim3 block(kColX, kColY);
+      if (splits == 1) {
+        col_sum_kernel<T, A, O><<<dim3(unsigned(bx), 1), block>>>(po, px, R, C, R);
+      } else {
+        DType acc_dtype = std::is_same_v<A, double> ? DType::Float64
+                          : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
+        Tensor partial = Tensor::empty({splits, C}, acc_dtype, x.device());
+        A* pp = static_cast<A*>(partial.raw_data());
+        col_sum_kernel<T, A, A><<<dim3(unsigned(bx), unsigned(splits)), block>>>(pp, px, R, C, rows_per);
+        col_sum_kernel<A, A, O><<<dim3(unsigned(bx), 1), block>>>(po, pp, splits, C, splits);
+      }
+    });
+    check_launch("sum");
+    return {out};
+  }
+  Tensor xr = ops::contiguous(ops::permute(x, perm));
   CUDA_DISPATCH_ALL(x.dtype(), "sum", {
     using T = scalar_t;
     using O = typename SumTypes<T>::out;

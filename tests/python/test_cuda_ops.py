@@ -118,3 +118,25 @@ def test_caching_allocator_reuses_blocks():
     assert after["peak_allocated_bytes"] >= 3 * (4 << 20)
     ls.cuda.empty_cache()
     assert ls.cuda.memory_stats()["reserved_bytes"] == ls.cuda.memory_stats()["allocated_bytes"]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_permute_keeping_the_last_dim(dtype):
+    """(B, T, NH, HS) -> (B, NH, T, HS) and slices: the 16-byte vector copy path (HS a multiple of
+    the vector width) and the element path (odd HS) give the CPU's values."""
+    for shape in ((2, 5, 3, 64), (3, 4, 2, 24), (2, 3, 4, 5)):
+        cpu, gpu = both(randn(*shape), dtype)
+        for view in (lambda t: t.permute(0, 2, 1, 3), lambda t: t[:, 1:, :, :].transpose(1, 2),
+                     lambda t: t.permute(2, 0, 1, 3)[1:]):
+            close(view(gpu).contiguous(), view(cpu.to(dtype=dtype)).contiguous().to(dtype=cpu.dtype), 0)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape,dims", [((5000, 77), (0,)), ((3, 700, 130), (0, 1)), ((9, 5), (0,)),
+                                        ((2, 3, 4), (0,)), ((100000, 3), (0,))])
+def test_sum_over_leading_dims(shape, dims, dtype):
+    """The column-sum path (leading dims of a contiguous tensor, one or two launches)."""
+    cpu, gpu = both(randn(*shape), dtype)
+    ref = cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum(list(dims))
+    tol = {ls.float32: 1e-6, ls.float64: 1e-13, ls.bfloat16: 1e-2, ls.float16: 2e-3}[dtype]
+    close(gpu.sum(list(dims)), ref, tol)
