@@ -92,7 +92,11 @@ Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
   if (c.needs_grad[1]) {
     if (b.dim() == 2 && a.dim() > 2) {  // weight gradient: fold the batch into one GEMM
       int64_t K = a.size(-1), N = g[0].size(-1);
-      gb = call1("matmul", {mT(reshape(a, {-1, K})), reshape(g[0], {-1, N})});
+      Tensor a2 = reshape(a, {-1, K}), g2 = reshape(g[0], {-1, N});
+      // b a transposed view (x @ W^T of a Linear): compute the gradient in b's own layout, so the
+      // transpose's backward hands W a contiguous gradient (no transposing copy later).
+      bool b_transposed = b.strides()[0] == 1 && b.strides()[1] == b.size(0) && b.size(0) > 1;
+      gb = b_transposed ? mT(call1("matmul", {mT(g2), a2})) : call1("matmul", {mT(a2), g2});
     } else {
       gb = sum_to(call1("matmul", {mT(a), g[0]}), b.shape());
     }
