@@ -1,9 +1,11 @@
 // Elementwise binary ops on the GPU with numpy broadcasting: add sub mul div pow maximum minimum
 // and the comparisons eq ne lt le gt ge (bool output). Both operands arrive in one dtype (the
-// registry wrappers promote first); 16-bit floats compute in float32. One thread per output
-// element; the Indexer maps it to the two (possibly broadcast, strided) input elements.
+// registry wrappers promote first); 16-bit floats compute in float32. Dense floating-point
+// operands go through vec_map.cuh (16-byte packs per thread); otherwise one thread per output
+// element, and the Indexer maps it to the two (possibly broadcast, strided) input elements.
 #include "core/registry.h"
 #include "elementwise.cuh"
+#include "vec_map.cuh"
 
 namespace ls::cuda {
 
@@ -34,6 +36,14 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {
 
 template <typename A> struct Pair { A x, y; };
 
+// The op as a vec_map functor (dense floating-point operands, same-dtype output).
+struct BinaryMap {
+  Bin op;
+  template <typename A> __device__ void operator()(const A (&x)[2], A (&y)[1]) const {
+    y[0] = apply<A>(op, x[0], x[1]);
+  }
+};
+
 template <typename O, typename T>
 __global__ void binary_kernel(Bin op, O* __restrict__ out, const T* __restrict__ a,
                               const T* __restrict__ b, int64_t n, Indexer<3> ix, bool dense) {
@@ -63,6 +73,13 @@ Kernel binary_entry(Bin op, const char* name) {
     set_device(out, name);
     Indexer<3> ix = make_indexer<3>(shape, {&out, &a, &b}, name);
     bool dense = is_dense(ix);
+    if (dense && !compare && is_floating(a.dtype())) {
+      CUDA_DISPATCH_FLOAT(a.dtype(), name, {
+        launch_map(BinaryMap{op}, MapArgs<scalar_t, 2, 1>{{cptr<scalar_t>(a), cptr<scalar_t>(b)},
+                                                          {mptr<scalar_t>(out)}}, n, name);
+      });
+      return Tensors{out};
+    }
     CUDA_DISPATCH_ALL(a.dtype(), name, {
       const scalar_t* pa = static_cast<const scalar_t*>(a.raw_data());
       const scalar_t* pb = static_cast<const scalar_t*>(b.raw_data());

@@ -1,10 +1,12 @@
 // Elementwise unary ops on the GPU (neg exp log sqrt rsqrt tanh sigmoid abs sign relu sin cos),
 // clamp, and where(cond, a, b). Float types compute in float (float32/bf16/fp16) or double;
-// neg/abs/sign/relu also take integers. Strided and broadcast operands go through the Indexer.
+// neg/abs/sign/relu also take integers. Dense floating-point tensors go through vec_map.cuh
+// (16-byte packs per thread); strided and broadcast operands go through the Indexer.
 #include <cmath>
 
 #include "core/registry.h"
 #include "elementwise.cuh"
+#include "vec_map.cuh"
 
 namespace ls::cuda {
 
@@ -38,6 +40,14 @@ __device__ __forceinline__ A apply(Un op, A v) {
     }
   }
 }
+
+// The op as a vec_map functor (dense floating-point tensors).
+struct UnaryMap {
+  Un op;
+  template <typename A> __device__ void operator()(const A (&x)[1], A (&y)[1]) const {
+    y[0] = apply<A>(op, x[0]);
+  }
+};
 
 template <typename T>
 __global__ void unary_kernel(Un op, T* __restrict__ out, const T* __restrict__ x, int64_t n,
@@ -76,6 +86,12 @@ Kernel unary_entry(Un op, const char* name) {
     set_device(out, name);
     Indexer<2> ix = make_indexer<2>(x.shape(), {&out, &x}, name);
     bool dense = is_dense(ix);
+    if (dense && is_floating(x.dtype())) {
+      CUDA_DISPATCH_FLOAT(x.dtype(), name, {
+        launch_map(UnaryMap{op}, MapArgs<scalar_t, 1, 1>{{cptr<scalar_t>(x)}, {mptr<scalar_t>(out)}}, n, name);
+      });
+      return Tensors{out};
+    }
     auto launch = [&](auto* o, const auto* p) {
       unary_kernel<<<grid_for(n), kThreads>>>(op, o, p, n, ix, dense);
     };

@@ -1,0 +1,44 @@
+"""The README's headline table from a compare_backends results.csv: per op and pass, at its
+largest measured shape in one dtype, each backend's % of the ceiling and speed relative to torch.
+
+    python bench/headline.py bench/results/nvidia-h200/results.csv --dtype bfloat16
+"""
+import argparse
+import csv
+
+
+def shape_size(shape):
+    """Orders shapes like '16384x768' or 'B4 NH16 T4096 HS128' by the product of their numbers."""
+    size = 1
+    for tok in shape.replace("x", " ").replace(":", " ").split():
+        digits = "".join(ch for ch in tok if ch.isdigit())
+        size *= int(digits) if digits else 1
+    return size
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("csv")
+    ap.add_argument("--dtype", default="bfloat16")
+    args = ap.parse_args()
+    rows = [r for r in csv.DictReader(open(args.csv)) if r["dtype"] == args.dtype and r["ms"]]
+    impls = sorted({r["impl"] for r in rows} - {"torch"})
+    largest = {}
+    for r in rows:
+        key = (r["op"], r["pass_"])
+        if key not in largest or shape_size(r["shape"]) > shape_size(largest[key]):
+            largest[key] = r["shape"]
+    head = ["op", "pass", "shape", "torch % of ceiling"] + [f"{i} % / vs torch" for i in impls]
+    print("| " + " | ".join(head) + " |")
+    print("|---|---|---|" + "---:|" * (len(head) - 3))
+    for (op, pass_), shape in largest.items():
+        cell = {r["impl"]: r for r in rows if (r["op"], r["pass_"], r["shape"]) == (op, pass_, shape)}
+        out = [op, pass_, shape, f"{float(cell['torch']['pct']):.0f}%" if "torch" in cell else "-"]
+        for i in impls:
+            r = cell.get(i)
+            out.append(f"{float(r['pct']):.0f}% / {float(r['speedup']):.2f}x" if r else "-")
+        print("| " + " | ".join(out) + " |")
+
+
+if __name__ == "__main__":
+    main()
