@@ -13,6 +13,9 @@ Registration convention (every kernel module follows it)
 * Optional ``DTYPES = {"op_name": ("float32", ...)}`` narrows or widens the dtypes an op serves
   (keyed on the dtype of its first tensor input); the default is ``FLOAT_DTYPES``. A dtype not
   served falls through to the device's native backend.
+* Optional ``SERVES = {"op_name": predicate}``: ``predicate(inputs, attrs) -> bool`` sees the
+  llmscratch tensors; a call it rejects (a case the kernel does not cover) runs on the device's
+  native backend instead, visibly in ``backend_report()``.
 * Modules whose names start with ``_`` hold shared helpers and are not scanned. Nothing else has
   to be edited to add a module: ``register_all`` finds every public module of this package.
 
@@ -48,13 +51,14 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _wrap(op, fn, served_device):
+def _wrap(op, fn, served_device, serves=None):
     import torch
 
     def run(inputs, attrs):
         dev = next((t.device for t in inputs if t is not None), None)
-        if dev is None or dev.type != served_device:
-            # Not ours to serve (a CPU tensor without the interpreter): the native backend runs it.
+        if dev is None or dev.type != served_device or (serves and not serves(inputs, attrs)):
+            # Not ours to serve (a CPU tensor without the interpreter, or a case the kernel does
+            # not cover): the native backend runs it.
             native = "cpu" if dev is None or dev.type == "cpu" else "cuda"
             prev = _core.current_backend()
             _core.set_backend(native)
@@ -91,9 +95,9 @@ def register_all() -> None:
         return
     served = "cpu" if interpreted() else "cuda"
     for mod in kernel_modules():
-        dtypes = getattr(mod, "DTYPES", {})
+        dtypes, serves = getattr(mod, "DTYPES", {}), getattr(mod, "SERVES", {})
         for op, fn in getattr(mod, "KERNELS", {}).items():
             names = dtypes.get(op, FLOAT_DTYPES)
-            _core.register_kernel(op, "triton", _wrap(op, fn, served),
+            _core.register_kernel(op, "triton", _wrap(op, fn, served, serves.get(op)),
                                   [getattr(_core.DType, n) for n in names])
     _registered = True

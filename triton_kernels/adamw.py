@@ -10,6 +10,9 @@ Registry ops: "adamw_step" {params (P), grads (P), exp_avg (P), exp_avg_sq (P), 
 attrs lr, beta1, beta2, eps, weight_decay, step, has_grad_scale -> {} (updates in place);
 "global_norm" {tensors...} -> {norm}.
 
+The mixed-precision form (has_model_copy, 16-bit gradients of float32 masters) is left to the
+CUDA backend (SERVES below).
+
 Kernels: one launch per dtype group over all its tensors, through pointer tables: the tensors'
 addresses (int64, cast to pointers in the kernel) and a block table giving each program its
 tensor and the first element of its 1024-element block, so a huge embedding matrix and many
@@ -147,4 +150,14 @@ def global_norm(inputs, attrs):
     return [torch.cat(partials).double().sum().sqrt().float()]
 
 
+def _serves_adamw(inputs, attrs):
+    """Plain steps only: the mixed-precision form (16-bit gradients for float32 masters, model
+    copies written back; has_model_copy) runs on the CUDA backend."""
+    if attrs.get("has_model_copy", False):
+        return False
+    n = (len(inputs) - (1 if attrs.get("has_grad_scale", False) else 0)) // 4
+    return all(inputs[n + k].dtype == inputs[k].dtype for k in range(n))
+
+
 KERNELS = {"adamw_step": adamw_step, "global_norm": global_norm}
+SERVES = {"adamw_step": _serves_adamw}

@@ -40,3 +40,20 @@ def test_global_norm(device, dtype):
     assert tuple(norm.shape) == () and norm.dtype == ls.float32 and str(norm.device).startswith(device)
     want = np.sqrt(sum((a.astype(np.float64) ** 2).sum() for a in arrays))
     assert abs(float(norm.to("cpu").item()) - want) <= 1e-5 * want
+
+
+def test_mixed_precision_step_falls_back_to_the_native_backend():
+    """16-bit gradients with float32 masters and model copies: not a triton kernel case, so the
+    device's native backend serves it, and backend_report says so."""
+    import llmscratch_core as core
+    r = rng()
+    p = [ls.tensor(r.standard_normal(s), dtype=ls.float32) for s in ((5,), (3, 4))]
+    g = [ls.tensor(r.standard_normal(tuple(t.shape)), dtype=ls.bfloat16) for t in p]
+    m, v = [ls.zeros(*t.shape) for t in p], [ls.zeros(*t.shape) for t in p]
+    copies = [ls.zeros(*t.shape, dtype=ls.bfloat16) for t in p]
+    core.backend_report(True)
+    with ls.backend("triton"):
+        core.ops.adamw_step(p, g, m, v, 1e-2, 0.9, 0.99, 1e-8, 0.0, 1, None, model_copies=copies)
+    assert core.backend_report(False)["adamw_step"] == "cpu"
+    for t, c in zip(p, copies):
+        np.testing.assert_array_equal(c.float().numpy(), t.to(dtype=ls.bfloat16).float().numpy())
