@@ -9,11 +9,11 @@
 //     position so ldmatrix and cp.async phases hit 8 distinct bank groups. Register fragments are
 //     double-buffered: the ldmatrix of the next 16-wide k slice (the next stage's first slice at
 //     the end of a k-tile) is issued before the mma of the current one, and one barrier per
-//     k-tile both publishes the next stage and frees the stage that the new copies refill. Both layouts of each
-//     operand are template parameters (KMAJOR: K contiguous). Tails in M, N and K are zero-filled
-//     by the cp.async source size, so nothing past a row is read. Sources must be 16-byte aligned
-//     and the strided dim a multiple of 8 elements (the caller copies an operand that is not).
-//     K = 0 stores zeros.
+//     k-tile both publishes the next stage and frees the stage that the new copies refill. Both
+//     layouts of each operand are template parameters (KMAJOR: K contiguous). Tails in M, N and
+//     K are zero-filled by the cp.async source size, so nothing past a row is read. Sources must
+//     be 16-byte aligned and the strided dim a multiple of 8 elements (the caller copies an
+//     operand that is not). K = 0 stores zeros.
 //   simt_block_tile (fp32 / fp64): a 64 x 64 tile of C on any strides, K steps of 16 through
 //     shared memory, 4 x 4 outputs per thread, accumulating in T (no TF32).
 //
@@ -64,7 +64,9 @@ struct SmemTile {
   static constexpr int kChunks = COLS / 8;  // per row
   static constexpr int kElems = ROWS * COLS;
   static_assert(kChunks % 8 == 0, "swizzle written for rows of 8n chunks (128n bytes)");
-  __device__ __forceinline__ static int offset(int r, int c) { return r * COLS + ((c ^ (r & 7)) << 3); }
+  __device__ __forceinline__ static int offset(int r, int c) {
+    return r * COLS + ((c ^ (r & 7)) << 3);
+  }
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -134,7 +136,8 @@ struct TileLoader {
   int rlim;          // not KMAJOR: valid elements (0..8) of every chunk (one r range)
 
   __device__ __forceinline__ TileLoader(const T* src, int64_t ld, int R, int K_, int r0, int tid)
-      : base(src), step(kRowStep * ld), kstep(KMAJOR ? kBK : kBK * ld), K(K_), rows_ok(0), rlim(0) {
+      : base(src), step(kRowStep * ld), kstep(KMAJOR ? kBK : kBK * ld), K(K_), rows_ok(0),
+        rlim(0) {
     const int row = tid / Tile::kChunks, chunk = tid % Tile::kChunks;
     soff = Tile::offset(row, chunk);
     if constexpr (KMAJOR) {  // row = r within the tile, chunk = 8 k's
@@ -285,7 +288,7 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
   __syncthreads();               // everyone's have
 
   uint32_t af[2][kMI][4], bf[2][kNI][2];  // fragments of slices with even / odd index
-  // With K = 0 (KT = 0) this reads stale shared memory that no mma uses.
+  // With K = 0 (KT = 0) this reads shared memory that no copy wrote and no mma uses.
   load_frags(af[0], bf[0], sA, sB, 0);
 
   int rd = 0;                 // stage of k-tile kt
@@ -307,9 +310,9 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
         load_frags(af[(kk + 1) & 1], bf[(kk + 1) & 1], a_st, b_st, kk + 1);
       } else {
         cp_async_wait<kStages - 2>();  // this thread's copies of k-tile kt + 1 have landed
-        __syncthreads();               // everyone's have; everyone is done with stage kt - 1
+        __syncthreads();  // everyone's have; everyone has read stage kt up to its last slice
         // Slice 0 of k-tile kt + 1. After the last k-tile this reads a stage with no copies in
-        // flight (k-tile KT - kStages's, long landed) and the fragments go unused.
+        // flight (none are issued past k-tile KT - 1) into fragments that no mma uses.
         load_frags(af[(kk + 1) & 1], bf[(kk + 1) & 1], sA + rd_next * kAElems * 2,
                    sB + rd_next * kBElems * 2, 0);
       }
