@@ -154,11 +154,13 @@ struct TileLoader {
     }
   }
 
-  // Issue the copies of k-tile kt into the stage at shared address `stage`.
-  __device__ __forceinline__ void load(uint32_t stage, int kt) const {
+  // Issue the copies of this thread's chunks first .. first + count - 1 of k-tile kt into the
+  // stage at shared address `stage` (the mainloop spreads a k-tile's copies over its k slices).
+  __device__ __forceinline__ void load(uint32_t stage, int kt, int first = 0,
+                                       int count = kPer) const {
     const T* p = ptr + kt * kstep;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
+    for (int i = first; i < first + count; ++i) {
       int n;
       if constexpr (KMAJOR) {
         const int k = kt * kBK + kidx;
@@ -239,6 +241,11 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
   TileLoader<T, A_KMAJOR, kBM, C::kThreads> la(a, lda, M, K, m0, tid);
   TileLoader<T, B_KMAJOR, kBN, C::kThreads> lb(b, ldb, N, K, n0, tid);
+  // Each k slice of the mainloop issues kAPer + kBPer of this thread's copies of a later k-tile.
+  constexpr int kAPer = decltype(la)::kPer / kKSlices, kBPer = decltype(lb)::kPer / kKSlices;
+  static_assert(kAPer * kKSlices == decltype(la)::kPer && kBPer * kKSlices == decltype(lb)::kPer,
+                "copies must split evenly over the k slices");
+  static_assert(kStages >= 3, "a k-tile reads two stages while the third is refilled");
 
   float acc[kMI][kNI][4];
 #pragma unroll
@@ -269,12 +276,15 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
   // Pipeline. Commit group j holds the copies of k-tile j (empty past the last), one group per
   // k-tile, so cp_async_wait<kStages - 2> after j + kStages - 1 commits means k-tile j landed.
   // Per k-tile kt (stage kt % kStages):
-  //   slice 0:         refill stage (kt - 1) % kStages with k-tile kt + kStages - 1;
-  //   slice kKSlices-1: wait for k-tile kt + 1 and barrier, then read its slice 0;
-  //   every slice:     ldmatrix of the next slice, then the mma of this one.
+  //   every slice:      a 1/kKSlices share of the copies that refill stage (kt - 1) % kStages
+  //                     with k-tile kt + kStages - 1, then the ldmatrix of the next slice, then
+  //                     the mma of this one;
+  //   slice kKSlices-1: after the last share, the commit; then wait for k-tile kt + 1 and
+  //                     barrier before reading its slice 0.
   // The barrier of k-tile kt - 1 came after every read of stage (kt - 1) % kStages (its last
-  // slices, read by ldmatrix issued before that barrier), so the refill overwrites nothing still
-  // to be read; and it is the only barrier per k-tile.
+  // slices, read by ldmatrix issued before that barrier), and during k-tile kt only stages
+  // kt % kStages and (kt + 1) % kStages are read (kStages >= 3), so the refill overwrites
+  // nothing still to be read; and it is the only barrier per k-tile.
   const int KT = (K + kBK - 1) / kBK;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -298,17 +308,15 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
     const int rd_next = rd + 1 == kStages ? 0 : rd + 1;
 #pragma unroll
     for (int kk = 0; kk < kKSlices; ++kk) {
-      if (kk == 0) {
-        const int next = kt + kStages - 1;
-        if (next < KT) {
-          la.load(sA + wr * kAElems * 2, next);
-          lb.load(sB + wr * kBElems * 2, next);
-        }
-        cp_async_commit();
+      const int next = kt + kStages - 1;
+      if (next < KT) {
+        la.load(sA + wr * kAElems * 2, next, kk * kAPer, kAPer);
+        lb.load(sB + wr * kBElems * 2, next, kk * kBPer, kBPer);
       }
       if (kk + 1 < kKSlices) {
         load_frags(af[(kk + 1) & 1], bf[(kk + 1) & 1], a_st, b_st, kk + 1);
       } else {
+        cp_async_commit();
         cp_async_wait<kStages - 2>();  // this thread's copies of k-tile kt + 1 have landed
         __syncthreads();  // everyone's have; everyone has read stage kt up to its last slice
         // Slice 0 of k-tile kt + 1. After the last k-tile this reads a stage with no copies in
