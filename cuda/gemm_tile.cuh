@@ -6,11 +6,14 @@
 //     tensor cores, fp32 accumulation, output rounded to T. Shared memory is filled by 16-byte
 //     cp.async in a STAGES-deep ring, read by ldmatrix (.trans for an operand whose rows, not K,
 //     are contiguous) into mma.sync.m16n8k16. Each 16-byte chunk of a tile sits at an XOR-swizzled
-//     position so ldmatrix and cp.async phases hit 8 distinct bank groups. Both layouts of each
-//     operand are template parameters (KMAJOR: K contiguous). Tails in M, N and K are zero-filled
-//     by the cp.async source size, so nothing past a row is read. Sources must be 16-byte aligned
-//     and the strided dim a multiple of 8 elements (the caller copies an operand that is not).
-//     K = 0 stores zeros.
+//     position so ldmatrix and cp.async phases hit 8 distinct bank groups. Register fragments are
+//     double-buffered: the ldmatrix of the next 16-wide k slice (the next stage's first slice at
+//     the end of a k-tile) is issued before the mma of the current one, and one barrier per
+//     k-tile both publishes the next stage and frees the stage that the new copies refill. Both
+//     layouts of each operand are template parameters (KMAJOR: K contiguous). Tails in M, N and
+//     K are zero-filled by the cp.async source size, so nothing past a row is read. Sources must
+//     be 16-byte aligned and the strided dim a multiple of 8 elements (the caller copies an
+//     operand that is not). K = 0 stores zeros.
 //   simt_block_tile (fp32 / fp64): a 64 x 64 tile of C on any strides, K steps of 16 through
 //     shared memory, 4 x 4 outputs per thread, accumulating in T (no TF32).
 //
@@ -28,7 +31,8 @@ namespace ls::cuda::gemm {
 
 // ---- tensor-core building blocks (bf16, fp16) ----
 
-constexpr int kBK = 32;     // k-tile depth: 64-byte rows for K-contiguous tiles
+constexpr int kBK = 64;     // k-tile depth: 128-byte rows for K-contiguous tiles
+constexpr int kKSlices = kBK / 16;  // mma k16 slices per k-tile
 constexpr int kGroupM = 8;  // tile rows per L2 group
 
 // The block tile: BM x BN of C per block of WARPS_M x WARPS_N warps, STAGES k-tiles in flight,
@@ -43,24 +47,25 @@ struct TileConfig {
   static constexpr int kSmemBytes = STAGES * (BM + BN) * kBK * 2;
   static_assert(kMI * 16 == kWM && kNI * 8 == kWN && kNI % 2 == 0, "warp tile must be 16 x 16k");
 };
-// Large problems: 64 x 64 per warp, the most mma per byte of shared memory read; 96 KB.
+// Large problems: 64 x 64 per warp, the most mma per byte of shared memory read; 192 KB.
 using BigTile = TileConfig<128, 256, 2, 4, 4, 1>;
 // Problems with fewer big tiles than SMs (weight gradients such as 768 x 3072 over many tokens):
-// half the tile, two blocks per SM; 64 KB.
-using SmallTile = TileConfig<128, 128, 2, 4, 4, 2>;
+// half the tile with 4 warps of the same 64 x 64 (8 warps of 64 x 32 with double-buffered
+// fragments spill at the 128 registers that two 256-thread blocks allow), two blocks per SM,
+// 96 KB each (two fit in the 228 KB of an SM).
+using SmallTile = TileConfig<128, 128, 2, 2, 3, 2>;
 
 // A ROWS x COLS tile of 16-bit elements in shared memory, COLS contiguous, made of 16-byte
-// chunks (8 elements). Chunk c of row r is stored at chunk c ^ swizzle(r): 8 consecutive rows
-// read at one logical chunk then hit 8 different 16-byte bank groups.
+// chunks (8 elements). Chunk c of row r is stored at chunk c ^ (r & 7): 8 consecutive rows
+// read at one logical chunk then hit 8 different 16-byte bank groups, and the swizzle repeats
+// every 8 rows.
 template <int ROWS, int COLS>
 struct SmemTile {
   static constexpr int kChunks = COLS / 8;  // per row
   static constexpr int kElems = ROWS * COLS;
-  static_assert(kChunks == 4 || kChunks % 8 == 0, "swizzle written for rows of 4 or 8n chunks");
+  static_assert(kChunks % 8 == 0, "swizzle written for rows of 8n chunks (128n bytes)");
   __device__ __forceinline__ static int offset(int r, int c) {
-    // 64-byte rows: two rows share 128 bytes, so rows r and r + 2 collide unless permuted.
-    int sw = kChunks >= 8 ? (r & 7) : ((r >> 1) & 3);
-    return r * COLS + ((c ^ sw) << 3);
+    return r * COLS + ((c ^ (r & 7)) << 3);
   }
 };
 
@@ -106,50 +111,65 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 // Loads one operand's k-tiles into shared memory. The operand is R x K (R = M for A, N for B),
 // element (r, k) at src[r * ld + k] when KMAJOR (K contiguous), else at src[k * ld + r]. In
 // shared memory a KMAJOR tile is stored [R_TILE][kBK], the other [kBK][R_TILE]: always as in
-// global memory, so every 16-byte chunk copies straight across.
+// global memory, so every 16-byte chunk copies straight across. Thread tid copies chunks
+// tid + i * THREADS: the same chunk column of tile rows row0 + i * kRowStep. kRowStep is a
+// multiple of 8, so all of a thread's chunks share one swizzle, and their shared-memory offsets
+// and sources follow from the first by constant steps: little per-thread state, no arrays.
 template <typename T, bool KMAJOR, int R_TILE, int THREADS>
 struct TileLoader {
   using Tile = std::conditional_t<KMAJOR, SmemTile<R_TILE, kBK>, SmemTile<kBK, R_TILE>>;
+  static constexpr int kCols = KMAJOR ? kBK : R_TILE;
   static constexpr int kPer = Tile::kElems / 8 / THREADS;  // chunks per thread per k-tile
+  static constexpr int kRowStep = THREADS / Tile::kChunks;  // tile rows between them
   static_assert(kPer * 8 * THREADS == Tile::kElems, "tile must split evenly over threads");
+  static_assert(kRowStep * Tile::kChunks == THREADS && kRowStep % 8 == 0 && kPer <= 32,
+                "a thread's chunks must sit 8n rows apart (one swizzle)");
 
-  const T* base;
-  const T* ptr[kPer];  // the chunk's source at k-tile 0
-  int soff[kPer];      // its shared-memory offset in elements
-  int rlim[kPer];      // KMAJOR: 1 when the row exists; else: valid elements of the chunk (0..8)
-  int kidx[kPer];      // k of the chunk's first element at k-tile 0
-  int64_t kstep;       // how far a chunk's source moves per k-tile
+  const T* base;    // a readable address for the zero-byte copies
+  const T* ptr;     // source of the thread's first chunk at k-tile 0
+  int64_t step;     // source distance between the thread's chunks (kRowStep tile rows)
+  int64_t kstep;    // how far a chunk's source moves per k-tile
+  int soff;         // shared-memory offset (elements) of the first chunk
+  int kidx;         // k of the first chunk's first element at k-tile 0
   int K;
+  uint32_t rows_ok;  // KMAJOR: bit i set when chunk i's row r exists (r < R)
+  int rlim;          // not KMAJOR: valid elements (0..8) of every chunk (one r range)
 
   __device__ __forceinline__ TileLoader(const T* src, int64_t ld, int R, int K_, int r0, int tid)
-      : base(src), kstep(KMAJOR ? kBK : kBK * ld), K(K_) {
+      : base(src), step(kRowStep * ld), kstep(KMAJOR ? kBK : kBK * ld), K(K_), rows_ok(0),
+        rlim(0) {
+    const int row = tid / Tile::kChunks, chunk = tid % Tile::kChunks;
+    soff = Tile::offset(row, chunk);
+    if constexpr (KMAJOR) {  // row = r within the tile, chunk = 8 k's
+      const int r = r0 + row;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      int q = tid + i * THREADS;
-      int row = q / Tile::kChunks, chunk = q % Tile::kChunks;
-      soff[i] = Tile::offset(row, chunk);
-      if constexpr (KMAJOR) {  // row = r within the tile, chunk = 8 k's
-        int r = r0 + row;
-        rlim[i] = r < R;
-        kidx[i] = chunk * 8;
-        ptr[i] = src + int64_t(r) * ld + chunk * 8;
-      } else {  // row = k, chunk = 8 r's
-        int r = r0 + chunk * 8;
-        rlim[i] = max(0, min(8, R - r));
-        kidx[i] = row;
-        ptr[i] = src + int64_t(row) * ld + r;
-      }
+      for (int i = 0; i < kPer; ++i) rows_ok |= uint32_t(r + i * kRowStep < R) << i;
+      kidx = chunk * 8;
+      ptr = src + int64_t(r) * ld + chunk * 8;
+    } else {  // row = k, chunk = 8 r's
+      const int r = r0 + chunk * 8;
+      rlim = max(0, min(8, R - r));
+      kidx = row;
+      ptr = src + int64_t(row) * ld + r;
     }
   }
 
-  // Issue the copies of k-tile kt into the stage at shared address `stage`.
-  __device__ __forceinline__ void load(uint32_t stage, int kt) const {
+  // Issue the copies of this thread's chunks first .. first + count - 1 of k-tile kt into the
+  // stage at shared address `stage` (the mainloop spreads a k-tile's copies over its k slices).
+  __device__ __forceinline__ void load(uint32_t stage, int kt, int first = 0,
+                                       int count = kPer) const {
+    const T* p = ptr + kt * kstep;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      int k = kt * kBK + kidx[i];
-      int n = KMAJOR ? (rlim[i] ? max(0, min(8, K - k)) : 0) : (k < K ? rlim[i] : 0);
-      const T* src = n ? ptr[i] + kt * kstep : base;  // nothing is read when n == 0
-      cp_async16(stage + soff[i] * 2, src, n * 2);
+    for (int i = first; i < first + count; ++i) {
+      int n;
+      if constexpr (KMAJOR) {
+        const int k = kt * kBK + kidx;
+        n = (rows_ok >> i) & 1 ? max(0, min(8, K - k)) : 0;
+      } else {
+        n = kt * kBK + kidx + i * kRowStep < K ? rlim : 0;
+      }
+      const T* src = n ? p + i * step : base;  // nothing is read when n == 0
+      cp_async16(stage + (soff + i * kRowStep * kCols) * 2, src, n * 2);
     }
   }
 };
@@ -214,12 +234,18 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
   constexpr int kBM = C::kBM, kBN = C::kBN, kStages = C::kStages;
   constexpr int kWM = C::kWM, kWN = C::kWN, kMI = C::kMI, kNI = C::kNI;
   constexpr int kAElems = kBM * kBK, kBElems = kBN * kBK;
+  static_assert(kKSlices % 2 == 0, "the slice after the last of a k-tile reuses buffer 0");
   const uint32_t sA = smem_addr(smem), sB = sA + kStages * kAElems * 2;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
   TileLoader<T, A_KMAJOR, kBM, C::kThreads> la(a, lda, M, K, m0, tid);
   TileLoader<T, B_KMAJOR, kBN, C::kThreads> lb(b, ldb, N, K, n0, tid);
+  // Each k slice of the mainloop issues kAPer + kBPer of this thread's copies of a later k-tile.
+  constexpr int kAPer = decltype(la)::kPer / kKSlices, kBPer = decltype(lb)::kPer / kKSlices;
+  static_assert(kAPer * kKSlices == decltype(la)::kPer && kBPer * kKSlices == decltype(lb)::kPer,
+                "copies must split evenly over the k slices");
+  static_assert(kStages >= 3, "a k-tile reads two stages while the third is refilled");
 
   float acc[kMI][kNI][4];
 #pragma unroll
@@ -229,6 +255,36 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
 
+  // The fragments of one k16 slice from the stage at (a_st, b_st): af[mi] is A's 16 x 16 block
+  // mi, bf[ni] B's 16 x 8 block ni.
+  auto load_frags = [&](uint32_t (&af)[kMI][4], uint32_t (&bf)[kNI][2], uint32_t a_st,
+                        uint32_t b_st, int kk) {
+#pragma unroll
+    for (int mi = 0; mi < kMI; ++mi)
+      ldmatrix_x4<!A_KMAJOR>(af[mi], a_st + a_frag_offset<C, A_KMAJOR>(lane, wm, mi, kk) * 2);
+#pragma unroll
+    for (int np = 0; np < kNI / 2; ++np) {
+      uint32_t r[4];
+      ldmatrix_x4<!B_KMAJOR>(r, b_st + b_frag_offset<C, B_KMAJOR>(lane, wn, np, kk) * 2);
+      bf[2 * np][0] = r[0];
+      bf[2 * np][1] = r[1];
+      bf[2 * np + 1][0] = r[2];
+      bf[2 * np + 1][1] = r[3];
+    }
+  };
+
+  // Pipeline. Commit group j holds the copies of k-tile j (empty past the last), one group per
+  // k-tile, so cp_async_wait<kStages - 2> after j + kStages - 1 commits means k-tile j landed.
+  // Per k-tile kt (stage kt % kStages):
+  //   every slice:      a 1/kKSlices share of the copies that refill stage (kt - 1) % kStages
+  //                     with k-tile kt + kStages - 1, then the ldmatrix of the next slice, then
+  //                     the mma of this one;
+  //   slice kKSlices-1: after the last share, the commit; then wait for k-tile kt + 1 and
+  //                     barrier before reading its slice 0.
+  // The barrier of k-tile kt - 1 came after every read of stage (kt - 1) % kStages (its last
+  // slices, read by ldmatrix issued before that barrier), and during k-tile kt only stages
+  // kt % kStages and (kt + 1) % kStages are read (kStages >= 3), so the refill overwrites
+  // nothing still to be read; and it is the only barrier per k-tile.
   const int KT = (K + kBK - 1) / kBK;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -238,39 +294,43 @@ __device__ __forceinline__ void mma_block_tile(const T* a, int64_t lda, const T*
     }
     cp_async_commit();  // empty groups keep the group count in step with the k-tiles
   }
+  cp_async_wait<kStages - 2>();  // k-tile 0 has landed (this thread's copies)
+  __syncthreads();               // everyone's have
 
+  uint32_t af[2][kMI][4], bf[2][kNI][2];  // fragments of slices with even / odd index
+  // With K = 0 (KT = 0) this reads shared memory that no copy wrote and no mma uses.
+  load_frags(af[0], bf[0], sA, sB, 0);
+
+  int rd = 0;                 // stage of k-tile kt
+  int wr = kStages - 1;       // stage of k-tile kt + kStages - 1 = stage of k-tile kt - 1
   for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<kStages - 2>();  // this thread's copies of k-tile kt have landed
-    __syncthreads();               // everyone's have, and everyone is done with k-tile kt - 1
-    const int next = kt + kStages - 1;
-    if (next < KT) {  // refill the stage k-tile kt - 1 used
-      la.load(sA + (next % kStages) * kAElems * 2, next);
-      lb.load(sB + (next % kStages) * kBElems * 2, next);
-    }
-    cp_async_commit();
-
-    const uint32_t a_st = sA + (kt % kStages) * kAElems * 2;
-    const uint32_t b_st = sB + (kt % kStages) * kBElems * 2;
+    const uint32_t a_st = sA + rd * kAElems * 2, b_st = sB + rd * kBElems * 2;
+    const int rd_next = rd + 1 == kStages ? 0 : rd + 1;
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      uint32_t af[kMI][4], bf[kNI][2];
-#pragma unroll
-      for (int mi = 0; mi < kMI; ++mi)
-        ldmatrix_x4<!A_KMAJOR>(af[mi], a_st + a_frag_offset<C, A_KMAJOR>(lane, wm, mi, kk) * 2);
-#pragma unroll
-      for (int np = 0; np < kNI / 2; ++np) {
-        uint32_t r[4];
-        ldmatrix_x4<!B_KMAJOR>(r, b_st + b_frag_offset<C, B_KMAJOR>(lane, wn, np, kk) * 2);
-        bf[2 * np][0] = r[0];
-        bf[2 * np][1] = r[1];
-        bf[2 * np + 1][0] = r[2];
-        bf[2 * np + 1][1] = r[3];
+    for (int kk = 0; kk < kKSlices; ++kk) {
+      const int next = kt + kStages - 1;
+      if (next < KT) {
+        la.load(sA + wr * kAElems * 2, next, kk * kAPer, kAPer);
+        lb.load(sB + wr * kBElems * 2, next, kk * kBPer, kBPer);
+      }
+      if (kk + 1 < kKSlices) {
+        load_frags(af[(kk + 1) & 1], bf[(kk + 1) & 1], a_st, b_st, kk + 1);
+      } else {
+        cp_async_commit();
+        cp_async_wait<kStages - 2>();  // this thread's copies of k-tile kt + 1 have landed
+        __syncthreads();  // everyone's have; everyone has read stage kt up to its last slice
+        // Slice 0 of k-tile kt + 1. After the last k-tile this reads a stage with no copies in
+        // flight (none are issued past k-tile KT - 1) into fragments that no mma uses.
+        load_frags(af[(kk + 1) & 1], bf[(kk + 1) & 1], sA + rd_next * kAElems * 2,
+                   sB + rd_next * kBElems * 2, 0);
       }
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < kNI; ++ni) mma16816<T>(acc[mi][ni], af[mi], bf[ni]);
+        for (int ni = 0; ni < kNI; ++ni) mma16816<T>(acc[mi][ni], af[kk & 1][mi], bf[kk & 1][ni]);
     }
+    rd = rd_next;
+    wr = wr + 1 == kStages ? 0 : wr + 1;
   }
   cp_async_wait<0>();
 

@@ -6,15 +6,17 @@
 // and are read in place.
 //
 // bf16 / fp16: a tensor-core GEMM with fp32 accumulation, output rounded to the input dtype.
-//   - Block tile 128 (M) x 256 (N) x 32 (K), 8 warps as 2 x 4, each warp owns 64 x 64 of C:
+//   - Block tile 128 (M) x 256 (N) x 64 (K), 8 warps as 2 x 4, each warp owns 64 x 64 of C:
 //     4 x 8 mma.sync.m16n8k16 per 16-wide K step, fed by ldmatrix.x4 (ldmatrix.trans for an
-//     operand whose rows, not K, are contiguous in memory). When that tile would leave SMs idle
-//     (fewer tiles than SMs), a 128 x 128 tile (warps of 64 x 32, two blocks per SM) runs instead.
-//   - Shared memory is filled by 16-byte cp.async in a 4-stage ring (96 KB per block, 64 KB for
-//     the small tile), so three k-tiles are in flight while the warps multiply the fourth. Each
-//     tile is stored in 16-byte chunks with an XOR swizzle of the chunk index, so the 8 row
-//     addresses of one ldmatrix phase, and the 8 chunks one cp.async phase writes, fall in 8
-//     distinct bank groups.
+//     operand whose rows, not K, are contiguous in memory). The fragments are double-buffered in
+//     registers: the ldmatrix of the next K step is issued before the mma of this one. When that
+//     tile would leave SMs idle (fewer tiles than SMs), a 128 x 128 tile (4 warps of 64 x 64,
+//     two blocks per SM) runs instead.
+//   - Shared memory is filled by 16-byte cp.async in a 4-stage ring (192 KB per block; 3 stages,
+//     96 KB, for the small tile), so three k-tiles are in flight while the warps multiply the
+//     fourth, with one barrier per k-tile. Each tile is stored in 16-byte chunks with an XOR
+//     swizzle of the chunk index, so the 8 row addresses of one ldmatrix phase, and the 8 chunks
+//     one cp.async phase writes, fall in 8 distinct bank groups.
 //   - Both layouts of each operand are template parameters: A with K contiguous (row-major) or
 //     M contiguous (a transposed view), B with N contiguous (row-major) or K contiguous.
 //     cp.async needs 16-byte aligned sources, so an operand whose other stride is not a multiple
