@@ -66,11 +66,12 @@ def matmul_checked(a, b, ra, rb, dtype):
     return out
 
 
-# (M, K, N). The last two have more 128 x 256 tiles than an H100/H200 has SMs, so they run the
+# (M, K, N). The last three have more 128 x 256 tiles than an H100/H200 has SMs, so they run the
 # big tile config (the others the small one), with tails in M, N and K; (2000, 136, 2104) keeps
-# every leading dim a multiple of 8, so all four layouts are read in place.
+# every leading dim a multiple of 8, so all four layouts are read in place; (2000, 1000, 2104)
+# has more k-tiles than pipeline stages, so the big tile's stages wrap around.
 SHAPES = [(1, 1, 1), (3, 5, 7), (127, 129, 131), (256, 512, 64), (1000, 1023, 17), (129, 72, 264),
-          (300, 1000, 600), (2000, 100, 2100), (2000, 136, 2104)]
+          (300, 1000, 600), (2000, 100, 2100), (2000, 136, 2104), (2000, 1000, 2104)]
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
