@@ -15,7 +15,8 @@
 // logits, targets, lse, g_lse} same attrs -> {dlogits}. One difference: lse is float32 for 16-bit
 // logits (float64 for float64), since the backward recomputes p from it and a bf16 lse would put
 // an error of |lse| 2^-9 into every probability; the backward accepts lse and g_lse in either
-// dtype. loss has the logits' dtype, as in torch.
+// dtype. loss has the same accumulation dtype (float32 for 16-bit logits), as torch's autocast
+// computes cross-entropy in float32: a bf16 loss near 10 would be rounded to 0.06.
 //
 // Kernels. A target check first: one block reads every target, finds the first one that is
 // neither a class nor ignore_index, and counts the rows not ignored (the count stays on the GPU
@@ -140,7 +141,7 @@ template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
 // One row lane per row: lse[n], and the row's loss into row_loss (A, for the reductions) or
 // loss_out (T, reduction "none"); the other pointer is null.
 template <typename T, int W, typename I>
-__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, T* __restrict__ loss_out,
+__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out,
                                      acc_t<T>* __restrict__ lse, const T* __restrict__ logits,
                                      const I* __restrict__ targets, int64_t N, int64_t V, int64_t ignore,
                                      acc_t<T> eps) {
@@ -182,7 +183,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
         if (eps > A(0)) loss += eps * (l - SX / A(V));
       }
       if (row_loss) row_loss[r] = loss;
-      else loss_out[r] = convert<T>(loss);
+      else loss_out[r] = loss;
     }
   }
 }
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
 // loss[0] = sum_n row_loss[n] (sum) or that over the count of rows not ignored (mean). One block;
 // each thread adds a fixed stride of rows, then a fixed tree: the same order every run.
 template <typename T>
-__global__ void reduce_loss_kernel(T* __restrict__ loss, const acc_t<T>* __restrict__ row_loss,
+__global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* __restrict__ row_loss,
                                    const int64_t* __restrict__ info, int64_t N, bool mean) {
   using A = acc_t<T>;
   __shared__ A part[kCheckThreads / 32];
@@ -203,7 +204,7 @@ __global__ void reduce_loss_kernel(T* __restrict__ loss, const acc_t<T>* __restr
     A total = part[0];
     for (int w = 1; w < int(blockDim.x / 32); ++w) total += part[w];
     // 0/0 gives NaN when every target is ignored (or N == 0), as torch does.
-    loss[0] = convert<T>(mean ? total / A(info[1]) : total);
+    loss[0] = mean ? total / A(info[1]) : total;
   }
 }
 
@@ -224,7 +225,7 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
   const double eps = a.f("label_smoothing", 0.0);
   const DType ad = acc_dtype(logits.dtype());
   Tensor lse = Tensor::empty({N}, ad, logits.device());
-  Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, logits.dtype(), logits.device());
+  Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, ad, logits.device());
   set_device(logits, op);
   Tensor info = check_targets(targets, V, ignore, op);
   Tensor row_loss = Tensor::empty({red == Reduction::None ? 0 : N}, ad, logits.device());
@@ -232,7 +233,7 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
     using T = scalar_t;
     using A = acc_t<T>;
     A* prl = red == Reduction::None ? nullptr : row_loss.data<A>();
-    T* pout = red == Reduction::None ? loss.data<T>() : nullptr;
+    A* pout = red == Reduction::None ? loss.data<A>() : nullptr;
     if (N > 0) {
       dispatch_targets(targets, [&](auto* pt) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
@@ -249,7 +250,7 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
       check_launch(op);
     }
     if (red != Reduction::None) {
-      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<T>(), prl, info.data<int64_t>(), N,
+      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
                                                   red == Reduction::Mean);
       check_launch(op);
     }
@@ -263,7 +264,7 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
 // g is g_loss: (N,) for "none", else a scalar scaled by 1 (sum) or 1 / count (mean).
 template <typename T, int W, typename I>
 __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* __restrict__ logits,
-                                              const I* __restrict__ targets, const T* __restrict__ g,
+                                              const I* __restrict__ targets, const acc_t<T>* __restrict__ g,
                                               const acc_t<T>* __restrict__ lse,
                                               const acc_t<T>* __restrict__ g_lse,
                                               const int64_t* __restrict__ info, int64_t N, int64_t V,
@@ -300,18 +301,18 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
 Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy_backward";
   cpu::expect_inputs(in, 5, 5, op);
-  cpu::expect_same_dtype(in[1], in[0], op, "gradient");
-  for (int i : {3, 4})
-    LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ", i == 3 ? "lse" : "lse gradient",
+  for (int i : {0, 3, 4})
+    LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ", i == 0 ? "loss gradient" : i == 3 ? "lse" : "lse gradient",
              " must be floating-point, got ", dtype_name(in[i].dtype()));
   check_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
-  Tensor g = ops::contiguous(in[0]), logits = ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
+  Tensor logits = ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
   const int64_t N = logits.size(0), V = logits.size(1);
-  LS_CHECK(g.numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
-           ValueError, op, ": gradients of shapes ", shape_str(g.shape()), " and ",
+  LS_CHECK(in[0].numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
+           ValueError, op, ": gradients of shapes ", shape_str(in[0].shape()), " and ",
            shape_str(in[4].shape()), " do not match N = ", N);
   const DType ad = acc_dtype(logits.dtype());
+  Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
   Tensor lse = ops::contiguous(in[3].dtype() == ad ? in[3] : ops::to_dtype(in[3], ad));
   Tensor g_lse = ops::contiguous(in[4].dtype() == ad ? in[4] : ops::to_dtype(in[4], ad));
   const int64_t ignore = a.i("ignore_index", -100);
@@ -326,7 +327,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
     dispatch_targets(targets, [&](auto* pt) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
-        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<T>(), lse.data<A>(),
+        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))

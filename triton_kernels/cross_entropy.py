@@ -119,7 +119,7 @@ def cross_entropy_forward(inputs, attrs):
         loss = row_loss.sum()
     else:  # 0 / 0 = NaN when every target is ignored, as torch
         loss = row_loss.sum() / (targets != ignore).sum()
-    return [loss.to(logits.dtype), lse]
+    return [loss.to(stat_dtype(logits.dtype)), lse]  # float32 for 16-bit logits, like lse
 
 
 def cross_entropy_backward(inputs, attrs):
