@@ -1,5 +1,6 @@
 """The README's headline table from a compare_backends results.csv: per op and pass, at its
-largest measured shape in one dtype, each backend's % of the ceiling and speed relative to torch.
+largest measured shape in one dtype (ops measured only in another dtype, such as the float32
+AdamW step, at their own), each backend's % of the ceiling and speed relative to torch.
 
     python bench/headline.py bench/results/nvidia-h200/results.csv --dtype bfloat16
 """
@@ -21,19 +22,22 @@ def main():
     ap.add_argument("csv")
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
-    rows = [r for r in csv.DictReader(open(args.csv)) if r["dtype"] == args.dtype and r["ms"]]
+    every = [r for r in csv.DictReader(open(args.csv)) if r["ms"]]
+    wanted = {r["op"] for r in every if r["dtype"] == args.dtype}
+    rows = [r for r in every if r["dtype"] == args.dtype or r["op"] not in wanted]
     impls = sorted({r["impl"] for r in rows} - {"torch"})
     largest = {}
     for r in rows:
         key = (r["op"], r["pass_"])
         if key not in largest or shape_size(r["shape"]) > shape_size(largest[key]):
             largest[key] = r["shape"]
-    head = ["op", "pass", "shape", "torch % of ceiling"] + [f"{i} % / vs torch" for i in impls]
+    head = ["op", "pass", "shape", "dtype", "torch % of ceiling"] + [f"{i} % / vs torch" for i in impls]
     print("| " + " | ".join(head) + " |")
-    print("|---|---|---|" + "---:|" * (len(head) - 3))
+    print("|---|---|---|---|" + "---:|" * (len(head) - 4))
     for (op, pass_), shape in largest.items():
         cell = {r["impl"]: r for r in rows if (r["op"], r["pass_"], r["shape"]) == (op, pass_, shape)}
-        out = [op, pass_, shape, f"{float(cell['torch']['pct']):.0f}%" if "torch" in cell else "-"]
+        dtype = next(iter(cell.values()))["dtype"]
+        out = [op, pass_, shape, dtype, f"{float(cell['torch']['pct']):.0f}%" if "torch" in cell else "-"]
         for i in impls:
             r = cell.get(i)
             out.append(f"{float(r['pct']):.0f}% / {float(r['speedup']):.2f}x" if r else "-")

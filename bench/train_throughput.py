@@ -189,8 +189,9 @@ def main():
     print("\n".join(table))
     print(summary)
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        commit = os.environ.get("COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         with open(args.out, "w") as f:
             f.write(f"# Training throughput, {args.preset}, {where}\n\n")
             f.write(f"- date: {datetime.date.today()}\n- commit: {commit}\n")
