@@ -419,6 +419,62 @@ def moe(device, dtype, T, C, H, E, k):
                registry_op="grouped_matmul", keep=(td1, td2))
 
 
+def dropout(device, dtype, R, C):
+    """Timing and the kept fraction: the mask is Philox's, so there is no float64 reference; the
+    error column is |kept fraction - (1 - p)| / (1 - p) (exactness against the CPU mask is tested)."""
+    x, tx, _ = _pair((R, C), dtype, device)
+    size = R * C * _es(dtype)
+
+    def kept(out):
+        t = out if isinstance(out, torch.Tensor) else torch.from_dlpack(out)
+        return torch.tensor([float((t != 0).float().mean())], dtype=torch.float64)
+    case = Case("dropout", "fwd", f"{R}x{C}", dtype, 2 * size, "GB/s", lambda: F.dropout(x, 0.1),
+                lambda: tF.dropout(tx, 0.1), ref=torch.tensor([0.9], dtype=torch.float64),
+                flops=2 * R * C, keep=(x,))
+    case._out = kept
+    yield case
+
+
+def cumsum(device, dtype, R, C):
+    x, tx, x64 = _pair((R, C), dtype, device)
+    size = R * C * _es(dtype)
+    yield Case("cumsum", "fwd", f"{R}x{C}", dtype, 2 * size, "GB/s", lambda: F.cumsum(x, -1),
+               lambda: torch.cumsum(tx, -1), ref=torch.cumsum(x64, -1), flops=R * C, keep=(x,))
+
+
+def topk(device, dtype, R, C, k):
+    """Routing-sized top-k (values; the indices are compared in the tests)."""
+    x, tx, x64 = _pair((R, C), dtype, device)
+    yield Case("topk", "fwd", f"{R}x{C} k{k}", dtype, R * C * _es(dtype), "GB/s",
+               lambda: F.topk(x, k)[0], lambda: torch.topk(tx, k)[0], ref=torch.topk(x64, k)[0],
+               flops=R * C, keep=(x,))
+
+
+def sort(device, dtype, R, C):
+    x, tx, x64 = _pair((R, C), dtype, device)
+    size = R * C * _es(dtype)
+    yield Case("sort", "fwd", f"{R}x{C}", dtype, 2 * size, "GB/s", lambda: F.sort(x)[0],
+               lambda: torch.sort(tx)[0], ref=torch.sort(x64)[0], flops=R * C * max(1, int(math.log2(C))),
+               keep=(x,))
+
+
+def index_select(device, dtype, V, C, N):
+    w, tw, w64 = _pair((V, C), dtype, device)
+    ids = ls.randint(0, V, (N,), device=device)
+    tids = torch.from_dlpack(ids)
+    yield Case("index_select", "fwd", f"{V}x{C} N{N}", dtype, 2 * N * C * _es(dtype), "GB/s",
+               lambda: F.index_select(w, 0, ids), lambda: torch.index_select(tw, 0, tids),
+               ref=torch.index_select(w64, 0, tids), flops=0, keep=(w, ids))
+
+
+def cat(device, dtype, R, C):
+    parts = [_pair((R, C // 4 * (i + 1)), dtype, device) for i in range(3)]
+    size = sum(p[0].numel() for p in parts) * _es(dtype)
+    yield Case("cat", "fwd", f"{R}x({C // 4},{C // 2},{3 * C // 4})", dtype, 2 * size, "GB/s",
+               lambda: F.cat([p[0] for p in parts], -1), lambda: torch.cat([p[1] for p in parts], -1),
+               ref=torch.cat([p[2] for p in parts], -1), flops=0, keep=[p[0] for p in parts])
+
+
 # ---- the sweep -----------------------------------------------------------------------------------
 
 
@@ -440,6 +496,12 @@ def sweep(device, dtype, quick):
             ("adamw", adamw, [(1 << 20, 8)] if quick else [(1 << 24, 50)]),
             ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 25)]),
             ("moe", moe, [(256, 64, 128, 8, 2)] if quick else [(2048, 256, 512, 8, 2)]),
+            ("dropout", dropout, rows[:1]),
+            ("cumsum", cumsum, rows[:1]),
+            ("topk", topk, [(4096, 64, 2)] if quick else [(16384, 64, 2), (1024, 4096, 50)]),
+            ("sort", sort, [(256, 1024)] if quick else [(4096, 1024)]),
+            ("index_select", index_select, [(4096, 256, 2048)] if quick else [(32768, 768, 8192)]),
+            ("cat", cat, rows[:1]),
         ]
     r = 16384 * 4 // big  # 256 MB at C = 4096
     rows = [(1024, 1024)] if quick else [(16384, 768), (r, 4096)]
@@ -457,6 +519,12 @@ def sweep(device, dtype, quick):
         ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 26)]),
         ("moe", moe, [] if dtype == "float32" else
          ([(2048, 512, 1024, 8, 2)] if quick else [(16384, 1024, 4096, 8, 2)])),
+        ("dropout", dropout, rows[-1:]),
+        ("cumsum", cumsum, [(1024, 1024)] if quick else [(16384, 4096)]),
+        ("topk", topk, [(4096, 64, 2)] if quick else [(16384, 64, 2), (16384, 4096, 50)]),
+        ("sort", sort, [(256, 1024)] if quick else [(16384, 1024)]),
+        ("index_select", index_select, [(4096, 256, 2048)] if quick else [(50304, 768, 16384)]),
+        ("cat", cat, rows[-1:]),
     ]
 
 
