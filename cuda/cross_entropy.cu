@@ -30,6 +30,7 @@
 // materialised. Backward: one read of the logits and one write of dlogits, from the saved lse.
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "rows.cuh"
 
@@ -39,32 +40,8 @@ namespace {
 
 using namespace rows;
 
-enum class Reduction { None, Sum, Mean };
-
-Reduction parse_reduction(const std::string& r, const char* op) {
-  if (r == "mean") return Reduction::Mean;
-  if (r == "sum") return Reduction::Sum;
-  if (r == "none") return Reduction::None;
-  throw ValueError(::ls::cat(op, ": reduction must be 'mean', 'sum' or 'none', got '", r, "'"));
-}
-
-void check_args(const Tensor& logits, const Tensor& targets, const std::string& reduction,
-                double label_smoothing) {
-  LS_CHECK(logits.defined() && targets.defined(), ValueError,
-           "cross_entropy: logits and targets must not be None");
-  LS_CHECK(is_floating(logits.dtype()), TypeError,
-           "cross_entropy: logits must be floating-point, got ", dtype_name(logits.dtype()));
-  LS_CHECK(targets.dtype() == DType::Int32 || targets.dtype() == DType::Int64, TypeError,
-           "cross_entropy: targets must be int32 or int64, got ", dtype_name(targets.dtype()));
-  LS_CHECK(logits.dim() == 2 && targets.dim() == 1 && logits.size(0) == targets.size(0), ValueError,
-           "cross_entropy: expected logits (N, V) and targets (N,), got ",
-           shape_str(logits.shape()), " and ", shape_str(targets.shape()));
-  LS_CHECK(logits.size(1) > 0 || logits.size(0) == 0, ValueError,
-           "cross_entropy: logits of shape ", shape_str(logits.shape()), " have no classes");
-  parse_reduction(reduction, "cross_entropy");
-  LS_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
-           "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
-}
+using ops::parse_reduction;
+using ops::Reduction;
 
 // ---- target check ----
 
@@ -217,7 +194,7 @@ void dispatch_targets(const Tensor& t, F&& f) {
 Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy";
   cpu::expect_inputs(in, 2, 2, op);
-  check_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  ops::check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   Tensor logits = ops::contiguous(in[0]), targets = ops::contiguous(in[1]);
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
@@ -304,7 +281,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   for (int i : {0, 3, 4})
     LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ", i == 0 ? "loss gradient" : i == 3 ? "lse" : "lse gradient",
              " must be floating-point, got ", dtype_name(in[i].dtype()));
-  check_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  ops::check_cross_entropy_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
   Tensor logits = ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
   const int64_t N = logits.size(0), V = logits.size(1);

@@ -43,6 +43,7 @@
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "gemm_tile.cuh"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 
 namespace ls::cuda {
@@ -232,19 +233,7 @@ Tensor for_tensor_cores(const Tensor& x, bool is_b) {
   return view;
 }
 
-// Fold all leading dims of x (..., R, C) into rows when they are uniformly strided (as on the CPU).
-bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
-  int64_t nd = x.dim();
-  rows = x.shape()[nd - 2];
-  row_stride = x.strides()[nd - 2];
-  for (int64_t d = nd - 3; d >= 0; --d) {
-    if (x.shape()[d] == 1) continue;
-    if (x.strides()[d] != rows * row_stride && rows != 1) return false;
-    if (rows == 1) row_stride = x.strides()[d];
-    rows *= x.shape()[d];
-  }
-  return true;
-}
+using ops::fold_rows;  // the CPU kernel's rule (cpp/ops/matmul.cpp)
 
 // Batch dims of the output with each operand's strides (0 where it broadcasts), adjacent dims
 // merged when both operands allow it.

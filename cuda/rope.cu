@@ -13,6 +13,7 @@
 // (leading, head) in a fixed order, accumulating in float32 (float64 for float64), so the result
 // is deterministic; parallelism is T * HS/2 threads.
 #include "core/registry.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
 
@@ -105,21 +106,6 @@ unsigned grid_1d(int64_t n) {
   return unsigned(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), int64_t(1) << 20));
 }
 
-void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
-  LS_CHECK(x.defined() && cos.defined() && sin.defined(), ValueError, op,
-           ": x, cos and sin are required");
-  LS_CHECK(x.dim() >= 3, ValueError, op, ": x must be (..., T, NH, HS), got shape ", shape_str(x.shape()));
-  LS_CHECK(cos.dtype() == x.dtype() && sin.dtype() == x.dtype(), TypeError, op,
-           ": cos and sin must have x's dtype ", dtype_name(x.dtype()), ", got ",
-           dtype_name(cos.dtype()), " and ", dtype_name(sin.dtype()));
-  const int64_t T = x.size(-3), HS = x.size(-1);
-  LS_CHECK(HS % 2 == 0, ValueError, op, ": head size HS must be even, got ", HS, " (x shape ",
-           shape_str(x.shape()), ")");
-  const Shape want{T, HS / 2};
-  LS_CHECK(cos.shape() == want && sin.shape() == want, ValueError, op,
-           ": cos and sin must be (T, HS/2) = ", shape_str(want), " for x of shape ",
-           shape_str(x.shape()), ", got ", shape_str(cos.shape()), " and ", shape_str(sin.shape()));
-}
 
 template <int G, typename T>
 void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& out, int64_t rows,
@@ -130,7 +116,7 @@ void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& ou
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
   LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
-  check_rope(in[0], in[1], in[2], "rope");
+  ops::check_rope(in[0], in[1], in[2], "rope", false);
   Tensor x = ops::contiguous(in[0]), cs = ops::contiguous(in[1]), sn = ops::contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false), interleaved = attrs.b("interleaved", false);
   const int64_t T_ = x.size(-3), NH = x.size(-2), HS = x.size(-1), half = HS / 2;

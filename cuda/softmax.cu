@@ -20,6 +20,7 @@
 // then the write), the second time mostly from L1/L2.
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "rows.cuh"
 
@@ -29,18 +30,8 @@ namespace {
 
 using namespace rows;
 
-struct Layout {
-  int64_t O = 1, N = 1, I = 1;
-};
-
-Layout layout_of(const Shape& shape, int64_t dim) {
-  Layout l;
-  if (shape.empty()) return l;  // a 0-d tensor is one row of one element
-  for (int64_t d = 0; d < dim; ++d) l.O *= shape[d];
-  l.N = shape[dim];
-  for (int64_t d = dim + 1; d < int64_t(shape.size()); ++d) l.I *= shape[d];
-  return l;
-}
+using ops::row_layout;
+using Layout = ops::RowLayout;
 
 // Running (max, sum of exp(v - max)) of one thread, updated with V values at a time.
 template <typename A>
@@ -131,7 +122,7 @@ Tensors softmax_forward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = Log ? "log_softmax" : "softmax";
   cpu::expect_inputs(in, 1, 1, op);
   Tensor x = ops::contiguous(in[0]);
-  Layout l = layout_of(x.shape(), wrap_dim(a.i("dim"), x.dim(), op));
+  Layout l = row_layout(x.shape(), wrap_dim(a.i("dim"), x.dim(), op));
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return {y};
   set_device(x, op);
@@ -219,7 +210,7 @@ Tensors softmax_backward_cuda(const Tensors& in, const Attrs& a) {
   Tensor y = ops::contiguous(in[0]), g = ops::contiguous(in[1]);
   LS_CHECK(y.shape() == g.shape(), ValueError, op, ": gradient of shape ", shape_str(g.shape()),
            " does not match the output shape ", shape_str(y.shape()));
-  Layout l = layout_of(y.shape(), wrap_dim(a.i("dim"), y.dim(), op));
+  Layout l = row_layout(y.shape(), wrap_dim(a.i("dim"), y.dim(), op));
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   if (y.numel() == 0) return {dx};
   set_device(y, op);

@@ -10,6 +10,7 @@
 // gradients in the same pass (16-byte packs, vec_map.cuh); memory-bound.
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
 
@@ -46,17 +47,10 @@ struct SwigluBackwardB {  // in = {g, a} -> {db}
   }
 };
 
-void check_args(const Tensor& a, const Tensor& b) {
-  LS_CHECK(is_floating(a.dtype()) && a.dtype() == b.dtype(), TypeError,
-           "swiglu: needs two floating-point inputs of one dtype, got ", dtype_name(a.dtype()),
-           " and ", dtype_name(b.dtype()));
-  LS_CHECK(a.shape() == b.shape(), ValueError, "swiglu: shapes ", shape_str(a.shape()), " and ",
-           shape_str(b.shape()), " differ (both halves must have the same shape)");
-}
 
 Tensors swiglu_forward(const Tensors& in, const Attrs&) {
   cpu::expect_inputs(in, 2, 2, "swiglu");
-  check_args(in[0], in[1]);
+  ops::check_swiglu_args(in[0], in[1]);
   Tensor a = ops::contiguous(in[0]), b = ops::contiguous(in[1]);
   Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
   set_device(a, "swiglu");
@@ -70,7 +64,7 @@ Tensors swiglu_forward(const Tensors& in, const Attrs&) {
 
 Tensors swiglu_backward(const Tensors& in, const Attrs& attrs) {
   cpu::expect_inputs(in, 3, 3, "swiglu_backward");
-  check_args(in[1], in[2]);
+  ops::check_swiglu_args(in[1], in[2]);
   cpu::expect_same_dtype(in[1], in[0], "swiglu_backward", "gradient");
   LS_CHECK(in[0].shape() == in[1].shape(), ValueError, "swiglu_backward: shapes of g ",
            shape_str(in[0].shape()), ", a ", shape_str(in[1].shape()), " and b ",

@@ -25,13 +25,10 @@
 #include "cpu_loops.h"
 #include "cpu_math.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
-
-namespace {
-
-enum class Reduction { None, Sum, Mean };
 
 Reduction parse_reduction(const std::string& r, const char* op) {
   if (r == "mean") return Reduction::Mean;
@@ -39,6 +36,28 @@ Reduction parse_reduction(const std::string& r, const char* op) {
   if (r == "none") return Reduction::None;
   throw ValueError(::ls::cat(op, ": reduction must be 'mean', 'sum' or 'none', got '", r, "'"));
 }
+
+// Validation shared by the typed wrapper and the kernels of every backend (call() reaches them
+// directly).
+void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
+                              const std::string& reduction, double label_smoothing) {
+  LS_CHECK(logits.defined() && targets.defined(), ValueError,
+           "cross_entropy: logits and targets must not be None");
+  LS_CHECK(is_floating(logits.dtype()), TypeError,
+           "cross_entropy: logits must be floating-point, got ", dtype_name(logits.dtype()));
+  LS_CHECK(targets.dtype() == DType::Int32 || targets.dtype() == DType::Int64, TypeError,
+           "cross_entropy: targets must be int32 or int64, got ", dtype_name(targets.dtype()));
+  LS_CHECK(logits.dim() == 2 && targets.dim() == 1 && logits.size(0) == targets.size(0), ValueError,
+           "cross_entropy: expected logits (N, V) and targets (N,), got ",
+           shape_str(logits.shape()), " and ", shape_str(targets.shape()));
+  LS_CHECK(logits.size(1) > 0 || logits.size(0) == 0, ValueError,
+           "cross_entropy: logits of shape ", shape_str(logits.shape()), " have no classes");
+  parse_reduction(reduction, "cross_entropy");
+  LS_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
+           "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+}
+
+namespace {
 
 // Targets as int64 (a copy only for int32), after checking every one is a class or ignored.
 std::vector<int64_t> checked_targets(const Tensor& targets, int64_t V, int64_t ignore_index,
@@ -60,28 +79,10 @@ std::vector<int64_t> checked_targets(const Tensor& targets, int64_t V, int64_t i
   return out;
 }
 
-// Validation shared by the typed wrapper and the kernel (which call() can reach directly).
-void check_args(const Tensor& logits, const Tensor& targets, const std::string& reduction,
-                double label_smoothing) {
-  LS_CHECK(logits.defined() && targets.defined(), ValueError,
-           "cross_entropy: logits and targets must not be None");
-  LS_CHECK(is_floating(logits.dtype()), TypeError,
-           "cross_entropy: logits must be floating-point, got ", dtype_name(logits.dtype()));
-  LS_CHECK(targets.dtype() == DType::Int32 || targets.dtype() == DType::Int64, TypeError,
-           "cross_entropy: targets must be int32 or int64, got ", dtype_name(targets.dtype()));
-  LS_CHECK(logits.dim() == 2 && targets.dim() == 1 && logits.size(0) == targets.size(0), ValueError,
-           "cross_entropy: expected logits (N, V) and targets (N,), got ",
-           shape_str(logits.shape()), " and ", shape_str(targets.shape()));
-  LS_CHECK(logits.size(1) > 0 || logits.size(0) == 0, ValueError,
-           "cross_entropy: logits of shape ", shape_str(logits.shape()), " have no classes");
-  parse_reduction(reduction, "cross_entropy");
-  LS_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
-           "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
-}
 
 Tensors cross_entropy_forward(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 2, 2, "cross_entropy");
-  check_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   Tensor logits = contiguous(in[0]);
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
@@ -129,7 +130,7 @@ Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy_backward";
   cpu::expect_inputs(in, 5, 5, op);
   for (int i : {0, 3, 4}) cpu::expect_same_dtype(in[1], in[i], op, i == 3 ? "lse" : "gradient");
-  check_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  check_cross_entropy_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   Tensor g = contiguous(in[0]), logits = contiguous(in[1]);
   Tensor lse = contiguous(in[3]), g_lse = contiguous(in[4]);
   const int64_t N = logits.size(0), V = logits.size(1);
@@ -175,7 +176,7 @@ Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                      const std::string& reduction, double label_smoothing) {
-  check_args(logits, targets, reduction, label_smoothing);
+  check_cross_entropy_args(logits, targets, reduction, label_smoothing);
   return call("cross_entropy", {logits, targets},
               {{"ignore_index", ignore_index}, {"reduction", reduction},
                {"label_smoothing", label_smoothing}})[0];

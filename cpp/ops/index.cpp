@@ -29,9 +29,30 @@
 #include <algorithm>
 
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
+
+void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
+                          const Tensor* src) {
+  LS_CHECK(index.dim() == x.dim(), ValueError, op, ": index must have as many dimensions as the "
+           "input, got index of shape ", shape_str(index.shape()), " and input of shape ",
+           shape_str(x.shape()));
+  for (int64_t d = 0; d < x.dim(); ++d)
+    LS_CHECK(d == dim || index.shape()[d] <= x.shape()[d], ValueError, op, ": index of shape ",
+             shape_str(index.shape()), " must be no larger than the input of shape ",
+             shape_str(x.shape()), " apart from dimension ", dim);
+  if (src) {
+    LS_CHECK(src->dim() == x.dim(), ValueError, op, ": src must have as many dimensions as the "
+             "input, got src of shape ", shape_str(src->shape()), " and input of shape ",
+             shape_str(x.shape()));
+    for (int64_t d = 0; d < x.dim(); ++d)
+      LS_CHECK(index.shape()[d] <= src->shape()[d], ValueError, op, ": index of shape ",
+               shape_str(index.shape()), " must be no larger than src of shape ",
+               shape_str(src->shape()));
+  }
+}
 
 namespace {
 
@@ -163,22 +184,7 @@ Tensors index_select_backward_cpu(const Tensors& in, const Attrs& a) {
 Tensor checked_scatter_index(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
                              const Tensor* src) {
   LS_CHECK(index.defined(), TypeError, op, ": index is None");
-  LS_CHECK(index.dim() == x.dim(), ValueError, op, ": index must have as many dimensions as the "
-           "input, got index of shape ", shape_str(index.shape()), " and input of shape ",
-           shape_str(x.shape()));
-  for (int64_t d = 0; d < x.dim(); ++d)
-    LS_CHECK(d == dim || index.shape()[d] <= x.shape()[d], ValueError, op, ": index of shape ",
-             shape_str(index.shape()), " must be no larger than the input of shape ",
-             shape_str(x.shape()), " apart from dimension ", dim);
-  if (src) {
-    LS_CHECK(src->dim() == x.dim(), ValueError, op, ": src must have as many dimensions as the "
-             "input, got src of shape ", shape_str(src->shape()), " and input of shape ",
-             shape_str(x.shape()));
-    for (int64_t d = 0; d < x.dim(); ++d)
-      LS_CHECK(index.shape()[d] <= src->shape()[d], ValueError, op, ": index of shape ",
-               shape_str(index.shape()), " must be no larger than src of shape ",
-               shape_str(src->shape()));
-  }
+  check_scatter_shapes(op, x, dim, index, src);
   return checked_index(index, x.dim() ? x.shape()[dim] : 1, op, dim);
 }
 

@@ -6,13 +6,13 @@
 #include "core/error.h"
 #include "cpu_loops.h"
 #include "gemm_cpu.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
 
-namespace {
-
-// Fold all leading dims of x (..., R, C) into rows when they are uniformly strided.
+// Fold all leading dims of x (..., R, C) into rows when they are uniformly strided (shared with
+// the CUDA kernel).
 bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
   int64_t nd = x.dim();
   rows = x.shape()[nd - 2];
@@ -25,6 +25,9 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
   }
   return true;
 }
+
+namespace {
+
 
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,

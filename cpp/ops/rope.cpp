@@ -14,13 +14,13 @@
 #include <vector>
 
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
 
-namespace {
-
-// cpu_kernel: the CPU kernels' dtypes (float32/float64); other backends also take 16-bit floats.
+// Validation shared by the typed wrapper and the kernels of every backend. cpu_kernel: the CPU
+// kernels' dtypes (float32/float64); other backends also take 16-bit floats.
 void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,
                 bool cpu_kernel) {
   LS_CHECK(x.defined() && cos.defined() && sin.defined(), ValueError, op,
@@ -44,6 +44,9 @@ void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const cha
   LS_CHECK(cos.device() == x.device() && sin.device() == x.device(), ValueError, op,
            ": x, cos and sin must be on one device");
 }
+
+namespace {
+
 
 // Where the two members of pair i live inside one head row of HS channels.
 struct PairLayout {

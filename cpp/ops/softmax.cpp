@@ -22,26 +22,25 @@
 #include "cpu_loops.h"
 #include "cpu_math.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
 
-namespace {
-
-constexpr int64_t kBlock = 64;  // rows per task in the column kernels
-
-struct Layout {
-  int64_t O = 1, N = 1, I = 1;
-};
-
-Layout layout_of(const Shape& shape, int64_t dim) {
-  Layout l;
+RowLayout row_layout(const Shape& shape, int64_t dim) {
+  RowLayout l;
   if (shape.empty()) return l;  // a 0-d tensor is one row of one element
   for (int64_t d = 0; d < dim; ++d) l.O *= shape[d];
   l.N = shape[dim];
   for (int64_t d = dim + 1; d < int64_t(shape.size()); ++d) l.I *= shape[d];
   return l;
 }
+
+namespace {
+
+constexpr int64_t kBlock = 64;  // rows per task in the column kernels
+
+using Layout = RowLayout;
 
 // ---- forward ----
 
@@ -113,7 +112,7 @@ Tensors softmax_forward(const Tensors& in, const Attrs& a) {
   const char* op = Log ? "log_softmax" : "softmax";
   cpu::expect_inputs(in, 1, 1, op);
   Tensor x = contiguous(in[0]);
-  Layout l = layout_of(x.shape(), wrap_dim(a.i("dim"), x.dim(), op));
+  Layout l = row_layout(x.shape(), wrap_dim(a.i("dim"), x.dim(), op));
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return {y};
   DISPATCH_FLOAT(x.dtype(), op, {
@@ -174,7 +173,7 @@ Tensors softmax_backward(const Tensors& in, const Attrs& a) {
   Tensor y = contiguous(in[0]), g = contiguous(in[1]);
   LS_CHECK(y.shape() == g.shape(), ValueError, op, ": gradient of shape ", shape_str(g.shape()),
            " does not match the output shape ", shape_str(y.shape()));
-  Layout l = layout_of(y.shape(), wrap_dim(a.i("dim"), y.dim(), op));
+  Layout l = row_layout(y.shape(), wrap_dim(a.i("dim"), y.dim(), op));
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   if (y.numel() == 0) return {dx};
   DISPATCH_FLOAT(y.dtype(), op, {

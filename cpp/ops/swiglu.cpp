@@ -13,14 +13,13 @@
 #include "cpu_loops.h"
 #include "cpu_math.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
 
-namespace {
-
-// Validation shared by the typed wrapper and the kernel (which call() can reach directly).
-void check_args(const Tensor& a, const Tensor& b) {
+// Validation shared by the typed wrapper and the kernels of every backend.
+void check_swiglu_args(const Tensor& a, const Tensor& b) {
   LS_CHECK(a.defined() && b.defined(), ValueError, "swiglu: inputs must not be None");
   LS_CHECK(is_floating(a.dtype()) && a.dtype() == b.dtype(), TypeError,
            "swiglu: needs two floating-point inputs of one dtype, got ", dtype_name(a.dtype()),
@@ -29,9 +28,12 @@ void check_args(const Tensor& a, const Tensor& b) {
            shape_str(b.shape()), " differ (both halves must have the same shape)");
 }
 
+namespace {
+
+
 Tensors swiglu_forward(const Tensors& in, const Attrs&) {
   cpu::expect_inputs(in, 2, 2, "swiglu");
-  check_args(in[0], in[1]);
+  check_swiglu_args(in[0], in[1]);
   Tensor a = contiguous(in[0]), b = contiguous(in[1]);
   Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
   DISPATCH_FLOAT(a.dtype(), "swiglu", {
@@ -48,7 +50,7 @@ Tensors swiglu_forward(const Tensors& in, const Attrs&) {
 
 Tensors swiglu_backward(const Tensors& in, const Attrs& attrs) {
   cpu::expect_inputs(in, 3, 3, "swiglu_backward");
-  check_args(in[1], in[2]);
+  check_swiglu_args(in[1], in[2]);
   cpu::expect_same_dtype(in[1], in[0], "swiglu_backward", "gradient");
   Tensor g = contiguous(in[0]), a = contiguous(in[1]), b = contiguous(in[2]);
   LS_CHECK(g.shape() == a.shape() && a.shape() == b.shape(), ValueError,
@@ -87,7 +89,7 @@ Tensors swiglu_backward(const Tensors& in, const Attrs& attrs) {
 }  // namespace
 
 Tensor swiglu(const Tensor& a, const Tensor& b) {
-  check_args(a, b);
+  check_swiglu_args(a, b);
   return call1("swiglu", {a, b});
 }
 

@@ -1,0 +1,37 @@
+// Argument parsing and validation that an op's CPU and CUDA implementations share, so both raise
+// the same errors for the same bad input (the definitions live in the op's cpp/ops/<stem>.cpp).
+#pragma once
+#include <string>
+
+#include "core/tensor.h"
+
+namespace ls::ops {
+
+// cross_entropy.cpp
+enum class Reduction { None, Sum, Mean };
+Reduction parse_reduction(const std::string& r, const char* op);
+void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
+                              const std::string& reduction, double label_smoothing);
+
+// swiglu.cpp: two floating-point halves of one dtype and shape.
+void check_swiglu_args(const Tensor& a, const Tensor& b);
+
+// rope.cpp. cpu_kernel: also require the CPU kernels' dtypes (float32/float64).
+void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,
+                bool cpu_kernel);
+
+// softmax.cpp: x viewed as (O, N, I) around the softmax dim (O before it, I after it).
+struct RowLayout {
+  int64_t O = 1, N = 1, I = 1;
+};
+RowLayout row_layout(const Shape& shape, int64_t dim);
+
+// matmul.cpp: fold all leading dims of x (..., R, C) into rows when they are uniformly strided.
+bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride);
+
+// index.cpp: the shape rules of gather/scatter_add (index no larger than x, and src, apart from
+// dim).
+void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
+                          const Tensor* src);
+
+}  // namespace ls::ops
