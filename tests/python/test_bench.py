@@ -47,3 +47,9 @@ def test_train_throughput_quick(tmp_path):
           "--out", str(report)], tmp_path)
     text = report.read_text()
     assert "| llmscratch |" in text and "eager" in text
+
+
+def test_sanitizer_workload_dry_run(tmp_path):
+    """The racecheck workload's calls, on the CPU in float32 (its GPU run is gpu_suite's)."""
+    assert "every kernel family ran on cpu" in _run(
+        ["sanitize_kernels.py", "--device", "cpu", "--dtypes", "float32"], tmp_path)
