@@ -117,15 +117,9 @@ __global__ void index_select_kernel(U* __restrict__ out, const U* __restrict__ x
 }
 
 Tensors index_select_cuda(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), TypeError,
-           "index_select: expected (x, index)");
+  const int64_t dim = ops::check_index_select_args(in, a);
   const Tensor& x0 = in[0];
   const Tensor& index = in[1];
-  LS_CHECK(index.dim() <= 1, ValueError, "index_select: index must be 0-d or 1-D, got shape ",
-           shape_str(index.shape()));
-  int64_t dim = wrap_dim(a.i("dim"), x0.dim(), "index_select");
-  LS_CHECK(x0.dim() > 0 || index.numel() == 1, IndexError, "index_select: indexing a 0-d tensor "
-           "needs exactly one index, got ", index.numel());
   Tensor x = ops::contiguous(x0.dim() ? x0 : ops::reshape(x0, {1}));
   const int64_t n = x.shape()[dim], m = index.numel();
   Tensor idx = checked_index(index, n, "index_select", dim);

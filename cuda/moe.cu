@@ -49,6 +49,7 @@
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "gemm_tile.cuh"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 
 namespace ls::cuda {
@@ -187,16 +188,9 @@ moe_permute_kernel(const I* __restrict__ ids, int64_t N, int64_t k, int E, int64
 }
 
 Tensors moe_permute_cuda(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "moe_permute: expected 1 input, got ",
-           in.size());
+  const int64_t E = ops::check_moe_permute_args(in, a);
   const Tensor& ids0 = in[0];
-  LS_CHECK(ids0.dtype() == DType::Int32 || ids0.dtype() == DType::Int64, TypeError,
-           "moe_permute: expert_ids must be int32 or int64, got ", dtype_name(ids0.dtype()));
-  LS_CHECK(ids0.dim() == 2, ValueError, "moe_permute: expert_ids must have shape (N, k), got ",
-           shape_str(ids0.shape()));
-  const int64_t E = a.i("n_experts");
   const int64_t cap = a.i("capacity", -1);
-  LS_CHECK(E > 0, ValueError, "moe_permute: n_experts must be positive, got ", E);
   LS_CHECK(E <= kMaxExperts, ValueError, "moe_permute: the CUDA kernel takes up to ", kMaxExperts,
            " experts, got ", E);
   const int64_t N = ids0.shape()[0], k = ids0.shape()[1], A = N * k;

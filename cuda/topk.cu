@@ -16,6 +16,7 @@
 
 #include "core/registry.h"
 #include "elementwise.cuh"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "order_keys.cuh"
 #include "sort.cuh"
@@ -106,15 +107,11 @@ __global__ void topk_small_kernel(const T* __restrict__ x, T* __restrict__ value
 }
 
 Tensors topk_cuda(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "topk: expected one input tensor, got ",
-           in.size());
+  const int64_t dim = ops::check_topk_args(in, a);
   const Tensor& x = in[0];
-  int64_t k = a.i("k");
-  bool largest = a.b("largest", true);
-  int64_t dim = wrap_dim(a.i("dim", -1), x.dim(), "topk");
+  const int64_t k = a.i("k");
+  const bool largest = a.b("largest", true);
   const int64_t n = x.dim() ? x.shape()[dim] : 1;
-  LS_CHECK(k >= 0 && k <= n, IndexError, "topk: k = ", k, " is out of range for dimension ", dim,
-           " of size ", n, " (input shape ", shape_str(x.shape()), ")");
   const int64_t last = std::max<int64_t>(x.dim(), 1) - 1;
   Tensor xt = ops::contiguous(x.dim() ? ops::transpose(x, dim, last) : ops::reshape(x, {1}));
   Shape shape = xt.shape();

@@ -31,16 +31,10 @@ namespace ls::ops {
 
 namespace {
 
+using cpu::gemm;
+
 constexpr int64_t kBlockRows = 64;  // query rows per task / score block
 
-template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t rsa, int64_t csa,
-          const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    cpu::sgemm(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
-  else
-    cpu::dgemm(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
-}
 
 void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                      const char* op) {

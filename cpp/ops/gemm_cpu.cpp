@@ -120,8 +120,8 @@ void micro_kernel(int64_t kc, const T* a, const T* b, T* acc) {
 }
 
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t rsa, int64_t csa,
-          const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
+void packed_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t rsa, int64_t csa,
+                 const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
   using BL = Blocking<T>;
   constexpr int MR = BL::MR, NR = BL::NR;
   if (M == 0 || N == 0) return;
@@ -190,13 +190,13 @@ void gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t rsa, int
 
 void sgemm(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
            const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc) {
-  gemm<float>(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
+  packed_gemm<float>(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
 }
 
 void dgemm(int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t rsa,
            int64_t csa, const double* B, int64_t rsb, int64_t csb, double beta, double* C,
            int64_t ldc) {
-  gemm<double>(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
+  packed_gemm<double>(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
 }
 
 }  // namespace ls::cpu

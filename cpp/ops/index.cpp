@@ -54,6 +54,19 @@ void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Te
   }
 }
 
+int64_t check_index_select_args(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), TypeError,
+           "index_select: expected (x, index)");
+  const Tensor& x0 = in[0];
+  const Tensor& index = in[1];
+  LS_CHECK(index.dim() <= 1, ValueError, "index_select: index must be 0-d or 1-D, got shape ",
+           shape_str(index.shape()));
+  int64_t dim = wrap_dim(a.i("dim"), x0.dim(), "index_select");
+  LS_CHECK(x0.dim() > 0 || index.numel() == 1, IndexError, "index_select: indexing a 0-d tensor "
+           "needs exactly one index, got ", index.numel());
+  return dim;
+}
+
 namespace {
 
 // The index as dense int64, after checking dtype and range.
@@ -88,16 +101,10 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
 // ---- index_select -------------------------------------------------------------------------
 
 Tensors index_select_forward_cpu(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), TypeError,
-           "index_select: expected (x, index)");
+  const int64_t dim = check_index_select_args(in, a);
   const Tensor& x0 = in[0];
   const Tensor& index = in[1];
-  LS_CHECK(index.dim() <= 1, ValueError, "index_select: index must be 0-d or 1-D, got shape ",
-           shape_str(index.shape()));
-  int64_t dim = wrap_dim(a.i("dim"), x0.dim(), "index_select");
-  // A 0-d x behaves as shape (1,) and comes back 0-d (so index must hold a single 0).
-  LS_CHECK(x0.dim() > 0 || index.numel() == 1, IndexError, "index_select: indexing a 0-d tensor "
-           "needs exactly one index, got ", index.numel());
+  // A 0-d x behaves as shape (1,) and comes back 0-d (so index holds a single 0).
   Tensor x = contiguous(x0.dim() ? x0 : reshape(x0, {1}));
   const int64_t n = x.shape()[dim], m = index.numel();
   Tensor idx = checked_index(index, n, "index_select", dim);

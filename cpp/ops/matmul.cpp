@@ -28,16 +28,6 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
 
 namespace {
 
-
-template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
-          int64_t rsb, int64_t csb, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    cpu::sgemm(M, N, K, 1.f, A, rsa, csa, B, rsb, csb, 0.f, C, ldc);
-  else
-    cpu::dgemm(M, N, K, 1.0, A, rsa, csa, B, rsb, csb, 0.0, C, ldc);
-}
-
 Tensors matmul_cpu(const Tensors& in, const Attrs&) {
   const Tensor& a = in[0];
   const Tensor& b = in[1];
@@ -57,7 +47,8 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
     T* pc = out.data<T>();
     int64_t rows, rs;
     if (b.dim() == 2 && fold_rows(a, rows, rs)) {  // (..., M, K) @ (K, N): one GEMM
-      gemm<T>(rows, N, K, pa, rs, a.strides().back(), pb, b.strides()[0], b.strides()[1], pc, N);
+      cpu::gemm<T>(rows, N, K, T(1), pa, rs, a.strides().back(), pb, b.strides()[0], b.strides()[1],
+                   T(0), pc, N);
       return Tensors{out};
     }
     Shape sa = cpu::broadcast_strides(a, out_shape), sb = cpu::broadcast_strides(b, out_shape);
@@ -70,8 +61,8 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
         oa += idx * sa[d];
         ob += idx * sb[d];
       }
-      gemm<T>(M, N, K, pa + oa, a.strides()[a.dim() - 2], a.strides()[a.dim() - 1], pb + ob,
-              b.strides()[b.dim() - 2], b.strides()[b.dim() - 1], pc + i * M * N, N);
+      cpu::gemm<T>(M, N, K, T(1), pa + oa, a.strides()[a.dim() - 2], a.strides()[a.dim() - 1],
+                   pb + ob, b.strides()[b.dim() - 2], b.strides()[b.dim() - 1], T(0), pc + i * M * N, N);
     };
     // Many small matrices: one per thread. Few large ones: the GEMM parallelises inside.
     if (nbatch >= num_threads() && M * N * K < (int64_t(1) << 24)) {

@@ -47,20 +47,24 @@
 #include "cpu_loops.h"
 #include "gemm_cpu.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
 
-namespace {
-
-template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
-          int64_t rsb, int64_t csb, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    cpu::sgemm(M, N, K, 1.f, A, rsa, csa, B, rsb, csb, 0.f, C, ldc);
-  else
-    cpu::dgemm(M, N, K, 1.0, A, rsa, csa, B, rsb, csb, 0.0, C, ldc);
+int64_t check_moe_permute_args(const Tensors& in, const Attrs& a) {
+  cpu::expect_inputs(in, 1, 1, "moe_permute");
+  const Tensor& ids0 = in[0];
+  LS_CHECK(ids0.dtype() == DType::Int32 || ids0.dtype() == DType::Int64, TypeError,
+           "moe_permute: expert_ids must be int32 or int64, got ", dtype_name(ids0.dtype()));
+  LS_CHECK(ids0.dim() == 2, ValueError, "moe_permute: expert_ids must have shape (N, k), got ",
+           shape_str(ids0.shape()));
+  const int64_t E = a.i("n_experts");
+  LS_CHECK(E > 0, ValueError, "moe_permute: n_experts must be positive, got ", E);
+  return E;
 }
+
+namespace {
 
 void expect_index(const Tensor& t, const char* op, const char* what) {
   LS_CHECK(t.dtype() == DType::Int64, TypeError, op, ": ", what, " must be int64, got ",
@@ -86,15 +90,9 @@ Tensor checked_offsets(const Tensor& offsets, int64_t E, int64_t rows, const cha
 // ---- moe_permute -------------------------------------------------------------------------------
 
 Tensors moe_permute_cpu(const Tensors& in, const Attrs& a) {
-  cpu::expect_inputs(in, 1, 1, "moe_permute");
+  const int64_t E = check_moe_permute_args(in, a);
   const Tensor& ids0 = in[0];
-  LS_CHECK(ids0.dtype() == DType::Int32 || ids0.dtype() == DType::Int64, TypeError,
-           "moe_permute: expert_ids must be int32 or int64, got ", dtype_name(ids0.dtype()));
-  LS_CHECK(ids0.dim() == 2, ValueError, "moe_permute: expert_ids must have shape (N, k), got ",
-           shape_str(ids0.shape()));
-  const int64_t E = a.i("n_experts");
   const int64_t cap = a.i("capacity", -1);
-  LS_CHECK(E > 0, ValueError, "moe_permute: n_experts must be positive, got ", E);
   const int64_t N = ids0.shape()[0], k = ids0.shape()[1], A = N * k;
   Tensor ids = contiguous(to_dtype(ids0, DType::Int64));
   const int64_t* pe = ids.data<int64_t>();
@@ -176,7 +174,8 @@ Tensors grouped_matmul_cpu(const Tensors& in, const Attrs& a) {
       const int64_t r0 = po[e], rows = po[e + 1] - po[e];
       if (rows == 0) continue;
       // px + r0 * K points at x[r0, :]; pw + e * stride0 at w[e]
-      gemm<T>(rows, N, K, px + r0 * K, K, 1, pw + e * w.strides()[0], rsb, csb, py + r0 * N, N);
+      cpu::gemm<T>(rows, N, K, T(1), px + r0 * K, K, 1, pw + e * w.strides()[0], rsb, csb, T(0),
+                   py + r0 * N, N);
     }
     std::fill(py + po[E] * N, py + M * N, T(0));  // dropped rows
   });
@@ -210,7 +209,7 @@ Tensors grouped_matmul_weight_grad_cpu(const Tensors& in, const Attrs&) {
         continue;
       }
       // a[seg]^T: element (p, m) at pa[(r0 + m) * P + p] -> row stride 1, column stride P
-      gemm<T>(P, Q, rows, pa + r0 * P, 1, P, pb + r0 * Q, Q, 1, de, Q);
+      cpu::gemm<T>(P, Q, rows, T(1), pa + r0 * P, 1, P, pb + r0 * Q, Q, 1, T(0), de, Q);
     }
   });
   return {dw};

@@ -3,7 +3,7 @@
 #pragma once
 #include <string>
 
-#include "core/tensor.h"
+#include "core/registry.h"
 
 namespace ls::ops {
 
@@ -33,5 +33,15 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride);
 // dim).
 void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
                           const Tensor* src);
+
+// index.cpp: index_select's inputs (x, index 0-d or 1-D; a 0-d x takes exactly one index);
+// returns the wrapped dim.
+int64_t check_index_select_args(const Tensors& in, const Attrs& a);
+
+// topk.cpp: one input and 0 <= k <= the size of dim; returns the wrapped dim.
+int64_t check_topk_args(const Tensors& in, const Attrs& a);
+
+// moe.cpp: expert_ids (N, k) int32/int64 and n_experts > 0; returns n_experts.
+int64_t check_moe_permute_args(const Tensors& in, const Attrs& a);
 
 }  // namespace ls::ops

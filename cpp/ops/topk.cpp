@@ -16,28 +16,37 @@
 #include <numeric>
 
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 #include "ordering.h"
 
 namespace ls::ops {
 
+int64_t check_topk_args(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "topk: expected one input tensor, got ",
+           in.size());
+  const Tensor& x = in[0];
+  const int64_t k = a.i("k");
+  const int64_t dim = wrap_dim(a.i("dim", -1), x.dim(), "topk");
+  const int64_t n = x.dim() ? x.shape()[dim] : 1;
+  LS_CHECK(k >= 0 && k <= n, IndexError, "topk: k = ", k, " is out of range for dimension ", dim,
+           " of size ", n, " (input shape ", shape_str(x.shape()), ")");
+  return dim;
+}
+
 namespace {
 
 Tensors topk_forward_cpu(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 1 && in[0].defined(), TypeError, "topk: expected one input tensor, got ",
-           in.size());
+  const int64_t dim = check_topk_args(in, a);
   const Tensor& x = in[0];
   if (x.dtype() == DType::BFloat16 || x.dtype() == DType::Float16) {
     // 16-bit floats are ordered through float32, which holds their values exactly.
     Tensors r = topk_forward_cpu({to_dtype(x, DType::Float32)}, a);
     return {to_dtype(r[0], x.dtype()), r[1]};
   }
-  int64_t k = a.i("k");
-  bool largest = a.b("largest", true);
-  int64_t dim = wrap_dim(a.i("dim", -1), x.dim(), "topk");
+  const int64_t k = a.i("k");
+  const bool largest = a.b("largest", true);
   const int64_t n = x.dim() ? x.shape()[dim] : 1;
-  LS_CHECK(k >= 0 && k <= n, IndexError, "topk: k = ", k, " is out of range for dimension ", dim,
-           " of size ", n, " (input shape ", shape_str(x.shape()), ")");
   const int64_t last = std::max<int64_t>(x.dim(), 1) - 1;
   Tensor xt = contiguous(x.dim() ? transpose(x, dim, last) : reshape(x, {1}));
   Shape shape = xt.shape();

@@ -217,8 +217,8 @@ def test_bias_balances_without_aux_loss():
         moe(x)
         loads.append(moe.metrics()["max_mean_load"])
         moe.update_bias()
-    # A sign step of fixed size settles into a small cycle around balance, not onto it (over 40
-    # seeds the last 20 steps averaged at most 1.33 and peaked at most 1.39, from at least 3.98).
+    # A sign step of fixed size settles into a small cycle around balance, not onto it, so the
+    # bound is on the last steps' mean with room for the cycle's peaks.
     assert loads[0] > 2.5
     assert np.mean(loads[-20:]) < 1.5 and max(loads[-20:]) < 1.75, (loads[0], loads[-20:])
     # The router weights never moved: the bias alone did it, and it is a saved buffer.

@@ -166,11 +166,15 @@ class MoE(nn.Module):
         if self._stats is None:
             return {}
         counts, offsets, n_assign = self._stats
-        c = [int(v) for v in counts.cpu().numpy().tolist()]
-        kept = int(offsets.cpu().numpy()[-1])
+        # One device-to-host copy for all of them (the trainer logs these every step).
+        parts = [counts, offsets[-1:], self.aux_loss.detach().reshape(1), self.z_loss.detach().reshape(1)]
+        host = ls.cat([t.to(dtype=ls.float64) for t in parts]).cpu().numpy()
+        E = counts.shape[0]
+        c = [int(v) for v in host[:E]]
+        kept, aux, z = int(host[E]), float(host[E + 1]), float(host[E + 2])
         mean = sum(c) / len(c)
         return {"tokens_per_expert": c, "max_mean_load": max(c) / mean if mean else 0.0,
-                "aux_loss": self.aux_loss.item(), "z_loss": self.z_loss.item(),
+                "aux_loss": aux, "z_loss": z,
                 "dropped_fraction": 1.0 - kept / n_assign if n_assign else 0.0}
 
     def extra_repr(self):

@@ -63,7 +63,7 @@ def test_mixed_precision_trainer_keeps_fp32_master_weights(tmp_path):
     assert all(p.dtype == ls.bfloat16 for p in model.parameters())
     history = trainer.fit()
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
-    assert 0 < history[-1]["mfu"] < 1 or "mfu" not in history[-1]
+    assert "mfu" not in history[-1] or 0 < history[-1]["mfu"] < 1  # absent for a GPU without a known peak
     masters = [s["master"] for s in trainer.optimizer.state.values()]
     assert masters and all(m.dtype == ls.float32 for m in masters)
     for p in model.parameters():  # the bf16 weights are the rounded master weights
