@@ -10,10 +10,13 @@
 // Shapes: any; inputs are made contiguous and mapped elementwise with 16-byte packs
 // (vec_map.cuh). Registry ops: "gelu" {x} attr approximate -> {y};
 // "gelu_backward" {g, x} attr approximate -> {dx}. Memory-bound: one read (two for the
-// backward) and one write per element.
+// backward) and one write per element. The constants come from cpp/ops/gelu.h (shared with the
+// CPU kernels); the tanh form's sigmoid is vec_map.cuh's (exp2f and the approximate reciprocal
+// in float: with the accurate expf and division, 16-bit gelu was compute-bound).
 #include <string>
 
 #include "core/registry.h"
+#include "ops/gelu.h"
 #include "ops/kernel_checks.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
@@ -22,18 +25,15 @@ namespace ls::cuda {
 
 namespace {
 
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
-constexpr double kTanhCoef = 0.044715;
+using namespace gelu_math;
 
-template <typename A> __device__ __forceinline__ A sigmoid(A z) { return A(1) / (A(1) + exp(-z)); }
-
+// TanhForm as a template parameter: each kernel carries only its own form's code (the erfc of
+// the exact form would otherwise set the register count of the tanh form too).
+template <bool TanhForm>
 struct GeluForward {
-  bool tanh_form;
   template <typename A> __device__ void operator()(const A (&x)[1], A (&y)[1]) const {
     const A v = x[0];
-    if (tanh_form) {
+    if constexpr (TanhForm) {
       const A u = A(kSqrt2OverPi) * (v + A(kTanhCoef) * v * v * v);
       y[0] = v * sigmoid(A(2) * u);
     } else {
@@ -42,11 +42,11 @@ struct GeluForward {
   }
 };
 
+template <bool TanhForm>
 struct GeluBackward {  // x = {g, x}
-  bool tanh_form;
   template <typename A> __device__ void operator()(const A (&in)[2], A (&y)[1]) const {
     const A g = in[0], v = in[1];
-    if (tanh_form) {
+    if constexpr (TanhForm) {
       const A u = A(kSqrt2OverPi) * (v + A(kTanhCoef) * v * v * v);
       const A du = A(kSqrt2OverPi) * (A(1) + A(3 * kTanhCoef) * v * v);
       const A s = sigmoid(A(2) * u);
@@ -59,13 +59,6 @@ struct GeluBackward {  // x = {g, x}
   }
 };
 
-bool tanh_form(const Attrs& a, const char* op) {
-  std::string approx = a.s("approximate", "none");
-  LS_CHECK(approx == "none" || approx == "tanh", ValueError, op,
-           ": approximate must be 'none' or 'tanh', got '", approx, "'");
-  return approx == "tanh";
-}
-
 Tensors gelu_forward(const Tensors& in, const Attrs& attrs) {
   cpu::expect_inputs(in, 1, 1, "gelu");
   const bool tf = tanh_form(attrs, "gelu");
@@ -73,8 +66,9 @@ Tensors gelu_forward(const Tensors& in, const Attrs& attrs) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   set_device(x, "gelu");
   CUDA_DISPATCH_FLOAT(x.dtype(), "gelu", {
-    launch_map(GeluForward{tf}, MapArgs<scalar_t, 1, 1>{{cptr<scalar_t>(x)}, {mptr<scalar_t>(y)}},
-               x.numel(), "gelu");
+    const MapArgs<scalar_t, 1, 1> args{{cptr<scalar_t>(x)}, {mptr<scalar_t>(y)}};
+    if (tf) launch_map(GeluForward<true>{}, args, x.numel(), "gelu");
+    else launch_map(GeluForward<false>{}, args, x.numel(), "gelu");
   });
   return {y};
 }
@@ -89,9 +83,9 @@ Tensors gelu_backward(const Tensors& in, const Attrs& attrs) {
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   set_device(x, "gelu_backward");
   CUDA_DISPATCH_FLOAT(x.dtype(), "gelu_backward", {
-    launch_map(GeluBackward{tf},
-               MapArgs<scalar_t, 2, 1>{{cptr<scalar_t>(g), cptr<scalar_t>(x)}, {mptr<scalar_t>(dx)}},
-               x.numel(), "gelu_backward");
+    const MapArgs<scalar_t, 2, 1> args{{cptr<scalar_t>(g), cptr<scalar_t>(x)}, {mptr<scalar_t>(dx)}};
+    if (tf) launch_map(GeluBackward<true>{}, args, x.numel(), "gelu_backward");
+    else launch_map(GeluBackward<false>{}, args, x.numel(), "gelu_backward");
   });
   return {dx};
 }

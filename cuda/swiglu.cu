@@ -18,7 +18,7 @@ namespace ls::cuda {
 
 namespace {
 
-template <typename A> __device__ __forceinline__ A sigmoid(A z) { return A(1) / (A(1) + exp(-z)); }
+// sigmoid: vec_map.cuh's, shared with silu and gelu.
 
 struct SwigluForward {  // in = {a, b}
   template <typename A> __device__ void operator()(const A (&in)[2], A (&y)[1]) const {

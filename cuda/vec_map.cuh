@@ -1,11 +1,13 @@
 // A dense elementwise map with 16-byte loads and stores, shared by the activation kernels
-// (gelu, silu, swiglu and their backwards): NI input arrays and NO output arrays of one element
+// (gelu, silu, swiglu and their backwards) and the dense float path of the unary ops (exp, ...),
+// with the sigmoid those activations use: NI input arrays and NO output arrays of one element
 // type T and n elements each, all contiguous; out_k[i] = op(in_0[i], ..., in_{NI-1}[i])_k.
 //
 // Why not for_each_dense (elementwise.cuh): it issues one scalar load per element, which left
 // 16-bit kernels at 50-72% of the copy bandwidth (bench/notes_cuda_elementwise.md). Here each
-// thread moves one 16-byte pack per array (4 float32, 8 bf16/fp16, 2 float64) per iteration of a
-// grid-stride loop, so a warp issues 512-byte transactions and the element conversions amortise.
+// thread moves 16-byte packs (4 float32, 8 bf16/fp16, 2 float64), kBatch<NI> packs per array per
+// iteration of a grid-stride loop (all loaded before any math), so a warp issues 512-byte
+// transactions, a thread keeps about 64 bytes of loads in flight, and the conversions amortise.
 // When any pointer is not 16-byte aligned (a view with an odd offset made contiguous elsewhere),
 // the same kernel runs with packs of one element. The last n % pack elements form a scalar tail.
 // The op computes in acc_t<T> (float for 16-bit and float32, double for float64).
@@ -27,6 +29,19 @@ struct MapArgs {
   T* out[NO];
 };
 
+// sigmoid(z) = 1 / (1 + exp(-z)) for the activation ops. In float: exp(-z) as exp2f(-z log2 e)
+// (one MUFU.EX2, 2 ulp) and the reciprocal as the approximate division (one MUFU.RCP, 2 ulp),
+// against some 25 instructions for expf and an IEEE division: the accurate pair made the 16-bit
+// gelu and silu (8 elements per 16-byte load) compute-bound. The relative error stays at a few
+// ulp of float32 (the rounding of z log2 e adds |z| 2^-24, as the rounding of z itself already
+// does for expf), far inside the float32 tolerance of 1e-5 and invisible after rounding to 16
+// bits. Where 1 + exp(-z) exceeds 2^126 (z < -87.3) the result is 0 instead of a value below
+// 1e-38. float64 keeps the exact formula.
+__device__ __forceinline__ float sigmoid(float z) {
+  return __fdividef(1.0f, 1.0f + exp2f(-1.44269504088896340736f * z));
+}
+__device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
+
 // One element through the op: loads convert to the compute type, results round back to T.
 template <typename T, int NI, int NO, typename Op>
 __device__ __forceinline__ void map_one(const Op& op, const MapArgs<T, NI, NO>& a, int64_t i) {
@@ -39,29 +54,55 @@ __device__ __forceinline__ void map_one(const Op& op, const MapArgs<T, NI, NO>& 
   for (int k = 0; k < NO; ++k) a.out[k][i] = convert<T>(y[k]);
 }
 
+// Packs per thread and iteration: a batch of kBatch<NI> packs of every input is loaded before
+// any math, so each thread keeps about 64 bytes of loads in flight. With one pack per thread, a
+// one-input map (exp, gelu, silu) had only 16 bytes in flight per thread, under what the H200
+// needs to cover its memory latency at full bandwidth (about 30 KB per SM); the two-input
+// backwards, with twice that, already ran at the copy bandwidth.
+template <int NI> constexpr int kBatch = NI >= 4 ? 1 : 4 / NI;
+
+// One pack (already loaded into in) through the op, stored at pack index p.
+template <int V, typename T, int NI, int NO, typename Op>
+__device__ __forceinline__ void map_pack(const Op& op, const Pack<T, V> (&in)[NI], const MapArgs<T, NI, NO>& a,
+                                         int64_t p) {
+  using A = acc_t<T>;
+  Pack<T, V> out[NO];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    A x[NI], y[NO];
+#pragma unroll
+    for (int k = 0; k < NI; ++k) x[k] = convert<A>(in[k].v[j]);
+    op(x, y);
+#pragma unroll
+    for (int k = 0; k < NO; ++k) out[k].v[j] = convert<T>(y[k]);
+  }
+#pragma unroll
+  for (int k = 0; k < NO; ++k) reinterpret_cast<Pack<T, V>*>(a.out[k])[p] = out[k];
+}
+
 template <int V, typename T, int NI, int NO, typename Op>
 __global__ void map_kernel(Op op, MapArgs<T, NI, NO> a, int64_t n) {
-  using A = acc_t<T>;
   using P = Pack<T, V>;
+  constexpr int U = kBatch<NI>;
   const int64_t packs = n / V;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int64_t p = first; p < packs; p += stride) {
-    P in[NI];  // all loads of this pack are issued before any math
+  int64_t p = first;
+  // batches of U packs a grid stride apart (each warp's loads stay 512-byte contiguous)
+  for (; p + (U - 1) * stride < packs; p += U * stride) {
+    P in[U][NI];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int k = 0; k < NI; ++k) in[u][k] = reinterpret_cast<const P*>(a.in[k])[p + u * stride];
+#pragma unroll
+    for (int u = 0; u < U; ++u) map_pack<V>(op, in[u], a, p + u * stride);
+  }
+  for (; p < packs; p += stride) {  // the last packs, fewer than U per thread
+    P in[NI];
 #pragma unroll
     for (int k = 0; k < NI; ++k) in[k] = reinterpret_cast<const P*>(a.in[k])[p];
-    P out[NO];
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      A x[NI], y[NO];
-#pragma unroll
-      for (int k = 0; k < NI; ++k) x[k] = convert<A>(in[k].v[j]);
-      op(x, y);
-#pragma unroll
-      for (int k = 0; k < NO; ++k) out[k].v[j] = convert<T>(y[k]);
-    }
-#pragma unroll
-    for (int k = 0; k < NO; ++k) reinterpret_cast<P*>(a.out[k])[p] = out[k];
+    map_pack<V>(op, in, a, p);
   }
   // tail: elements packs * V .. n - 1 (fewer than V), one per thread of the first threads
   const int64_t i = packs * V + first;
@@ -77,9 +118,10 @@ void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char
   for (int k = 0; k < NI; ++k) aligned &= reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0;
   for (int k = 0; k < NO; ++k) aligned &= reinterpret_cast<uintptr_t>(a.out[k]) % 16 == 0;
   const int64_t per_thread = aligned ? V : 1;
-  // Enough blocks for one pack per thread, capped (the loop strides over the rest); at least one
-  // block so the tail runs.
-  int64_t blocks = (n / per_thread + kThreads - 1) / kThreads;
+  // Enough blocks for one batch of kBatch packs per thread, capped (the loop strides over the
+  // rest); at least one block so the tail runs.
+  const int64_t per_block = int64_t(kThreads) * kBatch<NI>;
+  int64_t blocks = (n / per_thread + per_block - 1) / per_block;
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 20);
   if (aligned)
     map_kernel<V><<<unsigned(blocks), kThreads>>>(op, a, n);

@@ -16,6 +16,7 @@
 
 #include "cpu_loops.h"
 #include "cpu_math.h"
+#include "gelu.h"
 #include "kernel_checks.h"
 #include "ops.h"
 
@@ -23,17 +24,7 @@ namespace ls::ops {
 
 namespace {
 
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
-constexpr double kTanhCoef = 0.044715;
-
-bool tanh_form(const Attrs& a, const char* op) {
-  std::string approx = a.s("approximate", "none");
-  LS_CHECK(approx == "none" || approx == "tanh", ValueError, op,
-           ": approximate must be 'none' or 'tanh', got '", approx, "'");
-  return approx == "tanh";
-}
+using namespace gelu_math;
 
 template <typename T>
 void gelu_forward_kernel(const T* x, T* y, int64_t n, bool tanh_approx) {

@@ -63,6 +63,28 @@ def test_parameter_gradients_are_reproducible(dtype):
             assert np.array_equal(host(a), host(b_))
 
 
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+@pytest.mark.parametrize("C", [257, 1024, 40000])
+def test_each_parameter_gradient_alone_matches_both(C, dtype):
+    # dweight alone, dbias alone and both use different accumulator blocks (norm.cuh); every
+    # column is still summed in the same order, so the results agree bitwise. C = 1024 takes the
+    # 16-byte vector path, 257 the scalar one, 40000 the global-memory accumulators.
+    R = 600
+    x, w = (ls.tensor(a).to(dtype=dtype).cuda() for a in (randn(R, C), randn(C)))
+    g = ls.tensor(randn(R, C)).to(dtype=dtype).cuda()
+    _, mean, rstd = core.call("layer_norm", [x, w, None], {"eps": 1e-5})
+    call = lambda dw, db: core.call("layer_norm_backward", [g, x, w, mean, rstd], {"dweight": dw, "dbias": db})
+    both, w_only, b_only = call(True, True), call(True, False), call(False, True)
+    assert tuple(w_only[2].shape) == (0,) and tuple(b_only[1].shape) == (0,)
+    for got, ref in ((w_only[0], both[0]), (b_only[0], both[0]), (w_only[1], both[1]), (b_only[2], both[2])):
+        assert np.array_equal(host(got), host(ref))
+    # and against float64 sums of the same rounded values
+    gd, xd = host(g), host(x)
+    xhat = (xd - host(mean)[:, None]) * host(rstd)[:, None]
+    assert rel_err(host(both[1]), (gd * xhat).sum(0)) < TOL[dtype]
+    assert rel_err(host(both[2]), gd.sum(0)) < TOL[dtype]
+
+
 def test_backward_accepts_statistics_in_the_input_dtype():
     x, w = (ls.tensor(a).to(dtype=ls.bfloat16).cuda() for a in (randn(7, 130), randn(130)))
     g = ls.tensor(randn(7, 130)).to(dtype=ls.bfloat16).cuda()

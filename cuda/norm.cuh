@@ -1,0 +1,358 @@
+// The kernels of layer_norm.cu and rms_norm.cu: one forward and one backward row kernel for both
+// ops, told apart by Centered (layer_norm: the row mean is subtracted; rms_norm: mu = 0), with
+// the row machinery of rows.cuh. x (..., C) is viewed as (R, C).
+//
+//   mu = Centered ? sum_c x[c] / C : 0      rstd = 1 / sqrt(sum_c (x[c] - mu)^2 / C + eps)
+//   xhat = (x - mu) rstd                    y = xhat * w + b
+//   backward, per row, with dxhat = g * w:
+//     dx = rstd (dxhat - [Centered] mean_c(dxhat) - xhat mean_c(dxhat xhat))
+//     dw = sum_rows g xhat                  db = sum_rows g
+// (for rms_norm this is the usual dx = rstd dxhat - x rstd^3 mean_c(dxhat x)).
+//
+// Forward: the row is read once into registers; the mean (Centered only), the sum of squared
+// deviations from it (two-pass variance, no cancellation) and the write of y all come from
+// registers: one read and one write of x. Backward: one kernel reads g and x once (cached),
+// reduces the row sums, writes dx and adds g xhat and g into its block's accumulators of dw and
+// db; a second small kernel adds the per-block partials in block order (below).
+//
+// Statistics are kept in the accumulation type: float64 for float64 inputs, float32 otherwise
+// (a bf16 rstd would carry a 2^-9 relative error into every gradient).
+#pragma once
+#include <initializer_list>
+#include <utility>
+
+#include "ops/kernel_checks.h"
+#include "rows.cuh"
+
+namespace ls::cuda::norm {
+
+using namespace rows;
+
+// ---- forward ----
+
+// mean may be null when !Centered.
+template <typename T, int V, bool Centered, bool HasW, bool HasB>
+__global__ void __launch_bounds__(kMaxThreads<T>)
+    forward_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
+                   const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, int64_t R,
+                   int64_t C, acc_t<T> eps) {
+  using A = acc_t<T>;
+  __shared__ A red[kMaxLanes * 32];
+  const int64_t nvec = C / V;
+  const Vec<T, V>* wv = as_vec<T, V>(w);
+  const Vec<T, V>* bv = as_vec<T, V>(b);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const int64_t n = r < R ? nvec : 0;  // a lane past the last row joins the reductions only
+    const Vec<T, V>* src[1] = {as_vec<T, V>(x + (r < R ? r : 0) * C)};  // src points at x[r, :]
+    Vec<T, V>* dst = as_vec<T, V>(y + (r < R ? r : 0) * C);
+    Vec<T, V> c[1][kCache];
+    A part = 0;  // sum x (Centered) or sum x^2
+    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A a = convert<A>(v[0].v[i]);
+        part += Centered ? a : a * a;
+      }
+    });
+    A mu = 0;
+    if constexpr (Centered) {
+      mu = row_reduce(part, Sum{}, red) / A(C);
+      part = 0;
+      row_pass<false>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const A d = convert<A>(v[0].v[i]) - mu;
+          part += d * d;
+        }
+      });
+    }
+    const A rs = A(1) / sqrt(row_reduce(part, Sum{}, red) / A(C) + eps);
+    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[1]) {
+      Vec<T, V> out, wj, bj;
+      if (HasW) wj = wv[j];
+      if (HasB) bj = bv[j];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        A a = (convert<A>(v[0].v[i]) - mu) * rs;
+        if (HasW) a *= convert<A>(wj.v[i]);
+        if (HasB) a += convert<A>(bj.v[i]);
+        out.v[i] = convert<T>(a);
+      }
+      dst[j] = out;
+    });
+    if (r < R && threadIdx.x == 0) {
+      if (Centered) mean[r] = mu;
+      rstd[r] = rs;
+    }
+  }
+}
+
+// ---- deterministic parameter gradients ----
+//
+// Stage 1 (inside the backward row kernel): every row lane of a block owns an accumulator row of
+// parts * C floats (in shared memory, or in a global scratch when C is too large for it), one
+// block of C per gradient (dw, db). Within a block of C the element i of row vector j sits at
+// i * nvec + j, so the 32 threads of a warp, which own 32 consecutive vectors, touch 32
+// consecutive words: no shared-memory bank conflicts (the natural order j * V + i put them V words
+// apart, a V-way conflict on every read-modify-write, which made this the bottleneck of the
+// backward), and coalesced accesses in the global scratch. A thread only ever touches the
+// elements of the vectors it owns, so no atomics are needed. At the end the block adds its lanes
+// in lane order into partial[blockIdx.x, :] (same order of elements). The grid is a fixed
+// function of the device, so the rows every block sees do not depend on timing.
+// Stage 2 (column_sum_kernel): out[c] = sum over blocks of partial[b, c] in a fixed order,
+// scattered back to the natural column order.
+
+// Zeroes this thread's owned elements of its row lane's accumulators (width = parts * C).
+template <int V, typename A>
+__device__ __forceinline__ void zero_owned(A* acc, int parts, int64_t C) {
+  const int64_t nvec = C / V;
+  for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x)
+    for (int p = 0; p < parts; ++p)
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[p * C + i * nvec + j] = A(0);
+}
+
+// After the row loop: partial[blockIdx.x, q] = sum over lanes of acc_block[lane, q].
+template <typename A>
+__device__ __forceinline__ void store_block_partial(const A* acc_block, A* partial, int64_t width) {
+  __syncthreads();
+  const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int64_t q = tid; q < width; q += nthreads) {
+    A s = A(0);
+    for (int l = 0; l < int(blockDim.y); ++l) s += acc_block[l * width + q];
+    partial[blockIdx.x * width + q] = s;
+  }
+}
+
+// Up to two gradients (dw, db) summed by one launch; out[p] receives block p of the partial rows.
+template <typename T>
+struct ColumnOuts {
+  T* out[2];
+  int parts;
+};
+
+// out[p][j * V + i] = sum_b partial[b, p * C + i * nvec + j]. Block (32, kSumLanes): 32 adjacent
+// partial columns (coalesced reads); lane y adds the partial rows b = y, y + kSumLanes, ...
+// (several loads in flight per thread), and the lane sums are added in lane order: a fixed order.
+// kSumLanes = 32 keeps the serial chain per thread short (the grid has only parts * C / 32
+// blocks, 24 to 256 for the usual widths).
+constexpr int kSumLanes = 32;
+
+template <typename T, typename A>
+__global__ void column_sum_kernel(ColumnOuts<T> outs, const A* __restrict__ partial, int64_t blocks,
+                                  int64_t C, int V) {
+  __shared__ A lane_sum[kSumLanes][33];
+  const int64_t width = outs.parts * C;
+  const int64_t q = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  A s = A(0);
+  if (q < width) {
+#pragma unroll 4
+    for (int64_t b = threadIdx.y; b < blocks; b += kSumLanes) s += partial[b * width + q];
+  }
+  lane_sum[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && q < width) {
+    for (int l = 1; l < kSumLanes; ++l) s += lane_sum[l][threadIdx.x];
+    const int64_t nvec = C / V, p = q / C, k = q % C;
+    T* out = p == 0 ? outs.out[0] : outs.out[1];  // not out[p]: a dynamic index spills outs to the stack
+    out[(k % nvec) * V + k / nvec] = convert<T>(s);
+  }
+}
+
+// Where a backward kernel keeps its per-lane accumulators.
+struct AccPlan {
+  Launch launch;
+  size_t smem = 0;  // dynamic shared memory bytes (0: the accumulators are in scratch)
+  bool in_smem = false;
+};
+
+// Launch for a backward row kernel accumulating width = parts * C values per row lane: kCache2
+// vectors per thread (wider row lanes, fewer of them, less shared memory per block) and a grid
+// of 1024 threads per SM (the register limit of these kernels allows no more; every block
+// writes a partial row, so more blocks would only add partial traffic). The accumulators go to
+// shared memory when they fit.
+template <typename T>
+AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t static_smem, int device) {
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount, device);
+  Launch L = row_launch<T>(R, nvec, 1, kCache2);
+  const int threads = int(L.block.x * L.block.y);
+  L = row_launch<T>(R, nvec, int64_t(sms) * std::max(1, 1024 / threads), kCache2);
+  AccPlan plan{L};
+  if (width == 0) return plan;
+  const size_t need = size_t(L.block.y) * size_t(width) * acc_size;
+  const size_t limit = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (need + static_smem <= limit) {
+    plan.smem = need;
+    plan.in_smem = true;
+  }
+  return plan;
+}
+
+// ---- backward ----
+
+// acc_global: the accumulators when not in shared memory (blockDim.y lanes of parts * C per
+// block); partial: (gridDim.x, parts * C). dw_at / db_at: the accumulator block (0 or 1) of dw /
+// db, or -1 when that gradient is not wanted. mean may be null when !Centered.
+template <typename T, int V, bool Centered, bool HasW>
+__global__ void __launch_bounds__(kMaxThreads<T>)
+    backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
+                    const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
+                    const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd, int64_t R,
+                    int64_t C, int dw_at, int db_at, bool acc_in_smem) {
+  using A = acc_t<T>;
+  __shared__ A red[kMaxLanes * 32];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int64_t nvec = C / V;
+  const int parts = (dw_at >= 0) + (db_at >= 0);
+  const int64_t width = parts * C;
+  A* acc_block = acc_in_smem ? reinterpret_cast<A*>(smem_raw)
+                 : parts ? acc_global + int64_t(blockIdx.x) * blockDim.y * width : nullptr;
+  A* acc = acc_block + threadIdx.y * width;  // this lane's accumulators
+  A* acc_w = dw_at >= 0 ? acc + dw_at * C : nullptr;
+  A* acc_b = db_at >= 0 ? acc + db_at * C : nullptr;
+  if (parts) zero_owned<V>(acc, parts, C);
+  const Vec<T, V>* wv = as_vec<T, V>(w);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const int64_t n = r < R ? nvec : 0;
+    const int64_t off = (r < R ? r : 0) * C;  // g + off points at g[r, :]
+    const Vec<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
+    Vec<T, V>* dst = as_vec<T, V>(dx + off);
+    const A mu = Centered && r < R ? mean[r] : A(0), rs = r < R ? rstd[r] : A(0);
+    Vec<T, V> c[2][kCache2];
+    A s1 = 0, s2 = 0;  // sum dxhat (Centered only), sum dxhat xhat
+    row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
+      Vec<T, V> wj;
+      if (HasW) wj = wv[j];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        A gw = convert<A>(v[0].v[i]);
+        if (HasW) gw *= convert<A>(wj.v[i]);
+        if (Centered) s1 += gw;
+        s2 += gw * ((convert<A>(v[1].v[i]) - mu) * rs);
+      }
+    });
+    const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
+    const A m2 = row_reduce(s2, Sum{}, red) / A(C);
+    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
+      Vec<T, V> out, wj;
+      if (HasW) wj = wv[j];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A gr = convert<A>(v[0].v[i]);
+        const A xhat = (convert<A>(v[1].v[i]) - mu) * rs;
+        const A gw = HasW ? gr * convert<A>(wj.v[i]) : gr;
+        out.v[i] = convert<T>(rs * (gw - m1 - xhat * m2));
+        if (acc_w) acc_w[i * nvec + j] += gr * xhat;
+        if (acc_b) acc_b[i * nvec + j] += gr;
+      }
+      dst[j] = out;
+    });
+  }
+  if (parts) store_block_partial(acc_block, partial, width);
+}
+
+// ---- host side ----
+
+// Validation shared by the entries of both ops (call() can reach the kernels directly): x
+// floating with at least one dimension, each defined parameter of shape (C,) and x's dtype.
+inline void check_args(const Tensor& x, std::initializer_list<std::pair<const Tensor*, const char*>> params,
+                       double eps, const char* op) {
+  LS_CHECK(x.defined(), ValueError, op, ": input is None");
+  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
+           dtype_name(x.dtype()));
+  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
+  const int64_t C = x.size(-1);
+  for (auto [p, name] : params) {
+    if (!p->defined()) continue;
+    LS_CHECK(p->shape() == Shape{C}, ValueError, op, ": ", name, " of shape ", shape_str(p->shape()),
+             " does not match the normalized dimension of input shape ", shape_str(x.shape()),
+             " (expected (", C, ",))");
+    cpu::expect_same_dtype(x, *p, op, name);
+  }
+  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
+}
+
+// The data pointer of an optional tensor (null when undefined).
+template <typename T> const T* opt_ptr(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
+// y, rstd (and mean when Centered) allocated by the caller; x, w, b contiguous; R > 0.
+template <bool Centered>
+void forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b,
+             double eps, const char* op) {
+  const int64_t C = x.size(-1), R = rstd.numel();
+  set_device(x, op);
+  CUDA_DISPATCH_FLOAT(x.dtype(), op, {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const T *pw = opt_ptr<T>(w), *pb = opt_ptr<T>(b);
+    A* pm = Centered ? mean.data<A>() : nullptr;
+    auto run = [&](auto vec_tag) {
+      constexpr int V = decltype(vec_tag)::value;
+      const Launch L = row_launch<T>(R, C / V);
+      auto launch = [&](auto kernel) {
+        kernel<<<L.grid, L.block>>>(y.data<T>(), pm, rstd.data<A>(), x.data<T>(), pw, pb, R, C, A(eps));
+      };
+      if (pw && pb) launch(forward_kernel<T, V, Centered, true, true>);
+      else if (pw) launch(forward_kernel<T, V, Centered, true, false>);
+      else if (pb) launch(forward_kernel<T, V, Centered, false, true>);
+      else launch(forward_kernel<T, V, Centered, false, false>);
+    };
+    if (vectorizable<T>(C, {x.raw_data(), y.raw_data(), pw, pb})) run(std::integral_constant<int, kVec<T>>{});
+    else run(std::integral_constant<int, 1>{});
+  });
+  check_launch(op);
+}
+
+// dx allocated by the caller; dw / db of shape (C,) when wanted, (0,) otherwise (db: Centered
+// only, pass an empty tensor for rms_norm). g, x, w contiguous; mean (Centered) and rstd
+// contiguous in the accumulation dtype.
+template <bool Centered>
+void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor& x, const Tensor& w,
+              const Tensor& mean, const Tensor& rstd, const char* op) {
+  const int64_t C = x.size(-1), R = rstd.numel();
+  const bool want_dw = dw.defined() && dw.numel() > 0, want_db = db.defined() && db.numel() > 0;
+  const int dw_at = want_dw ? 0 : -1, db_at = want_db ? int(want_dw) : -1;
+  const int parts = int(want_dw) + int(want_db);
+  const DType sd = acc_dtype(x.dtype());
+  set_device(x, op);
+  CUDA_DISPATCH_FLOAT(x.dtype(), op, {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const T* pw = opt_ptr<T>(w);
+    const A* pm = Centered ? mean.data<A>() : nullptr;
+    const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw});
+    const int V = vec ? kVec<T> : 1;
+    const AccPlan plan = acc_plan<T>(R, C / V, parts * C, sizeof(A), kMaxLanes * 32 * sizeof(A),
+                                     x.device().index);
+    const int64_t blocks = R > 0 ? plan.launch.grid : 0;
+    Tensor partial = Tensor::empty({parts ? blocks * parts * C : 0}, sd, x.device());
+    Tensor scratch =
+        Tensor::empty({parts && !plan.in_smem ? blocks * plan.launch.block.y * parts * C : 0}, sd, x.device());
+    auto run = [&](auto vec_tag) {
+      constexpr int VV = decltype(vec_tag)::value;
+      auto kernel = pw ? backward_kernel<T, VV, Centered, true> : backward_kernel<T, VV, Centered, false>;
+      if (plan.smem > 48 * 1024)
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)), op);
+      kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(
+          dx.data<T>(), scratch.data<A>(), partial.data<A>(), g.data<T>(), x.data<T>(), pw, pm,
+          rstd.data<A>(), R, C, dw_at, db_at, plan.in_smem);
+    };
+    if (R > 0) {
+      if (vec) run(std::integral_constant<int, kVec<T>>{});
+      else run(std::integral_constant<int, 1>{});
+      check_launch(op);
+    }
+    if (parts) {
+      ColumnOuts<T> outs{{nullptr, nullptr}, parts};
+      if (want_dw) outs.out[dw_at] = dw.data<T>();
+      if (want_db) outs.out[db_at] = db.data<T>();
+      column_sum_kernel<T, A><<<blocks_for(parts * C, 32), dim3(32, kSumLanes)>>>(outs, partial.data<A>(),
+                                                                                  blocks, C, V);
+      check_launch(op);
+    }
+  });
+}
+
+}  // namespace ls::cuda::norm
