@@ -53,7 +53,7 @@
 #include "ops/op_args.h"
 #include "ops/ops.h"
 #ifdef LLMSCRATCH_SM90A
-#include "sm90a/matmul_wgmma.h"
+#include "sm90a/sm90a.h"
 #endif
 
 namespace ls::cuda {

@@ -1,6 +1,6 @@
 // bf16 / fp16 GEMM for Hopper (sm_90a): the bulk tensor copy engine (TMA) feeds shared memory,
 // warpgroup MMAs (wgmma) multiply from it, fp32 accumulation in registers.
-//   C[z] (M, N) = A[z] (M, K) @ B[z] (K, N), operands in either layout (matmul_wgmma.h).
+//   C[z] (M, N) = A[z] (M, K) @ B[z] (K, N), operands in either layout (sm90a.h).
 //
 // Block tile 128 (M) x 256 (N), k-tiles of 64, three warpgroups (384 threads):
 //   - warpgroup 0 is the producer: one thread issues the TMA copies of each k-tile into a 4-stage
@@ -26,9 +26,9 @@
 // Tiles are numbered in groups of 8 tile rows, so blocks running together share A and B in L2.
 // Limits: 16-byte aligned operand bases, leading dims and batch strides multiples of 8 elements
 //   (the copy engine's rule); otherwise gemm() declines and cuda/matmul.cu runs its mma.sync path.
-#include "matmul_wgmma.h"
+#include "sm90a.h"
 
-#include <cuda.h>  // CUtensorMap and its encoder's types; the encoder itself comes from the driver
+#include "hopper.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -55,52 +55,6 @@ struct Epilogue {
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
-}
-
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-
-// One box of a 3-D tensor map (inner, outer, batch) into shared memory, completing on `bar`.
-__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int inner, int outer,
-                                         int z, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(outer), "r"(z), "r"(bar)
-      : "memory");
-}
-
-// A wgmma shared-memory descriptor: start address, leading and stride byte offsets (all >> 4),
-// 128-byte swizzle.
-__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) |
-         (uint64_t(sbo >> 4) << 32) | (uint64_t(1) << 62);
-}
 
 template <typename T, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db) {
@@ -219,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = kt % kStages;
       mbar_wait(full(s), (kt / kStages) & 1);
       const uint32_t sa = tiles + s * kStageBytes, sb = sa + kABytes;
-      asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+      wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
         const uint64_t da = A_KMAJOR ? descriptor(sa + c * 64 * 128 + kk * 32, 16, 1024)
@@ -228,8 +182,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                      : descriptor(sb + kk * 2048, kBoxBytes, 1024);
         wgmma_m64n256k16<T, A_KMAJOR ? 0 : 1, B_KMAJOR ? 0 : 1>(d, da, db);
       }
-      asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+      wgmma_commit();
+      wgmma_wait_all();
       if (tid == 0) mbar_arrive(empty(s));
     }
 
@@ -251,43 +205,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // ---- host side ----
-
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// The driver's tensor-map encoder, looked up once (the runtime is linked statically, the driver
-// library is not linked at all).
-EncodeTiled encoder() {
-  static EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
-                                         &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      return EncodeTiled(nullptr);
-    }
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  return fn;
-}
-
-// A (inner, outer, batch) view of 16-bit elements, boxes of 64 x box_outer x 1, 128-byte swizzle.
-bool make_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t inner, int64_t outer,
-              int64_t ld, int64_t batch, int64_t batch_stride, uint32_t box_outer) {
-  cuuint64_t dims[3] = {cuuint64_t(inner), cuuint64_t(outer), cuuint64_t(batch)};
-  // A single matrix gets a batch stride the encoder accepts; it is never stepped.
-  if (batch == 1) batch_stride = ld * outer;
-  cuuint64_t strides[2] = {cuuint64_t(ld) * 2, cuuint64_t(batch_stride) * 2};
-  cuuint32_t box[3] = {64, box_outer, 1}, elem[3] = {1, 1, 1};
-  CUresult r = encoder()(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                         3, const_cast<void*>(ptr), dims, strides, box, elem,
-                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
-}
 
 bool aligned(const void* p, int64_t ld, int64_t batch, int64_t batch_stride) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % 8 == 0 && ld > 0 &&
@@ -316,21 +233,6 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
 }
 
 }  // namespace
-
-bool available(int device) {
-  static std::atomic<int> state[64];  // 0 unknown, 1 yes, 2 no
-  int s = state[device & 63].load();
-  if (s == 0) {
-    int major = 0, minor = 0;
-    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-              major == 9 && minor == 0 && encoder() != nullptr;
-    cudaGetLastError();
-    s = ok ? 1 : 2;
-    state[device & 63].store(s);
-  }
-  return s == 1;
-}
 
 bool gemm(const GemmProblem& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0 || p.K <= 0 || p.batch <= 0 || p.batch > 65535) return false;

@@ -1,4 +1,4 @@
-// The Hopper GEMM of cuda/sm90a/matmul_wgmma.cu, called by cuda/matmul.cu. This folder is
+// The kernels of cuda/sm90a/ as cuda/matmul.cu and cuda/attention.cu call them. This folder is
 // compiled for sm_90a only (wgmma and setmaxnreg exist on no other target), so the interface is
 // plain pointers and strides, free of the core's types.
 #pragma once
