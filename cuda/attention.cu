@@ -9,7 +9,10 @@
 // lse is float32 for 16-bit inputs (float64 for float64): a bf16 lse would put a ~1% error on
 // every recomputed probability of the backward.
 //
-// Two implementations:
+// Implementations:
+// 0. Forward on Hopper (compute capability 9.0, built with sm_90a), bf16/fp16, HS 64 or 128, no
+//    user mask: the TMA + wgmma kernel of cuda/sm90a/attention_wgmma.cu (LLMSCRATCH_ATTENTION=mma
+//    selects 1. instead). The backward is 1.'s on every GPU; both use the same lse.
 // 1. bf16/fp16, HS 64 or 128, no user mask: FlashAttention-2 style fused kernels on the tensor
 //    cores (mma.sync m16n8k16, fp32 accumulation; fragments loaded with ldmatrix from shared
 //    memory tiles whose 16-byte chunks are XOR-swizzled by row so ldmatrix is bank-conflict free;
@@ -33,11 +36,16 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "ops/ops.h"
+#ifdef LLMSCRATCH_SM90A
+#include "sm90a/sm90a.h"
+#endif
 
 namespace ls::cuda {
 
@@ -906,6 +914,18 @@ double scale_of(const Attrs& a, int64_t HS) {
   return a.f("scale", HS > 0 ? 1.0 / std::sqrt(double(HS)) : 1.0);
 }
 
+#ifdef LLMSCRATCH_SM90A
+// The TMA + wgmma forward of cuda/sm90a/ on compute capability 9.0, unless LLMSCRATCH_ATTENTION=mma
+// asks for the mma.sync kernel (read per call, so tests and benchmarks can compare the two).
+bool use_sm90a() {
+  const char* choice = std::getenv("LLMSCRATCH_ATTENTION");
+  if (choice && std::strcmp(choice, "mma") == 0) return false;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "attention");
+  return sm90a::available(dev);
+}
+#endif
+
 template <typename T>
 void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                   const MaskRef& mask, const Dims& n, double scale, bool causal, bool flash) {
@@ -913,6 +933,17 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
   const T *pq = q.data<T>(), *pk = k.data<T>(), *pv = v.data<T>();
   T* po = out.data<T>();
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
+#ifdef LLMSCRATCH_SM90A
+    if (flash && use_sm90a()) {
+      sm90a::AttentionProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv, po,
+                                lse.data<float>(), int(n.B), int(n.NH), int(n.NKV), int(n.T),
+                                int(n.S), float(scale), causal};
+      if (sm90a::attention_forward(a, 0)) {
+        check_launch("attention");
+        return;
+      }
+    }
+#endif
     if (flash) {
       if (n.HS == 64) launch_flash_fwd<T, 64>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);
       else launch_flash_fwd<T, 128>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);

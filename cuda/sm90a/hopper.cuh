@@ -56,6 +56,14 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t lbo, uint
          (uint64_t(sbo >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// wgmma accumulator operands: d[i .. i + 7] (or 64 of them) as "+f" asm operands of an array d.
+#define LS_ACC8(i)                                                                            \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define LS_ACC64(i)                                                                           \
+  LS_ACC8(i), LS_ACC8(i + 8), LS_ACC8(i + 16), LS_ACC8(i + 24), LS_ACC8(i + 32),              \
+      LS_ACC8(i + 40), LS_ACC8(i + 48), LS_ACC8(i + 56)
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");

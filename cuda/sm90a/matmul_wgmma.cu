@@ -82,18 +82,10 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, u
       "}, %128, %129, p, 1, 1, %130, %131;\n}\n"                                             \
       : LS_ACC64(0), LS_ACC64(64)                                                            \
       : "l"(da), "l"(db), "n"(TRANS_A), "n"(TRANS_B))
-#define LS_ACC8(i)                                                                            \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-      "+f"(d[i + 6]), "+f"(d[i + 7])
-#define LS_ACC64(i)                                                                           \
-  LS_ACC8(i), LS_ACC8(i + 8), LS_ACC8(i + 16), LS_ACC8(i + 24), LS_ACC8(i + 32),              \
-      LS_ACC8(i + 40), LS_ACC8(i + 48), LS_ACC8(i + 56)
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
     LS_WGMMA_ASM("bf16");
   else
     LS_WGMMA_ASM("f16");
-#undef LS_ACC64
-#undef LS_ACC8
 #undef LS_WGMMA_ASM
 }
 

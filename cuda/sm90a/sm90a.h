@@ -34,4 +34,21 @@ bool available(int device);
 // for the caller's cudaGetLastError.
 bool gemm(const GemmProblem& p, cudaStream_t stream);
 
+// Attention forward (the op "attention" of cuda/attention.cu without a user mask): q (B, NH, T,
+// HS), k and v (B, NKV, S, HS) and out (B, NH, T, HS) contiguous and 16-byte aligned; lse
+// (B, NH, T) fp32. Launches on `stream` and returns true, or returns false without launching
+// when the case is not covered (HS other than 64 and 128, a non-positive scale, misalignment).
+struct AttentionProblem {
+  bool bf16;  // else fp16
+  int HS;
+  const void *q, *k, *v;
+  void* out;
+  float* lse;
+  int B, NH, NKV, T, S;
+  float scale;
+  bool causal;
+};
+
+bool attention_forward(const AttentionProblem& a, cudaStream_t stream);
+
 }  // namespace ls::cuda::sm90a

@@ -1,0 +1,389 @@
+// Attention forward for Hopper (sm_90a), bf16/fp16, HS 64 or 128, no user mask: the op
+// "attention" of cuda/attention.cu (same math, shapes and outputs) with TMA and wgmma, in the
+// manner of FlashAttention-3.
+//   q (B, NH, T, HS), k and v (B, NKV, S, HS), contiguous; query head h reads kv head
+//   h / (NH / NKV); X = scale * Q K^T, causal hides key s > t + (S - T); out = softmax(X) V;
+//   lse (B, NH, T) fp32 = log sum_s exp(X[t, s]) (-inf, with out 0, for a row that sees no key).
+//
+// One block per (128 query rows, h, b), heaviest causal blocks first; three warpgroups:
+//   - warpgroup 0 is the producer: one thread loads the Q tile once, then the 128-key K and V
+//     tiles into a 2-stage ring, each tile on its own "full" mbarrier, so the scores of a tile
+//     can start before its V has landed.
+//   - warpgroups 1 and 2 each own 64 query rows. Per key tile: S = Q K^T as m64n128k16 wgmmas
+//     from shared memory (fp32, 64 registers a thread); the online softmax on those registers in
+//     the log2 domain (scale * log2(e) folded into one multiply, exp2); P rounded to the input
+//     type straight into the register layout of a wgmma A operand (the accumulator layout of
+//     S is that layout, k-step by k-step); O += P V with V read transposed from shared memory
+//     (imm-trans-b = 1). Each warpgroup releases a K or V stage as soon as its wgmmas on it
+//     have completed. The two consumers interleave: one runs its softmax while the other's
+//     wgmmas use the tensor cores.
+//   Masks (causal, and the keys past S in the last tile) are applied only to the tiles that
+//   cross them; the copy engine zero-fills rows past T and S, so no tail path exists.
+// Tensor maps view q as (HS, T, B * NH) and k, v as (HS, S, B * NKV): a tile never reads
+// another head's rows. Each tile is stored as HS / 64 boxes of 64 columns x 128 rows with the
+// 128-byte swizzle (hopper.cuh).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cmath>
+#include <type_traits>
+
+#include "hopper.cuh"
+#include "sm90a.h"
+
+namespace ls::cuda::sm90a {
+
+namespace {
+
+constexpr int kBM = 128, kBN = 128, kStages = 2, kThreads = 384;
+constexpr int kBoxBytes = 128 * 64 * 2;  // 64 columns x 128 rows
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int HS>
+struct Layout {
+  static constexpr int kBoxes = HS / 64;
+  static constexpr int kTileBytes = kBoxes * kBoxBytes;  // a Q, K or V tile
+  // Q, then K stages, then V stages; 8-byte mbarriers after them; 1024 bytes of alignment slack.
+  static constexpr int kSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024 + 8 * (1 + 4 * kStages);
+};
+
+struct Params {
+  void* out;
+  float* lse;
+  int NH, NKV, T, S;
+  float scale_log2;  // scale * log2(e)
+  bool causal;
+};
+
+// The key tiles query tile m0 needs: all of them, or under the causal mask those up to its last
+// visible key m0 + kBM - 1 + S - T.
+__host__ __device__ inline int key_tiles(int m0, int T, int S, bool causal) {
+  const int end = causal ? min(S, m0 + kBM + S - T) : S;
+  return end <= 0 ? 0 : (end + kBN - 1) / kBN;
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// S (64 x 128) (+)= A (64 x 16, shared, K-major) B (16 x 128, shared, K-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db,
+                                            int accumulate) {
+#define LS_ASM(TY)                                                                          \
+  asm volatile(                                                                           \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                          \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7,"                                                     \
+      "%8, %9, %10, %11, %12, %13, %14, %15,"                                               \
+      "%16, %17, %18, %19, %20, %21, %22, %23,"                                             \
+      "%24, %25, %26, %27, %28, %29, %30, %31,"                                             \
+      "%32, %33, %34, %35, %36, %37, %38, %39,"                                             \
+      "%40, %41, %42, %43, %44, %45, %46, %47,"                                             \
+      "%48, %49, %50, %51, %52, %53, %54, %55,"                                             \
+      "%56, %57, %58, %59, %60, %61, %62, %63"                                              \
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                                                    \
+      : LS_ACC8(0), LS_ACC8(8), LS_ACC8(16), LS_ACC8(24), LS_ACC8(32), LS_ACC8(40),         \
+        LS_ACC8(48), LS_ACC8(56)                                                            \
+      : "l"(da), "l"(db), "r"(accumulate))
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    LS_ASM("bf16");
+  else
+    LS_ASM("f16");
+#undef LS_ASM
+}
+
+// O (64 x 128) (+)= A (64 x 16, registers) B (16 x 128, shared, N-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t db,
+                                            int accumulate) {
+#define LS_ASM(TY)                                                                          \
+  asm volatile(                                                                           \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                          \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7,"                                                     \
+      "%8, %9, %10, %11, %12, %13, %14, %15,"                                               \
+      "%16, %17, %18, %19, %20, %21, %22, %23,"                                             \
+      "%24, %25, %26, %27, %28, %29, %30, %31,"                                             \
+      "%32, %33, %34, %35, %36, %37, %38, %39,"                                             \
+      "%40, %41, %42, %43, %44, %45, %46, %47,"                                             \
+      "%48, %49, %50, %51, %52, %53, %54, %55,"                                             \
+      "%56, %57, %58, %59, %60, %61, %62, %63"                                              \
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                      \
+      : LS_ACC8(0), LS_ACC8(8), LS_ACC8(16), LS_ACC8(24), LS_ACC8(32), LS_ACC8(40),         \
+        LS_ACC8(48), LS_ACC8(56)                                                            \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    LS_ASM("bf16");
+  else
+    LS_ASM("f16");
+#undef LS_ASM
+}
+
+// O (64 x 64) (+)= A (64 x 16, registers) B (16 x 64, shared, N-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db,
+                                            int accumulate) {
+#define LS_ASM(TY)                                                                          \
+  asm volatile(                                                                           \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                          \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                          \
+      "%0, %1, %2, %3, %4, %5, %6, %7,"                                                     \
+      "%8, %9, %10, %11, %12, %13, %14, %15,"                                               \
+      "%16, %17, %18, %19, %20, %21, %22, %23,"                                             \
+      "%24, %25, %26, %27, %28, %29, %30, %31"                                              \
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                      \
+      : LS_ACC8(0), LS_ACC8(8), LS_ACC8(16), LS_ACC8(24)                                    \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    LS_ASM("bf16");
+  else
+    LS_ASM("f16");
+#undef LS_ASM
+}
+template <typename T>
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+#endif  // sm_90a device code
+
+template <typename T, int HS>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_fwd_kernel(const __grid_constant__ CUtensorMap map_q,
+                         const __grid_constant__ CUtensorMap map_k,
+                         const __grid_constant__ CUtensorMap map_v, Params p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using L = Layout<HS>;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t q_tile = (smem_addr(smem) + 1023) & ~uint32_t(1023);
+  const uint32_t k_tiles = q_tile + L::kTileBytes, v_tiles = k_tiles + kStages * L::kTileBytes;
+  const uint32_t bars = v_tiles + kStages * L::kTileBytes;
+  const uint32_t q_full = bars;
+  auto k_full = [&](int s) { return bars + 8 * (1 + s); };
+  auto v_full = [&](int s) { return bars + 8 * (1 + kStages + s); };
+  auto k_empty = [&](int s) { return bars + 8 * (1 + 2 * kStages + s); };
+  auto v_empty = [&](int s) { return bars + 8 * (1 + 3 * kStages + s); };
+
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // the longest causal rows first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int bh = b * p.NH + h, bkv = b * p.NKV + h / (p.NH / p.NKV);
+  const int n_tiles = key_tiles(m0, p.T, p.S, p.causal);
+
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(k_full(s), 1);
+      mbar_init(v_full(s), 1);
+      mbar_init(k_empty(s), 2);
+      mbar_init(v_empty(s), 2);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    if (tid == 0) {
+      mbar_expect_tx(q_full, L::kTileBytes);
+      for (int i = 0; i < L::kBoxes; ++i) tma_load(q_tile + i * kBoxBytes, &map_q, 64 * i, m0, bh, q_full);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages, round = j / kStages;
+        if (round > 0) mbar_wait(k_empty(s), (round - 1) & 1);
+        mbar_expect_tx(k_full(s), L::kTileBytes);
+        for (int i = 0; i < L::kBoxes; ++i)
+          tma_load(k_tiles + s * L::kTileBytes + i * kBoxBytes, &map_k, 64 * i, j * kBN, bkv, k_full(s));
+        if (round > 0) mbar_wait(v_empty(s), (round - 1) & 1);
+        mbar_expect_tx(v_full(s), L::kTileBytes);
+        for (int i = 0; i < L::kBoxes; ++i)
+          tma_load(v_tiles + s * L::kTileBytes + i * kBoxBytes, &map_v, 64 * i, j * kBN, bkv, v_full(s));
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+  // This thread's rows of the 64 owned by its warpgroup, and its column pair in each 8 columns.
+  const int row_a = m0 + c * 64 + warp * 16 + lane / 4, row_b = row_a + 8;
+  const int col = 2 * (lane % 4);
+
+  float o[HS / 2];  // O: 64 x HS fp32 over the warpgroup
+#pragma unroll
+  for (int i = 0; i < HS / 2; ++i) o[i] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;  // l: this thread's partial sums
+
+  mbar_wait(q_full, 0);
+  for (int j = 0; j < n_tiles; ++j) {
+    const int s = j % kStages;
+    const uint32_t phase = (j / kStages) & 1;
+    const uint32_t k_tile = k_tiles + s * L::kTileBytes, v_tile = v_tiles + s * L::kTileBytes;
+
+    // S = Q K^T over HS in k-steps of 16: box kk / 4, 32 bytes per k-step inside a box.
+    float x[64];
+    mbar_wait(k_full(s), phase);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; ++kk) {
+      const uint32_t off = (kk / 4) * kBoxBytes + (kk % 4) * 32;
+      wgmma_ss_n128<T>(x, descriptor(q_tile + off + c * 64 * 128, 16, 1024),
+                       descriptor(k_tile + off, 16, 1024), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    if (tid == 0) mbar_arrive(k_empty(s));
+
+    // Masks: keys past S, and under the causal mask keys past each row's last visible one.
+    const int key0 = j * kBN;
+    if (key0 + kBN > p.S || (p.causal && key0 + kBN - 1 > m0 + p.S - p.T)) {
+      const int last_a = p.causal ? row_a + p.S - p.T : p.S - 1;
+      const int last_b = p.causal ? row_b + p.S - p.T : p.S - 1;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = key0 + 8 * n + col + e;
+          const bool in_s = key < p.S;
+          if (!in_s || key > last_a) x[4 * n + e] = -INFINITY;
+          if (!in_s || key > last_b) x[4 * n + 2 + e] = -INFINITY;
+        }
+      }
+    }
+
+    // Online softmax, log2 domain. A row that has seen only masked keys keeps max -inf and
+    // subtracts 0 instead, so exp2 gives 0, never NaN.
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      mx_a = fmaxf(mx_a, fmaxf(x[4 * n], x[4 * n + 1]));
+      mx_b = fmaxf(mx_b, fmaxf(x[4 * n + 2], x[4 * n + 3]));
+    }
+    const float new_a = fmaxf(m_a, quad_max(mx_a) * p.scale_log2);
+    const float new_b = fmaxf(m_b, quad_max(mx_b) * p.scale_log2);
+    const float base_a = new_a == -INFINITY ? 0.f : new_a;
+    const float base_b = new_b == -INFINITY ? 0.f : new_b;
+    const float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
+    m_a = new_a;
+    m_b = new_b;
+    float sum_a = 0.f, sum_b = 0.f;
+    uint32_t pf[8][4];  // P as the A operand of 8 k-steps of 16 keys
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      const float p0 = exp2f(fmaf(x[4 * n], p.scale_log2, -base_a));
+      const float p1 = exp2f(fmaf(x[4 * n + 1], p.scale_log2, -base_a));
+      const float p2 = exp2f(fmaf(x[4 * n + 2], p.scale_log2, -base_b));
+      const float p3 = exp2f(fmaf(x[4 * n + 3], p.scale_log2, -base_b));
+      sum_a += p0 + p1;
+      sum_b += p2 + p3;
+      // columns 8n.. of k-step n / 2: registers {0, 1} for the first 8 keys, {2, 3} the next
+      pf[n / 2][(n % 2) * 2] = pack<T>(p0, p1);
+      pf[n / 2][(n % 2) * 2 + 1] = pack<T>(p2, p3);
+    }
+    l_a = l_a * alpha_a + sum_a;
+    l_b = l_b * alpha_b + sum_b;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n) {
+      o[4 * n] *= alpha_a;
+      o[4 * n + 1] *= alpha_a;
+      o[4 * n + 2] *= alpha_b;
+      o[4 * n + 3] *= alpha_b;
+    }
+
+    // O += P V: k-steps over 16 keys (16 rows of 128 bytes: 2048 bytes); the HS / 64 column
+    // boxes of V are kBoxBytes apart (the descriptor's leading byte offset).
+    mbar_wait(v_full(s), phase);
+    wgmma_fence();
+#pragma unroll
+    for (int t = 0; t < kBN / 16; ++t) {
+      const uint64_t dv = descriptor(v_tile + t * 2048, kBoxBytes, 1024);
+      if constexpr (HS == 128)
+        wgmma_rs_n128<T>(o, pf[t], dv, 1);
+      else
+        wgmma_rs_n64<T>(o, pf[t], dv, 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    if (tid == 0) mbar_arrive(v_empty(s));
+  }
+
+  // Epilogue: O / l and lse = (m + log2 l) / log2(e).
+  l_a = quad_sum(l_a);
+  l_b = quad_sum(l_b);
+  T* out = static_cast<T*>(p.out) + int64_t(bh) * p.T * HS;
+  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+#pragma unroll
+  for (int n = 0; n < HS / 8; ++n) {
+    if (row_a < p.T)
+      *reinterpret_cast<uint32_t*>(out + int64_t(row_a) * HS + 8 * n + col) =
+          pack<T>(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
+    if (row_b < p.T)
+      *reinterpret_cast<uint32_t*>(out + int64_t(row_b) * HS + 8 * n + col) =
+          pack<T>(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
+  }
+  if (lane % 4 == 0) {
+    float* lse = p.lse + int64_t(bh) * p.T;
+    if (row_a < p.T) lse[row_a] = l_a > 0.f ? (m_a + log2f(l_a)) / kLog2e : -INFINITY;
+    if (row_b < p.T) lse[row_b] = l_b > 0.f ? (m_b + log2f(l_b)) / kLog2e : -INFINITY;
+  }
+#endif
+}
+
+template <typename T, int HS>
+bool launch(const AttentionProblem& a, const CUtensorMap& mq, const CUtensorMap& mk,
+            const CUtensorMap& mv, cudaStream_t stream) {
+  auto kernel = attention_fwd_kernel<T, HS>;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::atomic<uint64_t> configured{0};  // per device: the shared-memory limit is raised
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             Layout<HS>::kSmemBytes) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    configured.fetch_or(bit);
+  }
+  Params p{a.out, a.lse, a.NH, a.NKV, a.T, a.S, a.scale * kLog2e, a.causal};
+  const dim3 grid(unsigned((a.T + kBM - 1) / kBM), unsigned(a.NH), unsigned(a.B));
+  kernel<<<grid, kThreads, Layout<HS>::kSmemBytes, stream>>>(mq, mk, mv, p);
+  return true;
+}
+
+}  // namespace
+
+bool attention_forward(const AttentionProblem& a, cudaStream_t stream) {
+  if (a.HS != 64 && a.HS != 128) return false;
+  if (a.B <= 0 || a.NH <= 0 || a.NKV <= 0 || a.NH % a.NKV != 0 || a.T <= 0 || a.S <= 0) return false;
+  if (a.B > 65535 || a.NH > 65535 || !(a.scale > 0.f)) return false;
+  for (const void* ptr : {a.q, a.k, a.v, static_cast<const void*>(a.out)})
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  CUtensorMap mq, mk, mv;
+  const int64_t HS = a.HS;
+  if (!make_map(&mq, a.bf16, a.q, HS, a.T, HS, int64_t(a.B) * a.NH, int64_t(a.T) * HS, kBM) ||
+      !make_map(&mk, a.bf16, a.k, HS, a.S, HS, int64_t(a.B) * a.NKV, int64_t(a.S) * HS, kBN) ||
+      !make_map(&mv, a.bf16, a.v, HS, a.S, HS, int64_t(a.B) * a.NKV, int64_t(a.S) * HS, kBN))
+    return false;
+  if (a.bf16)
+    return a.HS == 128 ? launch<__nv_bfloat16, 128>(a, mq, mk, mv, stream)
+                       : launch<__nv_bfloat16, 64>(a, mq, mk, mv, stream);
+  return a.HS == 128 ? launch<__half, 128>(a, mq, mk, mv, stream)
+                     : launch<__half, 64>(a, mq, mk, mv, stream);
+}
+
+}  // namespace ls::cuda::sm90a
