@@ -10,9 +10,10 @@
 // every recomputed probability of the backward.
 //
 // Implementations:
-// 0. Forward on Hopper (compute capability 9.0, built with sm_90a), bf16/fp16, HS 64 or 128, no
-//    user mask: the TMA + wgmma kernel of cuda/sm90a/attention_wgmma.cu (LLMSCRATCH_ATTENTION=mma
-//    selects 1. instead). The backward is 1.'s on every GPU; both use the same lse.
+// 0. On Hopper (compute capability 9.0, built with sm_90a), bf16/fp16, HS 64 or 128, no user
+//    mask: the TMA + wgmma kernels of cuda/sm90a/attention_wgmma.cu, forward and backward (the
+//    backward after the preprocess kernel below, and deterministic: no atomics);
+//    LLMSCRATCH_ATTENTION=mma selects 1. instead.
 // 1. bf16/fp16, HS 64 or 128, no user mask: FlashAttention-2 style fused kernels on the tensor
 //    cores (mma.sync m16n8k16, fp32 accumulation; fragments loaded with ldmatrix from shared
 //    memory tiles whose 16-byte chunks are XOR-swizzled by row so ldmatrix is bank-conflict free;
@@ -971,6 +972,18 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
       bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32>>>(
           po, pdo, pdl, dd.data<float>(), rows, int(n.HS));
       check_launch("attention_backward");
+#ifdef LLMSCRATCH_SM90A
+      if (use_sm90a()) {
+        sm90a::AttentionBackwardProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv,
+                                          pdo, lse.data<float>(), dd.data<float>(), dq.data<T>(),
+                                          dk.data<T>(), dv.data<T>(), int(n.B), int(n.NH),
+                                          int(n.NKV), int(n.T), int(n.S), float(scale), causal};
+        if (sm90a::attention_backward(a, 0)) {
+          check_launch("attention_backward");
+          return;
+        }
+      }
+#endif
       Tensor dq_acc = Tensor::empty(q.shape(), DType::Float32, q.device());
       check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4),
             "attention_backward");

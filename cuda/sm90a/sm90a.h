@@ -51,4 +51,20 @@ struct AttentionProblem {
 
 bool attention_forward(const AttentionProblem& a, cudaStream_t stream);
 
+// Attention backward of the same case: dq (B, NH, T, HS), dk and dv (B, NKV, S, HS) written
+// (not accumulated), from q, k, v, dout, the forward's lse and dd = rowsum(dout * out) - dlse
+// (B, NH, T) fp32. Returns false without launching when the case is not covered.
+struct AttentionBackwardProblem {
+  bool bf16;
+  int HS;
+  const void *q, *k, *v, *dout;
+  const float *lse, *dd;
+  void *dq, *dk, *dv;
+  int B, NH, NKV, T, S;
+  float scale;
+  bool causal;
+};
+
+bool attention_backward(const AttentionBackwardProblem& a, cudaStream_t stream);
+
 }  // namespace ls::cuda::sm90a
