@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0) {
       mbar_expect_tx(q_full, L::kTileBytes);
       for (int i = 0; i < L::kBoxes; ++i) tma_load(q_tile + i * kBoxBytes, &map_q, 64 * i, m0, bh, q_full);
@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
   const int c = wg - 1, warp = tid / 32, lane = tid % 32;
   // This thread's rows of the 64 owned by its warpgroup, and its column pair in each 8 columns.
   const int row_a = m0 + c * 64 + warp * 16 + lane / 4, row_b = row_a + 8;
@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0) {
       mbar_expect_tx(kv_full, 2 * L::kBig);
       for (int i = 0; i < L::kBoxes; ++i) {
@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
   const int c = wg - 1, warp = tid / 32, lane = tid % 32;
   const int key_a = n0 + c * 64 + warp * 16 + lane / 4, key_b = key_a + 8;  // this thread's keys
   const int col = 2 * (lane % 4);
@@ -524,6 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
       wgmma_ss_n64<T>(x, descriptor(k_tile + a_off, 16, 1024), descriptor(qt + b_off, 16, 1024), kk > 0);
     }
+    wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < HS / 16; ++kk) {
       const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
@@ -531,48 +532,61 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_ss_n64<T>(dp, descriptor(v_tile + a_off, 16, 1024), descriptor(dot + b_off, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait_all();
 
-    // P^T and dS^T, column by column (a column is a query): lse and D' of this thread's queries.
+    // While dP^T is being computed: P^T, column by column (a column is a query), kept in x.
+    // A row that sees no key has lse -inf and takes no part (its P is 0), as do rows past T.
     const float* lse = p.lse + int64_t(bh) * p.T;
     const float* dd = p.dd + int64_t(bh) * p.T;
     const bool masked = q0 + kBwdRows > p.T || n0 + kBwdKeys > p.S ||
                         (p.causal && n0 + kBwdKeys - 1 > q0 + p.S - p.T);
-    uint32_t pf[4][4], sf[4][4];  // P^T and dS^T as the A operands of 4 k-steps of 16 queries
+    wgmma_wait<1>();  // S^T is ready
+    float l2[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int t = q0 + 8 * (i / 2) + col + i % 2;
+      const float l = t < p.T ? lse[t] : -INFINITY;
+      l2[i] = l == -INFINITY ? INFINITY : l * kLog2e;
+    }
+    uint32_t pf[4][4];  // P^T as the A operand of 4 k-steps of 16 queries
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
-      float pr[4], ds[4];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = q0 + 8 * n + col + e;
-        const bool live = t < p.T;
-        // a row that sees no key has lse -inf: it takes no part (its P is 0)
-        const float l = live ? lse[t] : INFINITY;
-        const float l2 = l == -INFINITY ? INFINITY : l * kLog2e;
-        const float d = live ? dd[t] : 0.f;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {  // r = 0: key_a, r = 1: key_b
-          const int i = 4 * n + 2 * r + e, key = r ? key_b : key_a;
-          float pv = exp2f(fmaf(x[i], p.scale_log2, -l2));
-          if (masked && (key >= p.S || (p.causal && key > t + p.S - p.T))) pv = 0.f;
-          pr[2 * r + e] = pv;
-          ds[2 * r + e] = pv * (dp[i] - d);
-        }
+      for (int i = 4 * n; i < 4 * n + 4; ++i) {  // i % 4 < 2: key_a, else key_b; column i % 2
+        const int t = q0 + 8 * n + col + i % 2, key = i % 4 < 2 ? key_a : key_b;
+        float pv = exp2f(fmaf(x[i], p.scale_log2, -l2[2 * n + i % 2]));
+        if (masked && (key >= p.S || (p.causal && key > t + p.S - p.T))) pv = 0.f;
+        x[i] = pv;
       }
-      pf[n / 2][(n % 2) * 2] = pack<T>(pr[0], pr[1]);
-      pf[n / 2][(n % 2) * 2 + 1] = pack<T>(pr[2], pr[3]);
-      sf[n / 2][(n % 2) * 2] = pack<T>(ds[0], ds[1]);
-      sf[n / 2][(n % 2) * 2 + 1] = pack<T>(ds[2], ds[3]);
+      pf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n], x[4 * n + 1]);
+      pf[n / 2][(n % 2) * 2 + 1] = pack<T>(x[4 * n + 2], x[4 * n + 3]);
     }
-
-    // dV += P^T dO and dK += dS^T Q: k-steps over 16 queries (2048 bytes), dO and Q transposed.
+    // dV += P^T dO (k-steps over 16 queries, 2048 bytes; dO transposed), running while dS^T is
+    // formed.
     wgmma_fence();
 #pragma unroll
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dv, pf[t], descriptor(dot + t * 2048, kHalfBoxBytes, 1024));
+    wgmma_commit();
+    float dcol[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int t = q0 + 8 * (i / 2) + col + i % 2;
+      dcol[i] = t < p.T ? dd[t] : 0.f;
+    }
+    wgmma_wait<1>();  // dP^T is ready
+    uint32_t sf[4][4];  // dS^T = P^T (dP^T - D') as the A operand of the dK product
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const float d0 = dcol[2 * n], d1 = dcol[2 * n + 1];
+      sf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n] * (dp[4 * n] - d0), x[4 * n + 1] * (dp[4 * n + 1] - d1));
+      sf[n / 2][(n % 2) * 2 + 1] =
+          pack<T>(x[4 * n + 2] * (dp[4 * n + 2] - d0), x[4 * n + 3] * (dp[4 * n + 3] - d1));
+    }
+    // dK += dS^T Q (Q transposed).
+    wgmma_fence();
 #pragma unroll
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dk, sf[t], descriptor(qt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     if (tid == 0) mbar_arrive(empty(s));
   }
 
@@ -619,7 +633,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0) {
       mbar_expect_tx(q_full, 2 * L::kBig);
       for (int i = 0; i < L::kBoxes; ++i) {
@@ -642,7 +656,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
   const int c = wg - 1, warp = tid / 32, lane = tid % 32;
   const int row_a = m0 + c * 64 + warp * 16 + lane / 4, row_b = row_a + 8;
   const int col = 2 * (lane % 4);
@@ -674,6 +688,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
       wgmma_ss_n64<T>(x, descriptor(q_tile + a_off, 16, 1024), descriptor(kt + b_off, 16, 1024), kk > 0);
     }
+    wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < HS / 16; ++kk) {
       const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
@@ -681,28 +696,25 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_ss_n64<T>(dp, descriptor(do_tile + a_off, 16, 1024), descriptor(vt + b_off, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait_all();
 
+    // P into x while dP is being computed, then dS = P (dP - D').
     const int key0 = j * kDqKeys;
     const bool masked = key0 + kDqKeys > p.S || (p.causal && key0 + kDqKeys - 1 > m0 + p.S - p.T);
+    wgmma_wait<1>();  // S is ready
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {  // i % 4 < 2: row_a, else row_b; key 8 (i / 4) + col + i % 2
+      const int key = key0 + 8 * (i / 4) + col + i % 2, row = i % 4 < 2 ? row_a : row_b;
+      float pv = exp2f(fmaf(x[i], p.scale_log2, i % 4 < 2 ? -l2_a : -l2_b));
+      if (masked && (key >= p.S || (p.causal && key > row + p.S - p.T))) pv = 0.f;
+      x[i] = pv;
+    }
+    wgmma_wait<0>();  // dP is ready
     uint32_t sf[4][4];  // dS as the A operand of 4 k-steps of 16 keys
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
-      float ds[4];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int key = key0 + 8 * n + col + e;
-        float pa = exp2f(fmaf(x[4 * n + e], p.scale_log2, -l2_a));
-        float pb = exp2f(fmaf(x[4 * n + 2 + e], p.scale_log2, -l2_b));
-        if (masked) {
-          if (key >= p.S || (p.causal && key > row_a + p.S - p.T)) pa = 0.f;
-          if (key >= p.S || (p.causal && key > row_b + p.S - p.T)) pb = 0.f;
-        }
-        ds[e] = pa * (dp[4 * n + e] - d_a);
-        ds[2 + e] = pb * (dp[4 * n + 2 + e] - d_b);
-      }
-      sf[n / 2][(n % 2) * 2] = pack<T>(ds[0], ds[1]);
-      sf[n / 2][(n % 2) * 2 + 1] = pack<T>(ds[2], ds[3]);
+      sf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n] * (dp[4 * n] - d_a), x[4 * n + 1] * (dp[4 * n + 1] - d_a));
+      sf[n / 2][(n % 2) * 2 + 1] =
+          pack<T>(x[4 * n + 2] * (dp[4 * n + 2] - d_b), x[4 * n + 3] * (dp[4 * n + 3] - d_b));
     }
 
     // dQ += dS K: k-steps over 16 keys (2048 bytes), K transposed.
