@@ -5,7 +5,10 @@
     logits = lm_head(norm_f(x))  (optionally c * tanh(logits / c))   (B, T, V)
 
 The add after attention and norm2 run as one kernel (F.add_layer_norm / F.add_rms_norm: the
-residual stream is read and written once for both); the results are those of the two steps.
+residual stream is read and written once for both); the results are those of the two steps. The
+add after the MLP stays separate: fusing it with the next block's norm1 (or norm_f) would make a
+block return the residual and its pending update, two tensors, where a recomputed
+(checkpointed) block returns one.
 
 Attention: one fused qkv projection C -> (NH + 2 NKV) HS, optional RMSNorm per head of q and k
 (QK-norm), RoPE on q and k (half-split layout by default, as Hugging Face LLaMA), causal
