@@ -133,6 +133,39 @@ __device__ __forceinline__ Vec<T, V>* as_vec(T* p) {
   return reinterpret_cast<Vec<T, V>*>(p);
 }
 
+// The first pass of a norm fused with the residual add before it (add_layer_norm,
+// add_rms_norm): h = x + r (added in the accumulation type, rounded to T as a separate add
+// would) is written to memory and kept in the cache c, so that the later passes are
+// row_pass<false> over h: the cached vectors come from registers, the rest are read back from
+// h, which this thread has just written. f(j, v) sees v[0] = h[j], as after row_pass<true>.
+template <int K, typename T, int V, typename F>
+__device__ __forceinline__ void add_row_pass(const Vec<T, V>* x, const Vec<T, V>* r, Vec<T, V>* h,
+                                             int64_t nvec, Vec<T, V> (&c)[1][K], F&& f) {
+  using A = acc_t<T>;
+  const int64_t tx = blockDim.x;
+  auto add = [&](int64_t j) {
+    const Vec<T, V> a = x[j], b = r[j];
+    Vec<T, V> s;
+#pragma unroll
+    for (int i = 0; i < V; ++i) s.v[i] = convert<T>(convert<A>(a.v[i]) + convert<A>(b.v[i]));
+    h[j] = s;
+    return s;
+  };
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t j = threadIdx.x + k * tx;
+    if (j < nvec) {
+      c[0][k] = add(j);
+      const Vec<T, V> v[1] = {c[0][k]};
+      f(j, v);
+    }
+  }
+  for (int64_t j = threadIdx.x + K * tx; j < nvec; j += tx) {
+    const Vec<T, V> v[1] = {add(j)};
+    f(j, v);
+  }
+}
+
 // ---- host side ----
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

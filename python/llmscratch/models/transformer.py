@@ -4,6 +4,12 @@
     for each block:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
     logits = lm_head(norm_f(x))  (optionally c * tanh(logits / c))   (B, T, V)
 
+The add after attention and norm2 run as one kernel (F.add_layer_norm / F.add_rms_norm: the
+residual stream is read and written once for both); the results are those of the two steps. The
+add after the MLP stays separate: fusing it with the next block's norm1 (or norm_f) would make a
+block return the residual and its pending update, two tensors, where a recomputed
+(checkpointed) block returns one.
+
 Attention: one fused qkv projection C -> (NH + 2 NKV) HS, optional RMSNorm per head of q and k
 (QK-norm), RoPE on q and k (half-split layout by default, as Hugging Face LLaMA), causal
 F.scaled_dot_product_attention with grouped kv heads (query head h reads kv head
@@ -130,6 +136,13 @@ def _norm(config: ModelConfig, dtype, device):
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype, device=device)
 
 
+def _add_norm(norm, x, r):
+    """(x + r, norm(x + r)) in one fused call, with norm's parameters."""
+    if isinstance(norm, nn.RMSNorm):
+        return F.add_rms_norm(x, r, norm.weight, norm.eps)
+    return F.add_layer_norm(x, r, norm.weight, norm.bias, norm.eps)
+
+
 def _moe(config: ModelConfig, dtype, device):
     c = config
     return MoE(c.n_embd, c.moe_intermediate_size, c.n_experts, c.top_k, c.moe_activation,
@@ -147,8 +160,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, start_pos=0):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, start_pos))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        x, h = _add_norm(self.norm2, x, self.drop(self.attn(self.norm1(x), rope, cache, start_pos)))
+        return x + self.drop(self.mlp(h))
 
 
 class Transformer(nn.Module):
