@@ -34,6 +34,8 @@ def run(device, dtype):
     w, b = t(1000, grad=True), t(1000, grad=True)
     y = F.softmax(x, -1).sum() + F.log_softmax(x, -1).sum() + F.layer_norm(x, (1000,), w, b).sum()
     y = y + F.rms_norm(x, (1000,), w).sum() + F.cross_entropy(x, ids(1000, 37))
+    # the in-place pair on logits of their own, the backward's factor 2 not skipped
+    y = y + 2.0 * F.cross_entropy(x * 1.0, ids(1000, 37), inplace_backward=True)
     y.backward()
     # activations, RoPE, dropout
     a = t(5, 9, 4, 64, grad=True)
