@@ -28,8 +28,9 @@ class _CrossEntropyInplace(Function):
     @staticmethod
     def backward(ctx, g):
         if not ctx.saved_tensors:
-            raise RuntimeError("cross_entropy(inplace_backward=True): the logits gradient was already "
-                               "handed to an earlier backward through this loss; it serves one")
+            raise RuntimeError("cross_entropy(inplace_backward=True): the logits gradient was "
+                               "already handed to an earlier backward through this loss; it "
+                               "serves one")
         (buf,) = ctx.saved_tensors
         if buf._version != ctx.version:
             raise RuntimeError("cross_entropy(inplace_backward=True): the logits, which hold their "
@@ -50,10 +51,13 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
     forward writes d(loss)/d(logits) over the logits while it has each row, and the backward
     scales that memory by the incoming gradient and returns it as the logits' gradient. After the
     call the logits tensor holds that gradient, not the logits, so use it only where nothing else
-    reads the logits afterwards (the loss of a model's own output). The logits must be contiguous
-    and must not be a leaf (a parameter or the caller's input is never overwritten); the gradient
-    serves one backward. Where no gradient is recorded (no_grad, or logits not requiring grad) the
-    plain path runs and the logits are left intact."""
+    reads the logits afterwards (the loss of a model's own output). Every reduction, ignore_index
+    and label smoothing work as in the plain path ('none' scales each row by its own incoming
+    gradient); the lse is not exposed. The logits must be contiguous (a strided view raises
+    ValueError rather than being copied, which would bring back the second tensor) and must not
+    be a leaf (a parameter or the caller's input is never overwritten); the gradient serves one
+    backward, and a write into the logits before it raises. Where no gradient is recorded
+    (no_grad, or logits not requiring grad) the plain path runs and the logits are left intact."""
     if not isinstance(logits, _core.Tensor) or not isinstance(targets, _core.Tensor):
         raise TypeError("cross_entropy: logits and targets must be Tensors, got "
                         f"{type(logits).__name__} and {type(targets).__name__}")
