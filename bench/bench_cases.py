@@ -226,6 +226,21 @@ def cross_entropy(device, dtype, N, V):
     yield Case("cross_entropy", "fwd+bwd", shape, dtype, 3 * size, "GB/s", ours, theirs, ref=ref,
                flops=8 * N * V)
 
+    # fwd+bwd with the gradient written over the logits (F.cross_entropy(inplace_backward=True)),
+    # through the registry pair. Each call first restores the logits it overwrote (a copy: one
+    # read, one write), then reads the rows and writes the gradient; the backward's factor is 1,
+    # which the device skips. Work: those 4 row passes.
+    scratch = x * 1.0
+    attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
+    one = ls.ones(device=device)
+
+    def ours_inplace():
+        scratch.copy_(x)
+        _core.call("cross_entropy_inplace", [scratch, t], attrs)
+        return _core.call("cross_entropy_inplace_backward", [one, scratch], {"reduction": "mean"})[0]
+    yield Case("cross_entropy", "inplace", shape, dtype, 4 * size, "GB/s", ours_inplace, theirs, ref=ref,
+               registry_op="cross_entropy_inplace", flops=8 * N * V, keep=(scratch,))
+
 
 def _pointwise(name, device, dtype, R, C):
     x, tx, x64 = _pair((R, C), dtype, device)

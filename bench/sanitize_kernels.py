@@ -37,6 +37,8 @@ def run(device, dtype):
     y = y + F.rms_norm(x, (1000,), w).sum() + F.cross_entropy(x, ids(1000, 37))
     for h, z in (F.add_layer_norm(x, x2, w, b), F.add_rms_norm(x, x2, w)):
         y = y + (h * z).sum()
+    # the in-place pair on logits of their own, the backward's factor 2 not skipped
+    y = y + 2.0 * F.cross_entropy(x * 1.0, ids(1000, 37), inplace_backward=True)
     y.backward()
     # activations, RoPE, dropout
     a = t(5, 9, 4, 64, grad=True)

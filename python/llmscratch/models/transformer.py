@@ -28,7 +28,7 @@ import numpy as np
 import llmscratch as ls
 from .. import functional as F
 from .. import nn
-from ..autograd import checkpoint, no_grad
+from ..autograd import checkpoint, is_grad_enabled, no_grad
 from ..nn import init
 from .config import ModelConfig
 from .moe import MoE
@@ -168,7 +168,10 @@ class Transformer(nn.Module):
     """Decoder-only Transformer built from a ModelConfig.
 
     forward(ids (B, T) int) -> logits (B, T, V); forward(ids, targets) -> (logits, mean
-    cross-entropy over targets != -100). Parameters: wte, wpe (learned positions),
+    cross-entropy over targets != -100). While training with gradients recorded, the loss writes
+    the logits' gradient over the logits (F.cross_entropy(inplace_backward=True): no second
+    (B*T, V) tensor), so forward(ids, targets) returns (None, loss) there; eval mode, no_grad, or
+    loss_in_place = False keep the logits and return them. Parameters: wte, wpe (learned positions),
     blocks.N.{norm1, attn.qkv, attn.q_norm, attn.k_norm, attn.proj, norm2, mlp.fc, mlp.proj},
     norm_f, lm_head (the same tensor as wte when tied). In MoE layers (config.n_experts > 0)
     blocks.N.mlp is a models.moe.MoE: mlp.router, mlp.experts_fc, mlp.experts_proj,
@@ -196,6 +199,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.wte.weight
         self._rope_cache = {}
         self.recompute = False  # per-block activation recomputation while training
+        self.loss_in_place = True  # training loss: logits gradient written over the logits
         self.reset_parameters()
 
     # ---- initialisation ----
@@ -297,7 +301,14 @@ class Transformer(nn.Module):
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"Transformer: targets must have the shape of ids {(B, T)}, got "
                              f"{tuple(targets.shape)}")
-        loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), targets.reshape(B * T))
+        # The logits are this forward's own (nothing saved them for a backward), so in training
+        # the loss may overwrite them with their gradient; they are then not handed out.
+        in_place = (self.loss_in_place and self.training and is_grad_enabled()
+                    and logits.requires_grad)
+        loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), targets.reshape(B * T),
+                               inplace_backward=in_place)
+        if in_place:
+            logits = None
         if self.training:
             for moe in self.moe_modules():
                 if c.aux_loss_coef:
