@@ -87,20 +87,20 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
   Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
   int64_t* pi = info.data<int64_t>();
   if (targets.dtype() == DType::Int64)
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int64_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore);
   else
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int32_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore);
   check_launch(op);
   if (N == 0) return info;  // nothing to check: no sync
   int64_t first = N;
-  check(cudaMemcpy(&first, pi, sizeof first, cudaMemcpyDeviceToHost), op);
+  read_to_host(&first, pi, sizeof first, op);
   if (first < N) {
     int64_t v = 0;
     if (targets.dtype() == DType::Int64) {
-      check(cudaMemcpy(&v, targets.data<int64_t>() + first, sizeof v, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v, targets.data<int64_t>() + first, sizeof v, op);
     } else {
       int32_t v32 = 0;
-      check(cudaMemcpy(&v32, targets.data<int32_t>() + first, sizeof v32, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v32, targets.data<int32_t>() + first, sizeof v32, op);
       v = v32;
     }
     throw IndexError(::ls::cat(op, ": target ", v, " at position ", first, " is out of range for ", V,
@@ -216,18 +216,18 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
         if (vectorizable<T>(V, {logits.raw_data()})) {
           const Launch L = row_launch<T>(N, V / kVec<T>);
-          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(),
+          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
                                                                   pt, N, V, ignore, A(eps));
         } else {
           const Launch L = row_launch<T>(N, V);
-          cross_entropy_kernel<T, 1, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
+          cross_entropy_kernel<T, 1, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
                                                             N, V, ignore, A(eps));
         }
       });
       check_launch(op);
     }
     if (red != Reduction::None) {
-      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
+      reduce_loss_kernel<T><<<1, kCheckThreads, 0, current_stream()>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
                                                   red == Reduction::Mean);
       check_launch(op);
     }
@@ -304,7 +304,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
     dispatch_targets(targets, [&](auto* pt) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
-        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
+        kernel<<<L.grid, L.block, 0, current_stream()>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))

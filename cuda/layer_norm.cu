@@ -103,10 +103,10 @@ void launch_forward(T* y, acc_t<T>* mean, acc_t<T>* rstd, const T* x, const T* w
                     int64_t R, int64_t C, double eps) {
   const Launch L = row_launch<T>(R, C / V);
   const acc_t<T> e = acc_t<T>(eps);
-  if (w && b) layer_norm_kernel<T, V, true, true><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
-  else if (w) layer_norm_kernel<T, V, true, false><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
-  else if (b) layer_norm_kernel<T, V, false, true><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
-  else layer_norm_kernel<T, V, false, false><<<L.grid, L.block>>>(y, mean, rstd, x, w, b, R, C, e);
+  if (w && b) layer_norm_kernel<T, V, true, true><<<L.grid, L.block, 0, current_stream()>>>(y, mean, rstd, x, w, b, R, C, e);
+  else if (w) layer_norm_kernel<T, V, true, false><<<L.grid, L.block, 0, current_stream()>>>(y, mean, rstd, x, w, b, R, C, e);
+  else if (b) layer_norm_kernel<T, V, false, true><<<L.grid, L.block, 0, current_stream()>>>(y, mean, rstd, x, w, b, R, C, e);
+  else layer_norm_kernel<T, V, false, false><<<L.grid, L.block, 0, current_stream()>>>(y, mean, rstd, x, w, b, R, C, e);
 }
 
 Tensors layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
@@ -209,7 +209,7 @@ void launch_backward(T* dx, acc_t<T>* scratch, acc_t<T>* partial, const T* g, co
   if (plan.smem > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)),
           "layer_norm_backward");
-  kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(dx, scratch, partial, g, x, w, mean, rstd, R,
+  kernel<<<plan.launch.grid, plan.launch.block, plan.smem, current_stream()>>>(dx, scratch, partial, g, x, w, mean, rstd, R,
                                                               C, accumulate, plan.in_smem);
 }
 

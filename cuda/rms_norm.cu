@@ -100,8 +100,8 @@ Tensors rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
     auto run = [&](auto vec_tag) {
       constexpr int V = decltype(vec_tag)::value;
       const Launch L = row_launch<T>(R, C / V);
-      if (pw) rms_norm_kernel<T, V, true><<<L.grid, L.block>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
-      else rms_norm_kernel<T, V, false><<<L.grid, L.block>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
+      if (pw) rms_norm_kernel<T, V, true><<<L.grid, L.block, 0, current_stream()>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
+      else rms_norm_kernel<T, V, false><<<L.grid, L.block, 0, current_stream()>>>(y.data<T>(), rstd.data<A>(), x.data<T>(), pw, R, C, e);
     };
     if (vectorizable<T>(C, {x.raw_data(), y.raw_data(), pw})) run(std::integral_constant<int, kVec<T>>{});
     else run(std::integral_constant<int, 1>{});
@@ -203,7 +203,7 @@ Tensors rms_norm_backward_cuda(const Tensors& in, const Attrs& a) {
       auto kernel = pw ? rms_norm_backward_kernel<T, VV, true> : rms_norm_backward_kernel<T, VV, false>;
       if (plan.smem > 48 * 1024)
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)), op);
-      kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(
+      kernel<<<plan.launch.grid, plan.launch.block, plan.smem, current_stream()>>>(
           dx.data<T>(), scratch.data<A>(), partial.data<A>(), g.data<T>(), x.data<T>(), pw,
           rstd.data<A>(), R, C, accumulate, plan.in_smem);
     };
