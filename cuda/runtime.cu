@@ -190,7 +190,6 @@ void* malloc_on(size_t nbytes, int device) {
 }
 void free_on(void* p, int device) { allocator().free(p, device); }
 void memory_stats(int device, int64_t out[5]) { allocator().stats(device, out); }
-void empty_cache() { allocator().empty_cache(); }
 void reset_peak(int device) { allocator().reset_peak(device); }
 
 void device_name(int device, char* out, int size) {

@@ -212,3 +212,15 @@ def test_dlpack_to_torch_from_a_side_stream():
         x = torch.from_dlpack(y2)  # torch's default stream is ordered after s's work
     assert rel_err(x.cpu().numpy(), expected) < 1e-5
     s.synchronize()
+
+
+def test_from_dlpack_on_a_side_stream_waits_for_torch():
+    s = Stream()
+    ta = torch.randn(N, N, device="cuda")
+    tb = ta
+    for _ in range(12):  # queued on torch's default stream, still running below
+        tb = (tb @ ta) / np.sqrt(N)
+    with stream(s):
+        ours = ls.from_dlpack(tb)  # s is ordered after torch's pending work
+        got = to_np((ours * 2).cpu())
+    assert rel_err(got, (tb * 2).cpu().numpy()) < 1e-6
