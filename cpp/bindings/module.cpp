@@ -223,7 +223,9 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("cuda_current_stream", [=](int device) {
     return handle(on("current_stream", device).current_stream(device));
   });
-  m.def("cuda_set_stream", [=](int device, uintptr_t s) { on("set_stream", device).set_stream(device, ptr(s)); });
+  m.def("cuda_set_stream", [=](int device, uintptr_t s) {
+    on("set_stream", device).set_stream(device, ptr(s));
+  });
   m.def("cuda_stream_create", [=](int device, int priority) {
     return handle(on("Stream", device).stream_create(device, priority));
   });
@@ -246,7 +248,9 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("cuda_event_create", [=](int device, bool timing) {
     return handle(on("Event", device).event_create(device, timing));
   });
-  m.def("cuda_event_destroy", [](uintptr_t e) { require_cuda("Event").event_destroy(reinterpret_cast<void*>(e)); });
+  m.def("cuda_event_destroy", [](uintptr_t e) {
+    require_cuda("Event").event_destroy(reinterpret_cast<void*>(e));
+  });
   m.def("cuda_event_record", [=](uintptr_t e, int device, uintptr_t s) {
     on("Event.record", device).event_record(ptr(e), device, ptr(s));
   });

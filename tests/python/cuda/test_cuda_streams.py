@@ -85,7 +85,7 @@ def test_wait_stream_orders_a_long_kernel_before_a_dependent_one():
         out.copy_(long_chain(a))  # written late: the side stream is busy for a while
     default_stream().wait_stream(s)
     total = out.sum()  # the dependent kernel, on the default stream
-    assert rel_err(to_np(out.cpu()), expected) < 1e-5
+    assert rel_err(to_np(out.cpu()), expected) < 1e-4  # an unordered read sees zeros: error 1
     assert abs(total.item() - expected.astype(np.float64).sum()) <= 1e-3 * np.abs(expected).sum()
 
 
@@ -210,7 +210,7 @@ def test_dlpack_to_torch_from_a_side_stream():
         expected = to_np(y.cpu())  # y's values, read on s
         y2 = long_chain(a)
         x = torch.from_dlpack(y2)  # torch's default stream is ordered after s's work
-    assert rel_err(x.cpu().numpy(), expected) < 1e-5
+    assert rel_err(x.cpu().numpy(), expected) < 1e-4
     s.synchronize()
 
 
@@ -224,3 +224,20 @@ def test_from_dlpack_on_a_side_stream_waits_for_torch():
         ours = ls.from_dlpack(tb)  # s is ordered after torch's pending work
         got = to_np((ours * 2).cpu())
     assert rel_err(got, (tb * 2).cpu().numpy()) < 1e-6
+
+
+def test_triton_kernels_run_on_the_current_stream():
+    pytest.importorskip("triton")
+    import llmscratch.functional as F
+    a = ls.tensor(randn(N, N), dtype=ls.float32, device="cuda")
+    expected = to_np(F.gelu(long_chain(a)).cpu())  # native kernels, default stream
+    s = Stream()
+    s.wait_stream(default_stream())
+    with stream(s):
+        h = long_chain(a)  # native kernels on s, still running when gelu is queued
+        with ls.backend("triton"):
+            ls.backend_report(reset=True)
+            y = F.gelu(h)  # launched by torch: must go on s, after h
+            assert ls.backend_report()["gelu"] == "triton"
+        got = to_np(y.cpu())
+    assert rel_err(got, expected) < 1e-4
