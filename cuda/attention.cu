@@ -809,7 +809,7 @@ void launch_flash_fwd(const T* q, const T* k, const T* v, T* out, float* lse, co
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "attention");
   const dim3 grid(unsigned((n.T + BM - 1) / BM), unsigned(n.NH), unsigned(n.B));
-  kern<<<grid, FwdCfg<HS>::NW * 32, smem>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T),
+  kern<<<grid, FwdCfg<HS>::NW * 32, smem, current_stream()>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T),
                                             int(n.S), scale, causal);
   check_launch("attention");
 }
@@ -823,7 +823,7 @@ void launch_flash_bwd(const T* q, const T* k, const T* v, const T* dout, const f
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "attention_backward");
   const dim3 grid(unsigned((n.S + BN - 1) / BN), unsigned(n.NKV), unsigned(n.B));
-  kern<<<grid, NW * 32, smem>>>(q, k, v, dout, lse, dd, dq_acc, dk, dv, int(n.NH), int(n.NKV),
+  kern<<<grid, NW * 32, smem, current_stream()>>>(q, k, v, dout, lse, dd, dq_acc, dk, dv, int(n.NH), int(n.NKV),
                                 int(n.T), int(n.S), scale, causal);
   check_launch("attention_backward");
 }
@@ -939,7 +939,7 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
       sm90a::AttentionProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv, po,
                                 lse.data<float>(), int(n.B), int(n.NH), int(n.NKV), int(n.T),
                                 int(n.S), float(scale), causal};
-      if (sm90a::attention_forward(a, 0)) {
+      if (sm90a::attention_forward(a, current_stream())) {
         check_launch("attention");
         return;
       }
@@ -951,7 +951,7 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
       return;
     }
   }
-  attn_fwd_simple_kernel<T, A><<<simple_blocks(n.B * n.NH * n.T), kSimpleWarps * 32>>>(
+  attn_fwd_simple_kernel<T, A><<<simple_blocks(n.B * n.NH * n.T), kSimpleWarps * 32, 0, current_stream()>>>(
       pq, pk, pv, po, lse.data<A>(), mask, n, A(scale), causal);
   check_launch("attention");
 }
@@ -969,7 +969,7 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
     if (flash) {
       constexpr int kPreWarps = 8;
-      bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32>>>(
+      bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
           po, pdo, pdl, dd.data<float>(), rows, int(n.HS));
       check_launch("attention_backward");
 #ifdef LLMSCRATCH_SM90A
@@ -978,14 +978,14 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
                                           pdo, lse.data<float>(), dd.data<float>(), dq.data<T>(),
                                           dk.data<T>(), dv.data<T>(), int(n.B), int(n.NH),
                                           int(n.NKV), int(n.T), int(n.S), float(scale), causal};
-        if (sm90a::attention_backward(a, 0)) {
+        if (sm90a::attention_backward(a, current_stream())) {
           check_launch("attention_backward");
           return;
         }
       }
 #endif
       Tensor dq_acc = Tensor::empty(q.shape(), DType::Float32, q.device());
-      check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4),
+      check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4, current_stream()),
             "attention_backward");
       if (n.S > 0) {
         if (n.HS == 64)
@@ -997,18 +997,18 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
                                    dq_acc.data<float>(), dk.data<T>(), dv.data<T>(), n,
                                    float(scale), causal);
       }
-      scale_cast_kernel<T><<<grid_for(dq.numel()), kThreads>>>(dq.data<T>(), dq_acc.data<float>(),
+      scale_cast_kernel<T><<<grid_for(dq.numel()), kThreads, 0, current_stream()>>>(dq.data<T>(), dq_acc.data<float>(),
                                                                dq.numel(), float(scale));
       check_launch("attention_backward");
       return;
     }
   }
-  attn_bwd_dq_simple_kernel<T, A><<<simple_blocks(rows), kSimpleWarps * 32>>>(
+  attn_bwd_dq_simple_kernel<T, A><<<simple_blocks(rows), kSimpleWarps * 32, 0, current_stream()>>>(
       pq, pk, pv, po, lse.data<A>(), pdo, pdl, dq.data<T>(), dd.data<A>(), mask, n, A(scale),
       causal);
   check_launch("attention_backward");
   if (n.S > 0) {
-    attn_bwd_dkv_simple_kernel<T, A><<<simple_blocks(n.B * n.NKV * n.S), kSimpleWarps * 32>>>(
+    attn_bwd_dkv_simple_kernel<T, A><<<simple_blocks(n.B * n.NKV * n.S), kSimpleWarps * 32, 0, current_stream()>>>(
         pq, pk, pv, lse.data<A>(), pdo, dd.data<A>(), dk.data<T>(), dv.data<T>(), mask, n,
         A(scale), causal);
     check_launch("attention_backward");

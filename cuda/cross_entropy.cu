@@ -102,20 +102,20 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
   Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
   int64_t* pi = info.data<int64_t>();
   if (targets.dtype() == DType::Int64)
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int64_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore);
   else
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int32_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore);
   check_launch(op);
   if (N == 0) return info;  // nothing to check: no sync
   int64_t first = N;
-  check(cudaMemcpy(&first, pi, sizeof first, cudaMemcpyDeviceToHost), op);
+  read_to_host(&first, pi, sizeof first, op);
   if (first < N) {
     int64_t v = 0;
     if (targets.dtype() == DType::Int64) {
-      check(cudaMemcpy(&v, targets.data<int64_t>() + first, sizeof v, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v, targets.data<int64_t>() + first, sizeof v, op);
     } else {
       int32_t v32 = 0;
-      check(cudaMemcpy(&v32, targets.data<int32_t>() + first, sizeof v32, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v32, targets.data<int32_t>() + first, sizeof v32, op);
       v = v32;
     }
     throw IndexError(::ls::cat(op, ": target ", v, " at position ", first, " is out of range for ", V,
@@ -309,7 +309,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
         const bool vec = vectorizable<T>(V, {logits.raw_data()});
         if (in_place) {
           auto launch = [&](auto kernel, const Launch& L) {
-            kernel<<<L.grid, L.block>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N, V, ignore,
+            kernel<<<L.grid, L.block, 0, current_stream()>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N, V, ignore,
                                         A(eps), red == Reduction::Mean);
           };
           if (vec)
@@ -318,18 +318,18 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
             launch(cross_entropy_inplace_kernel<T, 1, I>, row_launch<T>(N, V));
         } else if (vec) {
           const Launch L = row_launch<T>(N, V / kVec<T>);
-          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(),
+          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
                                                                   pt, N, V, ignore, A(eps));
         } else {
           const Launch L = row_launch<T>(N, V);
-          cross_entropy_kernel<T, 1, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
+          cross_entropy_kernel<T, 1, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
                                                             N, V, ignore, A(eps));
         }
       });
       check_launch(op);
     }
     if (red != Reduction::None) {
-      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
+      reduce_loss_kernel<T><<<1, kCheckThreads, 0, current_stream()>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
                                                   red == Reduction::Mean);
       check_launch(op);
     }
@@ -416,7 +416,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
     dispatch_targets(targets, [&](auto* pt) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
-        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
+        kernel<<<L.grid, L.block, 0, current_stream()>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
@@ -473,7 +473,7 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
     auto launch = [&](auto kernel, int64_t nvec) {
       const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, int64_t(1) << 20)),
                       unsigned(std::min<int64_t>(R, 65535)));
-      kernel<<<grid, kScaleThreads>>>(dlogits.data<T>(), g.data<A>(), R, nvec, per_row);
+      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, per_row);
     };
     if (vectorizable<T>(C, {dlogits.raw_data()}))
       launch(scale_rows_kernel<T, kVec<T>>, C / kVec<T>);

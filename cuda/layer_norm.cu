@@ -130,7 +130,7 @@ void launch_forward(T* y, T* h, acc_t<T>* mean, acc_t<T>* rstd, const T* x, cons
   const acc_t<T> e = acc_t<T>(eps);
   auto kernel = w ? (b ? layer_norm_kernel<T, V, true, true, Add> : layer_norm_kernel<T, V, true, false, Add>)
                   : (b ? layer_norm_kernel<T, V, false, true, Add> : layer_norm_kernel<T, V, false, false, Add>);
-  kernel<<<L.grid, L.block>>>(y, h, mean, rstd, x, res, w, b, R, C, e);
+  kernel<<<L.grid, L.block, 0, current_stream()>>>(y, h, mean, rstd, x, res, w, b, R, C, e);
 }
 
 // layer_norm (res undefined) -> {y, mean, rstd}, or add_layer_norm -> {h, y, mean, rstd}.
@@ -266,7 +266,7 @@ void launch_backward(T* dx, acc_t<T>* scratch, acc_t<T>* partial, const T* g, co
   if (plan.smem > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)),
           "layer_norm_backward");
-  kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(dx, scratch, partial, g, dh, x, w, mean, rstd,
+  kernel<<<plan.launch.grid, plan.launch.block, plan.smem, current_stream()>>>(dx, scratch, partial, g, dh, x, w, mean, rstd,
                                                               R, C, accumulate, plan.in_smem);
 }
 

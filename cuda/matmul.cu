@@ -163,7 +163,7 @@ void launch_mma(GemmArgs<T> p, int64_t nbatch, int dev) {
   for (int64_t z0 = 0; z0 < nbatch; z0 += kMaxGridZ) {
     p.z0 = z0;
     dim3 grid(unsigned(tiles), 1, unsigned(std::min(kMaxGridZ, nbatch - z0)));
-    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(p);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, current_stream()>>>(p);
     check_launch("matmul");
   }
 }
@@ -189,7 +189,7 @@ void launch_simt(GemmArgs<T> p, int64_t nbatch) {
     p.z0 = z0;
     dim3 grid(unsigned((p.M + kSM - 1) / kSM), unsigned((p.N + kSN - 1) / kSN),
               unsigned(std::min(kMaxGridZ, nbatch - z0)));
-    simt_gemm_kernel<T><<<grid, kSThreads>>>(p);
+    simt_gemm_kernel<T><<<grid, kSThreads, 0, current_stream()>>>(p);
     check_launch("matmul");
   }
 }
@@ -302,7 +302,7 @@ bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
   g.batch = int(nbatch);
   g.a_batch = p.batch.nd == 1 ? p.batch.sa[0] : 0;
   g.b_batch = p.batch.nd == 1 ? p.batch.sb[0] : 0;
-  if (!sm90a::gemm(g, 0)) return false;
+  if (!sm90a::gemm(g, current_stream())) return false;
   check_launch("matmul");
   return true;
 }

@@ -128,7 +128,7 @@ Tensors norm_forward(const Tensor& x_in, const Tensor& res_in, const Tensor& w_i
       constexpr bool Add = decltype(add_tag)::value;
       const Launch L = row_launch<T>(R, C / V);
       auto kernel = pw ? rms_norm_kernel<T, V, true, Add> : rms_norm_kernel<T, V, false, Add>;
-      kernel<<<L.grid, L.block>>>(y.data<T>(), ph, rstd.data<A>(), x.data<T>(), pr, pw, R, C, e);
+      kernel<<<L.grid, L.block, 0, current_stream()>>>(y.data<T>(), ph, rstd.data<A>(), x.data<T>(), pr, pw, R, C, e);
     };
     auto run_add = [&](auto vec_tag) {
       if (add) run(vec_tag, std::true_type{});
@@ -261,7 +261,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
       auto kernel = pw ? rms_norm_backward_kernel<T, VV, true, HasDh> : rms_norm_backward_kernel<T, VV, false, HasDh>;
       if (plan.smem > 48 * 1024)
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)), op);
-      kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(
+      kernel<<<plan.launch.grid, plan.launch.block, plan.smem, current_stream()>>>(
           dx.data<T>(), scratch.data<A>(), partial.data<A>(), g.data<T>(), pdh, x.data<T>(), pw,
           rstd.data<A>(), R, C, accumulate, plan.in_smem);
     };

@@ -261,7 +261,7 @@ __global__ void column_sum_kernel(T* __restrict__ out, const A* __restrict__ par
 
 template <typename T, typename A>
 void launch_column_sum(T* out, const A* partial, int64_t blocks, int64_t stride, int64_t cols) {
-  column_sum_kernel<T, A><<<blocks_for(cols, 32), dim3(32, kSumLanes)>>>(out, partial, blocks, stride, cols);
+  column_sum_kernel<T, A><<<blocks_for(cols, 32), dim3(32, kSumLanes), 0, current_stream()>>>(out, partial, blocks, stride, cols);
 }
 
 // Where a backward kernel keeps its per-lane accumulators.

@@ -82,9 +82,9 @@ void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char
   int64_t blocks = (n / per_thread + kThreads - 1) / kThreads;
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 20);
   if (aligned)
-    map_kernel<V><<<unsigned(blocks), kThreads>>>(op, a, n);
+    map_kernel<V><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
   else
-    map_kernel<1><<<unsigned(blocks), kThreads>>>(op, a, n);
+    map_kernel<1><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
   check_launch(name);
 }
 
