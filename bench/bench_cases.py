@@ -147,6 +147,60 @@ def rms_norm(device, dtype, R, C):
     return _norm_case("rms_norm", device, dtype, R, C)
 
 
+def _add_norm_case(name, device, dtype, R, C):
+    """add_layer_norm / add_rms_norm: h = x + r, y = norm(h); torch runs the two steps."""
+    x, tx, x64 = _pair((R, C), dtype, device)
+    r, tr, r64 = _pair((R, C), dtype, device)
+    w, tw, w64 = _pair((C,), dtype, device)
+    bias, tb, b64 = _pair((C,), dtype, device)
+    dy, tdy, dy64 = _pair((R, C), dtype, device)
+    dh, tdh, dh64 = _pair((R, C), dtype, device)
+    size, shape = R * C * _es(dtype), f"{R}x{C}"
+    ln = name == "add_layer_norm"
+    norm = ((lambda h, w_, b_: tF.layer_norm(h, (C,), w_, b_)) if ln else
+            (lambda h, w_, b_: tF.rms_norm(h, (C,), w_, eps=1e-6)))
+    if ln:
+        ours = lambda: F.add_layer_norm(x, r, w, bias)
+        h, _, mean, rstd = _core.call(name, [x, r, w, bias], {"eps": 1e-5})
+        ours_bwd = lambda: _core.call(f"{name}_backward", [dy, dh, h, w, mean, rstd],
+                                      {"dweight": True, "dbias": True})
+        params = (tw, tb)
+    else:
+        ours = lambda: F.add_rms_norm(x, r, w)
+        h, _, rstd = _core.call(name, [x, r, w], {"eps": 1e-6})
+        ours_bwd = lambda: _core.call(f"{name}_backward", [dy, dh, h, w, rstd], {"dweight": True})
+        params = (tw,)
+
+    def theirs():
+        th = tx + tr
+        return th, norm(th, tw, tb)
+    h64 = x64 + r64
+    # forward: x and r read, h and y written; backward: dy, dh and h read, dx written (dr = dx)
+    yield Case(name, "fwd", shape, dtype, 4 * size, "GB/s", ours, theirs,
+               ref=[h64, norm(h64, w64, b64)], flops=9 * R * C, keep=(x, r, w, bias))
+    xr, wr, br = (x64.clone().requires_grad_(True), w64.clone().requires_grad_(True),
+                  b64.clone().requires_grad_(True))
+    leaves = (xr, wr, br) if ln else (xr, wr)
+    hr = xr + r64
+    refs = torch.autograd.grad([hr, norm(hr, wr, br)], leaves, [dh64, dy64])
+    txg = tx.detach().requires_grad_(True)
+    pg = [p.detach().requires_grad_(True) for p in params]
+    th = txg + tr
+    ty = norm(th, *pg) if ln else norm(th, pg[0], None)
+    yield Case(name, "bwd", shape, dtype, 4 * size, "GB/s", ours_bwd,
+               lambda: torch.autograd.grad([th, ty], [txg] + pg, [tdh, tdy], retain_graph=True),
+               ref=list(refs), registry_op=f"{name}_backward", flops=13 * R * C,
+               keep=(dy, dh, h))
+
+
+def add_layer_norm(device, dtype, R, C):
+    return _add_norm_case("add_layer_norm", device, dtype, R, C)
+
+
+def add_rms_norm(device, dtype, R, C):
+    return _add_norm_case("add_rms_norm", device, dtype, R, C)
+
+
 def cross_entropy(device, dtype, N, V):
     x, tx, x64 = _pair((N, V), dtype, device, scale=2.0)
     t = ls.randint(0, V, (N,), device=device)
@@ -171,6 +225,21 @@ def cross_entropy(device, dtype, N, V):
     # fwd+bwd: one read for the forward, one read and one write for the gradient
     yield Case("cross_entropy", "fwd+bwd", shape, dtype, 3 * size, "GB/s", ours, theirs, ref=ref,
                flops=8 * N * V)
+
+    # fwd+bwd with the gradient written over the logits (F.cross_entropy(inplace_backward=True)),
+    # through the registry pair. Each call first restores the logits it overwrote (a copy: one
+    # read, one write), then reads the rows and writes the gradient; the backward's factor is 1,
+    # which the device skips. Work: those 4 row passes.
+    scratch = x * 1.0
+    attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
+    one = ls.ones(device=device)
+
+    def ours_inplace():
+        scratch.copy_(x)
+        _core.call("cross_entropy_inplace", [scratch, t], attrs)
+        return _core.call("cross_entropy_inplace_backward", [one, scratch], {"reduction": "mean"})[0]
+    yield Case("cross_entropy", "inplace", shape, dtype, 4 * size, "GB/s", ours_inplace, theirs, ref=ref,
+               registry_op="cross_entropy_inplace", flops=8 * N * V, keep=(scratch,))
 
 
 def _pointwise(name, device, dtype, R, C):
@@ -487,8 +556,9 @@ def sweep(device, dtype, quick):
         return [
             ("matmul", matmul, [(n, n, n) for n in ([256, 512] if quick else [1024, 2048])]),
             *[(op, fn, rows) for op, fn in (("softmax", softmax), ("layer_norm", layer_norm),
-                                            ("rms_norm", rms_norm), ("gelu", gelu), ("silu", silu),
-                                            ("swiglu", swiglu))],
+                                            ("rms_norm", rms_norm), ("add_layer_norm", add_layer_norm),
+                                            ("add_rms_norm", add_rms_norm), ("gelu", gelu),
+                                            ("silu", silu), ("swiglu", swiglu))],
             ("cross_entropy", cross_entropy, [(512, 4096)] if quick else [(2048, 32768)]),
             ("rope", rope, [(2, 128, 4, 64)] if quick else [(8, 512, 12, 64)]),
             ("embedding", embedding, [(4096, 256, 2048)] if quick else [(32768, 768, 8192)]),
@@ -509,6 +579,7 @@ def sweep(device, dtype, quick):
         ("matmul", matmul, [(1024, 1024, 1024)] if quick else
          ([(4096, 4096, 4096), (8192, 8192, 8192), (16384, 3072, 768)] if dtype != "float32" else [(4096, 4096, 4096)])),
         *[(op, fn, rows) for op, fn in (("softmax", softmax), ("layer_norm", layer_norm), ("rms_norm", rms_norm),
+                                        ("add_layer_norm", add_layer_norm), ("add_rms_norm", add_rms_norm),
                                         ("gelu", gelu), ("silu", silu), ("swiglu", swiglu))],
         ("cross_entropy", cross_entropy, [(1024, 32768)] if quick else [(16384, 50304), (8192, 128256)]),
         ("rope", rope, [(2, 128, 4, 64)] if quick else [(16, 4096, 16, 128)]),

@@ -46,13 +46,18 @@ if has racecheck; then
 fi
 cd "$here"
 if has bench; then
-  python3 bench/compare_backends.py --device cuda --out "$out/compare.md" >"$out/compare.log" 2>&1
-  summary+=("compare_backends --device cuda: exit $?, report in compare.md" "")
+  python3 bench/compare_backends.py --device cuda --out-dir "$out/compare" >"$out/compare.log" 2>&1
+  summary+=("compare_backends --device cuda: exit $?, report in compare/report.md" "")
 fi
 if has train; then
-  python3 bench/train_throughput.py --device cuda --preset gpt2-124m --seq-len 1024 --batch-size 16 \
-    --dtype bfloat16 --steps 10 --warmup 3 --out "$out/train.md" >"$out/train.log" 2>&1
-  summary+=("train_throughput gpt2-124m bf16: exit $?" "" "$(sed -n '/^|/p' "$out/train.md" 2>/dev/null)" "")
+  # GPT-2 against torch eager and torch.compile; the LLaMA-style and MoE presets (no PyTorch twin)
+  # per backend
+  for preset in gpt2-124m llama-style-124m moe-124m-8e; do
+    python3 bench/train_throughput.py --device cuda --preset $preset --seq-len 1024 --batch-size 16 \
+      --dtype bfloat16 --steps 10 --warmup 3 --backends default,triton --out "$out/train-$preset.md" \
+      >"$out/train-$preset.log" 2>&1
+    summary+=("train_throughput $preset bf16: exit $?" "" "$(sed -n '/^|/p' "$out/train-$preset.md" 2>/dev/null)" "")
+  done
 fi
 printf '%s\n' "${summary[@]}" >"$out/summary.md"
 cat "$out/summary.md"

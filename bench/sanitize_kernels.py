@@ -29,11 +29,16 @@ def run(device, dtype):
     def ids(high, *shape):
         return ls.tensor(rng.integers(0, high, size=shape)).to(device=device)
 
-    # row kernels: softmax, log_softmax, layer_norm, rms_norm, cross-entropy (fwd + bwd)
-    x = t(37, 1000, grad=True)
+    # row kernels: softmax, log_softmax, layer_norm, rms_norm, their fused residual-add variants,
+    # cross-entropy (fwd + bwd)
+    x, x2 = t(37, 1000, grad=True), t(37, 1000, grad=True)
     w, b = t(1000, grad=True), t(1000, grad=True)
     y = F.softmax(x, -1).sum() + F.log_softmax(x, -1).sum() + F.layer_norm(x, (1000,), w, b).sum()
     y = y + F.rms_norm(x, (1000,), w).sum() + F.cross_entropy(x, ids(1000, 37))
+    for h, z in (F.add_layer_norm(x, x2, w, b), F.add_rms_norm(x, x2, w)):
+        y = y + (h * z).sum()
+    # the in-place pair on logits of their own, the backward's factor 2 not skipped
+    y = y + 2.0 * F.cross_entropy(x * 1.0, ids(1000, 37), inplace_backward=True)
     y.backward()
     # activations, RoPE, dropout
     a = t(5, 9, 4, 64, grad=True)

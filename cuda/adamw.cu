@@ -191,7 +191,7 @@ Tensors adamw_cuda(const Tensors& in, const Attrs& a) {
   StepTable tab{};  // count 0, first_block[0] 0
   auto launch = [&]() {
     if (tab.count == 0) return;
-    adamw_kernel<<<unsigned(tab.first_block[tab.count]), kStepThreads>>>(tab, h, scale_ptr);
+    adamw_kernel<<<unsigned(tab.first_block[tab.count]), kStepThreads, 0, current_stream()>>>(tab, h, scale_ptr);
     check_launch("adamw_step");
     tab.count = 0;
   };
@@ -353,7 +353,7 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
   int64_t done = 0;  // partials written by earlier launches
   auto launch = [&]() {
     if (tab.count == 0) return;
-    norm_partials_kernel<<<unsigned(tab.first_block[tab.count]), kNormThreads>>>(tab, pp + done);
+    norm_partials_kernel<<<unsigned(tab.first_block[tab.count]), kNormThreads, 0, current_stream()>>>(tab, pp + done);
     check_launch("global_norm");
     done += tab.first_block[tab.count];
     tab.count = 0;
@@ -369,7 +369,7 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
     if (tab.count == kMaxNormTensors) launch();
   }
   launch();
-  norm_final_kernel<<<1, 1024>>>(pp, blocks, out.data<float>());
+  norm_final_kernel<<<1, 1024, 0, current_stream()>>>(pp, blocks, out.data<float>());
   check_launch("global_norm");
   return {out};
 }

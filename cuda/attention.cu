@@ -9,7 +9,11 @@
 // lse is float32 for 16-bit inputs (float64 for float64): a bf16 lse would put a ~1% error on
 // every recomputed probability of the backward.
 //
-// Two implementations:
+// Implementations:
+// 0. On Hopper (compute capability 9.0, built with sm_90a), bf16/fp16, HS 64 or 128, no user
+//    mask: the TMA + wgmma kernels of cuda/sm90a/attention_wgmma.cu, forward and backward (the
+//    backward after the preprocess kernel below, and deterministic: no atomics);
+//    LLMSCRATCH_ATTENTION=mma selects 1. instead.
 // 1. bf16/fp16, HS 64 or 128, no user mask: FlashAttention-2 style fused kernels on the tensor
 //    cores (mma.sync m16n8k16, fp32 accumulation; fragments loaded with ldmatrix from shared
 //    memory tiles whose 16-byte chunks are XOR-swizzled by row so ldmatrix is bank-conflict free;
@@ -33,11 +37,16 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "ops/ops.h"
+#ifdef LLMSCRATCH_SM90A
+#include "sm90a/sm90a.h"
+#endif
 
 namespace ls::cuda {
 
@@ -800,7 +809,7 @@ void launch_flash_fwd(const T* q, const T* k, const T* v, T* out, float* lse, co
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "attention");
   const dim3 grid(unsigned((n.T + BM - 1) / BM), unsigned(n.NH), unsigned(n.B));
-  kern<<<grid, FwdCfg<HS>::NW * 32, smem>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T),
+  kern<<<grid, FwdCfg<HS>::NW * 32, smem, current_stream()>>>(q, k, v, out, lse, int(n.NH), int(n.NKV), int(n.T),
                                             int(n.S), scale, causal);
   check_launch("attention");
 }
@@ -814,7 +823,7 @@ void launch_flash_bwd(const T* q, const T* k, const T* v, const T* dout, const f
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "attention_backward");
   const dim3 grid(unsigned((n.S + BN - 1) / BN), unsigned(n.NKV), unsigned(n.B));
-  kern<<<grid, NW * 32, smem>>>(q, k, v, dout, lse, dd, dq_acc, dk, dv, int(n.NH), int(n.NKV),
+  kern<<<grid, NW * 32, smem, current_stream()>>>(q, k, v, dout, lse, dd, dq_acc, dk, dv, int(n.NH), int(n.NKV),
                                 int(n.T), int(n.S), scale, causal);
   check_launch("attention_backward");
 }
@@ -906,6 +915,18 @@ double scale_of(const Attrs& a, int64_t HS) {
   return a.f("scale", HS > 0 ? 1.0 / std::sqrt(double(HS)) : 1.0);
 }
 
+#ifdef LLMSCRATCH_SM90A
+// The TMA + wgmma forward of cuda/sm90a/ on compute capability 9.0, unless LLMSCRATCH_ATTENTION=mma
+// asks for the mma.sync kernel (read per call, so tests and benchmarks can compare the two).
+bool use_sm90a() {
+  const char* choice = std::getenv("LLMSCRATCH_ATTENTION");
+  if (choice && std::strcmp(choice, "mma") == 0) return false;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "attention");
+  return sm90a::available(dev);
+}
+#endif
+
 template <typename T>
 void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                   const MaskRef& mask, const Dims& n, double scale, bool causal, bool flash) {
@@ -913,13 +934,24 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
   const T *pq = q.data<T>(), *pk = k.data<T>(), *pv = v.data<T>();
   T* po = out.data<T>();
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
+#ifdef LLMSCRATCH_SM90A
+    if (flash && use_sm90a()) {
+      sm90a::AttentionProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv, po,
+                                lse.data<float>(), int(n.B), int(n.NH), int(n.NKV), int(n.T),
+                                int(n.S), float(scale), causal};
+      if (sm90a::attention_forward(a, current_stream())) {
+        check_launch("attention");
+        return;
+      }
+    }
+#endif
     if (flash) {
       if (n.HS == 64) launch_flash_fwd<T, 64>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);
       else launch_flash_fwd<T, 128>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);
       return;
     }
   }
-  attn_fwd_simple_kernel<T, A><<<simple_blocks(n.B * n.NH * n.T), kSimpleWarps * 32>>>(
+  attn_fwd_simple_kernel<T, A><<<simple_blocks(n.B * n.NH * n.T), kSimpleWarps * 32, 0, current_stream()>>>(
       pq, pk, pv, po, lse.data<A>(), mask, n, A(scale), causal);
   check_launch("attention");
 }
@@ -937,11 +969,23 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
     if (flash) {
       constexpr int kPreWarps = 8;
-      bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32>>>(
+      bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
           po, pdo, pdl, dd.data<float>(), rows, int(n.HS));
       check_launch("attention_backward");
+#ifdef LLMSCRATCH_SM90A
+      if (use_sm90a()) {
+        sm90a::AttentionBackwardProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv,
+                                          pdo, lse.data<float>(), dd.data<float>(), dq.data<T>(),
+                                          dk.data<T>(), dv.data<T>(), int(n.B), int(n.NH),
+                                          int(n.NKV), int(n.T), int(n.S), float(scale), causal};
+        if (sm90a::attention_backward(a, current_stream())) {
+          check_launch("attention_backward");
+          return;
+        }
+      }
+#endif
       Tensor dq_acc = Tensor::empty(q.shape(), DType::Float32, q.device());
-      check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4),
+      check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4, current_stream()),
             "attention_backward");
       if (n.S > 0) {
         if (n.HS == 64)
@@ -953,18 +997,18 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
                                    dq_acc.data<float>(), dk.data<T>(), dv.data<T>(), n,
                                    float(scale), causal);
       }
-      scale_cast_kernel<T><<<grid_for(dq.numel()), kThreads>>>(dq.data<T>(), dq_acc.data<float>(),
+      scale_cast_kernel<T><<<grid_for(dq.numel()), kThreads, 0, current_stream()>>>(dq.data<T>(), dq_acc.data<float>(),
                                                                dq.numel(), float(scale));
       check_launch("attention_backward");
       return;
     }
   }
-  attn_bwd_dq_simple_kernel<T, A><<<simple_blocks(rows), kSimpleWarps * 32>>>(
+  attn_bwd_dq_simple_kernel<T, A><<<simple_blocks(rows), kSimpleWarps * 32, 0, current_stream()>>>(
       pq, pk, pv, po, lse.data<A>(), pdo, pdl, dq.data<T>(), dd.data<A>(), mask, n, A(scale),
       causal);
   check_launch("attention_backward");
   if (n.S > 0) {
-    attn_bwd_dkv_simple_kernel<T, A><<<simple_blocks(n.B * n.NKV * n.S), kSimpleWarps * 32>>>(
+    attn_bwd_dkv_simple_kernel<T, A><<<simple_blocks(n.B * n.NKV * n.S), kSimpleWarps * 32, 0, current_stream()>>>(
         pq, pk, pv, lse.data<A>(), pdo, dd.data<A>(), dk.data<T>(), dv.data<T>(), mask, n,
         A(scale), causal);
     check_launch("attention_backward");

@@ -84,9 +84,9 @@ Kernel binary_entry(Bin op, const char* name) {
       const scalar_t* pa = static_cast<const scalar_t*>(a.raw_data());
       const scalar_t* pb = static_cast<const scalar_t*>(b.raw_data());
       if (compare)
-        binary_kernel<bool, scalar_t><<<grid_for(n), kThreads>>>(op, out.data<bool>(), pa, pb, n, ix, dense);
+        binary_kernel<bool, scalar_t><<<grid_for(n), kThreads, 0, current_stream()>>>(op, out.data<bool>(), pa, pb, n, ix, dense);
       else
-        binary_kernel<scalar_t, scalar_t><<<grid_for(n), kThreads>>>(
+        binary_kernel<scalar_t, scalar_t><<<grid_for(n), kThreads, 0, current_stream()>>>(
             op, static_cast<scalar_t*>(out.raw_data()), pa, pb, n, ix, dense);
     });
     check_launch(name);

@@ -61,11 +61,11 @@ void launch_pieces(const Tensor& out, const std::vector<Dense>& dense, int64_t o
     }
     dim3 grid(grid_for(longest), unsigned(count));
     switch (unit) {
-      case 16: cat_kernel<uint4><<<grid, kThreads>>>(static_cast<uint4*>(out.raw_data()), p, outer, row_bytes / 16); break;
-      case 8: cat_kernel<uint2><<<grid, kThreads>>>(static_cast<uint2*>(out.raw_data()), p, outer, row_bytes / 8); break;
-      case 4: cat_kernel<uint32_t><<<grid, kThreads>>>(static_cast<uint32_t*>(out.raw_data()), p, outer, row_bytes / 4); break;
-      case 2: cat_kernel<uint16_t><<<grid, kThreads>>>(static_cast<uint16_t*>(out.raw_data()), p, outer, row_bytes / 2); break;
-      default: cat_kernel<uint8_t><<<grid, kThreads>>>(static_cast<uint8_t*>(out.raw_data()), p, outer, row_bytes); break;
+      case 16: cat_kernel<uint4><<<grid, kThreads, 0, current_stream()>>>(static_cast<uint4*>(out.raw_data()), p, outer, row_bytes / 16); break;
+      case 8: cat_kernel<uint2><<<grid, kThreads, 0, current_stream()>>>(static_cast<uint2*>(out.raw_data()), p, outer, row_bytes / 8); break;
+      case 4: cat_kernel<uint32_t><<<grid, kThreads, 0, current_stream()>>>(static_cast<uint32_t*>(out.raw_data()), p, outer, row_bytes / 4); break;
+      case 2: cat_kernel<uint16_t><<<grid, kThreads, 0, current_stream()>>>(static_cast<uint16_t*>(out.raw_data()), p, outer, row_bytes / 2); break;
+      default: cat_kernel<uint8_t><<<grid, kThreads, 0, current_stream()>>>(static_cast<uint8_t*>(out.raw_data()), p, outer, row_bytes); break;
     }
     check_launch("cat");
   }

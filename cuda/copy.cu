@@ -38,7 +38,7 @@ bool copy_vectors(const Tensor& dst, const Tensor& src, Indexer<2> ix) {
   for (int k = 0; k < 2; ++k)
     for (int e = 0; e < d; ++e) ix.stride[k][e] /= w;
   const int64_t n = dst.numel() / w;
-  copy_kernel<uint4, uint4><<<grid_for(n), kThreads>>>(static_cast<uint4*>(dst.raw_data()),
+  copy_kernel<uint4, uint4><<<grid_for(n), kThreads, 0, current_stream()>>>(static_cast<uint4*>(dst.raw_data()),
                                                        static_cast<const uint4*>(src.raw_data()), n,
                                                        ix, is_dense(ix));
   return true;
@@ -58,7 +58,7 @@ void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
   CUDA_DISPATCH_ALL(dst.dtype(), op, {
     using To = scalar_t;
     CUDA_DISPATCH_ALL(src.dtype(), op, {
-      copy_kernel<To, scalar_t><<<grid_for(n), kThreads>>>(static_cast<To*>(dst.raw_data()),
+      copy_kernel<To, scalar_t><<<grid_for(n), kThreads, 0, current_stream()>>>(static_cast<To*>(dst.raw_data()),
                                                            static_cast<const scalar_t*>(src.raw_data()), n, ix, dense);
     });
   });

@@ -49,14 +49,14 @@ void launch_fill(const Tensor& out, const FillArgs& f, const char* op) {
   unsigned grid = blocks_for(n, kThreads);
   check(cudaSetDevice(out.device().index), op);
   switch (out.dtype()) {
-    case DType::Float32: fill_kernel<<<grid, kThreads>>>(out.data<float>(), n, f); break;
-    case DType::Float64: fill_kernel<<<grid, kThreads>>>(out.data<double>(), n, f); break;
-    case DType::BFloat16: fill_kernel<<<grid, kThreads>>>(static_cast<__nv_bfloat16*>(out.raw_data()), n, f); break;
-    case DType::Float16: fill_kernel<<<grid, kThreads>>>(static_cast<__half*>(out.raw_data()), n, f); break;
-    case DType::Int32: fill_kernel<<<grid, kThreads>>>(out.data<int32_t>(), n, f); break;
-    case DType::Int64: fill_kernel<<<grid, kThreads>>>(out.data<int64_t>(), n, f); break;
-    case DType::Bool: fill_kernel<<<grid, kThreads>>>(out.data<bool>(), n, f); break;
-    case DType::UInt8: fill_kernel<<<grid, kThreads>>>(out.data<uint8_t>(), n, f); break;
+    case DType::Float32: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<float>(), n, f); break;
+    case DType::Float64: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<double>(), n, f); break;
+    case DType::BFloat16: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(static_cast<__nv_bfloat16*>(out.raw_data()), n, f); break;
+    case DType::Float16: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(static_cast<__half*>(out.raw_data()), n, f); break;
+    case DType::Int32: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<int32_t>(), n, f); break;
+    case DType::Int64: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<int64_t>(), n, f); break;
+    case DType::Bool: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<bool>(), n, f); break;
+    case DType::UInt8: fill_kernel<<<grid, kThreads, 0, current_stream()>>>(out.data<uint8_t>(), n, f); break;
   }
   check_launch(op);
 }

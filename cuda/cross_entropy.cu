@@ -28,6 +28,21 @@
 // for label smoothing; per-row losses stay in float32/64 and one block adds them in a fixed order
 // and divides by the device-side count: no host sync for the mean. log_softmax is never
 // materialised. Backward: one read of the logits and one write of dlogits, from the saved lse.
+//
+// The in-place pair (see cpp/ops/cross_entropy.cpp for the contract): "cross_entropy_inplace"
+// {logits, targets} -> {loss} overwrites the contiguous logits with d(loss)/d(logits) at an
+// upstream gradient of 1 (k = 1/count for the mean, read from the device-side count; ignored
+// rows zeroed without being read); "cross_entropy_inplace_backward" {g_loss, dlogits} -> {dlogits}
+// scales that buffer in place. The forward kernel is the forward's row lane with two passes: the
+// statistics pass (online max and sum, the row sum for smoothing, and the target logit, which the
+// thread owning it keeps, since the row is about to be overwritten) with each thread's first
+// kCache vectors held in registers, then the gradient pass, each thread writing back exactly the
+// vectors it read, so no thread reads an element another has overwritten. Traffic: one read and
+// one write of the row (rows past the register cache, 16k float32 / 32k 16-bit elements, are read
+// a second time, mostly from L2), against the forward's read plus the backward's read and write,
+// and no (N, V) allocation. 16-bit logits get a 16-bit gradient computed in float32, as the
+// backward writes. The backward kernel reads the factor on the device and skips every row whose
+// factor is exactly 1 (loss.backward() on the mean loss itself): no host synchronisation.
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
 #include "ops/op_args.h"
@@ -87,20 +102,20 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
   Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
   int64_t* pi = info.data<int64_t>();
   if (targets.dtype() == DType::Int64)
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int64_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore);
   else
-    check_targets_kernel<<<1, kCheckThreads>>>(pi, targets.data<int32_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore);
   check_launch(op);
   if (N == 0) return info;  // nothing to check: no sync
   int64_t first = N;
-  check(cudaMemcpy(&first, pi, sizeof first, cudaMemcpyDeviceToHost), op);
+  read_to_host(&first, pi, sizeof first, op);
   if (first < N) {
     int64_t v = 0;
     if (targets.dtype() == DType::Int64) {
-      check(cudaMemcpy(&v, targets.data<int64_t>() + first, sizeof v, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v, targets.data<int64_t>() + first, sizeof v, op);
     } else {
       int32_t v32 = 0;
-      check(cudaMemcpy(&v32, targets.data<int32_t>() + first, sizeof v32, cudaMemcpyDeviceToHost), op);
+      read_to_host(&v32, targets.data<int32_t>() + first, sizeof v32, op);
       v = v32;
     }
     throw IndexError(::ls::cat(op, ": target ", v, " at position ", first, " is out of range for ", V,
@@ -185,23 +200,100 @@ __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* 
   }
 }
 
+// One row lane per row: the row's loss (into row_loss or loss_out, as cross_entropy_kernel), then
+// logits[r, :] overwritten by d(loss)/d(logits[r, :]) at an upstream gradient of 1:
+//   k p - k eps / V - k (1 - eps) [v == t],  k = 1 / info[1] (mean) or 1; zeros for ignored rows.
+// x is read and written through the same (unrestricted) pointer.
+template <typename T, int W, typename I>
+__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
+    acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out, T* x, const I* __restrict__ targets,
+    const int64_t* __restrict__ info, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean) {
+  using A = acc_t<T>;
+  __shared__ A red[kMaxLanes * 32];
+  const int64_t nvec = V / W;
+  // With every row ignored the count is 0 and k infinite, but then no row uses it.
+  const A k = mean ? A(1) / A(info[1]) : A(1);
+  const A shift = k * eps / A(V), hit = k * (A(1) - eps);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const int64_t t = r < N ? int64_t(targets[r]) : ignore;
+    const bool live = r < N && t != ignore;
+    const int64_t n = live ? nvec : 0;  // ignored rows and lanes past the last row join the reductions only
+    T* xr = x + (r < N ? r : 0) * V;  // xr points at logits[r, :]
+    const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
+    Vec<T, W>* dst = as_vec<T, W>(xr);
+    Vec<T, W> c[1][kCache];
+    A m = neg_inf<A>(), s = 0, sx = 0, xt = 0;  // running max, sum exp(x - m), sum x, x[t]
+    row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+      A a[W];
+      A vm = m;
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        a[i] = convert<A>(v[0].v[i]);
+        vm = a[i] > vm ? a[i] : vm;
+        sx += a[i];
+        if (j * W + i == t) xt = a[i];
+      }
+      A acc = vm == m ? s : s * ex(m - vm);
+#pragma unroll
+      for (int i = 0; i < W; ++i) acc += ex(a[i] - vm);
+      m = vm;
+      s = acc;
+    });
+    const A M = row_reduce(m, Max{}, red);
+    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex(m - M), Sum{}, red);
+    const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
+    const A XT = row_reduce(xt, Sum{}, red);  // one thread holds x[t], the others 0
+    if (r >= N) continue;  // no reductions past this point: an idle lane can stop here
+    const A l = M + lg(S);
+    if (threadIdx.x == 0) {
+      A loss = A(0);
+      if (live) {
+        loss = (A(1) - eps) * (l - XT);
+        if (eps > A(0)) loss += eps * (l - SX / A(V));
+      }
+      if (row_loss) row_loss[r] = loss;
+      else loss_out[r] = loss;
+    }
+    if (!live) {
+      Vec<T, W> zero;
+#pragma unroll
+      for (int i = 0; i < W; ++i) zero.v[i] = convert<T>(A(0));
+      for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) dst[j] = zero;
+      continue;
+    }
+    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+      Vec<T, W> out;
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        A d = k * ex(convert<A>(v[0].v[i]) - l) - shift;
+        if (j * W + i == t) d -= hit;
+        out.v[i] = convert<T>(d);
+      }
+      dst[j] = out;
+    });
+  }
+}
+
 template <typename F>
 void dispatch_targets(const Tensor& t, F&& f) {
   if (t.dtype() == DType::Int64) f(t.data<int64_t>());
   else f(t.data<int32_t>());
 }
 
-Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
-  const char* op = "cross_entropy";
+// Both forwards; in_place writes the gradient into in[0] and returns {loss} alone.
+Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
+  const char* op = in_place ? "cross_entropy_inplace" : "cross_entropy";
   cpu::expect_inputs(in, 2, 2, op);
   ops::check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  Tensor logits = ops::contiguous(in[0]), targets = ops::contiguous(in[1]);
+  if (in_place) ops::check_cross_entropy_inplace_logits(in[0], op);
+  Tensor logits = ops::contiguous(in[0]), targets = ops::contiguous(in[1]);  // in place: in[0] itself
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
   const double eps = a.f("label_smoothing", 0.0);
   const DType ad = acc_dtype(logits.dtype());
-  Tensor lse = Tensor::empty({N}, ad, logits.device());
+  Tensor lse = in_place ? Tensor() : Tensor::empty({N}, ad, logits.device());
   Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, ad, logits.device());
   set_device(logits, op);
   Tensor info = check_targets(targets, V, ignore, op);
@@ -214,25 +306,45 @@ Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) {
     if (N > 0) {
       dispatch_targets(targets, [&](auto* pt) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
-        if (vectorizable<T>(V, {logits.raw_data()})) {
+        const bool vec = vectorizable<T>(V, {logits.raw_data()});
+        if (in_place) {
+          auto launch = [&](auto kernel, const Launch& L) {
+            kernel<<<L.grid, L.block, 0, current_stream()>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N, V, ignore,
+                                        A(eps), red == Reduction::Mean);
+          };
+          if (vec)
+            launch(cross_entropy_inplace_kernel<T, kVec<T>, I>, row_launch<T>(N, V / kVec<T>));
+          else
+            launch(cross_entropy_inplace_kernel<T, 1, I>, row_launch<T>(N, V));
+        } else if (vec) {
           const Launch L = row_launch<T>(N, V / kVec<T>);
-          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(),
+          cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
                                                                   pt, N, V, ignore, A(eps));
         } else {
           const Launch L = row_launch<T>(N, V);
-          cross_entropy_kernel<T, 1, I><<<L.grid, L.block>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
+          cross_entropy_kernel<T, 1, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
                                                             N, V, ignore, A(eps));
         }
       });
       check_launch(op);
     }
     if (red != Reduction::None) {
-      reduce_loss_kernel<T><<<1, kCheckThreads>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
+      reduce_loss_kernel<T><<<1, kCheckThreads, 0, current_stream()>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
                                                   red == Reduction::Mean);
       check_launch(op);
     }
   });
+  if (in_place) {
+    logits.bump_version();
+    return {loss};
+  }
   return {loss, lse};
+}
+
+Tensors cross_entropy_forward_cuda(const Tensors& in, const Attrs& a) { return forward_entry(in, a, false); }
+
+Tensors cross_entropy_inplace_forward_cuda(const Tensors& in, const Attrs& a) {
+  return forward_entry(in, a, true);
 }
 
 // ---- backward ----
@@ -304,7 +416,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
     dispatch_targets(targets, [&](auto* pt) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
-        kernel<<<L.grid, L.block>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
+        kernel<<<L.grid, L.block, 0, current_stream()>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
@@ -317,12 +429,69 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   return {dlogits};
 }
 
+// ---- in-place backward ----
+
+// Row r of x (R rows of nvec vectors) times g[r] (per_row) or g[0], in the accumulation type; a
+// factor of exactly 1 leaves the row unread and unwritten. Blocks: x over a row's vectors, y
+// over rows (grid-stride both ways).
+template <typename T, int W>
+__global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict__ g, int64_t R, int64_t nvec,
+                                  bool per_row) {
+  using A = acc_t<T>;
+  for (int64_t r = blockIdx.y; r < R; r += gridDim.y) {
+    const A s = g[per_row ? r : 0];
+    if (s == A(1)) continue;
+    Vec<T, W>* xr = as_vec<T, W>(x + r * nvec * W);  // xr points at row r
+    for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < nvec; j += int64_t(gridDim.x) * blockDim.x) {
+      Vec<T, W> v = xr[j];
+#pragma unroll
+      for (int i = 0; i < W; ++i) v.v[i] = convert<T>(convert<A>(v.v[i]) * s);
+      xr[j] = v;
+    }
+  }
+}
+
+constexpr int kScaleThreads = 256;
+
+Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
+  const char* op = "cross_entropy_inplace_backward";
+  cpu::expect_inputs(in, 2, 2, op);
+  const Reduction red = ops::check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  Tensor dlogits = in[1];
+  const DType ad = acc_dtype(dlogits.dtype());
+  Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
+  dlogits.bump_version();
+  if (dlogits.numel() == 0) return {dlogits};
+  // One factor for the whole tensor: a single row of N V elements (16-byte vectors whenever N V
+  // allows, whatever V is); per-row factors ("none"): N rows of V.
+  const bool per_row = red == Reduction::None;
+  const int64_t R = per_row ? dlogits.size(0) : 1, C = per_row ? dlogits.size(1) : dlogits.numel();
+  set_device(dlogits, op);
+  CUDA_DISPATCH_FLOAT(dlogits.dtype(), op, {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    auto launch = [&](auto kernel, int64_t nvec) {
+      const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, int64_t(1) << 20)),
+                      unsigned(std::min<int64_t>(R, 65535)));
+      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, per_row);
+    };
+    if (vectorizable<T>(C, {dlogits.raw_data()}))
+      launch(scale_rows_kernel<T, kVec<T>>, C / kVec<T>);
+    else
+      launch(scale_rows_kernel<T, 1>, C);
+  });
+  check_launch(op);
+  return {dlogits};
+}
+
 }  // namespace
 
 LS_REGISTER(cross_entropy_cuda) {
   const std::vector<DType> kFloat = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
   register_kernel("cross_entropy", "cuda", cross_entropy_forward_cuda, kFloat);
   register_kernel("cross_entropy_backward", "cuda", cross_entropy_backward_cuda, kFloat);
+  register_kernel("cross_entropy_inplace", "cuda", cross_entropy_inplace_forward_cuda, kFloat);
+  register_kernel("cross_entropy_inplace_backward", "cuda", cross_entropy_inplace_backward_cuda, kFloat);
 }
 
 }  // namespace ls::cuda

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "core/error.h"
+#include "stream.cuh"
 
 namespace ls::cuda {
 
@@ -13,6 +14,14 @@ inline void check(cudaError_t err, const char* what) {
 
 // After a <<<...>>> launch: configuration errors show up here, faults at the next sync.
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
+
+// A small device -> host read that the host needs now (an index check, a count): ordered after
+// the work queued on the current stream, and waiting for that stream only, not the device.
+inline void read_to_host(void* dst, const void* src, size_t nbytes, const char* op) {
+  cudaStream_t s = current_stream();
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, s), op);
+  check(cudaStreamSynchronize(s), op);
+}
 
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);

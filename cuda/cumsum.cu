@@ -107,10 +107,10 @@ void launch_cumsum(O* out, const T* x, const scan_acc_t<T>* carry_in, scan_acc_t
                    int64_t rows, int64_t n, int64_t len, bool reverse) {
   const int64_t pieces = (n + len - 1) / len, segments = rows * pieces;
   if (len <= 32 * kItems)
-    cumsum_kernel<T, O, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+    cumsum_kernel<T, O, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, current_stream()>>>(
         out, x, carry_in, totals, segments, pieces, n, len, reverse);
   else
-    cumsum_kernel<T, O, kThreads><<<unsigned(segments), kThreads>>>(out, x, carry_in, totals,
+    cumsum_kernel<T, O, kThreads><<<unsigned(segments), kThreads, 0, current_stream()>>>(out, x, carry_in, totals,
                                                                     segments, pieces, n, len, reverse);
 }
 

@@ -65,7 +65,7 @@ Tensors dropout_forward(const Tensors& in, const Attrs& a) {
     const size_t pack = 4 * sizeof(T);
     const bool vec = reinterpret_cast<uintptr_t>(x.raw_data()) % pack == 0 &&
                      reinterpret_cast<uintptr_t>(y.raw_data()) % pack == 0;
-    dropout_kernel<T><<<blocks, kThreads>>>(cptr<T>(x), mptr<T>(y), n, seed, offset, threshold,
+    dropout_kernel<T><<<blocks, kThreads, 0, current_stream()>>>(cptr<T>(x), mptr<T>(y), n, seed, offset, threshold,
                                             acc_t<T>(scale), vec);
   });
   check_launch("dropout");

@@ -137,9 +137,9 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
     const int64_t cp = C / W;
     auto launch = [&](auto* pid) {
       if (W == 1)
-        embedding_forward_kernel<1><<<grid_1d(N * cp), kThreads>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+        embedding_forward_kernel<1><<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
       else
-        embedding_forward_kernel<16 / sizeof(T)><<<grid_1d(N * cp), kThreads>>>(cptr<T>(weight), pid,
+        embedding_forward_kernel<16 / sizeof(T)><<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid,
                                                                                   mptr<T>(out), N, cp, V);
     };
     if (ids.dtype() == DType::Int32) launch(ids.data<int32_t>());
@@ -174,25 +174,25 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   Tensor keys = Tensor::empty({N}, DType::Int32, dev), vals = Tensor::empty({N}, DType::Int32, dev);
   Tensor sorted_keys = Tensor::empty({N}, DType::Int32, dev), order = Tensor::empty({N}, DType::Int32, dev);
   if (ids.dtype() == DType::Int32)
-    make_keys_kernel<<<grid_1d(N), kThreads>>>(ids.data<int32_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
+    make_keys_kernel<<<grid_1d(N), kThreads, 0, current_stream()>>>(ids.data<int32_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
   else
-    make_keys_kernel<<<grid_1d(N), kThreads>>>(ids.data<int64_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
+    make_keys_kernel<<<grid_1d(N), kThreads, 0, current_stream()>>>(ids.data<int64_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
   check_launch("embedding_backward");
   // 2. stable sort by key over the bits that hold 0..V
   int end_bit = 1;
   while ((int64_t(1) << end_bit) <= V) ++end_bit;
   size_t scratch_bytes = 0;
   check(cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(),
-                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit),
+                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit, current_stream()),
         "embedding_backward");
   Tensor scratch = Tensor::empty({int64_t(std::max<size_t>(scratch_bytes, 1))}, DType::UInt8, dev);
   check(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys.data<int32_t>(),
                                         sorted_keys.data<int32_t>(), vals.data<int32_t>(),
-                                        order.data<int32_t>(), int(N), 0, end_bit),
+                                        order.data<int32_t>(), int(N), 0, end_bit, current_stream()),
         "embedding_backward");
   // 3. group boundaries
   Tensor start = Tensor::empty({V + 1}, DType::Int32, dev);
-  group_starts_kernel<<<grid_1d(V + 1), kThreads>>>(sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
+  group_starts_kernel<<<grid_1d(V + 1), kThreads, 0, current_stream()>>>(sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
   check_launch("embedding_backward");
   // 4. one block per row, threads over the row's packs
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
@@ -201,10 +201,10 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
     const int64_t cp = C / W;
     const int threads = int(std::min<int64_t>(128, (cp + 31) / 32 * 32));
     if (W == 1)
-      embedding_backward_kernel<1><<<unsigned(V), threads>>>(cptr<T>(grad), order.data<int32_t>(),
+      embedding_backward_kernel<1><<<unsigned(V), threads, 0, current_stream()>>>(cptr<T>(grad), order.data<int32_t>(),
                                                              start.data<int32_t>(), mptr<T>(dweight), cp);
     else
-      embedding_backward_kernel<16 / sizeof(T)><<<unsigned(V), threads>>>(
+      embedding_backward_kernel<16 / sizeof(T)><<<unsigned(V), threads, 0, current_stream()>>>(
           cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), mptr<T>(dweight), cp);
   });
   check_launch("embedding_backward");

@@ -44,7 +44,7 @@ __global__ void first_bad_index_kernel(const int64_t* __restrict__ idx, int64_t 
 template <typename V>
 V read_back(const void* p, const char* op) {
   V v;
-  check(cudaMemcpy(&v, p, sizeof(V), cudaMemcpyDeviceToHost), op);
+  read_to_host(&v, p, sizeof(V), op);
   return v;
 }
 
@@ -63,8 +63,8 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
   set_device(idx, op);
   Tensor flag = Tensor::empty({1}, DType::Int64, idx.device());
   auto* pf = static_cast<unsigned long long*>(flag.raw_data());
-  check(cudaMemsetAsync(pf, 0xFF, sizeof(unsigned long long)), op);
-  first_bad_index_kernel<<<grid_for(n), kThreads>>>(idx.data<int64_t>(), n, size, pf);
+  check(cudaMemsetAsync(pf, 0xFF, sizeof(unsigned long long), current_stream()), op);
+  first_bad_index_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(idx.data<int64_t>(), n, size, pf);
   check_launch(op);
   unsigned long long bad = read_back<unsigned long long>(pf, op);
   if (bad != ~0ull) {
@@ -138,7 +138,7 @@ Tensors index_select_cuda(const Tensors& in, const Attrs& a) {
     while (unit > 1 && (row_bytes % unit != 0 || addr % unit != 0)) unit /= 2;
     const int64_t inner_u = row_bytes / unit, total = outer * m * inner_u;
     LS_CUDA_DISPATCH_UNIT(unit, {
-      index_select_kernel<unit_t><<<grid_for(total), kThreads>>>(
+      index_select_kernel<unit_t><<<grid_for(total), kThreads, 0, current_stream()>>>(
           static_cast<unit_t*>(out.raw_data()), static_cast<const unit_t*>(x.raw_data()),
           idx.data<int64_t>(), total, m, n, inner_u);
     });
@@ -202,10 +202,10 @@ Tensors index_select_backward_cuda(const Tensors& in, const Attrs& a) {
     scalar_t* pd = static_cast<scalar_t*>(dx.raw_data());
     const scalar_t* pg = static_cast<const scalar_t*>(g.raw_data());
     if (sorted.dtype() == DType::Int32)
-      index_select_backward_kernel<scalar_t, int32_t><<<grid_for(total), kThreads>>>(
+      index_select_backward_kernel<scalar_t, int32_t><<<grid_for(total), kThreads, 0, current_stream()>>>(
           pd, pg, sorted.data<int32_t>(), perm, outer, m, n, inner);
     else
-      index_select_backward_kernel<scalar_t, int64_t><<<grid_for(total), kThreads>>>(
+      index_select_backward_kernel<scalar_t, int64_t><<<grid_for(total), kThreads, 0, current_stream()>>>(
           pd, pg, sorted.data<int64_t>(), perm, outer, m, n, inner);
   });
   check_launch("index_select_backward");
@@ -246,7 +246,7 @@ Tensors gather_cuda(const Tensors& in, const Attrs& a) {
   Indexer<2> ix = make_indexer<2>(idx.shape(), {&out, &xv}, "gather");
   const int64_t xs_dim = x.dim() ? x.strides()[dim] : 0;
   LS_CUDA_DISPATCH_UNIT(int(itemsize(x.dtype())), {
-    gather_kernel<unit_t><<<grid_for(total), kThreads>>>(
+    gather_kernel<unit_t><<<grid_for(total), kThreads, 0, current_stream()>>>(
         static_cast<unit_t*>(out.raw_data()), static_cast<const unit_t*>(x.raw_data()),
         idx.data<int64_t>(), total, ix, xs_dim);
   });
@@ -307,10 +307,10 @@ Tensors scatter_add_cuda(const Tensors& in, const Attrs& a) {
   const int64_t ss_dim = src.dim() ? src.strides()[dim] : 0;
   auto launch = [&](auto* po, const auto* ps) {
     if (sorted.dtype() == DType::Int32)
-      scatter_add_kernel<<<grid_for(total), kThreads>>>(po, ps, sorted.data<int32_t>(), perm, total,
+      scatter_add_kernel<<<grid_for(total), kThreads, 0, current_stream()>>>(po, ps, sorted.data<int32_t>(), perm, total,
                                                         ix, is_dim, m, os_dim, ss_dim);
     else
-      scatter_add_kernel<<<grid_for(total), kThreads>>>(po, ps, sorted.data<int64_t>(), perm, total,
+      scatter_add_kernel<<<grid_for(total), kThreads, 0, current_stream()>>>(po, ps, sorted.data<int64_t>(), perm, total,
                                                         ix, is_dim, m, os_dim, ss_dim);
   };
   switch (x.dtype()) {
@@ -356,7 +356,7 @@ Tensors one_hot_cuda(const Tensors& in, const Attrs& a) {
   const int64_t total = out.numel();
   if (total == 0) return {out};
   set_device(out, "one_hot");
-  one_hot_kernel<<<grid_for(total), kThreads>>>(out.data<int64_t>(), idx.data<int64_t>(), total, classes);
+  one_hot_kernel<<<grid_for(total), kThreads, 0, current_stream()>>>(out.data<int64_t>(), idx.data<int64_t>(), total, classes);
   check_launch("one_hot");
   return {out};
 }

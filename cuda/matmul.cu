@@ -5,7 +5,12 @@
 // on transposed views, dA = g B^T and dB = A^T g, so column-major operands are the common case
 // and are read in place.
 //
-// bf16 / fp16: a tensor-core GEMM with fp32 accumulation, output rounded to the input dtype.
+// bf16 / fp16 on Hopper (compute capability 9.0, built with sm_90a): the TMA + wgmma kernel of
+//   cuda/sm90a/matmul_wgmma.cu, for every operand layout whose bases and strides the copy engine
+//   accepts and whose batch is one stride per operand; everything else, and every other GPU,
+//   takes the mma.sync kernel below. LLMSCRATCH_GEMM=mma forces the latter.
+// bf16 / fp16 elsewhere: a tensor-core GEMM with fp32 accumulation, output rounded to the input
+//   dtype.
 //   - Block tile 128 (M) x 256 (N) x 64 (K), 8 warps as 2 x 4, each warp owns 64 x 64 of C:
 //     4 x 8 mma.sync.m16n8k16 per 16-wide K step, fed by ldmatrix.x4 (ldmatrix.trans for an
 //     operand whose rows, not K, are contiguous in memory). The fragments are double-buffered in
@@ -35,9 +40,11 @@
 //   is one GEMM with M' = batch * M, as on the CPU.
 // The block-level GEMMs (loaders, mainloop, epilogue) live in cuda/gemm_tile.cuh, shared with the
 // grouped GEMM of cuda/moe.cu; this file picks tiles, layouts and launches.
-// Limits: M, N, K below 2^31 each; no wgmma (sm_90a) path, so Hopper runs the mma.sync path.
+// Limits: M, N, K below 2^31 each.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "core/registry.h"
@@ -45,6 +52,9 @@
 #include "gemm_tile.cuh"
 #include "ops/op_args.h"
 #include "ops/ops.h"
+#ifdef LLMSCRATCH_SM90A
+#include "sm90a/sm90a.h"
+#endif
 
 namespace ls::cuda {
 
@@ -153,7 +163,7 @@ void launch_mma(GemmArgs<T> p, int64_t nbatch, int dev) {
   for (int64_t z0 = 0; z0 < nbatch; z0 += kMaxGridZ) {
     p.z0 = z0;
     dim3 grid(unsigned(tiles), 1, unsigned(std::min(kMaxGridZ, nbatch - z0)));
-    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(p);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, current_stream()>>>(p);
     check_launch("matmul");
   }
 }
@@ -179,7 +189,7 @@ void launch_simt(GemmArgs<T> p, int64_t nbatch) {
     p.z0 = z0;
     dim3 grid(unsigned((p.M + kSM - 1) / kSM), unsigned((p.N + kSN - 1) / kSN),
               unsigned(std::min(kMaxGridZ, nbatch - z0)));
-    simt_gemm_kernel<T><<<grid, kSThreads>>>(p);
+    simt_gemm_kernel<T><<<grid, kSThreads, 0, current_stream()>>>(p);
     check_launch("matmul");
   }
 }
@@ -259,12 +269,54 @@ void batch_dims(const Shape& batch, const Tensor& a, const Tensor& b, std::vecto
   }
 }
 
+#ifdef LLMSCRATCH_SM90A
+// The wgmma kernel of cuda/sm90a/ on compute capability 9.0, unless LLMSCRATCH_GEMM=mma asks for
+// the mma.sync kernel (read per call, so tests and benchmarks can compare the two). False when it
+// is not available or declines the operands (the copy engine's alignment rules, or batch dims
+// that do not fold into one stride per operand).
+template <typename T>
+bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
+  const char* choice = std::getenv("LLMSCRATCH_GEMM");
+  if (choice && std::strcmp(choice, "mma") == 0) return false;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "matmul");
+  if (!sm90a::available(dev) || p.batch.nd > 1 || nbatch > 65535) return false;
+  // A stride of a size-1 dim is never stepped; the copy engine still wants it aligned.
+  auto ld = [](int64_t stride, int64_t outer, int64_t inner) {
+    return outer == 1 ? (inner + 7) / 8 * 8 : stride;
+  };
+  sm90a::GemmProblem g{};
+  g.bf16 = std::is_same_v<T, __nv_bfloat16>;
+  g.a = p.a;
+  g.a_kmajor = ak;
+  g.lda = ak ? ld(p.a_rs, p.M, p.K) : ld(p.a_ks, p.K, p.M);
+  g.b = p.b;
+  g.b_kmajor = bk;
+  g.ldb = bk ? ld(p.b_ns, p.N, p.K) : ld(p.b_ks, p.K, p.N);
+  g.c = p.c;
+  g.ldc = p.ldc;
+  g.c_batch = p.c_batch;
+  g.M = p.M;
+  g.N = p.N;
+  g.K = p.K;
+  g.batch = int(nbatch);
+  g.a_batch = p.batch.nd == 1 ? p.batch.sa[0] : 0;
+  g.b_batch = p.batch.nd == 1 ? p.batch.sb[0] : 0;
+  if (!sm90a::gemm(g, current_stream())) return false;
+  check_launch("matmul");
+  return true;
+}
+#endif
+
 template <typename T>
 void run_gemm(GemmArgs<T> p, int64_t nbatch, Major am, Major bm) {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     launch_simt<T>(p, nbatch);
   } else {
     bool ak = am == Major::K, bk = bm == Major::K;
+#ifdef LLMSCRATCH_SM90A
+    if (try_wgmma<T>(p, nbatch, ak, bk)) return;
+#endif
     if (ak && bk) launch_mma<T, true, true>(p, nbatch);
     else if (ak) launch_mma<T, true, false>(p, nbatch);
     else if (bk) launch_mma<T, false, true>(p, nbatch);

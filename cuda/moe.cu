@@ -205,7 +205,7 @@ Tensors moe_permute_cuda(const Tensors& in, const Attrs& a) {
   Tensor scratch = Tensor::empty({(E + 1) * kPermThreads}, DType::Int32, dev);
   set_device(ids, "moe_permute");
   auto launch = [&](auto* p) {
-    moe_permute_kernel<<<1, kPermThreads>>>(
+    moe_permute_kernel<<<1, kPermThreads, 0, current_stream()>>>(
         p, N, k, int(E), cap, static_cast<int*>(scratch.raw_data()),
         static_cast<int64_t*>(token.raw_data()), static_cast<int64_t*>(row.raw_data()),
         static_cast<int64_t*>(offsets.raw_data()), static_cast<int64_t*>(counts.raw_data()));
@@ -356,7 +356,7 @@ void launch_grouped_mma(const T* x, int64_t ldx, const T* w, int64_t w_e, int64_
   const int64_t tiles_m = max_tile_rows(M, E, C::kBM), tiles_n = (N + C::kBN - 1) / C::kBN;
   LS_CHECK(tiles_m * tiles_n < (int64_t(1) << 31), ValueError, "grouped_matmul: ", M, " x ", N,
            " is too large for the CUDA kernel's grid");
-  kernel<<<unsigned(tiles_m * tiles_n), C::kThreads, C::kSmemBytes>>>(x, ldx, w, w_e, ldw, off, E,
+  kernel<<<unsigned(tiles_m * tiles_n), C::kThreads, C::kSmemBytes, current_stream()>>>(x, ldx, w, w_e, ldw, off, E,
                                                                       M, N, K, int(tiles_m), y);
   check_launch("grouped_matmul");
 }
@@ -370,7 +370,7 @@ void launch_wgrad_mma(const T* a, int64_t lda, const T* b, int64_t ldb, const in
   const int64_t tiles = int64_t((P + C::kBM - 1) / C::kBM) * ((Q + C::kBN - 1) / C::kBN);
   LS_CHECK(tiles < (int64_t(1) << 31), ValueError, "grouped_matmul_weight_grad: ", P, " x ", Q,
            " is too large for the CUDA kernel's grid");
-  kernel<<<dim3(unsigned(tiles), unsigned(E)), C::kThreads, C::kSmemBytes>>>(a, lda, b, ldb, off,
+  kernel<<<dim3(unsigned(tiles), unsigned(E)), C::kThreads, C::kSmemBytes, current_stream()>>>(a, lda, b, ldb, off,
                                                                             M, P, Q, dw);
   check_launch("grouped_matmul_weight_grad");
 }
@@ -408,7 +408,7 @@ void run_grouped(const Tensor& x0, const Tensor& w0, bool tw, const int64_t* po,
     LS_CHECK(tiles_n <= 65535, ValueError, "grouped_matmul: the float32/float64 CUDA kernel "
              "takes N up to ", 65535 * kSN, ", got ", N);
     dim3 grid(unsigned(max_tile_rows(M, E, kSM)), unsigned(tiles_n));
-    grouped_simt_kernel<T><<<grid, kSThreads>>>(static_cast<const T*>(x.raw_data()),
+    grouped_simt_kernel<T><<<grid, kSThreads, 0, current_stream()>>>(static_cast<const T*>(x.raw_data()),
                                                 static_cast<const T*>(w.raw_data()),
                                                 w.strides()[0], w_ks, w_ns, po, int(E), int(M),
                                                 int(N), int(K), py);
@@ -481,7 +481,7 @@ void run_wgrad(const Tensor& a0, const Tensor& b0, const int64_t* po, int64_t M,
     const int64_t tp = (P + kSM - 1) / kSM, tq = (Q + kSN - 1) / kSN;
     LS_CHECK(tq <= 65535, ValueError, op, ": the float32/float64 CUDA kernel takes Q up to ",
              65535 * kSN, ", got ", Q);
-    grouped_wgrad_simt_kernel<T><<<dim3(unsigned(tp), unsigned(tq), unsigned(E)), kSThreads>>>(
+    grouped_wgrad_simt_kernel<T><<<dim3(unsigned(tp), unsigned(tq), unsigned(E)), kSThreads, 0, current_stream()>>>(
         static_cast<const T*>(A.raw_data()), static_cast<const T*>(B.raw_data()), po, int(M),
         int(P), int(Q), pd);
     check_launch(op);
@@ -585,7 +585,7 @@ Tensors moe_combine_cuda(const Tensors& in, const Attrs&) {
   set_device(out, "moe_combine");
   CUDA_DISPATCH_FLOAT(y.dtype(), "moe_combine", {
     using T = scalar_t;
-    moe_combine_kernel<T><<<unsigned(N), row_threads(H)>>>(
+    moe_combine_kernel<T><<<unsigned(N), row_threads(H), 0, current_stream()>>>(
         static_cast<const T*>(y.raw_data()), static_cast<const T*>(gates.raw_data()),
         static_cast<const int64_t*>(row.raw_data()), R, int(k), H, static_cast<T*>(out.raw_data()));
     check_launch("moe_combine");
@@ -667,17 +667,17 @@ Tensors moe_combine_backward_cuda(const Tensors& in, const Attrs& at) {
       Tensor inv = ops::full({R}, -1.0, DType::Int64, y.device());
       int64_t* pinv = static_cast<int64_t*>(inv.raw_data());
       if (A > 0) {
-        invert_rows_kernel<<<unsigned(std::min<int64_t>(blocks_for(A, 256), 4096)), 256>>>(
+        invert_rows_kernel<<<unsigned(std::min<int64_t>(blocks_for(A, 256), 4096)), 256, 0, current_stream()>>>(
             pr, A, R, pinv);
         check_launch(op);
       }
-      combine_dy_kernel<T><<<unsigned(R), row_threads(H)>>>(
+      combine_dy_kernel<T><<<unsigned(R), row_threads(H), 0, current_stream()>>>(
           pg, static_cast<const T*>(gates.raw_data()), pinv, int(k), H,
           static_cast<T*>(dy.raw_data()));
       check_launch(op);
     }
     if (want_dg && A > 0) {
-      combine_dgates_kernel<T><<<unsigned((A * 32 + kRowThreads - 1) / kRowThreads), kRowThreads>>>(
+      combine_dgates_kernel<T><<<unsigned((A * 32 + kRowThreads - 1) / kRowThreads), kRowThreads, 0, current_stream()>>>(
           pg, static_cast<const T*>(y.raw_data()), pr, A, R, int(k), H,
           static_cast<T*>(dg.raw_data()));
       check_launch(op);

@@ -9,11 +9,18 @@
 //     dw = sum_rows g xhat                  db = sum_rows g
 // (for rms_norm this is the usual dx = rstd dxhat - x rstd^3 mean_c(dxhat x)).
 //
+// The variants fused with the residual add before the norm (add_layer_norm, add_rms_norm) are
+// the same kernels with a template flag each: Add (forward) normalises h = x + r, formed in the
+// accumulation type and rounded to T as a separate add would round it, written once and cached
+// by the first pass (add_row_pass), so x and r are read once; HasDh (backward, x is then h) reads
+// dh in the dx pass and writes dx = dh + the norm's gradient, rounded once.
+//
 // Forward: the row is read once into registers; the mean (Centered only), the sum of squared
 // deviations from it (two-pass variance, no cancellation) and the write of y all come from
-// registers: one read and one write of x. Backward: one kernel reads g and x once (cached),
-// reduces the row sums, writes dx and adds g xhat and g into its block's accumulators of dw and
-// db; a second small kernel adds the per-block partials in block order (below).
+// registers: one read and one write of x (with Add: one read of x and r, one write of h and y).
+// Backward: one kernel reads g and x once (cached), reduces the row sums, writes dx and adds
+// g xhat and g into its block's accumulators of dw and db; a second small kernel adds the
+// per-block partials in block order (below).
 //
 // Statistics are kept in the accumulation type: float64 for float64 inputs, float32 otherwise
 // (a bf16 rstd would carry a 2^-9 relative error into every gradient).
@@ -30,12 +37,47 @@ using namespace rows;
 
 // ---- forward ----
 
-// mean may be null when !Centered.
-template <typename T, int V, bool Centered, bool HasW, bool HasB>
+// The first pass of a norm fused with the residual add before it (add_layer_norm,
+// add_rms_norm): h = x + r (added in the accumulation type, rounded to T as a separate add
+// would) is written to memory and kept in the cache c, so that the later passes are
+// row_pass<false> over h: the cached vectors come from registers, the rest are read back from
+// h, which this thread has just written. f(j, v) sees v[0] = h[j], as after row_pass<true>.
+template <int K, typename T, int V, typename F>
+__device__ __forceinline__ void add_row_pass(const Vec<T, V>* x, const Vec<T, V>* r, Vec<T, V>* h,
+                                             int64_t nvec, Vec<T, V> (&c)[1][K], F&& f) {
+  using A = acc_t<T>;
+  const int64_t tx = blockDim.x;
+  auto add = [&](int64_t j) {
+    const Vec<T, V> a = x[j], b = r[j];
+    Vec<T, V> s;
+#pragma unroll
+    for (int i = 0; i < V; ++i) s.v[i] = convert<T>(convert<A>(a.v[i]) + convert<A>(b.v[i]));
+    h[j] = s;
+    return s;
+  };
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t j = threadIdx.x + k * tx;
+    if (j < nvec) {
+      c[0][k] = add(j);
+      const Vec<T, V> v[1] = {c[0][k]};
+      f(j, v);
+    }
+  }
+  for (int64_t j = threadIdx.x + K * tx; j < nvec; j += tx) {
+    const Vec<T, V> v[1] = {add(j)};
+    f(j, v);
+  }
+}
+
+// mean may be null when !Centered. Add: the row normalised is h = x + res, written to h by the
+// first pass (h and res are null otherwise); h is not __restrict__, as the later passes read
+// back through it what they wrote.
+template <typename T, int V, bool Centered, bool HasW, bool HasB, bool Add>
 __global__ void __launch_bounds__(kMaxThreads<T>)
-    forward_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
-                   const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, int64_t R,
-                   int64_t C, acc_t<T> eps) {
+    forward_kernel(T* __restrict__ y, T* h, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
+                   const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
+                   const T* __restrict__ b, int64_t R, int64_t C, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   const int64_t nvec = C / V;
@@ -44,17 +86,22 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < R ? nvec : 0;  // a lane past the last row joins the reductions only
-    const Vec<T, V>* src[1] = {as_vec<T, V>(x + (r < R ? r : 0) * C)};  // src points at x[r, :]
-    Vec<T, V>* dst = as_vec<T, V>(y + (r < R ? r : 0) * C);
+    const int64_t off = (r < R ? r : 0) * C;
+    const Vec<T, V>* src[1] = {as_vec<T, V>((Add ? h : x) + off)};  // x[r, :] (h[r, :] if Add)
+    Vec<T, V>* dst = as_vec<T, V>(y + off);
     Vec<T, V> c[1][kCache];
     A part = 0;  // sum x (Centered) or sum x^2
-    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
+    auto first = [&](int64_t, const Vec<T, V> (&v)[1]) {
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A a = convert<A>(v[0].v[i]);
         part += Centered ? a : a * a;
       }
-    });
+    };
+    if constexpr (Add)
+      add_row_pass(as_vec<T, V>(x + off), as_vec<T, V>(res + off), as_vec<T, V>(h + off), n, c, first);
+    else
+      row_pass<true>(src, n, c, first);
     A mu = 0;
     if constexpr (Centered) {
       mu = row_reduce(part, Sum{}, red) / A(C);
@@ -193,13 +240,15 @@ AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t
 
 // acc_global: the accumulators when not in shared memory (blockDim.y lanes of parts * C per
 // block); partial: (gridDim.x, parts * C). dw_at / db_at: the accumulator block (0 or 1) of dw /
-// db, or -1 when that gradient is not wanted. mean may be null when !Centered.
-template <typename T, int V, bool Centered, bool HasW>
+// db, or -1 when that gradient is not wanted. mean may be null when !Centered. HasDh:
+// dx = dh + the norm's gradient (the fused ops' backward, x is h); dh is null otherwise.
+template <typename T, int V, bool Centered, bool HasW, bool HasDh>
 __global__ void __launch_bounds__(kMaxThreads<T>)
     backward_kernel(T* __restrict__ dx, acc_t<T>* acc_global, acc_t<T>* __restrict__ partial,
-                    const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
-                    const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd, int64_t R,
-                    int64_t C, int dw_at, int db_at, bool acc_in_smem) {
+                    const T* __restrict__ g, const T* __restrict__ dh, const T* __restrict__ x,
+                    const T* __restrict__ w, const acc_t<T>* __restrict__ mean,
+                    const acc_t<T>* __restrict__ rstd, int64_t R, int64_t C, int dw_at, int db_at,
+                    bool acc_in_smem) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -218,6 +267,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
     const int64_t n = r < R ? nvec : 0;
     const int64_t off = (r < R ? r : 0) * C;  // g + off points at g[r, :]
     const Vec<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
+    const Vec<T, V>* dhv = HasDh ? as_vec<T, V>(dh + off) : nullptr;  // read by the dx pass
     Vec<T, V>* dst = as_vec<T, V>(dx + off);
     const A mu = Centered && r < R ? mean[r] : A(0), rs = r < R ? rstd[r] : A(0);
     Vec<T, V> c[2][kCache2];
@@ -236,14 +286,16 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
     const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
     const A m2 = row_reduce(s2, Sum{}, red) / A(C);
     row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
-      Vec<T, V> out, wj;
+      Vec<T, V> out, wj, dhj;
       if (HasW) wj = wv[j];
+      if (HasDh) dhj = dhv[j];
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A gr = convert<A>(v[0].v[i]);
         const A xhat = (convert<A>(v[1].v[i]) - mu) * rs;
         const A gw = HasW ? gr * convert<A>(wj.v[i]) : gr;
-        out.v[i] = convert<T>(rs * (gw - m1 - xhat * m2));
+        const A d = rs * (gw - m1 - xhat * m2);
+        out.v[i] = convert<T>(HasDh ? convert<A>(dhj.v[i]) + d : d);
         if (acc_w) acc_w[i * nvec + j] += gr * xhat;
         if (acc_b) acc_b[i * nvec + j] += gr;
       }
@@ -274,43 +326,66 @@ inline void check_args(const Tensor& x, std::initializer_list<std::pair<const Te
   LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
 }
 
-// The data pointer of an optional tensor (null when undefined).
-template <typename T> const T* opt_ptr(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+// The fused ops' second input (the residual r, or dh in their backward): of x's shape and dtype.
+inline void check_residual(const Tensor& x, const Tensor& res, const char* op, const char* name) {
+  LS_CHECK(res.defined(), ValueError, op, ": ", name, " is None");
+  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
+           " does not match the input shape ", shape_str(x.shape()));
+  cpu::expect_same_dtype(x, res, op, name);
+}
 
-// y, rstd (and mean when Centered) allocated by the caller; x, w, b contiguous; R > 0.
+// The data pointer of an optional tensor (null when undefined).
+template <typename T> T* opt_ptr(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
+// y, rstd (and mean when Centered) allocated by the caller; x, w, b contiguous; R > 0. With res
+// defined (the fused add): h allocated by the caller like x, res contiguous; both undefined
+// otherwise. b: Centered only (pass an empty tensor for rms_norm).
 template <bool Centered>
-void forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b,
-             double eps, const char* op) {
+void forward(Tensor& y, Tensor& h, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& res,
+             const Tensor& w, const Tensor& b, double eps, const char* op) {
   const int64_t C = x.size(-1), R = rstd.numel();
   set_device(x, op);
   CUDA_DISPATCH_FLOAT(x.dtype(), op, {
     using T = scalar_t;
     using A = acc_t<T>;
-    const T *pw = opt_ptr<T>(w), *pb = opt_ptr<T>(b);
+    const T *pw = opt_ptr<T>(w), *pb = opt_ptr<T>(b), *pr = opt_ptr<T>(res);
+    T* ph = opt_ptr<T>(h);
     A* pm = Centered ? mean.data<A>() : nullptr;
-    auto run = [&](auto vec_tag) {
+    auto run = [&](auto vec_tag, auto add_tag) {
       constexpr int V = decltype(vec_tag)::value;
+      constexpr bool Add = decltype(add_tag)::value;
       const Launch L = row_launch<T>(R, C / V);
       auto launch = [&](auto kernel) {
-        kernel<<<L.grid, L.block>>>(y.data<T>(), pm, rstd.data<A>(), x.data<T>(), pw, pb, R, C, A(eps));
+        kernel<<<L.grid, L.block, 0, current_stream()>>>(y.data<T>(), ph, pm, rstd.data<A>(), x.data<T>(),
+                                                         pr, pw, pb, R, C, A(eps));
       };
-      if (pw && pb) launch(forward_kernel<T, V, Centered, true, true>);
-      else if (pw) launch(forward_kernel<T, V, Centered, true, false>);
-      else if (pb) launch(forward_kernel<T, V, Centered, false, true>);
-      else launch(forward_kernel<T, V, Centered, false, false>);
+      // rms_norm has no bias: its HasB variants are never instantiated.
+      if constexpr (Centered) {
+        if (pw && pb) return launch(forward_kernel<T, V, Centered, true, true, Add>);
+        if (pb) return launch(forward_kernel<T, V, Centered, false, true, Add>);
+      }
+      if (pw) launch(forward_kernel<T, V, Centered, true, false, Add>);
+      else launch(forward_kernel<T, V, Centered, false, false, Add>);
     };
-    if (vectorizable<T>(C, {x.raw_data(), y.raw_data(), pw, pb})) run(std::integral_constant<int, kVec<T>>{});
-    else run(std::integral_constant<int, 1>{});
+    auto run_add = [&](auto vec_tag) {
+      if (pr) run(vec_tag, std::true_type{});
+      else run(vec_tag, std::false_type{});
+    };
+    if (vectorizable<T>(C, {x.raw_data(), y.raw_data(), pr, ph, pw, pb}))
+      run_add(std::integral_constant<int, kVec<T>>{});
+    else
+      run_add(std::integral_constant<int, 1>{});
   });
   check_launch(op);
 }
 
 // dx allocated by the caller; dw / db of shape (C,) when wanted, (0,) otherwise (db: Centered
 // only, pass an empty tensor for rms_norm). g, x, w contiguous; mean (Centered) and rstd
-// contiguous in the accumulation dtype.
+// contiguous in the accumulation dtype. dh (the fused ops' backward: dx = dh + the norm's
+// gradient): contiguous, of x's shape and dtype, or undefined.
 template <bool Centered>
-void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor& x, const Tensor& w,
-              const Tensor& mean, const Tensor& rstd, const char* op) {
+void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor& dh, const Tensor& x,
+              const Tensor& w, const Tensor& mean, const Tensor& rstd, const char* op) {
   const int64_t C = x.size(-1), R = rstd.numel();
   const bool want_dw = dw.defined() && dw.numel() > 0, want_db = db.defined() && db.numel() > 0;
   const int dw_at = want_dw ? 0 : -1, db_at = want_db ? int(want_dw) : -1;
@@ -320,9 +395,9 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
   CUDA_DISPATCH_FLOAT(x.dtype(), op, {
     using T = scalar_t;
     using A = acc_t<T>;
-    const T* pw = opt_ptr<T>(w);
+    const T *pw = opt_ptr<T>(w), *pdh = opt_ptr<T>(dh);
     const A* pm = Centered ? mean.data<A>() : nullptr;
-    const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw});
+    const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw, pdh});
     const int V = vec ? kVec<T> : 1;
     const AccPlan plan = acc_plan<T>(R, C / V, parts * C, sizeof(A), kMaxLanes * 32 * sizeof(A),
                                      x.device().index);
@@ -330,26 +405,32 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
     Tensor partial = Tensor::empty({parts ? blocks * parts * C : 0}, sd, x.device());
     Tensor scratch =
         Tensor::empty({parts && !plan.in_smem ? blocks * plan.launch.block.y * parts * C : 0}, sd, x.device());
-    auto run = [&](auto vec_tag) {
+    auto run = [&](auto vec_tag, auto dh_tag) {
       constexpr int VV = decltype(vec_tag)::value;
-      auto kernel = pw ? backward_kernel<T, VV, Centered, true> : backward_kernel<T, VV, Centered, false>;
+      constexpr bool HasDh = decltype(dh_tag)::value;
+      auto kernel = pw ? backward_kernel<T, VV, Centered, true, HasDh>
+                       : backward_kernel<T, VV, Centered, false, HasDh>;
       if (plan.smem > 48 * 1024)
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)), op);
-      kernel<<<plan.launch.grid, plan.launch.block, plan.smem>>>(
-          dx.data<T>(), scratch.data<A>(), partial.data<A>(), g.data<T>(), x.data<T>(), pw, pm,
+      kernel<<<plan.launch.grid, plan.launch.block, plan.smem, current_stream()>>>(
+          dx.data<T>(), scratch.data<A>(), partial.data<A>(), g.data<T>(), pdh, x.data<T>(), pw, pm,
           rstd.data<A>(), R, C, dw_at, db_at, plan.in_smem);
     };
+    auto run_dh = [&](auto vec_tag) {
+      if (pdh) run(vec_tag, std::true_type{});
+      else run(vec_tag, std::false_type{});
+    };
     if (R > 0) {
-      if (vec) run(std::integral_constant<int, kVec<T>>{});
-      else run(std::integral_constant<int, 1>{});
+      if (vec) run_dh(std::integral_constant<int, kVec<T>>{});
+      else run_dh(std::integral_constant<int, 1>{});
       check_launch(op);
     }
     if (parts) {
       ColumnOuts<T> outs{{nullptr, nullptr}, parts};
       if (want_dw) outs.out[dw_at] = dw.data<T>();
       if (want_db) outs.out[db_at] = db.data<T>();
-      column_sum_kernel<T, A><<<blocks_for(parts * C, 32), dim3(32, kSumLanes)>>>(outs, partial.data<A>(),
-                                                                                  blocks, C, V);
+      column_sum_kernel<T, A><<<blocks_for(parts * C, 32), dim3(32, kSumLanes), 0, current_stream()>>>(
+          outs, partial.data<A>(), blocks, C, V);
       check_launch(op);
     }
   });

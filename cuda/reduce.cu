@@ -144,14 +144,14 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
       O* po = static_cast<O*>(out.raw_data());
       const dim3 block(kColX, kColY);
       if (splits == 1) {
-        col_sum_kernel<T, A, O><<<dim3(unsigned(bx), 1), block>>>(po, px, R, C, R);
+        col_sum_kernel<T, A, O><<<dim3(unsigned(bx), 1), block, 0, current_stream()>>>(po, px, R, C, R);
       } else {
         DType acc_dtype = std::is_same_v<A, double> ? DType::Float64
                           : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
         Tensor partial = Tensor::empty({splits, C}, acc_dtype, x.device());
         A* pp = static_cast<A*>(partial.raw_data());
-        col_sum_kernel<T, A, A><<<dim3(unsigned(bx), unsigned(splits)), block>>>(pp, px, R, C, rows_per);
-        col_sum_kernel<A, A, O><<<dim3(unsigned(bx), 1), block>>>(po, pp, splits, C, splits);
+        col_sum_kernel<T, A, A><<<dim3(unsigned(bx), unsigned(splits)), block, 0, current_stream()>>>(pp, px, R, C, rows_per);
+        col_sum_kernel<A, A, O><<<dim3(unsigned(bx), 1), block, 0, current_stream()>>>(po, pp, splits, C, splits);
       }
     });
     check_launch("sum");
@@ -170,12 +170,12 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
                         : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
       Tensor partial = Tensor::empty({rows, chunks}, acc_dtype, x.device());
       A* pp = static_cast<A*>(partial.raw_data());
-      row_sum_kernel<T, A, A><<<dim3(unsigned(chunks), unsigned(rows)), kThreads>>>(pp, px, cols, kChunk);
-      row_sum_kernel<A, A, O><<<dim3(1, unsigned(rows)), kThreads>>>(po, pp, chunks, chunks);
+      row_sum_kernel<T, A, A><<<dim3(unsigned(chunks), unsigned(rows)), kThreads, 0, current_stream()>>>(pp, px, cols, kChunk);
+      row_sum_kernel<A, A, O><<<dim3(1, unsigned(rows)), kThreads, 0, current_stream()>>>(po, pp, chunks, chunks);
     } else {
       for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // grid.y holds at most 65535 rows
         unsigned nr = unsigned(std::min<int64_t>(65535, rows - r0));
-        row_sum_kernel<T, A, O><<<dim3(1, nr), kThreads>>>(po + r0, px + r0 * cols, cols, cols);
+        row_sum_kernel<T, A, O><<<dim3(1, nr), kThreads, 0, current_stream()>>>(po + r0, px + r0 * cols, cols, cols);
       }
     }
   });
@@ -258,10 +258,10 @@ void launch_row_max(T* values, int64_t* indices, const T* x, const int64_t* xi, 
                     int64_t cols, int64_t len) {
   const int64_t chunks = (cols + len - 1) / len, segments = rows * chunks;
   if (len <= 1024)
-    row_max_kernel<T, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads>>>(
+    row_max_kernel<T, 32><<<unsigned((segments + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, current_stream()>>>(
         values, indices, x, xi, segments, chunks, cols, len);
   else
-    row_max_kernel<T, kThreads><<<unsigned(segments), kThreads>>>(values, indices, x, xi, segments,
+    row_max_kernel<T, kThreads><<<unsigned(segments), kThreads, 0, current_stream()>>>(values, indices, x, xi, segments,
                                                                   chunks, cols, len);
 }
 

@@ -110,7 +110,7 @@ unsigned grid_1d(int64_t n) {
 template <int G, typename T>
 void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& out, int64_t rows,
                  int64_t half, int64_t NH, int64_t T_, bool interleaved, bool inverse) {
-  rope_kernel<G><<<grid_1d(rows * (half / G)), kThreads>>>(cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out),
+  rope_kernel<G><<<grid_1d(rows * (half / G)), kThreads, 0, current_stream()>>>(cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out),
                                                           rows, half, NH, T_, interleaved, inverse);
 }
 
@@ -158,7 +158,7 @@ Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
   set_device(x, "rope_cos_sin_backward");
   CUDA_DISPATCH_FLOAT(x.dtype(), "rope_cos_sin_backward", {
     using T = scalar_t;
-    rope_cos_sin_backward_kernel<T><<<grid_1d(T_ * half), kThreads>>>(
+    rope_cos_sin_backward_kernel<T><<<grid_1d(T_ * half), kThreads, 0, current_stream()>>>(
         cptr<T>(g), cptr<T>(x), mptr<T>(dcos), mptr<T>(dsin), lead, T_, NH, half, interleaved, inverse);
   });
   check_launch("rope_cos_sin_backward");

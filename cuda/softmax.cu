@@ -134,13 +134,13 @@ Tensors softmax_forward_cuda(const Tensors& in, const Attrs& a) {
       const int64_t R = l.O, C = l.N;
       if (vectorizable<T>(C, {px, py})) {
         Launch L = row_launch<T>(R, C / kVec<T>);
-        softmax_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block>>>(py, px, R, C);
+        softmax_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block, 0, current_stream()>>>(py, px, R, C);
       } else {
         Launch L = row_launch<T>(R, C);
-        softmax_rows_kernel<T, 1, Log><<<L.grid, L.block>>>(py, px, R, C);
+        softmax_rows_kernel<T, 1, Log><<<L.grid, L.block, 0, current_stream()>>>(py, px, R, C);
       }
     } else {
-      softmax_cols_kernel<T, Log><<<grid_for(l.O * l.I), kThreads>>>(py, px, l.O, l.N, l.I);
+      softmax_cols_kernel<T, Log><<<grid_for(l.O * l.I), kThreads, 0, current_stream()>>>(py, px, l.O, l.N, l.I);
     }
   });
   check_launch(op);
@@ -223,13 +223,13 @@ Tensors softmax_backward_cuda(const Tensors& in, const Attrs& a) {
       const int64_t R = l.O, C = l.N;
       if (vectorizable<T>(C, {py, pg, pd})) {
         Launch L = row_launch<T>(R, C / kVec<T>, int64_t(1) << 30, kCache2);
-        softmax_backward_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block>>>(pd, py, pg, R, C);
+        softmax_backward_rows_kernel<T, kVec<T>, Log><<<L.grid, L.block, 0, current_stream()>>>(pd, py, pg, R, C);
       } else {
         Launch L = row_launch<T>(R, C, int64_t(1) << 30, kCache2);
-        softmax_backward_rows_kernel<T, 1, Log><<<L.grid, L.block>>>(pd, py, pg, R, C);
+        softmax_backward_rows_kernel<T, 1, Log><<<L.grid, L.block, 0, current_stream()>>>(pd, py, pg, R, C);
       }
     } else {
-      softmax_backward_cols_kernel<T, Log><<<grid_for(l.O * l.I), kThreads>>>(pd, py, pg, l.O, l.N, l.I);
+      softmax_backward_cols_kernel<T, Log><<<grid_for(l.O * l.I), kThreads, 0, current_stream()>>>(pd, py, pg, l.O, l.N, l.I);
     }
   });
   check_launch(op);

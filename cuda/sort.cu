@@ -129,7 +129,7 @@ void sort_rows_typed(const Tensor& x, int64_t rows, int64_t n, int64_t k_out, bo
   if (P <= S) {  // whole rows in one tile: one launch
     int64_t tile = std::min(S, pow2_ceil(total));
     size_t smem = size_t(tile) * sizeof(Item<K>);
-    bitonic_tile_kernel<T, K, true, true><<<unsigned((total + tile - 1) / tile), threads_for(tile), smem>>>(
+    bitonic_tile_kernel<T, K, true, true><<<unsigned((total + tile - 1) / tile), threads_for(tile), smem, current_stream()>>>(
         px, nullptr, pv, pi, n, P, total, k_out, int(tile), 2, P, 1, descending);
     check_launch(op);
     return;
@@ -138,19 +138,19 @@ void sort_rows_typed(const Tensor& x, int64_t rows, int64_t n, int64_t k_out, bo
   Item<K>* items = static_cast<Item<K>*>(scratch.raw_data());
   const unsigned blocks = unsigned(total / S);  // P and S are powers of two, P > S
   const size_t smem = size_t(S) * sizeof(Item<K>);
-  bitonic_tile_kernel<T, K, true, false><<<blocks, threads_for(S), smem>>>(
+  bitonic_tile_kernel<T, K, true, false><<<blocks, threads_for(S), smem, current_stream()>>>(
       px, items, nullptr, nullptr, n, P, total, k_out, int(S), 2, S, 1, descending);
   check_launch(op);
   for (int64_t k = 2 * S; k <= P; k <<= 1) {
     for (int64_t j = k / 2; j >= S; j >>= 1) {
-      bitonic_global_kernel<K><<<grid_for(total / 2), kThreads>>>(items, total / 2, P, k, j);
+      bitonic_global_kernel<K><<<grid_for(total / 2), kThreads, 0, current_stream()>>>(items, total / 2, P, k, j);
       check_launch(op);
     }
     if (k < P) {
-      bitonic_tile_kernel<T, K, false, false><<<blocks, threads_for(S), smem>>>(
+      bitonic_tile_kernel<T, K, false, false><<<blocks, threads_for(S), smem, current_stream()>>>(
           px, items, nullptr, nullptr, n, P, total, k_out, int(S), k, k, S / 2, descending);
     } else {
-      bitonic_tile_kernel<T, K, false, true><<<blocks, threads_for(S), smem>>>(
+      bitonic_tile_kernel<T, K, false, true><<<blocks, threads_for(S), smem, current_stream()>>>(
           px, items, pv, pi, n, P, total, k_out, int(S), k, k, S / 2, descending);
     }
     check_launch(op);

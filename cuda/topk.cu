@@ -128,10 +128,10 @@ Tensors topk_cuda(const Tensors& in, const Attrs& a) {
         const scalar_t* px = static_cast<const scalar_t*>(xt.raw_data());
         scalar_t* pv = static_cast<scalar_t*>(values.raw_data());
         if (n <= 2048)
-          topk_small_kernel<scalar_t, 1><<<unsigned((rows + 7) / 8), 256>>>(
+          topk_small_kernel<scalar_t, 1><<<unsigned((rows + 7) / 8), 256, 0, current_stream()>>>(
               px, pv, indices.data<int64_t>(), rows, n, int(k), largest);
         else
-          topk_small_kernel<scalar_t, 8><<<unsigned(rows), 256>>>(
+          topk_small_kernel<scalar_t, 8><<<unsigned(rows), 256, 0, current_stream()>>>(
               px, pv, indices.data<int64_t>(), rows, n, int(k), largest);
       });
       check_launch("topk");

@@ -108,7 +108,7 @@ Kernel unary_entry(Un op, const char* name) {
       return Tensors{out};
     }
     auto launch = [&](auto* o, const auto* p) {
-      unary_kernel<<<grid_for(n), kThreads>>>(op, o, p, n, ix, dense);
+      unary_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(op, o, p, n, ix, dense);
     };
     switch (x.dtype()) {
       case DType::Float32: launch(out.data<float>(), x.data<float>()); break;
@@ -137,7 +137,7 @@ Tensors clamp_cuda(const Tensors& in, const Attrs& a) {
   Indexer<2> ix = make_indexer<2>(x.shape(), {&out, &x}, "clamp");
   double lo = a.f("min", -INFINITY), hi = a.f("max", INFINITY);
   CUDA_DISPATCH_FLOAT(x.dtype(), "clamp", {
-    clamp_kernel<scalar_t><<<grid_for(n), kThreads>>>(static_cast<scalar_t*>(out.raw_data()),
+    clamp_kernel<scalar_t><<<grid_for(n), kThreads, 0, current_stream()>>>(static_cast<scalar_t*>(out.raw_data()),
                                                       static_cast<const scalar_t*>(x.raw_data()), n, ix, lo, hi);
   });
   check_launch("clamp");
@@ -155,7 +155,7 @@ Tensors where_cuda(const Tensors& in, const Attrs&) {
   set_device(out, "where");
   Indexer<4> ix = make_indexer<4>(shape, {&out, &c, &a, &b}, "where");
   CUDA_DISPATCH_ALL(a.dtype(), "where", {
-    where_kernel<scalar_t><<<grid_for(n), kThreads>>>(
+    where_kernel<scalar_t><<<grid_for(n), kThreads, 0, current_stream()>>>(
         static_cast<scalar_t*>(out.raw_data()), c.data<bool>(), static_cast<const scalar_t*>(a.raw_data()),
         static_cast<const scalar_t*>(b.raw_data()), n, ix);
   });

@@ -124,9 +124,9 @@ void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char
   int64_t blocks = (n / per_thread + per_block - 1) / per_block;
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 20);
   if (aligned)
-    map_kernel<V><<<unsigned(blocks), kThreads>>>(op, a, n);
+    map_kernel<V><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
   else
-    map_kernel<1><<<unsigned(blocks), kThreads>>>(op, a, n);
+    map_kernel<1><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
   check_launch(name);
 }
 

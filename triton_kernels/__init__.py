@@ -32,8 +32,10 @@ and triton only then, so both stay optional. Each ``fn`` is wrapped and register
   ``llmscratch.backend_report()`` then shows that backend (``cpu``), not ``triton``;
 * exchanges memory through DLPack both ways without copies: the output capsule keeps the torch
   tensor alive for as long as the llmscratch tensor lives;
-* launches on torch's current stream, which is the default stream that the llmscratch CUDA
-  kernels also use, so no synchronisation is needed between the two.
+* launches on llmscratch's current stream (``llmscratch.cuda.current_stream``), so Triton and
+  native kernels of one stream stay in order: when that is not the default stream, torch is told
+  to use it for the call (``torch.cuda.ExternalStream``), which also makes torch allocate the
+  outputs for that stream; on the default stream nothing is wrapped.
 """
 import importlib
 import os
@@ -68,8 +70,13 @@ def _wrap(op, fn, served_device, serves=None):
                 _core.set_backend(prev)
         tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
         if dev.type == "cuda":
+            stream = _core.cuda_current_stream(dev.index)
             with torch.cuda.device(dev.index):
-                outs = fn(tin, attrs)
+                if stream == 0:
+                    outs = fn(tin, attrs)
+                else:
+                    with torch.cuda.stream(torch.cuda.ExternalStream(stream, device=dev.index)):
+                        outs = fn(tin, attrs)
         else:
             outs = fn(tin, attrs)
         return [None if o is None else _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(o))

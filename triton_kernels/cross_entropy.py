@@ -19,13 +19,25 @@ and one float32 row loss, never the probabilities; torch reduces the row losses 
 (no host synchronisation, the "mean" count included). The backward writes dlogits in one pass
 from the saved lse. lse is float32 for 16-bit logits. Limit: targets are not range-checked on
 the device (that would need a host synchronisation); an out-of-range target reads logit 0.
-References: Liger-Kernel's fused linear cross-entropy; llm.c's fused classifier.
+
+In-place gradient (the contract is in cpp/ops/cross_entropy.cpp): "cross_entropy_inplace"
+{logits, targets} -> {loss} writes d(loss)/d(logits) at an upstream gradient of 1 over the
+contiguous logits, k p - k eps / V - k (1 - eps) [v == t] with k = 1/count (mean, the count read
+on the device) or 1, zeros for ignored rows (not read); "cross_entropy_inplace_backward" {g_loss,
+dlogits} -> {dlogits} multiplies that memory by g (per row for "none") in place, masking off every
+element whose factor is exactly 1, so loss.backward() on the mean itself moves no data and needs
+no host synchronisation. The forward program walks its row twice: the statistics (and the target
+logit, picked from the chunks it loads, so it is read before anything is overwritten), then the
+gradient, each chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version
+counter; writes made here through torch do not (as every triton in-place kernel).
+References: Liger-Kernel's fused linear cross-entropy (its in-place logits gradient); llm.c's fused
+classifier.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import row_block, stat_dtype
+from ._common import ELEMENTWISE_BLOCK, flat_grid, row_block, stat_dtype
 
 _REDUCTIONS = ("none", "sum", "mean")
 
@@ -82,6 +94,65 @@ def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ignore_index, eps,
         x = tl.load(X + n * V + v, mask=mask, other=0.0).to(tl.float32)  # logits[n, v]
         d = kp * tl.exp(x - lse) - off_all - tl.where(v == t, k * (1.0 - eps), 0.0)
         tl.store(DX + n * V + v, d.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ignore_index, eps,
+                               MEAN: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    x_row = X + n * V  # points at logits[n, :]; the gradient goes to the same place
+    cols = tl.arange(0, BLOCK)
+    t = tl.load(TGT + n).to(tl.int64)
+    if t != ignore_index:
+        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+        xsum = tl.zeros([BLOCK], dtype=tl.float32)
+        xt = tl.zeros([BLOCK], dtype=tl.float32)
+        for off in tl.range(0, V, BLOCK):
+            mask = off + cols < V
+            x = tl.load(x_row + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, x)
+            seen = m_new > float("-inf")
+            s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
+            m = m_new
+            xt += tl.where(off + cols == t, x, 0.0)
+            if SMOOTH:
+                xsum += tl.where(mask, x, 0.0)
+        m_row = tl.max(m, axis=0)
+        lse = m_row + tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - m_row), 0.0), axis=0))
+        loss = (1.0 - eps) * (lse - tl.sum(xt, axis=0))
+        if SMOOTH:
+            loss += eps * (lse - tl.sum(xsum, axis=0) / V)
+        tl.store(LOSS + n, loss)
+        if MEAN:
+            k = 1.0 / tl.load(COUNT).to(tl.float32)
+        else:
+            k = 1.0
+        shift = k * eps / V
+        for off in tl.range(0, V, BLOCK):
+            v = off + cols
+            mask = v < V
+            x = tl.load(x_row + v, mask=mask, other=0.0).to(tl.float32)
+            d = k * tl.exp(x - lse) - shift - tl.where(v == t, k * (1.0 - eps), 0.0)
+            tl.store(x_row + v, d.to(X.dtype.element_ty), mask=mask)
+    else:
+        tl.store(LOSS + n, 0.0)
+        for off in tl.range(0, V, BLOCK):
+            tl.store(x_row + off + cols, tl.zeros([BLOCK], dtype=X.dtype.element_ty),
+                     mask=off + cols < V)
+
+
+@triton.jit
+def _scale_inplace(X, G, numel, V, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < numel
+    if PER_ROW:  # "none": row offs // V has its own factor
+        s = tl.load(G + offs // V, mask=inside, other=1.0).to(tl.float32)
+    else:
+        s = tl.full([BLOCK], 1.0, tl.float32) * tl.load(G).to(tl.float32)
+    mask = inside & (s != 1.0)  # a factor of 1: no load, no store
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(X + offs, (x * s).to(X.dtype.element_ty), mask=mask)
 
 
 def _attrs(attrs, op):
@@ -148,4 +219,55 @@ def cross_entropy_backward(inputs, attrs):
     return [dlogits]
 
 
-KERNELS = {"cross_entropy": cross_entropy_forward, "cross_entropy_backward": cross_entropy_backward}
+def _check_inplace(op, logits):
+    if not logits.is_contiguous():
+        raise ValueError(f"{op}: logits must be contiguous, since the gradient is written into their "
+                         f"memory (a copy would hold a second (N, V) tensor); got shape "
+                         f"{tuple(logits.shape)} with strides {tuple(logits.stride())}")
+
+
+def cross_entropy_inplace_forward(inputs, attrs):
+    ignore, reduction, eps = _attrs(attrs, "cross_entropy_inplace")
+    logits, targets = inputs[0], inputs[1].contiguous()
+    _check("cross_entropy_inplace", logits, targets)
+    _check_inplace("cross_entropy_inplace", logits)
+    N, V = logits.shape
+    if N and not V:
+        raise ValueError(f"cross_entropy_inplace: logits of shape {tuple(logits.shape)} have no classes")
+    row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
+    count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
+    if N:
+        block = row_block(V)
+        _cross_entropy_inplace_fwd[(N,)](logits, targets, row_loss, count, V, ignore, eps,
+                                         MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
+                                         num_warps=4 if block <= 1024 else 8)
+    if reduction == "none":
+        loss = row_loss
+    elif reduction == "sum":
+        loss = row_loss.sum()
+    else:  # 0 / 0 = NaN when every target is ignored, as torch
+        loss = row_loss.sum() / count
+    return [loss.to(stat_dtype(logits.dtype))]
+
+
+def cross_entropy_inplace_backward(inputs, attrs):
+    _, reduction, _ = _attrs(attrs, "cross_entropy_inplace_backward")
+    g, dlogits = inputs[0].contiguous(), inputs[1]
+    if dlogits.dim() != 2:
+        raise ValueError(f"cross_entropy_inplace_backward: expected dlogits (N, V), got "
+                         f"{tuple(dlogits.shape)}")
+    _check_inplace("cross_entropy_inplace_backward", dlogits)
+    N, V = dlogits.shape
+    if g.numel() != (N if reduction == "none" else 1):
+        raise ValueError(f"cross_entropy_inplace_backward: loss gradient of shape {tuple(g.shape)} "
+                         f"does not match reduction '{reduction}' over N = {N} rows")
+    if dlogits.numel():
+        _scale_inplace[flat_grid(dlogits.numel())](dlogits, g, dlogits.numel(), V,
+                                                   PER_ROW=reduction == "none",
+                                                   BLOCK=ELEMENTWISE_BLOCK)
+    return [dlogits]
+
+
+KERNELS = {"cross_entropy": cross_entropy_forward, "cross_entropy_backward": cross_entropy_backward,
+           "cross_entropy_inplace": cross_entropy_inplace_forward,
+           "cross_entropy_inplace_backward": cross_entropy_inplace_backward}

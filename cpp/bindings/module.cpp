@@ -209,4 +209,64 @@ PYBIND11_MODULE(llmscratch_core, m) {
   }, py::arg("device") = 0);
   m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
         py::arg("device") = 0);
+
+  // Streams and events as integer handles (cudaStream_t / cudaEvent_t; 0 is the legacy default
+  // stream). llmscratch.cuda wraps them in Stream and Event and owns their lifetimes.
+  auto on = [](const char* what, int device) -> const CudaHooks& {
+    const CudaHooks& cuda = require_cuda(what);
+    LS_CHECK(device >= 0 && device < cuda.device_count(), ValueError, what, ": device cuda:", device,
+             " does not exist (", cuda.device_count(), " CUDA devices)");
+    return cuda;
+  };
+  auto ptr = [](uintptr_t h) { return reinterpret_cast<void*>(h); };
+  auto handle = [](void* p) { return reinterpret_cast<uintptr_t>(p); };
+  m.def("cuda_current_stream", [=](int device) {
+    return handle(on("current_stream", device).current_stream(device));
+  });
+  m.def("cuda_set_stream", [=](int device, uintptr_t s) {
+    on("set_stream", device).set_stream(device, ptr(s));
+  });
+  m.def("cuda_stream_create", [=](int device, int priority) {
+    return handle(on("Stream", device).stream_create(device, priority));
+  });
+  m.def("cuda_stream_destroy", [=](int device, uintptr_t s) {
+    py::gil_scoped_release nogil;  // waits for the stream's work
+    on("Stream", device).stream_destroy(device, ptr(s));
+  });
+  m.def("cuda_stream_synchronize", [=](int device, uintptr_t s) {
+    py::gil_scoped_release nogil;
+    on("Stream.synchronize", device).stream_synchronize(device, ptr(s));
+  });
+  m.def("cuda_stream_query", [=](int device, uintptr_t s) {
+    return on("Stream.query", device).stream_query(device, ptr(s));
+  });
+  m.def("cuda_stream_priority_range", [] {
+    int least = 0, greatest = 0;
+    require_cuda("Stream.priority_range").stream_priority_range(&least, &greatest);
+    return py::make_tuple(least, greatest);
+  });
+  m.def("cuda_event_create", [=](int device, bool timing) {
+    return handle(on("Event", device).event_create(device, timing));
+  });
+  m.def("cuda_event_destroy", [](uintptr_t e) {
+    require_cuda("Event").event_destroy(reinterpret_cast<void*>(e));
+  });
+  m.def("cuda_event_record", [=](uintptr_t e, int device, uintptr_t s) {
+    on("Event.record", device).event_record(ptr(e), device, ptr(s));
+  });
+  m.def("cuda_stream_wait_event", [=](int device, uintptr_t s, uintptr_t e) {
+    on("Stream.wait_event", device).stream_wait_event(device, ptr(s), ptr(e));
+  });
+  m.def("cuda_event_synchronize", [](uintptr_t e) {
+    const CudaHooks& cuda = require_cuda("Event.synchronize");
+    py::gil_scoped_release nogil;
+    cuda.event_synchronize(reinterpret_cast<void*>(e));
+  });
+  m.def("cuda_event_query", [](uintptr_t e) {
+    return require_cuda("Event.query").event_query(reinterpret_cast<void*>(e));
+  });
+  m.def("cuda_event_elapsed_time", [](uintptr_t start, uintptr_t end) {
+    return require_cuda("Event.elapsed_time")
+        .event_elapsed_ms(reinterpret_cast<void*>(start), reinterpret_cast<void*>(end));
+  });
 }

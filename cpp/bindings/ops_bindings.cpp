@@ -19,7 +19,9 @@ void bind_ops(py::module_& root) {
   m.def("contiguous", &contiguous);
   m.def("contiguous_copy", &contiguous_copy);
   m.def("to_dtype", &to_dtype);
-  m.def("to_device", &to_device);
+  m.def("to_device", &to_device, py::arg("x"), py::arg("device"), py::arg("non_blocking") = false);
+  m.def("pin_memory", &pin_memory);
+  m.def("is_pinned", &is_pinned);
   m.def("copy_", &copy_);
   m.def("fill_", &fill_);
   m.def("reshape", &reshape);

@@ -148,4 +148,10 @@ std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   return std::make_shared<Storage>(p, nbytes, device, [idx](void* q) { g_cuda->free(q, idx); });
 }
 
+std::shared_ptr<Storage> allocate_pinned_storage(size_t nbytes) {
+  require_cuda("pin_memory");
+  void* p = g_cuda->host_alloc(nbytes);
+  return std::make_shared<Storage>(p, nbytes, Device{}, [](void* q) { g_cuda->host_free(q); }, true);
+}
+
 }  // namespace ls

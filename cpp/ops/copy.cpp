@@ -53,7 +53,10 @@ Tensors cast_cpu(const Tensors& in, const Attrs& a) {
   return {out};
 }
 
-// Moves go through contiguous memory on the source device, then one memcpy.
+// Moves go through contiguous memory on the source device, then one memcpy on the current
+// stream. Only a host->device copy from pinned memory may be non-blocking: pageable memory
+// could be changed by the caller before the copy reads it, and a device->host result must be
+// complete before the host reads it.
 Tensors to_device_any(const Tensors& in, const Attrs& a) {
   Device to = Device::parse(a.s("device", "cpu"));
   Tensor src = contiguous(in[0]);
@@ -62,11 +65,14 @@ Tensors to_device_any(const Tensors& in, const Attrs& a) {
   if (src.nbytes() == 0) return {out};
   const CudaHooks& cuda = require_cuda("to");
   if (src.device().is_cpu()) {
-    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 0, to.index);
+    bool async = a.b("non_blocking", false) && src.storage()->pinned;
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 0, to.index, async);
+    // the pinned block must outlive the queued copy in the cache, not only in this call
+    if (async) cuda.host_record(src.storage()->data, to.index);
   } else if (to.is_cpu()) {
-    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 1, src.device().index);
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 1, src.device().index, false);
   } else {
-    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 2, src.device().index);
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 2, src.device().index, false);
   }
   return {out};
 }
@@ -105,9 +111,26 @@ Tensor to_dtype(const Tensor& x, DType dtype) {
   return call1("cast", {x}, {{"dtype", int64_t(dtype)}});
 }
 
-Tensor to_device(const Tensor& x, Device device) {
+Tensor to_device(const Tensor& x, Device device, bool non_blocking) {
   if (x.device() == device) return x;
-  return call1("to_device", {x}, {{"device", device.str()}});
+  return call1("to_device", {x}, {{"device", device.str()}, {"non_blocking", non_blocking}});
+}
+
+bool is_pinned(const Tensor& x) { return x.defined() && x.storage() && x.storage()->pinned; }
+
+// A copy, not a view: autograd does not track it (as for the data a loader stages).
+Tensor pin_memory(const Tensor& x) {
+  LS_CHECK(x.device().is_cpu(), ValueError, "pin_memory: only CPU tensors can be pinned, got a "
+           "tensor on ", x.device().str());
+  if (is_pinned(x)) return x;
+  Tensor src = contiguous(x);
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = allocate_pinned_storage(src.nbytes());
+  impl->shape = src.shape();
+  impl->strides = contiguous_strides(src.shape());
+  impl->dtype = src.dtype();
+  if (src.nbytes()) std::memcpy(impl->storage->data, src.raw_data(), src.nbytes());
+  return Tensor(impl);
 }
 
 void copy_(const Tensor& dst, const Tensor& src) {

@@ -16,10 +16,27 @@
 // -> {loss, lse}; "cross_entropy_backward" {g_loss, logits, targets, lse, g_lse} same attrs
 // -> {dlogits}.
 //
+// The in-place gradient (llm.c's fused classifier, Liger-Kernel's cross-entropy): training needs
+// the logits only to form their gradient, so the forward can write that gradient over them while
+// it has each row, and the backward only scales it. Training then holds one (N, V) tensor instead
+// of the logits plus a dlogits of the same size.
+//   "cross_entropy_inplace" {logits, targets} same attrs -> {loss}: the loss as above, and logits
+//     overwritten by d(sum of the reduced loss)/d(logits) at an upstream gradient of 1, i.e. the
+//     formula above with h = 0 and k[n] = 1/count (mean), 1 (sum, none), 0 (ignored rows: zeros).
+//     logits must be contiguous (the gradient goes into their memory; a copy would hold a second
+//     (N, V) tensor, which is what this op avoids). lse is not an output: its gradient would need
+//     the probabilities that were overwritten. Not differentiable by itself: the Python wrapper
+//     (F.cross_entropy(..., inplace_backward=True)) records it on the tape.
+//   "cross_entropy_inplace_backward" {g_loss, dlogits} attr reduction -> {dlogits}: dlogits
+//     scaled in place by g (a scalar; for "none" row n by g[n]), skipped where the factor is 1;
+//     the same memory is returned as the gradient of the logits.
+//
 // Kernels: rows in parallel. Forward reads a row twice (max, then sum of exp; a third read for the
-// mean only with label smoothing) and writes one float: log_softmax is never materialised.
-// Backward writes dlogits in one pass from the saved lse. Targets are checked before any work:
-// a target outside [0, V) that is not ignore_index raises IndexError.
+// mean only with label smoothing) and writes one float: log_softmax is never materialised (the
+// in-place forward adds one write of the row). Backward writes dlogits in one pass from the saved
+// lse. Targets are checked before any work: a target outside [0, V) that is not ignore_index
+// raises IndexError.
+#include <algorithm>
 #include <cmath>
 
 #include "cpu_loops.h"
@@ -57,6 +74,30 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
            "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
 }
 
+void check_cross_entropy_inplace_logits(const Tensor& logits, const char* op) {
+  LS_CHECK(logits.is_contiguous(), ValueError, op,
+           ": logits must be contiguous, since the gradient is written into their memory (a copy "
+           "would hold a second (N, V) tensor); got shape ", shape_str(logits.shape()),
+           " with strides ", shape_str(logits.strides()));
+}
+
+Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
+                                                    const std::string& reduction) {
+  const char* op = "cross_entropy_inplace_backward";
+  LS_CHECK(g.defined() && dlogits.defined(), ValueError, op, ": inputs must not be None");
+  LS_CHECK(is_floating(g.dtype()) && is_floating(dlogits.dtype()), TypeError, op,
+           ": the loss gradient and dlogits must be floating-point, got ", dtype_name(g.dtype()),
+           " and ", dtype_name(dlogits.dtype()));
+  LS_CHECK(dlogits.dim() == 2, ValueError, op, ": expected dlogits (N, V), got ",
+           shape_str(dlogits.shape()));
+  check_cross_entropy_inplace_logits(dlogits, op);
+  const Reduction red = parse_reduction(reduction, op);
+  LS_CHECK(g.numel() == (red == Reduction::None ? dlogits.size(0) : 1), ValueError, op,
+           ": loss gradient of shape ", shape_str(g.shape()), " does not match reduction '",
+           reduction, "' over N = ", dlogits.size(0), " rows");
+  return red;
+}
+
 namespace {
 
 // Targets as int64 (a copy only for int32), after checking every one is a class or ignored.
@@ -80,36 +121,55 @@ std::vector<int64_t> checked_targets(const Tensor& targets, int64_t V, int64_t i
 }
 
 
-Tensors cross_entropy_forward(const Tensors& in, const Attrs& a) {
-  cpu::expect_inputs(in, 2, 2, "cross_entropy");
+// Both forwards: loss (and lse) per row; in_place then overwrites each row with its gradient at
+// an upstream gradient of 1 (the backward's formula with g = 1, g_lse = 0).
+Tensors forward_rows(const Tensors& in, const Attrs& a, bool in_place) {
+  const char* op = in_place ? "cross_entropy_inplace" : "cross_entropy";
+  cpu::expect_inputs(in, 2, 2, op);
   check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  Tensor logits = contiguous(in[0]);
+  if (in_place) check_cross_entropy_inplace_logits(in[0], op);
+  Tensor logits = contiguous(in[0]);  // in place: in[0] itself
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
-  const Reduction red = parse_reduction(a.s("reduction", "mean"), "cross_entropy");
+  const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
   const double eps = a.f("label_smoothing", 0.0);
-  std::vector<int64_t> t = checked_targets(in[1], V, ignore, "cross_entropy");
+  std::vector<int64_t> t = checked_targets(in[1], V, ignore, op);
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; ++n) count += t[n] != ignore;
 
-  Tensor lse = Tensor::empty({N}, logits.dtype(), logits.device());
+  Tensor lse = in_place ? Tensor() : Tensor::empty({N}, logits.dtype(), logits.device());
   Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, logits.dtype(), logits.device());
   std::vector<double> row_loss(N);
-  DISPATCH_FLOAT(logits.dtype(), "cross_entropy", {
+  DISPATCH_FLOAT(logits.dtype(), op, {
     using T = scalar_t;
-    const T* x = logits.data<T>();
-    T* plse = lse.data<T>();
+    T* x = logits.data<T>();
+    T* plse = in_place ? nullptr : lse.data<T>();
+    // The gradient reaching a row's loss at an upstream 1 (as cross_entropy_backward's scale).
+    const T k = T(red == Reduction::Mean ? 1.0 / double(count) : 1.0);
+    const T off = k * T(eps / double(V)), hit = k * T(1.0 - eps);
     cpu::parallel_rows(N, 2 * V, [&](int64_t r0, int64_t r1) {
       for (int64_t n = r0; n < r1; ++n) {
-        const T* xr = x + n * V;  // xr points at logits[n, :]
+        T* xr = x + n * V;  // xr points at logits[n, :]
+        const bool ignored = t[n] == ignore;
+        if (in_place && ignored) {  // no loss, no gradient: the row is not even read
+          std::fill(xr, xr + V, T(0));
+          row_loss[n] = 0.0;
+          continue;
+        }
         T m = cpu::row_max(xr, V);
         T l = m + std::log(cpu::row_sum_exp(xr, V, m));
-        plse[n] = l;
-        if (t[n] == ignore) {
+        if (plse) plse[n] = l;
+        if (ignored) {
           row_loss[n] = 0.0;
           continue;
         }
         double nll = double(l) - double(xr[t[n]]);
         double smooth = eps > 0 ? double(l) - double(cpu::row_sum(xr, V)) / double(V) : 0.0;
         row_loss[n] = (1.0 - eps) * nll + eps * smooth;
+        if (in_place) {
+          for (int64_t v = 0; v < V; ++v) xr[v] = k * cpu::exp_nonpos_(xr[v] - l) - off;
+          xr[t[n]] -= hit;
+        }
       }
     });
     T* pl = loss.data<T>();
@@ -117,13 +177,22 @@ Tensors cross_entropy_forward(const Tensors& in, const Attrs& a) {
       for (int64_t n = 0; n < N; ++n) pl[n] = T(row_loss[n]);
     } else {
       double total = 0;
-      int64_t count = 0;
-      for (int64_t n = 0; n < N; ++n) total += row_loss[n], count += t[n] != ignore;
+      for (int64_t n = 0; n < N; ++n) total += row_loss[n];
       // 0/0 gives NaN when every target is ignored, as torch does.
       pl[0] = T(red == Reduction::Sum ? total : total / double(count));
     }
   });
+  if (in_place) {
+    logits.bump_version();
+    return {loss};
+  }
   return {loss, lse};
+}
+
+Tensors cross_entropy_forward(const Tensors& in, const Attrs& a) { return forward_rows(in, a, false); }
+
+Tensors cross_entropy_inplace_forward(const Tensors& in, const Attrs& a) {
+  return forward_rows(in, a, true);
 }
 
 Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
@@ -172,6 +241,30 @@ Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
   return {dlogits};
 }
 
+Tensors cross_entropy_inplace_backward(const Tensors& in, const Attrs& a) {
+  const char* op = "cross_entropy_inplace_backward";
+  cpu::expect_inputs(in, 2, 2, op);
+  const Reduction red = check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  Tensor dlogits = in[1];
+  const int64_t N = dlogits.size(0), V = dlogits.size(1);
+  Tensor g = contiguous(in[0].dtype() == dlogits.dtype() ? in[0] : to_dtype(in[0], dlogits.dtype()));
+  DISPATCH_FLOAT(dlogits.dtype(), op, {
+    using T = scalar_t;
+    T* dx = dlogits.data<T>();
+    const T* pg = g.data<T>();
+    cpu::parallel_rows(N, V, [&](int64_t r0, int64_t r1) {
+      for (int64_t n = r0; n < r1; ++n) {
+        const T s = pg[red == Reduction::None ? n : 0];
+        if (s == T(1)) continue;  // the usual case: loss.backward() on the loss itself
+        T* dr = dx + n * V;  // dr points at dlogits[n, :]
+        for (int64_t v = 0; v < V; ++v) dr[v] *= s;
+      }
+    });
+  });
+  dlogits.bump_version();
+  return {dlogits};
+}
+
 }  // namespace
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
@@ -191,8 +284,14 @@ LS_REGISTER(cross_entropy) {
                                  return Tensors{dl, Tensor()};
                                }, true, true});
   declare_op("cross_entropy_backward", {});
+  // Not differentiable through the registry: F.cross_entropy(..., inplace_backward=True) records
+  // the pair on the tape from Python, where it can also check that the buffer was left alone.
+  declare_op("cross_entropy_inplace", {});
+  declare_op("cross_entropy_inplace_backward", {});
   register_kernel("cross_entropy", "cpu", cross_entropy_forward, kFloat);
   register_kernel("cross_entropy_backward", "cpu", cross_entropy_backward, kFloat);
+  register_kernel("cross_entropy_inplace", "cpu", cross_entropy_inplace_forward, kFloat);
+  register_kernel("cross_entropy_inplace_backward", "cpu", cross_entropy_inplace_backward, kFloat);
 }
 
 }  // namespace ls::ops

@@ -12,6 +12,11 @@ enum class Reduction { None, Sum, Mean };
 Reduction parse_reduction(const std::string& r, const char* op);
 void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
                               const std::string& reduction, double label_smoothing);
+// The in-place pair: logits that the gradient can be written into (contiguous), and the
+// backward's {g_loss, dlogits}; returns the parsed reduction.
+void check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
+Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
+                                                    const std::string& reduction);
 
 // swiglu.cpp: two floating-point halves of one dtype and shape.
 void check_swiglu_args(const Tensor& a, const Tensor& b);

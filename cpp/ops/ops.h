@@ -21,7 +21,11 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, DType dtype, Devic
 Tensor contiguous(const Tensor& x);       // x itself (as a new handle) when already contiguous
 Tensor contiguous_copy(const Tensor& x);  // always fresh memory
 Tensor to_dtype(const Tensor& x, DType dtype);
-Tensor to_device(const Tensor& x, Device device);
+// non_blocking: a host->device copy from pinned memory is queued on the current stream and
+// returns at once (other copies ignore it and complete before returning).
+Tensor to_device(const Tensor& x, Device device, bool non_blocking = false);
+Tensor pin_memory(const Tensor& x);  // x in page-locked memory (x itself when already pinned)
+bool is_pinned(const Tensor& x);
 void copy_(const Tensor& dst, const Tensor& src);  // broadcasts src into dst, casts dtype
 void fill_(const Tensor& dst, double value);
 

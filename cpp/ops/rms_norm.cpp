@@ -1,4 +1,5 @@
-// rms_norm over the last dim (LLaMA): forward and backward, float32 and float64.
+// rms_norm over the last dim (LLaMA), and its variant fused with the residual add before it
+// (add_rms_norm): forward and backward, float32 and float64.
 //
 //   rstd = 1 / sqrt(sum_c x[c]^2 / C + eps)      y = x * rstd * w
 //   backward, per row, with dxhat = g * w and xhat = x * rstd:
@@ -14,7 +15,14 @@
 // backward = one dot product (dxhat . x) and one pass writing dx and adding g xhat into this
 // thread's float partial of dw, flushed into float64 every kFlushRows rows and added across
 // threads in a fixed order.
+//
+// add_rms_norm (as add_layer_norm in layer_norm.cpp):
+//   h = x + r      y = rms_norm(h; w, eps)      dx = dr = dh + rms_norm_backward(dy)
+// Registry ops: "add_rms_norm" {x, r, w?} attr eps -> {h, y, rstd}; "add_rms_norm_backward"
+// {dy, dh, h, w?, rstd} attr dweight -> {dx, dw}. The same row kernels with a template flag:
+// h = x + r is written before the row's sum of squares; dh is added into dx.
 #include <cmath>
+#include <type_traits>
 
 #include "cpu_loops.h"
 #include "cpu_math.h"
@@ -27,12 +35,20 @@ namespace {
 
 constexpr int64_t kFlushRows = 32;
 
-template <typename T, bool HasW>
-void rms_norm_rows(const T* x, const T* w, T* y, T* rstd, int64_t R, int64_t C, double eps) {
+// Add: h[r] = x[r] + res[r] is written first and normalised instead of x[r] (add_rms_norm).
+template <typename T, bool HasW, bool Add>
+void rms_norm_rows(const T* x, const T* res, const T* w, T* h, T* y, T* rstd, int64_t R, int64_t C,
+                   double eps) {
   cpu::parallel_rows(R, C, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * C;  // xr, yr point at row r
       T* yr = y + r * C;
+      if constexpr (Add) {
+        T* hr = h + r * C;
+        const T* rr = res + r * C;
+        for (int64_t c = 0; c < C; ++c) hr[c] = xr[c] + rr[c];
+        xr = hr;  // the row stays in L1 for the passes below
+      }
       T rs = T(1) / std::sqrt(cpu::row_dot(xr, xr, C) / T(C) + T(eps));
       for (int64_t c = 0; c < C; ++c) yr[c] = HasW ? xr[c] * rs * w[c] : xr[c] * rs;
       rstd[r] = rs;
@@ -41,43 +57,74 @@ void rms_norm_rows(const T* x, const T* w, T* y, T* rstd, int64_t R, int64_t C, 
 }
 
 // Validation shared by the typed wrapper and the kernel (which call() can reach directly).
-void check_args(const Tensor& x, const Tensor& weight, double eps) {
-  LS_CHECK(x.defined(), ValueError, "rms_norm: input is None");
-  LS_CHECK(is_floating(x.dtype()), TypeError, "rms_norm: needs a floating-point input, got ",
+void check_args(const Tensor& x, const Tensor& weight, double eps, const char* op = "rms_norm") {
+  LS_CHECK(x.defined(), ValueError, op, ": input is None");
+  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
            dtype_name(x.dtype()));
-  LS_CHECK(x.dim() >= 1, ValueError, "rms_norm: input must have at least one dimension, got a 0-d tensor");
+  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
   int64_t C = x.size(-1);
   if (weight.defined()) {
-    LS_CHECK(weight.shape() == Shape{C}, ValueError, "rms_norm: weight of shape ",
+    LS_CHECK(weight.shape() == Shape{C}, ValueError, op, ": weight of shape ",
              shape_str(weight.shape()), " does not match the normalized dimension of input shape ",
              shape_str(x.shape()), " (expected (", C, ",))");
-    cpu::expect_same_dtype(x, weight, "rms_norm", "weight");
+    cpu::expect_same_dtype(x, weight, op, "weight");
   }
-  LS_CHECK(eps >= 0, ValueError, "rms_norm: eps must be >= 0, got ", eps);
+  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
+}
+
+// add_rms_norm's second input (or its backward's dh): of x's shape and dtype.
+void check_residual(const Tensor& x, const Tensor& res, const char* op, const char* name = "residual") {
+  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
+           " does not match the input shape ", shape_str(x.shape()));
+  cpu::expect_same_dtype(x, res, op, name);
+}
+
+// rms_norm (res undefined) -> {y, rstd}, or add_rms_norm -> {h, y, rstd}.
+Tensors norm_forward(const Tensor& x_in, const Tensor& res_in, const Tensor& w_in, double eps) {
+  const bool add = res_in.defined();
+  Tensor x = contiguous(x_in);
+  Tensor res = add ? contiguous(res_in) : Tensor();
+  Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
+  int64_t C = x.dim() ? x.size(-1) : 1;
+  Shape stat_shape = x.dim() ? Shape(x.shape().begin(), x.shape().end() - 1) : Shape{};
+  int64_t R = shape_numel(stat_shape);
+  Tensor h = add ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(stat_shape, x.dtype(), x.device());
+  DISPATCH_FLOAT(x.dtype(), "rms_norm", {
+    using T = scalar_t;
+    auto run = [&](auto add_tag) {
+      constexpr bool Add = decltype(add_tag)::value;
+      auto kernel = w.defined() ? rms_norm_rows<T, true, Add> : rms_norm_rows<T, false, Add>;
+      kernel(x.data<T>(), Add ? res.data<T>() : nullptr, w.defined() ? w.data<T>() : nullptr,
+             Add ? h.data<T>() : nullptr, y.data<T>(), rstd.data<T>(), R, C, eps);
+    };
+    if (add) run(std::true_type{});
+    else run(std::false_type{});
+  });
+  if (add) return {h, y, rstd};
+  return {y, rstd};
 }
 
 Tensors rms_norm_forward(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 1, 2, "rms_norm");
   double eps = a.f("eps", 1e-6);
   check_args(in[0], cpu::optional_input(in, 1), eps);
-  Tensor x = contiguous(in[0]);
-  Tensor w = cpu::optional_input(in, 1);
-  if (w.defined()) w = contiguous(w);
-  int64_t C = x.dim() ? x.size(-1) : 1;
-  Shape stat_shape = x.dim() ? Shape(x.shape().begin(), x.shape().end() - 1) : Shape{};
-  int64_t R = shape_numel(stat_shape);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor rstd = Tensor::empty(stat_shape, x.dtype(), x.device());
-  DISPATCH_FLOAT(x.dtype(), "rms_norm", {
-    using T = scalar_t;
-    if (w.defined()) rms_norm_rows<T, true>(x.data<T>(), w.data<T>(), y.data<T>(), rstd.data<T>(), R, C, eps);
-    else rms_norm_rows<T, false>(x.data<T>(), nullptr, y.data<T>(), rstd.data<T>(), R, C, eps);
-  });
-  return {y, rstd};
+  return norm_forward(in[0], Tensor(), cpu::optional_input(in, 1), eps);
 }
 
-template <typename T, bool HasW>
-void rms_norm_backward_rows(const T* g, const T* x, const T* w, const T* rstd, T* dx,
+Tensors add_rms_norm_forward(const Tensors& in, const Attrs& a) {
+  const char* op = "add_rms_norm";
+  cpu::expect_inputs(in, 2, 3, op);
+  double eps = a.f("eps", 1e-6);
+  check_args(in[0], cpu::optional_input(in, 2), eps, op);
+  check_residual(in[0], in[1], op);
+  return norm_forward(in[0], in[1], cpu::optional_input(in, 2), eps);
+}
+
+// HasDh: dx = dh + the norm's gradient (add_rms_norm_backward; x is then h).
+template <typename T, bool HasW, bool HasDh>
+void rms_norm_backward_rows(const T* g, const T* dh, const T* x, const T* w, const T* rstd, T* dx,
                             double* dw_acc, int64_t R, int64_t C) {
   // One contiguous part of the rows per thread; part p owns dw_acc[p*C .. (p+1)*C).
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(num_threads(), R));
@@ -87,9 +134,10 @@ void rms_norm_backward_rows(const T* g, const T* x, const T* w, const T* rstd, T
       int64_t rb = R * p / parts, re = R * (p + 1) / parts;
       double* dwp = dw_acc ? dw_acc + p * C : nullptr;
       for (int64_t r = rb; r < re; ++r) {
-        const T* gr = g + r * C;  // gr, xr, dxr point at row r
+        const T* gr = g + r * C;  // gr, xr, dxr, dhr point at row r
         const T* xr = x + r * C;
         T* dxr = dx + r * C;
+        const T* dhr = HasDh ? dh + r * C : nullptr;
         const T rs = rstd[r];
         // sum_c dxhat x, in lanes (see cpu_math.h)
         constexpr int L = cpu::kLanes<T>;
@@ -103,7 +151,8 @@ void rms_norm_backward_rows(const T* g, const T* x, const T* w, const T* rstd, T
         const T k = rs * rs * rs * dot / T(C);
         for (int64_t c = 0; c < C; ++c) {
           T gw = HasW ? gr[c] * w[c] : gr[c];
-          dxr[c] = rs * gw - xr[c] * k;
+          const T d = rs * gw - xr[c] * k;
+          dxr[c] = HasDh ? dhr[c] + d : d;
         }
         if (dwp) {
           for (int64_t c = 0; c < C; ++c) pw[c] += gr[c] * (xr[c] * rs);
@@ -115,19 +164,22 @@ void rms_norm_backward_rows(const T* g, const T* x, const T* w, const T* rstd, T
   });
 }
 
-Tensors rms_norm_backward(const Tensors& in, const Attrs& a) {
-  const char* op = "rms_norm_backward";
-  LS_CHECK(in.size() == 4 && in[0].defined() && in[1].defined() && in[3].defined(), ValueError, op,
-           ": expected inputs {g, x, weight or None, rstd}");
-  check_args(in[1], in[2], 0.0);
-  for (int i : {0, 3}) cpu::expect_same_dtype(in[1], in[i], op, i == 0 ? "gradient" : "rstd");
-  LS_CHECK(in[3].numel() * in[1].size(-1) == in[1].numel(), ValueError, op, ": rstd of shape ",
-           shape_str(in[3].shape()), " does not match the input shape ", shape_str(in[1].shape()));
-  Tensor g = contiguous(in[0]), x = contiguous(in[1]);
-  Tensor w = in[2].defined() ? contiguous(in[2]) : Tensor();
-  Tensor rstd = contiguous(in[3]);
-  LS_CHECK(g.shape() == x.shape(), ValueError, "rms_norm_backward: gradient of shape ",
-           shape_str(g.shape()), " does not match the input shape ", shape_str(x.shape()));
+// rms_norm_backward (dh undefined) or add_rms_norm_backward: checks the shared inputs
+// {g, x, weight or None, rstd} (x is h for the fused op) and runs the rows.
+Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in,
+                      const Tensor& w_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
+  check_args(x_in, w_in, 0.0, op);
+  cpu::expect_same_dtype(x_in, g_in, op, "gradient");
+  cpu::expect_same_dtype(x_in, rstd_in, op, "rstd");
+  LS_CHECK(rstd_in.numel() * x_in.size(-1) == x_in.numel(), ValueError, op, ": rstd of shape ",
+           shape_str(rstd_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
+  LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
+           shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
+  if (dh_in.defined()) check_residual(x_in, dh_in, op, "residual gradient");
+  Tensor g = contiguous(g_in), x = contiguous(x_in);
+  Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
+  Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
+  Tensor rstd = contiguous(rstd_in);
   bool want_dw = a.b("dweight", false);
   int64_t C = x.dim() ? x.size(-1) : 1;
   int64_t R = rstd.numel();
@@ -135,11 +187,17 @@ Tensors rms_norm_backward(const Tensors& in, const Attrs& a) {
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor dw = Tensor::empty({want_dw ? C : 0}, x.dtype(), x.device());
   std::vector<double> dw_acc(want_dw ? parts * C : 0, 0.0);
-  DISPATCH_FLOAT(x.dtype(), "rms_norm_backward", {
+  DISPATCH_FLOAT(x.dtype(), op, {
     using T = scalar_t;
-    auto kernel = w.defined() ? rms_norm_backward_rows<T, true> : rms_norm_backward_rows<T, false>;
-    kernel(g.data<T>(), x.data<T>(), w.defined() ? w.data<T>() : nullptr, rstd.data<T>(),
-           dx.data<T>(), want_dw ? dw_acc.data() : nullptr, R, C);
+    auto run = [&](auto dh_tag) {
+      constexpr bool HasDh = decltype(dh_tag)::value;
+      auto kernel = w.defined() ? rms_norm_backward_rows<T, true, HasDh> : rms_norm_backward_rows<T, false, HasDh>;
+      kernel(g.data<T>(), HasDh ? dh.data<T>() : nullptr, x.data<T>(),
+             w.defined() ? w.data<T>() : nullptr, rstd.data<T>(), dx.data<T>(),
+             want_dw ? dw_acc.data() : nullptr, R, C);
+    };
+    if (dh.defined()) run(std::true_type{});
+    else run(std::false_type{});
     for (int64_t c = 0; want_dw && c < C; ++c) {
       double s = 0;
       for (int64_t p = 0; p < parts; ++p) s += dw_acc[p * C + c];
@@ -147,6 +205,20 @@ Tensors rms_norm_backward(const Tensors& in, const Attrs& a) {
     }
   });
   return {dx, dw};
+}
+
+Tensors rms_norm_backward(const Tensors& in, const Attrs& a) {
+  const char* op = "rms_norm_backward";
+  LS_CHECK(in.size() == 4 && in[0].defined() && in[1].defined() && in[3].defined(), ValueError, op,
+           ": expected inputs {g, x, weight or None, rstd}");
+  return norm_backward(in[0], Tensor(), in[1], in[2], in[3], a, op);
+}
+
+Tensors add_rms_norm_backward(const Tensors& in, const Attrs& a) {
+  const char* op = "add_rms_norm_backward";
+  LS_CHECK(in.size() == 5 && in[0].defined() && in[1].defined() && in[2].defined() && in[4].defined(),
+           ValueError, op, ": expected inputs {dy, dh, h, weight or None, rstd}");
+  return norm_backward(in[0], in[1], in[2], in[3], in[4], a, op);
 }
 
 }  // namespace
@@ -167,8 +239,21 @@ LS_REGISTER(rms_norm) {
                             return Tensors{c.needs_grad[0] ? r[0] : Tensor(), need_w ? r[1] : Tensor()};
                           }, true, true});
   declare_op("rms_norm_backward", {});
+  // add_rms_norm {x, r, w?} -> {h, y, rstd}: the gradients of h (g[0]) and y (g[1]) meet in one
+  // kernel; x and r receive the same dx.
+  declare_op("add_rms_norm", {[](const BackwardCtx& c, const Tensors& g) {
+                                auto needs = [&](size_t i) { return i < c.needs_grad.size() && c.needs_grad[i]; };
+                                Tensors r = call("add_rms_norm_backward",
+                                                 {g[1], g[0], c.outputs[0], cpu::optional_input(c.inputs, 2), c.outputs[2]},
+                                                 {{"dweight", needs(2)}});
+                                return Tensors{needs(0) ? r[0] : Tensor(), needs(1) ? r[0] : Tensor(),
+                                               needs(2) ? r[1] : Tensor()};
+                              }, true, true});
+  declare_op("add_rms_norm_backward", {});
   register_kernel("rms_norm", "cpu", rms_norm_forward, kFloat);
   register_kernel("rms_norm_backward", "cpu", rms_norm_backward, kFloat);
+  register_kernel("add_rms_norm", "cpu", add_rms_norm_forward, kFloat);
+  register_kernel("add_rms_norm_backward", "cpu", add_rms_norm_backward, kFloat);
 }
 
 }  // namespace ls::ops

@@ -76,7 +76,12 @@ def from_dlpack(obj):
     if isinstance(obj, Tensor):
         return obj
     if hasattr(obj, "__dlpack__"):
-        kwargs = {"stream": None} if obj.__dlpack_device__()[0] == 2 else {}
+        kind, index = obj.__dlpack_device__()[:2]
+        kwargs = {}
+        if kind == 2:  # CUDA: the producer orders its pending work before our current stream
+            ours = _core.cuda_current_stream(index) if _core.cuda_available() else 0
+            # on the default stream, where torch also works by default, nothing needs ordering
+            kwargs = {"stream": ours if ours else None}
         try:  # DLPack 1.0 capsules carry a read-only flag; ask for them first
             capsule = obj.__dlpack__(max_version=(1, 0), **kwargs)
         except TypeError:

@@ -287,7 +287,9 @@ T.__iter__ = _iter
 # ---- conversions -------------------------------------------------------------------------------
 
 def _to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
-    """to(device), to(dtype), to(device, dtype), to(other_tensor), or keywords."""
+    """to(device), to(dtype), to(device, dtype), to(other_tensor), or keywords. non_blocking: a
+    copy from pinned memory (pin_memory()) to a CUDA device is queued on the current stream and
+    returns at once; other copies complete before returning."""
     for a in args:
         if isinstance(a, _core.DType):
             dtype = a
@@ -299,7 +301,7 @@ def _to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
             raise TypeError(f"to(): unexpected argument {a!r}")
     out = self
     if device is not None:
-        out = _ops.to_device(out, as_device(device))
+        out = _ops.to_device(out, as_device(device), bool(non_blocking))
     if dtype is not None:
         out = _ops.to_dtype(out, as_dtype(dtype))
     if copy and out._same(self):
@@ -308,8 +310,13 @@ def _to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
 
 
 T.to = _to
+T.pin_memory = lambda self: _ops.pin_memory(self)
+T.pin_memory.__doc__ = ("A copy of this CPU tensor in page-locked memory (the tensor itself when "
+                        "already pinned); needs CUDA")
+T.is_pinned = lambda self: _ops.is_pinned(self)
 T.cpu = lambda self: _to(self, device="cpu")
-T.cuda = lambda self, device=0: _to(self, device=f"cuda:{device}" if isinstance(device, int) else device)
+T.cuda = lambda self, device=0, non_blocking=False: _to(
+    self, device=f"cuda:{device}" if isinstance(device, int) else device, non_blocking=non_blocking)
 T.float = lambda self: _to(self, dtype=float32)
 T.double = lambda self: _to(self, dtype=float64)
 T.half = lambda self: _to(self, dtype=float16)
@@ -348,8 +355,18 @@ T.__bool__ = _bool
 
 
 def _dlpack(self, stream=None, max_version=None, dl_device=None, copy=None):
-    """Export without a copy. On CUDA the data is produced on the default stream, which the
-    consumer's stream argument may follow; we synchronise nothing here."""
+    """Export without a copy. On CUDA the data is produced on llmscratch's current stream; when
+    the consumer names another stream (DLPack: 1 the legacy default stream, 2 the per-thread
+    default stream, else a cudaStream_t; None or -1 asks for no ordering), that stream is made to
+    wait for the work queued so far, without blocking the host."""
+    if self.is_cuda and stream is not None and stream != -1:
+        dev = self.device.index
+        consumer = 0 if stream == 1 else int(stream)
+        if consumer != _core.cuda_current_stream(dev):
+            from .cuda import Event, current_stream
+            done = Event()
+            done.record(current_stream(dev))
+            _core.cuda_stream_wait_event(dev, consumer, done._handle)
     versioned = max_version is not None and tuple(max_version) >= (1, 0)
     return _core.to_dlpack(self.clone() if copy else self, versioned)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch.functional as F
 import llmscratch.models as M
 from conftest import rel_err, to_np, torch
 
@@ -190,15 +191,21 @@ def _batch(config, B=2, T=None):
     return ids, targets
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["loss_in_place", "plain_loss"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_golden_logits_loss_and_gradients(name, dtype):
+def test_golden_logits_loss_and_gradients(name, dtype, in_place):
     config = CONFIGS[name]
     tol = 1e-8 if dtype == np.float64 else 1e-4
     ours, ref = _pair(config, dtype)
+    ours.loss_in_place = in_place
     ids, targets = _batch(config)
     logits, loss = ours(ls.tensor(ids), ls.tensor(targets))
     loss.backward()
+    if in_place:  # the logits' memory held their gradient: the forward hands out none
+        assert logits is None
+        with ls.no_grad():
+            logits = ours(ls.tensor(ids))
     ref_logits, ref_loss = ref(torch.tensor(ids), torch.tensor(targets))
     ref_loss.backward()
     assert tuple(logits.shape) == (2, config.block_size, config.vocab_size)
@@ -258,6 +265,33 @@ def test_kv_cache_decoding_matches_full_forward(name):
 
 
 # ---- model API ---------------------------------------------------------------------------------
+
+def test_training_loss_in_place_returns_no_logits():
+    """While training with gradients the loss writes the logits' gradient over them: forward
+    hands out None for the logits, and the parameter gradients (here of a scaled loss, as in
+    gradient accumulation) equal those of the plain loss. Eval mode and no_grad keep the logits."""
+    config = M.get_preset("tiny", vocab_size=61, n_layer=1, block_size=16)
+    model = M.Transformer(config, dtype=ls.float64)
+    ids, targets = (ls.tensor(a) for a in _batch(config, B=2, T=9))
+    grads = []
+    for in_place in (True, False):
+        model.loss_in_place = in_place
+        model.zero_grad()
+        logits, loss = model(ids, targets)
+        assert (logits is None) == in_place
+        (loss * 0.25).backward()
+        grads.append({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        assert rel_err(grads[0][n], grads[1][n]) < 1e-12, n
+    model.loss_in_place = True
+    with ls.no_grad():
+        logits, loss = model(ids, targets)
+    assert tuple(logits.shape) == (2, 9, 61)
+    model.eval()
+    logits, loss = model(ids, targets)
+    assert tuple(logits.shape) == (2, 9, 61)
+    assert abs(F.cross_entropy(logits.reshape(18, 61), targets.reshape(18)).item() - loss.item()) < 1e-12
+
 
 def test_forward_shapes_errors_and_sizes():
     config = M.get_preset("tiny", vocab_size=64, n_layer=2, block_size=32)

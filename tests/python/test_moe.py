@@ -266,6 +266,7 @@ def test_loss_adds_aux_terms_in_training_only():
     model = M.Transformer(c)
     ids = ls.tensor(_rng.integers(0, 64, (2, 16)))
     model.train()
+    model.loss_in_place = False  # the logits are wanted next to the training loss
     logits, loss = model(ids, ids)
     ce = F.cross_entropy(logits.reshape(32, 64), ids.reshape(32)).item()
     extra = sum(0.5 * m.aux_loss.item() + 0.25 * m.z_loss.item() for m in model.moe_modules())

@@ -11,7 +11,11 @@ gets the r-th block of B of them. So a batch is a pure function of (seed, step, 
 world_size): a run resumed at step s sees exactly the batches it would have seen, and the W
 ranks of a data-parallel run together see the batches of a one-rank run with batch W*B.
 
-A background thread prefetches the next batches in order.
+A background thread prefetches the next batches in order. For a CUDA device each batch is
+staged in pinned (page-locked) host memory and copied with ``non_blocking=True`` on the current
+stream, so the copy overlaps the host's work; the pinned-memory cache hands a staging block out
+again only after the copies reading it have finished (an event recorded with each copy), so a
+later batch never overwrites one still in flight. On the CPU the batch is the tensor itself.
 """
 from __future__ import annotations
 
@@ -107,9 +111,16 @@ class DataLoader:
         arr = self.batch_numpy(step)
         if self.as_numpy:
             return arr
+        return self._to_device(arr)
+
+    def _to_device(self, arr: np.ndarray):
         import llmscratch
         t = llmscratch.from_numpy(arr)
-        return t if str(self.device) == "cpu" else t.to(self.device)
+        if str(self.device) == "cpu":
+            return t
+        if str(self.device).startswith("cuda"):
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     # ---------------------------------------------------------------- iteration + prefetch
     def state_dict(self) -> dict:
@@ -163,9 +174,7 @@ class DataLoader:
         self.step += 1
         if self.as_numpy:
             return arr
-        import llmscratch
-        t = llmscratch.from_numpy(arr)
-        return t if str(self.device) == "cpu" else t.to(self.device)
+        return self._to_device(arr)
 
     def __iter__(self):
         while True:

@@ -1,18 +1,63 @@
 """cross_entropy: fused log-softmax + NLL with ignore_index and label smoothing
-(cpp/ops/cross_entropy.cpp; log_softmax is never materialised)."""
+(cpp/ops/cross_entropy.cpp; log_softmax is never materialised), optionally with the logits
+gradient written over the logits in the forward (inplace_backward)."""
 import numbers
 
 import llmscratch_core as _core
+
+from ..autograd import Function, is_grad_enabled
 
 __all__ = ["cross_entropy"]
 
 _INT = (_core.DType.int32, _core.DType.int64)
 
 
-def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+class _CrossEntropyInplace(Function):
+    """The registry pair cross_entropy_inplace / cross_entropy_inplace_backward on the tape. The
+    forward leaves d(loss)/d(logits) at an upstream gradient of 1 in the logits' memory; the
+    backward scales it by the incoming gradient in place and hands that memory on as dlogits."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, attrs):
+        loss = _core.call("cross_entropy_inplace", [logits, targets], attrs)[0]
+        ctx.save_for_backward(logits)
+        ctx.version = logits._version  # any later write into the buffer is caught in backward
+        ctx.reduction = attrs["reduction"]
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.saved_tensors:
+            raise RuntimeError("cross_entropy(inplace_backward=True): the logits gradient was "
+                               "already handed to an earlier backward through this loss; it "
+                               "serves one")
+        (buf,) = ctx.saved_tensors
+        if buf._version != ctx.version:
+            raise RuntimeError("cross_entropy(inplace_backward=True): the logits, which hold their "
+                               "gradient since the forward, were written before the backward")
+        ctx.saved_tensors = ()  # the buffer now belongs to the gradient flowing on
+        dlogits = _core.call("cross_entropy_inplace_backward", [g, buf],
+                             {"reduction": ctx.reduction})[0]
+        return dlogits, None, None
+
+
+def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                  inplace_backward=False):
     """logits (N, V) float, targets (N,) int32/int64 -> loss; torch semantics for ignore_index,
     reduction ('mean' over non-ignored targets, 'sum', 'none') and label_smoothing. A single
-    sample, logits (V,) with a 0-d target, is accepted too."""
+    sample, logits (V,) with a 0-d target, is accepted too.
+
+    inplace_backward=True (Liger-Kernel's name) saves the (N, V) gradient tensor of training: the
+    forward writes d(loss)/d(logits) over the logits while it has each row, and the backward
+    scales that memory by the incoming gradient and returns it as the logits' gradient. After the
+    call the logits tensor holds that gradient, not the logits, so use it only where nothing else
+    reads the logits afterwards (the loss of a model's own output). Every reduction, ignore_index
+    and label smoothing work as in the plain path ('none' scales each row by its own incoming
+    gradient); the lse is not exposed. The logits must be contiguous (a strided view raises
+    ValueError rather than being copied, which would bring back the second tensor) and must not
+    be a leaf (a parameter or the caller's input is never overwritten); the gradient serves one
+    backward, and a write into the logits before it raises. Where no gradient is recorded
+    (no_grad, or logits not requiring grad) the plain path runs and the logits are left intact."""
     if not isinstance(logits, _core.Tensor) or not isinstance(targets, _core.Tensor):
         raise TypeError("cross_entropy: logits and targets must be Tensors, got "
                         f"{type(logits).__name__} and {type(targets).__name__}")
@@ -26,6 +71,11 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
         raise TypeError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    in_place = bool(inplace_backward) and is_grad_enabled() and logits.requires_grad
+    if in_place and logits.is_leaf:
+        raise ValueError("cross_entropy: inplace_backward=True would overwrite a leaf tensor (a "
+                         "parameter or the caller's input) with its gradient; pass logits computed "
+                         "from it (e.g. the model's output)")
     single = logits.dim() == 1 and targets.dim() == 0
     if single:
         logits, targets = logits.reshape(1, -1), targets.reshape(1)
@@ -33,7 +83,10 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
         raise ValueError("cross_entropy: expected logits (N, V) and targets (N,), got "
                          f"{tuple(logits.shape)} and {tuple(targets.shape)} "
                          "(flatten (B, T, V) logits with .view(-1, V))")
-    loss = _core.call("cross_entropy", [logits, targets],
-                      {"ignore_index": int(ignore_index), "reduction": reduction,
-                       "label_smoothing": float(label_smoothing)})[0]
+    attrs = {"ignore_index": int(ignore_index), "reduction": reduction,
+             "label_smoothing": float(label_smoothing)}
+    if in_place:
+        loss = _CrossEntropyInplace.apply(logits, targets, attrs)
+    else:
+        loss = _core.call("cross_entropy", [logits, targets], attrs)[0]
     return loss.reshape([]) if single and reduction == "none" else loss

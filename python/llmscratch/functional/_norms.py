@@ -1,4 +1,5 @@
-"""layer_norm and rms_norm over the trailing dims (cpp/ops/layer_norm.cpp, cpp/ops/rms_norm.cpp).
+"""layer_norm and rms_norm over the trailing dims (cpp/ops/layer_norm.cpp, cpp/ops/rms_norm.cpp),
+and their variants fused with the residual add of a pre-norm block (add_layer_norm, add_rms_norm).
 
 The kernels normalise over the last dim; a normalized_shape of several dims is handled by viewing
 those dims as one (a reshape, which autograd sees)."""
@@ -9,7 +10,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
 
 
 def _as_shape(op, normalized_shape):
@@ -65,3 +66,30 @@ def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
         eps = float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
     y = _core.call("rms_norm", [xf, p["weight"]], {"eps": float(eps)})[0]
     return y if xf is x else y.reshape(list(x.shape))
+
+
+def _check_residual(op, x, residual):
+    for name, t in (("input", x), ("residual", residual)):
+        if not isinstance(t, _core.Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(f"{op}: residual of shape {tuple(residual.shape)} does not match the "
+                         f"input shape {tuple(x.shape)}")
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    """(h, y) with h = x + residual and y = layer_norm(h) over the last dim, in one kernel.
+    Both outputs are differentiable: the gradient of x and of residual is dh + the norm's."""
+    _check_residual("add_layer_norm", x, residual)
+    h, y, _, _ = _core.call("add_layer_norm", [x, residual, weight, bias], {"eps": float(eps)})
+    return h, y
+
+
+def add_rms_norm(x, residual, weight=None, eps=1e-6):
+    """(h, y) with h = x + residual and y = rms_norm(h) over the last dim, in one kernel.
+    eps=None uses the machine epsilon of x's dtype, as rms_norm does."""
+    _check_residual("add_rms_norm", x, residual)
+    if eps is None:
+        eps = float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
+    h, y, _ = _core.call("add_rms_norm", [x, residual, weight], {"eps": float(eps)})
+    return h, y

@@ -4,6 +4,12 @@
     for each block:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
     logits = lm_head(norm_f(x))  (optionally c * tanh(logits / c))   (B, T, V)
 
+The add after attention and norm2 run as one kernel (F.add_layer_norm / F.add_rms_norm: the
+residual stream is read and written once for both); the results are those of the two steps. The
+add after the MLP stays separate: fusing it with the next block's norm1 (or norm_f) would make a
+block return the residual and its pending update, two tensors, where a recomputed
+(checkpointed) block returns one.
+
 Attention: one fused qkv projection C -> (NH + 2 NKV) HS, optional RMSNorm per head of q and k
 (QK-norm), RoPE on q and k (half-split layout by default, as Hugging Face LLaMA), causal
 F.scaled_dot_product_attention with grouped kv heads (query head h reads kv head
@@ -22,7 +28,7 @@ import numpy as np
 import llmscratch as ls
 from .. import functional as F
 from .. import nn
-from ..autograd import checkpoint, no_grad
+from ..autograd import checkpoint, is_grad_enabled, no_grad
 from ..nn import init
 from .config import ModelConfig
 from .moe import MoE
@@ -130,6 +136,13 @@ def _norm(config: ModelConfig, dtype, device):
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype, device=device)
 
 
+def _add_norm(norm, x, r):
+    """(x + r, norm(x + r)) in one fused call, with norm's parameters."""
+    if isinstance(norm, nn.RMSNorm):
+        return F.add_rms_norm(x, r, norm.weight, norm.eps)
+    return F.add_layer_norm(x, r, norm.weight, norm.bias, norm.eps)
+
+
 def _moe(config: ModelConfig, dtype, device):
     c = config
     return MoE(c.n_embd, c.moe_intermediate_size, c.n_experts, c.top_k, c.moe_activation,
@@ -147,15 +160,18 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, start_pos=0):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, start_pos))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        x, h = _add_norm(self.norm2, x, self.drop(self.attn(self.norm1(x), rope, cache, start_pos)))
+        return x + self.drop(self.mlp(h))
 
 
 class Transformer(nn.Module):
     """Decoder-only Transformer built from a ModelConfig.
 
     forward(ids (B, T) int) -> logits (B, T, V); forward(ids, targets) -> (logits, mean
-    cross-entropy over targets != -100). Parameters: wte, wpe (learned positions),
+    cross-entropy over targets != -100). While training with gradients recorded, the loss writes
+    the logits' gradient over the logits (F.cross_entropy(inplace_backward=True): no second
+    (B*T, V) tensor), so forward(ids, targets) returns (None, loss) there; eval mode, no_grad, or
+    loss_in_place = False keep the logits and return them. Parameters: wte, wpe (learned positions),
     blocks.N.{norm1, attn.qkv, attn.q_norm, attn.k_norm, attn.proj, norm2, mlp.fc, mlp.proj},
     norm_f, lm_head (the same tensor as wte when tied). In MoE layers (config.n_experts > 0)
     blocks.N.mlp is a models.moe.MoE: mlp.router, mlp.experts_fc, mlp.experts_proj,
@@ -183,6 +199,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.wte.weight
         self._rope_cache = {}
         self.recompute = False  # per-block activation recomputation while training
+        self.loss_in_place = True  # training loss: logits gradient written over the logits
         self.reset_parameters()
 
     # ---- initialisation ----
@@ -284,7 +301,14 @@ class Transformer(nn.Module):
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"Transformer: targets must have the shape of ids {(B, T)}, got "
                              f"{tuple(targets.shape)}")
-        loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), targets.reshape(B * T))
+        # The logits are this forward's own (nothing saved them for a backward), so in training
+        # the loss may overwrite them with their gradient; they are then not handed out.
+        in_place = (self.loss_in_place and self.training and is_grad_enabled()
+                    and logits.requires_grad)
+        loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), targets.reshape(B * T),
+                               inplace_backward=in_place)
+        if in_place:
+            logits = None
         if self.training:
             for moe in self.moe_modules():
                 if c.aux_loss_coef:

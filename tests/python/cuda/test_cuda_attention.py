@@ -1,7 +1,9 @@
 """CUDA attention (cuda/attention.cu) against the CPU op (cpp/ops/attention.cpp) on the same values:
 forward out and lse, and the op attention_backward's dq, dk, dv with a nonzero lse gradient.
 bf16/fp16 with HS 64 and 128 take the tensor-core kernels; HS 40, float32 and float64 take the
-simple kernels. Skipped without a GPU. (The file name is unique across tests/python: pytest
+simple kernels. On Hopper the bf16/fp16 forward is the TMA + wgmma kernel by default and
+LLMSCRATCH_ATTENTION=mma selects the mma.sync one: the `kernel` fixture runs the main tests under
+both. Skipped without a GPU. (The file name is unique across tests/python: pytest
 imports test modules by basename here.)"""
 import math
 
@@ -41,6 +43,16 @@ def poison(*shapes_dtypes):
     op's outputs: an element the kernel does not write then fails the comparison."""
     for shape, dtype in shapes_dtypes:
         ls.full(shape, math.nan, dtype=dtype, device="cuda")
+
+
+@pytest.fixture(params=["default", "mma"])
+def kernel(request, monkeypatch):
+    """Which bf16/fp16 forward serves: the default (wgmma on Hopper) or the mma.sync one."""
+    if request.param == "mma":
+        monkeypatch.setenv("LLMSCRATCH_ATTENTION", "mma")
+    else:
+        monkeypatch.delenv("LLMSCRATCH_ATTENTION", raising=False)
+    return request.param
 
 
 def close(gpu, cpu, tol, what):
@@ -89,13 +101,13 @@ def run(dtype, B, NH, NKV, T, S, HS, causal, scale=None, mask=None, noncontig=Fa
 @pytest.mark.parametrize("HS", [64, 128, 40])
 @pytest.mark.parametrize("T,S", TS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_gqa_against_cpu(dtype, HS, T, S, causal):
+def test_gqa_against_cpu(dtype, HS, T, S, causal, kernel):
     run(dtype, 2, 8, 2, T, S, HS, causal)
 
 
 @pytest.mark.parametrize("dtype", [ls.bfloat16, ls.float16])
 @pytest.mark.parametrize("HS", [64, 128])
-def test_mha_long_and_uneven(dtype, HS):
+def test_mha_long_and_uneven(dtype, HS, kernel):
     # several 128-row query blocks and 64-key tiles, none full; one kv head per query head
     run(dtype, 1, 3, 3, 333, 333, HS, True)
     run(dtype, 1, 2, 1, 70, 461, HS, True)  # kv cache much longer than the query block
@@ -120,7 +132,7 @@ def test_user_masks(dtype):
 
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("HS", [64, 40])
-def test_fully_masked_rows(dtype, HS):
+def test_fully_masked_rows(dtype, HS, kernel):
     # causal with T > S: the first T - S rows see no key -> out 0, lse -inf, zero dq, finite grads
     B, NH, T, S = 1, 2, 9, 4
     q = ls.tensor(randn(B, NH, T, HS)).to(dtype=dtype).cuda()

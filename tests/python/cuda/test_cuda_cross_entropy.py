@@ -1,7 +1,9 @@
 """CUDA cross_entropy (cuda/cross_entropy.cu) against the CPU op and torch float64: logits in
 every float dtype, int32/int64 targets, odd and vocabulary-sized rows, reductions, ignore_index
 and label smoothing, the logits gradient; the lse output; out-of-range targets raise IndexError
-in the forward and the backward; all-ignored and empty batches."""
+in the forward and the backward; all-ignored and empty batches. The in-place gradient path
+(inplace_backward=True) the same way, against the plain path on the GPU, and its memory: no
+(N, V) tensor besides the logits during loss and backward."""
 import numpy as np
 import pytest
 
@@ -89,3 +91,101 @@ def test_empty_batch():
     assert np.isnan(F.cross_entropy(x, t).item())
     assert F.cross_entropy(x, t, reduction="sum").item() == 0.0
     assert tuple(F.cross_entropy(x, t, reduction="none").shape) == (0,)
+
+
+# ---- inplace_backward: the logits gradient written over the logits in the forward ----
+
+def _own(fn):
+    """fn on logits that are a non-leaf of their own (x * 1.0, exact), as a model's are."""
+    return lambda x, t: fn(x * 1.0, t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,V", [(1, 1), (4, 3), (3, 127), (7, 1023), (5, 50257), (64, 2048), (2, 131072)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_inplace_matches_cpu_and_torch(N, V, reduction, label_smoothing, dtype):
+    if V == 1 and label_smoothing:
+        pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
+                    "noise (1e-17) makes a relative error meaningless")
+    kw = dict(reduction=reduction, label_smoothing=label_smoothing)
+    t = targets(N, V, ignore_every=3 if N > 3 else 0)
+    # the upstream gradient of check() is a random weighting: the backward's scaling runs
+    check(_own(lambda x, t: F.cross_entropy(x, t, inplace_backward=True, **kw)),
+          lambda x, t: torch.nn.functional.cross_entropy(x, t, **kw),
+          [randn(N, V, scale=2.0), t], dtype)
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+@pytest.mark.parametrize("tdtype", [np.int32, np.int64])
+def test_inplace_custom_ignore_index_and_int32_targets(tdtype, dtype):
+    t = targets(200, 509, ignore_every=4, ignore_index=3, dtype=tdtype)
+    check(_own(lambda x, t: F.cross_entropy(x, t, ignore_index=3, label_smoothing=0.05,
+                                            inplace_backward=True)),
+          lambda x, t: torch.nn.functional.cross_entropy(x, t.long(), ignore_index=3, label_smoothing=0.05),
+          [randn(200, 509), t], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_inplace_equals_plain_path_on_the_gpu(dtype, reduction):
+    """The same logits on the GPU: loss and dlogits of both paths, upstream 1 (the scaling is
+    skipped on the device) and 0.25."""
+    x = rounded(randn(37, 50257, scale=2.0), dtype)
+    t = ls.tensor(targets(37, 50257, ignore_every=5)).cuda()
+    for scale in (1.0, 0.25):
+        res = []
+        for inplace in (True, False):
+            logits = ls.tensor(x).to(dtype=dtype).cuda().requires_grad_() * 1.0
+            logits.retain_grad()
+            loss = F.cross_entropy(logits, t, reduction=reduction, label_smoothing=0.1,
+                                   inplace_backward=inplace)
+            (loss.sum() * scale).backward()
+            res.append((host(loss), host(logits.grad)))
+        (l_in, g_in), (l_pl, g_pl) = res
+        assert rel_err(l_in, l_pl) < 1e-6
+        assert rel_err(g_in, g_pl) < {ls.float64: 1e-12, ls.float32: 1e-6}.get(dtype, 1e-2)
+
+
+def test_inplace_errors_and_all_ignored():
+    x = ls.tensor(randn(4, 5)).to(dtype=ls.float32).cuda()
+    attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
+    for bad, pos in (([1, 5, 0, 2], 1), ([0, 1, 2, -1], 3)):
+        with pytest.raises(IndexError, match=f"cross_entropy_inplace: target {bad[pos]} at position {pos}"):
+            core.call("cross_entropy_inplace", [x, ls.tensor(np.array(bad)).cuda()], attrs)
+    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+        core.call("cross_entropy_inplace", [x.transpose(0, 1), ls.tensor(np.arange(5)).cuda()], attrs)
+    with pytest.raises(ValueError, match="cross_entropy_inplace_backward: loss gradient of shape"):
+        core.call("cross_entropy_inplace_backward", [ls.ones(4, device="cuda"), x], attrs)
+    logits = ls.tensor(randn(4, 6)).cuda().requires_grad_() * 1.0
+    logits.retain_grad()
+    loss = F.cross_entropy(logits, ls.tensor(np.full(4, -100)).cuda(), inplace_backward=True)
+    assert np.isnan(loss.item())
+    loss.backward()
+    assert np.array_equal(host(logits.grad), np.zeros((4, 6)))
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_inplace_holds_no_second_logits_sized_tensor(dtype):
+    """Peak allocation during loss + backward of logits = h @ W (the model's own, W a leaf):
+    the plain path allocates dlogits (N, V); the in-place one nothing of that size (an fp32
+    upcast included)."""
+    N, C, V = 4096, 16, 8192
+    size = N * V * (4 if dtype == ls.float32 else 2)
+    t = ls.tensor(targets(N, V, ignore_every=7)).cuda()
+    extra = {}
+    for inplace in (True, False):
+        h = ls.tensor(randn(N, C)).to(dtype=dtype).cuda()
+        w = ls.tensor(randn(C, V, scale=0.3)).to(dtype=dtype).cuda().requires_grad_()
+        logits = h @ w
+        ls.cuda.synchronize()
+        base = ls.cuda.memory_stats()["allocated_bytes"]
+        ls.cuda.reset_peak_memory_stats()
+        loss = F.cross_entropy(logits, t, inplace_backward=inplace)
+        loss.backward()
+        ls.cuda.synchronize()
+        extra[inplace] = ls.cuda.memory_stats()["peak_allocated_bytes"] - base
+        assert np.isfinite(host(w.grad)).all()
+        del h, w, logits, loss
+    assert extra[False] >= size, extra            # the measure sees the plain path's dlogits
+    assert extra[True] < size // 4, extra         # and no tensor of that size in place

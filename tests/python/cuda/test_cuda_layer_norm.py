@@ -1,7 +1,9 @@
 """CUDA layer_norm (cuda/layer_norm.cu) against the CPU op and torch float64: every float dtype,
 odd shapes, with and without weight and bias, forward and the gradients of x, weight and bias;
 the saved statistics; bitwise-reproducible parameter gradients; rows too long for the
-shared-memory accumulators; many rows over a capped grid."""
+shared-memory accumulators; many rows over a capped grid. add_layer_norm (the residual add fused
+with the norm) the same way, through both outputs h and y, including a residual whose rows are
+not 16-byte aligned (the scalar path of the kernels)."""
 import numpy as np
 import pytest
 
@@ -105,3 +107,74 @@ def test_empty_rows():
     assert tuple(y.shape) == (0, 8)
     y.sum().backward()
     assert np.array_equal(host(w.grad), np.zeros(8))
+
+
+# ---- add_layer_norm ----
+
+def _torch_add_layer_norm(x, r, w, b):
+    h = x + r
+    return torch.stack([h, torch.nn.functional.layer_norm(h, (h.shape[-1],), w, b, eps=1e-5)])
+
+
+def _add_layer_norm(x, r, w, b):
+    return F.stack(list(F.add_layer_norm(x, r, w, b, eps=1e-5)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4096, 64), (3, 40000)])
+@pytest.mark.parametrize("params", list(PARAMS))
+def test_add_layer_norm_forward_and_gradients(params, shape, dtype):
+    # The loss uses h and y, so dx = dh + the norm's gradient, every term non-zero.
+    x, w, b = inputs(shape, *PARAMS[params])
+    check(_add_layer_norm, _torch_add_layer_norm, [x, randn(*shape), w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layer_norm_only_y_used(dtype):
+    # dh arrives as zeros (filled by autograd): dx is the norm's gradient alone.
+    C = 200
+    check(lambda x, r, w, b: F.add_layer_norm(x, r, w, b)[1],
+          lambda x, r, w, b: torch.nn.functional.layer_norm(x + r, (C,), w, b, eps=1e-5),
+          [randn(9, C) + 1.0, randn(9, C), randn(C), randn(C)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layer_norm_misaligned_and_non_contiguous(dtype):
+    # r starts one element into its storage (rows not 16-byte aligned: the scalar kernels);
+    # x is a transposed view (copied to contiguous first).
+    R, C = 37, 96
+    check(lambda x, r, w, b: _add_layer_norm(x.transpose(0, 1), r[1:].view(R, C), w, b),
+          lambda x, r, w, b: _torch_add_layer_norm(x.transpose(0, 1), r[1:].view(R, C), w, b),
+          [randn(C, R), randn(R * C + 1), randn(C), randn(C)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layer_norm_statistics(dtype):
+    x, r = rounded(randn(5, 300) + 1.0, dtype), rounded(randn(5, 300), dtype)
+    h, y, mean, rstd = core.call("add_layer_norm", [ls.tensor(a).to(dtype=dtype).cuda() for a in (x, r)]
+                                 + [None, None], {"eps": 1e-5})
+    hh = rounded(x + r, dtype)  # h is rounded to the input dtype, as a separate add would
+    assert np.array_equal(host(h), hh)
+    assert mean.dtype == rstd.dtype == (ls.float64 if dtype == ls.float64 else ls.float32)
+    tol = 1e-12 if dtype == ls.float64 else 1e-6
+    assert rel_err(host(mean), hh.mean(-1)) < tol
+    assert rel_err(host(rstd), 1 / np.sqrt(hh.var(-1) + 1e-5)) < tol
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_add_layer_norm_backward_op(dtype):
+    # The fused backward matches layer_norm_backward plus dh (one rounding instead of two), and
+    # its parameter gradients are bitwise reproducible.
+    dev = lambda a: ls.tensor(a).to(dtype=dtype).cuda()
+    x, r, w, b = dev(randn(3000, 257)), dev(randn(3000, 257)), dev(randn(257)), dev(randn(257))
+    dy, dh = dev(randn(3000, 257)), dev(randn(3000, 257))
+    h, _, mean, rstd = core.call("add_layer_norm", [x, r, w, b], {"eps": 1e-5})
+    attrs = {"dweight": True, "dbias": True}
+    runs = [core.call("add_layer_norm_backward", [dy, dh, h, w, mean, rstd], attrs) for _ in range(3)]
+    for run_ in runs[1:]:
+        for a, b_ in zip(run_, runs[0]):
+            assert np.array_equal(host(a), host(b_))
+    ref = core.call("layer_norm_backward", [dy, h, w, mean, rstd], attrs)
+    assert rel_err(host(runs[0][0]), host(ref[0]) + host(dh)) < TOL[dtype]
+    for a, b_ in zip(runs[0][1:], ref[1:]):
+        assert rel_err(host(a), host(b_)) < TOL[dtype]

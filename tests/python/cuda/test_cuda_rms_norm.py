@@ -1,6 +1,8 @@
 """CUDA rms_norm (cuda/rms_norm.cu) against the CPU op and torch float64: every float dtype, odd
 shapes, with and without weight, forward and the gradients of x and weight; the saved rstd;
-bitwise-reproducible weight gradients; rows too long for the shared-memory accumulators."""
+bitwise-reproducible weight gradients; rows too long for the shared-memory accumulators.
+add_rms_norm (the residual add fused with the norm) the same way, through both outputs h and y,
+including a residual whose rows are not 16-byte aligned (the scalar path of the kernels)."""
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ import llmscratch as ls
 import llmscratch.functional as F
 import llmscratch_core as core
 from conftest import randn, rel_err, torch
-from rows_vs_cpu import DTYPES, SHAPES, check, host, rounded
+from rows_vs_cpu import DTYPES, SHAPES, TOL, check, host, rounded
 
 pytestmark = pytest.mark.cuda
 
@@ -52,3 +54,62 @@ def test_weight_gradient_is_reproducible(dtype):
     for r in runs[1:]:
         for a, b in zip(r, runs[0]):
             assert np.array_equal(host(a), host(b))
+
+
+# ---- add_rms_norm ----
+
+def _torch_add_rms_norm(x, r, w):
+    h = x + r
+    return torch.stack([h, torch.nn.functional.rms_norm(h, (h.shape[-1],), w, eps=1e-6)])
+
+
+def _add_rms_norm(x, r, w):
+    return F.stack(list(F.add_rms_norm(x, r, w, eps=1e-6)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4096, 64), (3, 70000)])
+@pytest.mark.parametrize("weight", [True, False])
+def test_add_rms_norm_forward_and_gradients(weight, shape, dtype):
+    # The loss uses h and y, so dx = dh + the norm's gradient, every term non-zero (with C = 1
+    # too: dh keeps the x gradient away from 0).
+    C = shape[-1]
+    check(_add_rms_norm, _torch_add_rms_norm,
+          [randn(*shape, scale=2.0), randn(*shape), randn(C) if weight else None], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_only_y_used(dtype):
+    # dh arrives as zeros (filled by autograd): dx is the norm's gradient alone.
+    C = 200
+    check(lambda x, r, w: F.add_rms_norm(x, r, w)[1],
+          lambda x, r, w: torch.nn.functional.rms_norm(x + r, (C,), w, eps=1e-6),
+          [randn(9, C), randn(9, C), randn(C)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_misaligned_and_non_contiguous(dtype):
+    R, C = 37, 96
+    check(lambda x, r, w: _add_rms_norm(x.transpose(0, 1), r[1:].view(R, C), w),
+          lambda x, r, w: _torch_add_rms_norm(x.transpose(0, 1), r[1:].view(R, C), w),
+          [randn(C, R), randn(R * C + 1), randn(C)], dtype)
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_add_rms_norm_statistics_and_backward_op(dtype):
+    dev = lambda a: ls.tensor(a).to(dtype=dtype).cuda()
+    xa, ra = rounded(randn(3000, 257), dtype), rounded(randn(3000, 257), dtype)
+    x, r, w = dev(xa), dev(ra), dev(randn(257))
+    dy, dh = dev(randn(3000, 257)), dev(randn(3000, 257))
+    h, _, rstd = core.call("add_rms_norm", [x, r, w], {"eps": 1e-6})
+    hh = rounded(xa + ra, dtype)  # h is rounded to the input dtype, as a separate add would
+    assert rel_err(host(h), hh) < 1e-6
+    assert rstd.dtype == ls.float32
+    assert rel_err(host(rstd), 1 / np.sqrt((hh ** 2).mean(-1) + 1e-6)) < 1e-6
+    runs = [core.call("add_rms_norm_backward", [dy, dh, h, w, rstd], {"dweight": True}) for _ in range(3)]
+    for run_ in runs[1:]:
+        for a, b in zip(run_, runs[0]):
+            assert np.array_equal(host(a), host(b))
+    ref = core.call("rms_norm_backward", [dy, h, w, rstd], {"dweight": True})
+    assert rel_err(host(runs[0][0]), host(ref[0]) + host(dh)) < TOL[dtype]
+    assert rel_err(host(runs[0][1]), host(ref[1])) < TOL[dtype]

@@ -3,6 +3,10 @@ gradients against the CPU op: every dtype, odd and aligned shapes, all four oper
 (transposed views of contiguous tensors), broadcast batches, 1-D operands, views the kernel must
 copy first, and more batches than one launch's grid holds. Skipped without a GPU.
 
+bf16/fp16 run on two hand-written kernels: on Hopper the TMA + wgmma kernel serves by default and
+LLMSCRATCH_GEMM=mma selects the mma.sync one (the only one elsewhere); the `gemm` fixture runs the
+layout, batch and gradient tests under both.
+
 The output's memory is poisoned first: a NaN tensor of the output's size is freed just before the
 call, so the caching allocator hands that block to the kernel and an element the kernel fails to
 write stays NaN (rel_err rejects NaN)."""
@@ -42,6 +46,16 @@ def operand(shape, dtype, transposed=False, requires_grad=False):
     return t, numpy_of(t)
 
 
+@pytest.fixture(params=["default", "mma"])
+def gemm(request, monkeypatch):
+    """Which bf16/fp16 kernel serves: the default (wgmma on Hopper) or the mma.sync one."""
+    if request.param == "mma":
+        monkeypatch.setenv("LLMSCRATCH_GEMM", "mma")
+    else:
+        monkeypatch.delenv("LLMSCRATCH_GEMM", raising=False)
+    return request.param
+
+
 def poison(shape, dtype):
     """Leave a freed NaN block of the output's size at the front of the allocator's cache."""
     nan = ls.full(tuple(shape), math.nan, dtype=dtype, device="cuda")
@@ -77,7 +91,7 @@ SHAPES = [(1, 1, 1), (3, 5, 7), (127, 129, 131), (256, 512, 64), (1000, 1023, 17
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("mkn", SHAPES)
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-def test_forward_layouts(mkn, ta, tb, dtype):
+def test_forward_layouts(mkn, ta, tb, dtype, gemm):
     M, K, N = mkn
     a, ra = operand((M, K), dtype, ta)
     b, rb = operand((K, N), dtype, tb)
@@ -89,10 +103,11 @@ def test_forward_layouts(mkn, ta, tb, dtype):
                                    ((2, 3, 64, 80), (3, 80, 96)),   # B broadcast over dim 0
                                    ((2, 1, 5, 7), (3, 7, 4)),       # both broadcast, 2 batch dims
                                    ((1, 4, 33, 17), (4, 17, 40)),
+                                   ((3, 200, 136), (3, 136, 264)),  # one batch stride each
                                    ((5,), (5, 3)), ((4, 5), (5,)), ((6,), (6,)),
                                    ((7,), (2, 7, 3)), ((2, 3, 4), (4,))])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
-def test_forward_batched_and_1d(sa, sb, ta, tb, dtype):
+def test_forward_batched_and_1d(sa, sb, ta, tb, dtype, gemm):
     a, ra = operand(sa, dtype, ta and len(sa) > 1)
     b, rb = operand(sb, dtype, tb and len(sb) > 1)
     ref = np.matmul(ra, rb)
@@ -157,7 +172,7 @@ def sum_to(x, shape):
                                    ((2, 3, 64, 80), (80, 96)), ((2, 1, 5, 7), (3, 7, 4)),
                                    ((6,), (6, 9)), ((4, 6), (6,))])
 @pytest.mark.parametrize("ta", [False, True])
-def test_backward(sa, sb, ta, dtype):
+def test_backward(sa, sb, ta, dtype, gemm):
     a, ra = operand(sa, dtype, ta and len(sa) > 1, requires_grad=True)
     b, rb = operand(sb, dtype, False, requires_grad=True)
     out = a @ b

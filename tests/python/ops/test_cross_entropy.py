@@ -1,11 +1,13 @@
 """cross_entropy against torch: reductions, ignore_index, label smoothing, int32/int64 targets,
-float64 and float32 logits, the logits gradient; bad inputs."""
+float64 and float32 logits, the logits gradient; bad inputs. The in-place gradient path
+(inplace_backward=True) against the plain one and torch, its guards and its registry ops."""
 import numpy as np
 import pytest
 
 import llmscratch as ls
 import llmscratch.functional as F
-from conftest import randn, torch
+import llmscratch_core as core
+from conftest import randn, rel_err, torch
 from op_check import against_torch
 
 _rng = np.random.default_rng()
@@ -86,3 +88,137 @@ def test_bad_inputs():
         F.cross_entropy(x, ls.tensor([1, 2]), label_smoothing=1.5)
     with pytest.raises(TypeError):
         F.cross_entropy(x, ls.tensor([1, 2]), None)  # torch's positional weight is not supported
+
+
+# ---- inplace_backward: the logits gradient written over the logits in the forward ----
+
+def _inplace_run(x, t, g, inplace, **kw):
+    """Loss and the gradient reaching the logits (N, V) for an upstream gradient g, with the
+    logits a non-leaf of their own, as a model's are."""
+    base = ls.tensor(x, requires_grad=True)
+    logits = base * 1.0
+    logits.retain_grad()
+    loss = F.cross_entropy(logits, ls.tensor(t), inplace_backward=inplace, **kw)
+    loss.backward(ls.tensor(g))
+    return loss.numpy(), logits.grad.numpy(), base.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,V", [(1, 1), (5, 3), (7, 127), (300, 33), (4, 50257)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("upstream", ["one", "random"])
+def test_inplace_matches_plain_and_torch(N, V, reduction, label_smoothing, dtype, upstream):
+    if V == 1 and label_smoothing:
+        pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
+                    "noise makes a relative error meaningless")
+    kw = dict(reduction=reduction, label_smoothing=label_smoothing)
+    x = randn(N, V, scale=2.0).astype(dtype)
+    t = targets(N, V, ignore_every=3 if N > 3 else 0)
+    shape = (N,) if reduction == "none" else ()
+    g = np.ones(shape, dtype) if upstream == "one" else randn(*shape).astype(dtype)
+    loss, dlogits, dbase = _inplace_run(x, t, g, True, **kw)
+    ploss, pdlogits, _ = _inplace_run(x, t, g, False, **kw)
+    np.testing.assert_array_equal(loss, ploss)
+    # the backward's formula (at g = 1, where the scaling is skipped, up to the compiler's
+    # contraction of a * b - c); else g (k p) versus (g k) p: a rounding apart
+    assert rel_err(dlogits, pdlogits) < (1e-14 if dtype == np.float64 else 1e-6)
+    np.testing.assert_array_equal(dbase, dlogits)
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(tx, torch.tensor(t), **kw)
+    ref.backward(torch.tensor(g.astype(np.float64)))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rel_err(loss, ref.detach().numpy()) < tol
+    assert rel_err(dlogits, tx.grad.numpy()) < tol
+
+
+def test_inplace_writes_the_gradient_into_the_logits():
+    x, t = randn(6, 11), targets(6, 11)
+    t[2] = 4
+    base = ls.tensor(x, requires_grad=True)
+    logits = base * 1.0
+    loss = F.cross_entropy(logits, ls.tensor(t), ignore_index=4, label_smoothing=0.2,
+                           inplace_backward=True)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.cross_entropy(tx, torch.tensor(t), ignore_index=4, label_smoothing=0.2).backward()
+    # before any backward the logits tensor already holds d(loss)/d(logits); row 2 is ignored
+    assert rel_err(logits.detach().numpy(), tx.grad.numpy()) < 1e-12
+    assert not logits.detach().numpy()[2].any()
+    loss.backward()
+    assert rel_err(base.grad, tx.grad) < 1e-12
+
+
+@pytest.mark.parametrize("tdtype", [np.int32, np.int64])
+def test_inplace_all_ignored_and_single_sample(tdtype):
+    x = randn(4, 6)
+    logits = ls.tensor(x, requires_grad=True) * 1.0
+    logits.retain_grad()
+    loss = F.cross_entropy(logits, ls.tensor(np.full(4, -100, tdtype)), inplace_backward=True)
+    assert np.isnan(loss.item())
+    loss.backward()
+    np.testing.assert_array_equal(logits.grad.numpy(), np.zeros((4, 6)))
+    v = randn(7)
+    base = ls.tensor(v, requires_grad=True)
+    loss = F.cross_entropy(base * 1.0, ls.tensor(np.array(3, tdtype)), reduction="none",
+                           inplace_backward=True)
+    tv = torch.tensor(v, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(tv, torch.tensor(3), reduction="none")
+    assert tuple(loss.shape) == () and abs(loss.item() - ref.item()) < 1e-12
+    (loss * 3.0).backward()
+    (ref * 3.0).backward()
+    assert rel_err(base.grad, tv.grad) < 1e-12
+
+
+def test_inplace_without_gradients_keeps_the_logits():
+    x, t = randn(5, 9), ls.tensor(targets(5, 9))
+    ref = F.cross_entropy(ls.tensor(x), t).item()
+    plain = ls.tensor(x)  # requires no grad: nothing to differentiate, the plain path runs
+    assert F.cross_entropy(plain, t, inplace_backward=True).item() == ref
+    np.testing.assert_array_equal(plain.numpy(), x)
+    logits = ls.tensor(x, requires_grad=True) * 1.0
+    with ls.no_grad():
+        assert F.cross_entropy(logits, t, inplace_backward=True).item() == ref
+    np.testing.assert_array_equal(logits.detach().numpy(), x)
+
+
+def test_inplace_misuse_raises():
+    x, t = randn(4, 6), ls.tensor(targets(4, 6))
+    leaf = ls.tensor(x, requires_grad=True)
+    with pytest.raises(ValueError, match="cross_entropy: inplace_backward=True would overwrite a leaf"):
+        F.cross_entropy(leaf, t, inplace_backward=True)
+    with pytest.raises(ValueError, match="overwrite a leaf"):  # also as a single sample
+        F.cross_entropy(ls.tensor(x[0], requires_grad=True), t[0], inplace_backward=True)
+    np.testing.assert_array_equal(leaf.detach().numpy(), x)
+    view = (ls.tensor(x.T.copy(), requires_grad=True) * 1.0).transpose(0, 1)
+    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+        F.cross_entropy(view, t, inplace_backward=True)
+    with pytest.raises(IndexError, match="cross_entropy_inplace: target 6 at position 1"):
+        F.cross_entropy(leaf * 1.0, ls.tensor([0, 6, 1, 2]), inplace_backward=True)
+    # the gradient serves one backward; a write into the buffer before it is caught
+    loss = F.cross_entropy(leaf * 1.0, t, inplace_backward=True)
+    loss.backward()
+    with pytest.raises(RuntimeError, match="already handed to an earlier backward"):
+        loss.backward()
+    logits = leaf * 1.0
+    loss = F.cross_entropy(logits, t, inplace_backward=True)
+    with ls.no_grad():
+        logits.mul_(2.0)
+    with pytest.raises(RuntimeError, match="were written before the backward"):
+        loss.backward()
+
+
+def test_inplace_registry_ops():
+    """The pair called directly: the forward returns {loss} only; the backward scales the buffer
+    in place (per row for 'none') and checks its gradient's shape."""
+    x, t = randn(3, 5), ls.tensor(targets(3, 5))
+    attrs = {"ignore_index": -100, "reduction": "none", "label_smoothing": 0.0}
+    buf = ls.tensor(x)
+    out = core.call("cross_entropy_inplace", [buf, t], attrs)
+    assert len(out) == 1 and tuple(out[0].shape) == (3,)
+    grad1 = buf.numpy().copy()
+    g = np.array([2.0, 1.0, -0.5])
+    (res,) = core.call("cross_entropy_inplace_backward", [ls.tensor(g), buf], {"reduction": "none"})
+    np.testing.assert_array_equal(res.numpy(), grad1 * g[:, None])
+    np.testing.assert_array_equal(buf.numpy(), res.numpy())  # the same memory
+    with pytest.raises(ValueError, match="cross_entropy_inplace_backward: loss gradient of shape"):
+        core.call("cross_entropy_inplace_backward", [ls.tensor(1.0), buf], {"reduction": "none"})

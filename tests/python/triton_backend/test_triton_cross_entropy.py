@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch_core as _core
 
-from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
+from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, to_np, triton_call
 
 # (N, V): one class, odd vocabularies, and one longer than a 4096 chunk.
 SHAPES = [(1, 1), (3, 7), (5, 127), (2, 5000)]
@@ -45,3 +46,91 @@ def test_cross_entropy_all_ignored_mean_is_nan(device, dtype):
     inputs = [to_ls(logits, device, dtype), to_ls(targets, device, dtype)]
     loss, _ = triton_call("cross_entropy", inputs, {"reduction": "mean"})
     assert np.isnan(float(loss.to("cpu").to(ls.float64).item()))
+
+
+# ---- the in-place pair: cross_entropy_inplace / cross_entropy_inplace_backward ----
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("N,V", SHAPES + [(4, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_inplace(device, dtype, N, V, reduction, smoothing):
+    if V == 1 and smoothing:
+        pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
+                    "noise makes a relative error meaningless")
+    r = rng()
+    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
+    targets = r.integers(0, V, N).astype(np.int64)
+    if N > 2:
+        targets[1] = -100  # an ignored row: zeroed
+    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": smoothing}
+    xs, ts = to_ls(logits, device, dtype), to_ls(targets, device, dtype)
+    x64, t64 = as64([logits, targets])
+    fwd = triton_call("cross_entropy_inplace", [xs, ts], attrs)
+    loss, lse = cpu_call("cross_entropy", [x64, t64], attrs)
+    compare("cross_entropy_inplace", fwd, [loss], dtype)
+
+    # the logits now hold the gradient at an upstream 1 (lse gradient 0)
+    ones = ls.ones(*((N,) if reduction == "none" else ()), dtype=ls.float64)
+    ref1 = cpu_call("cross_entropy_backward", [ones, x64, t64, lse, ls.zeros(N, dtype=ls.float64)], attrs)
+    compare("cross_entropy_inplace (gradient)", [xs], ref1, dtype, tol_scale=4)
+    if N > 2:
+        assert not to_np(xs)[1].any()
+
+    g = rounded(r.standard_normal(N if reduction == "none" else ()), dtype)
+    if reduction == "none":
+        g[0] = 1.0  # a row with factor 1 is left as it is
+    before = to_np(xs)
+    g_s = to_ls(np.asarray(g), device, dtype).to(fwd[0].dtype)
+    (bwd,) = triton_call("cross_entropy_inplace_backward", [g_s, xs], {"reduction": reduction})
+    ref = cpu_call("cross_entropy_backward",
+                   as64([np.asarray(g)]) + [x64, t64, lse, ls.zeros(N, dtype=ls.float64)], attrs)
+    compare("cross_entropy_inplace_backward", [bwd], ref, dtype, tol_scale=4)
+    np.testing.assert_array_equal(to_np(xs), to_np(bwd))  # scaled in place
+    if reduction == "none":
+        np.testing.assert_array_equal(to_np(xs)[0], before[0])
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_cross_entropy_inplace_factor_one_is_a_no_op(device, dtype):
+    r = rng()
+    xs = to_ls(r.standard_normal((5, 300)), device, dtype)
+    ts = to_ls(r.integers(0, 300, 5).astype(np.int64), device, dtype)
+    (loss,) = triton_call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})
+    before = to_np(xs)
+    triton_call("cross_entropy_inplace_backward", [ls.ones(dtype=loss.dtype).to(device), xs],
+                {"reduction": "mean"})
+    np.testing.assert_array_equal(to_np(xs), before)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_cross_entropy_inplace_through_autograd(device, dtype):
+    """F.cross_entropy(inplace_backward=True) under the triton backend: the gradient reaching a
+    float64 leaf through a cast to the dtype under test, against the float64 CPU op."""
+    import llmscratch.functional as F
+    r = rng()
+    x = rounded(r.standard_normal((6, 777)) * 2, dtype)
+    t = r.integers(0, 777, 6).astype(np.int64)
+    t[2] = -100
+    leaf = ls.tensor(x).to(device).requires_grad_()
+    with ls.backend("triton"):
+        ls.backend_report(reset=True)
+        loss = F.cross_entropy(leaf.to(getattr(ls, dtype)), to_ls(t, device, dtype),
+                               label_smoothing=0.1, inplace_backward=True)
+        (loss * 0.5).backward()
+        report = ls.backend_report()
+    assert report["cross_entropy_inplace"] == "triton"
+    assert report["cross_entropy_inplace_backward"] == "triton"
+    x64 = ls.tensor(x, requires_grad=True)
+    ref = F.cross_entropy(x64, ls.tensor(t), label_smoothing=0.1)
+    (ref * 0.5).backward()
+    compare("cross_entropy_inplace", [loss], [ref], dtype)
+    compare("cross_entropy_inplace (gradient)", [leaf.grad], [x64.grad], dtype, tol_scale=4)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_cross_entropy_inplace_rejects_a_strided_view(device, dtype):
+    xs = to_ls(rng().standard_normal((7, 4)), device, dtype).transpose(0, 1)
+    ts = to_ls(np.arange(4, dtype=np.int64), device, dtype)
+    with ls.backend("triton"), pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+        _core.call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})

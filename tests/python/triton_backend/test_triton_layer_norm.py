@@ -28,3 +28,29 @@ def test_layer_norm_forward_backward(device, dtype, shape, affine):
             floor=0.1)
     if not affine:
         assert tuple(bwd[1].shape) == (0,) and tuple(bwd[2].shape) == (0,)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_add_layer_norm_forward_backward(device, dtype, shape, affine):
+    # h = x + r then layer_norm(h) in one kernel; the backward adds dh into dx.
+    r = rng()
+    C = shape[-1]
+    x = rounded(r.standard_normal(shape) * 2 + 0.5, dtype)
+    res = rounded(r.standard_normal(shape), dtype)
+    w = rounded(r.standard_normal(C), dtype) if affine else None
+    b = rounded(r.standard_normal(C), dtype) if affine else None
+    dy, dh = (rounded(r.standard_normal(shape), dtype) for _ in range(2))
+    xs, rs, ws, bs, dys, dhs = (to_ls(a, device, dtype) for a in (x, res, w, b, dy, dh))
+    x64, r64, w64, b64, dy64, dh64 = as64([x, res, w, b, dy, dh])
+
+    fwd = triton_call("add_layer_norm", [xs, rs, ws, bs], {"eps": 1e-5})
+    ref = cpu_call("add_layer_norm", [x64, r64, w64, b64], {"eps": 1e-5})
+    compare("add_layer_norm", fwd, ref, dtype)
+    attrs = {"dweight": affine, "dbias": affine}
+    bwd = triton_call("add_layer_norm_backward", [dys, dhs, fwd[0], ws, fwd[2], fwd[3]], attrs)
+    ref_bwd = cpu_call("add_layer_norm_backward", [dy64, dh64, ref[0], w64, ref[2], ref[3]], attrs)
+    compare("add_layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4, floor=0.1)
+    if not affine:
+        assert tuple(bwd[1].shape) == (0,) and tuple(bwd[2].shape) == (0,)

@@ -26,3 +26,27 @@ def test_rms_norm_forward_backward(device, dtype, shape, weighted):
             floor=0.1)
     if not weighted:
         assert tuple(bwd[1].shape) == (0,)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("weighted", [True, False])
+def test_add_rms_norm_forward_backward(device, dtype, shape, weighted):
+    # h = x + r then rms_norm(h) in one kernel; the backward adds dh into dx.
+    r = rng()
+    x = rounded(r.standard_normal(shape) + 0.3, dtype)
+    res = rounded(r.standard_normal(shape), dtype)
+    w = rounded(r.standard_normal(shape[-1]), dtype) if weighted else None
+    dy, dh = (rounded(r.standard_normal(shape), dtype) for _ in range(2))
+    xs, rs, ws, dys, dhs = (to_ls(a, device, dtype) for a in (x, res, w, dy, dh))
+    x64, r64, w64, dy64, dh64 = as64([x, res, w, dy, dh])
+
+    fwd = triton_call("add_rms_norm", [xs, rs, ws], {"eps": 1e-6})
+    ref = cpu_call("add_rms_norm", [x64, r64, w64], {"eps": 1e-6})
+    compare("add_rms_norm", fwd, ref, dtype)
+    attrs = {"dweight": weighted}
+    bwd = triton_call("add_rms_norm_backward", [dys, dhs, fwd[0], ws, fwd[2]], attrs)
+    ref_bwd = cpu_call("add_rms_norm_backward", [dy64, dh64, ref[0], w64, ref[2]], attrs)
+    compare("add_rms_norm_backward", bwd, ref_bwd, dtype, tol_scale=4, floor=0.1)
+    if not weighted:
+        assert tuple(bwd[1].shape) == (0,)

@@ -1,0 +1,70 @@
+// The kernels of cuda/sm90a/ as cuda/matmul.cu and cuda/attention.cu call them. This folder is
+// compiled for sm_90a only (wgmma and setmaxnreg exist on no other target), so the interface is
+// plain pointers and strides, free of the core's types.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ls::cuda::sm90a {
+
+// C[z] (M x N, row-major, leading dim ldc) = A[z] (M x K) @ B[z] (K x N), z < batch.
+//   A (m, k) at a[z * a_batch + m * lda + k] when a_kmajor, else a[z * a_batch + k * lda + m];
+//   B (k, n) at b[z * b_batch + n * ldb + k] when b_kmajor, else b[z * b_batch + k * ldb + n].
+struct GemmProblem {
+  bool bf16;  // else fp16
+  const void* a;
+  bool a_kmajor;
+  int64_t lda, a_batch;
+  const void* b;
+  bool b_kmajor;
+  int64_t ldb, b_batch;
+  void* c;
+  int64_t ldc, c_batch;
+  int M, N, K;
+  int batch;
+};
+
+// True when `device` runs the sm_90a kernels (compute capability 9.0).
+bool available(int device);
+
+// Launches the GEMM on `stream` and returns true, or returns false without launching when the
+// problem does not meet the copy engine's rules (16-byte aligned bases, leading dims and batch
+// strides in multiples of 8 elements) so the caller takes another path. Launch errors are left
+// for the caller's cudaGetLastError.
+bool gemm(const GemmProblem& p, cudaStream_t stream);
+
+// Attention forward (the op "attention" of cuda/attention.cu without a user mask): q (B, NH, T,
+// HS), k and v (B, NKV, S, HS) and out (B, NH, T, HS) contiguous and 16-byte aligned; lse
+// (B, NH, T) fp32. Launches on `stream` and returns true, or returns false without launching
+// when the case is not covered (HS other than 64 and 128, a non-positive scale, misalignment).
+struct AttentionProblem {
+  bool bf16;  // else fp16
+  int HS;
+  const void *q, *k, *v;
+  void* out;
+  float* lse;
+  int B, NH, NKV, T, S;
+  float scale;
+  bool causal;
+};
+
+bool attention_forward(const AttentionProblem& a, cudaStream_t stream);
+
+// Attention backward of the same case: dq (B, NH, T, HS), dk and dv (B, NKV, S, HS) written
+// (not accumulated), from q, k, v, dout, the forward's lse and dd = rowsum(dout * out) - dlse
+// (B, NH, T) fp32. Returns false without launching when the case is not covered.
+struct AttentionBackwardProblem {
+  bool bf16;
+  int HS;
+  const void *q, *k, *v, *dout;
+  const float *lse, *dd;
+  void *dq, *dk, *dv;
+  int B, NH, NKV, T, S;
+  float scale;
+  bool causal;
+};
+
+bool attention_backward(const AttentionBackwardProblem& a, cudaStream_t stream);
+
+}  // namespace ls::cuda::sm90a
