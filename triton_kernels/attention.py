@@ -24,7 +24,7 @@ On Hopper, contiguous 16-bit q, k, v with HS a power of two (16 to 128) take a s
 kernel, the same algorithm with Q, K, V tiles loaded through tensor descriptors (TMA) over
 their (rows, HS) views: whole tiles land in shared memory without per-element addresses or
 masks, which frees registers and issue slots for the softmax (B4 NH16 T4096 HS128 causal bf16
-on an H200: 0.63 ms against 0.70 ms for the pointer kernel and 0.51 ms for torch's SDPA).
+on an H200: 0.64 ms against 0.66-0.70 ms for the pointer kernel; bench/notes_triton_tuning.md).
 
 Backward: a preprocess kernel computes D (float32, dlse folded in); a dK/dV kernel runs one
 program per (BLOCK_N keys, b, kv head) that loops over every query head of its group and every
@@ -50,7 +50,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:  # host-side tensor descriptors (TMA); older triton releases lack them: pointer kernels only
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
@@ -476,7 +480,7 @@ def _tma_ok(q, k, v):
 
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def _attn_fwd_tma(q, k, v, out, lse, grid, sc, causal):

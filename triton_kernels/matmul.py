@@ -24,8 +24,8 @@ Each operand is described in its stored order (row- or column-major) and a colum
 is transposed in shared memory, which wgmma reads in either order, so the backward's transposed
 views are still read in place. It needs 16-byte aligned bases and outer strides (K, M or N a
 multiple of 8 by layout); other layouts, batched problems and float32 use the pointer kernel.
-Autotuned per (M, N, K, layouts): 128 x 256 x 64 tiles, 8 warps, 3 stages win at 4096^3 (about
-0.9x cuBLAS on an H200, against 0.74x for the pointer kernel).
+Autotuned per (M, N, K, layouts): 128 x 256 x 64 tiles, 8 warps, 3 stages win at 4096^3 (0.97x
+cuBLAS on an H200, against 0.84x for the pointer kernel; bench/notes_triton_tuning.md).
 
 Batching: broadcast batch dims are expanded as views (stride 0). If their strides fold into one
 uniform batch stride per operand the whole problem is one launch; otherwise the outermost batch
@@ -38,7 +38,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:  # host-side tensor descriptors (TMA); older triton releases lack them: pointer kernels only
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -210,7 +214,7 @@ def _stored(x):
 
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def _launch_tma(a, b, c, ta, tb, sms):
