@@ -54,19 +54,20 @@ def cpu_time(fn, min_time=0.3, warmup=2, max_reps=50):
 
 def cuda_time(fn, reps=15, warmup=3):
     """Median seconds of fn on the GPU by CUDA events around each call. llmscratch, Triton and
-    torch all launch on the default stream, so torch's events time any of them."""
+    torch all launch on the default stream, so torch's events time any of them. The calls are
+    queued back to back and synchronised once at the end, as a training loop runs them: host
+    work per call (Python dispatch, launch) counts only where it leaves the GPU idle."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    for start, end in events:
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
 
 
 # ---- ceilings ----------------------------------------------------------------------------------

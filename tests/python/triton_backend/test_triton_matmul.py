@@ -24,6 +24,8 @@ compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU t
 
 _backend._triton_kernels()
 mm = importlib.import_module("llmscratch.triton_kernels.matmul")
+needs_descriptors = pytest.mark.skipif(mm.TensorDescriptor is None,
+                                       reason="this triton has no tensor descriptors")
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -70,6 +72,26 @@ def strided_cases(device, dtype, big):
         (r(1, M, K).expand(n, M, K), r(n, K, N)),                  # stride-0 batch
         (r(n, M, K)[:, ::2], r(K, N)),                             # rows that do not fold
     ]
+
+
+@interpreter_only
+@needs_descriptors
+@pytest.mark.parametrize("M,N,K", [(40, 72, 56), (37, 24, 48), (8, 8, 200)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_tma_kernel_interpreter(M, N, K, ta, tb):
+    """The Hopper descriptor (TMA) kernel (GPU runs take it for 16-bit GEMMs over 512 x 512
+    outputs) called directly on CPU tensors, each operand row- or column-major (a transposed
+    view, read in place); edges that are not multiples of the tile."""
+    a = torch.randn(K, M, dtype=torch.float16).t() if ta else torch.randn(M, K, dtype=torch.float16)
+    b = torch.randn(N, K, dtype=torch.float16).t() if tb else torch.randn(K, N, dtype=torch.float16)
+    la, lb = mm._stored(a), mm._stored(b)
+    if la is None or lb is None:
+        pytest.skip("this layout's outer stride is not a multiple of 16 bytes: the pointer kernel's")
+    assert (la == "cols", lb == "cols") == (ta, tb)
+    c = torch.full((M, N), float("nan"), dtype=torch.float16)
+    mm._launch_tma(a, b, c, ta, tb, 3)
+    assert rel(c, a.double() @ b.double()) < TOL[torch.float16]
 
 
 @interpreter_only
