@@ -21,8 +21,17 @@ SHAPES = [(1,), (3,), (127,), (1023,), (7, 33, 5), (3, 4099)]
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_matches_cpu_and_torch(approximate, shape, dtype):
     x = randn(*shape, scale=3.0)
-    check(lambda t: F.gelu(t, approximate), [x], dtype,
-          lambda t: torch.nn.functional.gelu(t, approximate=approximate))
+    check(lambda t: F.gelu(t, approximate), [x], dtype, lambda t: torch_gelu(t, approximate))
+
+
+def torch_gelu(t, approximate):
+    """torch's gelu, except the tanh form in the identity 0.5 (1 + tanh u) = sigmoid(2u) that
+    llmscratch computes: torch's 1 + tanh(u) cancels for x << 0 (relative error ~1e-9 in float64
+    at x = -5), which a float64 comparison at 1e-12 would charge to the kernel under test."""
+    if approximate == "none":
+        return torch.nn.functional.gelu(t)
+    u = 0.7978845608028654 * (t + 0.044715 * t ** 3)
+    return t * torch.sigmoid(2 * u)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
