@@ -3,6 +3,9 @@ largest measured shape in one dtype (ops measured only in another dtype, such as
 AdamW step, at their own), each backend's % of the ceiling and speed relative to torch.
 
     python bench/headline.py bench/results/nvidia-h200/results.csv --dtype bfloat16
+
+Several CSVs may be given, oldest first: an op measured in a later file takes all its rows from
+that file (a re-run of some ops after they changed).
 """
 import argparse
 import csv
@@ -19,10 +22,17 @@ def shape_size(shape):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("csv")
+    ap.add_argument("csv", nargs="+")
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
-    every = [r for r in csv.DictReader(open(args.csv)) if r["ms"]]
+    by_op = {}
+    for path in args.csv:
+        fresh = {}
+        for r in csv.DictReader(open(path)):
+            if r["ms"]:
+                fresh.setdefault(r["op"], []).append(r)
+        by_op.update(fresh)
+    every = [r for rows in by_op.values() for r in rows]
     wanted = {r["op"] for r in every if r["dtype"] == args.dtype}
     rows = [r for r in every if r["dtype"] == args.dtype or r["op"] not in wanted]
     impls = sorted({r["impl"] for r in rows} - {"torch"})
