@@ -4,7 +4,8 @@
 # bench/sanitize_kernels.py, then the benchmarks, and write summary.md with the date, GPU, commit,
 # pass counts and figures into OUTDIR.
 #   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh OUTDIR
-# STEPS picks the parts (default: all of "test memcheck racecheck bench train"); the sanitizer
+# STEPS picks the parts (default: all of "test memcheck racecheck bench train"; test-cuda,
+# test-triton and test-rest split "test" for time-limited calls); the sanitizer
 # passes stop after SANITIZER_TIMEOUT seconds (exit 124 in the summary: a partial pass).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR}
@@ -23,11 +24,21 @@ summary=("# GPU run" "" "- date: $(date -u +%Y-%m-%d)" "- GPU: $gpu" "- commit: 
   "- command: \`STEPS=\"$steps\" bash bench/gpu_suite.sh OUTDIR\`" "")
 
 cd "$here/tests/python"
-cuda_tests="test_cuda.py test_cuda_ops.py cuda"
-if has test; then
-  python3 -m pytest -q -p no:cacheprovider -rs >"$out/pytest.log" 2>&1
-  summary+=("pytest (whole suite, CUDA and Triton GPU tests included): \`$(tail -1 "$out/pytest.log")\` (exit $?)" "")
-fi
+cuda_tests="test_cuda.py test_cuda_ops.py test_cuda_streams_api.py cuda"
+# The whole suite takes longer than one 10-minute call of a lent GPU machine: test-cuda,
+# test-triton and test-rest are its three parts, to run in separate calls (SKIP_BUILD=1).
+run_pytest() {  # log name, description, pytest arguments
+  local name=$1 what=$2
+  shift 2
+  python3 -m pytest -q -p no:cacheprovider -rf "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  summary+=("pytest $what: \`$(tail -1 "$out/$name.log")\` (exit $rc)" "")
+}
+has test && run_pytest pytest "(whole suite, CUDA and Triton GPU tests included)"
+has test-cuda && run_pytest pytest-cuda "(the CUDA tests: $cuda_tests)" $cuda_tests
+has test-triton && run_pytest pytest-triton "(triton_backend)" triton_backend
+has test-rest && run_pytest pytest-rest "(everything but the CUDA and Triton tests)" \
+  --ignore=cuda --ignore=triton_backend $(printf -- '--ignore=%s ' $cuda_tests)
 if has memcheck; then
   # The allocator-counter test is left out: under memcheck the counters showed blocks never
   # returned (not seen in plain runs); memory safety is what this pass checks.
