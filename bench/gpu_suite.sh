@@ -4,12 +4,12 @@
 # bench/sanitize_kernels.py, then the benchmarks, and write summary.md with the date, GPU, commit,
 # pass counts and figures into OUTDIR.
 #   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh OUTDIR
-# STEPS picks the parts (default: all of "test memcheck racecheck bench train"; test-cuda,
+# STEPS picks the parts (default: all of "test ctest memcheck racecheck bench train"; test-cuda,
 # test-triton and test-rest split "test" for time-limited calls); the sanitizer
 # passes stop after SANITIZER_TIMEOUT seconds (exit 124 in the summary: a partial pass).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR}
-steps=${STEPS:-test memcheck racecheck bench train}
+steps=${STEPS:-test ctest memcheck racecheck bench train}
 mkdir -p "$out"
 here=$(pwd)
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -39,6 +39,20 @@ has test-cuda && run_pytest pytest-cuda "(the CUDA tests: $cuda_tests)" $cuda_te
 has test-triton && run_pytest pytest-triton "(triton_backend)" triton_backend
 has test-rest && run_pytest pytest-rest "(everything but the CUDA and Triton tests)" \
   --ignore=cuda --ignore=triton_backend $(printf -- '--ignore=%s ' $cuda_tests)
+if has ctest; then
+  # The googletest suite built with CUDA, so its CUDA cases (tests/cpp/test_cuda.cpp) run; it needs
+  # googletest's headers and library on the machine.
+  bdir="$here/build/ctest-cuda"
+  if cmake -S "$here" -B "$bdir" -DCMAKE_BUILD_TYPE=Release -DLLMSCRATCH_BUILD_TESTS=ON \
+       -DLLMSCRATCH_BUILD_MODULE=OFF >"$out/ctest.log" 2>&1 &&
+     cmake --build "$bdir" -j "$(nproc)" >>"$out/ctest.log" 2>&1; then
+    ctest --test-dir "$bdir" --output-on-failure >>"$out/ctest.log" 2>&1
+    rc=$?
+    summary+=("ctest with CUDA: \`$(grep -h 'tests passed' "$out/ctest.log" | tail -1)\` (exit $rc)" "")
+  else
+    summary+=("ctest with CUDA: not built (ctest.log says why; googletest missing?)" "")
+  fi
+fi
 if has memcheck; then
   # The allocator-counter test is left out: under memcheck the counters showed blocks never
   # returned (not seen in plain runs); memory safety is what this pass checks.
