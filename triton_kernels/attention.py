@@ -24,7 +24,8 @@ On Hopper, contiguous 16-bit q, k, v with HS a power of two (16 to 128) take a s
 kernel, the same algorithm with Q, K, V tiles loaded through tensor descriptors (TMA) over
 their (rows, HS) views: whole tiles land in shared memory without per-element addresses or
 masks, which frees registers and issue slots for the softmax (B4 NH16 T4096 HS128 causal bf16
-on an H200: 0.64 ms against 0.66-0.70 ms for the pointer kernel; bench/notes_triton_tuning.md).
+on an H200: 0.81x torch SDPA in `python bench/compare_backends.py --device cuda --ops attention`,
+bench/results/nvidia-h200-a91ea69/; bench/notes_triton_tuning.md).
 
 Backward: a preprocess kernel computes D (float32, dlse folded in); a dK/dV kernel runs one
 program per (BLOCK_N keys, b, kv head) that loops over every query head of its group and every

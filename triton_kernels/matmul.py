@@ -25,7 +25,8 @@ is transposed in shared memory, which wgmma reads in either order, so the backwa
 views are still read in place. It needs 16-byte aligned bases and outer strides (K, M or N a
 multiple of 8 by layout); other layouts, batched problems and float32 use the pointer kernel.
 Autotuned per (M, N, K, layouts): 128 x 256 x 64 tiles, 8 warps, 3 stages win at 4096^3 (0.97x
-cuBLAS on an H200, against 0.84x for the pointer kernel; bench/notes_triton_tuning.md).
+cuBLAS on an H200 in `python bench/compare_backends.py --device cuda --ops matmul`,
+bench/results/nvidia-h200-a91ea69/; bench/notes_triton_tuning.md).
 
 Batching: broadcast batch dims are expanded as views (stride 0). If their strides fold into one
 uniform batch stride per operand the whole problem is one launch; otherwise the outermost batch
