@@ -56,11 +56,12 @@ struct Params {
   bool causal;
 };
 
-// The key tiles query tile m0 needs: all of them, or under the causal mask those up to its last
-// visible key m0 + kBM - 1 + S - T.
+// The KEYS-key tiles that the ROWS-row query tile at m0 needs: all of them, or under the causal
+// mask those up to its last visible key m0 + ROWS - 1 + S - T.
+template <int ROWS, int KEYS>
 __host__ __device__ inline int key_tiles(int m0, int T, int S, bool causal) {
-  const int end = causal ? min(S, m0 + kBM + S - T) : S;
-  return end <= 0 ? 0 : (end + kBN - 1) / kBN;
+  const int end = causal ? min(S, m0 + ROWS + S - T) : S;
+  return end <= 0 ? 0 : (end + KEYS - 1) / KEYS;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -204,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
   const int bh = b * p.NH + h, bkv = b * p.NKV + h / (p.NH / p.NKV);
-  const int n_tiles = key_tiles(m0, p.T, p.S, p.causal);
+  const int n_tiles = key_tiles<kBM, kBN>(m0, p.T, p.S, p.causal);
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
@@ -429,6 +430,84 @@ __device__ __forceinline__ void store_rows(T* dst, const float (&acc)[HS / 2], i
   }
 }
 
+// The shared memory of both backward kernels: two resident 128-row tiles a and b, a 2-stage ring
+// of two 64-row tiles, then the mbarriers: the resident tiles' one, and per ring stage a "full"
+// (the copies' bytes) and an "empty" (released by both consumers).
+template <int HS>
+struct BwdSmem {
+  using L = BwdLayout<HS>;
+  uint32_t a, b, ring, bars;
+
+  __device__ explicit BwdSmem(unsigned char* smem)
+      : a((smem_addr(smem) + 1023) & ~uint32_t(1023)),  // swizzle atoms need 1024-byte alignment
+        b(a + L::kBig),
+        ring(b + L::kBig),
+        bars(ring + kStages * 2 * L::kSmall) {}
+  __device__ uint32_t ring_a(int s) const { return ring + s * 2 * L::kSmall; }
+  __device__ uint32_t ring_b(int s) const { return ring_a(s) + L::kSmall; }
+  __device__ uint32_t resident() const { return bars; }
+  __device__ uint32_t full(int s) const { return bars + 8 * (1 + s); }
+  __device__ uint32_t empty(int s) const { return bars + 8 * (1 + kStages + s); }
+
+  __device__ void init_barriers() const {  // by one thread, before a __syncthreads
+    mbar_init(resident(), 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), 2);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+
+  // The producer thread: the resident tiles (rows row0.. of batch z of maps ma, mb; 128 rows as
+  // two boxes of 64, the same layout as one), then `steps` ring stages of two 64-row tiles from
+  // maps ra, rb at at(it) = {row, batch}, each stage refilled once both consumers released it.
+  template <typename At>
+  __device__ void produce(const CUtensorMap* ma, const CUtensorMap* mb, int row0, int z,
+                          const CUtensorMap* ra, const CUtensorMap* rb, int steps, At at) const {
+    mbar_expect_tx(resident(), 2 * L::kBig);
+    for (int i = 0; i < L::kBoxes; ++i) {
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t off = i * kBoxBytes + h * kHalfBoxBytes;
+        tma_load(a + off, ma, 64 * i, row0 + 64 * h, z, resident());
+        tma_load(b + off, mb, 64 * i, row0 + 64 * h, z, resident());
+      }
+    }
+    for (int it = 0; it < steps; ++it) {
+      const int s = it % kStages, round = it / kStages;
+      const int2 rz = at(it);
+      if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
+      mbar_expect_tx(full(s), 2 * L::kSmall);
+      for (int i = 0; i < L::kBoxes; ++i) {
+        tma_load(ring_a(s) + i * kHalfBoxBytes, ra, 64 * i, rz.x, rz.y, full(s));
+        tma_load(ring_b(s) + i * kHalfBoxBytes, rb, 64 * i, rz.x, rz.y, full(s));
+      }
+    }
+  }
+};
+
+// x = A1 B1^T and y = A2 B2^T, 64 x 64 each: rows 64c.. of the resident 128-row tiles a1, a2
+// against the 64-row ring tiles b1, b2, over HS in k-steps of 16, committed as two wgmma groups
+// so that waiting for x leaves y running.
+template <typename T, int HS>
+__device__ __forceinline__ void two_products(float (&x)[32], float (&y)[32], uint32_t a1,
+                                             uint32_t b1, uint32_t a2, uint32_t b2, int c) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; ++kk) {
+    const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
+    const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
+    wgmma_ss_n64<T>(x, descriptor(a1 + a_off, 16, 1024), descriptor(b1 + b_off, 16, 1024), kk > 0);
+  }
+  wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; ++kk) {
+    const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
+    const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
+    wgmma_ss_n64<T>(y, descriptor(a2 + a_off, 16, 1024), descriptor(b2 + b_off, 16, 1024), kk > 0);
+  }
+  wgmma_commit();
+}
+
 #endif  // sm_90a device code
 
 // The first query tile (of `rows` rows) that sees any key of the tile starting at n0.
@@ -445,57 +524,27 @@ __global__ void __launch_bounds__(kThreads, 1)
                               const __grid_constant__ CUtensorMap map_v,
                               const __grid_constant__ CUtensorMap map_do, BwdParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = BwdLayout<HS>;
   extern __shared__ __align__(1024) unsigned char smem[];
-  const uint32_t k_tile = (smem_addr(smem) + 1023) & ~uint32_t(1023);
-  const uint32_t v_tile = k_tile + L::kBig, ring = v_tile + L::kBig;
-  auto q_tile = [&](int s) { return ring + s * 2 * L::kSmall; };
-  auto do_tile = [&](int s) { return ring + s * 2 * L::kSmall + L::kSmall; };
-  const uint32_t bars = ring + kStages * 2 * L::kSmall;
-  const uint32_t kv_full = bars;
-  auto full = [&](int s) { return bars + 8 * (1 + s); };
-  auto empty = [&](int s) { return bars + 8 * (1 + kStages + s); };
+  const BwdSmem<HS> sm(smem);  // resident: K (a) and V (b); ring: Q and dO tiles
 
   const int n0 = blockIdx.x * kBwdKeys, hkv = blockIdx.y, b = blockIdx.z;
   const int group = p.NH / p.NKV, bkv = b * p.NKV + hkv;
   const int first = first_query_tile(n0, p.T, p.S, p.causal, kBwdRows);
   const int per_head = max((p.T + kBwdRows - 1) / kBwdRows - first, 0);
   const int steps = group * per_head;
+  // step it: query tile q0 of query head bh (the group's heads in turn)
+  auto head_of = [&](int it) { return b * p.NH + hkv * group + it / per_head; };
+  auto row_of = [&](int it) { return (first + it % per_head) * kBwdRows; };
 
-  if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), 2);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (threadIdx.x == 0) sm.init_barriers();
   __syncthreads();
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-    if (tid == 0) {
-      mbar_expect_tx(kv_full, 2 * L::kBig);
-      for (int i = 0; i < L::kBoxes; ++i) {
-        for (int h = 0; h < 2; ++h) {  // 128 rows as two boxes of 64: the same layout as one
-          const uint32_t off = i * kBoxBytes + h * kHalfBoxBytes;
-          tma_load(k_tile + off, &map_k, 64 * i, n0 + 64 * h, bkv, kv_full);
-          tma_load(v_tile + off, &map_v, 64 * i, n0 + 64 * h, bkv, kv_full);
-        }
-      }
-      for (int it = 0; it < steps; ++it) {
-        const int s = it % kStages, round = it / kStages;
-        const int bh = b * p.NH + hkv * group + it / per_head;
-        const int q0 = (first + it % per_head) * kBwdRows;
-        if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
-        mbar_expect_tx(full(s), 2 * L::kSmall);
-        for (int i = 0; i < L::kBoxes; ++i) {
-          tma_load(q_tile(s) + i * kHalfBoxBytes, &map_q, 64 * i, q0, bh, full(s));
-          tma_load(do_tile(s) + i * kHalfBoxBytes, &map_do, 64 * i, q0, bh, full(s));
-        }
-      }
-    }
+    if (tid == 0)
+      sm.produce(&map_k, &map_v, n0, bkv, &map_q, &map_do, steps,
+                 [&](int it) { return make_int2(row_of(it), head_of(it)); });
     return;
   }
 
@@ -507,31 +556,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < HS / 2; ++i) dk[i] = dv[i] = 0.f;
 
-  mbar_wait(kv_full, 0);
+  mbar_wait(sm.resident(), 0);
   for (int it = 0; it < steps; ++it) {
     const int s = it % kStages;
-    const int bh = b * p.NH + hkv * group + it / per_head;
-    const int q0 = (first + it % per_head) * kBwdRows;
-    mbar_wait(full(s), (it / kStages) & 1);
-    const uint32_t qt = q_tile(s), dot = do_tile(s);
+    const int bh = head_of(it), q0 = row_of(it);
+    mbar_wait(sm.full(s), (it / kStages) & 1);
+    const uint32_t qt = sm.ring_a(s), dot = sm.ring_b(s);
 
-    // S^T (64 keys x 64 queries) = K Q^T and dP^T = V dO^T, over HS in k-steps of 16.
+    // S^T (64 keys x 64 queries) = K Q^T and dP^T = V dO^T.
     float x[32], dp[32];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
-      wgmma_ss_n64<T>(x, descriptor(k_tile + a_off, 16, 1024), descriptor(qt + b_off, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
-      wgmma_ss_n64<T>(dp, descriptor(v_tile + a_off, 16, 1024), descriptor(dot + b_off, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
+    two_products<T, HS>(x, dp, sm.a, qt, sm.b, dot, c);
 
     // While dP^T is being computed: P^T, column by column (a column is a query), kept in x.
     // A row that sees no key has lse -inf and takes no part (its P is 0), as do rows past T.
@@ -587,7 +621,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dk, sf[t], descriptor(qt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
     wgmma_wait<0>();
-    if (tid == 0) mbar_arrive(empty(s));
+    if (tid == 0) mbar_arrive(sm.empty(s));
   }
 
   T* dk_out = static_cast<T*>(p.dk) + int64_t(bkv) * p.S * HS;
@@ -604,55 +638,23 @@ __global__ void __launch_bounds__(kThreads, 1)
                             const __grid_constant__ CUtensorMap map_v,
                             const __grid_constant__ CUtensorMap map_do, BwdParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = BwdLayout<HS>;
   extern __shared__ __align__(1024) unsigned char smem[];
-  const uint32_t q_tile = (smem_addr(smem) + 1023) & ~uint32_t(1023);
-  const uint32_t do_tile = q_tile + L::kBig, ring = do_tile + L::kBig;
-  auto k_tile = [&](int s) { return ring + s * 2 * L::kSmall; };
-  auto v_tile = [&](int s) { return ring + s * 2 * L::kSmall + L::kSmall; };
-  const uint32_t bars = ring + kStages * 2 * L::kSmall;
-  const uint32_t q_full = bars;
-  auto full = [&](int s) { return bars + 8 * (1 + s); };
-  auto empty = [&](int s) { return bars + 8 * (1 + kStages + s); };
+  const BwdSmem<HS> sm(smem);  // resident: Q (a) and dO (b); ring: K and V tiles
 
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kDqRows;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
   const int bh = b * p.NH + h, bkv = b * p.NKV + h / (p.NH / p.NKV);
-  const int end = p.causal ? min(p.S, m0 + kDqRows + p.S - p.T) : p.S;
-  const int n_tiles = end <= 0 ? 0 : (end + kDqKeys - 1) / kDqKeys;
+  const int n_tiles = key_tiles<kDqRows, kDqKeys>(m0, p.T, p.S, p.causal);
 
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), 2);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (threadIdx.x == 0) sm.init_barriers();
   __syncthreads();
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-    if (tid == 0) {
-      mbar_expect_tx(q_full, 2 * L::kBig);
-      for (int i = 0; i < L::kBoxes; ++i) {
-        for (int r = 0; r < 2; ++r) {  // 128 rows as two boxes of 64: the same layout as one
-          const uint32_t off = i * kBoxBytes + r * kHalfBoxBytes;
-          tma_load(q_tile + off, &map_q, 64 * i, m0 + 64 * r, bh, q_full);
-          tma_load(do_tile + off, &map_do, 64 * i, m0 + 64 * r, bh, q_full);
-        }
-      }
-      for (int j = 0; j < n_tiles; ++j) {
-        const int s = j % kStages, round = j / kStages;
-        if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
-        mbar_expect_tx(full(s), 2 * L::kSmall);
-        for (int i = 0; i < L::kBoxes; ++i) {
-          tma_load(k_tile(s) + i * kHalfBoxBytes, &map_k, 64 * i, j * kDqKeys, bkv, full(s));
-          tma_load(v_tile(s) + i * kHalfBoxBytes, &map_v, 64 * i, j * kDqKeys, bkv, full(s));
-        }
-      }
-    }
+    if (tid == 0)
+      sm.produce(&map_q, &map_do, m0, bh, &map_k, &map_v, n_tiles,
+                 [&](int j) { return make_int2(j * kDqKeys, bkv); });
     return;
   }
 
@@ -673,29 +675,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < HS / 2; ++i) dq[i] = 0.f;
 
-  mbar_wait(q_full, 0);
+  mbar_wait(sm.resident(), 0);
   for (int j = 0; j < n_tiles; ++j) {
     const int s = j % kStages;
-    mbar_wait(full(s), (j / kStages) & 1);
-    const uint32_t kt = k_tile(s), vt = v_tile(s);
+    mbar_wait(sm.full(s), (j / kStages) & 1);
+    const uint32_t kt = sm.ring_a(s), vt = sm.ring_b(s);
 
-    // S (64 rows x 64 keys) = Q K^T and dP = dO V^T over HS in k-steps of 16.
+    // S (64 rows x 64 keys) = Q K^T and dP = dO V^T.
     float x[32], dp[32];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
-      wgmma_ss_n64<T>(x, descriptor(q_tile + a_off, 16, 1024), descriptor(kt + b_off, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBoxBytes + c * 64 * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kHalfBoxBytes + (kk % 4) * 32;
-      wgmma_ss_n64<T>(dp, descriptor(do_tile + a_off, 16, 1024), descriptor(vt + b_off, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
+    two_products<T, HS>(x, dp, sm.a, kt, sm.b, vt, c);
 
     // P into x while dP is being computed, then dS = P (dP - D').
     const int key0 = j * kDqKeys;
@@ -723,7 +711,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int t = 0; t < kDqKeys / 16; ++t) wgmma_rs<T, HS>(dq, sf[t], descriptor(kt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
     wgmma_wait_all();
-    if (tid == 0) mbar_arrive(empty(s));
+    if (tid == 0) mbar_arrive(sm.empty(s));
   }
 
   store_rows<T, HS>(static_cast<T*>(p.dq) + int64_t(bh) * p.T * HS, dq, row_a, p.T, col, p.scale);
