@@ -29,6 +29,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../pack.cuh"
 #include "hopper.cuh"
 #include "sm90a.h"
 
@@ -163,17 +164,6 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
     LS_ASM("f16");
 #undef LS_ASM
 }
-template <typename T>
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
@@ -314,8 +304,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       sum_a += p0 + p1;
       sum_b += p2 + p3;
       // columns 8n.. of k-step n / 2: registers {0, 1} for the first 8 keys, {2, 3} the next
-      pf[n / 2][(n % 2) * 2] = pack<T>(p0, p1);
-      pf[n / 2][(n % 2) * 2 + 1] = pack<T>(p2, p3);
+      pf[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+      pf[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
     }
     l_a = l_a * alpha_a + sum_a;
     l_b = l_b * alpha_b + sum_b;
@@ -353,10 +343,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int n = 0; n < HS / 8; ++n) {
     if (row_a < p.T)
       *reinterpret_cast<uint32_t*>(out + int64_t(row_a) * HS + 8 * n + col) =
-          pack<T>(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
+          pack2<T>(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
     if (row_b < p.T)
       *reinterpret_cast<uint32_t*>(out + int64_t(row_b) * HS + 8 * n + col) =
-          pack<T>(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
+          pack2<T>(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
   }
   if (lane % 4 == 0) {
     float* lse = p.lse + int64_t(bh) * p.T;
@@ -423,10 +413,10 @@ __device__ __forceinline__ void store_rows(T* dst, const float (&acc)[HS / 2], i
   for (int n = 0; n < HS / 8; ++n) {
     if (row < limit)
       *reinterpret_cast<uint32_t*>(dst + int64_t(row) * HS + 8 * n + col) =
-          pack<T>(acc[4 * n] * scale, acc[4 * n + 1] * scale);
+          pack2<T>(acc[4 * n] * scale, acc[4 * n + 1] * scale);
     if (row + 8 < limit)
       *reinterpret_cast<uint32_t*>(dst + int64_t(row + 8) * HS + 8 * n + col) =
-          pack<T>(acc[4 * n + 2] * scale, acc[4 * n + 3] * scale);
+          pack2<T>(acc[4 * n + 2] * scale, acc[4 * n + 3] * scale);
   }
 }
 
@@ -591,8 +581,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (masked && (key >= p.S || (p.causal && key > t + p.S - p.T))) pv = 0.f;
         x[i] = pv;
       }
-      pf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n], x[4 * n + 1]);
-      pf[n / 2][(n % 2) * 2 + 1] = pack<T>(x[4 * n + 2], x[4 * n + 3]);
+      pf[n / 2][(n % 2) * 2] = pack2<T>(x[4 * n], x[4 * n + 1]);
+      pf[n / 2][(n % 2) * 2 + 1] = pack2<T>(x[4 * n + 2], x[4 * n + 3]);
     }
     // dV += P^T dO (k-steps over 16 queries, 2048 bytes; dO transposed), running while dS^T is
     // formed.
@@ -611,9 +601,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       const float d0 = dcol[2 * n], d1 = dcol[2 * n + 1];
-      sf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n] * (dp[4 * n] - d0), x[4 * n + 1] * (dp[4 * n + 1] - d1));
+      sf[n / 2][(n % 2) * 2] = pack2<T>(x[4 * n] * (dp[4 * n] - d0), x[4 * n + 1] * (dp[4 * n + 1] - d1));
       sf[n / 2][(n % 2) * 2 + 1] =
-          pack<T>(x[4 * n + 2] * (dp[4 * n + 2] - d0), x[4 * n + 3] * (dp[4 * n + 3] - d1));
+          pack2<T>(x[4 * n + 2] * (dp[4 * n + 2] - d0), x[4 * n + 3] * (dp[4 * n + 3] - d1));
     }
     // dK += dS^T Q (Q transposed).
     wgmma_fence();
@@ -700,9 +690,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint32_t sf[4][4];  // dS as the A operand of 4 k-steps of 16 keys
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
-      sf[n / 2][(n % 2) * 2] = pack<T>(x[4 * n] * (dp[4 * n] - d_a), x[4 * n + 1] * (dp[4 * n + 1] - d_a));
+      sf[n / 2][(n % 2) * 2] = pack2<T>(x[4 * n] * (dp[4 * n] - d_a), x[4 * n + 1] * (dp[4 * n + 1] - d_a));
       sf[n / 2][(n % 2) * 2 + 1] =
-          pack<T>(x[4 * n + 2] * (dp[4 * n + 2] - d_b), x[4 * n + 3] * (dp[4 * n + 3] - d_b));
+          pack2<T>(x[4 * n + 2] * (dp[4 * n + 2] - d_b), x[4 * n + 3] * (dp[4 * n + 3] - d_b));
     }
 
     // dQ += dS K: k-steps over 16 keys (2048 bytes), K transposed.

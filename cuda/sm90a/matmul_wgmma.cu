@@ -28,6 +28,7 @@
 //   (the copy engine's rule); otherwise gemm() declines and cuda/matmul.cu runs its mma.sync path.
 #include "sm90a.h"
 
+#include "../pack.cuh"
 #include "hopper.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -93,10 +94,7 @@ template <typename T>
 __device__ __forceinline__ void store_pair(T* c, int64_t off, float x, float y, bool both,
                                            bool paired) {
   if (both && paired) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      *reinterpret_cast<__nv_bfloat162*>(c + off) = __floats2bfloat162_rn(x, y);
-    else
-      *reinterpret_cast<__half2*>(c + off) = __floats2half2_rn(x, y);
+    *reinterpret_cast<uint32_t*>(c + off) = pack2<T>(x, y);
   } else {
     c[off] = T(x);
     if (both) c[off + 1] = T(y);
