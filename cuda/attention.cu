@@ -37,8 +37,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 #include "core/registry.h"
@@ -904,18 +902,6 @@ double scale_of(const Attrs& a, int64_t HS) {
   return a.f("scale", HS > 0 ? 1.0 / std::sqrt(double(HS)) : 1.0);
 }
 
-#ifdef LLMSCRATCH_SM90A
-// The TMA + wgmma forward of cuda/sm90a/ on compute capability 9.0, unless LLMSCRATCH_ATTENTION=mma
-// asks for the mma.sync kernel (read per call, so tests and benchmarks can compare the two).
-bool use_sm90a() {
-  const char* choice = std::getenv("LLMSCRATCH_ATTENTION");
-  if (choice && std::strcmp(choice, "mma") == 0) return false;
-  int dev = 0;
-  check(cudaGetDevice(&dev), "attention");
-  return sm90a::available(dev);
-}
-#endif
-
 template <typename T>
 void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                   const MaskRef& mask, const Dims& n, double scale, bool causal, bool flash) {
@@ -924,7 +910,7 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
   T* po = out.data<T>();
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
 #ifdef LLMSCRATCH_SM90A
-    if (flash && use_sm90a()) {
+    if (flash && sm90a::chosen("LLMSCRATCH_ATTENTION")) {
       sm90a::AttentionProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv, po,
                                 lse.data<float>(), int(n.B), int(n.NH), int(n.NKV), int(n.T),
                                 int(n.S), float(scale), causal};
@@ -962,7 +948,7 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
           po, pdo, pdl, dd.data<float>(), rows, int(n.HS));
       check_launch("attention_backward");
 #ifdef LLMSCRATCH_SM90A
-      if (use_sm90a()) {
+      if (sm90a::chosen("LLMSCRATCH_ATTENTION")) {
         sm90a::AttentionBackwardProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv,
                                           pdo, lse.data<float>(), dd.data<float>(), dq.data<T>(),
                                           dk.data<T>(), dv.data<T>(), int(n.B), int(n.NH),

@@ -43,8 +43,6 @@
 // Limits: M, N, K below 2^31 each.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "core/registry.h"
@@ -271,16 +269,11 @@ void batch_dims(const Shape& batch, const Tensor& a, const Tensor& b, std::vecto
 
 #ifdef LLMSCRATCH_SM90A
 // The wgmma kernel of cuda/sm90a/ on compute capability 9.0, unless LLMSCRATCH_GEMM=mma asks for
-// the mma.sync kernel (read per call, so tests and benchmarks can compare the two). False when it
-// is not available or declines the operands (the copy engine's alignment rules, or batch dims
-// that do not fold into one stride per operand).
+// the mma.sync kernel. False when it is not chosen or declines the operands (the copy engine's
+// alignment rules, or batch dims that do not fold into one stride per operand).
 template <typename T>
 bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
-  const char* choice = std::getenv("LLMSCRATCH_GEMM");
-  if (choice && std::strcmp(choice, "mma") == 0) return false;
-  int dev = 0;
-  check(cudaGetDevice(&dev), "matmul");
-  if (!sm90a::available(dev) || p.batch.nd > 1 || nbatch > 65535) return false;
+  if (p.batch.nd > 1 || nbatch > 65535 || !sm90a::chosen("LLMSCRATCH_GEMM")) return false;
   // A stride of a size-1 dim is never stepped; the copy engine still wants it aligned.
   auto ld = [](int64_t stride, int64_t outer, int64_t inner) {
     return outer == 1 ? (inner + 7) / 8 * 8 : stride;

@@ -3,6 +3,8 @@
 #include "sm90a.h"
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 namespace ls::cuda::sm90a {
 
@@ -44,6 +46,17 @@ bool make_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t inner, int64
                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
+}
+
+bool chosen(const char* choice) {
+  const char* want = std::getenv(choice);
+  if (want && std::strcmp(want, "mma") == 0) return false;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return available(device);
 }
 
 bool available(int device) {

@@ -28,6 +28,11 @@ struct GemmProblem {
 // True when `device` runs the sm_90a kernels (compute capability 9.0).
 bool available(int device);
 
+// True when the current device runs the sm_90a kernels and the environment variable `choice`
+// (LLMSCRATCH_GEMM, LLMSCRATCH_ATTENTION) does not ask for the mma.sync kernels ("mma"). Read per
+// call, so tests and benchmarks can compare the two in one process.
+bool chosen(const char* choice);
+
 // Launches the GEMM on `stream` and returns true, or returns false without launching when the
 // problem does not meet the copy engine's rules (16-byte aligned bases, leading dims and batch
 // strides in multiples of 8 elements) so the caller takes another path. Launch errors are left
