@@ -43,14 +43,14 @@ _REDUCTIONS = ("none", "sum", "mean")
 
 
 @triton.jit
-def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ignore_index, eps,
-                       SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    x_row = X + n * V  # points at logits[n, :]
+def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over the logits row at x_row: its log-sum-exp (online max and sum of exp), the
+    target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without)."""
     cols = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK], dtype=tl.float32)
     xsum = tl.zeros([BLOCK], dtype=tl.float32)
+    xt = tl.zeros([BLOCK], dtype=tl.float32)
     for off in tl.range(0, V, BLOCK):
         mask = off + cols < V
         x = tl.load(x_row + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
@@ -58,16 +58,27 @@ def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ignore_index, eps,
         seen = m_new > float("-inf")
         s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
         m = m_new
+        if WANT_XT:
+            xt += tl.where(off + cols == t, x, 0.0)
         if SMOOTH:
             xsum += tl.where(mask, x, 0.0)
     m_row = tl.max(m, axis=0)
     lse = m_row + tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - m_row), 0.0), axis=0))
+    return lse, tl.sum(xt, axis=0), tl.sum(xsum, axis=0)
+
+
+@triton.jit
+def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ignore_index, eps,
+                       SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    x_row = X + n * V  # points at logits[n, :]
+    lse, _, xsum = _row_lse(x_row, V, 0, SMOOTH, False, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     valid = t != ignore_index
     x_t = tl.load(x_row + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
     loss = (1.0 - eps) * (lse - x_t)
     if SMOOTH:
-        loss += eps * (lse - tl.sum(xsum, axis=0) / V)
+        loss += eps * (lse - xsum / V)
     tl.store(LSE + n, lse.to(LSE.dtype.element_ty))
     tl.store(LOSS + n, tl.where(valid, loss, 0.0))
 
@@ -104,25 +115,11 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ignore_index, eps,
     cols = tl.arange(0, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     if t != ignore_index:
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK], dtype=tl.float32)
-        xsum = tl.zeros([BLOCK], dtype=tl.float32)
-        xt = tl.zeros([BLOCK], dtype=tl.float32)
-        for off in tl.range(0, V, BLOCK):
-            mask = off + cols < V
-            x = tl.load(x_row + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, x)
-            seen = m_new > float("-inf")
-            s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
-            m = m_new
-            xt += tl.where(off + cols == t, x, 0.0)
-            if SMOOTH:
-                xsum += tl.where(mask, x, 0.0)
-        m_row = tl.max(m, axis=0)
-        lse = m_row + tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - m_row), 0.0), axis=0))
-        loss = (1.0 - eps) * (lse - tl.sum(xt, axis=0))
+        # x[t] is taken in the same pass: the second pass overwrites the row
+        lse, xt, xsum = _row_lse(x_row, V, t, SMOOTH, True, BLOCK)
+        loss = (1.0 - eps) * (lse - xt)
         if SMOOTH:
-            loss += eps * (lse - tl.sum(xsum, axis=0) / V)
+            loss += eps * (lse - xsum / V)
         tl.store(LOSS + n, loss)
         if MEAN:
             k = 1.0 / tl.load(COUNT).to(tl.float32)
