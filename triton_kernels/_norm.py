@@ -1,0 +1,146 @@
+"""The kernels behind layer_norm.py and rms_norm.py: one forward and one backward, rms_norm
+being the case without centring (CENTERED false: no mean, no bias); the math of each op is in
+its own module's docstring.
+
+Forward: one program per row, the row in registers (C <= 65536): for layer_norm the mean, then
+the variance as the mean of squared deviations (two passes over registers, no cancellation); for
+rms_norm one sum of squares; one scaled store. With ADD (the add_ variants) the program first
+forms h = x + r, rounded to x's dtype as a separate add would be, stores it and normalises it
+from registers.
+Backward: a fixed number of programs stride over the rows; each writes dx of its rows (with HAS_DH
+the residual stream's gradient dh added before the one store) and keeps float32 partials of
+dw/db in registers, stored as one row of a (programs, C) buffer that torch sums afterwards, so
+the result does not depend on scheduling (no atomics).
+Statistics are float32 for 16-bit x (as torch); arithmetic is float32 throughout.
+References: Liger-Kernel's layer_norm and rms_norm (the same partial-sum scheme for dw/db).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_row, num_programs, row_warps, stat_dtype
+
+
+@triton.jit
+def _norm_fwd(X, RES, H, W, B, Y, MEAN, RSTD, C, eps, CENTERED: tl.constexpr, ADD: tl.constexpr,
+              HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < C
+    x = tl.load(X + row * C + cols, mask=mask, other=0.0)  # x[row, :]
+    if ADD:  # normalise h = x + r (RES, H: r[row, :], h[row, :]), rounded as a separate add
+        r = tl.load(RES + row * C + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(H.dtype.element_ty)
+        tl.store(H + row * C + cols, x, mask=mask)
+    x = x.to(tl.float32)
+    if CENTERED:
+        mean = tl.sum(x, axis=0) / C
+        d = tl.where(mask, x - mean, 0.0)
+    else:
+        d = x
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    y = d * rstd
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * C + cols, y.to(Y.dtype.element_ty), mask=mask)
+    if CENTERED:
+        tl.store(MEAN + row, mean.to(MEAN.dtype.element_ty))
+    tl.store(RSTD + row, rstd.to(RSTD.dtype.element_ty))
+
+
+@triton.jit
+def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.constexpr,
+              HAS_DH: tl.constexpr, HAS_W: tl.constexpr, WANT_DW: tl.constexpr,
+              WANT_DB: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < C
+    if HAS_W:
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    db = tl.zeros([BLOCK], dtype=tl.float32)
+    # Rows pid, pid + nprog, ...; the row index is int64 so row * C cannot overflow.
+    for i in tl.range(0, tl.cdiv(R - pid, nprog)):
+        row = pid.to(tl.int64) + i * nprog
+        x = tl.load(X + row * C + cols, mask=mask, other=0.0).to(tl.float32)  # x[row, :]
+        g = tl.load(G + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+        if CENTERED:
+            mean = tl.load(MEAN + row).to(tl.float32)
+            rstd = tl.load(RSTD + row).to(tl.float32)
+            xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+        else:
+            rstd = tl.load(RSTD + row).to(tl.float32)
+            xhat = x * rstd
+        if HAS_W:
+            dxhat = g * w
+        else:
+            dxhat = g
+        m2 = tl.sum(dxhat * xhat, axis=0) / C
+        if CENTERED:
+            dx = rstd * (dxhat - tl.sum(dxhat, axis=0) / C - xhat * m2)
+        else:
+            dx = rstd * (dxhat - xhat * m2)
+        if HAS_DH:  # the add_ variants: the residual stream's gradient joins dx
+            dx += tl.load(DH + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row * C + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        if WANT_DW:
+            dw += g * xhat
+        if WANT_DB:
+            db += g
+    if WANT_DW:
+        tl.store(DW_PART + pid * C + cols, dw, mask=mask)
+    if WANT_DB:
+        tl.store(DB_PART + pid * C + cols, db, mask=mask)
+
+
+def optional(inputs, i):
+    return inputs[i].contiguous() if len(inputs) > i and inputs[i] is not None else None
+
+
+def forward(op, x, res, w, b, eps, centered):
+    """[h] (with res) + [y] + [mean] (centered) + [rstd]."""
+    x = x.contiguous()
+    C = x.shape[-1]
+    check_row(op, C)
+    R = x.numel() // C if C else 0
+    h = torch.empty_like(x) if res is not None else None
+    y = torch.empty_like(x)
+    rstd = torch.empty(x.shape[:-1], dtype=stat_dtype(x.dtype), device=x.device)
+    mean = torch.empty_like(rstd) if centered else None
+    if R and C:
+        block = triton.next_power_of_2(C)
+        _norm_fwd[(R,)](x, res if res is not None else x, h if h is not None else y,
+                        w if w is not None else x, b if b is not None else x, y,
+                        mean if centered else rstd, rstd, C, eps, CENTERED=centered,
+                        ADD=res is not None, HAS_W=w is not None, HAS_B=b is not None,
+                        BLOCK=block, num_warps=row_warps(block))
+    return ([h] if h is not None else []) + [y] + ([mean] if centered else []) + [rstd]
+
+
+def backward(op, g, dh, x, w, mean, rstd, attrs):
+    """[dx, dw] + [db] for layer_norm (mean given); a gradient not asked for has shape (0,)."""
+    centered = mean is not None
+    g, x, rstd = g.contiguous(), x.contiguous(), rstd.contiguous()
+    mean = mean.contiguous() if centered else rstd
+    want_dw = bool(attrs.get("dweight", False))
+    want_db = centered and bool(attrs.get("dbias", False))
+    C = x.shape[-1]
+    check_row(op, C)
+    R = rstd.numel()
+    dx = torch.empty_like(x)
+    nprog = num_programs(x.device, R)
+    dw_part = torch.zeros((nprog, C) if want_dw else (1,), dtype=torch.float32, device=x.device)
+    db_part = torch.zeros((nprog, C) if want_db else (1,), dtype=torch.float32, device=x.device)
+    if R and C:
+        block = triton.next_power_of_2(C)
+        _norm_bwd[(nprog,)](g, dh if dh is not None else g, x, w if w is not None else x, mean,
+                            rstd, dx, dw_part, db_part, R, C, CENTERED=centered,
+                            HAS_DH=dh is not None, HAS_W=w is not None, WANT_DW=want_dw,
+                            WANT_DB=want_db, BLOCK=block, num_warps=row_warps(block))
+    empty = x.new_empty((0,))
+    dw = dw_part.sum(0).to(x.dtype) if want_dw else empty
+    db = db_part.sum(0).to(x.dtype) if want_db else empty
+    return [dx, dw] + ([db] if centered else [])
