@@ -337,6 +337,28 @@ __global__ void __launch_bounds__(FwdCfg<HS>::NW * 32, 1)
 
 // ================================ backward, tensor cores ================================
 
+// acc (the warp's 16 rows x BM columns, as BM / 8 mma accumulators) = A B^T over HS, A the rows
+// warp * 16.. of tile sA, B the BM rows of tile sB, both stored [row][HS]: the S^T = K Q^T and
+// dP^T = V dO^T products of the backward.
+template <typename T, int HS, int BM>
+__device__ __forceinline__ void warp_rows_times_cols(float (&acc)[BM / 8][4], uint32_t sA,
+                                                     uint32_t sB, int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < BM / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; ++kk) {
+    uint32_t a[4];
+    ldsm_x4(a_addr<HS>(sA, warp * 16, kk, lane), a);
+#pragma unroll
+    for (int np = 0; np < BM / 16; ++np) {
+      uint32_t bb[4];
+      ldsm_x4(bn_addr<HS>(sB, np * 16, kk, lane), bb);
+      mma16816<T>(acc[2 * np], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * np + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
 constexpr int kBwdWarps = 8;  // 128 keys per CTA
 constexpr int kBwdBM = 64;    // query rows per step
 
@@ -448,20 +470,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
     // S^T = K Q^T (16 keys x BM rows per warp) -> P^T
     float p[BM / 8][4];
-#pragma unroll
-    for (int i = 0; i < BM / 8; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_x4(a_addr<HS>(sK, warp * 16, kk, lane), a);
-#pragma unroll
-      for (int np = 0; np < BM / 16; ++np) {
-        uint32_t bb[4];
-        ldsm_x4(bn_addr<HS>(qt, np * 16, kk, lane), bb);
-        mma16816<T>(p[2 * np], a, bb[0], bb[1]);
-        mma16816<T>(p[2 * np + 1], a, bb[2], bb[3]);
-      }
-    }
+    warp_rows_times_cols<T, HS, BM>(p, sK, qt, warp, lane);
     const bool edge = n0 + BN > S || (causal && n0 + BN - 1 > t0 + shift);
 #pragma unroll
     for (int i = 0; i < BM / 8; ++i)
@@ -496,20 +505,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
     // dP^T = V dO^T, then dS^T = P^T (dP^T - D') in place of P^T
     {
       float dp[BM / 8][4];
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < HS / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4(a_addr<HS>(sV, warp * 16, kk, lane), a);
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t bb[4];
-          ldsm_x4(bn_addr<HS>(dot, np * 16, kk, lane), bb);
-          mma16816<T>(dp[2 * np], a, bb[0], bb[1]);
-          mma16816<T>(dp[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
+      warp_rows_times_cols<T, HS, BM>(dp, sV, dot, warp, lane);
 #pragma unroll
       for (int i = 0; i < BM / 8; ++i)
 #pragma unroll
