@@ -90,6 +90,19 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
+def _visible_keys(m0, T, S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys [0, end) are visible to some row of the query block at m0; keys [0, full_end), a
+    multiple of BLOCK_N, to every row of it, so the blocks there need no mask."""
+    if CAUSAL:
+        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
+        full_end = tl.minimum(tl.maximum(m0 + 1 + S - T, 0), S) // BLOCK_N * BLOCK_N
+    else:
+        end = S
+        full_end = S // BLOCK_N * BLOCK_N
+    return end, full_end
+
+
+@triton.jit
 def _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m, offs_d,
                n_lo, n_hi, S, T, qk_scale, HS: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -160,13 +173,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HSP), tl.float32)
-    # keys [0, full_end) need no mask for any row of the block; [full_end, end) are masked
-    if CAUSAL:
-        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
-        full_end = tl.minimum(tl.maximum(m0 + 1 + S - T, 0), S) // BLOCK_N * BLOCK_N
-    else:
-        end = S
-        full_end = S // BLOCK_N * BLOCK_N
+    end, full_end = _visible_keys(m0, T, S, CAUSAL, BLOCK_M, BLOCK_N)
     acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m,
                                offs_d, 0, full_end, S, T, qk_scale, HS, False, CAUSAL, BLOCK_N, FP32)
     acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, sks, skd, svs, svd, offs_m,
@@ -262,12 +269,7 @@ def _attn_fwd_tma_kernel(q_desc, k_desc, v_desc, k_ptr, v_ptr, o_ptr, lse_ptr,
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HS), tl.float32)
-    if CAUSAL:
-        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
-        full_end = tl.minimum(tl.maximum(m0 + 1 + S - T, 0), S) // BLOCK_N * BLOCK_N
-    else:
-        end = S
-        full_end = S // BLOCK_N * BLOCK_N
+    end, full_end = _visible_keys(m0, T, S, CAUSAL, BLOCK_M, BLOCK_N)
     acc, m_i, l_i = _fwd_block_tma(acc, m_i, l_i, q, k_desc, v_desc, k_ptr, v_ptr, kv_row, offs_m,
                                    0, full_end, S, T, qk_scale, HS, False, CAUSAL, EVEN_S, BLOCK_N)
     acc, m_i, l_i = _fwd_block_tma(acc, m_i, l_i, q, k_desc, v_desc, k_ptr, v_ptr, kv_row, offs_m,
@@ -408,10 +410,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
     k_base = k_ptr + b.to(tl.int64) * skb + g.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + g.to(tl.int64) * svh
     dq = tl.zeros((BLOCK_M, HSP), tl.float32)
-    if CAUSAL:
-        end = tl.minimum(tl.maximum(m0 + BLOCK_M + S - T, 0), S)
-    else:
-        end = S
+    end, _ = _visible_keys(m0, T, S, CAUSAL, BLOCK_M, BLOCK_N)
     for n0 in range(0, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[None, :] < S) & dmask[:, None]
