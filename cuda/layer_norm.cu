@@ -26,6 +26,7 @@
 // (deterministic).
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "norm.cuh"
 
@@ -56,7 +57,7 @@ Tensors layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 1, 3, op);
   const double eps = a.f("eps", 1e-5);
   Tensor w = cpu::optional_input(in, 1), b = cpu::optional_input(in, 2);
-  norm::check_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, op);
+  ops::check_norm_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, op);
   return norm_forward(in[0], Tensor(), w, b, eps, op);
 }
 
@@ -65,8 +66,8 @@ Tensors add_layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 2, 4, op);
   const double eps = a.f("eps", 1e-5);
   Tensor w = cpu::optional_input(in, 2), b = cpu::optional_input(in, 3);
-  norm::check_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, op);
-  norm::check_residual(in[0], in[1], op, "residual");
+  ops::check_norm_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, op);
+  ops::check_norm_residual(in[0], in[1], op, "residual");
   return norm_forward(in[0], in[1], w, b, eps, op);
 }
 
@@ -74,7 +75,7 @@ Tensors add_layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 // {g, x, weight or None, mean, rstd} (x is h for the fused op) and runs the kernels.
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in, const Tensor& w_in,
                  const Tensor& mean_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
-  norm::check_args(x_in, {{&w_in, "weight"}}, 0.0, op);
+  ops::check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
   cpu::expect_same_dtype(x_in, g_in, op, "gradient");
   for (const Tensor* t : {&mean_in, &rstd_in})
     LS_CHECK(is_floating(t->dtype()), TypeError, op, ": statistics must be floating-point, got ",
@@ -85,7 +86,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
   LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
            shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
   const bool has_dh = dh_in.defined();
-  if (has_dh) norm::check_residual(x_in, dh_in, op, "residual gradient");
+  if (has_dh) ops::check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = ops::contiguous(g_in), x = ops::contiguous(x_in);
   Tensor dh = has_dh ? ops::contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? ops::contiguous(w_in) : Tensor();

@@ -307,33 +307,6 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
 
 // ---- host side ----
 
-// Validation shared by the entries of both ops (call() can reach the kernels directly): x
-// floating with at least one dimension, each defined parameter of shape (C,) and x's dtype.
-inline void check_args(const Tensor& x, std::initializer_list<std::pair<const Tensor*, const char*>> params,
-                       double eps, const char* op) {
-  LS_CHECK(x.defined(), ValueError, op, ": input is None");
-  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
-           dtype_name(x.dtype()));
-  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
-  const int64_t C = x.size(-1);
-  for (auto [p, name] : params) {
-    if (!p->defined()) continue;
-    LS_CHECK(p->shape() == Shape{C}, ValueError, op, ": ", name, " of shape ", shape_str(p->shape()),
-             " does not match the normalized dimension of input shape ", shape_str(x.shape()),
-             " (expected (", C, ",))");
-    cpu::expect_same_dtype(x, *p, op, name);
-  }
-  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
-}
-
-// The fused ops' second input (the residual r, or dh in their backward): of x's shape and dtype.
-inline void check_residual(const Tensor& x, const Tensor& res, const char* op, const char* name) {
-  LS_CHECK(res.defined(), ValueError, op, ": ", name, " is None");
-  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
-           " does not match the input shape ", shape_str(x.shape()));
-  cpu::expect_same_dtype(x, res, op, name);
-}
-
 // The data pointer of an optional tensor (null when undefined).
 template <typename T> T* opt_ptr(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
 

@@ -22,6 +22,7 @@
 // order (deterministic).
 #include "core/registry.h"
 #include "ops/kernel_checks.h"
+#include "ops/op_args.h"
 #include "ops/ops.h"
 #include "norm.cuh"
 
@@ -50,7 +51,7 @@ Tensors rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 1, 2, op);
   const double eps = a.f("eps", 1e-6);
   Tensor w = cpu::optional_input(in, 1);
-  norm::check_args(in[0], {{&w, "weight"}}, eps, op);
+  ops::check_norm_args(in[0], {{&w, "weight"}}, eps, op);
   return norm_forward(in[0], Tensor(), w, eps, op);
 }
 
@@ -59,8 +60,8 @@ Tensors add_rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 2, 3, op);
   const double eps = a.f("eps", 1e-6);
   Tensor w = cpu::optional_input(in, 2);
-  norm::check_args(in[0], {{&w, "weight"}}, eps, op);
-  norm::check_residual(in[0], in[1], op, "residual");
+  ops::check_norm_args(in[0], {{&w, "weight"}}, eps, op);
+  ops::check_norm_residual(in[0], in[1], op, "residual");
   return norm_forward(in[0], in[1], w, eps, op);
 }
 
@@ -68,7 +69,7 @@ Tensors add_rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 // {g, x, weight or None, rstd} (x is h for the fused op) and runs the kernels.
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in, const Tensor& w_in,
                       const Tensor& rstd_in, const Attrs& a, const char* op) {
-  norm::check_args(x_in, {{&w_in, "weight"}}, 0.0, op);
+  ops::check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
   cpu::expect_same_dtype(x_in, g_in, op, "gradient");
   LS_CHECK(is_floating(rstd_in.dtype()), TypeError, op, ": rstd must be floating-point, got ",
            dtype_name(rstd_in.dtype()));
@@ -77,7 +78,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
   LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
            shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
   const bool has_dh = dh_in.defined();
-  if (has_dh) norm::check_residual(x_in, dh_in, op, "residual gradient");
+  if (has_dh) ops::check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = ops::contiguous(g_in), x = ops::contiguous(x_in);
   Tensor dh = has_dh ? ops::contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? ops::contiguous(w_in) : Tensor();

@@ -36,6 +36,7 @@
 #include "cpu_loops.h"
 #include "cpu_math.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -70,31 +71,6 @@ void layer_norm_rows(const T* x, const T* res, const T* w, const T* b, T* h, T* 
       rstd[r] = rs;
     }
   });
-}
-
-// Validation shared by the typed wrapper and the kernel (which call() can reach directly).
-void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                const char* op = "layer_norm") {
-  LS_CHECK(x.defined(), ValueError, op, ": input is None");
-  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
-           dtype_name(x.dtype()));
-  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
-  int64_t C = x.size(-1);
-  for (auto [p, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
-    if (!p->defined()) continue;
-    LS_CHECK(p->shape() == Shape{C}, ValueError, op, ": ", name, " of shape ",
-             shape_str(p->shape()), " does not match the normalized dimension of input shape ",
-             shape_str(x.shape()), " (expected (", C, ",))");
-    cpu::expect_same_dtype(x, *p, op, name);
-  }
-  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
-}
-
-// add_layer_norm's second input: the residual, of x's shape and dtype.
-void check_residual(const Tensor& x, const Tensor& res, const char* op, const char* name = "residual") {
-  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
-           " does not match the input shape ", shape_str(x.shape()));
-  cpu::expect_same_dtype(x, res, op, name);
 }
 
 // layer_norm (res undefined) -> {y, mean, rstd}, or add_layer_norm -> {h, y, mean, rstd}.
@@ -134,17 +110,19 @@ Tensors norm_forward(const Tensor& x_in, const Tensor& res_in, const Tensor& w_i
 Tensors layer_norm_forward(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 1, 3, "layer_norm");
   double eps = a.f("eps", 1e-5);
-  check_args(in[0], cpu::optional_input(in, 1), cpu::optional_input(in, 2), eps);
-  return norm_forward(in[0], Tensor(), cpu::optional_input(in, 1), cpu::optional_input(in, 2), eps);
+  Tensor w = cpu::optional_input(in, 1), b = cpu::optional_input(in, 2);
+  check_norm_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, "layer_norm");
+  return norm_forward(in[0], Tensor(), w, b, eps);
 }
 
 Tensors add_layer_norm_forward(const Tensors& in, const Attrs& a) {
   const char* op = "add_layer_norm";
   cpu::expect_inputs(in, 2, 4, op);
   double eps = a.f("eps", 1e-5);
-  check_args(in[0], cpu::optional_input(in, 2), cpu::optional_input(in, 3), eps, op);
-  check_residual(in[0], in[1], op);
-  return norm_forward(in[0], in[1], cpu::optional_input(in, 2), cpu::optional_input(in, 3), eps);
+  Tensor w = cpu::optional_input(in, 2), b = cpu::optional_input(in, 3);
+  check_norm_args(in[0], {{&w, "weight"}, {&b, "bias"}}, eps, op);
+  check_norm_residual(in[0], in[1], op, "residual");
+  return norm_forward(in[0], in[1], w, b, eps);
 }
 
 // HasDh: dx = dh + the norm's gradient (add_layer_norm_backward; x is then h).
@@ -222,7 +200,7 @@ void combine_parts(const std::vector<double>& acc, int64_t parts, int64_t C, T* 
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in,
                       const Tensor& w_in, const Tensor& mean_in, const Tensor& rstd_in,
                       const Attrs& a, const char* op) {
-  check_args(x_in, w_in, Tensor(), 0.0, op);
+  check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
   cpu::expect_same_dtype(x_in, g_in, op, "gradient");
   for (const Tensor* t : {&mean_in, &rstd_in}) cpu::expect_same_dtype(x_in, *t, op, "statistic");
   LS_CHECK(mean_in.numel() == rstd_in.numel() && mean_in.numel() * x_in.size(-1) == x_in.numel(),
@@ -230,7 +208,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
            shape_str(rstd_in.shape()), " do not match the input shape ", shape_str(x_in.shape()));
   LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
            shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
-  if (dh_in.defined()) check_residual(x_in, dh_in, op, "residual gradient");
+  if (dh_in.defined()) check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
@@ -278,8 +256,33 @@ Tensors add_layer_norm_backward(const Tensors& in, const Attrs& a) {
 
 }  // namespace
 
+void check_norm_args(const Tensor& x,
+                     std::initializer_list<std::pair<const Tensor*, const char*>> params,
+                     double eps, const char* op) {
+  LS_CHECK(x.defined(), ValueError, op, ": input is None");
+  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
+           dtype_name(x.dtype()));
+  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
+  const int64_t C = x.size(-1);
+  for (auto [p, name] : params) {
+    if (!p->defined()) continue;
+    LS_CHECK(p->shape() == Shape{C}, ValueError, op, ": ", name, " of shape ", shape_str(p->shape()),
+             " does not match the normalized dimension of input shape ", shape_str(x.shape()),
+             " (expected (", C, ",))");
+    cpu::expect_same_dtype(x, *p, op, name);
+  }
+  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
+}
+
+void check_norm_residual(const Tensor& x, const Tensor& res, const char* op, const char* name) {
+  LS_CHECK(res.defined(), ValueError, op, ": ", name, " is None");
+  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
+           " does not match the input shape ", shape_str(x.shape()));
+  cpu::expect_same_dtype(x, res, op, name);
+}
+
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  check_args(x, weight, bias, eps);
+  check_norm_args(x, {{&weight, "weight"}, {&bias, "bias"}}, eps, "layer_norm");
   return call("layer_norm", {x, weight, bias}, {{"eps", eps}})[0];
 }
 

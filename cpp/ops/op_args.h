@@ -1,7 +1,9 @@
 // Argument parsing and validation that an op's CPU and CUDA implementations share, so both raise
 // the same errors for the same bad input (the definitions live in the op's cpp/ops/<stem>.cpp).
 #pragma once
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "core/registry.h"
 
@@ -17,6 +19,15 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
 void check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
 Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
                                                     const std::string& reduction);
+
+// layer_norm.cpp, for layer_norm, rms_norm and their add_ variants: x floating with at least one
+// dimension, each defined parameter (pointer, name) of shape (C,) and x's dtype, eps >= 0; and
+// the fused ops' second input (the residual r, or dh in their backward): defined, of x's shape
+// and dtype.
+void check_norm_args(const Tensor& x,
+                     std::initializer_list<std::pair<const Tensor*, const char*>> params,
+                     double eps, const char* op);
+void check_norm_residual(const Tensor& x, const Tensor& res, const char* op, const char* name);
 
 // swiglu.cpp: two floating-point halves of one dtype and shape.
 void check_swiglu_args(const Tensor& a, const Tensor& b);

@@ -27,6 +27,7 @@
 #include "cpu_loops.h"
 #include "cpu_math.h"
 #include "kernel_checks.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -54,29 +55,6 @@ void rms_norm_rows(const T* x, const T* res, const T* w, T* h, T* y, T* rstd, in
       rstd[r] = rs;
     }
   });
-}
-
-// Validation shared by the typed wrapper and the kernel (which call() can reach directly).
-void check_args(const Tensor& x, const Tensor& weight, double eps, const char* op = "rms_norm") {
-  LS_CHECK(x.defined(), ValueError, op, ": input is None");
-  LS_CHECK(is_floating(x.dtype()), TypeError, op, ": needs a floating-point input, got ",
-           dtype_name(x.dtype()));
-  LS_CHECK(x.dim() >= 1, ValueError, op, ": input must have at least one dimension, got a 0-d tensor");
-  int64_t C = x.size(-1);
-  if (weight.defined()) {
-    LS_CHECK(weight.shape() == Shape{C}, ValueError, op, ": weight of shape ",
-             shape_str(weight.shape()), " does not match the normalized dimension of input shape ",
-             shape_str(x.shape()), " (expected (", C, ",))");
-    cpu::expect_same_dtype(x, weight, op, "weight");
-  }
-  LS_CHECK(eps >= 0, ValueError, op, ": eps must be >= 0, got ", eps);
-}
-
-// add_rms_norm's second input (or its backward's dh): of x's shape and dtype.
-void check_residual(const Tensor& x, const Tensor& res, const char* op, const char* name = "residual") {
-  LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
-           " does not match the input shape ", shape_str(x.shape()));
-  cpu::expect_same_dtype(x, res, op, name);
 }
 
 // rms_norm (res undefined) -> {y, rstd}, or add_rms_norm -> {h, y, rstd}.
@@ -109,17 +87,19 @@ Tensors norm_forward(const Tensor& x_in, const Tensor& res_in, const Tensor& w_i
 Tensors rms_norm_forward(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 1, 2, "rms_norm");
   double eps = a.f("eps", 1e-6);
-  check_args(in[0], cpu::optional_input(in, 1), eps);
-  return norm_forward(in[0], Tensor(), cpu::optional_input(in, 1), eps);
+  Tensor w = cpu::optional_input(in, 1);
+  check_norm_args(in[0], {{&w, "weight"}}, eps, "rms_norm");
+  return norm_forward(in[0], Tensor(), w, eps);
 }
 
 Tensors add_rms_norm_forward(const Tensors& in, const Attrs& a) {
   const char* op = "add_rms_norm";
   cpu::expect_inputs(in, 2, 3, op);
   double eps = a.f("eps", 1e-6);
-  check_args(in[0], cpu::optional_input(in, 2), eps, op);
-  check_residual(in[0], in[1], op);
-  return norm_forward(in[0], in[1], cpu::optional_input(in, 2), eps);
+  Tensor w = cpu::optional_input(in, 2);
+  check_norm_args(in[0], {{&w, "weight"}}, eps, op);
+  check_norm_residual(in[0], in[1], op, "residual");
+  return norm_forward(in[0], in[1], w, eps);
 }
 
 // HasDh: dx = dh + the norm's gradient (add_rms_norm_backward; x is then h).
@@ -168,14 +148,14 @@ void rms_norm_backward_rows(const T* g, const T* dh, const T* x, const T* w, con
 // {g, x, weight or None, rstd} (x is h for the fused op) and runs the rows.
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in,
                       const Tensor& w_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
-  check_args(x_in, w_in, 0.0, op);
+  check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
   cpu::expect_same_dtype(x_in, g_in, op, "gradient");
   cpu::expect_same_dtype(x_in, rstd_in, op, "rstd");
   LS_CHECK(rstd_in.numel() * x_in.size(-1) == x_in.numel(), ValueError, op, ": rstd of shape ",
            shape_str(rstd_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
   LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
            shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
-  if (dh_in.defined()) check_residual(x_in, dh_in, op, "residual gradient");
+  if (dh_in.defined()) check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
@@ -224,7 +204,7 @@ Tensors add_rms_norm_backward(const Tensors& in, const Attrs& a) {
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  check_args(x, weight, eps);
+  check_norm_args(x, {{&weight, "weight"}}, eps, "rms_norm");
   return call("rms_norm", {x, weight}, {{"eps", eps}})[0];
 }
 
