@@ -9,30 +9,13 @@ float dtype), so an output element a kernel forgets to write reads as NaN, and N
 import numpy as np
 
 import llmscratch as ls
-from conftest import rel_err, to_np, torch
-
-DTYPES = [ls.float32, ls.float64, ls.bfloat16, ls.float16]
-TOL = {ls.float32: 1e-5, ls.float64: 1e-12, ls.bfloat16: 1e-2, ls.float16: 2e-3}
+from conftest import rel_err, torch
+from cuda_vs_cpu import FLOATS as DTYPES, TOL, host, ref_dtype, rounded  # noqa: F401 (DTYPES re-exported)
 # Odd shapes: one element, rows shorter and longer than a warp, a vocabulary row that is not a
 # multiple of the vector width, and batch dims.
 SHAPES = [(1, 1), (3, 127), (7, 1023), (5, 50257), (2, 3, 129)]
 
 _rng = np.random.default_rng()  # fresh inputs on every run
-
-
-def ref_dtype(dtype):
-    """The CPU reference dtype for a GPU dtype (the CPU ops are float32/float64)."""
-    return ls.float64 if dtype == ls.float64 else ls.float32
-
-
-def host(t):
-    """A tensor's values as a float64 numpy array on the host."""
-    return to_np(t.detach().cpu().to(dtype=ls.float64))
-
-
-def rounded(a, dtype):
-    """The float64 array a rounded to dtype (and back to float64)."""
-    return host(ls.tensor(np.ascontiguousarray(a, dtype=np.float64)).to(dtype=dtype))
 
 
 def poison_cache():
