@@ -5,8 +5,10 @@
 # pass counts and figures into OUTDIR.
 #   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh OUTDIR
 # STEPS picks the parts (default: all of "test ctest memcheck racecheck bench train"; test-cuda,
-# test-triton and test-rest split "test" for time-limited calls); the sanitizer
+# test-triton and test-rest split "test" for time-limited calls; memcheck-kernels is memcheck over
+# the torch-free bench/sanitize_kernels.py, minutes instead of the tests' half hour); the sanitizer
 # passes stop after SANITIZER_TIMEOUT seconds (exit 124 in the summary: a partial pass).
+# PYTEST_JOBS=N runs the pytest steps in N processes sharing the GPU (needs pytest-xdist).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR}
 steps=${STEPS:-test ctest memcheck racecheck bench train}
@@ -30,7 +32,7 @@ cuda_tests="test_cuda.py test_cuda_ops.py test_cuda_streams_api.py cuda"
 run_pytest() {  # log name, description, pytest arguments
   local name=$1 what=$2
   shift 2
-  python3 -m pytest -q -p no:cacheprovider -rf "$@" >"$out/$name.log" 2>&1
+  python3 -m pytest -q -p no:cacheprovider -rf ${PYTEST_JOBS:+-n "$PYTEST_JOBS"} "$@" >"$out/$name.log" 2>&1
   local rc=$?
   summary+=("pytest $what: \`$(tail -1 "$out/$name.log")\` (exit $rc)" "")
 }
@@ -61,6 +63,12 @@ if has memcheck; then
   rc=$?
   summary+=("compute-sanitizer memcheck on $cuda_tests: \`$(grep -h 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/memcheck.log" | tail -1)\` (exit $rc)" "")
 fi
+if has memcheck-kernels; then
+  (cd "$here" && timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 bench/sanitize_kernels.py) >"$out/memcheck-kernels.log" 2>&1
+  rc=$?
+  summary+=("compute-sanitizer memcheck on bench/sanitize_kernels.py (every kernel family, bf16 and fp32): \`$(grep -h 'ERROR SUMMARY' "$out/memcheck-kernels.log" | tail -1)\` (exit $rc)" "")
+fi
 if has racecheck; then
   # racecheck on a torch-free workload that reaches every kernel family once: under pytest (which
   # loads torch) the pass did not get past start-up within its time limit
@@ -86,4 +94,4 @@ if has train; then
 fi
 printf '%s\n' "${summary[@]}" >"$out/summary.md"
 cat "$out/summary.md"
-grep -hE "^(FAILED|ERROR)" "$out"/pytest.log 2>/dev/null | head -40
+grep -hE "^(FAILED|ERROR)" "$out"/pytest*.log 2>/dev/null | head -40
