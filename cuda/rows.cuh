@@ -89,20 +89,31 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
 // vectors per input that are all loaded before any is used (several 16-byte loads in flight per
 // thread on long rows, for the one-pass kernels that cache nothing; the caching kernels keep
 // U = 1, as a batch next to the cache would spill registers).
+//
+// The cache is filled by loads that are all issued before the first is used: each reads vector
+// j, or vector 0 of the same row when j is past its end (an L1 hit, never used), so no load sits
+// behind a branch of its own. Guarded one by one (if (j < nvec) { load; f }), they compiled to a
+// branch around each load and its use: one 16-byte load in flight per thread, and the norm
+// forward at two thirds of copy bandwidth (bench/notes_cuda_elementwise.md).
 template <bool First, int U = 1, int N, int K, typename T, int V, typename F>
 __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
                                          Vec<T, V> (&c)[N][K], F&& f) {
   const int64_t tx = blockDim.x;
+  if (First && nvec > 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t j = threadIdx.x + k * tx, jl = j < nvec ? j : 0;
+#pragma unroll
+      for (int a = 0; a < N; ++a) c[a][k] = rows[a][jl];
+    }
+  }
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t j = threadIdx.x + k * tx;
     if (j < nvec) {
       Vec<T, V> v[N];
 #pragma unroll
-      for (int a = 0; a < N; ++a) {
-        if (First) c[a][k] = rows[a][j];
-        v[a] = c[a][k];
-      }
+      for (int a = 0; a < N; ++a) v[a] = c[a][k];
       f(j, v);
     }
   }

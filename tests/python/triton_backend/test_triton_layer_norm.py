@@ -5,6 +5,13 @@ from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, tr
 SHAPES = [(1, 1), (3, 7), (2, 5, 127), (4, 1023)]
 
 
+def dx_floor(C):
+    """The floor of the input gradient's relative error. Over one channel the exact dx is 0 and
+    what a kernel returns is the rounding of g w (an FMA may keep it unrounded on one side of
+    dxhat - mean(dxhat)) times rstd = 1 / sqrt(eps), about 316: the floor scales with it."""
+    return 0.1 / 1e-5 ** 0.5 if C == 1 else 0.1
+
+
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
@@ -24,8 +31,8 @@ def test_layer_norm_forward_backward(device, dtype, shape, affine):
     attrs = {"dweight": affine, "dbias": affine}
     bwd = triton_call("layer_norm_backward", [gs, xs, ws, fwd[1], fwd[2]], attrs)
     ref_bwd = cpu_call("layer_norm_backward", [g64, x64, w64, ref[1], ref[2]], attrs)
-    compare("layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4,
-            floor=0.1)
+    compare("layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4, outputs=[0], floor=dx_floor(C))
+    compare("layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4, outputs=[1, 2], floor=0.1)
     if not affine:
         assert tuple(bwd[1].shape) == (0,) and tuple(bwd[2].shape) == (0,)
 
