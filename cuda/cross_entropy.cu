@@ -128,6 +128,15 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
 // keeps 1, its exp needs the registers.
 template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
 
+// Threads per row of the one-pass kernels (forward, backward). A vocabulary row is long: at
+// 1024 threads (one block per SM at the kernels' 64 registers) each SM streamed one row and
+// then sat idle through its reductions; at 256, four rows per SM overlap.
+constexpr int kStreamThreads = 256;
+template <typename T>
+Launch stream_launch(int64_t N, int64_t nvec) {
+  return row_launch<T>(N, nvec, int64_t(1) << 30, kCache, kStreamThreads);
+}
+
 // ---- forward ----
 
 // One row lane per row: lse[n], and the row's loss into row_loss (A, for the reductions) or
@@ -317,11 +326,11 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
           else
             launch(cross_entropy_inplace_kernel<T, 1, I>, row_launch<T>(N, V));
         } else if (vec) {
-          const Launch L = row_launch<T>(N, V / kVec<T>);
+          const Launch L = stream_launch<T>(N, V / kVec<T>);
           cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
                                                                   pt, N, V, ignore, A(eps));
         } else {
-          const Launch L = row_launch<T>(N, V);
+          const Launch L = stream_launch<T>(N, V);
           cross_entropy_kernel<T, 1, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
                                                             N, V, ignore, A(eps));
         }
@@ -420,9 +429,9 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
                                     g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
-        args(cross_entropy_backward_kernel<T, kVec<T>, I>, row_launch<T>(N, V / kVec<T>));
+        args(cross_entropy_backward_kernel<T, kVec<T>, I>, stream_launch<T>(N, V / kVec<T>));
       else
-        args(cross_entropy_backward_kernel<T, 1, I>, row_launch<T>(N, V));
+        args(cross_entropy_backward_kernel<T, 1, I>, stream_launch<T>(N, V));
     });
   });
   check_launch(op);

@@ -305,6 +305,108 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
   if (parts) store_block_partial(acc_block, partial, width);
 }
 
+// ---- backward, rows held in registers ----
+//
+// The backward above keeps one row in flight per row lane: its loads wait while the row is
+// reduced and written, and its 64-register budget (1024-thread blocks) leaves no room to load
+// ahead. For vectorised rows of up to kRegRowThreads * kRegVecs vectors this kernel instead
+//   - gives each block one row at a time, walking rows grid-stride over a grid of as many blocks
+//     as fit on the device at once, so thread x owns the same vectors x + k * blockDim.x
+//     (k < kRegVecs) of every row;
+//   - keeps that thread's share of dw and db in registers (no shared-memory accumulators);
+//   - loads the next row's g and x before reducing the current one (register double buffer),
+//     so the memory system is busy while the row is reduced and written.
+// 256-thread blocks at 128 registers, two per SM. It writes partial[blockIdx.x, :] in
+// column_sum_kernel's order, as backward_kernel does.
+constexpr int kRegRowThreads = 256;
+template <typename T> constexpr int kRegVecs = sizeof(T) == 2 ? 2 : 4;  // 16 elements per thread
+
+template <typename T, int V, bool Centered, bool HasW, bool HasDh>
+__global__ void __launch_bounds__(kRegRowThreads, 2)
+    backward_regs_kernel(T* __restrict__ dx, acc_t<T>* __restrict__ partial, const T* __restrict__ g,
+                         const T* __restrict__ dh, const T* __restrict__ x, const T* __restrict__ w,
+                         const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                         int64_t R, int64_t C, int dw_at, int db_at) {
+  using A = acc_t<T>;
+  constexpr int K = kRegVecs<T>;
+  __shared__ A red[32];
+  const int64_t nvec = C / V, tx = blockDim.x;
+  A dw[K][V], db[K][V];
+  Vec<T, V> wv[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t j = threadIdx.x + k * tx;
+    if (HasW && j < nvec) wv[k] = as_vec<T, V>(w)[j];
+#pragma unroll
+    for (int i = 0; i < V; ++i) dw[k][i] = db[k][i] = A(0);
+  }
+  // Row r's owned vectors, every load issued before any is used (vector 0 stands in past the end).
+  auto load = [&](int64_t r, Vec<T, V> (&gr)[K], Vec<T, V> (&xr)[K]) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t j = threadIdx.x + k * tx, jl = j < nvec ? j : 0;
+      gr[k] = as_vec<T, V>(g + r * C)[jl];
+      xr[k] = as_vec<T, V>(x + r * C)[jl];
+    }
+  };
+  Vec<T, V> cg[K], cx[K];
+  if (blockIdx.x < R) load(blockIdx.x, cg, cx);
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    Vec<T, V> ng[K], nx[K];
+    if (r + gridDim.x < R) load(r + gridDim.x, ng, nx);
+    const A mu = Centered ? mean[r] : A(0), rs = rstd[r];
+    A s1 = 0, s2 = 0;  // sum dxhat (Centered only), sum dxhat xhat
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (threadIdx.x + k * tx >= nvec) continue;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        A gw = convert<A>(cg[k].v[i]);
+        if (HasW) gw *= convert<A>(wv[k].v[i]);
+        if (Centered) s1 += gw;
+        s2 += gw * ((convert<A>(cx[k].v[i]) - mu) * rs);
+      }
+    }
+    const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
+    const A m2 = row_reduce(s2, Sum{}, red) / A(C);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t j = threadIdx.x + k * tx;
+      if (j >= nvec) continue;
+      Vec<T, V> out, dhj;
+      if (HasDh) dhj = as_vec<T, V>(dh + r * C)[j];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A gr = convert<A>(cg[k].v[i]);
+        const A xhat = (convert<A>(cx[k].v[i]) - mu) * rs;
+        const A gw = HasW ? gr * convert<A>(wv[k].v[i]) : gr;
+        const A d = rs * (gw - m1 - xhat * m2);
+        out.v[i] = convert<T>(HasDh ? convert<A>(dhj.v[i]) + d : d);
+        dw[k][i] += gr * xhat;
+        db[k][i] += gr;
+      }
+      as_vec<T, V>(dx + r * C)[j] = out;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      cg[k] = ng[k];
+      cx[k] = nx[k];
+    }
+  }
+  const int parts = (dw_at >= 0) + (db_at >= 0);
+  A* mine = partial + int64_t(blockIdx.x) * parts * C;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t j = threadIdx.x + k * tx;
+    if (j >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (dw_at >= 0) mine[dw_at * C + i * nvec + j] = dw[k][i];
+      if (db_at >= 0) mine[db_at * C + i * nvec + j] = db[k][i];
+    }
+  }
+}
+
 // ---- host side ----
 
 // The data pointer of an optional tensor (null when undefined).
@@ -372,15 +474,37 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
     const A* pm = Centered ? mean.data<A>() : nullptr;
     const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw, pdh});
     const int V = vec ? kVec<T> : 1;
+    // Vectorised 16- and 32-bit rows that fit in registers take backward_regs_kernel.
+    constexpr int K = kRegVecs<T>;
+    const bool in_regs = vec && sizeof(T) < 8 && C / V <= int64_t(kRegRowThreads) * K;
     const AccPlan plan = acc_plan<T>(R, C / V, parts * C, sizeof(A), kMaxLanes * 32 * sizeof(A),
                                      x.device().index);
-    const int64_t blocks = R > 0 ? plan.launch.grid : 0;
+    Launch regs_launch{};
+    if (in_regs) {
+      // pow2 threads of whole warps covering the row with K vectors each; as many blocks as are
+      // resident at once (two per SM at the kernel's register budget), at most one per row.
+      int tx = 32;
+      while (int64_t(tx) * K < C / V) tx *= 2;
+      const int sms = device_attr(cudaDevAttrMultiProcessorCount, x.device().index);
+      regs_launch = {dim3(unsigned(tx)), unsigned(std::min<int64_t>(R, int64_t(sms) * 2 * (kRegRowThreads / tx)))};
+    }
+    const int64_t blocks = R <= 0 ? 0 : in_regs ? regs_launch.grid : plan.launch.grid;
     Tensor partial = Tensor::empty({parts ? blocks * parts * C : 0}, sd, x.device());
     Tensor scratch =
-        Tensor::empty({parts && !plan.in_smem ? blocks * plan.launch.block.y * parts * C : 0}, sd, x.device());
+        Tensor::empty({parts && !in_regs && !plan.in_smem ? blocks * plan.launch.block.y * parts * C : 0}, sd, x.device());
     auto run = [&](auto vec_tag, auto dh_tag) {
       constexpr int VV = decltype(vec_tag)::value;
       constexpr bool HasDh = decltype(dh_tag)::value;
+      if (in_regs) {
+        if constexpr (VV > 1 && sizeof(T) < 8) {
+          auto kernel = pw ? backward_regs_kernel<T, VV, Centered, true, HasDh>
+                           : backward_regs_kernel<T, VV, Centered, false, HasDh>;
+          kernel<<<regs_launch.grid, regs_launch.block, 0, current_stream()>>>(
+              dx.data<T>(), partial.data<A>(), g.data<T>(), pdh, x.data<T>(), pw, pm, rstd.data<A>(), R, C,
+              dw_at, db_at);
+        }
+        return;
+      }
       auto kernel = pw ? backward_kernel<T, VV, Centered, true, HasDh>
                        : backward_kernel<T, VV, Centered, false, HasDh>;
       if (plan.smem > 48 * 1024)

@@ -162,14 +162,15 @@ struct Launch {
   unsigned grid;
 };
 
-// Threads per row: enough that per_thread vectors each cover the row, 32 to kMaxThreads<T>, a
-// power of two; short rows share a block of kLaneThreads. grid: one row lane per row, at most
-// max_grid blocks.
+// Threads per row: enough that per_thread vectors each cover the row, 32 to max_tx (at most
+// kMaxThreads<T>), a power of two; short rows share a block of kLaneThreads. grid: one row lane
+// per row, at most max_grid blocks.
 template <typename T>
-Launch row_launch(int64_t R, int64_t nvec, int64_t max_grid = int64_t(1) << 30, int per_thread = kCache) {
+Launch row_launch(int64_t R, int64_t nvec, int64_t max_grid = int64_t(1) << 30, int per_thread = kCache,
+                  int max_tx = kMaxThreads<T>) {
   const int64_t want = (nvec + per_thread - 1) / per_thread;
   int tx = 32;
-  while (tx < want && tx < kMaxThreads<T>) tx *= 2;
+  while (tx < want && tx < std::min(max_tx, kMaxThreads<T>)) tx *= 2;
   const int ty = tx >= kLaneThreads ? 1 : kLaneThreads / tx;
   const int64_t groups = (R + ty - 1) / ty;
   return {dim3(unsigned(tx), unsigned(ty)), unsigned(std::clamp<int64_t>(groups, 1, max_grid))};

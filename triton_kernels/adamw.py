@@ -14,7 +14,8 @@ The mixed-precision form (has_model_copy, 16-bit gradients of float32 masters) i
 CUDA backend (SERVES below).
 
 Kernels: one launch per dtype group over all its tensors, through pointer tables: the tensors'
-addresses (int64, cast to pointers in the kernel) and a block table giving each program its
+addresses (int64, cast to pointers in the kernel; the kernel is told when all are 16-byte aligned,
+else it cannot know and reads 4 bytes at a time) and a block table giving each program its
 tensor and the first element of its 1024-element block, so a huge embedding matrix and many
 small biases share one grid. The tables are built on the host and cached by the tensors'
 addresses and sizes (parameters do not move between steps), so a steady-state step copies
@@ -60,30 +61,54 @@ def _tables(groups, device):
 
 
 @triton.jit
-def _adamw(ADDR, K, NUMEL, BLK_TENSOR, BLK_START, SCALE, ELEM, lr, beta1, beta2, eps, wd,
-           bc1, bc2, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    k = tl.load(BLK_TENSOR + pid)
-    offs = tl.load(BLK_START + pid) + tl.arange(0, BLOCK)
-    mask = offs < tl.load(NUMEL + k)
-    ptr_ty = tl.pointer_type(ELEM.dtype.element_ty)
-    P = tl.load(ADDR + k).to(ptr_ty)  # tensor k of each role
-    G = tl.load(ADDR + K + k).to(ptr_ty)
-    M = tl.load(ADDR + 2 * K + k).to(ptr_ty)
-    V = tl.load(ADDR + 3 * K + k).to(ptr_ty)
-    p = tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    m = tl.load(M + offs, mask=mask, other=0.0).to(tl.float32)
-    v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
+def _adamw_block(P, G, M, V, offs, mask, SCALE, lr, beta1, beta2, eps, wd, bc1, bc2,
+                 HAS_SCALE: tl.constexpr, MASKED: tl.constexpr):
+    """One block of tensor k; MASKED for its last, partial block (a mask of unknown alignment
+    makes every access a scalar one)."""
+    if MASKED:
+        p = tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(M + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        p = tl.load(P + offs).to(tl.float32)
+        g = tl.load(G + offs).to(tl.float32)
+        m = tl.load(M + offs).to(tl.float32)
+        v = tl.load(V + offs).to(tl.float32)
     if HAS_SCALE:
         g = g * tl.load(SCALE).to(tl.float32)
     p -= lr * wd * p
     m = beta1 * m + (1.0 - beta1) * g
     v = beta2 * v + (1.0 - beta2) * g * g
     p -= lr * (m / bc1) / (tl.sqrt(v / bc2) + eps)
-    tl.store(P + offs, p.to(ELEM.dtype.element_ty), mask=mask)
-    tl.store(M + offs, m.to(ELEM.dtype.element_ty), mask=mask)
-    tl.store(V + offs, v.to(ELEM.dtype.element_ty), mask=mask)
+    tl.store(P + offs, p.to(P.dtype.element_ty), mask=mask)
+    tl.store(M + offs, m.to(M.dtype.element_ty), mask=mask)
+    tl.store(V + offs, v.to(V.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adamw(ADDR, K, NUMEL, BLK_TENSOR, BLK_START, SCALE, ELEM, lr, beta1, beta2, eps, wd,
+           bc1, bc2, HAS_SCALE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    k = tl.load(BLK_TENSOR + pid)
+    start = tl.multiple_of(tl.load(BLK_START + pid), BLOCK)
+    offs = start + tl.arange(0, BLOCK)
+    n = tl.load(NUMEL + k)
+    ptr_ty = tl.pointer_type(ELEM.dtype.element_ty)
+    P = tl.load(ADDR + k).to(ptr_ty)  # tensor k of each role
+    G = tl.load(ADDR + K + k).to(ptr_ty)
+    M = tl.load(ADDR + 2 * K + k).to(ptr_ty)
+    V = tl.load(ADDR + 3 * K + k).to(ptr_ty)
+    if ALIGNED:  # every address 16-byte aligned (checked on the host): 16-byte accesses
+        P = tl.multiple_of(P, 16)
+        G = tl.multiple_of(G, 16)
+        M = tl.multiple_of(M, 16)
+        V = tl.multiple_of(V, 16)
+    if start + BLOCK <= n:
+        _adamw_block(P, G, M, V, offs, None, SCALE, lr, beta1, beta2, eps, wd, bc1, bc2, HAS_SCALE, False)
+    else:
+        _adamw_block(P, G, M, V, offs, offs < n, SCALE, lr, beta1, beta2, eps, wd, bc1, bc2, HAS_SCALE,
+                     True)
 
 
 @triton.jit
@@ -128,7 +153,8 @@ def adamw_step(inputs, attrs):
             scale if scale is not None else numel, groups[0][0],
             float(attrs.get("lr", 1e-3)), b1, b2, float(attrs.get("eps", 1e-8)),
             float(attrs.get("weight_decay", 0.0)), 1.0 - math.pow(b1, step),
-            1.0 - math.pow(b2, step), HAS_SCALE=scale is not None, BLOCK=_BLOCK)
+            1.0 - math.pow(b2, step), HAS_SCALE=scale is not None,
+            ALIGNED=all(t.data_ptr() % 16 == 0 for g in groups for t in g), BLOCK=_BLOCK)
     return []
 
 

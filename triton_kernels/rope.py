@@ -11,13 +11,19 @@
 
 Registry ops: "rope" {x, cos, sin} attrs interleaved, inverse -> {out};
 "rope_cos_sin_backward" {g, x} attrs interleaved, inverse -> {dcos, dsin}.
-Kernels: forward, one program per (leading..., t, head) row of HS channels. cos/sin gradient, one
+Kernels: forward, one program per block of (leading..., t, head) rows of HS channels (a 2-D tile
+of _TILE pairs). cos/sin gradient, one
 program per position t summing its (leading, head) rows in a fixed order in float32 registers,
 so the result is deterministic.
 """
 import torch
 import triton
 import triton.language as tl
+
+# Channel pairs per forward program: a program of one row (HS/2 = 64 pairs) is too little work for
+# its launch and its 4 warps; this many pairs per program keep every thread busy with several
+# loads in flight.
+_TILE = 4096
 
 
 @triton.jit
@@ -32,20 +38,22 @@ def _pair_offsets(i, HALF, INTERLEAVED: tl.constexpr):
 
 
 @triton.jit
-def _rope_fwd(X, COS, SIN, OUT, T, NH, HALF, SGN, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # row of x viewed as (rows, HS)
-    t = (row // NH) % T
+def _rope_fwd(X, COS, SIN, OUT, ROWS, T, NH, HALF, SGN, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+              ROWS_PER: tl.constexpr):
+    # rows of x viewed as (ROWS, HS): ROWS_PER of them per program, row r at position (r // NH) % T
+    rows = tl.program_id(0).to(tl.int64) * ROWS_PER + tl.arange(0, ROWS_PER)
+    t = (rows // NH) % T
     i = tl.arange(0, BLOCK)
-    mask = i < HALF
+    mask = (rows[:, None] < ROWS) & (i[None, :] < HALF)
     ia, ib = _pair_offsets(i, HALF, INTERLEAVED)
-    x_row = X + row * 2 * HALF  # points at x[..., t, h, :]
-    o_row = OUT + row * 2 * HALF
-    a = tl.load(x_row + ia, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(x_row + ib, mask=mask, other=0.0).to(tl.float32)
-    c = tl.load(COS + t * HALF + i, mask=mask, other=0.0).to(tl.float32)
-    s = SGN * tl.load(SIN + t * HALF + i, mask=mask, other=0.0).to(tl.float32)
-    tl.store(o_row + ia, (a * c - b * s).to(OUT.dtype.element_ty), mask=mask)
-    tl.store(o_row + ib, (a * s + b * c).to(OUT.dtype.element_ty), mask=mask)
+    row_off = rows[:, None] * 2 * HALF  # x[..., t, h, :] of each row
+    cs_off = t[:, None] * HALF + i[None, :]
+    a = tl.load(X + row_off + ia[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(X + row_off + ib[None, :], mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(COS + cs_off, mask=mask, other=0.0).to(tl.float32)
+    s = SGN * tl.load(SIN + cs_off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + row_off + ia[None, :], (a * c - b * s).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + row_off + ib[None, :], (a * s + b * c).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -89,10 +97,12 @@ def rope_forward(inputs, attrs):
     out = torch.empty_like(x)
     rows = x.numel() // (2 * half) if half else 0
     if rows:
-        _rope_fwd[(rows,)](x, cos, sin, out, T, NH, half,
-                           -1.0 if attrs.get("inverse", False) else 1.0,
-                           INTERLEAVED=bool(attrs.get("interleaved", False)),
-                           BLOCK=triton.next_power_of_2(half))
+        block = triton.next_power_of_2(half)
+        rows_per = max(1, min(_TILE // block, triton.next_power_of_2(rows)))
+        _rope_fwd[(triton.cdiv(rows, rows_per),)](x, cos, sin, out, rows, T, NH, half,
+                                                  -1.0 if attrs.get("inverse", False) else 1.0,
+                                                  INTERLEAVED=bool(attrs.get("interleaved", False)),
+                                                  BLOCK=block, ROWS_PER=rows_per)
     return [out]
 
 

@@ -14,6 +14,9 @@ from cuda_vs_cpu import FLOATS as DTYPES, TOL, host, ref_dtype, rounded  # noqa:
 # Odd shapes: one element, rows shorter and longer than a warp, a vocabulary row that is not a
 # multiple of the vector width, and batch dims.
 SHAPES = [(1, 1), (3, 127), (7, 1023), (5, 50257), (2, 3, 129)]
+# Vectorised norm rows that norm.cuh's register backward holds: several rows per block (R above
+# the grid), and a row that fills every thread's vectors (float32, C = 4096).
+REG_ROWS = [(4096, 64), (600, 2048), (257, 4096)]
 
 _rng = np.random.default_rng()  # fresh inputs on every run
 

@@ -4,7 +4,7 @@ import pytest
 from triton_check import CASES, check, rng
 
 # x (..., T, NH, HS): no leading dim, one, two; odd T and NH; HS = 2 and a non-power of two.
-SHAPES = [(3, 1, 2), (2, 5, 3, 6), (2, 1, 7, 2, 16)]
+SHAPES = [(3, 1, 2), (2, 5, 3, 6), (2, 1, 7, 2, 16), (3, 37, 5, 128)]  # the last: several forward programs
 
 
 def _cos_sin(T, half):
