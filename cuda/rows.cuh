@@ -33,7 +33,7 @@ constexpr int kCache2 = 2;       // by kernels that read two inputs (y and g, g 
 // and log need more registers than that.
 template <typename T> constexpr int kMaxThreads = sizeof(T) == 8 ? 256 : 1024;
 constexpr int kMaxLanes = 32;    // ty <= 1024 / 32
-constexpr int kLaneThreads = 256;  // tx * ty for short rows
+constexpr int kLaneThreads = 128;  // tx * ty for short rows
 
 template <typename T> constexpr int kVec = 16 / int(sizeof(T));
 

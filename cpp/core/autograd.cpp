@@ -25,7 +25,17 @@ Edge edge_for(const Tensor& t) {
   return e;
 }
 
-// grad += g for a leaf, out of place so that no two .grad tensors ever alias.
+// Whether g can become a leaf's .grad as it is: nothing else holds it or its memory (g is the
+// only reference to its TensorImpl, and that is the only one over its storage), it is plain
+// contiguous memory, and it has no autograd history.
+bool can_take(const Tensor& g) {
+  return g.impl().use_count() == 1 && g.impl()->storage.use_count() == 1 && g.impl()->offset == 0 &&
+         g.is_contiguous() && !g.requires_grad() && !g.grad_fn();
+}
+
+// grad += g for a leaf, out of place so that no two .grad tensors ever alias. The first gradient
+// is taken as it is when no one else can see it (as torch's AccumulateGrad steals it), else
+// copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
   for (auto& hook : t.autograd_meta().hooks) {
@@ -34,7 +44,8 @@ void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   }
   if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());
   Tensor old = t.grad();
-  t.autograd_meta().grad = (old.defined() ? ops::add(old, g) : ops::contiguous_copy(g)).impl();
+  if (old.defined()) t.autograd_meta().grad = ops::add(old, g).impl();
+  else t.autograd_meta().grad = (can_take(g) ? std::move(g) : ops::contiguous_copy(g)).impl();
 }
 }  // namespace
 
@@ -168,9 +179,10 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     for (size_t i = 0; i < n->next.size(); ++i) {
       const Edge& e = n->next[i];
       if (!e.valid()) continue;
-      Tensor gi = i < in_grads.size() ? in_grads[i] : Tensor();
+      // moved out of in_grads: a gradient nothing else holds can become the leaf's .grad
+      Tensor gi = i < in_grads.size() ? std::move(in_grads[i]) : Tensor();
       if (e.leaf) {
-        if (gi.defined()) accumulate_into_leaf(e.leaf, gi);
+        if (gi.defined()) accumulate_into_leaf(e.leaf, std::move(gi));
         continue;
       }
       if (gi.defined()) add_grad(e.node, e.input_nr, gi);

@@ -81,6 +81,28 @@ def test_detach_stops_gradients_and_shares_memory():
     assert x.grad.tolist() == [1.0, 2.0]
 
 
+def test_leaf_gradients_never_alias_other_tensors():
+    # A leaf's first gradient is taken without a copy only when nothing else holds it: add's
+    # backward hands the same tensor to both leaves, a user's gradient stays the user's, a
+    # retained intermediate gradient is its own tensor, and a view keeps its base's memory.
+    a, b = (ls.tensor(randn(3, 4), requires_grad=True) for _ in range(2))
+    (a + b).backward(ls.ones(3, 4))
+    assert a.grad.data_ptr() != b.grad.data_ptr()
+    a.grad.add_(ls.ones(3, 4))
+    assert b.grad.tolist() == [[1.0] * 4] * 3
+    x = ls.tensor(randn(3, 4), requires_grad=True)
+    g = ls.tensor(randn(3, 4))
+    x.backward(g)
+    assert x.grad.data_ptr() != g.data_ptr()
+    x2 = ls.tensor(randn(3, 4), requires_grad=True)
+    h = x2 * 3
+    h.retain_grad()
+    y = h.reshape(12)
+    y.backward(ls.tensor(randn(12)))
+    assert x2.grad.data_ptr() != h.grad.data_ptr()
+    assert_close(x2.grad, to_np(h.grad) * 3)
+
+
 def test_hooks_and_retain_grad():
     x = ls.tensor([1.0, 2.0], requires_grad=True)
     seen = []
