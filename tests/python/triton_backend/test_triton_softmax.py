@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from triton_check import CASES, check, rng
+from triton_check import CASES, TOL, check, rng
 
 # (shape, dim): rows of odd lengths, one longer than a 4096 chunk, and a dim that is not last.
 SHAPES = [((1, 1), -1), ((3, 7), -1), ((2, 3, 127), -1), ((2, 4500), -1), ((5, 6, 3), 1),
@@ -30,5 +30,7 @@ def test_softmax_masked_row(device, dtype):
     from triton_check import to_ls, to_np, triton_call
     (y,) = triton_call("softmax", [to_ls(x, device, dtype)], {"dim": -1})
     y = to_np(y)
-    assert np.all(y[0, 4:] == 0) and abs(y[0].sum() - 1) < 1e-3 and abs(y[1].sum() - 1) < 1e-3
+    # each probability is rounded to dtype: a bfloat16 row of 9 sums to 1 within about 2^-9
+    tol = max(1e-3, TOL[dtype])
+    assert np.all(y[0, 4:] == 0) and abs(y[0].sum() - 1) < tol and abs(y[1].sum() - 1) < tol
     assert np.isnan(y[2]).all()
