@@ -35,12 +35,12 @@
 // rows zeroed without being read); "cross_entropy_inplace_backward" {g_loss, dlogits} -> {dlogits}
 // scales that buffer in place. The forward kernel is the forward's row lane with two passes: the
 // statistics pass (online max and sum, the row sum for smoothing, and the target logit, which the
-// thread owning it keeps, since the row is about to be overwritten) with each thread's first
-// kCache vectors held in registers, then the gradient pass, each thread writing back exactly the
+// thread owning it keeps, since the row is about to be overwritten), which also copies the row
+// into shared memory, then the gradient pass from there, each thread writing back exactly the
 // vectors it read, so no thread reads an element another has overwritten. Traffic: one read and
-// one write of the row (rows past the register cache, 16k float32 / 32k 16-bit elements, are read
-// a second time, mostly from L2), against the forward's read plus the backward's read and write,
-// and no (N, V) allocation. 16-bit logits get a 16-bit gradient computed in float32, as the
+// one write of the row (a row longer than half an SM's shared memory, 100 KB on Hopper: V = 50k
+// in 16 bits fits, is partly read a second time), against the forward's read plus the backward's
+// read and write, and no (N, V) allocation. 16-bit logits get a 16-bit gradient computed in float32, as the
 // backward writes. The backward kernel reads the factor on the device and skips every row whose
 // factor is exactly 1 (loss.backward() on the mean loss itself): no host synchronisation.
 #include "core/registry.h"
@@ -165,14 +165,14 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
         vm = a[i] > vm ? a[i] : vm;
         sx += a[i];
       }
-      A acc = vm == m ? s : s * ex(m - vm);
+      A acc = vm == m ? s : s * ex_for<T>(m - vm);
 #pragma unroll
-      for (int i = 0; i < W; ++i) acc += ex(a[i] - vm);
+      for (int i = 0; i < W; ++i) acc += ex_for<T>(a[i] - vm);
       m = vm;
       s = acc;
     });
     const A M = row_reduce(m, Max{}, red);
-    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex(m - M), Sum{}, red);
+    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
     const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
     if (r < N && threadIdx.x == 0) {
       const A l = M + lg(S);
@@ -212,14 +212,20 @@ __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* 
 // One row lane per row: the row's loss (into row_loss or loss_out, as cross_entropy_kernel), then
 // logits[r, :] overwritten by d(loss)/d(logits[r, :]) at an upstream gradient of 1:
 //   k p - k eps / V - k (1 - eps) [v == t],  k = 1 / info[1] (mean) or 1; zeros for ignored rows.
-// x is read and written through the same (unrestricted) pointer.
+// x is read and written through the same (unrestricted) pointer. The statistics pass streams the
+// row in batches of kStream vectors per thread (as the forward) and keeps its first `cached`
+// vectors in this lane's slice of dynamic shared memory; the gradient pass takes those from
+// there and re-reads only the rest.
 template <typename T, int W, typename I>
 __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
     acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out, T* x, const I* __restrict__ targets,
-    const int64_t* __restrict__ info, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean) {
+    const int64_t* __restrict__ info, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean,
+    int64_t cached) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
-  const int64_t nvec = V / W;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Vec<T, W>* cache = reinterpret_cast<Vec<T, W>*>(smem_raw) + threadIdx.y * cached;  // this lane's
+  const int64_t nvec = V / W, tx = blockDim.x;
   // With every row ignored the count is 0 and k infinite, but then no row uses it.
   const A k = mean ? A(1) / A(info[1]) : A(1);
   const A shift = k * eps / A(V), hit = k * (A(1) - eps);
@@ -231,9 +237,10 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
     T* xr = x + (r < N ? r : 0) * V;  // xr points at logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
     Vec<T, W>* dst = as_vec<T, W>(xr);
-    Vec<T, W> c[1][kCache];
+    Vec<T, W> c[1][1];  // no register cache: the row goes to shared memory
     A m = neg_inf<A>(), s = 0, sx = 0, xt = 0;  // running max, sum exp(x - m), sum x, x[t]
-    row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kStream<T>>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+      if (j < cached) cache[j] = v[0];  // read back by this same thread in the gradient pass
       A a[W];
       A vm = m;
 #pragma unroll
@@ -243,14 +250,14 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
         sx += a[i];
         if (j * W + i == t) xt = a[i];
       }
-      A acc = vm == m ? s : s * ex(m - vm);
+      A acc = vm == m ? s : s * ex_for<T>(m - vm);
 #pragma unroll
-      for (int i = 0; i < W; ++i) acc += ex(a[i] - vm);
+      for (int i = 0; i < W; ++i) acc += ex_for<T>(a[i] - vm);
       m = vm;
       s = acc;
     });
     const A M = row_reduce(m, Max{}, red);
-    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex(m - M), Sum{}, red);
+    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
     const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
     const A XT = row_reduce(xt, Sum{}, red);  // one thread holds x[t], the others 0
     if (r >= N) continue;  // no reductions past this point: an idle lane can stop here
@@ -268,20 +275,46 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
       Vec<T, W> zero;
 #pragma unroll
       for (int i = 0; i < W; ++i) zero.v[i] = convert<T>(A(0));
-      for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) dst[j] = zero;
+      for (int64_t j = threadIdx.x; j < nvec; j += tx) dst[j] = zero;
       continue;
     }
-    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+    auto write = [&](int64_t j, const Vec<T, W>& v) {
       Vec<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) {
-        A d = k * ex(convert<A>(v[0].v[i]) - l) - shift;
+        A d = k * ex_for<T>(convert<A>(v.v[i]) - l) - shift;
         if (j * W + i == t) d -= hit;
         out.v[i] = convert<T>(d);
       }
       dst[j] = out;
-    });
+    };
+    const int64_t in_cache = cached < nvec ? cached : nvec;
+    int64_t j = threadIdx.x;
+    for (; j < in_cache; j += tx) write(j, cache[j]);
+    // The rest from memory, kStream loads in flight per thread (the cached prefix ends at a
+    // multiple of tx, so j continues this thread's own stride).
+    constexpr int U = kStream<T>;
+    for (; j + (U - 1) * tx < nvec; j += U * tx) {
+      Vec<T, W> v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) v[u] = src[0][j + u * tx];
+#pragma unroll
+      for (int u = 0; u < U; ++u) write(j + u * tx, v[u]);
+    }
+    for (; j < nvec; j += tx) write(j, src[0][j]);
   }
+}
+
+// Vectors of each row the in-place kernel keeps in shared memory: the whole row when it fits
+// in half an SM's shared memory per block (two blocks of rows per SM, so one block's statistics
+// pass overlaps the other's gradient pass), else a prefix of whole tx strides of it.
+int64_t inplace_cached(int64_t nvec, size_t vec_bytes, const Launch& L, int device) {
+  const size_t per_sm = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  const size_t per_block = std::min(size_t(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, device)),
+                                    per_sm / 2) - kMaxLanes * 32 * sizeof(double) - 1024;  // - red, reserved
+  const int64_t fit = int64_t(per_block / (vec_bytes * L.block.y));
+  if (fit >= nvec) return nvec;
+  return fit / L.block.x * L.block.x;
 }
 
 template <typename F>
@@ -317,14 +350,19 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
         const bool vec = vectorizable<T>(V, {logits.raw_data()});
         if (in_place) {
-          auto launch = [&](auto kernel, const Launch& L) {
-            kernel<<<L.grid, L.block, 0, current_stream()>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N, V, ignore,
-                                        A(eps), red == Reduction::Mean);
+          auto launch = [&](auto kernel, int64_t nvec, size_t vec_bytes) {
+            const Launch L = stream_launch<T>(N, nvec);
+            const int64_t cached = inplace_cached(nvec, vec_bytes, L, logits.device().index);
+            const size_t smem = size_t(cached) * vec_bytes * L.block.y;
+            if (smem > 48 * 1024)
+              check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+            kernel<<<L.grid, L.block, smem, current_stream()>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N,
+                                                                V, ignore, A(eps), red == Reduction::Mean, cached);
           };
           if (vec)
-            launch(cross_entropy_inplace_kernel<T, kVec<T>, I>, row_launch<T>(N, V / kVec<T>));
+            launch(cross_entropy_inplace_kernel<T, kVec<T>, I>, V / kVec<T>, sizeof(T) * kVec<T>);
           else
-            launch(cross_entropy_inplace_kernel<T, 1, I>, row_launch<T>(N, V));
+            launch(cross_entropy_inplace_kernel<T, 1, I>, V, sizeof(T));
         } else if (vec) {
           const Launch L = stream_launch<T>(N, V / kVec<T>);
           cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
@@ -387,7 +425,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
       Vec<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) {
-        A d = kp * ex(convert<A>(v[0].v[i]) - l) - shift;
+        A d = kp * ex_for<T>(convert<A>(v[0].v[i]) - l) - shift;
         if (j * W + i == t) d -= hit;  // never true for an ignored row: t is not a class then
         out.v[i] = convert<T>(d);
       }

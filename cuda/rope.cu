@@ -21,19 +21,20 @@ namespace ls::cuda {
 
 namespace {
 
-template <int G, typename T>
+// I: the index type, uint32_t when x has fewer than 2^31 elements (int64_t otherwise): the
+// three divisions per thread that place it (row, pair group, position) are a few instructions in
+// 32 bits and several dozen in 64, which made the 16-bit forward compute-bound.
+template <int G, typename I, typename T>
 __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, const T* __restrict__ sn,
-                            T* __restrict__ out, int64_t rows, int64_t half, int64_t NH, int64_t T_,
-                            bool interleaved, bool inverse) {
+                            T* __restrict__ out, I rows, I half, I NH, I T_, bool interleaved, bool inverse) {
   using A = acc_t<T>;
   using P = Pack<T, G>;
   using P2 = Pack<T, 2 * G>;
-  const int64_t groups = half / G;  // groups of G pairs per head row
-  const int64_t total = rows * groups;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = idx / groups, i0 = (idx - r * groups) * G;
-    const int64_t t = (r / NH) % T_;
+  const I groups = half / G;  // groups of G pairs per head row
+  const I total = rows * groups;
+  for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
+    const I r = idx / groups, i0 = (idx - r * groups) * G;
+    const I t = (r / NH) % T_;
     const T* xr = x + r * 2 * half;  // xr points at x[..., t, h, :]
     T* orow = out + r * 2 * half;
     const P c = *reinterpret_cast<const P*>(cs + t * half + i0);  // cos[t, i0 : i0+G]
@@ -110,8 +111,14 @@ unsigned grid_1d(int64_t n) {
 template <int G, typename T>
 void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& out, int64_t rows,
                  int64_t half, int64_t NH, int64_t T_, bool interleaved, bool inverse) {
-  rope_kernel<G><<<grid_1d(rows * (half / G)), kThreads, 0, current_stream()>>>(cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out),
-                                                          rows, half, NH, T_, interleaved, inverse);
+  const unsigned grid = grid_1d(rows * (half / G));
+  if (x.numel() < (int64_t(1) << 31))
+    rope_kernel<G, uint32_t><<<grid, kThreads, 0, current_stream()>>>(
+        cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out), uint32_t(rows), uint32_t(half), uint32_t(NH),
+        uint32_t(T_), interleaved, inverse);
+  else
+    rope_kernel<G, int64_t><<<grid, kThreads, 0, current_stream()>>>(cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out),
+                                                                     rows, half, NH, T_, interleaved, inverse);
 }
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {

@@ -33,9 +33,11 @@ using namespace rows;
 using ops::row_layout;
 using Layout = ops::RowLayout;
 
-// Running (max, sum of exp(v - max)) of one thread, updated with V values at a time.
-template <typename A>
+// Running (max, sum of exp(v - max)) of one thread, updated with V values at a time, for inputs
+// of type T (A: its accumulation type).
+template <typename T>
 struct Online {
+  using A = acc_t<T>;
   A m = neg_inf<A>(), s = A(0);
   template <int V>
   __device__ __forceinline__ void add(const A (&v)[V]) {
@@ -43,16 +45,16 @@ struct Online {
 #pragma unroll
     for (int i = 0; i < V; ++i) vm = v[i] > vm ? v[i] : vm;
     // vm == m also covers a row that is -inf so far (exp(-inf - -inf) would be NaN).
-    A acc = vm == m ? s : s * ex(m - vm);
+    A acc = vm == m ? s : s * ex_for<T>(m - vm);
 #pragma unroll
-    for (int i = 0; i < V; ++i) acc += ex(v[i] - vm);
+    for (int i = 0; i < V; ++i) acc += ex_for<T>(v[i] - vm);
     m = vm;
     s = acc;
   }
   // Row statistics (M, S) from every thread's (m, s) over the row lane.
   __device__ __forceinline__ void reduce(A* red, A& M, A& S) const {
     M = row_reduce(m, Max{}, red);
-    S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex(m - M), Sum{}, red);
+    S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
   }
 };
 
@@ -75,7 +77,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restr
     const Vec<T, V>* src[1] = {as_vec<T, V>(x + (r < R ? r : 0) * C)};  // src points at x[r, :]
     Vec<T, V>* dst = as_vec<T, V>(y + (r < R ? r : 0) * C);
     Vec<T, V> c[1][kCache];
-    Online<A> st;
+    Online<T> st;
     row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
       A a[V];
       to_acc(v[0], a);
@@ -89,7 +91,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restr
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         A a = convert<A>(v[0].v[i]) - shift;
-        out.v[i] = convert<T>(Log ? a : ex(a) * inv);
+        out.v[i] = convert<T>(Log ? a : ex_for<T>(a) * inv);
       }
       dst[j] = out;
     });
@@ -104,7 +106,7 @@ __global__ void softmax_cols_kernel(T* __restrict__ y, const T* __restrict__ x, 
   for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < O * I;
        col += int64_t(gridDim.x) * blockDim.x) {
     const int64_t base = (col / I) * N * I + col % I;  // offset of x[o, 0, i]
-    Online<A> st;
+    Online<T> st;
     for (int64_t n = 0; n < N; ++n) {
       A a[1] = {convert<A>(x[base + n * I])};
       st.add(a);
@@ -112,7 +114,7 @@ __global__ void softmax_cols_kernel(T* __restrict__ y, const T* __restrict__ x, 
     const A shift = Log ? st.m + lg(st.s) : st.m, inv = A(1) / st.s;
     for (int64_t n = 0; n < N; ++n) {
       A a = convert<A>(x[base + n * I]) - shift;
-      y[base + n * I] = convert<T>(Log ? a : ex(a) * inv);
+      y[base + n * I] = convert<T>(Log ? a : ex_for<T>(a) * inv);
     }
   }
 }
