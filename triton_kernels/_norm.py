@@ -62,8 +62,9 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     db = tl.zeros([BLOCK], dtype=tl.float32)
-    # Rows pid, pid + nprog, ...; the row index is int64 so row * C cannot overflow.
-    for i in tl.range(0, tl.cdiv(R - pid, nprog)):
+    # Rows pid, pid + nprog, ...; the row index is int64 so row * C cannot overflow. Two stages:
+    # the next row's x and g are copied in (cp.async) while this one is reduced and written.
+    for i in tl.range(0, tl.cdiv(R - pid, nprog), num_stages=2):
         row = pid.to(tl.int64) + i * nprog
         x = tl.load(X + row * C + cols, mask=mask, other=0.0).to(tl.float32)  # x[row, :]
         g = tl.load(G + row * C + cols, mask=mask, other=0.0).to(tl.float32)

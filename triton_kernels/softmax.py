@@ -11,10 +11,12 @@ a torch copy first (and the result moved back).
 Registry ops (cpp/ops/softmax.cpp): "softmax" / "log_softmax" {x} attr dim -> {y};
 "softmax_backward" / "log_softmax_backward" {y, g} attr dim -> {dx}.
 
-Kernels: one program per row, walking it in chunks of up to 4096 (any N): the first pass keeps a
-running max and rescaled sum per lane (online softmax, Milakov & Gimelshein 2018), folded into
-one (m, s) at the end; the second pass writes y. float32 arithmetic for every dtype. A row of all
--inf gives NaN, as in torch. Backward: one pass for the row dot product (or sum), one writing dx.
+Kernels: one program per row. A row of up to 4096 is one block: read once, max, one exp per
+element, sum, write (the same for the backward: y and g read once). Longer rows are walked in
+chunks of 4096: the first pass keeps a running max and rescaled sum per lane (online softmax,
+Milakov & Gimelshein 2018), folded into one (m, s) at the end; the second pass writes y; the
+backward has one pass for the row dot product (or sum) and one writing dx. float32 arithmetic
+for every dtype. A row of all -inf gives NaN, as in torch.
 """
 import torch
 import triton
@@ -24,11 +26,23 @@ from ._common import row_block
 
 
 @triton.jit
-def _softmax_fwd(X, Y, N, LOG: tl.constexpr, BLOCK: tl.constexpr):
+def _softmax_fwd(X, Y, N, LOG: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * N  # points at x[row, :]
     y_row = Y + row * N
     cols = tl.arange(0, BLOCK)
+    if ONE_CHUNK:  # the row fits one block: read once, one exp per element
+        mask = cols < N
+        x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        z = x - tl.max(x, axis=0)  # an all -inf row: NaN, as torch
+        e = tl.exp(z)
+        s = tl.sum(e, axis=0)
+        if LOG:
+            y = z - tl.log(s)
+        else:
+            y = e * (1.0 / s)
+        tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=mask)
+        return
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK], dtype=tl.float32)
     for off in tl.range(0, N, BLOCK):
@@ -52,9 +66,19 @@ def _softmax_fwd(X, Y, N, LOG: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _softmax_bwd(Y, G, DX, N, LOG: tl.constexpr, BLOCK: tl.constexpr):
+def _softmax_bwd(Y, G, DX, N, LOG: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
+    if ONE_CHUNK:  # the row fits one block: y and g read once
+        mask = cols < N
+        g = tl.load(G + row * N + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(Y + row * N + cols, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            dx = g - tl.exp(y) * tl.sum(g, axis=0)
+        else:
+            dx = y * (g - tl.sum(g * y, axis=0))
+        tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        return
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for off in tl.range(0, N, BLOCK):
         mask = off + cols < N
@@ -93,7 +117,7 @@ def _forward(log):
         N = xl.shape[-1]
         if xl.numel():
             block = row_block(N)
-            _softmax_fwd[(xl.numel() // N,)](xl, y, N, LOG=log, BLOCK=block,
+            _softmax_fwd[(xl.numel() // N,)](xl, y, N, LOG=log, BLOCK=block, ONE_CHUNK=N <= block,
                                               num_warps=4 if block <= 1024 else 8)
         return [y.movedim(-1, dim).contiguous().reshape(inputs[0].shape)]
     return run
@@ -111,7 +135,7 @@ def _backward(log):
         N = yl.shape[-1]
         if yl.numel():
             block = row_block(N)
-            _softmax_bwd[(yl.numel() // N,)](yl, gl, dx, N, LOG=log, BLOCK=block,
+            _softmax_bwd[(yl.numel() // N,)](yl, gl, dx, N, LOG=log, BLOCK=block, ONE_CHUNK=N <= block,
                                               num_warps=4 if block <= 1024 else 8)
         return [dx.movedim(-1, dim).contiguous().reshape(shape)]
     return run
