@@ -104,7 +104,7 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
 // j, or vector 0 of the same row when j is past its end (an L1 hit, never used), so no load sits
 // behind a branch of its own. Guarded one by one (if (j < nvec) { load; f }), they compiled to a
 // branch around each load and its use: one 16-byte load in flight per thread, and the norm
-// forward at two thirds of copy bandwidth (bench/notes_cuda_elementwise.md).
+// forward at two thirds of copy bandwidth (bench/notes_cuda_row_ops.md).
 template <bool First, int U = 1, int N, int K, typename T, int V, typename F>
 __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
                                          Vec<T, V> (&c)[N][K], F&& f) {
