@@ -238,6 +238,40 @@ AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t
 
 // ---- backward ----
 
+// The backward's per-vector math, shared by both backward kernels. With dxhat = g w and
+// xhat = (x - mu) rstd: the row sums s1 += dxhat (Centered only) and s2 += dxhat xhat.
+// w is read only with HasW.
+template <bool Centered, bool HasW, typename T, int V, typename A>
+__device__ __forceinline__ void add_row_sums(const Vec<T, V>& g, const Vec<T, V>& x, const Vec<T, V>& w,
+                                             A mu, A rs, A& s1, A& s2) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    A gw = convert<A>(g.v[i]);
+    if (HasW) gw *= convert<A>(w.v[i]);
+    if (Centered) s1 += gw;
+    s2 += gw * ((convert<A>(x.v[i]) - mu) * rs);
+  }
+}
+
+// dx of one vector from the row means m1 = mean(dxhat) (0 when not Centered) and m2 =
+// mean(dxhat xhat), plus dh with HasDh; param(i, g, xhat) receives element i's g and xhat, whose
+// product (dw) and g (db) the kernel accumulates. w is read only with HasW, dh only with HasDh.
+template <bool HasW, bool HasDh, typename T, int V, typename A, typename Param>
+__device__ __forceinline__ Vec<T, V> dx_vec(const Vec<T, V>& g, const Vec<T, V>& x, const Vec<T, V>& w,
+                                            const Vec<T, V>& dh, A mu, A rs, A m1, A m2, Param&& param) {
+  Vec<T, V> out;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const A gr = convert<A>(g.v[i]);
+    const A xhat = (convert<A>(x.v[i]) - mu) * rs;
+    const A gw = HasW ? gr * convert<A>(w.v[i]) : gr;
+    const A d = rs * (gw - m1 - xhat * m2);
+    out.v[i] = convert<T>(HasDh ? convert<A>(dh.v[i]) + d : d);
+    param(i, gr, xhat);
+  }
+  return out;
+}
+
 // acc_global: the accumulators when not in shared memory (blockDim.y lanes of parts * C per
 // block); partial: (gridDim.x, parts * C). dw_at / db_at: the accumulator block (0 or 1) of dw /
 // db, or -1 when that gradient is not wanted. mean may be null when !Centered. HasDh:
@@ -275,31 +309,18 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
     row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
       Vec<T, V> wj;
       if (HasW) wj = wv[j];
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        A gw = convert<A>(v[0].v[i]);
-        if (HasW) gw *= convert<A>(wj.v[i]);
-        if (Centered) s1 += gw;
-        s2 += gw * ((convert<A>(v[1].v[i]) - mu) * rs);
-      }
+      add_row_sums<Centered, HasW>(v[0], v[1], wj, mu, rs, s1, s2);
     });
     const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
     const A m2 = row_reduce(s2, Sum{}, red) / A(C);
     row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
-      Vec<T, V> out, wj, dhj;
+      Vec<T, V> wj, dhj;
       if (HasW) wj = wv[j];
       if (HasDh) dhj = dhv[j];
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const A gr = convert<A>(v[0].v[i]);
-        const A xhat = (convert<A>(v[1].v[i]) - mu) * rs;
-        const A gw = HasW ? gr * convert<A>(wj.v[i]) : gr;
-        const A d = rs * (gw - m1 - xhat * m2);
-        out.v[i] = convert<T>(HasDh ? convert<A>(dhj.v[i]) + d : d);
+      dst[j] = dx_vec<HasW, HasDh>(v[0], v[1], wj, dhj, mu, rs, m1, m2, [&](int i, A gr, A xhat) {
         if (acc_w) acc_w[i * nvec + j] += gr * xhat;
         if (acc_b) acc_b[i * nvec + j] += gr;
-      }
-      dst[j] = out;
+      });
     });
   }
   if (parts) store_block_partial(acc_block, partial, width);
@@ -357,35 +378,20 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
     const A mu = Centered ? mean[r] : A(0), rs = rstd[r];
     A s1 = 0, s2 = 0;  // sum dxhat (Centered only), sum dxhat xhat
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (threadIdx.x + k * tx >= nvec) continue;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        A gw = convert<A>(cg[k].v[i]);
-        if (HasW) gw *= convert<A>(wv[k].v[i]);
-        if (Centered) s1 += gw;
-        s2 += gw * ((convert<A>(cx[k].v[i]) - mu) * rs);
-      }
-    }
+    for (int k = 0; k < K; ++k)
+      if (threadIdx.x + k * tx < nvec) add_row_sums<Centered, HasW>(cg[k], cx[k], wv[k], mu, rs, s1, s2);
     const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
     const A m2 = row_reduce(s2, Sum{}, red) / A(C);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t j = threadIdx.x + k * tx;
       if (j >= nvec) continue;
-      Vec<T, V> out, dhj;
+      Vec<T, V> dhj;
       if (HasDh) dhj = as_vec<T, V>(dh + r * C)[j];
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const A gr = convert<A>(cg[k].v[i]);
-        const A xhat = (convert<A>(cx[k].v[i]) - mu) * rs;
-        const A gw = HasW ? gr * convert<A>(wv[k].v[i]) : gr;
-        const A d = rs * (gw - m1 - xhat * m2);
-        out.v[i] = convert<T>(HasDh ? convert<A>(dhj.v[i]) + d : d);
+      as_vec<T, V>(dx + r * C)[j] = dx_vec<HasW, HasDh>(cg[k], cx[k], wv[k], dhj, mu, rs, m1, m2, [&](int i, A gr, A xhat) {
         dw[k][i] += gr * xhat;
         db[k][i] += gr;
-      }
-      as_vec<T, V>(dx + r * C)[j] = out;
+      });
     }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
