@@ -14,7 +14,7 @@ reduction, label_smoothing -> {loss, lse}; "cross_entropy_backward" {g_loss, log
 g_lse} same attrs -> {dlogits}.
 
 Kernels: one program per row walking V in chunks of up to 4096 (any V): the forward keeps an
-online max and rescaled sum per lane (and the row sum with label smoothing) and writes one lse
+online max and rescaled sum per group of 8 adjacent logits (and the row sum with label smoothing) and writes one lse
 and one float32 row loss, never the probabilities; torch reduces the row losses on the device
 (no host synchronisation, the "mean" count included). The backward writes dlogits in one pass
 from the saved lse. lse is float32 for 16-bit logits. Limit: targets are not range-checked on
@@ -40,23 +40,27 @@ import triton.language as tl
 from ._common import ELEMENTWISE_BLOCK, flat_grid, row_block, stat_dtype
 
 _REDUCTIONS = ("none", "sum", "mean")
+_GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
 
 
 @triton.jit
 def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl.constexpr):
     """One pass over the logits row at x_row: its log-sum-exp (online max and sum of exp), the
-    target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without)."""
+    target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without). The running
+    max and sum are kept per group of _GROUP adjacent logits, which one thread holds: one exp per
+    logit plus one per group (per logit it was two, and the exps, not the loads, set the pace)."""
     cols = tl.arange(0, BLOCK)
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK], dtype=tl.float32)
+    m = tl.full([BLOCK // _GROUP], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK // _GROUP], dtype=tl.float32)
     xsum = tl.zeros([BLOCK], dtype=tl.float32)
     xt = tl.zeros([BLOCK], dtype=tl.float32)
     for off in tl.range(0, V, BLOCK):
         mask = off + cols < V
         x = tl.load(x_row + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
-        seen = m_new > float("-inf")
-        s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
+        xg = tl.reshape(x, [BLOCK // _GROUP, _GROUP])
+        m_new = tl.maximum(m, tl.max(xg, axis=1))
+        seen = m_new > float("-inf")  # a group of -inf so far keeps s = 0 (exp(-inf + inf) is NaN)
+        s = tl.where(seen, s * tl.exp(m - m_new) + tl.sum(tl.exp(xg - m_new[:, None]), axis=1), 0.0)
         m = m_new
         if WANT_XT:
             xt += tl.where(off + cols == t, x, 0.0)
@@ -178,7 +182,7 @@ def cross_entropy_forward(inputs, attrs):
     lse = torch.empty(N, dtype=stat_dtype(logits.dtype), device=logits.device)
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N:
-        block = row_block(V)
+        block = max(row_block(V), _GROUP.value)
         _cross_entropy_fwd[(N,)](logits, targets, lse, row_loss, V, ignore, eps,
                                  SMOOTH=eps > 0, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
@@ -208,7 +212,7 @@ def cross_entropy_backward(inputs, attrs):
         scale = g
     dlogits = torch.empty_like(logits)
     if N and V:
-        block = row_block(V)
+        block = max(row_block(V), _GROUP.value)
         _cross_entropy_bwd[(N,)](g, scale, logits, targets, lse,
                                  g_lse if g_lse is not None else lse, dlogits, V, ignore, eps,
                                  PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
@@ -234,7 +238,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
-        block = row_block(V)
+        block = max(row_block(V), _GROUP.value)
         _cross_entropy_inplace_fwd[(N,)](logits, targets, row_loss, count, V, ignore, eps,
                                          MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
                                          num_warps=4 if block <= 1024 else 8)
