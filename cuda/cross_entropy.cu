@@ -23,8 +23,9 @@
 // for the mean). Its result is the one host synchronisation of these ops: 8 bytes are copied
 // back so that a bad target raises IndexError as on the CPU instead of reading out of bounds.
 // (Forward and backward each check, since either can be called directly.)
-// Forward: one row lane per row (rows.cuh; 1024 threads for a vocabulary of 50k, each striding
-// over the row), one read of the row with a running (max, sum) (online softmax), plus the row sum
+// Forward: one row lane per row (rows.cuh; kStreamThreads = 256 threads for a long vocabulary
+// row, each striding over it with kStream loads in flight), one read of the row with a running
+// (max, sum) (online softmax, exps through ex_for: ex2.approx for 16-bit logits), plus the row sum
 // for label smoothing; per-row losses stay in float32/64 and one block adds them in a fixed order
 // and divides by the device-side count: no host sync for the mean. log_softmax is never
 // materialised. Backward: one read of the logits and one write of dlogits, from the saved lse.

@@ -20,7 +20,9 @@
 // registers: one read and one write of x (with Add: one read of x and r, one write of h and y).
 // Backward: one kernel reads g and x once (cached), reduces the row sums, writes dx and adds
 // g xhat and g into its block's accumulators of dw and db; a second small kernel adds the
-// per-block partials in block order (below).
+// per-block partials in block order (below). Vectorised 16- and 32-bit rows of up to 4096
+// elements take backward_regs_kernel instead: the accumulators in registers and the next row
+// loaded while this one is reduced.
 //
 // Statistics are kept in the accumulation type: float64 for float64 inputs, float32 otherwise
 // (a bf16 rstd would carry a 2^-9 relative error into every gradient).
