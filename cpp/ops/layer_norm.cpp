@@ -200,15 +200,11 @@ void combine_parts(const std::vector<double>& acc, int64_t parts, int64_t C, T* 
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in,
                       const Tensor& w_in, const Tensor& mean_in, const Tensor& rstd_in,
                       const Attrs& a, const char* op) {
-  check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
-  cpu::expect_same_dtype(x_in, g_in, op, "gradient");
+  check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
   for (const Tensor* t : {&mean_in, &rstd_in}) cpu::expect_same_dtype(x_in, *t, op, "statistic");
   LS_CHECK(mean_in.numel() == rstd_in.numel() && mean_in.numel() * x_in.size(-1) == x_in.numel(),
            ValueError, op, ": statistics of shapes ", shape_str(mean_in.shape()), " and ",
            shape_str(rstd_in.shape()), " do not match the input shape ", shape_str(x_in.shape()));
-  LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
-           shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
-  if (dh_in.defined()) check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
@@ -279,6 +275,15 @@ void check_norm_residual(const Tensor& x, const Tensor& res, const char* op, con
   LS_CHECK(res.shape() == x.shape(), ValueError, op, ": ", name, " of shape ", shape_str(res.shape()),
            " does not match the input shape ", shape_str(x.shape()));
   cpu::expect_same_dtype(x, res, op, name);
+}
+
+void check_norm_backward_args(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& dh,
+                              const char* op) {
+  check_norm_args(x, {{&w, "weight"}}, 0.0, op);
+  cpu::expect_same_dtype(x, g, op, "gradient");
+  LS_CHECK(g.shape() == x.shape(), ValueError, op, ": gradient of shape ", shape_str(g.shape()),
+           " does not match the input shape ", shape_str(x.shape()));
+  if (dh.defined()) check_norm_residual(x, dh, op, "residual gradient");
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {

@@ -28,6 +28,11 @@ void check_norm_args(const Tensor& x,
                      std::initializer_list<std::pair<const Tensor*, const char*>> params,
                      double eps, const char* op);
 void check_norm_residual(const Tensor& x, const Tensor& res, const char* op, const char* name);
+// The inputs every norm backward shares, on every backend: check_norm_args for x and the weight
+// (or None), the gradient g of x's shape and dtype, and dh (the fused ops' residual gradient)
+// checked as a residual when defined. The statistics are each op's and backend's to check.
+void check_norm_backward_args(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& dh,
+                              const char* op);
 
 // swiglu.cpp: two floating-point halves of one dtype and shape.
 void check_swiglu_args(const Tensor& a, const Tensor& b);

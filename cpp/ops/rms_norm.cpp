@@ -148,14 +148,10 @@ void rms_norm_backward_rows(const T* g, const T* dh, const T* x, const T* w, con
 // {g, x, weight or None, rstd} (x is h for the fused op) and runs the rows.
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in,
                       const Tensor& w_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
-  check_norm_args(x_in, {{&w_in, "weight"}}, 0.0, op);
-  cpu::expect_same_dtype(x_in, g_in, op, "gradient");
+  check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
   cpu::expect_same_dtype(x_in, rstd_in, op, "rstd");
   LS_CHECK(rstd_in.numel() * x_in.size(-1) == x_in.numel(), ValueError, op, ": rstd of shape ",
            shape_str(rstd_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
-  LS_CHECK(g_in.shape() == x_in.shape(), ValueError, op, ": gradient of shape ",
-           shape_str(g_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
-  if (dh_in.defined()) check_norm_residual(x_in, dh_in, op, "residual gradient");
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
