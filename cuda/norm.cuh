@@ -415,6 +415,17 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
   }
 }
 
+// Launch for backward_regs_kernel: pow2 threads of whole warps covering a row of nvec vectors
+// with kRegVecs each, and as many blocks as are resident at once (two 256-thread blocks per SM
+// at the kernel's register budget), at most one per row.
+template <typename T>
+Launch regs_launch(int64_t R, int64_t nvec, int device) {
+  int tx = 32;
+  while (int64_t(tx) * kRegVecs<T> < nvec) tx *= 2;
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount, device);
+  return {dim3(unsigned(tx)), unsigned(std::min<int64_t>(R, int64_t(sms) * 2 * (kRegRowThreads / tx)))};
+}
+
 // ---- host side ----
 
 // The data pointer of an optional tensor (null when undefined).
@@ -483,20 +494,11 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
     const bool vec = vectorizable<T>(C, {g.raw_data(), x.raw_data(), dx.raw_data(), pw, pdh});
     const int V = vec ? kVec<T> : 1;
     // Vectorised 16- and 32-bit rows that fit in registers take backward_regs_kernel.
-    constexpr int K = kRegVecs<T>;
-    const bool in_regs = vec && sizeof(T) < 8 && C / V <= int64_t(kRegRowThreads) * K;
-    const AccPlan plan = acc_plan<T>(R, C / V, parts * C, sizeof(A), kMaxLanes * 32 * sizeof(A),
-                                     x.device().index);
-    Launch regs_launch{};
-    if (in_regs) {
-      // pow2 threads of whole warps covering the row with K vectors each; as many blocks as are
-      // resident at once (two per SM at the kernel's register budget), at most one per row.
-      int tx = 32;
-      while (int64_t(tx) * K < C / V) tx *= 2;
-      const int sms = device_attr(cudaDevAttrMultiProcessorCount, x.device().index);
-      regs_launch = {dim3(unsigned(tx)), unsigned(std::min<int64_t>(R, int64_t(sms) * 2 * (kRegRowThreads / tx)))};
-    }
-    const int64_t blocks = R <= 0 ? 0 : in_regs ? regs_launch.grid : plan.launch.grid;
+    const bool in_regs = vec && sizeof(T) < 8 && C / V <= int64_t(kRegRowThreads) * kRegVecs<T>;
+    const AccPlan plan = in_regs ? AccPlan{regs_launch<T>(R, C / V, x.device().index)}
+                                 : acc_plan<T>(R, C / V, parts * C, sizeof(A), kMaxLanes * 32 * sizeof(A),
+                                               x.device().index);
+    const int64_t blocks = R <= 0 ? 0 : plan.launch.grid;
     Tensor partial = Tensor::empty({parts ? blocks * parts * C : 0}, sd, x.device());
     Tensor scratch =
         Tensor::empty({parts && !in_regs && !plan.in_smem ? blocks * plan.launch.block.y * parts * C : 0}, sd, x.device());
@@ -507,7 +509,7 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
         if constexpr (VV > 1 && sizeof(T) < 8) {
           auto kernel = pw ? backward_regs_kernel<T, VV, Centered, true, HasDh>
                            : backward_regs_kernel<T, VV, Centered, false, HasDh>;
-          kernel<<<regs_launch.grid, regs_launch.block, 0, current_stream()>>>(
+          kernel<<<plan.launch.grid, plan.launch.block, 0, current_stream()>>>(
               dx.data<T>(), partial.data<A>(), g.data<T>(), pdh, x.data<T>(), pw, pm, rstd.data<A>(), R, C,
               dw_at, db_at);
         }
