@@ -63,20 +63,17 @@ if has memcheck; then
   rc=$?
   summary+=("compute-sanitizer memcheck on $cuda_tests: \`$(grep -h 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/memcheck.log" | tail -1)\` (exit $rc)" "")
 fi
-if has memcheck-kernels; then
-  (cd "$here" && timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    python3 bench/sanitize_kernels.py) >"$out/memcheck-kernels.log" 2>&1
-  rc=$?
-  summary+=("compute-sanitizer memcheck on bench/sanitize_kernels.py (every kernel family, bf16 and fp32): \`$(grep -h 'ERROR SUMMARY' "$out/memcheck-kernels.log" | tail -1)\` (exit $rc)" "")
-fi
-if has racecheck; then
-  # racecheck on a torch-free workload that reaches every kernel family once: under pytest (which
-  # loads torch) the pass did not get past start-up within its time limit
-  (cd "$here" && timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool racecheck --error-exitcode 9 \
-    python3 bench/sanitize_kernels.py) >"$out/racecheck.log" 2>&1
-  rc=$?
-  summary+=("compute-sanitizer racecheck on bench/sanitize_kernels.py (every kernel family, bf16 and fp32): \`$(grep -h 'RACECHECK SUMMARY\|ERROR SUMMARY' "$out/racecheck.log" | tail -1)\` (exit $rc)" "")
-fi
+# A compute-sanitizer tool over the torch-free bench/sanitize_kernels.py, which reaches every
+# kernel family once: under pytest (which loads torch) a racecheck pass did not get past start-up
+# within its time limit. Arguments: tool, log name, the log line that summarises it.
+sanitize_kernels() {
+  (cd "$here" && timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool "$1" --error-exitcode 9 \
+    python3 bench/sanitize_kernels.py) >"$out/$2.log" 2>&1
+  local rc=$?
+  summary+=("compute-sanitizer $1 on bench/sanitize_kernels.py (every kernel family, bf16 and fp32): \`$(grep -h "$3" "$out/$2.log" | tail -1)\` (exit $rc)" "")
+}
+has memcheck-kernels && sanitize_kernels memcheck memcheck-kernels 'ERROR SUMMARY'
+has racecheck && sanitize_kernels racecheck racecheck 'RACECHECK SUMMARY\|ERROR SUMMARY'
 cd "$here"
 if has bench; then
   python3 bench/compare_backends.py --device cuda --out-dir "$out/compare" >"$out/compare.log" 2>&1
