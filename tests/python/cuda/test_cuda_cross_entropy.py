@@ -25,26 +25,41 @@ def targets(N, V, ignore_every=0, ignore_index=-100, dtype=np.int64):
     return t.astype(dtype)
 
 
+def _own(fn):
+    """fn on logits that are a non-leaf of their own (x * 1.0, exact), as a model's are: the
+    in-place gradient path (inplace_backward=True) needs logits it may overwrite."""
+    return lambda x, t: fn(x * 1.0, t)
+
+
+def _ours(inplace, **kw):
+    """F.cross_entropy with kw; with inplace, the gradient written over the logits (the
+    upstream gradient of check() is a random weighting, so the backward's scaling runs)."""
+    if inplace:
+        return _own(lambda x, t: F.cross_entropy(x, t, inplace_backward=True, **kw))
+    return lambda x, t: F.cross_entropy(x, t, **kw)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,V", [(1, 1), (3, 127), (7, 1023), (5, 50257), (64, 2048), (2, 131072)])
+@pytest.mark.parametrize("N,V", [(1, 1), (4, 3), (3, 127), (7, 1023), (5, 50257), (64, 2048), (2, 131072)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_matches_cpu_and_torch(N, V, reduction, label_smoothing, dtype):
+def test_matches_cpu_and_torch(N, V, reduction, label_smoothing, dtype, inplace):
     if V == 1 and label_smoothing:
         pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
                     "noise (1e-17) makes a relative error meaningless")
     kw = dict(reduction=reduction, label_smoothing=label_smoothing)
     t = targets(N, V, ignore_every=3 if N > 3 else 0)
-    check(lambda x, t: F.cross_entropy(x, t, **kw),
-          lambda x, t: torch.nn.functional.cross_entropy(x, t, **kw),
+    check(_ours(inplace, **kw), lambda x, t: torch.nn.functional.cross_entropy(x, t, **kw),
           [randn(N, V, scale=2.0), t], dtype)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
 @pytest.mark.parametrize("tdtype", [np.int32, np.int64])
-def test_custom_ignore_index_and_int32_targets(tdtype, dtype):
+def test_custom_ignore_index_and_int32_targets(tdtype, dtype, inplace):
     t = targets(200, 509, ignore_every=4, ignore_index=3, dtype=tdtype)
-    check(lambda x, t: F.cross_entropy(x, t, ignore_index=3, label_smoothing=0.05),
+    check(_ours(inplace, ignore_index=3, label_smoothing=0.05),
           lambda x, t: torch.nn.functional.cross_entropy(x, t.long(), ignore_index=3, label_smoothing=0.05),
           [randn(200, 509), t], dtype)
 
@@ -94,37 +109,6 @@ def test_empty_batch():
 
 
 # ---- inplace_backward: the logits gradient written over the logits in the forward ----
-
-def _own(fn):
-    """fn on logits that are a non-leaf of their own (x * 1.0, exact), as a model's are."""
-    return lambda x, t: fn(x * 1.0, t)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,V", [(1, 1), (4, 3), (3, 127), (7, 1023), (5, 50257), (64, 2048), (2, 131072)])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_inplace_matches_cpu_and_torch(N, V, reduction, label_smoothing, dtype):
-    if V == 1 and label_smoothing:
-        pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
-                    "noise (1e-17) makes a relative error meaningless")
-    kw = dict(reduction=reduction, label_smoothing=label_smoothing)
-    t = targets(N, V, ignore_every=3 if N > 3 else 0)
-    # the upstream gradient of check() is a random weighting: the backward's scaling runs
-    check(_own(lambda x, t: F.cross_entropy(x, t, inplace_backward=True, **kw)),
-          lambda x, t: torch.nn.functional.cross_entropy(x, t, **kw),
-          [randn(N, V, scale=2.0), t], dtype)
-
-
-@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
-@pytest.mark.parametrize("tdtype", [np.int32, np.int64])
-def test_inplace_custom_ignore_index_and_int32_targets(tdtype, dtype):
-    t = targets(200, 509, ignore_every=4, ignore_index=3, dtype=tdtype)
-    check(_own(lambda x, t: F.cross_entropy(x, t, ignore_index=3, label_smoothing=0.05,
-                                            inplace_backward=True)),
-          lambda x, t: torch.nn.functional.cross_entropy(x, t.long(), ignore_index=3, label_smoothing=0.05),
-          [randn(200, 509), t], dtype)
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
