@@ -48,7 +48,7 @@ def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl
     """One pass over the logits row at x_row: its log-sum-exp (online max and sum of exp), the
     target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without). The running
     max and sum are kept per group of _GROUP adjacent logits, which one thread holds: one exp per
-    logit plus one per group (per logit it was two, and the exps, not the loads, set the pace)."""
+    logit plus one per group, where a running max per logit costs two exps per logit."""
     cols = tl.arange(0, BLOCK)
     m = tl.full([BLOCK // _GROUP], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK // _GROUP], dtype=tl.float32)
