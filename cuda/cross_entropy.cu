@@ -20,9 +20,11 @@
 //
 // Kernels. A target check first: one block reads every target, finds the first one that is
 // neither a class nor ignore_index, and counts the rows not ignored (the count stays on the GPU
-// for the mean). Its result is the one host synchronisation of these ops: 8 bytes are copied
-// back so that a bad target raises IndexError as on the CPU instead of reading out of bounds.
-// (Forward and backward each check, since either can be called directly.)
+// for the mean). A bad target is recorded as an index fault (index_fault.cuh): the IndexError,
+// worded as on the CPU, is raised at the host's next synchronisation, so these ops never wait
+// for the GPU. The kernels stay in bounds for it: the forward's loss of that row is NaN, and the
+// gradient rows hold p (no target subtracted). (Forward and backward each check, since either
+// can be called directly.)
 // Forward: one row lane per row (rows.cuh; kStreamThreads = 256 threads for a long vocabulary
 // row, each striding over it with kStream loads in flight), one read of the row with a running
 // (max, sum) (online softmax, exps through ex_for: ex2.approx for 16-bit logits), plus the row sum
@@ -63,11 +65,11 @@ using ops::Reduction;
 
 constexpr int kCheckThreads = 1024;
 
-// info[0] = first position whose target is neither in [0, V) nor ignore_index (N when none),
-// info[1] = number of targets that are not ignore_index. One block.
+// info[0] = first position whose target is neither in [0, V) nor ignore_index (N when none; it
+// is recorded as a fault), info[1] = number of targets that are not ignore_index. One block.
 template <typename I>
 __global__ void check_targets_kernel(int64_t* __restrict__ info, const I* __restrict__ t, int64_t N,
-                                     int64_t V, int64_t ignore) {
+                                     int64_t V, int64_t ignore, FaultSite site) {
   __shared__ int64_t s_first[32], s_count[32];
   int64_t first = N, count = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
@@ -93,35 +95,22 @@ __global__ void check_targets_kernel(int64_t* __restrict__ info, const I* __rest
     }
     info[0] = first;
     info[1] = count;
+    if (first < N) record_index_fault(site, first, int64_t(t[first]));
   }
 }
 
 // Checks targets on the device; returns info (int64 (2,)), info[1] the count of rows not ignored.
-// The only host synchronisation: the position of the first bad target (8 bytes).
+// op must be a string literal (the fault record keeps its pointer).
 Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const char* op) {
   const int64_t N = targets.numel();
   Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
   int64_t* pi = info.data<int64_t>();
+  const FaultSite site = fault_site(op, FaultKind::Target, V, ignore);
   if (targets.dtype() == DType::Int64)
-    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore, site);
   else
-    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore);
+    check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore, site);
   check_launch(op);
-  if (N == 0) return info;  // nothing to check: no sync
-  int64_t first = N;
-  read_to_host(&first, pi, sizeof first, op);
-  if (first < N) {
-    int64_t v = 0;
-    if (targets.dtype() == DType::Int64) {
-      read_to_host(&v, targets.data<int64_t>() + first, sizeof v, op);
-    } else {
-      int32_t v32 = 0;
-      read_to_host(&v32, targets.data<int32_t>() + first, sizeof v32, op);
-      v = v32;
-    }
-    throw IndexError(::ls::cat(op, ": target ", v, " at position ", first, " is out of range for ", V,
-                               " classes (ignore_index is ", ignore, ")"));
-  }
   return info;
 }
 
@@ -181,7 +170,8 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
       const int64_t t = int64_t(targets[r]);
       A loss = A(0);
       if (t != ignore) {
-        loss = (A(1) - eps) * (l - convert<A>(xr[t]));
+        const A xt = t >= 0 && t < V ? convert<A>(xr[t]) : A(NAN);  // a bad target: NaN, recorded by the check
+        loss = (A(1) - eps) * (l - xt);
         if (eps > A(0)) loss += eps * (l - SX / A(V));
       }
       if (row_loss) row_loss[r] = loss;
@@ -266,7 +256,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
     if (threadIdx.x == 0) {
       A loss = A(0);
       if (live) {
-        loss = (A(1) - eps) * (l - XT);
+        loss = (A(1) - eps) * (l - (t >= 0 && t < V ? XT : A(NAN)));  // a bad target: NaN, as the forward
         if (eps > A(0)) loss += eps * (l - SX / A(V));
       }
       if (row_loss) row_loss[r] = loss;

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "core/error.h"
+#include "index_fault.cuh"
 #include "stream.cuh"
 
 namespace ls::cuda {
@@ -15,12 +16,19 @@ inline void check(cudaError_t err, const char* what) {
 // After a <<<...>>> launch: configuration errors show up here, faults at the next sync.
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
 
-// A small device -> host read that the host needs now (an index check, a count): ordered after
-// the work queued on the current stream, and waiting for that stream only, not the device.
+// Called before every wait of the host for the device: throws a RuntimeError naming `what` while
+// the sync debug mode is "error" (llmscratch.cuda.set_sync_debug_mode). After the wait, the
+// caller raises any pending index fault (index_fault.cuh).
+void guard_host_wait(const char* what);
+
+// A small device -> host read that the host needs now (an output's size): ordered after the
+// work queued on the current stream, and waiting for that stream only, not the device.
 inline void read_to_host(void* dst, const void* src, size_t nbytes, const char* op) {
+  guard_host_wait(op);
   cudaStream_t s = current_stream();
   check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, s), op);
   check(cudaStreamSynchronize(s), op);
+  raise_index_fault();
 }
 
 inline unsigned blocks_for(int64_t n, int threads) {

@@ -7,10 +7,12 @@
 //   scatter_add:  out = x; out[i... with i_dim = index[i...]] += src[i...] for every position of index
 //   one_hot:      index (any shape) -> int64 (index.shape..., C), out[i..., index[i...]] = 1
 //
-// Index checks: indices are made dense int64 and one pass over them records the first position
-// holding a value outside [0, size) (atomicMin); its 8 bytes are read back, which waits for the
-// GPU, and an IndexError names the op, the value and the dimension exactly as on the CPU. So every
-// call of these ops synchronises the host once.
+// Index checks: indices are made dense int64 and one pass over them finds the first position
+// holding a value outside [0, size) (atomicMin); one thread records it as an index fault
+// (index_fault.cuh), and the IndexError, naming the op, the value and the dimension as on the
+// CPU, is raised at the host's next synchronisation. So these ops never wait for the GPU (but
+// one_hot without num_classes, whose output shape needs the largest index). The kernels stay in
+// bounds for a bad index: index_select and gather write zero bits there, the additions skip it.
 //
 // Kernels:
 //   - index_select and gather move bits (one code path per item size); index_select copies whole
@@ -41,6 +43,16 @@ __global__ void first_bad_index_kernel(const int64_t* __restrict__ idx, int64_t 
     if (uint64_t(idx[i]) >= uint64_t(size)) atomicMin(first_bad, (unsigned long long)i);
 }
 
+// One thread, after first_bad_index_kernel: records the first bad index, if any.
+__global__ void record_bad_index_kernel(const int64_t* __restrict__ idx,
+                                        const unsigned long long* __restrict__ first_bad, FaultSite site) {
+  const unsigned long long p = *first_bad;
+  if (p != ~0ull) record_index_fault(site, int64_t(p), idx[p]);
+}
+
+// i in [0, size): a valid index. One unsigned comparison also sends negatives out.
+__device__ __forceinline__ bool in_range(int64_t i, int64_t size) { return uint64_t(i) < uint64_t(size); }
+
 template <typename V>
 V read_back(const void* p, const char* op) {
   V v;
@@ -54,7 +66,8 @@ void check_index_dtype(const Tensor& index, const char* op) {
            ": index must be int32 or int64, got ", dtype_name(index.dtype()));
 }
 
-// The index as dense int64 after checking dtype and range (the first bad value is reported).
+// The index as dense int64 after checking its dtype; its range is checked on the device (the
+// first bad value is recorded as a fault). op must be a string literal (the record keeps it).
 Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t dim) {
   check_index_dtype(index, op);
   Tensor idx = ops::contiguous(ops::to_dtype(index, DType::Int64));
@@ -65,13 +78,9 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
   auto* pf = static_cast<unsigned long long*>(flag.raw_data());
   check(cudaMemsetAsync(pf, 0xFF, sizeof(unsigned long long), current_stream()), op);
   first_bad_index_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(idx.data<int64_t>(), n, size, pf);
+  record_bad_index_kernel<<<1, 1, 0, current_stream()>>>(idx.data<int64_t>(), pf,
+                                                         fault_site(op, FaultKind::Index, size, dim));
   check_launch(op);
-  unsigned long long bad = read_back<unsigned long long>(pf, op);
-  if (bad != ~0ull) {
-    int64_t v = read_back<int64_t>(idx.data<int64_t>() + bad, op);
-    throw IndexError(::ls::cat(op, ": index ", v, " is out of range for dimension ", dim,
-                               " of size ", size));
-  }
   return idx;
 }
 
@@ -112,7 +121,8 @@ __global__ void index_select_kernel(U* __restrict__ out, const U* __restrict__ x
        e += int64_t(gridDim.x) * blockDim.x) {
     int64_t c = e % inner, r = e / inner;
     int64_t j = r % m, o = r / m;
-    out[e] = x[(o * n + idx[j]) * inner + c];  // x[o, index[j], c]
+    const int64_t i = idx[j];
+    out[e] = in_range(i, n) ? x[(o * n + i) * inner + c] : U{};  // x[o, index[j], c]
   }
 }
 
@@ -163,6 +173,7 @@ __global__ void index_select_backward_kernel(T* __restrict__ dx, const T* __rest
     int64_t k = r % m, o = r / m;
     S v = sorted[k];
     if (k > 0 && sorted[k - 1] == v) continue;  // not the first of its run
+    if (!in_range(int64_t(v), n)) continue;     // a bad index: recorded by the check
     A acc = A(0);
     for (int64_t q = k; q < m && sorted[q] == v; ++q)
       acc += convert<A>(g[(o * m + perm[q]) * inner + c]);  // g[o, j, c], j = perm[q]
@@ -219,9 +230,10 @@ Tensors index_select_backward_cuda(const Tensors& in, const Attrs& a) {
 template <typename U>
 __global__ void gather_kernel(U* __restrict__ out, const U* __restrict__ x,
                               const int64_t* __restrict__ idx, int64_t total, Indexer<2> ix,
-                              int64_t xs_dim) {
+                              int64_t xs_dim, int64_t size) {
   for_each_strided(total, ix, [&](const int64_t (&off)[2]) {
-    out[off[0]] = x[off[1] + idx[off[0]] * xs_dim];
+    const int64_t i = idx[off[0]];
+    out[off[0]] = in_range(i, size) ? x[off[1] + i * xs_dim] : U{};
   });
 }
 
@@ -244,11 +256,11 @@ Tensors gather_cuda(const Tensors& in, const Attrs& a) {
   set_device(out, "gather");
   Tensor xv = view_without_dim(x, idx.shape(), dim);
   Indexer<2> ix = make_indexer<2>(idx.shape(), {&out, &xv}, "gather");
-  const int64_t xs_dim = x.dim() ? x.strides()[dim] : 0;
+  const int64_t xs_dim = x.dim() ? x.strides()[dim] : 0, size = x.dim() ? x.shape()[dim] : 1;
   LS_CUDA_DISPATCH_UNIT(int(itemsize(x.dtype())), {
     gather_kernel<unit_t><<<grid_for(total), kThreads, 0, current_stream()>>>(
         static_cast<unit_t*>(out.raw_data()), static_cast<const unit_t*>(x.raw_data()),
-        idx.data<int64_t>(), total, ix, xs_dim);
+        idx.data<int64_t>(), total, ix, xs_dim, size);
   });
   check_launch("gather");
   return {out};
@@ -261,12 +273,14 @@ Tensors gather_cuda(const Tensors& in, const Attrs& a) {
 template <typename T, typename S>
 __global__ void scatter_add_kernel(T* out, const T* __restrict__ src, const S* __restrict__ sorted,
                                    const int64_t* __restrict__ perm, int64_t total, Indexer<3> ix,
-                                   int64_t is_dim, int64_t m, int64_t os_dim, int64_t ss_dim) {
+                                   int64_t is_dim, int64_t m, int64_t os_dim, int64_t ss_dim,
+                                   int64_t size) {
   for_each_strided(total, ix, [&](const int64_t (&off)[3]) {
     const int64_t e = off[0];
     const int64_t k = (e / is_dim) % m;  // e's coordinate along dim
     const S v = sorted[e];
     if (k > 0 && sorted[e - is_dim] == v) return;  // not the first of its run
+    if (!in_range(int64_t(v), size)) return;       // a bad index: recorded by the check
     T* o = out + off[1] + int64_t(v) * os_dim;     // o points at out[i... with i_dim = v]
     T acc = *o;
     for (int64_t q = k; q < m && sorted[e + (q - k) * is_dim] == v; ++q)
@@ -308,10 +322,10 @@ Tensors scatter_add_cuda(const Tensors& in, const Attrs& a) {
   auto launch = [&](auto* po, const auto* ps) {
     if (sorted.dtype() == DType::Int32)
       scatter_add_kernel<<<grid_for(total), kThreads, 0, current_stream()>>>(po, ps, sorted.data<int32_t>(), perm, total,
-                                                        ix, is_dim, m, os_dim, ss_dim);
+                                                        ix, is_dim, m, os_dim, ss_dim, size);
     else
       scatter_add_kernel<<<grid_for(total), kThreads, 0, current_stream()>>>(po, ps, sorted.data<int64_t>(), perm, total,
-                                                        ix, is_dim, m, os_dim, ss_dim);
+                                                        ix, is_dim, m, os_dim, ss_dim, size);
   };
   switch (x.dtype()) {
     case DType::Float32: launch(out.data<float>(), src.data<float>()); break;

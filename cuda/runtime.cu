@@ -21,6 +21,10 @@
 // work is ordered back (e.g. by wait_stream); there is no record_stream. When cudaMalloc fails,
 // the pool is returned to the driver and the allocation retried once.
 //
+// Every host wait here (a blocking copy, synchronize, a Stream/Event synchronize or a query that
+// finds the work done) then raises an index fault recorded by a kernel since the last one
+// (index_fault.cuh). In sync debug mode "error" the waits throw instead of waiting.
+//
 // Pinned host memory (Tensor.pin_memory): page-locked blocks from cudaHostAlloc, cached by size
 // like the device pool because cudaHostAlloc costs milliseconds. A non_blocking copy from a
 // block records an event on the copying stream; a freed block is handed out again only once
@@ -28,6 +32,7 @@
 // has yet to read.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -61,6 +66,16 @@ cudaStream_t current_stream() {
 void set_current_stream(int device, cudaStream_t stream) {
   if (size_t(device) >= t_current.size()) t_current.resize(device + 1, nullptr);
   t_current[device] = stream;
+}
+
+namespace {
+std::atomic<int> g_sync_debug_mode{0};  // 0 default, 2 error (llmscratch.cuda.set_sync_debug_mode)
+}  // namespace
+
+void guard_host_wait(const char* what) {
+  if (g_sync_debug_mode.load(std::memory_order_relaxed) == 2)
+    throw RuntimeError(cat(what, ": the host would wait for the GPU here, and the sync debug mode "
+                                 "is \"error\" (llmscratch.cuda.set_sync_debug_mode)"));
 }
 
 namespace {
@@ -300,18 +315,26 @@ void host_record(void* block, int device) {
 // stream only, so the host may read (device->host) or reuse (host->device) its buffer at once.
 // A non_blocking copy returns at once; the caller keeps the host buffer alive and unchanged
 // (pinned blocks do so through host_record).
+void set_sync_debug_mode(int mode) { g_sync_debug_mode.store(mode); }
+int sync_debug_mode() { return g_sync_debug_mode.load(); }
+
 void memcpy_on(void* dst, const void* src, size_t nbytes, int kind, int device, bool non_blocking) {
   static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
                                          cudaMemcpyDeviceToDevice};
+  if (!non_blocking) guard_host_wait(kind == 0 ? "copy to the GPU" : kind == 1 ? "copy to the host" : "copy on the GPU");
   check(cudaSetDevice(device), "cudaSetDevice");
   cudaStream_t s = current_stream(device);
   check(cudaMemcpyAsync(dst, src, nbytes, kinds[kind], s), "cudaMemcpyAsync");
-  if (!non_blocking) check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  if (non_blocking) return;
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  raise_index_fault();
 }
 
 void synchronize_on(int device) {
+  guard_host_wait("synchronize");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  raise_index_fault();
 }
 
 // Empties both caches: device blocks, then pinned host blocks.
@@ -342,8 +365,10 @@ void stream_destroy(int device, void* stream) {
 }
 
 void stream_synchronize(int device, void* stream) {
+  guard_host_wait("Stream.synchronize");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+  raise_index_fault();
 }
 
 bool stream_query(int device, void* stream) {
@@ -354,6 +379,7 @@ bool stream_query(int device, void* stream) {
     return false;
   }
   check(r, "cudaStreamQuery");
+  raise_index_fault();
   return true;
 }
 
@@ -384,7 +410,9 @@ void stream_wait_event(int device, void* stream, void* event) {
 }
 
 void event_synchronize(void* event) {
+  guard_host_wait("Event.synchronize");
   check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+  raise_index_fault();
 }
 
 bool event_query(void* event) {
@@ -394,6 +422,7 @@ bool event_query(void* event) {
     return false;
   }
   check(r, "cudaEventQuery");
+  raise_index_fault();
   return true;
 }
 
@@ -409,7 +438,7 @@ const CudaHooks kHooks{device_count, malloc_on, free_on, memcpy_on, synchronize_
                        current_stream_on, set_stream_on, stream_create, stream_destroy,
                        stream_synchronize, stream_query, stream_priority_range, event_create,
                        event_destroy, event_record, stream_wait_event, event_synchronize,
-                       event_query, event_elapsed_ms};
+                       event_query, event_elapsed_ms, set_sync_debug_mode, sync_debug_mode};
 
 struct Install {
   Install() { set_cuda_hooks(&kHooks); }

@@ -209,6 +209,12 @@ PYBIND11_MODULE(llmscratch_core, m) {
   }, py::arg("device") = 0);
   m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
         py::arg("device") = 0);
+  m.def("cuda_set_sync_debug_mode", [](int mode) {
+    require_cuda("set_sync_debug_mode").set_sync_debug_mode(mode);
+  });
+  m.def("cuda_get_sync_debug_mode", [] {
+    return cuda_hooks() ? cuda_hooks()->sync_debug_mode() : 0;
+  });
 
   // Streams and events as integer handles (cudaStream_t / cudaEvent_t; 0 is the legacy default
   // stream). llmscratch.cuda wraps them in Stream and Event and owns their lifetimes.

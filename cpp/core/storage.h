@@ -74,6 +74,10 @@ struct CudaHooks {
   void (*event_synchronize)(void* event);
   bool (*event_query)(void* event);
   float (*event_elapsed_ms)(void* start, void* end);
+  // 0: the host may wait for the device; 2 ("error"): every wait (a blocking copy, a
+  // synchronize) throws instead, naming the call, to find the waits in a training step.
+  void (*set_sync_debug_mode)(int mode);
+  int (*sync_debug_mode)();
 };
 const CudaHooks* cuda_hooks();          // nullptr without CUDA
 void set_cuda_hooks(const CudaHooks* h);

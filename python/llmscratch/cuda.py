@@ -11,6 +11,12 @@ stream. The caching allocator keeps blocks per stream: memory freed by work on o
 only to later allocations on that stream. A tensor allocated on one stream and used on another
 must stay alive (or be ordered back with wait_stream) until that use has finished; there is no
 ``Tensor.record_stream``.
+
+Index errors of the CUDA ops (cross-entropy targets, index_select, gather, scatter_add, one_hot)
+are found on the device, so that no op waits for the GPU: the IndexError, naming the op that
+found it, is raised at the next synchronisation (a copy to the host such as ``.item()``,
+``synchronize()``, ``Stream``/``Event`` ``.synchronize()`` or a ``.query()`` that finds the work
+done), as torch's device-side asserts are.
 """
 import contextlib
 import threading
@@ -32,8 +38,28 @@ def device_count() -> int:
 
 
 def synchronize(device: int = 0) -> None:
-    """Wait for all work on every stream of the device."""
+    """Wait for all work on every stream of the device; raises an IndexError a CUDA op found
+    since the last synchronisation."""
     _core.cuda_synchronize(_device_index(device, "synchronize"))
+
+
+_SYNC_DEBUG_MODES = {"default": 0, 0: 0, "error": 2, 2: 2}
+
+
+def set_sync_debug_mode(debug_mode) -> None:
+    """As torch.cuda.set_sync_debug_mode: "default" (or 0) lets the host wait for the GPU;
+    "error" (or 2) makes every wait (a blocking copy such as ``.item()``, ``.cpu()`` or a copy to
+    the GPU, ``synchronize()``, ``Stream``/``Event`` ``.synchronize()``, an op that must read a
+    size back) raise a RuntimeError naming it instead, to find the waits in a training step.
+    torch's "warn" (1) is not offered."""
+    if isinstance(debug_mode, bool) or debug_mode not in _SYNC_DEBUG_MODES:
+        raise ValueError(f'set_sync_debug_mode: mode must be "default" (0) or "error" (2), got {debug_mode!r}')
+    _core.cuda_set_sync_debug_mode(_SYNC_DEBUG_MODES[debug_mode])
+
+
+def get_sync_debug_mode() -> int:
+    """0 ("default") or 2 ("error"), as torch.cuda.get_sync_debug_mode."""
+    return _core.cuda_get_sync_debug_mode()
 
 
 def memory_stats(device: int = 0) -> dict:

@@ -1,4 +1,5 @@
 """Shared test helpers: torch as the float64 reference, conversions, error measures."""
+import contextlib
 import os
 
 import numpy as np
@@ -31,6 +32,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 _np_rng = np.random.default_rng()  # fresh inputs on every run
+
+
+@contextlib.contextmanager
+def raises_at_sync(match):
+    """A CUDA index check (cuda/index_fault.cuh): the body queues its ops without raising, and
+    the IndexError matching `match` comes at the next host synchronisation."""
+    yield
+    with pytest.raises(IndexError, match=match):
+        ls.cuda.synchronize()
 
 
 def randn(*shape, dtype=np.float64, scale=1.0):

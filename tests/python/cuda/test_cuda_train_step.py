@@ -1,7 +1,8 @@
 """A whole GPT-2-style and LLaMA-style training step on the GPU against the CPU backend: the same
 weights and batch give the same loss and parameter gradients (float32: to float32 rounding;
 bfloat16: within bf16 tolerance), a mixed-precision Trainer step keeps fp32 master weights,
-and the step runs with llmscratch kernels alone (torch never imported)."""
+the step runs with llmscratch kernels alone (torch never imported), and a steady-state step never
+waits for the GPU and never calls cudaMalloc."""
 import os
 import subprocess
 import sys
@@ -86,3 +87,48 @@ def test_training_step_runs_without_torch():
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert np.isfinite(float(r.stdout.split()[-1]))
+
+
+def test_a_steady_step_never_waits_for_the_gpu():
+    """Forward with the cross-entropy loss, backward, gradient clipping and the AdamW step, once
+    warm: no host wait (each would raise in sync debug mode "error") and no cudaMalloc."""
+    model = M.Transformer(CONFIGS["gpt2"], device="cuda").to(dtype=ls.bfloat16)
+    opt = ls.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    batch = ls.tensor(np.random.default_rng().integers(0, 320, (4, 33)), device="cuda")
+
+    def step():
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        ls.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    with ls.backend("cuda"):
+        for _ in range(2):
+            step()
+        ls.cuda.synchronize()
+        before = ls.cuda.memory_stats()["num_cuda_malloc"]
+        ls.cuda.set_sync_debug_mode("error")
+        try:
+            loss = step()
+        finally:
+            ls.cuda.set_sync_debug_mode("default")
+    assert ls.cuda.memory_stats()["num_cuda_malloc"] == before
+    assert np.isfinite(loss.item())
+
+
+def test_sync_debug_mode_error_refuses_every_wait():
+    x = ls.ones(3, device="cuda")
+    ls.cuda.set_sync_debug_mode("error")
+    try:
+        assert ls.cuda.get_sync_debug_mode() == 2
+        for wait in (lambda: x.sum().item(), lambda: x.cpu(), lambda: ls.tensor([1.0]).cuda(),
+                     ls.cuda.synchronize, lambda: ls.cuda.current_stream().synchronize()):
+            with pytest.raises(RuntimeError, match='the host would wait for the GPU here.*"error"'):
+                wait()
+    finally:
+        ls.cuda.set_sync_debug_mode(0)
+    assert ls.cuda.get_sync_debug_mode() == 0 and x.sum().item() == 3.0
+    with pytest.raises(ValueError, match='mode must be "default" \\(0\\) or "error" \\(2\\), got \'warn\''):
+        ls.cuda.set_sync_debug_mode("warn")
