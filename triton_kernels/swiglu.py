@@ -4,40 +4,64 @@
     da = g b s (1 + a (1 - s)),   db = g a s,   s = sigmoid(a)
 
 Shapes: a and b of one shape, (B, T, H) in an MLP (the two halves of the up projection); any
-shape works, elementwise, 1024 elements per program.
+shape works, elementwise over the flattened contiguous tensors.
 Registry ops (cpp/ops/swiglu.cpp): "swiglu" {a, b} -> {y}; "swiglu_backward" {g, a, b} attrs
 da, db (which to compute) -> {da, db}, one not asked for has shape (0,).
 Fused: the backward reads g, a, b once and writes both gradients in the same pass.
+
+Kernels: one program per pointwise_block(dtype) elements (_common: 8 warps, four 16-byte vectors
+per thread and tensor). Every program but the last runs without a mask, which keeps its accesses
+16-byte vectors whatever n is (a mask is only known to be uniform over 8 elements when n is a
+multiple of 16); the last masks its tail. The block's start moves the pointers (64-bit), the
+offsets within a block are 32-bit. float32 arithmetic for every dtype.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, flat_grid
+from ._common import POINTWISE_WARPS, pointwise_block
 
 
 @triton.jit
-def _swiglu_fwd(A, B, Y, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
+def _swiglu_fwd_tile(A, B, Y, offs, mask):
+    a = tl.load(A + offs, mask=mask).to(tl.float32)
+    b = tl.load(B + offs, mask=mask).to(tl.float32)
     tl.store(Y + offs, (a / (1.0 + tl.exp(-a)) * b).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _swiglu_bwd(G, A, B, DA, DB, n, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr,
-                BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+def _swiglu_fwd(A, B, Y, n, BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    A, B, Y = A + start, B + start, Y + start
+    offs = tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _swiglu_fwd_tile(A, B, Y, offs, None)
+    else:
+        _swiglu_fwd_tile(A, B, Y, offs, offs < n - start)
+
+
+@triton.jit
+def _swiglu_bwd_tile(G, A, B, DA, DB, offs, mask, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr):
+    a = tl.load(A + offs, mask=mask).to(tl.float32)
+    b = tl.load(B + offs, mask=mask).to(tl.float32)
+    g = tl.load(G + offs, mask=mask).to(tl.float32)
     s = 1.0 / (1.0 + tl.exp(-a))
     if WANT_DA:
         tl.store(DA + offs, (g * b * s * (1.0 + a * (1.0 - s))).to(DA.dtype.element_ty), mask=mask)
     if WANT_DB:
         tl.store(DB + offs, (g * a * s).to(DB.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_bwd(G, A, B, DA, DB, n, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr,
+                BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    G, A, B, DA, DB = G + start, A + start, B + start, DA + start, DB + start
+    offs = tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _swiglu_bwd_tile(G, A, B, DA, DB, offs, None, WANT_DA, WANT_DB)
+    else:
+        _swiglu_bwd_tile(G, A, B, DA, DB, offs, offs < n - start, WANT_DA, WANT_DB)
 
 
 def _same_shapes(op, *ts):
@@ -49,8 +73,10 @@ def swiglu_forward(inputs, attrs):
     a, b = inputs[0].contiguous(), inputs[1].contiguous()
     _same_shapes("swiglu", a, b)
     y = torch.empty_like(a)
-    if a.numel():
-        _swiglu_fwd[flat_grid(a.numel())](a, b, y, a.numel(), BLOCK=ELEMENTWISE_BLOCK)
+    n = a.numel()
+    if n:
+        block = pointwise_block(a.dtype)
+        _swiglu_fwd[(triton.cdiv(n, block),)](a, b, y, n, BLOCK=block, num_warps=POINTWISE_WARPS)
     return [y]
 
 
@@ -60,10 +86,12 @@ def swiglu_backward(inputs, attrs):
     want_da, want_db = bool(attrs.get("da", True)), bool(attrs.get("db", True))
     da = torch.empty_like(a) if want_da else a.new_empty((0,))
     db = torch.empty_like(a) if want_db else a.new_empty((0,))
-    if a.numel() and (want_da or want_db):
-        _swiglu_bwd[flat_grid(a.numel())](g, a, b, da if want_da else a, db if want_db else a,
-                                          a.numel(), WANT_DA=want_da, WANT_DB=want_db,
-                                          BLOCK=ELEMENTWISE_BLOCK)
+    n = a.numel()
+    if n and (want_da or want_db):
+        block = pointwise_block(a.dtype)
+        _swiglu_bwd[(triton.cdiv(n, block),)](g, a, b, da if want_da else a, db if want_db else a,
+                                              n, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
+                                              num_warps=POINTWISE_WARPS)
     return [da, db]
 
 
