@@ -8,44 +8,114 @@ grad (ids.shape..., C) -> dweight (V, C).
 Registry ops (cpp/ops/embedding.cpp): "embedding" {weight, ids} -> {out};
 "embedding_backward" {grad, ids} attr num_weights = V -> {dweight}.
 
-Kernels: forward, one program per (token, chunk of C) copying one row. Backward without atomics,
-so it is deterministic and sums in the CPU op's order: torch sorts the token positions by id
-(stable, so each id's positions stay in token order) and counts each id; then one program per
-(vocabulary row, chunk of C) adds its tokens' gradient rows in float32 and writes the row once
-(zeros for ids that never occur). Limit: ids are not range-checked on the device (a host
-synchronisation): an id outside [0, V) gives a zero row in the forward and is skipped by the
-backward.
+Kernels. Programs work on [ROWS, BLOCK_C] tiles of _TILE elements: BLOCK_C is C rounded up to a
+power of 2, at most 256 (C = 768 is three whole blocks), and ROWS = _TILE / BLOCK_C.
+Forward: one program per (ROWS tokens, block of C) copies the tokens' weight rows (a gather).
+Backward, without atomics so that it is deterministic and sums in the CPU op's order: a small
+kernel turns the ids into sort keys and torch sorts them (stable, so each id's token positions
+stay in increasing order); one launch then writes every row of dweight once, with two kinds of
+programs:
+* sum programs, one per (ROWS consecutive sorted positions, block of C): a lane that holds the
+  first position of an id's run finds the run's end by binary search in the sorted keys, adds the
+  run's gradient rows in token order in float32 and writes dweight[id];
+* zero programs, one per ROWS vocabulary rows: each row is looked up in the sorted keys by binary
+  search, and the rows no token has are written with zeros, all of C.
+Rows no token uses thus cost only their stores, and a sum program's registers hold only rows that
+are written.
+Limits: ids are not range-checked on the device (a host synchronisation): an id outside [0, V)
+gives a zero row in the forward and is skipped by the backward. An id's run is summed serially by
+one lane, so an id that takes a large share of the tokens bounds the backward's time.
 """
 import torch
 import triton
 import triton.language as tl
 
-_BLOCK_C = 1024  # channels per program
+# Elements per program: 32 per thread at 4 warps, four 16-byte loads of bf16 in flight each.
+_TILE = 4096
+# Channels per block: a power of 2 that divides the common widths (768, 1024, 1536, ...), so that
+# few lanes are masked off.
+_MAX_BLOCK_C = 256
+_KEYS_BLOCK = 1024  # ids per program of the sort-key kernel
+
+
+def _tile(C):
+    # At least 16 channels: with C = 4 and one token, the backward's [1024, 4] tile crashed the
+    # Triton of torch 2.11 (an assertion in its coalescing pass). Narrow tiles and N = 1 compiled
+    # as a constant (see _embedding_bwd's decorator) are both avoided since.
+    block_c = min(max(triton.next_power_of_2(C), 16), _MAX_BLOCK_C)
+    return _TILE // block_c, block_c
 
 
 @triton.jit
-def _embedding_fwd(W, IDS, OUT, V, C, BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < C
-    v = tl.load(IDS + n).to(tl.int64)
+def _embedding_fwd(W, IDS, OUT, N, V, C, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = (cols < C)[None, :]
+    v = tl.load(IDS + n, mask=n < N, other=-1)
     ok = (v >= 0) & (v < V)
-    row = tl.load(W + tl.where(ok, v, 0) * C + cols, mask=mask, other=0.0)  # weight[ids[n], :]
-    tl.store(OUT + n * C + cols, tl.where(ok, row, 0.0).to(OUT.dtype.element_ty), mask=mask)
+    row = tl.load(W + v.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask,
+                  other=0.0)  # weight[ids[n], :], zeros for an id out of range
+    tl.store(OUT + n[:, None] * C + cols[None, :], row, mask=(n < N)[:, None] & cmask)
 
 
 @triton.jit
-def _embedding_bwd(G, ORDER, START, COUNT, DW, C, BLOCK: tl.constexpr):
-    v = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < C
-    begin = tl.load(START + v)
-    count = tl.load(COUNT + v)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for k in tl.range(0, count):
-        n = tl.load(ORDER + begin + k).to(tl.int64)  # a token position with ids[n] == v
-        acc += tl.load(G + n * C + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=mask)
+def _embedding_keys(IDS, KEYS, N, V, key_shift, BLOCK: tl.constexpr):
+    # ids out of range become V: they sort after every valid id and no program sums them.
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(IDS + n, mask=n < N, other=0).to(tl.int64)
+    v = tl.where((v >= 0) & (v < V), v, V)
+    tl.store(KEYS + n, (v + key_shift).to(KEYS.dtype.element_ty), mask=n < N)
+
+
+@triton.jit
+def _lower_bound(KEYS, N, target):
+    # First position in the sorted KEYS[0:N] (N >= 1) whose key is >= target, for every lane.
+    # Branch-free: the window halves each step alike for all lanes, so the loop is uniform.
+    base = tl.zeros_like(target)
+    n = N
+    while n > 1:
+        half = n // 2
+        base = tl.where(tl.load(KEYS + base + half).to(tl.int64) < target, base + half, base)
+        n -= half
+    return base + (tl.load(KEYS + base).to(tl.int64) < target).to(tl.int64)
+
+
+@triton.jit(do_not_specialize=["N", "sum_programs"])  # see _tile
+def _embedding_bwd(G, KEYS, ORDER, DW, N, V, C, key_shift, sum_programs, ROWS: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid < sum_programs:
+        blocks = tl.cdiv(C, BLOCK_C)  # the blocks of one tile are neighbours: they share its loads
+        k = (pid // blocks).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # sorted positions
+        cols = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = (cols < C)[None, :]
+        key = tl.load(KEYS + k, mask=k < N, other=0).to(tl.int64)
+        prev = tl.load(KEYS + k - 1, mask=(k > 0) & (k < N), other=0).to(tl.int64)
+        v = key - key_shift
+        first = (k < N) & (v < V) & ((k == 0) | (key != prev))  # the start of id v's run
+        count = tl.where(first, _lower_bound(KEYS, N, key + 1) - k, 0)
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        n = tl.load(ORDER + k, mask=count > 0, other=0)  # the run's first token
+        for j in tl.range(0, tl.max(count, axis=0)):
+            g = tl.load(G + n[:, None] * C + cols[None, :], mask=(j < count)[:, None] & cmask,
+                        other=0.0)
+            # The next token's position is read while this row is in flight, so each step waits
+            # on one load, not two in a row.
+            n = tl.load(ORDER + k + j + 1, mask=j + 1 < count, other=0)
+            acc += g.to(tl.float32)
+        tl.store(DW + v[:, None] * C + cols[None, :], acc.to(DW.dtype.element_ty),
+                 mask=first[:, None] & cmask)
+    else:
+        # Only stores once the search is done, so one program covers every block of its rows.
+        v = (pid - sum_programs).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        s = _lower_bound(KEYS, N, v + key_shift)
+        hit = (s < N) & (tl.load(KEYS + s, mask=s < N, other=0).to(tl.int64) == v + key_shift)
+        absent = ((v < V) & ~hit)[:, None]
+        for c in tl.range(0, C, BLOCK_C):
+            cols = c + tl.arange(0, BLOCK_C)
+            tl.store(DW + v[:, None] * C + cols[None, :],
+                     tl.zeros([ROWS, BLOCK_C], dtype=DW.dtype.element_ty),
+                     mask=absent & (cols < C)[None, :])
 
 
 def _ids(ids, op):
@@ -60,10 +130,12 @@ def embedding_forward(inputs, attrs):
         raise ValueError(f"embedding: weight must be (V, C), got shape {tuple(weight.shape)}")
     ids = _ids(inputs[1], "embedding")
     V, C = weight.shape
-    out = torch.empty((ids.numel(), C), dtype=weight.dtype, device=weight.device)
-    if ids.numel() and C:
-        _embedding_fwd[(ids.numel(), triton.cdiv(C, _BLOCK_C))](weight, ids, out, V, C,
-                                                                BLOCK=_BLOCK_C)
+    N = ids.numel()
+    out = torch.empty((N, C), dtype=weight.dtype, device=weight.device)
+    if N and C:
+        rows, block_c = _tile(C)
+        _embedding_fwd[(triton.cdiv(N, rows), triton.cdiv(C, block_c))](
+            weight, ids, out, N, V, C, ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return [out.reshape(*inputs[1].shape, C)]
 
 
@@ -77,16 +149,26 @@ def embedding_backward(inputs, attrs):
     if grad.numel() != ids.numel() * C:
         raise ValueError(f"embedding_backward: grad of shape {tuple(grad.shape)} does not match "
                          f"ids of shape {tuple(inputs[1].shape)} plus C = {C}")
+    N = ids.numel()
     dweight = torch.empty((V, C), dtype=grad.dtype, device=grad.device)
-    if V and C:
-        ids64 = ids.to(torch.int64)
-        # ids outside [0, V) go to a bin past the end that no program reads.
-        binned = torch.where((ids64 >= 0) & (ids64 < V), ids64, V)
-        order = torch.sort(binned, stable=True).indices
-        count = torch.bincount(binned, minlength=V + 1)[:V]
-        start = torch.cumsum(count, 0) - count
-        _embedding_bwd[(V, triton.cdiv(C, _BLOCK_C))](grad, order, start, count, dweight, C,
-                                                       BLOCK=_BLOCK_C)
+    if not (V and C):
+        return [dweight]
+    if not N:
+        return [dweight.zero_()]
+    # Keys 0..V shifted down by half the range of the narrowest signed type that holds them: the
+    # radix sort makes one pass per key byte (two for a vocabulary of up to 65535 rows).
+    key_dtype = next(t for t in (torch.int16, torch.int32, torch.int64)
+                     if V < 1 << torch.iinfo(t).bits)
+    key_shift = -(1 << (torch.iinfo(key_dtype).bits - 1))
+    keys = torch.empty(N, dtype=key_dtype, device=grad.device)
+    _embedding_keys[(triton.cdiv(N, _KEYS_BLOCK),)](ids, keys, N, V, key_shift, BLOCK=_KEYS_BLOCK)
+    keys, order = torch.sort(keys, stable=True)
+    rows, block_c = _tile(C)
+    # Sum programs first: they wait on loads, while the zero programs behind them only store.
+    sum_programs = triton.cdiv(N, rows) * triton.cdiv(C, block_c)
+    _embedding_bwd[(sum_programs + triton.cdiv(V, rows),)](
+        grad, keys, order, dweight, N, V, C, key_shift, sum_programs, ROWS=rows, BLOCK_C=block_c,
+        num_warps=4)
     return [dweight]
 
 

@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
 
-from triton_check import CASES, check, rng
+from triton_check import CASES, check, rng, rounded, to_ls, to_np, triton_call
 
-# (V, C, ids shape): repeated ids, odd widths, a width over one 1024-channel program.
-SHAPES = [(1, 1, (3,)), (7, 5, (2, 9)), (50, 127, (4, 6)), (3, 1100, (5,))]
+# (V, C, ids shape): repeated ids, odd widths, widths over one 256-channel block, one id, long runs
+# of one id across programs, a vocabulary most of which no token uses, one too large for int16
+# sort keys.
+SHAPES = [(1, 1, (3,)), (2, 4, (1,)), (7, 5, (2, 9)), (50, 127, (4, 6)), (3, 1100, (5,)),
+          (5, 300, (7, 31)), (3000, 16, (40,)), (70000, 3, (50,))]
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -17,3 +20,31 @@ def test_embedding(device, dtype, V, C, ids_shape, ids_dtype):
     check("embedding", [weight, ids], {}, device, dtype)
     grad = r.standard_normal(ids_shape + (C,))
     check("embedding_backward", [grad, ids], {"num_weights": V}, device, dtype, tol_scale=2)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("V,C", [(4, 9), (65535, 2), (65536, 2)])
+@pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
+def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype):
+    """The documented contract for ids outside [0, V) (the CPU op rejects them): a zero row in the
+    forward, skipped in the backward; each id's rows summed in token order in float32, so the
+    gradient matches that sum bit for bit. V = 65535 / 65536 sit on either side of the int16
+    sort keys' range; there the smallest id is 32768, whose int16 key is 0."""
+    r = rng()
+    big = np.iinfo(ids_dtype)
+    lo = 0 if V < 32768 else 32768
+    ids = np.concatenate([r.integers(lo, V + 3, 60), r.integers(lo, lo + 3, 40),
+                          [lo, V - 1, V, -1, -2, V - 1, big.max, big.min]]).astype(ids_dtype)
+    r.shuffle(ids)
+    valid = (ids >= 0) & (ids < V)
+    weight = rounded(r.standard_normal((V, C)), dtype)
+    (out,) = triton_call("embedding", [to_ls(weight, device, dtype), to_ls(ids, device, dtype)], {})
+    assert np.array_equal(to_np(out), np.where(valid[:, None], weight[np.where(valid, ids, 0)], 0))
+
+    grad = rounded(r.standard_normal((ids.size, C)), dtype)
+    (dw,) = triton_call("embedding_backward",
+                        [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
+    acc = np.zeros((V, C), np.float32)
+    for n in np.flatnonzero(valid):
+        acc[ids[n]] += grad[n].astype(np.float32)  # one float32 rounding per add, in token order
+    assert np.array_equal(to_np(dw), rounded(acc, dtype))
