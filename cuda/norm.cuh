@@ -21,8 +21,8 @@
 // Backward: one kernel reads g and x once (cached), reduces the row sums, writes dx and adds
 // g xhat and g into its block's accumulators of dw and db; a second small kernel adds the
 // per-block partials in block order (below). Vectorised 16- and 32-bit rows of up to 4096
-// elements take backward_regs_kernel instead: the accumulators in registers and the next rows
-// streamed into shared memory (cp.async) while this one is reduced.
+// elements take backward_regs_kernel instead: the accumulators in registers and the next row
+// loaded while this one is reduced.
 //
 // Statistics are kept in the accumulation type: float64 for float64 inputs, float32 otherwise
 // (a bf16 rstd would carry a 2^-9 relative error into every gradient).
@@ -30,7 +30,6 @@
 #include <initializer_list>
 #include <utility>
 
-#include "cp_async.cuh"
 #include "ops/kernel_checks.h"
 #include "rows.cuh"
 
@@ -338,23 +337,12 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
 //     as fit on the device at once, so thread x owns the same vectors x + k * blockDim.x
 //     (k < kRegVecs) of every row;
 //   - keeps that thread's share of dw and db in registers (no shared-memory accumulators);
-//   - streams the rows' g and x into a ring of kRegStages row slots in shared memory with
-//     cp.async, kRegStages - 1 rows ahead of the one being reduced, so the memory system stays
-//     busy while rows are reduced and written. Each thread copies and reads back only its own
-//     vectors, so the ring needs no barrier. (A register double buffer, one row ahead, kept only
-//     two rows per SM in flight: 66% of the H100's DRAM bandwidth in ncu.)
-// 256-thread blocks, two per SM. It writes partial[blockIdx.x, :] in column_sum_kernel's order,
-// as backward_kernel does.
+//   - loads the next row's g and x before reducing the current one (register double buffer),
+//     so the memory system is busy while the row is reduced and written.
+// 256-thread blocks at 128 registers, two per SM. It writes partial[blockIdx.x, :] in
+// column_sum_kernel's order, as backward_kernel does.
 constexpr int kRegRowThreads = 256;
-constexpr int kRegStages = 3;
 template <typename T> constexpr int kRegVecs = sizeof(T) == 2 ? 2 : 4;  // 16 elements per thread
-
-// Dynamic shared memory of backward_regs_kernel: kRegStages slots of g and x, K vectors of each
-// of tx threads.
-template <typename T>
-size_t regs_smem(int tx) {
-  return size_t(kRegStages) * 2 * kRegVecs<T> * tx * 16;
-}
 
 template <typename T, int V, bool Centered, bool HasW, bool HasDh>
 __global__ void __launch_bounds__(kRegRowThreads, 2)
@@ -364,12 +352,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
                          int64_t R, int64_t C, int dw_at, int db_at) {
   using A = acc_t<T>;
   constexpr int K = kRegVecs<T>;
-  static_assert(sizeof(Vec<T, V>) == 16, "the ring holds 16-byte vectors");
   __shared__ A red[32];
-  extern __shared__ __align__(16) unsigned char ring_raw[];
-  // ring[((stage * 2 + (0: g, 1: x)) * K + k) * tx + threadIdx.x]: consecutive threads, consecutive
-  // 16 bytes (no bank conflicts).
-  Vec<T, V>* ring = reinterpret_cast<Vec<T, V>*>(ring_raw);
   const int64_t nvec = C / V, tx = blockDim.x;
   A dw[K][V], db[K][V];
   Vec<T, V> wv[K];
@@ -380,33 +363,20 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
 #pragma unroll
     for (int i = 0; i < V; ++i) dw[k][i] = db[k][i] = A(0);
   }
-  auto slot = [&](int stage, int which, int k) { return ring + ((stage * 2 + which) * K + k) * tx + threadIdx.x; };
-  // Queues row r's owned vectors of g and x into `stage` (zeros past the row's end), one group.
-  auto fetch = [&](int64_t r, int stage) {
-    if (r < R) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int64_t j = threadIdx.x + k * tx;
-        cp_async16(smem_addr(slot(stage, 0, k)), as_vec<T, V>(g + r * C) + (j < nvec ? j : 0), j < nvec);
-        cp_async16(smem_addr(slot(stage, 1, k)), as_vec<T, V>(x + r * C) + (j < nvec ? j : 0), j < nvec);
-      }
-    }
-    cp_async_commit();  // an empty group past the last row keeps the wait count uniform
-  };
-#pragma unroll
-  for (int s = 0; s < kRegStages - 1; ++s) fetch(blockIdx.x + int64_t(s) * gridDim.x, s);
-  int stage = 0;
-  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-    // The slot refilled here was read (into registers) in the previous iteration.
-    fetch(r + int64_t(kRegStages - 1) * gridDim.x, (stage + kRegStages - 1) % kRegStages);
-    cp_async_wait<kRegStages - 1>();  // row r's group is complete
-    Vec<T, V> cg[K], cx[K];
+  // Row r's owned vectors, every load issued before any is used (vector 0 stands in past the end).
+  auto load = [&](int64_t r, Vec<T, V> (&gr)[K], Vec<T, V> (&xr)[K]) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      cg[k] = *slot(stage, 0, k);
-      cx[k] = *slot(stage, 1, k);
+      const int64_t j = threadIdx.x + k * tx, jl = j < nvec ? j : 0;
+      gr[k] = as_vec<T, V>(g + r * C)[jl];
+      xr[k] = as_vec<T, V>(x + r * C)[jl];
     }
-    stage = (stage + 1) % kRegStages;
+  };
+  Vec<T, V> cg[K], cx[K];
+  if (blockIdx.x < R) load(blockIdx.x, cg, cx);
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    Vec<T, V> ng[K], nx[K];
+    if (r + gridDim.x < R) load(r + gridDim.x, ng, nx);
     const A mu = Centered ? mean[r] : A(0), rs = rstd[r];
     A s1 = 0, s2 = 0;  // sum dxhat (Centered only), sum dxhat xhat
 #pragma unroll
@@ -425,8 +395,12 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
         db[k][i] += gr;
       });
     }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      cg[k] = ng[k];
+      cx[k] = nx[k];
+    }
   }
-  cp_async_wait_all();  // nothing in flight at exit (the empty groups past the last row)
   const int parts = (dw_at >= 0) + (db_at >= 0);
   A* mine = partial + int64_t(blockIdx.x) * parts * C;
 #pragma unroll
@@ -535,11 +509,7 @@ void backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& g, const Tensor&
         if constexpr (VV > 1 && sizeof(T) < 8) {
           auto kernel = pw ? backward_regs_kernel<T, VV, Centered, true, HasDh>
                            : backward_regs_kernel<T, VV, Centered, false, HasDh>;
-          // Always raised: the ring plus the static reduction buffer passes the default 48 KB
-          // already at 48 KB of ring (bf16 rows of 4096).
-          const size_t smem = regs_smem<T>(int(plan.launch.block.x));
-          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-          kernel<<<plan.launch.grid, plan.launch.block, smem, current_stream()>>>(
+          kernel<<<plan.launch.grid, plan.launch.block, 0, current_stream()>>>(
               dx.data<T>(), partial.data<A>(), g.data<T>(), pdh, x.data<T>(), pw, pm, rstd.data<A>(), R, C,
               dw_at, db_at);
         }
