@@ -113,14 +113,17 @@ def test_a_steady_step_never_waits_for_the_gpu():
         for _ in range(4):  # the optimizer state and the allocator's pools settle
             step()
         ls.cuda.synchronize()
-        before = ls.cuda.memory_stats()["num_cuda_malloc"]
+        before = ls.cuda.memory_stats()
         ls.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(2):
                 loss = step()
         finally:
             ls.cuda.set_sync_debug_mode("default")
-    assert ls.cuda.memory_stats()["num_cuda_malloc"] == before
+    after = ls.cuda.memory_stats()
+    # cudaFree calls too: the pool is handed back when a cudaMalloc fails (another process on the
+    # GPU holding memory), after which the step has to allocate again.
+    assert after["num_cuda_malloc"] == before["num_cuda_malloc"], (before, after)
     assert np.isfinite(loss.item())
 
 
