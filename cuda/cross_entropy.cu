@@ -117,6 +117,9 @@ Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const cha
 // Vectors per thread loaded together on the one-pass row loops (rows.cuh row_pass); float64
 // keeps 1, its exp needs the registers.
 template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
+// The in-place kernel, two blocks of rows per SM (its shared memory), needs more of each row in
+// flight per thread to keep as many bytes moving.
+template <typename T> constexpr int kInplaceStream = sizeof(T) == 8 ? 1 : 8;
 
 // Threads per row of the one-pass kernels (forward, backward). A vocabulary row is long: at
 // 1024 threads (one block per SM at the kernels' 64 registers) each SM streamed one row and
@@ -204,11 +207,14 @@ __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* 
 // logits[r, :] overwritten by d(loss)/d(logits[r, :]) at an upstream gradient of 1:
 //   k p - k eps / V - k (1 - eps) [v == t],  k = 1 / info[1] (mean) or 1; zeros for ignored rows.
 // x is read and written through the same (unrestricted) pointer. The statistics pass streams the
-// row in batches of kStream vectors per thread (as the forward) and keeps its first `cached`
+// row in batches of kInplaceStream vectors per thread and keeps its first `cached`
 // vectors in this lane's slice of dynamic shared memory; the gradient pass takes those from
 // there and re-reads only the rest.
+// At most 256 threads a block (stream_launch) and two blocks per SM (its shared memory), so up
+// to 128 registers: the kInplaceStream batch fits without spilling (the 1024-thread bound of the
+// other row kernels spilled it).
 template <typename T, int W, typename I>
-__global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
+__global__ void __launch_bounds__(kStreamThreads, 2) cross_entropy_inplace_kernel(
     acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out, T* x, const I* __restrict__ targets,
     const int64_t* __restrict__ info, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean,
     int64_t cached) {
@@ -230,7 +236,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
     Vec<T, W>* dst = as_vec<T, W>(xr);
     Vec<T, W> c[1][1];  // no register cache: the row goes to shared memory
     A m = neg_inf<A>(), s = 0, sx = 0, xt = 0;  // running max, sum exp(x - m), sum x, x[t]
-    row_pass<true, kStream<T>>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kInplaceStream<T>>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
       if (j < cached) cache[j] = v[0];  // read back by this same thread in the gradient pass
       A a[W];
       A vm = m;
@@ -282,17 +288,9 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_inplace_kernel(
     const int64_t in_cache = cached < nvec ? cached : nvec;
     int64_t j = threadIdx.x;
     for (; j < in_cache; j += tx) write(j, cache[j]);
-    // The rest from memory, kStream loads in flight per thread (the cached prefix ends at a
-    // multiple of tx, so j continues this thread's own stride).
-    constexpr int U = kStream<T>;
-    for (; j + (U - 1) * tx < nvec; j += U * tx) {
-      Vec<T, W> v[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) v[u] = src[0][j + u * tx];
-#pragma unroll
-      for (int u = 0; u < U; ++u) write(j + u * tx, v[u]);
-    }
-    for (; j < nvec; j += tx) write(j, src[0][j]);
+    // The rest from memory, kInplaceStream loads in flight per thread (the cached prefix ends at
+    // a multiple of tx, so j continues this thread's own stride).
+    stream_vectors<kInplaceStream<T>>(src, j, nvec, [&](int64_t jj, const Vec<T, W> (&v)[1]) { write(jj, v[0]); });
   }
 }
 

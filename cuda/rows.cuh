@@ -93,6 +93,38 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
   return r;
 }
 
+// f(j, v) with v[a] = rows[a][j] for this thread's vectors j = j0, j0 + tx, ... below nvec, in
+// batches of U whose loads all issue before any is used, the last, partial batch too: there a
+// vector past the end is read as vector j of the batch's first (this thread's own, and valid)
+// and not passed to f. (Taken one by one, the up to U - 1 vectors of that tail were U - 1 load
+// latencies in a row at the end of every row.)
+template <int U, int N, typename T, int V, typename F>
+__device__ __forceinline__ void stream_vectors(const Vec<T, V>* const (&rows)[N], int64_t j,
+                                               int64_t nvec, F&& f) {
+  const int64_t tx = blockDim.x;
+  for (; j + (U - 1) * tx < nvec; j += U * tx) {
+    Vec<T, V> v[U][N];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int a = 0; a < N; ++a) v[u][a] = rows[a][j + u * tx];
+#pragma unroll
+    for (int u = 0; u < U; ++u) f(j + u * tx, v[u]);
+  }
+  if (U > 1 && j < nvec) {
+    Vec<T, V> v[U][N];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t ju = j + u * tx, jl = ju < nvec ? ju : j;
+#pragma unroll
+      for (int a = 0; a < N; ++a) v[u][a] = rows[a][jl];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u * tx < nvec) f(j + u * tx, v[u]);
+  }
+}
+
 // One pass over this thread's vectors of N rows read together (x, or y and g, ...):
 // f(j, v) with v[a] = rows[a][j]. First = true loads the first K vectors into the cache c, later
 // passes read them from c; vectors past the cache are loaded every pass, in batches of U
@@ -127,22 +159,7 @@ __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int6
       f(j, v);
     }
   }
-  int64_t j = threadIdx.x + K * tx;
-  for (; j + (U - 1) * tx < nvec; j += U * tx) {
-    Vec<T, V> v[U][N];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int a = 0; a < N; ++a) v[u][a] = rows[a][j + u * tx];
-#pragma unroll
-    for (int u = 0; u < U; ++u) f(j + u * tx, v[u]);
-  }
-  for (; j < nvec; j += tx) {
-    Vec<T, V> v[N];
-#pragma unroll
-    for (int a = 0; a < N; ++a) v[a] = rows[a][j];
-    f(j, v);
-  }
+  stream_vectors<U>(rows, threadIdx.x + K * tx, nvec, f);
 }
 
 template <typename T, int V>
