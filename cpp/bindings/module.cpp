@@ -152,7 +152,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
   // autograd
   m.def("is_grad_enabled", &grad_enabled);
   m.def("set_grad_enabled", &set_grad_enabled);
-  m.def("backward", [](const py::sequence& roots, const py::sequence& grads) {
+  m.def("backward", [](const py::sequence& roots, const py::sequence& grads, bool retain_graph) {
     py::gil_scoped_release nogil;  // hooks and Python backward functions re-acquire it
     Tensors r, g;
     {
@@ -160,13 +160,19 @@ PYBIND11_MODULE(llmscratch_core, m) {
       r = to_tensors(roots);
       g = to_tensors(grads);
     }
-    run_backward(r, g);
-  });
+    run_backward(r, g, retain_graph);
+  }, py::arg("roots"), py::arg("grads"), py::arg("retain_graph") = false);
   m.def("record_function", [](const std::string& name, const py::sequence& inputs,
                               const py::sequence& outputs, py::function backward) {
-    record_node(name, to_tensors(inputs), to_tensors(outputs), [backward](const Tensors& grads) {
+    // The tape may drop the closure without the GIL (run_backward releases a node's backward
+    // as soon as it has run), so the Python callable is released under the GIL.
+    std::shared_ptr<py::function> fn(new py::function(std::move(backward)), [](py::function* f) {
       py::gil_scoped_acquire gil;
-      return to_tensors(backward(grads));
+      delete f;
+    });
+    record_node(name, to_tensors(inputs), to_tensors(outputs), [fn](const Tensors& grads) {
+      py::gil_scoped_acquire gil;
+      return to_tensors((*fn)(grads));
     });
   }, "Record a Python-defined differentiable function on the tape");
 

@@ -109,7 +109,8 @@ void retain_grad(const Tensor& t) {
   });
 }
 
-void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) {
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                  bool retain_graph) {
   NoGradGuard no_grad;  // backward formulas are not themselves recorded
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::unordered_map<Node*, int> dependencies;
@@ -176,6 +177,14 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       for (auto& hook : n->retain_hooks[i]) hook(g[i]);
     }
     std::vector<Tensor> in_grads = n->apply(g);
+    if (!retain_graph) {
+      // Frees what the backward captured (the saved activations); a later call says why.
+      n->apply = [name = n->name](const std::vector<Tensor>&) -> std::vector<Tensor> {
+        throw RuntimeError(cat("backward: the graph through ", name, " was already run backward and "
+                               "its saved tensors freed; pass retain_graph=True to the first backward "
+                               "to run it again"));
+      };
+    }
     for (size_t i = 0; i < n->next.size(); ++i) {
       const Edge& e = n->next[i];
       if (!e.valid()) continue;

@@ -50,8 +50,12 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
                  const std::vector<Tensor>& outputs,
                  std::function<std::vector<Tensor>(const std::vector<Tensor>&)> backward);
 
-// Seed `roots` with `grads` (undefined: ones for a scalar root) and run the tape.
-void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads);
+// Seed `roots` with `grads` (undefined: ones for a scalar root) and run the tape. Unless
+// retain_graph, each node's backward (and with it the tensors it saved) is released once it has
+// run, as in torch: a graph's activations live until its backward, not for as long as its
+// output does; a second backward through such a node raises.
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                  bool retain_graph = false);
 
 void register_hook(const Tensor& t, GradHook hook);
 void retain_grad(const Tensor& t);

@@ -378,7 +378,8 @@ T.__dlpack_device__ = lambda self: tuple(_core.dlpack_device(self))
 # ---- autograd ----------------------------------------------------------------------------------
 
 def _backward(self, gradient=None, retain_graph=None):
-    _core.backward([self], [gradient])
+    """As torch: the graph's saved tensors are freed as it runs unless retain_graph."""
+    _core.backward([self], [gradient], bool(retain_graph))
 
 
 T.backward = _backward

@@ -49,16 +49,16 @@ class enable_grad(no_grad):
         return self
 
 
-def backward(tensors, grad_tensors=None):
+def backward(tensors, grad_tensors=None, retain_graph=None):
     """Accumulate d(tensors)/d(leaf) into every leaf's .grad (grad_tensors default to ones for
-    scalar outputs)."""
+    scalar outputs); the graph's saved tensors are freed as it runs unless retain_graph."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
     if grad_tensors is None:
         grad_tensors = [None] * len(tensors)
     elif isinstance(grad_tensors, Tensor):
         grad_tensors = [grad_tensors]
-    _core.backward(list(tensors), list(grad_tensors))
+    _core.backward(list(tensors), list(grad_tensors), bool(retain_graph))
 
 
 class FunctionCtx:

@@ -182,6 +182,40 @@ def test_graph_is_freed():
     assert r() is None
 
 
+def test_backward_releases_saved_state_unless_retain_graph():
+    """As torch: what a graph saved for its backward is freed as the backward runs, so a kept
+    output (a logged loss) does not keep a step's activations alive; retain_graph keeps it."""
+    import weakref
+
+    class Probe:
+        pass
+
+    probes = []
+
+    class Square(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.probe = Probe()  # anything the backward's context holds
+            probes.append(weakref.ref(ctx.probe))
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g
+
+    x = ls.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = (Square.apply(x) * 2).sum()
+    y.backward(retain_graph=True)
+    assert probes[0]() is not None
+    y.backward()  # the retained graph runs again: the gradients add
+    np.testing.assert_allclose(to_np(x.grad), 2 * 4 * np.array([1.0, 2.0, 3.0]))
+    assert probes[0]() is None and y.grad_fn is not None  # released, though y is alive
+    with pytest.raises(RuntimeError, match="already run backward.*retain_graph=True"):
+        y.backward()
+
+
 def test_checkpoint_recomputes_with_the_same_gradients_and_random_numbers():
     import llmscratch.nn as nn
     from llmscratch.autograd import checkpoint

@@ -194,10 +194,15 @@ def test_inplace_misuse_raises():
         F.cross_entropy(view, t, inplace_backward=True)
     with pytest.raises(IndexError, match="cross_entropy_inplace: target 6 at position 1"):
         F.cross_entropy(leaf * 1.0, ls.tensor([0, 6, 1, 2]), inplace_backward=True)
-    # the gradient serves one backward; a write into the buffer before it is caught
+    # the gradient serves one backward, even with the graph retained; a write into the buffer
+    # before it is caught
+    loss = F.cross_entropy(leaf * 1.0, t, inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already handed to an earlier backward"):
+        loss.backward()
     loss = F.cross_entropy(leaf * 1.0, t, inplace_backward=True)
     loss.backward()
-    with pytest.raises(RuntimeError, match="already handed to an earlier backward"):
+    with pytest.raises(RuntimeError, match="already run backward.*retain_graph=True"):
         loss.backward()
     logits = leaf * 1.0
     loss = F.cross_entropy(logits, t, inplace_backward=True)
