@@ -132,6 +132,7 @@ def main():
         dev_batches = [ls.tensor(b, device=dev) for b in batches]
         if dev == "cuda":
             ls.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats()
 
         def ours(i):
             b = dev_batches[i]
@@ -143,7 +144,10 @@ def main():
 
         t, loss = run(ours, args.steps, args.warmup)
         peak = ls.cuda.memory_stats()["peak_allocated_bytes"] / 2**20 if dev == "cuda" else float("nan")
-        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, loss, peak)
+        # The Triton kernels' outputs come from torch's allocator: its peak is shown beside ours
+        # (the two peaks need not coincide, so their sum is an upper bound).
+        extra = torch_peak_mb(dev) if dev == "cuda" and backend == "triton" else 0.0
+        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, loss, (peak, extra))
         del model, opt, dev_batches
     ls.set_backend("default")
 
@@ -168,7 +172,7 @@ def main():
 
         # torch.compile compiles in the first (warm-up) step; every run sees the same batches
         t, loss = run(theirs, args.steps, args.warmup)
-        add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, loss, torch_peak_mb(dev))
+        add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, loss, (torch_peak_mb(dev), 0.0))
         del tmodel, topt, fwd
 
     flops = init.flops_per_token(T)
@@ -181,7 +185,7 @@ def main():
              "|---|---:|---:|---:|---:|---:|"]
     for name, tps, ms, loss, pmb in rows:
         mfu = f"{100 * flops * tps / peak:.1f}%" if peak else "-"
-        mem = "-" if math.isnan(pmb) else f"{pmb:.0f}"
+        mem = "-" if math.isnan(pmb[0]) else f"{pmb[0]:.0f}" + (f" + {pmb[1]:.0f} (torch's)" if pmb[1] else "")
         table.append(f"| {name} | {tps:.0f} | {ms:.1f} | {mfu} | {mem} | {loss:.4f} |")
     eager = [r[1] for r in rows if r[0].endswith("eager")]
     summary = (f"{rows[0][0]} runs at {rows[0][1] / eager[0]:.2f}x torch eager's throughput." if eager else
