@@ -79,11 +79,14 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.
             dxhat = g * w
         else:
             dxhat = g
-        m2 = tl.sum(dxhat * xhat, axis=0) / C
         if CENTERED:
-            dx = rstd * (dxhat - tl.sum(dxhat, axis=0) / C - xhat * m2)
+            # Both row sums in one reduction of a [BLOCK, 2] tile: one trip through shared memory
+            # and its barriers instead of two.
+            sums = tl.sum(tl.join(dxhat * xhat, dxhat), axis=0)
+            s2, s1 = tl.split(sums)
+            dx = rstd * (dxhat - s1 / C - xhat * (s2 / C))
         else:
-            dx = rstd * (dxhat - xhat * m2)
+            dx = rstd * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / C))
         if HAS_DH:  # the add_ variants: the residual stream's gradient joins dx
             dx += tl.load(DH + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + row * C + cols, dx.to(DX.dtype.element_ty), mask=mask)
