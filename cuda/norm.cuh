@@ -402,13 +402,24 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
       xr[k] = as_vec<T, V>(x + r * C)[jl];
     }
   };
+  // The row's mean and rstd travel with its g and x, a row ahead: read at the row's start, they
+  // put a full memory latency before every row's sums.
   Vec<T, V> cg[K], cx[K];
-  if (blockIdx.x < R) load(blockIdx.x, cg, cx);
+  A mu = A(0), rs = A(0);
+  if (blockIdx.x < R) {
+    load(blockIdx.x, cg, cx);
+    mu = Centered ? mean[blockIdx.x] : A(0);
+    rs = rstd[blockIdx.x];
+  }
   int half = 0;
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x, half ^= 1) {
     Vec<T, V> ng[K], nx[K];
-    if (r + gridDim.x < R) load(r + gridDim.x, ng, nx);
-    const A mu = Centered ? mean[r] : A(0), rs = rstd[r];
+    A nmu = A(0), nrs = A(0);
+    if (r + gridDim.x < R) {
+      load(r + gridDim.x, ng, nx);
+      nmu = Centered ? mean[r + gridDim.x] : A(0);
+      nrs = rstd[r + gridDim.x];
+    }
     // dh (the add_ variants) of 16-bit rows is loaded now, so its latency passes during the
     // reduction; float32 rows load it when used (early, it spilled at 128 registers).
     constexpr bool kEarlyDh = HasDh && sizeof(T) == 2;
@@ -446,6 +457,8 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
       cg[k] = ng[k];
       cx[k] = nx[k];
     }
+    mu = nmu;
+    rs = nrs;
   }
   const int parts = (dw_at >= 0) + (db_at >= 0);
   A* mine = partial + int64_t(blockIdx.x) * parts * C;
