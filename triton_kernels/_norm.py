@@ -63,22 +63,17 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     db = tl.zeros([BLOCK], dtype=tl.float32)
     # Rows pid, pid + nprog, ...; the row index is int64 so row * C cannot overflow. Two stages:
-    # the next row's x and g are copied in (cp.async) while this one is reduced and written. The
-    # row's mean and rstd are loaded an iteration ahead too (next_*): read at the row's start,
-    # they put a memory latency before its sums (the CUDA kernel went 83% -> 96% from this).
-    next_mean = tl.load(MEAN + pid, mask=pid < R, other=0.0).to(tl.float32)
-    next_rstd = tl.load(RSTD + pid, mask=pid < R, other=0.0).to(tl.float32)
+    # the next row's x and g are copied in (cp.async) while this one is reduced and written.
     for i in tl.range(0, tl.cdiv(R - pid, nprog), num_stages=2):
         row = pid.to(tl.int64) + i * nprog
-        mean, rstd = next_mean, next_rstd
-        nrow = row + nprog
-        next_mean = tl.load(MEAN + nrow, mask=nrow < R, other=0.0).to(tl.float32)
-        next_rstd = tl.load(RSTD + nrow, mask=nrow < R, other=0.0).to(tl.float32)
         x = tl.load(X + row * C + cols, mask=mask, other=0.0).to(tl.float32)  # x[row, :]
         g = tl.load(G + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         if CENTERED:
+            mean = tl.load(MEAN + row).to(tl.float32)
+            rstd = tl.load(RSTD + row).to(tl.float32)
             xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         else:
+            rstd = tl.load(RSTD + row).to(tl.float32)
             xhat = x * rstd
         if HAS_W:
             dxhat = g * w
