@@ -339,10 +339,12 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
 //   - keeps that thread's share of dw and db in registers (no shared-memory accumulators);
 //   - loads the next row's g and x before reducing the current one (register double buffer),
 //     so the memory system is busy while the row is reduced and written;
+//   - loads the next row's mean and rstd with its g and x;
 //   - for 16-bit rows, reduces the row's two sums behind one barrier (block_sum2) and loads dh
-//     (the add_ variants) before the reduction instead of after it. On the H100, bf16 32768 x
-//     4096: layer_norm 79% -> 83% of copy bandwidth, add_layer_norm 83% -> 95%, add_rms_norm
-//     88% -> 97% (bench/notes_cuda_row_ops.md).
+//     (the add_ variants) before the reduction instead of after it.
+// Together, on the H100 (bf16 32768 x 4096, share of copy bandwidth): layer_norm 79% -> 96%,
+// rms_norm 86% -> 92%, add_layer_norm 83% -> 100%, add_rms_norm 88% -> 101%
+// (bench/notes_cuda_row_ops.md).
 // 256-thread blocks at 128 registers, two per SM. It writes partial[blockIdx.x, :] in
 // column_sum_kernel's order, as backward_kernel does.
 constexpr int kRegRowThreads = 256;
