@@ -18,6 +18,8 @@
 // backward ignores them; the CPU op raises IndexError.
 #include <cub/device/device_radix_sort.cuh>
 
+#include <type_traits>
+
 #include "core/registry.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
@@ -26,19 +28,20 @@ namespace ls::cuda {
 
 namespace {
 
-// out[n, :] = weight[ids[n], :], W-element packs; cp = packs per row.
-template <int W, typename T, typename I>
+// out[n, :] = weight[ids[n], :], W-element packs; cp = packs per row. J indexes the packs of out:
+// uint32_t below 2^32 of them, as a 64-bit division per pack (to find its row) made the copy
+// compute-bound; int64_t otherwise.
+template <int W, typename J, typename T, typename I>
 __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* __restrict__ ids,
-                                         T* __restrict__ out, int64_t N, int64_t cp, int64_t V) {
+                                         T* __restrict__ out, int64_t N, int64_t cp_, int64_t V) {
   using P = Pack<T, W>;
-  const int64_t total = N * cp;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = idx / cp, c = idx - n * cp;
+  const J total = J(N * cp_), cp = J(cp_);
+  for (J idx = J(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += J(gridDim.x) * blockDim.x) {
+    const J n = idx / cp, c = idx - n * cp;
     const int64_t id = int64_t(ids[n]);
     P v;
     if (id >= 0 && id < V) {
-      v = reinterpret_cast<const P*>(weight)[id * cp + c];  // weight[id, c*W : c*W+W]
+      v = reinterpret_cast<const P*>(weight)[id * int64_t(cp) + c];  // weight[id, c*W : c*W+W]
     } else {
 #pragma unroll
       for (int j = 0; j < W; ++j) v.v[j] = convert<T>(acc_t<T>(NAN));
@@ -135,12 +138,16 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
     using T = scalar_t;
     const int W = pack_width<T>(C, {weight.raw_data(), out.raw_data()});
     const int64_t cp = C / W;
+    // The grid (at most 2^20 blocks of kThreads) strides, so idx + stride stays below 2^32 + 2^28.
+    const bool narrow = N * cp < (int64_t(1) << 32) - (int64_t(1) << 28);
     auto launch = [&](auto* pid) {
-      if (W == 1)
-        embedding_forward_kernel<1><<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
-      else
-        embedding_forward_kernel<16 / sizeof(T)><<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid,
-                                                                                  mptr<T>(out), N, cp, V);
+      auto go = [&](auto kernel) {
+        kernel<<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+      };
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
+      constexpr int WV = 16 / sizeof(T);
+      if (W == 1) narrow ? go(embedding_forward_kernel<1, uint32_t, T, I>) : go(embedding_forward_kernel<1, int64_t, T, I>);
+      else narrow ? go(embedding_forward_kernel<WV, uint32_t, T, I>) : go(embedding_forward_kernel<WV, int64_t, T, I>);
     };
     if (ids.dtype() == DType::Int32) launch(ids.data<int32_t>());
     else launch(ids.data<int64_t>());
