@@ -53,7 +53,6 @@ POINTWISE_WARPS = 8
 def pointwise_block(dtype: torch.dtype) -> int:
     """Elements per program of the streaming pointwise kernels (swiglu, dropout) at
     POINTWISE_WARPS: four 16-byte vectors per thread and tensor (8192 elements for 16-bit types,
-    4096 for float32), for more loads in flight than the earlier 1024 elements of 4 warps, one
-    vector per thread for 16-bit types, with which bfloat16 swiglu ran at 74-79% of the H200's
-    copy bandwidth."""
+    4096 for float32), for more loads in flight than the earlier 1024 elements of 4 warps (one
+    vector per thread for 16-bit types; bench/notes_triton_tuning.md)."""
     return POINTWISE_WARPS * 32 * 4 * 16 // dtype.itemsize

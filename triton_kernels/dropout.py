@@ -13,9 +13,8 @@ thread), one Philox call per counter. _philox4x32_10 runs the rounds, constants 
 cpp/core/philox.h on counter words (lo, hi, 0, 0) of the 64-bit counter, so the mask equals the CPU
 and CUDA masks bit for bit. It is written out rather than taken from tl.randint4x, whose umulhi and
 mul per product ptxas mostly kept as two IMADs: as one 64-bit product each is one IMAD.WIDE (80
-instead of about 150 multiplies per 16 elements). The multiply pipe was the busiest in the kernel
-before: 73% of its peak on an H100 at 3.0 TB/s (ncu), over 100% when scaled to the H200's 4.2 TB/s;
-58% now. A thread's 16-byte vector holds the elements of one counter (float32) or of two
+instead of about 150 multiplies per 16 elements in the sm_90 SASS), and the multiply pipe was the
+kernel's busiest. A thread's 16-byte vector holds the elements of one counter (float32) or of two
 consecutive ones (16-bit, CTRS = 2); their outputs are joined in that order, so each thread
 computes the random words it uses (with one counter per row, triton moved the 16-bit case's words
 through shared memory). Every program but the last runs unmasked.
