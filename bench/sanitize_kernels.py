@@ -40,6 +40,9 @@ def run(device, dtype):
     # the in-place pair on logits of their own, the backward's factor 2 not skipped
     y = y + 2.0 * F.cross_entropy(x * 1.0, ids(1000, 37), inplace_backward=True)
     y.backward()
+    # rows long enough for the in-place kernel to split each over a cluster of blocks on Hopper
+    long_rows = t(5, 40000, grad=True)
+    F.cross_entropy(long_rows * 1.0, ids(40000, 5), inplace_backward=True).backward()
     # activations, RoPE, dropout
     a = t(5, 9, 4, 64, grad=True)
     cos, sin = F.rope_cache(9, 64, dtype=float_dt, device=device)

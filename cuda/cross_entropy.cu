@@ -41,8 +41,9 @@
 // thread owning it keeps, since the row is about to be overwritten), which also copies the row
 // into shared memory, then the gradient pass from there, each thread writing back exactly the
 // vectors it read, so no thread reads an element another has overwritten. Traffic: one read and
-// one write of the row (a row longer than half an SM's shared memory, 100 KB on Hopper: V = 50k
-// in 16 bits fits, is partly read a second time), against the forward's read plus the backward's
+// one write of the row (split over a cluster of up to 8 blocks on Hopper, so that each block's
+// slice fits a quarter of an SM's shared memory: V = 128k in 16 bits fits; a longer row is partly
+// read a second time), against the forward's read plus the backward's
 // read and write, and no (N, V) allocation. 16-bit logits get a 16-bit gradient computed in float32, as the
 // backward writes. The backward kernel reads the factor on the device and skips every row whose
 // factor is exactly 1 (loss.backward() on the mean loss itself): no host synchronisation.
@@ -51,6 +52,8 @@
 #include "ops/op_args.h"
 #include "ops/ops.h"
 #include "rows.cuh"
+
+#include <cooperative_groups.h>
 
 namespace ls::cuda {
 
@@ -65,10 +68,10 @@ using ops::Reduction;
 
 constexpr int kCheckThreads = 1024;
 
-// info[0] = first position whose target is neither in [0, V) nor ignore_index (N when none; it
-// is recorded as a fault), info[1] = number of targets that are not ignore_index. One block.
+// *count = number of targets that are not ignore_index; the first position whose target is
+// neither in [0, V) nor ignore_index is recorded as an index fault. One block.
 template <typename I>
-__global__ void check_targets_kernel(int64_t* __restrict__ info, const I* __restrict__ t, int64_t N,
+__global__ void check_targets_kernel(int64_t* __restrict__ count_out, const I* __restrict__ t, int64_t N,
                                      int64_t V, int64_t ignore, FaultSite site) {
   __shared__ int64_t s_first[32], s_count[32];
   int64_t first = N, count = 0;
@@ -93,33 +96,33 @@ __global__ void check_targets_kernel(int64_t* __restrict__ info, const I* __rest
       first = s_first[w] < first ? s_first[w] : first;
       count += s_count[w];
     }
-    info[0] = first;
-    info[1] = count;
+    *count_out = count;
     if (first < N) record_index_fault(site, first, int64_t(t[first]));
   }
 }
 
-// Checks targets on the device; returns info (int64 (2,)), info[1] the count of rows not ignored.
+// Checks targets on the device; returns the count of rows not ignored (int64 (1,)), on the device.
 // op must be a string literal (the fault record keeps its pointer).
 Tensor check_targets(const Tensor& targets, int64_t V, int64_t ignore, const char* op) {
   const int64_t N = targets.numel();
-  Tensor info = Tensor::empty({2}, DType::Int64, targets.device());
-  int64_t* pi = info.data<int64_t>();
+  Tensor live_rows = Tensor::empty({1}, DType::Int64, targets.device());
+  int64_t* pi = live_rows.data<int64_t>();
   const FaultSite site = fault_site(op, FaultKind::Target, V, ignore);
   if (targets.dtype() == DType::Int64)
     check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int64_t>(), N, V, ignore, site);
   else
     check_targets_kernel<<<1, kCheckThreads, 0, current_stream()>>>(pi, targets.data<int32_t>(), N, V, ignore, site);
   check_launch(op);
-  return info;
+  return live_rows;
 }
 
 // Vectors per thread loaded together on the one-pass row loops (rows.cuh row_pass); float64
 // keeps 1, its exp needs the registers.
 template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
-// The in-place kernel, two blocks of rows per SM (its shared memory), needs more of each row in
-// flight per thread to keep as many bytes moving.
-template <typename T> constexpr int kInplaceStream = sizeof(T) == 8 ? 1 : 8;
+// The in-place kernel: kInplaceBlocks blocks per SM (its shared memory and registers), each with
+// kInplaceStream vectors of its row slice in flight per thread.
+constexpr int kInplaceBlocks = 4;
+template <typename T> constexpr int kInplaceStream = sizeof(T) == 8 ? 1 : 4;
 
 // Threads per row of the one-pass kernels (forward, backward). A vocabulary row is long: at
 // 1024 threads (one block per SM at the kernels' 64 registers) each SM streamed one row and
@@ -148,24 +151,17 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
     const T* xr = logits + (r < N ? r : 0) * V;  // xr points at logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
     Vec<T, W> c[1][1];  // one pass: nothing to keep
-    A m = neg_inf<A>(), s = 0, sx = 0;  // running max, sum exp(x - m), sum x
+    Online<T> st;
+    A sx = 0;  // sum x
     row_pass<true, kStream<T>>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
       A a[W];
-      A vm = m;
+      to_acc(v[0], a);
 #pragma unroll
-      for (int i = 0; i < W; ++i) {
-        a[i] = convert<A>(v[0].v[i]);
-        vm = a[i] > vm ? a[i] : vm;
-        sx += a[i];
-      }
-      A acc = vm == m ? s : s * ex_for<T>(m - vm);
-#pragma unroll
-      for (int i = 0; i < W; ++i) acc += ex_for<T>(a[i] - vm);
-      m = vm;
-      s = acc;
+      for (int i = 0; i < W; ++i) sx += a[i];
+      st.add(a);
     });
-    const A M = row_reduce(m, Max{}, red);
-    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
+    A M, S;
+    st.reduce(red, M, S);
     const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
     if (r < N && threadIdx.x == 0) {
       const A l = M + lg(S);
@@ -187,7 +183,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
 // each thread adds a fixed stride of rows, then a fixed tree: the same order every run.
 template <typename T>
 __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* __restrict__ row_loss,
-                                   const int64_t* __restrict__ info, int64_t N, bool mean) {
+                                   const int64_t* __restrict__ live_rows, int64_t N, bool mean) {
   using A = acc_t<T>;
   __shared__ A part[kCheckThreads / 32];
   A s = 0;
@@ -199,67 +195,105 @@ __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* 
     A total = part[0];
     for (int w = 1; w < int(blockDim.x / 32); ++w) total += part[w];
     // 0/0 gives NaN when every target is ignored (or N == 0), as torch does.
-    loss[0] = mean ? total / A(info[1]) : total;
+    loss[0] = mean ? total / A(live_rows[0]) : total;
   }
 }
 
 // One row lane per row: the row's loss (into row_loss or loss_out, as cross_entropy_kernel), then
 // logits[r, :] overwritten by d(loss)/d(logits[r, :]) at an upstream gradient of 1:
-//   k p - k eps / V - k (1 - eps) [v == t],  k = 1 / info[1] (mean) or 1; zeros for ignored rows.
-// x is read and written through the same (unrestricted) pointer. The statistics pass streams the
-// row in batches of kInplaceStream vectors per thread and keeps its first `cached`
-// vectors in this lane's slice of dynamic shared memory; the gradient pass takes those from
-// there and re-reads only the rest.
-// At most 256 threads a block (stream_launch) and two blocks per SM (its shared memory), so up
-// to 128 registers: the kInplaceStream batch fits without spilling (the 1024-thread bound of the
-// other row kernels spilled it).
+//   k p - k eps / V - k (1 - eps) [v == t],  k = 1 / live_rows[0] (mean) or 1; zeros for ignored rows.
+// x is read and written through the same (unrestricted) pointer.
+//
+// A row is split over the Kc blocks of a thread block cluster (Kc = 1: no cluster): block q of
+// the cluster owns the q-th of Kc contiguous slices of every row. The statistics pass streams the
+// slice in batches of kInplaceStream vectors per thread and keeps its first `cached` vectors in
+// this lane's part of dynamic shared memory; the blocks' partial statistics (max, sum of exps
+// relative to it, row sum, target logit) meet through distributed shared memory at one cluster
+// barrier per row; the gradient pass takes the cached vectors from shared memory and re-reads
+// only the rest. Why a cluster: a 50k-vocabulary bf16 row (100 KB) cached by one block allowed two
+// blocks per SM, and with both in a barrier or a write phase the SM's reads stopped (the kernel
+// took 1.50 ms at 16384 x 50304, against the backward's 1.15 ms for the same traffic); split over
+// a cluster, each slice is small enough for kInplaceBlocks blocks per SM.
+// The grid has a cluster per row group up to 2^27 of them, which then walk the rows grid-stride;
+// a cluster's blocks walk the same rows and so meet at the same barriers, and the partials are
+// double-buffered by row parity, so the barrier of one row also tells a block that every reader
+// of its partials of two rows back is done.
 template <typename T, int W, typename I>
-__global__ void __launch_bounds__(kStreamThreads, 2) cross_entropy_inplace_kernel(
+__global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_inplace_kernel(
     acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out, T* x, const I* __restrict__ targets,
-    const int64_t* __restrict__ info, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean,
+    const int64_t* __restrict__ live_rows, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean,
     int64_t cached) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
+  __shared__ A part[2][kMaxLanes][4];  // this block's (max, sum, row sum, x[t]) per row parity, lane
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Vec<T, W>* cache = reinterpret_cast<Vec<T, W>*>(smem_raw) + threadIdx.y * cached;  // this lane's
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int kc = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+#else
+  const int kc = 1, rank = 0;  // launched without a cluster below sm_90
+#endif
   const int64_t nvec = V / W, tx = blockDim.x;
+  const int64_t per = (nvec + kc - 1) / kc, lo = rank * per < nvec ? rank * per : nvec,
+                hi = lo + per < nvec ? lo + per : nvec;
   // With every row ignored the count is 0 and k infinite, but then no row uses it.
-  const A k = mean ? A(1) / A(info[1]) : A(1);
+  const A k = mean ? A(1) / A(live_rows[0]) : A(1);
   const A shift = k * eps / A(V), hit = k * (A(1) - eps);
-  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
+  const int64_t clusters = gridDim.x / kc, lanes = blockDim.y;
+  int parity = 0;
+  for (int64_t base = int64_t(blockIdx.x / kc) * lanes; base < N; base += clusters * lanes, parity ^= 1) {
     const int64_t r = base + threadIdx.y;
     const int64_t t = r < N ? int64_t(targets[r]) : ignore;
     const bool live = r < N && t != ignore;
-    const int64_t n = live ? nvec : 0;  // ignored rows and lanes past the last row join the reductions only
-    T* xr = x + (r < N ? r : 0) * V;  // xr points at logits[r, :]
+    const int64_t n = live ? hi - lo : 0;  // ignored rows and lanes past the last row join the reductions only
+    T* xr = x + (r < N ? r : 0) * V + lo * W;  // this block's slice of logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
     Vec<T, W>* dst = as_vec<T, W>(xr);
-    Vec<T, W> c[1][1];  // no register cache: the row goes to shared memory
-    A m = neg_inf<A>(), s = 0, sx = 0, xt = 0;  // running max, sum exp(x - m), sum x, x[t]
+    Vec<T, W> c[1][1];  // no register cache: the slice goes to shared memory
+    const int64_t tw = t - lo * W;  // the target's position in the slice
+    Online<T> st;
+    A sx = 0, xt = 0;  // sum x, x[t]
     row_pass<true, kInplaceStream<T>>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
       if (j < cached) cache[j] = v[0];  // read back by this same thread in the gradient pass
       A a[W];
-      A vm = m;
+      to_acc(v[0], a);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
-        a[i] = convert<A>(v[0].v[i]);
-        vm = a[i] > vm ? a[i] : vm;
         sx += a[i];
-        if (j * W + i == t) xt = a[i];
+        if (j * W + i == tw) xt = a[i];
       }
-      A acc = vm == m ? s : s * ex_for<T>(m - vm);
-#pragma unroll
-      for (int i = 0; i < W; ++i) acc += ex_for<T>(a[i] - vm);
-      m = vm;
-      s = acc;
+      st.add(a);
     });
-    const A M = row_reduce(m, Max{}, red);
-    const A S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
-    const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
-    const A XT = row_reduce(xt, Sum{}, red);  // one thread holds x[t], the others 0
+    A M, S;
+    st.reduce(red, M, S);
+    A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
+    A XT = row_reduce(xt, Sum{}, red);  // one thread of the cluster holds x[t], the others 0
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (kc > 1) {
+      A* mine = part[parity][threadIdx.y];
+      if (threadIdx.x == 0) {
+        mine[0] = M;
+        mine[1] = S;
+        mine[2] = SX;
+        mine[3] = XT;
+      }
+      cluster.sync();
+      M = neg_inf<A>();
+      for (int q = 0; q < kc; ++q) M = Max{}(M, cluster.map_shared_rank(mine, q)[0]);
+      S = SX = XT = A(0);
+      for (int q = 0; q < kc; ++q) {  // in rank order, so every block sums alike
+        const A* theirs = cluster.map_shared_rank(mine, q);
+        if (theirs[0] != neg_inf<A>()) S += theirs[1] * ex_for<T>(theirs[0] - M);
+        SX += theirs[2];
+        XT += theirs[3];
+      }
+    }
+#endif
     if (r >= N) continue;  // no reductions past this point: an idle lane can stop here
     const A l = M + lg(S);
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && rank == 0) {
       A loss = A(0);
       if (live) {
         loss = (A(1) - eps) * (l - (t >= 0 && t < V ? XT : A(NAN)));  // a bad target: NaN, as the forward
@@ -272,7 +306,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2) cross_entropy_inplace_kerne
       Vec<T, W> zero;
 #pragma unroll
       for (int i = 0; i < W; ++i) zero.v[i] = convert<T>(A(0));
-      for (int64_t j = threadIdx.x; j < nvec; j += tx) dst[j] = zero;
+      for (int64_t j = threadIdx.x; j < hi - lo; j += tx) dst[j] = zero;
       continue;
     }
     auto write = [&](int64_t j, const Vec<T, W>& v) {
@@ -280,30 +314,46 @@ __global__ void __launch_bounds__(kStreamThreads, 2) cross_entropy_inplace_kerne
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         A d = k * ex_for<T>(convert<A>(v.v[i]) - l) - shift;
-        if (j * W + i == t) d -= hit;
+        if (j * W + i == tw) d -= hit;
         out.v[i] = convert<T>(d);
       }
       dst[j] = out;
     };
-    const int64_t in_cache = cached < nvec ? cached : nvec;
+    const int64_t in_cache = cached < n ? cached : n;
     int64_t j = threadIdx.x;
     for (; j < in_cache; j += tx) write(j, cache[j]);
     // The rest from memory, kInplaceStream loads in flight per thread (the cached prefix ends at
     // a multiple of tx, so j continues this thread's own stride).
-    stream_vectors<kInplaceStream<T>>(src, j, nvec, [&](int64_t jj, const Vec<T, W> (&v)[1]) { write(jj, v[0]); });
+    stream_vectors<kInplaceStream<T>>(src, j, n, [&](int64_t jj, const Vec<T, W> (&v)[1]) { write(jj, v[0]); });
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (kc > 1) cluster.sync();  // no block leaves while another may still read its partials
+#endif
 }
 
-// Vectors of each row the in-place kernel keeps in shared memory: the whole row when it fits
-// in half an SM's shared memory per block (two blocks of rows per SM, so one block's statistics
-// pass overlaps the other's gradient pass), else a prefix of whole tx strides of it.
-int64_t inplace_cached(int64_t nvec, size_t vec_bytes, const Launch& L, int device) {
+// The in-place kernel's split of a row: Kc blocks of a cluster (1, 2, 4 or 8; 1 where the device
+// has no clusters), each caching `cached` vectors of its slice of every row in its lanes, at
+// most what 1 / kInplaceBlocks of an SM's shared memory holds (a prefix of whole tx strides when
+// the slice is longer; the rest is read again, mostly from L2, as the row was just read). Kc is
+// the smallest that brings the slice within 1.5 times that: each doubling of Kc adds a cluster
+// barrier per row and halves the work between barriers, and on the H100 a slice up to 1.5 times
+// the cache beat the next Kc (at V = 50k and 128k in bf16, bench/notes_cuda_row_ops.md).
+struct InplaceSplit {
+  int kc;
+  int64_t cached;
+};
+
+InplaceSplit inplace_split(int64_t nvec, size_t vec_bytes, const Launch& L, int device) {
   const size_t per_sm = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  const size_t reserved = kMaxLanes * 32 * sizeof(double) + 2 * kMaxLanes * 4 * sizeof(double) + 1024;
   const size_t per_block = std::min(size_t(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, device)),
-                                    per_sm / 2) - kMaxLanes * 32 * sizeof(double) - 1024;  // - red, reserved
+                                    per_sm / kInplaceBlocks) - reserved;
   const int64_t fit = int64_t(per_block / (vec_bytes * L.block.y));
-  if (fit >= nvec) return nvec;
-  return fit / L.block.x * L.block.x;
+  const int max_kc = device_attr(cudaDevAttrClusterLaunch, device) ? 8 : 1;
+  int kc = 1;
+  while (kc < max_kc && (nvec + kc - 1) / kc > fit + fit / 2) kc *= 2;
+  const int64_t per = (nvec + kc - 1) / kc;
+  return {kc, fit >= per ? per : fit / L.block.x * L.block.x};
 }
 
 template <typename F>
@@ -327,7 +377,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
   Tensor lse = in_place ? Tensor() : Tensor::empty({N}, ad, logits.device());
   Tensor loss = Tensor::empty(red == Reduction::None ? Shape{N} : Shape{}, ad, logits.device());
   set_device(logits, op);
-  Tensor info = check_targets(targets, V, ignore, op);
+  Tensor live_rows = check_targets(targets, V, ignore, op);
   Tensor row_loss = Tensor::empty({red == Reduction::None ? 0 : N}, ad, logits.device());
   CUDA_DISPATCH_FLOAT(logits.dtype(), op, {
     using T = scalar_t;
@@ -341,12 +391,26 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
         if (in_place) {
           auto launch = [&](auto kernel, int64_t nvec, size_t vec_bytes) {
             const Launch L = stream_launch<T>(N, nvec);
-            const int64_t cached = inplace_cached(nvec, vec_bytes, L, logits.device().index);
-            const size_t smem = size_t(cached) * vec_bytes * L.block.y;
-            if (smem > 48 * 1024)
+            const InplaceSplit sp = inplace_split(nvec, vec_bytes, L, logits.device().index);
+            const size_t smem = size_t(sp.cached) * vec_bytes * L.block.y;
+            // the limit without the opt-in counts the static arrays (red, part) too
+            if (smem + kMaxLanes * 32 * sizeof(A) + 2 * kMaxLanes * 4 * sizeof(A) > 48 * 1024)
               check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-            kernel<<<L.grid, L.block, smem, current_stream()>>>(prl, pout, logits.data<T>(), pt, info.data<int64_t>(), N,
-                                                                V, ignore, A(eps), red == Reduction::Mean, cached);
+            cudaLaunchConfig_t cfg = {};
+            cfg.blockDim = L.block;
+            cfg.dynamicSmemBytes = smem;
+            cfg.stream = current_stream();
+            cudaLaunchAttribute cluster[1];
+            cluster[0].id = cudaLaunchAttributeClusterDimension;
+            cluster[0].val.clusterDim.x = unsigned(sp.kc);
+            cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
+            cfg.attrs = cluster;
+            cfg.numAttrs = sp.kc > 1 ? 1 : 0;
+            // A cluster per row group: measured faster than as many clusters as are resident
+            // walking the rows (bench/notes_cuda_row_ops.md).
+            cfg.gridDim = dim3(std::min(L.grid, 1u << 27) * unsigned(sp.kc));
+            check(cudaLaunchKernelEx(&cfg, kernel, prl, pout, logits.data<T>(), pt, static_cast<const int64_t*>(live_rows.data<int64_t>()),
+                                     N, V, ignore, A(eps), red == Reduction::Mean, sp.cached), op);
           };
           if (vec)
             launch(cross_entropy_inplace_kernel<T, kVec<T>, I>, V / kVec<T>, sizeof(T) * kVec<T>);
@@ -365,7 +429,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
       check_launch(op);
     }
     if (red != Reduction::None) {
-      reduce_loss_kernel<T><<<1, kCheckThreads, 0, current_stream()>>>(loss.data<A>(), prl, info.data<int64_t>(), N,
+      reduce_loss_kernel<T><<<1, kCheckThreads, 0, current_stream()>>>(loss.data<A>(), prl, live_rows.data<int64_t>(), N,
                                                   red == Reduction::Mean);
       check_launch(op);
     }
@@ -392,13 +456,13 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
                                               const I* __restrict__ targets, const acc_t<T>* __restrict__ g,
                                               const acc_t<T>* __restrict__ lse,
                                               const acc_t<T>* __restrict__ g_lse,
-                                              const int64_t* __restrict__ info, int64_t N, int64_t V,
+                                              const int64_t* __restrict__ live_rows, int64_t N, int64_t V,
                                               int64_t ignore, acc_t<T> eps, int reduction) {
   using A = acc_t<T>;
   const int64_t nvec = V / W;
   const A scale = reduction == int(Reduction::None) ? A(0)
                   : reduction == int(Reduction::Sum) ? convert<A>(g[0])
-                                                     : convert<A>(g[0]) / A(info[1]);
+                                                     : convert<A>(g[0]) / A(live_rows[0]);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     if (r >= N) continue;  // no reductions here: an idle lane can skip the row
@@ -445,7 +509,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   if (N == 0) return {dlogits};
   set_device(logits, op);
-  Tensor info = check_targets(targets, V, ignore, op);
+  Tensor live_rows = check_targets(targets, V, ignore, op);
   CUDA_DISPATCH_FLOAT(logits.dtype(), op, {
     using T = scalar_t;
     using A = acc_t<T>;
@@ -453,7 +517,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
         kernel<<<L.grid, L.block, 0, current_stream()>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
-                                    g_lse.data<A>(), info.data<int64_t>(), N, V, ignore, A(eps), int(red));
+                                    g_lse.data<A>(), live_rows.data<int64_t>(), N, V, ignore, A(eps), int(red));
       };
       if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
         args(cross_entropy_backward_kernel<T, kVec<T>, I>, stream_launch<T>(N, V / kVec<T>));

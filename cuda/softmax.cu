@@ -33,37 +33,6 @@ using namespace rows;
 using ops::row_layout;
 using Layout = ops::RowLayout;
 
-// Running (max, sum of exp(v - max)) of one thread, updated with V values at a time, for inputs
-// of type T (A: its accumulation type).
-template <typename T>
-struct Online {
-  using A = acc_t<T>;
-  A m = neg_inf<A>(), s = A(0);
-  template <int V>
-  __device__ __forceinline__ void add(const A (&v)[V]) {
-    A vm = m;
-#pragma unroll
-    for (int i = 0; i < V; ++i) vm = v[i] > vm ? v[i] : vm;
-    // vm == m also covers a row that is -inf so far (exp(-inf - -inf) would be NaN).
-    A acc = vm == m ? s : s * ex_for<T>(m - vm);
-#pragma unroll
-    for (int i = 0; i < V; ++i) acc += ex_for<T>(v[i] - vm);
-    m = vm;
-    s = acc;
-  }
-  // Row statistics (M, S) from every thread's (m, s) over the row lane.
-  __device__ __forceinline__ void reduce(A* red, A& M, A& S) const {
-    M = row_reduce(m, Max{}, red);
-    S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
-  }
-};
-
-template <typename A, typename T, int V>
-__device__ __forceinline__ void to_acc(const Vec<T, V>& v, A (&out)[V]) {
-#pragma unroll
-  for (int i = 0; i < V; ++i) out[i] = convert<A>(v.v[i]);
-}
-
 // ---- forward ----
 
 template <typename T, int V, bool Log>

@@ -379,8 +379,10 @@ struct BwdLayout {
   static constexpr int kBoxes = HS / 64;
   static constexpr int kBig = kBoxes * kBoxBytes;       // 128 rows x HS
   static constexpr int kSmall = kBoxes * kHalfBoxBytes;  // 64 rows x HS
-  // two resident 128-row tiles, then a 2-stage ring of two 64-row tiles; mbarriers after
-  static constexpr int kSmemBytes = 2 * kBig + 2 * kStages * kSmall + 1024 + 8 * (1 + 2 * kStages);
+  static constexpr int kStats = 2 * kBwdRows * 4;  // a ring stage's lse and D' of 64 query rows
+  // two resident 128-row tiles, a 2-stage ring of two 64-row tiles, the ring's row statistics
+  // (dK/dV kernel); mbarriers after
+  static constexpr int kSmemBytes = 2 * kBig + 2 * kStages * kSmall + kStages * kStats + 1024 + 8 * (1 + 2 * kStages);
 };
 
 struct BwdParams {
@@ -421,29 +423,39 @@ __device__ __forceinline__ void store_rows(T* dst, const float (&acc)[HS / 2], i
 }
 
 // The shared memory of both backward kernels: two resident 128-row tiles a and b, a 2-stage ring
-// of two 64-row tiles, then the mbarriers: the resident tiles' one, and per ring stage a "full"
-// (the copies' bytes) and an "empty" (released by both consumers).
+// of two 64-row tiles, per ring stage the lse (log2 domain) and D' of its 64 query rows (used by
+// the dK/dV kernel), then the mbarriers: the resident tiles' one, and per ring stage a "full"
+// (the copies' bytes, and in the dK/dV kernel the arrivals of the warp writing the statistics)
+// and an "empty" (released by both consumers; in the dK/dV kernel by each of their threads, as
+// each reads the statistics).
 template <int HS>
 struct BwdSmem {
   using L = BwdLayout<HS>;
-  uint32_t a, b, ring, bars;
+  uint32_t a, b, ring, stats, bars;
+  float* stats_ptr;  // the same as stats, as a generic pointer
 
   __device__ explicit BwdSmem(unsigned char* smem)
       : a((smem_addr(smem) + 1023) & ~uint32_t(1023)),  // swizzle atoms need 1024-byte alignment
         b(a + L::kBig),
         ring(b + L::kBig),
-        bars(ring + kStages * 2 * L::kSmall) {}
+        stats(ring + kStages * 2 * L::kSmall),
+        bars(stats + kStages * L::kStats),
+        stats_ptr(reinterpret_cast<float*>(smem + (stats - smem_addr(smem)))) {}
+  __device__ float* lse2(int s) const { return stats_ptr + s * 2 * kBwdRows; }
+  __device__ float* dd(int s) const { return lse2(s) + kBwdRows; }
   __device__ uint32_t ring_a(int s) const { return ring + s * 2 * L::kSmall; }
   __device__ uint32_t ring_b(int s) const { return ring_a(s) + L::kSmall; }
   __device__ uint32_t resident() const { return bars; }
   __device__ uint32_t full(int s) const { return bars + 8 * (1 + s); }
   __device__ uint32_t empty(int s) const { return bars + 8 * (1 + kStages + s); }
 
-  __device__ void init_barriers() const {  // by one thread, before a __syncthreads
+  // By one thread, before a __syncthreads; extra: arrivals besides the copies' on each "full";
+  // releases: arrivals that free a stage.
+  __device__ void init_barriers(uint32_t extra = 0, uint32_t releases = 2) const {
     mbar_init(resident(), 1);
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), 2);
+      mbar_init(full(s), 1 + extra);
+      mbar_init(empty(s), releases);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -526,7 +538,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto head_of = [&](int it) { return b * p.NH + hkv * group + it / per_head; };
   auto row_of = [&](int it) { return (first + it % per_head) * kBwdRows; };
 
-  if (threadIdx.x == 0) sm.init_barriers();
+  if (threadIdx.x == 0) sm.init_barriers(32, 256);
   __syncthreads();
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
@@ -535,6 +547,24 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0)
       sm.produce(&map_k, &map_v, n0, bkv, &map_q, &map_do, steps,
                  [&](int it) { return make_int2(row_of(it), head_of(it)); });
+    if (tid / 32 == 1) {
+      // The second producer warp: each stage's lse (log2 domain) and D' into shared memory, so the
+      // consumers do not wait on these global loads in every step. A row past T or that sees no
+      // key (lse -inf) gets lse +inf: its P is 0.
+      const int lane = tid % 32;
+      for (int it = 0; it < steps; ++it) {
+        const int s = it % kStages, round = it / kStages;
+        if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1);
+        const int64_t row0 = int64_t(head_of(it)) * p.T;
+        for (int i = lane; i < kBwdRows; i += 32) {
+          const int t = row_of(it) + i;
+          const float l = t < p.T ? p.lse[row0 + t] : -INFINITY;
+          sm.lse2(s)[i] = l == -INFINITY ? INFINITY : l * kLog2e;
+          sm.dd(s)[i] = t < p.T ? p.dd[row0 + t] : 0.f;
+        }
+        mbar_arrive(sm.full(s));  // each lane: release of its own stores
+      }
+    }
     return;
   }
 
@@ -558,19 +588,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     two_products<T, HS>(x, dp, sm.a, qt, sm.b, dot, c);
 
     // While dP^T is being computed: P^T, column by column (a column is a query), kept in x.
-    // A row that sees no key has lse -inf and takes no part (its P is 0), as do rows past T.
-    const float* lse = p.lse + int64_t(bh) * p.T;
-    const float* dd = p.dd + int64_t(bh) * p.T;
+    const float* l2s = sm.lse2(s) + col;  // this thread's columns: 8 n + col + {0, 1}
+    const float* dds = sm.dd(s) + col;
     const bool masked = q0 + kBwdRows > p.T || n0 + kBwdKeys > p.S ||
                         (p.causal && n0 + kBwdKeys - 1 > q0 + p.S - p.T);
     wgmma_wait<1>();  // S^T is ready
     float l2[16];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int t = q0 + 8 * (i / 2) + col + i % 2;
-      const float l = t < p.T ? lse[t] : -INFINITY;
-      l2[i] = l == -INFINITY ? INFINITY : l * kLog2e;
-    }
+    for (int i = 0; i < 16; ++i) l2[i] = l2s[8 * (i / 2) + i % 2];
     uint32_t pf[4][4];  // P^T as the A operand of 4 k-steps of 16 queries
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
@@ -592,10 +617,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_commit();
     float dcol[16];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int t = q0 + 8 * (i / 2) + col + i % 2;
-      dcol[i] = t < p.T ? dd[t] : 0.f;
-    }
+    for (int i = 0; i < 16; ++i) dcol[i] = dds[8 * (i / 2) + i % 2];
     wgmma_wait<1>();  // dP^T is ready
     uint32_t sf[4][4];  // dS^T = P^T (dP^T - D') as the A operand of the dK product
 #pragma unroll
@@ -611,7 +633,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dk, sf[t], descriptor(qt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
     wgmma_wait<0>();
-    if (tid == 0) mbar_arrive(sm.empty(s));
+    mbar_arrive(sm.empty(s));  // every thread: it read the stage's statistics itself
   }
 
   T* dk_out = static_cast<T*>(p.dk) + int64_t(bkv) * p.S * HS;

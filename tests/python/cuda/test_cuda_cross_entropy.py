@@ -116,11 +116,13 @@ def test_empty_batch():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_inplace_equals_plain_path_on_the_gpu(dtype, reduction):
+@pytest.mark.parametrize("N,V", [(37, 50257), (300, 65544)])
+def test_inplace_equals_plain_path_on_the_gpu(dtype, reduction, N, V):
     """The same logits on the GPU: loss and dlogits of both paths, upstream 1 (the scaling is
-    skipped on the device) and 0.25."""
-    x = rounded(randn(37, 50257, scale=2.0), dtype)
-    t = ls.tensor(targets(37, 50257, ignore_every=5)).cuda()
+    skipped on the device) and 0.25. Rows long enough to be split over a cluster of blocks (on
+    Hopper), the longer of them past the shared memory of its blocks in float64."""
+    x = rounded(randn(N, V, scale=2.0), dtype)
+    t = ls.tensor(targets(N, V, ignore_every=5)).cuda()
     for scale in (1.0, 0.25):
         res = []
         for inplace in (True, False):
