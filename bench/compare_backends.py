@@ -15,7 +15,10 @@ A backend that does not implement an op shows as skipped with the backend that s
 
 Output: a table on the terminal and, in --out-dir (default bench/results/<device-name>/),
 report.md, results.csv, pct_of_roofline.png (per op, bars of % of the ceiling per backend) and
-roofline.png (achieved rate against arithmetic intensity).
+roofline.png (achieved rate against arithmetic intensity). With --kernels (GPU), each backend's
+call is also split into the kernels it launched (torch.profiler's device times, per call),
+printed and written to kernels.md: where an op's time goes, e.g. the sort of the embedding
+backward against its sums.
 """
 import argparse
 import csv
@@ -123,6 +126,20 @@ def measure(case, backends, timer, roof):
         rows.append(dict(base, impl=b, ms=t * 1e3, rate=rate, pct=100 * rate / roof[case.unit],
                          speedup=t_torch / t, err=err, note=""))
     return rows
+
+
+def kernel_times(fn, reps=5):
+    """(kernel name, microseconds per call, launches per call) of fn's device work, longest first."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    ls.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        ls.cuda.synchronize()
+    found = [(e.key, e.device_time_total / reps, e.count / reps) for e in prof.key_averages()
+             if e.device_time_total > 0]
+    return sorted(found, key=lambda k: -k[1])
 
 
 def fmt(v, spec):
@@ -241,6 +258,7 @@ def main():
     ap.add_argument("--dtypes", nargs="*", help="dtypes (default: float32 on the CPU, float32 and bfloat16 on a GPU)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="small shapes: about a minute on 2 cores")
+    ap.add_argument("--kernels", action="store_true", help="also split each GPU call into its kernels")
     ap.add_argument("--out-dir", help="folder for report.md, results.csv and plots "
                                       "(default bench/results/<device-name>/; '-' writes none)")
     args = ap.parse_args()
@@ -263,7 +281,7 @@ def main():
     roof, roof_text = ceilings(dev, timer)
     name = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {threads} threads"
     print(f"{name}: {roof_text}")
-    rows = []
+    rows, kernels = [], []
     for case in all_cases(dev, dtypes, args.quick, set(args.ops) if args.ops else None):
         try:
             got = measure(case, backends, timer, roof)
@@ -274,12 +292,23 @@ def main():
         for r in got:
             print_row(r)
         rows += got
+        if args.kernels and dev == "cuda":
+            for b in [r["impl"] for r in got if r["impl"] in backends and r["ms"] is not None]:
+                with ls.backend(b):
+                    split = kernel_times(case.ours)
+                kernels.append(f"\n{case.op} {case.pass_} {case.shape} {case.dtype} {b}:\n")
+                kernels += [f"    {us:9.1f} us  x{n:g}  {name[:150]}" for name, us, n in split]
+                print("\n".join(kernels[-len(split) - 1:]))
         case.release()
     if args.out_dir != "-":
         slug = re.sub(r"[^a-z0-9]+", "-", (torch.cuda.get_device_name() if dev == "cuda" else "cpu").lower()).strip("-")
         out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
         write_outputs(out_dir, f"{name}: llmscratch backends against torch {torch.__version__}",
                       [f"ceilings: {roof_text}", f"backends: {', '.join(backends)}"], rows, roof)
+        if kernels:
+            with open(os.path.join(out_dir, "kernels.md"), "w") as f:
+                f.write(f"# Kernels per call on {name} (torch.profiler device times, mean of 5 calls)\n\n```"
+                        + "\n".join(kernels) + "\n```\n")
     bad = [r for r in rows if r["err"] is not None and not np.isfinite(r["err"])]
     return 1 if bad else 0
 

@@ -4,11 +4,15 @@ AdamW step, at their own), each backend's % of the ceiling and speed relative to
 
     python bench/headline.py bench/results/nvidia-h200/results.csv --dtype bfloat16
 
-Several CSVs may be given, oldest first: an op measured in a later file takes all its rows from
-that file (a re-run of some ops after they changed).
+Several CSVs may be given, oldest first: each backend of an op takes its rows from the latest
+file that measured it (a re-run of some ops or backends after they changed), and a cell from an
+older file than the op's latest is labelled with the name of its file's folder after the last
+"-" (the commit, for bench/results/<gpu>-<commit>/results.csv). Speeds against torch are always
+from the cell's own run.
 """
 import argparse
 import csv
+import os
 
 
 def shape_size(shape):
@@ -25,14 +29,16 @@ def main():
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
-    by_op = {}
+    by_impl, newest = {}, {}  # (op, impl) -> its rows of the latest file measuring it; op -> that file
     for path in args.csv:
         fresh = {}
         for r in csv.DictReader(open(path)):
             if r["ms"]:
-                fresh.setdefault(r["op"], []).append(r)
-        by_op.update(fresh)
-    every = [r for rows in by_op.values() for r in rows]
+                r["source"] = path
+                fresh.setdefault((r["op"], r["impl"]), []).append(r)
+                newest[r["op"]] = path
+        by_impl.update(fresh)
+    every = [r for rows in by_impl.values() for r in rows]
     wanted = {r["op"] for r in every if r["dtype"] == args.dtype}
     rows = [r for r in every if r["dtype"] == args.dtype or r["op"] not in wanted]
     impls = sorted({r["impl"] for r in rows} - {"torch"})
@@ -50,7 +56,10 @@ def main():
         out = [op, pass_, shape, dtype, f"{float(cell['torch']['pct']):.0f}%" if "torch" in cell else "-"]
         for i in impls:
             r = cell.get(i)
-            out.append(f"{float(r['pct']):.0f}% / {float(r['speedup']):.2f}x" if r else "-")
+            label = ""
+            if r and r["source"] != newest[op]:
+                label = f" ({os.path.basename(os.path.dirname(os.path.abspath(r['source']))).rsplit('-', 1)[-1]})"
+            out.append(f"{float(r['pct']):.0f}% / {float(r['speedup']):.2f}x{label}" if r else "-")
         print("| " + " | ".join(out) + " |")
 
 
