@@ -533,7 +533,9 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
 
 // Row r of x (R rows of nvec vectors) times g[r] (per_row) or g[0], in the accumulation type; a
 // factor of exactly 1 leaves the row unread and unwritten. Blocks: x over a row's vectors, y
-// over rows (grid-stride both ways).
+// over rows (grid-stride both ways), about 16 per SM in all: a grid sized to the tensor was a
+// million blocks at 16384 x 50304, and only scheduling them, each reading a factor of 1 and
+// leaving, took 0.27 ms.
 template <typename T, int W>
 __global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict__ g, int64_t R, int64_t nvec,
                                   bool per_row) {
@@ -571,8 +573,10 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
     using T = scalar_t;
     using A = acc_t<T>;
     auto launch = [&](auto kernel, int64_t nvec) {
-      const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, int64_t(1) << 20)),
-                      unsigned(std::min<int64_t>(R, 65535)));
+      const int64_t target = 16 * int64_t(device_attr(cudaDevAttrMultiProcessorCount, dlogits.device().index));
+      const int64_t rows = std::min<int64_t>({R, 65535, target});
+      const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, std::max<int64_t>(target / rows, 1))),
+                      unsigned(rows));
       kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, per_row);
     };
     if (vectorizable<T>(C, {dlogits.raw_data()}))
