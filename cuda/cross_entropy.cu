@@ -123,6 +123,9 @@ template <typename T> constexpr int kStream = sizeof(T) == 8 ? 1 : 4;
 // kInplaceStream vectors of its row slice in flight per thread.
 constexpr int kInplaceBlocks = 4;
 template <typename T> constexpr int kInplaceStream = sizeof(T) == 8 ? 1 : 4;
+// Its static shared arrays for accumulation type A: red (row_reduce's scratch) and part (the
+// partials the cluster's blocks exchange).
+template <typename A> constexpr size_t kInplaceStatic = (kMaxLanes * 32 + 2 * kMaxLanes * 4) * sizeof(A);
 
 // Threads per row of the one-pass kernels (forward, backward). A vocabulary row is long: at
 // 1024 threads (one block per SM at the kernels' 64 registers) each SM streamed one row and
@@ -226,6 +229,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   __shared__ A part[2][kMaxLanes][4];  // this block's (max, sum, row sum, x[t]) per row parity, lane
+  static_assert(sizeof(red) + sizeof(part) == kInplaceStatic<A>, "kInplaceStatic must match the arrays");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Vec<T, W>* cache = reinterpret_cast<Vec<T, W>*>(smem_raw) + threadIdx.y * cached;  // this lane's
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -345,7 +349,8 @@ struct InplaceSplit {
 
 InplaceSplit inplace_split(int64_t nvec, size_t vec_bytes, const Launch& L, int device) {
   const size_t per_sm = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-  const size_t reserved = kMaxLanes * 32 * sizeof(double) + 2 * kMaxLanes * 4 * sizeof(double) + 1024;
+  // the static arrays at their largest (float64) and the 1 KB the device keeps per block
+  const size_t reserved = kInplaceStatic<double> + 1024;
   const size_t per_block = std::min(size_t(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, device)),
                                     per_sm / kInplaceBlocks) - reserved;
   const int64_t fit = int64_t(per_block / (vec_bytes * L.block.y));
@@ -393,8 +398,8 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
             const Launch L = stream_launch<T>(N, nvec);
             const InplaceSplit sp = inplace_split(nvec, vec_bytes, L, logits.device().index);
             const size_t smem = size_t(sp.cached) * vec_bytes * L.block.y;
-            // the limit without the opt-in counts the static arrays (red, part) too
-            if (smem + kMaxLanes * 32 * sizeof(A) + 2 * kMaxLanes * 4 * sizeof(A) > 48 * 1024)
+            // the limit without the opt-in counts the static arrays too
+            if (smem + kInplaceStatic<A> > 48 * 1024)
               check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
             cudaLaunchConfig_t cfg = {};
             cfg.blockDim = L.block;

@@ -487,6 +487,13 @@ struct BwdSmem {
   }
 };
 
+// lse[t] in the log2 domain, as the backward's P = exp2(S scale_log2 - lse2) takes it. A row past
+// T or that sees no key (lse -inf) gets +inf: its P is 0, it takes no part.
+__device__ __forceinline__ float lse2_of(const float* lse, int t, int T) {
+  const float l = t < T ? lse[t] : -INFINITY;
+  return l == -INFINITY ? INFINITY : l * kLog2e;
+}
+
 // x = A1 B1^T and y = A2 B2^T, 64 x 64 each: rows 64c.. of the resident 128-row tiles a1, a2
 // against the 64-row ring tiles b1, b2, over HS in k-steps of 16, committed as two wgmma groups
 // so that waiting for x leaves y running.
@@ -549,8 +556,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                  [&](int it) { return make_int2(row_of(it), head_of(it)); });
     if (tid / 32 == 1) {
       // The second producer warp: each stage's lse (log2 domain) and D' into shared memory, so the
-      // consumers do not wait on these global loads in every step. A row past T or that sees no
-      // key (lse -inf) gets lse +inf: its P is 0.
+      // consumers do not wait on these global loads in every step.
       const int lane = tid % 32;
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages, round = it / kStages;
@@ -558,8 +564,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int64_t row0 = int64_t(head_of(it)) * p.T;
         for (int i = lane; i < kBwdRows; i += 32) {
           const int t = row_of(it) + i;
-          const float l = t < p.T ? p.lse[row0 + t] : -INFINITY;
-          sm.lse2(s)[i] = l == -INFINITY ? INFINITY : l * kLog2e;
+          sm.lse2(s)[i] = lse2_of(p.lse + row0, t, p.T);
           sm.dd(s)[i] = t < p.T ? p.dd[row0 + t] : 0.f;
         }
         mbar_arrive(sm.full(s));  // each lane: release of its own stores
@@ -579,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   mbar_wait(sm.resident(), 0);
   for (int it = 0; it < steps; ++it) {
     const int s = it % kStages;
-    const int bh = head_of(it), q0 = row_of(it);
+    const int q0 = row_of(it);
     mbar_wait(sm.full(s), (it / kStages) & 1);
     const uint32_t qt = sm.ring_a(s), dot = sm.ring_b(s);
 
@@ -676,12 +681,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int col = 2 * (lane % 4);
   const float* lse = p.lse + int64_t(bh) * p.T;
   const float* dd = p.dd + int64_t(bh) * p.T;
-  // Rows past T or that see no key (lse -inf) take no part: their P is 0.
-  auto lse2_of = [&](int t) {
-    const float l = t < p.T ? lse[t] : -INFINITY;
-    return l == -INFINITY ? INFINITY : l * kLog2e;
-  };
-  const float l2_a = lse2_of(row_a), l2_b = lse2_of(row_b);
+  const float l2_a = lse2_of(lse, row_a, p.T), l2_b = lse2_of(lse, row_b, p.T);
   const float d_a = row_a < p.T ? dd[row_a] : 0.f, d_b = row_b < p.T ? dd[row_b] : 0.f;
   float dq[HS / 2];
 #pragma unroll
