@@ -583,7 +583,9 @@ def sweep(device, dtype, quick):
                                         ("gelu", gelu), ("silu", silu), ("swiglu", swiglu))],
         ("cross_entropy", cross_entropy, [(1024, 32768)] if quick else [(16384, 50304), (8192, 128256)]),
         ("rope", rope, [(2, 128, 4, 64)] if quick else [(16, 4096, 16, 128)]),
-        ("embedding", embedding, [(4096, 256, 2048)] if quick else [(50304, 768, 16384)]),
+        # GPT-2 small at 16 x 1024 tokens (102 MB backward), and GPT-2 large at 64 x 1024, whose
+        # forward and backward both move 256 MB or more
+        ("embedding", embedding, [(4096, 256, 2048)] if quick else [(50304, 768, 16384), (50304, 1280, 65536)]),
         ("attention", attention, [] if dtype == "float32" else
          ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64)])),
         ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),

@@ -17,13 +17,13 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def num_programs(device: torch.device, rows: int) -> int:
+def num_programs(device: torch.device, rows: int, per_sm: int = 4) -> int:
     """Programs for the kernels that stride over rows and keep per-program partial sums (norm
-    weight gradients): a few per SM on a GPU, a handful in the interpreter."""
+    weight gradients): `per_sm` per SM on a GPU, a handful in the interpreter."""
     if interpreted() or device.type != "cuda":
         return max(1, min(rows, 4))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(rows, 4 * sms))
+    return max(1, min(rows, per_sm * sms))
 
 
 def row_warps(block: int) -> int:

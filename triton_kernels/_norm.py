@@ -7,10 +7,13 @@ the variance as the mean of squared deviations (two passes over registers, no ca
 rms_norm one sum of squares; one scaled store. With ADD (the add_ variants) the program first
 forms h = x + r, rounded to x's dtype as a separate add would be, stores it and normalises it
 from registers.
-Backward: a fixed number of programs stride over the rows; each writes dx of its rows (with HAS_DH
-the residual stream's gradient dh added before the one store) and keeps float32 partials of
-dw/db in registers, stored as one row of a (programs, C) buffer that torch sums afterwards, so
-the result does not depend on scheduling (no atomics).
+Backward: a fixed number of programs (two per SM) stride over the rows; each writes dx of its
+rows (with HAS_DH the residual stream's gradient dh added before the one store) and keeps float32
+partials of dw/db in registers, stored as one row of a (parts, programs, C) buffer that a second
+kernel sums over the programs and rounds to x's dtype, so the result does not depend on
+scheduling (no atomics). A program loads the next row's x, g, mean and rstd into registers
+before it reduces the current row (a register double buffer, as cuda/norm.cuh's
+backward_regs_kernel), so the memory system stays busy through the row's reductions.
 Statistics are float32 for 16-bit x (as torch); arithmetic is float32 throughout.
 References: Liger-Kernel's layer_norm and rms_norm (the same partial-sum scheme for dw/db).
 """
@@ -51,7 +54,7 @@ def _norm_fwd(X, RES, H, W, B, Y, MEAN, RSTD, C, eps, CENTERED: tl.constexpr, AD
 
 
 @triton.jit
-def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.constexpr,
+def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, PART, R, C, CENTERED: tl.constexpr,
               HAS_DH: tl.constexpr, HAS_W: tl.constexpr, WANT_DW: tl.constexpr,
               WANT_DB: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -62,18 +65,37 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     db = tl.zeros([BLOCK], dtype=tl.float32)
-    # Rows pid, pid + nprog, ...; the row index is int64 so row * C cannot overflow. Two stages:
-    # the next row's x and g are copied in (cp.async) while this one is reduced and written.
-    for i in tl.range(0, tl.cdiv(R - pid, nprog), num_stages=2):
-        row = pid.to(tl.int64) + i * nprog
-        x = tl.load(X + row * C + cols, mask=mask, other=0.0).to(tl.float32)  # x[row, :]
-        g = tl.load(G + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+    # Rows pid, pid + nprog, ...; row indices are int64 so row * C cannot overflow. The next row
+    # (masked off past R) is loaded at the top of each step, before this row's reductions: with
+    # tl.range's cp.async pipelining instead (num_stages=2) the layer_norm backward ran at 88% of
+    # copy bandwidth on the H100, with this at 95-97% (bench/notes_triton_tuning.md).
+    row = pid.to(tl.int64)
+    # The columns of a row past the last, masked off; written as one comparison because the
+    # interpreter rejected the block mask and'ed with the scalar row < R.
+    live = cols < tl.where(row < R, C, 0)
+    nx = tl.load(X + row * C + cols, mask=live, other=0.0)
+    ng = tl.load(G + row * C + cols, mask=live, other=0.0)
+    nrstd = tl.load(RSTD + row, mask=row < R, other=0.0).to(tl.float32)
+    if CENTERED:
+        nmean = tl.load(MEAN + row, mask=row < R, other=0.0).to(tl.float32)
+    for _ in tl.range(0, tl.cdiv(R - pid, nprog), num_stages=1):
+        x = nx.to(tl.float32)  # x[row, :]
+        g = ng.to(tl.float32)
+        rstd = nrstd
         if CENTERED:
-            mean = tl.load(MEAN + row).to(tl.float32)
-            rstd = tl.load(RSTD + row).to(tl.float32)
+            mean = nmean
+        nxt = row + nprog
+        live = cols < tl.where(nxt < R, C, 0)
+        nx = tl.load(X + nxt * C + cols, mask=live, other=0.0)
+        ng = tl.load(G + nxt * C + cols, mask=live, other=0.0)
+        nrstd = tl.load(RSTD + nxt, mask=nxt < R, other=0.0).to(tl.float32)
+        if CENTERED:
+            nmean = tl.load(MEAN + nxt, mask=nxt < R, other=0.0).to(tl.float32)
+        if HAS_DH:  # the add_ variants: the residual stream's gradient joins dx
+            dh = tl.load(DH + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+        if CENTERED:
             xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         else:
-            rstd = tl.load(RSTD + row).to(tl.float32)
             xhat = x * rstd
         if HAS_W:
             dxhat = g * w
@@ -87,17 +109,37 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, R, C, CENTERED: tl.
             dx = rstd * (dxhat - s1 / C - xhat * (s2 / C))
         else:
             dx = rstd * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / C))
-        if HAS_DH:  # the add_ variants: the residual stream's gradient joins dx
-            dx += tl.load(DH + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_DH:
+            dx += dh
         tl.store(DX + row * C + cols, dx.to(DX.dtype.element_ty), mask=mask)
         if WANT_DW:
             dw += g * xhat
         if WANT_DB:
             db += g
+        row = nxt
+    # PART is (parts, nprog, C): dw's partials first, then db's
     if WANT_DW:
-        tl.store(DW_PART + pid * C + cols, dw, mask=mask)
+        tl.store(PART + pid * C + cols, dw, mask=mask)
     if WANT_DB:
-        tl.store(DB_PART + pid * C + cols, db, mask=mask)
+        if WANT_DW:
+            tl.store(PART + (nprog + pid) * C + cols, db, mask=mask)
+        else:
+            tl.store(PART + pid * C + cols, db, mask=mask)
+
+
+@triton.jit
+def _sum_partials(PART, OUT, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # OUT[part, c] = sum over p of PART[part, p, c] in float32, rounded once; one program per
+    # (BLOCK_C columns, part), over [BLOCK_P, BLOCK_C] tiles of the partials, so a 4096-wide norm
+    # has 128 programs on the SMs.
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    part = tl.program_id(1).to(tl.int64)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for p0 in tl.range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        acc += tl.load(PART + (part * P + p[:, None]) * C + cols[None, :],
+                       mask=(p < P)[:, None] & (cols < C)[None, :], other=0.0)
+    tl.store(OUT + part * C + cols, tl.sum(acc, axis=0).to(OUT.dtype.element_ty), mask=cols < C)
 
 
 def optional(inputs, i):
@@ -135,16 +177,25 @@ def backward(op, g, dh, x, w, mean, rstd, attrs):
     check_row(op, C)
     R = rstd.numel()
     dx = torch.empty_like(x)
-    nprog = num_programs(x.device, R)
-    dw_part = torch.zeros((nprog, C) if want_dw else (1,), dtype=torch.float32, device=x.device)
-    db_part = torch.zeros((nprog, C) if want_db else (1,), dtype=torch.float32, device=x.device)
-    if R and C:
+    nprog = num_programs(x.device, R, per_sm=2)
+    parts = int(want_dw) + int(want_db)
+    part = torch.empty((parts, nprog, C), dtype=torch.float32, device=x.device)
+    sums = torch.empty((parts, C), dtype=x.dtype, device=x.device)
+    if not R:
+        sums.zero_()
+    elif C:
         block = triton.next_power_of_2(C)
+        # 4 warps up to 4096 (row_warps gives 4096 eight): two rows in flight per program
+        # fit their registers, and beat 8 and 16 warps on the H100 (notes_triton_tuning.md)
+        warps = 4 if block <= 4096 else row_warps(block)
         _norm_bwd[(nprog,)](g, dh if dh is not None else g, x, w if w is not None else x, mean,
-                            rstd, dx, dw_part, db_part, R, C, CENTERED=centered,
-                            HAS_DH=dh is not None, HAS_W=w is not None, WANT_DW=want_dw,
-                            WANT_DB=want_db, BLOCK=block, num_warps=row_warps(block))
+                            rstd, dx, part, R, C, CENTERED=centered, HAS_DH=dh is not None,
+                            HAS_W=w is not None, WANT_DW=want_dw, WANT_DB=want_db, BLOCK=block,
+                            num_warps=warps)
+        if parts:
+            _sum_partials[(triton.cdiv(C, 64), parts)](part, sums, nprog, C, BLOCK_P=64,
+                                                      BLOCK_C=64)
     empty = x.new_empty((0,))
-    dw = dw_part.sum(0).to(x.dtype) if want_dw else empty
-    db = db_part.sum(0).to(x.dtype) if want_db else empty
+    dw = sums[0] if want_dw else empty
+    db = sums[int(want_dw)] if want_db else empty
     return [dx, dw] + ([db] if centered else [])

@@ -84,3 +84,18 @@ def test_served_by_cuda():
     F.embedding(ls.tensor(np.array([1, 1, 8])).cuda(), w).sum().backward()
     report = _core.backend_report(True)
     assert report["embedding"] == "cuda" and report["embedding_backward"] == "cuda"
+
+
+@pytest.mark.parametrize("V,N", [(50304, 16384), (300, 70000)])
+def test_backward_on_a_user_stream_matches_cpu(V, N):
+    # Every step of the backward (keys, the sort, the group starts, the sums) is queued on the
+    # current stream: after the ids and grad written there, before what follows there.
+    C = 40
+    s = ls.cuda.Stream()
+    with ls.cuda.stream(s):
+        ids = ls.tensor(ids_for(V, (N,))).cuda()
+        grad = ls.tensor(randn(N, C)).cuda()
+        dw = _core.call("embedding_backward", [grad, ids], {"num_weights": V})[0] * 2.0
+    s.synchronize()
+    ref = _core.call("embedding_backward", [grad.cpu(), ids.cpu()], {"num_weights": V})[0]
+    np.testing.assert_allclose(host(dw), 2.0 * host(ref), rtol=1e-6, atol=1e-6)
