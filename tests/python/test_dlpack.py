@@ -1,4 +1,8 @@
-"""DLPack exchange both ways shares memory: a write on one side is seen on the other."""
+"""DLPack exchange both ways shares memory: a write on one side is seen on the other. Also:
+torch imports after llmscratch in one process."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -59,3 +63,12 @@ def test_lifetime_outlives_the_producer():
     z = torch.from_dlpack(t)
     del t
     np.testing.assert_array_equal(z.numpy(), keep)
+
+
+def test_torch_imports_after_llmscratch():
+    # In a fresh interpreter, llmscratch first: a module exporting the symbols of a statically
+    # linked C++ runtime made `import torch` crash there (CMakeLists.txt, --exclude-libs).
+    code = "import llmscratch, llmscratch_core, torch; print(torch.ones(2).sum().item())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "2.0"
