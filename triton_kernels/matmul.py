@@ -147,8 +147,8 @@ def _prune_tma(configs, named_args, **kwargs):
     """Problems of at least two waves of 128 x 256 tiles keep only that tile. It is the fastest
     there in every layout (H100, 4096^3 bf16, each config timed alone: 0.91-0.92x cuBLAS for
     A @ B, A^T @ B and A @ B^T, against 0.82-0.86x for the next), but the autotuner's one short
-    measurement per config picked 128 x 128 for one of the backward's GEMMs in one of two runs
-    of the benchmark (backward 0.85x instead of 0.97x, bench/notes_triton_tuning.md)."""
+    measurement per config picked 128 x 128 for the 8192^3 forward in one of two runs of the
+    benchmark (0.87x instead of 1.00x, bench/notes_triton_tuning.md)."""
     tiles = triton.cdiv(named_args["M"], 128) * triton.cdiv(named_args["N"], 256)
     if tiles < 2 * _num_sms(torch.cuda.current_device()):
         return configs
