@@ -54,6 +54,22 @@ def _norm_fwd(X, RES, H, W, B, Y, MEAN, RSTD, C, eps, CENTERED: tl.constexpr, AD
 
 
 @triton.jit
+def _load_row(X, G, MEAN, RSTD, row, R, C, cols, CENTERED: tl.constexpr):
+    # x and g of the row in their dtype, its mean (0 without CENTERED) and rstd in float32; zeros
+    # past the last row. The columns' mask is one comparison because the interpreter rejected a
+    # block mask and'ed with the scalar row < R.
+    live = cols < tl.where(row < R, C, 0)
+    x = tl.load(X + row * C + cols, mask=live, other=0.0)
+    g = tl.load(G + row * C + cols, mask=live, other=0.0)
+    rstd = tl.load(RSTD + row, mask=row < R, other=0.0).to(tl.float32)
+    if CENTERED:
+        mean = tl.load(MEAN + row, mask=row < R, other=0.0).to(tl.float32)
+    else:
+        mean = tl.zeros_like(rstd)
+    return x, g, mean, rstd
+
+
+@triton.jit
 def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, PART, R, C, CENTERED: tl.constexpr,
               HAS_DH: tl.constexpr, HAS_W: tl.constexpr, WANT_DW: tl.constexpr,
               WANT_DB: tl.constexpr, BLOCK: tl.constexpr):
@@ -66,31 +82,18 @@ def _norm_bwd(G, DH, X, W, MEAN, RSTD, DX, PART, R, C, CENTERED: tl.constexpr,
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     db = tl.zeros([BLOCK], dtype=tl.float32)
     # Rows pid, pid + nprog, ...; row indices are int64 so row * C cannot overflow. The next row
-    # (masked off past R) is loaded at the top of each step, before this row's reductions: with
-    # tl.range's cp.async pipelining instead (num_stages=2) the layer_norm backward ran at 88% of
-    # copy bandwidth on the H100, with this at 95-97% (bench/notes_triton_tuning.md).
+    # is loaded at the top of each step, before this row's reductions: the layer_norm backward
+    # kernel ran at 88% of copy bandwidth on the H100 with tl.range's cp.async pipelining instead
+    # (num_stages=2, 4 programs per SM, 8 warps), at 97% with this (bench/notes_triton_tuning.md).
     row = pid.to(tl.int64)
-    # The columns of a row past the last, masked off; written as one comparison because the
-    # interpreter rejected the block mask and'ed with the scalar row < R.
-    live = cols < tl.where(row < R, C, 0)
-    nx = tl.load(X + row * C + cols, mask=live, other=0.0)
-    ng = tl.load(G + row * C + cols, mask=live, other=0.0)
-    nrstd = tl.load(RSTD + row, mask=row < R, other=0.0).to(tl.float32)
-    if CENTERED:
-        nmean = tl.load(MEAN + row, mask=row < R, other=0.0).to(tl.float32)
+    nx, ng, nmean, nrstd = _load_row(X, G, MEAN, RSTD, row, R, C, cols, CENTERED)
     for _ in tl.range(0, tl.cdiv(R - pid, nprog), num_stages=1):
         x = nx.to(tl.float32)  # x[row, :]
         g = ng.to(tl.float32)
+        mean = nmean
         rstd = nrstd
-        if CENTERED:
-            mean = nmean
         nxt = row + nprog
-        live = cols < tl.where(nxt < R, C, 0)
-        nx = tl.load(X + nxt * C + cols, mask=live, other=0.0)
-        ng = tl.load(G + nxt * C + cols, mask=live, other=0.0)
-        nrstd = tl.load(RSTD + nxt, mask=nxt < R, other=0.0).to(tl.float32)
-        if CENTERED:
-            nmean = tl.load(MEAN + nxt, mask=nxt < R, other=0.0).to(tl.float32)
+        nx, ng, nmean, nrstd = _load_row(X, G, MEAN, RSTD, nxt, R, C, cols, CENTERED)
         if HAS_DH:  # the add_ variants: the residual stream's gradient joins dx
             dh = tl.load(DH + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         if CENTERED:
