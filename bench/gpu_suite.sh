@@ -8,7 +8,8 @@
 # test-triton and test-rest split "test" for time-limited calls; memcheck-kernels is memcheck over
 # the torch-free bench/sanitize_kernels.py, minutes instead of the tests' half hour); the sanitizer
 # passes stop after SANITIZER_TIMEOUT seconds (exit 124 in the summary: a partial pass).
-# PYTEST_JOBS=N runs the pytest steps in N processes sharing the GPU (needs pytest-xdist).
+# PYTEST_JOBS=N runs the pytest steps in N processes sharing the GPU (needs pytest-xdist);
+# SANITIZER_JOBS=N runs the memcheck step's per-file sanitizer processes N at a time.
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR}
 steps=${STEPS:-test ctest memcheck racecheck bench train}
@@ -56,12 +57,23 @@ if has ctest; then
   fi
 fi
 if has memcheck; then
-  # The allocator-counter test is left out: under memcheck the counters showed blocks never
-  # returned (not seen in plain runs); memory safety is what this pass checks.
-  timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf \
-    $cuda_tests -k "not caching_allocator" >"$out/memcheck.log" 2>&1
-  rc=$?
-  summary+=("compute-sanitizer memcheck on $cuda_tests: \`$(grep -h 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)\`, pytest \`$(grep -E 'passed|failed' "$out/memcheck.log" | tail -1)\` (exit $rc)" "")
+  # One compute-sanitizer per CUDA test file, SANITIZER_JOBS of them at a time (default 1), each
+  # stopped after SANITIZER_TIMEOUT seconds: in one process the whole set took longer than a
+  # 10-minute call. The allocator-counter test is left out: under memcheck the counters showed
+  # blocks never returned (not seen in plain runs); memory safety is what this pass checks.
+  mkdir -p "$out/memcheck"
+  : >"$out/memcheck/exit_codes"
+  for f in $cuda_tests; do [ -d "$f" ] && ls "$f"/test_*.py || echo "$f"; done |
+    xargs -P "${SANITIZER_JOBS:-1}" -I{} sh -c 'timeout "$1" compute-sanitizer --tool memcheck \
+      --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf "$2" -k "not caching_allocator" \
+      >"$3/$(echo "$2" | tr / _).log" 2>&1; echo "$2 $?" >>"$3/exit_codes"' _ \
+      "${SANITIZER_TIMEOUT:-420}" {} "$out/memcheck"
+  clean=$(grep -l 'ERROR SUMMARY: 0 errors' "$out"/memcheck/*.log | wc -l)
+  summary+=("compute-sanitizer memcheck, one process per CUDA test file ($(wc -l <"$out/memcheck/exit_codes") files): $clean with \`ERROR SUMMARY: 0 errors\`; the files that did not exit 0 (9: errors, 124: stopped by the time limit), with their last pytest line:" "")
+  while read -r f rc; do
+    [ "$rc" = 0 ] || summary+=("- $f: exit $rc, \`$(grep -hE 'passed|failed|error' "$out/memcheck/$(echo "$f" | tr / _).log" | tail -1)\`")
+  done <"$out/memcheck/exit_codes"
+  summary+=("" "pytest lines summed over the files: $(cat "$out"/memcheck/*.log | grep -oE '[0-9]+ passed' | awk '{s += $1} END {print s + 0}') passed" "")
 fi
 # A compute-sanitizer tool over the torch-free bench/sanitize_kernels.py, which reaches every
 # kernel family once: under pytest (which loads torch) a racecheck pass did not get past start-up
