@@ -59,19 +59,20 @@ fi
 if has memcheck; then
   # One compute-sanitizer per CUDA test file, SANITIZER_JOBS of them at a time (default 1), each
   # stopped after SANITIZER_TIMEOUT seconds: in one process the whole set took longer than a
-  # 10-minute call. The allocator-counter test is left out: under memcheck the counters showed
-  # blocks never returned (not seen in plain runs); memory safety is what this pass checks.
+  # 10-minute call. The allocator-counter tests are left out: under memcheck the counters showed
+  # blocks never returned, and the steady training step made cudaMallocs (172 in two steps on the
+  # H100 at 6bbe52e); neither is seen in plain runs, and memory safety is what this pass checks.
   mkdir -p "$out/memcheck"
   : >"$out/memcheck/exit_codes"
   for f in $cuda_tests; do [ -d "$f" ] && ls "$f"/test_*.py || echo "$f"; done |
     xargs -P "${SANITIZER_JOBS:-1}" -I{} sh -c 'timeout "$1" compute-sanitizer --tool memcheck \
-      --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf "$2" -k "not caching_allocator" \
+      --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -rf "$2" -k "not caching_allocator and not steady_step_never_waits" \
       >"$3/$(echo "$2" | tr / _).log" 2>&1; echo "$2 $?" >>"$3/exit_codes"' _ \
       "${SANITIZER_TIMEOUT:-420}" {} "$out/memcheck"
   clean=$(grep -l 'ERROR SUMMARY: 0 errors' "$out"/memcheck/*.log | wc -l)
   summary+=("compute-sanitizer memcheck, one process per CUDA test file ($(wc -l <"$out/memcheck/exit_codes") files): $clean with \`ERROR SUMMARY: 0 errors\`; the files that did not exit 0 (9: errors, 124: stopped by the time limit), with their last pytest line:" "")
   while read -r f rc; do
-    [ "$rc" = 0 ] || summary+=("- $f: exit $rc, \`$(grep -hE 'passed|failed|error' "$out/memcheck/$(echo "$f" | tr / _).log" | tail -1)\`")
+    [ "$rc" = 0 ] || summary+=("- $f: exit $rc, \`$(grep -hE '[0-9]+ (passed|failed)' "$out/memcheck/$(echo "$f" | tr / _).log" | tail -1)\`")
   done <"$out/memcheck/exit_codes"
   summary+=("" "pytest lines summed over the files: $(cat "$out"/memcheck/*.log | grep -oE '[0-9]+ passed' | awk '{s += $1} END {print s + 0}') passed" "")
 fi
