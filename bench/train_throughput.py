@@ -11,6 +11,8 @@ keeps bf16 weights with fp32 master weights in AdamW, and torch runs fp32 weight
 autocast with its fused AdamW (eager, and torch.compile unless --no-compile). The loss after the
 last step shows the runs train the same model (they differ only by rounding). MFU uses the
 model's FLOPs per token (6N + 12 L C T) and the GPU's peak from llmscratch.cuda.peak_flops.
+"host ms/step" is the time to queue a step, up to reading its loss: a step whose host part
+reaches its time waits on Python and the launches, not on the GPU.
 The PyTorch twin covers the dense GPT-2 family; other presets (LLaMA-style, MoE) run llmscratch
 alone, e.g. `--device cuda --preset moe-124m-8e --backends default,triton`."""
 import argparse
@@ -75,14 +77,19 @@ def decay_groups(named, wd):
 
 
 def run(step_fn, steps, warmup):
-    """Median seconds per step; each step_fn returns the loss as a float (a device sync)."""
-    times, loss = [], None
+    """Median seconds per step and median seconds of its host part. step_fn queues a step and
+    returns the loss tensor unread; reading it (a device sync) ends the step. The host part is
+    the time to queue the step: where it reaches the step's time, the host sets the pace."""
+    times, host, loss = [], [], None
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        loss = step_fn(i)
+        out = step_fn(i)
+        t1 = time.perf_counter()
+        loss = out.item()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), loss
+            host.append(t1 - t0)
+    return statistics.median(times), statistics.median(host), loss
 
 
 def torch_peak_mb(device):
@@ -120,8 +127,8 @@ def main():
     bf16 = args.dtype == "bfloat16"
     rows = []
 
-    def add_row(name, t, loss, peak_mb):
-        rows.append((name, B * T / t, t * 1e3, loss, peak_mb))
+    def add_row(name, t, host, loss, peak_mb):
+        rows.append((name, B * T / t, t * 1e3, host * 1e3, loss, peak_mb))
 
     for backend in args.backends.split(","):
         ls.set_backend(backend)
@@ -140,14 +147,14 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            return loss.item()
+            return loss
 
-        t, loss = run(ours, args.steps, args.warmup)
+        t, host, loss = run(ours, args.steps, args.warmup)
         peak = ls.cuda.memory_stats()["peak_allocated_bytes"] / 2**20 if dev == "cuda" else float("nan")
         # The Triton kernels' outputs come from torch's allocator: its peak is shown beside ours
         # (the two peaks need not coincide, so their sum is an upper bound).
         extra = torch_peak_mb(dev) if dev == "cuda" and backend == "triton" else 0.0
-        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, loss, (peak, extra))
+        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, host, loss, (peak, extra))
         del model, opt, dev_batches
     ls.set_backend("default")
 
@@ -168,11 +175,12 @@ def main():
             topt.zero_grad()
             loss.backward()
             topt.step()
-            return loss.item()
+            return loss
 
         # torch.compile compiles in the first (warm-up) step; every run sees the same batches
-        t, loss = run(theirs, args.steps, args.warmup)
-        add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, loss, (torch_peak_mb(dev), 0.0))
+        t, host, loss = run(theirs, args.steps, args.warmup)
+        add_row(f"torch {torch.__version__} {'compile' if compiled else 'eager'}", t, host, loss,
+                (torch_peak_mb(dev), 0.0))
         del tmodel, topt, fwd
 
     flops = init.flops_per_token(T)
@@ -181,12 +189,12 @@ def main():
     head = (f"{args.preset}: {init.num_parameters() / 1e6:.2f}M parameters, B={B} T={T}, {args.dtype}, "
             f"{where}")
     print(head)
-    table = ["| implementation | tokens/s | ms/step | MFU | peak memory (MiB) | loss after the run |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, tps, ms, loss, pmb in rows:
+    table = ["| implementation | tokens/s | ms/step | host ms/step | MFU | peak memory (MiB) | loss after the run |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, tps, ms, host_ms, loss, pmb in rows:
         mfu = f"{100 * flops * tps / peak:.1f}%" if peak else "-"
         mem = "-" if math.isnan(pmb[0]) else f"{pmb[0]:.0f}" + (f" + {pmb[1]:.0f} (torch's)" if pmb[1] else "")
-        table.append(f"| {name} | {tps:.0f} | {ms:.1f} | {mfu} | {mem} | {loss:.4f} |")
+        table.append(f"| {name} | {tps:.0f} | {ms:.1f} | {host_ms:.1f} | {mfu} | {mem} | {loss:.4f} |")
     eager = [r[1] for r in rows if r[0].endswith("eager")]
     summary = (f"{rows[0][0]} runs at {rows[0][1] / eager[0]:.2f}x torch eager's throughput." if eager else
                "No PyTorch twin for this architecture: llmscratch rows only.")
