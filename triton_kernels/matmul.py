@@ -231,18 +231,45 @@ def _has_tma(device_index):
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+# The TMA kernel compiled for a problem, and its tile, after the autotuner's first call:
+# (device, dtype, M, N, K, layouts, strides) -> (compiled kernel, (BLOCK_M, BLOCK_N, BLOCK_K,
+# GROUP_M)). Later calls of the same problem launch the compiled kernel directly: the autotuner's
+# and the JIT's per-call work (argument binding, specialisation, cache keys) was most of the
+# 114-123 us of host time a 4096^3 call took on the H100, for 180 us of GPU time
+# (bench/notes_triton_tuning.md). The key holds everything the compiled kernel was specialised
+# on: the shapes and strides (the descriptors' bases are 16-byte aligned, _stored checks).
+_tma_compiled = {}
+
+
+def _descriptors(a, b, c, ta, tb, bm, bn, bk):
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    ad = (TensorDescriptor(a, [K, M], [a.stride(-1), 1], [bk, bm]) if ta
+          else TensorDescriptor(a, [M, K], [a.stride(-2), 1], [bm, bk]))
+    bd = (TensorDescriptor(b, [N, K], [b.stride(-1), 1], [bn, bk]) if tb
+          else TensorDescriptor(b, [K, N], [b.stride(-2), 1], [bk, bn]))
+    cd = TensorDescriptor(c, [M, N], [c.stride(-2), 1], [bm, bn])
+    return ad, bd, cd
+
+
 def _launch_tma(a, b, c, ta, tb, sms):
     """c (M, N) = a (M, K) @ b (K, N) (2-D, or 3-D views with one batch) with a, b in the stored
     orders ta, tb (True: column-major) and c row-major."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    key = (a.device.index, a.dtype, M, N, K, ta, tb, a.stride(), b.stride(), c.stride())
+    hit = _tma_compiled.get(key)
+    if hit is not None:
+        kernel, (bm, bn, bk, gm) = hit
+        grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
+        kernel[grid](*_descriptors(a, b, c, ta, tb, bm, bn, bk), M, N, K, ta, tb, bm, bn, bk, gm)
+        return
     # the boxes are placeholders until the autotuner's pre-hook sets each config's tile
-    ad = (TensorDescriptor(a, [K, M], [a.stride(-1), 1], [16, 16]) if ta
-          else TensorDescriptor(a, [M, K], [a.stride(-2), 1], [16, 16]))
-    bd = (TensorDescriptor(b, [N, K], [b.stride(-1), 1], [16, 16]) if tb
-          else TensorDescriptor(b, [K, N], [b.stride(-2), 1], [16, 16]))
-    cd = TensorDescriptor(c, [M, N], [c.stride(-2), 1], [16, 16])
+    ad, bd, cd = _descriptors(a, b, c, ta, tb, 16, 16, 16)
     grid = lambda meta: (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
-    _matmul_tma_kernel[grid](ad, bd, cd, M, N, K, ta, tb)
+    kernel = _matmul_tma_kernel[grid](ad, bd, cd, M, N, K, ta, tb)
+    config = getattr(_matmul_tma_kernel, "best_config", None)
+    if kernel is not None and config is not None:
+        tile = tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
+        _tma_compiled[key] = (kernel, tile)
 
 
 def _launch(a, b, c):

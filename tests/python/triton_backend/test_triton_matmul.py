@@ -163,3 +163,22 @@ def test_strided_cuda(dtype):
                                    ((3, 1, 90, 64), (2, 64, 31)), ((257,), (257, 3))])
 def test_registry_forward_and_gradients_cuda(sa, sb):
     registry_matmul_grads(sa, sb, "cuda", 1e-5)
+
+
+@pytest.mark.cuda
+@compiled_only
+@needs_descriptors
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_repeated_problem_launches_the_compiled_kernel_cuda(ta, tb):
+    # The second call of a problem skips the autotuner and the JIT (_tma_compiled): fresh data
+    # each call, every layout the backward uses, each result against float64.
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the TMA kernel needs sm_90")
+    M, K, N = 640, 192, 520
+    for _ in range(3):
+        a = torch.randn(K, M, dtype=torch.bfloat16, device="cuda").t() if ta else \
+            torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
+        b = torch.randn(N, K, dtype=torch.bfloat16, device="cuda").t() if tb else \
+            torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
+        check(a, b, torch.bfloat16)
+    assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
