@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
       S = SX = XT = A(0);
       for (int q = 0; q < kc; ++q) {  // in rank order, so every block sums alike
         const A* theirs = cluster.map_shared_rank(mine, q);
-        if (theirs[0] != neg_inf<A>()) S += theirs[1] * ex_for<T>(theirs[0] - M);
+        S += Online<T>::rescaled(theirs[0], theirs[1], M);
         SX += theirs[2];
         XT += theirs[3];
       }

@@ -192,10 +192,13 @@ struct Online {
     m = vm;
     s = acc;
   }
+  // A partial (m, s) rescaled to a larger max M: its share of the sum of exp(v - M); 0 for a
+  // part that has seen only -inf (exp(-inf - -inf) would be NaN).
+  static __device__ __forceinline__ A rescaled(A m, A s, A M) { return m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M); }
   // Row statistics (M, S) from every thread's (m, s) over the row lane.
   __device__ __forceinline__ void reduce(A* red, A& M, A& S) const {
     M = row_reduce(m, Max{}, red);
-    S = row_reduce(m == neg_inf<A>() ? A(0) : s * ex_for<T>(m - M), Sum{}, red);
+    S = row_reduce(rescaled(m, s, M), Sum{}, red);
   }
 };
 

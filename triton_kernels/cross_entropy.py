@@ -272,10 +272,9 @@ def cross_entropy_inplace_backward(inputs, attrs):
         raise ValueError(f"cross_entropy_inplace_backward: loss gradient of shape {tuple(g.shape)} "
                          f"does not match reduction '{reduction}' over N = {N} rows")
     if dlogits.numel():
-        programs = min(triton.cdiv(dlogits.numel(), ELEMENTWISE_BLOCK), 4 * num_programs(dlogits.device, 1 << 30))
-        _scale_inplace[(programs,)](dlogits, g, dlogits.numel(), V,
-                                                   PER_ROW=reduction == "none",
-                                                   BLOCK=ELEMENTWISE_BLOCK)
+        programs = num_programs(dlogits.device, triton.cdiv(dlogits.numel(), ELEMENTWISE_BLOCK), per_sm=16)
+        _scale_inplace[(programs,)](dlogits, g, dlogits.numel(), V, PER_ROW=reduction == "none",
+                                    BLOCK=ELEMENTWISE_BLOCK)
     return [dlogits]
 
 
