@@ -44,6 +44,49 @@ bool copy_vectors(const Tensor& dst, const Tensor& src, Indexer<2> ix) {
   return true;
 }
 
+// Rows whose elements are contiguous on both sides but whose row strides rule out 16-byte
+// vectors (a row of odd length, e.g. a 50257-wide logits row copied into a padded buffer): each
+// block walks whole rows, so the index arithmetic runs once per row instead of once per element.
+// outer indexes the rows (the indexer without its last dim); L is the row length.
+template <typename To, typename From>
+__global__ void copy_rows_kernel(To* __restrict__ out, const From* __restrict__ in, int64_t rows, int64_t L,
+                                 Indexer<2> outer) {
+  constexpr int kU = 8;  // elements per thread in flight
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t off[2];
+    outer.offsets(r, off);
+    To* o = out + off[0];
+    const From* s = in + off[1];
+    for (int64_t c0 = threadIdx.x; c0 < L; c0 += kU * blockDim.x) {
+      From v[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (c0 + u * blockDim.x < L) v[u] = s[c0 + u * blockDim.x];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (c0 + u * blockDim.x < L) o[c0 + u * blockDim.x] = convert<To>(v[u]);
+    }
+  }
+}
+
+// The rows kernel when the innermost dim is contiguous on both sides and long enough to fill a
+// block; false otherwise.
+bool copy_rows(const Tensor& dst, const Tensor& src, Indexer<2> ix, const char* op) {
+  const int d = ix.nd - 1;
+  if (d < 1 || ix.stride[0][d] != 1 || ix.stride[1][d] != 1 || ix.size[d] < 256) return false;
+  const int64_t L = ix.size[d], rows = dst.numel() / L;
+  ix.nd = d;  // the row index: every dim but the last
+  const unsigned blocks = unsigned(std::min<int64_t>(rows, 4096));
+  CUDA_DISPATCH_ALL(dst.dtype(), op, {
+    using To = scalar_t;
+    CUDA_DISPATCH_ALL(src.dtype(), op, {
+      copy_rows_kernel<To, scalar_t><<<blocks, kThreads, 0, current_stream()>>>(
+          static_cast<To*>(dst.raw_data()), static_cast<const scalar_t*>(src.raw_data()), rows, L, ix);
+    });
+  });
+  return true;
+}
+
 // dst[...] = convert(src[...]), src broadcast to dst's shape.
 void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
   int64_t n = dst.numel();
@@ -55,6 +98,10 @@ void copy_strided(const Tensor& dst, const Tensor& src, const char* op) {
     return;
   }
   const bool dense = is_dense(ix);
+  if (!dense && copy_rows(dst, src, ix, op)) {
+    check_launch(op);
+    return;
+  }
   CUDA_DISPATCH_ALL(dst.dtype(), op, {
     using To = scalar_t;
     CUDA_DISPATCH_ALL(src.dtype(), op, {

@@ -50,6 +50,39 @@ def test_binary_broadcast(op, dtype):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("dense_shape,row_shape", [((37, 768), (768,)),      # a bias: 16-byte packs
+                                                   ((5, 9, 263), (263,)),    # odd row: one element
+                                                   ((3, 17, 64), (17, 64)),  # a position table
+                                                   ((2, 40), (1, 40))])
+def test_binary_row_broadcast(op, dense_shape, row_shape, dtype):
+    # One operand dense, the other a row repeated over the leading dims, on either side (sub and
+    # div tell the sides apart), and with the row one element off 16-byte alignment.
+    dense = randn(*dense_shape)
+    if op == "div":  # the dense operand is a divisor too: keep it away from 0 (fp16 overflows)
+        dense = np.abs(dense) + 0.5
+    cd, gd = both(dense, dtype)
+    big_c, big_g = both(randn(int(np.prod(row_shape)) + 1) + 3, dtype)
+    f = getattr(ls.functional, op)
+    for start in (0, 1):  # 1: the row starts 2 or 4 bytes past 16-byte alignment
+        n = int(np.prod(row_shape))
+        row_c, row_g = big_c[start:start + n].reshape(*row_shape), big_g[start:start + n].reshape(*row_shape)
+        close(f(gd, row_g), f(cd, row_c), DTYPES[dtype] * 4)
+        close(f(row_g, gd), f(row_c, cd), DTYPES[dtype] * 4)
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_copy_of_odd_length_rows(dtype):
+    # Rows contiguous on both sides but of odd length (no 16-byte vectors): the copy walks rows.
+    cpu, gpu = both(randn(6, 1001), dtype)
+    close(gpu[:, 1:].contiguous(), cpu[:, 1:], 0)
+    dst = ls.zeros(6, 1002, device="cuda", dtype=dtype)
+    dst[:, 2:] = gpu[:, 1:].to(dtype=ls.float32)  # a cast through the same path
+    close(dst[:, 2:], cpu[:, 1:], 0)
+    assert float(dst[:, :2].abs().sum().cpu().float().item()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("op", ["neg", "exp", "tanh", "sigmoid", "abs", "relu", "sin", "cos", "log", "sqrt", "rsqrt"])
 def test_unary(op, dtype):
     a = randn(5, 127)
