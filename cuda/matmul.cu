@@ -225,20 +225,28 @@ bool cp_async_ready(const Tensor& x, bool is_b) {
   return true;
 }
 
-// x itself when the tensor-core kernel can read it in place; else a copy with K contiguous and
-// the row length padded to a multiple of 8 (the padding is never read: K tails are zero-filled).
+// x itself when the tensor-core kernel can read it in place; else a copy into a buffer whose
+// rows are padded to a multiple of 8 elements (the padding is never read: tails are
+// zero-filled). The copy keeps the dim that is contiguous in x contiguous, so it streams rows (a
+// (V, N) logits gradient of odd V read as its transpose took 5 ms to transpose and 1 ms to pad);
+// an operand with no unit stride is laid out with K contiguous.
 Tensor for_tensor_cores(const Tensor& x, bool is_b) {
   if (cp_async_ready(x, is_b)) return x;
-  int64_t R, K, rs, ks;
-  operand_strides(x, is_b, R, K, rs, ks);
+  const int64_t nd = x.dim();
+  // the dim to keep contiguous: x's last dim, its second-last, or K
+  int64_t inner = x.strides()[nd - 1] == 1 ? nd - 1 : x.strides()[nd - 2] == 1 ? nd - 2 : (is_b ? nd - 2 : nd - 1);
+  const int64_t outer = inner == nd - 1 ? nd - 2 : nd - 1;
   Shape shape(x.shape().begin(), x.shape().end() - 2);
-  shape.push_back(R);
-  shape.push_back((K + 7) / 8 * 8);
+  shape.push_back(x.shape()[outer]);
+  shape.push_back((x.shape()[inner] + 7) / 8 * 8);
   Tensor buf = Tensor::empty(shape, x.dtype(), x.device());
-  Tensor view = ops::slice(buf, -1, 0, K);  // (..., R, K)
-  if (is_b) view = ops::transpose(view, -1, -2);  // (..., K, N) with K contiguous
-  ops::copy_(view, x);
-  return view;
+  Tensor view = ops::slice(buf, -1, 0, x.shape()[inner]);  // x's dims (outer, inner)
+  if (inner == nd - 1) {
+    ops::copy_(view, x);
+    return view;
+  }
+  ops::copy_(view, ops::transpose(x, -1, -2));  // both sides walk x's memory order
+  return ops::transpose(view, -1, -2);
 }
 
 using ops::fold_rows;  // the CPU kernel's rule (cpp/ops/matmul.cpp)
@@ -295,6 +303,15 @@ bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
   g.batch = int(nbatch);
   g.a_batch = p.batch.nd == 1 ? p.batch.sa[0] : 0;
   g.b_batch = p.batch.nd == 1 ? p.batch.sb[0] : 0;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "matmul");
+  g.sms = sm_count(dev);
+  g.splits = sm90a::gemm_splits(g);
+  Tensor partials;  // split-K's workspace, freed to the stream-ordered cache after the launch
+  if (g.splits > 1) {
+    partials = Tensor::empty({int64_t(g.splits) * g.M * g.N}, DType::Float32, Device{DeviceType::CUDA, dev});
+    g.partials = partials.data<float>();
+  }
   if (!sm90a::gemm(g, current_stream())) return false;
   check_launch("matmul");
   return true;

@@ -39,6 +39,11 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       : "memory");
 }
 
+// Barrier `id` (1..15; 0 is __syncthreads') among `threads` threads, e.g. one warpgroup's 128.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // One box of a 3-D tensor map (inner, outer, batch) into shared memory, completing on `bar`.
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int inner, int outer,
                                          int z, uint32_t bar) {

@@ -2,15 +2,26 @@
 // warpgroup MMAs (wgmma) multiply from it, fp32 accumulation in registers.
 //   C[z] (M, N) = A[z] (M, K) @ B[z] (K, N), operands in either layout (sm90a.h).
 //
-// Block tile 128 (M) x 256 (N), k-tiles of 64, three warpgroups (384 threads):
+// Block tile 128 (M) x 256 (N), k-tiles of 64, three warpgroups (384 threads), one block per SM,
+// persistent: block b takes work items b, b + gridDim.x, ... (a work item is one output tile of
+// one batch, or one K range of a tile under split-K, below).
 //   - warpgroup 0 is the producer: one thread issues the TMA copies of each k-tile into a 4-stage
 //     ring of shared memory (48 KB a stage) and waits for a stage to be released before refilling
 //     it. Completion is signalled on the stage's "full" mbarrier by the copy engine's byte count;
-//     the consumers release a stage on its "empty" mbarrier.
+//     the consumers release a stage on its "empty" mbarrier. The ring runs on across work items,
+//     so the next tile's first k-tiles load while the consumers store this one: with GPT-2's
+//     K = 768 a tile has only 12 k-tiles, and one block per tile left the pipeline's fill and
+//     the stores exposed.
 //   - warpgroups 1 and 2 are the consumers: each owns 64 rows of the tile, 64 x 256 fp32
-//     accumulators (128 registers a thread), and per k-tile issues four m64n256k16 wgmmas,
-//     waits for them, then releases the stage. The producer gives its registers to them
+//     accumulators (128 registers a thread), and per k-tile issues four m64n256k16 wgmmas and
+//     commits them; it then waits for the previous k-tile's group only (one group stays in
+//     flight) and releases that k-tile's stage. The producer gives its registers to them
 //     (setmaxnreg), so the accumulators never spill.
+// Split-K: a problem of fewer tiles than the SMs (a weight gradient, (out, in) with K the token
+//   count) would leave SMs idle, so its K range is cut into `splits` parts, as many as
+//   gemm_splits' cost model says pay; each part writes fp32 partial sums to a workspace
+//   (splits, M, N) and reduce_splits_kernel adds them in split order and rounds them into C, so
+//   results do not depend on timing.
 // Shared-memory layout: TMA writes each box with the 128-byte swizzle, in 1024-byte atoms of
 //   8 rows x 128 bytes, and the wgmma descriptors describe the same swizzle:
 //   - K-major operand (K contiguous): one box of 64 (K) x rows; row r at r * 128 bytes; a 16-wide
@@ -20,10 +31,8 @@
 //     are 8192 bytes apart (LBO), 8-row K groups 1024 (SBO); a k-step is +2048 bytes.
 // Tails in M, N and K: the copy engine zero-fills the part of a box outside the tensor, so the
 //   mainloop has no tail path; the epilogue stores only elements inside C.
-// Epilogue: each thread rounds its accumulators to the output type and stores pairs straight to
-//   global memory (the wgmma accumulator layout: per 8 columns, rows lane/4 and lane/4 + 8 of the
-//   warp's 16, columns 2 * (lane % 4) + {0, 1}).
-// Tiles are numbered in groups of 8 tile rows, so blocks running together share A and B in L2.
+// Epilogue: each consumer rounds its accumulators to the output type and writes them through
+//   shared memory, so C is stored row by row (fp32 partials under split-K go straight out).
 // Limits: 16-byte aligned operand bases, leading dims and batch strides multiples of 8 elements
 //   (the copy engine's rule); otherwise gemm() declines and cuda/matmul.cu runs its mma.sync path.
 #include "sm90a.h"
@@ -33,7 +42,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <type_traits>
 
 namespace ls::cuda::sm90a {
@@ -46,14 +57,45 @@ constexpr int kThreads = 128 * (1 + kConsumers);
 constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
 constexpr int kStageBytes = kABytes + kBBytes;
 constexpr int kBoxBytes = 64 * 64 * 2;  // an MN-major box: 64 x 64 elements
-constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* alignment slack */ + 2 * kStages * 8;
+// The epilogue's staging rows: per consumer, 64 rows of 128 bytes (64 16-bit outputs or 32
+// floats) and 16 bytes of padding (so the 8 rows one store instruction touches fall in distinct
+// banks).
+constexpr int kStageRowBytes = 64 * 2 + 16, kStagingBytes = 64 * kStageRowBytes;
+constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* alignment slack */ + 2 * kStages * 8 +
+                           kConsumers * kStagingBytes;
 constexpr int kGroupM = 8;
 
-struct Epilogue {
+struct Work {
   void* c;
   int64_t ldc, c_batch;
+  float* partials;  // splits > 1: (splits, M, N) fp32
+  bool vector_stores;  // C's base, ldc and N allow 16-byte stores
   int M, N, K;
+  int tiles_m, tiles_n, items;  // items = tiles * batch * splits
+  int splits, split_k_tiles;    // k-tiles per split (the last may have fewer)
 };
+
+// Work item idx -> batch z, tile origin (m0, n0), split and its k-tiles [kt0, kt1). Tiles are
+// numbered in groups of kGroupM tile rows, so blocks running together share A and B tiles in L2;
+// the splits of a tile are adjacent.
+struct Item {
+  int z, m0, n0, split, kt0, kt1;
+};
+
+__device__ __forceinline__ Item item_of(const Work& w, int idx) {
+  Item it;
+  it.split = idx % w.splits;
+  idx /= w.splits;
+  const int tiles = w.tiles_m * w.tiles_n;
+  it.z = idx / tiles;
+  const int t = idx % tiles, per_group = kGroupM * w.tiles_n;
+  const int first_m = (t / per_group) * kGroupM, group_rows = min(w.tiles_m - first_m, kGroupM);
+  it.m0 = (first_m + (t % per_group) % group_rows) * kBM;
+  it.n0 = ((t % per_group) / group_rows) * kBN;
+  it.kt0 = it.split * w.split_k_tiles;
+  it.kt1 = min((w.K + kBK - 1) / kBK, it.kt0 + w.split_k_tiles);
+  return it;
+}
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -90,14 +132,55 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, u
 #undef LS_WGMMA_ASM
 }
 
-template <typename T>
-__device__ __forceinline__ void store_pair(T* c, int64_t off, float x, float y, bool both,
-                                           bool paired) {
-  if (both && paired) {
-    *reinterpret_cast<uint32_t*>(c + off) = pack2<T>(x, y);
-  } else {
-    c[off] = T(x);
-    if (both) c[off + 1] = T(y);
+// Two accumulators (adjacent columns) as U at p: a 16-bit pair, or two floats.
+template <typename U>
+__device__ __forceinline__ void put2(unsigned char* p, float x, float y) {
+  if constexpr (std::is_same_v<U, float>) *reinterpret_cast<float2*>(p) = make_float2(x, y);
+  else *reinterpret_cast<uint32_t*>(p) = pack2<U>(x, y);
+}
+
+// A consumer's 64 x 256 accumulators (rows row0.., columns col0..) to out (leading dim ld, rows
+// below M and columns below N), rounded to U (the output type, or float for split-K's partials).
+// Through its staging rows, 128 bytes of columns at a time (64 16-bit elements or 32 floats), so
+// that C is written row by row: 16-byte stores, 8 lanes per 128-byte row segment, when `vec`
+// (out and ld 16-byte aligned, N a multiple of 16 bytes), else one element a lane, a warp's 32
+// consecutive. Stored straight from the registers (the wgmma accumulator layout puts a lane's 4
+// bytes in 8 rows per store instruction) a 128 x 256 tile took about 7.5 us, more than the 12
+// k-tiles of a K = 768 GEMM (bench/notes_cuda_sm90a.md).
+template <typename U>
+__device__ __forceinline__ void store_tile(const float (&d)[128], unsigned char* staging, U* out, int64_t ld,
+                                           int row0, int col0, int M, int N, bool vec, int c) {
+  constexpr int kCols = 128 / sizeof(U), kGroups = kCols / 8, kChunk = 16 / sizeof(U);
+  const int tid = threadIdx.x % 128, lane = tid % 32;
+  // accumulator layout: per 8 columns j, rows lane/4 and lane/4 + 8 of the warp's 16, columns
+  // 8j + 2 (lane % 4) + {0, 1}
+  const int lr = (tid / 32) * 16 + lane / 4;
+#pragma unroll
+  for (int p = 0; p < kBN / kCols; ++p) {
+#pragma unroll
+    for (int jj = 0; jj < kGroups; ++jj) {
+      const int j = kGroups * p + jj, lc = 8 * jj + 2 * (lane % 4);
+      put2<U>(staging + lr * kStageRowBytes + lc * sizeof(U), d[4 * j], d[4 * j + 1]);
+      put2<U>(staging + (lr + 8) * kStageRowBytes + lc * sizeof(U), d[4 * j + 2], d[4 * j + 3]);
+    }
+    named_barrier_sync(1 + c, 128);
+    const int cb = col0 + kCols * p;
+    if (vec) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // 64 rows x 8 chunks of 16 bytes
+        const int q = tid + 128 * i, r = q / 8, ch = q % 8;
+        if (row0 + r < M && cb + kChunk * ch < N)  // N a multiple of kChunk: the chunk is whole
+          *reinterpret_cast<uint4*>(out + int64_t(row0 + r) * ld + cb + kChunk * ch) =
+              *reinterpret_cast<const uint4*>(staging + r * kStageRowBytes + ch * 16);
+      }
+    } else {
+      for (int i = 0; i < 64 * kCols / 128; ++i) {
+        const int q = tid + 128 * i, r = q / kCols, e = q % kCols;
+        if (row0 + r < M && cb + e < N)
+          out[int64_t(row0 + r) * ld + cb + e] = *reinterpret_cast<const U*>(staging + r * kStageRowBytes + e * sizeof(U));
+      }
+    }
+    named_barrier_sync(1 + c, 128);  // read before the next columns overwrite it
   }
 }
 
@@ -106,7 +189,7 @@ __device__ __forceinline__ void store_pair(T* c, int64_t off, float x, float y, 
 template <typename T, bool A_KMAJOR, bool B_KMAJOR>
 __global__ void __launch_bounds__(kThreads, 1)
     wgmma_gemm_kernel(const __grid_constant__ CUtensorMap map_a,
-                      const __grid_constant__ CUtensorMap map_b, Epilogue ep) {
+                      const __grid_constant__ CUtensorMap map_b, Work work) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem[];
   // The swizzle atoms must start on 1024-byte boundaries.
@@ -114,14 +197,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t bars = tiles + kStages * kStageBytes;
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 8 * (kStages + s); };
-
-  const int tiles_m = (ep.M + kBM - 1) / kBM, tiles_n = (ep.N + kBN - 1) / kBN;
-  const int pid = blockIdx.x, per_group = kGroupM * tiles_n;
-  const int first_m = (pid / per_group) * kGroupM, group_rows = min(tiles_m - first_m, kGroupM);
-  const int m0 = (first_m + (pid % per_group) % group_rows) * kBM;
-  const int n0 = ((pid % per_group) / group_rows) * kBN;
-  const int z = blockIdx.z;
-  const int k_tiles = (ep.K + kBK - 1) / kBK;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -132,66 +207,88 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
+  // `it` counts the k-tiles this block has passed through the ring, across its work items: stage
+  // it % kStages, in round it / kStages. The producer and the consumers count alike.
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     if (tid == 0) {
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        const int s = kt % kStages, round = kt / kStages, k0 = kt * kBK;
-        if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
-        const uint32_t sa = tiles + s * kStageBytes, sb = sa + kABytes;
-        mbar_expect_tx(full(s), kStageBytes);
-        if constexpr (A_KMAJOR) {
-          tma_load(sa, &map_a, k0, m0, z, full(s));
-        } else {
-          for (int j = 0; j < kBM / 64; ++j) tma_load(sa + j * kBoxBytes, &map_a, m0 + 64 * j, k0, z, full(s));
-        }
-        if constexpr (B_KMAJOR) {
-          tma_load(sb, &map_b, k0, n0, z, full(s));
-        } else {
-          for (int j = 0; j < kBN / 64; ++j) tma_load(sb + j * kBoxBytes, &map_b, n0 + 64 * j, k0, z, full(s));
+      uint32_t it = 0;
+      for (int idx = blockIdx.x; idx < work.items; idx += gridDim.x) {
+        const Item w = item_of(work, idx);
+        for (int kt = w.kt0; kt < w.kt1; ++kt, ++it) {
+          const int s = it % kStages, k0 = kt * kBK;
+          if (it >= kStages) mbar_wait(empty(s), (it / kStages - 1) & 1);
+          const uint32_t sa = tiles + s * kStageBytes, sb = sa + kABytes;
+          mbar_expect_tx(full(s), kStageBytes);
+          if constexpr (A_KMAJOR) {
+            tma_load(sa, &map_a, k0, w.m0, w.z, full(s));
+          } else {
+            for (int j = 0; j < kBM / 64; ++j) tma_load(sa + j * kBoxBytes, &map_a, w.m0 + 64 * j, k0, w.z, full(s));
+          }
+          if constexpr (B_KMAJOR) {
+            tma_load(sb, &map_b, k0, w.n0, w.z, full(s));
+          } else {
+            for (int j = 0; j < kBN / 64; ++j) tma_load(sb + j * kBoxBytes, &map_b, w.n0 + 64 * j, k0, w.z, full(s));
+          }
         }
       }
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int c = wg - 1;
+    unsigned char* staging = smem + (bars + 2 * kStages * 8 - smem_addr(smem)) + c * kStagingBytes;
+    uint32_t it = 0;
     float d[128];
+    for (int idx = blockIdx.x; idx < work.items; idx += gridDim.x) {
+      const Item w = item_of(work, idx);
 #pragma unroll
-    for (int i = 0; i < 128; ++i) d[i] = 0.f;
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      const int s = kt % kStages;
-      mbar_wait(full(s), (kt / kStages) & 1);
-      const uint32_t sa = tiles + s * kStageBytes, sb = sa + kABytes;
-      wgmma_fence();
+      for (int i = 0; i < 128; ++i) d[i] = 0.f;
+      for (int kt = w.kt0; kt < w.kt1; ++kt, ++it) {
+        const int s = it % kStages;
+        mbar_wait(full(s), (it / kStages) & 1);
+        const uint32_t sa = tiles + s * kStageBytes, sb = sa + kABytes;
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        const uint64_t da = A_KMAJOR ? descriptor(sa + c * 64 * 128 + kk * 32, 16, 1024)
-                                     : descriptor(sa + c * kBoxBytes + kk * 2048, kBoxBytes, 1024);
-        const uint64_t db = B_KMAJOR ? descriptor(sb + kk * 32, 16, 1024)
-                                     : descriptor(sb + kk * 2048, kBoxBytes, 1024);
-        wgmma_m64n256k16<T, A_KMAJOR ? 0 : 1, B_KMAJOR ? 0 : 1>(d, da, db);
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          const uint64_t da = A_KMAJOR ? descriptor(sa + c * 64 * 128 + kk * 32, 16, 1024)
+                                       : descriptor(sa + c * kBoxBytes + kk * 2048, kBoxBytes, 1024);
+          const uint64_t db = B_KMAJOR ? descriptor(sb + kk * 32, 16, 1024)
+                                       : descriptor(sb + kk * 2048, kBoxBytes, 1024);
+          wgmma_m64n256k16<T, A_KMAJOR ? 0 : 1, B_KMAJOR ? 0 : 1>(d, da, db);
+        }
+        wgmma_commit();
+        // the previous k-tile's wgmmas are done: its stage goes back to the producer
+        wgmma_wait<1>();
+        if (kt > w.kt0 && tid == 0) mbar_arrive(empty((it - 1) % kStages));
       }
-      wgmma_commit();
-      wgmma_wait_all();
-      if (tid == 0) mbar_arrive(empty(s));
-    }
+      wgmma_wait<0>();
+      // (an empty K range, a split past K's end, consumed no stage and stores zeros)
+      if (w.kt1 > w.kt0 && tid == 0) mbar_arrive(empty((it - 1) % kStages));
 
-    T* out = static_cast<T*>(ep.c) + int64_t(z) * ep.c_batch;
-    const int warp = tid / 32, lane = tid % 32;
-    const int row = m0 + c * 64 + warp * 16 + lane / 4;
-    const bool paired = ep.ldc % 2 == 0;
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-      const int col = n0 + 8 * j + 2 * (lane % 4);
-      if (col >= ep.N) continue;
-      const bool both = col + 1 < ep.N;
-      if (row < ep.M) store_pair(out, int64_t(row) * ep.ldc + col, d[4 * j], d[4 * j + 1], both, paired);
-      if (row + 8 < ep.M)
-        store_pair(out, int64_t(row + 8) * ep.ldc + col, d[4 * j + 2], d[4 * j + 3], both, paired);
+      const int row0 = w.m0 + c * 64;
+      if (work.splits == 1)
+        store_tile(d, staging, static_cast<T*>(work.c) + int64_t(w.z) * work.c_batch, work.ldc, row0, w.n0,
+                   work.M, work.N, work.vector_stores, c);
+      else
+        store_tile(d, staging, work.partials + int64_t(w.split) * work.M * work.N, int64_t(work.N), row0,
+                   w.n0, work.M, work.N, work.N % 4 == 0, c);
     }
   }
 #endif
+}
+
+// C (M, N) = the splits' partials (splits, M, N) summed in split order, rounded to T.
+template <typename T>
+__global__ void reduce_splits_kernel(const float* __restrict__ partials, int splits, int M, int N,
+                                     T* __restrict__ c, int64_t ldc) {
+  const int64_t mn = int64_t(M) * N;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < mn;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float acc = partials[i];
+    for (int s = 1; s < splits; ++s) acc += partials[s * mn + i];
+    c[(i / N) * ldc + i % N] = T(acc);
+  }
 }
 
 // ---- host side ----
@@ -216,13 +313,53 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
     }
     configured.fetch_or(bit);
   }
-  const int64_t tiles = int64_t((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
-  Epilogue ep{p.c, p.ldc, p.c_batch, p.M, p.N, p.K};
-  kernel<<<dim3(unsigned(tiles), 1, unsigned(p.batch)), kThreads, kSmemBytes, stream>>>(ma, mb, ep);
+  Work w{};
+  w.c = p.c;
+  w.ldc = p.ldc;
+  w.c_batch = p.c_batch;
+  w.partials = p.splits > 1 ? p.partials : nullptr;
+  w.vector_stores = reinterpret_cast<uintptr_t>(p.c) % 16 == 0 && p.ldc % 8 == 0 && p.N % 8 == 0 &&
+                    (p.batch == 1 || p.c_batch % 8 == 0);
+  w.M = p.M;
+  w.N = p.N;
+  w.K = p.K;
+  w.tiles_m = (p.M + kBM - 1) / kBM;
+  w.tiles_n = (p.N + kBN - 1) / kBN;
+  w.splits = w.partials ? p.splits : 1;
+  w.split_k_tiles = ((p.K + kBK - 1) / kBK + w.splits - 1) / w.splits;
+  const int64_t items = int64_t(w.tiles_m) * w.tiles_n * p.batch * w.splits;
+  if (items >= (int64_t(1) << 31)) return false;
+  w.items = int(items);
+  const int blocks = int(std::min<int64_t>(items, std::max(p.sms, 1)));
+  kernel<<<blocks, kThreads, kSmemBytes, stream>>>(ma, mb, w);
+  if (w.splits > 1) {
+    const int64_t mn = int64_t(p.M) * p.N;
+    const unsigned grid = unsigned(std::min<int64_t>((mn + 255) / 256, 4096));
+    reduce_splits_kernel<T><<<grid, 256, 0, stream>>>(p.partials, w.splits, p.M, p.N, static_cast<T*>(p.c), p.ldc);
+  }
   return true;
 }
 
 }  // namespace
+
+int gemm_splits(const GemmProblem& p) {
+  const int64_t tiles = int64_t((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
+  const int k_tiles = (p.K + kBK - 1) / kBK;
+  if (p.batch != 1 || p.sms <= 0 || tiles >= p.sms) return 1;
+  // Estimated microseconds: the k-tiles of the busiest SM at about 0.85 us each (a 128 x 256 x
+  // 64 step at about 5 TFLOP/s per SM), plus the partials written and read back at about
+  // 2.5 TB/s (2.5e6 bytes per us) and C written.
+  const double mn = double(p.M) * p.N;
+  auto cost = [&](int s) {
+    const int per = (k_tiles + s - 1) / s;
+    const double waves = std::ceil(double(tiles * s) / p.sms);
+    return waves * per * 0.85 + (s == 1 ? 0.0 : (2.0 * s * mn * 4 + mn * 2) / 2.5e6);
+  };
+  int best = 1;
+  for (int s = 2; s <= 16 && k_tiles / s >= 4; ++s)
+    if ((k_tiles + s - 1) / s * (s - 1) < k_tiles && cost(s) < cost(best)) best = s;  // no empty split
+  return best;
+}
 
 bool gemm(const GemmProblem& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0 || p.K <= 0 || p.batch <= 0 || p.batch > 65535) return false;

@@ -23,7 +23,14 @@ struct GemmProblem {
   int64_t ldc, c_batch;
   int M, N, K;
   int batch;
+  int sms;          // the device's multiprocessor count: the persistent grid's size
+  int splits;       // split-K parts (gemm_splits), 1 for none
+  float* partials;  // splits > 1: a workspace of splits * M * N floats
 };
+
+// How many parts to split K into (1: none): for a single GEMM of fewer output tiles than SMs,
+// the count that minimises an estimate of its time, partial sums' traffic included.
+int gemm_splits(const GemmProblem& p);
 
 // True when `device` runs the sm_90a kernels (compute capability 9.0).
 bool available(int device);
@@ -33,8 +40,8 @@ bool available(int device);
 // call, so tests and benchmarks can compare the two in one process.
 bool chosen(const char* choice);
 
-// Launches the GEMM on `stream` and returns true, or returns false without launching when the
-// problem does not meet the copy engine's rules (16-byte aligned bases, leading dims and batch
+// Launches the GEMM on `stream` (and, with splits > 1, the sum of the partials into C) and returns
+// true, or returns false without launching when the problem does not meet the copy engine's rules (16-byte aligned bases, leading dims and batch
 // strides in multiples of 8 elements) so the caller takes another path. Launch errors are left
 // for the caller's cudaGetLastError.
 bool gemm(const GemmProblem& p, cudaStream_t stream);
