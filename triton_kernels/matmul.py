@@ -23,7 +23,8 @@ shared memory, zero-filling past the edges, so the loop has no masks or address 
 Each operand is described in its stored order (row- or column-major) and a column-major tile
 is transposed in shared memory, which wgmma reads in either order, so the backward's transposed
 views are still read in place. It needs 16-byte aligned bases and outer strides (K, M or N a
-multiple of 8 by layout); other layouts, batched problems and float32 use the pointer kernel.
+multiple of 8 by layout): an operand without them is copied into padded rows first, and C
+computed into padded rows and copied out. Batched problems and float32 use the pointer kernel.
 Autotuned per (M, N, K, layouts): 128 x 256 x 64 tiles, 8 warps, 3 stages win at 4096^3 (0.97x
 cuBLAS on an H200 in `python bench/compare_backends.py --device cuda --ops matmul`,
 bench/results/nvidia-h200-a91ea69/; bench/notes_triton_tuning.md).
@@ -226,6 +227,20 @@ def _stored(x):
     return None
 
 
+def _padded(x, copy=True):
+    """x (..., R, C) in a fresh buffer whose outer stride is rounded up to 16 bytes, in x's stored
+    order (column-major for a transposed view, so the copy streams rows either way); copy=False
+    leaves it uninitialised (an output)."""
+    if x.stride(-2) == 1 and x.stride(-1) != 1:
+        return _padded(x.transpose(-2, -1), copy).transpose(-2, -1)
+    mult = 16 // x.element_size()
+    C = x.shape[-1]
+    buf = torch.empty((*x.shape[:-1], (C + mult - 1) // mult * mult), dtype=x.dtype, device=x.device)[..., :C]
+    if copy:
+        buf.copy_(x)
+    return buf
+
+
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
@@ -284,9 +299,17 @@ def _launch(a, b, c):
     sms = _num_sms(a.device.index if a.is_cuda else 0)
     # one 16-bit GEMM over 512 x 512 outputs on Hopper: the copy-engine kernel, where the layouts allow
     if NB == 1 and a.is_cuda and a.dtype != torch.float32 and M * N > 512 * 512 and _has_tma(a.device.index):
+        # An operand whose outer stride is not a multiple of 16 bytes (a vocabulary of odd size,
+        # the logits and their gradient) is copied into padded rows first, and C computed into
+        # padded rows and copied out: one pass over each, against the pointer kernel's 2.6x
+        # the TMA kernel's time on the 16384 x 50257 x 768 GEMMs of GPT-2's output layer.
+        a, b = (x if _stored(x) else _padded(x) for x in (a, b))
         la, lb = _stored(a), _stored(b)
-        if la and lb and _stored(c) == "rows":
-            _launch_tma(a, b, c, la == "cols", lb == "cols", sms)
+        if la and lb:
+            out = c if _stored(c) == "rows" else _padded(c, copy=False)
+            _launch_tma(a, b, out, la == "cols", lb == "cols", sms)
+            if out is not c:
+                c.copy_(out)
             return
 
     def grid(meta):

@@ -182,3 +182,21 @@ def test_repeated_problem_launches_the_compiled_kernel_cuda(ta, tb):
             torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
         check(a, b, torch.bfloat16)
     assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
+
+
+@pytest.mark.cuda
+@compiled_only
+@needs_descriptors
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_odd_strides_take_the_padded_tma_path_cuda(ta, tb):
+    # K and N odd: no operand's outer stride is a multiple of 16 bytes (GPT-2's 50257-wide logits
+    # and their gradient), so A, B and C go through padded copies around the TMA kernel.
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the TMA kernel needs sm_90")
+    M, K, N = 700, 333, 611
+    a = torch.randn(K, M, dtype=torch.bfloat16, device="cuda").t() if ta else \
+        torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(N, K, dtype=torch.bfloat16, device="cuda").t() if tb else \
+        torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
+    check(a, b, torch.bfloat16)
+    assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
