@@ -4,6 +4,9 @@ AdamW step, at their own), each backend's % of the ceiling and speed relative to
 
     python bench/headline.py bench/results/nvidia-h200/results.csv --dtype bfloat16
 
+--shape OP=SHAPE shows that shape of OP instead of its largest (the square GEMM rather than
+GPT-2's output layer, whose odd width is a case of its own).
+
 Several CSVs may be given, oldest first: each backend of an op takes its rows from the latest
 file that measured it (a re-run of some ops or backends after they changed), and a cell from an
 older file than the op's latest is labelled with the name of its file's folder after the last
@@ -28,7 +31,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--shape", action="append", default=[], metavar="OP=SHAPE",
+                    help="the shape to show for OP instead of its largest (repeatable)")
     args = ap.parse_args()
+    chosen = dict(s.split("=", 1) for s in args.shape)
     by_impl, newest = {}, {}  # (op, impl) -> its rows of the latest file measuring it; op -> that file
     for path in args.csv:
         fresh = {}
@@ -45,7 +51,10 @@ def main():
     largest = {}
     for r in rows:
         key = (r["op"], r["pass_"])
-        if key not in largest or shape_size(r["shape"]) > shape_size(largest[key]):
+        if r["op"] in chosen:
+            if r["shape"] == chosen[r["op"]]:
+                largest[key] = r["shape"]
+        elif key not in largest or shape_size(r["shape"]) > shape_size(largest[key]):
             largest[key] = r["shape"]
     head = ["op", "pass", "shape", "dtype", "torch % of ceiling"] + [f"{i} % / vs torch" for i in impls]
     print("| " + " | ".join(head) + " |")
