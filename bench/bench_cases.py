@@ -303,13 +303,19 @@ def rope(device, dtype, B, T, NH, HS):
                keep=(x, cos, sin))
 
 
-def embedding(device, dtype, V, C, N):
+def embedding(device, dtype, V, C, N, zipf=False):
+    """zipf=True: ids with text-like frequencies, p(id) proportional to 1 / (id + 2.7) (the most
+    frequent about 2.6% of the tokens, as "," or " the" in English BPE text), not uniform."""
     w, tw, w64 = _pair((V, C), dtype, device)
-    ids = ls.randint(0, V, (N,), device=device)
+    if zipf:
+        p = 1.0 / (np.arange(V) + 2.7)
+        ids = ls.tensor(np.random.default_rng(0).choice(V, size=N, p=p / p.sum()), device=device)
+    else:
+        ids = ls.randint(0, V, (N,), device=device)
     tids = torch.from_dlpack(ids)
     g, tg, g64 = _pair((N, C), dtype, device)
     rows = N * C * _es(dtype)
-    shape = f"V{V} C{C} N{N}"
+    shape = f"V{V} C{C} N{N}" + (" zipf" if zipf else "")
     yield Case("embedding", "fwd", shape, dtype, 2 * rows, "GB/s", lambda: F.embedding(ids, w),
                lambda: tF.embedding(tids, tw), ref=tF.embedding(tids, w64), flops=0, keep=(w, ids))
     ref = torch.zeros(V, C, dtype=torch.float64, device=g64.device).index_add_(0, tids, g64)
@@ -588,7 +594,10 @@ def sweep(device, dtype, quick):
         ("rope", rope, [(2, 128, 4, 64)] if quick else [(16, 4096, 16, 128)]),
         # GPT-2 small at 16 x 1024 tokens (102 MB backward), and GPT-2 large at 64 x 1024, whose
         # forward and backward both move 256 MB or more
-        ("embedding", embedding, [(4096, 256, 2048)] if quick else [(50304, 768, 16384), (50304, 1280, 65536)]),
+        # (and the small one with text-like id frequencies: the most frequent id takes about 430
+        # of the 16384 tokens)
+        ("embedding", embedding, [(4096, 256, 2048)] if quick else
+         [(50304, 768, 16384), (50304, 768, 16384, True), (50304, 1280, 65536)]),
         ("attention", attention, [] if dtype == "float32" else
          ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64)])),
         ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),

@@ -8,7 +8,7 @@ import llmscratch as ls
 import llmscratch_core as _core
 import llmscratch.functional as F
 from conftest import randn, rel_err, torch
-from cuda_vs_cpu import FLOATS, TOL, check, host, ref_dtype, rounded
+from cuda_vs_cpu import FLOATS, ITEMSIZE, TOL, check, host, poison_next_allocation, ref_dtype, rounded
 
 pytestmark = pytest.mark.cuda
 
@@ -44,6 +44,25 @@ def test_backward_with_repeated_ids_is_deterministic(id_dtype, dtype):
     ref = _core.call("embedding_backward", [grad.cpu().to(dtype=ref_dtype(dtype)), ids.cpu()], attrs)[0]
     # 16-bit: float32 accumulation, one rounding at the end
     assert rel_err(host(a), host(ref)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
+def test_backward_with_runs_around_the_chunk_length(dtype):
+    # The backward sums runs of sorted positions by chunks of 32 and a longer run in pieces: runs
+    # of 1..97 tokens (31, 32, 33, 64, 65 among them) in shuffled order, chunk boundaries inside,
+    # at the start and at the end of runs, against float64.
+    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40]
+    ids = np.concatenate([np.full(n, v * 3 + 1) for v, n in enumerate(lengths)])
+    ids = np.random.default_rng(1).permutation(ids)
+    V, C = 3 * len(lengths) + 2, 24
+    g = randn(len(ids), C)
+    grad, gids = ls.tensor(g).to(dtype=dtype).cuda(), ls.tensor(ids).cuda()
+    poison_next_allocation(V * C * ITEMSIZE[dtype])  # a row left unwritten reads NaN
+    got = host(_core.call("embedding_backward", [grad, gids], {"num_weights": V})[0])
+    ref = np.zeros((V, C))
+    np.add.at(ref, ids, rounded(g, dtype))
+    assert rel_err(got, ref) <= TOL[dtype]
+    assert (got[[v for v in range(V) if v % 3 != 1 or v // 3 >= len(lengths)]] == 0).all()
 
 
 def test_unused_rows_are_zero_and_empty_ids():
