@@ -48,3 +48,31 @@ def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype
     for n in np.flatnonzero(valid):
         acc[ids[n]] += grad[n].astype(np.float32)  # one float32 rounding per add, in token order
     assert np.array_equal(to_np(dw), rounded(acc, dtype))
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_embedding_backward_long_runs_in_pieces(device, dtype):
+    """Runs of more than 32 tokens are summed in pieces, one per chunk of 32 sorted positions
+    (float32, token order), and the pieces are added in chunk order: runs of 1..97 tokens
+    (31, 32, 33, 64, 65 among them), checked bit for bit against that sum."""
+    r = rng()
+    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40]
+    ids = r.permutation(np.concatenate([np.full(n, 3 * v + 1) for v, n in enumerate(lengths)]))
+    V, C = 3 * len(lengths) + 2, 20
+    grad = rounded(r.standard_normal((ids.size, C)), dtype)
+    (dw,) = triton_call("embedding_backward",
+                        [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
+    order = np.argsort(ids, kind="stable")  # sorted position k holds token order[k]
+    acc = np.zeros((V, C), np.float32)
+    start = 0
+    for v in np.unique(ids):
+        run = order[start:start + np.count_nonzero(ids == v)]
+        cuts = range(start, start + run.size, 32) if run.size <= 32 else \
+            sorted({start, *range((start // 32 + 1) * 32, start + run.size, 32)})
+        for a, b in zip(cuts, [*cuts[1:], start + run.size]) if run.size > 32 else [(start, start + run.size)]:
+            piece = np.zeros(C, np.float32)
+            for k in range(a, b):
+                piece += grad[order[k]].astype(np.float32)
+            acc[v] += piece
+        start += run.size
+    assert np.array_equal(to_np(dw), rounded(acc, dtype))
