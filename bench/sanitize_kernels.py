@@ -3,7 +3,7 @@ the workload for compute-sanitizer's racecheck (and a quick memcheck); under pyt
 torch, a racecheck pass did not get past start-up within its time limit.
 
     compute-sanitizer --tool racecheck --error-exitcode 9 python bench/sanitize_kernels.py
-    python bench/sanitize_kernels.py --device cpu      # the same calls on the CPU (a dry run)
+    python bench/sanitize_kernels.py --device cpu --dtypes float32   # the same calls on the CPU (a dry run)
 
 Correctness is the test suite's job; this only has to reach each kernel, including the
 shared-memory paths: row reductions, the GEMM tiles, flash attention, scans, sorts, the fused
@@ -48,11 +48,13 @@ def run(device, dtype):
     cos, sin = F.rope_cache(9, 64, dtype=float_dt, device=device)
     (F.gelu(a, approximate="tanh") + F.silu(a) + F.swiglu(a, a) + F.rope(a, cos, sin)
      + F.dropout(a, 0.1)).sum().backward()
-    # embedding (the backward's sort and per-row sums)
+    # embedding (the backward's sort and per-row sums; runs longer than a chunk, summed in pieces)
     table = t(300, 64, grad=True)
     F.embedding(ids(300, 7, 11), table).sum().backward()
-    # GEMM: both tile configs, transposed operands
-    for m, k, n in ((129, 72, 264), (2000, 136, 2104)):
+    F.embedding(ids(3, 200), table).sum().backward()
+    # GEMM: both tile configs, transposed operands; split-K (few tiles, long K); an odd N (C's rows
+    # not 16-byte aligned: element stores, and padded copies in the backward)
+    for m, k, n in ((129, 72, 264), (2000, 136, 2104), (256, 2048, 256), (300, 64, 131)):
         p, q = t(m, k, grad=True), t(n, k, grad=True)
         (p @ q.transpose(0, 1)).sum().backward()
     # attention: the tensor-core kernels (HS 64 and 128, causal and not, GQA) and the simple one
