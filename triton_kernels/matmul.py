@@ -34,6 +34,7 @@ uniform batch stride per operand the whole problem is one launch; otherwise the 
 dim is split into separate launches on views. A 2-D B against a batched A with foldable rows is
 one (rows, K) @ (K, N) GEMM, like a Linear layer. Limits: inputs must share a dtype and device.
 """
+import collections
 import functools
 import os
 
@@ -253,7 +254,10 @@ def _has_tma(device_index):
 # 4096^3 call's host time on the H100 went from 114-123 to 65-66 us, for 180 us of GPU time
 # (bench/notes_triton_tuning.md). The key holds everything the compiled kernel was specialised
 # on: the shapes and strides (the descriptors' bases are 16-byte aligned, _stored checks).
-_tma_compiled = {}
+# Least recently used problems are dropped past _TMA_COMPILED_MAX (a training step has a few dozen;
+# a caller that varies shapes endlessly would otherwise grow it without end).
+_tma_compiled = collections.OrderedDict()
+_TMA_COMPILED_MAX = 512
 
 
 def _descriptors(a, b, c, ta, tb, bm, bn, bk):
@@ -273,6 +277,7 @@ def _launch_tma(a, b, c, ta, tb, sms):
     key = (a.device.index, a.dtype, M, N, K, ta, tb, a.stride(), b.stride(), c.stride())
     hit = _tma_compiled.get(key)
     if hit is not None:
+        _tma_compiled.move_to_end(key)
         kernel, (bm, bn, bk, gm) = hit
         grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
         kernel[grid](*_descriptors(a, b, c, ta, tb, bm, bn, bk), M, N, K, ta, tb, bm, bn, bk, gm)
@@ -285,6 +290,8 @@ def _launch_tma(a, b, c, ta, tb, sms):
     if kernel is not None and config is not None:
         tile = tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
         _tma_compiled[key] = (kernel, tile)
+        if len(_tma_compiled) > _TMA_COMPILED_MAX:
+            _tma_compiled.popitem(last=False)
 
 
 def _launch(a, b, c):

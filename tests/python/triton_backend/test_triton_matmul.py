@@ -200,3 +200,19 @@ def test_odd_strides_take_the_padded_tma_path_cuda(ta, tb):
         torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
     check(a, b, torch.bfloat16)
     assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
+
+
+@pytest.mark.cuda
+@compiled_only
+@needs_descriptors
+def test_compiled_problems_are_bounded_cuda(monkeypatch):
+    # Past _TMA_COMPILED_MAX problems the least recently used one is dropped.
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the TMA kernel needs sm_90")
+    monkeypatch.setattr(mm, "_tma_compiled", mm.collections.OrderedDict())
+    monkeypatch.setattr(mm, "_TMA_COMPILED_MAX", 2)
+    problems = [(520 + 8 * i, 192, 520) for i in range(3)]
+    for M, K, N in problems[:2] + problems[:1] + problems[2:]:  # the first is used again before the third
+        check(torch.randn(M, K, dtype=torch.bfloat16, device="cuda"),
+              torch.randn(K, N, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+    assert [key[2] for key in mm._tma_compiled] == [problems[0][0], problems[2][0]]
