@@ -69,7 +69,65 @@ __global__ void copy_rows_kernel(To* __restrict__ out, const From* __restrict__ 
   }
 }
 
-// The rows kernel when the innermost dim is contiguous on both sides and long enough to fill a
+// The same for a same-dtype copy whose destination rows start 16-byte aligned while the source
+// rows do not (into a padded buffer): each thread stores 16-byte chunks of the destination row,
+// each built from the two aligned 16-byte source chunks that cover it, shifted by the row's
+// misalignment (one funnel shift per word); the row's last partial chunk goes byte by byte. Two
+// 16-bit elements per lane and instruction left the row copy at about 2 TB/s on the H100.
+// outer indexes the rows in elements of es bytes; row_bytes = L * es.
+// Bytes [4 WO + sh / 8, + 16) of the 32 bytes a, b (WO + 4 <= 7 words in).
+template <int WO>
+__device__ __forceinline__ uint4 shifted(const uint4& a, const uint4& b, uint32_t sh) {
+  const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  return make_uint4(__funnelshift_r(w[WO], w[WO + 1], sh), __funnelshift_r(w[WO + 1], w[WO + 2], sh),
+                    __funnelshift_r(w[WO + 2], w[WO + 3], sh), __funnelshift_r(w[WO + 3], w[WO + 4], sh));
+}
+
+__global__ void copy_rows_to_aligned_kernel(unsigned char* __restrict__ out, const unsigned char* __restrict__ in,
+                                            int64_t rows, int64_t row_bytes, int64_t es, Indexer<2> outer) {
+  constexpr int kU = 4;  // chunks per thread in flight
+  const int64_t chunks = row_bytes / 16;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t off[2];
+    outer.offsets(r, off);
+    uint4* o = reinterpret_cast<uint4*>(out + off[0] * es);
+    const unsigned char* s = in + off[1] * es;
+    const int mis = int(reinterpret_cast<uintptr_t>(s) % 16);  // bytes past the aligned chunk
+    const uint4* sa = reinterpret_cast<const uint4*>(s - mis);
+    const int wo = mis / 4;
+    const uint32_t sh = uint32_t(mis % 4) * 8;
+    for (int64_t j0 = threadIdx.x; j0 < chunks; j0 += kU * blockDim.x) {
+      uint4 a[kU], b[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t j = j0 + u * blockDim.x;
+        if (j < chunks) {
+          a[u] = sa[j];
+          if (mis) b[u] = sa[j + 1];  // holds bytes of this chunk: inside the allocation
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t j = j0 + u * blockDim.x;
+        if (j >= chunks) break;
+        if (!mis) {
+          o[j] = a[u];
+          continue;
+        }
+        switch (wo) {  // the same for the whole row
+          case 0: o[j] = shifted<0>(a[u], b[u], sh); break;
+          case 1: o[j] = shifted<1>(a[u], b[u], sh); break;
+          case 2: o[j] = shifted<2>(a[u], b[u], sh); break;
+          default: o[j] = shifted<3>(a[u], b[u], sh); break;
+        }
+      }
+    }
+    for (int64_t t = chunks * 16 + threadIdx.x; t < row_bytes; t += blockDim.x)  // the tail
+      reinterpret_cast<unsigned char*>(o)[t] = s[t];
+  }
+}
+
+// The rows kernels when the innermost dim is contiguous on both sides and long enough to fill a
 // block; false otherwise.
 bool copy_rows(const Tensor& dst, const Tensor& src, Indexer<2> ix, const char* op) {
   const int d = ix.nd - 1;
@@ -77,6 +135,15 @@ bool copy_rows(const Tensor& dst, const Tensor& src, Indexer<2> ix, const char* 
   const int64_t L = ix.size[d], rows = dst.numel() / L;
   ix.nd = d;  // the row index: every dim but the last
   const unsigned blocks = unsigned(std::min<int64_t>(rows, 4096));
+  const int64_t es = int64_t(itemsize(dst.dtype()));
+  bool aligned_dst = dst.dtype() == src.dtype() && reinterpret_cast<uintptr_t>(dst.raw_data()) % 16 == 0;
+  for (int e = 0; e < d; ++e) aligned_dst &= ix.stride[0][e] * es % 16 == 0;
+  if (aligned_dst) {
+    copy_rows_to_aligned_kernel<<<blocks, kThreads, 0, current_stream()>>>(
+        static_cast<unsigned char*>(dst.raw_data()), static_cast<const unsigned char*>(src.raw_data()), rows,
+        L * es, es, ix);
+    return true;
+  }
   CUDA_DISPATCH_ALL(dst.dtype(), op, {
     using To = scalar_t;
     CUDA_DISPATCH_ALL(src.dtype(), op, {

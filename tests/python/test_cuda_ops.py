@@ -71,7 +71,7 @@ def test_binary_row_broadcast(op, dense_shape, row_shape, dtype):
         close(f(row_g, gd), f(row_c, cd), DTYPES[dtype] * 4)
 
 
-@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+@pytest.mark.parametrize("dtype", list(DTYPES))
 def test_copy_of_odd_length_rows(dtype):
     # Rows contiguous on both sides but of odd length (no 16-byte vectors): the copy walks rows.
     cpu, gpu = both(randn(6, 1001), dtype)
@@ -80,6 +80,14 @@ def test_copy_of_odd_length_rows(dtype):
     dst[:, 2:] = gpu[:, 1:].to(dtype=ls.float32)  # a cast through the same path
     close(dst[:, 2:], cpu[:, 1:], 0)
     assert float(dst[:, :2].abs().sum().cpu().float().item()) == 0.0
+    # Into rows that start 16-byte aligned (a padded buffer), from rows at every misalignment,
+    # with and without a partial last 16 bytes: chunks shifted into place, the tail by bytes.
+    cpu, gpu = both(randn(9, 1004), dtype)
+    for width in (1000, 1003):
+        pad = ls.zeros(9, 1008, device="cuda", dtype=dtype)
+        pad[:, :width] = gpu[:, 1:width + 1]
+        close(pad[:, :width], cpu[:, 1:width + 1], 0)
+        assert float(pad[:, width:].abs().sum().cpu().float().item()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
