@@ -128,21 +128,24 @@ def _embedding_bwd(G, ORDER, START, PIECES, DW, V, C, CHUNK: tl.constexpr, ROWS:
     k0 = tl.load(START + v, mask=v < V, other=0).to(tl.int64)
     count = tl.load(START + v + 1, mask=v < V, other=0) - k0  # 0 past V and for unused ids
     long = count > CHUNK
-    # a short run adds its count rows; a long one its pieces, chunks q0 .. (k0 + count - 1) // CHUNK
-    q0 = k0 // CHUNK
-    steps = tl.where(long, (k0 + count - 1) // CHUNK - q0 + 1, count)
+    short = tl.where(long, 0, count)
     acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
-    n = tl.load(ORDER + k0, mask=(count > 0) & ~long, other=0).to(tl.int64)  # the run's first token
-    for j in tl.range(0, tl.max(steps, axis=0)):
-        g = tl.load(G + n[:, None] * C + cols[None, :], mask=((j < steps) & ~long)[:, None] & cmask,
+    n = tl.load(ORDER + k0, mask=short > 0, other=0).to(tl.int64)  # the run's first token
+    for j in tl.range(0, tl.max(short, axis=0)):
+        g = tl.load(G + n[:, None] * C + cols[None, :], mask=(j < short)[:, None] & cmask,
                     other=0.0)
-        q = q0 + j
-        piece = tl.load(PIECES + (2 * q + (k0 > q * CHUNK).to(tl.int64))[:, None] * C + cols[None, :],
-                        mask=((j < steps) & long)[:, None] & cmask, other=0.0)
         # The next token's position is read while this row is in flight, so each step waits on
         # one load, not two in a row.
-        n = tl.load(ORDER + k0 + j + 1, mask=(j + 1 < count) & ~long, other=0).to(tl.int64)
-        acc += g.to(tl.float32) + piece  # one of the two is 0
+        n = tl.load(ORDER + k0 + j + 1, mask=j + 1 < short, other=0).to(tl.int64)
+        acc += g.to(tl.float32)
+    # a long run adds its pieces, chunks q0 .. (k0 + count - 1) // CHUNK (a loop of no steps
+    # where the rows have no long run)
+    q0 = k0 // CHUNK
+    pieces = tl.where(long, (k0 + count - 1) // CHUNK - q0 + 1, 0)
+    for j in tl.range(0, tl.max(pieces, axis=0)):
+        q = q0 + j
+        acc += tl.load(PIECES + (2 * q + (k0 > q * CHUNK).to(tl.int64))[:, None] * C + cols[None, :],
+                       mask=(j < pieces)[:, None] & cmask, other=0.0)
     tl.store(DW + v[:, None] * C + cols[None, :], acc.to(DW.dtype.element_ty),
              mask=(v < V)[:, None] & cmask)
 
