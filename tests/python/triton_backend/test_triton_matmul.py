@@ -165,6 +165,15 @@ def test_registry_forward_and_gradients_cuda(sa, sb):
     registry_matmul_grads(sa, sb, "cuda", 1e-5)
 
 
+def bf16_operands(M, K, N, ta, tb):
+    """Fresh bf16 a (M, K) and b (K, N) on the GPU, each a transposed view when ta / tb."""
+    a = torch.randn(K, M, dtype=torch.bfloat16, device="cuda").t() if ta else \
+        torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(N, K, dtype=torch.bfloat16, device="cuda").t() if tb else \
+        torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
+    return a, b
+
+
 @pytest.mark.cuda
 @compiled_only
 @needs_descriptors
@@ -176,11 +185,7 @@ def test_repeated_problem_launches_the_compiled_kernel_cuda(ta, tb):
         pytest.skip("the TMA kernel needs sm_90")
     M, K, N = 640, 192, 520
     for _ in range(3):
-        a = torch.randn(K, M, dtype=torch.bfloat16, device="cuda").t() if ta else \
-            torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
-        b = torch.randn(N, K, dtype=torch.bfloat16, device="cuda").t() if tb else \
-            torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
-        check(a, b, torch.bfloat16)
+        check(*bf16_operands(M, K, N, ta, tb), torch.bfloat16)
     assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
 
 
@@ -194,11 +199,7 @@ def test_odd_strides_take_the_padded_tma_path_cuda(ta, tb):
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the TMA kernel needs sm_90")
     M, K, N = 700, 333, 611
-    a = torch.randn(K, M, dtype=torch.bfloat16, device="cuda").t() if ta else \
-        torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(N, K, dtype=torch.bfloat16, device="cuda").t() if tb else \
-        torch.randn(K, N, dtype=torch.bfloat16, device="cuda")
-    check(a, b, torch.bfloat16)
+    check(*bf16_operands(M, K, N, ta, tb), torch.bfloat16)
     assert any(key[2:7] == (M, N, K, ta, tb) for key in mm._tma_compiled)
 
 
@@ -213,6 +214,5 @@ def test_compiled_problems_are_bounded_cuda(monkeypatch):
     monkeypatch.setattr(mm, "_TMA_COMPILED_MAX", 2)
     problems = [(520 + 8 * i, 192, 520) for i in range(3)]
     for M, K, N in problems[:2] + problems[:1] + problems[2:]:  # the first is used again before the third
-        check(torch.randn(M, K, dtype=torch.bfloat16, device="cuda"),
-              torch.randn(K, N, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+        check(*bf16_operands(M, K, N, False, False), torch.bfloat16)
     assert [key[2] for key in mm._tma_compiled] == [problems[0][0], problems[2][0]]
