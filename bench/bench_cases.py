@@ -305,7 +305,7 @@ def rope(device, dtype, B, T, NH, HS):
 
 def embedding(device, dtype, V, C, N, zipf=False):
     """zipf=True: ids with text-like frequencies, p(id) proportional to 1 / (id + 2.7) (the most
-    frequent about 2.6% of the tokens, as "," or " the" in English BPE text), not uniform."""
+    frequent about 3.7% of the tokens, as "," or " the" in English BPE text), not uniform."""
     w, tw, w64 = _pair((V, C), dtype, device)
     if zipf:
         p = 1.0 / (np.arange(V) + 2.7)
@@ -584,7 +584,8 @@ def sweep(device, dtype, quick):
     return [
         ("matmul", matmul, [(1024, 1024, 1024)] if quick else
          # square GEMMs, GPT-2's MLP at 16 x 1024 tokens, and its output layer (50257: rows of an
-         # odd length, which the tensor-core kernels read only through padded copies)
+         # odd length, which the CUDA tensor-core GEMMs and the Triton TMA kernel read through
+         # padded copies)
          ([(4096, 4096, 4096), (8192, 8192, 8192), (16384, 3072, 768), (16384, 50257, 768)]
           if dtype != "float32" else [(4096, 4096, 4096)])),
         *[(op, fn, rows) for op, fn in (("softmax", softmax), ("layer_norm", layer_norm), ("rms_norm", rms_norm),
@@ -594,7 +595,7 @@ def sweep(device, dtype, quick):
         ("rope", rope, [(2, 128, 4, 64)] if quick else [(16, 4096, 16, 128)]),
         # GPT-2 small at 16 x 1024 tokens (102 MB backward), and GPT-2 large at 64 x 1024, whose
         # forward and backward both move 256 MB or more
-        # (and the small one with text-like id frequencies: the most frequent id takes about 430
+        # (and the small one with text-like id frequencies: the most frequent id takes about 600
         # of the 16384 tokens)
         ("embedding", embedding, [(4096, 256, 2048)] if quick else
          [(50304, 768, 16384), (50304, 768, 16384, True), (50304, 1280, 65536)]),

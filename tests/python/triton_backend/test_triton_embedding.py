@@ -10,6 +10,27 @@ SHAPES = [(1, 1, (3,)), (2, 4, (1,)), (7, 5, (2, 9)), (50, 127, (4, 6)), (3, 110
           (5, 300, (7, 31)), (3000, 16, (40,)), (70000, 3, (50,))]
 
 
+def backward_reference(grad, ids, V):
+    """The backward's float32 sum: ids outside [0, V) skipped; a run of up to 32 tokens summed in
+    token order; a longer run in pieces, one per chunk of 32 sorted positions (float32, token
+    order), added in chunk order."""
+    valid = np.flatnonzero((ids >= 0) & (ids < V))
+    order = valid[np.argsort(ids[valid], kind="stable")]  # sorted position k holds token order[k]
+    acc = np.zeros((V, grad.shape[1]), np.float32)
+    start = 0
+    for v in np.unique(ids[valid]):
+        end = start + np.count_nonzero(ids[valid] == v)
+        cuts = [start, end] if end - start <= 32 else \
+            sorted({start, end, *range((start // 32 + 1) * 32, end, 32)})
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            piece = np.zeros(grad.shape[1], np.float32)
+            for k in range(a, b):
+                piece += grad[order[k]].astype(np.float32)
+            acc[v] += piece
+        start = end
+    return acc
+
+
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("V,C,ids_shape", SHAPES)
 @pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
@@ -27,9 +48,10 @@ def test_embedding(device, dtype, V, C, ids_shape, ids_dtype):
 @pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
 def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype):
     """The documented contract for ids outside [0, V) (the CPU op rejects them): a zero row in the
-    forward, skipped in the backward; each id's rows summed in token order in float32, so the
-    gradient matches that sum bit for bit. V = 65535 / 65536 sit on either side of the int16
-    sort keys' range; there the smallest id is 32768, whose int16 key is 0."""
+    forward, skipped in the backward; each id's rows summed in token order in float32 (a run of
+    more than 32 tokens by pieces, see backward_reference), so the gradient matches that sum bit
+    for bit. V = 65535 / 65536 sit on either side of the int16 sort keys' range; there the
+    smallest id is 32768, whose int16 key is 0."""
     r = rng()
     big = np.iinfo(ids_dtype)
     lo = 0 if V < 32768 else 32768
@@ -44,10 +66,7 @@ def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype
     grad = rounded(r.standard_normal((ids.size, C)), dtype)
     (dw,) = triton_call("embedding_backward",
                         [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
-    acc = np.zeros((V, C), np.float32)
-    for n in np.flatnonzero(valid):
-        acc[ids[n]] += grad[n].astype(np.float32)  # one float32 rounding per add, in token order
-    assert np.array_equal(to_np(dw), rounded(acc, dtype))
+    assert np.array_equal(to_np(dw), rounded(backward_reference(grad, ids, V), dtype))
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -62,17 +81,4 @@ def test_embedding_backward_long_runs_in_pieces(device, dtype):
     grad = rounded(r.standard_normal((ids.size, C)), dtype)
     (dw,) = triton_call("embedding_backward",
                         [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
-    order = np.argsort(ids, kind="stable")  # sorted position k holds token order[k]
-    acc = np.zeros((V, C), np.float32)
-    start = 0
-    for v in np.unique(ids):
-        run = order[start:start + np.count_nonzero(ids == v)]
-        cuts = range(start, start + run.size, 32) if run.size <= 32 else \
-            sorted({start, *range((start // 32 + 1) * 32, start + run.size, 32)})
-        for a, b in zip(cuts, [*cuts[1:], start + run.size]) if run.size > 32 else [(start, start + run.size)]:
-            piece = np.zeros(C, np.float32)
-            for k in range(a, b):
-                piece += grad[order[k]].astype(np.float32)
-            acc[v] += piece
-        start += run.size
-    assert np.array_equal(to_np(dw), rounded(acc, dtype))
+    assert np.array_equal(to_np(dw), rounded(backward_reference(grad, ids, V), dtype))
