@@ -21,6 +21,11 @@
 // Step 4 was added for text-like ids: with one block per row only, a run of 600 tokens (3.7% of
 // 16384, the most frequent id of a Zipf-like text) was walked by one block, one load in flight
 // per thread. Uniform ids have no long runs and step 4's blocks return at once.
+// All on the device, no host synchronisation; the sort's scratch and the pieces' buffer (two rows
+// per chunk: N C / 16 elements, touched only by long runs) come from the caching allocator.
+// Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip, so the
+// forward writes a row of NaN for them (the loss turns NaN, which training reports) and the
+// backward ignores them; the CPU op raises IndexError.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <type_traits>
