@@ -92,6 +92,19 @@ def run(step_fn, steps, warmup):
     return statistics.median(times), statistics.median(host), loss
 
 
+def kernel_table(step_fn, top):
+    """GPU time per kernel over one step (torch.profiler sees every kernel of the process, ours
+    included): the total and the `top` kernels by time, as markdown lines."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step_fn(0).item()
+    kernels = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in kernels)
+    lines = [f"kernel time of one step: {total / 1e3:.2f} ms", "", "| kernel | calls | ms |", "|---|---:|---:|"]
+    lines += [f"| {e.key[:110]} | {e.count} | {e.device_time_total / 1e3:.3f} |" for e in kernels[:top]]
+    return lines
+
+
 def torch_peak_mb(device):
     return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
 
@@ -107,6 +120,9 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--backends", default="default", help="comma list of llmscratch backends to run")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row on a GPU")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="on a GPU, also profile one more step of each llmscratch backend and list "
+                         "its N costliest kernels")
     ap.add_argument("--out")
     args = ap.parse_args()
     dev = args.device
@@ -125,7 +141,7 @@ def main():
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, cfg.vocab_size, size=(B, T + 1)) for _ in range(args.warmup + args.steps)]
     bf16 = args.dtype == "bfloat16"
-    rows = []
+    rows, profiles = [], []
 
     def add_row(name, t, host, loss, peak_mb):
         rows.append((name, B * T / t, t * 1e3, host * 1e3, loss, peak_mb))
@@ -154,7 +170,10 @@ def main():
         # The Triton kernels' outputs come from torch's allocator: its peak is shown beside ours
         # (the two peaks need not coincide, so their sum is an upper bound).
         extra = torch_peak_mb(dev) if dev == "cuda" and backend == "triton" else 0.0
-        add_row(f"llmscratch ({backend})" if backend != "default" else "llmscratch", t, host, loss, (peak, extra))
+        name = f"llmscratch ({backend})" if backend != "default" else "llmscratch"
+        add_row(name, t, host, loss, (peak, extra))
+        if args.profile and dev == "cuda":
+            profiles += ["", f"### {name}", "", *kernel_table(ours, args.profile)]
         del model, opt, dev_batches
     ls.set_backend("default")
 
@@ -200,6 +219,7 @@ def main():
                "No PyTorch twin for this architecture: llmscratch rows only.")
     print("\n".join(table))
     print(summary)
+    print("\n".join(profiles))
     if args.out:
         commit = os.environ.get("COMMIT") or subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -209,7 +229,7 @@ def main():
             f.write(f"- date: {datetime.date.today()}\n- commit: {commit}\n")
             f.write(f"- command: `python bench/train_throughput.py {' '.join(sys.argv[1:])}`\n")
             f.write(f"- {head}; forward + backward + AdamW, median of {args.steps} steps after {args.warmup}\n\n")
-            f.write("\n".join(table) + "\n\n" + summary + "\n")
+            f.write("\n".join(table) + "\n\n" + summary + "\n" + "".join(line + "\n" for line in profiles))
 
 
 if __name__ == "__main__":

@@ -69,12 +69,6 @@ __global__ void copy_rows_kernel(To* __restrict__ out, const From* __restrict__ 
   }
 }
 
-// The same for a same-dtype copy whose destination rows start 16-byte aligned while the source
-// rows do not (into a padded buffer): each thread stores 16-byte chunks of the destination row,
-// each built from the two aligned 16-byte source chunks that cover it, shifted by the row's
-// misalignment (one funnel shift per word); the row's last partial chunk goes byte by byte. Two
-// 16-bit elements per lane and instruction left the row copy at about 2 TB/s on the H100.
-// outer indexes the rows in elements of es bytes; row_bytes = L * es.
 // Bytes [4 WO + sh / 8, + 16) of the 32 bytes a, b (WO + 4 <= 7 words in).
 template <int WO>
 __device__ __forceinline__ uint4 shifted(const uint4& a, const uint4& b, uint32_t sh) {
@@ -83,6 +77,12 @@ __device__ __forceinline__ uint4 shifted(const uint4& a, const uint4& b, uint32_
                     __funnelshift_r(w[WO + 2], w[WO + 3], sh), __funnelshift_r(w[WO + 3], w[WO + 4], sh));
 }
 
+// Rows as above, for a same-dtype copy whose destination rows start 16-byte aligned while the source
+// rows do not (into a padded buffer): each thread stores 16-byte chunks of the destination row,
+// each built from the two aligned 16-byte source chunks that cover it, shifted by the row's
+// misalignment (one funnel shift per word); the row's last partial chunk goes byte by byte. Two
+// 16-bit elements per lane and instruction left the row copy at about 2 TB/s on the H100.
+// outer indexes the rows in elements of es bytes; row_bytes = L * es.
 __global__ void copy_rows_to_aligned_kernel(unsigned char* __restrict__ out, const unsigned char* __restrict__ in,
                                             int64_t rows, int64_t row_bytes, int64_t es, Indexer<2> outer) {
   constexpr int kU = 4;  // chunks per thread in flight

@@ -242,6 +242,16 @@ def _padded(x, copy=True):
     return buf
 
 
+def _tma_operand(x):
+    """x and its stored order for the copy engine ("rows" or "cols"), as a padded copy where x's
+    base or outer stride does not allow it (a padded copy always does)."""
+    layout = _stored(x)
+    if layout is None:
+        x = _padded(x)
+        layout = _stored(x)
+    return x, layout
+
+
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
@@ -304,20 +314,18 @@ def _launch(a, b, c):
         c.zero_()
         return
     sms = _num_sms(a.device.index if a.is_cuda else 0)
-    # one 16-bit GEMM over 512 x 512 outputs on Hopper: the copy-engine kernel, where the layouts allow
+    # one 16-bit GEMM over 512 x 512 outputs on Hopper: the copy-engine kernel
     if NB == 1 and a.is_cuda and a.dtype != torch.float32 and M * N > 512 * 512 and _has_tma(a.device.index):
         # An operand whose outer stride is not a multiple of 16 bytes (a vocabulary of odd size,
         # the logits and their gradient) is copied into padded rows first, and C computed into
-        # padded rows and copied out: one pass over each, against the pointer kernel's 2.6x
-        # the TMA kernel's time on the 16384 x 50257 x 768 GEMMs of GPT-2's output layer.
-        a, b = (x if _stored(x) else _padded(x) for x in (a, b))
-        la, lb = _stored(a), _stored(b)
-        if la and lb:
-            out = c if _stored(c) == "rows" else _padded(c, copy=False)
-            _launch_tma(a, b, out, la == "cols", lb == "cols", sms)
-            if out is not c:
-                c.copy_(out)
-            return
+        # padded rows and copied out: one pass over each, where the pointer kernel took 14.8 ms of
+        # a GPT-2 step for the output layer's three GEMMs (bench/notes_triton_tuning.md).
+        (a, la), (b, lb) = _tma_operand(a), _tma_operand(b)
+        out = c if _stored(c) == "rows" else _padded(c, copy=False)
+        _launch_tma(a, b, out, la == "cols", lb == "cols", sms)
+        if out is not c:
+            c.copy_(out)
+        return
 
     def grid(meta):
         # tiles up to 128 x 128 leave shared memory for two programs per SM: one stores its tile
