@@ -1,6 +1,12 @@
-"""Helpers shared by the kernel modules: launch sizes and the float32 statistics dtype."""
+"""Helpers shared by the kernel modules: launch sizes, the float32 statistics dtype, and `launch`,
+which starts a kernel without triton's per-call JIT work once a specialisation is compiled."""
+import functools
+import inspect
+
 import torch
 import triton
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
 
 from . import interpreted
 
@@ -17,13 +23,19 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    """The GPU's SM count (asked once per device: the property lookup costs microseconds a call)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def num_programs(device: torch.device, rows: int, per_sm: int = 4) -> int:
     """Programs for the kernels that stride over rows and keep per-program partial sums (norm
     weight gradients): `per_sm` per SM on a GPU, a handful in the interpreter."""
     if interpreted() or device.type != "cuda":
         return max(1, min(rows, 4))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(rows, per_sm * sms))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(rows, per_sm * num_sms(index)))
 
 
 def row_warps(block: int) -> int:
@@ -56,3 +68,127 @@ def pointwise_block(dtype: torch.dtype) -> int:
     4096 for float32), for more loads in flight than the earlier 1024 elements of 4 warps (one
     vector per thread for 16-bit types; bench/notes_triton_tuning.md)."""
     return POINTWISE_WARPS * 32 * 4 * 16 // dtype.itemsize
+
+
+# launch: the direct path to a compiled kernel.
+#
+# `kernel[grid](*args, **meta)` makes triton's JIT bind the arguments, work out their
+# specialisation (each tensor's dtype and 16-byte alignment, each integer's width, divisibility by
+# 16 and being 1), build a cache key from it and look the compiled kernel up; an autotuned kernel
+# adds its own lookup. Those steps cost tens of microseconds of host time a call, as long as a
+# small kernel runs, and a training step makes hundreds of calls (bench/notes_triton_tuning.md).
+# `launch` keys its own cache on the same facts, computed more cheaply, and launches the compiled
+# kernel directly when it has seen them; the first call of each key goes through the JIT (and the
+# autotuner), which compiles the kernel and returns it. The key is at least as fine as triton's,
+# so the kernel it finds is the one the JIT would have chosen.
+#
+# Conventions for the callers: tensors, integers, floats, bools and None go positionally; every
+# constexpr and launch option (num_warps) goes by keyword. An autotuned kernel's tuning keys
+# (passed positionally) are keyed by value, as the autotuner does; a config with a pre-hook (the
+# TMA kernels' descriptor boxes) is not cached, so such kernels take the JIT path every call.
+
+class _Uncached(Exception):
+    """An argument `launch` does not key (a tensor descriptor, say): the JIT path serves the call."""
+
+
+def _spec(a):
+    """What triton specialises a positional argument on (or finer)."""
+    t = type(a)
+    if t is torch.Tensor or isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    if a is None or t is bool:
+        return a
+    if t is int:
+        return a == 1, a % 16 == 0, -2**31 <= a < 2**31, a < 2**63
+    if t is float:
+        return float
+    raise _Uncached
+
+
+class _Plan:
+    """Per kernel: its parameter names, the positions of its autotuning keys, and whether it is
+    autotuned."""
+
+    def __init__(self, kernel):
+        self.tuned = isinstance(kernel, Autotuner)
+        jit = kernel.fn if self.tuned else kernel
+        # a heuristic (triton.heuristics) may read any argument's value: such kernels stay on the
+        # JIT path
+        self.direct = isinstance(jit, JITFunction)
+        if self.direct:
+            self.names = list(jit.arg_names)
+            self.params = {p.name: p for p in jit.params}
+            self.tune_pos = tuple(self.names.index(k) for k in kernel.keys) if self.tuned else ()
+
+
+_plans = {}
+# (kernel, device, specialisation, tuning keys, meta) -> (compiled kernel, trailing args); the
+# oldest entries go past _COMPILED_MAX (autotuned kernels key on shapes, which may vary endlessly)
+_compiled = {}
+_COMPILED_MAX = 4096
+
+
+def _check_keywords(kernel, nargs):
+    """A constexpr given positionally would be keyed by its specialisation, not its value."""
+    fn = kernel
+    while not inspect.isfunction(fn):
+        fn = fn.fn  # through the autotuner, heuristics and JIT wrappers to the Python function
+    params = list(inspect.signature(fn).parameters.values())[:nargs]
+    late = [p.name for p in params if "constexpr" in str(p.annotation)]
+    if late:
+        raise TypeError(f"launch: pass the constexprs {late} of {fn.__name__} by keyword")
+
+
+def _grid3(grid):
+    return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
+
+def launch(kernel, grid, *args, **meta):
+    """kernel[grid](*args, **meta), through the compiled kernel once its specialisation has been
+    seen (see above); under the interpreter always through triton."""
+    if interpreted():
+        _check_keywords(kernel, len(args))
+        kernel[grid](*args, **meta)
+        return
+    plan = _plans.get(kernel)
+    if plan is None:
+        plan = _plans[kernel] = _Plan(kernel)
+    if not plan.direct:
+        kernel[grid](*args, **meta)
+        return
+    try:
+        spec = tuple(map(_spec, args))
+    except _Uncached:
+        kernel[grid](*args, **meta)
+        return
+    tuned = tuple(args[i] for i in plan.tune_pos if i < len(args)) if plan.tuned else ()
+    key = (kernel, torch.cuda.current_device(), spec, tuned, tuple(meta.items()))
+    try:
+        hit = _compiled.get(key)
+    except TypeError:  # an unhashable constexpr
+        kernel[grid](*args, **meta)
+        return
+    if hit is not None:
+        compiled, tail = hit
+        full = args + tail
+        if callable(grid):
+            grid = grid(dict(zip(plan.names, full)))
+        compiled[_grid3(grid)](*full)
+        return
+    _check_keywords(kernel, len(args))
+    compiled = kernel[grid](*args, **meta)
+    config = kernel.best_config if plan.tuned else None
+    if compiled is None or (config is not None and config.pre_hook is not None):
+        return
+    given = {**meta, **(config.kwargs if config is not None else {})}
+    tail = []
+    for name in plan.names[len(args):]:
+        if name in given:
+            tail.append(given[name])
+        elif plan.params[name].has_default:
+            tail.append(plan.params[name].default)
+        else:
+            return  # an argument this plan cannot supply: keep the JIT path
+    _compiled[key] = (compiled, tuple(tail))
+    if len(_compiled) > _COMPILED_MAX:
+        del _compiled[next(iter(_compiled))]

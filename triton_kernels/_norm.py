@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_row, num_programs, row_warps, stat_dtype
+from ._common import check_row, launch, num_programs, row_warps, stat_dtype
 
 
 @triton.jit
@@ -161,11 +161,11 @@ def forward(op, x, res, w, b, eps, centered):
     mean = torch.empty_like(rstd) if centered else None
     if R and C:
         block = triton.next_power_of_2(C)
-        _norm_fwd[(R,)](x, res if res is not None else x, h if h is not None else y,
-                        w if w is not None else x, b if b is not None else x, y,
-                        mean if centered else rstd, rstd, C, eps, CENTERED=centered,
-                        ADD=res is not None, HAS_W=w is not None, HAS_B=b is not None,
-                        BLOCK=block, num_warps=row_warps(block))
+        launch(_norm_fwd, (R,), x, res if res is not None else x, h if h is not None else y,
+               w if w is not None else x, b if b is not None else x, y,
+               mean if centered else rstd, rstd, C, eps, CENTERED=centered,
+               ADD=res is not None, HAS_W=w is not None, HAS_B=b is not None,
+               BLOCK=block, num_warps=row_warps(block))
     return ([h] if h is not None else []) + [y] + ([mean] if centered else []) + [rstd]
 
 
@@ -191,13 +191,13 @@ def backward(op, g, dh, x, w, mean, rstd, attrs):
         # 4 warps up to 4096 (row_warps gives 4096 eight): two rows in flight per program
         # fit their registers, and beat 8 and 16 warps on the H100 (notes_triton_tuning.md)
         warps = 4 if block <= 4096 else row_warps(block)
-        _norm_bwd[(nprog,)](g, dh if dh is not None else g, x, w if w is not None else x, mean,
-                            rstd, dx, part, R, C, CENTERED=centered, HAS_DH=dh is not None,
-                            HAS_W=w is not None, WANT_DW=want_dw, WANT_DB=want_db, BLOCK=block,
-                            num_warps=warps)
+        launch(_norm_bwd, (nprog,), g, dh if dh is not None else g, x, w if w is not None else x, mean,
+               rstd, dx, part, R, C, CENTERED=centered, HAS_DH=dh is not None,
+               HAS_W=w is not None, WANT_DW=want_dw, WANT_DB=want_db, BLOCK=block,
+               num_warps=warps)
         if parts:
-            _sum_partials[(triton.cdiv(C, 64), parts)](part, sums, nprog, C, BLOCK_P=64,
-                                                      BLOCK_C=64)
+            launch(_sum_partials, (triton.cdiv(C, 64), parts), part, sums, nprog, C, BLOCK_P=64,
+                   BLOCK_C=64)
     empty = x.new_empty((0,))
     dw = sums[0] if want_dw else empty
     db = sums[int(want_dw)] if want_db else empty

@@ -30,6 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import launch
+
+
 _BLOCK = 1024
 _TABLES = collections.OrderedDict()  # (device, addresses, sizes) -> tables, most recent last
 _MAX_TABLES = 16
@@ -148,13 +151,13 @@ def adamw_step(inputs, attrs):
     for idx in _by_dtype([k for k in range(n) if tensors[k].numel()], tensors):
         groups = [[tensors[role * n + k] for k in idx] for role in range(4)]
         addr, numel, blk_tensor, blk_start = _tables(groups, tensors[0].device)
-        _adamw[(blk_tensor.numel(),)](
-            addr, len(idx), numel, blk_tensor, blk_start,
-            scale if scale is not None else numel, groups[0][0],
-            float(attrs.get("lr", 1e-3)), b1, b2, float(attrs.get("eps", 1e-8)),
-            float(attrs.get("weight_decay", 0.0)), 1.0 - math.pow(b1, step),
-            1.0 - math.pow(b2, step), HAS_SCALE=scale is not None,
-            ALIGNED=all(t.data_ptr() % 16 == 0 for g in groups for t in g), BLOCK=_BLOCK)
+        launch(_adamw, (blk_tensor.numel(),),
+               addr, len(idx), numel, blk_tensor, blk_start,
+               scale if scale is not None else numel, groups[0][0],
+               float(attrs.get("lr", 1e-3)), b1, b2, float(attrs.get("eps", 1e-8)),
+               float(attrs.get("weight_decay", 0.0)), 1.0 - math.pow(b1, step),
+               1.0 - math.pow(b2, step), HAS_SCALE=scale is not None,
+               ALIGNED=all(t.data_ptr() % 16 == 0 for g in groups for t in g), BLOCK=_BLOCK)
     return []
 
 
@@ -168,8 +171,8 @@ def global_norm(inputs, attrs):
         group = [tensors[i] for i in idx]
         addr, numel, blk_tensor, blk_start = _tables([group], device)
         part = torch.empty(blk_tensor.numel(), dtype=torch.float32, device=device)
-        _sum_squares[(blk_tensor.numel(),)](addr, numel, blk_tensor, blk_start, part, group[0],
-                                            BLOCK=_BLOCK)
+        launch(_sum_squares, (blk_tensor.numel(),), addr, numel, blk_tensor, blk_start, part, group[0],
+               BLOCK=_BLOCK)
         partials.append(part)
     if not partials:
         return [torch.zeros((), dtype=torch.float32, device=device)]

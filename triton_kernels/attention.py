@@ -57,6 +57,8 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
+from ._common import launch
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
 
@@ -517,9 +519,9 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     if _tma_ok(q, k, v):
         _attn_fwd_tma(q, k, v, out, lse, grid, sc, causal)
         return out, lse
-    _attn_fwd_kernel[grid](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                           NH, NH // NKV, T, S, sc * _LOG2E, HS,
-                           HSP=_hsp(HS), CAUSAL=bool(causal), FP32=q.dtype == torch.float32)
+    launch(_attn_fwd_kernel, grid, q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
+           *out.stride(), NH, NH // NKV, T, S, sc * _LOG2E,
+           HS=HS, HSP=_hsp(HS), CAUSAL=bool(causal), FP32=q.dtype == torch.float32)
     return out, lse
 
 
@@ -547,18 +549,16 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
     sc = _scale(scale, HS)
     HSP, fp32, causal = _hsp(HS), q.dtype == torch.float32, bool(causal)
     D = torch.empty((B, NH, T), dtype=torch.float32, device=q.device)
-    _bwd_preprocess_kernel[(B * NH, triton.cdiv(T, 64))](
-        out, dout, dlse if dlse is not None else D, D, *out.stride(), *dout.stride(), NH, T, HS,
-        HAS_DLSE=dlse is not None, HSP=HSP, BLOCK_M=64)
+    launch(_bwd_preprocess_kernel, (B * NH, triton.cdiv(T, 64)),
+           out, dout, dlse if dlse is not None else D, D, *out.stride(), *dout.stride(), NH, T,
+           HS=HS, HAS_DLSE=dlse is not None, HSP=HSP, BLOCK_M=64)
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     grid = lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * NKV)
-    _attn_bwd_dkdv_kernel[grid](q, k, v, dout, lse, D, dk, dv, *strides,
-                                NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS,
-                                HSP=HSP, CAUSAL=causal, FP32=fp32)
+    launch(_attn_bwd_dkdv_kernel, grid, q, k, v, dout, lse, D, dk, dv, *strides,
+           NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS=HS, HSP=HSP, CAUSAL=causal, FP32=fp32)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
-    _attn_bwd_dq_kernel[grid](q, k, v, dout, lse, D, dq, *strides,
-                              NH, NH // NKV, T, S, sc, sc * _LOG2E, HS,
-                              HSP=HSP, CAUSAL=causal, FP32=fp32)
+    launch(_attn_bwd_dq_kernel, grid, q, k, v, dout, lse, D, dq, *strides,
+           NH, NH // NKV, T, S, sc, sc * _LOG2E, HS=HS, HSP=HSP, CAUSAL=causal, FP32=fp32)
     return dq, dk, dv
 
 

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, num_programs, row_block, stat_dtype
+from ._common import ELEMENTWISE_BLOCK, launch, num_programs, row_block, stat_dtype
 
 _REDUCTIONS = ("none", "sum", "mean")
 _GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
@@ -192,8 +192,8 @@ def cross_entropy_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N:
         block = max(row_block(V), _GROUP.value)
-        _cross_entropy_fwd[(N,)](logits, targets, lse, row_loss, V, ignore, eps,
-                                 SMOOTH=eps > 0, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+        launch(_cross_entropy_fwd, (N,), logits, targets, lse, row_loss, V, ignore, eps,
+               SMOOTH=eps > 0, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
         loss = row_loss
     elif reduction == "sum":
@@ -222,10 +222,10 @@ def cross_entropy_backward(inputs, attrs):
     dlogits = torch.empty_like(logits)
     if N and V:
         block = max(row_block(V), _GROUP.value)
-        _cross_entropy_bwd[(N,)](g, scale, logits, targets, lse,
-                                 g_lse if g_lse is not None else lse, dlogits, V, ignore, eps,
-                                 PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
-                                 BLOCK=block, num_warps=4 if block <= 1024 else 8)
+        launch(_cross_entropy_bwd, (N,), g, scale, logits, targets, lse,
+               g_lse if g_lse is not None else lse, dlogits, V, ignore, eps,
+               PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
+               BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return [dlogits]
 
 
@@ -248,9 +248,9 @@ def cross_entropy_inplace_forward(inputs, attrs):
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
         block = max(row_block(V), _GROUP.value)
-        _cross_entropy_inplace_fwd[(N,)](logits, targets, row_loss, count, V, ignore, eps,
-                                         MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
-                                         num_warps=4 if block <= 1024 else 8)
+        launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, ignore, eps,
+               MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
+               num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
         loss = row_loss
     elif reduction == "sum":
@@ -273,8 +273,8 @@ def cross_entropy_inplace_backward(inputs, attrs):
                          f"does not match reduction '{reduction}' over N = {N} rows")
     if dlogits.numel():
         programs = num_programs(dlogits.device, triton.cdiv(dlogits.numel(), ELEMENTWISE_BLOCK), per_sm=16)
-        _scale_inplace[(programs,)](dlogits, g, dlogits.numel(), V, PER_ROW=reduction == "none",
-                                    BLOCK=ELEMENTWISE_BLOCK)
+        launch(_scale_inplace, (programs,), dlogits, g, dlogits.numel(), V, PER_ROW=reduction == "none",
+               BLOCK=ELEMENTWISE_BLOCK)
     return [dlogits]
 
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import POINTWISE_WARPS, pointwise_block
+from ._common import POINTWISE_WARPS, launch, pointwise_block
 
 
 @triton.jit
@@ -88,10 +88,10 @@ def dropout_forward(inputs, attrs):
     n = x.numel()
     if n:
         block = pointwise_block(x.dtype)
-        _dropout_fwd[(triton.cdiv(n, block),)](
-            x, y, n, seed, offset, int(math.ceil(p * 16777216.0)),
-            1.0 / (1.0 - p) if p < 1.0 else 0.0, BLOCK=block, CTRS=4 // x.element_size(),
-            num_warps=POINTWISE_WARPS)
+        launch(_dropout_fwd, (triton.cdiv(n, block),),
+               x, y, n, seed, offset, int(math.ceil(p * 16777216.0)),
+               1.0 / (1.0 - p) if p < 1.0 else 0.0, BLOCK=block, CTRS=4 // x.element_size(),
+               num_warps=POINTWISE_WARPS)
     return [y]
 
 

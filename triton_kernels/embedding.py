@@ -33,6 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import launch
+
+
 # Elements per program: 32 per thread at 4 warps, four 16-byte loads of bf16 in flight each.
 _TILE = 4096
 # Channels per block: a power of 2 that divides the common widths (768, 1024, 1536, ...), so that
@@ -167,8 +170,8 @@ def embedding_forward(inputs, attrs):
     out = torch.empty((N, C), dtype=weight.dtype, device=weight.device)
     if N and C:
         rows, block_c = _tile(C)
-        _embedding_fwd[(triton.cdiv(N, rows), triton.cdiv(C, block_c))](
-            weight, ids, out, N, V, C, ROWS=rows, BLOCK_C=block_c, num_warps=4)
+        launch(_embedding_fwd, (triton.cdiv(N, rows), triton.cdiv(C, block_c)),
+               weight, ids, out, N, V, C, ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return [out.reshape(*inputs[1].shape, C)]
 
 
@@ -194,18 +197,18 @@ def embedding_backward(inputs, attrs):
                      if V < 1 << torch.iinfo(t).bits)
     key_shift = -(1 << (torch.iinfo(key_dtype).bits - 1))
     keys = torch.empty(N, dtype=key_dtype, device=grad.device)
-    _embedding_keys[(triton.cdiv(N, _KEYS_BLOCK),)](ids, keys, N, V, key_shift, BLOCK=_KEYS_BLOCK)
+    launch(_embedding_keys, (triton.cdiv(N, _KEYS_BLOCK),), ids, keys, N, V, key_shift, BLOCK=_KEYS_BLOCK)
     keys, order = torch.sort(keys, stable=True)
     start = torch.empty(V + 1, dtype=torch.int32, device=grad.device)
-    _group_starts[(triton.cdiv(V + 1, _KEYS_BLOCK),)](keys, start, N, V, key_shift,
-                                                      BLOCK=_KEYS_BLOCK)
+    launch(_group_starts, (triton.cdiv(V + 1, _KEYS_BLOCK),), keys, start, N, V, key_shift,
+           BLOCK=_KEYS_BLOCK)
     rows, block_c = _tile(C)
     chunks = triton.cdiv(N, _CHUNK)
     pieces = torch.empty((2 * chunks, C), dtype=torch.float32, device=grad.device)  # long runs only
-    _embedding_pieces[(chunks, triton.cdiv(C, block_c))](
-        grad, keys, order, start, pieces, V, C, key_shift, CHUNK=_CHUNK, BLOCK_C=block_c, num_warps=4)
-    _embedding_bwd[(triton.cdiv(V, rows), triton.cdiv(C, block_c))](
-        grad, order, start, pieces, dweight, V, C, CHUNK=_CHUNK, ROWS=rows, BLOCK_C=block_c, num_warps=4)
+    launch(_embedding_pieces, (chunks, triton.cdiv(C, block_c)),
+           grad, keys, order, start, pieces, V, C, key_shift, CHUNK=_CHUNK, BLOCK_C=block_c, num_warps=4)
+    launch(_embedding_bwd, (triton.cdiv(V, rows), triton.cdiv(C, block_c)),
+           grad, order, start, pieces, dweight, V, C, CHUNK=_CHUNK, ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return [dweight]
 
 

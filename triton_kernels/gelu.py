@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, flat_grid
+from ._common import ELEMENTWISE_BLOCK, flat_grid, launch
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def gelu_forward(inputs, attrs):
     x = inputs[0].contiguous()
     y = torch.empty_like(x)
     if x.numel():
-        _gelu_fwd[flat_grid(x.numel())](x, y, x.numel(), TANH=tanh, BLOCK=ELEMENTWISE_BLOCK)
+        launch(_gelu_fwd, flat_grid(x.numel()), x, y, x.numel(), TANH=tanh, BLOCK=ELEMENTWISE_BLOCK)
     return [y]
 
 
@@ -79,7 +79,7 @@ def gelu_backward(inputs, attrs):
                          f"input shape {tuple(x.shape)}")
     dx = torch.empty_like(x)
     if x.numel():
-        _gelu_bwd[flat_grid(x.numel())](g, x, dx, x.numel(), TANH=tanh, BLOCK=ELEMENTWISE_BLOCK)
+        launch(_gelu_bwd, flat_grid(x.numel()), g, x, dx, x.numel(), TANH=tanh, BLOCK=ELEMENTWISE_BLOCK)
     return [dx]
 
 

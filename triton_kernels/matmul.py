@@ -47,6 +47,8 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
+from ._common import num_sms
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -190,11 +192,8 @@ def _matmul_tma_kernel(a_desc, b_desc, c_desc, M, N, K,
         c_desc.store([m0, n0], acc.to(c_desc.dtype))
 
 
-@functools.lru_cache(maxsize=None)
 def _num_sms(device_index):
-    if _INTERPRET:
-        return 2
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 2 if _INTERPRET else num_sms(device_index)
 
 
 def _fold(shape, strides):
@@ -257,13 +256,17 @@ def _has_tma(device_index):
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
-# The TMA kernel compiled for a problem, and its tile, after the autotuner's first call:
-# (device, dtype, M, N, K, layouts, strides) -> (compiled kernel, (BLOCK_M, BLOCK_N, BLOCK_K,
-# GROUP_M)). Later calls of the same problem launch the compiled kernel directly, without the
-# autotuner's and the JIT's per-call work (argument binding, specialisation, cache keys): a
-# 4096^3 call's host time on the H100 went from 114-123 to 65-66 us, for 180 us of GPU time
-# (bench/notes_triton_tuning.md). The key holds everything the compiled kernel was specialised
-# on: the shapes and strides (the descriptors' bases are 16-byte aligned, _stored checks).
+# The TMA kernel compiled for a problem, its tile and its three tensor descriptors, after the
+# autotuner's first call: (device, dtype, M, N, K, layouts, strides) -> (compiled kernel,
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M), [a, b, c descriptors]). Later calls of the same problem
+# launch the compiled kernel directly, without the autotuner's and the JIT's per-call work
+# (argument binding, specialisation, cache keys): a 4096^3 call's host time on the H100 went from
+# 114-123 to 65-66 us, for 180 us of GPU time (bench/notes_triton_tuning.md). They also reuse
+# the descriptors with the new operands as bases (shapes, strides and boxes are the key's), as
+# building and checking three descriptors cost more host time than the launch. The key holds
+# everything the compiled kernel was specialised on: the shapes and strides (the descriptors'
+# bases are 16-byte aligned, _stored checks). (launch in _common.py does the same for the other
+# kernels; this one keeps its own cache for the descriptors and the autotuner's pre-hook.)
 # Least recently used problems are dropped past _TMA_COMPILED_MAX (a training step has a few dozen;
 # a caller that varies shapes endlessly would otherwise grow it without end).
 _tma_compiled = collections.OrderedDict()
@@ -288,9 +291,11 @@ def _launch_tma(a, b, c, ta, tb, sms):
     hit = _tma_compiled.get(key)
     if hit is not None:
         _tma_compiled.move_to_end(key)
-        kernel, (bm, bn, bk, gm) = hit
+        kernel, (bm, bn, bk, gm), descs = hit
+        for desc, base in zip(descs, (a, b, c)):
+            desc.base = base
         grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
-        kernel[grid](*_descriptors(a, b, c, ta, tb, bm, bn, bk), M, N, K, ta, tb, bm, bn, bk, gm)
+        kernel[grid](*descs, M, N, K, ta, tb, bm, bn, bk, gm)
         return
     # the boxes are placeholders until the autotuner's pre-hook sets each config's tile
     ad, bd, cd = _descriptors(a, b, c, ta, tb, 16, 16, 16)
@@ -299,7 +304,7 @@ def _launch_tma(a, b, c, ta, tb, sms):
     config = getattr(_matmul_tma_kernel, "best_config", None)
     if kernel is not None and config is not None:
         tile = tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
-        _tma_compiled[key] = (kernel, tile)
+        _tma_compiled[key] = (kernel, tile, list(_descriptors(a, b, c, ta, tb, *tile[:3])))
         if len(_tma_compiled) > _TMA_COMPILED_MAX:
             _tma_compiled.popitem(last=False)
 
@@ -380,7 +385,9 @@ def matmul_forward(a, b):
         out = torch.empty((M, N), dtype=a.dtype, device=a.device)
         _launch(a, b, out)
         return out
-    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    # a 2-D B (a Linear layer's weight) broadcasts to A's batch: torch.broadcast_shapes would
+    # cost more host time than the rest of the call
+    batch = A.shape[:-2] if B.dim() == 2 else torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
     rows = _fold(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
     if rows is not None and A.dim() > 2:  # (..., M, K) @ (K, N): one GEMM over the folded rows

@@ -42,6 +42,8 @@ import triton
 import triton.language as tl
 
 from . import interpreted
+from ._common import launch
+
 
 DTYPES = {"moe_permute": ("int32", "int64")}
 
@@ -117,11 +119,11 @@ def _counting_pass(ids, keep, token, row, A, N, k, E, slot_major, use_keep, cap=
     nblk = triton.cdiv(A, PERMUTE_BLOCK)
     cnt = torch.empty((E + 1) * nblk, dtype=torch.int32, device=ids.device)
     starts = torch.empty(E + 1, dtype=torch.int64, device=ids.device)
-    _permute_count[(nblk,)](ids, keep, cnt, A, N, k, E, nblk, SLOT_MAJOR=slot_major,
-                            USE_KEEP=use_keep, BLOCK=PERMUTE_BLOCK)
-    _scan_counts[(1,)](cnt, starts, cnt.numel(), nblk, BLOCK=1024)
-    _permute_place[(nblk,)](ids, keep, cnt, token, row, A, N, k, E, nblk, cap,
-                            SLOT_MAJOR=slot_major, USE_KEEP=use_keep, BLOCK=PERMUTE_BLOCK)
+    launch(_permute_count, (nblk,), ids, keep, cnt, A, N, k, E, nblk, SLOT_MAJOR=slot_major,
+           USE_KEEP=use_keep, BLOCK=PERMUTE_BLOCK)
+    launch(_scan_counts, (1,), cnt, starts, cnt.numel(), nblk, BLOCK=1024)
+    launch(_permute_place, (nblk,), ids, keep, cnt, token, row, A, N, k, E, nblk, cap,
+           SLOT_MAJOR=slot_major, USE_KEEP=use_keep, BLOCK=PERMUTE_BLOCK)
     return starts
 
 
@@ -233,10 +235,10 @@ def grouped_matmul(inputs, attrs):
     swk, swn = (w.stride(2), w.stride(1)) if tw else (w.stride(1), w.stride(2))
     bm, bn, bk, warps, stages = _gemm_blocks(x.dtype)
     grid = (triton.cdiv(M, bm) + E, triton.cdiv(N, bn))
-    _grouped_mm_kernel[grid](x, w, off, y, M, N, K, E, x.stride(0), x.stride(1), w.stride(0),
-                             swk, swn, FP32=x.dtype == torch.float32,
-                             E_POW2=triton.next_power_of_2(E + 1), BLOCK_M=bm, BLOCK_N=bn,
-                             BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    launch(_grouped_mm_kernel, grid, x, w, off, y, M, N, K, E, x.stride(0), x.stride(1), w.stride(0),
+           swk, swn, FP32=x.dtype == torch.float32,
+           E_POW2=triton.next_power_of_2(E + 1), BLOCK_M=bm, BLOCK_N=bn,
+           BLOCK_K=bk, num_warps=warps, num_stages=stages)
     return [y]
 
 
@@ -288,9 +290,9 @@ def grouped_matmul_weight_grad(inputs, attrs):
         return [dw.zero_()]
     bm, bn, bk, warps, stages = _gemm_blocks(a.dtype)
     grid = (triton.cdiv(P, bm) * triton.cdiv(Q, bn), E)
-    _grouped_wgrad_kernel[grid](a, b, off, dw, M, P, Q, a.stride(0), a.stride(1), b.stride(0),
-                                b.stride(1), FP32=a.dtype == torch.float32, BLOCK_M=bm,
-                                BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    launch(_grouped_wgrad_kernel, grid, a, b, off, dw, M, P, Q, a.stride(0), a.stride(1), b.stride(0),
+           b.stride(1), FP32=a.dtype == torch.float32, BLOCK_M=bm,
+           BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
     return [dw]
 
 
@@ -332,7 +334,7 @@ def moe_combine(inputs, attrs):
     out = torch.empty((N, H), dtype=y.dtype, device=y.device)
     if out.numel():
         bh = _row_block(H)
-        _combine_kernel[(N, triton.cdiv(H, bh))](y, gates, row, out, R, H, k, BLOCK=bh)
+        launch(_combine_kernel, (N, triton.cdiv(H, bh)), y, gates, row, out, R, H, k, BLOCK=bh)
     return [out]
 
 
@@ -388,10 +390,10 @@ def moe_combine_backward(inputs, attrs):
     if want_dy and dy.numel():
         inv = torch.full((R,), -1, dtype=torch.int64, device=y.device)
         if A:
-            _invert_rows_kernel[(triton.cdiv(A, 1024),)](row, inv, A, R, BLOCK=1024)
-        _combine_dy_kernel[(R, triton.cdiv(H, bh))](g, gates, inv, dy, H, k, BLOCK=bh)
+            launch(_invert_rows_kernel, (triton.cdiv(A, 1024),), row, inv, A, R, BLOCK=1024)
+        launch(_combine_dy_kernel, (R, triton.cdiv(H, bh)), g, gates, inv, dy, H, k, BLOCK=bh)
     if want_dg and A:
-        _combine_dgates_kernel[(A,)](g, y, row, dg, R, H, k, BLOCK=bh)
+        launch(_combine_dgates_kernel, (A,), g, y, row, dg, R, H, k, BLOCK=bh)
     return [dy, dg]
 
 

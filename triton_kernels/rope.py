@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import launch
+
+
 # Channel pairs per forward program: a program of one row (HS/2 = 64 pairs) is too little work for
 # its launch and its 4 warps; this many pairs per program keep every thread busy with several
 # loads in flight.
@@ -99,10 +102,10 @@ def rope_forward(inputs, attrs):
     if rows:
         block = triton.next_power_of_2(half)
         rows_per = max(1, min(_TILE // block, triton.next_power_of_2(rows)))
-        _rope_fwd[(triton.cdiv(rows, rows_per),)](x, cos, sin, out, rows, T, NH, half,
-                                                  -1.0 if attrs.get("inverse", False) else 1.0,
-                                                  INTERLEAVED=bool(attrs.get("interleaved", False)),
-                                                  BLOCK=block, ROWS_PER=rows_per)
+        launch(_rope_fwd, (triton.cdiv(rows, rows_per),), x, cos, sin, out, rows, T, NH, half,
+               -1.0 if attrs.get("inverse", False) else 1.0,
+               INTERLEAVED=bool(attrs.get("interleaved", False)),
+               BLOCK=block, ROWS_PER=rows_per)
     return [out]
 
 
@@ -117,10 +120,10 @@ def rope_cos_sin_backward(inputs, attrs):
     per_lead = T * NH * 2 * half
     lead = x.numel() // per_lead if per_lead else 0
     if T and half:
-        _rope_cos_sin_bwd[(T,)](g, x, dcos, dsin, T, NH, half, lead,
-                                -1.0 if attrs.get("inverse", False) else 1.0,
-                                INTERLEAVED=bool(attrs.get("interleaved", False)),
-                                BLOCK=triton.next_power_of_2(half))
+        launch(_rope_cos_sin_bwd, (T,), g, x, dcos, dsin, T, NH, half, lead,
+               -1.0 if attrs.get("inverse", False) else 1.0,
+               INTERLEAVED=bool(attrs.get("interleaved", False)),
+               BLOCK=triton.next_power_of_2(half))
     return [dcos, dsin]
 
 

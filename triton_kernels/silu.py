@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, flat_grid
+from ._common import ELEMENTWISE_BLOCK, flat_grid, launch
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def silu_forward(inputs, attrs):
     x = inputs[0].contiguous()
     y = torch.empty_like(x)
     if x.numel():
-        _silu_fwd[flat_grid(x.numel())](x, y, x.numel(), BLOCK=ELEMENTWISE_BLOCK)
+        launch(_silu_fwd, flat_grid(x.numel()), x, y, x.numel(), BLOCK=ELEMENTWISE_BLOCK)
     return [y]
 
 
@@ -47,7 +47,7 @@ def silu_backward(inputs, attrs):
                          f"input shape {tuple(x.shape)}")
     dx = torch.empty_like(x)
     if x.numel():
-        _silu_bwd[flat_grid(x.numel())](g, x, dx, x.numel(), BLOCK=ELEMENTWISE_BLOCK)
+        launch(_silu_bwd, flat_grid(x.numel()), g, x, dx, x.numel(), BLOCK=ELEMENTWISE_BLOCK)
     return [dx]
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import row_block
+from ._common import launch, row_block
 
 
 @triton.jit
@@ -117,8 +117,8 @@ def _forward(log):
         N = xl.shape[-1]
         if xl.numel():
             block = row_block(N)
-            _softmax_fwd[(xl.numel() // N,)](xl, y, N, LOG=log, BLOCK=block, ONE_CHUNK=N <= block,
-                                              num_warps=4 if block <= 1024 else 8)
+            launch(_softmax_fwd, (xl.numel() // N,), xl, y, N, LOG=log, BLOCK=block,
+                   ONE_CHUNK=N <= block, num_warps=4 if block <= 1024 else 8)
         return [y.movedim(-1, dim).contiguous().reshape(inputs[0].shape)]
     return run
 
@@ -135,8 +135,8 @@ def _backward(log):
         N = yl.shape[-1]
         if yl.numel():
             block = row_block(N)
-            _softmax_bwd[(yl.numel() // N,)](yl, gl, dx, N, LOG=log, BLOCK=block, ONE_CHUNK=N <= block,
-                                              num_warps=4 if block <= 1024 else 8)
+            launch(_softmax_bwd, (yl.numel() // N,), yl, gl, dx, N, LOG=log, BLOCK=block,
+                   ONE_CHUNK=N <= block, num_warps=4 if block <= 1024 else 8)
         return [dx.movedim(-1, dim).contiguous().reshape(shape)]
     return run
 

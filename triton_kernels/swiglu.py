@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import POINTWISE_WARPS, pointwise_block
+from ._common import POINTWISE_WARPS, launch, pointwise_block
 
 
 @triton.jit
@@ -76,7 +76,7 @@ def swiglu_forward(inputs, attrs):
     n = a.numel()
     if n:
         block = pointwise_block(a.dtype)
-        _swiglu_fwd[(triton.cdiv(n, block),)](a, b, y, n, BLOCK=block, num_warps=POINTWISE_WARPS)
+        launch(_swiglu_fwd, (triton.cdiv(n, block),), a, b, y, n, BLOCK=block, num_warps=POINTWISE_WARPS)
     return [y]
 
 
@@ -89,9 +89,9 @@ def swiglu_backward(inputs, attrs):
     n = a.numel()
     if n and (want_da or want_db):
         block = pointwise_block(a.dtype)
-        _swiglu_bwd[(triton.cdiv(n, block),)](g, a, b, da if want_da else a, db if want_db else a,
-                                              n, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
-                                              num_warps=POINTWISE_WARPS)
+        launch(_swiglu_bwd, (triton.cdiv(n, block),), g, a, b, da if want_da else a, db if want_db else a,
+               n, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
+               num_warps=POINTWISE_WARPS)
     return [da, db]
 
 
