@@ -47,7 +47,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import num_sms
+from ._common import launch, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -227,6 +227,33 @@ def _stored(x):
     return None
 
 
+@triton.jit
+def _copy_rows_kernel(X, Y, R, C, sx, sy, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # Y[r, c] = X[r, c] over [BLOCK_R, BLOCK_C] tiles; rows of any stride, unit column stride
+    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (r < R)[:, None] & (c < C)[None, :]
+    v = tl.load(X + r[:, None] * sx + c[None, :], mask=mask)
+    tl.store(Y + r[:, None] * sy + c[None, :], v, mask=mask)
+
+
+def _copy_rows(dst, src):
+    """dst.copy_(src) for two views of one shape whose rows (all dims but the last, folded) have a
+    stride each and whose last dim is contiguous: the padded copies of this module. torch's copy
+    of such views ran at about half the copy bandwidth (2 ms for the 16384 x 50257 logits on the
+    H100, its index arithmetic per element); this kernel's tiles need none."""
+    R = src.numel() // src.shape[-1] if src.shape[-1] else 0
+    sx = _fold(list(src.shape[:-1]), src.stride()[:-1])
+    sy = _fold(list(dst.shape[:-1]), dst.stride()[:-1])
+    if sx is None or sy is None or src.stride(-1) != 1 or dst.stride(-1) != 1:
+        dst.copy_(src)
+        return
+    C = src.shape[-1]
+    if R and C:
+        launch(_copy_rows_kernel, (triton.cdiv(R, 4), triton.cdiv(C, 1024)), src, dst, R, C, sx, sy,
+               BLOCK_R=4, BLOCK_C=1024, num_warps=4)
+
+
 def _padded(x, copy=True):
     """x (..., R, C) in a fresh buffer whose outer stride is rounded up to 16 bytes, in x's stored
     order (column-major for a transposed view, so the copy streams rows either way); copy=False
@@ -237,7 +264,7 @@ def _padded(x, copy=True):
     C = x.shape[-1]
     buf = torch.empty((*x.shape[:-1], (C + mult - 1) // mult * mult), dtype=x.dtype, device=x.device)[..., :C]
     if copy:
-        buf.copy_(x)
+        _copy_rows(buf, x)
     return buf
 
 
@@ -329,7 +356,7 @@ def _launch(a, b, c):
         out = c if _stored(c) == "rows" else _padded(c, copy=False)
         _launch_tma(a, b, out, la == "cols", lb == "cols", sms)
         if out is not c:
-            c.copy_(out)
+            _copy_rows(c, out)
         return
 
     def grid(meta):

@@ -216,3 +216,19 @@ def test_compiled_problems_are_bounded_cuda(monkeypatch):
     for M, K, N in problems[:2] + problems[:1] + problems[2:]:  # the first is used again before the third
         check(*bf16_operands(M, K, N, False, False), torch.bfloat16)
     assert [key[2] for key in mm._tma_compiled] == [problems[0][0], problems[2][0]]
+
+
+@pytest.mark.parametrize("shape,pad", [((37, 41), 3), ((1, 64, 50), 6), ((5, 1), 7), ((0, 9), 2)])
+def test_padded_row_copies(shape, pad):
+    # _copy_rows between a view with an odd row stride and one padded to 16 bytes, both ways,
+    # bit for bit against torch's copy (3-D views with one batch fold to rows).
+    device = "cpu" if INTERPRET else "cuda"
+    *lead, C = shape
+    src = torch.randn(*lead, C + pad, device=device).to(torch.float16)[..., :C]
+    dst = mm._padded(src, copy=False)
+    dst.fill_(float("nan"))
+    mm._copy_rows(dst, src)
+    assert torch.equal(dst, src)
+    back = torch.full((*lead, C + 1), float("nan"), device=device, dtype=torch.float16)[..., :C]
+    mm._copy_rows(back, dst)
+    assert torch.equal(back, src)
