@@ -17,10 +17,10 @@ Kernels: one launch per dtype group over all its tensors, through pointer tables
 addresses (int64, cast to pointers in the kernel; the kernel is told when all are 16-byte aligned,
 else it cannot know and reads 4 bytes at a time) and a block table giving each program its
 tensor and the first element of its 1024-element block, so a huge embedding matrix and many
-small biases share one grid. The tables are built on the host and cached by the tensors'
-addresses and sizes (parameters do not move between steps), so a steady-state step copies
-nothing to the device. Arithmetic is float32. global_norm writes one float32 partial sum of
-squares per block; torch adds the partials in float64 in a fixed order (deterministic; the CPU
+small biases share one grid. The tables are built on the host and cached, the block tables by
+the tensors' sizes and the address table by their addresses (gradients may move between steps,
+sizes do not), so a steady-state step copies at most the small address table to the device.
+Arithmetic is float32. global_norm writes one float32 partial sum of squares per block; torch adds the partials in float64 in a fixed order (deterministic; the CPU
 op sums every element in float64). The grad scale stays on the device (no synchronisation).
 """
 import collections
@@ -34,33 +34,49 @@ from ._common import launch
 
 
 _BLOCK = 1024
-_TABLES = collections.OrderedDict()  # (device, addresses, sizes) -> tables, most recent last
 _MAX_TABLES = 16
+# (device, sizes) -> (sizes, per block its tensor, per block its first element), on the device
+_BLOCK_TABLES = collections.OrderedDict()
+# (device, addresses) -> the (roles, K) address table on the device
+_ADDRESS_TABLES = collections.OrderedDict()
+
+
+def _cached(cache, key, build):
+    """cache[key], built on a miss; the least recently used of more than _MAX_TABLES dropped."""
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    hit = cache[key] = build()
+    if len(cache) > _MAX_TABLES:
+        cache.popitem(last=False)
+    return hit
+
+
+def _block_tables(numels, device):
+    """Sizes (K,) int64 and, per 1024-element block, its tensor (int32) and first element
+    (int64), built with vectorised torch ops (a 124M-parameter model has 121k blocks)."""
+    n = torch.tensor(numels, dtype=torch.int64)
+    per = (n + _BLOCK - 1) // _BLOCK
+    blk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), per)
+    first = torch.cumsum(per, 0) - per
+    blk_start = (torch.arange(int(per.sum())) - torch.repeat_interleave(first, per)) * _BLOCK
+    return tuple(t.to(device) for t in (n, blk_tensor, blk_start))
 
 
 def _tables(groups, device):
     """Device tables for tensors `groups` (lists of tensors of equal sizes, one list per role):
-    a (roles, K) int64 address table, sizes (K,), and per block its tensor (int32) and start."""
+    a (roles, K) int64 address table, sizes (K,), and per block its tensor (int32) and start.
+    The block tables depend on the sizes only; the addresses change whenever the gradients are
+    allocated anew (their allocator need not hand out the same blocks each step), and then only
+    the small address table is rebuilt: rebuilding the block tables with Python lists every step
+    had cost tens of milliseconds of host time a step."""
     numels = tuple(t.numel() for t in groups[0])
-    key = (str(device), tuple(tuple(t.data_ptr() for t in g) for g in groups), numels)
-    hit = _TABLES.get(key)
-    if hit is not None:
-        _TABLES.move_to_end(key)
-        return hit
-    blk_tensor, blk_start = [], []
-    for k, n in enumerate(numels):
-        for start in range(0, n, _BLOCK):
-            blk_tensor.append(k)
-            blk_start.append(start)
-    tables = (torch.tensor([[t.data_ptr() for t in g] for g in groups], dtype=torch.int64,
-                           device=device),
-              torch.tensor(numels, dtype=torch.int64, device=device),
-              torch.tensor(blk_tensor, dtype=torch.int32, device=device),
-              torch.tensor(blk_start, dtype=torch.int64, device=device))
-    _TABLES[key] = tables
-    if len(_TABLES) > _MAX_TABLES:
-        _TABLES.popitem(last=False)
-    return tables
+    addresses = tuple(tuple(t.data_ptr() for t in g) for g in groups)
+    addr = _cached(_ADDRESS_TABLES, (str(device), addresses),
+                   lambda: torch.tensor(addresses, dtype=torch.int64, device=device))
+    blocks = _cached(_BLOCK_TABLES, (str(device), numels), lambda: _block_tables(numels, device))
+    return (addr, *blocks)
 
 
 @triton.jit

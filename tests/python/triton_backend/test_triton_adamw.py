@@ -57,3 +57,37 @@ def test_mixed_precision_step_falls_back_to_the_native_backend():
     assert core.backend_report(False)["adamw_step"] == "cpu"
     for t, c in zip(p, copies):
         np.testing.assert_array_equal(c.float().numpy(), t.to(dtype=ls.bfloat16).float().numpy())
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_adamw_steps_with_gradients_that_move(device, dtype):
+    # Three steps, each with fresh gradient tensors (new addresses, the same sizes), as every
+    # training step's backward brings: the block tables are reused, the address table is not.
+    r = rng()
+    n = len(SHAPES)
+    state = [rounded(r.standard_normal(s), dtype) for s in SHAPES]
+    state += [rounded(r.standard_normal(s) * 0.1, dtype) for s in SHAPES]
+    state += [rounded(np.abs(r.standard_normal(s)) * 0.01, dtype) for s in SHAPES]
+    ours = [to_ls(a, device, dtype) for a in state]
+    ref = as64(state)
+    for step in (1, 2, 3):
+        grads = [rounded(r.standard_normal(s), dtype) for s in SHAPES]
+        attrs = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1,
+                 "step": step}
+        triton_call("adamw_step", ours[:n] + [to_ls(g, device, dtype) for g in grads] + ours[n:], attrs)
+        cpu_call("adamw_step", ref[:n] + as64(grads) + ref[n:], attrs)
+        compare("adamw_step", ours, ref, dtype, tol_scale=4)
+
+
+def test_block_tables_cover_every_element():
+    torch = pytest.importorskip("torch")
+    import importlib
+    from llmscratch import _backend
+    _backend._triton_kernels()
+    adamw = importlib.import_module("llmscratch.triton_kernels.adamw")
+    numels = (3, 1024, 1025, 1, 4096, 2047)
+    n, blk_tensor, blk_start = adamw._block_tables(numels, "cpu")
+    expect = [(k, s) for k, m in enumerate(numels) for s in range(0, m, adamw._BLOCK)]
+    assert n.tolist() == list(numels)
+    assert list(zip(blk_tensor.tolist(), blk_start.tolist())) == expect
+    assert blk_tensor.dtype == torch.int32 and blk_start.dtype == torch.int64
