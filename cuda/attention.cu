@@ -13,7 +13,12 @@
 // 0. On Hopper (compute capability 9.0, built with sm_90a), bf16/fp16, HS 64 or 128, no user
 //    mask: the TMA + wgmma kernels of cuda/sm90a/attention_wgmma.cu, forward and backward (the
 //    backward after the preprocess kernel below, and deterministic: no atomics);
-//    LLMSCRATCH_ATTENTION=mma selects 1. instead.
+//    LLMSCRATCH_ATTENTION=mma selects 1. instead. The copy engine reads q, k, v, dout where they
+//    are (4-D tensor maps), so the (B, T, heads, HS) slices of a fused qkv projection, viewed as
+//    (B, heads, T, HS), are not copied; out, dq, dk and dv are stored (B, T, heads, HS) and
+//    returned as (B, heads, T, HS) views, the layout the model's next reshape and the gradient
+//    of the qkv split read without a copy. (Contiguous copies around attention were 132 of the
+//    GPT-2 training step's 181 copy kernels.)
 // 1. bf16/fp16, HS 64 or 128, no user mask: FlashAttention-2 style fused kernels on the tensor
 //    cores (mma.sync m16n8k16, fp32 accumulation; fragments loaded with ldmatrix from shared
 //    memory tiles whose 16-byte chunks are XOR-swizzled by row so ldmatrix is bank-conflict free;
@@ -368,16 +373,29 @@ constexpr int bwd_smem_bytes() {
   return (2 * 16 * NW * HS + 4 * kBwdBM * HS + 16 * NW * kBwdBM) * 2 + 4 * kBwdBM * 4;
 }
 
-// D'[row] = sum_d dO[row, d] O[row, d] - dlse[row], one warp per row of (B * NH * T) rows.
+// Where row (b, h, t) of a (B, NH, T, HS) tensor with a contiguous last dim starts: b * b + h * h
+// + t * t elements.
+struct RowStrides {
+  int64_t b, h, t;
+};
+
+RowStrides row_strides(const Tensor& x) { return {x.strides()[0], x.strides()[1], x.strides()[2]}; }
+
+// D'[row] = sum_d dO[row, d] O[row, d] - dlse[row], one warp per row of (B * NH * T) rows; dlse
+// and D' contiguous (B, NH, T), o and dout any rows.
 template <typename T>
-__global__ void bwd_preprocess_kernel(const T* __restrict__ o, const T* __restrict__ dout,
+__global__ void bwd_preprocess_kernel(const T* __restrict__ o, RowStrides so,
+                                      const T* __restrict__ dout, RowStrides sdo,
                                       const float* __restrict__ dlse, float* __restrict__ dd,
-                                      int64_t rows, int HS) {
+                                      int64_t rows, int NH, int T_, int HS) {
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (r >= rows) return;
+  const int64_t t = r % T_, bh = r / T_, h = bh % NH, b = bh / NH;
+  const T* orow = o + b * so.b + h * so.h + t * so.t;
+  const T* drow = dout + b * sdo.b + h * sdo.h + t * sdo.t;
   const int lane = threadIdx.x % 32;
   float acc = 0.f;
-  for (int d = lane; d < HS; d += 32) acc += float(o[r * HS + d]) * float(dout[r * HS + d]);
+  for (int d = lane; d < HS; d += 32) acc += float(orow[d]) * float(drow[d]);
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) dd[r] = acc - (dlse ? dlse[r] : 0.f);
@@ -898,6 +916,17 @@ double scale_of(const Attrs& a, int64_t HS) {
   return a.f("scale", HS > 0 ? 1.0 / std::sqrt(double(HS)) : 1.0);
 }
 
+// D' = rowsum(dO * O) - dlse into dd (B, NH, T).
+template <typename T>
+void preprocess(const Tensor& o, const Tensor& dout, const float* dlse, Tensor& dd, const Dims& n) {
+  constexpr int kPreWarps = 8;
+  const int64_t rows = n.B * n.NH * n.T;
+  bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
+      o.data<T>(), row_strides(o), dout.data<T>(), row_strides(dout), dlse, dd.data<float>(), rows,
+      int(n.NH), int(n.T), int(n.HS));
+  check_launch("attention_backward");
+}
+
 template <typename T>
 void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                   const MaskRef& mask, const Dims& n, double scale, bool causal, bool flash) {
@@ -905,17 +934,6 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out
   const T *pq = q.data<T>(), *pk = k.data<T>(), *pv = v.data<T>();
   T* po = out.data<T>();
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
-#ifdef LLMSCRATCH_SM90A
-    if (flash && sm90a::chosen("LLMSCRATCH_ATTENTION")) {
-      sm90a::AttentionProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv, po,
-                                lse.data<float>(), int(n.B), int(n.NH), int(n.NKV), int(n.T),
-                                int(n.S), float(scale), causal};
-      if (sm90a::attention_forward(a, current_stream())) {
-        check_launch("attention");
-        return;
-      }
-    }
-#endif
     if (flash) {
       if (n.HS == 64) launch_flash_fwd<T, 64>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);
       else launch_flash_fwd<T, 128>(pq, pk, pv, po, lse.data<float>(), n, float(scale), causal);
@@ -939,22 +957,7 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   const A* pdl = dlse.defined() ? dlse.data<A>() : nullptr;
   if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) {
     if (flash) {
-      constexpr int kPreWarps = 8;
-      bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
-          po, pdo, pdl, dd.data<float>(), rows, int(n.HS));
-      check_launch("attention_backward");
-#ifdef LLMSCRATCH_SM90A
-      if (sm90a::chosen("LLMSCRATCH_ATTENTION")) {
-        sm90a::AttentionBackwardProblem a{std::is_same_v<T, __nv_bfloat16>, int(n.HS), pq, pk, pv,
-                                          pdo, lse.data<float>(), dd.data<float>(), dq.data<T>(),
-                                          dk.data<T>(), dv.data<T>(), int(n.B), int(n.NH),
-                                          int(n.NKV), int(n.T), int(n.S), float(scale), causal};
-        if (sm90a::attention_backward(a, current_stream())) {
-          check_launch("attention_backward");
-          return;
-        }
-      }
-#endif
+      preprocess<T>(o, dout, pdl, dd, n);
       Tensor dq_acc = Tensor::empty(q.shape(), DType::Float32, q.device());
       check(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * 4, current_stream()),
             "attention_backward");
@@ -986,14 +989,91 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   }
 }
 
+#ifdef LLMSCRATCH_SM90A
+// The strides of a (B, heads, rows, HS) tensor as the copy engine takes them; a size-1 dim gets
+// the stride a contiguous tensor would have there (it is never stepped, and the engine wants
+// every stride a positive multiple of 16 bytes).
+sm90a::HeadStrides head_strides(const Tensor& t) {
+  const int64_t row = t.size(2) == 1 ? t.size(3) : t.strides()[2];
+  const int64_t h = t.size(1) == 1 ? t.size(2) * row : t.strides()[1];
+  return {t.size(0) == 1 ? t.size(1) * h : t.strides()[0], h, row};
+}
+
+// t itself where the copy engine can read it in place (a contiguous last dim, the other strides
+// multiples of 16 bytes, a 16-byte aligned base), else a contiguous copy.
+Tensor for_copy_engine(const Tensor& t) {
+  if (t.strides()[3] == 1 && aligned16(t) && sm90a::head_strides_ok(head_strides(t))) return t;
+  return ops::contiguous(t);
+}
+
+// An uninitialised (B, heads, rows, HS) result, stored (B, rows, heads, HS).
+Tensor heads_within_rows(const Tensor& like, int64_t heads, int64_t rows) {
+  const int64_t B = like.size(0), HS = like.size(3);
+  const Tensor t = Tensor::empty({B, rows, heads, HS}, like.dtype(), like.device());
+  return t.as_strided({B, heads, rows, HS}, {rows * heads * HS, HS, heads * HS, 1}, 0);
+}
+
+bool sm90a_case(const Dims& n, DType dt, bool masked, double scale) {
+  return (dt == DType::BFloat16 || dt == DType::Float16) && !masked && (n.HS == 64 || n.HS == 128) &&
+         scale > 0 && n.B * n.NH * n.T > 0 && n.S > 0 && n.T <= INT32_MAX / 2 &&
+         n.S <= INT32_MAX / 2 && sm90a::chosen("LLMSCRATCH_ATTENTION");
+}
+
+// The forward on the sm_90a kernels: {out, lse}, or {} when they do not cover the case.
+Tensors forward_sm90a(const Tensors& in, const Dims& n, double scale, bool causal) {
+  const Tensor q = for_copy_engine(in[0]), k = for_copy_engine(in[1]), v = for_copy_engine(in[2]);
+  Tensor out = heads_within_rows(q, n.NH, n.T);
+  Tensor lse = Tensor::empty({n.B, n.NH, n.T}, DType::Float32, q.device());
+  const sm90a::AttentionProblem a{q.dtype() == DType::BFloat16, int(n.HS), q.raw_data(),
+                                  k.raw_data(), v.raw_data(), out.raw_data(), lse.data<float>(),
+                                  int(n.B), int(n.NH), int(n.NKV), int(n.T), int(n.S),
+                                  float(scale), causal, head_strides(q), head_strides(k),
+                                  head_strides(v), head_strides(out)};
+  if (!sm90a::attention_forward(a, current_stream())) return {};
+  check_launch("attention");
+  return {out, lse};
+}
+
+// The backward on the sm_90a kernels (inputs as attention_backward_cuda's, lse and dlse float32
+// contiguous): {dq, dk, dv}, or {} when they do not cover the case.
+Tensors backward_sm90a(const Tensors& in, const Tensor& lse, const Tensor& dlse, const Dims& n,
+                       double scale, bool causal) {
+  const Tensor q = for_copy_engine(in[0]), k = for_copy_engine(in[1]), v = for_copy_engine(in[2]);
+  const Tensor dout = for_copy_engine(in[6]);
+  const Tensor o = in[4].strides()[3] == 1 ? in[4] : ops::contiguous(in[4]);  // read by pointers
+  Tensor dd = Tensor::empty({n.B, n.NH, n.T}, DType::Float32, q.device());
+  Tensor dq = heads_within_rows(q, n.NH, n.T), dk = heads_within_rows(q, n.NKV, n.S),
+         dv = heads_within_rows(q, n.NKV, n.S);
+  const float* pdl = dlse.defined() ? dlse.data<float>() : nullptr;
+  const bool bf16 = q.dtype() == DType::BFloat16;
+  if (bf16) preprocess<__nv_bfloat16>(o, dout, pdl, dd, n);
+  else preprocess<__half>(o, dout, pdl, dd, n);
+  const sm90a::AttentionBackwardProblem a{
+      bf16, int(n.HS), q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(), lse.data<float>(),
+      dd.data<float>(), dq.raw_data(), dk.raw_data(), dv.raw_data(), int(n.B), int(n.NH),
+      int(n.NKV), int(n.T), int(n.S), float(scale), causal, head_strides(q), head_strides(k),
+      head_strides(v), head_strides(dout), head_strides(dq), head_strides(dk), head_strides(dv)};
+  if (!sm90a::attention_backward(a, current_stream())) return {};
+  check_launch("attention_backward");
+  return {dq, dk, dv};
+}
+#endif
+
 Tensors attention_cuda(const Tensors& in, const Attrs& a) {
   LS_CHECK(in.size() == 3 || in.size() == 4, ValueError,
            "attention: expected the inputs (q, k, v) or (q, k, v, mask)");
   const Tensor mask_in = in.size() > 3 ? in[3] : Tensor();
   const Dims n = check_inputs(in[0], in[1], in[2], mask_in, "attention");
-  const Tensor q = ops::contiguous(in[0]), k = ops::contiguous(in[1]), v = ops::contiguous(in[2]);
   const bool causal = a.b("causal", false);
   const double scale = scale_of(a, n.HS);
+#ifdef LLMSCRATCH_SM90A
+  if (sm90a_case(n, in[0].dtype(), mask_in.defined(), scale)) {
+    set_device(in[0], "attention");
+    Tensors r = forward_sm90a(in, n, scale, causal);
+    if (!r.empty()) return r;
+  }
+#endif
+  const Tensor q = ops::contiguous(in[0]), k = ops::contiguous(in[1]), v = ops::contiguous(in[2]);
   const DType dt = q.dtype(), acc = lse_dtype(dt);
   Tensor out = Tensor::empty(q.shape(), dt, q.device());
   Tensor lse = Tensor::empty({n.B, n.NH, n.T}, acc, q.device());
@@ -1015,15 +1095,13 @@ Tensors attention_backward_cuda(const Tensors& in, const Attrs& a) {
            ValueError,
            "attention_backward: expected the inputs (q, k, v, mask, out, lse, dout[, dlse])");
   const Dims n = check_inputs(in[0], in[1], in[2], in[3], "attention_backward");
-  const Tensor q = ops::contiguous(in[0]), k = ops::contiguous(in[1]), v = ops::contiguous(in[2]);
-  const DType dt = q.dtype(), acc = lse_dtype(dt);
-  const Tensor o = ops::contiguous(in[4]), dout = ops::contiguous(in[6]);
-  LS_CHECK(o.shape() == q.shape() && dout.shape() == q.shape() &&
+  const DType dt = in[0].dtype(), acc = lse_dtype(dt);
+  LS_CHECK(in[4].shape() == in[0].shape() && in[6].shape() == in[0].shape() &&
                in[5].shape() == (Shape{n.B, n.NH, n.T}),
-           ValueError, "attention_backward: out and dout must be ", shape_str(q.shape()),
-           " and lse (B, NH, T); got ", shape_str(o.shape()), ", ", shape_str(dout.shape()), ", ",
-           shape_str(in[5].shape()));
-  LS_CHECK(o.dtype() == dt && dout.dtype() == dt, TypeError,
+           ValueError, "attention_backward: out and dout must be ", shape_str(in[0].shape()),
+           " and lse (B, NH, T); got ", shape_str(in[4].shape()), ", ", shape_str(in[6].shape()),
+           ", ", shape_str(in[5].shape()));
+  LS_CHECK(in[4].dtype() == dt && in[6].dtype() == dt, TypeError,
            "attention_backward: out and dout must have q's dtype ", dtype_name(dt));
   const bool has_dlse = in.size() > 7 && in[7].defined();
   LS_CHECK(!has_dlse || in[7].shape() == in[5].shape(), ValueError,
@@ -1035,6 +1113,15 @@ Tensors attention_backward_cuda(const Tensors& in, const Attrs& a) {
   const Tensor dlse = has_dlse ? ops::contiguous(ops::to_dtype(in[7], acc)) : Tensor();
   const bool causal = a.b("causal", false);
   const double scale = scale_of(a, n.HS);
+#ifdef LLMSCRATCH_SM90A
+  if (sm90a_case(n, dt, in[3].defined(), scale)) {
+    set_device(in[0], "attention_backward");
+    Tensors r = backward_sm90a(in, lse, dlse, n, scale, causal);
+    if (!r.empty()) return r;
+  }
+#endif
+  const Tensor q = ops::contiguous(in[0]), k = ops::contiguous(in[1]), v = ops::contiguous(in[2]);
+  const Tensor o = ops::contiguous(in[4]), dout = ops::contiguous(in[6]);
   Tensor dq = Tensor::empty(q.shape(), dt, q.device());
   Tensor dk = Tensor::empty(k.shape(), dt, q.device());
   Tensor dv = Tensor::empty(v.shape(), dt, q.device());

@@ -55,6 +55,7 @@ struct Params {
   int NH, NKV, T, S;
   float scale_log2;  // scale * log2(e)
   bool causal;
+  HeadStrides so;  // out's
 };
 
 // The KEYS-key tiles that the ROWS-row query tile at m0 needs: all of them, or under the causal
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
-  const int bh = b * p.NH + h, bkv = b * p.NKV + h / (p.NH / p.NKV);
+  const int bh = b * p.NH + h, hkv = h / (p.NH / p.NKV);
   const int n_tiles = key_tiles<kBM, kBN>(m0, p.T, p.S, p.causal);
 
   if (threadIdx.x == 0) {
@@ -214,17 +215,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0) {
       mbar_expect_tx(q_full, L::kTileBytes);
-      for (int i = 0; i < L::kBoxes; ++i) tma_load(q_tile + i * kBoxBytes, &map_q, 64 * i, m0, bh, q_full);
+      for (int i = 0; i < L::kBoxes; ++i) tma_load(q_tile + i * kBoxBytes, &map_q, 64 * i, m0, h, b, q_full);
       for (int j = 0; j < n_tiles; ++j) {
         const int s = j % kStages, round = j / kStages;
         if (round > 0) mbar_wait(k_empty(s), (round - 1) & 1);
         mbar_expect_tx(k_full(s), L::kTileBytes);
         for (int i = 0; i < L::kBoxes; ++i)
-          tma_load(k_tiles + s * L::kTileBytes + i * kBoxBytes, &map_k, 64 * i, j * kBN, bkv, k_full(s));
+          tma_load(k_tiles + s * L::kTileBytes + i * kBoxBytes, &map_k, 64 * i, j * kBN, hkv, b, k_full(s));
         if (round > 0) mbar_wait(v_empty(s), (round - 1) & 1);
         mbar_expect_tx(v_full(s), L::kTileBytes);
         for (int i = 0; i < L::kBoxes; ++i)
-          tma_load(v_tiles + s * L::kTileBytes + i * kBoxBytes, &map_v, 64 * i, j * kBN, bkv, v_full(s));
+          tma_load(v_tiles + s * L::kTileBytes + i * kBoxBytes, &map_v, 64 * i, j * kBN, hkv, b, v_full(s));
       }
     }
     return;
@@ -337,15 +338,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Epilogue: O / l and lse = (m + log2 l) / log2(e).
   l_a = quad_sum(l_a);
   l_b = quad_sum(l_b);
-  T* out = static_cast<T*>(p.out) + int64_t(bh) * p.T * HS;
+  T* out = static_cast<T*>(p.out) + b * p.so.b + h * p.so.h;
   const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
 #pragma unroll
   for (int n = 0; n < HS / 8; ++n) {
     if (row_a < p.T)
-      *reinterpret_cast<uint32_t*>(out + int64_t(row_a) * HS + 8 * n + col) =
+      *reinterpret_cast<uint32_t*>(out + row_a * p.so.row + 8 * n + col) =
           pack2<T>(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
     if (row_b < p.T)
-      *reinterpret_cast<uint32_t*>(out + int64_t(row_b) * HS + 8 * n + col) =
+      *reinterpret_cast<uint32_t*>(out + row_b * p.so.row + 8 * n + col) =
           pack2<T>(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
   }
   if (lane % 4 == 0) {
@@ -394,6 +395,7 @@ struct BwdParams {
   int NH, NKV, T, S;
   float scale, scale_log2;
   bool causal;
+  HeadStrides sdq, sdk, sdv;
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -407,17 +409,18 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[HS / 2], const uint32_t (&a)
 }
 
 // Rows of a 64 x HS fp32 accumulator (this thread's rows r and r + 8 of each 8 columns), scaled
-// and rounded, to rows [row0 .. row0 + 63] of a (rows, HS) matrix; rows >= limit are skipped.
+// and rounded, to rows [row0 .. row0 + 63] of a (rows, HS) matrix whose rows are ld elements
+// apart; rows >= limit are skipped.
 template <typename T, int HS>
-__device__ __forceinline__ void store_rows(T* dst, const float (&acc)[HS / 2], int row, int limit,
-                                           int col, float scale) {
+__device__ __forceinline__ void store_rows(T* dst, int64_t ld, const float (&acc)[HS / 2], int row,
+                                           int limit, int col, float scale) {
 #pragma unroll
   for (int n = 0; n < HS / 8; ++n) {
     if (row < limit)
-      *reinterpret_cast<uint32_t*>(dst + int64_t(row) * HS + 8 * n + col) =
+      *reinterpret_cast<uint32_t*>(dst + row * ld + 8 * n + col) =
           pack2<T>(acc[4 * n] * scale, acc[4 * n + 1] * scale);
     if (row + 8 < limit)
-      *reinterpret_cast<uint32_t*>(dst + int64_t(row + 8) * HS + 8 * n + col) =
+      *reinterpret_cast<uint32_t*>(dst + (row + 8) * ld + 8 * n + col) =
           pack2<T>(acc[4 * n + 2] * scale, acc[4 * n + 3] * scale);
   }
 }
@@ -460,18 +463,19 @@ struct BwdSmem {
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
 
-  // The producer thread: the resident tiles (rows row0.. of batch z of maps ma, mb; 128 rows as
-  // two boxes of 64, the same layout as one), then `steps` ring stages of two 64-row tiles from
-  // maps ra, rb at at(it) = {row, batch}, each stage refilled once both consumers released it.
+  // The producer thread: the resident tiles (rows row0.. of head z of batch bz of maps ma, mb;
+  // 128 rows as two boxes of 64, the same layout as one), then `steps` ring stages of two 64-row
+  // tiles from maps ra, rb at at(it) = {row, head} of batch bz, each stage refilled once both
+  // consumers released it.
   template <typename At>
-  __device__ void produce(const CUtensorMap* ma, const CUtensorMap* mb, int row0, int z,
+  __device__ void produce(const CUtensorMap* ma, const CUtensorMap* mb, int row0, int z, int bz,
                           const CUtensorMap* ra, const CUtensorMap* rb, int steps, At at) const {
     mbar_expect_tx(resident(), 2 * L::kBig);
     for (int i = 0; i < L::kBoxes; ++i) {
       for (int h = 0; h < 2; ++h) {
         const uint32_t off = i * kBoxBytes + h * kHalfBoxBytes;
-        tma_load(a + off, ma, 64 * i, row0 + 64 * h, z, resident());
-        tma_load(b + off, mb, 64 * i, row0 + 64 * h, z, resident());
+        tma_load(a + off, ma, 64 * i, row0 + 64 * h, z, bz, resident());
+        tma_load(b + off, mb, 64 * i, row0 + 64 * h, z, bz, resident());
       }
     }
     for (int it = 0; it < steps; ++it) {
@@ -480,8 +484,8 @@ struct BwdSmem {
       if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
       mbar_expect_tx(full(s), 2 * L::kSmall);
       for (int i = 0; i < L::kBoxes; ++i) {
-        tma_load(ring_a(s) + i * kHalfBoxBytes, ra, 64 * i, rz.x, rz.y, full(s));
-        tma_load(ring_b(s) + i * kHalfBoxBytes, rb, 64 * i, rz.x, rz.y, full(s));
+        tma_load(ring_a(s) + i * kHalfBoxBytes, ra, 64 * i, rz.x, rz.y, bz, full(s));
+        tma_load(ring_b(s) + i * kHalfBoxBytes, rb, 64 * i, rz.x, rz.y, bz, full(s));
       }
     }
   }
@@ -537,12 +541,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const BwdSmem<HS> sm(smem);  // resident: K (a) and V (b); ring: Q and dO tiles
 
   const int n0 = blockIdx.x * kBwdKeys, hkv = blockIdx.y, b = blockIdx.z;
-  const int group = p.NH / p.NKV, bkv = b * p.NKV + hkv;
+  const int group = p.NH / p.NKV;
   const int first = first_query_tile(n0, p.T, p.S, p.causal, kBwdRows);
   const int per_head = max((p.T + kBwdRows - 1) / kBwdRows - first, 0);
   const int steps = group * per_head;
-  // step it: query tile q0 of query head bh (the group's heads in turn)
-  auto head_of = [&](int it) { return b * p.NH + hkv * group + it / per_head; };
+  // step it: query tile q0 of query head h (the group's heads in turn)
+  auto head_of = [&](int it) { return hkv * group + it / per_head; };
   auto row_of = [&](int it) { return (first + it % per_head) * kBwdRows; };
 
   if (threadIdx.x == 0) sm.init_barriers(32, 256);
@@ -552,7 +556,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0)
-      sm.produce(&map_k, &map_v, n0, bkv, &map_q, &map_do, steps,
+      sm.produce(&map_k, &map_v, n0, hkv, b, &map_q, &map_do, steps,
                  [&](int it) { return make_int2(row_of(it), head_of(it)); });
     if (tid / 32 == 1) {
       // The second producer warp: each stage's lse (log2 domain) and D' into shared memory, so the
@@ -561,7 +565,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages, round = it / kStages;
         if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1);
-        const int64_t row0 = int64_t(head_of(it)) * p.T;
+        const int64_t row0 = int64_t(b * p.NH + head_of(it)) * p.T;
         for (int i = lane; i < kBwdRows; i += 32) {
           const int t = row_of(it) + i;
           sm.lse2(s)[i] = lse2_of(p.lse + row0, t, p.T);
@@ -641,10 +645,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_arrive(sm.empty(s));  // every thread: it read the stage's statistics itself
   }
 
-  T* dk_out = static_cast<T*>(p.dk) + int64_t(bkv) * p.S * HS;
-  T* dv_out = static_cast<T*>(p.dv) + int64_t(bkv) * p.S * HS;
-  store_rows<T, HS>(dk_out, dk, key_a, p.S, col, p.scale);
-  store_rows<T, HS>(dv_out, dv, key_a, p.S, col, 1.f);
+  T* dk_out = static_cast<T*>(p.dk) + b * p.sdk.b + hkv * p.sdk.h;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.sdv.b + hkv * p.sdv.h;
+  store_rows<T, HS>(dk_out, p.sdk.row, dk, key_a, p.S, col, p.scale);
+  store_rows<T, HS>(dv_out, p.sdv.row, dv, key_a, p.S, col, 1.f);
 #endif
 }
 
@@ -660,7 +664,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kDqRows;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
-  const int bh = b * p.NH + h, bkv = b * p.NKV + h / (p.NH / p.NKV);
+  const int bh = b * p.NH + h, hkv = h / (p.NH / p.NKV);
   const int n_tiles = key_tiles<kDqRows, kDqKeys>(m0, p.T, p.S, p.causal);
 
   if (threadIdx.x == 0) sm.init_barriers();
@@ -670,8 +674,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (tid == 0)
-      sm.produce(&map_q, &map_do, m0, bh, &map_k, &map_v, n_tiles,
-                 [&](int j) { return make_int2(j * kDqKeys, bkv); });
+      sm.produce(&map_q, &map_do, m0, h, b, &map_k, &map_v, n_tiles,
+                 [&](int j) { return make_int2(j * kDqKeys, hkv); });
     return;
   }
 
@@ -726,7 +730,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) mbar_arrive(sm.empty(s));
   }
 
-  store_rows<T, HS>(static_cast<T*>(p.dq) + int64_t(bh) * p.T * HS, dq, row_a, p.T, col, p.scale);
+  store_rows<T, HS>(static_cast<T*>(p.dq) + b * p.sdq.b + h * p.sdq.h, p.sdq.row, dq, row_a, p.T,
+                    col, p.scale);
 #endif
 }
 
@@ -746,7 +751,7 @@ bool launch(const AttentionProblem& a, const CUtensorMap& mq, const CUtensorMap&
     }
     configured.fetch_or(bit);
   }
-  Params p{a.out, a.lse, a.NH, a.NKV, a.T, a.S, a.scale * kLog2e, a.causal};
+  Params p{a.out, a.lse, a.NH, a.NKV, a.T, a.S, a.scale * kLog2e, a.causal, a.so};
   const dim3 grid(unsigned((a.T + kBM - 1) / kBM), unsigned(a.NH), unsigned(a.B));
   kernel<<<grid, kThreads, Layout<HS>::kSmemBytes, stream>>>(mq, mk, mv, p);
   return true;
@@ -771,7 +776,7 @@ bool launch_backward(const AttentionBackwardProblem& a, const CUtensorMap& mq, c
     configured.fetch_or(bit);
   }
   BwdParams p{a.lse, a.dd, a.dq, a.dk, a.dv, a.NH, a.NKV, a.T, a.S, a.scale, a.scale * kLog2e,
-              a.causal};
+              a.causal, a.sdq, a.sdk, a.sdv};
   const dim3 grid_kv(unsigned((a.S + kBwdKeys - 1) / kBwdKeys), unsigned(a.NKV), unsigned(a.B));
   dkdv<<<grid_kv, kThreads, BwdLayout<HS>::kSmemBytes, stream>>>(mq, mk, mv, mdo, p);
   const dim3 grid_q(unsigned((a.T + kDqRows - 1) / kDqRows), unsigned(a.NH), unsigned(a.B));
@@ -787,11 +792,11 @@ bool attention_forward(const AttentionProblem& a, cudaStream_t stream) {
   if (a.B > 65535 || a.NH > 65535 || !(a.scale > 0.f)) return false;
   for (const void* ptr : {a.q, a.k, a.v, static_cast<const void*>(a.out)})
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  if (!head_strides_ok(a.so)) return false;  // out's rows are stored 4 bytes at a time
   CUtensorMap mq, mk, mv;
-  const int64_t HS = a.HS;
-  if (!make_map(&mq, a.bf16, a.q, HS, a.T, HS, int64_t(a.B) * a.NH, int64_t(a.T) * HS, kBM) ||
-      !make_map(&mk, a.bf16, a.k, HS, a.S, HS, int64_t(a.B) * a.NKV, int64_t(a.S) * HS, kBN) ||
-      !make_map(&mv, a.bf16, a.v, HS, a.S, HS, int64_t(a.B) * a.NKV, int64_t(a.S) * HS, kBN))
+  if (!make_head_map(&mq, a.bf16, a.q, a.HS, a.T, a.NH, a.B, a.sq, kBM) ||
+      !make_head_map(&mk, a.bf16, a.k, a.HS, a.S, a.NKV, a.B, a.sk, kBN) ||
+      !make_head_map(&mv, a.bf16, a.v, a.HS, a.S, a.NKV, a.B, a.sv, kBN))
     return false;
   if (a.bf16)
     return a.HS == 128 ? launch<__nv_bfloat16, 128>(a, mq, mk, mv, stream)
@@ -809,12 +814,12 @@ bool attention_backward(const AttentionBackwardProblem& a, cudaStream_t stream) 
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   // Boxes of 64 rows: the 128-row resident tiles (k, v of the dK/dV kernel; q, dO of the dQ
   // kernel) are loaded as two.
+  if (!head_strides_ok(a.sdq) || !head_strides_ok(a.sdk) || !head_strides_ok(a.sdv)) return false;
   CUtensorMap mq, mk, mv, mdo;
-  const int64_t HS = a.HS, BH = int64_t(a.B) * a.NH, BKV = int64_t(a.B) * a.NKV;
-  if (!make_map(&mq, a.bf16, a.q, HS, a.T, HS, BH, int64_t(a.T) * HS, 64) ||
-      !make_map(&mdo, a.bf16, a.dout, HS, a.T, HS, BH, int64_t(a.T) * HS, 64) ||
-      !make_map(&mk, a.bf16, a.k, HS, a.S, HS, BKV, int64_t(a.S) * HS, 64) ||
-      !make_map(&mv, a.bf16, a.v, HS, a.S, HS, BKV, int64_t(a.S) * HS, 64))
+  if (!make_head_map(&mq, a.bf16, a.q, a.HS, a.T, a.NH, a.B, a.sq, 64) ||
+      !make_head_map(&mdo, a.bf16, a.dout, a.HS, a.T, a.NH, a.B, a.sdo, 64) ||
+      !make_head_map(&mk, a.bf16, a.k, a.HS, a.S, a.NKV, a.B, a.sk, 64) ||
+      !make_head_map(&mv, a.bf16, a.v, a.HS, a.S, a.NKV, a.B, a.sv, 64))
     return false;
   if (a.bf16)
     return a.HS == 128 ? launch_backward<__nv_bfloat16, 128>(a, mq, mk, mv, mdo, stream)

@@ -48,6 +48,23 @@ bool make_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t inner, int64
   return r == CUDA_SUCCESS;
 }
 
+bool head_strides_ok(const HeadStrides& s) {
+  return s.b % 8 == 0 && s.h % 8 == 0 && s.row % 8 == 0 && s.b > 0 && s.h > 0 && s.row > 0;
+}
+
+bool make_head_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t HS, int64_t rows,
+                   int64_t heads, int64_t B, const HeadStrides& s, uint32_t box_rows) {
+  if (!head_strides_ok(s)) return false;
+  cuuint64_t dims[4] = {cuuint64_t(HS), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(B)};
+  cuuint64_t strides[3] = {cuuint64_t(s.row) * 2, cuuint64_t(s.h) * 2, cuuint64_t(s.b) * 2};
+  cuuint32_t box[4] = {64, box_rows, 1, 1}, elem[4] = {1, 1, 1, 1};
+  CUresult r = encoder()(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                         4, const_cast<void*>(ptr), dims, strides, box, elem,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
 bool chosen(const char* choice) {
   const char* want = std::getenv(choice);
   if (want && std::strcmp(want, "mma") == 0) return false;

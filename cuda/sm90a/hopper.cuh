@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "sm90a.h"
+
 namespace ls::cuda::sm90a {
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -54,6 +56,17 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
       : "memory");
 }
 
+// One box of a 4-D tensor map (inner, rows, heads, batch): the attention tensors' (HS, rows,
+// heads, B) maps, whose heads and batch need not fold into one stride.
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int inner, int row,
+                                         int head, int b, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(row), "r"(head), "r"(b), "r"(bar)
+      : "memory");
+}
+
 // A wgmma shared-memory descriptor: start address, leading and stride byte offsets (all >> 4),
 // 128-byte swizzle.
 __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t lbo, uint32_t sbo) {
@@ -89,5 +102,10 @@ __device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // elements. False when the driver cannot encode it (alignment, sizes).
 bool make_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t inner, int64_t outer,
               int64_t ld, int64_t batch, int64_t batch_stride, uint32_t box_outer);
+
+// A (B, heads, rows, HS) attention tensor with strides s (elements) as a 4-D map (HS, rows,
+// heads, B), boxes of 64 x box_rows x 1 x 1, otherwise as make_map.
+bool make_head_map(CUtensorMap* map, bool bf16, const void* ptr, int64_t HS, int64_t rows,
+                   int64_t heads, int64_t B, const HeadStrides& s, uint32_t box_rows);
 
 }  // namespace ls::cuda::sm90a

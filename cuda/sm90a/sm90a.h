@@ -46,10 +46,19 @@ bool chosen(const char* choice);
 // for the caller's cudaGetLastError.
 bool gemm(const GemmProblem& p, cudaStream_t stream);
 
+// Where the rows of one (B, heads, rows, HS) attention tensor are: element (b, h, r, d) at
+// b * b_stride + h * h_stride + r * row_stride + d (elements). Contiguous (B, heads, rows, HS) is
+// {heads * rows * HS, rows * HS, HS}; the (B, rows, heads, HS) layout a Transformer's fused qkv
+// projection gives, viewed as (B, heads, rows, HS), is {rows * heads * HS', HS, heads * HS'}.
+struct HeadStrides {
+  int64_t b, h, row;
+};
+
 // Attention forward (the op "attention" of cuda/attention.cu without a user mask): q (B, NH, T,
-// HS), k and v (B, NKV, S, HS) and out (B, NH, T, HS) contiguous and 16-byte aligned; lse
-// (B, NH, T) fp32. Launches on `stream` and returns true, or returns false without launching
-// when the case is not covered (HS other than 64 and 128, a non-positive scale, misalignment).
+// HS), k and v (B, NKV, S, HS) and out (B, NH, T, HS), each with its own HeadStrides (multiples of
+// 8 elements) and a 16-byte aligned base; lse (B, NH, T) fp32 contiguous. Launches on `stream`
+// and returns true, or returns false without launching when the case is not covered (HS other
+// than 64 and 128, a non-positive scale, misalignment).
 struct AttentionProblem {
   bool bf16;  // else fp16
   int HS;
@@ -59,13 +68,15 @@ struct AttentionProblem {
   int B, NH, NKV, T, S;
   float scale;
   bool causal;
+  HeadStrides sq, sk, sv, so;
 };
 
 bool attention_forward(const AttentionProblem& a, cudaStream_t stream);
 
 // Attention backward of the same case: dq (B, NH, T, HS), dk and dv (B, NKV, S, HS) written
 // (not accumulated), from q, k, v, dout, the forward's lse and dd = rowsum(dout * out) - dlse
-// (B, NH, T) fp32. Returns false without launching when the case is not covered.
+// (B, NH, T) fp32 contiguous; every (B, heads, rows, HS) tensor with its own HeadStrides. Returns
+// false without launching when the case is not covered.
 struct AttentionBackwardProblem {
   bool bf16;
   int HS;
@@ -75,7 +86,12 @@ struct AttentionBackwardProblem {
   int B, NH, NKV, T, S;
   float scale;
   bool causal;
+  HeadStrides sq, sk, sv, sdo, sdq, sdk, sdv;
 };
+
+// Whether the copy engine can read a (B, heads, rows, HS) tensor of 16-bit elements with these
+// strides in place: every stride a multiple of 8 elements (16 bytes).
+bool head_strides_ok(const HeadStrides& s);
 
 bool attention_backward(const AttentionBackwardProblem& a, cudaStream_t stream);
 

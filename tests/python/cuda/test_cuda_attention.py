@@ -150,6 +150,48 @@ def test_fully_masked_rows(dtype, HS, kernel):
         assert np.all(np.isfinite(np_of(g)))
 
 
+def on_hopper():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.parametrize("dtype", [ls.bfloat16, ls.float16])
+@pytest.mark.parametrize("HS", [64, 128])
+@pytest.mark.parametrize("T", [1, 77, 256])
+def test_fused_qkv_views(dtype, HS, T, kernel):
+    # q, k, v as (B, heads, T, HS) views of one (B, T, NH + 2 NKV, HS) buffer and dout as the
+    # transposed view of a (B, T, NH, HS) gradient, as a Transformer hands them over. On Hopper
+    # the copy engine reads them in place and out, dq, dk, dv come back stored (B, T, heads, HS).
+    B, NH, NKV = 2, 4, 2
+    arrs = [randn(B, NH, T, HS), randn(B, NKV, T, HS), randn(B, NKV, T, HS)]
+    fused = np.ascontiguousarray(np.concatenate([a.transpose(0, 2, 1, 3) for a in arrs], axis=2))
+    g = ls.tensor(fused).to(dtype=dtype).cuda()
+    q_g = g[:, :, :NH].transpose(1, 2)
+    k_g = g[:, :, NH:NH + NKV].transpose(1, 2)
+    v_g = g[:, :, NH + NKV:].transpose(1, 2)
+    q_c, k_c, v_c = (ls.tensor(a).to(dtype=dtype).to(dtype=ref_dtype(dtype)) for a in arrs)
+    attrs = {"causal": True}
+    poison(((B, NH, T, HS), dtype), ((B, NH, T), ls.float32))
+    out_g, lse_g = _core.call("attention", [q_g, k_g, v_g, None], attrs)
+    out_c, lse_c = _core.call("attention", [q_c, k_c, v_c, None], attrs)
+    close(out_g, out_c, TOL[dtype], "out")
+    close(lse_g, lse_c, TOL[dtype], "lse")
+    do = randn(B, T, NH, HS)
+    do_g = ls.tensor(do).to(dtype=dtype).cuda().transpose(1, 2)
+    do_c = ls.tensor(np.ascontiguousarray(do.transpose(0, 2, 1, 3))).to(dtype=dtype).to(dtype=ref_dtype(dtype))
+    poison(((B, NH, T, HS), dtype), ((B, NKV, T, HS), dtype))
+    grads_g = _core.call("attention_backward", [q_g, k_g, v_g, None, out_g, lse_g, do_g], attrs)
+    grads_c = _core.call("attention_backward", [q_c, k_c, v_c, None, out_c, lse_c, do_c], attrs)
+    for name, gg, c in zip(("dq", "dk", "dv"), grads_g, grads_c):
+        close(gg, c, TOL[dtype] * 1.5, name)
+    if kernel == "default" and on_hopper():
+        assert out_g.stride() == (T * NH * HS, HS, NH * HS, 1)
+        assert grads_g[1].stride() == (T * NKV * HS, HS, NKV * HS, 1)
+
+
 def test_autograd_bf16():
     # through scaled_dot_product_attention and the tape: lse is float32 for bf16 inputs
     import llmscratch.functional as F
