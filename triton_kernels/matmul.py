@@ -84,9 +84,9 @@ def _prune(configs, named_args, **kwargs):
                  prune_configs_by={"early_config_prune": _prune})
 @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, NBATCH,
                    sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-                   FP32: tl.constexpr,
+                   FP32: tl.constexpr, HAS_BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -124,6 +124,8 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, NBATCH,
                 acc = tl.dot(x, y, acc)
             a += BLOCK_K * sak
             b += BLOCK_K * sbk
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         c = c_ptr + batch.to(tl.int64) * scb + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn
         tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -162,14 +164,15 @@ def _prune_tma(configs, named_args, **kwargs):
 @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "TRANS_A", "TRANS_B"],
                  prune_configs_by={"early_config_prune": _prune_tma})
 @triton.jit
-def _matmul_tma_kernel(a_desc, b_desc, c_desc, M, N, K,
-                       TRANS_A: tl.constexpr, TRANS_B: tl.constexpr,
+def _matmul_tma_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
+                       TRANS_A: tl.constexpr, TRANS_B: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        GROUP_M: tl.constexpr):
     """One 2-D GEMM through tensor descriptors (the copy engine loads whole tiles into shared
     memory and zero-fills past the edges, so no masks; the store clips at the edges). A
     transposed operand is described in its stored order and transposed in shared memory, which
-    the matrix instructions read either way."""
+    the matrix instructions read either way. HAS_BIAS: bias[n] is added to every row before the
+    store (a Linear layer's bias, without a pass of its own over C)."""
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     group_size = GROUP_M * tiles_n
@@ -189,6 +192,9 @@ def _matmul_tma_kernel(a_desc, b_desc, c_desc, M, N, K,
             else:
                 y = b_desc.load([k0, n0])
             acc = tl.dot(x, y, acc)
+        if HAS_BIAS:
+            cols = n0 + tl.arange(0, BLOCK_N)
+            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         c_desc.store([m0, n0], acc.to(c_desc.dtype))
 
 
@@ -310,11 +316,14 @@ def _descriptors(a, b, c, ta, tb, bm, bn, bk):
     return ad, bd, cd
 
 
-def _launch_tma(a, b, c, ta, tb, sms):
-    """c (M, N) = a (M, K) @ b (K, N) (2-D, or 3-D views with one batch) with a, b in the stored
-    orders ta, tb (True: column-major) and c row-major."""
+def _launch_tma(a, b, c, ta, tb, sms, bias=None):
+    """c (M, N) = a (M, K) @ b (K, N) [+ bias (N,) on every row] (2-D, or 3-D views with one
+    batch) with a, b in the stored orders ta, tb (True: column-major) and c row-major."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    key = (a.device.index, a.dtype, M, N, K, ta, tb, a.stride(), b.stride(), c.stride())
+    # the bias's alignment is keyed: the compiled kernel may load it in 16-byte vectors
+    has_bias = None if bias is None else (bias.dtype, bias.data_ptr() % 16 == 0)
+    key = (a.device.index, a.dtype, M, N, K, ta, tb, a.stride(), b.stride(), c.stride(), has_bias)
+    bias_arg = c if bias is None else bias  # a pointer the kernel never reads without a bias
     hit = _tma_compiled.get(key)
     if hit is not None:
         _tma_compiled.move_to_end(key)
@@ -322,12 +331,12 @@ def _launch_tma(a, b, c, ta, tb, sms):
         for desc, base in zip(descs, (a, b, c)):
             desc.base = base
         grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
-        kernel[grid](*descs, M, N, K, ta, tb, bm, bn, bk, gm)
+        kernel[grid](*descs, bias_arg, M, N, K, ta, tb, bias is not None, bm, bn, bk, gm)
         return
     # the boxes are placeholders until the autotuner's pre-hook sets each config's tile
     ad, bd, cd = _descriptors(a, b, c, ta, tb, 16, 16, 16)
     grid = lambda meta: (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
-    kernel = _matmul_tma_kernel[grid](ad, bd, cd, M, N, K, ta, tb)
+    kernel = _matmul_tma_kernel[grid](ad, bd, cd, bias_arg, M, N, K, ta, tb, HAS_BIAS=bias is not None)
     config = getattr(_matmul_tma_kernel, "best_config", None)
     if kernel is not None and config is not None:
         tile = tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
@@ -336,14 +345,17 @@ def _launch_tma(a, b, c, ta, tb, sms):
             _tma_compiled.popitem(last=False)
 
 
-def _launch(a, b, c):
-    """c (NB, M, N) = a (NB, M, K) @ b (NB, K, N) on 3-D views, or 2-D ones (NB = 1), any strides."""
+def _launch(a, b, c, bias=None):
+    """c (NB, M, N) = a (NB, M, K) @ b (NB, K, N) [+ bias (N,) on every row] on 3-D views, or
+    2-D ones (NB = 1), any strides."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     NB = a.shape[0] if a.dim() == 3 else 1
     if c.numel() == 0:
         return
     if K == 0:
         c.zero_()
+        if bias is not None:
+            c.add_(bias)
         return
     sms = _num_sms(a.device.index if a.is_cuda else 0)
     # one 16-bit GEMM over 512 x 512 outputs on Hopper: the copy-engine kernel
@@ -354,7 +366,7 @@ def _launch(a, b, c):
         # a GPT-2 step for the output layer's three GEMMs (bench/notes_triton_tuning.md).
         (a, la), (b, lb) = _tma_operand(a), _tma_operand(b)
         out = c if _stored(c) == "rows" else _padded(c, copy=False)
-        _launch_tma(a, b, out, la == "cols", lb == "cols", sms)
+        _launch_tma(a, b, out, la == "cols", lb == "cols", sms, bias)
         if out is not c:
             _copy_rows(c, out)
         return
@@ -366,15 +378,15 @@ def _launch(a, b, c):
         tiles = NB * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
         return (min(sms * per_sm, tiles),)
     batch_strides = (a.stride(0), b.stride(0), c.stride(0)) if a.dim() == 3 else (0, 0, 0)
-    _matmul_kernel[grid](a, b, c, M, N, K, NB,
+    _matmul_kernel[grid](a, b, c, c if bias is None else bias, M, N, K, NB,
                          batch_strides[0], a.stride(-2), a.stride(-1),
                          batch_strides[1], b.stride(-2), b.stride(-1),
                          batch_strides[2], c.stride(-2), c.stride(-1),
-                         FP32=a.dtype == torch.float32)
+                         FP32=a.dtype == torch.float32, HAS_BIAS=bias is not None)
 
 
-def _batched(a, b, c):
-    """c (*batch, M, N) = a @ b with a, b already expanded to c's batch dims (views)."""
+def _batched(a, b, c, bias=None):
+    """c (*batch, M, N) = a @ b [+ bias] with a, b already expanded to c's batch dims (views)."""
     nb = c.dim() - 2
     batch = list(c.shape[:nb])
     sa = _fold(batch, a.stride()[:nb])
@@ -385,14 +397,15 @@ def _batched(a, b, c):
         for n in batch:
             NB *= n
         view3 = lambda x, s: x.as_strided((NB, x.shape[-2], x.shape[-1]), (s, x.stride(-2), x.stride(-1)))
-        _launch(view3(a, sa), view3(b, sb), view3(c, sc))
+        _launch(view3(a, sa), view3(b, sb), view3(c, sc), bias)
         return
     for i in range(batch[0]):  # strides that do not fold: split the outermost dim
-        _batched(a[i], b[i], c[i])
+        _batched(a[i], b[i], c[i], bias)
 
 
-def matmul_forward(a, b):
-    """a @ b on torch tensors (cuda, or cpu under TRITON_INTERPRET=1), torch.matmul semantics."""
+def matmul_forward(a, b, bias=None):
+    """a @ b on torch tensors (cuda, or cpu under TRITON_INTERPRET=1), torch.matmul semantics;
+    bias (N,), for operands of at least 2 dims, is added to every row in the kernel's epilogue."""
     if a.dim() == 0 or b.dim() == 0:
         raise ValueError("matmul: both operands need at least one dimension, got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
@@ -408,9 +421,15 @@ def matmul_forward(a, b):
     if B.shape[-2] != K:
         raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
                          f"multiplied ({K} != {B.shape[-2]})")
+    if bias is not None:
+        if a.dim() < 2 or b.dim() < 2 or bias.shape != (N,) or bias.dtype != a.dtype:
+            raise ValueError(f"matmul: the bias must be ({N},) in {a.dtype} with operands of at least "
+                             f"2 dims; got {tuple(bias.shape)} {bias.dtype} for shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        bias = bias.contiguous()
     if a.dim() == 2 and b.dim() == 2:  # the common case, with the least host work
         out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-        _launch(a, b, out)
+        _launch(a, b, out, bias)
         return out
     # a 2-D B (a Linear layer's weight) broadcasts to A's batch: torch.broadcast_shapes would
     # cost more host time than the rest of the call
@@ -419,9 +438,9 @@ def matmul_forward(a, b):
     rows = _fold(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
     if rows is not None and A.dim() > 2:  # (..., M, K) @ (K, N): one GEMM over the folded rows
         R = A.shape[:-1].numel()
-        _launch(A.as_strided((R, K), (rows, A.stride(-1))), B, out.view(R, N))
+        _launch(A.as_strided((R, K), (rows, A.stride(-1))), B, out.view(R, N), bias)
     else:
-        _batched(A.expand(*batch, M, K), B.expand(*batch, K, N), out)
+        _batched(A.expand(*batch, M, K), B.expand(*batch, K, N), out, bias)
     if a.dim() == 1:
         out = out.squeeze(-2)
     if b.dim() == 1:
@@ -430,8 +449,9 @@ def matmul_forward(a, b):
 
 
 def _matmul_op(inputs, attrs):
-    """Registry op "matmul": inputs {a, b} (at least 2-D each), no attrs, outputs {a @ b}."""
-    return [matmul_forward(inputs[0], inputs[1])]
+    """Registry op "matmul": inputs {a, b[, bias]} (at least 2-D each; bias (N,) or absent), no
+    attrs, outputs {a @ b + bias}."""
+    return [matmul_forward(inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None)]
 
 
 KERNELS = {"matmul": _matmul_op}

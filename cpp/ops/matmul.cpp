@@ -1,8 +1,13 @@
 // matmul with torch semantics: 1-D operands are promoted to a row/column and squeezed back;
 // batch dims broadcast; A (..., M, K) @ B (..., K, N) -> (..., M, N).
+// An optional third input, bias (N,), is added to every row of the result: a Linear layer's
+// x W^T + b in one op, so a backend can add it in the GEMM's epilogue instead of a separate pass
+// over the output (db = the gradient summed over all rows).
 // The kernel hands each matrix to the packed GEMM with its own row/column strides, so transposed
 // views (the backward's A^T and B^T) are never copied. A 2-D B against a batched A is one GEMM
 // over the folded rows. Backward: dA = g B^T, dB = A^T g, each summed back to its input's shape.
+#include <algorithm>
+
 #include "core/error.h"
 #include "cpu_loops.h"
 #include "gemm_cpu.h"
@@ -28,9 +33,19 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
 
 namespace {
 
+// c[r, :] += bias for each of the `rows` rows of c (row stride N).
+template <typename T>
+void add_bias_rows(T* c, int64_t rows, int64_t N, const T* bias) {
+  parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(N, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < N; ++j) c[r * N + j] += bias[j];
+  });
+}
+
 Tensors matmul_cpu(const Tensors& in, const Attrs&) {
   const Tensor& a = in[0];
   const Tensor& b = in[1];
+  const Tensor bias = in.size() > 2 && in[2].defined() ? contiguous(in[2]) : Tensor();
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
                                  Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
@@ -49,6 +64,7 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
     if (b.dim() == 2 && fold_rows(a, rows, rs)) {  // (..., M, K) @ (K, N): one GEMM
       cpu::gemm<T>(rows, N, K, T(1), pa, rs, a.strides().back(), pb, b.strides()[0], b.strides()[1],
                    T(0), pc, N);
+      if (bias.defined()) add_bias_rows<T>(pc, rows, N, bias.data<T>());
       return Tensors{out};
     }
     Shape sa = cpu::broadcast_strides(a, out_shape), sb = cpu::broadcast_strides(b, out_shape);
@@ -72,6 +88,7 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
     } else {
       for (int64_t i = 0; i < nbatch; ++i) run(i);
     }
+    if (bias.defined()) add_bias_rows<T>(pc, nbatch * M, N, bias.data<T>());
   });
   return {out};
 }
@@ -81,7 +98,9 @@ Tensor mT(const Tensor& x) { return transpose(x, -1, -2); }
 Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
   const Tensor& a = c.inputs[0];
   const Tensor& b = c.inputs[1];
-  Tensor ga, gb;
+  Tensor ga, gb, gbias;
+  if (c.inputs.size() > 2 && c.inputs[2].defined() && c.needs_grad[2])
+    gbias = sum_to(g[0], c.inputs[2].shape());
   if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(b)}), a.shape());
   if (c.needs_grad[1]) {
     if (b.dim() == 2 && a.dim() > 2) {  // weight gradient: fold the batch into one GEMM
@@ -95,6 +114,7 @@ Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
       gb = sum_to(call1("matmul", {mT(a), g[0]}), b.shape());
     }
   }
+  if (c.inputs.size() > 2) return {ga, gb, gbias};
   return {ga, gb};
 }
 
@@ -113,6 +133,20 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (a.dim() == 1) out = squeeze(out, -2);
   if (b.dim() == 1) out = squeeze(out, -1);
   return out;
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
+  if (!bias.defined()) return matmul(a, b);
+  LS_CHECK(a.dim() >= 2 && b.dim() >= 2, ValueError, "matmul: a bias needs operands of at least "
+           "2 dims, got shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()));
+  LS_CHECK(a.dtype() == b.dtype() && bias.dtype() == a.dtype(), TypeError,
+           "matmul: dtypes differ: ", dtype_name(a.dtype()), ", ", dtype_name(b.dtype()),
+           " and the bias's ", dtype_name(bias.dtype()));
+  LS_CHECK(bias.dim() == 1 && bias.size(0) == b.size(-1), ValueError, "matmul: the bias must be (N,) "
+           "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
+  LS_CHECK(a.size(-1) == b.size(-2), ValueError, "matmul: shapes ", shape_str(a.shape()), " and ",
+           shape_str(b.shape()), " cannot be multiplied (", a.size(-1), " != ", b.size(-2), ")");
+  return call1("matmul", {a, b, bias});
 }
 
 LS_REGISTER(matmul) {

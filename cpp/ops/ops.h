@@ -71,6 +71,8 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 
 // matmul.cpp
 Tensor matmul(const Tensor& a, const Tensor& b);
+// a @ b + bias, bias (N,) added to every row (a Linear layer: one op, the bias in the epilogue)
+Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias);
 
 // softmax.cpp (along `dim`, fp32/fp64, fused row kernels)
 Tensor softmax(const Tensor& x, int64_t dim);

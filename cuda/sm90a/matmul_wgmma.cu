@@ -68,6 +68,7 @@ constexpr int kGroupM = 8;
 struct Work {
   void* c;
   int64_t ldc, c_batch;
+  const void* bias;  // (N,) in C's type or null
   float* partials;  // splits > 1: (splits, M, N) fp32
   bool vector_stores;  // C's base, ldc and N allow 16-byte stores
   int M, N, K;
@@ -139,17 +140,19 @@ __device__ __forceinline__ void put2(unsigned char* p, float x, float y) {
   else *reinterpret_cast<uint32_t*>(p) = pack2<U>(x, y);
 }
 
-// A consumer's 64 x 256 accumulators (rows row0.., columns col0..) to out (leading dim ld, rows
-// below M and columns below N), rounded to U (the output type, or float for split-K's partials).
+// A consumer's 64 x 256 accumulators (rows row0.., columns col0..) plus bias[column] (when bias is
+// not null) to out (leading dim ld, rows below M and columns below N), rounded to U (the output
+// type, or float for split-K's partials, whose sum gets the bias).
 // Through its staging rows, 128 bytes of columns at a time (64 16-bit elements or 32 floats), so
 // that C is written row by row: 16-byte stores, 8 lanes per 128-byte row segment, when `vec`
 // (out and ld 16-byte aligned, N a multiple of 16 bytes), else one element a lane, a warp's 32
 // consecutive. Stored straight from the registers (the wgmma accumulator layout puts a lane's 4
 // bytes in 8 rows per store instruction) a 128 x 256 tile took about 7.5 us, more than the 12
 // k-tiles of a K = 768 GEMM (bench/notes_cuda_sm90a.md).
-template <typename U>
+template <typename U, typename B>
 __device__ __forceinline__ void store_tile(const float (&d)[128], unsigned char* staging, U* out, int64_t ld,
-                                           int row0, int col0, int M, int N, bool vec, int c) {
+                                           int row0, int col0, int M, int N, bool vec, int c,
+                                           const B* bias) {
   constexpr int kCols = 128 / sizeof(U), kGroups = kCols / 8, kChunk = 16 / sizeof(U);
   const int tid = threadIdx.x % 128, lane = tid % 32;
   // accumulator layout: per 8 columns j, rows lane/4 and lane/4 + 8 of the warp's 16, columns
@@ -160,8 +163,14 @@ __device__ __forceinline__ void store_tile(const float (&d)[128], unsigned char*
 #pragma unroll
     for (int jj = 0; jj < kGroups; ++jj) {
       const int j = kGroups * p + jj, lc = 8 * jj + 2 * (lane % 4);
-      put2<U>(staging + lr * kStageRowBytes + lc * sizeof(U), d[4 * j], d[4 * j + 1]);
-      put2<U>(staging + (lr + 8) * kStageRowBytes + lc * sizeof(U), d[4 * j + 2], d[4 * j + 3]);
+      float b0 = 0.f, b1 = 0.f;
+      if (bias) {
+        const int gc = col0 + kCols * p + lc;
+        if (gc < N) b0 = float(bias[gc]);
+        if (gc + 1 < N) b1 = float(bias[gc + 1]);
+      }
+      put2<U>(staging + lr * kStageRowBytes + lc * sizeof(U), d[4 * j] + b0, d[4 * j + 1] + b1);
+      put2<U>(staging + (lr + 8) * kStageRowBytes + lc * sizeof(U), d[4 * j + 2] + b0, d[4 * j + 3] + b1);
     }
     named_barrier_sync(1 + c, 128);
     const int cb = col0 + kCols * p;
@@ -269,24 +278,26 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int row0 = w.m0 + c * 64;
       if (work.splits == 1)
         store_tile(d, staging, static_cast<T*>(work.c) + int64_t(w.z) * work.c_batch, work.ldc, row0, w.n0,
-                   work.M, work.N, work.vector_stores, c);
+                   work.M, work.N, work.vector_stores, c, static_cast<const T*>(work.bias));
       else
         store_tile(d, staging, work.partials + int64_t(w.split) * work.M * work.N, int64_t(work.N), row0,
-                   w.n0, work.M, work.N, work.N % 4 == 0, c);
+                   w.n0, work.M, work.N, work.N % 4 == 0, c, static_cast<const T*>(nullptr));
     }
   }
 #endif
 }
 
-// C (M, N) = the splits' partials (splits, M, N) summed in split order, rounded to T.
+// C (M, N) = the splits' partials (splits, M, N) summed in split order, plus bias[column] when
+// bias is not null, rounded to T.
 template <typename T>
 __global__ void reduce_splits_kernel(const float* __restrict__ partials, int splits, int M, int N,
-                                     T* __restrict__ c, int64_t ldc) {
+                                     T* __restrict__ c, int64_t ldc, const T* __restrict__ bias) {
   const int64_t mn = int64_t(M) * N;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < mn;
        i += int64_t(gridDim.x) * blockDim.x) {
     float acc = partials[i];
     for (int s = 1; s < splits; ++s) acc += partials[s * mn + i];
+    if (bias) acc += float(bias[i % N]);
     c[(i / N) * ldc + i % N] = T(acc);
   }
 }
@@ -317,6 +328,7 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
   w.c = p.c;
   w.ldc = p.ldc;
   w.c_batch = p.c_batch;
+  w.bias = p.bias;
   w.partials = p.splits > 1 ? p.partials : nullptr;
   w.vector_stores = reinterpret_cast<uintptr_t>(p.c) % 16 == 0 && p.ldc % 8 == 0 && p.N % 8 == 0 &&
                     (p.batch == 1 || p.c_batch % 8 == 0);
@@ -335,7 +347,8 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
   if (w.splits > 1) {
     const int64_t mn = int64_t(p.M) * p.N;
     const unsigned grid = unsigned(std::min<int64_t>((mn + 255) / 256, 4096));
-    reduce_splits_kernel<T><<<grid, 256, 0, stream>>>(p.partials, w.splits, p.M, p.N, static_cast<T*>(p.c), p.ldc);
+    reduce_splits_kernel<T><<<grid, 256, 0, stream>>>(p.partials, w.splits, p.M, p.N, static_cast<T*>(p.c), p.ldc,
+                                                      static_cast<const T*>(p.bias));
   }
   return true;
 }

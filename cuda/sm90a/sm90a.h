@@ -26,6 +26,7 @@ struct GemmProblem {
   int sms;          // the device's multiprocessor count: the persistent grid's size
   int splits;       // split-K parts (gemm_splits), 1 for none
   float* partials;  // splits > 1: a workspace of splits * M * N floats
+  const void* bias;  // (N,) in C's type, added to every row of C (in the epilogue), or null
 };
 
 // How many parts to split K into (1: none): for a single GEMM of fewer output tiles than SMs,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch_core as _core
 from conftest import randn, rel_err, to_np
 
 pytestmark = pytest.mark.cuda
@@ -196,3 +197,24 @@ def test_backward(sa, sb, ta, dtype, gemm):
         (ca @ cb * ls.tensor(rw).to(dtype=dtype)).sum().backward()
         assert rel_err(numpy_of(a.grad), numpy_of(ca.grad)) <= TOL[dtype]
         assert rel_err(numpy_of(b.grad), numpy_of(cb.grad)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("sa,sb", [((127, 129), (129, 131)),          # odd N: element stores
+                                   ((2, 3, 64, 80), (80, 96)),        # folds into one GEMM
+                                   ((2, 64, 40), (2, 40, 72)),        # batched
+                                   ((256, 8192), (8192, 256))])       # few tiles, long K: split-K
+@pytest.mark.parametrize("tb", [False, True])
+def test_bias(sa, sb, tb, dtype, gemm):
+    # a @ b + bias in one op (the wgmma kernel adds it in its epilogue, split-K in the sum of the
+    # partials; the other kernels add it after), forward against float64 and the bias gradient
+    a, ra = operand(sa, dtype, False, requires_grad=True)
+    b, rb = operand(sb, dtype, tb, requires_grad=True)
+    bias, rbias = operand((sb[-1],), dtype, requires_grad=True)
+    ref = np.matmul(ra, rb) + rbias
+    poison(ref.shape, dtype)
+    out = _core.ops.matmul(a, b, bias)
+    check(out, ref, dtype)
+    w = ls.tensor(randn(*out.shape)).to(dtype=dtype).cuda()
+    (out * w).sum().backward()
+    check(bias.grad, numpy_of(w).reshape(-1, sb[-1]).sum(0), dtype)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch_core as _core
 from conftest import randn, to_np, torch
 from op_check import check
 
@@ -29,3 +30,23 @@ def test_large_float32_against_numpy():
 
 def test_linear_matches_torch():
     check(lambda x, w, b: ls.functional.linear(x, w, b), torch.nn.functional.linear, [(2, 5, 7), (3, 7), (3,)])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sa,sb", [((3, 5), (5, 7)), ((2, 17, 9), (9, 13)), ((2, 3, 4, 5), (3, 5, 6)),
+                                   ((1, 1), (1, 1))])
+def test_matmul_with_bias(sa, sb, dtype):
+    # the op's optional bias (N,), added to every row; its gradient is the row sum of g
+    N = sb[-1]
+    check(lambda a, b, c: _core.ops.matmul(a, b, c), lambda a, b, c: a @ b + c, [sa, sb, (N,)], dtype,
+          tol=1e-5 if dtype == np.float32 else None)
+
+
+def test_matmul_bias_errors_name_the_op():
+    a, b = ls.tensor(randn(3, 5)), ls.tensor(randn(5, 7))
+    with pytest.raises(ValueError, match=r"matmul: the bias must be \(N,\) = \(7,\)"):
+        _core.ops.matmul(a, b, ls.tensor(randn(5)))
+    with pytest.raises(TypeError, match="matmul: dtypes differ"):
+        _core.ops.matmul(a, b, ls.tensor(randn(7)).to(dtype=ls.float32))
+    with pytest.raises(ValueError, match="a bias needs operands of at least 2 dims"):
+        _core.ops.matmul(ls.tensor(randn(5)), b, ls.tensor(randn(7)))

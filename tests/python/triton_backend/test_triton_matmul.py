@@ -232,3 +232,34 @@ def test_padded_row_copies(shape, pad):
     back = torch.full((*lead, C + 1), float("nan"), device=device, dtype=torch.float16)[..., :C]
     mm._copy_rows(back, dst)
     assert torch.equal(back, src)
+
+
+def check_bias(a, b, bias, dtype):
+    """matmul_forward with a bias against float64 torch (the kernels add it before the store)."""
+    out = mm.matmul_forward(a, b, bias)
+    ref = torch.matmul(a.double(), b.double()) + bias.double()
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert rel(out, ref) < TOL[dtype]
+
+
+@interpreter_only
+@pytest.mark.parametrize("sa,sb", [((5, 7), (7, 3)), ((2, 3, 17, 33), (33, 20)), ((2, 9, 8), (2, 8, 5))])
+def test_bias_interpreter(sa, sb):
+    check_bias(torch.randn(sa), torch.randn(sb), torch.randn(sb[-1]), torch.float32)
+    with pytest.raises(ValueError, match="matmul: the bias must be"):
+        mm.matmul_forward(torch.randn(sa), torch.randn(sb), torch.randn(sb[-1] + 1))
+
+
+@pytest.mark.cuda
+@compiled_only
+@needs_descriptors
+@pytest.mark.parametrize("M,K,N", [(640, 192, 520), (700, 333, 611), (37, 41, 29)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_bias_cuda(M, K, N, dtype):
+    # the TMA kernel (16-bit, over 512 x 512 outputs; padded for odd strides), the pointer kernel
+    # (float32, small); twice each, the second through the compiled-kernel cache; a bias at an
+    # offset that is not 16-byte aligned as well
+    a, b = torch.randn(M, K, dtype=dtype, device="cuda"), torch.randn(K, N, dtype=dtype, device="cuda")
+    store = torch.randn(N + 1, dtype=dtype, device="cuda")
+    for bias in (store[:N], store[:N], store[1:]):
+        check_bias(a, b, bias, dtype)
