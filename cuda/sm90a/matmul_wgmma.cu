@@ -31,8 +31,9 @@
 //     are 8192 bytes apart (LBO), 8-row K groups 1024 (SBO); a k-step is +2048 bytes.
 // Tails in M, N and K: the copy engine zero-fills the part of a box outside the tensor, so the
 //   mainloop has no tail path; the epilogue stores only elements inside C.
-// Epilogue: each consumer rounds its accumulators to the output type and writes them through
-//   shared memory, so C is stored row by row (fp32 partials under split-K go straight out).
+// Epilogue: each consumer adds the bias (when given) to its accumulators, rounds them to the
+//   output type and writes them through shared memory, so C is stored row by row (fp32 partials
+//   under split-K go straight out, and reduce_splits_kernel adds the bias to their sum).
 // Limits: 16-byte aligned operand bases, leading dims and batch strides multiples of 8 elements
 //   (the copy engine's rule); otherwise gemm() declines and cuda/matmul.cu runs its mma.sync path.
 #include "sm90a.h"
