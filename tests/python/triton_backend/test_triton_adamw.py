@@ -28,8 +28,10 @@ def test_adamw_step(device, dtype, grad_scale):
     cpu_call("adamw_step", ref, attrs)
     n = len(SHAPES)
     for role in (0, 2, 3):  # params, exp_avg, exp_avg_sq were updated in place
+        # floor: a one-element parameter whose update nearly cancels it (p ~ lr * step) would turn
+        # float32 rounding into a large relative error
         compare("adamw_step", ours[role * n:(role + 1) * n], ref[role * n:(role + 1) * n], dtype,
-                tol_scale=2)
+                tol_scale=2, floor=0.1)
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -76,7 +78,7 @@ def test_adamw_steps_with_gradients_that_move(device, dtype):
                  "step": step}
         triton_call("adamw_step", ours[:n] + [to_ls(g, device, dtype) for g in grads] + ours[n:], attrs)
         cpu_call("adamw_step", ref[:n] + as64(grads) + ref[n:], attrs)
-        compare("adamw_step", ours, ref, dtype, tol_scale=4)
+        compare("adamw_step", ours, ref, dtype, tol_scale=4, floor=0.1)
 
 
 def test_block_tables_cover_every_element():
