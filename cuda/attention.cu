@@ -1067,8 +1067,8 @@ Tensors attention_cuda(const Tensors& in, const Attrs& a) {
   const bool causal = a.b("causal", false);
   const double scale = scale_of(a, n.HS);
 #ifdef LLMSCRATCH_SM90A
+  set_device(in[0], "attention");  // sm90a_case asks whether the current device is a Hopper
   if (sm90a_case(n, in[0].dtype(), mask_in.defined(), scale)) {
-    set_device(in[0], "attention");
     Tensors r = forward_sm90a(in, n, scale, causal);
     if (!r.empty()) return r;
   }
@@ -1114,8 +1114,8 @@ Tensors attention_backward_cuda(const Tensors& in, const Attrs& a) {
   const bool causal = a.b("causal", false);
   const double scale = scale_of(a, n.HS);
 #ifdef LLMSCRATCH_SM90A
+  set_device(in[0], "attention_backward");  // sm90a_case asks about the current device
   if (sm90a_case(n, dt, in[3].defined(), scale)) {
-    set_device(in[0], "attention_backward");
     Tensors r = backward_sm90a(in, lse, dlse, n, scale, causal);
     if (!r.empty()) return r;
   }

@@ -295,10 +295,10 @@ def _has_tma(device_index):
 # launch the compiled kernel directly, without the autotuner's and the JIT's per-call work
 # (argument binding, specialisation, cache keys): a 4096^3 call's host time on the H100 went from
 # 114-123 to 65-66 us, for 180 us of GPU time (bench/notes_triton_tuning.md). They also reuse
-# the descriptors with the new operands as bases (shapes, strides and boxes are the key's), as
-# building and checking three descriptors cost more host time than the launch. The key holds
-# everything the compiled kernel was specialised on: the shapes and strides (the descriptors'
-# bases are 16-byte aligned, _stored checks). (launch in _common.py does the same for the other
+# copies of the descriptors with the new operands as bases (shapes, strides and boxes are the
+# key's), as building and checking three descriptors cost more host time than the launch. The
+# key holds everything the compiled kernel was specialised on: the shapes and strides (the
+# descriptors' bases are 16-byte aligned, _stored checks). (launch in _common.py does the same for the other
 # kernels; this one keeps its own cache for the descriptors and the autotuner's pre-hook.)
 # Least recently used problems are dropped past _TMA_COMPILED_MAX (a training step has a few dozen;
 # a caller that varies shapes endlessly would otherwise grow it without end).
@@ -316,6 +316,16 @@ def _descriptors(a, b, c, ta, tb, bm, bn, bk):
     return ad, bd, cd
 
 
+def _rebased(template, base):
+    """A copy of a cached descriptor on a new base, without the dataclass's checks (its shape,
+    strides and box are the cached problem's, checked when it was built): fresh objects per call,
+    so no cached one holds a tensor or is shared between threads."""
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc
+
+
 def _launch_tma(a, b, c, ta, tb, sms, bias=None):
     """c (M, N) = a (M, K) @ b (K, N) [+ bias (N,) on every row] (2-D, or 3-D views with one
     batch) with a, b in the stored orders ta, tb (True: column-major) and c row-major."""
@@ -327,9 +337,8 @@ def _launch_tma(a, b, c, ta, tb, sms, bias=None):
     hit = _tma_compiled.get(key)
     if hit is not None:
         _tma_compiled.move_to_end(key)
-        kernel, (bm, bn, bk, gm), descs = hit
-        for desc, base in zip(descs, (a, b, c)):
-            desc.base = base
+        kernel, (bm, bn, bk, gm), templates = hit
+        descs = [_rebased(t, base) for t, base in zip(templates, (a, b, c))]
         grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
         kernel[grid](*descs, bias_arg, M, N, K, ta, tb, bias is not None, bm, bn, bk, gm)
         return
@@ -340,7 +349,10 @@ def _launch_tma(a, b, c, ta, tb, sms, bias=None):
     config = getattr(_matmul_tma_kernel, "best_config", None)
     if kernel is not None and config is not None:
         tile = tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
-        _tma_compiled[key] = (kernel, tile, list(_descriptors(a, b, c, ta, tb, *tile[:3])))
+        templates = _descriptors(a, b, c, ta, tb, *tile[:3])
+        for t in templates:
+            t.base = None  # a cached descriptor must not keep this call's tensors alive
+        _tma_compiled[key] = (kernel, tile, templates)
         if len(_tma_compiled) > _TMA_COMPILED_MAX:
             _tma_compiled.popitem(last=False)
 

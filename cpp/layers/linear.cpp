@@ -30,7 +30,8 @@ Tensor Linear::forward(const Tensor& x) const {
            shape_str(x.shape()), " does not end in in_features=", weight.size(1));
   // W^T is a view, never copied; the bias goes into the same op (added in the GEMM's epilogue
   // where the backend can)
-  if (x.dim() >= 2) return ops::matmul(x, ops::transpose(weight, 0, 1), bias);
+  if (x.dim() >= 2 && (!bias.defined() || (bias.dim() == 1 && bias.dtype() == x.dtype())))
+    return ops::matmul(x, ops::transpose(weight, 0, 1), bias);
   Tensor y = ops::matmul(x, ops::transpose(weight, 0, 1));
   return bias.defined() ? ops::add(y, bias) : y;
 }

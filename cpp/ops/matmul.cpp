@@ -46,6 +46,8 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
   const Tensor& a = in[0];
   const Tensor& b = in[1];
   const Tensor bias = in.size() > 2 && in[2].defined() ? contiguous(in[2]) : Tensor();
+  LS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == b.size(-1) && bias.dtype() == a.dtype()),
+           ValueError, "matmul: the bias must be (N,) = (", b.size(-1), ",) in the operands' dtype");
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
                                  Shape(b.shape().begin(), b.shape().end() - 2), "matmul");

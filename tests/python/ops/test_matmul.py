@@ -50,3 +50,19 @@ def test_matmul_bias_errors_name_the_op():
         _core.ops.matmul(a, b, ls.tensor(randn(7)).to(dtype=ls.float32))
     with pytest.raises(ValueError, match="a bias needs operands of at least 2 dims"):
         _core.ops.matmul(ls.tensor(randn(5)), b, ls.tensor(randn(7)))
+
+
+def test_linear_with_a_bias_of_another_dtype_or_shape_still_broadcasts():
+    # only a (N,) bias in x's dtype goes into the matmul op; anything else is added after, with
+    # the add's promotion and broadcasting (as torch.nn.functional.linear)
+    x, w = randn(2, 3, 5), randn(4, 5)
+    y = ls.functional.linear(ls.tensor(x), ls.tensor(w), ls.tensor(randn(4)).to(dtype=ls.float32))
+    assert y.dtype == ls.float64
+    b = randn(1, 4)
+    y = ls.functional.linear(ls.tensor(x), ls.tensor(w), ls.tensor(b))
+    np.testing.assert_allclose(to_np(y), x @ w.T + b, rtol=1e-12)
+
+
+def test_the_registry_op_checks_its_bias():
+    with pytest.raises(ValueError, match=r"matmul: the bias must be \(N,\) = \(7,\)"):
+        _core.call("matmul", [ls.tensor(randn(3, 5)), ls.tensor(randn(5, 7)), ls.tensor(randn(6))], {})
