@@ -1013,10 +1013,11 @@ Tensor heads_within_rows(const Tensor& like, int64_t heads, int64_t rows) {
   return t.as_strided({B, heads, rows, HS}, {rows * heads * HS, HS, heads * HS, 1}, 0);
 }
 
+// The tensor-core case (use_flash's rules before alignment, which for_copy_engine takes care of)
+// with queries and keys, on a device that runs the sm_90a kernels.
 bool sm90a_case(const Dims& n, DType dt, bool masked, double scale) {
-  return (dt == DType::BFloat16 || dt == DType::Float16) && !masked && (n.HS == 64 || n.HS == 128) &&
-         scale > 0 && n.B * n.NH * n.T > 0 && n.S > 0 && n.T <= INT32_MAX / 2 &&
-         n.S <= INT32_MAX / 2 && sm90a::chosen("LLMSCRATCH_ATTENTION");
+  return use_flash(n, dt, masked, scale, {}) && n.B * n.NH * n.T > 0 && n.S > 0 &&
+         sm90a::chosen("LLMSCRATCH_ATTENTION");
 }
 
 // The forward on the sm_90a kernels: {out, lse}, or {} when they do not cover the case.

@@ -352,9 +352,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
   LS_CHECK(b0.size(-2) == K, ValueError, "matmul: shapes ", shape_str(a0.shape()), " and ",
            shape_str(b0.shape()), " cannot be multiplied (", K, " != ", b0.size(-2), ")");
   const Tensor bias = in.size() > 2 && in[2].defined() ? ops::contiguous(in[2]) : Tensor();
-  LS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == N && bias.dtype() == a0.dtype()),
-           ValueError, "matmul: the bias must be (N,) = (", N, ",) in the operands' dtype, got ",
-           bias.defined() ? shape_str(bias.shape()) : std::string());
+  ops::check_matmul_bias(a0, b0, bias);
   Shape batch = broadcast_shapes(Shape(a0.shape().begin(), a0.shape().end() - 2),
                                  Shape(b0.shape().begin(), b0.shape().end() - 2), "matmul");
   Shape out_shape = batch;

@@ -55,6 +55,9 @@ void bind_ops(py::module_& root) {
   m.def("matmul", [](const Tensor& a, const Tensor& b, std::optional<Tensor> bias) {
     return bias ? matmul(a, b, *bias) : matmul(a, b);
   }, py::arg("a"), py::arg("b"), py::arg("bias") = py::none());
+  m.def("linear", [](const Tensor& x, const Tensor& weight, std::optional<Tensor> bias) {
+    return linear(x, weight, bias ? *bias : Tensor());
+  }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
   m.def("sum_to", &sum_to);
   m.def("adamw_step", [](const Tensors& p, const Tensors& g, const Tensors& m1, const Tensors& m2,
                          double lr, double b1, double b2, double eps, double wd, int64_t step,

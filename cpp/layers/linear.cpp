@@ -28,12 +28,7 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias, DType dtype, Device devi
 Tensor Linear::forward(const Tensor& x) const {
   LS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), ValueError, "Linear: input of shape ",
            shape_str(x.shape()), " does not end in in_features=", weight.size(1));
-  // W^T is a view, never copied; the bias goes into the same op (added in the GEMM's epilogue
-  // where the backend can)
-  if (x.dim() >= 2 && (!bias.defined() || (bias.dim() == 1 && bias.dtype() == x.dtype())))
-    return ops::matmul(x, ops::transpose(weight, 0, 1), bias);
-  Tensor y = ops::matmul(x, ops::transpose(weight, 0, 1));
-  return bias.defined() ? ops::add(y, bias) : y;
+  return ops::linear(x, weight, bias);
 }
 
 NamedTensors Linear::named_parameters() const {

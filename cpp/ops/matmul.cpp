@@ -31,6 +31,14 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
   return true;
 }
 
+void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias) {
+  if (!bias.defined()) return;
+  LS_CHECK(bias.dtype() == a.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a.dtype()),
+           ", ", dtype_name(b.dtype()), " and the bias's ", dtype_name(bias.dtype()));
+  LS_CHECK(bias.dim() == 1 && bias.size(0) == b.size(-1), ValueError, "matmul: the bias must be (N,) "
+           "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
+}
+
 namespace {
 
 // c[r, :] += bias for each of the `rows` rows of c (row stride N).
@@ -46,8 +54,7 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
   const Tensor& a = in[0];
   const Tensor& b = in[1];
   const Tensor bias = in.size() > 2 && in[2].defined() ? contiguous(in[2]) : Tensor();
-  LS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == b.size(-1) && bias.dtype() == a.dtype()),
-           ValueError, "matmul: the bias must be (N,) = (", b.size(-1), ",) in the operands' dtype");
+  check_matmul_bias(a, b, bias);
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
                                  Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
@@ -141,14 +148,22 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
   if (!bias.defined()) return matmul(a, b);
   LS_CHECK(a.dim() >= 2 && b.dim() >= 2, ValueError, "matmul: a bias needs operands of at least "
            "2 dims, got shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()));
-  LS_CHECK(a.dtype() == b.dtype() && bias.dtype() == a.dtype(), TypeError,
-           "matmul: dtypes differ: ", dtype_name(a.dtype()), ", ", dtype_name(b.dtype()),
-           " and the bias's ", dtype_name(bias.dtype()));
-  LS_CHECK(bias.dim() == 1 && bias.size(0) == b.size(-1), ValueError, "matmul: the bias must be (N,) "
-           "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
+  LS_CHECK(a.dtype() == b.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a.dtype()),
+           " and ", dtype_name(b.dtype()));
+  check_matmul_bias(a, b, bias);
   LS_CHECK(a.size(-1) == b.size(-2), ValueError, "matmul: shapes ", shape_str(a.shape()), " and ",
            shape_str(b.shape()), " cannot be multiplied (", a.size(-1), " != ", b.size(-2), ")");
   return call1("matmul", {a, b, bias});
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const Tensor wt = transpose(weight, 0, 1);  // a view, never copied
+  // A (N,) bias of x's dtype goes into the matmul (added in the GEMM's epilogue where the backend
+  // can); any other is added after, with the add's promotion and broadcasting (as torch)
+  if (x.dim() >= 2 && (!bias.defined() || (bias.dim() == 1 && bias.dtype() == x.dtype())))
+    return matmul(x, wt, bias);
+  const Tensor y = matmul(x, wt);
+  return bias.defined() ? add(y, bias) : y;
 }
 
 LS_REGISTER(matmul) {

@@ -50,6 +50,9 @@ RowLayout row_layout(const Shape& shape, int64_t dim);
 // matmul.cpp: fold all leading dims of x (..., R, C) into rows when they are uniformly strided.
 bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride);
 
+// matmul.cpp: matmul's optional bias (undefined: none) is (N,) in a's dtype, N = b.size(-1).
+void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
+
 // index.cpp: the shape rules of gather/scatter_add (index no larger than x, and src, apart from
 // dim).
 void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,

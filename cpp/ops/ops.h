@@ -73,6 +73,8 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 Tensor matmul(const Tensor& a, const Tensor& b);
 // a @ b + bias, bias (N,) added to every row (a Linear layer: one op, the bias in the epilogue)
 Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias);
+// x @ weight^T + bias (bias undefined: none), weight (out, in), as torch.nn.functional.linear
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // softmax.cpp (along `dim`, fp32/fp64, fused row kernels)
 Tensor softmax(const Tensor& x, int64_t dim);

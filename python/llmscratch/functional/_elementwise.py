@@ -86,8 +86,4 @@ def linear(x, weight, bias=None):
     """x @ weight^T + bias, weight (out, in) as in torch.nn.Linear (the transpose is a view)."""
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but weight has shape {tuple(weight.shape)}")
-    if (bias is not None and x.dim() >= 2 and bias.dim() == 1 and bias.dtype == x.dtype
-            and weight.dtype == x.dtype):  # one op: the bias is added in the GEMM's epilogue
-        return _ops.matmul(x, _ops.transpose(weight, 0, 1), bias)
-    y = _ops.matmul(x, _ops.transpose(weight, 0, 1))
-    return y if bias is None else y + bias
+    return _ops.linear(x, weight, bias)
