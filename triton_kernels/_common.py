@@ -1,5 +1,6 @@
 """Helpers shared by the kernel modules: launch sizes, the float32 statistics dtype, and `launch`,
 which starts a kernel without triton's per-call JIT work once a specialisation is compiled."""
+import collections
 import functools
 import inspect
 
@@ -21,6 +22,24 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     """Row statistics (mean, rstd, lse) of 16-bit inputs are kept in float32: a bfloat16 lse of
     about 10 would carry an error of 0.06, i.e. 6% in every probability of the backward."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def lru_get(cache, key):
+    """cache[key] (an OrderedDict) marked most recently used, or None."""
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+    return hit
+
+
+def lru_put(cache, key, value, limit):
+    """cache[key] = value, dropping the least recently used entry past `limit` entries (the
+    compiled-kernel and table caches: a caller that varies shapes endlessly would otherwise grow
+    them without end)."""
+    cache[key] = value
+    if len(cache) > limit:
+        cache.popitem(last=False)
+    return value
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,9 +141,9 @@ class _Plan:
 
 
 _plans = {}
-# (kernel, device, specialisation, tuning keys, meta) -> (compiled kernel, trailing args); the
-# oldest entries go past _COMPILED_MAX (autotuned kernels key on shapes, which may vary endlessly)
-_compiled = {}
+# (kernel, device, specialisation, tuning keys, meta) -> (compiled kernel, trailing args), least
+# recently used first (autotuned kernels key on shapes)
+_compiled = collections.OrderedDict()
 _COMPILED_MAX = 4096
 
 
@@ -164,7 +183,7 @@ def launch(kernel, grid, *args, **meta):
     tuned = tuple(args[i] for i in plan.tune_pos if i < len(args)) if plan.tuned else ()
     key = (kernel, torch.cuda.current_device(), spec, tuned, tuple(meta.items()))
     try:
-        hit = _compiled.get(key)
+        hit = lru_get(_compiled, key)
     except TypeError:  # an unhashable constexpr
         kernel[grid](*args, **meta)
         return
@@ -189,6 +208,4 @@ def launch(kernel, grid, *args, **meta):
             tail.append(plan.params[name].default)
         else:
             return  # an argument this plan cannot supply: keep the JIT path
-    _compiled[key] = (compiled, tuple(tail))
-    if len(_compiled) > _COMPILED_MAX:
-        del _compiled[next(iter(_compiled))]
+    lru_put(_compiled, key, (compiled, tuple(tail)), _COMPILED_MAX)

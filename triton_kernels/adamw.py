@@ -20,8 +20,9 @@ tensor and the first element of its 1024-element block, so a huge embedding matr
 small biases share one grid. The tables are built on the host and cached, the block tables by
 the tensors' sizes and the address table by their addresses (gradients may move between steps,
 sizes do not), so a steady-state step copies at most the small address table to the device.
-Arithmetic is float32. global_norm writes one float32 partial sum of squares per block; torch adds the partials in float64 in a fixed order (deterministic; the CPU
-op sums every element in float64). The grad scale stays on the device (no synchronisation).
+Arithmetic is float32. global_norm writes one float32 partial sum of squares per block; torch
+adds the partials in float64 in a fixed order (deterministic; the CPU op sums every element in
+float64). The grad scale stays on the device (no synchronisation).
 """
 import collections
 import math
@@ -30,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch
+from ._common import launch, lru_get, lru_put
 
 
 _BLOCK = 1024
@@ -39,18 +40,6 @@ _MAX_TABLES = 16
 _BLOCK_TABLES = collections.OrderedDict()
 # (device, addresses) -> the (roles, K) address table on the device
 _ADDRESS_TABLES = collections.OrderedDict()
-
-
-def _cached(cache, key, build):
-    """cache[key], built on a miss; the least recently used of more than _MAX_TABLES dropped."""
-    hit = cache.get(key)
-    if hit is not None:
-        cache.move_to_end(key)
-        return hit
-    hit = cache[key] = build()
-    if len(cache) > _MAX_TABLES:
-        cache.popitem(last=False)
-    return hit
 
 
 def _block_tables(numels, device):
@@ -73,9 +62,15 @@ def _tables(groups, device):
     had cost tens of milliseconds of host time a step."""
     numels = tuple(t.numel() for t in groups[0])
     addresses = tuple(tuple(t.data_ptr() for t in g) for g in groups)
-    addr = _cached(_ADDRESS_TABLES, (str(device), addresses),
-                   lambda: torch.tensor(addresses, dtype=torch.int64, device=device))
-    blocks = _cached(_BLOCK_TABLES, (str(device), numels), lambda: _block_tables(numels, device))
+    key = (str(device), addresses)
+    addr = lru_get(_ADDRESS_TABLES, key)
+    if addr is None:
+        addr = lru_put(_ADDRESS_TABLES, key, torch.tensor(addresses, dtype=torch.int64, device=device),
+                       _MAX_TABLES)
+    key = (str(device), numels)
+    blocks = lru_get(_BLOCK_TABLES, key)
+    if blocks is None:
+        blocks = lru_put(_BLOCK_TABLES, key, _block_tables(numels, device), _MAX_TABLES)
     return (addr, *blocks)
 
 

@@ -197,7 +197,8 @@ def embedding_backward(inputs, attrs):
                      if V < 1 << torch.iinfo(t).bits)
     key_shift = -(1 << (torch.iinfo(key_dtype).bits - 1))
     keys = torch.empty(N, dtype=key_dtype, device=grad.device)
-    launch(_embedding_keys, (triton.cdiv(N, _KEYS_BLOCK),), ids, keys, N, V, key_shift, BLOCK=_KEYS_BLOCK)
+    launch(_embedding_keys, (triton.cdiv(N, _KEYS_BLOCK),), ids, keys, N, V, key_shift,
+           BLOCK=_KEYS_BLOCK)
     keys, order = torch.sort(keys, stable=True)
     start = torch.empty(V + 1, dtype=torch.int32, device=grad.device)
     launch(_group_starts, (triton.cdiv(V + 1, _KEYS_BLOCK),), keys, start, N, V, key_shift,
@@ -205,10 +206,10 @@ def embedding_backward(inputs, attrs):
     rows, block_c = _tile(C)
     chunks = triton.cdiv(N, _CHUNK)
     pieces = torch.empty((2 * chunks, C), dtype=torch.float32, device=grad.device)  # long runs only
-    launch(_embedding_pieces, (chunks, triton.cdiv(C, block_c)),
-           grad, keys, order, start, pieces, V, C, key_shift, CHUNK=_CHUNK, BLOCK_C=block_c, num_warps=4)
-    launch(_embedding_bwd, (triton.cdiv(V, rows), triton.cdiv(C, block_c)),
-           grad, order, start, pieces, dweight, V, C, CHUNK=_CHUNK, ROWS=rows, BLOCK_C=block_c, num_warps=4)
+    launch(_embedding_pieces, (chunks, triton.cdiv(C, block_c)), grad, keys, order, start, pieces,
+           V, C, key_shift, CHUNK=_CHUNK, BLOCK_C=block_c, num_warps=4)
+    launch(_embedding_bwd, (triton.cdiv(V, rows), triton.cdiv(C, block_c)), grad, order, start,
+           pieces, dweight, V, C, CHUNK=_CHUNK, ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return [dweight]
 
 

@@ -47,7 +47,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import launch, num_sms
+from ._common import launch, lru_get, lru_put, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -298,10 +298,10 @@ def _has_tma(device_index):
 # copies of the descriptors with the new operands as bases (shapes, strides and boxes are the
 # key's), as building and checking three descriptors cost more host time than the launch. The
 # key holds everything the compiled kernel was specialised on: the shapes and strides (the
-# descriptors' bases are 16-byte aligned, _stored checks). (launch in _common.py does the same for the other
-# kernels; this one keeps its own cache for the descriptors and the autotuner's pre-hook.)
-# Least recently used problems are dropped past _TMA_COMPILED_MAX (a training step has a few dozen;
-# a caller that varies shapes endlessly would otherwise grow it without end).
+# descriptors' bases are 16-byte aligned, _stored checks). (launch in _common.py does the same
+# for the other kernels; this one keeps its own cache for the descriptors and the autotuner's
+# pre-hook.) Least recently used problems are dropped past _TMA_COMPILED_MAX (a training step has
+# a few dozen).
 _tma_compiled = collections.OrderedDict()
 _TMA_COMPILED_MAX = 512
 
@@ -334,9 +334,8 @@ def _launch_tma(a, b, c, ta, tb, sms, bias=None):
     has_bias = None if bias is None else (bias.dtype, bias.data_ptr() % 16 == 0)
     key = (a.device.index, a.dtype, M, N, K, ta, tb, a.stride(), b.stride(), c.stride(), has_bias)
     bias_arg = c if bias is None else bias  # a pointer the kernel never reads without a bias
-    hit = _tma_compiled.get(key)
+    hit = lru_get(_tma_compiled, key)
     if hit is not None:
-        _tma_compiled.move_to_end(key)
         kernel, (bm, bn, bk, gm), templates = hit
         descs = [_rebased(t, base) for t, base in zip(templates, (a, b, c))]
         grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)), 1, 1)
@@ -352,9 +351,7 @@ def _launch_tma(a, b, c, ta, tb, sms, bias=None):
         templates = _descriptors(a, b, c, ta, tb, *tile[:3])
         for t in templates:
             t.base = None  # a cached descriptor must not keep this call's tensors alive
-        _tma_compiled[key] = (kernel, tile, templates)
-        if len(_tma_compiled) > _TMA_COMPILED_MAX:
-            _tma_compiled.popitem(last=False)
+        lru_put(_tma_compiled, key, (kernel, tile, templates), _TMA_COMPILED_MAX)
 
 
 def _launch(a, b, c, bias=None):
