@@ -143,15 +143,15 @@ Launch stream_launch(int64_t N, int64_t nvec) {
 template <typename T, int W, typename I>
 __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out,
                                      acc_t<T>* __restrict__ lse, const T* __restrict__ logits,
-                                     const I* __restrict__ targets, int64_t N, int64_t V, int64_t ignore,
-                                     acc_t<T> eps) {
+                                     const I* __restrict__ targets, int64_t N, int64_t V, int64_t ld,
+                                     int64_t ignore, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   const int64_t nvec = V / W;
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < N ? nvec : 0;  // a lane past the last row joins the reductions only
-    const T* xr = logits + (r < N ? r : 0) * V;  // xr points at logits[r, :]
+    const T* xr = logits + (r < N ? r : 0) * ld;  // xr points at logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
     Vec<T, W> c[1][1];  // one pass: nothing to keep
     Online<T> st;
@@ -224,8 +224,8 @@ __global__ void reduce_loss_kernel(acc_t<T>* __restrict__ loss, const acc_t<T>* 
 template <typename T, int W, typename I>
 __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_inplace_kernel(
     acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ loss_out, T* x, const I* __restrict__ targets,
-    const int64_t* __restrict__ live_rows, int64_t N, int64_t V, int64_t ignore, acc_t<T> eps, bool mean,
-    int64_t cached) {
+    const int64_t* __restrict__ live_rows, int64_t N, int64_t V, int64_t ld, int64_t ignore, acc_t<T> eps,
+    bool mean, int64_t cached) {
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   __shared__ A part[2][kMaxLanes][4];  // this block's (max, sum, row sum, x[t]) per row parity, lane
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     const int64_t t = r < N ? int64_t(targets[r]) : ignore;
     const bool live = r < N && t != ignore;
     const int64_t n = live ? hi - lo : 0;  // ignored rows and lanes past the last row join the reductions only
-    T* xr = x + (r < N ? r : 0) * V + lo * W;  // this block's slice of logits[r, :]
+    T* xr = x + (r < N ? r : 0) * ld + lo * W;  // this block's slice of logits[r, :]
     const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
     Vec<T, W>* dst = as_vec<T, W>(xr);
     Vec<T, W> c[1][1];  // no register cache: the slice goes to shared memory
@@ -373,8 +373,11 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
   cpu::expect_inputs(in, 2, 2, op);
   ops::check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   if (in_place) ops::check_cross_entropy_inplace_logits(in[0], op);
-  Tensor logits = ops::contiguous(in[0]), targets = ops::contiguous(in[1]);  // in place: in[0] itself
-  const int64_t N = logits.size(0), V = logits.size(1);
+  // Rows are read where they are when each is contiguous (a row-padded matmul output), else from
+  // a contiguous copy; in place, in[0] itself.
+  const int64_t row_stride = ops::cross_entropy_row_stride(in[0]);
+  Tensor logits = row_stride >= 0 ? in[0] : ops::contiguous(in[0]), targets = ops::contiguous(in[1]);
+  const int64_t N = logits.size(0), V = logits.size(1), ld = row_stride >= 0 ? row_stride : V;
   const int64_t ignore = a.i("ignore_index", -100);
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
   const double eps = a.f("label_smoothing", 0.0);
@@ -392,7 +395,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
     if (N > 0) {
       dispatch_targets(targets, [&](auto* pt) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
-        const bool vec = vectorizable<T>(V, {logits.raw_data()});
+        const bool vec = rows_vectorizable<T>(V, ld, {logits.raw_data()});
         if (in_place) {
           auto launch = [&](auto kernel, int64_t nvec, size_t vec_bytes) {
             const Launch L = stream_launch<T>(N, nvec);
@@ -415,7 +418,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
             // walking the rows (bench/notes_cuda_row_ops.md).
             cfg.gridDim = dim3(std::min(L.grid, 1u << 27) * unsigned(sp.kc));
             check(cudaLaunchKernelEx(&cfg, kernel, prl, pout, logits.data<T>(), pt, static_cast<const int64_t*>(live_rows.data<int64_t>()),
-                                     N, V, ignore, A(eps), red == Reduction::Mean, sp.cached), op);
+                                     N, V, ld, ignore, A(eps), red == Reduction::Mean, sp.cached), op);
           };
           if (vec)
             launch(cross_entropy_inplace_kernel<T, kVec<T>, I>, V / kVec<T>, sizeof(T) * kVec<T>);
@@ -424,11 +427,11 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
         } else if (vec) {
           const Launch L = stream_launch<T>(N, V / kVec<T>);
           cross_entropy_kernel<T, kVec<T>, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(),
-                                                                  pt, N, V, ignore, A(eps));
+                                                                  pt, N, V, ld, ignore, A(eps));
         } else {
           const Launch L = stream_launch<T>(N, V);
           cross_entropy_kernel<T, 1, I><<<L.grid, L.block, 0, current_stream()>>>(prl, pout, lse.data<A>(), logits.data<T>(), pt,
-                                                            N, V, ignore, A(eps));
+                                                            N, V, ld, ignore, A(eps));
         }
       });
       check_launch(op);
@@ -462,7 +465,8 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
                                               const acc_t<T>* __restrict__ lse,
                                               const acc_t<T>* __restrict__ g_lse,
                                               const int64_t* __restrict__ live_rows, int64_t N, int64_t V,
-                                              int64_t ignore, acc_t<T> eps, int reduction) {
+                                              int64_t ldx, int64_t ldd, int64_t ignore, acc_t<T> eps,
+                                              int reduction) {
   using A = acc_t<T>;
   const int64_t nvec = V / W;
   const A scale = reduction == int(Reduction::None) ? A(0)
@@ -471,9 +475,8 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     if (r >= N) continue;  // no reductions here: an idle lane can skip the row
-    const int64_t off = r * V;  // logits + off points at logits[r, :]
-    const Vec<T, W>* src[1] = {as_vec<T, W>(logits + off)};
-    Vec<T, W>* dst = as_vec<T, W>(dlogits + off);
+    const Vec<T, W>* src[1] = {as_vec<T, W>(logits + r * ldx)};  // logits[r, :]
+    Vec<T, W>* dst = as_vec<T, W>(dlogits + r * ldd);             // dlogits[r, :]
     const int64_t t = int64_t(targets[r]);
     const bool ignored = t == ignore;
     const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
@@ -500,8 +503,9 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
              " must be floating-point, got ", dtype_name(in[i].dtype()));
   ops::check_cross_entropy_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
-  Tensor logits = ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
-  const int64_t N = logits.size(0), V = logits.size(1);
+  const int64_t row_stride = ops::cross_entropy_row_stride(in[1]);  // as the forward
+  Tensor logits = row_stride >= 0 ? in[1] : ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
+  const int64_t N = logits.size(0), V = logits.size(1), ldx = row_stride >= 0 ? row_stride : V;
   LS_CHECK(in[0].numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
            ValueError, op, ": gradients of shapes ", shape_str(in[0].shape()), " and ",
            shape_str(in[4].shape()), " do not match N = ", N);
@@ -511,7 +515,10 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   Tensor g_lse = ops::contiguous(in[4].dtype() == ad ? in[4] : ops::to_dtype(in[4], ad));
   const int64_t ignore = a.i("ignore_index", -100);
   const double eps = a.f("label_smoothing", 0.0);
-  Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  // dlogits with the rows a matmul output of its shape has: the output layer's GEMMs read it in
+  // place.
+  const int64_t ldd = ops::matmul_row_stride(V, int64_t(itemsize(logits.dtype())));
+  Tensor dlogits = ops::slice(Tensor::empty({N, ldd}, logits.dtype(), logits.device()), 1, 0, V);
   if (N == 0) return {dlogits};
   set_device(logits, op);
   Tensor live_rows = check_targets(targets, V, ignore, op);
@@ -522,9 +529,10 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
       auto args = [&](auto kernel, const Launch& L) {
         kernel<<<L.grid, L.block, 0, current_stream()>>>(dlogits.data<T>(), logits.data<T>(), pt, g.data<A>(), lse.data<A>(),
-                                    g_lse.data<A>(), live_rows.data<int64_t>(), N, V, ignore, A(eps), int(red));
+                                    g_lse.data<A>(), live_rows.data<int64_t>(), N, V, ldx, ldd, ignore, A(eps),
+                                    int(red));
       };
-      if (vectorizable<T>(V, {logits.raw_data(), dlogits.raw_data()}))
+      if (rows_vectorizable<T>(V, ldx, {logits.raw_data()}) && rows_vectorizable<T>(V, ldd, {dlogits.raw_data()}))
         args(cross_entropy_backward_kernel<T, kVec<T>, I>, stream_launch<T>(N, V / kVec<T>));
       else
         args(cross_entropy_backward_kernel<T, 1, I>, stream_launch<T>(N, V));
@@ -536,19 +544,20 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
 
 // ---- in-place backward ----
 
-// Row r of x (R rows of nvec vectors) times g[r] (per_row) or g[0], in the accumulation type; a
+// Row r of x (R rows of nvec vectors, ld elements apart) times g[r] (per_row) or g[0], in the
+// accumulation type; a
 // factor of exactly 1 leaves the row unread and unwritten. Blocks: x over a row's vectors, y
 // over rows (grid-stride both ways), about 16 per SM in all: a grid sized to the tensor was a
 // million blocks at 16384 x 50304, and only scheduling them, each reading a factor of 1 and
 // leaving, took 0.27 ms.
 template <typename T, int W>
 __global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict__ g, int64_t R, int64_t nvec,
-                                  bool per_row) {
+                                  int64_t ld, bool per_row) {
   using A = acc_t<T>;
   for (int64_t r = blockIdx.y; r < R; r += gridDim.y) {
     const A s = g[per_row ? r : 0];
     if (s == A(1)) continue;
-    Vec<T, W>* xr = as_vec<T, W>(x + r * nvec * W);  // xr points at row r
+    Vec<T, W>* xr = as_vec<T, W>(x + r * ld);  // xr points at row r
     for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < nvec; j += int64_t(gridDim.x) * blockDim.x) {
       Vec<T, W> v = xr[j];
 #pragma unroll
@@ -569,10 +578,13 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
   Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
   dlogits.bump_version();
   if (dlogits.numel() == 0) return {dlogits};
-  // One factor for the whole tensor: a single row of N V elements (16-byte vectors whenever N V
-  // allows, whatever V is); per-row factors ("none"): N rows of V.
+  // One factor for contiguous dlogits: a single row of N V elements (16-byte vectors whenever N V
+  // allows, whatever V is); per-row factors ("none") or rows at a stride of their own: N rows of V.
   const bool per_row = red == Reduction::None;
-  const int64_t R = per_row ? dlogits.size(0) : 1, C = per_row ? dlogits.size(1) : dlogits.numel();
+  const int64_t ld = ops::cross_entropy_row_stride(dlogits);
+  const bool flat = !per_row && ld == dlogits.size(1);
+  const int64_t R = flat ? 1 : dlogits.size(0), C = flat ? dlogits.numel() : dlogits.size(1);
+  const int64_t row_ld = flat ? C : ld;
   set_device(dlogits, op);
   CUDA_DISPATCH_FLOAT(dlogits.dtype(), op, {
     using T = scalar_t;
@@ -582,9 +594,9 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
       const int64_t rows = std::min<int64_t>({R, 65535, target});
       const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, std::max<int64_t>(target / rows, 1))),
                       unsigned(rows));
-      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, per_row);
+      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, row_ld, per_row);
     };
-    if (vectorizable<T>(C, {dlogits.raw_data()}))
+    if (rows_vectorizable<T>(C, row_ld, {dlogits.raw_data()}))
       launch(scale_rows_kernel<T, kVec<T>>, C / kVec<T>);
     else
       launch(scale_rows_kernel<T, 1>, C);

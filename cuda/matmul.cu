@@ -301,6 +301,7 @@ bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
   g.bias = p.bias;
   g.ldc = p.ldc;
   g.c_batch = p.c_batch;
+  g.c_padded = true;  // matmul_cuda allocates C, with rows of ops::matmul_row_stride
   g.M = p.M;
   g.N = p.N;
   g.K = p.K;
@@ -358,7 +359,11 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape, a0.dtype(), a0.device());
+  // Rows padded as ops::matmul_row_stride says (GPT-2's logits): ldc = the row stride.
+  const int64_t ldc = ops::matmul_row_stride(N, int64_t(itemsize(a0.dtype())));
+  Shape buf_shape = out_shape;
+  buf_shape.back() = ldc;
+  Tensor out = ops::slice(Tensor::empty(buf_shape, a0.dtype(), a0.device()), -1, 0, N);
   if (out.numel() == 0) return {out};
   set_device(out, "matmul");
   if (K == 0) {
@@ -388,7 +393,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
     p.K = int(K);
     p.b_ks = b_ks;
     p.b_ns = b_ns;
-    p.ldc = N;
+    p.ldc = ldc;
     int64_t rows, rs;
     // (..., M, K) @ (K, N) with a foldable batch: one GEMM over batch * M rows.
     if (b.dim() == 2 && fold_rows(a, rows, rs) && rows < kMaxDim &&
@@ -404,7 +409,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
     p.M = int(M);
     p.a_rs = a.strides()[a.dim() - 2];
     p.a_ks = a.strides()[a.dim() - 1];
-    p.c_batch = M * N;
+    p.c_batch = M * ldc;
     Major am = classify(p.a_rs, p.a_ks, M, K);
     std::vector<int64_t> size, sa, sb;
     batch_dims(batch, a, b, size, sa, sb);
@@ -431,7 +436,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
         }
         p.a = pa + oa;
         p.b = pb + ob;
-        p.c = pc + z * M * N;
+        p.c = pc + z * p.c_batch;
         bias_added = run_gemm<T>(p, 1, am, bm);  // the same path for every matrix
       }
     }

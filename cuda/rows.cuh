@@ -219,6 +219,12 @@ bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// The same for rows of C elements ld apart: every row's start stays 16-byte aligned.
+template <typename T>
+bool rows_vectorizable(int64_t C, int64_t ld, std::initializer_list<const void*> ptrs) {
+  return ld % kVec<T> == 0 && vectorizable<T>(C, ptrs);
+}
+
 struct Launch {
   dim3 block;
   unsigned grid;

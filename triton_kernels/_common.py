@@ -4,6 +4,7 @@ import collections
 import functools
 import inspect
 
+import llmscratch_core as _core
 import torch
 import triton
 from triton.runtime.autotuner import Autotuner
@@ -40,6 +41,23 @@ def lru_put(cache, key, value, limit):
     if len(cache) > limit:
         cache.popitem(last=False)
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _matmul_row_stride(n: int, itemsize: int) -> int:
+    return _core.ops.matmul_row_stride(n, itemsize)
+
+
+def matmul_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An uninitialised tensor of `shape` whose rows are padded as the CUDA backend pads a matmul
+    output (llmscratch_core.ops.matmul_row_stride: GPT-2's 50257-wide logits get rows of 50304),
+    so that the output layer's GEMMs read it, or a gradient of its layout, where it is: the copy
+    engine wants 16-byte row strides (an unaligned operand is copied into padded rows first)."""
+    n = shape[-1]
+    ld = _matmul_row_stride(n, dtype.itemsize)
+    if ld == n:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty((*shape[:-1], ld), dtype=dtype, device=device)[..., :n]
 
 
 @functools.lru_cache(maxsize=None)

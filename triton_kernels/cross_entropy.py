@@ -8,7 +8,9 @@
     0 for ignored rows), h[n] that of the lse output:
       dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
 
-Shapes: logits (N, V) (N = B*T, V vocab), targets (N,) int32/int64, lse (N,).
+Shapes: logits (N, V) (N = B*T, V vocab), targets (N,) int32/int64, lse (N,). Logits whose rows
+are each contiguous are read at their row stride (the output layer's logits have rows padded to 16
+bytes, see _common.matmul_output), others copied; dlogits gets the padded rows.
 Registry ops (cpp/ops/cross_entropy.cpp): "cross_entropy" {logits, targets} attrs ignore_index,
 reduction, label_smoothing -> {loss, lse}; "cross_entropy_backward" {g_loss, logits, targets, lse,
 g_lse} same attrs -> {dlogits}.
@@ -22,7 +24,7 @@ the device (that would need a host synchronisation); an out-of-range target read
 
 In-place gradient (the contract is in cpp/ops/cross_entropy.cpp): "cross_entropy_inplace"
 {logits, targets} -> {loss} writes d(loss)/d(logits) at an upstream gradient of 1 over the
-contiguous logits, k p - k eps / V - k (1 - eps) [v == t] with k = 1/count (mean, the count read
+logits (rows contiguous, at any row stride), k p - k eps / V - k (1 - eps) [v == t] with k = 1/count (mean, the count read
 on the device) or 1, zeros for ignored rows (not read); "cross_entropy_inplace_backward" {g_loss,
 dlogits} -> {dlogits} multiplies that memory by g (per row for "none") in place, masking off every
 element whose factor is exactly 1, so loss.backward() on the mean itself moves no data and needs
@@ -37,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, launch, num_programs, row_block, stat_dtype
+from ._common import ELEMENTWISE_BLOCK, launch, matmul_output, num_programs, row_block, stat_dtype
 
 _REDUCTIONS = ("none", "sum", "mean")
 _GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
@@ -72,10 +74,10 @@ def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
-def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ignore_index, eps,
+def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ld, ignore_index, eps,
                        SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    x_row = X + n * V  # points at logits[n, :]
+    x_row = X + n * ld  # points at logits[n, :]
     lse, _, xsum = _row_lse(x_row, V, 0, SMOOTH, False, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     valid = t != ignore_index
@@ -88,7 +90,7 @@ def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ignore_index, eps,
 
 
 @triton.jit
-def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ignore_index, eps,
+def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ldx, ldd, ignore_index, eps,
                        PER_ROW: tl.constexpr, HAS_GLSE: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     t = tl.load(TGT + n).to(tl.int64)
@@ -106,16 +108,16 @@ def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ignore_index, eps,
     for off in tl.range(0, V, BLOCK):
         v = off + cols
         mask = v < V
-        x = tl.load(X + n * V + v, mask=mask, other=0.0).to(tl.float32)  # logits[n, v]
+        x = tl.load(X + n * ldx + v, mask=mask, other=0.0).to(tl.float32)  # logits[n, v]
         d = kp * tl.exp(x - lse) - off_all - tl.where(v == t, k * (1.0 - eps), 0.0)
-        tl.store(DX + n * V + v, d.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + n * ldd + v, d.to(DX.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ignore_index, eps,
+def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ld, ignore_index, eps,
                                MEAN: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    x_row = X + n * V  # points at logits[n, :]; the gradient goes to the same place
+    x_row = X + n * ld  # points at logits[n, :]; the gradient goes to the same place
     cols = tl.arange(0, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     if t != ignore_index:
@@ -144,25 +146,27 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ignore_index, eps,
 
 
 @triton.jit
-def _scale_inplace(X, G, numel, V, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    # Programs stride over BLOCK chunks (a bounded grid: one program per chunk was 800k programs
-    # at 16384 x 50304, whose scheduling alone took 0.49 ms when the factor was 1).
-    step = tl.num_programs(0).to(tl.int64) * BLOCK
-    if PER_ROW:
-        end = numel
-    else:
+def _scale_inplace(X, G, R, C, ld, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    # R rows of C elements, ld apart (contiguous dlogits with one factor: a single row of N V),
+    # times g[r] (PER_ROW) or g[0]. Programs stride over the [row, BLOCK chunk] tiles (a bounded
+    # grid: one program per chunk was 800k programs at 16384 x 50304, whose scheduling alone took
+    # 0.49 ms when the factor was 1); a factor of exactly 1 reads and writes nothing.
+    chunks = tl.cdiv(C, BLOCK)
+    tiles = R * chunks
+    if not PER_ROW:
         s0 = tl.load(G).to(tl.float32)
-        end = tl.where(s0 != 1.0, numel, 0)  # a factor of 1: nothing to read or write
-    for start in range(tl.program_id(0).to(tl.int64) * BLOCK, end, step):
-        offs = start + tl.arange(0, BLOCK)
-        inside = offs < numel
-        if PER_ROW:  # "none": row offs // V has its own factor
-            s = tl.load(G + offs // V, mask=inside, other=1.0).to(tl.float32)
+        tiles = tl.where(s0 != 1.0, tiles, 0)
+    for i in range(tl.program_id(0), tiles, tl.num_programs(0)):
+        r = i // chunks
+        cols = (i - r * chunks) * BLOCK + tl.arange(0, BLOCK)
+        if PER_ROW:
+            s = tl.load(G + r).to(tl.float32)
         else:
-            s = tl.full([BLOCK], 1.0, tl.float32) * s0
-        mask = inside & (s != 1.0)  # a factor of 1: no load, no store
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(X + offs, (x * s).to(X.dtype.element_ty), mask=mask)
+            s = s0
+        if s != 1.0:
+            ptr = X + r.to(tl.int64) * ld + cols
+            x = tl.load(ptr, mask=cols < C, other=0.0).to(tl.float32)
+            tl.store(ptr, (x * s).to(X.dtype.element_ty), mask=cols < C)
 
 
 def _attrs(attrs, op):
@@ -185,14 +189,15 @@ def _check(op, logits, targets):
 
 def cross_entropy_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy")
-    logits, targets = inputs[0].contiguous(), inputs[1].contiguous()
+    logits, targets = inputs[0], inputs[1].contiguous()
     _check("cross_entropy", logits, targets)
+    logits, ld = _rows(logits)
     N, V = logits.shape
     lse = torch.empty(N, dtype=stat_dtype(logits.dtype), device=logits.device)
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N:
         block = max(row_block(V), _GROUP.value)
-        launch(_cross_entropy_fwd, (N,), logits, targets, lse, row_loss, V, ignore, eps,
+        launch(_cross_entropy_fwd, (N,), logits, targets, lse, row_loss, V, ld, ignore, eps,
                SMOOTH=eps > 0, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
         loss = row_loss
@@ -205,9 +210,10 @@ def cross_entropy_forward(inputs, attrs):
 
 def cross_entropy_backward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy_backward")
-    g, logits, targets, lse = (t.contiguous() for t in inputs[:4])
+    g, targets, lse = inputs[0].contiguous(), inputs[2].contiguous(), inputs[3].contiguous()
     g_lse = inputs[4].contiguous() if inputs[4] is not None else None
-    _check("cross_entropy_backward", logits, targets)
+    _check("cross_entropy_backward", inputs[1], targets)
+    logits, ldx = _rows(inputs[1])
     N, V = logits.shape
     if g.numel() != (N if reduction == "none" else 1) or lse.numel() != N:
         raise ValueError(f"cross_entropy_backward: gradients of shapes {tuple(g.shape)} and lse "
@@ -219,28 +225,52 @@ def cross_entropy_backward(inputs, attrs):
         scale = g.float().reshape(1) / (targets != ignore).sum()
     else:
         scale = g
-    dlogits = torch.empty_like(logits)
+    # rows as a matmul output's: the output layer's GEMMs read dlogits in place
+    dlogits = matmul_output((N, V), logits.dtype, logits.device)
     if N and V:
         block = max(row_block(V), _GROUP.value)
         launch(_cross_entropy_bwd, (N,), g, scale, logits, targets, lse,
-               g_lse if g_lse is not None else lse, dlogits, V, ignore, eps,
+               g_lse if g_lse is not None else lse, dlogits, V, ldx, dlogits.stride(0), ignore, eps,
                PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
                BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return [dlogits]
 
 
+def _row_stride(logits):
+    """The stride between the rows of (N, V) logits whose rows are each contiguous and do not
+    overlap (a row-padded matmul output, or a contiguous tensor; V for one row), else None: the
+    rule of llmscratch_core's cross_entropy_row_stride."""
+    N, V = logits.shape
+    if V > 1 and logits.stride(1) != 1:
+        return None
+    if N <= 1:
+        return V
+    return logits.stride(0) if logits.stride(0) >= V else None
+
+
+def _rows(logits):
+    """logits and their row stride: in place when each row is contiguous, else a contiguous copy."""
+    ld = _row_stride(logits)
+    if ld is None:
+        logits = logits.contiguous()
+        ld = logits.shape[1]
+    return logits, ld
+
+
 def _check_inplace(op, logits):
-    if not logits.is_contiguous():
-        raise ValueError(f"{op}: logits must be contiguous, since the gradient is written into their "
-                         f"memory (a copy would hold a second (N, V) tensor); got shape "
-                         f"{tuple(logits.shape)} with strides {tuple(logits.stride())}")
+    ld = _row_stride(logits)
+    if ld is None:
+        raise ValueError(f"{op}: logits must have contiguous rows that do not overlap, since the "
+                         f"gradient is written into their memory (a copy would hold a second (N, V) "
+                         f"tensor); got shape {tuple(logits.shape)} with strides {tuple(logits.stride())}")
+    return ld
 
 
 def cross_entropy_inplace_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy_inplace")
     logits, targets = inputs[0], inputs[1].contiguous()
     _check("cross_entropy_inplace", logits, targets)
-    _check_inplace("cross_entropy_inplace", logits)
+    ld = _check_inplace("cross_entropy_inplace", logits)
     N, V = logits.shape
     if N and not V:
         raise ValueError(f"cross_entropy_inplace: logits of shape {tuple(logits.shape)} have no classes")
@@ -248,7 +278,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
         block = max(row_block(V), _GROUP.value)
-        launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, ignore, eps,
+        launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, ld, ignore, eps,
                MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
                num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
@@ -266,15 +296,17 @@ def cross_entropy_inplace_backward(inputs, attrs):
     if dlogits.dim() != 2:
         raise ValueError(f"cross_entropy_inplace_backward: expected dlogits (N, V), got "
                          f"{tuple(dlogits.shape)}")
-    _check_inplace("cross_entropy_inplace_backward", dlogits)
+    ld = _check_inplace("cross_entropy_inplace_backward", dlogits)
     N, V = dlogits.shape
     if g.numel() != (N if reduction == "none" else 1):
         raise ValueError(f"cross_entropy_inplace_backward: loss gradient of shape {tuple(g.shape)} "
                          f"does not match reduction '{reduction}' over N = {N} rows")
     if dlogits.numel():
-        programs = num_programs(dlogits.device, triton.cdiv(dlogits.numel(), ELEMENTWISE_BLOCK), per_sm=16)
-        launch(_scale_inplace, (programs,), dlogits, g, dlogits.numel(), V, PER_ROW=reduction == "none",
-               BLOCK=ELEMENTWISE_BLOCK)
+        per_row = reduction == "none"
+        # one factor over contiguous dlogits: a single row
+        R, C, ld = (1, N * V, N * V) if not per_row and ld == V else (N, V, ld)
+        programs = num_programs(dlogits.device, R * triton.cdiv(C, ELEMENTWISE_BLOCK), per_sm=16)
+        launch(_scale_inplace, (programs,), dlogits, g, R, C, ld, PER_ROW=per_row, BLOCK=ELEMENTWISE_BLOCK)
     return [dlogits]
 
 

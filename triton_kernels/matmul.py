@@ -47,7 +47,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import launch, lru_get, lru_put, num_sms
+from ._common import launch, lru_get, lru_put, matmul_output, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -437,13 +437,13 @@ def matmul_forward(a, b, bias=None):
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         bias = bias.contiguous()
     if a.dim() == 2 and b.dim() == 2:  # the common case, with the least host work
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+        out = matmul_output((M, N), a.dtype, a.device)
         _launch(a, b, out, bias)
         return out
     # a 2-D B (a Linear layer's weight) broadcasts to A's batch: torch.broadcast_shapes would
     # cost more host time than the rest of the call
     batch = A.shape[:-2] if B.dim() == 2 else torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-    out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
+    out = matmul_output((*batch, M, N), a.dtype, a.device)
     rows = _fold(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
     if rows is not None and A.dim() > 2:  # (..., M, K) @ (K, N): one GEMM over the folded rows
         R = A.shape[:-1].numel()

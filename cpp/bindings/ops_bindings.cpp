@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "ops/op_args.h"
 #include "ops/ops.h"
 
 namespace py = pybind11;
@@ -58,6 +59,7 @@ void bind_ops(py::module_& root) {
   m.def("linear", [](const Tensor& x, const Tensor& weight, std::optional<Tensor> bias) {
     return linear(x, weight, bias ? *bias : Tensor());
   }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
+  m.def("matmul_row_stride", &matmul_row_stride, py::arg("n"), py::arg("itemsize"));
   m.def("sum_to", &sum_to);
   m.def("adamw_step", [](const Tensors& p, const Tensors& g, const Tensors& m1, const Tensors& m2,
                          double lr, double b1, double b2, double eps, double wd, int64_t step,

@@ -23,8 +23,9 @@
 //   "cross_entropy_inplace" {logits, targets} same attrs -> {loss}: the loss as above, and logits
 //     overwritten by d(sum of the reduced loss)/d(logits) at an upstream gradient of 1, i.e. the
 //     formula above with h = 0 and k[n] = 1/count (mean), 1 (sum, none), 0 (ignored rows: zeros).
-//     logits must be contiguous (the gradient goes into their memory; a copy would hold a second
-//     (N, V) tensor, which is what this op avoids). lse is not an output: its gradient would need
+//     logits must have contiguous rows that do not overlap, at any row stride (a row-padded
+//     matmul output; the gradient goes into their memory, and a copy would hold a second (N, V)
+//     tensor, which is what this op avoids). lse is not an output: its gradient would need
 //     the probabilities that were overwritten. Not differentiable by itself: the Python wrapper
 //     (F.cross_entropy(..., inplace_backward=True)) records it on the tape.
 //   "cross_entropy_inplace_backward" {g_loss, dlogits} attr reduction -> {dlogits}: dlogits
@@ -74,11 +75,20 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
            "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
 }
 
-void check_cross_entropy_inplace_logits(const Tensor& logits, const char* op) {
-  LS_CHECK(logits.is_contiguous(), ValueError, op,
-           ": logits must be contiguous, since the gradient is written into their memory (a copy "
-           "would hold a second (N, V) tensor); got shape ", shape_str(logits.shape()),
-           " with strides ", shape_str(logits.strides()));
+int64_t cross_entropy_row_stride(const Tensor& logits) {
+  const int64_t N = logits.size(0), V = logits.size(1);
+  if (V > 1 && logits.strides()[1] != 1) return -1;
+  if (N <= 1) return V;
+  return logits.strides()[0] >= V ? logits.strides()[0] : -1;
+}
+
+int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op) {
+  const int64_t ld = cross_entropy_row_stride(logits);
+  LS_CHECK(ld >= 0, ValueError, op,
+           ": logits must have contiguous rows that do not overlap, since the gradient is written "
+           "into their memory (a copy would hold a second (N, V) tensor); got shape ",
+           shape_str(logits.shape()), " with strides ", shape_str(logits.strides()));
+  return ld;
 }
 
 Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
@@ -127,8 +137,9 @@ Tensors forward_rows(const Tensors& in, const Attrs& a, bool in_place) {
   const char* op = in_place ? "cross_entropy_inplace" : "cross_entropy";
   cpu::expect_inputs(in, 2, 2, op);
   check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  if (in_place) check_cross_entropy_inplace_logits(in[0], op);
-  Tensor logits = contiguous(in[0]);  // in place: in[0] itself
+  // in place: in[0] itself, rows at its row stride ld
+  const int64_t ld = in_place ? check_cross_entropy_inplace_logits(in[0], op) : in[0].size(1);
+  Tensor logits = in_place ? in[0] : contiguous(in[0]);
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
   const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
@@ -149,7 +160,7 @@ Tensors forward_rows(const Tensors& in, const Attrs& a, bool in_place) {
     const T off = k * T(eps / double(V)), hit = k * T(1.0 - eps);
     cpu::parallel_rows(N, 2 * V, [&](int64_t r0, int64_t r1) {
       for (int64_t n = r0; n < r1; ++n) {
-        T* xr = x + n * V;  // xr points at logits[n, :]
+        T* xr = x + n * ld;  // xr points at logits[n, :]
         const bool ignored = t[n] == ignore;
         if (in_place && ignored) {  // no loss, no gradient: the row is not even read
           std::fill(xr, xr + V, T(0));
@@ -246,7 +257,7 @@ Tensors cross_entropy_inplace_backward(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 2, 2, op);
   const Reduction red = check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
   Tensor dlogits = in[1];
-  const int64_t N = dlogits.size(0), V = dlogits.size(1);
+  const int64_t N = dlogits.size(0), V = dlogits.size(1), ld = cross_entropy_row_stride(dlogits);
   Tensor g = contiguous(in[0].dtype() == dlogits.dtype() ? in[0] : to_dtype(in[0], dlogits.dtype()));
   DISPATCH_FLOAT(dlogits.dtype(), op, {
     using T = scalar_t;
@@ -256,7 +267,7 @@ Tensors cross_entropy_inplace_backward(const Tensors& in, const Attrs& a) {
       for (int64_t n = r0; n < r1; ++n) {
         const T s = pg[red == Reduction::None ? n : 0];
         if (s == T(1)) continue;  // the usual case: loss.backward() on the loss itself
-        T* dr = dx + n * V;  // dr points at dlogits[n, :]
+        T* dr = dx + n * ld;  // dr points at dlogits[n, :]
         for (int64_t v = 0; v < V; ++v) dr[v] *= s;
       }
     });

@@ -39,6 +39,16 @@ void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias) {
            "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
 }
 
+int64_t matmul_row_stride(int64_t N, int64_t itemsize) {
+  // The copy engine and cp.async read rows at 16-byte strides: an operand with any other stride is
+  // first copied into padded rows, one pass over it per GEMM (twice a step for the logits'
+  // gradient). Short rows keep their length (the padding would be a large share of them); 64
+  // elements align the rows to 128 bytes, and row strides divisible by 16, which triton
+  // specialises on, give its kernels 16-byte vector loads.
+  if (itemsize != 2 || N < 4096 || N % 8 == 0) return N;
+  return (N + 63) / 64 * 64;
+}
+
 namespace {
 
 // c[r, :] += bias for each of the `rows` rows of c (row stride N).
@@ -112,7 +122,7 @@ Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
     gbias = sum_to(g[0], c.inputs[2].shape());
   if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(b)}), a.shape());
   if (c.needs_grad[1]) {
-    if (b.dim() == 2 && a.dim() > 2) {  // weight gradient: fold the batch into one GEMM
+    if (b.dim() == 2 && a.dim() >= 2) {  // weight gradient: fold the batch into one GEMM
       int64_t K = a.size(-1), N = g[0].size(-1);
       Tensor a2 = reshape(a, {-1, K}), g2 = reshape(g[0], {-1, N});
       // b a transposed view (x @ W^T of a Linear): compute the gradient in b's own layout, so the

@@ -16,7 +16,11 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
                               const std::string& reduction, double label_smoothing);
 // The in-place pair: logits that the gradient can be written into (contiguous), and the
 // backward's {g_loss, dlogits}; returns the parsed reduction.
-void check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
+// The stride between the rows of (N, V) logits whose rows are each contiguous and do not overlap
+// (a row-padded matmul output, or a contiguous tensor; V for a single row), else -1.
+int64_t cross_entropy_row_stride(const Tensor& logits);
+// The in-place ops' logits: rows as cross_entropy_row_stride accepts; returns that stride.
+int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
 Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
                                                     const std::string& reduction);
 
@@ -52,6 +56,12 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride);
 
 // matmul.cpp: matmul's optional bias (undefined: none) is (N,) in a's dtype, N = b.size(-1).
 void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
+
+// matmul.cpp: the row stride, in elements, of a GPU matmul output with N columns of a dtype of
+// itemsize bytes: N, or for a long 16-bit row that is not a multiple of 16 bytes (GPT-2's
+// 50257-wide logits) N rounded up to 64 elements, so that the tensor-core GEMMs of the backward
+// read the output, or a gradient written over it (the in-place cross-entropy), where they are.
+int64_t matmul_row_stride(int64_t N, int64_t itemsize);
 
 // index.cpp: the shape rules of gather/scatter_add (index no larger than x, and src, apart from
 // dim).

@@ -179,7 +179,7 @@ __device__ __forceinline__ void store_tile(const float (&d)[128], unsigned char*
 #pragma unroll
       for (int i = 0; i < 4; ++i) {  // 64 rows x 8 chunks of 16 bytes
         const int q = tid + 128 * i, r = q / 8, ch = q % 8;
-        if (row0 + r < M && cb + kChunk * ch < N)  // N a multiple of kChunk: the chunk is whole
+        if (row0 + r < M && cb + kChunk * ch < N)  // a whole chunk: N a multiple of kChunk, or C padded
           *reinterpret_cast<uint4*>(out + int64_t(row0 + r) * ld + cb + kChunk * ch) =
               *reinterpret_cast<const uint4*>(staging + r * kStageRowBytes + ch * 16);
       }
@@ -331,7 +331,10 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
   w.c_batch = p.c_batch;
   w.bias = p.bias;
   w.partials = p.splits > 1 ? p.partials : nullptr;
-  w.vector_stores = reinterpret_cast<uintptr_t>(p.c) % 16 == 0 && p.ldc % 8 == 0 && p.N % 8 == 0 &&
+  // A row's last chunk may run past N into C's own padding (it stores the zeros of B's
+  // zero-filled columns there).
+  w.vector_stores = reinterpret_cast<uintptr_t>(p.c) % 16 == 0 && p.ldc % 8 == 0 &&
+                    (p.N % 8 == 0 || (p.c_padded && p.ldc >= (int64_t(p.N) + 7) / 8 * 8)) &&
                     (p.batch == 1 || p.c_batch % 8 == 0);
   w.M = p.M;
   w.N = p.N;

@@ -21,6 +21,7 @@ struct GemmProblem {
   int64_t ldb, b_batch;
   void* c;
   int64_t ldc, c_batch;
+  bool c_padded;  // C's rows own the columns N .. ldc - 1 (padding the kernel may overwrite)
   int M, N, K;
   int batch;
   int sms;          // the device's multiprocessor count: the persistent grid's size

@@ -53,8 +53,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
     call the logits tensor holds that gradient, not the logits, so use it only where nothing else
     reads the logits afterwards (the loss of a model's own output). Every reduction, ignore_index
     and label smoothing work as in the plain path ('none' scales each row by its own incoming
-    gradient); the lse is not exposed. The logits must be contiguous (a strided view raises
-    ValueError rather than being copied, which would bring back the second tensor) and must not
+    gradient); the lse is not exposed. The logits' rows must each be contiguous, at any row
+    stride (the row-padded logits of a matmul on the GPU; other views raise ValueError rather
+    than being copied, which would bring back the second tensor) and the logits must not
     be a leaf (a parameter or the caller's input is never overwritten); the gradient serves one
     backward, and a write into the logits before it raises. Where no gradient is recorded
     (no_grad, or logits not requiring grad) the plain path runs and the logits are left intact."""

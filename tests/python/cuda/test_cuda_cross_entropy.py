@@ -137,6 +137,60 @@ def test_inplace_equals_plain_path_on_the_gpu(dtype, reduction, N, V):
         assert rel_err(g_in, g_pl) < {ls.float64: 1e-12, ls.float32: 1e-6}.get(dtype, 1e-2)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,V", [(64, 48, 4101), (300, 64, 4103)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_output_layer_on_row_padded_logits(N, C, V, reduction, dtype, inplace):
+    """The output layer as a model runs it: F.linear's 16-bit logits of an odd vocabulary come with
+    rows padded to 64 elements, the loss reads them at that stride (in place: writes their
+    gradient there), and the backward's GEMMs read that gradient where it is; the loss and the
+    gradients of x and W against the CPU op and torch float64."""
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+    t = targets(N, V, ignore_every=7)
+    if dtype in (ls.bfloat16, ls.float16):
+        x = ls.tensor(randn(N, C)).to(dtype=dtype).cuda()
+        w = ls.tensor(randn(V, C)).to(dtype=dtype).cuda()
+        assert F.linear(x, w).stride() == ((V + 63) // 64 * 64, 1)
+    # the logits are F.linear's own (a non-leaf), which the in-place path may overwrite
+    check(lambda x, w, t: F.cross_entropy(F.linear(x, w), t, inplace_backward=inplace, **kw),
+          lambda x, w, t: torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w), t, **kw),
+          [randn(N, C), randn(V, C, scale=0.2), t], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_registry_ops_on_rows_at_a_stride(dtype, reduction):
+    """The four registry ops on logits whose rows are contiguous at a longer stride: the values
+    of contiguous logits, the in-place pair writing nothing past a row's V elements, the plain
+    backward's dlogits with the rows a matmul output of its shape has."""
+    N, V, pad = 37, 4101, 11
+    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": 0.1}
+    x = rounded(randn(N, V, scale=2.0), dtype)
+    wide = np.full((N, V + pad), 5.0)
+    wide[:, :V] = x
+    t = ls.tensor(targets(N, V, ignore_every=5)).cuda()
+    flat = ls.tensor(x).to(dtype=dtype).cuda()
+    g = ls.tensor(randn(N) if reduction == "none" else np.array(0.25)).cuda()
+    loss, lse = core.call("cross_entropy", [flat, t], attrs)
+    g_lse = ls.zeros(N, dtype=lse.dtype, device="cuda")
+    (ref,) = core.call("cross_entropy_backward", [g.to(dtype=loss.dtype), flat, t, lse, g_lse], attrs)
+    buf = ls.tensor(wide).to(dtype=dtype).cuda()
+    view = buf[:, :V]
+    s_loss, s_lse = core.call("cross_entropy", [view, t], attrs)
+    (s_grad,) = core.call("cross_entropy_backward", [g.to(dtype=loss.dtype), view, t, s_lse, g_lse], attrs)
+    assert np.array_equal(host(s_loss), host(loss)) and np.array_equal(host(s_lse), host(lse))
+    assert np.array_equal(host(s_grad), host(ref))
+    padded = dtype in (ls.bfloat16, ls.float16)
+    assert s_grad.stride() == (((V + 63) // 64 * 64) if padded else V, 1)
+    (i_loss,) = core.call("cross_entropy_inplace", [view, t], attrs)
+    (i_grad,) = core.call("cross_entropy_inplace_backward", [g.to(dtype=i_loss.dtype), view],
+                          {"reduction": reduction})
+    assert rel_err(host(i_loss), host(loss)) < 1e-6
+    assert rel_err(host(i_grad), host(ref)) < {ls.float64: 1e-12, ls.float32: 1e-6}.get(dtype, 1e-2)
+    assert (host(buf)[:, V:] == 5.0).all()
+
+
 def test_inplace_errors_and_all_ignored():
     x = ls.tensor(randn(4, 5)).to(dtype=ls.float32).cuda()
     attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
@@ -145,7 +199,7 @@ def test_inplace_errors_and_all_ignored():
             loss = core.call("cross_entropy_inplace", [x * 1.0, ls.tensor(np.array(bad)).cuda()],
                              dict(attrs, reduction="none"))[0]
         assert np.isnan(host(loss)[pos])
-    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
         core.call("cross_entropy_inplace", [x.transpose(0, 1), ls.tensor(np.arange(5)).cuda()], attrs)
     with pytest.raises(ValueError, match="cross_entropy_inplace_backward: loss gradient of shape"):
         core.call("cross_entropy_inplace_backward", [ls.ones(4, device="cuda"), x], attrs)

@@ -221,3 +221,29 @@ def test_bias(sa, sb, tb, dtype, gemm):
     w = ls.tensor(randn(*out.shape)).to(dtype=dtype).cuda()
     (out * w).sum().backward()
     check(bias.grad, numpy_of(w).reshape(-1, sb[-1]).sum(0), dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("sa,sb", [((300, 64), (64, 4101)),         # the small tile
+                                   ((2, 150, 64), (64, 4103)),      # folded rows
+                                   ((3, 40, 72), (3, 72, 4101)),    # batched
+                                   ((300, 768), (768, 50257))])     # GPT-2's output layer
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_long_odd_rows_are_padded(sa, sb, with_bias, dtype, gemm):
+    # A 16-bit output of 4096 or more columns whose rows are not a multiple of 16 bytes gets rows
+    # padded to 64 elements (ops::matmul_row_stride; the wgmma kernel stores a row's last 16-byte
+    # chunk into the padding), and a product reads it as an operand at that stride; float32 and
+    # float64 outputs stay contiguous.
+    a, ra = operand(sa, dtype)
+    b, rb = operand(sb, dtype)
+    N = sb[-1]
+    ref = np.matmul(ra, rb)
+    if with_bias:
+        bias, rbias = operand((N,), dtype)
+        ref = ref + rbias
+    out = _core.ops.matmul(a, b, bias if with_bias else None)
+    check(out, ref, dtype)
+    ld = (N + 63) // 64 * 64 if dtype in HALF else N
+    assert out.stride()[-2:] == (ld, 1)
+    c, rc = operand((N, 24), dtype)
+    check(out @ c, np.matmul(numpy_of(out), rc), dtype)

@@ -190,7 +190,7 @@ def test_inplace_misuse_raises():
         F.cross_entropy(ls.tensor(x[0], requires_grad=True), t[0], inplace_backward=True)
     np.testing.assert_array_equal(leaf.detach().numpy(), x)
     view = (ls.tensor(x.T.copy(), requires_grad=True) * 1.0).transpose(0, 1)
-    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+    with pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
         F.cross_entropy(view, t, inplace_backward=True)
     with pytest.raises(IndexError, match="cross_entropy_inplace: target 6 at position 1"):
         F.cross_entropy(leaf * 1.0, ls.tensor([0, 6, 1, 2]), inplace_backward=True)
@@ -210,6 +210,30 @@ def test_inplace_misuse_raises():
         logits.mul_(2.0)
     with pytest.raises(RuntimeError, match="were written before the backward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_inplace_on_rows_at_a_stride(reduction):
+    """Logits whose rows are contiguous at a longer stride (the row-padded output of a GPU matmul)
+    are used in place: the same loss and gradient as contiguous logits, the padding untouched."""
+    N, V, ld = 5, 7, 12
+    x, t = randn(N, V), ls.tensor(targets(N, V, ignore_every=3))
+    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": 0.1}
+    wide = np.full((N, ld), 7.5)
+    wide[:, :V] = x
+    buf = ls.tensor(wide)
+    view = buf[:, :V]
+    assert view.stride() == (ld, 1)
+    flat = ls.tensor(x)
+    g = ls.tensor(randn(N) if reduction == "none" else np.array(0.25))
+    loss = core.call("cross_entropy_inplace", [view, t], attrs)[0]
+    ref = core.call("cross_entropy_inplace", [flat, t], attrs)[0]
+    np.testing.assert_array_equal(loss.numpy(), ref.numpy())
+    (grad,) = core.call("cross_entropy_inplace_backward", [g, view], {"reduction": reduction})
+    (ref_grad,) = core.call("cross_entropy_inplace_backward", [g, flat], {"reduction": reduction})
+    assert grad.stride() == (ld, 1)
+    np.testing.assert_array_equal(grad.numpy(), ref_grad.numpy())
+    np.testing.assert_array_equal(buf.numpy()[:, V:], 7.5)
 
 
 def test_inplace_registry_ops():

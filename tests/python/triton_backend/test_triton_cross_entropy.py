@@ -91,6 +91,51 @@ def test_cross_entropy_inplace(device, dtype, N, V, reduction, smoothing):
         np.testing.assert_array_equal(to_np(xs)[0], before[0])
 
 
+def _padded(arr, device, dtype, pad=9):
+    """arr (N, V) as the first V columns of an (N, V + pad) tensor whose padding holds 5.0 (rows
+    at a stride of their own, as the GPU matmul's row-padded logits): that view and the tensor."""
+    wide = np.full((arr.shape[0], arr.shape[1] + pad), 5.0)
+    wide[:, :arr.shape[1]] = arr
+    wide = to_ls(wide, device, dtype)
+    return wide[:, :arr.shape[1]], wide
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("N,V", [(3, 7), (2, 5000)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_rows_at_a_stride(device, dtype, N, V, reduction):
+    """Both pairs on logits whose rows are contiguous at a longer stride: read in place (the
+    in-place pair writes only the rows' elements), the plain backward's dlogits padded as a
+    matmul output is, and every value as with contiguous logits."""
+    r = rng()
+    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
+    targets = r.integers(0, V, N).astype(np.int64)
+    targets[1] = -100
+    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": 0.1}
+    ts = to_ls(targets, device, dtype)
+    x64, t64 = as64([logits, targets])
+    loss, lse = cpu_call("cross_entropy", [x64, t64], attrs)
+    g = rounded(r.standard_normal(N if reduction == "none" else ()), dtype)
+    zeros = ls.zeros(N, dtype=ls.float64)
+    ref = cpu_call("cross_entropy_backward", as64([np.asarray(g)]) + [x64, t64, lse, zeros], attrs)
+
+    xs, _ = _padded(logits, device, dtype)
+    fwd = triton_call("cross_entropy", [xs, ts], attrs)
+    compare("cross_entropy", fwd, [loss, lse], dtype)
+    g_s = to_ls(np.asarray(g), device, dtype)
+    g_lse = to_ls(np.zeros(N), device, dtype).to(fwd[1].dtype)
+    (dx,) = triton_call("cross_entropy_backward", [g_s, xs, ts, fwd[1], g_lse], attrs)
+    compare("cross_entropy_backward", [dx], ref, dtype, tol_scale=4)
+
+    xs, wide = _padded(logits, device, dtype)
+    fwd = triton_call("cross_entropy_inplace", [xs, ts], attrs)
+    compare("cross_entropy_inplace", fwd, [loss], dtype)
+    (bwd,) = triton_call("cross_entropy_inplace_backward", [g_s.to(fwd[0].dtype), xs],
+                         {"reduction": reduction})
+    compare("cross_entropy_inplace_backward", [bwd], ref, dtype, tol_scale=4)
+    assert (to_np(wide)[:, V:] == 5.0).all()
+
+
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_cross_entropy_inplace_factor_one_is_a_no_op(device, dtype):
     r = rng()
@@ -132,5 +177,5 @@ def test_cross_entropy_inplace_through_autograd(device, dtype):
 def test_cross_entropy_inplace_rejects_a_strided_view(device, dtype):
     xs = to_ls(rng().standard_normal((7, 4)), device, dtype).transpose(0, 1)
     ts = to_ls(np.arange(4, dtype=np.int64), device, dtype)
-    with ls.backend("triton"), pytest.raises(ValueError, match="cross_entropy_inplace: logits must be contiguous"):
+    with ls.backend("triton"), pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
         _core.call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})

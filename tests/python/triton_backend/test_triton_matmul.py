@@ -57,6 +57,22 @@ def test_shapes_interpreter(sa, sb, dtype):
     check(torch.randn(sa, dtype=dtype), torch.randn(sb, dtype=dtype), dtype)
 
 
+@interpreter_only
+@pytest.mark.parametrize("sa,sb", [((3, 16), (16, 4101)), ((2, 3, 16), (16, 4101)), ((3, 16), (16, 4103))])
+def test_long_odd_rows_are_padded_interpreter(sa, sb):
+    """A 16-bit output of 4096 or more columns whose rows are not a multiple of 16 bytes gets rows
+    padded to 64 elements (as the CUDA backend's), which a later GEMM reads in place; float32 and
+    short rows stay contiguous."""
+    a, b = torch.randn(sa, dtype=torch.float16), torch.randn(sb, dtype=torch.float16)
+    check(a, b, torch.float16)
+    out = mm.matmul_forward(a, b)
+    N = sb[-1]
+    assert out.stride()[-2:] == ((N + 63) // 64 * 64, 1)
+    assert mm.matmul_forward(a.float(), b.float()).is_contiguous()
+    assert mm.matmul_forward(a[..., :8], b[:8, :500]).is_contiguous()
+    check(out, torch.randn(N, 5, dtype=torch.float16), torch.float16)  # read at its row stride
+
+
 def strided_cases(device, dtype, big):
     """Views the kernel must read through their strides: transposes, steps, broadcast batches,
     batch strides that do not fold into one (a permuted batch)."""
