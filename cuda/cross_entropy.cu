@@ -31,9 +31,15 @@
 // for label smoothing; per-row losses stay in float32/64 and one block adds them in a fixed order
 // and divides by the device-side count: no host sync for the mean. log_softmax is never
 // materialised. Backward: one read of the logits and one write of dlogits, from the saved lse.
+// Rows: logits whose rows are each contiguous are read at their row stride (the output layer's
+// 16-bit logits come from the matmul with rows padded to 64 elements), others copied first;
+// dlogits gets the rows a matmul output of its shape has, so the backward's GEMMs read it in
+// place. Where every row starts 16-byte aligned the kernels move 16-byte vectors and the last
+// V % 8 (16-bit) elements of a row one by one: GPT-2's 50257-wide rows would otherwise go
+// element by element.
 //
 // The in-place pair (see cpp/ops/cross_entropy.cpp for the contract): "cross_entropy_inplace"
-// {logits, targets} -> {loss} overwrites the contiguous logits with d(loss)/d(logits) at an
+// {logits, targets} -> {loss} overwrites the logits with d(loss)/d(logits) at an
 // upstream gradient of 1 (k = 1/count for the mean, read from the device-side count; ignored
 // rows zeroed without being read); "cross_entropy_inplace_backward" {g_loss, dlogits} -> {dlogits}
 // scales that buffer in place. The forward kernel is the forward's row lane with two passes: the
@@ -163,6 +169,12 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
       for (int i = 0; i < W; ++i) sx += a[i];
       st.add(a);
     });
+    if (W > 1 && threadIdx.x == 0 && r < N)  // the row's last V % W elements, one by one
+      for (int64_t i = nvec * W; i < V; ++i) {
+        const A a[1] = {convert<A>(xr[i])};
+        sx += a[0];
+        st.add(a);
+      }
     A M, S;
     st.reduce(red, M, S);
     const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
@@ -252,7 +264,10 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     const int64_t t = r < N ? int64_t(targets[r]) : ignore;
     const bool live = r < N && t != ignore;
     const int64_t n = live ? hi - lo : 0;  // ignored rows and lanes past the last row join the reductions only
-    T* xr = x + (r < N ? r : 0) * ld + lo * W;  // this block's slice of logits[r, :]
+    T* row = x + (r < N ? r : 0) * ld;  // logits[r, :]
+    T* xr = row + lo * W;               // this block's slice of it
+    // the row's last V % W elements: one by one, by thread 0 of the cluster's last block
+    const bool tail = W > 1 && r < N && rank == kc - 1 && threadIdx.x == 0;
     const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
     Vec<T, W>* dst = as_vec<T, W>(xr);
     Vec<T, W> c[1][1];  // no register cache: the slice goes to shared memory
@@ -270,6 +285,13 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
       }
       st.add(a);
     });
+    if (tail && live)
+      for (int64_t i = nvec * W; i < V; ++i) {
+        const A a[1] = {convert<A>(row[i])};
+        sx += a[0];
+        if (i == t) xt = a[0];
+        st.add(a);
+      }
     A M, S;
     st.reduce(red, M, S);
     A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
@@ -311,6 +333,8 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
 #pragma unroll
       for (int i = 0; i < W; ++i) zero.v[i] = convert<T>(A(0));
       for (int64_t j = threadIdx.x; j < hi - lo; j += tx) dst[j] = zero;
+      if (tail)
+        for (int64_t i = nvec * W; i < V; ++i) row[i] = zero.v[0];
       continue;
     }
     auto write = [&](int64_t j, const Vec<T, W>& v) {
@@ -329,6 +353,12 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     // The rest from memory, kInplaceStream loads in flight per thread (the cached prefix ends at
     // a multiple of tx, so j continues this thread's own stride).
     stream_vectors<kInplaceStream<T>>(src, j, n, [&](int64_t jj, const Vec<T, W> (&v)[1]) { write(jj, v[0]); });
+    if (tail)
+      for (int64_t i = nvec * W; i < V; ++i) {
+        A d = k * ex_for<T>(convert<A>(row[i]) - l) - shift;
+        if (i == t) d -= hit;
+        row[i] = convert<T>(d);
+      }
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (kc > 1) cluster.sync();  // no block leaves while another may still read its partials
@@ -395,7 +425,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
     if (N > 0) {
       dispatch_targets(targets, [&](auto* pt) {
         using I = std::remove_const_t<std::remove_pointer_t<decltype(pt)>>;
-        const bool vec = rows_vectorizable<T>(V, ld, {logits.raw_data()});
+        const bool vec = row_starts_aligned<T>(N, ld, {logits.raw_data()});
         if (in_place) {
           auto launch = [&](auto kernel, int64_t nvec, size_t vec_bytes) {
             const Launch L = stream_launch<T>(N, nvec);
@@ -492,6 +522,12 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
       }
       dst[j] = out;
     });
+    if (W > 1 && threadIdx.x == 0)  // the row's last V % W elements, one by one
+      for (int64_t i = nvec * W; i < V; ++i) {
+        A d = kp * ex_for<T>(convert<A>(logits[r * ldx + i]) - l) - shift;
+        if (i == t) d -= hit;
+        dlogits[r * ldd + i] = convert<T>(d);
+      }
   }
 }
 
@@ -532,7 +568,7 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
                                     g_lse.data<A>(), live_rows.data<int64_t>(), N, V, ldx, ldd, ignore, A(eps),
                                     int(red));
       };
-      if (rows_vectorizable<T>(V, ldx, {logits.raw_data()}) && rows_vectorizable<T>(V, ldd, {dlogits.raw_data()}))
+      if (row_starts_aligned<T>(N, ldx, {logits.raw_data()}) && row_starts_aligned<T>(N, ldd, {dlogits.raw_data()}))
         args(cross_entropy_backward_kernel<T, kVec<T>, I>, stream_launch<T>(N, V / kVec<T>));
       else
         args(cross_entropy_backward_kernel<T, 1, I>, stream_launch<T>(N, V));
@@ -551,8 +587,9 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
 // million blocks at 16384 x 50304, and only scheduling them, each reading a factor of 1 and
 // leaving, took 0.27 ms.
 template <typename T, int W>
-__global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict__ g, int64_t R, int64_t nvec,
+__global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict__ g, int64_t R, int64_t C,
                                   int64_t ld, bool per_row) {
+  const int64_t nvec = C / W;
   using A = acc_t<T>;
   for (int64_t r = blockIdx.y; r < R; r += gridDim.y) {
     const A s = g[per_row ? r : 0];
@@ -564,6 +601,8 @@ __global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict_
       for (int i = 0; i < W; ++i) v.v[i] = convert<T>(convert<A>(v.v[i]) * s);
       xr[j] = v;
     }
+    if (W > 1 && blockIdx.x == 0)  // the row's last C % W elements
+      for (int64_t i = nvec * W + threadIdx.x; i < C; i += blockDim.x) x[r * ld + i] = convert<T>(convert<A>(x[r * ld + i]) * s);
   }
 }
 
@@ -594,9 +633,9 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
       const int64_t rows = std::min<int64_t>({R, 65535, target});
       const dim3 grid(unsigned(std::clamp<int64_t>(blocks_for(nvec, kScaleThreads), 1, std::max<int64_t>(target / rows, 1))),
                       unsigned(rows));
-      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, nvec, row_ld, per_row);
+      kernel<<<grid, kScaleThreads, 0, current_stream()>>>(dlogits.data<T>(), g.data<A>(), R, C, row_ld, per_row);
     };
-    if (rows_vectorizable<T>(C, row_ld, {dlogits.raw_data()}))
+    if (row_starts_aligned<T>(R, row_ld, {dlogits.raw_data()}))
       launch(scale_rows_kernel<T, kVec<T>>, C / kVec<T>);
     else
       launch(scale_rows_kernel<T, 1>, C);

@@ -219,10 +219,14 @@ bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-// The same for rows of C elements ld apart: every row's start stays 16-byte aligned.
+// Whether each of R rows, ld elements apart, starts 16-byte aligned at every pointer given: a
+// kernel then reads a row's first C - C % kVec elements as vectors and the rest one by one.
 template <typename T>
-bool rows_vectorizable(int64_t C, int64_t ld, std::initializer_list<const void*> ptrs) {
-  return ld % kVec<T> == 0 && vectorizable<T>(C, ptrs);
+bool row_starts_aligned(int64_t R, int64_t ld, std::initializer_list<const void*> ptrs) {
+  if (R > 1 && ld % kVec<T> != 0) return false;
+  for (const void* p : ptrs)
+    if (p && !aligned16(p)) return false;
+  return true;
 }
 
 struct Launch {

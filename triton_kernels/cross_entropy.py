@@ -45,8 +45,37 @@ _REDUCTIONS = ("none", "sum", "mean")
 _GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
 
 
+def _whole(V):
+    """V rounded down to a multiple of 16 elements: the VB of _load_chunk / _store_chunk."""
+    return V - V % 16
+
+
 @triton.jit
-def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl.constexpr):
+def _load_chunk(row, off, V, VB, other, BLOCK: tl.constexpr):
+    """row[off : off + BLOCK] in float32, `other` from V on. The loads are masked against VB (V
+    rounded down to 16 elements), which triton can prove covers whole 16-byte vectors, so they are
+    vector loads where row is 16-byte aligned; the chunk holding VB .. V - 1 loads those one by
+    one. A mask against V itself, of no known divisibility (GPT-2's 50257), made every load an
+    element load."""
+    cols = off + tl.arange(0, BLOCK)
+    x = tl.load(row + cols, mask=cols < VB, other=other)
+    if off + BLOCK > VB:
+        x = tl.where(cols < VB, x, tl.load(row + cols, mask=(cols >= VB) & (cols < V), other=other))
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store_chunk(row, off, V, VB, value, BLOCK: tl.constexpr):
+    """row[off : off + BLOCK] = value below V, as _load_chunk loads."""
+    cols = off + tl.arange(0, BLOCK)
+    value = value.to(row.dtype.element_ty)
+    tl.store(row + cols, value, mask=cols < VB)
+    if off + BLOCK > VB:
+        tl.store(row + cols, value, mask=(cols >= VB) & (cols < V))
+
+
+@triton.jit
+def _row_lse(x_row, V, VB, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl.constexpr):
     """One pass over the logits row at x_row: its log-sum-exp (online max and sum of exp), the
     target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without). The running
     max and sum are kept per group of _GROUP adjacent logits, which one thread holds: one exp per
@@ -58,7 +87,7 @@ def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl
     xt = tl.zeros([BLOCK], dtype=tl.float32)
     for off in tl.range(0, V, BLOCK):
         mask = off + cols < V
-        x = tl.load(x_row + off + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        x = _load_chunk(x_row, off, V, VB, float("-inf"), BLOCK)
         xg = tl.reshape(x, [BLOCK // _GROUP, _GROUP])
         m_new = tl.maximum(m, tl.max(xg, axis=1))
         seen = m_new > float("-inf")  # a group of -inf so far keeps s = 0 (exp(-inf + inf) is NaN)
@@ -74,11 +103,11 @@ def _row_lse(x_row, V, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
-def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ld, ignore_index, eps,
+def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, VB, ld, ignore_index, eps,
                        SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     x_row = X + n * ld  # points at logits[n, :]
-    lse, _, xsum = _row_lse(x_row, V, 0, SMOOTH, False, BLOCK)
+    lse, _, xsum = _row_lse(x_row, V, VB, 0, SMOOTH, False, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     valid = t != ignore_index
     x_t = tl.load(x_row + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
@@ -90,7 +119,7 @@ def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, ld, ignore_index, eps,
 
 
 @triton.jit
-def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ldx, ldd, ignore_index, eps,
+def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, VB, ldx, ldd, ignore_index, eps,
                        PER_ROW: tl.constexpr, HAS_GLSE: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     t = tl.load(TGT + n).to(tl.int64)
@@ -106,15 +135,13 @@ def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, ldx, ldd, ignore_inde
     off_all = k * eps / V
     cols = tl.arange(0, BLOCK)
     for off in tl.range(0, V, BLOCK):
-        v = off + cols
-        mask = v < V
-        x = tl.load(X + n * ldx + v, mask=mask, other=0.0).to(tl.float32)  # logits[n, v]
-        d = kp * tl.exp(x - lse) - off_all - tl.where(v == t, k * (1.0 - eps), 0.0)
-        tl.store(DX + n * ldd + v, d.to(DX.dtype.element_ty), mask=mask)
+        x = _load_chunk(X + n * ldx, off, V, VB, 0.0, BLOCK)  # logits[n, off:]
+        d = kp * tl.exp(x - lse) - off_all - tl.where(off + cols == t, k * (1.0 - eps), 0.0)
+        _store_chunk(DX + n * ldd, off, V, VB, d, BLOCK)
 
 
 @triton.jit
-def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ld, ignore_index, eps,
+def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps,
                                MEAN: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     x_row = X + n * ld  # points at logits[n, :]; the gradient goes to the same place
@@ -122,7 +149,7 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ld, ignore_index, eps,
     t = tl.load(TGT + n).to(tl.int64)
     if t != ignore_index:
         # x[t] is taken in the same pass: the second pass overwrites the row
-        lse, xt, xsum = _row_lse(x_row, V, t, SMOOTH, True, BLOCK)
+        lse, xt, xsum = _row_lse(x_row, V, VB, t, SMOOTH, True, BLOCK)
         loss = (1.0 - eps) * (lse - xt)
         if SMOOTH:
             loss += eps * (lse - xsum / V)
@@ -133,20 +160,17 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, ld, ignore_index, eps,
             k = 1.0
         shift = k * eps / V
         for off in tl.range(0, V, BLOCK):
-            v = off + cols
-            mask = v < V
-            x = tl.load(x_row + v, mask=mask, other=0.0).to(tl.float32)
-            d = k * tl.exp(x - lse) - shift - tl.where(v == t, k * (1.0 - eps), 0.0)
-            tl.store(x_row + v, d.to(X.dtype.element_ty), mask=mask)
+            x = _load_chunk(x_row, off, V, VB, 0.0, BLOCK)
+            d = k * tl.exp(x - lse) - shift - tl.where(off + cols == t, k * (1.0 - eps), 0.0)
+            _store_chunk(x_row, off, V, VB, d, BLOCK)
     else:
         tl.store(LOSS + n, 0.0)
         for off in tl.range(0, V, BLOCK):
-            tl.store(x_row + off + cols, tl.zeros([BLOCK], dtype=X.dtype.element_ty),
-                     mask=off + cols < V)
+            _store_chunk(x_row, off, V, VB, tl.zeros([BLOCK], dtype=tl.float32), BLOCK)
 
 
 @triton.jit
-def _scale_inplace(X, G, R, C, ld, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+def _scale_inplace(X, G, R, C, CB, ld, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     # R rows of C elements, ld apart (contiguous dlogits with one factor: a single row of N V),
     # times g[r] (PER_ROW) or g[0]. Programs stride over the [row, BLOCK chunk] tiles (a bounded
     # grid: one program per chunk was 800k programs at 16384 x 50304, whose scheduling alone took
@@ -158,15 +182,14 @@ def _scale_inplace(X, G, R, C, ld, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
         tiles = tl.where(s0 != 1.0, tiles, 0)
     for i in range(tl.program_id(0), tiles, tl.num_programs(0)):
         r = i // chunks
-        cols = (i - r * chunks) * BLOCK + tl.arange(0, BLOCK)
+        off = (i - r * chunks) * BLOCK
         if PER_ROW:
             s = tl.load(G + r).to(tl.float32)
         else:
             s = s0
         if s != 1.0:
-            ptr = X + r.to(tl.int64) * ld + cols
-            x = tl.load(ptr, mask=cols < C, other=0.0).to(tl.float32)
-            tl.store(ptr, (x * s).to(X.dtype.element_ty), mask=cols < C)
+            row = X + r.to(tl.int64) * ld
+            _store_chunk(row, off, C, CB, _load_chunk(row, off, C, CB, 0.0, BLOCK) * s, BLOCK)
 
 
 def _attrs(attrs, op):
@@ -197,7 +220,7 @@ def cross_entropy_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N:
         block = max(row_block(V), _GROUP.value)
-        launch(_cross_entropy_fwd, (N,), logits, targets, lse, row_loss, V, ld, ignore, eps,
+        launch(_cross_entropy_fwd, (N,), logits, targets, lse, row_loss, V, _whole(V), ld, ignore, eps,
                SMOOTH=eps > 0, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
         loss = row_loss
@@ -230,7 +253,7 @@ def cross_entropy_backward(inputs, attrs):
     if N and V:
         block = max(row_block(V), _GROUP.value)
         launch(_cross_entropy_bwd, (N,), g, scale, logits, targets, lse,
-               g_lse if g_lse is not None else lse, dlogits, V, ldx, dlogits.stride(0), ignore, eps,
+               g_lse if g_lse is not None else lse, dlogits, V, _whole(V), ldx, dlogits.stride(0), ignore, eps,
                PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
                BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return [dlogits]
@@ -278,7 +301,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
         block = max(row_block(V), _GROUP.value)
-        launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, ld, ignore, eps,
+        launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, _whole(V), ld, ignore, eps,
                MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
                num_warps=4 if block <= 1024 else 8)
     if reduction == "none":
@@ -306,7 +329,8 @@ def cross_entropy_inplace_backward(inputs, attrs):
         # one factor over contiguous dlogits: a single row
         R, C, ld = (1, N * V, N * V) if not per_row and ld == V else (N, V, ld)
         programs = num_programs(dlogits.device, R * triton.cdiv(C, ELEMENTWISE_BLOCK), per_sm=16)
-        launch(_scale_inplace, (programs,), dlogits, g, R, C, ld, PER_ROW=per_row, BLOCK=ELEMENTWISE_BLOCK)
+        launch(_scale_inplace, (programs,), dlogits, g, R, C, _whole(C), ld, PER_ROW=per_row,
+               BLOCK=ELEMENTWISE_BLOCK)
     return [dlogits]
 
 
