@@ -366,9 +366,18 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
   Tensor out = ops::slice(Tensor::empty(buf_shape, a0.dtype(), a0.device()), -1, 0, N);
   if (out.numel() == 0) return {out};
   set_device(out, "matmul");
+  // A bias the GEMM did not add in its epilogue, added after (into out's own padded rows where
+  // it has them, which the add's new tensor would not keep).
+  auto add_bias = [&]() -> Tensors {
+    if (!bias.defined()) return {out};
+    Tensor sum = ops::add(out, bias);
+    if (ldc == N) return {sum};
+    ops::copy_(out, sum);
+    return {out};
+  };
   if (K == 0) {
     ops::fill_(out, 0.0);
-    return {bias.defined() ? ops::add(out, bias) : out};
+    return add_bias();
   }
   const int64_t kMaxDim = (int64_t(1) << 31) - BigTile::kBN;
   LS_CHECK(M < kMaxDim && N < kMaxDim && K < kMaxDim, ValueError, "matmul: the CUDA kernel "
@@ -404,7 +413,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
       p.c_batch = 0;
       p.batch.nd = 0;
       bias_added = run_gemm<T>(p, 1, classify(rs, p.a_ks, rows, K), bm);
-      return Tensors{bias.defined() && !bias_added ? ops::add(out, bias) : out};
+      return bias_added ? Tensors{out} : add_bias();
     }
     p.M = int(M);
     p.a_rs = a.strides()[a.dim() - 2];
@@ -441,7 +450,7 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
       }
     }
   });
-  return {bias.defined() && !bias_added ? ops::add(out, bias) : out};
+  return bias_added ? Tensors{out} : add_bias();
 }
 
 }  // namespace

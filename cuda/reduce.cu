@@ -22,8 +22,8 @@
 #include <numeric>
 
 #include "core/registry.h"
-#include "elementwise.cuh"
 #include "ops/ops.h"
+#include "vec_map.cuh"
 
 namespace ls::cuda {
 
@@ -63,33 +63,69 @@ __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
 
 // Column sums for a reduction over leading dims of a contiguous x viewed as (R, C) (bias
 // gradients: sum over B*T rows): out[s, c] = sum of x[r, c] over split s of the rows. A block
-// is 32 columns x kColY row lanes, so each warp reads 32 adjacent elements of a row (no
-// transposing copy); the lanes' partials are added in lane order, and splits (for parallelism
-// when C is small) are added by a second launch in split order: the result never depends on
-// timing.
+// is 32 packs of W adjacent columns x kColY row lanes, so each warp reads 32 W adjacent elements
+// of a row (no transposing copy): 16-byte packs where C and x allow (W = 8 for 16-bit input: a
+// warp reads 512 bytes of a row; with one 2-byte element a lane, GPT-2's bias gradients ran at
+// 55% of the copy bandwidth); the lanes' partials are added in lane order, and splits (for
+// parallelism when C is small) are added by a second launch in split order: the result never
+// depends on timing.
 constexpr int kColX = 32, kColY = 16;
 
-template <typename T, typename A, typename O>
+template <int W, typename T, typename A, typename O>
 __global__ void col_sum_kernel(O* out, const T* x, int64_t R, int64_t C, int64_t rows_per) {
-  __shared__ A part[kColY][kColX + 1];
-  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x;
+  using P = Pack<T, W>;
+  __shared__ A part[kColY][kColX * W + 1];
+  const int64_t c = (int64_t(blockIdx.x) * kColX + threadIdx.x) * W;  // this thread's first column
   const int64_t r0 = int64_t(blockIdx.y) * rows_per, r1 = min(R, r0 + rows_per);
-  A acc[4] = {A(0), A(0), A(0), A(0)};
+  A acc[4][W] = {};
   if (c < C) {
+    const P* xp = reinterpret_cast<const P*>(x + c);  // xp[r * C / W] = x[r, c : c + W]
+    const int64_t cp = C / W;
     int64_t r = r0 + threadIdx.y;
     for (; r + 3 * kColY < r1; r += 4 * kColY) {  // four loads in flight per thread
+      P v[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] += convert<A>(x[(r + u * kColY) * C + c]);
+      for (int u = 0; u < 4; ++u) v[u] = xp[(r + u * kColY) * cp];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int j = 0; j < W; ++j) acc[u][j] += convert<A>(v[u].v[j]);
     }
-    for (; r < r1; r += kColY) acc[0] += convert<A>(x[r * C + c]);
+    for (; r < r1; r += kColY) {
+      const P v = xp[r * cp];
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc[0][j] += convert<A>(v.v[j]);
+    }
   }
-  part[threadIdx.y][threadIdx.x] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+#pragma unroll
+  for (int j = 0; j < W; ++j) part[threadIdx.y][threadIdx.x * W + j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
   __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    A t = part[0][threadIdx.x];
-    for (int y = 1; y < kColY; ++y) t += part[y][threadIdx.x];
-    out[int64_t(blockIdx.y) * C + c] = convert<O>(t);
+  // the block's kColX W columns, one a thread of the first rows of lanes
+  const int tid = threadIdx.y * kColX + threadIdx.x;
+  const int64_t col = int64_t(blockIdx.x) * kColX * W + tid;
+  if (tid < kColX * W && col < C) {
+    A t = part[0][tid];
+    for (int y = 1; y < kColY; ++y) t += part[y][tid];
+    out[int64_t(blockIdx.y) * C + col] = convert<O>(t);
   }
+}
+
+// Columns per thread: a 16-byte pack (at most 8 elements: the shared partials of 16 one-byte
+// columns would not fit) when C and x's address allow, else 1.
+template <typename T> constexpr int kColPack = std::min<int>(8, std::max<int>(1, 16 / sizeof(T)));
+template <typename T>
+int col_sum_width(const T* x, int64_t C) {
+  return C % kColPack<T> == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 ? kColPack<T> : 1;
+}
+
+// The column sums of x (R, C) into out, over `splits` parts of the rows.
+template <typename T, typename A, typename O>
+void launch_col_sum(O* out, const T* x, int64_t R, int64_t C, int64_t splits) {
+  const int W = col_sum_width(x, C);
+  const dim3 grid(unsigned((C + kColX * W - 1) / (kColX * W)), unsigned(splits)), block(kColX, kColY);
+  const int64_t rows_per = (R + splits - 1) / splits;
+  if (W > 1) col_sum_kernel<kColPack<T>, T, A, O><<<grid, block, 0, current_stream()>>>(out, x, R, C, rows_per);
+  else col_sum_kernel<1, T, A, O><<<grid, block, 0, current_stream()>>>(out, x, R, C, rows_per);
 }
 
 // Accumulator and output types per input type (see the header).
@@ -137,21 +173,20 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
       using T = scalar_t;
       using O = typename SumTypes<T>::out;
       using A = typename SumTypes<T>::acc;
-      const int64_t R = cols, C = rows, bx = (C + kColX - 1) / kColX;
-      const int64_t splits = std::clamp<int64_t>((528 + bx - 1) / bx, 1, std::max<int64_t>(1, R / 256));
-      const int64_t rows_per = (R + splits - 1) / splits;
       const T* px = static_cast<const T*>(x.raw_data());
+      const int64_t R = cols, C = rows, strip = kColX * col_sum_width(px, C), bx = (C + strip - 1) / strip;
+      // about 528 blocks in all (four per SM), each of at least 64 rows
+      const int64_t splits = std::clamp<int64_t>((528 + bx - 1) / bx, 1, std::max<int64_t>(1, R / 64));
       O* po = static_cast<O*>(out.raw_data());
-      const dim3 block(kColX, kColY);
       if (splits == 1) {
-        col_sum_kernel<T, A, O><<<dim3(unsigned(bx), 1), block, 0, current_stream()>>>(po, px, R, C, R);
+        launch_col_sum<T, A, O>(po, px, R, C, 1);
       } else {
         DType acc_dtype = std::is_same_v<A, double> ? DType::Float64
                           : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
         Tensor partial = Tensor::empty({splits, C}, acc_dtype, x.device());
         A* pp = static_cast<A*>(partial.raw_data());
-        col_sum_kernel<T, A, A><<<dim3(unsigned(bx), unsigned(splits)), block, 0, current_stream()>>>(pp, px, R, C, rows_per);
-        col_sum_kernel<A, A, O><<<dim3(unsigned(bx), 1), block, 0, current_stream()>>>(po, pp, splits, C, splits);
+        launch_col_sum<T, A, A>(pp, px, R, C, splits);
+        launch_col_sum<A, A, O>(po, pp, splits, C, 1);
       }
     });
     check_launch("sum");

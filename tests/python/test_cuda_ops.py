@@ -174,10 +174,16 @@ def test_permute_keeping_the_last_dim(dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape,dims", [((5000, 77), (0,)), ((3, 700, 130), (0, 1)), ((9, 5), (0,)),
-                                        ((2, 3, 4), (0,)), ((100000, 3), (0,))])
-def test_sum_over_leading_dims(shape, dims, dtype):
-    """The column-sum path (leading dims of a contiguous tensor, one or two launches)."""
-    cpu, gpu = both(randn(*shape), dtype)
+                                        ((2, 3, 4), (0,)), ((100000, 3), (0,)), ((4096, 768), (0,)),
+                                        ((2, 333, 264), (0, 1)), ((1000, 24), (0,)), ((7, 2056), (0,))])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_sum_over_leading_dims(shape, dims, dtype, offset):
+    """The column-sum path (leading dims of a contiguous tensor, one or two launches): 16-byte
+    packs of columns where the row length allows, one element a lane otherwise or when the tensor
+    starts one element into its storage (offset 1: not 16-byte aligned)."""
+    n = int(np.prod(shape))
+    cpu, gpu = both(randn(n + offset), dtype)
+    cpu, gpu = (t[offset:].reshape(*shape) for t in (cpu, gpu))
     ref = cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum(list(dims))
     tol = {ls.float32: 1e-6, ls.float64: 1e-13, ls.bfloat16: 1e-2, ls.float16: 2e-3}[dtype]
     close(gpu.sum(list(dims)), ref, tol)
