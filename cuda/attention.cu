@@ -1013,6 +1013,24 @@ Tensor heads_within_rows(const Tensor& like, int64_t heads, int64_t rows) {
   return t.as_strided({B, heads, rows, HS}, {rows * heads * HS, HS, heads * HS, 1}, 0);
 }
 
+// {dq, dk, dv} for q, k, v that are adjacent head slices of one (B, T, NH + 2 NKV, HS) tensor (a
+// fused qkv projection split along its heads): views of one buffer in that tensor's layout, so
+// that the split's backward takes the buffer as the projection's gradient instead of
+// concatenating three (concat.cpp); {} for any other q, k, v.
+Tensors fused_qkv_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Dims& n) {
+  const int64_t HS = n.HS, R = (n.NH + 2 * n.NKV) * HS;  // R: the fused tensor's row stride
+  const Shape strides = {n.T * R, HS, R, 1};
+  auto sliced = [&](const Tensor& t, int64_t heads_before) {
+    return t.storage() == q.storage() && t.dtype() == q.dtype() && t.strides() == strides &&
+           t.offset() == q.offset() + heads_before * HS;
+  };
+  if (n.T != n.S || !sliced(q, 0) || !sliced(k, n.NH) || !sliced(v, n.NH + n.NKV)) return {};
+  const Tensor buf = Tensor::empty({n.B, n.T, n.NH + 2 * n.NKV, HS}, q.dtype(), q.device());
+  return {buf.as_strided({n.B, n.NH, n.T, HS}, strides, 0),
+          buf.as_strided({n.B, n.NKV, n.T, HS}, strides, n.NH * HS),
+          buf.as_strided({n.B, n.NKV, n.T, HS}, strides, (n.NH + n.NKV) * HS)};
+}
+
 // The tensor-core case (use_flash's rules before alignment, which for_copy_engine takes care of)
 // with queries and keys, on a device that runs the sm_90a kernels.
 bool sm90a_case(const Dims& n, DType dt, bool masked, double scale) {
@@ -1043,8 +1061,10 @@ Tensors backward_sm90a(const Tensors& in, const Tensor& lse, const Tensor& dlse,
   const Tensor dout = for_copy_engine(in[6]);
   const Tensor o = in[4].strides()[3] == 1 ? in[4] : ops::contiguous(in[4]);  // read by pointers
   Tensor dd = Tensor::empty({n.B, n.NH, n.T}, DType::Float32, q.device());
-  Tensor dq = heads_within_rows(q, n.NH, n.T), dk = heads_within_rows(q, n.NKV, n.S),
-         dv = heads_within_rows(q, n.NKV, n.S);
+  Tensors grads = fused_qkv_grads(in[0], in[1], in[2], n);
+  if (grads.empty())
+    grads = {heads_within_rows(q, n.NH, n.T), heads_within_rows(q, n.NKV, n.S), heads_within_rows(q, n.NKV, n.S)};
+  const Tensor &dq = grads[0], &dk = grads[1], &dv = grads[2];
   const float* pdl = dlse.defined() ? dlse.data<float>() : nullptr;
   const bool bf16 = q.dtype() == DType::BFloat16;
   if (bf16) preprocess<__nv_bfloat16>(o, dout, pdl, dd, n);

@@ -7,7 +7,10 @@
 //          = cat of the inputs unsqueezed at `dim`; d xs[i] = select(g, dim, i).
 //   split: x (A..., N, B...) -> views x[:, off_j : off_j + sizes[j], :], sum(sizes) == N;
 //          d x = cat(g_j) along dim (one node, so the gradient is assembled in one pass instead
-//          of one zero-filled tensor per piece). chunk = split into ceil(N / chunks) sized
+//          of one zero-filled tensor per piece), or, when the g_j already lie side by side in
+//          one buffer as the pieces of a tensor of x's shape (the CUDA attention backward writes
+//          the dq, dk, dv of a fused qkv projection so), that tensor: a view, no copy.
+//          chunk = split into ceil(N / chunks) sized
 //          pieces, the last one smaller (torch semantics: fewer than `chunks` pieces can come out).
 //
 // The cat kernel views each contiguous input as (outer, N_i * inner) rows and copies row o of
@@ -15,7 +18,9 @@
 // that is not contiguous is written through a strided copy into its slice of the output.
 // As in torch, 1-D empty tensors of shape (0,) are skipped by cat whatever the other ranks.
 // split and stack are registered for backend "any": they only build views or call cat.
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "cpu_loops.h"
 #include "ops.h"
@@ -170,9 +175,43 @@ Tensors split_forward_any(const Tensors& in, const Attrs& a) {
   return out;
 }
 
+// No two elements of a tensor of this shape and these strides share memory: with the dims of
+// more than one element ordered by stride, each stride reaches past the previous dim's extent.
+bool non_overlapping(const Shape& shape, const Shape& strides) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (shape[d] > 1) dims.push_back({strides[d], shape[d]});
+  std::sort(dims.begin(), dims.end());
+  int64_t extent = 1;  // elements spanned by the dims so far
+  for (auto [stride, size] : dims) {
+    if (stride < extent) return false;
+    extent = stride * (size - 1) + extent;
+  }
+  return true;
+}
+
+// The pieces g as the tensor of x's shape they tile along dim, when they lie in one buffer that
+// way (one storage and dtype, the same strides, each starting where the previous one ends along
+// dim, together non-overlapping); undefined otherwise.
+Tensor tiled_view(const Tensors& g, const Shape& x_shape, int64_t dim) {
+  const Tensor& g0 = g[0];
+  if (!g0.defined()) return {};
+  int64_t off = g0.offset();
+  for (const Tensor& t : g) {
+    if (!t.defined() || t.storage() != g0.storage() || t.dtype() != g0.dtype() ||
+        t.strides() != g0.strides() || t.offset() != off)
+      return {};
+    off += t.shape()[dim] * t.strides()[dim];
+  }
+  if (!non_overlapping(x_shape, g0.strides())) return {};
+  return g0.as_strided(x_shape, g0.strides(), g0.offset());
+}
+
 Tensors split_backward(const BackwardCtx& c, const Tensors& g) {
   // Every output is floating (x is), so the tape has filled any unused grad with zeros.
-  return {cat(g, c.attrs.i("dim", 0))};
+  const int64_t dim = wrap_dim(c.attrs.i("dim", 0), int64_t(c.input_shapes[0].size()), "split");
+  Tensor joined = tiled_view(g, c.input_shapes[0], dim);
+  return {joined.defined() ? joined : cat(g, dim)};
 }
 
 }  // namespace

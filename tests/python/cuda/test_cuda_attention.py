@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch.functional as F
 import llmscratch_core as _core
 from conftest import randn, rel_err
 
@@ -164,7 +165,9 @@ def on_hopper():
 def test_fused_qkv_views(dtype, HS, T, kernel):
     # q, k, v as (B, heads, T, HS) views of one (B, T, NH + 2 NKV, HS) buffer and dout as the
     # transposed view of a (B, T, NH, HS) gradient, as a Transformer hands them over. On Hopper
-    # the copy engine reads them in place and out, dq, dk, dv come back stored (B, T, heads, HS).
+    # the copy engine reads them in place, out comes back stored (B, T, NH, HS), and dq, dk, dv
+    # as the same views of one buffer in the fused layout (which the split's backward takes
+    # whole instead of concatenating them).
     B, NH, NKV = 2, 4, 2
     arrs = [randn(B, NH, T, HS), randn(B, NKV, T, HS), randn(B, NKV, T, HS)]
     fused = np.ascontiguousarray(np.concatenate([a.transpose(0, 2, 1, 3) for a in arrs], axis=2))
@@ -188,8 +191,19 @@ def test_fused_qkv_views(dtype, HS, T, kernel):
     for name, gg, c in zip(("dq", "dk", "dv"), grads_g, grads_c):
         close(gg, c, TOL[dtype] * 1.5, name)
     if kernel == "default" and on_hopper():
+        R = (NH + 2 * NKV) * HS
         assert out_g.stride() == (T * NH * HS, HS, NH * HS, 1)
-        assert grads_g[1].stride() == (T * NKV * HS, HS, NKV * HS, 1)
+        assert all(gg.stride() == (T * R, HS, R, 1) for gg in grads_g)
+        assert [gg.data_ptr() - grads_g[0].data_ptr() for gg in grads_g] == \
+            [0, NH * HS * dtype.itemsize, (NH + NKV) * HS * dtype.itemsize]
+        # through autograd: the fused tensor's gradient is that buffer, the pieces as computed
+        leaf = g.detach().requires_grad_()
+        pieces = F.split(leaf * 1.0, [NH, NKV, NKV], dim=2)
+        o = F.scaled_dot_product_attention(*(p.transpose(1, 2) for p in pieces), is_causal=True)
+        (o.float() * ls.tensor(do).cuda().transpose(1, 2)).sum().backward()
+        parts = F.split(leaf.grad, [NH, NKV, NKV], dim=2)
+        for name, part, c in zip(("dq", "dk", "dv"), parts, grads_c):
+            close(part.transpose(1, 2), c, TOL[dtype] * 1.5, name + " through autograd")
 
 
 def test_autograd_bf16():

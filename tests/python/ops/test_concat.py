@@ -101,6 +101,45 @@ def test_split_is_a_view():
     assert b.numpy()[1] == 100.0
 
 
+class _Pieces(ls.autograd.Function):
+    """sum(a) + sum(b) whose backward hands back the given gradients of a and b as they are."""
+
+    grads = None
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return (a * 1.0).sum() + (b * 1.0).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        return _Pieces.grads
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_split_backward_takes_pieces_that_tile_one_buffer(dim):
+    """Gradients of the pieces that lie side by side in one buffer (as the CUDA attention backward
+    writes a fused qkv projection's) are that buffer, a view; pieces in separate tensors, or out
+    of order, are concatenated."""
+    buf = ls.tensor(rng.standard_normal((6, 4)))
+    sizes = [2, 4] if dim == 0 else [1, 3]
+    full = buf if dim == 0 else buf[:, :4]
+    def piece(start, n):  # full[start : start + n] along dim, a view
+        return full[start:start + n] if dim == 0 else full[:, start:start + n]
+    for grads, shared in (((piece(0, sizes[0]), piece(sizes[0], sizes[1])), True),
+                          ((piece(0, sizes[0]) * 1.0, piece(sizes[0], sizes[1])), False),
+                          ((piece(sizes[1], sizes[0]), piece(0, sizes[1])), False)):
+        x = ls.tensor(rng.standard_normal(tuple(full.shape)), requires_grad=True)
+        y = x * 1.0
+        seen = []  # the gradient reaching y as the split's backward made it
+        y.register_hook(lambda g: seen.append((g.data_ptr(), g.numpy().copy())))
+        _Pieces.grads = grads
+        _Pieces.apply(*F.split(y, sizes, dim)).backward()
+        (ptr, gy), = seen
+        np.testing.assert_array_equal(gy, np.concatenate([g.numpy() for g in grads], dim))
+        assert (ptr == buf.data_ptr()) == shared
+        np.testing.assert_array_equal(x.grad.numpy(), gy)
+
+
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("n,chunks", [(5, 3), (6, 4), (7, 1), (2, 5), (127, 8), (0, 3)])
 def test_chunk(dtype, tol, n, chunks):
