@@ -326,8 +326,9 @@ def cross_entropy_inplace_backward(inputs, attrs):
                          f"does not match reduction '{reduction}' over N = {N} rows")
     if dlogits.numel():
         per_row = reduction == "none"
-        # one factor over contiguous dlogits: a single row
-        R, C, ld = (1, N * V, N * V) if not per_row and ld == V else (N, V, ld)
+        # one factor over contiguous dlogits: a single row (its stride unused: 0, which triton
+        # knows divides 16, where N V might not and would cost the 16-byte loads)
+        R, C, ld = (1, N * V, 0) if not per_row and ld == V else (N, V, ld)
         programs = num_programs(dlogits.device, R * triton.cdiv(C, ELEMENTWISE_BLOCK), per_sm=16)
         launch(_scale_inplace, (programs,), dlogits, g, R, C, _whole(C), ld, PER_ROW=per_row,
                BLOCK=ELEMENTWISE_BLOCK)

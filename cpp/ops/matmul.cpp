@@ -123,8 +123,9 @@ Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
   if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(b)}), a.shape());
   if (c.needs_grad[1]) {
     if (b.dim() == 2 && a.dim() >= 2) {  // weight gradient: fold the batch into one GEMM
-      int64_t K = a.size(-1), N = g[0].size(-1);
-      Tensor a2 = reshape(a, {-1, K}), g2 = reshape(g[0], {-1, N});
+      int64_t K = a.size(-1), N = g[0].size(-1), rows = 1;
+      for (int64_t d = 0; d + 1 < a.dim(); ++d) rows *= a.size(d);  // not -1: K or N may be 0
+      Tensor a2 = reshape(a, {rows, K}), g2 = reshape(g[0], {rows, N});
       // b a transposed view (x @ W^T of a Linear): compute the gradient in b's own layout, so the
       // transpose's backward hands W a contiguous gradient (no transposing copy later).
       bool b_transposed = b.strides()[0] == 1 && b.strides()[1] == b.size(0) && b.size(0) > 1;

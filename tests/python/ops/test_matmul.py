@@ -15,6 +15,18 @@ def test_matmul(sa, sb, dtype):
     check(lambda a, b: a @ b, lambda a, b: a @ b, [sa, sb], dtype, tol=1e-5 if dtype == np.float32 else None)
 
 
+@pytest.mark.parametrize("sa,sb", [((3, 0), (0, 4)), ((3, 4), (4, 0)), ((0, 4), (4, 5)),
+                                   ((2, 3, 0), (0, 4)), ((2, 0, 4), (4, 5))])
+def test_gradients_of_empty_products(sa, sb):
+    """Products with an empty dim: zero gradients of the inputs' shapes (the weight gradient folds
+    the rows, which a -1 in the reshape could not when K or N is 0)."""
+    a = ls.tensor(randn(*sa), requires_grad=True)
+    b = ls.tensor(randn(*sb), requires_grad=True)
+    (a @ b).sum().backward()
+    assert a.grad.shape == a.shape and b.grad.shape == b.shape
+    assert not to_np(a.grad).any() and not to_np(b.grad).any()
+
+
 def test_transposed_operands_are_not_copied_and_correct():
     a, b = randn(40, 30), randn(50, 40)
     out = ls.tensor(a).T @ ls.tensor(b).T
