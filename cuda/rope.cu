@@ -9,7 +9,9 @@
 //     dcos[t, i] = sum g_a a + g_b b,   dsin[t, i] = sum g_b a - g_a b   (negated when inverse)
 // Forward: each thread rotates G consecutive pairs of one head row, G chosen so the loads of a,
 // b, cos and sin are 16-byte packs (G = 1 when HS/2 or a pointer does not allow it); the row's
-// position t = (row / NH) % T. Backward to cos/sin: one thread per (t, i) sums over
+// position t = (row / NH) % T. x is read in place when its heads are adjacent rows of contiguous
+// channels and its (leading..., t) rows are rs elements apart: the q and k slices of a fused qkv
+// projection (B, T, NH + 2 NKV, HS), which were copied first; out is contiguous. Backward to cos/sin: one thread per (t, i) sums over
 // (leading, head) in a fixed order, accumulating in float32 (float64 for float64), so the result
 // is deterministic; parallelism is T * HS/2 threads.
 #include "core/registry.h"
@@ -26,7 +28,8 @@ namespace {
 // 32 bits and several dozen in 64, which made the 16-bit forward compute-bound.
 template <int G, typename I, typename T>
 __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, const T* __restrict__ sn,
-                            T* __restrict__ out, I rows, I half, I NH, I T_, bool interleaved, bool inverse) {
+                            T* __restrict__ out, I rows, I half, I NH, I T_, I rs, bool interleaved,
+                            bool inverse) {
   using A = acc_t<T>;
   using P = Pack<T, G>;
   using P2 = Pack<T, 2 * G>;
@@ -34,8 +37,8 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, c
   const I total = rows * groups;
   for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
     const I r = idx / groups, i0 = (idx - r * groups) * G;
-    const I t = (r / NH) % T_;
-    const T* xr = x + r * 2 * half;  // xr points at x[..., t, h, :]
+    const I rt = r / NH, t = rt % T_;                   // rt: the (leading..., t) row
+    const T* xr = x + rt * rs + (r - rt * NH) * 2 * half;  // xr points at x[..., t, h, :]
     T* orow = out + r * 2 * half;
     const P c = *reinterpret_cast<const P*>(cs + t * half + i0);  // cos[t, i0 : i0+G]
     const P s = *reinterpret_cast<const P*>(sn + t * half + i0);
@@ -110,23 +113,39 @@ unsigned grid_1d(int64_t n) {
 
 template <int G, typename T>
 void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& out, int64_t rows,
-                 int64_t half, int64_t NH, int64_t T_, bool interleaved, bool inverse) {
+                 int64_t half, int64_t NH, int64_t T_, int64_t rs, bool interleaved, bool inverse) {
   const unsigned grid = grid_1d(rows * (half / G));
-  if (x.numel() < (int64_t(1) << 31))
+  // the last element read, x[rows / NH - 1] + NH HS, below 2^31: 32-bit indices
+  if ((rows / NH) * rs < (int64_t(1) << 31) && out.numel() < (int64_t(1) << 31))
     rope_kernel<G, uint32_t><<<grid, kThreads, 0, current_stream()>>>(
         cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out), uint32_t(rows), uint32_t(half), uint32_t(NH),
-        uint32_t(T_), interleaved, inverse);
+        uint32_t(T_), uint32_t(rs), interleaved, inverse);
   else
     rope_kernel<G, int64_t><<<grid, kThreads, 0, current_stream()>>>(cptr<T>(x), cptr<T>(cs), cptr<T>(sn), mptr<T>(out),
-                                                                     rows, half, NH, T_, interleaved, inverse);
+                                                                     rows, half, NH, T_, rs, interleaved, inverse);
+}
+
+// Elements between consecutive (leading..., t) rows of x (..., T, NH, HS) whose heads are
+// adjacent rows of HS contiguous channels and whose leading dims fold into those rows; -1 for any
+// other layout.
+int64_t rope_row_stride(const Tensor& x) {
+  const int64_t nd = x.dim(), NH = x.size(-2), HS = x.size(-1);
+  if ((HS > 1 && x.strides()[nd - 1] != 1) || (NH > 1 && x.strides()[nd - 2] != HS)) return -1;
+  const Tensor rows_view = x.as_strided(Shape(x.shape().begin(), x.shape().end() - 1),
+                                        Shape(x.strides().begin(), x.strides().end() - 1), x.offset());
+  int64_t rows, rs;  // rows_view (..., T, NH): its (leading..., t) rows
+  if (!ops::fold_rows(rows_view, rows, rs)) return -1;
+  return rows > 1 ? rs : NH * HS;
 }
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
   LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
   ops::check_rope(in[0], in[1], in[2], "rope", false);
-  Tensor x = ops::contiguous(in[0]), cs = ops::contiguous(in[1]), sn = ops::contiguous(in[2]);
+  const int64_t in_rs = rope_row_stride(in[0]);
+  Tensor x = in_rs >= 0 ? in[0] : ops::contiguous(in[0]), cs = ops::contiguous(in[1]), sn = ops::contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false), interleaved = attrs.b("interleaved", false);
   const int64_t T_ = x.size(-3), NH = x.size(-2), HS = x.size(-1), half = HS / 2;
+  const int64_t rs = in_rs >= 0 ? in_rs : NH * HS;
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const int64_t rows = HS ? x.numel() / HS : 0;  // one row per (leading..., t, head)
   if (rows == 0 || half == 0) return {out};
@@ -134,11 +153,11 @@ Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
   CUDA_DISPATCH_FLOAT(x.dtype(), "rope", {
     using T = scalar_t;
     constexpr int G = 16 / sizeof(T);
-    bool packed = half % G == 0;
+    bool packed = half % G == 0 && rs % (2 * G) == 0;  // every row's pairs aligned as x's first
     for (const Tensor* t : {&x, &cs, &sn, &out})
       packed &= reinterpret_cast<uintptr_t>(t->raw_data()) % (2 * G * sizeof(T)) == 0;
-    if (packed) launch_rope<G, T>(x, cs, sn, out, rows, half, NH, T_, interleaved, inverse);
-    else launch_rope<1, T>(x, cs, sn, out, rows, half, NH, T_, interleaved, inverse);
+    if (packed) launch_rope<G, T>(x, cs, sn, out, rows, half, NH, T_, rs, interleaved, inverse);
+    else launch_rope<1, T>(x, cs, sn, out, rows, half, NH, T_, rs, interleaved, inverse);
   });
   check_launch("rope");
   return {out};

@@ -43,6 +43,20 @@ def lru_put(cache, key, value, limit):
     return value
 
 
+def fold_stride(shape, strides):
+    """One stride that walks the dims (shape, strides) in row-major order, or None."""
+    stride, count = 0, 1
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n == 1:
+            continue
+        if count == 1:
+            stride = s
+        elif s != stride * count:
+            return None
+        count *= n
+    return stride
+
+
 @functools.lru_cache(maxsize=256)
 def _matmul_row_stride(n: int, itemsize: int) -> int:
     return _core.ops.matmul_row_stride(n, itemsize)

@@ -47,7 +47,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import launch, lru_get, lru_put, matmul_output, num_sms
+from ._common import fold_stride, launch, lru_get, lru_put, matmul_output, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -202,20 +202,6 @@ def _num_sms(device_index):
     return 2 if _INTERPRET else num_sms(device_index)
 
 
-def _fold(shape, strides):
-    """One stride that walks the dims (shape, strides) in row-major order, or None."""
-    stride, count = 0, 1
-    for n, s in zip(reversed(shape), reversed(strides)):
-        if n == 1:
-            continue
-        if count == 1:
-            stride = s
-        elif s != stride * count:
-            return None
-        count *= n
-    return stride
-
-
 def _stored(x):
     """How the last two dims of a 16-bit operand (2-D, or 3-D with one batch) can be described to
     the copy engine: "rows" (row-major), "cols" (column-major, a transposed view), or None (the
@@ -249,8 +235,8 @@ def _copy_rows(dst, src):
     of such views ran at about half the copy bandwidth (2 ms for the 16384 x 50257 logits on the
     H100, its index arithmetic per element); this kernel's tiles need none."""
     R = src.numel() // src.shape[-1] if src.shape[-1] else 0
-    sx = _fold(list(src.shape[:-1]), src.stride()[:-1])
-    sy = _fold(list(dst.shape[:-1]), dst.stride()[:-1])
+    sx = fold_stride(list(src.shape[:-1]), src.stride()[:-1])
+    sy = fold_stride(list(dst.shape[:-1]), dst.stride()[:-1])
     if sx is None or sy is None or src.stride(-1) != 1 or dst.stride(-1) != 1:
         dst.copy_(src)
         return
@@ -398,9 +384,9 @@ def _batched(a, b, c, bias=None):
     """c (*batch, M, N) = a @ b [+ bias] with a, b already expanded to c's batch dims (views)."""
     nb = c.dim() - 2
     batch = list(c.shape[:nb])
-    sa = _fold(batch, a.stride()[:nb])
-    sb = _fold(batch, b.stride()[:nb])
-    sc = _fold(batch, c.stride()[:nb])
+    sa = fold_stride(batch, a.stride()[:nb])
+    sb = fold_stride(batch, b.stride()[:nb])
+    sc = fold_stride(batch, c.stride()[:nb])
     if sa is not None and sb is not None and sc is not None:
         NB = 1
         for n in batch:
@@ -444,7 +430,7 @@ def matmul_forward(a, b, bias=None):
     # cost more host time than the rest of the call
     batch = A.shape[:-2] if B.dim() == 2 else torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     out = matmul_output((*batch, M, N), a.dtype, a.device)
-    rows = _fold(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
+    rows = fold_stride(list(A.shape[:-1]), A.stride()[:-1]) if B.dim() == 2 else None
     if rows is not None and A.dim() > 2:  # (..., M, K) @ (K, N): one GEMM over the folded rows
         R = A.shape[:-1].numel()
         _launch(A.as_strided((R, K), (rows, A.stride(-1))), B, out.view(R, N), bias)

@@ -12,7 +12,9 @@
 Registry ops: "rope" {x, cos, sin} attrs interleaved, inverse -> {out};
 "rope_cos_sin_backward" {g, x} attrs interleaved, inverse -> {dcos, dsin}.
 Kernels: forward, one program per block of (leading..., t, head) rows of HS channels (a 2-D tile
-of _TILE pairs). cos/sin gradient, one
+of _TILE pairs), x read in place when its heads are adjacent rows of contiguous channels and its
+(leading..., t) rows one stride apart (the q and k slices of a fused qkv projection, which were
+copied first), out contiguous. cos/sin gradient, one
 program per position t summing its (leading, head) rows in a fixed order in float32 registers,
 so the result is deterministic.
 """
@@ -20,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch
+from ._common import fold_stride, launch
 
 
 # Channel pairs per forward program: a program of one row (HS/2 = 64 pairs) is too little work for
@@ -41,18 +43,21 @@ def _pair_offsets(i, HALF, INTERLEAVED: tl.constexpr):
 
 
 @triton.jit
-def _rope_fwd(X, COS, SIN, OUT, ROWS, T, NH, HALF, SGN, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+def _rope_fwd(X, COS, SIN, OUT, ROWS, T, NH, HALF, RS, SGN, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
               ROWS_PER: tl.constexpr):
-    # rows of x viewed as (ROWS, HS): ROWS_PER of them per program, row r at position (r // NH) % T
+    # head rows of x, (ROWS, HS): ROWS_PER of them per program, row r at position (r // NH) % T,
+    # its (leading..., t) row r // NH at RS elements from the previous one
     rows = tl.program_id(0).to(tl.int64) * ROWS_PER + tl.arange(0, ROWS_PER)
-    t = (rows // NH) % T
+    rt = rows // NH
+    t = rt % T
     i = tl.arange(0, BLOCK)
     mask = (rows[:, None] < ROWS) & (i[None, :] < HALF)
     ia, ib = _pair_offsets(i, HALF, INTERLEAVED)
-    row_off = rows[:, None] * 2 * HALF  # x[..., t, h, :] of each row
+    x_off = (rt * RS + (rows - rt * NH) * 2 * HALF)[:, None]  # x[..., t, h, :] of each row
+    row_off = rows[:, None] * 2 * HALF  # out[..., t, h, :]
     cs_off = t[:, None] * HALF + i[None, :]
-    a = tl.load(X + row_off + ia[None, :], mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(X + row_off + ib[None, :], mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(X + x_off + ia[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(X + x_off + ib[None, :], mask=mask, other=0.0).to(tl.float32)
     c = tl.load(COS + cs_off, mask=mask, other=0.0).to(tl.float32)
     s = SGN * tl.load(SIN + cs_off, mask=mask, other=0.0).to(tl.float32)
     tl.store(OUT + row_off + ia[None, :], (a * c - b * s).to(OUT.dtype.element_ty), mask=mask)
@@ -91,18 +96,34 @@ def _layout(x, op):
     return T, NH, HS // 2
 
 
+def _row_stride(x):
+    """Elements between the (leading..., t) rows of x (..., T, NH, HS) whose heads are adjacent
+    rows of HS contiguous channels, the leading dims folding into those rows; else None."""
+    NH, HS = x.shape[-2:]
+    if (HS > 1 and x.stride(-1) != 1) or (NH > 1 and x.stride(-2) != HS):
+        return None
+    rs = fold_stride(list(x.shape[:-2]), x.stride()[:-2])
+    if rs is not None and x.shape[:-2].numel() <= 1:
+        rs = NH * HS  # a single row: its stride is never stepped
+    return rs
+
+
 def rope_forward(inputs, attrs):
-    x, cos, sin = (t.contiguous() for t in inputs)
+    _layout(inputs[0], "rope")
+    rs = _row_stride(inputs[0])
+    x = inputs[0] if rs is not None else inputs[0].contiguous()
+    cos, sin = inputs[1].contiguous(), inputs[2].contiguous()
     T, NH, half = _layout(x, "rope")
+    rs = rs if rs is not None else NH * 2 * half
     if cos.shape != (T, half) or sin.shape != (T, half):
         raise ValueError(f"rope: cos and sin must be (T, HS/2) = {(T, half)}, got "
                          f"{tuple(cos.shape)} and {tuple(sin.shape)}")
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     rows = x.numel() // (2 * half) if half else 0
     if rows:
         block = triton.next_power_of_2(half)
         rows_per = max(1, min(_TILE // block, triton.next_power_of_2(rows)))
-        launch(_rope_fwd, (triton.cdiv(rows, rows_per),), x, cos, sin, out, rows, T, NH, half,
+        launch(_rope_fwd, (triton.cdiv(rows, rows_per),), x, cos, sin, out, rows, T, NH, half, rs,
                -1.0 if attrs.get("inverse", False) else 1.0,
                INTERLEAVED=bool(attrs.get("interleaved", False)),
                BLOCK=block, ROWS_PER=rows_per)

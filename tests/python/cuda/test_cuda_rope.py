@@ -73,3 +73,22 @@ def test_strided_x_and_bad_shapes():
         F.rope(ls.tensor(x).cuda(), ls.tensor(cos[:5]).cuda(), ls.tensor(sin[:5]).cuda())
     with pytest.raises(TypeError, match="dtype"):
         F.rope(ls.tensor(x).cuda(), ls.tensor(cos).cuda().to(dtype=ls.float32), ls.tensor(sin).cuda())
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("HS", [64, 6])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_fused_qkv_slices_read_in_place(dtype, HS, interleaved):
+    # q and k as head slices of one (B, T, NH + 2 NKV, HS) projection (a LLaMA-style block's),
+    # read at its row stride (packed for HS 64, one pair a thread for HS 6): the values of the
+    # same slices made contiguous, bit for bit; out contiguous
+    B, T, NH, NKV = 2, 9, 4, 2
+    fused = rounded(randn(B, T, NH + 2 * NKV, HS), dtype)
+    cos, sin = (ls.tensor(a).to(dtype=dtype).cuda() for a in (randn(T, HS // 2), randn(T, HS // 2)))
+    g = ls.tensor(fused).to(dtype=dtype).cuda()
+    for lo, n in ((0, NH), (NH, NKV)):
+        got = F.rope(g[:, :, lo:lo + n], cos, sin, interleaved=interleaved)
+        ref = F.rope(ls.tensor(np.ascontiguousarray(fused[:, :, lo:lo + n])).to(dtype=dtype).cuda(), cos, sin,
+                     interleaved=interleaved)
+        assert got.is_contiguous()
+        assert np.array_equal(host(got), host(ref))
