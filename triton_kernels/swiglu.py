@@ -9,6 +9,10 @@ Registry ops (cpp/ops/swiglu.cpp): "swiglu" {a, b} -> {y}; "swiglu_backward" {g,
 da, db (which to compute) -> {da, db}, one not asked for has shape (0,).
 Fused: the backward reads g, a, b once and writes both gradients in the same pass.
 
+Operands whose rows are each contiguous (a and b as the two halves of one (..., 2 H) projection,
+rows 2 H apart) are read in place by the row kernels, one program per (row, block of columns);
+contiguous operands take the flat kernels; others are copied first. Outputs are contiguous.
+
 Kernels: one program per pointwise_block(dtype) elements (_common: 8 warps, four 16-byte vectors
 per thread and tensor). Every program but the last runs without a mask, which keeps its accesses
 16-byte vectors whatever n is (a mask is only known to be uniform over 8 elements when n is a
@@ -19,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import POINTWISE_WARPS, launch, pointwise_block
+from ._common import POINTWISE_WARPS, fold_stride, interpreter_can_take, launch, pointwise_block
 
 
 @triton.jit
@@ -64,16 +68,59 @@ def _swiglu_bwd(G, A, B, DA, DB, n, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr
         _swiglu_bwd_tile(G, A, B, DA, DB, offs, offs < n - start, WANT_DA, WANT_DB)
 
 
+@triton.jit
+def _swiglu_rows_fwd(A, B, Y, C, lda, ldb, BLOCK: tl.constexpr):
+    # row r of a, b (strides lda, ldb) -> row r of the contiguous y
+    r = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    _swiglu_fwd_tile(A + r * lda, B + r * ldb, Y + r * C, offs, offs < C)
+
+
+@triton.jit
+def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    # row r of g, a, b (their strides) -> rows r of the contiguous da, db
+    r = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    _swiglu_bwd_tile(G + r * ldg, A + r * lda, B + r * ldb, DA + r * C, DB + r * C, offs, offs < C,
+                     WANT_DA, WANT_DB)
+
+
+def _row_stride(t):
+    """The stride between the rows of t (..., C) whose rows are each contiguous and whose leading
+    dims fold into one stride; None otherwise."""
+    if t.dim() == 0 or (t.shape[-1] > 1 and t.stride(-1) != 1):
+        return None
+    ld = fold_stride(list(t.shape[:-1]), t.stride()[:-1])
+    if ld is not None and t.shape[:-1].numel() <= 1:
+        ld = t.shape[-1]  # a single row: its stride is never stepped
+    return ld
+
+
+def _rows(ts):
+    """The row strides of ts (one shape), or None when one of them has no row layout."""
+    strides = [_row_stride(t) for t in ts]
+    return None if any(ld is None for ld in strides) else strides
+
+
 def _same_shapes(op, *ts):
     if any(t.shape != ts[0].shape for t in ts):
         raise ValueError(f"{op}: shapes {[tuple(t.shape) for t in ts]} differ")
 
 
 def swiglu_forward(inputs, attrs):
-    a, b = inputs[0].contiguous(), inputs[1].contiguous()
+    a, b = inputs
     _same_shapes("swiglu", a, b)
-    y = torch.empty_like(a)
+    y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     n = a.numel()
+    lds = None if a.is_contiguous() and b.is_contiguous() or not interpreter_can_take(a, b) else _rows([a, b])
+    if n and lds is not None:
+        C = a.shape[-1]
+        block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
+        launch(_swiglu_rows_fwd, (n // C, triton.cdiv(C, block)), a, b, y, C, *lds, BLOCK=block,
+               num_warps=POINTWISE_WARPS)
+        return [y]
+    a, b = a.contiguous(), b.contiguous()
     if n:
         block = pointwise_block(a.dtype)
         launch(_swiglu_fwd, (triton.cdiv(n, block),), a, b, y, n, BLOCK=block, num_warps=POINTWISE_WARPS)
@@ -81,12 +128,22 @@ def swiglu_forward(inputs, attrs):
 
 
 def swiglu_backward(inputs, attrs):
-    g, a, b = (t.contiguous() for t in inputs)
+    g, a, b = inputs
     _same_shapes("swiglu_backward", g, a, b)
     want_da, want_db = bool(attrs.get("da", True)), bool(attrs.get("db", True))
-    da = torch.empty_like(a) if want_da else a.new_empty((0,))
-    db = torch.empty_like(a) if want_db else a.new_empty((0,))
+    da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
+    db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
     n = a.numel()
+    flat = g.is_contiguous() and a.is_contiguous() and b.is_contiguous()
+    lds = None if flat or not interpreter_can_take(g, a, b) else _rows([g, a, b])
+    if n and lds is not None and (want_da or want_db):
+        C = a.shape[-1]
+        block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
+        launch(_swiglu_rows_bwd, (n // C, triton.cdiv(C, block)), g, a, b, da if want_da else a,
+               db if want_db else a, C, *lds, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
+               num_warps=POINTWISE_WARPS)
+        return [da, db]
+    g, a, b = g.contiguous(), a.contiguous(), b.contiguous()
     if n and (want_da or want_db):
         block = pointwise_block(a.dtype)
         launch(_swiglu_bwd, (triton.cdiv(n, block),), g, a, b, da if want_da else a, db if want_db else a,

@@ -40,3 +40,29 @@ def test_swiglu_rejects_mismatched_halves():
         _core.call("swiglu", [ls.randn(3, 4, device="cuda"), ls.randn(4, 3, device="cuda")], {})
     with pytest.raises(TypeError, match="one dtype"):
         _core.call("swiglu", [ls.randn(3, device="cuda"), ls.randn(3, device="cuda").to(dtype=ls.bfloat16)], {})
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("H", [256, 33])
+def test_halves_of_one_projection(dtype, H):
+    # gate and up as the two halves of one (B, T, 2 H) tensor, as a LLaMA MLP splits its fused
+    # projection: read in place (16-byte packs for H 256, one element a thread for H 33), the
+    # values of the same halves made contiguous; the two gradients come back as the halves of
+    # one buffer, and through autograd the projection's gradient is that buffer
+    B, T = 2, 9
+    h = rounded(randn(B, T, 2 * H, scale=2.0), dtype)
+    g = rounded(randn(B, T, H), dtype)
+    hg = ls.tensor(h).to(dtype=dtype).cuda()
+    gg = ls.tensor(g).to(dtype=dtype).cuda()
+    a, b = hg[..., :H], hg[..., H:]
+    flat = [ls.tensor(np.ascontiguousarray(x)).to(dtype=dtype).cuda() for x in (h[..., :H], h[..., H:])]
+    assert np.array_equal(host(F.swiglu(a, b)), host(F.swiglu(*flat)))
+    da, db = _core.call("swiglu_backward", [gg, a, b], {"da": True, "db": True})
+    ref = _core.call("swiglu_backward", [gg, *flat], {"da": True, "db": True})
+    for got, want in zip((da, db), ref):
+        assert np.array_equal(host(got), host(want))
+    assert da.stride() == db.stride() == (T * 2 * H, 2 * H, 1)
+    assert db.data_ptr() - da.data_ptr() == H * dtype.itemsize
+    leaf = hg.detach().requires_grad_()
+    (F.swiglu(*F.split(leaf * 1.0, [H, H], dim=-1)).float() * ls.tensor(g).cuda()).sum().backward()
+    assert np.array_equal(host(leaf.grad), np.concatenate([host(ref[0]), host(ref[1])], -1))

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from triton_check import CASES, check, rng
+from triton_check import CASES, check, rng, rounded, to_ls, to_np, triton_call
 
 # floor: an output near 0 (subnormal in float16 for inputs below about -10) is compared
 # against 0.1 per element instead of its own size. (2, 8197): full blocks, which run unmasked
@@ -21,3 +22,25 @@ def test_swiglu(device, dtype, shape, want):
     for i in (0, 1):
         if not want[i]:
             assert tuple(got[i].shape) == (0,)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("H", [256, 33])
+@pytest.mark.parametrize("want", [(True, True), (True, False)])
+def test_swiglu_on_halves_of_one_projection(device, dtype, H, want):
+    """gate and up as the two halves of one (B, T, 2 H) tensor, read in place by the row kernels:
+    the values of the same halves made contiguous. The interpreter cannot take two views of one
+    allocation (the row path then copies them): there the halves come from two tensors."""
+    h = rounded(rng().standard_normal((2, 9, 2 * H)) * 2, dtype)
+    g = rounded(rng().standard_normal((2, 9, H)), dtype)
+    hs, gs = to_ls(h, device, dtype), to_ls(g, device, dtype)
+    a, b = hs[..., :H], (hs if device == "cuda" else to_ls(h, device, dtype))[..., H:]
+    flat = [to_ls(np.ascontiguousarray(x), device, dtype) for x in (h[..., :H], h[..., H:])]
+    (y,) = triton_call("swiglu", [a, b], {})
+    (ref,) = triton_call("swiglu", flat, {})
+    np.testing.assert_array_equal(to_np(y), to_np(ref))
+    attrs = {"da": want[0], "db": want[1]}
+    got = triton_call("swiglu_backward", [gs, a, b], attrs)
+    ref = triton_call("swiglu_backward", [gs, *flat], attrs)
+    for x, r in zip(got, ref):
+        np.testing.assert_array_equal(to_np(x), to_np(r))
