@@ -196,14 +196,18 @@ bool non_overlapping(const Shape& shape, const Shape& strides) {
 Tensor tiled_view(const Tensors& g, const Shape& x_shape, int64_t dim) {
   const Tensor& g0 = g[0];
   if (!g0.defined()) return {};
-  int64_t off = g0.offset();
+  int64_t off = g0.offset(), total = 0;
   for (const Tensor& t : g) {
-    if (!t.defined() || t.storage() != g0.storage() || t.dtype() != g0.dtype() ||
-        t.strides() != g0.strides() || t.offset() != off)
+    // a piece of another rank or shape (a Python backward may return anything) is cat's to reject
+    if (!t.defined() || t.dim() != int64_t(x_shape.size()) || t.storage() != g0.storage() ||
+        t.dtype() != g0.dtype() || t.strides() != g0.strides() || t.offset() != off)
       return {};
+    for (int64_t d = 0; d < t.dim(); ++d)
+      if (d != dim && t.shape()[d] != x_shape[d]) return {};
     off += t.shape()[dim] * t.strides()[dim];
+    total += t.shape()[dim];
   }
-  if (!non_overlapping(x_shape, g0.strides())) return {};
+  if (total != x_shape[dim] || !non_overlapping(x_shape, g0.strides())) return {};
   return g0.as_strided(x_shape, g0.strides(), g0.offset());
 }
 

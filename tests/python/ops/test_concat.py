@@ -140,6 +140,16 @@ def test_split_backward_takes_pieces_that_tile_one_buffer(dim):
         np.testing.assert_array_equal(x.grad.numpy(), gy)
 
 
+def test_split_backward_rejects_adjacent_pieces_of_the_wrong_shape():
+    """Adjacent pieces of one buffer that do not have the split's shapes are not taken as a view
+    (it would reach past the buffer): cat reports the mismatch."""
+    buf = ls.tensor(rng.standard_normal((3, 3)))
+    x = ls.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    _Pieces.grads = (buf[0:2], buf[2:3])
+    with pytest.raises(ValueError):
+        _Pieces.apply(*F.split(x * 1.0, [2, 2], 0)).backward()
+
+
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("n,chunks", [(5, 3), (6, 4), (7, 1), (2, 5), (127, 8), (0, 3)])
 def test_chunk(dtype, tol, n, chunks):
