@@ -402,10 +402,10 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
   const char* op = in_place ? "cross_entropy_inplace" : "cross_entropy";
   cpu::expect_inputs(in, 2, 2, op);
   ops::check_cross_entropy_args(in[0], in[1], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  if (in_place) ops::check_cross_entropy_inplace_logits(in[0], op);
   // Rows are read where they are when each is contiguous (a row-padded matmul output), else from
   // a contiguous copy; in place, in[0] itself.
-  const int64_t row_stride = ops::cross_entropy_row_stride(in[0]);
+  const int64_t row_stride = in_place ? ops::check_cross_entropy_inplace_logits(in[0], op)
+                                      : ops::cross_entropy_row_stride(in[0]);
   Tensor logits = row_stride >= 0 ? in[0] : ops::contiguous(in[0]), targets = ops::contiguous(in[1]);
   const int64_t N = logits.size(0), V = logits.size(1), ld = row_stride >= 0 ? row_stride : V;
   const int64_t ignore = a.i("ignore_index", -100);
@@ -553,8 +553,8 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   const double eps = a.f("label_smoothing", 0.0);
   // dlogits with the rows a matmul output of its shape has: the output layer's GEMMs read it in
   // place.
-  const int64_t ldd = ops::matmul_row_stride(V, int64_t(itemsize(logits.dtype())));
-  Tensor dlogits = ops::slice(Tensor::empty({N, ldd}, logits.dtype(), logits.device()), 1, 0, V);
+  Tensor dlogits = ops::matmul_output({N, V}, logits.dtype(), logits.device());
+  const int64_t ldd = dlogits.strides()[0];
   if (N == 0) return {dlogits};
   set_device(logits, op);
   Tensor live_rows = check_targets(targets, V, ignore, op);
@@ -580,9 +580,8 @@ Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
 
 // ---- in-place backward ----
 
-// Row r of x (R rows of nvec vectors, ld elements apart) times g[r] (per_row) or g[0], in the
-// accumulation type; a
-// factor of exactly 1 leaves the row unread and unwritten. Blocks: x over a row's vectors, y
+// Row r of x (R rows of C elements, ld apart) times g[r] (per_row) or g[0], in the accumulation
+// type; a factor of exactly 1 leaves the row unread and unwritten. Blocks: x over a row's vectors, y
 // over rows (grid-stride both ways), about 16 per SM in all: a grid sized to the tensor was a
 // million blocks at 16384 x 50304, and only scheduling them, each reading a factor of 1 and
 // leaving, took 0.27 ms.

@@ -360,10 +360,8 @@ Tensors matmul_cuda(const Tensors& in, const Attrs&) {
   out_shape.push_back(M);
   out_shape.push_back(N);
   // Rows padded as ops::matmul_row_stride says (GPT-2's logits): ldc = the row stride.
-  const int64_t ldc = ops::matmul_row_stride(N, int64_t(itemsize(a0.dtype())));
-  Shape buf_shape = out_shape;
-  buf_shape.back() = ldc;
-  Tensor out = ops::slice(Tensor::empty(buf_shape, a0.dtype(), a0.device()), -1, 0, N);
+  Tensor out = ops::matmul_output(out_shape, a0.dtype(), a0.device());
+  const int64_t ldc = out.strides()[out.dim() - 2];
   if (out.numel() == 0) return {out};
   set_device(out, "matmul");
   // A bias the GEMM did not add in its epilogue, added after (into out's own padded rows where

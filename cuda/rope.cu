@@ -11,8 +11,8 @@
 // b, cos and sin are 16-byte packs (G = 1 when HS/2 or a pointer does not allow it); the row's
 // position t = (row / NH) % T. x is read in place when its heads are adjacent rows of contiguous
 // channels and its (leading..., t) rows are rs elements apart: the q and k slices of a fused qkv
-// projection (B, T, NH + 2 NKV, HS), which were copied first; out is contiguous. Backward to cos/sin: one thread per (t, i) sums over
-// (leading, head) in a fixed order, accumulating in float32 (float64 for float64), so the result
+// projection (B, T, NH + 2 NKV, HS), which were copied first; out is contiguous.
+// Backward to cos/sin: one thread per (t, i) sums over (leading, head) in a fixed order, accumulating in float32 (float64 for float64), so the result
 // is deterministic; parallelism is T * HS/2 threads.
 #include "core/registry.h"
 #include "ops/op_args.h"
@@ -131,11 +131,12 @@ void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& ou
 int64_t rope_row_stride(const Tensor& x) {
   const int64_t nd = x.dim(), NH = x.size(-2), HS = x.size(-1);
   if ((HS > 1 && x.strides()[nd - 1] != 1) || (NH > 1 && x.strides()[nd - 2] != HS)) return -1;
-  const Tensor rows_view = x.as_strided(Shape(x.shape().begin(), x.shape().end() - 1),
-                                        Shape(x.strides().begin(), x.strides().end() - 1), x.offset());
-  int64_t rows, rs;  // rows_view (..., T, NH): its (leading..., t) rows
-  if (!ops::fold_rows(rows_view, rows, rs)) return -1;
-  return rows > 1 ? rs : NH * HS;
+  // the heads merged: (leading..., t) rows of NH HS contiguous channels
+  Shape shape(x.shape().begin(), x.shape().end() - 1), strides(x.strides().begin(), x.strides().end() - 1);
+  shape.back() = NH * HS;
+  strides.back() = 1;
+  int64_t rows, rs;
+  return ops::contiguous_rows(x.as_strided(shape, strides, x.offset()), rows, rs) ? rs : -1;
 }
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {

@@ -54,20 +54,6 @@ struct SwigluBackwardB {  // in = {g, a} -> {db}
 };
 
 
-// x (..., C) as R rows of C contiguous elements, ld apart (the leading dims folded); false when
-// its layout has no such description.
-bool as_rows(const Tensor& x, int64_t& R, int64_t& ld) {
-  if (x.dim() == 0 || (x.size(-1) > 1 && x.strides().back() != 1)) return false;
-  if (x.dim() == 1) {
-    R = 1;
-    ld = x.size(0);
-    return true;
-  }
-  const bool ok = ops::fold_rows(x, R, ld);
-  if (R == 1) ld = x.size(-1);  // a single row: its stride is never stepped
-  return ok;
-}
-
 // The row count of xs (all of one shape) with each one's row stride in ld; -1 when some x has
 // no row layout.
 template <size_t N>
@@ -75,7 +61,7 @@ int64_t rows_of(const std::array<const Tensor*, N>& xs, std::array<int64_t, N>& 
   int64_t R = -1;
   for (size_t k = 0; k < N; ++k) {
     int64_t r;
-    if (!as_rows(*xs[k], r, ld[k])) return -1;
+    if (!ops::contiguous_rows(*xs[k], r, ld[k])) return -1;
     R = r;
   }
   return R;

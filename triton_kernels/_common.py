@@ -66,6 +66,18 @@ def fold_stride(shape, strides):
     return stride
 
 
+def row_stride(t):
+    """t (..., C) (at least 1-D) as rows of C contiguous elements: the stride between its rows
+    (the leading dims folded; C for a single row, whose stride is never stepped), or None when its
+    layout has no such description. The rule of llmscratch_core's ops::contiguous_rows."""
+    if t.dim() == 0 or (t.shape[-1] > 1 and t.stride(-1) != 1):
+        return None
+    ld = fold_stride(list(t.shape[:-1]), t.stride()[:-1])
+    if ld is not None and t.shape[:-1].numel() <= 1:
+        ld = t.shape[-1]
+    return ld
+
+
 @functools.lru_cache(maxsize=256)
 def _matmul_row_stride(n: int, itemsize: int) -> int:
     return _core.ops.matmul_row_stride(n, itemsize)

@@ -24,11 +24,11 @@ the device (that would need a host synchronisation); an out-of-range target read
 
 In-place gradient (the contract is in cpp/ops/cross_entropy.cpp): "cross_entropy_inplace"
 {logits, targets} -> {loss} writes d(loss)/d(logits) at an upstream gradient of 1 over the
-logits (rows contiguous, at any row stride), k p - k eps / V - k (1 - eps) [v == t] with k = 1/count (mean, the count read
-on the device) or 1, zeros for ignored rows (not read); "cross_entropy_inplace_backward" {g_loss,
-dlogits} -> {dlogits} multiplies that memory by g (per row for "none") in place, masking off every
-element whose factor is exactly 1, so loss.backward() on the mean itself moves no data and needs
-no host synchronisation. The forward program walks its row twice: the statistics (and the target
+logits (rows contiguous, at any row stride), k p - k eps / V - k (1 - eps) [v == t] with
+k = 1/count (mean, the count read on the device) or 1, zeros for ignored rows (not read);
+"cross_entropy_inplace_backward" {g_loss, dlogits} -> {dlogits} multiplies that memory by g (per
+row for "none") in place, masking off every element whose factor is exactly 1, so loss.backward()
+on the mean itself moves no data and needs no host synchronisation. The forward program walks its row twice: the statistics (and the target
 logit, picked from the chunks it loads, so it is read before anything is overwritten), then the
 gradient, each chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version
 counter; writes made here through torch do not (as every triton in-place kernel).
@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, launch, matmul_output, num_programs, row_block, stat_dtype
+from ._common import ELEMENTWISE_BLOCK, launch, matmul_output, num_programs, row_block, row_stride, stat_dtype
 
 _REDUCTIONS = ("none", "sum", "mean")
 _GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
@@ -263,12 +263,8 @@ def _row_stride(logits):
     """The stride between the rows of (N, V) logits whose rows are each contiguous and do not
     overlap (a row-padded matmul output, or a contiguous tensor; V for one row), else None: the
     rule of llmscratch_core's cross_entropy_row_stride."""
-    N, V = logits.shape
-    if V > 1 and logits.stride(1) != 1:
-        return None
-    if N <= 1:
-        return V
-    return logits.stride(0) if logits.stride(0) >= V else None
+    ld = row_stride(logits)
+    return ld if ld is not None and ld >= logits.shape[1] else None  # rows that do not overlap
 
 
 def _rows(logits):

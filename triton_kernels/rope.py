@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import fold_stride, launch
+from ._common import launch, row_stride
 
 
 # Channel pairs per forward program: a program of one row (HS/2 = 64 pairs) is too little work for
@@ -102,10 +102,7 @@ def _row_stride(x):
     NH, HS = x.shape[-2:]
     if (HS > 1 and x.stride(-1) != 1) or (NH > 1 and x.stride(-2) != HS):
         return None
-    rs = fold_stride(list(x.shape[:-2]), x.stride()[:-2])
-    if rs is not None and x.shape[:-2].numel() <= 1:
-        rs = NH * HS  # a single row: its stride is never stepped
-    return rs
+    return row_stride(x.flatten(-2))  # the heads merged (a view: they are adjacent)
 
 
 def rope_forward(inputs, attrs):

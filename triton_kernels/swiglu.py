@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import POINTWISE_WARPS, fold_stride, interpreter_can_take, launch, pointwise_block
+from ._common import POINTWISE_WARPS, interpreter_can_take, launch, pointwise_block, row_stride
 
 
 @triton.jit
@@ -86,20 +86,9 @@ def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, WANT_DA: tl.constexpr, W
                      WANT_DA, WANT_DB)
 
 
-def _row_stride(t):
-    """The stride between the rows of t (..., C) whose rows are each contiguous and whose leading
-    dims fold into one stride; None otherwise."""
-    if t.dim() == 0 or (t.shape[-1] > 1 and t.stride(-1) != 1):
-        return None
-    ld = fold_stride(list(t.shape[:-1]), t.stride()[:-1])
-    if ld is not None and t.shape[:-1].numel() <= 1:
-        ld = t.shape[-1]  # a single row: its stride is never stepped
-    return ld
-
-
 def _rows(ts):
     """The row strides of ts (one shape), or None when one of them has no row layout."""
-    strides = [_row_stride(t) for t in ts]
+    strides = [row_stride(t) for t in ts]
     return None if any(ld is None for ld in strides) else strides
 
 

@@ -76,10 +76,9 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
 }
 
 int64_t cross_entropy_row_stride(const Tensor& logits) {
-  const int64_t N = logits.size(0), V = logits.size(1);
-  if (V > 1 && logits.strides()[1] != 1) return -1;
-  if (N <= 1) return V;
-  return logits.strides()[0] >= V ? logits.strides()[0] : -1;
+  int64_t rows, ld;
+  if (!contiguous_rows(logits, rows, ld)) return -1;
+  return ld >= logits.size(1) ? ld : -1;  // rows that do not overlap
 }
 
 int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op) {

@@ -31,6 +31,14 @@ bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride) {
   return true;
 }
 
+bool contiguous_rows(const Tensor& x, int64_t& rows, int64_t& ld) {
+  if (x.dim() == 0 || (x.size(-1) > 1 && x.strides().back() != 1)) return false;
+  rows = 1;
+  if (x.dim() >= 2 && !fold_rows(x, rows, ld)) return false;
+  if (rows <= 1) ld = x.size(-1);
+  return true;
+}
+
 void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias) {
   if (!bias.defined()) return;
   LS_CHECK(bias.dtype() == a.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a.dtype()),
@@ -47,6 +55,14 @@ int64_t matmul_row_stride(int64_t N, int64_t itemsize) {
   // specialises on, give its kernels 16-byte vector loads.
   if (itemsize != 2 || N < 4096 || N % 8 == 0) return N;
   return (N + 63) / 64 * 64;
+}
+
+Tensor matmul_output(const Shape& shape, DType dtype, Device device) {
+  const int64_t N = shape.back(), ld = matmul_row_stride(N, int64_t(itemsize(dtype)));
+  if (ld == N) return Tensor::empty(shape, dtype, device);
+  Shape padded = shape;
+  padded.back() = ld;
+  return slice(Tensor::empty(padded, dtype, device), -1, 0, N);
 }
 
 namespace {

@@ -14,12 +14,12 @@ enum class Reduction { None, Sum, Mean };
 Reduction parse_reduction(const std::string& r, const char* op);
 void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
                               const std::string& reduction, double label_smoothing);
-// The in-place pair: logits that the gradient can be written into (contiguous), and the
-// backward's {g_loss, dlogits}; returns the parsed reduction.
 // The stride between the rows of (N, V) logits whose rows are each contiguous and do not overlap
 // (a row-padded matmul output, or a contiguous tensor; V for a single row), else -1.
 int64_t cross_entropy_row_stride(const Tensor& logits);
-// The in-place ops' logits: rows as cross_entropy_row_stride accepts; returns that stride.
+// The in-place pair: logits that the gradient can be written into (rows as
+// cross_entropy_row_stride accepts; returns that stride), and the backward's {g_loss, dlogits}
+// (returns the parsed reduction).
 int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
 Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
                                                     const std::string& reduction);
@@ -54,6 +54,12 @@ RowLayout row_layout(const Shape& shape, int64_t dim);
 // matmul.cpp: fold all leading dims of x (..., R, C) into rows when they are uniformly strided.
 bool fold_rows(const Tensor& x, int64_t& rows, int64_t& row_stride);
 
+// matmul.cpp: x (..., C) (at least 1-D) as `rows` rows of C contiguous elements, ld apart (the
+// leading dims folded; ld = C for a single row, whose stride is never stepped); false when its
+// layout has no such description. The slices of a fused projection (q of qkv, gate of gate|up)
+// are such rows.
+bool contiguous_rows(const Tensor& x, int64_t& rows, int64_t& ld);
+
 // matmul.cpp: matmul's optional bias (undefined: none) is (N,) in a's dtype, N = b.size(-1).
 void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
 
@@ -62,6 +68,9 @@ void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
 // 50257-wide logits) N rounded up to 64 elements, so that the tensor-core GEMMs of the backward
 // read the output, or a gradient written over it (the in-place cross-entropy), where they are.
 int64_t matmul_row_stride(int64_t N, int64_t itemsize);
+// matmul.cpp: an uninitialised tensor of `shape` with rows of matmul_row_stride (a view of the
+// first shape.back() columns of a padded buffer where they are padded).
+Tensor matmul_output(const Shape& shape, DType dtype, Device device);
 
 // index.cpp: the shape rules of gather/scatter_add (index no larger than x, and src, apart from
 // dim).
