@@ -7,7 +7,8 @@
 // Forward: a gather; each thread copies one 16-byte pack of a row (scalar elements when C or a
 // pointer does not allow packs), so rows stream at copy bandwidth.
 // Backward without float atomics, so two runs give identical bits:
-//   1. keys[n] = ids[n] (V for an id out of range), vals[n] = n;
+//   1. keys[n] = ids[n] (V for an id out of range), vals[n] = n; count[v], the tokens of id v, by
+//      int atomics, which also hand each of a row's first kSlots tokens a slot of its own;
 //   2. a stable radix sort of (key, n) pairs (cub::DeviceRadixSort over the bits V needs) groups
 //      the token positions by id, each group (a run) in increasing n;
 //   3. start[v] = first sorted position with key >= v (a binary search per v);
@@ -15,9 +16,13 @@
 //      "," or " the") is cut where the sorted positions cross a multiple of kChunk, and a block
 //      per chunk sums the pieces inside it into a float32 (float64) buffer, so that no block walks
 //      thousands of tokens alone;
-//   5. one block per vocabulary row v writes the whole row: the sum of grad[n, :] over its run in
-//      increasing n (float32 accumulation, float64 for float64), or of a long run's pieces in
-//      chunk order, or zeros for an id no token has.
+//   5. every vocabulary row v is written whole: the sum of grad[n, :] over its tokens in
+//      increasing n (float32 accumulation, float64 for float64), zeros for an id no token has.
+//      a. A short row (at most kSlots tokens: nearly all rows of a large vocabulary) takes its
+//         tokens from its slots and sorts them in registers.
+//      b. A long row sums its run of the sorted positions, or a long run's pieces in chunk order.
+// Steps 2-4 are latency-bound (about 50 us at 65536 tokens on an H100) while 5a moves nearly
+// all the bytes, so 2-4 run on a high-priority side stream beside 5a, and 5b follows both.
 // Step 4 was added for text-like ids: with one block per row only, a run of 600 tokens (3.7% of
 // 16384, the most frequent id of a Zipf-like text) was walked by one block, one load in flight
 // per thread. Uniform ids have no long runs and step 4's blocks return at once.
@@ -60,14 +65,27 @@ __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* 
   }
 }
 
+// Tokens a short row may have: its tokens are kept in a slot each as they are counted, and
+// sorted in registers; a row of more waits for the sort of all tokens.
+constexpr int kSlots = 8;
+
+// keys[n] = ids[n] (V out of range), vals[n] = n; count[v] = tokens of id v (zeroed before);
+// slots[v, t] = the t-th token of id v to be counted, t < kSlots (in no particular order); the
+// ids of more than kSlots tokens are listed in long_ids, long_ids_count of them (zeroed before).
 template <typename I>
-__global__ void make_keys_kernel(const I* __restrict__ ids, int32_t* keys, int32_t* vals, int64_t N,
+__global__ void make_keys_kernel(const I* __restrict__ ids, int32_t* keys, int32_t* vals, int32_t* count,
+                                 int32_t* slots, int32_t* long_ids, int32_t* long_ids_count, int64_t N,
                                  int64_t V) {
   for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const int64_t id = int64_t(ids[n]);
-    keys[n] = id >= 0 && id < V ? int32_t(id) : int32_t(V);
+    const bool valid = id >= 0 && id < V;
+    keys[n] = valid ? int32_t(id) : int32_t(V);
     vals[n] = int32_t(n);
+    if (!valid) continue;
+    const int t = atomicAdd(&count[id], 1);
+    if (t < kSlots) slots[id * kSlots + t] = int32_t(n);
+    else if (t == kSlots) long_ids[atomicAdd(long_ids_count, 1)] = int32_t(id);
   }
 }
 
@@ -139,23 +157,73 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_
   }
 }
 
-// Block v: dweight[v, :] = the sum of grad[order[k], :] over its run [start[v], start[v+1]), or of
-// its pieces when the run is long, zeros when it is empty.
+// Block v, for a row of at most kSlots tokens: dweight[v, :] = the sum of their gradient rows in
+// increasing n, zeros for none. Each thread loads the row's count and slots together (one
+// dependent load fewer than a run of sorted positions: count, then start, then order), sorts
+// the tokens in registers and sums its packs of their rows, two rows' loads in flight.
 template <int W, typename T>
-__global__ void embedding_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ order,
-                                      const int32_t* __restrict__ start, const acc_t<T>* __restrict__ pieces,
-                                      T* __restrict__ dweight, int64_t cp) {
+__global__ void __launch_bounds__(128, 16) embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
+                                            const int32_t* __restrict__ slots, T* __restrict__ dweight,
+                                            int64_t cp) {
   using A = acc_t<T>;
   using P = Pack<T, W>;
-  const int64_t v = blockIdx.x, s = start[v], e = start[v + 1];
+  static_assert(kSlots == 8, "the slots load as two int4");
+  const int64_t v = blockIdx.x;
+  const int tokens = count[v];
+  const int4 lo = reinterpret_cast<const int4*>(slots)[2 * v], hi = reinterpret_cast<const int4*>(slots)[2 * v + 1];
+  if (tokens > kSlots) return;  // the long rows' kernel's
+  int32_t n[kSlots] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+  for (int t = 0; t < kSlots; ++t)
+    if (t >= tokens) n[t] = INT32_MAX;  // unused slots (never written) sort last
+#pragma unroll
+  for (int i = 0; i < kSlots; ++i)  // odd-even transposition sort: kSlots rounds
+#pragma unroll
+    for (int t = i % 2; t + 1 < kSlots; t += 2) {
+      const int32_t a = min(n[t], n[t + 1]), b = max(n[t], n[t + 1]);
+      n[t] = a;
+      n[t + 1] = b;
+    }
+  for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
+    A acc[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) acc[j] = A(0);
+#pragma unroll
+    for (int t = 0; t < kSlots; t += 2) {
+      if (t >= tokens) break;
+      P g0 = reinterpret_cast<const P*>(grad)[int64_t(n[t]) * cp + c], g1;
+      if (t + 1 < tokens) g1 = reinterpret_cast<const P*>(grad)[int64_t(n[t + 1]) * cp + c];
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc[j] += convert<A>(g0.v[j]);
+      if (t + 1 < tokens)
+#pragma unroll
+        for (int j = 0; j < W; ++j) acc[j] += convert<A>(g1.v[j]);
+    }
+    P out;
+#pragma unroll
+    for (int j = 0; j < W; ++j) out.v[j] = convert<T>(acc[j]);
+    reinterpret_cast<P*>(dweight)[v * cp + c] = out;  // dweight[v, c*W:]
+  }
+}
+
+// Block b, for the b-th row of more than kSlots tokens (long_ids): dweight[v, :] = the sum of
+// grad[order[k], :] over its run [start[v], start[v+1]), or of its pieces when the run is long.
+template <int W, typename T>
+__global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ order,
+                                           const int32_t* __restrict__ start, const acc_t<T>* __restrict__ pieces,
+                                           const int32_t* __restrict__ long_ids,
+                                           const int32_t* __restrict__ long_ids_count, T* __restrict__ dweight,
+                                           int64_t cp) {
+  using A = acc_t<T>;
+  using P = Pack<T, W>;
+  if (int32_t(blockIdx.x) >= *long_ids_count) return;
+  const int64_t v = long_ids[blockIdx.x], s = start[v], e = start[v + 1];
   for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
     A acc[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) acc[j] = A(0);
     if (e - s <= kChunk) {
-      // One load at a time: most runs have a token or two, and the registers of more loads in
-      // flight (101 for eight) left a third of the blocks per SM, which these short runs need.
-      add_rows<1, W>(acc, grad, order, s, e, cp, c);
+      add_rows<8, W>(acc, grad, order, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
     } else {
       for (int64_t q = s / kChunk; q <= (e - 1) / kChunk; ++q) {
         const A* piece = pieces + (2 * q + (s > q * kChunk ? 1 : 0)) * cp * W + c * W;
@@ -246,49 +314,71 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   }
   set_device(grad, "embedding_backward");
   const Device dev = grad.device();
-  // 1. keys and positions
+  // 1. keys, positions, the count of each id, the tokens of short rows and the long rows' ids
+  const int64_t max_long = N / (kSlots + 1);
   Tensor keys = Tensor::empty({N}, DType::Int32, dev), vals = Tensor::empty({N}, DType::Int32, dev);
   Tensor sorted_keys = Tensor::empty({N}, DType::Int32, dev), order = Tensor::empty({N}, DType::Int32, dev);
-  if (ids.dtype() == DType::Int32)
-    make_keys_kernel<<<grid_1d(N), kThreads, 0, current_stream()>>>(ids.data<int32_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
-  else
-    make_keys_kernel<<<grid_1d(N), kThreads, 0, current_stream()>>>(ids.data<int64_t>(), keys.data<int32_t>(), vals.data<int32_t>(), N, V);
+  Tensor count = Tensor::empty({V + 1}, DType::Int32, dev);  // count[V]: long_ids_count
+  Tensor slots = Tensor::empty({V, kSlots}, DType::Int32, dev);
+  Tensor long_ids = Tensor::empty({std::max<int64_t>(max_long, 1)}, DType::Int32, dev);
+  int32_t* long_ids_count = count.data<int32_t>() + V;
+  cudaStream_t stream = current_stream();
+  check(cudaMemsetAsync(count.raw_data(), 0, size_t(V + 1) * sizeof(int32_t), stream), "embedding_backward");
+  auto make_keys = [&](auto* pid) {
+    make_keys_kernel<<<grid_1d(N), kThreads, 0, stream>>>(pid, keys.data<int32_t>(), vals.data<int32_t>(),
+                                                           count.data<int32_t>(), slots.data<int32_t>(),
+                                                           long_ids.data<int32_t>(), long_ids_count, N, V);
+  };
+  if (ids.dtype() == DType::Int32) make_keys(ids.data<int32_t>());
+  else make_keys(ids.data<int64_t>());
   check_launch("embedding_backward");
-  // 2. stable sort by key over the bits that hold 0..V
+  // Scratch of steps 2-4, allocated here: the side stream joins before anything is freed.
   int end_bit = 1;
   while ((int64_t(1) << end_bit) <= V) ++end_bit;
   size_t scratch_bytes = 0;
   check(cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(),
-                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit, current_stream()),
+                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit, stream),
         "embedding_backward");
   Tensor scratch = Tensor::empty({int64_t(std::max<size_t>(scratch_bytes, 1))}, DType::UInt8, dev);
-  check(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys.data<int32_t>(),
-                                        sorted_keys.data<int32_t>(), vals.data<int32_t>(),
-                                        order.data<int32_t>(), int(N), 0, end_bit, current_stream()),
-        "embedding_backward");
-  // 3. group boundaries
   Tensor start = Tensor::empty({V + 1}, DType::Int32, dev);
-  group_starts_kernel<<<grid_1d(V + 1), kThreads, 0, current_stream()>>>(sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
-  check_launch("embedding_backward");
-  // 4. pieces of long runs; 5. the rows
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // 2 rows per chunk, written only where a run is longer than kChunk
+  Tensor pieces = Tensor::empty({2 * chunks, C}, grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
     using T = scalar_t;
     const int W = pack_width<T>(C, {grad.raw_data(), dweight.raw_data()});
-    const int64_t cp = C / W, chunks = (N + kChunk - 1) / kChunk;
-    // 2 rows per chunk, written only where a run is longer than kChunk
-    Tensor pieces = Tensor::empty({2 * chunks, C}, sizeof(T) == 8 ? DType::Float64 : DType::Float32, dev);
+    const int64_t cp = C / W;
     const int threads = int(std::min<int64_t>(128, (cp + 31) / 32 * 32));
-    auto go = [&](auto pieces_kernel, auto rows_kernel) {
-      auto* acc = static_cast<acc_t<T>*>(pieces.raw_data());
-      pieces_kernel<<<unsigned(chunks), threads, 0, current_stream()>>>(
-          cptr<T>(grad), sorted_keys.data<int32_t>(), order.data<int32_t>(), start.data<int32_t>(), acc, cp, V);
+    auto* acc = static_cast<acc_t<T>*>(pieces.raw_data());
+    auto go = [&](auto short_rows_kernel, auto pieces_kernel, auto long_rows_kernel) {
+      SideStream side;
+      // 5a. the short rows, queued first: they need no order
+      short_rows_kernel<<<unsigned(V), threads, 0, stream>>>(cptr<T>(grad), count.data<int32_t>(),
+                                                             slots.data<int32_t>(), mptr<T>(dweight), cp);
       check_launch("embedding_backward");
-      rows_kernel<<<unsigned(V), threads, 0, current_stream()>>>(cptr<T>(grad), order.data<int32_t>(),
-                                                                 start.data<int32_t>(), acc, mptr<T>(dweight), cp);
+      // 2. stable sort by key over the bits that hold 0..V
+      check(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys.data<int32_t>(),
+                                            sorted_keys.data<int32_t>(), vals.data<int32_t>(),
+                                            order.data<int32_t>(), int(N), 0, end_bit, side.get()),
+            "embedding_backward");
+      // 3. group boundaries
+      group_starts_kernel<<<grid_1d(V + 1), kThreads, 0, side.get()>>>(sorted_keys.data<int32_t>(), N, V,
+                                                                  start.data<int32_t>());
+      check_launch("embedding_backward");
+      // 4. pieces of long runs
+      pieces_kernel<<<unsigned(chunks), threads, 0, side.get()>>>(cptr<T>(grad), sorted_keys.data<int32_t>(),
+                                                            order.data<int32_t>(), start.data<int32_t>(), acc, cp, V);
+      check_launch("embedding_backward");
+      side.join();
+      // 5b. the long rows
+      if (max_long > 0)
+        long_rows_kernel<<<unsigned(max_long), threads, 0, stream>>>(
+            cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
+            long_ids_count, mptr<T>(dweight), cp);
     };
     constexpr int WV = 16 / sizeof(T);
-    if (W == 1) go(embedding_pieces_kernel<1, T>, embedding_rows_kernel<1, T>);
-    else go(embedding_pieces_kernel<WV, T>, embedding_rows_kernel<WV, T>);
+    if (W == 1) go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>);
+    else go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T>, embedding_long_rows_kernel<WV, T>);
   });
   check_launch("embedding_backward");
   return {dweight};

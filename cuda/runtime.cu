@@ -69,6 +69,56 @@ void set_current_stream(int device, cudaStream_t stream) {
 }
 
 namespace {
+struct SideStreamState {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t forked = nullptr, done = nullptr;
+};
+// Per thread, so two threads' forks and joins never record into each other's events.
+thread_local std::vector<SideStreamState> t_side;
+
+SideStreamState& side_stream(int device) {
+  if (size_t(device) >= t_side.size()) t_side.resize(device + 1);
+  SideStreamState& s = t_side[device];
+  if (!s.stream) {
+    int least = 0, greatest = 0;
+    check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    check(cudaStreamCreateWithPriority(&s.stream, cudaStreamNonBlocking, greatest), "cudaStreamCreateWithPriority");
+    check(cudaEventCreateWithFlags(&s.forked, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  return s;
+}
+
+int selected_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+}  // namespace
+
+SideStream::SideStream() : device_(selected_device()) {
+  SideStreamState& s = side_stream(device_);
+  check(cudaEventRecord(s.forked, current_stream(device_)), "cudaEventRecord");
+  check(cudaStreamWaitEvent(s.stream, s.forked, 0), "cudaStreamWaitEvent");
+  stream_ = s.stream;
+}
+
+void SideStream::join() {
+  joined_ = true;
+  SideStreamState& s = side_stream(device_);
+  check(cudaEventRecord(s.done, s.stream), "cudaEventRecord");
+  check(cudaStreamWaitEvent(current_stream(device_), s.done, 0), "cudaStreamWaitEvent");
+}
+
+SideStream::~SideStream() {
+  if (joined_) return;
+  try {
+    join();
+  } catch (...) {  // already unwinding from a CUDA error
+  }
+}
+
+namespace {
 std::atomic<int> g_sync_debug_mode{0};  // 0 default, 2 error (llmscratch.cuda.set_sync_debug_mode)
 }  // namespace
 

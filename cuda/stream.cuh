@@ -15,4 +15,27 @@ cudaStream_t current_stream(int device);
 cudaStream_t current_stream();
 void set_current_stream(int device, cudaStream_t stream);
 
+// A side stream for an op whose short, latency-bound steps (a small sort) can run beside its
+// bandwidth-bound kernels. Constructing one orders this thread's high-priority stream on the
+// selected device after everything queued so far on the current stream; join() (or the
+// destructor, if an error unwinds first) orders the current stream after everything queued on
+// the side stream since. An op joins before it returns, so its temporaries (allocated for the
+// current stream) are never reused while the side stream still reads them. High priority: the
+// block scheduler gives the side stream's few blocks the next free slots, instead of queueing
+// them behind a big grid.
+class SideStream {
+ public:
+  SideStream();
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void join();
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+  bool joined_ = false;
+};
+
 }  // namespace ls::cuda

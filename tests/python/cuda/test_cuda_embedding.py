@@ -48,10 +48,11 @@ def test_backward_with_repeated_ids_is_deterministic(id_dtype, dtype):
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
 def test_backward_with_runs_around_the_chunk_length(dtype):
-    # The backward sums runs of sorted positions by chunks of 32 and a longer run in pieces: runs
-    # of 1..97 tokens (31, 32, 33, 64, 65 among them) in shuffled order, chunk boundaries inside,
-    # at the start and at the end of runs, against float64.
-    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40]
+    # Rows of up to 8 tokens are summed from their slots; longer ones from their run of sorted
+    # positions, by chunks of 32, and a run longer than that in pieces: runs of 1..97 tokens (8,
+    # 9, 31, 32, 33, 64, 65 among them) in shuffled order, chunk boundaries inside, at the start
+    # and at the end of runs, against float64.
+    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40, 8, 9]
     ids = np.concatenate([np.full(n, v * 3 + 1) for v, n in enumerate(lengths)])
     ids = np.random.default_rng(1).permutation(ids)
     V, C = 3 * len(lengths) + 2, 24
@@ -63,6 +64,29 @@ def test_backward_with_runs_around_the_chunk_length(dtype):
     np.add.at(ref, ids, rounded(g, dtype))
     assert rel_err(got, ref) <= TOL[dtype]
     assert (got[[v for v in range(V) if v % 3 != 1 or v // 3 >= len(lengths)]] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
+def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
+    # Rows of at most 8 tokens are written beside the sort, from the tokens' slots; the rest after
+    # the sort. Here most rows have no token or one, some several, row 0 more than 8; every row
+    # of the poisoned output must be written.
+    V, C, N = 5000, 40, 3000
+    ids = ids_for(V, (N,))
+    ids[:12] = 0
+    g = randn(N, C)
+    grad, gids = ls.tensor(g).to(dtype=dtype).cuda(), ls.tensor(ids).cuda()
+    poison_next_allocation(V * C * ITEMSIZE[dtype])
+    got = host(_core.call("embedding_backward", [grad, gids], {"num_weights": V})[0])
+    counts = np.bincount(ids, minlength=V)
+    token_of = {v: n for n, v in enumerate(ids)}
+    single = np.flatnonzero(counts == 1)
+    assert len(single) > 1000 and (counts > 1).sum() > 100
+    np.testing.assert_array_equal(got[single], host(grad)[[token_of[v] for v in single]])
+    assert (got[counts == 0] == 0).all()
+    ref = np.zeros((V, C))
+    np.add.at(ref, ids, rounded(g, dtype))
+    assert rel_err(got, ref) <= TOL[dtype]
 
 
 def test_unused_rows_are_zero_and_empty_ids():
