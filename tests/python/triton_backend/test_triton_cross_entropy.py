@@ -36,7 +36,10 @@ def test_cross_entropy(device, dtype, N, V, reduction, smoothing):
     g_lse = np.asarray(g_lse_s.to("cpu").to(ls.float64))  # the values triton saw
     ref_bwd = cpu_call("cross_entropy_backward",
                        as64([np.asarray(g_loss)]) + [x64, t64, ref[1]] + as64([g_lse]), attrs)
-    compare("cross_entropy_backward", bwd, ref_bwd, dtype, tol_scale=4)
+    # One class: dlogits = g_loss (p - 1) + g_lse p with p = 1 up to the rounding of exp, so a
+    # g_lse near 0 leaves only that rounding times g_loss; the error is measured against g_loss.
+    floor = float(np.abs(g_loss).max()) / np.sqrt(N * V)
+    compare("cross_entropy_backward", bwd, ref_bwd, dtype, tol_scale=4, floor=floor)
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
