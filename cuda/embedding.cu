@@ -162,7 +162,7 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_
 // dependent load fewer than a run of sorted positions: count, then start, then order), sorts
 // the tokens in registers and sums its packs of their rows, two rows' loads in flight.
 template <int W, typename T>
-__global__ void __launch_bounds__(128, 16) embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
+__global__ void __launch_bounds__(256, 8) embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
                                             const int32_t* __restrict__ slots, T* __restrict__ dweight,
                                             int64_t cp) {
   using A = acc_t<T>;
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(128, 16) embedding_short_rows_kernel(const T* 
   }
 }
 
-// Block b, for the b-th row of more than kSlots tokens (long_ids): dweight[v, :] = the sum of
+// Blocks stride over the rows of more than kSlots tokens (long_ids): dweight[v, :] = the sum of
 // grad[order[k], :] over its run [start[v], start[v+1]), or of its pieces when the run is long.
 template <int W, typename T>
 __global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ order,
@@ -216,25 +216,27 @@ __global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int
                                            int64_t cp) {
   using A = acc_t<T>;
   using P = Pack<T, W>;
-  if (int32_t(blockIdx.x) >= *long_ids_count) return;
-  const int64_t v = long_ids[blockIdx.x], s = start[v], e = start[v + 1];
-  for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
-    A acc[W];
+  const int32_t rows = *long_ids_count;
+  for (int32_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    const int64_t v = long_ids[b], s = start[v], e = start[v + 1];
+    for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
+      A acc[W];
 #pragma unroll
-    for (int j = 0; j < W; ++j) acc[j] = A(0);
-    if (e - s <= kChunk) {
-      add_rows<8, W>(acc, grad, order, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
-    } else {
-      for (int64_t q = s / kChunk; q <= (e - 1) / kChunk; ++q) {
-        const A* piece = pieces + (2 * q + (s > q * kChunk ? 1 : 0)) * cp * W + c * W;
+      for (int j = 0; j < W; ++j) acc[j] = A(0);
+      if (e - s <= kChunk) {
+        add_rows<8, W>(acc, grad, order, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
+      } else {
+        for (int64_t q = s / kChunk; q <= (e - 1) / kChunk; ++q) {
+          const A* piece = pieces + (2 * q + (s > q * kChunk ? 1 : 0)) * cp * W + c * W;
 #pragma unroll
-        for (int j = 0; j < W; ++j) acc[j] += piece[j];
+          for (int j = 0; j < W; ++j) acc[j] += piece[j];
+        }
       }
-    }
-    P out;
+      P out;
 #pragma unroll
-    for (int j = 0; j < W; ++j) out.v[j] = convert<T>(acc[j]);
-    reinterpret_cast<P*>(dweight)[v * cp + c] = out;  // dweight[v, c*W:]
+      for (int j = 0; j < W; ++j) out.v[j] = convert<T>(acc[j]);
+      reinterpret_cast<P*>(dweight)[v * cp + c] = out;  // dweight[v, c*W:]
+    }
   }
 }
 
@@ -349,11 +351,14 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
     const int W = pack_width<T>(C, {grad.raw_data(), dweight.raw_data()});
     const int64_t cp = C / W;
     const int threads = int(std::min<int64_t>(128, (cp + 31) / 32 * 32));
+    // a thread per pack up to 256 (GPT-2 large's 1280 bf16 columns: 160), so a short row's
+    // loads are all in flight at once
+    const int short_threads = int(std::min<int64_t>(256, (cp + 31) / 32 * 32));
     auto* acc = static_cast<acc_t<T>*>(pieces.raw_data());
     auto go = [&](auto short_rows_kernel, auto pieces_kernel, auto long_rows_kernel) {
       SideStream side;
       // 5a. the short rows, queued first: they need no order
-      short_rows_kernel<<<unsigned(V), threads, 0, stream>>>(cptr<T>(grad), count.data<int32_t>(),
+      short_rows_kernel<<<unsigned(V), short_threads, 0, stream>>>(cptr<T>(grad), count.data<int32_t>(),
                                                              slots.data<int32_t>(), mptr<T>(dweight), cp);
       check_launch("embedding_backward");
       // 2. stable sort by key over the bits that hold 0..V
@@ -372,7 +377,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       side.join();
       // 5b. the long rows
       if (max_long > 0)
-        long_rows_kernel<<<unsigned(max_long), threads, 0, stream>>>(
+        long_rows_kernel<<<unsigned(std::min<int64_t>(max_long, 1024)), threads, 0, stream>>>(
             cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
             long_ids_count, mptr<T>(dweight), cp);
     };
