@@ -410,6 +410,7 @@ __global__ void bwd_preprocess_packed_kernel(const T* __restrict__ o, RowStrides
                                              const float* __restrict__ dlse, float* __restrict__ dd,
                                              int64_t rows, int NH, int T_) {
   static_assert(R >= 1 && R <= 32 && (R & (R - 1)) == 0, "R threads of a row within one warp");
+  static_assert(sizeof(T) == 2, "8 elements to a 16-byte load");
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / R;
   const int j = threadIdx.x % R;
   float acc = 0.f;

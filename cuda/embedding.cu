@@ -26,8 +26,10 @@
 // Step 4 was added for text-like ids: with one block per row only, a run of 600 tokens (3.7% of
 // 16384, the most frequent id of a Zipf-like text) was walked by one block, one load in flight
 // per thread. Uniform ids have no long runs and step 4's blocks return at once.
-// All on the device, no host synchronisation; the sort's scratch and the pieces' buffer (two rows
-// per chunk: N C / 16 elements, touched only by long runs) come from the caching allocator.
+// All on the device, no host synchronisation; the temporaries come from the caching allocator:
+// the sort's keys and scratch (about 16 bytes a token), the counts and slots (36 bytes a
+// vocabulary row: more than dweight itself for a table of a few float32 columns) and the
+// pieces' buffer (two rows per chunk: N C / 16 elements, touched only by long runs).
 // Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip, so the
 // forward writes a row of NaN for them (the loss turns NaN, which training reports) and the
 // backward ignores them; the CPU op raises IndexError.
@@ -173,9 +175,11 @@ __global__ void __launch_bounds__(256, 8) embedding_short_rows_kernel(const T* _
   const int4 lo = reinterpret_cast<const int4*>(slots)[2 * v], hi = reinterpret_cast<const int4*>(slots)[2 * v + 1];
   if (tokens > kSlots) return;  // the long rows' kernel's
   int32_t n[kSlots] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  // Unused slots were never written (one 32-byte load reads them anyway, instead of a second
+  // load that waits for the count; compute-sanitizer's initcheck reports it): they sort last.
 #pragma unroll
   for (int t = 0; t < kSlots; ++t)
-    if (t >= tokens) n[t] = INT32_MAX;  // unused slots (never written) sort last
+    if (t >= tokens) n[t] = INT32_MAX;
 #pragma unroll
   for (int i = 0; i < kSlots; ++i)  // odd-even transposition sort: kSlots rounds
 #pragma unroll

@@ -73,7 +73,10 @@ struct SideStreamState {
   cudaStream_t stream = nullptr;
   cudaEvent_t forked = nullptr, done = nullptr;
 };
-// Per thread, so two threads' forks and joins never record into each other's events.
+// Per thread, so two threads' forks and joins never record into each other's events. Never
+// destroyed: a destructor at thread or process exit could run after the runtime's own teardown,
+// so a thread's stream and two events live until the process ends (a program that starts many
+// short-lived threads running this op keeps one of each per thread).
 thread_local std::vector<SideStreamState> t_side;
 
 SideStreamState& side_stream(int device) {

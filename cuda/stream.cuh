@@ -22,7 +22,8 @@ void set_current_stream(int device, cudaStream_t stream);
 // the side stream since. An op joins before it returns, so its temporaries (allocated for the
 // current stream) are never reused while the side stream still reads them. High priority: the
 // block scheduler gives the side stream's few blocks the next free slots, instead of queueing
-// them behind a big grid.
+// them behind a big grid. One side stream per thread and device serves the ops of all its
+// streams: two user streams' ops that fork queue their side work in the order they were issued.
 class SideStream {
  public:
   SideStream();

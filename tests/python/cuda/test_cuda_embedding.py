@@ -89,6 +89,29 @@ def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
     assert rel_err(got, ref) <= TOL[dtype]
 
 
+def _run_lengths_ids(lengths, seed):
+    """Ids with lengths[v] tokens of id v, in shuffled order."""
+    ids = np.concatenate([np.full(n, v) for v, n in enumerate(lengths)])
+    return np.random.default_rng(seed).permutation(ids)
+
+
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("lengths", [[8], [9], [9, 9], [2, 0, 3, 8, 1, 5, 9, 17, 32, 4, 7, 6]])
+def test_rows_sum_their_tokens_in_increasing_order(lengths, id_dtype):
+    # float32 sums in float32, token by token in increasing n, exactly as numpy's add.at (which
+    # adds in index order): the short rows' tokens come from atomics in any order and must be
+    # sorted, the long rows' (9 to 32 tokens) come from the sorted positions. Lengths 8 and 9
+    # alone: no long row (N < 9) and exactly one.
+    ids = _run_lengths_ids(lengths, seed=len(lengths))
+    V, C = len(lengths) + 1, 37
+    g = randn(len(ids), C).astype(np.float32)
+    got = host(_core.call("embedding_backward", [ls.tensor(g).cuda(), ls.tensor(ids.astype(id_dtype)).cuda()],
+                          {"num_weights": V})[0])
+    ref = np.zeros((V, C), np.float32)
+    np.add.at(ref, ids, g)
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_unused_rows_are_zero_and_empty_ids():
     V, C = 11, 6
     ids = ls.tensor(np.array([[3, 3], [7, 3]])).cuda()
@@ -127,6 +150,25 @@ def test_served_by_cuda():
     F.embedding(ls.tensor(np.array([1, 1, 8])).cuda(), w).sum().backward()
     report = _core.backend_report(True)
     assert report["embedding"] == "cuda" and report["embedding_backward"] == "cuda"
+
+
+def test_backward_waits_for_ids_made_late_on_its_stream():
+    # The ids come from a device op queued on the user stream behind a long product, so the
+    # keys kernel runs late; the side stream's sort (every row here is long) must wait for it.
+    V, C, N = 50, 24, 5000
+    s = ls.cuda.Stream()
+    ids = ls.tensor(ids_for(V, (N,))).cuda()
+    grad = ls.tensor(randn(N, C)).cuda()
+    a = ls.randn(4096, 4096, device="cuda")
+    s.wait_stream(ls.cuda.current_stream())
+    with ls.cuda.stream(s):
+        for _ in range(4):
+            a = a @ a * (1.0 / 64)
+        late_ids = ids + 0
+        dw = _core.call("embedding_backward", [grad, late_ids], {"num_weights": V})[0]
+    s.synchronize()
+    ref = _core.call("embedding_backward", [grad.cpu(), ids.cpu()], {"num_weights": V})[0]
+    np.testing.assert_allclose(host(dw), host(ref), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("V,N", [(50304, 16384), (300, 70000)])
