@@ -206,7 +206,8 @@ def test_backward(sa, sb, ta, dtype, gemm):
 @pytest.mark.parametrize("sa,sb", [((127, 129), (129, 131)),          # odd N: element stores
                                    ((2, 3, 64, 80), (80, 96)),        # folds into one GEMM
                                    ((2, 64, 40), (2, 40, 72)),        # batched
-                                   ((256, 8192), (8192, 256))])       # few tiles, long K: split-K
+                                   ((256, 8192), (8192, 256)),        # few tiles, long K: split-K
+                                   ((100, 8192), (8192, 131))])       # split-K, odd N: element sums
 @pytest.mark.parametrize("tb", [False, True])
 def test_bias(sa, sb, tb, dtype, gemm):
     # a @ b + bias in one op (the wgmma kernel adds it in its epilogue, split-K in the sum of the
