@@ -162,11 +162,13 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_
 // Block v, for a row of at most kSlots tokens: dweight[v, :] = the sum of their gradient rows in
 // increasing n, zeros for none. Each thread loads the row's count and slots together (one
 // dependent load fewer than a run of sorted positions: count, then start, then order), sorts
-// the tokens in registers and sums its packs of their rows, two rows' loads in flight.
+// the tokens in registers and sums its packs of their rows, two rows' loads in flight. At most
+// 32 registers (the launch bounds; 48 without), so that an SM holds as many rows in flight as
+// its threads allow: a row is latency-bound (its count and slots, then its gradient rows).
 template <int W, typename T>
-__global__ void __launch_bounds__(256, 8) embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
-                                            const int32_t* __restrict__ slots, T* __restrict__ dweight,
-                                            int64_t cp) {
+__global__ void __launch_bounds__(256, 8)
+    embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
+                                const int32_t* __restrict__ slots, T* __restrict__ dweight, int64_t cp) {
   using A = acc_t<T>;
   using P = Pack<T, W>;
   static_assert(kSlots == 8, "the slots load as two int4");
