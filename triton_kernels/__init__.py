@@ -69,6 +69,8 @@ def _wrap(op, fn, served_device, serves=None):
             finally:
                 _core.set_backend(prev)
         tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
+        if dev.type == "cpu":
+            tin = _one_storage_per_allocation(tin)
         if dev.type == "cuda":
             stream = _core.cuda_current_stream(dev.index)
             with torch.cuda.device(dev.index):
@@ -84,6 +86,27 @@ def _wrap(op, fn, served_device, serves=None):
 
     run.__name__ = f"triton_{op}"
     return run
+
+
+def _one_storage_per_allocation(tensors):
+    """The tensors with those that view one allocation remade as views of one torch storage.
+
+    Each DLPack import gets a storage of its own, starting at the allocation and as long as that
+    view needs. Triton's interpreter copies every kernel argument's storage to the host keyed by
+    its address and reuses the first copy for the next view of the allocation, which may reach
+    further (a resize error). On the GPU the kernels take pointers, and nothing needs this."""
+    import torch
+
+    views = {}
+    for t in tensors:
+        if t is not None:
+            views.setdefault(t.untyped_storage().data_ptr(), []).append(t)
+    shared = {ptr: max((v.untyped_storage() for v in vs), key=lambda s: s.nbytes())
+              for ptr, vs in views.items() if len(vs) > 1}
+    return [t if t is None or t.untyped_storage().data_ptr() not in shared else
+            torch.empty(0, dtype=t.dtype).set_(shared[t.untyped_storage().data_ptr()], t.storage_offset(),
+                                               t.shape, t.stride())
+            for t in tensors]
 
 
 def kernel_modules():

@@ -43,15 +43,6 @@ def lru_put(cache, key, value, limit):
     return value
 
 
-def interpreter_can_take(*tensors) -> bool:
-    """False when triton's interpreter would fail on these kernel arguments: it copies each one's
-    storage to the host keyed by its address and reuses the first copy for another view of the same
-    allocation, whose DLPack import can reach further (a resize error). Always True on the GPU."""
-    if not interpreted():
-        return True
-    return len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
-
-
 def fold_stride(shape, strides):
     """One stride that walks the dims (shape, strides) in row-major order, or None."""
     stride, count = 0, 1

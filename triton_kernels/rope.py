@@ -106,12 +106,12 @@ def _row_stride(x):
 
 
 def rope_forward(inputs, attrs):
-    _layout(inputs[0], "rope")
-    rs = _row_stride(inputs[0])
-    x = inputs[0] if rs is not None else inputs[0].contiguous()
-    cos, sin = inputs[1].contiguous(), inputs[2].contiguous()
+    x = inputs[0]
     T, NH, half = _layout(x, "rope")
-    rs = rs if rs is not None else NH * 2 * half
+    rs = _row_stride(x)
+    if rs is None:
+        x, rs = x.contiguous(), NH * 2 * half
+    cos, sin = inputs[1].contiguous(), inputs[2].contiguous()
     if cos.shape != (T, half) or sin.shape != (T, half):
         raise ValueError(f"rope: cos and sin must be (T, HS/2) = {(T, half)}, got "
                          f"{tuple(cos.shape)} and {tuple(sin.shape)}")

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import POINTWISE_WARPS, interpreter_can_take, launch, pointwise_block, row_stride
+from ._common import POINTWISE_WARPS, launch, pointwise_block, row_stride
 
 
 @triton.jit
@@ -87,7 +87,10 @@ def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, WANT_DA: tl.constexpr, W
 
 
 def _rows(ts):
-    """The row strides of ts (one shape), or None when one of them has no row layout."""
+    """The row strides of ts (one shape) for the row kernels, or None: when all are contiguous
+    (the flat kernels serve them) or one of them has no row layout (copied contiguous first)."""
+    if all(t.is_contiguous() for t in ts):
+        return None
     strides = [row_stride(t) for t in ts]
     return None if any(ld is None for ld in strides) else strides
 
@@ -102,7 +105,7 @@ def swiglu_forward(inputs, attrs):
     _same_shapes("swiglu", a, b)
     y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     n = a.numel()
-    lds = None if a.is_contiguous() and b.is_contiguous() or not interpreter_can_take(a, b) else _rows([a, b])
+    lds = _rows([a, b])
     if n and lds is not None:
         C = a.shape[-1]
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
@@ -123,8 +126,7 @@ def swiglu_backward(inputs, attrs):
     da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
     db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
     n = a.numel()
-    flat = g.is_contiguous() and a.is_contiguous() and b.is_contiguous()
-    lds = None if flat or not interpreter_can_take(g, a, b) else _rows([g, a, b])
+    lds = _rows([g, a, b])
     if n and lds is not None and (want_da or want_db):
         C = a.shape[-1]
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))

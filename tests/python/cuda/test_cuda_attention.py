@@ -196,7 +196,8 @@ def test_fused_qkv_views(dtype, HS, T, kernel):
         assert all(gg.stride() == (T * R, HS, R, 1) for gg in grads_g)
         assert [gg.data_ptr() - grads_g[0].data_ptr() for gg in grads_g] == \
             [0, NH * HS * dtype.itemsize, (NH + NKV) * HS * dtype.itemsize]
-        # through autograd: the fused tensor's gradient is that buffer, the pieces as computed
+        # through autograd: the fused tensor's gradient holds the pieces as computed (that the
+        # split's backward takes them whole, without a copy, is ops/test_concat.py's)
         leaf = g.detach().requires_grad_()
         pieces = F.split(leaf * 1.0, [NH, NKV, NKV], dim=2)
         o = F.scaled_dot_product_attention(*(p.transpose(1, 2) for p in pieces), is_causal=True)

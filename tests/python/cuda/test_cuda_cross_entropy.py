@@ -147,7 +147,8 @@ def test_output_layer_on_row_padded_logits(N, C, V, reduction, dtype, inplace):
     """The output layer as a model runs it: F.linear's 16-bit logits of an odd vocabulary come with
     rows padded to 64 elements, the loss reads them at that stride (in place: writes their
     gradient there), and the backward's GEMMs read that gradient where it is; the loss and the
-    gradients of x and W against the CPU op and torch float64."""
+    gradients of x and W against the CPU op and torch float64. float32 and float64 logits stay
+    contiguous (only 16-bit rows are padded): those cases are the control."""
     kw = dict(reduction=reduction, label_smoothing=0.1)
     t = targets(N, V, ignore_every=7)
     if dtype in (ls.bfloat16, ls.float16):

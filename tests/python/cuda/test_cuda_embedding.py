@@ -46,6 +46,12 @@ def test_backward_with_repeated_ids_is_deterministic(id_dtype, dtype):
     assert rel_err(host(a), host(ref)) <= TOL[dtype]
 
 
+def _run_lengths_ids(lengths, seed):
+    """Ids with lengths[v] tokens of id v, in shuffled order."""
+    ids = np.concatenate([np.full(n, v) for v, n in enumerate(lengths)])
+    return np.random.default_rng(seed).permutation(ids)
+
+
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
 def test_backward_with_runs_around_the_chunk_length(dtype):
     # Rows of up to 8 tokens are summed from their slots; longer ones from their run of sorted
@@ -53,8 +59,7 @@ def test_backward_with_runs_around_the_chunk_length(dtype):
     # 9, 31, 32, 33, 64, 65 among them) in shuffled order, chunk boundaries inside, at the start
     # and at the end of runs, against float64.
     lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40, 8, 9]
-    ids = np.concatenate([np.full(n, v * 3 + 1) for v, n in enumerate(lengths)])
-    ids = np.random.default_rng(1).permutation(ids)
+    ids = _run_lengths_ids(lengths, seed=1) * 3 + 1  # ids 1, 4, 7, ...: rows between stay empty
     V, C = 3 * len(lengths) + 2, 24
     g = randn(len(ids), C)
     grad, gids = ls.tensor(g).to(dtype=dtype).cuda(), ls.tensor(ids).cuda()
@@ -87,12 +92,6 @@ def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
     ref = np.zeros((V, C))
     np.add.at(ref, ids, rounded(g, dtype))
     assert rel_err(got, ref) <= TOL[dtype]
-
-
-def _run_lengths_ids(lengths, seed):
-    """Ids with lengths[v] tokens of id v, in shuffled order."""
-    ids = np.concatenate([np.full(n, v) for v, n in enumerate(lengths)])
-    return np.random.default_rng(seed).permutation(ids)
 
 
 @pytest.mark.parametrize("id_dtype", [np.int32, np.int64])

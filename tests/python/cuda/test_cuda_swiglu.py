@@ -48,7 +48,8 @@ def test_halves_of_one_projection(dtype, H):
     # gate and up as the two halves of one (B, T, 2 H) tensor, as a LLaMA MLP splits its fused
     # projection: read in place (16-byte packs for H 256, one element a thread for H 33), the
     # values of the same halves made contiguous; the two gradients come back as the halves of
-    # one buffer, and through autograd the projection's gradient is that buffer
+    # one buffer, and through autograd the projection's gradient has their values (that the
+    # split's backward takes such halves whole, without a copy, is ops/test_concat.py's)
     B, T = 2, 9
     h = rounded(randn(B, T, 2 * H, scale=2.0), dtype)
     g = rounded(randn(B, T, H), dtype)
