@@ -45,6 +45,7 @@
 #include <limits>
 
 #include "core/registry.h"
+#include "async_copy.cuh"
 #include "elementwise.cuh"
 #include "ops/ops.h"
 #include "pack.cuh"
@@ -59,24 +60,6 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 
 // ============================ PTX helpers (tensor-core path) ============================
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; zero-filled (nothing read) when !valid.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
-               : "memory");
-}
-// The "memory" clobbers keep the compiler from moving shared-memory accesses across the copies.
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -126,7 +109,7 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const T* g, int row0, i
     const int r = i / CH, c = i % CH;
     const bool valid = row0 + r < nrows;
     const T* src = valid ? g + (int64_t(row0 + r) * COLS + c * 8) : g;
-    cp_async16(tile + tile_off<COLS>(r, c), src, valid);
+    cp_async16(tile + tile_off<COLS>(r, c), src, valid ? 16 : 0);  // zero-filled when !valid
   }
 }
 
@@ -216,7 +199,7 @@ __global__ void __launch_bounds__(FwdCfg<HS>::NW * 32, 1)
   }
 
   for (int j = 0; j < nblocks; ++j) {
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();  // tile j visible to all; every warp done with tile j - 1's buffer
     if (j + 1 < nblocks) {
       const int nb = (j + 1) & 1;
@@ -316,7 +299,7 @@ __global__ void __launch_bounds__(FwdCfg<HS>::NW * 32, 1)
       }
     }
   }
-  cp_async_wait_all();  // nothing in flight at exit (the Q tile when no key is visible)
+  cp_async_wait<0>();  // nothing in flight at exit (the Q tile when no key is visible)
 
   // normalise and store; rows past T are padding
 #pragma unroll
@@ -501,7 +484,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
     for (int e = 0; e < 4; ++e) dkacc[i][e] = dvacc[i][e] = 0.f;
 
   for (int it = 0; it < nit; ++it) {
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();  // step it visible; all warps done with the other buffer and with dS^T
     if (it + 1 < nit) {
       load_step(it + 1, (it + 1) & 1);
@@ -617,7 +600,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
     }
   }
 
-  cp_async_wait_all();  // nothing in flight at exit
+  cp_async_wait<0>();  // nothing in flight at exit
 
   // store dK (scaled) and dV; keys past S are padding
   const int64_t kvbase = int64_t(b * NKV + kvh) * S * HS;

@@ -5,9 +5,8 @@
 //
 // Why not for_each_dense (elementwise.cuh): it issues one scalar load per element, which left
 // 16-bit kernels at 50-72% of the copy bandwidth (bench/notes_cuda_elementwise.md). Here each
-// thread moves 16-byte packs (4 float32, 8 bf16/fp16, 2 float64), kBatch<NI> packs per array per
-// iteration of a grid-stride loop (all loaded before any math), so a warp issues 512-byte
-// transactions, a thread keeps about 64 bytes of loads in flight, and the conversions amortise.
+// thread moves one 16-byte pack (4 float32, 8 bf16/fp16, 2 float64) of every array per iteration
+// of a grid-stride loop, so a warp issues 512-byte transactions and the conversions amortise.
 // When any pointer is not 16-byte aligned (a view with an odd offset made contiguous elsewhere),
 // the same kernel runs with packs of one element. The last n % pack elements form a scalar tail.
 // The op computes in acc_t<T> (float for 16-bit and float32, double for float64).
@@ -54,13 +53,6 @@ __device__ __forceinline__ void map_one(const Op& op, const MapArgs<T, NI, NO>& 
   for (int k = 0; k < NO; ++k) a.out[k][i] = convert<T>(y[k]);
 }
 
-// Packs per thread and iteration: a batch of kBatch<NI> packs of every input is loaded before
-// any math, so each thread keeps about 64 bytes of loads in flight. With one pack per thread, a
-// one-input map (exp, gelu, silu) had only 16 bytes in flight per thread, under what the H200
-// needs to cover its memory latency at full bandwidth (about 30 KB per SM); the two-input
-// backwards, with twice that, already ran at the copy bandwidth.
-template <int NI> constexpr int kBatch = NI >= 4 ? 1 : 4 / NI;
-
 // One pack (already loaded into in) through the op, stored at pack index p.
 template <int V, typename T, int NI, int NO, typename Op>
 __device__ __forceinline__ void map_pack(const Op& op, const Pack<T, V> (&in)[NI], const MapArgs<T, NI, NO>& a,
@@ -80,25 +72,17 @@ __device__ __forceinline__ void map_pack(const Op& op, const Pack<T, V> (&in)[NI
   for (int k = 0; k < NO; ++k) reinterpret_cast<Pack<T, V>*>(a.out[k])[p] = out[k];
 }
 
+// One pack of every array per thread and iteration, with enough blocks that the loop runs once.
+// On an H100, for bf16 gelu and silu at 32768 x 4096, this took 0.180 ms (the copy bandwidth,
+// as torch). Four packs a grid stride apart took 0.183-0.184 ms, and four packs a block apart
+// 0.182 ms (bench/notes_cuda_elementwise.md). The four packs (64 bytes of loads in flight per
+// thread) came from an H200 measurement at 3f2420c; the H200 was not re-measured.
 template <int V, typename T, int NI, int NO, typename Op>
 __global__ void map_kernel(Op op, MapArgs<T, NI, NO> a, int64_t n) {
   using P = Pack<T, V>;
-  constexpr int U = kBatch<NI>;
   const int64_t packs = n / V;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t p = first;
-  // batches of U packs a grid stride apart (each warp's loads stay 512-byte contiguous)
-  for (; p + (U - 1) * stride < packs; p += U * stride) {
-    P in[U][NI];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int k = 0; k < NI; ++k) in[u][k] = reinterpret_cast<const P*>(a.in[k])[p + u * stride];
-#pragma unroll
-    for (int u = 0; u < U; ++u) map_pack<V>(op, in[u], a, p + u * stride);
-  }
-  for (; p < packs; p += stride) {  // the last packs, fewer than U per thread
+  for (int64_t p = first; p < packs; p += int64_t(gridDim.x) * blockDim.x) {
     P in[NI];
 #pragma unroll
     for (int k = 0; k < NI; ++k) in[k] = reinterpret_cast<const P*>(a.in[k])[p];
@@ -118,10 +102,9 @@ void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char
   for (int k = 0; k < NI; ++k) aligned &= reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0;
   for (int k = 0; k < NO; ++k) aligned &= reinterpret_cast<uintptr_t>(a.out[k]) % 16 == 0;
   const int64_t per_thread = aligned ? V : 1;
-  // Enough blocks for one batch of kBatch packs per thread, capped (the loop strides over the
-  // rest); at least one block so the tail runs.
-  const int64_t per_block = int64_t(kThreads) * kBatch<NI>;
-  int64_t blocks = (n / per_thread + per_block - 1) / per_block;
+  // A block per kThreads packs, capped (the loop strides over the rest); at least one block so
+  // the tail runs.
+  int64_t blocks = (n / per_thread + kThreads - 1) / kThreads;
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 20);
   if (aligned)
     map_kernel<V><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
