@@ -43,22 +43,42 @@ __device__ A block_sum(A acc) {
   return partial[0];
 }
 
-// out[row] = sum of x[row, begin:end) where block (chunk, row) covers chunk * len ... + len.
-template <typename T, typename A, typename O>
+// out[row] = sum of x[row, begin:end) where block (chunk, row) covers chunk * len ... + len, read
+// as W-element packs (W > 1 only where W divides cols and len and x is 16-byte aligned: bf16 sums
+// of one element a load ran at 77% of the copy bandwidth, 0.89x torch, at 2^26 elements).
+template <int W, typename T, typename A, typename O>
 __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
-  const T* row = x + int64_t(blockIdx.y) * cols;
-  int64_t begin = int64_t(blockIdx.x) * len, end = min(cols, begin + len);
+  using P = Pack<T, W>;
+  const P* row = reinterpret_cast<const P*>(x + int64_t(blockIdx.y) * cols);
+  const int64_t begin = int64_t(blockIdx.x) * len, end = min(cols, begin + len);
   // Four independent accumulators keep four loads in flight per thread.
   A acc[4] = {A(0), A(0), A(0), A(0)};
-  const int64_t bd = blockDim.x;
-  int64_t c = begin + threadIdx.x;
-  for (; c + 3 * bd < end; c += 4 * bd) {
+  const int64_t bd = blockDim.x, last = end / W;
+  int64_t p = begin / W + threadIdx.x;
+  for (; p + 3 * bd < last; p += 4 * bd) {
+    P v[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) acc[u] += convert<A>(row[c + u * bd]);
+    for (int u = 0; u < 4; ++u) v[u] = row[p + u * bd];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc[u] += convert<A>(v[u].v[j]);
   }
-  for (; c < end; c += bd) acc[0] += convert<A>(row[c]);
+  for (; p < last; p += bd)
+#pragma unroll
+    for (int j = 0; j < W; ++j) acc[0] += convert<A>(row[p].v[j]);
   A total = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   if (threadIdx.x == 0) out[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = convert<O>(total);
+}
+
+// row_sum_kernel over (rows, chunks) blocks, in 16-byte packs where cols and x allow.
+template <typename T, typename A, typename O>
+void launch_row_sum(O* out, const T* x, int64_t cols, int64_t len, dim3 grid) {
+  constexpr int W = 16 / sizeof(T) > 0 ? 16 / sizeof(T) : 1;
+  if (W > 1 && cols % W == 0 && len % W == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+    row_sum_kernel<W, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
+  else
+    row_sum_kernel<1, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
 }
 
 // Column sums for a reduction over leading dims of a contiguous x viewed as (R, C) (bias
@@ -205,12 +225,12 @@ Tensors sum_cuda(const Tensors& in, const Attrs& a) {
                         : std::is_same_v<A, int64_t> ? DType::Int64 : DType::Float32;
       Tensor partial = Tensor::empty({rows, chunks}, acc_dtype, x.device());
       A* pp = static_cast<A*>(partial.raw_data());
-      row_sum_kernel<T, A, A><<<dim3(unsigned(chunks), unsigned(rows)), kThreads, 0, current_stream()>>>(pp, px, cols, kChunk);
-      row_sum_kernel<A, A, O><<<dim3(1, unsigned(rows)), kThreads, 0, current_stream()>>>(po, pp, chunks, chunks);
+      launch_row_sum<T, A, A>(pp, px, cols, kChunk, dim3(unsigned(chunks), unsigned(rows)));
+      launch_row_sum<A, A, O>(po, pp, chunks, chunks, dim3(1, unsigned(rows)));
     } else {
       for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // grid.y holds at most 65535 rows
         unsigned nr = unsigned(std::min<int64_t>(65535, rows - r0));
-        row_sum_kernel<T, A, O><<<dim3(1, nr), kThreads, 0, current_stream()>>>(po + r0, px + r0 * cols, cols, cols);
+        launch_row_sum<T, A, O>(po + r0, px + r0 * cols, cols, cols, dim3(1, nr));
       }
     }
   });
