@@ -241,7 +241,7 @@ static_assert(sizeof(NormTable) < 31 * 1024, "kernel parameters are limited to 3
 template <typename T>
 __device__ double sum_squares(const void* xv, int64_t begin, int64_t end, bool aligned) {
   const T* x = static_cast<const T*>(xv);
-  constexpr int W = 16 / sizeof(T);
+  constexpr int W = kVec<T>;
   using P = Pack<T, W>;
   double acc0 = 0, acc1 = 0;  // two accumulators: two loads in flight
   int64_t rest = begin;

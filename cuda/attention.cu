@@ -902,8 +902,6 @@ MaskRef prepare_mask(const Tensor& mask_in, DType acc, const Dims& n, Tensor& ke
   return m;
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
-
 // The tensor-core path serves bf16/fp16, HS 64 or 128, no mask, a positive scale (the online
 // max is taken before scaling) and 16-byte aligned rows.
 bool use_flash(const Dims& n, DType dt, bool masked, double scale,

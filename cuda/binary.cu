@@ -111,12 +111,11 @@ bool try_row_broadcast(Bin op, const Tensor& out, const Tensor& a, const Tensor&
   const int64_t R = ix.size[0], Pn = ix.size[1];
   CUDA_DISPATCH_FLOAT(out.dtype(), name, {
     using T = scalar_t;
-    constexpr int V = 16 / sizeof(T);
+    constexpr int V = kVec<T>;
     const T* dense = cptr<T>(row_b ? a : b);
     const T* row = cptr<T>(row_b ? b : a);
     T* o = mptr<T>(out);
-    const bool packs = Pn % V == 0 && reinterpret_cast<uintptr_t>(dense) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(row) % 16 == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0;
+    const bool packs = Pn % V == 0 && aligned16(dense) && aligned16(row) && aligned16(o);
     const int W = packs ? V : 1;
     const int64_t row_packs = Pn / W;
     const int threads = int(std::min<int64_t>(kThreads, (row_packs + 31) / 32 * 32));

@@ -28,8 +28,7 @@ bool copy_vectors(const Tensor& dst, const Tensor& src, Indexer<2> ix) {
   const int64_t es = int64_t(itemsize(dst.dtype())), w = 16 / es;
   const int d = ix.nd - 1;
   if (d < 0 || dst.dtype() != src.dtype() || w <= 1 || ix.stride[0][d] != 1 || ix.stride[1][d] != 1 ||
-      ix.size[d] % w != 0 || (reinterpret_cast<uintptr_t>(dst.raw_data()) % 16) != 0 ||
-      (reinterpret_cast<uintptr_t>(src.raw_data()) % 16) != 0)
+      ix.size[d] % w != 0 || !aligned16(dst) || !aligned16(src))
     return false;
   for (int k = 0; k < 2; ++k)
     for (int e = 0; e < d; ++e)
@@ -136,7 +135,7 @@ bool copy_rows(const Tensor& dst, const Tensor& src, Indexer<2> ix, const char* 
   ix.nd = d;  // the row index: every dim but the last
   const unsigned blocks = unsigned(std::min<int64_t>(rows, 4096));
   const int64_t es = int64_t(itemsize(dst.dtype()));
-  bool aligned_dst = dst.dtype() == src.dtype() && reinterpret_cast<uintptr_t>(dst.raw_data()) % 16 == 0;
+  bool aligned_dst = dst.dtype() == src.dtype() && aligned16(dst);
   for (int e = 0; e < d; ++e) aligned_dst &= ix.stride[0][e] * es % 16 == 0;
   if (aligned_dst) {
     copy_rows_to_aligned_kernel<<<blocks, kThreads, 0, current_stream()>>>(

@@ -610,7 +610,10 @@ constexpr int kScaleThreads = 256;
 Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy_inplace_backward";
   cpu::expect_inputs(in, 2, 2, op);
-  const Reduction red = ops::check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  const ops::InplaceBackwardArgs args =
+      ops::check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  const Reduction red = args.reduction;
+  const int64_t ld = args.row_stride;
   Tensor dlogits = in[1];
   const DType ad = acc_dtype(dlogits.dtype());
   Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
@@ -619,7 +622,6 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
   // One factor for contiguous dlogits: a single row of N V elements (16-byte vectors whenever N V
   // allows, whatever V is); per-row factors ("none") or rows at a stride of their own: N rows of V.
   const bool per_row = red == Reduction::None;
-  const int64_t ld = ops::cross_entropy_row_stride(dlogits);
   const bool flat = !per_row && ld == dlogits.size(1);
   const int64_t R = flat ? 1 : dlogits.size(0), C = flat ? dlogits.numel() : dlogits.size(1);
   const int64_t row_ld = flat ? C : ld;

@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <cstdint>
+#include <initializer_list>
 
 #include "core/tensor.h"
 #include "cuda_check.cuh"
@@ -32,6 +34,24 @@ template <typename To, typename From> __device__ __forceinline__ To convert(From
   } else {
     return To(v);
   }
+}
+
+// ---- 16-byte packs ----
+// Elements of T in one 16-byte load or store (8 bf16/fp16, 4 float32, 2 float64).
+template <typename T> constexpr int kVec = 16 / int(sizeof(T));
+
+// Whether p is 16-byte aligned, so that 16-byte packs may be read or written from there on.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline bool aligned16(const Tensor& t) { return aligned16(t.raw_data()); }
+
+// Whether rows of C elements of T can be read as 16-byte packs from every pointer given (a null
+// pointer, an operand the kernel does not have, is skipped).
+template <typename T>
+bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
+  if (C % kVec<T> != 0) return false;
+  for (const void* p : ptrs)
+    if (p && !aligned16(p)) return false;
+  return true;
 }
 
 #define LS_CUDA_CASE(enum_v, type, ...) \

@@ -250,16 +250,6 @@ unsigned grid_1d(int64_t n) {
   return unsigned(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), int64_t(1) << 20));
 }
 
-// Elements per pack: 16 bytes when the row length and every pointer allow it, else 1.
-template <typename T>
-int pack_width(int64_t C, std::initializer_list<const void*> ptrs) {
-  constexpr int W = 16 / sizeof(T);
-  if (C % W != 0) return 1;
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
-  return W;
-}
-
 void check_ids(const Tensor& ids, const char* op) {
   LS_CHECK(ids.dtype() == DType::Int32 || ids.dtype() == DType::Int64, TypeError, op,
            ": ids must be int32 or int64, got ", dtype_name(ids.dtype()));
@@ -281,7 +271,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
   set_device(weight, "embedding");
   CUDA_DISPATCH_FLOAT(weight.dtype(), "embedding", {
     using T = scalar_t;
-    const int W = pack_width<T>(C, {weight.raw_data(), out.raw_data()});
+    const int W = vectorizable<T>(C, {weight.raw_data(), out.raw_data()}) ? kVec<T> : 1;
     const int64_t cp = C / W;
     // The grid (at most 2^20 blocks of kThreads) strides, so idx + stride stays below 2^32 + 2^28.
     const bool narrow = N * cp < (int64_t(1) << 32) - (int64_t(1) << 28);
@@ -290,7 +280,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
         kernel<<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
       };
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
-      constexpr int WV = 16 / sizeof(T);
+      constexpr int WV = kVec<T>;
       if (W == 1) narrow ? go(embedding_forward_kernel<1, uint32_t, T, I>) : go(embedding_forward_kernel<1, int64_t, T, I>);
       else narrow ? go(embedding_forward_kernel<WV, uint32_t, T, I>) : go(embedding_forward_kernel<WV, int64_t, T, I>);
     };
@@ -354,7 +344,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   Tensor pieces = Tensor::empty({2 * chunks, C}, grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
     using T = scalar_t;
-    const int W = pack_width<T>(C, {grad.raw_data(), dweight.raw_data()});
+    const int W = vectorizable<T>(C, {grad.raw_data(), dweight.raw_data()}) ? kVec<T> : 1;
     const int64_t cp = C / W;
     const int threads = int(std::min<int64_t>(128, (cp + 31) / 32 * 32));
     // a thread per pack up to 256 (GPT-2 large's 1280 bf16 columns: 160), so a short row's
@@ -387,7 +377,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
             cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
             long_ids_count, mptr<T>(dweight), cp);
     };
-    constexpr int WV = 16 / sizeof(T);
+    constexpr int WV = kVec<T>;
     if (W == 1) go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>);
     else go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T>, embedding_long_rows_kernel<WV, T>);
   });

@@ -222,7 +222,7 @@ bool cp_async_ready(const Tensor& x, bool is_b) {
   int64_t R, K, rs, ks;
   operand_strides(x, is_b, R, K, rs, ks);
   if (classify(rs, ks, R, K) == Major::None) return false;
-  if (reinterpret_cast<uintptr_t>(x.raw_data()) % 16 != 0) return false;
+  if (!aligned16(x)) return false;
   for (int64_t d = 0; d < x.dim() - 2; ++d)
     if (x.shape()[d] > 1 && x.strides()[d] % 8 != 0) return false;
   return true;

@@ -381,7 +381,7 @@ void launch_wgrad_mma(const T* a, int64_t lda, const T* b, int64_t ldb, const in
 Tensor padded_rows(const Tensor& x0) {
   Tensor x = ops::contiguous(x0);
   const int64_t L = x.shape().back();
-  if (L % 8 == 0 && reinterpret_cast<uintptr_t>(x.raw_data()) % 16 == 0) return x;
+  if (L % 8 == 0 && aligned16(x)) return x;
   Shape shape = x.shape();
   shape.back() = (L + 7) / 8 * 8;
   Tensor buf = Tensor::empty(shape, x.dtype(), x.device());

@@ -74,8 +74,8 @@ __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
 // row_sum_kernel over (rows, chunks) blocks, in 16-byte packs where cols and x allow.
 template <typename T, typename A, typename O>
 void launch_row_sum(O* out, const T* x, int64_t cols, int64_t len, dim3 grid) {
-  constexpr int W = 16 / sizeof(T) > 0 ? 16 / sizeof(T) : 1;
-  if (W > 1 && cols % W == 0 && len % W == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+  constexpr int W = kVec<T>;
+  if (W > 1 && cols % W == 0 && len % W == 0 && aligned16(x))
     row_sum_kernel<W, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
   else
     row_sum_kernel<1, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
@@ -135,7 +135,7 @@ __global__ void col_sum_kernel(O* out, const T* x, int64_t R, int64_t C, int64_t
 template <typename T> constexpr int kColPack = std::min<int>(8, std::max<int>(1, 16 / sizeof(T)));
 template <typename T>
 int col_sum_width(const T* x, int64_t C) {
-  return C % kColPack<T> == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 ? kColPack<T> : 1;
+  return C % kColPack<T> == 0 && aligned16(x) ? kColPack<T> : 1;
 }
 
 // The column sums of x (R, C) into out, over `splits` parts of the rows.

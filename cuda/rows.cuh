@@ -35,8 +35,6 @@ template <typename T> constexpr int kMaxThreads = sizeof(T) == 8 ? 256 : 1024;
 constexpr int kMaxLanes = 32;    // ty <= 1024 / 32
 constexpr int kLaneThreads = 128;  // tx * ty for short rows
 
-template <typename T> constexpr int kVec = 16 / int(sizeof(T));
-
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {
   T v[V];
@@ -206,17 +204,6 @@ template <typename A, typename T, int V>
 __device__ __forceinline__ void to_acc(const Vec<T, V>& v, A (&out)[V]) {
 #pragma unroll
   for (int i = 0; i < V; ++i) out[i] = convert<A>(v.v[i]);
-}
-
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// Whether rows of C elements of T can be read as 16-byte vectors from every pointer given.
-template <typename T>
-bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
-  if (C % kVec<T> != 0) return false;
-  for (const void* p : ptrs)
-    if (p && !aligned16(p)) return false;
-  return true;
 }
 
 // Whether each of R rows, ld elements apart, starts 16-byte aligned at every pointer given: a

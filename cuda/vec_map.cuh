@@ -97,10 +97,10 @@ __global__ void map_kernel(Op op, MapArgs<T, NI, NO> a, int64_t n) {
 template <typename T, int NI, int NO, typename Op>
 void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char* name) {
   if (n == 0) return;
-  constexpr int V = 16 / sizeof(T);
+  constexpr int V = kVec<T>;
   bool aligned = true;
-  for (int k = 0; k < NI; ++k) aligned &= reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0;
-  for (int k = 0; k < NO; ++k) aligned &= reinterpret_cast<uintptr_t>(a.out[k]) % 16 == 0;
+  for (int k = 0; k < NI; ++k) aligned &= aligned16(a.in[k]);
+  for (int k = 0; k < NO; ++k) aligned &= aligned16(a.out[k]);
   const int64_t per_thread = aligned ? V : 1;
   // A block per kThreads packs, capped (the loop strides over the rest); at least one block so
   // the tail runs.
@@ -149,10 +149,10 @@ template <typename T, int NI, int NO, typename Op>
 void launch_map_rows(const Op& op, const MapArgs<T, NI, NO>& a, const RowStrides<NI, NO>& ld, int64_t R,
                      int64_t C, const char* name) {
   if (R == 0 || C == 0) return;
-  constexpr int V = 16 / sizeof(T);
+  constexpr int V = kVec<T>;
   bool packed = C % V == 0;
-  for (int k = 0; k < NI; ++k) packed &= reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0 && ld.in[k] % V == 0;
-  for (int k = 0; k < NO; ++k) packed &= reinterpret_cast<uintptr_t>(a.out[k]) % 16 == 0 && ld.out[k] % V == 0;
+  for (int k = 0; k < NI; ++k) packed &= aligned16(a.in[k]) && ld.in[k] % V == 0;
+  for (int k = 0; k < NO; ++k) packed &= aligned16(a.out[k]) && ld.out[k] % V == 0;
   const int64_t packs = packed ? C / V : C;
   const unsigned tx = unsigned(std::min<int64_t>(kThreads, (packs + 31) / 32 * 32));
   const dim3 grid(unsigned(std::min<int64_t>((packs + tx - 1) / tx, 1024)), unsigned(std::min<int64_t>(R, 65535)));

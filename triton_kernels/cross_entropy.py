@@ -214,7 +214,7 @@ def cross_entropy_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy")
     logits, targets = inputs[0], inputs[1].contiguous()
     _check("cross_entropy", logits, targets)
-    logits, ld = _rows(logits)
+    logits, ld = _logits_rows(logits)
     N, V = logits.shape
     lse = torch.empty(N, dtype=stat_dtype(logits.dtype), device=logits.device)
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
@@ -236,7 +236,7 @@ def cross_entropy_backward(inputs, attrs):
     g, targets, lse = inputs[0].contiguous(), inputs[2].contiguous(), inputs[3].contiguous()
     g_lse = inputs[4].contiguous() if inputs[4] is not None else None
     _check("cross_entropy_backward", inputs[1], targets)
-    logits, ldx = _rows(inputs[1])
+    logits, ldx = _logits_rows(inputs[1])
     N, V = logits.shape
     if g.numel() != (N if reduction == "none" else 1) or lse.numel() != N:
         raise ValueError(f"cross_entropy_backward: gradients of shapes {tuple(g.shape)} and lse "
@@ -259,7 +259,7 @@ def cross_entropy_backward(inputs, attrs):
     return [dlogits]
 
 
-def _row_stride(logits):
+def _logits_row_stride(logits):
     """The stride between the rows of (N, V) logits whose rows are each contiguous and do not
     overlap (a row-padded matmul output, or a contiguous tensor; V for one row), else None: the
     rule of llmscratch_core's cross_entropy_row_stride."""
@@ -267,9 +267,9 @@ def _row_stride(logits):
     return ld if ld is not None and ld >= logits.shape[1] else None  # rows that do not overlap
 
 
-def _rows(logits):
+def _logits_rows(logits):
     """logits and their row stride: in place when each row is contiguous, else a contiguous copy."""
-    ld = _row_stride(logits)
+    ld = _logits_row_stride(logits)
     if ld is None:
         logits = logits.contiguous()
         ld = logits.shape[1]
@@ -277,7 +277,7 @@ def _rows(logits):
 
 
 def _check_inplace(op, logits):
-    ld = _row_stride(logits)
+    ld = _logits_row_stride(logits)
     if ld is None:
         raise ValueError(f"{op}: logits must have contiguous rows that do not overlap, since the "
                          f"gradient is written into their memory (a copy would hold a second (N, V) "

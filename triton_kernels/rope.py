@@ -96,7 +96,7 @@ def _layout(x, op):
     return T, NH, HS // 2
 
 
-def _row_stride(x):
+def _token_row_stride(x):
     """Elements between the (leading..., t) rows of x (..., T, NH, HS) whose heads are adjacent
     rows of HS contiguous channels, the leading dims folding into those rows; else None."""
     NH, HS = x.shape[-2:]
@@ -108,7 +108,7 @@ def _row_stride(x):
 def rope_forward(inputs, attrs):
     x = inputs[0]
     T, NH, half = _layout(x, "rope")
-    rs = _row_stride(x)
+    rs = _token_row_stride(x)
     if rs is None:
         x, rs = x.contiguous(), NH * 2 * half
     cos, sin = inputs[1].contiguous(), inputs[2].contiguous()

@@ -86,7 +86,7 @@ def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, WANT_DA: tl.constexpr, W
                      WANT_DA, WANT_DB)
 
 
-def _rows(ts):
+def _row_strides(ts):
     """The row strides of ts (one shape) for the row kernels, or None: when all are contiguous
     (the flat kernels serve them) or one of them has no row layout (copied contiguous first)."""
     if all(t.is_contiguous() for t in ts):
@@ -105,7 +105,7 @@ def swiglu_forward(inputs, attrs):
     _same_shapes("swiglu", a, b)
     y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     n = a.numel()
-    lds = _rows([a, b])
+    lds = _row_strides([a, b])
     if n and lds is not None:
         C = a.shape[-1]
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
@@ -126,7 +126,7 @@ def swiglu_backward(inputs, attrs):
     da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
     db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
     n = a.numel()
-    lds = _rows([g, a, b])
+    lds = _row_strides([g, a, b])
     if n and lds is not None and (want_da or want_db):
         C = a.shape[-1]
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))

@@ -90,8 +90,8 @@ int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op)
   return ld;
 }
 
-Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
-                                                    const std::string& reduction) {
+InplaceBackwardArgs check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
+                                                              const std::string& reduction) {
   const char* op = "cross_entropy_inplace_backward";
   LS_CHECK(g.defined() && dlogits.defined(), ValueError, op, ": inputs must not be None");
   LS_CHECK(is_floating(g.dtype()) && is_floating(dlogits.dtype()), TypeError, op,
@@ -99,12 +99,12 @@ Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tenso
            " and ", dtype_name(dlogits.dtype()));
   LS_CHECK(dlogits.dim() == 2, ValueError, op, ": expected dlogits (N, V), got ",
            shape_str(dlogits.shape()));
-  check_cross_entropy_inplace_logits(dlogits, op);
+  const int64_t ld = check_cross_entropy_inplace_logits(dlogits, op);
   const Reduction red = parse_reduction(reduction, op);
   LS_CHECK(g.numel() == (red == Reduction::None ? dlogits.size(0) : 1), ValueError, op,
            ": loss gradient of shape ", shape_str(g.shape()), " does not match reduction '",
            reduction, "' over N = ", dlogits.size(0), " rows");
-  return red;
+  return {red, ld};
 }
 
 namespace {
@@ -254,9 +254,12 @@ Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
 Tensors cross_entropy_inplace_backward(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy_inplace_backward";
   cpu::expect_inputs(in, 2, 2, op);
-  const Reduction red = check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  const InplaceBackwardArgs args =
+      check_cross_entropy_inplace_backward_args(in[0], in[1], a.s("reduction", "mean"));
+  const Reduction red = args.reduction;
+  const int64_t ld = args.row_stride;
   Tensor dlogits = in[1];
-  const int64_t N = dlogits.size(0), V = dlogits.size(1), ld = cross_entropy_row_stride(dlogits);
+  const int64_t N = dlogits.size(0), V = dlogits.size(1);
   Tensor g = contiguous(in[0].dtype() == dlogits.dtype() ? in[0] : to_dtype(in[0], dlogits.dtype()));
   DISPATCH_FLOAT(dlogits.dtype(), op, {
     using T = scalar_t;

@@ -19,10 +19,14 @@ void check_cross_entropy_args(const Tensor& logits, const Tensor& targets,
 int64_t cross_entropy_row_stride(const Tensor& logits);
 // The in-place pair: logits that the gradient can be written into (rows as
 // cross_entropy_row_stride accepts; returns that stride), and the backward's {g_loss, dlogits}
-// (returns the parsed reduction).
+// (returns the parsed reduction and dlogits' row stride).
 int64_t check_cross_entropy_inplace_logits(const Tensor& logits, const char* op);
-Reduction check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
-                                                    const std::string& reduction);
+struct InplaceBackwardArgs {
+  Reduction reduction;
+  int64_t row_stride;  // of dlogits
+};
+InplaceBackwardArgs check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
+                                                              const std::string& reduction);
 
 // layer_norm.cpp, for layer_norm, rms_norm and their add_ variants: x floating with at least one
 // dimension, each defined parameter (pointer, name) of shape (C,) and x's dtype, eps >= 0; and

@@ -23,7 +23,6 @@ import glob
 import os
 import queue
 import threading
-from typing import Sequence
 
 import numpy as np
 

@@ -6,7 +6,6 @@ op, the value and the dimension size. topk and sort return (values, indices) nam
 """
 import builtins
 import collections
-import numbers
 
 import llmscratch_core as _core
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 __all__ = ["ModelConfig", "PRESETS", "get_preset", "load_config", "config_from_dict"]

@@ -67,7 +67,7 @@ def check(fn, arrays, dtype, torch_fn=None, tol=None, grad=True):
     tol = tol or TOL[dtype]
     arrays = [rounded(a, dtype) if a.dtype.kind == "f" else a for a in arrays]
     out0, _ = run(fn, arrays, ref_dtype(dtype), "cpu")  # only for the output shape
-    w = rounded(np.random.default_rng().standard_normal(out0.shape), dtype) if grad else None
+    w = upstream_weights(out0.shape, dtype) if grad else None
     gpu = run(fn, arrays, dtype, "cuda", w, out_bytes=out0.size * ITEMSIZE[dtype])
     cpu = run(fn, arrays, ref_dtype(dtype), "cpu", w)
     refs = [("cpu", cpu)]
@@ -84,12 +84,25 @@ def check(fn, arrays, dtype, torch_fn=None, tol=None, grad=True):
     return gpu
 
 
-def torch_run(torch_fn, arrays, w):
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=w is not None) if a.dtype.kind == "f"
-          else torch.tensor(a) for a in arrays]
+def upstream_weights(shape, dtype, rng=None):
+    """Weights w of the loss sum(out * w) whose gradients the tests compare, rounded to dtype and
+    at least 0.25 from 0: a scalar output (a mean loss) drawn near 0 scaled its whole float16
+    gradient into the subnormals (once 6e-3 off at 2e-3 allowed)."""
+    w = (rng or np.random.default_rng()).standard_normal(shape)
+    return rounded(w + np.where(w >= 0, 0.25, -0.25), dtype)
+
+
+def torch_run(torch_fn, arrays, w=None):
+    """torch_fn on float64 torch tensors of the arrays (integer arrays as they are, None stays
+    None): (out, grads of sum(out * w) for the floating inputs) as numpy arrays."""
+    ts = [None if a is None else
+          torch.tensor(a, dtype=torch.float64, requires_grad=w is not None) if a.dtype.kind == "f" else
+          torch.tensor(a)
+          for a in arrays]
     out = torch_fn(*ts)
     grads = []
     if w is not None:
-        (out * torch.tensor(w)).sum().backward()
-        grads = [None if t.grad is None else t.grad.numpy() for t, a in zip(ts, arrays) if a.dtype.kind == "f"]
+        (out * torch.tensor(w, dtype=torch.float64)).sum().backward()
+        grads = [None if t.grad is None else t.grad.numpy()
+                 for t, a in zip(ts, arrays) if a is not None and a.dtype.kind == "f"]
     return out.detach().numpy(), grads

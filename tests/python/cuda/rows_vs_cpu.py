@@ -9,8 +9,8 @@ float dtype), so an output element a kernel forgets to write reads as NaN, and N
 import numpy as np
 
 import llmscratch as ls
-from conftest import rel_err, torch
-from cuda_vs_cpu import FLOATS as DTYPES, TOL, host, ref_dtype, rounded  # noqa: F401 (DTYPES re-exported)
+from conftest import rel_err
+from cuda_vs_cpu import FLOATS as DTYPES, TOL, host, ref_dtype, rounded, torch_run, upstream_weights  # noqa: F401 (DTYPES re-exported)
 # Odd shapes: one element, rows shorter and longer than a warp, a vocabulary row that is not a
 # multiple of the vector width, and batch dims.
 SHAPES = [(1, 1), (3, 127), (7, 1023), (5, 50257), (2, 3, 129)]
@@ -58,20 +58,6 @@ def run(fn, arrays, dtype, device, w=None):
     return host(out), grads
 
 
-def torch_run(torch_fn, arrays, w=None):
-    ts = [None if a is None else
-          torch.tensor(a, dtype=torch.float64, requires_grad=w is not None) if a.dtype.kind == "f" else
-          torch.tensor(a)
-          for a in arrays]
-    out = torch_fn(*ts)
-    grads = []
-    if w is not None:
-        (out * torch.tensor(w, dtype=torch.float64)).sum().backward()
-        grads = [None if t.grad is None else t.grad.numpy()
-                 for t, a in zip(ts, arrays) if a is not None and a.dtype.kind == "f"]
-    return out.detach().numpy(), grads
-
-
 def check(fn, torch_fn, arrays, dtype, tol=None, grad=True):
     """The GPU op in dtype against the CPU op and torch float64 on the same dtype-rounded inputs,
     forward and every gradient. The bound adapts to the conditioning of the problem: the GPU
@@ -79,10 +65,7 @@ def check(fn, torch_fn, arrays, dtype, tol=None, grad=True):
     tol = tol or TOL[dtype]
     arrays = [None if a is None else rounded(a, dtype) if a.dtype.kind == "f" else a for a in arrays]
     shape = run(fn, arrays, ref_dtype(dtype), "cpu")[0].shape
-    # upstream weights at least 0.25 from 0: a scalar output (a mean loss) drawn near 0 scaled its
-    # whole float16 gradient into the subnormals (once 6e-3 off at 2e-3 allowed)
-    w = _rng.standard_normal(shape)
-    w = rounded(w + np.where(w >= 0, 0.25, -0.25), dtype) if grad else None
+    w = upstream_weights(shape, dtype, _rng) if grad else None
     cpu_out, cpu_grads = run(fn, arrays, ref_dtype(dtype), "cpu", w)
     gpu_out, gpu_grads = run(fn, arrays, dtype, "cuda", w)
     t_out, t_grads = torch_run(torch_fn, arrays, w)

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-import llmscratch as ls
-from triton_check import CASES, check, cpu_call, rng, rounded, to_ls, to_np, triton_call
+from triton_check import CASES, check, rng, rounded, to_ls, to_np, triton_call
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
