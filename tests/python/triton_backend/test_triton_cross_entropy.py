@@ -10,19 +10,33 @@ from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, to
 SHAPES = [(1, 1), (3, 7), (5, 127), (2, 5000)]
 
 
+def _problem(r, N, V, dtype, reduction, smoothing, ignore_from=3):
+    """Random dtype-rounded logits (N, V), targets with row 1 ignored when N >= ignore_from, and
+    the ops' attrs; the logits and targets also as float64 CPU tensors."""
+    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
+    targets = r.integers(0, V, N).astype(np.int64)
+    if N >= ignore_from:
+        targets[1] = -100
+    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": smoothing}
+    x64, t64 = as64([logits, targets])
+    return logits, targets, attrs, x64, t64
+
+
+def _gradient_at(g, x64, t64, lse, attrs):
+    """The CPU op's dlogits for the loss gradient g (an array) and a zero lse gradient: what the
+    in-place pair leaves in the logits."""
+    zeros = ls.zeros(x64.shape[0], dtype=ls.float64)
+    return cpu_call("cross_entropy_backward", as64([np.asarray(g)]) + [x64, t64, lse, zeros], attrs)
+
+
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("N,V", SHAPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_cross_entropy(device, dtype, N, V, reduction, smoothing):
     r = rng()
-    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
-    targets = r.integers(0, V, N).astype(np.int64)
-    if N > 2:
-        targets[1] = -100  # an ignored row
-    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": smoothing}
+    logits, targets, attrs, x64, t64 = _problem(r, N, V, dtype, reduction, smoothing)
     xs, ts = to_ls(logits, device, dtype), to_ls(targets, device, dtype)
-    x64, t64 = as64([logits, targets])
     fwd = triton_call("cross_entropy", [xs, ts], attrs)
     ref = cpu_call("cross_entropy", [x64, t64], attrs)
     compare("cross_entropy", fwd, ref, dtype)
@@ -62,23 +76,17 @@ def test_cross_entropy_inplace(device, dtype, N, V, reduction, smoothing):
         pytest.skip("one class with smoothing: the exact gradient is 0 and each side's rounding "
                     "noise makes a relative error meaningless")
     r = rng()
-    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
-    targets = r.integers(0, V, N).astype(np.int64)
-    if N > 2:
-        targets[1] = -100  # an ignored row: zeroed
-    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": smoothing}
+    logits, targets, attrs, x64, t64 = _problem(r, N, V, dtype, reduction, smoothing)
     xs, ts = to_ls(logits, device, dtype), to_ls(targets, device, dtype)
-    x64, t64 = as64([logits, targets])
     fwd = triton_call("cross_entropy_inplace", [xs, ts], attrs)
     loss, lse = cpu_call("cross_entropy", [x64, t64], attrs)
     compare("cross_entropy_inplace", fwd, [loss], dtype)
 
     # the logits now hold the gradient at an upstream 1 (lse gradient 0)
-    ones = ls.ones(*((N,) if reduction == "none" else ()), dtype=ls.float64)
-    ref1 = cpu_call("cross_entropy_backward", [ones, x64, t64, lse, ls.zeros(N, dtype=ls.float64)], attrs)
+    ref1 = _gradient_at(np.ones((N,) if reduction == "none" else ()), x64, t64, lse, attrs)
     compare("cross_entropy_inplace (gradient)", [xs], ref1, dtype, tol_scale=4)
     if N > 2:
-        assert not to_np(xs)[1].any()
+        assert not to_np(xs)[1].any()  # the ignored row: zeroed
 
     g = rounded(r.standard_normal(N if reduction == "none" else ()), dtype)
     if reduction == "none":
@@ -86,8 +94,7 @@ def test_cross_entropy_inplace(device, dtype, N, V, reduction, smoothing):
     before = to_np(xs)
     g_s = to_ls(np.asarray(g), device, dtype).to(fwd[0].dtype)
     (bwd,) = triton_call("cross_entropy_inplace_backward", [g_s, xs], {"reduction": reduction})
-    ref = cpu_call("cross_entropy_backward",
-                   as64([np.asarray(g)]) + [x64, t64, lse, ls.zeros(N, dtype=ls.float64)], attrs)
+    ref = _gradient_at(g, x64, t64, lse, attrs)
     compare("cross_entropy_inplace_backward", [bwd], ref, dtype, tol_scale=4)
     np.testing.assert_array_equal(to_np(xs), to_np(bwd))  # scaled in place
     if reduction == "none":
@@ -111,16 +118,11 @@ def test_cross_entropy_rows_at_a_stride(device, dtype, N, V, reduction):
     in-place pair writes only the rows' elements), the plain backward's dlogits padded as a
     matmul output is, and every value as with contiguous logits."""
     r = rng()
-    logits = rounded(r.standard_normal((N, V)) * 3, dtype)
-    targets = r.integers(0, V, N).astype(np.int64)
-    targets[1] = -100
-    attrs = {"ignore_index": -100, "reduction": reduction, "label_smoothing": 0.1}
+    logits, targets, attrs, x64, t64 = _problem(r, N, V, dtype, reduction, 0.1, ignore_from=2)
     ts = to_ls(targets, device, dtype)
-    x64, t64 = as64([logits, targets])
     loss, lse = cpu_call("cross_entropy", [x64, t64], attrs)
     g = rounded(r.standard_normal(N if reduction == "none" else ()), dtype)
-    zeros = ls.zeros(N, dtype=ls.float64)
-    ref = cpu_call("cross_entropy_backward", as64([np.asarray(g)]) + [x64, t64, lse, zeros], attrs)
+    ref = _gradient_at(g, x64, t64, lse, attrs)
 
     xs, _ = _padded(logits, device, dtype)
     fwd = triton_call("cross_entropy", [xs, ts], attrs)
