@@ -363,7 +363,7 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
     tab.x[c] = x.raw_data();
     tab.n[c] = x.numel();
     tab.dtype[c] = norm_code(x.dtype());
-    tab.aligned[c] = aligned_to(x, 16);
+    tab.aligned[c] = aligned16(x);
     tab.first_block[c + 1] = tab.first_block[c] + (x.numel() + kNormChunk - 1) / kNormChunk;
     ++tab.count;
     if (tab.count == kMaxNormTensors) launch();

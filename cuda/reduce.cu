@@ -45,7 +45,7 @@ __device__ A block_sum(A acc) {
 
 // out[row] = sum of x[row, begin:end) where block (chunk, row) covers chunk * len ... + len, read
 // as W-element packs (W > 1 only where W divides cols and len and x is 16-byte aligned: bf16 sums
-// of one element a load ran at 77% of the copy bandwidth, 0.89x torch, at 2^26 elements).
+// of one element a load ran at 77% of the copy bandwidth, 0.88x torch, at 2^26 elements).
 template <int W, typename T, typename A, typename O>
 __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
   using P = Pack<T, W>;
@@ -132,7 +132,7 @@ __global__ void col_sum_kernel(O* out, const T* x, int64_t R, int64_t C, int64_t
 
 // Columns per thread: a 16-byte pack (at most 8 elements: the shared partials of 16 one-byte
 // columns would not fit) when C and x's address allow, else 1.
-template <typename T> constexpr int kColPack = std::min<int>(8, std::max<int>(1, 16 / sizeof(T)));
+template <typename T> constexpr int kColPack = std::min(8, kVec<T>);
 template <typename T>
 int col_sum_width(const T* x, int64_t C) {
   return C % kColPack<T> == 0 && aligned16(x) ? kColPack<T> : 1;

@@ -153,7 +153,7 @@ Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
   set_device(x, "rope");
   CUDA_DISPATCH_FLOAT(x.dtype(), "rope", {
     using T = scalar_t;
-    constexpr int G = 16 / sizeof(T);
+    constexpr int G = kVec<T>;
     bool packed = half % G == 0 && rs % (2 * G) == 0;  // every row's pairs aligned as x's first
     for (const Tensor* t : {&x, &cs, &sn, &out})
       packed &= reinterpret_cast<uintptr_t>(t->raw_data()) % (2 * G * sizeof(T)) == 0;

@@ -123,8 +123,7 @@ struct RowStrides {
 // The same map over R rows of C elements whose arrays each have a row stride of their own: the
 // two halves of a fused projection ((..., 2 C)[..., :C] and [..., C:], SwiGLU's gate and up) read
 // and written where they are instead of through contiguous copies. Threads over a row's packs,
-// blocks over rows (grid-stride both ways); one pack per array and iteration, which the maps of
-// two and three inputs that use it keep at the copy bandwidth (above).
+// blocks over rows (grid-stride both ways); one pack per array and iteration, as map_kernel.
 template <int V, typename T, int NI, int NO, typename Op>
 __global__ void map_rows_kernel(Op op, MapArgs<T, NI, NO> a, RowStrides<NI, NO> ld, int64_t R, int64_t C) {
   using P = Pack<T, V>;

@@ -114,8 +114,11 @@ def test_compare_where_clamp_integers():
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+# (3, 70000) and (262144,): rows of several 32768-element chunks read as 16-byte packs, the last
+# chunk of (3, 70000) partial.
 @pytest.mark.parametrize("shape,dims", [((1000,), None), ((7, 300), [1]), ((7, 300), [0]), ((3, 4, 5), [0, 2]),
-                                        ((4, 1), [1]), ((3, 100003), [1]), ((70000, 3), [1]), ((300001,), None)])
+                                        ((4, 1), [1]), ((3, 100003), [1]), ((70000, 3), [1]), ((300001,), None),
+                                        ((3, 70000), [1]), ((262144,), None)])
 def test_sum(shape, dims, dtype):
     # Error bound relative to the sum of magnitudes: a sum that cancels to a small value is still
     # only as accurate as the accumulation of its terms.
@@ -170,6 +173,22 @@ def test_permute_keeping_the_last_dim(dtype):
         for view in (lambda t: t.permute(0, 2, 1, 3), lambda t: t[:, 1:, :, :].transpose(1, 2),
                      lambda t: t.permute(2, 0, 1, 3)[1:]):
             close(view(gpu).contiguous(), view(cpu.to(dtype=dtype)).contiguous().to(dtype=cpu.dtype), 0)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_row_sum_of_an_unaligned_view(dtype):
+    """Row sums read 16-byte packs only where the rows start 16-byte aligned: a tensor one element
+    into its storage takes the element path, over several chunks a row."""
+    cpu, gpu = both(randn(3 * 70000 + 1), dtype)
+    cpu, gpu = (t[1:].reshape(3, 70000) for t in (cpu, gpu))
+    close(gpu.sum([1]), cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum([1]), DTYPES[dtype])
+
+
+@pytest.mark.parametrize("np_dtype", [np.int32, np.uint8, np.bool_])
+def test_integer_row_sums(np_dtype):
+    """Integer and bool rows (16-byte packs of 4 or 16 elements) sum exactly, into int64."""
+    a = np.random.default_rng().integers(0, 3, (3, 70000)).astype(np_dtype)
+    assert ls.tensor(a).cuda().sum([1]).cpu().tolist() == a.astype(np.int64).sum(axis=1).tolist()
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
