@@ -933,17 +933,18 @@ void preprocess(const Tensor& o, const Tensor& dout, const float* dlse, Tensor& 
   const bool packed = (n.HS == 64 || n.HS == 128) && aligned16(o) && aligned16(dout) &&
                       (so.b | so.h | so.t | sdo.b | sdo.h | sdo.t) % 8 == 0;
   if (packed) {
-    auto go = [&](auto kernel, int R) {
-      kernel<<<unsigned((rows * R + 255) / 256), 256, 0, current_stream()>>>(
+    const int64_t threads = rows * (n.HS / 8);  // HS / 8 threads a row
+    auto go = [&](auto kernel) {
+      kernel<<<unsigned((threads + 255) / 256), 256, 0, current_stream()>>>(
           o.data<T>(), so, dout.data<T>(), sdo, dlse, dd.data<float>(), rows, int(n.NH), int(n.T));
     };
-    if (n.HS == 64) go(bwd_preprocess_packed_kernel<T, 8>, 8);
-    else go(bwd_preprocess_packed_kernel<T, 16>, 16);
+    if (n.HS == 64) go(bwd_preprocess_packed_kernel<T, 8>);
+    else go(bwd_preprocess_packed_kernel<T, 16>);
     check_launch("attention_backward");
     return;
   }
   bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
-      o.data<T>(), row_strides(o), dout.data<T>(), row_strides(dout), dlse, dd.data<float>(), rows,
+      o.data<T>(), so, dout.data<T>(), sdo, dlse, dd.data<float>(), rows,
       int(n.NH), int(n.T), int(n.HS));
   check_launch("attention_backward");
 }

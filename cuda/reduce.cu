@@ -74,9 +74,8 @@ __global__ void row_sum_kernel(O* out, const T* x, int64_t cols, int64_t len) {
 // row_sum_kernel over (rows, chunks) blocks, in 16-byte packs where cols and x allow.
 template <typename T, typename A, typename O>
 void launch_row_sum(O* out, const T* x, int64_t cols, int64_t len, dim3 grid) {
-  constexpr int W = kVec<T>;
-  if (W > 1 && cols % W == 0 && len % W == 0 && aligned16(x))
-    row_sum_kernel<W, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
+  if (vectorizable<T>(cols, {x}) && len % kVec<T> == 0)
+    row_sum_kernel<kVec<T>, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
   else
     row_sum_kernel<1, T, A, O><<<grid, kThreads, 0, current_stream()>>>(out, x, cols, len);
 }
