@@ -360,6 +360,11 @@ constexpr int bwd_smem_bytes() {
 // + t * t elements.
 struct RowStrides {
   int64_t b, h, t;
+  // The offset of row r of the (B, NH, T) rows.
+  __device__ __forceinline__ int64_t row(int64_t r, int NH, int T_) const {
+    const int64_t bh = r / T_;
+    return (bh / NH) * b + (bh % NH) * h + (r % T_) * t;
+  }
 };
 
 RowStrides row_strides(const Tensor& x) { return {x.strides()[0], x.strides()[1], x.strides()[2]}; }
@@ -373,9 +378,8 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ o, RowStrides so,
                                       int64_t rows, int NH, int T_, int HS) {
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (r >= rows) return;
-  const int64_t t = r % T_, bh = r / T_, h = bh % NH, b = bh / NH;
-  const T* orow = o + b * so.b + h * so.h + t * so.t;
-  const T* drow = dout + b * sdo.b + h * sdo.h + t * sdo.t;
+  const T* orow = o + so.row(r, NH, T_);
+  const T* drow = dout + sdo.row(r, NH, T_);
   const int lane = threadIdx.x % 32;
   float acc = 0.f;
   for (int d = lane; d < HS; d += 32) acc += float(orow[d]) * float(drow[d]);
@@ -398,9 +402,8 @@ __global__ void bwd_preprocess_packed_kernel(const T* __restrict__ o, RowStrides
   const int j = threadIdx.x % R;
   float acc = 0.f;
   if (r < rows) {  // no early return: the shuffles below need every lane
-    const int64_t t = r % T_, bh = r / T_, h = bh % NH, b = bh / NH;
-    const uint4 ob = reinterpret_cast<const uint4*>(o + b * so.b + h * so.h + t * so.t)[j];
-    const uint4 db = reinterpret_cast<const uint4*>(dout + b * sdo.b + h * sdo.h + t * sdo.t)[j];
+    const uint4 ob = reinterpret_cast<const uint4*>(o + so.row(r, NH, T_))[j];
+    const uint4 db = reinterpret_cast<const uint4*>(dout + sdo.row(r, NH, T_))[j];
     const T* ov = reinterpret_cast<const T*>(&ob);
     const T* dv = reinterpret_cast<const T*>(&db);
 #pragma unroll
@@ -935,7 +938,7 @@ void preprocess(const Tensor& o, const Tensor& dout, const float* dlse, Tensor& 
   if (packed) {
     const int64_t threads = rows * (n.HS / 8);  // HS / 8 threads a row
     auto go = [&](auto kernel) {
-      kernel<<<unsigned((threads + 255) / 256), 256, 0, current_stream()>>>(
+      kernel<<<blocks_for(threads, 256), 256, 0, current_stream()>>>(
           o.data<T>(), so, dout.data<T>(), sdo, dlse, dd.data<float>(), rows, int(n.NH), int(n.T));
     };
     if (n.HS == 64) go(bwd_preprocess_packed_kernel<T, 8>);
@@ -943,7 +946,7 @@ void preprocess(const Tensor& o, const Tensor& dout, const float* dlse, Tensor& 
     check_launch("attention_backward");
     return;
   }
-  bwd_preprocess_kernel<T><<<unsigned((rows + kPreWarps - 1) / kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
+  bwd_preprocess_kernel<T><<<blocks_for(rows, kPreWarps), kPreWarps * 32, 0, current_stream()>>>(
       o.data<T>(), so, dout.data<T>(), sdo, dlse, dd.data<float>(), rows,
       int(n.NH), int(n.T), int(n.HS));
   check_launch("attention_backward");

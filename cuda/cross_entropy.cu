@@ -158,11 +158,11 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < N ? nvec : 0;  // a lane past the last row joins the reductions only
     const T* xr = logits + (r < N ? r : 0) * ld;  // xr points at logits[r, :]
-    const Vec<T, W>* src[1] = {as_vec<T, W>(xr)};
-    Vec<T, W> c[1][1];  // one pass: nothing to keep
+    const Pack<T, W>* src[1] = {as_vec<T, W>(xr)};
+    Pack<T, W> c[1][1];  // one pass: nothing to keep
     Online<T> st;
     A sx = 0;  // sum x
-    row_pass<true, kStream<T>>(src, n, c, [&](int64_t, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kStream<T>>(src, n, c, [&](int64_t, const Pack<T, W> (&v)[1]) {
       A a[W];
       to_acc(v[0], a);
 #pragma unroll
@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
   __shared__ A part[2][kMaxLanes][4];  // this block's (max, sum, row sum, x[t]) per row parity, lane
   static_assert(sizeof(red) + sizeof(part) == kInplaceStatic<A>, "kInplaceStatic must match the arrays");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Vec<T, W>* cache = reinterpret_cast<Vec<T, W>*>(smem_raw) + threadIdx.y * cached;  // this lane's
+  Pack<T, W>* cache = reinterpret_cast<Pack<T, W>*>(smem_raw) + threadIdx.y * cached;  // this lane's
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   const cg::cluster_group cluster = cg::this_cluster();
@@ -268,13 +268,13 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     T* xr = row + lo * W;               // this block's slice of it
     // the row's last V % W elements: one by one, by thread 0 of the cluster's last block
     const bool tail = W > 1 && r < N && rank == kc - 1 && threadIdx.x == 0;
-    const Vec<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
-    Vec<T, W>* dst = as_vec<T, W>(xr);
-    Vec<T, W> c[1][1];  // no register cache: the slice goes to shared memory
+    const Pack<T, W>* src[1] = {as_vec<T, W>(static_cast<const T*>(xr))};
+    Pack<T, W>* dst = as_vec<T, W>(xr);
+    Pack<T, W> c[1][1];  // no register cache: the slice goes to shared memory
     const int64_t tw = t - lo * W;  // the target's position in the slice
     Online<T> st;
     A sx = 0, xt = 0;  // sum x, x[t]
-    row_pass<true, kInplaceStream<T>>(src, n, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
+    row_pass<true, kInplaceStream<T>>(src, n, c, [&](int64_t j, const Pack<T, W> (&v)[1]) {
       if (j < cached) cache[j] = v[0];  // read back by this same thread in the gradient pass
       A a[W];
       to_acc(v[0], a);
@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
       else loss_out[r] = loss;
     }
     if (!live) {
-      Vec<T, W> zero;
+      Pack<T, W> zero;
 #pragma unroll
       for (int i = 0; i < W; ++i) zero.v[i] = convert<T>(A(0));
       for (int64_t j = threadIdx.x; j < hi - lo; j += tx) dst[j] = zero;
@@ -337,8 +337,8 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
         for (int64_t i = nvec * W; i < V; ++i) row[i] = zero.v[0];
       continue;
     }
-    auto write = [&](int64_t j, const Vec<T, W>& v) {
-      Vec<T, W> out;
+    auto write = [&](int64_t j, const Pack<T, W>& v) {
+      Pack<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         A d = k * ex_for<T>(convert<A>(v.v[i]) - l) - shift;
@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     for (; j < in_cache; j += tx) write(j, cache[j]);
     // The rest from memory, kInplaceStream loads in flight per thread (the cached prefix ends at
     // a multiple of tx, so j continues this thread's own stride).
-    stream_vectors<kInplaceStream<T>>(src, j, n, [&](int64_t jj, const Vec<T, W> (&v)[1]) { write(jj, v[0]); });
+    stream_vectors<kInplaceStream<T>>(src, j, n, [&](int64_t jj, const Pack<T, W> (&v)[1]) { write(jj, v[0]); });
     if (tail)
       for (int64_t i = nvec * W; i < V; ++i) {
         A d = k * ex_for<T>(convert<A>(row[i]) - l) - shift;
@@ -505,15 +505,15 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < N; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     if (r >= N) continue;  // no reductions here: an idle lane can skip the row
-    const Vec<T, W>* src[1] = {as_vec<T, W>(logits + r * ldx)};  // logits[r, :]
-    Vec<T, W>* dst = as_vec<T, W>(dlogits + r * ldd);             // dlogits[r, :]
+    const Pack<T, W>* src[1] = {as_vec<T, W>(logits + r * ldx)};  // logits[r, :]
+    Pack<T, W>* dst = as_vec<T, W>(dlogits + r * ldd);             // dlogits[r, :]
     const int64_t t = int64_t(targets[r]);
     const bool ignored = t == ignore;
     const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
     const A kp = k + g_lse[r], l = lse[r], shift = k * eps / A(V), hit = k * (A(1) - eps);
-    Vec<T, W> c[1][1];  // one pass: nothing to keep
-    row_pass<true, kStream<T>>(src, nvec, c, [&](int64_t j, const Vec<T, W> (&v)[1]) {
-      Vec<T, W> out;
+    Pack<T, W> c[1][1];  // one pass: nothing to keep
+    row_pass<true, kStream<T>>(src, nvec, c, [&](int64_t j, const Pack<T, W> (&v)[1]) {
+      Pack<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         A d = kp * ex_for<T>(convert<A>(v[0].v[i]) - l) - shift;
@@ -593,9 +593,9 @@ __global__ void scale_rows_kernel(T* __restrict__ x, const acc_t<T>* __restrict_
   for (int64_t r = blockIdx.y; r < R; r += gridDim.y) {
     const A s = g[per_row ? r : 0];
     if (s == A(1)) continue;
-    Vec<T, W>* xr = as_vec<T, W>(x + r * ld);  // xr points at row r
+    Pack<T, W>* xr = as_vec<T, W>(x + r * ld);  // xr points at row r
     for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < nvec; j += int64_t(gridDim.x) * blockDim.x) {
-      Vec<T, W> v = xr[j];
+      Pack<T, W> v = xr[j];
 #pragma unroll
       for (int i = 0; i < W; ++i) v.v[i] = convert<T>(convert<A>(v.v[i]) * s);
       xr[j] = v;

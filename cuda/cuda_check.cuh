@@ -3,6 +3,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "index_fault.cuh"
 #include "stream.cuh"
@@ -33,6 +35,12 @@ inline void read_to_host(void* dst, const void* src, size_t nbytes, const char* 
 
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);
+}
+
+// Blocks of `threads` for a grid-stride loop over n items: a thread per item up to 2^20 blocks
+// (the loop strides over the rest), and at least one block.
+inline unsigned grid_stride_blocks(int64_t n, int threads) {
+  return unsigned(std::min<int64_t>(std::max<int64_t>(blocks_for(n, threads), 1), int64_t(1) << 20));
 }
 
 }  // namespace ls::cuda

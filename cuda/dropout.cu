@@ -69,7 +69,7 @@ Tensors dropout_forward(const Tensors& in, const Attrs& a) {
     using T = scalar_t;
     constexpr int G = kGroups<T>;
     const int64_t units = ((n + 3) / 4 + G - 1) / G;
-    const unsigned blocks = unsigned(std::min<int64_t>((units + kThreads - 1) / kThreads, int64_t(1) << 20));
+    const unsigned blocks = grid_stride_blocks(units, kThreads);
     const size_t pack = 4 * G * sizeof(T);
     const bool vec = reinterpret_cast<uintptr_t>(x.raw_data()) % pack == 0 &&
                      reinterpret_cast<uintptr_t>(y.raw_data()) % pack == 0;

@@ -3,8 +3,8 @@
 //   - an Indexer that turns a flat output index into the element offsets of up to 4 strided,
 //     broadcast operands (dims collapsed on the host, at most kMaxDims after collapsing);
 //   - launch helpers: one thread per output element, grid-stride loop;
-//   - the 16-byte pack checks (kVec, aligned16, vectorizable) of every CUDA file that reads
-//     packs (maps, row kernels, sums, embedding, attention, matmul, MoE, AdamW).
+//   - the 16-byte packs (Pack, kVec) and their checks (aligned16, vectorizable) of every CUDA
+//     file that reads packs (maps, row kernels, sums, embedding, attention, matmul, MoE, AdamW).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -42,18 +42,28 @@ template <typename To, typename From> __device__ __forceinline__ To convert(From
 // Elements of T in one 16-byte load or store (8 bf16/fp16, 4 float32, 2 float64).
 template <typename T> constexpr int kVec = 16 / int(sizeof(T));
 
+// V elements of T loaded or stored as one (a 16-byte pack at V = kVec<T>).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
 // Whether p is 16-byte aligned, so that 16-byte packs may be read or written from there on.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 inline bool aligned16(const Tensor& t) { return aligned16(t.raw_data()); }
 
-// Whether rows of C elements of T can be read as 16-byte packs from every pointer given (a null
-// pointer, an operand the kernel does not have, is skipped).
-template <typename T>
-bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
-  if (C % kVec<T> != 0) return false;
+// Whether every pointer given is 16-byte aligned (a null pointer, an operand the kernel does not
+// have, is skipped).
+inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (p && !aligned16(p)) return false;
   return true;
+}
+
+// Whether rows of C elements of T can be read as 16-byte packs from every pointer given.
+template <typename T>
+bool vectorizable(int64_t C, std::initializer_list<const void*> ptrs) {
+  return C % kVec<T> == 0 && all_aligned16(ptrs);
 }
 
 #define LS_CUDA_CASE(enum_v, type, ...) \

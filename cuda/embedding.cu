@@ -246,10 +246,6 @@ __global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int
   }
 }
 
-unsigned grid_1d(int64_t n) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), int64_t(1) << 20));
-}
-
 void check_ids(const Tensor& ids, const char* op) {
   LS_CHECK(ids.dtype() == DType::Int32 || ids.dtype() == DType::Int64, TypeError, op,
            ": ids must be int32 or int64, got ", dtype_name(ids.dtype()));
@@ -277,7 +273,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
     const bool narrow = N * cp < (int64_t(1) << 32) - (int64_t(1) << 28);
     auto launch = [&](auto* pid) {
       auto go = [&](auto kernel) {
-        kernel<<<grid_1d(N * cp), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+        kernel<<<grid_stride_blocks(N * cp, kThreads), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
       };
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;
@@ -323,7 +319,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   cudaStream_t stream = current_stream();
   check(cudaMemsetAsync(count.raw_data(), 0, size_t(V + 1) * sizeof(int32_t), stream), "embedding_backward");
   auto make_keys = [&](auto* pid) {
-    make_keys_kernel<<<grid_1d(N), kThreads, 0, stream>>>(pid, keys.data<int32_t>(), vals.data<int32_t>(),
+    make_keys_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(pid, keys.data<int32_t>(), vals.data<int32_t>(),
                                                            count.data<int32_t>(), slots.data<int32_t>(),
                                                            long_ids.data<int32_t>(), long_ids_count, N, V);
   };
@@ -363,7 +359,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
                                             order.data<int32_t>(), int(N), 0, end_bit, side.get()),
             "embedding_backward");
       // 3. group boundaries
-      group_starts_kernel<<<grid_1d(V + 1), kThreads, 0, side.get()>>>(sorted_keys.data<int32_t>(), N, V,
+      group_starts_kernel<<<grid_stride_blocks(V + 1, kThreads), kThreads, 0, side.get()>>>(sorted_keys.data<int32_t>(), N, V,
                                                                   start.data<int32_t>());
       check_launch("embedding_backward");
       // 4. pieces of long runs

@@ -45,13 +45,13 @@ using namespace rows;
 // row_pass<false> over h: the cached vectors come from registers, the rest are read back from
 // h, which this thread has just written. f(j, v) sees v[0] = h[j], as after row_pass<true>.
 template <int K, typename T, int V, typename F>
-__device__ __forceinline__ void add_row_pass(const Vec<T, V>* x, const Vec<T, V>* r, Vec<T, V>* h,
-                                             int64_t nvec, Vec<T, V> (&c)[1][K], F&& f) {
+__device__ __forceinline__ void add_row_pass(const Pack<T, V>* x, const Pack<T, V>* r, Pack<T, V>* h,
+                                             int64_t nvec, Pack<T, V> (&c)[1][K], F&& f) {
   using A = acc_t<T>;
   const int64_t tx = blockDim.x;
   auto add = [&](int64_t j) {
-    const Vec<T, V> a = x[j], b = r[j];
-    Vec<T, V> s;
+    const Pack<T, V> a = x[j], b = r[j];
+    Pack<T, V> s;
 #pragma unroll
     for (int i = 0; i < V; ++i) s.v[i] = convert<T>(convert<A>(a.v[i]) + convert<A>(b.v[i]));
     h[j] = s;
@@ -62,12 +62,12 @@ __device__ __forceinline__ void add_row_pass(const Vec<T, V>* x, const Vec<T, V>
     const int64_t j = threadIdx.x + k * tx;
     if (j < nvec) {
       c[0][k] = add(j);
-      const Vec<T, V> v[1] = {c[0][k]};
+      const Pack<T, V> v[1] = {c[0][k]};
       f(j, v);
     }
   }
   for (int64_t j = threadIdx.x + K * tx; j < nvec; j += tx) {
-    const Vec<T, V> v[1] = {add(j)};
+    const Pack<T, V> v[1] = {add(j)};
     f(j, v);
   }
 }
@@ -83,17 +83,17 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
   using A = acc_t<T>;
   __shared__ A red[kMaxLanes * 32];
   const int64_t nvec = C / V;
-  const Vec<T, V>* wv = as_vec<T, V>(w);
-  const Vec<T, V>* bv = as_vec<T, V>(b);
+  const Pack<T, V>* wv = as_vec<T, V>(w);
+  const Pack<T, V>* bv = as_vec<T, V>(b);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < R ? nvec : 0;  // a lane past the last row joins the reductions only
     const int64_t off = (r < R ? r : 0) * C;
-    const Vec<T, V>* src[1] = {as_vec<T, V>((Add ? h : x) + off)};  // x[r, :] (h[r, :] if Add)
-    Vec<T, V>* dst = as_vec<T, V>(y + off);
-    Vec<T, V> c[1][kCache];
+    const Pack<T, V>* src[1] = {as_vec<T, V>((Add ? h : x) + off)};  // x[r, :] (h[r, :] if Add)
+    Pack<T, V>* dst = as_vec<T, V>(y + off);
+    Pack<T, V> c[1][kCache];
     A part = 0;  // sum x (Centered) or sum x^2
-    auto first = [&](int64_t, const Vec<T, V> (&v)[1]) {
+    auto first = [&](int64_t, const Pack<T, V> (&v)[1]) {
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A a = convert<A>(v[0].v[i]);
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
     if constexpr (Centered) {
       mu = row_reduce(part, Sum{}, red) / A(C);
       part = 0;
-      row_pass<false>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
+      row_pass<false>(src, n, c, [&](int64_t, const Pack<T, V> (&v)[1]) {
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           const A d = convert<A>(v[0].v[i]) - mu;
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
       });
     }
     const A rs = A(1) / sqrt(row_reduce(part, Sum{}, red) / A(C) + eps);
-    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[1]) {
-      Vec<T, V> out, wj, bj;
+    row_pass<false>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[1]) {
+      Pack<T, V> out, wj, bj;
       if (HasW) wj = wv[j];
       if (HasB) bj = bv[j];
 #pragma unroll
@@ -244,7 +244,7 @@ AccPlan acc_plan(int64_t R, int64_t nvec, int64_t width, size_t acc_size, size_t
 // xhat = (x - mu) rstd: the row sums s1 += dxhat (Centered only) and s2 += dxhat xhat.
 // w is read only with HasW.
 template <bool Centered, bool HasW, typename T, int V, typename A>
-__device__ __forceinline__ void add_row_sums(const Vec<T, V>& g, const Vec<T, V>& x, const Vec<T, V>& w,
+__device__ __forceinline__ void add_row_sums(const Pack<T, V>& g, const Pack<T, V>& x, const Pack<T, V>& w,
                                              A mu, A rs, A& s1, A& s2) {
 #pragma unroll
   for (int i = 0; i < V; ++i) {
@@ -259,9 +259,9 @@ __device__ __forceinline__ void add_row_sums(const Vec<T, V>& g, const Vec<T, V>
 // mean(dxhat xhat), plus dh with HasDh; param(i, g, xhat) receives element i's g and xhat, whose
 // product (dw) and g (db) the kernel accumulates. w is read only with HasW, dh only with HasDh.
 template <bool HasW, bool HasDh, typename T, int V, typename A, typename Param>
-__device__ __forceinline__ Vec<T, V> dx_vec(const Vec<T, V>& g, const Vec<T, V>& x, const Vec<T, V>& w,
-                                            const Vec<T, V>& dh, A mu, A rs, A m1, A m2, Param&& param) {
-  Vec<T, V> out;
+__device__ __forceinline__ Pack<T, V> dx_vec(const Pack<T, V>& g, const Pack<T, V>& x, const Pack<T, V>& w,
+                                            const Pack<T, V>& dh, A mu, A rs, A m1, A m2, Param&& param) {
+  Pack<T, V> out;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
     const A gr = convert<A>(g.v[i]);
@@ -297,26 +297,26 @@ __global__ void __launch_bounds__(kMaxThreads<T>)
   A* acc_w = dw_at >= 0 ? acc + dw_at * C : nullptr;
   A* acc_b = db_at >= 0 ? acc + db_at * C : nullptr;
   if (parts) zero_owned<V>(acc, parts, C);
-  const Vec<T, V>* wv = as_vec<T, V>(w);
+  const Pack<T, V>* wv = as_vec<T, V>(w);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < R ? nvec : 0;
     const int64_t off = (r < R ? r : 0) * C;  // g + off points at g[r, :]
-    const Vec<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
-    const Vec<T, V>* dhv = HasDh ? as_vec<T, V>(dh + off) : nullptr;  // read by the dx pass
-    Vec<T, V>* dst = as_vec<T, V>(dx + off);
+    const Pack<T, V>* src[2] = {as_vec<T, V>(g + off), as_vec<T, V>(x + off)};
+    const Pack<T, V>* dhv = HasDh ? as_vec<T, V>(dh + off) : nullptr;  // read by the dx pass
+    Pack<T, V>* dst = as_vec<T, V>(dx + off);
     const A mu = Centered && r < R ? mean[r] : A(0), rs = r < R ? rstd[r] : A(0);
-    Vec<T, V> c[2][kCache2];
+    Pack<T, V> c[2][kCache2];
     A s1 = 0, s2 = 0;  // sum dxhat (Centered only), sum dxhat xhat
-    row_pass<true>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
-      Vec<T, V> wj;
+    row_pass<true>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[2]) {
+      Pack<T, V> wj;
       if (HasW) wj = wv[j];
       add_row_sums<Centered, HasW>(v[0], v[1], wj, mu, rs, s1, s2);
     });
     const A m1 = Centered ? row_reduce(s1, Sum{}, red) / A(C) : A(0);
     const A m2 = row_reduce(s2, Sum{}, red) / A(C);
-    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
-      Vec<T, V> wj, dhj;
+    row_pass<false>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[2]) {
+      Pack<T, V> wj, dhj;
       if (HasW) wj = wv[j];
       if (HasDh) dhj = dhv[j];
       dst[j] = dx_vec<HasW, HasDh>(v[0], v[1], wj, dhj, mu, rs, m1, m2, [&](int i, A gr, A xhat) {
@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
   __shared__ A red[128];  // the two halves of block_sum2
   const int64_t nvec = C / V, tx = blockDim.x;
   A dw[K][V], db[K][V];
-  Vec<T, V> wv[K];
+  Pack<T, V> wv[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t j = threadIdx.x + k * tx;
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
     for (int i = 0; i < V; ++i) dw[k][i] = db[k][i] = A(0);
   }
   // Row r's owned vectors, every load issued before any is used (vector 0 stands in past the end).
-  auto load = [&](int64_t r, Vec<T, V> (&gr)[K], Vec<T, V> (&xr)[K]) {
+  auto load = [&](int64_t r, Pack<T, V> (&gr)[K], Pack<T, V> (&xr)[K]) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t j = threadIdx.x + k * tx, jl = j < nvec ? j : 0;
@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
   };
   // The row's mean and rstd travel with its g and x, a row ahead: read at the row's start, they
   // put a full memory latency before every row's sums.
-  Vec<T, V> cg[K], cx[K];
+  Pack<T, V> cg[K], cx[K];
   A mu = A(0), rs = A(0);
   if (blockIdx.x < R) {
     load(blockIdx.x, cg, cx);
@@ -416,7 +416,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
   }
   int half = 0;
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x, half ^= 1) {
-    Vec<T, V> ng[K], nx[K];
+    Pack<T, V> ng[K], nx[K];
     A nmu = A(0), nrs = A(0);
     if (r + gridDim.x < R) {
       load(r + gridDim.x, ng, nx);
@@ -426,7 +426,7 @@ __global__ void __launch_bounds__(kRegRowThreads, 2)
     // dh (the add_ variants) of 16-bit rows is loaded now, so its latency passes during the
     // reduction; float32 rows load it when used (early, it spilled at 128 registers).
     constexpr bool kEarlyDh = HasDh && sizeof(T) == 2;
-    Vec<T, V> dhv[K];
+    Pack<T, V> dhv[K];
     if (kEarlyDh) {
 #pragma unroll
       for (int k = 0; k < K; ++k) {

@@ -106,15 +106,11 @@ __global__ void rope_cos_sin_backward_kernel(const T* __restrict__ g, const T* _
   }
 }
 
-unsigned grid_1d(int64_t n) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), int64_t(1) << 20));
-}
-
 
 template <int G, typename T>
 void launch_rope(const Tensor& x, const Tensor& cs, const Tensor& sn, Tensor& out, int64_t rows,
                  int64_t half, int64_t NH, int64_t T_, int64_t rs, bool interleaved, bool inverse) {
-  const unsigned grid = grid_1d(rows * (half / G));
+  const unsigned grid = grid_stride_blocks(rows * (half / G), kThreads);
   // the last element read, x[rows / NH - 1] + NH HS, below 2^31: 32-bit indices
   if ((rows / NH) * rs < (int64_t(1) << 31) && out.numel() < (int64_t(1) << 31))
     rope_kernel<G, uint32_t><<<grid, kThreads, 0, current_stream()>>>(
@@ -185,7 +181,7 @@ Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
   set_device(x, "rope_cos_sin_backward");
   CUDA_DISPATCH_FLOAT(x.dtype(), "rope_cos_sin_backward", {
     using T = scalar_t;
-    rope_cos_sin_backward_kernel<T><<<grid_1d(T_ * half), kThreads, 0, current_stream()>>>(
+    rope_cos_sin_backward_kernel<T><<<grid_stride_blocks(T_ * half, kThreads), kThreads, 0, current_stream()>>>(
         cptr<T>(g), cptr<T>(x), mptr<T>(dcos), mptr<T>(dsin), lead, T_, NH, half, interleaved, inverse);
   });
   check_launch("rope_cos_sin_backward");

@@ -35,11 +35,6 @@ template <typename T> constexpr int kMaxThreads = sizeof(T) == 8 ? 256 : 1024;
 constexpr int kMaxLanes = 32;    // ty <= 1024 / 32
 constexpr int kLaneThreads = 128;  // tx * ty for short rows
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
-};
-
 // ---- math in the accumulation type (float for 16-bit and float32, double for float64) ----
 __device__ __forceinline__ float ex(float v) { return expf(v); }
 __device__ __forceinline__ double ex(double v) { return ::exp(v); }
@@ -97,11 +92,11 @@ __device__ __forceinline__ A row_reduce(A v, Op op, A* red) {
 // and not passed to f. (Taken one by one, the up to U - 1 vectors of that tail were U - 1 load
 // latencies in a row at the end of every row.)
 template <int U, int N, typename T, int V, typename F>
-__device__ __forceinline__ void stream_vectors(const Vec<T, V>* const (&rows)[N], int64_t j,
+__device__ __forceinline__ void stream_vectors(const Pack<T, V>* const (&rows)[N], int64_t j,
                                                int64_t nvec, F&& f) {
   const int64_t tx = blockDim.x;
   for (; j + (U - 1) * tx < nvec; j += U * tx) {
-    Vec<T, V> v[U][N];
+    Pack<T, V> v[U][N];
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
@@ -110,7 +105,7 @@ __device__ __forceinline__ void stream_vectors(const Vec<T, V>* const (&rows)[N]
     for (int u = 0; u < U; ++u) f(j + u * tx, v[u]);
   }
   if (U > 1 && j < nvec) {
-    Vec<T, V> v[U][N];
+    Pack<T, V> v[U][N];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t ju = j + u * tx, jl = ju < nvec ? ju : j;
@@ -136,8 +131,8 @@ __device__ __forceinline__ void stream_vectors(const Vec<T, V>* const (&rows)[N]
 // branch around each load and its use: one 16-byte load in flight per thread, and the norm
 // forward at two thirds of copy bandwidth (bench/notes_cuda_row_ops.md).
 template <bool First, int U = 1, int N, int K, typename T, int V, typename F>
-__device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int64_t nvec,
-                                         Vec<T, V> (&c)[N][K], F&& f) {
+__device__ __forceinline__ void row_pass(const Pack<T, V>* const (&rows)[N], int64_t nvec,
+                                         Pack<T, V> (&c)[N][K], F&& f) {
   const int64_t tx = blockDim.x;
   if (First && nvec > 0) {
 #pragma unroll
@@ -151,7 +146,7 @@ __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int6
   for (int k = 0; k < K; ++k) {
     const int64_t j = threadIdx.x + k * tx;
     if (j < nvec) {
-      Vec<T, V> v[N];
+      Pack<T, V> v[N];
 #pragma unroll
       for (int a = 0; a < N; ++a) v[a] = c[a][k];
       f(j, v);
@@ -161,12 +156,12 @@ __device__ __forceinline__ void row_pass(const Vec<T, V>* const (&rows)[N], int6
 }
 
 template <typename T, int V>
-__device__ __forceinline__ const Vec<T, V>* as_vec(const T* p) {
-  return reinterpret_cast<const Vec<T, V>*>(p);
+__device__ __forceinline__ const Pack<T, V>* as_vec(const T* p) {
+  return reinterpret_cast<const Pack<T, V>*>(p);
 }
 template <typename T, int V>
-__device__ __forceinline__ Vec<T, V>* as_vec(T* p) {
-  return reinterpret_cast<Vec<T, V>*>(p);
+__device__ __forceinline__ Pack<T, V>* as_vec(T* p) {
+  return reinterpret_cast<Pack<T, V>*>(p);
 }
 
 // ---- host side ----
@@ -201,7 +196,7 @@ struct Online {
 };
 
 template <typename A, typename T, int V>
-__device__ __forceinline__ void to_acc(const Vec<T, V>& v, A (&out)[V]) {
+__device__ __forceinline__ void to_acc(const Pack<T, V>& v, A (&out)[V]) {
 #pragma unroll
   for (int i = 0; i < V; ++i) out[i] = convert<A>(v.v[i]);
 }
@@ -210,10 +205,7 @@ __device__ __forceinline__ void to_acc(const Vec<T, V>& v, A (&out)[V]) {
 // kernel then reads a row's first C - C % kVec elements as vectors and the rest one by one.
 template <typename T>
 bool row_starts_aligned(int64_t R, int64_t ld, std::initializer_list<const void*> ptrs) {
-  if (R > 1 && ld % kVec<T> != 0) return false;
-  for (const void* p : ptrs)
-    if (p && !aligned16(p)) return false;
-  return true;
+  return (R <= 1 || ld % kVec<T> == 0) && all_aligned16(ptrs);
 }
 
 struct Launch {

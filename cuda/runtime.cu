@@ -69,6 +69,25 @@ void set_current_stream(int device, cudaStream_t stream) {
 }
 
 namespace {
+void* stream_create(int device, int priority) {
+  cudaStream_t s;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority), "cudaStreamCreateWithPriority");
+  return s;
+}
+
+void stream_priority_range(int* least, int* greatest) {
+  check(cudaDeviceGetStreamPriorityRange(least, greatest), "cudaDeviceGetStreamPriorityRange");
+}
+
+void* event_create(int device, bool timing) {
+  cudaEvent_t e;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming),
+        "cudaEventCreate");
+  return e;
+}
+
 struct SideStreamState {
   cudaStream_t stream = nullptr;
   cudaEvent_t forked = nullptr, done = nullptr;
@@ -84,10 +103,10 @@ SideStreamState& side_stream(int device) {
   SideStreamState& s = t_side[device];
   if (!s.stream) {
     int least = 0, greatest = 0;
-    check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
-    check(cudaStreamCreateWithPriority(&s.stream, cudaStreamNonBlocking, greatest), "cudaStreamCreateWithPriority");
-    check(cudaEventCreateWithFlags(&s.forked, cudaEventDisableTiming), "cudaEventCreate");
-    check(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+    stream_priority_range(&least, &greatest);
+    s.stream = static_cast<cudaStream_t>(stream_create(device, greatest));
+    s.forked = static_cast<cudaEvent_t>(event_create(device, false));
+    s.done = static_cast<cudaEvent_t>(event_create(device, false));
   }
   return s;
 }
@@ -401,13 +420,6 @@ void set_stream_on(int device, void* stream) {
   set_current_stream(device, static_cast<cudaStream_t>(stream));
 }
 
-void* stream_create(int device, int priority) {
-  cudaStream_t s;
-  check(cudaSetDevice(device), "cudaSetDevice");
-  check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority), "cudaStreamCreateWithPriority");
-  return s;
-}
-
 // The stream's queued work is finished first, so no cached block of it can still be in use
 // by the time a new stream reuses its handle.
 void stream_destroy(int device, void* stream) {
@@ -434,18 +446,6 @@ bool stream_query(int device, void* stream) {
   check(r, "cudaStreamQuery");
   raise_index_fault();
   return true;
-}
-
-void stream_priority_range(int* least, int* greatest) {
-  check(cudaDeviceGetStreamPriorityRange(least, greatest), "cudaDeviceGetStreamPriorityRange");
-}
-
-void* event_create(int device, bool timing) {
-  cudaEvent_t e;
-  check(cudaSetDevice(device), "cudaSetDevice");
-  check(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming),
-        "cudaEventCreate");
-  return e;
 }
 
 void event_destroy(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }

@@ -43,11 +43,11 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restr
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < R; base += int64_t(gridDim.x) * blockDim.y) {
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < R ? nvec : 0;  // a lane past the last row joins the reductions only
-    const Vec<T, V>* src[1] = {as_vec<T, V>(x + (r < R ? r : 0) * C)};  // src points at x[r, :]
-    Vec<T, V>* dst = as_vec<T, V>(y + (r < R ? r : 0) * C);
-    Vec<T, V> c[1][kCache];
+    const Pack<T, V>* src[1] = {as_vec<T, V>(x + (r < R ? r : 0) * C)};  // src points at x[r, :]
+    Pack<T, V>* dst = as_vec<T, V>(y + (r < R ? r : 0) * C);
+    Pack<T, V> c[1][kCache];
     Online<T> st;
-    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[1]) {
+    row_pass<true>(src, n, c, [&](int64_t, const Pack<T, V> (&v)[1]) {
       A a[V];
       to_acc(v[0], a);
       st.add(a);
@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restr
     A M, S;
     st.reduce(red, M, S);
     const A shift = Log ? M + lg(S) : M, inv = A(1) / S;
-    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[1]) {
-      Vec<T, V> out;
+    row_pass<false>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[1]) {
+      Pack<T, V> out;
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         A a = convert<A>(v[0].v[i]) - shift;
@@ -136,18 +136,18 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_backward_rows_kernel(T
     const int64_t r = base + threadIdx.y;
     const int64_t n = r < R ? nvec : 0;
     const int64_t off = (r < R ? r : 0) * C;  // y + off points at y[r, :]
-    const Vec<T, V>* src[2] = {as_vec<T, V>(y + off), as_vec<T, V>(g + off)};
-    Vec<T, V>* dst = as_vec<T, V>(dx + off);
-    Vec<T, V> c[2][kCache2];
+    const Pack<T, V>* src[2] = {as_vec<T, V>(y + off), as_vec<T, V>(g + off)};
+    Pack<T, V>* dst = as_vec<T, V>(dx + off);
+    Pack<T, V> c[2][kCache2];
     A part = 0;
-    row_pass<true>(src, n, c, [&](int64_t, const Vec<T, V> (&v)[2]) {
+    row_pass<true>(src, n, c, [&](int64_t, const Pack<T, V> (&v)[2]) {
 #pragma unroll
       for (int i = 0; i < V; ++i)
         part += backward_term<A, Log>(convert<A>(v[0].v[i]), convert<A>(v[1].v[i]));
     });
     const A s = row_reduce(part, Sum{}, red);
-    row_pass<false>(src, n, c, [&](int64_t j, const Vec<T, V> (&v)[2]) {
-      Vec<T, V> out;
+    row_pass<false>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[2]) {
+      Pack<T, V> out;
 #pragma unroll
       for (int i = 0; i < V; ++i)
         out.v[i] = convert<T>(backward_dx<A, Log>(convert<A>(v[0].v[i]), convert<A>(v[1].v[i]), s));

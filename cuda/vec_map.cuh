@@ -17,11 +17,6 @@
 
 namespace ls::cuda {
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
 template <typename T, int NI, int NO>
 struct MapArgs {
   const T* in[NI];

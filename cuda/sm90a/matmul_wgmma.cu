@@ -369,8 +369,9 @@ bool launch(const GemmProblem& p, const CUtensorMap& ma, const CUtensorMap& mb, 
   kernel<<<blocks, kThreads, kSmemBytes, stream>>>(ma, mb, w);
   if (w.splits > 1) {
     const int64_t mn = int64_t(p.M) * p.N;
-    const unsigned grid = unsigned(std::min<int64_t>((mn + 255) / 256, 4096));
     const bool vec4 = p.N % 4 == 0 && p.ldc % 4 == 0 && reinterpret_cast<uintptr_t>(p.c) % 8 == 0;
+    const int64_t groups = vec4 ? mn / 4 : mn;  // a thread per group of 4 or 1 elements
+    const unsigned grid = unsigned(std::min<int64_t>((groups + 255) / 256, 4096));
     auto reduce = vec4 ? reduce_splits_kernel<T, 4> : reduce_splits_kernel<T, 1>;
     reduce<<<grid, 256, 0, stream>>>(p.partials, w.splits, p.M, p.N, static_cast<T*>(p.c), p.ldc,
                                      static_cast<const T*>(p.bias));
