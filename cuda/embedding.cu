@@ -273,7 +273,8 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
     const bool narrow = N * cp < (int64_t(1) << 32) - (int64_t(1) << 28);
     auto launch = [&](auto* pid) {
       auto go = [&](auto kernel) {
-        kernel<<<grid_stride_blocks(N * cp, kThreads), kThreads, 0, current_stream()>>>(cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+        kernel<<<grid_stride_blocks(N * cp, kThreads), kThreads, 0, current_stream()>>>(
+            cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
       };
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;
@@ -319,9 +320,9 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   cudaStream_t stream = current_stream();
   check(cudaMemsetAsync(count.raw_data(), 0, size_t(V + 1) * sizeof(int32_t), stream), "embedding_backward");
   auto make_keys = [&](auto* pid) {
-    make_keys_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(pid, keys.data<int32_t>(), vals.data<int32_t>(),
-                                                           count.data<int32_t>(), slots.data<int32_t>(),
-                                                           long_ids.data<int32_t>(), long_ids_count, N, V);
+    make_keys_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(
+        pid, keys.data<int32_t>(), vals.data<int32_t>(), count.data<int32_t>(), slots.data<int32_t>(),
+        long_ids.data<int32_t>(), long_ids_count, N, V);
   };
   if (ids.dtype() == DType::Int32) make_keys(ids.data<int32_t>());
   else make_keys(ids.data<int64_t>());
@@ -359,8 +360,8 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
                                             order.data<int32_t>(), int(N), 0, end_bit, side.get()),
             "embedding_backward");
       // 3. group boundaries
-      group_starts_kernel<<<grid_stride_blocks(V + 1, kThreads), kThreads, 0, side.get()>>>(sorted_keys.data<int32_t>(), N, V,
-                                                                  start.data<int32_t>());
+      group_starts_kernel<<<grid_stride_blocks(V + 1, kThreads), kThreads, 0, side.get()>>>(
+          sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
       check_launch("embedding_backward");
       // 4. pieces of long runs
       pieces_kernel<<<unsigned(chunks), threads, 0, side.get()>>>(cptr<T>(grad), sorted_keys.data<int32_t>(),
