@@ -337,14 +337,15 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
         for (int64_t i = nvec * W; i < V; ++i) row[i] = zero.v[0];
       continue;
     }
+    // d loss / d x for a logit x of this row, the target's or another
+    auto grad_of = [&](A xv, bool target) {
+      const A d = k * ex_for<T>(xv - l) - shift;
+      return convert<T>(target ? d - hit : d);
+    };
     auto write = [&](int64_t j, const Pack<T, W>& v) {
       Pack<T, W> out;
 #pragma unroll
-      for (int i = 0; i < W; ++i) {
-        A d = k * ex_for<T>(convert<A>(v.v[i]) - l) - shift;
-        if (j * W + i == tw) d -= hit;
-        out.v[i] = convert<T>(d);
-      }
+      for (int i = 0; i < W; ++i) out.v[i] = grad_of(convert<A>(v.v[i]), j * W + i == tw);
       dst[j] = out;
     };
     const int64_t in_cache = cached < n ? cached : n;
@@ -354,11 +355,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     // a multiple of tx, so j continues this thread's own stride).
     stream_vectors<kInplaceStream<T>>(src, j, n, [&](int64_t jj, const Pack<T, W> (&v)[1]) { write(jj, v[0]); });
     if (tail)
-      for (int64_t i = nvec * W; i < V; ++i) {
-        A d = k * ex_for<T>(convert<A>(row[i]) - l) - shift;
-        if (i == t) d -= hit;
-        row[i] = convert<T>(d);
-      }
+      for (int64_t i = nvec * W; i < V; ++i) row[i] = grad_of(convert<A>(row[i]), i == t);
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (kc > 1) cluster.sync();  // no block leaves while another may still read its partials
@@ -511,23 +508,22 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
     const bool ignored = t == ignore;
     const A k = ignored ? A(0) : reduction == int(Reduction::None) ? convert<A>(g[r]) : scale;
     const A kp = k + g_lse[r], l = lse[r], shift = k * eps / A(V), hit = k * (A(1) - eps);
+    // d loss / d x for a logit x of the row, the target's or another (never the target in an
+    // ignored row: t is not a class then)
+    auto grad_of = [&](A xv, bool target) {
+      const A d = kp * ex_for<T>(xv - l) - shift;
+      return convert<T>(target ? d - hit : d);
+    };
     Pack<T, W> c[1][1];  // one pass: nothing to keep
     row_pass<true, kStream<T>>(src, nvec, c, [&](int64_t j, const Pack<T, W> (&v)[1]) {
       Pack<T, W> out;
 #pragma unroll
-      for (int i = 0; i < W; ++i) {
-        A d = kp * ex_for<T>(convert<A>(v[0].v[i]) - l) - shift;
-        if (j * W + i == t) d -= hit;  // never true for an ignored row: t is not a class then
-        out.v[i] = convert<T>(d);
-      }
+      for (int i = 0; i < W; ++i) out.v[i] = grad_of(convert<A>(v[0].v[i]), j * W + i == t);
       dst[j] = out;
     });
     if (W > 1 && threadIdx.x == 0)  // the row's last V % W elements, one by one
-      for (int64_t i = nvec * W; i < V; ++i) {
-        A d = kp * ex_for<T>(convert<A>(logits[r * ldx + i]) - l) - shift;
-        if (i == t) d -= hit;
-        dlogits[r * ldd + i] = convert<T>(d);
-      }
+      for (int64_t i = nvec * W; i < V; ++i)
+        dlogits[r * ldd + i] = grad_of(convert<A>(logits[r * ldx + i]), i == t);
   }
 }
 
