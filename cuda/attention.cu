@@ -1045,11 +1045,9 @@ Tensor heads_within_rows(const Tensor& like, int64_t heads, int64_t rows) {
 Tensors fused_qkv_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Dims& n) {
   const int64_t HS = n.HS, R = (n.NH + 2 * n.NKV) * HS;  // R: the fused tensor's row stride
   const Shape strides = {n.T * R, HS, R, 1};
-  auto sliced = [&](const Tensor& t, int64_t heads_before) {
-    return t.storage() == q.storage() && t.dtype() == q.dtype() && t.strides() == strides &&
-           t.offset() == q.offset() + heads_before * HS;
-  };
-  if (n.T != n.S || !sliced(q, 0) || !sliced(k, n.NH) || !sliced(v, n.NH + n.NKV)) return {};
+  if (n.T != n.S || q.strides() != strides ||
+      !ops::tiled_view({q, k, v}, {n.B, n.NH + 2 * n.NKV, n.T, HS}, 1).defined())
+    return {};
   const Tensor buf = Tensor::empty({n.B, n.T, n.NH + 2 * n.NKV, HS}, q.dtype(), q.device());
   return {buf.as_strided({n.B, n.NH, n.T, HS}, strides, 0),
           buf.as_strided({n.B, n.NKV, n.T, HS}, strides, n.NH * HS),

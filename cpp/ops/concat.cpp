@@ -190,9 +190,15 @@ bool non_overlapping(const Shape& shape, const Shape& strides) {
   return true;
 }
 
-// The pieces g as the tensor of x's shape they tile along dim, when they lie in one buffer that
-// way (one storage and dtype, the same strides, each starting where the previous one ends along
-// dim, together non-overlapping); undefined otherwise.
+Tensors split_backward(const BackwardCtx& c, const Tensors& g) {
+  // Every output is floating (x is), so the tape has filled any unused grad with zeros.
+  const int64_t dim = wrap_dim(c.attrs.i("dim", 0), int64_t(c.input_shapes[0].size()), "split");
+  Tensor joined = tiled_view(g, c.input_shapes[0], dim);
+  return {joined.defined() ? joined : cat(g, dim)};
+}
+
+}  // namespace
+
 Tensor tiled_view(const Tensors& g, const Shape& x_shape, int64_t dim) {
   const Tensor& g0 = g[0];
   if (!g0.defined()) return {};
@@ -210,15 +216,6 @@ Tensor tiled_view(const Tensors& g, const Shape& x_shape, int64_t dim) {
   if (total != x_shape[dim] || !non_overlapping(x_shape, g0.strides())) return {};
   return g0.as_strided(x_shape, g0.strides(), g0.offset());
 }
-
-Tensors split_backward(const BackwardCtx& c, const Tensors& g) {
-  // Every output is floating (x is), so the tape has filled any unused grad with zeros.
-  const int64_t dim = wrap_dim(c.attrs.i("dim", 0), int64_t(c.input_shapes[0].size()), "split");
-  Tensor joined = tiled_view(g, c.input_shapes[0], dim);
-  return {joined.defined() ? joined : cat(g, dim)};
-}
-
-}  // namespace
 
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim) { return call1("cat", xs, {{"dim", dim}}); }
 

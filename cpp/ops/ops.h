@@ -121,6 +121,12 @@ Shape cat_shape(const std::vector<Tensor>& xs, int64_t& dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);
+// The pieces g as the tensor of x_shape they tile along dim (0 <= dim < rank), when they lie in
+// one buffer that way (one storage and dtype, the same strides, each starting where the previous
+// one ends along dim, together non-overlapping); undefined otherwise. split's backward takes such
+// gradients whole, and the CUDA backwards of slices of one projection (SwiGLU's halves, the
+// attention's q, k, v heads) write theirs into one buffer laid out so.
+Tensor tiled_view(const std::vector<Tensor>& g, const Shape& x_shape, int64_t dim);
 
 // index.cpp (indices int32 or int64; out-of-range indices raise IndexError)
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
