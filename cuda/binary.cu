@@ -115,7 +115,7 @@ bool try_row_broadcast(Bin op, const Tensor& out, const Tensor& a, const Tensor&
     const T* dense = cptr<T>(row_b ? a : b);
     const T* row = cptr<T>(row_b ? b : a);
     T* o = mptr<T>(out);
-    const bool packs = Pn % V == 0 && aligned16(dense) && aligned16(row) && aligned16(o);
+    const bool packs = vectorizable<T>(Pn, {dense, row, o});
     const int W = packs ? V : 1;
     const int64_t row_packs = Pn / W;
     const int threads = int(std::min<int64_t>(kThreads, (row_packs + 31) / 32 * 32));

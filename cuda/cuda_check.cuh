@@ -40,7 +40,7 @@ inline unsigned blocks_for(int64_t n, int threads) {
 // Blocks of `threads` for a grid-stride loop over n items: a thread per item up to 2^20 blocks
 // (the loop strides over the rest), and at least one block.
 inline unsigned grid_stride_blocks(int64_t n, int threads) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>(blocks_for(n, threads), 1), int64_t(1) << 20));
+  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, int64_t(1) << 20));
 }
 
 }  // namespace ls::cuda

@@ -92,18 +92,14 @@ Tensors swiglu_forward(const Tensors& in, const Attrs&) {
 // and strides, b starting C elements after a): the same halves of one buffer; else contiguous.
 Tensors gradient_halves(const Tensor& a, const Tensor& b) {
   const int64_t C = a.dim() ? a.size(-1) : 1;
-  bool halves = false;
-  if (a.dim() >= 2 && a.strides().back() == 1 && a.strides()[a.dim() - 2] == 2 * C) {
-    Shape whole = a.shape();
-    whole.back() = 2 * C;
-    halves = ops::tiled_view({a, b}, whole, a.dim() - 1).defined();
-  }
+  Shape whole = a.shape();  // the tensor of both halves
+  if (a.dim()) whole.back() = 2 * C;
+  const bool halves = a.dim() >= 2 && a.strides().back() == 1 && a.strides()[a.dim() - 2] == 2 * C &&
+                      ops::tiled_view({a, b}, whole, a.dim() - 1).defined();
   if (!halves) {
     return {Tensor::empty(a.shape(), a.dtype(), a.device()), Tensor::empty(a.shape(), a.dtype(), a.device())};
   }
-  Shape shape = a.shape();
-  shape.back() = 2 * C;
-  const Tensor buf = Tensor::empty(shape, a.dtype(), a.device());
+  const Tensor buf = Tensor::empty(whole, a.dtype(), a.device());
   return {ops::slice(buf, -1, 0, C), ops::slice(buf, -1, C, 2 * C)};
 }
 

@@ -99,12 +99,11 @@ void launch_map(const Op& op, const MapArgs<T, NI, NO>& a, int64_t n, const char
   const int64_t per_thread = aligned ? V : 1;
   // A block per kThreads packs, capped (the loop strides over the rest); at least one block so
   // the tail runs.
-  int64_t blocks = (n / per_thread + kThreads - 1) / kThreads;
-  blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 20);
+  const unsigned blocks = grid_stride_blocks(n / per_thread, kThreads);
   if (aligned)
-    map_kernel<V><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
+    map_kernel<V><<<blocks, kThreads, 0, current_stream()>>>(op, a, n);
   else
-    map_kernel<1><<<unsigned(blocks), kThreads, 0, current_stream()>>>(op, a, n);
+    map_kernel<1><<<blocks, kThreads, 0, current_stream()>>>(op, a, n);
   check_launch(name);
 }
 

@@ -200,8 +200,8 @@ Tensors split_backward(const BackwardCtx& c, const Tensors& g) {
 }  // namespace
 
 Tensor tiled_view(const Tensors& g, const Shape& x_shape, int64_t dim) {
+  if (g.empty() || !g[0].defined()) return {};
   const Tensor& g0 = g[0];
-  if (!g0.defined()) return {};
   int64_t off = g0.offset(), total = 0;
   for (const Tensor& t : g) {
     // a piece of another rank or shape (a Python backward may return anything) is cat's to reject
