@@ -10,7 +10,8 @@ import numpy as np
 
 import llmscratch as ls
 from conftest import rel_err
-from cuda_vs_cpu import FLOATS as DTYPES, TOL, host, ref_dtype, rounded, torch_run, upstream_weights  # noqa: F401 (DTYPES re-exported)
+from cuda_vs_cpu import FLOATS as DTYPES  # noqa: F401 (re-exported to the row tests)
+from cuda_vs_cpu import TOL, host, ref_dtype, rounded, torch_run, upstream_weights
 # Odd shapes: one element, rows shorter and longer than a warp, a vocabulary row that is not a
 # multiple of the vector width, and batch dims.
 SHAPES = [(1, 1), (3, 127), (7, 1023), (5, 50257), (2, 3, 129)]
