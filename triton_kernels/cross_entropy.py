@@ -30,7 +30,7 @@ k = 1/count (mean, the count read on the device) or 1, zeros for ignored rows (n
 row for "none") in place, masking off every element whose factor is exactly 1, so loss.backward()
 on the mean itself moves no data and needs no host synchronisation. The forward program walks its row twice: the statistics (and the target
 logit, picked from the chunks it loads, so it is read before anything is overwritten), then the
-gradient, each chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version
+gradient from the last chunk back to the first, each chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version
 counter; writes made here through torch do not (as every triton in-place kernel).
 References: Liger-Kernel's fused linear cross-entropy (its in-place logits gradient); llm.c's fused
 classifier.
@@ -159,7 +159,11 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
         else:
             k = 1.0
         shift = k * eps / V
-        for off in tl.range(0, V, BLOCK):
+        # The gradient pass walks the chunks last to first: the row's end was read last and is
+        # the part most likely still in L2 (see _inplace_tiling).
+        chunks = tl.cdiv(V, BLOCK)
+        for i in tl.range(0, chunks):
+            off = (chunks - 1 - i) * BLOCK
             x = _load_chunk(x_row, off, V, VB, 0.0, BLOCK)
             d = k * tl.exp(x - lse) - shift - tl.where(off + cols == t, k * (1.0 - eps), 0.0)
             _store_chunk(x_row, off, V, VB, d, BLOCK)
@@ -285,6 +289,21 @@ def _check_inplace(op, logits):
     return ld
 
 
+def _inplace_tiling(V, itemsize):
+    """(BLOCK, num_warps) of _cross_entropy_inplace_fwd. Its row is read twice, and the second read
+    comes from L2 only while the rows in flight fit there (50 MB on an H100). At 8 warps a program,
+    eight programs per SM kept about a thousand 100 KB rows (V = 50k, bf16) in flight. 16 warps
+    allow four per SM by threads; a row over 128 KB takes 8192-wide chunks at 32 warps, two per
+    SM. With the reversed gradient pass, at 16384 x 50304 and 8192 x 128256 bf16 on an H100
+    (bench/notes_triton_tuning.md), the op went from 79% / 78% of copy bandwidth to 85% / 82%."""
+    block = max(row_block(V), _GROUP.value)
+    if block < 4096:
+        return block, 4 if block <= 1024 else 8
+    if V * itemsize > 128 * 1024:
+        return 8192, 32
+    return block, 16
+
+
 def cross_entropy_inplace_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy_inplace")
     logits, targets = inputs[0], inputs[1].contiguous()
@@ -296,10 +315,9 @@ def cross_entropy_inplace_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
-        block = max(row_block(V), _GROUP.value)
+        block, warps = _inplace_tiling(V, logits.element_size())
         launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, _whole(V), ld, ignore, eps,
-               MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block,
-               num_warps=4 if block <= 1024 else 8)
+               MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block, num_warps=warps)
     if reduction == "none":
         loss = row_loss
     elif reduction == "sum":
