@@ -160,7 +160,7 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
             k = 1.0
         shift = k * eps / V
         # The gradient pass walks the chunks last to first: the row's end was read last and is
-        # the part most likely still in L2 (see _inplace_tiling).
+        # the part most likely still in L2 (at 8 warps: 79% -> 83% of copy bandwidth, V = 50k).
         chunks = tl.cdiv(V, BLOCK)
         for i in tl.range(0, chunks):
             off = (chunks - 1 - i) * BLOCK
@@ -289,18 +289,20 @@ def _check_inplace(op, logits):
     return ld
 
 
-def _inplace_tiling(V, itemsize):
+def _inplace_tiling(V):
     """(BLOCK, num_warps) of _cross_entropy_inplace_fwd. Its row is read twice, and the second read
-    comes from L2 only while the rows in flight fit there (50 MB on an H100). At 8 warps a program,
-    eight programs per SM kept about a thousand 100 KB rows (V = 50k, bf16) in flight. 16 warps
-    allow four per SM by threads; a row over 128 KB takes 8192-wide chunks at 32 warps, two per
-    SM. With the reversed gradient pass, at 16384 x 50304 and 8192 x 128256 bf16 on an H100
-    (bench/notes_triton_tuning.md), the op went from 79% / 78% of copy bandwidth to 85% / 82%."""
+    comes from L2 only while the rows in flight fit there (50 MB on an H100); the programs per SM
+    that registers allow set how many are in flight. 8192-wide chunks at 16 warps take 64
+    registers, two programs per SM, where V is a multiple of 16; otherwise the chunk holding the
+    row's last V % 16 elements loads them one by one, and at 8192 that took 105 registers (one
+    program per SM), so 4096 at 16 warps. H100, bf16, with the reversed gradient pass
+    (bench/notes_triton_tuning.md): 84% of copy bandwidth at 16384 x 50304, 82% at 8192 x 128256
+    (79% / 78% before both changes)."""
     block = max(row_block(V), _GROUP.value)
     if block < 4096:
         return block, 4 if block <= 1024 else 8
-    if V * itemsize > 128 * 1024:
-        return 8192, 32
+    if V % 16 == 0 and V >= 8192:
+        return 8192, 16
     return block, 16
 
 
@@ -315,7 +317,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
-        block, warps = _inplace_tiling(V, logits.element_size())
+        block, warps = _inplace_tiling(V)
         launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, _whole(V), ld, ignore, eps,
                MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block, num_warps=warps)
     if reduction == "none":
