@@ -162,7 +162,8 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
         shift = k * eps / V
         # The gradient pass walks the chunks last to first: the row's end was read last and is
         # the part most likely still in L2 (at 8 warps: 79% -> 83% of copy bandwidth, V = 50k).
-        # Its stores are marked first to leave L2, so that they do not push out the unread rest.
+        # Its stores are marked first to leave L2, so that they do not push out the unread rest
+        # (then 83% -> 90% at V = 50k, 4096-wide chunks).
         chunks = tl.cdiv(V, BLOCK)
         for i in tl.range(0, chunks):
             off = (chunks - 1 - i) * BLOCK
@@ -291,19 +292,20 @@ def _check_inplace(op, logits):
     return ld
 
 
-def _inplace_tiling(V):
+def _inplace_tiling(V, itemsize):
     """(BLOCK, num_warps) of _cross_entropy_inplace_fwd. Its row is read twice, and the second read
     comes from L2 only while the rows in flight fit there (50 MB on an H100); the programs per SM
-    that registers allow set how many are in flight. 8192-wide chunks at 16 warps take 64
-    registers, two programs per SM, where V is a multiple of 16; otherwise the chunk holding the
-    row's last V % 16 elements loads them one by one, and at 8192 that took 105 registers (one
-    program per SM), so 4096 at 16 warps. H100, bf16, with the reversed gradient pass
-    (bench/notes_triton_tuning.md): 84% of copy bandwidth at 16384 x 50304, 82% at 8192 x 128256
-    (79% / 78% before both changes)."""
+    that registers allow set how many are in flight. 4096-wide chunks at 16 warps take 31
+    registers (four programs per SM). A row over 128 KB takes 8192-wide chunks (64 registers, two
+    programs per SM) where V is a multiple of 16; otherwise the chunk holding the row's last
+    V % 16 elements loads them one by one, and at 8192 that took 105 registers (one program per
+    SM). H100, bf16, the op with its restoring copy (bench/notes_triton_tuning.md): 16384 x 50304
+    at 79% of copy bandwidth before the reversed pass, 90% after it with these tilings; 8192 x
+    128256 at 78% -> 86%."""
     block = max(row_block(V), _GROUP.value)
     if block < 4096:
         return block, 4 if block <= 1024 else 8
-    if V % 16 == 0 and V >= 8192:
+    if V % 16 == 0 and V * itemsize > 128 * 1024:
         return 8192, 16
     return block, 16
 
@@ -319,7 +321,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
-        block, warps = _inplace_tiling(V)
+        block, warps = _inplace_tiling(V, logits.element_size())
         launch(_cross_entropy_inplace_fwd, (N,), logits, targets, row_loss, count, V, _whole(V), ld, ignore, eps,
                MEAN=reduction == "mean", SMOOTH=eps > 0, BLOCK=block, num_warps=warps)
     if reduction == "none":
