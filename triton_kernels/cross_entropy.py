@@ -299,9 +299,9 @@ def _inplace_tiling(V, itemsize):
     registers (four programs per SM). A row over 128 KB takes 8192-wide chunks (64 registers, two
     programs per SM) where V is a multiple of 16; otherwise the chunk holding the row's last
     V % 16 elements loads them one by one, and at 8192 that took 105 registers (one program per
-    SM). H100, bf16, the op with its restoring copy (bench/notes_triton_tuning.md): 16384 x 50304
-    at 79% of copy bandwidth before the reversed pass, 90% after it with these tilings; 8192 x
-    128256 at 78% -> 86%."""
+    SM). H100, bf16, the op with its restoring copy (bench/results/nvidia-h100-6718bf9): 16384 x
+    50304 at 89% of copy bandwidth, 8192 x 128256 at 85% (77% / 77% before the reversed pass,
+    the evicting stores and these tilings)."""
     block = max(row_block(V), _GROUP.value)
     if block < 4096:
         return block, 4 if block <= 1024 else 8
