@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
       Pack<T, W> out;
 #pragma unroll
       for (int i = 0; i < W; ++i) out.v[i] = grad_of(convert<A>(v.v[i]), j * W + i == tw);
-      dst[j] = out;
+      store_streaming(dst + j, out);  // so that the gradient does not push the unread rest out of L2
     };
     const int64_t in_cache = cached < n ? cached : n;
     int64_t j = threadIdx.x;

@@ -3,7 +3,7 @@
 //   - an Indexer that turns a flat output index into the element offsets of up to 4 strided,
 //     broadcast operands (dims collapsed on the host, at most kMaxDims after collapsing);
 //   - launch helpers: one thread per output element, grid-stride loop;
-//   - the 16-byte packs (Pack, kVec) and their checks (aligned16, all_aligned16, vectorizable) of
+//   - the 16-byte packs (Pack, kVec, store_streaming) and their checks (aligned16, all_aligned16, vectorizable) of
 //     every CUDA file that reads packs (maps, row kernels, sums, embedding, attention, matmul,
 //     MoE, AdamW).
 #pragma once
@@ -48,6 +48,23 @@ template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
+
+// *p = v as a streaming store (st.global.cs: the line is first to leave the caches), for results
+// that are not read again soon and should not push out of L2 what is.
+template <typename T, int V>
+__device__ __forceinline__ void store_streaming(Pack<T, V>* p, const Pack<T, V>& v) {
+  if constexpr (sizeof(Pack<T, V>) == 16) {
+    __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&v));
+  } else if constexpr (sizeof(Pack<T, V>) == 8) {
+    __stcs(reinterpret_cast<int2*>(p), *reinterpret_cast<const int2*>(&v));
+  } else if constexpr (sizeof(Pack<T, V>) == 4) {
+    __stcs(reinterpret_cast<int*>(p), *reinterpret_cast<const int*>(&v));
+  } else if constexpr (sizeof(Pack<T, V>) == 2) {
+    __stcs(reinterpret_cast<short*>(p), *reinterpret_cast<const short*>(&v));
+  } else {
+    *p = v;
+  }
+}
 
 // Whether p is 16-byte aligned, so that 16-byte packs may be read or written from there on.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
