@@ -31,7 +31,8 @@ and triton only then, so both stay optional. Each ``fn`` is wrapped and register
   so for a tensor the wrapper cannot serve it re-dispatches the op to the device's native backend;
   ``llmscratch.backend_report()`` then shows that backend (``cpu``), not ``triton``;
 * exchanges memory through DLPack both ways without copies: the output capsule keeps the torch
-  tensor alive for as long as the llmscratch tensor lives;
+  tensor alive for as long as the llmscratch tensor lives; outputs that view one torch storage
+  come back as views of one llmscratch tensor;
 * launches on llmscratch's current stream (``llmscratch.cuda.current_stream``), so Triton and
   native kernels of one stream stay in order: when that is not the default stream, torch is told
   to use it for the call (``torch.cuda.ExternalStream``), which also makes torch allocate the
@@ -81,11 +82,43 @@ def _wrap(op, fn, served_device, serves=None):
                         outs = fn(tin, attrs)
         else:
             outs = fn(tin, attrs)
+        if len(outs) > 1:
+            return _views_of_shared_storages(outs)
         return [None if o is None else _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(o))
                 for o in outs]
 
     run.__name__ = f"triton_{op}"
     return run
+
+
+def _views_of_shared_storages(outs):
+    """The torch outputs as llmscratch tensors, those that view one torch storage (the halves of
+    one buffer that the SwiGLU backward writes) as views of one llmscratch tensor. Exported one by
+    one, each would get a storage of its own, and a consumer could not tell that they lie side by
+    side in one buffer (the split's backward, which then takes them whole instead of
+    concatenating them)."""
+    import torch
+
+    def export(t):
+        return _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(t))
+
+    shared = {}
+    for o in outs:
+        if o is not None and o.numel():
+            shared.setdefault(o.untyped_storage().data_ptr(), []).append(o)
+    wholes = {}
+    for ptr, views in shared.items():
+        if len(views) > 1 and all(v.dtype == views[0].dtype for v in views):
+            storage = views[0].untyped_storage()
+            whole = torch.empty(0, dtype=views[0].dtype, device=views[0].device).set_(
+                storage, 0, (storage.nbytes() // views[0].element_size(),), (1,))
+            wholes[ptr] = export(whole)
+    result = []
+    for o in outs:
+        base = None if o is None or not o.numel() else wholes.get(o.untyped_storage().data_ptr())
+        result.append(None if o is None else export(o) if base is None else
+                      base._as_strided(list(o.shape), list(o.stride()), o.storage_offset()))
+    return result
 
 
 def _one_storage_per_allocation(tensors):

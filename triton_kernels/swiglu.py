@@ -11,7 +11,9 @@ Fused: the backward reads g, a, b once and writes both gradients in the same pas
 
 Operands whose rows are each contiguous (a and b as the two halves of one (..., 2 H) projection,
 rows 2 H apart) are read in place by the row kernels, one program per (row, block of columns);
-contiguous operands take the flat kernels; others are copied first. Outputs are contiguous.
+contiguous operands take the flat kernels; others are copied first. Outputs are contiguous, but
+for a and b the halves of one tensor the backward writes da and db as the same halves of one
+buffer, which the split's backward takes whole.
 
 Kernels: one program per pointwise_block(dtype) elements (_common: 8 warps, four 16-byte vectors
 per thread and tensor). Every program but the last runs without a mask, which keeps its accesses
@@ -77,13 +79,14 @@ def _swiglu_rows_fwd(A, B, Y, C, lda, ldb, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, WANT_DA: tl.constexpr, WANT_DB: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    # row r of g, a, b (their strides) -> rows r of the contiguous da, db
+def _swiglu_rows_bwd(G, A, B, DA, DB, C, ldg, lda, ldb, ldd, WANT_DA: tl.constexpr,
+                     WANT_DB: tl.constexpr, BLOCK: tl.constexpr):
+    # row r of g, a, b (their strides) -> rows r of da, db (rows ldd apart: C, or 2 C for the
+    # halves of one buffer)
     r = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    _swiglu_bwd_tile(G + r * ldg, A + r * lda, B + r * ldb, DA + r * C, DB + r * C, offs, offs < C,
-                     WANT_DA, WANT_DB)
+    _swiglu_bwd_tile(G + r * ldg, A + r * lda, B + r * ldb, DA + r * ldd, DB + r * ldd, offs,
+                     offs < C, WANT_DA, WANT_DB)
 
 
 def _row_strides(ts):
@@ -119,21 +122,40 @@ def swiglu_forward(inputs, attrs):
     return [y]
 
 
+def _halves(a, b):
+    """Whether a and b are the two adjacent halves of one (..., 2 C) tensor's last dim, as a split
+    of a fused projection makes them (same strides, rows 2 C apart, b starting C elements after
+    a)."""
+    C = a.shape[-1]
+    return (a.dim() >= 2 and a.stride() == b.stride() and a.stride(-1) == 1 and a.stride(-2) == 2 * C
+            and b.data_ptr() == a.data_ptr() + C * a.element_size())
+
+
 def swiglu_backward(inputs, attrs):
     g, a, b = inputs
     _same_shapes("swiglu_backward", g, a, b)
     want_da, want_db = bool(attrs.get("da", True)), bool(attrs.get("db", True))
-    da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
-    db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
     n = a.numel()
     lds = _row_strides([g, a, b])
     if n and lds is not None and (want_da or want_db):
         C = a.shape[-1]
+        if want_da and want_db and _halves(a, b):
+            # the gradients as the same halves of one buffer: the wrapper hands outputs of one
+            # torch storage back as views of one tensor, and the split's backward then takes them
+            # whole (concat.cpp) instead of concatenating them
+            both = torch.empty((*a.shape[:-1], 2 * C), dtype=a.dtype, device=a.device)
+            da, db, ldd = both[..., :C], both[..., C:], 2 * C
+        else:
+            da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
+            db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
+            ldd = C
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
         launch(_swiglu_rows_bwd, (n // C, triton.cdiv(C, block)), g, a, b, da if want_da else a,
-               db if want_db else a, C, *lds, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
+               db if want_db else a, C, *lds, ldd, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
                num_warps=POINTWISE_WARPS)
         return [da, db]
+    da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
+    db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
     g, a, b = g.contiguous(), a.contiguous(), b.contiguous()
     if n and (want_da or want_db):
         block = pointwise_block(a.dtype)

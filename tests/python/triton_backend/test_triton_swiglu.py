@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+import llmscratch as ls
+import llmscratch.functional as F
 from triton_check import CASES, check, rng, rounded, to_ls, to_np, triton_call
 
 # floor: an output near 0 (subnormal in float16 for inputs below about -10) is compared
@@ -44,3 +46,16 @@ def test_swiglu_on_halves_of_one_projection(device, dtype, H, want):
     ref = triton_call("swiglu_backward", [gs, *flat], attrs)
     for x, r in zip(got, ref):
         np.testing.assert_array_equal(to_np(x), to_np(r))
+    if all(want):
+        # both gradients as the same halves of one buffer, views of one llmscratch tensor, which
+        # the split's backward takes whole: through autograd no cat runs
+        da, db = got
+        assert da.stride() == db.stride() == (9 * 2 * H, 2 * H, 1)
+        assert db.data_ptr() - da.data_ptr() == H * {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+        leaf = hs.detach().requires_grad_()
+        with ls.backend("triton"):
+            ls.backend_report(reset=True)
+            F.swiglu(*F.split(leaf, [H, H], dim=-1)).backward(gs)
+            report = ls.backend_report()
+        assert report["swiglu_backward"] == "triton" and "cat" not in report, report
+        np.testing.assert_array_equal(to_np(leaf.grad), np.concatenate([to_np(r) for r in ref], -1))
