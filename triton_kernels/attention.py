@@ -35,7 +35,9 @@ and no extra sum, and the result is deterministic); a dQ kernel runs one program
 Both grids put the blocks of one head innermost, as the forward does. Grid dimension 1 is
 B * NH (B * NKV), at most 65535.
 
-Operands are read through their strides (no copies of transposed or strided views). HS of any
+Operands are read through their strides (no copies of transposed or strided views). dq, dk, dv
+are contiguous, except for q, k, v that are head slices of one fused (B, T, NH + 2 NKV, HS)
+projection: then they are the same views of one buffer, which the split's backward takes whole. HS of any
 size is padded to the next power of two (at least 16) inside the kernel, with masked loads.
 Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
 ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
@@ -313,7 +315,7 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, dlse_ptr, d_ptr, sob, soh, sot, sod,
 @triton.jit
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
                           sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
-                          sdb, sdh, sdt, sdd,
+                          sdb, sdh, sdt, sdd, sgb, sgh, sgs,
                           NH, NKV, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                           HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -375,11 +377,11 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, d
                 dk = tl.dot(dst, tl.trans(qt), dk, input_precision="ieee")
             else:
                 dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
-    # dk_ptr, dv_ptr: contiguous (B, NKV, S, HS)
-    out = dk_ptr + bg.to(tl.int64) * S * HS + offs_n[:, None].to(tl.int64) * HS + offs_d[None, :]
-    tl.store(out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-    out = dv_ptr + bg.to(tl.int64) * S * HS + offs_n[:, None].to(tl.int64) * HS + offs_d[None, :]
-    tl.store(out, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    # dk_ptr, dv_ptr: (B, NKV, S, HS) at the strides sgb, sgh, sgs, 1 (both)
+    at = (b.to(tl.int64) * sgb + g.to(tl.int64) * sgh + offs_n[:, None].to(tl.int64) * sgs
+          + offs_d[None, :])
+    tl.store(dk_ptr + at, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + at, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @triton.autotune(configs=_bwd_configs(), key=["T", "S", "HSP", "CAUSAL", "FP32"],
@@ -387,7 +389,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, d
 @triton.jit
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
                         sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
-                        sdb, sdh, sdt, sdd,
+                        sdb, sdh, sdt, sdd, sgb, sgh, sgt,
                         NH, GROUP, T, S, scale, qk_scale, HS: tl.constexpr,
                         HSP: tl.constexpr, CAUSAL: tl.constexpr, FP32: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -436,8 +438,9 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
             dq = tl.dot(ds, tl.trans(kt), dq, input_precision="ieee")
         else:
             dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
-    # dq_ptr: contiguous (B, NH, T, HS)
-    out = dq_ptr + bh.to(tl.int64) * T * HS + offs_m[:, None].to(tl.int64) * HS + offs_d[None, :]
+    # dq_ptr: (B, NH, T, HS) at the strides sgb, sgh, sgt, 1
+    out = (dq_ptr + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_m[:, None].to(tl.int64) * sgt
+           + offs_d[None, :])
     tl.store(out, (dq * scale).to(dq_ptr.dtype.element_ty), mask=qmask)
 
 
@@ -525,6 +528,26 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     return out, lse
 
 
+def _fused_qkv_grads(q, k, v):
+    """(dq, dk, dv) for q, k, v that are adjacent head slices of one (B, T, NH + 2 NKV, HS) tensor
+    (a fused qkv projection split along its heads, each seen as (B, heads, T, HS)): the same views
+    of one buffer in that layout. The wrapper hands them back as views of one llmscratch tensor,
+    and the split's backward takes that buffer as the projection's gradient instead of
+    concatenating three (concat.cpp). None for any other q, k, v."""
+    B, NH, T, HS = q.shape
+    NKV, S = k.shape[1], k.shape[2]
+    R = (NH + 2 * NKV) * HS  # the fused tensor's row stride
+    strides = (T * R, HS, R, 1)
+    size = q.element_size()
+    if (S != T or q.stride() != strides or k.stride() != strides or v.stride() != strides
+            or k.data_ptr() != q.data_ptr() + NH * HS * size
+            or v.data_ptr() != q.data_ptr() + (NH + NKV) * HS * size):
+        return None
+    buf = torch.empty((B, T, NH + 2 * NKV, HS), dtype=q.dtype, device=q.device)
+    return (buf[:, :, :NH].transpose(1, 2), buf[:, :, NH:NH + NKV].transpose(1, 2),
+            buf[:, :, NH + NKV:].transpose(1, 2))
+
+
 def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, scale=None):
     """(dq, dk, dv) in q's dtype for the forward's (out, lse) and the gradients (dout, dlse)."""
     if mask is not None:
@@ -538,9 +561,13 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
                          f"(B, NH, T); got {tuple(out.shape)}, {tuple(dout.shape)}, {tuple(lse.shape)}")
     if dlse is not None and dlse.shape != lse.shape:
         raise ValueError(f"attention_backward: dlse must have lse's shape {tuple(lse.shape)}")
-    dq = torch.empty((B, NH, T, HS), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
-    dv = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
+    fused = _fused_qkv_grads(q, k, v)
+    if fused is not None:
+        dq, dk, dv = fused
+    else:
+        dq = torch.empty((B, NH, T, HS), dtype=q.dtype, device=q.device)
+        dk = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
+        dv = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     lse = lse.contiguous()  # (B, NH, T): tiny
@@ -554,10 +581,10 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
            HS=HS, HAS_DLSE=dlse is not None, HSP=HSP, BLOCK_M=64)
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     grid = lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * NKV)
-    launch(_attn_bwd_dkdv_kernel, grid, q, k, v, dout, lse, D, dk, dv, *strides,
+    launch(_attn_bwd_dkdv_kernel, grid, q, k, v, dout, lse, D, dk, dv, *strides, *dk.stride()[:3],
            NH, NKV, NH // NKV, T, S, sc, sc * _LOG2E, HS=HS, HSP=HSP, CAUSAL=causal, FP32=fp32)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
-    launch(_attn_bwd_dq_kernel, grid, q, k, v, dout, lse, D, dq, *strides,
+    launch(_attn_bwd_dq_kernel, grid, q, k, v, dout, lse, D, dq, *strides, *dq.stride()[:3],
            NH, NH // NKV, T, S, sc, sc * _LOG2E, HS=HS, HSP=HSP, CAUSAL=causal, FP32=fp32)
     return dq, dk, dv
 

@@ -146,6 +146,46 @@ def test_strided_and_scale_interpreter():
     check_kernels((1, 4, 2, 19, 23, 8), True, torch.float32, "cpu", scale=0.3, strided=True)
 
 
+def fused_qkv_run(device, dtype):
+    """q, k, v as (B, heads, T, HS) head slices of one (B, T, NH + 2 NKV, HS) projection, as a
+    Transformer hands them over: dq, dk, dv come back as the same views of one buffer, and through
+    autograd the split's backward takes that buffer whole (no cat runs); the values against
+    float64 autograd."""
+    B, NH, NKV, T, HS = 2, 4, 2, 13, 16
+    fused = torch.randn(B, T, NH + 2 * NKV, HS, dtype=torch.float64).to(dtype)
+    pieces = lambda t: (t[:, :, :NH].transpose(1, 2), t[:, :, NH:NH + NKV].transpose(1, 2),
+                        t[:, :, NH + NKV:].transpose(1, 2))
+    leaf64 = fused.double().requires_grad_()
+    out, _ = reference(*pieces(leaf64), True, None)
+    gout = torch.randn_like(out).to(dtype)
+    (out * gout.double()).sum().backward()
+
+    tq, tk, tv = pieces(fused.to(device))
+    o, l = attn.attention_forward(tq, tk, tv, None, True, None)
+    grads = attn.attention_backward(tq, tk, tv, None, o, l, gout.to(device), None, True, None)
+    R = (NH + 2 * NKV) * HS
+    assert all(g.stride() == (T * R, HS, R, 1) for g in grads)
+    size = fused.element_size()
+    assert [g.data_ptr() - grads[0].data_ptr() for g in grads] == [0, NH * HS * size, (NH + NKV) * HS * size]
+
+    ls_dtype = getattr(ls, str(dtype).split(".")[-1])
+    leaf = ls.tensor(fused.float().numpy(), device=device).to(dtype=ls_dtype).requires_grad_()
+    with ls.backend("triton"):
+        ls.backend_report(reset=True)
+        q, k, v = (p.transpose(1, 2) for p in F.split(leaf, [NH, NKV, NKV], dim=2))
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(
+            ls.tensor(gout.float().numpy(), device=device).to(dtype=ls_dtype))
+        served = ls.backend_report()
+    assert served["attention_backward"] == "triton" and "cat" not in served, served
+    assert rel(torch.from_dlpack(leaf.grad), leaf64.grad) < 2 * TOL[dtype]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_qkv_grads_interpreter(dtype):
+    fused_qkv_run("cpu", dtype)
+
+
 def registry_run(shape, causal, device, scale=None):
     """F.scaled_dot_product_attention with backend "triton" (float32), backward through the
     registry's attention_backward, against the float64 reference."""
@@ -220,3 +260,10 @@ def test_strided_and_scale_cuda(dtype):
 @pytest.mark.parametrize("shape,causal", [((2, 4, 2, 70, 70, 64), False), ((1, 4, 1, 130, 200, 128), True)])
 def test_registry_cuda(shape, causal):
     registry_run(shape, causal, "cuda")
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_qkv_grads_cuda(dtype):
+    fused_qkv_run("cuda", dtype)
