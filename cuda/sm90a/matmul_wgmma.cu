@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // bias is not null, rounded to T. V consecutive elements of a row per thread and step: 4 (float4
 // loads, one 8-byte store) when N, ldc and C allow it, else 1. With one element and a 64-bit
 // division per element the GPT-2 step's 48 reductions took 0.486 ms on an H100; 0.370 with four
-// (measured with a block per 256 elements; the grid now counts the groups: not re-timed).
+// and a block per 256 elements, 0.351-0.356 with the grid counting the groups.
 template <typename T, int V>
 __global__ void reduce_splits_kernel(const float* __restrict__ partials, int splits, int M, int N,
                                      T* __restrict__ c, int64_t ldc, const T* __restrict__ bias) {
