@@ -35,9 +35,11 @@ and no extra sum, and the result is deterministic); a dQ kernel runs one program
 Both grids put the blocks of one head innermost, as the forward does. Grid dimension 1 is
 B * NH (B * NKV), at most 65535.
 
-Operands are read through their strides (no copies of transposed or strided views). dq, dk, dv
-are contiguous, except for q, k, v that are head slices of one fused (B, T, NH + 2 NKV, HS)
-projection: then they are the same views of one buffer, which the split's backward takes whole. HS of any
+Operands are read through their strides (no copies of transposed or strided views). out, dq, dk
+and dv are stored as their input is: (B, T, heads, HS) for the transposed views a Transformer
+passes, so that they transpose back without a copy, else contiguous. For q, k, v that are head
+slices of one fused (B, T, NH + 2 NKV, HS) projection, dq, dk, dv are the same views of one
+buffer, which the split's backward takes whole. HS of any
 size is padded to the next power of two (at least 16) inside the kernel, with masked loads.
 Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
 ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
@@ -499,6 +501,18 @@ def _attn_fwd_tma(q, k, v, out, lse, grid, sc, causal):
                                CAUSAL=bool(causal), FP32=False)
 
 
+def _stored_like(x, shape):
+    """An uninitialised (B, heads, rows, HS) tensor of x's dtype, stored (B, rows, heads, HS) when
+    x's heads lie within its rows (x a transposed view of a (B, T, heads, HS) tensor, as a
+    Transformer hands q, k, v over), else contiguous. So stored, a result transposes back to a
+    contiguous (B, T, heads, HS) tensor: the output projection and RoPE's backward read it
+    without a copy."""
+    B, H, L, HS = shape
+    if x.stride(1) < x.stride(2):
+        return torch.empty((B, L, H, HS), dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
+
+
 def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     """(out (B, NH, T, HS) in q's dtype, lse (B, NH, T) natural log, float32 for 16-bit inputs)."""
     if mask is not None:
@@ -507,7 +521,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     _check(q, k, v, "attention")
     B, NH, T, HS = q.shape
     NKV, S = k.shape[1], k.shape[2]
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = _stored_like(q, q.shape)  # contiguous where the descriptor kernel runs (q contiguous)
     lse_dtype = torch.float32 if q.dtype != torch.float32 else q.dtype
     lse = torch.empty((B, NH, T), dtype=lse_dtype, device=q.device)
     if out.numel() == 0 or lse.numel() == 0:
@@ -565,9 +579,9 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
     if fused is not None:
         dq, dk, dv = fused
     else:
-        dq = torch.empty((B, NH, T, HS), dtype=q.dtype, device=q.device)
-        dk = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
-        dv = torch.empty((B, NKV, S, HS), dtype=q.dtype, device=q.device)
+        dq = _stored_like(q, (B, NH, T, HS))
+        dk = _stored_like(k, (B, NKV, S, HS))
+        dv = torch.empty_like(dk)  # dk's strides: the kernel stores both through them
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     lse = lse.contiguous()  # (B, NH, T): tiny

@@ -85,6 +85,10 @@ def check_kernels(shape, causal, dtype, device, scale=None, strided=False):
     for ours, ref in ((dq, q.grad), (dk, k.grad), (dv, v.grad)):
         assert ours.dtype == dtype
         assert rel(ours, ref) < 2 * TOL[dtype]
+    # results stored as their inputs are: transposed views of (B, T, heads, HS) tensors, which
+    # transpose back without a copy, or contiguous
+    for x in (o, dq, dk, dv):
+        assert (x.transpose(1, 2) if strided else x).is_contiguous()
 
 
 # (B, NH, NKV, T, S, HS): one element, odd sizes, GQA, multi-query, S > T, S < T (rows with no
