@@ -154,7 +154,9 @@ namespace {
 
 // Asked once: the count is fixed for the process (the runtime reads CUDA_VISIBLE_DEVICES when it
 // starts), and every registry call and allocation on a CUDA device checks its index against it
-// (3565 queries in a GPT-2 training step before this).
+// (3565 queries in one GPT-2 training step's profile at 0313abe,
+// bench/results/nvidia-h100-0313abe). A child forked after the first query inherits the count,
+// and then fails at its first CUDA call (CUDA does not survive a fork) rather than here.
 int device_count() {
   static const int n = [] {
     int count = 0;

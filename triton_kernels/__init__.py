@@ -16,6 +16,12 @@ Registration convention (every kernel module follows it)
 * Optional ``SERVES = {"op_name": predicate}``: ``predicate(inputs, attrs) -> bool`` sees the
   llmscratch tensors; a call it rejects (a case the kernel does not cover) runs on the device's
   native backend instead, visibly in ``backend_report()``.
+* Optional ``ONE_BUFFER_OUTPUTS = {"op_name", ...}``: ops whose outputs may be views of one
+  buffer that a consumer should see as one (gradients that the split's backward takes whole
+  instead of concatenating them). The wrapper hands such outputs back as views of one llmscratch
+  tensor. Other ops' outputs go back one by one, each on a storage of its own: a gradient that
+  shares its storage with another is copied before it becomes a leaf's ``.grad`` (the layer
+  norm's weight and bias gradients are two rows of one buffer).
 * Modules whose names start with ``_`` hold shared helpers and are not scanned. Nothing else has
   to be edited to add a module: ``register_all`` finds every public module of this package.
 
@@ -31,8 +37,8 @@ and triton only then, so both stay optional. Each ``fn`` is wrapped and register
   so for a tensor the wrapper cannot serve it re-dispatches the op to the device's native backend;
   ``llmscratch.backend_report()`` then shows that backend (``cpu``), not ``triton``;
 * exchanges memory through DLPack both ways without copies: the output capsule keeps the torch
-  tensor alive for as long as the llmscratch tensor lives; outputs that view one torch storage
-  come back as views of one llmscratch tensor;
+  tensor alive for as long as the llmscratch tensor lives (see ``ONE_BUFFER_OUTPUTS`` for outputs
+  that view one torch storage);
 * launches on llmscratch's current stream (``llmscratch.cuda.current_stream``), so Triton and
   native kernels of one stream stay in order: when that is not the default stream, torch is told
   to use it for the call (``torch.cuda.ExternalStream``), which also makes torch allocate the
@@ -54,7 +60,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _wrap(op, fn, served_device, serves=None):
+def _wrap(op, fn, served_device, serves=None, one_buffer=False):
     import torch
 
     def run(inputs, attrs):
@@ -82,41 +88,54 @@ def _wrap(op, fn, served_device, serves=None):
                         outs = fn(tin, attrs)
         else:
             outs = fn(tin, attrs)
-        if len(outs) > 1:
-            return _views_of_shared_storages(outs)
-        return [None if o is None else _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(o))
-                for o in outs]
+        if one_buffer:
+            return _views_of_one_buffer(outs)
+        return [None if o is None else _export(o) for o in outs]
 
     run.__name__ = f"triton_{op}"
     return run
 
 
-def _views_of_shared_storages(outs):
-    """The torch outputs as llmscratch tensors, those that view one torch storage (the halves of
-    one buffer that the SwiGLU backward writes) as views of one llmscratch tensor. Exported one by
-    one, each would get a storage of its own, and a consumer could not tell that they lie side by
-    side in one buffer (the split's backward, which then takes them whole instead of
-    concatenating them)."""
+def _export(t):
+    """The torch tensor t as an llmscratch tensor on the same memory (DLPack)."""
     import torch
 
-    def export(t):
-        return _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(t))
+    return _core.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(t))
 
-    shared = {}
-    for o in outs:
-        if o is not None and o.numel():
-            shared.setdefault(o.untyped_storage().data_ptr(), []).append(o)
+
+def _by_allocation(tensors):
+    """{storage address: (the longest torch storage seen there, [the tensors on it])} for the
+    tensors that are not None. Views of one llmscratch allocation, each imported through DLPack,
+    get torch storages of their own that all start at the allocation, each as long as its view
+    needs."""
+    groups = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            longest, views = groups.get(storage.data_ptr(), (storage, []))
+            groups[storage.data_ptr()] = (max(longest, storage, key=lambda s: s.nbytes()), views + [t])
+    return groups
+
+
+def _views_of_one_buffer(outs):
+    """The torch outputs as llmscratch tensors, those that view one torch storage as views of one
+    llmscratch tensor over all of it (so that the split's backward sees two gradients tile one
+    buffer). They share its version counter."""
+    import torch
+
     wholes = {}
-    for ptr, views in shared.items():
+    for ptr, (storage, views) in _by_allocation([o for o in outs if o is not None and o.numel()]).items():
         if len(views) > 1 and all(v.dtype == views[0].dtype for v in views):
-            storage = views[0].untyped_storage()
             whole = torch.empty(0, dtype=views[0].dtype, device=views[0].device).set_(
                 storage, 0, (storage.nbytes() // views[0].element_size(),), (1,))
-            wholes[ptr] = export(whole)
+            for v in views:  # _as_strided does not check that a view lies inside its storage
+                end = v.storage_offset() + sum((n - 1) * st for n, st in zip(v.shape, v.stride())) + 1
+                assert end <= whole.numel(), "an output reaches past its torch storage"
+            wholes[ptr] = _export(whole)
     result = []
     for o in outs:
         base = None if o is None or not o.numel() else wholes.get(o.untyped_storage().data_ptr())
-        result.append(None if o is None else export(o) if base is None else
+        result.append(None if o is None else _export(o) if base is None else
                       base._as_strided(list(o.shape), list(o.stride()), o.storage_offset()))
     return result
 
@@ -124,18 +143,13 @@ def _views_of_shared_storages(outs):
 def _one_storage_per_allocation(tensors):
     """The tensors with those that view one allocation remade as views of one torch storage.
 
-    Each DLPack import gets a storage of its own, starting at the allocation and as long as that
-    view needs. Triton's interpreter copies every kernel argument's storage to the host keyed by
-    its address and reuses the first copy for the next view of the allocation, which may reach
-    further (a resize error). On the GPU the kernels take pointers, and nothing needs this."""
+    Triton's interpreter copies every kernel argument's storage to the host keyed by its address
+    and reuses the first copy for the next view of the allocation, which may reach further (a
+    resize error; see _by_allocation). On the GPU the kernels take pointers, and nothing needs
+    this."""
     import torch
 
-    views = {}
-    for t in tensors:
-        if t is not None:
-            views.setdefault(t.untyped_storage().data_ptr(), []).append(t)
-    shared = {ptr: max((v.untyped_storage() for v in vs), key=lambda s: s.nbytes())
-              for ptr, vs in views.items() if len(vs) > 1}
+    shared = {ptr: storage for ptr, (storage, views) in _by_allocation(tensors).items() if len(views) > 1}
     return [t if t is None or t.untyped_storage().data_ptr() not in shared else
             torch.empty(0, dtype=t.dtype).set_(shared[t.untyped_storage().data_ptr()], t.storage_offset(),
                                                t.shape, t.stride())
@@ -159,8 +173,9 @@ def register_all() -> None:
     served = "cpu" if interpreted() else "cuda"
     for mod in kernel_modules():
         dtypes, serves = getattr(mod, "DTYPES", {}), getattr(mod, "SERVES", {})
+        one_buffer = getattr(mod, "ONE_BUFFER_OUTPUTS", ())
         for op, fn in getattr(mod, "KERNELS", {}).items():
             names = dtypes.get(op, FLOAT_DTYPES)
-            _core.register_kernel(op, "triton", _wrap(op, fn, served, serves.get(op)),
+            _core.register_kernel(op, "triton", _wrap(op, fn, served, serves.get(op), op in one_buffer),
                                   [getattr(_core.DType, n) for n in names])
     _registered = True

@@ -35,8 +35,8 @@ and no extra sum, and the result is deterministic); a dQ kernel runs one program
 Both grids put the blocks of one head innermost, as the forward does. Grid dimension 1 is
 B * NH (B * NKV), at most 65535.
 
-Operands are read through their strides (no copies of transposed or strided views). out, dq, dk
-and dv are stored as their input is: (B, T, heads, HS) for the transposed views a Transformer
+Operands are read through their strides (no copies of transposed or strided views). out and dq
+are stored as q is, dk and dv as k is: (B, T, heads, HS) for the transposed views a Transformer
 passes, so that they transpose back without a copy, else contiguous. For q, k, v that are head
 slices of one fused (B, T, NH + 2 NKV, HS) projection, dq, dk, dv are the same views of one
 buffer, which the split's backward takes whole. HS of any
@@ -534,6 +534,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     sc = _scale(scale, HS)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
     if _tma_ok(q, k, v):
+        assert out.is_contiguous()  # the descriptor kernel stores it so; q is contiguous here
         _attn_fwd_tma(q, k, v, out, lse, grid, sc, causal)
         return out, lse
     launch(_attn_fwd_kernel, grid, q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
@@ -581,7 +582,8 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
     else:
         dq = _stored_like(q, (B, NH, T, HS))
         dk = _stored_like(k, (B, NKV, S, HS))
-        dv = torch.empty_like(dk)  # dk's strides: the kernel stores both through them
+        dv = torch.empty_like(dk)  # stored as dk: the kernel stores both through dk's strides
+        assert dv.stride() == dk.stride()
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     lse = lse.contiguous()  # (B, NH, T): tiny
@@ -622,3 +624,4 @@ def _attention_backward_op(inputs, attrs):
 
 
 KERNELS = {"attention": _attention_op, "attention_backward": _attention_backward_op}
+ONE_BUFFER_OUTPUTS = {"attention_backward"}  # dq, dk, dv as views of one buffer (_fused_qkv_grads)

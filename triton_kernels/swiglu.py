@@ -131,6 +131,12 @@ def _halves(a, b):
             and b.data_ptr() == a.data_ptr() + C * a.element_size())
 
 
+def _separate_gradients(a, want_da, want_db):
+    """Contiguous da, db of a's shape; shape (0,) for one not asked for."""
+    return [torch.empty(a.shape, dtype=a.dtype, device=a.device) if want else a.new_empty((0,))
+            for want in (want_da, want_db)]
+
+
 def swiglu_backward(inputs, attrs):
     g, a, b = inputs
     _same_shapes("swiglu_backward", g, a, b)
@@ -146,16 +152,13 @@ def swiglu_backward(inputs, attrs):
             both = torch.empty((*a.shape[:-1], 2 * C), dtype=a.dtype, device=a.device)
             da, db, ldd = both[..., :C], both[..., C:], 2 * C
         else:
-            da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
-            db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
-            ldd = C
+            (da, db), ldd = _separate_gradients(a, want_da, want_db), C
         block = min(pointwise_block(a.dtype), triton.next_power_of_2(C))
         launch(_swiglu_rows_bwd, (n // C, triton.cdiv(C, block)), g, a, b, da if want_da else a,
                db if want_db else a, C, *lds, ldd, WANT_DA=want_da, WANT_DB=want_db, BLOCK=block,
                num_warps=POINTWISE_WARPS)
         return [da, db]
-    da = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_da else a.new_empty((0,))
-    db = torch.empty(a.shape, dtype=a.dtype, device=a.device) if want_db else a.new_empty((0,))
+    da, db = _separate_gradients(a, want_da, want_db)
     g, a, b = g.contiguous(), a.contiguous(), b.contiguous()
     if n and (want_da or want_db):
         block = pointwise_block(a.dtype)
@@ -166,3 +169,4 @@ def swiglu_backward(inputs, attrs):
 
 
 KERNELS = {"swiglu": swiglu_forward, "swiglu_backward": swiglu_backward}
+ONE_BUFFER_OUTPUTS = {"swiglu_backward"}  # da, db as the halves of one buffer (see _halves)

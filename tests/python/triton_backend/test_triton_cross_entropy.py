@@ -68,7 +68,7 @@ def test_cross_entropy_all_ignored_mean_is_nan(device, dtype):
 # ---- the in-place pair: cross_entropy_inplace / cross_entropy_inplace_backward ----
 
 @pytest.mark.parametrize("device,dtype", CASES)
-# (2, 33040): rows of 132 KB in float32, which the in-place forward walks in 8192-wide chunks
+# (2, 33040): rows of 129 KiB in float32, which the in-place forward walks in 8192-wide chunks
 @pytest.mark.parametrize("N,V", SHAPES + [(4, 3), (2, 33040)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -185,3 +185,18 @@ def test_cross_entropy_inplace_rejects_a_strided_view(device, dtype):
     ts = to_ls(np.arange(4, dtype=np.int64), device, dtype)
     with ls.backend("triton"), pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
         _core.call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})
+
+
+def test_inplace_tiling():
+    """The in-place forward's chunks, as the shapes above rely on: 8192 wide for rows over 128 KB
+    whose V is a multiple of 16 (the (2, 33040) float32 case), else 4096."""
+    import importlib
+
+    from llmscratch import _backend
+    _backend._triton_kernels()
+    ce = importlib.import_module("llmscratch.triton_kernels.cross_entropy")
+    assert ce._inplace_tiling(33040, 4) == (8192, 16)
+    assert ce._inplace_tiling(33040, 2) == (4096, 16)
+    assert ce._inplace_tiling(50257, 4) == (4096, 16)
+    assert ce._inplace_tiling(5000, 4) == (4096, 16)
+    assert ce._inplace_tiling(127, 4) == (128, 4)

@@ -1,5 +1,7 @@
 import pytest
 
+import llmscratch as ls
+import llmscratch.functional as F
 from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
 
 SHAPES = [(1, 1), (3, 7), (2, 5, 127), (4, 1023)]
@@ -66,3 +68,21 @@ def test_add_layer_norm_forward_backward(device, dtype, shape, affine):
     compare("add_layer_norm_backward", bwd, ref_bwd, dtype, tol_scale=4, outputs=[1, 2], floor=0.1)
     if not affine:
         assert tuple(bwd[1].shape) == (0,) and tuple(bwd[2].shape) == (0,)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_weight_and_bias_gradients_become_grads_without_a_copy(device, dtype):
+    """The backward returns dw and db as two rows of one buffer. Handed back one by one (not as
+    views of one tensor, see ONE_BUFFER_OUTPUTS in triton_kernels/__init__.py), each is a leaf's
+    .grad as it is: no "contiguous" copy runs in the backward."""
+    r = rng()
+    xs = to_ls(rounded(r.standard_normal((3, 40)), dtype), device, dtype)
+    w, b = (to_ls(rounded(r.standard_normal(40), dtype), device, dtype).requires_grad_() for _ in range(2))
+    gs = to_ls(rounded(r.standard_normal((3, 40)), dtype), device, dtype)
+    with ls.backend("triton"):
+        y = F.layer_norm(xs, (40,), w, b)
+        ls.backend_report(reset=True)
+        y.backward(gs)
+        served = ls.backend_report()
+    assert served["layer_norm_backward"] == "triton" and "contiguous" not in served, served
+    assert w.grad is not None and b.grad is not None
