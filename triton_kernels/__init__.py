@@ -118,9 +118,10 @@ def _by_allocation(tensors):
 
 
 def _views_of_one_buffer(outs):
-    """The torch outputs as llmscratch tensors, those that view one torch storage as views of one
-    llmscratch tensor over all of it (so that the split's backward sees two gradients tile one
-    buffer). They share its version counter."""
+    """The torch outputs as llmscratch tensors, those that view one torch storage (and have one
+    dtype) as views of one llmscratch tensor over all of it, so that the split's backward sees
+    the gradients tile one buffer; they share its version counter. Others are exported one by
+    one."""
     import torch
 
     wholes = {}

@@ -15,9 +15,9 @@ Registry ops (cpp/ops/cross_entropy.cpp): "cross_entropy" {logits, targets} attr
 reduction, label_smoothing -> {loss, lse}; "cross_entropy_backward" {g_loss, logits, targets, lse,
 g_lse} same attrs -> {dlogits}.
 
-Kernels: one program per row walking V in chunks of up to 4096 (8192 in the in-place forward; any V): the forward keeps an
-online max and rescaled sum per group of 8 adjacent logits (and the row sum with label smoothing) and writes one lse
-and one float32 row loss, never the probabilities; torch reduces the row losses on the device
+Kernels: one program per row walking V in chunks of up to 4096 (8192 in the in-place forward;
+any V): the forward keeps an online max and rescaled sum per group of 8 adjacent logits (and the
+row sum with label smoothing) and writes one lse and one float32 row loss, never the probabilities; torch reduces the row losses on the device
 (no host synchronisation, the "mean" count included). The backward writes dlogits in one pass
 from the saved lse. lse is float32 for 16-bit logits. Limit: targets are not range-checked on
 the device (that would need a host synchronisation); an out-of-range target reads logit 0.
@@ -296,10 +296,10 @@ def _inplace_tiling(V, itemsize):
     """(BLOCK, num_warps) of _cross_entropy_inplace_fwd. Its row is read twice, and the second read
     comes from L2 only while the rows in flight fit there (50 MB on an H100); the programs per SM
     that registers allow set how many are in flight. 4096-wide chunks at 16 warps take 31
-    registers (four programs per SM) where V is a multiple of 16, 58 otherwise (two). A row over 128 KB takes 8192-wide chunks (64 registers, two
-    programs per SM) where V is a multiple of 16; otherwise the chunk holding the row's last
-    V % 16 elements loads them one by one, and at 8192 that took 105 registers (one program per
-    SM). H100, bf16, the op with its restoring copy (bench/results/nvidia-h100-6718bf9): 16384 x
+    registers (four programs per SM) where V is a multiple of 16, 58 otherwise (two). A row over
+    128 KiB takes 8192-wide chunks (64 registers, two programs per SM) where V is a multiple of
+    16; otherwise the chunk holding the row's last V % 16 elements loads them one by one, and at
+    8192 that took 105 registers (one program per SM). H100, bf16, the op with its restoring copy (bench/results/nvidia-h100-6718bf9): 16384 x
     50304 at 89% of copy bandwidth, 8192 x 128256 at 85% (77% / 77% before the reversed pass,
     the evicting stores and these tilings)."""
     block = max(row_block(V), _GROUP.value)

@@ -146,8 +146,8 @@ def swiglu_backward(inputs, attrs):
     if n and lds is not None and (want_da or want_db):
         C = a.shape[-1]
         if want_da and want_db and _halves(a, b):
-            # the gradients as the same halves of one buffer: the wrapper hands outputs of one
-            # torch storage back as views of one tensor, and the split's backward then takes them
+            # the gradients as the same halves of one buffer: the wrapper hands them back as views
+            # of one tensor (ONE_BUFFER_OUTPUTS below), and the split's backward then takes them
             # whole (concat.cpp) instead of concatenating them
             both = torch.empty((*a.shape[:-1], 2 * C), dtype=a.dtype, device=a.device)
             da, db, ldd = both[..., :C], both[..., C:], 2 * C

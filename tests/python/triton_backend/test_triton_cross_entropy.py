@@ -189,7 +189,7 @@ def test_cross_entropy_inplace_rejects_a_strided_view(device, dtype):
 
 def test_inplace_tiling():
     """The in-place forward's chunks, as the shapes above rely on: 8192 wide for rows over 128 KB
-    whose V is a multiple of 16 (the (2, 33040) float32 case), else 4096."""
+    whose V is a multiple of 16 (the (2, 33040) float32 case), else at most 4096."""
     import importlib
 
     from llmscratch import _backend
