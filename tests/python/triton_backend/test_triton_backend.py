@@ -68,3 +68,29 @@ def test_missing_triton_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install \.\[triton\]"):
         ls.set_backend("triton")
     assert ls.get_backend() == "default"
+
+
+def test_outputs_of_one_storage_come_back_as_views_of_one_tensor():
+    """_views_of_one_buffer (for the ops in ONE_BUFFER_OUTPUTS): outputs that view one torch
+    storage with one dtype become views of one llmscratch tensor (the second half at its offset
+    in that tensor's storage, where one exported alone starts its own storage at offset 0);
+    others, None and empty outputs come back one by one."""
+    import torch
+
+    from llmscratch import _backend
+    tk = _backend._triton_kernels()
+    buf = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    mixed = torch.zeros(8)
+    outs = [buf[:, :2], None, buf[:, 2:], torch.ones(5), torch.empty(0), mixed[:4],
+            mixed[4:].view(torch.int32)]
+    a, none, b, alone, empty, m_float, m_int = tk._views_of_one_buffer(outs)
+    assert none is None and tuple(empty.shape) == (0,)
+    np.testing.assert_array_equal(a.numpy(), outs[0].numpy())
+    np.testing.assert_array_equal(b.numpy(), outs[2].numpy())
+    assert a.stride() == b.stride() == (4, 1)
+    assert (a.storage_offset(), b.storage_offset()) == (0, 2)
+    assert b.data_ptr() - a.data_ptr() == 2 * 4
+    np.testing.assert_array_equal(alone.numpy(), np.ones(5, np.float32))
+    # one storage, two dtypes: each exported alone
+    assert (m_float.storage_offset(), m_int.storage_offset()) == (0, 0)
+    assert m_int.data_ptr() - m_float.data_ptr() == 4 * 4
