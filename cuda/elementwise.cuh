@@ -3,9 +3,9 @@
 //   - an Indexer that turns a flat output index into the element offsets of up to 4 strided,
 //     broadcast operands (dims collapsed on the host, at most kMaxDims after collapsing);
 //   - launch helpers: one thread per output element, grid-stride loop;
-//   - the 16-byte packs (Pack, kVec, store_streaming) and their checks (aligned16, all_aligned16, vectorizable) of
-//     every CUDA file that reads packs (maps, row kernels, sums, embedding, attention, matmul,
-//     MoE, AdamW).
+//   - the 16-byte packs (Pack, kVec, store_streaming) and their checks (aligned16,
+//     all_aligned16, vectorizable) of every CUDA file that reads packs (maps, row kernels, sums,
+//     embedding, attention, matmul, MoE, AdamW).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -39,8 +39,8 @@ Operands are read through their strides (no copies of transposed or strided view
 are stored as q is, dk and dv as k is: (B, T, heads, HS) for the transposed views a Transformer
 passes, so that they transpose back without a copy, else contiguous. For q, k, v that are head
 slices of one fused (B, T, NH + 2 NKV, HS) projection, dq, dk, dv are the same views of one
-buffer, which the split's backward takes whole. HS of any
-size is padded to the next power of two (at least 16) inside the kernel, with masked loads.
+buffer, which the split's backward takes whole. HS of any size is padded to the next power of
+two (at least 16) inside the kernel, with masked loads.
 Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
 ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
 small tile. Limits: no user mask (attn_mask raises NotImplementedError naming the op, which the

@@ -17,8 +17,9 @@ g_lse} same attrs -> {dlogits}.
 
 Kernels: one program per row walking V in chunks of up to 4096 (8192 in the in-place forward;
 any V): the forward keeps an online max and rescaled sum per group of 8 adjacent logits (and the
-row sum with label smoothing) and writes one lse and one float32 row loss, never the probabilities; torch reduces the row losses on the device
-(no host synchronisation, the "mean" count included). The backward writes dlogits in one pass
+row sum with label smoothing) and writes one lse and one float32 row loss, never the
+probabilities; torch reduces the row losses on the device (no host synchronisation, the "mean"
+count included). The backward writes dlogits in one pass
 from the saved lse. lse is float32 for 16-bit logits. Limit: targets are not range-checked on
 the device (that would need a host synchronisation); an out-of-range target reads logit 0.
 
@@ -28,10 +29,11 @@ logits (rows contiguous, at any row stride), k p - k eps / V - k (1 - eps) [v ==
 k = 1/count (mean, the count read on the device) or 1, zeros for ignored rows (not read);
 "cross_entropy_inplace_backward" {g_loss, dlogits} -> {dlogits} multiplies that memory by g (per
 row for "none") in place, masking off every element whose factor is exactly 1, so loss.backward()
-on the mean itself moves no data and needs no host synchronisation. The forward program walks its row twice: the statistics (and the target
-logit, picked from the chunks it loads, so it is read before anything is overwritten), then the
-gradient from the last chunk back to the first, each chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version
-counter; writes made here through torch do not (as every triton in-place kernel).
+on the mean itself moves no data and needs no host synchronisation. The forward program walks its
+row twice: the statistics (and the target logit, picked from the chunks it loads, so it is read
+before anything is overwritten), then the gradient from the last chunk back to the first, each
+chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version counter; writes
+made here through torch do not (as every triton in-place kernel).
 References: Liger-Kernel's fused linear cross-entropy (its in-place logits gradient); llm.c's fused
 classifier.
 """
@@ -161,9 +163,10 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
             k = 1.0
         shift = k * eps / V
         # The gradient pass walks the chunks last to first: the row's end was read last and is
-        # the part most likely still in L2 (at 8 warps: 79% -> 83% of copy bandwidth, V = 50k).
-        # Its stores carry the evict-first hint: measured, it keeps more of the unread rest in L2
-        # (83% -> 90% at V = 50k, 4096-wide chunks; streaming .cs stores did the same).
+        # the part most likely still in L2. Its stores carry the evict-first hint, which measured
+        # as keeping more of the unread rest there (scratch A/Bs at V = 50k on an H100,
+        # bench/notes_triton_tuning.md: 79% -> 83% of copy bandwidth reversed, 83% -> 90% with
+        # the hint; streaming .cs stores did the same).
         chunks = tl.cdiv(V, BLOCK)
         for i in tl.range(0, chunks):
             off = (chunks - 1 - i) * BLOCK
@@ -295,13 +298,15 @@ def _check_inplace(op, logits):
 def _inplace_tiling(V, itemsize):
     """(BLOCK, num_warps) of _cross_entropy_inplace_fwd. Its row is read twice, and the second read
     comes from L2 only while the rows in flight fit there (50 MB on an H100); the programs per SM
-    that registers allow set how many are in flight. 4096-wide chunks at 16 warps take 31
-    registers (four programs per SM) where V is a multiple of 16, 58 otherwise (two). A row over
-    128 KiB takes 8192-wide chunks (64 registers, two programs per SM) where V is a multiple of
-    16; otherwise the chunk holding the row's last V % 16 elements loads them one by one, and at
-    8192 that took 105 registers (one program per SM). H100, bf16, the op with its restoring copy (bench/results/nvidia-h100-6718bf9): 16384 x
-    50304 at 89% of copy bandwidth, 8192 x 128256 at 85% (77% / 77% before the reversed pass,
-    the evicting stores and these tilings)."""
+    that registers allow set how many are in flight (register counts from triton's compiled
+    kernels in the scratch sweep of bench/notes_triton_tuning.md). 4096-wide chunks at 16 warps
+    take 31 registers (four programs per SM) where V is a multiple of 16, 58 otherwise (two). A
+    row over 128 KiB takes 8192-wide chunks (64 registers, two programs per SM) where V is a
+    multiple of 16; otherwise the chunk holding the row's last V % 16 elements loads them one by
+    one, and at 8192 that took 105 registers (one program per SM). H100, bf16, the op with its
+    restoring copy (`compare_backends.py --ops cross_entropy`, bench/results/nvidia-h100-6718bf9):
+    16384 x 50304 at 89% of copy bandwidth, 8192 x 128256 at 85% (77% / 77% before the reversed
+    pass, the evicting stores and these tilings)."""
     block = max(row_block(V), _GROUP.value)
     if block < 4096:
         return block, 4 if block <= 1024 else 8

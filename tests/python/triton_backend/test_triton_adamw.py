@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
-from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, triton_call
+from triton_check import CASES, as64, compare, cpu_call, kernel_module, rng, rounded, to_ls, triton_call
 
 # several tensors of odd sizes, one over a 1024-element block, and an empty one
 SHAPES = [(3,), (7, 5), (1, 1), (1100,), (0,)]
@@ -83,10 +83,7 @@ def test_adamw_steps_with_gradients_that_move(device, dtype):
 
 def test_block_tables_cover_every_element():
     torch = pytest.importorskip("torch")
-    import importlib
-    from llmscratch import _backend
-    _backend._triton_kernels()
-    adamw = importlib.import_module("llmscratch.triton_kernels.adamw")
+    adamw = kernel_module("adamw")
     numels = (3, 1024, 1025, 1, 4096, 2047)
     n, blk_tensor, blk_start = adamw._block_tables(numels, "cpu")
     expect = [(k, s) for k, m in enumerate(numels) for s in range(0, m, adamw._BLOCK)]

@@ -9,7 +9,6 @@ the root conftest before triton is imported; float32 and float16 only). On a GPU
 the compiled kernels on bigger shapes in float32, float16 and bfloat16.
 (The file name differs from tests/python/ops/test_attention.py so pytest can collect both.)
 """
-import importlib
 import math
 import os
 
@@ -20,14 +19,13 @@ pytest.importorskip("triton")
 
 import llmscratch as ls  # noqa: E402
 import llmscratch.functional as F  # noqa: E402
-from llmscratch import _backend  # noqa: E402
+from triton_check import kernel_module  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
 compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
 
-_backend._triton_kernels()
-attn = importlib.import_module("llmscratch.triton_kernels.attention")
+attn = kernel_module("attention")
 needs_descriptors = pytest.mark.skipif(attn.TensorDescriptor is None,
                                        reason="this triton has no tensor descriptors")
 

@@ -4,7 +4,8 @@ import pytest
 import llmscratch as ls
 import llmscratch_core as _core
 
-from triton_check import CASES, as64, compare, cpu_call, rng, rounded, to_ls, to_np, triton_call
+from triton_check import (CASES, as64, compare, cpu_call, kernel_module, rng, rounded, to_ls, to_np,
+                          triton_call)
 
 # (N, V): one class, odd vocabularies, and one longer than a 4096 chunk.
 SHAPES = [(1, 1), (3, 7), (5, 127), (2, 5000)]
@@ -188,13 +189,9 @@ def test_cross_entropy_inplace_rejects_a_strided_view(device, dtype):
 
 
 def test_inplace_tiling():
-    """The in-place forward's chunks, as the shapes above rely on: 8192 wide for rows over 128 KB
+    """The in-place forward's chunks, as the shapes above rely on: 8192 wide for rows over 128 KiB
     whose V is a multiple of 16 (the (2, 33040) float32 case), else at most 4096."""
-    import importlib
-
-    from llmscratch import _backend
-    _backend._triton_kernels()
-    ce = importlib.import_module("llmscratch.triton_kernels.cross_entropy")
+    ce = kernel_module("cross_entropy")
     assert ce._inplace_tiling(33040, 4) == (8192, 16)
     assert ce._inplace_tiling(33040, 2) == (4096, 16)
     assert ce._inplace_tiling(50257, 4) == (4096, 16)

@@ -4,7 +4,6 @@ kernel compiled for other facts (alignment, divisibility by 16, a value of 1) an
 the wrong elements: every case here changes one such fact between calls and checks each result.
 Under the interpreter launch passes every call to triton and only checks the calling convention.
 """
-import importlib
 import os
 
 import pytest
@@ -12,15 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from llmscratch import _backend  # noqa: E402
+from triton_check import kernel_module  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
 
-_backend._triton_kernels()
-common = importlib.import_module("llmscratch.triton_kernels._common")
-gelu = importlib.import_module("llmscratch.triton_kernels.gelu")
-attention = importlib.import_module("llmscratch.triton_kernels.attention")
+common, gelu, attention = (kernel_module(name) for name in ("_common", "gelu", "attention"))
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 

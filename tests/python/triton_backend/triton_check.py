@@ -3,6 +3,7 @@ the device and dtype under test, and the CPU op in float64 on the same (rounded)
 
 Cases: CPU tensors in fp32/fp16 when triton runs in its interpreter (no GPU: bf16 is not
 supported there), CUDA tensors in fp32/bf16/fp16 (marked cuda, skipped without a GPU)."""
+import importlib
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import llmscratch as ls
 import llmscratch_core as _core
+from llmscratch import _backend
 
 pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -31,6 +33,12 @@ def _cases():
 
 
 CASES = _cases()
+
+
+def kernel_module(name):
+    """The kernel module llmscratch.triton_kernels.<name>, for tests of its helpers and kernels."""
+    _backend._triton_kernels()
+    return importlib.import_module(f"llmscratch.triton_kernels.{name}")
 
 
 def rng():
