@@ -22,7 +22,7 @@
 //         tokens from its slots and sorts them in registers.
 //      b. A long row sums its run of the sorted positions, or a long run's pieces in chunk order.
 // Steps 2-4 are latency-bound (about 50 us at 65536 tokens on an H100) while 5a moves nearly
-// all the bytes, so 2-4 run on a high-priority side stream beside 5a, and 5b follows both.
+// all the bytes, so 2-4 and then 5b run on a high-priority side stream beside 5a.
 // Step 4 was added for text-like ids: with one block per row only, a run of 600 tokens (3.7% of
 // 16384, the most frequent id of a Zipf-like text) was walked by one block, one load in flight
 // per thread. Uniform ids have no long runs and step 4's blocks return at once.
@@ -367,12 +367,14 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       pieces_kernel<<<unsigned(chunks), threads, 0, side.get()>>>(cptr<T>(grad), sorted_keys.data<int32_t>(),
                                                             order.data<int32_t>(), start.data<int32_t>(), acc, cp, V);
       check_launch("embedding_backward");
-      side.join();
-      // 5b. the long rows
+      // 5b. the long rows, on the side stream too: they write other rows than 5a, so they need
+      // not wait for it (queued behind it on the op's stream, they were a tail of 2-6 us)
       if (max_long > 0)
-        long_rows_kernel<<<unsigned(std::min<int64_t>(max_long, 1024)), threads, 0, stream>>>(
+        long_rows_kernel<<<unsigned(std::min<int64_t>(max_long, 1024)), threads, 0, side.get()>>>(
             cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
             long_ids_count, mptr<T>(dweight), cp);
+      check_launch("embedding_backward");
+      side.join();
     };
     constexpr int WV = kVec<T>;
     if (W == 1) go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>);
