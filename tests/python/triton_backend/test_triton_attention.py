@@ -10,7 +10,6 @@ the compiled kernels on bigger shapes in float32, float16 and bfloat16.
 (The file name differs from tests/python/ops/test_attention.py so pytest can collect both.)
 """
 import math
-import os
 
 import pytest
 
@@ -19,11 +18,8 @@ pytest.importorskip("triton")
 
 import llmscratch as ls  # noqa: E402
 import llmscratch.functional as F  # noqa: E402
-from triton_check import kernel_module  # noqa: E402
+from triton_check import compiled_only, interpreter_only, kernel_module  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
-compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
 
 attn = kernel_module("attention")
 needs_descriptors = pytest.mark.skipif(attn.TensorDescriptor is None,

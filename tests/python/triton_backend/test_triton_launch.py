@@ -4,17 +4,13 @@ kernel compiled for other facts (alignment, divisibility by 16, a value of 1) an
 the wrong elements: every case here changes one such fact between calls and checks each result.
 Under the interpreter launch passes every call to triton and only checks the calling convention.
 """
-import os
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from triton_check import kernel_module  # noqa: E402
+from triton_check import INTERPRET, compiled_only, kernel_module  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
 
 common, gelu, attention = (kernel_module(name) for name in ("_common", "gelu", "attention"))
 DEVICE = "cpu" if INTERPRET else "cuda"

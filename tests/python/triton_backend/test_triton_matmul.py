@@ -7,23 +7,15 @@ the root conftest before triton is imported; float32 and float16: the interprete
 GPU the cuda-marked tests run the compiled kernels on bigger shapes in all three dtypes.
 (The file name differs from tests/python/ops/test_matmul.py so pytest can collect both.)
 """
-import importlib
-import os
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 import llmscratch as ls  # noqa: E402
-from llmscratch import _backend  # noqa: E402
+from triton_check import INTERPRET, compiled_only, interpreter_only, kernel_module  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
-compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
-
-_backend._triton_kernels()
-mm = importlib.import_module("llmscratch.triton_kernels.matmul")
+mm = kernel_module("matmul")
 needs_descriptors = pytest.mark.skipif(mm.TensorDescriptor is None,
                                        reason="this triton has no tensor descriptors")
 

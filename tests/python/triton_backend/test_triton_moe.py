@@ -7,9 +7,9 @@ import pytest
 
 import llmscratch as ls
 
-from triton_check import CASES, check, cpu_call, interpreted, rng, to_ls, triton_call
+from triton_check import CASES, INTERPRET, check, cpu_call, rng, to_ls, triton_call
 
-PERMUTE_DEVICES = (["cpu"] if interpreted() else []) + [pytest.param("cuda", marks=pytest.mark.cuda)]
+PERMUTE_DEVICES = (["cpu"] if INTERPRET else []) + [pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def routed_ids(N, k, E):

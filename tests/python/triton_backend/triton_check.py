@@ -17,15 +17,18 @@ pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 
-def interpreted():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Whether triton runs kernels in its interpreter (tests/python/conftest.py turns it on when no GPU
+# is visible): then the cases are CPU tensors, and the GPU-only tests are skipped.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
+compiled_only = pytest.mark.skipif(INTERPRET, reason="the interpreter runs CPU tensors only")
 
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}
 
 
 def _cases():
     cases = []
-    if interpreted():
+    if INTERPRET:
         cases += [("cpu", "float32"), ("cpu", "float16")]
     cases += [pytest.param("cuda", d, marks=pytest.mark.cuda)
               for d in ("float32", "bfloat16", "float16")]
