@@ -600,7 +600,7 @@ def sweep(device, dtype, quick):
         ("embedding", embedding, [(4096, 256, 2048)] if quick else
          [(50304, 768, 16384), (50304, 768, 16384, True), (50304, 1280, 65536)]),
         ("attention", attention, [] if dtype == "float32" else
-         ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64)])),
+         ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64), (16, 12, 1024, 64)])),
         ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),
         ("elementwise", elementwise, [(1 << 20)] if quick else [(1 << 26)]),
         ("moe", moe, [] if dtype == "float32" else

@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // Two kernels, each recomputing P from q, k and lse, so that every gradient is written once by one
 // block (deterministic, no atomics):
 //   dK, dV: one block per (128 keys, kv head, b), each consumer warpgroup owns 64 keys; the block
-//     walks the query tiles (64 rows, 2-stage ring of Q and dO) of every query head of the kv
+//     walks the query tiles (64 rows, a ring of Q and dO) of every query head of the kv
 //     head's group: S^T = K Q^T, P^T = exp2(S^T * scale * log2(e) - lse * log2(e)),
 //     dP^T = V dO^T, dV += P^T dO, dS^T = P^T (dP^T - D'), dK += dS^T Q (scaled at the end).
 //   dQ: one block per (128 query rows, h, b), each consumer 64 rows; the block walks the key
@@ -370,20 +370,32 @@ __global__ void __launch_bounds__(kThreads, 1)
 //   D' = rowsum(dO * O) - dlse comes from cuda/attention.cu's preprocess kernel (fp32).
 // The S and dP products read both operands K-major from shared memory; the products with P^T,
 // dS^T or dS take them from registers (the accumulator layout) and read dO, Q or K transposed.
+// A step's last product (dK or dQ) is left running into the next step, whose S and dP products
+// queue behind it (the step's ring stage is released once they are waited for), where the
+// registers allow: in the dQ kernel, and in the dK/dV kernel at HS 64 with a 3-stage ring (at
+// HS 128 its accumulators leave no room: ptxas would serialize every wgmma).
 
 constexpr int kBwdKeys = 128, kBwdRows = 64;     // dK/dV block: keys; its query tiles: rows
+// The dK/dV kernel's ring stages and whether its dK product runs into the next step (see above);
+// at HS 64, B4 NH32 T4096 bf16 on an H100: 2.24-2.27 ms with 2 stages and a wait at each step's
+// end, 2.19 overlapped, 2.11-2.12 overlapped with 3 stages (the dQ kernel: 1.24-1.26 -> 1.23 ms
+// overlapped, 1.28-1.29 with 3 stages).
+template <int HS>
+constexpr bool kDkdvOverlap = HS == 64;
+template <int HS>
+constexpr int kDkdvStages = kDkdvOverlap<HS> ? 3 : 2;
 constexpr int kDqRows = 128, kDqKeys = 64;       // dQ block: query rows; its key tiles: keys
 constexpr int kHalfBoxBytes = 64 * 64 * 2;       // a box of 64 columns x 64 rows
 
-template <int HS>
+template <int HS, int STAGES>
 struct BwdLayout {
   static constexpr int kBoxes = HS / 64;
   static constexpr int kBig = kBoxes * kBoxBytes;       // 128 rows x HS
   static constexpr int kSmall = kBoxes * kHalfBoxBytes;  // 64 rows x HS
   static constexpr int kStats = 2 * kBwdRows * 4;  // a ring stage's lse and D' of 64 query rows
-  // two resident 128-row tiles, a 2-stage ring of two 64-row tiles, the ring's row statistics
-  // (dK/dV kernel); mbarriers after
-  static constexpr int kSmemBytes = 2 * kBig + 2 * kStages * kSmall + kStages * kStats + 1024 + 8 * (1 + 2 * kStages);
+  // two resident 128-row tiles, a ring of STAGES stages of two 64-row tiles, the ring's row
+  // statistics (dK/dV kernel); mbarriers after
+  static constexpr int kSmemBytes = 2 * kBig + 2 * STAGES * kSmall + STAGES * kStats + 1024 + 8 * (1 + 2 * STAGES);
 };
 
 struct BwdParams {
@@ -425,15 +437,15 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, const float (&acc
   }
 }
 
-// The shared memory of both backward kernels: two resident 128-row tiles a and b, a 2-stage ring
-// of two 64-row tiles, per ring stage the lse (log2 domain) and D' of its 64 query rows (used by
-// the dK/dV kernel), then the mbarriers: the resident tiles' one, and per ring stage a "full"
-// (the copies' bytes, and in the dK/dV kernel the arrivals of the warp writing the statistics)
-// and an "empty" (released by both consumers; in the dK/dV kernel by each of their threads, as
-// each reads the statistics).
-template <int HS>
+// The shared memory of both backward kernels: two resident 128-row tiles a and b, a ring of
+// STAGES stages of two 64-row tiles, per ring stage the lse (log2 domain) and D' of its 64 query
+// rows (used by the dK/dV kernel), then the mbarriers: the resident tiles' one, and per ring
+// stage a "full" (the copies' bytes, and in the dK/dV kernel the arrivals of the warp writing the
+// statistics) and an "empty" (released by both consumers; in the dK/dV kernel by each of their
+// threads, as each reads the statistics).
+template <int HS, int STAGES>
 struct BwdSmem {
-  using L = BwdLayout<HS>;
+  using L = BwdLayout<HS, STAGES>;
   uint32_t a, b, ring, stats, bars;
   float* stats_ptr;  // the same as stats, as a generic pointer
 
@@ -441,8 +453,8 @@ struct BwdSmem {
       : a((smem_addr(smem) + 1023) & ~uint32_t(1023)),  // swizzle atoms need 1024-byte alignment
         b(a + L::kBig),
         ring(b + L::kBig),
-        stats(ring + kStages * 2 * L::kSmall),
-        bars(stats + kStages * L::kStats),
+        stats(ring + STAGES * 2 * L::kSmall),
+        bars(stats + STAGES * L::kStats),
         stats_ptr(reinterpret_cast<float*>(smem + (stats - smem_addr(smem)))) {}
   __device__ float* lse2(int s) const { return stats_ptr + s * 2 * kBwdRows; }
   __device__ float* dd(int s) const { return lse2(s) + kBwdRows; }
@@ -450,13 +462,13 @@ struct BwdSmem {
   __device__ uint32_t ring_b(int s) const { return ring_a(s) + L::kSmall; }
   __device__ uint32_t resident() const { return bars; }
   __device__ uint32_t full(int s) const { return bars + 8 * (1 + s); }
-  __device__ uint32_t empty(int s) const { return bars + 8 * (1 + kStages + s); }
+  __device__ uint32_t empty(int s) const { return bars + 8 * (1 + STAGES + s); }
 
   // By one thread, before a __syncthreads; extra: arrivals besides the copies' on each "full";
   // releases: arrivals that free a stage.
   __device__ void init_barriers(uint32_t extra = 0, uint32_t releases = 2) const {
     mbar_init(resident(), 1);
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), 1 + extra);
       mbar_init(empty(s), releases);
     }
@@ -479,7 +491,7 @@ struct BwdSmem {
       }
     }
     for (int it = 0; it < steps; ++it) {
-      const int s = it % kStages, round = it / kStages;
+      const int s = it % STAGES, round = it / STAGES;
       const int2 rz = at(it);
       if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
       mbar_expect_tx(full(s), 2 * L::kSmall);
@@ -538,7 +550,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                               const __grid_constant__ CUtensorMap map_do, BwdParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem[];
-  const BwdSmem<HS> sm(smem);  // resident: K (a) and V (b); ring: Q and dO tiles
+  constexpr int kRing = kDkdvStages<HS>;
+  const BwdSmem<HS, kRing> sm(smem);  // resident: K (a) and V (b); ring: Q and dO tiles
 
   const int n0 = blockIdx.x * kBwdKeys, hkv = blockIdx.y, b = blockIdx.z;
   const int group = p.NH / p.NKV;
@@ -563,7 +576,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // consumers do not wait on these global loads in every step.
       const int lane = tid % 32;
       for (int it = 0; it < steps; ++it) {
-        const int s = it % kStages, round = it / kStages;
+        const int s = it % kRing, round = it / kRing;
         if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1);
         const int64_t row0 = int64_t(b * p.NH + head_of(it)) * p.T;
         for (int i = lane; i < kBwdRows; i += 32) {
@@ -587,9 +600,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   mbar_wait(sm.resident(), 0);
   for (int it = 0; it < steps; ++it) {
-    const int s = it % kStages;
+    const int s = it % kRing;
     const int q0 = row_of(it);
-    mbar_wait(sm.full(s), (it / kStages) & 1);
+    mbar_wait(sm.full(s), (it / kRing) & 1);
     const uint32_t qt = sm.ring_a(s), dot = sm.ring_b(s);
 
     // S^T (64 keys x 64 queries) = K Q^T and dP^T = V dO^T.
@@ -601,7 +614,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* dds = sm.dd(s) + col;
     const bool masked = q0 + kBwdRows > p.T || n0 + kBwdKeys > p.S ||
                         (p.causal && n0 + kBwdKeys - 1 > q0 + p.S - p.T);
-    wgmma_wait<1>();  // S^T is ready
+    wgmma_wait<1>();  // S^T is ready (and the last step's products)
+    // every thread: it read the stage's statistics itself
+    if (kDkdvOverlap<HS> && it > 0) mbar_arrive(sm.empty((it - 1) % kRing));
     float l2[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) l2[i] = l2s[8 * (i / 2) + i % 2];
@@ -641,9 +656,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dk, sf[t], descriptor(qt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
-    wgmma_wait<0>();
-    mbar_arrive(sm.empty(s));  // every thread: it read the stage's statistics itself
+    if (!kDkdvOverlap<HS>) {
+      wgmma_wait<0>();
+      mbar_arrive(sm.empty(s));
+    }
   }
+  wgmma_wait<0>();
 
   T* dk_out = static_cast<T*>(p.dk) + b * p.sdk.b + hkv * p.sdk.h;
   T* dv_out = static_cast<T*>(p.dv) + b * p.sdv.b + hkv * p.sdv.h;
@@ -660,7 +678,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                             const __grid_constant__ CUtensorMap map_do, BwdParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem[];
-  const BwdSmem<HS> sm(smem);  // resident: Q (a) and dO (b); ring: K and V tiles
+  const BwdSmem<HS, kStages> sm(smem);  // resident: Q (a) and dO (b); ring: K and V tiles
 
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kDqRows;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
@@ -704,7 +722,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // P into x while dP is being computed, then dS = P (dP - D').
     const int key0 = j * kDqKeys;
     const bool masked = key0 + kDqKeys > p.S || (p.causal && key0 + kDqKeys - 1 > m0 + p.S - p.T);
-    wgmma_wait<1>();  // S is ready
+    wgmma_wait<1>();  // S is ready (and the last step's dQ product)
+    if (j > 0 && tid == 0) mbar_arrive(sm.empty((j - 1) % kStages));
 #pragma unroll
     for (int i = 0; i < 32; ++i) {  // i % 4 < 2: row_a, else row_b; key 8 (i / 4) + col + i % 2
       const int key = key0 + 8 * (i / 4) + col + i % 2, row = i % 4 < 2 ? row_a : row_b;
@@ -725,10 +744,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int t = 0; t < kDqKeys / 16; ++t) wgmma_rs<T, HS>(dq, sf[t], descriptor(kt + t * 2048, kHalfBoxBytes, 1024));
-    wgmma_commit();
-    wgmma_wait_all();
-    if (tid == 0) mbar_arrive(sm.empty(s));
+    wgmma_commit();  // left running into the next step
   }
+  wgmma_wait_all();
 
   store_rows<T, HS>(static_cast<T*>(p.dq) + b * p.sdq.b + h * p.sdq.h, p.sdq.row, dq, row_a, p.T,
                     col, p.scale);
@@ -762,14 +780,15 @@ bool launch_backward(const AttentionBackwardProblem& a, const CUtensorMap& mq, c
                      const CUtensorMap& mv, const CUtensorMap& mdo, cudaStream_t stream) {
   auto dkdv = attention_bwd_dkdv_kernel<T, HS>;
   auto dq = attention_bwd_dq_kernel<T, HS>;
+  constexpr int smem_dkdv = BwdLayout<HS, kDkdvStages<HS>>::kSmemBytes;
+  constexpr int smem_dq = BwdLayout<HS, kStages>::kSmemBytes;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   static std::atomic<uint64_t> configured{0};  // per device: the shared-memory limits are raised
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(configured.load() & bit)) {
-    constexpr int smem = BwdLayout<HS>::kSmemBytes;
-    if (cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
-        cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess) {
+    if (cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dkdv) != cudaSuccess ||
+        cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dq) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
@@ -778,9 +797,9 @@ bool launch_backward(const AttentionBackwardProblem& a, const CUtensorMap& mq, c
   BwdParams p{a.lse, a.dd, a.dq, a.dk, a.dv, a.NH, a.NKV, a.T, a.S, a.scale, a.scale * kLog2e,
               a.causal, a.sdq, a.sdk, a.sdv};
   const dim3 grid_kv(unsigned((a.S + kBwdKeys - 1) / kBwdKeys), unsigned(a.NKV), unsigned(a.B));
-  dkdv<<<grid_kv, kThreads, BwdLayout<HS>::kSmemBytes, stream>>>(mq, mk, mv, mdo, p);
+  dkdv<<<grid_kv, kThreads, smem_dkdv, stream>>>(mq, mk, mv, mdo, p);
   const dim3 grid_q(unsigned((a.T + kDqRows - 1) / kDqRows), unsigned(a.NH), unsigned(a.B));
-  dq<<<grid_q, kThreads, BwdLayout<HS>::kSmemBytes, stream>>>(mq, mk, mv, mdo, p);
+  dq<<<grid_q, kThreads, smem_dq, stream>>>(mq, mk, mv, mdo, p);
   return true;
 }
 
