@@ -371,9 +371,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 // The S and dP products read both operands K-major from shared memory; the products with P^T,
 // dS^T or dS take them from registers (the accumulator layout) and read dO, Q or K transposed.
 // A step's last product (dK or dQ) is left running into the next step, whose S and dP products
-// queue behind it (the step's ring stage is released once they are waited for), where the
-// registers allow: in the dQ kernel, and in the dK/dV kernel at HS 64 with a 3-stage ring (at
-// HS 128 its accumulators leave no room: ptxas would serialize every wgmma).
+// queue behind it (the step's ring stage is released after the next step's S is waited for),
+// where the registers allow: in the dQ kernel, and in the dK/dV kernel at HS 64 with a 3-stage
+// ring (at HS 128 its accumulators leave no room: ptxas would serialize every wgmma).
 
 constexpr int kBwdKeys = 128, kBwdRows = 64;     // dK/dV block: keys; its query tiles: rows
 // The dK/dV kernel's ring stages and whether its dK product runs into the next step (see above);
@@ -384,6 +384,7 @@ template <int HS>
 constexpr bool kDkdvOverlap = HS == 64;
 template <int HS>
 constexpr int kDkdvStages = kDkdvOverlap<HS> ? 3 : 2;
+constexpr int kDqStages = 2;  // the dQ kernel's ring (3 stages measured slower, see above)
 constexpr int kDqRows = 128, kDqKeys = 64;       // dQ block: query rows; its key tiles: keys
 constexpr int kHalfBoxBytes = 64 * 64 * 2;       // a box of 64 columns x 64 rows
 
@@ -616,7 +617,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                         (p.causal && n0 + kBwdKeys - 1 > q0 + p.S - p.T);
     wgmma_wait<1>();  // S^T is ready (and the last step's products)
     // every thread: it read the stage's statistics itself
-    if (kDkdvOverlap<HS> && it > 0) mbar_arrive(sm.empty((it - 1) % kRing));
+    if constexpr (kDkdvOverlap<HS>) {
+      if (it > 0) mbar_arrive(sm.empty((it - 1) % kRing));
+    }
     float l2[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) l2[i] = l2s[8 * (i / 2) + i % 2];
@@ -656,7 +659,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int t = 0; t < kBwdRows / 16; ++t) wgmma_rs<T, HS>(dk, sf[t], descriptor(qt + t * 2048, kHalfBoxBytes, 1024));
     wgmma_commit();
-    if (!kDkdvOverlap<HS>) {
+    if constexpr (!kDkdvOverlap<HS>) {
       wgmma_wait<0>();
       mbar_arrive(sm.empty(s));
     }
@@ -678,7 +681,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                             const __grid_constant__ CUtensorMap map_do, BwdParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem[];
-  const BwdSmem<HS, kStages> sm(smem);  // resident: Q (a) and dO (b); ring: K and V tiles
+  const BwdSmem<HS, kDqStages> sm(smem);  // resident: Q (a) and dO (b); ring: K and V tiles
 
   const int m0 = (gridDim.x - 1 - blockIdx.x) * kDqRows;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z;
@@ -711,8 +714,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   mbar_wait(sm.resident(), 0);
   for (int j = 0; j < n_tiles; ++j) {
-    const int s = j % kStages;
-    mbar_wait(sm.full(s), (j / kStages) & 1);
+    const int s = j % kDqStages;
+    mbar_wait(sm.full(s), (j / kDqStages) & 1);
     const uint32_t kt = sm.ring_a(s), vt = sm.ring_b(s);
 
     // S (64 rows x 64 keys) = Q K^T and dP = dO V^T.
@@ -723,7 +726,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int key0 = j * kDqKeys;
     const bool masked = key0 + kDqKeys > p.S || (p.causal && key0 + kDqKeys - 1 > m0 + p.S - p.T);
     wgmma_wait<1>();  // S is ready (and the last step's dQ product)
-    if (j > 0 && tid == 0) mbar_arrive(sm.empty((j - 1) % kStages));
+    if (j > 0 && tid == 0) mbar_arrive(sm.empty((j - 1) % kDqStages));
 #pragma unroll
     for (int i = 0; i < 32; ++i) {  // i % 4 < 2: row_a, else row_b; key 8 (i / 4) + col + i % 2
       const int key = key0 + 8 * (i / 4) + col + i % 2, row = i % 4 < 2 ? row_a : row_b;
@@ -781,7 +784,7 @@ bool launch_backward(const AttentionBackwardProblem& a, const CUtensorMap& mq, c
   auto dkdv = attention_bwd_dkdv_kernel<T, HS>;
   auto dq = attention_bwd_dq_kernel<T, HS>;
   constexpr int smem_dkdv = BwdLayout<HS, kDkdvStages<HS>>::kSmemBytes;
-  constexpr int smem_dq = BwdLayout<HS, kStages>::kSmemBytes;
+  constexpr int smem_dq = BwdLayout<HS, kDqStages>::kSmemBytes;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   static std::atomic<uint64_t> configured{0};  // per device: the shared-memory limits are raised
