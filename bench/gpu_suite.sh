@@ -74,6 +74,7 @@ if has memcheck; then
   while read -r f rc; do
     [ "$rc" = 0 ] || summary+=("- $f: exit $rc, \`$(grep -hE '[0-9]+ (passed|failed)' "$out/memcheck/$(echo "$f" | tr / _).log" | tail -1)\`")
   done <"$out/memcheck/exit_codes"
+  awk '$2 != 0 {bad = 1} END {exit bad}' "$out/memcheck/exit_codes" && summary+=("- none")
   summary+=("" "pytest lines summed over the files: $(cat "$out"/memcheck/*.log | grep -oE '[0-9]+ passed' | awk '{s += $1} END {print s + 0}') passed" "")
 fi
 # A compute-sanitizer tool over the torch-free bench/sanitize_kernels.py, which reaches every
