@@ -1,7 +1,6 @@
 """The llmscratch command end to end on a small budget: train (tokenizer and shards built and
 cached on first use), resume, sample, eval, and one-line errors."""
 import json
-import os
 
 import pytest
 
@@ -35,9 +34,15 @@ def test_train_resume_sample_eval(tmp_path, corpus, capsys):
     # a second run with the same name refuses to overwrite; --resume continues it
     assert train(tmp_path, corpus, "--steps", "6") == 2
     assert "already holds a run" in capsys.readouterr().err
+    # --resume with a setting that decides the batches refuses before touching the run
+    saved = {f: (run / f).read_bytes() for f in ("config.json", "tokenizer.tiktoken", "tokenizer.json")}
+    assert train(tmp_path, corpus, "--steps", "8", "--resume", "--batch-size", "2") == 2
+    assert "batch_size: 4 -> 2" in capsys.readouterr().err
+    assert all((run / f).read_bytes() == b for f, b in saved.items())
     assert train(tmp_path, corpus, "--steps", "8", "--resume") == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log][-2:] == [7, 8]
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 8
     assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--max-new-tokens", "10"]) == 0
     assert main(["eval", "--ckpt", str(run), "--batches", "2"]) == 0
     out = capsys.readouterr().out
@@ -50,6 +55,8 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["train", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
     assert main(["train", "--data", corpus, "--tokens-per-step", "1000", "--out", str(tmp_path)]) == 2
+    assert main(["train", "--data", corpus, "--resume", "--name", "typo", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert len(err) == 6 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert "typo has no config.json" in err[5]
     assert "unknown model preset 'huge'" in err[2]

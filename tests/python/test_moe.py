@@ -225,6 +225,21 @@ def test_bias_balances_without_aux_loss():
     assert "expert_bias" in moe.state_dict()
 
 
+def test_discarded_load_updates_no_bias():
+    # A step the trainer skips (a non-finite loss) must not carry its batches' load into the
+    # next step's bias update, which a resumed run could not reproduce.
+    moe, x = _imbalanced("sigmoid_bias", rate=0.005)
+    moe.train()
+    moe(x)
+    before = to_np(moe.expert_bias).copy()
+    moe.discard_load()
+    moe.update_bias()
+    np.testing.assert_array_equal(to_np(moe.expert_bias), before)
+    moe(x)
+    moe.update_bias()
+    assert not np.array_equal(to_np(moe.expert_bias), before)
+
+
 # ---- models ----------------------------------------------------------------------------------
 
 def _small(**kw):

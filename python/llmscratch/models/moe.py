@@ -160,6 +160,10 @@ class MoE(nn.Module):
         delta = (load.mean() - load).sign() * float(self.bias_update_rate)
         self.expert_bias.copy_(self.expert_bias + delta.to(dtype=self.expert_bias.dtype))
 
+    def discard_load(self):
+        """Forget the load counted since the last update_bias (a skipped step's batches)."""
+        self._load = None
+
     def metrics(self) -> dict:
         """The last forward's routing: tokens per expert (load before dropping), max/mean load,
         aux loss, z-loss, dropped fraction (reads values to the host)."""

@@ -326,6 +326,11 @@ class Transformer(nn.Module):
         for moe in self.moe_modules():
             moe.update_bias()
 
+    def moe_discard_load(self):
+        """After a skipped step: its batches' expert loads update no bias (see MoE.discard_load)."""
+        for moe in self.moe_modules():
+            moe.discard_load()
+
     def moe_metrics(self) -> dict:
         """Routing metrics of the last forward, by block index (see MoE.metrics)."""
         return {str(i): b.mlp.metrics() for i, b in enumerate(self.blocks) if isinstance(b.mlp, MoE)}

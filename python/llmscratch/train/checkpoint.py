@@ -3,14 +3,18 @@
 A checkpoint is a folder `step_NNNNNNN/` holding `model.safetensors` (the state_dict),
 `optimizer.safetensors` (every state tensor, named `state.<param index>.<name>`) and
 `trainer.json` (step, the optimizer's hyperparameters and scalar state, the generator state,
-the data position, the config, metrics). It is written into a temporary folder that is renamed
-into place only when complete, so a killed writer leaves the previous checkpoints intact; the
-file `latest` (replaced atomically too) names the newest one."""
+the data position, the config, metrics). It is written into a temporary folder, flushed to disk
+and renamed into place only when complete, so a killed writer (or a lost machine) leaves the
+previous checkpoints intact; the file `latest` (replaced atomically too) names the newest one.
+Re-saving a step moves the old folder aside before the new one takes its name, so every
+`step_*` folder is whole at every moment. A temporary left by a writer that died is removed by
+the next save."""
 import json
 import os
 import shutil
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 import llmscratch_core as _core
@@ -27,13 +31,49 @@ def _host(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy())
 
 
-def _atomic_write_text(path: str, text: str):
+def _fsync(path: str):
+    """Flush a file's data, or a folder's entries (a rename is durable once its folder is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str, text: str):
+    """Replace the file at path with text in one step, flushed to disk."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync(os.path.dirname(path) or ".")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temporaries(root: str):
+    """Remove what a writer that died left under root: `.step_N.tmp-PID` and `.step_N.old-PID`
+    folders and `latest.tmp-PID` files of processes that no longer run."""
+    for entry in os.listdir(root):
+        stem, sep, pid = entry.rpartition("-")
+        if not sep or not pid.isdigit() or not (stem.endswith(".tmp") or stem.endswith(".old")):
+            continue
+        if int(pid) != os.getpid() and not _alive(int(pid)):
+            path = os.path.join(root, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
@@ -41,6 +81,7 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
     """Write checkpoint `step` under root; delete older ones beyond the last `keep_last`,
     except those named in `keep` (e.g. the best by validation loss). Returns its folder."""
     os.makedirs(root, exist_ok=True)
+    _remove_dead_temporaries(root)
     name = f"step_{step:07d}"
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".{name}.tmp-{os.getpid()}")
@@ -59,40 +100,81 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
     meta = dict(trainer_state, step=step, optimizer_groups=opt["param_groups"], optimizer_scalars=scalars)
     with open(os.path.join(tmp, "trainer.json"), "w") as f:
         json.dump(meta, f, indent=1, default=list)
-    if os.path.exists(final):  # re-saving the same step replaces it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _atomic_write_text(os.path.join(root, "latest"), name)
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
+    for f in os.listdir(tmp):
+        _fsync(os.path.join(tmp, f))
+    _fsync(tmp)
+    if os.path.exists(final):  # re-saving a step: the old folder goes aside, then away
+        old = os.path.join(root, f".{name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+    _fsync(root)
+    atomic_write_text(os.path.join(root, "latest"), name)
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
     for d in steps[:-keep_last] if keep_last > 0 else []:
         if d not in keep and d != name:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
     return final
 
 
+def _complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "trainer.json"))
+
+
 def latest_checkpoint(root: str):
-    """The newest complete checkpoint folder under root, or None."""
-    path = os.path.join(root, "latest")
-    if not os.path.exists(path):
+    """The newest checkpoint folder under root: the one `latest` names, or, should that be gone
+    (a machine lost between two renames), the highest `step_*` folder; None if there is none."""
+    if not os.path.isdir(root):
         return None
-    with open(path) as f:
-        name = f.read().strip()
-    folder = os.path.join(root, name)
-    return folder if os.path.isdir(folder) else None
+    path = os.path.join(root, "latest")
+    if os.path.exists(path):
+        with open(path) as f:
+            folder = os.path.join(root, f.read().strip())
+        if _complete(folder):
+            return folder
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and _complete(os.path.join(root, d)))
+    return os.path.join(root, steps[-1]) if steps else None
+
+
+_TRAINER_KEYS = ("step", "optimizer_groups", "optimizer_scalars")
+
+
+def read_trainer_state(folder: str) -> dict:
+    """trainer.json of a checkpoint folder; a clear error when it is missing or damaged."""
+    path = os.path.join(folder, "trainer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {folder} is incomplete: trainer.json is missing")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"checkpoint {folder}: trainer.json is corrupt ({e})") from e
+    missing = [k for k in _TRAINER_KEYS if k not in meta] if isinstance(meta, dict) else list(_TRAINER_KEYS)
+    if missing:
+        raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
+    return meta
+
+
+def _read_tensors(folder: str, name: str) -> dict:
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {folder} is incomplete: {name} is missing")
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise ValueError(f"checkpoint {folder}: {name} is corrupt or incomplete ({e})") from e
 
 
 def load_checkpoint(folder: str, model, optimizer=None) -> dict:
     """Restore the model (and optimizer) in place; returns the trainer state."""
-    for f in ("model.safetensors", "trainer.json"):
-        if not os.path.exists(os.path.join(folder, f)):
-            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {f} is missing")
-    with open(os.path.join(folder, "trainer.json")) as f:
-        meta = json.load(f)
-    state = {k: from_numpy(v) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    meta = read_trainer_state(folder)
+    state = {k: from_numpy(v) for k, v in _read_tensors(folder, "model.safetensors").items()}
     model.load_state_dict(state)
     if optimizer is not None:
         opt_state = {}
-        for key, arr in load_file(os.path.join(folder, "optimizer.safetensors")).items():
+        for key, arr in _read_tensors(folder, "optimizer.safetensors").items():
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = from_numpy(arr)
         for key, v in meta["optimizer_scalars"].items():

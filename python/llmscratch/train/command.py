@@ -129,10 +129,29 @@ def _model_config(args, vocab_size=None):
 
 def _check_device(device: str) -> str:
     dev = _core.Device(device)
-    if dev.type == "cuda" and not _core.cuda_available():
+    if dev.type == "cuda" and (not _core.cuda_available() or dev.index >= _core.cuda_device_count()):
         raise ValueError(f"device {device} is not available (llmscratch sees "
                          f"{_core.cuda_device_count()} CUDA devices)")
     return str(dev)
+
+
+def _check_resume(run_dir: Path, run_config: dict):
+    """Before anything of the run is rewritten: the settings of `--resume` against those the run
+    was started with (its config.json), all differences in one error."""
+    from .loop import RESUME_MUST_MATCH, resume_conflicts
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ValueError(f"--resume: {run_dir} has no config.json, so it holds no run to continue")
+    saved = json.loads(path.read_text())
+    conflicts = resume_conflicts(saved, run_config, ("data", "vocab_size", "val_fraction"))
+    conflicts += resume_conflicts(saved.get("train", {}), run_config["train"], RESUME_MUST_MATCH)
+    model = {k: v for k, v in saved.get("model", {}).items() if k != "vocab_size"}
+    if model and model != {k: v for k, v in json.loads(json.dumps(run_config["model"])).items()
+                           if k != "vocab_size"}:
+        conflicts.append("the model config (--preset / --config)")
+    if conflicts:
+        raise ValueError(f"--resume: the settings differ from the run's in {run_dir} "
+                         f"({'; '.join(conflicts)})")
 
 
 def _train_dtype(dtype: str, device: str) -> str:
@@ -147,6 +166,7 @@ def train_command(args) -> int:
     from ..models import build_model
     from ..tokenizer import Tokenizer
     from . import TrainConfig, Trainer
+    from .checkpoint import atomic_write_text
 
     device = _check_device(args.device)
     ls.set_backend(args.backend)
@@ -173,17 +193,21 @@ def train_command(args) -> int:
                       on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
                       dtype=_train_dtype(args.dtype, device), out=str(run_dir))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": args.data,
+                  "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
+                  "backend": args.backend}
+    if args.resume:
+        _check_resume(run_dir, run_config)
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
     tok = Tokenizer.load(tok_prefix)
     model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
+    run_config["model"] = model_cfg.to_dict()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for suffix in (".tiktoken", ".json"):
-        shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
-    run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": args.data,
-                  "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
-                  "backend": args.backend}
-    (run_dir / "config.json").write_text(json.dumps(run_config, indent=1))
+    if not args.resume:  # a resumed run keeps the tokenizer it was trained with
+        for suffix in (".tiktoken", ".json"):
+            shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
+    atomic_write_text(str(run_dir / "config.json"), json.dumps(run_config, indent=1))
 
     ls.manual_seed(args.seed)
     model = build_model(model_cfg, device=device)
@@ -195,7 +219,10 @@ def train_command(args) -> int:
         f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
     trainer = Trainer(model, cfg, train.batch, val.batch, run_config=run_config, log=say,
                       progress=not args.quiet and sys.stderr.isatty())
-    if args.resume and trainer.resume():
+    if args.resume:
+        if not trainer.resume():
+            raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from (start the run "
+                             f"again under another --name, or remove the folder)")
         say(f"resumed at step {trainer.step}")
     trainer.fit()
     val_loss = trainer.evaluate()

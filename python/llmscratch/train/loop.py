@@ -22,8 +22,23 @@ from .. import nn
 from .._progress import Progress
 from ..autograd import no_grad
 from ..optim import AdamW
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, read_trainer_state,
+                         save_checkpoint)
 from .schedule import learning_rate
+
+# Settings a resumed run must share with its checkpoint: they decide which batch each step sees
+# (batch_size, seq_len, grad_accum, seed), the weights' precision, and the optimizer's
+# hyperparameters that the checkpoint restores (a different value would be silently dropped).
+# steps, the learning-rate schedule, evaluation and checkpointing may change, e.g. to extend a run.
+RESUME_MUST_MATCH = ("batch_size", "seq_len", "grad_accum", "seed", "dtype", "weight_decay", "beta1",
+                     "beta2")
+
+
+def resume_conflicts(saved: dict, current: dict, names=RESUME_MUST_MATCH) -> list:
+    """'name: saved -> current' for each of `names` whose value differs between two settings
+    dicts (a name absent from `saved`, an older checkpoint's, is not compared)."""
+    return [f"{n}: {saved[n]!r} -> {current.get(n)!r}" for n in names
+            if n in saved and saved[n] != current.get(n)]
 
 
 @dataclasses.dataclass
@@ -108,6 +123,7 @@ class Trainer:
         self.history = []  # one dict per logged step / evaluation
         self.best_val = math.inf
         self.best_ckpt = None
+        self._saved_step = None  # the step of the last checkpoint this trainer wrote
         self.ckpt_root = os.path.join(cfg.out, "checkpoints")
         os.makedirs(cfg.out, exist_ok=True)
 
@@ -119,21 +135,49 @@ class Trainer:
 
     def save(self):
         keep = (os.path.basename(self.best_ckpt),) if self.best_ckpt else ()
-        return save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self._state(),
-                               keep_last=self.cfg.keep_last, keep=keep)
+        folder = save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self._state(),
+                                 keep_last=self.cfg.keep_last, keep=keep)
+        self._saved_step = self.step
+        return folder
 
     def resume(self, folder=None) -> bool:
         """Continue from a checkpoint folder (default: the latest under the run). Returns whether
-        one was found."""
+        one was found. Raises ValueError when a setting in RESUME_MUST_MATCH, or the model's
+        config, differs from the checkpoint's (the run would not continue the same way)."""
         folder = folder or latest_checkpoint(self.ckpt_root)
         if folder is None:
             return False
-        meta = load_checkpoint(folder, self.model, self.optimizer)
+        meta = read_trainer_state(folder)
+        missing = [k for k in ("rng", "best_val", "best_ckpt", "history", "config") if k not in meta]
+        if missing:
+            raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
+        conflicts = resume_conflicts(meta["config"], dataclasses.asdict(self.cfg))
+        saved_model = meta.get("run_config", {}).get("model")
+        if saved_model is not None and "model" in self.run_config and \
+                saved_model != json.loads(json.dumps(self.run_config["model"])):  # as JSON holds it
+            conflicts.append("the model config")
+        if conflicts:
+            raise ValueError(f"cannot resume from {folder}: the run's settings changed ({'; '.join(conflicts)})")
+        load_checkpoint(folder, self.model, self.optimizer)
         self.step = meta["step"]
         _core.set_rng_state(*meta["rng"])
         self.best_val, self.best_ckpt = meta["best_val"], meta["best_ckpt"]
         self.history = meta["history"]
+        self._saved_step = self.step
+        self._rewind_log()
         return True
+
+    def _rewind_log(self):
+        """Drop log.jsonl's records past the resumed step (written after the checkpoint by a run
+        that then stopped), so that the log holds each step once."""
+        path = os.path.join(self.cfg.out, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(kept))
 
     # ---- one step ----
     def _loss(self, batch):
@@ -164,6 +208,8 @@ class Trainer:
                 raise NonFiniteLoss(f"step {self.step}: non-finite {what}; the last good checkpoint is "
                                     f"{latest_checkpoint(self.ckpt_root) or 'none yet'}")
             self.log(f"step {self.step}: non-finite {what}, batch skipped")
+            if hasattr(self.model, "moe_discard_load"):
+                self.model.moe_discard_load()  # the skipped batches' expert loads update no bias
             self.step += 1
             return total, norm, lr
         self.optimizer.step()
@@ -220,8 +266,11 @@ class Trainer:
                         self._checkpoint(rec.get("val_loss"))
                 bar.close()
                 if interrupted:
-                    self.log(f"interrupted at step {self.step}: saving a checkpoint")
-                    self._checkpoint(None)
+                    if self._saved_step == self.step:
+                        self.log(f"interrupted at step {self.step}, whose checkpoint is saved")
+                    else:
+                        self.log(f"interrupted at step {self.step}: saving a checkpoint")
+                        self._checkpoint(None)
         finally:
             signal.signal(signal.SIGINT, prev)
             self.plot()
