@@ -4,6 +4,8 @@ The compiled core ``llmscratch_core`` holds tensors, the op registry, the autogr
 CPU/CUDA kernels; this package gives it a torch-like face: ``Tensor``, factories, autograd,
 ``functional``, ``nn`` and ``optim``.
 """
+import builtins
+
 import llmscratch_core as _core
 
 from . import _tensor  # noqa: F401  (attaches operators and methods to Tensor)
@@ -26,8 +28,8 @@ from . import nn, optim  # noqa: E402
 
 def manual_seed(seed: int) -> None:
     """Seed the Philox generator used by every random op (CPU and CUDA draw the same numbers)."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"manual_seed: seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, builtins.bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"manual_seed: seed must be an integer in [0, 2**64), got {seed!r}")
     _core.manual_seed(seed)
 
 

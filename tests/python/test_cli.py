@@ -49,6 +49,32 @@ def test_train_resume_sample_eval(tmp_path, corpus, capsys):
     assert "def " in out and "perplexity" in out
 
 
+def test_one_text_file_and_no_validation(tmp_path, corpus, capsys):
+    # A single file is split within itself; --val-fraction 0 trains without a validation split.
+    one = tmp_path / "one.txt"
+    one.write_text(TEXT * 3)
+    common = ["--vocab-size", "300", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
+              "--eval-every", "2", "--ckpt-every", "2", "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(["train", "--data", str(one), "--name", "one", *common]) == 0
+    assert main(["train", "--data", str(one), "--name", "noval", "--val-fraction", "0", *common]) == 0
+    assert main(["eval", "--ckpt", str(tmp_path / "runs" / "noval")]) == 2
+    assert "without a validation split" in capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, corpus, capsys):
+    # The data is too short for the windows asked for: the error names the split, and the same
+    # name can be used again once the command is right.
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("def f(x):\n    return x\n" * 40)
+    args = ["train", "--data", str(tiny), "--vocab-size", "300", "--batch-size", "2", "--steps", "2",
+            "--eval-every", "2", "--ckpt-every", "2", "--out", str(tmp_path / "runs"), "--name", "t",
+            "--quiet"]
+    assert main([*args, "--seq-len", "256"]) == 2
+    assert "split of" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "t").exists()
+    assert main([*args, "--seq-len", "8", "--val-fraction", "0.3"]) == 0
+
+
 def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert main(["train", "--data", corpus, "--steps", "0", "--out", str(tmp_path)]) == 2
@@ -56,7 +82,13 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
     assert main(["train", "--data", corpus, "--tokens-per-step", "1000", "--out", str(tmp_path)]) == 2
     assert main(["train", "--data", corpus, "--resume", "--name", "typo", "--out", str(tmp_path)]) == 2
+    for bad in (["--warmup", "-5"], ["--min-lr", "10"], ["--tokens-per-step", "0"], ["--seed", "-1"]):
+        assert main(["train", "--data", corpus, "--out", str(tmp_path), *bad]) == 2
+    assert main(["sample", "--ckpt", str(tmp_path), "--num-samples", "0"]) == 2
+    assert main(["eval", "--ckpt", str(tmp_path), "--batches", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 6 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert len(err) == 12 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
     assert "typo has no config.json" in err[5]
+    assert "warmup must be non-negative" in err[6] and "min_lr 10.0 exceeds lr" in err[7]
+    assert "--tokens-per-step 0" in err[8] and "seed must be in" in err[9]
     assert "unknown model preset 'huge'" in err[2]

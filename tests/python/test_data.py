@@ -88,6 +88,20 @@ def test_split_is_deterministic_and_disjoint():
     assert {d.id for d in split_documents("stdlib", "val", 0.05)} == v
 
 
+def test_a_source_too_small_for_the_document_split_is_split_within_its_documents(tmp_path):
+    # One text file (or a few) can hash no document into validation: each document's tail is
+    # validation then, from a line start, and the two parts together are the document.
+    text = "".join(f"line {i}\n" for i in range(300))
+    (tmp_path / "one.txt").write_text(text)
+    src = str(tmp_path / "one.txt")
+    assert not in_validation("one.txt", 0.05)
+    train, val = split_documents(src, "train", 0.05), split_documents(src, "val", 0.05)
+    assert [d.id for d in train] == ["one.txt#train"] and [d.id for d in val] == ["one.txt#val"]
+    assert train[0].read() + val[0].read() == text
+    assert val[0].read().startswith("line ") and 0.02 < len(val[0].read()) / len(text) <= 0.05
+    assert split_documents(src, "val", 0.0) == [] and split_documents(src, "train", 0.0)[0].read() == text
+
+
 def test_file_dir_glob_jsonl_sources(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("alpha")

@@ -14,7 +14,10 @@ Documents are identified by their path relative to the source root (``path#line`
 lines). The split is a pure function of that id: a document is in validation when the first 8
 hex digits of sha1(id), read as a number, modulo 10000, fall below ``val_fraction * 10000``. A
 document (a whole file for file sources) is therefore in exactly one split, on every machine,
-whatever the order in which files are found.
+whatever the order in which files are found. A source with too few documents for both splits
+to get one (a single text file, a folder of three) is split within its documents instead: each
+one's last ``val_fraction`` of characters, from the start of a line where one begins inside it,
+is validation and the rest training.
 """
 from __future__ import annotations
 
@@ -134,4 +137,19 @@ def split_documents(source: str, split: str = "all", val_fraction: float = 0.01)
     if split == "all":
         return docs
     want_val = split == "val"
-    return [d for d in docs if in_validation(d.id, val_fraction) == want_val]
+    val_ids = {d.id for d in docs if in_validation(d.id, val_fraction)}
+    if val_fraction > 0 and len(val_ids) in (0, len(docs)):  # one split would be empty
+        return [part for d in docs for part in _held_out_tail(d, val_fraction, want_val)]
+    return [d for d in docs if (d.id in val_ids) == want_val]
+
+
+def _held_out_tail(doc: Document, val_fraction: float, want_val: bool) -> list[Document]:
+    """The validation part of doc (its last val_fraction of characters, from the start of a line
+    where one begins inside it) or the training part (the rest), as a document of its own."""
+    text = doc.read()
+    cut = len(text) - max(1, round(len(text) * val_fraction))
+    newline = text.find("\n", cut, len(text) - 1)
+    if newline >= 0:
+        cut = newline + 1
+    part = text[cut:] if want_val else text[:cut]
+    return [Document(id=f"{doc.id}#{'val' if want_val else 'train'}", text=part)] if part else []

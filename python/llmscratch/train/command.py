@@ -33,7 +33,8 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     The cache folder is made under a temporary name and renamed when complete."""
     from ..data import tokenize_cmd
     src = source if source == "stdlib" else os.path.abspath(source)
-    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}".encode()).hexdigest()[:12]
+    # "split-2": the split of sources too small for document-level hashing changed (sources.py)
+    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}|split-2".encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
     if not (folder / "done").exists():
         tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
@@ -110,12 +111,14 @@ def add_parsers(sub):
     s.add_argument("--top-p", type=float)
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", help="cpu or cuda[:N] (default: the run's device if present, else cpu)")
     s.set_defaults(func=sample_command)
 
     e = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     e.add_argument("--ckpt", required=True, help="a run folder or a checkpoint folder")
     e.add_argument("--data", help="source to evaluate (default: the run's validation split)")
     e.add_argument("--batches", type=int, default=20)
+    e.add_argument("--device", help="cpu or cuda[:N] (default: the run's device if present, else cpu)")
     e.set_defaults(func=eval_command)
 
 
@@ -180,9 +183,9 @@ def train_command(args) -> int:
     vocab = args.vocab_size or model_cfg.vocab_size
     if args.seq_len > model_cfg.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
-    if args.tokens_per_step:
+    if args.tokens_per_step is not None:
         micro = args.batch_size * args.seq_len
-        if args.tokens_per_step % micro:
+        if args.tokens_per_step <= 0 or micro <= 0 or args.tokens_per_step % micro:
             raise ValueError(f"--tokens-per-step {args.tokens_per_step} is not a multiple of "
                              f"batch_size * seq_len = {micro}")
         args.grad_accum = args.tokens_per_step // micro
@@ -203,21 +206,29 @@ def train_command(args) -> int:
     tok = Tokenizer.load(tok_prefix)
     model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
     run_config["model"] = model_cfg.to_dict()
+
+    ls.manual_seed(args.seed)
+    model = build_model(model_cfg, device=device)
+
+    def loader(split, shards, seed):
+        try:
+            return DataLoader(shards, cfg.batch_size, cfg.seq_len, seed=seed, device=device, prefetch=0)
+        except ValueError as e:
+            raise ValueError(f"the {split} split of {args.data}: {e}") from None
+
+    train = loader("training", train_glob, args.seed)
+    val = loader("validation", val_glob, args.seed + 1) if args.val_fraction > 0 else None
+    # The run folder is written only now that everything it describes could be built.
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:  # a resumed run keeps the tokenizer it was trained with
         for suffix in (".tiktoken", ".json"):
             shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
     atomic_write_text(str(run_dir / "config.json"), json.dumps(run_config, indent=1))
-
-    ls.manual_seed(args.seed)
-    model = build_model(model_cfg, device=device)
-    train = DataLoader(train_glob, cfg.batch_size, cfg.seq_len, seed=args.seed, device=device, prefetch=0)
-    val = DataLoader(val_glob, cfg.batch_size, cfg.seq_len, seed=args.seed + 1, device=device, prefetch=0)
     baseline = unigram_entropy(train_glob)
     say(f"model {model_cfg.n_layer}x{model_cfg.n_embd}, {model.num_parameters() / 1e6:.2f}M parameters, "
         f"vocab {tok.n_vocab}; {train.num_windows * cfg.seq_len / 1e6:.1f}M training tokens; "
         f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
-    trainer = Trainer(model, cfg, train.batch, val.batch, run_config=run_config, log=say,
+    trainer = Trainer(model, cfg, train.batch, val.batch if val else None, run_config=run_config, log=say,
                       progress=not args.quiet and sys.stderr.isatty())
     if args.resume:
         if not trainer.resume():
@@ -226,8 +237,11 @@ def train_command(args) -> int:
         say(f"resumed at step {trainer.step}")
     trainer.fit()
     val_loss = trainer.evaluate()
-    say(f"final validation loss {val_loss:.3f} nats/token (unigram baseline {baseline:.3f}); "
-        f"run in {run_dir}")
+    if val_loss is not None:
+        say(f"final validation loss {val_loss:.3f} nats/token (unigram baseline {baseline:.3f}); "
+            f"run in {run_dir}")
+    else:
+        say(f"no validation split (--val-fraction 0); run in {run_dir}")
     if trainer.step >= cfg.steps:
         ls.manual_seed(args.seed)
         prompt = np.array([tok.encode(DEFAULT_PROMPT)], dtype=np.int64)
@@ -240,8 +254,9 @@ def train_command(args) -> int:
 
 # ---- sample / eval ---------------------------------------------------------------------------
 
-def _load_run(ckpt: str):
-    """(model, tokenizer, run config) from a run folder or one of its checkpoint folders."""
+def _load_run(ckpt: str, device: str | None = None):
+    """(model, tokenizer, run config) from a run folder or one of its checkpoint folders, on
+    `device` (default: the run's, or the CPU where that is not available)."""
     from ..models import build_model, config_from_dict
     from ..tokenizer import Tokenizer
     from .checkpoint import latest_checkpoint, load_checkpoint
@@ -253,15 +268,24 @@ def _load_run(ckpt: str):
         folder, run_dir = str(path), path.parent.parent
     if folder is None or not Path(folder, "trainer.json").exists():
         raise ValueError(f"{ckpt}: no checkpoint found (expected a run folder or a checkpoint folder)")
-    run_config = json.loads((run_dir / "config.json").read_text())
-    model = build_model(config_from_dict(run_config["model"]), device=run_config.get("device", "cpu"))
+    try:
+        run_config = json.loads((run_dir / "config.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"{run_dir / 'config.json'} is not valid JSON ({e})") from None
+    if device is None:
+        saved = run_config.get("device", "cpu")
+        device = saved if saved == "cpu" or (_core.cuda_available() and
+                                             _core.Device(saved).index < _core.cuda_device_count()) else "cpu"
+    model = build_model(config_from_dict(run_config["model"]), device=_check_device(device))
     load_checkpoint(folder, model)
     return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, run_dir
 
 
 def sample_command(args) -> int:
     import llmscratch as ls
-    model, tok, cfg, _ = _load_run(args.ckpt)
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    model, tok, cfg, _ = _load_run(args.ckpt, args.device)
     ls.manual_seed(args.seed)
     prompt = tok.encode(args.prompt) or [tok.eot_token or 0]
     ids = np.array([prompt] * args.num_samples, dtype=np.int64)
@@ -275,7 +299,9 @@ def sample_command(args) -> int:
 def eval_command(args) -> int:
     from ..autograd import no_grad
     from ..data import DataLoader
-    model, tok, cfg, _ = _load_run(args.ckpt)
+    if args.batches < 1:
+        raise ValueError(f"--batches must be at least 1, got {args.batches}")
+    model, tok, cfg, _ = _load_run(args.ckpt, args.device)
     train_cfg = cfg["train"]
     if args.data:  # another source, encoded with this run's tokenizer
         from ..data.sources import split_documents
@@ -284,6 +310,8 @@ def eval_command(args) -> int:
                                          dtype=np.int64) for d in docs])
         val_glob = None
     else:
+        if not cfg["val_fraction"] > 0:
+            raise ValueError(f"{args.ckpt} was trained without a validation split: pass --data")
         _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
     import llmscratch as ls
     B, T = train_cfg["batch_size"], train_cfg["seq_len"]
@@ -302,5 +330,6 @@ def eval_command(args) -> int:
         for b in batches:
             losses.append(model(b[:, :-1], b[:, 1:])[1].item())
     loss = sum(losses) / len(losses)
-    print(f"loss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f} over {len(losses)} batches")
+    perplexity = math.exp(loss) if loss < 709 else math.inf  # exp overflows a float past 709.78
+    print(f"loss {loss:.4f} nats/token, perplexity {perplexity:.2f} over {len(losses)} batches")
     return 0

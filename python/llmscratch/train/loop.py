@@ -73,6 +73,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr} min_lr={self.min_lr}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        for name in ("warmup", "weight_decay", "grad_clip", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got '{self.dtype}'")
         if self.on_nan not in ("stop", "skip"):
