@@ -64,6 +64,8 @@ class Tokenizer:
                 texts.append(item.decode("utf-8", "replace"))
             else:
                 raise TypeError(f"Tokenizer.train: expected str texts or Path files, got {type(item).__name__}")
+        if isinstance(special_tokens, str):  # one token, not its characters
+            special_tokens = [special_tokens]
         specials = list(dict.fromkeys(special_tokens))
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
             raise ValueError(f"Tokenizer.train: vocab_size must be an int >= 256 + number of special "
@@ -88,14 +90,14 @@ class Tokenizer:
         if allowed_special == "all":
             allowed = set(self.special_tokens)
         else:
-            allowed = set(allowed_special)
+            allowed = {allowed_special} if isinstance(allowed_special, str) else set(allowed_special)
             unknown = allowed - set(self.special_tokens)
             if unknown:
                 raise ValueError(f"encode: {sorted(unknown)} are not special tokens of this tokenizer")
         if disallowed_special == "all":
             disallowed = set(self.special_tokens) - allowed
         else:
-            disallowed = set(disallowed_special)
+            disallowed = {disallowed_special} if isinstance(disallowed_special, str) else set(disallowed_special)
         for s in disallowed:
             if s in text:
                 raise ValueError(f"encode: the text contains the special token {s!r}; pass "

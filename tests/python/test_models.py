@@ -373,6 +373,9 @@ def test_toml_loading(tmp_path):
     config = M.load_config(path)
     assert (config.n_layer, config.n_embd, config.intermediate_size) == (3, 64, 256)
     assert isinstance(M.build_model(str(path)), M.Transformer)
+    path.write_text('n_layr = 8\n[model]\npreset = "tiny"\nn_layer = 2\n')  # a key above [model]
+    with pytest.raises(ValueError, match="n_layr outside the \\[model\\] table"):
+        M.load_config(path)
     path.write_text('n_layers = 3\n')
     with pytest.raises(ValueError, match=r"unknown model config keys \['n_layers'\]"):
         M.load_config(path)
@@ -514,9 +517,22 @@ def test_sample_next_rules():
     draws = np.stack([M.sample_next(logits) for _ in range(400)])
     assert set(draws[:, 0]) == {0, 1, 2, 3} and abs((draws[:, 0] == 3).mean() - 0.4) < 0.1
     for bad, message in ((dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"),
-                         (dict(top_p=0.0), "top_p")):
+                         (dict(top_p=0.0), "top_p"), (dict(temperature=float("nan")), "temperature"),
+                         (dict(temperature=0, top_k=True), "top_k"), (dict(top_p=True), "top_p"),
+                         (dict(uniform=np.array([0.5, 1.0])), "uniform"),
+                         (dict(uniform=np.array([0.5])), "uniform")):
         with pytest.raises(ValueError, match=message):
             M.sample_next(logits, **bad)
+
+
+def test_generate_checks_its_prompt_and_settings():
+    model = M.Transformer(CONFIGS["gpt2"])
+    for bad in ([1, 2, 3], np.zeros((2, 0), np.int64), np.array([[1.5, 2.7]])):
+        with pytest.raises(ValueError, match="integer ids with T0 >= 1"):
+            model.generate(bad, 2)
+    assert to_np(model.generate([[1, 2]], 2, temperature=0)).shape == (1, 4)  # nested lists work
+    with pytest.raises(ValueError, match="temperature"):  # checked even when nothing is sampled
+        model.generate(np.array([[1, 2]]), 0, temperature=-1)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_qknorm_softcap_linear_rope"])

@@ -118,6 +118,11 @@ def test_specials(tok):
     assert eot not in plain and tok.decode(plain) == "x <|endoftext|>"
     with pytest.raises(ValueError, match="not special tokens"):
         tok.encode("x", allowed_special={"<|nope|>"})
+    # one token as a plain string is that token, not its characters
+    assert tok.encode("a<|pad|>", allowed_special="<|pad|>")[-1] == pad
+    with pytest.raises(ValueError, match="not special tokens"):
+        tok.encode("x", allowed_special="<|nope|>")
+    assert Tokenizer.train(["abc abc"], 258, special_tokens="<|x|>").special_tokens == {"<|x|>": 257}
 
 
 def test_round_trip_random_unicode(tok):

@@ -1,5 +1,7 @@
 """Decoder-only Transformer models: configuration (presets, TOML), the model, and Hugging Face
 folder import/export."""
+import os
+
 from .config import PRESETS, ModelConfig, config_from_dict, get_preset, load_config
 from .transformer import KVCache, Transformer
 from .hf import from_pretrained, save_pretrained
@@ -13,5 +15,8 @@ __all__ = ["ModelConfig", "PRESETS", "get_preset", "load_config", "config_from_d
 def build_model(config, dtype=None, device=None) -> Transformer:
     """A freshly initialised Transformer from a ModelConfig, a preset name or a TOML path."""
     if isinstance(config, str):
-        config = get_preset(config) if config in PRESETS else load_config(config)
+        if config.endswith(".toml") or os.path.exists(config):
+            config = load_config(config)
+        else:
+            config = get_preset(config)  # an unknown name's error lists the presets
     return Transformer(config, dtype=dtype, device=device)

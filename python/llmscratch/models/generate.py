@@ -16,32 +16,44 @@ from ..autograd import no_grad
 __all__ = ["generate", "sample_next"]
 
 
+def _check_sampling(where: str, temperature, top_k, top_p):
+    """temperature >= 0 and finite (0: greedy), top_k a positive integer, top_p in (0, 1]; bools
+    are not numbers here."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+            not 0 <= temperature < float("inf"):
+        raise ValueError(f"{where}: temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k <= 0):
+        raise ValueError(f"{where}: top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or
+                              not 0 < top_p <= 1):
+        raise ValueError(f"{where}: top_p must be in (0, 1], got {top_p!r}")
+
+
 def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, uniform: np.ndarray | None = None) -> np.ndarray:
     """Next ids (B,) from last-position logits (B, V). temperature 0 is greedy (argmax; ties to
     the lowest id). top_k keeps the k largest logits, top_p the smallest set of most likely ids
-    whose probability reaches p. uniform: (B,) numbers in [0, 1) (drawn from llmscratch.rand when
-    None)."""
+    whose probability reaches p; a top_k of V or more keeps every id. uniform: (B,) numbers in
+    [0, 1) (drawn from llmscratch.rand when None)."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise ValueError(f"sample_next: logits must be (B, V), got shape {z.shape}")
-    if not isinstance(temperature, numbers.Real) or temperature < 0:
-        raise ValueError(f"sample_next: temperature must be >= 0, got {temperature!r}")
+    _check_sampling("sample_next", temperature, top_k, top_p)
+    B, V = z.shape
+    if uniform is not None:
+        uniform = np.asarray(uniform, dtype=np.float64)
+        if uniform.shape != (B,) or not ((uniform >= 0) & (uniform < 1)).all():
+            raise ValueError(f"sample_next: uniform must be {B} numbers in [0, 1)")
     if temperature == 0:
         return z.argmax(axis=1)
     z = z / float(temperature)
-    B, V = z.shape
     if top_k is not None:
-        if not isinstance(top_k, numbers.Integral) or top_k <= 0:
-            raise ValueError(f"sample_next: top_k must be a positive integer, got {top_k!r}")
         if top_k < V:
             kth = np.sort(z, axis=1)[:, V - top_k][:, None]
             z = np.where(z >= kth, z, -np.inf)
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     if top_p is not None:
-        if not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
-            raise ValueError(f"sample_next: top_p must be in (0, 1], got {top_p!r}")
         order = np.argsort(-p, axis=1, kind="stable")
         sorted_p = np.take_along_axis(p, order, axis=1)
         before = np.cumsum(sorted_p, axis=1) - sorted_p      # mass of the more likely ids
@@ -54,7 +66,7 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
         uniform = np.asarray(ls.rand(B, dtype=ls.float64))
     cdf = np.cumsum(p, axis=1)
     # the first id whose cdf exceeds u: it has p > 0, and u < cdf[-1] keeps it in range
-    u = np.asarray(uniform, dtype=np.float64).reshape(B, 1) * cdf[:, -1:]
+    u = uniform.reshape(B, 1) * cdf[:, -1:]
     return (cdf <= u).sum(axis=1)
 
 
@@ -62,15 +74,22 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
              top_p: float | None = None, use_cache: bool = True):
     """ids (B, T0) int -> (B, T0 + max_new_tokens) int64, the prompt followed by sampled ids.
     T0 + max_new_tokens must fit in the model's block_size."""
-    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be a non-negative integer, got "
                          f"{max_new_tokens!r}")
+    _check_sampling("generate", temperature, top_k, top_p)
+    if isinstance(ids, ls.Tensor):
+        ids = ids.cpu().numpy()
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.shape[1] == 0 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"generate: ids must be a (B, T0) array of integer ids with T0 >= 1, got "
+                         f"shape {ids.shape} of {ids.dtype}")
     B, T0 = ids.shape
     total = T0 + max_new_tokens
     if total > model.config.block_size:
         raise ValueError(f"generate: prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"block_size {model.config.block_size}")
-    tokens = np.asarray(ids).astype(np.int64)
+    tokens = ids.astype(np.int64)
     if max_new_tokens == 0:
         return ls.tensor(tokens)
     device = model.wte.weight.device

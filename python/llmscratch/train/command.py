@@ -287,7 +287,8 @@ def sample_command(args) -> int:
         raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     model, tok, cfg, _ = _load_run(args.ckpt, args.device)
     ls.manual_seed(args.seed)
-    prompt = tok.encode(args.prompt) or [tok.eot_token or 0]
+    # a special token written in the prompt (<|endoftext|>) is meant as that token
+    prompt = tok.encode(args.prompt, allowed_special="all") or [tok.eot_token or 0]
     ids = np.array([prompt] * args.num_samples, dtype=np.int64)
     out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     for row in out:
