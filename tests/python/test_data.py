@@ -219,6 +219,15 @@ def test_tokenize_cli(tmp_path, capsys):
     assert toks[0] == tok.eot_token
     docs = [d.read() for d in split_documents(str(src), "val", 0.2)]
     assert tok.decode(toks) == "".join("<|endoftext|>" + d for d in docs)
+    # encoding again to the same prefix in bigger shards replaces the whole set: no shard of the
+    # first encode is left for a glob to pick up
+    assert main(["tokenize", "encode", "--source", str(src), "--tokenizer", str(out),
+                 "--out", str(tmp_path / "sh" / "src"), "--val-fraction", "0.2", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["src_train_000000.bin", "src_val_000000.bin"]
+    np.testing.assert_array_equal(read_shard(tmp_path / "sh" / "src_val_000000.bin"), toks)
     assert main(["tokenize", "encode", "--source", str(tmp_path / "none"), "--tokenizer", str(out),
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "error" in capsys.readouterr().err
+    assert main(["tokenize", "train", "--source", str(src), "--vocab-size", "300", "--out", str(out),
+                 "--threads", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "--threads must be 0" in err

@@ -75,10 +75,12 @@ def test_loss_goes_down(tmp_path):
     assert os.path.exists(tmp_path / "log.jsonl")
 
 
-def test_resume_gives_bit_identical_losses(tmp_path):
-    full = run(tmp_path / "full", 8)
-    run(tmp_path / "split", 8, stop_at=5)  # stopped after step 5, as an interrupt would (it checkpoints)
-    resumed = run(tmp_path / "split", 8, resume_from=True)
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_resume_gives_bit_identical_losses(tmp_path, grad_accum):
+    full = run(tmp_path / "full", 8, grad_accum=grad_accum)
+    # stopped after step 5, as an interrupt would (it checkpoints)
+    run(tmp_path / "split", 8, stop_at=5, grad_accum=grad_accum)
+    resumed = run(tmp_path / "split", 8, resume_from=True, grad_accum=grad_accum)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
     w_full = full.model.head.weight.numpy()
     assert np.array_equal(resumed.model.head.weight.numpy(), w_full)

@@ -10,6 +10,7 @@ document is preceded by the end-of-text token, as llm.c's scripts do.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -49,6 +50,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
     if args.threads:
         import llmscratch_core
         llmscratch_core.set_num_threads(args.threads)
@@ -66,7 +69,8 @@ def train(args) -> int:
               file=sys.stderr)
     tok = Tokenizer.train(items, args.vocab_size, pattern=args.pattern, special_tokens=specials)
     ranks, meta = tok.save(args.out)
-    print(f"wrote {ranks} and {meta} ({tok.n_vocab} ids) in {time.time() - t0:.1f} s")
+    if not args.quiet:
+        print(f"wrote {ranks} and {meta} ({tok.n_vocab} ids) in {time.time() - t0:.1f} s")
     return 0
 
 
@@ -78,6 +82,10 @@ def encode(args) -> int:
         raise ValueError(f"--shard-size must be positive, got {args.shard_size}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     token_bytes = 2 if tok.n_vocab <= 65536 else 4
+    # A split's shards are written under a temporary prefix and take their names only once all
+    # are written, replacing every shard of an earlier encode to the same prefix (which may have
+    # had more): a reader's glob never mixes two encodes.
+    staging = f"{args.out}.tmp-{os.getpid()}"
     for split in ("val", "train"):
         docs = split_documents(args.source, split, args.val_fraction)
         bar = Progress(len(docs), f"encode {split:5s}", not args.quiet)
@@ -86,7 +94,7 @@ def encode(args) -> int:
 
         def flush():
             nonlocal fill, index
-            path = f"{args.out}_{split}_{index:06d}.bin"
+            path = f"{staging}_{split}_{index:06d}.bin"
             write_shard(path, buf[:fill], token_bytes)
             written.append(path)
             fill, index = 0, index + 1
@@ -108,6 +116,11 @@ def encode(args) -> int:
         if fill or not written:
             flush()
         bar.close()
-        print(f"{split}: {len(docs)} documents, {total} tokens in {len(written)} shard(s) "
-              f"{os.path.basename(written[0])}..")
+        for old in glob.glob(f"{glob.escape(args.out)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
+            os.remove(old)
+        for i, path in enumerate(written):
+            os.replace(path, f"{args.out}_{split}_{i:06d}.bin")
+        if not args.quiet:
+            print(f"{split}: {len(docs)} documents, {total} tokens in {len(written)} shard(s) "
+                  f"{os.path.basename(args.out)}_{split}_000000.bin..")
     return 0
