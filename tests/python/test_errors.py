@@ -60,3 +60,17 @@ def test_unknown_backend_and_op():
         core.call("nope", [ls.ones(1)], {})
     with pytest.raises(TypeError, match="argument 'dims'"):
         core.call("sum", [ls.ones(1)], {"dims": "x"})
+
+
+def test_layer_and_attention_arguments_are_checked_when_given():
+    import llmscratch.functional as F
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'fast'"):
+        ls.nn.GELU("fast")
+    for p in ("0.1", True, 1.5):
+        with pytest.raises(ValueError, match="p must be a number in"):
+            ls.nn.Dropout(p)
+    q = ls.tensor(randn(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        F.scaled_dot_product_attention(q, q, q, scale=float("nan"))
+    with pytest.raises(ValueError, match="manual_seed"):
+        ls.manual_seed(2**64)

@@ -1,6 +1,7 @@
 """Scaled dot-product attention with causal/user masks and grouped kv heads (op "attention",
 cpp/ops/attention.cpp). The op also returns the log-sum-exp of each score row, which its
 FlashAttention-style backward uses to recompute the probabilities."""
+import math
 import numbers
 
 import llmscratch_core as _core
@@ -30,6 +31,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
     if scale is not None:
         if not isinstance(scale, numbers.Real):
             raise TypeError(f"scaled_dot_product_attention: scale must be a number, got {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scaled_dot_product_attention: scale must be finite, got {scale!r}")
         attrs["scale"] = float(scale)
     out, lse = _core.call("attention", [q, k, v, attn_mask], attrs)
     return (out, lse) if return_lse else out

@@ -1,6 +1,8 @@
 """The standard layers. Linear, Embedding, LayerNorm and RMSNorm are backed by the C++ layers
 (cpp/layers/), which own the parameter tensors; the module registers the same tensors as its
 Parameters, so optimizers, state_dict and the C++ forward all see one set of weights."""
+import numbers
+
 import llmscratch_core as _core
 
 from .. import functional as F
@@ -81,8 +83,8 @@ class RMSNorm(_CppLayer):
 class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a number in [0, 1], got {p!r}")
         self.p = p
 
     def forward(self, x):
@@ -95,6 +97,8 @@ class Dropout(Module):
 class GELU(Module):
     def __init__(self, approximate="none"):
         super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
     def forward(self, x):
