@@ -1,6 +1,7 @@
 """The llmscratch command end to end on a small budget: train (tokenizer and shards built and
 cached on first use), resume, sample, eval, and one-line errors."""
 import json
+import os
 
 import pytest
 
@@ -43,10 +44,27 @@ def test_train_resume_sample_eval(tmp_path, corpus, capsys):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 9))
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 8
+    # another model, or the same data named by another path
+    assert train(tmp_path, corpus, "--steps", "8", "--resume", "--preset", "moe-tiny") == 2
+    assert "model.n_experts: 0 -> " in capsys.readouterr().err
+    rel = os.path.relpath(corpus)
+    assert main(["train", "--data", rel, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
+                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                 "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", "--steps", "9", "--resume"]) == 0
     assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--max-new-tokens", "10"]) == 0
+    assert main(["sample", "--ckpt", str(run), "--prompt", "<|endoftext|>", "--max-new-tokens", "4",
+                 "--top-k", "0"]) == 0
     assert main(["eval", "--ckpt", str(run), "--batches", "2"]) == 0
     out = capsys.readouterr().out
     assert "def " in out and "perplexity" in out
+    # a run from a GPU machine samples here on the CPU; a damaged config.json is named
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda:3"}))
+    assert main(["sample", "--ckpt", str(run), "--max-new-tokens", "2"]) == 0
+    assert "device cuda:3 is not available here; using the CPU" in capsys.readouterr().err
+    (run / "config.json").write_text("{")
+    assert main(["sample", "--ckpt", str(run)]) == 2
+    assert "config.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_one_text_file_and_no_validation(tmp_path, corpus, capsys):

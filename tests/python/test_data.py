@@ -102,6 +102,17 @@ def test_a_source_too_small_for_the_document_split_is_split_within_its_documents
     assert split_documents(src, "val", 0.0) == [] and split_documents(src, "train", 0.0)[0].read() == text
 
 
+def test_a_few_documents_keep_whole_documents_in_both_splits(tmp_path):
+    # Five documents at 1%: the hash puts none in validation, so the one of lowest hash is.
+    for i in range(5):
+        (tmp_path / f"d{i}.txt").write_text(f"document {i}\n" * 10)
+    train = split_documents(str(tmp_path), "train", 0.01)
+    val = split_documents(str(tmp_path), "val", 0.01)
+    assert len(train) == 4 and len(val) == 1
+    assert sorted(d.id for d in train + val) == [f"d{i}.txt" for i in range(5)]
+    assert all(d.read() == (tmp_path / d.id).read_text() for d in train + val)  # whole
+
+
 def test_file_dir_glob_jsonl_sources(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("alpha")

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -118,9 +119,12 @@ def test_resume_falls_back_when_latest_names_a_missing_folder(tmp_path):
 
 def test_resume_rewinds_the_log(tmp_path):
     # A run that logged steps 1..8 but whose last checkpoint is step 4 (ckpt_every 4, the
-    # step-8 checkpoint lost) resumes at 4: the log keeps steps 1..4, then 5..8 once each.
+    # step-8 checkpoint lost) resumes at 4: the log keeps steps 1..4, then 5..8 once each. A
+    # line cut short by the lost machine is dropped too.
     run(tmp_path, 8, ckpt_every=4)
     shutil.rmtree(tmp_path / "checkpoints" / "step_0000008")
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 9, "lo\0\0')
     t = run(tmp_path, 8, resume_from=True, ckpt_every=4)
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert t.step == 8 and steps == list(range(1, 9))
@@ -149,10 +153,33 @@ def test_resaving_a_step_and_dead_writers_temporaries(tmp_path):
     dead.wait()  # its pid names a process that no longer runs
     (root / f".step_0000009.tmp-{dead.pid}").mkdir()
     (root / f"latest.tmp-{dead.pid}").write_text("step_0000009")
+    (root / f"notes.old-{dead.pid}").mkdir()  # not a checkpoint temporary: left alone
     t.save()  # step 2 again: replaced whole
-    assert sorted(os.listdir(root)) == ["latest", "step_0000002"]
+    assert sorted(os.listdir(root)) == ["latest", f"notes.old-{dead.pid}", "step_0000002"]
     assert latest_checkpoint(str(root)).endswith("step_0000002")
-    assert run(tmp_path, 2, resume_from=True).step == 2
+    # A writer lost between re-saving's two renames left step 2 only as its .old copy: resume
+    # finds it there, and the next save puts it back under its name.
+    os.rename(root / "step_0000002", root / f".step_0000002.old-{dead.pid}")
+    assert latest_checkpoint(str(root)).endswith(f".step_0000002.old-{dead.pid}")
+    t2 = run(tmp_path, 4, resume_from=True)
+    assert t2.step == 4 and {"step_0000002", "step_0000004"} <= set(os.listdir(root))
+
+
+def test_an_interrupt_after_a_saved_step_does_not_save_it_again(tmp_path):
+    source = make_source()
+
+    def interrupting(index):
+        if index == 1:  # during step 2, which checkpoints (ckpt_every 2)
+            os.kill(os.getpid(), signal.SIGINT)
+        return source(index)
+
+    ls.manual_seed(0)
+    messages = []
+    cfg = TrainConfig(steps=8, batch_size=4, seq_len=8, eval_every=2, eval_batches=1, ckpt_every=2,
+                      out=str(tmp_path))
+    t = Trainer(BigramLM(), cfg, interrupting, log=messages.append)
+    t.fit()
+    assert t.step == 2 and "interrupted at step 2, whose checkpoint is saved" in messages
 
 
 def test_non_finite_loss_stops_or_skips(tmp_path):
@@ -173,8 +200,11 @@ def test_non_finite_loss_stops_or_skips(tmp_path):
     t.cfg.on_nan = "skip"
     messages = []
     t.log = messages.append
+    discarded = []
+    model.moe_discard_load = lambda: discarded.append(t.step)  # as a MoE model has
     t.fit()
     assert t.step == 6 and any("skipped" in m for m in messages)
+    assert discarded == [4, 5]  # each skipped step's expert loads were dropped
 
 
 def test_bad_config_values():

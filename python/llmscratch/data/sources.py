@@ -14,10 +14,11 @@ Documents are identified by their path relative to the source root (``path#line`
 lines). The split is a pure function of that id: a document is in validation when the first 8
 hex digits of sha1(id), read as a number, modulo 10000, fall below ``val_fraction * 10000``. A
 document (a whole file for file sources) is therefore in exactly one split, on every machine,
-whatever the order in which files are found. A source with too few documents for both splits
-to get one (a single text file, a folder of three) is split within its documents instead: each
-one's last ``val_fraction`` of characters, from the start of a line where one begins inside it,
-is validation and the rest training.
+whatever the order in which files are found. Where that leaves one split empty (a source of few
+documents), validation is the ``round(n * val_fraction)`` documents (at least one, at most n - 1)
+of lowest hash instead; and a source of a single document (one text file) is split within it:
+its last ``val_fraction`` of characters, from the start of a line where one begins inside it, is
+validation and the rest training.
 """
 from __future__ import annotations
 
@@ -49,9 +50,12 @@ class Document:
             return f.read().decode("utf-8", errors="replace")
 
 
+def _hash(doc_id: str) -> int:
+    return int(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
+
+
 def in_validation(doc_id: str, val_fraction: float) -> bool:
-    h = int(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
-    return (h % 10000) < round(val_fraction * 10000)
+    return (_hash(doc_id) % 10000) < round(val_fraction * 10000)
 
 
 def stdlib_files() -> list[tuple[str, str]]:
@@ -139,7 +143,10 @@ def split_documents(source: str, split: str = "all", val_fraction: float = 0.01)
     want_val = split == "val"
     val_ids = {d.id for d in docs if in_validation(d.id, val_fraction)}
     if val_fraction > 0 and len(val_ids) in (0, len(docs)):  # one split would be empty
-        return [part for d in docs for part in _held_out_tail(d, val_fraction, want_val)]
+        if len(docs) == 1:
+            return _held_out_tail(docs[0], val_fraction, want_val)
+        k = min(max(1, round(len(docs) * val_fraction)), len(docs) - 1)
+        val_ids = {d.id for d in sorted(docs, key=lambda d: (_hash(d.id) % 10000, d.id))[:k]}
     return [d for d in docs if (d.id in val_ids) == want_val]
 
 

@@ -33,9 +33,10 @@ def add_parser(subparsers) -> None:
     common.add_argument("--source", required=True,
                         help="'stdlib', a text file, a directory, a glob, or file.jsonl[:field]")
     common.add_argument("--val-fraction", type=float, default=0.01,
-                        help="share of documents in the validation split (by path hash)")
+                        help="share of the source in the validation split: documents by path hash, "
+                             "see llmscratch.data.sources for sources of few documents")
     common.add_argument("--threads", type=int, default=0, help="threads (0: all)")
-    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     t = sub.add_parser("train", parents=[common], help="train a tokenizer on the train split")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--pattern", choices=["gpt2", "cl100k", "cl100k_original"], default="cl100k")
@@ -74,53 +75,68 @@ def train(args) -> int:
     return 0
 
 
+def _encode_split(args, tok, split: str, prefix: str, token_bytes: int) -> list:
+    """The split's documents, each after an end-of-text token, into shards PREFIX_NNNNNN.bin of
+    args.shard_size tokens; returns their paths."""
+    eot = tok.eot_token
+    docs = split_documents(args.source, split, args.val_fraction)
+    bar = Progress(len(docs), f"encode {split:5s}", not args.quiet)
+    buf, fill, total = np.empty(args.shard_size, dtype=np.uint32), 0, 0
+    written = []
+
+    def flush():
+        nonlocal fill
+        path = f"{prefix}_{len(written):06d}.bin"
+        write_shard(path, buf[:fill], token_bytes)
+        written.append(path)
+        fill = 0
+
+    for start in range(0, len(docs), 64):
+        group = docs[start:start + 64]
+        texts = [d.read() for d in group]
+        for ids in tok.encode_batch(texts, disallowed_special=()):
+            ids = np.asarray(([eot] if eot is not None else []) + ids, dtype=np.uint32)
+            total += len(ids)
+            while len(ids):
+                take = min(len(ids), args.shard_size - fill)
+                buf[fill:fill + take] = ids[:take]
+                fill += take
+                ids = ids[take:]
+                if fill == args.shard_size:
+                    flush()
+        bar.update(len(group), sum(len(t.encode("utf-8", "replace")) for t in texts))
+    if fill or not written:
+        flush()
+    bar.close()
+    if not args.quiet:
+        print(f"{split}: {len(docs)} documents, {total} tokens in {len(written)} shard(s) "
+              f"{os.path.basename(args.out)}_{split}_000000.bin..")
+    return written
+
+
 def encode(args) -> int:
     from ..tokenizer import Tokenizer
     tok = Tokenizer.load(args.tokenizer)
-    eot = tok.eot_token
     if args.shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {args.shard_size}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     token_bytes = 2 if tok.n_vocab <= 65536 else 4
-    # A split's shards are written under a temporary prefix and take their names only once all
-    # are written, replacing every shard of an earlier encode to the same prefix (which may have
-    # had more): a reader's glob never mixes two encodes.
+    # Both splits are written under a temporary prefix and take their names only once both are
+    # complete, replacing every shard of an earlier encode to the same prefix (which may have had
+    # more): a reader's glob never mixes two encodes, and an interrupted encode leaves the earlier
+    # shards as they were (its staged shards are removed).
     staging = f"{args.out}.tmp-{os.getpid()}"
-    for split in ("val", "train"):
-        docs = split_documents(args.source, split, args.val_fraction)
-        bar = Progress(len(docs), f"encode {split:5s}", not args.quiet)
-        buf, fill, index, total = np.empty(args.shard_size, dtype=np.uint32), 0, 0, 0
-        written = []
-
-        def flush():
-            nonlocal fill, index
-            path = f"{staging}_{split}_{index:06d}.bin"
-            write_shard(path, buf[:fill], token_bytes)
-            written.append(path)
-            fill, index = 0, index + 1
-
-        for start in range(0, len(docs), 64):
-            group = docs[start:start + 64]
-            texts = [d.read() for d in group]
-            for ids in tok.encode_batch(texts, disallowed_special=()):
-                ids = np.asarray(([eot] if eot is not None else []) + ids, dtype=np.uint32)
-                total += len(ids)
-                while len(ids):
-                    take = min(len(ids), args.shard_size - fill)
-                    buf[fill:fill + take] = ids[:take]
-                    fill += take
-                    ids = ids[take:]
-                    if fill == args.shard_size:
-                        flush()
-            bar.update(len(group), sum(len(t.encode("utf-8", "replace")) for t in texts))
-        if fill or not written:
-            flush()
-        bar.close()
-        for old in glob.glob(f"{glob.escape(args.out)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
-            os.remove(old)
-        for i, path in enumerate(written):
-            os.replace(path, f"{args.out}_{split}_{i:06d}.bin")
-        if not args.quiet:
-            print(f"{split}: {len(docs)} documents, {total} tokens in {len(written)} shard(s) "
-                  f"{os.path.basename(args.out)}_{split}_000000.bin..")
+    written = {}
+    try:
+        for split in ("val", "train"):
+            written[split] = _encode_split(args, tok, split, f"{staging}_{split}", token_bytes)
+        for split, paths in written.items():
+            for i, path in enumerate(paths):
+                os.replace(path, f"{args.out}_{split}_{i:06d}.bin")
+            for old in glob.glob(f"{glob.escape(args.out)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
+                if int(old[-10:-4]) >= len(paths):
+                    os.remove(old)
+    finally:
+        for path in glob.glob(f"{glob.escape(staging)}_*.bin"):
+            os.remove(path)
     return 0

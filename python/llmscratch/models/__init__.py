@@ -15,7 +15,7 @@ __all__ = ["ModelConfig", "PRESETS", "get_preset", "load_config", "config_from_d
 def build_model(config, dtype=None, device=None) -> Transformer:
     """A freshly initialised Transformer from a ModelConfig, a preset name or a TOML path."""
     if isinstance(config, str):
-        if config.endswith(".toml") or os.path.exists(config):
+        if config not in PRESETS and (config.endswith(".toml") or os.path.isfile(config)):
             config = load_config(config)
         else:
             config = get_preset(config)  # an unknown name's error lists the presets

@@ -298,7 +298,8 @@ def load_config(path) -> ModelConfig:
     if "model" in data:
         if not isinstance(data["model"], dict):
             raise ValueError(f"{path}: 'model' must be a table")
-        loose = [k for k, v in data.items() if k != "model" and not isinstance(v, dict)]
+        loose = [k for k, v in data.items() if k != "model" and not isinstance(v, dict) and
+                 not (isinstance(v, list) and v and all(isinstance(e, dict) for e in v))]  # [[tables]]
         if loose:  # a key written above [model] would be dropped without a word
             raise ValueError(f"{path}: {', '.join(sorted(loose))} outside the [model] table")
         data = data["model"]

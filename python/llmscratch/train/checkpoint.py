@@ -11,6 +11,7 @@ Re-saving a step moves the old folder aside before the new one takes its name, s
 the next save."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -61,19 +62,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_temporaries(root: str):
-    """Remove what a writer that died left under root: `.step_N.tmp-PID` and `.step_N.old-PID`
-    folders and `latest.tmp-PID` files of processes that no longer run."""
-    for entry in os.listdir(root):
-        stem, sep, pid = entry.rpartition("-")
-        if not sep or not pid.isdigit() or not (stem.endswith(".tmp") or stem.endswith(".old")):
+_TEMPORARY = re.compile(r"^(?:\.(step_\d+)\.(tmp|old)|latest\.tmp)-(\d+)$")
+
+
+def _clean_temporaries(root: str):
+    """Before a save: tidy what an earlier writer left under root. Its `.step_N.tmp-PID` and
+    `.step_N.old-PID` folders and `latest.tmp-PID` files are removed when that process no longer
+    runs, or is this one (a process of the same PID before it: no save of this one is under way);
+    but the `.old` folder of a step whose `step_N` is gone (a writer lost between its two renames;
+    `.old` was a whole checkpoint, a `.tmp` may be partial) is renamed back to `step_N`."""
+    for entry in sorted(os.listdir(root)):
+        m = _TEMPORARY.match(entry)
+        if m is None or (int(m[3]) != os.getpid() and _alive(int(m[3]))):
             continue
-        if int(pid) != os.getpid() and not _alive(int(pid)):
-            path = os.path.join(root, entry)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
+        path = os.path.join(root, entry)
+        if m[2] == "old" and not os.path.exists(os.path.join(root, m[1])) and _complete(path):
+            os.rename(path, os.path.join(root, m[1]))
+        elif os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
 
 
 def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
@@ -81,7 +89,7 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
     """Write checkpoint `step` under root; delete older ones beyond the last `keep_last`,
     except those named in `keep` (e.g. the best by validation loss). Returns its folder."""
     os.makedirs(root, exist_ok=True)
-    _remove_dead_temporaries(root)
+    _clean_temporaries(root)
     name = f"step_{step:07d}"
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".{name}.tmp-{os.getpid()}")
@@ -125,7 +133,8 @@ def _complete(folder: str) -> bool:
 
 def latest_checkpoint(root: str):
     """The newest checkpoint folder under root: the one `latest` names, or, should that be gone
-    (a machine lost between two renames), the highest `step_*` folder; None if there is none."""
+    (a machine lost between two renames), the highest `step_*` folder, or the whole `.old` copy of
+    a re-saved step whose new folder did not arrive; None if there is none."""
     if not os.path.isdir(root):
         return None
     path = os.path.join(root, "latest")
@@ -134,8 +143,13 @@ def latest_checkpoint(root: str):
             folder = os.path.join(root, f.read().strip())
         if _complete(folder):
             return folder
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and _complete(os.path.join(root, d)))
-    return os.path.join(root, steps[-1]) if steps else None
+    candidates = {}
+    for entry in os.listdir(root):
+        m = _TEMPORARY.match(entry)
+        step = entry if entry.startswith("step_") else m[1] if m and m[2] == "old" else None
+        if step and _complete(os.path.join(root, entry)) and (step not in candidates or entry == step):
+            candidates[step] = entry
+    return os.path.join(root, candidates[max(candidates)]) if candidates else None
 
 
 _TRAINER_KEYS = ("step", "optimizer_groups", "optimizer_scalars")

@@ -107,7 +107,7 @@ def add_parsers(sub):
     s.add_argument("--prompt", default=DEFAULT_PROMPT)
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-k", type=int, default=50, help="sample among the k most likely ids (0: all)")
     s.add_argument("--top-p", type=float)
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
@@ -138,23 +138,54 @@ def _check_device(device: str) -> str:
     return str(dev)
 
 
-def _check_resume(run_dir: Path, run_config: dict):
-    """Before anything of the run is rewritten: the settings of `--resume` against those the run
-    was started with (its config.json), all differences in one error."""
-    from .loop import RESUME_MUST_MATCH, resume_conflicts
+def _source_key(data: str) -> str:
+    """A data source as the cache and a resume compare it: 'stdlib', or an absolute path."""
+    return data if data == "stdlib" else os.path.abspath(data)
+
+
+def _read_run_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
-    if not path.exists():
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def _check_resume(run_dir: Path, run_config: dict):
+    """Before anything of the run is rewritten or prepared: the run and its latest checkpoint
+    exist and are readable, and the settings of `--resume` match those the run was started with
+    (its config.json, the checkpoint's trainer state); all differences in one error."""
+    from .checkpoint import latest_checkpoint, read_trainer_state
+    from .loop import RESUME_MUST_MATCH, model_conflicts, resume_conflicts
+    if not (run_dir / "config.json").exists():
         raise ValueError(f"--resume: {run_dir} has no config.json, so it holds no run to continue")
-    saved = json.loads(path.read_text())
-    conflicts = resume_conflicts(saved, run_config, ("data", "vocab_size", "val_fraction"))
-    conflicts += resume_conflicts(saved.get("train", {}), run_config["train"], RESUME_MUST_MATCH)
-    model = {k: v for k, v in saved.get("model", {}).items() if k != "vocab_size"}
-    if model and model != {k: v for k, v in json.loads(json.dumps(run_config["model"])).items()
-                           if k != "vocab_size"}:
-        conflicts.append("the model config (--preset / --config)")
+    saved = _read_run_config(run_dir)
+    folder = latest_checkpoint(str(run_dir / "checkpoints"))
+    if folder is None:
+        raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from (start the run "
+                         f"again under another --name, or remove the folder)")
+    meta = read_trainer_state(folder)
+    conflicts = resume_conflicts({**saved, "data": _source_key(saved.get("data", ""))}, run_config,
+                                 ("data", "vocab_size", "val_fraction"))
+    conflicts += resume_conflicts(meta.get("config", saved.get("train", {})), run_config["train"],
+                                  RESUME_MUST_MATCH)
+    if saved.get("model"):
+        conflicts += model_conflicts(saved["model"], run_config["model"])
     if conflicts:
+        hint = " (a run trained in float32 resumes on a GPU with --dtype float32)" \
+            if any(c.startswith("dtype:") for c in conflicts) else ""
         raise ValueError(f"--resume: the settings differ from the run's in {run_dir} "
-                         f"({'; '.join(conflicts)})")
+                         f"({'; '.join(conflicts)}){hint}")
+
+
+def _check_resumed_tokenizer(run_dir: Path, tok_prefix: str):
+    """The data of a resumed run must be encoded with the run's own tokenizer (a rebuilt data
+    cache trains a new one, which may differ)."""
+    for suffix in (".tiktoken", ".json"):
+        if Path(tok_prefix + suffix).read_bytes() != (run_dir / ("tokenizer" + suffix)).read_bytes():
+            raise ValueError(f"--resume: the tokenizer of the prepared data ({tok_prefix}{suffix}) "
+                             f"differs from the run's ({run_dir / ('tokenizer' + suffix)}); the run "
+                             f"cannot continue on differently encoded data")
 
 
 def _train_dtype(dtype: str, device: str) -> str:
@@ -186,8 +217,8 @@ def train_command(args) -> int:
     if args.tokens_per_step is not None:
         micro = args.batch_size * args.seq_len
         if args.tokens_per_step <= 0 or micro <= 0 or args.tokens_per_step % micro:
-            raise ValueError(f"--tokens-per-step {args.tokens_per_step} is not a multiple of "
-                             f"batch_size * seq_len = {micro}")
+            raise ValueError(f"--tokens-per-step {args.tokens_per_step} must be a positive multiple "
+                             f"of batch_size * seq_len = {micro}")
         args.grad_accum = args.tokens_per_step // micro
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                       grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
@@ -196,13 +227,15 @@ def train_command(args) -> int:
                       on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
                       dtype=_train_dtype(args.dtype, device), out=str(run_dir))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": args.data,
+    run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": _source_key(args.data),
                   "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
                   "backend": args.backend}
     if args.resume:
         _check_resume(run_dir, run_config)
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
+    if args.resume:
+        _check_resumed_tokenizer(run_dir, tok_prefix)
     tok = Tokenizer.load(tok_prefix)
     model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
     run_config["model"] = model_cfg.to_dict()
@@ -231,9 +264,7 @@ def train_command(args) -> int:
     trainer = Trainer(model, cfg, train.batch, val.batch if val else None, run_config=run_config, log=say,
                       progress=not args.quiet and sys.stderr.isatty())
     if args.resume:
-        if not trainer.resume():
-            raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from (start the run "
-                             f"again under another --name, or remove the folder)")
+        trainer.resume()  # _check_resume found its checkpoint
         say(f"resumed at step {trainer.step}")
     trainer.fit()
     val_loss = trainer.evaluate()
@@ -268,14 +299,13 @@ def _load_run(ckpt: str, device: str | None = None):
         folder, run_dir = str(path), path.parent.parent
     if folder is None or not Path(folder, "trainer.json").exists():
         raise ValueError(f"{ckpt}: no checkpoint found (expected a run folder or a checkpoint folder)")
-    try:
-        run_config = json.loads((run_dir / "config.json").read_text())
-    except ValueError as e:
-        raise ValueError(f"{run_dir / 'config.json'} is not valid JSON ({e})") from None
+    run_config = _read_run_config(run_dir)
     if device is None:
         saved = run_config.get("device", "cpu")
         device = saved if saved == "cpu" or (_core.cuda_available() and
                                              _core.Device(saved).index < _core.cuda_device_count()) else "cpu"
+        if device != saved:
+            print(f"note: the run's device {saved} is not available here; using the CPU", file=sys.stderr)
     model = build_model(config_from_dict(run_config["model"]), device=_check_device(device))
     load_checkpoint(folder, model)
     return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, run_dir
@@ -290,7 +320,7 @@ def sample_command(args) -> int:
     # a special token written in the prompt (<|endoftext|>) is meant as that token
     prompt = tok.encode(args.prompt, allowed_special="all") or [tok.eot_token or 0]
     ids = np.array([prompt] * args.num_samples, dtype=np.int64)
-    out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p)
     for row in out:
         print(tok.decode(row.tolist()))
         print("-" * 40)
@@ -316,21 +346,22 @@ def eval_command(args) -> int:
         _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
     import llmscratch as ls
     B, T = train_cfg["batch_size"], train_cfg["seq_len"]
+    device = str(model.wte.weight.device)
     if val_glob is not None:
-        loader = DataLoader(val_glob, B, T, shuffle=False, prefetch=0)
+        loader = DataLoader(val_glob, B, T, shuffle=False, device=device, prefetch=0)
         batches = (loader.batch(i) for i in range(min(args.batches, max(1, loader.num_windows // B))))
     else:
         n = (len(ids) - 1) // T
         if n == 0:
             raise ValueError(f"{args.data}: fewer than {T + 1} tokens")
         windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)])
-        batches = (ls.tensor(windows[i:i + B]) for i in range(0, min(n, args.batches * B), B))
+        batches = (ls.tensor(windows[i:i + B], device=device) for i in range(0, min(n, args.batches * B), B))
     model.eval()
     losses = []
     with no_grad():
         for b in batches:
             losses.append(model(b[:, :-1], b[:, 1:])[1].item())
     loss = sum(losses) / len(losses)
-    perplexity = math.exp(loss) if loss < 709 else math.inf  # exp overflows a float past 709.78
+    perplexity = math.inf if loss > 709 else math.exp(loss)  # exp overflows a float past 709.78
     print(f"loss {loss:.4f} nats/token, perplexity {perplexity:.2f} over {len(losses)} batches")
     return 0

@@ -34,11 +34,24 @@ RESUME_MUST_MATCH = ("batch_size", "seq_len", "grad_accum", "seed", "dtype", "we
                      "beta2")
 
 
-def resume_conflicts(saved: dict, current: dict, names=RESUME_MUST_MATCH) -> list:
-    """'name: saved -> current' for each of `names` whose value differs between two settings
-    dicts (a name absent from `saved`, an older checkpoint's, is not compared)."""
-    return [f"{n}: {saved[n]!r} -> {current.get(n)!r}" for n in names
+def resume_conflicts(saved: dict, current: dict, names=RESUME_MUST_MATCH, prefix: str = "") -> list:
+    """'name: saved -> current' for each of `names` (default: every name of either dict) whose
+    value differs between two settings dicts; a name absent from `saved` (an older run's) is not
+    compared. Values are compared as JSON holds them (tuples as lists)."""
+    current = json.loads(json.dumps(current))
+    names = sorted(set(saved) | set(current)) if names is None else names
+    return [f"{prefix}{n}: {saved[n]!r} -> {current.get(n)!r}" for n in names
             if n in saved and saved[n] != current.get(n)]
+
+
+def model_conflicts(saved: dict, current: dict) -> list:
+    """resume_conflicts of two model configs, both completed with ModelConfig's defaults (a field
+    added since the saved run does not count as a change); vocab_size is not compared (the CLI
+    fixes it from the tokenizer)."""
+    from ..models import config_from_dict
+    full = config_from_dict(saved).to_dict()
+    return resume_conflicts(full, config_from_dict(current).to_dict(),
+                            [k for k in full if k != "vocab_size"], prefix="model.")
 
 
 @dataclasses.dataclass
@@ -58,7 +71,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 8
     ckpt_every: int = 200
-    keep_last: int = 2
+    keep_last: int = 2              # checkpoints kept besides the best (0 keeps all)
     seed: int = 1337
     on_nan: str = "stop"            # stop | skip (skip the step, keep going)
     recompute: bool = False         # recompute each block's activations in the backward
@@ -160,9 +173,8 @@ class Trainer:
             raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
         conflicts = resume_conflicts(meta["config"], dataclasses.asdict(self.cfg))
         saved_model = meta.get("run_config", {}).get("model")
-        if saved_model is not None and "model" in self.run_config and \
-                saved_model != json.loads(json.dumps(self.run_config["model"])):  # as JSON holds it
-            conflicts.append("the model config")
+        if saved_model is not None and "model" in self.run_config:
+            conflicts += model_conflicts(saved_model, self.run_config["model"])
         if conflicts:
             raise ValueError(f"cannot resume from {folder}: the run's settings changed ({'; '.join(conflicts)})")
         load_checkpoint(folder, self.model, self.optimizer)
@@ -180,10 +192,17 @@ class Trainer:
         path = os.path.join(self.cfg.out, "log.jsonl")
         if not os.path.exists(path):
             return
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
-        if len(kept) != len(lines):
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:  # a line cut short or padded (a lost machine) is dropped with the rest
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
             atomic_write_text(path, "".join(kept))
 
     # ---- one step ----
