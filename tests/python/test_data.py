@@ -177,12 +177,35 @@ def test_loader_resume_and_epochs(shards):
     assert np.array_equal(c.next_batch(), run[30])
     d = DataLoader(shards, 8, 16, seed=8, as_numpy=True)
     assert not np.array_equal(d.next_batch(), run[0])
-    # each epoch visits every window exactly once
+    # each epoch visits every window exactly once, also across an epoch boundary in a batch
     n = a.num_windows
-    seen = np.concatenate([a.windows(s) for s in range(n // 8)])
-    assert len(set(seen.tolist())) == len(seen)
+    one = DataLoader(shards, 1, 16, seed=7, prefetch=0, as_numpy=True)
+    for epoch in range(3):
+        seen = np.concatenate([one.windows(s) for s in range(epoch * n, (epoch + 1) * n)])
+        assert sorted(seen.tolist()) == list(range(n))
+    # a state resumes only a loader of the same layout; a loader's own state round-trips
+    assert b.state_dict()["step"] == 40
+    e = DataLoader(shards, 8, 16, seed=0, as_numpy=True, prefetch=0)
+    e.load_state_dict(a.state_dict())
+    assert (e.seed, e.step) == (7, 40)
+    with pytest.raises(ValueError, match="another loader \\(batch_size: 8 -> 4; world_size: 1 -> 2\\)"):
+        DataLoader(shards, 4, 16, world_size=2, as_numpy=True).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="step must be an int >= 0"):
+        e.load_state_dict({**a.state_dict(), "step": -1})
     for x in (a, b, c, d):
         x.close()
+
+
+def test_a_dropped_loader_stops_its_thread(shards):
+    import gc
+    import weakref
+    dl = DataLoader(shards, 2, 8, as_numpy=True)
+    dl.next_batch()
+    thread, ref = dl._thread, weakref.ref(dl)
+    del dl
+    gc.collect()
+    thread.join(timeout=5)
+    assert ref() is None and not thread.is_alive()
 
 
 def test_loader_sequential(shards):

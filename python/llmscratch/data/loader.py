@@ -20,9 +20,11 @@ later batch never overwrites one still in flight. On the CPU the batch is the te
 from __future__ import annotations
 
 import glob
+import operator
 import os
 import queue
 import threading
+import weakref
 
 import numpy as np
 
@@ -45,16 +47,29 @@ def _expand(shards) -> list[str]:
     return found
 
 
+def _count(name: str, v, lo: int) -> int:
+    """v as an int >= lo (numpy integers too; bools and floats refused)."""
+    if isinstance(v, bool):
+        raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}") from None
+    if v < lo:
+        raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
 class DataLoader:
     def __init__(self, shards, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, device="cpu", start_step: int = 0,
                  prefetch: int = 2, as_numpy: bool = False):
-        for name, v, lo in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1),
-                            ("world_size", world_size, 1), ("start_step", start_step, 0),
-                            ("seed", seed, 0), ("prefetch", prefetch, 0)):
-            if not isinstance(v, int) or v < lo:
-                raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
+        batch_size, seq_len, world_size, start_step, seed, prefetch = (
+            _count(name, v, lo) for name, v, lo in (
+                ("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("world_size", world_size, 1),
+                ("start_step", start_step, 0), ("seed", seed, 0), ("prefetch", prefetch, 0)))
+        rank = _count("rank", rank, 0)
+        if rank >= world_size:
             raise ValueError(f"DataLoader: rank must be in [0, {world_size}), got {rank!r}")
         self.paths = _expand(shards)
         self.B, self.T = batch_size, seq_len
@@ -79,13 +94,17 @@ class DataLoader:
     def _order(self, epoch: int) -> np.ndarray | None:
         if not self.shuffle:
             return None
-        if self._order_cache is None or self._order_cache[0] != epoch:
+        # One read of the cache slot: the prefetch thread and the caller may both be here.
+        cached = self._order_cache
+        if cached is None or cached[0] != epoch:
             rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
-            self._order_cache = (epoch, rng.permutation(self.num_windows))
-        return self._order_cache[1]
+            cached = (epoch, rng.permutation(self.num_windows))
+            self._order_cache = cached
+        return cached[1]
 
     def windows(self, step: int) -> np.ndarray:
         """Global window indices (into the unshuffled window list) of this rank's batch at step."""
+        step = _count("step", step, 0)
         first = (step * self.world_size + self.rank) * self.B
         g = np.arange(first, first + self.B, dtype=np.int64)
         epoch, pos = g // self.num_windows, g % self.num_windows
@@ -122,28 +141,49 @@ class DataLoader:
         return t.to(self.device)
 
     # ---------------------------------------------------------------- iteration + prefetch
+    # What decides the batches besides (seed, step): a state loads only into a loader that agrees.
+    _STATE_LAYOUT = ("batch_size", "seq_len", "num_windows", "shuffle", "rank", "world_size")
+
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "step": self.step, "shuffle": self.shuffle,
-                "rank": self.rank, "world_size": self.world_size}
+        return {"seed": self.seed, "step": self.step, "batch_size": self.B, "seq_len": self.T,
+                "num_windows": self.num_windows, "shuffle": self.shuffle, "rank": self.rank,
+                "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict: the seed and step are taken; the layout must match (a
+        state of another batch size, window count, shuffling or rank would resume on other
+        batches); a key an older state lacks is not compared."""
+        mine = self.state_dict()
+        differ = [f"{k}: {state[k]!r} -> {mine[k]!r}" for k in self._STATE_LAYOUT
+                  if k in state and state[k] != mine[k]]
+        if differ:
+            raise ValueError(f"DataLoader.load_state_dict: the state is of another loader ({'; '.join(differ)})")
+        seed, step = _count("seed", state["seed"], 0), _count("step", state["step"], 0)
         self._stop_thread()
-        self.seed, self.step = int(state["seed"]), int(state["step"])
+        self.seed, self.step = seed, step
         self._order_cache = None
 
-    def _worker(self, start: int, q: queue.Queue, stop: threading.Event):
+    @staticmethod
+    def _worker(loader_ref, start: int, q: queue.Queue, stop: threading.Event):
+        # The thread holds the loader weakly, so a loader that is dropped without close() is
+        # collected (its __del__ stops the thread) instead of living as long as its thread.
         step = start
         while not stop.is_set():
+            loader = loader_ref()
+            if loader is None:
+                return
             try:
-                item = (step, self.batch_numpy(step), None)
+                item = (step, loader.batch_numpy(step), None)
             except BaseException as e:  # handed to the consumer
                 item = (step, None, e)
+            del loader
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
                     break
                 except queue.Full:
-                    pass
+                    if loader_ref() is None:
+                        return
             if item[2] is not None:
                 return
             step += 1
@@ -151,7 +191,8 @@ class DataLoader:
     def _stop_thread(self):
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            if self._thread is not threading.current_thread():  # __del__ may run on the worker
+                self._thread.join()
             self._thread, self._queue = None, None
             self._stop = threading.Event()
 
@@ -162,18 +203,21 @@ class DataLoader:
         else:
             if self._thread is None:
                 self._queue = queue.Queue(maxsize=self.prefetch)
-                self._thread = threading.Thread(target=self._worker, daemon=True,
-                                                args=(self.step, self._queue, self._stop))
+                self._thread = threading.Thread(target=DataLoader._worker, daemon=True,
+                                                args=(weakref.ref(self), self.step, self._queue, self._stop))
                 self._thread.start()
             step, arr, err = self._queue.get()
             assert step == self.step
             if err is not None:
                 self._thread = None
                 raise err
-        self.step += 1
-        if self.as_numpy:
-            return arr
-        return self._to_device(arr)
+        try:
+            out = arr if self.as_numpy else self._to_device(arr)
+        except BaseException:
+            self._stop_thread()  # its queue runs ahead of the step that failed: start again there
+            raise
+        self.step += 1  # after the transfer: a failed one leaves the step to be tried again
+        return out
 
     def __iter__(self):
         while True:
