@@ -86,10 +86,25 @@ for _name, _how in [("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt
 T.__hash__ = object.__hash__
 
 
+def _write_into(dst: Tensor, value: Tensor, what: str):
+    """copy_ of value into dst for the in-place operators, refusing what torch refuses: a float
+    result into an integer tensor (it would be truncated) and, while gradients are recorded, a
+    value that requires grad into a tensor that does not (copy_ has no backward: the gradient
+    would be lost without a word)."""
+    if value.dtype.is_floating_point and not dst.dtype.is_floating_point:
+        raise TypeError(f"{what}: the result type {value.dtype} cannot be written into a "
+                        f"{dst.dtype} tensor in place")
+    if value.requires_grad and not dst.requires_grad and _core.is_grad_enabled():
+        raise RuntimeError(f"{what}: writing a value that requires grad into a tensor that does "
+                           f"not would lose its gradient; compute out of place (x = x + y, cat, "
+                           f"where), or write under no_grad()")
+    _ops.copy_(dst, value)
+
+
 def _inplace(fn):
     """x op= y writes the result into x's memory (so views and parameters see it)."""
     def op(self, other):
-        _ops.copy_(self, fn(self, other))
+        _write_into(self, fn(self, other), "in-place operation")
         return self
     return op
 
@@ -105,7 +120,10 @@ T.div_ = _inplace(T.__truediv__)
 
 
 def _copy_(self, src):
-    _ops.copy_(self, as_tensor_like(src, self))
+    src = as_tensor_like(src, self)
+    if src.requires_grad and not self.requires_grad and _core.is_grad_enabled():
+        _write_into(self, src, "copy_")  # raises: the gradient would be lost
+    _ops.copy_(self, src)  # a copy may convert dtypes, unlike the in-place operators
     return self
 
 
@@ -260,7 +278,10 @@ def _setitem(self, key, value):
     target = _index(self, key)
     if not target.storage_offset() >= 0 or not _shares_memory(target, self):
         raise NotImplementedError("assignment through a tensor index is not supported")
-    _ops.copy_(target, as_tensor_like(value, self))
+    value = as_tensor_like(value, self)
+    if value.requires_grad and not self.requires_grad and _core.is_grad_enabled():
+        _write_into(target, value, "item assignment")  # raises: the gradient would be lost
+    _ops.copy_(target, value)
 
 
 def _shares_memory(a, b):
@@ -378,8 +399,10 @@ T.__dlpack_device__ = lambda self: tuple(_core.dlpack_device(self))
 # ---- autograd ----------------------------------------------------------------------------------
 
 def _backward(self, gradient=None, retain_graph=None):
-    """As torch: the graph's saved tensors are freed as it runs unless retain_graph."""
-    _core.backward([self], [gradient], bool(retain_graph))
+    """As torch: the graph's saved tensors are freed as it runs unless retain_graph; a gradient
+    of another dtype or device is converted to the tensor's."""
+    from .autograd import backward
+    backward([self], None if gradient is None else [gradient], retain_graph)
 
 
 T.backward = _backward

@@ -12,14 +12,56 @@ Tensor = _core.Tensor
 is_grad_enabled = _core.is_grad_enabled
 
 
+class _GradMode(contextlib.ContextDecorator):
+    """A context manager and decorator that sets grad mode and restores the previous one. The
+    previous modes are a stack, so one instance may be entered again before it exits (a
+    decorated function that recurses, or runs on two threads' turns)."""
+
+    mode = True
+
+    def __init__(self):
+        self._prev = []
+
+    def _recreate_cm(self):  # a decorated call gets its own instance, as torch's do
+        return type(self)()
+
+    def __enter__(self):
+        self._prev.append(_core.is_grad_enabled())
+        _core.set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self._prev.pop())
+        return False
+
+
+class no_grad(_GradMode):
+    """Ops inside record nothing on the tape (inference, optimizer updates)."""
+
+    mode = False
+
+
+class enable_grad(_GradMode):
+    mode = True
+
+
 class set_grad_enabled(contextlib.ContextDecorator):
-    """Turn recording on or off; usable as a call, a context manager or a decorator."""
+    """Turn recording on or off. As a call (``set_grad_enabled(False)``) it sets the mode at
+    once; as a context manager it restores on exit the mode it replaced; as a decorator it sets
+    the mode only while the function runs (each call restores the mode it found)."""
 
     def __init__(self, mode: bool):
         self.prev = _core.is_grad_enabled()
         self.mode = bool(mode)
         _core.set_grad_enabled(self.mode)
 
+    def __call__(self, fn):
+        _core.set_grad_enabled(self.prev)  # as a decorator, the call above leaves nothing behind
+        return super().__call__(fn)
+
+    def _recreate_cm(self):
+        return type(self)(self.mode)
+
     def __enter__(self):
         _core.set_grad_enabled(self.mode)
         return self
@@ -27,26 +69,6 @@ class set_grad_enabled(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         _core.set_grad_enabled(self.prev)
         return False
-
-
-class no_grad(contextlib.ContextDecorator):
-    """Ops inside record nothing on the tape (inference, optimizer updates)."""
-
-    def __enter__(self):
-        self.prev = _core.is_grad_enabled()
-        _core.set_grad_enabled(False)
-        return self
-
-    def __exit__(self, *exc):
-        _core.set_grad_enabled(self.prev)
-        return False
-
-
-class enable_grad(no_grad):
-    def __enter__(self):
-        self.prev = _core.is_grad_enabled()
-        _core.set_grad_enabled(True)
-        return self
 
 
 def backward(tensors, grad_tensors=None, retain_graph=None):
@@ -54,11 +76,19 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
     scalar outputs); the graph's saved tensors are freed as it runs unless retain_graph."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
+    tensors = list(tensors)
     if grad_tensors is None:
         grad_tensors = [None] * len(tensors)
     elif isinstance(grad_tensors, Tensor):
         grad_tensors = [grad_tensors]
-    _core.backward(list(tensors), list(grad_tensors), bool(retain_graph))
+    grads = []
+    for t, g in zip(tensors, grad_tensors):
+        if g is not None and not isinstance(g, Tensor):
+            raise TypeError(f"backward: a gradient must be a Tensor or None, got {type(g).__name__}")
+        if g is not None and (g.dtype != t.dtype or g.device != t.device):
+            g = g.to(dtype=t.dtype, device=t.device)  # as torch, the root's dtype and device
+        grads.append(g)
+    _core.backward(tensors, grads, bool(retain_graph))
 
 
 class FunctionCtx:
@@ -106,10 +136,25 @@ class Function:
                 if len(res) != len(args):
                     raise RuntimeError(f"{cls.__name__}.backward returned {len(res)} gradients "
                                        f"for {len(args)} forward arguments")
-                return [g for g, t in zip(res, is_tensor) if t]
+                return [_fit_gradient(cls.__name__, i, g, a)
+                        for i, (g, a, t) in enumerate(zip(res, args, is_tensor)) if t]
 
             _core.record_function(cls.__name__, inputs, outputs, run_backward)
         return outputs[0] if single else tuple(outputs)
+
+
+def _fit_gradient(name: str, index: int, g, arg: Tensor):
+    """A Function's gradient for its argument `index`, summed down to the argument's shape where
+    it broadcasts to it (as torch does); any other shape is an error."""
+    if g is None or tuple(g.shape) == tuple(arg.shape):
+        return g
+    shape, gshape = tuple(arg.shape), tuple(g.shape)
+    lead = len(gshape) - len(shape)
+    if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
+        raise RuntimeError(f"{name}.backward returned a gradient of shape {gshape} for argument "
+                           f"{index} of shape {shape}")
+    dims = list(range(lead)) + [lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1]
+    return g.sum(dims, keepdim=True).reshape(shape) if dims else g.reshape(shape)
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):

@@ -236,3 +236,84 @@ def test_checkpoint_recomputes_with_the_same_gradients_and_random_numbers():
     for g0, g1 in zip(*grads):
         assert np.array_equal(g0, g1)
     assert ls.get_rng_state() == after  # the replay does not disturb the generator
+
+
+def test_grad_mode_decorators_restore_the_mode_they_found():
+    @ls.no_grad()
+    def recurse(k):
+        assert not ls.is_grad_enabled()
+        if k:
+            recurse(k - 1)
+
+    recurse(3)
+    assert ls.is_grad_enabled()
+
+    @ls.set_grad_enabled(False)
+    def off():
+        return ls.is_grad_enabled()
+
+    assert ls.is_grad_enabled()  # defining it changed nothing
+    assert off() is False and ls.is_grad_enabled()
+    with ls.no_grad():
+        off()
+        assert not ls.is_grad_enabled()
+    with ls.set_grad_enabled(False):
+        assert not ls.is_grad_enabled()
+    assert ls.is_grad_enabled()
+
+
+def test_in_place_writes_that_would_lose_a_gradient_or_truncate_are_refused():
+    y = ls.tensor([1.0, 2.0]).requires_grad_()
+    acc = ls.zeros(2)
+    with pytest.raises(RuntimeError, match="would lose its gradient"):
+        acc += y
+    buf = ls.zeros(3)
+    with pytest.raises(RuntimeError, match="would lose its gradient"):
+        buf[0:2] = y
+    with pytest.raises(RuntimeError, match="would lose its gradient"):
+        buf[0:2].copy_(y)
+    with ls.no_grad():  # no gradient is recorded there: the value is wanted
+        acc += y
+        buf[0:2] = y
+    assert acc.tolist() == [1.0, 2.0] and buf.tolist() == [1.0, 2.0, 0.0]
+    i = ls.tensor([1, 2, 3])
+    with pytest.raises(TypeError, match="float32 cannot be written into a llmscratch.int64 tensor"):
+        i += 1.5
+    i += 2
+    assert i.tolist() == [3, 4, 5]
+
+
+def test_a_root_gradient_takes_the_roots_dtype():
+    x = ls.tensor([0.5, -1.0, 2.0], dtype=ls.float32).requires_grad_()
+    y = ls.functional.softmax(x * 2.0, -1)
+    y.backward(ls.tensor([1.0, 0.0, 0.0], dtype=ls.float64))
+    assert x.grad.dtype == ls.float32
+    with pytest.raises(TypeError, match="gradient must be a Tensor"):
+        (x * 1.0).sum().backward(2.0)
+
+
+def test_function_gradients_are_summed_to_their_inputs_shape():
+    class AddBias(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, b):
+            return x + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g  # b's gradient broadcast like the output: summed down as torch does
+
+    class Wrong(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.sum()
+
+    x = ls.ones(2, 3).requires_grad_()
+    b = ls.ones(3).requires_grad_()
+    AddBias.apply(x, b).sum().backward()
+    assert tuple(b.grad.shape) == (3,) and b.grad.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(RuntimeError, match=r"Wrong.backward returned a gradient of shape \(\) for argument 0 of shape \(2, 3\)"):
+        Wrong.apply(x).sum().backward()
