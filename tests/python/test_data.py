@@ -196,6 +196,13 @@ def test_loader_resume_and_epochs(shards):
         x.close()
 
 
+def test_a_folder_of_both_splits_is_refused(shards):
+    write_shard(shards / "s_val_000000.bin", np.arange(100))
+    with pytest.raises(ValueError, match="holds the shards of both splits"):
+        DataLoader(shards, 2, 8)
+    assert DataLoader(str(shards / "*_train_*.bin"), 2, 8, prefetch=0).num_windows > 0
+
+
 def test_a_dropped_loader_stops_its_thread(shards):
     import gc
     import weakref

@@ -36,6 +36,10 @@ def _expand(shards) -> list[str]:
         s = os.fspath(shards)
         if os.path.isdir(s):
             found = sorted(glob.glob(os.path.join(s, "*.bin")))
+            names = [os.path.basename(p) for p in found]
+            if any("_train_" in n for n in names) and any("_val_" in n for n in names):
+                raise ValueError(f"DataLoader: {s} holds the shards of both splits (*_train_*.bin and "
+                                 f"*_val_*.bin); pass a glob of one, e.g. {os.path.join(s, '*_train_*.bin')}")
         elif any(c in s for c in "*?["):
             found = sorted(glob.glob(s))
         else:
