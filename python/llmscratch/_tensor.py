@@ -87,10 +87,10 @@ T.__hash__ = object.__hash__
 
 
 def _write_into(dst: Tensor, value: Tensor, what: str):
-    """copy_ of value into dst for the in-place operators, refusing what torch refuses: a float
-    result into an integer tensor (it would be truncated) and, while gradients are recorded, a
-    value that requires grad into a tensor that does not (copy_ has no backward: the gradient
-    would be lost without a word)."""
+    """copy_ of value into dst for the in-place operators. A float result into an integer tensor
+    is refused, as torch does (it would be truncated). While gradients are recorded, a value that
+    requires grad into a tensor that does not is refused too; torch records such a write
+    (CopySlices), but copy_ here has no backward, and the gradient would be lost without a word."""
     if value.dtype.is_floating_point and not dst.dtype.is_floating_point:
         raise TypeError(f"{what}: the result type {value.dtype} cannot be written into a "
                         f"{dst.dtype} tensor in place")

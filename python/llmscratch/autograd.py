@@ -14,8 +14,10 @@ is_grad_enabled = _core.is_grad_enabled
 
 class _GradMode(contextlib.ContextDecorator):
     """A context manager and decorator that sets grad mode and restores the previous one. The
-    previous modes are a stack, so one instance may be entered again before it exits (a
-    decorated function that recurses, or runs on two threads' turns)."""
+    previous modes are a stack, so one instance may be entered again before it exits; a
+    decorated function gets a fresh instance per call (recursion, threads). Grad mode is per
+    thread: one instance shared by threads as a context manager restores their modes crossed,
+    as torch's does."""
 
     mode = True
 
@@ -85,8 +87,10 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
     for t, g in zip(tensors, grad_tensors):
         if g is not None and not isinstance(g, Tensor):
             raise TypeError(f"backward: a gradient must be a Tensor or None, got {type(g).__name__}")
-        if g is not None and (g.dtype != t.dtype or g.device != t.device):
-            g = g.to(dtype=t.dtype, device=t.device)  # as torch, the root's dtype and device
+        if g is not None and g.device != t.device:
+            raise ValueError(f"backward: the gradient is on {g.device}, its tensor on {t.device}")
+        if g is not None and g.dtype != t.dtype:
+            g = g.to(dtype=t.dtype)  # as torch, the root's dtype
         grads.append(g)
     _core.backward(tensors, grads, bool(retain_graph))
 
@@ -136,7 +140,8 @@ class Function:
                 if len(res) != len(args):
                     raise RuntimeError(f"{cls.__name__}.backward returned {len(res)} gradients "
                                        f"for {len(args)} forward arguments")
-                return [_fit_gradient(cls.__name__, i, g, a)
+                # a gradient for an input that needs none is dropped unseen, as torch does
+                return [_fit_gradient(cls.__name__, i, g, a) if ctx.needs_input_grad[i] else None
                         for i, (g, a, t) in enumerate(zip(res, args, is_tensor)) if t]
 
             _core.record_function(cls.__name__, inputs, outputs, run_backward)
@@ -146,6 +151,9 @@ class Function:
 def _fit_gradient(name: str, index: int, g, arg: Tensor):
     """A Function's gradient for its argument `index`, summed down to the argument's shape where
     it broadcasts to it (as torch does); any other shape is an error."""
+    if g is not None and not isinstance(g, Tensor):
+        raise TypeError(f"{name}.backward returned a {type(g).__name__} for argument {index}; "
+                        f"expected a Tensor or None")
     if g is None or tuple(g.shape) == tuple(arg.shape):
         return g
     shape, gshape = tuple(arg.shape), tuple(g.shape)

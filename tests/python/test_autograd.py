@@ -311,9 +311,23 @@ def test_function_gradients_are_summed_to_their_inputs_shape():
         def backward(ctx, g):
             return g.sum()
 
+    class NotATensor(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.0
+
     x = ls.ones(2, 3).requires_grad_()
     b = ls.ones(3).requires_grad_()
     AddBias.apply(x, b).sum().backward()
     assert tuple(b.grad.shape) == (3,) and b.grad.tolist() == [2.0, 2.0, 2.0]
+    x.grad = None
+    AddBias.apply(x, ls.ones(5, 1, 3)).sum().backward()  # b needs no gradient: its gradient is not fitted
+    assert tuple(x.grad.shape) == (2, 3)
+    with pytest.raises(TypeError, match="NotATensor.backward returned a float for argument 0"):
+        NotATensor.apply(x).sum().backward()
     with pytest.raises(RuntimeError, match=r"Wrong.backward returned a gradient of shape \(\) for argument 0 of shape \(2, 3\)"):
         Wrong.apply(x).sum().backward()

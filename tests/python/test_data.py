@@ -192,15 +192,28 @@ def test_loader_resume_and_epochs(shards):
         DataLoader(shards, 4, 16, world_size=2, as_numpy=True).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="step must be an int >= 0"):
         e.load_state_dict({**a.state_dict(), "step": -1})
+    # one rank's state serves every rank: each takes its own share of the same steps
+    r1 = DataLoader(shards, 4, 16, seed=0, rank=1, world_size=2, prefetch=0, as_numpy=True)
+    r1.load_state_dict(DataLoader(shards, 4, 16, seed=7, rank=0, world_size=2).state_dict())
+    assert (r1.seed, r1.rank) == (7, 1)
     for x in (a, b, c, d):
         x.close()
 
 
-def test_a_folder_of_both_splits_is_refused(shards):
+def test_a_folder_of_both_splits_is_refused(shards, tmp_path):
     write_shard(shards / "s_val_000000.bin", np.arange(100))
     with pytest.raises(ValueError, match="holds the shards of both splits"):
         DataLoader(shards, 2, 8)
     assert DataLoader(str(shards / "*_train_*.bin"), 2, 8, prefetch=0).num_windows > 0
+    # llm.c's unsharded names are splits too; a name that only contains "_val_" is not
+    (tmp_path / "llmc").mkdir()
+    for name in ("tiny_train.bin", "tiny_val.bin"):
+        write_shard(tmp_path / "llmc" / name, np.arange(100))
+    with pytest.raises(ValueError, match="holds the shards of both splits"):
+        DataLoader(tmp_path / "llmc", 2, 8)
+    (tmp_path / "one").mkdir()
+    write_shard(tmp_path / "one" / "owt_val_subset_train_000000.bin", np.arange(100))
+    assert DataLoader(tmp_path / "one", 2, 8, prefetch=0).num_windows > 0
 
 
 def test_a_dropped_loader_stops_its_thread(shards):

@@ -23,7 +23,9 @@ import glob
 import operator
 import os
 import queue
+import re
 import threading
+import traceback
 import weakref
 
 import numpy as np
@@ -36,8 +38,9 @@ def _expand(shards) -> list[str]:
         s = os.fspath(shards)
         if os.path.isdir(s):
             found = sorted(glob.glob(os.path.join(s, "*.bin")))
-            names = [os.path.basename(p) for p in found]
-            if any("_train_" in n for n in names) and any("_val_" in n for n in names):
+            splits = {m[1] for m in (re.search(r"_(train|val)(?:_\d+)?\.bin$", os.path.basename(p))
+                                     for p in found) if m}
+            if splits == {"train", "val"}:
                 raise ValueError(f"DataLoader: {s} holds the shards of both splits (*_train_*.bin and "
                                  f"*_val_*.bin); pass a glob of one, e.g. {os.path.join(s, '*_train_*.bin')}")
         elif any(c in s for c in "*?["):
@@ -146,7 +149,9 @@ class DataLoader:
 
     # ---------------------------------------------------------------- iteration + prefetch
     # What decides the batches besides (seed, step): a state loads only into a loader that agrees.
-    _STATE_LAYOUT = ("batch_size", "seq_len", "num_windows", "shuffle", "rank", "world_size")
+    # (The rank is not: a rank's batches follow from the state with its own rank, so one rank's
+    # saved state serves every rank.)
+    _STATE_LAYOUT = ("batch_size", "seq_len", "num_windows", "shuffle", "world_size")
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "step": self.step, "batch_size": self.B, "seq_len": self.T,
@@ -179,6 +184,7 @@ class DataLoader:
             try:
                 item = (step, loader.batch_numpy(step), None)
             except BaseException as e:  # handed to the consumer
+                traceback.clear_frames(e.__traceback__)  # its frames would hold the loader
                 item = (step, None, e)
             del loader
             while not stop.is_set():
