@@ -150,6 +150,9 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
                "scalar outputs, got shape ", shape_str(r.shape()));
       g = ops::full(r.shape(), 1.0, r.dtype(), r.device());
     }
+    LS_CHECK(g.device() == r.device(), ValueError, "backward: the gradient is on ", g.device().str(),
+             ", its tensor on ", r.device().str());
+    g = ops::to_dtype(g, r.dtype());  // as torch: a gradient of another dtype takes the root's
     LS_CHECK(g.shape() == r.shape(), ValueError, "backward: gradient has shape ",
              shape_str(g.shape()), " but the tensor has shape ", shape_str(r.shape()));
     if (r.is_leaf()) {

@@ -8,6 +8,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
+from .autograd import backward as _autograd_backward
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64
 
 Tensor = _core.Tensor
@@ -86,25 +87,16 @@ for _name, _how in [("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt
 T.__hash__ = object.__hash__
 
 
-def _write_into(dst: Tensor, value: Tensor, what: str):
-    """copy_ of value into dst for the in-place operators. A float result into an integer tensor
-    is refused, as torch does (it would be truncated). While gradients are recorded, a value that
-    requires grad into a tensor that does not is refused too; torch records such a write
-    (CopySlices), but copy_ here has no backward, and the gradient would be lost without a word."""
-    if value.dtype.is_floating_point and not dst.dtype.is_floating_point:
-        raise TypeError(f"{what}: the result type {value.dtype} cannot be written into a "
-                        f"{dst.dtype} tensor in place")
-    if value.requires_grad and not dst.requires_grad and _core.is_grad_enabled():
-        raise RuntimeError(f"{what}: writing a value that requires grad into a tensor that does "
-                           f"not would lose its gradient; compute out of place (x = x + y, cat, "
-                           f"where), or write under no_grad()")
-    _ops.copy_(dst, value)
-
-
 def _inplace(fn):
-    """x op= y writes the result into x's memory (so views and parameters see it)."""
+    """x op= y writes the result into x's memory (so views and parameters see it). A float result
+    into an integer tensor is refused, as torch does (copy_ would truncate it); copy_ itself
+    refuses a result that requires grad where the gradient would be lost."""
     def op(self, other):
-        _write_into(self, fn(self, other), "in-place operation")
+        value = fn(self, other)
+        if value.dtype.is_floating_point and not self.dtype.is_floating_point:
+            raise TypeError(f"in-place operation: the result type {value.dtype} cannot be written "
+                            f"into a {self.dtype} tensor in place")
+        _ops.copy_(self, value)
         return self
     return op
 
@@ -120,10 +112,7 @@ T.div_ = _inplace(T.__truediv__)
 
 
 def _copy_(self, src):
-    src = as_tensor_like(src, self)
-    if src.requires_grad and not self.requires_grad and _core.is_grad_enabled():
-        _write_into(self, src, "copy_")  # raises: the gradient would be lost
-    _ops.copy_(self, src)  # a copy may convert dtypes, unlike the in-place operators
+    _ops.copy_(self, as_tensor_like(src, self))
     return self
 
 
@@ -278,10 +267,7 @@ def _setitem(self, key, value):
     target = _index(self, key)
     if not target.storage_offset() >= 0 or not _shares_memory(target, self):
         raise NotImplementedError("assignment through a tensor index is not supported")
-    value = as_tensor_like(value, self)
-    if value.requires_grad and not self.requires_grad and _core.is_grad_enabled():
-        _write_into(target, value, "item assignment")  # raises: the gradient would be lost
-    _ops.copy_(target, value)
+    _ops.copy_(target, as_tensor_like(value, self))
 
 
 def _shares_memory(a, b):
@@ -400,9 +386,8 @@ T.__dlpack_device__ = lambda self: tuple(_core.dlpack_device(self))
 
 def _backward(self, gradient=None, retain_graph=None):
     """As torch: the graph's saved tensors are freed as it runs unless retain_graph; a gradient
-    of another dtype or device is converted to the tensor's."""
-    from .autograd import backward
-    backward([self], None if gradient is None else [gradient], retain_graph)
+    of another dtype is converted to the tensor's."""
+    _autograd_backward([self], None if gradient is None else [gradient], retain_graph)
 
 
 T.backward = _backward

@@ -17,9 +17,7 @@ class _GradMode(contextlib.ContextDecorator):
     previous modes are a stack, so one instance may be entered again before it exits; a
     decorated function gets a fresh instance per call (recursion, threads). Grad mode is per
     thread: one instance shared by threads as a context manager restores their modes crossed,
-    as torch's does."""
-
-    mode = True
+    as torch's does. Subclasses set `mode`."""
 
     def __init__(self):
         self._prev = []
@@ -83,16 +81,10 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
         grad_tensors = [None] * len(tensors)
     elif isinstance(grad_tensors, Tensor):
         grad_tensors = [grad_tensors]
-    grads = []
-    for t, g in zip(tensors, grad_tensors):
+    for g in grad_tensors:  # (the C++ pass converts a gradient's dtype to its tensor's)
         if g is not None and not isinstance(g, Tensor):
             raise TypeError(f"backward: a gradient must be a Tensor or None, got {type(g).__name__}")
-        if g is not None and g.device != t.device:
-            raise ValueError(f"backward: the gradient is on {g.device}, its tensor on {t.device}")
-        if g is not None and g.dtype != t.dtype:
-            g = g.to(dtype=t.dtype)  # as torch, the root's dtype
-        grads.append(g)
-    _core.backward(tensors, grads, bool(retain_graph))
+    _core.backward(tensors, list(grad_tensors), bool(retain_graph))
 
 
 class FunctionCtx:
@@ -151,18 +143,17 @@ class Function:
 def _fit_gradient(name: str, index: int, g, arg: Tensor):
     """A Function's gradient for its argument `index`, summed down to the argument's shape where
     it broadcasts to it (as torch does); any other shape is an error."""
-    if g is not None and not isinstance(g, Tensor):
+    if g is None:
+        return None
+    if not isinstance(g, Tensor):
         raise TypeError(f"{name}.backward returned a {type(g).__name__} for argument {index}; "
                         f"expected a Tensor or None")
-    if g is None or tuple(g.shape) == tuple(arg.shape):
-        return g
     shape, gshape = tuple(arg.shape), tuple(g.shape)
     lead = len(gshape) - len(shape)
     if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
         raise RuntimeError(f"{name}.backward returned a gradient of shape {gshape} for argument "
                            f"{index} of shape {shape}")
-    dims = list(range(lead)) + [lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1]
-    return g.sum(dims, keepdim=True).reshape(shape) if dims else g.reshape(shape)
+    return g if gshape == shape else _core.ops.sum_to(g, list(shape))
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):

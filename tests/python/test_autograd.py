@@ -302,23 +302,12 @@ def test_function_gradients_are_summed_to_their_inputs_shape():
         def backward(ctx, g):
             return g, g  # b's gradient broadcast like the output: summed down as torch does
 
-    class Wrong(ls.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x * 1.0
+    def identity_whose_backward_returns(name, gradient):
+        return type(name, (ls.autograd.Function,), {"forward": staticmethod(lambda ctx, x: x * 1.0),
+                                                    "backward": staticmethod(lambda ctx, g: gradient(g))})
 
-        @staticmethod
-        def backward(ctx, g):
-            return g.sum()
-
-    class NotATensor(ls.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x * 1.0
-
-        @staticmethod
-        def backward(ctx, g):
-            return 1.0
+    Wrong = identity_whose_backward_returns("Wrong", lambda g: g.sum())
+    NotATensor = identity_whose_backward_returns("NotATensor", lambda g: 1.0)
 
     x = ls.ones(2, 3).requires_grad_()
     b = ls.ones(3).requires_grad_()
