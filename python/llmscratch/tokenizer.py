@@ -23,6 +23,8 @@ import numpy as np
 
 import llmscratch_core as _core
 
+from ._files import atomic_write
+
 PATTERNS = ("gpt2", "cl100k", "cl100k_original")
 
 
@@ -145,11 +147,11 @@ class Tokenizer:
         prefix.parent.mkdir(parents=True, exist_ok=True)
         ranks_path, meta_path = Path(f"{prefix}.tiktoken"), Path(f"{prefix}.json")
         lines = [base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(self._bpe.tokens())]
-        _atomic_write(ranks_path, b"\n".join(lines) + b"\n")
+        atomic_write(ranks_path, b"\n".join(lines) + b"\n")
         meta = {"format": "llmscratch-bpe", "version": 1, "pattern": self.pattern,
                 "pat_str": _core.pattern_regex(self.pattern), "special_tokens": self.special_tokens,
                 "ranks": ranks_path.name}
-        _atomic_write(meta_path, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+        atomic_write(meta_path, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
         return ranks_path, meta_path
 
     @classmethod
@@ -205,10 +207,3 @@ def load_tiktoken_ranks(path) -> list[bytes]:
     return [by_rank[i] for i in range(n)]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -109,4 +109,5 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert "typo has no config.json" in err[5]
     assert "warmup must be non-negative" in err[6] and "min_lr 10.0 exceeds lr" in err[7]
     assert "--tokens-per-step 0" in err[8] and "seed must be in" in err[9]
+    assert "--num-samples must be at least 1" in err[10] and "--batches must be at least 1" in err[11]
     assert "unknown model preset 'huge'" in err[2]

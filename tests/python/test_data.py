@@ -106,6 +106,7 @@ def test_a_few_documents_keep_whole_documents_in_both_splits(tmp_path):
     # Five documents at 1%: the hash puts none in validation, so the one of lowest hash is.
     for i in range(5):
         (tmp_path / f"d{i}.txt").write_text(f"document {i}\n" * 10)
+    assert not any(in_validation(f"d{i}.txt", 0.01) for i in range(5))
     train = split_documents(str(tmp_path), "train", 0.01)
     val = split_documents(str(tmp_path), "val", 0.01)
     assert len(train) == 4 and len(val) == 1

@@ -30,6 +30,7 @@ import weakref
 
 import numpy as np
 
+from .._settings import setting_conflicts
 from .shards import read_shard
 
 
@@ -56,15 +57,13 @@ def _expand(shards) -> list[str]:
 
 def _count(name: str, v, lo: int) -> int:
     """v as an int >= lo (numpy integers too; bools and floats refused)."""
-    if isinstance(v, bool):
-        raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
     try:
-        v = operator.index(v)
+        n = operator.index(v)
     except TypeError:
-        raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}") from None
-    if v < lo:
+        n = None
+    if isinstance(v, bool) or n is None or n < lo:
         raise ValueError(f"DataLoader: {name} must be an int >= {lo}, got {v!r}")
-    return v
+    return n
 
 
 class DataLoader:
@@ -162,9 +161,7 @@ class DataLoader:
         """Continue from a state_dict: the seed and step are taken; the layout must match (a
         state of another batch size, window count, shuffling or rank would resume on other
         batches); a key an older state lacks is not compared."""
-        mine = self.state_dict()
-        differ = [f"{k}: {state[k]!r} -> {mine[k]!r}" for k in self._STATE_LAYOUT
-                  if k in state and state[k] != mine[k]]
+        differ = setting_conflicts(state, self.state_dict(), self._STATE_LAYOUT)
         if differ:
             raise ValueError(f"DataLoader.load_state_dict: the state is of another loader ({'; '.join(differ)})")
         seed, step = _count("seed", state["seed"], 0), _count("step", state["step"], 0)

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file
 import llmscratch_core as _core
 
 from .._creation import from_numpy
+from .._files import atomic_write_text, fsync, read_json
 
 Tensor = _core.Tensor
 
@@ -30,26 +31,6 @@ def _host(t: Tensor) -> np.ndarray:
     if t.dtype == _core.DType.bfloat16:
         t = t.to(dtype=_core.DType.float32)  # safetensors.numpy has no bfloat16
     return np.ascontiguousarray(t.numpy())
-
-
-def _fsync(path: str):
-    """Flush a file's data, or a folder's entries (a rename is durable once its folder is)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str, text: str):
-    """Replace the file at path with text in one step, flushed to disk."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(os.path.dirname(path) or ".")
 
 
 def _alive(pid: int) -> bool:
@@ -109,8 +90,8 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
     with open(os.path.join(tmp, "trainer.json"), "w") as f:
         json.dump(meta, f, indent=1, default=list)
     for f in os.listdir(tmp):
-        _fsync(os.path.join(tmp, f))
-    _fsync(tmp)
+        fsync(os.path.join(tmp, f))
+    fsync(tmp)
     if os.path.exists(final):  # re-saving a step: the old folder goes aside, then away
         old = os.path.join(root, f".{name}.old-{os.getpid()}")
         os.rename(final, old)
@@ -118,7 +99,7 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
-    _fsync(root)
+    fsync(root)
     atomic_write_text(os.path.join(root, "latest"), name)
     steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
     for d in steps[:-keep_last] if keep_last > 0 else []:
@@ -155,17 +136,15 @@ def latest_checkpoint(root: str):
 _TRAINER_KEYS = ("step", "optimizer_groups", "optimizer_scalars")
 
 
-def read_trainer_state(folder: str) -> dict:
-    """trainer.json of a checkpoint folder; a clear error when it is missing or damaged."""
+def read_trainer_state(folder: str, required: tuple = ()) -> dict:
+    """trainer.json of a checkpoint folder, with the keys loading needs and those `required`; a
+    clear error when it is missing or damaged."""
     path = os.path.join(folder, "trainer.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {folder} is incomplete: trainer.json is missing")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"checkpoint {folder}: trainer.json is corrupt ({e})") from e
-    missing = [k for k in _TRAINER_KEYS if k not in meta] if isinstance(meta, dict) else list(_TRAINER_KEYS)
+    meta = read_json(path, f"checkpoint {folder}: trainer.json is corrupt")
+    keys = _TRAINER_KEYS + tuple(required)
+    missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
     if missing:
         raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
     return meta

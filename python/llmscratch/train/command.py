@@ -32,7 +32,7 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
     The cache folder is made under a temporary name and renamed when complete."""
     from ..data import tokenize_cmd
-    src = source if source == "stdlib" else os.path.abspath(source)
+    src = _source_key(source)
     # "split-2": the split of sources too small for document-level hashing changed (sources.py)
     key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}|split-2".encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
@@ -144,19 +144,19 @@ def _source_key(data: str) -> str:
 
 
 def _read_run_config(run_dir: Path) -> dict:
+    from .._files import read_json
     path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    return read_json(path, f"{path} is not valid JSON")
 
 
-def _check_resume(run_dir: Path, run_config: dict):
+def _check_resume(run_dir: Path, run_config: dict) -> str:
     """Before anything of the run is rewritten or prepared: the run and its latest checkpoint
     exist and are readable, and the settings of `--resume` match those the run was started with
-    (its config.json, the checkpoint's trainer state); all differences in one error."""
+    (its config.json, the checkpoint's trainer state); all differences in one error. Returns the
+    checkpoint folder."""
+    from .._settings import setting_conflicts
     from .checkpoint import latest_checkpoint, read_trainer_state
-    from .loop import RESUME_MUST_MATCH, model_conflicts, resume_conflicts
+    from .loop import RESUME_KEYS, resume_conflicts
     if not (run_dir / "config.json").exists():
         raise ValueError(f"--resume: {run_dir} has no config.json, so it holds no run to continue")
     saved = _read_run_config(run_dir)
@@ -164,18 +164,17 @@ def _check_resume(run_dir: Path, run_config: dict):
     if folder is None:
         raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from (start the run "
                          f"again under another --name, or remove the folder)")
-    meta = read_trainer_state(folder)
-    conflicts = resume_conflicts({**saved, "data": _source_key(saved.get("data", ""))}, run_config,
-                                 ("data", "vocab_size", "val_fraction"))
-    conflicts += resume_conflicts(meta.get("config", saved.get("train", {})), run_config["train"],
-                                  RESUME_MUST_MATCH)
-    if saved.get("model"):
-        conflicts += model_conflicts(saved["model"], run_config["model"])
+    if "data" in saved:
+        saved = {**saved, "data": _source_key(saved["data"])}
+    conflicts = setting_conflicts(saved, run_config, ("data", "vocab_size", "val_fraction"))
+    conflicts += resume_conflicts(read_trainer_state(folder, RESUME_KEYS), run_config["train"],
+                                  run_config["model"])
     if conflicts:
         hint = " (a run trained in float32 resumes on a GPU with --dtype float32)" \
             if any(c.startswith("dtype:") for c in conflicts) else ""
         raise ValueError(f"--resume: the settings differ from the run's in {run_dir} "
                          f"({'; '.join(conflicts)}){hint}")
+    return folder
 
 
 def _check_resumed_tokenizer(run_dir: Path, tok_prefix: str):
@@ -200,7 +199,7 @@ def train_command(args) -> int:
     from ..models import build_model
     from ..tokenizer import Tokenizer
     from . import TrainConfig, Trainer
-    from .checkpoint import atomic_write_text
+    from .._files import atomic_write_text
 
     device = _check_device(args.device)
     ls.set_backend(args.backend)
@@ -230,8 +229,7 @@ def train_command(args) -> int:
     run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": _source_key(args.data),
                   "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
                   "backend": args.backend}
-    if args.resume:
-        _check_resume(run_dir, run_config)
+    resume_from = _check_resume(run_dir, run_config) if args.resume else None
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
     if args.resume:
@@ -263,8 +261,8 @@ def train_command(args) -> int:
         f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
     trainer = Trainer(model, cfg, train.batch, val.batch if val else None, run_config=run_config, log=say,
                       progress=not args.quiet and sys.stderr.isatty())
-    if args.resume:
-        trainer.resume()  # _check_resume found its checkpoint
+    if resume_from:
+        trainer.resume(resume_from)
         say(f"resumed at step {trainer.step}")
     trainer.fit()
     val_loss = trainer.evaluate()
@@ -286,8 +284,8 @@ def train_command(args) -> int:
 # ---- sample / eval ---------------------------------------------------------------------------
 
 def _load_run(ckpt: str, device: str | None = None):
-    """(model, tokenizer, run config) from a run folder or one of its checkpoint folders, on
-    `device` (default: the run's, or the CPU where that is not available)."""
+    """(model, tokenizer, run config, device) from a run folder or one of its checkpoint folders,
+    on `device` (default: the run's, or the CPU where that is not available)."""
     from ..models import build_model, config_from_dict
     from ..tokenizer import Tokenizer
     from .checkpoint import latest_checkpoint, load_checkpoint
@@ -300,15 +298,18 @@ def _load_run(ckpt: str, device: str | None = None):
     if folder is None or not Path(folder, "trainer.json").exists():
         raise ValueError(f"{ckpt}: no checkpoint found (expected a run folder or a checkpoint folder)")
     run_config = _read_run_config(run_dir)
-    if device is None:
-        saved = run_config.get("device", "cpu")
-        device = saved if saved == "cpu" or (_core.cuda_available() and
-                                             _core.Device(saved).index < _core.cuda_device_count()) else "cpu"
-        if device != saved:
-            print(f"note: the run's device {saved} is not available here; using the CPU", file=sys.stderr)
-    model = build_model(config_from_dict(run_config["model"]), device=_check_device(device))
+    if device is not None:
+        device = _check_device(device)
+    else:
+        try:
+            device = _check_device(run_config.get("device", "cpu"))
+        except ValueError:
+            print(f"note: the run's device {run_config['device']} is not available here; using the CPU",
+                  file=sys.stderr)
+            device = "cpu"
+    model = build_model(config_from_dict(run_config["model"]), device=device)
     load_checkpoint(folder, model)
-    return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, run_dir
+    return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, device
 
 
 def sample_command(args) -> int:
@@ -332,7 +333,7 @@ def eval_command(args) -> int:
     from ..data import DataLoader
     if args.batches < 1:
         raise ValueError(f"--batches must be at least 1, got {args.batches}")
-    model, tok, cfg, _ = _load_run(args.ckpt, args.device)
+    model, tok, cfg, device = _load_run(args.ckpt, args.device)
     train_cfg = cfg["train"]
     if args.data:  # another source, encoded with this run's tokenizer
         from ..data.sources import split_documents
@@ -346,7 +347,6 @@ def eval_command(args) -> int:
         _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
     import llmscratch as ls
     B, T = train_cfg["batch_size"], train_cfg["seq_len"]
-    device = str(model.wte.weight.device)
     if val_glob is not None:
         loader = DataLoader(val_glob, B, T, shuffle=False, device=device, prefetch=0)
         batches = (loader.batch(i) for i in range(min(args.batches, max(1, loader.num_windows // B))))

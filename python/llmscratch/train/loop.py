@@ -22,8 +22,9 @@ from .. import nn
 from .._progress import Progress
 from ..autograd import no_grad
 from ..optim import AdamW
-from .checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, read_trainer_state,
-                         save_checkpoint)
+from .._files import atomic_write_text
+from .._settings import setting_conflicts
+from .checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from .schedule import learning_rate
 
 # Settings a resumed run must share with its checkpoint: they decide which batch each step sees
@@ -34,24 +35,28 @@ RESUME_MUST_MATCH = ("batch_size", "seq_len", "grad_accum", "seed", "dtype", "we
                      "beta2")
 
 
-def resume_conflicts(saved: dict, current: dict, names=RESUME_MUST_MATCH, prefix: str = "") -> list:
-    """'name: saved -> current' for each of `names` (default: every name of either dict) whose
-    value differs between two settings dicts; a name absent from `saved` (an older run's) is not
-    compared. Values are compared as JSON holds them (tuples as lists)."""
-    current = json.loads(json.dumps(current))
-    names = sorted(set(saved) | set(current)) if names is None else names
-    return [f"{prefix}{n}: {saved[n]!r} -> {current.get(n)!r}" for n in names
-            if n in saved and saved[n] != current.get(n)]
+# What trainer.json must hold for a resume, besides what loading the checkpoint needs.
+RESUME_KEYS = ("rng", "best_val", "best_ckpt", "history", "config")
 
 
-def model_conflicts(saved: dict, current: dict) -> list:
-    """resume_conflicts of two model configs, both completed with ModelConfig's defaults (a field
-    added since the saved run does not count as a change); vocab_size is not compared (the CLI
-    fixes it from the tokenizer)."""
+def _model_conflicts(saved: dict, current: dict) -> list:
+    """setting_conflicts of two model configs, both completed with ModelConfig's defaults (a
+    field added since the saved run does not count as a change); vocab_size is not compared (the
+    CLI fixes it from the tokenizer)."""
     from ..models import config_from_dict
     full = config_from_dict(saved).to_dict()
-    return resume_conflicts(full, config_from_dict(current).to_dict(),
-                            [k for k in full if k != "vocab_size"], prefix="model.")
+    return setting_conflicts(full, config_from_dict(current).to_dict(),
+                             [k for k in full if k != "vocab_size"], prefix="model.")
+
+
+def resume_conflicts(meta: dict, train: dict, model: dict | None) -> list:
+    """What a run resuming a checkpoint (its trainer state `meta`) changed that it may not: the
+    settings of RESUME_MUST_MATCH in `train` and, when given, the model config."""
+    conflicts = setting_conflicts(meta["config"], train, RESUME_MUST_MATCH)
+    saved_model = meta.get("run_config", {}).get("model")
+    if saved_model is not None and model is not None:
+        conflicts += _model_conflicts(saved_model, model)
+    return conflicts
 
 
 @dataclasses.dataclass
@@ -167,14 +172,8 @@ class Trainer:
         folder = folder or latest_checkpoint(self.ckpt_root)
         if folder is None:
             return False
-        meta = read_trainer_state(folder)
-        missing = [k for k in ("rng", "best_val", "best_ckpt", "history", "config") if k not in meta]
-        if missing:
-            raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
-        conflicts = resume_conflicts(meta["config"], dataclasses.asdict(self.cfg))
-        saved_model = meta.get("run_config", {}).get("model")
-        if saved_model is not None and "model" in self.run_config:
-            conflicts += model_conflicts(saved_model, self.run_config["model"])
+        meta = read_trainer_state(folder, RESUME_KEYS)
+        conflicts = resume_conflicts(meta, dataclasses.asdict(self.cfg), self.run_config.get("model"))
         if conflicts:
             raise ValueError(f"cannot resume from {folder}: the run's settings changed ({'; '.join(conflicts)})")
         load_checkpoint(folder, self.model, self.optimizer)
