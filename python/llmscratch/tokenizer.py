@@ -28,6 +28,11 @@ from ._files import atomic_write
 PATTERNS = ("gpt2", "cl100k", "cl100k_original")
 
 
+def _token_names(tokens) -> list:
+    """Special tokens given as one string (one token, not its characters) or as an iterable."""
+    return [tokens] if isinstance(tokens, str) else list(tokens)
+
+
 def _clean(text: str) -> str:
     """Lone surrogates cannot be UTF-8 encoded; like tiktoken, replace them by U+FFFD."""
     try:
@@ -66,9 +71,7 @@ class Tokenizer:
                 texts.append(item.decode("utf-8", "replace"))
             else:
                 raise TypeError(f"Tokenizer.train: expected str texts or Path files, got {type(item).__name__}")
-        if isinstance(special_tokens, str):  # one token, not its characters
-            special_tokens = [special_tokens]
-        specials = list(dict.fromkeys(special_tokens))
+        specials = list(dict.fromkeys(_token_names(special_tokens)))
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
             raise ValueError(f"Tokenizer.train: vocab_size must be an int >= 256 + number of special "
                              f"tokens ({256 + len(specials)}), got {vocab_size!r}")
@@ -92,14 +95,14 @@ class Tokenizer:
         if allowed_special == "all":
             allowed = set(self.special_tokens)
         else:
-            allowed = {allowed_special} if isinstance(allowed_special, str) else set(allowed_special)
+            allowed = set(_token_names(allowed_special))
             unknown = allowed - set(self.special_tokens)
             if unknown:
                 raise ValueError(f"encode: {sorted(unknown)} are not special tokens of this tokenizer")
         if disallowed_special == "all":
             disallowed = set(self.special_tokens) - allowed
         else:
-            disallowed = {disallowed_special} if isinstance(disallowed_special, str) else set(disallowed_special)
+            disallowed = set(_token_names(disallowed_special))
         for s in disallowed:
             if s in text:
                 raise ValueError(f"encode: the text contains the special token {s!r}; pass "

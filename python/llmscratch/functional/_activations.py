@@ -12,11 +12,15 @@ def _check(op, **tensors):
             raise TypeError(f"{op}: needs floating-point inputs, got {name} of dtype {t.dtype}")
 
 
+def check_gelu_approximate(op: str, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
 def gelu(x, approximate="none"):
     """x * Phi(x); approximate='tanh' is the GPT-2 form x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
     _check("gelu", x=x)
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    check_gelu_approximate("gelu", approximate)
     return _core.call("gelu", [x], {"approximate": approximate})[0]
 
 

@@ -15,11 +15,16 @@ def _as_int64(u):
     return u - _U64 if u >= 1 << 63 else u
 
 
+def is_probability(p) -> bool:
+    """A number in [0, 1] (bools are not numbers here)."""
+    return isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= float(p) <= 1.0
+
+
 def dropout(x, p=0.5, training=True):
     """x * mask / (1 - p) when training; x itself when not training or p == 0."""
     if not isinstance(x, _core.Tensor):
         raise TypeError(f"dropout: x must be a Tensor, got {type(x).__name__}")
-    if not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+    if not is_probability(p):
         raise ValueError(f"dropout: p must be in [0, 1], got {p!r}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"dropout: x must be floating, got {x.dtype}")

@@ -12,20 +12,23 @@ import numpy as np
 
 import llmscratch as ls
 from ..autograd import no_grad
+from .config import _is_real
 
 __all__ = ["generate", "sample_next"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _check_sampling(where: str, temperature, top_k, top_p):
     """temperature >= 0 and finite (0: greedy), top_k a positive integer, top_p in (0, 1]; bools
     are not numbers here."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
-            not 0 <= temperature < float("inf"):
+    if not _is_real(temperature) or temperature < 0:
         raise ValueError(f"{where}: temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k <= 0):
+    if top_k is not None and (not _is_int(top_k) or top_k <= 0):
         raise ValueError(f"{where}: top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or
-                              not 0 < top_p <= 1):
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"{where}: top_p must be in (0, 1], got {top_p!r}")
 
 
@@ -39,11 +42,18 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
     if z.ndim != 2:
         raise ValueError(f"sample_next: logits must be (B, V), got shape {z.shape}")
     _check_sampling("sample_next", temperature, top_k, top_p)
-    B, V = z.shape
+    B = z.shape[0]
     if uniform is not None:
         uniform = np.asarray(uniform, dtype=np.float64)
         if uniform.shape != (B,) or not ((uniform >= 0) & (uniform < 1)).all():
             raise ValueError(f"sample_next: uniform must be {B} numbers in [0, 1)")
+    return _sample(z, temperature, top_k, top_p, uniform)
+
+
+def _sample(z: np.ndarray, temperature, top_k, top_p, uniform) -> np.ndarray:
+    """sample_next on float64 logits z (B, V) and arguments already checked (generate checks
+    them once, not at every token)."""
+    B, V = z.shape
     if temperature == 0:
         return z.argmax(axis=1)
     z = z / float(temperature)
@@ -74,7 +84,7 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
              top_p: float | None = None, use_cache: bool = True):
     """ids (B, T0) int -> (B, T0 + max_new_tokens) int64, the prompt followed by sampled ids.
     T0 + max_new_tokens must fit in the model's block_size."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be a non-negative integer, got "
                          f"{max_new_tokens!r}")
     _check_sampling("generate", temperature, top_k, top_p)
@@ -97,7 +107,7 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
         cache = model.new_kv_cache(B, total) if use_cache else None
         logits = model(ls.tensor(tokens, device=device), kv_cache=cache)
         for i in range(max_new_tokens):
-            nxt = sample_next(np.asarray(logits[:, -1]), temperature, top_k, top_p)
+            nxt = _sample(np.asarray(logits[:, -1], dtype=np.float64), temperature, top_k, top_p, None)
             tokens = np.concatenate([tokens, nxt[:, None].astype(np.int64)], axis=1)
             if i + 1 == max_new_tokens:
                 break

@@ -1,11 +1,11 @@
 """The standard layers. Linear, Embedding, LayerNorm and RMSNorm are backed by the C++ layers
 (cpp/layers/), which own the parameter tensors; the module registers the same tensors as its
 Parameters, so optimizers, state_dict and the C++ forward all see one set of weights."""
-import numbers
-
 import llmscratch_core as _core
 
 from .. import functional as F
+from ..functional._activations import check_gelu_approximate
+from ..functional._dropout import is_probability
 from .._dtype import as_device, as_dtype, float32
 from .module import Module, Parameter
 
@@ -83,7 +83,7 @@ class RMSNorm(_CppLayer):
 class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        if not is_probability(p):
             raise ValueError(f"Dropout: p must be a number in [0, 1], got {p!r}")
         self.p = p
 
@@ -97,8 +97,7 @@ class Dropout(Module):
 class GELU(Module):
     def __init__(self, approximate="none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        check_gelu_approximate("GELU", approximate)
         self.approximate = approximate
 
     def forward(self, x):
