@@ -373,8 +373,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
         long_rows_kernel<<<unsigned(std::min<int64_t>(max_long, 1024)), threads, 0, side.get()>>>(
             cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
             long_ids_count, mptr<T>(dweight), cp);
-      check_launch("embedding_backward");
-      side.join();
+      side.join();  // (a failed launch is reported by the check after go)
     };
     constexpr int WV = kVec<T>;
     if (W == 1) go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>);
