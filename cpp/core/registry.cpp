@@ -112,6 +112,23 @@ const Impl* pick(const std::string& op, OpEntry& e, Device dev, DType dt) {
                                 chosen.empty() ? native : chosen,
                                 " (implemented for: ", have.empty() ? "none" : have, ")"));
 }
+struct SavedVersions {
+  std::vector<uint64_t> inputs, outputs;
+};
+std::vector<uint64_t> versions_of(const Tensors& saved) {
+  std::vector<uint64_t> v;
+  for (auto& t : saved) v.push_back(t.defined() ? t.version() : 0);
+  return v;
+}
+void check_unmodified(const std::string& op, const Tensors& saved,
+                      const std::vector<uint64_t>& versions, const char* role) {
+  for (size_t i = 0; i < saved.size(); ++i)
+    LS_CHECK(!saved[i].defined() || saved[i].version() == versions[i], RuntimeError,
+             "a tensor the backward of '", op, "' needs was modified by an in-place operation: ",
+             role, " ", i, " (shape ", shape_str(saved[i].shape()), ") is at version ",
+             saved[i].version(), "; expected version ", versions[i], ". Compute out of place, "
+             "or write into a clone()");
+}
 }  // namespace
 
 void declare_op(const std::string& name, OpSchema schema) {
@@ -218,8 +235,16 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   }
   if (e.schema.save_outputs)
     for (auto& t : outputs) ctx->outputs.push_back(t.detach());
+  // The backward reads what it saved as it was now: a later in-place write (copy_, fill_, an
+  // optimizer step, the in-place cross-entropy) bumps the version and the backward refuses to
+  // run on the changed values, as torch does, instead of returning a wrong gradient.
+  SavedVersions versions{versions_of(ctx->inputs), versions_of(ctx->outputs)};
   BackwardFn bw = e.schema.backward;
-  record_node(op, inputs, outputs, [ctx, bw](const Tensors& grads) { return bw(*ctx, grads); });
+  record_node(op, inputs, outputs, [ctx, bw, op, versions](const Tensors& grads) {
+    check_unmodified(op, ctx->inputs, versions.inputs, "input");
+    check_unmodified(op, ctx->outputs, versions.outputs, "output");
+    return bw(*ctx, grads);
+  });
   return outputs;
 }
 

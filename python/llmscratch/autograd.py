@@ -89,14 +89,29 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
 
 class FunctionCtx:
     """What forward leaves for backward. Saved tensors are stored detached, so the saved state
-    never holds the graph alive in a reference cycle."""
+    never holds the graph alive in a reference cycle, with their versions: reading them back
+    after an in-place write into one raises, as the registry's ops do, instead of handing the
+    backward changed values."""
 
-    def __init__(self):
-        self.saved_tensors = ()
+    def __init__(self, name="Function"):
+        self._name = name
+        self._saved = ()
         self.needs_input_grad = ()
 
     def save_for_backward(self, *tensors):
-        self.saved_tensors = tuple(t.detach() if isinstance(t, Tensor) else t for t in tensors)
+        self._saved = tuple((t.detach(), t._version) if isinstance(t, Tensor) else (t, None)
+                            for t in tensors)
+
+    @property
+    def saved_tensors(self):
+        for i, (t, version) in enumerate(self._saved):
+            if version is not None and t._version != version:
+                raise RuntimeError(f"a tensor the backward of '{self._name}' needs was modified by "
+                                   f"an in-place operation: saved tensor {i} (shape "
+                                   f"{tuple(t.shape)}) is at version {t._version}; expected "
+                                   f"version {version}. Compute out of place, or write into a "
+                                   f"clone()")
+        return tuple(t for t, _ in self._saved)
 
 
 class Function:
@@ -114,7 +129,7 @@ class Function:
 
     @classmethod
     def apply(cls, *args):
-        ctx = FunctionCtx()
+        ctx = FunctionCtx(cls.__name__)
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         with no_grad():
             result = cls.forward(ctx, *args)

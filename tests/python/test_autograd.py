@@ -283,6 +283,44 @@ def test_in_place_writes_that_would_lose_a_gradient_or_truncate_are_refused():
     assert i.tolist() == [3, 4, 5]
 
 
+def test_a_backward_refuses_saved_tensors_written_in_place_after_its_forward():
+    w = ls.tensor(randn(3), requires_grad=True)
+    x = ls.tensor(randn(3))
+    y = x * w  # mul saves both inputs
+    with ls.no_grad():
+        w.add_(1.0)  # an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match=r"backward of 'mul' .* input 1 \(shape \(3,\)\) is at "
+                                           r"version 1; expected version 0"):
+        y.sum().backward()
+
+    e = w.exp()  # exp saves its output
+    with ls.no_grad():
+        e[1:].fill_(0.0)  # a write through a view moves the version every view shares
+    with pytest.raises(RuntimeError, match="backward of 'exp' .* output 0"):
+        e.sum().backward()
+
+    z = x + w  # add saves nothing: a write into its input changes no gradient
+    x.mul_(2.0)
+    z.sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0, 1.0]
+
+    c = ls.tensor(randn(4), requires_grad=True)
+    y = Cube.apply(c, 1.0)
+    with ls.no_grad():
+        c.zero_()
+    with pytest.raises(RuntimeError, match="backward of 'Cube' .* saved tensor 0 .* version 1; "
+                                           "expected version 0"):
+        y.sum().backward()
+    a = randn(4)
+    c = ls.tensor(a, requires_grad=True)
+    y = Cube.apply(c, 1.0)
+    with ls.no_grad():
+        c.zero_()
+        c.add_(ls.tensor(a))  # the same values again are still a write: the version tells
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        y.sum().backward()
+
+
 def test_a_root_gradient_takes_the_roots_dtype():
     x = ls.tensor([0.5, -1.0, 2.0], dtype=ls.float32).requires_grad_()
     y = ls.functional.softmax(x * 2.0, -1)

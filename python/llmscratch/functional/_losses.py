@@ -20,22 +20,23 @@ class _CrossEntropyInplace(Function):
     @staticmethod
     def forward(ctx, logits, targets, attrs):
         loss = _core.call("cross_entropy_inplace", [logits, targets], attrs)[0]
-        ctx.save_for_backward(logits)
+        # Held outside save_for_backward: the backward hands this memory on as dlogits and lets
+        # go of it, so that a second backward through the loss finds it gone.
+        ctx.buffer = logits.detach()
         ctx.version = logits._version  # any later write into the buffer is caught in backward
         ctx.reduction = attrs["reduction"]
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        if not ctx.saved_tensors:
+        if ctx.buffer is None:
             raise RuntimeError("cross_entropy(inplace_backward=True): the logits gradient was "
                                "already handed to an earlier backward through this loss; it "
                                "serves one")
-        (buf,) = ctx.saved_tensors
+        buf, ctx.buffer = ctx.buffer, None  # the buffer now belongs to the gradient flowing on
         if buf._version != ctx.version:
             raise RuntimeError("cross_entropy(inplace_backward=True): the logits, which hold their "
                                "gradient since the forward, were written before the backward")
-        ctx.saved_tensors = ()  # the buffer now belongs to the gradient flowing on
         dlogits = _core.call("cross_entropy_inplace_backward", [g, buf],
                              {"reduction": ctx.reduction})[0]
         return dlogits, None, None
