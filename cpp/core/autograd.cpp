@@ -33,15 +33,27 @@ bool can_take(const Tensor& g) {
          g.is_contiguous() && !g.requires_grad() && !g.grad_fn();
 }
 
+// A hook may replace the gradient (returning undefined keeps it), but not change its kind: the
+// nodes behind it were built for the tensor's shape, dtype and device.
+Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
+  for (auto& hook : hooks) {
+    Tensor r = hook(g);
+    if (!r.defined()) continue;
+    LS_CHECK(r.shape() == g.shape() && r.dtype() == g.dtype() && r.device() == g.device(),
+             RuntimeError, "a gradient hook returned a ", dtype_name(r.dtype()), " tensor of shape ",
+             shape_str(r.shape()), " on ", r.device().str(), " for a gradient that is ",
+             dtype_name(g.dtype()), " of shape ", shape_str(g.shape()), " on ", g.device().str());
+    g = std::move(r);
+  }
+  return g;
+}
+
 // grad += g for a leaf, out of place so that no two .grad tensors ever alias. The first gradient
 // is taken as it is when no one else can see it (as torch's AccumulateGrad steals it), else
 // copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
-  for (auto& hook : t.autograd_meta().hooks) {
-    Tensor r = hook(g);
-    if (r.defined()) g = r;
-  }
+  g = run_hooks(t.autograd_meta().hooks, std::move(g));
   if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());
   Tensor old = t.grad();
   if (old.defined()) t.autograd_meta().grad = ops::add(old, g).impl();
@@ -115,6 +127,13 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::unordered_map<Node*, int> dependencies;
   std::unordered_map<Node*, std::shared_ptr<Node>> keep;
+  // A leaf's gradients from all its edges are summed first, then its hooks run and .grad takes
+  // the sum once (torch's AccumulateGrad): a hook sees the leaf's whole gradient of this backward.
+  struct LeafSum {
+    int pending = 0;
+    Tensor sum;
+  };
+  std::unordered_map<TensorImpl*, LeafSum> leaves;
 
   // Count, for every reachable node, how many edges point at it.
   std::vector<Node*> stack;
@@ -125,6 +144,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     Node* n = stack.back();
     stack.pop_back();
     for (auto& e : n->next) {
+      if (e.leaf) leaves[e.leaf.get()].pending++;
       if (!e.node) continue;
       dependencies[e.node.get()]++;
       if (seen.insert(e.node.get()).second) stack.push_back(e.node.get());
@@ -138,6 +158,20 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     if (buf.empty()) buf.resize(node->outputs.size());
     buf[nr] = buf[nr].defined() ? ops::add(buf[nr], g) : g;
     keep[node.get()] = node;
+  };
+  auto add_leaf_grad = [&](const std::shared_ptr<TensorImpl>& leaf, Tensor g, bool from_edge) {
+    auto it = leaves.find(leaf.get());
+    if (it == leaves.end()) {  // a root that no edge reaches
+      if (g.defined()) accumulate_into_leaf(leaf, std::move(g));
+      return;
+    }
+    LeafSum& s = it->second;
+    if (g.defined()) s.sum = s.sum.defined() ? ops::add(s.sum, g) : std::move(g);
+    if (from_edge && --s.pending > 0) return;
+    if (!from_edge && s.pending > 0) return;
+    Tensor total = std::move(s.sum);
+    leaves.erase(it);
+    if (total.defined()) accumulate_into_leaf(leaf, std::move(total));
   };
 
   for (size_t i = 0; i < roots.size(); ++i) {
@@ -156,7 +190,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     LS_CHECK(g.shape() == r.shape(), ValueError, "backward: gradient has shape ",
              shape_str(g.shape()), " but the tensor has shape ", shape_str(r.shape()));
     if (r.is_leaf()) {
-      accumulate_into_leaf(r.impl(), g);
+      add_leaf_grad(r.impl(), g, false);
     } else {
       add_grad(r.grad_fn(), r.autograd_meta().output_nr, g);
     }
@@ -173,10 +207,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       const OutputInfo& info = n->outputs[i];
       if (!g[i].defined() && is_floating(info.dtype))
         g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);
-      for (auto& hook : n->output_hooks[i]) {
-        Tensor r = hook(g[i]);
-        if (r.defined()) g[i] = r;
-      }
+      g[i] = run_hooks(n->output_hooks[i], std::move(g[i]));
       for (auto& hook : n->retain_hooks[i]) hook(g[i]);
     }
     std::vector<Tensor> in_grads = n->apply(g);
@@ -194,7 +225,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       // moved out of in_grads: a gradient nothing else holds can become the leaf's .grad
       Tensor gi = i < in_grads.size() ? std::move(in_grads[i]) : Tensor();
       if (e.leaf) {
-        if (gi.defined()) accumulate_into_leaf(e.leaf, std::move(gi));
+        add_leaf_grad(e.leaf, std::move(gi), true);
         continue;
       }
       if (gi.defined()) add_grad(e.node, e.input_nr, gi);

@@ -129,6 +129,18 @@ void check_unmodified(const std::string& op, const Tensors& saved,
              saved[i].version(), "; expected version ", versions[i], ". Compute out of place, "
              "or write into a clone()");
 }
+// A backward returns a gradient of the input's shape on its device (or none) for each input;
+// a wrong one caught here names its op instead of failing later in a node that did nothing wrong.
+// (Gradients past the inputs, for trailing optional inputs left out of the call, are unused.)
+void check_gradients(const std::string& op, const BackwardCtx& ctx, const Tensors& grads) {
+  for (size_t i = 0; i < std::min(grads.size(), ctx.input_shapes.size()); ++i) {
+    if (!grads[i].defined() || !ctx.needs_grad[i]) continue;
+    LS_CHECK(grads[i].shape() == ctx.input_shapes[i] && grads[i].device() == ctx.device,
+             RuntimeError, "the backward of '", op, "' returned a gradient of shape ",
+             shape_str(grads[i].shape()), " on ", grads[i].device().str(), " for input ", i,
+             " of shape ", shape_str(ctx.input_shapes[i]), " on ", ctx.device.str());
+  }
+}
 }  // namespace
 
 void declare_op(const std::string& name, OpSchema schema) {
@@ -243,7 +255,9 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   record_node(op, inputs, outputs, [ctx, bw, op, versions](const Tensors& grads) {
     check_unmodified(op, ctx->inputs, versions.inputs, "input");
     check_unmodified(op, ctx->outputs, versions.outputs, "output");
-    return bw(*ctx, grads);
+    Tensors input_grads = bw(*ctx, grads);
+    check_gradients(op, *ctx, input_grads);
+    return input_grads;
   });
   return outputs;
 }

@@ -140,7 +140,6 @@ void copy_(const Tensor& dst, const Tensor& src) {
   LS_CHECK(!(grad_enabled() && src.requires_grad()), RuntimeError,
            "copy_: writing a value that requires grad into a tensor that does not would lose its "
            "gradient; compute out of place (x = x + y, cat, where), or write under no_grad()");
-  broadcast_shapes(dst.shape(), src.shape(), "copy_");
   LS_CHECK(broadcast_shapes(dst.shape(), src.shape(), "copy_") == dst.shape(), ValueError,
            "copy_: source of shape ", shape_str(src.shape()), " cannot be broadcast to ",
            shape_str(dst.shape()));

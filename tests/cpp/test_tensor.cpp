@@ -139,6 +139,39 @@ TEST_F(TensorCore, TapeAccumulatesAndHandlesDiamonds) {
   for (size_t i = 0; i < vx.size(); ++i) EXPECT_NEAR(g2[i], g[i] + 1, 1e-12);
 }
 
+// An op whose backward returns a gradient of its input's shape summed away: the tape names it.
+TEST_F(TensorCore, TapeRefusesABackwardsGradientOfAnotherShape) {
+  declare_op("test_wrong_backward", {[](const BackwardCtx&, const Tensors& g) {
+                                       return Tensors{ops::sum(g[0])};
+                                     }, false});
+  register_kernel("test_wrong_backward", "cpu",
+                  [](const Tensors& in, const Attrs&) { return Tensors{ops::contiguous_copy(in[0])}; });
+  Tensor x = random({2, 3});
+  x.set_requires_grad(true);
+  Tensor y = call("test_wrong_backward", {x})[0];
+  try {
+    run_backward({ops::sum(y)}, {});
+    FAIL() << "expected an error";
+  } catch (const RuntimeError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("backward of 'test_wrong_backward' returned a gradient of shape ()"),
+              std::string::npos) << msg;
+    EXPECT_NE(msg.find("input 0 of shape (2, 3)"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(x.grad().defined());
+}
+
+TEST_F(TensorCore, TapeRefusesSavedTensorsWrittenInPlace) {
+  Tensor x = random({3}), w = random({3});
+  w.set_requires_grad(true);
+  Tensor y = ops::sum(ops::mul(x, w));
+  ops::fill_(x, 0.0);  // mul saved x: its backward would read the zeros
+  EXPECT_THROW(run_backward({y}, {}), RuntimeError);
+  Tensor z = ops::sum(ops::mul(x, w));
+  run_backward({z}, {});
+  EXPECT_EQ(values(w.grad()), (std::vector<double>{0, 0, 0}));
+}
+
 TEST_F(TensorCore, NoGradAndDetach) {
   Tensor x = random({3});
   x.set_requires_grad(true);

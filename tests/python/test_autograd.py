@@ -117,6 +117,29 @@ def test_hooks_and_retain_grad():
     assert x.grad.tolist() == [360.0, 720.0]
 
 
+def test_a_leaf_hook_sees_the_leafs_whole_gradient_once():
+    w = ls.tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    w.register_hook(lambda g: seen.append(g.tolist()) or g * 0.5)
+    (w * 3 + w.exp() + w).sum().backward()  # three edges into w, one call of its hook
+    expected = (4 + np.exp([1.0, 2.0])).tolist()
+    assert len(seen) == 1 and np.allclose(seen[0], expected)
+    assert np.allclose(w.grad.tolist(), np.array(expected) * 0.5)
+    y = (w * w).sum()
+    ls.autograd.backward([y, w], [None, ls.tensor([1.0, 1.0])])  # w is a root and reached
+    assert len(seen) == 2 and np.allclose(seen[1], [3.0, 5.0])
+
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 3
+    h.register_hook(lambda g: g.sum())
+    with pytest.raises(RuntimeError, match=r"hook returned a float32 tensor of shape \(\) .* for a "
+                                           r"gradient that is float32 of shape \(2,\)"):
+        (h * h).sum().backward()
+    x.register_hook(lambda g: g.double())
+    with pytest.raises(RuntimeError, match="hook returned a float64 tensor"):
+        (x * 2).sum().backward()
+
+
 def test_views_and_slices_carry_gradients():
     a = randn(4, 6)
     x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
