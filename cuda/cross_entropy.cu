@@ -469,10 +469,7 @@ Tensors forward_entry(const Tensors& in, const Attrs& a, bool in_place) {
       check_launch(op);
     }
   });
-  if (in_place) {
-    logits.bump_version();
-    return {loss};
-  }
+  if (in_place) return {loss};
   return {loss, lse};
 }
 
@@ -613,7 +610,6 @@ Tensors cross_entropy_inplace_backward_cuda(const Tensors& in, const Attrs& a) {
   Tensor dlogits = in[1];
   const DType ad = acc_dtype(dlogits.dtype());
   Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
-  dlogits.bump_version();
   if (dlogits.numel() == 0) return {dlogits};
   // One factor for contiguous dlogits: a single row of N V elements (16-byte vectors whenever N V
   // allows, whatever V is); per-row factors ("none") or rows at a stride of their own: N rows of V.

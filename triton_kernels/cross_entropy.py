@@ -32,8 +32,8 @@ row for "none") in place, masking off every element whose factor is exactly 1, s
 on the mean itself moves no data and needs no host synchronisation. The forward program walks its
 row twice: the statistics (and the target logit, picked from the chunks it loads, so it is read
 before anything is overwritten), then the gradient from the last chunk back to the first, each
-chunk stored where it was loaded. The CPU/CUDA kernels bump the tensor's version counter; writes
-made here through torch do not (as every triton in-place kernel).
+chunk stored where it was loaded. The registry bumps the logits' version counter after either
+op, whichever backend ran it (OpSchema.writes_inputs).
 References: Liger-Kernel's fused linear cross-entropy (its in-place logits gradient); llm.c's fused
 classifier.
 """

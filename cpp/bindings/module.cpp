@@ -38,7 +38,7 @@ AttrValue to_attr(const std::string& key, const py::handle& v) {
     return out;
   }
   throw TypeError(cat("argument '", key, "' has an unsupported type ",
-                      std::string(py::str(v.get_type().attr("__name__")))));
+                      std::string(py::str(py::type::handle_of(v).attr("__name__")))));
 }
 
 Attrs to_attrs(const py::dict& d) {

@@ -229,6 +229,8 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   } else {
     outputs = impl->kernel(inputs, attrs);
   }
+  for (size_t i : e.schema.writes_inputs)
+    if (i < inputs.size() && inputs[i].defined()) inputs[i].bump_version();
   // A kernel may hand back an input unchanged (contiguous() of a contiguous tensor); give it a
   // fresh TensorImpl so recording never rewrites an input's own history.
   for (auto& o : outputs)

@@ -58,6 +58,9 @@ struct OpSchema {
   BackwardFn backward;       // null: not differentiable
   bool save_inputs = true;   // keep inputs alive for the backward
   bool save_outputs = false; // keep outputs alive for the backward
+  // Inputs the op writes in place: call() bumps their versions after any backend's kernel, so
+  // a backward that saved one of them refuses the changed values.
+  std::vector<size_t> writes_inputs = {};
 };
 
 void declare_op(const std::string& name, OpSchema schema);

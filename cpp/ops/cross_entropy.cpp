@@ -192,10 +192,7 @@ Tensors forward_rows(const Tensors& in, const Attrs& a, bool in_place) {
       pl[0] = T(red == Reduction::Sum ? total : total / double(count));
     }
   });
-  if (in_place) {
-    logits.bump_version();
-    return {loss};
-  }
+  if (in_place) return {loss};
   return {loss, lse};
 }
 
@@ -274,7 +271,6 @@ Tensors cross_entropy_inplace_backward(const Tensors& in, const Attrs& a) {
       }
     });
   });
-  dlogits.bump_version();
   return {dlogits};
 }
 
@@ -299,8 +295,8 @@ LS_REGISTER(cross_entropy) {
   declare_op("cross_entropy_backward", {});
   // Not differentiable through the registry: F.cross_entropy(..., inplace_backward=True) records
   // the pair on the tape from Python, where it can also check that the buffer was left alone.
-  declare_op("cross_entropy_inplace", {});
-  declare_op("cross_entropy_inplace_backward", {});
+  declare_op("cross_entropy_inplace", {nullptr, true, false, {0}});
+  declare_op("cross_entropy_inplace_backward", {nullptr, true, false, {1}});
   register_kernel("cross_entropy", "cpu", cross_entropy_forward, kFloat);
   register_kernel("cross_entropy_backward", "cpu", cross_entropy_backward, kFloat);
   register_kernel("cross_entropy_inplace", "cpu", cross_entropy_inplace_forward, kFloat);

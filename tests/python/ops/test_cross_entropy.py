@@ -210,6 +210,13 @@ def test_inplace_misuse_raises():
         logits.mul_(2.0)
     with pytest.raises(RuntimeError, match="were written before the backward"):
         loss.backward()
+    # logits an earlier op saved are overwritten by the forward: that op's backward refuses them
+    logits = (leaf * 1.0).exp()  # exp saves its output
+    version = logits._version
+    loss = F.cross_entropy(logits, t, inplace_backward=True)
+    assert logits._version == version + 1
+    with pytest.raises(RuntimeError, match="backward of 'exp' needs was modified by an in-place"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -145,14 +145,18 @@ def test_cross_entropy_rows_at_a_stride(device, dtype, N, V, reduction):
 
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_cross_entropy_inplace_factor_one_is_a_no_op(device, dtype):
+    """...and each op of the pair moves the logits' version, as the CPU and CUDA ones do."""
     r = rng()
     xs = to_ls(r.standard_normal((5, 300)), device, dtype)
     ts = to_ls(r.integers(0, 300, 5).astype(np.int64), device, dtype)
+    version = xs._version
     (loss,) = triton_call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})
+    assert xs._version == version + 1
     before = to_np(xs)
     triton_call("cross_entropy_inplace_backward", [ls.ones(dtype=loss.dtype).to(device), xs],
                 {"reduction": "mean"})
     np.testing.assert_array_equal(to_np(xs), before)
+    assert xs._version == version + 2
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
