@@ -3,6 +3,7 @@ differentiable functions written in Python (recorded on the same C++ tape as bui
 used by the Triton backend), and ``gradcheck`` by finite differences in float64."""
 import contextlib
 import functools
+import inspect
 
 import numpy as np
 
@@ -10,6 +11,33 @@ import llmscratch_core as _core
 
 Tensor = _core.Tensor
 is_grad_enabled = _core.is_grad_enabled
+
+
+def _generator_in_mode(make_cm, fn):
+    """A decorated generator function: its body runs in the mode at every resumption, and the
+    caller's mode is back between them (a plain decorator would set the mode only while the
+    generator object is created, before any of its body runs)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        gen = fn(*args, **kwargs)
+        resume = functools.partial(gen.send, None)
+        while True:
+            try:
+                with make_cm():
+                    value = resume()
+            except StopIteration as stop:
+                return stop.value
+            try:
+                sent = yield value
+            except GeneratorExit:
+                with make_cm():
+                    gen.close()
+                raise
+            except BaseException as exc:  # thrown in by the caller: on into the body
+                resume = functools.partial(gen.throw, exc)
+            else:
+                resume = functools.partial(gen.send, sent)
+    return wrapper
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -24,6 +52,11 @@ class _GradMode(contextlib.ContextDecorator):
 
     def _recreate_cm(self):  # a decorated call gets its own instance, as torch's do
         return type(self)()
+
+    def __call__(self, fn):
+        if inspect.isgeneratorfunction(fn):
+            return _generator_in_mode(self._recreate_cm, fn)
+        return super().__call__(fn)
 
     def __enter__(self):
         self._prev.append(_core.is_grad_enabled())
@@ -57,6 +90,8 @@ class set_grad_enabled(contextlib.ContextDecorator):
 
     def __call__(self, fn):
         _core.set_grad_enabled(self.prev)  # as a decorator, the call above leaves nothing behind
+        if inspect.isgeneratorfunction(fn):
+            return _generator_in_mode(self._recreate_cm, fn)
         return super().__call__(fn)
 
     def _recreate_cm(self):

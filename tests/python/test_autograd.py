@@ -285,6 +285,39 @@ def test_grad_mode_decorators_restore_the_mode_they_found():
     assert ls.is_grad_enabled()
 
 
+def test_grad_mode_decorators_on_generators_hold_at_every_resumption():
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+
+    @ls.no_grad()
+    def steps(n):
+        for _ in range(n):
+            got = yield (x * 2).requires_grad
+            assert not ls.is_grad_enabled() and got == "go"
+        return "done"
+
+    gen = steps(2)
+    assert next(gen) is False and ls.is_grad_enabled()  # the caller's mode between resumptions
+    assert gen.send("go") is False and ls.is_grad_enabled()
+    with pytest.raises(StopIteration) as stop:
+        gen.send("go")
+    assert stop.value.value == "done" and ls.is_grad_enabled()
+
+    @ls.set_grad_enabled(False)
+    def catches():
+        try:
+            yield 1
+        except KeyError:
+            yield ls.is_grad_enabled()
+
+    gen = catches()
+    next(gen)
+    assert gen.throw(KeyError("k")) is False and ls.is_grad_enabled()
+    gen.close()
+    with ls.no_grad():
+        assert list(ls.enable_grad()(lambda: (yield ls.is_grad_enabled()))()) == [True]
+        assert not ls.is_grad_enabled()
+
+
 def test_in_place_writes_that_would_lose_a_gradient_or_truncate_are_refused():
     y = ls.tensor([1.0, 2.0]).requires_grad_()
     acc = ls.zeros(2)
