@@ -168,6 +168,19 @@ def test_regression_converges():
     np.testing.assert_allclose(model.bias.item(), 0.3, atol=1e-3)
 
 
+def test_layers_take_integer_sizes_only():
+    assert nn.Linear(np.int64(3), 2).weight.shape == (2, 3)
+    with pytest.raises(TypeError, match="Linear: in_features must be an integer, got float"):
+        nn.Linear(3.0, 2)
+    with pytest.raises(TypeError, match="Embedding: embedding_dim must be an integer, got str"):
+        nn.Embedding(10, "4")
+    with pytest.raises(TypeError, match="RMSNorm: normalized_shape must be an int or a sequence"):
+        nn.RMSNorm([4.0])
+    with pytest.raises(ValueError, match="LayerNorm: normalized_shape must be the last dimension only"):
+        nn.LayerNorm((4, 5))
+    assert nn.LayerNorm([6]).normalized_shape == (6,)
+
+
 def test_optimizer_rejects_bad_input():
     with pytest.raises(ValueError, match="empty parameter list"):
         ls.optim.AdamW([])

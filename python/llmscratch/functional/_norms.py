@@ -14,15 +14,15 @@ __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
 
 
 def _as_shape(op, normalized_shape):
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if is_int(normalized_shape):
         return (int(normalized_shape),)
-    try:
-        if isinstance(normalized_shape, (str, bytes)):
-            raise TypeError
+    if isinstance(normalized_shape, (list, tuple)) and all(is_int(s) for s in normalized_shape):
         return tuple(int(s) for s in normalized_shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
-                        f"got {normalized_shape!r}") from None
+    raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
+                    f"got {normalized_shape!r}")
 
 
 def _flatten(op, x, normalized_shape, params):

@@ -5,7 +5,9 @@ import llmscratch_core as _core
 
 from .. import functional as F
 from ..functional._activations import check_gelu_approximate
+from ..functional._checks import require_int
 from ..functional._dropout import is_probability
+from ..functional._norms import _as_shape
 from .._dtype import as_device, as_dtype, float32
 from .module import Module, Parameter
 
@@ -30,10 +32,13 @@ def _dd(dtype, device):
     return as_dtype(dtype, float32), as_device(device)
 
 
+
 class Linear(_CppLayer):
     """y = x W^T + b with W (out_features, in_features), as torch.nn.Linear."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=None, device=None):
+        in_features = require_int(in_features, "in_features", "Linear")
+        out_features = require_int(out_features, "out_features", "Linear")
         super().__init__(_core.layers.Linear(in_features, out_features, bias, *_dd(dtype, device)))
         self.in_features, self.out_features = in_features, out_features
 
@@ -45,6 +50,8 @@ class Embedding(_CppLayer):
     """Rows of a (num_embeddings, embedding_dim) table, initialised N(0, 1)."""
 
     def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
+        num_embeddings = require_int(num_embeddings, "num_embeddings", "Embedding")
+        embedding_dim = require_int(embedding_dim, "embedding_dim", "Embedding")
         super().__init__(_core.layers.Embedding(num_embeddings, embedding_dim, *_dd(dtype, device)))
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
 
@@ -52,17 +59,16 @@ class Embedding(_CppLayer):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-def _last_dim(normalized_shape):
-    if isinstance(normalized_shape, int):
-        return normalized_shape
-    if len(normalized_shape) != 1:
-        raise ValueError(f"normalized_shape must be the last dimension only, got {tuple(normalized_shape)}")
-    return normalized_shape[0]
+def _last_dim(layer, normalized_shape):
+    shape = _as_shape(layer, normalized_shape)
+    if len(shape) != 1:
+        raise ValueError(f"{layer}: normalized_shape must be the last dimension only, got {shape}")
+    return shape[0]
 
 
 class LayerNorm(_CppLayer):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None, device=None):
-        n = _last_dim(normalized_shape)
+        n = _last_dim("LayerNorm", normalized_shape)
         super().__init__(_core.layers.LayerNorm(n, eps, elementwise_affine, bias, *_dd(dtype, device)))
         self.normalized_shape, self.eps = (n,), eps
 
@@ -72,7 +78,7 @@ class LayerNorm(_CppLayer):
 
 class RMSNorm(_CppLayer):
     def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True, dtype=None, device=None):
-        n = _last_dim(normalized_shape)
+        n = _last_dim("RMSNorm", normalized_shape)
         super().__init__(_core.layers.RMSNorm(n, eps, elementwise_affine, *_dd(dtype, device)))
         self.normalized_shape, self.eps = (n,), eps
 

@@ -57,6 +57,9 @@ def test_bad_inputs():
         F.rms_norm(ls.tensor([[1, 2, 3]]), (3,))
     with pytest.raises(TypeError, match="rms_norm: normalized_shape"):
         F.rms_norm(x, "3")
+    for not_ints in (3.0, [3.5], True):  # never truncated to a size
+        with pytest.raises(TypeError, match="rms_norm: normalized_shape must be an int or a sequence"):
+            F.rms_norm(x, not_ints)
 
 
 def _torch_add_rms_norm(x, r, w, eps=1e-6):
