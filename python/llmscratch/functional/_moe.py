@@ -12,7 +12,7 @@ import numbers
 
 import llmscratch_core as _core
 
-from ._checks import require_tensor as _tensor
+from ._checks import require_int as _int, require_tensor as _tensor
 
 __all__ = ["moe_permute", "grouped_matmul", "moe_combine"]
 
@@ -27,11 +27,12 @@ def moe_permute(expert_ids, n_experts, capacity=None):
     _tensor(expert_ids, "expert_ids", "moe_permute")
     if expert_ids.dtype not in (_core.DType.int32, _core.DType.int64):
         raise TypeError(f"moe_permute: expert_ids must be int32 or int64, got {expert_ids.dtype}")
-    if capacity is not None and (not isinstance(capacity, numbers.Integral) or capacity < 0):
+    if capacity is not None and (not isinstance(capacity, numbers.Integral)
+                                 or isinstance(capacity, bool) or capacity < 0):
         raise ValueError(f"moe_permute: capacity must be None or a non-negative int, got {capacity!r}")
+    n_experts = _int(n_experts, "n_experts", "moe_permute")
     cap = -1 if capacity is None else int(capacity)
-    return tuple(_core.call("moe_permute", [expert_ids],
-                            {"n_experts": int(n_experts), "capacity": cap}))
+    return tuple(_core.call("moe_permute", [expert_ids], {"n_experts": n_experts, "capacity": cap}))
 
 
 def grouped_matmul(x, w, offsets, transpose_w=False):

@@ -52,6 +52,11 @@ def test_permute_errors():
         F.moe_permute(ls.tensor(np.array([0, 1])), 4)
     with pytest.raises(TypeError, match="moe_permute"):
         F.moe_permute(ls.zeros(2, 2), 4)
+    ids = ls.tensor(np.array([[0, 1]]))
+    with pytest.raises(TypeError, match="moe_permute: n_experts must be an integer, got float"):
+        F.moe_permute(ids, 3.7)  # never truncated to 3 experts
+    with pytest.raises(ValueError, match="moe_permute: capacity must be None or a non-negative int"):
+        F.moe_permute(ids, 4, capacity=True)
 
 
 def random_offsets(M, E, dropped=0):
