@@ -126,7 +126,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
       auto held = hold(std::move(backward));
       s.backward = [held](const BackwardCtx& c, const Tensors& grads) {
         py::gil_scoped_acquire gil;
-        py::object r = (*held)(c.inputs, c.outputs, grads, c.needs_grad);
+        py::object r = (*held)(c.inputs.all(), c.outputs.all(), grads, c.needs_grad);
         return to_tensors(r);
       };
     }

@@ -34,7 +34,8 @@ bool can_take(const Tensor& g) {
 }
 
 // A hook may replace the gradient (returning undefined keeps it), but not change its kind: the
-// nodes behind it were built for the tensor's shape, dtype and device.
+// nodes behind it were built for the tensor's shape, dtype and device. The gradient it gets is
+// in its tensor's dtype already.
 Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
   for (auto& hook : hooks) {
     Tensor r = hook(g);
@@ -53,8 +54,8 @@ Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
 // copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
+  if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
   g = run_hooks(t.autograd_meta().hooks, std::move(g));
-  if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());
   Tensor old = t.grad();
   if (old.defined()) t.autograd_meta().grad = ops::add(old, g).impl();
   else t.autograd_meta().grad = (can_take(g) ? std::move(g) : ops::contiguous_copy(g)).impl();
@@ -159,21 +160,19 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     buf[nr] = buf[nr].defined() ? ops::add(buf[nr], g) : g;
     keep[node.get()] = node;
   };
-  auto add_leaf_grad = [&](const std::shared_ptr<TensorImpl>& leaf, Tensor g, bool from_edge) {
+  auto add_leaf_grad = [&](const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
     auto it = leaves.find(leaf.get());
-    if (it == leaves.end()) {  // a root that no edge reaches
-      if (g.defined()) accumulate_into_leaf(leaf, std::move(g));
-      return;
-    }
     LeafSum& s = it->second;
     if (g.defined()) s.sum = s.sum.defined() ? ops::add(s.sum, g) : std::move(g);
-    if (from_edge && --s.pending > 0) return;
-    if (!from_edge && s.pending > 0) return;
+    if (--s.pending > 0) return;
     Tensor total = std::move(s.sum);
     leaves.erase(it);
     if (total.defined()) accumulate_into_leaf(leaf, std::move(total));
   };
 
+  // Every root and its gradient is checked before any gradient moves: a bad one leaves no .grad
+  // half-written.
+  std::vector<Tensor> seeds;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];
     LS_CHECK(r.requires_grad(), RuntimeError,
@@ -189,10 +188,16 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     g = ops::to_dtype(g, r.dtype());  // as torch: a gradient of another dtype takes the root's
     LS_CHECK(g.shape() == r.shape(), ValueError, "backward: gradient has shape ",
              shape_str(g.shape()), " but the tensor has shape ", shape_str(r.shape()));
+    seeds.push_back(std::move(g));
+  }
+  for (auto& r : roots)  // a leaf root is one more gradient into its sum
+    if (r.is_leaf()) leaves[r.impl().get()].pending++;
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Tensor& r = roots[i];
     if (r.is_leaf()) {
-      add_leaf_grad(r.impl(), g, false);
+      add_leaf_grad(r.impl(), std::move(seeds[i]));
     } else {
-      add_grad(r.grad_fn(), r.autograd_meta().output_nr, g);
+      add_grad(r.grad_fn(), r.autograd_meta().output_nr, seeds[i]);
     }
   }
   for (auto& kv : keep)
@@ -207,6 +212,8 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       const OutputInfo& info = n->outputs[i];
       if (!g[i].defined() && is_floating(info.dtype))
         g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);
+      if (!n->output_hooks[i].empty() && g[i].defined() && g[i].dtype() != info.dtype)
+        g[i] = ops::to_dtype(g[i], info.dtype);  // a hook sees its tensor's dtype
       g[i] = run_hooks(n->output_hooks[i], std::move(g[i]));
       for (auto& hook : n->retain_hooks[i]) hook(g[i]);
     }
@@ -225,7 +232,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       // moved out of in_grads: a gradient nothing else holds can become the leaf's .grad
       Tensor gi = i < in_grads.size() ? std::move(in_grads[i]) : Tensor();
       if (e.leaf) {
-        add_leaf_grad(e.leaf, std::move(gi), true);
+        add_leaf_grad(e.leaf, std::move(gi));
         continue;
       }
       if (gi.defined()) add_grad(e.node, e.input_nr, gi);

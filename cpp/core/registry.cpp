@@ -66,6 +66,34 @@ std::string Attrs::s(const std::string& k, const std::string& def) const {
   throw TypeError(cat("argument '", k, "' must be a string"));
 }
 
+// Two handles on the same elements: same memory, layout and dtype.
+static bool same_view(const Tensor& a, const Tensor& b) {
+  return a.numel() > 0 && a.raw_data() == b.raw_data() && a.device() == b.device() &&
+         a.dtype() == b.dtype() && a.shape() == b.shape() && a.strides() == b.strides();
+}
+
+// ---- SavedTensors ----
+void SavedTensors::save(const Tensor& t) {
+  saved_.push_back(t);
+  versions_.push_back(t.defined() ? t.version() : 0);
+}
+const Tensor& SavedTensors::operator[](size_t i) const {
+  const Tensor& t = saved_.at(i);
+  LS_CHECK(!t.defined() || t.version() == versions_[i], RuntimeError,
+           "a tensor the backward of '", op_, "' needs was modified by an in-place operation: ",
+           role_, " ", i, " (", dtype_name(t.dtype()), ", shape ", shape_str(t.shape()), ", ",
+           t.device().str(), ") is at version ", t.version(), "; expected version ", versions_[i],
+           ". Something wrote into it between the forward and this backward (copy_, fill_, an "
+           "in-place operator, an optimizer step, an in-place loss): compute out of place, or "
+           "write into a clone()");
+  return t;
+}
+Tensors SavedTensors::all() const {
+  Tensors out;
+  for (size_t i = 0; i < saved_.size(); ++i) out.push_back((*this)[i]);
+  return out;
+}
+
 // ---- registry ----
 namespace {
 struct Impl {
@@ -111,23 +139,6 @@ const Impl* pick(const std::string& op, OpEntry& e, Device dev, DType dt) {
                                 ", dtype ", dtype_name(dt), ", backend ",
                                 chosen.empty() ? native : chosen,
                                 " (implemented for: ", have.empty() ? "none" : have, ")"));
-}
-struct SavedVersions {
-  std::vector<uint64_t> inputs, outputs;
-};
-std::vector<uint64_t> versions_of(const Tensors& saved) {
-  std::vector<uint64_t> v;
-  for (auto& t : saved) v.push_back(t.defined() ? t.version() : 0);
-  return v;
-}
-void check_unmodified(const std::string& op, const Tensors& saved,
-                      const std::vector<uint64_t>& versions, const char* role) {
-  for (size_t i = 0; i < saved.size(); ++i)
-    LS_CHECK(!saved[i].defined() || saved[i].version() == versions[i], RuntimeError,
-             "a tensor the backward of '", op, "' needs was modified by an in-place operation: ",
-             role, " ", i, " (shape ", shape_str(saved[i].shape()), ") is at version ",
-             saved[i].version(), "; expected version ", versions[i], ". Compute out of place, "
-             "or write into a clone()");
 }
 // A backward returns a gradient of the input's shape on its device (or none) for each input;
 // a wrong one caught here names its op instead of failing later in a node that did nothing wrong.
@@ -231,32 +242,30 @@ Tensors call(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
   }
   for (size_t i : e.schema.writes_inputs)
     if (i < inputs.size() && inputs[i].defined()) inputs[i].bump_version();
-  // A kernel may hand back an input unchanged (contiguous() of a contiguous tensor); give it a
-  // fresh TensorImpl so recording never rewrites an input's own history.
+  // A kernel may hand back an input unchanged (contiguous() of a contiguous tensor), or, from
+  // Python, a new tensor over an input's memory (the in-place cross-entropy's gradient through
+  // DLPack): give it a fresh TensorImpl over the input's storage and version counter, so that
+  // recording never rewrites an input's own history and a write through either is seen by both.
   for (auto& o : outputs)
     for (auto& in : inputs)
-      if (o.defined() && o.same(in)) o = o.detach();
+      if (o.defined() && in.defined() && (o.same(in) || same_view(o, in))) o = in.detach();
   if (!record) return outputs;
 
   auto ctx = std::make_shared<BackwardCtx>();
   ctx->attrs = attrs;
   ctx->device = device;
+  ctx->inputs.name(op, "input");
+  ctx->outputs.name(op, "output");
   for (auto& t : inputs) {
     ctx->input_shapes.push_back(t.defined() ? t.shape() : Shape{});
     ctx->input_dtypes.push_back(t.defined() ? t.dtype() : DType::Float32);
     ctx->needs_grad.push_back(t.defined() && t.requires_grad());
-    ctx->inputs.push_back(e.schema.save_inputs && t.defined() ? t.detach() : Tensor());
+    ctx->inputs.save(e.schema.save_inputs && t.defined() ? t.detach() : Tensor());
   }
   if (e.schema.save_outputs)
-    for (auto& t : outputs) ctx->outputs.push_back(t.detach());
-  // The backward reads what it saved as it was now: a later in-place write (copy_, fill_, an
-  // optimizer step, the in-place cross-entropy) bumps the version and the backward refuses to
-  // run on the changed values, as torch does, instead of returning a wrong gradient.
-  SavedVersions versions{versions_of(ctx->inputs), versions_of(ctx->outputs)};
+    for (auto& t : outputs) ctx->outputs.save(t.detach());
   BackwardFn bw = e.schema.backward;
-  record_node(op, inputs, outputs, [ctx, bw, op, versions](const Tensors& grads) {
-    check_unmodified(op, ctx->inputs, versions.inputs, "input");
-    check_unmodified(op, ctx->outputs, versions.outputs, "output");
+  record_node(op, inputs, outputs, [ctx, bw, op](const Tensors& grads) {
     Tensors input_grads = bw(*ctx, grads);
     check_gradients(op, *ctx, input_grads);
     return input_grads;

@@ -41,10 +41,32 @@ struct Attrs {
 using Tensors = std::vector<Tensor>;
 using Kernel = std::function<Tensors(const Tensors& inputs, const Attrs& attrs)>;
 
+// Tensors an op saved for its backward, with the versions they had then. Each is checked as the
+// backward reads it: one written in place since (copy_, fill_, an optimizer step, an in-place
+// loss) raises instead of giving a wrong gradient, and a write into a saved tensor that this
+// backward does not read refuses nothing (torch checks at SavedVariable::unpack, likewise).
+class SavedTensors {
+ public:
+  void save(const Tensor& t);  // undefined: nothing saved in this place
+  const Tensor& operator[](size_t i) const;  // checked
+  bool has(size_t i) const { return i < saved_.size() && saved_[i].defined(); }  // not a read
+  // For its shape, strides and dtype only, unchecked: a backward must not read its values.
+  const Tensor& layout(size_t i) const { return saved_.at(i); }
+  size_t size() const { return saved_.size(); }
+  Tensors all() const;  // every one checked, for a backward that takes them all
+  void name(std::string op, const char* role) { op_ = std::move(op), role_ = role; }
+
+ private:
+  Tensors saved_;
+  std::vector<uint64_t> versions_;
+  std::string op_;
+  const char* role_ = "input";
+};
+
 // What a backward formula sees: the forward's inputs and outputs (detached; undefined unless the
 // op saves them), their shapes and dtypes, the attrs, and which inputs need a gradient.
 struct BackwardCtx {
-  Tensors inputs, outputs;
+  SavedTensors inputs, outputs;
   std::vector<Shape> input_shapes;
   std::vector<DType> input_dtypes;
   std::vector<bool> needs_grad;

@@ -144,12 +144,12 @@ LS_REGISTER(binary) {
                                       c.needs_grad[1] ? grad_if(c, 1, mul(g[0], c.inputs[0])) : Tensor()};
                      }});
   declare_op("div", {[](const BackwardCtx& c, const Tensors& g) {
-                       const Tensor& a = c.inputs[0];
-                       const Tensor& b = c.inputs[1];
                        Tensor ga, gb;
-                       if (c.needs_grad[0]) ga = grad_if(c, 0, div(g[0], b));
-                       if (c.needs_grad[1])
+                       if (c.needs_grad[0]) ga = grad_if(c, 0, div(g[0], c.inputs[1]));
+                       if (c.needs_grad[1]) {
+                         const Tensor &a = c.inputs[0], &b = c.inputs[1];
                          gb = grad_if(c, 1, unary("neg", div(mul(g[0], a), mul(b, b))));
+                       }
                        return Tensors{ga, gb};
                      }});
   declare_op("pow", {[](const BackwardCtx& c, const Tensors& g) {

@@ -18,6 +18,7 @@ inline void expect_inputs(const Tensors& in, size_t min_n, size_t max_n, const c
 
 // The optional input i, or an undefined Tensor when it was left out.
 inline Tensor optional_input(const Tensors& in, size_t i) { return i < in.size() ? in[i] : Tensor(); }
+inline Tensor optional_input(const SavedTensors& in, size_t i) { return i < in.size() ? in[i] : Tensor(); }
 
 // Two tensors the kernel reads as the same element type.
 inline void expect_same_dtype(const Tensor& a, const Tensor& b, const char* op, const char* what) {

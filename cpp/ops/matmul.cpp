@@ -131,13 +131,14 @@ Tensors matmul_cpu(const Tensors& in, const Attrs&) {
 Tensor mT(const Tensor& x) { return transpose(x, -1, -2); }
 
 Tensors matmul_backward(const BackwardCtx& c, const Tensors& g) {
-  const Tensor& a = c.inputs[0];
-  const Tensor& b = c.inputs[1];
+  // Each operand is read only for the other's gradient (a saved tensor is checked when read).
   Tensor ga, gb, gbias;
-  if (c.inputs.size() > 2 && c.inputs[2].defined() && c.needs_grad[2])
-    gbias = sum_to(g[0], c.inputs[2].shape());
-  if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(b)}), a.shape());
+  if (c.inputs.has(2) && c.needs_grad[2])  // the bias's shape only: its values are not read
+    gbias = sum_to(g[0], c.input_shapes[2]);
+  if (c.needs_grad[0]) ga = sum_to(call1("matmul", {g[0], mT(c.inputs[1])}), c.input_shapes[0]);
   if (c.needs_grad[1]) {
+    const Tensor& a = c.inputs[0];
+    const Tensor& b = c.inputs.layout(1);  // b's strides pick the layout; its values are not read
     if (b.dim() == 2 && a.dim() >= 2) {  // weight gradient: fold the batch into one GEMM
       int64_t K = a.size(-1), N = g[0].size(-1), rows = 1;
       for (int64_t d = 0; d + 1 < a.dim(); ++d) rows *= a.size(d);  // not -1: K or N may be 0

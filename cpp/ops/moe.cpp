@@ -216,15 +216,14 @@ Tensors grouped_matmul_weight_grad_cpu(const Tensors& in, const Attrs&) {
 }
 
 Tensors grouped_matmul_backward(const BackwardCtx& c, const Tensors& g) {
-  const Tensor& x = c.inputs[0];
-  const Tensor& w = c.inputs[1];
   const Tensor& off = c.inputs[2];
   const bool tw = c.attrs.b("transpose_w", false);
   Tensor dx, dw;
-  if (c.needs_grad[0]) dx = call1("grouped_matmul", {g[0], w, off}, {{"transpose_w", !tw}});
+  if (c.needs_grad[0])  // x's gradient reads w, w's reads x
+    dx = call1("grouped_matmul", {g[0], c.inputs[1], off}, {{"transpose_w", !tw}});
   if (c.needs_grad[1])
-    dw = tw ? call1("grouped_matmul_weight_grad", {g[0], x, off})
-            : call1("grouped_matmul_weight_grad", {x, g[0], off});
+    dw = tw ? call1("grouped_matmul_weight_grad", {g[0], c.inputs[0], off})
+            : call1("grouped_matmul_weight_grad", {c.inputs[0], g[0], off});
   return {dx, dw, Tensor()};
 }
 

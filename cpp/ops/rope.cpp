@@ -143,15 +143,14 @@ Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
 }
 
 Tensors rope_backward(const BackwardCtx& c, const Tensors& g) {
-  const Tensor &x = c.inputs[0], &cos = c.inputs[1], &sin = c.inputs[2];
   Tensor dx, dcos, dsin;
-  if (c.needs_grad[0]) {
+  if (c.needs_grad[0]) {  // x's gradient reads cos and sin only
     Attrs inv = c.attrs;
     inv.set("inverse", !c.attrs.b("inverse", false));
-    dx = call1("rope", {g[0], cos, sin}, inv);
+    dx = call1("rope", {g[0], c.inputs[1], c.inputs[2]}, inv);
   }
   if (c.needs_grad[1] || c.needs_grad[2]) {
-    Tensors d = call("rope_cos_sin_backward", {g[0], x}, c.attrs);
+    Tensors d = call("rope_cos_sin_backward", {g[0], c.inputs[0]}, c.attrs);
     if (c.needs_grad[1]) dcos = d[0];
     if (c.needs_grad[2]) dsin = d[1];
   }

@@ -257,7 +257,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
 class _Checkpoint(Function):
     @staticmethod
     def forward(ctx, fn, *args):
-        ctx.fn, ctx.args = fn, args
+        ctx.fn = fn
+        ctx.save_for_backward(*args)  # a write into one before the backward is refused there
         ctx.rng = _core.get_rng_state()  # dropout inside fn must draw the same numbers again
         return fn(*args)
 
@@ -265,15 +266,15 @@ class _Checkpoint(Function):
     def backward(ctx, grad):
         resume = _core.get_rng_state()
         _core.set_rng_state(*ctx.rng)
-        inputs = [a.detach().requires_grad_() if isinstance(a, Tensor) and a.requires_grad else a
-                  for a in ctx.args]
+        needs = ctx.needs_input_grad[1:]
+        inputs = [a.detach().requires_grad_() if need else a
+                  for a, need in zip(ctx.saved_tensors, needs)]
         try:
             with enable_grad():
                 backward([ctx.fn(*inputs)], [grad])  # parameters inside fn accumulate here
         finally:
             _core.set_rng_state(*resume)
-        return (None,) + tuple(a.grad if isinstance(a, Tensor) and a.requires_grad else None
-                               for a in inputs)
+        return (None,) + tuple(a.grad if need else None for a, need in zip(inputs, needs))
 
 
 def checkpoint(fn, *args):

@@ -129,6 +129,31 @@ def test_a_leaf_hook_sees_the_leafs_whole_gradient_once():
     ls.autograd.backward([y, w], [None, ls.tensor([1.0, 1.0])])  # w is a root and reached
     assert len(seen) == 2 and np.allclose(seen[1], [3.0, 5.0])
 
+    seen.clear()
+    ls.autograd.backward([w, w], [ls.tensor([1.0, 1.0]), ls.tensor([2.0, 2.0])])  # one sum, one call
+    assert seen == [[3.0, 3.0]]
+    w.grad = None
+    with pytest.raises(ValueError, match="gradient has shape"):
+        ls.autograd.backward([w, w * 2], [ls.tensor([1.0, 1.0]), ls.tensor([1.0])])
+    assert w.grad is None  # checked before anything was accumulated
+
+    class Wide(ls.autograd.Function):  # hands on a float64 gradient for a float32 input
+        @staticmethod
+        def forward(ctx, t):
+            return t * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.double()
+
+    f = ls.tensor([1.0, 2.0], dtype=ls.float32, requires_grad=True)
+    hf = f * 1.0
+    dtypes = []
+    hf.register_hook(lambda g: dtypes.append(g.dtype) or g * 1.0)
+    f.register_hook(lambda g: dtypes.append(g.dtype) or g * 1.0)
+    Wide.apply(hf).sum().backward()
+    assert dtypes == [ls.float32, ls.float32] and f.grad.dtype == ls.float32
+
     x = ls.tensor([1.0, 2.0], requires_grad=True)
     h = x * 3
     h.register_hook(lambda g: g.sum())
@@ -260,6 +285,13 @@ def test_checkpoint_recomputes_with_the_same_gradients_and_random_numbers():
         assert np.array_equal(g0, g1)
     assert ls.get_rng_state() == after  # the replay does not disturb the generator
 
+    h = ls.tensor(a, requires_grad=True) * 1.0
+    y = checkpoint(block, h)
+    with ls.no_grad():
+        h.fill_(100.0)  # the replay would run on these values
+    with pytest.raises(RuntimeError, match="backward of '_Checkpoint' needs was modified"):
+        y.sum().backward()
+
 
 def test_grad_mode_decorators_restore_the_mode_they_found():
     @ls.no_grad()
@@ -340,14 +372,21 @@ def test_in_place_writes_that_would_lose_a_gradient_or_truncate_are_refused():
 
 
 def test_a_backward_refuses_saved_tensors_written_in_place_after_its_forward():
+    a = randn(3)
     w = ls.tensor(randn(3), requires_grad=True)
-    x = ls.tensor(randn(3))
-    y = x * w  # mul saves both inputs
+    x = ls.tensor(a)
+    y = x * w  # mul saves both inputs; w's gradient reads x only
     with ls.no_grad():
-        w.add_(1.0)  # an optimizer step between forward and backward
-    with pytest.raises(RuntimeError, match=r"backward of 'mul' .* input 1 \(shape \(3,\)\) is at "
-                                           r"version 1; expected version 0"):
+        w.add_(1.0)  # an optimizer step between forward and backward: w is not read
+    y.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), a)
+    w.grad = None
+    y = x * w
+    x.mul_(2.0)  # what w's gradient reads
+    with pytest.raises(RuntimeError, match=r"backward of 'mul' .* input 0 \(float64, shape \(3,\), "
+                                           r"cpu\) is at version 1; expected version 0"):
         y.sum().backward()
+    assert w.grad is None
 
     e = w.exp()  # exp saves its output
     with ls.no_grad():
@@ -359,6 +398,12 @@ def test_a_backward_refuses_saved_tensors_written_in_place_after_its_forward():
     x.mul_(2.0)
     z.sum().backward()
     assert w.grad.tolist() == [1.0, 1.0, 1.0]
+    ids, table = ls.tensor([2, 0]), ls.tensor(randn(3, 2), requires_grad=True)
+    out = ls.functional.embedding(ids, table)  # the table's gradient reads the ids only
+    with ls.no_grad():
+        table.mul_(2.0)
+    out.sum().backward()
+    assert table.grad.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
 
     c = ls.tensor(randn(4), requires_grad=True)
     y = Cube.apply(c, 1.0)

@@ -33,10 +33,10 @@ class _CrossEntropyInplace(Function):
             raise RuntimeError("cross_entropy(inplace_backward=True): the logits gradient was "
                                "already handed to an earlier backward through this loss; it "
                                "serves one")
-        buf, ctx.buffer = ctx.buffer, None  # the buffer now belongs to the gradient flowing on
-        if buf._version != ctx.version:
+        if ctx.buffer._version != ctx.version:
             raise RuntimeError("cross_entropy(inplace_backward=True): the logits, which hold their "
                                "gradient since the forward, were written before the backward")
+        buf, ctx.buffer = ctx.buffer, None  # the buffer now belongs to the gradient flowing on
         dlogits = _core.call("cross_entropy_inplace_backward", [g, buf],
                              {"reduction": ctx.reduction})[0]
         return dlogits, None, None

@@ -153,10 +153,12 @@ def test_cross_entropy_inplace_factor_one_is_a_no_op(device, dtype):
     (loss,) = triton_call("cross_entropy_inplace", [xs, ts], {"reduction": "mean"})
     assert xs._version == version + 1
     before = to_np(xs)
-    triton_call("cross_entropy_inplace_backward", [ls.ones(dtype=loss.dtype).to(device), xs],
-                {"reduction": "mean"})
+    (d,) = triton_call("cross_entropy_inplace_backward", [ls.ones(dtype=loss.dtype).to(device), xs],
+                       {"reduction": "mean"})
     np.testing.assert_array_equal(to_np(xs), before)
     assert xs._version == version + 2
+    d.zero_()  # the gradient is the logits' memory, under one version counter
+    assert xs._version == version + 3 and not to_np(xs).any()
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
