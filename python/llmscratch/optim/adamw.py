@@ -1,15 +1,22 @@
-"""AdamW (decoupled weight decay). The update of all parameters of a group runs as one fused
-multi-tensor C++ op (cpp/optim/adamw.cpp); the CUDA backend registers its own fused kernel.
+"""AdamW (decoupled weight decay). The update of a group's parameters runs as one fused
+multi-tensor C++ op (cpp/optim/adamw.cpp) per distinct step count, usually one; the CUDA backend
+registers its own fused kernel.
 
 Mixed precision: a bfloat16/float16 parameter trains through a float32 master copy kept in its
 state ("master"); the fused op reads the 16-bit gradient, updates the master weight and moments
-in float32 and writes the rounded new weight back into the parameter in the same pass."""
+in float32 and writes the rounded new weight back into the parameter in the same pass. A write to
+the parameter from outside (model.load_state_dict, a re-initialisation, p.copy_) bumps its
+_version; the next step then re-derives the master from the parameter instead of overwriting it."""
+import numbers
+
 import llmscratch_core as _core
 
-from .._creation import zeros_like
-from .._dtype import bfloat16, float16, float32
+from .._creation import full, zeros_like
+from .._dtype import bfloat16, float16, float32, float64
 from ..autograd import no_grad
-from .optimizer import Optimizer
+from .optimizer import Optimizer, Tensor
+
+_HALF = (bfloat16, float16)
 
 
 class AdamW(Optimizer):
@@ -20,40 +27,69 @@ class AdamW(Optimizer):
             raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"AdamW: eps and weight_decay must be non-negative, got {eps}, {weight_decay}")
+        # id of a 16-bit parameter's impl -> its _version when its master last matched it
+        self._master_versions = {}
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
+    def _state_dtype(self, p):
+        return float32 if p.dtype in _HALF else p.dtype  # 16-bit parameters: float32 master and moments
+
+    def load_state_dict(self, sd: dict):
+        """As Optimizer.load_state_dict. A loaded master is the full-precision weight its rounded
+        parameter came from, so it stays in use: load the model first, since a later write to the
+        parameter makes the next step re-derive the master from it."""
+        super().load_state_dict(sd)
+        self._master_versions = {}
+        for g in self.param_groups:
+            for p in g["params"]:
+                if "master" in self.state.get(p._impl_id(), {}):
+                    self._master_versions[p._impl_id()] = p._version
+
     def step(self, grad_scale=None):
-        """One update. grad_scale: optional 0-d tensor multiplying every gradient (e.g. a
-        clipping coefficient), applied inside the fused kernel."""
+        """One update. grad_scale: optional 0-d tensor or number multiplying every gradient (e.g.
+        a clipping coefficient), applied inside the fused kernel.
+
+        Every parameter counts its own steps, as torch does, so the bias correction stays right
+        for one that had no gradient on some steps (frozen, then unfrozen). A group's parameters
+        step in one fused call per distinct step count (and per 16-bit or not); a call that
+        raises leaves the state of its parameters as it was."""
+        if grad_scale is not None and not isinstance(grad_scale, (Tensor, numbers.Real)):
+            raise TypeError(f"AdamW.step: grad_scale must be a Tensor or a number, "
+                            f"got {type(grad_scale).__name__}")
         with no_grad():
             for g in self.param_groups:
-                # two fused calls per group: float32/float64 parameters updated in place, and
-                # 16-bit parameters through their float32 masters (written back as model copies)
-                plain, mixed = ([], [], [], []), ([], [], [], [], [])
+                batches = {}  # (new step count, 16-bit?) -> [(parameter, its new state)]
                 for p in g["params"]:
                     if p.grad is None:
                         continue
-                    s = self._state(p)
-                    if not s:
-                        s["step"] = 0
-                        if p.dtype in (bfloat16, float16):
-                            s["master"] = p.to(dtype=float32, copy=True)
-                        s["exp_avg"] = zeros_like(s.get("master", p))
-                        s["exp_avg_sq"] = zeros_like(s.get("master", p))
+                    half = p.dtype in _HALF
+                    # a copy, committed only once the fused call has returned
+                    s = dict(self.state.get(p._impl_id()) or self._new_state(p))
+                    if half and self._master_versions.get(p._impl_id()) != p._version:
+                        # first step, or p was written outside the optimizer: the master follows p
+                        s["master"] = p.to(dtype=float32, copy=True)
                     s["step"] += 1
-                    lists = mixed if "master" in s else plain
-                    lists[0].append(s.get("master", p))
-                    lists[1].append(p.grad.contiguous())
-                    lists[2].append(s["exp_avg"])
-                    lists[3].append(s["exp_avg_sq"])
-                    if "master" in s:
-                        mixed[4].append(p)
-                b1, b2 = g["betas"]
-                for params, grads, m, v, *copies in (plain, mixed):
-                    if not params:
-                        continue
-                    # Parameters of a group step together, so they share one step count.
-                    step = self._state(copies[0][0] if copies else params[0])["step"]
-                    _core.ops.adamw_step(params, grads, m, v, float(g["lr"]), float(b1), float(b2),
-                                         float(g["eps"]), float(g["weight_decay"]), int(step),
-                                         grad_scale, model_copies=copies[0] if copies else [])
+                    batches.setdefault((s["step"], half), []).append((p, s))
+                for (step, half), batch in batches.items():
+                    self._fused_step(g, step, half, batch, grad_scale)
+
+    def _new_state(self, p) -> dict:
+        dtype = self._state_dtype(p)
+        return {"step": 0, "exp_avg": zeros_like(p, dtype=dtype), "exp_avg_sq": zeros_like(p, dtype=dtype)}
+
+    def _fused_step(self, g, step, half, batch, grad_scale):
+        """One adamw_step call over batch; 16-bit parameters update their float32 masters and
+        receive the rounded new weights as model copies."""
+        params = [s["master"] if half else p for p, s in batch]
+        if grad_scale is not None and not isinstance(grad_scale, Tensor):
+            grad_scale = full((), float(grad_scale), dtype=float64, device=params[0].device)
+        b1, b2 = g["betas"]
+        _core.ops.adamw_step(params, [p.grad.contiguous() for p, _ in batch],
+                             [s["exp_avg"] for _, s in batch], [s["exp_avg_sq"] for _, s in batch],
+                             float(g["lr"]), float(b1), float(b2), float(g["eps"]),
+                             float(g["weight_decay"]), int(step), grad_scale,
+                             model_copies=[p for p, _ in batch] if half else [])
+        for p, s in batch:
+            self.state[p._impl_id()] = s
+            if half:
+                self._master_versions[p._impl_id()] = p._version  # the step's own write to p

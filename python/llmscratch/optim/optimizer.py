@@ -7,6 +7,10 @@ Tensor = _core.Tensor
 
 class Optimizer:
     def __init__(self, params, defaults: dict):
+        if isinstance(params, Tensor):
+            # iterating a Tensor would yield its rows: non-leaf views that train nothing
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or dicts, "
+                            f"got a Tensor (wrap it in a list)")
         self.defaults = dict(defaults)
         params = list(params)
         if not params:
@@ -18,13 +22,27 @@ class Optimizer:
             self.add_param_group(g)
 
     def add_param_group(self, group: dict):
+        name = type(self).__name__
         group = dict(group)
-        group["params"] = list(group["params"])
+        params = group["params"]
+        if isinstance(params, set):
+            raise TypeError(f"{name}: parameters must be in an ordered collection (a list), not a set: "
+                            f"state_dict numbers them in order")
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        ids = set()
         for p in group["params"]:
             if not isinstance(p, Tensor):
-                raise TypeError(f"{type(self).__name__}: parameters must be Tensors, got {type(p).__name__}")
+                raise TypeError(f"{name}: parameters must be Tensors, got {type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError(f"{name}: can't optimize a non-leaf Tensor (shape {tuple(p.shape)})")
             if not p.requires_grad:
-                raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} does not require grad")
+                raise ValueError(f"{name}: a parameter of shape {tuple(p.shape)} does not require grad")
+            if p._impl_id() in ids:
+                raise ValueError(f"{name}: a parameter of shape {tuple(p.shape)} appears twice in one "
+                                 f"parameter group (it would be stepped twice)")
+            ids.add(p._impl_id())
+        if any(q._impl_id() in ids for g in self.param_groups for q in g["params"]):
+            raise ValueError(f"{name}: some parameters appear in more than one parameter group")
         for k, v in self.defaults.items():
             group.setdefault(k, v)
         self.param_groups.append(group)
@@ -39,6 +57,10 @@ class Optimizer:
 
     def _state(self, p) -> dict:
         return self.state.setdefault(p._impl_id(), {})
+
+    def _state_dtype(self, p):
+        """The dtype of p's floating state tensors."""
+        return p.dtype
 
     def state_dict(self) -> dict:
         """{'state': {index: {name: tensor or number}}, 'param_groups': [...]} with parameters
@@ -56,20 +78,32 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, sd: dict):
+        """Replace the whole state (parameters absent from sd start afresh) and the groups'
+        hyperparameters. Floating state tensors are cast to the dtype the optimizer keeps for
+        their parameter and copied to its device; nothing changes if any check fails."""
         if len(sd["param_groups"]) != len(self.param_groups):
             raise ValueError("load_state_dict: the number of parameter groups differs")
+        state = {}
         for g, saved in zip(self.param_groups, sd["param_groups"]):
             if len(saved["params"]) != len(g["params"]):
                 raise ValueError("load_state_dict: a parameter group has a different size")
-            for k, v in saved.items():
-                if k != "params":
-                    g[k] = v
             for p, idx in zip(g["params"], saved["params"]):
                 s = sd["state"].get(idx, sd["state"].get(str(idx)))
-                if s is None:
-                    continue
-                self.state[p._impl_id()] = {
-                    k: (v.to(device=p.device).clone() if isinstance(v, Tensor) else v) for k, v in s.items()}
+                if s is not None:
+                    state[p._impl_id()] = {k: self._load_state_value(p, idx, k, v) for k, v in s.items()}
+        for g, saved in zip(self.param_groups, sd["param_groups"]):
+            g.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = state
+
+    def _load_state_value(self, p, idx, key, v):
+        if not isinstance(v, Tensor):
+            return v
+        # every state tensor of these optimizers (moments, buffers, masters) is parameter-shaped
+        if tuple(v.shape) != tuple(p.shape):
+            raise ValueError(f"load_state_dict: state '{key}' of parameter {idx} has shape "
+                             f"{tuple(v.shape)}, but the parameter has shape {tuple(p.shape)}")
+        dtype = self._state_dtype(p) if v.dtype.is_floating_point else v.dtype
+        return v.to(device=p.device, dtype=dtype, copy=True)
 
     def step(self):
         raise NotImplementedError
