@@ -130,6 +130,7 @@ void bind_tensor(py::module_& m) {
         return py::str(t.grad_fn()->name);
       })
       .def("detach", &Tensor::detach)
+      .def("_set_data", &Tensor::set_data)
       .def("register_hook", [](const Tensor& t, py::function fn) {
         register_hook(t, [fn](const Tensor& g) -> Tensor {
           py::gil_scoped_acquire gil;

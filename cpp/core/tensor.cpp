@@ -88,8 +88,22 @@ void Tensor::set_grad(const Tensor& g) const {
              " but the tensor has shape ", shape_str(shape()));
     LS_CHECK(g.device() == device(), ValueError, "assigned grad is on ", g.device().str(),
              " but the tensor is on ", device().str());
+    LS_CHECK(g.dtype() == dtype(), TypeError, "assigned grad is ", dtype_name(g.dtype()),
+             " but the tensor is ", dtype_name(dtype()));
   }
   autograd_meta().grad = g.impl();
+}
+
+void Tensor::set_data(const Tensor& src) const {
+  LS_CHECK(is_leaf(), RuntimeError, "set_data: only a leaf tensor's data can be replaced");
+  TensorImpl& d = *impl_;
+  const TensorImpl& s = *src.impl();
+  d.storage = s.storage;
+  d.shape = s.shape;
+  d.strides = s.strides;
+  d.offset = s.offset;
+  d.dtype = s.dtype;
+  bump_version();
 }
 
 const std::shared_ptr<Node>& Tensor::grad_fn() const {

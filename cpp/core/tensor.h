@@ -80,6 +80,10 @@ class Tensor {
   AutogradMeta& autograd_meta() const;  // created on first use
   // Same storage, same version counter, no autograd history.
   Tensor detach() const;
+  // Point this tensor at src's memory, shape and dtype, keeping its identity, autograd state and
+  // version counter (bumped): a module moved to another device or dtype keeps its Parameter
+  // objects, which optimizers hold (torch's `param.data = ...`).
+  void set_data(const Tensor& src) const;
 
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
 

@@ -57,6 +57,77 @@ def test_to_dtype_moves_parameters_and_cpp_layer_together():
     assert m(ls.ones(1, 3, dtype=ls.float64)).dtype == ls.float64
 
 
+def test_to_keeps_the_parameter_objects_an_optimizer_holds():
+    m = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    params = list(m.parameters())
+    opt = ls.optim.SGD(m.parameters(), lr=1.0)
+    (m(ls.tensor([[1.0, -2.0, 0.5]])) * ls.tensor([1.0, -3.0])).sum().backward()
+    m.to(dtype=ls.float64)
+    assert all(a is b for a, b in zip(params, m.parameters()))  # the same objects, new data
+    assert m[0].weight.grad.dtype == ls.float64  # the gradient moved with its parameter
+    assert m[0]._impl.weight.dtype == ls.float64
+    before = to_np(m[0].weight).copy()
+    opt.step()  # the optimizer made before the move still trains the model
+    assert not np.array_equal(to_np(m[0].weight), before)
+    ptr = m[0].weight.data_ptr()
+    m.to("cpu")  # nothing to move: the data stays where it is
+    assert m[0].weight.data_ptr() == ptr
+
+
+def test_assignments_keep_registered_parameters_and_buffers_registered():
+    lin = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="cannot assign a Tensor as parameter 'weight'"):
+        lin.weight = ls.zeros(2, 3)
+    lin.bias = None  # as torch: the parameter slot stays, empty, and the layer adds no bias
+    assert "bias" in lin._parameters and lin.bias is None and "bias" not in lin.state_dict()
+    with ls.no_grad():
+        lin.weight.fill_(1.0)
+    assert lin(ls.ones(1, 3)).tolist() == [[3.0, 3.0]]
+    m = nn.Module()
+    m.register_buffer("running", ls.zeros(2))
+    m.running = ls.ones(2)  # a buffer stays a buffer
+    assert "running" in m.state_dict() and m.state_dict()["running"].tolist() == [1.0, 1.0]
+    with pytest.raises(TypeError, match="as buffer 'running'"):
+        m.running = 3.0
+    with pytest.raises(TypeError, match="register_buffer: 'y' must be a Tensor or None, got float"):
+        m.register_buffer("y", 3.0)
+    with pytest.raises(KeyError, match="register_buffer: 'weight' is already a parameter"):
+        lin.register_buffer("weight", ls.zeros(1))
+    with pytest.raises(TypeError, match="register_parameter: 'p' must be a Parameter or None"):
+        m.register_parameter("p", ls.zeros(1))
+    m.register_buffer("x", ls.zeros(1), persistent=False)
+    m.register_buffer("x", ls.zeros(1))  # registered again as persistent: saved now
+    assert list(m.state_dict()) == ["running", "x"]
+    with pytest.raises(TypeError, match="add_module: '0' must be a Module or None, got int"):
+        nn.Sequential(3)
+
+
+def test_traversal_is_depth_first_and_a_shared_submodule_is_saved_under_each_name():
+    m = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), nn.Linear(2, 1))
+    t = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                            torch.nn.Linear(2, 1))
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in t.named_parameters()]
+    assert [n for n, _ in m.named_modules()] == [n for n, _ in t.named_modules()]
+    shared = nn.Linear(2, 2)
+    twice = nn.Sequential(shared, shared)
+    assert list(twice.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert len(list(twice.parameters())) == 2
+    head = m[1:]
+    assert isinstance(head, nn.Sequential) and list(head.state_dict()) == ["1.weight", "1.bias"]
+
+
+def test_train_calls_the_childrens_own_train():
+    class FrozenDropout(nn.Dropout):
+        def train(self, mode=True):  # stays in eval whatever its parent asks
+            return super().train(False)
+
+    m = nn.Sequential(nn.Linear(2, 2), FrozenDropout(0.5))
+    m.train()
+    assert m.training and m[0].training and not m[1].training
+    with pytest.raises(ValueError, match="train: mode must be a bool"):
+        m.train("False")
+
+
 def test_train_eval_and_dropout():
     m = nn.Sequential(nn.Dropout(0.5))
     x = ls.ones(1000)

@@ -25,6 +25,10 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+def _same_data(a, b):
+    return a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.device == b.device
+
+
 class Module:
     """Base class of every layer and model. Assigning a Parameter, a Module or (through
     register_buffer) a Tensor to an attribute registers it under that name."""
@@ -39,20 +43,38 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError("call Module.__init__() before assigning attributes")
+        # As torch: a registered parameter takes a Parameter or None, a buffer a Tensor or None
+        # (a plain tensor there would drop out of state_dict and the optimizer unseen).
+        if name in self._parameters and not isinstance(value, Parameter):
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} as parameter '{name}' "
+                                f"(a Parameter or None is expected)")
+            self._parameters[name] = None
+            self._sync_impl(name, None)
+            return
+        if name in self._buffers and not isinstance(value, Module):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign a {type(value).__name__} as buffer '{name}' "
+                                f"(a Tensor or None is expected)")
+            self._buffers[name] = value
+            return
         for d in (self._parameters, self._buffers, self._modules):
             d.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
-            # A module backed by a C++ layer (self._impl) keeps the layer's tensor in step.
-            impl = self.__dict__.get("_impl")
-            if impl is not None and hasattr(impl, name):
-                setattr(impl, name, value)
+            self._sync_impl(name, value)
         elif isinstance(value, Module):
             self._modules[name] = value
         else:
             object.__setattr__(self, name, value)
             return
         self.__dict__.pop(name, None)
+
+    def _sync_impl(self, name, value):
+        """A module backed by a C++ layer (self._impl) keeps the layer's tensor in step."""
+        impl = self.__dict__.get("_impl")
+        if impl is not None and hasattr(impl, name):
+            setattr(impl, name, value)
 
     def __getattr__(self, name):
         d = self.__dict__
@@ -69,34 +91,49 @@ class Module:
         object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter: '{name}' must be a Parameter or None, got "
+                            f"{type(param).__name__}")
+        if name in self._buffers or name in self._modules:
+            raise KeyError(f"register_parameter: '{name}' is already a buffer or submodule")
         if param is None:
+            self.__dict__.pop(name, None)
             self._parameters[name] = None
         else:
             setattr(self, name, param)
 
     def register_buffer(self, name, tensor, persistent=True):
         """A tensor that is state but not trained (moved by to(), saved if persistent)."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer: '{name}' must be a Tensor or None, got "
+                            f"{type(tensor).__name__}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"register_buffer: '{name}' is already a parameter or submodule")
         self.__dict__.pop(name, None)
         self._buffers[name] = tensor
-        if not persistent:
-            self.__dict__.setdefault("_non_persistent", set()).add(name)
+        non_persistent = self.__dict__.setdefault("_non_persistent", set())
+        if persistent:
+            non_persistent.discard(name)
+        else:
+            non_persistent.add(name)
 
     def add_module(self, name, module):
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: '{name}' must be a Module or None, got "
+                            f"{type(module).__name__}")
         self._modules[name] = module
 
     # ---- traversal ----
-    def named_modules(self, prefix=""):
-        seen = set()
-        stack = [(prefix, self)]
-        while stack:
-            name, m = stack.pop(0)
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            yield name, m
-            for child_name, child in m._modules.items():
-                if child is not None:
-                    stack.append((f"{name}.{child_name}" if name else child_name, child))
+    def named_modules(self, prefix="", _seen=None):
+        """(name, module) pairs depth first, each module once (as torch orders them)."""
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        yield prefix, self
+        for child_name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{child_name}" if prefix else child_name, seen)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -139,16 +176,18 @@ class Module:
         return sum(p.numel() for p in self.parameters())
 
     # ---- state ----
-    def state_dict(self):
+    def state_dict(self, prefix=""):
         """name -> tensor (detached handles on the live parameters and persistent buffers; tied
-        parameters appear under every name, as in torch)."""
+        parameters and a submodule used twice appear under every name, as in torch)."""
         out = OrderedDict()
-        for mod_name, m in self.named_modules():
-            skip = m.__dict__.get("_non_persistent", set())
-            for name, p in list(m._parameters.items()) + [
-                    (n, b) for n, b in m._buffers.items() if n not in skip]:
-                if p is not None:
-                    out[f"{mod_name}.{name}" if mod_name else name] = p.detach()
+        skip = self.__dict__.get("_non_persistent", set())
+        for name, p in list(self._parameters.items()) + [
+                (n, b) for n, b in self._buffers.items() if n not in skip]:
+            if p is not None:
+                out[prefix + name] = p.detach()
+        for name, m in self._modules.items():
+            if m is not None:
+                out.update(m.state_dict(f"{prefix}{name}."))
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -175,8 +214,12 @@ class Module:
 
     # ---- modes and moves ----
     def train(self, mode=True):
-        for m in self.modules():
-            object.__setattr__(m, "training", mode)
+        """Training mode for this module and, through their own train(), its children."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"train: mode must be a bool, got {mode!r}")
+        object.__setattr__(self, "training", mode)
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self):
@@ -195,16 +238,24 @@ class Module:
                 p.grad.zero_()
 
     def _apply(self, fn):
-        """Replace every parameter and buffer by fn(tensor) (a move or cast)."""
-        moved = {}
+        """Move or cast every parameter (and its gradient) and buffer by fn. A parameter keeps
+        its object, which optimizers hold, and only its data changes (torch's param.data = ...);
+        a C++ layer behind the module is pointed at it again."""
+        done = set()
         for m in self.modules():
             for name, p in list(m._parameters.items()):
                 if p is None:
                     continue
-                key = p._impl_id()
-                if key not in moved:
-                    moved[key] = Parameter(fn(p.detach()), requires_grad=p.requires_grad)
-                setattr(m, name, moved[key])
+                if p._impl_id() not in done:
+                    done.add(p._impl_id())
+                    new = fn(p.detach())
+                    if not _same_data(new, p):
+                        grad = p.grad
+                        p.grad = None  # set again in the new dtype and device below
+                        p._set_data(new)
+                        if grad is not None:
+                            p.grad = fn(grad)
+                m._sync_impl(name, p)
             for name, b in list(m._buffers.items()):
                 if b is not None:
                     m._buffers[name] = fn(b)
