@@ -124,16 +124,20 @@ class Module:
         self._modules[name] = module
 
     # ---- traversal ----
-    def named_modules(self, prefix="", _seen=None):
-        """(name, module) pairs depth first, each module once (as torch orders them)."""
-        seen = set() if _seen is None else _seen
-        if id(self) in seen:
-            return
-        seen.add(id(self))
-        yield prefix, self
-        for child_name, child in self._modules.items():
-            if child is not None:
-                yield from child.named_modules(f"{prefix}.{child_name}" if prefix else child_name, seen)
+    def named_modules(self, prefix=""):
+        """(name, module) pairs, each module once. Breadth first, unlike torch's depth-first
+        walk: checkpoints number their optimizer state in this parameter order."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop(0)
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            for child_name, child in m._modules.items():
+                if child is not None:
+                    stack.append((f"{name}.{child_name}" if name else child_name, child))
 
     def modules(self):
         for _, m in self.named_modules():
