@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,6 +33,19 @@ PATTERNS = ("gpt2", "cl100k", "cl100k_original")
 def _token_names(tokens) -> list:
     """Special tokens given as one string (one token, not its characters) or as an iterable."""
     return [tokens] if isinstance(tokens, str) else list(tokens)
+
+
+def _id_array(ids) -> np.ndarray:
+    """ids as a flat int64 array. Floats and bools are refused, not cast: the cast would read
+    97.7 as id 97 and True as id 1."""
+    arr = np.asarray(ids)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"decode: ids must be integers, got an array of {arr.dtype}")
+    # numpy reads a list mixing ints and bools as ints, so a list's bools are looked for
+    if isinstance(ids, (list, tuple)) and any(isinstance(v, (bool, np.bool_))
+                                              for v in np.asarray(ids, dtype=object).reshape(-1)):
+        raise TypeError("decode: ids must be integers, got a bool")
+    return arr.astype(np.int64, copy=False).reshape(-1)
 
 
 def _clean(text: str) -> str:
@@ -58,7 +73,8 @@ class Tokenizer:
               special_tokens: Sequence[str] = ()) -> "Tokenizer":
         """Learn a vocabulary of ``vocab_size`` ids (256 bytes + merges + special tokens).
         ``str`` items are texts; ``pathlib.Path`` items (or a single Path) are files read as
-        bytes; pieces are counted on all threads."""
+        bytes; pieces are counted on all threads. Texts too small for that many merges (no
+        adjacent pair left to merge) give a smaller vocabulary, with a warning."""
         if isinstance(texts_or_paths, (str, os.PathLike)):
             texts_or_paths = [texts_or_paths]
         texts, paths = [], []
@@ -78,6 +94,10 @@ class Tokenizer:
         n_ordinary = vocab_size - len(specials)
         ranks = _core.train_bpe(texts, paths, n_ordinary, pattern)
         base = len(ranks)
+        if base < n_ordinary:
+            warnings.warn(f"Tokenizer.train: the texts have adjacent pairs for only {base - 256} of "
+                          f"the {n_ordinary - 256} merges asked for, so the vocabulary has "
+                          f"{base + len(specials)} ids instead of {vocab_size}", stacklevel=2)
         return cls(ranks, pattern, {s: base + i for i, s in enumerate(specials)})
 
     # ------------------------------------------------------------------ encoding
@@ -129,7 +149,7 @@ class Tokenizer:
         return self._bpe.encode_batch(texts, sorted(allowed))
 
     def decode_bytes(self, ids) -> bytes:
-        return self._bpe.decode_bytes(np.asarray(ids, dtype=np.int64).reshape(-1))
+        return self._bpe.decode_bytes(_id_array(ids))
 
     def decode(self, ids, errors: str = "replace") -> str:
         """Text of the ids; invalid UTF-8 (a multi-byte character cut between tokens) becomes
@@ -137,6 +157,8 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     def token_bytes(self, id: int) -> bytes:
+        if not isinstance(id, numbers.Integral) or isinstance(id, bool):  # as decode: no cast
+            raise TypeError(f"token_bytes: id must be an integer, got {id!r}")
         return self._bpe.token_bytes(int(id))
 
     @property
@@ -192,8 +214,9 @@ class Tokenizer:
 
 
 def load_tiktoken_ranks(path) -> list[bytes]:
-    """Token bytes by rank from a tiktoken ranks file; ranks must be 0..n-1 (any line order)."""
-    by_rank = {}
+    """Token bytes by rank from a tiktoken ranks file; ranks must be 0..n-1 (any line order),
+    each on one line."""
+    by_rank, line_of = {}, {}
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -201,9 +224,13 @@ def load_tiktoken_ranks(path) -> list[bytes]:
                 continue
             try:
                 tok, rank = line.split()
-                by_rank[int(rank)] = base64.b64decode(tok, validate=True)
+                rank, tok = int(rank), base64.b64decode(tok, validate=True)
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: not a 'base64 rank' line ({e})") from None
+            if rank in by_rank:  # a dict would keep the last one silently
+                raise ValueError(f"{path}:{lineno}: rank {rank} repeats (first on line "
+                                 f"{line_of[rank]})")
+            by_rank[rank], line_of[rank] = tok, lineno
     n = len(by_rank)
     if sorted(by_rank) != list(range(n)):
         raise ValueError(f"{path}: ranks must be 0..{n - 1} without gaps")

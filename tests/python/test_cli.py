@@ -111,3 +111,32 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert "--tokens-per-step 0" in err[8] and "seed must be in" in err[9]
     assert "--num-samples must be at least 1" in err[10] and "--batches must be at least 1" in err[11]
     assert "unknown model preset 'huge'" in err[2]
+
+
+def test_sample_runs_in_eval_mode_and_ends_at_the_end_of_text(tmp_path, capsys):
+    # A run written by hand: a model whose every next id is <|endoftext|> (the final norm gives
+    # its bias b whatever the input, and only the head's row of that id is b), with dropout.
+    import llmscratch as ls
+    import llmscratch.models as M
+    from llmscratch.optim import AdamW
+    from llmscratch.tokenizer import Tokenizer
+    from llmscratch.train.checkpoint import save_checkpoint
+    from llmscratch.train.command import _load_run
+    run = tmp_path / "run"
+    tok = Tokenizer.train([TEXT], 300, special_tokens=["<|endoftext|>"])
+    tok.save(run / "tokenizer")
+    config = M.ModelConfig(vocab_size=tok.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32,
+                           tie_embeddings=False, dropout=0.5)
+    model = M.Transformer(config)
+    with ls.no_grad():
+        b = ls.randn(16)
+        model.norm_f.weight.zero_()
+        model.norm_f.bias.copy_(b)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eot_token].copy_(b)
+    save_checkpoint(str(run / "checkpoints"), 1, model, AdamW(model.parameters()), {})
+    (run / "config.json").write_text(json.dumps({"model": config.to_dict(), "device": "cpu"}))
+    assert not _load_run(str(run))[0].training
+    assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--temperature", "0",
+                 "--max-new-tokens", "20", "--num-samples", "2"]) == 0
+    assert capsys.readouterr().out == ("def \n" + "-" * 40 + "\n") * 2

@@ -244,3 +244,33 @@ def test_long_pieces(tok):
     for s in texts:
         assert tok.encode(s) == naive_bpe(ranks, core.pretokenize(s, tok.pattern)), s[:40]
         assert tok.decode(tok.encode(s)) == s
+
+
+def test_decode_refuses_floats_and_bools(tok):
+    for bad in (np.array([97.7, 98.2]), [97, 98.0], 97.0, np.array([True]), [True, False], [97, True],
+                [[97], [True]], (97, np.bool_(True))):
+        with pytest.raises(TypeError, match="ids must be integers"):
+            tok.decode(bad)
+    for bad in (97.0, True):
+        with pytest.raises(TypeError, match="id must be an integer"):
+            tok.token_bytes(bad)
+    assert tok.decode(np.array([97, 98], dtype=np.uint32)) == tok.decode([np.int64(97), 98]) == "ab"
+    assert tok.decode([]) == "" and tok.token_bytes(np.int32(97)) == b"a"
+
+
+def test_load_rejects_a_repeated_rank(tmp_path):
+    p = tmp_path / "dup.tiktoken"
+    lines = [base64.b64encode(bytes([i])) + b" %d" % i for i in range(256)]
+    p.write_bytes(b"\n".join(lines + [base64.b64encode(b"ab") + b" 7"]) + b"\n")
+    with pytest.raises(ValueError, match="dup.tiktoken:257: rank 7 repeats \\(first on line 8\\)"):
+        load_tiktoken_ranks(p)
+    p.write_bytes(b"\n".join(lines + [base64.b64encode(b"a") + b" 256"]) + b"\n")
+    with pytest.raises(ValueError, match="rank 256 repeats an earlier token"):  # the bytes repeat
+        Tokenizer(load_tiktoken_ranks(p))
+
+
+def test_train_warns_when_the_texts_allow_fewer_merges():
+    with pytest.warns(UserWarning, match="only 1 of the 743 merges asked for, so the vocabulary "
+                                         "has 258 ids instead of 1000"):
+        tok = Tokenizer.train(["ab"], 1000, special_tokens=["<|endoftext|>"])
+    assert tok.n_vocab == 258 and tok.eot_token == 257

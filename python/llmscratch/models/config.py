@@ -52,7 +52,7 @@ class ModelConfig:
     routing: str = "softmax_topk"     # 'softmax_topk' (Mixtral) | 'topk_softmax' | 'sigmoid_bias' (DeepSeek-V3)
     aux_loss_coef: float = 0.01       # Switch load-balancing loss E * sum f_i P_i
     z_loss_coef: float = 0.0          # router z-loss mean(logsumexp(logits)^2)
-    capacity_factor: float | None = None  # None: dropless; else each expert takes ceil(cf N k / E)
+    capacity_factor: float | None = None  # None: dropless; else in training each expert takes ceil(cf N k / E)
     bias_update_rate: float = 1e-3    # sigmoid_bias: bias step per optimizer step
     moe_activation: str | None = None  # None: the config's mlp
     moe_intermediate_size: int | None = None  # hidden size of one expert; None: intermediate_size

@@ -1,6 +1,6 @@
 """Autoregressive sampling from a Transformer: temperature, top-k and top-p (nucleus), with a KV
 cache (each new token costs one position of compute plus attention over the cache) or by full
-recomputation (for checking the cache).
+recomputation (for checking the cache), optionally stopping at end-of-sequence ids.
 
 The uniform numbers come from llmscratch's Philox generator (one draw of B per token), so
 llmscratch.manual_seed(s) fixes the tokens; the choice itself runs in float64 on the host."""
@@ -37,7 +37,8 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
     """Next ids (B,) from last-position logits (B, V). temperature 0 is greedy (argmax; ties to
     the lowest id). top_k keeps the k largest logits, top_p the smallest set of most likely ids
     whose probability reaches p; a top_k of V or more keeps every id. uniform: (B,) numbers in
-    [0, 1) (drawn from llmscratch.rand when None)."""
+    [0, 1) (drawn from llmscratch.rand when None). -inf masks an id; a row with a NaN or +inf
+    logit, or with no finite one, is a ValueError naming the row."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise ValueError(f"sample_next: logits must be (B, V), got shape {z.shape}")
@@ -47,7 +48,18 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
         uniform = np.asarray(uniform, dtype=np.float64)
         if uniform.shape != (B,) or not ((uniform >= 0) & (uniform < 1)).all():
             raise ValueError(f"sample_next: uniform must be {B} numbers in [0, 1)")
+    _check_logits("sample_next", z)
     return _sample(z, temperature, top_k, top_p, uniform)
+
+
+def _check_logits(where: str, z: np.ndarray):
+    """Every row needs a finite logit and no NaN or +inf: otherwise its probabilities come out
+    NaN (inf - inf) and the inverse cdf would silently pick id 0. -inf is a masked id."""
+    for what, bad in (("a NaN or +inf logit", (np.isnan(z) | (z == np.inf)).any(axis=1)),
+                      ("no finite logit", ~np.isfinite(z).any(axis=1))):
+        if bad.any():
+            raise ValueError(f"{where}: row {int(bad.argmax())} of the logits has {what}, so there is "
+                             f"no distribution to sample from")
 
 
 def _sample(z: np.ndarray, temperature, top_k, top_p, uniform) -> np.ndarray:
@@ -56,12 +68,16 @@ def _sample(z: np.ndarray, temperature, top_k, top_p, uniform) -> np.ndarray:
     B, V = z.shape
     if temperature == 0:
         return z.argmax(axis=1)
-    z = z / float(temperature)
+    # Shift before dividing: z / T overflows to inf for a tiny T, and inf - inf is NaN. After
+    # the shift the largest logit is 0, which top_k keeps, so exp needs no second shift; a gap
+    # that overflows to -inf is a probability of 0, as it should be.
+    with np.errstate(over="ignore"):
+        z = (z - z.max(axis=1, keepdims=True)) / float(temperature)
     if top_k is not None:
         if top_k < V:
             kth = np.sort(z, axis=1)[:, V - top_k][:, None]
             z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     if top_p is not None:
         order = np.argsort(-p, axis=1, kind="stable")
@@ -80,14 +96,33 @@ def _sample(z: np.ndarray, temperature, top_k, top_p, uniform) -> np.ndarray:
     return (cdf <= u).sum(axis=1)
 
 
+def _eos_ids(eos_token_id, vocab_size: int) -> np.ndarray | None:
+    """eos_token_id (None, an id or a list of ids) as an int64 array, each id in the vocabulary."""
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if _is_int(eos_token_id) else eos_token_id
+    if (not isinstance(ids, (list, tuple)) or not ids
+            or not all(_is_int(i) and 0 <= i < vocab_size for i in ids)):
+        raise ValueError(f"generate: eos_token_id must be an id or a non-empty list of ids in "
+                         f"[0, vocab_size={vocab_size}), got {eos_token_id!r}")
+    return np.asarray(ids, dtype=np.int64)
+
+
 def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, use_cache: bool = True):
-    """ids (B, T0) int -> (B, T0 + max_new_tokens) int64, the prompt followed by sampled ids.
-    T0 + max_new_tokens must fit in the model's block_size."""
+             top_p: float | None = None, use_cache: bool = True, eos_token_id=None):
+    """ids (B, T0) int -> (B, T0 + n) int64, the prompt followed by n <= max_new_tokens sampled
+    ids. T0 + max_new_tokens must fit in the model's block_size. The model runs in eval mode
+    (no dropout; MoE dispatch dropless) and is given back in the mode it had.
+
+    eos_token_id (an id or a list of ids): a row that samples one is finished, and its later
+    positions repeat that id; generation stops once every row is finished, so n may be less
+    than max_new_tokens. The other rows get the tokens they would get without it (each step
+    still draws one number per row)."""
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be a non-negative integer, got "
                          f"{max_new_tokens!r}")
     _check_sampling("generate", temperature, top_k, top_p)
+    eos = _eos_ids(eos_token_id, model.config.vocab_size)
     if isinstance(ids, ls.Tensor):
         ids = ids.cpu().numpy()
     ids = np.asarray(ids)
@@ -103,17 +138,31 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
     if max_new_tokens == 0:
         return ls.tensor(tokens)
     device = model.wte.weight.device
-    with no_grad():
-        cache = model.new_kv_cache(B, total) if use_cache else None
-        logits = model(ls.tensor(tokens, device=device), kv_cache=cache)
-        for i in range(max_new_tokens):
-            nxt = _sample(np.asarray(logits[:, -1], dtype=np.float64), temperature, top_k, top_p, None)
-            tokens = np.concatenate([tokens, nxt[:, None].astype(np.int64)], axis=1)
-            if i + 1 == max_new_tokens:
-                break
-            if use_cache:
-                logits = model(ls.tensor(nxt[:, None].astype(np.int64), device=device),
-                               kv_cache=cache, start_pos=T0 + i)
-            else:
-                logits = model(ls.tensor(tokens, device=device))
+    done = np.zeros(B, dtype=bool)  # rows that sampled an eos id
+    # each module's own flag comes back, for a model that keeps a part in eval (a frozen one)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with no_grad():
+            cache = model.new_kv_cache(B, total) if use_cache else None
+            logits = model(ls.tensor(tokens, device=device), kv_cache=cache)
+            for i in range(max_new_tokens):
+                # the logits come to the host here once per token (the check reads that copy)
+                z = np.asarray(logits[:, -1], dtype=np.float64)
+                _check_logits(f"generate (new token {i})", z)
+                nxt = _sample(z, temperature, top_k, top_p, None).astype(np.int64)
+                if eos is not None:
+                    nxt = np.where(done, tokens[:, -1], nxt)  # a finished row repeats its eos
+                    done |= np.isin(nxt, eos)
+                tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+                if i + 1 == max_new_tokens or (eos is not None and done.all()):
+                    break
+                if use_cache:
+                    logits = model(ls.tensor(nxt[:, None], device=device), kv_cache=cache,
+                                   start_pos=T0 + i)
+                else:
+                    logits = model(ls.tensor(tokens, device=device))
+    finally:
+        for m, training in modes:
+            m.training = training
     return ls.tensor(tokens)

@@ -340,10 +340,10 @@ class Transformer(nn.Module):
         return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
 
     def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 use_cache=True):
+                 use_cache=True, eos_token_id=None):
         """Sampled continuation of ids (see models.generate)."""
         from .generate import generate
-        return generate(self, ids, max_new_tokens, temperature, top_k, top_p, use_cache)
+        return generate(self, ids, max_new_tokens, temperature, top_k, top_p, use_cache, eos_token_id)
 
     def save_pretrained(self, path, dtype=None):
         """Write a Hugging Face folder (config.json + model.safetensors); see models.hf."""

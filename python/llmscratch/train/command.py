@@ -273,9 +273,9 @@ def train_command(args) -> int:
         say(f"no validation split (--val-fraction 0); run in {run_dir}")
     if trainer.step >= cfg.steps:
         ls.manual_seed(args.seed)
-        prompt = np.array([tok.encode(DEFAULT_PROMPT)], dtype=np.int64)
-        n = min(120, model_cfg.block_size - prompt.shape[1])
-        text = tok.decode(model.generate(prompt, n, temperature=0.8, top_k=50)[0].tolist())
+        prompt = tok.encode(DEFAULT_PROMPT)
+        n = min(120, model_cfg.block_size - len(prompt))
+        (text,) = _continue_text(model, tok, prompt, n, 1, temperature=0.8, top_k=50)
         (run_dir / "samples.txt").write_text(text + "\n")
         say("sample:\n" + text)
     return 0
@@ -285,7 +285,8 @@ def train_command(args) -> int:
 
 def _load_run(ckpt: str, device: str | None = None):
     """(model, tokenizer, run config, device) from a run folder or one of its checkpoint folders,
-    on `device` (default: the run's, or the CPU where that is not available)."""
+    on `device` (default: the run's, or the CPU where that is not available). The model is in
+    eval mode: sampling and evaluation want no dropout."""
     from ..models import build_model, config_from_dict
     from ..tokenizer import Tokenizer
     from .checkpoint import latest_checkpoint, load_checkpoint
@@ -309,6 +310,7 @@ def _load_run(ckpt: str, device: str | None = None):
             device = "cpu"
     model = build_model(config_from_dict(run_config["model"]), device=device)
     load_checkpoint(folder, model)
+    model.eval()
     return model, Tokenizer.load(str(run_dir / "tokenizer")), run_config, device
 
 
@@ -320,12 +322,26 @@ def sample_command(args) -> int:
     ls.manual_seed(args.seed)
     # a special token written in the prompt (<|endoftext|>) is meant as that token
     prompt = tok.encode(args.prompt, allowed_special="all") or [tok.eot_token or 0]
-    ids = np.array([prompt] * args.num_samples, dtype=np.int64)
-    out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p)
-    for row in out:
-        print(tok.decode(row.tolist()))
+    for text in _continue_text(model, tok, prompt, args.max_new_tokens, args.num_samples,
+                               temperature=args.temperature, top_k=args.top_k or None,
+                               top_p=args.top_p):
+        print(text)
         print("-" * 40)
     return 0
+
+
+def _continue_text(model, tok, prompt, max_new_tokens, num_samples, **sampling):
+    """num_samples sampled continuations of the token list prompt, each decoded with its prompt
+    and ending before the first end-of-text token after it (if the tokenizer has one)."""
+    eot = tok.eot_token
+    ids = np.array([prompt] * num_samples, dtype=np.int64)
+    texts = []
+    for row in model.generate(ids, max_new_tokens, eos_token_id=eot, **sampling).numpy():
+        new = row[len(prompt):].tolist()
+        if eot in new:  # what follows the end of the text only repeats it
+            new = new[:new.index(eot)]
+        texts.append(tok.decode(prompt + new))
+    return texts
 
 
 def eval_command(args) -> int:
