@@ -225,6 +225,16 @@ def test_bias_balances_without_aux_loss():
     assert "expert_bias" in moe.state_dict()
 
 
+def test_expert_bias_keeps_float32_through_a_cast():
+    moe, x = _imbalanced("sigmoid_bias", rate=0.005)
+    moe.to(dtype=ls.float64)  # the Trainer casts a bf16 run's model the same way
+    assert moe.experts_fc.dtype == ls.float64 and moe.expert_bias.dtype == ls.float32
+    moe.train()
+    moe(x.to(dtype=ls.float64))
+    moe.update_bias()
+    assert moe.expert_bias.dtype == ls.float32 and moe.expert_bias.abs().max().item() > 0
+
+
 def test_discarded_load_updates_no_bias():
     # A step the trainer skips (a non-finite loss) must not carry its batches' load into the
     # next step's bias update, which a resumed run could not reproduce.
@@ -414,3 +424,20 @@ def test_save_pretrained_rejects_moe_mixtral_cannot_hold(tmp_path):
                                  n_shared_experts=1))
     with pytest.raises(ValueError, match="mixtral"):
         model.save_pretrained(tmp_path)
+
+
+def test_capacity_drops_in_training_only():
+    """At inference a token's output must not depend on the batch around it: eval is dropless."""
+    C, H, E, k, N = 8, 6, 4, 2, 64
+    moe = MoE(C, H, E, k, "gelu", 0, "softmax_topk", 0.5, dtype=ls.float64)
+    _randomise(moe)
+    dropless = MoE(C, H, E, k, "gelu", 0, "softmax_topk", None, dtype=ls.float64)
+    dropless.load_state_dict(moe.state_dict())
+    x = ls.tensor(_rng.standard_normal((N, C)))
+    moe(x)
+    assert moe.metrics()["dropped_fraction"] > 0
+    moe.eval()
+    out = to_np(moe(x))
+    assert moe.metrics()["dropped_fraction"] == 0.0
+    np.testing.assert_array_equal(out, to_np(dropless(x)))
+    np.testing.assert_allclose(out[5:6], to_np(moe(x[5:6])), rtol=1e-12, atol=1e-14)

@@ -23,8 +23,10 @@ Losses (tensors after each forward, added by the Transformer to its training los
              and P_i the mean router probability of i (Switch Transformer; 1 when balanced,
              whatever k). For sigmoid routing P uses the scores normalised per token.
   z_loss   = mean over tokens of logsumexp(logits)^2 (ST-MoE).
-Capacity mode (capacity_factor set): each expert takes at most ceil(cf * N * k / E) assignments;
-the dropped ones contribute nothing (the residual carries the token).
+Capacity mode (capacity_factor set): in training each expert takes at most ceil(cf * N * k / E)
+assignments; the dropped ones contribute nothing (the residual carries the token). In eval mode
+dispatch is dropless whatever capacity_factor says, so a token's output does not depend on the
+other tokens of the batch (one-token KV-cached decoding gives the full forward's logits).
 """
 from __future__ import annotations
 
@@ -95,6 +97,15 @@ class MoE(nn.Module):
         self.aux_loss = self.z_loss = None
         self._stats = None
 
+    def _apply(self, fn):
+        """As Module._apply, but expert_bias keeps float32 under a cast and follows the device
+        only: its 1e-3 updates would vanish in bfloat16 once |bias| reaches 0.5."""
+        bias = self._buffers.get("expert_bias")
+        super()._apply(fn)
+        if bias is not None:
+            self._buffers["expert_bias"] = bias.to(device=self.experts_fc.device)
+        return self
+
     # ---- routing ----
     def route(self, logits):
         """(expert ids (N, k) int64, gates (N, k), probs (N, E) for the aux loss)."""
@@ -129,7 +140,9 @@ class MoE(nn.Module):
         rd = self.router_dtype
         logits = F.linear(xf.to(dtype=rd), self.router.weight.to(dtype=rd))  # (N, E) fp32 or fp64
         ids, gates, probs = self.route(logits)
-        token, row, offsets, counts = F.moe_permute(ids, E, self.capacity(N))
+        # the capacity bounds training work only: at inference nothing is dropped (module docstring)
+        capacity = self.capacity(N) if self.training else None
+        token, row, offsets, counts = F.moe_permute(ids, E, capacity)
         xs = F.index_select(xf, 0, token)                                   # (N*k, C)
         h = _activate(F.grouped_matmul(xs, self.experts_fc, offsets), self.activation, self.hidden)
         y = F.grouped_matmul(h, self.experts_proj, offsets)                 # (N*k, C)

@@ -242,27 +242,27 @@ class Module:
                 p.grad.zero_()
 
     def _apply(self, fn):
-        """Move or cast every parameter (and its gradient) and buffer by fn. A parameter keeps
-        its object, which optimizers hold, and only its data changes (torch's param.data = ...);
-        a C++ layer behind the module is pointed at it again."""
-        done = set()
-        for m in self.modules():
-            for name, p in list(m._parameters.items()):
-                if p is None:
-                    continue
-                if p._impl_id() not in done:
-                    done.add(p._impl_id())
-                    new = fn(p.detach())
-                    if not _same_data(new, p):
-                        grad = p.grad
-                        p.grad = None  # set again in the new dtype and device below
-                        p._set_data(new)
-                        if grad is not None:
-                            p.grad = fn(grad)
-                m._sync_impl(name, p)
-            for name, b in list(m._buffers.items()):
-                if b is not None:
-                    m._buffers[name] = fn(b)
+        """Move or cast every parameter (and its gradient) and buffer by fn, the children's
+        through their own _apply (a module may keep a buffer's dtype). A parameter keeps its
+        object, which optimizers hold, and only its data changes (torch's param.data = ...); a
+        C++ layer behind the module is pointed at it again. A tied parameter, met again, is
+        already where fn puts it."""
+        for m in self.children():
+            m._apply(fn)
+        for name, p in list(self._parameters.items()):
+            if p is None:
+                continue
+            new = fn(p.detach())
+            if not _same_data(new, p):
+                grad = p.grad
+                p.grad = None  # set again in the new dtype and device below
+                p._set_data(new)
+                if grad is not None:
+                    p.grad = fn(grad)
+            self._sync_impl(name, p)
+        for name, b in list(self._buffers.items()):
+            if b is not None:
+                self._buffers[name] = fn(b)
         return self
 
     def to(self, device=None, dtype=None):
