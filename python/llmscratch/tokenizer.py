@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
-import numbers
+import operator
 import os
 import warnings
 from pathlib import Path
@@ -157,9 +157,13 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     def token_bytes(self, id: int) -> bytes:
-        if not isinstance(id, numbers.Integral) or isinstance(id, bool):  # as decode: no cast
-            raise TypeError(f"token_bytes: id must be an integer, got {id!r}")
-        return self._bpe.token_bytes(int(id))
+        try:  # as decode: an integer (a 0-d integer array or tensor too), never a cast
+            if isinstance(id, bool):
+                raise TypeError
+            id = operator.index(id)
+        except TypeError:
+            raise TypeError(f"token_bytes: id must be an integer, got {id!r}") from None
+        return self._bpe.token_bytes(id)
 
     @property
     def mergeable_ranks(self) -> dict[bytes, int]:

@@ -7,7 +7,7 @@ import llmscratch as ls
 import llmscratch.models as M
 from conftest import to_np
 
-_rng = np.random.default_rng()
+_rng = np.random.default_rng(0)
 
 
 def _model(**kw):

@@ -100,6 +100,22 @@ def test_assignments_keep_registered_parameters_and_buffers_registered():
     assert list(m.state_dict()) == ["running", "x"]
     with pytest.raises(TypeError, match="add_module: '0' must be a Module or None, got int"):
         nn.Sequential(3)
+    with pytest.raises(KeyError, match="add_module: 'weight' is already an attribute"):
+        lin.add_module("weight", nn.Linear(2, 2))
+    m.running = nn.Parameter(ls.ones(2))  # a Parameter takes a buffer's name as a parameter
+    assert [n for n, _ in m.named_parameters()] == ["running"] and "running" not in m._buffers
+    lin2 = nn.Linear(3, 2)
+    with ls.no_grad():
+        lin2.bias.fill_(7.0)
+        lin2.weight.zero_()
+    lin2.register_parameter("bias", None)  # the C++ layer drops it too
+    assert lin2(ls.ones(1, 3)).tolist() == [[0.0, 0.0]]
+    lin3 = nn.Linear(3, 2)
+    with ls.no_grad():
+        lin3.bias.fill_(7.0)
+        lin3.weight.zero_()
+    del lin3.bias
+    assert lin3(ls.ones(1, 3)).tolist() == [[0.0, 0.0]]
 
 
 def test_a_shared_submodule_is_saved_under_each_name():

@@ -106,12 +106,27 @@ def test_adamw_master_follows_outside_writes_to_16bit_parameters(dtype):
     with ls.no_grad():
         model.bias.copy_(bias)
         ref.bias.copy_(bias.float())
+    opt.load_state_dict(opt.state_dict())  # a round trip between the write and the step keeps it
     _step_16bit_and_float32(model, ref, opt, ref_opt, dtype)
     state = opt.state_dict()["state"]
     for k, (p, r) in enumerate(zip(model.parameters(), ref.parameters())):
         np.testing.assert_array_equal(to_np(state[k]["master"]), to_np(r))
         np.testing.assert_array_equal(to_np(p.float()), to_np(r.to(dtype=dtype).float()))
         assert state[k]["step"] == 4
+
+
+def test_adamw_keeps_the_masters_of_parameters_sharing_a_version_counter():
+    """Two 16-bit parameters over one tensor's rows, in two groups (two fused calls): each call's
+    write moves the counter both share, which must not read as an outside write."""
+    w = ls.zeros(2, 4, dtype=ls.bfloat16)
+    a, b = nn.Parameter(w[0]), nn.Parameter(w[1])
+    opt = ls.optim.AdamW([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=1e-3)
+    masters = []
+    for _ in range(3):
+        a.grad, b.grad = ls.ones(4, dtype=ls.bfloat16), ls.ones(4, dtype=ls.bfloat16)
+        opt.step()
+        masters.append([opt.state[p._impl_id()]["master"]._impl_id() for p in (a, b)])
+    assert masters[0] == masters[1] == masters[2]  # never rebuilt from the rounded weights
 
 
 def test_adamw_resumes_16bit_training_from_the_saved_masters():
@@ -148,6 +163,8 @@ def test_optimizer_rejects_a_tensor_and_non_leaf_parameters_like_torch():
         ls.optim.SGD([w * 2])
     with pytest.raises(TypeError, match="not a set"):
         ls.optim.SGD([{"params": {w}}])
+    with pytest.raises(TypeError, match="not a set"):  # its order changes between processes
+        ls.optim.SGD({w})
 
 
 def test_a_group_with_a_lone_tensor_trains_it():

@@ -256,6 +256,8 @@ def test_decode_refuses_floats_and_bools(tok):
             tok.token_bytes(bad)
     assert tok.decode(np.array([97, 98], dtype=np.uint32)) == tok.decode([np.int64(97), 98]) == "ab"
     assert tok.decode([]) == "" and tok.token_bytes(np.int32(97)) == b"a"
+    from llmscratch import tensor
+    assert tok.token_bytes(np.array(97)) == b"a" and tok.token_bytes(tensor([97])[0]) == b"a"
 
 
 def test_load_rejects_a_repeated_rank(tmp_path):

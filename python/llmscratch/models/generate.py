@@ -55,8 +55,9 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
 def _check_logits(where: str, z: np.ndarray):
     """Every row needs a finite logit and no NaN or +inf: otherwise its probabilities come out
     NaN (inf - inf) and the inverse cdf would silently pick id 0. -inf is a masked id."""
-    for what, bad in (("a NaN or +inf logit", (np.isnan(z) | (z == np.inf)).any(axis=1)),
-                      ("no finite logit", ~np.isfinite(z).any(axis=1))):
+    m = z.max(axis=1)  # one pass: NaN where a row has one, +inf, or -inf where nothing is finite
+    for what, bad in (("a NaN or +inf logit", np.isnan(m) | (m == np.inf)),
+                      ("no finite logit", m == -np.inf)):
         if bad.any():
             raise ValueError(f"{where}: row {int(bad.argmax())} of the logits has {what}, so there is "
                              f"no distribution to sample from")

@@ -52,7 +52,7 @@ class Module:
             self._parameters[name] = None
             self._sync_impl(name, None)
             return
-        if name in self._buffers and not isinstance(value, Module):
+        if name in self._buffers and not isinstance(value, (Module, Parameter)):
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign a {type(value).__name__} as buffer '{name}' "
                                 f"(a Tensor or None is expected)")
@@ -87,6 +87,8 @@ class Module:
         for d in (self._parameters, self._buffers, self._modules):
             if name in d:
                 del d[name]
+                if d is self._parameters:
+                    self._sync_impl(name, None)
                 return
         object.__delattr__(self, name)
 
@@ -99,6 +101,7 @@ class Module:
         if param is None:
             self.__dict__.pop(name, None)
             self._parameters[name] = None
+            self._sync_impl(name, None)
         else:
             setattr(self, name, param)
 
@@ -121,6 +124,8 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: '{name}' must be a Module or None, got "
                             f"{type(module).__name__}")
+        if "." in name or name in self._parameters or name in self._buffers or name in self.__dict__:
+            raise KeyError(f"add_module: '{name}' is already an attribute, or has a '.'")
         self._modules[name] = module
 
     # ---- traversal ----

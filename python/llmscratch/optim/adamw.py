@@ -34,6 +34,17 @@ class AdamW(Optimizer):
     def _state_dtype(self, p):
         return float32 if p.dtype in _HALF else p.dtype  # 16-bit parameters: float32 master and moments
 
+    def state_dict(self) -> dict:
+        """As Optimizer.state_dict. A 16-bit parameter written since its last step exports the
+        master its next step would use (its own values), not the one the write made stale."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                s = self.state.get(p._impl_id())
+                if s and "master" in s and self._master_versions.get(p._impl_id()) != p._version:
+                    s["master"] = p.to(dtype=float32, copy=True)
+                    self._master_versions[p._impl_id()] = p._version
+        return super().state_dict()
+
     def load_state_dict(self, sd: dict):
         """As Optimizer.load_state_dict. A loaded master is the full-precision weight its rounded
         parameter came from, so it stays in use: load the model first, since a later write to the
@@ -56,6 +67,18 @@ class AdamW(Optimizer):
         if grad_scale is not None and not isinstance(grad_scale, (Tensor, numbers.Real)):
             raise TypeError(f"AdamW.step: grad_scale must be a Tensor or a number, "
                             f"got {type(grad_scale).__name__}")
+        # read before any fused call writes: parameters that share a version counter (views of one
+        # tensor) see each other's calls move it
+        stale = {p._impl_id() for g in self.param_groups for p in g["params"]
+                 if p.dtype in _HALF and self._master_versions.get(p._impl_id()) != p._version}
+        stepped = []
+        try:
+            self._step_groups(stale, stepped, grad_scale)
+        finally:  # after every call that ran, for the same reason
+            for p in stepped:
+                self._master_versions[p._impl_id()] = p._version
+
+    def _step_groups(self, stale, stepped, grad_scale):
         with no_grad():
             for g in self.param_groups:
                 batches = {}  # (new step count, 16-bit?) -> [(parameter, its new state)]
@@ -65,13 +88,14 @@ class AdamW(Optimizer):
                     half = p.dtype in _HALF
                     # a copy, committed only once the fused call has returned
                     s = dict(self.state.get(p._impl_id()) or self._new_state(p))
-                    if half and self._master_versions.get(p._impl_id()) != p._version:
+                    if half and p._impl_id() in stale:
                         # first step, or p was written outside the optimizer: the master follows p
                         s["master"] = p.to(dtype=float32, copy=True)
                     s["step"] += 1
                     batches.setdefault((s["step"], half), []).append((p, s))
                 for (step, half), batch in batches.items():
                     self._fused_step(g, step, half, batch, grad_scale)
+                    stepped += [p for p, _ in batch] if half else []
 
     def _new_state(self, p) -> dict:
         dtype = self._state_dtype(p)
@@ -91,5 +115,3 @@ class AdamW(Optimizer):
                              model_copies=[p for p, _ in batch] if half else [])
         for p, s in batch:
             self.state[p._impl_id()] = s
-            if half:
-                self._master_versions[p._impl_id()] = p._version  # the step's own write to p

@@ -5,12 +5,19 @@ import llmscratch_core as _core
 Tensor = _core.Tensor
 
 
+def _refuse_set(params, name):
+    if isinstance(params, set):  # its order changes between processes: a resume would mix states
+        raise TypeError(f"{name}: parameters must be in an ordered collection (a list), not a set: "
+                        f"state_dict numbers them in order")
+
+
 class Optimizer:
     def __init__(self, params, defaults: dict):
         if isinstance(params, Tensor):
             # iterating a Tensor would yield its rows: non-leaf views that train nothing
             raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or dicts, "
                             f"got a Tensor (wrap it in a list)")
+        _refuse_set(params, type(self).__name__)
         self.defaults = dict(defaults)
         params = list(params)
         if not params:
@@ -25,9 +32,7 @@ class Optimizer:
         name = type(self).__name__
         group = dict(group)
         params = group["params"]
-        if isinstance(params, set):
-            raise TypeError(f"{name}: parameters must be in an ordered collection (a list), not a set: "
-                            f"state_dict numbers them in order")
+        _refuse_set(params, name)
         group["params"] = [params] if isinstance(params, Tensor) else list(params)
         ids = set()
         for p in group["params"]:
