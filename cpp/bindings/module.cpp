@@ -162,6 +162,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
     }
     run_backward(r, g, retain_graph);
   }, py::arg("roots"), py::arg("grads"), py::arg("retain_graph") = false);
+  m.def("is_view_of_leaf", &is_view_of_leaf);
   m.def("record_function", [](const std::string& name, const py::sequence& inputs,
                               const py::sequence& outputs, py::function backward) {
     // The tape may drop the closure without the GIL (run_backward releases a node's backward

@@ -97,6 +97,24 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
   node->apply = std::move(backward);
 }
 
+bool is_view_of_leaf(const Tensor& t) {
+  static const std::unordered_set<std::string> views = {"view",   "permute", "expand",    "slice",
+                                                        "select", "split",   "contiguous"};
+  std::vector<Node*> stack;
+  std::unordered_set<Node*> seen;
+  if (t.grad_fn()) stack.push_back(t.grad_fn().get());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    if (!views.count(n->name) || !seen.insert(n).second) continue;
+    for (auto& e : n->next) {
+      if (e.leaf && e.leaf->storage == t.storage()) return true;
+      if (e.node) stack.push_back(e.node.get());
+    }
+  }
+  return false;
+}
+
 void register_hook(const Tensor& t, GradHook hook) {
   LS_CHECK(t.requires_grad(), RuntimeError,
            "register_hook: cannot register a hook on a tensor that does not require grad");

@@ -57,6 +57,11 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                   bool retain_graph = false);
 
+// Whether t shares its memory with a leaf that requires grad, reached back through view nodes
+// only (view, permute, expand, slice, select, split, contiguous): an in-place write into t would
+// overwrite that leaf (a parameter) under the tape's eyes.
+bool is_view_of_leaf(const Tensor& t);
+
 void register_hook(const Tensor& t, GradHook hook);
 void retain_grad(const Tensor& t);
 

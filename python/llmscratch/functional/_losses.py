@@ -74,10 +74,10 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     in_place = bool(inplace_backward) and is_grad_enabled() and logits.requires_grad
-    if in_place and logits.is_leaf:
+    if in_place and (logits.is_leaf or _core.is_view_of_leaf(logits)):
         raise ValueError("cross_entropy: inplace_backward=True would overwrite a leaf tensor (a "
-                         "parameter or the caller's input) with its gradient; pass logits computed "
-                         "from it (e.g. the model's output)")
+                         "parameter or the caller's input, or a view of one) with its gradient; "
+                         "pass logits computed from it (e.g. the model's output)")
     single = logits.dim() == 1 and targets.dim() == 0
     if single:
         logits, targets = logits.reshape(1, -1), targets.reshape(1)

@@ -188,6 +188,11 @@ def test_inplace_misuse_raises():
         F.cross_entropy(leaf, t, inplace_backward=True)
     with pytest.raises(ValueError, match="overwrite a leaf"):  # also as a single sample
         F.cross_entropy(ls.tensor(x[0], requires_grad=True), t[0], inplace_backward=True)
+    flat = ls.tensor(x.reshape(-1), requires_grad=True)
+    for view in (flat.view(4, 6), flat.view(2, 12)[0:2].reshape(4, 6)):  # a parameter's views too
+        with pytest.raises(ValueError, match="or a view of one"):
+            F.cross_entropy(view, t, inplace_backward=True)
+    np.testing.assert_array_equal(flat.detach().numpy(), x.reshape(-1))
     np.testing.assert_array_equal(leaf.detach().numpy(), x)
     view = (ls.tensor(x.T.copy(), requires_grad=True) * 1.0).transpose(0, 1)
     with pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
