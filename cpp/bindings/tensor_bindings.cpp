@@ -75,6 +75,7 @@ py::object item(const Tensor& t) {
   LS_CHECK(t.numel() == 1, ValueError, "item(): only one-element tensors can be converted to a "
            "Python scalar, got shape ", shape_str(t.shape()));
   Tensor c = ops::to_device(t, Device{});
+  if (c.dtype() == DType::Int64) return py::int_(*c.data<int64_t>());  // exact past 2^53
   double v = 0;
   DISPATCH_ALL(c.dtype(), "item", { v = to_double(*c.data<scalar_t>()); });
   if (is_floating(c.dtype())) return py::float_(v);

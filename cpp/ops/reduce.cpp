@@ -15,6 +15,10 @@ namespace ls::ops {
 namespace {
 
 std::vector<int64_t> normalize_dims(std::vector<int64_t> dims, int64_t ndim, const char* op) {
+  if (ndim == 0) {  // a 0-d tensor's dim 0 or -1 is the tensor itself: nothing to reduce
+    for (auto d : dims) wrap_dim(d, ndim, op);
+    return {};
+  }
   if (dims.empty()) {
     dims.resize(ndim);
     std::iota(dims.begin(), dims.end(), 0);
@@ -146,6 +150,8 @@ Tensors max_backward(const BackwardCtx& c, const Tensors& g) {
 }  // namespace
 
 Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  // On every backend a 0-d tensor's dims arrive as none, the sum of a scalar (x.sum()).
+  if (x.dim() == 0) dims = normalize_dims(dims, 0, "sum");
   return call1("sum", {x}, {{"dims", dims}, {"keepdim", keepdim}});
 }
 

@@ -50,8 +50,13 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         arr = np.asarray(data)
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
+        if arr.dtype == np.uint64 and not from_numpy_array and (arr > np.iinfo(np.int64).max).any():
+            raise OverflowError("tensor(): an integer does not fit in int64")
         if not from_numpy_array or arr.dtype.kind not in "fiub" or arr.dtype == np.uint64:
-            arr = arr.astype({bool_: np.bool_, int64: np.int64}.get(_infer_dtype(arr), np.float32))
+            # Python floats: float32 by default, as torch; a requested dtype is reached from
+            # float64 so that float64 data never passes through float32
+            as_float = np.float32 if dtype is None else np.float64
+            arr = arr.astype({bool_: np.bool_, int64: np.int64}.get(_infer_dtype(arr), as_float))
         if arr.dtype.kind == "u" and arr.dtype != np.uint8:
             arr = arr.astype(np.int64)
         if arr.dtype.kind == "i" and arr.dtype not in (np.int32, np.int64):
@@ -135,6 +140,9 @@ def randn(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def randint(low, high=None, size=(), dtype=None, device=None):
+    """Integers in [low, high); randint(high, size) as torch's."""
+    if isinstance(high, (tuple, list)) and size == ():
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
     return _core.ops.randint(int(low), int(high), _shape([size]), as_dtype(dtype, int64),

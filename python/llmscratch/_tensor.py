@@ -214,6 +214,17 @@ T.flatten = _flatten
 
 # ---- indexing ----------------------------------------------------------------------------------
 
+def _host_index(k, size, like):
+    """A list or array index as a tensor on like's device: an empty one is int64, negative ids
+    count from the end (wrapped here on the host, for free; a tensor index must be in range)."""
+    arr = np.asarray(k)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind in "iu":
+        arr = np.where(arr < 0, arr + size, arr)
+    return as_tensor_like(arr, like)
+
+
 def _index(self, key):
     """Basic indexing (ints, slices, None, Ellipsis) gives a view; one integer tensor or list
     index selects along its dimension (a copy, like numpy's advanced indexing)."""
@@ -245,7 +256,7 @@ def _index(self, key):
         elif isinstance(k, (Tensor, list, np.ndarray)):
             if tensor_index is not None:
                 raise NotImplementedError("indexing with more than one tensor index is not supported")
-            idx = k if isinstance(k, Tensor) else as_tensor_like(k, self)
+            idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], self)
             if idx.dtype == bool_:
                 raise NotImplementedError("boolean mask indexing is not supported; use masked_fill or where")
             tensor_index = (dim, idx)

@@ -14,6 +14,11 @@ def test_tensor_infers_dtypes_like_torch():
     assert ls.tensor(np.zeros(3, np.int32)).dtype == ls.int32
     assert ls.tensor(3.5).shape == ()
     assert ls.tensor([[1, 2], [3, 4]], dtype=ls.float64).dtype == ls.float64
+    assert ls.tensor([0.1], dtype=ls.float64).item() == 0.1  # never through float32
+    assert ls.tensor([0.1]).item() == float(np.float32(0.1))
+    assert ls.tensor([2**53 + 1]).item() == 2**53 + 1  # int64 exactly, not through a double
+    with pytest.raises(OverflowError, match="does not fit in int64"):
+        ls.tensor([2**63])
 
 
 def test_factories():
@@ -29,6 +34,8 @@ def test_factories():
     assert ls.full_like(x, 2.5).tolist()[0][0] == 2.5
     r = ls.randint(3, 9, (1000,))
     assert r.dtype == ls.int64 and r.min().item() >= 3 and r.max().item() <= 8
+    r = ls.randint(5, (100,))  # randint(high, size), as torch (nanoGPT's get_batch)
+    assert r.shape == (100,) and 0 <= r.min().item() and r.max().item() <= 4
 
 
 def test_random_is_reproducible_and_well_distributed():
@@ -88,6 +95,9 @@ def test_integer_tensor_index():
     t = ls.tensor(a)
     np.testing.assert_array_equal(to_np(t[[4, 0, 4]]), a[[4, 0, 4]])
     np.testing.assert_array_equal(to_np(t[:, ls.tensor([3, 1])]), a[:, [3, 1]])
+    np.testing.assert_array_equal(to_np(t[[-1, 0]]), a[[-1, 0]])  # a list counts from the end
+    np.testing.assert_array_equal(to_np(t[:, np.array([-3])]), a[:, [-3]])
+    assert tuple(t[[]].shape) == (0, 4)
 
 
 def test_setitem_writes_through_views():
@@ -131,6 +141,15 @@ def test_half_precision_casts_round_like_torch(dtype, tdtype):
     ours = ls.tensor(a).to(dtype=getattr(ls, dtype)).to(dtype=ls.float32)
     ref = torch.tensor(a).to(tdtype).float().numpy()
     np.testing.assert_array_equal(to_np(ours), ref)
+
+
+def test_reducing_a_0d_tensor_over_its_one_dim():
+    s = ls.tensor(5.0)
+    for reduce in (lambda: s.sum(0), lambda: s.sum(-1), lambda: s.mean(0), lambda: s.sum(0, keepdim=True)):
+        out = reduce()
+        assert out.shape == () and out.item() == 5.0
+    with pytest.raises(IndexError, match="dimension 1 is out of range"):
+        s.sum(1)
 
 
 def test_conversions_and_item():
