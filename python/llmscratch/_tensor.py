@@ -75,7 +75,18 @@ T.__mul__ = _binary(_ops.mul)
 T.__rmul__ = _rbinary(_ops.mul)
 T.__truediv__ = _binary(_ops.div)
 T.__rtruediv__ = _rbinary(_ops.div)
-T.__pow__ = _binary(_ops.pow)
+_pow_any = _binary(_ops.pow)
+
+
+def _pow(self, other):
+    if (not self.dtype.is_floating_point and isinstance(other, numbers.Integral)
+            and not isinstance(other, builtins.bool) and other < 0):
+        raise ValueError("Integers to negative integer powers are not allowed (1 / x of an "
+                         "integer is not an integer): use a floating tensor")
+    return _pow_any(self, other)
+
+
+T.__pow__ = _pow
 T.__rpow__ = _rbinary(_ops.pow)
 T.__matmul__ = lambda self, other: _ops.matmul(self, other)
 T.__rmatmul__ = lambda self, other: _ops.matmul(as_tensor_like(other, self), self)
@@ -163,11 +174,22 @@ def _max(self, dim=None, keepdim=False):
     return tuple(_ops.max(self, dim, keepdim))
 
 
+def _reversed_order(x):
+    """An exact order-reversing map and its inverse, so that min is a max: -x for floats; for
+    integers -1 - x (~x: no overflow at the most negative value, where -x wraps), in int64 for
+    uint8 and bool, which have no negation."""
+    if x.dtype.is_floating_point:
+        return -x, lambda v: -v
+    wide = x if x.dtype in (int32, int64) else x.to(dtype=int64)
+    return -1 - wide, lambda v: (-1 - v).to(dtype=x.dtype)
+
+
 def _min(self, dim=None, keepdim=False):
+    flipped, back = _reversed_order(self)
     if dim is None:
-        return -_ops.amax(-self)
-    values, indices = _ops.max(-self, dim, keepdim)
-    return (-values, indices)
+        return back(_ops.amax(flipped))
+    values, indices = _ops.max(flipped, dim, keepdim)
+    return (back(values), indices)
 
 
 T.max = _max
@@ -175,7 +197,7 @@ T.min = _min
 T.amax = lambda self: _ops.amax(self)
 T.argmax = lambda self, dim=None, keepdim=False: (
     _ops.argmax(self.reshape(-1), 0, False) if dim is None else _ops.argmax(self, dim, keepdim))
-T.argmin = lambda self, dim=None, keepdim=False: T.argmax(-self, dim, keepdim)
+T.argmin = lambda self, dim=None, keepdim=False: T.argmax(_reversed_order(self)[0], dim, keepdim)
 
 
 # ---- shape methods -----------------------------------------------------------------------------

@@ -152,6 +152,18 @@ def test_reducing_a_0d_tensor_over_its_one_dim():
         s.sum(1)
 
 
+def test_min_and_argmin_hold_at_the_ends_of_integer_ranges():
+    big = ls.tensor([5, -2**63, 7])
+    assert big.min().item() == -2**63 and big.argmin().item() == 1  # -x wraps there; ~x does not
+    assert ls.tensor([5, 200], dtype=ls.uint8).min().tolist() == 5
+    assert ls.tensor([True, False]).min().item() is False
+    with pytest.raises(ValueError, match="Integers to negative integer powers"):
+        ls.tensor([1, 2]) ** -1  # torch refuses it too; [1, 0] would be silently wrong
+    assert (ls.tensor([1, 2]) ** 2).tolist() == [1, 4]
+    values, indices = ls.tensor([[3, 1, 2]], dtype=ls.int32).min(1)
+    assert values.dtype == ls.int32 and values.tolist() == [1] and indices.tolist() == [1]
+
+
 def test_conversions_and_item():
     t = ls.tensor([[1.5, 2.5]])
     assert t.to(ls.int64).tolist() == [[1, 2]]
