@@ -66,7 +66,32 @@ def _compare(how):
     return op
 
 
+def _logical(name, on_bools):
+    """&, | and ^ of bool tensors (attention masks), through where and compare: there are no
+    bitwise kernels, so other dtypes are a TypeError rather than a silent arithmetic stand-in."""
+    def op(self, other):
+        other = as_tensor_like(other, self)
+        if self.dtype != bool_ or other.dtype != bool_:
+            raise TypeError(f"'{name}' is supported between bool tensors only, got {self.dtype} "
+                            f"and {other.dtype}")
+        return on_bools(self, other)
+    return op
+
+
+def _invert(self):
+    """~x: logical not of a bool tensor; bitwise not (-1 - x, exact) of an integer one."""
+    if self.dtype == bool_:
+        return _ops.compare(self, as_tensor_like(False, self), "eq")
+    if self.dtype.is_floating_point:
+        raise TypeError(f"'~' is not defined for {self.dtype} tensors")
+    return -1 - self
+
+
 T = Tensor
+T.__and__ = T.__rand__ = _logical("&", lambda a, b: _ops.where(a, b, a))
+T.__or__ = T.__ror__ = _logical("|", lambda a, b: _ops.where(a, a, b))
+T.__xor__ = T.__rxor__ = _logical("^", lambda a, b: _ops.compare(a, b, "ne"))
+T.__invert__ = _invert
 T.__add__ = _binary(_ops.add)
 T.__radd__ = _rbinary(_ops.add)
 T.__sub__ = _binary(_ops.sub)

@@ -201,6 +201,20 @@ def test_operators_broadcast_like_numpy():
         ta + ls.tensor(randn(2, 3))
 
 
+def test_logical_operators_on_bool_masks_match_torch():
+    a = np.array([[True, False, True]])
+    b = np.array([[True], [False]])
+    la, lb, ta, tb = ls.tensor(a), ls.tensor(b), torch.tensor(a), torch.tensor(b)
+    for got, want in ((la & lb, ta & tb), (la | lb, ta | tb), (la ^ lb, ta ^ tb), (~la, ~ta),
+                      (la & True, ta & True), (False | lb, False | tb)):
+        assert got.dtype == ls.bool and got.tolist() == want.tolist()
+    assert (~ls.tensor([0, 5, -2**63])).tolist() == (~torch.tensor([0, 5, -2**63])).tolist()
+    with pytest.raises(TypeError, match="'&' is supported between bool tensors only"):
+        ls.tensor([1, 2]) & ls.tensor([3, 4])
+    with pytest.raises(TypeError, match="'~' is not defined for llmscratch.float32"):
+        ~ls.tensor([1.0])
+
+
 def test_inplace_ops_write_memory():
     t = ls.ones(3)
     ptr = t.data_ptr()
