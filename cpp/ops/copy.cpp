@@ -146,13 +146,11 @@ void copy_(const Tensor& dst, const Tensor& src) {
   // The source may live elsewhere; it is moved to the destination's device first.
   Tensor s = src.device() == dst.device() ? src : to_device(src, dst.device());
   call("copy_", {dst, s});
-  dst.bump_version();
 }
 
 void fill_(const Tensor& dst, double value) {
   check_inplace(dst, "fill_");
   call("fill_", {dst}, {{"value", value}});
-  dst.bump_version();
 }
 
 LS_REGISTER(copy) {
@@ -164,8 +162,8 @@ LS_REGISTER(copy) {
   declare_op("to_device", {[](const BackwardCtx& c, const Tensors& g) {
                              return Tensors{to_device(g[0], c.device)};
                            }, false});
-  declare_op("copy_", {});
-  declare_op("fill_", {});
+  declare_op("copy_", {nullptr, true, false, {0}});  // the registry bumps the destination's version
+  declare_op("fill_", {nullptr, true, false, {0}});
   register_kernel("contiguous", "cpu", contiguous_cpu);
   register_kernel("cast", "cpu", cast_cpu);
   register_kernel("to_device", "any", to_device_any);

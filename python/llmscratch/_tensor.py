@@ -206,7 +206,7 @@ def _reversed_order(x):
     if x.dtype.is_floating_point:
         return -x, lambda v: -v
     wide = x if x.dtype in (int32, int64) else x.to(dtype=int64)
-    return -1 - wide, lambda v: (-1 - v).to(dtype=x.dtype)
+    return ~wide, lambda v: (~v).to(dtype=x.dtype)
 
 
 def _min(self, dim=None, keepdim=False):

@@ -40,7 +40,7 @@ class AdamW(Optimizer):
         for g in self.param_groups:
             for p in g["params"]:
                 s = self.state.get(p._impl_id())
-                if s and "master" in s and self._master_versions.get(p._impl_id()) != p._version:
+                if s and "master" in s and self._master_stale(p):
                     s["master"] = p.to(dtype=float32, copy=True)
                     self._master_versions[p._impl_id()] = p._version
         return super().state_dict()
@@ -70,7 +70,10 @@ class AdamW(Optimizer):
         # read before any fused call writes: parameters that share a version counter (views of one
         # tensor) see each other's calls move it
         stale = {p._impl_id() for g in self.param_groups for p in g["params"]
-                 if p.dtype in _HALF and self._master_versions.get(p._impl_id()) != p._version}
+                 if p.dtype in _HALF and self._master_stale(p)}
+        if grad_scale is not None and not isinstance(grad_scale, Tensor):  # one tensor per step
+            p0 = self.param_groups[0]["params"][0]
+            grad_scale = full((), float(grad_scale), dtype=float64, device=p0.device)
         stepped = []
         try:
             self._step_groups(stale, stepped, grad_scale)
@@ -97,6 +100,10 @@ class AdamW(Optimizer):
                     self._fused_step(g, step, half, batch, grad_scale)
                     stepped += [p for p, _ in batch] if half else []
 
+    def _master_stale(self, p) -> bool:
+        """Whether p was written since its master last matched it (or has no master yet)."""
+        return self._master_versions.get(p._impl_id()) != p._version
+
     def _new_state(self, p) -> dict:
         dtype = self._state_dtype(p)
         return {"step": 0, "exp_avg": zeros_like(p, dtype=dtype), "exp_avg_sq": zeros_like(p, dtype=dtype)}
@@ -105,8 +112,6 @@ class AdamW(Optimizer):
         """One adamw_step call over batch; 16-bit parameters update their float32 masters and
         receive the rounded new weights as model copies."""
         params = [s["master"] if half else p for p, s in batch]
-        if grad_scale is not None and not isinstance(grad_scale, Tensor):
-            grad_scale = full((), float(grad_scale), dtype=float64, device=params[0].device)
         b1, b2 = g["betas"]
         _core.ops.adamw_step(params, [p.grad.contiguous() for p, _ in batch],
                              [s["exp_avg"] for _, s in batch], [s["exp_avg_sq"] for _, s in batch],
