@@ -92,7 +92,7 @@ class RefBlock(tnn.Module):
         att = (q @ k.transpose(-2, -1)) / math.sqrt(HS)
         att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         y = att.softmax(-1) @ v
-        x = x + self.attn.proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + self.attn.proj(y.transpose(1, 2).reshape(B, T, NH * HS))
         h = self.mlp.fc(self.norm2(x))
         if c.mlp == "swiglu":
             gate, up = h.chunk(2, dim=-1)
@@ -156,6 +156,8 @@ CONFIGS = {
                                              "high_freq_factor": 4.0,
                                              "original_max_position_embeddings": 8}),
     "gpt2_untied_nobias": _gpt2(tie_embeddings=False, bias=False, n_head=2),
+    # Heads wider than n_embd / n_head, as Qwen3's: q, k, v of 4 x 12 = 48 channels over C = 32.
+    "qwen3_style_head_dim": _llama(head_dim=12, qk_norm=True),
 }
 
 _rng = np.random.default_rng()
@@ -246,7 +248,7 @@ def test_adamw_trajectory_matches_torch(name):
 # ---- KV-cached decoding ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_qknorm_softcap_linear_rope",
-                                  "mixed_mqa_interleaved_llama3"])
+                                  "mixed_mqa_interleaved_llama3", "qwen3_style_head_dim"])
 def test_kv_cache_decoding_matches_full_forward(name):
     config = CONFIGS[name]
     model = M.Transformer(config, dtype=ls.float64)
@@ -313,6 +315,20 @@ def test_forward_shapes_errors_and_sizes():
     assert model.flops_per_token(32) == 6 * n_matmul + 12 * 2 * config.n_embd * 32
 
 
+def test_head_dim_sizes_the_attention_alone():
+    config = _llama(head_dim=12)
+    model = M.Transformer(config)
+    attn = model.blocks[0].attn
+    assert tuple(attn.qkv.weight.shape) == ((4 + 2 * 2) * 12, 32)
+    assert tuple(attn.proj.weight.shape) == (32, 4 * 12)
+    assert tuple(model.wte.weight.shape) == (97, 32)
+    assert tuple(model.new_kv_cache(1).k[0].shape) == (1, 2, 16, 12)
+    assert model.num_parameters() == config.num_parameters()
+    # the attention scores and weighted sum run over NH x HS = 48 channels, not n_embd = 32
+    n = model.num_parameters(exclude_embeddings=True)
+    assert model.flops_per_token(16) == 6 * n + 12 * 2 * 48 * 16
+
+
 def test_dropout_is_active_in_training_only():
     model = M.Transformer(_gpt2(dropout=0.5))
     ids = ls.randint(0, 97, (1, 8))
@@ -339,11 +355,24 @@ def test_dropout_is_active_in_training_only():
     (dict(pos="rope", rope_scaling={"type": "ntk", "factor": 2.0}), "rope_scaling type"),
     (dict(pos="rope", rope_scaling={"type": "linear"}), r"needs \['factor'\]"),
     (dict(pos="rope", n_embd=12, n_head=4), "even head size"),
+    (dict(pos="rope", head_dim=7), "even head size, got 7"),
+    (dict(head_dim=0), "head_dim must be a positive integer"),
+    (dict(head_dim=16.0), "head_dim must be a positive integer"),
+    (dict(head_dim=True), "head_dim must be a positive integer"),
     (dict(rope_theta=0), "rope_theta must be a positive number"),
 ])
 def test_config_validation_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         M.ModelConfig(**kwargs)
+
+
+def test_head_dim_is_optional_in_saved_configs():
+    config = _llama(n_embd=30, n_head=4, head_dim=16)  # 4 heads need not divide n_embd then
+    assert config.head_size == 16
+    assert M.config_from_dict(config.to_dict()) == config
+    assert _llama().head_dim is None and _llama().head_size == 8
+    old = {k: v for k, v in _llama().to_dict().items() if k != "head_dim"}  # a run saved before
+    assert M.config_from_dict(old) == _llama()
 
 
 def test_presets():
@@ -400,19 +429,21 @@ def _hf_models():
     transformers = pytest.importorskip("transformers")
     gpt2 = transformers.GPT2Config(vocab_size=101, n_positions=24, n_embd=32, n_layer=2, n_head=4,
                                    initializer_range=0.2, bos_token_id=None, eos_token_id=None)
-    llama = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48,
-                                     num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, max_position_embeddings=24,
-                                     rope_theta=1000.0, initializer_range=0.2,
-                                     tie_word_embeddings=False, bos_token_id=None,
-                                     eos_token_id=None)
-    qwen3 = transformers.Qwen3Config(vocab_size=101, hidden_size=32, intermediate_size=48,
-                                     num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, head_dim=8, max_position_embeddings=24,
-                                     initializer_range=0.2, tie_word_embeddings=True)
+    llama = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=24,
+                 rope_theta=1000.0, initializer_range=0.2, tie_word_embeddings=False,
+                 bos_token_id=None, eos_token_id=None)
+    qwen3 = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                 max_position_embeddings=24, initializer_range=0.2, tie_word_embeddings=True)
+    Llama, Qwen3 = transformers.LlamaForCausalLM, transformers.Qwen3ForCausalLM
     return {"gpt2": (transformers.GPT2LMHeadModel, gpt2),
-            "llama": (transformers.LlamaForCausalLM, llama),
-            "qwen3": (transformers.Qwen3ForCausalLM, qwen3)}
+            "llama": (Llama, transformers.LlamaConfig(**llama)),
+            "qwen3": (Qwen3, transformers.Qwen3Config(**qwen3)),
+            # head_dim x heads != hidden_size: wider heads, as Qwen3-0.6B's 16 x 128 over 1024,
+            # and narrower ones
+            "qwen3_head_dim": (Qwen3, transformers.Qwen3Config(**{**qwen3, "head_dim": 16})),
+            "llama_head_dim": (Llama, transformers.LlamaConfig(**llama, head_dim=6))}
 
 
 def _randomise_torch(model):
@@ -421,7 +452,7 @@ def _randomise_torch(model):
             p.add_(torch.randn_like(p) * 0.2)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "qwen3_head_dim", "llama_head_dim"])
 def test_hf_round_trip(family, tmp_path):
     cls, hf_config = _hf_models()[family]
     torch.manual_seed(0)
@@ -434,7 +465,8 @@ def test_hf_round_trip(family, tmp_path):
     ours = M.from_pretrained(tmp_path / "theirs")
     assert not ours.training
     assert ours.config.pos == ("learned" if family == "gpt2" else "rope")
-    assert ours.config.qk_norm == (family == "qwen3")
+    assert ours.config.qk_norm == family.startswith("qwen3")
+    assert ours.config.head_size == getattr(hf_config, "head_dim", 8)
     with ls.no_grad():
         got = to_np(ours(ls.tensor(ids)))
     assert rel_err(got, expected) < 1e-4
@@ -475,11 +507,28 @@ def test_hf_llama_with_rope_scaling_and_bfloat16(tmp_path):
 def test_save_pretrained_rejects_what_hf_cannot_hold(tmp_path):
     for config in (CONFIGS["llama_qknorm_softcap_linear_rope"],
                    CONFIGS["mixed_mqa_interleaved_llama3"], _gpt2(qk_norm=True),
-                   _llama(qk_norm=True, bias=True)):
+                   _llama(qk_norm=True, bias=True), _gpt2(head_dim=16)):
         with pytest.raises(ValueError, match="save_pretrained"):
             M.Transformer(config).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         M.from_pretrained(tmp_path / "nothing")
+
+
+def test_hf_head_dim_reads_as_transformers_does():
+    from llmscratch.models.hf import hf_config_to_model_config
+    base = dict(vocab_size=10, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                num_attention_heads=4)
+
+    def head_dim(**kw):
+        c = hf_config_to_model_config({**base, **kw})
+        return c.head_dim, c.head_size
+
+    assert head_dim(model_type="llama") == (None, 8)
+    assert head_dim(model_type="llama", head_dim=8) == (None, 8)  # the default stays implicit
+    assert head_dim(model_type="mixtral", head_dim=16, num_local_experts=2,
+                    num_experts_per_tok=1) == (16, 16)
+    assert head_dim(model_type="qwen3") == (128, 128)  # Qwen3Config's default, not 32 / 4
+    assert head_dim(model_type="qwen3", head_dim=None) == (None, 8)
 
 
 def test_from_pretrained_rejects_missing_and_unused_tensors(tmp_path):

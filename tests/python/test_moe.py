@@ -379,9 +379,9 @@ def test_hf_mixtral_round_trip(tmp_path):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.MixtralConfig(
         vocab_size=101, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=24,
-        num_local_experts=4, num_experts_per_tok=2, initializer_range=0.2,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12,  # 4 x 12 heads over 32
+        max_position_embeddings=24, num_local_experts=4, num_experts_per_tok=2,
+        initializer_range=0.2, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
     torch.manual_seed(0)
     hf_model = transformers.MixtralForCausalLM(hf_config).eval()
     with torch.no_grad():
@@ -393,7 +393,7 @@ def test_hf_mixtral_round_trip(tmp_path):
         expected = hf_model(torch.tensor(ids)).logits.numpy()
 
     ours = M.from_pretrained(tmp_path / "theirs")
-    assert ours.config.n_experts == 4 and ours.config.top_k == 2
+    assert ours.config.n_experts == 4 and ours.config.top_k == 2 and ours.config.head_size == 12
     with ls.no_grad():
         got = to_np(ours(ls.tensor(ids)))
     assert rel_err(got, expected) < 1e-4

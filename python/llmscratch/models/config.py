@@ -29,6 +29,7 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: int | None = None      # None: n_head (plain multi-head attention)
     n_embd: int = 256
+    head_dim: int | None = None       # None: n_embd // n_head (Qwen3's heads are wider)
     block_size: int = 256             # longest sequence (size of the position table / rope cache)
     norm: str = "layernorm"           # 'layernorm' | 'rmsnorm'
     mlp: str = "gelu"                 # 'gelu' (tanh approximation, GPT-2) | 'swiglu'
@@ -77,7 +78,7 @@ class ModelConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        return self.n_embd // self.n_head if self.head_dim is None else self.head_dim
 
     def validate(self) -> "ModelConfig":
         def positive_int(name):
@@ -92,15 +93,16 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig: {name} must be one of {allowed}, got "
                                  f"{getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
+        if self.head_dim is not None:
+            positive_int("head_dim")
+        elif self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig: n_embd ({self.n_embd}) must be divisible by n_head "
-                             f"({self.n_head})")
+                             f"({self.n_head}), or head_dim must be given")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"ModelConfig: n_head ({self.n_head}) must be a multiple of n_kv_head "
                              f"({self.n_kv_head})")
         if self.pos == "rope" and self.head_size % 2:
-            raise ValueError(f"ModelConfig: rope needs an even head size, got n_embd / n_head = "
-                             f"{self.head_size}")
+            raise ValueError(f"ModelConfig: rope needs an even head size, got {self.head_size}")
         for name in ("bias", "tie_embeddings", "qk_norm", "rope_interleaved"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig: {name} must be true or false, got "

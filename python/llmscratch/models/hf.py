@@ -23,6 +23,9 @@ Name and layout mapping (ours <- theirs):
          writes the per-expert layout too, which every transformers version loads.
          router_aux_loss_coef maps to aux_loss_coef as is; transformers' balancing loss is
          top_k times ours (it sums f over the k slots, ours normalises f by N*k).
+llama, qwen3 and mixtral carry head_dim (-> head_dim, written back always), which may make
+num_attention_heads x head_dim differ from hidden_size (Qwen3: 16 x 128 over 1024); gpt2 has no
+such field, so its heads must tile n_embd.
 Tensors go through the safetensors package's numpy API; bfloat16 files (which numpy cannot
 represent) are read by a small reader of the format and widened to float32.
 """
@@ -74,10 +77,6 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
         if act != "silu":
             raise ValueError(f"{mt} config: hidden_act {act!r} is not supported (only silu)")
         C, NH = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or C // NH
-        if head_dim * NH != C:
-            raise ValueError(f"{mt} config: head_dim {head_dim} x {NH} heads != hidden_size {C} "
-                             "is not supported")
         attn_bias = hf.get("attention_bias", False)
         mlp_bias = hf.get("mlp_bias", False) if mt == "llama" else False
         if attn_bias != mlp_bias:
@@ -89,7 +88,7 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
         theta, scaling = _hf_rope(hf)
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
-            n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C,
+            n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C, head_dim=_head_dim(hf),
             block_size=hf.get("max_position_embeddings", 2048), norm="rmsnorm", mlp="swiglu",
             intermediate_size=hf["intermediate_size"], bias=bool(attn_bias),
             tie_embeddings=hf.get("tie_word_embeddings", False), pos="rope", rope_theta=theta,
@@ -102,15 +101,11 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
         if hf.get("sliding_window") is not None:
             raise ValueError("mixtral config: sliding-window attention is not supported")
         C, NH = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or C // NH
-        if head_dim * NH != C:
-            raise ValueError(f"mixtral config: head_dim {head_dim} x {NH} heads != hidden_size {C} "
-                             "is not supported")
         theta, scaling = _hf_rope(hf)
         I = hf["intermediate_size"]
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
-            n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C,
+            n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C, head_dim=_head_dim(hf),
             block_size=hf.get("max_position_embeddings", 4096), norm="rmsnorm", mlp="swiglu",
             intermediate_size=I, bias=False, tie_embeddings=hf.get("tie_word_embeddings", False),
             pos="rope", rope_theta=theta, rope_scaling=scaling,
@@ -120,6 +115,15 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
             moe_intermediate_size=I, aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.01)))
     raise ValueError(f"unsupported Hugging Face model_type {mt!r} (supported: 'gpt2', 'llama', "
                      "'qwen3', 'mixtral')")
+
+
+def _head_dim(hf: dict) -> int | None:
+    """head_dim as transformers reads it, or None (ModelConfig's default) where that is
+    hidden_size / num_attention_heads. A qwen3 config without the key gets Qwen3Config's default,
+    128, not hidden_size / heads; a null head_dim means hidden_size // heads in every type."""
+    C, NH = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim", 128 if hf["model_type"] == "qwen3" else None) or C // NH
+    return None if head_dim * NH == C else head_dim
 
 
 def _hf_rope(hf: dict):
@@ -193,6 +197,9 @@ def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> di
         raise ValueError("save_pretrained: QK-norm is only expressible as a qwen3 model "
                          "(llama-style, no biases)")
     if family == "gpt2":
+        if c.n_head * c.head_size != c.n_embd:
+            raise ValueError(f"save_pretrained: the gpt2 model type has no head_dim: n_head "
+                             f"({c.n_head}) x head size ({c.head_size}) must be n_embd ({c.n_embd})")
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                 "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
                 "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.intermediate_size,

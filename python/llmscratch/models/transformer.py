@@ -13,7 +13,8 @@ block return the residual and its pending update, two tensors, where a recompute
 Attention: one fused qkv projection C -> (NH + 2 NKV) HS, optional RMSNorm per head of q and k
 (QK-norm), RoPE on q and k (half-split layout by default, as Hugging Face LLaMA), causal
 F.scaled_dot_product_attention with grouped kv heads (query head h reads kv head
-h // (NH / NKV)), output projection NH HS -> C. MLP: GELU-tanh (fc C -> I, proj I -> C) or
+h // (NH / NKV)), output projection NH HS -> C (HS is n_embd / n_head unless the config's
+head_dim sets it, so NH HS need not be C). MLP: GELU-tanh (fc C -> I, proj I -> C) or
 SwiGLU (fc C -> 2I holding [gate; up], proj I -> C).
 
 Incremental decoding: pass a KVCache and the position of the first id; the block writes its k, v
@@ -235,15 +236,16 @@ class Transformer(nn.Module):
     def flops_per_token(self, T: int | None = None) -> int:
         """Training FLOPs per token at sequence length T (default block_size): 6 N for the
         matmuls of the parameters (forward 2N, backward 4N; N without lookup-only tables) plus
-        12 L C T for the attention scores and weighted sum, as in the PaLM paper and llm.c. In MoE
-        layers only the k experts a token uses count (active parameters)."""
+        12 L (NH HS) T for the attention scores and weighted sum, as in the PaLM paper and llm.c
+        (which write C: NH HS unless head_dim says otherwise). In MoE layers only the k experts a
+        token uses count (active parameters)."""
         T = self.config.block_size if T is None else T
         c = self.config
         n = self.num_parameters(exclude_embeddings=True)
         for moe in self.moe_modules():
             n -= (moe.n_experts - moe.top_k) * (moe.experts_fc.numel() + moe.experts_proj.numel()) \
                 // moe.n_experts
-        return 6 * n + 12 * c.n_layer * c.n_embd * T
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * T
 
     # ---- forward ----
     def _rope(self, start_pos, T, dtype, device):
