@@ -1,10 +1,14 @@
 // Factories on the GPU: full, arange and the Philox draws rand, randn, randint.
-// Element i of a random draw is computed from (seed, offset, i) exactly as in core/philox.h,
-// so the GPU produces the numbers the CPU produces for the same seed and shape (bitwise for
-// rand and randint; randn within the last-bit differences of the device's logf/sinf/cosf).
+// Element i of a random draw is computed from (seed, offset, i) by the __host__ __device__
+// functions of core/philox.h that the CPU kernels call (rand: k 2^-d with the dtype's d
+// significand bits; randn: float32 Box-Muller, float64 math for float64; randint: 32 or 64 bits
+// % range), so the GPU produces the numbers the CPU produces for the same seed and shape (bitwise
+// for rand and randint; randn within the last-bit differences of the device's log/sin/cos).
 // One thread per element; out (N,) contiguous of any dtype.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "core/philox.h"
 #include "core/registry.h"
@@ -18,26 +22,40 @@ template <typename T> __device__ __forceinline__ T from_f64(double v) { return T
 template <> __device__ __forceinline__ __nv_bfloat16 from_f64(double v) { return __double2bfloat16(v); }
 template <> __device__ __forceinline__ __half from_f64(double v) { return __double2half(v); }
 template <> __device__ __forceinline__ bool from_f64(double v) { return v != 0.0; }
+// randint's int64 values: integer dtypes take them exactly (beyond 2^53), floats round them.
+template <typename T> __device__ __forceinline__ T from_i64(int64_t v) {
+  if constexpr (std::is_integral_v<T>) return T(v);  // bool: v != 0
+  else return from_f64<T>(double(v));
+}
 
 enum class Fill { Constant, Arange, Uniform, Normal, Integer };
 
 struct FillArgs {
   Fill kind;
-  double a, b;  // constant: a; arange: start a, step b; integer: low a, range b
+  double a, b;  // constant: a; arange: start a, step b
   uint64_t seed, offset;
+  int digits;       // uniform: the dtype's significand bits (digits_of); normal: 53 = float64 math
+  int64_t low;      // integer: [low, low + range)
+  uint64_t range;
 };
 
 template <typename T>
 __global__ void fill_kernel(T* out, int64_t n, FillArgs f) {
   int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
+  if (f.kind == Fill::Integer) {
+    out[i] = from_i64<T>(philox_randint_at(f.seed, f.offset, uint64_t(i), f.low, f.range));
+    return;
+  }
   double v;
   switch (f.kind) {
     case Fill::Constant: v = f.a; break;
     case Fill::Arange: v = f.a + double(i) * f.b; break;
-    case Fill::Uniform: v = philox_uniform_at(f.seed, f.offset, uint64_t(i)); break;
-    case Fill::Normal: v = philox_normal_at(f.seed, f.offset, uint64_t(i)); break;
-    default: v = f.a + double(philox_bits(f.seed, f.offset, uint64_t(i)) % uint64_t(f.b)); break;
+    case Fill::Uniform: v = philox_rand_at(f.seed, f.offset, uint64_t(i), f.digits); break;
+    default:
+      v = f.digits == 53 ? philox_normal64_at(f.seed, f.offset, uint64_t(i))
+                         : double(philox_normal_at(f.seed, f.offset, uint64_t(i)));
+      break;
   }
   out[i] = from_f64<T>(v);
 }
@@ -65,11 +83,15 @@ void launch_fill(const Tensor& out, const FillArgs& f, const char* op) {
 Kernel fill_entry(Fill kind, const char* op) {
   return [kind, op](const Tensors&, const Attrs& a) {
     Tensor out = Tensor::empty(a.ints("shape"), DType(a.i("dtype")), Device::parse(a.s("device", "cuda")));
-    FillArgs f{kind, 0, 0, uint64_t(a.i("seed", 0)), uint64_t(a.i("offset", 0))};
+    FillArgs f{kind, 0, 0, uint64_t(a.i("seed", 0)), uint64_t(a.i("offset", 0)),
+               digits_of(out.dtype()), 0, 0};
     switch (kind) {
       case Fill::Constant: f.a = a.f("value", 0.0); break;
       case Fill::Arange: f.a = a.f("start", 0.0); f.b = a.f("step", 1.0); break;
-      case Fill::Integer: f.a = double(a.i("low")); f.b = double(a.i("high") - a.i("low")); break;
+      case Fill::Integer:
+        f.low = a.i("low");
+        f.range = uint64_t(a.i("high")) - uint64_t(f.low);  // high > low: no int64 overflow
+        break;
       default: break;
     }
     if ((kind == Fill::Uniform || kind == Fill::Normal) && !is_floating(out.dtype()))

@@ -181,10 +181,10 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("manual_seed", [](uint64_t s) { manual_seed(s); });
   m.def("get_rng_state", [] { auto s = generator_state(); return py::make_tuple(s.seed, s.offset); });
   m.def("set_rng_state", [](uint64_t seed, uint64_t offset) { set_generator_state({seed, offset}); });
-  m.def("philox4x32_10", [](uint64_t counter, uint64_t seed) {
-    auto r = philox4x32_10(counter, seed);
+  m.def("philox4x32_10", [](uint64_t counter, uint64_t seed, uint32_t c2) {
+    auto r = philox4x32_10(counter, seed, c2);
     return std::vector<uint32_t>{r.v[0], r.v[1], r.v[2], r.v[3]};
-  });
+  }, py::arg("counter"), py::arg("seed"), py::arg("c2") = 0);
   m.def("cpu_empty_cache", &cpu_empty_cache, "Return cached CPU blocks to the system");
   m.def("cpu_cached_bytes", &cpu_cached_bytes);
   m.def("get_num_threads", &num_threads);

@@ -2,6 +2,8 @@
 // input; device and dtype travel in the attrs. Random element i follows the stream defined in
 // core/philox.h, so a CUDA implementation reproduces these numbers exactly.
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/philox.h"
@@ -20,13 +22,19 @@ Tensor empty_from(const Attrs& a) {
   return Tensor::empty(a.ints("shape"), DType(a.i("dtype")), Device::parse(a.s("device", "cpu")));
 }
 
-// Fill out[i] = gen(i) for every element, in parallel.
+// Fill out[i] = gen(i) for every element, in parallel. gen returns a double, or an int64_t that
+// goes to integer dtypes without passing through double (exact beyond 2^53).
+template <typename T, typename V>
+T convert(V v) {
+  if constexpr (std::is_integral_v<V> && std::is_integral_v<T>) return T(v);  // bool: v != 0
+  else return from_double<T>(double(v));
+}
 template <typename Gen>
 void fill_cpu(const Tensor& out, Gen gen) {
   DISPATCH_ALL(out.dtype(), "fill", {
     scalar_t* p = out.data<scalar_t>();
     parallel_for(0, out.numel(), 65536, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = from_double<scalar_t>(gen(i));
+      for (int64_t i = b; i < e; ++i) p[i] = convert<scalar_t>(gen(i));
     });
   });
 }
@@ -45,12 +53,15 @@ Tensors arange_cpu(const Tensors&, const Attrs& a) {
   return {out};
 }
 
+// rand and randn by the dtype's significand bits d (core/philox.h): a uniform k 2^-d, exact in the
+// dtype; normals in float64 math for float64 and float32 math (rounded) for the others.
 Tensors rand_cpu(const Tensors&, const Attrs& a) {
   Tensor out = empty_from(a);
   GeneratorState g{uint64_t(a.i("seed")), uint64_t(a.i("offset"))};
   LS_CHECK(is_floating(out.dtype()), TypeError, "rand: dtype must be floating, got ",
            dtype_name(out.dtype()));
-  fill_cpu(out, [g](int64_t i) { return double(philox_uniform_at(g.seed, g.offset, uint64_t(i))); });
+  int d = digits_of(out.dtype());
+  fill_cpu(out, [g, d](int64_t i) { return philox_rand_at(g.seed, g.offset, uint64_t(i), d); });
   return {out};
 }
 
@@ -59,17 +70,22 @@ Tensors randn_cpu(const Tensors&, const Attrs& a) {
   GeneratorState g{uint64_t(a.i("seed")), uint64_t(a.i("offset"))};
   LS_CHECK(is_floating(out.dtype()), TypeError, "randn: dtype must be floating, got ",
            dtype_name(out.dtype()));
-  fill_cpu(out, [g](int64_t i) { return double(philox_normal_at(g.seed, g.offset, uint64_t(i))); });
+  if (out.dtype() == DType::Float64)
+    fill_cpu(out, [g](int64_t i) { return philox_normal64_at(g.seed, g.offset, uint64_t(i)); });
+  else
+    fill_cpu(out, [g](int64_t i) { return double(philox_normal_at(g.seed, g.offset, uint64_t(i))); });
   return {out};
 }
 
-// low + bits % (high - low): the modulo bias is below 2^-32 * range, negligible for vocab sizes.
+// low + bits % (high - low) on 32 bits, or 64 when the range is wider than 2^32, as torch's
+// random_(from, to); the modulo bias is below range / 2^32 (resp. 2^64) of a value's probability.
 Tensors randint_cpu(const Tensors&, const Attrs& a) {
   Tensor out = empty_from(a);
   GeneratorState g{uint64_t(a.i("seed")), uint64_t(a.i("offset"))};
-  int64_t low = a.i("low"), range = a.i("high") - low;
+  int64_t low = a.i("low");
+  uint64_t range = uint64_t(a.i("high")) - uint64_t(low);  // high > low: no int64 overflow
   fill_cpu(out, [=](int64_t i) {
-    return double(low + int64_t(philox_bits(g.seed, g.offset, uint64_t(i)) % uint64_t(range)));
+    return philox_randint_at(g.seed, g.offset, uint64_t(i), low, range);
   });
   return {out};
 }
@@ -105,6 +121,17 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, DType dtype, Devic
   LS_CHECK(high > low, ValueError, "randint: high (", high, ") must be greater than low (", low, ")");
   LS_CHECK(!is_floating(dtype) || dtype == DType::Float32 || dtype == DType::Float64, TypeError,
            "randint: unsupported dtype ", dtype_name(dtype));
+  // As torch's random_: low and high - 1 must be values of an integer dtype (a float dtype rounds
+  // integers beyond 2^digits, where torch only warns).
+  int64_t lo = INT64_MIN, hi = INT64_MAX;
+  switch (dtype) {
+    case DType::Int32: lo = INT32_MIN; hi = INT32_MAX; break;
+    case DType::UInt8: lo = 0; hi = 255; break;
+    case DType::Bool: lo = 0; hi = 1; break;
+    default: break;
+  }
+  LS_CHECK(low >= lo && high - 1 <= hi, ValueError, "randint: [", low, ", ", high,
+           ") does not fit in ", dtype_name(dtype), " (values ", lo, " to ", hi, ")");
   return call1("randint", {}, random_attrs(shape, dtype, device).set("low", low).set("high", high));
 }
 

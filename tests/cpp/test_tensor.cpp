@@ -193,9 +193,13 @@ TEST_F(TensorCore, PhiloxMatchesKnownAnswerAndStreamDefinition) {
   manual_seed(42);
   Tensor a = ops::rand({10}, DType::Float64, Device{});
   auto va = values(a);
-  for (uint64_t i = 0; i < 10; ++i)
-    EXPECT_EQ(va[i], double(philox_uniform_at(42, 0, i)));
-  EXPECT_EQ(generator_state().offset, 3u);  // ceil(10 / 4) blocks consumed
+  for (uint64_t i = 0; i < 10; ++i) {
+    // 53 bits of w(i) on top of w'(i); the top 24 are the float32 uniform
+    uint64_t w = (uint64_t(philox_bits(42, 0, i)) << 32) | philox4x32_10(i / 4, 42, 1).v[i % 4];
+    EXPECT_EQ(va[i], std::ldexp(double(w >> 11), -53));
+    EXPECT_EQ(std::ldexp(std::floor(std::ldexp(va[i], 24)), -24), double(philox_uniform_at(42, 0, i)));
+  }
+  EXPECT_EQ(generator_state().offset, 3u);  // ceil(10 / 4) blocks consumed, whatever the dtype
 }
 
 }  // namespace ls::test

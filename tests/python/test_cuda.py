@@ -42,6 +42,46 @@ def test_philox_streams_match_the_cpu():
     assert a.tolist() == b.cpu().tolist()
 
 
+@pytest.mark.parametrize("dtype", [ls.float32, ls.float64, ls.bfloat16, ls.float16])
+def test_philox_rand_and_randn_match_the_cpu_in_every_float_dtype(dtype):
+    # rand: k 2^-d with the dtype's d significand bits (53 from two words for float64), bitwise;
+    # randn: float32 Box-Muller rounded, or float64 math for float64, to the last bits of log/sin/cos
+    n = (1 << 20) + 3
+    ls.manual_seed(17)
+    cpu = to_np(ls.rand(n, dtype=dtype).double())
+    ls.manual_seed(17)
+    gpu = to_np(ls.rand(n, dtype=dtype, device="cuda").cpu().double())
+    np.testing.assert_array_equal(cpu, gpu)
+    assert gpu.min() >= 0 and gpu.max() < 1  # a 16-bit rand never rounds up to 1.0
+    if dtype == ls.float64:
+        assert np.mean(gpu != gpu.astype(np.float32)) > 0.99
+    ls.manual_seed(17)
+    cpu = to_np(ls.randn(4099, dtype=dtype).double())
+    ls.manual_seed(17)
+    gpu = to_np(ls.randn(4099, dtype=dtype, device="cuda").cpu().double())
+    if dtype == ls.float64:
+        np.testing.assert_allclose(cpu, gpu, rtol=1e-14, atol=1e-14)
+        assert np.mean(gpu != gpu.astype(np.float32)) > 0.99
+    else:  # one rounding step of the dtype apart at most where float32 math differs in a last bit
+        tol = {ls.float32: 2e-6, ls.bfloat16: 2 ** -7, ls.float16: 2 ** -10}[dtype]
+        np.testing.assert_allclose(cpu, gpu, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("low,high,dtype", [(0, 50257, ls.int64), (-5, 1 << 32, ls.int64),
+                                            (0, 1 << 48, ls.int64), (1 << 60, (1 << 60) + (1 << 40), ls.int64),
+                                            (-(1 << 63), (1 << 63) - 1, ls.int64),
+                                            (-(1 << 31), 1 << 31, ls.int32), (0, 256, ls.uint8),
+                                            (0, 1 << 40, ls.float64), (-100, 100, ls.float32)])
+def test_philox_randint_matches_the_cpu_on_32_and_64_bits(low, high, dtype):
+    ls.manual_seed(23)
+    cpu = ls.randint(low, high, (4099,), dtype=dtype).tolist()
+    ls.manual_seed(23)
+    gpu = ls.randint(low, high, (4099,), dtype=dtype, device="cuda").cpu().tolist()
+    assert cpu == gpu
+    assert min(gpu) >= low and max(gpu) < high
+    assert max(gpu) - low > (high - low) // 2  # 32-bit words would stay below 2^32 past low
+
+
 def test_dlpack_with_torch_cuda_shares_memory():
     t = ls.randn(4, 6, device="cuda")
     x = torch.from_dlpack(t)

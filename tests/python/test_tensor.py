@@ -61,6 +61,109 @@ def test_philox_known_answer():
     assert core.philox4x32_10(0, 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
+def philox_words(seed, offset, n, c2=0):
+    """w(i) (c2 = 0) or w'(i) (c2 = 1) of core/philox.h for i < n, as uint64."""
+    import llmscratch_core as core
+    blocks = [core.philox4x32_10(offset + b, seed, c2) for b in range((n + 3) // 4)]
+    return np.array(blocks, dtype=np.uint64).reshape(-1)[:n]
+
+
+def philox_words64(seed, offset, n):
+    """W(i) = w(i) 2^32 + w'(i): the 64 bits of an element that needs more than 32."""
+    return (philox_words(seed, offset, n) << np.uint64(32)) | philox_words(seed, offset, n, 1)
+
+
+@pytest.mark.parametrize("dtype,digits", [(ls.bfloat16, 8), (ls.float16, 11)])
+def test_half_precision_rand_is_the_dtype_grid_below_one(dtype, digits):
+    # torch.rand is [0, 1): a float32 uniform rounded to 16 bits reached 1.0. The uniform is
+    # k 2^-d, d the dtype's significand bits, from the top d bits of the stream's word.
+    ls.manual_seed(11)
+    u = to_np(ls.rand(1 << 20, dtype=dtype).float()).astype(np.float64)
+    assert u.max() < 1
+    assert u.min() == 0 and u.max() == 1 - 2.0**-digits
+    k = u * 2**digits
+    assert np.array_equal(k, np.floor(k))  # on the grid of step 2^-d, not the dtype's finer one
+    assert len(np.unique(k)) == 2**digits  # every grid point occurs
+    assert abs(u.mean() - (1 - 2.0**-digits) / 2) < 2e-3
+    ls.manual_seed(11)
+    f32 = to_np(ls.rand(1 << 20)).astype(np.float64)
+    assert np.array_equal(u, np.floor(f32 * 2**digits) / 2**digits)  # the float32 one, truncated
+    ls.manual_seed(11)
+    words = philox_words(11, 0, 1001)
+    np.testing.assert_array_equal(to_np(ls.rand(1001, dtype=dtype).float()),
+                                  (words >> np.uint64(32 - digits)) * 2.0**-digits)
+
+
+def test_float64_rand_has_53_random_bits():
+    ls.manual_seed(5)
+    u = to_np(ls.rand(1 << 16, dtype=ls.float64))
+    assert u.dtype == np.float64 and u.min() >= 0 and u.max() < 1
+    assert np.mean(u != u.astype(np.float32).astype(np.float64)) > 0.99  # 24 bits would be 0
+    assert abs(u.mean() - 0.5) < 0.01
+    ls.manual_seed(5)
+    f32 = to_np(ls.rand(1 << 16)).astype(np.float64)
+    np.testing.assert_array_equal(np.floor(u * 2**24) / 2**24, f32)  # the same stream on top
+    ls.manual_seed(5)
+    d = ls.rand(1001, dtype=ls.float64)
+    np.testing.assert_array_equal(to_np(d), (philox_words64(5, 0, 1001) >> np.uint64(11)) * 2.0**-53)
+    assert ls.get_rng_state() == (5, 251)  # ceil(1001 / 4) blocks, whatever the dtype
+
+
+def test_float64_randn_is_float64_box_muller():
+    ls.manual_seed(9)
+    z = to_np(ls.randn(1 << 16, dtype=ls.float64))
+    assert np.mean(z != z.astype(np.float32).astype(np.float64)) > 0.99
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    ls.manual_seed(9)
+    # the same stream: float32's 24-bit uniforms and float32 math differ from it by ~1e-6, more
+    # only where 1 - u1 is a few 2^-24 (where the 24-bit uniform saturated the tail)
+    assert np.mean(np.abs(z - to_np(ls.randn(1 << 16))) < 1e-5) > 0.999
+    ls.manual_seed(9)
+    n = 1001
+    u = (philox_words64(9, 0, n + 3) >> np.uint64(11)) * 2.0**-53
+    i = np.arange(n)
+    pair = i - i % 2
+    r, ang = np.sqrt(-2 * np.log(1 - u[pair])), 2 * np.pi * u[pair + 1]
+    want = np.where(i % 2 == 1, r * np.sin(ang), r * np.cos(ang))
+    np.testing.assert_allclose(to_np(ls.randn(n, dtype=ls.float64)), want, rtol=1e-14, atol=1e-14)
+
+
+def test_randint_uses_64_bits_for_ranges_over_2_to_the_32():
+    ls.manual_seed(2)
+    r = to_np(ls.randint(0, 1 << 48, (1 << 16,)))
+    assert r.min() >= 0 and r.max() < 1 << 48
+    assert np.mean(r >= 1 << 40) > 0.99  # 32 bits never leave [0, 2^32)
+    assert abs(r.mean() / 2.0**47 - 1) < 0.02
+    ls.manual_seed(2)
+    np.testing.assert_array_equal(to_np(ls.randint(-(1 << 47), 1 << 47, (1001,))),
+                                  (philox_words64(2, 0, 1001) % np.uint64(1 << 48)).astype(np.int64)
+                                  - (1 << 47))
+    # exact in int64 beyond 2^53 (no double on the way): the low bits are random too
+    r = to_np(ls.randint(1 << 60, (1 << 60) + (1 << 40), (1 << 16,)))
+    assert r.min() >= 1 << 60 and r.max() < (1 << 60) + (1 << 40)
+    assert 0.45 < np.mean(r & 1) < 0.55
+    # the whole int64 range, where high - low overflows int64
+    lo, hi = -(1 << 63), (1 << 63) - 1
+    r = to_np(ls.randint(lo, hi, (1 << 16,)))
+    assert r.min() < -(1 << 62) and r.max() > 1 << 62 and 0.45 < np.mean(r < 0) < 0.55
+    # ranges up to 2^32 keep the 32-bit words (the numbers of earlier versions)
+    for low, high in [(0, 50257), (-7, 3), (0, 1 << 32), (-(1 << 31), 1 << 31)]:
+        ls.manual_seed(4)
+        want = (philox_words(4, 0, 1001) % np.uint64(high - low)).astype(np.int64) + low
+        np.testing.assert_array_equal(to_np(ls.randint(low, high, (1001,))), want)
+
+
+def test_randint_range_must_fit_the_dtype():
+    assert to_np(ls.randint(-(1 << 31), 1 << 31, (1000,), dtype=ls.int32)).dtype == np.int32
+    assert to_np(ls.randint(0, 256, (1000,), dtype=ls.uint8)).max() > 200
+    with pytest.raises(ValueError, match="does not fit in int32"):
+        ls.randint(0, (1 << 31) + 1, (3,), dtype=ls.int32)
+    with pytest.raises(ValueError, match="does not fit in uint8"):
+        ls.randint(-1, 10, (3,), dtype=ls.uint8)
+    with pytest.raises(ValueError, match="does not fit in bool"):
+        ls.randint(0, 3, (3,), dtype=ls.bool)
+
+
 @pytest.mark.parametrize("shape,perm", [((3, 5, 7), (2, 0, 1)), ((1, 4), (1, 0)), ((2, 3, 4, 5), (0, 2, 1, 3))])
 def test_views_share_memory_and_match_numpy(shape, perm):
     a = randn(*shape)
