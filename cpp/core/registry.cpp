@@ -133,12 +133,18 @@ const Impl* pick(const std::string& op, OpEntry& e, Device dev, DType dt) {
   for (auto& b : order)
     for (auto& impl : e.impls)
       if (impl.backend == b && impl.serves(dt)) return &impl;
+  // Each backend with the dtypes it serves: the CPU backend computes in float32 and float64
+  // only, so a 16-bit model on the CPU lands here and the message has to say what would work.
   std::string have;
-  for (auto& impl : e.impls) have += (have.empty() ? "" : ", ") + impl.backend;
+  for (auto& impl : e.impls) {
+    std::string dtypes;
+    for (DType d : impl.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + std::string(dtype_name(d));
+    have += cat(have.empty() ? "" : "; ", impl.backend, dtypes.empty() ? " (any dtype)" : " (" + dtypes + ")");
+  }
   throw NotImplementedError(cat("op '", op, "' has no implementation for device ", dev.str(),
                                 ", dtype ", dtype_name(dt), ", backend ",
                                 chosen.empty() ? native : chosen,
-                                " (implemented for: ", have.empty() ? "none" : have, ")"));
+                                "; implemented for: ", have.empty() ? "none" : have));
 }
 // A backward returns a gradient of the input's shape on its device (or none) for each input;
 // a wrong one caught here names its op instead of failing later in a node that did nothing wrong.
