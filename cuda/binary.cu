@@ -1,21 +1,25 @@
 // Elementwise binary ops on the GPU with numpy broadcasting: add sub mul div pow maximum minimum
-// and the comparisons eq ne lt le gt ge (bool output). Both operands arrive in one dtype (the
-// registry wrappers promote first); 16-bit floats compute in float32. Dense floating-point
-// operands go through vec_map.cuh (16-byte packs per thread). A dense operand against one row
-// repeated over the leading dims (a bias (C,) on (N, C), a position table (T, C) on (B, T, C))
-// has its own kernel: each thread keeps its packs of the row in registers and walks the rows,
-// as the per-element index arithmetic held a GPT-2 bias add to about a quarter of the copy
-// bandwidth. Otherwise one thread per output element, and the Indexer maps it to the two
+// floor_divide remainder and the comparisons eq ne lt le gt ge (bool output). Both operands arrive
+// in one dtype (the registry wrappers promote first); 16-bit floats compute in float32.
+// floor_divide and remainder (cpp/ops/floor_div.h, every dtype but bool): an integer zero divisor
+// is not refused here, as a device-side check could raise only after a sync; a // 0 and a % 0
+// give 0 (numpy's value; torch's CUDA kernels leave it to the hardware's division).
+// Dense floating-point operands go through vec_map.cuh (16-byte packs per thread). A dense
+// operand against one row repeated over the leading dims (a bias (C,) on (N, C), a position table
+// (T, C) on (B, T, C)) has its own kernel: each thread keeps its packs of the row in registers and
+// walks the rows, as the per-element index arithmetic held a GPT-2 bias add to about a quarter of
+// the copy bandwidth. Otherwise one thread per output element, and the Indexer maps it to the two
 // (possibly broadcast, strided) input elements.
 #include "core/registry.h"
 #include "elementwise.cuh"
+#include "ops/floor_div.h"
 #include "vec_map.cuh"
 
 namespace ls::cuda {
 
 namespace {
 
-enum class Bin { Add, Sub, Mul, Div, Pow, Max, Min, Eq, Ne, Lt, Le, Gt, Ge };
+enum class Bin { Add, Sub, Mul, Div, Pow, Max, Min, FloorDiv, Mod, Eq, Ne, Lt, Le, Gt, Ge };
 
 template <typename A>
 __device__ __forceinline__ A apply(Bin op, A x, A y) {
@@ -29,6 +33,8 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {
       else return A(pow(double(x), double(y)));
     case Bin::Max: return (x > y || x != x) ? x : y;  // NaN propagates
     case Bin::Min: return (x < y || x != x) ? x : y;
+    case Bin::FloorDiv: return floor_math::floor_divide(x, y);
+    case Bin::Mod: return floor_math::remainder(x, y);
     case Bin::Eq: return A(x == y);
     case Bin::Ne: return A(x != y);
     case Bin::Lt: return A(x < y);
@@ -174,6 +180,10 @@ LS_REGISTER(binary_cuda) {
       {"pow", Bin::Pow}, {"maximum", Bin::Max}, {"minimum", Bin::Min}, {"eq", Bin::Eq},
       {"ne", Bin::Ne}, {"lt", Bin::Lt}, {"le", Bin::Le}, {"gt", Bin::Gt}, {"ge", Bin::Ge}};
   for (auto& [name, op] : ops) register_kernel(name, "cuda", binary_entry(op, name));
+  const std::vector<DType> no_bool = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16,
+                                      DType::Int32,   DType::Int64,   DType::UInt8};
+  register_kernel("floor_divide", "cuda", binary_entry(Bin::FloorDiv, "floor_divide"), no_bool);
+  register_kernel("remainder", "cuda", binary_entry(Bin::Mod, "remainder"), no_bool);
 }
 
 }  // namespace ls::cuda

@@ -1,4 +1,6 @@
-// Factories on the GPU: full, arange and the Philox draws rand, randn, randint.
+// Factories on the GPU: full, arange, linspace and the Philox draws rand, randn, randint.
+// linspace's elements come from the __host__ __device__ linspace_at of cpp/ops/linspace.h that
+// the CPU kernel calls (explicit fused multiply-adds): the same values bit for bit.
 // Element i of a random draw is computed from (seed, offset, i) by the __host__ __device__
 // functions of core/philox.h that the CPU kernels call (rand: k 2^-d with the dtype's d
 // significand bits; randn: float32 Box-Muller, float64 math for float64; randint: 32 or 64 bits
@@ -13,6 +15,7 @@
 #include "core/philox.h"
 #include "core/registry.h"
 #include "cuda_check.cuh"
+#include "ops/linspace.h"
 
 namespace ls::cuda {
 
@@ -28,14 +31,16 @@ template <typename T> __device__ __forceinline__ T from_i64(int64_t v) {
   else return from_f64<T>(double(v));
 }
 
-enum class Fill { Constant, Arange, Uniform, Normal, Integer };
+enum class Fill { Constant, Arange, Linspace, Uniform, Normal, Integer };
 
 struct FillArgs {
   Fill kind;
-  double a, b;  // constant: a; arange: start a, step b
+  double a, b;  // constant: a; arange: start a, step b; linspace: start a, step b, end c
+  double c;
+  bool in_float;  // linspace: float math (ls::linspace_in_float)
   uint64_t seed, offset;
   int digits;       // uniform: the dtype's significand bits (digits_of); normal: 53 = float64 math
-  int64_t low;      // integer: [low, low + range)
+  int64_t low;      // integer: [low, low + range); linspace: steps
   uint64_t range;
 };
 
@@ -51,6 +56,10 @@ __global__ void fill_kernel(T* out, int64_t n, FillArgs f) {
   switch (f.kind) {
     case Fill::Constant: v = f.a; break;
     case Fill::Arange: v = f.a + double(i) * f.b; break;
+    case Fill::Linspace:
+      v = f.in_float ? double(linspace_at<float>(float(f.a), float(f.c), float(f.b), f.low, i))
+                     : linspace_at<double>(f.a, f.c, f.b, f.low, i);
+      break;
     case Fill::Uniform: v = philox_rand_at(f.seed, f.offset, uint64_t(i), f.digits); break;
     default:
       v = f.digits == 53 ? philox_normal64_at(f.seed, f.offset, uint64_t(i))
@@ -83,11 +92,16 @@ void launch_fill(const Tensor& out, const FillArgs& f, const char* op) {
 Kernel fill_entry(Fill kind, const char* op) {
   return [kind, op](const Tensors&, const Attrs& a) {
     Tensor out = Tensor::empty(a.ints("shape"), DType(a.i("dtype")), Device::parse(a.s("device", "cuda")));
-    FillArgs f{kind, 0, 0, uint64_t(a.i("seed", 0)), uint64_t(a.i("offset", 0)),
+    FillArgs f{kind, 0, 0, 0, false, uint64_t(a.i("seed", 0)), uint64_t(a.i("offset", 0)),
                digits_of(out.dtype()), 0, 0};
     switch (kind) {
       case Fill::Constant: f.a = a.f("value", 0.0); break;
       case Fill::Arange: f.a = a.f("start", 0.0); f.b = a.f("step", 1.0); break;
+      case Fill::Linspace:
+        f.a = a.f("start", 0.0); f.b = a.f("step", 0.0); f.c = a.f("end", 0.0);
+        f.low = a.i("steps");
+        f.in_float = linspace_in_float(out.dtype());
+        break;
       case Fill::Integer:
         f.low = a.i("low");
         f.range = uint64_t(a.i("high")) - uint64_t(f.low);  // high > low: no int64 overflow
@@ -106,6 +120,7 @@ Kernel fill_entry(Fill kind, const char* op) {
 LS_REGISTER(creation_cuda) {
   register_kernel("full", "cuda", fill_entry(Fill::Constant, "full"));
   register_kernel("arange", "cuda", fill_entry(Fill::Arange, "arange"));
+  register_kernel("linspace", "cuda", fill_entry(Fill::Linspace, "linspace"));
   register_kernel("rand", "cuda", fill_entry(Fill::Uniform, "rand"));
   register_kernel("randn", "cuda", fill_entry(Fill::Normal, "randn"));
   register_kernel("randint", "cuda", fill_entry(Fill::Integer, "randint"));

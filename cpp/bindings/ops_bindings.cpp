@@ -14,6 +14,7 @@ void bind_ops(py::module_& root) {
   using namespace ls::ops;
   m.def("full", &full, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
   m.def("arange", &arange);
+  m.def("linspace", &linspace);
   m.def("rand", &ops::rand);
   m.def("randn", &randn);
   m.def("randint", &randint);
@@ -41,6 +42,8 @@ void bind_ops(py::module_& root) {
   m.def("pow", &ops::pow);
   m.def("maximum", &maximum);
   m.def("minimum", &minimum);
+  m.def("floor_divide", &floor_divide);
+  m.def("remainder", &ops::remainder);
   m.def("compare", &compare);
   m.def("unary", &unary);
   m.def("clamp", &clamp);

@@ -141,7 +141,11 @@ void bind_tensor(py::module_& m) {
       })
       .def("retain_grad", [](const Tensor& t) { retain_grad(t); })
       // data access
-      .def("numpy", &to_numpy)
+      .def("numpy", [](const Tensor& t) {  // as torch: the array would be outside autograd
+        LS_CHECK(!t.requires_grad(), RuntimeError, "Can't call numpy() on Tensor that requires grad. "
+                 "Use tensor.detach().numpy() instead.");
+        return to_numpy(t);
+      })
       .def("item", &item)
       .def("_as_strided", &Tensor::as_strided);
 

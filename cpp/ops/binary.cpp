@@ -1,10 +1,17 @@
-// Elementwise binary ops with numpy broadcasting: add, sub, mul, div, pow, maximum, minimum and
-// the comparisons (eq ne lt le gt ge, giving bool). Inputs of different dtypes are promoted
-// (promote_types) before the kernel runs. Gradients are reduced back to each input's shape.
+// Elementwise binary ops with numpy broadcasting: add, sub, mul, div, pow, maximum, minimum,
+// floor_divide, remainder and the comparisons (eq ne lt le gt ge, giving bool). Inputs of
+// different dtypes are promoted (promote_types) before the kernel runs. Gradients are reduced
+// back to each input's shape.
+//
+// floor_divide and remainder (a // b, a % b; the math is in floor_div.h) serve every numeric dtype
+// but bool, as torch. An integer zero divisor raises RuntimeError("ZeroDivisionError"), as torch on
+// the CPU. floor_divide has no derivative: its backward raises, as torch's does (the result still
+// requires grad). remainder: d a = g, d b = -g floor_divide(a, b).
 #include <cmath>
 
 #include "core/autograd.h"
 #include "cpu_loops.h"
+#include "floor_div.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -14,8 +21,20 @@ namespace {
 const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::Int32,
                                      DType::Int64,   DType::UInt8,   DType::Bool};
 
+const std::vector<DType> kNumericNoBool = {DType::Float32, DType::Float64, DType::Int32,
+                                           DType::Int64,   DType::UInt8};
+
 template <typename T> T times(T x, T y) { return T(x * y); }
 template <> bool times(bool x, bool y) { return x && y; }  // bool * bool is logical and
+
+// f(x, y), refusing an integer zero divisor.
+template <typename T, typename F> auto checked_divisor(const char* op, F f) {
+  return [op, f](T x, T y) {
+    if constexpr (!std::is_floating_point_v<T>)
+      LS_CHECK(y != 0, RuntimeError, "ZeroDivisionError: integer ", op, " by zero");
+    return f(x, y);
+  };
+}
 
 template <typename T, typename F>
 void binary_loop(const Tensor& out, const Tensor& a, const Tensor& b, F f) {
@@ -63,6 +82,10 @@ Kernel arith_kernel(const std::string& op) {
       } else if (op == "pow") binary_loop<T>(out, a, b, [](T x, T y) { return T(std::pow(x, y)); });
       else if (op == "maximum") binary_loop<T>(out, a, b, [](T x, T y) { return x > y || x != x ? x : y; });
       else if (op == "minimum") binary_loop<T>(out, a, b, [](T x, T y) { return x < y || x != x ? x : y; });
+      else if (op == "floor_divide")
+        binary_loop<T>(out, a, b, checked_divisor<T>("floor_divide", floor_math::floor_divide<T>));
+      else if (op == "remainder")
+        binary_loop<T>(out, a, b, checked_divisor<T>("remainder", floor_math::remainder<T>));
     });
     return Tensors{out};
   };
@@ -114,6 +137,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
 Tensor pow(const Tensor& a, const Tensor& b) { return binary("pow", a, b); }
 Tensor maximum(const Tensor& a, const Tensor& b) { return binary("maximum", a, b); }
 Tensor minimum(const Tensor& a, const Tensor& b) { return binary("minimum", a, b); }
+Tensor floor_divide(const Tensor& a, const Tensor& b) { return binary("floor_divide", a, b); }
+Tensor remainder(const Tensor& a, const Tensor& b) { return binary("remainder", a, b); }
 Tensor compare(const Tensor& a, const Tensor& b, const std::string& how) {
   return call1(how, promoted(a, b));
 }
@@ -176,8 +201,22 @@ LS_REGISTER(binary) {
   };
   declare_op("maximum", {select_grad("ge")});
   declare_op("minimum", {select_grad("le")});
+  declare_op("floor_divide", {[](const BackwardCtx&, const Tensors&) -> Tensors {
+                                throw RuntimeError("the derivative for 'floor_divide' is not implemented");
+                              }, false});
+  declare_op("remainder", {[](const BackwardCtx& c, const Tensors& g) {
+                             Tensor ga, gb;
+                             if (c.needs_grad[0]) ga = grad_if(c, 0, g[0]);
+                             if (c.needs_grad[1]) {
+                               const Tensor &a = c.inputs[0], &b = c.inputs[1];
+                               gb = grad_if(c, 1, unary("neg", mul(g[0], floor_divide(a, b))));
+                             }
+                             return Tensors{ga, gb};
+                           }});
   for (const char* op : {"add", "sub", "mul", "div", "pow", "maximum", "minimum"})
     register_kernel(op, "cpu", arith_kernel(op), kNumeric);
+  for (const char* op : {"floor_divide", "remainder"})
+    register_kernel(op, "cpu", arith_kernel(op), kNumericNoBool);
   for (const char* how : {"eq", "ne", "lt", "le", "gt", "ge"}) {
     declare_op(how, {});
     register_kernel(how, "cpu", compare_kernel(how), kNumeric);

@@ -1,6 +1,7 @@
-// Factories: full, arange and the Philox random draws (rand, randn, randint). They take no tensor
-// input; device and dtype travel in the attrs. Random element i follows the stream defined in
-// core/philox.h, so a CUDA implementation reproduces these numbers exactly.
+// Factories: full, arange, linspace (linspace.h) and the Philox random draws (rand, randn,
+// randint). They take no tensor input; device and dtype travel in the attrs. Random element i
+// follows the stream defined in core/philox.h, so a CUDA implementation reproduces these numbers
+// exactly.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -8,6 +9,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "cpu_loops.h"
+#include "linspace.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -50,6 +52,18 @@ Tensors arange_cpu(const Tensors&, const Attrs& a) {
   double start = a.f("start", 0.0), step = a.f("step", 1.0);
   Tensor out = empty_from(a);
   fill_cpu(out, [=](int64_t i) { return start + double(i) * step; });
+  return {out};
+}
+
+// start, end and step arrive in the math type C (float or double, see linspace.h).
+Tensors linspace_cpu(const Tensors&, const Attrs& a) {
+  const double start = a.f("start", 0.0), end = a.f("end", 0.0), step = a.f("step", 0.0);
+  const int64_t n = a.i("steps");
+  Tensor out = empty_from(a);
+  if (linspace_in_float(out.dtype()))
+    fill_cpu(out, [=](int64_t i) { return linspace_at<float>(float(start), float(end), float(step), n, i); });
+  else
+    fill_cpu(out, [=](int64_t i) { return linspace_at<double>(start, end, step, n, i); });
   return {out};
 }
 
@@ -111,6 +125,22 @@ Tensor arange(double start, double end, double step, DType dtype, Device device)
                factory_attrs({n}, dtype, device).set("start", start).set("step", step));
 }
 
+Tensor linspace(double start, double end, int64_t steps, DType dtype, Device device) {
+  LS_CHECK(steps >= 0, ValueError, "linspace: number of steps must be non-negative, got ", steps);
+  double step = 0;
+  if (linspace_in_float(dtype)) {
+    const float s = float(start), e = float(end);
+    start = s, end = e;
+    if (steps > 1) step = (e - s) / float(steps - 1);
+  } else {
+    if (!is_floating(dtype)) start = std::trunc(start), end = std::trunc(end);  // to the dtype first
+    if (steps > 1) step = (end - start) / double(steps - 1);
+  }
+  Attrs a = factory_attrs({steps}, dtype, device);
+  a.set("start", start).set("end", end).set("step", step).set("steps", steps);
+  return call1("linspace", {}, a);
+}
+
 Tensor rand(const Shape& shape, DType dtype, Device device) {
   return call1("rand", {}, random_attrs(shape, dtype, device));
 }
@@ -136,9 +166,10 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, DType dtype, Devic
 }
 
 LS_REGISTER(creation) {
-  for (const char* name : {"full", "arange", "rand", "randn", "randint"}) declare_op(name, {});
+  for (const char* name : {"full", "arange", "linspace", "rand", "randn", "randint"}) declare_op(name, {});
   register_kernel("full", "cpu", full_cpu);
   register_kernel("arange", "cpu", arange_cpu);
+  register_kernel("linspace", "cpu", linspace_cpu);
   register_kernel("rand", "cpu", rand_cpu);
   register_kernel("randn", "cpu", randn_cpu);
   register_kernel("randint", "cpu", randint_cpu);

@@ -13,6 +13,7 @@ namespace ls::ops {
 Tensor full(const Shape& shape, double value, DType dtype, Device device);
 Tensor full_like(const Tensor& t, double value);
 Tensor arange(double start, double end, double step, DType dtype, Device device);
+Tensor linspace(double start, double end, int64_t steps, DType dtype, Device device);
 Tensor rand(const Shape& shape, DType dtype, Device device);
 Tensor randn(const Shape& shape, DType dtype, Device device);
 Tensor randint(int64_t low, int64_t high, const Shape& shape, DType dtype, Device device);
@@ -48,6 +49,8 @@ Tensor div(const Tensor& a, const Tensor& b);
 Tensor pow(const Tensor& a, const Tensor& b);
 Tensor maximum(const Tensor& a, const Tensor& b);
 Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor floor_divide(const Tensor& a, const Tensor& b);  // a // b, rounded toward -inf
+Tensor remainder(const Tensor& a, const Tensor& b);     // a % b, with b's sign
 Tensor compare(const Tensor& a, const Tensor& b, const std::string& how);  // eq ne lt le gt ge
 Tensor scalar_like(double v, const Tensor& like);  // 0-d tensor of like's dtype and device
 Tensor mul_scalar(const Tensor& a, double s);

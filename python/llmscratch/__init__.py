@@ -10,9 +10,9 @@ import llmscratch_core as _core
 
 from . import _tensor  # noqa: F401  (attaches operators and methods to Tensor)
 from ._backend import backend, backend_report, get_backend, set_backend
-from ._creation import (arange, empty, empty_like, from_dlpack, from_numpy, full, full_like, ones,
-                        ones_like, rand, rand_like, randint, randn, randn_like, tensor, zeros,
-                        zeros_like)
+from ._creation import (arange, empty, empty_like, from_dlpack, from_numpy, full, full_like,
+                        linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
+                        tensor, zeros, zeros_like)
 from ._dtype import (bfloat16, bool_, device, dtype, float16, float32, float64, int32, int64,
                      uint8)
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -22,7 +22,7 @@ Tensor = _core.Tensor
 bool = bool_  # noqa: A001  (llmscratch.bool, as torch.bool)
 half, double, long = float16, float64, int64
 
-from ._tensor import cat, stack, matmul, where  # noqa: E402
+from ._tensor import cat, floor_divide, matmul, remainder, stack, where  # noqa: E402
 from . import nn, optim  # noqa: E402
 
 

@@ -127,6 +127,15 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     return _finish(t, requires_grad)
 
 
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
+    """steps values from start to end, as torch (cpp/ops/linspace.h): step = (end - start) /
+    (steps - 1), value i = start + i step for i < steps // 2, else end - (steps - 1 - i) step."""
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, builtins.bool):
+        raise TypeError(f"linspace: steps must be an integer, got {type(steps).__name__}")
+    t = _core.ops.linspace(float(start), float(end), int(steps), as_dtype(dtype, float32), as_device(device))
+    return _finish(t, requires_grad)
+
+
 def rand(*shape, dtype=None, device=None, requires_grad=False):
     """Uniform [0, 1) from the Philox stream (see core/philox.h)."""
     t = _core.ops.rand(_shape(shape), as_dtype(dtype, float32), as_device(device))

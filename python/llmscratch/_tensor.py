@@ -100,6 +100,10 @@ T.__mul__ = _binary(_ops.mul)
 T.__rmul__ = _rbinary(_ops.mul)
 T.__truediv__ = _binary(_ops.div)
 T.__rtruediv__ = _rbinary(_ops.div)
+T.__floordiv__ = _binary(_ops.floor_divide)
+T.__rfloordiv__ = _rbinary(_ops.floor_divide)
+T.__mod__ = _binary(_ops.remainder)
+T.__rmod__ = _rbinary(_ops.remainder)
 _pow_any = _binary(_ops.pow)
 
 
@@ -141,10 +145,14 @@ T.__iadd__ = _inplace(T.__add__)
 T.__isub__ = _inplace(T.__sub__)
 T.__imul__ = _inplace(T.__mul__)
 T.__itruediv__ = _inplace(T.__truediv__)
+T.__ifloordiv__ = _inplace(T.__floordiv__)
+T.__imod__ = _inplace(T.__mod__)
 T.add_ = lambda self, other, alpha=1: _inplace(T.__add__)(self, other if alpha == 1 else other * alpha)
 T.sub_ = _inplace(T.__sub__)
 T.mul_ = _inplace(T.__mul__)
 T.div_ = _inplace(T.__truediv__)
+T.floor_divide_ = _inplace(T.__floordiv__)
+T.remainder_ = _inplace(T.__mod__)
 
 
 def _copy_(self, src):
@@ -170,6 +178,8 @@ T.add = lambda self, other: self + other
 T.sub = lambda self, other: self - other
 T.mul = lambda self, other: self * other
 T.div = lambda self, other: self / other
+T.floor_divide = lambda self, other: self // other
+T.remainder = lambda self, other: self % other
 T.pow = lambda self, other: self ** other
 T.matmul = lambda self, other: _ops.matmul(self, other)
 T.clamp = lambda self, min=None, max=None: _ops.clamp(self, min, max)
@@ -263,7 +273,7 @@ T.flatten = _flatten
 
 def _host_index(k, size, like):
     """A list or array index as a tensor on like's device: an empty one is int64, negative ids
-    count from the end (wrapped here on the host, for free; a tensor index must be in range)."""
+    count from the end (wrapped here on the host, for free)."""
     arr = np.asarray(k)
     if arr.size == 0:
         arr = arr.astype(np.int64)
@@ -306,6 +316,18 @@ def _index(self, key):
             idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], self)
             if idx.dtype == bool_:
                 raise NotImplementedError("boolean mask indexing is not supported; use masked_fill or where")
+            if isinstance(k, Tensor) and idx.dtype in (int32, int64):
+                # negative ids count from the end, as torch's x[idx] (index_select itself refuses
+                # them). One out of range raises IndexError: here on the CPU, naming it as given;
+                # on a GPU in index_select, at the next sync, naming it wrapped.
+                size = out.shape[dim]
+                if not idx.is_cuda:
+                    ids = idx.numpy().reshape(-1)
+                    bad = ids[(ids < -size) | (ids >= size)]
+                    if bad.size:
+                        raise IndexError(f"index {bad[0]} is out of bounds for dimension {dim} "
+                                         f"with size {size}")
+                idx = _ops.where(idx < 0, idx + size, idx)
             tensor_index = (dim, idx)
             dim += 1
         else:
@@ -395,13 +417,15 @@ T.element_size = lambda self: self.dtype.itemsize
 
 
 def _numpy_host(self):
+    """The values as a numpy array on the host (bfloat16 as float32). numpy() of a tensor that
+    requires grad raises, as torch's; so does np.asarray of one (__array__), as in torch."""
     t = self.cpu()
     if t.dtype == bfloat16:
         t = t.to(dtype=float32)
     return t.numpy()
 
 
-T.tolist = lambda self: _numpy_host(self).tolist()
+T.tolist = lambda self: _numpy_host(self.detach()).tolist()
 T.__array__ = lambda self, dtype=None, copy=None: (
     np.asarray(_numpy_host(self), dtype=dtype))
 T.__float__ = lambda self: float(self.item())
@@ -486,6 +510,16 @@ def where(condition, a, b):
     if not isinstance(b, Tensor):
         b = as_tensor_like(b, a)
     return _ops.where(condition, a, b)
+
+
+def floor_divide(input, other):  # noqa: A002
+    """input // other, rounded toward minus infinity; either may be a Python number."""
+    return input // other if isinstance(input, Tensor) else other.__rfloordiv__(input)
+
+
+def remainder(input, other):  # noqa: A002
+    """input % other, with other's sign (Python's %); either may be a Python number."""
+    return input % other if isinstance(input, Tensor) else other.__rmod__(input)
 
 
 def cat(tensors, dim=0):

@@ -206,3 +206,113 @@ def test_sum_over_leading_dims(shape, dims, dtype, offset):
     ref = cpu.to(dtype=dtype).to(dtype=cpu.dtype).sum(list(dims))
     tol = {ls.float32: 1e-6, ls.float64: 1e-13, ls.bfloat16: 1e-2, ls.float16: 2e-3}[dtype]
     close(gpu.sum(list(dims)), ref, tol)
+
+
+# ---- floor_divide (//) and remainder (%), linspace, negative tensor indices -------------------
+
+FLOOR_OPS = {"floor_divide": lambda a, b: a // b, "remainder": lambda a, b: a % b}
+
+
+def same_bits(gpu, ref):
+    """gpu (any dtype) equal to ref bit for bit, NaN where ref is NaN (payload aside)."""
+    g, r = gpu.cpu(), ref.cpu()
+    assert g.dtype == r.dtype and tuple(g.shape) == tuple(r.shape)
+    if g.dtype in (ls.bfloat16, ls.float16):  # exact in float32
+        g, r = g.float(), r.float()
+    g, r = to_np(g), to_np(r)
+    if g.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+        g, r = g[~np.isnan(r)].view(f"u{g.itemsize}"), r[~np.isnan(r)].view(f"u{r.itemsize}")
+    np.testing.assert_array_equal(g, r)
+
+
+def floor_operands(*shape):
+    """Values of both signs over six decades, a few signed zeros, infinities and NaNs."""
+    rng = np.random.default_rng()
+    a = randn(*shape) * 10.0 ** rng.integers(-3, 4, shape)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.5])
+    flat = a.reshape(-1)
+    flat[rng.integers(0, flat.size, max(1, flat.size // 16))] = rng.choice(special, max(1, flat.size // 16))
+    return a
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", list(FLOOR_OPS))
+def test_floor_ops_match_the_cpu_bitwise(op, dtype):
+    # The GPU computes in float32 (float64 for float64) what the CPU computes, rounded once to
+    # the dtype: every path of the binary kernel (dense packs, a broadcast row, strided,
+    # general broadcast, a scalar), against the CPU on the same dtype-rounded values.
+    f = FLOOR_OPS[op]
+    ref = ls.float64 if dtype == ls.float64 else ls.float32
+
+    def on_cpu(x, y):
+        return f(x.to(dtype=ref), y.to(dtype=ref) if isinstance(y, ls.Tensor) else y).to(dtype=dtype)
+    for sa, sb in [((1000, 33), (1000, 33)), ((37, 768), (768,)), ((768,), (37, 768)), ((3, 1, 129), (17, 1))]:
+        a = ls.tensor(floor_operands(*sa)).to(dtype=dtype)
+        b = ls.tensor(floor_operands(*sb)).to(dtype=dtype)
+        same_bits(f(a.cuda(), b.cuda()), on_cpu(a, b))
+    a = ls.tensor(floor_operands(64, 40)).to(dtype=dtype)
+    same_bits(f(a.cuda().T[:, ::2], a.cuda()[:32].T), on_cpu(a.T[:, ::2], a[:32].T))
+    same_bits(f(a.cuda(), -2.5), on_cpu(a, -2.5))
+    same_bits(f(3.0, a.cuda()), on_cpu(ls.full([], 3.0, dtype=dtype).expand(64, 40), a))
+    same_bits(getattr(ls, op)(a.cuda(), 0.75), on_cpu(a, 0.75))
+
+
+@pytest.mark.parametrize("np_dtype", [np.int32, np.int64, np.uint8])
+@pytest.mark.parametrize("op", list(FLOOR_OPS))
+def test_floor_ops_on_integers_match_the_cpu(op, np_dtype):
+    f = FLOOR_OPS[op]
+    rng = np.random.default_rng()
+    lo = 0 if np_dtype == np.uint8 else -1000
+    a = rng.integers(lo, 1000, (5, 300)).astype(np_dtype)
+    b = rng.integers(lo, 1000, (300,)).astype(np_dtype)
+    b[b == 0] = 7
+    cpu = f(ls.tensor(a), ls.tensor(b))
+    same_bits(f(ls.tensor(a).cuda(), ls.tensor(b).cuda()), cpu)
+    same_bits(f(ls.tensor(a).cuda()[:, ::3], 7), f(ls.tensor(a)[:, ::3], 7))
+    if np_dtype != np.uint8:
+        info = np.iinfo(np_dtype)
+        x = ls.tensor(np.array([info.min, info.min, info.max, -7, 7], np_dtype))
+        y = ls.tensor(np.array([-1, 1, -1, 2, -2], np_dtype))
+        same_bits(f(x.cuda(), y.cuda()), f(x, y))
+    # a zero divisor: no device-side error (it could only raise after a sync), 0 instead
+    z = f(ls.tensor(a).cuda(), 0)
+    ls.cuda.synchronize()
+    assert not to_np(z.cpu()).any()
+
+
+def test_floor_ops_grads_and_errors_on_the_gpu():
+    a, b = randn(6, 1, 31) * 3, randn(5, 31)
+    grads = []
+    for device in ("cpu", "cuda"):
+        x = ls.tensor(a).to(device=device).requires_grad_()
+        y = ls.tensor(b).to(device=device).requires_grad_()
+        (x % y * ls.tensor(np.arange(31.0)).to(device=device)).sum().backward()
+        grads.append((to_np(x.grad.cpu()), to_np(y.grad.cpu())))
+        with pytest.raises(RuntimeError, match="derivative for 'floor_divide'"):
+            (x // y).sum().backward()
+    for g_gpu, g_cpu in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="bool"):
+        ls.tensor([True]).cuda() // ls.tensor([True]).cuda()
+    x = ls.tensor([7, -7, 9]).cuda()
+    x //= 2
+    x %= 3
+    assert x.cpu().tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES) + [ls.int64, ls.int32])
+def test_linspace_matches_the_cpu_bitwise(dtype):
+    for start, end, steps in [(-3.3, 7.1, 101), (0.1, 1e6, 100001), (2, -5.5, 33), (3.5, 9, 1), (0, 1, 0)]:
+        gpu = ls.linspace(start, end, steps, dtype=dtype, device="cuda")
+        assert gpu.is_cuda
+        same_bits(gpu, ls.linspace(start, end, steps, dtype=dtype))
+
+
+def test_negative_tensor_ids_wrap_on_the_gpu():
+    a = randn(6, 4)
+    t = ls.tensor(a).cuda()
+    for dtype in (ls.int64, ls.int32):
+        idx = ls.tensor([-1, 0, -6, 5], dtype=dtype).cuda()
+        np.testing.assert_array_equal(to_np(t[idx].cpu()), a[[-1, 0, -6, 5]])
+        np.testing.assert_array_equal(to_np(t[:, idx[:2] - 3].cpu()), a[:, [-4, -3]])

@@ -38,6 +38,41 @@ def test_factories():
     assert r.shape == (100,) and 0 <= r.min().item() and r.max().item() <= 4
 
 
+LINSPACE_CASES = [(0, 1, 7), (-3.3, 7.1, 7), (-3.3, 7.1, 101), (2, -5.5, 33), (-1e30, 1e30, 7),
+                  (0.1, 1e6, 100001), (5, 5, 4), (3.5, 9, 2), (3.5, 9, 1), (0, 1, 0)]
+
+
+@pytest.mark.parametrize("start,end,steps,dtype", [
+    case + (dtype,) for case in LINSPACE_CASES for dtype in ("float64", "float32", "int64", "int32")
+    if dtype.startswith("float") or abs(case[0]) < 2**31])
+def test_linspace_matches_torch_bitwise(start, end, steps, dtype):
+    # start + i step below steps // 2, end - (steps - 1 - i) step above, each a fused
+    # multiply-add as torch's kernels compute it ((-1e30, 1e30, 7) tells a rounded product from
+    # a fused one in the middle element)
+    ours = ls.linspace(start, end, steps, dtype=getattr(ls, dtype))
+    ref = torch.linspace(start, end, steps, dtype=getattr(torch, dtype)).numpy()
+    assert ours.dtype == getattr(ls, dtype) and tuple(ours.shape) == (steps,)
+    np.testing.assert_array_equal(to_np(ours).view(np.uint8), ref.view(np.uint8))
+
+
+def test_linspace_defaults_and_arguments():
+    t = ls.linspace(-1, 1, 5)
+    assert t.dtype == ls.float32 and t.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert ls.linspace(2, 3, 1).tolist() == [2.0] and ls.linspace(2, 3, 0).shape == (0,)
+    assert ls.linspace(ls.tensor(0.0), ls.tensor(2.0), 3).tolist() == [0.0, 1.0, 2.0]
+    g = ls.linspace(0, 1, 3, dtype=ls.float64, requires_grad=True)
+    assert g.requires_grad and g.is_leaf and g.dtype == ls.float64
+    # the 16-bit floats: the float32 values rounded once (torch rounds every step of its math to
+    # the 16-bit type, which can put it a few units in the last place off)
+    for dtype in (ls.bfloat16, ls.float16):
+        np.testing.assert_array_equal(to_np(ls.linspace(-3.3, 7.1, 101, dtype=dtype).float()),
+                                      to_np(ls.linspace(-3.3, 7.1, 101).to(dtype=dtype).float()))
+    with pytest.raises(ValueError, match="non-negative"):
+        ls.linspace(0, 1, -1)
+    with pytest.raises(TypeError, match="integer"):
+        ls.linspace(0, 1, 5.0)
+
+
 def test_random_is_reproducible_and_well_distributed():
     ls.manual_seed(123)
     a = ls.randn(10000)
@@ -201,6 +236,53 @@ def test_integer_tensor_index():
     np.testing.assert_array_equal(to_np(t[[-1, 0]]), a[[-1, 0]])  # a list counts from the end
     np.testing.assert_array_equal(to_np(t[:, np.array([-3])]), a[:, [-3]])
     assert tuple(t[[]].shape) == (0, 4)
+
+
+def test_negative_ids_in_a_tensor_index_count_from_the_end_like_torch():
+    a = randn(6, 4)
+    t, ta = ls.tensor(a), torch.from_numpy(a)
+    for dtype, tdtype in ((ls.int64, torch.int64), (ls.int32, torch.int32)):
+        for idx in ([-1, 0, -6, 5], [[-2], [3]]):
+            np.testing.assert_array_equal(to_np(t[ls.tensor(idx, dtype=dtype)]),
+                                          ta[torch.tensor(idx, dtype=tdtype)].numpy())
+            np.testing.assert_array_equal(to_np(t[:, ls.tensor(idx, dtype=dtype)[..., :1] % 4 - 4]),
+                                          ta[:, torch.tensor(idx, dtype=tdtype)[..., :1] % 4 - 4].numpy())
+    np.testing.assert_array_equal(to_np(t[..., ls.tensor(-1)]), a[..., -1])
+    for bad in (-7, 6):  # still out of range: IndexError naming the id as written
+        with pytest.raises(IndexError, match=f"index {bad} is out of bounds for dimension 0 with size 6"):
+            t[ls.tensor([0, bad])]
+        with pytest.raises(IndexError):
+            ta[torch.tensor([0, bad])]
+    with pytest.raises(IndexError, match="index -5 is out of bounds for dimension 1 with size 4"):
+        t[1:, ls.tensor([-1, -5, 7])]
+    # the gradient goes to the wrapped rows
+    x = ls.tensor(a, requires_grad=True)
+    x[ls.tensor([-1, -1, 0])].sum().backward()
+    assert to_np(x.grad)[:, 0].tolist() == [1, 0, 0, 0, 0, 2]
+    # index_select and embedding keep refusing negative ids, as torch's
+    with pytest.raises(IndexError):
+        ls.functional.index_select(t, 0, ls.tensor([-1]))
+    with pytest.raises(IndexError):
+        ls.functional.embedding(ls.tensor([-1]), t)
+    with pytest.raises(IndexError):
+        torch.index_select(ta, 0, torch.tensor([-1]))
+
+
+def test_numpy_of_a_tensor_that_requires_grad_raises_like_torch():
+    msg = r"Can't call numpy\(\) on Tensor that requires grad. Use tensor.detach\(\).numpy\(\) instead."
+    w = ls.ones(3, requires_grad=True)
+    for t in (w, w * 2, w[1:]):
+        with pytest.raises(RuntimeError, match=msg):
+            t.numpy()
+        with pytest.raises(RuntimeError, match=msg):
+            np.asarray(t)  # __array__, as torch's
+        np.testing.assert_array_equal(t.detach().numpy(), np.asarray(t.detach()))
+        assert t.tolist() == t.detach().numpy().tolist()  # tolist() reads values, as torch's
+    with pytest.raises(RuntimeError, match=msg):
+        torch.ones(3, requires_grad=True).numpy()
+    with ls.no_grad():
+        assert (w * 2).numpy().tolist() == [2.0, 2.0, 2.0]
+    assert "requires_grad=True" in repr(w) and w.grad is None
 
 
 def test_setitem_writes_through_views():

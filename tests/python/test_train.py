@@ -83,8 +83,8 @@ def test_resume_gives_bit_identical_losses(tmp_path, grad_accum):
     run(tmp_path / "split", 8, stop_at=5, grad_accum=grad_accum)
     resumed = run(tmp_path / "split", 8, resume_from=True, grad_accum=grad_accum)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
-    w_full = full.model.head.weight.numpy()
-    assert np.array_equal(resumed.model.head.weight.numpy(), w_full)
+    w_full = full.model.head.weight.detach().numpy()
+    assert np.array_equal(resumed.model.head.weight.detach().numpy(), w_full)
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path):

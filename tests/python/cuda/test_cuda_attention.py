@@ -27,7 +27,7 @@ def ref_dtype(dtype):
 
 
 def np_of(t):
-    t = t.cpu()
+    t = t.detach().cpu()
     if t.dtype in (ls.bfloat16, ls.float16):
         t = t.to(dtype=ls.float32)
     return t.numpy()

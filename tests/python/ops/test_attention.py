@@ -64,8 +64,8 @@ def run_both(shape, dt, tdt, causal, mask_np=None, scale=None):
 def check(ours, ref, tol):
     out, lse, q, k, v = ours
     tout, tlse, tq, tk, tv = ref
-    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=tol, atol=tol)
-    np.testing.assert_allclose(lse.numpy(), tlse.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(out.detach().numpy(), tout.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(lse.detach().numpy(), tlse.detach().numpy(), rtol=tol, atol=tol)
     for a, b in ((q, tq), (k, tk), (v, tv)):
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=tol * 10, atol=tol * 10)
 
@@ -98,7 +98,7 @@ def test_fully_masked_rows_are_zero_not_nan():
     k = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
     v = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
     out, lse = F.scaled_dot_product_attention(q, k, v, is_causal=True, return_lse=True)  # T > S
-    o, l = out.numpy(), lse.numpy()
+    o, l = out.detach().numpy(), lse.detach().numpy()
     assert np.all(o[:, :, :2] == 0) and np.all(np.isneginf(l[:, :, :2]))
     assert np.all(np.isfinite(o)) and np.all(np.isfinite(l[:, :, 2:]))
     out.sum().backward()

@@ -62,5 +62,5 @@ def test_cumsum_float16():
     # Each output is the float64 running sum, rounded to float16 through float32 (as the core's
     # dtype conversions do).
     ref = np.cumsum(a.astype(np.float64), 1).astype(np.float32).astype(np.float16)
-    np.testing.assert_array_equal(out.numpy(), ref)
-    np.testing.assert_allclose(out.numpy(), torch.cumsum(torch.tensor(a), 1).numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(out.detach().numpy(), ref)
+    np.testing.assert_allclose(out.detach().numpy(), torch.cumsum(torch.tensor(a), 1).numpy(), rtol=2e-3, atol=2e-3)

@@ -27,7 +27,7 @@ def test_forward_and_grad_match_torch(dt, tdt, tol, ids_dtype, V, C, ids_shape):
     tout.backward(torch.tensor(g_np, dtype=tdt))
 
     assert out.shape == tuple(tout.shape)
-    np.testing.assert_array_equal(out.numpy(), tout.detach().numpy())
+    np.testing.assert_array_equal(out.detach().numpy(), tout.detach().numpy())
     np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=tol, atol=tol)
 
 

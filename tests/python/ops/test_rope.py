@@ -43,7 +43,7 @@ def test_forward_and_grads_match_torch(dt, tdt, tol, interleaved, shape):
     ty = torch_rope(tx, tc, ts, interleaved)
     ty.backward(torch.tensor(g_np, dtype=tdt))
 
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
     for ours, ref in ((x, tx), (c, tc), (s, ts)):
         np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=tol, atol=tol * 10)
 

@@ -65,7 +65,7 @@ def to_ls(arr, device, dtype):
 
 
 def to_np(t):
-    return None if t is None else np.asarray(t.to("cpu").to(ls.float64))
+    return None if t is None else np.asarray(t.detach().to("cpu").to(ls.float64))
 
 
 def triton_call(op, inputs, attrs):
