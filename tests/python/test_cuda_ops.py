@@ -316,3 +316,18 @@ def test_negative_tensor_ids_wrap_on_the_gpu():
         idx = ls.tensor([-1, 0, -6, 5], dtype=dtype).cuda()
         np.testing.assert_array_equal(to_np(t[idx].cpu()), a[[-1, 0, -6, 5]])
         np.testing.assert_array_equal(to_np(t[:, idx[:2] - 3].cpu()), a[:, [-4, -3]])
+
+
+def test_logical_operators_on_bool_masks_on_the_gpu():
+    # &, |, ^ and ~ of masks go through where and compare: the CUDA kernels' bool paths
+    rng = np.random.default_rng(3)
+    a, b = rng.random((5, 33)) > 0.5, rng.random((1, 33)) > 0.3
+    ca, cb = ls.tensor(a), ls.tensor(b)
+    ga, gb = ca.cuda(), cb.cuda()
+    for f in (lambda x, y: x & y, lambda x, y: x | y, lambda x, y: x ^ y, lambda x, y: ~x & y,
+              lambda x, y: x & True, lambda x, y: False | y):
+        got = f(ga, gb)
+        assert got.is_cuda and got.dtype == ls.bool
+        assert got.cpu().tolist() == f(ca, cb).tolist()
+    ints = ls.tensor([0, 5, -2**63, 2**63 - 1])
+    assert (~ints.cuda()).cpu().tolist() == (~ints).tolist()
