@@ -22,7 +22,7 @@ namespace {
 enum class Bin { Add, Sub, Mul, Div, Pow, Max, Min, FloorDiv, Mod, Eq, Ne, Lt, Le, Gt, Ge };
 
 template <typename A>
-__device__ __forceinline__ A apply(Bin op, A x, A y) {
+__device__ __forceinline__ A apply(Bin op, A x, A y) {  // every op but FloorDiv and Mod
   switch (op) {
     case Bin::Add: return x + y;
     case Bin::Sub: return x - y;
@@ -33,8 +33,6 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {
       else return A(pow(double(x), double(y)));
     case Bin::Max: return (x > y || x != x) ? x : y;  // NaN propagates
     case Bin::Min: return (x < y || x != x) ? x : y;
-    case Bin::FloorDiv: return floor_math::floor_divide(x, y);
-    case Bin::Mod: return floor_math::remainder(x, y);
     case Bin::Eq: return A(x == y);
     case Bin::Ne: return A(x != y);
     case Bin::Lt: return A(x < y);
@@ -65,6 +63,27 @@ __global__ void binary_kernel(Bin op, O* __restrict__ out, const T* __restrict__
   } else {
     for_each_strided(n, ix, [&](const int64_t (&off)[3]) {
       out[off[0]] = convert<O>(apply<A>(op, convert<A>(a[off[1]]), convert<A>(b[off[2]])));
+    });
+  }
+}
+
+// floor_divide and remainder in a kernel of their own (one thread per element, as binary_kernel):
+// as cases of apply's switch, their code went into every add and mul kernel (the bf16 row
+// broadcast 71 -> 76 registers, the float64 one 54 -> 88), and they are no training op.
+template <bool kFloorDiv, typename T>
+__global__ void floor_kernel(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b,
+                             int64_t n, Indexer<3> ix, bool dense) {
+  using A = acc_t<T>;
+  auto f = [](A x, A y) {
+    return convert<T>(kFloorDiv ? floor_math::floor_divide(x, y) : floor_math::remainder(x, y));
+  };
+  if (dense) {
+    for_each_dense<Pair<A>>(
+        n, [&](int64_t i) { return Pair<A>{convert<A>(a[i]), convert<A>(b[i])}; },
+        [&](int64_t i, Pair<A> v) { out[i] = f(v.x, v.y); });
+  } else {
+    for_each_strided(n, ix, [&](const int64_t (&off)[3]) {
+      out[off[0]] = f(convert<A>(a[off[1]]), convert<A>(b[off[2]]));
     });
   }
 }
@@ -150,6 +169,17 @@ Kernel binary_entry(Bin op, const char* name) {
     set_device(out, name);
     Indexer<3> ix = make_indexer<3>(shape, {&out, &a, &b}, name);
     bool dense = is_dense(ix);
+    if (op == Bin::FloorDiv || op == Bin::Mod) {
+      CUDA_DISPATCH_ALL(a.dtype(), name, {
+        auto go = [&](auto kernel) {
+          kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(mptr<scalar_t>(out), cptr<scalar_t>(a),
+                                                                 cptr<scalar_t>(b), n, ix, dense);
+        };
+        op == Bin::FloorDiv ? go(floor_kernel<true, scalar_t>) : go(floor_kernel<false, scalar_t>);
+      });
+      check_launch(name);
+      return Tensors{out};
+    }
     if (dense && !compare && is_floating(a.dtype())) {
       CUDA_DISPATCH_FLOAT(a.dtype(), name, {
         launch_map(BinaryMap{op}, MapArgs<scalar_t, 2, 1>{{cptr<scalar_t>(a), cptr<scalar_t>(b)},

@@ -124,10 +124,14 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
   std::lock_guard<std::mutex> lock(g_run_mutex);
   int64_t chunk = (n + parts - 1) / parts;
   pool().run(parts, [&](int part) {
-    t_inside_parallel = true;
+    // Reset however fn leaves (a kernel that raises, e.g. an integer division by zero): left set,
+    // every later parallel_for of this thread would run serially.
+    struct Inside {
+      Inside() { t_inside_parallel = true; }
+      ~Inside() { t_inside_parallel = false; }
+    } inside;
     int64_t b = begin + part * chunk, e = std::min(end, b + chunk);
     if (b < e) fn(b, e);
-    t_inside_parallel = false;
   });
 }
 

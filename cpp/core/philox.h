@@ -24,12 +24,7 @@
 #include <cstdint>
 
 #include "dtype.h"
-
-#if defined(__CUDACC__)
-#define LS_HD __host__ __device__ __forceinline__
-#else
-#define LS_HD inline
-#endif
+#include "host_device.h"
 
 namespace ls {
 

@@ -127,7 +127,12 @@ Tensor grad_if(const BackwardCtx& c, int i, const Tensor& g) {
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) { return binary("add", a, b); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", a, b); }
+// As torch: the difference of two bools has no bool value (True - True would wrap).
+Tensor sub(const Tensor& a, const Tensor& b) {
+  LS_CHECK(a.dtype() != DType::Bool || b.dtype() != DType::Bool, TypeError,
+           "sub: subtracting two bool tensors is not supported; use ^ (logical xor) instead");
+  return binary("sub", a, b);
+}
 Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b); }
 Tensor div(const Tensor& a, const Tensor& b) {
   DType d = promote_types(a.dtype(), b.dtype());

@@ -125,15 +125,29 @@ Tensor arange(double start, double end, double step, DType dtype, Device device)
                factory_attrs({n}, dtype, device).set("start", start).set("step", step));
 }
 
+namespace {
+// An integer linspace's end point as torch converts it to the dtype first: truncated, refused
+// past the dtype's range, and for uint8 a negative value down to -255 wrapped (two's complement).
+double to_linspace_int(double v, DType dtype) {
+  const double t = std::trunc(v);
+  double lo = -0x1p63, past = 0x1p63;  // [lo, past): bounds exact in double
+  if (dtype == DType::Int32) lo = -0x1p31, past = 0x1p31;
+  if (dtype == DType::UInt8) lo = -255, past = 256;
+  LS_CHECK(t >= lo && t < past, ValueError, "linspace: ", v, " does not fit in ", dtype_name(dtype));
+  return dtype == DType::UInt8 && t < 0 ? t + 256 : t;
+}
+}  // namespace
+
 Tensor linspace(double start, double end, int64_t steps, DType dtype, Device device) {
   LS_CHECK(steps >= 0, ValueError, "linspace: number of steps must be non-negative, got ", steps);
+  LS_CHECK(dtype != DType::Bool, TypeError, "linspace: bool is not a supported dtype");
   double step = 0;
   if (linspace_in_float(dtype)) {
     const float s = float(start), e = float(end);
     start = s, end = e;
     if (steps > 1) step = (e - s) / float(steps - 1);
   } else {
-    if (!is_floating(dtype)) start = std::trunc(start), end = std::trunc(end);  // to the dtype first
+    if (!is_floating(dtype)) start = to_linspace_int(start, dtype), end = to_linspace_int(end, dtype);
     if (steps > 1) step = (end - start) / double(steps - 1);
   }
   Attrs a = factory_attrs({steps}, dtype, device);

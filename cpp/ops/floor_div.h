@@ -19,13 +19,7 @@
 #include <cmath>
 #include <type_traits>
 
-#ifndef LS_HD  // as in core/philox.h
-#if defined(__CUDACC__)
-#define LS_HD __host__ __device__ __forceinline__
-#else
-#define LS_HD inline
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace ls::floor_math {
 

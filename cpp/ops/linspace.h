@@ -1,5 +1,7 @@
 // linspace's element i: one definition for the CPU kernel (cpp/ops/creation.cpp) and the CUDA
-// kernel (cuda/creation.cu), so both give torch's values bit for bit. As torch's kernels:
+// kernel (cuda/creation.cu), so both give the same values, torch's bit for bit in float32,
+// float64 and the integer dtypes (in bfloat16 and float16 torch rounds every step of its math to
+// the 16-bit type; here the float32 value is rounded once). As torch's kernels:
 //   step = (end - start) / (steps - 1)            (ops::linspace computes it, in the math type C)
 //   out[i] = start + i step              for i < steps / 2
 //            end - (steps - 1 - i) step  otherwise (so both ends are exact)
@@ -13,14 +15,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
-
-#ifndef LS_HD  // as in core/philox.h
-#if defined(__CUDACC__)
-#define LS_HD __host__ __device__ __forceinline__
-#else
-#define LS_HD inline
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace ls {
 

@@ -47,7 +47,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
         from_numpy_array = isinstance(data, (np.ndarray, np.generic))
-        arr = np.asarray(data)
+        arr = np.asarray(_detached(data))
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
         if arr.dtype == np.uint64 and not from_numpy_array and (arr > np.iinfo(np.int64).max).any():
@@ -64,6 +64,16 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         t = _core.from_numpy(arr, dtype)
     t = t.to(device=as_device(device))
     return _finish(t, requires_grad)
+
+
+def _detached(data):
+    """Nested lists with their tensors detached: numpy reads each through numpy(), which refuses
+    a tensor that requires grad (tensor([loss_a, loss_b]) copies values, as torch's does)."""
+    if isinstance(data, Tensor):
+        return data.detach()
+    if isinstance(data, (list, tuple)):
+        return [_detached(d) for d in data]
+    return data
 
 
 def from_numpy(arr: np.ndarray):

@@ -71,6 +71,16 @@ def test_linspace_defaults_and_arguments():
         ls.linspace(0, 1, -1)
     with pytest.raises(TypeError, match="integer"):
         ls.linspace(0, 1, 5.0)
+    # integer end points go to the dtype first, as torch's: uint8 wraps a negative one, a value
+    # past the dtype's range is refused (torch: "cannot be converted"), and bool is refused
+    for start, end, dtype in ((-5, 5, "uint8"), (-255, 255, "uint8"), (-2**31, 2**31 - 1, "int32")):
+        assert ls.linspace(start, end, 3, dtype=getattr(ls, dtype)).tolist() == \
+            torch.linspace(start, end, 3, dtype=getattr(torch, dtype)).tolist()
+    for start, end, dtype in ((0, 3e9, ls.int32), (-256, 0, ls.uint8), (0, 2.0**63, ls.int64)):
+        with pytest.raises(ValueError, match="does not fit in"):
+            ls.linspace(start, end, 5, dtype=dtype)
+    with pytest.raises(TypeError, match="bool"):
+        ls.linspace(0, 1, 3, dtype=ls.bool)
 
 
 def test_random_is_reproducible_and_well_distributed():
@@ -283,6 +293,11 @@ def test_numpy_of_a_tensor_that_requires_grad_raises_like_torch():
     with ls.no_grad():
         assert (w * 2).numpy().tolist() == [2.0, 2.0, 2.0]
     assert "requires_grad=True" in repr(w) and w.grad is None
+    # tensor() of a list of such tensors copies their values, as torch's
+    a = ls.tensor(1.5, requires_grad=True)
+    t = ls.tensor([a, a * 2, [a][0]])
+    assert t.tolist() == [1.5, 3.0, 1.5] and not t.requires_grad
+    assert ls.tensor([[w, w]]).shape == (1, 2, 3)
 
 
 def test_setitem_writes_through_views():
@@ -398,6 +413,10 @@ def test_logical_operators_on_bool_masks_match_torch():
         ls.tensor([1, 2]) & ls.tensor([3, 4])
     with pytest.raises(TypeError, match="'~' is not defined for llmscratch.float32"):
         ~ls.tensor([1.0])
+    with pytest.raises(TypeError, match=r"subtracting two bool tensors.*\^"):
+        la - lb
+    with pytest.raises(TypeError, match=r"subtracting two bool tensors"):
+        la - True
 
 
 def test_inplace_ops_write_memory():
