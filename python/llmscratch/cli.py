@@ -17,12 +17,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import llmscratch_core
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, RuntimeError, NotImplementedError, KeyError) as e:
+    # The errors a command raises about its input (settings, files, data, a checkpoint that does
+    # not fit), as one line. Of IndexErrors only the core's: an id or target out of range (data
+    # holding ids the model's vocabulary lacks); Python's own (a list index) would be a bug here.
+    except (ValueError, OSError, RuntimeError, NotImplementedError, KeyError,
+            llmscratch_core.IndexError) as e:
         print(f"llmscratch {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where no checkpoint is due (a train saves one first)
+        print(f"llmscratch {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 if __name__ == "__main__":

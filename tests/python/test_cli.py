@@ -1,8 +1,10 @@
 """The llmscratch command end to end on a small budget: train (tokenizer and shards built and
 cached on first use), resume, sample, eval, and one-line errors."""
+import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from llmscratch.cli import main
@@ -141,3 +143,167 @@ def test_sample_runs_in_eval_mode_and_ends_at_the_end_of_text(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--temperature", "0",
                  "--max-new-tokens", "20", "--num-samples", "2"]) == 0
     assert capsys.readouterr().out == ("def \n" + "-" * 40 + "\n") * 2
+
+
+def test_an_edited_source_is_prepared_again_and_a_resume_on_it_refused(tmp_path, corpus, capsys):
+    # The data cache's key holds the source's fingerprint: a file edited in place (same path)
+    # gives new shards, and the run, which records the tokens it trained on, refuses to go on.
+    from llmscratch.train.command import prepare_data
+    assert train(tmp_path, corpus, "--steps", "3") == 0
+    run = tmp_path / "runs" / "t"
+    first = prepare_data(corpus, 320, 0.3, quiet=True)
+    config = (run / "config.json").read_bytes()
+    for k in range(4):
+        part = tmp_path / "data" / f"part{k}.py"
+        part.write_text(part.read_text() + "def g(y):\n    return y\n")
+    assert prepare_data(corpus, 320, 0.3, quiet=True) != first
+    assert json.loads(config)["data_identity"]["train"]["tokens"] > 0
+    assert train(tmp_path, corpus, "--steps", "6", "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the data of" in err and "changed since the checkpoint" in err
+    assert "training split: " in err and "validation split: " in err and " tokens" in err
+    assert (run / "config.json").read_bytes() == config
+
+
+def test_eval_refuses_data_encoded_with_another_tokenizer(tmp_path, corpus, capsys):
+    # The run's validation split is evaluated only as the run's own tokenizer encodes it.
+    from llmscratch.tokenizer import Tokenizer
+    from llmscratch.train.command import prepare_data
+    assert train(tmp_path, corpus, "--steps", "2") == 0
+    run = tmp_path / "runs" / "t"
+    assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 0
+    capsys.readouterr()
+    # the data cache rebuilt, its tokenizer trained anew and differing from the run's
+    Tokenizer.train([TEXT.upper()], 320, special_tokens=["<|endoftext|>"]).save(
+        prepare_data(corpus, 320, 0.3, quiet=True)[0])
+    assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs from the run's" in err and "pass --data" in err
+    assert main(["eval", "--ckpt", str(run), "--batches", "1", "--data", corpus]) == 0
+
+
+def test_ctrl_c_while_training_saves_and_exits_130(tmp_path, corpus, capsys, monkeypatch):
+    # Ctrl-C at step 2: a checkpoint there, named; no final evaluation or sample; exit status 130.
+    import signal
+    from llmscratch.train import Trainer
+    step, evaluations = Trainer.train_step, []
+
+    def train_step(self):
+        out = step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: evaluations.append(self.step))
+    assert train(tmp_path, corpus, "--steps", "6") == 130
+    run = tmp_path / "runs" / "t"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted at step 2" in err
+    assert str(run / "checkpoints" / "step_0000002") in err
+    assert evaluations == [] and not (run / "samples.txt").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    assert train(tmp_path, corpus, "--steps", "6", "--resume") == 0
+    assert (run / "samples.txt").exists()
+
+
+def test_ctrl_c_while_preparing_data(tmp_path, corpus, capsys, monkeypatch):
+    # One line and exit status 130; the preparation's temporary folder is removed, and so is one
+    # that a killed process left (not one of a process that runs).
+    import subprocess
+    import sys
+    from llmscratch.data import tokenize_cmd
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    (cache / f"data-0123456789ab.tmp-{dead.pid}").mkdir()
+    (cache / f"data-0123456789ab.tmp-{os.getppid()}").mkdir()
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tokenize_cmd, "encode", interrupted)
+    assert train(tmp_path, corpus, "--steps", "2") == 130
+    assert capsys.readouterr().err == "llmscratch train: interrupted\n"
+    assert os.listdir(cache) == [f"data-0123456789ab.tmp-{os.getppid()}"]
+
+
+def test_conflicting_flags_are_refused(tmp_path, corpus, capsys):
+    # --grad-accum and --tokens-per-step both given must agree (batch 4 x 32 tokens = 128 a micro-batch)
+    assert train(tmp_path, corpus, "--steps", "2", "--grad-accum", "4", "--tokens-per-step", "256") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--grad-accum 4 disagrees with --tokens-per-step 256" in err
+    assert not (tmp_path / "runs" / "t").exists()
+    assert train(tmp_path, corpus, "--steps", "2", "--grad-accum", "2", "--tokens-per-step", "256") == 0
+    run = tmp_path / "runs" / "t"
+    assert json.loads((run / "config.json").read_text())["train"]["grad_accum"] == 2
+    # --resume with --steps below the checkpoint's step would train nothing
+    saved = {f: (run / f).read_bytes() for f in ("config.json", "samples.txt", "log.jsonl")}
+    assert train(tmp_path, corpus, "--steps", "1", "--grad-accum", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is at step 2, past --steps 1" in err
+    assert all((run / f).read_bytes() == b for f, b in saved.items())
+
+
+def test_an_id_out_of_range_is_one_line_but_a_bug_is_not(tmp_path, corpus, capsys, monkeypatch):
+    # Data holding an id the model's vocabulary lacks (here a damaged cached shard) fails at the
+    # first step: one line. An IndexError of Python's own stays a traceback.
+    from llmscratch.data import read_shard, write_shard
+    from llmscratch.train import command
+    tok_prefix, train_glob, _ = command.prepare_data(corpus, 320, 0.3, quiet=True)
+    (shard,) = glob.glob(train_glob)
+    ids = np.array(read_shard(shard), dtype=np.int64)
+    ids[5:] = 400
+    write_shard(shard, ids, 2)
+    assert train(tmp_path, corpus, "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llmscratch train: error: embedding: id 400" in err
+
+    def bug(args):
+        return [][0]
+    monkeypatch.setattr(command, "sample_command", bug)
+    with pytest.raises(IndexError):
+        main(["sample", "--ckpt", str(tmp_path)])
+
+
+def test_eval_reads_each_window_once_per_token(tmp_path, corpus, capsys):
+    # The validation split's windows, each once, the ones after the last whole batch included;
+    # --data's windows likewise; the loss per token, whatever the size of the batch it was in.
+    import llmscratch as ls
+    from llmscratch.data import DataLoader
+    from llmscratch.train.command import _load_run, prepare_data
+    B, T = 5, 32
+    assert train(tmp_path, corpus, "--steps", "2", "--batch-size", str(B)) == 0
+    run = tmp_path / "runs" / "t"
+    model, tok, cfg, _ = _load_run(str(run))
+
+    def cross_entropy(windows):
+        b = ls.tensor(windows)
+        with ls.no_grad():
+            return model(b[:, :-1], b[:, 1:])[1].item()
+
+    def evaluated(*args):
+        capsys.readouterr()
+        assert main(["eval", "--ckpt", str(run), *args]) == 0
+        out = capsys.readouterr().out.split()
+        return float(out[1]), int(out[out.index("tokens") - 1])
+
+    _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
+    val = DataLoader(val_glob, B, T, shuffle=False, prefetch=0)
+    n = val.num_windows
+    windows = np.concatenate([val.batch_numpy(i) for i in range((n + B - 1) // B)])[:n]
+    assert n % B and n < 1000 * B  # a short last batch, all within --batches
+    loss, tokens = evaluated("--batches", "1000")
+    assert tokens == n * T and loss == pytest.approx(cross_entropy(windows), abs=1e-4)
+    loss, tokens = evaluated("--batches", "1")  # a cap, as before
+    assert tokens == B * T and loss == pytest.approx(cross_entropy(windows[:B]), abs=1e-4)
+
+    # A file of B + 1 windows (and a few tokens more): batches of B and 1.
+    text = ""
+    while (len(tok.encode(text)) + 1 - 1) // T < B + 1:
+        text += f"def f{len(text)}(x):\n    return x\n\n"
+    (tmp_path / "more.txt").write_text(text)
+    ids = np.array([tok.eot_token] + tok.encode(text), dtype=np.int64)
+    windows = np.stack([ids[i * T:i * T + T + 1] for i in range(B + 1)])
+    loss, tokens = evaluated("--data", str(tmp_path / "more.txt"), "--batches", "2")
+    assert tokens == (B + 1) * T and loss == pytest.approx(cross_entropy(windows), abs=1e-4)

@@ -286,3 +286,61 @@ def test_tokenize_cli(tmp_path, capsys):
                  "--threads", "-1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "error" in err and "--threads must be 0" in err
+
+
+@pytest.mark.filterwarnings("ignore:Tokenizer.train")  # its small source allows few merges
+def test_tokenize_encode_replaces_the_shards_all_or_nothing(tmp_path, monkeypatch):
+    # An encode into a prefix that holds shards, interrupted at any rename of their publication,
+    # leaves the earlier shards as they were; one killed there leaves a journal, which the next
+    # encode into the prefix rolls back before its own.
+    import subprocess
+    import sys
+    from llmscratch.cli import main
+    from llmscratch.data import tokenize_cmd
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    assert main(["tokenize", "train", "--source", str(src), "--vocab-size", "300", "--out",
+                 str(tmp_path / "tok"), "--quiet"]) == 0
+    out = tmp_path / "sh" / "src"
+    encode = ["tokenize", "encode", "--source", str(src), "--tokenizer", str(tmp_path / "tok"),
+              "--out", str(out), "--quiet"]
+    again = [*encode, "--val-fraction", "0.5"]  # other shards, none the same as before
+
+    def shards():
+        return {p.name: p.read_bytes() for p in (tmp_path / "sh").iterdir()}
+    assert main([*encode, "--val-fraction", "0.2", "--shard-size", "2000"]) == 0
+    before = shards()
+    assert len(before) >= 4
+    # publishing one shard a split: a journal, the earlier shards renamed aside, the new ones in
+    rename, replace = os.rename, os.replace
+    for k in range(1, len(before) + 4):
+        calls = []
+
+        def interrupted(move):
+            def call(a, b):
+                calls.append(a)
+                if len(calls) == k:
+                    raise KeyboardInterrupt
+                move(a, b)
+            return call
+        monkeypatch.setattr(os, "rename", interrupted(rename))
+        monkeypatch.setattr(os, "replace", interrupted(replace))
+        assert main(again) == 130
+        monkeypatch.setattr(os, "rename", rename)
+        monkeypatch.setattr(os, "replace", replace)
+        assert shards() == before, k
+    for k in (1, 3, len(before) + 3):
+        killed = (f"import os\nfrom llmscratch.cli import main\ncalls = []\n"
+                  f"def killed(move):\n    def call(a, b):\n        calls.append(a)\n"
+                  f"        if len(calls) == {k}:\n            os._exit(9)\n"
+                  f"        move(a, b)\n    return call\n"
+                  f"os.rename, os.replace = killed(os.rename), killed(os.replace)\n"
+                  f"main({again!r})\n")
+        assert subprocess.run([sys.executable, "-c", killed]).returncode == 9
+        assert any(".publish-" in name for name in shards())
+        tokenize_cmd._recover(str(out))
+        assert shards() == before, k
+    assert main(again) == 0
+    assert sorted(shards()) == ["src_train_000000.bin", "src_val_000000.bin"]

@@ -302,6 +302,37 @@ def test_loss_adds_aux_terms_in_training_only():
     assert loss.item() == pytest.approx(ce, rel=1e-5)
 
 
+def test_training_logs_the_cross_entropy_and_the_aux_loss_apart(tmp_path):
+    """The logged loss is the cross-entropy (what the validation loss compares with); the terms
+    the objective adds are logged as aux_loss. The model's loss stays the objective, and the
+    model keeps its parts (last_ce_loss, last_aux_loss)."""
+    from llmscratch.train.loop import Trainer, TrainConfig
+    c = _small(aux_loss_coef=0.5, z_loss_coef=0.25)
+    ids = ls.tensor(_rng.integers(0, 64, (4, 17)))
+    ls.manual_seed(0)
+    model = M.Transformer(c)
+    before = M.Transformer(c)  # the model as the first step sees it
+    before.load_state_dict(model.state_dict())
+    before.loss_in_place = False
+    logits, loss = before(ids[:, :-1], ids[:, 1:])
+    ce = F.cross_entropy(logits.reshape(64, 64), ids[:, 1:].reshape(64)).item()
+    extra = sum(0.5 * m.aux_loss.item() + 0.25 * m.z_loss.item() for m in before.moe_modules())
+    assert loss.item() == pytest.approx(ce + extra, rel=1e-6)
+    assert before.last_ce_loss.item() == pytest.approx(ce, rel=1e-6)
+    assert before.last_aux_loss.item() == pytest.approx(extra, rel=1e-6)
+    cfg = TrainConfig(steps=1, batch_size=4, seq_len=16, warmup=1, eval_every=1, ckpt_every=1,
+                      out=str(tmp_path))
+    Trainer(model, cfg, lambda i: ids, lambda i: ids, log=lambda *a: None).fit()
+    rec = json.loads((tmp_path / "log.jsonl").read_text())
+    assert rec["loss"] == pytest.approx(ce, rel=1e-6)
+    assert rec["aux_loss"] == pytest.approx(extra, rel=1e-5)
+    assert "val_loss" in rec  # the cross-entropy of eval mode, comparable with rec["loss"]
+    with ls.no_grad():
+        model.eval()
+        model(ids[:, :-1], ids[:, 1:])
+    assert model.last_aux_loss is None  # no auxiliary terms outside training
+
+
 def test_train_logs_metrics_updates_bias_and_resumes(tmp_path):
     from llmscratch.train.loop import Trainer, TrainConfig
     c = _small(routing="sigmoid_bias", aux_loss_coef=0.0, bias_update_rate=0.01)

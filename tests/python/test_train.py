@@ -1,10 +1,14 @@
-"""The training loop: schedules, exact resume, atomic checkpoints, non-finite losses."""
+"""The training loop: schedules, exact resume, atomic checkpoints, non-finite losses, the
+validation loss, strict JSON files."""
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,8 +16,12 @@ import pytest
 import llmscratch as ls
 import llmscratch.functional as F
 import llmscratch.nn as nn
-from llmscratch.train import TrainConfig, Trainer, latest_checkpoint, learning_rate
-from llmscratch.train.loop import NonFiniteLoss
+from llmscratch.data import DataLoader, write_shard
+from llmscratch.train import TrainConfig, Trainer, latest_checkpoint, learning_rate, save_checkpoint
+from llmscratch.train import checkpoint as ckpt_module
+from llmscratch.train import loop as loop_module
+from llmscratch.optim import AdamW
+from llmscratch.train.loop import NonFiniteLoss, evaluate_loss, validation_batches
 
 
 class BigramLM(nn.Module):
@@ -45,6 +53,13 @@ def make_source(B=4, T=8, V=32, seed=0):
     return source
 
 
+def strict_json(text):
+    """json.loads refusing NaN and Infinity, as jq, JavaScript and strict parsers do."""
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
 def run(tmp_path, steps, resume_from=None, stop_at=None, **kw):
     ls.manual_seed(0)
     model = BigramLM()
@@ -73,6 +88,7 @@ def test_loss_goes_down(tmp_path):
     t = run(tmp_path, 40, ckpt_every=40)
     losses = [r["loss"] for r in t.history]
     assert losses[-1] < 0.6 * losses[0]
+    assert "aux_loss" not in t.history[-1]  # a model without auxiliary losses logs none
     assert os.path.exists(tmp_path / "log.jsonl")
 
 
@@ -205,6 +221,10 @@ def test_non_finite_loss_stops_or_skips(tmp_path):
     t.fit()
     assert t.step == 6 and any("skipped" in m for m in messages)
     assert discarded == [4, 5]  # each skipped step's expert loads were dropped
+    # The skipped steps' non-finite values are null in the log (strict JSON), not NaN.
+    log = [strict_json(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in log[4:]] == [None, None] and math.isnan(t.history[-1]["loss"])
 
 
 def test_bad_config_values():
@@ -214,3 +234,218 @@ def test_bad_config_values():
         TrainConfig(on_nan="ignore")
     with pytest.raises(ValueError, match="unknown schedule"):
         TrainConfig(schedule="exp")
+
+
+# ---- the validation loss --------------------------------------------------------------------
+
+def mean_cross_entropy(model, windows, ignore_index=-100):
+    """The cross-entropy per counted target token of `model` over windows (n, T + 1), from its
+    logits in numpy (float64); an input id below 0 (an ignored target's) is read as 0."""
+    model.eval()
+    with ls.no_grad():
+        logits = model(ls.tensor(np.maximum(windows[:, :-1], 0))).numpy().astype(np.float64)
+    targets = windows[:, 1:]
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    mask = targets != ignore_index
+    picked = np.take_along_axis(logits, np.where(mask, targets, 0)[..., None], -1)[..., 0]
+    return float(((lse - picked) * mask).sum() / mask.sum())
+
+
+def test_the_validation_loss_reads_each_window_once_per_token(tmp_path):
+    # 10 validation windows, batches of 4: 8 batches would be 32 windows, the loader's batches
+    # wrapping into later epochs (some windows read 4 times, the others 3). The loss is that of
+    # the 10, each read once (batches of 4, 4 and the 2 left).
+    T = 8
+    tokens = np.random.default_rng(0).integers(0, 32, 10 * T + 1)
+    write_shard(tmp_path / "val.bin", tokens)
+    val = DataLoader(str(tmp_path / "val.bin"), 4, T, seed=1, prefetch=0)
+    everything = np.stack([tokens[i * T:i * T + T + 1] for i in range(10)])
+    ls.manual_seed(0)
+    model = BigramLM()
+    expected = mean_cross_entropy(model, everything)
+    for source in (val, val.batch):  # the loader or its batch method
+        cfg = TrainConfig(steps=1, batch_size=4, seq_len=T, eval_batches=8, out=str(tmp_path / "run"))
+        t = Trainer(model, cfg, make_source(), source, log=lambda *_: None)
+        assert [len(b) for b in validation_batches(source, 8)] == [4, 4, 2]
+        assert t.evaluate() == pytest.approx(expected, rel=1e-6)
+    # eval_batches stays a cap: 2 batches are the loader's first 8 windows, as they were
+    first = np.concatenate([val.batch_numpy(0), val.batch_numpy(1)])
+    t.cfg.eval_batches = 2
+    assert t.evaluate() == pytest.approx(mean_cross_entropy(model, first), rel=1e-6)
+    assert evaluate_loss(model, validation_batches(val, 2))[1] == 8 * T
+
+
+def test_the_validation_loss_weighs_batches_by_their_tokens(tmp_path):
+    # A batch source of uneven batches (4 windows, then 1) and targets that are ignore_index:
+    # the loss is the mean over the counted tokens, not the mean of the batches' means.
+    ls.manual_seed(0)
+    model = BigramLM()
+    batches = [make_source(B=4)(0).numpy(), make_source(B=1)(1).numpy()]
+    cfg = TrainConfig(steps=1, batch_size=4, seq_len=8, eval_batches=2, out=str(tmp_path))
+    t = Trainer(model, cfg, make_source(), lambda i: ls.tensor(batches[i]), log=lambda *_: None)
+    both = np.concatenate(batches)
+    assert t.evaluate() == pytest.approx(mean_cross_entropy(model, both), rel=1e-6)
+    masked = both.copy()
+    masked[:3, 2:] = -100  # the targets of 3 rows from position 1 on (read as id 0 as inputs)
+
+    class Padded(BigramLM):
+        def forward(self, ids, targets=None):
+            return super().forward(ls.tensor(np.maximum(ids.numpy(), 0)), targets)
+
+    padded = Padded()
+    padded.load_state_dict(model.state_dict())
+    model = padded
+    loss, count = evaluate_loss(model, [ls.tensor(masked[:4]), ls.tensor(masked[4:])])
+    assert count == int((masked[:, 1:] != -100).sum())
+    assert loss == pytest.approx(mean_cross_entropy(model, masked), rel=1e-6)
+    assert math.isnan(evaluate_loss(model, [])[0])
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def test_fit_runs_outside_the_main_thread(tmp_path):
+    # A thread gets no SIGINT handler (Python allows one only on the main thread).
+    steps = []
+    thread = threading.Thread(target=lambda: steps.append(run(tmp_path, 2).step))
+    thread.start()
+    thread.join()
+    assert steps == [2]
+
+
+def test_a_failing_plot_does_not_hide_the_error_that_stopped_the_run(tmp_path, monkeypatch):
+    def lost(index):
+        raise RuntimeError("the data went away")
+
+    def plot(self):
+        raise OSError("no space left for loss.png")
+
+    monkeypatch.setattr(Trainer, "plot", plot)
+    messages = []
+    cfg = TrainConfig(steps=2, batch_size=4, seq_len=8, out=str(tmp_path))
+    with pytest.raises(RuntimeError, match="the data went away"):
+        Trainer(BigramLM(), cfg, lost, log=messages.append).fit()
+    assert any("loss.png not written" in m for m in messages)
+
+
+def test_tokens_per_second_leave_out_the_checkpoints(tmp_path, monkeypatch):
+    real = loop_module.save_checkpoint
+
+    def slow(*args, **kw):  # a checkpoint that takes a while to write
+        time.sleep(0.4)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", slow)
+    t = run(tmp_path, 4, eval_every=2, ckpt_every=1)
+    for rec in (t.history[1], t.history[3]):  # steps 2 and 4, each after a checkpoint or two
+        assert 2 * 4 * 8 / rec["tokens_per_s"] < 0.2  # the seconds of the two steps alone
+
+
+def test_trainer_json_is_strict_and_holds_no_history(tmp_path):
+    # A run without validation: best_val is unknown (null, not Infinity). trainer.json is the
+    # same size at step 2 as at step 12; a resume takes the history from log.jsonl.
+    ls.manual_seed(0)
+    cfg = TrainConfig(steps=12, batch_size=4, seq_len=8, eval_every=2, ckpt_every=2, keep_last=0,
+                      out=str(tmp_path))
+    t = Trainer(BigramLM(), cfg, make_source(), log=lambda *_: None)
+    t.fit()
+    root = tmp_path / "checkpoints"
+    metas = [strict_json((root / f"step_{s:07d}" / "trainer.json").read_text()) for s in (2, 12)]
+    assert all("history" not in m and m["best_val"] is None for m in metas)
+    assert abs(len(json.dumps(metas[0])) - len(json.dumps(metas[1]))) < 40
+    for line in (tmp_path / "log.jsonl").read_text().splitlines():
+        strict_json(line)
+    shutil.rmtree(root / "step_0000012")
+    os.remove(root / "latest")
+    ls.manual_seed(0)
+    resumed = Trainer(BigramLM(), cfg, make_source(), log=lambda *_: None)
+    assert resumed.resume() and resumed.step == 10 and resumed.best_val == math.inf
+    assert resumed.history == t.history[:10]
+    # A checkpoint of an older run: Infinity and its history in trainer.json, NaN in the log.
+    meta = json.loads((root / "step_0000010" / "trainer.json").read_text())
+    meta.update(best_val=math.inf, history=t.history[:10])
+    (root / "step_0000010" / "trainer.json").write_text(json.dumps(meta))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log[3]["loss"] = math.nan
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    ls.manual_seed(0)
+    old = Trainer(BigramLM(), cfg, make_source(), log=lambda *_: None)
+    assert old.resume() and old.best_val == math.inf and math.isnan(old.history[3]["loss"])
+    old.fit()
+    assert [r["loss"] for r in old.history[4:]] == [r["loss"] for r in t.history[4:]]
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def test_a_failed_checkpoint_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    t = run(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    before = (root / "step_0000002" / "model.safetensors").read_bytes()
+    real = ckpt_module.save_file
+
+    def full_disk(tensors, path):
+        if "optimizer" in path:
+            raise OSError(28, "No space left on device")
+        return real(tensors, path)
+
+    monkeypatch.setattr(ckpt_module, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(str(root), 4, t.model, t.optimizer, {})
+    assert sorted(os.listdir(root)) == ["latest", "step_0000002"]
+    monkeypatch.setattr(ckpt_module, "save_file", real)
+
+    def no_latest(path, text):
+        raise OSError(28, "No space left on device")
+
+    # Re-saving step 2 fails after its old folder went aside: the old folder is back.
+    monkeypatch.setattr(ckpt_module, "atomic_write_text", no_latest)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(str(root), 2, t.model, t.optimizer, {})
+    assert sorted(os.listdir(root)) == ["latest", "step_0000002"]
+    assert (root / "step_0000002" / "model.safetensors").read_bytes() == before
+    assert latest_checkpoint(str(root)).endswith("step_0000002")
+
+
+LOST_WRITER = """
+import os, sys
+import llmscratch.nn as nn
+from llmscratch.optim import AdamW
+from llmscratch.train.checkpoint import save_checkpoint
+root, when = sys.argv[1], sys.argv[2]
+model = nn.Linear(2, 2)
+optimizer = AdamW(model.parameters())
+for step in (4, 6):
+    save_checkpoint(root, step, model, optimizer, {})
+rename = os.rename
+def renaming(src, dst):  # the machine is lost just before or just after step 8 takes its name
+    if when == "before" and dst.endswith("step_0000008"):
+        os._exit(9)
+    rename(src, dst)
+    if when == "after" and dst.endswith("step_0000008"):
+        os._exit(9)
+os.rename = renaming
+save_checkpoint(root, 8, model, optimizer, {})
+"""
+
+
+@pytest.mark.parametrize("when,newest", [("before", "step_0000006"), ("after", "step_0000008")])
+def test_a_writer_lost_at_its_rename_resumes_from_the_newest_whole_checkpoint(tmp_path, when, newest):
+    root = tmp_path / "checkpoints"
+    assert subprocess.run([sys.executable, "-c", LOST_WRITER, str(root), when]).returncode == 9
+    assert latest_checkpoint(str(root)).endswith(newest)
+    # `latest`, not the highest step, names the newest: a run resumed from an older checkpoint
+    # writes below the steps it abandoned.
+    model = nn.Linear(2, 2)
+    save_checkpoint(str(root), 5, model, AdamW(model.parameters()), {}, keep_last=0)
+    assert latest_checkpoint(str(root)).endswith("step_0000005")
+
+
+def test_steps_past_ten_million_sort_as_numbers(tmp_path):
+    model = BigramLM()
+    optimizer = AdamW(model.parameters())
+    root = str(tmp_path)
+    for step in (9_999_999, 10_000_000):
+        save_checkpoint(root, step, model, optimizer, {}, keep_last=0)
+    os.remove(os.path.join(root, "latest"))  # the highest step is found without it
+    assert latest_checkpoint(root).endswith("step_10000000")
+    save_checkpoint(root, 10_000_001, model, optimizer, {}, keep_last=2)
+    assert sorted(os.listdir(root)) == ["latest", "step_10000000", "step_10000001"]

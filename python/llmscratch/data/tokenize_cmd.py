@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write_text, fsync
 from .._progress import Progress
 from .shards import write_shard
 from .sources import split_documents
@@ -122,21 +125,103 @@ def encode(args) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     token_bytes = 2 if tok.n_vocab <= 65536 else 4
     # Both splits are written under a temporary prefix and take their names only once both are
-    # complete, replacing every shard of an earlier encode to the same prefix (which may have had
-    # more): a reader's glob never mixes two encodes, and an interrupted encode leaves the earlier
-    # shards as they were (its staged shards are removed).
-    staging = f"{args.out}.tmp-{os.getpid()}"
+    # complete, in one transaction (_publish) replacing every shard of an earlier encode to the
+    # same prefix (which may have had more): an encode that fails or is interrupted, at any point,
+    # leaves the earlier shards as they were (its staged shards are removed), and one killed while
+    # publishing is rolled back by the next encode to the prefix (_recover). Flat names cannot
+    # change in one rename, so a reader globbing during the publication's renames (milliseconds)
+    # may still see shards of both encodes.
+    _recover(args.out)
+    staging = _temporary(args.out, "tmp", os.getpid())
     written = {}
     try:
         for split in ("val", "train"):
             written[split] = _encode_split(args, tok, split, f"{staging}_{split}", token_bytes)
-        for split, paths in written.items():
-            for i, path in enumerate(paths):
-                os.replace(path, f"{args.out}_{split}_{i:06d}.bin")
-            for old in glob.glob(f"{glob.escape(args.out)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
-                if int(old[-10:-4]) >= len(paths):
-                    os.remove(old)
+        _publish(args.out, written)
     finally:
         for path in glob.glob(f"{glob.escape(staging)}_*.bin"):
             os.remove(path)
     return 0
+
+
+# ---- publishing shards ---------------------------------------------------------------------
+# An encode to DIR/NAME stages its shards as DIR/.NAME.tmp-PID_{split}_NNNNNN.bin; publishing
+# writes the journal DIR/.NAME.publish-PID, renames the earlier shards aside
+# (DIR/.NAME.old-PID_...), the staged ones into place, and commits by removing the journal. These
+# names are hidden: no glob of shards (DIR/*_train_*.bin, DIR/*.bin) picks them up.
+
+def _temporary(prefix: str, kind: str, pid: int) -> str:
+    folder, name = os.path.split(prefix)
+    return os.path.join(folder, f".{name}.{kind}-{pid}")
+
+
+def _published(prefix: str) -> list:
+    """The shards of both splits under prefix."""
+    return sorted(p for split in ("val", "train")
+                  for p in glob.glob(f"{glob.escape(prefix)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
+
+
+def _aside(prefix: str, path: str, pid: int) -> str:
+    return _temporary(prefix, "old", pid) + path[len(prefix):]
+
+
+def _publish(prefix: str, written: dict):
+    """Give the staged shards {split: [paths]} their names, replacing every earlier shard of
+    prefix, all or nothing: an error or Ctrl-C before the commit rolls back at once."""
+    pid = os.getpid()
+    new = {path: f"{prefix}_{split}_{i:06d}.bin"
+           for split, paths in written.items() for i, path in enumerate(paths)}
+    old = _published(prefix)
+    journal = _temporary(prefix, "publish", pid)
+    try:
+        atomic_write_text(journal, json.dumps({"old": old, "new": list(new.values())}))
+        for path in old:  # all aside before any new one arrives: a roll back can tell them apart
+            os.rename(path, _aside(prefix, path, pid))
+        for staged, final in new.items():
+            os.rename(staged, final)
+        fsync(os.path.dirname(prefix) or ".")
+    except BaseException:
+        _roll_back(prefix, pid)
+        raise
+    os.remove(journal)  # the commit
+    for path in old:
+        os.remove(_aside(prefix, path, pid))
+
+
+def _roll_back(prefix: str, pid: int):
+    """Undo the publication that process pid's journal describes: the new shards it gave names to
+    removed, the earlier ones set aside renamed back."""
+    journal = _temporary(prefix, "publish", pid)
+    if not os.path.exists(journal):  # stopped while writing it: nothing was renamed yet
+        if os.path.exists(f"{journal}.tmp-{pid}"):  # atomic_write's temporary
+            os.remove(f"{journal}.tmp-{pid}")
+        return
+    with open(journal) as f:
+        shards = json.load(f)
+    for path in shards["new"]:
+        if path not in shards["old"] and os.path.exists(path):
+            os.remove(path)
+    for path in shards["old"]:
+        if os.path.exists(_aside(prefix, path, pid)):
+            os.replace(_aside(prefix, path, pid), path)
+    os.remove(journal)
+
+
+def _recover(prefix: str):
+    """Before an encode to prefix: tidy what earlier encodes to it that were killed left (one that
+    fails or is interrupted tidies itself). A journal, of a publication that did not commit, is
+    rolled back; then staged and set-aside shards are removed. Files of a process that still runs
+    are left alone (another encode to the prefix, under way)."""
+    from ..train.checkpoint import _alive
+    folder, name = os.path.split(prefix)
+    left = re.compile(rf"\.{re.escape(name)}\.(tmp|old|publish)-(\d+)"
+                      rf"(_(?:train|val)_\d{{6}}\.bin|\.tmp-\d+)?")
+    found = [(entry, m) for entry in sorted(os.listdir(folder or "."))
+             if (m := left.fullmatch(entry)) and (int(m[2]) == os.getpid() or not _alive(int(m[2])))]
+    for entry, m in found:
+        if m[1] == "publish" and m[3] is None:
+            _roll_back(prefix, int(m[2]))
+    for entry, m in found:
+        path = os.path.join(folder, entry)
+        if os.path.exists(path):
+            os.remove(path)

@@ -178,6 +178,9 @@ class Transformer(nn.Module):
     blocks.N.mlp is a models.moe.MoE: mlp.router, mlp.experts_fc, mlp.experts_proj,
     mlp.shared.{fc, proj}, buffer mlp.expert_bias (sigmoid_bias routing); while training, the
     loss with targets adds aux_loss_coef * aux_loss + z_loss_coef * z_loss of every MoE layer.
+    The returned loss is the objective to optimise (with those terms, as Hugging Face's MoE
+    models' outputs.loss); after each forward with targets last_ce_loss holds its cross-entropy
+    and last_aux_loss the sum of the terms added (None when none was), both detached.
     """
 
     def __init__(self, config: ModelConfig, dtype=None, device=None):
@@ -201,6 +204,7 @@ class Transformer(nn.Module):
         self._rope_cache = {}
         self.recompute = False  # per-block activation recomputation while training
         self.loss_in_place = True  # training loss: logits gradient written over the logits
+        self.last_ce_loss = self.last_aux_loss = None  # the parts of the last loss (forward)
         self.reset_parameters()
 
     # ---- initialisation ----
@@ -311,12 +315,18 @@ class Transformer(nn.Module):
                                inplace_backward=in_place)
         if in_place:
             logits = None
+        # The parts of the loss, kept detached (no reference to the graph) for a training log:
+        # the cross-entropy is what a validation loss compares with, the auxiliary terms are not.
+        self.last_ce_loss, self.last_aux_loss = loss.detach(), None
         if self.training:
+            aux = None
             for moe in self.moe_modules():
-                if c.aux_loss_coef:
-                    loss = loss + moe.aux_loss * float(c.aux_loss_coef)
-                if c.z_loss_coef:
-                    loss = loss + moe.z_loss * float(c.z_loss_coef)
+                for term, coef in ((moe.aux_loss, c.aux_loss_coef), (moe.z_loss, c.z_loss_coef)):
+                    if coef:
+                        term = term * float(coef)
+                        loss = loss + term  # the objective, summed in the same order as always
+                        aux = term.detach() if aux is None else aux + term.detach()
+            self.last_aux_loss = aux
         return logits, loss
 
     # ---- mixture of experts ----

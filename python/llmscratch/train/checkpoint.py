@@ -3,13 +3,20 @@
 A checkpoint is a folder `step_NNNNNNN/` holding `model.safetensors` (the state_dict),
 `optimizer.safetensors` (every state tensor, named `state.<param index>.<name>`) and
 `trainer.json` (step, the optimizer's hyperparameters and scalar state, the generator state,
-the data position, the config, metrics). It is written into a temporary folder, flushed to disk
-and renamed into place only when complete, so a killed writer (or a lost machine) leaves the
-previous checkpoints intact; the file `latest` (replaced atomically too) names the newest one.
-Re-saving a step moves the old folder aside before the new one takes its name, so every
-`step_*` folder is whole at every moment. A temporary left by a writer that died is removed by
-the next save."""
+the data position, the config, metrics; strict JSON: a non-finite number is written null). It is
+written into a temporary folder, flushed to disk and renamed into place only when complete, so a
+killed writer (or a lost machine) leaves the previous checkpoints intact, and a write that fails
+(a full disk) removes its temporary. The file `latest` (replaced atomically too) names the newest
+one; it is replaced just before the rename that completes the checkpoint, so there is no moment
+at which a whole newer checkpoint exists that `latest` does not name: a writer lost between the
+two leaves `latest` naming a folder that is not there, and the newest whole checkpoint of a step
+up to that one is taken instead. (The highest step is not simply taken: a run resumed from an
+older checkpoint writes on below the steps it abandoned.) Re-saving a step moves the old folder
+aside before the new one takes its name, so every `step_*` folder is whole at every moment. A
+temporary left by a writer that died is removed by the next save. Steps are compared as numbers
+(`step_10000000` follows `step_9999999`)."""
 import json
+import math
 import os
 import re
 import shutil
@@ -65,6 +72,29 @@ def _clean_temporaries(root: str):
             os.remove(path)
 
 
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def _step(name: str):
+    """The step of a `step_N` folder name (a number: names sort wrongly past 10**7), None for
+    any other name."""
+    m = _STEP.match(name)
+    return int(m[1]) if m else None
+
+
+def json_safe(value):
+    """value with every non-finite float (NaN, +-inf) replaced by None, in dicts, lists and
+    tuples: JSON has no such numbers (Python would write NaN and Infinity, which strict parsers,
+    jq and JavaScript refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
                     keep_last: int = 3, keep: tuple = ()) -> str:
     """Write checkpoint `step` under root; delete older ones beyond the last `keep_last`,
@@ -74,34 +104,43 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
     name = f"step_{step:07d}"
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".{name}.tmp-{os.getpid()}")
+    old = None
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file({k: _host(v) for k, v in model.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
-    opt = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, state in opt["state"].items():
-        for k, v in state.items():
-            if isinstance(v, Tensor):
-                tensors[f"state.{idx}.{k}"] = _host(v)
-            else:
-                scalars[f"{idx}.{k}"] = v
-    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-    meta = dict(trainer_state, step=step, optimizer_groups=opt["param_groups"], optimizer_scalars=scalars)
-    with open(os.path.join(tmp, "trainer.json"), "w") as f:
-        json.dump(meta, f, indent=1, default=list)
-    for f in os.listdir(tmp):
-        fsync(os.path.join(tmp, f))
-    fsync(tmp)
-    if os.path.exists(final):  # re-saving a step: the old folder goes aside, then away
-        old = os.path.join(root, f".{name}.old-{os.getpid()}")
-        os.rename(final, old)
+    try:
+        os.makedirs(tmp)
+        save_file({k: _host(v) for k, v in model.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for idx, state in opt["state"].items():
+            for k, v in state.items():
+                if isinstance(v, Tensor):
+                    tensors[f"state.{idx}.{k}"] = _host(v)
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+        meta = dict(trainer_state, step=step, optimizer_groups=opt["param_groups"], optimizer_scalars=scalars)
+        with open(os.path.join(tmp, "trainer.json"), "w") as f:
+            json.dump(json_safe(meta), f, indent=1, default=list, allow_nan=False)
+        for f in os.listdir(tmp):
+            fsync(os.path.join(tmp, f))
+        fsync(tmp)
+        if os.path.exists(final):  # re-saving a step: the old folder goes aside, then away
+            old = os.path.join(root, f".{name}.old-{os.getpid()}")
+            os.rename(final, old)
+        # `latest` first, then the rename that makes the checkpoint whole (module docstring).
+        atomic_write_text(os.path.join(root, "latest"), name)
         os.rename(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, final)
+    except BaseException:
+        # A failed write (a full disk, an interrupt) leaves no partial folder for the next save
+        # to find, and a re-saved step its old folder under its name.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(final):
+            os.rename(old, final)
+        raise
     fsync(root)
-    atomic_write_text(os.path.join(root, "latest"), name)
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+    if old is not None:
+        shutil.rmtree(old)
+    steps = sorted((d for d in os.listdir(root) if _step(d) is not None), key=_step)
     for d in steps[:-keep_last] if keep_last > 0 else []:
         if d not in keep and d != name:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
@@ -113,24 +152,32 @@ def _complete(folder: str) -> bool:
 
 
 def latest_checkpoint(root: str):
-    """The newest checkpoint folder under root: the one `latest` names, or, should that be gone
-    (a machine lost between two renames), the highest `step_*` folder, or the whole `.old` copy of
-    a re-saved step whose new folder did not arrive; None if there is none."""
+    """The newest checkpoint folder under root: the one `latest` names; should that not be whole
+    (a writer lost between replacing `latest` and its rename, or a folder removed by hand), the
+    highest whole checkpoint of a step up to latest's: a `step_*` folder, or the whole `.old` copy
+    of a re-saved step whose new folder did not arrive; without `latest`, the highest of them.
+    None if there is none."""
     if not os.path.isdir(root):
         return None
+    bound = None
     path = os.path.join(root, "latest")
     if os.path.exists(path):
         with open(path) as f:
-            folder = os.path.join(root, f.read().strip())
-        if _complete(folder):
-            return folder
-    candidates = {}
+            name = f.read().strip()
+        if _step(name) is not None and _complete(os.path.join(root, name)):
+            return os.path.join(root, name)
+        bound = _step(name)
+    candidates = {}  # step -> its folder, `step_N` rather than a `.old` copy
     for entry in os.listdir(root):
         m = _TEMPORARY.match(entry)
-        step = entry if entry.startswith("step_") else m[1] if m and m[2] == "old" else None
-        if step and _complete(os.path.join(root, entry)) and (step not in candidates or entry == step):
+        step = _step(entry)
+        if step is None and m and m[2] == "old":
+            step = _step(m[1])
+        if step is not None and _complete(os.path.join(root, entry)) and \
+                (step not in candidates or entry.startswith("step_")):
             candidates[step] = entry
-    return os.path.join(root, candidates[max(candidates)]) if candidates else None
+    upto = [s for s in candidates if bound is None or s <= bound]
+    return os.path.join(root, candidates[max(upto or candidates)]) if candidates else None
 
 
 _TRAINER_KEYS = ("step", "optimizer_groups", "optimizer_scalars")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -30,25 +31,88 @@ def cache_root() -> Path:
 
 def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool = False):
     """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
-    The cache folder is made under a temporary name and renamed when complete."""
+    The cache folder is made under a temporary name and renamed when complete; its key holds the
+    source's fingerprint, so that a source edited in place is prepared again. Beside the shards,
+    identity.json holds each split's data_identity."""
     from ..data import tokenize_cmd
     src = _source_key(source)
     # "split-2": the split of sources too small for document-level hashing changed (sources.py)
-    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}|split-2".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}|split-2|{_source_fingerprint(source)}"
+                         .encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
     if not (folder / "done").exists():
         tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        common = dict(source=source, val_fraction=val_fraction, threads=0, quiet=quiet)
-        tokenize_cmd.train(argparse.Namespace(**common, vocab_size=vocab_size, pattern="cl100k",
-                                              special=None, out=str(tmp / "tokenizer")))
-        tokenize_cmd.encode(argparse.Namespace(**common, tokenizer=str(tmp / "tokenizer"),
-                                               out=str(tmp / "tokens"), shard_size=100_000_000))
-        (tmp / "done").write_text(src + "\n")
+        _remove_dead_temporaries(tmp.parent)
+        try:
+            common = dict(source=source, val_fraction=val_fraction, threads=0, quiet=quiet)
+            tokenize_cmd.train(argparse.Namespace(**common, vocab_size=vocab_size, pattern="cl100k",
+                                                  special=None, out=str(tmp / "tokenizer")))
+            tokenize_cmd.encode(argparse.Namespace(**common, tokenizer=str(tmp / "tokenizer"),
+                                                   out=str(tmp / "tokens"), shard_size=100_000_000))
+            identity = {split: data_identity(str(tmp / f"tokens_{split}_*.bin"))
+                        for split in ("train", "val")}
+            (tmp / "identity.json").write_text(json.dumps(identity))
+            (tmp / "done").write_text(src + "\n")
+        except BaseException:  # an error or Ctrl-C: nothing half made stays in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
     return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
+
+
+def _source_fingerprint(source: str) -> str:
+    """What the data cache's key knows of a source's contents: the id, size and modification time
+    (ns) of every input file. Editing, adding or removing a file changes it. A stat per file keeps
+    it instant where hashing the contents would read the whole corpus (gigabytes, for a real one)
+    on every start of `train` and `eval`; an edit that keeps a file's size and restores its mtime
+    goes unseen (a resume still compares the prepared tokens themselves: data_identity)."""
+    from ..data.sources import documents
+    path = source.rsplit(":", 1)[0] if ".jsonl:" in source else source
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        files = [(os.path.basename(path), path)]  # its documents are its lines: one file to stat
+    else:  # a missing source raises here, naming it
+        files = [(d.id, d.path) for d in documents(source)]
+    h = hashlib.sha256()
+    for doc_id, p in files:
+        st = os.stat(p)
+        h.update(f"{doc_id}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+_DATA_TEMPORARY = re.compile(r"^data-[0-9a-f]+\.tmp-(\d+)$")
+
+
+def _remove_dead_temporaries(root: Path):
+    """Remove the `data-KEY.tmp-PID` folders of preparations whose process no longer runs (killed:
+    one that fails or is interrupted removes its own)."""
+    from .checkpoint import _alive
+    for entry in os.listdir(root):
+        m = _DATA_TEMPORARY.match(entry)
+        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            shutil.rmtree(root / entry, ignore_errors=True)
+
+
+def data_identity(shard_glob: str) -> dict:
+    """A split's number of tokens and the sha256 of its shards' bytes: what a resumed run
+    compares with the data its checkpoint was trained on."""
+    from ..data.loader import _expand
+    from ..data.shards import shard_info
+    tokens, h = 0, hashlib.sha256()
+    for path in _expand(shard_glob):
+        tokens += shard_info(path)[0]
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return {"tokens": tokens, "sha256": h.hexdigest()}
+
+
+def _prepared_identity(tok_prefix: str):
+    """The identity.json of prepare_data's folder holding tok_prefix: {split: data_identity}."""
+    path = Path(tok_prefix).parent / "identity.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def unigram_entropy(shard_glob: str) -> float:
@@ -83,7 +147,8 @@ def add_parsers(sub):
     t.add_argument("--steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--seq-len", type=int, default=128)
-    t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    t.add_argument("--grad-accum", type=int,
+                   help=f"micro-batches per optimizer step (default {d.grad_accum})")
     t.add_argument("--tokens-per-step", type=int,
                    help="accumulate micro-batches up to this many tokens per step (sets --grad-accum)")
     t.add_argument("--lr", type=float, default=d.lr)
@@ -167,24 +232,65 @@ def _check_resume(run_dir: Path, run_config: dict) -> str:
     if "data" in saved:
         saved = {**saved, "data": _source_key(saved["data"])}
     conflicts = setting_conflicts(saved, run_config, ("data", "vocab_size", "val_fraction"))
-    conflicts += resume_conflicts(read_trainer_state(folder, RESUME_KEYS), run_config["train"],
-                                  run_config["model"])
+    state = read_trainer_state(folder, RESUME_KEYS)
+    conflicts += resume_conflicts(state, run_config["train"], run_config["model"])
     if conflicts:
         hint = " (a run trained in float32 resumes on a GPU with --dtype float32)" \
             if any(c.startswith("dtype:") for c in conflicts) else ""
         raise ValueError(f"--resume: the settings differ from the run's in {run_dir} "
                          f"({'; '.join(conflicts)}){hint}")
+    # Below the checkpoint's step nothing would train, yet config.json and the sample would be
+    # rewritten as if the run had ended there.
+    if state["step"] > run_config["train"]["steps"]:
+        raise ValueError(f"--resume: the run's latest checkpoint {folder} is at step {state['step']}, "
+                         f"past --steps {run_config['train']['steps']}")
     return folder
 
 
-def _check_resumed_tokenizer(run_dir: Path, tok_prefix: str):
-    """The data of a resumed run must be encoded with the run's own tokenizer (a rebuilt data
-    cache trains a new one, which may differ)."""
+def _check_resumed_data(folder: str, identity, source: str):
+    """The data of a resumed run must be the data its checkpoint was trained on: a source edited
+    in place keeps its path (and a rebuilt cache may keep its tokenizer). Runs saved before
+    checkpoints held the data's identity are not checked."""
+    from .checkpoint import read_trainer_state
+    saved = read_trainer_state(folder).get("run_config", {}).get("data_identity")
+    if not saved or not identity:
+        return
+    changed = []
+    for split, name in (("train", "training"), ("val", "validation")):
+        was, now = saved[split], identity[split]
+        if was["tokens"] != now["tokens"]:
+            changed.append(f"{name} split: {was['tokens']} -> {now['tokens']} tokens")
+        elif was["sha256"] != now["sha256"]:
+            changed.append(f"{name} split: as many tokens ({now['tokens']}), other ones")
+    if changed:
+        raise ValueError(f"--resume: the data of {source} changed since the checkpoint {folder} "
+                         f"({'; '.join(changed)}); the run cannot continue on other data")
+
+
+def _check_run_tokenizer(run_dir: Path, tok_prefix: str, context: str, consequence: str):
+    """The prepared data a resumed run trains on, or `eval` evaluates, must be encoded with the
+    run's own tokenizer (a rebuilt data cache trains a new one, which may differ)."""
     for suffix in (".tiktoken", ".json"):
         if Path(tok_prefix + suffix).read_bytes() != (run_dir / ("tokenizer" + suffix)).read_bytes():
-            raise ValueError(f"--resume: the tokenizer of the prepared data ({tok_prefix}{suffix}) "
-                             f"differs from the run's ({run_dir / ('tokenizer' + suffix)}); the run "
-                             f"cannot continue on differently encoded data")
+            raise ValueError(f"{context}the tokenizer of the prepared data ({tok_prefix}{suffix}) "
+                             f"differs from the run's ({run_dir / ('tokenizer' + suffix)}); "
+                             f"{consequence}")
+
+
+def _grad_accum(args, default: int) -> int:
+    """--grad-accum, or the micro-batches that --tokens-per-step makes; both given must agree."""
+    if args.tokens_per_step is None:
+        return default if args.grad_accum is None else args.grad_accum
+    micro = args.batch_size * args.seq_len
+    if args.tokens_per_step <= 0 or micro <= 0 or args.tokens_per_step % micro:
+        raise ValueError(f"--tokens-per-step {args.tokens_per_step} must be a positive multiple "
+                         f"of batch_size * seq_len = {micro}")
+    accum = args.tokens_per_step // micro
+    if args.grad_accum is not None and args.grad_accum != accum:
+        raise ValueError(f"--grad-accum {args.grad_accum} disagrees with --tokens-per-step "
+                         f"{args.tokens_per_step}, which is --grad-accum {accum} at batch_size * "
+                         f"seq_len = {micro}: pass one of them")
+    return accum
 
 
 def _train_dtype(dtype: str, device: str) -> str:
@@ -200,6 +306,7 @@ def train_command(args) -> int:
     from ..tokenizer import Tokenizer
     from . import TrainConfig, Trainer
     from .._files import atomic_write_text
+    from .checkpoint import latest_checkpoint
 
     device = _check_device(args.device)
     ls.set_backend(args.backend)
@@ -213,14 +320,9 @@ def train_command(args) -> int:
     vocab = args.vocab_size or model_cfg.vocab_size
     if args.seq_len > model_cfg.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
-    if args.tokens_per_step is not None:
-        micro = args.batch_size * args.seq_len
-        if args.tokens_per_step <= 0 or micro <= 0 or args.tokens_per_step % micro:
-            raise ValueError(f"--tokens-per-step {args.tokens_per_step} must be a positive multiple "
-                             f"of batch_size * seq_len = {micro}")
-        args.grad_accum = args.tokens_per_step // micro
+    grad_accum = _grad_accum(args, TrainConfig.grad_accum)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                      grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
+                      grad_accum=grad_accum, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, eval_every=args.eval_every,
                       ckpt_every=args.ckpt_every, seed=args.seed,
                       on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
@@ -232,11 +334,15 @@ def train_command(args) -> int:
     resume_from = _check_resume(run_dir, run_config) if args.resume else None
     t0 = time.time()
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
+    identity = _prepared_identity(tok_prefix)
     if args.resume:
-        _check_resumed_tokenizer(run_dir, tok_prefix)
+        _check_resumed_data(resume_from, identity, args.data)
+        _check_run_tokenizer(run_dir, tok_prefix, "--resume: ",
+                             "the run cannot continue on differently encoded data")
     tok = Tokenizer.load(tok_prefix)
     model_cfg = model_cfg.replace(vocab_size=tok.n_vocab)
     run_config["model"] = model_cfg.to_dict()
+    run_config["data_identity"] = identity  # saved in config.json and every checkpoint
 
     ls.manual_seed(args.seed)
     model = build_model(model_cfg, device=device)
@@ -265,6 +371,10 @@ def train_command(args) -> int:
         trainer.resume(resume_from)
         say(f"resumed at step {trainer.step}")
     trainer.fit()
+    if trainer.step < cfg.steps:  # fit returns early only on Ctrl-C, having saved a checkpoint
+        print(f"llmscratch train: interrupted at step {trainer.step}; its checkpoint is "
+              f"{latest_checkpoint(trainer.ckpt_root)} (continue with --resume)", file=sys.stderr)
+        return 130  # 128 + SIGINT, as cli.main's Ctrl-C
     val_loss = trainer.evaluate()
     if val_loss is not None:
         say(f"final validation loss {val_loss:.3f} nats/token (unigram baseline {baseline:.3f}); "
@@ -283,19 +393,24 @@ def train_command(args) -> int:
 
 # ---- sample / eval ---------------------------------------------------------------------------
 
+def _run_folders(ckpt: str):
+    """(checkpoint folder or None, run folder) of --ckpt: a run folder (its latest checkpoint) or
+    a checkpoint folder (RUN/checkpoints/step_N)."""
+    from .checkpoint import latest_checkpoint
+    path = Path(ckpt)
+    if (path / "checkpoints").is_dir():
+        return latest_checkpoint(str(path / "checkpoints")), path
+    return str(path), path.parent.parent
+
+
 def _load_run(ckpt: str, device: str | None = None):
     """(model, tokenizer, run config, device) from a run folder or one of its checkpoint folders,
     on `device` (default: the run's, or the CPU where that is not available). The model is in
     eval mode: sampling and evaluation want no dropout."""
     from ..models import build_model, config_from_dict
     from ..tokenizer import Tokenizer
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    path = Path(ckpt)
-    if (path / "checkpoints").is_dir():
-        folder = latest_checkpoint(str(path / "checkpoints"))
-        run_dir = path
-    else:
-        folder, run_dir = str(path), path.parent.parent
+    from .checkpoint import load_checkpoint
+    folder, run_dir = _run_folders(ckpt)
     if folder is None or not Path(folder, "trainer.json").exists():
         raise ValueError(f"{ckpt}: no checkpoint found (expected a run folder or a checkpoint folder)")
     run_config = _read_run_config(run_dir)
@@ -344,9 +459,19 @@ def _continue_text(model, tok, prompt, max_new_tokens, num_samples, **sampling):
     return texts
 
 
+def _note_changed_split(run_config: dict, identity):
+    """A note on stderr when the validation split prepared now is not the one the run saw (its
+    source edited since, with the tokenizer unchanged): the loss is of the split as it is now."""
+    was, now = (run_config.get("data_identity") or {}).get("val"), (identity or {}).get("val")
+    if was and now and was != now:
+        print(f"note: the validation split of {run_config['data']} changed since the run "
+              f"({was['tokens']} -> {now['tokens']} tokens); evaluating it as it is now",
+              file=sys.stderr)
+
+
 def eval_command(args) -> int:
-    from ..autograd import no_grad
     from ..data import DataLoader
+    from .loop import evaluate_loss, validation_batches
     if args.batches < 1:
         raise ValueError(f"--batches must be at least 1, got {args.batches}")
     model, tok, cfg, device = _load_run(args.ckpt, args.device)
@@ -360,24 +485,27 @@ def eval_command(args) -> int:
     else:
         if not cfg["val_fraction"] > 0:
             raise ValueError(f"{args.ckpt} was trained without a validation split: pass --data")
-        _, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"], quiet=True)
+        tok_prefix, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"],
+                                               quiet=True)
+        # the split's tokens must be the run's tokenizer's, as the model was trained on
+        _check_run_tokenizer(_run_folders(args.ckpt)[1], tok_prefix, "",
+                             "pass --data to evaluate a source encoded with the run's tokenizer")
+        _note_changed_split(cfg, _prepared_identity(tok_prefix))
     import llmscratch as ls
     B, T = train_cfg["batch_size"], train_cfg["seq_len"]
+    # Each window at most once, the windows left after the last whole batch included, up to
+    # --batches batches; the loss is per token (loop.evaluate_loss), as the training loop reports.
     if val_glob is not None:
         loader = DataLoader(val_glob, B, T, shuffle=False, device=device, prefetch=0)
-        batches = (loader.batch(i) for i in range(min(args.batches, max(1, loader.num_windows // B))))
+        batches = validation_batches(loader, args.batches)
     else:
         n = (len(ids) - 1) // T
         if n == 0:
             raise ValueError(f"{args.data}: fewer than {T + 1} tokens")
         windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)])
         batches = (ls.tensor(windows[i:i + B], device=device) for i in range(0, min(n, args.batches * B), B))
-    model.eval()
-    losses = []
-    with no_grad():
-        for b in batches:
-            losses.append(model(b[:, :-1], b[:, 1:])[1].item())
-    loss = sum(losses) / len(losses)
+    loss, tokens = evaluate_loss(model, batches)
     perplexity = math.inf if loss > 709 else math.exp(loss)  # exp overflows a float past 709.78
-    print(f"loss {loss:.4f} nats/token, perplexity {perplexity:.2f} over {len(losses)} batches")
+    print(f"loss {loss:.4f} nats/token, perplexity {perplexity:.2f} over {tokens} tokens "
+          f"({tokens // T} windows of {T})")
     return 0

@@ -7,6 +7,17 @@ micro-batch is scaled by 1/grad_accum so the accumulated gradient is that of the
 A batch source is any callable `source(index) -> int64 Tensor (B, T + 1)` that gives the same
 batch for the same index; index = step * grad_accum + micro. Resuming at step k therefore only
 needs k, which the checkpoint holds, together with the model, the optimizer and the generator.
+
+The validation loss is the mean cross-entropy per target token over the validation windows, each
+read at most once (evaluate_loss over validation_batches): the training loop, `llmscratch eval`
+and `llmscratch eval --data` report the same quantity. The logged training "loss" is the
+cross-entropy too; a MoE model's auxiliary balancing terms, which the optimised objective adds,
+are logged apart as "aux_loss".
+
+log.jsonl holds one record per step, in strict JSON (a non-finite value is null). It is flushed
+to disk before each checkpoint, so it holds every step up to the checkpoint's: a resume rebuilds
+the history (the plot, fit()'s result) from it, and trainer.json stays the same size whatever the
+number of steps.
 """
 import dataclasses
 import json
@@ -14,6 +25,7 @@ import math
 import os
 import resource
 import signal
+import threading
 import time
 
 import llmscratch_core as _core
@@ -24,7 +36,7 @@ from ..autograd import no_grad
 from ..optim import AdamW
 from .._files import atomic_write_text
 from .._settings import setting_conflicts
-from .checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
+from .checkpoint import json_safe, latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from .schedule import learning_rate
 
 # Settings a resumed run must share with its checkpoint: they decide which batch each step sees
@@ -35,8 +47,9 @@ RESUME_MUST_MATCH = ("batch_size", "seq_len", "grad_accum", "seed", "dtype", "we
                      "beta2")
 
 
-# What trainer.json must hold for a resume, besides what loading the checkpoint needs.
-RESUME_KEYS = ("rng", "best_val", "best_ckpt", "history", "config")
+# What trainer.json must hold for a resume, besides what loading the checkpoint needs. (The
+# history is rebuilt from log.jsonl; trainer.json of older runs holds it too, unread.)
+RESUME_KEYS = ("rng", "best_val", "best_ckpt", "config")
 
 
 def _model_conflicts(saved: dict, current: dict) -> list:
@@ -125,7 +138,53 @@ def param_groups(model, weight_decay):
     return [g for g in groups if g["params"]]
 
 
+def validation_batches(source, max_batches: int):
+    """The batches of an evaluation, at most max_batches of them. From a DataLoader (or its
+    `batch` method): its batches in order while they hold windows of its first epoch, the last
+    one cut to the windows left, so that each window is read at most once (its own batches would
+    wrap into the next epoch and read some windows again). From any other callable
+    source(index): source(0), ..., source(max_batches - 1) (it tells no number of windows)."""
+    from ..data import DataLoader
+    loader = source if isinstance(source, DataLoader) else getattr(source, "__self__", None)
+    if not isinstance(loader, DataLoader) or (source is not loader and
+                                              getattr(source, "__func__", None) is not DataLoader.batch):
+        for i in range(max_batches):
+            yield source(i)
+        return
+    B, N = loader.B, loader.num_windows
+    for step in range(max_batches):
+        first = (step * loader.world_size + loader.rank) * B  # its first global window
+        if first >= N:
+            return
+        batch = loader.batch(step)
+        yield batch if first + B <= N else batch[:N - first]
+
+
+@no_grad()
+def evaluate_loss(model, batches, ignore_index: int = -100):
+    """(mean cross-entropy per target token, tokens counted) of `model` in eval mode over
+    `batches` of ids (b, T + 1) (inputs the first T columns, targets the last T): the sum of
+    every counted token's loss over their number, so a short last batch weighs what its tokens
+    do and a target equal to ignore_index counts for neither. (nan, 0) when no token counted.
+    `model(x, y)` returns (logits, the mean over the counted targets), as the Transformer."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        y = batch[:, 1:]
+        _, loss = model(batch[:, :-1], y)
+        n = int((y != ignore_index).sum().item())
+        if n:  # the mean of no token is nan: nothing to add
+            total += loss.item() * n
+            count += n
+    return (total / count if count else math.nan), count
+
+
 class Trainer:
+    """Trains `model` on train_source (a batch source, module docstring), evaluating on
+    val_source: a DataLoader or its `batch` method (each validation window read at most once,
+    at most cfg.eval_batches batches), or any other batch source (its batches 0 to
+    cfg.eval_batches - 1), or None."""
+
     def __init__(self, model, cfg: TrainConfig, train_source, val_source=None, run_config=None,
                  log=print, progress=False):
         self.model, self.cfg, self.train_source, self.val_source = model, cfg, train_source, val_source
@@ -145,7 +204,8 @@ class Trainer:
         self.optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.step = 0
-        self.history = []  # one dict per logged step / evaluation
+        self.history = []  # one dict per logged step / evaluation (log.jsonl's records)
+        self.aux_loss = None  # the last step's auxiliary loss terms (MoE), None for a dense model
         self.best_val = math.inf
         self.best_ckpt = None
         self._saved_step = None  # the step of the last checkpoint this trainer wrote
@@ -154,9 +214,11 @@ class Trainer:
 
     # ---- state ----
     def _state(self):
-        return {"rng": list(_core.get_rng_state()), "best_val": self.best_val,
+        # best_val is null until a validation loss is known (JSON has no Infinity)
+        return {"rng": list(_core.get_rng_state()),
+                "best_val": self.best_val if math.isfinite(self.best_val) else None,
                 "best_ckpt": self.best_ckpt, "config": dataclasses.asdict(self.cfg),
-                "run_config": self.run_config, "history": self.history}
+                "run_config": self.run_config}
 
     def save(self):
         keep = (os.path.basename(self.best_ckpt),) if self.best_ckpt else ()
@@ -179,21 +241,23 @@ class Trainer:
         load_checkpoint(folder, self.model, self.optimizer)
         self.step = meta["step"]
         _core.set_rng_state(*meta["rng"])
-        self.best_val, self.best_ckpt = meta["best_val"], meta["best_ckpt"]
-        self.history = meta["history"]
+        # null (or an older run's Infinity, which json reads as inf): no validation loss yet
+        best = meta["best_val"]
+        self.best_val, self.best_ckpt = math.inf if best is None else best, meta["best_ckpt"]
         self._saved_step = self.step
-        self._rewind_log()
+        self.history = self._rewind_log()
         return True
 
-    def _rewind_log(self):
+    def _rewind_log(self) -> list:
         """Drop log.jsonl's records past the resumed step (written after the checkpoint by a run
-        that then stopped), so that the log holds each step once."""
+        that then stopped), so that the log holds each step once; returns the records kept, the
+        history up to the resumed step. (Older logs may hold NaN and Infinity: json reads them.)"""
         path = os.path.join(self.cfg.out, "log.jsonl")
         if not os.path.exists(path):
-            return
+            return []
         with open(path, errors="replace") as f:
             lines = f.readlines()
-        kept = []
+        kept, records = [], []
         for line in lines:  # a line cut short or padded (a lost machine) is dropped with the rest
             try:
                 rec = json.loads(line)
@@ -201,8 +265,10 @@ class Trainer:
                 continue
             if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
                 kept.append(line if line.endswith("\n") else line + "\n")
+                records.append(rec)
         if kept != lines:
             atomic_write_text(path, "".join(kept))
+        return records
 
     # ---- one step ----
     def _loss(self, batch):
@@ -212,16 +278,29 @@ class Trainer:
         return loss
 
     def train_step(self):
+        """One optimizer step. Returns (cross-entropy, gradient norm, learning rate); the mean
+        of the auxiliary terms a MoE model adds to the objective goes to self.aux_loss."""
         cfg = self.cfg
         lr = learning_rate(self.step, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr, cfg.schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.model.train()
-        total = 0.0
+        total, ce, aux = 0.0, 0.0, None
         for micro in range(cfg.grad_accum):
             loss = self._loss(self.train_source(self.step * cfg.grad_accum + micro))
             (loss * (1.0 / cfg.grad_accum)).backward()
-            total += loss.item() / cfg.grad_accum
+            value = loss.item()
+            total += value / cfg.grad_accum
+            # The model's parts of the loss (Transformer.last_ce_loss, last_aux_loss): the
+            # cross-entropy is what compares with the validation loss. A model without them
+            # returns the cross-entropy itself.
+            part = getattr(self.model, "last_aux_loss", None)
+            if part is None:
+                ce += value / cfg.grad_accum
+            else:
+                ce += self.model.last_ce_loss.item() / cfg.grad_accum
+                aux = (aux or 0.0) + part.item() / cfg.grad_accum
+        self.aux_loss = aux
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else \
             _core.ops.global_norm([p.grad for p in params])
@@ -236,30 +315,33 @@ class Trainer:
             if hasattr(self.model, "moe_discard_load"):
                 self.model.moe_discard_load()  # the skipped batches' expert loads update no bias
             self.step += 1
-            return total, norm, lr
+            return ce, norm, lr
         self.optimizer.step()
         self.optimizer.zero_grad()
         if hasattr(self.model, "moe_update_bias"):
             self.model.moe_update_bias()  # MoE auxiliary-loss-free balancing, outside autograd
         self.step += 1
-        return total, norm, lr
+        return ce, norm, lr
 
-    @no_grad()
     def evaluate(self):
+        """The validation loss (module docstring) over at most cfg.eval_batches batches of
+        val_source; None without one."""
         if self.val_source is None:
             return None
-        self.model.eval()
-        losses = [self._loss(self.val_source(i)).item() for i in range(self.cfg.eval_batches)]
-        return sum(losses) / len(losses)
+        return evaluate_loss(self.model, validation_batches(self.val_source, self.cfg.eval_batches))[0]
 
     # ---- the loop ----
     def fit(self, stop_at=None):
-        """Train until cfg.steps (or until step `stop_at`, as if interrupted there)."""
+        """Train until cfg.steps (or until step `stop_at`, as if interrupted there). On the main
+        thread Ctrl-C stops the run after the step under way, with a checkpoint; on another
+        thread (where Python takes no signal handler) Ctrl-C is left to the main thread."""
         cfg = self.cfg
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         log_path = os.path.join(cfg.out, "log.jsonl")
         interrupted = []
-        prev = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            prev = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
         try:
             with open(log_path, "a") as logf:
                 t_last, tokens = time.perf_counter(), 0
@@ -269,6 +351,8 @@ class Trainer:
                     bar.update(1, note=f"loss {loss:.3f}")
                     tokens += cfg.tokens_per_step
                     rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
+                    if self.aux_loss is not None:
+                        rec["aux_loss"] = self.aux_loss
                     moe = self._moe_metrics()
                     if moe:
                         rec["moe"] = moe
@@ -285,20 +369,28 @@ class Trainer:
                         bar.clear()
                         self.log(self._line(rec))
                         t_last, tokens = time.perf_counter(), 0
-                    logf.write(json.dumps(rec) + "\n")
+                    logf.write(json.dumps(json_safe(rec), allow_nan=False) + "\n")
                     logf.flush()
                     if self.step % cfg.ckpt_every == 0 or last:
-                        self._checkpoint(rec.get("val_loss"))
+                        # the checkpoint's write is no training time: tokens/s leaves it out
+                        t_last += self._checkpoint(rec.get("val_loss"), logf)
                 bar.close()
                 if interrupted:
                     if self._saved_step == self.step:
                         self.log(f"interrupted at step {self.step}, whose checkpoint is saved")
                     else:
                         self.log(f"interrupted at step {self.step}: saving a checkpoint")
-                        self._checkpoint(None)
+                        self._checkpoint(None, logf)
+        except BaseException:
+            try:
+                self.plot()
+            except Exception as e:  # the error that stopped the run is the one to report
+                self.log(f"loss.png not written: {type(e).__name__}: {e}")
+            raise
         finally:
-            signal.signal(signal.SIGINT, prev)
-            self.plot()
+            if on_main:
+                signal.signal(signal.SIGINT, prev)
+        self.plot()
         return self.history
 
     def _gpu_figures(self, tokens_per_s):
@@ -318,15 +410,23 @@ class Trainer:
         fn = getattr(self.model, "moe_metrics", None)
         return fn() if fn is not None else {}
 
-    def _checkpoint(self, val):
+    def _checkpoint(self, val, logf) -> float:
+        """Save a checkpoint (the best so far if val is); returns the seconds it took. The log
+        reaches the disk first: a resume rebuilds the history from it (module docstring)."""
+        t0 = time.perf_counter()
+        logf.flush()
+        os.fsync(logf.fileno())
         if val is not None and val < self.best_val:
             self.best_val = val
             self.best_ckpt = os.path.join(self.ckpt_root, f"step_{self.step:07d}")
         self.save()
+        return time.perf_counter() - t0
 
     @staticmethod
     def _line(rec):
         parts = [f"step {rec['step']:>6}", f"loss {rec['loss']:.4f}"]
+        if "aux_loss" in rec:
+            parts.append(f"aux {rec['aux_loss']:.4f}")
         if "val_loss" in rec:
             parts.append(f"val {rec['val_loss']:.4f}")
         parts += [f"lr {rec['lr']:.2e}", f"|g| {rec['grad_norm']:.2f}"]
@@ -352,11 +452,15 @@ class Trainer:
         rows = [r for r in self.history if "loss" in r]
         if not rows:
             return None
+
+        def value(v):  # null in the log: a skipped step's non-finite loss
+            return math.nan if v is None else v
+
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
+        ax.plot([r["step"] for r in rows], [value(r["loss"]) for r in rows], label="train")
         val = [r for r in rows if "val_loss" in r]
         if val:
-            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+            ax.plot([r["step"] for r in val], [value(r["val_loss"]) for r in val], "o-", label="validation")
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.legend()
