@@ -246,6 +246,8 @@ class Trainer:
         self.best_val, self.best_ckpt = math.inf if best is None else best, meta["best_ckpt"]
         self._saved_step = self.step
         self.history = self._rewind_log()
+        if "history" in meta:  # a run saved before log.jsonl was the history's record (its log
+            self.history = meta["history"]  # may repeat resumed steps or lack the last ones)
         return True
 
     def _rewind_log(self) -> list:
