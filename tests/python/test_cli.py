@@ -307,3 +307,24 @@ def test_eval_reads_each_window_once_per_token(tmp_path, corpus, capsys):
     windows = np.stack([ids[i * T:i * T + T + 1] for i in range(B + 1)])
     loss, tokens = evaluated("--data", str(tmp_path / "more.txt"), "--batches", "2")
     assert tokens == (B + 1) * T and loss == pytest.approx(cross_entropy(windows), abs=1e-4)
+
+
+def test_a_moved_source_is_served_from_its_prepared_cache(tmp_path, corpus, capsys):
+    # The cache key holds the source's fingerprint, which a moved or deleted source has not: the
+    # folder last prepared for the source with the same settings serves `eval` and `--resume`;
+    # with none, the one-line error naming the source.
+    import shutil
+    from llmscratch.train.command import prepare_data
+    source = tmp_path / "data" / "part0.py"
+    assert train(tmp_path, str(source), "--steps", "3") == 0
+    first = prepare_data(str(source), 320, 0.3, quiet=True)
+    source.rename(tmp_path / "moved.py")
+    assert prepare_data(str(source), 320, 0.3, quiet=True) == first
+    run = tmp_path / "runs" / "t"
+    assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 0
+    assert train(tmp_path, str(source), "--steps", "6", "--resume") == 0
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "cache")
+    assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not 'stdlib', a file" in err and "part0.py" in err

@@ -344,3 +344,69 @@ def test_tokenize_encode_replaces_the_shards_all_or_nothing(tmp_path, monkeypatc
         assert shards() == before, k
     assert main(again) == 0
     assert sorted(shards()) == ["src_train_000000.bin", "src_val_000000.bin"]
+
+
+@pytest.mark.filterwarnings("ignore:Tokenizer.train")  # its small source allows few merges
+def test_a_killed_publication_is_rolled_back_under_another_spelling_of_the_prefix(tmp_path, monkeypatch):
+    # The journal names the shards by basename: an encode killed while publishing to data/tok
+    # (relative to its working directory) is rolled back by one run elsewhere that spells the
+    # prefix otherwise; the earlier shards come back whole, none of the new set stays.
+    import argparse
+    from llmscratch.cli import main
+    from llmscratch.data import tokenize_cmd
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    monkeypatch.chdir(tmp_path)
+    assert main(["tokenize", "train", "--source", "src", "--vocab-size", "300", "--out", "tok",
+                 "--quiet"]) == 0
+    encode = ["tokenize", "encode", "--source", "src", "--tokenizer", "tok", "--out", "data/tok",
+              "--val-fraction", "0.2", "--quiet"]
+    assert main([*encode, "--shard-size", "2000"]) == 0
+
+    def shards():
+        return {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    before = shards()
+    assert len(before) >= 4 and all(not name.startswith(".") for name in before)
+    # killed right after the first staged shard took its name: nothing after that runs (no roll
+    # back in process)
+    rename, staged = os.rename, []
+
+    def killed(a, b):
+        if ".tok.tmp-" in os.path.basename(a):
+            if staged:
+                raise SystemExit(9)
+            staged.append(a)
+        rename(a, b)
+    monkeypatch.setattr(os, "rename", killed)
+    monkeypatch.setattr(tokenize_cmd, "_roll_back", lambda prefix, pid: None)
+    with pytest.raises(SystemExit):
+        tokenize_cmd.encode(argparse.Namespace(source="src", val_fraction=0.2, threads=0, quiet=True,
+                                               tokenizer="tok", out="data/tok", shard_size=3000))
+    monkeypatch.undo()
+    journal = [n for n in shards() if ".publish-" in n]
+    assert len(journal) == 1 and staged
+    assert all("/" not in n for v in json.loads((tmp_path / "data" / journal[0]).read_text()).values()
+               for n in v)
+    assert shards() != before  # a partial new set is published
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tokenize_cmd._recover("../data/./tok")
+    assert shards() == before
+    # the same from an absolute spelling, with a journal as older versions wrote it (the paths
+    # as the killed encode spelled them)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "rename", killed)
+    monkeypatch.setattr(tokenize_cmd, "_roll_back", lambda prefix, pid: None)
+    staged.clear()
+    with pytest.raises(SystemExit):
+        tokenize_cmd.encode(argparse.Namespace(source="src", val_fraction=0.2, threads=0, quiet=True,
+                                               tokenizer="tok", out="data/tok", shard_size=3000))
+    monkeypatch.undo()
+    path = tmp_path / "data" / [n for n in shards() if ".publish-" in n][0]
+    (path.write_text(json.dumps({k: [f"data/{n}" for n in v]
+                                 for k, v in json.loads(path.read_text()).items()})))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tokenize_cmd._recover(str(tmp_path / "data" / "tok"))
+    assert shards() == before

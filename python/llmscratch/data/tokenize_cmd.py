@@ -161,50 +161,76 @@ def _published(prefix: str) -> list:
                   for p in glob.glob(f"{glob.escape(prefix)}_{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
 
 
-def _aside(prefix: str, path: str, pid: int) -> str:
-    return _temporary(prefix, "old", pid) + path[len(prefix):]
+def _aside(prefix: str, name: str, pid: int) -> str:
+    """Where publication pid sets the shard named name (a basename, or a path: only its last
+    component counts) of prefix aside. Built from the prefix as spelled now, so that a journal
+    written under another working directory or spelling still finds its shards."""
+    return _temporary(prefix, "old", pid) + os.path.basename(name)[len(os.path.basename(prefix)):]
+
+
+def _in_folder(prefix: str, name: str) -> str:
+    """The shard named name (a journal's basename; an older journal's whole path) in prefix's folder."""
+    return os.path.join(os.path.dirname(prefix), os.path.basename(name))
 
 
 def _publish(prefix: str, written: dict):
     """Give the staged shards {split: [paths]} their names, replacing every earlier shard of
     prefix, all or nothing: an error or Ctrl-C before the commit rolls back at once."""
     pid = os.getpid()
+    folder = os.path.dirname(prefix) or "."
     new = {path: f"{prefix}_{split}_{i:06d}.bin"
            for split, paths in written.items() for i, path in enumerate(paths)}
     old = _published(prefix)
     journal = _temporary(prefix, "publish", pid)
     try:
-        atomic_write_text(journal, json.dumps({"old": old, "new": list(new.values())}))
+        # basenames: a later encode may spell the prefix otherwise (another working directory)
+        atomic_write_text(journal, json.dumps({"old": [os.path.basename(p) for p in old],
+                                               "new": [os.path.basename(p) for p in new.values()]}))
         for path in old:  # all aside before any new one arrives: a roll back can tell them apart
             os.rename(path, _aside(prefix, path, pid))
         for staged, final in new.items():
             os.rename(staged, final)
-        fsync(os.path.dirname(prefix) or ".")
+        fsync(folder)
     except BaseException:
         _roll_back(prefix, pid)
         raise
     os.remove(journal)  # the commit
+    fsync(folder)  # durable before the asides go: a journal must not come back without them
     for path in old:
         os.remove(_aside(prefix, path, pid))
 
 
 def _roll_back(prefix: str, pid: int):
     """Undo the publication that process pid's journal describes: the new shards it gave names to
-    removed, the earlier ones set aside renamed back."""
+    removed, the earlier ones set aside renamed back. Where an earlier shard is neither set aside
+    nor in place, or one set aside is missing once new shards arrived, the publication cannot be
+    undone whole: it is taken as committed (only the journal goes) rather than half rolled back."""
     journal = _temporary(prefix, "publish", pid)
+    folder = os.path.dirname(prefix) or "."
     if not os.path.exists(journal):  # stopped while writing it: nothing was renamed yet
         if os.path.exists(f"{journal}.tmp-{pid}"):  # atomic_write's temporary
             os.remove(f"{journal}.tmp-{pid}")
         return
     with open(journal) as f:
         shards = json.load(f)
-    for path in shards["new"]:
-        if path not in shards["old"] and os.path.exists(path):
-            os.remove(path)
-    for path in shards["old"]:
-        if os.path.exists(_aside(prefix, path, pid)):
-            os.replace(_aside(prefix, path, pid), path)
+    old = [os.path.basename(p) for p in shards["old"]]
+    new = [os.path.basename(p) for p in shards["new"] if os.path.basename(p) not in old]
+    aside = {name: os.path.exists(_aside(prefix, name, pid)) for name in old}
+    lost = any(not aside[n] and not os.path.exists(_in_folder(prefix, n)) for n in old)
+    arrived = any(os.path.exists(_in_folder(prefix, n)) for n in new)
+    if lost or (arrived and not all(aside.values())):
+        os.remove(journal)
+        fsync(folder)
+        return
+    for name in new:
+        if os.path.exists(_in_folder(prefix, name)):
+            os.remove(_in_folder(prefix, name))
+    for name in old:
+        if aside[name]:
+            os.replace(_aside(prefix, name, pid), _in_folder(prefix, name))
+    fsync(folder)
     os.remove(journal)
+    fsync(folder)
 
 
 def _recover(prefix: str):

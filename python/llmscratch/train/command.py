@@ -33,12 +33,22 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
     The cache folder is made under a temporary name and renamed when complete; its key holds the
     source's fingerprint, so that a source edited in place is prepared again. Beside the shards,
-    identity.json holds each split's data_identity."""
+    identity.json holds each split's data_identity. A source that is gone (moved, deleted) is
+    served from the folder last completed for it with the same settings (cache_root()/latest.json,
+    keyed without the fingerprint), so that `eval` and `train --resume` still run."""
     from ..data import tokenize_cmd
     src = _source_key(source)
     # "split-2": the split of sources too small for document-level hashing changed (sources.py)
-    key = hashlib.sha256(f"{src}|{vocab_size}|{val_fraction}|split-2|{_source_fingerprint(source)}"
-                         .encode()).hexdigest()[:12]
+    settings = f"{src}|{vocab_size}|{val_fraction}|split-2"
+    try:
+        fingerprint = _source_fingerprint(source)
+    except (OSError, ValueError):  # a missing source: its last prepared folder, if complete
+        last = _latest_prepared().get(settings)
+        if last is None or not (cache_root() / f"data-{last}" / "done").exists():
+            raise
+        folder = cache_root() / f"data-{last}"
+        return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
+    key = hashlib.sha256(f"{settings}|{fingerprint}".encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
     if not (folder / "done").exists():
         tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
@@ -60,7 +70,20 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
             raise
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
+    latest = _latest_prepared()
+    if latest.get(settings) != key:  # also a folder completed before latest.json existed
+        from .._files import atomic_write_text
+        atomic_write_text(cache_root() / "latest.json", json.dumps({**latest, settings: key}))
     return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
+
+
+def _latest_prepared() -> dict:
+    """cache_root()/latest.json: {source|settings: key of the folder last completed for them}."""
+    try:
+        latest = json.loads((cache_root() / "latest.json").read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: nothing to fall back on
+        return {}
+    return latest if isinstance(latest, dict) else {}
 
 
 def _source_fingerprint(source: str) -> str:
