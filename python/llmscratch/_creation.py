@@ -106,11 +106,27 @@ def from_dlpack(obj):
     return _core.from_dlpack_capsule(capsule)
 
 
+# The creation ops take their numbers as double attributes, and integers past 2^53 are not all
+# doubles: int64 values beyond it are made by numpy on the host and copied instead (rare: ids,
+# positions and counts stay far below).
+_DOUBLE_EXACT = 2 ** 53
+
+
+def past_double(dtype, *values) -> bool:
+    """Whether int64 values would lose digits as doubles (every value an int, one past 2^53)."""
+    ints = builtins.all(isinstance(v, numbers.Integral) and not isinstance(v, builtins.bool)
+                        for v in values)
+    return dtype == int64 and ints and builtins.any(abs(int(v)) > _DOUBLE_EXACT for v in values)
+
+
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
     if dtype is None:
         dtype = bool_ if isinstance(fill_value, builtins.bool) else (
             int64 if isinstance(fill_value, numbers.Integral) else float32)
-    t = _core.ops.full(_shape([shape]), float(fill_value), as_dtype(dtype), as_device(device))
+    if past_double(as_dtype(dtype), fill_value):
+        t = tensor(np.full(_shape([shape]), int(fill_value), np.int64), device=device)
+    else:
+        t = _core.ops.full(_shape([shape]), float(fill_value), as_dtype(dtype), as_device(device))
     return _finish(t, requires_grad)
 
 
@@ -133,7 +149,10 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     if dtype is None:
         ints = builtins.all(isinstance(v, numbers.Integral) for v in (start, end, step))
         dtype = int64 if ints else float32
-    t = _core.ops.arange(float(start), float(end), float(step), as_dtype(dtype), as_device(device))
+    if past_double(as_dtype(dtype), start, end, step) and step != 0:
+        t = tensor(np.arange(int(start), int(end), int(step), dtype=np.int64), device=device)
+    else:
+        t = _core.ops.arange(float(start), float(end), float(step), as_dtype(dtype), as_device(device))
     return _finish(t, requires_grad)
 
 

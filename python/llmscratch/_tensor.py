@@ -33,7 +33,11 @@ def as_tensor_like(value, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (numbers.Number, np.number, np.bool_)):
-        return _ops.full([], float(value), _scalar_dtype(value, like), like.device)
+        dtype = _scalar_dtype(value, like)
+        if dtype == int64 and isinstance(value, numbers.Integral) and abs(int(value)) > 2 ** 53:
+            from ._creation import full  # exact past 2^53, where the op's double would round
+            return full([], value, dtype, like.device)
+        return _ops.full([], float(value), dtype, like.device)
     if isinstance(value, (list, tuple, np.ndarray)):
         from ._creation import tensor
         return tensor(value, device=like.device)
@@ -161,7 +165,11 @@ def _copy_(self, src):
 
 
 def _fill_(self, value):
-    _ops.fill_(self, float(value))
+    from ._creation import past_double
+    if past_double(self.dtype, value):  # the op's double would round it
+        _ops.copy_(self, as_tensor_like(value, self))
+    else:
+        _ops.fill_(self, float(value))
     return self
 
 

@@ -444,3 +444,22 @@ def test_cpu_allocator_reuses_large_blocks():
     assert core.cpu_cached_bytes() >= 4 << 20
     core.cpu_empty_cache()
     assert core.cpu_cached_bytes() == 0
+
+
+def test_int64_values_past_two_to_the_53_stay_exact():
+    # the creation ops carry numbers as doubles; int64 values beyond 2^53 go around them
+    big = 2**60 + 1
+    x = ls.tensor([0, 1])
+    assert (x + big).tolist() == [big, big + 1] and (big - x).tolist() == [big, big - 1]
+    assert (x * np.int64(big)).tolist() == [0, big]
+    assert ls.where(x > 0, x, big).tolist() == [big, 1]
+    assert ls.full((2,), big).tolist() == [big, big] and ls.full((1,), -big).tolist() == [-big]
+    assert ls.arange(big, big + 7, 3).tolist() == [big, big + 3, big + 6]  # was empty
+    assert ls.arange(big, big - 2, -1).tolist() == [big, big - 1]
+    y = ls.zeros(3, dtype=ls.int64)
+    y.fill_(big)
+    assert y.tolist() == [big] * 3
+    # below 2^53 and for other dtypes the ops' own path, unchanged
+    assert ls.arange(5).tolist() == list(range(5)) and (ls.tensor([1.5]) + big).dtype == ls.float32
+    with pytest.raises(ValueError, match="step must be nonzero"):
+        ls.arange(big, big + 3, 0)
