@@ -47,7 +47,10 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
         from_numpy_array = isinstance(data, (np.ndarray, np.generic))
-        arr = np.asarray(_detached(data))
+        try:
+            arr = np.asarray(data)
+        except RuntimeError:  # a tensor inside requires grad (numpy() refuses it): its values
+            arr = np.asarray(_detached(data))  # walked only then: a Python walk of every element
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
         if arr.dtype == np.uint64 and not from_numpy_array and (arr > np.iinfo(np.int64).max).any():

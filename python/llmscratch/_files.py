@@ -1,7 +1,34 @@
 """Files written whole or not at all, and read with errors that name them: shared by the
-checkpoints, the run's config and log, and the tokenizer."""
+checkpoints, the run's config and log, and the tokenizer; and the scan for the temporaries
+that a killed writer left (checkpoints, prepared data, encoded shards)."""
 import json
 import os
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process pid still runs (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporaries(root, pattern) -> list:
+    """(entry, match) for root's entries that pattern (a compiled regex with a group "pid") matches
+    whole, in name order, left by a process that no longer runs, or by this one's PID (an earlier
+    process of the same number: callers tidy before they make temporaries of their own). Those of
+    another process still running are left out: its write is under way."""
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for entry in sorted(os.listdir(root)):
+        m = pattern.fullmatch(entry)
+        if m and (int(m["pid"]) == os.getpid() or not pid_alive(int(m["pid"]))):
+            found.append((entry, m))
+    return found
 
 
 def fsync(path: str):

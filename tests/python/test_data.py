@@ -288,6 +288,15 @@ def test_tokenize_cli(tmp_path, capsys):
     assert "error" in err and "--threads must be 0" in err
 
 
+def _small_python_source(tmp_path):
+    """tmp_path/src: 30 small Python files, a source of a few shards at --shard-size 2000."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    return src
+
+
 @pytest.mark.filterwarnings("ignore:Tokenizer.train")  # its small source allows few merges
 def test_tokenize_encode_replaces_the_shards_all_or_nothing(tmp_path, monkeypatch):
     # An encode into a prefix that holds shards, interrupted at any rename of their publication,
@@ -297,10 +306,7 @@ def test_tokenize_encode_replaces_the_shards_all_or_nothing(tmp_path, monkeypatc
     import sys
     from llmscratch.cli import main
     from llmscratch.data import tokenize_cmd
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(30):
-        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    src = _small_python_source(tmp_path)
     assert main(["tokenize", "train", "--source", str(src), "--vocab-size", "300", "--out",
                  str(tmp_path / "tok"), "--quiet"]) == 0
     out = tmp_path / "sh" / "src"
@@ -354,10 +360,7 @@ def test_a_killed_publication_is_rolled_back_under_another_spelling_of_the_prefi
     import argparse
     from llmscratch.cli import main
     from llmscratch.data import tokenize_cmd
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(30):
-        (src / f"f{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    _small_python_source(tmp_path)  # src, named relative to tmp_path below
     monkeypatch.chdir(tmp_path)
     assert main(["tokenize", "train", "--source", "src", "--vocab-size", "300", "--out", "tok",
                  "--quiet"]) == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write_text, fsync
+from .._files import atomic_write_text, fsync, stale_temporaries
 from .._progress import Progress
 from .shards import write_shard
 from .sources import split_documents
@@ -238,12 +238,10 @@ def _recover(prefix: str):
     fails or is interrupted tidies itself). A journal, of a publication that did not commit, is
     rolled back; then staged and set-aside shards are removed. Files of a process that still runs
     are left alone (another encode to the prefix, under way)."""
-    from ..train.checkpoint import _alive
     folder, name = os.path.split(prefix)
-    left = re.compile(rf"\.{re.escape(name)}\.(tmp|old|publish)-(\d+)"
+    left = re.compile(rf"\.{re.escape(name)}\.(tmp|old|publish)-(?P<pid>\d+)"
                       rf"(_(?:train|val)_\d{{6}}\.bin|\.tmp-\d+)?")
-    found = [(entry, m) for entry in sorted(os.listdir(folder or "."))
-             if (m := left.fullmatch(entry)) and (int(m[2]) == os.getpid() or not _alive(int(m[2])))]
+    found = stale_temporaries(folder or ".", left)
     for entry, m in found:
         if m[1] == "publish" and m[3] is None:
             _roll_back(prefix, int(m[2]))

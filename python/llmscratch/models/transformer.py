@@ -204,7 +204,7 @@ class Transformer(nn.Module):
         self._rope_cache = {}
         self.recompute = False  # per-block activation recomputation while training
         self.loss_in_place = True  # training loss: logits gradient written over the logits
-        self.last_ce_loss = self.last_aux_loss = None  # the parts of the last loss (forward)
+        self.last_ce_loss, self._aux_terms = None, []  # the parts of the last loss (forward)
         self.reset_parameters()
 
     # ---- initialisation ----
@@ -317,17 +317,22 @@ class Transformer(nn.Module):
             logits = None
         # The parts of the loss, kept detached (no reference to the graph) for a training log:
         # the cross-entropy is what a validation loss compares with, the auxiliary terms are not.
-        self.last_ce_loss, self.last_aux_loss = loss.detach(), None
+        self.last_ce_loss, self._aux_terms = loss.detach(), []
         if self.training:
-            aux = None
             for moe in self.moe_modules():
                 for term, coef in ((moe.aux_loss, c.aux_loss_coef), (moe.z_loss, c.z_loss_coef)):
                     if coef:
                         term = term * float(coef)
                         loss = loss + term  # the objective, summed in the same order as always
-                        aux = term.detach() if aux is None else aux + term.detach()
-            self.last_aux_loss = aux
+                        self._aux_terms.append(term.detach())
         return logits, loss
+
+    @property
+    def last_aux_loss(self):
+        """The auxiliary terms the last forward added to its loss, summed when asked (a log's
+        business, not the training step's); None when it added none."""
+        terms = self._aux_terms
+        return sum(terms[1:], terms[0]) if terms else None
 
     # ---- mixture of experts ----
     def moe_modules(self) -> list:

@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 import llmscratch_core as _core
 
 from .._creation import from_numpy
-from .._files import atomic_write_text, fsync, read_json
+from .._files import atomic_write_text, fsync, read_json, stale_temporaries
 
 Tensor = _core.Tensor
 
@@ -40,17 +40,7 @@ def _host(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_TEMPORARY = re.compile(r"^(?:\.(step_\d+)\.(tmp|old)|latest\.tmp)-(\d+)$")
+_TEMPORARY = re.compile(r"(?:\.(step_\d+)\.(tmp|old)|latest\.tmp)-(?P<pid>\d+)")
 
 
 def _clean_temporaries(root: str):
@@ -59,10 +49,7 @@ def _clean_temporaries(root: str):
     runs, or is this one (a process of the same PID before it: no save of this one is under way);
     but the `.old` folder of a step whose `step_N` is gone (a writer lost between its two renames;
     `.old` was a whole checkpoint, a `.tmp` may be partial) is renamed back to `step_N`."""
-    for entry in sorted(os.listdir(root)):
-        m = _TEMPORARY.match(entry)
-        if m is None or (int(m[3]) != os.getpid() and _alive(int(m[3]))):
-            continue
+    for entry, m in stale_temporaries(root, _TEMPORARY):
         path = os.path.join(root, entry)
         if m[2] == "old" and not os.path.exists(os.path.join(root, m[1])) and _complete(path):
             os.rename(path, os.path.join(root, m[1]))

@@ -37,6 +37,7 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     served from the folder last completed for it with the same settings (cache_root()/latest.json,
     keyed without the fingerprint), so that `eval` and `train --resume` still run."""
     from ..data import tokenize_cmd
+    from .._files import atomic_write_text, stale_temporaries
     src = _source_key(source)
     # "split-2": the split of sources too small for document-level hashing changed (sources.py)
     settings = f"{src}|{vocab_size}|{val_fraction}|split-2"
@@ -51,10 +52,12 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     key = hashlib.sha256(f"{settings}|{fingerprint}".encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
     if not (folder / "done").exists():
+        # the `data-KEY.tmp-PID` folders of killed preparations (one that fails or is
+        # interrupted removes its own), this process's number included
+        for entry, _ in stale_temporaries(cache_root(), _DATA_TEMPORARY):
+            shutil.rmtree(cache_root() / entry, ignore_errors=True)
         tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _remove_dead_temporaries(tmp.parent)
         try:
             common = dict(source=source, val_fraction=val_fraction, threads=0, quiet=quiet)
             tokenize_cmd.train(argparse.Namespace(**common, vocab_size=vocab_size, pattern="cl100k",
@@ -72,7 +75,6 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
         os.rename(tmp, folder)
     latest = _latest_prepared()
     if latest.get(settings) != key:  # also a folder completed before latest.json existed
-        from .._files import atomic_write_text
         atomic_write_text(cache_root() / "latest.json", json.dumps({**latest, settings: key}))
     return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
 
@@ -105,17 +107,7 @@ def _source_fingerprint(source: str) -> str:
     return h.hexdigest()
 
 
-_DATA_TEMPORARY = re.compile(r"^data-[0-9a-f]+\.tmp-(\d+)$")
-
-
-def _remove_dead_temporaries(root: Path):
-    """Remove the `data-KEY.tmp-PID` folders of preparations whose process no longer runs (killed:
-    one that fails or is interrupted removes its own)."""
-    from .checkpoint import _alive
-    for entry in os.listdir(root):
-        m = _DATA_TEMPORARY.match(entry)
-        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
-            shutil.rmtree(root / entry, ignore_errors=True)
+_DATA_TEMPORARY = re.compile(r"data-[0-9a-f]+\.tmp-(?P<pid>\d+)")
 
 
 def data_identity(shard_glob: str) -> dict:
