@@ -59,4 +59,14 @@ __device__ __forceinline__ Item<K> item_sentinel() {
   return Item<K>{K(~K(0)), 0xFFFFFFFFu};
 }
 
+// One compare-exchange of a bitonic network (sort.cu, topk.cu): after it, a before b when up.
+template <typename K>
+__device__ __forceinline__ void compare_exchange(Item<K>& a, Item<K>& b, bool up) {
+  if (item_less(b, a) == up) {
+    Item<K> t = a;
+    a = b;
+    b = t;
+  }
+}
+
 }  // namespace ls::cuda

@@ -17,7 +17,8 @@
 //     global compare-exchange passes and the remaining strides in one shared-memory launch; the
 //     last launch writes the outputs. Any N below 2^32 is served; the cost is O(N log^2 N) with
 //     log^2(P / tile) / 2 global passes, and the scratch takes 8 or 16 bytes per padded element.
-// topk with k > 8 uses the same routine and keeps the first k of each row (sort_rows).
+// topk with a k too large for its select kernel (cuda/topk.cu) uses the same routine and keeps
+// the first k of each row (sort_rows).
 #include <algorithm>
 
 #include "core/registry.h"
@@ -39,17 +40,6 @@ int64_t pow2_ceil(int64_t v) {
   int64_t p = 1;
   while (p < v) p <<= 1;
   return p;
-}
-
-// One compare-exchange of the bitonic network: items i < l = i + j, direction from i's position in
-// its padded row (ascending when bit k of it is clear, so the last stage k = P is ascending).
-template <typename K>
-__device__ __forceinline__ void compare_exchange(Item<K>& a, Item<K>& b, bool up) {
-  if (item_less(b, a) == up) {
-    Item<K> t = a;
-    a = b;
-    b = t;
-  }
 }
 
 // A tile of `tile` Items (global positions base .. base + tile) in shared memory. Runs the stages
@@ -82,6 +72,7 @@ bitonic_tile_kernel(const T* __restrict__ x, Item<K>* items, T* values, int64_t*
     for (int64_t j = k == k_first ? j_first : k >> 1; j > 0; j >>= 1) {
       for (int q = threadIdx.x; q < tile / 2; q += blockDim.x) {
         int i = int(2 * j * (q / j) + q % j);  // i and i + j differ in bit j only: same row
+        // ascending when bit k of i's position in its padded row is clear (the last stage: all)
         compare_exchange(s[i], s[i + j], (((base + i) % P) & k) == 0);
       }
       __syncthreads();

@@ -1,12 +1,13 @@
 """CUDA topk against the CPU op on the same values: every dtype, k <= 8 (warp and block
-kernels) and k > 8 (the row sort), largest and smallest, ties (lower index first), NaN (the
-largest value), rows from 1 to beyond one sort tile, dims other than the last, the gradient,
-and k out of range."""
+kernels), 8 < k <= 4096 (radix select: key digits, then position digits for tied keys) and
+larger k (the row sort), largest and smallest, ties (lower index first), NaN (the largest
+value), signed zeros, rows from 1 to beyond one sort tile, dims other than the last, the
+gradient, and k out of range."""
 import numpy as np
 import pytest
 
 import llmscratch as ls
-from cuda_data_ops import FLOATS, INTS, assert_same, backward_both, call, make, rng, tie_values
+from cuda_data_ops import FLOATS, INTS, assert_same, backward_both, call, make, normal_values, rng, tie_values
 
 pytestmark = pytest.mark.cuda
 
@@ -24,6 +25,19 @@ def both_topk(a, dtype, k, dim=-1, largest=True):
 @pytest.mark.parametrize("largest", [True, False])
 def test_topk_matches_cpu(rows, n, k, largest, dtype):
     both_topk(tie_values((rows, n), dtype), dtype, min(k, n), largest=largest)
+
+
+@pytest.mark.parametrize("dtype", FLOATS + INTS)
+@pytest.mark.parametrize("rows,n,k", [(3, 20, 12), (7, 300, 256), (2, 50257, 50), (2, 5000, 2048),
+                                      (1, 9000, 4096), (2, 6000, 4097)])
+@pytest.mark.parametrize("values", ["ties", "normal"])
+def test_topk_large_k_matches_cpu(rows, n, k, values, dtype):
+    a = tie_values((rows, n), dtype) if values == "ties" else normal_values((rows, n), dtype)
+    if values == "normal" and dtype.is_floating_point:
+        a[:, ::7] = 0.0
+        a[:, 3::7] = -0.0  # equal to +0.0: ordered by position
+    for largest in (True, False):
+        both_topk(a, dtype, k, largest=largest)
 
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.float64, ls.bfloat16, ls.int64])
