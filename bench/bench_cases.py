@@ -19,9 +19,11 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 class Case:
     def __init__(self, op, pass_, shape, dtype, work, unit, ours, torch_fn, ref=None, out=None,
-                 registry_op=None, flops=None, keep=()):
+                 registry_op=None, flops=None, keep=(), torch_work=None):
         self.op, self.pass_, self.shape, self.dtype, self.unit = op, pass_, shape, dtype, unit
         self.work, self.ours, self.torch = work, ours, torch_fn
+        # torch's call may do other work than ours (torch_work: its own count, e.g. no restoring copy)
+        self.torch_work = work if torch_work is None else torch_work
         self.registry_op = registry_op or op
         self._ref, self._out = ref, out or (lambda r: r)
         nbytes = work if unit == "GB/s" else None
@@ -82,7 +84,7 @@ def matmul(device, dtype, M, N, K):
     # backward: dA = g B^T, dB = A^T g, both read through transposed views
     yield Case("matmul", "bwd", shape, dtype, 2 * flops, "TFLOP/s",
                lambda: (g @ b.transpose(0, 1), a.transpose(0, 1) @ g),
-               lambda: (tg @ tb.T, ta.T @ tg), ref=[g64 @ b64.T, a64.T @ g64], flops=3 * byts, keep=(g,))
+               lambda: (tg @ tb.T, ta.T @ tg), ref=[g64 @ b64.T, a64.T @ g64], flops=2 * byts, keep=(g,))
 
 
 def softmax(device, dtype, R, C):
@@ -229,7 +231,7 @@ def cross_entropy(device, dtype, N, V):
     # fwd+bwd with the gradient written over the logits (F.cross_entropy(inplace_backward=True)),
     # through the registry pair. Each call first restores the logits it overwrote (a copy: one
     # read, one write), then reads the rows and writes the gradient; the backward's factor is 1,
-    # which the device skips. Work: those 4 row passes.
+    # which the device skips. Work: those 4 row passes; torch's call (not in place) makes 3.
     scratch = x * 1.0
     attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
     one = ls.ones(device=device)
@@ -239,7 +241,7 @@ def cross_entropy(device, dtype, N, V):
         _core.call("cross_entropy_inplace", [scratch, t], attrs)
         return _core.call("cross_entropy_inplace_backward", [one, scratch], {"reduction": "mean"})[0]
     yield Case("cross_entropy", "inplace", shape, dtype, 4 * size, "GB/s", ours_inplace, theirs, ref=ref,
-               registry_op="cross_entropy_inplace", flops=8 * N * V, keep=(scratch,))
+               registry_op="cross_entropy_inplace", flops=8 * N * V, keep=(scratch,), torch_work=3 * size)
 
 
 def _pointwise(name, device, dtype, R, C):
@@ -316,7 +318,10 @@ def embedding(device, dtype, V, C, N, zipf=False):
     g, tg, g64 = _pair((N, C), dtype, device)
     rows = N * C * _es(dtype)
     shape = f"V{V} C{C} N{N}" + (" zipf" if zipf else "")
-    yield Case("embedding", "fwd", shape, dtype, 2 * rows, "GB/s", lambda: F.embedding(ids, w),
+    # the forward reads each distinct weight row once (a repeated one can come from L2) and
+    # writes N rows
+    distinct = int(torch.unique(tids).numel())
+    yield Case("embedding", "fwd", shape, dtype, rows + distinct * C * _es(dtype), "GB/s", lambda: F.embedding(ids, w),
                lambda: tF.embedding(tids, tw), ref=tF.embedding(tids, w64), flops=0, keep=(w, ids))
     ref = torch.zeros(V, C, dtype=torch.float64, device=g64.device).index_add_(0, tids, g64)
     twg = tw.detach().requires_grad_(True)
@@ -518,9 +523,10 @@ def cumsum(device, dtype, R, C):
 
 
 def topk(device, dtype, R, C, k):
-    """Routing-sized top-k (values; the indices are compared in the tests)."""
+    """Top-k of routing size (2 of 64 experts) and of sampling size (50 of a row or a vocabulary);
+    the values (the indices are compared in the tests)."""
     x, tx, x64 = _pair((R, C), dtype, device)
-    yield Case("topk", "fwd", f"{R}x{C} k{k}", dtype, R * C * _es(dtype), "GB/s",
+    yield Case("topk", "fwd", f"{R}x{C} k{k}", dtype, R * C * _es(dtype) + R * k * (_es(dtype) + 8), "GB/s",
                lambda: F.topk(x, k)[0], lambda: torch.topk(tx, k)[0], ref=torch.topk(x64, k)[0],
                flops=R * C, keep=(x,))
 
@@ -528,7 +534,8 @@ def topk(device, dtype, R, C, k):
 def sort(device, dtype, R, C):
     x, tx, x64 = _pair((R, C), dtype, device)
     size = R * C * _es(dtype)
-    yield Case("sort", "fwd", f"{R}x{C}", dtype, 2 * size, "GB/s", lambda: F.sort(x)[0],
+    # reads the rows, writes the values and their int64 positions
+    yield Case("sort", "fwd", f"{R}x{C}", dtype, 2 * size + 8 * R * C, "GB/s", lambda: F.sort(x)[0],
                lambda: torch.sort(tx)[0], ref=torch.sort(x64)[0], flops=R * C * max(1, int(math.log2(C))),
                keep=(x,))
 
@@ -607,18 +614,27 @@ def sweep(device, dtype, quick):
          ([(2048, 512, 1024, 8, 2)] if quick else [(16384, 1024, 4096, 8, 2)])),
         ("dropout", dropout, rows[-1:]),
         ("cumsum", cumsum, [(1024, 1024)] if quick else [(16384, 4096)]),
-        ("topk", topk, [(4096, 64, 2)] if quick else [(16384, 64, 2), (16384, 4096, 50)]),
+        ("topk", topk, [(4096, 64, 2)] if quick else [(16384, 64, 2), (16384, 4096, 50), (64, 50304, 50)]),
         ("sort", sort, [(256, 1024)] if quick else [(16384, 1024)]),
         ("index_select", index_select, [(4096, 256, 2048)] if quick else [(50304, 768, 16384)]),
         ("cat", cat, rows[-1:]),
     ]
 
 
+# --ops also takes these for the elementwise group
+ELEMENTWISE_OPS = {"add", "mul", "exp", "sum"}
+
+
+def op_groups(device):
+    """The names --ops accepts: the sweep's groups and the elementwise group's ops."""
+    return {op for op, _, _ in sweep(device, "float32", True)} | ELEMENTWISE_OPS
+
+
 def all_cases(device, dtypes, quick, ops=None):
     """Every case, built lazily (one op's tensors live only while it is measured)."""
     for dtype in dtypes:
         for op, fn, shapes in sweep(device, dtype, quick):
-            if ops and op not in ops and not (op == "elementwise" and ops & {"add", "mul", "exp", "sum"}):
+            if ops and op not in ops and not (op == "elementwise" and ops & ELEMENTWISE_OPS):
                 continue
             if op == "adamw" and dtype != "float32":
                 continue  # the master weights and moments are float32 whatever the model's dtype

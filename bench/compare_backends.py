@@ -7,13 +7,16 @@
 
 For each op, pass (fwd, bwd, fwd+bwd), shape, dtype and backend: correctness (relative error
 against a float64 reference computed by torch on the same inputs, NaN check), the median time
-(CUDA events on the GPU; inputs of 256 MB and more for the bandwidth rows, so they do not sit in
-L2), achieved GB/s or TFLOP/s, % of the ceiling measured at start-up in the same run (device
-copy bandwidth and cuBLAS bf16 GEMM through torch on the GPU; torch's copy bandwidth and sgemm
-on the CPU) and the speed ratio to torch (torch time / ours: above 1 is faster than torch).
+(CUDA events on the GPU, calls back to back, no L2 flush: the bandwidth targets are read at the
+rows of 256 MB and more, which L2 cannot hold; the smaller, GPT-2-sized rows may sit partly in
+it), achieved GB/s or TFLOP/s, % of the ceiling measured once at start-up in the same run (device
+copy bandwidth, and cuBLAS GEMM at 4096^3 through torch in bf16 for the 16-bit rows and in
+float32 for the float32 rows, on the GPU; torch's copy bandwidth and sgemm on the CPU; a rate
+can pass 100% when the clocks or L2 favour a later call) and the speed ratio to torch (torch
+time / ours: above 1 is faster than torch).
 A backend that does not implement an op shows as skipped with the backend that served it.
 
-Output: a table on the terminal and, in --out-dir (default bench/results/<device-name>/),
+Output: a table on the terminal and, in --out-dir (default bench/results/<device-name>-<commit>/),
 report.md, results.csv, pct_of_roofline.png (per op, bars of % of the ceiling per backend) and
 roofline.png (achieved rate against arithmetic intensity). With --kernels (GPU), each backend's
 call is also split into the kernels it launched (torch.profiler's device times, per call),
@@ -38,7 +41,7 @@ import llmscratch as ls
 import llmscratch_core as _core
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cases import all_cases  # noqa: E402
+from bench_cases import all_cases, op_groups  # noqa: E402
 
 # ---- timing ------------------------------------------------------------------------------------
 
@@ -77,13 +80,17 @@ def cuda_time(fn, reps=15, warmup=3):
 
 
 def ceilings(device, timer):
-    """{'GB/s': memory bandwidth, 'TFLOP/s': matmul rate} measured now, through torch."""
+    """{'GB/s': memory bandwidth, 'TFLOP/s': matmul rate (16-bit on the GPU), and on the GPU
+    'TFLOP/s float32': the float32 matmul rate} measured now, through torch."""
     if device == "cuda":
         x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").normal_()  # 1 GiB
         bw = 2 * x.nbytes / timer(lambda: x.clone()) / 1e9
         a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
         flops = 2 * 4096 ** 3 / timer(lambda: a @ a) / 1e12
-        return {"GB/s": bw, "TFLOP/s": flops}, f"device copy {bw:.0f} GB/s, cuBLAS bf16 GEMM 4096^3 {flops:.0f} TFLOP/s"
+        a32 = a.float()  # torch's float32 matmul without TF32 (its default), as llmscratch's
+        flops32 = 2 * 4096 ** 3 / timer(lambda: a32 @ a32) / 1e12
+        return ({"GB/s": bw, "TFLOP/s": flops, "TFLOP/s float32": flops32},
+                f"device copy {bw:.0f} GB/s, cuBLAS GEMM 4096^3 bf16 {flops:.0f} / float32 {flops32:.0f} TFLOP/s")
     # torch's copy_ uses the same thread count as our kernels (numpy's copy is one thread); into
     # a buffer allocated once, so first-touch page faults are not timed
     x, y = torch.rand(1 << 25), torch.empty(1 << 25)  # 128 MiB each
@@ -110,8 +117,9 @@ def measure(case, backends, timer, roof):
     t_torch = timer(case.torch)
     base = dict(op=case.op, pass_=case.pass_, shape=case.shape, dtype=case.dtype, unit=case.unit,
                 intensity=case.intensity)
-    rate = case.work / t_torch / (1e9 if case.unit == "GB/s" else 1e12)
-    rows.append(dict(base, impl="torch", ms=t_torch * 1e3, rate=rate, pct=100 * rate / roof[case.unit],
+    ceiling = roof.get(f"{case.unit} {case.dtype}", roof[case.unit])
+    rate = case.torch_work / t_torch / (1e9 if case.unit == "GB/s" else 1e12)
+    rows.append(dict(base, impl="torch", ms=t_torch * 1e3, rate=rate, pct=100 * rate / ceiling,
                      speedup=1.0, err=case.error(case.torch), note=""))
     for b in backends:
         who = served_by(case.registry_op, b, case.ours)
@@ -123,7 +131,7 @@ def measure(case, backends, timer, roof):
             t = timer(case.ours)
             err = case.error(case.ours)
         rate = case.work / t / (1e9 if case.unit == "GB/s" else 1e12)
-        rows.append(dict(base, impl=b, ms=t * 1e3, rate=rate, pct=100 * rate / roof[case.unit],
+        rows.append(dict(base, impl=b, ms=t * 1e3, rate=rate, pct=100 * rate / ceiling,
                          speedup=t_torch / t, err=err, note=""))
     return rows
 
@@ -277,6 +285,10 @@ def main():
             print(f"backend triton skipped: {e}")
             backends = [b for b in backends if b != "triton"]
     dtypes = args.dtypes or (["float32"] if dev == "cpu" else ["float32", "bfloat16"])
+    known = op_groups(dev)
+    unknown = sorted(set(args.ops or ()) - known)
+    if unknown:
+        ap.error(f"unknown --ops {' '.join(unknown)}; the groups are: {' '.join(sorted(known))}")
     timer = cuda_time if dev == "cuda" else cpu_time
     roof, roof_text = ceilings(dev, timer)
     name = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {threads} threads"
@@ -302,7 +314,8 @@ def main():
         case.release()
     if args.out_dir != "-":
         slug = re.sub(r"[^a-z0-9]+", "-", (torch.cuda.get_device_name() if dev == "cuda" else "cpu").lower()).strip("-")
-        out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
+        out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                               f"{slug}-{git_commit()}")
         write_outputs(out_dir, f"{name}: llmscratch backends against torch {torch.__version__}",
                       [f"ceilings: {roof_text}", f"backends: {', '.join(backends)}"], rows, roof)
         if kernels:
