@@ -1,6 +1,7 @@
 // Elementwise binary ops on the GPU with numpy broadcasting: add sub mul div pow maximum minimum
 // floor_divide remainder and the comparisons eq ne lt le gt ge (bool output). Both operands arrive
 // in one dtype (the registry wrappers promote first); 16-bit floats compute in float32.
+// Integer pow is exact and wraps (cpp/ops/int_pow.h, shared with the CPU).
 // floor_divide and remainder (cpp/ops/floor_div.h, every dtype but bool): an integer zero divisor
 // is not refused here, as a device-side check could raise only after a sync; a // 0 and a % 0
 // give 0 (numpy's value; torch's CUDA kernels leave it to the hardware's division).
@@ -13,6 +14,7 @@
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "ops/floor_div.h"
+#include "ops/int_pow.h"
 #include "vec_map.cuh"
 
 namespace ls::cuda {
@@ -30,7 +32,7 @@ __device__ __forceinline__ A apply(Bin op, A x, A y) {  // every op but FloorDiv
     case Bin::Div: return x / y;
     case Bin::Pow:
       if constexpr (std::is_floating_point_v<A>) return A(pow(x, y));
-      else return A(pow(double(x), double(y)));
+      else return int_math::ipow(x, y);  // exact and wrapping, as the CPU's (ops/int_pow.h)
     case Bin::Max: return (x > y || x != x) ? x : y;  // NaN propagates
     case Bin::Min: return (x < y || x != x) ? x : y;
     case Bin::Eq: return A(x == y);

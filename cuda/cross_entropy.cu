@@ -8,6 +8,9 @@
 //             rows not ignored; 0/0 = NaN when all are)
 //   dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
 //             p = exp(logits - lse), k[n] the gradient reaching loss[n], h[n] that of lse[n]
+// The forwards subtract in the order of cpp/ops/cross_entropy.cpp, never a rounded lse:
+// lse - x = log s - (x - m) and p = exp((x - m) - log s) (s = sum_v exp(logits[n, v] - m)), as
+// m + log s rounded loses the low bits of log s next to a large m. The backward has only lse.
 //
 // Shapes: logits (N, V) (N = B*T rows, V vocab), targets (N,), lse (N,).
 // Registry ops as cpp/ops/cross_entropy.cpp: "cross_entropy" {logits, targets} attrs
@@ -179,14 +182,14 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_kernel(acc_t<T>*
     st.reduce(red, M, S);
     const A SX = eps > A(0) ? row_reduce(sx, Sum{}, red) : A(0);
     if (r < N && threadIdx.x == 0) {
-      const A l = M + lg(S);
-      lse[r] = l;
+      const A log_s = lg(S);
+      lse[r] = M + log_s;
       const int64_t t = int64_t(targets[r]);
       A loss = A(0);
-      if (t != ignore) {
+      if (t != ignore) {  // lse - x in the order log s - (x - M): no rounded lse (see the header)
         const A xt = t >= 0 && t < V ? convert<A>(xr[t]) : A(NAN);  // a bad target: NaN, recorded by the check
-        loss = (A(1) - eps) * (l - xt);
-        if (eps > A(0)) loss += eps * (l - SX / A(V));
+        loss = (A(1) - eps) * (log_s - (xt - M));
+        if (eps > A(0)) loss += eps * (log_s + (M - SX / A(V)));
       }
       if (row_loss) row_loss[r] = loss;
       else loss_out[r] = loss;
@@ -318,12 +321,12 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     }
 #endif
     if (r >= N) continue;  // no reductions past this point: an idle lane can stop here
-    const A l = M + lg(S);
+    const A log_s = lg(S);
     if (threadIdx.x == 0 && rank == 0) {
       A loss = A(0);
-      if (live) {
-        loss = (A(1) - eps) * (l - (t >= 0 && t < V ? XT : A(NAN)));  // a bad target: NaN, as the forward
-        if (eps > A(0)) loss += eps * (l - SX / A(V));
+      if (live) {  // as cross_entropy_kernel: log s - (x[t] - M), never a rounded lse
+        loss = (A(1) - eps) * (log_s - ((t >= 0 && t < V ? XT : A(NAN)) - M));  // a bad target: NaN, as the forward
+        if (eps > A(0)) loss += eps * (log_s + (M - SX / A(V)));
       }
       if (row_loss) row_loss[r] = loss;
       else loss_out[r] = loss;
@@ -339,7 +342,7 @@ __global__ void __launch_bounds__(kStreamThreads, kInplaceBlocks) cross_entropy_
     }
     // d loss / d x for a logit x of this row, the target's or another
     auto grad_of = [&](A xv, bool target) {
-      const A d = k * ex_for<T>(xv - l) - shift;
+      const A d = k * ex_for<T>((xv - M) - log_s) - shift;
       return convert<T>(target ? d - hit : d);
     };
     auto write = [&](int64_t j, const Pack<T, W>& v) {

@@ -12,7 +12,11 @@
 namespace ls::cuda {
 
 inline void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw RuntimeError(cat(what, ": CUDA error: ", cudaGetErrorString(err)));
+  if (err == cudaSuccess) return;
+  // A failed runtime call (out of memory, a bad device) also leaves the runtime's last error
+  // set: cleared here (sticky faults stay), or the next launch's check would raise it again.
+  cudaGetLastError();
+  throw RuntimeError(cat(what, ": CUDA error: ", cudaGetErrorString(err)));
 }
 
 // After a <<<...>>> launch: configuration errors show up here, faults at the next sync.

@@ -339,6 +339,7 @@ class HostAllocator {
       cudaEventDestroy(e);
       return;
     }
+    idle(it->second);  // a staging buffer kept for a whole run must not gather an event a copy
     it->second.uses.push_back(e);
   }
 
@@ -365,14 +366,15 @@ class HostAllocator {
 
   // Whether every copy recorded on b has finished; finished events are dropped.
   static bool idle(Block& b) {
-    while (!b.uses.empty()) {
-      cudaError_t r = cudaEventQuery(b.uses.back());
+    auto finished = [](cudaEvent_t e) {
+      const cudaError_t r = cudaEventQuery(e);
       if (r == cudaErrorNotReady) return false;
       if (r != cudaSuccess) cudaGetLastError();  // a failed copy no longer reads the block
-      cudaEventDestroy(b.uses.back());
-      b.uses.pop_back();
-    }
-    return true;
+      cudaEventDestroy(e);
+      return true;
+    };
+    b.uses.erase(std::remove_if(b.uses.begin(), b.uses.end(), finished), b.uses.end());
+    return b.uses.empty();
   }
 
   std::mutex m_;

@@ -2,7 +2,8 @@
 // bfloat16 and float16 (16-bit inputs compute in float32).
 //
 //   softmax      y[n] = exp(x[n] - m) / s            m = max_n x[n], s = sum_n exp(x[n] - m)
-//   log_softmax  y[n] = x[n] - m - log(s)
+//   log_softmax  y[n] = (x[n] - m) - log(s)      in that order: m + log(s) rounded first loses
+//                                                 the low bits of log(s) next to a large m
 //   softmax backward      dx[n] = y[n] (g[n] - sum_k g[k] y[k])
 //   log_softmax backward  dx[n] = g[n] - exp(y[n]) sum_k g[k]
 //
@@ -54,13 +55,13 @@ __global__ void __launch_bounds__(kMaxThreads<T>) softmax_rows_kernel(T* __restr
     });
     A M, S;
     st.reduce(red, M, S);
-    const A shift = Log ? M + lg(S) : M, inv = A(1) / S;
+    const A log_s = Log ? lg(S) : A(0), inv = A(1) / S;
     row_pass<false>(src, n, c, [&](int64_t j, const Pack<T, V> (&v)[1]) {
       Pack<T, V> out;
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        A a = convert<A>(v[0].v[i]) - shift;
-        out.v[i] = convert<T>(Log ? a : ex_for<T>(a) * inv);
+        A a = convert<A>(v[0].v[i]) - M;
+        out.v[i] = convert<T>(Log ? a - log_s : ex_for<T>(a) * inv);
       }
       dst[j] = out;
     });
@@ -80,10 +81,10 @@ __global__ void softmax_cols_kernel(T* __restrict__ y, const T* __restrict__ x, 
       A a[1] = {convert<A>(x[base + n * I])};
       st.add(a);
     }
-    const A shift = Log ? st.m + lg(st.s) : st.m, inv = A(1) / st.s;
+    const A log_s = Log ? lg(st.s) : A(0), inv = A(1) / st.s;
     for (int64_t n = 0; n < N; ++n) {
-      A a = convert<A>(x[base + n * I]) - shift;
-      y[base + n * I] = convert<T>(Log ? a : ex_for<T>(a) * inv);
+      A a = convert<A>(x[base + n * I]) - st.m;
+      y[base + n * I] = convert<T>(Log ? a - log_s : ex_for<T>(a) * inv);
     }
   }
 }

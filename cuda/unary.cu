@@ -2,10 +2,13 @@
 // clamp, and where(cond, a, b). Float types compute in float (float32/bf16/fp16) or double;
 // neg/abs/sign/relu also take integers. Dense floating-point tensors go through vec_map.cuh
 // (16-byte packs per thread); strided and broadcast operands go through the Indexer.
+// relu and clamp are cpp/ops/clamp_math.h, shared with the CPU: NaN propagates, and clamp with
+// lo > hi gives hi, as torch.
 #include <cmath>
 
 #include "core/registry.h"
 #include "elementwise.cuh"
+#include "ops/clamp_math.h"
 #include "vec_map.cuh"
 
 namespace ls::cuda {
@@ -21,7 +24,7 @@ __device__ __forceinline__ A apply(Un op, A v) {
       case Un::Neg: return A(-v);
       case Un::Abs: return v < 0 ? A(-v) : v;
       case Un::Sign: return A((v > 0) - (v < 0));
-      default: return v > 0 ? v : A(0);  // relu
+      default: return clamp_math::relu(v);
     }
   } else {
     switch (op) {
@@ -34,7 +37,7 @@ __device__ __forceinline__ A apply(Un op, A v) {
       case Un::Sigmoid: return A(1) / (A(1) + exp(-v));
       case Un::Abs: return fabs(v);
       case Un::Sign: return A((v > A(0)) - (v < A(0)));
-      case Un::Relu: return v > A(0) ? v : A(0);
+      case Un::Relu: return clamp_math::relu(v);
       case Un::Sin: return sin(v);
       default: return cos(v);
     }
@@ -83,7 +86,7 @@ __global__ void clamp_kernel(T* out, const T* x, int64_t n, Indexer<2> ix, doubl
   using A = acc_t<T>;
   for_each_strided(n, ix, [&](const int64_t (&off)[2]) {
     A v = convert<A>(x[off[1]]);
-    out[off[0]] = convert<T>(v < A(lo) ? A(lo) : (v > A(hi) ? A(hi) : v));
+    out[off[0]] = convert<T>(clamp_math::clamp(v, A(lo), A(hi)));
   });
 }
 

@@ -7,6 +7,9 @@
     backward, p = exp(logits - lse), k[n] the gradient reaching loss[n] (g[n], g or g / count;
     0 for ignored rows), h[n] that of the lse output:
       dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
+    The forwards never subtract a rounded lse (as cpp/ops/cross_entropy.cpp): lse - x is taken
+    as log s - (x - m) and p as exp((x - m) - log s), s = sum_v exp(logits[n, v] - m), since
+    m + log s rounded loses the low bits of log s next to a large m. The backward has only lse.
 
 Shapes: logits (N, V) (N = B*T, V vocab), targets (N,) int32/int64, lse (N,). Logits whose rows
 are each contiguous are read at their row stride (the output layer's logits have rows padded to 16
@@ -79,10 +82,11 @@ def _store_chunk(row, off, V, VB, value, BLOCK: tl.constexpr, EVICT: tl.constexp
 
 @triton.jit
 def _row_lse(x_row, V, VB, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK: tl.constexpr):
-    """One pass over the logits row at x_row: its log-sum-exp (online max and sum of exp), the
-    target's logit x[t] when WANT_XT, and the row sum for label smoothing (0 without). The running
-    max and sum are kept per group of _GROUP adjacent logits, which one thread holds: one exp per
-    logit plus one per group, where a running max per logit costs two exps per logit."""
+    """One pass over the logits row at x_row: its log-sum-exp as the pair (m, log s) (online max
+    and sum of exp; not added up, see the module docstring), the target's logit x[t] when WANT_XT,
+    and the row sum for label smoothing (0 without). The running max and sum are kept per group
+    of _GROUP adjacent logits, which one thread holds: one exp per logit plus one per group, where
+    a running max per logit costs two exps per logit."""
     cols = tl.arange(0, BLOCK)
     m = tl.full([BLOCK // _GROUP], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK // _GROUP], dtype=tl.float32)
@@ -101,8 +105,8 @@ def _row_lse(x_row, V, VB, t, SMOOTH: tl.constexpr, WANT_XT: tl.constexpr, BLOCK
         if SMOOTH:
             xsum += tl.where(mask, x, 0.0)
     m_row = tl.max(m, axis=0)
-    lse = m_row + tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - m_row), 0.0), axis=0))
-    return lse, tl.sum(xt, axis=0), tl.sum(xsum, axis=0)
+    log_s = tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - m_row), 0.0), axis=0))
+    return m_row, log_s, tl.sum(xt, axis=0), tl.sum(xsum, axis=0)
 
 
 @triton.jit
@@ -110,14 +114,14 @@ def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, VB, ld, ignore_index, eps,
                        SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     x_row = X + n * ld  # points at logits[n, :]
-    lse, _, xsum = _row_lse(x_row, V, VB, 0, SMOOTH, False, BLOCK)
+    m, log_s, _, xsum = _row_lse(x_row, V, VB, 0, SMOOTH, False, BLOCK)
     t = tl.load(TGT + n).to(tl.int64)
     valid = t != ignore_index
     x_t = tl.load(x_row + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
-    loss = (1.0 - eps) * (lse - x_t)
+    loss = (1.0 - eps) * (log_s - (x_t - m))
     if SMOOTH:
-        loss += eps * (lse - xsum / V)
-    tl.store(LSE + n, lse.to(LSE.dtype.element_ty))
+        loss += eps * (log_s + (m - xsum / V))
+    tl.store(LSE + n, (m + log_s).to(LSE.dtype.element_ty))
     tl.store(LOSS + n, tl.where(valid, loss, 0.0))
 
 
@@ -152,10 +156,10 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
     t = tl.load(TGT + n).to(tl.int64)
     if t != ignore_index:
         # x[t] is taken in the same pass: the second pass overwrites the row
-        lse, xt, xsum = _row_lse(x_row, V, VB, t, SMOOTH, True, BLOCK)
-        loss = (1.0 - eps) * (lse - xt)
+        m, log_s, xt, xsum = _row_lse(x_row, V, VB, t, SMOOTH, True, BLOCK)
+        loss = (1.0 - eps) * (log_s - (xt - m))
         if SMOOTH:
-            loss += eps * (lse - xsum / V)
+            loss += eps * (log_s + (m - xsum / V))
         tl.store(LOSS + n, loss)
         if MEAN:
             k = 1.0 / tl.load(COUNT).to(tl.float32)
@@ -171,7 +175,7 @@ def _cross_entropy_inplace_fwd(X, TGT, LOSS, COUNT, V, VB, ld, ignore_index, eps
         for i in tl.range(0, chunks):
             off = (chunks - 1 - i) * BLOCK
             x = _load_chunk(x_row, off, V, VB, 0.0, BLOCK)
-            d = k * tl.exp(x - lse) - shift - tl.where(off + cols == t, k * (1.0 - eps), 0.0)
+            d = k * tl.exp((x - m) - log_s) - shift - tl.where(off + cols == t, k * (1.0 - eps), 0.0)
             _store_chunk(x_row, off, V, VB, d, BLOCK, "evict_first")
     else:
         tl.store(LOSS + n, 0.0)

@@ -127,9 +127,12 @@ Tensor wrap_dl(const DLTensor& dl, std::function<void()> release) {
 Tensor from_dlpack_capsule(py::capsule cap) {
   if (PyCapsule_IsValid(cap.ptr(), "dltensor_versioned")) {
     auto* m = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), "dltensor_versioned"));
-    PyCapsule_SetName(cap.ptr(), "used_dltensor_versioned");
+    // Refused before the capsule is marked used, so that its destructor still frees it.
     LS_CHECK(m->version.major == 1, TypeError, "from_dlpack: unsupported DLPack version ",
              m->version.major, ".", m->version.minor);
+    if (m->flags & kDLFlagReadOnly)  // tensors are writable; from_numpy copies on this error
+      throw py::buffer_error("from_dlpack: the producer's memory is read-only; copy it first");
+    PyCapsule_SetName(cap.ptr(), "used_dltensor_versioned");
     return wrap_dl(m->dl_tensor, [m] { if (m->deleter) m->deleter(m); });
   }
   LS_CHECK(PyCapsule_IsValid(cap.ptr(), "dltensor"), ValueError,

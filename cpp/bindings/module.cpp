@@ -173,7 +173,9 @@ PYBIND11_MODULE(llmscratch_core, m) {
     });
     record_node(name, to_tensors(inputs), to_tensors(outputs), [fn](const Tensors& grads) {
       py::gil_scoped_acquire gil;
-      return to_tensors((*fn)(grads));
+      py::list g;  // None for an output with no gradient (an integer output, as torch)
+      for (const Tensor& t : grads) g.append(t.defined() ? py::cast(t) : py::none());
+      return to_tensors((*fn)(g));
     });
   }, "Record a Python-defined differentiable function on the tape");
 
@@ -190,13 +192,19 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("get_num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads);
 
-  // CUDA
+  // CUDA. `on` refuses a device index that names no device before the runtime sees it.
+  auto on = [](const char* what, int device) -> const CudaHooks& {
+    const CudaHooks& cuda = require_cuda(what);
+    LS_CHECK(device >= 0 && device < cuda.device_count(), ValueError, what, ": device cuda:", device,
+             " does not exist (", cuda.device_count(), " CUDA devices)");
+    return cuda;
+  };
   m.def("cuda_available", &cuda_available);
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_compiled", [] { return cuda_hooks() != nullptr; });
-  m.def("cuda_memory_stats", [](int device) {
+  m.def("cuda_memory_stats", [=](int device) {
     int64_t s[5];
-    require_cuda("memory_stats").memory_stats(device, s);
+    on("memory_stats", device).memory_stats(device, s);
     py::dict d;
     d["allocated_bytes"] = s[0];
     d["reserved_bytes"] = s[1];
@@ -206,15 +214,15 @@ PYBIND11_MODULE(llmscratch_core, m) {
     return d;
   }, py::arg("device") = 0);
   m.def("cuda_empty_cache", [] { if (cuda_hooks()) cuda_hooks()->empty_cache(); });
-  m.def("cuda_reset_peak_memory_stats", [](int device) {
-    require_cuda("reset_peak_memory_stats").reset_peak(device);
+  m.def("cuda_reset_peak_memory_stats", [=](int device) {
+    on("reset_peak_memory_stats", device).reset_peak(device);
   }, py::arg("device") = 0);
-  m.def("cuda_device_name", [](int device) {
+  m.def("cuda_device_name", [=](int device) {
     char name[256];
-    require_cuda("get_device_name").device_name(device, name, sizeof(name));
+    on("get_device_name", device).device_name(device, name, sizeof(name));
     return std::string(name);
   }, py::arg("device") = 0);
-  m.def("cuda_synchronize", [](int device) { require_cuda("synchronize").synchronize(device); },
+  m.def("cuda_synchronize", [=](int device) { on("synchronize", device).synchronize(device); },
         py::arg("device") = 0);
   m.def("cuda_set_sync_debug_mode", [](int mode) {
     require_cuda("set_sync_debug_mode").set_sync_debug_mode(mode);
@@ -225,12 +233,6 @@ PYBIND11_MODULE(llmscratch_core, m) {
 
   // Streams and events as integer handles (cudaStream_t / cudaEvent_t; 0 is the legacy default
   // stream). llmscratch.cuda wraps them in Stream and Event and owns their lifetimes.
-  auto on = [](const char* what, int device) -> const CudaHooks& {
-    const CudaHooks& cuda = require_cuda(what);
-    LS_CHECK(device >= 0 && device < cuda.device_count(), ValueError, what, ": device cuda:", device,
-             " does not exist (", cuda.device_count(), " CUDA devices)");
-    return cuda;
-  };
   auto ptr = [](uintptr_t h) { return reinterpret_cast<void*>(h); };
   auto handle = [](void* p) { return reinterpret_cast<uintptr_t>(p); };
   m.def("cuda_current_stream", [=](int device) {

@@ -30,7 +30,9 @@ void bind_ops(py::module_& root) {
   m.def("view", &view);
   m.def("transpose", &transpose);
   m.def("permute", &permute);
-  m.def("expand", &expand);
+  // always a new view (ops::expand returns x itself for its own shape), so that a flag set on
+  // the result, as requires_grad_, never reaches x
+  m.def("expand", [](const Tensor& x, const Shape& shape) { return call("expand", {x}, {{"shape", shape}})[0]; });
   m.def("slice", &slice);
   m.def("select", &ops::select);
   m.def("squeeze", &squeeze, py::arg("x"), py::arg("dim") = py::none());

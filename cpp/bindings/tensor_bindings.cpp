@@ -96,7 +96,10 @@ void bind_tensor(py::module_& m) {
         return to_tuple(t.shape());
       }, py::arg("dim") = py::none())
       .def("stride", [](const Tensor& t, std::optional<int64_t> d) -> py::object {
-        if (d) return py::int_(t.strides()[wrap_dim(*d, t.dim(), "stride")]);
+        if (d) {
+          LS_CHECK(t.dim() > 0, IndexError, "stride: dimension ", *d, " given but the tensor has no dimensions");
+          return py::int_(t.strides()[wrap_dim(*d, t.dim(), "stride")]);
+        }
         return to_tuple(t.strides());
       }, py::arg("dim") = py::none())
       .def("storage_offset", &Tensor::offset)
@@ -124,13 +127,20 @@ void bind_tensor(py::module_& m) {
         Tensor g = t.grad();
         if (!g.defined()) return py::none();
         return py::cast(g);
-      }, [](const Tensor& t, py::object g) { t.set_grad(g.is_none() ? Tensor() : g.cast<Tensor>()); })
+      }, [](const Tensor& t, py::object g) {
+        LS_CHECK(g.is_none() || py::isinstance<Tensor>(g), TypeError, "assigned grad must be a Tensor or None, got ",
+                 std::string(py::str(py::type::of(g).attr("__name__"))));
+        t.set_grad(g.is_none() ? Tensor() : g.cast<Tensor>());
+      })
       .def_property_readonly("is_leaf", &Tensor::is_leaf)
       .def_property_readonly("grad_fn", [](const Tensor& t) -> py::object {
         if (!t.grad_fn()) return py::none();
         return py::str(t.grad_fn()->name);
       })
       .def("detach", &Tensor::detach)
+      // torch's `.data`: the values without autograd history; assigning points a leaf at other
+      // memory, shape and dtype (set_data)
+      .def_property("data", &Tensor::detach, [](const Tensor& t, const Tensor& src) { t.set_data(src); })
       .def("_set_data", &Tensor::set_data)
       .def("register_hook", [](const Tensor& t, py::function fn) {
         register_hook(t, [fn](const Tensor& g) -> Tensor {

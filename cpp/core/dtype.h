@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 namespace ls {
 
@@ -65,7 +66,8 @@ template <typename T> inline float to_float(T v) { return float(v); }
 template <> inline float to_float(bf16 v) { return bf16_to_float(v.bits); }
 template <> inline float to_float(fp16 v) { return fp16_to_float(v.bits); }
 
-// Convert between any two element types through double (exact for every pair we store).
+// Any element type to and from double: exact for every value of a float type and for integers
+// up to 2^53 (cast_value below converts whole tensors).
 template <typename T> inline double to_double(T v) { return double(v); }
 template <> inline double to_double(bf16 v) { return bf16_to_float(v.bits); }
 template <> inline double to_double(fp16 v) { return fp16_to_float(v.bits); }
@@ -73,6 +75,15 @@ template <typename T> inline T from_double(double v) { return T(v); }
 template <> inline bf16 from_double<bf16>(double v) { return bf16{float_to_bf16(float(v))}; }
 template <> inline fp16 from_double<fp16>(double v) { return fp16{float_to_fp16(float(v))}; }
 template <> inline bool from_double<bool>(double v) { return v != 0.0; }
+
+// One element converted by a copy or cast, as the CUDA kernels convert (cuda/elementwise.cuh):
+// between integers and plain floats directly (an integer narrowing wraps, as in torch; through
+// double, int64 values past 2^53 had lost their low bits first), 16-bit floats through double.
+template <typename To, typename From> inline To cast_value(From v) {
+  if constexpr (std::is_same_v<To, bool>) return to_double(v) != 0.0;
+  else if constexpr (std::is_arithmetic_v<To> && std::is_arithmetic_v<From>) return To(v);
+  else return from_double<To>(to_double(v));
+}
 
 }  // namespace ls
 

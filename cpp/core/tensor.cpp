@@ -52,7 +52,10 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offs
   return Tensor(impl);
 }
 
-int64_t Tensor::size(int64_t d) const { return impl_->shape[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::size(int64_t d) const {
+  LS_CHECK(dim() > 0, IndexError, "size: dimension ", d, " given but the tensor has no dimensions");
+  return impl_->shape[wrap_dim(d, dim(), "size")];
+}
 
 bool Tensor::is_contiguous() const {
   int64_t expected = 1;
@@ -150,6 +153,14 @@ DType promote_types(DType a, DType b) {
   if ((a == DType::BFloat16 && b == DType::Float16) || (a == DType::Float16 && b == DType::BFloat16))
     return DType::Float32;
   return rank(a) >= rank(b) ? a : b;
+}
+
+DType result_type(const Tensor& a, const Tensor& b) {
+  if ((a.dim() == 0) == (b.dim() == 0)) return promote_types(a.dtype(), b.dtype());
+  const DType dims = a.dim() ? a.dtype() : b.dtype(), zero = a.dim() ? b.dtype() : a.dtype();
+  if (is_floating(dims)) return dims;  // torch's combine_categories
+  if (dims == DType::Bool || is_floating(zero)) return promote_types(dims, zero);
+  return dims;
 }
 
 float fp16_to_float(uint16_t h) {

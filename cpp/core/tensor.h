@@ -96,4 +96,10 @@ int64_t wrap_dim(int64_t d, int64_t ndim, const char* op);
 // numpy broadcasting of two shapes; throws naming `op` on mismatch.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
+// The dtype of a binary op on a and b, as torch: a 0-d operand counts like a scalar, its dtype
+// only deciding when its category is higher (bool < integer < floating): float32 [n] with a
+// float64 0-d gives float32, int32 [n] with an int64 0-d int32, int64 [n] with a float64 0-d
+// float64. Two operands of the same kind promote as promote_types.
+DType result_type(const Tensor& a, const Tensor& b);
+
 }  // namespace ls

@@ -1,17 +1,23 @@
 // Elementwise binary ops with numpy broadcasting: add, sub, mul, div, pow, maximum, minimum,
 // floor_divide, remainder and the comparisons (eq ne lt le gt ge, giving bool). Inputs of
-// different dtypes are promoted (promote_types) before the kernel runs. Gradients are reduced
+// different dtypes are promoted (result_type) before the kernel runs. Gradients are reduced
 // back to each input's shape.
 //
 // floor_divide and remainder (a // b, a % b; the math is in floor_div.h) serve every numeric dtype
 // but bool, as torch. An integer zero divisor raises RuntimeError("ZeroDivisionError"), as torch on
 // the CPU. floor_divide has no derivative: its backward raises, as torch's does (the result still
 // requires grad). remainder: d a = g, d b = -g floor_divide(a, b).
+//
+// pow: floats by std::pow; integers exactly, wrapping, as torch (int_pow.h: 3 ** 40 in int64 wraps,
+// 0 ** -2 is 0). Gradients, with torch's masks (where the formula is 0 * inf or log 0 but the
+// derivative is 0):  d a = g b a^(b-1), 0 where b == 0 (x ** 0 is constant, even at x = 0);
+// d b = g a^b ln a, 0 where a == 0 and b >= 0 (0 ** b is constant there).
 #include <cmath>
 
 #include "core/autograd.h"
 #include "cpu_loops.h"
 #include "floor_div.h"
+#include "int_pow.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -79,7 +85,10 @@ Kernel arith_kernel(const std::string& op) {
         } else {  // ops::div promotes integers to float first; this is only a direct call
           throw TypeError("div: integer operands must be cast to a floating dtype first");
         }
-      } else if (op == "pow") binary_loop<T>(out, a, b, [](T x, T y) { return T(std::pow(x, y)); });
+      } else if (op == "pow") {
+        if constexpr (std::is_floating_point_v<T>) binary_loop<T>(out, a, b, [](T x, T y) { return T(std::pow(x, y)); });
+        else binary_loop<T>(out, a, b, int_math::ipow<T>);
+      }
       else if (op == "maximum") binary_loop<T>(out, a, b, [](T x, T y) { return x > y || x != x ? x : y; });
       else if (op == "minimum") binary_loop<T>(out, a, b, [](T x, T y) { return x < y || x != x ? x : y; });
       else if (op == "floor_divide")
@@ -112,7 +121,7 @@ Kernel compare_kernel(const std::string& how) {
 
 // Promote both operands to one dtype before dispatch.
 Tensors promoted(const Tensor& a, const Tensor& b) {
-  DType d = promote_types(a.dtype(), b.dtype());
+  DType d = result_type(a, b);
   return {to_dtype(a, d), to_dtype(b, d)};
 }
 
@@ -135,7 +144,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 }
 Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b); }
 Tensor div(const Tensor& a, const Tensor& b) {
-  DType d = promote_types(a.dtype(), b.dtype());
+  DType d = result_type(a, b);
   if (!is_floating(d)) d = DType::Float32;  // true division, as in Python 3
   return call1("div", {to_dtype(a, d), to_dtype(b, d)});
 }
@@ -187,10 +196,18 @@ LS_REGISTER(binary) {
                        const Tensor& b = c.inputs[1];
                        const Tensor& out = c.outputs[0];
                        Tensor ga, gb;
-                       if (c.needs_grad[0])  // b * a^(b-1)
-                         ga = grad_if(c, 0, mul(g[0], mul(b, pow(a, add_scalar(b, -1.0)))));
-                       if (c.needs_grad[1])  // a^b * ln a
-                         gb = grad_if(c, 1, mul(g[0], mul(out, unary("log", a))));
+                       // where(mask, 0, ...) rather than a product with the mask: 0 * inf is NaN.
+                       Tensor zero = scalar_like(0.0, g[0]);
+                       if (c.needs_grad[0]) {  // b * a^(b-1), 0 where b == 0
+                         Tensor d = mul(g[0], mul(b, pow(a, add_scalar(b, -1.0))));
+                         ga = grad_if(c, 0, where(compare(b, scalar_like(0.0, b), "eq"), zero, d));
+                       }
+                       if (c.needs_grad[1]) {  // a^b * ln a, 0 where a == 0 and b >= 0
+                         Tensor d = mul(g[0], mul(out, unary("log", a)));
+                         Tensor flat = mul(compare(a, scalar_like(0.0, a), "eq"),  // bool * bool: and
+                                           compare(b, scalar_like(0.0, b), "ge"));
+                         gb = grad_if(c, 1, where(flat, zero, d));
+                       }
                        return Tensors{ga, gb};
                      }, true, true});
   // maximum/minimum: the gradient goes to the selected input (to a on ties).

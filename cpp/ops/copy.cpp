@@ -32,7 +32,7 @@ void copy_strided_cpu(const Tensor& dst, const Tensor& src) {
           for (int64_t k = 0; k < n; ++k) dp[k * inner[0]] = sp[k * inner[1]];
         } else {
           for (int64_t k = 0; k < n; ++k)
-            dp[k * inner[0]] = from_double<dst_t>(to_double(sp[k * inner[1]]));
+            dp[k * inner[0]] = cast_value<dst_t>(sp[k * inner[1]]);
         }
       });
     });
@@ -72,7 +72,16 @@ Tensors to_device_any(const Tensors& in, const Attrs& a) {
   } else if (to.is_cpu()) {
     cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 1, src.device().index, false);
   } else {
-    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 2, src.device().index, false);
+    // The copy runs on the source device's stream, but `out` came from the destination's pool,
+    // where a freed block is reused at once by the kernels of that device's current stream:
+    // kernels queued there before may still read or write it. The copy waits for them (as torch
+    // orders a copy between devices).
+    const int dst = to.index, srcdev = src.device().index;
+    void* dst_ready = cuda.event_create(dst, false);
+    cuda.event_record(dst_ready, dst, cuda.current_stream(dst));
+    cuda.stream_wait_event(srcdev, cuda.current_stream(srcdev), dst_ready);
+    cuda.event_destroy(dst_ready);  // released by the runtime once the wait is over
+    cuda.memcpy(out.raw_data(), src.raw_data(), src.nbytes(), 2, srcdev, false);
   }
   return {out};
 }

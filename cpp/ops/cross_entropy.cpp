@@ -1,15 +1,21 @@
 // cross_entropy: fused log-softmax + negative log-likelihood, forward and backward, float32 and
 // float64 logits, int32 or int64 targets.
 //
-//   lse[n]  = m + log sum_v exp(logits[n, v] - m),  m = max_v logits[n, v]
-//   nll[n]  = lse[n] - logits[n, t[n]]
+//   lse[n]  = m + log s,  m = max_v logits[n, v],  s = sum_v exp(logits[n, v] - m)
+//   nll[n]  = lse[n] - logits[n, t[n]]                  computed as log s - (logits[n, t[n]] - m)
 //   loss[n] = (1 - eps) nll[n] + eps (lse[n] - mean_v logits[n, v])       (label smoothing eps:
-//             the second term is mean_v(-log p[n, v]), torch's definition)
+//             the second term is mean_v(-log p[n, v]), torch's definition; computed as
+//             log s + (m - mean_v logits[n, v]))
 //   loss[n] = 0 where t[n] == ignore_index;  reduction: "none" -> loss (N,), "sum" -> sum_n loss,
 //             "mean" -> sum_n loss / #{n : t[n] != ignore_index}  (0/0 = NaN when all are ignored)
 //   backward, with p = exp(logits - lse) and k[n] the incoming gradient of loss[n] (g, g/count
 //   or g[n]; 0 for ignored rows) plus h[n] that of the lse output:
 //     dlogits[n, v] = (k[n] + h[n]) p[n, v] - k[n] eps / V - k[n] (1 - eps) [v == t[n]]
+//   The forward never subtracts a rounded lse: m + log s rounded loses the low bits of log s next
+//   to a large m (logits near 1e4 put an error of 5e-4 into the loss, near 1e30 all of log s),
+//   where x - m is exact near the max; the in-place forward, which has m, takes
+//   p = exp((x - m) - log s). The backward has only the saved lse, whose rounding (|lse| 2^-24 in
+//   float32) reaches p as a relative error of that size.
 //
 // Shapes: logits (N, V) (N = B*T rows, V vocab), targets (N,), lse (N,).
 // Registry ops: "cross_entropy" {logits, targets} attrs ignore_index, reduction, label_smoothing
@@ -167,17 +173,17 @@ Tensors forward_rows(const Tensors& in, const Attrs& a, bool in_place) {
           continue;
         }
         T m = cpu::row_max(xr, V);
-        T l = m + std::log(cpu::row_sum_exp(xr, V, m));
-        if (plse) plse[n] = l;
+        T log_s = std::log(cpu::row_sum_exp(xr, V, m));
+        if (plse) plse[n] = m + log_s;
         if (ignored) {
           row_loss[n] = 0.0;
           continue;
         }
-        double nll = double(l) - double(xr[t[n]]);
-        double smooth = eps > 0 ? double(l) - double(cpu::row_sum(xr, V)) / double(V) : 0.0;
+        double nll = double(log_s) - (double(xr[t[n]]) - double(m));
+        double smooth = eps > 0 ? double(log_s) + (double(m) - double(cpu::row_sum(xr, V)) / double(V)) : 0.0;
         row_loss[n] = (1.0 - eps) * nll + eps * smooth;
         if (in_place) {
-          for (int64_t v = 0; v < V; ++v) xr[v] = k * cpu::exp_nonpos_(xr[v] - l) - off;
+          for (int64_t v = 0; v < V; ++v) xr[v] = k * cpu::exp_nonpos_((xr[v] - m) - log_s) - off;
           xr[t[n]] -= hit;
         }
       }

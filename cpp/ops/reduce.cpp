@@ -1,5 +1,9 @@
-// Reductions: sum over any set of dims (the one registered kernel), max/argmax along a dim, and
-// mean/var composed from them. Sums of float32 accumulate in float64 per output element.
+// Reductions: sum over any set of dims (the one registered kernel), max/argmax along a dim, amax
+// (the max of all elements), and mean/var composed from them. Sums of float32 accumulate in
+// float64 per output element.
+// Gradients: max along a dim sends g to the returned index (first on ties), as torch's max(dim);
+// amax spreads g evenly over every element equal to the max (over the NaNs when the max is NaN),
+// as torch's max() and min() of all elements: [5, 5, 1].max() gives [.5, .5, 0].
 // Layout: the reduced dims are moved last and the tensor made dense, so every output element
 // reduces one contiguous row; a reduction over the leading dims of a dense tensor (the bias
 // gradient case) instead accumulates columns without a transposing copy.
@@ -147,6 +151,24 @@ Tensors max_backward(const BackwardCtx& c, const Tensors& g) {
   return {mul(hit, gv)};
 }
 
+// amax as an op of its own, so that its backward is not max(dim)'s: for any device, the max of
+// the flattened tensor by the "max" kernels (one autograd node, called under no grad).
+Tensors amax_any(const Tensors& in, const Attrs&) {
+  const Tensor& x = in[0];
+  LS_CHECK(x.numel() > 0, ValueError, "max: cannot reduce an empty tensor of shape ", shape_str(x.shape()));
+  return {max(reshape(x, {-1}), 0, false)[0]};
+}
+
+// g / count on each of the count elements equal to the max (NaN matching NaN), 0 elsewhere.
+Tensors amax_backward(const BackwardCtx& c, const Tensors& g) {
+  const Tensor& x = c.inputs[0];
+  const Tensor& m = c.outputs[0];
+  auto is_nan = [](const Tensor& t) { return compare(t, t, "ne"); };
+  Tensor hit = to_dtype(compare(x, m, "eq"), g[0].dtype());
+  hit = add(hit, to_dtype(mul(is_nan(x), is_nan(m)), g[0].dtype()));  // bool * bool: and
+  return {mul(hit, div(g[0], sum(hit)))};
+}
+
 }  // namespace
 
 Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
@@ -176,10 +198,7 @@ Tensors max(const Tensor& x, int64_t dim, bool keepdim) {
   return call("max", {x}, {{"dim", dim}, {"keepdim", keepdim}});
 }
 
-Tensor amax(const Tensor& x) {
-  LS_CHECK(x.numel() > 0, ValueError, "max: cannot reduce an empty tensor of shape ", shape_str(x.shape()));
-  return max(reshape(x, {-1}), 0, false)[0];
-}
+Tensor amax(const Tensor& x) { return call1("amax", {x}); }
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max(x, dim, keepdim)[1]; }
 
@@ -193,10 +212,12 @@ LS_REGISTER(reduce) {
                        return Tensors{expand(gg, shape)};
                      }, false});
   declare_op("max", {max_backward, false, true});
+  declare_op("amax", {amax_backward, true, true});
   register_kernel("sum", "cpu", sum_cpu,
                   {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8, DType::Bool});
   register_kernel("max", "cpu", max_cpu,
                   {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8});
+  register_kernel("amax", "any", amax_any);
 }
 
 }  // namespace ls::ops

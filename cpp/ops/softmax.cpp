@@ -1,7 +1,7 @@
 // softmax and log_softmax along any dim: forward and backward, float32 and float64.
 //
 //   softmax      y[n] = exp(x[n] - m) / s            m = max_n x[n], s = sum_n exp(x[n] - m)
-//   log_softmax  y[n] = x[n] - m - log(s)
+//   log_softmax  y[n] = (x[n] - m) - log(s)
 //   softmax backward      dx[n] = y[n] (g[n] - sum_k g[k] y[k])
 //   log_softmax backward  dx[n] = g[n] - exp(y[n]) sum_k g[k]
 //
@@ -17,6 +17,9 @@
 // contiguous and the running max/sum of the block vectorise across rows.
 // Subtracting the max keeps every exponent <= 0 (exp_nonpos_ of cpu_math.h: no overflow to
 // handle); a row of all -inf gives NaN, as in torch. log_softmax's backward takes exp(y), y <= 0.
+// log_softmax subtracts in that order: m + log(s) rounded first would lose the low bits of log(s)
+// next to a large m (rows [1e4, 1e4 + .5, 1e4 - 2] were off by 5e-4; [1e30, 1e30] gave 0, not
+// -log 2), where x[n] - m is exact near the max.
 #include <cmath>
 
 #include "cpu_loops.h"
@@ -52,8 +55,8 @@ void softmax_rows(const T* x, T* y, int64_t R, int64_t N) {
       T* yr = y + r * N;
       T m = cpu::row_max(xr, N);
       if constexpr (Log) {
-        T lse = m + std::log(cpu::row_sum_exp(xr, N, m));
-        for (int64_t n = 0; n < N; ++n) yr[n] = xr[n] - lse;
+        T log_s = std::log(cpu::row_sum_exp(xr, N, m));
+        for (int64_t n = 0; n < N; ++n) yr[n] = (xr[n] - m) - log_s;
       } else {
         for (int64_t n = 0; n < N; ++n) yr[n] = cpu::exp_nonpos_(xr[n] - m);
         T inv = T(1) / cpu::row_sum(yr, N);
@@ -95,12 +98,12 @@ void softmax_cols(const T* x, T* y, const Layout& l) {
         if constexpr (!Log) yr[b] = e;
       }
     }
-    for (int64_t b = 0; b < w; ++b) s[b] = Log ? m[b] + std::log(s[b]) : T(1) / s[b];
+    for (int64_t b = 0; b < w; ++b) s[b] = Log ? std::log(s[b]) : T(1) / s[b];
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + base + n * I;
       T* yr = y + base + n * I;
       for (int64_t b = 0; b < w; ++b) {
-        if constexpr (Log) yr[b] = xr[b] - s[b];
+        if constexpr (Log) yr[b] = (xr[b] - m[b]) - s[b];
         else yr[b] *= s[b];
       }
     }

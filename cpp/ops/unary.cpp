@@ -1,9 +1,13 @@
 // Elementwise unary ops (neg exp log sqrt rsqrt tanh sigmoid abs sign relu sin cos), clamp, and
 // the selections where(cond, a, b) and masked_fill(x, mask, value).
 // Gradients: d exp = out, d log = 1/x, d sqrt = 1/(2 out), d rsqrt = -out^3/2, d tanh = 1 - out^2,
-// d sigmoid = out (1 - out), d abs = sign x, d relu = [x > 0]; clamp passes g where lo <= x <= hi.
+// d sigmoid = out (1 - out), d abs = sign x, d relu = 0 where out <= 0 else g (so g passes at
+// NaN, as torch's threshold_backward); clamp passes g where lo <= x <= hi.
+// relu and clamp propagate NaN and clamp with lo > hi gives hi, as torch (clamp_math.h, shared
+// with the CUDA kernels).
 #include <cmath>
 
+#include "clamp_math.h"
 #include "cpu_loops.h"
 #include "ops.h"
 
@@ -35,7 +39,7 @@ void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
     if (op == "neg") unary_loop<T>(out, x, [](T v) { return T(-v); });
     else if (op == "abs") unary_loop<T>(out, x, [](T v) { return v < 0 ? T(-v) : v; });
     else if (op == "sign") unary_loop<T>(out, x, [](T v) { return T((v > 0) - (v < 0)); });
-    else if (op == "relu") unary_loop<T>(out, x, [](T v) { return v > 0 ? v : T(0); });
+    else if (op == "relu") unary_loop<T>(out, x, clamp_math::relu<T>);
     else throw TypeError(::ls::cat(op, ": integer tensors are not supported; cast to a float dtype"));
     return;
   }
@@ -48,7 +52,7 @@ void run_unary(const std::string& op, const Tensor& out, const Tensor& x) {
   else if (op == "sigmoid") unary_loop<T>(out, x, [](T v) { return T(1) / (T(1) + std::exp(-v)); });
   else if (op == "abs") unary_loop<T>(out, x, [](T v) { return std::abs(v); });
   else if (op == "sign") unary_loop<T>(out, x, [](T v) { return T((v > T(0)) - (v < T(0))); });
-  else if (op == "relu") unary_loop<T>(out, x, [](T v) { return v > T(0) ? v : T(0); });
+  else if (op == "relu") unary_loop<T>(out, x, clamp_math::relu<T>);
   else if (op == "sin") unary_loop<T>(out, x, [](T v) { return std::sin(v); });
   else if (op == "cos") unary_loop<T>(out, x, [](T v) { return std::cos(v); });
   else throw NotImplementedError(::ls::cat("unknown unary op '", op, "'"));
@@ -74,7 +78,7 @@ Tensors clamp_cpu(const Tensors& in, const Attrs& a) {
   double lo = a.f("min", -INFINITY), hi = a.f("max", INFINITY);
   DISPATCH_FLOAT(x.dtype(), "clamp", {
     scalar_t l = scalar_t(lo), h = scalar_t(hi);
-    unary_loop<scalar_t>(out, x, [=](scalar_t v) { return v < l ? l : (v > h ? h : v); });
+    unary_loop<scalar_t>(out, x, [=](scalar_t v) { return clamp_math::clamp(v, l, h); });
   });
   return {out};
 }
@@ -118,7 +122,7 @@ Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
-  DType d = promote_types(a.dtype(), b.dtype());
+  DType d = result_type(a, b);
   return call1("where", {as_bool_mask(cond, "where"), to_dtype(a, d), to_dtype(b, d)});
 }
 
@@ -150,8 +154,9 @@ LS_REGISTER(unary) {
              }));
   declare_op("abs", in_based([](const Tensor& x, const Tensor& g) { return mul(g, unary("sign", x)); }));
   declare_op("sign", {});
+  // where, not g * [out > 0]: NaN > 0 is false, and torch passes g at a NaN output.
   declare_op("relu", out_based([](const Tensor& o, const Tensor& g) {
-               return mul(g, to_dtype(compare(o, scalar_like(0.0, o), "gt"), g.dtype()));
+               return where(compare(o, scalar_like(0.0, o), "le"), scalar_like(0.0, g), g);
              }));
   declare_op("sin", in_based([](const Tensor& x, const Tensor& g) { return mul(g, unary("cos", x)); }));
   declare_op("cos", in_based([](const Tensor& x, const Tensor& g) {

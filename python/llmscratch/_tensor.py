@@ -2,13 +2,15 @@
 promotion, comparisons, indexing, conversions, printing and DLPack. Every computation goes
 through the op registry (llmscratch_core.call / llmscratch_core.ops)."""
 import builtins
+import collections
+import math
 import numbers
 
 import numpy as np
 
 import llmscratch_core as _core
 
-from .autograd import backward as _autograd_backward
+from .autograd import Function as _Function, backward as _autograd_backward
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64
 
 Tensor = _core.Tensor
@@ -29,10 +31,15 @@ def _scalar_dtype(value, like: Tensor):
     return float32
 
 
+_SCALARS = (numbers.Number, np.number, np.bool_)
+
+
 def as_tensor_like(value, like: Tensor) -> Tensor:
+    """value as a tensor on like's device: a scalar in the dtype the scalar rule gives it with like
+    (_scalar_dtype), a list or array in its own dtype, as tensor() makes it."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, (numbers.Number, np.number, np.bool_)):
+    if isinstance(value, _SCALARS):
         dtype = _scalar_dtype(value, like)
         if dtype == int64 and isinstance(value, numbers.Integral) and abs(int(value)) > 2 ** 53:
             from ._creation import full  # exact past 2^53, where the op's double would round
@@ -45,18 +52,23 @@ def as_tensor_like(value, like: Tensor) -> Tensor:
 
 
 def _binary(fn):
+    """self op other. A scalar's dtype comes from self (_scalar_dtype), which is cast to it where
+    the scalar's category wins (an integer tensor and a float); a list or array is a tensor of its
+    own dtype that promotes with self by the op's tensor rules, as torch's tensors made from them
+    (casting self to it had made float64 + [1, 2] an int64 sum)."""
     def op(self, other):
         other_t = as_tensor_like(other, self)
-        if not isinstance(other, Tensor) and other_t.dtype != self.dtype:
+        if isinstance(other, _SCALARS) and other_t.dtype != self.dtype:
             return fn(self.to(dtype=other_t.dtype), other_t)
         return fn(self, other_t)
     return op
 
 
 def _rbinary(fn):
+    """other op self, for a non-tensor other on the left: promoted as in _binary."""
     def op(self, other):
         other_t = as_tensor_like(other, self)
-        if other_t.dtype != self.dtype:
+        if isinstance(other, _SCALARS) and other_t.dtype != self.dtype:
             return fn(other_t, self.to(dtype=other_t.dtype))
         return fn(other_t, self)
     return op
@@ -129,6 +141,9 @@ T.__abs__ = lambda self: _ops.unary("abs", self)
 for _name, _how in [("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge")]:
     setattr(T, f"__{_name}__", _compare(_how))
 T.__hash__ = object.__hash__
+# numpy defers to the tensor's reflected operators (array + tensor is a tensor, promoted by the
+# tensor rules) instead of converting the tensor and answering with an ndarray, as with torch's
+T.__array_priority__ = 1000
 
 
 def _inplace(fn):
@@ -151,12 +166,18 @@ T.__imul__ = _inplace(T.__mul__)
 T.__itruediv__ = _inplace(T.__truediv__)
 T.__ifloordiv__ = _inplace(T.__floordiv__)
 T.__imod__ = _inplace(T.__mod__)
+# no in-place kernels for these: the out-of-place result is copied in, as for the others
+T.__ipow__ = _inplace(T.__pow__)
+T.__iand__ = _inplace(T.__and__)
+T.__ior__ = _inplace(T.__or__)
+T.__ixor__ = _inplace(T.__xor__)
 T.add_ = lambda self, other, alpha=1: _inplace(T.__add__)(self, other if alpha == 1 else other * alpha)
 T.sub_ = _inplace(T.__sub__)
 T.mul_ = _inplace(T.__mul__)
 T.div_ = _inplace(T.__truediv__)
 T.floor_divide_ = _inplace(T.__floordiv__)
 T.remainder_ = _inplace(T.__mod__)
+T.pow_ = _inplace(T.__pow__)
 
 
 def _copy_(self, src):
@@ -192,7 +213,18 @@ T.pow = lambda self, other: self ** other
 T.matmul = lambda self, other: _ops.matmul(self, other)
 T.clamp = lambda self, min=None, max=None: _ops.clamp(self, min, max)
 T.clip = T.clamp
-T.masked_fill = lambda self, mask, value: _ops.masked_fill(self, mask, float(value))
+
+
+def _masked_fill(self, mask, value):
+    """value where mask is true. The op carries value as a double; an int64 one past 2^53 (which
+    the double would round) is made exactly by as_tensor_like and written through where."""
+    from ._creation import past_double
+    if past_double(self.dtype, value):
+        return _ops.where(mask, as_tensor_like(value, self), self)
+    return _ops.masked_fill(self, mask, float(value))
+
+
+T.masked_fill = _masked_fill
 T.maximum = lambda self, other: _ops.maximum(self, as_tensor_like(other, self))
 T.minimum = lambda self, other: _ops.minimum(self, as_tensor_like(other, self))
 
@@ -207,14 +239,36 @@ T.sum = lambda self, dim=None, keepdim=False: _ops.sum(self, _dims(dim), keepdim
 T.mean = lambda self, dim=None, keepdim=False: _ops.mean(self, _dims(dim), keepdim)
 T.var = lambda self, dim=None, correction=1, keepdim=False, unbiased=None: _ops.var(
     self, _dims(dim), correction if unbiased is None else int(unbiased), keepdim)
-T.std = lambda self, dim=None, correction=1, keepdim=False: T.var(self, dim, correction, keepdim).sqrt()
+
+
+class _Std(_Function):
+    """The square root of a variance, whose gradient is 0 where the std is 0 (a constant slice), as
+    torch's std: sqrt's own backward gives 0 * inf = NaN there."""
+
+    @staticmethod
+    def forward(ctx, var):
+        std = var.sqrt()
+        ctx.save_for_backward(std)
+        return std
+
+    @staticmethod
+    def backward(ctx, grad):
+        std, = ctx.saved_tensors
+        return (grad / (2 * std)).masked_fill(std == 0, 0.0)
+
+
+T.std = lambda self, dim=None, correction=1, keepdim=False, unbiased=None: _Std.apply(
+    T.var(self, dim, correction, keepdim, unbiased))
+
+max_result = collections.namedtuple("max", ["values", "indices"])
+min_result = collections.namedtuple("min", ["values", "indices"])
 
 
 def _max(self, dim=None, keepdim=False):
-    """max() of all elements, or (values, indices) along dim."""
+    """max() of all elements, or the (values, indices) named tuple along dim."""
     if dim is None:
         return _ops.amax(self)
-    return tuple(_ops.max(self, dim, keepdim))
+    return max_result(*_ops.max(self, dim, keepdim))
 
 
 def _reversed_order(x):
@@ -232,14 +286,24 @@ def _min(self, dim=None, keepdim=False):
     if dim is None:
         return back(_ops.amax(flipped))
     values, indices = _ops.max(flipped, dim, keepdim)
-    return (back(values), indices)
+    return min_result(back(values), indices)
 
 
 T.max = _max
 T.min = _min
 T.amax = lambda self: _ops.amax(self)
-T.argmax = lambda self, dim=None, keepdim=False: (
-    _ops.argmax(self.reshape(-1), 0, False) if dim is None else _ops.argmax(self, dim, keepdim))
+
+
+def _argmax(self, dim=None, keepdim=False):
+    """Index of the largest value along dim, or in the flattened tensor; keepdim then keeps every
+    dimension, of size 1, as torch."""
+    if dim is not None:
+        return _ops.argmax(self, dim, keepdim)
+    flat = _ops.argmax(self.reshape(-1), 0, False)
+    return flat.reshape([1] * self.ndim) if keepdim else flat
+
+
+T.argmax = _argmax
 T.argmin = lambda self, dim=None, keepdim=False: T.argmax(_reversed_order(self)[0], dim, keepdim)
 
 
@@ -265,13 +329,25 @@ T.T = property(lambda self: _ops.permute(self, list(range(self.ndim))[::-1]))
 T.mT = property(lambda self: _ops.transpose(self, -2, -1))
 
 
+def _wrap_dim(dim, ndim, op):
+    """dim counted from the end when negative; IndexError outside [-ndim, ndim), as the ops say it."""
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"{op}: dimension {dim} is out of range for a tensor of {ndim} dimensions")
+    return dim % ndim
+
+
 def _flatten(self, start_dim=0, end_dim=-1):
+    """Dimensions start_dim..end_dim merged into one of their product's size (not -1, which a
+    zero-size tensor cannot infer); a 0-d tensor flattens to shape (1,)."""
+    ndim = builtins.max(self.ndim, 1)
+    s, e = _wrap_dim(start_dim, ndim, "flatten"), _wrap_dim(end_dim, ndim, "flatten")
+    if s > e:
+        raise ValueError(f"flatten: start_dim cannot come after end_dim (start_dim={start_dim}, "
+                         f"end_dim={end_dim})")
     if self.ndim == 0:
         return self.reshape(1)
-    s = start_dim % self.ndim
-    e = end_dim % self.ndim
     shape = list(self.shape)
-    return self.reshape(shape[:s] + [-1 if self.numel() else 0] + shape[e + 1:]) if s <= e else self
+    return self.reshape(shape[:s] + [math.prod(shape[s:e + 1])] + shape[e + 1:])
 
 
 T.flatten = _flatten
@@ -279,13 +355,23 @@ T.flatten = _flatten
 
 # ---- indexing ----------------------------------------------------------------------------------
 
-def _host_index(k, size, like):
-    """A list or array index as a tensor on like's device: an empty one is int64, negative ids
-    count from the end (wrapped here on the host, for free)."""
+def _check_ids(ids, size, dim):
+    """IndexError for a host id outside [-size, size), naming it as given (index_select, which
+    sees it wrapped, would name another number)."""
+    ids = np.asarray(ids).reshape(-1)
+    bad = ids[(ids < -size) | (ids >= size)]
+    if bad.size:
+        raise IndexError(f"index {bad[0]} is out of bounds for dimension {dim} with size {size}")
+
+
+def _host_index(k, size, dim, like):
+    """A list or array index along dim as a tensor on like's device: an empty one is int64,
+    negative ids count from the end (checked and wrapped here on the host, for free)."""
     arr = np.asarray(k)
     if arr.size == 0:
         arr = arr.astype(np.int64)
     if arr.dtype.kind in "iu":
+        _check_ids(arr, size, dim)
         arr = np.where(arr < 0, arr + size, arr)
     return as_tensor_like(arr, like)
 
@@ -321,7 +407,7 @@ def _index(self, key):
         elif isinstance(k, (Tensor, list, np.ndarray)):
             if tensor_index is not None:
                 raise NotImplementedError("indexing with more than one tensor index is not supported")
-            idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], self)
+            idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], dim, self)
             if idx.dtype == bool_:
                 raise NotImplementedError("boolean mask indexing is not supported; use masked_fill or where")
             if isinstance(k, Tensor) and idx.dtype in (int32, int64):
@@ -330,11 +416,7 @@ def _index(self, key):
                 # on a GPU in index_select, at the next sync, naming it wrapped.
                 size = out.shape[dim]
                 if not idx.is_cuda:
-                    ids = idx.numpy().reshape(-1)
-                    bad = ids[(ids < -size) | (ids >= size)]
-                    if bad.size:
-                        raise IndexError(f"index {bad[0]} is out of bounds for dimension {dim} "
-                                         f"with size {size}")
+                    _check_ids(idx.numpy(), size, dim)
                 idx = _ops.where(idx < 0, idx + size, idx)
             tensor_index = (dim, idx)
             dim += 1
@@ -352,10 +434,18 @@ def _index(self, key):
 
 
 def _setitem(self, key, value):
+    """self[key] = value, written through the view self[key]. value's leading size-1 dimensions
+    beyond the view's are dropped, as torch's (x[0, 0] = ones(1, 1)); copy_ would refuse them."""
     target = _index(self, key)
     if not target.storage_offset() >= 0 or not _shares_memory(target, self):
         raise NotImplementedError("assignment through a tensor index is not supported")
-    _ops.copy_(target, as_tensor_like(value, self))
+    if isinstance(value, (list, tuple, np.ndarray)):  # in self's dtype: 0.1 never via float32
+        from ._creation import tensor
+        value = tensor(value, dtype=self.dtype, device=self.device)
+    value = as_tensor_like(value, self)
+    while value.ndim > target.ndim and value.shape[0] == 1:
+        value = _ops.squeeze(value, 0)
+    _ops.copy_(target, value)
 
 
 def _shares_memory(a, b):
@@ -452,20 +542,22 @@ T.__bool__ = _bool
 
 
 def _dlpack(self, stream=None, max_version=None, dl_device=None, copy=None):
-    """Export without a copy. On CUDA the data is produced on llmscratch's current stream; when
-    the consumer names another stream (DLPack: 1 the legacy default stream, 2 the per-thread
-    default stream, else a cudaStream_t; None or -1 asks for no ordering), that stream is made to
-    wait for the work queued so far, without blocking the host."""
-    if self.is_cuda and stream is not None and stream != -1:
+    """Export without a copy (copy=True: of a clone). On CUDA the data is produced on llmscratch's
+    current stream; when the consumer's stream is another one (DLPack: None or 1 the legacy
+    default stream, 2 the per-thread default stream, else a cudaStream_t; -1 asks for no
+    ordering), it is made to wait for the work queued so far, the clone included, without
+    blocking the host."""
+    out = self.clone() if copy else self
+    if self.is_cuda and stream != -1:
         dev = self.device.index
-        consumer = 0 if stream == 1 else int(stream)
+        consumer = 0 if stream is None or stream == 1 else int(stream)
         if consumer != _core.cuda_current_stream(dev):
             from .cuda import Event, current_stream
             done = Event()
             done.record(current_stream(dev))
             _core.cuda_stream_wait_event(dev, consumer, done._handle)
     versioned = max_version is not None and tuple(max_version) >= (1, 0)
-    return _core.to_dlpack(self.clone() if copy else self, versioned)
+    return _core.to_dlpack(out, versioned)
 
 
 T.__dlpack__ = _dlpack
@@ -513,8 +605,12 @@ def matmul(a, b):
 
 
 def where(condition, a, b):
+    """a where condition is true, else b. A scalar next to a tensor takes its dtype by the scalar
+    rule; two scalars are tensors of their own dtypes (a float one float32) on condition's device,
+    as torch's."""
     if not isinstance(a, Tensor):
-        a = as_tensor_like(a, b)
+        from ._creation import tensor
+        a = as_tensor_like(a, b) if isinstance(b, Tensor) else tensor(a, device=condition.device)
     if not isinstance(b, Tensor):
         b = as_tensor_like(b, a)
     return _ops.where(condition, a, b)

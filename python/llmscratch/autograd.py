@@ -47,6 +47,16 @@ class _GradMode(contextlib.ContextDecorator):
     thread: one instance shared by threads as a context manager restores their modes crossed,
     as torch's does. Subclasses set `mode`."""
 
+    def __new__(cls, orig_func=None):
+        """no_grad() is a context manager or decorator; a bare @no_grad (never called) decorates
+        too, as torch's."""
+        if orig_func is None:
+            return super().__new__(cls)
+        if not callable(orig_func):
+            raise TypeError(f"{cls.__name__}() takes no arguments, or a function to decorate; "
+                            f"got {type(orig_func).__name__}")
+        return cls()(orig_func)
+
     def __init__(self):
         self._prev = []
 
@@ -192,7 +202,8 @@ class Function:
 
 def _fit_gradient(name: str, index: int, g, arg: Tensor):
     """A Function's gradient for its argument `index`, summed down to the argument's shape where
-    it broadcasts to it (as torch does); any other shape is an error."""
+    it broadcasts to it and cast to the argument's dtype (as torch does); any other shape is an
+    error."""
     if g is None:
         return None
     if not isinstance(g, Tensor):
@@ -203,7 +214,9 @@ def _fit_gradient(name: str, index: int, g, arg: Tensor):
     if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
         raise RuntimeError(f"{name}.backward returned a gradient of shape {gshape} for argument "
                            f"{index} of shape {shape}")
-    return g if gshape == shape else _core.ops.sum_to(g, list(shape))
+    if gshape != shape:
+        g = _core.ops.sum_to(g, list(shape))
+    return g if g.dtype == arg.dtype else _core.ops.to_dtype(g, arg.dtype)
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):

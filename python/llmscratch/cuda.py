@@ -65,7 +65,7 @@ def get_sync_debug_mode() -> int:
 def memory_stats(device: int = 0) -> dict:
     """The caching allocator's counters: allocated_bytes, reserved_bytes, peak_allocated_bytes,
     num_cuda_malloc, num_cuda_free."""
-    return dict(_core.cuda_memory_stats(device))
+    return dict(_core.cuda_memory_stats(_device_index(device, "memory_stats")))
 
 
 def empty_cache() -> None:
@@ -75,11 +75,11 @@ def empty_cache() -> None:
 
 def reset_peak_memory_stats(device: int = 0) -> None:
     """Restart peak_allocated_bytes from the bytes allocated now."""
-    _core.cuda_reset_peak_memory_stats(device)
+    _core.cuda_reset_peak_memory_stats(_device_index(device, "reset_peak_memory_stats"))
 
 
 def get_device_name(device: int = 0) -> str:
-    return _core.cuda_device_name(device)
+    return _core.cuda_device_name(_device_index(device, "get_device_name"))
 
 
 # Dense peak FLOP/s from the vendors' data sheets (no sparsity): (16-bit tensor core, fp32 SIMT).

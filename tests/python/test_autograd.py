@@ -317,6 +317,32 @@ def test_grad_mode_decorators_restore_the_mode_they_found():
     assert ls.is_grad_enabled()
 
 
+def test_grad_mode_classes_decorate_bare_like_torch():
+    x = ls.ones(2, requires_grad=True)
+
+    @ls.no_grad  # no call: torch.no_grad takes this form too
+    def doubled(t):
+        """doc"""
+        return t * 2
+
+    @ls.enable_grad
+    def tripled(t):
+        return t * 3
+
+    assert not doubled(x).requires_grad and ls.is_grad_enabled()
+    assert doubled.__name__ == "doubled" and doubled.__doc__ == "doc"
+    with ls.no_grad():
+        assert tripled(x).requires_grad and not ls.is_grad_enabled()
+
+    @ls.no_grad
+    def gen():
+        yield ls.is_grad_enabled()
+
+    assert list(gen()) == [False] and ls.is_grad_enabled()
+    with pytest.raises(TypeError, match="no_grad"):
+        ls.no_grad(3)
+
+
 def test_grad_mode_decorators_on_generators_hold_at_every_resumption():
     x = ls.tensor([1.0, 2.0], requires_grad=True)
 
@@ -459,3 +485,54 @@ def test_function_gradients_are_summed_to_their_inputs_shape():
         NotATensor.apply(x).sum().backward()
     with pytest.raises(RuntimeError, match=r"Wrong.backward returned a gradient of shape \(\) for argument 0 of shape \(2, 3\)"):
         Wrong.apply(x).sum().backward()
+
+
+def test_function_gets_none_for_an_output_without_gradient_like_torch():
+    got = []
+
+    class WithArgmax(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2, x.argmax()  # an integer output has no gradient
+
+        @staticmethod
+        def backward(ctx, g, g_index):
+            got.append(g_index)
+            return g * 2
+
+    x = ls.ones(3).requires_grad_()
+    a, i = WithArgmax.apply(x)
+    a.sum().backward()
+    assert got == [None] and x.grad.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_function_gradients_take_their_inputs_dtype_like_torch():
+    seen = []
+
+    class Twice(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            return x * 2 + y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.double() * 2, g.to(ls.float16)  # other dtypes than the inputs'
+
+    class Spy(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g.dtype)
+            return g
+
+    x = ls.ones(3).requires_grad_()
+    y = ls.ones(2, 3, dtype=ls.float64).requires_grad_()
+    h = Spy.apply(x)  # not a leaf: the gradient had reached it in float64
+    h.retain_grad()
+    Twice.apply(h, y).sum().backward()
+    assert seen == [ls.float32] and h.grad.dtype == ls.float32
+    assert x.grad.dtype == ls.float32 and x.grad.tolist() == [4.0, 4.0, 4.0]  # summed and cast
+    assert y.grad.dtype == ls.float64 and y.grad.tolist() == [[1.0] * 3] * 2

@@ -107,3 +107,22 @@ def test_missing_kernels_and_devices_are_clear_errors():
         ls.ones(3, device=f"cuda:{ls.cuda.device_count()}")
     with pytest.raises(ValueError, match="one device"):
         ls.ones(3) + t
+
+
+def test_bad_device_indices_raise_and_leave_no_error_behind():
+    n = ls.cuda.device_count()
+    for call in (lambda d: ls.cuda.memory_stats(d), lambda d: ls.cuda.reset_peak_memory_stats(d),
+                 lambda d: ls.cuda.synchronize(d), lambda d: ls.cuda.get_device_name(d)):
+        for d in (-1, n):
+            with pytest.raises(ValueError, match="does not exist|must be >= 0"):
+                call(d)
+    x = ls.ones(4, device="cuda")
+    assert (x + 1).cpu().tolist() == [2.0] * 4  # the next launch sees no stale error
+
+
+def test_a_caught_out_of_memory_does_not_fail_the_next_op():
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ls.empty(1 << 50, device="cuda")  # 1 PiB of float32
+    x = ls.ones(4, device="cuda")
+    assert (x * 3).cpu().tolist() == [3.0] * 4
+

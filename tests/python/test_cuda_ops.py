@@ -331,3 +331,56 @@ def test_logical_operators_on_bool_masks_on_the_gpu():
         assert got.cpu().tolist() == f(ca, cb).tolist()
     ints = ls.tensor([0, 5, -2**63, 2**63 - 1])
     assert (~ints.cuda()).cpu().tolist() == (~ints).tolist()
+
+
+# ---- NaN and edge values of relu, clamp and pow: the CPU's values (shared functors) -------------
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_relu_and_clamp_propagate_nan_like_the_cpu(dtype):
+    # relu(NaN) = NaN with the gradient passing there; clamp(lo > hi) = hi; a NaN bound gives NaN
+    # (cpp/ops/clamp_math.h): dense (vec_map) and strided paths; every value exact in 16 bits.
+    a = np.tile([np.nan, -1.0, 0.0, 2.0, 1.5, 5.0, -np.inf, np.inf], (6, 16))
+    fns = [lambda x: x.relu(), lambda x: x.clamp(2.0, 1.0), lambda x: x.clamp(float("nan"), None),
+           lambda x: x.clamp(None, float("nan")), lambda x: x.clamp(1.0, 2.0)]
+    for f in fns:
+        for view in (lambda x: x, lambda x: x[:, ::3]):
+            cpu, gpu = both(a, dtype)
+            cpu.requires_grad_()
+            gpu.requires_grad_()
+            yc, yg = f(view(cpu)), f(view(gpu))
+            same_bits(yg, yc.to(dtype=dtype))
+            yc.sum().backward()
+            yg.sum().backward()
+            same_bits(gpu.grad, cpu.grad.to(dtype=dtype))
+
+
+@pytest.mark.parametrize("np_dtype", [np.int32, np.int64, np.uint8])
+def test_integer_pow_is_exact_like_the_cpu(np_dtype):
+    # exact and wrapping (cpp/ops/int_pow.h), where pow in double rounded past 2^53; negative
+    # exponents give 1, (-1)^e or 0
+    lo = 0 if np_dtype == np.uint8 else -3
+    base = np.repeat(np.arange(lo, 4), 70).astype(np_dtype)
+    exp = np.tile(np.arange(70), 4 - lo).astype(np_dtype)
+    if np_dtype != np.uint8:
+        exp[::7] = -exp[::7] - 1
+    x, e = ls.tensor(base), ls.tensor(exp)
+    same_bits(x.cuda() ** e.cuda(), x ** e)
+    same_bits(x.cuda()[::2] ** e.cuda()[1::2], x[::2] ** e[1::2])  # strided
+    same_bits(x.cuda().reshape(-1, 1) ** e.cuda()[:9], x.reshape(-1, 1) ** e[:9])  # broadcast
+    if np_dtype == np.int64:
+        assert (ls.tensor([3, 3]).cuda() ** ls.tensor([39, 40]).cuda()).cpu().tolist() == \
+            [4052555153018976267, -6289078614652622815]
+
+
+def test_pow_grads_at_zero_like_the_cpu():
+    # d(x ** 0)/dx = 0 at x = 0 and d(0 ** e)/de = 0 for e >= 0 (torch's masks), on the GPU too
+    x = np.array([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 1.0])  # no log but log 1 and log 0: exact on both
+    e = np.array([0.0, 2.0, -1.0, 0.5, 0.0, 0.0, 3.0])
+    grads = []
+    for device in ("cpu", "cuda"):
+        xs = ls.tensor(x).to(device=device).requires_grad_()
+        es = ls.tensor(e).to(device=device).requires_grad_()
+        (xs ** es).sum().backward()
+        grads.append((xs.grad, es.grad))
+    for g_gpu, g_cpu in zip(grads[1], grads[0]):
+        same_bits(g_gpu, g_cpu)

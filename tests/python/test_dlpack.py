@@ -52,6 +52,19 @@ def test_numpy_both_ways():
     assert t.numpy().ctypes.data == t.data_ptr()
 
 
+def test_read_only_memory_is_copied_never_written():
+    a = np.arange(4, dtype=np.float32)
+    a.setflags(write=False)
+    t = ls.from_numpy(a)
+    t.fill_(0.0)
+    assert a.tolist() == [0.0, 1.0, 2.0, 3.0] and t.tolist() == [0.0] * 4
+    frozen = b"\x00" * 16
+    ls.from_numpy(np.frombuffer(frozen, np.float32)).fill_(1.0)
+    assert frozen == b"\x00" * 16
+    with pytest.raises(BufferError, match="read-only"):
+        ls.from_dlpack(a)
+
+
 def test_lifetime_outlives_the_producer():
     x = torch.randn(1000)
     expected = x.numpy().copy()

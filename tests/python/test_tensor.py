@@ -246,6 +246,10 @@ def test_integer_tensor_index():
     np.testing.assert_array_equal(to_np(t[[-1, 0]]), a[[-1, 0]])  # a list counts from the end
     np.testing.assert_array_equal(to_np(t[:, np.array([-3])]), a[:, [-3]])
     assert tuple(t[[]].shape) == (0, 4)
+    for bad in ([-7], np.array([0, 6])):  # named as given, not wrapped (had said "index -1")
+        with pytest.raises(IndexError, match=f"index {np.asarray(bad)[-1]} is out of bounds for "
+                                             "dimension 0 with size 6"):
+            t[bad]
 
 
 def test_negative_ids_in_a_tensor_index_count_from_the_end_like_torch():
@@ -312,6 +316,25 @@ def test_setitem_writes_through_views():
     np.testing.assert_array_equal(to_np(t), expected)
 
 
+def test_setitem_of_a_list_takes_the_tensors_dtype():
+    x = ls.zeros(2, dtype=ls.float64)
+    x[:] = [0.1, 0.2]
+    assert x.tolist() == [0.1, 0.2]
+    y = ls.zeros(2, dtype=ls.int64)
+    y[:] = np.array([2**60 + 1, -3])
+    assert y.tolist() == [2**60 + 1, -3]
+
+
+def test_setitem_drops_the_values_leading_size_one_dims_like_torch():
+    t, ref = ls.zeros(2, 3), torch.zeros(2, 3)
+    for x in (t, ref):
+        x[0, 0] = ls.ones(1, 1) if x is t else torch.ones(1, 1)
+        x[1] = ls.full((1, 1, 3), 2.0) if x is t else torch.full((1, 1, 3), 2.0)
+    assert t.tolist() == ref.tolist() == [[1, 0, 0], [2, 2, 2]]
+    with pytest.raises(ValueError, match="broadcast"):
+        t[0, 0] = ls.ones(2, 1)  # a size other than 1 is still refused
+
+
 def test_reshape_copies_only_when_needed():
     t = ls.tensor(randn(4, 6))
     tt = t.transpose(0, 1)
@@ -324,6 +347,20 @@ def test_reshape_copies_only_when_needed():
         t.reshape(5, -1)
 
 
+def test_flatten_like_torch():
+    for shape, start, end in (((0, 2, 3), 1, -1), ((2, 0, 3), 0, 1), ((2, 3, 4), 0, 1), ((2, 3, 4), 1, 1),
+                              ((2, 3), 0, -1), ((), 0, -1)):
+        got = ls.zeros(shape).flatten(start, end).shape
+        assert got == tuple(torch.zeros(shape).flatten(start, end).shape), (shape, start, end)
+    assert ls.zeros(0, 2, 3).flatten(1).shape == (0, 6)  # had been (0, 0)
+    with pytest.raises(ValueError, match="start_dim cannot come after end_dim"):
+        ls.zeros(2, 3).flatten(1, 0)  # had returned the tensor unflattened
+    with pytest.raises(RuntimeError, match="start_dim cannot come after end_dim"):
+        torch.zeros(2, 3).flatten(1, 0)
+    with pytest.raises(IndexError, match="dimension 5 is out of range"):
+        ls.zeros(2, 3).flatten(5)
+
+
 def test_expand_broadcasts_with_zero_strides():
     t = ls.tensor([[1.0], [2.0]])
     e = t.expand(2, 3)
@@ -332,6 +369,60 @@ def test_expand_broadcasts_with_zero_strides():
     assert t.expand(4, 2, 3).shape == (4, 2, 3)
     with pytest.raises(ValueError, match="expand"):
         t.expand(3, 3)
+
+
+def test_expand_to_its_own_shape_is_a_new_view_like_torch():
+    a = ls.zeros(2, 3)
+    e = a.expand(2, 3).requires_grad_()
+    assert e.requires_grad and not a.requires_grad  # the flag stays on the view
+    e.detach().fill_(1.0)
+    assert a.tolist() == [[1.0] * 3] * 2  # same memory
+
+
+def test_size_and_stride_of_a_0d_tensor_name_the_missing_dimension():
+    s = ls.tensor(1.0)
+    assert s.size() == () and s.stride() == ()
+    for call in (lambda: s.size(0), lambda: s.size(-1), lambda: s.stride(0), lambda: s.stride(-1)):
+        with pytest.raises(IndexError, match="the tensor has no dimensions"):
+            call()
+
+
+def test_data_reads_without_history_and_assigns_like_torch():
+    p = ls.ones(3).requires_grad_()
+    d = p.data
+    assert not d.requires_grad and d.data_ptr() == p.data_ptr()
+    p.data = ls.zeros(2, 2, dtype=ls.float64)
+    assert p.requires_grad and p.shape == (2, 2) and p.dtype == ls.float64 and p.sum().item() == 0.0
+    with pytest.raises(TypeError, match="assigned grad must be a Tensor or None, got int"):
+        p.grad = 3
+
+
+def test_a_0d_operand_promotes_like_a_scalar_like_torch():
+    cases = [(ls.float32, ls.float64), (ls.int32, ls.int64), (ls.int64, ls.float64), (ls.bool, ls.int64),
+             (ls.int32, ls.float32), (ls.float64, ls.float32), (ls.uint8, ls.int32)]
+    for dims, zero in cases:
+        a, b = ls.ones(3, dtype=dims), ls.ones((), dtype=zero)
+        ta, tb = torch.ones(3, dtype=getattr(torch, str(dims).split(".")[-1])), \
+            torch.ones((), dtype=getattr(torch, str(zero).split(".")[-1]))
+        for ours, theirs in ((a + b, ta + tb), (b * a, tb * ta), (ls.where(ls.ones(3, dtype=ls.bool), a, b),
+                                                                 torch.where(torch.ones(3, dtype=torch.bool), ta, tb))):
+            assert str(ours.dtype).split(".")[-1] == str(theirs.dtype).split(".")[-1], (dims, zero)
+    assert (ls.ones(3) / ls.ones((), dtype=ls.int64)).dtype == ls.float32
+    assert (ls.ones((), dtype=ls.float64) + ls.ones((), dtype=ls.float32)).dtype == ls.float64  # both 0-d
+    # the gradient of the 0-d operand keeps its dtype
+    w = ls.tensor(2.0, dtype=ls.float64, requires_grad=True)
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    (x * w).sum().backward()
+    assert w.grad.dtype == ls.float64 and w.grad.item() == 3.0 and x.grad.dtype == ls.float32
+
+
+def test_integer_casts_wrap_like_torch():
+    big = 2**40 + 5
+    assert ls.tensor([big]).to(dtype=ls.int32).tolist() == torch.tensor([big]).to(torch.int32).tolist()
+    assert ls.tensor([300, -1]).to(dtype=ls.uint8).tolist() == [44, 255]
+    assert ls.tensor([2**60 + 1]).to(dtype=ls.int64).tolist() == [2**60 + 1]
+    assert ls.tensor([2**53 + 1]).to(dtype=ls.float64).to(dtype=ls.int64).tolist() == [2**53]
+    assert ls.tensor([0.0, float("nan"), -2.0]).to(dtype=ls.bool).tolist() == [False, True, True]
 
 
 @pytest.mark.parametrize("dtype,tdtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
@@ -401,6 +492,27 @@ def test_operators_broadcast_like_numpy():
         ta + ls.tensor(randn(2, 3))
 
 
+def test_list_and_array_operands_promote_as_tensors_like_torch():
+    # a list or array operand is a tensor of its own dtype, as torch.as_tensor makes it, not a
+    # dtype self is cast to (float64 + [1, 2] had been an int64 [2, 4]); scalars keep their rule
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+           "/": lambda a, b: a / b, ">": lambda a, b: a > b}
+    cases = [("float64", "+", [1, 2]), ("float32", "+", np.array([1, 2])), ("float64", "*", [0.1]),
+             ("float32", "*", np.array([0.5])), ("float32", "+", np.array([0.1, 0.2])),
+             ("int64", "+", [1.0, 2.0]), ("int64", "/", [2, 4]), ("float32", ">", [2.0, 1.0]),
+             ("int32", "-", [1, 2]), ("bool", "+", [1, 2])]
+    for dtype, op, other in cases:
+        data = [1.5, 2.5] if dtype.startswith("float") else [1, 0]
+        x, tx = ls.tensor(data, dtype=getattr(ls, dtype)), torch.tensor(data, dtype=getattr(torch, dtype))
+        for ours, ref in ((ops[op](x, other), ops[op](tx, torch.as_tensor(other))),
+                          (ops[op](other, x), ops[op](torch.as_tensor(other), tx))):
+            assert str(ours.dtype).split(".")[-1] == str(ref.dtype).split(".")[-1], (dtype, op, other)
+            np.testing.assert_array_equal(to_np(ours), ref.numpy())
+    assert (ls.tensor([1.5], dtype=ls.float64) + [1, 2]).tolist() == [2.5, 3.5]
+    y = np.array([1, 2]) * ls.tensor([1.5, 2.5], requires_grad=True)  # not numpy's product
+    assert isinstance(y, ls.Tensor) and y.requires_grad and y.dtype == ls.float32
+
+
 def test_logical_operators_on_bool_masks_match_torch():
     a = np.array([[True, False, True]])
     b = np.array([[True], [False]])
@@ -433,6 +545,27 @@ def test_inplace_ops_write_memory():
     assert w.tolist() == [2.0, 2.0]
 
 
+def test_pow_and_logical_inplace_ops_write_through_views():
+    # **=, |=, &=, ^= had rebound the name to a new tensor, leaving the base unchanged
+    a = ls.full([3], 2.0)
+    v = a[1:]
+    v **= 2
+    assert a.tolist() == [2.0, 4.0, 4.0] and v.data_ptr() == a.data_ptr() + 4
+    a[:1].pow_(3)
+    assert a.tolist() == [8.0, 4.0, 4.0]
+    m, ref = ls.tensor([[True, False], [False, False]]), torch.tensor([[True, False], [False, False]])
+    for x, mk in ((m, ls.tensor), (ref, torch.tensor)):
+        row = x[1]
+        row |= mk([True, False])
+        row ^= mk([True, True])
+        row &= mk([False, True])
+        x[0] &= mk([False, True])
+    assert m.tolist() == ref.tolist() == [[False, False], [False, True]]
+    i = ls.tensor([1, 2])
+    with pytest.raises(TypeError, match="in-place"):
+        i **= 0.5  # a float result into an int tensor, refused like the other in-place ops
+
+
 def test_cpu_allocator_reuses_large_blocks():
     import llmscratch_core as core
     a = ls.randn(1 << 20)
@@ -459,6 +592,10 @@ def test_int64_values_past_two_to_the_53_stay_exact():
     y = ls.zeros(3, dtype=ls.int64)
     y.fill_(big)
     assert y.tolist() == [big] * 3
+    mask = ls.tensor([True, False])
+    for value in (2**63 - 1, 2**53 + 1, -2**63):  # the fill value had gone through a double
+        assert x.masked_fill(mask, value).tolist() == [value, 1]
+        assert ls.functional.masked_fill(x, ~mask, value).tolist() == [0, value]
     # below 2^53 and for other dtypes the ops' own path, unchanged
     assert ls.arange(5).tolist() == list(range(5)) and (ls.tensor([1.5]) + big).dtype == ls.float32
     with pytest.raises(ValueError, match="step must be nonzero"):

@@ -47,7 +47,7 @@ def clamp(x, min=None, max=None):  # noqa: A002
 
 
 def masked_fill(x, mask, value):
-    return _ops.masked_fill(x, mask, float(value))
+    return x.masked_fill(mask, value)
 
 
 def maximum(a, b):

@@ -1,7 +1,8 @@
 """CUDA max (values and int64 indices along one dim; amax/argmax go through it) against the CPU
 op on the same values: every dtype, ties (the first index wins), NaN (wins), odd shapes, the
-warp and block kernels, keepdim, 0-d, the gradient, and the empty-dimension error. sum is
-tested in tests/python/test_cuda_ops.py."""
+warp and block kernels, keepdim, 0-d, the gradient (max(dim): to the returned index; max() and
+min() of all elements: split over the ties), and the empty-dimension error. sum is tested in
+tests/python/test_cuda_ops.py."""
 import numpy as np
 import pytest
 
@@ -75,3 +76,19 @@ def test_max_empty_dimension_raises():
         call("max", [ls.zeros(3, 0, device="cuda")], dim=1, keepdim=False)
     v, i = call("max", [ls.zeros(0, 4, device="cuda")], dim=1, keepdim=False)
     assert tuple(v.shape) == (0,) and tuple(i.shape) == (0,)
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.float64, ls.bfloat16])
+def test_max_min_of_all_elements_split_ties_like_the_cpu(dtype):
+    # max() and min() without a dim spread the gradient evenly over the tied maxima (over the
+    # NaNs when there are any), as torch and the CPU: the "amax" op's backward is device-generic.
+    # bf16: few ties, so that the count is exact in bf16; g / count rounded to bf16 on both sides
+    ref_dtype = ls.float32 if dtype == ls.bfloat16 else dtype
+    for nan in (False, True):
+        a = tie_values((33,) if dtype == ls.bfloat16 else (7, 1023), dtype, nan=nan)
+        for name in ("max", "min"):
+            c = make(a, ref_dtype, "cpu", requires_grad=True)
+            g = make(a, dtype, "cuda", requires_grad=True)
+            (getattr(c, name)() * 4.0).backward()
+            (getattr(g, name)() * 4.0).backward()
+            np.testing.assert_array_equal(host(g.grad), host(c.grad.to(dtype=dtype)))

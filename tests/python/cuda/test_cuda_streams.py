@@ -214,6 +214,24 @@ def test_dlpack_to_torch_from_a_side_stream():
     s.synchronize()
 
 
+def test_dlpack_export_orders_the_legacy_stream_and_the_copy():
+    s = Stream()
+    a = ls.tensor(randn(N, N), dtype=ls.float32, device="cuda")
+    s.wait_stream(default_stream())
+    with stream(s):
+        y = long_chain(a)
+        expected = to_np(y.cpu())
+        y2 = long_chain(a)
+        # DLPack: stream None is the legacy default stream, which must wait for s's work
+        x = torch.utils.dlpack.from_dlpack(y2.__dlpack__(stream=None))
+        y3 = long_chain(a)
+        # copy=True: the consumer waits for the clone too, not only for the work before it
+        z = torch.utils.dlpack.from_dlpack(y3.__dlpack__(stream=1, copy=True))
+    assert rel_err(x.cpu().numpy(), expected) < 1e-4
+    assert rel_err(z.cpu().numpy(), expected) < 1e-4
+    s.synchronize()
+
+
 def test_from_dlpack_on_a_side_stream_waits_for_torch():
     s = Stream()
     ta = torch.randn(N, N, device="cuda")

@@ -185,3 +185,50 @@ def test_floor_divide_has_no_derivative_like_torch():
         (ta // 2.0).sum().backward()
     with ls.no_grad():
         assert not (a // 2.0).requires_grad
+
+
+# ---- integer pow: exact, wrapping, torch's values for negative exponents ------------------------
+
+@pytest.mark.parametrize("np_dtype,tdtype", [(np.int64, "int64"), (np.int32, "int32"), (np.uint8, "uint8")])
+def test_integer_pow_is_exact_and_wraps_like_torch(np_dtype, tdtype):
+    # pow in double rounded 3 ** 39 (62 bits) and sent everything past 2^63, and 0 ** -2 = inf,
+    # to INT64_MIN; torch multiplies exactly, modulo 2^bits.
+    lo = 0 if np_dtype == np.uint8 else -3
+    base = np.array([b for b in range(lo, 4) for _ in range(42)], np_dtype)
+    exp = np.array([e for _ in range(lo, 4) for e in range(42)], np_dtype)
+    if np_dtype != np.uint8:
+        exp[::7] = -exp[::7] - 1  # negative exponents: 1, (-1)^e or 0
+    ours = ls.tensor(base) ** ls.tensor(exp)
+    ref = torch.tensor(base) ** torch.tensor(exp)
+    assert str(ours.dtype).split(".")[-1] == tdtype
+    assert ours.tolist() == ref.tolist()
+
+
+def test_integer_pow_known_values():
+    assert (ls.tensor([3]) ** 39).tolist() == [4052555153018976267]
+    assert (ls.tensor([3]) ** 40).tolist() == [-6289078614652622815]  # 3^40 mod 2^64, signed
+    assert (ls.tensor([0, 1, -1, 2, -2]) ** ls.tensor([-2])).tolist() == [0, 1, 1, 0, 0]
+    assert (ls.tensor([0, 1, -1, 2, -2]) ** ls.tensor([-3])).tolist() == [0, 1, -1, 0, 0]
+    big = ls.tensor([-(2 ** 63), 2 ** 63 - 1])  # the most negative exponent: its parity, no -e
+    assert (ls.tensor([-1, -1]) ** big).tolist() == [1, -1]
+    assert (ls.tensor([True, True, False, False]) ** ls.tensor([True, False, True, False])).tolist() == \
+        [True, True, False, True]
+
+
+def test_pow_grads_at_zero_match_torch():
+    # d(x ** 0)/dx is 0 even at x = 0 (0 * 0^-1 = 0 * inf), d(0 ** e)/de is 0 for e >= 0
+    # (0^e ln 0 = 0 * -inf): torch masks both; for e < 0 it is inf * -inf = -inf, unmasked.
+    cases = [([0.0, 1.0, -1.0, 2.0], [0.0, 0.0, 0.0, 0.0]),
+             ([0.0, 0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 0.5, 0.0, 1.0])]
+    for x, e in cases:
+        xs, es = ls.tensor(x, dtype=ls.float64, requires_grad=True), ls.tensor(e, dtype=ls.float64, requires_grad=True)
+        xt, et = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(e, dtype=torch.float64, requires_grad=True)
+        (xs ** es).sum().backward()
+        (xt ** et).sum().backward()
+        same_values(to_np(xs.grad), xt.grad.numpy())
+        same_values(to_np(es.grad), et.grad.numpy())
+    # the scalar exponent (x ** 0.0) and a broadcast exponent take the same masks
+    xs, xt = ls.tensor([0.0, 3.0], requires_grad=True), torch.tensor([0.0, 3.0], requires_grad=True)
+    (xs ** 0.0).sum().backward()
+    (xt ** 0.0).sum().backward()
+    assert xs.grad.tolist() == xt.grad.tolist() == [0.0, 0.0]

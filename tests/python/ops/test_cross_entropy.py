@@ -90,6 +90,26 @@ def test_bad_inputs():
         F.cross_entropy(x, ls.tensor([1, 2]), None)  # torch's positional weight is not supported
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_large_logits_keep_every_bit_of_log_sum_exp(dtype, label_smoothing, inplace):
+    # lse - x as log s - (x - m): lse = m + log s rounded lost the low bits of log s next to a
+    # large m (1e4: an error of 5e-4 in the loss; 1e30: the whole log 2). The in-place gradient
+    # (p = exp((x - m) - log s)) likewise; the plain backward has only the saved lse.
+    x = np.array([[1e4, 1e4 + 0.5, 1e4 - 2], [-1e4, -1e4 + 0.25, -1e4 - 3], [1e30, 1e30, -1e30]], dtype)
+    t = np.array([1, 2, 0])
+    kw = dict(reduction="none", label_smoothing=label_smoothing)
+    loss, dlogits, _ = _inplace_run(x, t, np.ones(3, dtype), inplace, **kw)
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(tx, torch.tensor(t), **kw)
+    ref.sum().backward()
+    tol = 1e-13 if dtype == np.float64 else 1e-6  # smoothing's row mean of 1e4s: ~1e-14
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=tol)
+    if inplace:
+        np.testing.assert_allclose(dlogits, tx.grad.numpy(), rtol=tol, atol=tol)
+
+
 # ---- inplace_backward: the logits gradient written over the logits in the forward ----
 
 def _inplace_run(x, t, g, inplace, **kw):

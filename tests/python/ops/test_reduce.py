@@ -33,6 +33,41 @@ def test_max_argmax(dim):
     np.testing.assert_array_equal(to_np(ls.tensor(a).min(dim)[0]), a.min(dim))
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_std(unbiased):
+    check(lambda x: x.std(1, unbiased=unbiased), lambda x: x.std(1, unbiased=unbiased), [(5, 33)])
+    check(lambda x: x.std(0, 0, True), lambda x: x.std(0, correction=0, keepdim=True), [(4, 6)])
+
+
+def test_std_gradient_is_zero_on_a_constant_slice_like_torch():
+    a = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    y, ty = x.std(1), tx.std(1)
+    (y * ls.tensor([1.0, 2.0], dtype=ls.float64)).sum().backward()  # sqrt's own backward: NaN
+    (ty * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum().backward()
+    np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+    np.testing.assert_allclose(to_np(x.grad), tx.grad.numpy(), rtol=1e-12)
+    assert to_np(x.grad)[1].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_max_and_min_along_a_dim_are_named_tuples_like_torch():
+    t = ls.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
+    for ours, ref in ((t.max(1), torch.tensor(t.tolist()).max(1)),
+                      (t.min(0, keepdim=True), torch.tensor(t.tolist()).min(0, keepdim=True))):
+        values, indices = ours
+        assert values is ours.values and indices is ours.indices
+        assert ours.values.tolist() == ref.values.tolist() and ours.indices.tolist() == ref.indices.tolist()
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (4,), (2, 1, 3), ()])
+def test_argmax_argmin_keepdim_without_dim_keep_every_dim_like_torch(shape):
+    a = randn(*shape)
+    for op in ("argmax", "argmin"):
+        ours = getattr(ls.tensor(a), op)(keepdim=True)
+        ref = getattr(torch.tensor(a), op)(keepdim=True)
+        assert ours.shape == tuple(ref.shape) and ours.tolist() == ref.tolist()
+
+
 def test_max_first_index_on_ties():
     t = ls.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])
     assert t.argmax(1).tolist() == [1, 0]
@@ -41,3 +76,34 @@ def test_max_first_index_on_ties():
 def test_integer_sum_is_int64():
     assert ls.tensor([[1, 2], [3, 4]], dtype=ls.int32).sum(0).tolist() == [4, 6]
     assert ls.tensor([True, True, False]).sum().item() == 2
+
+
+def test_max_min_of_all_elements_split_the_gradient_over_ties_like_torch():
+    # max() and min() without a dim (and amax()) send g / count to each tied element, as torch;
+    # max(dim) keeps sending it to the returned index.
+    a = np.array([[5.0, 1.0, 5.0], [2.0, 5.0, -3.0]])
+    for name in ("max", "min", "amax"):
+        x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+        sign = -1.0 if name == "min" else 1.0
+        (getattr(x * sign, name)() * 3.0).backward()
+        (getattr(tx * sign, name)() * 3.0).backward()
+        np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
+        assert to_np(x.grad)[[0, 0, 1], [0, 2, 1]].tolist() == [sign, sign, sign]
+    x, tx = ls.tensor([5.0, 5.0, 1.0], requires_grad=True), torch.tensor([5.0, 5.0, 1.0], requires_grad=True)
+    x.max(0)[0].backward()
+    tx.max(0)[0].backward()
+    assert x.grad.tolist() == tx.grad.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_max_of_all_elements_with_nan_splits_over_the_nans_like_torch():
+    v = [5.0, float("nan"), 1.0, float("nan")]
+    for name in ("max", "min"):
+        x, tx = ls.tensor(v, requires_grad=True), torch.tensor(v, requires_grad=True)
+        y, ty = getattr(x, name)(), getattr(tx, name)()
+        assert np.isnan(y.item()) and np.isnan(ty.item())
+        y.backward()
+        ty.backward()
+        np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
+    assert ls.tensor([3, 7, 7]).max().item() == 7 and ls.tensor([3, 7, 7]).min().item() == 3
+    with pytest.raises(ValueError, match="empty"):
+        ls.zeros(0).max()

@@ -55,3 +55,17 @@ def test_bad_inputs():
         F.softmax(ls.zeros(2, 3), None)
     with pytest.raises(TypeError, match="log_softmax"):
         F.log_softmax(np.zeros(3), 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [1, 0])  # the row kernel and the column kernel
+def test_log_softmax_of_large_logits_subtracts_the_max_first(dtype, dim):
+    # (x - m) - log s, not x - (m + log s): the rounded sum m + log s lost the low bits of log s
+    # (1e4: an error of 5e-4; 1e30: all of log 2)
+    rows = np.array([[1e4, 1e4 + 0.5, 1e4 - 2], [-1e4, -1e4 + 0.25, -1e4 - 3], [1e30, 1e30, -1e30]])
+    x = rows if dim == 1 else rows.T.copy()
+    ours = F.log_softmax(ls.tensor(x.astype(dtype)), dim).numpy()
+    ref = torch.log_softmax(torch.tensor(x.astype(dtype).astype(np.float64)), dim).numpy()
+    tol = 1e-15 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(ours, ref, rtol=tol, atol=tol)
+    assert np.allclose(F.log_softmax(ls.tensor(np.array([[1e30, 1e30]], dtype)), 1).numpy(), -np.log(2))

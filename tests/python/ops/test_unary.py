@@ -39,3 +39,49 @@ def test_where_and_masked_fill():
     check(lambda a: a.masked_fill(c_ls, -3.0), lambda a: a.masked_fill(c_t, -3.0), [(4, 5)])
     with pytest.raises(TypeError, match="where"):
         ls.where(ls.ones(2), ls.ones(2), ls.ones(2))
+
+
+def test_where_with_scalars_takes_torchs_dtypes():
+    cond = [True, False]
+    c_ls, c_t = ls.tensor(cond), torch.tensor(cond)
+    t64 = ([1.5, 2.5], ls.float64, torch.float64)
+    i64 = ([1, 2], ls.int64, torch.int64)
+    for a, b in ((1.0, 0.0), (1, 0), (1, 0.5), (True, 0), (2.5, 7), (t64, 0.5), (i64, 0.5), (0.5, i64), (3, t64)):
+        args_ls = [ls.tensor(v[0], dtype=v[1]) if isinstance(v, tuple) else v for v in (a, b)]
+        args_t = [torch.tensor(v[0], dtype=v[2]) if isinstance(v, tuple) else v for v in (a, b)]
+        ours, ref = ls.where(c_ls, *args_ls), torch.where(c_t, *args_t)
+        assert str(ours.dtype).split(".")[-1] == str(ref.dtype).split(".")[-1], (a, b)
+        assert ours.tolist() == ref.tolist(), (a, b)
+
+
+def test_relu_propagates_nan_like_torch():
+    # relu(NaN) is NaN, and its gradient passes there (torch's threshold_backward zeroes only
+    # where the output is <= 0)
+    for dtype, tdtype in ((ls.float32, torch.float32), (ls.float64, torch.float64)):
+        v = [float("nan"), -1.0, 0.0, -0.0, 2.0, float("-inf"), float("inf")]
+        x, tx = ls.tensor(v, dtype=dtype, requires_grad=True), torch.tensor(v, dtype=tdtype, requires_grad=True)
+        y, ty = x.relu(), torch.relu(tx)
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        y.sum().backward()
+        ty.sum().backward()
+        np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
+    assert ls.tensor([-3, 0, 4]).relu().tolist() == [0, 0, 4]
+
+
+@pytest.mark.parametrize("lo,hi", [(2.0, 1.0), (float("nan"), None), (None, float("nan")), (float("nan"), 1.0),
+                                   (1.0, 2.0), (-1.0, -1.0)])
+def test_clamp_bounds_and_nan_like_torch(lo, hi):
+    # min(max(x, lo), hi): lo > hi gives hi everywhere; a NaN bound gives NaN everywhere; a NaN
+    # input stays NaN. The gradient: g where lo <= x <= hi (none of these where a bound is NaN).
+    v = [0.0, 1.0, 1.5, 2.0, 5.0, float("nan"), float("-inf"), float("inf")]
+    for dtype, tdtype in ((ls.float32, torch.float32), (ls.float64, torch.float64)):
+        x, tx = ls.tensor(v, dtype=dtype, requires_grad=True), torch.tensor(v, dtype=tdtype, requires_grad=True)
+        y, ty = x.clamp(lo, hi), tx.clamp(lo, hi)
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        y.sum().backward()
+        ty.sum().backward()
+        np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
+
+
+def test_clamp_with_min_above_max_gives_max():
+    assert ls.tensor([0.0, 5.0]).clamp(2.0, 1.0).tolist() == [1.0, 1.0]
