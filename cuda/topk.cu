@@ -149,7 +149,7 @@ __device__ __forceinline__ void find_digit(const uint32_t* hist, uint32_t want, 
 // Block per row of x (rows, n): values, indices (rows, k) = the k smallest Items of the row in
 // order; kpad = the power of two >= k, Items in dynamic shared memory; pos_bits = the bits of n - 1.
 template <typename T>
-__global__ void topk_select_kernel(const T* __restrict__ x, T* __restrict__ values,
+__global__ void __launch_bounds__(1024) topk_select_kernel(const T* __restrict__ x, T* __restrict__ values,
                                    int64_t* __restrict__ indices, int64_t n, int k, int kpad,
                                    int pos_bits, bool descending) {
   using K = key_t<T>;
@@ -259,7 +259,8 @@ Tensors topk_cuda(const Tensors& in, const Attrs& a) {
         while ((int64_t(1) << pos_bits) < n) ++pos_bits;  // the bits of n - 1
         const size_t smem = size_t(kpad) * sizeof(Item<K>);
         if (int64_t(smem) <= kSelectBytes && rows < (int64_t(1) << 31) && n < int64_t(0xFFFFFFFFu)) {
-          const int threads = int(std::clamp<int64_t>((n + 31) / 32 * 32, 32, 256));
+          // long rows (a vocabulary) take 1024 threads: few rows leave most SMs idle otherwise
+          const int threads = int(std::clamp<int64_t>((n + 31) / 32 * 32, 32, n >= 16384 ? 1024 : 256));
           topk_select_kernel<scalar_t><<<unsigned(rows), threads, smem, current_stream()>>>(
               static_cast<const scalar_t*>(xt.raw_data()), static_cast<scalar_t*>(values.raw_data()),
               indices.data<int64_t>(), n, int(k), kpad, pos_bits, largest);

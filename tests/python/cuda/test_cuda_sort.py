@@ -1,7 +1,8 @@
 """CUDA sort against the CPU op (stable) on the same values: every dtype, ascending and
 descending, ties in original order, NaN (the largest value), -0.0 and +0.0 (equal: kept in
-order), rows that fit one shared-memory tile and rows that need the global merge passes
-(8-byte and 16-byte sort items), dims other than the last, 0-d, and the gradient."""
+order), rows of the block radix sort (256 < n <= 4096, 32-bit keys), rows that fit one
+shared-memory tile and rows that need the global merge passes (8-byte and 16-byte sort items),
+dims other than the last, 0-d, and the gradient."""
 import numpy as np
 import pytest
 
@@ -19,8 +20,8 @@ def both_sort(a, dtype, dim=-1, descending=False):
 
 
 @pytest.mark.parametrize("dtype", FLOATS + INTS)
-@pytest.mark.parametrize("rows,n", [(1, 1), (3, 2), (7, 3), (5, 127), (2, 1023), (1, 2048), (2, 2049),
-                                    (1, 4096), (3, 4097), (1, 10000), (2, 70001)])
+@pytest.mark.parametrize("rows,n", [(1, 1), (3, 2), (7, 3), (5, 127), (4, 257), (4, 300), (2, 1023), (1, 2048),
+                                    (2, 2049), (1, 4096), (3, 4097), (1, 10000), (2, 70001)])
 @pytest.mark.parametrize("descending", [False, True])
 def test_sort_matches_cpu(rows, n, descending, dtype):
     both_sort(tie_values((rows, n), dtype), dtype, descending=descending)
@@ -33,6 +34,9 @@ def test_sort_distinct_values_other_dims_and_0d(dtype):
         for descending in (False, True):
             both_sort(a, dtype, dim=dim, descending=descending)
     both_sort(np.array(2.0), dtype, dim=0)
+    b = rng.standard_normal((3, 3000)) * 1000  # the block radix sort's rows (256 < n <= 4096)
+    both_sort(b, dtype)
+    both_sort(b, dtype, descending=True)
 
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.float64, ls.bfloat16])

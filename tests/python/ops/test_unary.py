@@ -73,12 +73,18 @@ def test_relu_propagates_nan_like_torch():
 def test_clamp_bounds_and_nan_like_torch(lo, hi):
     # min(max(x, lo), hi): lo > hi gives hi everywhere; a NaN bound gives NaN everywhere; a NaN
     # input stays NaN. The gradient: g where lo <= x <= hi (none of these where a bound is NaN).
+    # torch's own CPU kernels disagree on a lone NaN bound (ignored on some machines), so those
+    # cases check the rule itself.
     v = [0.0, 1.0, 1.5, 2.0, 5.0, float("nan"), float("-inf"), float("inf")]
+    nan_bound = any(b is not None and np.isnan(b) for b in (lo, hi))
     for dtype, tdtype in ((ls.float32, torch.float32), (ls.float64, torch.float64)):
         x, tx = ls.tensor(v, dtype=dtype, requires_grad=True), torch.tensor(v, dtype=tdtype, requires_grad=True)
         y, ty = x.clamp(lo, hi), tx.clamp(lo, hi)
-        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
         y.sum().backward()
+        if nan_bound:
+            assert np.isnan(to_np(y)).all() and (to_np(x.grad) == 0).all()
+            continue
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
         ty.sum().backward()
         np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
 
