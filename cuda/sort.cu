@@ -117,6 +117,12 @@ __global__ void bitonic_global_kernel(Item<K>* items, int64_t pairs, int64_t P, 
 
 constexpr int kRadixThreads = 256;
 
+// Low bits of T's 32-bit order key that carry no order: bfloat16 and float16 widen exactly to
+// float32, whose last 16 and 13 mantissa bits are then all 0 (all 1 once inverted), so the radix
+// sort skips them (bf16: 7 passes of 4 bits instead of 11 at n = 1024).
+template <typename T>
+constexpr int kDeadKeyBits = std::is_same_v<T, __nv_bfloat16> ? 16 : std::is_same_v<T, __half> ? 13 : 0;
+
 // Block per row of x (rows, n), n <= kRadixThreads * kItems = P = 2^pos_bits: the first k_out of
 // the row in order. The word (key << pos_bits | position) is unique, so the load order does not
 // matter (coalesced here) and padding words (all ones) sort last.
@@ -132,9 +138,10 @@ radix_rows_kernel(const T* __restrict__ x, T* __restrict__ values, int64_t* __re
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const int64_t p = int64_t(i) * kRadixThreads + threadIdx.x;
-    words[i] = p < n ? uint64_t(order_key(xr[p], descending)) << pos_bits | uint64_t(p) : ~uint64_t(0);
+    words[i] = p < n ? uint64_t(order_key(xr[p], descending) >> kDeadKeyBits<T>) << pos_bits | uint64_t(p)
+                     : ~uint64_t(0);
   }
-  Sort(temp).SortBlockedToStriped(words, 0, 32 + pos_bits);
+  Sort(temp).SortBlockedToStriped(words, 0, 32 - kDeadKeyBits<T> + pos_bits);
   const uint64_t pos_mask = (uint64_t(1) << pos_bits) - 1;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {

@@ -1,5 +1,7 @@
 """CUDA runtime: device tensors, copies both ways, the Philox stream reproduced on the GPU,
 zero-copy DLPack with torch CUDA tensors. Skipped without a GPU."""
+import os
+
 import numpy as np
 import pytest
 
@@ -120,6 +122,8 @@ def test_bad_device_indices_raise_and_leave_no_error_behind():
     assert (x + 1).cpu().tolist() == [2.0] * 4  # the next launch sees no stale error
 
 
+@pytest.mark.skipif(bool(os.environ.get("LLMSCRATCH_SANITIZER")),
+                    reason="compute-sanitizer counts the failed cudaMalloc as an error")
 def test_a_caught_out_of_memory_does_not_fail_the_next_op():
     with pytest.raises(RuntimeError, match="out of memory"):
         ls.empty(1 << 50, device="cuda")  # 1 PiB of float32
