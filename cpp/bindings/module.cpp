@@ -171,10 +171,18 @@ PYBIND11_MODULE(llmscratch_core, m) {
       py::gil_scoped_acquire gil;
       delete f;
     });
-    record_node(name, to_tensors(inputs), to_tensors(outputs), [fn](const Tensors& grads) {
+    Tensors outs = to_tensors(outputs);
+    // An output that gets no gradient (an integer one) gets zeros of its shape, as torch's
+    // Functions (materialized gradients); the engine fills only floating outputs.
+    std::vector<std::tuple<Shape, DType, Device>> meta;
+    for (const Tensor& t : outs) meta.emplace_back(t.shape(), t.dtype(), t.device());
+    record_node(name, to_tensors(inputs), outs, [fn, meta](const Tensors& grads) {
       py::gil_scoped_acquire gil;
-      py::list g;  // None for an output with no gradient (an integer output, as torch)
-      for (const Tensor& t : grads) g.append(t.defined() ? py::cast(t) : py::none());
+      py::list g;
+      for (size_t i = 0; i < grads.size(); ++i) {
+        const auto& [shape, dtype, device] = meta[i];
+        g.append(grads[i].defined() ? grads[i] : ops::full(shape, 0.0, dtype, device));
+      }
       return to_tensors((*fn)(g));
     });
   }, "Record a Python-defined differentiable function on the tape");

@@ -138,9 +138,14 @@ void bind_tensor(py::module_& m) {
         return py::str(t.grad_fn()->name);
       })
       .def("detach", &Tensor::detach)
-      // torch's `.data`: the values without autograd history; assigning points a leaf at other
-      // memory, shape and dtype (set_data)
-      .def_property("data", &Tensor::detach, [](const Tensor& t, const Tensor& src) { t.set_data(src); })
+      // torch's `.data`: the values without autograd history and with a version counter of their
+      // own, so that autograd does not see writes through it (p.data.mul_(2) between a forward
+      // and its backward); assigning points a leaf at other memory, shape and dtype (set_data)
+      .def_property("data", [](const Tensor& t) {
+        Tensor d = t.detach();
+        d.impl()->version = std::make_shared<uint64_t>(0);
+        return d;
+      }, [](const Tensor& t, const Tensor& src) { t.set_data(src); })
       .def("_set_data", &Tensor::set_data)
       .def("register_hook", [](const Tensor& t, py::function fn) {
         register_hook(t, [fn](const Tensor& g) -> Tensor {

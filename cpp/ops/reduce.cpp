@@ -166,7 +166,10 @@ Tensors amax_backward(const BackwardCtx& c, const Tensors& g) {
   auto is_nan = [](const Tensor& t) { return compare(t, t, "ne"); };
   Tensor hit = to_dtype(compare(x, m, "eq"), g[0].dtype());
   hit = add(hit, to_dtype(mul(is_nan(x), is_nan(m)), g[0].dtype()));  // bool * bool: and
-  return {mul(hit, div(g[0], sum(hit)))};
+  // counted and divided in float32 (float64): in bf16, 257 ties would count as 256
+  const DType acc = g[0].dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+  Tensor share = to_dtype(div(to_dtype(g[0], acc), sum(to_dtype(hit, acc))), g[0].dtype());
+  return {mul(hit, share)};
 }
 
 }  // namespace

@@ -126,7 +126,7 @@ def test_bad_device_indices_raise_and_leave_no_error_behind():
                     reason="compute-sanitizer counts the failed cudaMalloc as an error")
 def test_a_caught_out_of_memory_does_not_fail_the_next_op():
     with pytest.raises(RuntimeError, match="out of memory"):
-        ls.empty(1 << 50, device="cuda")  # 1 PiB of float32
+        ls.empty(1 << 50, device="cuda")  # 4 PiB of float32
     x = ls.ones(4, device="cuda")
     assert (x * 3).cpu().tolist() == [3.0] * 4
 

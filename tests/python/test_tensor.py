@@ -391,6 +391,11 @@ def test_data_reads_without_history_and_assigns_like_torch():
     p = ls.ones(3).requires_grad_()
     d = p.data
     assert not d.requires_grad and d.data_ptr() == p.data_ptr()
+    x = ls.ones(3, requires_grad=True)
+    y = (x * x).sum()
+    x.data.mul_(2)  # unseen by autograd, as torch's .data
+    y.backward()
+    assert x.grad.tolist() == [4.0, 4.0, 4.0]
     p.data = ls.zeros(2, 2, dtype=ls.float64)
     assert p.requires_grad and p.shape == (2, 2) and p.dtype == ls.float64 and p.sum().item() == 0.0
     with pytest.raises(TypeError, match="assigned grad must be a Tensor or None, got int"):

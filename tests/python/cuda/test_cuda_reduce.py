@@ -92,3 +92,14 @@ def test_max_min_of_all_elements_split_ties_like_the_cpu(dtype):
             (getattr(c, name)() * 4.0).backward()
             (getattr(g, name)() * 4.0).backward()
             np.testing.assert_array_equal(host(g.grad), host(c.grad.to(dtype=dtype)))
+
+
+def test_max_of_many_bf16_ties_counts_them_exactly():
+    # 257 tied maxima: a count kept in bf16 rounds to 256 (each share 1/256 instead of 1/257)
+    x = ls.zeros(300, device="cuda").to(dtype=ls.bfloat16)
+    x[:257] = 1.0
+    x.requires_grad_()
+    x.max().backward()
+    expected = float(np.float32(ls.tensor(1.0 / 257).to(dtype=ls.bfloat16).float().item()))
+    got = host(x.grad)
+    assert (got[:257] == expected).all() and (got[257:] == 0).all()
