@@ -289,9 +289,51 @@ def _min(self, dim=None, keepdim=False):
     return min_result(back(values), indices)
 
 
+class _AmaxDims(_Function):
+    """The largest values over dims, with the gradient split evenly over each slice's tied maxima
+    (over its NaNs when it has any), as torch's amax; max(dim) sends it to the one index it
+    returns."""
+
+    @staticmethod
+    def forward(ctx, x, dims, keepdim):
+        out = x
+        for d in dims:  # kept as size 1, so the dims keep their numbers
+            out = _ops.max(out, d, True)[0]
+        ctx.save_for_backward(x, out)
+        ctx.dims = dims
+        return out if keepdim else out.reshape([n for i, n in enumerate(out.shape) if i not in dims])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, m = ctx.saved_tensors
+        hit = (x == m) | ((x != x) & (m != m))
+        acc = float64 if grad.dtype == float64 else float32  # a bf16 count of 257 is 256
+        share = (grad.reshape(list(m.shape)).to(dtype=acc) / hit.to(dtype=acc).sum(ctx.dims, keepdim=True))
+        return hit.to(dtype=grad.dtype) * share.to(dtype=grad.dtype), None, None
+
+
+def _amax(self, dim=None, keepdim=False):
+    """The largest value, or the largest values over dim (an int or a tuple), as torch's amax."""
+    if dim is None or (not isinstance(dim, numbers.Integral) and len(dim) == 0):
+        out = _ops.amax(self)
+        return out.reshape([1] * self.ndim) if keepdim else out
+    if self.ndim == 0:  # dim 0 or -1 of a 0-d tensor: the value itself
+        for d in _dims(dim):
+            _wrap_dim(d, 1, "amax")
+        return _AmaxDims.apply(self.reshape(1), [0], False).reshape([])
+    return _AmaxDims.apply(self, sorted({_wrap_dim(d, self.ndim, "amax") for d in _dims(dim)}), keepdim)
+
+
+def _amin(self, dim=None, keepdim=False):
+    """The smallest value(s), as torch's amin: amax of the exact order-reversing map."""
+    flipped, back = _reversed_order(self)
+    return back(_amax(flipped, dim, keepdim))
+
+
 T.max = _max
 T.min = _min
-T.amax = lambda self: _ops.amax(self)
+T.amax = _amax
+T.amin = _amin
 
 
 def _argmax(self, dim=None, keepdim=False):

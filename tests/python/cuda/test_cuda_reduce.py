@@ -103,3 +103,16 @@ def test_max_of_many_bf16_ties_counts_them_exactly():
     expected = float(np.float32(ls.tensor(1.0 / 257).to(dtype=ls.bfloat16).float().item()))
     got = host(x.grad)
     assert (got[:257] == expected).all() and (got[257:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16])
+def test_amax_amin_over_a_dim_like_the_cpu(dtype):
+    a = tie_values((7, 300), dtype, nan=False)
+    for name in ("amax", "amin"):
+        c = make(a, ls.float32, "cpu", requires_grad=True)
+        g = make(a, dtype, "cuda", requires_grad=True)
+        yc, yg = getattr(c, name)(1), getattr(g, name)(1)
+        np.testing.assert_array_equal(host(yg), host(yc))
+        (yc * 3.0).sum().backward()
+        (yg * 3.0).sum().backward()
+        np.testing.assert_array_equal(host(g.grad), host(c.grad.to(dtype=dtype)))

@@ -208,27 +208,13 @@ def test_dlpack_to_torch_from_a_side_stream():
     with stream(s):
         y = long_chain(a)
         expected = to_np(y.cpu())  # y's values, read on s
-        y2 = long_chain(a)
-        x = torch.from_dlpack(y2)  # torch's default stream is ordered after s's work
-    assert rel_err(x.cpu().numpy(), expected) < 1e-4
-    s.synchronize()
-
-
-def test_dlpack_export_orders_the_legacy_stream_and_the_copy():
-    s = Stream()
-    a = ls.tensor(randn(N, N), dtype=ls.float32, device="cuda")
-    s.wait_stream(default_stream())
-    with stream(s):
-        y = long_chain(a)
-        expected = to_np(y.cpu())
-        y2 = long_chain(a)
-        # DLPack: stream None is the legacy default stream, which must wait for s's work
-        x = torch.utils.dlpack.from_dlpack(y2.__dlpack__(stream=None))
-        y3 = long_chain(a)
+        x = torch.from_dlpack(long_chain(a))  # torch's default stream is ordered after s's work
+        # DLPack: stream None is the legacy default stream, which must wait for s's work too
+        x_none = torch.utils.dlpack.from_dlpack(long_chain(a).__dlpack__(stream=None))
         # copy=True: the consumer waits for the clone too, not only for the work before it
-        z = torch.utils.dlpack.from_dlpack(y3.__dlpack__(stream=1, copy=True))
-    assert rel_err(x.cpu().numpy(), expected) < 1e-4
-    assert rel_err(z.cpu().numpy(), expected) < 1e-4
+        x_copy = torch.utils.dlpack.from_dlpack(long_chain(a).__dlpack__(stream=1, copy=True))
+    for got in (x, x_none, x_copy):
+        assert rel_err(got.cpu().numpy(), expected) < 1e-4
     s.synchronize()
 
 

@@ -50,6 +50,28 @@ def test_std_gradient_is_zero_on_a_constant_slice_like_torch():
     assert to_np(x.grad)[1].tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("shape,dim,keepdim", [((4, 5, 6), 1, False), ((4, 5, 6), (0, 2), True),
+                                               ((4, 5, 6), -1, True), ((3,), 0, False), ((), 0, False)])
+def test_amax_amin_over_dims_split_ties_like_torch(shape, dim, keepdim):
+    rng = np.random.default_rng()
+    a = rng.integers(0, 3, shape).astype(np.float64)  # many ties
+    for name in ("amax", "amin"):
+        x, t = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+        y, ty = getattr(x, name)(dim, keepdim), getattr(t, name)(dim, keepdim)
+        assert tuple(y.shape) == tuple(ty.shape)
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        w = rng.standard_normal(tuple(y.shape))
+        (y * ls.tensor(w)).sum().backward()
+        (ty * torch.tensor(w)).sum().backward()
+        np.testing.assert_allclose(to_np(x.grad), t.grad.numpy(), rtol=1e-12)
+    # integers; a NaN slice splits its gradient over its NaNs (as max() does; torch's amax(dim)
+    # gives that slice NaN gradients)
+    assert ls.tensor([[1, 5, 5], [2, 2, 0]]).amin(1).tolist() == [1, 0]
+    x = ls.tensor([[1.0, np.nan, np.nan], [3.0, 3.0, 0.0]], requires_grad=True)
+    x.amax(1).sum().backward()
+    assert x.grad.tolist() == [[0.0, 0.5, 0.5], [0.5, 0.5, 0.0]]
+
+
 def test_max_and_min_along_a_dim_are_named_tuples_like_torch():
     t = ls.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
     for ours, ref in ((t.max(1), torch.tensor(t.tolist()).max(1)),
