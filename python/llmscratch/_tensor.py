@@ -11,7 +11,7 @@ import numpy as np
 import llmscratch_core as _core
 
 from .autograd import Function as _Function, backward as _autograd_backward
-from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64
+from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64, uint8
 
 Tensor = _core.Tensor
 _ops = _core.ops
@@ -32,6 +32,14 @@ def _scalar_dtype(value, like: Tensor):
 
 
 _SCALARS = (numbers.Number, np.number, np.bool_)
+# An int scalar with a narrower integer tensor wraps to the tensor's dtype, as torch's
+# (int32 + 2**40 adds 0): (bits, signed)
+_WRAPPED = {int32: (32, True), uint8: (8, False)}
+
+
+def _wrap_int(v: int, bits: int, signed: bool) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if signed and v >> (bits - 1) else v
 
 
 def as_tensor_like(value, like: Tensor) -> Tensor:
@@ -41,6 +49,8 @@ def as_tensor_like(value, like: Tensor) -> Tensor:
         return value
     if isinstance(value, _SCALARS):
         dtype = _scalar_dtype(value, like)
+        if dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
+            value = _wrap_int(int(value), *_WRAPPED[dtype])
         if dtype == int64 and isinstance(value, numbers.Integral) and abs(int(value)) > 2 ** 53:
             from ._creation import full  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
@@ -219,6 +229,12 @@ def _masked_fill(self, mask, value):
     """value where mask is true. The op carries value as a double; an int64 one past 2^53 (which
     the double would round) is made exactly by as_tensor_like and written through where."""
     from ._creation import past_double
+    if self.dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
+        bits, signed = _WRAPPED[self.dtype]
+        lo = -(1 << (bits - 1)) if signed else 0
+        if not lo <= int(value) < lo + (1 << bits):  # a fill value is not wrapped, as torch's
+            raise RuntimeError(f"masked_fill: value {value} cannot be converted to {self.dtype} "
+                               "without overflow")
     if past_double(self.dtype, value):
         return _ops.where(mask, as_tensor_like(value, self), self)
     return _ops.masked_fill(self, mask, float(value))

@@ -421,6 +421,19 @@ def test_a_0d_operand_promotes_like_a_scalar_like_torch():
     assert w.grad.dtype == ls.float64 and w.grad.item() == 3.0 and x.grad.dtype == ls.float32
 
 
+def test_int_scalars_wrap_to_a_narrower_integer_tensor_like_torch():
+    for dtype, tdtype, ops in ((ls.int32, torch.int32, [2**40, 2**31, -(2**31) - 5, 2**33 + 3]),
+                               (ls.uint8, torch.uint8, [300, 256, 511])):
+        x, t = ls.tensor([1, 7], dtype=dtype), torch.tensor([1, 7], dtype=tdtype)
+        for v in ops:
+            for ours, theirs in ((x + v, t + v), (x * v, t * v), (v - x, v - t)):
+                assert ours.dtype == dtype and ours.tolist() == theirs.tolist(), (dtype, v)
+        assert (x == ops[0]).tolist() == (t == ops[0]).tolist()
+        with pytest.raises(RuntimeError, match="cannot be converted"):
+            x.masked_fill(ls.tensor([True, False]), ops[0])  # a fill value is refused, as torch's
+    assert ls.tensor([5], dtype=ls.int32).masked_fill(ls.tensor([True]), -(2**31)).tolist() == [-(2**31)]
+
+
 def test_integer_casts_wrap_like_torch():
     big = 2**40 + 5
     assert ls.tensor([big]).to(dtype=ls.int32).tolist() == torch.tensor([big]).to(torch.int32).tolist()
