@@ -34,8 +34,9 @@ and triton only then, so both stay optional. Each ``fn`` is wrapped and register
 
 * serves CUDA tensors; CPU tensors only when the Triton interpreter is on (``TRITON_INTERPRET=1``,
   how the kernels are tested without a GPU). The registry's implementations are not per device,
-  so for a tensor the wrapper cannot serve it re-dispatches the op to the device's native backend;
-  ``llmscratch.backend_report()`` then shows that backend (``cpu``), not ``triton``;
+  so for a tensor the wrapper cannot serve it re-dispatches the op to the device's native backend
+  (``llmscratch_core.call_native``, for the calling thread only); ``llmscratch.backend_report()``
+  then shows that backend (``cpu``), not ``triton``;
 * exchanges memory through DLPack both ways without copies: the output capsule keeps the torch
   tensor alive for as long as the llmscratch tensor lives (see ``ONE_BUFFER_OUTPUTS`` for outputs
   that view one torch storage);
@@ -67,14 +68,9 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False):
         dev = next((t.device for t in inputs if t is not None), None)
         if dev is None or dev.type != served_device or (serves and not serves(inputs, attrs)):
             # Not ours to serve (a CPU tensor without the interpreter, or a case the kernel does
-            # not cover): the native backend runs it.
-            native = "cpu" if dev is None or dev.type == "cpu" else "cuda"
-            prev = _core.current_backend()
-            _core.set_backend(native)
-            try:
-                return _core.call(op, inputs, attrs)
-            finally:
-                _core.set_backend(prev)
+            # not cover): the native backend runs it, on this thread only (switching the
+            # process's backend for the call had let other threads' ops see it).
+            return _core.call_native(op, inputs, attrs)
         tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
         if dev.type == "cpu":
             tin = _one_storage_per_allocation(tin)

@@ -190,14 +190,21 @@ def global_norm(inputs, attrs):
     return [torch.cat(partials).double().sum().sqrt().float()]
 
 
+def _at_most_float32(tensors):
+    """The kernels compute in float32: a float64 tensor (which the registry's dispatch on the first
+    input's dtype does not see past a float32 one) goes to the native backend whole."""
+    return all(t is None or t.dtype.itemsize <= 4 for t in tensors)
+
+
 def _serves_adamw(inputs, attrs):
-    """Plain steps only: the mixed-precision form (16-bit gradients for float32 masters, model
-    copies written back; has_model_copy) runs on the CUDA backend."""
-    if attrs.get("has_model_copy", False):
+    """Plain steps of float32 and 16-bit tensors only: the mixed-precision form (16-bit gradients
+    for float32 masters, model copies written back; has_model_copy) and float64 parameters (which
+    a float32 update would round) run on the CUDA backend."""
+    if attrs.get("has_model_copy", False) or not _at_most_float32(inputs):
         return False
     n = (len(inputs) - (1 if attrs.get("has_grad_scale", False) else 0)) // 4
     return all(inputs[n + k].dtype == inputs[k].dtype for k in range(n))
 
 
 KERNELS = {"adamw_step": adamw_step, "global_norm": global_norm}
-SERVES = {"adamw_step": _serves_adamw}
+SERVES = {"adamw_step": _serves_adamw, "global_norm": lambda inputs, attrs: _at_most_float32(inputs)}

@@ -43,8 +43,8 @@ buffer, which the split's backward takes whole. HS of any size is padded to the 
 two (at least 16) inside the kernel, with masked loads.
 Tiles are autotuned on the GPU for 16-bit problems of 512 x 512 scores per head or more; smaller
 ones and float32 use one config each (fewer compiled variants); under TRITON_INTERPRET=1 one
-small tile. Limits: no user mask (attn_mask raises NotImplementedError naming the op, which the
-registry passes on to the caller: masked attention needs the cpu or cuda backend); float32,
+small tile. Limits: no user mask (a masked call runs on the native backend, SERVES below; the
+functions themselves raise NotImplementedError for one); float32,
 float16, bfloat16; the tile configs are sized for HS <= 128; CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1.
 """
@@ -623,4 +623,7 @@ def _attention_backward_op(inputs, attrs):
 
 
 KERNELS = {"attention": _attention_op, "attention_backward": _attention_backward_op}
+# a user mask (input 3 of both ops) runs on the native backend, visibly in backend_report()
+SERVES = {"attention": lambda inputs, attrs: len(inputs) < 4 or inputs[3] is None,
+          "attention_backward": lambda inputs, attrs: inputs[3] is None}
 ONE_BUFFER_OUTPUTS = {"attention_backward"}  # dq, dk, dv as views of one buffer (_fused_qkv_grads)

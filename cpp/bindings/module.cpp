@@ -113,6 +113,10 @@ PYBIND11_MODULE(llmscratch_core, m) {
     return call(op, to_tensors(inputs), to_attrs(attrs));
   }, py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(),
      "Run a registered op by name: call('softmax', [x], {'dim': -1}) -> list of outputs");
+  m.def("call_native", [](const std::string& op, const py::sequence& inputs, const py::dict& attrs) {
+    return call_native(op, to_tensors(inputs), to_attrs(attrs));
+  }, py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(),
+     "call() on the device's native backend, for this thread only");
   m.def("op_names", &op_names);
   m.def("has_op", &has_op);
   m.def("op_backends", &op_backends);

@@ -115,9 +115,16 @@ std::unordered_map<std::string, OpEntry>& table() {
   return t;
 }
 
+bool known_backend(const std::string& name) {
+  static const char* known[] = {"", "default", "cpu", "cuda", "triton"};
+  return std::any_of(std::begin(known), std::end(known), [&](const char* k) { return name == k; });
+}
+// An unknown LLMSCRATCH_BACKEND is ignored here (this runs before Python can raise); llmscratch's
+// import refuses it with a message.
 std::string initial_backend() {
   const char* env = std::getenv("LLMSCRATCH_BACKEND");
-  return env ? std::string(env) : std::string();
+  const std::string name = env ? std::string(env) : std::string();
+  return known_backend(name) && name != "default" ? name : std::string();
 }
 std::string& backend_ref() {
   static std::string b = initial_backend();
@@ -125,10 +132,12 @@ std::string& backend_ref() {
 }
 std::mutex g_report_mutex;
 std::map<std::string, std::string> g_report;
+thread_local bool t_native = false;  // inside call_native on this thread
 
 const Impl* pick(const std::string& op, OpEntry& e, Device dev, DType dt) {
   const std::string native = dev.is_cpu() ? "cpu" : "cuda";
-  const std::string& chosen = backend_ref();
+  static const std::string none;
+  const std::string& chosen = t_native ? none : backend_ref();
   const std::string order[3] = {chosen.empty() ? native : chosen, native, "any"};
   for (auto& b : order)
     for (auto& impl : e.impls)
@@ -198,10 +207,17 @@ std::vector<std::string> op_backends(const std::string& op) {
 
 const std::string& current_backend() { return backend_ref(); }
 void set_backend(const std::string& name) {
-  static const char* known[] = {"", "default", "cpu", "cuda", "triton"};
-  bool ok = std::any_of(std::begin(known), std::end(known), [&](const char* k) { return name == k; });
-  LS_CHECK(ok, ValueError, "unknown backend '", name, "': expected cpu, cuda, triton or default");
+  LS_CHECK(known_backend(name), ValueError, "unknown backend '", name, "': expected cpu, cuda, triton or default");
   backend_ref() = name == "default" ? "" : name;
+}
+
+Tensors call_native(const std::string& op, const Tensors& inputs, const Attrs& attrs) {
+  struct Restore {
+    bool prev = t_native;
+    ~Restore() { t_native = prev; }
+  } restore;
+  t_native = true;
+  return call(op, inputs, attrs);
 }
 
 std::map<std::string, std::string> backend_report(bool reset) {

@@ -106,6 +106,9 @@ struct BackendGuard {
   explicit BackendGuard(const std::string& b) : prev(current_backend()) { set_backend(b); }
   ~BackendGuard() { set_backend(prev); }
 };
+// call() on the device's native backend, for this thread only (the process's choice stays as it
+// is for other threads): a backend's kernel hands a case it does not serve back this way.
+Tensors call_native(const std::string& op, const Tensors& inputs, const Attrs& attrs = {});
 // Which implementation served each op since the last reset: op -> backend.
 std::map<std::string, std::string> backend_report(bool reset);
 

@@ -77,6 +77,10 @@ def backend_report(reset: bool = False) -> dict:
 
 
 # LLMSCRATCH_BACKEND=triton selects the backend in the core before any Python runs; register the
-# kernels now so the first op finds them.
-if os.environ.get("LLMSCRATCH_BACKEND") == "triton":
+# kernels now so the first op finds them. An unknown name (which the core ignored) is refused.
+_ENV_BACKEND = os.environ.get("LLMSCRATCH_BACKEND")
+if _ENV_BACKEND not in (None, "", "default", "cpu", "cuda", "triton"):
+    raise ValueError(f"LLMSCRATCH_BACKEND={_ENV_BACKEND!r} is not a backend: expected cpu, cuda, "
+                     "triton or default")
+if _ENV_BACKEND == "triton":
     enable_triton()

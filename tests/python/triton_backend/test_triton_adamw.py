@@ -44,6 +44,22 @@ def test_global_norm(device, dtype):
     assert abs(float(norm.to("cpu").item()) - want) <= 1e-5 * want
 
 
+def test_float64_parameters_fall_back_whole():
+    """A float64 parameter behind a float32 one (the registry dispatches on the first tensor's
+    dtype) would be updated in float32 by the kernels: the step goes to the native backend."""
+    import llmscratch_core as core
+    p = [ls.ones(3), ls.full([2], 1.0 + 1e-12, dtype=ls.float64)]
+    g = [ls.zeros(3), ls.zeros(2, dtype=ls.float64)]
+    m, v = [ls.zeros_like(t) for t in p], [ls.zeros_like(t) for t in p]
+    core.backend_report(True)
+    with ls.backend("triton"):
+        core.ops.adamw_step(p, g, m, v, 0.0, 0.9, 0.99, 1e-8, 0.0, 1, None)
+        core.call("global_norm", [p[1]], {})
+    report = core.backend_report(False)
+    assert report["adamw_step"] == "cpu" and report["global_norm"] == "cpu"
+    assert p[1].tolist() == [1.0 + 1e-12] * 2
+
+
 def test_mixed_precision_step_falls_back_to_the_native_backend():
     """16-bit gradients with float32 masters and model copies: not a triton kernel case, so the
     device's native backend serves it, and backend_report says so."""

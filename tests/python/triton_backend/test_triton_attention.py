@@ -11,6 +11,7 @@ the compiled kernels on bigger shapes in float32, float16 and bfloat16.
 """
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -217,12 +218,23 @@ def test_registry_interpreter(shape, causal):
 
 
 @interpreter_only
-def test_user_mask_is_not_implemented():
-    q, k, v = (ls.tensor(t.float().numpy()) for t in inputs((1, 2, 2, 4, 4, 8), "cpu"))
-    mask = ls.tensor(torch.ones(4, 4, dtype=torch.bool).numpy())
+def test_a_user_mask_runs_on_the_native_backend():
+    base = [t.float().numpy() for t in inputs((1, 2, 2, 4, 4, 8), "cpu")]
+    mask = ls.tensor(np.tril(np.ones((4, 4), dtype=bool)))
+
+    def run():
+        q, k, v = (ls.tensor(a).requires_grad_() for a in base)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out.sum().backward()
+        return [out.detach().numpy()] + [t.grad.numpy() for t in (q, k, v)]
+    ref = run()
     with ls.backend("triton"):
-        with pytest.raises(NotImplementedError, match="attention"):
-            F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ls.backend_report(reset=True)
+        got = run()
+        report = ls.backend_report()
+    assert report["attention"] == "cpu" and report["attention_backward"] == "cpu"
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
 
 
 CUDA_SHAPES = SHAPES + [(2, 8, 2, 257, 300, 128), (1, 4, 4, 1023, 1023, 64), (2, 4, 1, 128, 1000, 80),

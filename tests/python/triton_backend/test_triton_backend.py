@@ -63,6 +63,33 @@ def test_float64_falls_back_to_cpu():
     assert np.allclose(to_np(y).sum(-1), 1)
 
 
+def test_a_fallback_leaves_other_threads_on_their_backend():
+    import threading
+    x = ls.tensor(rng().standard_normal((2, 5)))  # float64: triton hands softmax to the cpu backend
+    seen, stop = set(), threading.Event()
+    with ls.backend("triton"):
+        def watch():
+            while not stop.is_set():
+                seen.add(ls.get_backend())
+        t = threading.Thread(target=watch)
+        t.start()
+        try:
+            for _ in range(300):
+                F.softmax(x, -1)
+        finally:
+            stop.set()
+            t.join()
+    assert seen == {"triton"}  # the re-dispatch had set the process's backend to "cpu" meanwhile
+
+
+def test_an_unknown_backend_in_the_environment_is_refused():
+    import os
+    import subprocess
+    env = dict(os.environ, LLMSCRATCH_BACKEND="Triton")
+    r = subprocess.run([sys.executable, "-c", "import llmscratch"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "LLMSCRATCH_BACKEND='Triton' is not a backend" in r.stderr
+
+
 def test_missing_triton_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     with pytest.raises(ImportError, match=r"pip install \.\[triton\]"):
