@@ -16,6 +16,10 @@ Registration convention (every kernel module follows it)
 * Optional ``SERVES = {"op_name": predicate}``: ``predicate(inputs, attrs) -> bool`` sees the
   llmscratch tensors; a call it rejects (a case the kernel does not cover) runs on the device's
   native backend instead, visibly in ``backend_report()``.
+* Optional ``CHECKS = {"op_name": check}``: ``check(inputs, attrs)`` sees the llmscratch tensors
+  of a call the kernel serves and raises for bad input, with the errors the CPU and CUDA kernels
+  raise (their shared checks, bound as ``llmscratch_core.ops.check_*``): a kernel reading past a
+  weight of the wrong size returns garbage instead.
 * Optional ``ONE_BUFFER_OUTPUTS = {"op_name", ...}``: ops whose outputs may be views of one
   buffer that a consumer should see as one (gradients that the split's backward takes whole
   instead of concatenating them). The wrapper hands such outputs back as views of one llmscratch
@@ -61,7 +65,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _wrap(op, fn, served_device, serves=None, one_buffer=False):
+def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
     import torch
 
     def run(inputs, attrs):
@@ -71,6 +75,8 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False):
             # not cover): the native backend runs it, on this thread only (switching the
             # process's backend for the call had let other threads' ops see it).
             return _core.call_native(op, inputs, attrs)
+        if check:
+            check(inputs, attrs)
         tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
         if dev.type == "cpu":
             tin = _one_storage_per_allocation(tin)
@@ -169,9 +175,9 @@ def register_all() -> None:
     served = "cpu" if interpreted() else "cuda"
     for mod in kernel_modules():
         dtypes, serves = getattr(mod, "DTYPES", {}), getattr(mod, "SERVES", {})
-        one_buffer = getattr(mod, "ONE_BUFFER_OUTPUTS", ())
+        checks, one_buffer = getattr(mod, "CHECKS", {}), getattr(mod, "ONE_BUFFER_OUTPUTS", ())
         for op, fn in getattr(mod, "KERNELS", {}).items():
             names = dtypes.get(op, FLOAT_DTYPES)
-            _core.register_kernel(op, "triton", _wrap(op, fn, served, serves.get(op), op in one_buffer),
-                                  [getattr(_core.DType, n) for n in names])
+            wrapper = _wrap(op, fn, served, serves.get(op), op in one_buffer, checks.get(op))
+            _core.register_kernel(op, "triton", wrapper, [getattr(_core.DType, n) for n in names])
     _registered = True

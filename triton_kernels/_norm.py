@@ -17,6 +17,7 @@ backward_regs_kernel), so the memory system stays busy through the row's reducti
 Statistics are float32 for 16-bit x (as torch); arithmetic is float32 throughout.
 References: Liger-Kernel's layer_norm and rms_norm (the same partial-sum scheme for dw/db).
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -143,6 +144,29 @@ def _sum_partials(PART, OUT, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr)
         acc += tl.load(PART + (part * P + p[:, None]) * C + cols[None, :],
                        mask=(p < P)[:, None] & (cols < C)[None, :], other=0.0)
     tl.store(OUT + part * C + cols, tl.sum(acc, axis=0).to(OUT.dtype.element_ty), mask=cols < C)
+
+
+def check_forward(op, add):
+    """CHECKS entry of a norm forward {x, [r,] w?, b?}: the CPU and CUDA kernels' checks."""
+    def check(inputs, attrs):
+        params = list(inputs[2 if add else 1:]) + [None, None]
+        _core.ops.check_norm_args(inputs[0], params[0], params[1], float(attrs.get("eps", 0.0)), op)
+        if add:
+            _core.ops.check_norm_residual(inputs[0], inputs[1], op, "residual")
+    return check
+
+
+def check_backward(op, add, stats):
+    """CHECKS entry of a norm backward {g, [dh,] x, w?, stats...}: the shared checks, and the
+    statistics' sizes (one per row of x), which the kernels index by row."""
+    def check(inputs, attrs):
+        g, dh, x, w = (inputs[0], inputs[1], inputs[2], inputs[3]) if add else (inputs[0], None, inputs[1], inputs[2])
+        _core.ops.check_norm_backward_args(x, w, g, dh, op)
+        for s in inputs[-stats:]:
+            if s is None or s.numel() * x.shape[-1] != x.numel():
+                raise ValueError(f"{op}: statistics of shape {None if s is None else tuple(s.shape)} do "
+                                 f"not match the input shape {tuple(x.shape)}")
+    return check
 
 
 def optional(inputs, i):

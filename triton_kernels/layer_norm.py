@@ -19,7 +19,7 @@ Registry ops (cpp/ops/layer_norm.cpp): "add_layer_norm" {x, r, w?, b?} attr eps 
 {h, y, mean, rstd}; "add_layer_norm_backward" {dy, dh, h, w?, mean, rstd} attrs dweight, dbias
 -> {dx, dw, db}. The same kernels with a constexpr flag (ADD forward, HAS_DH backward).
 """
-from ._norm import backward, forward, optional
+from ._norm import backward, check_backward, check_forward, forward, optional
 
 
 def layer_norm_forward(inputs, attrs):
@@ -45,3 +45,6 @@ def add_layer_norm_backward(inputs, attrs):
 
 KERNELS = {"layer_norm": layer_norm_forward, "layer_norm_backward": layer_norm_backward,
            "add_layer_norm": add_layer_norm_forward, "add_layer_norm_backward": add_layer_norm_backward}
+CHECKS = {"layer_norm": check_forward("layer_norm", False), "layer_norm_backward": check_backward("layer_norm_backward", False, 2),
+          "add_layer_norm": check_forward("add_layer_norm", True),
+          "add_layer_norm_backward": check_backward("add_layer_norm_backward", True, 2)}

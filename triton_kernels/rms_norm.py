@@ -17,7 +17,7 @@ Registry ops (cpp/ops/rms_norm.cpp): "add_rms_norm" {x, r, w?} attr eps -> {h, y
 "add_rms_norm_backward" {dy, dh, h, w?, rstd} attr dweight -> {dx, dw}. The same kernels with a
 constexpr flag (ADD forward, HAS_DH backward).
 """
-from ._norm import backward, forward, optional
+from ._norm import backward, check_backward, check_forward, forward, optional
 
 
 def rms_norm_forward(inputs, attrs):
@@ -43,3 +43,6 @@ def add_rms_norm_backward(inputs, attrs):
 
 KERNELS = {"rms_norm": rms_norm_forward, "rms_norm_backward": rms_norm_backward,
            "add_rms_norm": add_rms_norm_forward, "add_rms_norm_backward": add_rms_norm_backward}
+CHECKS = {"rms_norm": check_forward("rms_norm", False), "rms_norm_backward": check_backward("rms_norm_backward", False, 1),
+          "add_rms_norm": check_forward("add_rms_norm", True),
+          "add_rms_norm_backward": check_backward("add_rms_norm_backward", True, 1)}

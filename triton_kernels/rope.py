@@ -18,6 +18,7 @@ copied first), out contiguous. cos/sin gradient, one
 program per position t summing its (leading, head) rows in a fixed order in float32 registers,
 so the result is deterministic.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -146,3 +147,5 @@ def rope_cos_sin_backward(inputs, attrs):
 
 
 KERNELS = {"rope": rope_forward, "rope_cos_sin_backward": rope_cos_sin_backward}
+# the CPU and CUDA kernels' checks of x, cos and sin (dtypes and shapes)
+CHECKS = {"rope": lambda inputs, attrs: _core.ops.check_rope(inputs[0], inputs[1], inputs[2], "rope")}

@@ -21,6 +21,7 @@ per thread and tensor). Every program but the last runs without a mask, which ke
 multiple of 16); the last masks its tail. The block's start moves the pointers (64-bit), the
 offsets within a block are 32-bit. float32 arithmetic for every dtype.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -169,4 +170,8 @@ def swiglu_backward(inputs, attrs):
 
 
 KERNELS = {"swiglu": swiglu_forward, "swiglu_backward": swiglu_backward}
+# the CPU and CUDA kernels' checks (one floating dtype and shape; the gradient's dtype too)
+CHECKS = {"swiglu": lambda inputs, attrs: _core.ops.check_swiglu_args(inputs[0], inputs[1]),
+          "swiglu_backward": lambda inputs, attrs: (_core.ops.check_swiglu_args(inputs[1], inputs[2]),
+                                                    _core.ops.check_swiglu_args(inputs[1], inputs[0]))}
 ONE_BUFFER_OUTPUTS = {"swiglu_backward"}  # da, db as the halves of one buffer (see _halves)

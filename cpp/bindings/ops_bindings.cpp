@@ -1,5 +1,7 @@
 // Typed bindings of the C++ op wrappers (cpp/ops/ops.h) as llmscratch_core.ops. Ops without a
 // C++ wrapper are reached through llmscratch_core.call(name, inputs, attrs).
+#include <optional>
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -13,6 +15,24 @@ void bind_ops(py::module_& root) {
   py::module_ m = root.def_submodule("ops", "C++ op wrappers");
   using namespace ls::ops;
   m.def("full", &full, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
+  // The argument checks the CPU and CUDA kernels share (op_args.h), for the backends defined in
+  // Python (the Triton kernels): bad input raises the same error on every backend.
+  auto or_none = [](const std::optional<Tensor>& t) { return t ? *t : Tensor(); };
+  m.def("check_norm_args", [=](const Tensor& x, std::optional<Tensor> w, std::optional<Tensor> b,
+                               double eps, const std::string& op) {
+    Tensor tw = or_none(w), tb = or_none(b);
+    check_norm_args(x, {{&tw, "weight"}, {&tb, "bias"}}, eps, op.c_str());
+  });
+  m.def("check_norm_residual", [](const Tensor& x, const Tensor& res, const std::string& op,
+                                  const std::string& name) { check_norm_residual(x, res, op.c_str(), name.c_str()); });
+  m.def("check_norm_backward_args", [=](const Tensor& x, std::optional<Tensor> w, const Tensor& g,
+                                        std::optional<Tensor> dh, const std::string& op) {
+    check_norm_backward_args(x, or_none(w), g, or_none(dh), op.c_str());
+  });
+  m.def("check_swiglu_args", &check_swiglu_args);
+  m.def("check_rope", [](const Tensor& x, const Tensor& cos, const Tensor& sin, const std::string& op) {
+    check_rope(x, cos, sin, op.c_str(), false);
+  });
   m.def("arange", &arange);
   m.def("linspace", &linspace);
   m.def("rand", &ops::rand);

@@ -7,7 +7,7 @@ import pytest
 
 import llmscratch as ls
 import llmscratch.functional as F
-from triton_check import CASES, rng, to_ls, to_np
+from triton_check import CASES, interpreter_only, rng, to_ls, to_np
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -121,3 +121,30 @@ def test_outputs_of_one_storage_come_back_as_views_of_one_tensor():
     # one storage, two dtypes: each exported alone
     assert (m_float.storage_offset(), m_int.storage_offset()) == (0, 0)
     assert m_int.data_ptr() - m_float.data_ptr() == 4 * 4
+
+
+@interpreter_only
+def test_bad_arguments_raise_the_native_kernels_errors():
+    """The Triton wrappers run the CPU and CUDA kernels' shared checks (CHECKS) before a kernel
+    that would read past a weight of the wrong size, or mix dtypes, returns garbage."""
+    import llmscratch_core as core
+    x, r = to_ls(rng().standard_normal((2, 4)), "cpu", "float32"), to_ls(rng().standard_normal((2, 4)), "cpu", "float32")
+    w3, w16 = ls.ones(3), ls.ones(4, dtype=ls.float16)
+    bad = [
+        (ValueError, "weight of shape", lambda: F.layer_norm(x, (4,), weight=w3)),
+        (ValueError, "weight of shape", lambda: F.add_layer_norm(x, r, weight=w3)[1]),
+        (ValueError, "eps", lambda: F.rms_norm(x, (4,), eps=-1.0)),
+        (TypeError, "dtype", lambda: F.layer_norm(x, (4,), weight=w16)),
+        (ValueError, "at least one dimension", lambda: core.call("add_rms_norm", [ls.ones(()), ls.ones(())], {})),
+        (ValueError, "statistics", lambda: core.call("layer_norm_backward",
+                                                     [x, x, None, ls.zeros(1), ls.ones(1)], {})),
+        (ValueError, "gradient of shape", lambda: core.call("rms_norm_backward", [x[:1], x, None, ls.ones(2)], {})),
+        (TypeError, "one dtype", lambda: F.swiglu(x, r.to(dtype=ls.float16))),
+        (TypeError, "rope", lambda: core.call("rope", [ls.ones(1, 3, 2, 4), ls.ones(3, 2, dtype=ls.float16),
+                                                       ls.ones(3, 2, dtype=ls.float16)], {})),
+    ]
+    for exc, text, call in bad:
+        with ls.backend("cpu"), pytest.raises(exc, match=text):
+            call()  # the CPU kernel's error
+        with ls.backend("triton"), pytest.raises(exc, match=text):
+            call()
