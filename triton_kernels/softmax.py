@@ -146,3 +146,19 @@ log_softmax_forward, log_softmax_backward = _forward(True), _backward(True)
 
 KERNELS = {"softmax": softmax_forward, "softmax_backward": softmax_backward,
            "log_softmax": log_softmax_forward, "log_softmax_backward": log_softmax_backward}
+
+
+def _check_backward(op):
+    """CHECKS entry of the backwards {y, g}: the CPU and CUDA kernels' errors for a gradient of
+    another dtype or shape than the output (the kernel reads g by y's rows)."""
+    def check(inputs, attrs):
+        y, g = inputs
+        if g.dtype != y.dtype:
+            raise TypeError(f"{op}: gradient dtype {g.dtype.name} differs from the input dtype {y.dtype.name}")
+        if tuple(g.shape) != tuple(y.shape):
+            raise ValueError(f"{op}: gradient of shape {tuple(g.shape)} does not match the output shape "
+                             f"{tuple(y.shape)}")
+    return check
+
+
+CHECKS = {op: _check_backward(op) for op in ("softmax_backward", "log_softmax_backward")}

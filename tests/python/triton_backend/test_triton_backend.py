@@ -142,6 +142,10 @@ def test_bad_arguments_raise_the_native_kernels_errors():
         (TypeError, "one dtype", lambda: F.swiglu(x, r.to(dtype=ls.float16))),
         (TypeError, "rope", lambda: core.call("rope", [ls.ones(1, 3, 2, 4), ls.ones(3, 2, dtype=ls.float16),
                                                        ls.ones(3, 2, dtype=ls.float16)], {})),
+        (ValueError, "gradient of shape", lambda: core.call("softmax_backward", [ls.ones(2, 3), ls.ones(2, 4)],
+                                                           {"dim": -1})),
+        (TypeError, "gradient dtype", lambda: core.call("log_softmax_backward",
+                                                        [ls.ones(2, 3), ls.ones(2, 3, dtype=ls.float16)], {"dim": -1})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text):
