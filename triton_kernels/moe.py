@@ -322,9 +322,17 @@ def _check_combine(op, y, gates, row):
     if y.dim() != 2 or gates.dim() != 2:
         raise ValueError(f"{op}: expected y (R, H) and gates (N, k), got {tuple(y.shape)} and "
                          f"{tuple(gates.shape)}")
+    if gates.dtype != y.dtype:  # the native kernels' errors (cpp/ops/moe.cpp check_combine)
+        raise TypeError(f"{op}: gates dtype {_name(gates.dtype)} differs from the input dtype {_name(y.dtype)}")
+    if row.dtype != torch.int64:
+        raise TypeError(f"{op}: row must be int64, got {_name(row.dtype)}")
     if row.shape != gates.shape:
         raise ValueError(f"{op}: row {tuple(row.shape)} and gates {tuple(gates.shape)} must have "
                          "the same shape")
+
+
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 def moe_combine(inputs, attrs):

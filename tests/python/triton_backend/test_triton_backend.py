@@ -146,6 +146,10 @@ def test_bad_arguments_raise_the_native_kernels_errors():
                                                            {"dim": -1})),
         (TypeError, "gradient dtype", lambda: core.call("log_softmax_backward",
                                                         [ls.ones(2, 3), ls.ones(2, 3, dtype=ls.float16)], {"dim": -1})),
+        (TypeError, "gates dtype", lambda: core.call("moe_combine", [ls.ones(4, 3), ls.ones(2, 2, dtype=ls.float16),
+                                                                    ls.tensor([[0, 1], [2, 3]])], {})),
+        (TypeError, "row must be int64", lambda: core.call("moe_combine", [ls.ones(4, 3), ls.ones(2, 2),
+                                                                          ls.tensor([[0, 1], [2, 3]], dtype=ls.int32)], {})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text):
