@@ -40,6 +40,7 @@ op, whichever backend ran it (OpSchema.writes_inputs).
 References: Liger-Kernel's fused linear cross-entropy (its in-place logits gradient); llm.c's fused
 classifier.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -367,3 +368,17 @@ def cross_entropy_inplace_backward(inputs, attrs):
 KERNELS = {"cross_entropy": cross_entropy_forward, "cross_entropy_backward": cross_entropy_backward,
            "cross_entropy_inplace": cross_entropy_inplace_forward,
            "cross_entropy_inplace_backward": cross_entropy_inplace_backward}
+
+
+def _check_args(first):
+    """CHECKS entry: the CPU and CUDA kernels' checks of (logits, targets) at inputs first and
+    first + 1, the reduction and label_smoothing (logits with no classes, a smoothing outside
+    [0, 1], an unknown reduction)."""
+    def check(inputs, attrs):
+        _core.ops.check_cross_entropy_args(inputs[first], inputs[first + 1], str(attrs.get("reduction", "mean")),
+                                           float(attrs.get("label_smoothing", 0.0)))
+    return check
+
+
+CHECKS = {"cross_entropy": _check_args(0), "cross_entropy_inplace": _check_args(0),
+          "cross_entropy_backward": _check_args(1)}

@@ -30,6 +30,7 @@ void bind_ops(py::module_& root) {
     check_norm_backward_args(x, or_none(w), g, or_none(dh), op.c_str());
   });
   m.def("check_swiglu_args", &check_swiglu_args);
+  m.def("check_cross_entropy_args", &check_cross_entropy_args);
   m.def("check_rope", [](const Tensor& x, const Tensor& cos, const Tensor& sin, const std::string& op) {
     check_rope(x, cos, sin, op.c_str(), false);
   });

@@ -150,6 +150,10 @@ def test_bad_arguments_raise_the_native_kernels_errors():
                                                                     ls.tensor([[0, 1], [2, 3]])], {})),
         (TypeError, "row must be int64", lambda: core.call("moe_combine", [ls.ones(4, 3), ls.ones(2, 2),
                                                                           ls.tensor([[0, 1], [2, 3]], dtype=ls.int32)], {})),
+        (ValueError, "have no classes", lambda: core.call("cross_entropy", [ls.zeros(2, 0), ls.tensor([0, 0])],
+                                                          {"ignore_index": -100, "reduction": "mean"})),
+        (ValueError, "label_smoothing", lambda: core.call("cross_entropy", [x, ls.tensor([0, 1])],
+                                                          {"ignore_index": -100, "label_smoothing": 1.5})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text):
