@@ -200,9 +200,9 @@ def _serves_adamw(inputs, attrs):
     """Plain steps of float32 and 16-bit tensors only: the mixed-precision form (16-bit gradients
     for float32 masters, model copies written back; has_model_copy) and float64 parameters (which
     a float32 update would round) run on the CUDA backend."""
-    if attrs.get("has_model_copy", False) or not _at_most_float32(inputs):
-        return False
     n = (len(inputs) - (1 if attrs.get("has_grad_scale", False) else 0)) // 4
+    if attrs.get("has_model_copy", False) or not _at_most_float32(inputs[:n]):
+        return False  # the parameters' dtypes: the gradients must match them (below)
     return all(inputs[n + k].dtype == inputs[k].dtype for k in range(n))
 
 

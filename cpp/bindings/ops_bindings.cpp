@@ -77,7 +77,7 @@ void bind_ops(py::module_& root) {
   m.def("var", &var, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("correction") = 1,
         py::arg("keepdim") = false);
   m.def("max", &ops::max);
-  m.def("amax", &amax);
+  m.def("amax", &amax, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("keepdim") = false);
   m.def("argmax", &argmax);
   m.def("matmul", [](const Tensor& a, const Tensor& b, std::optional<Tensor> bias) {
     return bias ? matmul(a, b, *bias) : matmul(a, b);

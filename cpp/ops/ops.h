@@ -69,7 +69,8 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false
 Tensor mean(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
 Tensor var(const Tensor& x, std::vector<int64_t> dims = {}, int64_t correction = 1, bool keepdim = false);
 Tensors max(const Tensor& x, int64_t dim, bool keepdim = false);  // values, int64 indices
-Tensor amax(const Tensor& x);                                     // max of all elements
+// the max over dims (none: every element), its gradient split over ties, as torch's amax
+Tensor amax(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 
 // matmul.cpp

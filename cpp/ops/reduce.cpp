@@ -151,24 +151,37 @@ Tensors max_backward(const BackwardCtx& c, const Tensors& g) {
   return {mul(hit, gv)};
 }
 
-// amax as an op of its own, so that its backward is not max(dim)'s: for any device, the max of
-// the flattened tensor by the "max" kernels (one autograd node, called under no grad).
-Tensors amax_any(const Tensors& in, const Attrs&) {
+// amax as an op of its own, so that its backward is not max(dim)'s: for any device, the max over
+// attr dims (none: every dim, keepdim) by the "max" kernels (one autograd node, called under no
+// grad): the flattened tensor for every dim, else one max(d) per dim.
+Tensors amax_any(const Tensors& in, const Attrs& a) {
   const Tensor& x = in[0];
   LS_CHECK(x.numel() > 0, ValueError, "max: cannot reduce an empty tensor of shape ", shape_str(x.shape()));
-  return {max(reshape(x, {-1}), 0, false)[0]};
+  const auto dims = normalize_dims(a.ints("dims", {}), x.dim(), "amax");
+  const bool keepdim = a.b("keepdim", false);
+  if (int64_t(dims.size()) == x.dim()) {
+    Tensor m = max(reshape(x, {-1}), 0, false)[0];
+    return {keepdim ? reshape(m, reduced_shape(x.shape(), dims, true)) : m};
+  }
+  Tensor m = x;
+  for (int64_t d : dims) m = max(m, d, true)[0];
+  return {keepdim ? m : reshape(m, reduced_shape(x.shape(), dims, false))};
 }
 
-// g / count on each of the count elements equal to the max (NaN matching NaN), 0 elsewhere.
+// g / count on each of the count elements equal to the max of their slice (NaN matching NaN), 0
+// elsewhere.
 Tensors amax_backward(const BackwardCtx& c, const Tensors& g) {
   const Tensor& x = c.inputs[0];
-  const Tensor& m = c.outputs[0];
+  const auto dims = normalize_dims(c.attrs.ints("dims", {}), x.dim(), "amax");
+  const Shape kept = reduced_shape(x.shape(), dims, true);
+  const Tensor m = reshape(c.outputs[0], kept);
   auto is_nan = [](const Tensor& t) { return compare(t, t, "ne"); };
   Tensor hit = to_dtype(compare(x, m, "eq"), g[0].dtype());
   hit = add(hit, to_dtype(mul(is_nan(x), is_nan(m)), g[0].dtype()));  // bool * bool: and
   // counted and divided in float32 (float64): in bf16, 257 ties would count as 256
   const DType acc = g[0].dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
-  Tensor share = to_dtype(div(to_dtype(g[0], acc), sum(to_dtype(hit, acc))), g[0].dtype());
+  Tensor count = sum(to_dtype(hit, acc), dims, true);
+  Tensor share = to_dtype(div(to_dtype(reshape(g[0], kept), acc), count), g[0].dtype());
   return {mul(hit, share)};
 }
 
@@ -201,7 +214,9 @@ Tensors max(const Tensor& x, int64_t dim, bool keepdim) {
   return call("max", {x}, {{"dim", dim}, {"keepdim", keepdim}});
 }
 
-Tensor amax(const Tensor& x) { return call1("amax", {x}); }
+Tensor amax(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  return call1("amax", {x}, {{"dims", dims}, {"keepdim", keepdim}});
+}
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max(x, dim, keepdim)[1]; }
 

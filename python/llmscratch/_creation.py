@@ -117,9 +117,11 @@ _DOUBLE_EXACT = 2 ** 53
 
 def past_double(dtype, *values) -> bool:
     """Whether int64 values would lose digits as doubles (every value an int, one past 2^53)."""
+    if dtype != int64:  # on every scalar operand's path: one comparison for the other dtypes
+        return False
     ints = builtins.all(isinstance(v, numbers.Integral) and not isinstance(v, builtins.bool)
                         for v in values)
-    return dtype == int64 and ints and builtins.any(abs(int(v)) > _DOUBLE_EXACT for v in values)
+    return ints and builtins.any(abs(int(v)) > _DOUBLE_EXACT for v in values)
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):

@@ -51,8 +51,8 @@ def as_tensor_like(value, like: Tensor) -> Tensor:
         dtype = _scalar_dtype(value, like)
         if dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
             value = _wrap_int(int(value), *_WRAPPED[dtype])
-        if dtype == int64 and isinstance(value, numbers.Integral) and abs(int(value)) > 2 ** 53:
-            from ._creation import full  # exact past 2^53, where the op's double would round
+        from ._creation import full, past_double
+        if past_double(dtype, value):  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
         return _ops.full([], float(value), dtype, like.device)
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -305,39 +305,10 @@ def _min(self, dim=None, keepdim=False):
     return min_result(back(values), indices)
 
 
-class _AmaxDims(_Function):
-    """The largest values over dims, with the gradient split evenly over each slice's tied maxima
-    (over its NaNs when it has any), as torch's amax; max(dim) sends it to the one index it
-    returns."""
-
-    @staticmethod
-    def forward(ctx, x, dims, keepdim):
-        out = x
-        for d in dims:  # kept as size 1, so the dims keep their numbers
-            out = _ops.max(out, d, True)[0]
-        ctx.save_for_backward(x, out)
-        ctx.dims = dims
-        return out if keepdim else out.reshape([n for i, n in enumerate(out.shape) if i not in dims])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, m = ctx.saved_tensors
-        hit = (x == m) | ((x != x) & (m != m))
-        acc = float64 if grad.dtype == float64 else float32  # a bf16 count of 257 is 256
-        share = (grad.reshape(list(m.shape)).to(dtype=acc) / hit.to(dtype=acc).sum(ctx.dims, keepdim=True))
-        return hit.to(dtype=grad.dtype) * share.to(dtype=grad.dtype), None, None
-
-
 def _amax(self, dim=None, keepdim=False):
-    """The largest value, or the largest values over dim (an int or a tuple), as torch's amax."""
-    if dim is None or (not isinstance(dim, numbers.Integral) and len(dim) == 0):
-        out = _ops.amax(self)
-        return out.reshape([1] * self.ndim) if keepdim else out
-    if self.ndim == 0:  # dim 0 or -1 of a 0-d tensor: the value itself
-        for d in _dims(dim):
-            _wrap_dim(d, 1, "amax")
-        return _AmaxDims.apply(self.reshape(1), [0], False).reshape([])
-    return _AmaxDims.apply(self, sorted({_wrap_dim(d, self.ndim, "amax") for d in _dims(dim)}), keepdim)
+    """The largest value, or the largest values over dim (an int or a tuple), as torch's amax: the
+    gradient split over each slice's tied maxima (the "amax" op)."""
+    return _ops.amax(self, _dims(dim), keepdim)
 
 
 def _amin(self, dim=None, keepdim=False):
@@ -388,7 +359,8 @@ T.mT = property(lambda self: _ops.transpose(self, -2, -1))
 
 
 def _wrap_dim(dim, ndim, op):
-    """dim counted from the end when negative; IndexError outside [-ndim, ndim), as the ops say it."""
+    """dim counted from the end when negative; IndexError outside [-ndim, ndim), as the ops say it
+    (also functional's dimension checks)."""
     if not -ndim <= dim < ndim:
         raise IndexError(f"{op}: dimension {dim} is out of range for a tensor of {ndim} dimensions")
     return dim % ndim

@@ -8,6 +8,7 @@ import numbers
 
 import llmscratch_core as _core
 
+from .._tensor import _wrap_dim
 from ._checks import require_int as _int, require_tensor as _tensor
 
 Tensor = _core.Tensor
@@ -32,9 +33,7 @@ def _dim_size(t, dim, op):
     dim = _int(dim, "dim", op)
     if t.ndim == 0:
         raise ValueError(f"{op}: cannot {op} a zero-dimensional tensor")
-    if not -t.ndim <= dim < t.ndim:
-        raise IndexError(f"{op}: dimension {dim} is out of range for a tensor of {t.ndim} dimensions")
-    return t.shape[dim]
+    return t.shape[_wrap_dim(dim, t.ndim, op)]
 
 
 def cat(tensors, dim=0):
