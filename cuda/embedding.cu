@@ -30,14 +30,16 @@
 // the sort's keys and scratch (about 16 bytes a token), the counts and slots (36 bytes a
 // vocabulary row: more than dweight itself for a table of a few float32 columns) and the
 // pieces' buffer (two rows per chunk: N C / 16 elements, touched only by long runs).
-// Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip, so the
-// forward writes a row of NaN for them (the loss turns NaN, which training reports) and the
-// backward ignores them; the CPU op raises IndexError.
+// Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip: the
+// forward writes a row of NaN for them and records an index fault (index_fault.cuh), the CPU op's
+// IndexError raised at the next synchronisation (naming a bad position, not always the first);
+// the backward ignores them.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <type_traits>
 
 #include "core/registry.h"
+#include "index_fault.cuh"
 #include "ops/ops.h"
 #include "vec_map.cuh"
 
@@ -50,7 +52,8 @@ namespace {
 // compute-bound; int64_t otherwise.
 template <int W, typename J, typename T, typename I>
 __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* __restrict__ ids,
-                                         T* __restrict__ out, int64_t N, int64_t cp_, int64_t V) {
+                                         T* __restrict__ out, int64_t N, int64_t cp_, int64_t V,
+                                         FaultSite site) {
   using P = Pack<T, W>;
   const J total = J(N * cp_), cp = J(cp_);
   for (J idx = J(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += J(gridDim.x) * blockDim.x) {
@@ -62,6 +65,7 @@ __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* 
     } else {
 #pragma unroll
       for (int j = 0; j < W; ++j) v.v[j] = convert<T>(acc_t<T>(NAN));
+      record_index_fault(site, int64_t(n), id);
     }
     reinterpret_cast<P*>(out)[idx] = v;  // out[n, c*W : c*W+W]
   }
@@ -265,6 +269,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
   Tensor out = Tensor::empty(out_shape, weight.dtype(), weight.device());
   if (N == 0 || C == 0) return {out};
   set_device(weight, "embedding");
+  const FaultSite site = fault_site("embedding", FaultKind::Id, V, 0);
   CUDA_DISPATCH_FLOAT(weight.dtype(), "embedding", {
     using T = scalar_t;
     const int W = vectorizable<T>(C, {weight.raw_data(), out.raw_data()}) ? kVec<T> : 1;
@@ -274,7 +279,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
     auto launch = [&](auto* pid) {
       auto go = [&](auto kernel) {
         kernel<<<grid_stride_blocks(N * cp, kThreads), kThreads, 0, current_stream()>>>(
-            cptr<T>(weight), pid, mptr<T>(out), N, cp, V);
+            cptr<T>(weight), pid, mptr<T>(out), N, cp, V, site);
       };
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;

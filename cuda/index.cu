@@ -6,6 +6,7 @@
 //   gather:       out (index's shape), out[i...] = x[i... with i_dim = index[i...]]
 //   scatter_add:  out = x; out[i... with i_dim = index[i...]] += src[i...] for every position of index
 //   one_hot:      index (any shape) -> int64 (index.shape..., C), out[i..., index[i...]] = 1
+//   index_check:  index -> nothing; the range check below on its own (op_args.h)
 //
 // Index checks: indices are made dense int64 and one pass over them finds the first position
 // holding a value outside [0, size) (atomicMin); one thread records it as an index fault
@@ -36,18 +37,38 @@ namespace {
 
 // ---- index checks ---------------------------------------------------------------------------
 
-__global__ void first_bad_index_kernel(const int64_t* __restrict__ idx, int64_t n, int64_t size,
-                                       unsigned long long* first_bad) {
+// *first_bad = the first position whose index is outside [0, size) (one unsigned comparison also
+// sends negatives out), skipping the value `ignore` when skip_ignored (cross-entropy targets).
+template <typename I>
+__global__ void first_bad_index_kernel(const I* __restrict__ idx, int64_t n, int64_t size, bool skip_ignored,
+                                       int64_t ignore, unsigned long long* first_bad) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    if (uint64_t(idx[i]) >= uint64_t(size)) atomicMin(first_bad, (unsigned long long)i);
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t v = int64_t(idx[i]);
+    if (uint64_t(v) >= uint64_t(size) && !(skip_ignored && v == ignore)) atomicMin(first_bad, (unsigned long long)i);
+  }
 }
 
 // One thread, after first_bad_index_kernel: records the first bad index, if any.
-__global__ void record_bad_index_kernel(const int64_t* __restrict__ idx,
-                                        const unsigned long long* __restrict__ first_bad, FaultSite site) {
+template <typename I>
+__global__ void record_bad_index_kernel(const I* __restrict__ idx, const unsigned long long* __restrict__ first_bad,
+                                        FaultSite site) {
   const unsigned long long p = *first_bad;
-  if (p != ~0ull) record_index_fault(site, int64_t(p), idx[p]);
+  if (p != ~0ull) record_index_fault(site, int64_t(p), int64_t(idx[p]));
+}
+
+// Queues the range check of a dense index on the current stream: the first bad value becomes a
+// fault of `site`, raised at the next synchronisation.
+template <typename I>
+void check_on_device(const I* idx, int64_t n, int64_t size, bool skip_ignored, int64_t ignore,
+                     const FaultSite& site, const Device& device, const char* op) {
+  if (n == 0) return;
+  Tensor flag = Tensor::empty({1}, DType::Int64, device);
+  auto* pf = static_cast<unsigned long long*>(flag.raw_data());
+  check(cudaMemsetAsync(pf, 0xFF, sizeof(unsigned long long), current_stream()), op);
+  first_bad_index_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(idx, n, size, skip_ignored, ignore, pf);
+  record_bad_index_kernel<<<1, 1, 0, current_stream()>>>(idx, pf, site);
+  check_launch(op);
 }
 
 // i in [0, size): a valid index. One unsigned comparison also sends negatives out.
@@ -71,16 +92,10 @@ void check_index_dtype(const Tensor& index, const char* op) {
 Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t dim) {
   check_index_dtype(index, op);
   Tensor idx = ops::contiguous(ops::to_dtype(index, DType::Int64));
-  const int64_t n = idx.numel();
-  if (n == 0) return idx;
+  if (idx.numel() == 0) return idx;
   set_device(idx, op);
-  Tensor flag = Tensor::empty({1}, DType::Int64, idx.device());
-  auto* pf = static_cast<unsigned long long*>(flag.raw_data());
-  check(cudaMemsetAsync(pf, 0xFF, sizeof(unsigned long long), current_stream()), op);
-  first_bad_index_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(idx.data<int64_t>(), n, size, pf);
-  record_bad_index_kernel<<<1, 1, 0, current_stream()>>>(idx.data<int64_t>(), pf,
-                                                         fault_site(op, FaultKind::Index, size, dim));
-  check_launch(op);
+  check_on_device(idx.data<int64_t>(), idx.numel(), size, false, 0, fault_site(op, FaultKind::Index, size, dim),
+                  idx.device(), op);
   return idx;
 }
 
@@ -377,6 +392,25 @@ Tensors one_hot_cuda(const Tensors& in, const Attrs& a) {
 
 #undef LS_CUDA_DISPATCH_UNIT
 
+// The "index_check" op (op_args.h) for the kernels that cannot raise themselves.
+Tensors index_check_cuda(const Tensors& in, const Attrs& a) {
+  const ops::IndexCheckArgs c = ops::parse_index_check(in, a);
+  Tensor idx = ops::contiguous(in[0]);
+  if (idx.numel() == 0) return {};
+  set_device(idx, "index_check");
+  const char* op = lasting_op_name(c.op);
+  const FaultKind kind = c.kind == ops::IndexKind::Target ? FaultKind::Target
+                         : c.kind == ops::IndexKind::Id   ? FaultKind::Id
+                                                          : FaultKind::Index;
+  const FaultSite site = fault_site(op, kind, c.size, kind == FaultKind::Target ? c.ignore_index : c.dim);
+  const bool skip = kind == FaultKind::Target;
+  if (idx.dtype() == DType::Int32)
+    check_on_device(idx.data<int32_t>(), idx.numel(), c.size, skip, c.ignore_index, site, idx.device(), op);
+  else
+    check_on_device(idx.data<int64_t>(), idx.numel(), c.size, skip, c.ignore_index, site, idx.device(), op);
+  return {};
+}
+
 }  // namespace
 
 LS_REGISTER(index_cuda) {
@@ -388,6 +422,7 @@ LS_REGISTER(index_cuda) {
   register_kernel("gather", "cuda", gather_cuda);
   register_kernel("scatter_add", "cuda", scatter_add_cuda, kNumeric);
   register_kernel("one_hot", "cuda", one_hot_cuda);
+  register_kernel("index_check", "cuda", index_check_cuda, {DType::Int32, DType::Int64});
 }
 
 }  // namespace ls::cuda

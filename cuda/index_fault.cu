@@ -4,10 +4,12 @@
 #include <atomic>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
 
 #include "cuda_check.cuh"
 #include "index_fault.cuh"
+#include "ops/op_args.h"
 
 namespace ls::cuda {
 
@@ -51,11 +53,11 @@ const FaultSlot& slot(int device) {
 
 std::string fault_message(const IndexFault& f) {
   const char* when = " (found on the GPU; CUDA index checks raise at the next synchronisation)";
-  if (f.kind == FaultKind::Target)
-    return ::ls::cat(f.op, ": target ", f.value, " at position ", f.position, " is out of range for ",
-                     f.bound, " classes (ignore_index is ", f.extra, ")", when);
-  return ::ls::cat(f.op, ": index ", f.value, " is out of range for dimension ", f.extra, " of size ",
-                   f.bound, when);
+  switch (f.kind) {
+    case FaultKind::Target: return ops::bad_target_message(f.op, f.value, f.position, f.bound, f.extra) + when;
+    case FaultKind::Id: return ops::bad_id_message(f.op, f.value, f.position, f.bound) + when;
+    default: return ops::bad_index_message(f.op, f.value, f.extra, f.bound) + when;
+  }
 }
 
 }  // namespace
@@ -65,6 +67,13 @@ FaultSite fault_site(const char* op, FaultKind kind, int64_t bound, int64_t extr
   check(cudaGetDevice(&device), op);
   const FaultSlot& s = slot(device);
   return {s.claim, s.device, op, kind, bound, extra};
+}
+
+const char* lasting_op_name(const std::string& op) {
+  static std::mutex names_mutex;
+  static std::set<std::string> names;  // nodes never move: their c_str() stays valid
+  std::lock_guard<std::mutex> lock(names_mutex);
+  return names.insert(op).first->c_str();
 }
 
 void raise_index_fault() {

@@ -19,12 +19,15 @@
 // are.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace ls::cuda {
 
+// The messages are the CPU kernels' (cpp/ops/op_args.h), with the fault's fields:
 enum class FaultKind : int32_t {
-  Target,  // "<op>: target <value> at position <position> is out of range for <bound> classes (ignore_index is <extra>)"
-  Index,   // "<op>: index <value> is out of range for dimension <extra> of size <bound>"
+  Target,  // bad_target_message(op, value, position, bound classes, ignore_index extra)
+  Index,   // bad_index_message(op, value, dimension extra, size bound)
+  Id,      // bad_id_message(op, value, position, bound embeddings)
 };
 
 struct IndexFault {
@@ -45,6 +48,10 @@ struct FaultSite {
 
 // The fault site of the current device for one check (creates the device's record on first use).
 FaultSite fault_site(const char* op, FaultKind kind, int64_t bound, int64_t extra);
+
+// A name that lives as long as the process (the record keeps the pointer), for an op named at
+// run time (the index_check op's attr).
+const char* lasting_op_name(const std::string& op);
 
 // Throws the IndexError of a recorded fault, if any, and clears it. Called after every host wait.
 void raise_index_fault();

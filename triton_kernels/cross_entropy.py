@@ -23,8 +23,9 @@ any V): the forward keeps an online max and rescaled sum per group of 8 adjacent
 row sum with label smoothing) and writes one lse and one float32 row loss, never the
 probabilities; torch reduces the row losses on the device (no host synchronisation, the "mean"
 count included). The backward writes dlogits in one pass
-from the saved lse. lse is float32 for 16-bit logits. Limit: targets are not range-checked on
-the device (that would need a host synchronisation); an out-of-range target reads logit 0.
+from the saved lse. lse is float32 for 16-bit logits. Targets out of range: the wrapper runs the
+native range check first (CHECKS; on a GPU it raises at the next synchronisation); the kernels
+then read logit 0 for such a target, a result not to be used.
 
 In-place gradient (the contract is in cpp/ops/cross_entropy.cpp): "cross_entropy_inplace"
 {logits, targets} -> {loss} writes d(loss)/d(logits) at an upstream gradient of 1 over the
@@ -370,15 +371,21 @@ KERNELS = {"cross_entropy": cross_entropy_forward, "cross_entropy_backward": cro
            "cross_entropy_inplace_backward": cross_entropy_inplace_backward}
 
 
-def _check_args(first):
+def _check_args(op, first):
     """CHECKS entry: the CPU and CUDA kernels' checks of (logits, targets) at inputs first and
     first + 1, the reduction and label_smoothing (logits with no classes, a smoothing outside
-    [0, 1], an unknown reduction)."""
+    [0, 1], an unknown reduction), then the targets' range (the op "index_check": on a GPU the
+    first bad target raises the CPU op's IndexError at the next synchronisation, as the CUDA
+    kernels' check does)."""
     def check(inputs, attrs):
-        _core.ops.check_cross_entropy_args(inputs[first], inputs[first + 1], str(attrs.get("reduction", "mean")),
+        logits, targets = inputs[first], inputs[first + 1]
+        _core.ops.check_cross_entropy_args(logits, targets, str(attrs.get("reduction", "mean")),
                                            float(attrs.get("label_smoothing", 0.0)))
+        _core.call_native("index_check", [targets], {"kind": "target", "op": op, "size": logits.shape[1],
+                                                     "ignore_index": int(attrs.get("ignore_index", -100))})
     return check
 
 
-CHECKS = {"cross_entropy": _check_args(0), "cross_entropy_inplace": _check_args(0),
-          "cross_entropy_backward": _check_args(1)}
+CHECKS = {"cross_entropy": _check_args("cross_entropy", 0),
+          "cross_entropy_inplace": _check_args("cross_entropy_inplace", 0),
+          "cross_entropy_backward": _check_args("cross_entropy_backward", 1)}

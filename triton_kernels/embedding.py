@@ -25,10 +25,12 @@ are done once per row there, not in every program: when each sum program searche
 ends and each zero program for its rows, the kernel took 185 us at V = 50304, C = 1280,
 N = 65536 bf16 on the H100. Before the pieces, a lane row walked its whole run: with text-like
 ids (the most frequent 3.7% of the tokens) the backward ran at 0.74x torch.
-Limits: ids are not range-checked on the device (a host synchronisation): an id outside [0, V)
-gives a zero row in the forward and is skipped by the backward. The pieces buffer holds two
-float32 rows per chunk of _CHUNK tokens (N C / 4 bytes).
+Ids outside [0, V): the forward runs the native backend's range check first (CHECKS: the op
+"index_check", which on a GPU records the first bad id and raises the CPU op's IndexError at the
+next synchronisation, as the CUDA kernels do) and writes a row of NaN for such an id; the backward
+skips them. The pieces buffer holds two float32 rows per chunk of _CHUNK tokens (N C / 4 bytes).
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -61,7 +63,7 @@ def _embedding_fwd(W, IDS, OUT, N, V, C, ROWS: tl.constexpr, BLOCK_C: tl.constex
     v = tl.load(IDS + n, mask=n < N, other=-1)
     ok = (v >= 0) & (v < V)
     row = tl.load(W + v.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask,
-                  other=0.0)  # weight[ids[n], :], zeros for an id out of range
+                  other=float("nan"))  # weight[ids[n], :], NaN for an id out of range
     tl.store(OUT + n[:, None] * C + cols[None, :], row, mask=(n < N)[:, None] & cmask)
 
 
@@ -214,3 +216,14 @@ def embedding_backward(inputs, attrs):
 
 
 KERNELS = {"embedding": embedding_forward, "embedding_backward": embedding_backward}
+
+
+def _check_ids(inputs, attrs):
+    """CHECKS entry of the forward: the ids against the rows of a 2-D weight (the wrapper's own
+    checks name any other shape)."""
+    weight, ids = inputs[0], inputs[1]
+    if weight.dim() == 2 and ids.dtype in (_core.DType.int32, _core.DType.int64):
+        _core.call_native("index_check", [ids], {"kind": "id", "op": "embedding", "size": weight.shape[0]})
+
+
+CHECKS = {"embedding": _check_ids}

@@ -113,6 +113,12 @@ InplaceBackwardArgs check_cross_entropy_inplace_backward_args(const Tensor& g, c
   return {red, ld};
 }
 
+std::string bad_target_message(const char* op, int64_t target, int64_t position, int64_t V,
+                               int64_t ignore_index) {
+  return ::ls::cat(op, ": target ", target, " at position ", position, " is out of range for ", V,
+             " classes (ignore_index is ", ignore_index, ")");
+}
+
 namespace {
 
 // Targets as int64 (a copy only for int32), after checking every one is a class or ignored.
@@ -123,9 +129,7 @@ std::vector<int64_t> checked_targets(const Tensor& targets, int64_t V, int64_t i
   auto read = [&](auto* p) {
     for (int64_t n = 0; n < t.numel(); ++n) {
       int64_t v = int64_t(p[n]);
-      LS_CHECK(v == ignore_index || (v >= 0 && v < V), IndexError, op, ": target ", v,
-               " at position ", n, " is out of range for ", V, " classes (ignore_index is ",
-               ignore_index, ")");
+      if (v != ignore_index && (v < 0 || v >= V)) throw IndexError(bad_target_message(op, v, n, V, ignore_index));
       out[n] = v;
     }
   };

@@ -9,9 +9,15 @@
 #include <vector>
 
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
+
+std::string bad_id_message(const char* op, int64_t id, int64_t position, int64_t V) {
+  return ::ls::cat(op, ": id ", id, " at position ", position, " is out of range for ", V,
+             " embeddings (valid ids are 0..", V - 1, ")");
+}
 
 namespace {
 
@@ -29,8 +35,7 @@ std::vector<int64_t> read_ids(const Tensor& ids_in, int64_t V, const char* op) {
     for (size_t i = 0; i < out.size(); ++i) out[i] = p[i];
   }
   for (size_t i = 0; i < out.size(); ++i)
-    LS_CHECK(out[i] >= 0 && out[i] < V, IndexError, op, ": id ", out[i], " at position ", i,
-             " is out of range for ", V, " embeddings (valid ids are 0..", V - 1, ")");
+    if (out[i] < 0 || out[i] >= V) throw IndexError(bad_id_message(op, out[i], int64_t(i), V));
   return out;
 }
 

@@ -12,6 +12,7 @@
 //                 <= x.size(d) for d != dim). d x = g, d src = gather(g, dim, index), zero where
 //                 src is larger than index.
 //   one_hot:      index (any shape, integer) -> int64 (index.shape..., C), out[i..., index[i...]] = 1
+//   index_check:  index -> nothing; raises for a value outside [0, size) (op_args.h)
 //
 // Data of every dtype; the additions (scatter_add, index_select's backward) of bfloat16/float16
 // run in float32 and round once per output element.
@@ -67,6 +68,10 @@ int64_t check_index_select_args(const Tensors& in, const Attrs& a) {
   return dim;
 }
 
+std::string bad_index_message(const char* op, int64_t index, int64_t dim, int64_t size) {
+  return ::ls::cat(op, ": index ", index, " is out of range for dimension ", dim, " of size ", size);
+}
+
 namespace {
 
 // The index as dense int64, after checking dtype and range.
@@ -84,8 +89,7 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, int64_t 
   for (int64_t i = 0; i < n; ++i) bad |= uint64_t(p[i]) >= limit;
   if (bad)
     for (int64_t i = 0; i < n; ++i)
-      LS_CHECK(p[i] >= 0 && p[i] < size, IndexError, op, ": index ", p[i],
-               " is out of range for dimension ", dim, " of size ", size);
+      if (p[i] < 0 || p[i] >= size) throw IndexError(bad_index_message(op, p[i], dim, size));
   return idx;
 }
 
@@ -361,6 +365,42 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
   return call1("one_hot", {index}, {{"num_classes", num_classes}});
 }
 
+IndexCheckArgs parse_index_check(const Tensors& in, const Attrs& a) {
+  LS_CHECK(in.size() == 1 && in[0].defined(), ValueError, "index_check: expected one input, the index");
+  LS_CHECK(in[0].dtype() == DType::Int32 || in[0].dtype() == DType::Int64, TypeError,
+           "index_check: index must be int32 or int64, got ", dtype_name(in[0].dtype()));
+  const std::string kind = a.s("kind", "index");
+  IndexCheckArgs r{IndexKind::Index, a.s("op", "index_check"), a.i("size"), a.i("dim", 0),
+                   a.i("ignore_index", -100)};
+  if (kind == "id") r.kind = IndexKind::Id;
+  else if (kind == "target") r.kind = IndexKind::Target;
+  else LS_CHECK(kind == "index", ValueError, "index_check: kind must be index, id or target, got ", kind);
+  LS_CHECK(r.size >= 0, ValueError, "index_check: size must be >= 0, got ", r.size);
+  return r;
+}
+
+namespace {
+
+Tensors index_check_cpu(const Tensors& in, const Attrs& a) {
+  const IndexCheckArgs c = parse_index_check(in, a);
+  Tensor idx = contiguous(in[0]);
+  auto scan = [&](const auto* p) {
+    for (int64_t i = 0; i < idx.numel(); ++i) {
+      const int64_t v = int64_t(p[i]);
+      if (v >= 0 && v < c.size) continue;
+      const char* op = c.op.c_str();
+      if (c.kind == IndexKind::Index) throw IndexError(bad_index_message(op, v, c.dim, c.size));
+      if (c.kind == IndexKind::Id) throw IndexError(bad_id_message(op, v, i, c.size));
+      if (v != c.ignore_index) throw IndexError(bad_target_message(op, v, i, c.size, c.ignore_index));
+    }
+  };
+  if (idx.dtype() == DType::Int32) scan(idx.data<int32_t>());
+  else scan(idx.data<int64_t>());
+  return {};
+}
+
+}  // namespace
+
 LS_REGISTER(index) {
   const std::vector<DType> kNumeric = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16,
                                        DType::Int32, DType::Int64, DType::UInt8, DType::Bool};
@@ -384,6 +424,8 @@ LS_REGISTER(index) {
   register_kernel("gather", "cpu", gather_forward_cpu);
   register_kernel("scatter_add", "cpu", scatter_add_forward_cpu, kNumeric);
   register_kernel("one_hot", "cpu", one_hot_forward_cpu);
+  declare_op("index_check", {});
+  register_kernel("index_check", "cpu", index_check_cpu, {DType::Int32, DType::Int64});
 }
 
 #undef LS_DISPATCH_BITS

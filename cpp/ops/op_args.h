@@ -90,5 +90,37 @@ int64_t check_topk_args(const Tensors& in, const Attrs& a);
 
 // moe.cpp: expert_ids (N, k) int32/int64 and n_experts > 0; returns n_experts.
 int64_t check_moe_permute_args(const Tensors& in, const Attrs& a);
+// moe.cpp: an index input (offsets, row) that must be int64.
+void expect_int64_index(const Tensor& t, const char* op, const char* what);
+// moe.cpp: moe_combine's y (R, H), gates (N, k) of y's dtype and row (N, k) int64, and for its
+// backward g (N, H) of y's dtype (undefined for the forward). Row's values are not read.
+void check_moe_combine_args(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g,
+                            const char* op);
+
+// softmax.cpp: the backwards' output y and upstream gradient g, of one dtype and shape.
+void check_softmax_backward_args(const Tensor& y, const Tensor& g, const char* op);
+
+// The IndexError texts of a value outside its range, one text on every backend (the CUDA kernels
+// find such values on the device and raise at the next synchronisation, adding that they did).
+// index.cpp: an index of dimension dim of size `size` (index_select, gather, scatter_add, one_hot)
+std::string bad_index_message(const char* op, int64_t index, int64_t dim, int64_t size);
+// embedding.cpp: the id at a position of ids, for a table of V rows
+std::string bad_id_message(const char* op, int64_t id, int64_t position, int64_t V);
+// cross_entropy.cpp: the target at a position, for V classes and the ignore_index that passes
+std::string bad_target_message(const char* op, int64_t target, int64_t position, int64_t V,
+                               int64_t ignore_index);
+
+// index.cpp: the op "index_check" {index} -> {}, which raises one of the errors above for the
+// first value of an int32/int64 tensor outside [0, size) (CPU: at once; CUDA: at the next
+// synchronisation), for kernels that cannot raise themselves (the Triton ones). Attrs: kind
+// ("index", "id" or "target"), op (the op named in the message), size, dim (kind "index") and
+// ignore_index (kind "target": a value that passes).
+enum class IndexKind { Index, Id, Target };
+struct IndexCheckArgs {
+  IndexKind kind;
+  std::string op;
+  int64_t size, dim, ignore_index;
+};
+IndexCheckArgs parse_index_check(const Tensors& in, const Attrs& a);
 
 }  // namespace ls::ops

@@ -134,10 +134,15 @@ def test_lookup_of_a_strided_weight_is_exact(dtype):
     np.testing.assert_array_equal(got, w[::2, 1:][ids])
 
 
-def test_ids_out_of_range_give_nan_rows_forward_and_are_ignored_backward():
+def test_ids_out_of_range_raise_at_sync_with_nan_rows_and_are_ignored_backward():
     V, C = 5, 8
     ids = ls.tensor(np.array([1, 5, -1, 2])).cuda()
-    out = host(F.embedding(ids, ls.randn(V, C, device="cuda")))
+    out = F.embedding(ids, ls.randn(V, C, device="cuda"))
+    # the CPU op's IndexError, for one of the bad positions, recorded by the lookup itself
+    with pytest.raises(IndexError, match=r"embedding: id (5 at position 1|-1 at position 2) is out of "
+                                         r"range for 5 embeddings \(valid ids are 0..4\) \(found on the GPU"):
+        ls.cuda.synchronize()
+    out = host(out)
     assert np.isnan(out[[1, 2]]).all() and np.isfinite(out[[0, 3]]).all()
     dw = host(_core.call("embedding_backward", [ls.ones(4, C, device="cuda"), ids], {"num_weights": V})[0])
     assert dw.sum() == 2 * C and dw[1].sum() == C and dw[2].sum() == C

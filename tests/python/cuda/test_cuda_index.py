@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch_core as core
 from conftest import raises_at_sync
 from cuda_data_ops import FLOATS, INTS, assert_same, backward_both, call, host, make, normal_values, rng
 
@@ -209,3 +210,23 @@ def test_index_errors_match_cpu_messages():
         else:
             with raises_at_sync("one_hot: index -1 is out of range"):
                 call("one_hot", [bad], num_classes=-1)
+
+
+@pytest.mark.parametrize("idx_dtype", [ls.int32, ls.int64])
+def test_index_check_records_the_first_bad_value(idx_dtype):
+    """The op "index_check" on the GPU: the CPU op's message for the first bad value (of three,
+    far apart), raised at the next synchronisation; valid input records nothing."""
+    i = np.zeros(100000, np.int64)
+    i[[70001, 99999]] = 9
+    i[50000] = -3
+    i[2] = -100  # ignore_index, for kind "target"
+    idx = make(i, idx_dtype, "cuda")
+    with raises_at_sync(r"cross_entropy: target -3 at position 50000 is out of range for 9 classes "
+                        r"\(ignore_index is -100\) \(found on the GPU"):
+        core.call("index_check", [idx], {"kind": "target", "op": "cross_entropy", "size": 9, "ignore_index": -100})
+    with raises_at_sync(r"embedding: id -100 at position 2 is out of range for 9 embeddings"):
+        core.call("index_check", [idx], {"kind": "id", "op": "embedding", "size": 9})
+    with raises_at_sync(r"gather: index -100 is out of range for dimension 1 of size 9"):
+        core.call("index_check", [idx], {"kind": "index", "op": "gather", "size": 9, "dim": 1})
+    core.call("index_check", [make(np.arange(10), idx_dtype, "cuda")], {"kind": "id", "op": "embedding", "size": 10})
+    ls.cuda.synchronize()

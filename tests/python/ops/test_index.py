@@ -176,3 +176,25 @@ def test_errors():
         F.one_hot(ls.tensor(np.zeros(0, np.int64)))
     with pytest.raises(TypeError, match="one_hot: index must be int32 or int64"):
         F.one_hot(ls.tensor([1.0]), 3)
+
+
+@pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
+def test_index_check_raises_each_kinds_message_for_the_first_bad_value(idx_dtype):
+    """The op "index_check" (for kernels that cannot raise themselves, the Triton ones) raises
+    the message of the op it names for the first value outside [0, size); kind "target" lets
+    ignore_index pass."""
+    import llmscratch_core as core
+    idx = ls.tensor(np.array([1, -100, 7, -1], dtype=idx_dtype))
+    cases = [({"kind": "index", "dim": 2}, "gather: index -100 is out of range for dimension 2 of size 5"),
+             ({"kind": "id"}, r"gather: id -100 at position 1 is out of range for 5 embeddings \(valid ids are 0..4\)"),
+             ({"kind": "target", "ignore_index": -100},
+              r"gather: target 7 at position 2 is out of range for 5 classes \(ignore_index is -100\)")]
+    for attrs, msg in cases:
+        with pytest.raises(IndexError, match=msg):
+            core.call("index_check", [idx], {"op": "gather", "size": 5, **attrs})
+    assert core.call("index_check", [idx[:1]], {"op": "gather", "size": 2}) == []
+    assert core.call("index_check", [ls.tensor(np.zeros(0, idx_dtype))], {"op": "gather", "size": 0}) == []
+    with pytest.raises(ValueError, match="index_check: kind must be index, id or target, got row"):
+        core.call("index_check", [idx], {"kind": "row", "size": 5})
+    with pytest.raises(ValueError, match="index_check: size must be >= 0"):
+        core.call("index_check", [idx], {"size": -1})

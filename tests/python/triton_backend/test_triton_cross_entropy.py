@@ -88,6 +88,31 @@ def test_cross_entropy_all_ignored_mean_is_nan(device, dtype):
     assert np.isnan(float(loss.to("cpu").to(ls.float64).item()))
 
 
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("op", ["cross_entropy", "cross_entropy_inplace", "cross_entropy_backward"])
+def test_out_of_range_targets_raise(device, dtype, op):
+    """A target outside [0, V) that is not ignore_index raises the CPU op's IndexError for the
+    first one: at once in the interpreter, at the next synchronisation on a GPU (the native range
+    check records it on the device)."""
+    logits = to_ls(rng().standard_normal((4, 5)), device, dtype)
+    targets = to_ls(np.array([1, -100, 5, -1]), device, dtype)
+    attrs = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
+    inputs = [logits, targets]
+    if op == "cross_entropy_backward":
+        _, lse = triton_call("cross_entropy", [logits, to_ls(np.array([1, -100, 4, 0]), device, dtype)], attrs)
+        zeros = to_ls(np.zeros(4), device, "float32").to(lse.dtype)
+        inputs = [to_ls(np.ones(()), device, "float32").to(lse.dtype), logits, targets, lse, zeros]
+    first_bad = rf"{op}: target 5 at position 2 is out of range for 5 classes \(ignore_index is -100\)"
+    with ls.backend("triton"):
+        if device == "cpu":
+            with pytest.raises(IndexError, match=first_bad):
+                _core.call(op, inputs, attrs)
+        else:
+            _core.call(op, inputs, attrs)
+            with pytest.raises(IndexError, match=first_bad):
+                ls.cuda.synchronize()
+
+
 # ---- the in-place pair: cross_entropy_inplace / cross_entropy_inplace_backward ----
 
 @pytest.mark.parametrize("device,dtype", CASES)

@@ -1,3 +1,4 @@
+import llmscratch as ls
 import numpy as np
 import pytest
 
@@ -47,11 +48,12 @@ def test_embedding(device, dtype, V, C, ids_shape, ids_dtype):
 @pytest.mark.parametrize("V,C", [(4, 9), (65535, 2), (65536, 2)])
 @pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
 def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype):
-    """The documented contract for ids outside [0, V) (the CPU op rejects them): a zero row in the
-    forward, skipped in the backward; each id's rows summed in token order in float32 (a run of
-    more than 32 tokens by pieces, see backward_reference), so the gradient matches that sum bit
-    for bit. V = 65535 / 65536 sit on either side of the int16 sort keys' range; there the
-    smallest id is 32768, whose int16 key is 0."""
+    """Ids outside [0, V): the forward raises the CPU op's IndexError naming the first one (on a
+    GPU at the next synchronisation, with rows of NaN for them in the output), the backward skips
+    them. Each id's rows are summed in token order in float32 (a run of more than 32 tokens by
+    pieces, see backward_reference), so the gradient matches that sum bit for bit. V = 65535 /
+    65536 sit on either side of the int16 sort keys' range; there the smallest id is 32768, whose
+    int16 key is 0."""
     r = rng()
     big = np.iinfo(ids_dtype)
     lo = 0 if V < 32768 else 32768
@@ -60,8 +62,18 @@ def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype
     r.shuffle(ids)
     valid = (ids >= 0) & (ids < V)
     weight = rounded(r.standard_normal((V, C)), dtype)
-    (out,) = triton_call("embedding", [to_ls(weight, device, dtype), to_ls(ids, device, dtype)], {})
-    assert np.array_equal(to_np(out), np.where(valid[:, None], weight[np.where(valid, ids, 0)], 0))
+    p = int(np.flatnonzero(~valid)[0])
+    first_bad = rf"embedding: id {ids[p]} at position {p} is out of range for {V} embeddings"
+    inputs = [to_ls(weight, device, dtype), to_ls(ids, device, dtype)]
+    if device == "cpu":
+        with pytest.raises(IndexError, match=first_bad):
+            triton_call("embedding", inputs, {})
+    else:  # recorded on the device, raised by the next host wait (any copy to the host)
+        (out,) = triton_call("embedding", inputs, {})
+        with pytest.raises(IndexError, match=first_bad):
+            ls.cuda.synchronize()
+        got = to_np(out)
+        assert np.array_equal(got[valid], weight[ids[valid]]) and np.isnan(got[~valid]).all()
 
     grad = rounded(r.standard_normal((ids.size, C)), dtype)
     (dw,) = triton_call("embedding_backward",
