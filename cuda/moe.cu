@@ -49,6 +49,7 @@
 #include "core/registry.h"
 #include "elementwise.cuh"
 #include "gemm_tile.cuh"
+#include "ops/kernel_checks.h"
 #include "ops/op_args.h"
 #include "ops/ops.h"
 
@@ -64,15 +65,8 @@ void expect_on_gpu(const Tensor& t, const Tensor& ref, const char* op, const cha
            ", expected ", ref.device().str());
 }
 
-void expect_index(const Tensor& t, const char* op, const char* what) {
-  LS_CHECK(t.dtype() == DType::Int64, TypeError, op, ": ", what, " must be int64, got ",
-           dtype_name(t.dtype()));
-}
-
-void expect_same_dtype(const Tensor& a, const Tensor& b, const char* op, const char* what) {
-  LS_CHECK(a.dtype() == b.dtype(), TypeError, op, ": ", what, " dtype ", dtype_name(b.dtype()),
-           " differs from ", dtype_name(a.dtype()));
-}
+using cpu::expect_same_dtype;
+using ops::expect_int64_index;
 
 // ---- moe_permute ------------------------------------------------------------------------------
 
@@ -451,7 +445,7 @@ Tensors grouped_matmul_cuda(const Tensors& in, const Attrs& a) {
   const int64_t wk = tw ? w0.shape()[2] : w0.shape()[1], N = tw ? w0.shape()[1] : w0.shape()[2];
   LS_CHECK(wk == K, ValueError, "grouped_matmul: x has ", K, " columns but w",
            tw ? " (transposed)" : "", " of shape ", shape_str(w0.shape()), " expects ", wk);
-  expect_index(in[2], "grouped_matmul", "offsets");
+  expect_int64_index(in[2], "grouped_matmul", "offsets");
   LS_CHECK(in[2].dim() == 1 && in[2].shape()[0] == E + 1, ValueError, "grouped_matmul: offsets "
            "must have shape (", E + 1, ",) for ", E, " experts, got ", shape_str(in[2].shape()));
   LS_CHECK(M < kMaxDim && N < kMaxDim && K < kMaxDim && E < kMaxDim, ValueError,
@@ -512,7 +506,7 @@ Tensors grouped_matmul_weight_grad_cuda(const Tensors& in, const Attrs&) {
   expect_same_dtype(in[0], in[1], op, "second operand");
   expect_on_gpu(in[1], in[0], op, "b");
   expect_on_gpu(in[2], in[0], op, "offsets");
-  expect_index(in[2], op, "offsets");
+  expect_int64_index(in[2], op, "offsets");
   const int64_t E = in[2].dim() == 1 ? in[2].shape()[0] - 1 : -1;
   LS_CHECK(E > 0, ValueError, op, ": offsets must have shape (E+1,), got ",
            shape_str(in[2].shape()));
@@ -556,16 +550,12 @@ moe_combine_kernel(const T* __restrict__ y, const T* __restrict__ gates,
   }
 }
 
-// Shared checks of the forward and backward (as on the CPU, without reading the rows).
-void check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, const char* op) {
-  LS_CHECK(y.dim() == 2 && gates.dim() == 2, ValueError, op, ": expected y (R, H) and gates "
-           "(N, k), got ", shape_str(y.shape()), " and ", shape_str(gates.shape()));
-  expect_same_dtype(y, gates, op, "gates");
-  expect_index(row, op, "row");
-  LS_CHECK(row.shape() == gates.shape(), ValueError, op, ": row ", shape_str(row.shape()),
-           " and gates ", shape_str(gates.shape()), " must have the same shape");
+// The checks of the forward (g undefined) and backward, as on the CPU without reading the rows.
+void check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g, const char* op) {
+  ops::check_moe_combine_args(y, gates, row, g, op);
   expect_on_gpu(gates, y, op, "gates");
   expect_on_gpu(row, y, op, "row");
+  if (g.defined()) expect_on_gpu(g, y, op, "g");
 }
 
 unsigned row_threads(int64_t H) {
@@ -575,7 +565,7 @@ unsigned row_threads(int64_t H) {
 Tensors moe_combine_cuda(const Tensors& in, const Attrs&) {
   LS_CHECK(in.size() == 3 && in[0].defined() && in[1].defined() && in[2].defined(), TypeError,
            "moe_combine: expected inputs y, gates, row");
-  check_combine(in[0], in[1], in[2], "moe_combine");
+  check_combine(in[0], in[1], in[2], Tensor(), "moe_combine");
   Tensor y = ops::contiguous(in[0]), gates = ops::contiguous(in[1]), row = ops::contiguous(in[2]);
   const int64_t N = gates.shape()[0], k = gates.shape()[1], R = y.shape()[0], H = y.shape()[1];
   Tensor out = Tensor::empty({N, H}, y.dtype(), y.device());
@@ -644,14 +634,10 @@ Tensors moe_combine_backward_cuda(const Tensors& in, const Attrs& at) {
   const char* op = "moe_combine_backward";
   LS_CHECK(in.size() == 4 && in[0].defined() && in[1].defined() && in[2].defined() &&
            in[3].defined(), TypeError, op, ": expected inputs g, y, gates, row");
-  check_combine(in[1], in[2], in[3], op);
-  expect_same_dtype(in[1], in[0], op, "gradient");
-  expect_on_gpu(in[0], in[1], op, "g");
+  check_combine(in[1], in[2], in[3], in[0], op);
   Tensor g = ops::contiguous(in[0]), y = ops::contiguous(in[1]), gates = ops::contiguous(in[2]);
   Tensor row = ops::contiguous(in[3]);
   const int64_t N = gates.shape()[0], k = gates.shape()[1], R = y.shape()[0], H = y.shape()[1];
-  LS_CHECK(g.dim() == 2 && g.shape()[0] == N && g.shape()[1] == H, ValueError, op,
-           ": g must have shape (", N, ", ", H, "), got ", shape_str(g.shape()));
   LS_CHECK(R < (int64_t(1) << 31) && N * k < (int64_t(1) << 31), ValueError, op,
            ": the CUDA kernel takes R and N*k below 2^31, got ", R, " and ", N * k);
   const bool want_dy = at.b("dy", true), want_dg = at.b("dgates", true);

@@ -178,10 +178,8 @@ template <bool Log>
 Tensors softmax_backward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = Log ? "log_softmax_backward" : "softmax_backward";
   cpu::expect_inputs(in, 2, 2, op);
-  cpu::expect_same_dtype(in[0], in[1], op, "gradient");
+  ops::check_softmax_backward_args(in[0], in[1], op);
   Tensor y = ops::contiguous(in[0]), g = ops::contiguous(in[1]);
-  LS_CHECK(y.shape() == g.shape(), ValueError, op, ": gradient of shape ", shape_str(g.shape()),
-           " does not match the output shape ", shape_str(y.shape()));
   Layout l = row_layout(y.shape(), wrap_dim(a.i("dim"), y.dim(), op));
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   if (y.numel() == 0) return {dx};

@@ -37,6 +37,7 @@ is written once without atomics; dgates one program per assignment, a dot produc
 Offsets and rows are trusted to be moe_permute's (the CPU backend validates them); the kernels
 clamp them so bad values cannot reach outside the tensors.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -318,26 +319,8 @@ def _combine_kernel(Y, G, ROW, OUT, R, H, K, BLOCK: tl.constexpr):
     tl.store(OUT + n * H + h, acc.to(OUT.dtype.element_ty), mask=mh)
 
 
-def _check_combine(op, y, gates, row):
-    if y.dim() != 2 or gates.dim() != 2:
-        raise ValueError(f"{op}: expected y (R, H) and gates (N, k), got {tuple(y.shape)} and "
-                         f"{tuple(gates.shape)}")
-    if gates.dtype != y.dtype:  # the native kernels' errors (cpp/ops/moe.cpp check_combine)
-        raise TypeError(f"{op}: gates dtype {_name(gates.dtype)} differs from the input dtype {_name(y.dtype)}")
-    if row.dtype != torch.int64:
-        raise TypeError(f"{op}: row must be int64, got {_name(row.dtype)}")
-    if row.shape != gates.shape:
-        raise ValueError(f"{op}: row {tuple(row.shape)} and gates {tuple(gates.shape)} must have "
-                         "the same shape")
-
-
-def _name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
 def moe_combine(inputs, attrs):
     y, gates, row = (t.contiguous() for t in inputs)
-    _check_combine("moe_combine", y, gates, row)
     (R, H), (N, k) = y.shape, gates.shape
     out = torch.empty((N, H), dtype=y.dtype, device=y.device)
     if out.numel():
@@ -386,10 +369,7 @@ def _combine_dgates_kernel(G, Y, ROW, DG, R, H, K, BLOCK: tl.constexpr):
 
 def moe_combine_backward(inputs, attrs):
     g, y, gates, row = (t.contiguous() for t in inputs)
-    _check_combine("moe_combine_backward", y, gates, row)
     (R, H), (N, k) = y.shape, gates.shape
-    if tuple(g.shape) != (N, H):
-        raise ValueError(f"moe_combine_backward: g must have shape ({N}, {H}), got {tuple(g.shape)}")
     want_dy, want_dg = bool(attrs.get("dy", True)), bool(attrs.get("dgates", True))
     dy = torch.empty((R, H) if want_dy else (0,), dtype=y.dtype, device=y.device)
     dg = torch.empty((N, k) if want_dg else (0,), dtype=y.dtype, device=y.device)
@@ -411,4 +391,12 @@ KERNELS = {
     "grouped_matmul_weight_grad": grouped_matmul_weight_grad,
     "moe_combine": moe_combine,
     "moe_combine_backward": moe_combine_backward,
+}
+
+# The CPU and CUDA kernels' checks of shapes and dtypes (bound from cpp/ops/moe.cpp); row's values
+# are not checked (the kernels skip a row outside [0, R), as the CUDA ones do).
+CHECKS = {
+    "moe_combine": lambda inputs, attrs: _core.ops.check_moe_combine_args(*inputs, None, "moe_combine"),
+    "moe_combine_backward": lambda inputs, attrs: _core.ops.check_moe_combine_args(
+        *inputs[1:], inputs[0], "moe_combine_backward"),
 }

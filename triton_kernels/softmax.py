@@ -18,6 +18,7 @@ Milakov & Gimelshein 2018), folded into one (m, s) at the end; the second pass w
 backward has one pass for the row dot product (or sum) and one writing dx. float32 arithmetic
 for every dtype. A row of all -inf gives NaN, as in torch.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -151,14 +152,7 @@ KERNELS = {"softmax": softmax_forward, "softmax_backward": softmax_backward,
 def _check_backward(op):
     """CHECKS entry of the backwards {y, g}: the CPU and CUDA kernels' errors for a gradient of
     another dtype or shape than the output (the kernel reads g by y's rows)."""
-    def check(inputs, attrs):
-        y, g = inputs
-        if g.dtype != y.dtype:
-            raise TypeError(f"{op}: gradient dtype {g.dtype.name} differs from the input dtype {y.dtype.name}")
-        if tuple(g.shape) != tuple(y.shape):
-            raise ValueError(f"{op}: gradient of shape {tuple(g.shape)} does not match the output shape "
-                             f"{tuple(y.shape)}")
-    return check
+    return lambda inputs, attrs: _core.ops.check_softmax_backward_args(*inputs, op)
 
 
 CHECKS = {op: _check_backward(op) for op in ("softmax_backward", "log_softmax_backward")}

@@ -31,6 +31,13 @@ void bind_ops(py::module_& root) {
   });
   m.def("check_swiglu_args", &check_swiglu_args);
   m.def("check_cross_entropy_args", &check_cross_entropy_args);
+  m.def("check_softmax_backward_args", [](const Tensor& y, const Tensor& g, const std::string& op) {
+    check_softmax_backward_args(y, g, op.c_str());
+  });
+  m.def("check_moe_combine_args", [=](const Tensor& y, const Tensor& gates, const Tensor& row,
+                                      std::optional<Tensor> g, const std::string& op) {
+    check_moe_combine_args(y, gates, row, or_none(g), op.c_str());
+  });
   m.def("check_rope", [](const Tensor& x, const Tensor& cos, const Tensor& sin, const std::string& op) {
     check_rope(x, cos, sin, op.c_str(), false);
   });

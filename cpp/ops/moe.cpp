@@ -64,16 +64,31 @@ int64_t check_moe_permute_args(const Tensors& in, const Attrs& a) {
   return E;
 }
 
-namespace {
-
-void expect_index(const Tensor& t, const char* op, const char* what) {
+void expect_int64_index(const Tensor& t, const char* op, const char* what) {
   LS_CHECK(t.dtype() == DType::Int64, TypeError, op, ": ", what, " must be int64, got ",
            dtype_name(t.dtype()));
 }
 
+void check_moe_combine_args(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g,
+                            const char* op) {
+  LS_CHECK(y.dim() == 2 && gates.dim() == 2, ValueError, op, ": expected y (R, H) and gates "
+           "(N, k), got ", shape_str(y.shape()), " and ", shape_str(gates.shape()));
+  cpu::expect_same_dtype(y, gates, op, "gates");
+  expect_int64_index(row, op, "row");
+  LS_CHECK(row.shape() == gates.shape(), ValueError, op, ": row ", shape_str(row.shape()),
+           " and gates ", shape_str(gates.shape()), " must have the same shape");
+  if (!g.defined()) return;
+  cpu::expect_same_dtype(y, g, op, "gradient");
+  const int64_t N = gates.shape()[0], H = y.shape()[1];
+  LS_CHECK(g.dim() == 2 && g.shape()[0] == N && g.shape()[1] == H, ValueError, op, ": g must have shape (",
+           N, ", ", H, "), got ", shape_str(g.shape()));
+}
+
+namespace {
+
 // offsets as a dense int64 vector, checked: E+1 entries, starting at 0, non-decreasing, <= rows.
 Tensor checked_offsets(const Tensor& offsets, int64_t E, int64_t rows, const char* op) {
-  expect_index(offsets, op, "offsets");
+  expect_int64_index(offsets, op, "offsets");
   LS_CHECK(offsets.dim() == 1 && offsets.shape()[0] == E + 1, ValueError, op,
            ": offsets must have shape (", E + 1, ",) for ", E, " experts, got ",
            shape_str(offsets.shape()));
@@ -229,14 +244,10 @@ Tensors grouped_matmul_backward(const BackwardCtx& c, const Tensors& g) {
 
 // ---- moe_combine -------------------------------------------------------------------------------
 
-// Checks shared by the forward and backward; returns row as dense int64 with values in [-1, R).
-Tensor check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, const char* op) {
-  LS_CHECK(y.dim() == 2 && gates.dim() == 2, ValueError, op, ": expected y (R, H) and gates "
-           "(N, k), got ", shape_str(y.shape()), " and ", shape_str(gates.shape()));
-  cpu::expect_same_dtype(y, gates, op, "gates");
-  expect_index(row, op, "row");
-  LS_CHECK(row.shape() == gates.shape(), ValueError, op, ": row ", shape_str(row.shape()),
-           " and gates ", shape_str(gates.shape()), " must have the same shape");
+// The checks of the forward (g undefined) and backward; returns row as dense int64 with values
+// in [-1, R).
+Tensor check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g, const char* op) {
+  check_moe_combine_args(y, gates, row, g, op);
   const int64_t R = y.shape()[0];
   Tensor r = contiguous(row);
   const int64_t* pr = r.data<int64_t>();
@@ -248,7 +259,7 @@ Tensor check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, co
 
 Tensors moe_combine_cpu(const Tensors& in, const Attrs&) {
   cpu::expect_inputs(in, 3, 3, "moe_combine");
-  Tensor r = check_combine(in[0], in[1], in[2], "moe_combine");
+  Tensor r = check_combine(in[0], in[1], in[2], Tensor(), "moe_combine");
   Tensor y = contiguous(in[0]), gates = contiguous(in[1]);
   const int64_t N = gates.shape()[0], k = gates.shape()[1], H = y.shape()[1];
   Tensor out = Tensor::empty({N, H}, y.dtype(), y.device());
@@ -277,12 +288,9 @@ Tensors moe_combine_cpu(const Tensors& in, const Attrs&) {
 
 Tensors moe_combine_backward_cpu(const Tensors& in, const Attrs& a) {
   cpu::expect_inputs(in, 4, 4, "moe_combine_backward");
-  Tensor r = check_combine(in[1], in[2], in[3], "moe_combine_backward");
-  cpu::expect_same_dtype(in[1], in[0], "moe_combine_backward", "gradient");
+  Tensor r = check_combine(in[1], in[2], in[3], in[0], "moe_combine_backward");
   Tensor g = contiguous(in[0]), y = contiguous(in[1]), gates = contiguous(in[2]);
   const int64_t N = gates.shape()[0], k = gates.shape()[1], R = y.shape()[0], H = y.shape()[1];
-  LS_CHECK(g.dim() == 2 && g.shape()[0] == N && g.shape()[1] == H, ValueError,
-           "moe_combine_backward: g must have shape (", N, ", ", H, "), got ", shape_str(g.shape()));
   const bool want_dy = a.b("dy", true), want_dg = a.b("dgates", true);
   Tensor dy = Tensor::empty(want_dy ? Shape{R, H} : Shape{0}, y.dtype(), y.device());
   Tensor dg = Tensor::empty(want_dg ? Shape{N, k} : Shape{0}, y.dtype(), y.device());
