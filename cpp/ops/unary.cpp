@@ -168,14 +168,16 @@ LS_REGISTER(unary) {
   for (const char* op : {"neg", "abs", "sign", "relu"})
     register_kernel(op, "cpu", unary_kernel(op), {DType::Float32, DType::Float64, DType::Int32, DType::Int64});
 
+  // where, not g * [lo <= x <= hi]: a NaN or inf upstream gradient at a clamped position gives
+  // 0, as torch's clamp_backward.
   declare_op("clamp", {[](C c, G g) {
                          const Tensor& x = c.inputs[0];
-                         Tensor keep = full_like(x, 1.0);
+                         Tensor dx = g[0], zero = scalar_like(0.0, g[0]);
                          if (c.attrs.has("min"))
-                           keep = mul(keep, to_dtype(compare(x, scalar_like(c.attrs.f("min", 0), x), "ge"), x.dtype()));
+                           dx = where(compare(x, scalar_like(c.attrs.f("min", 0), x), "ge"), dx, zero);
                          if (c.attrs.has("max"))
-                           keep = mul(keep, to_dtype(compare(x, scalar_like(c.attrs.f("max", 0), x), "le"), x.dtype()));
-                         return Tensors{mul(g[0], keep)};
+                           dx = where(compare(x, scalar_like(c.attrs.f("max", 0), x), "le"), dx, zero);
+                         return Tensors{dx};
                        }});
   register_kernel("clamp", "cpu", clamp_cpu, kFloat);
 

@@ -91,3 +91,13 @@ def test_clamp_bounds_and_nan_like_torch(lo, hi):
 
 def test_clamp_with_min_above_max_gives_max():
     assert ls.tensor([0.0, 5.0]).clamp(2.0, 1.0).tolist() == [1.0, 1.0]
+
+
+def test_clamp_backward_gives_zero_for_a_nan_or_inf_gradient_at_a_clamped_position():
+    # torch: where(lo <= x <= hi, g, 0), so a non-finite g where x was clamped does not leak through
+    x, tx = ls.tensor([-2.0, 0.5, 3.0, 0.25], requires_grad=True), torch.tensor([-2.0, 0.5, 3.0, 0.25], requires_grad=True)
+    g = [float("nan"), 1.0, float("inf"), float("nan")]
+    x.clamp(0.0, 1.0).backward(ls.tensor(g))
+    tx.clamp(0.0, 1.0).backward(torch.tensor(g))
+    np.testing.assert_array_equal(to_np(x.grad), tx.grad.numpy())
+    assert to_np(x.grad)[0] == 0 and np.isnan(to_np(x.grad)[3])
