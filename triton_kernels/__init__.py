@@ -45,9 +45,10 @@ and triton only then, so both stay optional. Each ``fn`` is wrapped and register
   tensor alive for as long as the llmscratch tensor lives (see ``ONE_BUFFER_OUTPUTS`` for outputs
   that view one torch storage);
 * launches on llmscratch's current stream (``llmscratch.cuda.current_stream``), so Triton and
-  native kernels of one stream stay in order: when that is not the default stream, torch is told
-  to use it for the call (``torch.cuda.ExternalStream``), which also makes torch allocate the
-  outputs for that stream; on the default stream nothing is wrapped.
+  native kernels of one stream stay in order: torch is told to use it for the call
+  (``torch.cuda.ExternalStream``), which also makes torch allocate the outputs for that stream;
+  when both libraries are on the default stream nothing is wrapped (a user who switched torch's
+  stream alone still gets llmscratch's).
 """
 import importlib
 import os
@@ -75,6 +76,7 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
             # not cover): the native backend runs it, on this thread only (switching the
             # process's backend for the call had let other threads' ops see it).
             return _core.call_native(op, inputs, attrs)
+        attrs = _Attrs(op, attrs)
         if check:
             check(inputs, attrs)
         tin = [None if t is None else torch.from_dlpack(_core.to_dlpack(t, False)) for t in inputs]
@@ -83,8 +85,8 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
         if dev.type == "cuda":
             stream = _core.cuda_current_stream(dev.index)
             with torch.cuda.device(dev.index):
-                if stream == 0:
-                    outs = fn(tin, attrs)
+                if stream == 0 and torch.cuda.current_stream(dev.index).cuda_stream == 0:
+                    outs = fn(tin, attrs)  # both on the default stream: nothing to switch
                 else:
                     with torch.cuda.stream(torch.cuda.ExternalStream(stream, device=dev.index)):
                         outs = fn(tin, attrs)
@@ -96,6 +98,18 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
 
     run.__name__ = f"triton_{op}"
     return run
+
+
+class _Attrs(dict):
+    """An op's attrs: a required one that is missing raises the TypeError the native kernels
+    raise (Attrs::i and kin), naming the op, instead of a KeyError."""
+
+    def __init__(self, op, attrs):
+        super().__init__(attrs)
+        self.op = op
+
+    def __missing__(self, key):
+        raise TypeError(f"{self.op}: missing argument '{key}'")
 
 
 def _export(t):

@@ -7,7 +7,7 @@ import pytest
 
 import llmscratch as ls
 import llmscratch.functional as F
-from triton_check import CASES, interpreter_only, rng, to_ls, to_np
+from triton_check import CASES, compiled_only, interpreter_only, rng, to_ls, to_np
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -160,3 +160,37 @@ def test_bad_arguments_raise_the_native_kernels_errors():
             call()  # the CPU kernel's error
         with ls.backend("triton"), pytest.raises(exc, match=text):
             call()
+
+
+@pytest.mark.cuda
+@compiled_only
+@pytest.mark.parametrize("torch_side, ls_side", [(False, False), (True, False), (False, True), (True, True)])
+def test_kernels_launch_on_llmscratchs_current_stream(torch_side, ls_side):
+    """A wrapped kernel runs on llmscratch's current stream whatever torch's is: on the default
+    stream even when torch's current stream was switched elsewhere, so that it stays ordered with
+    the native ops of that stream."""
+    import torch
+    from llmscratch import triton_kernels
+    seen = []
+
+    def fn(tin, attrs):
+        seen.append(torch.cuda.current_stream().cuda_stream)
+        return [tin[0]]
+
+    run = triton_kernels._wrap("probe", fn, "cuda")
+    x = ls.zeros(4, device="cuda")
+    t_side, l_side = torch.cuda.Stream(), ls.cuda.Stream()
+    with torch.cuda.stream(t_side if torch_side else torch.cuda.default_stream()):
+        with ls.cuda.stream(l_side if ls_side else ls.cuda.default_stream()):
+            run([x], {})
+            expected = ls.cuda.current_stream().cuda_stream
+    assert seen == [expected] and (expected == 0) == (not ls_side)
+
+
+@interpreter_only
+def test_a_missing_attr_is_a_type_error_naming_the_op():
+    grad, ids = ls.zeros(3, 4), ls.tensor(np.array([0, 1, 2]))
+    with ls.backend("triton"), pytest.raises(TypeError, match="embedding_backward: missing argument 'num_weights'"):
+        ls.backend_report(reset=True)
+        import llmscratch_core as core
+        core.call("embedding_backward", [grad, ids], {})
