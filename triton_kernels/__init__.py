@@ -85,10 +85,13 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
         if dev.type == "cuda":
             stream = _core.cuda_current_stream(dev.index)
             with torch.cuda.device(dev.index):
-                if stream == 0 and torch.cuda.current_stream(dev.index).cuda_stream == 0:
-                    outs = fn(tin, attrs)  # both on the default stream: nothing to switch
-                else:
+                if stream != 0:
                     with torch.cuda.stream(torch.cuda.ExternalStream(stream, device=dev.index)):
+                        outs = fn(tin, attrs)
+                elif torch.cuda.current_stream(dev.index).cuda_stream == 0:
+                    outs = fn(tin, attrs)  # both on the default stream: nothing to switch
+                else:  # torch's own default stream (an ExternalStream of 0 did not switch)
+                    with torch.cuda.stream(torch.cuda.default_stream(dev.index)):
                         outs = fn(tin, attrs)
         else:
             outs = fn(tin, attrs)
