@@ -7,34 +7,39 @@
 // Forward: a gather; each thread copies one 16-byte pack of a row (scalar elements when C or a
 // pointer does not allow packs), so rows stream at copy bandwidth.
 // Backward without float atomics, so two runs give identical bits:
-//   1. keys[n] = ids[n] (V for an id out of range), vals[n] = n; count[v], the tokens of id v, by
-//      int atomics, which also hand each of a row's first kSlots tokens a slot of its own;
-//   2. a stable radix sort of (key, n) pairs (cub::DeviceRadixSort over the bits V needs) groups
-//      the token positions by id, each group (a run) in increasing n;
-//   3. start[v] = first sorted position with key >= v (a binary search per v);
-//   4. a run longer than kChunk (a frequent token: real text puts a few percent of all tokens on
-//      "," or " the") is cut where the sorted positions cross a multiple of kChunk, and a block
-//      per chunk sums the pieces inside it into a float32 (float64) buffer, so that no block walks
-//      thousands of tokens alone;
-//   5. every vocabulary row v is written whole: the sum of grad[n, :] over its tokens in
-//      increasing n (float32 accumulation, float64 for float64), zeros for an id no token has.
-//      a. A short row (at most kSlots tokens: nearly all rows of a large vocabulary) takes its
-//         tokens from its slots and sorts them in registers.
-//      b. A long row sums its run of the sorted positions, or a long run's pieces in chunk order.
-// Steps 2-4 are latency-bound (about 50 us at 65536 tokens on an H100) while 5a moves nearly
-// all the bytes, so 2-4 and then 5b run on a high-priority side stream beside 5a.
-// Step 4 was added for text-like ids: with one block per row only, a run of 600 tokens (3.7% of
-// 16384, the most frequent id of a Zipf-like text) was walked by one block, one load in flight
-// per thread. Uniform ids have no long runs and step 4's blocks return at once.
+//   1. count[v], the tokens of id v, by int atomics, which also hand each of a row's first kSlots
+//      tokens a slot of its own; a row of more tokens (a long row) is listed when its count
+//      passes kSlots;
+//   2. every vocabulary row v of at most kSlots tokens (nearly all rows of a large vocabulary)
+//      is written whole from its slots, sorted in registers: the sum of grad[n, :] over its
+//      tokens in increasing n (float32 accumulation, float64 for float64), zeros for none;
+//   3. the long rows, beside step 2 on a high-priority side stream, without sorting all tokens:
+//      a. one block lays them out: each long row gets a segment of a token buffer (an exclusive
+//         scan of their counts) and, past kChunk tokens, a run of pieces;
+//      b. each token of a long row writes its position into its row's segment (int atomics: in
+//         no particular order);
+//      c. a block per long row sorts its segment in shared memory (bitonic, up to kSortMax
+//         tokens; a longer row collects its tokens in order by one scan of all ids instead);
+//      d. a row of more than kChunk tokens (a frequent token: real text puts a few percent of
+//         all tokens on "," or " the") is summed in pieces of kChunk of its sorted tokens, a
+//         block per piece, into a float32 (float64) buffer, so that no block walks thousands of
+//         tokens alone;
+//      e. each long row is written: the sum of its sorted tokens' rows, or of its pieces in order.
+//   The layout's order (the order of the long-row list) varies from run to run; the sums do not:
+//   each row's tokens and pieces are its own, in increasing n.
+// Step 3 is latency-bound, step 2 moves nearly all the bytes. Uniform ids have no long rows:
+// step 3's grids then return at once. (It replaced a stable radix sort of all tokens, cub's,
+// whose kernels took about 35 us whatever the ids and shared the SMs with step 2:
+// bench/notes_cuda_elementwise.md.)
 // All on the device, no host synchronisation; the temporaries come from the caching allocator:
-// the sort's keys and scratch (about 16 bytes a token), the counts and slots (36 bytes a
-// vocabulary row: more than dweight itself for a table of a few float32 columns) and the
-// pieces' buffer (two rows per chunk: N C / 16 elements, touched only by long runs).
+// the counts, slots and long-row index (40 bytes a vocabulary row: more than dweight itself for a
+// table of a few float32 columns), the long rows' layout and token buffer (about 12 bytes a token)
+// and the pieces' buffer (N / 16 rows of C, touched only by rows of more than kChunk tokens).
 // Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip: the
 // forward writes a row of NaN for them and records an index fault (index_fault.cuh), the CPU op's
 // IndexError raised at the next synchronisation (naming a bad position, not always the first);
 // the backward ignores them.
-#include <cub/device/device_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
 
 #include <type_traits>
 
@@ -72,46 +77,135 @@ __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* 
 }
 
 // Tokens a short row may have: its tokens are kept in a slot each as they are counted, and
-// sorted in registers; a row of more waits for the sort of all tokens.
+// sorted in registers; a row of more is a long row (step 3).
 constexpr int kSlots = 8;
 
-// keys[n] = ids[n] (V out of range), vals[n] = n; count[v] = tokens of id v (zeroed before);
-// slots[v, t] = the t-th token of id v to be counted, t < kSlots (in no particular order); the
-// ids of more than kSlots tokens are listed in long_ids, long_ids_count of them (zeroed before).
+// count[v] = tokens of id v (zeroed before); slots[v, t] = the t-th token of id v to be counted,
+// t < kSlots (in no particular order); the ids of more than kSlots tokens are listed in
+// long_ids, long_ids_count of them (zeroed before). Ids out of range are skipped.
 template <typename I>
-__global__ void make_keys_kernel(const I* __restrict__ ids, int32_t* keys, int32_t* vals, int32_t* count,
-                                 int32_t* slots, int32_t* long_ids, int32_t* long_ids_count, int64_t N,
-                                 int64_t V) {
+__global__ void count_tokens_kernel(const I* __restrict__ ids, int32_t* count, int32_t* slots, int32_t* long_ids,
+                                    int32_t* long_ids_count, int64_t N, int64_t V) {
   for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const int64_t id = int64_t(ids[n]);
-    const bool valid = id >= 0 && id < V;
-    keys[n] = valid ? int32_t(id) : int32_t(V);
-    vals[n] = int32_t(n);
-    if (!valid) continue;
+    if (id < 0 || id >= V) continue;
     const int t = atomicAdd(&count[id], 1);
     if (t < kSlots) slots[id * kSlots + t] = int32_t(n);
     else if (t == kSlots) long_ids[atomicAdd(long_ids_count, 1)] = int32_t(id);
   }
 }
 
-// start[v] = lower_bound(sorted keys, v) for v in 0..V.
-__global__ void group_starts_kernel(const int32_t* __restrict__ keys, int64_t N, int64_t V,
-                                    int32_t* start) {
-  for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v <= V;
-       v += int64_t(gridDim.x) * blockDim.x) {
-    int64_t lo = 0, hi = N;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (keys[mid] < v) lo = mid + 1;
-      else hi = mid;
+// Tokens per piece: a long row of more than this many tokens is summed in pieces.
+constexpr int kChunk = 32;
+
+// The long rows' layout, one block: long row b (the id long_ids[b], m = *long_ids_count of them)
+// owns the token buffer's [seg_start[b], seg_start[b + 1]) and, past kChunk tokens, the pieces
+// [piece_start[b], piece_start[b + 1]), each listed in piece_row; row_of[id] = b; fill[b] = 0
+// (step b's cursors).
+constexpr int kLayoutThreads = 1024;
+__global__ void __launch_bounds__(kLayoutThreads)
+    long_rows_layout_kernel(const int32_t* __restrict__ count, const int32_t* __restrict__ long_ids,
+                            const int32_t* __restrict__ long_ids_count, int32_t* __restrict__ seg_start,
+                            int32_t* __restrict__ piece_start, int32_t* __restrict__ piece_row,
+                            int32_t* __restrict__ row_of, int32_t* __restrict__ fill) {
+  using Scan = cub::BlockScan<int32_t, kLayoutThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  const int32_t m = *long_ids_count;
+  int32_t tokens_before = 0, pieces_before = 0;  // over the tiles done
+  for (int32_t base = 0; base < m; base += kLayoutThreads) {
+    const int32_t b = base + int32_t(threadIdx.x);
+    const int32_t id = b < m ? long_ids[b] : 0, tokens = b < m ? count[id] : 0;
+    const int32_t pieces = tokens > kChunk ? (tokens + kChunk - 1) / kChunk : 0;
+    int32_t t0, p0, tile_tokens, tile_pieces;
+    Scan(scan).ExclusiveSum(tokens, t0, tile_tokens);
+    __syncthreads();  // scan's storage is used again
+    Scan(scan).ExclusiveSum(pieces, p0, tile_pieces);
+    __syncthreads();
+    if (b < m) {
+      seg_start[b] = tokens_before + t0;
+      piece_start[b] = pieces_before + p0;
+      for (int32_t j = 0; j < pieces; ++j) piece_row[pieces_before + p0 + j] = b;
+      row_of[id] = b;
+      fill[b] = 0;
     }
-    start[v] = int32_t(lo);
+    tokens_before += tile_tokens;
+    pieces_before += tile_pieces;
+  }
+  if (threadIdx.x == 0) {
+    seg_start[m] = tokens_before;
+    piece_start[m] = pieces_before;
   }
 }
 
-// Tokens per chunk of the sorted positions: a run longer than this is summed in pieces.
-constexpr int kChunk = 32;
+// Each token of a long row writes its position into its row's segment, in no particular order.
+template <typename I>
+__global__ void scatter_long_tokens_kernel(const I* __restrict__ ids, const int32_t* __restrict__ count,
+                                           const int32_t* __restrict__ row_of,
+                                           const int32_t* __restrict__ seg_start, int32_t* fill,
+                                           const int32_t* __restrict__ long_ids_count,
+                                           int32_t* __restrict__ seg, int64_t N, int64_t V) {
+  if (*long_ids_count == 0) return;  // uniform ids: no long row, nothing to read
+  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
+       n += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t id = int64_t(ids[n]);
+    if (id < 0 || id >= V || count[id] <= kSlots) continue;
+    const int32_t b = row_of[id];
+    seg[seg_start[b] + atomicAdd(&fill[b], 1)] = int32_t(n);
+  }
+}
+
+// Blocks stride over the long rows and sort each segment into increasing positions: a bitonic
+// network in shared memory for up to kSortMax tokens; a longer row (a few, at most N / kSortMax)
+// instead walks all ids once, in order, and writes its tokens' positions as it meets them.
+constexpr int kSortMax = 4096, kSortThreads = 512;
+template <typename I>
+__global__ void __launch_bounds__(kSortThreads)
+    sort_segments_kernel(const I* __restrict__ ids, const int32_t* __restrict__ long_ids,
+                         const int32_t* __restrict__ long_ids_count, const int32_t* __restrict__ seg_start,
+                         int32_t* __restrict__ seg, int64_t N) {
+  using Scan = cub::BlockScan<int32_t, kSortThreads>;
+  __shared__ int32_t keys[kSortMax];
+  __shared__ typename Scan::TempStorage scan;
+  const int32_t m = *long_ids_count;
+  for (int32_t b = blockIdx.x; b < m; b += gridDim.x) {
+    const int32_t s = seg_start[b], tokens = seg_start[b + 1] - s;
+    if (tokens <= kSortMax) {
+      int32_t P = 2;
+      while (P < tokens) P *= 2;
+      for (int32_t i = threadIdx.x; i < P; i += kSortThreads) keys[i] = i < tokens ? seg[s + i] : INT32_MAX;
+      __syncthreads();
+      for (int32_t k = 2; k <= P; k *= 2)
+        for (int32_t j = k / 2; j > 0; j /= 2) {
+          for (int32_t i = threadIdx.x; i < P; i += kSortThreads) {
+            const int32_t partner = i ^ j;
+            if (partner > i) {
+              const int32_t x = keys[i], y = keys[partner];
+              if ((x > y) == ((i & k) == 0)) {  // ascending where bit k of i is 0
+                keys[i] = y;
+                keys[partner] = x;
+              }
+            }
+          }
+          __syncthreads();
+        }
+      for (int32_t i = threadIdx.x; i < tokens; i += kSortThreads) seg[s + i] = keys[i];
+    } else {
+      const int64_t id = long_ids[b];
+      int32_t written = 0;
+      for (int64_t base = 0; base < N; base += kSortThreads) {
+        const int64_t n = base + threadIdx.x;
+        const int32_t mine = n < N && int64_t(ids[n]) == id ? 1 : 0;
+        int32_t before, total;
+        Scan(scan).ExclusiveSum(mine, before, total);
+        __syncthreads();  // scan's storage is used again
+        if (mine) seg[s + written + before] = int32_t(n);
+        written += total;
+      }
+    }
+    __syncthreads();  // keys are reused by the next row
+  }
+}
 
 // acc += grad[order[k], c*W : c*W+W] for k in [k0, k1), in increasing k, kLoads rows loaded before
 // any is added.
@@ -133,30 +227,28 @@ __device__ __forceinline__ void add_rows(acc_t<T> (&acc)[W], const T* __restrict
   }
 }
 
-// Block q, for the chunk [q * kChunk, (q + 1) * kChunk) of the sorted positions: the pieces
-// inside it of long runs (more than kChunk tokens, so each touches the chunk's first or last
-// position): pieces[2q] for the run at the chunk's start, pieces[2q + 1] for one that begins
-// inside it. Threads over the row's W-element packs.
+// Blocks stride over the pieces: piece w of long row b = piece_row[w] sums the rows of its
+// tokens seg[seg_start[b] + kChunk j ...] (j = w - piece_start[b], up to kChunk of them, in
+// increasing n) into pieces[w]. Threads over the row's W-element packs.
 template <int W, typename T>
-__global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_t* __restrict__ keys,
-                                        const int32_t* __restrict__ order, const int32_t* __restrict__ start,
-                                        acc_t<T>* __restrict__ pieces, int64_t cp, int64_t V) {
+__global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_t* __restrict__ seg,
+                                        const int32_t* __restrict__ seg_start,
+                                        const int32_t* __restrict__ piece_start,
+                                        const int32_t* __restrict__ piece_row,
+                                        const int32_t* __restrict__ long_ids_count, acc_t<T>* __restrict__ pieces,
+                                        int64_t cp) {
   using A = acc_t<T>;
-  const int64_t q = blockIdx.x, p0 = q * kChunk, nvalid = start[V];
-  if (p0 >= nvalid) return;
-  const int64_t p1 = min(p0 + kChunk, nvalid);
-  const int32_t first = keys[p0], last = keys[p1 - 1];
-  for (int slot = 0; slot < 2; ++slot) {
-    const int32_t v = slot == 0 ? first : last;
-    const int64_t s = start[v], e = start[v + 1];
-    if (e - s <= kChunk || (slot == 1 && s <= p0)) continue;  // short, or the run of slot 0
-    const int64_t k0 = max(s, p0), k1 = min(e, p1);
+  const int32_t total = piece_start[*long_ids_count];
+  for (int32_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const int32_t b = piece_row[w];
+    const int64_t k0 = seg_start[b] + int64_t(w - piece_start[b]) * kChunk;
+    const int64_t k1 = min(k0 + kChunk, int64_t(seg_start[b + 1]));
     for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
       A acc[W];
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] = A(0);
-      add_rows<8, W>(acc, grad, order, k0, k1, cp, c);  // a piece: kChunk rows, eight loads in flight
-      A* piece = pieces + (2 * q + slot) * cp * W + c * W;
+      add_rows<8, W>(acc, grad, seg, k0, k1, cp, c);  // eight loads in flight
+      A* piece = pieces + int64_t(w) * cp * W + c * W;
 #pragma unroll
       for (int j = 0; j < W; ++j) piece[j] = acc[j];
     }
@@ -216,28 +308,29 @@ __global__ void __launch_bounds__(256, 8)
   }
 }
 
-// Blocks stride over the rows of more than kSlots tokens (long_ids): dweight[v, :] = the sum of
-// grad[order[k], :] over its run [start[v], start[v+1]), or of its pieces when the run is long.
+// Blocks stride over the long rows: dweight[long_ids[b], :] = the sum of the rows of its sorted
+// tokens, or of its pieces in order when it has more than kChunk.
 template <int W, typename T>
-__global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ order,
-                                           const int32_t* __restrict__ start, const acc_t<T>* __restrict__ pieces,
-                                           const int32_t* __restrict__ long_ids,
+__global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ seg,
+                                           const int32_t* __restrict__ seg_start,
+                                           const int32_t* __restrict__ piece_start,
+                                           const acc_t<T>* __restrict__ pieces, const int32_t* __restrict__ long_ids,
                                            const int32_t* __restrict__ long_ids_count, T* __restrict__ dweight,
                                            int64_t cp) {
   using A = acc_t<T>;
   using P = Pack<T, W>;
   const int32_t rows = *long_ids_count;
   for (int32_t b = blockIdx.x; b < rows; b += gridDim.x) {
-    const int64_t v = long_ids[b], s = start[v], e = start[v + 1];
+    const int64_t v = long_ids[b], s = seg_start[b], e = seg_start[b + 1];
     for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
       A acc[W];
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] = A(0);
       if (e - s <= kChunk) {
-        add_rows<8, W>(acc, grad, order, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
+        add_rows<8, W>(acc, grad, seg, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
       } else {
-        for (int64_t q = s / kChunk; q <= (e - 1) / kChunk; ++q) {
-          const A* piece = pieces + (2 * q + (s > q * kChunk ? 1 : 0)) * cp * W + c * W;
+        for (int64_t w = piece_start[b]; w < piece_start[b + 1]; ++w) {
+          const A* piece = pieces + w * cp * W + c * W;
 #pragma unroll
           for (int j = 0; j < W; ++j) acc[j] += piece[j];
         }
@@ -314,36 +407,34 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   }
   set_device(grad, "embedding_backward");
   const Device dev = grad.device();
-  // 1. keys, positions, the count of each id, the tokens of short rows and the long rows' ids
-  const int64_t max_long = N / (kSlots + 1);
-  Tensor keys = Tensor::empty({N}, DType::Int32, dev), vals = Tensor::empty({N}, DType::Int32, dev);
-  Tensor sorted_keys = Tensor::empty({N}, DType::Int32, dev), order = Tensor::empty({N}, DType::Int32, dev);
-  Tensor count = Tensor::empty({V + 1}, DType::Int32, dev);  // count[V]: long_ids_count
+  // 1. the count of each id, the tokens of short rows, the long rows' ids
+  // a long row of c > kChunk tokens has ceil(c / kChunk) pieces: at most N / kChunk + N / (kChunk + 1)
+  const int64_t max_long = N / (kSlots + 1), max_pieces = N / kChunk + N / (kChunk + 1);
+  auto ints = [&](int64_t n) { return Tensor::empty({std::max<int64_t>(n, 1)}, DType::Int32, dev); };
+  Tensor count = ints(V + 1);  // count[V]: long_ids_count
   Tensor slots = Tensor::empty({V, kSlots}, DType::Int32, dev);
-  Tensor long_ids = Tensor::empty({std::max<int64_t>(max_long, 1)}, DType::Int32, dev);
+  Tensor long_ids = ints(max_long);
   int32_t* long_ids_count = count.data<int32_t>() + V;
   cudaStream_t stream = current_stream();
   check(cudaMemsetAsync(count.raw_data(), 0, size_t(V + 1) * sizeof(int32_t), stream), "embedding_backward");
-  auto make_keys = [&](auto* pid) {
-    make_keys_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(
-        pid, keys.data<int32_t>(), vals.data<int32_t>(), count.data<int32_t>(), slots.data<int32_t>(),
-        long_ids.data<int32_t>(), long_ids_count, N, V);
+  auto count_tokens = [&](auto* pid) {
+    count_tokens_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(
+        pid, count.data<int32_t>(), slots.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, N, V);
   };
-  if (ids.dtype() == DType::Int32) make_keys(ids.data<int32_t>());
-  else make_keys(ids.data<int64_t>());
+  if (ids.dtype() == DType::Int32) count_tokens(ids.data<int32_t>());
+  else count_tokens(ids.data<int64_t>());
   check_launch("embedding_backward");
-  // Scratch of steps 2-4, allocated here: the side stream joins before anything is freed.
-  int end_bit = 1;
-  while ((int64_t(1) << end_bit) <= V) ++end_bit;
-  size_t scratch_bytes = 0;
-  check(cub::DeviceRadixSort::SortPairs(nullptr, scratch_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(),
-                                        vals.data<int32_t>(), order.data<int32_t>(), int(N), 0, end_bit, stream),
-        "embedding_backward");
-  Tensor scratch = Tensor::empty({int64_t(std::max<size_t>(scratch_bytes, 1))}, DType::UInt8, dev);
-  Tensor start = Tensor::empty({V + 1}, DType::Int32, dev);
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  // 2 rows per chunk, written only where a run is longer than kChunk
-  Tensor pieces = Tensor::empty({2 * chunks, C}, grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
+  // Step 3's buffers, allocated here: the side stream joins before anything is freed.
+  Tensor seg_start = ints(max_long + 1), piece_start = ints(max_long + 1), fill = ints(max_long);
+  Tensor piece_row = ints(max_pieces), row_of = ints(V), seg = ints(N);
+  // one row per piece, written only for rows of more than kChunk tokens
+  Tensor pieces = Tensor::empty({std::max<int64_t>(max_pieces, 1), C},
+                                grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
+  // Grids of step 3: the host does not know how many long rows there are (at most max_long);
+  // a few blocks per SM stride over them (each block, even one that returns at once, takes a
+  // slot from step 2's blocks while it waits to be scheduled).
+  const unsigned long_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_long, 256), 1));
+  const unsigned piece_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_pieces, 512), 1));
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
     using T = scalar_t;
     const int W = vectorizable<T>(C, {grad.raw_data(), dweight.raw_data()}) ? kVec<T> : 1;
@@ -353,36 +444,50 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
     // loads are all in flight at once
     const int short_threads = int(std::min<int64_t>(256, (cp + 31) / 32 * 32));
     auto* acc = static_cast<acc_t<T>*>(pieces.raw_data());
-    auto go = [&](auto short_rows_kernel, auto pieces_kernel, auto long_rows_kernel) {
+    auto go = [&](auto short_rows_kernel, auto pieces_kernel, auto long_rows_kernel, auto* pid) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       SideStream side;
-      // 5a. the short rows, queued first: they need no order
+      // 2. the short rows, queued first: they need no order
       short_rows_kernel<<<unsigned(V), short_threads, 0, stream>>>(cptr<T>(grad), count.data<int32_t>(),
                                                              slots.data<int32_t>(), mptr<T>(dweight), cp);
       check_launch("embedding_backward");
-      // 2. stable sort by key over the bits that hold 0..V
-      check(cub::DeviceRadixSort::SortPairs(scratch.raw_data(), scratch_bytes, keys.data<int32_t>(),
-                                            sorted_keys.data<int32_t>(), vals.data<int32_t>(),
-                                            order.data<int32_t>(), int(N), 0, end_bit, side.get()),
-            "embedding_backward");
-      // 3. group boundaries
-      group_starts_kernel<<<grid_stride_blocks(V + 1, kThreads), kThreads, 0, side.get()>>>(
-          sorted_keys.data<int32_t>(), N, V, start.data<int32_t>());
-      check_launch("embedding_backward");
-      // 4. pieces of long runs
-      pieces_kernel<<<unsigned(chunks), threads, 0, side.get()>>>(cptr<T>(grad), sorted_keys.data<int32_t>(),
-                                                            order.data<int32_t>(), start.data<int32_t>(), acc, cp, V);
-      check_launch("embedding_backward");
-      // 5b. the long rows, on the side stream too: they write other rows than 5a, so they need
-      // not wait for it (queued behind it on the op's stream, they were a tail of 2-6 us)
-      if (max_long > 0)
-        long_rows_kernel<<<unsigned(std::min<int64_t>(max_long, 1024)), threads, 0, side.get()>>>(
-            cptr<T>(grad), order.data<int32_t>(), start.data<int32_t>(), acc, long_ids.data<int32_t>(),
-            long_ids_count, mptr<T>(dweight), cp);
+      if (max_long > 0) {
+        // 3a. the long rows' layout
+        long_rows_layout_kernel<<<1, kLayoutThreads, 0, side.get()>>>(
+            count.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, seg_start.data<int32_t>(),
+            piece_start.data<int32_t>(), piece_row.data<int32_t>(), row_of.data<int32_t>(), fill.data<int32_t>());
+        check_launch("embedding_backward");
+        // 3b. their tokens into their segments
+        scatter_long_tokens_kernel<I><<<grid_stride_blocks(N, kThreads), kThreads, 0, side.get()>>>(
+            pid, count.data<int32_t>(), row_of.data<int32_t>(), seg_start.data<int32_t>(), fill.data<int32_t>(),
+            long_ids_count, seg.data<int32_t>(), N, V);
+        check_launch("embedding_backward");
+        // 3c. each segment in increasing positions
+        sort_segments_kernel<I><<<long_blocks, kSortThreads, 0, side.get()>>>(
+            pid, long_ids.data<int32_t>(), long_ids_count, seg_start.data<int32_t>(), seg.data<int32_t>(), N);
+        check_launch("embedding_backward");
+        // 3d. the pieces of rows of more than kChunk tokens
+        pieces_kernel<<<piece_blocks, threads, 0, side.get()>>>(
+            cptr<T>(grad), seg.data<int32_t>(), seg_start.data<int32_t>(), piece_start.data<int32_t>(),
+            piece_row.data<int32_t>(), long_ids_count, acc, cp);
+        check_launch("embedding_backward");
+        // 3e. the long rows: they write other rows than step 2, so they need not wait for it
+        long_rows_kernel<<<long_blocks, threads, 0, side.get()>>>(
+            cptr<T>(grad), seg.data<int32_t>(), seg_start.data<int32_t>(), piece_start.data<int32_t>(), acc,
+            long_ids.data<int32_t>(), long_ids_count, mptr<T>(dweight), cp);
+      }
       side.join();  // (a failed launch is reported by the check after go)
     };
-    constexpr int WV = kVec<T>;
-    if (W == 1) go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>);
-    else go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T>, embedding_long_rows_kernel<WV, T>);
+    auto dispatch = [&](auto* pid) {
+      constexpr int WV = kVec<T>;
+      if (W == 1)
+        go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>, pid);
+      else
+        go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T>, embedding_long_rows_kernel<WV, T>,
+           pid);
+    };
+    if (ids.dtype() == DType::Int32) dispatch(ids.data<int32_t>());
+    else dispatch(ids.data<int64_t>());
   });
   check_launch("embedding_backward");
   return {dweight};

@@ -54,10 +54,9 @@ def _run_lengths_ids(lengths, seed):
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
 def test_backward_with_runs_around_the_chunk_length(dtype):
-    # Rows of up to 8 tokens are summed from their slots; longer ones from their run of sorted
-    # positions, by chunks of 32, and a run longer than that in pieces: runs of 1..97 tokens (8,
-    # 9, 31, 32, 33, 64, 65 among them) in shuffled order, chunk boundaries inside, at the start
-    # and at the end of runs, against float64.
+    # Rows of up to 8 tokens are summed from their slots; longer ones from their sorted segments,
+    # and a row of more than 32 tokens in pieces of 32: runs of 1..97 tokens (8, 9, 31, 32, 33,
+    # 64, 65 among them) in shuffled order, against float64.
     lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40, 8, 9]
     ids = _run_lengths_ids(lengths, seed=1) * 3 + 1  # ids 1, 4, 7, ...: rows between stay empty
     V, C = 3 * len(lengths) + 2, 24
@@ -73,8 +72,7 @@ def test_backward_with_runs_around_the_chunk_length(dtype):
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
 def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
-    # Rows of at most 8 tokens are written beside the sort, from the tokens' slots; the rest after
-    # the sort. Here most rows have no token or one, some several, row 0 more than 8; every row
+    # Rows of at most 8 tokens are written from the tokens' slots; the rest on the side stream. Here most rows have no token or one, some several, row 0 more than 8; every row
     # of the poisoned output must be written.
     V, C, N = 5000, 40, 3000
     ids = ids_for(V, (N,))
@@ -99,7 +97,7 @@ def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
 def test_rows_sum_their_tokens_in_increasing_order(lengths, id_dtype):
     # float32 sums in float32, token by token in increasing n, exactly as numpy's add.at (which
     # adds in index order): the short rows' tokens come from atomics in any order and must be
-    # sorted, the long rows' (9 to 32 tokens) come from the sorted positions. Lengths 8 and 9
+    # sorted, the long rows' (9 to 32 tokens) come from their sorted segments. Lengths 8 and 9
     # alone: no long row (N < 9) and exactly one.
     ids = _run_lengths_ids(lengths, seed=len(lengths))
     V, C = len(lengths) + 1, 37
@@ -109,6 +107,37 @@ def test_rows_sum_their_tokens_in_increasing_order(lengths, id_dtype):
     ref = np.zeros((V, C), np.float32)
     np.add.at(ref, ids, g)
     np.testing.assert_array_equal(got, ref)
+
+
+def _sum_in_pieces_float32(g, ids, V):
+    """The backward's float32 order: each row's tokens in increasing n; a row of more than 32 in
+    pieces of 32 consecutive tokens from its first, each summed so, the pieces added in order."""
+    ref = np.zeros((V, g.shape[1]), np.float32)
+    for v in range(V):
+        rows = g[np.flatnonzero(ids == v)]
+        cuts = range(0, len(rows), 32) if len(rows) > 32 else [0]
+        for c in cuts:
+            piece = np.zeros(g.shape[1], np.float32)
+            for r in rows[c:c + 32] if len(rows) > 32 else rows:
+                piece += r
+            ref[v] += piece
+    return ref
+
+
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+def test_long_rows_sum_in_pieces_bit_for_bit(id_dtype):
+    # Long rows (more than 8 tokens) are laid out on the device, their tokens sorted per row:
+    # 9..4096 tokens by a bitonic network in shared memory, 4097 and 9000 by the ordered walk
+    # over all ids; past 32 tokens in pieces of 32 (the order of _sum_in_pieces_float32).
+    lengths = [9, 31, 32, 33, 64, 65, 100, 1, 0, 4096, 4097, 2, 9000, 700]
+    ids = _run_lengths_ids(lengths, seed=7)
+    V, C = len(lengths) + 1, 20
+    g = randn(len(ids), C).astype(np.float32)
+    gids = ls.tensor(ids.astype(id_dtype)).cuda()
+    got = host(_core.call("embedding_backward", [ls.tensor(g).cuda(), gids], {"num_weights": V})[0])
+    np.testing.assert_array_equal(got, _sum_in_pieces_float32(g, ids, V))
+    again = host(_core.call("embedding_backward", [ls.tensor(g).cuda(), gids], {"num_weights": V})[0])
+    np.testing.assert_array_equal(again, got)
 
 
 def test_unused_rows_are_zero_and_empty_ids():
@@ -158,7 +187,7 @@ def test_served_by_cuda():
 
 def test_backward_waits_for_ids_made_late_on_its_stream():
     # The ids come from a device op queued on the user stream behind a long product, so the
-    # keys kernel runs late; the side stream's sort (every row here is long) must wait for it.
+    # counting kernel runs late; the side stream's long rows (every row here) must wait for it.
     V, C, N = 50, 24, 5000
     s = ls.cuda.Stream()
     ids = ls.tensor(ids_for(V, (N,))).cuda()
@@ -177,8 +206,8 @@ def test_backward_waits_for_ids_made_late_on_its_stream():
 
 @pytest.mark.parametrize("V,N", [(50304, 16384), (300, 70000)])
 def test_backward_on_a_user_stream_matches_cpu(V, N):
-    # Every step of the backward (keys, the sort, the group starts, the sums) is queued on the
-    # current stream: after the ids and grad written there, before what follows there.
+    # Every step of the backward (the counts, the short rows, the long rows on the side stream)
+    # is ordered on the current stream: after the ids and grad written there, before what follows.
     C = 40
     s = ls.cuda.Stream()
     with ls.cuda.stream(s):
