@@ -524,8 +524,12 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None):
     out = _stored_like(q, q.shape)  # contiguous where the descriptor kernel runs (q contiguous)
     lse_dtype = torch.float32 if q.dtype != torch.float32 else q.dtype
     lse = torch.empty((B, NH, T), dtype=lse_dtype, device=q.device)
-    if out.numel() == 0 or lse.numel() == 0:
-        lse.fill_(float("-inf"))
+    if lse.numel() == 0:
+        return out, lse
+    if HS == 0:  # every score is 0: lse = log(the keys a row sees), -inf for none
+        t = torch.arange(T, device=q.device)
+        seen = (t + 1 + S - T).clamp(0, S) if causal else torch.full_like(t, S)
+        lse.copy_(torch.where(seen > 0, seen.to(lse_dtype).log(), float("-inf")).expand(B, NH, T))
         return out, lse
     if S == 0:
         out.zero_()

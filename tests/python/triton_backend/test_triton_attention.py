@@ -237,6 +237,23 @@ def test_a_user_mask_runs_on_the_native_backend():
         np.testing.assert_array_equal(g, r)
 
 
+@interpreter_only
+@pytest.mark.parametrize("T,S", [(3, 3), (2, 5), (5, 2), (4, 0)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_size_zero_gives_the_cpus_lse(T, S, causal):
+    """With no channels every score is 0: lse = log(the keys a query sees), -inf for none (a
+    causal row above the bottom-right aligned diagonal), as the CPU op gives."""
+    import llmscratch_core as core
+    q, k = ls.zeros(1, 2, T, 0), ls.zeros(1, 2, S, 0)
+    ref = core.call("attention", [q, k, k], {"causal": causal})
+    with ls.backend("triton"):
+        ls.backend_report(reset=True)
+        got = core.call("attention", [q, k, k], {"causal": causal})
+        assert ls.backend_report()["attention"] == "triton"
+    assert tuple(got[0].shape) == (1, 2, T, 0)
+    np.testing.assert_array_equal(got[1].numpy(), ref[1].numpy())
+
+
 CUDA_SHAPES = SHAPES + [(2, 8, 2, 257, 300, 128), (1, 4, 4, 1023, 1023, 64), (2, 4, 1, 128, 1000, 80),
                        (1, 2, 2, 300, 100, 128)]
 
