@@ -603,9 +603,11 @@ def sweep(device, dtype, quick):
         # GPT-2 small at 16 x 1024 tokens (102 MB backward), and GPT-2 large at 64 x 1024, whose
         # forward and backward both move 256 MB or more
         # (and the small one with text-like id frequencies: the most frequent id takes about 600
-        # of the 16384 tokens)
+        # of the 16384 tokens, and about 4850 of 128 x 1024: a batch whose long rows carry most
+        # of the bytes)
         ("embedding", embedding, [(4096, 256, 2048)] if quick else
-         [(50304, 768, 16384), (50304, 768, 16384, True), (50304, 1280, 65536)]),
+         [(50304, 768, 16384), (50304, 768, 16384, True), (50304, 1280, 65536),
+          (50304, 768, 131072, True)]),
         ("attention", attention, [] if dtype == "float32" else
          ([(1, 4, 256, 64)] if quick else [(4, 16, 4096, 128), (4, 32, 4096, 64), (16, 12, 1024, 64)])),
         ("adamw", adamw, [(1 << 20, 8)] if quick or dtype != "float32" else [(124 << 20, 50)]),

@@ -2,8 +2,8 @@
 // float16 weights, int32/int64 ids. The math of the CPU reference cpp/ops/embedding.cpp:
 //   forward  "embedding" {weight (V, C), ids (N..)} -> out (N.., C),  out[n, :] = weight[ids[n], :]
 //   backward "embedding_backward" {grad (N.., C), ids} attr num_weights = V -> dweight (V, C),
-//            dweight[v, :] = sum over n with ids[n] == v of grad[n, :], in increasing n (a run of
-//            more than kChunk tokens: pieces of up to kChunk summed so, then added in order)
+//            dweight[v, :] = sum over n with ids[n] == v of grad[n, :], in increasing n (a row of
+//            more than kChunk tokens: pieces summed so, then added in order; see step 3d)
 // Forward: a gather; each thread copies one 16-byte pack of a row (scalar elements when C or a
 // pointer does not allow packs), so rows stream at copy bandwidth.
 // Backward without float atomics, so two runs give identical bits:
@@ -16,25 +16,29 @@
 //   3. the long rows, beside step 2 on a high-priority side stream, without sorting all tokens:
 //      a. one block lays them out: each long row gets a segment of a token buffer (an exclusive
 //         scan of their counts) and, past kChunk tokens, a run of pieces;
-//      b. each token of a long row writes its position into its row's segment (int atomics: in
-//         no particular order);
-//      c. a block per long row sorts its segment in shared memory (bitonic, up to kSortMax
-//         tokens; a longer row collects its tokens in order by one scan of all ids instead);
-//      d. a row of more than kChunk tokens (a frequent token: real text puts a few percent of
-//         all tokens on "," or " the") is summed in pieces of kChunk of its sorted tokens, a
-//         block per piece, into a float32 (float64) buffer, so that no block walks thousands of
-//         tokens alone;
+//      b. each token of a long row writes its position into its row's segment, at the ticket the
+//         counting atomics gave it (in no particular order);
+//      c. a block per long row of at most kSortMax tokens sorts its segment in shared memory (a
+//         bitonic network); a big row (more tokens: a few, "," or the padding id) is not
+//         sorted, its pieces (d) walk the ids instead;
+//      d. a long row of more than kChunk tokens (a frequent token: real text puts a few percent
+//         of all tokens on "," or " the") is summed in pieces, a block per piece, into a float32
+//         (float64) buffer, so that no block walks thousands of tokens alone: kChunk sorted
+//         tokens a piece, or for a big row as many ranges of positions, each listing its row's
+//         tokens among its ids in order;
 //      e. each long row is written: the sum of its sorted tokens' rows, or of its pieces in order.
 //   The layout's order (the order of the long-row list) varies from run to run; the sums do not:
-//   each row's tokens and pieces are its own, in increasing n.
+//   each row's tokens and pieces are its own, in increasing n, cut at places fixed by the row's
+//   length and N (kChunk sorted tokens, or a big row's ranges of positions).
 // Step 3 is latency-bound, step 2 moves nearly all the bytes. Uniform ids have no long rows:
 // step 3's grids then return at once. (It replaced a stable radix sort of all tokens, cub's,
 // whose kernels took about 35 us whatever the ids and shared the SMs with step 2:
 // bench/notes_cuda_elementwise.md.)
 // All on the device, no host synchronisation; the temporaries come from the caching allocator:
 // the counts, slots and long-row index (40 bytes a vocabulary row: more than dweight itself for a
-// table of a few float32 columns), the long rows' layout and token buffer (about 12 bytes a token)
-// and the pieces' buffer (N / 16 rows of C, touched only by rows of more than kChunk tokens).
+// table of a few float32 columns), each token's ticket and the long rows' token buffer (8 bytes a
+// token, and a few per long row) and the pieces' buffer (N / 16 rows of C, touched only by rows
+// of more than kChunk tokens).
 // Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip: the
 // forward writes a row of NaN for them and records an index fault (index_fault.cuh), the CPU op's
 // IndexError raised at the next synchronisation (naming a bad position, not always the first);
@@ -80,43 +84,53 @@ __global__ void embedding_forward_kernel(const T* __restrict__ weight, const I* 
 // sorted in registers; a row of more is a long row (step 3).
 constexpr int kSlots = 8;
 
-// count[v] = tokens of id v (zeroed before); slots[v, t] = the t-th token of id v to be counted,
-// t < kSlots (in no particular order); the ids of more than kSlots tokens are listed in
-// long_ids, long_ids_count of them (zeroed before). Ids out of range are skipped.
+// count[v] = tokens of id v (zeroed before); ticket[n] = the order in which token n was counted
+// among its id's (0, 1, ...: each a place of its own in a long row's segment); slots[v, t] = the
+// t-th token of id v to be counted, t < kSlots (in no particular order); the ids of more than
+// kSlots tokens are listed in long_ids, long_ids_count of them (zeroed before). Ids out of range
+// are skipped.
 template <typename I>
-__global__ void count_tokens_kernel(const I* __restrict__ ids, int32_t* count, int32_t* slots, int32_t* long_ids,
-                                    int32_t* long_ids_count, int64_t N, int64_t V) {
+__global__ void count_tokens_kernel(const I* __restrict__ ids, int32_t* count, int32_t* __restrict__ ticket,
+                                    int32_t* slots, int32_t* long_ids, int32_t* long_ids_count, int64_t N,
+                                    int64_t V) {
   for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const int64_t id = int64_t(ids[n]);
     if (id < 0 || id >= V) continue;
     const int t = atomicAdd(&count[id], 1);
+    ticket[n] = t;
     if (t < kSlots) slots[id * kSlots + t] = int32_t(n);
     else if (t == kSlots) long_ids[atomicAdd(long_ids_count, 1)] = int32_t(id);
   }
 }
 
-// Tokens per piece: a long row of more than this many tokens is summed in pieces.
+// Tokens per piece of a sorted long row: a long row of more than kChunk tokens is summed in pieces.
 constexpr int kChunk = 32;
+// A long row of at most kSortMax tokens is sorted in shared memory (one token a thread); a big
+// row (more) is never sorted: its p = ceil(tokens / kChunk) pieces are ranges of positions,
+// piece j over its tokens at positions [j P, (j + 1) P), P = ceil(N / p), each in increasing n.
+constexpr int kSortMax = 512;
 
 // The long rows' layout, one block: long row b (the id long_ids[b], m = *long_ids_count of them)
-// owns the token buffer's [seg_start[b], seg_start[b + 1]) and, past kChunk tokens, the pieces
-// [piece_start[b], piece_start[b + 1]), each listed in piece_row; row_of[id] = b; fill[b] = 0
-// (step b's cursors).
+// owns the token buffer's [seg_start[b], seg_start[b + 1]) (empty for a big row) and, past kChunk
+// tokens, the pieces [piece_start[b], piece_start[b + 1]), each listed in piece_row;
+// row_of[id] = b.
 constexpr int kLayoutThreads = 1024;
 __global__ void __launch_bounds__(kLayoutThreads)
     long_rows_layout_kernel(const int32_t* __restrict__ count, const int32_t* __restrict__ long_ids,
                             const int32_t* __restrict__ long_ids_count, int32_t* __restrict__ seg_start,
                             int32_t* __restrict__ piece_start, int32_t* __restrict__ piece_row,
-                            int32_t* __restrict__ row_of, int32_t* __restrict__ fill) {
+                            int32_t* __restrict__ row_of) {
   using Scan = cub::BlockScan<int32_t, kLayoutThreads>;
   __shared__ typename Scan::TempStorage scan;
   const int32_t m = *long_ids_count;
   int32_t tokens_before = 0, pieces_before = 0;  // over the tiles done
   for (int32_t base = 0; base < m; base += kLayoutThreads) {
     const int32_t b = base + int32_t(threadIdx.x);
-    const int32_t id = b < m ? long_ids[b] : 0, tokens = b < m ? count[id] : 0;
-    const int32_t pieces = tokens > kChunk ? (tokens + kChunk - 1) / kChunk : 0;
+    const int32_t id = b < m ? long_ids[b] : 0, count_b = b < m ? count[id] : 0;
+    const bool big = count_b > kSortMax;
+    const int32_t tokens = big ? 0 : count_b;  // the segment's length
+    const int32_t pieces = count_b > kChunk ? (count_b + kChunk - 1) / kChunk : 0;
     int32_t t0, p0, tile_tokens, tile_pieces;
     Scan(scan).ExclusiveSum(tokens, t0, tile_tokens);
     __syncthreads();  // scan's storage is used again
@@ -127,7 +141,6 @@ __global__ void __launch_bounds__(kLayoutThreads)
       piece_start[b] = pieces_before + p0;
       for (int32_t j = 0; j < pieces; ++j) piece_row[pieces_before + p0 + j] = b;
       row_of[id] = b;
-      fill[b] = 0;
     }
     tokens_before += tile_tokens;
     pieces_before += tile_pieces;
@@ -138,71 +151,51 @@ __global__ void __launch_bounds__(kLayoutThreads)
   }
 }
 
-// Each token of a long row writes its position into its row's segment, in no particular order.
+// Each token of a sorted long row writes its position into its row's segment, at its ticket (in
+// no particular order, without a second round of atomics).
 template <typename I>
 __global__ void scatter_long_tokens_kernel(const I* __restrict__ ids, const int32_t* __restrict__ count,
-                                           const int32_t* __restrict__ row_of,
-                                           const int32_t* __restrict__ seg_start, int32_t* fill,
+                                           const int32_t* __restrict__ ticket, const int32_t* __restrict__ row_of,
+                                           const int32_t* __restrict__ seg_start,
                                            const int32_t* __restrict__ long_ids_count,
                                            int32_t* __restrict__ seg, int64_t N, int64_t V) {
   if (*long_ids_count == 0) return;  // uniform ids: no long row, nothing to read
   for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const int64_t id = int64_t(ids[n]);
-    if (id < 0 || id >= V || count[id] <= kSlots) continue;
-    const int32_t b = row_of[id];
-    seg[seg_start[b] + atomicAdd(&fill[b], 1)] = int32_t(n);
+    if (id < 0 || id >= V) continue;
+    const int32_t tokens = count[id];
+    if (tokens > kSlots && tokens <= kSortMax) seg[seg_start[row_of[id]] + ticket[n]] = int32_t(n);
   }
 }
 
-// Blocks stride over the long rows and sort each segment into increasing positions: a bitonic
-// network in shared memory for up to kSortMax tokens; a longer row (a few, at most N / kSortMax)
-// instead walks all ids once, in order, and writes its tokens' positions as it meets them.
-constexpr int kSortMax = 4096, kSortThreads = 512;
-template <typename I>
-__global__ void __launch_bounds__(kSortThreads)
-    sort_segments_kernel(const I* __restrict__ ids, const int32_t* __restrict__ long_ids,
-                         const int32_t* __restrict__ long_ids_count, const int32_t* __restrict__ seg_start,
-                         int32_t* __restrict__ seg, int64_t N) {
-  using Scan = cub::BlockScan<int32_t, kSortThreads>;
+// Blocks stride over the long rows and sort each segment (at most kSortMax tokens; none for a
+// big row) into increasing positions: a bitonic network in shared memory, a token a thread.
+__global__ void __launch_bounds__(kSortMax)
+    sort_segments_kernel(const int32_t* __restrict__ long_ids_count, const int32_t* __restrict__ seg_start,
+                         int32_t* __restrict__ seg) {
   __shared__ int32_t keys[kSortMax];
-  __shared__ typename Scan::TempStorage scan;
-  const int32_t m = *long_ids_count;
+  const int32_t m = *long_ids_count, i = threadIdx.x;
   for (int32_t b = blockIdx.x; b < m; b += gridDim.x) {
     const int32_t s = seg_start[b], tokens = seg_start[b + 1] - s;
-    if (tokens <= kSortMax) {
-      int32_t P = 2;
-      while (P < tokens) P *= 2;
-      for (int32_t i = threadIdx.x; i < P; i += kSortThreads) keys[i] = i < tokens ? seg[s + i] : INT32_MAX;
-      __syncthreads();
-      for (int32_t k = 2; k <= P; k *= 2)
-        for (int32_t j = k / 2; j > 0; j /= 2) {
-          for (int32_t i = threadIdx.x; i < P; i += kSortThreads) {
-            const int32_t partner = i ^ j;
-            if (partner > i) {
-              const int32_t x = keys[i], y = keys[partner];
-              if ((x > y) == ((i & k) == 0)) {  // ascending where bit k of i is 0
-                keys[i] = y;
-                keys[partner] = x;
-              }
-            }
+    if (tokens == 0) continue;  // a big row (the same for the whole block)
+    int32_t P = 2;
+    while (P < tokens) P *= 2;
+    if (i < P) keys[i] = i < tokens ? seg[s + i] : INT32_MAX;
+    __syncthreads();
+    for (int32_t k = 2; k <= P; k *= 2)
+      for (int32_t j = k / 2; j > 0; j /= 2) {
+        const int32_t partner = i ^ j;
+        if (i < P && partner > i) {
+          const int32_t x = keys[i], y = keys[partner];
+          if ((x > y) == ((i & k) == 0)) {  // ascending where bit k of i is 0
+            keys[i] = y;
+            keys[partner] = x;
           }
-          __syncthreads();
         }
-      for (int32_t i = threadIdx.x; i < tokens; i += kSortThreads) seg[s + i] = keys[i];
-    } else {
-      const int64_t id = long_ids[b];
-      int32_t written = 0;
-      for (int64_t base = 0; base < N; base += kSortThreads) {
-        const int64_t n = base + threadIdx.x;
-        const int32_t mine = n < N && int64_t(ids[n]) == id ? 1 : 0;
-        int32_t before, total;
-        Scan(scan).ExclusiveSum(mine, before, total);
-        __syncthreads();  // scan's storage is used again
-        if (mine) seg[s + written + before] = int32_t(n);
-        written += total;
+        __syncthreads();
       }
-    }
+    if (i < tokens) seg[s + i] = keys[i];
     __syncthreads();  // keys are reused by the next row
   }
 }
@@ -227,30 +220,83 @@ __device__ __forceinline__ void add_rows(acc_t<T> (&acc)[W], const T* __restrict
   }
 }
 
-// Blocks stride over the pieces: piece w of long row b = piece_row[w] sums the rows of its
-// tokens seg[seg_start[b] + kChunk j ...] (j = w - piece_start[b], up to kChunk of them, in
-// increasing n) into pieces[w]. Threads over the row's W-element packs.
-template <int W, typename T>
-__global__ void embedding_pieces_kernel(const T* __restrict__ grad, const int32_t* __restrict__ seg,
-                                        const int32_t* __restrict__ seg_start,
+// The positions n in [n0, n1) with ids[n] == id, in increasing order, into list (shared), their
+// number returned to every thread: kListPerThread consecutive ids a thread, placed by a scan of
+// the threads' counts. n1 - n0 is at most kListPerThread blockDim.x; blockDim.x is a multiple
+// of 32, at most 32 kListWarps.
+constexpr int kListPerThread = 8, kListWarps = 4, kListMax = kListPerThread * 32 * kListWarps;
+template <typename I>
+__device__ int32_t list_matches(const I* __restrict__ ids, int64_t id, int64_t n0, int64_t n1, int32_t* list,
+                                int32_t* warp_total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int64_t first = n0 + int64_t(threadIdx.x) * kListPerThread;
+  uint32_t mine = 0;  // bit u: ids[first + u] == id
+#pragma unroll
+  for (int u = 0; u < kListPerThread; ++u)
+    if (first + u < n1 && int64_t(ids[first + u]) == id) mine |= 1u << u;
+  const int32_t count = __popc(mine);
+  int32_t through = count;  // inclusive scan over the warp's lanes
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int32_t v = __shfl_up_sync(0xffffffffu, through, d);
+    if (lane >= d) through += v;
+  }
+  if (lane == 31) warp_total[warp] = through;
+  __syncthreads();
+  int32_t at = through - count, total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) at += warp_total[w];
+    total += warp_total[w];
+  }
+  for (; mine; mine &= mine - 1) list[at++] = int32_t(first + __ffs(mine) - 1);
+  __syncthreads();  // the list is whole
+  return total;
+}
+
+// Blocks stride over the pieces. Piece w of long row b = piece_row[w], j = w - piece_start[b]:
+// for a sorted row, the rows of its tokens seg[seg_start[b] + kChunk j ...] (up to kChunk);
+// for a big row of p pieces, the rows of its tokens at positions [j P, (j + 1) P), P = ceil(N / p),
+// found by walking those ids; summed in increasing n into pieces[w]. Threads over the row's
+// W-element packs.
+template <int W, typename T, typename I>
+__global__ void embedding_pieces_kernel(const T* __restrict__ grad, const I* __restrict__ ids,
+                                        const int32_t* __restrict__ seg, const int32_t* __restrict__ seg_start,
                                         const int32_t* __restrict__ piece_start,
-                                        const int32_t* __restrict__ piece_row,
+                                        const int32_t* __restrict__ piece_row, const int32_t* __restrict__ long_ids,
                                         const int32_t* __restrict__ long_ids_count, acc_t<T>* __restrict__ pieces,
-                                        int64_t cp) {
+                                        int64_t cp, int64_t N) {
   using A = acc_t<T>;
+  __shared__ int32_t list[kListMax];
+  __shared__ int32_t warp_total[kListWarps];
   const int32_t total = piece_start[*long_ids_count];
   for (int32_t w = blockIdx.x; w < total; w += gridDim.x) {
-    const int32_t b = piece_row[w];
-    const int64_t k0 = seg_start[b] + int64_t(w - piece_start[b]) * kChunk;
-    const int64_t k1 = min(k0 + kChunk, int64_t(seg_start[b + 1]));
-    for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
+    const int32_t b = piece_row[w], j = w - piece_start[b];
+    const int64_t s = seg_start[b], e = seg_start[b + 1];
+    const bool big = s == e;  // a long row has more than kSlots tokens: an empty segment is a big row's
+    // the same number of passes for every thread (list_matches synchronises the block)
+    for (int64_t c0 = 0; c0 < cp; c0 += blockDim.x) {
+      const int64_t c = c0 + threadIdx.x;
+      const bool active = c < cp;
       A acc[W];
 #pragma unroll
-      for (int j = 0; j < W; ++j) acc[j] = A(0);
-      add_rows<8, W>(acc, grad, seg, k0, k1, cp, c);  // eight loads in flight
-      A* piece = pieces + int64_t(w) * cp * W + c * W;
+      for (int u = 0; u < W; ++u) acc[u] = A(0);
+      if (!big) {
+        const int64_t k0 = s + int64_t(j) * kChunk, k1 = min(k0 + kChunk, e);
+        if (active) add_rows<8, W>(acc, grad, seg, k0, k1, cp, c);  // eight loads in flight
+      } else {
+        const int64_t p = piece_start[b + 1] - piece_start[b], span = (N + p - 1) / p;
+        const int64_t id = long_ids[b], n1 = min(N, (j + 1) * span), step = int64_t(kListPerThread) * blockDim.x;
+        for (int64_t n0 = int64_t(j) * span; n0 < n1; n0 += step) {
+          const int32_t listed = list_matches(ids, id, n0, min(n1, n0 + step), list, warp_total);
+          if (active) add_rows<8, W>(acc, grad, list, 0, listed, cp, c);
+          __syncthreads();  // list and warp_total are written again
+        }
+      }
+      if (active) {
+        A* piece = pieces + int64_t(w) * cp * W + c * W;
 #pragma unroll
-      for (int j = 0; j < W; ++j) piece[j] = acc[j];
+        for (int u = 0; u < W; ++u) piece[u] = acc[u];
+      }
     }
   }
 }
@@ -309,7 +355,7 @@ __global__ void __launch_bounds__(256, 8)
 }
 
 // Blocks stride over the long rows: dweight[long_ids[b], :] = the sum of the rows of its sorted
-// tokens, or of its pieces in order when it has more than kChunk.
+// tokens, or of its pieces in order when it has some (more than kChunk tokens).
 template <int W, typename T>
 __global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ seg,
                                            const int32_t* __restrict__ seg_start,
@@ -326,7 +372,7 @@ __global__ void embedding_long_rows_kernel(const T* __restrict__ grad, const int
       A acc[W];
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] = A(0);
-      if (e - s <= kChunk) {
+      if (piece_start[b + 1] == piece_start[b]) {
         add_rows<8, W>(acc, grad, seg, s, e, cp, c);  // kSlots + 1 to kChunk rows, eight in flight
       } else {
         for (int64_t w = piece_start[b]; w < piece_start[b + 1]; ++w) {
@@ -412,6 +458,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   const int64_t max_long = N / (kSlots + 1), max_pieces = N / kChunk + N / (kChunk + 1);
   auto ints = [&](int64_t n) { return Tensor::empty({std::max<int64_t>(n, 1)}, DType::Int32, dev); };
   Tensor count = ints(V + 1);  // count[V]: long_ids_count
+  Tensor ticket = ints(N);
   Tensor slots = Tensor::empty({V, kSlots}, DType::Int32, dev);
   Tensor long_ids = ints(max_long);
   int32_t* long_ids_count = count.data<int32_t>() + V;
@@ -419,22 +466,24 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   check(cudaMemsetAsync(count.raw_data(), 0, size_t(V + 1) * sizeof(int32_t), stream), "embedding_backward");
   auto count_tokens = [&](auto* pid) {
     count_tokens_kernel<<<grid_stride_blocks(N, kThreads), kThreads, 0, stream>>>(
-        pid, count.data<int32_t>(), slots.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, N, V);
+        pid, count.data<int32_t>(), ticket.data<int32_t>(), slots.data<int32_t>(), long_ids.data<int32_t>(),
+        long_ids_count, N, V);
   };
   if (ids.dtype() == DType::Int32) count_tokens(ids.data<int32_t>());
   else count_tokens(ids.data<int64_t>());
   check_launch("embedding_backward");
   // Step 3's buffers, allocated here: the side stream joins before anything is freed.
-  Tensor seg_start = ints(max_long + 1), piece_start = ints(max_long + 1), fill = ints(max_long);
+  Tensor seg_start = ints(max_long + 1), piece_start = ints(max_long + 1);
   Tensor piece_row = ints(max_pieces), row_of = ints(V), seg = ints(N);
   // one row per piece, written only for rows of more than kChunk tokens
   Tensor pieces = Tensor::empty({std::max<int64_t>(max_pieces, 1), C},
                                 grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
   // Grids of step 3: the host does not know how many long rows there are (at most max_long);
-  // a few blocks per SM stride over them (each block, even one that returns at once, takes a
-  // slot from step 2's blocks while it waits to be scheduled).
-  const unsigned long_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_long, 256), 1));
-  const unsigned piece_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_pieces, 512), 1));
+  // blocks stride over them. Text-like ids put most bytes on the long rows (at 128 x 1024
+  // tokens, three quarters of the tokens), so the grids are wide enough to fill the GPU; with
+  // uniform ids their blocks return at once.
+  const unsigned long_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_long, 1024), 1));
+  const unsigned piece_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_pieces, 4096), 1));
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
     using T = scalar_t;
     const int W = vectorizable<T>(C, {grad.raw_data(), dweight.raw_data()}) ? kVec<T> : 1;
@@ -455,21 +504,21 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
         // 3a. the long rows' layout
         long_rows_layout_kernel<<<1, kLayoutThreads, 0, side.get()>>>(
             count.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, seg_start.data<int32_t>(),
-            piece_start.data<int32_t>(), piece_row.data<int32_t>(), row_of.data<int32_t>(), fill.data<int32_t>());
+            piece_start.data<int32_t>(), piece_row.data<int32_t>(), row_of.data<int32_t>());
         check_launch("embedding_backward");
         // 3b. their tokens into their segments
         scatter_long_tokens_kernel<I><<<grid_stride_blocks(N, kThreads), kThreads, 0, side.get()>>>(
-            pid, count.data<int32_t>(), row_of.data<int32_t>(), seg_start.data<int32_t>(), fill.data<int32_t>(),
+            pid, count.data<int32_t>(), ticket.data<int32_t>(), row_of.data<int32_t>(), seg_start.data<int32_t>(),
             long_ids_count, seg.data<int32_t>(), N, V);
         check_launch("embedding_backward");
         // 3c. each segment in increasing positions
-        sort_segments_kernel<I><<<long_blocks, kSortThreads, 0, side.get()>>>(
-            pid, long_ids.data<int32_t>(), long_ids_count, seg_start.data<int32_t>(), seg.data<int32_t>(), N);
+        sort_segments_kernel<<<long_blocks, kSortMax, 0, side.get()>>>(long_ids_count, seg_start.data<int32_t>(),
+                                                                        seg.data<int32_t>());
         check_launch("embedding_backward");
         // 3d. the pieces of rows of more than kChunk tokens
         pieces_kernel<<<piece_blocks, threads, 0, side.get()>>>(
-            cptr<T>(grad), seg.data<int32_t>(), seg_start.data<int32_t>(), piece_start.data<int32_t>(),
-            piece_row.data<int32_t>(), long_ids_count, acc, cp);
+            cptr<T>(grad), pid, seg.data<int32_t>(), seg_start.data<int32_t>(), piece_start.data<int32_t>(),
+            piece_row.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, acc, cp, N);
         check_launch("embedding_backward");
         // 3e. the long rows: they write other rows than step 2, so they need not wait for it
         long_rows_kernel<<<long_blocks, threads, 0, side.get()>>>(
@@ -479,11 +528,13 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       side.join();  // (a failed launch is reported by the check after go)
     };
     auto dispatch = [&](auto* pid) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;
       if (W == 1)
-        go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T>, embedding_long_rows_kernel<1, T>, pid);
+        go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T, I>, embedding_long_rows_kernel<1, T>,
+           pid);
       else
-        go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T>, embedding_long_rows_kernel<WV, T>,
+        go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T, I>, embedding_long_rows_kernel<WV, T>,
            pid);
     };
     if (ids.dtype() == DType::Int32) dispatch(ids.data<int32_t>());

@@ -72,8 +72,9 @@ def test_backward_with_runs_around_the_chunk_length(dtype):
 
 @pytest.mark.parametrize("dtype", [ls.float32, ls.bfloat16, ls.float64])
 def test_rows_of_one_token_copy_its_gradient_and_rows_of_none_are_zero(dtype):
-    # Rows of at most 8 tokens are written from the tokens' slots; the rest on the side stream. Here most rows have no token or one, some several, row 0 more than 8; every row
-    # of the poisoned output must be written.
+    # Rows of at most 8 tokens are written from the tokens' slots; the rest on the side stream.
+    # Here most rows have no token or one, some several, row 0 more than 8; every row of the
+    # poisoned output must be written.
     V, C, N = 5000, 40, 3000
     ids = ids_for(V, (N,))
     ids[:12] = 0
@@ -110,26 +111,35 @@ def test_rows_sum_their_tokens_in_increasing_order(lengths, id_dtype):
 
 
 def _sum_in_pieces_float32(g, ids, V):
-    """The backward's float32 order: each row's tokens in increasing n; a row of more than 32 in
-    pieces of 32 consecutive tokens from its first, each summed so, the pieces added in order."""
+    """The backward's float32 order: each row's tokens in increasing n; a row of 33 to 512 in
+    pieces of 32 consecutive tokens from its first; a row of more in p = ceil(tokens / 32) pieces
+    of positions [j P, (j + 1) P), P = ceil(N / p); each piece summed so, the pieces added in
+    order."""
     ref = np.zeros((V, g.shape[1]), np.float32)
     for v in range(V):
-        rows = g[np.flatnonzero(ids == v)]
-        cuts = range(0, len(rows), 32) if len(rows) > 32 else [0]
-        for c in cuts:
+        at = np.flatnonzero(ids == v)
+        if len(at) <= 32:
+            groups = [at]
+        elif len(at) <= 512:
+            groups = [at[c:c + 32] for c in range(0, len(at), 32)]
+        else:
+            p = -(-len(at) // 32)
+            span = -(-len(ids) // p)
+            groups = [at[(at >= j * span) & (at < (j + 1) * span)] for j in range(p)]
+        for group in groups:
             piece = np.zeros(g.shape[1], np.float32)
-            for r in rows[c:c + 32] if len(rows) > 32 else rows:
-                piece += r
+            for n in group:
+                piece += g[n]
             ref[v] += piece
     return ref
 
 
 @pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
 def test_long_rows_sum_in_pieces_bit_for_bit(id_dtype):
-    # Long rows (more than 8 tokens) are laid out on the device, their tokens sorted per row:
-    # 9..4096 tokens by a bitonic network in shared memory, 4097 and 9000 by the ordered walk
-    # over all ids; past 32 tokens in pieces of 32 (the order of _sum_in_pieces_float32).
-    lengths = [9, 31, 32, 33, 64, 65, 100, 1, 0, 4096, 4097, 2, 9000, 700]
+    # Long rows (more than 8 tokens) are laid out on the device: 9..512 tokens sorted per row by
+    # a bitonic network in shared memory, past 32 tokens in pieces of 32; 513, 700 and 9000 in
+    # pieces of ranges of positions (the order of _sum_in_pieces_float32).
+    lengths = [9, 31, 32, 33, 64, 65, 100, 1, 0, 512, 513, 2, 9000, 700]
     ids = _run_lengths_ids(lengths, seed=7)
     V, C = len(lengths) + 1, 20
     g = randn(len(ids), C).astype(np.float32)
@@ -138,6 +148,19 @@ def test_long_rows_sum_in_pieces_bit_for_bit(id_dtype):
     np.testing.assert_array_equal(got, _sum_in_pieces_float32(g, ids, V))
     again = host(_core.call("embedding_backward", [ls.tensor(g).cuda(), gids], {"num_weights": V})[0])
     np.testing.assert_array_equal(again, got)
+
+
+def test_more_long_rows_than_one_layout_tile():
+    # 3000 long rows (about 20 tokens each, a few past 32), more than the layout block's 1024 a
+    # tile: their segments and pieces continue across tiles.
+    V, N = 3000, 60000
+    ids = np.random.default_rng(3).integers(0, V, N)
+    ids[:400] = 17  # a row of 400+ tokens: pieces
+    ids[400:500] = 2999
+    g = randn(N, 8).astype(np.float32)
+    got = host(_core.call("embedding_backward", [ls.tensor(g).cuda(), ls.tensor(ids).cuda()], {"num_weights": V})[0])
+    assert (np.bincount(ids, minlength=V) > 8).sum() > 2048
+    np.testing.assert_array_equal(got, _sum_in_pieces_float32(g, ids, V))
 
 
 def test_unused_rows_are_zero_and_empty_ids():
