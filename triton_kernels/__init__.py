@@ -104,8 +104,9 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
 
 
 class _Attrs(dict):
-    """An op's attrs: a required one that is missing raises the TypeError the native kernels
-    raise (Attrs::i and kin), naming the op, instead of a KeyError."""
+    """An op's attrs: a required one that is missing raises a TypeError naming the op and the
+    attr (the native kernels raise TypeError too: Attrs::i's "missing integer argument"),
+    instead of a KeyError."""
 
     def __init__(self, op, attrs):
         super().__init__(attrs)
