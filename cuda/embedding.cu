@@ -39,6 +39,9 @@
 // table of a few float32 columns), each token's ticket and the long rows' token buffer (8 bytes a
 // token, and a few per long row) and the pieces' buffer (N / 16 rows of C, touched only by rows
 // of more than kChunk tokens).
+// Slow patterns (correct, bench/notes_cuda_elementwise.md): a big row's ranges read all N ids
+// between them, (big rows) x N reads in all (a small vocabulary at a huge N); a big row whose
+// tokens cluster in one stretch of positions is summed by the few blocks of its ranges there.
 // Limits: N < 2^31 tokens. Ids out of [0, V) cannot raise here without a host round trip: the
 // forward writes a row of NaN for them and records an index fault (index_fault.cuh), the CPU op's
 // IndexError raised at the next synchronisation (naming a bad position, not always the first);
