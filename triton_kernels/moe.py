@@ -393,10 +393,16 @@ KERNELS = {
     "moe_combine_backward": moe_combine_backward,
 }
 
-# The CPU and CUDA kernels' checks of shapes and dtypes (bound from cpp/ops/moe.cpp); row's values
+def _check_combine(inputs, attrs):
+    _core.ops.expect_inputs(inputs, 3, 3, "moe_combine")
+    _core.ops.check_moe_combine_args(*inputs, None, "moe_combine")
+
+
+def _check_combine_backward(inputs, attrs):
+    _core.ops.expect_inputs(inputs, 4, 4, "moe_combine_backward")
+    _core.ops.check_moe_combine_args(*inputs[1:], inputs[0], "moe_combine_backward")
+
+
+# The CPU and CUDA kernels' checks of inputs, shapes and dtypes (bound from cpp/ops); row's values
 # are not checked (the kernels skip a row outside [0, R), as the CUDA ones do).
-CHECKS = {
-    "moe_combine": lambda inputs, attrs: _core.ops.check_moe_combine_args(*inputs, None, "moe_combine"),
-    "moe_combine_backward": lambda inputs, attrs: _core.ops.check_moe_combine_args(
-        *inputs[1:], inputs[0], "moe_combine_backward"),
-}
+CHECKS = {"moe_combine": _check_combine, "moe_combine_backward": _check_combine_backward}

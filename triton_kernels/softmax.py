@@ -152,7 +152,10 @@ KERNELS = {"softmax": softmax_forward, "softmax_backward": softmax_backward,
 def _check_backward(op):
     """CHECKS entry of the backwards {y, g}: the CPU and CUDA kernels' errors for a gradient of
     another dtype or shape than the output (the kernel reads g by y's rows)."""
-    return lambda inputs, attrs: _core.ops.check_softmax_backward_args(*inputs, op)
+    def check(inputs, attrs):
+        _core.ops.expect_inputs(inputs, 2, 2, op)
+        _core.ops.check_softmax_backward_args(*inputs, op)
+    return check
 
 
 CHECKS = {op: _check_backward(op) for op in ("softmax_backward", "log_softmax_backward")}

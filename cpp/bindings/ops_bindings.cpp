@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "ops/kernel_checks.h"
 #include "ops/op_args.h"
 #include "ops/ops.h"
 
@@ -31,6 +32,11 @@ void bind_ops(py::module_& root) {
   });
   m.def("check_swiglu_args", &check_swiglu_args);
   m.def("check_cross_entropy_args", &check_cross_entropy_args);
+  m.def("expect_inputs", [](const py::sequence& inputs, size_t min_n, size_t max_n, const std::string& op) {
+    Tensors in;
+    for (const py::handle& t : inputs) in.push_back(t.is_none() ? Tensor() : t.cast<Tensor>());
+    cpu::expect_inputs(in, min_n, max_n, op.c_str());
+  });
   m.def("check_softmax_backward_args", [](const Tensor& y, const Tensor& g, const std::string& op) {
     check_softmax_backward_args(y, g, op.c_str());
   });

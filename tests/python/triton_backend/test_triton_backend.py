@@ -154,6 +154,12 @@ def test_bad_arguments_raise_the_native_kernels_errors():
                                                           {"ignore_index": -100, "reduction": "mean"})),
         (ValueError, "label_smoothing", lambda: core.call("cross_entropy", [x, ls.tensor([0, 1])],
                                                           {"ignore_index": -100, "label_smoothing": 1.5})),
+        (ValueError, "softmax_backward: expected 2 inputs, got 1",
+         lambda: core.call("softmax_backward", [ls.ones(2, 3)], {"dim": -1})),
+        (ValueError, "moe_combine: input 1 must not be None",
+         lambda: core.call("moe_combine", [ls.ones(4, 3), None, ls.tensor([[0, 1], [2, 3]])], {})),
+        (ValueError, "moe_combine_backward: expected 4 inputs, got 3",
+         lambda: core.call("moe_combine_backward", [ls.ones(2, 3), ls.ones(4, 3), ls.ones(2, 2)], {})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text):
