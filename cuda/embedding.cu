@@ -14,13 +14,14 @@
 //      is written whole from its slots, sorted in registers: the sum of grad[n, :] over its
 //      tokens in increasing n (float32 accumulation, float64 for float64), zeros for none;
 //   3. the long rows, beside step 2 on a high-priority side stream, without sorting all tokens:
-//      a. one block lays them out: each long row gets a segment of a token buffer (an exclusive
-//         scan of their counts) and, past kChunk tokens, a run of pieces;
-//      b. each token of a long row writes its position into its row's segment, at the ticket the
+//      a. one block lays them out: each long row of at most kSortMax tokens gets a segment of a
+//         token buffer (an exclusive scan of their counts), and each long row of more than
+//         kChunk tokens a run of pieces;
+//      b. each token of such a row writes its position into its row's segment, at the ticket the
 //         counting atomics gave it (in no particular order);
-//      c. a block per long row of at most kSortMax tokens sorts its segment in shared memory (a
-//         bitonic network); a big row (more tokens: a few, "," or the padding id) is not
-//         sorted, its pieces (d) walk the ids instead;
+//      c. a block per such row sorts its segment in shared memory (a bitonic network); a big row
+//         (more than kSortMax tokens: a few, "," or the padding id) has no segment, its pieces
+//         (d) walk the ids instead;
 //      d. a long row of more than kChunk tokens (a frequent token: real text puts a few percent
 //         of all tokens on "," or " the") is summed in pieces, a block per piece, into a float32
 //         (float64) buffer, so that no block walks thousands of tokens alone: kChunk sorted
@@ -509,7 +510,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
             count.data<int32_t>(), long_ids.data<int32_t>(), long_ids_count, seg_start.data<int32_t>(),
             piece_start.data<int32_t>(), piece_row.data<int32_t>(), row_of.data<int32_t>());
         check_launch("embedding_backward");
-        // 3b. their tokens into their segments
+        // 3b. the tokens of rows of at most kSortMax into their segments
         scatter_long_tokens_kernel<I><<<grid_stride_blocks(N, kThreads), kThreads, 0, side.get()>>>(
             pid, count.data<int32_t>(), ticket.data<int32_t>(), row_of.data<int32_t>(), seg_start.data<int32_t>(),
             long_ids_count, seg.data<int32_t>(), N, V);

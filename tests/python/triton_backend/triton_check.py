@@ -12,6 +12,7 @@ import pytest
 import llmscratch as ls
 import llmscratch_core as _core
 from llmscratch import _backend
+from conftest import raises_at_sync
 
 pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -66,6 +67,12 @@ def to_ls(arr, device, dtype):
 
 def to_np(t):
     return None if t is None else np.asarray(t.detach().to("cpu").to(ls.float64))
+
+
+def raises_index_error(device, match):
+    """A bad index found by the native range check: the IndexError matching `match` comes at once
+    on the CPU (the interpreter), at the next synchronisation after the body on a GPU."""
+    return pytest.raises(IndexError, match=match) if device == "cpu" else raises_at_sync(match)
 
 
 def triton_call(op, inputs, attrs):
