@@ -65,7 +65,11 @@ def test_float64_falls_back_to_cpu():
 
 def test_a_fallback_leaves_other_threads_on_their_backend():
     import threading
-    x = ls.tensor(rng().standard_normal((2, 5)))  # float64: triton hands softmax to the cpu backend
+    # float32 attention with a user mask: the triton wrapper takes the call (triton serves
+    # float32 attention) and hands it to the native backend itself (its SERVES refuses a mask; a
+    # CPU tensor without the interpreter is refused too), the re-dispatch under test
+    q = ls.tensor(rng().standard_normal((1, 2, 4, 8)).astype(np.float32))
+    mask = ls.tensor(np.tril(np.ones((4, 4), dtype=bool)))
     seen, stop = set(), threading.Event()
     with ls.backend("triton"):
         def watch():
@@ -74,8 +78,10 @@ def test_a_fallback_leaves_other_threads_on_their_backend():
         t = threading.Thread(target=watch)
         t.start()
         try:
+            ls.backend_report(reset=True)
             for _ in range(300):
-                F.softmax(x, -1)
+                F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+            assert ls.backend_report()["attention"] == "cpu"
         finally:
             stop.set()
             t.join()
