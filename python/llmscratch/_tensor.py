@@ -11,6 +11,7 @@ import numpy as np
 import llmscratch_core as _core
 
 from .autograd import Function as _Function, backward as _autograd_backward
+from ._creation import full, past_double, tensor
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64, uint8
 
 Tensor = _core.Tensor
@@ -51,12 +52,10 @@ def as_tensor_like(value, like: Tensor) -> Tensor:
         dtype = _scalar_dtype(value, like)
         if dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
             value = _wrap_int(int(value), *_WRAPPED[dtype])
-        from ._creation import full, past_double
         if past_double(dtype, value):  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
         return _ops.full([], float(value), dtype, like.device)
     if isinstance(value, (list, tuple, np.ndarray)):
-        from ._creation import tensor
         return tensor(value, device=like.device)
     raise TypeError(f"unsupported operand type {type(value).__name__} for a Tensor operation")
 
@@ -196,7 +195,6 @@ def _copy_(self, src):
 
 
 def _fill_(self, value):
-    from ._creation import past_double
     if past_double(self.dtype, value):  # the op's double would round it
         _ops.copy_(self, as_tensor_like(value, self))
     else:
@@ -228,7 +226,6 @@ T.clip = T.clamp
 def _masked_fill(self, mask, value):
     """value where mask is true. The op carries value as a double; an int64 one past 2^53 (which
     the double would round) is made exactly by as_tensor_like and written through where."""
-    from ._creation import past_double
     if self.dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
         bits, signed = _WRAPPED[self.dtype]
         lo = -(1 << (bits - 1)) if signed else 0
@@ -470,7 +467,6 @@ def _setitem(self, key, value):
     if not target.storage_offset() >= 0 or not _shares_memory(target, self):
         raise NotImplementedError("assignment through a tensor index is not supported")
     if isinstance(value, (list, tuple, np.ndarray)):  # in self's dtype: 0.1 never via float32
-        from ._creation import tensor
         value = tensor(value, dtype=self.dtype, device=self.device)
     value = as_tensor_like(value, self)
     while value.ndim > target.ndim and value.shape[0] == 1:
@@ -639,7 +635,6 @@ def where(condition, a, b):
     rule; two scalars are tensors of their own dtypes (a float one float32) on condition's device,
     as torch's."""
     if not isinstance(a, Tensor):
-        from ._creation import tensor
         a = as_tensor_like(a, b) if isinstance(b, Tensor) else tensor(a, device=condition.device)
     if not isinstance(b, Tensor):
         b = as_tensor_like(b, a)
