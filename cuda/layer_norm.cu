@@ -76,12 +76,7 @@ Tensors add_layer_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in, const Tensor& w_in,
                  const Tensor& mean_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
   ops::check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
-  for (const Tensor* t : {&mean_in, &rstd_in})
-    LS_CHECK(is_floating(t->dtype()), TypeError, op, ": statistics must be floating-point, got ",
-             dtype_name(t->dtype()));
-  LS_CHECK(mean_in.numel() == rstd_in.numel() && mean_in.numel() * x_in.size(-1) == x_in.numel(),
-           ValueError, op, ": statistics of shapes ", shape_str(mean_in.shape()), " and ",
-           shape_str(rstd_in.shape()), " do not match the input shape ", shape_str(x_in.shape()));
+  ops::check_norm_stats(x_in, mean_in, rstd_in, true, op);
   Tensor g = ops::contiguous(g_in), x = ops::contiguous(x_in);
   Tensor dh = dh_in.defined() ? ops::contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? ops::contiguous(w_in) : Tensor();

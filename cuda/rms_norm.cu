@@ -70,10 +70,7 @@ Tensors add_rms_norm_forward_cuda(const Tensors& in, const Attrs& a) {
 Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_in, const Tensor& w_in,
                       const Tensor& rstd_in, const Attrs& a, const char* op) {
   ops::check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
-  LS_CHECK(is_floating(rstd_in.dtype()), TypeError, op, ": rstd must be floating-point, got ",
-           dtype_name(rstd_in.dtype()));
-  LS_CHECK(rstd_in.numel() * x_in.size(-1) == x_in.numel(), ValueError, op, ": rstd of shape ",
-           shape_str(rstd_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
+  ops::check_norm_stats(x_in, Tensor(), rstd_in, false, op);
   Tensor g = ops::contiguous(g_in), x = ops::contiguous(x_in);
   Tensor dh = dh_in.defined() ? ops::contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? ops::contiguous(w_in) : Tensor();

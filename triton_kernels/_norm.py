@@ -157,15 +157,12 @@ def check_forward(op, add):
 
 
 def check_backward(op, add, stats):
-    """CHECKS entry of a norm backward {g, [dh,] x, w?, stats...}: the shared checks, and the
-    statistics' sizes (one per row of x), which the kernels index by row."""
+    """CHECKS entry of a norm backward {g, [dh,] x, w?, [mean,] rstd}: the shared checks of the
+    inputs and of the statistics (floating, one per row of x, which the kernels index by row)."""
     def check(inputs, attrs):
         g, dh, x, w = (inputs[0], inputs[1], inputs[2], inputs[3]) if add else (inputs[0], None, inputs[1], inputs[2])
         _core.ops.check_norm_backward_args(x, w, g, dh, op)
-        for s in inputs[-stats:]:
-            if s is None or s.numel() * x.shape[-1] != x.numel():
-                raise ValueError(f"{op}: statistics of shape {None if s is None else tuple(s.shape)} do "
-                                 f"not match the input shape {tuple(x.shape)}")
+        _core.ops.check_norm_stats(x, inputs[-2] if stats == 2 else None, inputs[-1], stats == 2, op)
     return check
 
 

@@ -30,6 +30,10 @@ void bind_ops(py::module_& root) {
                                         std::optional<Tensor> dh, const std::string& op) {
     check_norm_backward_args(x, or_none(w), g, or_none(dh), op.c_str());
   });
+  m.def("check_norm_stats", [=](const Tensor& x, std::optional<Tensor> mean, std::optional<Tensor> rstd,
+                                bool centered, const std::string& op) {
+    check_norm_stats(x, or_none(mean), or_none(rstd), centered, op.c_str());
+  });
   m.def("check_swiglu_args", &check_swiglu_args);
   m.def("check_cross_entropy_args", &check_cross_entropy_args);
   m.def("expect_inputs", [](const py::sequence& inputs, size_t min_n, size_t max_n, const std::string& op) {

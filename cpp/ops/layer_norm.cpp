@@ -202,9 +202,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
                       const Attrs& a, const char* op) {
   check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
   for (const Tensor* t : {&mean_in, &rstd_in}) cpu::expect_same_dtype(x_in, *t, op, "statistic");
-  LS_CHECK(mean_in.numel() == rstd_in.numel() && mean_in.numel() * x_in.size(-1) == x_in.numel(),
-           ValueError, op, ": statistics of shapes ", shape_str(mean_in.shape()), " and ",
-           shape_str(rstd_in.shape()), " do not match the input shape ", shape_str(x_in.shape()));
+  check_norm_stats(x_in, mean_in, rstd_in, true, op);
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
@@ -284,6 +282,24 @@ void check_norm_backward_args(const Tensor& x, const Tensor& w, const Tensor& g,
   LS_CHECK(g.shape() == x.shape(), ValueError, op, ": gradient of shape ", shape_str(g.shape()),
            " does not match the input shape ", shape_str(x.shape()));
   if (dh.defined()) check_norm_residual(x, dh, op, "residual gradient");
+}
+
+void check_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& rstd, bool centered, const char* op) {
+  LS_CHECK(rstd.defined() && (!centered || mean.defined()), ValueError, op, ": the statistics (",
+           centered ? "mean, rstd" : "rstd", ") must not be None");
+  if (!centered) {
+    LS_CHECK(is_floating(rstd.dtype()), TypeError, op, ": rstd must be floating-point, got ",
+             dtype_name(rstd.dtype()));
+    LS_CHECK(rstd.numel() * x.size(-1) == x.numel(), ValueError, op,
+             ": rstd of shape ", shape_str(rstd.shape()), " does not match the input shape ", shape_str(x.shape()));
+    return;
+  }
+  for (const Tensor* t : {&mean, &rstd})
+    LS_CHECK(is_floating(t->dtype()), TypeError, op, ": statistics must be floating-point, got ",
+             dtype_name(t->dtype()));
+  LS_CHECK(mean.numel() == rstd.numel() && mean.numel() * x.size(-1) == x.numel(), ValueError, op,
+           ": statistics of shapes ", shape_str(mean.shape()), " and ", shape_str(rstd.shape()),
+           " do not match the input shape ", shape_str(x.shape()));
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {

@@ -38,9 +38,13 @@ void check_norm_args(const Tensor& x,
 void check_norm_residual(const Tensor& x, const Tensor& res, const char* op, const char* name);
 // The inputs every norm backward shares, on every backend: check_norm_args for x and the weight
 // (or None), the gradient g of x's shape and dtype, and dh (the fused ops' residual gradient)
-// checked as a residual when defined. The statistics are each op's and backend's to check.
+// checked as a residual when defined.
 void check_norm_backward_args(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& dh,
                               const char* op);
+// The saved statistics a norm backward reads by x's rows, on every backend: given, floating, one
+// per row of x (rstd, and mean when centered: layer norm). The CPU kernels also want them in x's
+// dtype.
+void check_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& rstd, bool centered, const char* op);
 
 // swiglu.cpp: two floating-point halves of one dtype and shape.
 void check_swiglu_args(const Tensor& a, const Tensor& b);

@@ -150,8 +150,7 @@ Tensors norm_backward(const Tensor& g_in, const Tensor& dh_in, const Tensor& x_i
                       const Tensor& w_in, const Tensor& rstd_in, const Attrs& a, const char* op) {
   check_norm_backward_args(x_in, w_in, g_in, dh_in, op);
   cpu::expect_same_dtype(x_in, rstd_in, op, "rstd");
-  LS_CHECK(rstd_in.numel() * x_in.size(-1) == x_in.numel(), ValueError, op, ": rstd of shape ",
-           shape_str(rstd_in.shape()), " does not match the input shape ", shape_str(x_in.shape()));
+  check_norm_stats(x_in, Tensor(), rstd_in, false, op);
   Tensor g = contiguous(g_in), x = contiguous(x_in);
   Tensor dh = dh_in.defined() ? contiguous(dh_in) : Tensor();
   Tensor w = w_in.defined() ? contiguous(w_in) : Tensor();
