@@ -122,6 +122,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
   m.def("op_backends", &op_backends);
   m.def("current_backend", &current_backend);
   m.def("set_backend", &set_backend);
+  m.def("known_backend", &known_backend);
   m.def("backend_report", &backend_report, py::arg("reset") = false);
   m.def("declare_op", [](const std::string& name, py::object backward) {
     OpSchema s;

@@ -95,6 +95,11 @@ Tensors SavedTensors::all() const {
 }
 
 // ---- registry ----
+bool known_backend(const std::string& name) {
+  static const char* known[] = {"", "default", "cpu", "cuda", "triton"};
+  return std::any_of(std::begin(known), std::end(known), [&](const char* k) { return name == k; });
+}
+
 namespace {
 struct Impl {
   std::string backend;
@@ -115,10 +120,6 @@ std::unordered_map<std::string, OpEntry>& table() {
   return t;
 }
 
-bool known_backend(const std::string& name) {
-  static const char* known[] = {"", "default", "cpu", "cuda", "triton"};
-  return std::any_of(std::begin(known), std::end(known), [&](const char* k) { return name == k; });
-}
 // An unknown LLMSCRATCH_BACKEND is ignored here (this runs before Python can raise); llmscratch's
 // import refuses it with a message.
 std::string initial_backend() {

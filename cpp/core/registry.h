@@ -101,6 +101,7 @@ inline Tensor call1(const std::string& op, const Tensors& inputs, const Attrs& a
 // Backend selection ("" = default: the device's native backend).
 const std::string& current_backend();
 void set_backend(const std::string& name);
+bool known_backend(const std::string& name);  // "", "default", "cpu", "cuda" or "triton"
 struct BackendGuard {
   std::string prev;
   explicit BackendGuard(const std::string& b) : prev(current_backend()) { set_backend(b); }

@@ -79,7 +79,7 @@ def backend_report(reset: bool = False) -> dict:
 # LLMSCRATCH_BACKEND=triton selects the backend in the core before any Python runs; register the
 # kernels now so the first op finds them. An unknown name (which the core ignored) is refused.
 _ENV_BACKEND = os.environ.get("LLMSCRATCH_BACKEND")
-if _ENV_BACKEND not in (None, "", "default", "cpu", "cuda", "triton"):
+if _ENV_BACKEND is not None and not _core.known_backend(_ENV_BACKEND):
     raise ValueError(f"LLMSCRATCH_BACKEND={_ENV_BACKEND!r} is not a backend: expected cpu, cuda, "
                      "triton or default")
 if _ENV_BACKEND == "triton":
