@@ -168,10 +168,11 @@ def test_bad_arguments_raise_the_native_kernels_errors():
          lambda: core.call("moe_combine_backward", [ls.ones(2, 3), ls.ones(4, 3), ls.ones(2, 2)], {})),
     ]
     for exc, text, call in bad:
-        with ls.backend("cpu"), pytest.raises(exc, match=text):
+        with ls.backend("cpu"), pytest.raises(exc, match=text) as cpu_error:
             call()  # the CPU kernel's error
-        with ls.backend("triton"), pytest.raises(exc, match=text):
+        with ls.backend("triton"), pytest.raises(exc, match=text) as triton_error:
             call()
+        assert str(triton_error.value) == str(cpu_error.value)  # the same text, not only the word
 
 
 @pytest.mark.cuda
