@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 
 #include "core/error.h"
 #include "index_fault.cuh"
@@ -45,6 +47,28 @@ inline unsigned blocks_for(int64_t n, int threads) {
 // (the loop strides over the rest), and at least one block.
 inline unsigned grid_stride_blocks(int64_t n, int threads) {
   return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, int64_t(1) << 20));
+}
+
+// The multiprocessor count of device dev, read once per device (the grids sized to fill the GPU).
+inline int sm_count(int dev, const char* op) {
+  static std::atomic<int> counts[64];
+  int n = counts[dev & 63].load();
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), op);
+    counts[dev & 63].store(n);
+  }
+  return n;
+}
+
+// Dynamic shared memory above 48 KB must be allowed once per kernel and device: configured, a
+// static of the kernel's launcher, holds a bit per device already done.
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& configured, int dev, const char* op) {
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), op);
+    configured.fetch_or(bit);
+  }
 }
 
 }  // namespace ls::cuda

@@ -138,28 +138,12 @@ __global__ void __launch_bounds__(kSThreads) simt_gemm_kernel(GemmArgs<T> p) {
 
 constexpr int64_t kMaxGridZ = 65535;
 
-// Per device: multiprocessor count, read once.
-int sm_count(int dev) {
-  static std::atomic<int> counts[64];
-  int n = counts[dev & 63].load();
-  if (n == 0) {
-    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "matmul");
-    counts[dev & 63].store(n);
-  }
-  return n;
-}
 
 template <typename T, typename C, bool A_KMAJOR, bool B_KMAJOR>
 void launch_mma(GemmArgs<T> p, int64_t nbatch, int dev) {
   auto kernel = mma_gemm_kernel<T, C, A_KMAJOR, B_KMAJOR>;
-  // More than 48 KB of dynamic shared memory must be allowed per device, once.
   static std::atomic<uint64_t> configured{0};
-  uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
-          "matmul");
-    configured.fetch_or(bit);
-  }
+  allow_smem(kernel, C::kSmemBytes, configured, dev, "matmul");
   int64_t tiles = int64_t((p.M + C::kBM - 1) / C::kBM) * ((p.N + C::kBN - 1) / C::kBN);
   for (int64_t z0 = 0; z0 < nbatch; z0 += kMaxGridZ) {
     p.z0 = z0;
@@ -176,7 +160,7 @@ void launch_mma(GemmArgs<T> p, int64_t nbatch) {
   check(cudaGetDevice(&dev), "matmul");
   int64_t big = nbatch * ((p.M + BigTile::kBM - 1) / BigTile::kBM) *
                 ((p.N + BigTile::kBN - 1) / BigTile::kBN);
-  if (big >= sm_count(dev))
+  if (big >= sm_count(dev, "matmul"))
     launch_mma<T, BigTile, A_KMAJOR, B_KMAJOR>(p, nbatch, dev);
   else
     launch_mma<T, SmallTile, A_KMAJOR, B_KMAJOR>(p, nbatch, dev);
@@ -310,7 +294,7 @@ bool try_wgmma(const GemmArgs<T>& p, int64_t nbatch, bool ak, bool bk) {
   g.b_batch = p.batch.nd == 1 ? p.batch.sb[0] : 0;
   int dev = 0;
   check(cudaGetDevice(&dev), "matmul");
-  g.sms = sm_count(dev);
+  g.sms = sm_count(dev, "matmul");
   g.splits = sm90a::gemm_splits(g);
   Tensor partials;  // split-K's workspace, freed to the stream-ordered cache after the launch
   if (g.splits > 1) {

@@ -214,16 +214,6 @@ Tensors moe_permute_cuda(const Tensors& in, const Attrs& a) {
 
 // ---- grouped GEMM -----------------------------------------------------------------------------
 
-// Per device: multiprocessor count, read once.
-int sm_count(int dev, const char* op) {
-  static std::atomic<int> counts[64];
-  int n = counts[dev & 63].load();
-  if (n == 0) {
-    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), op);
-    counts[dev & 63].store(n);
-  }
-  return n;
-}
 
 // One segment of the sorted rows: segment e (E = the dropped rows) owns rows [r0, r0 + rows),
 // and the tile asked for is the one at local row m0.
@@ -328,17 +318,6 @@ grouped_wgrad_simt_kernel(const T* a, const T* b, const int64_t* __restrict__ of
   // A(p, m) = a[(r0 + m) * P + p], B(m, q) = b[(r0 + m) * Q + q]
   simt_block_tile<T>(a + r0 * P, 1, P, b + r0 * Q, Q, 1, P, Q, int(r1 - r0), blockIdx.x * kSM,
                      blockIdx.y * kSN, dw + int64_t(e) * P * Q, Q);
-}
-
-// Dynamic shared memory above 48 KB must be allowed once per kernel and device.
-template <typename Kernel>
-void allow_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& configured, int dev,
-                const char* op) {
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), op);
-    configured.fetch_or(bit);
-  }
 }
 
 template <typename T, typename C, bool B_KMAJOR>

@@ -88,7 +88,8 @@ void bind_ops(py::module_& root) {
   m.def("unary", &unary);
   m.def("clamp", &clamp);
   m.def("where", &where);
-  m.def("masked_fill", &masked_fill);
+  m.def("masked_fill", py::overload_cast<const Tensor&, const Tensor&, double>(&masked_fill));
+  m.def("masked_fill", py::overload_cast<const Tensor&, const Tensor&, const Tensor&>(&masked_fill));
   m.def("sum", &sum, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("keepdim") = false);
   m.def("mean", &mean, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("keepdim") = false);
   m.def("var", &var, py::arg("x"), py::arg("dims") = std::vector<int64_t>{}, py::arg("correction") = 1,

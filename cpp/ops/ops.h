@@ -63,6 +63,8 @@ Tensor unary(const std::string& op, const Tensor& x);  // neg exp log sqrt rsqrt
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+// value a 0-d tensor (of x's device), cast to x's dtype: an int64 past 2^53, which a double rounds
+Tensor masked_fill(const Tensor& x, const Tensor& mask, const Tensor& value);
 
 // reduce.cpp (dims empty = all dims)
 Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);

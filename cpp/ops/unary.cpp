@@ -126,12 +126,18 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   return call1("where", {as_bool_mask(cond, "where"), to_dtype(a, d), to_dtype(b, d)});
 }
 
-Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+Tensor masked_fill(const Tensor& x, const Tensor& mask, const Tensor& value) {
+  LS_CHECK(value.dim() == 0, ValueError, "masked_fill: value must be a 0-d tensor, got shape ",
+           shape_str(value.shape()));
   Tensor m = as_bool_mask(mask, "masked_fill");
   LS_CHECK(broadcast_shapes(x.shape(), m.shape(), "masked_fill") == x.shape(), ValueError,
            "masked_fill: mask of shape ", shape_str(m.shape()), " does not broadcast to ",
            shape_str(x.shape()));
-  return where(m, scalar_like(value, x), x);
+  return where(m, to_dtype(value, x.dtype()), x);
+}
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  return masked_fill(x, mask, scalar_like(value, x));
 }
 
 LS_REGISTER(unary) {

@@ -225,7 +225,7 @@ T.clip = T.clamp
 
 def _masked_fill(self, mask, value):
     """value where mask is true. The op carries value as a double; an int64 one past 2^53 (which
-    the double would round) is made exactly by as_tensor_like and written through where."""
+    the double would round) is made exactly by as_tensor_like and passed as a 0-d tensor."""
     if self.dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
         bits, signed = _WRAPPED[self.dtype]
         lo = -(1 << (bits - 1)) if signed else 0
@@ -233,7 +233,7 @@ def _masked_fill(self, mask, value):
             raise RuntimeError(f"masked_fill: value {value} cannot be converted to {self.dtype} "
                                "without overflow")
     if past_double(self.dtype, value):
-        return _ops.where(mask, as_tensor_like(value, self), self)
+        return _ops.masked_fill(self, mask, as_tensor_like(value, self))
     return _ops.masked_fill(self, mask, float(value))
 
 

@@ -615,6 +615,10 @@ def test_int64_values_past_two_to_the_53_stay_exact():
     for value in (2**63 - 1, 2**53 + 1, -2**63):  # the fill value had gone through a double
         assert x.masked_fill(mask, value).tolist() == [value, 1]
         assert ls.functional.masked_fill(x, ~mask, value).tolist() == [0, value]
+        # a mask wider than x is refused on this path too (where alone broadcast it to (2, 2))
+        for fill in (value, 7):
+            with pytest.raises(ValueError, match=r"mask of shape \(2, 2\) does not broadcast to \(2,\)"):
+                x.masked_fill(ls.tensor([[True, False], [False, True]]), fill)
     # below 2^53 and for other dtypes the ops' own path, unchanged
     assert ls.arange(5).tolist() == list(range(5)) and (ls.tensor([1.5]) + big).dtype == ls.float32
     with pytest.raises(ValueError, match="step must be nonzero"):
