@@ -127,6 +127,7 @@ __global__ void __launch_bounds__(kLayoutThreads)
                             int32_t* __restrict__ row_of) {
   using Scan = cub::BlockScan<int32_t, kLayoutThreads>;
   __shared__ typename Scan::TempStorage scan;
+  __shared__ int32_t tile_pieces_end[kLayoutThreads];  // the end of each tile row's pieces, in the tile
   const int32_t m = *long_ids_count;
   int32_t tokens_before = 0, pieces_before = 0;  // over the tiles done
   for (int32_t base = 0; base < m; base += kLayoutThreads) {
@@ -139,12 +140,24 @@ __global__ void __launch_bounds__(kLayoutThreads)
     Scan(scan).ExclusiveSum(tokens, t0, tile_tokens);
     __syncthreads();  // scan's storage is used again
     Scan(scan).ExclusiveSum(pieces, p0, tile_pieces);
+    tile_pieces_end[threadIdx.x] = p0 + pieces;
     __syncthreads();
     if (b < m) {
       seg_start[b] = tokens_before + t0;
       piece_start[b] = pieces_before + p0;
-      for (int32_t j = 0; j < pieces; ++j) piece_row[pieces_before + p0 + j] = b;
       row_of[id] = b;
+    }
+    // The tile's pieces over all threads (one row may have thousands): piece q is its row's, the
+    // first tile row whose pieces end past q. (The next tile writes tile_pieces_end after the
+    // barrier between its scans, which every thread reaches only when done here.)
+    for (int32_t q = threadIdx.x; q < tile_pieces; q += kLayoutThreads) {
+      int32_t lo = 0, hi = kLayoutThreads - 1;
+      while (lo < hi) {
+        const int32_t mid = (lo + hi) / 2;
+        if (tile_pieces_end[mid] > q) hi = mid;
+        else lo = mid + 1;
+      }
+      piece_row[pieces_before + q] = base + lo;
     }
     tokens_before += tile_tokens;
     pieces_before += tile_pieces;
