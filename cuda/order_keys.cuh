@@ -69,4 +69,24 @@ __device__ __forceinline__ void compare_exchange(Item<K>& a, Item<K>& b, bool up
   }
 }
 
+// Stages k = k_first .. k_last (powers of two) of a bitonic network over the block's s[0, tile)
+// in shared memory, the first stage from stride j_first, the others from k / 2, down to stride 1;
+// a pair sorts ascending where bit k of its first Item's position in its padded row of P (a
+// power of two >= k_last; base: s[0]'s position) is clear, so all of the last stage k = P. The
+// whole network over one padded row: k_first = 2, k_last = P = tile, j_first = 1, base = 0.
+// Every thread of the block calls it.
+template <typename K>
+__device__ __forceinline__ void bitonic_stages(Item<K>* s, int tile, int64_t base, int64_t P, int64_t k_first,
+                                               int64_t k_last, int64_t j_first) {
+  for (int64_t k = k_first; k <= k_last; k <<= 1) {
+    for (int64_t j = k == k_first ? j_first : k >> 1; j > 0; j >>= 1) {
+      for (int q = threadIdx.x; q < tile / 2; q += blockDim.x) {
+        const int i = int(2 * j * (q / j) + q % j);  // i and i + j differ in bit j only: same row
+        compare_exchange(s[i], s[i + j], k >= P || ((base + i) & k) == 0);  // (base + i) % P has bit k of base + i
+      }
+      __syncthreads();
+    }
+  }
+}
+
 }  // namespace ls::cuda

@@ -43,12 +43,6 @@ constexpr int kMaxTileThreads = 1024;
 
 template <typename K> constexpr int64_t tile_items() { return kTileBytes / int64_t(sizeof(Item<K>)); }
 
-int64_t pow2_ceil(int64_t v) {
-  int64_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 // A tile of `tile` Items (global positions base .. base + tile) in shared memory. Runs the stages
 // k = k_first .. k_last (powers of two), the first of them from stride j_first, the others from
 // k / 2, down to stride 1. kFromX: build the Items from x; else read the scratch. kToOut: write
@@ -75,16 +69,7 @@ bitonic_tile_kernel(const T* __restrict__ x, Item<K>* items, T* values, int64_t*
     s[t] = it;
   }
   __syncthreads();
-  for (int64_t k = k_first; k <= k_last; k <<= 1) {
-    for (int64_t j = k == k_first ? j_first : k >> 1; j > 0; j >>= 1) {
-      for (int q = threadIdx.x; q < tile / 2; q += blockDim.x) {
-        int i = int(2 * j * (q / j) + q % j);  // i and i + j differ in bit j only: same row
-        // ascending when bit k of i's position in its padded row is clear (the last stage: all)
-        compare_exchange(s[i], s[i + j], (((base + i) % P) & k) == 0);
-      }
-      __syncthreads();
-    }
-  }
+  bitonic_stages(s, tile, base, P, k_first, k_last, j_first);  // the last stage: all ascending
   for (int t = threadIdx.x; t < tile; t += blockDim.x) {
     int64_t g = base + t;
     if (g >= total) continue;

@@ -205,15 +205,7 @@ __global__ void __launch_bounds__(1024) topk_select_kernel(const T* __restrict__
     }
   }
   __syncthreads();
-  for (int span = 2; span <= kpad; span <<= 1) {  // bitonic network, ascending
-    for (int j = span / 2; j > 0; j >>= 1) {
-      for (int q = threadIdx.x; q < kpad / 2; q += blockDim.x) {
-        const int i = 2 * j * (q / j) + q % j;
-        compare_exchange(chosen[i], chosen[i + j], (i & span) == 0);
-      }
-      __syncthreads();
-    }
-  }
+  bitonic_stages(chosen, kpad, 0, kpad, 2, kpad, 1);  // the whole network: ascending
   const int64_t row = blockIdx.x;
   for (int j = threadIdx.x; j < k; j += blockDim.x) {
     const uint32_t p = chosen[j].pos;
@@ -254,8 +246,8 @@ Tensors topk_cuda(const Tensors& in, const Attrs& a) {
     } else {
       CUDA_DISPATCH_ALL(x.dtype(), "topk", {
         using K = key_t<scalar_t>;
-        int kpad = 1, pos_bits = 0;
-        while (kpad < k) kpad <<= 1;
+        const int kpad = int(pow2_ceil(k));
+        int pos_bits = 0;
         while ((int64_t(1) << pos_bits) < n) ++pos_bits;  // the bits of n - 1
         const size_t smem = size_t(kpad) * sizeof(Item<K>);
         if (int64_t(smem) <= kSelectBytes && rows < (int64_t(1) << 31) && n < int64_t(0xFFFFFFFFu)) {
