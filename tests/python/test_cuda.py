@@ -122,6 +122,31 @@ def test_bad_device_indices_raise_and_leave_no_error_behind():
     assert (x + 1).cpu().tolist() == [2.0] * 4  # the next launch sees no stale error
 
 
+@pytest.mark.skipif(ls.cuda.device_count() < 2, reason="needs two GPUs")
+def test_copies_between_two_gpus():
+    a = np.random.default_rng(0).standard_normal((64, 257)).astype(np.float32)
+    x = ls.tensor(a, device="cuda:0")
+    y = x.to("cuda:1")
+    assert str(y.device) == "cuda:1"
+    np.testing.assert_array_equal(to_np(y.cpu()), a)
+    np.testing.assert_array_equal(to_np(x.t().to("cuda:1").cpu()), a.T)  # a strided source
+    np.testing.assert_array_equal(to_np((y * 2).to("cuda:0").cpu()), a * 2)  # and back
+    h = x.to(dtype=ls.bfloat16).to("cuda:1")
+    assert h.dtype == ls.bfloat16 and to_np(h.float().cpu()).tolist() == to_np(x.to(dtype=ls.bfloat16).float().cpu()).tolist()
+    # The copy runs on cuda:0's stream into a block of cuda:1's pool, which a kernel still queued
+    # on cuda:1 may write: a freed matmul output is reused at once. The copy must wait for it, or
+    # the matmul's late write overwrites the copied values.
+    n = 2048
+    src = ls.full((n, n), 7.0, device="cuda:0")
+    m = ls.randn(n, n, device="cuda:1")
+    for _ in range(3):
+        busy = [m @ m for _ in range(8)]  # keeps cuda:1's stream busy for a while
+        w = m @ m
+        del w, busy
+        y = src.to("cuda:1")
+        assert (y != 7.0).sum().item() == 0
+
+
 @pytest.mark.skipif(bool(os.environ.get("LLMSCRATCH_SANITIZER")),
                     reason="compute-sanitizer counts the failed cudaMalloc as an error")
 def test_a_caught_out_of_memory_does_not_fail_the_next_op():
