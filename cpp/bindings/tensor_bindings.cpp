@@ -96,10 +96,7 @@ void bind_tensor(py::module_& m) {
         return to_tuple(t.shape());
       }, py::arg("dim") = py::none())
       .def("stride", [](const Tensor& t, std::optional<int64_t> d) -> py::object {
-        if (d) {
-          LS_CHECK(t.dim() > 0, IndexError, "stride: dimension ", *d, " given but the tensor has no dimensions");
-          return py::int_(t.strides()[wrap_dim(*d, t.dim(), "stride")]);
-        }
+        if (d) return py::int_(t.stride(*d));
         return to_tuple(t.strides());
       }, py::arg("dim") = py::none())
       .def("storage_offset", &Tensor::offset)

@@ -52,10 +52,17 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offs
   return Tensor(impl);
 }
 
-int64_t Tensor::size(int64_t d) const {
-  LS_CHECK(dim() > 0, IndexError, "size: dimension ", d, " given but the tensor has no dimensions");
-  return impl_->shape[wrap_dim(d, dim(), "size")];
+namespace {
+// Dimension d of a tensor of ndim dimensions (negative from the end) for size(d) and stride(d),
+// which a 0-d tensor has not (wrap_dim lets it pass 0 and -1, as a reduction's dim).
+int64_t existing_dim(int64_t d, int64_t ndim, const char* what) {
+  LS_CHECK(ndim > 0, IndexError, what, ": dimension ", d, " given but the tensor has no dimensions");
+  return wrap_dim(d, ndim, what);
 }
+}  // namespace
+
+int64_t Tensor::size(int64_t d) const { return impl_->shape[existing_dim(d, dim(), "size")]; }
+int64_t Tensor::stride(int64_t d) const { return impl_->strides[existing_dim(d, dim(), "stride")]; }
 
 bool Tensor::is_contiguous() const {
   int64_t expected = 1;

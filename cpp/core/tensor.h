@@ -56,6 +56,7 @@ class Tensor {
   int64_t offset() const { return impl_->offset; }
   int64_t dim() const { return int64_t(impl_->shape.size()); }
   int64_t size(int64_t d) const;  // negative d counts from the end
+  int64_t stride(int64_t d) const;  // in elements; negative d counts from the end
   int64_t numel() const { return shape_numel(impl_->shape); }
   size_t nbytes() const { return size_t(numel()) * itemsize(dtype()); }
   bool is_contiguous() const;
