@@ -352,6 +352,16 @@ T.squeeze = lambda self, dim=None: _ops.squeeze(self, dim)
 T.contiguous = lambda self: _ops.contiguous(self)
 T.clone = lambda self: _ops.contiguous_copy(self)
 T.T = property(lambda self: _ops.permute(self, list(range(self.ndim))[::-1]))
+
+
+def _t(self):
+    """The transpose of a tensor of at most 2 dims (as is for 0-d and 1-d), as torch's t()."""
+    if self.ndim > 2:
+        raise ValueError(f"t() expects a tensor of at most 2 dims, got {self.ndim}; use transpose or mT")
+    return _ops.transpose(self, 0, 1) if self.ndim == 2 else self
+
+
+T.t = _t
 T.mT = property(lambda self: _ops.transpose(self, -2, -1))
 
 

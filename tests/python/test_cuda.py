@@ -135,16 +135,18 @@ def test_copies_between_two_gpus():
     assert h.dtype == ls.bfloat16 and to_np(h.float().cpu()).tolist() == to_np(x.to(dtype=ls.bfloat16).float().cpu()).tolist()
     # The copy runs on cuda:0's stream into a block of cuda:1's pool, which a kernel still queued
     # on cuda:1 may write: a freed matmul output is reused at once. The copy must wait for it, or
-    # the matmul's late write overwrites the copied values.
+    # the matmul's late write overwrites the copied values. (On the legacy default streams the
+    # runtime orders a copy between devices by itself: streams of their own on both.)
     n = 2048
     src = ls.full((n, n), 7.0, device="cuda:0")
     m = ls.randn(n, n, device="cuda:1")
-    for _ in range(3):
-        busy = [m @ m for _ in range(8)]  # keeps cuda:1's stream busy for a while
-        w = m @ m
-        del w, busy
-        y = src.to("cuda:1")
-        assert (y != 7.0).sum().item() == 0
+    with ls.cuda.stream(ls.cuda.Stream(device=0)), ls.cuda.stream(ls.cuda.Stream(device=1)):
+        for _ in range(3):
+            busy = [m @ m for _ in range(8)]  # keeps cuda:1's stream busy for a while
+            w = m @ m
+            del w, busy
+            y = src.to("cuda:1")
+            assert (y != 7.0).sum().item() == 0
 
 
 @pytest.mark.skipif(bool(os.environ.get("LLMSCRATCH_SANITIZER")),

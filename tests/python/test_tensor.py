@@ -224,6 +224,17 @@ def test_views_share_memory_and_match_numpy(shape, perm):
     np.testing.assert_array_equal(to_np(t.transpose(0, -1)), np.swapaxes(a, 0, -1))
 
 
+def test_t_transposes_up_to_two_dims_like_torch():
+    a = randn(3, 5)
+    t = ls.tensor(a)
+    np.testing.assert_array_equal(to_np(t.t()), a.T)
+    assert t.t().data_ptr() == t.data_ptr()  # a view
+    v = ls.tensor([1.0, 2.0])
+    assert v.t().tolist() == [1.0, 2.0] and ls.tensor(3.0).t().tolist() == 3.0  # 0-d and 1-d as they are
+    with pytest.raises(ValueError, match="at most 2 dims, got 3"):
+        ls.zeros(2, 3, 4).t()
+
+
 def test_slicing_matches_numpy_and_is_a_view():
     a = randn(5, 6, 7)
     t = ls.tensor(a)
