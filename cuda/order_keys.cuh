@@ -79,9 +79,12 @@ template <typename K>
 __device__ __forceinline__ void bitonic_stages(Item<K>* s, int tile, int64_t base, int64_t P, int64_t k_first,
                                                int64_t k_last, int64_t j_first) {
   for (int64_t k = k_first; k <= k_last; k <<= 1) {
-    for (int64_t j = k == k_first ? j_first : k >> 1; j > 0; j >>= 1) {
+    // strides below tile in 32 bits: a stage past the tile (k > tile) starts from j_first < tile
+    for (int j = int(k == k_first ? j_first : k >> 1); j > 0; j >>= 1) {
       for (int q = threadIdx.x; q < tile / 2; q += blockDim.x) {
-        const int i = int(2 * j * (q / j) + q % j);  // i and i + j differ in bit j only: same row
+        // the q-th pair: i = 2 j (q / j) + q % j, without a division (j a power of two); i and
+        // i + j differ in bit j only: the same row
+        const int i = ((q & ~(j - 1)) << 1) | (q & (j - 1));
         compare_exchange(s[i], s[i + j], k >= P || ((base + i) & k) == 0);  // (base + i) % P has bit k of base + i
       }
       __syncthreads();
