@@ -93,6 +93,10 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, corpus, capsys):
     assert main([*args, "--seq-len", "256"]) == 2
     assert "split of" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "t").exists()
+    # a dtype this device cannot train in is refused before the run folder is written
+    assert main([*args, "--seq-len", "8", "--val-fraction", "0.3", "--dtype", "bfloat16"]) == 2
+    assert "trains on a GPU only" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "t").exists() or not any((tmp_path / "runs" / "t").iterdir())
     assert main([*args, "--seq-len", "8", "--val-fraction", "0.3"]) == 0
 
 
@@ -103,16 +107,19 @@ def test_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
     assert main(["train", "--data", corpus, "--tokens-per-step", "1000", "--out", str(tmp_path)]) == 2
     assert main(["train", "--data", corpus, "--resume", "--name", "typo", "--out", str(tmp_path)]) == 2
-    for bad in (["--warmup", "-5"], ["--min-lr", "10"], ["--tokens-per-step", "0"], ["--seed", "-1"]):
+    for bad in (["--warmup", "-5"], ["--min-lr", "10"], ["--tokens-per-step", "0"], ["--seed", "-1"],
+                ["--lr", "nan"], ["--weight-decay", "inf"], ["--vocab-size", "0"]):
         assert main(["train", "--data", corpus, "--out", str(tmp_path), *bad]) == 2
     assert main(["sample", "--ckpt", str(tmp_path), "--num-samples", "0"]) == 2
     assert main(["eval", "--ckpt", str(tmp_path), "--batches", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 12 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
+    assert len(err) == 15 and all(line.startswith("llmscratch ") and "error:" in line for line in err)
     assert "typo has no config.json" in err[5]
     assert "warmup must be non-negative" in err[6] and "min_lr 10.0 exceeds lr" in err[7]
     assert "--tokens-per-step 0" in err[8] and "seed must be in" in err[9]
-    assert "--num-samples must be at least 1" in err[10] and "--batches must be at least 1" in err[11]
+    assert "lr must be finite, got nan" in err[10] and "weight_decay must be finite, got inf" in err[11]
+    assert "--vocab-size must be positive, got 0" in err[12]  # 0 had meant the model's default
+    assert "--num-samples must be at least 1" in err[13] and "--batches must be at least 1" in err[14]
     assert "unknown model preset 'huge'" in err[2]
 
 
@@ -309,6 +316,18 @@ def test_eval_reads_each_window_once_per_token(tmp_path, corpus, capsys):
     assert tokens == (B + 1) * T and loss == pytest.approx(cross_entropy(windows), abs=1e-4)
 
 
+def test_the_logged_validation_loss_is_evals(tmp_path, corpus, capsys):
+    # training reads the validation windows in order, as `eval` does: the last logged val_loss
+    # (eval_batches 8, at the last step, whose checkpoint eval loads) is eval's at --batches 8
+    assert train(tmp_path, corpus, "--steps", "3") == 0
+    run = tmp_path / "runs" / "t"
+    logged = [json.loads(line) for line in open(run / "log.jsonl")]
+    val = [r["val_loss"] for r in logged if "val_loss" in r][-1]
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(run), "--batches", "8"]) == 0
+    assert float(capsys.readouterr().out.split()[1]) == pytest.approx(val, abs=1e-4)
+
+
 def test_a_moved_source_is_served_from_its_prepared_cache(tmp_path, corpus, capsys):
     # The cache key holds the source's fingerprint, which a moved or deleted source has not: the
     # folder last prepared for the source with the same settings serves `eval` and `--resume`;
@@ -319,11 +338,16 @@ def test_a_moved_source_is_served_from_its_prepared_cache(tmp_path, corpus, caps
     assert train(tmp_path, str(source), "--steps", "3") == 0
     first = prepare_data(str(source), 320, 0.3, quiet=True)
     source.rename(tmp_path / "moved.py")
-    assert prepare_data(str(source), 320, 0.3, quiet=True) == first
+    assert prepare_data(str(source), 320, 0.3, quiet=True, gone_ok=True) == first
     run = tmp_path / "runs" / "t"
     assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 0
     assert train(tmp_path, str(source), "--steps", "6", "--resume") == 0
     capsys.readouterr()
+    # a new run on the missing source is refused: it would train on whatever was last prepared
+    assert train(tmp_path, str(source), "--steps", "3", "--name", "new") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not 'stdlib', a file" in err and "part0.py" in err
+    assert not (tmp_path / "runs" / "new").exists()
     shutil.rmtree(tmp_path / "cache")
     assert main(["eval", "--ckpt", str(run), "--batches", "1"]) == 2
     err = capsys.readouterr().err

@@ -29,13 +29,16 @@ def cache_root() -> Path:
 
 # ---- data ------------------------------------------------------------------------------------
 
-def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool = False):
+def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool = False,
+                 gone_ok: bool = False):
     """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
     The cache folder is made under a temporary name and renamed when complete; its key holds the
     source's fingerprint, so that a source edited in place is prepared again. Beside the shards,
-    identity.json holds each split's data_identity. A source that is gone (moved, deleted) is
+    identity.json holds each split's data_identity. With gone_ok (`eval` and `train --resume`,
+    which check the data's identity against the run's), a source that is gone (moved, deleted) is
     served from the folder last completed for it with the same settings (cache_root()/latest.json,
-    keyed without the fingerprint), so that `eval` and `train --resume` still run."""
+    keyed without the fingerprint); a new run on a missing source is an error, not a silent run on
+    whatever was last prepared under that path."""
     from ..data import tokenize_cmd
     from .._files import atomic_write_text, stale_temporaries
     src = _source_key(source)
@@ -44,6 +47,8 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     try:
         fingerprint = _source_fingerprint(source)
     except (OSError, ValueError):  # a missing source: its last prepared folder, if complete
+        if not gone_ok:
+            raise
         last = _latest_prepared().get(settings)
         if last is None or not (cache_root() / f"data-{last}" / "done").exists():
             raise
@@ -332,6 +337,8 @@ def train_command(args) -> int:
         raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it or --name for a new one")
     # Every setting is checked before the (possibly slow) data preparation starts.
     model_cfg = _model_config(args)
+    if args.vocab_size is not None and args.vocab_size <= 0:
+        raise ValueError(f"--vocab-size must be positive, got {args.vocab_size}")
     vocab = args.vocab_size or model_cfg.vocab_size
     if args.seq_len > model_cfg.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block size {model_cfg.block_size}")
@@ -348,7 +355,8 @@ def train_command(args) -> int:
                   "backend": args.backend}
     resume_from = _check_resume(run_dir, run_config) if args.resume else None
     t0 = time.time()
-    tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet)
+    tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet,
+                                                    gone_ok=args.resume)
     identity = _prepared_identity(tok_prefix)
     if args.resume:
         _check_resumed_data(resume_from, identity, args.data)
@@ -362,16 +370,22 @@ def train_command(args) -> int:
     ls.manual_seed(args.seed)
     model = build_model(model_cfg, device=device)
 
-    def loader(split, shards, seed):
+    def loader(split, shards, shuffle):
         try:
-            return DataLoader(shards, cfg.batch_size, cfg.seq_len, seed=seed, device=device, prefetch=0)
+            return DataLoader(shards, cfg.batch_size, cfg.seq_len, seed=args.seed, shuffle=shuffle, device=device,
+                              prefetch=0)
         except ValueError as e:
             raise ValueError(f"the {split} split of {args.data}: {e}") from None
 
-    train = loader("training", train_glob, args.seed)
-    val = loader("validation", val_glob, args.seed + 1) if args.val_fraction > 0 else None
+    train = loader("training", train_glob, True)
+    # the validation windows in order, as `eval` reads them: its --batches B gives the logged val_loss
+    # of a run's eval_batches B
+    val = loader("validation", val_glob, False) if args.val_fraction > 0 else None
+    # the trainer checks the dtype against the device and builds the optimizer (it makes the run
+    # folder, empty)
+    trainer = Trainer(model, cfg, train.batch, val.batch if val else None, run_config=run_config, log=say,
+                      progress=not args.quiet and sys.stderr.isatty())
     # The run folder is written only now that everything it describes could be built.
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:  # a resumed run keeps the tokenizer it was trained with
         for suffix in (".tiktoken", ".json"):
             shutil.copy(tok_prefix + suffix, run_dir / ("tokenizer" + suffix))
@@ -380,8 +394,6 @@ def train_command(args) -> int:
     say(f"model {model_cfg.n_layer}x{model_cfg.n_embd}, {model.num_parameters() / 1e6:.2f}M parameters, "
         f"vocab {tok.n_vocab}; {train.num_windows * cfg.seq_len / 1e6:.1f}M training tokens; "
         f"unigram baseline {baseline:.3f} nats/token (data ready in {time.time() - t0:.0f} s)")
-    trainer = Trainer(model, cfg, train.batch, val.batch if val else None, run_config=run_config, log=say,
-                      progress=not args.quiet and sys.stderr.isatty())
     if resume_from:
         trainer.resume(resume_from)
         say(f"resumed at step {trainer.step}")
@@ -501,7 +513,7 @@ def eval_command(args) -> int:
         if not cfg["val_fraction"] > 0:
             raise ValueError(f"{args.ckpt} was trained without a validation split: pass --data")
         tok_prefix, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"],
-                                               quiet=True)
+                                               quiet=True, gone_ok=True)
         # the split's tokens must be the run's tokenizer's, as the model was trained on
         _check_run_tokenizer(_run_folders(args.ckpt)[1], tok_prefix, "",
                              "pass --data to evaluate a source encoded with the run's tokenizer")

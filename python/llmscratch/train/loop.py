@@ -102,6 +102,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr} min_lr={self.min_lr}")
         if self.min_lr > self.lr:
