@@ -161,7 +161,8 @@ def _inplace(fn):
     refuses a result that requires grad where the gradient would be lost."""
     def op(self, other):
         value = fn(self, other)
-        if value.dtype.is_floating_point and not self.dtype.is_floating_point:
+        if (value.dtype.is_floating_point and not self.dtype.is_floating_point) or \
+                (self.dtype == bool_ and value.dtype != bool_):
             raise TypeError(f"in-place operation: the result type {value.dtype} cannot be written "
                             f"into a {self.dtype} tensor in place")
         _ops.copy_(self, value)
@@ -219,7 +220,22 @@ T.floor_divide = lambda self, other: self // other
 T.remainder = lambda self, other: self % other
 T.pow = lambda self, other: self ** other
 T.matmul = lambda self, other: _ops.matmul(self, other)
-T.clamp = lambda self, min=None, max=None: _ops.clamp(self, min, max)
+
+
+def _clamp(self, min=None, max=None):  # noqa: A002
+    """self limited to [min, max]. A tensor bound keeps its gradient: maximum and minimum, whose
+    ties go to self, as torch's clamp gives x the gradient at x == bound."""
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = self
+        if min is not None:
+            out = _ops.maximum(out, as_tensor_like(min, self))
+        if max is not None:
+            out = _ops.minimum(out, as_tensor_like(max, self))
+        return out
+    return _ops.clamp(self, min, max)
+
+
+T.clamp = _clamp
 T.clip = T.clamp
 
 
@@ -232,6 +248,8 @@ def _masked_fill(self, mask, value):
         if not lo <= int(value) < lo + (1 << bits):  # a fill value is not wrapped, as torch's
             raise RuntimeError(f"masked_fill: value {value} cannot be converted to {self.dtype} "
                                "without overflow")
+    if isinstance(value, Tensor):  # a 0-d tensor, which keeps its gradient (it may be on the CPU)
+        return _ops.masked_fill(self, mask, value.to(device=self.device))
     if past_double(self.dtype, value):
         return _ops.masked_fill(self, mask, as_tensor_like(value, self))
     return _ops.masked_fill(self, mask, float(value))
@@ -278,7 +296,10 @@ min_result = collections.namedtuple("min", ["values", "indices"])
 
 
 def _max(self, dim=None, keepdim=False):
-    """max() of all elements, or the (values, indices) named tuple along dim."""
+    """max() of all elements, the (values, indices) named tuple along dim, or with a tensor the
+    elementwise maximum (torch's max(other); a 0-d int tensor is not a dim)."""
+    if isinstance(dim, Tensor):
+        return _ops.maximum(self, dim)
     if dim is None:
         return _ops.amax(self)
     return max_result(*_ops.max(self, dim, keepdim))
@@ -295,6 +316,8 @@ def _reversed_order(x):
 
 
 def _min(self, dim=None, keepdim=False):
+    if isinstance(dim, Tensor):  # the elementwise minimum, as _max
+        return _ops.minimum(self, dim)
     flipped, back = _reversed_order(self)
     if dim is None:
         return back(_ops.amax(flipped))

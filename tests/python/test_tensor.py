@@ -634,3 +634,26 @@ def test_int64_values_past_two_to_the_53_stay_exact():
     assert ls.arange(5).tolist() == list(range(5)) and (ls.tensor([1.5]) + big).dtype == ls.float32
     with pytest.raises(ValueError, match="step must be nonzero"):
         ls.arange(big, big + 3, 0)
+
+
+def test_tensor_arguments_keep_their_meaning_and_gradient_like_torch():
+    # a 0-d tensor as masked_fill's value or a clamp bound keeps its gradient (a float had dropped it)
+    x = ls.tensor([1.0, 2.0, 3.0], dtype=ls.float64, requires_grad=True)
+    v = ls.tensor(2.0, dtype=ls.float64, requires_grad=True)
+    (x.masked_fill(x > 1.5, v) ** 2).sum().backward()
+    assert v.grad.item() == 8.0 and x.grad.tolist() == [2.0, 0.0, 0.0]
+    for lo, hi, want_bound, want_x in ((2.0, None, 1.0, [0.0, 1.0, 1.0]), (None, 2.0, 1.0, [1.0, 1.0, 0.0])):
+        x = ls.tensor([1.0, 2.0, 3.0], dtype=ls.float64, requires_grad=True)
+        bound = ls.tensor(lo if lo is not None else hi, dtype=ls.float64, requires_grad=True)
+        ls.functional.clamp(x, bound if lo is not None else None, bound if hi is not None else None).sum().backward()
+        assert bound.grad.item() == want_bound and x.grad.tolist() == want_x  # torch's, ties to x
+    # max/min of a tensor argument is elementwise, a 0-d int tensor included (it was read as a dim)
+    m = ls.tensor([[1.0, 5.0], [3.0, 2.0]])
+    assert m.max(ls.tensor(1)).tolist() == [[1.0, 5.0], [3.0, 2.0]]
+    assert m.min(ls.tensor([2.0, 2.0])).tolist() == [[1.0, 2.0], [2.0, 2.0]]
+    # a bool tensor takes only bool results in place
+    b = ls.tensor([True, False])
+    with pytest.raises(TypeError, match="cannot be written into a llmscratch.bool tensor"):
+        b += 1
+    b |= ls.tensor([False, True])
+    assert b.tolist() == [True, True]

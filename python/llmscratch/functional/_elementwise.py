@@ -43,7 +43,7 @@ neg, exp, log, sqrt, rsqrt, tanh, sigmoid, abs, relu, sin, cos = (  # noqa: A001
 
 
 def clamp(x, min=None, max=None):  # noqa: A002
-    return _ops.clamp(x, min, max)
+    return x.clamp(min, max)
 
 
 def masked_fill(x, mask, value):
