@@ -5,6 +5,7 @@
 
 #include "core/autograd.h"
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -105,6 +106,34 @@ void check_inplace(const Tensor& t, const char* op) {
   LS_CHECK(!(grad_enabled() && t.requires_grad()), RuntimeError, op,
            ": a tensor that requires grad cannot be modified in place while grad mode is on "
            "(use no_grad() or detach())");
+  // An expanded dim (stride 0) makes several elements one memory location: which write lands
+  // would depend on the kernel's order (torch refuses too).
+  for (int64_t d = 0; d < t.dim(); ++d)
+    LS_CHECK(t.shape()[d] <= 1 || t.strides()[d] != 0, RuntimeError, op,
+             ": more than one element of the written-to tensor refers to one memory location "
+             "(an expanded dim); clone() it first");
+}
+
+// The bytes [first, last] that t's elements span in its storage.
+std::pair<int64_t, int64_t> byte_span(const Tensor& t) {
+  int64_t lo = t.offset(), hi = t.offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.shape()[d] - 1) * t.strides()[d];
+    (reach < 0 ? lo : hi) += reach;
+  }
+  const int64_t size = int64_t(itemsize(t.dtype()));
+  return {lo * size, hi * size + size - 1};
+}
+
+// Whether src reads memory that dst writes, other than as the very same view: a[:] = a.T or
+// a[1:] = a[:-1] would read elements already overwritten.
+bool overlaps_other_view(const Tensor& dst, const Tensor& src) {
+  if (dst.storage() != src.storage() || dst.numel() == 0 || src.numel() == 0) return false;
+  if (dst.offset() == src.offset() && dst.shape() == src.shape() && dst.strides() == src.strides() &&
+      dst.dtype() == src.dtype())
+    return false;  // each element onto itself
+  const auto a = byte_span(dst), b = byte_span(src);
+  return a.first <= b.second && b.first <= a.second;
 }
 
 }  // namespace
@@ -152,13 +181,16 @@ void copy_(const Tensor& dst, const Tensor& src) {
   LS_CHECK(broadcast_shapes(dst.shape(), src.shape(), "copy_") == dst.shape(), ValueError,
            "copy_: source of shape ", shape_str(src.shape()), " cannot be broadcast to ",
            shape_str(dst.shape()));
-  // The source may live elsewhere; it is moved to the destination's device first.
+  // The source may live elsewhere; it is moved to the destination's device first. One that
+  // shares memory with the destination is read from a snapshot (as numpy does).
   Tensor s = src.device() == dst.device() ? src : to_device(src, dst.device());
+  if (overlaps_other_view(dst, s)) s = contiguous_copy(s);
   call("copy_", {dst, s});
 }
 
 void fill_(const Tensor& dst, double value) {
   check_inplace(dst, "fill_");
+  check_fill_value(value, dst.dtype(), "fill_");
   call("fill_", {dst}, {{"value", value}});
 }
 

@@ -10,6 +10,7 @@
 #include "core/philox.h"
 #include "cpu_loops.h"
 #include "linspace.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -114,6 +115,7 @@ Attrs random_attrs(const Shape& shape, DType dtype, Device device) {
 }  // namespace
 
 Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  check_fill_value(value, dtype, "full");
   return call1("full", {}, factory_attrs(shape, dtype, device).set("value", value));
 }
 Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype(), t.device()); }

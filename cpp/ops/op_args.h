@@ -1,6 +1,7 @@
 // Argument parsing and validation that an op's CPU and CUDA implementations share, so both raise
 // the same errors for the same bad input (the definitions live in the op's cpp/ops/<stem>.cpp).
 #pragma once
+#include <cstdio>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -126,5 +127,22 @@ struct IndexCheckArgs {
   int64_t size, dim, ignore_index;
 };
 IndexCheckArgs parse_index_check(const Tensors& in, const Attrs& a);
+
+// A value written into an integer tensor (full, fill_, masked_fill): finite and within the
+// dtype's range, as torch requires; past it the C++ conversion is undefined (it gave INT_MIN).
+// A fraction is dropped, as in torch. Float and bool tensors take any value.
+inline void check_fill_value(double v, DType d, const char* op) {
+  double lo = 0, end = 0;  // [lo, end)
+  switch (d) {
+    case DType::Int32: lo = -2147483648.0, end = 2147483648.0; break;
+    case DType::Int64: lo = -9223372036854775808.0, end = 9223372036854775808.0; break;
+    case DType::UInt8: lo = 0.0, end = 256.0; break;
+    default: return;
+  }
+  if (v >= lo && v < end) return;
+  char value[40];
+  std::snprintf(value, sizeof value, "%.17g", v);
+  throw RuntimeError(cat(op, ": value ", value, " cannot be converted to ", dtype_name(d), " without overflow"));
+}
 
 }  // namespace ls::ops

@@ -9,6 +9,7 @@
 
 #include "clamp_math.h"
 #include "cpu_loops.h"
+#include "op_args.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -137,6 +138,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, const Tensor& value) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  check_fill_value(value, x.dtype(), "masked_fill");
   return masked_fill(x, mask, scalar_like(value, x));
 }
 

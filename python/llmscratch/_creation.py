@@ -129,6 +129,8 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
         dtype = bool_ if isinstance(fill_value, builtins.bool) else (
             int64 if isinstance(fill_value, numbers.Integral) else float32)
     if past_double(as_dtype(dtype), fill_value):
+        if not -(1 << 63) <= int(fill_value) < 1 << 63:  # as the op refuses a double out of range
+            raise RuntimeError(f"full: value {fill_value} cannot be converted to int64 without overflow")
         t = tensor(np.full(_shape([shape]), int(fill_value), np.int64), device=device)
     else:
         t = _core.ops.full(_shape([shape]), float(fill_value), as_dtype(dtype), as_device(device))

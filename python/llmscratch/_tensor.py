@@ -240,14 +240,9 @@ T.clip = T.clamp
 
 
 def _masked_fill(self, mask, value):
-    """value where mask is true. The op carries value as a double; an int64 one past 2^53 (which
-    the double would round) is made exactly by as_tensor_like and passed as a 0-d tensor."""
-    if self.dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
-        bits, signed = _WRAPPED[self.dtype]
-        lo = -(1 << (bits - 1)) if signed else 0
-        if not lo <= int(value) < lo + (1 << bits):  # a fill value is not wrapped, as torch's
-            raise RuntimeError(f"masked_fill: value {value} cannot be converted to {self.dtype} "
-                               "without overflow")
+    """value where mask is true. The op carries value as a double (one outside an integer dtype's
+    range is refused there: a fill value is not wrapped, as torch's); an int64 one past 2^53
+    (which the double would round) is made exactly by as_tensor_like and passed as a 0-d tensor."""
     if isinstance(value, Tensor):  # a 0-d tensor, which keeps its gradient (it may be on the CPU)
         return _ops.masked_fill(self, mask, value.to(device=self.device))
     if past_double(self.dtype, value):

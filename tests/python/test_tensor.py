@@ -657,3 +657,39 @@ def test_tensor_arguments_keep_their_meaning_and_gradient_like_torch():
         b += 1
     b |= ls.tensor([False, True])
     assert b.tolist() == [True, True]
+
+
+def test_a_copy_from_memory_it_overwrites_reads_a_snapshot():
+    a = ls.tensor(np.arange(9.0).reshape(3, 3))
+    a[:] = a.T
+    assert a.tolist() == np.arange(9.0).reshape(3, 3).T.tolist()
+    b = ls.tensor(np.arange(10.0).reshape(5, 2))
+    b[1:, 0] = b[:-1, 0]  # each row from the one before it, as it was
+    assert b[:, 0].tolist() == [0.0, 0.0, 2.0, 4.0, 6.0] and b[:, 1].tolist() == [1.0, 3.0, 5.0, 7.0, 9.0]
+    c = ls.tensor(np.arange(6.0))
+    c[:] = c  # onto itself
+    assert c.tolist() == list(np.arange(6.0))
+    # an expanded destination has several elements in one place: refused, as in torch
+    x = ls.zeros(3)
+    e = x.expand(2, 3)
+    for write in (lambda: e.add_(ls.tensor([[1.0, 2, 3], [10, 20, 30]])), lambda: e.fill_(1.0)):
+        with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+            write()
+    y = ls.zeros(1, 3).expand(1, 3)  # a size-1 dim is not shared
+    y += 1
+    assert y.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_values_out_of_an_integer_dtypes_range_are_refused_not_converted():
+    # a C++ conversion of such a double is undefined (it gave INT_MIN); torch refuses them
+    for call, what in ((lambda: ls.tensor([1, 2], dtype=ls.int32).fill_(2**32 + 5), "4294967301 cannot be converted to int32"),
+                       (lambda: ls.tensor([1, 2]).fill_(float("nan")), "nan cannot be converted to int64"),
+                       (lambda: ls.tensor([1, 2]).masked_fill(ls.tensor([True, False]), float("inf")), "inf cannot"),
+                       (lambda: ls.full((2,), 2**40, dtype=ls.int32), "1099511627776 cannot be converted to int32"),
+                       (lambda: ls.tensor([1, 2], dtype=ls.uint8).fill_(-1), "-1 cannot be converted to uint8"),
+                       (lambda: ls.tensor([1, 7]).masked_fill(ls.tensor([True, False]), 2**63), "cannot be converted to int64")):
+        with pytest.raises(RuntimeError, match=what):
+            call()
+    assert ls.tensor([1, 7]).masked_fill(ls.tensor([True, False]), 2**63 - 1).tolist() == [2**63 - 1, 7]
+    assert ls.tensor([1, 7], dtype=ls.uint8).fill_(255.7).tolist() == [255, 255]  # a fraction is dropped
+    assert ls.tensor([False]).fill_(float("nan")).tolist() == [True]  # bool takes any value
