@@ -329,13 +329,10 @@ uint8_t norm_code(DType d) {
 }
 
 Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
-  LS_CHECK(!in.empty(), ValueError, "global_norm: no tensors given");
+  ops::check_global_norm_inputs(in);
   std::vector<Tensor> xs;
   int64_t blocks = 0;
   for (size_t k = 0; k < in.size(); ++k) {
-    LS_CHECK(in[k].defined(), ValueError, "global_norm: tensor ", k, " is None");
-    LS_CHECK(is_floating(in[k].dtype()), TypeError, "global_norm: tensors must be floating, got ",
-             dtype_name(in[k].dtype()), " for tensor ", k);
     if (in[k].numel() == 0) continue;
     xs.push_back(ops::contiguous(in[k]));
     blocks += (in[k].numel() + kNormChunk - 1) / kNormChunk;

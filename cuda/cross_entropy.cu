@@ -529,18 +529,11 @@ __global__ void __launch_bounds__(kMaxThreads<T>) cross_entropy_backward_kernel(
 
 Tensors cross_entropy_backward_cuda(const Tensors& in, const Attrs& a) {
   const char* op = "cross_entropy_backward";
-  cpu::expect_inputs(in, 5, 5, op);
-  for (int i : {0, 3, 4})
-    LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ", i == 0 ? "loss gradient" : i == 3 ? "lse" : "lse gradient",
-             " must be floating-point, got ", dtype_name(in[i].dtype()));
-  ops::check_cross_entropy_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  const Reduction red = parse_reduction(a.s("reduction", "mean"), op);
+  const Reduction red =
+      ops::check_cross_entropy_backward_args(in, a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
   const int64_t row_stride = ops::cross_entropy_row_stride(in[1]);  // as the forward
   Tensor logits = row_stride >= 0 ? in[1] : ops::contiguous(in[1]), targets = ops::contiguous(in[2]);
   const int64_t N = logits.size(0), V = logits.size(1), ldx = row_stride >= 0 ? row_stride : V;
-  LS_CHECK(in[0].numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
-           ValueError, op, ": gradients of shapes ", shape_str(in[0].shape()), " and ",
-           shape_str(in[4].shape()), " do not match N = ", N);
   const DType ad = acc_dtype(logits.dtype());
   Tensor g = ops::contiguous(in[0].dtype() == ad ? in[0] : ops::to_dtype(in[0], ad));
   Tensor lse = ops::contiguous(in[3].dtype() == ad ? in[3] : ops::to_dtype(in[3], ad));

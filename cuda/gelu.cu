@@ -74,11 +74,8 @@ Tensors gelu_forward(const Tensors& in, const Attrs& attrs) {
 }
 
 Tensors gelu_backward(const Tensors& in, const Attrs& attrs) {
-  cpu::expect_inputs(in, 2, 2, "gelu_backward");
-  cpu::expect_same_dtype(in[1], in[0], "gelu_backward", "gradient");
+  cpu::check_pointwise_backward_args(in, "gelu_backward");
   const bool tf = tanh_form(attrs, "gelu_backward");
-  LS_CHECK(in[0].shape() == in[1].shape(), ValueError, "gelu_backward: gradient of shape ",
-           shape_str(in[0].shape()), " does not match the input shape ", shape_str(in[1].shape()));
   Tensor g = ops::contiguous(in[0]), x = ops::contiguous(in[1]);
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   set_device(x, "gelu_backward");

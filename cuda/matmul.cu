@@ -327,17 +327,11 @@ bool run_gemm(GemmArgs<T> p, int64_t nbatch, Major am, Major bm) {
 }
 
 Tensors matmul_cuda(const Tensors& in, const Attrs&) {
+  ops::check_matmul_kernel_args(in, "CUDA");
   const Tensor& a0 = in[0];
   const Tensor& b0 = in[1];
-  LS_CHECK(a0.dim() >= 2 && b0.dim() >= 2, ValueError, "matmul: the CUDA kernel takes operands "
-           "of at least 2 dims, got shapes ", shape_str(a0.shape()), " and ", shape_str(b0.shape()));
-  LS_CHECK(a0.dtype() == b0.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a0.dtype()),
-           " and ", dtype_name(b0.dtype()));
   int64_t M = a0.size(-2), K = a0.size(-1), N = b0.size(-1);
-  LS_CHECK(b0.size(-2) == K, ValueError, "matmul: shapes ", shape_str(a0.shape()), " and ",
-           shape_str(b0.shape()), " cannot be multiplied (", K, " != ", b0.size(-2), ")");
   const Tensor bias = in.size() > 2 && in[2].defined() ? ops::contiguous(in[2]) : Tensor();
-  ops::check_matmul_bias(a0, b0, bias);
   Shape batch = broadcast_shapes(Shape(a0.shape().begin(), a0.shape().end() - 2),
                                  Shape(b0.shape().begin(), b0.shape().end() - 2), "matmul");
   Shape out_shape = batch;

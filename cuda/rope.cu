@@ -136,8 +136,7 @@ int64_t rope_row_stride(const Tensor& x) {
 }
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
-  LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
-  ops::check_rope(in[0], in[1], in[2], "rope", false);
+  ops::check_rope_inputs(in, false);
   const int64_t in_rs = rope_row_stride(in[0]);
   Tensor x = in_rs >= 0 ? in[0] : ops::contiguous(in[0]), cs = ops::contiguous(in[1]), sn = ops::contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false), interleaved = attrs.b("interleaved", false);
@@ -161,15 +160,7 @@ Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
 }
 
 Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "rope_cos_sin_backward: expected the inputs (grad, x)");
-  LS_CHECK(in[0].shape() == in[1].shape() && in[1].dim() >= 3, ValueError,
-           "rope_cos_sin_backward: grad shape ", shape_str(in[0].shape()), " must equal x shape ",
-           shape_str(in[1].shape()), " (..., T, NH, HS)");
-  LS_CHECK(in[0].dtype() == in[1].dtype(), TypeError, "rope_cos_sin_backward: grad and x dtypes differ: ",
-           dtype_name(in[0].dtype()), " and ", dtype_name(in[1].dtype()));
-  LS_CHECK(in[1].size(-1) % 2 == 0, ValueError, "rope_cos_sin_backward: head size must be even, got ",
-           in[1].size(-1));
+  ops::check_rope_cos_sin_backward_args(in);
   Tensor g = ops::contiguous(in[0]), x = ops::contiguous(in[1]);
   const bool inverse = attrs.b("inverse", false), interleaved = attrs.b("interleaved", false);
   const int64_t T_ = x.size(-3), NH = x.size(-2), half = x.size(-1) / 2;

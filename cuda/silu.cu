@@ -42,10 +42,7 @@ Tensors silu_forward(const Tensors& in, const Attrs&) {
 }
 
 Tensors silu_backward(const Tensors& in, const Attrs&) {
-  cpu::expect_inputs(in, 2, 2, "silu_backward");
-  cpu::expect_same_dtype(in[1], in[0], "silu_backward", "gradient");
-  LS_CHECK(in[0].shape() == in[1].shape(), ValueError, "silu_backward: gradient of shape ",
-           shape_str(in[0].shape()), " does not match the input shape ", shape_str(in[1].shape()));
+  cpu::check_pointwise_backward_args(in, "silu_backward");
   Tensor g = ops::contiguous(in[0]), x = ops::contiguous(in[1]);
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   set_device(x, "silu_backward");

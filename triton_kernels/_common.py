@@ -19,6 +19,11 @@ def row_block(n: int, cap: int = 4096) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as the native kernels name it in errors: "float32", not "torch.float32"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     """Row statistics (mean, rstd, lse) of 16-bit inputs are kept in float32: a bfloat16 lse of
     about 10 would carry an error of 0.06, i.e. 6% in every probability of the backward."""

@@ -187,6 +187,10 @@ def forward(op, x, res, w, b, eps, centered):
                mean if centered else rstd, rstd, C, eps, CENTERED=centered,
                ADD=res is not None, HAS_W=w is not None, HAS_B=b is not None,
                BLOCK=block, num_warps=row_warps(block))
+    elif not C:  # rows of no elements: their statistics are 0 / 0, as the CPU kernel's
+        rstd.fill_(float("nan"))
+        if centered:
+            mean.fill_(float("nan"))
     return ([h] if h is not None else []) + [y] + ([mean] if centered else []) + [rstd]
 
 

@@ -27,6 +27,7 @@ float64). The grad scale stays on the device (no synchronisation).
 import collections
 import math
 
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -146,19 +147,11 @@ def adamw_step(inputs, attrs):
     has_scale = bool(attrs.get("has_grad_scale", False))
     scale = inputs[-1] if has_scale else None
     tensors = inputs[:-1] if has_scale else inputs
-    if len(tensors) % 4:
-        raise ValueError(f"adamw_step: expected 4 groups of equally many tensors, got {len(tensors)}")
-    n = len(tensors) // 4
+    n = len(tensors) // 4  # groups as CHECKS accepted them
     step = int(attrs["step"])
     if step < 1:
         raise ValueError(f"adamw_step: step must be >= 1, got {step}")
     b1, b2 = float(attrs.get("beta1", 0.9)), float(attrs.get("beta2", 0.999))
-    for k in range(n):
-        for role in range(1, 4):
-            t = tensors[role * n + k]
-            if t.shape != tensors[k].shape or t.dtype != tensors[k].dtype or not t.is_contiguous():
-                raise ValueError(f"adamw_step: tensor {k} of a group does not match its "
-                                 f"contiguous parameter {tuple(tensors[k].shape)}")
     for idx in _by_dtype([k for k in range(n) if tensors[k].numel()], tensors):
         groups = [[tensors[role * n + k] for k in idx] for role in range(4)]
         addr, numel, blk_tensor, blk_start = _tables(groups, tensors[0].device)
@@ -173,8 +166,6 @@ def adamw_step(inputs, attrs):
 
 
 def global_norm(inputs, attrs):
-    if not inputs:
-        raise ValueError("global_norm: no tensors given")
     tensors = [t.contiguous() for t in inputs]
     device = tensors[0].device
     partials = []
@@ -208,3 +199,16 @@ def _serves_adamw(inputs, attrs):
 
 KERNELS = {"adamw_step": adamw_step, "global_norm": global_norm}
 SERVES = {"adamw_step": _serves_adamw, "global_norm": lambda inputs, attrs: _at_most_float32(inputs)}
+
+
+def _check_adamw(inputs, attrs):
+    """CHECKS entry: the CPU and CUDA kernels' checks of the groups (equally many tensors, each of
+    its parameter's shape and allowed dtype, all contiguous: a strided parameter had been updated
+    in storage order against its gradient in logical order) and of grad_scale; parameters may
+    also be bfloat16 or float16 here (with gradients and moments of their dtype)."""
+    _core.ops.check_adamw_inputs(inputs, bool(attrs.get("has_model_copy", False)),
+                                 bool(attrs.get("has_grad_scale", False)), True)  # 16-bit parameters too
+
+
+CHECKS = {"adamw_step": _check_adamw,
+          "global_norm": lambda inputs, attrs: _core.ops.check_global_norm_inputs(inputs)}

@@ -61,7 +61,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import launch
+from ._common import dtype_name, launch
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
@@ -451,9 +451,9 @@ def _check(q, k, v, op):
         raise ValueError(f"{op}: q must be (B, NH, T, HS) and k, v (B, NKV, S, HS); got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{op}: the triton backend supports float32, float16 and bfloat16, got {q.dtype}")
+        raise TypeError(f"{op}: the triton backend supports float32, float16 and bfloat16, got {dtype_name(q.dtype)}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"{op}: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"{op}: q, k, v dtypes differ: {dtype_name(q.dtype)}, {dtype_name(k.dtype)}, {dtype_name(v.dtype)}")
     if k.shape != v.shape:
         raise ValueError(f"{op}: k and v shapes differ: {tuple(k.shape)} and {tuple(v.shape)}")
     B, NH, T, HS = q.shape
@@ -579,6 +579,11 @@ def attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, s
                          f"(B, NH, T); got {tuple(out.shape)}, {tuple(dout.shape)}, {tuple(lse.shape)}")
     if dlse is not None and dlse.shape != lse.shape:
         raise ValueError(f"attention_backward: dlse must have lse's shape {tuple(lse.shape)}")
+    # the CUDA kernel's dtype rules (a mixed pair had reached tl.dot)
+    if out.dtype != q.dtype or dout.dtype != q.dtype:
+        raise TypeError(f"attention_backward: out and dout must have q's dtype {dtype_name(q.dtype)}")
+    if not lse.dtype.is_floating_point or (dlse is not None and not dlse.dtype.is_floating_point):
+        raise TypeError("attention_backward: lse and dlse must be float tensors")
     fused = _fused_qkv_grads(q, k, v)
     if fused is not None:
         dq, dk, dv = fused

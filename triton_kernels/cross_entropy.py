@@ -129,7 +129,7 @@ def _cross_entropy_fwd(X, TGT, LSE, LOSS, V, VB, ld, ignore_index, eps,
 
 @triton.jit
 def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, VB, ldx, ldd, ignore_index, eps,
-                       PER_ROW: tl.constexpr, HAS_GLSE: tl.constexpr, BLOCK: tl.constexpr):
+                       PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     t = tl.load(TGT + n).to(tl.int64)
     if PER_ROW:
@@ -137,9 +137,7 @@ def _cross_entropy_bwd(G, SCALE, X, TGT, LSE, GLSE, DX, V, VB, ldx, ldd, ignore_
     else:
         k = tl.load(SCALE).to(tl.float32)
     k = tl.where(t != ignore_index, k, 0.0)
-    kp = k
-    if HAS_GLSE:
-        kp += tl.load(GLSE + n).to(tl.float32)
+    kp = k + tl.load(GLSE + n).to(tl.float32)
     lse = tl.load(LSE + n).to(tl.float32)
     off_all = k * eps / V
     cols = tl.arange(0, BLOCK)
@@ -218,18 +216,9 @@ def _attrs(attrs, op):
     return int(attrs.get("ignore_index", -100)), reduction, eps
 
 
-def _check(op, logits, targets):
-    if logits.dim() != 2 or targets.dim() != 1 or logits.shape[0] != targets.shape[0]:
-        raise ValueError(f"{op}: expected logits (N, V) and targets (N,), got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
-    if targets.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{op}: targets must be int32 or int64, got {targets.dtype}")
-
-
 def cross_entropy_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy")
     logits, targets = inputs[0], inputs[1].contiguous()
-    _check("cross_entropy", logits, targets)
     logits, ld = _logits_rows(logits)
     N, V = logits.shape
     lse = torch.empty(N, dtype=stat_dtype(logits.dtype), device=logits.device)
@@ -249,14 +238,9 @@ def cross_entropy_forward(inputs, attrs):
 
 def cross_entropy_backward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy_backward")
-    g, targets, lse = inputs[0].contiguous(), inputs[2].contiguous(), inputs[3].contiguous()
-    g_lse = inputs[4].contiguous() if inputs[4] is not None else None
-    _check("cross_entropy_backward", inputs[1], targets)
+    g, targets, lse, g_lse = (t.contiguous() for t in (inputs[0], inputs[2], inputs[3], inputs[4]))
     logits, ldx = _logits_rows(inputs[1])
     N, V = logits.shape
-    if g.numel() != (N if reduction == "none" else 1) or lse.numel() != N:
-        raise ValueError(f"cross_entropy_backward: gradients of shapes {tuple(g.shape)} and lse "
-                         f"{tuple(lse.shape)} do not match N = {N}")
     # The gradient reaching every row's loss, kept on the device.
     if reduction == "sum":
         scale = g.float().reshape(1)
@@ -268,9 +252,8 @@ def cross_entropy_backward(inputs, attrs):
     dlogits = matmul_output((N, V), logits.dtype, logits.device)
     if N and V:
         block = max(row_block(V), _GROUP.value)
-        launch(_cross_entropy_bwd, (N,), g, scale, logits, targets, lse,
-               g_lse if g_lse is not None else lse, dlogits, V, _whole(V), ldx, dlogits.stride(0), ignore, eps,
-               PER_ROW=reduction == "none", HAS_GLSE=g_lse is not None,
+        launch(_cross_entropy_bwd, (N,), g, scale, logits, targets, lse, g_lse, dlogits, V, _whole(V), ldx,
+               dlogits.stride(0), ignore, eps, PER_ROW=reduction == "none",
                BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return [dlogits]
 
@@ -290,15 +273,6 @@ def _logits_rows(logits):
         logits = logits.contiguous()
         ld = logits.shape[1]
     return logits, ld
-
-
-def _check_inplace(op, logits):
-    ld = _logits_row_stride(logits)
-    if ld is None:
-        raise ValueError(f"{op}: logits must have contiguous rows that do not overlap, since the "
-                         f"gradient is written into their memory (a copy would hold a second (N, V) "
-                         f"tensor); got shape {tuple(logits.shape)} with strides {tuple(logits.stride())}")
-    return ld
 
 
 def _inplace_tiling(V, itemsize):
@@ -324,11 +298,8 @@ def _inplace_tiling(V, itemsize):
 def cross_entropy_inplace_forward(inputs, attrs):
     ignore, reduction, eps = _attrs(attrs, "cross_entropy_inplace")
     logits, targets = inputs[0], inputs[1].contiguous()
-    _check("cross_entropy_inplace", logits, targets)
-    ld = _check_inplace("cross_entropy_inplace", logits)
+    ld = _logits_row_stride(logits)  # rows CHECKS accepted
     N, V = logits.shape
-    if N and not V:
-        raise ValueError(f"cross_entropy_inplace: logits of shape {tuple(logits.shape)} have no classes")
     row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     count = (targets != ignore).sum()  # on the device: the mean's 1/count is read by the kernel
     if N:
@@ -347,14 +318,8 @@ def cross_entropy_inplace_forward(inputs, attrs):
 def cross_entropy_inplace_backward(inputs, attrs):
     _, reduction, _ = _attrs(attrs, "cross_entropy_inplace_backward")
     g, dlogits = inputs[0].contiguous(), inputs[1]
-    if dlogits.dim() != 2:
-        raise ValueError(f"cross_entropy_inplace_backward: expected dlogits (N, V), got "
-                         f"{tuple(dlogits.shape)}")
-    ld = _check_inplace("cross_entropy_inplace_backward", dlogits)
+    ld = _logits_row_stride(dlogits)  # rows CHECKS accepted
     N, V = dlogits.shape
-    if g.numel() != (N if reduction == "none" else 1):
-        raise ValueError(f"cross_entropy_inplace_backward: loss gradient of shape {tuple(g.shape)} "
-                         f"does not match reduction '{reduction}' over N = {N} rows")
     if dlogits.numel():
         per_row = reduction == "none"
         # one factor over contiguous dlogits: a single row (its stride unused: 0, which triton
@@ -378,6 +343,8 @@ def _check_args(op, first):
     first bad target raises the CPU op's IndexError at the next synchronisation, as the CUDA
     kernels' check does)."""
     def check(inputs, attrs):
+        if first == 0:  # the forwards' (logits, targets); the backward's five are checked before
+            _core.ops.expect_inputs(inputs, 2, 2, op)
         logits, targets = inputs[first], inputs[first + 1]
         _core.ops.check_cross_entropy_args(logits, targets, str(attrs.get("reduction", "mean")),
                                            float(attrs.get("label_smoothing", 0.0)))
@@ -386,6 +353,28 @@ def _check_args(op, first):
     return check
 
 
+def _check_inplace_forward(inputs, attrs):
+    """CHECKS entry of the in-place forward: _check_args', then the logits' rows, which the
+    gradient is written into (the CPU and CUDA kernels' check_cross_entropy_inplace_logits)."""
+    _check_args("cross_entropy_inplace", 0)(inputs, attrs)
+    _core.ops.check_cross_entropy_inplace_logits(inputs[0], "cross_entropy_inplace")
+
+
+def _check_backward(inputs, attrs):
+    """CHECKS entry of the backward: its five inputs as every backend checks them (the gradients'
+    and lse's sizes and dtypes: a short g_lse was read past its end), then the targets' range."""
+    _core.ops.check_cross_entropy_backward_args(inputs, str(attrs.get("reduction", "mean")),
+                                                float(attrs.get("label_smoothing", 0.0)))
+    _check_args("cross_entropy_backward", 1)(inputs, attrs)
+
+
+def _check_inplace_backward(inputs, attrs):
+    """CHECKS entry of the in-place backward: {g_loss, dlogits} as every backend checks them."""
+    _core.ops.expect_inputs(inputs, 2, 2, "cross_entropy_inplace_backward")
+    _core.ops.check_cross_entropy_inplace_backward_args(inputs[0], inputs[1], str(attrs.get("reduction", "mean")))
+
+
 CHECKS = {"cross_entropy": _check_args("cross_entropy", 0),
-          "cross_entropy_inplace": _check_args("cross_entropy_inplace", 0),
-          "cross_entropy_backward": _check_args("cross_entropy_backward", 1)}
+          "cross_entropy_inplace": _check_inplace_forward,
+          "cross_entropy_backward": _check_backward,
+          "cross_entropy_inplace_backward": _check_inplace_backward}

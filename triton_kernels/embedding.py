@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch
+from ._common import dtype_name, launch
 
 
 # Elements per program: 32 per thread at 4 warps, four 16-byte loads of bf16 in flight each.
@@ -158,7 +158,7 @@ def _embedding_bwd(G, ORDER, START, PIECES, DW, V, C, CHUNK: tl.constexpr, ROWS:
 
 def _ids(ids, op):
     if ids.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{op}: ids must be int32 or int64, got {ids.dtype}")
+        raise TypeError(f"{op}: ids must be int32 or int64, got {dtype_name(ids.dtype)}")
     return ids.contiguous().reshape(-1)
 
 

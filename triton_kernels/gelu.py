@@ -12,6 +12,7 @@ float32 arithmetic for every dtype. 1 + tanh(u) is written as 2 sigmoid(2u): one
 cancellation. Limit: Phi uses erf, so for x below about -5 its relative accuracy drops (the
 values are below 1e-6 there; the CPU reference uses erfc).
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -74,9 +75,6 @@ def gelu_forward(inputs, attrs):
 def gelu_backward(inputs, attrs):
     tanh = _tanh_form(attrs, "gelu_backward")
     g, x = inputs[0].contiguous(), inputs[1].contiguous()
-    if g.shape != x.shape:
-        raise ValueError(f"gelu_backward: gradient of shape {tuple(g.shape)} does not match the "
-                         f"input shape {tuple(x.shape)}")
     dx = torch.empty_like(x)
     if x.numel():
         launch(_gelu_bwd, flat_grid(x.numel()), g, x, dx, x.numel(), TANH=tanh, BLOCK=ELEMENTWISE_BLOCK)
@@ -84,3 +82,6 @@ def gelu_backward(inputs, attrs):
 
 
 KERNELS = {"gelu": gelu_forward, "gelu_backward": gelu_backward}
+# the CPU and CUDA kernels' checks: one input; {g, x} of one dtype and shape
+CHECKS = {"gelu": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, "gelu"),
+          "gelu_backward": lambda inputs, attrs: _core.ops.check_pointwise_backward_args(inputs, "gelu_backward")}

@@ -38,6 +38,7 @@ import collections
 import functools
 import os
 
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -47,7 +48,7 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
-from ._common import fold_stride, launch, lru_get, lru_put, matmul_output, num_sms
+from ._common import dtype_name, fold_stride, launch, lru_get, lru_put, matmul_output, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -405,9 +406,9 @@ def matmul_forward(a, b, bias=None):
         raise ValueError("matmul: both operands need at least one dimension, got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     if a.dtype != b.dtype:
-        raise TypeError(f"matmul: dtypes differ: {a.dtype} and {b.dtype}")
+        raise TypeError(f"matmul: dtypes differ: {dtype_name(a.dtype)} and {dtype_name(b.dtype)}")
     if a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"matmul: the triton backend supports float32, float16 and bfloat16, got {a.dtype}")
+        raise TypeError(f"matmul: the triton backend supports float32, float16 and bfloat16, got {dtype_name(a.dtype)}")
     if a.device != b.device:
         raise ValueError(f"matmul: operands are on {a.device} and {b.device}")
     A = a.unsqueeze(0) if a.dim() == 1 else a
@@ -418,8 +419,8 @@ def matmul_forward(a, b, bias=None):
                          f"multiplied ({K} != {B.shape[-2]})")
     if bias is not None:
         if a.dim() < 2 or b.dim() < 2 or bias.shape != (N,) or bias.dtype != a.dtype:
-            raise ValueError(f"matmul: the bias must be ({N},) in {a.dtype} with operands of at least "
-                             f"2 dims; got {tuple(bias.shape)} {bias.dtype} for shapes "
+            raise ValueError(f"matmul: the bias must be ({N},) in {dtype_name(a.dtype)} with operands of at least "
+                             f"2 dims; got {tuple(bias.shape)} {dtype_name(bias.dtype)} for shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         bias = bias.contiguous()
     if a.dim() == 2 and b.dim() == 2:  # the common case, with the least host work
@@ -450,3 +451,6 @@ def _matmul_op(inputs, attrs):
 
 
 KERNELS = {"matmul": _matmul_op}
+# the CPU and CUDA kernels' checks (count, dims, dtypes, K, the bias, broadcastable batch dims:
+# torch's broadcast had raised its own RuntimeError)
+CHECKS = {"matmul": lambda inputs, attrs: _core.ops.check_matmul_kernel_args(inputs)}

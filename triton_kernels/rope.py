@@ -131,9 +131,6 @@ def rope_forward(inputs, attrs):
 def rope_cos_sin_backward(inputs, attrs):
     g, x = inputs[0].contiguous(), inputs[1].contiguous()
     T, NH, half = _layout(x, "rope_cos_sin_backward")
-    if g.shape != x.shape:
-        raise ValueError(f"rope_cos_sin_backward: grad shape {tuple(g.shape)} must equal x shape "
-                         f"{tuple(x.shape)}")
     dcos = torch.empty((T, half), dtype=x.dtype, device=x.device)
     dsin = torch.empty_like(dcos)
     per_lead = T * NH * 2 * half
@@ -147,5 +144,6 @@ def rope_cos_sin_backward(inputs, attrs):
 
 
 KERNELS = {"rope": rope_forward, "rope_cos_sin_backward": rope_cos_sin_backward}
-# the CPU and CUDA kernels' checks of x, cos and sin (dtypes and shapes)
-CHECKS = {"rope": lambda inputs, attrs: _core.ops.check_rope(inputs[0], inputs[1], inputs[2], "rope")}
+# the CPU and CUDA kernels' checks of x, cos and sin (count, dtypes and shapes) and of {g, x}
+CHECKS = {"rope": lambda inputs, attrs: _core.ops.check_rope_inputs(inputs),
+          "rope_cos_sin_backward": lambda inputs, attrs: _core.ops.check_rope_cos_sin_backward_args(inputs)}

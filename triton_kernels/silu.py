@@ -6,6 +6,7 @@ Shapes: any; elementwise over the flattened contiguous tensor, 1024 elements per
 Registry ops (cpp/ops/silu.cpp): "silu" {x} -> {y}; "silu_backward" {g, x} -> {dx}.
 float32 arithmetic for every dtype; sigmoid = 1 / (1 + exp(-x)) is exactly 0 once exp overflows.
 """
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -42,9 +43,6 @@ def silu_forward(inputs, attrs):
 
 def silu_backward(inputs, attrs):
     g, x = inputs[0].contiguous(), inputs[1].contiguous()
-    if g.shape != x.shape:
-        raise ValueError(f"silu_backward: gradient of shape {tuple(g.shape)} does not match the "
-                         f"input shape {tuple(x.shape)}")
     dx = torch.empty_like(x)
     if x.numel():
         launch(_silu_bwd, flat_grid(x.numel()), g, x, dx, x.numel(), BLOCK=ELEMENTWISE_BLOCK)
@@ -52,3 +50,6 @@ def silu_backward(inputs, attrs):
 
 
 KERNELS = {"silu": silu_forward, "silu_backward": silu_backward}
+# the CPU and CUDA kernels' checks: one input; {g, x} of one dtype and shape
+CHECKS = {"silu": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, "silu"),
+          "silu_backward": lambda inputs, attrs: _core.ops.check_pointwise_backward_args(inputs, "silu_backward")}

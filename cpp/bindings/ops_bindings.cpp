@@ -12,6 +12,15 @@
 namespace py = pybind11;
 using namespace ls;
 
+namespace {
+// A Python list of llmscratch tensors or None (an undefined Tensor), as the kernels get inputs.
+Tensors tensors_of(const py::sequence& inputs) {
+  Tensors in;
+  for (const py::handle& t : inputs) in.push_back(t.is_none() ? Tensor() : t.cast<Tensor>());
+  return in;
+}
+}  // namespace
+
 void bind_ops(py::module_& root) {
   py::module_ m = root.def_submodule("ops", "C++ op wrappers");
   using namespace ls::ops;
@@ -36,10 +45,24 @@ void bind_ops(py::module_& root) {
   });
   m.def("check_swiglu_args", &check_swiglu_args);
   m.def("check_cross_entropy_args", &check_cross_entropy_args);
+  m.def("check_cross_entropy_backward_args", [](const py::sequence& inputs, const std::string& reduction,
+                                                double label_smoothing) {
+    check_cross_entropy_backward_args(tensors_of(inputs), reduction, label_smoothing);
+  });
+  m.def("check_cross_entropy_inplace_logits", [](const Tensor& logits, const std::string& op) {
+    return check_cross_entropy_inplace_logits(logits, op.c_str());
+  });
+  m.def("check_cross_entropy_inplace_backward_args", [](const Tensor& g, const Tensor& dlogits,
+                                                        const std::string& reduction) {
+    return check_cross_entropy_inplace_backward_args(g, dlogits, reduction).row_stride;
+  });
+  m.def("check_adamw_inputs", [](const py::sequence& inputs, bool has_model_copy, bool has_grad_scale,
+                                  bool params_16bit) {
+    return check_adamw_inputs(tensors_of(inputs), has_model_copy, has_grad_scale, "adamw_step", params_16bit);
+  });
+  m.def("check_global_norm_inputs", [](const py::sequence& inputs) { check_global_norm_inputs(tensors_of(inputs)); });
   m.def("expect_inputs", [](const py::sequence& inputs, size_t min_n, size_t max_n, const std::string& op) {
-    Tensors in;
-    for (const py::handle& t : inputs) in.push_back(t.is_none() ? Tensor() : t.cast<Tensor>());
-    cpu::expect_inputs(in, min_n, max_n, op.c_str());
+    cpu::expect_inputs(tensors_of(inputs), min_n, max_n, op.c_str());
   });
   m.def("check_softmax_backward_args", [](const Tensor& y, const Tensor& g, const std::string& op) {
     check_softmax_backward_args(y, g, op.c_str());
@@ -48,8 +71,15 @@ void bind_ops(py::module_& root) {
                                       std::optional<Tensor> g, const std::string& op) {
     check_moe_combine_args(y, gates, row, or_none(g), op.c_str());
   });
-  m.def("check_rope", [](const Tensor& x, const Tensor& cos, const Tensor& sin, const std::string& op) {
-    check_rope(x, cos, sin, op.c_str(), false);
+  m.def("check_pointwise_backward_args", [](const py::sequence& inputs, const std::string& op) {
+    cpu::check_pointwise_backward_args(tensors_of(inputs), op.c_str());
+  });
+  m.def("check_matmul_kernel_args", [](const py::sequence& inputs) {
+    check_matmul_kernel_args(tensors_of(inputs), "Triton");
+  });
+  m.def("check_rope_inputs", [](const py::sequence& inputs) { check_rope_inputs(tensors_of(inputs), false); });
+  m.def("check_rope_cos_sin_backward_args", [](const py::sequence& inputs) {
+    check_rope_cos_sin_backward_args(tensors_of(inputs));
   });
   m.def("arange", &arange);
   m.def("linspace", &linspace);

@@ -113,6 +113,23 @@ InplaceBackwardArgs check_cross_entropy_inplace_backward_args(const Tensor& g, c
   return {red, ld};
 }
 
+Reduction check_cross_entropy_backward_args(const Tensors& in, const std::string& reduction,
+                                            double label_smoothing) {
+  const char* op = "cross_entropy_backward";
+  cpu::expect_inputs(in, 5, 5, op);
+  for (int i : {0, 3, 4})
+    LS_CHECK(is_floating(in[i].dtype()), TypeError, op, ": ",
+             i == 0 ? "loss gradient" : i == 3 ? "lse" : "lse gradient", " must be floating-point, got ",
+             dtype_name(in[i].dtype()));
+  check_cross_entropy_args(in[1], in[2], reduction, label_smoothing);
+  const Reduction red = parse_reduction(reduction, op);
+  const int64_t N = in[1].size(0);
+  LS_CHECK(in[0].numel() == (red == Reduction::None ? N : 1) && in[4].numel() == N && in[3].numel() == N,
+           ValueError, op, ": gradients of shapes ", shape_str(in[0].shape()), " and ",
+           shape_str(in[4].shape()), " do not match N = ", N);
+  return red;
+}
+
 std::string bad_target_message(const char* op, int64_t target, int64_t position, int64_t V,
                                int64_t ignore_index) {
   return ::ls::cat(op, ": target ", target, " at position ", position, " is out of range for ", V,
@@ -213,21 +230,15 @@ Tensors cross_entropy_inplace_forward(const Tensors& in, const Attrs& a) {
 }
 
 Tensors cross_entropy_backward(const Tensors& in, const Attrs& a) {
-  const char* op = "cross_entropy_backward";
-  cpu::expect_inputs(in, 5, 5, op);
-  for (int i : {0, 3, 4}) cpu::expect_same_dtype(in[1], in[i], op, i == 3 ? "lse" : "gradient");
-  check_cross_entropy_args(in[1], in[2], a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
-  Tensor g = contiguous(in[0]), logits = contiguous(in[1]);
-  Tensor lse = contiguous(in[3]), g_lse = contiguous(in[4]);
+  const Reduction red = check_cross_entropy_backward_args(in, a.s("reduction", "mean"), a.f("label_smoothing", 0.0));
+  // the gradients and lse in the logits' dtype, which the loops read them as
+  auto as_logits = [&](const Tensor& t) { return contiguous(to_dtype(t, in[1].dtype())); };
+  Tensor g = as_logits(in[0]), logits = contiguous(in[1]);
+  Tensor lse = as_logits(in[3]), g_lse = as_logits(in[4]);
   const int64_t N = logits.size(0), V = logits.size(1);
   const int64_t ignore = a.i("ignore_index", -100);
-  const Reduction red = parse_reduction(a.s("reduction", "mean"), "cross_entropy_backward");
   const double eps = a.f("label_smoothing", 0.0);
   std::vector<int64_t> t = checked_targets(in[2], V, ignore, "cross_entropy_backward");
-  LS_CHECK(g.numel() == (red == Reduction::None ? N : 1) && g_lse.numel() == N && lse.numel() == N,
-           ValueError,
-           "cross_entropy_backward: gradients of shapes ", shape_str(g.shape()), " and ",
-           shape_str(g_lse.shape()), " do not match N = ", N);
   int64_t count = 0;
   for (int64_t n = 0; n < N; ++n) count += t[n] != ignore;
 

@@ -77,12 +77,9 @@ Tensors gelu_forward(const Tensors& in, const Attrs& a) {
 }
 
 Tensors gelu_backward(const Tensors& in, const Attrs& a) {
-  cpu::expect_inputs(in, 2, 2, "gelu_backward");
-  cpu::expect_same_dtype(in[1], in[0], "gelu_backward", "gradient");
+  cpu::check_pointwise_backward_args(in, "gelu_backward");
   bool tanh_approx = tanh_form(a, "gelu_backward");
   Tensor g = contiguous(in[0]), x = contiguous(in[1]);
-  LS_CHECK(g.shape() == x.shape(), ValueError, "gelu_backward: gradient of shape ",
-           shape_str(g.shape()), " does not match the input shape ", shape_str(x.shape()));
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   DISPATCH_FLOAT(x.dtype(), "gelu_backward",
                  gelu_backward_kernel(g.data<scalar_t>(), x.data<scalar_t>(),

@@ -26,4 +26,12 @@ inline void expect_same_dtype(const Tensor& a, const Tensor& b, const char* op, 
            " differs from the input dtype ", dtype_name(a.dtype()));
 }
 
+// The inputs {g, x} of an elementwise op's backward (gelu, silu): two, g of x's dtype and shape.
+inline void check_pointwise_backward_args(const Tensors& in, const char* op) {
+  expect_inputs(in, 2, 2, op);
+  expect_same_dtype(in[1], in[0], op, "gradient");
+  LS_CHECK(in[0].shape() == in[1].shape(), ValueError, op, ": gradient of shape ", shape_str(in[0].shape()),
+           " does not match the input shape ", shape_str(in[1].shape()));
+}
+
 }  // namespace ls::cpu

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "cpu_loops.h"
 #include "gemm_cpu.h"
+#include "kernel_checks.h"
 #include "op_args.h"
 #include "ops.h"
 
@@ -47,6 +48,21 @@ void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias) {
            "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
 }
 
+void check_matmul_kernel_args(const Tensors& in, const char* backend) {
+  cpu::expect_inputs(in, 2, 3, "matmul");
+  const Tensor& a = in[0];
+  const Tensor& b = in[1];
+  LS_CHECK(a.dim() >= 2 && b.dim() >= 2, ValueError, "matmul: the ", backend, " kernel takes operands of at "
+           "least 2 dims, got shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()));
+  LS_CHECK(a.dtype() == b.dtype(), TypeError, "matmul: dtypes differ: ", dtype_name(a.dtype()), " and ",
+           dtype_name(b.dtype()));
+  LS_CHECK(b.size(-2) == a.size(-1), ValueError, "matmul: shapes ", shape_str(a.shape()), " and ",
+           shape_str(b.shape()), " cannot be multiplied (", a.size(-1), " != ", b.size(-2), ")");
+  check_matmul_bias(a, b, in.size() > 2 ? in[2] : Tensor());
+  broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2), Shape(b.shape().begin(), b.shape().end() - 2),
+                   "matmul");
+}
+
 int64_t matmul_row_stride(int64_t N, int64_t itemsize) {
   // The copy engine and cp.async read rows at 16-byte strides: an operand with any other stride is
   // first copied into padded rows, one pass over it per GEMM (twice a step for the logits'
@@ -77,10 +93,10 @@ void add_bias_rows(T* c, int64_t rows, int64_t N, const T* bias) {
 }
 
 Tensors matmul_cpu(const Tensors& in, const Attrs&) {
+  check_matmul_kernel_args(in, "CPU");
   const Tensor& a = in[0];
   const Tensor& b = in[1];
   const Tensor bias = in.size() > 2 && in[2].defined() ? contiguous(in[2]) : Tensor();
-  check_matmul_bias(a, b, bias);
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
                                  Shape(b.shape().begin(), b.shape().end() - 2), "matmul");

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "core/error.h"
 #include "core/registry.h"
 
 namespace ls::ops {
@@ -28,6 +29,11 @@ struct InplaceBackwardArgs {
 };
 InplaceBackwardArgs check_cross_entropy_inplace_backward_args(const Tensor& g, const Tensor& dlogits,
                                                               const std::string& reduction);
+// The backward's {g_loss, logits, targets, lse, g_lse} on every backend: five inputs, the
+// gradients and lse floating (any floating dtype: the kernels convert them), (logits, targets)
+// as check_cross_entropy_args, and g_loss, lse and g_lse sized for N rows. Returns the reduction.
+Reduction check_cross_entropy_backward_args(const Tensors& in, const std::string& reduction,
+                                            double label_smoothing);
 
 // layer_norm.cpp, for layer_norm, rms_norm and their add_ variants: x floating with at least one
 // dimension, each defined parameter (pointer, name) of shape (C,) and x's dtype, eps >= 0; and
@@ -53,6 +59,10 @@ void check_swiglu_args(const Tensor& a, const Tensor& b);
 // rope.cpp. cpu_kernel: also require the CPU kernels' dtypes (float32/float64).
 void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,
                 bool cpu_kernel);
+// rope's {x, cos, sin}: three inputs, then check_rope.
+void check_rope_inputs(const Tensors& in, bool cpu_kernel);
+// rope_cos_sin_backward's {g, x}: both given, of one shape (..., T, NH, HS) with HS even, one dtype.
+void check_rope_cos_sin_backward_args(const Tensors& in);
 
 // softmax.cpp: x viewed as (O, N, I) around the softmax dim (O before it, I after it).
 struct RowLayout {
@@ -71,6 +81,10 @@ bool contiguous_rows(const Tensor& x, int64_t& rows, int64_t& ld);
 
 // matmul.cpp: matmul's optional bias (undefined: none) is (N,) in a's dtype, N = b.size(-1).
 void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
+// The "matmul" kernels' {a, b[, bias]} (ops::matmul handles 1-D operands before them): a
+// (..., M, K) and b (..., K, N) of one dtype and broadcastable batch dims, the bias as
+// check_matmul_bias. backend names the kernel in the message ("CPU", "CUDA", "Triton").
+void check_matmul_kernel_args(const Tensors& in, const char* backend);
 
 // matmul.cpp: the row stride, in elements, of a GPU matmul output with N columns of a dtype of
 // itemsize bytes: N, or for a long 16-bit row that is not a multiple of 16 bytes (GPT-2's
@@ -142,7 +156,7 @@ inline void check_fill_value(double v, DType d, const char* op) {
   if (v >= lo && v < end) return;
   char value[40];
   std::snprintf(value, sizeof value, "%.17g", v);
-  throw RuntimeError(cat(op, ": value ", value, " cannot be converted to ", dtype_name(d), " without overflow"));
+  throw ::ls::RuntimeError(::ls::cat(op, ": value ", value, " cannot be converted to ", dtype_name(d), " without overflow"));
 }
 
 }  // namespace ls::ops

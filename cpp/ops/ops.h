@@ -154,7 +154,11 @@ void adamw_step(const Tensors& params, const Tensors& grads, const Tensors& exp_
                 double weight_decay, int64_t step, const Tensor& grad_scale = Tensor(),
                 const Tensors& model_copies = {});
 Tensor global_norm(const Tensors& tensors);
-// The input checks of the "adamw_step" kernels (CPU and CUDA): P tensors per group, the dtype
-// rules, one shape per parameter, contiguous memory. Returns P.
-size_t check_adamw_inputs(const Tensors& in, bool has_model_copy, bool has_grad_scale, const char* op);
+// The input checks of the "adamw_step" kernels: P tensors per group, the dtype rules, one shape
+// per parameter, contiguous memory. Returns P. params_16bit: bfloat16/float16 parameters too
+// (the Triton kernel's; their gradients and moments in their dtype).
+size_t check_adamw_inputs(const Tensors& in, bool has_model_copy, bool has_grad_scale, const char* op,
+                          bool params_16bit = false);
+// The input checks of the "global_norm" kernels: at least one tensor, each given and floating.
+void check_global_norm_inputs(const Tensors& in);
 }  // namespace ls::ops

@@ -21,6 +21,23 @@ namespace ls::ops {
 
 // Validation shared by the typed wrapper and the kernels of every backend. cpu_kernel: the CPU
 // kernels' dtypes (float32/float64); other backends also take 16-bit floats.
+void check_rope_inputs(const Tensors& in, bool cpu_kernel) {
+  LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
+  check_rope(in[0], in[1], in[2], "rope", cpu_kernel);
+}
+
+void check_rope_cos_sin_backward_args(const Tensors& in) {
+  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
+           "rope_cos_sin_backward: expected the inputs (grad, x)");
+  LS_CHECK(in[0].shape() == in[1].shape() && in[1].dim() >= 3, ValueError,
+           "rope_cos_sin_backward: grad shape ", shape_str(in[0].shape()), " must equal x shape ",
+           shape_str(in[1].shape()), " (..., T, NH, HS)");
+  LS_CHECK(in[0].dtype() == in[1].dtype(), TypeError, "rope_cos_sin_backward: grad and x dtypes differ: ",
+           dtype_name(in[0].dtype()), " and ", dtype_name(in[1].dtype()));
+  LS_CHECK(in[1].size(-1) % 2 == 0, ValueError, "rope_cos_sin_backward: head size must be even, got ",
+           in[1].size(-1));
+}
+
 void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,
                 bool cpu_kernel) {
   LS_CHECK(x.defined() && cos.defined() && sin.defined(), ValueError, op,
@@ -57,8 +74,7 @@ struct PairLayout {
 };
 
 Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
-  LS_CHECK(in.size() == 3, ValueError, "rope: expected the inputs (x, cos, sin)");
-  check_rope(in[0], in[1], in[2], "rope", true);
+  check_rope_inputs(in, true);
   Tensor x = contiguous(in[0]), cs = contiguous(in[1]), sn = contiguous(in[2]);
   const bool inverse = attrs.b("inverse", false);
   const int64_t T = x.size(-3), NH = x.size(-2), HS = x.size(-1);
@@ -92,14 +108,8 @@ Tensors rope_forward(const Tensors& in, const Attrs& attrs) {
 
 // Inputs {g, x}: the gradients of cos and sin, each (T, HS/2).
 Tensors rope_cos_sin_backward(const Tensors& in, const Attrs& attrs) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "rope_cos_sin_backward: expected the inputs (grad, x)");
+  check_rope_cos_sin_backward_args(in);
   Tensor g = contiguous(in[0]), x = contiguous(in[1]);
-  LS_CHECK(g.shape() == x.shape() && x.dim() >= 3, ValueError,
-           "rope_cos_sin_backward: grad shape ", shape_str(g.shape()), " must equal x shape ",
-           shape_str(x.shape()));
-  LS_CHECK(g.dtype() == x.dtype(), TypeError, "rope_cos_sin_backward: grad and x dtypes differ: ",
-           dtype_name(g.dtype()), " and ", dtype_name(x.dtype()));
   const bool inverse = attrs.b("inverse", false);
   const int64_t T = x.size(-3), NH = x.size(-2), HS = x.size(-1);
   const PairLayout L{HS / 2, attrs.b("interleaved", false)};

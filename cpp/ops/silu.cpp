@@ -33,11 +33,8 @@ Tensors silu_forward(const Tensors& in, const Attrs&) {
 }
 
 Tensors silu_backward(const Tensors& in, const Attrs&) {
-  cpu::expect_inputs(in, 2, 2, "silu_backward");
-  cpu::expect_same_dtype(in[1], in[0], "silu_backward", "gradient");
+  cpu::check_pointwise_backward_args(in, "silu_backward");
   Tensor g = contiguous(in[0]), x = contiguous(in[1]);
-  LS_CHECK(g.shape() == x.shape(), ValueError, "silu_backward: gradient of shape ",
-           shape_str(g.shape()), " does not match the input shape ", shape_str(x.shape()));
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   DISPATCH_FLOAT(x.dtype(), "silu_backward", {
     using T = scalar_t;

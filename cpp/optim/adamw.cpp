@@ -35,7 +35,7 @@ bool is_16bit(DType d) { return d == DType::BFloat16 || d == DType::Float16; }
 
 }  // namespace
 
-size_t check_adamw_inputs(const Tensors& in, bool has_copy, bool has_scale, const char* op) {
+size_t check_adamw_inputs(const Tensors& in, bool has_copy, bool has_scale, const char* op, bool params_16bit) {
   const size_t groups = has_copy ? 5 : 4;
   const size_t tensors = in.size() - (has_scale ? 1 : 0);
   LS_CHECK(in.size() >= (has_scale ? 1u : 0u) && tensors % groups == 0, ValueError, op,
@@ -44,8 +44,9 @@ size_t check_adamw_inputs(const Tensors& in, bool has_copy, bool has_scale, cons
   const size_t n = tensors / groups;
   for (size_t k = 0; k < n; ++k) {
     const Tensor& p = in[k];
-    LS_CHECK(p.defined() && (p.dtype() == DType::Float32 || p.dtype() == DType::Float64), TypeError,
-             op, ": parameter ", k, " must be float32 or float64",
+    LS_CHECK(p.defined() && (p.dtype() == DType::Float32 || p.dtype() == DType::Float64 ||
+                             (params_16bit && is_16bit(p.dtype()))),
+             TypeError, op, ": parameter ", k, " must be float32 or float64", params_16bit ? " (or 16-bit)" : "",
              p.defined() ? ::ls::cat(", got ", dtype_name(p.dtype())) : std::string());
     for (size_t grp = 1; grp < groups; ++grp) {
       const Tensor& t = in[grp * n + k];
@@ -133,11 +134,10 @@ Tensors adamw_cpu(const Tensors& in, const Attrs& a) {
 }
 
 Tensors global_norm_cpu(const Tensors& in, const Attrs&) {
+  check_global_norm_inputs(in);
   double total = 0;
   for (auto& t : in) {
     Tensor c = contiguous(t);
-    LS_CHECK(is_floating(c.dtype()), TypeError, "global_norm: tensors must be floating, got ",
-             dtype_name(c.dtype()));
     DISPATCH_ALL(c.dtype(), "global_norm", {
       const scalar_t* p = c.data<scalar_t>();
       for (int64_t i = 0; i < c.numel(); ++i) total += to_double(p[i]) * to_double(p[i]);
@@ -182,10 +182,16 @@ void adamw_step(const Tensors& params, const Tensors& grads, const Tensors& exp_
   for (auto& c : model_copies) c.bump_version();
 }
 
-Tensor global_norm(const Tensors& tensors) {
-  LS_CHECK(!tensors.empty(), ValueError, "global_norm: no tensors given");
-  return call1("global_norm", tensors);
+void check_global_norm_inputs(const Tensors& in) {
+  LS_CHECK(!in.empty(), ValueError, "global_norm: no tensors given");
+  for (size_t k = 0; k < in.size(); ++k) {
+    LS_CHECK(in[k].defined(), ValueError, "global_norm: tensor ", k, " is None");
+    LS_CHECK(is_floating(in[k].dtype()), TypeError, "global_norm: tensors must be floating, got ",
+             dtype_name(in[k].dtype()), " for tensor ", k);
+  }
 }
+
+Tensor global_norm(const Tensors& tensors) { return call1("global_norm", tensors); }
 
 LS_REGISTER(adamw) {
   declare_op("adamw_step", {});

@@ -43,14 +43,16 @@ def _wrap_int(v: int, bits: int, signed: bool) -> int:
     return v - (1 << bits) if signed and v >> (bits - 1) else v
 
 
-def as_tensor_like(value, like: Tensor) -> Tensor:
+def as_tensor_like(value, like: Tensor, wrap: bool = True) -> Tensor:
     """value as a tensor on like's device: a scalar in the dtype the scalar rule gives it with like
-    (_scalar_dtype), a list or array in its own dtype, as tensor() makes it."""
+    (_scalar_dtype), a list or array in its own dtype, as tensor() makes it. An integer outside a
+    narrow integer dtype's range wraps, as in torch's arithmetic; with wrap=False it is refused
+    (torch's where, setitem and pow exponents), by the creation op's range check."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, _SCALARS):
         dtype = _scalar_dtype(value, like)
-        if dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
+        if wrap and dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
             value = _wrap_int(int(value), *_WRAPPED[dtype])
         if past_double(dtype, value):  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
@@ -123,8 +125,20 @@ T.__sub__ = _binary(_ops.sub)
 T.__rsub__ = _rbinary(_ops.sub)
 T.__mul__ = _binary(_ops.mul)
 T.__rmul__ = _rbinary(_ops.mul)
-T.__truediv__ = _binary(_ops.div)
-T.__rtruediv__ = _rbinary(_ops.div)
+_div, _rdiv = _binary(_ops.div), _rbinary(_ops.div)
+
+
+def _true_divisor(value, like):
+    """An integer scalar with an integer tensor divides by its own value, as a float (torch's true
+    division), not wrapped to a narrow dtype first (uint8 7 / -1 is -7.0, not 7 / 255)."""
+    if (isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool)
+            and not like.dtype.is_floating_point):
+        return float(value)
+    return value
+
+
+T.__truediv__ = lambda self, other: _div(self, _true_divisor(other, self))
+T.__rtruediv__ = lambda self, other: _rdiv(self, _true_divisor(other, self))
 T.__floordiv__ = _binary(_ops.floor_divide)
 T.__rfloordiv__ = _rbinary(_ops.floor_divide)
 T.__mod__ = _binary(_ops.remainder)
@@ -134,9 +148,11 @@ _pow_any = _binary(_ops.pow)
 
 def _pow(self, other):
     if (not self.dtype.is_floating_point and isinstance(other, numbers.Integral)
-            and not isinstance(other, builtins.bool) and other < 0):
-        raise ValueError("Integers to negative integer powers are not allowed (1 / x of an "
-                         "integer is not an integer): use a floating tensor")
+            and not isinstance(other, builtins.bool)):
+        if other < 0:
+            raise ValueError("Integers to negative integer powers are not allowed (1 / x of an "
+                             "integer is not an integer): use a floating tensor")
+        other = as_tensor_like(other, self, wrap=False)  # an exponent is not wrapped (torch refuses it)
     return _pow_any(self, other)
 
 
@@ -496,7 +512,7 @@ def _setitem(self, key, value):
         raise NotImplementedError("assignment through a tensor index is not supported")
     if isinstance(value, (list, tuple, np.ndarray)):  # in self's dtype: 0.1 never via float32
         value = tensor(value, dtype=self.dtype, device=self.device)
-    value = as_tensor_like(value, self)
+    value = as_tensor_like(value, self, wrap=False)  # x[0] = 2**40 into int32 is refused, as torch
     while value.ndim > target.ndim and value.shape[0] == 1:
         value = _ops.squeeze(value, 0)
     _ops.copy_(target, value)
@@ -663,9 +679,9 @@ def where(condition, a, b):
     rule; two scalars are tensors of their own dtypes (a float one float32) on condition's device,
     as torch's."""
     if not isinstance(a, Tensor):
-        a = as_tensor_like(a, b) if isinstance(b, Tensor) else tensor(a, device=condition.device)
+        a = as_tensor_like(a, b, wrap=False) if isinstance(b, Tensor) else tensor(a, device=condition.device)
     if not isinstance(b, Tensor):
-        b = as_tensor_like(b, a)
+        b = as_tensor_like(b, a, wrap=False)
     return _ops.where(condition, a, b)
 
 

@@ -693,3 +693,21 @@ def test_values_out_of_an_integer_dtypes_range_are_refused_not_converted():
     assert ls.tensor([1, 7]).masked_fill(ls.tensor([True, False]), 2**63 - 1).tolist() == [2**63 - 1, 7]
     assert ls.tensor([1, 7], dtype=ls.uint8).fill_(255.7).tolist() == [255, 255]  # a fraction is dropped
     assert ls.tensor([False]).fill_(float("nan")).tolist() == [True]  # bool takes any value
+
+
+def test_integer_scalars_wrap_only_where_torch_wraps_them():
+    # true division divides by the scalar's own value (it had been wrapped to the tensor's dtype)
+    u8, i32 = ls.tensor([7]).to(dtype=ls.uint8), ls.tensor([7], dtype=ls.int32)
+    t_u8, t_i32 = torch.tensor([7], dtype=torch.uint8), torch.tensor([7], dtype=torch.int32)
+    for ours, theirs in ((u8 / -1, t_u8 / -1), (u8 / 256, t_u8 / 256), (i32 / 2**32, t_i32 / 2**32),
+                         (2**32 / i32, 2**32 / t_i32)):
+        np.testing.assert_allclose(ours.tolist(), theirs.tolist(), rtol=1e-6)
+    assert (i32 + 2**32 + 1).tolist() == (t_i32 + 2**32 + 1).tolist() == [8]  # arithmetic wraps, as torch
+    # where, setitem and a pow exponent refuse a value the dtype cannot hold, as torch does
+    for call in (lambda: ls.where(ls.tensor([True, False]), i32, 2**32 + 5), lambda: i32 ** 2**32,
+                 lambda: u8 ** 258, lambda: i32.__setitem__(0, 2**32 + 5)):
+        with pytest.raises(RuntimeError, match="cannot be converted to (int32|uint8) without overflow"):
+            call()
+    x = ls.tensor([1, 2], dtype=ls.int32)
+    x[0], x[1] = 2**31 - 1, -7
+    assert x.tolist() == [2**31 - 1, -7] and (u8 ** 2).tolist() == [49]

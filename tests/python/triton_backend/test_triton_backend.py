@@ -166,6 +166,32 @@ def test_bad_arguments_raise_the_native_kernels_errors():
          lambda: core.call("moe_combine", [ls.ones(4, 3), None, ls.tensor([[0, 1], [2, 3]])], {})),
         (ValueError, "moe_combine_backward: expected 4 inputs, got 3",
          lambda: core.call("moe_combine_backward", [ls.ones(2, 3), ls.ones(4, 3), ls.ones(2, 2)], {})),
+        # a short g_lse had been read past its end
+        (ValueError, r"gradients of shapes \(\) and \(1,\) do not match N = 2",
+         lambda: core.call("cross_entropy_backward", [ls.ones(()), x, ls.tensor([0, 1]), ls.ones(2), ls.ones(1)],
+                           {"ignore_index": -100, "reduction": "mean"})),
+        (ValueError, "cross_entropy_backward: input 4 must not be None",
+         lambda: core.call("cross_entropy_backward", [ls.ones(()), x, ls.tensor([0, 1]), ls.ones(2), None],
+                           {"ignore_index": -100, "reduction": "mean"})),
+        (TypeError, "must be floating-point", lambda: core.call("cross_entropy_inplace_backward",
+                                                                [ls.ones(()), ls.ones(2, 3, dtype=ls.int64)], {})),
+        (ValueError, "cross_entropy: expected 2 inputs, got 3",
+         lambda: core.call("cross_entropy", [x, ls.tensor([0, 1]), x], {"ignore_index": -100})),
+        # a strided parameter had been updated in storage order against its gradient's
+        (ValueError, "tensors must be contiguous",
+         lambda: core.call("adamw_step", [ls.ones(4, 2).T, ls.ones(2, 4), ls.zeros(2, 4), ls.zeros(2, 4)],
+                           {"step": 1, "lr": 0.1})),
+        (ValueError, "grad_scale must be a floating 1-element tensor",
+         lambda: core.call("adamw_step", [ls.ones(3), ls.ones(3), ls.zeros(3), ls.zeros(3),
+                                          ls.ones(1, dtype=ls.int32)], {"step": 1, "has_grad_scale": True})),
+        (TypeError, "global_norm: tensors must be floating", lambda: core.call("global_norm", [ls.ones(3), ls.ones(3, dtype=ls.int32)], {})),
+        (TypeError, "gelu_backward: gradient dtype float32 differs",
+         lambda: core.call("gelu_backward", [ls.ones(3), ls.ones(3, dtype=ls.float16)], {})),
+        (ValueError, "silu_backward: gradient of shape", lambda: core.call("silu_backward", [ls.ones(3), ls.ones(4)], {})),
+        (ValueError, "gelu: expected 1 inputs, got 2", lambda: core.call("gelu", [ls.ones(3), ls.ones(3)], {})),
+        (TypeError, "rope_cos_sin_backward: grad and x dtypes differ",
+         lambda: core.call("rope_cos_sin_backward", [ls.ones(1, 3, 2, 4), ls.ones(1, 3, 2, 4, dtype=ls.float16)], {})),
+        (ValueError, r"rope: expected the inputs \(x, cos, sin\)", lambda: core.call("rope", [ls.ones(1, 3, 2, 4)], {})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text) as cpu_error:
@@ -173,6 +199,17 @@ def test_bad_arguments_raise_the_native_kernels_errors():
         with ls.backend("triton"), pytest.raises(exc, match=text) as triton_error:
             call()
         assert str(triton_error.value) == str(cpu_error.value)  # the same text, not only the word
+
+
+@interpreter_only
+def test_rows_of_no_elements_have_the_cpus_nan_statistics():
+    import llmscratch_core as core
+    for op in ("layer_norm", "rms_norm"):
+        cpu = core.call_native(op, [ls.zeros(2, 0)], {"eps": 1e-5})
+        with ls.backend("triton"):
+            tri = core.call(op, [ls.zeros(2, 0)], {"eps": 1e-5})  # statistics were left unwritten
+        assert [t.shape for t in tri[1:]] == [t.shape for t in cpu[1:]]
+        assert all(np.isnan(t.numpy()).all() for t in tri[1:] + cpu[1:])
 
 
 @pytest.mark.cuda
