@@ -28,6 +28,10 @@ def main(argv=None) -> int:
             llmscratch_core.IndexError) as e:
         print(f"llmscratch {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # a setting too large for this machine (a batch of 10^11 rows)
+        print(f"llmscratch {args.command}: error: out of memory ({e or 'a setting asks for more than this machine has'})",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C where no checkpoint is due (a train saves one first)
         print(f"llmscratch {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped

@@ -196,7 +196,10 @@ class Tokenizer:
         meta_path, ranks_path = Path(p + ".json"), Path(p + ".tiktoken")
         if not ranks_path.exists() and Path(str(prefix)).is_file():
             ranks_path = Path(str(prefix))  # a ranks file under another name
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a damaged file, named
+            raise ValueError(f"Tokenizer.load: {meta_path} is not valid JSON: {e}") from None
         if pattern is None and "pattern" not in meta:
             raise ValueError(f"Tokenizer.load: {meta_path} is missing; pass pattern= "
                              f"(one of {PATTERNS}) for a bare ranks file")

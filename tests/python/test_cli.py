@@ -53,6 +53,9 @@ def test_train_resume_sample_eval(tmp_path, corpus, capsys):
     assert main(["train", "--data", rel, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
                  "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
                  "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", "--steps", "9", "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(run), "--prompt", "", "--max-new-tokens", "4"]) == 0
+    assert "<|endoftext|>" not in capsys.readouterr().out  # the token an empty prompt starts from is not shown
     assert main(["sample", "--ckpt", str(run), "--prompt", "def ", "--max-new-tokens", "10"]) == 0
     assert main(["sample", "--ckpt", str(run), "--prompt", "<|endoftext|>", "--max-new-tokens", "4",
                  "--top-k", "0"]) == 0
@@ -314,6 +317,18 @@ def test_eval_reads_each_window_once_per_token(tmp_path, corpus, capsys):
     windows = np.stack([ids[i * T:i * T + T + 1] for i in range(B + 1)])
     loss, tokens = evaluated("--data", str(tmp_path / "more.txt"), "--batches", "2")
     assert tokens == (B + 1) * T and loss == pytest.approx(cross_entropy(windows), abs=1e-4)
+
+
+def test_a_setting_too_large_for_memory_and_a_damaged_tokenizer_are_one_line(tmp_path, corpus, capsys):
+    assert train(tmp_path, corpus, "--steps", "2", "--batch-size", "100000000000") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: out of memory" in err
+    assert train(tmp_path, corpus, "--steps", "2", "--name", "ok") == 0
+    (tmp_path / "runs" / "ok" / "tokenizer.json").write_text("{")
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(tmp_path / "runs" / "ok")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer.json is not valid JSON" in err
 
 
 def test_the_logged_validation_loss_is_evals(tmp_path, corpus, capsys):

@@ -23,6 +23,9 @@ def write_shard(path, tokens, token_bytes: int = 0) -> int:
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
         raise ValueError(f"write_shard: tokens must be a 1-D integer array, got shape {arr.shape} "
                          f"dtype {arr.dtype}")
+    if arr.size and arr.dtype == np.uint64 and int(arr.max()) >= 1 << 63:  # int64 would wrap it negative
+        at = int(np.argmax(arr >= np.uint64(1 << 63)))
+        raise ValueError(f"write_shard: token {int(arr[at])} at position {at} is out of range")
     n, _, _ = _core.write_shard(os.fspath(path), arr.astype(np.int64, copy=False), token_bytes)
     return n
 

@@ -463,7 +463,7 @@ def sample_command(args) -> int:
     model, tok, cfg, _ = _load_run(args.ckpt, args.device)
     ls.manual_seed(args.seed)
     # a special token written in the prompt (<|endoftext|>) is meant as that token
-    prompt = tok.encode(args.prompt, allowed_special="all") or [tok.eot_token or 0]
+    prompt = tok.encode(args.prompt, allowed_special="all")
     for text in _continue_text(model, tok, prompt, args.max_new_tokens, args.num_samples,
                                temperature=args.temperature, top_k=args.top_k or None,
                                top_p=args.top_p):
@@ -474,12 +474,15 @@ def sample_command(args) -> int:
 
 def _continue_text(model, tok, prompt, max_new_tokens, num_samples, **sampling):
     """num_samples sampled continuations of the token list prompt, each decoded with its prompt
-    and ending before the first end-of-text token after it (if the tokenizer has one)."""
+    and ending before the first end-of-text token after it (if the tokenizer has one). An empty
+    prompt starts from the end-of-text token (a document's start, as in training), which is not
+    shown."""
     eot = tok.eot_token
-    ids = np.array([prompt] * num_samples, dtype=np.int64)
+    start = prompt or [eot or 0]
+    ids = np.array([start] * num_samples, dtype=np.int64)
     texts = []
     for row in model.generate(ids, max_new_tokens, eos_token_id=eot, **sampling).numpy():
-        new = row[len(prompt):].tolist()
+        new = row[len(start):].tolist()
         if eot in new:  # what follows the end of the text only repeats it
             new = new[:new.index(eot)]
         texts.append(tok.decode(prompt + new))
