@@ -87,7 +87,7 @@ def _rbinary(fn):
 
 def _compare(how):
     def op(self, other):
-        if other is None:
+        if other is None or isinstance(other, (str, bytes)):  # x == "a" is False, as torch's
             return NotImplemented
         return _ops.compare(self, as_tensor_like(other, self), how)
     return op
@@ -198,7 +198,7 @@ T.__iand__ = _inplace(T.__and__)
 T.__ior__ = _inplace(T.__or__)
 T.__ixor__ = _inplace(T.__xor__)
 T.add_ = lambda self, other, alpha=1: _inplace(T.__add__)(self, other if alpha == 1 else other * alpha)
-T.sub_ = _inplace(T.__sub__)
+T.sub_ = lambda self, other, alpha=1: _inplace(T.__sub__)(self, other if alpha == 1 else other * alpha)
 T.mul_ = _inplace(T.__mul__)
 T.div_ = _inplace(T.__truediv__)
 T.floor_divide_ = _inplace(T.__floordiv__)

@@ -711,3 +711,12 @@ def test_integer_scalars_wrap_only_where_torch_wraps_them():
     x = ls.tensor([1, 2], dtype=ls.int32)
     x[0], x[1] = 2**31 - 1, -7
     assert x.tolist() == [2**31 - 1, -7] and (u8 ** 2).tolist() == [49]
+
+
+def test_comparing_with_a_string_and_sub_with_alpha_as_torch():
+    x = ls.tensor([1.0, 2.0])
+    assert (x == "a") is False and (x != "a") is True and x not in ["a", None]
+    with pytest.raises(TypeError):
+        x < "a"  # noqa: B015
+    x.sub_(ls.tensor([1.0, 1.0]), alpha=2)
+    assert x.tolist() == [-1.0, 0.0]
