@@ -154,6 +154,12 @@ def test_damaged_checkpoints_are_named(tmp_path):
     with pytest.raises(ValueError, match="step_0000004: model.safetensors is corrupt or incomplete"):
         run(tmp_path, 4, resume_from=True)
     (folder / "model.safetensors").write_bytes(model)
+    good = json.loads((folder / "trainer.json").read_text())
+    for key, bad, what in (("step", "abc", "an integer >= 0"), ("rng", [1], r"\[seed, offset\], two integers"),
+                           ("config", None, "an object"), ("optimizer_scalars", {"0.step": "x"}, "an object of numbers")):
+        (folder / "trainer.json").write_text(json.dumps({**good, key: bad}))  # a hand-edited file
+        with pytest.raises(ValueError, match=f"trainer.json's {key} must be {what}"):
+            run(tmp_path, 4, resume_from=True)
     (folder / "trainer.json").write_text('{"step": 4,')
     with pytest.raises(ValueError, match="step_0000004: trainer.json is corrupt"):
         run(tmp_path, 4, resume_from=True)

@@ -168,6 +168,21 @@ def latest_checkpoint(root: str):
 
 
 _TRAINER_KEYS = ("step", "optimizer_groups", "optimizer_scalars")
+# What each key of trainer.json holds (a hand-edited one had given tracebacks deep in loading):
+# a predicate and the words for it.
+_NUMBER = (int, float)
+_TRAINER_TYPES = {
+    "step": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "optimizer_groups": (lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v), "a list of objects"),
+    "optimizer_scalars": (lambda v: isinstance(v, dict) and all(isinstance(x, _NUMBER) for x in v.values()),
+                          "an object of numbers"),
+    "rng": (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                  and 0 <= x < 2**64 for x in v),
+            "[seed, offset], two integers in [0, 2^64)"),
+    "best_val": (lambda v: v is None or isinstance(v, _NUMBER), "a number or null"),
+    "best_ckpt": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 def read_trainer_state(folder: str, required: tuple = ()) -> dict:
@@ -181,6 +196,10 @@ def read_trainer_state(folder: str, required: tuple = ()) -> dict:
     missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
     if missing:
         raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
+    for key in keys:
+        valid, what = _TRAINER_TYPES.get(key, (lambda v: True, ""))
+        if not valid(meta[key]):
+            raise ValueError(f"checkpoint {folder}: trainer.json's {key} must be {what}, got {meta[key]!r:.60}")
     return meta
 
 
