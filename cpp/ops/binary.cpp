@@ -210,19 +210,22 @@ LS_REGISTER(binary) {
                        }
                        return Tensors{ga, gb};
                      }, true, true});
-  // maximum/minimum: the gradient goes to the selected input (to a on ties).
-  auto select_grad = [](const char* pick_a) {
-    std::string how = pick_a;
-    return [how](const BackwardCtx& c, const Tensors& g) {
-      Tensor take_a = to_dtype(compare(c.inputs[0], c.inputs[1], how), g[0].dtype());
+  // maximum/minimum, as torch: the gradient goes to the selected input, half to each on a tie,
+  // and whole to both where neither is selected over the other (a NaN). An input gets none where
+  // the comparison a_loses (b_loses) holds: a < b for maximum's a.
+  auto select_grad = [](const char* a_loses, const char* b_loses) {
+    return [a_loses, b_loses](const BackwardCtx& c, const Tensors& g) {
+      const Tensor &a = c.inputs[0], &b = c.inputs[1];
+      const Tensor share = where(compare(a, b, "eq"), mul_scalar(g[0], 0.5), g[0]);
+      const Tensor zero = scalar_like(0.0, g[0]);
       Tensor ga, gb;
-      if (c.needs_grad[0]) ga = grad_if(c, 0, mul(g[0], take_a));
-      if (c.needs_grad[1]) gb = grad_if(c, 1, mul(g[0], add_scalar(unary("neg", take_a), 1.0)));
+      if (c.needs_grad[0]) ga = grad_if(c, 0, where(compare(a, b, a_loses), zero, share));
+      if (c.needs_grad[1]) gb = grad_if(c, 1, where(compare(a, b, b_loses), zero, share));
       return Tensors{ga, gb};
     };
   };
-  declare_op("maximum", {select_grad("ge")});
-  declare_op("minimum", {select_grad("le")});
+  declare_op("maximum", {select_grad("lt", "gt")});
+  declare_op("minimum", {select_grad("gt", "lt")});
   declare_op("floor_divide", {[](const BackwardCtx&, const Tensors&) -> Tensors {
                                 throw RuntimeError("the derivative for 'floor_divide' is not implemented");
                               }, false});

@@ -238,16 +238,43 @@ T.pow = lambda self, other: self ** other
 T.matmul = lambda self, other: _ops.matmul(self, other)
 
 
-def _clamp(self, min=None, max=None):  # noqa: A002
-    """self limited to [min, max]. A tensor bound keeps its gradient: maximum and minimum, whose
-    ties go to self, as torch's clamp gives x the gradient at x == bound."""
-    if isinstance(min, Tensor) or isinstance(max, Tensor):
-        out = self
-        if min is not None:
-            out = _ops.maximum(out, as_tensor_like(min, self))
-        if max is not None:
-            out = _ops.minimum(out, as_tensor_like(max, self))
+class _ClampByTensors(_Function):
+    """x limited to [lo, hi] (tensors, either None), max winning where lo > hi, with torch's
+    gradients: x's where lo <= x <= hi (none at NaN), lo's where x < lo < hi, hi's where x > hi
+    or hi < lo."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        out = x
+        if lo is not None:
+            out = _ops.where(_ops.compare(out, lo, "lt"), lo, out)
+        if hi is not None:
+            out = _ops.where(_ops.compare(out, hi, "gt"), hi, out)
+        ctx.bounds = (lo is not None, hi is not None)
+        ctx.save_for_backward(*[t for t in (x, lo, hi) if t is not None])
         return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = list(ctx.saved_tensors)
+        x = saved.pop(0)
+        lo = saved.pop(0) if ctx.bounds[0] else None
+        hi = saved.pop(0) if ctx.bounds[1] else None
+        zero = as_tensor_like(0.0, grad)
+
+        def where(cond):
+            return _ops.where(cond, grad, zero)
+        if lo is not None and hi is not None:
+            return (where((x >= lo) & (x <= hi)), where((x < lo) & (lo < hi)), where((x > hi) | (hi < lo)))
+        if lo is not None:
+            return where(x >= lo), where(x < lo), None
+        return where(x <= hi), None, where(x > hi)
+
+
+def _clamp(self, min=None, max=None):  # noqa: A002
+    """self limited to [min, max]. A tensor bound keeps its gradient (_ClampByTensors)."""
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        return _ClampByTensors.apply(self, *(None if b is None else as_tensor_like(b, self) for b in (min, max)))
     return _ops.clamp(self, min, max)
 
 

@@ -720,3 +720,25 @@ def test_comparing_with_a_string_and_sub_with_alpha_as_torch():
         x < "a"  # noqa: B015
     x.sub_(ls.tensor([1.0, 1.0]), alpha=2)
     assert x.tolist() == [-1.0, 0.0]
+
+
+def test_maximum_minimum_and_clamp_by_tensors_split_gradients_as_torch():
+    a, b = np.array([1.0, 2.0, 3.0, np.nan, 5.0]), np.array([1.0, 3.0, 2.0, 1.0, np.nan])
+    for ours, theirs in ((ls.functional.maximum, torch.maximum), (ls.functional.minimum, torch.minimum)):
+        la, lb = ls.tensor(a, requires_grad=True), ls.tensor(b, requires_grad=True)
+        ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+        ours(la, lb).sum().backward()
+        theirs(ta, tb).sum().backward()  # halves on a tie, both whole at a NaN
+        assert la.grad.tolist() == ta.grad.tolist() and lb.grad.tolist() == tb.grad.tolist()
+    weights = [1.0, 2.0, 3.0, 4.0]
+    for lo, hi in ((2.0, None), (None, 2.0), (1.5, 2.5), (3.0, 2.0)):  # the last: max wins
+        x = ls.tensor([1.0, 2.0, 3.0, np.nan], dtype=ls.float64, requires_grad=True)
+        tx = torch.tensor([1.0, 2.0, 3.0, np.nan], dtype=torch.float64, requires_grad=True)
+        lb = [None if v is None else ls.tensor(v, dtype=ls.float64, requires_grad=True) for v in (lo, hi)]
+        tb = [None if v is None else torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (lo, hi)]
+        y, ty = x.clamp(*lb), tx.clamp(*tb)
+        (y * ls.tensor(weights, dtype=ls.float64)).sum().backward()
+        (ty * torch.tensor(weights, dtype=torch.float64)).sum().backward()
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        assert x.grad.tolist() == tx.grad.tolist(), (lo, hi)
+        assert [v.grad.item() for v in lb if v is not None] == [v.grad.item() for v in tb if v is not None]
