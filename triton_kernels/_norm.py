@@ -147,9 +147,13 @@ def _sum_partials(PART, OUT, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr)
 
 
 def check_forward(op, add):
-    """CHECKS entry of a norm forward {x, [r,] w?, b?}: the CPU and CUDA kernels' checks."""
+    """CHECKS entry of a norm forward {x, [r,] w?, b?}: the CPU and CUDA kernels' checks (their
+    input counts: x and r given, then a weight, and a bias for layer_norm)."""
+    given = 2 if add else 1
+
     def check(inputs, attrs):
-        params = list(inputs[2 if add else 1:]) + [None, None]
+        _core.ops.expect_inputs(inputs, given, given + (2 if "layer_norm" in op else 1), op)
+        params = list(inputs[given:]) + [None, None]
         _core.ops.check_norm_args(inputs[0], params[0], params[1], float(attrs.get("eps", 0.0)), op)
         if add:
             _core.ops.check_norm_residual(inputs[0], inputs[1], op, "residual")

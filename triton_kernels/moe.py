@@ -405,4 +405,5 @@ def _check_combine_backward(inputs, attrs):
 
 # The CPU and CUDA kernels' checks of inputs, shapes and dtypes (bound from cpp/ops); row's values
 # are not checked (the kernels skip a row outside [0, R), as the CUDA ones do).
-CHECKS = {"moe_combine": _check_combine, "moe_combine_backward": _check_combine_backward}
+CHECKS = {"moe_combine": _check_combine, "moe_combine_backward": _check_combine_backward,
+          "moe_permute": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, "moe_permute")}

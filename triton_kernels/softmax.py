@@ -159,3 +159,5 @@ def _check_backward(op):
 
 
 CHECKS = {op: _check_backward(op) for op in ("softmax_backward", "log_softmax_backward")}
+CHECKS.update({op: (lambda name: lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, name))(op)
+               for op in ("softmax", "log_softmax")})

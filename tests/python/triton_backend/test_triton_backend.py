@@ -192,6 +192,13 @@ def test_bad_arguments_raise_the_native_kernels_errors():
         (TypeError, "rope_cos_sin_backward: grad and x dtypes differ",
          lambda: core.call("rope_cos_sin_backward", [ls.ones(1, 3, 2, 4), ls.ones(1, 3, 2, 4, dtype=ls.float16)], {})),
         (ValueError, r"rope: expected the inputs \(x, cos, sin\)", lambda: core.call("rope", [ls.ones(1, 3, 2, 4)], {})),
+        (ValueError, "softmax: expected 1 inputs, got 2", lambda: core.call("softmax", [x, x], {"dim": -1})),
+        (ValueError, "layer_norm: expected 1 to 3 inputs, got 4",
+         lambda: core.call("layer_norm", [x, ls.ones(4), ls.ones(4), ls.ones(4)], {"eps": 1e-5})),
+        (ValueError, "add_rms_norm: expected 2 to 3 inputs, got 4",
+         lambda: core.call("add_rms_norm", [x, r, ls.ones(4), ls.ones(4)], {"eps": 1e-5})),
+        (ValueError, "moe_permute: expected 1 inputs, got 2",
+         lambda: core.call("moe_permute", [ls.tensor([[0], [1]]), ls.tensor([[0], [1]])], {"num_experts": 2})),
     ]
     for exc, text, call in bad:
         with ls.backend("cpu"), pytest.raises(exc, match=text) as cpu_error:
