@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <memory>
 
 #include "core/autograd.h"
 #include "core/error.h"
@@ -83,9 +84,17 @@ py::object item(const Tensor& t) {
   return py::int_(int64_t(v));
 }
 
+// What register_hook returns, as torch's RemovableHandle: remove() stops the hook from running
+// (the tape keeps it, inert, as long as the tensor's node lives).
+struct HookHandle {
+  std::shared_ptr<bool> removed;
+  void remove() const { *removed = true; }
+};
+
 }  // namespace
 
 void bind_tensor(py::module_& m) {
+  py::class_<HookHandle>(m, "RemovableHandle").def("remove", &HookHandle::remove);
   py::class_<Tensor>(m, "Tensor", py::dynamic_attr())
       // Tensor(other): a new handle on the same tensor (lets Python subclasses such as
       // nn.Parameter wrap an existing tensor without copying).
@@ -145,11 +154,14 @@ void bind_tensor(py::module_& m) {
       }, [](const Tensor& t, const Tensor& src) { t.set_data(src); })
       .def("_set_data", &Tensor::set_data)
       .def("register_hook", [](const Tensor& t, py::function fn) {
-        register_hook(t, [fn](const Tensor& g) -> Tensor {
+        auto removed = std::make_shared<bool>(false);
+        register_hook(t, [fn, removed](const Tensor& g) -> Tensor {
+          if (*removed) return Tensor();  // as a hook that returned None
           py::gil_scoped_acquire gil;
           py::object r = fn(g);
           return r.is_none() ? Tensor() : r.cast<Tensor>();
         });
+        return HookHandle{removed};
       })
       .def("retain_grad", [](const Tensor& t) { retain_grad(t); })
       // data access

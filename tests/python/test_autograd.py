@@ -117,6 +117,20 @@ def test_hooks_and_retain_grad():
     assert x.grad.tolist() == [360.0, 720.0]
 
 
+def test_a_hook_handle_removes_its_hook():
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    handle = x.register_hook(lambda g: g * 10)  # torch's RemovableHandle
+    h = x * 3
+    h_handle = h.register_hook(lambda g: g * 2)
+    h.sum().backward(retain_graph=True)
+    assert x.grad.tolist() == [60.0, 60.0]
+    handle.remove()
+    h_handle.remove()
+    x.grad = None
+    h.sum().backward()
+    assert x.grad.tolist() == [3.0, 3.0]
+
+
 def test_a_leaf_hook_sees_the_leafs_whole_gradient_once():
     w = ls.tensor([1.0, 2.0], requires_grad=True)
     seen = []
