@@ -156,9 +156,14 @@ Tensors max_backward(const BackwardCtx& c, const Tensors& g) {
 // grad): the flattened tensor for every dim, else one max(d) per dim.
 Tensors amax_any(const Tensors& in, const Attrs& a) {
   const Tensor& x = in[0];
-  LS_CHECK(x.numel() > 0, ValueError, "max: cannot reduce an empty tensor of shape ", shape_str(x.shape()));
   const auto dims = normalize_dims(a.ints("dims", {}), x.dim(), "amax");
   const bool keepdim = a.b("keepdim", false);
+  // An empty slice has no maximum (dims holds every dim when none are given); no slices at all
+  // (a dim of size 0 not reduced) make an empty result, as torch's.
+  for (int64_t d : dims)
+    LS_CHECK(x.shape()[d] > 0, ValueError, "max: cannot reduce an empty tensor of shape ", shape_str(x.shape()),
+             " over its dim ", d, " of size 0");
+  if (x.numel() == 0) return {Tensor::empty(reduced_shape(x.shape(), dims, keepdim), x.dtype(), x.device())};
   if (int64_t(dims.size()) == x.dim()) {
     Tensor m = max(reshape(x, {-1}), 0, false)[0];
     return {keepdim ? reshape(m, reduced_shape(x.shape(), dims, true)) : m};

@@ -72,6 +72,16 @@ def test_amax_amin_over_dims_split_ties_like_torch(shape, dim, keepdim):
     assert x.grad.tolist() == [[0.0, 0.5, 0.5], [0.5, 0.5, 0.0]]
 
 
+def test_amax_with_no_slices_is_empty_and_over_an_empty_dim_raises_like_torch():
+    x, t = ls.zeros(2, 0, 3), torch.zeros(2, 0, 3)
+    for dim, keepdim in ((0, False), ((0, 2), True), (2, False)):
+        for name in ("amax", "amin"):
+            assert tuple(getattr(x, name)(dim, keepdim).shape) == tuple(getattr(t, name)(dim, keepdim).shape)
+    for call in (lambda: x.amax(1), lambda: x.amax(), lambda: x.amin((0, 1))):
+        with pytest.raises(ValueError, match="over its dim 1 of size 0"):
+            call()
+
+
 def test_max_and_min_along_a_dim_are_named_tuples_like_torch():
     t = ls.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
     for ours, ref in ((t.max(1), torch.tensor(t.tolist()).max(1)),
