@@ -116,6 +116,7 @@ Tensor as_bool_mask(const Tensor& m, const char* op) {
 Tensor unary(const std::string& op, const Tensor& x) { return call1(op, {x}); }
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  LS_CHECK(lo || hi, ValueError, "clamp: at least one of min and max must be given");  // as torch
   Attrs a;
   if (lo) a.set("min", *lo);
   if (hi) a.set("max", *hi);

@@ -742,3 +742,8 @@ def test_maximum_minimum_and_clamp_by_tensors_split_gradients_as_torch():
         np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
         assert x.grad.tolist() == tx.grad.tolist(), (lo, hi)
         assert [v.grad.item() for v in lb if v is not None] == [v.grad.item() for v in tb if v is not None]
+
+
+def test_clamp_needs_a_bound_as_torch():
+    with pytest.raises(ValueError, match="at least one of min and max"):
+        ls.ones(3).clamp()
