@@ -100,19 +100,21 @@ def _softmax_bwd(Y, G, DX, N, LOG: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK:
         tl.store(DX + row * N + off + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
-def _dim(attrs, ndim):
+def _dim(op, attrs, ndim):
+    """The attr dim of a tensor of ndim dims (a 0-d one takes 0 and -1), wrapped; the native
+    kernels' IndexError otherwise."""
     dim = int(attrs["dim"])
     if not -max(ndim, 1) <= dim < max(ndim, 1):
-        raise IndexError(f"softmax: dim {dim} is out of range for a {ndim}-d tensor")
+        raise IndexError(f"{op}: dimension {dim} is out of range for a tensor of {ndim} dimensions")
     return dim % max(ndim, 1)
 
 
 def _forward(log):
     def run(inputs, attrs):
         x = inputs[0]
+        dim = _dim("log_softmax" if log else "softmax", attrs, x.dim())
         if x.dim() == 0:
             x = x.reshape(1)
-        dim = _dim(attrs, x.dim())
         xl = x.movedim(dim, -1).contiguous()  # the softmax dim last
         y = torch.empty_like(xl)
         N = xl.shape[-1]
@@ -128,9 +130,9 @@ def _backward(log):
     def run(inputs, attrs):
         y, g = inputs
         shape = y.shape
+        dim = _dim("log_softmax_backward" if log else "softmax_backward", attrs, y.dim())
         if y.dim() == 0:
             y, g = y.reshape(1), g.reshape(1)
-        dim = _dim(attrs, y.dim())
         yl, gl = y.movedim(dim, -1).contiguous(), g.movedim(dim, -1).contiguous()
         dx = torch.empty_like(yl)
         N = yl.shape[-1]
