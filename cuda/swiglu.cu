@@ -129,12 +129,7 @@ Tensors backward_both(const Tensor& g0, const Tensor& a0, const Tensor& b0) {
 }
 
 Tensors swiglu_backward(const Tensors& in, const Attrs& attrs) {
-  cpu::expect_inputs(in, 3, 3, "swiglu_backward");
-  ops::check_swiglu_args(in[1], in[2]);
-  cpu::expect_same_dtype(in[1], in[0], "swiglu_backward", "gradient");
-  LS_CHECK(in[0].shape() == in[1].shape(), ValueError, "swiglu_backward: shapes of g ",
-           shape_str(in[0].shape()), ", a ", shape_str(in[1].shape()), " and b ",
-           shape_str(in[2].shape()), " differ");
+  ops::check_swiglu_backward_args(in);
   const bool want_da = attrs.b("da", true), want_db = attrs.b("db", true);
   set_device(in[1], "swiglu_backward");
   if (want_da && want_db) return backward_both(in[0], in[1], in[2]);

@@ -99,14 +99,8 @@ def _row_strides(ts):
     return None if any(ld is None for ld in strides) else strides
 
 
-def _same_shapes(op, *ts):
-    if any(t.shape != ts[0].shape for t in ts):
-        raise ValueError(f"{op}: shapes {[tuple(t.shape) for t in ts]} differ")
-
-
 def swiglu_forward(inputs, attrs):
-    a, b = inputs
-    _same_shapes("swiglu", a, b)
+    a, b = inputs  # of one shape and dtype (CHECKS)
     y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     n = a.numel()
     lds = _row_strides([a, b])
@@ -139,8 +133,7 @@ def _separate_gradients(a, want_da, want_db):
 
 
 def swiglu_backward(inputs, attrs):
-    g, a, b = inputs
-    _same_shapes("swiglu_backward", g, a, b)
+    g, a, b = inputs  # of one shape and dtype (CHECKS)
     want_da, want_db = bool(attrs.get("da", True)), bool(attrs.get("db", True))
     n = a.numel()
     lds = _row_strides([g, a, b])
@@ -170,8 +163,8 @@ def swiglu_backward(inputs, attrs):
 
 
 KERNELS = {"swiglu": swiglu_forward, "swiglu_backward": swiglu_backward}
-# the CPU and CUDA kernels' checks (one floating dtype and shape; the gradient's dtype too)
-CHECKS = {"swiglu": lambda inputs, attrs: _core.ops.check_swiglu_args(inputs[0], inputs[1]),
-          "swiglu_backward": lambda inputs, attrs: (_core.ops.check_swiglu_args(inputs[1], inputs[2]),
-                                                    _core.ops.check_swiglu_args(inputs[1], inputs[0]))}
+# the CPU and CUDA kernels' checks (one floating dtype and shape; the gradient's dtype and shape too)
+CHECKS = {"swiglu": lambda inputs, attrs: (_core.ops.expect_inputs(inputs, 2, 2, "swiglu"),
+                                           _core.ops.check_swiglu_args(inputs[0], inputs[1])),
+          "swiglu_backward": lambda inputs, attrs: _core.ops.check_swiglu_backward_args(inputs)}
 ONE_BUFFER_OUTPUTS = {"swiglu_backward"}  # da, db as the halves of one buffer (see _halves)

@@ -55,6 +55,8 @@ void check_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& rstd, b
 
 // swiglu.cpp: two floating-point halves of one dtype and shape.
 void check_swiglu_args(const Tensor& a, const Tensor& b);
+// swiglu_backward's {g, a, b}: three inputs, (a, b) as check_swiglu_args, g of a's dtype and shape.
+void check_swiglu_backward_args(const Tensors& in);
 
 // rope.cpp. cpu_kernel: also require the CPU kernels' dtypes (float32/float64).
 void check_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op,

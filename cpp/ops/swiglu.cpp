@@ -28,8 +28,15 @@ void check_swiglu_args(const Tensor& a, const Tensor& b) {
            shape_str(b.shape()), " differ (both halves must have the same shape)");
 }
 
-namespace {
+void check_swiglu_backward_args(const Tensors& in) {
+  cpu::expect_inputs(in, 3, 3, "swiglu_backward");
+  check_swiglu_args(in[1], in[2]);
+  cpu::expect_same_dtype(in[1], in[0], "swiglu_backward", "gradient");
+  LS_CHECK(in[0].shape() == in[1].shape(), ValueError, "swiglu_backward: shapes of g ", shape_str(in[0].shape()),
+           ", a ", shape_str(in[1].shape()), " and b ", shape_str(in[2].shape()), " differ");
+}
 
+namespace {
 
 Tensors swiglu_forward(const Tensors& in, const Attrs&) {
   cpu::expect_inputs(in, 2, 2, "swiglu");
@@ -49,13 +56,8 @@ Tensors swiglu_forward(const Tensors& in, const Attrs&) {
 }
 
 Tensors swiglu_backward(const Tensors& in, const Attrs& attrs) {
-  cpu::expect_inputs(in, 3, 3, "swiglu_backward");
-  check_swiglu_args(in[1], in[2]);
-  cpu::expect_same_dtype(in[1], in[0], "swiglu_backward", "gradient");
+  check_swiglu_backward_args(in);
   Tensor g = contiguous(in[0]), a = contiguous(in[1]), b = contiguous(in[2]);
-  LS_CHECK(g.shape() == a.shape() && a.shape() == b.shape(), ValueError,
-           "swiglu_backward: shapes of g ", shape_str(g.shape()), ", a ", shape_str(a.shape()),
-           " and b ", shape_str(b.shape()), " differ");
   bool want_da = attrs.b("da", true), want_db = attrs.b("db", true);
   Tensor da = Tensor::empty(want_da ? a.shape() : Shape{0}, a.dtype(), a.device());
   Tensor db = Tensor::empty(want_db ? a.shape() : Shape{0}, a.dtype(), a.device());
