@@ -14,6 +14,7 @@
 
 #include "core/philox.h"
 #include "core/registry.h"
+#include "ops/kernel_checks.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
 
@@ -54,7 +55,7 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64
 }
 
 Tensors dropout_forward(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 1 && in[0].defined(), ValueError, "dropout: expected one input tensor");
+  cpu::expect_inputs(in, 1, 1, "dropout");
   const double p = a.f("p", 0.5);
   LS_CHECK(p >= 0.0 && p <= 1.0, ValueError, "dropout: p must be in [0, 1], got ", p);
   const uint64_t seed = uint64_t(a.i("seed")), offset = uint64_t(a.i("offset"));

@@ -53,6 +53,7 @@
 
 #include "core/registry.h"
 #include "index_fault.cuh"
+#include "ops/kernel_checks.h"
 #include "ops/ops.h"
 #include "vec_map.cuh"
 
@@ -413,8 +414,7 @@ void check_ids(const Tensor& ids, const char* op) {
 }
 
 Tensors embedding_forward(const Tensors& in, const Attrs&) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "embedding: expected the inputs (weight, ids)");
+  cpu::expect_inputs(in, 2, 2, "embedding");  // weight, ids
   LS_CHECK(in[0].dim() == 2, ValueError, "embedding: weight must be 2-D (V, C), got shape ",
            shape_str(in[0].shape()));
   check_ids(in[1], "embedding");
@@ -450,8 +450,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
 }
 
 Tensors embedding_backward(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "embedding_backward: expected the inputs (grad, ids)");
+  cpu::expect_inputs(in, 2, 2, "embedding_backward");  // grad, ids
   const int64_t V = a.i("num_weights");
   LS_CHECK(V >= 0 && V < (int64_t(1) << 31) - 1, ValueError,
            "embedding_backward: num_weights must be in [0, 2^31 - 1), got ", V);

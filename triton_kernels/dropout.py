@@ -22,6 +22,7 @@ p = 1 drops everything (the 1/(1-p) scale is never applied then).
 """
 import math
 
+import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
@@ -96,3 +97,4 @@ def dropout_forward(inputs, attrs):
 
 
 KERNELS = {"dropout": dropout_forward}
+CHECKS = {"dropout": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, "dropout")}

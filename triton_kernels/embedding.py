@@ -221,9 +221,11 @@ KERNELS = {"embedding": embedding_forward, "embedding_backward": embedding_backw
 def _check_ids(inputs, attrs):
     """CHECKS entry of the forward: the ids against the rows of a 2-D weight (the wrapper's own
     checks name any other shape)."""
+    _core.ops.expect_inputs(inputs, 2, 2, "embedding")
     weight, ids = inputs[0], inputs[1]
     if weight.dim() == 2 and ids.dtype in (_core.DType.int32, _core.DType.int64):
         _core.call_native("index_check", [ids], {"kind": "id", "op": "embedding", "size": weight.shape[0]})
 
 
-CHECKS = {"embedding": _check_ids}
+CHECKS = {"embedding": _check_ids,
+          "embedding_backward": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 2, 2, "embedding_backward")}

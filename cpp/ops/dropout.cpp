@@ -11,6 +11,7 @@
 
 #include "core/philox.h"
 #include "cpu_loops.h"
+#include "kernel_checks.h"
 #include "ops.h"
 
 namespace ls::ops {
@@ -22,7 +23,7 @@ void check_p(double p, const char* op) {
 }
 
 Tensors dropout_forward(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 1 && in[0].defined(), ValueError, "dropout: expected one input tensor");
+  cpu::expect_inputs(in, 1, 1, "dropout");
   const double p = a.f("p", 0.5);
   check_p(p, "dropout");
   const uint64_t seed = uint64_t(a.i("seed")), offset = uint64_t(a.i("offset"));

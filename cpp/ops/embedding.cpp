@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu_loops.h"
+#include "kernel_checks.h"
 #include "op_args.h"
 #include "ops.h"
 
@@ -51,8 +52,7 @@ void check_weight(const Tensor& weight, const char* op, bool cpu_kernel) {
 }
 
 Tensors embedding_forward(const Tensors& in, const Attrs&) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "embedding: expected the inputs (weight, ids)");
+  cpu::expect_inputs(in, 2, 2, "embedding");  // weight, ids
   check_weight(in[0], "embedding", true);
   Tensor weight = contiguous(in[0]);
   const int64_t V = weight.size(0), C = weight.size(1);
@@ -76,8 +76,7 @@ Tensors embedding_forward(const Tensors& in, const Attrs&) {
 }
 
 Tensors embedding_backward_cpu(const Tensors& in, const Attrs& a) {
-  LS_CHECK(in.size() == 2 && in[0].defined() && in[1].defined(), ValueError,
-           "embedding_backward: expected the inputs (grad, ids)");
+  cpu::expect_inputs(in, 2, 2, "embedding_backward");  // grad, ids
   const int64_t V = a.i("num_weights");
   LS_CHECK(V >= 0, ValueError, "embedding_backward: num_weights must be >= 0, got ", V);
   Tensor grad = contiguous(in[0]);
