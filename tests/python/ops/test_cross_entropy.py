@@ -141,8 +141,10 @@ def test_inplace_matches_plain_and_torch(N, V, reduction, label_smoothing, dtype
     ploss, pdlogits, _ = _inplace_run(x, t, g, False, **kw)
     np.testing.assert_array_equal(loss, ploss)
     # the backward's formula (at g = 1, where the scaling is skipped, up to the compiler's
-    # contraction of a * b - c); else g (k p) versus (g k) p: a rounding apart
-    assert rel_err(dlogits, pdlogits) < (1e-14 if dtype == np.float64 else 1e-6)
+    # contraction of a * b - c); else g (k p) versus (g k) p: a rounding apart, which the
+    # smoothed target's subtraction can magnify where it nearly cancels p (in float32 1.9e-6 at
+    # worst over 400 draws of the 5 x 3 case; 1e-6 failed about one in 400)
+    assert rel_err(dlogits, pdlogits) < (1e-14 if dtype == np.float64 else 4e-6)
     np.testing.assert_array_equal(dbase, dlogits)
     tx = torch.tensor(x.astype(np.float64), requires_grad=True)
     ref = torch.nn.functional.cross_entropy(tx, torch.tensor(t), **kw)
