@@ -138,7 +138,6 @@ __global__ void __launch_bounds__(kSThreads) simt_gemm_kernel(GemmArgs<T> p) {
 
 constexpr int64_t kMaxGridZ = 65535;
 
-
 template <typename T, typename C, bool A_KMAJOR, bool B_KMAJOR>
 void launch_mma(GemmArgs<T> p, int64_t nbatch, int dev) {
   auto kernel = mma_gemm_kernel<T, C, A_KMAJOR, B_KMAJOR>;

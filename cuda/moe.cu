@@ -214,7 +214,6 @@ Tensors moe_permute_cuda(const Tensors& in, const Attrs& a) {
 
 // ---- grouped GEMM -----------------------------------------------------------------------------
 
-
 // One segment of the sorted rows: segment e (E = the dropped rows) owns rows [r0, r0 + rows),
 // and the tile asked for is the one at local row m0.
 struct Segment {

@@ -106,8 +106,12 @@ void check_inplace(const Tensor& t, const char* op) {
   LS_CHECK(!(grad_enabled() && t.requires_grad()), RuntimeError, op,
            ": a tensor that requires grad cannot be modified in place while grad mode is on "
            "(use no_grad() or detach())");
-  // An expanded dim (stride 0) makes several elements one memory location: which write lands
-  // would depend on the kernel's order (torch refuses too).
+}
+
+// An expanded dim (stride 0) makes several elements one memory location: which of their values
+// a copy leaves would depend on the kernel's order (torch refuses too; a fill, which writes one
+// value everywhere, is fine).
+void check_no_expanded_dim(const Tensor& t, const char* op) {
   for (int64_t d = 0; d < t.dim(); ++d)
     LS_CHECK(t.shape()[d] <= 1 || t.strides()[d] != 0, RuntimeError, op,
              ": more than one element of the written-to tensor refers to one memory location "
@@ -173,6 +177,7 @@ Tensor pin_memory(const Tensor& x) {
 
 void copy_(const Tensor& dst, const Tensor& src) {
   check_inplace(dst, "copy_");
+  check_no_expanded_dim(dst, "copy_");
   // copy_ records no backward: while gradients are recorded, a source that requires grad would
   // lose its gradient in a destination that does not (torch records the write instead).
   LS_CHECK(!(grad_enabled() && src.requires_grad()), RuntimeError,

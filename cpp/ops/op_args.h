@@ -144,18 +144,19 @@ struct IndexCheckArgs {
 };
 IndexCheckArgs parse_index_check(const Tensors& in, const Attrs& a);
 
-// A value written into an integer tensor (full, fill_, masked_fill): finite and within the
-// dtype's range, as torch requires; past it the C++ conversion is undefined (it gave INT_MIN).
-// A fraction is dropped, as in torch. Float and bool tensors take any value.
+// A value written into an integer tensor (full, fill_, masked_fill): within the dtype's range
+// [lowest, max], as torch requires of a number (NaN and 255.5 for uint8 are refused; a fraction
+// inside is dropped); past it the C++ conversion is undefined (it gave INT_MIN). Python wraps a
+// negative integer for uint8 first (-1 is 255, as torch). Float and bool tensors take any value.
 inline void check_fill_value(double v, DType d, const char* op) {
-  double lo = 0, end = 0;  // [lo, end)
+  bool ok = true;
   switch (d) {
-    case DType::Int32: lo = -2147483648.0, end = 2147483648.0; break;
-    case DType::Int64: lo = -9223372036854775808.0, end = 9223372036854775808.0; break;
-    case DType::UInt8: lo = 0.0, end = 256.0; break;
+    case DType::Int32: ok = v >= -2147483648.0 && v <= 2147483647.0; break;
+    case DType::Int64: ok = v >= -9223372036854775808.0 && v < 9223372036854775808.0; break;  // 2^63 - 1 rounds up
+    case DType::UInt8: ok = v >= 0.0 && v <= 255.0; break;
     default: return;
   }
-  if (v >= lo && v < end) return;
+  if (ok) return;
   char value[40];
   std::snprintf(value, sizeof value, "%.17g", v);
   throw ::ls::RuntimeError(::ls::cat(op, ": value ", value, " cannot be converted to ", dtype_name(d), " without overflow"));

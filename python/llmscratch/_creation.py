@@ -7,7 +7,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-from ._dtype import as_device, as_dtype, bool_, float32, int64
+from ._dtype import as_device, as_dtype, bool_, float32, int64, uint8
 
 Tensor = _core.Tensor
 
@@ -124,10 +124,20 @@ def past_double(dtype, *values) -> bool:
     return ints and builtins.any(abs(int(v)) > _DOUBLE_EXACT for v in values)
 
 
+def fill_number(value, dtype):
+    """A number to write into a tensor of dtype, as torch reads it: a negative integer into uint8
+    wraps (-1 is 255, down to -255); anything else goes to the op's range check as it is."""
+    if (dtype == uint8 and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool)
+            and -255 <= value < 0):
+        return int(value) + 256
+    return value
+
+
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
     if dtype is None:
         dtype = bool_ if isinstance(fill_value, builtins.bool) else (
             int64 if isinstance(fill_value, numbers.Integral) else float32)
+    fill_value = fill_number(fill_value, as_dtype(dtype))
     if past_double(as_dtype(dtype), fill_value):
         if not -(1 << 63) <= int(fill_value) < 1 << 63:  # as the op refuses a double out of range
             raise RuntimeError(f"full: value {fill_value} cannot be converted to int64 without overflow")

@@ -11,7 +11,7 @@ import numpy as np
 import llmscratch_core as _core
 
 from .autograd import Function as _Function, backward as _autograd_backward
-from ._creation import full, past_double, tensor
+from ._creation import fill_number, full, past_double, tensor
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float16, float32, float64, int32, int64, uint8
 
 Tensor = _core.Tensor
@@ -54,6 +54,7 @@ def as_tensor_like(value, like: Tensor, wrap: bool = True) -> Tensor:
         dtype = _scalar_dtype(value, like)
         if wrap and dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
             value = _wrap_int(int(value), *_WRAPPED[dtype])
+        value = fill_number(value, dtype)
         if past_double(dtype, value):  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
         return _ops.full([], float(value), dtype, like.device)
@@ -212,6 +213,7 @@ def _copy_(self, src):
 
 
 def _fill_(self, value):
+    value = fill_number(value, self.dtype)
     if past_double(self.dtype, value):  # the op's double would round it
         _ops.copy_(self, as_tensor_like(value, self))
     else:
@@ -246,10 +248,10 @@ class _ClampByTensors(_Function):
     @staticmethod
     def forward(ctx, x, lo, hi):
         out = x
-        if lo is not None:
-            out = _ops.where(_ops.compare(out, lo, "lt"), lo, out)
+        if lo is not None:  # a NaN bound gives NaN, as torch's
+            out = _ops.where(_ops.compare(out, lo, "lt") | (lo != lo), lo, out)
         if hi is not None:
-            out = _ops.where(_ops.compare(out, hi, "gt"), hi, out)
+            out = _ops.where(_ops.compare(out, hi, "gt") | (hi != hi), hi, out)
         ctx.bounds = (lo is not None, hi is not None)
         ctx.save_for_backward(*[t for t in (x, lo, hi) if t is not None])
         return out
@@ -273,8 +275,9 @@ class _ClampByTensors(_Function):
 
 def _clamp(self, min=None, max=None):  # noqa: A002
     """self limited to [min, max]. A tensor bound keeps its gradient (_ClampByTensors)."""
-    if isinstance(min, Tensor) or isinstance(max, Tensor):
-        return _ClampByTensors.apply(self, *(None if b is None else as_tensor_like(b, self) for b in (min, max)))
+    if isinstance(min, Tensor) or isinstance(max, Tensor):  # (a 0-d bound may be on the CPU)
+        return _ClampByTensors.apply(self, *(None if b is None else as_tensor_like(b, self).to(device=self.device)
+                                             for b in (min, max)))
     return _ops.clamp(self, min, max)
 
 
@@ -286,8 +289,11 @@ def _masked_fill(self, mask, value):
     """value where mask is true. The op carries value as a double (one outside an integer dtype's
     range is refused there: a fill value is not wrapped, as torch's); an int64 one past 2^53
     (which the double would round) is made exactly by as_tensor_like and passed as a 0-d tensor."""
-    if isinstance(value, Tensor):  # a 0-d tensor, which keeps its gradient (it may be on the CPU)
-        return _ops.masked_fill(self, mask, value.to(device=self.device))
+    if isinstance(value, Tensor) and self.dtype.is_floating_point:  # a 0-d tensor keeps its gradient
+        return _ops.masked_fill(self, mask, value.to(device=self.device))  # (it may be on the CPU)
+    if isinstance(value, Tensor):  # into integers: as the number, range-checked (no gradient there)
+        value = value.item()
+    value = fill_number(value, self.dtype)
     if past_double(self.dtype, value):
         return _ops.masked_fill(self, mask, as_tensor_like(value, self))
     return _ops.masked_fill(self, mask, float(value))

@@ -669,12 +669,15 @@ def test_a_copy_from_memory_it_overwrites_reads_a_snapshot():
     c = ls.tensor(np.arange(6.0))
     c[:] = c  # onto itself
     assert c.tolist() == list(np.arange(6.0))
-    # an expanded destination has several elements in one place: refused, as in torch
+    # an expanded destination has several elements in one place: a copy is refused, as in
+    # torch; a fill (one value everywhere) is fine
     x = ls.zeros(3)
     e = x.expand(2, 3)
-    for write in (lambda: e.add_(ls.tensor([[1.0, 2, 3], [10, 20, 30]])), lambda: e.fill_(1.0)):
+    for write in (lambda: e.add_(ls.tensor([[1.0, 2, 3], [10, 20, 30]])), lambda: e.copy_(ls.ones(2, 3))):
         with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
             write()
+    e.fill_(1.0)
+    assert x.tolist() == [1.0, 1.0, 1.0] and e.zero_().tolist() == [[0.0] * 3] * 2
     y = ls.zeros(1, 3).expand(1, 3)  # a size-1 dim is not shared
     y += 1
     assert y.tolist() == [[1.0, 1.0, 1.0]]
@@ -682,17 +685,29 @@ def test_a_copy_from_memory_it_overwrites_reads_a_snapshot():
 
 def test_values_out_of_an_integer_dtypes_range_are_refused_not_converted():
     # a C++ conversion of such a double is undefined (it gave INT_MIN); torch refuses them
+    u8, mask = ls.tensor([1, 2], dtype=ls.uint8), ls.tensor([True, False])
     for call, what in ((lambda: ls.tensor([1, 2], dtype=ls.int32).fill_(2**32 + 5), "4294967301 cannot be converted to int32"),
                        (lambda: ls.tensor([1, 2]).fill_(float("nan")), "nan cannot be converted to int64"),
-                       (lambda: ls.tensor([1, 2]).masked_fill(ls.tensor([True, False]), float("inf")), "inf cannot"),
+                       (lambda: ls.tensor([1, 2]).masked_fill(mask, float("inf")), "inf cannot"),
                        (lambda: ls.full((2,), 2**40, dtype=ls.int32), "1099511627776 cannot be converted to int32"),
-                       (lambda: ls.tensor([1, 2], dtype=ls.uint8).fill_(-1), "-1 cannot be converted to uint8"),
-                       (lambda: ls.tensor([1, 7]).masked_fill(ls.tensor([True, False]), 2**63), "cannot be converted to int64")):
+                       (lambda: ls.tensor([1, 7]).masked_fill(mask, 2**63), "cannot be converted to int64"),
+                       (lambda: ls.tensor([1, 2], dtype=ls.int32).masked_fill(mask, ls.tensor(2**40)), "int32"),
+                       (lambda: u8.fill_(-256), "-256 cannot"), (lambda: u8.fill_(255.7), "255.69"),
+                       (lambda: u8.fill_(-1.0), "-1 cannot"), (lambda: ls.tensor([1], dtype=ls.int32).fill_(2**31 - 0.5), "int32")):
         with pytest.raises(RuntimeError, match=what):
             call()
-    assert ls.tensor([1, 7]).masked_fill(ls.tensor([True, False]), 2**63 - 1).tolist() == [2**63 - 1, 7]
-    assert ls.tensor([1, 7], dtype=ls.uint8).fill_(255.7).tolist() == [255, 255]  # a fraction is dropped
+    assert ls.tensor([1, 7]).masked_fill(mask, 2**63 - 1).tolist() == [2**63 - 1, 7]
+    assert ls.tensor([1, 7], dtype=ls.uint8).fill_(254.7).tolist() == [254, 254]  # a fraction is dropped
     assert ls.tensor([False]).fill_(float("nan")).tolist() == [True]  # bool takes any value
+    # a negative integer into uint8 wraps, as torch's (-1 is 255), down to -255
+    for ours, theirs in ((u8.clone().fill_(-1), torch.zeros(2, dtype=torch.uint8).fill_(-1)),
+                         (u8.masked_fill(mask, -255), torch.tensor([1, 2], dtype=torch.uint8).masked_fill(torch.tensor([True, False]), -255)),
+                         (ls.full((2,), -1, dtype=ls.uint8), torch.full((2,), -1, dtype=torch.uint8)),
+                         (ls.where(mask, u8, -1), torch.where(torch.tensor([True, False]), torch.tensor([1, 2], dtype=torch.uint8), -1))):
+        assert ours.tolist() == theirs.tolist()
+    v = u8.clone()
+    v[0] = -1
+    assert v.tolist() == [255, 2]
 
 
 def test_integer_scalars_wrap_only_where_torch_wraps_them():
@@ -747,3 +762,9 @@ def test_maximum_minimum_and_clamp_by_tensors_split_gradients_as_torch():
 def test_clamp_needs_a_bound_as_torch():
     with pytest.raises(ValueError, match="at least one of min and max"):
         ls.ones(3).clamp()
+
+
+def test_clamp_by_a_nan_bound_gives_nan_as_torch():
+    x = ls.tensor([1.0, 2.0])
+    for kw in ({"min": ls.tensor(float("nan"))}, {"max": ls.tensor(float("nan"))}):
+        assert np.isnan(x.clamp(**kw).numpy()).all()
