@@ -213,19 +213,11 @@ def _grouped_mm_kernel(X, W, OFF, Y, M, N, K, E, sxm, sxk, swe, swk, swn,
 
 
 def grouped_matmul(inputs, attrs):
-    x, w, off = inputs
+    x, w, off = inputs  # shapes and dtypes as CHECKS accepted them
     tw = bool(attrs.get("transpose_w", False))
-    if x.dim() != 2 or w.dim() != 3:
-        raise ValueError(f"grouped_matmul: expected x (M, K) and w (E, K, N), got "
-                         f"{tuple(x.shape)} and {tuple(w.shape)}")
     M, K = x.shape
     E = w.shape[0]
-    wk, N = (w.shape[2], w.shape[1]) if tw else (w.shape[1], w.shape[2])
-    if wk != K:
-        raise ValueError(f"grouped_matmul: x has {K} columns but w of shape {tuple(w.shape)} "
-                         f"expects {wk}")
-    if off.dim() != 1 or off.shape[0] != E + 1:
-        raise ValueError(f"grouped_matmul: offsets must have shape ({E + 1},), got {tuple(off.shape)}")
+    N = w.shape[1] if tw else w.shape[2]
     x = x.contiguous()
     off = off.contiguous()
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -273,14 +265,7 @@ def _grouped_wgrad_kernel(A, B, OFF, DW, M, P, Q, sam, sap, sbm, sbq, FP32: tl.c
 
 
 def grouped_matmul_weight_grad(inputs, attrs):
-    a, b, off = inputs
-    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"grouped_matmul_weight_grad: expected a (M, P) and b (M, Q), got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
-    if off.dim() != 1 or off.shape[0] < 2:
-        raise ValueError(f"grouped_matmul_weight_grad: offsets must have shape (E+1,), got "
-                         f"{tuple(off.shape)}")
-    a, b, off = a.contiguous(), b.contiguous(), off.contiguous()
+    a, b, off = (t.contiguous() for t in inputs)  # shapes and dtypes as CHECKS accepted them
     M, P = a.shape
     Q = b.shape[1]
     E = off.shape[0] - 1
@@ -406,4 +391,8 @@ def _check_combine_backward(inputs, attrs):
 # The CPU and CUDA kernels' checks of inputs, shapes and dtypes (bound from cpp/ops); row's values
 # are not checked (the kernels skip a row outside [0, R), as the CUDA ones do).
 CHECKS = {"moe_combine": _check_combine, "moe_combine_backward": _check_combine_backward,
+          # (mixed dtypes had reached tl.dot; the offsets' values are trusted, as on CUDA)
+          "grouped_matmul": lambda inputs, attrs: _core.ops.check_grouped_matmul_args(
+              inputs, bool(attrs.get("transpose_w", False))),
+          "grouped_matmul_weight_grad": lambda inputs, attrs: _core.ops.check_grouped_matmul_weight_grad_args(inputs),
           "moe_permute": lambda inputs, attrs: _core.ops.expect_inputs(inputs, 1, 1, "moe_permute")}

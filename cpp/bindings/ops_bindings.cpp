@@ -44,6 +44,12 @@ void bind_ops(py::module_& root) {
     check_norm_stats(x, or_none(mean), or_none(rstd), centered, op.c_str());
   });
   m.def("check_swiglu_args", &check_swiglu_args);
+  m.def("check_grouped_matmul_args", [](const py::sequence& inputs, bool transpose_w) {
+    check_grouped_matmul_args(tensors_of(inputs), transpose_w);
+  });
+  m.def("check_grouped_matmul_weight_grad_args", [](const py::sequence& inputs) {
+    check_grouped_matmul_weight_grad_args(tensors_of(inputs));
+  });
   m.def("check_swiglu_backward_args", [](const py::sequence& inputs) { check_swiglu_backward_args(tensors_of(inputs)); });
   m.def("check_cross_entropy_args", &check_cross_entropy_args);
   m.def("check_cross_entropy_backward_args", [](const py::sequence& inputs, const std::string& reduction,

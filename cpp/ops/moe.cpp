@@ -84,14 +84,40 @@ void check_moe_combine_args(const Tensor& y, const Tensor& gates, const Tensor& 
            N, ", ", H, "), got ", shape_str(g.shape()));
 }
 
+int64_t check_grouped_matmul_args(const Tensors& in, bool transpose_w) {
+  cpu::expect_inputs(in, 3, 3, "grouped_matmul");
+  const Tensor& x = in[0];
+  const Tensor& w = in[1];
+  LS_CHECK(x.dim() == 2 && w.dim() == 3, ValueError, "grouped_matmul: expected x (M, K) and w "
+           "(E, K, N), got ", shape_str(x.shape()), " and ", shape_str(w.shape()));
+  cpu::expect_same_dtype(x, w, "grouped_matmul", "weight");
+  const int64_t K = x.shape()[1], E = w.shape()[0], wk = transpose_w ? w.shape()[2] : w.shape()[1];
+  LS_CHECK(wk == K, ValueError, "grouped_matmul: x has ", K, " columns but w",
+           transpose_w ? " (transposed)" : "", " of shape ", shape_str(w.shape()), " expects ", wk);
+  expect_int64_index(in[2], "grouped_matmul", "offsets");
+  LS_CHECK(in[2].dim() == 1 && in[2].shape()[0] == E + 1, ValueError,
+           "grouped_matmul: offsets must have shape (", E + 1, ",) for ", E, " experts, got ",
+           shape_str(in[2].shape()));
+  return E;
+}
+
+int64_t check_grouped_matmul_weight_grad_args(const Tensors& in) {
+  const char* op = "grouped_matmul_weight_grad";
+  cpu::expect_inputs(in, 3, 3, op);
+  LS_CHECK(in[0].dim() == 2 && in[1].dim() == 2 && in[0].shape()[0] == in[1].shape()[0], ValueError, op,
+           ": expected a (M, P) and b (M, Q), got ", shape_str(in[0].shape()), " and ", shape_str(in[1].shape()));
+  cpu::expect_same_dtype(in[0], in[1], op, "second operand");
+  expect_int64_index(in[2], op, "offsets");
+  const int64_t E = in[2].dim() == 1 ? in[2].shape()[0] - 1 : -1;
+  LS_CHECK(E > 0, ValueError, op, ": offsets must have shape (E+1,), got ", shape_str(in[2].shape()));
+  return E;
+}
+
 namespace {
 
-// offsets as a dense int64 vector, checked: E+1 entries, starting at 0, non-decreasing, <= rows.
+// The offsets (int64, (E+1,): checked before) as a dense vector whose values are checked:
+// starting at 0, non-decreasing, at most rows.
 Tensor checked_offsets(const Tensor& offsets, int64_t E, int64_t rows, const char* op) {
-  expect_int64_index(offsets, op, "offsets");
-  LS_CHECK(offsets.dim() == 1 && offsets.shape()[0] == E + 1, ValueError, op,
-           ": offsets must have shape (", E + 1, ",) for ", E, " experts, got ",
-           shape_str(offsets.shape()));
   Tensor o = contiguous(offsets);
   const int64_t* p = o.data<int64_t>();
   LS_CHECK(p[0] == 0, ValueError, op, ": offsets[0] must be 0, got ", p[0]);
@@ -162,17 +188,11 @@ Tensors moe_permute_cpu(const Tensors& in, const Attrs& a) {
 // ---- grouped_matmul ----------------------------------------------------------------------------
 
 Tensors grouped_matmul_cpu(const Tensors& in, const Attrs& a) {
-  cpu::expect_inputs(in, 3, 3, "grouped_matmul");
+  const bool tw = a.b("transpose_w", false);
+  const int64_t E = check_grouped_matmul_args(in, tw);
   const Tensor& x0 = in[0];
   const Tensor& w = in[1];
-  const bool tw = a.b("transpose_w", false);
-  LS_CHECK(x0.dim() == 2 && w.dim() == 3, ValueError, "grouped_matmul: expected x (M, K) and w "
-           "(E, K, N), got ", shape_str(x0.shape()), " and ", shape_str(w.shape()));
-  cpu::expect_same_dtype(x0, w, "grouped_matmul", "weight");
-  const int64_t M = x0.shape()[0], K = x0.shape()[1], E = w.shape()[0];
-  const int64_t wk = tw ? w.shape()[2] : w.shape()[1], N = tw ? w.shape()[1] : w.shape()[2];
-  LS_CHECK(wk == K, ValueError, "grouped_matmul: x has ", K, " columns but w",
-           tw ? " (transposed)" : "", " of shape ", shape_str(w.shape()), " expects ", wk);
+  const int64_t M = x0.shape()[0], K = x0.shape()[1], N = tw ? w.shape()[1] : w.shape()[2];
   Tensor off = checked_offsets(in[2], E, M, "grouped_matmul");
   const int64_t* po = off.data<int64_t>();
   Tensor x = contiguous(x0);
@@ -198,16 +218,9 @@ Tensors grouped_matmul_cpu(const Tensors& in, const Attrs& a) {
 }
 
 Tensors grouped_matmul_weight_grad_cpu(const Tensors& in, const Attrs&) {
-  cpu::expect_inputs(in, 3, 3, "grouped_matmul_weight_grad");
-  LS_CHECK(in[0].dim() == 2 && in[1].dim() == 2 && in[0].shape()[0] == in[1].shape()[0],
-           ValueError, "grouped_matmul_weight_grad: expected a (M, P) and b (M, Q), got ",
-           shape_str(in[0].shape()), " and ", shape_str(in[1].shape()));
-  cpu::expect_same_dtype(in[0], in[1], "grouped_matmul_weight_grad", "second operand");
+  const int64_t E = check_grouped_matmul_weight_grad_args(in);
   Tensor A = contiguous(in[0]), B = contiguous(in[1]);
   const int64_t M = A.shape()[0], P = A.shape()[1], Q = B.shape()[1];
-  const int64_t E = in[2].dim() == 1 ? in[2].shape()[0] - 1 : -1;
-  LS_CHECK(E > 0, ValueError, "grouped_matmul_weight_grad: offsets must have shape (E+1,), got ",
-           shape_str(in[2].shape()));
   Tensor off = checked_offsets(in[2], E, M, "grouped_matmul_weight_grad");
   const int64_t* po = off.data<int64_t>();
   Tensor dw = Tensor::empty({E, P, Q}, A.dtype(), A.device());

@@ -117,6 +117,12 @@ void expect_int64_index(const Tensor& t, const char* op, const char* what);
 // backward g (N, H) of y's dtype (undefined for the forward). Row's values are not read.
 void check_moe_combine_args(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g,
                             const char* op);
+// grouped_matmul's {x (M, K), w (E, K, N) (or (E, N, K) with transpose_w), offsets} and
+// grouped_matmul_weight_grad's {a (M, P), b (M, Q), offsets}: three inputs, shapes, one dtype,
+// int64 offsets of shape (E+1,). The offsets' values are the kernels' to check (the CPU reads
+// them; a GPU kernel takes them as they are). Returns E.
+int64_t check_grouped_matmul_args(const Tensors& in, bool transpose_w);
+int64_t check_grouped_matmul_weight_grad_args(const Tensors& in);
 
 // softmax.cpp: the backwards' output y and upstream gradient g, of one dtype and shape.
 void check_softmax_backward_args(const Tensor& y, const Tensor& g, const char* op);
