@@ -175,6 +175,25 @@ def test_an_edited_source_is_prepared_again_and_a_resume_on_it_refused(tmp_path,
     assert (run / "config.json").read_bytes() == config
 
 
+def test_a_deleted_source_is_served_from_the_folder_the_run_trained_on(tmp_path, corpus, capsys):
+    # The source is edited (and prepared again for a second run), then deleted: the first run's
+    # eval and --resume find the folder holding its own data, not the one prepared last.
+    import shutil
+    from llmscratch.train.command import prepare_data
+    assert train(tmp_path, corpus, "--steps", "3") == 0
+    first = prepare_data(corpus, 320, 0.3, quiet=True)
+    for k in range(4):
+        part = tmp_path / "data" / f"part{k}.py"
+        part.write_text(part.read_text() + "def g(y):\n    return y\n")
+    assert train(tmp_path, corpus, "--steps", "3", "--name", "second") == 0
+    assert prepare_data(corpus, 320, 0.3, quiet=True) != first  # the latest for the path
+    shutil.rmtree(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(tmp_path / "runs" / "t"), "--batches", "1"]) == 0
+    assert train(tmp_path, corpus, "--steps", "6", "--resume") == 0
+    assert main(["eval", "--ckpt", str(tmp_path / "runs" / "second"), "--batches", "1"]) == 0
+
+
 def test_eval_refuses_data_encoded_with_another_tokenizer(tmp_path, corpus, capsys):
     # The run's validation split is evaluated only as the run's own tokenizer encodes it.
     from llmscratch.tokenizer import Tokenizer

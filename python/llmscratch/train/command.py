@@ -30,15 +30,16 @@ def cache_root() -> Path:
 # ---- data ------------------------------------------------------------------------------------
 
 def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool = False,
-                 gone_ok: bool = False):
+                 gone_ok: bool = False, identity=None):
     """Tokenizer prefix and the (train, val) shard globs for `source`, built once and cached.
     The cache folder is made under a temporary name and renamed when complete; its key holds the
     source's fingerprint, so that a source edited in place is prepared again. Beside the shards,
     identity.json holds each split's data_identity. With gone_ok (`eval` and `train --resume`,
     which check the data's identity against the run's), a source that is gone (moved, deleted) is
-    served from the folder last completed for it with the same settings (cache_root()/latest.json,
-    keyed without the fingerprint); a new run on a missing source is an error, not a silent run on
-    whatever was last prepared under that path."""
+    served from a folder completed for it: the one holding `identity` (the run's data), else the
+    one last completed with the same settings (cache_root()/latest.json, keyed without the
+    fingerprint). A new run on a missing source is an error, not a silent run on whatever was
+    last prepared under that path."""
     from ..data import tokenize_cmd
     from .._files import atomic_write_text, stale_temporaries
     src = _source_key(source)
@@ -46,13 +47,15 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     settings = f"{src}|{vocab_size}|{val_fraction}|split-2"
     try:
         fingerprint = _source_fingerprint(source)
-    except (OSError, ValueError):  # a missing source: its last prepared folder, if complete
+    except (OSError, ValueError):  # a missing source: a folder prepared for it, if complete
         if not gone_ok:
             raise
-        last = _latest_prepared().get(settings)
-        if last is None or not (cache_root() / f"data-{last}" / "done").exists():
-            raise
-        folder = cache_root() / f"data-{last}"
+        folder = _prepared_holding(src, identity)
+        if folder is None:
+            last = _latest_prepared().get(settings)
+            if last is None or not (cache_root() / f"data-{last}" / "done").exists():
+                raise
+            folder = cache_root() / f"data-{last}"
         return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
     key = hashlib.sha256(f"{settings}|{fingerprint}".encode()).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
@@ -82,6 +85,22 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
     if latest.get(settings) != key:  # also a folder completed before latest.json existed
         atomic_write_text(cache_root() / "latest.json", json.dumps({**latest, settings: key}))
     return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
+
+
+def _prepared_holding(src: str, identity):
+    """The completed cache folder of source key `src` whose identity.json is `identity` (a run's
+    data: the folder it trained on, though the source was edited and prepared again since), or
+    None."""
+    if not identity:
+        return None
+    for done in sorted(cache_root().glob("data-*/done")):
+        folder = done.parent
+        try:
+            if done.read_text().strip() == src and _prepared_identity(str(folder / "tokenizer")) == identity:
+                return folder
+        except (OSError, ValueError):  # a damaged folder is no match
+            continue
+    return None
 
 
 def _latest_prepared() -> dict:
@@ -267,12 +286,17 @@ def _check_resume(run_dir: Path, run_config: dict) -> str:
     return folder
 
 
+def _saved_identity(folder: str):
+    """The data_identity a checkpoint's run trained on (None for runs saved before it was kept)."""
+    from .checkpoint import read_trainer_state
+    return read_trainer_state(folder).get("run_config", {}).get("data_identity")
+
+
 def _check_resumed_data(folder: str, identity, source: str):
     """The data of a resumed run must be the data its checkpoint was trained on: a source edited
     in place keeps its path (and a rebuilt cache may keep its tokenizer). Runs saved before
     checkpoints held the data's identity are not checked."""
-    from .checkpoint import read_trainer_state
-    saved = read_trainer_state(folder).get("run_config", {}).get("data_identity")
+    saved = _saved_identity(folder)
     if not saved or not identity:
         return
     changed = []
@@ -355,8 +379,9 @@ def train_command(args) -> int:
                   "backend": args.backend}
     resume_from = _check_resume(run_dir, run_config) if args.resume else None
     t0 = time.time()
+    saved_identity = _saved_identity(resume_from) if resume_from else None
     tok_prefix, train_glob, val_glob = prepare_data(args.data, vocab, args.val_fraction, args.quiet,
-                                                    gone_ok=args.resume)
+                                                    gone_ok=args.resume, identity=saved_identity)
     identity = _prepared_identity(tok_prefix)
     if args.resume:
         _check_resumed_data(resume_from, identity, args.data)
@@ -516,7 +541,7 @@ def eval_command(args) -> int:
         if not cfg["val_fraction"] > 0:
             raise ValueError(f"{args.ckpt} was trained without a validation split: pass --data")
         tok_prefix, _, val_glob = prepare_data(cfg["data"], cfg["vocab_size"], cfg["val_fraction"],
-                                               quiet=True, gone_ok=True)
+                                               quiet=True, gone_ok=True, identity=cfg.get("data_identity"))
         # the split's tokens must be the run's tokenizer's, as the model was trained on
         _check_run_tokenizer(_run_folders(args.ckpt)[1], tok_prefix, "",
                              "pass --data to evaluate a source encoded with the run's tokenizer")
