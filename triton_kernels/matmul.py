@@ -411,18 +411,24 @@ def matmul_forward(a, b, bias=None):
         raise TypeError(f"matmul: the triton backend supports float32, float16 and bfloat16, got {dtype_name(a.dtype)}")
     if a.device != b.device:
         raise ValueError(f"matmul: operands are on {a.device} and {b.device}")
+    K, N = a.shape[-1], b.shape[-1]
+    if b.shape[-2 if b.dim() > 1 else 0] != K:
+        raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+                         f"multiplied ({K} != {b.shape[-2 if b.dim() > 1 else 0]})")
+    if bias is not None and (a.dim() < 2 or b.dim() < 2 or bias.shape != (N,) or bias.dtype != a.dtype):
+        raise ValueError(f"matmul: the bias must be ({N},) in {dtype_name(a.dtype)} with operands of at least "
+                         f"2 dims; got {tuple(bias.shape)} {dtype_name(bias.dtype)} for shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    return _matmul(a, b, bias)
+
+
+def _matmul(a, b, bias):
+    """matmul_forward past its checks (the registry op's run by CHECKS instead)."""
+    if bias is not None:
+        bias = bias.contiguous()
     A = a.unsqueeze(0) if a.dim() == 1 else a
     B = b.unsqueeze(-1) if b.dim() == 1 else b
     M, K, N = A.shape[-2], A.shape[-1], B.shape[-1]
-    if B.shape[-2] != K:
-        raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
-                         f"multiplied ({K} != {B.shape[-2]})")
-    if bias is not None:
-        if a.dim() < 2 or b.dim() < 2 or bias.shape != (N,) or bias.dtype != a.dtype:
-            raise ValueError(f"matmul: the bias must be ({N},) in {dtype_name(a.dtype)} with operands of at least "
-                             f"2 dims; got {tuple(bias.shape)} {dtype_name(bias.dtype)} for shapes "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
-        bias = bias.contiguous()
     if a.dim() == 2 and b.dim() == 2:  # the common case, with the least host work
         out = matmul_output((M, N), a.dtype, a.device)
         _launch(a, b, out, bias)
@@ -447,7 +453,7 @@ def matmul_forward(a, b, bias=None):
 def _matmul_op(inputs, attrs):
     """Registry op "matmul": inputs {a, b[, bias]} (at least 2-D each; bias (N,) or absent), no
     attrs, outputs {a @ b + bias}."""
-    return [matmul_forward(inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None)]
+    return [_matmul(inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None)]  # checked by CHECKS
 
 
 KERNELS = {"matmul": _matmul_op}
