@@ -336,28 +336,25 @@ KERNELS = {"cross_entropy": cross_entropy_forward, "cross_entropy_backward": cro
            "cross_entropy_inplace_backward": cross_entropy_inplace_backward}
 
 
-def _check_args(op, first):
-    """CHECKS entry: the CPU and CUDA kernels' checks of (logits, targets) at inputs first and
-    first + 1, the reduction and label_smoothing (logits with no classes, a smoothing outside
-    [0, 1], an unknown reduction), then the targets' range (the op "index_check": on a GPU the
-    first bad target raises the CPU op's IndexError at the next synchronisation, as the CUDA
-    kernels' check does)."""
+def _check_targets(op, logits, targets, attrs):
+    """The targets' range (the op "index_check": on a GPU the first bad target raises the CPU op's
+    IndexError at the next synchronisation, as the CUDA kernels' check does)."""
+    _core.call_native("index_check", [targets], {"kind": "target", "op": op, "size": logits.shape[1],
+                                                 "ignore_index": int(attrs.get("ignore_index", -100))})
+
+
+def _check_forward(op):
+    """CHECKS entry of a forward {logits, targets}: the CPU and CUDA kernels' checks (the count,
+    logits with no classes, a smoothing outside [0, 1], an unknown reduction), then the targets'
+    range; for the in-place one also the logits' rows, which the gradient is written into."""
     def check(inputs, attrs):
-        if first == 0:  # the forwards' (logits, targets); the backward's five are checked before
-            _core.ops.expect_inputs(inputs, 2, 2, op)
-        logits, targets = inputs[first], inputs[first + 1]
-        _core.ops.check_cross_entropy_args(logits, targets, str(attrs.get("reduction", "mean")),
+        _core.ops.expect_inputs(inputs, 2, 2, op)
+        _core.ops.check_cross_entropy_args(inputs[0], inputs[1], str(attrs.get("reduction", "mean")),
                                            float(attrs.get("label_smoothing", 0.0)))
-        _core.call_native("index_check", [targets], {"kind": "target", "op": op, "size": logits.shape[1],
-                                                     "ignore_index": int(attrs.get("ignore_index", -100))})
+        if op == "cross_entropy_inplace":
+            _core.ops.check_cross_entropy_inplace_logits(inputs[0], op)
+        _check_targets(op, inputs[0], inputs[1], attrs)
     return check
-
-
-def _check_inplace_forward(inputs, attrs):
-    """CHECKS entry of the in-place forward: _check_args', then the logits' rows, which the
-    gradient is written into (the CPU and CUDA kernels' check_cross_entropy_inplace_logits)."""
-    _check_args("cross_entropy_inplace", 0)(inputs, attrs)
-    _core.ops.check_cross_entropy_inplace_logits(inputs[0], "cross_entropy_inplace")
 
 
 def _check_backward(inputs, attrs):
@@ -365,7 +362,7 @@ def _check_backward(inputs, attrs):
     and lse's sizes and dtypes: a short g_lse was read past its end), then the targets' range."""
     _core.ops.check_cross_entropy_backward_args(inputs, str(attrs.get("reduction", "mean")),
                                                 float(attrs.get("label_smoothing", 0.0)))
-    _check_args("cross_entropy_backward", 1)(inputs, attrs)
+    _check_targets("cross_entropy_backward", inputs[1], inputs[2], attrs)
 
 
 def _check_inplace_backward(inputs, attrs):
@@ -374,7 +371,7 @@ def _check_inplace_backward(inputs, attrs):
     _core.ops.check_cross_entropy_inplace_backward_args(inputs[0], inputs[1], str(attrs.get("reduction", "mean")))
 
 
-CHECKS = {"cross_entropy": _check_args("cross_entropy", 0),
-          "cross_entropy_inplace": _check_inplace_forward,
+CHECKS = {"cross_entropy": _check_forward("cross_entropy"),
+          "cross_entropy_inplace": _check_forward("cross_entropy_inplace"),
           "cross_entropy_backward": _check_backward,
           "cross_entropy_inplace_backward": _check_inplace_backward}
