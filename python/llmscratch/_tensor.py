@@ -52,9 +52,10 @@ def as_tensor_like(value, like: Tensor, wrap: bool = True) -> Tensor:
         return value
     if isinstance(value, _SCALARS):
         dtype = _scalar_dtype(value, like)
-        if wrap and dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
+        if not wrap:
+            value = fill_number(value, dtype)
+        elif dtype in _WRAPPED and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool):
             value = _wrap_int(int(value), *_WRAPPED[dtype])
-        value = fill_number(value, dtype)
         if past_double(dtype, value):  # exact past 2^53, where the op's double would round
             return full([], value, dtype, like.device)
         return _ops.full([], float(value), dtype, like.device)
