@@ -292,11 +292,10 @@ def _saved_identity(folder: str):
     return read_trainer_state(folder).get("run_config", {}).get("data_identity")
 
 
-def _check_resumed_data(folder: str, identity, source: str):
+def _check_resumed_data(folder: str, saved, identity, source: str):
     """The data of a resumed run must be the data its checkpoint was trained on: a source edited
-    in place keeps its path (and a rebuilt cache may keep its tokenizer). Runs saved before
-    checkpoints held the data's identity are not checked."""
-    saved = _saved_identity(folder)
+    in place keeps its path (and a rebuilt cache may keep its tokenizer). saved: the checkpoint
+    folder's (_saved_identity); runs saved before checkpoints held it are not checked."""
     if not saved or not identity:
         return
     changed = []
@@ -384,7 +383,7 @@ def train_command(args) -> int:
                                                     gone_ok=args.resume, identity=saved_identity)
     identity = _prepared_identity(tok_prefix)
     if args.resume:
-        _check_resumed_data(resume_from, identity, args.data)
+        _check_resumed_data(resume_from, saved_identity, identity, args.data)
         _check_run_tokenizer(run_dir, tok_prefix, "--resume: ",
                              "the run cannot continue on differently encoded data")
     tok = Tokenizer.load(tok_prefix)
