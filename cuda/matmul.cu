@@ -326,13 +326,11 @@ bool run_gemm(GemmArgs<T> p, int64_t nbatch, Major am, Major bm) {
 }
 
 Tensors matmul_cuda(const Tensors& in, const Attrs&) {
-  ops::check_matmul_kernel_args(in, "CUDA");
+  const Shape batch = ops::check_matmul_kernel_args(in, "CUDA");
   const Tensor& a0 = in[0];
   const Tensor& b0 = in[1];
   int64_t M = a0.size(-2), K = a0.size(-1), N = b0.size(-1);
   const Tensor bias = in.size() > 2 && in[2].defined() ? ops::contiguous(in[2]) : Tensor();
-  Shape batch = broadcast_shapes(Shape(a0.shape().begin(), a0.shape().end() - 2),
-                                 Shape(b0.shape().begin(), b0.shape().end() - 2), "matmul");
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);

@@ -48,7 +48,7 @@ void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias) {
            "= (", b.size(-1), ",), got shape ", shape_str(bias.shape()));
 }
 
-void check_matmul_kernel_args(const Tensors& in, const char* backend) {
+Shape check_matmul_kernel_args(const Tensors& in, const char* backend) {
   cpu::expect_inputs(in, 2, 3, "matmul");
   const Tensor& a = in[0];
   const Tensor& b = in[1];
@@ -59,8 +59,8 @@ void check_matmul_kernel_args(const Tensors& in, const char* backend) {
   LS_CHECK(b.size(-2) == a.size(-1), ValueError, "matmul: shapes ", shape_str(a.shape()), " and ",
            shape_str(b.shape()), " cannot be multiplied (", a.size(-1), " != ", b.size(-2), ")");
   check_matmul_bias(a, b, in.size() > 2 ? in[2] : Tensor());
-  broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2), Shape(b.shape().begin(), b.shape().end() - 2),
-                   "matmul");
+  return broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
+                          Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
 }
 
 int64_t matmul_row_stride(int64_t N, int64_t itemsize) {
@@ -93,13 +93,11 @@ void add_bias_rows(T* c, int64_t rows, int64_t N, const T* bias) {
 }
 
 Tensors matmul_cpu(const Tensors& in, const Attrs&) {
-  check_matmul_kernel_args(in, "CPU");
+  const Shape batch = check_matmul_kernel_args(in, "CPU");
   const Tensor& a = in[0];
   const Tensor& b = in[1];
   const Tensor bias = in.size() > 2 && in[2].defined() ? contiguous(in[2]) : Tensor();
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
-  Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
-                                 Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);

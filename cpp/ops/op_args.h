@@ -86,7 +86,8 @@ void check_matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias);
 // The "matmul" kernels' {a, b[, bias]} (ops::matmul handles 1-D operands before them): a
 // (..., M, K) and b (..., K, N) of one dtype and broadcastable batch dims, the bias as
 // check_matmul_bias. backend names the kernel in the message ("CPU", "CUDA", "Triton").
-void check_matmul_kernel_args(const Tensors& in, const char* backend);
+// Returns the broadcast batch shape.
+Shape check_matmul_kernel_args(const Tensors& in, const char* backend);
 
 // matmul.cpp: the row stride, in elements, of a GPU matmul output with N columns of a dtype of
 // itemsize bytes: N, or for a long 16-bit row that is not a multiple of 16 bytes (GPT-2's
