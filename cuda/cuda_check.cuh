@@ -60,6 +60,46 @@ inline int sm_count(int dev, const char* op) {
   return n;
 }
 
+// Programmatic dependent launch (compute capability 9.0+). launch_early queues a kernel that the
+// GPU may start while the kernel before it on the stream still runs, so that its launch (a few
+// microseconds between two short kernels) hides under that kernel. Such a kernel calls
+// wait_for_prior_grids() before it touches anything that earlier work writes: it returns once the
+// kernel before has finished and its writes are visible. The kernel before calls
+// allow_early_launch() to let it start before its own blocks end. On an older GPU launch_early is
+// a plain launch and both calls compile to nothing.
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_early_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+void launch_early(void (*kernel)(Params...), unsigned blocks, int threads, cudaStream_t stream, int dev,
+                  const char* op, Args... args) {
+  static std::atomic<int> majors[64];  // compute capability, read once per device
+  int major = majors[dev & 63].load();
+  if (major == 0) {
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), op);
+    majors[dev & 63].store(major);
+  }
+  cudaLaunchAttribute early;
+  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(unsigned(threads));
+  config.stream = stream;
+  config.attrs = &early;
+  config.numAttrs = major >= 9 ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, Params(args)...), op);
+}
+
 // Dynamic shared memory above 48 KB must be allowed once per kernel and device: configured, a
 // static of the kernel's launcher, holds a bit per device already done.
 template <typename Kernel>
