@@ -1,5 +1,7 @@
 """nn modules and optimizers: parameters, state_dict, moves, AdamW/SGD/clipping against torch,
 and a small MLP that learns."""
+import math
+
 import numpy as np
 import pytest
 
@@ -269,6 +271,9 @@ def test_optimizer_rejects_bad_input():
         ls.optim.AdamW([])
     with pytest.raises(ValueError, match="learning rate"):
         ls.optim.AdamW(nn.Linear(2, 2).parameters(), lr=-1)
+    for bad in (dict(lr=math.nan), dict(eps=math.nan), dict(weight_decay=math.nan), dict(betas=(math.nan, 0.9))):
+        with pytest.raises(ValueError, match="AdamW"):  # NaN had passed, and made every weight NaN
+            ls.optim.AdamW(nn.Linear(2, 2).parameters(), **bad)
     with pytest.raises(ValueError, match="does not require grad"):
         ls.optim.SGD([ls.zeros(2)])
 

@@ -1,5 +1,6 @@
 """The training loop: schedules, exact resume, atomic checkpoints, non-finite losses, the
 validation loss, strict JSON files."""
+import dataclasses
 import json
 import math
 import os
@@ -240,6 +241,17 @@ def test_bad_config_values():
         TrainConfig(on_nan="ignore")
     with pytest.raises(ValueError, match="unknown schedule"):
         TrainConfig(schedule="exp")
+    for bad, message in ((dict(steps=4.0), "steps must be an int"), (dict(batch_size=True), "batch_size must be an int"),
+                         (dict(lr="1e-3"), "lr must be a float"), (dict(recompute=1), "recompute must be a bool")):
+        with pytest.raises(TypeError, match=message):
+            TrainConfig(**bad)
+
+
+def test_numpy_numbers_in_the_config_become_python_numbers():
+    # They passed the checks but not json.dump: the run failed at its first log record.
+    cfg = TrainConfig(steps=np.int64(4), lr=np.float32(0.5), min_lr=np.float64(0.25), warmup=np.int32(1))
+    assert [type(v) for v in (cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)] == [int, float, float, int]
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["lr"] == 0.5
 
 
 # ---- the validation loss --------------------------------------------------------------------

@@ -21,11 +21,12 @@ _HALF = (bfloat16, float16)
 
 class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        if lr < 0:
+        # written so that NaN fails each check, as torch's do
+        if not lr >= 0:
             raise ValueError(f"AdamW: invalid learning rate {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
+        if not (eps >= 0 and weight_decay >= 0):
             raise ValueError(f"AdamW: eps and weight_decay must be non-negative, got {eps}, {weight_decay}")
         # id of a 16-bit parameter's impl -> its _version when its master last matched it
         self._master_versions = {}

@@ -22,6 +22,7 @@ number of steps.
 import dataclasses
 import json
 import math
+import numbers
 import os
 import resource
 import signal
@@ -98,6 +99,14 @@ class TrainConfig:
     out: str = "runs/default"
 
     def __post_init__(self):
+        # As Python's own types: numpy numbers pass the checks below but not json.dump, which
+        # the first log record and checkpoint would only meet steps into the run.
+        for f in dataclasses.fields(self):
+            kind, v = f.type, getattr(self, f.name)
+            number = {int: numbers.Integral, float: numbers.Real}.get(kind, kind)
+            if isinstance(v, bool) is not (kind is bool) or not isinstance(v, number):
+                raise TypeError(f"{f.name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}")
+            setattr(self, f.name, kind(v))
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "ckpt_every")
         for name in positive:
             if getattr(self, name) <= 0:
