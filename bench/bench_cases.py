@@ -120,7 +120,7 @@ def _norm_case(name, device, dtype, R, C):
                                       {"dweight": True, "dbias": True, "eps": 1e-5})
         params = (tw, tb)
     else:
-        ours = lambda: F.rms_norm(x, (C,), w)
+        ours = lambda: F.rms_norm(x, (C,), w, eps=1e-6)
         theirs = lambda: tF.rms_norm(tx, (C,), tw, eps=1e-6)
         ref = lambda xx, ww, bb: tF.rms_norm(xx, (C,), ww, eps=1e-6)
         _, rstd = _core.call("rms_norm", [x, w], {"eps": 1e-6})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import llmscratch as ls
+import llmscratch.functional as F
 import llmscratch.nn as nn
 from conftest import assert_close, randn, to_np, torch
 
@@ -155,11 +156,19 @@ def test_layers_match_torch():
     x = randn(3, 5, 8)
     for ours, ref in [(nn.Linear(8, 6), torch.nn.Linear(8, 6)),
                       (nn.LayerNorm(8), torch.nn.LayerNorm(8)),
-                      (nn.RMSNorm(8, eps=1e-6), torch.nn.RMSNorm(8, eps=1e-6))]:
+                      (nn.RMSNorm(8, eps=1e-6), torch.nn.RMSNorm(8, eps=1e-6)),
+                      (nn.RMSNorm(8), torch.nn.RMSNorm(8))]:  # eps None: machine epsilon
         ours.to(dtype=ls.float64)
         ref.double()
         ref.load_state_dict({k: torch.from_dlpack(v) for k, v in ours.state_dict().items()})
-        assert_close(ours(ls.tensor(x)), ref(torch.tensor(x)))
+        # small activations, where eps 1e-6 against float64's machine epsilon changes the result
+        for scale in (1.0, 1e-4):
+            assert_close(ours(ls.tensor(x * scale)), ref(torch.tensor(x * scale)))
+    x32 = ls.tensor(x * 1e-4, dtype=ls.float32)
+    assert_close(nn.RMSNorm(8)(x32), torch.nn.RMSNorm(8)(torch.from_dlpack(x32)))
+    assert_close(F.rms_norm(x32, (8,)), torch.nn.functional.rms_norm(torch.from_dlpack(x32), (8,)))
+    with pytest.raises(TypeError, match="RMSNorm: eps must be a number or None"):
+        nn.RMSNorm(8, eps="1e-6")
     emb, temb = nn.Embedding(11, 4), torch.nn.Embedding(11, 4)
     temb.load_state_dict({"weight": torch.from_dlpack(emb.weight.detach())})
     ids = np.array([[1, 10, 3], [0, 0, 7]])

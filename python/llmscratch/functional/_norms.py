@@ -58,13 +58,17 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y if xf is x else y.reshape(list(x.shape))
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+def machine_eps(x) -> float:
+    """torch's eps=None for an RMS norm: the machine epsilon of the type x is computed in
+    (float32 for 16-bit x)."""
+    return float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
     """x / sqrt(mean(x^2) + eps) * weight over the trailing normalized_shape dims.
-    eps=None uses the machine epsilon of x's dtype, as torch does."""
+    eps=None (the default, as torch's) uses machine_eps(x)."""
     xf, p = _flatten("rms_norm", x, normalized_shape, {"weight": weight})
-    if eps is None:
-        eps = float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
-    y = _core.call("rms_norm", [xf, p["weight"]], {"eps": float(eps)})[0]
+    y = _core.call("rms_norm", [xf, p["weight"]], {"eps": machine_eps(x) if eps is None else float(eps)})[0]
     return y if xf is x else y.reshape(list(x.shape))
 
 
@@ -87,9 +91,7 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
 
 def add_rms_norm(x, residual, weight=None, eps=1e-6):
     """(h, y) with h = x + residual and y = rms_norm(h) over the last dim, in one kernel.
-    eps=None uses the machine epsilon of x's dtype, as rms_norm does."""
+    eps=None uses machine_eps(x), as rms_norm does."""
     _check_residual("add_rms_norm", x, residual)
-    if eps is None:
-        eps = float(np.finfo(np.float64 if x.dtype == _core.DType.float64 else np.float32).eps)
-    h, y, _ = _core.call("add_rms_norm", [x, residual, weight], {"eps": float(eps)})
+    h, y, _ = _core.call("add_rms_norm", [x, residual, weight], {"eps": machine_eps(x) if eps is None else float(eps)})
     return h, y

@@ -1,6 +1,8 @@
 """The standard layers. Linear, Embedding, LayerNorm and RMSNorm are backed by the C++ layers
 (cpp/layers/), which own the parameter tensors; the module registers the same tensors as its
 Parameters, so optimizers, state_dict and the C++ forward all see one set of weights."""
+import numbers
+
 import llmscratch_core as _core
 
 from .. import functional as F
@@ -77,10 +79,19 @@ class LayerNorm(_CppLayer):
 
 
 class RMSNorm(_CppLayer):
-    def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True, dtype=None, device=None):
+    """eps=None (the default, as torch's): the machine epsilon of the input's type, chosen per
+    call (machine_eps in functional/_norms.py), since the module may be cast after it is made."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=None, device=None):
         n = _last_dim("RMSNorm", normalized_shape)
-        super().__init__(_core.layers.RMSNorm(n, eps, elementwise_affine, *_dd(dtype, device)))
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)):
+            raise TypeError(f"RMSNorm: eps must be a number or None, got {eps!r}")
+        super().__init__(_core.layers.RMSNorm(n, 0.0 if eps is None else float(eps), elementwise_affine,
+                                              *_dd(dtype, device)))
         self.normalized_shape, self.eps = (n,), eps
+
+    def forward(self, x):
+        return self._impl.forward(x) if self.eps is not None else F.rms_norm(x, self.normalized_shape, self.weight)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
