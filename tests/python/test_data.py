@@ -217,6 +217,16 @@ def test_a_folder_of_both_splits_is_refused(shards, tmp_path):
     assert DataLoader(tmp_path / "one", 2, 8, prefetch=0).num_windows > 0
 
 
+def test_a_batch_larger_than_the_machine_is_refused_before_any_allocation(shards, monkeypatch):
+    # Not left to numpy: where the OS overcommits, the allocation succeeds and filling it gets
+    # the process killed.
+    from llmscratch.data import loader
+    monkeypatch.setattr(loader, "_physical_memory", lambda: 2**30)
+    with pytest.raises(MemoryError, match=r"a batch of 10000000 x 17 tokens needs 1.6 GiB, more than this machine's 1.0 GiB"):
+        DataLoader(shards, 10_000_000, 16)
+    assert DataLoader(shards, 1_000_000, 16, prefetch=0).B == 1_000_000  # 0.2 GiB: fits
+
+
 def test_a_dropped_loader_stops_its_thread(shards):
     import gc
     import weakref
@@ -413,3 +423,50 @@ def test_a_killed_publication_is_rolled_back_under_another_spelling_of_the_prefi
     monkeypatch.chdir(tmp_path / "elsewhere")
     tokenize_cmd._recover(str(tmp_path / "data" / "tok"))
     assert shards() == before
+
+
+@pytest.mark.filterwarnings("ignore:Tokenizer.train")  # its small source allows few merges
+def test_tokenize_train_reads_documents_as_encode_does(tmp_path):
+    # Files that are not valid UTF-8 (Latin-1 here) are trained on as encode reads them, invalid
+    # bytes replaced by U+FFFD: the merges are those of the same texts saved as UTF-8 after that
+    # replacement, with no raw byte (b"\xe9") that the shards never hold. A valid UTF-8 file
+    # among them is read as it is. (`llmscratch train` prepares its data through the same path.)
+    from llmscratch.cli import main
+    from llmscratch.tokenizer import Tokenizer
+    for name in ("latin", "replaced"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "utf8.txt").write_text("über straße\n" * 30, encoding="utf-8")
+    for i in range(20):
+        raw = f"café naïve résumé {i}\n".encode("latin-1") * 30
+        (tmp_path / "latin" / f"d{i:02d}.txt").write_bytes(raw)
+        (tmp_path / "replaced" / f"d{i:02d}.txt").write_text(raw.decode("utf-8", "replace"),
+                                                             encoding="utf-8")
+    for name in ("latin", "replaced"):
+        assert main(["tokenize", "train", "--source", str(tmp_path / name), "--vocab-size", "300",
+                     "--out", str(tmp_path / f"tok-{name}"), "--quiet"]) == 0
+    assert ((tmp_path / "tok-latin.tiktoken").read_bytes()
+            == (tmp_path / "tok-replaced.tiktoken").read_bytes())
+    tok = Tokenizer.load(tmp_path / "tok-latin")
+    learned = [tok.token_bytes(i) for i in range(256, tok.n_vocab - 1)]
+    assert any("\ufffd".encode() in t for t in learned) and any("ü".encode() in t for t in learned)
+    assert not any(b"\xe9" in t for t in learned)
+
+
+def test_encode_removes_the_shard_temporaries_of_dead_processes(tmp_path):
+    # write_shard writes a staged shard through SHARD.tmp.PID: one of a killed encode is removed
+    # with its other leftovers; one of an encode that still runs is left alone.
+    import subprocess
+    import sys
+    from llmscratch.data import tokenize_cmd
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    live = os.getppid()
+
+    def leftovers(pid):
+        return [f".tok.tmp-{pid}_{split}_000000.bin{end}"
+                for split in ("train", "val") for end in ("", f".tmp.{pid}")]
+    kept = [*leftovers(live), f".tok.tmp-{dead.pid}_train_000000.bin.tmp.x"]  # the last: not ours
+    for name in leftovers(dead.pid) + kept:
+        (tmp_path / name).write_bytes(b"")
+    tokenize_cmd._recover(str(tmp_path / "tok"))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)

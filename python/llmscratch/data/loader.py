@@ -66,6 +66,14 @@ def _count(name: str, v, lo: int) -> int:
     return n
 
 
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class DataLoader:
     def __init__(self, shards, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, device="cpu", start_step: int = 0,
@@ -75,6 +83,13 @@ class DataLoader:
                 ("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("world_size", world_size, 1),
                 ("start_step", start_step, 0), ("seed", seed, 0), ("prefetch", prefetch, 0)))
         rank = _count("rank", rank, 0)
+        # A batch (and the window indices of windows()) larger than the machine's memory: refused
+        # here, since where the OS hands such an allocation out anyway (overcommit), filling it
+        # gets the process killed instead of raising.
+        need, have = batch_size * (seq_len + 5) * 8, _physical_memory()
+        if have is not None and need > have:
+            raise MemoryError(f"DataLoader: a batch of {batch_size} x {seq_len + 1} tokens needs "
+                              f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB")
         if rank >= world_size:
             raise ValueError(f"DataLoader: rank must be in [0, {world_size}), got {rank!r}")
         self.paths = _expand(shards)

@@ -65,7 +65,7 @@ def run(args) -> int:
 def train(args) -> int:
     from ..tokenizer import Tokenizer
     docs = split_documents(args.source, "train", args.val_fraction)
-    items = [Path(d.path) if d.path is not None else d.text for d in docs]
+    items = [_training_item(d) for d in docs]
     specials = args.special if args.special is not None else [EOT]
     t0 = time.time()
     if not args.quiet:
@@ -76,6 +76,15 @@ def train(args) -> int:
     if not args.quiet:
         print(f"wrote {ranks} and {meta} ({tok.n_vocab} ids) in {time.time() - t0:.1f} s")
     return 0
+
+
+def _training_item(doc):
+    """doc for Tokenizer.train, read as encode reads it (Document.read: invalid UTF-8 replaced by
+    U+FFFD), so that the merges are learned on the text the shards hold. A file whose text has no
+    U+FFFD is valid UTF-8, the same as its bytes: it goes as its Path, read by the trainer, so
+    that the corpus is held once (by the trainer) rather than also as Python strings."""
+    text = doc.read()
+    return Path(doc.path) if doc.path is not None and "\ufffd" not in text else text
 
 
 def _encode_split(args, tok, split: str, prefix: str, token_bytes: int) -> list:
@@ -237,10 +246,11 @@ def _recover(prefix: str):
     """Before an encode to prefix: tidy what earlier encodes to it that were killed left (one that
     fails or is interrupted tidies itself). A journal, of a publication that did not commit, is
     rolled back; then staged and set-aside shards are removed. Files of a process that still runs
-    are left alone (another encode to the prefix, under way)."""
+    are left alone (another encode to the prefix, under way). A staged shard's own temporary
+    (write_shard's SHARD.tmp.PID, PID the same encode process) goes with it."""
     folder, name = os.path.split(prefix)
     left = re.compile(rf"\.{re.escape(name)}\.(tmp|old|publish)-(?P<pid>\d+)"
-                      rf"(_(?:train|val)_\d{{6}}\.bin|\.tmp-\d+)?")
+                      rf"(_(?:train|val)_\d{{6}}\.bin(?:\.tmp\.\d+)?|\.tmp-\d+)?")
     found = stale_temporaries(folder or ".", left)
     for entry, m in found:
         if m[1] == "publish" and m[3] is None:
