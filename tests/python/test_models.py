@@ -116,12 +116,13 @@ class RefTransformer(tnn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
 
-    def forward(self, ids, targets=None):
+    def forward(self, ids, targets=None, start_pos=0):
+        """start_pos: the ids sit at positions start_pos.. (Hugging Face's position_ids)."""
         c, T = self.c, ids.shape[1]
         x = self.wte(ids)
         if c.pos == "learned":
-            x = x + self.wpe(torch.arange(T))
-        angles = _ref_rope_angles(c, T) if c.pos == "rope" else None
+            x = x + self.wpe(torch.arange(start_pos, start_pos + T))
+        angles = _ref_rope_angles(c, start_pos + T)[start_pos:] if c.pos == "rope" else None
         for b in self.blocks:
             x = b(x, angles)
         logits = self.lm_head(self.norm_f(x))
@@ -264,6 +265,48 @@ def test_kv_cache_decoding_matches_full_forward(name):
     assert rel_err(np.concatenate(steps, axis=1), full) < 1e-12
     with pytest.raises(ValueError, match="do not fit"):
         model(ids[:, :2], kv_cache=cache, start_pos=config.block_size - 1)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mixed_mqa_interleaved_llama3"])
+def test_start_pos_without_cache_shifts_the_positions(name, monkeypatch):
+    """Without a cache, start_pos places the ids at positions start_pos.. and they attend among
+    themselves only (not the KV-cache path after a prefix, which would attend to the prefix too).
+    RoPE attention depends on relative positions only, so its logits barely move: the RoPE
+    tables the attention receives are checked too."""
+    config = CONFIGS[name]
+    ours, ref = _pair(config, np.float64)
+    s, T = 5, config.block_size - 7
+    ids = _rng.integers(0, config.vocab_size, size=(2, T))
+    tables, rope = [], F.rope
+
+    def spy(x, cos, sin, **kw):
+        tables.append(to_np(cos))
+        return rope(x, cos, sin, **kw)
+    monkeypatch.setattr(F, "rope", spy)
+    with ls.no_grad():
+        out = to_np(ours(ls.tensor(ids), start_pos=s))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids), start_pos=s).numpy()
+    assert rel_err(out, want) < 1e-12
+    if config.pos == "learned":  # the shift shows in the logits
+        assert rel_err(out, ref(torch.tensor(ids)).detach().numpy()) > 1e-3
+    else:
+        angles = _ref_rope_angles(config, s + T)[s:].numpy()
+        assert tables and all(np.allclose(t, np.cos(angles), rtol=0, atol=1e-15) for t in tables)
+
+
+def test_start_pos_must_be_a_non_negative_int():
+    config = CONFIGS["gpt2"]
+    model = M.Transformer(config, dtype=ls.float64)
+    ids = ls.tensor(_rng.integers(0, config.vocab_size, size=(1, 4)))
+    for bad in (2.0, True, np.bool_(True), "2", None):
+        with pytest.raises(TypeError, match="start_pos must be an int"):
+            model(ids, start_pos=bad)
+    with pytest.raises(ValueError, match="start_pos must be >= 0"):
+        model(ids, start_pos=-1)
+    with ls.no_grad():
+        np.testing.assert_array_equal(to_np(model(ids, start_pos=np.int64(2))),
+                                      to_np(model(ids, start_pos=2)))
 
 
 # ---- model API ---------------------------------------------------------------------------------

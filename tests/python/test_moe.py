@@ -235,6 +235,48 @@ def test_expert_bias_keeps_float32_through_a_cast():
     assert moe.expert_bias.dtype == ls.float32 and moe.expert_bias.abs().max().item() > 0
 
 
+_CASTS = {"float64": (ls.float64, lambda m: m.double()),
+          "bfloat16": (ls.bfloat16, lambda m: m.to(dtype=ls.bfloat16))}  # the Trainer's bf16 cast
+
+
+@pytest.mark.parametrize("name", list(_CASTS))
+def test_cast_gives_the_router_of_a_moe_built_in_that_dtype(name, monkeypatch):
+    dtype, cast = _CASTS[name]
+    # The CPU build has no bfloat16 kernels (the init's multiply): build without the init and
+    # compare dtypes only.
+    monkeypatch.setattr(ls.nn.init, "normal_", lambda t, *a, **kw: t)
+    args = (12, 10, 4, 2, "swiglu", 1, "sigmoid_bias")
+    built = MoE(*args, dtype=dtype)
+    moe = MoE(*args)
+    w = to_np(moe.router.weight)
+    cast(moe)
+    assert moe.router_dtype == built.router_dtype == moe.router.weight.dtype
+    assert ({n: t.dtype for n, t in moe.state_dict().items()}
+            == {n: t.dtype for n, t in built.state_dict().items()})
+    # cast once from float32: the router did not round through bfloat16 on the way
+    np.testing.assert_array_equal(to_np(moe.router.weight), w)
+
+
+def test_double_routes_as_a_moe_built_in_float64():
+    """Float64 gradient checks of a cast model need float64 routing."""
+    args = (12, 10, 4, 2, "swiglu", 1, "softmax_topk")
+    built = MoE(*args, dtype=ls.float64)
+    _randomise(built)
+    moe = MoE(*args).double()
+    with ls.no_grad():
+        for (_, p), (_, q) in zip(moe.named_parameters(), built.named_parameters()):
+            p.copy_(q)
+    x = _rng.standard_normal((37, 12))
+    w_out = ls.tensor(_rng.standard_normal((37, 12)))
+    results = []
+    for m in (moe, built):
+        out = m(ls.tensor(x))
+        ((out * w_out).sum() + m.aux_loss * 0.7 + m.z_loss * 0.3).backward()
+        results.append((to_np(out), to_np(m.router.weight.grad)))
+    (out, grad), (want_out, want_grad) = results
+    assert rel_err(out, want_out) < 1e-14 and rel_err(grad, want_grad) < 1e-14
+
+
 def test_discarded_load_updates_no_bias():
     # A step the trainer skips (a non-finite loss) must not carry its batches' load into the
     # next step's bias update, which a resumed run could not reproduce.

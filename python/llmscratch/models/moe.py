@@ -63,6 +63,25 @@ def _activate(h, activation, hidden):
     return F.gelu(h, approximate="tanh")
 
 
+def _router_dtype(dtype):
+    """The router's dtype for a model of dtype: float32 at least (a bf16 router would round its
+    logits and so the expert choice), float64 kept for float64 models (gradient checks)."""
+    return ls.float64 if dtype == ls.float64 else ls.float32
+
+
+class _Router(nn.Linear):
+    """The router's Linear. A cast (Module.to, .double(), ...) gives it _router_dtype of the dtype
+    the cast gives the model, converted once from its current values (a float32 router under a
+    bfloat16 cast must not round through bfloat16), so a cast MoE routes as one built in that
+    dtype."""
+
+    def _apply(self, fn):
+        w = self.weight
+        probe = fn(ls.empty(0, dtype=w.dtype, device=w.device))  # where fn sends a tensor like w
+        dtype, device = _router_dtype(probe.dtype), probe.device
+        return super()._apply(lambda t: t.to(device=device, dtype=dtype))
+
+
 class MoE(nn.Module):
     def __init__(self, n_embd, hidden, n_experts, top_k=2, activation="gelu", n_shared_experts=0,
                  routing="softmax_topk", capacity_factor=None, bias_update_rate=1e-3,
@@ -80,9 +99,7 @@ class MoE(nn.Module):
         self.activation, self.routing = activation, routing
         self.capacity_factor, self.bias_update_rate = capacity_factor, bias_update_rate
         fc_out = hidden * (2 if activation == "swiglu" else 1)
-        # The router runs in float32 at least (float64 models keep float64, for gradient checks).
-        self.router_dtype = ls.float64 if dtype == ls.float64 else ls.float32
-        self.router = nn.Linear(n_embd, n_experts, bias=False, dtype=self.router_dtype, device=device)
+        self.router = _Router(n_embd, n_experts, bias=False, dtype=_router_dtype(dtype), device=device)
         self.experts_fc = nn.Parameter(ls.empty(n_experts, n_embd, fc_out, dtype=dtype, device=device))
         self.experts_proj = nn.Parameter(ls.empty(n_experts, hidden, n_embd, dtype=dtype, device=device))
         nn.init.normal_(self.experts_fc, 0.0, 0.02)
@@ -96,6 +113,11 @@ class MoE(nn.Module):
         self._load = None  # assignments per expert since the last update_bias (float32 (E,))
         self.aux_loss = self.z_loss = None
         self._stats = None
+
+    @property
+    def router_dtype(self):
+        """The dtype routing runs in: the router weight's (kept by _Router through casts)."""
+        return self.router.weight.dtype
 
     def _apply(self, fn):
         """As Module._apply, but expert_bias keeps float32 under a cast and follows the device

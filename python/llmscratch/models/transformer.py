@@ -19,6 +19,8 @@ SwiGLU (fc C -> 2I holding [gate; up], proj I -> C).
 
 Incremental decoding: pass a KVCache and the position of the first id; the block writes its k, v
 into the cache and attends over cache[:start_pos + T] with the causal mask aligned bottom right.
+Without a cache, start_pos only places the ids at positions start_pos .. start_pos + T - 1 (as
+Hugging Face's position_ids); they attend causally among themselves.
 """
 from __future__ import annotations
 
@@ -268,9 +270,15 @@ class Transformer(nn.Module):
             raise TypeError("Transformer: ids must be an int32/int64 Tensor of shape (B, T), got "
                             + (f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, ls.Tensor)
                                else type(ids).__name__))
+        # Checked here: a float or bool would otherwise fail deep inside (the position ids).
+        if isinstance(start_pos, (bool, np.bool_)) or not isinstance(start_pos, (int, np.integer)):
+            raise TypeError(f"Transformer: start_pos must be an int, got {type(start_pos).__name__}")
+        start_pos = int(start_pos)
+        if start_pos < 0:
+            raise ValueError(f"Transformer: start_pos must be >= 0, got {start_pos}")
         B, T = ids.shape
         limit = self.config.block_size if kv_cache is None else kv_cache.max_len
-        if T == 0 or start_pos < 0 or start_pos + T > limit:
+        if T == 0 or start_pos + T > limit:
             raise ValueError(f"Transformer: positions {start_pos}..{start_pos + T - 1} do not fit "
                              f"the {'cache' if kv_cache is not None else 'block'} size {limit}")
         if kv_cache is not None:
@@ -279,7 +287,9 @@ class Transformer(nn.Module):
                                  f"have batch {B}")
             with no_grad():  # the cache is for inference: nothing is recorded
                 return self._forward(ids, targets, kv_cache, start_pos)
-        return self._forward(ids, targets, None, 0)
+        # Without a cache the ids sit at positions start_pos.. (Hugging Face's position_ids) and
+        # attend causally among themselves only.
+        return self._forward(ids, targets, None, start_pos)
 
     def _forward(self, ids, targets, kv_cache, start_pos):
         B, T = ids.shape
