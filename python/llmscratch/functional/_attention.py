@@ -5,34 +5,51 @@ import math
 import numbers
 
 import llmscratch_core as _core
+import numpy as np
+
+from ..autograd import is_grad_enabled
 
 __all__ = ["scaled_dot_product_attention"]
 
 
-def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None,
-                                 return_lse=False):
-    """softmax(q k^T * scale + mask) v for q (B, NH, T, HS) and k, v (B, NKV, S, HS).
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+                                 enable_gqa=False, return_lse=False):
+    """softmax(q k^T * scale + mask) v for q (B, NH, T, HS) and k, v (B, NKV, S, HS); the
+    arguments as torch's (the same positional ones), so that a call means what it means there.
 
-    NH must be a multiple of NKV (GQA: query head h uses kv head h // (NH // NKV)). attn_mask is
-    bool (True = attend) or float (added to the scores), broadcastable to (B, NH, T, S).
+    NH must be a multiple of NKV (GQA: query head h uses kv head h // (NH // NKV)), whatever
+    enable_gqa says (torch needs it True for NH != NKV). attn_mask is bool (True = attend) or
+    float (added to the scores), broadcastable to (B, NH, T, S); a float mask gets no gradient
+    (the fused backward never forms the (T, S) score gradient), so one that requires grad is
+    refused. dropout_p must be 0: attention dropout is not implemented.
     is_causal hides key s from query t when s > t + (S - T): aligned to the bottom right, which
     matches torch's top-left is_causal when T == S and suits a query block at the end of a kv
     cache when T < S. A query row that sees no key gives zeros (torch gives NaN there).
     scale defaults to 1 / sqrt(HS). return_lse=True also returns lse (B, NH, T).
     """
+    op = "scaled_dot_product_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, _core.Tensor):
-            raise TypeError(f"scaled_dot_product_attention: {name} must be a Tensor, got "
-                            f"{type(t).__name__}")
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     if attn_mask is not None and not isinstance(attn_mask, _core.Tensor):
-        raise TypeError("scaled_dot_product_attention: attn_mask must be a Tensor or None, got "
-                        f"{type(attn_mask).__name__}")
+        raise TypeError(f"{op}: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask is not None and attn_mask.requires_grad and is_grad_enabled():
+        raise NotImplementedError(f"{op}: a float attn_mask gets no gradient here, and this one requires "
+                                  "grad (a learned bias would never train); pass attn_mask.detach()")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"{op}: dropout_p must be a number, got {dropout_p!r}")
+    if dropout_p != 0:
+        raise NotImplementedError(f"{op}: dropout_p must be 0 (attention dropout is not implemented), "
+                                  f"got {dropout_p!r}")
+    for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa), ("return_lse", return_lse)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{op}: {name} must be a bool, got {flag!r}")
     attrs = {"causal": bool(is_causal)}
     if scale is not None:
-        if not isinstance(scale, numbers.Real):
-            raise TypeError(f"scaled_dot_product_attention: scale must be a number, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"{op}: scale must be a number, got {scale!r}")
         if not math.isfinite(scale):
-            raise ValueError(f"scaled_dot_product_attention: scale must be finite, got {scale!r}")
+            raise ValueError(f"{op}: scale must be finite, got {scale!r}")
         attrs["scale"] = float(scale)
     out, lse = _core.call("attention", [q, k, v, attn_mask], attrs)
     return (out, lse) if return_lse else out

@@ -84,6 +84,14 @@ def matmul(a, b):
 
 def linear(x, weight, bias=None):
     """x @ weight^T + bias, weight (out, in) as in torch.nn.Linear (the transpose is a view)."""
+    for name, t in (("input", x), ("weight", weight)):
+        if not isinstance(t, _core.Tensor):
+            raise TypeError(f"linear: {name} must be a Tensor, got {type(t).__name__}")
+    if x.dim() < 1 or not (weight.dim() == 2 or (weight.dim() == 1 and bias is None)):
+        raise ValueError(f"linear: input must have at least 1 dim and weight 2 (out, in), or 1 without a "
+                         f"bias, got shapes {tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.dim() == 1 and bias is None:  # torch's: one output feature, dropped from the shape
+        return _ops.matmul(x, weight)
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but weight has shape {tuple(weight.shape)}")
     return _ops.linear(x, weight, bias)

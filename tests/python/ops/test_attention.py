@@ -124,3 +124,30 @@ def test_bad_inputs():
         F.scaled_dot_product_attention(q, t(1, 1, 4, 5), t(1, 1, 4, 5), attn_mask=ls.tensor([[1, 0, 1, 1]]))
     with pytest.raises(TypeError, match="must be a Tensor"):
         F.scaled_dot_product_attention(np.zeros((1, 1, 1, 1)), k, k)
+
+
+def test_positional_arguments_mean_what_they_mean_in_torch():
+    # (q, k, v, attn_mask, dropout_p, is_causal, *, scale, enable_gqa): a positional is_causal
+    # had been read from torch's dropout_p place, and a positional scale from is_causal's
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 8))
+    q, tq = ls.tensor(x), torch.tensor(x)
+    ours = F.scaled_dot_product_attention(q, q, q, None, 0.0, True, scale=0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(tq, tq, tq, None, 0.0, True, scale=0.5)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="dropout_p must be 0"):
+        F.scaled_dot_product_attention(q, q, q, None, 0.1)
+    for bad in (dict(is_causal="no"), dict(enable_gqa=1)):
+        with pytest.raises(TypeError, match="must be a bool"):
+            F.scaled_dot_product_attention(q, q, q, **bad)
+    with pytest.raises(TypeError, match="scale must be a number"):
+        F.scaled_dot_product_attention(q, q, q, scale=True)
+
+
+def test_a_float_mask_that_requires_grad_is_refused():
+    # it would get no gradient: a learned bias passed as the mask would silently never train
+    q = ls.tensor(np.random.default_rng(1).standard_normal((1, 1, 3, 4)))
+    mask = ls.zeros(3, 3, dtype=ls.float64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="attn_mask gets no gradient"):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, q, q, attn_mask=mask.detach()).numpy(),
+                               F.scaled_dot_product_attention(q, q, q).numpy(), rtol=1e-12, atol=1e-12)

@@ -42,6 +42,18 @@ def test_large_float32_against_numpy():
 
 def test_linear_matches_torch():
     check(lambda x, w, b: ls.functional.linear(x, w, b), torch.nn.functional.linear, [(2, 5, 7), (3, 7), (3,)])
+    # a 1-d weight is one output feature, its dim dropped (torch's)
+    check(lambda x, w: ls.functional.linear(x, w), torch.nn.functional.linear, [(2, 5, 7), (7,)])
+
+
+def test_linear_bad_arguments_name_the_op():
+    w = ls.tensor(randn(3, 4))
+    with pytest.raises(TypeError, match="linear: input must be a Tensor, got list"):
+        ls.functional.linear([1.0, 2.0], w)
+    with pytest.raises(ValueError, match=r"linear: input must have at least 1 dim and weight 2 \(out, in\), or 1 without a bias"):
+        ls.functional.linear(ls.tensor(1.0), w)
+    with pytest.raises(ValueError, match="linear: input has 5 features"):
+        ls.functional.linear(ls.tensor(randn(2, 5)), w)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
