@@ -6,7 +6,8 @@
 //     p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps);  copy = cast(p)
 //   params/exp_avg/exp_avg_sq float32 (or float64); grads of the parameter's dtype or, for float32,
 //   bfloat16/float16; model copies bfloat16/float16.
-//   global_norm [tensors...] (any floating dtypes) -> 0-d float32 sqrt(sum of all squares).
+//   global_norm [tensors...] (any floating dtypes) -> 0-d sqrt(sum of all squares), float32 (float64
+//   when a tensor is float64).
 //
 // One launch for all tensors: the host cuts every tensor into chunks of a fixed number of
 // elements and hands the kernel a table (pointers, sizes, the first block of each tensor, an
@@ -312,11 +313,12 @@ norm_partials_kernel(const __grid_constant__ NormTable tab, double* partial) {
   if (threadIdx.x == 0) partial[b] = total;
 }
 
-__global__ void __launch_bounds__(1024) norm_final_kernel(const double* partial, int64_t count, float* out) {
+template <typename Out>
+__global__ void __launch_bounds__(1024) norm_final_kernel(const double* partial, int64_t count, Out* out) {
   double acc = 0;
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
   const double total = block_sum(acc);
-  if (threadIdx.x == 0) *out = float(sqrt(total));
+  if (threadIdx.x == 0) *out = Out(sqrt(total));
 }
 
 uint8_t norm_code(DType d) {
@@ -329,7 +331,7 @@ uint8_t norm_code(DType d) {
 }
 
 Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
-  ops::check_global_norm_inputs(in);
+  const DType out_dtype = ops::check_global_norm_inputs(in);
   std::vector<Tensor> xs;
   int64_t blocks = 0;
   for (size_t k = 0; k < in.size(); ++k) {
@@ -338,7 +340,7 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
     blocks += (in[k].numel() + kNormChunk - 1) / kNormChunk;
   }
   const Device dev = in[0].device();
-  Tensor out = Tensor::empty({}, DType::Float32, dev);
+  Tensor out = Tensor::empty({}, out_dtype, dev);
   set_device(in[0], "global_norm");
   if (blocks == 0) {
     ops::fill_(out, 0.0);
@@ -366,7 +368,10 @@ Tensors global_norm_cuda(const Tensors& in, const Attrs&) {
     if (tab.count == kMaxNormTensors) launch();
   }
   launch();
-  norm_final_kernel<<<1, 1024, 0, current_stream()>>>(pp, blocks, out.data<float>());
+  if (out_dtype == DType::Float64)
+    norm_final_kernel<<<1, 1024, 0, current_stream()>>>(pp, blocks, out.data<double>());
+  else
+    norm_final_kernel<<<1, 1024, 0, current_stream()>>>(pp, blocks, out.data<float>());
   check_launch("global_norm");
   return {out};
 }

@@ -160,5 +160,7 @@ Tensor global_norm(const Tensors& tensors);
 size_t check_adamw_inputs(const Tensors& in, bool has_model_copy, bool has_grad_scale, const char* op,
                           bool params_16bit = false);
 // The input checks of the "global_norm" kernels: at least one tensor, each given and floating.
-void check_global_norm_inputs(const Tensors& in);
+// Returns the norm's dtype: float64 when a tensor is float64 (torch's, whose norm follows the
+// gradients' dtype), else float32 (16-bit gradients too: their squares are summed wider).
+DType check_global_norm_inputs(const Tensors& in);
 }  // namespace ls::ops

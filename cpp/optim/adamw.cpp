@@ -18,6 +18,7 @@
 // clipping coefficient) multiplies every gradient on the fly.
 //
 // global_norm: inputs [tensors...] (any floating dtypes, 16-bit gradients included) -> 0-d float32
+// (float64 when a tensor is float64)
 // sqrt(sum of squares of all elements), summed in float64, without leaving the device, so
 // clipping needs no host round trip.
 #include <algorithm>
@@ -134,7 +135,7 @@ Tensors adamw_cpu(const Tensors& in, const Attrs& a) {
 }
 
 Tensors global_norm_cpu(const Tensors& in, const Attrs&) {
-  check_global_norm_inputs(in);
+  const DType out = check_global_norm_inputs(in);
   double total = 0;
   for (auto& t : in) {
     Tensor c = contiguous(t);
@@ -143,7 +144,7 @@ Tensors global_norm_cpu(const Tensors& in, const Attrs&) {
       for (int64_t i = 0; i < c.numel(); ++i) total += to_double(p[i]) * to_double(p[i]);
     });
   }
-  return {full({}, std::sqrt(total), DType::Float32, Device{})};
+  return {full({}, std::sqrt(total), out, Device{})};
 }
 
 }  // namespace
@@ -182,13 +183,16 @@ void adamw_step(const Tensors& params, const Tensors& grads, const Tensors& exp_
   for (auto& c : model_copies) c.bump_version();
 }
 
-void check_global_norm_inputs(const Tensors& in) {
+DType check_global_norm_inputs(const Tensors& in) {
   LS_CHECK(!in.empty(), ValueError, "global_norm: no tensors given");
+  DType out = DType::Float32;
   for (size_t k = 0; k < in.size(); ++k) {
     LS_CHECK(in[k].defined(), ValueError, "global_norm: tensor ", k, " is None");
     LS_CHECK(is_floating(in[k].dtype()), TypeError, "global_norm: tensors must be floating, got ",
              dtype_name(in[k].dtype()), " for tensor ", k);
+    if (in[k].dtype() == DType::Float64) out = DType::Float64;
   }
+  return out;
 }
 
 Tensor global_norm(const Tensors& tensors) { return call1("global_norm", tensors); }

@@ -4,7 +4,7 @@ import math
 import llmscratch_core as _core
 
 from .._creation import zeros
-from .._dtype import float32
+from .._dtype import float32, float64
 from .._tensor import stack
 from ..autograd import no_grad
 
@@ -15,7 +15,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
                     foreach=None):
     """Scale all gradients so their global norm (L2, or max-abs for norm_type inf) is at most
     max_norm, as torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping as a 0-d
-    float32 tensor (0 when no parameter has a gradient). parameters: an iterable of tensors or
+    tensor, float64 when a gradient is float64, else float32 (0 when no parameter has a gradient). parameters: an iterable of tensors or
     one tensor. Unless error_if_nonfinite asks for a check, nothing is read back to the host: the
     coefficient min(1, max_norm / (norm + 1e-6)) stays a tensor. foreach is accepted for torch's
     signature only: the norm is one fused op and the scaling one op per gradient either way."""
@@ -42,7 +42,9 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
 
 
 def _max_abs(grads):
-    """The largest |element| over all gradients, as a 0-d float32 tensor (NaN if any is NaN)."""
-    # through float32: the CPU backend has no 16-bit abs or max
-    peaks = [g.to(dtype=float32).abs().max() for g in grads if g.numel()]
+    """The largest |element| over all gradients, as a 0-d tensor of global_norm's dtype (NaN if
+    any is NaN)."""
+    # 16-bit gradients through float32: the CPU backend has no 16-bit abs or max
+    wide = float64 if any(g.dtype == float64 for g in grads) else float32
+    peaks = [g.to(dtype=wide).abs().max() for g in grads if g.numel()]
     return stack(peaks).max() if peaks else zeros((), device=grads[0].device)
