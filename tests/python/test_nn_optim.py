@@ -94,7 +94,7 @@ def test_assignments_keep_registered_parameters_and_buffers_registered():
         m.running = 3.0
     with pytest.raises(TypeError, match="register_buffer: 'y' must be a Tensor or None, got float"):
         m.register_buffer("y", 3.0)
-    with pytest.raises(KeyError, match="register_buffer: 'weight' is already a parameter"):
+    with pytest.raises(KeyError, match="register_buffer: attribute 'weight' already exists"):
         lin.register_buffer("weight", ls.zeros(1))
     with pytest.raises(TypeError, match="register_parameter: 'p' must be a Parameter or None"):
         m.register_parameter("p", ls.zeros(1))
@@ -103,7 +103,7 @@ def test_assignments_keep_registered_parameters_and_buffers_registered():
     assert list(m.state_dict()) == ["running", "x"]
     with pytest.raises(TypeError, match="add_module: '0' must be a Module or None, got int"):
         nn.Sequential(3)
-    with pytest.raises(KeyError, match="add_module: 'weight' is already an attribute"):
+    with pytest.raises(KeyError, match="add_module: attribute 'weight' already exists"):
         lin.add_module("weight", nn.Linear(2, 2))
     m.running = nn.Parameter(ls.ones(2))  # a Parameter takes a buffer's name as a parameter
     assert [n for n, _ in m.named_parameters()] == ["running"] and "running" not in m._buffers
@@ -151,6 +151,56 @@ def test_train_eval_and_dropout():
     assert not m[0].training
     assert to_np(m(x)).tolist() == to_np(x).tolist()
 
+
+
+def test_module_registration_refuses_what_torch_refuses():
+    m = nn.Module()
+    m.sub = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="cannot assign a int as child module 'sub'"):
+        m.sub = 3  # had unregistered it: its weights left state_dict and parameters() unseen
+    assert [n for n, _ in m.named_parameters()] == ["sub.weight", "sub.bias"]
+    m.sub = None  # kept as an empty slot, as torch
+    assert "sub" in m._modules and m.sub is None and not list(m.parameters())
+    m.a = nn.Linear(2, 2, bias=False)
+    for bad in ("a.weight", "", 3):  # a dotted name had shadowed a.weight in state_dict
+        with pytest.raises(KeyError, match="register_parameter: the name must be a non-empty string"):
+            m.register_parameter(bad, nn.Parameter(ls.ones(5)))
+        with pytest.raises(KeyError, match="register_buffer: the name must be a non-empty string"):
+            m.register_buffer(bad, ls.ones(5))
+    m.foo = 3
+    with pytest.raises(KeyError, match="register_buffer: attribute 'foo' already exists"):
+        m.register_buffer("foo", ls.ones(1))
+    with pytest.raises(KeyError, match="register_parameter: attribute 'a' already exists"):
+        m.register_parameter("a", None)
+    with pytest.raises(TypeError, match="Module.to: dtype must be floating"):
+        nn.Linear(2, 2).to(ls.int64)  # had truncated every weight to 0
+
+
+def test_a_shared_child_or_buffer_is_visited_once():
+    m, lin, calls = nn.Module(), nn.Linear(2, 2), []
+    m.a = m.b = lin
+    assert list(m.children()) == [lin] and [n for n, _ in m.named_children()] == ["a"]
+    m.apply(lambda mod: calls.append(mod) if mod is lin else None)
+    assert len(calls) == 1  # apply ran twice on it: a scaling fn scaled twice
+    shared = ls.zeros(3)
+    m.u, m.v = nn.Module(), nn.Module()
+    m.u.register_buffer("b", shared)
+    m.v.register_buffer("b", shared)
+    assert [n for n, _ in m.named_buffers()] == ["u.b"]
+    assert [n for n, _ in torch_twin_buffers()] == ["u.b"]
+
+
+def torch_twin_buffers():
+    t, shared = torch.nn.Module(), torch.zeros(3)
+    t.u, t.v = torch.nn.Module(), torch.nn.Module()
+    t.u.register_buffer("b", shared)
+    t.v.register_buffer("b", shared)
+    return t.named_buffers()
+
+
+def test_module_dict_iterates_over_its_keys():
+    md = nn.ModuleDict({"x": nn.ReLU(), "y": nn.GELU()})
+    assert list(md) == ["x", "y"] == list(torch.nn.ModuleDict({"x": torch.nn.ReLU(), "y": torch.nn.GELU()}))
 
 def test_layers_match_torch():
     x = randn(3, 5, 8)

@@ -75,6 +75,9 @@ class ModuleDict(Module):
     def __len__(self):
         return len(self._modules)
 
+    def __iter__(self):  # the keys, as a dict's (Python's fallback indexed it with 0, 1, ...)
+        return iter(self._modules)
+
     def keys(self):
         return self._modules.keys()
 

@@ -58,6 +58,13 @@ class Module:
                                 f"(a Tensor or None is expected)")
             self._buffers[name] = value
             return
+        # a submodule the same: anything else would drop it from state_dict and parameters() unseen
+        if name in self._modules and not isinstance(value, Module):
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} as child module '{name}' "
+                                f"(a Module or None is expected)")
+            self._modules[name] = None
+            return
         for d in (self._parameters, self._buffers, self._modules):
             d.pop(name, None)
         if isinstance(value, Parameter):
@@ -92,12 +99,20 @@ class Module:
                 return
         object.__delattr__(self, name)
 
+    def _check_new_name(self, what, name, own):
+        """As torch: a name a state_dict key can hold (a '.' would make two entries one key, and
+        one of them vanish from checkpoints), not already another kind of attribute."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"{what}: the name must be a non-empty string without '.', got {name!r}")
+        if name not in own and (name in self.__dict__ or name in self._parameters or name in self._buffers
+                                or name in self._modules):
+            raise KeyError(f"{what}: attribute '{name}' already exists")
+
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: '{name}' must be a Parameter or None, got "
                             f"{type(param).__name__}")
-        if name in self._buffers or name in self._modules:
-            raise KeyError(f"register_parameter: '{name}' is already a buffer or submodule")
+        self._check_new_name("register_parameter", name, self._parameters)
         if param is None:
             self.__dict__.pop(name, None)
             self._parameters[name] = None
@@ -110,9 +125,7 @@ class Module:
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"register_buffer: '{name}' must be a Tensor or None, got "
                             f"{type(tensor).__name__}")
-        if name in self._parameters or name in self._modules:
-            raise KeyError(f"register_buffer: '{name}' is already a parameter or submodule")
-        self.__dict__.pop(name, None)
+        self._check_new_name("register_buffer", name, self._buffers)
         self._buffers[name] = tensor
         non_persistent = self.__dict__.setdefault("_non_persistent", set())
         if persistent:
@@ -124,8 +137,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: '{name}' must be a Module or None, got "
                             f"{type(module).__name__}")
-        if "." in name or name in self._parameters or name in self._buffers or name in self.__dict__:
-            raise KeyError(f"add_module: '{name}' is already an attribute, or has a '.'")
+        self._check_new_name("add_module", name, self._modules)
         self._modules[name] = module
 
     # ---- traversal ----
@@ -149,12 +161,17 @@ class Module:
             yield m
 
     def children(self):
-        for m in self._modules.values():
-            if m is not None:
-                yield m
+        for _, m in self.named_children():
+            yield m
 
     def named_children(self):
-        return ((n, m) for n, m in self._modules.items() if m is not None)
+        """Each child once (a module set under two names: its first), as torch: apply, train
+        and casts then reach it once."""
+        seen = set()
+        for n, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield n, m
 
     def named_parameters(self, prefix="", recurse=True):
         """(name, parameter) pairs; a parameter shared by several modules appears once."""
@@ -172,9 +189,12 @@ class Module:
             yield p
 
     def named_buffers(self, prefix=""):
+        """(name, buffer) pairs; a buffer shared by several modules appears once."""
+        seen = set()
         for mod_name, m in self.named_modules(prefix):
             for name, b in m._buffers.items():
-                if b is not None:
+                if b is not None and b._impl_id() not in seen:
+                    seen.add(b._impl_id())
                     yield (f"{mod_name}.{name}" if mod_name else name), b
 
     def buffers(self):
@@ -275,6 +295,8 @@ class Module:
         if isinstance(device, _core.DType):
             device, dtype = None, device
         dev = as_device(device) if device is not None else None
+        if dtype is not None and not dtype.is_floating_point:  # it would truncate every weight
+            raise TypeError(f"Module.to: dtype must be floating, got {dtype}")
 
         def convert(t):
             if dev is not None:
