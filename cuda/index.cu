@@ -399,11 +399,8 @@ Tensors index_check_cuda(const Tensors& in, const Attrs& a) {
   if (idx.numel() == 0) return {};
   set_device(idx, "index_check");
   const char* op = lasting_op_name(c.op);
-  const FaultKind kind = c.kind == ops::IndexKind::Target ? FaultKind::Target
-                         : c.kind == ops::IndexKind::Id   ? FaultKind::Id
-                                                          : FaultKind::Index;
-  const FaultSite site = fault_site(op, kind, c.size, kind == FaultKind::Target ? c.ignore_index : c.dim);
-  const bool skip = kind == FaultKind::Target;
+  const bool skip = c.kind == FaultKind::Target;  // a target may be the ignore_index
+  const FaultSite site = fault_site(op, c.kind, c.size, skip ? c.ignore_index : c.dim);
   if (idx.dtype() == DType::Int32)
     check_on_device(idx.data<int32_t>(), idx.numel(), c.size, skip, c.ignore_index, site, idx.device(), op);
   else

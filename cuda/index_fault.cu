@@ -53,11 +53,7 @@ const FaultSlot& slot(int device) {
 
 std::string fault_message(const IndexFault& f) {
   const char* when = " (found on the GPU; CUDA index checks raise at the next synchronisation)";
-  switch (f.kind) {
-    case FaultKind::Target: return ops::bad_target_message(f.op, f.value, f.position, f.bound, f.extra) + when;
-    case FaultKind::Id: return ops::bad_id_message(f.op, f.value, f.position, f.bound) + when;
-    default: return ops::bad_index_message(f.op, f.value, f.extra, f.bound) + when;
-  }
+  return ops::bad_value_message(f.kind, f.op, f.value, f.position, f.bound, f.extra) + when;
 }
 
 }  // namespace

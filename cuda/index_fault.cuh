@@ -21,14 +21,12 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/op_args.h"
+
 namespace ls::cuda {
 
-// The messages are the CPU kernels' (cpp/ops/op_args.h), with the fault's fields:
-enum class FaultKind : int32_t {
-  Target,  // bad_target_message(op, value, position, bound classes, ignore_index extra)
-  Index,   // bad_index_message(op, value, dimension extra, size bound)
-  Id,      // bad_id_message(op, value, position, bound embeddings)
-};
+// The messages are the CPU kernels' (ops::bad_value_message), with the fault's fields.
+using FaultKind = ops::IndexKind;
 
 struct IndexFault {
   volatile int32_t written;  // 1 once the fields below are complete; the host clears it

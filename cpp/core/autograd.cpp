@@ -54,6 +54,7 @@ Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
 // copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
+  if (!t.requires_grad()) return;  // turned off since the forward (a frozen parameter), as torch
   if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
   g = run_hooks(t.autograd_meta().hooks, std::move(g));
   Tensor old = t.grad();
@@ -98,15 +99,15 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
 }
 
 bool is_view_of_leaf(const Tensor& t) {
-  static const std::unordered_set<std::string> views = {"view",   "permute", "expand",    "slice",
-                                                        "select", "split",   "contiguous"};
+  // The whole graph behind t, not only its view nodes: a custom Function (or checkpoint) may hand
+  // out its input's memory under a node of its own name. A step's graph is a few thousand nodes.
   std::vector<Node*> stack;
   std::unordered_set<Node*> seen;
   if (t.grad_fn()) stack.push_back(t.grad_fn().get());
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
-    if (!views.count(n->name) || !seen.insert(n).second) continue;
+    if (!seen.insert(n).second) continue;
     for (auto& e : n->next) {
       if (e.leaf && e.leaf->storage == t.storage()) return true;
       if (e.node) stack.push_back(e.node.get());

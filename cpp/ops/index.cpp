@@ -379,6 +379,15 @@ IndexCheckArgs parse_index_check(const Tensors& in, const Attrs& a) {
   return r;
 }
 
+std::string bad_value_message(IndexKind kind, const char* op, int64_t value, int64_t position, int64_t bound,
+                              int64_t extra) {
+  switch (kind) {
+    case IndexKind::Target: return bad_target_message(op, value, position, bound, extra);
+    case IndexKind::Id: return bad_id_message(op, value, position, bound);
+    default: return bad_index_message(op, value, extra, bound);
+  }
+}
+
 namespace {
 
 Tensors index_check_cpu(const Tensors& in, const Attrs& a) {
@@ -387,11 +396,9 @@ Tensors index_check_cpu(const Tensors& in, const Attrs& a) {
   auto scan = [&](const auto* p) {
     for (int64_t i = 0; i < idx.numel(); ++i) {
       const int64_t v = int64_t(p[i]);
-      if (v >= 0 && v < c.size) continue;
-      const char* op = c.op.c_str();
-      if (c.kind == IndexKind::Index) throw IndexError(bad_index_message(op, v, c.dim, c.size));
-      if (c.kind == IndexKind::Id) throw IndexError(bad_id_message(op, v, i, c.size));
-      if (v != c.ignore_index) throw IndexError(bad_target_message(op, v, i, c.size, c.ignore_index));
+      if ((v >= 0 && v < c.size) || (c.kind == IndexKind::Target && v == c.ignore_index)) continue;
+      throw IndexError(bad_value_message(c.kind, c.op.c_str(), v, i, c.size,
+                                         c.kind == IndexKind::Target ? c.ignore_index : c.dim));
     }
   };
   if (idx.dtype() == DType::Int32) scan(idx.data<int32_t>());

@@ -138,12 +138,18 @@ std::string bad_id_message(const char* op, int64_t id, int64_t position, int64_t
 std::string bad_target_message(const char* op, int64_t target, int64_t position, int64_t V,
                                int64_t ignore_index);
 
+// Which of the three a bad value is; bad_value_message picks the text: bound is the size, V or
+// the classes, extra the dim (Index) or the ignore_index (Target). The CUDA fault record
+// (cuda/index_fault.cuh) carries the same fields.
+enum class IndexKind : int32_t { Index, Id, Target };
+std::string bad_value_message(IndexKind kind, const char* op, int64_t value, int64_t position, int64_t bound,
+                              int64_t extra);
+
 // index.cpp: the op "index_check" {index} -> {}, which raises one of the errors above for the
 // first value of an int32/int64 tensor outside [0, size) (CPU: at once; CUDA: at the next
 // synchronisation), for kernels that cannot raise themselves (the Triton ones). Attrs: kind
 // ("index", "id" or "target"), op (the op named in the message), size, dim (kind "index") and
 // ignore_index (kind "target": a value that passes).
-enum class IndexKind { Index, Id, Target };
 struct IndexCheckArgs {
   IndexKind kind;
   std::string op;

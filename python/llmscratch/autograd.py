@@ -182,12 +182,18 @@ class Function:
         outputs = [result] if single else list(result)
         inputs = [a for a in args if isinstance(a, Tensor)]
         # An output that is an input object would have its history rewritten: hand out a view.
-        outputs = [o.detach() if any(o._same(i) for i in inputs) else o for o in outputs]
-        if is_grad_enabled() and any(ctx.needs_input_grad):
+        # Non-tensor outputs pass through, their gradient None in backward (as torch).
+        outputs = [o.detach() if isinstance(o, Tensor) and any(o._same(i) for i in inputs) else o
+                   for o in outputs]
+        tensor_out = [k for k, o in enumerate(outputs) if isinstance(o, Tensor)]
+        if is_grad_enabled() and any(ctx.needs_input_grad) and tensor_out:
             is_tensor = [isinstance(a, Tensor) for a in args]
 
             def run_backward(grads):
-                res = cls.backward(ctx, *grads)
+                full = [None] * len(outputs)
+                for k, g in zip(tensor_out, grads):
+                    full[k] = g
+                res = cls.backward(ctx, *full)
                 res = res if isinstance(res, tuple) else (res,)
                 if len(res) != len(args):
                     raise RuntimeError(f"{cls.__name__}.backward returned {len(res)} gradients "
@@ -196,7 +202,7 @@ class Function:
                 return [_fit_gradient(cls.__name__, i, g, a) if ctx.needs_input_grad[i] else None
                         for i, (g, a, t) in enumerate(zip(res, args, is_tensor)) if t]
 
-            _core.record_function(cls.__name__, inputs, outputs, run_backward)
+            _core.record_function(cls.__name__, inputs, [outputs[k] for k in tensor_out], run_backward)
         return outputs[0] if single else tuple(outputs)
 
 

@@ -551,3 +551,29 @@ def test_function_gradients_take_their_inputs_dtype_like_torch():
     assert seen == [ls.float32] and h.grad.dtype == ls.float32
     assert x.grad.dtype == ls.float32 and x.grad.tolist() == [4.0, 4.0, 4.0]  # summed and cast
     assert y.grad.dtype == ls.float64 and y.grad.tolist() == [[1.0] * 3] * 2
+
+
+def test_a_leaf_turned_off_after_the_forward_gets_no_gradient_like_torch():
+    # a parameter frozen between forward and backward: an optimizer would have stepped it
+    x = ls.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = (x * x).sum()
+    x.requires_grad_(False)
+    y.backward()
+    assert x.grad is None
+
+
+def test_function_passes_non_tensor_outputs_through_like_torch():
+    class TwiceAndCount(ls.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2, 5
+
+        @staticmethod
+        def backward(ctx, g, g_count):
+            assert g_count is None  # the non-tensor output's gradient
+            return g * 2
+    a = ls.tensor(np.array([1.0, 3.0]), requires_grad=True)
+    out, count = TwiceAndCount.apply(a)
+    assert count == 5
+    out.sum().backward()
+    assert a.grad.tolist() == [2.0, 2.0]

@@ -216,6 +216,19 @@ def test_inplace_misuse_raises():
             F.cross_entropy(view, t, inplace_backward=True)
     np.testing.assert_array_equal(flat.detach().numpy(), x.reshape(-1))
     np.testing.assert_array_equal(leaf.detach().numpy(), x)
+
+    class Identity(ls.autograd.Function):  # hands out its input's memory under its own node
+        @staticmethod
+        def forward(ctx, a):
+            return a
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+    for through in (Identity.apply(leaf), ls.autograd.checkpoint(lambda a: a.view(4, 6), leaf)):
+        with pytest.raises(ValueError, match="or a view of one"):
+            F.cross_entropy(through, t, inplace_backward=True)
+    np.testing.assert_array_equal(leaf.detach().numpy(), x)
     view = (ls.tensor(x.T.copy(), requires_grad=True) * 1.0).transpose(0, 1)
     with pytest.raises(ValueError, match="cross_entropy_inplace: logits must have contiguous rows"):
         F.cross_entropy(view, t, inplace_backward=True)
