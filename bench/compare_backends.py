@@ -120,7 +120,7 @@ def measure(case, backends, timer, roof):
     ceiling = roof.get(f"{case.unit} {case.dtype}", roof[case.unit])
     rate = case.torch_work / t_torch / (1e9 if case.unit == "GB/s" else 1e12)
     rows.append(dict(base, impl="torch", ms=t_torch * 1e3, rate=rate, pct=100 * rate / ceiling,
-                     speedup=1.0, err=case.error(case.torch), note=""))
+                     speedup=1.0, err=case.error(case.torch) if case.torch_checked else None, note=""))
     for b in backends:
         who = served_by(case.registry_op, b, case.ours)
         if who != b:
