@@ -218,7 +218,8 @@ def test_non_finite_loss_stops_or_skips(tmp_path):
     with ls.no_grad():
         model.head.bias.fill_(float("nan"))
     t.cfg.steps = 6
-    with pytest.raises(NonFiniteLoss, match="step 4: non-finite loss.*step_0000004"):
+    # the failing step is the fifth, logged as step 5 (the message had said 4, a good step)
+    with pytest.raises(NonFiniteLoss, match="step 5: non-finite loss.*step_0000004"):
         t.fit()
     t.cfg.on_nan = "skip"
     messages = []
@@ -226,7 +227,7 @@ def test_non_finite_loss_stops_or_skips(tmp_path):
     discarded = []
     model.moe_discard_load = lambda: discarded.append(t.step)  # as a MoE model has
     t.fit()
-    assert t.step == 6 and any("skipped" in m for m in messages)
+    assert t.step == 6 and [m.split(":")[0] for m in messages if "skipped" in m] == ["step 5", "step 6"]
     assert discarded == [4, 5]  # each skipped step's expert loads were dropped
     # The skipped steps' non-finite values are null in the log (strict JSON), not NaN.
     log = [strict_json(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -322,10 +322,11 @@ class Trainer:
         if not (math.isfinite(total) and math.isfinite(norm)):
             self.optimizer.zero_grad()
             what = f"loss {total}" if not math.isfinite(total) else f"gradient norm {norm}"
+            failed = self.step + 1  # numbered as log.jsonl and the progress line number it
             if cfg.on_nan == "stop":
-                raise NonFiniteLoss(f"step {self.step}: non-finite {what}; the last good checkpoint is "
+                raise NonFiniteLoss(f"step {failed}: non-finite {what}; the last good checkpoint is "
                                     f"{latest_checkpoint(self.ckpt_root) or 'none yet'}")
-            self.log(f"step {self.step}: non-finite {what}, batch skipped")
+            self.log(f"step {failed}: non-finite {what}, batch skipped")
             if hasattr(self.model, "moe_discard_load"):
                 self.model.moe_discard_load()  # the skipped batches' expert loads update no bias
             self.step += 1
