@@ -541,8 +541,7 @@ unsigned row_threads(int64_t H) {
 }
 
 Tensors moe_combine_cuda(const Tensors& in, const Attrs&) {
-  LS_CHECK(in.size() == 3 && in[0].defined() && in[1].defined() && in[2].defined(), TypeError,
-           "moe_combine: expected inputs y, gates, row");
+  cpu::expect_inputs(in, 3, 3, "moe_combine");  // y, gates, row
   check_combine(in[0], in[1], in[2], Tensor(), "moe_combine");
   Tensor y = ops::contiguous(in[0]), gates = ops::contiguous(in[1]), row = ops::contiguous(in[2]);
   const int64_t N = gates.shape()[0], k = gates.shape()[1], R = y.shape()[0], H = y.shape()[1];
@@ -610,8 +609,7 @@ combine_dgates_kernel(const T* __restrict__ g, const T* __restrict__ y,
 
 Tensors moe_combine_backward_cuda(const Tensors& in, const Attrs& at) {
   const char* op = "moe_combine_backward";
-  LS_CHECK(in.size() == 4 && in[0].defined() && in[1].defined() && in[2].defined() &&
-           in[3].defined(), TypeError, op, ": expected inputs g, y, gates, row");
+  cpu::expect_inputs(in, 4, 4, op);  // g, y, gates, row
   check_combine(in[1], in[2], in[3], in[0], op);
   Tensor g = ops::contiguous(in[0]), y = ops::contiguous(in[1]), gates = ops::contiguous(in[2]);
   Tensor row = ops::contiguous(in[3]);

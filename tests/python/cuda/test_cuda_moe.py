@@ -69,6 +69,15 @@ def test_permute_empty_and_errors():
         _core.call("moe_permute", [ls.zeros(2, 2, device="cuda")], {"n_experts": 2})
 
 
+def test_combine_input_counts_raise_the_cpu_error():
+    # the CPU's and Triton's ValueError (CUDA had raised a TypeError of its own)
+    y, gates = ls.zeros(4, 3, device="cuda"), ls.zeros(2, 2, device="cuda")
+    with pytest.raises(ValueError, match="moe_combine: expected 3 inputs, got 2"):
+        _core.call("moe_combine", [y, gates], {})
+    with pytest.raises(ValueError, match="moe_combine_backward: expected 4 inputs, got 3"):
+        _core.call("moe_combine_backward", [y, y, gates], {})
+
+
 def offsets_for(M, E, dropped=0, empty=0):
     """E+1 offsets over the first M - dropped rows; `empty` of the first E-1 experts get none."""
     sizes = _rng.multinomial(M - dropped, np.full(E, 1.0 / E))
