@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "core/error.h"
 #include "index_fault.cuh"
@@ -65,8 +68,9 @@ inline int sm_count(int dev, const char* op) {
 // microseconds between two short kernels) hides under that kernel. Such a kernel calls
 // wait_for_prior_grids() before it touches anything that earlier work writes: it returns once the
 // kernel before has finished and its writes are visible. The kernel before calls
-// allow_early_launch() to let it start before its own blocks end. On an older GPU launch_early is
-// a plain launch and both calls compile to nothing.
+// allow_early_launch() to let it start before its own blocks end. Both calls exist only in code
+// compiled for compute capability 9.0+: a kernel built for an older target (which an H100 runs
+// JIT-compiled from its PTX) has no wait, so launch_early launches it plainly, as on an older GPU.
 __device__ __forceinline__ void wait_for_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -79,24 +83,34 @@ __device__ __forceinline__ void allow_early_launch() {
 #endif
 }
 
+// Whether kernel may launch early on device dev: the device is 9.0+ and the kernel's code was
+// compiled for a 9.0+ target (its waits are in it). Read once per kernel and device.
+inline bool early_launch_ok(const void* kernel, int dev, const char* op) {
+  static std::mutex m;
+  static std::map<std::pair<const void*, int>, bool> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find({kernel, dev});
+  if (it != known.end()) return it->second;
+  int major = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), op);
+  cudaFuncAttributes attr;
+  check(cudaFuncGetAttributes(&attr, kernel), op);
+  return known[{kernel, dev}] = major >= 9 && attr.ptxVersion >= 90;
+}
+
 template <typename... Params, typename... Args>
 void launch_early(void (*kernel)(Params...), unsigned blocks, int threads, cudaStream_t stream, int dev,
                   const char* op, Args... args) {
-  static std::atomic<int> majors[64];  // compute capability, read once per device
-  int major = majors[dev & 63].load();
-  if (major == 0) {
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), op);
-    majors[dev & 63].store(major);
-  }
-  cudaLaunchAttribute early;
-  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early.val.programmaticStreamSerializationAllowed = 1;
+  const bool early = early_launch_ok(reinterpret_cast<const void*>(kernel), dev, op);
+  cudaLaunchAttribute early_attr;
+  early_attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early_attr.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(unsigned(threads));
   config.stream = stream;
-  config.attrs = &early;
-  config.numAttrs = major >= 9 ? 1 : 0;
+  config.attrs = &early_attr;
+  config.numAttrs = early ? 1 : 0;
   check(cudaLaunchKernelEx(&config, kernel, Params(args)...), op);
 }
 

@@ -221,10 +221,14 @@ def test_a_batch_larger_than_the_machine_is_refused_before_any_allocation(shards
     # Not left to numpy: where the OS overcommits, the allocation succeeds and filling it gets
     # the process killed.
     from llmscratch.data import loader
+    _physical_memory = loader._physical_memory
     monkeypatch.setattr(loader, "_physical_memory", lambda: 2**30)
     with pytest.raises(MemoryError, match=r"a batch of 10000000 x 17 tokens needs 1.6 GiB, more than this machine's 1.0 GiB"):
         DataLoader(shards, 10_000_000, 16)
     assert DataLoader(shards, 1_000_000, 16, prefetch=0).B == 1_000_000  # 0.2 GiB: fits
+    monkeypatch.setattr(loader.os, "sysconf", lambda name: -1)  # indeterminate: no check
+    monkeypatch.setattr(loader, "_physical_memory", _physical_memory)
+    assert loader._physical_memory() is None and DataLoader(shards, 10_000_000, 16, prefetch=0).B == 10_000_000
 
 
 def test_a_dropped_loader_stops_its_thread(shards):

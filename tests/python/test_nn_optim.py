@@ -161,6 +161,10 @@ def test_module_registration_refuses_what_torch_refuses():
     assert [n for n, _ in m.named_parameters()] == ["sub.weight", "sub.bias"]
     m.sub = None  # kept as an empty slot, as torch
     assert "sub" in m._modules and m.sub is None and not list(m.parameters())
+    m.sub = nn.Linear(2, 2)
+    m.sub = nn.Parameter(ls.ones(3))  # a Parameter replaces a submodule, as torch
+    assert "sub" not in m._modules and [n for n, _ in m.named_parameters()] == ["sub"]
+    del m.sub
     m.a = nn.Linear(2, 2, bias=False)
     for bad in ("a.weight", "", 3):  # a dotted name had shadowed a.weight in state_dict
         with pytest.raises(KeyError, match="register_parameter: the name must be a non-empty string"):

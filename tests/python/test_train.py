@@ -253,6 +253,8 @@ def test_numpy_numbers_in_the_config_become_python_numbers():
     cfg = TrainConfig(steps=np.int64(4), lr=np.float32(0.5), min_lr=np.float64(0.25), warmup=np.int32(1))
     assert [type(v) for v in (cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)] == [int, float, float, int]
     assert json.loads(json.dumps(dataclasses.asdict(cfg)))["lr"] == 0.5
+    import pathlib
+    assert TrainConfig(out=pathlib.Path("runs") / "x").out == os.path.join("runs", "x")  # a path is a str
 
 
 # ---- the validation loss --------------------------------------------------------------------

@@ -69,9 +69,10 @@ def _count(name: str, v, lo: int) -> int:
 def _physical_memory() -> int | None:
     """This machine's memory in bytes, None where the OS does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+    return pages * size if pages > 0 and size > 0 else None  # -1: indeterminate
 
 
 class DataLoader:

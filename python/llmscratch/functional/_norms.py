@@ -89,7 +89,7 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     return h, y
 
 
-def add_rms_norm(x, residual, weight=None, eps=1e-6):
+def add_rms_norm(x, residual, weight=None, eps=None):
     """(h, y) with h = x + residual and y = rms_norm(h) over the last dim, in one kernel.
     eps=None uses machine_eps(x), as rms_norm does."""
     _check_residual("add_rms_norm", x, residual)

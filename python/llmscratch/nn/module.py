@@ -59,7 +59,7 @@ class Module:
             self._buffers[name] = value
             return
         # a submodule the same: anything else would drop it from state_dict and parameters() unseen
-        if name in self._modules and not isinstance(value, Module):
+        if name in self._modules and not isinstance(value, (Module, Parameter)):
             if value is not None:
                 raise TypeError(f"cannot assign a {type(value).__name__} as child module '{name}' "
                                 f"(a Module or None is expected)")

@@ -103,6 +103,8 @@ class TrainConfig:
         # the first log record and checkpoint would only meet steps into the run.
         for f in dataclasses.fields(self):
             kind, v = f.type, getattr(self, f.name)
+            if kind is str and isinstance(v, os.PathLike):  # out: a path
+                v = os.fspath(v)
             number = {int: numbers.Integral, float: numbers.Real}.get(kind, kind)
             if isinstance(v, bool) is not (kind is bool) or not isinstance(v, number):
                 raise TypeError(f"{f.name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}")

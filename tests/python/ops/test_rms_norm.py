@@ -94,6 +94,10 @@ def test_add_rms_norm_equals_the_two_steps():
     h, y = F.add_rms_norm(x, r, w, eps=1e-6)
     np.testing.assert_array_equal(h.numpy(), (x + r).numpy())
     np.testing.assert_array_equal(y.numpy(), F.rms_norm(x + r, 77, w, eps=1e-6).numpy())
+    # and with both defaults (eps None: the machine epsilon), on small activations where it shows
+    small_x, small_r = x * 1e-4, r * 1e-4
+    np.testing.assert_array_equal(F.add_rms_norm(small_x, small_r, w)[1].numpy(),
+                                  F.rms_norm(small_x + small_r, 77, w).numpy())
 
 
 def test_add_rms_norm_statistics_and_backward_op():
