@@ -54,9 +54,9 @@ Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
 // copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
-  if (!t.requires_grad()) return;  // turned off since the forward (a frozen parameter), as torch
   if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
   g = run_hooks(t.autograd_meta().hooks, std::move(g));
+  if (!t.requires_grad()) return;  // turned off since the forward (a frozen parameter), as torch
   Tensor old = t.grad();
   if (old.defined()) t.autograd_meta().grad = ops::add(old, g).impl();
   else t.autograd_meta().grad = (can_take(g) ? std::move(g) : ops::contiguous_copy(g)).impl();

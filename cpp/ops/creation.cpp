@@ -121,6 +121,11 @@ Tensor full(const Shape& shape, double value, DType dtype, Device device) {
 Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype(), t.device()); }
 
 Tensor arange(double start, double end, double step, DType dtype, Device device) {
+  if (!is_floating(dtype) && dtype != DType::Bool) {  // as torch's int64 arange: truncated first
+    start = std::trunc(start);
+    end = std::trunc(end);
+    step = std::trunc(step);
+  }
   LS_CHECK(step != 0, ValueError, "arange: step must be nonzero");
   int64_t n = std::max<int64_t>(0, int64_t(std::ceil((end - start) / step)));
   return call1("arange", {},

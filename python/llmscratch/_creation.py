@@ -7,7 +7,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-from ._dtype import as_device, as_dtype, bool_, float32, int64, uint8
+from ._dtype import as_device, as_dtype, bool_, float32, int32, int64, uint8
 
 Tensor = _core.Tensor
 
@@ -39,14 +39,42 @@ def _infer_dtype(arr: np.ndarray):
     return float32
 
 
+# The integers a Python number may become in an integer dtype, as torch: a float within the range
+# (NaN and 255.5 for uint8 refused), an int too, and for uint8 a negative int down to -255, which
+# wraps (fill_number's rule). Past them the conversion would wrap silently (300 into uint8: 44).
+_INT_RANGES = {int32: (-2 ** 31, 2 ** 31 - 1), int64: (-2 ** 63, 2 ** 63 - 1), uint8: (-255, 255)}
+
+
+def _check_int_range(arr, dtype):
+    lo, hi = _INT_RANGES[dtype]
+    if arr.dtype.kind == "f":  # NaN fails both comparisons
+        lo = 0 if dtype == uint8 else lo
+        ok = (arr >= lo) & (arr < 2.0 ** 63 if dtype == int64 else arr <= hi)  # 2^63 - 1 is 2^63 as a double
+    elif arr.dtype.kind in "iu":
+        ok = (arr >= lo) & (arr <= hi)
+    else:
+        return
+    if not ok.all():
+        raise RuntimeError(f"tensor(): value {arr[~ok].flat[0].item()!r} cannot be converted to {dtype.name} "
+                           "without overflow")
+
+
+def _first_number(data):
+    while isinstance(data, (list, tuple)) and len(data):
+        data = data[0]
+    return data
+
+
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new tensor holding a copy of ``data`` (nested lists, scalars, numpy arrays, tensors).
-    Python floats become float32, ints int64, bools bool; numpy arrays keep their dtype."""
+    Python floats become float32, ints int64, bools bool; numpy arrays, numpy scalars and 0-d
+    tensors (also in lists) keep their dtype. Python numbers into an integer dtype must fit it."""
     dtype = as_dtype(dtype)
     if isinstance(data, Tensor):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
-        from_numpy_array = isinstance(data, (np.ndarray, np.generic))
+        from_numpy_array = isinstance(data, (np.ndarray, np.generic)) or isinstance(
+            _first_number(data), (np.generic, Tensor))
         try:
             arr = np.asarray(data)
         except RuntimeError:  # a tensor inside requires grad (numpy() refuses it): its values
@@ -60,6 +88,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
             # float64 so that float64 data never passes through float32
             as_float = np.float32 if dtype is None else np.float64
             arr = arr.astype({bool_: np.bool_, int64: np.int64}.get(_infer_dtype(arr), as_float))
+        if dtype in _INT_RANGES and not from_numpy_array and arr.size:
+            _check_int_range(arr, dtype)
         if arr.dtype.kind == "u" and arr.dtype != np.uint8:
             arr = arr.astype(np.int64)
         if arr.dtype.kind == "i" and arr.dtype not in (np.int32, np.int64):

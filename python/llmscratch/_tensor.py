@@ -544,7 +544,9 @@ def _setitem(self, key, value):
     target = _index(self, key)
     if not target.storage_offset() >= 0 or not _shares_memory(target, self):
         raise NotImplementedError("assignment through a tensor index is not supported")
-    if isinstance(value, (list, tuple, np.ndarray)):  # in self's dtype: 0.1 never via float32
+    # in self's dtype (0.1 never via float32), a float into an int tensor range-checked as torch
+    if isinstance(value, (list, tuple, np.ndarray)) or (
+            isinstance(value, float) and not self.dtype.is_floating_point):
         value = tensor(value, dtype=self.dtype, device=self.device)
     value = as_tensor_like(value, self, wrap=False)  # x[0] = 2**40 into int32 is refused, as torch
     while value.ndim > target.ndim and value.shape[0] == 1:

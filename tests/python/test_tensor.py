@@ -19,6 +19,38 @@ def test_tensor_infers_dtypes_like_torch():
     assert ls.tensor([2**53 + 1]).item() == 2**53 + 1  # int64 exactly, not through a double
     with pytest.raises(OverflowError, match="does not fit in int64"):
         ls.tensor([2**63])
+    # numpy scalars and 0-d tensors keep their dtype, in lists too (float64 losses had become float32)
+    loss = ls.tensor(0.1, dtype=ls.float64)
+    for data, want in (([loss, loss], ls.float64), ([np.float64(0.1)], ls.float64), ([np.int32(3)], ls.int32),
+                       ([ls.tensor(3, dtype=ls.uint8)], ls.uint8)):
+        assert ls.tensor(data).dtype == want == getattr(ls, str(torch.tensor(
+            [torch.from_dlpack(d) if isinstance(d, ls.Tensor) else d for d in data]).dtype).split(".")[1])
+
+
+def test_python_numbers_into_an_integer_dtype_must_fit_like_torch():
+    # they had wrapped: 300 into uint8 gave 44, NaN into int64 gave INT64_MIN
+    for data, dtype in (([300], ls.uint8), ([-2.5], ls.uint8), ([255.5], ls.uint8), ([-256], ls.uint8),
+                        ([2**31], ls.int32), ([float("nan")], ls.int64), ([1e20], ls.int64),
+                        ([[1, 2], [300, 4]], ls.uint8)):
+        with pytest.raises(RuntimeError, match=f"cannot be converted to {dtype.name} without overflow"):
+            ls.tensor(data, dtype=dtype)
+        with pytest.raises(RuntimeError):
+            torch.tensor(data, dtype=getattr(torch, dtype.name))
+    assert ls.tensor([-1, -255, 255], dtype=ls.uint8).tolist() == [255, 1, 255]  # torch's wrap
+    assert ls.tensor(np.array([300]), dtype=ls.uint8).tolist() == [44]  # numpy data converts as numpy's
+    t = ls.zeros(3, dtype=ls.int32)
+    for v in (1e20, float("nan")):  # a float scalar written into an int tensor, as torch
+        with pytest.raises(RuntimeError, match="cannot be converted to int32"):
+            t[0] = v
+    t[0] = 2.7
+    assert t.tolist() == [2, 0, 0]
+
+
+def test_integer_arange_truncates_its_bounds_like_torchs_int64():
+    for args in ((0, 3, 1.5), (1, 2.5), (-0.5, 2), (5.9, 0.2, -1.5)):
+        assert ls.arange(*args, dtype=ls.int64).tolist() == torch.arange(*args, dtype=torch.int64).tolist()
+    with pytest.raises(ValueError, match="step must be nonzero"):  # 0.25 truncates to 0
+        ls.arange(0, 1, 0.25, dtype=ls.int64)
 
 
 def test_factories():
