@@ -105,10 +105,12 @@ Tensors where_cpu(const Tensors& in, const Attrs&) {
   return {out};
 }
 
-Tensor as_bool_mask(const Tensor& m, const char* op) {
-  LS_CHECK(m.dtype() == DType::Bool || !is_floating(m.dtype()), TypeError, op,
-           ": the condition/mask must be a bool tensor, got ", dtype_name(m.dtype()));
-  return to_dtype(m, DType::Bool);
+// As torch: an integer mask is refused too, not read as nonzero (torch still takes a uint8 where
+// condition, deprecated).
+const Tensor& as_bool_mask(const Tensor& m, const char* op) {
+  LS_CHECK(m.dtype() == DType::Bool, TypeError, op, ": the condition/mask must be a bool tensor, got ",
+           dtype_name(m.dtype()));
+  return m;
 }
 
 }  // namespace
