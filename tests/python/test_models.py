@@ -403,10 +403,20 @@ def test_dropout_is_active_in_training_only():
     (dict(head_dim=16.0), "head_dim must be a positive integer"),
     (dict(head_dim=True), "head_dim must be a positive integer"),
     (dict(rope_theta=0), "rope_theta must be a positive number"),
+    (dict(pos="rope", rope_scaling={"type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8}),
+     "low_freq_factor .* must be below high_freq_factor"),  # the ramp divided by zero
+    (dict(n_experts=4, top_k=2, n_shared_experts=True), "n_shared_experts must be a non-negative integer"),
 ])
 def test_config_validation_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         M.ModelConfig(**kwargs)
+
+
+def test_rope_type_comes_before_type_as_in_transformers():
+    rs = {"type": "linear", "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+    assert M.ModelConfig(pos="rope", rope_scaling=rs).rope_scaling_type == "llama3"
 
 
 def test_head_dim_is_optional_in_saved_configs():
@@ -591,6 +601,37 @@ def test_from_pretrained_rejects_missing_and_unused_tensors(tmp_path):
     save_file(tensors, str(weights))
     with pytest.raises(ValueError, match="lacks tensor 'h.1.mlp.c_fc.bias'"):
         M.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_unties_a_head_that_differs_and_checks_each_piece(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    load_file, save_file = st.load_file, st.save_file
+    model = M.Transformer(_gpt2())
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    tensors = load_file(str(weights))
+    head = np.random.default_rng(0).standard_normal(tensors["transformer.wte.weight"].shape).astype(np.float32)
+    # a tied config whose file holds a head of its own: kept, untied, as transformers does (the
+    # head had been dropped for the embedding table)
+    save_file({**tensors, "lm_head.weight": head}, str(weights))
+    again = M.from_pretrained(tmp_path)
+    assert not again.config.tie_embeddings
+    np.testing.assert_array_equal(to_np(again.lm_head.weight), head)
+    np.testing.assert_array_equal(to_np(again.wte.weight), tensors["transformer.wte.weight"])
+    save_file({**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}, str(weights))
+    assert M.from_pretrained(tmp_path).config.tie_embeddings  # the same values: still tied
+    # a piece of a concatenation with the wrong shape (gate and up split 60 / 68 instead of 64 / 64)
+    llama = M.Transformer(_llama())
+    folder = tmp_path / "llama"
+    llama.save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    gate, up = "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"
+    both = np.concatenate([tensors[gate], tensors[up]])
+    I = tensors[gate].shape[0]
+    tensors[gate], tensors[up] = both[:I - 4], both[I - 4:]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"tensor '{gate}' has shape \\({I - 4}, "):
+        M.from_pretrained(folder)
 
 
 # ---- sampling ----------------------------------------------------------------------------------

@@ -135,7 +135,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig: {name} must be a positive integer, got {v!r}")
         if self.top_k > self.n_experts:
             raise ValueError(f"ModelConfig: top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
-        if not isinstance(self.n_shared_experts, numbers.Integral) or self.n_shared_experts < 0:
+        if (not isinstance(self.n_shared_experts, numbers.Integral) or isinstance(self.n_shared_experts, bool)
+                or self.n_shared_experts < 0):
             raise ValueError("ModelConfig: n_shared_experts must be a non-negative integer, got "
                              f"{self.n_shared_experts!r}")
         from .moe import ROUTINGS
@@ -177,7 +178,7 @@ class ModelConfig:
                              f"{{type = 'linear', factor = 2.0}} or None, got {rs!r}")
         if self.pos != "rope":
             raise ValueError("ModelConfig: rope_scaling is set but pos is not 'rope'")
-        kind = rs.get("type", rs.get("rope_type"))
+        kind = self.rope_scaling_type
         if kind not in _ROPE_SCALING_TYPES:
             raise ValueError(f"ModelConfig: rope_scaling type must be one of {_ROPE_SCALING_TYPES}, "
                              f"got {kind!r}")
@@ -194,6 +195,16 @@ class ModelConfig:
         for k in allowed - {"type", "rope_type"}:
             if not _is_real(rs[k]) or rs[k] <= 0:
                 raise ValueError(f"ModelConfig: rope_scaling {k} must be a positive number, got {rs[k]!r}")
+        # llama3's ramp between the two divides by their gap
+        if kind == "llama3" and not rs["low_freq_factor"] < rs["high_freq_factor"]:
+            raise ValueError(f"ModelConfig: rope_scaling low_freq_factor ({rs['low_freq_factor']}) must be "
+                             f"below high_freq_factor ({rs['high_freq_factor']})")
+
+    @property
+    def rope_scaling_type(self):
+        """rope_scaling's kind, "rope_type" before the older "type" (transformers' order)."""
+        rs = self.rope_scaling or {}
+        return rs.get("rope_type", rs.get("type"))
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated). Values that were derived (n_kv_head,

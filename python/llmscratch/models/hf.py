@@ -179,8 +179,7 @@ def _mixtral_config(c: ModelConfig, dtype_name: str) -> dict:
            "dtype": dtype_name}
     if c.rope_scaling is not None:
         rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
-        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
-        out["rope_scaling"] = {"rope_type": kind, **rs}
+        out["rope_scaling"] = {"rope_type": c.rope_scaling_type, **rs}
     return out
 
 
@@ -225,8 +224,7 @@ def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> di
         out["use_sliding_window"] = False
     if c.rope_scaling is not None:
         rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
-        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
-        out["rope_scaling"] = {"rope_type": kind, **rs}
+        out["rope_scaling"] = {"rope_type": c.rope_scaling_type, **rs}
     return out
 
 
@@ -271,9 +269,20 @@ def _gpt2_to_hf(s: dict, c: ModelConfig) -> dict:
     return out
 
 
+def _piece(t: dict, name: str, rows: int, cols=None):
+    """t[name], checked to be (rows, cols), or (rows,) without cols: the pieces concatenated or
+    stacked below, whose sum alone the model's shapes would check (a shifted split passed)."""
+    want = (rows,) if cols is None else (rows, cols)
+    if tuple(t[name].shape) != want:
+        raise ValueError(f"from_pretrained: tensor {name!r} has shape {tuple(t[name].shape)}, the config "
+                         f"implies {want}")
+    return t[name]
+
+
 def _llama_from_hf(t: dict, c: ModelConfig) -> dict:
     out = {"wte.weight": t["model.embed_tokens.weight"], "norm_f.weight": t["model.norm.weight"]}
     kinds = ("weight", "bias") if c.bias else ("weight",)
+    C, q, kv = c.n_embd, c.n_head * c.head_size, c.n_kv_head * c.head_size
     for i in range(c.n_layer):
         h, b = f"model.layers.{i}.", f"blocks.{i}."
         out[b + "norm1.weight"] = t[h + "input_layernorm.weight"]
@@ -282,22 +291,24 @@ def _llama_from_hf(t: dict, c: ModelConfig) -> dict:
             out[b + "attn.q_norm.weight"] = t[h + "self_attn.q_norm.weight"]
             out[b + "attn.k_norm.weight"] = t[h + "self_attn.k_norm.weight"]
         for k in kinds:
+            cols = C if k == "weight" else None
             out[b + "attn.qkv." + k] = np.concatenate(
-                [t[h + f"self_attn.{p}_proj.{k}"] for p in "qkv"], axis=0)
+                [_piece(t, h + f"self_attn.{p}_proj.{k}", n, cols) for p, n in zip("qkv", (q, kv, kv))])
             out[b + "attn.proj." + k] = t[h + "self_attn.o_proj." + k]
             if c.n_experts:
                 continue
             out[b + "mlp.fc." + k] = np.concatenate(
-                [t[h + "mlp.gate_proj." + k], t[h + "mlp.up_proj." + k]], axis=0)
+                [_piece(t, h + f"mlp.{p}_proj." + k, c.intermediate_size, cols) for p in ("gate", "up")])
             out[b + "mlp.proj." + k] = t[h + "mlp.down_proj." + k]
         if c.n_experts:
             m = h + "block_sparse_moe."
             E = c.n_experts
             out[b + "mlp.router.weight"] = t[m + "gate.weight"]
+            H = c.moe_intermediate_size
             out[b + "mlp.experts_fc"] = np.stack([np.concatenate(
-                [t[m + f"experts.{e}.w1.weight"], t[m + f"experts.{e}.w3.weight"]], axis=0).T
+                [_piece(t, m + f"experts.{e}.{w}.weight", H, C) for w in ("w1", "w3")], axis=0).T
                 for e in range(E)])
-            out[b + "mlp.experts_proj"] = np.stack([t[m + f"experts.{e}.w2.weight"].T
+            out[b + "mlp.experts_proj"] = np.stack([_piece(t, m + f"experts.{e}.w2.weight", C, H).T
                                                     for e in range(E)])
     out["lm_head.weight"] = (t["model.embed_tokens.weight"] if c.tie_embeddings
                              else t["lm_head.weight"])
@@ -440,6 +451,13 @@ def from_pretrained(path, dtype=None, device=None) -> Transformer:
     if hf["model_type"] == "mixtral":
         tensors = _unfuse_mixtral_experts(tensors)
     gpt2 = hf["model_type"] == "gpt2"
+    embedding = next((tensors[k] for k in ("model.embed_tokens.weight", "transformer.wte.weight",
+                                           "wte.weight") if k in tensors), None)
+    head = tensors.get("lm_head.weight")
+    if (config.tie_embeddings and head is not None and embedding is not None
+            and not np.array_equal(head, embedding)):
+        # as transformers: a file whose head differs from its embedding table keeps both, untied
+        config = config.replace(tie_embeddings=False)
     convert, back = (_gpt2_from_hf, _gpt2_to_hf) if gpt2 else (_llama_from_hf, _llama_to_hf)
     try:
         ours = convert(tensors, config)
@@ -455,7 +473,9 @@ def from_pretrained(path, dtype=None, device=None) -> Transformer:
                          f"{unused[:8]}{' ...' if len(unused) > 8 else ''}")
     dtype = dtype or ls.float32
     model = Transformer(config, dtype=dtype, device=device)
-    state = {k: ls.tensor(np.ascontiguousarray(v), dtype=dtype, device=device)
+    # each in its parameter's dtype: a bf16 model's float32 router must not round through bf16
+    kinds = {k: v.dtype for k, v in model.state_dict().items()}
+    state = {k: ls.tensor(np.ascontiguousarray(v), dtype=kinds.get(k, dtype), device=device)
              for k, v in ours.items()}
     model.load_state_dict(state)
     return model.eval()

@@ -47,7 +47,7 @@ def rope_tables(config: ModelConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
     inv_freq = float(config.rope_theta) ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
     rs = config.rope_scaling
     if rs is not None:
-        kind = rs.get("type", rs.get("rope_type"))
+        kind = config.rope_scaling_type
         factor = float(rs["factor"])
         if kind == "linear":
             inv_freq = inv_freq / factor
