@@ -434,3 +434,50 @@ def test_adamw_trains_16bit_parameters_through_float32_masters(dtype):
     np.testing.assert_array_equal(to_np(master), to_np(w32))
     np.testing.assert_array_equal(to_np(w16.float()), to_np(w32.to(dtype=dtype).float()))
     np.testing.assert_array_equal(to_np(other), to_np(other_ref))
+
+
+def test_container_edits_like_torch():
+    a, b, c = nn.ReLU(), nn.GELU(), nn.SiLU()
+    seq = nn.Sequential(a).append(b).insert(0, c)
+    assert list(seq) == [c, a, b] and list(seq._modules) == ["0", "1", "2"]
+    seq.extend([nn.Identity()])
+    assert len(seq) == 4
+    tseq = torch.nn.Sequential(torch.nn.ReLU()).append(torch.nn.GELU())
+    tseq.insert(0, torch.nn.SiLU())
+    assert [type(m).__name__ for m in tseq] == [type(m).__name__ for m in list(seq)[:3]]
+    with pytest.raises(IndexError, match="index 9 is out of range"):
+        seq.insert(9, a)
+    ml = nn.ModuleList([a, b])
+    ml[-1] = c
+    ml.insert(1, b)
+    assert list(ml) == [a, b, c]
+    with pytest.raises(TypeError, match="as child module '0'"):
+        ml[0] = 3
+    md = nn.ModuleDict({"x": a})
+    md.update({"y": b})
+    md.update([("z", c)])
+    assert list(md) == ["x", "y", "z"] and md.pop("y") is b and list(md) == ["x", "z"]
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (64, 32, 3, 3)])
+def test_xavier_and_kaiming_init_like_torch(shape):
+    receptive = int(np.prod(shape[2:]))
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    assert nn.init._calculate_fan_in_and_fan_out(ls.empty(*shape)) == (fan_in, fan_out)
+    for name, param in (("relu", None), ("leaky_relu", 0.2), ("tanh", None), ("linear", None), ("selu", None)):
+        assert nn.init.calculate_gain(name, param) == pytest.approx(torch.nn.init.calculate_gain(name, param))
+    ls.manual_seed(0)
+    cases = [(nn.init.xavier_uniform_, {}, math.sqrt(6 / (fan_in + fan_out)), "uniform"),
+             (nn.init.xavier_normal_, {"gain": 2.0}, 2 * math.sqrt(2 / (fan_in + fan_out)), "normal"),
+             (nn.init.kaiming_uniform_, {"nonlinearity": "relu"}, math.sqrt(2) * math.sqrt(3 / fan_in), "uniform"),
+             (nn.init.kaiming_normal_, {"mode": "fan_out", "nonlinearity": "relu"}, math.sqrt(2 / fan_out), "normal")]
+    for fn, kw, scale, kind in cases:
+        w = fn(ls.empty(*shape, dtype=ls.float64), **kw).numpy()
+        if kind == "uniform":  # U(-a, a): |w| <= a, std a / sqrt(3)
+            assert np.abs(w).max() <= scale and w.std() == pytest.approx(scale / math.sqrt(3), rel=0.05)
+        else:
+            assert w.std() == pytest.approx(scale, rel=0.05)
+    with pytest.raises(ValueError, match="fewer than 2 dimensions"):
+        nn.init.xavier_uniform_(ls.empty(5))
+    with pytest.raises(ValueError, match="mode must be"):
+        nn.init.kaiming_normal_(ls.empty(3, 3), mode="fan")

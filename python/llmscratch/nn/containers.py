@@ -30,6 +30,33 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        _insert(self, index, module)
+        return self
+
+
+def _insert(container, index, module):
+    """module at position index of a container numbered 0, 1, ..., the later ones moved up one,
+    as torch's Sequential.insert and ModuleList.insert."""
+    n = len(container._modules)
+    if not -n <= index <= n:
+        raise IndexError(f"insert: index {index} is out of range for {n} modules")
+    if not isinstance(module, Module):
+        raise TypeError(f"insert: a Module is expected, got {type(module).__name__}")
+    index = index + n if index < 0 else index
+    for i in range(n, index, -1):
+        container._modules[str(i)] = container._modules[str(i - 1)]
+    container._modules[str(index)] = module
+
 
 class ModuleList(Module):
     def __init__(self, modules=()):
@@ -49,6 +76,16 @@ class ModuleList(Module):
     def __getitem__(self, i):
         items = list(self._modules.values())
         return ModuleList(items[i]) if isinstance(i, slice) else items[i]
+
+    def __setitem__(self, i, module):
+        n = len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"ModuleList: index {i} is out of range for {n} modules")
+        setattr(self, str(i + n if i < 0 else i), module)
+
+    def insert(self, index, module):
+        _insert(self, index, module)
+        return self
 
     def __len__(self):
         return len(self._modules)
@@ -77,6 +114,13 @@ class ModuleDict(Module):
 
     def __iter__(self):  # the keys, as a dict's (Python's fallback indexed it with 0, 1, ...)
         return iter(self._modules)
+
+    def pop(self, key):
+        return self._modules.pop(key)
+
+    def update(self, modules):
+        for name, m in (modules.items() if hasattr(modules, "items") else modules):
+            self[name] = m
 
     def keys(self):
         return self._modules.keys()

@@ -28,3 +28,71 @@ def ones_(t):
 def linear_bound(fan_in: int) -> float:
     """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
     return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+def constant_(t, val):
+    with no_grad():
+        return t.fill_(val)
+
+
+def calculate_gain(nonlinearity, param=None):
+    """torch.nn.init.calculate_gain: the factor that keeps activations' variance through the
+    nonlinearity (relu sqrt(2), tanh 5/3, leaky_relu sqrt(2 / (1 + slope^2)), selu 3/4, 1 for the
+    linear ones)."""
+    linear = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+              "conv_transpose3d", "sigmoid")
+    if nonlinearity in linear:
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else param
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+            raise ValueError(f"calculate_gain: negative_slope {slope!r} is not a valid number")
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"calculate_gain: unsupported nonlinearity {nonlinearity!r}")
+
+
+def _calculate_fan_in_and_fan_out(t):
+    """(fan_in, fan_out) as torch: a weight (out, in, *kernel) has fan_in = in * kernel size and
+    fan_out = out * kernel size."""
+    if t.ndim < 2:
+        raise ValueError("fan in and fan out can not be computed for a tensor of fewer than 2 dimensions")
+    receptive = math.prod(t.shape[2:])
+    return t.shape[1] * receptive, t.shape[0] * receptive
+
+
+def _fan(t, mode):
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(t)
+    return fan_in if mode == "fan_in" else fan_out
+
+
+def xavier_uniform_(t, gain=1.0):
+    """U(-a, a), a = gain sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio 2010)."""
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(t)
+    a = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return uniform_(t, -a, a)
+
+
+def xavier_normal_(t, gain=1.0):
+    """N(0, std^2), std = gain sqrt(2 / (fan_in + fan_out))."""
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(t)
+    return normal_(t, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def kaiming_uniform_(t, a=0, mode="fan_in", nonlinearity="leaky_relu"):
+    """U(-bound, bound), bound = gain sqrt(3 / fan) (He et al. 2015); torch's defaults."""
+    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(t, mode))
+    return uniform_(t, -bound, bound)
+
+
+def kaiming_normal_(t, a=0, mode="fan_in", nonlinearity="leaky_relu"):
+    """N(0, std^2), std = gain / sqrt(fan)."""
+    return normal_(t, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(_fan(t, mode)))
+
