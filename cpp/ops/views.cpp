@@ -107,8 +107,9 @@ Tensors expand_any(const Tensors& in, const Attrs& a) {
     }
     int64_t xs = x.shape()[i - lead];
     if (shape[i] == -1) shape[i] = xs;
-    LS_CHECK(xs == shape[i] || xs == 1, ValueError, "expand: cannot expand ", shape_str(x.shape()),
-             " to ", shape_str(shape));
+    // a size-1 dim matches any target: a negative one (besides -1) is refused here, not later
+    LS_CHECK(shape[i] >= 0 && (xs == shape[i] || xs == 1), ValueError, "expand: cannot expand ",
+             shape_str(x.shape()), " to ", shape_str(shape));
     st[i] = xs == shape[i] ? x.strides()[i - lead] : 0;
   }
   return {x.as_strided(shape, st, x.offset())};
@@ -125,8 +126,8 @@ Tensors slice_any(const Tensors& in, const Attrs& a) {
   start = std::clamp<int64_t>(start, 0, n);
   end = std::clamp<int64_t>(end, start, n);
   Shape shape = x.shape(), st = x.strides();
-  shape[d] = (end - start + step - 1) / step;
-  st[d] *= step;
+  shape[d] = end > start ? 1 + (end - start - 1) / step : 0;  // no overflow for a step near 2^63
+  if (shape[d] > 1) st[d] *= step;  // one element (or none): its stride is never stepped
   return {x.as_strided(shape, st, x.offset() + start * x.strides()[d])};
 }
 
@@ -166,7 +167,11 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
   std::vector<int64_t> dims(x.dim());
   std::iota(dims.begin(), dims.end(), 0);
-  if (x.dim() == 0) return permute(x, dims);
+  if (x.dim() == 0) {  // as torch: a 0-d tensor takes dims 0 and -1 only
+    for (int64_t d : {d0, d1})
+      LS_CHECK(d == 0 || d == -1, IndexError, "transpose: dimension ", d, " is out of range for a 0-d tensor");
+    return permute(x, dims);
+  }
   std::swap(dims[wrap_dim(d0, x.dim(), "transpose")], dims[wrap_dim(d1, x.dim(), "transpose")]);
   return permute(x, dims);
 }

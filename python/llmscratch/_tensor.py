@@ -416,7 +416,25 @@ T.transpose = lambda self, d0, d1: _ops.transpose(self, d0, d1)
 T.expand = lambda self, *shape: _ops.expand(self, _shape_args(shape))
 T.expand_as = lambda self, other: _ops.expand(self, list(other.shape))
 T.unsqueeze = lambda self, dim: _ops.unsqueeze(self, dim)
-T.squeeze = lambda self, dim=None: _ops.squeeze(self, dim)
+def _squeeze(self, dim=None):
+    """As torch's: dim None (every size-1 dim), an int, or a tuple of dims (each size-1 one)."""
+    if not isinstance(dim, (tuple, list)):
+        return _ops.squeeze(self, dim)
+    n = builtins.max(self.ndim, 1)
+    for d in dim:
+        if not -n <= d < n:
+            _ops.squeeze(self, d)  # raises the op's out-of-range error
+    wrapped = [d % n for d in dim]
+    for d in wrapped:
+        if wrapped.count(d) > 1:
+            raise RuntimeError(f"squeeze: dim {d} appears multiple times in the list of dims")
+    out = self
+    for d in sorted(wrapped, reverse=True):  # the last first: the others keep their place
+        out = _ops.squeeze(out, d)
+    return out
+
+
+T.squeeze = _squeeze
 T.contiguous = lambda self: _ops.contiguous(self)
 T.clone = lambda self: _ops.contiguous_copy(self)
 T.T = property(lambda self: _ops.permute(self, list(range(self.ndim))[::-1]))
@@ -505,9 +523,11 @@ def _index(self, key):
             if k.step is not None and k.step <= 0:
                 raise ValueError("slice step must be positive")
             size = out.shape[dim]
-            start = 0 if k.start is None else int(k.start)
-            stop = size if k.stop is None else int(k.stop)
-            out = _ops.slice(out, dim, start, stop, 1 if k.step is None else int(k.step))
+            # bounds past int64 clamp as any past the size do (they had failed in the binding)
+            start = 0 if k.start is None else builtins.max(-size - 1, builtins.min(int(k.start), size))
+            stop = size if k.stop is None else builtins.max(-size - 1, builtins.min(int(k.stop), size))
+            step = 1 if k.step is None else builtins.min(int(k.step), 2 ** 63 - 1)
+            out = _ops.slice(out, dim, start, stop, step)
             dim += 1
         elif isinstance(k, (Tensor, list, np.ndarray)):
             if tensor_index is not None:

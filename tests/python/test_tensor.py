@@ -800,3 +800,27 @@ def test_clamp_by_a_nan_bound_gives_nan_as_torch():
     x = ls.tensor([1.0, 2.0])
     for kw in ({"min": ls.tensor(float("nan"))}, {"max": ls.tensor(float("nan"))}):
         assert np.isnan(x.clamp(**kw).numpy()).all()
+
+
+def test_view_edge_cases_like_torch():
+    import sys
+    a = np.arange(60.0).reshape(3, 4, 5)
+    x = ls.tensor(a)
+    # a step near 2^63 and bounds past int64: one row / clamped, as numpy (a shape of -1 before;
+    # the bounds failed in the binding)
+    assert x[::sys.maxsize].tolist() == a[::sys.maxsize].tolist()
+    assert tuple(x[:2 ** 63].shape) == (3, 4, 5) and tuple(x[2 ** 70:].shape) == (0, 4, 5)
+    assert x[-2 ** 70:2].tolist() == a[:2].tolist()
+    for bad in ((3, -5, 5), (3, -1, -2)):  # a negative size (had built a tensor of shape (3, -5, 5))
+        with pytest.raises(ValueError, match="expand: cannot expand"):
+            ls.ones(3, 1, 5).expand(*bad)
+    with pytest.raises(IndexError, match="out of range for a 0-d tensor"):
+        ls.tensor(1.0).transpose(3, 5)
+    assert tuple(ls.tensor(1.0).transpose(0, -1).shape) == ()
+    y, ty = ls.ones(2, 1, 3, 1), torch.ones(2, 1, 3, 1)
+    for dims in ((1, 3), (0, 1), [-1], (1, -1)):  # a tuple of dims, as torch >= 2.0
+        assert tuple(y.squeeze(dims).shape) == tuple(ty.squeeze(tuple(dims)).shape)
+    with pytest.raises(RuntimeError, match="dim 1 appears multiple times"):
+        y.squeeze((1, -3))
+    with pytest.raises(IndexError, match="squeeze: dimension 5 is out of range"):
+        y.squeeze((5,))
