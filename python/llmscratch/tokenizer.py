@@ -57,6 +57,14 @@ def _clean(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def check_prefix(prefix, op: str) -> None:
+    """A save prefix names files (PREFIX.tiktoken, PREFIX.json): "" had written ./..json, and
+    "out/" out.json beside the folder."""
+    name = os.fspath(prefix)
+    if not name or name.endswith(("/", os.sep)) or Path(name).is_dir():
+        raise ValueError(f"{op}: the prefix must name files (e.g. out/tok), got {name!r}")
+
+
 class Tokenizer:
     def __init__(self, ranks: Sequence[bytes], pattern: str = "cl100k",
                  special_tokens: dict[str, int] | None = None):
@@ -172,6 +180,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     def save(self, prefix) -> tuple[Path, Path]:
         """Write ``prefix.tiktoken`` (tiktoken's ranks format) and ``prefix.json``."""
+        check_prefix(prefix, "Tokenizer.save")
         prefix = Path(prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         ranks_path, meta_path = Path(f"{prefix}.tiktoken"), Path(f"{prefix}.json")
@@ -200,12 +209,17 @@ class Tokenizer:
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a damaged file, named
             raise ValueError(f"Tokenizer.load: {meta_path} is not valid JSON: {e}") from None
+        specials = meta.get("special_tokens", {}) if isinstance(meta, dict) else None
+        if not isinstance(specials, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in specials.values()):
+            raise ValueError(f"Tokenizer.load: {meta_path} is damaged: it must be an object whose "
+                             f"special_tokens map names to integer ids")
         if pattern is None and "pattern" not in meta:
             raise ValueError(f"Tokenizer.load: {meta_path} is missing; pass pattern= "
                              f"(one of {PATTERNS}) for a bare ranks file")
         pattern = pattern or meta["pattern"]
         if special_tokens is None:
-            special_tokens = {k: int(v) for k, v in meta.get("special_tokens", {}).items()}
+            special_tokens = dict(specials)
         return cls(load_tiktoken_ranks(ranks_path), pattern, special_tokens)
 
     def to_tiktoken(self, name: str = "llmscratch"):

@@ -77,7 +77,8 @@ def _files_under(root: str) -> list[tuple[str, str]]:
         dirs[:] = [x for x in dirs if not x.startswith(".")]
         for f in files:
             p = os.path.join(d, f)
-            if Path(f).suffix.lower() in TEXT_SUFFIXES:
+            # regular files only: a FIFO named *.txt would block the read forever
+            if Path(f).suffix.lower() in TEXT_SUFFIXES and os.path.isfile(p):
                 out.append((os.path.relpath(p, root).replace(os.sep, "/"), p))
     return sorted(out)
 

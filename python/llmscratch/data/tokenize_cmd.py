@@ -63,7 +63,8 @@ def run(args) -> int:
 
 
 def train(args) -> int:
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer, check_prefix
+    check_prefix(args.out, "Tokenizer.save")  # before the training it would throw away
     docs = split_documents(args.source, "train", args.val_fraction)
     items = [_training_item(d) for d in docs]
     specials = args.special if args.special is not None else [EOT]
@@ -84,7 +85,13 @@ def _training_item(doc):
     U+FFFD is valid UTF-8, the same as its bytes: it goes as its Path, read by the trainer, so
     that the corpus is held once (by the trainer) rather than also as Python strings."""
     text = doc.read()
-    return Path(doc.path) if doc.path is not None and "\ufffd" not in text else text
+    if doc.path is None or "\ufffd" in text:
+        return text
+    try:  # a name that is not UTF-8 (surrogates) cannot cross to the trainer as a path
+        doc.path.encode("utf-8")
+    except UnicodeEncodeError:
+        return text
+    return Path(doc.path)
 
 
 def _encode_split(args, tok, split: str, prefix: str, token_bytes: int) -> list:

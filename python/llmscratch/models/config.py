@@ -306,7 +306,7 @@ def load_config(path) -> ModelConfig:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"model config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # named: a binary file said only "byte 0xff"
         raise ValueError(f"{path}: not valid TOML: {e}") from None
     if "model" in data:
         if not isinstance(data["model"], dict):

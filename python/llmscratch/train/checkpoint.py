@@ -182,6 +182,11 @@ _TRAINER_TYPES = {
     "best_val": (lambda v: v is None or isinstance(v, _NUMBER), "a number or null"),
     "best_ckpt": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "config": (lambda v: isinstance(v, dict), "an object"),
+    "run_config": (lambda v: isinstance(v, dict), "an object"),
+    "data_identity": (lambda v: isinstance(v, dict) and all(
+        isinstance(v.get(s), dict) and isinstance(v[s].get("tokens"), int)
+        and isinstance(v[s].get("sha256"), str) for s in ("train", "val")),
+        "{train: {tokens, sha256}, val: {tokens, sha256}}"),
 }
 
 
@@ -196,7 +201,7 @@ def read_trainer_state(folder: str, required: tuple = ()) -> dict:
     missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
     if missing:
         raise ValueError(f"checkpoint {folder}: trainer.json lacks {', '.join(missing)}")
-    for key in keys:
+    for key in list(keys) + [k for k in _TRAINER_TYPES if k in meta and k not in keys]:  # optional ones too
         valid, what = _TRAINER_TYPES.get(key, (lambda v: True, ""))
         if not valid(meta[key]):
             raise ValueError(f"checkpoint {folder}: trainer.json's {key} must be {what}, got {meta[key]!r:.60}")

@@ -57,7 +57,7 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
                 raise
             folder = cache_root() / f"data-{last}"
         return str(folder / "tokenizer"), str(folder / "tokens_train_*.bin"), str(folder / "tokens_val_*.bin")
-    key = hashlib.sha256(f"{settings}|{fingerprint}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{settings}|{fingerprint}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
     folder = cache_root() / f"data-{key}"
     if not (folder / "done").exists():
         # the `data-KEY.tmp-PID` folders of killed preparations (one that fails or is
@@ -75,7 +75,7 @@ def prepare_data(source: str, vocab_size: int, val_fraction: float, quiet: bool 
             identity = {split: data_identity(str(tmp / f"tokens_{split}_*.bin"))
                         for split in ("train", "val")}
             (tmp / "identity.json").write_text(json.dumps(identity))
-            (tmp / "done").write_text(src + "\n")
+            (tmp / "done").write_text(src + "\n", errors="surrogateescape")  # the name as the OS gave it
         except BaseException:  # an error or Ctrl-C: nothing half made stays in the cache
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -250,7 +250,10 @@ def _source_key(data: str) -> str:
 def _read_run_config(run_dir: Path) -> dict:
     from .._files import read_json
     path = run_dir / "config.json"
-    return read_json(path, f"{path} is not valid JSON")
+    config = read_json(path, f"{path} is not valid JSON")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{path} is damaged: it must be an object with the run's \"model\" settings")
+    return config
 
 
 def _check_resume(run_dir: Path, run_config: dict) -> str:

@@ -273,15 +273,21 @@ class Trainer:
             return []
         with open(path, errors="replace") as f:
             lines = f.readlines()
-        kept, records = [], []
+        kept, records, damaged = [], [], 0
         for line in lines:  # a line cut short or padded (a lost machine) is dropped with the rest
             try:
                 rec = json.loads(line)
             except ValueError:
+                rec = None
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool):
+                damaged += bool(line.strip())
                 continue
-            if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
+            if step <= self.step:
                 kept.append(line if line.endswith("\n") else line + "\n")
                 records.append(rec)
+        if damaged:  # said, not dropped unseen: a hand-edited or damaged log loses those lines
+            self.log(f"log.jsonl: {damaged} damaged line{'s' * (damaged > 1)} dropped")
         if kept != lines:
             atomic_write_text(path, "".join(kept))
         return records
