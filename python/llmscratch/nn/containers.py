@@ -4,7 +4,33 @@ from collections import OrderedDict
 from .module import Module
 
 
-class Sequential(Module):
+class _Numbered(Module):
+    """Modules under the names 0, 1, ...: the appends and inserts of Sequential and ModuleList."""
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        """module at position index, the later ones moved up one (torch's renumbering)."""
+        n = len(self._modules)
+        if not -n <= index <= n:
+            raise IndexError(f"insert: index {index} is out of range for {n} modules")
+        if not isinstance(module, Module):
+            raise TypeError(f"insert: a Module is expected, got {type(module).__name__}")
+        index = index + n if index < 0 else index
+        for i in range(n, index, -1):
+            self._modules[str(i)] = self._modules[str(i - 1)]
+        self._modules[str(index)] = module
+        return self
+
+
+class Sequential(_Numbered):
     def __init__(self, *modules):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], OrderedDict):
@@ -30,48 +56,12 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
 
-    def extend(self, modules):
-        for m in modules:
-            self.append(m)
-        return self
-
-    def insert(self, index, module):
-        _insert(self, index, module)
-        return self
-
-
-def _insert(container, index, module):
-    """module at position index of a container numbered 0, 1, ..., the later ones moved up one,
-    as torch's Sequential.insert and ModuleList.insert."""
-    n = len(container._modules)
-    if not -n <= index <= n:
-        raise IndexError(f"insert: index {index} is out of range for {n} modules")
-    if not isinstance(module, Module):
-        raise TypeError(f"insert: a Module is expected, got {type(module).__name__}")
-    index = index + n if index < 0 else index
-    for i in range(n, index, -1):
-        container._modules[str(i)] = container._modules[str(i - 1)]
-    container._modules[str(index)] = module
-
-
-class ModuleList(Module):
+class ModuleList(_Numbered):
     def __init__(self, modules=()):
         super().__init__()
         for m in modules:
             self.append(m)
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-    def extend(self, modules):
-        for m in modules:
-            self.append(m)
-        return self
 
     def __getitem__(self, i):
         items = list(self._modules.values())
@@ -82,10 +72,6 @@ class ModuleList(Module):
         if not -n <= i < n:
             raise IndexError(f"ModuleList: index {i} is out of range for {n} modules")
         setattr(self, str(i + n if i < 0 else i), module)
-
-    def insert(self, index, module):
-        _insert(self, index, module)
-        return self
 
     def __len__(self):
         return len(self._modules)
