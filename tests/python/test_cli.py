@@ -425,6 +425,15 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
     tok.write_text(json.dumps({**json.loads(good), "special_tokens": [1, 2]}))
     one_line_error(["sample", "--ckpt", str(run)], "tokenizer.json is damaged")
     tok.write_text(good)
+    # non-finite weights: eval refuses its loss, as sample refuses the logits (it printed "loss nan")
+    st = pytest.importorskip("safetensors.numpy")
+    weights = os.path.join(ckpt, "model.safetensors")
+    good_weights = open(weights, "rb").read()
+    tensors = st.load_file(weights)
+    name = sorted(tensors)[0]
+    st.save_file({**tensors, name: np.full_like(tensors[name], np.nan)}, weights)
+    one_line_error(["eval", "--ckpt", ckpt, "--batches", "1"], "the loss is nan")
+    open(weights, "wb").write(good_weights)
     # an empty or folder-only tokenizer prefix (it wrote ./..json)
     for prefix in ("", str(tmp_path) + os.sep):  # refused before any training
         one_line_error(["tokenize", "train", "--source", corpus, "--vocab-size", "300", "--out", prefix],

@@ -562,6 +562,9 @@ def eval_command(args) -> int:
         windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)])
         batches = (ls.tensor(windows[i:i + B], device=device) for i in range(0, min(n, args.batches * B), B))
     loss, tokens = evaluate_loss(model, batches)
+    if not math.isfinite(loss):  # as sample refuses non-finite logits: not a result to report
+        raise ValueError(f"{args.ckpt}: the loss is {loss}: the model's logits are not finite "
+                         f"(its weights hold NaN or infinity)")
     perplexity = math.inf if loss > 709 else math.exp(loss)  # exp overflows a float past 709.78
     print(f"loss {loss:.4f} nats/token, perplexity {perplexity:.2f} over {tokens} tokens "
           f"({tokens // T} windows of {T})")
