@@ -48,7 +48,6 @@ import triton.language as tl
 
 from ._common import ELEMENTWISE_BLOCK, launch, matmul_output, num_programs, row_block, row_stride, stat_dtype
 
-_REDUCTIONS = ("none", "sum", "mean")
 _GROUP = tl.constexpr(8)  # adjacent logits sharing a running max (a 16-byte load of bf16)
 
 
@@ -206,18 +205,14 @@ def _scale_inplace(X, G, R, C, CB, ld, PER_ROW: tl.constexpr, BLOCK: tl.constexp
             _store_chunk(row, off, C, CB, _load_chunk(row, off, C, CB, 0.0, BLOCK) * s, BLOCK, "")
 
 
-def _attrs(attrs, op):
-    reduction = attrs.get("reduction", "mean")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got '{reduction}'")
-    eps = float(attrs.get("label_smoothing", 0.0))
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {eps}")
-    return int(attrs.get("ignore_index", -100)), reduction, eps
+def _attrs(attrs):
+    """(ignore_index, reduction, label_smoothing): CHECKS' shared checks have validated them."""
+    return (int(attrs.get("ignore_index", -100)), attrs.get("reduction", "mean"),
+            float(attrs.get("label_smoothing", 0.0)))
 
 
 def cross_entropy_forward(inputs, attrs):
-    ignore, reduction, eps = _attrs(attrs, "cross_entropy")
+    ignore, reduction, eps = _attrs(attrs)
     logits, targets = inputs[0], inputs[1].contiguous()
     logits, ld = _logits_rows(logits)
     N, V = logits.shape
@@ -237,7 +232,7 @@ def cross_entropy_forward(inputs, attrs):
 
 
 def cross_entropy_backward(inputs, attrs):
-    ignore, reduction, eps = _attrs(attrs, "cross_entropy_backward")
+    ignore, reduction, eps = _attrs(attrs)
     g, targets, lse, g_lse = (t.contiguous() for t in (inputs[0], inputs[2], inputs[3], inputs[4]))
     logits, ldx = _logits_rows(inputs[1])
     N, V = logits.shape
@@ -296,7 +291,7 @@ def _inplace_tiling(V, itemsize):
 
 
 def cross_entropy_inplace_forward(inputs, attrs):
-    ignore, reduction, eps = _attrs(attrs, "cross_entropy_inplace")
+    ignore, reduction, eps = _attrs(attrs)
     logits, targets = inputs[0], inputs[1].contiguous()
     ld = _logits_row_stride(logits)  # rows CHECKS accepted
     N, V = logits.shape
@@ -316,7 +311,7 @@ def cross_entropy_inplace_forward(inputs, attrs):
 
 
 def cross_entropy_inplace_backward(inputs, attrs):
-    _, reduction, _ = _attrs(attrs, "cross_entropy_inplace_backward")
+    _, reduction, _ = _attrs(attrs)
     g, dlogits = inputs[0].contiguous(), inputs[1]
     ld = _logits_row_stride(dlogits)  # rows CHECKS accepted
     N, V = dlogits.shape

@@ -67,7 +67,7 @@ void bind_ops(py::module_& root) {
                                   bool params_16bit) {
     return check_adamw_inputs(tensors_of(inputs), has_model_copy, has_grad_scale, "adamw_step", params_16bit);
   });
-  m.def("check_global_norm_inputs", [](const py::sequence& inputs) { check_global_norm_inputs(tensors_of(inputs)); });
+  m.def("check_global_norm_inputs", [](const py::sequence& inputs) { return check_global_norm_inputs(tensors_of(inputs)); });
   m.def("expect_inputs", [](const py::sequence& inputs, size_t min_n, size_t max_n, const std::string& op) {
     cpu::expect_inputs(tensors_of(inputs), min_n, max_n, op.c_str());
   });

@@ -158,7 +158,7 @@ def fill_number(value, dtype):
     """A number to write into a tensor of dtype, as torch reads it: a negative integer into uint8
     wraps (-1 is 255, down to -255); anything else goes to the op's range check as it is."""
     if (dtype == uint8 and isinstance(value, numbers.Integral) and not isinstance(value, builtins.bool)
-            and -255 <= value < 0):
+            and _INT_RANGES[uint8][0] <= value < 0):
         return int(value) + 256
     return value
 
@@ -169,7 +169,8 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
             int64 if isinstance(fill_value, numbers.Integral) else float32)
     fill_value = fill_number(fill_value, as_dtype(dtype))
     if past_double(as_dtype(dtype), fill_value):
-        if not -(1 << 63) <= int(fill_value) < 1 << 63:  # as the op refuses a double out of range
+        lo, hi = _INT_RANGES[int64]
+        if not lo <= int(fill_value) <= hi:  # as the op refuses a double out of range
             raise RuntimeError(f"full: value {fill_value} cannot be converted to int64 without overflow")
         t = tensor(np.full(_shape([shape]), int(fill_value), np.int64), device=device)
     else:

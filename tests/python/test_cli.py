@@ -416,6 +416,15 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
     json.dump({**meta, "run_config": []}, open(meta_path, "w"))
     one_line_error(["eval", "--ckpt", ckpt], "trainer.json's run_config must be an object")
     json.dump(meta, open(meta_path, "w"))
+    latest = os.path.join(sorted(glob.glob(str(run / "checkpoints" / "step_*")))[-1], "trainer.json")
+    latest_meta = json.load(open(latest))
+    json.dump({**latest_meta, "run_config": {**latest_meta["run_config"], "data_identity": {"train": 1, "val": 2}}},
+              open(latest, "w"))  # a TypeError in the resumed run's data check before
+    one_line_error(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
+                    "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                    "--out", str(tmp_path / "runs"), "--name", "t", "--steps", "6", "--resume", "--quiet"],
+                   "run_config.data_identity must be")
+    json.dump(latest_meta, open(latest, "w"))
     config = (run / "config.json").read_text()
     (run / "config.json").write_text("null")
     one_line_error(["sample", "--ckpt", str(run)], "config.json is damaged")

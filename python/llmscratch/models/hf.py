@@ -177,6 +177,11 @@ def _mixtral_config(c: ModelConfig, dtype_name: str) -> dict:
            "attention_dropout": 0.0, "initializer_range": c.init_std,
            "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
            "dtype": dtype_name}
+    return _with_rope_scaling(out, c)
+
+
+def _with_rope_scaling(out: dict, c: ModelConfig) -> dict:
+    """out with c's rope scaling as transformers writes it ({"rope_type": kind, ...})."""
     if c.rope_scaling is not None:
         rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
         out["rope_scaling"] = {"rope_type": c.rope_scaling_type, **rs}
@@ -222,10 +227,7 @@ def model_config_to_hf_config(c: ModelConfig, dtype_name: str = "float32") -> di
     if qwen3:
         del out["mlp_bias"]
         out["use_sliding_window"] = False
-    if c.rope_scaling is not None:
-        rs = {k: v for k, v in c.rope_scaling.items() if k not in ("type", "rope_type")}
-        out["rope_scaling"] = {"rope_type": c.rope_scaling_type, **rs}
-    return out
+    return _with_rope_scaling(out, c)
 
 
 # ---- tensor names -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ import math
 import llmscratch_core as _core
 
 from .._creation import zeros
-from .._dtype import float32, float64
 from .._tensor import stack
 from ..autograd import no_grad
 
@@ -45,6 +44,6 @@ def _max_abs(grads):
     """The largest |element| over all gradients, as a 0-d tensor of global_norm's dtype (NaN if
     any is NaN)."""
     # 16-bit gradients through float32: the CPU backend has no 16-bit abs or max
-    wide = float64 if any(g.dtype == float64 for g in grads) else float32
+    wide = _core.ops.check_global_norm_inputs(grads)
     peaks = [g.to(dtype=wide).abs().max() for g in grads if g.numel()]
     return stack(peaks).max() if peaks else zeros((), device=grads[0].device)

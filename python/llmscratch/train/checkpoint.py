@@ -183,10 +183,6 @@ _TRAINER_TYPES = {
     "best_ckpt": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "config": (lambda v: isinstance(v, dict), "an object"),
     "run_config": (lambda v: isinstance(v, dict), "an object"),
-    "data_identity": (lambda v: isinstance(v, dict) and all(
-        isinstance(v.get(s), dict) and isinstance(v[s].get("tokens"), int)
-        and isinstance(v[s].get("sha256"), str) for s in ("train", "val")),
-        "{train: {tokens, sha256}, val: {tokens, sha256}}"),
 }
 
 

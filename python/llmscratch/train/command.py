@@ -292,7 +292,14 @@ def _check_resume(run_dir: Path, run_config: dict) -> str:
 def _saved_identity(folder: str):
     """The data_identity a checkpoint's run trained on (None for runs saved before it was kept)."""
     from .checkpoint import read_trainer_state
-    return read_trainer_state(folder).get("run_config", {}).get("data_identity")
+    identity = read_trainer_state(folder).get("run_config", {}).get("data_identity")
+    # hand-edited into another shape, it had raised a TypeError in _check_resumed_data
+    if identity is not None and not (isinstance(identity, dict) and all(
+            isinstance(identity.get(s), dict) and isinstance(identity[s].get("tokens"), int)
+            and isinstance(identity[s].get("sha256"), str) for s in ("train", "val"))):
+        raise ValueError(f"checkpoint {folder}: trainer.json's run_config.data_identity must be "
+                         "{train: {tokens, sha256}, val: {tokens, sha256}}")
+    return identity
 
 
 def _check_resumed_data(folder: str, saved, identity, source: str):
