@@ -1,5 +1,6 @@
 // llmscratch_core.layers: the C++ layers, with their parameters readable and assignable (the
-// Python modules assign moved/cast parameters back so both sides hold the same tensors).
+// Python modules assign moved/cast parameters back so both sides hold the same tensors). copy.copy
+// of a layer shares its tensors: Module.__deepcopy__ then assigns the copied parameters.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -28,20 +29,23 @@ void bind_layers(py::module_& root) {
              py::arg("out_features"), py::arg("bias"), py::arg("dtype"), py::arg("device"))
       .def_readwrite("weight", &Linear::weight)
       .def("forward", &Linear::forward)
-      .def("named_parameters", &Linear::named_parameters);
+      .def("named_parameters", &Linear::named_parameters)
+      .def("__copy__", [](const Linear& c) { return Linear(c); });
   optional_tensor(linear, "bias", &Linear::bias);
 
   py::class_<Embedding>(m, "Embedding")
       .def(py::init<int64_t, int64_t, DType, Device>())
       .def_readwrite("weight", &Embedding::weight)
       .def("forward", &Embedding::forward)
-      .def("named_parameters", &Embedding::named_parameters);
+      .def("named_parameters", &Embedding::named_parameters)
+      .def("__copy__", [](const Embedding& c) { return Embedding(c); });
 
   py::class_<LayerNorm> ln(m, "LayerNorm");
   ln.def(py::init<int64_t, double, bool, bool, DType, Device>())
       .def_readwrite("eps", &LayerNorm::eps)
       .def("forward", &LayerNorm::forward)
-      .def("named_parameters", &LayerNorm::named_parameters);
+      .def("named_parameters", &LayerNorm::named_parameters)
+      .def("__copy__", [](const LayerNorm& c) { return LayerNorm(c); });
   optional_tensor(ln, "weight", &LayerNorm::weight);
   optional_tensor(ln, "bias", &LayerNorm::bias);
 
@@ -49,6 +53,7 @@ void bind_layers(py::module_& root) {
   rms.def(py::init<int64_t, double, bool, DType, Device>())
       .def_readwrite("eps", &RMSNorm::eps)
       .def("forward", &RMSNorm::forward)
-      .def("named_parameters", &RMSNorm::named_parameters);
+      .def("named_parameters", &RMSNorm::named_parameters)
+      .def("__copy__", [](const RMSNorm& c) { return RMSNorm(c); });
   optional_tensor(rms, "weight", &RMSNorm::weight);
 }

@@ -3,6 +3,7 @@ promotion, comparisons, indexing, conversions, printing and DLPack. Every comput
 through the op registry (llmscratch_core.call / llmscratch_core.ops)."""
 import builtins
 import collections
+import copy
 import math
 import numbers
 
@@ -437,6 +438,27 @@ def _squeeze(self, dim=None):
 T.squeeze = _squeeze
 T.contiguous = lambda self: _ops.contiguous(self)
 T.clone = lambda self: _ops.contiguous_copy(self)
+
+
+def _deepcopy(self, memo):
+    """copy.deepcopy, as torch's: a leaf of its own data (contiguous), with requires_grad, a copy of
+    .grad and of any Python attributes. A tensor computed by differentiable ops is refused: its
+    copy would have no graph to backpropagate into. (Two views of one buffer copy apart.)"""
+    if not self.is_leaf:
+        raise RuntimeError("deepcopy: only leaf tensors can be copied (this one is the result of "
+                           "differentiable ops); copy its detach() instead")
+    out = self.detach().clone()
+    memo[id(self)] = out
+    if self.requires_grad:
+        out.requires_grad = True
+    if self.grad is not None:
+        out.grad = copy.deepcopy(self.grad, memo)
+    for key, value in self.__dict__.items():
+        setattr(out, key, copy.deepcopy(value, memo))
+    return out
+
+
+T.__deepcopy__ = _deepcopy
 T.T = property(lambda self: _ops.permute(self, list(range(self.ndim))[::-1]))
 
 

@@ -157,3 +157,13 @@ def test_a_caught_out_of_memory_does_not_fail_the_next_op():
     x = ls.ones(4, device="cuda")
     assert (x * 3).cpu().tolist() == [3.0] * 4
 
+
+
+def test_deepcopy_of_a_model_on_the_gpu_stays_there_with_its_own_weights():
+    import copy
+
+    model = ls.nn.Sequential(ls.nn.Embedding(11, 8), ls.nn.LayerNorm(8), ls.nn.Linear(8, 11)).to(device="cuda")
+    twin = copy.deepcopy(model)
+    assert str(twin[2].weight.device) == "cuda:0" and twin[2].weight.data_ptr() != model[2].weight.data_ptr()
+    ids = ls.tensor(np.array([[3, 1, 10]])).cuda()
+    np.testing.assert_array_equal(to_np(twin(ids).cpu()), to_np(model(ids).cpu()))

@@ -1,5 +1,6 @@
 """nn modules and optimizers: parameters, state_dict, moves, AdamW/SGD/clipping against torch,
 and a small MLP that learns."""
+import copy
 import math
 
 import numpy as np
@@ -29,6 +30,51 @@ def test_layer_parameters_are_the_cpp_layers_tensors():
         lin.bias.zero_()
     out = lin(ls.ones(2, 5))
     assert out.tolist() == [[2.5] * 3] * 2
+
+
+def test_deepcopy_gives_a_module_of_its_own_weights():
+    # copy.deepcopy (a frozen reference model, an EMA copy): every C++-backed layer gets its own
+    # layer over the copied Parameters, so the copy's forward reads the copy's weights; a tied
+    # weight stays one Parameter; gradients go to the copy only.
+    emb = nn.Embedding(7, 4)
+    head = nn.Linear(4, 7, bias=False)
+    head.weight = emb.weight
+    model = nn.Sequential(emb, nn.LayerNorm(4), nn.RMSNorm(4, eps=1e-6), head)
+    twin = copy.deepcopy(model)
+    assert twin[3].weight is twin[0].weight and twin[0].weight is not model[0].weight
+    assert isinstance(twin[0].weight, nn.Parameter) and twin[0].weight.requires_grad
+    ids = ls.tensor(np.array([[1, 2, 6]]))
+    np.testing.assert_array_equal(to_np(twin(ids)), to_np(model(ids)))
+    with ls.no_grad():
+        twin[0].weight.fill_(0.5)
+        twin[1].bias.fill_(2.0)
+    out = twin(ids)
+    assert np.allclose(to_np(out), 0.5 * to_np(twin[2](twin[1](twin[0](ids))).sum(-1, keepdim=True)))
+    assert not np.allclose(to_np(model[0].weight), 0.5) and not np.allclose(to_np(model[1].bias), 2.0)
+    out.sum().backward()
+    assert twin[0].weight.grad is not None and model[0].weight.grad is None
+    assert twin[2].eps == 1e-6 and twin[1].eps == model[1].eps
+
+
+def test_deepcopy_of_tensors_as_torch():
+    x = ls.tensor(randn(2, 3), requires_grad=True)
+    (x * 3.0).sum().backward()
+    y = copy.deepcopy(x)
+    assert y.is_leaf and y.requires_grad and _shares(y, x) is False
+    np.testing.assert_array_equal(to_np(y), to_np(x))
+    np.testing.assert_array_equal(to_np(y.grad), to_np(x.grad))
+    p = nn.Parameter(ls.ones(3))
+    p.grad = ls.ones(3)
+    q = copy.deepcopy(p)
+    assert isinstance(q, nn.Parameter) and q.requires_grad and q.grad is None  # as torch's Parameter
+    view = ls.arange(6.0).reshape(2, 3).T
+    np.testing.assert_array_equal(to_np(copy.deepcopy(view)), to_np(view))
+    with pytest.raises(RuntimeError, match="only leaf tensors"):
+        copy.deepcopy(x * 2.0)
+
+
+def _shares(a, b):
+    return a.data_ptr() == b.data_ptr()
 
 
 def test_shared_parameters_are_listed_once():

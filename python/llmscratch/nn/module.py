@@ -1,5 +1,6 @@
 """Module and Parameter: named parameters, buffers and submodules, state_dict round trips,
 train/eval, device and dtype moves."""
+import copy
 from collections import OrderedDict
 
 import llmscratch_core as _core
@@ -23,6 +24,12 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
+
+    def __deepcopy__(self, memo):
+        """A Parameter of its own copy of the data, as torch's (the gradient is not copied)."""
+        out = Parameter(self.detach().clone(), self.requires_grad)
+        memo[id(self)] = out
+        return out
 
 
 def _same_data(a, b):
@@ -76,6 +83,18 @@ class Module:
             object.__setattr__(self, name, value)
             return
         self.__dict__.pop(name, None)
+
+    def __deepcopy__(self, memo):
+        """copy.deepcopy: a module of its own parameters, buffers and children; a tensor shared
+        inside the module (a tied weight) stays one tensor in the copy. A layer backed by C++ gets
+        its own copy of the layer, pointed at the copied parameters."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.copy(value) if key == "_impl" else copy.deepcopy(value, memo))
+        for name, p in new._parameters.items():
+            new._sync_impl(name, p)
+        return new
 
     def _sync_impl(self, name, value):
         """A module backed by a C++ layer (self._impl) keeps the layer's tensor in step."""
