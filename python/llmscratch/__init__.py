@@ -15,7 +15,7 @@ from ._creation import (arange, empty, empty_like, from_dlpack, from_numpy, full
                         tensor, zeros, zeros_like)
 from ._dtype import (bfloat16, bool_, device, dtype, float16, float32, float64, int32, int64,
                      uint8)
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from . import functional, cuda, autograd  # noqa: E402
 
 Tensor = _core.Tensor

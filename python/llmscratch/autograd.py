@@ -88,6 +88,33 @@ class enable_grad(_GradMode):
     mode = True
 
 
+class inference_mode(_GradMode):
+    """torch.inference_mode, as a context manager or decorator: ops record nothing, as under
+    no_grad (llmscratch keeps no version counters or view records that torch's mode also skips,
+    and does not mark the results as inference tensors). inference_mode(False) leaves the grad
+    mode as it finds it."""
+
+    def __new__(cls, mode=True):
+        if callable(mode):  # a bare @inference_mode
+            return cls()(mode)
+        if not isinstance(mode, bool):
+            raise TypeError(f"inference_mode: mode must be a bool, got {type(mode).__name__}")
+        return object.__new__(cls)
+
+    def __init__(self, mode=True):
+        super().__init__()
+        self.enabled = mode
+
+    def _recreate_cm(self):
+        return type(self)(self.enabled)
+
+    def __enter__(self):
+        self._prev.append(_core.is_grad_enabled())
+        if self.enabled:
+            _core.set_grad_enabled(False)
+        return self
+
+
 class set_grad_enabled(contextlib.ContextDecorator):
     """Turn recording on or off. As a call (``set_grad_enabled(False)``) it sets the mode at
     once; as a context manager it restores on exit the mode it replaced; as a decorator it sets

@@ -33,6 +33,28 @@ def test_no_grad_records_nothing():
             assert (x * 2).requires_grad
 
 
+def test_inference_mode_records_nothing_as_a_context_or_decorator():
+    x = ls.ones(3, requires_grad=True)
+    with ls.inference_mode():
+        assert not (x * 2).requires_grad
+        with ls.inference_mode(False):  # leaves the mode as it finds it
+            assert not ls.is_grad_enabled()
+    assert ls.is_grad_enabled()
+    with ls.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @ls.inference_mode
+    def bare():
+        return ls.is_grad_enabled()
+
+    @ls.inference_mode()
+    def called():
+        return ls.is_grad_enabled()
+    assert bare() is False and called() is False and ls.is_grad_enabled()
+    with pytest.raises(TypeError, match="mode must be a bool"):
+        ls.inference_mode(1)
+
+
 def test_shared_subexpression_and_diamond_match_torch():
     a = randn(4, 5)
     x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)

@@ -1,5 +1,6 @@
 """Indexing, selection and scans along one dimension: index_select, gather, scatter_add, one_hot,
-topk, sort, argsort, cumsum (cpp/ops/index.cpp, topk.cpp, sort.cpp, cumsum.cpp).
+topk, sort, argsort, cumsum (cpp/ops/index.cpp, topk.cpp, sort.cpp, cumsum.cpp); and the
+triangles of a matrix, tril and triu (a where over a mask).
 
 Indices are int32 or int64 tensors; a negative or out-of-range index raises IndexError naming the
 op, the value and the dimension size. topk and sort return (values, indices) named tuples.
@@ -15,7 +16,7 @@ from .._dtype import as_dtype
 
 Tensor = _core.Tensor
 
-__all__ = ["index_select", "gather", "scatter_add", "one_hot", "topk", "sort", "argsort", "cumsum"]
+__all__ = ["index_select", "gather", "scatter_add", "one_hot", "topk", "sort", "argsort", "cumsum", "tril", "triu"]
 
 topk_result = collections.namedtuple("topk", ["values", "indices"])
 sort_result = collections.namedtuple("sort", ["values", "indices"])
@@ -85,5 +86,35 @@ def cumsum(input, dim, dtype=None):  # noqa: A002
 # Tensor methods, as in torch (kept if the Tensor class already defines them).
 for _name, _fn in [("index_select", index_select), ("gather", gather), ("scatter_add", scatter_add),
                    ("topk", topk), ("sort", sort), ("argsort", argsort), ("cumsum", cumsum)]:
+    if not hasattr(Tensor, _name):
+        setattr(Tensor, _name, _fn)
+
+
+def _triangle(input, diagonal, op, lower):  # noqa: A002
+    _tensor(input, "input", op)
+    if input.ndim < 2:
+        raise ValueError(f"{op}: input must have at least 2 dims, got shape {tuple(input.shape)}")
+    diagonal = _int(diagonal, "diagonal", op)
+    from .._creation import arange, zeros
+    from .._tensor import where
+
+    n, m = input.shape[-2:]
+    above = arange(m, device=input.device).reshape(1, m) - arange(n, device=input.device).reshape(n, 1)
+    keep = above <= diagonal if lower else above >= diagonal  # (n, m), broadcast over the batch
+    return where(keep, input, zeros((), dtype=input.dtype, device=input.device))
+
+
+def tril(input, diagonal=0):  # noqa: A002
+    """input with zeros above its ``diagonal``-th diagonal (0: the main one, positive: above it)
+    in the last two dims, as torch.tril (a NaN there becomes 0 too)."""
+    return _triangle(input, diagonal, "tril", lower=True)
+
+
+def triu(input, diagonal=0):  # noqa: A002
+    """input with zeros below its ``diagonal``-th diagonal in the last two dims, as torch.triu."""
+    return _triangle(input, diagonal, "triu", lower=False)
+
+
+for _name, _fn in [("tril", tril), ("triu", triu)]:
     if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)

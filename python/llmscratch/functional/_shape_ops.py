@@ -1,7 +1,9 @@
-"""Joining and cutting tensors along one dimension: cat, stack, split, chunk.
+"""Joining and cutting tensors along one dimension: cat, stack, split, chunk, narrow, unbind; and
+movedim.
 
-Thin wrappers over the registered ops "cat", "stack" and "split" (cpp/ops/concat.cpp); split and
-chunk return views, as in torch.
+Thin wrappers over the registered ops "cat", "stack" and "split" (cpp/ops/concat.cpp) and the
+views (slicing, squeeze, permute); split, chunk, narrow, unbind and movedim return views, as in
+torch.
 """
 import builtins
 import numbers
@@ -13,7 +15,7 @@ from ._checks import require_int as _int, require_tensor as _tensor
 
 Tensor = _core.Tensor
 
-__all__ = ["cat", "concat", "concatenate", "stack", "split", "chunk"]
+__all__ = ["cat", "concat", "concatenate", "stack", "split", "chunk", "narrow", "unbind", "movedim", "moveaxis"]
 
 
 def _tensor_list(tensors, op):
@@ -82,7 +84,62 @@ def chunk(input, chunks, dim=0):  # noqa: A002
     return split(input, -(-n // chunks), dim)
 
 
+def narrow(input, dim, start, length):  # noqa: A002
+    """The view input[..., start : start + length, ...] along ``dim``; a negative start counts from
+    the end, as in torch."""
+    _tensor(input, "input", "narrow")
+    n = _dim_size(input, dim, "narrow")
+    start, length = _int(start, "start", "narrow"), _int(length, "length", "narrow")
+    if not -n <= start <= n:
+        raise IndexError(f"narrow: start {start} is out of range for dimension {dim} of size {n}")
+    start = start + n if start < 0 else start
+    if length < 0 or start + length > n:
+        raise ValueError(f"narrow: start ({start}) + length ({length}) exceeds dimension {dim} of size {n}")
+    d = _wrap_dim(dim, input.ndim, "narrow")
+    return input[(slice(None),) * d + (slice(start, start + length),)]
+
+
+def unbind(input, dim=0):  # noqa: A002
+    """The slices along ``dim`` with that dimension removed, as a tuple of views."""
+    _tensor(input, "input", "unbind")
+    n = _dim_size(input, dim, "unbind")
+    d = _wrap_dim(dim, input.ndim, "unbind")
+    return tuple(piece.squeeze(d) for piece in split(input, 1, d)) if n else ()
+
+
+def movedim(input, source, destination):  # noqa: A002
+    """The view with dimensions ``source`` (an int or a sequence) moved to ``destination``, the
+    others keeping their order."""
+    _tensor(input, "input", "movedim")
+    one = isinstance(source, numbers.Integral)
+    if one != isinstance(destination, numbers.Integral):
+        raise TypeError("movedim: source and destination must both be ints or both sequences")
+    src = [source] if one else list(source)
+    dst = [destination] if one else list(destination)
+    if len(src) != len(dst):
+        raise ValueError(f"movedim: source ({len(src)} dims) and destination ({len(dst)} dims) "
+                         f"must have the same number of dims")
+    nd = max(input.ndim, 1)  # a 0-d tensor takes dim 0 or -1
+    src = [_wrap_dim(_int(d, "source", "movedim"), nd, "movedim") for d in src]
+    dst = [_wrap_dim(_int(d, "destination", "movedim"), nd, "movedim") for d in dst]
+    for name, dims in (("source", src), ("destination", dst)):
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"movedim: repeated dim in {name} {dims}")
+    if input.ndim == 0:
+        return input
+    order = [None] * input.ndim
+    for s_, d_ in zip(src, dst):
+        order[d_] = s_
+    rest = iter(d for d in range(input.ndim) if d not in src)
+    order = [next(rest) if o is None else o for o in order]
+    return input.permute(order)
+
+
+moveaxis = movedim
+
+
 # Tensor methods, as in torch (kept if the Tensor class already defines them).
-for _name, _fn in [("split", split), ("chunk", chunk)]:
+for _name, _fn in [("split", split), ("chunk", chunk), ("narrow", narrow), ("unbind", unbind),
+                   ("movedim", movedim), ("moveaxis", movedim)]:
     if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)

@@ -1,4 +1,5 @@
-"""cat, stack, split, chunk against torch: forward, every gradient, float64 and float32, odd shapes."""
+"""cat, stack, split, chunk, narrow, unbind, movedim, tril and triu against torch: forward, every
+gradient, float64 and float32, odd shapes."""
 import numpy as np
 import pytest
 import torch
@@ -203,3 +204,70 @@ def test_errors():
         F.chunk(a, 0)
     with pytest.raises(ValueError, match="chunk: cannot chunk a zero-dimensional tensor"):
         F.chunk(ls.tensor(1.0), 2)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("dim,start,length", [(0, 1, 2), (1, -3, 3), (-1, 0, 5), (2, 4, 0), (0, 3, 0)])
+def test_narrow(dtype, tol, dim, start, length):
+    (a,), (ta,) = leaves((3, 4, 5), dtype=dtype)
+    out, ref = F.narrow(a, dim, start, length), torch.narrow(ta, dim, start, length)
+    assert out.shape == tuple(ref.shape)
+    close(out, ref, tol)
+    backward_both([out], [ref])
+    close(a.grad, ta.grad, tol)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_unbind_gives_views_without_the_dim(dim):
+    (a,), (ta,) = leaves((2, 3, 4))
+    outs, refs = a.unbind(dim), ta.unbind(dim)
+    assert [o.shape for o in outs] == [tuple(r.shape) for r in refs]
+    for o, r in zip(outs, refs):
+        close(o, r, 0)
+    backward_both(list(outs), list(refs))
+    close(a.grad, ta.grad, 1e-12)
+    assert F.unbind(ls.zeros(0, 3)) == ()
+
+
+@pytest.mark.parametrize("source,destination", [(0, 2), (-1, 0), ([0, 1], [2, 0]), ((2,), (1,)), ([], [])])
+def test_movedim(source, destination):
+    (a,), (ta,) = leaves((2, 3, 4))
+    out, ref = a.movedim(source, destination), ta.movedim(source, destination)
+    assert out.shape == tuple(ref.shape)
+    close(out, ref, 0)
+    backward_both([out], [ref])
+    close(a.grad, ta.grad, 1e-12)
+
+
+def test_narrow_and_movedim_refuse_what_torch_refuses():
+    x = ls.zeros(3, 4)
+    with pytest.raises(ValueError, match="exceeds dimension 0 of size 3"):
+        F.narrow(x, 0, 2, 2)
+    with pytest.raises(IndexError, match="start 4 is out of range"):
+        F.narrow(x, 0, 4, 0)
+    with pytest.raises(ValueError, match="repeated dim in source"):
+        x.movedim([0, 0], [0, 1])
+    with pytest.raises(ValueError, match="same number of dims"):
+        x.movedim([0, 1], [1])
+    with pytest.raises(TypeError, match="both be ints or both sequences"):
+        x.movedim(0, [1])
+
+
+@pytest.mark.parametrize("name", ["tril", "triu"])
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 4), (5, 2)])
+@pytest.mark.parametrize("diagonal", [-6, -1, 0, 2, 7])
+def test_triangles(name, shape, diagonal):
+    (a,), (ta,) = leaves(shape)
+    out, ref = getattr(F, name)(a, diagonal), getattr(torch, name)(ta, diagonal)
+    close(out, ref, 0)
+    backward_both([out], [ref])
+    close(a.grad, ta.grad, 1e-12)
+
+
+def test_triangles_of_bools_ints_and_nan():
+    assert ls.ones(3, 3, dtype=ls.bool).tril().numpy().tolist() == torch.ones(3, 3, dtype=torch.bool).tril().tolist()
+    assert ls.ones(2, 3, dtype=ls.int64).triu(1).numpy().tolist() == torch.ones(2, 3, dtype=torch.int64).triu(1).tolist()
+    nan = ls.full((2, 2), float("nan")).tril()
+    assert np.isnan(nan.numpy()[1, 0]) and nan.numpy()[0, 1] == 0
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        F.tril(ls.ones(3))
