@@ -521,9 +521,29 @@ def _host_index(k, size, dim, like):
     return as_tensor_like(arr, like)
 
 
+def _check_mask(self, mask):
+    lead = tuple(self.shape[:mask.ndim])
+    if tuple(mask.shape) != lead:
+        raise IndexError(f"the boolean mask of shape {tuple(mask.shape)} does not match the indexed "
+                         f"tensor's leading shape {lead}")
+
+
+def _mask_rows(self, mask):
+    """For x[mask], a bool tensor of x's leading shape: x as (mask.numel(), rest...) and the mask
+    on the host, flat (its true count sets the result's shape: on a GPU a sync, as torch's)."""
+    _check_mask(self, mask)
+    rows = self.reshape((-1,) + tuple(self.shape[mask.ndim:]))
+    return rows, mask.detach().cpu().numpy().reshape(-1)
+
+
 def _index(self, key):
     """Basic indexing (ints, slices, None, Ellipsis) gives a view; one integer tensor or list
-    index selects along its dimension (a copy, like numpy's advanced indexing)."""
+    index selects along its dimension, a bool mask of the leading shape the elements (rows) where
+    it is true (copies, like numpy's advanced indexing)."""
+    if isinstance(key, Tensor) and key.dtype == bool_:
+        from . import functional as F
+        rows, flat = _mask_rows(self, key)
+        return F.index_select(rows, 0, tensor(np.flatnonzero(flat), device=self.device))
     if not isinstance(key, tuple):
         key = (key,)
     n_real = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -556,7 +576,8 @@ def _index(self, key):
                 raise NotImplementedError("indexing with more than one tensor index is not supported")
             idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], dim, self)
             if idx.dtype == bool_:
-                raise NotImplementedError("boolean mask indexing is not supported; use masked_fill or where")
+                raise NotImplementedError("a boolean mask is supported as the whole index only (x[mask]); "
+                                          "use masked_fill or where")
             if isinstance(k, Tensor) and idx.dtype in (int32, int64):
                 # negative ids count from the end, as torch's x[idx] (index_select itself refuses
                 # them). One out of range raises IndexError: here on the CPU, naming it as given;
@@ -582,18 +603,44 @@ def _index(self, key):
 
 def _setitem(self, key, value):
     """self[key] = value, written through the view self[key]. value's leading size-1 dimensions
-    beyond the view's are dropped, as torch's (x[0, 0] = ones(1, 1)); copy_ would refuse them."""
-    target = _index(self, key)
-    if not target.storage_offset() >= 0 or not _shares_memory(target, self):
-        raise NotImplementedError("assignment through a tensor index is not supported")
+    beyond the view's are dropped, as torch's (x[0, 0] = ones(1, 1)); copy_ would refuse them.
+    A bool mask of the leading shape as the whole key writes where it is true (_set_masked)."""
     # in self's dtype (0.1 never via float32), a float into an int tensor range-checked as torch
     if isinstance(value, (list, tuple, np.ndarray)) or (
             isinstance(value, float) and not self.dtype.is_floating_point):
         value = tensor(value, dtype=self.dtype, device=self.device)
     value = as_tensor_like(value, self, wrap=False)  # x[0] = 2**40 into int32 is refused, as torch
+    if isinstance(key, Tensor) and key.dtype == bool_:
+        _set_masked(self, key, value)
+        return
+    target = _index(self, key)
+    if not target.storage_offset() >= 0 or not _shares_memory(target, self):
+        raise NotImplementedError("assignment through an integer tensor index is not supported")
     while value.ndim > target.ndim and value.shape[0] == 1:
         value = _ops.squeeze(value, 0)
     _ops.copy_(target, value)
+
+
+def _set_masked(self, mask, value):
+    """self[mask] = value: one value for every selected element (row; no host sync), or value
+    broadcast to (number selected, rest...), its k-th row into the k-th selected row, as torch's."""
+    _check_mask(self, mask)
+    rest = tuple(self.shape[mask.ndim:])
+    if value.numel() != 1:
+        _, flat = _mask_rows(self, mask)
+        picked = int(flat.sum())
+        try:
+            value = value.expand((picked,) + rest)
+        except ValueError:
+            raise ValueError(f"shape mismatch: value of shape {tuple(value.shape)} cannot be broadcast "
+                             f"to the indexing result's shape {(picked,) + rest}") from None
+        if picked == 0:
+            return
+        from . import functional as F
+        rank = np.maximum(np.cumsum(flat) - 1, 0)  # each row's place among the selected ones
+        value = F.index_select(value, 0, tensor(rank, device=self.device)).reshape(tuple(self.shape))
+    keep = mask.to(device=self.device).reshape(tuple(mask.shape) + (1,) * len(rest))
+    _ops.copy_(self, _ops.where(keep, value.reshape(()) if value.numel() == 1 else value, self))
 
 
 def _shares_memory(a, b):

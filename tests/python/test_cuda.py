@@ -167,3 +167,15 @@ def test_deepcopy_of_a_model_on_the_gpu_stays_there_with_its_own_weights():
     assert str(twin[2].weight.device) == "cuda:0" and twin[2].weight.data_ptr() != model[2].weight.data_ptr()
     ids = ls.tensor(np.array([[3, 1, 10]])).cuda()
     np.testing.assert_array_equal(to_np(twin(ids).cpu()), to_np(model(ids).cpu()))
+
+
+def test_boolean_mask_index_on_the_gpu():
+    a = np.arange(12.0).reshape(3, 4)
+    x = ls.tensor(a).cuda()
+    np.testing.assert_array_equal(to_np(x[x > 5].cpu()), a[a > 5])
+    x[x > 5] = -1.0  # a mask on the GPU, no host copy
+    x[ls.tensor(np.array([True, False, False]))] = ls.tensor([9.0, 8.0, 7.0, 6.0]).cuda()  # a host mask
+    b = a.copy()
+    b[b > 5] = -1.0
+    b[0] = [9.0, 8.0, 7.0, 6.0]
+    np.testing.assert_array_equal(to_np(x.cpu()), b)

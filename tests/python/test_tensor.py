@@ -295,6 +295,45 @@ def test_integer_tensor_index():
             t[bad]
 
 
+@pytest.mark.parametrize("mask_shape", [(3,), (3, 4), (3, 4, 2), ()])
+def test_boolean_mask_index_reads_and_writes_as_torch(mask_shape):
+    rng = np.random.default_rng(len(mask_shape))
+    a = randn(3, 4, 2)
+    m = rng.random(mask_shape) > 0.4 if mask_shape else np.bool_(True)
+    x, tx = ls.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    out, ref = x[ls.tensor(m)], tx[torch.tensor(m)]
+    assert out.shape == tuple(ref.shape)
+    np.testing.assert_array_equal(to_np(out), to_np(ref))
+    (out * out).sum().backward()
+    (ref * ref).sum().backward()
+    np.testing.assert_array_equal(to_np(x.grad), to_np(tx.grad))
+    picked = int(np.sum(m))
+    rows = randn(picked, *a.shape[len(mask_shape):])
+    for value, tvalue in ((7.5, 7.5), (ls.tensor(rows), torch.tensor(rows))):
+        y, ty = ls.tensor(a), torch.tensor(a)
+        y[ls.tensor(m)] = value
+        ty[torch.tensor(m)] = tvalue
+        np.testing.assert_array_equal(to_np(y), ty.numpy())
+
+
+def test_boolean_mask_writes_broadcast_and_refuse_a_wrong_shape():
+    a = randn(3, 2)
+    y, ty = ls.tensor(a), torch.tensor(a)
+    keep = np.array([True, False, True])
+    y[ls.tensor(keep)] = ls.tensor([1.0, 2.0])  # one row for every selected row
+    ty[torch.tensor(keep)] = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    np.testing.assert_array_equal(to_np(y), ty.numpy())
+    ids = ls.tensor(np.arange(6).reshape(2, 3))
+    ids[ids > 2] = -1
+    assert to_np(ids).tolist() == [[0, 1, 2], [-1, -1, -1]]
+    with pytest.raises(IndexError, match="mask of shape \\(2,\\) does not match"):
+        y[ls.tensor([True, False])]
+    with pytest.raises(ValueError, match="cannot be broadcast to the indexing result's shape \\(2, 2\\)"):
+        y[ls.tensor(keep)] = ls.ones(3)
+    with pytest.raises(NotImplementedError, match="integer tensor index"):
+        y[ls.tensor([0, 1])] = 1.0
+
+
 def test_negative_ids_in_a_tensor_index_count_from_the_end_like_torch():
     a = randn(6, 4)
     t, ta = ls.tensor(a), torch.from_numpy(a)
