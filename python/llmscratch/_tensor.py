@@ -540,10 +540,24 @@ def _index(self, key):
     """Basic indexing (ints, slices, None, Ellipsis) gives a view; one integer tensor or list
     index selects along its dimension, a bool mask of the leading shape the elements (rows) where
     it is true (copies, like numpy's advanced indexing)."""
+    from . import functional as F
     if isinstance(key, Tensor) and key.dtype == bool_:
-        from . import functional as F
         rows, flat = _mask_rows(self, key)
         return F.index_select(rows, 0, tensor(np.flatnonzero(flat), device=self.device))
+    out, tensor_index = _basic_index(self, key)
+    if tensor_index is not None:
+        d, idx = tensor_index
+        flat = idx.reshape(-1)
+        out = F.index_select(out, d, flat)
+        if idx.ndim != 1:
+            shape = list(out.shape)
+            out = out.reshape(shape[:d] + list(idx.shape) + shape[d + 1:])
+    return out
+
+
+def _basic_index(self, key):
+    """The view of the basic part of key (an integer tensor index taken as a whole dimension)
+    and the tensor index as (its dimension in that view, ids wrapped to [0, size)), or None."""
     if not isinstance(key, tuple):
         key = (key,)
     n_real = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -590,15 +604,7 @@ def _index(self, key):
             dim += 1
         else:
             raise TypeError(f"unsupported index type {type(k).__name__}")
-    if tensor_index is not None:
-        from . import functional as F
-        d, idx = tensor_index
-        flat = idx.reshape(-1)
-        out = F.index_select(out, d, flat)
-        if idx.ndim != 1:
-            shape = list(out.shape)
-            out = out.reshape(shape[:d] + list(idx.shape) + shape[d + 1:])
-    return out
+    return out, tensor_index
 
 
 def _setitem(self, key, value):
@@ -613,12 +619,40 @@ def _setitem(self, key, value):
     if isinstance(key, Tensor) and key.dtype == bool_:
         _set_masked(self, key, value)
         return
-    target = _index(self, key)
-    if not target.storage_offset() >= 0 or not _shares_memory(target, self):
-        raise NotImplementedError("assignment through an integer tensor index is not supported")
+    target, tensor_index = _basic_index(self, key)
+    if tensor_index is not None:
+        _set_indexed(target, tensor_index, value)
+        return
     while value.ndim > target.ndim and value.shape[0] == 1:
         value = _ops.squeeze(value, 0)
     _ops.copy_(target, value)
+
+
+def _set_indexed(base, tensor_index, value):
+    """base[..., idx, ...] = value along dimension d of the view base: value broadcast to the
+    indexing result's shape, the row of the last of repeated ids winning (as torch on the CPU).
+    The ids are read on the host (on a GPU a sync, which torch's index_put_ does not make)."""
+    from . import functional as F
+    d, idx = tensor_index
+    ids = idx.detach().cpu().numpy().reshape(-1)
+    shape = tuple(base.shape)
+    result = shape[:d] + tuple(idx.shape) + shape[d + 1:]
+    try:
+        value = value.expand(result) if value.numel() != 1 else value
+    except ValueError:
+        raise ValueError(f"shape mismatch: value of shape {tuple(value.shape)} cannot be broadcast "
+                         f"to the indexing result's shape {result}") from None
+    if ids.size == 0:
+        return
+    source = np.full(shape[d], -1, dtype=np.int64)
+    source[ids] = np.arange(ids.size)  # numpy's assignment: the last of repeated ids wins
+    keep = tensor(source >= 0, device=base.device).reshape((-1,) + (1,) * (len(shape) - d - 1))
+    if value.numel() == 1:
+        value = value.reshape(())
+    else:
+        rows = value.reshape(shape[:d] + (ids.size,) + shape[d + 1:])
+        value = F.index_select(rows, d, tensor(np.maximum(source, 0), device=base.device))
+    _ops.copy_(base, _ops.where(keep, value, base))
 
 
 def _set_masked(self, mask, value):

@@ -179,3 +179,14 @@ def test_boolean_mask_index_on_the_gpu():
     b[b > 5] = -1.0
     b[0] = [9.0, 8.0, 7.0, 6.0]
     np.testing.assert_array_equal(to_np(x.cpu()), b)
+
+
+def test_integer_tensor_index_writes_on_the_gpu():
+    a = np.zeros((4, 3))
+    x = ls.tensor(a).cuda()
+    x[ls.tensor([2, 0, 2]).cuda()] = ls.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]).cuda()
+    x[:, [1]] = -1.0
+    b = a.copy()
+    b[[2, 0, 2]] = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]  # the last of repeated ids wins
+    b[:, [1]] = -1.0
+    np.testing.assert_array_equal(to_np(x.cpu()), b)

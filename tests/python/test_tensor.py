@@ -330,8 +330,34 @@ def test_boolean_mask_writes_broadcast_and_refuse_a_wrong_shape():
         y[ls.tensor([True, False])]
     with pytest.raises(ValueError, match="cannot be broadcast to the indexing result's shape \\(2, 2\\)"):
         y[ls.tensor(keep)] = ls.ones(3)
-    with pytest.raises(NotImplementedError, match="integer tensor index"):
-        y[ls.tensor([0, 1])] = 1.0
+
+
+@pytest.mark.parametrize("where", ["rows", "columns", "after an int", "ellipsis, 2-d ids", "repeated", "negative"])
+@pytest.mark.parametrize("value_kind", ["scalar", "full", "broadcast"])
+def test_integer_tensor_index_writes_as_torch(where, value_kind):
+    key, ids = {"rows": (lambda i: i, [4, 0, 2]), "columns": (lambda i: (slice(None), i), [3, 1]),
+                "after an int": (lambda i: (1, slice(None), i), [2, 0]),
+                "ellipsis, 2-d ids": (lambda i: (Ellipsis, i), [[0, 2], [1, 1]]),
+                "repeated": (lambda i: i, [1, 3, 1]), "negative": (lambda i: (slice(1, 4), i), [-1, 0])}[where]
+    a = randn(5, 4, 3)
+    ref = torch.tensor(a)
+    shape = tuple(ref[key(torch.tensor(ids))].shape)
+    value = {"scalar": 3.5, "full": randn(*shape), "broadcast": randn(shape[-1])}[value_kind]
+    ref[key(torch.tensor(ids))] = torch.tensor(value) if value_kind != "scalar" else value
+    for index in (ls.tensor(ids), ids):  # a tensor or a list
+        x = ls.tensor(a)
+        x[key(index)] = ls.tensor(value) if value_kind != "scalar" else value
+        np.testing.assert_array_equal(to_np(x), ref.numpy())
+
+
+def test_integer_tensor_index_writes_refuse_a_wrong_shape_or_id():
+    x = ls.zeros(5, 4)
+    with pytest.raises(ValueError, match="cannot be broadcast to the indexing result's shape \\(2, 4\\)"):
+        x[ls.tensor([0, 1])] = ls.ones(3, 4)
+    with pytest.raises(IndexError, match="index 9 is out of bounds for dimension 0 with size 5"):
+        x[ls.tensor([0, 9])] = 1.0
+    x[ls.tensor([], dtype=ls.int64)] = 1.0
+    assert not to_np(x).any()
 
 
 def test_negative_ids_in_a_tensor_index_count_from_the_end_like_torch():
