@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         print(f"llmscratch {args.command}: error: {text}", file=sys.stderr)
         return 2
     except MemoryError as e:  # a setting too large for this machine (a batch of 10^11 rows)
-        print(f"llmscratch {args.command}: error: out of memory ({e or 'a setting asks for more than this machine has'})",
+        print(f"llmscratch {args.command}: error: out of memory ({str(e) or 'a setting asks for more than this machine has'})",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C where no checkpoint is due (a train saves one first)

@@ -344,11 +344,24 @@ def test_a_setting_too_large_for_memory_and_a_damaged_tokenizer_are_one_line(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: out of memory" in err
     assert train(tmp_path, corpus, "--steps", "2", "--name", "ok") == 0
+    capsys.readouterr()
+    # a list of 10^11 prompts fails with a MemoryError of no message: the line says why itself
+    assert main(["sample", "--ckpt", str(tmp_path / "runs" / "ok"), "--max-new-tokens", "1",
+                 "--num-samples", "100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: out of memory (" in err and "()" not in err
     (tmp_path / "runs" / "ok" / "tokenizer.json").write_text("{")
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(tmp_path / "runs" / "ok")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenizer.json is not valid JSON" in err
+
+
+def test_a_block_shorter_than_the_sample_prompt_trains_without_the_closing_sample(tmp_path, corpus):
+    (tmp_path / "m.toml").write_text("n_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 1\n")
+    assert train(tmp_path, corpus, "--steps", "2", "--config", str(tmp_path / "m.toml"), "--seq-len", "1") == 0
+    assert (tmp_path / "runs" / "t" / "checkpoints").is_dir()
+    assert not (tmp_path / "runs" / "t" / "samples.txt").exists()
 
 
 def test_the_logged_validation_loss_is_evals(tmp_path, corpus, capsys):

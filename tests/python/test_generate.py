@@ -83,6 +83,16 @@ def test_eos_finishes_rows_and_stops_when_all_are_finished(temperature):
                                   expect)
 
 
+def test_ids_out_of_the_vocabulary_and_an_empty_vocabulary_are_refused():
+    model = _model()
+    V = model.config.vocab_size
+    for n in (0, 2):  # also when nothing is generated
+        with pytest.raises(IndexError, match=f"generate: id {V} is out of range for the vocabulary of {V}"):
+            M.generate(model, [[1, V]], n)
+    with pytest.raises(ValueError, match="V >= 1"):
+        M.sample_next(np.zeros((2, 0)))
+
+
 def test_eos_token_id_is_checked():
     model = _model()
     for bad in (True, -1, 97, 2.0, [], [3, None], "3", np.array([3])):

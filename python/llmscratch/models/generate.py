@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 import llmscratch as ls
+import llmscratch_core as _core
 from ..autograd import no_grad
 from .config import _is_real
 
@@ -40,8 +41,8 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
     [0, 1) (drawn from llmscratch.rand when None). -inf masks an id; a row with a NaN or +inf
     logit, or with no finite one, is a ValueError naming the row."""
     z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2:
-        raise ValueError(f"sample_next: logits must be (B, V), got shape {z.shape}")
+    if z.ndim != 2 or z.shape[1] == 0:
+        raise ValueError(f"sample_next: logits must be (B, V) with V >= 1, got shape {z.shape}")
     _check_sampling("sample_next", temperature, top_k, top_p)
     B = z.shape[0]
     if uniform is not None:
@@ -136,6 +137,10 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
         raise ValueError(f"generate: prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"block_size {model.config.block_size}")
     tokens = ids.astype(np.int64)
+    bad = (tokens < 0) | (tokens >= model.config.vocab_size)
+    if bad.any():  # the embedding would raise too, but not when no token is generated
+        raise _core.IndexError(f"generate: id {tokens[bad][0]} is out of range for the vocabulary of "
+                         f"{model.config.vocab_size}")
     if max_new_tokens == 0:
         return ls.tensor(tokens)
     device = model.wte.weight.device

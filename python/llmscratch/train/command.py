@@ -446,9 +446,10 @@ def train_command(args) -> int:
         ls.manual_seed(args.seed)
         prompt = tok.encode(DEFAULT_PROMPT)
         n = min(120, model_cfg.block_size - len(prompt))
-        (text,) = _continue_text(model, tok, prompt, n, 1, temperature=0.8, top_k=50)
-        (run_dir / "samples.txt").write_text(text + "\n")
-        say("sample:\n" + text)
+        if n > 0:  # a block shorter than the prompt leaves no room for a sample
+            (text,) = _continue_text(model, tok, prompt, n, 1, temperature=0.8, top_k=50)
+            (run_dir / "samples.txt").write_text(text + "\n")
+            say("sample:\n" + text)
     return 0
 
 
