@@ -527,3 +527,33 @@ def test_xavier_and_kaiming_init_like_torch(shape):
         nn.init.xavier_uniform_(ls.empty(5))
     with pytest.raises(ValueError, match="mode must be"):
         nn.init.kaiming_normal_(ls.empty(3, 3), mode="fan")
+
+
+def test_erfinv_of_the_truncated_normal_against_torch():
+    u = np.concatenate([np.linspace(-0.9999999, 0.9999999, 4001), [0.0, -0.5, 0.99]])
+    got = to_np(nn.init._erfinv(ls.tensor(u)))
+    np.testing.assert_allclose(got, torch.special.erfinv(torch.tensor(u)).numpy(), rtol=3e-7, atol=3e-7)
+
+
+@pytest.mark.parametrize("mean,std,a,b", [(0.0, 1.0, -2.0, 2.0), (0.0, 0.02, -2.0, 2.0), (1.0, 2.0, 0.5, 3.0),
+                                          (0.0, 1.0, 1.5, 4.0), (0.0, 1.0, -math.inf, 0.0)])
+def test_trunc_normal_draws_the_truncated_distribution(mean, std, a, b):
+    ls.manual_seed(0)
+    w = to_np(nn.init.trunc_normal_(ls.empty(200_000, dtype=ls.float64), mean, std, a, b))
+    assert a <= w.min() and w.max() <= b
+    # the truncated normal's mean and std in closed form
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    pdf = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi) if math.isfinite(z) else 0.0  # noqa: E731
+    cdf = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    Z = cdf(beta) - cdf(alpha)
+    shift = (pdf(alpha) - pdf(beta)) / Z
+    edge = lambda z: z * pdf(z) if math.isfinite(z) else 0.0  # noqa: E731
+    var = 1 + (edge(alpha) - edge(beta)) / Z - shift ** 2
+    assert w.mean() == pytest.approx(mean + std * shift, abs=0.01 * std)
+    assert w.std() == pytest.approx(std * math.sqrt(var), rel=0.01)
+    half = nn.init.trunc_normal_(ls.empty(64, 8, dtype=ls.bfloat16), std=0.02)
+    assert half.dtype == ls.bfloat16 and np.abs(to_np(half.float())).max() <= 2.0
+    with pytest.raises(ValueError, match="a < b"):
+        nn.init.trunc_normal_(ls.empty(3), a=1.0, b=1.0)
+    with pytest.raises(ValueError, match="std finite and positive"):
+        nn.init.trunc_normal_(ls.empty(3), std=0.0)
