@@ -164,7 +164,8 @@ LS_REGISTER(unary) {
                return mul(g, mul(o, add_scalar(unary("neg", o), 1.0)));
              }));
   declare_op("abs", in_based([](const Tensor& x, const Tensor& g) { return mul(g, unary("sign", x)); }));
-  declare_op("sign", {});
+  // piecewise constant: a zero gradient, as torch (the output stays in the graph)
+  declare_op("sign", OpSchema{[](C, G g) { return Tensors{full_like(g[0], 0.0)}; }, false, false});
   // where, not g * [out > 0]: NaN > 0 is false, and torch passes g at a NaN output.
   declare_op("relu", out_based([](const Tensor& o, const Tensor& g) {
                return where(compare(o, scalar_like(0.0, o), "le"), scalar_like(0.0, g), g);

@@ -24,6 +24,15 @@ def test_var(correction):
     check(lambda x: x.var(None, correction), lambda x: x.var(correction=correction), [(4, 6)])
 
 
+def test_var_of_a_large_mean_keeps_float32_precision():
+    # the float32 mean is rounded by up to 1e-3 here, a tenth of the spread: the corrected
+    # two-pass sum takes its error out, as torch's float64 accumulation does
+    x = (3e4 + 1e-2 * np.random.default_rng(0).standard_normal((4, 1024))).astype(np.float32)
+    ref = x.astype(np.float64).var(1, ddof=1)
+    np.testing.assert_allclose(to_np(ls.tensor(x).var(1)), ref, rtol=1e-5)
+    assert to_np(ls.full((2, 7), 7.3).std(1)).tolist() == [0.0, 0.0]  # never the sqrt of a negative
+
+
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_max_argmax(dim):
     a = randn(6, 9)

@@ -21,6 +21,14 @@ def test_unary_positive_domain(op, dtype):
     check(getattr(ls.functional, op), getattr(torch, op), [(7, 9)], dtype, positive=True)
 
 
+def test_sign_stays_in_the_graph_with_a_zero_gradient_like_torch():
+    x = ls.tensor([-2.0, 0.0, 3.0, float("inf")], requires_grad=True)
+    y = x.sign()
+    assert y.requires_grad
+    (y * ls.tensor([1.0, float("nan"), 2.0, 3.0])).sum().backward()  # zeros, whatever the gradient
+    assert to_np(x.grad).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_unary_on_strided_input():
     a = randn(6, 8)
     t = ls.tensor(a)[::2, 1::3]
