@@ -100,8 +100,18 @@ def test_resume_gives_bit_identical_losses(tmp_path, grad_accum):
     run(tmp_path / "split", 8, stop_at=5, grad_accum=grad_accum)
     resumed = run(tmp_path / "split", 8, resume_from=True, grad_accum=grad_accum)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    # the stop is no extra evaluation: the validation losses fall where the whole run's do
+    assert [r.get("val_loss") for r in resumed.history] == [r.get("val_loss") for r in full.history]
     w_full = full.model.head.weight.detach().numpy()
     assert np.array_equal(resumed.model.head.weight.detach().numpy(), w_full)
+
+
+def test_a_fresh_fit_redoes_the_steps_of_a_run_lost_before_its_first_checkpoint(tmp_path):
+    run(tmp_path, 8, stop_at=3, ckpt_every=100)
+    shutil.rmtree(tmp_path / "checkpoints")  # as if killed before any checkpoint
+    t = run(tmp_path, 4, ckpt_every=100)
+    assert [r["step"] for r in t.history] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in open(tmp_path / "log.jsonl")] == [1, 2, 3, 4]
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path):

@@ -361,6 +361,7 @@ class Trainer:
         cfg = self.cfg
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         log_path = os.path.join(cfg.out, "log.jsonl")
+        self._rewind_log()  # records past this step (a run lost before its first checkpoint) are redone
         interrupted = []
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
@@ -379,7 +380,7 @@ class Trainer:
                     moe = self._moe_metrics()
                     if moe:
                         rec["moe"] = moe
-                    last = self.step == end
+                    last = self.step == cfg.steps  # (a stop_at short of it is an interruption)
                     self.history.append(rec)
                     if self.step % cfg.eval_every == 0 or last:
                         now = time.perf_counter()
@@ -404,6 +405,8 @@ class Trainer:
                     else:
                         self.log(f"interrupted at step {self.step}: saving a checkpoint")
                         self._checkpoint(None, logf)
+                elif self.step < cfg.steps and self._saved_step != self.step:  # stopped at stop_at
+                    self._checkpoint(None, logf)
         except BaseException:
             try:
                 self.plot()
