@@ -177,6 +177,17 @@ def test_damaged_checkpoints_are_named(tmp_path):
     (folder / "trainer.json").write_text('{"step": 4}')
     with pytest.raises(ValueError, match="trainer.json lacks optimizer_groups, optimizer_scalars"):
         run(tmp_path, 4, resume_from=True)
+    (folder / "trainer.json").write_text(json.dumps(good))
+    # a tensor of another dtype (bytes of ints where floats were): refused, not cast into the run
+    from safetensors.numpy import load_file, save_file
+    for name, match in (("model.safetensors", "model.safetensors holds .*weight as .*int32, not the .*float32"),
+                        ("optimizer.safetensors", "state '.*' of parameter 0 has dtype .*int32, not a floating dtype")):
+        intact = (folder / name).read_bytes()
+        tensors = load_file(str(folder / name))
+        save_file({k: v.view(np.int32) for k, v in tensors.items()}, str(folder / name))
+        with pytest.raises(ValueError, match=match):
+            run(tmp_path, 4, resume_from=True)
+        (folder / name).write_bytes(intact)
 
 
 def test_resaving_a_step_and_dead_writers_temporaries(tmp_path):

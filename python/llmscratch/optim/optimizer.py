@@ -84,8 +84,9 @@ class Optimizer:
 
     def load_state_dict(self, sd: dict):
         """Replace the whole state (parameters absent from sd start afresh) and the groups'
-        hyperparameters. Floating state tensors are cast to the dtype the optimizer keeps for
-        their parameter and copied to its device; nothing changes if any check fails."""
+        hyperparameters. State tensors (floating: an integer one is refused) are cast to the dtype
+        the optimizer keeps for their parameter and copied to its device; nothing changes if any
+        check fails."""
         if len(sd["param_groups"]) != len(self.param_groups):
             raise ValueError("load_state_dict: the number of parameter groups differs")
         state = {}
@@ -107,8 +108,10 @@ class Optimizer:
         if tuple(v.shape) != tuple(p.shape):
             raise ValueError(f"load_state_dict: state '{key}' of parameter {idx} has shape "
                              f"{tuple(v.shape)}, but the parameter has shape {tuple(p.shape)}")
-        dtype = self._state_dtype(p) if v.dtype.is_floating_point else v.dtype
-        return v.to(device=p.device, dtype=dtype, copy=True)
+        if not v.dtype.is_floating_point:  # moments, buffers and masters are all floating
+            raise ValueError(f"load_state_dict: state '{key}' of parameter {idx} has dtype {v.dtype}, "
+                             f"not a floating dtype")
+        return v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
 
     def step(self):
         raise NotImplementedError

@@ -33,11 +33,14 @@ from .._files import atomic_write_text, fsync, read_json, stale_temporaries
 Tensor = _core.Tensor
 
 
+def _stored_dtype(dtype):
+    """The dtype a tensor of this dtype is saved in: safetensors.numpy has no bfloat16."""
+    return _core.DType.float32 if dtype == _core.DType.bfloat16 else dtype
+
+
 def _host(t: Tensor) -> np.ndarray:
     t = t.detach().cpu()
-    if t.dtype == _core.DType.bfloat16:
-        t = t.to(dtype=_core.DType.float32)  # safetensors.numpy has no bfloat16
-    return np.ascontiguousarray(t.numpy())
+    return np.ascontiguousarray(t.to(dtype=_stored_dtype(t.dtype)).numpy())
 
 
 _TEMPORARY = re.compile(r"(?:\.(step_\d+)\.(tmp|old)|latest\.tmp)-(?P<pid>\d+)")
@@ -218,6 +221,11 @@ def load_checkpoint(folder: str, model, optimizer=None) -> dict:
     """Restore the model (and optimizer) in place; returns the trainer state."""
     meta = read_trainer_state(folder)
     state = {k: from_numpy(v) for k, v in _read_tensors(folder, "model.safetensors").items()}
+    own = model.state_dict()
+    for key, t in state.items():  # load_state_dict casts, as torch's: a changed dtype is damage here
+        if key in own and t.dtype != _stored_dtype(own[key].dtype):
+            raise ValueError(f"checkpoint {folder}: model.safetensors holds {key} as {t.dtype}, not the "
+                             f"{_stored_dtype(own[key].dtype)} the model saves")
     model.load_state_dict(state)
     if optimizer is not None:
         opt_state = {}
