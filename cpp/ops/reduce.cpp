@@ -217,9 +217,11 @@ Tensor var(const Tensor& x, std::vector<int64_t> dims, int64_t correction, bool 
     // The corrected two-pass sum (Chan, Golub and LeVeque): less (sum of dev)^2 / n, which takes
     // out the rounded mean's error; its square otherwise adds to every deviation's (float32 at a
     // mean 10^4 times the spread: 3e-3 relative, where this gives 1e-7 as torch). Clamped at 0
-    // against rounding, for a constant x.
+    // against rounding, for a constant x. s (s / n) <= squares: finite where squares is; an
+    // overflowed squares stays inf (inf - inf would be NaN).
     Tensor s = sum(dev, nd, keepdim);
-    squares = clamp(sub(squares, mul_scalar(mul(s, s), 1.0 / double(n))), 0.0, std::nullopt);
+    Tensor corrected = clamp(sub(squares, mul(s, mul_scalar(s, 1.0 / double(n)))), 0.0, std::nullopt);
+    squares = where(compare(squares, scalar_like(INFINITY, squares), "eq"), squares, corrected);
   }
   return mul_scalar(squares, 1.0 / denom);
 }

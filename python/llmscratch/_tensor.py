@@ -589,6 +589,8 @@ def _basic_index(self, key):
             if tensor_index is not None:
                 raise NotImplementedError("indexing with more than one tensor index is not supported")
             idx = k if isinstance(k, Tensor) else _host_index(k, out.shape[dim], dim, self)
+            if idx.dtype not in (int32, int64, bool_):  # torch reads uint8 as a mask, deprecated
+                raise TypeError(f"tensors used as indices must be int32, int64 or bool, got {idx.dtype}")
             if idx.dtype == bool_:
                 raise NotImplementedError("a boolean mask is supported as the whole index only (x[mask]); "
                                           "use masked_fill or where")
@@ -637,6 +639,7 @@ def _set_indexed(base, tensor_index, value):
     ids = idx.detach().cpu().numpy().reshape(-1)
     shape = tuple(base.shape)
     result = shape[:d] + tuple(idx.shape) + shape[d + 1:]
+    value = _as_assigned(value, base, len(result))
     try:
         value = value.expand(result) if value.numel() != 1 else value
     except ValueError:
@@ -655,11 +658,20 @@ def _set_indexed(base, tensor_index, value):
     _ops.copy_(base, _ops.where(keep, value, base))
 
 
+def _as_assigned(value, target, ndim):
+    """value in target's dtype (the where that writes it would otherwise promote the whole tensor:
+    large int64 elements through float), its leading size-1 dims beyond ndim dropped, as torch's."""
+    while value.ndim > ndim and value.shape[0] == 1:
+        value = _ops.squeeze(value, 0)
+    return value.to(dtype=target.dtype)
+
+
 def _set_masked(self, mask, value):
     """self[mask] = value: one value for every selected element (row; no host sync), or value
     broadcast to (number selected, rest...), its k-th row into the k-th selected row, as torch's."""
     _check_mask(self, mask)
     rest = tuple(self.shape[mask.ndim:])
+    value = _as_assigned(value, self, 1 + len(rest))
     if value.numel() != 1:
         _, flat = _mask_rows(self, mask)
         picked = int(flat.sum())

@@ -91,8 +91,8 @@ class enable_grad(_GradMode):
 class inference_mode(_GradMode):
     """torch.inference_mode, as a context manager or decorator: ops record nothing, as under
     no_grad (llmscratch keeps no version counters or view records that torch's mode also skips,
-    and does not mark the results as inference tensors). inference_mode(False) leaves the grad
-    mode as it finds it."""
+    and does not mark the results as inference tensors). inference_mode(False) turns recording
+    on, as torch's."""
 
     def __new__(cls, mode=True):
         if callable(mode):  # a bare @inference_mode
@@ -110,8 +110,7 @@ class inference_mode(_GradMode):
 
     def __enter__(self):
         self._prev.append(_core.is_grad_enabled())
-        if self.enabled:
-            _core.set_grad_enabled(False)
+        _core.set_grad_enabled(not self.enabled)
         return self
 
 

@@ -37,10 +37,11 @@ def test_inference_mode_records_nothing_as_a_context_or_decorator():
     x = ls.ones(3, requires_grad=True)
     with ls.inference_mode():
         assert not (x * 2).requires_grad
-        with ls.inference_mode(False):  # leaves the mode as it finds it
-            assert not ls.is_grad_enabled()
+        with ls.inference_mode(False):  # recording on again, as torch's
+            assert (x * 2).requires_grad
+        assert not ls.is_grad_enabled()
     assert ls.is_grad_enabled()
-    with ls.inference_mode(False):
+    with ls.no_grad(), ls.inference_mode(False):
         assert (x * 2).requires_grad
 
     @ls.inference_mode

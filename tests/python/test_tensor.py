@@ -350,6 +350,23 @@ def test_integer_tensor_index_writes_as_torch(where, value_kind):
         np.testing.assert_array_equal(to_np(x), ref.numpy())
 
 
+def test_index_writes_keep_the_tensors_dtype_and_drop_leading_ones():
+    # a float value into an int64 tensor: the written elements are cast, the others untouched
+    # (a where in float32 had rounded 2**40 + 1 to 2**40 everywhere)
+    for key in ([2], ls.tensor([False, False, True])):
+        x = ls.tensor([2**40 + 1, 2**40 + 3, 7])
+        x[key] = ls.tensor([1.5])
+        assert x.dtype == ls.int64 and to_np(x).tolist() == [2**40 + 1, 2**40 + 3, 1]
+    x = ls.zeros(2, 3, 4)
+    x[[1]] = ls.ones(1, 1, 3, 4)  # leading size-1 dims beyond the result's, as torch
+    x[ls.tensor([True, False])] = ls.full((1, 1, 3, 4), 2.0)
+    assert to_np(x)[0].tolist() == [[2.0] * 4] * 3 and to_np(x)[1].tolist() == [[1.0] * 4] * 3
+    with pytest.raises(TypeError, match="must be int32, int64 or bool, got .*uint8"):
+        x[ls.tensor(np.array([1, 0], np.uint8))] = -1.0
+    with pytest.raises(TypeError, match="must be int32, int64 or bool"):
+        x[ls.tensor(np.array([1, 0], np.uint8))]
+
+
 def test_integer_tensor_index_writes_refuse_a_wrong_shape_or_id():
     x = ls.zeros(5, 4)
     with pytest.raises(ValueError, match="cannot be broadcast to the indexing result's shape \\(2, 4\\)"):

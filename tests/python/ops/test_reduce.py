@@ -31,6 +31,7 @@ def test_var_of_a_large_mean_keeps_float32_precision():
     ref = x.astype(np.float64).var(1, ddof=1)
     np.testing.assert_allclose(to_np(ls.tensor(x).var(1)), ref, rtol=1e-5)
     assert to_np(ls.full((2, 7), 7.3).std(1)).tolist() == [0.0, 0.0]  # never the sqrt of a negative
+    assert ls.tensor([1e38, -1e38, 1e38]).var().item() == float("inf")  # as torch: not inf - inf
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
