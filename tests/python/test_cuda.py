@@ -190,3 +190,27 @@ def test_integer_tensor_index_writes_on_the_gpu():
     b[[2, 0, 2]] = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]  # the last of repeated ids wins
     b[:, [1]] = -1.0
     np.testing.assert_array_equal(to_np(x.cpu()), b)
+
+
+def test_deepcopy_of_a_bf16_model_and_adamw_keeps_the_float32_masters():
+    import copy
+
+    ls.manual_seed(0)
+    lin = ls.nn.Linear(8, 4).to(device="cuda", dtype=ls.bfloat16)
+    opt = ls.optim.AdamW(lin.parameters(), lr=1e-3)
+    x = ls.randn(5, 8, device="cuda").to(dtype=ls.bfloat16)
+
+    def step(m, o):
+        o.zero_grad()
+        m(x).float().sum().backward()
+        o.step()
+    for _ in range(3):
+        step(lin, opt)
+    twin, twin_opt = copy.deepcopy((lin, opt))
+    step(lin, opt)
+    step(twin, twin_opt)  # a master rebuilt from the bf16 weight would round differently
+    for name in ("weight", "bias"):
+        a, b = getattr(lin, name), getattr(twin, name)
+        np.testing.assert_array_equal(to_np(a.float().cpu()), to_np(b.float().cpu()))
+        sa, sb = opt.state[a._impl_id()], twin_opt.state[b._impl_id()]
+        np.testing.assert_array_equal(to_np(sa["master"].cpu()), to_np(sb["master"].cpu()))

@@ -56,6 +56,32 @@ def test_deepcopy_gives_a_module_of_its_own_weights():
     assert twin[2].eps == 1e-6 and twin[1].eps == model[1].eps
 
 
+def test_deepcopy_of_a_model_and_its_optimizer_keeps_the_state_on_the_copies():
+    # the state is keyed by the parameter's identity: the copy's is re-keyed to the copied
+    # parameters, so both go on identically (torch's behaviour); an MoE model deep-copies after a
+    # forward too (its aux_loss, a graph tensor, is copied detached)
+    from llmscratch.models import ModelConfig, Transformer
+    for make_opt in (lambda ps: ls.optim.AdamW(ps, lr=0.1), lambda ps: ls.optim.SGD(ps, lr=0.1, momentum=0.9)):
+        ls.manual_seed(0)
+        model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=16, n_experts=4))
+        opt = make_opt(model.parameters())
+        ids = ls.tensor(np.arange(16).reshape(2, 8) % 50)
+
+        def step(m, o):
+            o.zero_grad()
+            m(ids, ids)[1].backward()
+            o.step()
+        for _ in range(2):
+            step(model, opt)
+        twin, twin_opt = copy.deepcopy((model, opt))
+        assert twin_opt.param_groups[0]["params"][0] is next(twin.parameters())
+        assert len(twin_opt.state) == len(opt.state) > 0
+        step(model, opt)
+        step(twin, twin_opt)
+        for a, b in zip(model.parameters(), twin.parameters()):
+            np.testing.assert_array_equal(to_np(a), to_np(b))
+
+
 def test_deepcopy_of_tensors_as_torch():
     x = ls.tensor(randn(2, 3), requires_grad=True)
     (x * 3.0).sum().backward()

@@ -87,11 +87,18 @@ class Module:
     def __deepcopy__(self, memo):
         """copy.deepcopy: a module of its own parameters, buffers and children; a tensor shared
         inside the module (a tied weight) stays one tensor in the copy. A layer backed by C++ gets
-        its own copy of the layer, pointed at the copied parameters."""
+        its own copy of the layer, pointed at the copied parameters. A plain attribute holding a
+        result of the last forward (an MoE layer's aux_loss, in its graph) is copied detached."""
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            object.__setattr__(new, key, copy.copy(value) if key == "_impl" else copy.deepcopy(value, memo))
+            if key == "_impl":
+                value = copy.copy(value)
+            else:
+                if isinstance(value, Tensor) and not value.is_leaf:
+                    value = value.detach()
+                value = copy.deepcopy(value, memo)
+            object.__setattr__(new, key, value)
         for name, p in new._parameters.items():
             new._sync_impl(name, p)
         return new

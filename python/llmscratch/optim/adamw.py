@@ -32,8 +32,20 @@ class AdamW(Optimizer):
         self._master_versions = {}
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
+    _BY_PARAM = ("state", "_master_versions")
+
     def _state_dtype(self, p):
         return float32 if p.dtype in _HALF else p.dtype  # 16-bit parameters: float32 master and moments
+
+    def __deepcopy__(self, memo):
+        """As Optimizer's; a master in step with its parameter stays in step with the copy's."""
+        new = super().__deepcopy__(memo)
+        for g, h in zip(self.param_groups, new.param_groups):
+            for p, q in zip(g["params"], h["params"]):
+                version = self._master_versions.get(p._impl_id())
+                if version is not None:
+                    new._master_versions[q._impl_id()] = q._version if version == p._version else -1
+        return new
 
     def state_dict(self) -> dict:
         """As Optimizer.state_dict. A 16-bit parameter written since its last step exports the

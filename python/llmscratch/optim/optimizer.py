@@ -1,5 +1,7 @@
 """Optimizer base: parameter groups with per-group hyperparameters, per-parameter state,
 zero_grad, and state_dict / load_state_dict for exact resumption."""
+import copy
+
 import llmscratch_core as _core
 
 Tensor = _core.Tensor
@@ -12,6 +14,9 @@ def _refuse_set(params, name):
 
 
 class Optimizer:
+    # attributes keyed by a parameter's identity (its impl's id), re-keyed by __deepcopy__
+    _BY_PARAM = ("state",)
+
     def __init__(self, params, defaults: dict):
         if isinstance(params, Tensor):
             # iterating a Tensor would yield its rows: non-leaf views that train nothing
@@ -59,6 +64,22 @@ class Optimizer:
                     p.grad = None
                 else:
                     p.grad.zero_()
+
+    def __deepcopy__(self, memo):
+        """copy.deepcopy, as torch's: the copy steps copies of the parameters (the model's own
+        copies when deepcopy((model, optimizer)) copies both) with copies of their state, which
+        is re-keyed to them."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key not in self._BY_PARAM:
+                setattr(new, key, copy.deepcopy(value, memo))
+        pairs = [(p._impl_id(), q) for g, h in zip(self.param_groups, new.param_groups)
+                 for p, q in zip(g["params"], h["params"])]
+        for key in self._BY_PARAM:
+            old = getattr(self, key)
+            setattr(new, key, {q._impl_id(): copy.deepcopy(old[i], memo) for i, q in pairs if i in old})
+        return new
 
     def _state(self, p) -> dict:
         return self.state.setdefault(p._impl_id(), {})
