@@ -75,7 +75,7 @@ class RefBlock(tnn.Module):
         self.mlp.proj = tnn.Linear(I, c.n_embd, bias=c.bias)
 
     def forward(self, x, angles):
-        c, (B, T, C) = self.c, x.shape
+        c, (B, T, _) = self.c, x.shape
         NH, NKV, HS = c.n_head, c.n_kv_head, c.head_size
         h = self.norm1(x)
         q, k, v = self.attn.qkv(h).split([NH * HS, NKV * HS, NKV * HS], dim=-1)
@@ -515,7 +515,11 @@ def test_hf_round_trip(family, tmp_path):
     ids = _rng.integers(0, 101, size=(2, 24))
     expected = _hf_logits(hf_model, ids)
 
-    ours = M.from_pretrained(tmp_path / "theirs")
+    if family == "gpt2":  # GPT2Config's attn_pdrop 0.1: named, as llmscratch has no attention dropout
+        with pytest.warns(UserWarning, match="none on the attention weights"):
+            ours = M.from_pretrained(tmp_path / "theirs")
+    else:
+        ours = M.from_pretrained(tmp_path / "theirs")
     assert not ours.training
     assert ours.config.pos == ("learned" if family == "gpt2" else "rope")
     assert ours.config.qk_norm == family.startswith("qwen3")
@@ -747,3 +751,28 @@ def test_recompute_gives_the_same_gradients(monkeypatch):
     assert len(calls) == config.n_layer  # one checkpointed block per layer, only when asked
     for name in grads[0]:
         assert np.array_equal(grads[0][name], grads[1][name]), name
+
+
+def test_hf_configs_take_transformers_defaults_and_name_the_dropout_they_drop():
+    import warnings
+
+    from llmscratch.models.hf import hf_config_to_model_config
+    base = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+            "num_attention_heads": 4}
+    mixtral = hf_config_to_model_config({**base, "model_type": "mixtral", "num_local_experts": 4,
+                                         "num_experts_per_tok": 2})
+    assert (mixtral.rope_theta, mixtral.block_size, mixtral.aux_loss_coef) == (1e6, 131072, 0.001)
+    qwen3 = hf_config_to_model_config({**base, "model_type": "qwen3", "head_dim": 8})
+    assert (qwen3.rope_theta, qwen3.block_size) == (10000.0, 32768)
+    llama = hf_config_to_model_config({**base, "model_type": "llama"})
+    assert (llama.rope_theta, llama.block_size) == (10000.0, 2048)
+    gpt2 = {"model_type": "gpt2", "vocab_size": 64, "n_embd": 32, "n_layer": 1, "n_head": 4,
+            "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}
+    with pytest.warns(UserWarning, match="attention dropout 0.1.*none on the attention weights"):
+        assert hf_config_to_model_config(gpt2).dropout == 0.1
+    with pytest.warns(UserWarning, match="llama config: attention dropout 0.2"):
+        hf_config_to_model_config({**base, "model_type": "llama", "attention_dropout": 0.2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what save_pretrained writes loads quietly
+        hf_config_to_model_config({**gpt2, "attn_pdrop": 0.0})
+        hf_config_to_model_config({**base, "model_type": "llama", "attention_dropout": 0.0})

@@ -21,8 +21,17 @@ Name and layout mapping (ours <- theirs):
          mlp.experts.gate_up_proj (E, 2I, C) holding [gate; up], mlp.experts.down_proj (E, C, I).
          transformers 5.24 fuses on load and writes the per-expert layout back; save_pretrained
          writes the per-expert layout too, which every transformers version loads.
-         router_aux_loss_coef maps to aux_loss_coef as is; transformers' balancing loss is
-         top_k times ours (it sums f over the k slots, ours normalises f by N*k).
+         router_aux_loss_coef maps to aux_loss_coef as is, but the balancing losses differ:
+         ours is one term per MoE layer, summed (f normalised by N*k); transformers pools all
+         layers' tokens into one term and sums f over the k slots, about top_k / n_layer times
+         ours for layers that route alike (2x at one layer of top-2, 0.5x at four). Fine-tuning
+         a loaded Mixtral therefore weighs the balance differently from transformers.
+Defaults for keys a config.json lacks are transformers': rope_theta 10000 (llama, qwen3) and
+10^6 (mixtral); max_position_embeddings 2048 (llama), 32768 (qwen3), 131072 (mixtral);
+router_aux_loss_coef 0.001. Dropout: gpt2's resid_pdrop becomes dropout, which llmscratch applies
+to the embeddings and the residual branches; there is no dropout of the attention weights, so a
+config with attn_pdrop (or llama's attention_dropout) above 0, or an embd_pdrop other than
+resid_pdrop, loads with a warning that fine-tuning will not match transformers'.
 llama, qwen3 and mixtral carry head_dim (-> head_dim, written back always), which may make
 num_attention_heads x head_dim differ from hidden_size (Qwen3: 16 x 128 over 1024); gpt2 has no
 such field, so its heads must tile n_embd.
@@ -34,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +74,16 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
             raise ValueError("gpt2 config: only scale_attn_weights=true with "
                              "scale_attn_by_inverse_layer_idx=false is supported")
         C = hf["n_embd"]
+        resid = float(hf.get("resid_pdrop", 0.0))
+        _warn_dropout(mt, attention=float(hf.get("attn_pdrop", 0.0)), embedding=float(hf.get("embd_pdrop", resid)),
+                      residual=resid)
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=C,
             block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), norm="layernorm", mlp="gelu",
             intermediate_size=hf.get("n_inner") or 4 * C, bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", True), pos="learned",
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            dropout=float(hf.get("resid_pdrop", 0.0)),
+            dropout=resid,
             init_std=hf.get("initializer_range", 0.02))
     if mt in ("llama", "qwen3"):
         act = hf.get("hidden_act", "silu")
@@ -85,11 +98,12 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
                              f"mlp_bias={mlp_bias})")
         if hf.get("use_sliding_window", False):
             raise ValueError(f"{mt} config: sliding-window attention is not supported")
-        theta, scaling = _hf_rope(hf)
+        theta, scaling = _hf_rope(hf, 10000.0)
+        _warn_dropout(mt, attention=float(hf.get("attention_dropout", 0.0)))
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
             n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C, head_dim=_head_dim(hf),
-            block_size=hf.get("max_position_embeddings", 2048), norm="rmsnorm", mlp="swiglu",
+            block_size=hf.get("max_position_embeddings", 2048 if mt == "llama" else 32768), norm="rmsnorm", mlp="swiglu",
             intermediate_size=hf["intermediate_size"], bias=bool(attn_bias),
             tie_embeddings=hf.get("tie_word_embeddings", False), pos="rope", rope_theta=theta,
             rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=mt == "qwen3",
@@ -101,18 +115,19 @@ def hf_config_to_model_config(hf: dict) -> ModelConfig:
         if hf.get("sliding_window") is not None:
             raise ValueError("mixtral config: sliding-window attention is not supported")
         C, NH = hf["hidden_size"], hf["num_attention_heads"]
-        theta, scaling = _hf_rope(hf)
+        theta, scaling = _hf_rope(hf, 1e6)
+        _warn_dropout(mt, attention=float(hf.get("attention_dropout", 0.0)))
         I = hf["intermediate_size"]
         return ModelConfig(
             vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=NH,
             n_kv_head=hf.get("num_key_value_heads") or NH, n_embd=C, head_dim=_head_dim(hf),
-            block_size=hf.get("max_position_embeddings", 4096), norm="rmsnorm", mlp="swiglu",
+            block_size=hf.get("max_position_embeddings", 131072), norm="rmsnorm", mlp="swiglu",
             intermediate_size=I, bias=False, tie_embeddings=hf.get("tie_word_embeddings", False),
             pos="rope", rope_theta=theta, rope_scaling=scaling,
             norm_eps=hf.get("rms_norm_eps", 1e-5), init_std=hf.get("initializer_range", 0.02),
             n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"],
             moe_layers="all", routing="softmax_topk", moe_activation="swiglu",
-            moe_intermediate_size=I, aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.01)))
+            moe_intermediate_size=I, aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
     raise ValueError(f"unsupported Hugging Face model_type {mt!r} (supported: 'gpt2', 'llama', "
                      "'qwen3', 'mixtral')")
 
@@ -126,12 +141,21 @@ def _head_dim(hf: dict) -> int | None:
     return None if head_dim * NH == C else head_dim
 
 
-def _hf_rope(hf: dict):
+def _warn_dropout(mt: str, attention: float, embedding: float | None = None, residual: float = 0.0):
+    """A warning where the config's dropout is not what llmscratch's one dropout reproduces."""
+    if attention > 0 or (embedding is not None and embedding != residual):
+        where = f"attention dropout {attention}" + (f", embedding dropout {embedding}" if embedding is not None else "")
+        warnings.warn(f"{mt} config: {where}: llmscratch has one dropout ({residual}, on the embeddings and "
+                      f"residual branches) and none on the attention weights; training will not match "
+                      f"transformers'", stacklevel=3)
+
+
+def _hf_rope(hf: dict, default_theta: float):
     """(theta, scaling) from either the old keys (rope_theta, rope_scaling) or the newer
-    rope_parameters table."""
+    rope_parameters table; default_theta where both lack it (the model type's default)."""
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {}) or None
-    theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = params.pop("rope_theta", hf.get("rope_theta", default_theta))
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = params
     if scaling is not None:

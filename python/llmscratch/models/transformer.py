@@ -181,7 +181,8 @@ class Transformer(nn.Module):
     mlp.shared.{fc, proj}, buffer mlp.expert_bias (sigmoid_bias routing); while training, the
     loss with targets adds aux_loss_coef * aux_loss + z_loss_coef * z_loss of every MoE layer.
     The returned loss is the objective to optimise (with those terms, as Hugging Face's MoE
-    models' outputs.loss); after each forward with targets last_ce_loss holds its cross-entropy
+    models' outputs.loss holds theirs; their balancing term is pooled otherwise: models/hf.py);
+    after each forward with targets last_ce_loss holds its cross-entropy
     and last_aux_loss the sum of the terms added (None when none was), both detached.
     """
 
