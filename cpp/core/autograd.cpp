@@ -229,12 +229,16 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     g.resize(n->outputs.size());
     for (size_t i = 0; i < g.size(); ++i) {
       const OutputInfo& info = n->outputs[i];
+      // Hooks and retain_grad see only a gradient that came (as torch's: an output nothing used
+      // keeps .grad None); the node's backward then gets zeros for the others.
+      if (g[i].defined()) {
+        if (!n->output_hooks[i].empty() && g[i].dtype() != info.dtype)
+          g[i] = ops::to_dtype(g[i], info.dtype);  // a hook sees its tensor's dtype
+        g[i] = run_hooks(n->output_hooks[i], std::move(g[i]));
+        for (auto& hook : n->retain_hooks[i]) hook(g[i]);
+      }
       if (!g[i].defined() && is_floating(info.dtype))
         g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);
-      if (!n->output_hooks[i].empty() && g[i].defined() && g[i].dtype() != info.dtype)
-        g[i] = ops::to_dtype(g[i], info.dtype);  // a hook sees its tensor's dtype
-      g[i] = run_hooks(n->output_hooks[i], std::move(g[i]));
-      for (auto& hook : n->retain_hooks[i]) hook(g[i]);
     }
     std::vector<Tensor> in_grads = n->apply(g);
     if (!retain_graph) {
