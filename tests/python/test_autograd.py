@@ -604,14 +604,12 @@ def test_function_passes_non_tensor_outputs_through_like_torch():
     assert a.grad.tolist() == [2.0, 2.0]
 
 
-def test_hooks_and_retain_grad_of_an_output_no_gradient_reached_stay_quiet_like_torch():
+def test_retain_grad_of_an_output_no_gradient_reached_stays_none_like_torch():
     for lib in (ls, torch):
         x = lib.ones(3, requires_grad=True)
         a, b = (x * 2).split(2)
-        seen = []
-        b.register_hook(seen.append)
         a.retain_grad()
         b.retain_grad()
         a.sum().backward()
-        assert b.grad is None and seen == [] and a.grad is not None
+        assert b.grad is None and a.grad is not None
         assert x.grad.tolist() == [2.0, 2.0, 0.0]  # the split's backward still gets zeros for b
