@@ -24,7 +24,7 @@ def corpus(tmp_path, monkeypatch):
 
 def train(tmp_path, corpus, *extra):
     return main(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
                  "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", *extra])
 
 
@@ -52,7 +52,7 @@ def test_train_resume_sample_eval(tmp_path, corpus, capsys):
     assert "model.n_experts: 0 -> " in capsys.readouterr().err
     rel = os.path.relpath(corpus)
     assert main(["train", "--data", rel, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
                  "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", "--steps", "9", "--resume"]) == 0
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(run), "--prompt", "", "--max-new-tokens", "4"]) == 0
@@ -419,7 +419,7 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
         f.write('garbage\n{"step": "x"}\n')
     capsys.readouterr()
     assert main(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
                  "--out", str(tmp_path / "runs"), "--name", "t", "--steps", "4", "--resume"]) == 0
     assert "log.jsonl: 2 damaged lines dropped" in capsys.readouterr().out
     assert [json.loads(line)["step"] for line in open(run / "log.jsonl")] == [1, 2, 3, 4]
@@ -434,7 +434,7 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
     json.dump({**latest_meta, "run_config": {**latest_meta["run_config"], "data_identity": {"train": 1, "val": 2}}},
               open(latest, "w"))  # a TypeError in the resumed run's data check before
     one_line_error(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                    "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "2",
+                    "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
                     "--out", str(tmp_path / "runs"), "--name", "t", "--steps", "6", "--resume", "--quiet"],
                    "run_config.data_identity must be")
     json.dump(latest_meta, open(latest, "w"))

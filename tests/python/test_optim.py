@@ -313,3 +313,29 @@ def test_clip_grad_norm_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="non-finite"):
         nn.utils.clip_grad_norm_([w], 1.0, error_if_nonfinite=True)
     assert math.isinf(nn.utils.clip_grad_norm_([w], 1.0).item())  # scaled anyway, as in torch
+
+
+def test_adamw_steps_a_strided_parameter_like_torch():
+    # a transposed leaf: the fused kernel steps a contiguous copy that is written back
+    a = randn(3, 4)
+    p = nn.Parameter(ls.tensor(a).t())
+    t = torch.nn.Parameter(torch.tensor(a).t())
+    assert not p.is_contiguous()
+    opt, topt = ls.optim.AdamW([p], lr=0.1, weight_decay=0.1), torch.optim.AdamW([t], lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        g = randn(4, 3)
+        p.grad, t.grad = ls.tensor(g), torch.tensor(g)
+        opt.step()
+        topt.step()
+    assert_close(p, t, tol=1e-12)
+
+
+def test_load_state_dict_refuses_a_torch_optimizers_state():
+    (a,), (ta,) = _twins((2, 3))
+    topt = torch.optim.AdamW([ta], lr=0.1)
+    ta.grad = torch.ones(2, 3, dtype=torch.float64)
+    topt.step()
+    opt = ls.optim.AdamW([a], lr=0.1)
+    with pytest.raises(TypeError, match="state 'step' of parameter 0 is a Tensor.*torch optimizer"):
+        opt.load_state_dict(topt.state_dict())
+    assert opt.state == {}  # nothing changed

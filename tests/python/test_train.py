@@ -78,6 +78,10 @@ def test_schedules():
     assert learning_rate(0, 1.0, 100, warmup_steps=10) == pytest.approx(0.1)
     assert learning_rate(9, 1.0, 100, warmup_steps=10) == pytest.approx(1.0)
     assert learning_rate(100, 1.0, 100, warmup_steps=10, min_lr=0.1) == pytest.approx(0.1)
+    # a warmup as long as the run: min_lr from total_steps on, never a ramp past it
+    assert [learning_rate(s, 1.0, 10, warmup_steps=20, min_lr=0.1) for s in (9, 10, 19, 25)] == \
+        [pytest.approx(0.5), 0.1, 0.1, 0.1]
+    assert learning_rate(10, 1.0, 10, warmup_steps=10, min_lr=0.1, kind="linear") == 0.1
     assert learning_rate(55, 1.0, 100, warmup_steps=10, min_lr=0.0) == pytest.approx(0.5)
     assert learning_rate(55, 1.0, 100, 10, 0.0, "linear") == pytest.approx(0.5)
     assert learning_rate(99, 1.0, 100, 10, 0.0, "constant") == 1.0

@@ -106,7 +106,7 @@ class AdamW(Optimizer):
                     s = dict(self.state.get(p._impl_id()) or self._new_state(p))
                     if half and p._impl_id() in stale:
                         # first step, or p was written outside the optimizer: the master follows p
-                        s["master"] = p.to(dtype=float32, copy=True)
+                        s["master"] = p.to(dtype=float32, copy=True).contiguous()
                     s["step"] += 1
                     batches.setdefault((s["step"], half), []).append((p, s))
                 for (step, half), batch in batches.items():
@@ -124,12 +124,17 @@ class AdamW(Optimizer):
     def _fused_step(self, g, step, half, batch, grad_scale):
         """One adamw_step call over batch; 16-bit parameters update their float32 masters and
         receive the rounded new weights as model copies."""
-        params = [s["master"] if half else p for p, s in batch]
+        # The fused kernel takes contiguous tensors: a strided parameter (a transposed leaf)
+        # steps through a contiguous copy, written back after.
+        own = [p if p.is_contiguous() else p.contiguous() for p, _ in batch]
+        params = [s["master"] if half else q for (_, s), q in zip(batch, own)]
         b1, b2 = g["betas"]
         _core.ops.adamw_step(params, [p.grad.contiguous() for p, _ in batch],
                              [s["exp_avg"] for _, s in batch], [s["exp_avg_sq"] for _, s in batch],
                              float(g["lr"]), float(b1), float(b2), float(g["eps"]),
                              float(g["weight_decay"]), int(step), grad_scale,
-                             model_copies=[p for p, _ in batch] if half else [])
-        for p, s in batch:
+                             model_copies=own if half else [])
+        for (p, s), q in zip(batch, own):
+            if q is not p:
+                p.copy_(q)
             self.state[p._impl_id()] = s

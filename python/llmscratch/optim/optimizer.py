@@ -1,6 +1,7 @@
 """Optimizer base: parameter groups with per-group hyperparameters, per-parameter state,
 zero_grad, and state_dict / load_state_dict for exact resumption."""
 import copy
+import numbers
 
 import llmscratch_core as _core
 
@@ -124,7 +125,11 @@ class Optimizer:
 
     def _load_state_value(self, p, idx, key, v):
         if not isinstance(v, Tensor):
-            return v
+            if isinstance(v, numbers.Real) and not isinstance(v, bool):  # a step count
+                return v
+            raise TypeError(f"load_state_dict: state '{key}' of parameter {idx} is a {type(v).__name__}; "
+                            f"expected a llmscratch Tensor or a number (a torch optimizer's state "
+                            f"dict is not read)")
         # every state tensor of these optimizers (moments, buffers, masters) is parameter-shaped
         if tuple(v.shape) != tuple(p.shape):
             raise ValueError(f"load_state_dict: state '{key}' of parameter {idx} has shape "

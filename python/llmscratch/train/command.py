@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -382,6 +383,9 @@ def train_command(args) -> int:
                       ckpt_every=args.ckpt_every, seed=args.seed,
                       on_nan="skip" if args.skip_nan else "stop", recompute=args.recompute,
                       dtype=_train_dtype(args.dtype, device), out=str(run_dir))
+    if cfg.warmup >= cfg.steps:  # the default warmup (50) under a short --steps
+        warnings.warn(f"--warmup {cfg.warmup} is not shorter than --steps {cfg.steps}: the learning rate "
+                      f"never reaches --lr and never decays")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     run_config = {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg), "data": _source_key(args.data),
                   "vocab_size": vocab, "val_fraction": args.val_fraction, "device": device,
