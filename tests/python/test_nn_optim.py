@@ -583,3 +583,14 @@ def test_trunc_normal_draws_the_truncated_distribution(mean, std, a, b):
         nn.init.trunc_normal_(ls.empty(3), a=1.0, b=1.0)
     with pytest.raises(ValueError, match="std finite and positive"):
         nn.init.trunc_normal_(ls.empty(3), std=0.0)
+
+
+def test_a_norms_eps_assigned_after_construction_sets_its_forward():
+    x = randn(3, 8).astype(np.float32)
+    for ours, ref in ((nn.LayerNorm(8), torch.nn.LayerNorm(8)), (nn.RMSNorm(8), torch.nn.RMSNorm(8)),
+                      (nn.RMSNorm(8, eps=1e-6), torch.nn.RMSNorm(8, eps=1e-6))):
+        ours.eps = ref.eps = 0.5
+        np.testing.assert_allclose(to_np(ours(ls.tensor(x))), to_np(ref(torch.tensor(x))), rtol=1e-5, atol=1e-6)
+    zero = nn.RMSNorm(4)
+    zero.eps = 1e-6  # from None (machine epsilon per call) to a number: no 0 / 0
+    assert to_np(zero(ls.zeros(1, 4))).tolist() == [[0.0] * 4]

@@ -72,7 +72,15 @@ class LayerNorm(_CppLayer):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None, device=None):
         n = _last_dim("LayerNorm", normalized_shape)
         super().__init__(_core.layers.LayerNorm(n, eps, elementwise_affine, bias, *_dd(dtype, device)))
-        self.normalized_shape, self.eps = (n,), eps
+        self.normalized_shape = (n,)
+
+    @property
+    def eps(self):
+        return self._impl.eps
+
+    @eps.setter
+    def eps(self, value):  # the C++ layer's own: assigned later, it still sets the forward's
+        self._impl.eps = float(value)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -84,11 +92,19 @@ class RMSNorm(_CppLayer):
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=None, device=None):
         n = _last_dim("RMSNorm", normalized_shape)
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)):
-            raise TypeError(f"RMSNorm: eps must be a number or None, got {eps!r}")
-        super().__init__(_core.layers.RMSNorm(n, 0.0 if eps is None else float(eps), elementwise_affine,
-                                              *_dd(dtype, device)))
+        super().__init__(_core.layers.RMSNorm(n, 0.0, elementwise_affine, *_dd(dtype, device)))
         self.normalized_shape, self.eps = (n,), eps
+
+    @property
+    def eps(self):
+        return self.__dict__["_eps"]
+
+    @eps.setter
+    def eps(self, value):  # kept in step with the C++ layer's: assigned later, it still sets the forward's
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"RMSNorm: eps must be a number or None, got {value!r}")
+        self.__dict__["_eps"] = value
+        self._impl.eps = 0.0 if value is None else float(value)
 
     def forward(self, x):
         return self._impl.forward(x) if self.eps is not None else F.rms_norm(x, self.normalized_shape, self.weight)
