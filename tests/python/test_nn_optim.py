@@ -594,3 +594,15 @@ def test_a_norms_eps_assigned_after_construction_sets_its_forward():
     zero = nn.RMSNorm(4)
     zero.eps = 1e-6  # from None (machine epsilon per call) to a number: no 0 / 0
     assert to_np(zero(ls.zeros(1, 4))).tolist() == [[0.0] * 4]
+
+
+def test_modules_and_parameters_are_walked_depth_first_as_torch_and_state_dict():
+    ours = nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3)), nn.Linear(3, 4))
+    ref = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LayerNorm(3)), torch.nn.Linear(3, 4))
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in ref.named_modules()]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()] == list(ours.state_dict())
+    shared = nn.Linear(2, 2)
+    twice = nn.Sequential(shared, shared)
+    assert [n for n, _ in twice.named_modules()] == ["", "0"]
+    assert [n for n, _ in twice.named_modules(remove_duplicate=False)] == ["", "0", "1"]
+    assert [n for n, _ in ours.named_modules(prefix="m")][:2] == ["m", "m.0"]

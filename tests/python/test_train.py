@@ -498,3 +498,58 @@ def test_steps_past_ten_million_sort_as_numbers(tmp_path):
     assert latest_checkpoint(root).endswith("step_10000000")
     save_checkpoint(root, 10_000_001, model, optimizer, {}, keep_last=2)
     assert sorted(os.listdir(root)) == ["latest", "step_10000000", "step_10000001"]
+
+
+def _breadth_first_names(model):
+    """Parameter names in the breadth-first walk that named_parameters made before 2026-11-28."""
+    names, seen, queue = [], set(), [("", model)]
+    while queue:
+        prefix, m = queue.pop(0)
+        if id(m) not in seen:
+            seen.add(id(m))
+            names += [f"{prefix}.{n}" if prefix else n for n, p in m._parameters.items()
+                      if p is not None and (f"{prefix}.{n}" if prefix else n) not in names]
+            queue += [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
+    return names
+
+
+def test_a_checkpoint_of_the_breadth_first_parameter_order_resumes_exactly(tmp_path):
+    # Checkpoints number the optimizer state in the optimizer's parameter order, which follows
+    # named_parameters: breadth first until it became torch's depth-first walk. A checkpoint
+    # without parameter_names is read in the old order; each parameter gets its own moments.
+    from safetensors.numpy import load_file, save_file
+    import llmscratch.models as M
+    config = M.ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=16, block_size=16, tie_embeddings=False)
+    data = np.random.default_rng(0).integers(0, 64, (64, 17))
+
+    def run(out, steps, stop_at=None, resume=False):
+        ls.manual_seed(0)
+        model = M.Transformer(config)
+        cfg = TrainConfig(steps=steps, batch_size=4, seq_len=16, warmup=1, eval_every=100, ckpt_every=100, out=str(out))
+        tr = Trainer(model, cfg, lambda i: ls.tensor(data[(i * 4) % 64:(i * 4) % 64 + 4]), log=lambda *a: None)
+        if resume:
+            assert tr.resume()
+        tr.fit(stop_at=stop_at)
+        return model
+
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "split", 6, stop_at=3)
+    folder = tmp_path / "split" / "checkpoints" / "step_0000003"
+    meta = json.loads((folder / "trainer.json").read_text())
+    groups = meta.pop("parameter_names")
+    rank = {n: i for i, n in enumerate(_breadth_first_names(full))}
+    legacy = [sorted(g, key=rank.get) for g in groups]
+    assert legacy != groups  # the two orders differ for this model
+    old = {n: j for j, n in enumerate(n for g in legacy for n in g)}
+    to_old = {i: old[n] for i, n in enumerate(n for g in groups for n in g)}
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    save_file({f"state.{to_old[int(k.split('.')[1])]}.{k.split('.', 2)[2]}": v for k, v in tensors.items()},
+              str(folder / "optimizer.safetensors"))
+    meta["optimizer_scalars"] = {f"{to_old[int(k.split('.')[0])]}.{k.split('.', 1)[1]}": v
+                                 for k, v in meta["optimizer_scalars"].items()}
+    for g, names in zip(meta["optimizer_groups"], legacy):
+        g["params"] = [old[n] for n in names]
+    (folder / "trainer.json").write_text(json.dumps(meta))
+    resumed = run(tmp_path / "split", 6, resume=True)
+    for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
+        np.testing.assert_array_equal(p.detach().numpy(), q.detach().numpy(), err_msg=n)

@@ -167,20 +167,19 @@ class Module:
         self._modules[name] = module
 
     # ---- traversal ----
-    def named_modules(self, prefix=""):
-        """(name, module) pairs, each module once. Breadth first, unlike torch's depth-first
-        walk: checkpoints number their optimizer state in this parameter order."""
-        seen = set()
-        stack = [(prefix, self)]
-        while stack:
-            name, m = stack.pop(0)
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            yield name, m
-            for child_name, child in m._modules.items():
-                if child is not None:
-                    stack.append((f"{name}.{child_name}" if name else child_name, child))
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """(name, module) pairs depth first, a module before its children, as torch's (and as
+        state_dict's keys); each module once unless remove_duplicate=False."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -202,7 +201,7 @@ class Module:
     def named_parameters(self, prefix="", recurse=True):
         """(name, parameter) pairs; a parameter shared by several modules appears once."""
         seen = set()
-        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for mod_name, m in mods:
             for name, p in m._parameters.items():
                 if p is None or p._impl_id() in seen:
@@ -217,7 +216,7 @@ class Module:
     def named_buffers(self, prefix=""):
         """(name, buffer) pairs; a buffer shared by several modules appears once."""
         seen = set()
-        for mod_name, m in self.named_modules(prefix):
+        for mod_name, m in self.named_modules(prefix=prefix):
             for name, b in m._buffers.items():
                 if b is not None and b._impl_id() not in seen:
                     seen.add(b._impl_id())

@@ -108,7 +108,8 @@ def save_checkpoint(root: str, step: int, model, optimizer, trainer_state: dict,
                 else:
                     scalars[f"{idx}.{k}"] = v
         save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-        meta = dict(trainer_state, step=step, optimizer_groups=opt["param_groups"], optimizer_scalars=scalars)
+        meta = dict(trainer_state, step=step, optimizer_groups=opt["param_groups"], optimizer_scalars=scalars,
+                    parameter_names=_parameter_names(model, optimizer))
         with open(os.path.join(tmp, "trainer.json"), "w") as f:
             json.dump(json_safe(meta), f, indent=1, default=list, allow_nan=False)
         for f in os.listdir(tmp):
@@ -186,7 +187,45 @@ _TRAINER_TYPES = {
     "best_ckpt": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "config": (lambda v: isinstance(v, dict), "an object"),
     "run_config": (lambda v: isinstance(v, dict), "an object"),
+    "parameter_names": (lambda v: isinstance(v, list) and all(isinstance(g, list) and all(isinstance(n, str) for n in g)
+                                                              for g in v), "a list of lists of names"),
 }
+
+
+def _parameter_names(model, optimizer) -> list:
+    """The names of the optimizer's parameters, group by group: the order its state_dict numbers
+    them in, saved so that a load finds each parameter's state by name."""
+    names = {p._impl_id(): n for n, p in model.named_parameters()}
+    return [[names.get(p._impl_id(), "") for p in g["params"]] for g in optimizer.param_groups]
+
+
+def _breadth_first_parameter_names(model, optimizer) -> list:
+    """_parameter_names of a checkpoint saved before they were recorded, by an llmscratch whose
+    named_parameters walked the modules breadth first: the trainer built its groups in that order,
+    so each group's names are today's in breadth-first order."""
+    rank, seen, queue = {}, set(), [("", model)]
+    while queue:
+        prefix, m = queue.pop(0)
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        for name, p in m._parameters.items():
+            if p is not None:
+                rank.setdefault(f"{prefix}.{name}" if prefix else name, len(rank))
+        queue += [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
+    return [sorted(group, key=lambda n: rank.get(n, -1)) for group in _parameter_names(model, optimizer)]
+
+
+def _state_by_position(folder, meta, model, optimizer, opt_state: dict) -> tuple:
+    """The saved optimizer state renumbered to the optimizer's parameters now, by name, and the
+    groups' parameter numbers to match."""
+    saved = meta.get("parameter_names") or _breadth_first_parameter_names(model, optimizer)
+    now = _parameter_names(model, optimizer)
+    if [sorted(g) for g in saved] != [sorted(g) for g in now]:
+        raise ValueError(f"checkpoint {folder}: its optimizer state is for other parameters than the model's")
+    position = {n: i for i, n in enumerate(n for g in now for n in g)}
+    renumbered = {position[n]: opt_state[j] for j, n in enumerate(n for g in saved for n in g) if j in opt_state}
+    return renumbered, [[position[n] for n in g] for g in now]
 
 
 def read_trainer_state(folder: str, required: tuple = ()) -> dict:
@@ -235,6 +274,8 @@ def load_checkpoint(folder: str, model, optimizer=None) -> dict:
         for key, v in meta["optimizer_scalars"].items():
             idx, name = key.split(".", 1)
             opt_state.setdefault(int(idx), {})[name] = v
-        groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["optimizer_groups"]]
+        opt_state, numbers = _state_by_position(folder, meta, model, optimizer, opt_state)
+        groups = [dict(g, params=ids, **({"betas": tuple(g["betas"])} if "betas" in g else {}))
+                  for g, ids in zip(meta["optimizer_groups"], numbers)]
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     return meta
