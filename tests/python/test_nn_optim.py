@@ -118,10 +118,13 @@ def test_state_dict_round_trip_copies_in_place():
     b.load_state_dict(a.state_dict())
     assert b.weight.data_ptr() == ptr
     np.testing.assert_array_equal(to_np(a.weight), to_np(b.weight))
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(RuntimeError, match="missing keys"):
         b.load_state_dict({"weight": a.weight})
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(RuntimeError, match="size mismatch for 'weight'"):  # torch's type
         b.load_state_dict({"weight": ls.zeros(2, 2), "bias": ls.zeros(3)})
+    np.testing.assert_array_equal(to_np(a.bias), to_np(b.bias))  # nothing copied: the bias neither
+    result = b.load_state_dict({"weight": a.weight, "extra": ls.zeros(1)}, strict=False)
+    assert result.missing_keys == ["bias"] and result.unexpected_keys == ["extra"]
 
 
 def test_to_dtype_moves_parameters_and_cpp_layer_together():
@@ -606,3 +609,24 @@ def test_modules_and_parameters_are_walked_depth_first_as_torch_and_state_dict()
     assert [n for n, _ in twice.named_modules()] == ["", "0"]
     assert [n for n, _ in twice.named_modules(remove_duplicate=False)] == ["", "0", "1"]
     assert [n for n, _ in ours.named_modules(prefix="m")][:2] == ["m", "m.0"]
+
+
+def test_containers_delete_pop_add_and_replace_in_place_as_torch():
+    for lib in (nn, torch.nn):
+        seq = lib.Sequential(lib.Linear(1, 2), lib.ReLU(), lib.Linear(2, 3), lib.Tanh())
+        del seq[1]
+        first = seq.pop(0)
+        seq[0] = lib.Linear(2, 5)  # replaced where it was, not moved last
+        assert [n for n, _ in seq.named_children()] == ["0", "1"] and seq[0].out_features == 5
+        assert type(first).__name__ == "Linear" and len(seq + seq) == 4
+        ml = lib.ModuleList(None)
+        ml += [lib.ReLU(), lib.Tanh()]
+        ml[0] = lib.SiLU()
+        both = ml + ml
+        del both[1:3]
+        assert [type(m).__name__ for m in ml] == ["SiLU", "Tanh"] and len(both) == 2
+        md = lib.ModuleDict([("a", lib.ReLU()), ("b", lib.Tanh())])
+        del md["a"]
+        assert list(md) == ["b"]
+        md.clear()
+        assert len(md) == 0

@@ -29,6 +29,45 @@ class _Numbered(Module):
         self._modules[str(index)] = module
         return self
 
+    def _index(self, i):
+        n = len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"{type(self).__name__}: index {i} is out of range for {n} modules")
+        return i + n if i < 0 else i
+
+    def __setitem__(self, i, module):
+        setattr(self, list(self._modules)[self._index(i)], module)
+
+    def __delitem__(self, i):
+        """Deletes module i (or a slice), the rest renumbered 0, 1, ... as torch's."""
+        keys = list(self._modules)
+        for key in (keys[i] if isinstance(i, slice) else [keys[self._index(i)]]):
+            del self._modules[key]
+        modules = list(self._modules.values())
+        self._modules.clear()
+        for k, m in enumerate(modules):
+            self._modules[str(k)] = m
+
+    def pop(self, i=-1):
+        module = self[i]
+        del self[i]
+        return module
+
+    def __add__(self, other):
+        out = type(self)()
+        for m in list(self) + list(other):
+            out.append(m)
+        return out
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
 
 class Sequential(_Numbered):
     def __init__(self, *modules):
@@ -50,41 +89,23 @@ class Sequential(_Numbered):
             return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
 
 class ModuleList(_Numbered):
-    def __init__(self, modules=()):
+    def __init__(self, modules=None):
         super().__init__()
-        for m in modules:
+        for m in modules or ():
             self.append(m)
 
     def __getitem__(self, i):
         items = list(self._modules.values())
         return ModuleList(items[i]) if isinstance(i, slice) else items[i]
 
-    def __setitem__(self, i, module):
-        n = len(self._modules)
-        if not -n <= i < n:
-            raise IndexError(f"ModuleList: index {i} is out of range for {n} modules")
-        setattr(self, str(i + n if i < 0 else i), module)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
 
 class ModuleDict(Module):
     def __init__(self, modules=None):
         super().__init__()
-        for name, m in (modules or {}).items():
-            self.add_module(name, m)
+        if modules is not None:
+            self.update(modules)
 
     def __getitem__(self, key):
         return self._modules[key]
@@ -101,8 +122,14 @@ class ModuleDict(Module):
     def __iter__(self):  # the keys, as a dict's (Python's fallback indexed it with 0, 1, ...)
         return iter(self._modules)
 
+    def __delitem__(self, key):
+        del self._modules[key]
+
     def pop(self, key):
         return self._modules.pop(key)
+
+    def clear(self):
+        self._modules.clear()
 
     def update(self, modules):
         for name, m in (modules.items() if hasattr(modules, "items") else modules):

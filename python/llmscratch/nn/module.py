@@ -1,7 +1,7 @@
 """Module and Parameter: named parameters, buffers and submodules, state_dict round trips,
 train/eval, device and dtype moves."""
 import copy
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import llmscratch_core as _core
 
@@ -30,6 +30,9 @@ class Parameter(Tensor):
         out = Parameter(self.detach().clone(), self.requires_grad)
         memo[id(self)] = out
         return out
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 def _same_data(a, b):
@@ -72,8 +75,12 @@ class Module:
                                 f"(a Module or None is expected)")
             self._modules[name] = None
             return
+        # from the other registries only: a module or parameter replaced under its name keeps its
+        # place in the order (torch's; ModuleList's seq[0] = m had moved it last)
+        target = self._parameters if isinstance(value, Parameter) else self._modules if isinstance(value, Module) else None
         for d in (self._parameters, self._buffers, self._modules):
-            d.pop(name, None)
+            if d is not target:
+                d.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
             self._sync_impl(name, value)
@@ -246,25 +253,30 @@ class Module:
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values in place into the existing parameters and buffers (so optimizers and
-        tied weights keep pointing at them). Returns (missing_keys, unexpected_keys)."""
+        tied weights keep pointing at them). Returns (missing_keys, unexpected_keys), a named
+        tuple as torch's; a strict mismatch or a shape mismatch raises RuntimeError, as torch's,
+        before anything is copied."""
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        with no_grad():
-            for k, target in own.items():
-                if k not in state_dict:
-                    continue
+            raise RuntimeError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {unexpected}")
+        sources = {}
+        for k, target in own.items():
+            if k in state_dict:
                 src = state_dict[k]
                 if not isinstance(src, Tensor):
                     from .._creation import tensor
                     src = tensor(src)
                 if tuple(src.shape) != tuple(target.shape):
-                    raise ValueError(f"load_state_dict: '{k}' has shape {tuple(src.shape)} in the "
-                                     f"state dict but {tuple(target.shape)} in the model")
-                target.copy_(src)
-        return missing, unexpected
+                    raise RuntimeError(f"load_state_dict: size mismatch for '{k}': {tuple(src.shape)} in the "
+                                       f"state dict, {tuple(target.shape)} in the model")
+                sources[k] = src
+        with no_grad():
+            for k, src in sources.items():
+                own[k].copy_(src)
+        return IncompatibleKeys(missing, unexpected)
 
     # ---- modes and moves ----
     def train(self, mode=True):
