@@ -630,3 +630,27 @@ def test_containers_delete_pop_add_and_replace_in_place_as_torch():
         assert list(md) == ["b"]
         md.clear()
         assert len(md) == 0
+
+
+def test_module_lookups_casts_and_listing_as_torch():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.LayerNorm(3)))
+    assert model.get_submodule("1.0") is model[1][0] and model.get_submodule("") is model
+    assert model.get_parameter("1.0.weight") is model[1][0].weight
+    with pytest.raises(AttributeError, match="no submodule '2'"):
+        model.get_submodule("2.0")
+    with pytest.raises(AttributeError, match="no parameter 'scale'"):
+        model.get_parameter("0.scale")
+    assert {"0", "1"} <= set(dir(model)) and "weight" in dir(model[0])
+    model[0].register_buffer("mask", ls.ones(3))
+    assert [n for n, _ in model.named_buffers(recurse=False)] == [] and len(list(model[0].buffers(recurse=False))) == 1
+    assert model.half() is model and model[0].weight.dtype == ls.float16
+    assert model.bfloat16()[0].weight.dtype == ls.bfloat16
+
+    class Early(nn.Module):
+        def __init__(self):
+            self.width = 4  # a plain attribute before Module.__init__, as torch allows
+            super().__init__()
+            self.lin = nn.Linear(self.width, 1)
+    assert Early().lin.in_features == 4
+    with pytest.raises(NotImplementedError, match="inplace=True"):
+        nn.Dropout(0.1, inplace=True)

@@ -114,10 +114,12 @@ class RMSNorm(_CppLayer):
 
 
 class Dropout(Module):
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not is_probability(p):
             raise ValueError(f"Dropout: p must be a number in [0, 1], got {p!r}")
+        if inplace:
+            raise NotImplementedError("Dropout: inplace=True is not supported (the mask is applied out of place)")
         self.p = p
 
     def forward(self, x):

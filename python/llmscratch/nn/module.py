@@ -51,8 +51,11 @@ class Module:
 
     # ---- registration ----
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
-            raise AttributeError("call Module.__init__() before assigning attributes")
+        if "_parameters" not in self.__dict__:  # a plain attribute may come first, as torch's
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError("call Module.__init__() before assigning parameters or submodules")
+            object.__setattr__(self, name, value)
+            return
         # As torch: a registered parameter takes a Parameter or None, a buffer a Tensor or None
         # (a plain tensor there would drop out of state_dict and the optimizer unseen).
         if name in self._parameters and not isinstance(value, Parameter):
@@ -220,17 +223,17 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix=""):
+    def named_buffers(self, prefix="", recurse=True):
         """(name, buffer) pairs; a buffer shared by several modules appears once."""
         seen = set()
-        for mod_name, m in self.named_modules(prefix=prefix):
+        for mod_name, m in self.named_modules(prefix=prefix) if recurse else [(prefix, self)]:
             for name, b in m._buffers.items():
                 if b is not None and b._impl_id() not in seen:
                     seen.add(b._impl_id())
                     yield (f"{mod_name}.{name}" if mod_name else name), b
 
-    def buffers(self):
-        for _, b in self.named_buffers():
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
             yield b
 
     def num_parameters(self) -> int:
@@ -354,6 +357,32 @@ class Module:
 
     def double(self):
         return self.to(dtype=_core.DType.float64)
+
+    def half(self):
+        return self.to(dtype=_core.DType.float16)
+
+    def bfloat16(self):
+        return self.to(dtype=_core.DType.bfloat16)
+
+    def get_submodule(self, target: str):
+        """The submodule at a dotted path ("blocks.0.attn"; "" is self), as torch's."""
+        m = self
+        for part in target.split(".") if target else ():
+            if part not in m._modules or m._modules[part] is None:
+                raise AttributeError(f"{type(m).__name__} has no submodule '{part}' (in '{target}')")
+            m = m._modules[part]
+        return m
+
+    def get_parameter(self, target: str):
+        """The parameter at a dotted path ("blocks.0.attn.qkv.weight"), as torch's."""
+        path, _, name = target.rpartition(".")
+        m = self.get_submodule(path)
+        if m._parameters.get(name) is None:
+            raise AttributeError(f"{type(m).__name__} has no parameter '{name}' (in '{target}')")
+        return m._parameters[name]
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
 
     def apply(self, fn):
         for m in self.children():
