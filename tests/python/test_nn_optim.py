@@ -654,3 +654,21 @@ def test_module_lookups_casts_and_listing_as_torch():
     assert Early().lin.in_features == 4
     with pytest.raises(NotImplementedError, match="inplace=True"):
         nn.Dropout(0.1, inplace=True)
+
+
+@pytest.mark.parametrize("padding_idx", [2, -1])
+def test_embedding_padding_idx_as_torch(padding_idx):
+    ids = np.array([[0, 2, 2, 1], [2, 3, 0, 3]])
+    ours, ref = nn.Embedding(4, 3, padding_idx=padding_idx), torch.nn.Embedding(4, 3, padding_idx=padding_idx)
+    assert ours.padding_idx == ref.padding_idx and not to_np(ours.weight)[padding_idx].any()
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(to_np(ours.weight)))
+    out, tout = ours(ls.tensor(ids)), ref(torch.tensor(ids))
+    np.testing.assert_array_equal(to_np(out), to_np(tout))
+    w = randn(*out.shape).astype(np.float32)
+    (out * ls.tensor(w)).sum().backward()
+    (tout * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(to_np(ours.weight.grad), to_np(ref.weight.grad), rtol=1e-6, atol=1e-6)
+    assert not to_np(ours.weight.grad)[padding_idx].any()
+    with pytest.raises(ValueError, match="padding_idx must be in"):
+        nn.Embedding(4, 3, padding_idx=4)

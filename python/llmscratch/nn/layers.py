@@ -11,6 +11,7 @@ from ..functional._checks import require_int
 from ..functional._dropout import is_probability
 from ..functional._norms import _as_shape
 from .._dtype import as_device, as_dtype, float32
+from ..autograd import no_grad
 from .module import Module, Parameter
 
 
@@ -49,16 +50,32 @@ class Linear(_CppLayer):
 
 
 class Embedding(_CppLayer):
-    """Rows of a (num_embeddings, embedding_dim) table, initialised N(0, 1)."""
+    """Rows of a (num_embeddings, embedding_dim) table, initialised N(0, 1). padding_idx, as
+    torch's: that row starts at zeros and gets no gradient from the lookup."""
 
-    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=None, device=None):
         num_embeddings = require_int(num_embeddings, "num_embeddings", "Embedding")
         embedding_dim = require_int(embedding_dim, "embedding_dim", "Embedding")
         super().__init__(_core.layers.Embedding(num_embeddings, embedding_dim, *_dd(dtype, device)))
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            padding_idx = require_int(padding_idx, "padding_idx", "Embedding")
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"Embedding: padding_idx must be in [-{num_embeddings}, {num_embeddings}), "
+                                 f"got {padding_idx}")
+            padding_idx %= num_embeddings
+            with no_grad():
+                self.weight[padding_idx] = 0.0
+        self.padding_idx = padding_idx
+
+    def forward(self, ids):
+        if self.padding_idx is None:
+            return self._impl.forward(ids)
+        return F.embedding(ids, self.weight, self.padding_idx)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        return f"{self.num_embeddings}, {self.embedding_dim}" + (
+            f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
 
 def _last_dim(layer, normalized_shape):
