@@ -214,3 +214,12 @@ def test_deepcopy_of_a_bf16_model_and_adamw_keeps_the_float32_masters():
         np.testing.assert_array_equal(to_np(a.float().cpu()), to_np(b.float().cpu()))
         sa, sb = opt.state[a._impl_id()], twin_opt.state[b._impl_id()]
         np.testing.assert_array_equal(to_np(sa["master"].cpu()), to_np(sb["master"].cpu()))
+
+
+def test_embedding_padding_idx_on_the_gpu():
+    emb = ls.nn.Embedding(5, 4, padding_idx=1).to(device="cuda")
+    ids = ls.tensor(np.array([[1, 0, 1, 4]])).cuda()
+    emb(ids).sum().backward()
+    grad = to_np(emb.weight.grad.cpu())
+    assert not grad[1].any() and grad[0].tolist() == [1.0] * 4 and grad[4].tolist() == [1.0] * 4
+    assert not to_np(emb(ids).detach().cpu())[0, 0].any()  # the padding row is zeros
