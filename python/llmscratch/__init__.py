@@ -22,7 +22,8 @@ Tensor = _core.Tensor
 bool = bool_  # noqa: A001  (llmscratch.bool, as torch.bool)
 half, double, long = float16, float64, int64
 
-from ._tensor import cat, floor_divide, matmul, remainder, stack, where  # noqa: E402
+from ._tensor import (allclose, cat, equal, floor_divide, is_tensor, isclose, isfinite, isinf,  # noqa: E402
+                      isnan, matmul, remainder, stack, where)
 from . import nn, optim  # noqa: E402
 
 

@@ -1,6 +1,7 @@
 """Factories: tensor(), zeros/ones/full/empty/arange, the Philox random draws, and the numpy /
 DLPack bridges."""
 import builtins
+import math
 import numbers
 
 import numpy as np
@@ -81,7 +82,11 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
             arr = np.asarray(_detached(data))  # walked only then: a Python walk of every element
         if arr.dtype == object:
             raise TypeError("tensor(): data must be numbers or nested sequences of numbers of equal length")
-        if arr.dtype == np.uint64 and not from_numpy_array and (arr > np.iinfo(np.int64).max).any():
+        if arr.dtype.kind == "c":
+            raise TypeError("tensor(): complex numbers are not supported (the imaginary part would be lost)")
+        if not arr.dtype.isnative:  # a big-endian array's bytes, read as they are, would be other numbers
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():  # numpy's too: no uint64 here
             raise OverflowError("tensor(): an integer does not fit in int64")
         if not from_numpy_array or arr.dtype.kind not in "fiub" or arr.dtype == np.uint64:
             # Python floats: float32 by default, as torch; a requested dtype is reached from
@@ -113,6 +118,9 @@ def from_numpy(arr: np.ndarray):
     """A tensor sharing ``arr``'s memory (through DLPack); read-only arrays are copied."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(arr).__name__}")
+    if not arr.dtype.isnative:
+        raise ValueError(f"from_numpy: the array's byte order ({arr.dtype.str}) is not this machine's; "
+                         f"convert it (arr.astype(arr.dtype.newbyteorder('='))) or use tensor()")
     try:
         return from_dlpack(arr)
     except (BufferError, TypeError):
@@ -192,8 +200,14 @@ def empty(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    # 0-d tensors as bounds count as their numbers (an int64 one: an integer range, as torch)
+    start, end, step = (v.item() if isinstance(v, Tensor) and v.ndim == 0 else v for v in (start, end, step))
     if end is None:
         start, end = 0, start
+    if step == 0 or not all(isinstance(v, numbers.Integral) or math.isfinite(v) for v in (start, end, step)):
+        raise ValueError(f"arange: start, end and step must be finite, and step must be nonzero; got {start}, {end}, {step}")
+    if (end - start) * step < 0:
+        raise ValueError(f"arange: the range from {start} to {end} runs against the step's sign ({step})")
     if dtype is None:
         ints = builtins.all(isinstance(v, numbers.Integral) for v in (start, end, step))
         dtype = int64 if ints else float32

@@ -168,7 +168,102 @@ T.__pos__ = lambda self: self
 T.__abs__ = lambda self: _ops.unary("abs", self)
 for _name, _how in [("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge")]:
     setattr(T, f"__{_name}__", _compare(_how))
+    setattr(T, _name, _compare(_how))  # x.eq(y), as torch
 T.__hash__ = object.__hash__
+
+
+# ---- predicates ------------------------------------------------------------------------------
+
+def _any(self, dim=None, keepdim=False):
+    """Whether any element is nonzero (True, or NaN), over all or along dim, as torch's."""
+    nonzero = self if self.dtype == bool_ else self != 0
+    n = nonzero.sum() if dim is None else nonzero.sum(dim, keepdim)
+    return n > 0
+
+
+def _all(self, dim=None, keepdim=False):
+    zero = ~self if self.dtype == bool_ else self == 0
+    n = zero.sum() if dim is None else zero.sum(dim, keepdim)
+    return n == 0
+
+
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):  # noqa: A002
+    """|input - other| <= atol + rtol |other| elementwise (equal infinities close), as torch's."""
+    other = other if isinstance(other, Tensor) else as_tensor_like(other, input)
+    close = (input == other) | ((input - other).abs() <= atol + rtol * other.abs())
+    if equal_nan:
+        close = close | ((input != input) & (other != other))
+    return close
+
+
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):  # noqa: A002
+    return builtins.bool(_all(isclose(input, other, rtol, atol, equal_nan)).item())
+
+
+def equal(input, other):  # noqa: A002
+    """Same shape and the same values (NaN unequal), as torch.equal."""
+    return tuple(input.shape) == tuple(other.shape) and builtins.bool(_all(input == other).item())
+
+
+def is_tensor(obj):
+    return isinstance(obj, Tensor)
+
+
+T.any, T.all = _any, _all
+T.isclose, T.allclose, T.equal = isclose, allclose, equal
+T.isnan = lambda self: self != self
+T.isinf = lambda self: self.abs() == float("inf") if self.dtype.is_floating_point else full_like_bool(self, False)
+T.isfinite = lambda self: (self == self) & (self.abs() != float("inf")) if self.dtype.is_floating_point \
+    else full_like_bool(self, True)
+T.logical_not = lambda self: (self == 0) if self.dtype != bool_ else ~self
+T.__contains__ = lambda self, element: builtins.bool(_any(self == element).item())
+
+
+def isnan(input):  # noqa: A002
+    return input.isnan()
+
+
+def isinf(input):  # noqa: A002
+    return input.isinf()
+
+
+def isfinite(input):  # noqa: A002
+    return input.isfinite()
+
+
+def full_like_bool(t, value):
+    return full(tuple(t.shape), value, dtype=bool_, device=t.device)
+
+
+def _format(self, spec):
+    """f"{loss:.3f}" of a 0-d tensor formats its number, as torch's."""
+    if self.ndim == 0:
+        return format(self.item(), spec)
+    return object.__format__(self, spec)
+
+
+T.__format__ = _format
+
+
+def _new(value):
+    def make(self, *size, dtype=None, device=None, requires_grad=False):
+        """A new tensor of self's dtype and device unless given, as torch's new_zeros etc."""
+        shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        return _new_full(self, shape, value, dtype, device, requires_grad)
+    return make
+
+
+def _new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+    return full(tuple(size), fill_value, dtype=dtype or self.dtype, device=device or self.device,
+                requires_grad=requires_grad)
+
+
+T.new_zeros = T.new_empty = _new(0)
+T.new_ones = _new(1)
+T.new_full = _new_full
+T.new_tensor = lambda self, data, dtype=None, device=None, requires_grad=False: tensor(
+    data, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+T.byte = lambda self: self.to(dtype=uint8)
 # numpy defers to the tensor's reflected operators (array + tensor is a tensor, promoted by the
 # tensor rules) instead of converting the tensor and answering with an ndarray, as with torch's
 T.__array_priority__ = 1000
@@ -404,19 +499,34 @@ T.argmin = lambda self, dim=None, keepdim=False: T.argmax(_reversed_order(self)[
 
 # ---- shape methods -----------------------------------------------------------------------------
 
-def _shape_args(args):
+def _no_dtype(values, op):
+    """The core's dtype enum converts to an int (float32 to 0): as a size or dim it would pass."""
+    for v in values:
+        if isinstance(v, _core.DType):
+            raise TypeError(f"{op}: expected ints, got the dtype {v}")
+    return values
+
+
+def _shape_args(args, op="view"):
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
-        return list(args[0])
-    return list(args)
+        return _no_dtype(list(args[0]), op)
+    return _no_dtype(list(args), op)
 
 
-T.reshape = lambda self, *shape: _ops.reshape(self, _shape_args(shape))
-T.view = lambda self, *shape: _ops.view(self, _shape_args(shape))
-T.permute = lambda self, *dims: _ops.permute(self, _shape_args(dims))
-T.transpose = lambda self, d0, d1: _ops.transpose(self, d0, d1)
-T.expand = lambda self, *shape: _ops.expand(self, _shape_args(shape))
+def _view(self, *shape):
+    if len(shape) == 1 and isinstance(shape[0], _core.DType):
+        raise NotImplementedError("view(dtype), reinterpreting the bytes, is not supported; to(dtype) converts")
+    return _ops.view(self, _shape_args(shape))
+
+
+T.reshape = lambda self, *shape: _ops.reshape(self, _shape_args(shape, "reshape"))
+T.view = _view
+T.view_as = lambda self, other: _ops.view(self, list(other.shape))
+T.permute = lambda self, *dims: _ops.permute(self, _shape_args(dims, "permute"))
+T.transpose = lambda self, d0, d1: _ops.transpose(self, *_no_dtype([d0, d1], "transpose"))
+T.expand = lambda self, *shape: _ops.expand(self, _shape_args(shape, "expand"))
 T.expand_as = lambda self, other: _ops.expand(self, list(other.shape))
-T.unsqueeze = lambda self, dim: _ops.unsqueeze(self, dim)
+T.unsqueeze = lambda self, dim: _ops.unsqueeze(self, *_no_dtype([dim], "unsqueeze"))
 def _squeeze(self, dim=None):
     """As torch's: dim None (every size-1 dim), an int, or a tuple of dims (each size-1 one)."""
     if not isinstance(dim, (tuple, list)):

@@ -906,3 +906,50 @@ def test_view_edge_cases_like_torch():
         y.squeeze((1, -3))
     with pytest.raises(IndexError, match="squeeze: dimension 5 is out of range"):
         y.squeeze((5,))
+
+
+def test_predicates_and_new_tensors_as_torch():
+    a = np.array([[1.0, np.nan], [np.inf, 0.0]])
+    x, t = ls.tensor(a), torch.tensor(a)
+    for name in ("isnan", "isinf", "isfinite"):
+        assert to_np(getattr(x, name)()).tolist() == getattr(t, name)().tolist()
+        assert to_np(getattr(ls, name)(x)).tolist() == getattr(torch, name)(t).tolist()
+    assert x.any().item() and not x.all().item()
+    assert to_np(x.any(1)).tolist() == t.any(1).tolist() and to_np(x.all(0, keepdim=True)).tolist() == t.all(0, keepdim=True).tolist()
+    assert to_np(x.eq(0.0)).tolist() == t.eq(0.0).tolist() and to_np(x.gt(0.5)).tolist() == t.gt(0.5).tolist()
+    b = np.array([1.0 + 1e-9, np.inf, np.nan])
+    c = np.array([1.0, np.inf, np.nan])
+    for kw in ({}, {"equal_nan": True}, {"rtol": 0.0, "atol": 0.0}):
+        assert to_np(ls.isclose(ls.tensor(b), ls.tensor(c), **kw)).tolist() == \
+            torch.isclose(torch.tensor(b), torch.tensor(c), **kw).tolist()
+    assert ls.allclose(ls.tensor(b), ls.tensor(c), equal_nan=True) and not ls.allclose(ls.tensor(b), ls.tensor(c))
+    assert ls.equal(ls.tensor([1, 2]), ls.tensor([1, 2])) and not ls.equal(ls.tensor([1, 2]), ls.tensor([[1, 2]]))
+    assert ls.is_tensor(x) and not ls.is_tensor(a)
+    assert 4 in ls.tensor([[1, 2], [3, 4]]) and 5 not in ls.tensor([[1, 2], [3, 4]])
+    assert f"{ls.tensor(1.5):.2f}" == "1.50"
+    with pytest.raises(TypeError):
+        f"{ls.tensor([1.0, 2.0]):.2f}"
+    y = ls.tensor([1, 2], dtype=ls.int32)
+    assert y.new_zeros(2, 3).dtype == ls.int32 and tuple(y.new_ones((4,)).shape) == (4,)
+    assert to_np(y.new_full((2,), 7)).tolist() == [7, 7] and y.new_tensor([1.7]).dtype == ls.int32
+    assert x.view_as(ls.zeros(4)).shape == (4,) and y.byte().dtype == ls.uint8
+    with pytest.raises(NotImplementedError, match="reinterpreting the bytes"):
+        x.view(ls.int32)
+    with pytest.raises(TypeError, match="expected ints, got the dtype"):
+        x.transpose(ls.float32, 1)
+
+
+def test_tensor_from_unusual_numpy_data_and_arange_bounds_as_torch():
+    big = np.array([1.0, 2.0], dtype=">f4")  # big-endian: converted, not read byte-swapped
+    assert to_np(ls.tensor(big)).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="byte order"):
+        ls.from_numpy(np.array([1, 2], dtype=">i8"))
+    with pytest.raises(OverflowError, match="does not fit in int64"):
+        ls.tensor(np.array([2**64 - 1], dtype=np.uint64))
+    with pytest.raises(TypeError, match="complex"):
+        ls.tensor([1 + 2j])
+    assert ls.arange(ls.tensor(3)).dtype == ls.int64
+    for bad in ((0, 5, -1), (0.0, float("inf")), (0, 1, 0)):
+        with pytest.raises(ValueError, match="arange"):
+            ls.arange(*bad)
+    assert ls.arange(3, 3).shape == (0,) and to_np(ls.arange(5, 0, -2)).tolist() == [5, 3, 1]
