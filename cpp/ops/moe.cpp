@@ -258,15 +258,22 @@ Tensors grouped_matmul_backward(const BackwardCtx& c, const Tensors& g) {
 // ---- moe_combine -------------------------------------------------------------------------------
 
 // The checks of the forward (g undefined) and backward; returns row as dense int64 with values
-// in [-1, R).
+// in [-1, R), each kept row at most once (the backward writes each dy row from one (n, s): a
+// repeated row would keep one term of its gradient).
 Tensor check_combine(const Tensor& y, const Tensor& gates, const Tensor& row, const Tensor& g, const char* op) {
   check_moe_combine_args(y, gates, row, g, op);
   const int64_t R = y.shape()[0];
   Tensor r = contiguous(row);
   const int64_t* pr = r.data<int64_t>();
-  for (int64_t i = 0; i < r.numel(); ++i)
+  std::vector<char> taken(size_t(R), 0);
+  for (int64_t i = 0; i < r.numel(); ++i) {
     LS_CHECK(pr[i] >= -1 && pr[i] < R, IndexError, op, ": row ", pr[i], " is out of range for ",
              R, " expert-output rows");
+    if (pr[i] < 0) continue;
+    LS_CHECK(!taken[size_t(pr[i])], ValueError, op, ": row ", pr[i], " is read by two assignments; the "
+             "rows must be distinct, as moe_permute gives them");
+    taken[size_t(pr[i])] = 1;
+  }
   return r;
 }
 

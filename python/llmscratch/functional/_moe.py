@@ -45,7 +45,9 @@ def grouped_matmul(x, w, offsets, transpose_w=False):
 
 
 def moe_combine(y, gates, row):
-    """out[n] = sum_s gates[n, s] * y[row[n, s]], skipping row = -1 (dropped assignments)."""
+    """out[n] = sum_s gates[n, s] * y[row[n, s]], skipping row = -1 (dropped assignments). The
+    kept rows must be distinct, as moe_permute gives them (each gradient row comes from one
+    assignment): the CPU refuses a repeated one; the GPU backends do not check."""
     _tensor(y, "y", "moe_combine")
     _tensor(gates, "gates", "moe_combine")
     _tensor(row, "row", "moe_combine")

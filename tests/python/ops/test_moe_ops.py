@@ -142,3 +142,6 @@ def test_combine_errors():
         F.moe_combine(y, g, ls.tensor(np.array([0, 1])))
     with pytest.raises(TypeError, match="moe_combine"):
         F.moe_combine(y, ls.zeros(2, 2, dtype=ls.float64), ls.tensor(np.array([[0, 1], [2, 3]])))
+    # a row read twice would get one of its two gradient terms (the backward writes, not adds)
+    with pytest.raises(ValueError, match="row 2 is read by two assignments"):
+        F.moe_combine(y, g, ls.tensor(np.array([[0, 2], [2, -1]])))
