@@ -672,3 +672,22 @@ def test_embedding_padding_idx_as_torch(padding_idx):
     assert not to_np(ours.weight.grad)[padding_idx].any()
     with pytest.raises(ValueError, match="padding_idx must be in"):
         nn.Embedding(4, 3, padding_idx=4)
+
+
+def test_forward_hooks_as_torch():
+    for lib, mod in ((ls, nn), (torch, torch.nn)):
+        lin = mod.Linear(2, 2)
+        seen = []
+        pre = lin.register_forward_pre_hook(lambda m, args: (args[0] * 0.0,))  # new args
+        post = lin.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+        x = lib.ones(3, 2)
+        out = lin(x)
+        np.testing.assert_allclose(out.detach().numpy(), np.broadcast_to(lin.bias.detach().numpy(), (3, 2)), rtol=1e-6)
+        assert seen == [(3, 2)]
+        pre.remove()
+        post.remove()
+        lin(x)
+        assert seen == [(3, 2)]
+        with lin.register_forward_hook(lambda m, args, out: out * 2.0):  # a new output, then removed
+            doubled = lin(x)
+        np.testing.assert_allclose(doubled.detach().numpy(), 2.0 * lin(x).detach().numpy(), rtol=1e-6)

@@ -35,6 +35,24 @@ class Parameter(Tensor):
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+class RemovableHandle:
+    """What register_forward_hook returns: remove() takes the hook off (also as a context manager)."""
+    _next_id = 0
+
+    def __init__(self, hooks):
+        self.hooks, self.id = hooks, RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self):
+        self.hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
 def _same_data(a, b):
     return a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.device == b.device
 
@@ -395,7 +413,37 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_forward_hooks")
+        if not hooks:
+            return self.forward(*args, **kwargs)
+        for hook in list(hooks["pre"].values()):  # hook(module, args) -> None or new args
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        out = self.forward(*args, **kwargs)
+        for hook in list(hooks["post"].values()):  # hook(module, args, output) -> None or new output
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_pre_hook(self, hook):
+        """hook(module, args) runs before forward and may return new args, as torch's; returns a
+        handle whose remove() takes it off."""
+        return self._add_forward_hook("pre", hook)
+
+    def register_forward_hook(self, hook):
+        """hook(module, args, output) runs after forward and may return a new output, as torch's;
+        returns a handle whose remove() takes it off."""
+        return self._add_forward_hook("post", hook)
+
+    def _add_forward_hook(self, kind, hook):
+        if not callable(hook):
+            raise TypeError(f"a forward hook must be callable, got {type(hook).__name__}")
+        hooks = self.__dict__.setdefault("_forward_hooks", {"pre": OrderedDict(), "post": OrderedDict()})
+        handle = RemovableHandle(hooks[kind])
+        hooks[kind][handle.id] = hook
+        return handle
 
     def extra_repr(self) -> str:
         return ""
