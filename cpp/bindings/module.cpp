@@ -167,6 +167,18 @@ PYBIND11_MODULE(llmscratch_core, m) {
     }
     run_backward(r, g, retain_graph);
   }, py::arg("roots"), py::arg("grads"), py::arg("retain_graph") = false);
+  m.def("grad", [](const py::sequence& roots, const py::sequence& grads, const py::sequence& inputs,
+                   bool retain_graph) {
+    const Tensors r = to_tensors(roots), g = to_tensors(grads), in = to_tensors(inputs);
+    Tensors out;
+    {
+      py::gil_scoped_release nogil;  // hooks and Python backward functions re-acquire it
+      out = run_grad(r, g, in, retain_graph);
+    }
+    py::list result;
+    for (const Tensor& t : out) result.append(t.defined() ? py::cast(t) : py::none());
+    return result;
+  }, py::arg("roots"), py::arg("grads"), py::arg("inputs"), py::arg("retain_graph") = false);
   m.def("is_view_of_leaf", &is_view_of_leaf);
   m.def("record_function", [](const std::string& name, const py::sequence& inputs,
                               const py::sequence& outputs, py::function backward) {

@@ -1,5 +1,6 @@
 #include "autograd.h"
 
+#include <map>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
@@ -143,7 +144,31 @@ void retain_grad(const Tensor& t) {
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                   bool retain_graph) {
+  run_backward_into(roots, grads, retain_graph, nullptr, nullptr);
+}
+
+std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                             const std::vector<Tensor>& inputs, bool retain_graph) {
+  for (const Tensor& t : inputs)
+    LS_CHECK(t.requires_grad(), RuntimeError, "grad: one of the differentiated tensors does not require grad");
+  std::vector<Tensor> captured(inputs.size());
+  run_backward_into(roots, grads, retain_graph, &inputs, &captured);
+  return captured;
+}
+
+void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                       bool retain_graph, const std::vector<Tensor>* inputs, std::vector<Tensor>* captured) {
   NoGradGuard no_grad;  // backward formulas are not themselves recorded
+  // With inputs (autograd.grad): their gradients go to captured, by position, and no leaf's .grad
+  // changes; a leaf input by its impl, any other by the node output it is.
+  std::unordered_map<TensorImpl*, size_t> leaf_inputs;
+  std::map<std::pair<Node*, int>, size_t> node_inputs;
+  if (inputs)
+    for (size_t i = 0; i < inputs->size(); ++i) {
+      const Tensor& t = (*inputs)[i];
+      if (t.is_leaf()) leaf_inputs.emplace(t.impl().get(), i);
+      else node_inputs.emplace(std::make_pair(t.grad_fn().get(), t.autograd_meta().output_nr), i);
+    }
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::unordered_map<Node*, int> dependencies;
   std::unordered_map<Node*, std::shared_ptr<Node>> keep;
@@ -186,7 +211,13 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     if (--s.pending > 0) return;
     Tensor total = std::move(s.sum);
     leaves.erase(it);
-    if (total.defined()) accumulate_into_leaf(leaf, std::move(total));
+    if (!total.defined()) return;
+    if (!inputs) {
+      accumulate_into_leaf(leaf, std::move(total));
+    } else {
+      auto in = leaf_inputs.find(leaf.get());
+      if (in != leaf_inputs.end()) (*captured)[in->second] = std::move(total);
+    }
   };
 
   // Every root and its gradient is checked before any gradient moves: a bad one leaves no .grad
@@ -236,6 +267,10 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
           g[i] = ops::to_dtype(g[i], info.dtype);  // a hook sees its tensor's dtype
         g[i] = run_hooks(n->output_hooks[i], std::move(g[i]));
         for (auto& hook : n->retain_hooks[i]) hook(g[i]);
+        if (inputs) {
+          auto in = node_inputs.find({n, int(i)});
+          if (in != node_inputs.end()) (*captured)[in->second] = g[i];
+        }
       }
       if (!g[i].defined() && is_floating(info.dtype))
         g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);

@@ -56,6 +56,13 @@ void record_node(const std::string& name, const std::vector<Tensor>& inputs,
 // output does; a second backward through such a node raises.
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                   bool retain_graph = false);
+// autograd.grad: the same pass, returning d(roots)/d(inputs) (undefined for an input the roots do
+// not depend on) instead of accumulating into any leaf's .grad.
+std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                             const std::vector<Tensor>& inputs, bool retain_graph = false);
+// Both: with inputs, their gradients go to captured (by position) and no .grad changes.
+void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
+                       const std::vector<Tensor>* inputs, std::vector<Tensor>* captured);
 
 // Whether t shares its memory with a leaf that requires grad, reached back through view nodes
 // only (view, permute, expand, slice, select, split, contiguous): an in-place write into t would

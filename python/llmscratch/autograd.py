@@ -158,6 +158,31 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
     _core.backward(tensors, list(grad_tensors), bool(retain_graph))
 
 
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """d(outputs)/d(inputs) as a tuple, as torch.autograd.grad: the same backward pass, but no
+    tensor's .grad changes (leaf or not, an input may be any tensor of the graph).
+    grad_outputs as backward's grad_tensors; an input the outputs do not depend on gets None with
+    allow_unused, else raises. create_graph (gradients that are themselves differentiable) is
+    not supported: the backward formulas run unrecorded."""
+    if create_graph:
+        raise NotImplementedError("grad: create_graph=True (higher-order gradients) is not supported")
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    for t in outputs + inputs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad: outputs and inputs must be Tensors, got {type(t).__name__}")
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor):
+        grad_outputs = [grad_outputs]
+    grads = _core.grad(outputs, list(grad_outputs), inputs, bool(retain_graph))
+    if not allow_unused and any(g is None for g in grads):
+        raise RuntimeError("grad: one of the differentiated tensors was not used in the graph; pass "
+                           "allow_unused=True to get None for it")
+    return tuple(grads)
+
+
 class FunctionCtx:
     """What forward leaves for backward. Saved tensors are stored detached, so the saved state
     never holds the graph alive in a reference cycle, with their versions: reading them back

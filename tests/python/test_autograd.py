@@ -613,3 +613,27 @@ def test_retain_grad_of_an_output_no_gradient_reached_stays_none_like_torch():
         a.sum().backward()
         assert b.grad is None and a.grad is not None
         assert x.grad.tolist() == [2.0, 2.0, 0.0]  # the split's backward still gets zeros for b
+
+
+def test_autograd_grad_as_torch_without_touching_any_grad():
+    a, b = randn(3, 4), randn(4, 2)
+    x, w = ls.tensor(a, requires_grad=True), ls.tensor(b, requires_grad=True)
+    tx, tw = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    h, th = (x @ w).tanh(), (tx @ tw).tanh()
+    y, ty = (h * h).sum(), (th * th).sum()
+    got = ls.autograd.grad(y, [x, h], retain_graph=True)  # a leaf and an intermediate tensor
+    ref = torch.autograd.grad(ty, [tx, th], retain_graph=True)
+    for g, r in zip(got, ref):
+        assert_close(g, r, tol=1e-12)
+    assert x.grad is None and w.grad is None  # nothing accumulated anywhere
+    go = randn(3, 2)
+    (gw,) = ls.autograd.grad(h, w, grad_outputs=ls.tensor(go), retain_graph=True)
+    assert_close(gw, torch.autograd.grad(th, tw, grad_outputs=torch.tensor(go), retain_graph=True)[0], tol=1e-12)
+    unused = ls.tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="not used in the graph"):
+        ls.autograd.grad(y, [x, unused], retain_graph=True)
+    assert ls.autograd.grad(y, [x, unused], allow_unused=True)[1] is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        ls.autograd.grad((x * 2).sum(), [ls.ones(2)])
+    with pytest.raises(NotImplementedError, match="create_graph"):
+        ls.autograd.grad((x * 2).sum(), [x], create_graph=True)
