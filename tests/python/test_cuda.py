@@ -223,3 +223,16 @@ def test_embedding_padding_idx_on_the_gpu():
     grad = to_np(emb.weight.grad.cpu())
     assert not grad[1].any() and grad[0].tolist() == [1.0] * 4 and grad[4].tolist() == [1.0] * 4
     assert not to_np(emb(ids).detach().cpu())[0, 0].any()  # the padding row is zeros
+
+
+def test_predicates_and_autograd_grad_on_the_gpu():
+    a = np.array([[1.0, np.nan], [np.inf, 0.0]], dtype=np.float32)
+    x = ls.tensor(a).cuda()
+    assert x.any().item() and not x.all().item()
+    assert to_np(x.any(1).cpu()).tolist() == [True, True] and to_np(x.all(0).cpu()).tolist() == [True, False]
+    assert to_np(x.isnan().cpu()).tolist() == np.isnan(a).tolist()
+    assert to_np(x.isinf().cpu()).tolist() == np.isinf(a).tolist()
+    assert ls.allclose(x, x, equal_nan=True) and 0.0 in x
+    w = ls.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3), requires_grad=True).cuda()
+    (g,) = ls.autograd.grad((w * w).sum(), [w])
+    np.testing.assert_array_equal(to_np(g.cpu()), 2 * np.arange(6.0).reshape(2, 3))
