@@ -209,30 +209,25 @@ def is_tensor(obj):
     return isinstance(obj, Tensor)
 
 
-T.any, T.all = _any, _all
-T.isclose, T.allclose, T.equal = isclose, allclose, equal
-T.isnan = lambda self: self != self
-T.isinf = lambda self: self.abs() == float("inf") if self.dtype.is_floating_point else full_like_bool(self, False)
-T.isfinite = lambda self: (self == self) & (self.abs() != float("inf")) if self.dtype.is_floating_point \
-    else full_like_bool(self, True)
-T.logical_not = lambda self: (self == 0) if self.dtype != bool_ else ~self
-T.__contains__ = lambda self, element: builtins.bool(_any(self == element).item())
-
-
 def isnan(input):  # noqa: A002
-    return input.isnan()
+    return input != input
 
 
 def isinf(input):  # noqa: A002
-    return input.isinf()
+    if not input.dtype.is_floating_point:  # an integer is never infinite
+        return full(tuple(input.shape), False, dtype=bool_, device=input.device)
+    return input.abs() == float("inf")
 
 
 def isfinite(input):  # noqa: A002
-    return input.isfinite()
+    return ~(isnan(input) | isinf(input))
 
 
-def full_like_bool(t, value):
-    return full(tuple(t.shape), value, dtype=bool_, device=t.device)
+T.any, T.all = _any, _all
+T.isclose, T.allclose, T.equal = isclose, allclose, equal
+T.isnan, T.isinf, T.isfinite = isnan, isinf, isfinite
+T.logical_not = lambda self: (self == 0) if self.dtype != bool_ else ~self
+T.__contains__ = lambda self, element: builtins.bool(_any(self == element).item())
 
 
 def _format(self, spec):
