@@ -1,5 +1,6 @@
 #include "autograd.h"
 
+#include <algorithm>
 #include <map>
 #include <queue>
 #include <unordered_map>
@@ -53,10 +54,15 @@ Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
 // grad += g for a leaf, out of place so that no two .grad tensors ever alias. The first gradient
 // is taken as it is when no one else can see it (as torch's AccumulateGrad steals it), else
 // copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
+// A leaf's whole gradient of a pass, in its dtype, through its hooks.
+Tensor leaf_gradient(const Tensor& t, Tensor g) {
+  if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
+  return run_hooks(t.autograd_meta().hooks, std::move(g));
+}
+
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
-  if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
-  g = run_hooks(t.autograd_meta().hooks, std::move(g));
+  g = leaf_gradient(t, std::move(g));
   if (!t.requires_grad()) return;  // turned off since the forward (a frozen parameter), as torch
   Tensor old = t.grad();
   if (old.defined()) t.autograd_meta().grad = ops::add(old, g).impl();
@@ -159,16 +165,24 @@ std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector
 void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                        bool retain_graph, const std::vector<Tensor>* inputs, std::vector<Tensor>* captured) {
   NoGradGuard no_grad;  // backward formulas are not themselves recorded
-  // With inputs (autograd.grad): their gradients go to captured, by position, and no leaf's .grad
-  // changes; a leaf input by its impl, any other by the node output it is.
-  std::unordered_map<TensorImpl*, size_t> leaf_inputs;
-  std::map<std::pair<Node*, int>, size_t> node_inputs;
+  // With inputs (autograd.grad): their gradients go to captured, at every position an input holds,
+  // and no leaf's .grad changes; a leaf input by its impl, any other by the node output it is.
+  std::unordered_map<TensorImpl*, std::vector<size_t>> leaf_inputs;
+  std::map<std::pair<Node*, int>, std::vector<size_t>> node_inputs;
+  std::unordered_set<Node*> input_nodes;
   if (inputs)
     for (size_t i = 0; i < inputs->size(); ++i) {
       const Tensor& t = (*inputs)[i];
-      if (t.is_leaf()) leaf_inputs.emplace(t.impl().get(), i);
-      else node_inputs.emplace(std::make_pair(t.grad_fn().get(), t.autograd_meta().output_nr), i);
+      if (t.is_leaf()) {
+        leaf_inputs[t.impl().get()].push_back(i);
+      } else {
+        node_inputs[{t.grad_fn().get(), t.autograd_meta().output_nr}].push_back(i);
+        input_nodes.insert(t.grad_fn().get());
+      }
     }
+  auto capture = [&](const std::vector<size_t>& at, const Tensor& g) {
+    for (size_t i : at) (*captured)[i] = g;
+  };
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::unordered_map<Node*, int> dependencies;
   std::unordered_map<Node*, std::shared_ptr<Node>> keep;
@@ -196,6 +210,31 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
     }
   }
 
+  // autograd.grad runs only what lies between the roots and the inputs, as torch: a node runs its
+  // backward when an input is behind it ("applies"), and is visited when it applies or holds an
+  // input. The counts above are redone over those edges only; other leaves get nothing.
+  std::unordered_set<Node*> applies, visited;
+  if (inputs) {
+    std::vector<Node*> order(seen.begin(), seen.end());  // edges point at earlier nodes
+    std::sort(order.begin(), order.end(), [](Node* a, Node* b) { return a->sequence < b->sequence; });
+    for (Node* n : order) {
+      for (auto& e : n->next)
+        if ((e.leaf && leaf_inputs.count(e.leaf.get())) || (e.node && visited.count(e.node.get()))) {
+          applies.insert(n);
+          break;
+        }
+      if (applies.count(n) || input_nodes.count(n)) visited.insert(n);
+    }
+    dependencies.clear();
+    leaves.clear();
+    for (Node* n : applies)
+      for (auto& e : n->next) {
+        if (e.leaf && leaf_inputs.count(e.leaf.get())) leaves[e.leaf.get()].pending++;
+        else if (e.node && visited.count(e.node.get())) dependencies[e.node.get()]++;
+      }
+  }
+  auto skipped = [&](Node* n) { return inputs && !visited.count(n); };
+
   auto cmp = [](Node* a, Node* b) { return a->sequence < b->sequence; };
   std::priority_queue<Node*, std::vector<Node*>, decltype(cmp)> ready(cmp);
   auto add_grad = [&](const std::shared_ptr<Node>& node, int nr, const Tensor& g) {
@@ -212,12 +251,8 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
     Tensor total = std::move(s.sum);
     leaves.erase(it);
     if (!total.defined()) return;
-    if (!inputs) {
-      accumulate_into_leaf(leaf, std::move(total));
-    } else {
-      auto in = leaf_inputs.find(leaf.get());
-      if (in != leaf_inputs.end()) (*captured)[in->second] = std::move(total);
-    }
+    if (inputs) capture(leaf_inputs.at(leaf.get()), leaf_gradient(Tensor(leaf), std::move(total)));
+    else accumulate_into_leaf(leaf, std::move(total));
   };
 
   // Every root and its gradient is checked before any gradient moves: a bad one leaves no .grad
@@ -240,12 +275,13 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
              shape_str(g.shape()), " but the tensor has shape ", shape_str(r.shape()));
     seeds.push_back(std::move(g));
   }
+  auto kept_leaf = [&](TensorImpl* leaf) { return !inputs || leaf_inputs.count(leaf); };
   for (auto& r : roots)  // a leaf root is one more gradient into its sum
-    if (r.is_leaf()) leaves[r.impl().get()].pending++;
+    if (r.is_leaf() && kept_leaf(r.impl().get())) leaves[r.impl().get()].pending++;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];
     if (r.is_leaf()) {
-      add_leaf_grad(r.impl(), std::move(seeds[i]));
+      if (kept_leaf(r.impl().get())) add_leaf_grad(r.impl(), std::move(seeds[i]));
     } else {
       add_grad(r.grad_fn(), r.autograd_meta().output_nr, seeds[i]);
     }
@@ -256,6 +292,10 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
   while (!ready.empty()) {
     Node* n = ready.top();
     ready.pop();
+    if (skipped(n)) {  // a root with no input behind it
+      buffers.erase(n);
+      continue;
+    }
     std::vector<Tensor> g = std::move(buffers[n]);
     g.resize(n->outputs.size());
     for (size_t i = 0; i < g.size(); ++i) {
@@ -269,11 +309,15 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
         for (auto& hook : n->retain_hooks[i]) hook(g[i]);
         if (inputs) {
           auto in = node_inputs.find({n, int(i)});
-          if (in != node_inputs.end()) (*captured)[in->second] = g[i];
+          if (in != node_inputs.end()) capture(in->second, g[i]);
         }
       }
       if (!g[i].defined() && is_floating(info.dtype))
         g[i] = ops::full(info.shape, 0.0, info.dtype, info.device);
+    }
+    if (inputs && !applies.count(n)) {  // holds an input, with none behind it: it need not run
+      buffers.erase(n);
+      continue;
     }
     std::vector<Tensor> in_grads = n->apply(g);
     if (!retain_graph) {
@@ -290,9 +334,10 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
       // moved out of in_grads: a gradient nothing else holds can become the leaf's .grad
       Tensor gi = i < in_grads.size() ? std::move(in_grads[i]) : Tensor();
       if (e.leaf) {
-        add_leaf_grad(e.leaf, std::move(gi));
+        if (kept_leaf(e.leaf.get())) add_leaf_grad(e.leaf, std::move(gi));
         continue;
       }
+      if (skipped(e.node.get())) continue;
       if (gi.defined()) add_grad(e.node, e.input_nr, gi);
       keep[e.node.get()] = e.node;
       if (--dependencies[e.node.get()] == 0) ready.push(e.node.get());

@@ -188,9 +188,13 @@ def _all(self, dim=None, keepdim=False):
 
 
 def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):  # noqa: A002
-    """|input - other| <= atol + rtol |other| elementwise (equal infinities close), as torch's."""
+    """|input - other| <= atol + rtol |other| elementwise, the difference finite (equal infinities
+    close), as torch's; bool tensors: equality."""
     other = other if isinstance(other, Tensor) else as_tensor_like(other, input)
-    close = (input == other) | ((input - other).abs() <= atol + rtol * other.abs())
+    if input.dtype == bool_ and other.dtype == bool_:
+        return input == other
+    diff = (input - other).abs()
+    close = (input == other) | ((diff <= atol + rtol * other.abs()) & isfinite(diff))
     if equal_nan:
         close = close | ((input != input) & (other != other))
     return close
@@ -227,7 +231,13 @@ T.any, T.all = _any, _all
 T.isclose, T.allclose, T.equal = isclose, allclose, equal
 T.isnan, T.isinf, T.isfinite = isnan, isinf, isfinite
 T.logical_not = lambda self: (self == 0) if self.dtype != bool_ else ~self
-T.__contains__ = lambda self, element: builtins.bool(_any(self == element).item())
+def _contains(self, element):
+    if not isinstance(element, (Tensor, numbers.Number, np.generic)):
+        raise RuntimeError(f"'in' on a tensor takes a tensor or a number, got {type(element).__name__}")
+    return builtins.bool(_any(self == element).item())
+
+
+T.__contains__ = _contains
 
 
 def _format(self, spec):

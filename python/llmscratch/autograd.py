@@ -172,10 +172,14 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     for t in outputs + inputs:
         if not isinstance(t, Tensor):
             raise TypeError(f"grad: outputs and inputs must be Tensors, got {type(t).__name__}")
+    if not inputs:
+        raise RuntimeError("grad: inputs must hold at least one tensor")
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise RuntimeError(f"grad: got {len(outputs)} outputs and {len(grad_outputs)} gradients")
     grads = _core.grad(outputs, list(grad_outputs), inputs, bool(retain_graph))
     if not allow_unused and any(g is None for g in grads):
         raise RuntimeError("grad: one of the differentiated tensors was not used in the graph; pass "

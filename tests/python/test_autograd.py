@@ -637,3 +637,28 @@ def test_autograd_grad_as_torch_without_touching_any_grad():
         ls.autograd.grad((x * 2).sum(), [ls.ones(2)])
     with pytest.raises(NotImplementedError, match="create_graph"):
         ls.autograd.grad((x * 2).sum(), [x], create_graph=True)
+
+
+def test_autograd_grad_runs_only_between_the_outputs_and_the_inputs_as_torch():
+    G = ls.autograd.grad
+    x = ls.tensor([1.0, 2.0], requires_grad=True)
+    assert [to_np(g).tolist() for g in G((x * x).sum(), [x, x])] == [[2.0, 4.0]] * 2  # a repeated input
+    h = x * 3
+    (g,) = G((h * h).sum(), h)  # stops at h: the graph behind it is left for a later backward
+    h.backward(g)
+    assert to_np(x.grad).tolist() == [18.0, 36.0]
+    x.grad = None
+    a = x * 2
+    seen = []
+    a.register_hook(seen.append)
+    a.retain_grad()
+    h = a * 3
+    G((h * h).sum(), h)
+    assert seen == [] and a.grad is None  # nothing behind the input runs
+    hooked = ls.tensor([1.0, 2.0], requires_grad=True)
+    hooked.register_hook(lambda g: g * 10)  # a leaf input's hooks run, as torch's
+    assert to_np(G((hooked * hooked).sum(), hooked)[0]).tolist() == [20.0, 40.0]
+    with pytest.raises(RuntimeError, match="got 2 outputs and 1 gradients"):
+        G([x.sum(), (x * 2).sum()], x, grad_outputs=[ls.tensor(1.0)])
+    with pytest.raises(RuntimeError, match="at least one tensor"):
+        G(x.sum(), [])

@@ -953,3 +953,13 @@ def test_tensor_from_unusual_numpy_data_and_arange_bounds_as_torch():
         with pytest.raises(ValueError, match="arange"):
             ls.arange(*bad)
     assert ls.arange(3, 3).shape == (0,) and to_np(ls.arange(5, 0, -2)).tolist() == [5, 3, 1]
+
+
+def test_isclose_of_infinite_differences_and_bools_and_in_of_a_string_as_torch():
+    a, b = np.array([np.inf, 1.0, -np.inf]), np.array([-np.inf, np.inf, -np.inf])
+    assert to_np(ls.isclose(ls.tensor(a), ls.tensor(b))).tolist() == torch.isclose(torch.tensor(a), torch.tensor(b)).tolist()
+    assert not ls.allclose(ls.tensor([1.0]), ls.tensor([np.inf]))
+    t, f = ls.tensor([True, False]), ls.tensor([True, True])
+    assert to_np(ls.isclose(t, f)).tolist() == [True, False]
+    with pytest.raises(RuntimeError, match="takes a tensor or a number"):
+        "a" in ls.tensor([1, 2])

@@ -500,46 +500,65 @@ def test_steps_past_ten_million_sort_as_numbers(tmp_path):
     assert sorted(os.listdir(root)) == ["latest", "step_10000000", "step_10000001"]
 
 
-def _breadth_first_names(model):
-    """Parameter names in the breadth-first walk that named_parameters made before 2026-11-28."""
-    names, seen, queue = [], set(), [("", model)]
+def _breadth_first_ranks(model):
+    """Each parameter's place in the breadth-first walk that named_parameters made before
+    2026-11-28 (by the tensor: a tied one where that walk first reached it)."""
+    rank, seen, queue = {}, set(), [model]
     while queue:
-        prefix, m = queue.pop(0)
+        m = queue.pop(0)
         if id(m) not in seen:
             seen.add(id(m))
-            names += [f"{prefix}.{n}" if prefix else n for n, p in m._parameters.items()
-                      if p is not None and (f"{prefix}.{n}" if prefix else n) not in names]
-            queue += [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
-    return names
+            for p in m._parameters.values():
+                if p is not None:
+                    rank.setdefault(p._impl_id(), len(rank))
+            queue += [c for c in m._modules.values() if c is not None]
+    return rank
 
 
-def test_a_checkpoint_of_the_breadth_first_parameter_order_resumes_exactly(tmp_path):
+class TiedNet(nn.Module):
+    """A head tied to the first layer of a body: breadth first reaches the tied weight as
+    head.weight, before body.0."""
+
+    def __init__(self, V=32, C=16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Embedding(V, C), nn.Linear(C, C))
+        self.head = nn.Linear(C, V)
+        self.head.weight = self.body[0].weight
+
+    def forward(self, ids, targets=None):
+        logits = self.head(self.body(ids))
+        B, T, V = logits.shape
+        return logits, F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
+
+
+@pytest.mark.parametrize("family", ["transformer", "tied"])
+def test_a_checkpoint_of_the_breadth_first_parameter_order_resumes_exactly(tmp_path, family):
     # Checkpoints number the optimizer state in the optimizer's parameter order, which follows
     # named_parameters: breadth first until it became torch's depth-first walk. A checkpoint
     # without parameter_names is read in the old order; each parameter gets its own moments.
     from safetensors.numpy import load_file, save_file
     import llmscratch.models as M
-    config = M.ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=16, block_size=16, tie_embeddings=False)
-    data = np.random.default_rng(0).integers(0, 64, (64, 17))
+    config = M.ModelConfig(vocab_size=32, n_layer=2, n_head=2, n_embd=16, block_size=16, tie_embeddings=False)
+    data = np.random.default_rng(0).integers(0, 32, (64, 17))
 
     def run(out, steps, stop_at=None, resume=False):
         ls.manual_seed(0)
-        model = M.Transformer(config)
+        model = M.Transformer(config) if family == "transformer" else TiedNet()
         cfg = TrainConfig(steps=steps, batch_size=4, seq_len=16, warmup=1, eval_every=100, ckpt_every=100, out=str(out))
         tr = Trainer(model, cfg, lambda i: ls.tensor(data[(i * 4) % 64:(i * 4) % 64 + 4]), log=lambda *a: None)
         if resume:
             assert tr.resume()
         tr.fit(stop_at=stop_at)
-        return model
+        return model, tr
 
-    full = run(tmp_path / "full", 6)
-    run(tmp_path / "split", 6, stop_at=3)
+    full, _ = run(tmp_path / "full", 6)
+    _, trainer = run(tmp_path / "split", 6, stop_at=3)
     folder = tmp_path / "split" / "checkpoints" / "step_0000003"
     meta = json.loads((folder / "trainer.json").read_text())
     groups = meta.pop("parameter_names")
-    rank = {n: i for i, n in enumerate(_breadth_first_names(full))}
-    legacy = [sorted(g, key=rank.get) for g in groups]
-    assert legacy != groups  # the two orders differ for this model
+    rank, ids = _breadth_first_ranks(trainer.model), {n: p._impl_id() for n, p in trainer.model.named_parameters()}
+    legacy = [sorted(g, key=lambda n: rank[ids[n]]) for g in groups]
+    assert legacy != groups  # the two orders differ for these models
     old = {n: j for j, n in enumerate(n for g in legacy for n in g)}
     to_old = {i: old[n] for i, n in enumerate(n for g in groups for n in g)}
     tensors = load_file(str(folder / "optimizer.safetensors"))
@@ -550,6 +569,20 @@ def test_a_checkpoint_of_the_breadth_first_parameter_order_resumes_exactly(tmp_p
     for g, names in zip(meta["optimizer_groups"], legacy):
         g["params"] = [old[n] for n in names]
     (folder / "trainer.json").write_text(json.dumps(meta))
-    resumed = run(tmp_path / "split", 6, resume=True)
+    resumed, _ = run(tmp_path / "split", 6, resume=True)
     for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
         np.testing.assert_array_equal(p.detach().numpy(), q.detach().numpy(), err_msg=n)
+
+
+def test_a_checkpoint_of_an_optimizer_holding_parameters_beyond_the_model_loads(tmp_path):
+    from llmscratch.train.checkpoint import load_checkpoint
+    model = nn.Linear(3, 2)
+    extra = [nn.Parameter(ls.ones(5)), nn.Parameter(ls.ones(7))]
+    opt = AdamW(list(model.parameters()) + extra, lr=0.1)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = ls.ones(*p.shape)
+    opt.step()
+    folder = save_checkpoint(str(tmp_path), 1, model, opt, {"rng": [0, 0], "best_val": None, "best_ckpt": None})
+    fresh = AdamW(list(model.parameters()) + extra, lr=0.1)
+    load_checkpoint(folder, model, fresh)
+    assert [tuple(fresh.state[p._impl_id()]["exp_avg"].shape) for p in extra] == [(5,), (7,)]

@@ -192,28 +192,31 @@ _TRAINER_TYPES = {
 }
 
 
-def _parameter_names(model, optimizer) -> list:
+def _parameter_names(model, optimizer, order=None) -> list:
     """The names of the optimizer's parameters, group by group: the order its state_dict numbers
-    them in, saved so that a load finds each parameter's state by name."""
+    them in, saved so that a load finds each parameter's state by name. A parameter the model
+    does not hold is named by its place ("<group g, k>"). order: a key that reorders each group."""
     names = {p._impl_id(): n for n, p in model.named_parameters()}
-    return [[names.get(p._impl_id(), "") for p in g["params"]] for g in optimizer.param_groups]
+    return [[names.get(p._impl_id(), f"<group {g}, {k}>")
+             for k, p in enumerate(sorted(group["params"], key=order) if order else group["params"])]
+            for g, group in enumerate(optimizer.param_groups)]
 
 
 def _breadth_first_parameter_names(model, optimizer) -> list:
     """_parameter_names of a checkpoint saved before they were recorded, by an llmscratch whose
     named_parameters walked the modules breadth first: the trainer built its groups in that order,
-    so each group's names are today's in breadth-first order."""
-    rank, seen, queue = {}, set(), [("", model)]
+    so each group holds today's parameters in the order that walk first reached them."""
+    rank, seen, queue = {}, set(), [model]
     while queue:
-        prefix, m = queue.pop(0)
+        m = queue.pop(0)
         if id(m) in seen:
             continue
         seen.add(id(m))
-        for name, p in m._parameters.items():
+        for p in m._parameters.values():
             if p is not None:
-                rank.setdefault(f"{prefix}.{name}" if prefix else name, len(rank))
-        queue += [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
-    return [sorted(group, key=lambda n: rank.get(n, -1)) for group in _parameter_names(model, optimizer)]
+                rank.setdefault(p._impl_id(), len(rank))
+        queue += [c for c in m._modules.values() if c is not None]
+    return _parameter_names(model, optimizer, order=lambda p: rank.get(p._impl_id(), len(rank)))
 
 
 def _state_by_position(folder, meta, model, optimizer, opt_state: dict) -> tuple:
