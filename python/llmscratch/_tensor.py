@@ -939,7 +939,9 @@ def _repr(self):
     body = np.array2string(arr, separator=", ", prefix="tensor(", precision=4,
                            threshold=1000, edgeitems=3, floatmode="maxprec_equal")
     extras = []
-    if self.dtype not in (float32, int64, bool_):
+    if self.numel() == 0 and self.ndim > 1:  # an empty tensor's shape is not in its body, as torch
+        extras.append(f"size={tuple(self.shape)}")
+    if self.dtype not in (float32, int64, bool_) or (self.numel() == 0 and self.dtype != float32):
         extras.append(f"dtype={self.dtype}")
     if str(self.device) != "cpu":
         extras.append(f"device='{self.device}'")

@@ -691,3 +691,13 @@ def test_forward_hooks_as_torch():
         with lin.register_forward_hook(lambda m, args, out: out * 2.0):  # a new output, then removed
             doubled = lin(x)
         np.testing.assert_allclose(doubled.detach().numpy(), 2.0 * lin(x).detach().numpy(), rtol=1e-6)
+
+
+def test_state_dict_keep_vars_destination_and_to_a_tensor_as_torch():
+    lin = nn.Linear(2, 3)
+    kept = lin.state_dict(keep_vars=True)
+    assert kept["weight"] is lin.weight and not lin.state_dict()["weight"].requires_grad
+    into = {}
+    assert lin.state_dict(into, "head.") is into and list(into) == ["head.weight", "head.bias"]
+    assert lin.to(ls.zeros(1, dtype=ls.float64)).weight.dtype == ls.float64  # a tensor's dtype
+    assert lin.to(ls.zeros(1, dtype=ls.int64)).weight.dtype == ls.float64  # an int one's device only

@@ -963,3 +963,9 @@ def test_isclose_of_infinite_differences_and_bools_and_in_of_a_string_as_torch()
     assert to_np(ls.isclose(t, f)).tolist() == [True, False]
     with pytest.raises(RuntimeError, match="takes a tensor or a number"):
         "a" in ls.tensor([1, 2])
+
+
+def test_repr_of_empty_tensors_names_their_size_and_dtype_as_torch():
+    for shape, dtype, tdtype in (((0, 3), ls.int64, torch.int64), ((0,), ls.bool, torch.bool),
+                                 ((0,), ls.float32, torch.float32), ((0, 2), ls.float32, torch.float32)):
+        assert repr(ls.zeros(*shape, dtype=dtype)).replace("llmscratch", "torch") == repr(torch.zeros(*shape, dtype=tdtype))

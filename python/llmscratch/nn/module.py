@@ -258,18 +258,19 @@ class Module:
         return sum(p.numel() for p in self.parameters())
 
     # ---- state ----
-    def state_dict(self, prefix=""):
-        """name -> tensor (detached handles on the live parameters and persistent buffers; tied
-        parameters and a submodule used twice appear under every name, as in torch)."""
-        out = OrderedDict()
+    def state_dict(self, destination=None, prefix="", keep_vars=False):
+        """name -> tensor (detached handles on the live parameters and persistent buffers, or the
+        Parameters themselves with keep_vars; tied parameters and a submodule used twice appear
+        under every name, as in torch). destination: a dict to fill, returned."""
+        out = OrderedDict() if destination is None else destination
         skip = self.__dict__.get("_non_persistent", set())
         for name, p in list(self._parameters.items()) + [
                 (n, b) for n, b in self._buffers.items() if n not in skip]:
             if p is not None:
-                out[prefix + name] = p.detach()
+                out[prefix + name] = p if keep_vars else p.detach()
         for name, m in self._modules.items():
             if m is not None:
-                out.update(m.state_dict(f"{prefix}{name}."))
+                m.state_dict(out, f"{prefix}{name}.", keep_vars)
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -348,10 +349,14 @@ class Module:
                 self._buffers[name] = fn(b)
         return self
 
-    def to(self, device=None, dtype=None):
-        """Move parameters/buffers to a device and/or cast floating ones to dtype."""
+    def to(self, device=None, dtype=None, non_blocking=False):
+        """Move parameters/buffers to a device and/or cast floating ones to dtype; a tensor as
+        the argument gives both, as torch's (non_blocking is accepted: copies are ordered on
+        the stream)."""
         if isinstance(device, _core.DType):
             device, dtype = None, device
+        elif isinstance(device, Tensor):
+            device, dtype = device.device, device.dtype if device.dtype.is_floating_point else dtype
         dev = as_device(device) if device is not None else None
         if dtype is not None and not dtype.is_floating_point:  # it would truncate every weight
             raise TypeError(f"Module.to: dtype must be floating, got {dtype}")
