@@ -19,6 +19,11 @@ void optional_tensor(py::class_<C>& cls, const char* name, Tensor C::*field) {
     return t.defined() ? py::cast(t) : py::none();
   }, [field](C& c, py::object v) { c.*field = v.is_none() ? Tensor() : v.cast<Tensor>(); });
 }
+// copy.copy of a layer: a layer sharing its tensors (Module.__deepcopy__ then assigns the copies).
+template <typename C>
+py::class_<C>& copyable(py::class_<C>& cls) {
+  return cls.def("__copy__", [](const C& c) { return C(c); });
+}
 }  // namespace
 
 void bind_layers(py::module_& root) {
@@ -29,31 +34,31 @@ void bind_layers(py::module_& root) {
              py::arg("out_features"), py::arg("bias"), py::arg("dtype"), py::arg("device"))
       .def_readwrite("weight", &Linear::weight)
       .def("forward", &Linear::forward)
-      .def("named_parameters", &Linear::named_parameters)
-      .def("__copy__", [](const Linear& c) { return Linear(c); });
+      .def("named_parameters", &Linear::named_parameters);
   optional_tensor(linear, "bias", &Linear::bias);
+  copyable(linear);
 
-  py::class_<Embedding>(m, "Embedding")
-      .def(py::init<int64_t, int64_t, DType, Device>())
+  py::class_<Embedding> emb(m, "Embedding");
+  emb.def(py::init<int64_t, int64_t, DType, Device>())
       .def_readwrite("weight", &Embedding::weight)
       .def("forward", &Embedding::forward)
-      .def("named_parameters", &Embedding::named_parameters)
-      .def("__copy__", [](const Embedding& c) { return Embedding(c); });
+      .def("named_parameters", &Embedding::named_parameters);
+  copyable(emb);
 
   py::class_<LayerNorm> ln(m, "LayerNorm");
   ln.def(py::init<int64_t, double, bool, bool, DType, Device>())
       .def_readwrite("eps", &LayerNorm::eps)
       .def("forward", &LayerNorm::forward)
-      .def("named_parameters", &LayerNorm::named_parameters)
-      .def("__copy__", [](const LayerNorm& c) { return LayerNorm(c); });
+      .def("named_parameters", &LayerNorm::named_parameters);
   optional_tensor(ln, "weight", &LayerNorm::weight);
   optional_tensor(ln, "bias", &LayerNorm::bias);
+  copyable(ln);
 
   py::class_<RMSNorm> rms(m, "RMSNorm");
   rms.def(py::init<int64_t, double, bool, DType, Device>())
       .def_readwrite("eps", &RMSNorm::eps)
       .def("forward", &RMSNorm::forward)
-      .def("named_parameters", &RMSNorm::named_parameters)
-      .def("__copy__", [](const RMSNorm& c) { return RMSNorm(c); });
+      .def("named_parameters", &RMSNorm::named_parameters);
   optional_tensor(rms, "weight", &RMSNorm::weight);
+  copyable(rms);
 }

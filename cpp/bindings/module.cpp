@@ -57,6 +57,13 @@ Tensors to_tensors(const py::sequence& seq) {
   return out;
 }
 
+// The reverse: an undefined tensor (an absent input, a gradient that never came) as None.
+py::list to_list(const Tensors& tensors) {
+  py::list out;
+  for (const Tensor& t : tensors) out.append(t.defined() ? py::cast(t) : py::none());
+  return out;
+}
+
 // A Python callable stored in the op registry. The registry is a C++ static, destroyed at process
 // exit after the interpreter has finalized: releasing a Python object then aborts the process, so
 // the reference is dropped only while the interpreter lives (under the GIL), and leaked after.
@@ -145,9 +152,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
       py::gil_scoped_acquire gil;
       py::dict kw;
       for (auto& kv : a.items) std::visit([&](auto&& v) { kw[py::str(kv.first)] = v; }, kv.second);
-      py::list args;  // an absent optional input (undefined tensor) arrives as None
-      for (auto& t : in) args.append(t.defined() ? py::cast(t) : py::none());
-      py::object r = (*held)(args, kw);
+      py::object r = (*held)(to_list(in), kw);  // an absent optional input arrives as None
       return to_tensors(r);
     }, std::move(dtypes));
   }, py::arg("op"), py::arg("backend"), py::arg("fn"), py::arg("dtypes") = std::vector<DType>{},
@@ -175,9 +180,7 @@ PYBIND11_MODULE(llmscratch_core, m) {
       py::gil_scoped_release nogil;  // hooks and Python backward functions re-acquire it
       out = run_grad(r, g, in, retain_graph);
     }
-    py::list result;
-    for (const Tensor& t : out) result.append(t.defined() ? py::cast(t) : py::none());
-    return result;
+    return to_list(out);
   }, py::arg("roots"), py::arg("grads"), py::arg("inputs"), py::arg("retain_graph") = false);
   m.def("is_view_of_leaf", &is_view_of_leaf);
   m.def("record_function", [](const std::string& name, const py::sequence& inputs,

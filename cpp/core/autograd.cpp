@@ -51,15 +51,15 @@ Tensor run_hooks(const std::vector<GradHook>& hooks, Tensor g) {
   return g;
 }
 
-// grad += g for a leaf, out of place so that no two .grad tensors ever alias. The first gradient
-// is taken as it is when no one else can see it (as torch's AccumulateGrad steals it), else
-// copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 // A leaf's whole gradient of a pass, in its dtype, through its hooks.
 Tensor leaf_gradient(const Tensor& t, Tensor g) {
   if (g.dtype() != t.dtype()) g = ops::to_dtype(g, t.dtype());  // hooks see the leaf's dtype
   return run_hooks(t.autograd_meta().hooks, std::move(g));
 }
 
+// grad += g for a leaf, out of place so that no two .grad tensors ever alias. The first gradient
+// is taken as it is when no one else can see it (as torch's AccumulateGrad steals it), else
+// copied: a copy of the logits' gradient costs as much as the cross-entropy backward itself.
 void accumulate_into_leaf(const std::shared_ptr<TensorImpl>& leaf, Tensor g) {
   Tensor t(leaf);
   g = leaf_gradient(t, std::move(g));
@@ -148,6 +148,13 @@ void retain_grad(const Tensor& t) {
   });
 }
 
+namespace {
+// Both passes: with inputs (autograd.grad), their gradients go to captured (by position) and no
+// .grad changes.
+void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
+                       const std::vector<Tensor>* inputs, std::vector<Tensor>* captured);
+}  // namespace
+
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                   bool retain_graph) {
   run_backward_into(roots, grads, retain_graph, nullptr, nullptr);
@@ -162,6 +169,7 @@ std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector
   return captured;
 }
 
+namespace {
 void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                        bool retain_graph, const std::vector<Tensor>* inputs, std::vector<Tensor>* captured) {
   NoGradGuard no_grad;  // backward formulas are not themselves recorded
@@ -345,5 +353,6 @@ void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tenso
     buffers.erase(n);
   }
 }
+}  // namespace
 
 }  // namespace ls

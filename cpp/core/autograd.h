@@ -60,13 +60,10 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
 // not depend on) instead of accumulating into any leaf's .grad.
 std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
                              const std::vector<Tensor>& inputs, bool retain_graph = false);
-// Both: with inputs, their gradients go to captured (by position) and no .grad changes.
-void run_backward_into(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
-                       const std::vector<Tensor>* inputs, std::vector<Tensor>* captured);
 
-// Whether t shares its memory with a leaf that requires grad, reached back through view nodes
-// only (view, permute, expand, slice, select, split, contiguous): an in-place write into t would
-// overwrite that leaf (a parameter) under the tape's eyes.
+// Whether t shares its memory with a leaf that requires grad anywhere behind it in the graph (not
+// only through view nodes: a custom Function may hand out its input's memory): an in-place write
+// into t would overwrite that leaf (a parameter) under the tape's eyes.
 bool is_view_of_leaf(const Tensor& t);
 
 void register_hook(const Tensor& t, GradHook hook);

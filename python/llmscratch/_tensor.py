@@ -231,6 +231,8 @@ T.any, T.all = _any, _all
 T.isclose, T.allclose, T.equal = isclose, allclose, equal
 T.isnan, T.isinf, T.isfinite = isnan, isinf, isfinite
 T.logical_not = lambda self: (self == 0) if self.dtype != bool_ else ~self
+
+
 def _contains(self, element):
     if not isinstance(element, (Tensor, numbers.Number, np.generic)):
         raise RuntimeError(f"'in' on a tensor takes a tensor or a number, got {type(element).__name__}")
@@ -532,6 +534,8 @@ T.transpose = lambda self, d0, d1: _ops.transpose(self, *_no_dtype([d0, d1], "tr
 T.expand = lambda self, *shape: _ops.expand(self, _shape_args(shape, "expand"))
 T.expand_as = lambda self, other: _ops.expand(self, list(other.shape))
 T.unsqueeze = lambda self, dim: _ops.unsqueeze(self, *_no_dtype([dim], "unsqueeze"))
+
+
 def _squeeze(self, dim=None):
     """As torch's: dim None (every size-1 dim), an int, or a tuple of dims (each size-1 one)."""
     if not isinstance(dim, (tuple, list)):
@@ -643,24 +647,24 @@ def _check_mask(self, mask):
                          f"tensor's leading shape {lead}")
 
 
-def _mask_rows(self, mask):
-    """For x[mask], a bool tensor of x's leading shape: x as (mask.numel(), rest...) and the mask
-    on the host, flat (its true count sets the result's shape: on a GPU a sync, as torch's)."""
-    _check_mask(self, mask)
-    rows = self.reshape((-1,) + tuple(self.shape[mask.ndim:]))
-    return rows, mask.detach().cpu().numpy().reshape(-1)
+def _host_mask(mask):
+    """The mask on the host, flat: its true count sets a result's shape (on a GPU a sync, as
+    torch's)."""
+    return mask.detach().cpu().numpy().reshape(-1)
 
 
 def _index(self, key):
     """Basic indexing (ints, slices, None, Ellipsis) gives a view; one integer tensor or list
     index selects along its dimension, a bool mask of the leading shape the elements (rows) where
     it is true (copies, like numpy's advanced indexing)."""
-    from . import functional as F
-    if isinstance(key, Tensor) and key.dtype == bool_:
-        rows, flat = _mask_rows(self, key)
-        return F.index_select(rows, 0, tensor(np.flatnonzero(flat), device=self.device))
+    if isinstance(key, Tensor) and key.dtype == bool_:  # rows of x as (mask.numel(), rest...)
+        from . import functional as F
+        _check_mask(self, key)
+        rows = self.reshape((-1,) + tuple(self.shape[key.ndim:]))
+        return F.index_select(rows, 0, tensor(np.flatnonzero(_host_mask(key)), device=self.device))
     out, tensor_index = _basic_index(self, key)
     if tensor_index is not None:
+        from . import functional as F
         d, idx = tensor_index
         flat = idx.reshape(-1)
         out = F.index_select(out, d, flat)
@@ -755,11 +759,8 @@ def _set_indexed(base, tensor_index, value):
     shape = tuple(base.shape)
     result = shape[:d] + tuple(idx.shape) + shape[d + 1:]
     value = _as_assigned(value, base, len(result))
-    try:
-        value = value.expand(result) if value.numel() != 1 else value
-    except ValueError:
-        raise ValueError(f"shape mismatch: value of shape {tuple(value.shape)} cannot be broadcast "
-                         f"to the indexing result's shape {result}") from None
+    if value.numel() != 1:
+        value = _broadcast_value(value, result)
     if ids.size == 0:
         return
     source = np.full(shape[d], -1, dtype=np.int64)
@@ -771,6 +772,14 @@ def _set_indexed(base, tensor_index, value):
         rows = value.reshape(shape[:d] + (ids.size,) + shape[d + 1:])
         value = F.index_select(rows, d, tensor(np.maximum(source, 0), device=base.device))
     _ops.copy_(base, _ops.where(keep, value, base))
+
+
+def _broadcast_value(value, shape):
+    try:
+        return value.expand(shape)
+    except ValueError:
+        raise ValueError(f"shape mismatch: value of shape {tuple(value.shape)} cannot be broadcast "
+                         f"to the indexing result's shape {shape}") from None
 
 
 def _as_assigned(value, target, ndim):
@@ -788,13 +797,9 @@ def _set_masked(self, mask, value):
     rest = tuple(self.shape[mask.ndim:])
     value = _as_assigned(value, self, 1 + len(rest))
     if value.numel() != 1:
-        _, flat = _mask_rows(self, mask)
+        flat = _host_mask(mask)
         picked = int(flat.sum())
-        try:
-            value = value.expand((picked,) + rest)
-        except ValueError:
-            raise ValueError(f"shape mismatch: value of shape {tuple(value.shape)} cannot be broadcast "
-                             f"to the indexing result's shape {(picked,) + rest}") from None
+        value = _broadcast_value(value, (picked,) + rest)
         if picked == 0:
             return
         from . import functional as F
@@ -802,14 +807,6 @@ def _set_masked(self, mask, value):
         value = F.index_select(value, 0, tensor(rank, device=self.device)).reshape(tuple(self.shape))
     keep = mask.to(device=self.device).reshape(tuple(mask.shape) + (1,) * len(rest))
     _ops.copy_(self, _ops.where(keep, value.reshape(()) if value.numel() == 1 else value, self))
-
-
-def _shares_memory(a, b):
-    return a.numel() == 0 or (a.device == b.device and a.dtype == b.dtype and _base_ptr(a) == _base_ptr(b))
-
-
-def _base_ptr(t):
-    return t.data_ptr() - t.storage_offset() * t.dtype.itemsize
 
 
 T.__getitem__ = _index

@@ -90,9 +90,8 @@ class enable_grad(_GradMode):
 
 class inference_mode(_GradMode):
     """torch.inference_mode, as a context manager or decorator: ops record nothing, as under
-    no_grad (llmscratch keeps no version counters or view records that torch's mode also skips,
-    and does not mark the results as inference tensors). inference_mode(False) turns recording
-    on, as torch's."""
+    no_grad. torch's mode also stops version counting and marks its results as inference
+    tensors; llmscratch's does neither. inference_mode(False) turns recording on, as torch's."""
 
     def __new__(cls, mode=True):
         if callable(mode):  # a bare @inference_mode
@@ -167,8 +166,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     if create_graph:
         raise NotImplementedError("grad: create_graph=True (higher-order gradients) is not supported")
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    single = isinstance(inputs, Tensor)
-    inputs = [inputs] if single else list(inputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     for t in outputs + inputs:
         if not isinstance(t, Tensor):
             raise TypeError(f"grad: outputs and inputs must be Tensors, got {type(t).__name__}")

@@ -22,10 +22,14 @@ def corpus(tmp_path, monkeypatch):
     return str(tmp_path / "data")
 
 
+def train_args(tmp_path, corpus, *extra):
+    return ["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
+            "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
+            "--out", str(tmp_path / "runs"), "--name", "t", *extra]
+
+
 def train(tmp_path, corpus, *extra):
-    return main(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
-                 "--out", str(tmp_path / "runs"), "--name", "t", "--quiet", *extra])
+    return main(train_args(tmp_path, corpus, "--quiet", *extra))
 
 
 def test_train_resume_sample_eval(tmp_path, corpus, capsys):
@@ -424,9 +428,7 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
     with open(run / "log.jsonl", "a") as f:
         f.write('garbage\n{"step": "x"}\n')
     capsys.readouterr()
-    assert main(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
-                 "--out", str(tmp_path / "runs"), "--name", "t", "--steps", "4", "--resume"]) == 0
+    assert main(train_args(tmp_path, corpus, "--steps", "4", "--resume")) == 0
     assert "log.jsonl: 2 damaged lines dropped" in capsys.readouterr().out
     assert [json.loads(line)["step"] for line in open(run / "log.jsonl")] == [1, 2, 3, 4]
     # structurally wrong JSON: one line naming the file (they raised AttributeError/TypeError)
@@ -439,9 +441,7 @@ def test_damaged_run_files_are_one_line_errors_or_notes(tmp_path, corpus, capsys
     latest_meta = json.load(open(latest))
     json.dump({**latest_meta, "run_config": {**latest_meta["run_config"], "data_identity": {"train": 1, "val": 2}}},
               open(latest, "w"))  # a TypeError in the resumed run's data check before
-    one_line_error(["train", "--data", corpus, "--vocab-size", "320", "--batch-size", "4", "--seq-len", "32",
-                    "--eval-every", "3", "--ckpt-every", "3", "--val-fraction", "0.3", "--warmup", "1",
-                    "--out", str(tmp_path / "runs"), "--name", "t", "--steps", "6", "--resume", "--quiet"],
+    one_line_error(train_args(tmp_path, corpus, "--steps", "6", "--resume", "--quiet"),
                    "run_config.data_identity must be")
     json.dump(latest_meta, open(latest, "w"))
     config = (run / "config.json").read_text()

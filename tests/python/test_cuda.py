@@ -166,7 +166,12 @@ def test_deepcopy_of_a_model_on_the_gpu_stays_there_with_its_own_weights():
     twin = copy.deepcopy(model)
     assert str(twin[2].weight.device) == "cuda:0" and twin[2].weight.data_ptr() != model[2].weight.data_ptr()
     ids = ls.tensor(np.array([[3, 1, 10]])).cuda()
-    np.testing.assert_array_equal(to_np(twin(ids).cpu()), to_np(model(ids).cpu()))
+    before = to_np(model(ids).detach().cpu())
+    np.testing.assert_array_equal(to_np(twin(ids).detach().cpu()), before)
+    with ls.no_grad():
+        twin[2].weight.fill_(0.0)  # the copy's forward reads its own weights, the model's stay
+    np.testing.assert_array_equal(to_np(twin(ids).detach().cpu()), np.broadcast_to(to_np(twin[2].bias.detach().cpu()), (1, 3, 11)))
+    np.testing.assert_array_equal(to_np(model(ids).detach().cpu()), before)
 
 
 def test_boolean_mask_index_on_the_gpu():

@@ -25,10 +25,14 @@ def embedding(ids, weight, padding_idx=None):
     out = _core.call("embedding", [weight, ids], {})[0]
     if padding_idx is None:
         return out
-    V = weight.shape[0]
-    if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral) or not -V <= padding_idx < V:
-        raise ValueError(f"embedding: padding_idx must be an integer in [-{V}, {V}), got {padding_idx!r}")
+    pad = padding_row(padding_idx, weight.shape[0], "embedding")
     if not out.requires_grad:
         return out
-    pad = (ids == int(padding_idx) % V).unsqueeze(-1)
-    return _core.ops.where(pad, out.detach(), out)
+    return _core.ops.where((ids == pad).unsqueeze(-1), out.detach(), out)
+
+
+def padding_row(padding_idx, V, op):
+    """padding_idx as a row of a table of V rows (negative counts from the end), checked."""
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral) or not -V <= padding_idx < V:
+        raise ValueError(f"{op}: padding_idx must be in [-{V}, {V}), an integer, got {padding_idx!r}")
+    return int(padding_idx) % V

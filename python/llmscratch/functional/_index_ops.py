@@ -83,13 +83,6 @@ def cumsum(input, dim, dtype=None):  # noqa: A002
     return _core.call("cumsum", [input], {"dim": _int(dim, "dim", "cumsum")})[0]
 
 
-# Tensor methods, as in torch (kept if the Tensor class already defines them).
-for _name, _fn in [("index_select", index_select), ("gather", gather), ("scatter_add", scatter_add),
-                   ("topk", topk), ("sort", sort), ("argsort", argsort), ("cumsum", cumsum)]:
-    if not hasattr(Tensor, _name):
-        setattr(Tensor, _name, _fn)
-
-
 def _triangle(input, diagonal, op, lower):  # noqa: A002
     _tensor(input, "input", op)
     if input.ndim < 2:
@@ -115,6 +108,9 @@ def triu(input, diagonal=0):  # noqa: A002
     return _triangle(input, diagonal, "triu", lower=False)
 
 
-for _name, _fn in [("tril", tril), ("triu", triu)]:
+# Tensor methods, as in torch (kept if the Tensor class already defines them).
+for _name, _fn in [("index_select", index_select), ("gather", gather), ("scatter_add", scatter_add),
+                   ("topk", topk), ("sort", sort), ("argsort", argsort), ("cumsum", cumsum),
+                   ("tril", tril), ("triu", triu)]:
     if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)

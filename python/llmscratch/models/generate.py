@@ -140,7 +140,7 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
     bad = (tokens < 0) | (tokens >= model.config.vocab_size)
     if bad.any():  # the embedding would raise too, but not when no token is generated
         raise _core.IndexError(f"generate: id {tokens[bad][0]} is out of range for the vocabulary of "
-                         f"{model.config.vocab_size}")
+                               f"{model.config.vocab_size}")
     if max_new_tokens == 0:
         return ls.tensor(tokens)
     device = model.wte.weight.device

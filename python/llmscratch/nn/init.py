@@ -99,7 +99,6 @@ def kaiming_normal_(t, a=0, mode="fan_in", nonlinearity="leaky_relu"):
     return normal_(t, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(_fan(t, mode)))
 
 
-
 # erfinv(x) = p(w) x with w = -log((1 - x)(1 + x)): Giles' polynomials ("Approximating the erfinv
 # function", GPU Computing Gems, 2011), about single-precision accuracy; the first for w < 5
 # (|x| < 0.9966), in w - 2.5, the second for the tails, in sqrt(w) - 3. Highest power first.

@@ -9,6 +9,7 @@ from .. import functional as F
 from ..functional._activations import check_gelu_approximate
 from ..functional._checks import require_int
 from ..functional._dropout import is_probability
+from ..functional._embedding import padding_row
 from ..functional._norms import _as_shape
 from .._dtype import as_device, as_dtype, float32
 from ..autograd import no_grad
@@ -59,11 +60,7 @@ class Embedding(_CppLayer):
         super().__init__(_core.layers.Embedding(num_embeddings, embedding_dim, *_dd(dtype, device)))
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         if padding_idx is not None:
-            padding_idx = require_int(padding_idx, "padding_idx", "Embedding")
-            if not -num_embeddings <= padding_idx < num_embeddings:
-                raise ValueError(f"Embedding: padding_idx must be in [-{num_embeddings}, {num_embeddings}), "
-                                 f"got {padding_idx}")
-            padding_idx %= num_embeddings
+            padding_idx = padding_row(padding_idx, num_embeddings, "Embedding")
             with no_grad():
                 self.weight[padding_idx] = 0.0
         self.padding_idx = padding_idx

@@ -361,7 +361,8 @@ class Trainer:
         cfg = self.cfg
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         log_path = os.path.join(cfg.out, "log.jsonl")
-        self._rewind_log()  # records past this step (a run lost before its first checkpoint) are redone
+        if self.step == 0:  # a run lost before its first checkpoint left records this one redoes
+            self._rewind_log()  # (resume() rewinds to its own step)
         interrupted = []
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
