@@ -66,6 +66,25 @@ __device__ __forceinline__ void store_streaming(Pack<T, V>* p, const Pack<T, V>&
   }
 }
 
+// *p as a streaming load (ld.global.cs: the line is first to leave the caches), for inputs read
+// once, so that they do not push out of L2 what is read again.
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load_streaming(const Pack<T, V>* p) {
+  Pack<T, V> v;
+  if constexpr (sizeof(Pack<T, V>) == 16) {
+    *reinterpret_cast<int4*>(&v) = __ldcs(reinterpret_cast<const int4*>(p));
+  } else if constexpr (sizeof(Pack<T, V>) == 8) {
+    *reinterpret_cast<int2*>(&v) = __ldcs(reinterpret_cast<const int2*>(p));
+  } else if constexpr (sizeof(Pack<T, V>) == 4) {
+    *reinterpret_cast<int*>(&v) = __ldcs(reinterpret_cast<const int*>(p));
+  } else if constexpr (sizeof(Pack<T, V>) == 2) {
+    *reinterpret_cast<short*>(&v) = __ldcs(reinterpret_cast<const short*>(p));
+  } else {
+    v = *p;
+  }
+  return v;
+}
+
 // Whether p is 16-byte aligned, so that 16-byte packs may be read or written from there on.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 inline bool aligned16(const Tensor& t) { return aligned16(t.raw_data()); }

@@ -105,16 +105,22 @@ template <typename I>
 __global__ void count_tokens_kernel(const I* __restrict__ ids, int32_t* count, int32_t* __restrict__ ticket,
                                     int32_t* slots, int32_t* long_ids, int32_t* long_ids_count, int64_t N,
                                     int64_t V) {
-  allow_early_launch();    // the short rows' blocks may take their slots and wait
+  allow_early_launch();  // the short rows' blocks may take their slots and wait
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  // The first id is read before the wait: the ids are the op's input, so the load overlaps the
+  // zeroing kernel instead of following it.
+  int64_t id = n < N ? int64_t(ids[n]) : -1;
   wait_for_prior_grids();  // the zeroed counts
-  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
-       n += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t id = int64_t(ids[n]);
-    if (id < 0 || id >= V) continue;
-    const int t = atomicAdd(&count[id], 1);
-    ticket[n] = t;
-    if (t < kSlots) slots[id * kSlots + t] = int32_t(n);
-    else if (t == kSlots) long_ids[atomicAdd(long_ids_count, 1)] = int32_t(id);
+  for (; n < N; n += stride) {
+    const int64_t next = n + stride < N ? int64_t(ids[n + stride]) : -1;
+    if (id >= 0 && id < V) {
+      const int t = atomicAdd(&count[id], 1);
+      ticket[n] = t;
+      if (t < kSlots) slots[id * kSlots + t] = int32_t(n);
+      else if (t == kSlots) long_ids[atomicAdd(long_ids_count, 1)] = int32_t(id);
+    }
+    id = next;
   }
 }
 
@@ -295,7 +301,9 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const I* __r
   using A = acc_t<T>;
   __shared__ int32_t list[kListMax];
   __shared__ int32_t warp_total[kListWarps];
-  const int32_t total = piece_start[*long_ids_count];
+  const int32_t rows = *long_ids_count;
+  if (rows == 0) return;  // uniform ids: no long row, one load before the block leaves
+  const int32_t total = piece_start[rows];
   for (int32_t w = blockIdx.x; w < total; w += gridDim.x) {
     const int32_t b = piece_row[w], j = w - piece_start[b];
     const int64_t s = seg_start[b], e = seg_start[b + 1];
@@ -334,15 +342,18 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const I* __r
 // the tokens in registers and sums its packs of their rows, two rows' loads in flight. At most
 // 32 registers (the launch bounds; 48 without), so that an SM holds as many rows in flight as
 // its threads allow: a row is latency-bound (its count and slots, then its gradient rows).
-template <int W, typename T>
+// J indexes packs: uint32_t below 2^32 of them in grad and in dweight (the 64-bit offsets cost
+// 1% at V50304 C1280 N65536 bf16 on an H100, 4% on an H200). Every gradient row is read once and
+// every dweight row written once, so both stream past L2 (streaming loads and stores: 3% there).
+template <int W, typename J, typename T>
 __global__ void __launch_bounds__(256, 8)
     embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
-                                const int32_t* __restrict__ slots, T* __restrict__ dweight, int64_t cp) {
+                                const int32_t* __restrict__ slots, T* __restrict__ dweight, int64_t cp_) {
   using A = acc_t<T>;
   using P = Pack<T, W>;
   static_assert(kSlots == 8, "the slots load as two int4");
   wait_for_prior_grids();  // the counts and slots
-  const int64_t v = blockIdx.x;
+  const J v = blockIdx.x, cp = J(cp_);
   const int tokens = count[v];
   const int4 lo = reinterpret_cast<const int4*>(slots)[2 * v], hi = reinterpret_cast<const int4*>(slots)[2 * v + 1];
   if (tokens > kSlots) return;  // the long rows' kernel's
@@ -360,15 +371,16 @@ __global__ void __launch_bounds__(256, 8)
       n[t] = a;
       n[t + 1] = b;
     }
-  for (int64_t c = threadIdx.x; c < cp; c += blockDim.x) {
+  const P* rows = reinterpret_cast<const P*>(grad);
+  for (J c = threadIdx.x; c < cp; c += blockDim.x) {
     A acc[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) acc[j] = A(0);
 #pragma unroll
     for (int t = 0; t < kSlots; t += 2) {
       if (t >= tokens) break;
-      P g0 = reinterpret_cast<const P*>(grad)[int64_t(n[t]) * cp + c], g1;
-      if (t + 1 < tokens) g1 = reinterpret_cast<const P*>(grad)[int64_t(n[t + 1]) * cp + c];
+      P g0 = load_streaming(rows + (J(n[t]) * cp + c)), g1;
+      if (t + 1 < tokens) g1 = load_streaming(rows + (J(n[t + 1]) * cp + c));
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] += convert<A>(g0.v[j]);
       if (t + 1 < tokens)
@@ -378,7 +390,7 @@ __global__ void __launch_bounds__(256, 8)
     P out;
 #pragma unroll
     for (int j = 0; j < W; ++j) out.v[j] = convert<T>(acc[j]);
-    reinterpret_cast<P*>(dweight)[v * cp + c] = out;  // dweight[v, c*W:]
+    store_streaming(reinterpret_cast<P*>(dweight) + (v * cp + c), out);  // dweight[v, c*W:]
   }
 }
 
@@ -510,10 +522,19 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
                                 grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
   // Grids of step 3: the host does not know how many long rows there are (at most max_long);
   // blocks stride over them. Text-like ids put most bytes on the long rows (at 128 x 1024
-  // tokens, three quarters of the tokens), so the grids are wide enough to fill the GPU; with
-  // uniform ids their blocks return at once.
-  const unsigned long_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_long, 1024), 1));
-  const unsigned piece_blocks = unsigned(std::max<int64_t>(std::min<int64_t>(max_pieces, 4096), 1));
+  // tokens, three quarters of the tokens), so the grids are wide enough to keep the pieces and
+  // long rows' loads in flight. With uniform ids every block returns at once, but each still
+  // takes a place on an SM from the short rows while it reads the long-row count (the side
+  // stream has the higher priority): at V50304 C1280 N65536 the grids of 1024 to 4096 blocks
+  // cost 4 us of the op's 0.119 ms on an H100, and these (8, 4, 2 and 2 blocks per SM for the
+  // pieces, long rows, sorts and token scatter) leave 1-2 us of it, for 3-4% on the text-like
+  // case at 128 x 1024 tokens (bench/notes_cuda_elementwise.md).
+  const int64_t sms = sm_count(dev.index, "embedding_backward");
+  auto side_blocks = [&](int64_t items, int64_t per_sm) {
+    return unsigned(std::clamp<int64_t>(std::min(items, per_sm * sms), 1, int64_t(1) << 20));
+  };
+  const unsigned piece_blocks = side_blocks(max_pieces, 8), long_blocks = side_blocks(max_long, 4);
+  const unsigned sort_blocks = side_blocks(max_long, 2), scatter_blocks = side_blocks(blocks_for(N, kThreads), 2);
   CUDA_DISPATCH_FLOAT(grad.dtype(), "embedding_backward", {
     using T = scalar_t;
     const int W = vectorizable<T>(C, {grad.raw_data(), dweight.raw_data()}) ? kVec<T> : 1;
@@ -536,12 +557,12 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
             piece_start.data<int32_t>(), piece_row.data<int32_t>(), row_of.data<int32_t>());
         check_launch("embedding_backward");
         // 3b. the tokens of rows of at most kSortMax into their segments
-        scatter_long_tokens_kernel<I><<<grid_stride_blocks(N, kThreads), kThreads, 0, side.get()>>>(
+        scatter_long_tokens_kernel<I><<<scatter_blocks, kThreads, 0, side.get()>>>(
             pid, count.data<int32_t>(), ticket.data<int32_t>(), row_of.data<int32_t>(), seg_start.data<int32_t>(),
             long_ids_count, seg.data<int32_t>(), N, V);
         check_launch("embedding_backward");
         // 3c. each segment in increasing positions
-        sort_segments_kernel<<<long_blocks, kSortMax, 0, side.get()>>>(long_ids_count, seg_start.data<int32_t>(),
+        sort_segments_kernel<<<sort_blocks, kSortMax, 0, side.get()>>>(long_ids_count, seg_start.data<int32_t>(),
                                                                         seg.data<int32_t>());
         check_launch("embedding_backward");
         // 3d. the pieces of rows of more than kChunk tokens
@@ -556,15 +577,21 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       }
       side.join();  // (a failed launch is reported by the check after go)
     };
+    // 32-bit pack offsets where every pack of grad and dweight has one
+    const bool narrow = std::max(N, V) * cp < (int64_t(1) << 32);
     auto dispatch = [&](auto* pid) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;
       if (W == 1)
-        go(embedding_short_rows_kernel<1, T>, embedding_pieces_kernel<1, T, I>, embedding_long_rows_kernel<1, T>,
-           pid);
+        narrow ? go(embedding_short_rows_kernel<1, uint32_t, T>, embedding_pieces_kernel<1, T, I>,
+                    embedding_long_rows_kernel<1, T>, pid)
+               : go(embedding_short_rows_kernel<1, int64_t, T>, embedding_pieces_kernel<1, T, I>,
+                    embedding_long_rows_kernel<1, T>, pid);
       else
-        go(embedding_short_rows_kernel<WV, T>, embedding_pieces_kernel<WV, T, I>, embedding_long_rows_kernel<WV, T>,
-           pid);
+        narrow ? go(embedding_short_rows_kernel<WV, uint32_t, T>, embedding_pieces_kernel<WV, T, I>,
+                    embedding_long_rows_kernel<WV, T>, pid)
+               : go(embedding_short_rows_kernel<WV, int64_t, T>, embedding_pieces_kernel<WV, T, I>,
+                    embedding_long_rows_kernel<WV, T>, pid);
     };
     if (ids.dtype() == DType::Int32) dispatch(ids.data<int32_t>());
     else dispatch(ids.data<int64_t>());
