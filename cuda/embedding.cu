@@ -342,9 +342,10 @@ __global__ void embedding_pieces_kernel(const T* __restrict__ grad, const I* __r
 // the tokens in registers and sums its packs of their rows, two rows' loads in flight. At most
 // 32 registers (the launch bounds; 48 without), so that an SM holds as many rows in flight as
 // its threads allow: a row is latency-bound (its count and slots, then its gradient rows).
-// J indexes packs: uint32_t below 2^32 of them in grad and in dweight (the 64-bit offsets cost
-// 1% at V50304 C1280 N65536 bf16 on an H100, 4% on an H200). Every gradient row is read once and
-// every dweight row written once, so both stream past L2 (streaming loads and stores: 3% there).
+// J indexes packs: uint32_t below 2^32 of them in grad and in dweight. Every gradient row is read
+// once and every dweight row written once, so both stream past L2 (streaming loads and stores).
+// At V50304 C1280 N65536 bf16 the two took the zeroing, counting and short rows from 0.1151 to
+// 0.1122 ms on an H100 and from 0.0930 to 0.0838 ms on an H200 (bench/results/nvidia-h100-f4afa74).
 template <int W, typename J, typename T>
 __global__ void __launch_bounds__(256, 8)
     embedding_short_rows_kernel(const T* __restrict__ grad, const int32_t* __restrict__ count,
@@ -521,14 +522,14 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   Tensor pieces = Tensor::empty({std::max<int64_t>(max_pieces, 1), C},
                                 grad.dtype() == DType::Float64 ? DType::Float64 : DType::Float32, dev);
   // Grids of step 3: the host does not know how many long rows there are (at most max_long);
-  // blocks stride over them. Text-like ids put most bytes on the long rows (at 128 x 1024
-  // tokens, three quarters of the tokens), so the grids are wide enough to keep the pieces and
-  // long rows' loads in flight. With uniform ids every block returns at once, but each still
-  // takes a place on an SM from the short rows while it reads the long-row count (the side
-  // stream has the higher priority): at V50304 C1280 N65536 the grids of 1024 to 4096 blocks
-  // cost 4 us of the op's 0.119 ms on an H100, and these (8, 4, 2 and 2 blocks per SM for the
-  // pieces, long rows, sorts and token scatter) leave 1-2 us of it, for 3-4% on the text-like
-  // case at 128 x 1024 tokens (bench/notes_cuda_elementwise.md).
+  // blocks stride over them. With uniform ids every block returns at once, but each still takes
+  // a place on an SM from the short rows while it reads the long-row count (the side stream has
+  // the higher priority): grids of 1024 to 4096 blocks cost about 4 us of the op's 0.119 ms at
+  // V50304 C1280 N65536 bf16 on an H100. Text-like ids put most bytes on the long rows (at 128 x
+  // 1024 tokens, three quarters of the tokens), where the pieces' grid decides the time and the
+  // long rows' grid next. These grids (8, 4, 2 and 2 blocks per SM for the pieces, long rows,
+  // sorts and token scatter) took the uniform case to 0.115-0.116 ms and the text-like one from
+  // 0.190 to 0.200-0.203 ms (bench/results/nvidia-h100-f4afa74).
   const int64_t sms = sm_count(dev.index, "embedding_backward");
   auto side_blocks = [&](int64_t items, int64_t per_sm) {
     return unsigned(std::clamp<int64_t>(std::min(items, per_sm * sms), 1, int64_t(1) << 20));
