@@ -578,7 +578,7 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       }
       side.join();  // (a failed launch is reported by the check after go)
     };
-    // 32-bit pack offsets where every pack of grad and dweight has one
+    // 32-bit pack offsets while grad and dweight each hold fewer than 2^32 packs
     const bool narrow = std::max(N, V) * cp < (int64_t(1) << 32);
     auto dispatch = [&](auto* pid) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
