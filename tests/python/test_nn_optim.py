@@ -401,9 +401,44 @@ def test_layers_take_integer_sizes_only():
         nn.Embedding(10, "4")
     with pytest.raises(TypeError, match="RMSNorm: normalized_shape must be an int or a sequence"):
         nn.RMSNorm([4.0])
-    with pytest.raises(ValueError, match="LayerNorm: normalized_shape must be the last dimension only"):
-        nn.LayerNorm((4, 5))
+    with pytest.raises(ValueError, match="LayerNorm: normalized_shape must name at least one dim"):
+        nn.LayerNorm(())
     assert nn.LayerNorm([6]).normalized_shape == (6,)
+
+
+@pytest.mark.parametrize("name,kw", [("LayerNorm", {}), ("LayerNorm", {"bias": False}),
+                                     ("LayerNorm", {"elementwise_affine": False}), ("RMSNorm", {}),
+                                     ("RMSNorm", {"eps": 1e-3})])
+def test_norm_layers_over_several_trailing_dims_match_torch(name, kw):
+    # Parameters of normalized_shape's own shape (a torch state_dict loads), the forward and every
+    # gradient against torch in float64, then a deepcopy, a cast and a later eps.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    ours, ref = getattr(nn, name)((3, 5), **kw), getattr(torch.nn, name)((3, 5), **kw).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.tensor(rng.standard_normal(p.shape)))
+    ours = ours.to(ls.float64)
+    ours.load_state_dict({k: ls.tensor(v.numpy()) for k, v in ref.state_dict().items()})
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    x = rng.standard_normal((2, 4, 3, 5))
+    g = rng.standard_normal(x.shape)
+    xl, xt = ls.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    y = ours(xl)
+    y.backward(ls.tensor(g))
+    yt = ref(xt)
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(xl.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-9)
+    for pname, p in ref.named_parameters():
+        np.testing.assert_allclose(getattr(ours, pname).grad.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-9)
+    twin = copy.deepcopy(ours).to(ls.float32)
+    np.testing.assert_allclose(twin(ls.tensor(x, dtype=ls.float32)).detach().numpy(), yt.detach().numpy(),
+                               rtol=1e-5, atol=1e-5)
+    ours.eps = ref.eps = 0.5
+    np.testing.assert_allclose(ours(ls.tensor(x)).detach().numpy(), ref(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_optimizer_rejects_bad_input():

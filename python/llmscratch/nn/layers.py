@@ -1,6 +1,8 @@
 """The standard layers. Linear, Embedding, LayerNorm and RMSNorm are backed by the C++ layers
 (cpp/layers/), which own the parameter tensors; the module registers the same tensors as its
-Parameters, so optimizers, state_dict and the C++ forward all see one set of weights."""
+Parameters, so optimizers, state_dict and the C++ forward all see one set of weights. (A norm
+over several trailing dims is the exception: see _Norm.)"""
+import math
 import numbers
 
 import llmscratch_core as _core
@@ -75,18 +77,36 @@ class Embedding(_CppLayer):
             f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
 
-def _last_dim(layer, normalized_shape):
-    shape = _as_shape(layer, normalized_shape)
-    if len(shape) != 1:
-        raise ValueError(f"{layer}: normalized_shape must be the last dimension only, got {shape}")
-    return shape[0]
+class _Norm(_CppLayer):
+    """A norm over the trailing normalized_shape dims. One dim: the C++ layer's forward. Several,
+    as torch's nn.LayerNorm((C, H)): the parameters have that shape (state_dicts trade with
+    torch's) and the forward is the functional one, which views those dims as one; the C++ layer
+    then holds only eps, and its own flat tensors are not used."""
+
+    def __init__(self, name, normalized_shape, make_impl):
+        shape = _as_shape(name, normalized_shape)
+        if not shape:
+            raise ValueError(f"{name}: normalized_shape must name at least one dim, got ()")
+        super().__init__(make_impl(math.prod(shape)))
+        self.__dict__["_flat"] = len(shape) == 1
+        self.normalized_shape = shape
+        if len(shape) > 1:
+            for pname, p in list(self._parameters.items()):
+                if p is not None:
+                    setattr(self, pname, Parameter(p.detach().reshape(shape).clone()))
+
+    def _sync_impl(self, name, value):
+        if self.__dict__.get("_flat", True):  # the C++ layer's forward uses the module's tensors
+            super()._sync_impl(name, value)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
 
 
-class LayerNorm(_CppLayer):
+class LayerNorm(_Norm):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None, device=None):
-        n = _last_dim("LayerNorm", normalized_shape)
-        super().__init__(_core.layers.LayerNorm(n, eps, elementwise_affine, bias, *_dd(dtype, device)))
-        self.normalized_shape = (n,)
+        super().__init__("LayerNorm", normalized_shape, lambda n: _core.layers.LayerNorm(
+            n, eps, elementwise_affine, bias, *_dd(dtype, device)))
 
     @property
     def eps(self):
@@ -96,18 +116,20 @@ class LayerNorm(_CppLayer):
     def eps(self, value):  # the C++ layer's own: assigned later, it still sets the forward's
         self._impl.eps = float(value)
 
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
+    def forward(self, x):
+        if self._flat:
+            return self._impl.forward(x)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class RMSNorm(_CppLayer):
+class RMSNorm(_Norm):
     """eps=None (the default, as torch's): the machine epsilon of the input's type, chosen per
     call (machine_eps in functional/_norms.py), since the module may be cast after it is made."""
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=None, device=None):
-        n = _last_dim("RMSNorm", normalized_shape)
-        super().__init__(_core.layers.RMSNorm(n, 0.0, elementwise_affine, *_dd(dtype, device)))
-        self.normalized_shape, self.eps = (n,), eps
+        super().__init__("RMSNorm", normalized_shape, lambda n: _core.layers.RMSNorm(
+            n, 0.0, elementwise_affine, *_dd(dtype, device)))
+        self.eps = eps
 
     @property
     def eps(self):
@@ -121,10 +143,9 @@ class RMSNorm(_CppLayer):
         self._impl.eps = 0.0 if value is None else float(value)
 
     def forward(self, x):
-        return self._impl.forward(x) if self.eps is not None else F.rms_norm(x, self.normalized_shape, self.weight)
-
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
+        if self._flat and self.eps is not None:
+            return self._impl.forward(x)
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
 class Dropout(Module):
