@@ -108,8 +108,10 @@ __global__ void count_tokens_kernel(const I* __restrict__ ids, int32_t* count, i
   allow_early_launch();  // the short rows' blocks may take their slots and wait
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  // The first id is read before the wait: the ids are the op's input, so the load overlaps the
-  // zeroing kernel instead of following it.
+  // The first id is read before the wait, so the load overlaps the zeroing kernel instead of
+  // following it. Safe because the ids are the op's input and the zeroing kernel is launched
+  // plainly: whatever wrote the ids finished before it started, and this kernel starts only after
+  // it has (were the zeroing ever launched early, this read could race that writer).
   int64_t id = n < N ? int64_t(ids[n]) : -1;
   wait_for_prior_grids();  // the zeroed counts
   for (; n < N; n += stride) {
@@ -578,8 +580,9 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
       }
       side.join();  // (a failed launch is reported by the check after go)
     };
-    // 32-bit pack offsets while grad and dweight each hold fewer than 2^32 packs
-    const bool narrow = std::max(N, V) * cp < (int64_t(1) << 32);
+    // 32-bit pack offsets while grad and dweight each hold fewer than 2^32 - 256 packs (a
+    // thread's next pack, c + blockDim.x, stays below 2^32 too)
+    const bool narrow = std::max(N, V) * cp < (int64_t(1) << 32) - 256;
     auto dispatch = [&](auto* pid) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(pid)>>;
       constexpr int WV = kVec<T>;

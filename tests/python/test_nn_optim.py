@@ -401,8 +401,9 @@ def test_layers_take_integer_sizes_only():
         nn.Embedding(10, "4")
     with pytest.raises(TypeError, match="RMSNorm: normalized_shape must be an int or a sequence"):
         nn.RMSNorm([4.0])
-    with pytest.raises(ValueError, match="LayerNorm: normalized_shape must name at least one dim"):
-        nn.LayerNorm(())
+    for bad in ((), (2, -3)):
+        with pytest.raises(ValueError, match="LayerNorm: normalized_shape must be one or more sizes >= 0"):
+            nn.LayerNorm(bad)
     assert nn.LayerNorm([6]).normalized_shape == (6,)
 
 

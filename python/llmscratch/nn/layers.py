@@ -81,12 +81,12 @@ class _Norm(_CppLayer):
     """A norm over the trailing normalized_shape dims. One dim: the C++ layer's forward. Several,
     as torch's nn.LayerNorm((C, H)): the parameters have that shape (state_dicts trade with
     torch's) and the forward is the functional one, which views those dims as one; the C++ layer
-    then holds only eps, and its own flat tensors are not used."""
+    then holds only eps (its flat tensors are dropped)."""
 
     def __init__(self, name, normalized_shape, make_impl):
         shape = _as_shape(name, normalized_shape)
-        if not shape:
-            raise ValueError(f"{name}: normalized_shape must name at least one dim, got ()")
+        if not shape or any(n < 0 for n in shape):
+            raise ValueError(f"{name}: normalized_shape must be one or more sizes >= 0, got {shape}")
         super().__init__(make_impl(math.prod(shape)))
         self.__dict__["_flat"] = len(shape) == 1
         self.normalized_shape = shape
@@ -94,6 +94,7 @@ class _Norm(_CppLayer):
             for pname, p in list(self._parameters.items()):
                 if p is not None:
                     setattr(self, pname, Parameter(p.detach().reshape(shape).clone()))
+                    setattr(self._impl, pname, None)
 
     def _sync_impl(self, name, value):
         if self.__dict__.get("_flat", True):  # the C++ layer's forward uses the module's tensors
