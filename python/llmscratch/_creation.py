@@ -8,7 +8,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-from ._dtype import as_device, as_dtype, bool_, float32, int32, int64, uint8
+from ._dtype import as_device, as_dtype, bool_, float16, float32, float64, int32, int64, uint8
 
 Tensor = _core.Tensor
 
@@ -66,16 +66,55 @@ def _first_number(data):
     return data
 
 
+def _numpy_scalar_dtype(np_dtype):
+    """The llmscratch dtype tensor() keeps for a numpy dtype (other integer widths become int64)."""
+    if np_dtype == np.bool_:
+        return bool_
+    if np_dtype.kind == "f":
+        return {2: float16, 4: float32}.get(np_dtype.itemsize, float64)
+    return {np.dtype(np.uint8): uint8, np.dtype(np.int32): int32}.get(np_dtype, int64)
+
+
+def _sequence_dtype(data):
+    """torch.tensor's dtype for nested sequences holding tensors or numpy scalars: each leaf's own
+    (a tensor's or numpy scalar's dtype; a Python bool bool, int int64, float float32), combined
+    by promote_types, so tensor([tensor(1), tensor(2.5)]) is float32 and two bf16 scalars stay
+    bf16 (numpy's promotion made them float64 and float32). None for a leaf of another kind."""
+    out, stack = None, [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+            continue
+        if isinstance(v, Tensor):
+            d = v.dtype
+        elif isinstance(v, (np.generic, np.ndarray)):
+            d = _numpy_scalar_dtype(v.dtype)
+        elif isinstance(v, builtins.bool):
+            d = bool_
+        elif isinstance(v, numbers.Integral):
+            d = int64
+        elif isinstance(v, numbers.Real):
+            d = float32
+        else:
+            return None
+        out = d if out is None else _core.promote_types(out, d)
+    return out
+
+
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new tensor holding a copy of ``data`` (nested lists, scalars, numpy arrays, tensors).
     Python floats become float32, ints int64, bools bool; numpy arrays, numpy scalars and 0-d
-    tensors (also in lists) keep their dtype. Python numbers into an integer dtype must fit it."""
+    tensors keep their dtype, and a list led by one takes torch's promotion of its items' dtypes
+    (_sequence_dtype). Python numbers into an integer dtype must fit it."""
     dtype = as_dtype(dtype)
     if isinstance(data, Tensor):
         t = data.detach().to(dtype=dtype or data.dtype).clone()
     else:
         from_numpy_array = isinstance(data, (np.ndarray, np.generic)) or isinstance(
             _first_number(data), (np.generic, Tensor))
+        if dtype is None and from_numpy_array and isinstance(data, (list, tuple)):
+            dtype = _sequence_dtype(data)
         try:
             arr = np.asarray(data)
         except RuntimeError:  # a tensor inside requires grad (numpy() refuses it): its values

@@ -27,6 +27,24 @@ def test_tensor_infers_dtypes_like_torch():
             [torch.from_dlpack(d) if isinstance(d, ls.Tensor) else d for d in data]).dtype).split(".")[1])
 
 
+@pytest.mark.parametrize("items", [
+    lambda m: [m.tensor(1), m.tensor(2.5)],  # int64 and float32: float32 (numpy's rule gave float64)
+    lambda m: [np.float32(1.5), 2.5],
+    lambda m: [np.float16(1.5), 2],
+    lambda m: [np.int32(1), 2],
+    lambda m: [np.uint8(1), True],
+    lambda m: [m.tensor(1.0, dtype=m.bfloat16), m.tensor(2.0, dtype=m.bfloat16)],  # stays bf16
+    lambda m: [m.tensor(1.0, dtype=m.bfloat16), m.tensor(2.0, dtype=m.float16)],
+    lambda m: [m.tensor(1.0, dtype=m.float64), 2.5],
+    lambda m: [m.tensor(True), m.tensor(2)],
+    lambda m: [[m.tensor(1.0)], [m.tensor(3)]],
+])
+def test_a_list_of_tensors_and_numpy_scalars_promotes_like_torch(items):
+    ours, ref = ls.tensor(items(ls)), torch.tensor(items(torch))
+    assert str(ours.dtype).split(".")[1] == str(ref.dtype).split(".")[1]
+    assert ours.tolist() == ref.tolist()
+
+
 def test_python_numbers_into_an_integer_dtype_must_fit_like_torch():
     # they had wrapped: 300 into uint8 gave 44, NaN into int64 gave INT64_MIN
     for data, dtype in (([300], ls.uint8), ([-2.5], ls.uint8), ([255.5], ls.uint8), ([-256], ls.uint8),
