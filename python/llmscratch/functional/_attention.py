@@ -13,7 +13,7 @@ __all__ = ["scaled_dot_product_attention"]
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
-                                 enable_gqa=False, return_lse=False):
+                                 enable_gqa=False, causal_align="top_left", return_lse=False):
     """softmax(q k^T * scale + mask) v for q (B, NH, T, HS) and k, v (B, NKV, S, HS); the
     arguments as torch's (the same positional ones), so that a call means what it means there.
 
@@ -22,10 +22,14 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     float (added to the scores), broadcastable to (B, NH, T, S); a float mask gets no gradient
     (the fused backward never forms the (T, S) score gradient), so one that requires grad is
     refused. dropout_p must be 0: attention dropout is not implemented.
-    is_causal hides key s from query t when s > t + (S - T): aligned to the bottom right, which
-    matches torch's top-left is_causal when T == S and suits a query block at the end of a kv
-    cache when T < S. A query row that sees no key gives zeros (torch gives NaN there).
-    scale defaults to 1 / sqrt(HS). return_lse=True also returns lse (B, NH, T).
+    is_causal hides key s from query t when s > t, torch's rule (aligned to the top left); with
+    causal_align="bottom_right" (not a torch argument) when s > t + (S - T), so that a block of T
+    queries at the end of a kv cache of S keys sees the keys up to its own positions, as the
+    models' generation needs (FlashAttention's causal rule; torch's causal_lower_right). The two
+    agree when T == S; the kernels implement the bottom-right rule, and a top-left one with
+    T != S goes to them as a mask. With attn_mask too, both apply. A query row that sees no key
+    gives zeros, as torch's. scale defaults to 1 / sqrt(HS). return_lse=True also returns lse
+    (B, NH, T).
     """
     op = "scaled_dot_product_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -44,7 +48,12 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa), ("return_lse", return_lse)):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{op}: {name} must be a bool, got {flag!r}")
-    attrs = {"causal": bool(is_causal)}
+    if causal_align not in ("top_left", "bottom_right"):
+        raise ValueError(f"{op}: causal_align must be 'top_left' or 'bottom_right', got {causal_align!r}")
+    causal = bool(is_causal)
+    if causal and causal_align == "top_left" and min(q.dim(), k.dim()) >= 2 and q.shape[-2] != k.shape[-2]:
+        attn_mask, causal = _with_top_left_causal(attn_mask, q.shape[-2], k.shape[-2], q.device), False
+    attrs = {"causal": causal}
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise TypeError(f"{op}: scale must be a number, got {scale!r}")
@@ -53,3 +62,14 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
         attrs["scale"] = float(scale)
     out, lse = _core.call("attention", [q, k, v, attn_mask], attrs)
     return (out, lse) if return_lse else out
+
+
+def _with_top_left_causal(attn_mask, T, S, device):
+    """attn_mask with torch's is_causal applied (query t sees keys s <= t) as a mask of its kind."""
+    visible = np.tri(T, S, dtype=bool)
+    if attn_mask is not None and attn_mask.dtype != _core.DType.bool:
+        bias = _core.from_numpy(np.where(visible, 0.0, -np.inf), attn_mask.dtype).to(device=device)
+        return attn_mask + bias
+    tri = _core.from_numpy(visible).to(device=device)
+    return tri if attn_mask is None else attn_mask & tri
+

@@ -111,7 +111,8 @@ class Attention(nn.Module):
             ck[:, :, start_pos:start_pos + T] = k
             cv[:, :, start_pos:start_pos + T] = v
             k, v = ck[:, :, :start_pos + T], cv[:, :, :start_pos + T]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, NH, T, HS)
+        # the queries are the last T of the S positions (T == S without a cache)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, causal_align="bottom_right")  # (B, NH, T, HS)
         return self.proj(y.transpose(1, 2).reshape(B, T, NH * HS))
 
 

@@ -49,7 +49,7 @@ def run_both(shape, dt, tdt, causal, mask_np=None, scale=None):
     if mask_np is not None:
         mask = ls.from_numpy(mask_np) if mask_np.dtype == np.bool_ else ls.tensor(mask_np, dtype=dt)
     out, lse = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
-                                              return_lse=True)
+                                              causal_align="bottom_right", return_lse=True)
     loss = (out * ls.tensor(g_out, dtype=dt)).sum() + (lse * ls.tensor(g_lse, dtype=dt)).sum()
     loss.backward()
 
@@ -93,11 +93,34 @@ def test_float_mask_and_scale(dt, tdt, tol):
     check(*run_both(shape, dt, tdt, False, mask_np=mask, scale=0.3), tol)
 
 
+@pytest.mark.parametrize("T,S", [(2, 5), (5, 2), (1, 6), (4, 4)])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_is_causal_is_torchs_top_left_rule_when_lengths_differ(T, S, mask_kind):
+    # query t sees keys s <= t, with or without a mask, forward and gradients against torch
+    rng = np.random.default_rng(7)
+    arrs = [rng.standard_normal(s) for s in ((2, 4, T, 3), (2, 2, S, 3), (2, 2, S, 3))]
+    mask = {None: None, "bool": rng.random((1, 1, T, S)) < 0.8, "float": rng.standard_normal((2, 1, 1, S))}[mask_kind]
+    q, k, v = (ls.tensor(a, requires_grad=True) for a in arrs)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else ls.tensor(mask),
+                                         is_causal=True, enable_gqa=True)
+    out.sum().backward()
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in arrs)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        tq, tk, tv, attn_mask=None if mask is None else torch.tensor(mask), is_causal=True, enable_gqa=True)
+    ref.sum().backward()
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-10)
+    for a, b in ((q, tq), (k, tk), (v, tv)):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="causal_align must be"):
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, causal_align="lower_right")
+
+
 def test_fully_masked_rows_are_zero_not_nan():
     q = ls.tensor(np.random.standard_normal((1, 2, 5, 4)), dtype=ls.float64, requires_grad=True)
     k = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
     v = ls.tensor(np.random.standard_normal((1, 2, 3, 4)), dtype=ls.float64, requires_grad=True)
-    out, lse = F.scaled_dot_product_attention(q, k, v, is_causal=True, return_lse=True)  # T > S
+    out, lse = F.scaled_dot_product_attention(q, k, v, is_causal=True, causal_align="bottom_right",
+                                              return_lse=True)  # T > S
     o, l = out.detach().numpy(), lse.detach().numpy()
     assert np.all(o[:, :, :2] == 0) and np.all(np.isneginf(l[:, :, :2]))
     assert np.all(np.isfinite(o)) and np.all(np.isfinite(l[:, :, 2:]))

@@ -197,7 +197,8 @@ def registry_run(shape, causal, device, scale=None):
     lq, lk, lv = (ls.tensor(t.detach().float().numpy(), device=device, requires_grad=True) for t in (q, k, v))
     ls.backend_report(reset=True)
     with ls.backend("triton"):
-        o, l = F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal, scale=scale, return_lse=True)
+        o, l = F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal, scale=scale,
+                                              causal_align="bottom_right", return_lse=True)
         # rows that see no key have lse = -inf: they are filled with 0 so the loss stays finite
         hidden = ls.tensor((~finite).numpy(), device=device)
         loss = (o * ls.tensor(gout.float().numpy(), device=device)).sum() + \
