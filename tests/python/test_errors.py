@@ -76,3 +76,21 @@ def test_layer_and_attention_arguments_are_checked_when_given():
         F.scaled_dot_product_attention(q, q, q, scale=float("nan"))
     with pytest.raises(ValueError, match="manual_seed"):
         ls.manual_seed(2**64)
+
+
+def test_torchs_optional_arguments_are_taken_at_their_defaults_and_refused_otherwise():
+    # torch-style call sites pass weight=None / inplace=False explicitly: they run as without them
+    import llmscratch.functional as F
+    logits, targets = ls.tensor(randn(4, 5)), ls.tensor([0, 3, 1, 4])
+    assert F.cross_entropy(logits, targets, None).item() == F.cross_entropy(logits, targets).item()
+    assert F.cross_entropy(logits, targets, weight=None, reduction="sum").item() == \
+        F.cross_entropy(logits, targets, reduction="sum").item()
+    x = ls.tensor(randn(3, 4))
+    assert (F.silu(x, inplace=False) == F.silu(x)).all().item()
+    assert F.dropout(x, 0.5, False, False) is x
+    with pytest.raises(NotImplementedError, match="cross_entropy: per-class weight is not implemented"):
+        F.cross_entropy(logits, targets, ls.ones(5))
+    with pytest.raises(NotImplementedError, match="silu: inplace=True is not supported"):
+        F.silu(x, inplace=True)
+    with pytest.raises(NotImplementedError, match="dropout: inplace=True is not supported"):
+        F.dropout(x, 0.5, True, True)

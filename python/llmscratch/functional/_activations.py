@@ -24,9 +24,11 @@ def gelu(x, approximate="none"):
     return _core.call("gelu", [x], {"approximate": approximate})[0]
 
 
-def silu(x):
-    """x * sigmoid(x)."""
+def silu(x, inplace=False):
+    """x * sigmoid(x). inplace=True (torch's in-place form) is not implemented."""
     _check("silu", x=x)
+    if inplace:
+        raise NotImplementedError("silu: inplace=True is not supported (the result is a new tensor)")
     return _core.call("silu", [x], {})[0]
 
 

@@ -20,10 +20,13 @@ def is_probability(p) -> bool:
     return isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= float(p) <= 1.0
 
 
-def dropout(x, p=0.5, training=True):
-    """x * mask / (1 - p) when training; x itself when not training or p == 0."""
+def dropout(x, p=0.5, training=True, inplace=False):
+    """x * mask / (1 - p) when training; x itself when not training or p == 0. inplace=True (torch's
+    in-place form) is not implemented."""
     if not isinstance(x, _core.Tensor):
         raise TypeError(f"dropout: x must be a Tensor, got {type(x).__name__}")
+    if inplace:
+        raise NotImplementedError("dropout: inplace=True is not supported (the mask is applied out of place)")
     if not is_probability(p):
         raise ValueError(f"dropout: p must be in [0, 1], got {p!r}")
     if not x.dtype.is_floating_point:

@@ -42,11 +42,12 @@ class _CrossEntropyInplace(Function):
         return dlogits, None, None
 
 
-def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                   inplace_backward=False):
     """logits (N, V) float, targets (N,) int32/int64 -> loss; torch semantics for ignore_index,
     reduction ('mean' over non-ignored targets, 'sum', 'none') and label_smoothing. A single
-    sample, logits (V,) with a 0-d target, is accepted too.
+    sample, logits (V,) with a 0-d target, is accepted too. weight (torch's third argument) must
+    be None: per-class weights are not implemented.
 
     inplace_backward=True (Liger-Kernel's name) saves the (N, V) gradient tensor of training: the
     forward writes d(loss)/d(logits) over the logits while it has each row, and the backward
@@ -67,6 +68,8 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", label
         raise TypeError(f"cross_entropy: logits must be floating-point, got {logits.dtype}")
     if targets.dtype not in _INT:
         raise TypeError(f"cross_entropy: targets must be int32 or int64, got {targets.dtype}")
+    if weight is not None:
+        raise NotImplementedError("cross_entropy: per-class weight is not implemented (pass weight=None)")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):

@@ -86,8 +86,8 @@ def test_bad_inputs():
         F.cross_entropy(x, ls.tensor([1, 2]), reduction="avg")
     with pytest.raises(ValueError, match="cross_entropy: label_smoothing"):
         F.cross_entropy(x, ls.tensor([1, 2]), label_smoothing=1.5)
-    with pytest.raises(TypeError):
-        F.cross_entropy(x, ls.tensor([1, 2]), None)  # torch's positional weight is not supported
+    with pytest.raises(NotImplementedError, match="cross_entropy: per-class weight"):
+        F.cross_entropy(x, ls.tensor([1, 2]), ls.ones(x.shape[-1]))  # torch's positional weight
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
