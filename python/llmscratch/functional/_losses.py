@@ -1,13 +1,14 @@
 """cross_entropy: fused log-softmax + NLL with ignore_index and label smoothing
 (cpp/ops/cross_entropy.cpp; log_softmax is never materialised), optionally with the logits
-gradient written over the logits in the forward (inplace_backward)."""
+gradient written over the logits in the forward (inplace_backward). nll_loss and mse_loss, as
+torch's, composed of the differentiable ops."""
 import numbers
 
 import llmscratch_core as _core
 
 from ..autograd import Function, is_grad_enabled
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "nll_loss", "mse_loss"]
 
 _INT = (_core.DType.int32, _core.DType.int64)
 
@@ -70,8 +71,7 @@ def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction=
         raise TypeError(f"cross_entropy: targets must be int32 or int64, got {targets.dtype}")
     if weight is not None:
         raise NotImplementedError("cross_entropy: per-class weight is not implemented (pass weight=None)")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check_reduction("cross_entropy", reduction)
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
@@ -95,3 +95,60 @@ def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction=
     else:
         loss = _core.call("cross_entropy", [logits, targets], attrs)[0]
     return loss.reshape([]) if single and reduction == "none" else loss
+
+
+def _check_reduction(op, reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):  # noqa: A002
+    """-input[n, target[n]] for log-probabilities input (N, C) and targets (N,) int32/int64 (or
+    input (C,) with a 0-d target), as torch's: 'mean' over the targets that are not ignore_index
+    (NaN when all are), 'sum', or 'none' (0 at ignored targets). weight must be None."""
+    from .. import _tensor
+    op = "nll_loss"
+    if not isinstance(input, _core.Tensor) or not isinstance(target, _core.Tensor):
+        raise TypeError(f"{op}: input and target must be Tensors, got {type(input).__name__} and "
+                        f"{type(target).__name__}")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"{op}: input must be floating-point, got {input.dtype}")
+    if target.dtype not in _INT:
+        raise TypeError(f"{op}: target must be int32 or int64, got {target.dtype}")
+    if weight is not None:
+        raise NotImplementedError(f"{op}: per-class weight is not implemented (pass weight=None)")
+    _check_reduction(op, reduction)
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
+    single = input.dim() == 1 and target.dim() == 0
+    if single:
+        input, target = input.reshape(1, -1), target.reshape(1)
+    if input.dim() != 2 or target.dim() != 1 or input.shape[0] != target.shape[0]:
+        raise ValueError(f"{op}: expected input (N, C) and target (N,), got {tuple(input.shape)} and "
+                         f"{tuple(target.shape)}")
+    kept = target != int(ignore_index)
+    # ignored targets read class 0 (any index in range) and are zeroed after; the others are
+    # range-checked by gather, which raises IndexError naming the bad one
+    picked = input.gather(1, _tensor.where(kept, target, 0).long().unsqueeze(1)).squeeze(1)
+    losses = _tensor.where(kept, -picked, 0.0)
+    if reduction == "none":
+        return losses.reshape([]) if single else losses
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / kept.sum().to(dtype=losses.dtype)
+
+
+def mse_loss(input, target, reduction="mean"):  # noqa: A002
+    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none'), as torch's;
+    the two broadcast against each other."""
+    op = "mse_loss"
+    if not isinstance(input, _core.Tensor) or not isinstance(target, _core.Tensor):
+        raise TypeError(f"{op}: input and target must be Tensors, got {type(input).__name__} and "
+                        f"{type(target).__name__}")
+    if not input.dtype.is_floating_point or not target.dtype.is_floating_point:
+        raise TypeError(f"{op}: input and target must be floating-point, got {input.dtype} and {target.dtype}")
+    _check_reduction(op, reduction)
+    d = input - target
+    sq = d * d
+    return sq if reduction == "none" else sq.sum() if reduction == "sum" else sq.mean()
+
