@@ -1,5 +1,6 @@
 """layer_norm and rms_norm over the trailing dims (cpp/ops/layer_norm.cpp, cpp/ops/rms_norm.cpp),
-and their variants fused with the residual add of a pre-norm block (add_layer_norm, add_rms_norm).
+and their variants fused with the residual add of a pre-norm block (add_layer_norm, add_rms_norm);
+normalize (x over its p-norm along a dim, composed of the differentiable ops).
 
 The kernels normalise over the last dim; a normalized_shape of several dims is handled by viewing
 those dims as one (a reshape, which autograd sees)."""
@@ -10,7 +11,7 @@ import numpy as np
 
 import llmscratch_core as _core
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "normalize"]
 
 
 def _as_shape(op, normalized_shape):
@@ -95,3 +96,22 @@ def add_rms_norm(x, residual, weight=None, eps=None):
     _check_residual("add_rms_norm", x, residual)
     h, y, _ = _core.call("add_rms_norm", [x, residual, weight], {"eps": machine_eps(x) if eps is None else float(eps)})
     return h, y
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12):  # noqa: A002
+    """input / max(||input||_p, eps) along dim, as torch's F.normalize. A vector of zeros stays
+    zeros with a zero gradient: its norm goes through a where, not through |x|^(1/p) at 0."""
+    from .. import _tensor
+    if not isinstance(input, _core.Tensor):
+        raise TypeError(f"normalize: input must be a Tensor, got {type(input).__name__}")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"normalize: input must be floating-point, got {input.dtype}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not p > 0 or math.isinf(p):
+        raise ValueError(f"normalize: p must be a finite number > 0, got {p!r}")
+    powered = input.abs() if p == 1 else input * input if p == 2 else input.abs() ** float(p)
+    total = powered.sum(dim, keepdim=True)
+    nonzero = total > 0
+    safe = _tensor.where(nonzero, total, 1.0)
+    norm = _tensor.where(nonzero, safe if p == 1 else safe.sqrt() if p == 2 else safe ** (1.0 / p), 0.0)
+    return input / norm.clamp(min=float(eps))
+

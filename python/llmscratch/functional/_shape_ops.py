@@ -1,5 +1,5 @@
-"""Joining and cutting tensors along one dimension: cat, stack, split, chunk, narrow, unbind; and
-movedim.
+"""Joining and cutting tensors along one dimension: cat, stack, split, chunk, narrow, unbind;
+movedim; and pad (constant padding of the trailing dims, a cat of constant blocks).
 
 Thin wrappers over the registered ops "cat", "stack" and "split" (cpp/ops/concat.cpp) and the
 views (slicing, squeeze, permute); split, chunk, narrow, unbind and movedim return views, as in
@@ -15,7 +15,8 @@ from ._checks import require_int as _int, require_tensor as _tensor
 
 Tensor = _core.Tensor
 
-__all__ = ["cat", "concat", "concatenate", "stack", "split", "chunk", "narrow", "unbind", "movedim", "moveaxis"]
+__all__ = ["cat", "concat", "concatenate", "stack", "split", "chunk", "narrow", "unbind", "movedim", "moveaxis",
+           "pad"]
 
 
 def _tensor_list(tensors, op):
@@ -143,3 +144,37 @@ for _name, _fn in [("split", split), ("chunk", chunk), ("narrow", narrow), ("unb
                    ("movedim", movedim), ("moveaxis", movedim)]:
     if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)
+
+
+def pad(input, pad, mode="constant", value=None):  # noqa: A002
+    """torch's F.pad in constant mode: pad = (left, right) for the last dim, then (left, right) for
+    the one before, and so on; a negative amount cuts that many elements off (a view); value
+    (default 0) fills the new elements, which get no gradient."""
+    from .._creation import full
+    _tensor(input, "input", "pad")
+    if mode != "constant":
+        raise NotImplementedError(f"pad: only mode='constant' is implemented, got {mode!r}")
+    if not isinstance(pad, (list, tuple)) or len(pad) % 2 or len(pad) // 2 > input.dim():
+        raise ValueError(f"pad: pad must be a sequence of (left, right) pairs for at most the {input.dim()} "
+                         f"dims of the input, got {pad!r}")
+    amounts = [_int(a, "pad", "pad") for a in pad]
+    out = input
+    for i in range(len(amounts) // 2):
+        dim, left, right = out.dim() - 1 - i, amounts[2 * i], amounts[2 * i + 1]
+        n = out.shape[dim]
+        if n + builtins.min(left, 0) + builtins.min(right, 0) < 0:
+            raise ValueError(f"pad: cutting {-left} and {-right} off dimension {dim} of size {n} leaves "
+                             "a negative size")
+        if left < 0 or right < 0:  # the cuts first: a view
+            start = -builtins.min(left, 0)
+            out = narrow(out, dim, start, n - start + builtins.min(right, 0))
+        pieces = []
+        for amount in (left, right):
+            shape = list(out.shape)
+            shape[dim] = builtins.max(amount, 0)
+            pieces.append(full(shape, 0 if value is None else value, dtype=out.dtype, device=out.device)
+                          if amount > 0 else None)
+        if pieces[0] is not None or pieces[1] is not None:
+            out = cat([p for p in (pieces[0], out, pieces[1]) if p is not None], dim)
+    return out
+
