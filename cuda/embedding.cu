@@ -526,12 +526,13 @@ Tensors embedding_backward(const Tensors& in, const Attrs& a) {
   // Grids of step 3: the host does not know how many long rows there are (at most max_long);
   // blocks stride over them. With uniform ids every block returns at once, but each still takes
   // a place on an SM from the short rows while it reads the long-row count (the side stream has
-  // the higher priority): grids of 1024 to 4096 blocks cost about 4 us of the op's 0.119 ms at
-  // V50304 C1280 N65536 bf16 on an H100. Text-like ids put most bytes on the long rows (at 128 x
-  // 1024 tokens, three quarters of the tokens), where the pieces' grid decides the time and the
-  // long rows' grid next. These grids (8, 4, 2 and 2 blocks per SM for the pieces, long rows,
-  // sorts and token scatter) took the uniform case to 0.115-0.116 ms and the text-like one from
-  // 0.190 to 0.200-0.203 ms (bench/results/nvidia-h100-f4afa74).
+  // the higher priority): grids of 1024 to 4096 blocks cost about 4 us of the op at V50304 C1280
+  // N65536 bf16 on an H100 (a sweep of grid sizes, bench/notes_cuda_elementwise.md). Text-like ids
+  // put most bytes on the long rows (at 128 x 1024 tokens, three quarters of the tokens), where
+  // the pieces' grid decides the time and the long rows' grid next. With these grids (8, 4, 2 and
+  // 2 blocks per SM for the pieces, long rows, sorts and token scatter) and the short rows' changes
+  // the uniform case went 0.122 -> 0.115 ms and the text-like one 0.195 -> 0.203 ms
+  // (bench/results/nvidia-h100-7488fb2 and nvidia-h100-f4afa74).
   const int64_t sms = sm_count(dev.index, "embedding_backward");
   auto side_blocks = [&](int64_t items, int64_t per_sm) {
     return unsigned(std::clamp<int64_t>(std::min(items, per_sm * sms), 1, int64_t(1) << 20));

@@ -66,13 +66,15 @@ def _first_number(data):
     return data
 
 
-def _numpy_scalar_dtype(np_dtype):
-    """The llmscratch dtype tensor() keeps for a numpy dtype (other integer widths become int64)."""
-    if np_dtype == np.bool_:
-        return bool_
-    if np_dtype.kind == "f":
-        return {2: float16, 4: float32}.get(np_dtype.itemsize, float64)
-    return {np.dtype(np.uint8): uint8, np.dtype(np.int32): int32}.get(np_dtype, int64)
+# The numpy dtypes tensor() keeps as they are, and what they become; other integer widths become
+# int64 (_kept_numpy_dtype).
+_KEPT_NUMPY = {np.dtype(np.bool_): bool_, np.dtype(np.uint8): uint8, np.dtype(np.int32): int32,
+               np.dtype(np.int64): int64, np.dtype(np.float16): float16, np.dtype(np.float32): float32,
+               np.dtype(np.float64): float64}
+
+
+def _kept_numpy_dtype(np_dtype):
+    return np.dtype(np.int64) if np_dtype.kind in "iu" and np_dtype not in _KEPT_NUMPY else np_dtype
 
 
 def _sequence_dtype(data):
@@ -89,7 +91,7 @@ def _sequence_dtype(data):
         if isinstance(v, Tensor):
             d = v.dtype
         elif isinstance(v, (np.generic, np.ndarray)):
-            d = _numpy_scalar_dtype(v.dtype)
+            d = _KEPT_NUMPY.get(_kept_numpy_dtype(v.dtype), float64)
         elif isinstance(v, builtins.bool):
             d = bool_
         elif isinstance(v, numbers.Integral):
@@ -134,10 +136,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
             arr = arr.astype({bool_: np.bool_, int64: np.int64}.get(_infer_dtype(arr), as_float))
         if dtype in _INT_RANGES and not from_numpy_array and arr.size:
             _check_int_range(arr, dtype)
-        if arr.dtype.kind == "u" and arr.dtype != np.uint8:
-            arr = arr.astype(np.int64)
-        if arr.dtype.kind == "i" and arr.dtype not in (np.int32, np.int64):
-            arr = arr.astype(np.int64)
+        arr = arr.astype(_kept_numpy_dtype(arr.dtype), copy=False)
         t = _core.from_numpy(arr, dtype)
     t = t.to(device=as_device(device))
     return _finish(t, requires_grad)

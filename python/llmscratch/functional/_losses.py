@@ -7,6 +7,8 @@ import numbers
 import llmscratch_core as _core
 
 from ..autograd import Function, is_grad_enabled
+from ._checks import require_tensor
+from ._elementwise import where
 
 __all__ = ["cross_entropy", "nll_loss", "mse_loss"]
 
@@ -62,18 +64,8 @@ def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction=
     be a leaf (a parameter or the caller's input is never overwritten); the gradient serves one
     backward, and a write into the logits before it raises. Where no gradient is recorded
     (no_grad, or logits not requiring grad) the plain path runs and the logits are left intact."""
-    if not isinstance(logits, _core.Tensor) or not isinstance(targets, _core.Tensor):
-        raise TypeError("cross_entropy: logits and targets must be Tensors, got "
-                        f"{type(logits).__name__} and {type(targets).__name__}")
-    if not logits.dtype.is_floating_point:
-        raise TypeError(f"cross_entropy: logits must be floating-point, got {logits.dtype}")
-    if targets.dtype not in _INT:
-        raise TypeError(f"cross_entropy: targets must be int32 or int64, got {targets.dtype}")
-    if weight is not None:
-        raise NotImplementedError("cross_entropy: per-class weight is not implemented (pass weight=None)")
-    _check_reduction("cross_entropy", reduction)
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
+    logits, targets, single = _class_loss_inputs("cross_entropy", logits, targets, weight, ignore_index,
+                                                 reduction, ("logits", "targets", "V"))
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     in_place = bool(inplace_backward) and is_grad_enabled() and logits.requires_grad
@@ -81,13 +73,6 @@ def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction=
         raise ValueError("cross_entropy: inplace_backward=True would overwrite a leaf tensor (a "
                          "parameter or the caller's input, or a view of one) with its gradient; "
                          "pass logits computed from it (e.g. the model's output)")
-    single = logits.dim() == 1 and targets.dim() == 0
-    if single:
-        logits, targets = logits.reshape(1, -1), targets.reshape(1)
-    if logits.dim() != 2 or targets.dim() != 1 or logits.shape[0] != targets.shape[0]:
-        raise ValueError("cross_entropy: expected logits (N, V) and targets (N,), got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)} "
-                         "(flatten (B, T, V) logits with .view(-1, V))")
     attrs = {"ignore_index": int(ignore_index), "reduction": reduction,
              "label_smoothing": float(label_smoothing)}
     if in_place:
@@ -97,40 +82,52 @@ def cross_entropy(logits, targets, weight=None, *, ignore_index=-100, reduction=
     return loss.reshape([]) if single and reduction == "none" else loss
 
 
+def refuse_class_weight(op, weight):
+    """torch's per-class weight argument, taken at its default only."""
+    if weight is not None:
+        raise NotImplementedError(f"{op}: per-class weight is not implemented (pass weight=None)")
+
+
 def _check_reduction(op, reduction):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _class_loss_inputs(op, scores, targets, weight, ignore_index, reduction, names):
+    """The checks cross_entropy and nll_loss share, for scores (N, C) float and targets (N,)
+    int32/int64 (names: how the op calls them and C). Returns them with a single sample, scores
+    (C,) and a 0-d target, as one row, and whether it was one."""
+    s_name, t_name, c = names
+    require_tensor(scores, s_name, op)
+    require_tensor(targets, t_name, op)
+    if not scores.dtype.is_floating_point:
+        raise TypeError(f"{op}: {s_name} must be floating-point, got {scores.dtype}")
+    if targets.dtype not in _INT:
+        raise TypeError(f"{op}: {t_name} must be int32 or int64, got {targets.dtype}")
+    refuse_class_weight(op, weight)
+    _check_reduction(op, reduction)
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
+    single = scores.dim() == 1 and targets.dim() == 0
+    if single:
+        scores, targets = scores.reshape(1, -1), targets.reshape(1)
+    if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
+        raise ValueError(f"{op}: expected {s_name} (N, {c}) and {t_name} (N,), got {tuple(scores.shape)} and "
+                         f"{tuple(targets.shape)} (flatten (B, T, {c}) {s_name} with .view(-1, {c}))")
+    return scores, targets, single
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):  # noqa: A002
     """-input[n, target[n]] for log-probabilities input (N, C) and targets (N,) int32/int64 (or
     input (C,) with a 0-d target), as torch's: 'mean' over the targets that are not ignore_index
     (NaN when all are), 'sum', or 'none' (0 at ignored targets). weight must be None."""
-    from .. import _tensor
-    op = "nll_loss"
-    if not isinstance(input, _core.Tensor) or not isinstance(target, _core.Tensor):
-        raise TypeError(f"{op}: input and target must be Tensors, got {type(input).__name__} and "
-                        f"{type(target).__name__}")
-    if not input.dtype.is_floating_point:
-        raise TypeError(f"{op}: input must be floating-point, got {input.dtype}")
-    if target.dtype not in _INT:
-        raise TypeError(f"{op}: target must be int32 or int64, got {target.dtype}")
-    if weight is not None:
-        raise NotImplementedError(f"{op}: per-class weight is not implemented (pass weight=None)")
-    _check_reduction(op, reduction)
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
-    single = input.dim() == 1 and target.dim() == 0
-    if single:
-        input, target = input.reshape(1, -1), target.reshape(1)
-    if input.dim() != 2 or target.dim() != 1 or input.shape[0] != target.shape[0]:
-        raise ValueError(f"{op}: expected input (N, C) and target (N,), got {tuple(input.shape)} and "
-                         f"{tuple(target.shape)}")
+    input, target, single = _class_loss_inputs("nll_loss", input, target, weight, ignore_index, reduction,
+                                               ("input", "target", "C"))
     kept = target != int(ignore_index)
     # ignored targets read class 0 (any index in range) and are zeroed after; the others are
     # range-checked by gather, which raises IndexError naming the bad one
-    picked = input.gather(1, _tensor.where(kept, target, 0).long().unsqueeze(1)).squeeze(1)
-    losses = _tensor.where(kept, -picked, 0.0)
+    picked = input.gather(1, where(kept, target, 0).long().unsqueeze(1)).squeeze(1)
+    losses = where(kept, -picked, 0.0)
     if reduction == "none":
         return losses.reshape([]) if single else losses
     if reduction == "sum":
@@ -142,9 +139,8 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none'), as torch's;
     the two broadcast against each other."""
     op = "mse_loss"
-    if not isinstance(input, _core.Tensor) or not isinstance(target, _core.Tensor):
-        raise TypeError(f"{op}: input and target must be Tensors, got {type(input).__name__} and "
-                        f"{type(target).__name__}")
+    require_tensor(input, "input", op)
+    require_tensor(target, "target", op)
     if not input.dtype.is_floating_point or not target.dtype.is_floating_point:
         raise TypeError(f"{op}: input and target must be floating-point, got {input.dtype} and {target.dtype}")
     _check_reduction(op, reduction)

@@ -101,7 +101,7 @@ def add_rms_norm(x, residual, weight=None, eps=None):
 def normalize(input, p=2.0, dim=1, eps=1e-12):  # noqa: A002
     """input / max(||input||_p, eps) along dim, as torch's F.normalize. A vector of zeros stays
     zeros with a zero gradient: its norm goes through a where, not through |x|^(1/p) at 0."""
-    from .. import _tensor
+    from ._elementwise import where
     if not isinstance(input, _core.Tensor):
         raise TypeError(f"normalize: input must be a Tensor, got {type(input).__name__}")
     if not input.dtype.is_floating_point:
@@ -111,7 +111,7 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):  # noqa: A002
     powered = input.abs() if p == 1 else input * input if p == 2 else input.abs() ** float(p)
     total = powered.sum(dim, keepdim=True)
     nonzero = total > 0
-    safe = _tensor.where(nonzero, total, 1.0)
-    norm = _tensor.where(nonzero, safe if p == 1 else safe.sqrt() if p == 2 else safe ** (1.0 / p), 0.0)
+    safe = where(nonzero, total, 1.0)
+    norm = where(nonzero, safe if p == 1 else safe.sqrt() if p == 2 else safe ** (1.0 / p), 0.0)
     return input / norm.clamp(min=float(eps))
 

@@ -10,6 +10,7 @@ import numbers
 
 import llmscratch_core as _core
 
+from .._creation import full
 from .._tensor import _wrap_dim
 from ._checks import require_int as _int, require_tensor as _tensor
 
@@ -150,7 +151,6 @@ def pad(input, pad, mode="constant", value=None):  # noqa: A002
     """torch's F.pad in constant mode: pad = (left, right) for the last dim, then (left, right) for
     the one before, and so on; a negative amount cuts that many elements off (a view); value
     (default 0) fills the new elements, which get no gradient."""
-    from .._creation import full
     _tensor(input, "input", "pad")
     if mode != "constant":
         raise NotImplementedError(f"pad: only mode='constant' is implemented, got {mode!r}")
@@ -168,13 +168,16 @@ def pad(input, pad, mode="constant", value=None):  # noqa: A002
         if left < 0 or right < 0:  # the cuts first: a view
             start = -builtins.min(left, 0)
             out = narrow(out, dim, start, n - start + builtins.min(right, 0))
-        pieces = []
-        for amount in (left, right):
-            shape = list(out.shape)
-            shape[dim] = builtins.max(amount, 0)
-            pieces.append(full(shape, 0 if value is None else value, dtype=out.dtype, device=out.device)
-                          if amount > 0 else None)
-        if pieces[0] is not None or pieces[1] is not None:
-            out = cat([p for p in (pieces[0], out, pieces[1]) if p is not None], dim)
+        parts = ([_constant_block(out, dim, left, value)] if left > 0 else []) + [out] + \
+            ([_constant_block(out, dim, right, value)] if right > 0 else [])
+        if len(parts) > 1:
+            out = cat(parts, dim)
     return out
+
+
+def _constant_block(like, dim, amount, value):
+    """A tensor shaped like ``like`` but ``amount`` long along dim, filled with value (0 if None)."""
+    shape = list(like.shape)
+    shape[dim] = amount
+    return full(shape, 0 if value is None else value, dtype=like.dtype, device=like.device)
 

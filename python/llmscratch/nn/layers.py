@@ -87,17 +87,20 @@ class _Norm(_CppLayer):
         shape = _as_shape(name, normalized_shape)
         if not shape or any(n < 0 for n in shape):
             raise ValueError(f"{name}: normalized_shape must be one or more sizes >= 0, got {shape}")
+        self.normalized_shape = shape  # before the C++ layer's parameters are registered (_flat)
         super().__init__(make_impl(math.prod(shape)))
-        self.__dict__["_flat"] = len(shape) == 1
-        self.normalized_shape = shape
-        if len(shape) > 1:
+        if not self._flat:
             for pname, p in list(self._parameters.items()):
                 if p is not None:
                     setattr(self, pname, Parameter(p.detach().reshape(shape).clone()))
                     setattr(self._impl, pname, None)
 
+    @property
+    def _flat(self):
+        return len(self.normalized_shape) == 1
+
     def _sync_impl(self, name, value):
-        if self.__dict__.get("_flat", True):  # the C++ layer's forward uses the module's tensors
+        if self._flat:  # the C++ layer's forward uses the module's tensors
             super()._sync_impl(name, value)
 
     def extra_repr(self):

@@ -1,11 +1,7 @@
 """The loss modules, as torch's: each holds its options and calls the functional form."""
 from .. import functional as F
+from ..functional._losses import refuse_class_weight
 from .module import Module
-
-
-def _no_weight(name, weight):
-    if weight is not None:
-        raise NotImplementedError(f"{name}: per-class weight is not implemented (pass weight=None)")
 
 
 class CrossEntropyLoss(Module):
@@ -13,7 +9,7 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__()
-        _no_weight("CrossEntropyLoss", weight)
+        refuse_class_weight("CrossEntropyLoss", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
 
     def forward(self, input, target):  # noqa: A002
@@ -30,7 +26,7 @@ class NLLLoss(Module):
 
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean"):
         super().__init__()
-        _no_weight("NLLLoss", weight)
+        refuse_class_weight("NLLLoss", weight)
         self.ignore_index, self.reduction = ignore_index, reduction
 
     def forward(self, input, target):  # noqa: A002
