@@ -8,34 +8,56 @@ grad (ids.shape..., C) -> dweight (V, C).
 Registry ops (cpp/ops/embedding.cpp): "embedding" {weight, ids} -> {out};
 "embedding_backward" {grad, ids} attr num_weights = V -> {dweight}.
 
-Kernels. Programs work on [ROWS, BLOCK_C] tiles of _TILE elements: BLOCK_C is C rounded up to a
-power of 2, at most 256 (C = 768 is three whole blocks), and ROWS = _TILE / BLOCK_C.
-Forward: one program per (ROWS tokens, block of C) copies the tokens' weight rows (a gather).
-Backward, without atomics so that it is deterministic and sums in the CPU op's order (a run of
-more than _CHUNK tokens: in pieces of that order, added in order): a small kernel turns the ids
-into sort keys and torch sorts them (stable, so each id's token positions stay in increasing
-order); a second small kernel finds where each id's run of sorted keys starts
-(start[v], a binary search per vocabulary row). A run longer than _CHUNK tokens (a frequent id:
-real text puts a few percent of its tokens on "," or " the") is cut where the sorted positions
-cross a multiple of _CHUNK, and one program per (chunk, block of C) sums the pieces inside its
-chunk into a float32 buffer. Then one program per (ROWS vocabulary rows, block of C) writes those
-rows of dweight once: each lane row adds its run's gradient rows in token order in float32, or
-its long run's pieces in chunk order, or writes zeros for a row no token has. The binary searches
-are done once per row there, not in every program: when each sum program searched for its runs'
-ends and each zero program for its rows, the kernel took 185 us at V = 50304, C = 1280,
-N = 65536 bf16 on the H100. Before the pieces, a lane row walked its whole run: with text-like
-ids (the most frequent 3.7% of the tokens) the backward ran at 0.74x torch.
+Forward: one program per (ROWS tokens, block of C) copies the tokens' weight rows (a gather), over
+[ROWS, BLOCK_C] tiles of _TILE elements: BLOCK_C is C rounded up to a power of 2, at most 256
+(C = 768 is three whole blocks), and ROWS = _TILE / BLOCK_C.
+
+Backward: the CUDA backend's design (cuda/embedding.cu) in three kernels, without float atomics
+(two runs give the same bits) and without sorting all tokens:
+  1. counting: int atomics count each id's tokens and hand each token a ticket (0, 1, ... in
+     arrival order); a row's first _SLOTS tokens keep their positions in slots of their own, and a
+     row that passes _SLOTS tokens (a long row) is listed;
+  2. short rows: every vocabulary row of at most _SLOTS tokens (nearly all rows of a large
+     vocabulary) is written whole: its slots sorted (tl.sort), its tokens' rows added in token
+     order in float32, zeros for a row no token has;
+  3. long rows: one persistent grid that hands out its work through atomic counters (a program
+     waits only for work that a running program has taken, so no program waits on one that has
+     not started, and the interpreter's one program does everything in order):
+       a. the layout, by every program alike: each long row of at most _SORT_MAX tokens (a medium
+          row) owns a segment of a token buffer, each long row ceil(tokens / _PIECE) pieces;
+       b. each token of a medium row writes its position into its row's segment at its ticket;
+       c. each medium row's segment is sorted (tl.sort), once every token is in place;
+       d. pieces, once every segment is sorted: a medium row's piece j is its sorted tokens
+          [_PIECE j, _PIECE (j + 1)); a big row's (more than _SORT_MAX tokens: "," or a padding
+          id) piece j is its tokens at positions [j P, (j + 1) P), P = ceil(N / pieces), listed
+          from the ids _SCAN at a time. Each piece is summed in token order in float32; a row of
+          one piece is written at once, a longer row's pieces go to a float32 buffer and the
+          program that finishes a row's last piece adds them in order and writes the row.
+The sums: a row of at most _PIECE tokens in token order; a longer row piece by piece, each piece
+in token order and the pieces in order (backward_reference in the tests). The uniform ids of a
+large vocabulary have no long row: step 3's programs read the long-row count and leave.
+The three kernels chain by programmatic dependent launch on a GPU (each launched while the one
+before runs, waiting on it with gdc_wait). Step 2 moves nearly all the bytes: its programs hold
+[ROWS, BLOCK_C] tiles of _ROWS_TILE elements and load their rows' first _EAGER tokens at once,
+the rare further ones in a loop (all eight at once took 106 us against 81 at V50304 C1280
+N65536 bf16 on an H200, bench/notes_triton_tuning.md).
 Ids outside [0, V): the forward runs the native backend's range check first (CHECKS: the op
 "index_check", which on a GPU records the first bad id and raises the CPU op's IndexError at the
 next synchronisation, as the CUDA kernels do) and writes a row of NaN for such an id; the backward
-skips them. The pieces buffer holds two float32 rows per chunk of _CHUNK tokens (N C / 4 bytes).
+skips them. Temporaries: 16 bytes a token and 36 a vocabulary row of int32, and the pieces'
+buffer, N / 16 rows of C float32 (touched only by rows of more than _PIECE tokens).
+Slow pattern (correct): a big row's pieces read all N ids between them, so (big rows) x N id
+reads in all, at most N^2 / _SORT_MAX.
 """
 import llmscratch_core as _core
 import torch
 import triton
 import triton.language as tl
 
-from ._common import dtype_name, launch
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from . import interpreted
+from ._common import dtype_name, launch, num_programs
 
 
 # Elements per program: 32 per thread at 4 warps, four 16-byte loads of bf16 in flight each.
@@ -43,16 +65,13 @@ _TILE = 4096
 # Channels per block: a power of 2 that divides the common widths (768, 1024, 1536, ...), so that
 # few lanes are masked off.
 _MAX_BLOCK_C = 256
-_KEYS_BLOCK = 1024  # ids per program of the sort-key kernel
-_CHUNK = 32  # sorted positions per chunk: a longer run is summed in pieces
 
 
-def _tile(C):
-    # At least 16 channels: with C = 4 and one token, the backward's [1024, 4] tile crashed the
-    # Triton of torch 2.11 (an assertion in its coalescing pass). Narrow tiles and N = 1 compiled
-    # as a constant (see _group_starts' decorator) are both avoided since.
-    block_c = min(max(triton.next_power_of_2(C), 16), _MAX_BLOCK_C)
-    return _TILE // block_c, block_c
+def _block_c(C):
+    # At least 16 channels: with C = 4 and one token, a [1024, 4] tile crashed the Triton of
+    # torch 2.11 (an assertion in its coalescing pass). Narrow tiles and N = 1 compiled as a
+    # constant (the backward kernels' do_not_specialize) are both avoided since.
+    return min(max(triton.next_power_of_2(C), 16), _MAX_BLOCK_C)
 
 
 @triton.jit
@@ -67,93 +86,312 @@ def _embedding_fwd(W, IDS, OUT, N, V, C, ROWS: tl.constexpr, BLOCK_C: tl.constex
     tl.store(OUT + n[:, None] * C + cols[None, :], row, mask=(n < N)[:, None] & cmask)
 
 
-@triton.jit
-def _embedding_keys(IDS, KEYS, N, V, key_shift, BLOCK: tl.constexpr):
-    # ids out of range become V: they sort after every valid id and no program sums them.
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    v = tl.load(IDS + n, mask=n < N, other=0).to(tl.int64)
-    v = tl.where((v >= 0) & (v < V), v, V)
-    tl.store(KEYS + n, (v + key_shift).to(KEYS.dtype.element_ty), mask=n < N)
+# Backward: a row's first _SLOTS tokens keep their positions in slots (a row of more is a long
+# row); a long row of more than _PIECE tokens is summed in pieces of _PIECE; a long row of more
+# than _SORT_MAX tokens (a big row) is never sorted, its pieces list its tokens from the ids,
+# _SCAN ids at a time.
+_SLOTS = 8
+_PIECE = 32
+_SORT_MAX = 1024
+_SCAN = 1024
+_COUNT_BLOCK = 1024  # ids per program of the counting kernel
+_ROWS_TILE = 2048  # elements per program of the short rows' kernel (2 warps)
+_LAYOUT = 1024  # long rows a step of the layout
+# the long-row kernel's counters after count[V] (the number of long rows): work taken and work
+# done for the scatter (b), the sort (c) and the pieces (d); then one per long row, its pieces done
+_COUNTERS = 8
 
 
 @triton.jit
-def _lower_bound(KEYS, N, target):
-    # First position in the sorted KEYS[0:N] (N >= 1) whose key is >= target, for every lane.
-    # Branch-free: the window halves each step alike for all lanes, so the loop is uniform.
-    base = tl.zeros_like(target)
-    n = N
-    while n > 1:
-        half = n // 2
-        base = tl.where(tl.load(KEYS + base + half).to(tl.int64) < target, base + half, base)
-        n -= half
-    return base + (tl.load(KEYS + base).to(tl.int64) < target).to(tl.int64)
+def _workspace(WS, N, V, max_long):
+    """The int32 temporaries, one buffer: the tokens' tickets, the medium rows' segments, each
+    long row's index by id, the slots, the long rows' ids, the three layouts (segment, piece and
+    buffer starts, max_long + 1 each) and the big rows' lists (_SCAN a program)."""
+    ticket = WS
+    seg = ticket + N
+    row_of = seg + N
+    slots = row_of + V
+    long_ids = slots + V.to(tl.int64) * 8
+    seg_start = long_ids + max_long
+    piece_start = seg_start + max_long + 1
+    part_start = piece_start + max_long + 1
+    scratch = part_start + max_long + 1
+    return ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch
 
 
-@triton.jit(do_not_specialize=["N"])  # see _tile
-def _group_starts(KEYS, START, N, V, key_shift, BLOCK: tl.constexpr):
-    # START[v] = first sorted position whose key is >= v (v = 0..V), so id v's tokens are the
-    # sorted positions [START[v], START[v + 1]).
-    v = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(START + v, _lower_bound(KEYS, N, v + key_shift).to(tl.int32), mask=v <= V)
+def _workspace_size(N, V, max_long, programs):
+    return 2 * N + 9 * V + 4 * max_long + 3 + programs * _SCAN
 
 
-@triton.jit
-def _embedding_pieces(G, KEYS, ORDER, START, PIECES, V, C, key_shift, CHUNK: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
-    # The chunk [q * CHUNK, (q + 1) * CHUNK) of the sorted positions: the pieces inside it of runs
-    # longer than CHUNK (each touches the chunk's first or last position), PIECES[2q] for the run
-    # at the chunk's start, PIECES[2q + 1] for one that begins inside it.
-    q = tl.program_id(0).to(tl.int64)
+@triton.jit(do_not_specialize=["N"])
+def _embedding_count(IDS, COUNT, WS, N, V, max_long, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    # count[v] = tokens of id v (zeroed before), ticket[n] = the order in which token n was
+    # counted among its id's, slots[v, t] = the t-th token of id v to be counted for t < _SLOTS;
+    # an id whose count passes _SLOTS goes on the long-row list (count[V] of them).
+    if PDL:
+        gdc_launch_dependents()
+    ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+        _workspace(WS, N, V, max_long)
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = n < N
+    v = tl.load(IDS + n, mask=inside, other=-1)
+    if PDL:
+        gdc_wait()  # the zeroed counts (the ids are the op's input, read before)
+    ok = inside & (v >= 0) & (v < V)
+    v = tl.where(ok, v, 0).to(tl.int32)
+    t = tl.atomic_add(COUNT + v, 1, mask=ok, sem="relaxed")
+    tl.store(ticket + n, t, mask=ok)
+    tl.store(slots + v.to(tl.int64) * 8 + t, n, mask=ok & (t < 8))
+    listed = ok & (t == 8)
+    b = tl.atomic_add(COUNT + V + tl.zeros_like(n), 1, mask=listed, sem="relaxed")
+    tl.store(long_ids + b, v, mask=listed)
+
+
+@triton.jit(do_not_specialize=["N"])
+def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexpr,
+                          BLOCK_C: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
+    # dweight[v, :] for ROWS rows of at most 8 tokens: the sum of grad[n, :] over the row's slots
+    # in increasing n, zeros for none.
+    if PDL:
+        gdc_wait()  # the counts and slots
+        gdc_launch_dependents()
+    ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+        _workspace(WS, N, V, max_long)
+    v = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    nvalid = tl.load(START + V).to(tl.int64)
-    p0 = q * CHUNK
-    if p0 < nvalid:
-        p1 = tl.minimum(p0 + CHUNK, nvalid)
-        for slot in tl.static_range(2):
-            if slot == 0:
-                v = tl.load(KEYS + p0).to(tl.int64) - key_shift
-            else:
-                v = tl.load(KEYS + p1 - 1).to(tl.int64) - key_shift
-            s = tl.load(START + v).to(tl.int64)
-            e = tl.load(START + v + 1).to(tl.int64)
-            if (e - s > CHUNK) & ((slot == 0) | (s > p0)):
-                acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-                for k in tl.range(tl.maximum(s, p0), tl.minimum(e, p1)):
-                    n = tl.load(ORDER + k).to(tl.int64)
-                    acc += tl.load(G + n * C + cols, mask=cmask, other=0.0).to(tl.float32)
-                tl.store(PIECES + (2 * q + slot) * C + cols, acc, mask=cmask)
+    inside = v < V
+    if WIDE:
+        v = v.to(tl.int64)
+    count = tl.load(COUNT + v, mask=inside, other=0)
+    short = inside & (count <= 8)
+    # The slots are loaded beside the count, not after it (unused ones were never written; they
+    # become INT32_MAX and sort last), then sorted by Batcher's odd-even merge network.
+    s0 = _slot(slots, v, 0, count, inside)
+    s1 = _slot(slots, v, 1, count, inside)
+    s2 = _slot(slots, v, 2, count, inside)
+    s3 = _slot(slots, v, 3, count, inside)
+    s4 = _slot(slots, v, 4, count, inside)
+    s5 = _slot(slots, v, 5, count, inside)
+    s6 = _slot(slots, v, 6, count, inside)
+    s7 = _slot(slots, v, 7, count, inside)
+    s0, s1 = _order(s0, s1)
+    s2, s3 = _order(s2, s3)
+    s4, s5 = _order(s4, s5)
+    s6, s7 = _order(s6, s7)
+    s0, s2 = _order(s0, s2)
+    s1, s3 = _order(s1, s3)
+    s4, s6 = _order(s4, s6)
+    s5, s7 = _order(s5, s7)
+    s1, s2 = _order(s1, s2)
+    s5, s6 = _order(s5, s6)
+    s0, s4 = _order(s0, s4)
+    s1, s5 = _order(s1, s5)
+    s2, s6 = _order(s2, s6)
+    s3, s7 = _order(s3, s7)
+    s2, s4 = _order(s2, s4)
+    s3, s5 = _order(s3, s5)
+    s1, s2 = _order(s1, s2)
+    s3, s4 = _order(s3, s4)
+    s5, s6 = _order(s5, s6)
+    # The first EAGER tokens' rows are loaded at once; a further token only where some row of the
+    # tile has it (a uniform id of a large vocabulary has one or two tokens).
+    most = tl.max(tl.where(short, count, 0), axis=0)
+    acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+    acc += _slot_row(G, s0, short & (count > 0), cols, cmask, C, WIDE)
+    acc += _slot_row(G, s1, short & (count > 1), cols, cmask, C, WIDE)
+    if most > 2:
+        acc += _slot_row(G, s2, short & (count > 2), cols, cmask, C, WIDE)
+    if most > 3:
+        acc += _slot_row(G, s3, short & (count > 3), cols, cmask, C, WIDE)
+    if most > 4:
+        acc += _slot_row(G, s4, short & (count > 4), cols, cmask, C, WIDE)
+    if most > 5:
+        acc += _slot_row(G, s5, short & (count > 5), cols, cmask, C, WIDE)
+    if most > 6:
+        acc += _slot_row(G, s6, short & (count > 6), cols, cmask, C, WIDE)
+    if most > 7:
+        acc += _slot_row(G, s7, short & (count > 7), cols, cmask, C, WIDE)
+    # streaming store: dweight is not read again here
+    tl.store(DW + v[:, None] * C + cols[None, :], acc.to(DW.dtype.element_ty),
+             mask=short[:, None] & cmask[None, :], cache_modifier=".cs")
 
 
 @triton.jit
-def _embedding_bwd(G, ORDER, START, PIECES, DW, V, C, CHUNK: tl.constexpr, ROWS: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
-    v = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = (cols < C)[None, :]
-    k0 = tl.load(START + v, mask=v < V, other=0).to(tl.int64)
-    count = tl.load(START + v + 1, mask=v < V, other=0) - k0  # 0 past V and for unused ids
-    long = count > CHUNK
-    short = tl.where(long, 0, count)
-    acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
-    n = tl.load(ORDER + k0, mask=short > 0, other=0).to(tl.int64)  # the run's first token
-    for j in tl.range(0, tl.max(short, axis=0)):
-        g = tl.load(G + n[:, None] * C + cols[None, :], mask=(j < short)[:, None] & cmask,
-                    other=0.0)
-        # The next token's position is read while this row is in flight, so each step waits on
-        # one load, not two in a row.
-        n = tl.load(ORDER + k0 + j + 1, mask=j + 1 < short, other=0).to(tl.int64)
-        acc += g.to(tl.float32)
-    # a long run adds its pieces, chunks q0 .. (k0 + count - 1) // CHUNK (a loop of no steps
-    # where the rows have no long run)
-    q0 = k0 // CHUNK
-    pieces = tl.where(long, (k0 + count - 1) // CHUNK - q0 + 1, 0)
-    for j in tl.range(0, tl.max(pieces, axis=0)):
-        q = q0 + j
-        acc += tl.load(PIECES + (2 * q + (k0 > q * CHUNK).to(tl.int64))[:, None] * C + cols[None, :],
-                       mask=(j < pieces)[:, None] & cmask, other=0.0)
-    tl.store(DW + v[:, None] * C + cols[None, :], acc.to(DW.dtype.element_ty),
-             mask=(v < V)[:, None] & cmask)
+def _slot(slots, v, t: tl.constexpr, count, inside):
+    # slot t of rows v, INT32_MAX where unused
+    n = tl.load(slots + v * 8 + t, mask=inside, other=0)
+    return tl.where(count > t, n, 2147483647)
+
+
+@triton.jit
+def _order(a, b):
+    return tl.minimum(a, b), tl.maximum(a, b)
+
+
+@triton.jit
+def _slot_row(G, n, use, cols, cmask, C, WIDE: tl.constexpr):
+    # grad[n, cols] as float32 for the rows where use, else 0
+    if WIDE:
+        n = n.to(tl.int64)
+    g = tl.load(G + n[:, None] * C + cols[None, :], mask=use[:, None] & cmask[None, :], other=0.0,
+                eviction_policy="evict_first")
+    return g.to(tl.float32)
+
+
+@triton.jit
+def _add_rows(acc, G, LIST, count, cols, cmask, C, PIECE: tl.constexpr, WIDE: tl.constexpr):
+    # acc + grad[LIST[t], cols] for t = 0 .. count - 1 (count <= PIECE), added in that order,
+    # every row loaded before the first is added
+    for t in tl.static_range(PIECE):
+        used = count > t
+        n = tl.load(LIST + t, mask=used, other=0, cache_modifier=".cg")
+        if WIDE:
+            n = n.to(tl.int64)
+        # (where, not &: the interpreter rejects a block mask & a scalar as a mask)
+        acc += tl.load(G + n * C + cols, mask=tl.where(used, cmask, False), other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _wait_for(COUNTER, target):
+    # until COUNTER reaches target: work that running programs have taken (see step 3)
+    while tl.atomic_add(COUNTER, 0, sem="acquire") < target:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["N"])
+def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_C: tl.constexpr,
+                         SORT_MAX: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr,
+                         LAYOUT: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()  # the counting kernel's results (through the short rows' kernel)
+    m = tl.load(COUNT + V)
+    if m > 0:
+        ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+            _workspace(WS, N, V, max_long)
+        scratch += tl.program_id(0) * SCAN
+        counters = COUNT + V + 1
+        row_done = COUNT + V + 8
+        # a. the layout, by every program (the same values): exclusive sums over the long rows
+        tokens_before = 0
+        pieces_before = 0
+        parts_before = 0
+        for base in range(0, m, LAYOUT):
+            b = base + tl.arange(0, LAYOUT)
+            listed = b < m
+            vb = tl.load(long_ids + b, mask=listed, other=0)
+            cb = tl.load(COUNT + vb, mask=listed, other=0)
+            tokens = tl.where(cb <= SORT_MAX, cb, 0)
+            pieces = (cb + PIECE - 1) // PIECE
+            parts = tl.where(cb > PIECE, pieces, 0)
+            tl.store(seg_start + b, tokens_before + tl.cumsum(tokens, 0) - tokens, mask=listed)
+            tl.store(piece_start + b, pieces_before + tl.cumsum(pieces, 0) - pieces, mask=listed)
+            tl.store(part_start + b, parts_before + tl.cumsum(parts, 0) - parts, mask=listed)
+            tl.store(row_of + vb, b, mask=listed)
+            tokens_before += tl.sum(tokens, 0)
+            pieces_before += tl.sum(pieces, 0)
+            parts_before += tl.sum(parts, 0)
+        tl.store(piece_start + m, pieces_before)
+        tl.debug_barrier()
+        # b. the medium rows' tokens into their segments, at their tickets
+        tiles = tl.cdiv(N, SCAN)
+        k = tl.atomic_add(counters + 0, 1)
+        while k < tiles:
+            n = k * SCAN + tl.arange(0, SCAN)
+            inside = n < N
+            v = tl.load(IDS + n, mask=inside, other=-1)
+            ok = inside & (v >= 0) & (v < V)
+            v = tl.where(ok, v, 0).to(tl.int32)
+            cv = tl.load(COUNT + v, mask=ok, other=0)
+            medium = ok & (cv > 8) & (cv <= SORT_MAX)
+            at = tl.load(seg_start + tl.load(row_of + v, mask=medium, other=0), mask=medium, other=0)
+            tl.store(seg + at + tl.load(ticket + n, mask=medium, other=0), n, mask=medium)
+            tl.debug_barrier()
+            tl.atomic_add(counters + 1, 1, sem="release")
+            k = tl.atomic_add(counters + 0, 1)
+        _wait_for(counters + 1, tiles)
+        # c. each medium row's segment in increasing positions
+        b = tl.atomic_add(counters + 2, 1)
+        while b < m:
+            cb = tl.load(COUNT + tl.load(long_ids + b))
+            at = tl.load(seg_start + b)
+            if cb <= 64:
+                i = tl.arange(0, 64)
+                x = tl.load(seg + at + i, mask=i < cb, other=2147483647, cache_modifier=".cg")
+                tl.store(seg + at + i, tl.sort(x), mask=i < cb)
+            elif cb <= SORT_MAX:
+                i = tl.arange(0, SORT_MAX)
+                x = tl.load(seg + at + i, mask=i < cb, other=2147483647, cache_modifier=".cg")
+                tl.store(seg + at + i, tl.sort(x), mask=i < cb)
+            tl.debug_barrier()
+            tl.atomic_add(counters + 3, 1, sem="release")
+            b = tl.atomic_add(counters + 2, 1)
+        _wait_for(counters + 3, m)
+        # d. the pieces
+        q = tl.atomic_add(counters + 4, 1)
+        while q < pieces_before:
+            # the long row b of piece q: piece_start[b] <= q < piece_start[b + 1]
+            lo = 0
+            hi = m
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                right = tl.load(piece_start + mid) <= q
+                lo = tl.where(right, mid, lo)
+                hi = tl.where(right, hi, mid)
+            b = lo
+            j = q - tl.load(piece_start + b)
+            v = tl.load(long_ids + b)
+            cb = tl.load(COUNT + v)
+            pieces = (cb + PIECE - 1) // PIECE
+            part = tl.load(part_start + b) + j
+            if WIDE:
+                v = v.to(tl.int64)
+                part = part.to(tl.int64)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)
+                cmask = cols < C
+                acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+                if cb <= SORT_MAX:
+                    acc = _add_rows(acc, G, seg + tl.load(seg_start + b) + j * PIECE,
+                                    tl.minimum(cb - j * PIECE, PIECE), cols, cmask, C, PIECE, WIDE)
+                else:
+                    span = tl.cdiv(N, pieces)
+                    end = tl.minimum(j * span + span, N)
+                    for n0 in range(j * span, end, SCAN):
+                        n = n0 + tl.arange(0, SCAN)
+                        hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
+                        tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
+                        tl.debug_barrier()
+                        hits = tl.sum(hit.to(tl.int32), 0)
+                        for h in range(0, hits, PIECE):
+                            acc = _add_rows(acc, G, scratch + h, tl.minimum(hits - h, PIECE), cols,
+                                            cmask, C, PIECE, WIDE)
+                        tl.debug_barrier()  # the list is read before the next step rewrites it
+                if pieces == 1:
+                    tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
+                else:
+                    tl.store(PARTS + part * C + cols, acc, mask=cmask)
+            if pieces > 1:
+                tl.debug_barrier()
+                if tl.atomic_add(row_done + b, 1, sem="acq_rel") == pieces - 1:
+                    # the row's last piece: add its pieces in order
+                    tl.debug_barrier()
+                    first = tl.load(part_start + b)
+                    if WIDE:
+                        first = first.to(tl.int64)
+                    for c0 in range(0, C, BLOCK_C):
+                        cols = c0 + tl.arange(0, BLOCK_C)
+                        cmask = cols < C
+                        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+                        for w0 in range(0, pieces, PIECE):
+                            for t in tl.static_range(PIECE):
+                                acc += tl.load(PARTS + (first + w0 + t) * C + cols,
+                                               mask=tl.where(pieces > w0 + t, cmask, False), other=0.0,
+                                               cache_modifier=".cg")
+                        tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
+            q = tl.atomic_add(counters + 4, 1)
 
 
 def _ids(ids, op):
@@ -171,7 +409,8 @@ def embedding_forward(inputs, attrs):
     N = ids.numel()
     out = torch.empty((N, C), dtype=weight.dtype, device=weight.device)
     if N and C:
-        rows, block_c = _tile(C)
+        block_c = _block_c(C)
+        rows = _TILE // block_c
         launch(_embedding_fwd, (triton.cdiv(N, rows), triton.cdiv(C, block_c)),
                weight, ids, out, N, V, C, ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return [out.reshape(*inputs[1].shape, C)]
@@ -188,30 +427,37 @@ def embedding_backward(inputs, attrs):
         raise ValueError(f"embedding_backward: grad of shape {tuple(grad.shape)} does not match "
                          f"ids of shape {tuple(inputs[1].shape)} plus C = {C}")
     N = ids.numel()
+    if N >= 2**31 - _SCAN or V >= 2**31 - _COUNTERS:
+        raise ValueError(f"embedding_backward (triton): at most 2^31 - {_SCAN} ids and "
+                         f"2^31 - {_COUNTERS} rows, got {N} and {V}")
     dweight = torch.empty((V, C), dtype=grad.dtype, device=grad.device)
     if not (V and C):
         return [dweight]
     if not N:
         return [dweight.zero_()]
-    # Keys 0..V shifted down by half the range of the narrowest signed type that holds them: the
-    # radix sort makes one pass per key byte (two for a vocabulary of up to 65535 rows).
-    key_dtype = next(t for t in (torch.int16, torch.int32, torch.int64)
-                     if V < 1 << torch.iinfo(t).bits)
-    key_shift = -(1 << (torch.iinfo(key_dtype).bits - 1))
-    keys = torch.empty(N, dtype=key_dtype, device=grad.device)
-    launch(_embedding_keys, (triton.cdiv(N, _KEYS_BLOCK),), ids, keys, N, V, key_shift,
-           BLOCK=_KEYS_BLOCK)
-    keys, order = torch.sort(keys, stable=True)
-    start = torch.empty(V + 1, dtype=torch.int32, device=grad.device)
-    launch(_group_starts, (triton.cdiv(V + 1, _KEYS_BLOCK),), keys, start, N, V, key_shift,
-           BLOCK=_KEYS_BLOCK)
-    rows, block_c = _tile(C)
-    chunks = triton.cdiv(N, _CHUNK)
-    pieces = torch.empty((2 * chunks, C), dtype=torch.float32, device=grad.device)  # long runs only
-    launch(_embedding_pieces, (chunks, triton.cdiv(C, block_c)), grad, keys, order, start, pieces,
-           V, C, key_shift, CHUNK=_CHUNK, BLOCK_C=block_c, num_warps=4)
-    launch(_embedding_bwd, (triton.cdiv(V, rows), triton.cdiv(C, block_c)), grad, order, start,
-           pieces, dweight, V, C, CHUNK=_CHUNK, ROWS=rows, BLOCK_C=block_c, num_warps=4)
+    dev = grad.device
+    max_long = N // (_SLOTS + 1) + 1
+    # the long rows' programs: two an SM on a GPU (they mostly wait on loads); a handful in the
+    # interpreter, which runs them one after another (the first takes all the work)
+    programs = num_programs(dev, 1 << 30, per_sm=2)
+    count = torch.zeros(V + _COUNTERS + max_long, dtype=torch.int32, device=dev)
+    ws = torch.empty(_workspace_size(N, V, max_long, programs), dtype=torch.int32, device=dev)
+    # one float32 row a piece of the rows of more than _PIECE tokens: at most N / 32 + N / 33
+    parts = torch.empty((N // _PIECE + N // (_PIECE + 1) + 1, C), dtype=torch.float32, device=dev)
+    wide = max(N + _SCAN, V) * max(C, _SLOTS) >= 2**31
+    pdl = {} if interpreted() else {"launch_pdl": True}
+    launch(_embedding_count, (triton.cdiv(N, _COUNT_BLOCK),), ids, count, ws, N, V, max_long,
+           BLOCK=_COUNT_BLOCK, PDL=bool(pdl), **pdl)
+    block_c = _block_c(C)
+    # (the interpreter takes tiles 8 times as large: it runs each program's few dozen block
+    # operations one at a time, so its time goes with the number of programs)
+    rows = _ROWS_TILE * (8 if interpreted() else 1) // block_c
+    launch(_embedding_short_rows, (triton.cdiv(V, rows), triton.cdiv(C, block_c)), grad, count, ws,
+           dweight, N, V, C, max_long, ROWS=rows, BLOCK_C=block_c, WIDE=wide,
+           PDL=bool(pdl), num_warps=2, **pdl)
+    launch(_embedding_long_rows, (programs,), grad, ids, count, ws, parts, dweight, N, V, C,
+           max_long, BLOCK_C=block_c, SORT_MAX=_SORT_MAX, PIECE=_PIECE, SCAN=_SCAN,
+           LAYOUT=_LAYOUT, WIDE=wide, PDL=bool(pdl), num_warps=4, **pdl)
     return [dweight]
 
 

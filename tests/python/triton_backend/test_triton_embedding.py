@@ -10,24 +10,30 @@ SHAPES = [(1, 1, (3,)), (2, 4, (1,)), (7, 5, (2, 9)), (50, 127, (4, 6)), (3, 110
           (5, 300, (7, 31)), (3000, 16, (40,)), (70000, 3, (50,))]
 
 
+PIECE, SORT_MAX = 32, 1024  # triton_kernels/embedding.py's _PIECE and _SORT_MAX
+
+
 def backward_reference(grad, ids, V):
-    """The backward's float32 sum: ids outside [0, V) skipped; a run of up to 32 tokens summed in
-    token order; a longer run in pieces, one per chunk of 32 sorted positions (float32, token
-    order), added in chunk order."""
-    valid = np.flatnonzero((ids >= 0) & (ids < V))
-    order = valid[np.argsort(ids[valid], kind="stable")]  # sorted position k holds token order[k]
+    """The backward's float32 sum: ids outside [0, V) skipped; a row of up to PIECE tokens summed
+    in token order; a longer row in pieces, each summed in token order (float32), added in order:
+    pieces of PIECE consecutive tokens of the row, or for a row of more than SORT_MAX tokens its
+    tokens at positions [j P, (j + 1) P) for piece j of p = ceil(tokens / PIECE),
+    P = ceil(N / p)."""
+    N = ids.size
     acc = np.zeros((V, grad.shape[1]), np.float32)
-    start = 0
-    for v in np.unique(ids[valid]):
-        end = start + np.count_nonzero(ids[valid] == v)
-        cuts = [start, end] if end - start <= 32 else \
-            sorted({start, end, *range((start // 32 + 1) * 32, end, 32)})
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            piece = np.zeros(grad.shape[1], np.float32)
-            for k in range(a, b):
-                piece += grad[order[k]].astype(np.float32)
-            acc[v] += piece
-        start = end
+    for v in np.unique(ids[(ids >= 0) & (ids < V)]):
+        at = np.flatnonzero(ids == v)
+        if at.size <= SORT_MAX:
+            pieces = [at[i:i + PIECE] for i in range(0, at.size, PIECE)]
+        else:
+            p = -(-at.size // PIECE)
+            span = -(-N // p)
+            pieces = [at[(at >= j * span) & (at < (j + 1) * span)] for j in range(p)]
+        for piece in pieces:
+            total = np.zeros(grad.shape[1], np.float32)
+            for n in piece:
+                total += grad[n].astype(np.float32)
+            acc[v] += total
     return acc
 
 
@@ -49,7 +55,7 @@ def test_embedding(device, dtype, V, C, ids_shape, ids_dtype):
 def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype):
     """Ids outside [0, V): the forward raises the CPU op's IndexError naming the first one (on a
     GPU at the next synchronisation, with rows of NaN for them in the output), the backward skips
-    them. Each id's rows are summed in token order in float32 (a run of more than 32 tokens by
+    them. Each id's rows are summed in token order in float32 (a row of more than 32 tokens by
     pieces, see backward_reference), so the gradient matches that sum bit for bit. V = 65535 /
     65536 sit on either side of the int16 sort keys' range; there the smallest id is 32768, whose
     int16 key is 0."""
@@ -77,13 +83,30 @@ def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype
 
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_embedding_backward_long_runs_in_pieces(device, dtype):
-    """Runs of more than 32 tokens are summed in pieces, one per chunk of 32 sorted positions
-    (float32, token order), and the pieces are added in chunk order: runs of 1..97 tokens
-    (31, 32, 33, 64, 65 among them), checked bit for bit against that sum."""
+    """Rows of more than 8 tokens (the long rows) are summed in pieces of 32 tokens (float32,
+    token order), added in order: rows of 1..97 tokens (8, 9, 31, 32, 33, 64, 65 among them),
+    checked bit for bit against that sum."""
     r = rng()
-    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40]
+    lengths = [1, 31, 32, 33, 2, 64, 65, 5, 97, 1, 40, 8, 9]
     ids = r.permutation(np.concatenate([np.full(n, 3 * v + 1) for v, n in enumerate(lengths)]))
     V, C = 3 * len(lengths) + 2, 20
+    grad = rounded(r.standard_normal((ids.size, C)), dtype)
+    (dw,) = triton_call("embedding_backward",
+                        [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
+    assert np.array_equal(to_np(dw), rounded(backward_reference(grad, ids, V), dtype))
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_embedding_backward_big_rows(device, dtype):
+    """Rows of more than SORT_MAX tokens (a padding id, a comma) are summed in pieces of position
+    ranges: a row of 1800 tokens clustered in one stretch, one of 1100 spread over all positions,
+    one of exactly SORT_MAX, beside medium and short rows and bad ids; bit for bit against
+    backward_reference."""
+    r = rng()
+    ids = np.concatenate([np.full(1800, 5), np.full(1100, 7), np.full(SORT_MAX, 2),
+                          np.repeat(np.arange(10, 40), 40), r.integers(0, 60, 300), [-1, 60]])
+    ids = np.concatenate([ids[:1800], r.permutation(ids[1800:])])  # id 5 first, the rest mixed
+    V, C = 60, 20
     grad = rounded(r.standard_normal((ids.size, C)), dtype)
     (dw,) = triton_call("embedding_backward",
                         [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
