@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from triton_check import CASES, check, raises_index_error, rng, rounded, to_ls, to_np, triton_call
+from triton_check import (CASES, check, compiled_only, raises_index_error, rng, rounded, to_ls, to_np,
+                          triton_call)
 
 # (V, C, ids shape): repeated ids, odd widths, widths over one 256-channel block, one id, long runs
 # of one id across programs, a vocabulary most of which no token uses, one too large for int16
@@ -111,3 +112,24 @@ def test_embedding_backward_big_rows(device, dtype):
     (dw,) = triton_call("embedding_backward",
                         [to_ls(grad, device, dtype), to_ls(ids, device, dtype)], {"num_weights": V})
     assert np.array_equal(to_np(dw), rounded(backward_reference(grad, ids, V), dtype))
+
+
+@compiled_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("V,C,N,zipf", [(50304, 48, 65536, 1.1), (300, 40, 40000, 1.2), (4, 24, 30000, 0.0)])
+def test_embedding_backward_many_programs(V, C, N, zipf):
+    """Ids as text has them (Zipf) and a vocabulary of 4 ids (every row big), at sizes where
+    every program of the long rows' kernel takes work (scatter tiles, sorts, pieces, the last
+    piece's sum): bit for bit against backward_reference, in two calls."""
+    r = rng()
+    if zipf:
+        p = 1.0 / np.arange(1, V + 1) ** zipf
+        ids = r.choice(V, N, p=p / p.sum())
+    else:
+        ids = r.integers(0, V, N)
+    grad = rounded(r.standard_normal((N, C)), "bfloat16")
+    ref = rounded(backward_reference(grad, ids, V), "bfloat16")
+    for _ in range(2):
+        (dw,) = triton_call("embedding_backward", [to_ls(grad, "cuda", "bfloat16"),
+                                                   to_ls(ids, "cuda", "bfloat16")], {"num_weights": V})
+        assert np.array_equal(to_np(dw), ref)
