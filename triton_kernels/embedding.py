@@ -97,40 +97,45 @@ _SCAN = 1024
 _COUNT_BLOCK = 1024  # ids per program of the counting kernel
 _ROWS_TILE = 2048  # elements per program of the short rows' kernel (2 warps)
 _LAYOUT = 1024  # long rows a step of the layout
-# the long-row kernel's counters after count[V] (the number of long rows): work taken and work
-# done for the scatter (b), the sort (c) and the pieces (d); then one per long row, its pieces done
+_LONG_PROGRAMS_PER_SM = 2
+# after count[V] (the number of long rows): the tokens past their row's slots (the counting
+# kernel's), work taken and work done for the scatter (b) and the sort (c), pieces taken (d); then
+# from count[V + _COUNTERS] one per long row, its pieces done
 _COUNTERS = 8
 
 
 @triton.jit
 def _workspace(WS, N, V, max_long):
-    """The int32 temporaries, one buffer: the tokens' tickets, the medium rows' segments, each
-    long row's index by id, the slots, the long rows' ids, the three layouts (segment, piece and
-    buffer starts, max_long + 1 each) and the big rows' lists (_SCAN a program)."""
+    """The int32 temporaries, one buffer: the tokens' tickets, the medium rows' segments, the
+    tokens past their row's slots, each long row's index by id, the slots, the long rows' ids, the
+    three layouts (segment, piece and buffer starts, max_long + 1 each) and the big rows' lists
+    (_SCAN a program)."""
     ticket = WS
     seg = ticket + N
-    row_of = seg + N
+    over = seg + N
+    row_of = over + N
     slots = row_of + V
     long_ids = slots + V.to(tl.int64) * 8
     seg_start = long_ids + max_long
     piece_start = seg_start + max_long + 1
     part_start = piece_start + max_long + 1
     scratch = part_start + max_long + 1
-    return ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch
+    return ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch
 
 
 def _workspace_size(N, V, max_long, programs):
-    return 2 * N + 9 * V + 4 * max_long + 3 + programs * _SCAN
+    return 3 * N + 9 * V + 4 * max_long + 3 + programs * _SCAN
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "V", "max_long"])
 def _embedding_count(IDS, COUNT, WS, N, V, max_long, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # count[v] = tokens of id v (zeroed before), ticket[n] = the order in which token n was
     # counted among its id's, slots[v, t] = the t-th token of id v to be counted for t < _SLOTS;
-    # an id whose count passes _SLOTS goes on the long-row list (count[V] of them).
+    # an id whose count passes _SLOTS goes on the long-row list (count[V] of them), and each token
+    # past its row's slots on the list `over` (count[V + 1] of them).
     if PDL:
         gdc_launch_dependents()
-    ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+    ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
         _workspace(WS, N, V, max_long)
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = n < N
@@ -145,9 +150,12 @@ def _embedding_count(IDS, COUNT, WS, N, V, max_long, BLOCK: tl.constexpr, PDL: t
     listed = ok & (t == 8)
     b = tl.atomic_add(COUNT + V + tl.zeros_like(n), 1, mask=listed, sem="relaxed")
     tl.store(long_ids + b, v, mask=listed)
+    past = ok & (t >= 8)
+    at = tl.atomic_add(COUNT + V + 1, tl.sum(past.to(tl.int32), 0))  # one atomic a program
+    tl.store(over + at + tl.cumsum(past.to(tl.int32), 0) - 1, n, mask=past)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "V", "max_long"])
 def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexpr,
                           BLOCK_C: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
     # dweight[v, :] for ROWS rows of at most 8 tokens: the sum of grad[n, :] over the row's slots
@@ -155,7 +163,7 @@ def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexp
     if PDL:
         gdc_wait()  # the counts and slots
         gdc_launch_dependents()
-    ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+    ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
         _workspace(WS, N, V, max_long)
     v = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -254,6 +262,17 @@ def _add_rows(acc, G, LIST, count, cols, cmask, C, PIECE: tl.constexpr, WIDE: tl
 
 
 @triton.jit
+def _sort_segment(SEG, SLOTS, count, SIZE: tl.constexpr):
+    # SEG[0 .. count) = the row's tokens in increasing positions: tickets 0..7 from its slots, the
+    # later ones from SEG (count <= SIZE)
+    i = tl.arange(0, SIZE)
+    first = tl.load(SLOTS + i, mask=i < 8, other=0)
+    later = tl.load(SEG + i, mask=(i >= 8) & (i < count), other=2147483647, cache_modifier=".cg")
+    x = tl.where(i < 8, first, later)
+    tl.store(SEG + i, tl.sort(x), mask=i < count)
+
+
+@triton.jit
 def _wait_for(COUNTER, target):
     # until COUNTER reaches target: work that running programs have taken (see step 3)
     while tl.atomic_add(COUNTER, 0, sem="acquire") < target:
@@ -261,7 +280,7 @@ def _wait_for(COUNTER, target):
     tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "V", "max_long"])
 def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_C: tl.constexpr,
                          SORT_MAX: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr,
                          LAYOUT: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
@@ -269,11 +288,11 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
         gdc_wait()  # the counting kernel's results (through the short rows' kernel)
     m = tl.load(COUNT + V)
     if m > 0:
-        ticket, seg, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
+        ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
             _workspace(WS, N, V, max_long)
         scratch += tl.program_id(0) * SCAN
         counters = COUNT + V + 1
-        row_done = COUNT + V + 8
+        row_done = COUNT + V + 8  # _COUNTERS
         # a. the layout, by every program (the same values): exclusive sums over the long rows
         tokens_before = 0
         pieces_before = 0
@@ -295,42 +314,39 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
             parts_before += tl.sum(parts, 0)
         tl.store(piece_start + m, pieces_before)
         tl.debug_barrier()
-        # b. the medium rows' tokens into their segments, at their tickets
-        tiles = tl.cdiv(N, SCAN)
-        k = tl.atomic_add(counters + 0, 1)
+        # b. the medium rows' tokens past their slots into their segments, at their tickets (the
+        # first 8 places stay empty: the sort takes those tokens from the slots)
+        past = tl.load(counters + 0)
+        tiles = tl.cdiv(past, SCAN)
+        k = tl.atomic_add(counters + 1, 1)
         while k < tiles:
-            n = k * SCAN + tl.arange(0, SCAN)
-            inside = n < N
-            v = tl.load(IDS + n, mask=inside, other=-1)
-            ok = inside & (v >= 0) & (v < V)
-            v = tl.where(ok, v, 0).to(tl.int32)
-            cv = tl.load(COUNT + v, mask=ok, other=0)
-            medium = ok & (cv > 8) & (cv <= SORT_MAX)
+            i = k * SCAN + tl.arange(0, SCAN)
+            listed = i < past
+            n = tl.load(over + i, mask=listed, other=0)
+            v = tl.load(IDS + n, mask=listed, other=0).to(tl.int32)
+            medium = listed & (tl.load(COUNT + v, mask=listed, other=0) <= SORT_MAX)
             at = tl.load(seg_start + tl.load(row_of + v, mask=medium, other=0), mask=medium, other=0)
             tl.store(seg + at + tl.load(ticket + n, mask=medium, other=0), n, mask=medium)
             tl.debug_barrier()
-            tl.atomic_add(counters + 1, 1, sem="release")
-            k = tl.atomic_add(counters + 0, 1)
-        _wait_for(counters + 1, tiles)
-        # c. each medium row's segment in increasing positions
-        b = tl.atomic_add(counters + 2, 1)
+            tl.atomic_add(counters + 2, 1, sem="release")
+            k = tl.atomic_add(counters + 1, 1)
+        _wait_for(counters + 2, tiles)
+        # c. each medium row's tokens (slots, then segment) sorted into its segment
+        b = tl.atomic_add(counters + 3, 1)
         while b < m:
-            cb = tl.load(COUNT + tl.load(long_ids + b))
+            v = tl.load(long_ids + b)
+            cb = tl.load(COUNT + v)
             at = tl.load(seg_start + b)
             if cb <= 64:
-                i = tl.arange(0, 64)
-                x = tl.load(seg + at + i, mask=i < cb, other=2147483647, cache_modifier=".cg")
-                tl.store(seg + at + i, tl.sort(x), mask=i < cb)
+                _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, 64)
             elif cb <= SORT_MAX:
-                i = tl.arange(0, SORT_MAX)
-                x = tl.load(seg + at + i, mask=i < cb, other=2147483647, cache_modifier=".cg")
-                tl.store(seg + at + i, tl.sort(x), mask=i < cb)
+                _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, SORT_MAX)
             tl.debug_barrier()
-            tl.atomic_add(counters + 3, 1, sem="release")
-            b = tl.atomic_add(counters + 2, 1)
-        _wait_for(counters + 3, m)
+            tl.atomic_add(counters + 4, 1, sem="release")
+            b = tl.atomic_add(counters + 3, 1)
+        _wait_for(counters + 4, m)
         # d. the pieces
-        q = tl.atomic_add(counters + 4, 1)
+        q = tl.atomic_add(counters + 5, 1)
         while q < pieces_before:
             # the long row b of piece q: piece_start[b] <= q < piece_start[b + 1]
             lo = 0
@@ -349,30 +365,43 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
             if WIDE:
                 v = v.to(tl.int64)
                 part = part.to(tl.int64)
-            for c0 in range(0, C, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)
-                cmask = cols < C
-                acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-                if cb <= SORT_MAX:
-                    acc = _add_rows(acc, G, seg + tl.load(seg_start + b) + j * PIECE,
-                                    tl.minimum(cb - j * PIECE, PIECE), cols, cmask, C, PIECE, WIDE)
-                else:
-                    span = tl.cdiv(N, pieces)
-                    end = tl.minimum(j * span + span, N)
-                    for n0 in range(j * span, end, SCAN):
-                        n = n0 + tl.arange(0, SCAN)
-                        hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
-                        tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
-                        tl.debug_barrier()
-                        hits = tl.sum(hit.to(tl.int32), 0)
-                        for h in range(0, hits, PIECE):
+            if cb <= SORT_MAX:
+                # a medium row's piece: its sorted tokens [j PIECE, j PIECE + PIECE)
+                listed = seg + tl.load(seg_start + b) + j * PIECE
+                tokens = tl.minimum(cb - j * PIECE, PIECE)
+                for c0 in range(0, C, BLOCK_C):
+                    cols = c0 + tl.arange(0, BLOCK_C)
+                    cmask = cols < C
+                    acc = _add_rows(tl.zeros([BLOCK_C], dtype=tl.float32), G, listed, tokens, cols,
+                                    cmask, C, PIECE, WIDE)
+                    if pieces == 1:
+                        tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
+                    else:
+                        tl.store(PARTS + part * C + cols, acc, mask=cmask)
+            else:
+                # a big row's piece: its tokens at positions [j span, j span + span), listed SCAN
+                # ids at a time and added PIECE rows at a time onto the piece's row of PARTS
+                for c0 in range(0, C, BLOCK_C):
+                    cols = c0 + tl.arange(0, BLOCK_C)
+                    tl.store(PARTS + part * C + cols, tl.zeros([BLOCK_C], dtype=tl.float32),
+                             mask=cols < C)
+                span = tl.cdiv(N, pieces)
+                end = tl.minimum(j * span + span, N)
+                for n0 in range(j * span, end, SCAN):
+                    n = n0 + tl.arange(0, SCAN)
+                    hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
+                    tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
+                    tl.debug_barrier()
+                    hits = tl.sum(hit.to(tl.int32), 0)
+                    for h in range(0, hits, PIECE):
+                        for c0 in range(0, C, BLOCK_C):
+                            cols = c0 + tl.arange(0, BLOCK_C)
+                            cmask = cols < C
+                            acc = tl.load(PARTS + part * C + cols, mask=cmask, other=0.0)
                             acc = _add_rows(acc, G, scratch + h, tl.minimum(hits - h, PIECE), cols,
                                             cmask, C, PIECE, WIDE)
-                        tl.debug_barrier()  # the list is read before the next step rewrites it
-                if pieces == 1:
-                    tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
-                else:
-                    tl.store(PARTS + part * C + cols, acc, mask=cmask)
+                            tl.store(PARTS + part * C + cols, acc, mask=cmask)
+                    tl.debug_barrier()  # the list is read before the next step rewrites it
             if pieces > 1:
                 tl.debug_barrier()
                 if tl.atomic_add(row_done + b, 1, sem="acq_rel") == pieces - 1:
@@ -391,7 +420,7 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
                                                mask=tl.where(pieces > w0 + t, cmask, False), other=0.0,
                                                cache_modifier=".cg")
                         tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
-            q = tl.atomic_add(counters + 4, 1)
+            q = tl.atomic_add(counters + 5, 1)
 
 
 def _ids(ids, op):
@@ -437,9 +466,9 @@ def embedding_backward(inputs, attrs):
         return [dweight.zero_()]
     dev = grad.device
     max_long = N // (_SLOTS + 1) + 1
-    # the long rows' programs: two an SM on a GPU (they mostly wait on loads); a handful in the
+    # the long rows' programs: a few an SM on a GPU (they mostly wait on loads); a handful in the
     # interpreter, which runs them one after another (the first takes all the work)
-    programs = num_programs(dev, 1 << 30, per_sm=2)
+    programs = num_programs(dev, 1 << 30, per_sm=_LONG_PROGRAMS_PER_SM)
     count = torch.zeros(V + _COUNTERS + max_long, dtype=torch.int32, device=dev)
     ws = torch.empty(_workspace_size(N, V, max_long, programs), dtype=torch.int32, device=dev)
     # one float32 row a piece of the rows of more than _PIECE tokens: at most N / 32 + N / 33
