@@ -38,9 +38,10 @@ in token order and the pieces in order (backward_reference in the tests). The un
 large vocabulary have no long row: step 3's programs read the long-row count and leave.
 The three kernels chain by programmatic dependent launch on a GPU (each launched while the one
 before runs, waiting on it with gdc_wait). Step 2 moves nearly all the bytes: its programs hold
-[ROWS, BLOCK_C] tiles of _ROWS_TILE elements and load their rows' first _EAGER tokens at once,
-the rare further ones in a loop (all eight at once took 106 us against 81 at V50304 C1280
-N65536 bf16 on an H200, bench/notes_triton_tuning.md).
+[ROWS, BLOCK_C] tiles of _ROWS_TILE elements and load their rows' first two tokens at once, a
+further one only where some row of the tile has it: all eight at once took 106 us against 81 on
+an H200, tiles of 2048 elements 120 us against 109 on an H100, at V50304 C1280 N65536 bf16
+(bench/notes_triton_tuning.md).
 Ids outside [0, V): the forward runs the native backend's range check first (CHECKS: the op
 "index_check", which on a GPU records the first bad id and raises the CPU op's IndexError at the
 next synchronisation, as the CUDA kernels do) and writes a row of NaN for such an id; the backward
@@ -95,9 +96,9 @@ _PIECE = 32
 _SORT_MAX = 1024
 _SCAN = 1024
 _COUNT_BLOCK = 1024  # ids per program of the counting kernel
-_ROWS_TILE = 2048  # elements per program of the short rows' kernel (2 warps)
+_ROWS_TILE = 1024  # elements per program of the short rows' kernel (2 warps)
 _LAYOUT = 1024  # long rows a step of the layout
-_LONG_PROGRAMS_PER_SM = 2
+_LONG_PROGRAMS_PER_SM = 4
 # after count[V] (the number of long rows): the tokens past their row's slots (the counting
 # kernel's), work taken and work done for the scatter (b) and the sort (c), pieces taken (d); then
 # from count[V + _COUNTERS] one per long row, its pieces done
