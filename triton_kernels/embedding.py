@@ -258,7 +258,8 @@ def _add_rows(acc, G, LIST, count, cols, cmask, C, PIECE: tl.constexpr, WIDE: tl
         if WIDE:
             n = n.to(tl.int64)
         # (where, not &: the interpreter rejects a block mask & a scalar as a mask)
-        acc += tl.load(G + n * C + cols, mask=tl.where(used, cmask, False), other=0.0).to(tl.float32)
+        g = tl.load(G + n * C + cols, mask=tl.where(used, cmask, False), other=0.0)
+        acc += g.to(tl.float32)
     return acc
 
 
@@ -315,113 +316,117 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
             parts_before += tl.sum(parts, 0)
         tl.store(piece_start + m, pieces_before)
         tl.debug_barrier()
-        # b. the medium rows' tokens past their slots into their segments, at their tickets (the
-        # first 8 places stay empty: the sort takes those tokens from the slots)
+        # Programs past the work of every phase leave (a few long rows: a few programs, not
+        # hundreds that take nothing and wait on the counters).
         past = tl.load(counters + 0)
-        tiles = tl.cdiv(past, SCAN)
-        k = tl.atomic_add(counters + 1, 1)
-        while k < tiles:
-            i = k * SCAN + tl.arange(0, SCAN)
-            listed = i < past
-            n = tl.load(over + i, mask=listed, other=0)
-            v = tl.load(IDS + n, mask=listed, other=0).to(tl.int32)
-            medium = listed & (tl.load(COUNT + v, mask=listed, other=0) <= SORT_MAX)
-            at = tl.load(seg_start + tl.load(row_of + v, mask=medium, other=0), mask=medium, other=0)
-            tl.store(seg + at + tl.load(ticket + n, mask=medium, other=0), n, mask=medium)
-            tl.debug_barrier()
-            tl.atomic_add(counters + 2, 1, sem="release")
+        if tl.program_id(0) < tl.maximum(tl.maximum(tl.cdiv(past, SCAN), m), pieces_before):
+            # b. the medium rows' tokens past their slots into their segments, at their tickets
+            # (the first 8 places stay empty: the sort takes those tokens from the slots)
+            tiles = tl.cdiv(past, SCAN)
             k = tl.atomic_add(counters + 1, 1)
-        _wait_for(counters + 2, tiles)
-        # c. each medium row's tokens (slots, then segment) sorted into its segment
-        b = tl.atomic_add(counters + 3, 1)
-        while b < m:
-            v = tl.load(long_ids + b)
-            cb = tl.load(COUNT + v)
-            at = tl.load(seg_start + b)
-            if cb <= 64:
-                _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, 64)
-            elif cb <= SORT_MAX:
-                _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, SORT_MAX)
-            tl.debug_barrier()
-            tl.atomic_add(counters + 4, 1, sem="release")
-            b = tl.atomic_add(counters + 3, 1)
-        _wait_for(counters + 4, m)
-        # d. the pieces
-        q = tl.atomic_add(counters + 5, 1)
-        while q < pieces_before:
-            # the long row b of piece q: piece_start[b] <= q < piece_start[b + 1]
-            lo = 0
-            hi = m
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                right = tl.load(piece_start + mid) <= q
-                lo = tl.where(right, mid, lo)
-                hi = tl.where(right, hi, mid)
-            b = lo
-            j = q - tl.load(piece_start + b)
-            v = tl.load(long_ids + b)
-            cb = tl.load(COUNT + v)
-            pieces = (cb + PIECE - 1) // PIECE
-            part = tl.load(part_start + b) + j
-            if WIDE:
-                v = v.to(tl.int64)
-                part = part.to(tl.int64)
-            if cb <= SORT_MAX:
-                # a medium row's piece: its sorted tokens [j PIECE, j PIECE + PIECE)
-                listed = seg + tl.load(seg_start + b) + j * PIECE
-                tokens = tl.minimum(cb - j * PIECE, PIECE)
-                for c0 in range(0, C, BLOCK_C):
-                    cols = c0 + tl.arange(0, BLOCK_C)
-                    cmask = cols < C
-                    acc = _add_rows(tl.zeros([BLOCK_C], dtype=tl.float32), G, listed, tokens, cols,
-                                    cmask, C, PIECE, WIDE)
-                    if pieces == 1:
-                        tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
-                    else:
-                        tl.store(PARTS + part * C + cols, acc, mask=cmask)
-            else:
-                # a big row's piece: its tokens at positions [j span, j span + span), listed SCAN
-                # ids at a time and added PIECE rows at a time onto the piece's row of PARTS
-                for c0 in range(0, C, BLOCK_C):
-                    cols = c0 + tl.arange(0, BLOCK_C)
-                    tl.store(PARTS + part * C + cols, tl.zeros([BLOCK_C], dtype=tl.float32),
-                             mask=cols < C)
-                span = tl.cdiv(N, pieces)
-                end = tl.minimum(j * span + span, N)
-                for n0 in range(j * span, end, SCAN):
-                    n = n0 + tl.arange(0, SCAN)
-                    hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
-                    tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
-                    tl.debug_barrier()
-                    hits = tl.sum(hit.to(tl.int32), 0)
-                    for h in range(0, hits, PIECE):
-                        for c0 in range(0, C, BLOCK_C):
-                            cols = c0 + tl.arange(0, BLOCK_C)
-                            cmask = cols < C
-                            acc = tl.load(PARTS + part * C + cols, mask=cmask, other=0.0)
-                            acc = _add_rows(acc, G, scratch + h, tl.minimum(hits - h, PIECE), cols,
-                                            cmask, C, PIECE, WIDE)
-                            tl.store(PARTS + part * C + cols, acc, mask=cmask)
-                    tl.debug_barrier()  # the list is read before the next step rewrites it
-            if pieces > 1:
+            while k < tiles:
+                i = k * SCAN + tl.arange(0, SCAN)
+                listed = i < past
+                n = tl.load(over + i, mask=listed, other=0)
+                v = tl.load(IDS + n, mask=listed, other=0).to(tl.int32)
+                medium = listed & (tl.load(COUNT + v, mask=listed, other=0) <= SORT_MAX)
+                row = tl.load(row_of + v, mask=medium, other=0)
+                at = tl.load(seg_start + row, mask=medium, other=0)
+                tl.store(seg + at + tl.load(ticket + n, mask=medium, other=0), n, mask=medium)
                 tl.debug_barrier()
-                if tl.atomic_add(row_done + b, 1, sem="acq_rel") == pieces - 1:
-                    # the row's last piece: add its pieces in order
-                    tl.debug_barrier()
-                    first = tl.load(part_start + b)
-                    if WIDE:
-                        first = first.to(tl.int64)
+                tl.atomic_add(counters + 2, 1, sem="release")
+                k = tl.atomic_add(counters + 1, 1)
+            _wait_for(counters + 2, tiles)
+            # c. each medium row's tokens (slots, then segment) sorted into its segment
+            b = tl.atomic_add(counters + 3, 1)
+            while b < m:
+                v = tl.load(long_ids + b)
+                cb = tl.load(COUNT + v)
+                at = tl.load(seg_start + b)
+                if cb <= 64:
+                    _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, 64)
+                elif cb <= SORT_MAX:
+                    _sort_segment(seg + at, slots + v.to(tl.int64) * 8, cb, SORT_MAX)
+                tl.debug_barrier()
+                tl.atomic_add(counters + 4, 1, sem="release")
+                b = tl.atomic_add(counters + 3, 1)
+            _wait_for(counters + 4, m)
+            # d. the pieces
+            q = tl.atomic_add(counters + 5, 1)
+            while q < pieces_before:
+                # the long row b of piece q: piece_start[b] <= q < piece_start[b + 1]
+                lo = 0
+                hi = m
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    right = tl.load(piece_start + mid) <= q
+                    lo = tl.where(right, mid, lo)
+                    hi = tl.where(right, hi, mid)
+                b = lo
+                j = q - tl.load(piece_start + b)
+                v = tl.load(long_ids + b)
+                cb = tl.load(COUNT + v)
+                pieces = (cb + PIECE - 1) // PIECE
+                part = tl.load(part_start + b) + j
+                if WIDE:
+                    v = v.to(tl.int64)
+                    part = part.to(tl.int64)
+                if cb <= SORT_MAX:
+                    # a medium row's piece: its sorted tokens [j PIECE, j PIECE + PIECE)
+                    listed = seg + tl.load(seg_start + b) + j * PIECE
+                    tokens = tl.minimum(cb - j * PIECE, PIECE)
                     for c0 in range(0, C, BLOCK_C):
                         cols = c0 + tl.arange(0, BLOCK_C)
                         cmask = cols < C
                         acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-                        for w0 in range(0, pieces, PIECE):
-                            for t in tl.static_range(PIECE):
-                                acc += tl.load(PARTS + (first + w0 + t) * C + cols,
-                                               mask=tl.where(pieces > w0 + t, cmask, False), other=0.0,
-                                               cache_modifier=".cg")
-                        tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
-            q = tl.atomic_add(counters + 5, 1)
+                        acc = _add_rows(acc, G, listed, tokens, cols, cmask, C, PIECE, WIDE)
+                        if pieces == 1:
+                            tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
+                        else:
+                            tl.store(PARTS + part * C + cols, acc, mask=cmask)
+                else:
+                    # a big row's piece: its tokens at positions [j span, j span + span), listed
+                    # SCAN ids at a time and added PIECE rows at a time onto its row of PARTS
+                    for c0 in range(0, C, BLOCK_C):
+                        cols = c0 + tl.arange(0, BLOCK_C)
+                        tl.store(PARTS + part * C + cols, tl.zeros([BLOCK_C], dtype=tl.float32),
+                                 mask=cols < C)
+                    span = tl.cdiv(N, pieces)
+                    end = tl.minimum(j * span + span, N)
+                    for n0 in range(j * span, end, SCAN):
+                        n = n0 + tl.arange(0, SCAN)
+                        hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
+                        tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
+                        tl.debug_barrier()
+                        hits = tl.sum(hit.to(tl.int32), 0)
+                        for h in range(0, hits, PIECE):
+                            for c0 in range(0, C, BLOCK_C):
+                                cols = c0 + tl.arange(0, BLOCK_C)
+                                cmask = cols < C
+                                acc = tl.load(PARTS + part * C + cols, mask=cmask, other=0.0)
+                                acc = _add_rows(acc, G, scratch + h, tl.minimum(hits - h, PIECE),
+                                                cols, cmask, C, PIECE, WIDE)
+                                tl.store(PARTS + part * C + cols, acc, mask=cmask)
+                        tl.debug_barrier()  # the list is read before the next step rewrites it
+                if pieces > 1:
+                    tl.debug_barrier()
+                    if tl.atomic_add(row_done + b, 1, sem="acq_rel") == pieces - 1:
+                        # the row's last piece: add its pieces in order
+                        tl.debug_barrier()
+                        first = tl.load(part_start + b)
+                        if WIDE:
+                            first = first.to(tl.int64)
+                        for c0 in range(0, C, BLOCK_C):
+                            cols = c0 + tl.arange(0, BLOCK_C)
+                            cmask = cols < C
+                            acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+                            for w0 in range(0, pieces, PIECE):
+                                for t in tl.static_range(PIECE):
+                                    use = tl.where(pieces > w0 + t, cmask, False)
+                                    acc += tl.load(PARTS + (first + w0 + t) * C + cols, mask=use,
+                                                   other=0.0, cache_modifier=".cg")
+                            tl.store(DW + v * C + cols, acc.to(DW.dtype.element_ty), mask=cmask)
+                q = tl.atomic_add(counters + 5, 1)
 
 
 def _ids(ids, op):
