@@ -203,8 +203,9 @@ def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexp
     s1, s2 = _order(s1, s2)
     s3, s4 = _order(s3, s4)
     s5, s6 = _order(s5, s6)
-    # The first EAGER tokens' rows are loaded at once; a further token only where some row of the
-    # tile has it (a uniform id of a large vocabulary has one or two tokens).
+    # The first two tokens' rows are loaded at once, a further token's only where some row of the
+    # tile has it (a uniform id of a large vocabulary has one or two tokens; Triton has no indexed
+    # list of tensors, hence the unrolled lines).
     most = tl.max(tl.where(short, count, 0), axis=0)
     acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
     acc += _slot_row(G, s0, short & (count > 0), cols, cmask, C, WIDE)
