@@ -18,11 +18,12 @@ Backward: the CUDA backend's design (cuda/embedding.cu) in three kernels, withou
      arrival order); a row's first _SLOTS tokens keep their positions in slots of their own, and a
      row that passes _SLOTS tokens (a long row) is listed;
   2. short rows: every vocabulary row of at most _SLOTS tokens (nearly all rows of a large
-     vocabulary) is written whole: its slots sorted (tl.sort), its tokens' rows added in token
-     order in float32, zeros for a row no token has;
+     vocabulary) is written whole: its slots sorted (a sorting network), its tokens' rows added
+     in token order in float32, zeros for a row no token has;
   3. long rows: one persistent grid that hands out its work through atomic counters (a program
      waits only for work that a running program has taken, so no program waits on one that has
-     not started, and the interpreter's one program does everything in order):
+     not started; the interpreter runs its programs one after another, and the first takes all
+     the work):
        a. the layout, by every program alike: each long row of at most _SORT_MAX tokens (a medium
           row) owns a segment of a token buffer, each long row ceil(tokens / _PIECE) pieces;
        b. each token of a medium row writes its position into its row's segment at its ticket;
@@ -45,8 +46,8 @@ an H200, tiles of 2048 elements 120 us against 109 on an H100, at V50304 C1280 N
 Ids outside [0, V): the forward runs the native backend's range check first (CHECKS: the op
 "index_check", which on a GPU records the first bad id and raises the CPU op's IndexError at the
 next synchronisation, as the CUDA kernels do) and writes a row of NaN for such an id; the backward
-skips them. Temporaries: 16 bytes a token and 36 a vocabulary row of int32, and the pieces'
-buffer, N / 16 rows of C float32 (touched only by rows of more than _PIECE tokens).
+skips them. Temporaries: about 14 bytes a token and 40 a vocabulary row of int32, and the
+pieces' buffer, N / 16 rows of C float32 (touched only by rows of more than _PIECE tokens).
 Slow pattern (correct): a big row's pieces read all N ids between them, so (big rows) x N id
 reads in all, at most N^2 / _SORT_MAX.
 """
@@ -251,8 +252,8 @@ def _slot_row(G, n, use, cols, cmask, C, WIDE: tl.constexpr):
 
 @triton.jit
 def _add_rows(acc, G, LIST, count, cols, cmask, C, PIECE: tl.constexpr, WIDE: tl.constexpr):
-    # acc + grad[LIST[t], cols] for t = 0 .. count - 1 (count <= PIECE), added in that order,
-    # every row loaded before the first is added
+    # acc + grad[LIST[t], cols] for t = 0 .. count - 1 (count <= PIECE), added in that order; the
+    # loads are one unrolled block, so the compiler can issue them before the first add
     for t in tl.static_range(PIECE):
         used = count > t
         n = tl.load(LIST + t, mask=used, other=0, cache_modifier=".cg")
@@ -392,12 +393,15 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
                         cols = c0 + tl.arange(0, BLOCK_C)
                         tl.store(PARTS + part * C + cols, tl.zeros([BLOCK_C], dtype=tl.float32),
                                  mask=cols < C)
-                    span = tl.cdiv(N, pieces)
-                    end = tl.minimum(j * span + span, N)
-                    for n0 in range(j * span, end, SCAN):
+                    # in int64: j span reaches N + pieces - 1, past 2^31 for N near it
+                    span = tl.cdiv(N, pieces).to(tl.int64)
+                    start = j.to(tl.int64) * span
+                    end = tl.minimum(start + span, N)
+                    for n0 in range(start, end, SCAN):
                         n = n0 + tl.arange(0, SCAN)
                         hit = (n < end) & (tl.load(IDS + n, mask=n < end, other=-1) == v)
-                        tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n, mask=hit)
+                        tl.store(scratch + tl.cumsum(hit.to(tl.int32), 0) - 1, n.to(tl.int32),
+                                 mask=hit)
                         tl.debug_barrier()
                         hits = tl.sum(hit.to(tl.int32), 0)
                         for h in range(0, hits, PIECE):

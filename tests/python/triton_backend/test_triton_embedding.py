@@ -5,8 +5,7 @@ from triton_check import (CASES, check, compiled_only, raises_index_error, rng, 
                           triton_call)
 
 # (V, C, ids shape): repeated ids, odd widths, widths over one 256-channel block, one id, long runs
-# of one id across programs, a vocabulary most of which no token uses, one too large for int16
-# sort keys.
+# of one id across programs, a vocabulary most of which no token uses, one past 16 bits.
 SHAPES = [(1, 1, (3,)), (2, 4, (1,)), (7, 5, (2, 9)), (50, 127, (4, 6)), (3, 1100, (5,)),
           (5, 300, (7, 31)), (3000, 16, (40,)), (70000, 3, (50,))]
 
@@ -58,8 +57,7 @@ def test_embedding_ids_out_of_range_and_sum_order(device, dtype, V, C, ids_dtype
     GPU at the next synchronisation, with rows of NaN for them in the output), the backward skips
     them. Each id's rows are summed in token order in float32 (a row of more than 32 tokens by
     pieces, see backward_reference), so the gradient matches that sum bit for bit. V = 65535 /
-    65536 sit on either side of the int16 sort keys' range; there the smallest id is 32768, whose
-    int16 key is 0."""
+    65536 sit on either side of 16 bits, with ids from 32768 up."""
     r = rng()
     big = np.iinfo(ids_dtype)
     lo = 0 if V < 32768 else 32768
@@ -101,11 +99,13 @@ def test_embedding_backward_long_runs_in_pieces(device, dtype):
 def test_embedding_backward_big_rows(device, dtype):
     """Rows of more than SORT_MAX tokens (a padding id, a comma) are summed in pieces of position
     ranges: a row of 1800 tokens clustered in one stretch, one of 1100 spread over all positions,
-    one of exactly SORT_MAX, beside medium and short rows and bad ids; bit for bit against
-    backward_reference."""
+    one of SORT_MAX + 1, and one of exactly SORT_MAX (the largest sorted row, 32 full pieces),
+    beside medium and short rows and bad ids; bit for bit against backward_reference."""
     r = rng()
+    others = r.choice(np.setdiff1d(np.arange(60), [2, 3, 5, 7]), 300)
     ids = np.concatenate([np.full(1800, 5), np.full(1100, 7), np.full(SORT_MAX, 2),
-                          np.repeat(np.arange(10, 40), 40), r.integers(0, 60, 300), [-1, 60]])
+                          np.full(SORT_MAX + 1, 3), np.repeat(np.arange(10, 40), 40), others,
+                          [-1, 60]])
     ids = np.concatenate([ids[:1800], r.permutation(ids[1800:])])  # id 5 first, the rest mixed
     V, C = 60, 20
     grad = rounded(r.standard_normal((ids.size, C)), dtype)
@@ -119,8 +119,8 @@ def test_embedding_backward_big_rows(device, dtype):
 @pytest.mark.parametrize("V,C,N,zipf", [(50304, 48, 65536, 1.1), (300, 40, 40000, 1.2), (4, 24, 30000, 0.0)])
 def test_embedding_backward_many_programs(V, C, N, zipf):
     """Ids as text has them (Zipf) and a vocabulary of 4 ids (every row big), at sizes where
-    every program of the long rows' kernel takes work (scatter tiles, sorts, pieces, the last
-    piece's sum): bit for bit against backward_reference, in two calls."""
+    many programs of the long rows' kernel take work at once (scatter tiles, sorts, pieces, the
+    last piece's sum): bit for bit against backward_reference, in two calls."""
     r = rng()
     if zipf:
         p = 1.0 / np.arange(1, V + 1) ** zipf
