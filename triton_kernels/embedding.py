@@ -110,7 +110,7 @@ _COUNTERS = 8
 def _workspace(WS, N, V, max_long):
     """The int32 temporaries, one buffer: the tokens' tickets, the medium rows' segments, the
     tokens past their row's slots, each long row's index by id, the slots, the long rows' ids, the
-    three layouts (segment, piece and buffer starts, max_long + 1 each) and the big rows' lists
+    three layouts (segment, piece and buffer starts, max_long each) and the big rows' lists
     (_SCAN a program)."""
     ticket = WS
     seg = ticket + N
@@ -119,14 +119,14 @@ def _workspace(WS, N, V, max_long):
     slots = row_of + V
     long_ids = slots + V.to(tl.int64) * 8
     seg_start = long_ids + max_long
-    piece_start = seg_start + max_long + 1
-    part_start = piece_start + max_long + 1
-    scratch = part_start + max_long + 1
+    piece_start = seg_start + max_long
+    part_start = piece_start + max_long
+    scratch = part_start + max_long
     return ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch
 
 
 def _workspace_size(N, V, max_long, programs):
-    return 3 * N + 9 * V + 4 * max_long + 3 + programs * _SCAN
+    return 3 * N + 9 * V + 4 * max_long + programs * _SCAN
 
 
 @triton.jit(do_not_specialize=["N", "V", "max_long"])
@@ -316,7 +316,6 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
             tokens_before += tl.sum(tokens, 0)
             pieces_before += tl.sum(pieces, 0)
             parts_before += tl.sum(parts, 0)
-        tl.store(piece_start + m, pieces_before)
         tl.debug_barrier()
         # Programs past the work of every phase leave (a few long rows: a few programs, not
         # hundreds that take nothing and wait on the counters).
