@@ -13,7 +13,9 @@ it), achieved GB/s or TFLOP/s, % of the ceiling measured once at start-up in the
 copy bandwidth, and cuBLAS GEMM at 4096^3 through torch in bf16 for the 16-bit rows and in
 float32 for the float32 rows, on the GPU; torch's copy bandwidth and sgemm on the CPU; a rate
 can pass 100% when the clocks or L2 favour a later call) and the speed ratio to torch (torch
-time / ours: above 1 is faster than torch).
+time / ours: above 1 is faster than torch). On the GPU each row also gives the device time alone
+(device_time: the calls queued behind a sleep kernel, so the host's Python and launches never
+keep the GPU waiting): where the call's time is well above it, the call is host-bound.
 A backend that does not implement an op shows as skipped with the backend that served it.
 
 Output: a table on the terminal and, in --out-dir (default bench/results/<device-name>-<commit>/),
@@ -76,6 +78,46 @@ def cuda_time(fn, reps=15, warmup=3):
     return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
 
 
+_SLEEP_CYCLES_PER_S = None
+
+
+def _sleep_cycles_per_s():
+    """torch.cuda._sleep's cycles a second on this GPU, measured once."""
+    global _SLEEP_CYCLES_PER_S
+    if _SLEEP_CYCLES_PER_S is None:
+        cycles = 10 ** 7
+        torch.cuda._sleep(cycles)  # (the first call loads the kernel)
+        _SLEEP_CYCLES_PER_S = cycles / cuda_time(lambda: torch.cuda._sleep(cycles), reps=5, warmup=1)
+    return _SLEEP_CYCLES_PER_S
+
+
+def device_time(fn, reps=15, warmup=3):
+    """Median seconds of fn's device work alone, the host kept out: a sleep kernel holds the
+    stream while the reps calls queue behind it (the blocking-kernel method of NVIDIA's nvbench),
+    so no kernel waits on the host's Python, launches or allocations; the gaps between one call's
+    kernels stay in. Where cuda_time is well above it, the call is host-bound: its kernels would
+    run faster than the host launches them."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    queue_s = 0.0
+    for _ in range(3):
+        sleep_s = 2 * queue_s + 2e-3
+        torch.cuda._sleep(int(sleep_s * _sleep_cycles_per_s()))
+        t0 = time.perf_counter()
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        queue_s = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        if queue_s < sleep_s:  # every call was queued before the sleep ended
+            break
+    return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+
+
 # ---- ceilings ----------------------------------------------------------------------------------
 
 
@@ -111,28 +153,35 @@ def served_by(op, backend, fn):
     return _core.backend_report(False).get(op, "")
 
 
-def measure(case, backends, timer, roof):
-    """One row per implementation of the case: torch first, then each backend."""
+def measure(case, backends, timer, roof, device_timer=None):
+    """One row per implementation of the case: torch first, then each backend. With a
+    device_timer (the GPU), each row also has the device time alone (dev_ms, dev_pct)."""
     rows = []
-    t_torch = timer(case.torch)
     base = dict(op=case.op, pass_=case.pass_, shape=case.shape, dtype=case.dtype, unit=case.unit,
                 intensity=case.intensity)
     ceiling = roof.get(f"{case.unit} {case.dtype}", roof[case.unit])
-    rate = case.torch_work / t_torch / (1e9 if case.unit == "GB/s" else 1e12)
-    rows.append(dict(base, impl="torch", ms=t_torch * 1e3, rate=rate, pct=100 * rate / ceiling,
-                     speedup=1.0, err=case.error(case.torch) if case.torch_checked else None, note=""))
+    scale = 1e9 if case.unit == "GB/s" else 1e12
+
+    def timed(fn, work):
+        t = timer(fn)
+        t_dev = device_timer(fn) if device_timer else None
+        return t, dict(ms=t * 1e3, rate=work / t / scale, pct=100 * work / t / scale / ceiling,
+                       dev_ms=None if t_dev is None else t_dev * 1e3,
+                       dev_pct=None if t_dev is None else 100 * work / t_dev / scale / ceiling)
+
+    t_torch, times = timed(case.torch, case.torch_work)
+    rows.append(dict(base, impl="torch", **times, speedup=1.0,
+                     err=case.error(case.torch) if case.torch_checked else None, note=""))
     for b in backends:
         who = served_by(case.registry_op, b, case.ours)
         if who != b:
-            rows.append(dict(base, impl=b, ms=None, rate=None, pct=None, speedup=None, err=None,
-                             note=f"skipped: served by {who or 'nothing'}"))
+            rows.append(dict(base, impl=b, ms=None, rate=None, pct=None, dev_ms=None, dev_pct=None,
+                             speedup=None, err=None, note=f"skipped: served by {who or 'nothing'}"))
             continue
         with ls.backend(b):
-            t = timer(case.ours)
+            t, times = timed(case.ours, case.work)
             err = case.error(case.ours)
-        rate = case.work / t / (1e9 if case.unit == "GB/s" else 1e12)
-        rows.append(dict(base, impl=b, ms=t * 1e3, rate=rate, pct=100 * rate / ceiling,
-                         speedup=t_torch / t, err=err, note=""))
+        rows.append(dict(base, impl=b, **times, speedup=t_torch / t, err=err, note=""))
     return rows
 
 
@@ -157,7 +206,9 @@ def fmt(v, spec):
 def print_row(r):
     print(f"{r['op']:<14}{r['pass_']:<8}{r['shape']:<22}{r['dtype']:<9}{r['impl']:<8}"
           f"{fmt(r['ms'], '10.3f')}ms{fmt(r['rate'], '9.1f')} {r['unit']:<8}{fmt(r['pct'], '6.0f')}%"
-          f"{fmt(r['speedup'], '7.2f')}x {fmt(r['err'], '9.1e')} {r['note']}", flush=True)
+          f"{fmt(r['speedup'], '7.2f')}x {fmt(r['err'], '9.1e')}"
+          + (f"  device {fmt(r['dev_ms'], '.3f')}ms {fmt(r['dev_pct'], '.0f')}%" if r.get("dev_ms") else "")
+          + f" {r['note']}", flush=True)
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -183,7 +234,7 @@ def cpu_name():
 
 
 COLUMNS = ["op", "pass_", "shape", "dtype", "impl", "ms", "rate", "unit", "pct", "speedup", "err", "note",
-           "intensity"]
+           "intensity", "dev_ms", "dev_pct"]
 
 
 def write_outputs(out_dir, title, facts, rows, roof):
@@ -197,14 +248,20 @@ def write_outputs(out_dir, title, facts, rows, roof):
     lines += [f"- {fact}" for fact in facts]
     lines += ["", "speedup = torch time / our time (above 1: faster than torch); % = share of the ceiling "
               "measured at start-up (bandwidth for GB/s rows, cuBLAS/torch GEMM for TFLOP/s rows); "
-              "err = ||ours - ref|| / ||ref|| against float64.", "",
-              "| op | pass | shape | dtype | impl | ms | rate | % of ceiling | speedup | rel err |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+              "err = ||ours - ref|| / ||ref|| against float64."]
+    device = any(r.get("dev_ms") is not None for r in rows)
+    if device:
+        lines += ["device ms / device % = the device work alone, the calls queued behind a sleep "
+                  "kernel (where ms is well above it, the call is host-bound)."]
+    lines += ["", "| op | pass | shape | dtype | impl | ms | rate | % of ceiling | speedup | rel err |"
+              + (" device ms | device % |" if device else ""),
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if device else "")]
     for r in rows:
         rate = "-" if r["rate"] is None else f"{r['rate']:.1f} {r['unit']}"
         lines.append(f"| {r['op']} | {r['pass_']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
                      f"{fmt(r['ms'], '.3f')} | {rate} | {fmt(r['pct'], '.0f')} | "
-                     f"{fmt(r['speedup'], '.2f')} | {fmt(r['err'], '.1e')} {r['note']} |")
+                     f"{fmt(r['speedup'], '.2f')} | {fmt(r['err'], '.1e')} {r['note']} |"
+                     + (f" {fmt(r.get('dev_ms'), '.3f')} | {fmt(r.get('dev_pct'), '.0f')} |" if device else ""))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(out_dir, rows, roof)
@@ -296,10 +353,11 @@ def main():
     rows, kernels = [], []
     for case in all_cases(dev, dtypes, args.quick, set(args.ops) if args.ops else None):
         try:
-            got = measure(case, backends, timer, roof)
+            got = measure(case, backends, timer, roof, device_time if dev == "cuda" else None)
         except Exception as e:  # one broken cell must not hide the others
             got = [dict(op=case.op, pass_=case.pass_, shape=case.shape, dtype=case.dtype, impl="-",
-                        ms=None, rate=None, unit=case.unit, pct=None, speedup=None, err=None,
+                        ms=None, rate=None, unit=case.unit, pct=None, dev_ms=None, dev_pct=None,
+                        speedup=None, err=None,
                         intensity=case.intensity, note=f"error: {type(e).__name__}: {str(e)[:120]}")]
         for r in got:
             print_row(r)

@@ -61,9 +61,15 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 _registered = False
 
 
+# Read once, at import: triton.jit decides between compiling and interpreting when each kernel
+# module is imported (after this package), so the setting cannot change under the kernels; and
+# the launches ask for every call, where an environment lookup costs microseconds.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreted() -> bool:
-    """True when triton runs kernels in its numpy interpreter (decided when triton.jit runs)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when triton runs kernels in its numpy interpreter."""
+    return _INTERPRETED
 
 
 def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
@@ -88,7 +94,8 @@ def _wrap(op, fn, served_device, serves=None, one_buffer=False, check=None):
                 if stream != 0:
                     with torch.cuda.stream(torch.cuda.ExternalStream(stream, device=dev.index)):
                         outs = fn(tin, attrs)
-                elif torch.cuda.current_stream(dev.index).cuda_stream == 0:
+                # (torch's current stream as a handle, without making a Stream object)
+                elif torch._C._cuda_getCurrentRawStream(dev.index) == 0:
                     outs = fn(tin, attrs)  # both on the default stream: nothing to switch
                 else:  # torch's own default stream (an ExternalStream of 0 did not switch)
                     with torch.cuda.stream(torch.cuda.default_stream(dev.index)):

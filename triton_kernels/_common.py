@@ -175,9 +175,11 @@ def _spec(a):
 
 class _Plan:
     """Per kernel: its parameter names, the positions of its autotuning keys, and whether it is
-    autotuned."""
+    autotuned. Keys of the compiled-kernel cache hold the plan, not the kernel: a JITFunction
+    hashes by its cache key, worked out anew on every call."""
 
     def __init__(self, kernel):
+        self.kernel = kernel  # (keeps id(kernel), the plans' key, from being reused)
         self.tuned = isinstance(kernel, Autotuner)
         jit = kernel.fn if self.tuned else kernel
         # a heuristic (triton.heuristics) may read any argument's value: such kernels stay on the
@@ -189,8 +191,8 @@ class _Plan:
             self.tune_pos = tuple(self.names.index(k) for k in kernel.keys) if self.tuned else ()
 
 
-_plans = {}
-# (kernel, device, specialisation, tuning keys, meta) -> (compiled kernel, trailing args), least
+_plans = {}  # id(kernel) -> _Plan
+# (plan, device, specialisation, tuning keys, meta) -> (compiled kernel, trailing args), least
 # recently used first (autotuned kernels key on shapes)
 _compiled = collections.OrderedDict()
 _COMPILED_MAX = 4096
@@ -211,6 +213,14 @@ def _grid3(grid):
     return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
 
 
+# The current device and its current stream, as triton's launcher asks torch for them (torch's
+# private bindings: the public torch.cuda.current_device and current_stream cost microseconds
+# more a call, and the launcher would ask again without the stream).
+# (absent from a CPU-only torch, where nothing launches on a GPU)
+_current_device = getattr(torch._C, "_cuda_getDevice", None)
+_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def launch(kernel, grid, *args, **meta):
     """kernel[grid](*args, **meta), through the compiled kernel once its specialisation has been
     seen (see above); under the interpreter always through triton."""
@@ -218,9 +228,9 @@ def launch(kernel, grid, *args, **meta):
         _check_keywords(kernel, len(args))
         kernel[grid](*args, **meta)
         return
-    plan = _plans.get(kernel)
+    plan = _plans.get(id(kernel))
     if plan is None:
-        plan = _plans[kernel] = _Plan(kernel)
+        plan = _plans[id(kernel)] = _Plan(kernel)
     if not plan.direct:
         kernel[grid](*args, **meta)
         return
@@ -230,7 +240,8 @@ def launch(kernel, grid, *args, **meta):
         kernel[grid](*args, **meta)
         return
     tuned = tuple(args[i] for i in plan.tune_pos if i < len(args)) if plan.tuned else ()
-    key = (kernel, torch.cuda.current_device(), spec, tuned, tuple(meta.items()))
+    device = _current_device()
+    key = (plan, device, spec, tuned, tuple(meta.items()))
     try:
         hit = lru_get(_compiled, key)
     except TypeError:  # an unhashable constexpr
@@ -241,7 +252,7 @@ def launch(kernel, grid, *args, **meta):
         full = args + tail
         if callable(grid):
             grid = grid(dict(zip(plan.names, full)))
-        compiled[_grid3(grid)](*full)
+        compiled[_grid3(grid)](*full, stream=_current_stream(device))
         return
     _check_keywords(kernel, len(args))
     compiled = kernel[grid](*args, **meta)

@@ -50,7 +50,6 @@ TRITON_INTERPRET=1.
 """
 import functools
 import math
-import os
 
 import torch
 import triton
@@ -61,14 +60,14 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
+from . import interpreted
 from ._common import dtype_name, launch
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
 
 
 def _fwd_configs():
-    if _INTERPRET:
+    if interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn, w, s in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3),
@@ -76,7 +75,7 @@ def _fwd_configs():
 
 
 def _bwd_configs():
-    if _INTERPRET:
+    if interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn, w, s in ((64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 3))]
@@ -203,7 +202,7 @@ def _tma_blocks(nargs):
 
 
 def _fwd_tma_configs():
-    if _INTERPRET:
+    if interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1,
                               pre_hook=_tma_blocks)]
     # (64, 64, 4 warps, 3 stages) and (128, 128, 8, 3) lead at T = 4096, HS = 128 on an H200

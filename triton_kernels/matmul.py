@@ -36,7 +36,6 @@ one (rows, K) @ (K, N) GEMM, like a Linear layer. Limits: inputs must share a dt
 """
 import collections
 import functools
-import os
 
 import llmscratch_core as _core
 import torch
@@ -48,13 +47,13 @@ try:  # host-side tensor descriptors (TMA); older triton releases lack them: poi
 except ImportError:
     TensorDescriptor = None
 
+from . import interpreted
 from ._common import dtype_name, fold_stride, launch, lru_get, lru_put, matmul_output, num_sms
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _configs():
-    if _INTERPRET:
+    if interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2},
                               num_warps=1, num_stages=1)]
     return [
@@ -140,7 +139,7 @@ def _tma_blocks(nargs):
 
 
 def _tma_configs():
-    if _INTERPRET:
+    if interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2},
                               num_warps=1, num_stages=1, pre_hook=_tma_blocks)]
     # 128 x 256 x 64 with 3 stages (208 KB of shared memory) is the fast one at 4096^3 and up on
@@ -200,7 +199,7 @@ def _matmul_tma_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
 
 
 def _num_sms(device_index):
-    return 2 if _INTERPRET else num_sms(device_index)
+    return 2 if interpreted() else num_sms(device_index)
 
 
 def _stored(x):
