@@ -103,7 +103,7 @@ _SORT_MAX = 1024
 _SCAN = 1024
 _COUNT_BLOCK = 256  # ids per program of the counting kernel
 _ROWS_TILE = 1024  # elements per program of the short rows' kernel, on _SHORT_WARPS warps
-_SHORT_WARPS = 4
+_SHORT_WARPS = 4  # one row of the tile a thread: 81.7 us against 83.7 on 2 warps (H200)
 _LAYOUT = 1024  # long rows a step of the layout
 _LONG_PROGRAMS_PER_SM = 4
 # after count[V] (the number of long rows): the tokens past their row's slots (the counting
