@@ -41,8 +41,7 @@ On a GPU (Hopper on) the kernels chain by programmatic dependent launch, in the 
 step 3 is launched while the counting runs and waits on it (gdc_wait), then lets step 2 start
 (gdc_launch_dependents), so a long row's serial phases run beside the short rows instead of
 after them; step 2 needs only the counts, which every step 3 program has seen by then (the same
-wait covers it), and one of its programs waits on step 3 at its end, so that step 2 completes
-after step 3. Step 2 moves nearly all the bytes: its programs hold
+wait covers it). Step 2 moves nearly all the bytes: its programs hold
 [ROWS, BLOCK_C] tiles of _ROWS_TILE elements and load their rows' first two tokens at once, a
 further one only where some row of the tile has it: all eight at once took 106 us against 81 on
 an H200, tiles of 2048 elements 120 us against 109 on an H100, at V50304 C1280 N65536 bf16
@@ -166,10 +165,10 @@ def _embedding_count(IDS, COUNT, WS, N, V, max_long, BLOCK: tl.constexpr, PDL: t
 
 @triton.jit(do_not_specialize=["N", "V", "max_long"])
 def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexpr,
-                          BLOCK_C: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
+                          BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
     # dweight[v, :] for ROWS rows of at most 8 tokens: the sum of grad[n, :] over the row's slots
     # in increasing n, zeros for none.
-    # No gdc_wait first: this kernel starts only once every long-rows program has passed its wait
+    # No gdc_wait: this kernel starts only once every long-rows program has passed its own wait
     # on the counting kernel (see embedding_backward), so the counts and slots are written; they
     # are read from L2 (.cg), past any line an SM's L1 kept from before.
     ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
@@ -233,12 +232,6 @@ def _embedding_short_rows(G, COUNT, WS, DW, N, V, C, max_long, ROWS: tl.constexp
     # streaming store: dweight is not read again here
     tl.store(DW + v[:, None] * C + cols[None, :], acc.to(DW.dtype.element_ty),
              mask=short[:, None] & cmask[None, :], cache_modifier=".cs")
-    if PDL:
-        # One program, its rows written, waits for the long rows: this kernel then completes
-        # only after them, so whatever the stream runs next sees every row of dweight, whether
-        # or not the stream would also wait for the long rows themselves.
-        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
-            gdc_wait()
 
 
 @triton.jit
@@ -512,7 +505,7 @@ def embedding_backward(inputs, attrs):
     # operations one at a time, so its time goes with the number of programs)
     rows = _ROWS_TILE * (8 if interpreted() else 1) // block_c
     launch(_embedding_short_rows, (triton.cdiv(V, rows), triton.cdiv(C, block_c)), grad, count, ws,
-           dweight, N, V, C, max_long, ROWS=rows, BLOCK_C=block_c, WIDE=wide, PDL=bool(pdl),
+           dweight, N, V, C, max_long, ROWS=rows, BLOCK_C=block_c, WIDE=wide,
            num_warps=_SHORT_WARPS, **pdl)
     return [dweight]
 
