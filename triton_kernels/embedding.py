@@ -497,7 +497,10 @@ def embedding_backward(inputs, attrs):
     block_c = _block_c(C)
     # The long rows are launched before the short rows, which start as soon as every long-rows
     # program has seen the counts: the two write different rows and run side by side, instead of
-    # a long row's serial phases after all the short rows (17-23 us for one long row).
+    # a long row's serial phases after all the short rows (17-23 us for one long row). The short
+    # rows may finish first (by 200 us with Zipf ids); what the stream runs next still waits for
+    # both, as the GPU tests see, reading dweight right after the call. (Holding the short rows'
+    # grid open until the long rows end, one program waiting on them, cost 4 us on an H200.)
     launch(_embedding_long_rows, (programs,), grad, ids, count, ws, parts, dweight, N, V, C,
            max_long, BLOCK_C=block_c, SORT_MAX=_SORT_MAX, PIECE=_PIECE, SCAN=_SCAN,
            LAYOUT=_LAYOUT, WIDE=wide, PDL=bool(pdl), num_warps=4, **pdl)
