@@ -96,7 +96,8 @@ def device_time(fn, reps=15, warmup=3):
     stream while the reps calls queue behind it (the blocking-kernel method of NVIDIA's nvbench),
     so no kernel waits on the host's Python, launches or allocations; the gaps between one call's
     kernels stay in. Where cuda_time is well above it, the call is host-bound: its kernels would
-    run faster than the host launches them."""
+    run faster than the host launches them. None when the calls could not be queued inside the
+    sleep (a call that waits on the GPU from the host), rather than a figure with the host in it."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -104,7 +105,7 @@ def device_time(fn, reps=15, warmup=3):
               for _ in range(reps)]
     queue_s = 0.0
     for _ in range(3):
-        sleep_s = 2 * queue_s + 2e-3
+        sleep_s = 4 * queue_s + 2e-3
         torch.cuda._sleep(int(sleep_s * _sleep_cycles_per_s()))
         t0 = time.perf_counter()
         for start, end in events:
@@ -113,9 +114,11 @@ def device_time(fn, reps=15, warmup=3):
             end.record()
         queue_s = time.perf_counter() - t0
         torch.cuda.synchronize()
-        if queue_s < sleep_s:  # every call was queued before the sleep ended
-            break
-    return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+        # every call queued well before the sleep ended (the margin covers clocks running faster
+        # than when the sleep's rate was measured)
+        if queue_s < sleep_s / 2:
+            return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+    return None
 
 
 # ---- ceilings ----------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def print_row(r):
     print(f"{r['op']:<14}{r['pass_']:<8}{r['shape']:<22}{r['dtype']:<9}{r['impl']:<8}"
           f"{fmt(r['ms'], '10.3f')}ms{fmt(r['rate'], '9.1f')} {r['unit']:<8}{fmt(r['pct'], '6.0f')}%"
           f"{fmt(r['speedup'], '7.2f')}x {fmt(r['err'], '9.1e')}"
-          + (f"  device {fmt(r['dev_ms'], '.3f')}ms {fmt(r['dev_pct'], '.0f')}%" if r.get("dev_ms") else "")
+          + (f"  device {fmt(r['dev_ms'], '.3f')}ms {fmt(r['dev_pct'], '.0f')}%" if r.get("dev_ms") is not None else "")
           + f" {r['note']}", flush=True)
 
 

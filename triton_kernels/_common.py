@@ -176,7 +176,7 @@ def _spec(a):
 class _Plan:
     """Per kernel: its parameter names, the positions of its autotuning keys, and whether it is
     autotuned. Keys of the compiled-kernel cache hold the plan, not the kernel: a JITFunction
-    hashes by its cache key, worked out anew on every call."""
+    hashes by its cache key, a property read under a lock on every hash."""
 
     def __init__(self, kernel):
         self.kernel = kernel  # (keeps id(kernel), the plans' key, from being reused)

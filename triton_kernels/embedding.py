@@ -40,8 +40,8 @@ large vocabulary have no long row: step 3's programs read the long-row count and
 On a GPU (Hopper on) the kernels chain by programmatic dependent launch, in the order 1, 3, 2:
 step 3 is launched while the counting runs and waits on it (gdc_wait), then lets step 2 start
 (gdc_launch_dependents), so a long row's serial phases run beside the short rows instead of
-after them; step 2 needs only the counts, which every step 3 program has seen by then (the same
-wait covers it). Step 2 moves nearly all the bytes: its programs hold
+after them; step 2 needs only the counts and slots, which every step 3 program has seen by then
+(the same wait covers them). Step 2 moves nearly all the bytes: its programs hold
 [ROWS, BLOCK_C] tiles of _ROWS_TILE elements and load their rows' first two tokens at once, a
 further one only where some row of the tile has it: all eight at once took 106 us against 81 on
 an H200, tiles of 2048 elements 120 us against 109 on an H100, at V50304 C1280 N65536 bf16
@@ -103,7 +103,8 @@ _SORT_MAX = 1024
 _SCAN = 1024
 _COUNT_BLOCK = 256  # ids per program of the counting kernel
 _ROWS_TILE = 1024  # elements per program of the short rows' kernel, on _SHORT_WARPS warps
-_SHORT_WARPS = 4  # one row of the tile a thread: 81.7 us against 83.7 on 2 warps (H200)
+# 8 elements a thread (one 16-byte bf16 vector): 81.7 us against 83.7 on 2 warps (H200)
+_SHORT_WARPS = 4
 _LAYOUT = 1024  # long rows a step of the layout
 _LONG_PROGRAMS_PER_SM = 4
 # after count[V] (the number of long rows): the tokens past their row's slots (the counting
@@ -296,7 +297,7 @@ def _embedding_long_rows(G, IDS, COUNT, WS, PARTS, DW, N, V, C, max_long, BLOCK_
                          LAYOUT: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_wait()  # the counting kernel's results
-        gdc_launch_dependents()  # the short rows may start: they need only the counts as well
+        gdc_launch_dependents()  # the short rows may start: they need only the counts and slots
     m = tl.load(COUNT + V)
     if m > 0:
         ticket, seg, over, row_of, slots, long_ids, seg_start, piece_start, part_start, scratch = \
@@ -498,9 +499,11 @@ def embedding_backward(inputs, attrs):
     # The long rows are launched before the short rows, which start as soon as every long-rows
     # program has seen the counts: the two write different rows and run side by side, instead of
     # a long row's serial phases after all the short rows (17-23 us for one long row). The short
-    # rows may finish first (by 200 us with Zipf ids); what the stream runs next still waits for
-    # both, as the GPU tests see, reading dweight right after the call. (Holding the short rows'
-    # grid open until the long rows end, one program waiting on them, cost 4 us on an H200.)
+    # rows may finish first (by 200 us with Zipf ids); an op launched plainly after them still
+    # waits for both, as the GPU tests see, reading dweight right after the call. (Holding the
+    # short rows' grid open until the long rows end, one program waiting on them, cost 4 us on an
+    # H200.) Every op here starts with a plain launch; an op that began with a dependent launch
+    # would wait only on the short rows.
     launch(_embedding_long_rows, (programs,), grad, ids, count, ws, parts, dweight, N, V, C,
            max_long, BLOCK_C=block_c, SORT_MAX=_SORT_MAX, PIECE=_PIECE, SCAN=_SCAN,
            LAYOUT=_LAYOUT, WIDE=wide, PDL=bool(pdl), num_warps=4, **pdl)
@@ -520,8 +523,10 @@ def _pdl_capable(device_index: int) -> bool:
 
 def _pdl(device) -> dict:
     """The launch option for programmatic dependent launch where the GPU has it (Hopper on; its
-    griddepcontrol instructions need sm_90), none in the interpreter."""
-    if interpreted() or device.type != "cuda":
+    griddepcontrol instructions need sm_90), none in the interpreter, and none while the stream is
+    captured into a CUDA graph: there the short rows' edge to the next node would not cover the
+    long rows, which the short rows overtake."""
+    if interpreted() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return {}
     index = device.index if device.index is not None else torch.cuda.current_device()
     return {"launch_pdl": True} if _pdl_capable(index) else {}
