@@ -97,13 +97,24 @@ def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def sm90_or_later(device_index: int) -> bool:
+    """Compute capability 9.0 or later (Hopper on): TMA descriptors, programmatic dependent
+    launch."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device, the current one for a device named without an index."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def num_programs(device: torch.device, rows: int, per_sm: int = 4) -> int:
     """Programs for the kernels that stride over rows and keep per-program partial sums (norm
     weight gradients): `per_sm` per SM on a GPU, a handful in the interpreter."""
     if interpreted() or device.type != "cuda":
         return max(1, min(rows, 4))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(rows, per_sm * num_sms(index)))
+    return max(1, min(rows, per_sm * num_sms(cuda_index(device))))
 
 
 def row_warps(block: int) -> int:

@@ -48,7 +48,6 @@ functions themselves raise NotImplementedError for one); float32,
 float16, bfloat16; the tile configs are sized for HS <= 128; CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1.
 """
-import functools
 import math
 
 import torch
@@ -61,7 +60,7 @@ except ImportError:
     TensorDescriptor = None
 
 from . import interpreted
-from ._common import dtype_name, launch
+from ._common import dtype_name, launch, sm90_or_later
 
 _LOG2E = 1.4426950408889634
 
@@ -484,9 +483,8 @@ def _tma_ok(q, k, v):
             and _has_tma(q.device.index))
 
 
-@functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
+    return TensorDescriptor is not None and sm90_or_later(device_index)
 
 
 def _attn_fwd_tma(q, k, v, out, lse, grid, sc, causal):

@@ -54,8 +54,6 @@ pieces' buffer, N / 16 rows of C float32 (touched only by rows of more than _PIE
 Slow pattern (correct): a big row's pieces read all N ids between them, so (big rows) x N id
 reads in all, at most N^2 / _SORT_MAX.
 """
-import functools
-
 import llmscratch_core as _core
 import torch
 import triton
@@ -64,7 +62,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import interpreted
-from ._common import dtype_name, launch, num_programs
+from ._common import cuda_index, dtype_name, launch, num_programs, sm90_or_later
 
 
 # Elements per program: 32 per thread at 4 warps, four 16-byte loads of bf16 in flight each.
@@ -516,11 +514,6 @@ def embedding_backward(inputs, attrs):
     return [dweight]
 
 
-@functools.lru_cache(maxsize=None)
-def _pdl_capable(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def _pdl(device) -> dict:
     """The launch option for programmatic dependent launch where the GPU has it (Hopper on; its
     griddepcontrol instructions need sm_90), none in the interpreter, and none while the stream is
@@ -528,8 +521,7 @@ def _pdl(device) -> dict:
     long rows, which the short rows overtake."""
     if interpreted() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return {}
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"launch_pdl": True} if _pdl_capable(index) else {}
+    return {"launch_pdl": True} if sm90_or_later(cuda_index(device)) else {}
 
 
 KERNELS = {"embedding": embedding_forward, "embedding_backward": embedding_backward}

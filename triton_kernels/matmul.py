@@ -35,7 +35,6 @@ dim is split into separate launches on views. A 2-D B against a batched A with f
 one (rows, K) @ (K, N) GEMM, like a Linear layer. Limits: inputs must share a dtype and device.
 """
 import collections
-import functools
 
 import llmscratch_core as _core
 import torch
@@ -48,7 +47,7 @@ except ImportError:
     TensorDescriptor = None
 
 from . import interpreted
-from ._common import dtype_name, fold_stride, launch, lru_get, lru_put, matmul_output, num_sms
+from ._common import dtype_name, fold_stride, launch, lru_get, lru_put, matmul_output, num_sms, sm90_or_later
 
 
 
@@ -270,9 +269,8 @@ def _tma_operand(x):
     return x, layout
 
 
-@functools.lru_cache(maxsize=None)
 def _has_tma(device_index):
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
+    return TensorDescriptor is not None and sm90_or_later(device_index)
 
 
 # The TMA kernel compiled for a problem, its tile and its three tensor descriptors, after the
